@@ -1,0 +1,177 @@
+"""Errors that daxfs raises, each an OSError with a fixed errno.
+
+Every error a user can cause is an ``OSError`` whose ``errno`` says what went
+wrong and whose message names the path, offset or range involved.  Where Python
+has a matching builtin subclass (``FileNotFoundError`` for ENOENT, ...) the
+daxfs error is also that builtin, so ``except FileNotFoundError`` works as it
+does with ``os``.  ``InvalidArgument`` is both ``OSError(EINVAL)`` and
+``ValueError``, so callers that treat bad arguments as ``ValueError`` (the
+convention of ``io`` and ``mmap``) catch it too.
+
+A broken internal invariant is an ``AssertionError``, never one of these.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+
+
+class DaxfsError(OSError):
+    """Base class: an OSError with ``errno`` fixed by the subclass."""
+
+    errno_code: int = errno.EIO
+
+    def __init__(self, message: str, filename: str | bytes | None = None) -> None:
+        if filename is None:
+            super().__init__(self.errno_code, message)
+        else:
+            super().__init__(self.errno_code, message, filename)
+
+    def __str__(self) -> str:
+        text = f"[Errno {self.errno_code}] {self.strerror}"
+        if self.filename is not None:
+            text += f": {self.filename!r}"
+        return text
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.strerror, self.filename))
+
+
+class InvalidArgument(DaxfsError, ValueError):
+    """EINVAL: an argument out of range or of the wrong kind."""
+
+    errno_code = errno.EINVAL
+
+
+class NotFound(DaxfsError, FileNotFoundError):
+    """ENOENT."""
+
+    errno_code = errno.ENOENT
+
+
+class Exists(DaxfsError, FileExistsError):
+    """EEXIST."""
+
+    errno_code = errno.EEXIST
+
+
+class NotADirectory(DaxfsError, NotADirectoryError):
+    """ENOTDIR."""
+
+    errno_code = errno.ENOTDIR
+
+
+class IsADirectory(DaxfsError, IsADirectoryError):
+    """EISDIR."""
+
+    errno_code = errno.EISDIR
+
+
+class NotEmpty(DaxfsError):
+    """ENOTEMPTY."""
+
+    errno_code = errno.ENOTEMPTY
+
+
+class NameTooLong(DaxfsError):
+    """ENAMETOOLONG."""
+
+    errno_code = errno.ENAMETOOLONG
+
+
+class TooManyLinks(DaxfsError):
+    """ELOOP: too many levels of symbolic links."""
+
+    errno_code = errno.ELOOP
+
+
+class CrossDevice(DaxfsError):
+    """EXDEV."""
+
+    errno_code = errno.EXDEV
+
+
+class FileTooLarge(DaxfsError):
+    """EFBIG."""
+
+    errno_code = errno.EFBIG
+
+
+class NoSpace(DaxfsError):
+    """ENOSPC."""
+
+    errno_code = errno.ENOSPC
+
+
+class Busy(DaxfsError):
+    """EBUSY: the object is in use (mounted, mapped, pinned)."""
+
+    errno_code = errno.EBUSY
+
+
+class ReadOnly(DaxfsError):
+    """EROFS."""
+
+    errno_code = errno.EROFS
+
+
+class BadFileDescriptor(DaxfsError):
+    """EBADF: operation on a closed or wrongly opened file."""
+
+    errno_code = errno.EBADF
+
+
+class PermissionDenied(DaxfsError, PermissionError):
+    """EACCES."""
+
+    errno_code = errno.EACCES
+
+
+class NotSupported(DaxfsError):
+    """EOPNOTSUPP."""
+
+    errno_code = errno.EOPNOTSUPP
+
+
+class WouldBlock(DaxfsError, BlockingIOError):
+    """EAGAIN: the non-blocking variant of an operation would have to wait."""
+
+    errno_code = errno.EAGAIN
+
+
+class IOFailure(DaxfsError):
+    """EIO: the device failed or returned something unusable."""
+
+    errno_code = errno.EIO
+
+
+class Corrupted(DaxfsError):
+    """EUCLEAN: on-media structure failed its checksum or a sanity check."""
+
+    errno_code = errno.EUCLEAN
+
+
+__all__ = [
+    "BadFileDescriptor",
+    "Busy",
+    "Corrupted",
+    "CrossDevice",
+    "DaxfsError",
+    "Exists",
+    "FileTooLarge",
+    "IOFailure",
+    "InvalidArgument",
+    "IsADirectory",
+    "NameTooLong",
+    "NoSpace",
+    "NotADirectory",
+    "NotEmpty",
+    "NotFound",
+    "NotSupported",
+    "PermissionDenied",
+    "ReadOnly",
+    "TooManyLinks",
+    "WouldBlock",
+]

@@ -1,0 +1,703 @@
+/*
+ * daxfs.pmem._native: what Python cannot do for persistent memory.
+ *
+ * Theory of operation
+ * -------------------
+ * A Region wraps a writable buffer (the device mapping) and holds an export
+ * of it for its whole life, so the memory cannot be unmapped under it.  Every
+ * method checks its range against the region before touching memory, so no
+ * argument can make it read or write outside the mapping.
+ *
+ * A region persists in one of five modes, picked by the Python layer:
+ *
+ *   clwb        CLWB each 64-byte line, SFENCE to drain     (CACHE_LINE)
+ *   clflushopt  CLFLUSHOPT each line, SFENCE to drain        (CACHE_LINE)
+ *   clflush     CLFLUSH each line (serialising), SFENCE      (CACHE_LINE)
+ *   none        no flush, SFENCE only: caches are persistent (BYTE, eADR)
+ *   msync       msync(MS_SYNC) of the pages covering a range (PAGE)
+ *
+ * Copies of NT_THRESHOLD bytes or more use non-temporal stores (MOVNTDQ, or
+ * VMOVNTDQ with AVX2) for the 64-byte-aligned middle part; such stores bypass
+ * the cache and need only the fence.  The unaligned head and tail are copied
+ * normally and flushed.  This is the scheme of PMDK's libpmem2.
+ *
+ * Work on LARGE bytes or more runs without the GIL.  While it runs, the
+ * region's `busy` count is raised so that release() from another thread
+ * refuses (BufferError) instead of unmapping memory in use.
+ *
+ * Invariants
+ *   1. base..base+size is mapped while released == 0.
+ *   2. Every memory access is inside [base, base+size) of the region and of
+ *      the caller's buffer; checked before the access.
+ *   3. A "persist" call returns only after the range is in the persistence
+ *      domain for the region's mode (flushed and fenced, or msync'ed).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <errno.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define DAXFS_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#else
+#define DAXFS_X86 0
+#endif
+
+#define LINE 64
+#define NT_THRESHOLD 256
+#define LARGE (256 * 1024)
+
+enum mode { M_CLWB, M_CLFLUSHOPT, M_CLFLUSH, M_NONE, M_MSYNC };
+static const char *mode_names[] = {"clwb", "clflushopt", "clflush", "none", "msync"};
+
+static int have_clwb, have_clflushopt, have_clflush, have_sse2, have_avx2, have_avx512f;
+static long page_size = 4096;
+static PyObject *invalid_argument = NULL; /* set by set_error_class; else ValueError */
+
+/* ------------------------------------------------------------------ CPU */
+
+static void
+detect_cpu(void)
+{
+#if DAXFS_X86
+    unsigned int a, b, c, d;
+    if (__get_cpuid(1, &a, &b, &c, &d)) {
+        have_clflush = (d >> 19) & 1;
+        have_sse2 = (d >> 26) & 1;
+    }
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        have_clflushopt = (b >> 23) & 1;
+        have_clwb = (b >> 24) & 1;
+    }
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2");
+    have_avx512f = __builtin_cpu_supports("avx512f");
+#endif
+}
+
+#if DAXFS_X86
+__attribute__((target("clwb"))) static void
+flush_clwb(char *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(LINE - 1), end = (uintptr_t)p + n;
+    for (; a < end; a += LINE)
+        _mm_clwb((void *)a);
+}
+
+__attribute__((target("clflushopt"))) static void
+flush_clflushopt(char *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(LINE - 1), end = (uintptr_t)p + n;
+    for (; a < end; a += LINE)
+        _mm_clflushopt((void *)a);
+}
+
+static void
+flush_clflush(char *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(LINE - 1), end = (uintptr_t)p + n;
+    for (; a < end; a += LINE)
+        _mm_clflush((void *)a);
+}
+
+static inline void
+fence(void)
+{
+    _mm_sfence();
+}
+
+__attribute__((target("avx2"))) static void
+nt_copy_avx2(char *dst, const char *src, size_t n)
+{
+    /* dst is 64-byte aligned, n a multiple of 64 */
+    for (size_t i = 0; i < n; i += 64) {
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(src + i));
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(src + i + 32));
+        _mm256_stream_si256((__m256i *)(dst + i), x0);
+        _mm256_stream_si256((__m256i *)(dst + i + 32), x1);
+    }
+}
+
+static void
+nt_copy_sse2(char *dst, const char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i += 64) {
+        __m128i x0 = _mm_loadu_si128((const __m128i *)(src + i));
+        __m128i x1 = _mm_loadu_si128((const __m128i *)(src + i + 16));
+        __m128i x2 = _mm_loadu_si128((const __m128i *)(src + i + 32));
+        __m128i x3 = _mm_loadu_si128((const __m128i *)(src + i + 48));
+        _mm_stream_si128((__m128i *)(dst + i), x0);
+        _mm_stream_si128((__m128i *)(dst + i + 16), x1);
+        _mm_stream_si128((__m128i *)(dst + i + 32), x2);
+        _mm_stream_si128((__m128i *)(dst + i + 48), x3);
+    }
+}
+
+static void
+nt_fill_sse2(char *dst, int c, size_t n)
+{
+    __m128i v = _mm_set1_epi8((char)c);
+    for (size_t i = 0; i < n; i += 64) {
+        _mm_stream_si128((__m128i *)(dst + i), v);
+        _mm_stream_si128((__m128i *)(dst + i + 16), v);
+        _mm_stream_si128((__m128i *)(dst + i + 32), v);
+        _mm_stream_si128((__m128i *)(dst + i + 48), v);
+    }
+}
+#else
+static inline void fence(void) { __sync_synchronize(); }
+#endif
+
+/* --------------------------------------------------------------- Region */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    char *base;
+    Py_ssize_t size;
+    int mode;
+    int readonly;
+    int released;
+    int busy;
+} Region;
+
+static PyObject *
+raise_invalid(const char *fmt, ...)
+{
+    va_list vargs;
+    va_start(vargs, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, vargs);
+    va_end(vargs);
+    if (msg == NULL)
+        return NULL;
+    if (invalid_argument != NULL) {
+        PyObject *exc = PyObject_CallFunctionObjArgs(invalid_argument, msg, NULL);
+        if (exc != NULL) {
+            PyErr_SetObject(invalid_argument, exc);
+            Py_DECREF(exc);
+        }
+    } else {
+        PyErr_SetObject(PyExc_ValueError, msg);
+    }
+    Py_DECREF(msg);
+    return NULL;
+}
+
+static int
+as_size(PyObject *o, const char *what, Py_ssize_t *out)
+{
+    if (!PyIndex_Check(o) || PyBool_Check(o)) {
+        raise_invalid("%s must be an integer, not %.100s", what, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    Py_ssize_t v = PyNumber_AsSsize_t(o, NULL);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        raise_invalid("%s %R is out of range", what, o);
+        return -1;
+    }
+    if (v < 0) {
+        raise_invalid("%s must not be negative, got %zd", what, v);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int
+check_open(Region *r)
+{
+    if (r->released) {
+        PyErr_SetString(PyExc_ValueError, "I/O operation on closed device");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+check_range(Region *r, Py_ssize_t off, Py_ssize_t len)
+{
+    if (off > r->size || len > r->size - off) {
+        raise_invalid("range [%zd, %zd) is outside the device of %zd bytes", off,
+                      off + len, r->size);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+check_writable(Region *r)
+{
+    if (r->readonly) {
+        PyErr_SetString(PyExc_TypeError, "device is mapped read-only");
+        return -1;
+    }
+    return 0;
+}
+
+/* parse (offset, length) and check them; 0 on success */
+static int
+parse_range(Region *r, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t *off,
+            Py_ssize_t *len)
+{
+    if (check_open(r) < 0)
+        return -1;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "expected (offset, length), got %zd arguments", nargs);
+        return -1;
+    }
+    if (as_size(args[0], "offset", off) < 0 || as_size(args[1], "length", len) < 0)
+        return -1;
+    return check_range(r, *off, *len);
+}
+
+/* Flush [p, p+n) without fencing, in the region's mode. */
+static int
+do_flush(Region *r, char *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    switch (r->mode) {
+#if DAXFS_X86
+    case M_CLWB:
+        flush_clwb(p, n);
+        return 0;
+    case M_CLFLUSHOPT:
+        flush_clflushopt(p, n);
+        return 0;
+    case M_CLFLUSH:
+        flush_clflush(p, n);
+        return 0;
+#endif
+    case M_NONE:
+        return 0;
+    case M_MSYNC: {
+        uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page_size - 1);
+        uintptr_t end = (uintptr_t)p + n;
+        if (msync((void *)a, end - a, MS_SYNC) != 0)
+            return -1;
+        return 0;
+    }
+    }
+    return 0;
+}
+
+static inline void
+do_drain(Region *r)
+{
+    if (r->mode != M_MSYNC)
+        fence();
+}
+
+/* Copy n bytes to dst (inside the region) and flush them, no fence. */
+static int
+copy_flush(Region *r, char *dst, const char *src, size_t n)
+{
+#if DAXFS_X86
+    if (r->mode != M_MSYNC && n >= NT_THRESHOLD && have_sse2) {
+        size_t head = (size_t)(-(uintptr_t)dst & (LINE - 1));
+        size_t body = (n - head) & ~(size_t)(LINE - 1);
+        size_t tail = n - head - body;
+        if (head) {
+            memcpy(dst, src, head);
+            do_flush(r, dst, head);
+        }
+        if (have_avx2)
+            nt_copy_avx2(dst + head, src + head, body);
+        else
+            nt_copy_sse2(dst + head, src + head, body);
+        if (tail) {
+            memcpy(dst + head + body, src + head + body, tail);
+            do_flush(r, dst + head + body, tail);
+        }
+        return 0;
+    }
+#endif
+    memcpy(dst, src, n);
+    return do_flush(r, dst, n);
+}
+
+static int
+fill_flush(Region *r, char *dst, int c, size_t n)
+{
+#if DAXFS_X86
+    if (r->mode != M_MSYNC && n >= NT_THRESHOLD && have_sse2) {
+        size_t head = (size_t)(-(uintptr_t)dst & (LINE - 1));
+        size_t body = (n - head) & ~(size_t)(LINE - 1);
+        size_t tail = n - head - body;
+        if (head) {
+            memset(dst, c, head);
+            do_flush(r, dst, head);
+        }
+        nt_fill_sse2(dst + head, c, body);
+        if (tail) {
+            memset(dst + head + body, c, tail);
+            do_flush(r, dst + head + body, tail);
+        }
+        return 0;
+    }
+#endif
+    memset(dst, c, n);
+    return do_flush(r, dst, n);
+}
+
+static PyObject *
+Region_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "mode", "readonly", NULL};
+    PyObject *buf;
+    const char *mode_name;
+    int readonly = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Os|p:Region", kwlist, &buf, &mode_name,
+                                     &readonly))
+        return NULL;
+    int mode = -1;
+    for (int i = 0; i < 5; i++)
+        if (strcmp(mode_name, mode_names[i]) == 0)
+            mode = i;
+    if (mode < 0)
+        return raise_invalid("unknown persist mode %s", mode_name);
+#if DAXFS_X86
+    if ((mode == M_CLWB && !have_clwb) || (mode == M_CLFLUSHOPT && !have_clflushopt) ||
+        (mode == M_CLFLUSH && !have_clflush))
+        return raise_invalid("this CPU has no %s instruction", mode_name);
+#else
+    if (mode <= M_CLFLUSH)
+        return raise_invalid("cache flush instructions are x86 only, %s unavailable", mode_name);
+#endif
+    Region *r = (Region *)type->tp_alloc(type, 0);
+    if (r == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(buf, &r->view, readonly ? PyBUF_SIMPLE : PyBUF_WRITABLE) < 0) {
+        r->released = 1;
+        Py_DECREF(r);
+        return NULL;
+    }
+    r->base = r->view.buf;
+    r->size = r->view.len;
+    r->mode = mode;
+    r->readonly = readonly;
+    if (mode == M_MSYNC && ((uintptr_t)r->base & (page_size - 1))) {
+        PyBuffer_Release(&r->view);
+        r->released = 1;
+        Py_DECREF(r);
+        return raise_invalid("msync mode needs a page-aligned mapping");
+    }
+    return (PyObject *)r;
+}
+
+static void
+Region_dealloc(Region *r)
+{
+    if (!r->released)
+        PyBuffer_Release(&r->view);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyObject *
+msync_error(Region *r, Py_ssize_t off, Py_ssize_t len)
+{
+    int e = errno;
+    PyObject *msg = PyUnicode_FromFormat("msync of range [%zd, %zd) failed: %s", off, off + len,
+                                         strerror(e));
+    if (msg == NULL)
+        return NULL;
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iO", e, msg);
+    Py_DECREF(msg);
+    if (exc != NULL) {
+        PyErr_SetObject(PyExc_OSError, exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+#define WITHOUT_GIL_IF(cond, stmt)                                                            \
+    do {                                                                                      \
+        if (cond) {                                                                           \
+            r->busy++;                                                                        \
+            Py_BEGIN_ALLOW_THREADS stmt;                                                      \
+            Py_END_ALLOW_THREADS r->busy--;                                                   \
+        } else {                                                                              \
+            stmt;                                                                             \
+        }                                                                                     \
+    } while (0)
+
+static PyObject *
+Region_flush(Region *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off, len;
+    int rc = 0;
+    if (parse_range(r, args, nargs, &off, &len) < 0)
+        return NULL;
+    WITHOUT_GIL_IF(len >= LARGE || r->mode == M_MSYNC, rc = do_flush(r, r->base + off, len));
+    if (rc < 0)
+        return msync_error(r, off, len);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Region_drain(Region *r, PyObject *unused)
+{
+    if (check_open(r) < 0)
+        return NULL;
+    do_drain(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Region_persist(Region *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off, len;
+    int rc = 0;
+    if (parse_range(r, args, nargs, &off, &len) < 0)
+        return NULL;
+    WITHOUT_GIL_IF(len >= LARGE || r->mode == M_MSYNC, rc = do_flush(r, r->base + off, len));
+    if (rc < 0)
+        return msync_error(r, off, len);
+    do_drain(r);
+    Py_RETURN_NONE;
+}
+
+/* memcpy(offset, data, drain=True) -> None: copy data to offset and persist it. */
+static PyObject *
+Region_memcpy(Region *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    Py_buffer src;
+    int rc = 0, drain = 1;
+    if (check_open(r) < 0 || check_writable(r) < 0)
+        return NULL;
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "memcpy(offset, data, drain=True)");
+        return NULL;
+    }
+    if (as_size(args[0], "offset", &off) < 0)
+        return NULL;
+    if (nargs == 3 && (drain = PyObject_IsTrue(args[2])) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &src, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (check_range(r, off, src.len) < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    Py_ssize_t n = src.len;
+    WITHOUT_GIL_IF(n >= LARGE || r->mode == M_MSYNC,
+                   rc = copy_flush(r, r->base + off, src.buf, n));
+    PyBuffer_Release(&src);
+    if (rc < 0)
+        return msync_error(r, off, n);
+    if (drain)
+        do_drain(r);
+    Py_RETURN_NONE;
+}
+
+/* memset(offset, length, byte=0, drain=True) -> None: fill and persist. */
+static PyObject *
+Region_memset(Region *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off, len, c = 0;
+    int rc = 0, drain = 1;
+    if (check_open(r) < 0 || check_writable(r) < 0)
+        return NULL;
+    if (nargs < 2 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "memset(offset, length, byte=0, drain=True)");
+        return NULL;
+    }
+    if (as_size(args[0], "offset", &off) < 0 || as_size(args[1], "length", &len) < 0)
+        return NULL;
+    if (nargs >= 3) {
+        if (as_size(args[2], "byte", &c) < 0)
+            return NULL;
+        if (c > 255)
+            return raise_invalid("byte must be in range(256), got %zd", c);
+    }
+    if (nargs == 4 && (drain = PyObject_IsTrue(args[3])) < 0)
+        return NULL;
+    if (check_range(r, off, len) < 0)
+        return NULL;
+    WITHOUT_GIL_IF(len >= LARGE || r->mode == M_MSYNC,
+                   rc = fill_flush(r, r->base + off, (int)c, len));
+    if (rc < 0)
+        return msync_error(r, off, len);
+    if (drain)
+        do_drain(r);
+    Py_RETURN_NONE;
+}
+
+/* read_into(offset, buffer) -> int: copy len(buffer) bytes out of the device. */
+static PyObject *
+Region_read_into(Region *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off;
+    Py_buffer dst;
+    if (check_open(r) < 0)
+        return NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read_into(offset, buffer)");
+        return NULL;
+    }
+    if (as_size(args[0], "offset", &off) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &dst, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (check_range(r, off, dst.len) < 0) {
+        PyBuffer_Release(&dst);
+        return NULL;
+    }
+    WITHOUT_GIL_IF(dst.len >= LARGE, memcpy(dst.buf, r->base + off, dst.len));
+    Py_ssize_t n = dst.len;
+    PyBuffer_Release(&dst);
+    return PyLong_FromSsize_t(n);
+}
+
+/* read(offset, length) -> bytes */
+static PyObject *
+Region_read(Region *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off, len;
+    if (parse_range(r, args, nargs, &off, &len) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, len);
+    if (out == NULL)
+        return NULL;
+    WITHOUT_GIL_IF(len >= LARGE, memcpy(PyBytes_AS_STRING(out), r->base + off, len));
+    return out;
+}
+
+static PyObject *
+Region_release(Region *r, PyObject *unused)
+{
+    if (r->released)
+        Py_RETURN_NONE;
+    if (r->busy) {
+        PyErr_SetString(PyExc_BufferError, "cannot release a region while another thread uses it");
+        return NULL;
+    }
+    r->released = 1;
+    PyBuffer_Release(&r->view);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Region_get_address(Region *r, void *closure)
+{
+    if (check_open(r) < 0)
+        return NULL;
+    return PyLong_FromVoidPtr(r->base);
+}
+
+static PyObject *
+Region_get_size(Region *r, void *closure)
+{
+    return PyLong_FromSsize_t(r->size);
+}
+
+static PyObject *
+Region_get_mode(Region *r, void *closure)
+{
+    return PyUnicode_FromString(mode_names[r->mode]);
+}
+
+static PyObject *
+Region_get_closed(Region *r, void *closure)
+{
+    return PyBool_FromLong(r->released);
+}
+
+static PyMethodDef Region_methods[] = {
+    {"flush", (PyCFunction)(void (*)(void))Region_flush, METH_FASTCALL,
+     "flush(offset, length): start write-back of the lines (or msync the pages)."},
+    {"drain", (PyCFunction)Region_drain, METH_NOARGS, "drain(): wait for flushes (SFENCE)."},
+    {"persist", (PyCFunction)(void (*)(void))Region_persist, METH_FASTCALL,
+     "persist(offset, length): flush + drain."},
+    {"memcpy", (PyCFunction)(void (*)(void))Region_memcpy, METH_FASTCALL,
+     "memcpy(offset, data, drain=True): copy data in and persist it."},
+    {"memset", (PyCFunction)(void (*)(void))Region_memset, METH_FASTCALL,
+     "memset(offset, length, byte=0, drain=True): fill and persist."},
+    {"read_into", (PyCFunction)(void (*)(void))Region_read_into, METH_FASTCALL,
+     "read_into(offset, buffer) -> int: copy out of the region."},
+    {"read", (PyCFunction)(void (*)(void))Region_read, METH_FASTCALL,
+     "read(offset, length) -> bytes."},
+    {"release", (PyCFunction)Region_release, METH_NOARGS,
+     "release(): drop the export of the buffer; later calls raise ValueError."},
+    {NULL}};
+
+static PyGetSetDef Region_getset[] = {
+    {"address", (getter)Region_get_address, NULL, "virtual address of byte 0", NULL},
+    {"size", (getter)Region_get_size, NULL, "length in bytes", NULL},
+    {"mode", (getter)Region_get_mode, NULL, "persist mode", NULL},
+    {"closed", (getter)Region_get_closed, NULL, "True once released", NULL},
+    {NULL}};
+
+static PyTypeObject RegionType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "daxfs.pmem._native.Region",
+    .tp_basicsize = sizeof(Region),
+    .tp_dealloc = (destructor)Region_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Region(buffer, mode, readonly=False): persistent-memory range ops.",
+    .tp_methods = Region_methods,
+    .tp_getset = Region_getset,
+    .tp_new = Region_new,
+};
+
+/* --------------------------------------------------------------- module */
+
+static PyObject *
+cpu_features(PyObject *self, PyObject *unused)
+{
+    return Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "x86", DAXFS_X86 ? Py_True : Py_False,
+                         "clflush", have_clflush ? Py_True : Py_False, "clflushopt",
+                         have_clflushopt ? Py_True : Py_False, "clwb",
+                         have_clwb ? Py_True : Py_False, "sse2", have_sse2 ? Py_True : Py_False,
+                         "avx2", have_avx2 ? Py_True : Py_False, "avx512f",
+                         have_avx512f ? Py_True : Py_False);
+}
+
+static PyObject *
+set_error_class(PyObject *self, PyObject *cls)
+{
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)PyExc_ValueError)) {
+        PyErr_SetString(PyExc_TypeError, "expected a ValueError subclass");
+        return NULL;
+    }
+    Py_XSETREF(invalid_argument, Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"cpu_features", cpu_features, METH_NOARGS, "cpu_features() -> dict of bool"},
+    {"set_error_class", set_error_class, METH_O,
+     "set_error_class(cls): raise cls(message) for bad arguments"},
+    {NULL}};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "daxfs.pmem._native",
+    "Cache flush, fence and non-temporal copy for persistent memory.", -1, module_methods};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    detect_cpu();
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps > 0)
+        page_size = ps;
+    if (PyType_Ready(&RegionType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&RegionType);
+    if (PyModule_AddObject(m, "Region", (PyObject *)&RegionType) < 0 ||
+        PyModule_AddIntConstant(m, "NT_THRESHOLD", NT_THRESHOLD) < 0 ||
+        PyModule_AddIntConstant(m, "LINE", LINE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

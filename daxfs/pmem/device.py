@@ -1,0 +1,166 @@
+"""The device interface every byte-addressable device of daxfs implements.
+
+A device is a range of persistent memory, ``size`` bytes long, that the layers
+above reach in two ways:
+
+* ``direct_access(offset, length)`` returns a writable ``memoryview`` that
+  aliases device memory (no copy), as the kernel's ``dax_direct_access()``
+  returns a kernel address.  Stores through it are *not* durable until the
+  range is persisted.
+* ``read``/``readinto``/``write``/``fill`` copy between a caller's buffer and
+  device memory; ``write`` and ``fill`` persist what they stored.
+
+Durability follows the x86 model (docs/ARCHITECTURE.md, "Persistence"):
+``flush(offset, length)`` starts write-back of the cache lines (or pages) of a
+range, ``drain()`` waits for every flush so far, ``persist = flush + drain``.
+How much a flush covers is the device's ``granularity``:
+
+    BYTE        the CPU caches are inside the persistence domain (eADR):
+                stores are durable once fenced, flush is a no-op
+    CACHE_LINE  CPU cache-line flush (CLWB/CLFLUSHOPT/CLFLUSH) + SFENCE
+    PAGE        msync(MS_SYNC) of the pages that cover the range
+
+Implementations: ``daxfs.pmem.PmemDevice`` (device-DAX, files on a DAX
+filesystem, emulated pmem on any file) and ``daxfs.testing.SimulatedPmem``
+(in memory, models what survives a power failure).
+
+Invariants
+  1. No argument can make a device touch memory outside ``[0, size)``: every
+     range is checked first, and a bad one raises ``InvalidArgument``
+     (``OSError(EINVAL)`` and ``ValueError``) naming the range.
+  2. After ``close()`` every operation raises ``ValueError`` as closed files
+     do.  ``close()`` refuses (``BufferError``) while views from
+     ``direct_access`` are alive, as ``mmap.close()`` does, so no view can
+     outlive the memory it points at.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from daxfs.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+CACHE_LINE_SIZE = 64
+PAGE_SIZE = 4096
+
+
+class Granularity(enum.IntEnum):
+    """The smallest unit a persist covers, ordered as PMDK's pmem2_granularity."""
+
+    BYTE = 0  # caches persistent (eADR): a fence is enough
+    CACHE_LINE = 1  # flush each 64-byte line, then fence
+    PAGE = 2  # msync the 4 KiB pages covering the range
+
+    @property
+    def unit(self) -> int:
+        """Bytes a single flush covers at this granularity."""
+        return {Granularity.BYTE: 1, Granularity.CACHE_LINE: CACHE_LINE_SIZE}.get(
+            self, PAGE_SIZE
+        )
+
+
+def check_range(offset: object, length: object, size: int, what: str = "device") -> None:
+    """Raise InvalidArgument unless ``[offset, offset+length)`` lies in ``[0, size)``."""
+    if type(offset) is not int:
+        check_integer(offset, "offset")
+    if type(length) is not int:
+        check_integer(length, "length")
+    assert isinstance(offset, int)
+    assert isinstance(length, int)
+    if offset < 0 or length < 0 or offset + length > size:
+        raise InvalidArgument(
+            f"range [{offset}, {offset + length}) is outside the {what} of {size} bytes"
+        )
+
+
+def check_integer(value: object, what: str) -> int:
+    """Return ``value`` if it is a non-negative int (not bool), else raise InvalidArgument."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{what} must be an integer, not {type(value).__name__}")
+    if value < 0:
+        raise InvalidArgument(f"{what} must not be negative, got {value}")
+    return value
+
+
+class Device(abc.ABC):
+    """Byte-addressable persistent memory: direct access plus persist primitives."""
+
+    #: Length of the device in bytes.
+    size: int
+    #: What a flush covers (see the module docstring).
+    granularity: Granularity
+    #: "cpu" (cache flushes and fences) or "msync".
+    persist_method: str
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """True once close() has run."""
+
+    @abc.abstractmethod
+    def direct_access(self, offset: int, length: int) -> memoryview:
+        """Return a view aliasing device memory ``[offset, offset+length)``; no copy.
+
+        Raises:
+            InvalidArgument: the range is outside the device.
+            ValueError: the device is closed.
+        """
+
+    @abc.abstractmethod
+    def read(self, offset: int, length: int) -> bytes:
+        """Copy ``length`` bytes at ``offset`` out of the device."""
+
+    @abc.abstractmethod
+    def readinto(self, offset: int, buffer: Buffer) -> int:
+        """Copy ``len(buffer)`` bytes at ``offset`` into ``buffer``; return the count."""
+
+    @abc.abstractmethod
+    def write(self, offset: int, data: Buffer, *, drain: bool = True) -> None:
+        """Copy ``data`` to ``offset`` and flush it; fence too unless ``drain=False``.
+
+        Copies of 256 bytes and more use non-temporal stores on the CPU path.
+        With ``drain=False`` the caller must call ``drain()`` before relying on
+        durability (PMDK's PMEM2_F_MEM_NODRAIN).
+        """
+
+    @abc.abstractmethod
+    def fill(self, offset: int, length: int, byte: int = 0, *, drain: bool = True) -> None:
+        """Set ``length`` bytes at ``offset`` to ``byte`` and persist them (as write)."""
+
+    @abc.abstractmethod
+    def flush(self, offset: int, length: int) -> None:
+        """Start write-back of the range (lines or pages covering it)."""
+
+    @abc.abstractmethod
+    def drain(self) -> None:
+        """Wait until every earlier flush has reached the persistence domain."""
+
+    @abc.abstractmethod
+    def persist(self, offset: int, length: int) -> None:
+        """flush(offset, length) then drain(): the range is durable on return."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the device.  Idempotent.
+
+        Raises:
+            BufferError: views returned by direct_access are still alive; the
+                device stays open and usable.
+        """
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
