@@ -16,8 +16,6 @@ from __future__ import annotations
 import errno
 
 
-
-
 class DaxfsError(OSError):
     """Base class: an OSError with ``errno`` fixed by the subclass."""
 

@@ -88,7 +88,9 @@ def choose_persist(
             reasons["persist"] = f"{why_instruction}: falling back to msync"
             reasons["granularity"] = "msync works on whole pages"
             return Detection(backend, page, "msync", "msync", None, True, reasons)
-        raise NotSupported(f"{backend.value} with CPU persistence needs cache flushes: {why_instruction}")
+        raise NotSupported(
+            f"{backend.value} with CPU persistence needs cache flushes: {why_instruction}"
+        )
 
     if eadr:
         reasons["granularity"] = "region persistence_domain is cpu_cache (eADR): fences suffice"

@@ -60,9 +60,7 @@ class Granularity(enum.IntEnum):
     @property
     def unit(self) -> int:
         """Bytes a single flush covers at this granularity."""
-        return {Granularity.BYTE: 1, Granularity.CACHE_LINE: CACHE_LINE_SIZE}.get(
-            self, PAGE_SIZE
-        )
+        return {Granularity.BYTE: 1, Granularity.CACHE_LINE: CACHE_LINE_SIZE}.get(self, PAGE_SIZE)
 
 
 def check_range(offset: object, length: object, size: int, what: str = "device") -> None:

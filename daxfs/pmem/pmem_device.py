@@ -214,7 +214,9 @@ def open_device(
         raise
 
 
-def _stat_or_create(platform: Platform, name: str, size: int | None, create: bool) -> os.stat_result:
+def _stat_or_create(
+    platform: Platform, name: str, size: int | None, create: bool
+) -> os.stat_result:
     try:
         st = platform.stat(name)
     except FileNotFoundError:

@@ -235,8 +235,10 @@ class SimulatedPmem(Device):
     def _candidates(self) -> tuple[npt.NDArray[np.intp], list[Words], _Images]:
         """Indices of pending words and, per image, their values there."""
         images = self._images()
-        p, f, c = (np.frombuffer(x, dtype=np.uint64) for x in
-                   (images.persisted, images.flushed, images.current))
+        p, f, c = (
+            np.frombuffer(x, dtype=np.uint64)
+            for x in (images.persisted, images.flushed, images.current)
+        )
         idx = np.flatnonzero((p != f) | (p != c))
         return idx, [p[idx], f[idx], c[idx]], images
 

@@ -1,0 +1,37 @@
+# daxfs: `make demo` and `make test` are all a new machine needs.
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.daxfs-installed
+SRC    := pyproject.toml setup.py daxfs/pmem/_native.c scripts/bootstrap.sh
+
+.PHONY: demo test lint bench test-slow format clean
+
+$(STAMP): $(SRC)
+	./scripts/bootstrap.sh
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check daxfs tests bench examples
+	$(BIN)/ruff format --check daxfs tests bench examples
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+format: $(STAMP)
+	$(BIN)/ruff format daxfs tests bench examples
+	$(BIN)/ruff check --fix daxfs tests bench examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info bench/build demo.pmem
+	find . -name __pycache__ -prune -exec rm -rf {} +
+	rm -f daxfs/pmem/_native*.so

@@ -1,0 +1,71 @@
+"""The ``daxfs`` command line: one subcommand per module, errors as one line.
+
+Every error a user can cause ends the command with one line on stderr,
+``daxfs: <what went wrong>``, and a non-zero exit status: 1 for an OSError
+(the message names the path), 2 for bad usage (argparse), 130 for Ctrl-C.
+Anything else is a bug and exits 70 with a one-line report; set
+``DAXFS_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from daxfs.cli import info
+
+EXIT_ERROR = 1
+EXIT_BUG = 70
+EXIT_INTERRUPTED = 130
+
+COMMANDS = (info,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="daxfs", description="daxfs: a persistent-memory DAX storage stack"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.run(args)
+        return status
+    except KeyboardInterrupt:
+        print("daxfs: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OSError, ValueError, BufferError) as exc:
+        print(f"daxfs: {describe(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        if os.environ.get("DAXFS_DEBUG"):
+            raise
+        print(
+            f"daxfs: internal error ({type(exc).__name__}: {exc}); "
+            "rerun with DAXFS_DEBUG=1 for the traceback",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an error: strerror and path for OSError, the message otherwise."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+        if exc.filename is not None and os.fsdecode(exc.filename) not in text:
+            text += f": {os.fsdecode(exc.filename)}"
+        return text.replace("\n", " ")
+    return str(exc).replace("\n", " ")
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""python -m daxfs.cli"""
+
+from daxfs.cli import entry_point
+
+entry_point()
