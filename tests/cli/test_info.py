@@ -1,0 +1,78 @@
+"""daxfs info, and the CLI's error contract: one line, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daxfs.cli import main
+
+
+def test_info_reports_backend_and_reasons(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "x.img"
+    image.write_bytes(bytes(1 << 20))
+    assert main(["info", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "backend:           file" in out
+    assert "granularity:       PAGE" in out
+    assert "persist:           msync" in out
+    assert "why: mmap refused MAP_SYNC" in out
+    assert "flush instruction:" in out
+    assert "1048576 bytes (1.0 MiB)" in out
+
+
+def test_info_json_with_cpu_persist(shm_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shm_path.write_bytes(bytes(1 << 20))
+    assert main(["info", "--json", "--persist", "cpu", str(shm_path)]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["granularity"] == "CACHE_LINE"
+    assert facts["persist_method"] == "cpu"
+    assert facts["power_fail_safe"] is False
+    assert facts["flush_instruction"] in ("clwb", "clflushopt", "clflush")
+    assert "NOT power-fail safe" in facts["reasons"]["persist"]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("missing.img", "no such file or device"),
+        (".", "is a directory"),
+        ("/dev/null", "not device-DAX"),
+    ],
+)
+def test_errors_are_one_line(
+    tmp_path: Path, target: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = target if target.startswith("/") else str(tmp_path / target)
+    assert main(["info", path]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("daxfs: ")
+    assert message in err
+
+
+def test_no_traceback_from_the_installed_command(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "daxfs.cli", "info", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DAXFS_DEBUG": ""},
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("daxfs: ")
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["info"])
+    assert info.value.code == 2
+    assert "usage" in capsys.readouterr().err
