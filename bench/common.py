@@ -157,7 +157,7 @@ def build_c(
     cc = os.environ.get("CC", "gcc")
     compiler = shutil.which(cc)
     if compiler is None:
-        raise Unavailable(f"no C compiler ({cc}) to build {source.name}" + _hint(hint))
+        raise Unavailable(f"no C compiler ({cc}) to build {source.name}: install gcc or set CC")
     BUILD_DIR.mkdir(exist_ok=True)
     binary = BUILD_DIR / source.stem
     if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
