@@ -61,11 +61,7 @@ def run(args: argparse.Namespace) -> int:
         ("size", f"{facts['size']} bytes ({_human(facts['size'])})", ""),
         ("granularity", facts["granularity"], why.get("granularity", "")),
         ("persist", facts["persist_method"], why.get("persist", "")),
-        (
-            "flush instruction",
-            facts["flush_instruction"] or "none",
-            why.get("flush instruction", ""),
-        ),
+        ("flush instruction", _flush_text(facts), why.get("flush instruction", "")),
         ("power-fail safe", "yes" if facts["power_fail_safe"] else "NO", ""),
         ("native extension", "loaded" if facts["native_extension"] else "missing", ""),
         ("cpu features", " ".join(facts["cpu"]) or "none", ""),
@@ -76,6 +72,15 @@ def run(args: argparse.Namespace) -> int:
             line += f"\n{'':<19}  why: {reason}"
         print(line)
     return 0
+
+
+def _flush_text(facts: dict[str, Any]) -> str:
+    name = facts["flush_instruction"]
+    if name is None:
+        return "none"
+    if facts["persist_method"] == "msync":
+        return f"{name} (available, unused: persist is msync)"
+    return str(name)
 
 
 def _human(n: int) -> str:

@@ -65,16 +65,21 @@ class Granularity(enum.IntEnum):
 
 def check_range(offset: object, length: object, size: int, what: str = "device") -> None:
     """Raise InvalidArgument unless ``[offset, offset+length)`` lies in ``[0, size)``."""
-    if type(offset) is not int:
-        check_integer(offset, "offset")
-    if type(length) is not int:
-        check_integer(length, "length")
+    if (
+        type(offset) is int
+        and type(length) is int
+        and offset >= 0
+        and length >= 0
+        and offset + length <= size
+    ):
+        return
+    check_integer(offset, "offset")
+    check_integer(length, "length")
     assert isinstance(offset, int)
     assert isinstance(length, int)
-    if offset < 0 or length < 0 or offset + length > size:
-        raise InvalidArgument(
-            f"range [{offset}, {offset + length}) is outside the {what} of {size} bytes"
-        )
+    raise InvalidArgument(
+        f"range [{offset}, {offset + length}) is outside the {what} of {size} bytes"
+    )
 
 
 def check_integer(value: object, what: str) -> int:
