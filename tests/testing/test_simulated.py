@@ -134,7 +134,7 @@ def test_counters() -> None:
 def test_power_failure_is_not_an_exception() -> None:
     dev = SimulatedPmem(64)
     dev.schedule_power_failure(fence=1)
-    with pytest.raises(PowerFailure):  # noqa: PT012 - the except must not catch it
+    with pytest.raises(PowerFailure):
         try:
             dev.drain()
         except Exception:  # pragma: no cover - must not happen

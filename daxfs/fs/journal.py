@@ -1,0 +1,404 @@
+"""The journal: every filesystem operation is one atomic, durable transaction.
+
+Theory of operation
+-------------------
+daxfs uses a *redo* journal with a private write set, like jbd2 but applied
+synchronously, which suits persistent memory where applying is a memcpy:
+
+* ``Transaction.write(n)`` returns a private copy of block n; the structures
+  modify that copy, and ``Transaction.read(n)`` returns it too, so a
+  transaction sees its own changes while every other reader still sees the
+  committed state on the device.
+* ``Transaction.new_block(n)`` is for a block allocated in this transaction
+  (free on the device): it is written in place at once, since nothing
+  committed refers to it; it is flushed before the commit point.  File data
+  written into newly allocated blocks follows the same rule.
+* ``Transaction.log_data(offset, data)`` journals an overwrite of live data
+  (the redo record itself is the data); that is how small overwrites of file
+  data are atomic.
+
+Commit (``Transaction.commit``)::
+
+    1. seal every dirty block (checksums), diff it against the device and
+       keep only the changed 64-byte lines: the redo records
+    2. write the records to the log area and the header (seq, count,
+       length, crc of the log, crc of the header); flush
+    3. drain                                   <- COMMIT POINT (fence 1)
+    4. copy every record to its place; flush
+    5. drain                                   (fence 2)
+    6. store applied_seq = seq (8-byte atomic); flush, no drain: the next
+       fence of any operation makes it durable
+
+Recovery (``Journal.recover``) replays the log if its header and log
+checksums are intact and ``seq > applied_seq``.  Replay is idempotent, so a
+crash during recovery is harmless.  The log always starts at the same place:
+a transaction is applied in place before the next one writes its log, so the
+log never holds more than one transaction.
+
+Why step 6 may be lazy: replaying transaction N again after later changes
+would undo them, but any later change is made durable by a later fence, and
+that fence also makes applied_seq = N durable first.
+
+Invariants
+  1. Nothing but ``new_block`` blocks, file data in new blocks, and the log
+     itself is written before the commit point; so a crash before it leaves
+     the committed state untouched.
+  2. After the commit point, every record reaches its place (now, or by
+     replay at the next mount).
+  3. One transaction at a time: ``Journal.begin`` holds the journal lock
+     until commit or abort.
+  4. An error after the commit point makes the filesystem read-only until
+     remount (SQLite's pager ERROR state): memory and media may disagree.
+
+State diagram (Transaction)::
+
+    Journal.begin() --> OPEN --commit()--> COMMITTED
+                          |
+                          '--abort() (or an exception in `with`)--> ABORTED
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from daxfs.errors import Corrupted, IOFailure, ReadOnly
+from daxfs.fs.layout import (
+    BLOCK_SHIFT,
+    BLOCK_SIZE,
+    JH_APPLIED_OFFSET,
+    JREC,
+    JournalHeader,
+    crc32c,
+)
+from daxfs.fs.store import PmemStore
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+Seal = Callable[[memoryview], None]
+LINE = 64
+_LINES = BLOCK_SIZE // LINE
+
+
+class TransactionTooLarge(AssertionError):
+    """A transaction does not fit the log: a bug in the caller, which must split work."""
+
+
+class Journal:
+    """The log region and the lock that serialises transactions."""
+
+    def __init__(self, store: PmemStore, start: int, blocks: int, readonly: bool = False) -> None:
+        self.store = store
+        self.header_offset = start << BLOCK_SHIFT
+        self.log_offset = (start + 1) << BLOCK_SHIFT
+        self.capacity = (blocks - 1) << BLOCK_SHIFT
+        self.region = (start, start + blocks)
+        self.readonly = readonly
+        self.failed: str | None = None
+        self.lock = threading.RLock()
+        self.seq = 0
+        self.commits = 0
+        self.active: Transaction | None = None
+
+    # -- recovery ---------------------------------------------------------------------
+
+    def applied_seq(self) -> int:
+        (value,) = struct.unpack_from("<Q", self.store.view, self.header_offset + JH_APPLIED_OFFSET)
+        return int(value)
+
+    def pending(self) -> JournalHeader | None:
+        """The committed transaction that recovery would replay, if any."""
+        view = self.store.view
+        header = JournalHeader.unpack(view[self.header_offset : self.header_offset + BLOCK_SIZE])
+        if header is None or header.seq <= self.applied_seq():
+            return None
+        if header.log_bytes > self.capacity:
+            return None
+        log = view[self.log_offset : self.log_offset + header.log_bytes]
+        if crc32c(log) != header.log_crc:
+            return None  # torn: the transaction never committed
+        return header
+
+    def records(self, header: JournalHeader) -> list[tuple[int, int, int]]:
+        """(device offset, log offset, length) of each record of a committed transaction.
+
+        Raises:
+            Corrupted: a record is malformed or points outside the filesystem.
+        """
+        view = self.store.view
+        limit = self.store.block_count << BLOCK_SHIFT
+        jstart, jend = (b << BLOCK_SHIFT for b in self.region)
+        out = []
+        pos = 0
+        for i in range(header.nrecords):
+            if pos + JREC.size > header.log_bytes:
+                raise Corrupted(f"journal record {i} of transaction {header.seq} is truncated")
+            offset, length, _ = JREC.unpack_from(view, self.log_offset + pos)
+            pos += JREC.size
+            if pos + length > header.log_bytes or offset + length > limit:
+                raise Corrupted(f"journal record {i} of transaction {header.seq} is out of range")
+            if offset < jend and offset + length > jstart:
+                raise Corrupted(f"journal record {i} of transaction {header.seq} targets the log")
+            out.append((offset, self.log_offset + pos, length))
+            pos += (length + 7) & ~7
+        return out
+
+    def recover(self) -> int:
+        """Replay the committed transaction in the log, if any; return records replayed."""
+        header = self.pending()
+        applied = self.applied_seq()
+        raw = self.store.view[self.header_offset : self.header_offset + 32]
+        found = JournalHeader.unpack(raw)
+        self.seq = max(applied, found.seq if found else 0)
+        if header is None:
+            return 0
+        if self.readonly:
+            raise ReadOnly(
+                f"the journal holds transaction {header.seq} to replay: mount read-write once"
+            )
+        view = self.store.view
+        recs = self.records(header)
+        for offset, log_pos, length in recs:
+            self.store.write(offset, view[log_pos : log_pos + length])
+        self.store.drain()
+        self._mark_applied(header.seq)
+        self.store.drain()
+        return len(recs)
+
+    def _mark_applied(self, seq: int) -> None:
+        offset = self.header_offset + JH_APPLIED_OFFSET
+        self.store.write(offset, struct.pack("<Q", seq))
+
+    # -- transactions -----------------------------------------------------------------
+
+    def begin(self) -> Transaction:
+        """Start a transaction; the journal lock is held until commit or abort.
+
+        Raises:
+            ReadOnly (EROFS): mounted read-only, or read-only after a journal failure.
+        """
+        if self.readonly:
+            raise ReadOnly("filesystem is mounted read-only")
+        if self.failed is not None:
+            raise ReadOnly(f"filesystem is read-only after a journal failure: {self.failed}")
+        self.lock.acquire()
+        if self.active is not None:
+            self.lock.release()
+            raise AssertionError("nested transaction")
+        tx = Transaction(self)
+        self.active = tx
+        return tx
+
+    def _finish(self, tx: Transaction) -> None:
+        assert self.active is tx
+        self.active = None
+        self.lock.release()
+
+
+class Transaction:
+    """A set of block changes that reach the media all together or not at all."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.store = journal.store
+        self._dirty: dict[int, tuple[bytearray, Seal | None]] = {}
+        self._new: dict[int, Seal | None] = {}
+        self._data: list[tuple[int, bytes]] = []
+        self._data_bytes = 0
+        self._on_commit: list[Callable[[], None]] = []
+        self._on_abort: list[Callable[[], None]] = []
+        self.state = "open"
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.state != "open":
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    # -- block access -------------------------------------------------------------------
+
+    def read(self, blockno: int) -> memoryview:
+        """Block contents as this transaction sees them (its own changes included)."""
+        entry = self._dirty.get(blockno)
+        if entry is not None:
+            return memoryview(entry[0])
+        return self.store.block(blockno)
+
+    def write(self, blockno: int, seal: Seal | None = None) -> memoryview:
+        """A writable view of block ``blockno`` whose changes commit with the transaction.
+
+        ``seal`` is called on the block just before commit (to store checksums).
+        """
+        assert self.state == "open"
+        if blockno in self._new:
+            if seal is not None:
+                self._new[blockno] = seal
+            return self.store.block(blockno)
+        entry = self._dirty.get(blockno)
+        if entry is None:
+            entry = (bytearray(self.store.block(blockno)), seal)
+            self._dirty[blockno] = entry
+        elif seal is not None and entry[1] is None:
+            self._dirty[blockno] = entry = (entry[0], seal)
+        return memoryview(entry[0])
+
+    def new_block(self, blockno: int, seal: Seal | None = None) -> memoryview:
+        """Device memory of a block allocated in this transaction, written in place."""
+        assert self.state == "open"
+        assert blockno not in self._dirty, f"block {blockno} is both live and new"
+        self._new[blockno] = seal
+        return self.store.block(blockno)
+
+    def forget(self, blockno: int) -> None:
+        """Drop pending changes to a block this transaction freed."""
+        self._dirty.pop(blockno, None)
+        self._new.pop(blockno, None)
+
+    def is_new(self, blockno: int) -> bool:
+        return blockno in self._new
+
+    def log_data(self, offset: int, data: Buffer) -> None:
+        """Journal ``data`` to be written at device byte ``offset`` when the transaction commits."""
+        assert self.state == "open"
+        raw = bytes(data)
+        self._data.append((offset, raw))
+        self._data_bytes += len(raw) + JREC.size + 8
+
+    @property
+    def data_bytes(self) -> int:
+        return self._data_bytes
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after the transaction is durable."""
+        self._on_commit.append(fn)
+
+    def on_abort(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` if the transaction is abandoned (to undo in-memory state)."""
+        self._on_abort.append(fn)
+
+    # -- commit -------------------------------------------------------------------------
+
+    def _records(self) -> list[tuple[int, memoryview | bytes]]:
+        records: list[tuple[int, memoryview | bytes]] = []
+        for blockno, (copy, seal) in self._dirty.items():
+            view = memoryview(copy)
+            if seal is not None:
+                seal(view)
+            base = blockno << BLOCK_SHIFT
+            for start, end in changed_ranges(copy, self.store.block(blockno)):
+                records.append((base + start, view[start:end]))
+        records.extend(self._data)
+        return records
+
+    def commit(self) -> None:
+        """Make every change durable, atomically; see the module docstring.
+
+        Raises:
+            TransactionTooLarge: the records do not fit the log (nothing written).
+            OSError: the device failed; before the commit point nothing changed,
+                after it the filesystem turns read-only.
+        """
+        assert self.state == "open"
+        journal = self.journal
+        store = self.store
+        try:
+            for blockno, seal in self._new.items():
+                view = store.block(blockno)
+                if seal is not None:
+                    seal(view)
+                store.flush(blockno << BLOCK_SHIFT, BLOCK_SIZE)
+            records = self._records()
+            if records:
+                payload = _serialize(records)
+                if len(payload) > journal.capacity:
+                    raise TransactionTooLarge(
+                        f"transaction of {len(payload)} bytes exceeds the "
+                        f"{journal.capacity}-byte log"
+                    )
+                seq = journal.seq + 1
+                header = JournalHeader(seq, len(records), len(payload), crc32c(payload))
+                store.write(journal.log_offset, payload)
+                store.write(journal.header_offset, header.pack())
+            store.drain()  # COMMIT POINT: the transaction is durable
+        except BaseException:
+            self.abort()
+            raise
+        try:
+            if records:
+                journal.seq = seq
+                for offset, data in records:
+                    store.write(offset, data)
+                store.drain()
+                journal._mark_applied(seq)
+            journal.commits += 1
+        except OSError as exc:
+            journal.failed = f"applying transaction {journal.seq}: {exc}"
+            self.state = "committed"
+            journal._finish(self)
+            raise IOFailure(f"journal apply failed, filesystem is now read-only: {exc}") from exc
+        except BaseException:
+            self.state = "committed"
+            journal._finish(self)
+            raise
+        self.state = "committed"
+        self._dirty.clear()
+        journal._finish(self)
+        for fn in self._on_commit:
+            fn()
+
+    def abort(self) -> None:
+        """Abandon every change; run the on_abort callbacks (in reverse order)."""
+        if self.state != "open":
+            return
+        self.state = "aborted"
+        self._dirty.clear()
+        self._new.clear()
+        self._data.clear()
+        self.journal._finish(self)
+        for fn in reversed(self._on_abort):
+            fn()
+
+
+def _serialize(records: list[tuple[int, memoryview | bytes]]) -> bytes:
+    parts: list[bytes | memoryview] = []
+    for offset, data in records:
+        n = len(data)
+        parts.append(JREC.pack(offset, n, 0))
+        parts.append(data)
+        pad = -n & 7
+        if pad:
+            parts.append(bytes(pad))
+    return b"".join(parts)
+
+
+def changed_ranges(new: Buffer, old: Buffer) -> list[tuple[int, int]]:
+    """Byte ranges, in whole 64-byte lines, where two 4 KiB blocks differ."""
+    if bytes(new) == bytes(old):
+        return []
+    a = np.frombuffer(new, dtype=np.uint64).reshape(_LINES, LINE // 8)
+    b = np.frombuffer(old, dtype=np.uint64).reshape(_LINES, LINE // 8)
+    lines = np.flatnonzero((a != b).any(axis=1)).tolist()
+    ranges: list[tuple[int, int]] = []
+    for line in lines:
+        start = line * LINE
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], start + LINE)
+        else:
+            ranges.append((start, start + LINE))
+    return ranges

@@ -1,0 +1,527 @@
+"""The on-media format of daxfs: the only module that knows where bytes go.
+
+docs/FORMAT.md describes the same format byte by byte for humans; keep the two
+true together.  Every integer is little-endian.  Blocks are 4 KiB and block
+numbers are device byte offsets divided by 4096.
+
+Geometry (mkfs decides the sizes, the superblock records them)::
+
+    block 0                      primary superblock
+    1 .. J                       journal: header block, then the log area
+    J+1 .. J+B                   allocation bitmap (crc-protected blocks)
+    J+B+1                        inode block 0 (inodes 0..15, holds the inode file)
+    ...                          data, extent-tree and directory nodes, inode chunks
+    block_count - 1              backup superblock
+
+Checksums are crc32c (Castagnoli) over the structure with its own checksum
+field taken as zero.  Fields changed outside the journal are not covered:
+there are none in this version except ``JournalHeader.applied_seq``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import uuid as uuid_mod
+
+import crc32c as _crc32c
+
+from daxfs.errors import Corrupted
+
+BLOCK_SIZE = 4096
+BLOCK_SHIFT = 12
+MIN_FS_SIZE = 16 << 20
+MAX_NAME = 255
+INODE_SIZE = 256
+INODES_PER_BLOCK = BLOCK_SIZE // INODE_SIZE
+FORMAT_VERSION = 1
+
+# Reserved inode numbers (all in inode block 0).
+INO_NONE = 0  # never used: 0 terminates lists
+INO_INODE_FILE = 1  # the file whose contents are the inode table
+INO_ROOT = 2  # the root directory
+FIRST_FREE_INO = 3
+
+
+def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    """crc32c of ``data``, continuing from ``value``."""
+    return _crc32c.crc32c(data, value)
+
+
+def checksum_with_hole(buf: bytes | bytearray | memoryview, hole: int, size: int = 4) -> int:
+    """crc32c of ``buf`` with ``size`` bytes at ``hole`` (its checksum field) taken as zero."""
+    view = memoryview(buf)
+    value = crc32c(view[:hole])
+    value = crc32c(bytes(size), value)
+    return crc32c(view[hole + size :], value)
+
+
+# --------------------------------------------------------------------------- superblock
+
+SB_MAGIC = b"DAXFS\x00SB"
+SB_CRC_OFFSET = BLOCK_SIZE - 4
+
+#: Feature bits.  A mount refuses an image with unknown incompat bits, and
+#: mounts it read-only only with unknown ro_compat bits.
+FEATURE_COMPAT = 0
+FEATURE_INCOMPAT = 0
+FEATURE_RO_COMPAT = 0
+
+STATE_CLEAN = 0  # unmounted cleanly
+STATE_MOUNTED = 1  # mounted read-write, or crashed while mounted
+
+_SB = struct.Struct(
+    "<8s"  # 0   magic
+    "I"  # 8   version
+    "I"  # 12  block_size
+    "Q"  # 16  block_count
+    "16s"  # 24  uuid
+    "64s"  # 40  label, UTF-8, NUL padded
+    "I"  # 104 feature_compat
+    "I"  # 108 feature_incompat
+    "I"  # 112 feature_ro_compat
+    "I"  # 116 inode_size
+    "Q"  # 120 journal_start (block)
+    "Q"  # 128 journal_blocks
+    "Q"  # 136 bitmap_start (block)
+    "Q"  # 144 bitmap_blocks
+    "Q"  # 152 inode_block0
+    "Q"  # 160 root_ino
+    "q"  # 168 created_ns
+    "16s"  # 176 hash_key: key of the directory-name hash
+    "Q"  # 192 free_blocks
+    "Q"  # 200 free_inodes: inodes on the free list
+    "Q"  # 208 used_inodes
+    "Q"  # 216 free_ino_head
+    "Q"  # 224 orphan_head
+    "Q"  # 232 next_generation
+    "I"  # 240 state
+    "I"  # 244 mount_count
+    "q"  # 248 last_mount_ns
+)
+SB_SIZE = _SB.size  # 256; the rest of the block is zero up to the crc
+
+
+@dataclasses.dataclass(slots=True)
+class Superblock:
+    """The superblock: geometry (fixed at mkfs) and counters (journaled)."""
+
+    block_count: int
+    uuid: bytes
+    label: str
+    journal_start: int
+    journal_blocks: int
+    bitmap_start: int
+    bitmap_blocks: int
+    inode_block0: int
+    created_ns: int
+    hash_key: bytes
+    free_blocks: int
+    free_inodes: int
+    used_inodes: int
+    free_ino_head: int
+    orphan_head: int
+    next_generation: int
+    state: int = STATE_CLEAN
+    mount_count: int = 0
+    last_mount_ns: int = 0
+    root_ino: int = INO_ROOT
+    version: int = FORMAT_VERSION
+    block_size: int = BLOCK_SIZE
+    inode_size: int = INODE_SIZE
+    feature_compat: int = FEATURE_COMPAT
+    feature_incompat: int = FEATURE_INCOMPAT
+    feature_ro_compat: int = FEATURE_RO_COMPAT
+
+    @property
+    def uuid_str(self) -> str:
+        return str(uuid_mod.UUID(bytes=self.uuid))
+
+    @property
+    def data_start(self) -> int:
+        """First block after the static regions."""
+        return self.inode_block0 + 1
+
+    def pack_into(self, block: bytearray | memoryview) -> None:
+        """Write the superblock and its checksum into a 4 KiB block buffer."""
+        _SB.pack_into(
+            block,
+            0,
+            SB_MAGIC,
+            self.version,
+            self.block_size,
+            self.block_count,
+            self.uuid,
+            self.label.encode("utf-8"),
+            self.feature_compat,
+            self.feature_incompat,
+            self.feature_ro_compat,
+            self.inode_size,
+            self.journal_start,
+            self.journal_blocks,
+            self.bitmap_start,
+            self.bitmap_blocks,
+            self.inode_block0,
+            self.root_ino,
+            self.created_ns,
+            self.hash_key,
+            self.free_blocks,
+            self.free_inodes,
+            self.used_inodes,
+            self.free_ino_head,
+            self.orphan_head,
+            self.next_generation,
+            self.state,
+            self.mount_count,
+            self.last_mount_ns,
+        )
+        block[SB_SIZE:SB_CRC_OFFSET] = bytes(SB_CRC_OFFSET - SB_SIZE)
+        struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
+
+    def to_block(self) -> bytes:
+        block = bytearray(BLOCK_SIZE)
+        self.pack_into(block)
+        return bytes(block)
+
+    @classmethod
+    def unpack(cls, block: bytes | bytearray | memoryview, where: str) -> Superblock:
+        """Decode and check a superblock; ``where`` names it in errors.
+
+        Raises:
+            Corrupted (EUCLEAN): bad magic, checksum or geometry.
+        """
+        if len(block) < BLOCK_SIZE:
+            raise Corrupted(f"{where}: device too small to hold a superblock")
+        if bytes(block[:8]) != SB_MAGIC:
+            raise Corrupted(f"{where}: no daxfs superblock (bad magic)")
+        (stored,) = struct.unpack_from("<I", block, SB_CRC_OFFSET)
+        if crc32c(memoryview(block)[:SB_CRC_OFFSET]) != stored:
+            raise Corrupted(f"{where}: superblock checksum mismatch")
+        f = _SB.unpack_from(block, 0)
+        try:
+            label = f[5].rstrip(b"\x00").decode("utf-8")
+        except UnicodeDecodeError:
+            raise Corrupted(f"{where}: superblock label is not UTF-8") from None
+        return cls(
+            version=f[1],
+            block_size=f[2],
+            block_count=f[3],
+            uuid=f[4],
+            label=label,
+            feature_compat=f[6],
+            feature_incompat=f[7],
+            feature_ro_compat=f[8],
+            inode_size=f[9],
+            journal_start=f[10],
+            journal_blocks=f[11],
+            bitmap_start=f[12],
+            bitmap_blocks=f[13],
+            inode_block0=f[14],
+            root_ino=f[15],
+            created_ns=f[16],
+            hash_key=f[17],
+            free_blocks=f[18],
+            free_inodes=f[19],
+            used_inodes=f[20],
+            free_ino_head=f[21],
+            orphan_head=f[22],
+            next_generation=f[23],
+            state=f[24],
+            mount_count=f[25],
+            last_mount_ns=f[26],
+        )
+
+    def check_geometry(self, device_size: int, where: str) -> None:
+        """Raise Corrupted unless the regions fit the device and each other."""
+        problems = []
+        if self.version != FORMAT_VERSION:
+            problems.append(f"unknown format version {self.version}")
+        if self.block_size != BLOCK_SIZE or self.inode_size != INODE_SIZE:
+            problems.append(f"block size {self.block_size} / inode size {self.inode_size}")
+        if self.block_count * BLOCK_SIZE > device_size:
+            problems.append(f"{self.block_count} blocks do not fit a device of {device_size} bytes")
+        expected_bitmap = bitmap_blocks_for(self.block_count)
+        if not (
+            self.journal_start == 1
+            and self.journal_blocks >= 2
+            and self.bitmap_start == self.journal_start + self.journal_blocks
+            and self.bitmap_blocks == expected_bitmap
+            and self.inode_block0 == self.bitmap_start + self.bitmap_blocks
+            and self.inode_block0 < self.block_count - 1
+        ):
+            problems.append("region layout is inconsistent")
+        if self.root_ino != INO_ROOT:
+            problems.append(f"root inode {self.root_ino}")
+        if self.free_blocks > self.block_count:
+            problems.append(f"free block count {self.free_blocks} > {self.block_count} blocks")
+        if problems:
+            raise Corrupted(f"{where}: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- journal
+
+JOURNAL_MAGIC = b"DAXFSJNL"
+_JH = struct.Struct(
+    "<8s"  # 0  magic
+    "Q"  # 8  seq: sequence number of the transaction in the log
+    "I"  # 16 nrecords
+    "I"  # 20 log_bytes: bytes of records in the log area
+    "I"  # 24 log_crc: crc32c of the log area [0, log_bytes)
+    "I"  # 28 header_crc: crc32c of bytes [0, 32) with this field zero
+)
+JH_CRC_OFFSET = 28
+#: Byte offset of applied_seq in the header block: an 8-byte atomic store,
+#: outside header_crc, in a cache line of its own.
+JH_APPLIED_OFFSET = 64
+#: Log record header: device byte offset, length, reserved.
+JREC = struct.Struct("<QII")
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class JournalHeader:
+    seq: int
+    nrecords: int
+    log_bytes: int
+    log_crc: int
+
+    def pack(self) -> bytes:
+        raw = bytearray(
+            _JH.pack(JOURNAL_MAGIC, self.seq, self.nrecords, self.log_bytes, self.log_crc, 0)
+        )
+        struct.pack_into("<I", raw, JH_CRC_OFFSET, crc32c(raw[:JH_CRC_OFFSET]))
+        return bytes(raw)
+
+    @classmethod
+    def unpack(cls, block: bytes | bytearray | memoryview) -> JournalHeader | None:
+        """The header if it is intact, else None (never written or torn)."""
+        raw = bytes(block[: _JH.size])
+        magic, seq, nrecords, log_bytes, log_crc, stored = _JH.unpack(raw)
+        if magic != JOURNAL_MAGIC or crc32c(raw[:JH_CRC_OFFSET]) != stored:
+            return None
+        return cls(seq, nrecords, log_bytes, log_crc)
+
+
+# --------------------------------------------------------------------------- bitmap
+
+#: Each bitmap block holds this many bits, then a crc32c and 4 zero bytes.
+BITMAP_BYTES = BLOCK_SIZE - 8
+BITS_PER_BITMAP_BLOCK = BITMAP_BYTES * 8
+BITMAP_CRC_OFFSET = BITMAP_BYTES
+
+
+def bitmap_blocks_for(block_count: int) -> int:
+    return -(-block_count // BITS_PER_BITMAP_BLOCK)
+
+
+def seal_bitmap_block(block: bytearray | memoryview) -> None:
+    struct.pack_into("<II", block, BITMAP_CRC_OFFSET, crc32c(memoryview(block)[:BITMAP_BYTES]), 0)
+
+
+def bitmap_block_ok(block: bytes | bytearray | memoryview) -> bool:
+    (stored,) = struct.unpack_from("<I", block, BITMAP_CRC_OFFSET)
+    return crc32c(memoryview(block)[:BITMAP_BYTES]) == stored
+
+
+# --------------------------------------------------------------------------- inodes
+
+INODE_MAGIC = 0x444F4E49  # "INOD"
+INODE_CRC_OFFSET = 4
+
+# inode.flags bits
+IFLAG_ORPHAN = 0x1  # on the orphan list: freed (nlink 0) or truncated at recovery
+IFLAG_TRUNCATE = 0x2  # a truncate to `size` may still have blocks beyond it to free
+
+# inode.map_kind: how the inline area (bytes 128..255) is used
+MAP_NONE = 0  # nothing mapped (empty file, empty directory, free inode)
+MAP_INLINE = 1  # up to INLINE_EXTENTS extents in the inline area
+MAP_BTREE = 2  # map_root is the root block of a B+tree, map_height its height
+MAP_SYMLINK = 3  # inline area holds the symlink target (map_count bytes)
+
+INLINE_AREA = 128
+INLINE_OFFSET = 128
+
+_INODE = struct.Struct(
+    "<I"  # 0   magic
+    "I"  # 4   crc32c
+    "Q"  # 8   ino
+    "I"  # 16  mode
+    "I"  # 20  nlink
+    "I"  # 24  uid
+    "I"  # 28  gid
+    "Q"  # 32  size
+    "Q"  # 40  blocks: 4 KiB blocks owned (data and map nodes)
+    "q"  # 48  atime_ns
+    "q"  # 56  mtime_ns
+    "q"  # 64  ctime_ns
+    "q"  # 72  btime_ns
+    "I"  # 80  generation
+    "I"  # 84  flags
+    "Q"  # 88  next: free-list or orphan-list link
+    "Q"  # 96  parent: directories: the parent's ino
+    "B"  # 104 map_kind
+    "B"  # 105 map_height
+    "H"  # 106 map_count
+    "I"  # 108 reserved
+    "Q"  # 112 map_root
+    "Q"  # 120 entries: directories: number of entries
+)
+assert _INODE.size == INLINE_OFFSET
+
+
+@dataclasses.dataclass(slots=True)
+class InodeRecord:
+    """One 256-byte inode, decoded."""
+
+    ino: int
+    mode: int = 0
+    nlink: int = 0
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    blocks: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    btime_ns: int = 0
+    generation: int = 0
+    flags: int = 0
+    next: int = 0
+    parent: int = 0
+    map_kind: int = MAP_NONE
+    map_height: int = 0
+    map_count: int = 0
+    map_root: int = 0
+    entries: int = 0
+    inline: bytes = bytes(INLINE_AREA)
+
+    def pack_into(self, buf: bytearray | memoryview, offset: int) -> None:
+        """Write the record and its checksum at ``offset`` of ``buf``."""
+        view = memoryview(buf)[offset : offset + INODE_SIZE]
+        _INODE.pack_into(
+            view,
+            0,
+            INODE_MAGIC,
+            0,
+            self.ino,
+            self.mode,
+            self.nlink,
+            self.uid,
+            self.gid,
+            self.size,
+            self.blocks,
+            self.atime_ns,
+            self.mtime_ns,
+            self.ctime_ns,
+            self.btime_ns,
+            self.generation,
+            self.flags,
+            self.next,
+            self.parent,
+            self.map_kind,
+            self.map_height,
+            self.map_count,
+            0,
+            self.map_root,
+            self.entries,
+        )
+        assert len(self.inline) == INLINE_AREA
+        view[INLINE_OFFSET:] = self.inline
+        struct.pack_into("<I", view, INODE_CRC_OFFSET, checksum_with_hole(view, INODE_CRC_OFFSET))
+
+    @classmethod
+    def unpack_from(cls, buf: bytes | bytearray | memoryview, offset: int, ino: int) -> InodeRecord:
+        """Decode the inode ``ino`` stored at ``offset``.
+
+        Raises:
+            Corrupted (EUCLEAN): bad magic, checksum or inode number.
+        """
+        view = memoryview(buf)[offset : offset + INODE_SIZE]
+        f = _INODE.unpack_from(view, 0)
+        if f[0] != INODE_MAGIC:
+            raise Corrupted(f"inode {ino}: bad magic {f[0]:#x}")
+        if checksum_with_hole(view, INODE_CRC_OFFSET) != f[1]:
+            raise Corrupted(f"inode {ino}: checksum mismatch")
+        if f[2] != ino:
+            raise Corrupted(f"inode {ino}: record says it is inode {f[2]}")
+        return cls(
+            ino=ino,
+            mode=f[3],
+            nlink=f[4],
+            uid=f[5],
+            gid=f[6],
+            size=f[7],
+            blocks=f[8],
+            atime_ns=f[9],
+            mtime_ns=f[10],
+            ctime_ns=f[11],
+            btime_ns=f[12],
+            generation=f[13],
+            flags=f[14],
+            next=f[15],
+            parent=f[16],
+            map_kind=f[17],
+            map_height=f[18],
+            map_count=f[19],
+            map_root=f[21],
+            entries=f[22],
+            inline=bytes(view[INLINE_OFFSET:]),
+        )
+
+
+# --------------------------------------------------------------------------- extents
+
+EXTENT_UNWRITTEN = 0x1  # allocated, reads as zeros (fallocate)
+MAX_EXTENT_BLOCKS = 0xFFFFFFFF
+#: An extent in the inline area: logical block, physical block, length, flags.
+EXTENT = struct.Struct("<QQII")
+INLINE_EXTENTS = INLINE_AREA // EXTENT.size  # 5
+#: An extent as a B+tree value (the key is the logical block).
+EXTENT_VALUE = struct.Struct("<QII")
+
+
+# --------------------------------------------------------------------------- B+tree nodes
+
+NODE_MAGIC = 0x4E505442  # "BTPN"
+NODE_CRC_OFFSET = 4
+#: Node header; keys start at NODE_KEYS.
+NODE_HEADER = struct.Struct(
+    "<I"  # 0  magic
+    "I"  # 4  crc32c of the block with this field zero
+    "Q"  # 8  owner: ino of the inode whose tree this is
+    "Q"  # 16 blockno: where this node lives (catches misdirected writes)
+    "H"  # 24 level: 0 for leaves
+    "H"  # 26 count: keys in use
+    "H"  # 28 kind: TREE_EXTENTS or TREE_DIRECTORY
+    "H"  # 30 heap: leaves: offset of the lowest byte of the value heap
+    "Q"  # 32 reserved
+)
+NODE_KEYS = 64
+TREE_EXTENTS = 1
+TREE_DIRECTORY = 2
+#: Internal nodes: keys u64[INTERNAL_CAP] at NODE_KEYS, children u64[INTERNAL_CAP] after.
+INTERNAL_CAP = (BLOCK_SIZE - NODE_KEYS) // 16  # 252
+INTERNAL_CHILDREN = NODE_KEYS + INTERNAL_CAP * 8
+#: Leaves: keys u64[LEAF_CAP], then slots (u16 offset, u16 length)[LEAF_CAP], then the
+#: value heap, which grows down from the end of the block.
+LEAF_CAP = 128
+LEAF_SLOTS = NODE_KEYS + LEAF_CAP * 8
+LEAF_HEAP_MIN = LEAF_SLOTS + LEAF_CAP * 4  # 1600
+MAX_VALUE = BLOCK_SIZE - LEAF_HEAP_MIN  # a single value always fits an empty leaf
+
+
+def seal_node(block: bytearray | memoryview) -> None:
+    """Store the checksum of a B+tree node."""
+    struct.pack_into("<I", block, NODE_CRC_OFFSET, checksum_with_hole(block, NODE_CRC_OFFSET))
+
+
+def node_ok(block: bytes | bytearray | memoryview) -> bool:
+    (magic, stored) = struct.unpack_from("<II", block, 0)
+    return magic == NODE_MAGIC and checksum_with_hole(block, NODE_CRC_OFFSET) == stored
+
+
+# --------------------------------------------------------------------------- directories
+
+#: A directory entry inside a B+tree value: ino, file type (DT_*), name length, name.
+#: A value holds every entry whose name hashes to the key (collisions are rare).
+DIRENT = struct.Struct("<QBB")
+DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 4, 6, 8, 10, 12

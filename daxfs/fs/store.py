@@ -1,0 +1,80 @@
+"""Store: how the filesystem reaches its blocks (metadata and the journal).
+
+The filesystem never touches a device directly for metadata; it asks a Store
+for a block and writes through it.  On persistent memory (``PmemStore``) a
+block is a view straight into device memory (direct access, no copy), writes
+are device writes, and ``drain`` is the fence.  On a block device the same
+interface will be a buffer cache over bios (daxfs.block), which is why the
+journal and the structures above use only these verbs:
+
+    block(n)            committed contents of block n (treat as read-only)
+    write(off, data)    copy + flush, no fence
+    flush(off, len)     start write-back
+    drain()             every earlier write/flush is durable on return
+
+File *data* on pmem does not go through the Store: the DAX data path copies
+between the caller's buffer and device memory (daxfs.fs.file).
+
+Invariant: ``block(n)`` views are valid until ``close()``; close releases them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from daxfs.errors import Corrupted
+from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE
+from daxfs.pmem.device import Device
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+
+class PmemStore:
+    """Blocks of a byte-addressable device, reached by direct access."""
+
+    def __init__(self, device: Device, block_count: int | None = None) -> None:
+        self.device = device
+        usable = device.size >> BLOCK_SHIFT
+        self.block_count = usable if block_count is None else block_count
+        if self.block_count > usable:
+            raise Corrupted(
+                f"filesystem of {self.block_count} blocks does not fit the device "
+                f"of {device.size} bytes"
+            )
+        self._view: memoryview | None = device.direct_access(0, self.block_count << BLOCK_SHIFT)
+
+    @property
+    def view(self) -> memoryview:
+        """The whole filesystem as one view of device memory."""
+        assert self._view is not None, "store is closed"
+        return self._view
+
+    def block(self, blockno: int) -> memoryview:
+        """Device memory of block ``blockno``. Caller must pass a valid block number."""
+        assert 0 <= blockno < self.block_count, f"block {blockno} outside the filesystem"
+        start = blockno << BLOCK_SHIFT
+        return self.view[start : start + BLOCK_SIZE]
+
+    def read(self, blockno: int) -> memoryview:
+        """Same as block(): a store is a reader of the committed state."""
+        return self.block(blockno)
+
+    def write(self, offset: int, data: Buffer) -> None:
+        """Copy ``data`` to byte ``offset`` and flush it; durable after the next drain."""
+        self.device.write(offset, data, drain=False)
+
+    def fill(self, offset: int, length: int, byte: int = 0) -> None:
+        self.device.fill(offset, length, byte, drain=False)
+
+    def flush(self, offset: int, length: int) -> None:
+        self.device.flush(offset, length)
+
+    def drain(self) -> None:
+        self.device.drain()
+
+    def close(self) -> None:
+        """Release the view; every block view handed out must be released first."""
+        if self._view is not None:
+            self._view.release()
+            self._view = None
