@@ -387,7 +387,9 @@ def _serialize(records: list[tuple[int, memoryview | bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def changed_ranges(new: Buffer, old: Buffer) -> list[tuple[int, int]]:
+def changed_ranges(
+    new: bytes | bytearray | memoryview, old: bytes | bytearray | memoryview
+) -> list[tuple[int, int]]:
     """Byte ranges, in whole 64-byte lines, where two 4 KiB blocks differ."""
     if bytes(new) == bytes(old):
         return []

@@ -319,7 +319,7 @@ def seal_bitmap_block(block: bytearray | memoryview) -> None:
 
 def bitmap_block_ok(block: bytes | bytearray | memoryview) -> bool:
     (stored,) = struct.unpack_from("<I", block, BITMAP_CRC_OFFSET)
-    return crc32c(memoryview(block)[:BITMAP_BYTES]) == stored
+    return crc32c(memoryview(block)[:BITMAP_BYTES]) == int(stored)
 
 
 # --------------------------------------------------------------------------- inodes
@@ -515,8 +515,8 @@ def seal_node(block: bytearray | memoryview) -> None:
 
 
 def node_ok(block: bytes | bytearray | memoryview) -> bool:
-    (magic, stored) = struct.unpack_from("<II", block, 0)
-    return magic == NODE_MAGIC and checksum_with_hole(block, NODE_CRC_OFFSET) == stored
+    magic, stored = struct.unpack_from("<II", block, 0)
+    return bool(magic == NODE_MAGIC and checksum_with_hole(block, NODE_CRC_OFFSET) == stored)
 
 
 # --------------------------------------------------------------------------- directories
