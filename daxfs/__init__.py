@@ -1,13 +1,30 @@
 """daxfs: a persistent-memory DAX storage stack in user space.
 
 Layers, bottom up (docs/ARCHITECTURE.md): ``daxfs.pmem`` devices, the iomap
-extent interface, the filesystem, mappings and pinning, block devices and the
-page cache, and the front ends (API, CLI, FUSE).
+extent interface, the filesystem (``daxfs.fs``), mappings and pinning, block
+devices and the page cache, and the front ends (this API, the CLI, FUSE).
+
+    import daxfs
+    daxfs.mkfs("/dev/shm/fs.img", 64 << 20)
+    with daxfs.mount("/dev/shm/fs.img", persist="cpu") as fs:
+        with fs.open("/hello.txt", "w") as f:
+            f.write("durable on return\\n")
 """
 
 from daxfs import errors
+from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.mount import mkfs, mount
 from daxfs.pmem import Granularity, PmemDevice, open_device
 
 __version__ = "0.1.0"
 
-__all__ = ["Granularity", "PmemDevice", "__version__", "errors", "open_device"]
+__all__ = [
+    "FileSystem",
+    "Granularity",
+    "PmemDevice",
+    "__version__",
+    "errors",
+    "mkfs",
+    "mount",
+    "open_device",
+]

@@ -14,6 +14,7 @@ A broken internal invariant is an ``AssertionError``, never one of these.
 from __future__ import annotations
 
 import errno
+import io
 
 
 class DaxfsError(OSError):
@@ -121,6 +122,14 @@ class BadFileDescriptor(DaxfsError):
     errno_code = errno.EBADF
 
 
+class ClosedFile(BadFileDescriptor, ValueError):
+    """EBADF: I/O on a closed file (also ValueError, as io raises for closed files)."""
+
+
+class UnsupportedIO(BadFileDescriptor, io.UnsupportedOperation):
+    """EBADF: reading a file opened write-only, or writing one opened read-only."""
+
+
 class PermissionDenied(DaxfsError, PermissionError):
     """EACCES."""
 
@@ -154,6 +163,7 @@ class Corrupted(DaxfsError):
 __all__ = [
     "BadFileDescriptor",
     "Busy",
+    "ClosedFile",
     "Corrupted",
     "CrossDevice",
     "DaxfsError",
@@ -171,5 +181,6 @@ __all__ = [
     "PermissionDenied",
     "ReadOnly",
     "TooManyLinks",
+    "UnsupportedIO",
     "WouldBlock",
 ]

@@ -63,7 +63,7 @@ import struct
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -105,6 +105,7 @@ class Journal:
         self.seq = 0
         self.commits = 0
         self.active: Transaction | None = None
+        self.owner = 0
 
     # -- recovery ---------------------------------------------------------------------
 
@@ -193,7 +194,15 @@ class Journal:
             raise AssertionError("nested transaction")
         tx = Transaction(self)
         self.active = tx
+        self.owner = threading.get_ident()
         return tx
+
+    def current(self) -> Transaction | None:
+        """The open transaction of the calling thread, if any."""
+        tx = self.active
+        if tx is not None and self.owner == threading.get_ident():
+            return tx
+        return None
 
     def _finish(self, tx: Transaction) -> None:
         assert self.active is tx
@@ -214,6 +223,8 @@ class Transaction:
         self._on_commit: list[Callable[[], None]] = []
         self._on_abort: list[Callable[[], None]] = []
         self.state = "open"
+        #: per-transaction bookkeeping of the layers above, by layer name
+        self.scratch: dict[str, Any] = {}
 
     def __enter__(self) -> Transaction:
         return self

@@ -98,8 +98,9 @@ _SB = struct.Struct(
     "I"  # 240 state
     "I"  # 244 mount_count
     "q"  # 248 last_mount_ns
+    "Q"  # 256 inode_hwm: inodes >= this have never been used (zero records)
 )
-SB_SIZE = _SB.size  # 256; the rest of the block is zero up to the crc
+SB_SIZE = _SB.size  # 264; the rest of the block is zero up to the crc
 
 
 @dataclasses.dataclass(slots=True)
@@ -125,6 +126,7 @@ class Superblock:
     state: int = STATE_CLEAN
     mount_count: int = 0
     last_mount_ns: int = 0
+    inode_hwm: int = FIRST_FREE_INO
     root_ino: int = INO_ROOT
     version: int = FORMAT_VERSION
     block_size: int = BLOCK_SIZE
@@ -174,6 +176,7 @@ class Superblock:
             self.state,
             self.mount_count,
             self.last_mount_ns,
+            self.inode_hwm,
         )
         block[SB_SIZE:SB_CRC_OFFSET] = bytes(SB_CRC_OFFSET - SB_SIZE)
         struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
@@ -229,6 +232,7 @@ class Superblock:
             state=f[24],
             mount_count=f[25],
             last_mount_ns=f[26],
+            inode_hwm=f[27],
         )
 
     def check_geometry(self, device_size: int, where: str) -> None:

@@ -20,7 +20,7 @@ Invariant: ``block(n)`` views are valid until ``close()``; close releases them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from daxfs.errors import Corrupted
 from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE
@@ -28,6 +28,12 @@ from daxfs.pmem.device import Device
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+
+
+class Reader(Protocol):
+    """Anything that can show a block: the store (committed) or a transaction."""
+
+    def read(self, blockno: int) -> memoryview: ...
 
 
 class PmemStore:
@@ -51,8 +57,13 @@ class PmemStore:
         return self._view
 
     def block(self, blockno: int) -> memoryview:
-        """Device memory of block ``blockno``. Caller must pass a valid block number."""
-        assert 0 <= blockno < self.block_count, f"block {blockno} outside the filesystem"
+        """Device memory of block ``blockno``.
+
+        Raises:
+            Corrupted: the number is outside the filesystem (it came from media).
+        """
+        if not 0 <= blockno < self.block_count:
+            raise Corrupted(f"block {blockno} is outside the filesystem of {self.block_count}")
         start = blockno << BLOCK_SHIFT
         return self.view[start : start + BLOCK_SIZE]
 

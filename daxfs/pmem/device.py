@@ -41,7 +41,7 @@ import enum
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from daxfs.errors import InvalidArgument
+from daxfs.errors import Busy, InvalidArgument
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -156,6 +156,23 @@ class Device(abc.ABC):
             BufferError: views returned by direct_access are still alive; the
                 device stays open and usable.
         """
+
+    def claim(self, exclusive: bool, who: str) -> None:
+        """Take the device for ``who``: exclusive (a read-write mount) or shared.
+
+        Raises:
+            Busy (EBUSY): another holder has it exclusively, or ``exclusive``
+                is asked while anyone holds it.
+        """
+        holders = getattr(self, "_claims", 0)
+        if holders < 0 or (exclusive and holders > 0):
+            raise Busy(f"device is in use (already mounted): cannot give it to {who}")
+        self._claims = -1 if exclusive else holders + 1
+
+    def unclaim(self) -> None:
+        """Release a claim taken with claim()."""
+        holders = getattr(self, "_claims", 0)
+        self._claims = 0 if holders <= 1 else holders - 1
 
     def __enter__(self) -> Self:
         return self

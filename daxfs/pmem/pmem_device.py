@@ -23,12 +23,14 @@ Invariants
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import stat as stat_mod
 from typing import TYPE_CHECKING
 
 from daxfs.errors import (
+    Busy,
     InvalidArgument,
     IsADirectory,
     NotFound,
@@ -146,6 +148,23 @@ class PmemDevice(Device):
 
     def persist(self, offset: int, length: int) -> None:
         self._region.persist(offset, length)
+
+    def claim(self, exclusive: bool, who: str) -> None:
+        """As Device.claim, and across processes with flock(2) on the device file."""
+        self._check_open()
+        super().claim(exclusive, who)
+        try:
+            fcntl.flock(self._fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            super().unclaim()
+            raise Busy(
+                f"{self.path} is in use by another process (already mounted)", self.path
+            ) from None
+
+    def unclaim(self) -> None:
+        super().unclaim()
+        if getattr(self, "_claims", 0) == 0 and self._map is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     # -- lifecycle -------------------------------------------------------------
 

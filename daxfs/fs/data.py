@@ -1,0 +1,455 @@
+"""The DAX data path of regular files: read, write, truncate, fallocate, seek.
+
+Theory of operation
+-------------------
+There is no page cache.  A read asks iomap for the extent under the file
+position and copies straight from device memory into the caller's buffer
+(``Device.readinto``: one memcpy, no intermediate bytes).  A write is one
+transaction, so it is atomic and durable on return (docs/GUARANTEES.md):
+
+* into a hole: allocate blocks, copy the data straight into them
+  (non-temporal stores), zero what the data does not cover, map them;
+* into an UNWRITTEN extent: copy into its blocks, zero the rest, mark written;
+* over written data: journal the new bytes (``Transaction.log_data``): the
+  redo record *is* the data, applied in place after the commit point; or, for
+  overwrites larger than ``log_data_max``, copy-on-write: new blocks get the
+  data (and the untouched head and tail of the old blocks), the map swings to
+  them and the old blocks are freed, all in one transaction.
+
+Every case writes only blocks that nothing committed refers to before the
+commit point, so a crash leaves the old contents or the new, never a mix, and
+never the old contents of another file's freed blocks.
+
+Large truncates and deletes free blocks in batches of ``BATCH_EXTENTS``
+extents, one transaction each; the inode sits on the orphan list with the
+TRUNCATE flag meanwhile, so recovery finishes the job if power fails.
+
+Locking: callers hold ``inode.lock`` (data path and size changes); each
+change takes the journal lock through its transaction.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING
+
+from daxfs.errors import FileTooLarge, InvalidArgument, NotSupported
+from daxfs.fs.alloc import Allocator
+from daxfs.fs.extmap import NO_BLOCK, BlockMaps, Extent
+from daxfs.fs.inode import Inode, InodeTable, now_ns
+from daxfs.fs.journal import Journal, Transaction
+from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE, EXTENT_UNWRITTEN, IFLAG_TRUNCATE
+from daxfs.fs.store import Reader
+from daxfs.iomap import Iomap, IomapFlags, IomapType
+from daxfs.pmem.device import Device
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+MAX_FILE_SIZE = 1 << 56
+#: Largest write done in one call (atomically); larger writes return short, as write(2) may.
+MAX_IO = 256 << 20
+#: Extents unmapped per transaction when truncating or deleting.
+BATCH_EXTENTS = 256
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+_FALLOC_KNOWN = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+
+_ZEROS = bytes(BLOCK_SIZE)
+
+Plan = list[tuple[int, int, Extent | None]]  # (first file block, count, extent or hole)
+
+
+class DataPath:
+    """Data operations on regular files; also the filesystem's iomap ops."""
+
+    def __init__(
+        self,
+        device: Device,
+        journal: Journal,
+        alloc: Allocator,
+        itable: InodeTable,
+        maps: BlockMaps,
+    ) -> None:
+        self.device = device
+        self.journal = journal
+        self.store = journal.store
+        self.alloc = alloc
+        self.itable = itable
+        self.maps = maps
+        self.log_data_max = min(256 << 10, journal.capacity // 4)
+
+    # -- iomap ------------------------------------------------------------------------
+
+    def iomap_begin(self, inode: Inode, pos: int, length: int, flags: IomapFlags) -> Iomap:
+        """The extent under byte ``pos`` (see daxfs.iomap)."""
+        lblk = pos >> BLOCK_SHIFT
+        ext = inode.xcache
+        if not (isinstance(ext, Extent) and ext.lblk <= lblk < ext.end):
+            reader: Reader = self.journal.current() or self.store
+            found, nxt = self.maps.lookup(reader, inode, lblk)
+            if found is None:
+                end = min(nxt, MAX_FILE_SIZE >> BLOCK_SHIFT)
+                return Iomap(lblk << BLOCK_SHIFT, (end - lblk) << BLOCK_SHIFT, IomapType.HOLE)
+            inode.xcache = ext = found
+        kind = IomapType.UNWRITTEN if ext.flags & EXTENT_UNWRITTEN else IomapType.MAPPED
+        return Iomap(
+            ext.lblk << BLOCK_SHIFT, ext.length << BLOCK_SHIFT, kind, ext.pblk << BLOCK_SHIFT
+        )
+
+    def iomap_end(
+        self, inode: Inode, pos: int, length: int, written: int, flags: IomapFlags, iomap: Iomap
+    ) -> None:
+        """Nothing to trim: the DAX path reserves nothing in begin."""
+
+    # -- read -------------------------------------------------------------------------
+
+    def read_into(self, inode: Inode, pos: int, buf: memoryview) -> int:
+        """Copy file bytes at ``pos`` into ``buf``; return the count (0 at EOF).
+
+        Caller must hold ``inode.lock``.
+        """
+        size = inode.rec.size
+        if pos >= size or not len(buf):
+            return 0
+        n = min(len(buf), size - pos)
+        done = 0
+        while done < n:
+            iomap = self.iomap_begin(inode, pos + done, n - done, IomapFlags.NONE)
+            chunk = min(n - done, iomap.end - (pos + done))
+            target = buf[done : done + chunk]
+            if iomap.type is IomapType.MAPPED:
+                self.device.readinto(iomap.addr_of(pos + done), target)
+            else:
+                _zero(target)
+            done += chunk
+        return n
+
+    # -- write ------------------------------------------------------------------------
+
+    def write(self, inode: Inode, pos: int, data: Buffer) -> int:
+        """Write ``data`` at ``pos`` atomically and durably; return bytes written.
+
+        Caller must hold ``inode.lock``.  Writes longer than MAX_IO are short.
+
+        Raises:
+            FileTooLarge (EFBIG): ``pos`` at or beyond the maximum file size.
+            NoSpace (ENOSPC): not enough free blocks; nothing was written.
+        """
+        src = memoryview(data).cast("B")
+        if pos >= MAX_FILE_SIZE:
+            raise FileTooLarge(f"offset {pos} is beyond the maximum file size {MAX_FILE_SIZE}")
+        n = min(len(src), MAX_IO, MAX_FILE_SIZE - pos)
+        if n == 0:
+            return 0
+        with self.journal.begin() as tx:
+            self.write_in(tx, inode, pos, src[:n])
+        return n
+
+    def write_in(self, tx: Transaction, inode: Inode, pos: int, src: memoryview) -> None:
+        """The body of ``write``, inside the caller's transaction."""
+        n = len(src)
+        end = pos + n
+        first, stop = pos >> BLOCK_SHIFT, ((end - 1) >> BLOCK_SHIFT) + 1
+        rec = self.itable.dirty(tx, inode)
+        plan = self._plan(tx, inode, first, stop)
+        overwrite = sum(c for _, c, e in plan if e is not None and not e.unwritten)
+        cow = overwrite << BLOCK_SHIFT > self.log_data_max
+        for lblk, count, ext in plan:
+            lo = max(pos, lblk << BLOCK_SHIFT)
+            hi = min(end, (lblk + count) << BLOCK_SHIFT)
+            chunk = src[lo - pos : hi - pos]
+            if ext is not None and not ext.unwritten and not cow:
+                tx.log_data((ext.pblk << BLOCK_SHIFT) + lo - (lblk << BLOCK_SHIFT), chunk)
+            elif ext is not None and ext.unwritten:
+                self._fill(ext.pblk, lblk, count, lo, hi, chunk, None)
+                self.maps.convert(tx, inode, lblk, count)
+            else:
+                self._write_new(tx, inode, lblk, count, lo, hi, chunk, ext)
+        rec.size = max(rec.size, end)
+        rec.mtime_ns = rec.ctime_ns = now_ns()
+
+    def _plan(self, reader: Reader, inode: Inode, start: int, stop: int) -> Plan:
+        """Split file blocks ``[start, stop)`` into holes and pieces of extents."""
+        out: Plan = []
+        cur = start
+        for ext in list(self._extents_in(reader, inode, start, stop)):
+            if ext.lblk > cur:
+                out.append((cur, ext.lblk - cur, None))
+                cur = ext.lblk
+            piece = ext.slice(cur, stop)
+            out.append((piece.lblk, piece.length, piece))
+            cur = piece.end
+        if cur < stop:
+            out.append((cur, stop - cur, None))
+        return out
+
+    def _extents_in(self, reader: Reader, inode: Inode, start: int, stop: int) -> list[Extent]:
+        out = []
+        for ext in self.maps.extents(reader, inode, start):
+            if ext.lblk >= stop:
+                break
+            out.append(ext)
+        return out
+
+    def _write_new(
+        self,
+        tx: Transaction,
+        inode: Inode,
+        lblk: int,
+        count: int,
+        lo: int,
+        hi: int,
+        chunk: memoryview,
+        old: Extent | None,
+    ) -> None:
+        """Put file blocks ``[lblk, lblk+count)`` in new blocks (hole fill or copy-on-write)."""
+        rec = self.itable.dirty(tx, inode)
+        runs = self.alloc.alloc(tx, count, goal=self._goal(tx, inode, lblk))
+        new: list[Extent] = []
+        cur = lblk
+        for start, length in runs:
+            piece_old = old.slice(cur, cur + length) if old is not None else None
+            a = max(lo, cur << BLOCK_SHIFT)
+            b = min(hi, (cur + length) << BLOCK_SHIFT)
+            self._fill(start, cur, length, a, b, chunk[a - lo : b - lo], piece_old)
+            new.append(Extent(cur, start, length))
+            cur += length
+        if old is not None:
+            for piece in self.maps.punch(tx, inode, lblk, count):
+                self.alloc.free(tx, piece.pblk, piece.length)
+                rec.blocks -= piece.length
+        for ext in new:
+            self.maps.insert(tx, inode, ext)
+        rec.blocks += count
+
+    def _goal(self, reader: Reader, inode: Inode, lblk: int) -> int | None:
+        """Allocation goal: right after the extent before ``lblk``."""
+        ext = inode.xcache
+        if isinstance(ext, Extent) and ext.end <= lblk:
+            return ext.pblk + ext.length + (lblk - ext.end)
+        found, _ = self.maps.lookup(reader, inode, lblk - 1) if lblk else (None, 0)
+        return found.pblk + found.length if found is not None else None
+
+    def _fill(
+        self,
+        pblk: int,
+        lblk: int,
+        count: int,
+        lo: int,
+        hi: int,
+        chunk: Buffer,
+        old: Extent | None,
+    ) -> None:
+        """Fill device blocks holding file blocks ``[lblk, lblk+count)`` whole.
+
+        File bytes ``[lo, hi)`` come from ``chunk``; the rest of the blocks
+        come from ``old`` (copy-on-write) or are zeroed.
+        """
+        base = lblk << BLOCK_SHIFT
+        addr = pblk << BLOCK_SHIFT
+        span = count << BLOCK_SHIFT
+        if lo > base:
+            self._copy_or_zero(addr, lo - base, old, 0)
+        if hi > lo:
+            self.device.write(addr + lo - base, chunk, drain=False)
+        if hi < base + span:
+            self._copy_or_zero(addr + hi - base, base + span - hi, old, hi - base)
+
+    def _copy_or_zero(self, addr: int, length: int, old: Extent | None, skip: int) -> None:
+        if old is None:
+            self.device.fill(addr, length, 0, drain=False)
+        else:
+            source = (old.pblk << BLOCK_SHIFT) + skip
+            self.device.write(addr, self.device.read(source, length), drain=False)
+
+    # -- truncate and fallocate -------------------------------------------------------
+
+    def truncate(self, inode: Inode, size: int) -> None:
+        """Set the file size; blocks past it are freed, the tail of the last block zeroed.
+
+        Caller must hold ``inode.lock``.
+
+        Raises:
+            FileTooLarge: size beyond the maximum file size.
+        """
+        if size > MAX_FILE_SIZE:
+            raise FileTooLarge(f"size {size} is beyond the maximum file size {MAX_FILE_SIZE}")
+        keep = (size + BLOCK_SIZE - 1) >> BLOCK_SHIFT
+        with self.journal.begin() as tx:
+            rec = self.itable.dirty(tx, inode)
+            if size < rec.size:
+                self._zero_tail(tx, inode, size)
+            rec.size = size
+            rec.mtime_ns = rec.ctime_ns = now_ns()
+            if not self._free_beyond(tx, inode, keep, BATCH_EXTENTS):
+                rec.flags |= IFLAG_TRUNCATE
+                self.itable.add_orphan(tx, inode)
+        self.finish_truncate(inode)
+
+    def finish_truncate(self, inode: Inode) -> None:
+        """Free what a batched truncate left past the size (also run by recovery)."""
+        if not inode.rec.flags & IFLAG_TRUNCATE:
+            return
+        keep = (inode.rec.size + BLOCK_SIZE - 1) >> BLOCK_SHIFT
+        done = False
+        while not done:
+            with self.journal.begin() as tx:
+                done = self._free_beyond(tx, inode, keep, BATCH_EXTENTS)
+                if done:
+                    self.itable.dirty(tx, inode).flags &= ~IFLAG_TRUNCATE
+                    self.itable.remove_orphan(tx, inode)
+
+    def _free_beyond(self, tx: Transaction, inode: Inode, keep: int, batch: int) -> bool:
+        """Unmap and free up to ``batch`` extents past block ``keep``, last first.
+
+        Returns True when nothing is left past ``keep``.
+        """
+        extents = list(self.maps.extents(tx, inode, keep))
+        victims = extents[-batch:]
+        if not victims:
+            return True
+        start = max(keep, victims[0].lblk)
+        rec = self.itable.dirty(tx, inode)
+        for piece in self.maps.punch(tx, inode, start, victims[-1].end - start):
+            self.alloc.free(tx, piece.pblk, piece.length)
+            rec.blocks -= piece.length
+        if len(extents) <= batch:
+            if keep == 0:
+                self.maps.clear_tree(tx, inode)
+            return True
+        return False
+
+    def _zero_tail(self, tx: Transaction, inode: Inode, size: int) -> None:
+        """Zero ``[size, end of its block)`` if written data is there (journaled)."""
+        offset = size & (BLOCK_SIZE - 1)
+        if not offset:
+            return
+        found, _ = self.maps.lookup(tx, inode, size >> BLOCK_SHIFT)
+        if found is not None and not found.unwritten:
+            addr = ((found.pblk + (size >> BLOCK_SHIFT) - found.lblk) << BLOCK_SHIFT) + offset
+            tx.log_data(addr, _ZEROS[offset:])
+
+    def fallocate(self, inode: Inode, offset: int, length: int, mode: int) -> None:
+        """Allocate, punch or zero ``[offset, offset+length)`` (Linux's fallocate modes).
+
+        Caller must hold ``inode.lock``.
+
+        Raises:
+            InvalidArgument: length <= 0, negative offset, unknown or invalid mode.
+            NotSupported (EOPNOTSUPP): PUNCH_HOLE without KEEP_SIZE.
+            FileTooLarge, NoSpace.
+        """
+        if offset < 0 or length <= 0:
+            raise InvalidArgument(f"fallocate range offset={offset} length={length} is invalid")
+        if mode & ~_FALLOC_KNOWN or (mode & FALLOC_FL_PUNCH_HOLE and mode & FALLOC_FL_ZERO_RANGE):
+            raise InvalidArgument(f"fallocate mode {mode:#x} is not supported")
+        if mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE:
+            raise NotSupported("PUNCH_HOLE must be combined with KEEP_SIZE")
+        end = offset + length
+        if end > MAX_FILE_SIZE:
+            raise FileTooLarge(f"range end {end} is beyond the maximum file size")
+        with self.journal.begin() as tx:
+            rec = self.itable.dirty(tx, inode)
+            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                self._zero_range(tx, inode, offset, end, unmap=bool(mode & FALLOC_FL_PUNCH_HOLE))
+            else:
+                self._preallocate(tx, inode, offset >> BLOCK_SHIFT, _blocks_up(end))
+            if not mode & FALLOC_FL_KEEP_SIZE and end > rec.size:
+                rec.size = end
+            rec.ctime_ns = now_ns()
+            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                rec.mtime_ns = rec.ctime_ns
+
+    def _preallocate(self, tx: Transaction, inode: Inode, start: int, stop: int) -> None:
+        rec = self.itable.dirty(tx, inode)
+        for lblk, count, ext in self._plan(tx, inode, start, stop):
+            if ext is not None:
+                continue
+            cur = lblk
+            for pblk, length in self.alloc.alloc(tx, count, self._goal(tx, inode, lblk)):
+                self.maps.insert(tx, inode, Extent(cur, pblk, length, EXTENT_UNWRITTEN))
+                cur += length
+            rec.blocks += count
+
+    def _zero_range(self, tx: Transaction, inode: Inode, start: int, end: int, unmap: bool) -> None:
+        """Zero bytes ``[start, end)``: whole blocks unmapped (punch) or made unwritten."""
+        first_full = _blocks_up(start)
+        last_full = end >> BLOCK_SHIFT  # whole blocks: [first_full, last_full)
+        if first_full > last_full:  # start and end inside one block
+            self._zero_bytes(tx, inode, start, end)
+            return
+        if start < first_full << BLOCK_SHIFT:
+            self._zero_bytes(tx, inode, start, first_full << BLOCK_SHIFT)
+        if last_full << BLOCK_SHIFT < end:
+            self._zero_bytes(tx, inode, last_full << BLOCK_SHIFT, end)
+        if first_full == last_full:
+            return
+        rec = self.itable.dirty(tx, inode)
+        for piece in self.maps.punch(tx, inode, first_full, last_full - first_full):
+            if unmap:
+                self.alloc.free(tx, piece.pblk, piece.length)
+                rec.blocks -= piece.length
+            else:
+                unwritten = Extent(piece.lblk, piece.pblk, piece.length, EXTENT_UNWRITTEN)
+                self.maps.insert(tx, inode, unwritten)
+
+    def _zero_bytes(self, tx: Transaction, inode: Inode, lo: int, hi: int) -> None:
+        """Journal zeros over ``[lo, hi)`` (inside one block) where written data is."""
+        found, _ = self.maps.lookup(tx, inode, lo >> BLOCK_SHIFT)
+        if found is None or found.unwritten:
+            return
+        addr = ((found.pblk + (lo >> BLOCK_SHIFT) - found.lblk) << BLOCK_SHIFT) + (
+            lo & (BLOCK_SIZE - 1)
+        )
+        tx.log_data(addr, _ZEROS[: hi - lo])
+
+    # -- seek -------------------------------------------------------------------------
+
+    def seek_data(self, inode: Inode, pos: int, want_data: bool) -> int | None:
+        """First offset >= ``pos`` in data (or in a hole); None if there is none.
+
+        UNWRITTEN extents read as zeros and count as holes.  The end of file
+        is a hole.
+        """
+        size = inode.rec.size
+        if pos >= size:
+            return None
+        cur = pos >> BLOCK_SHIFT
+        for ext in self.maps.extents(self.store, inode, cur):
+            is_data = not ext.unwritten
+            if ext.lblk > cur:  # a hole before this extent
+                if not want_data:
+                    return max(pos, cur << BLOCK_SHIFT)
+                cur = ext.lblk
+            if is_data == want_data:
+                found = max(pos, ext.lblk << BLOCK_SHIFT)
+                return found if found < size else (None if want_data else size)
+            cur = ext.end
+            if cur << BLOCK_SHIFT >= size:
+                break
+        if want_data:
+            return None
+        return min(max(pos, cur << BLOCK_SHIFT), size)
+
+    def free_all(self, inode: Inode) -> None:
+        """Unmap and free every block of a file, in batches (for deletion)."""
+        done = False
+        while not done:
+            with self.journal.begin() as tx:
+                done = self._free_beyond(tx, inode, 0, BATCH_EXTENTS)
+
+
+def _blocks_up(offset: int) -> int:
+    return (offset + BLOCK_SIZE - 1) >> BLOCK_SHIFT
+
+
+def _zero(buf: memoryview) -> None:
+    """memset(buf, 0): holes and unwritten extents read as zeros."""
+    if len(buf):
+        ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(buf)), 0, len(buf))
+
+
+assert NO_BLOCK > MAX_FILE_SIZE >> BLOCK_SHIFT

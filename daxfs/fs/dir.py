@@ -1,0 +1,183 @@
+"""Directories: names to inode numbers, in a hashed B+tree per directory.
+
+Theory of operation
+-------------------
+A directory's entries live in a B+tree (kind TREE_DIRECTORY) keyed by a
+64-bit keyed hash of the name (BLAKE2b with the filesystem's ``hash_key``,
+so names chosen to collide on one filesystem do not collide on another).
+The value under a key is every entry whose name has that hash, packed as
+``DIRENT`` headers followed by the name; two names share a key only on a
+hash collision, which is rare, so lookup is one tree descent: O(log n), and
+the tree is at most three levels deep for millions of entries.
+
+An empty directory has no tree (map_kind MAP_NONE).  ``rec.entries`` counts
+entries; "." and ".." are not stored: "." is the directory and ".." is
+``rec.parent``.
+
+Listing walks the tree in key order.  A listing position is (key, index
+within the value), so a listing that resumes after changes neither repeats
+nor skips entries that stayed.
+
+Invariants
+  1. Names are unique in a directory, non-empty, at most 255 bytes, and hold
+     neither NUL nor "/".
+  2. ``rec.entries`` equals the number of entries in the tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+from daxfs.errors import Corrupted
+from daxfs.fs.alloc import Allocator
+from daxfs.fs.btree import BTree
+from daxfs.fs.extmap import InodeNodes
+from daxfs.fs.inode import Inode, InodeTable
+from daxfs.fs.journal import Transaction
+from daxfs.fs.layout import DIRENT, MAP_BTREE, MAP_NONE, MAX_VALUE, TREE_DIRECTORY
+from daxfs.fs.store import Reader
+
+Entry = tuple[bytes, int, int]  # name, ino, DT_* type
+
+
+def pack_entries(entries: list[Entry]) -> bytes:
+    return b"".join(DIRENT.pack(ino, dtype, len(name)) + name for name, ino, dtype in entries)
+
+
+def unpack_entries(value: bytes, where: str) -> list[Entry]:
+    """Decode a value into entries; ``where`` names the directory in errors."""
+    out: list[Entry] = []
+    pos = 0
+    while pos < len(value):
+        if pos + DIRENT.size > len(value):
+            raise Corrupted(f"{where}: truncated directory entry")
+        ino, dtype, namelen = DIRENT.unpack_from(value, pos)
+        pos += DIRENT.size
+        name = value[pos : pos + namelen]
+        if namelen == 0 or len(name) != namelen or b"/" in name or b"\0" in name:
+            raise Corrupted(f"{where}: malformed directory entry name {name!r}")
+        out.append((name, ino, dtype))
+        pos += namelen
+    if not out:
+        raise Corrupted(f"{where}: empty directory entry record")
+    return out
+
+
+class Directories:
+    """Directory operations for every directory of a filesystem."""
+
+    def __init__(self, itable: InodeTable, alloc: Allocator, hash_key: bytes) -> None:
+        self.itable = itable
+        self.alloc = alloc
+        self.hash_key = hash_key
+
+    def hash(self, name: bytes) -> int:
+        digest = hashlib.blake2b(name, digest_size=8, key=self.hash_key).digest()
+        return int.from_bytes(digest, "little")
+
+    def _tree(self, inode: Inode) -> BTree:
+        rec = inode.rec
+        if rec.map_kind not in (MAP_NONE, MAP_BTREE):
+            raise Corrupted(f"directory inode {inode.ino}: bad map kind {rec.map_kind}")
+        return BTree(
+            inode.ino,
+            TREE_DIRECTORY,
+            rec.map_root,
+            rec.map_height,
+            InodeNodes(self.alloc, self.itable, inode),
+        )
+
+    def _store(self, tx: Transaction, inode: Inode, tree: BTree, delta: int) -> None:
+        rec = self.itable.dirty(tx, inode)
+        rec.map_root, rec.map_height = tree.root, tree.height
+        rec.map_kind = MAP_BTREE if tree.root else MAP_NONE
+        rec.entries += delta
+
+    def lookup(self, reader: Reader, inode: Inode, name: bytes) -> tuple[int, int] | None:
+        """(ino, type) of ``name`` in directory ``inode``, or None."""
+        if inode.rec.map_kind == MAP_NONE:
+            return None
+        value = self._tree(inode).get(reader, self.hash(name))
+        if value is None:
+            return None
+        for entry_name, ino, dtype in unpack_entries(value, f"directory inode {inode.ino}"):
+            if entry_name == name:
+                return ino, dtype
+        return None
+
+    def add(self, tx: Transaction, inode: Inode, name: bytes, ino: int, dtype: int) -> None:
+        """Add an entry. Caller must have checked that ``name`` is absent."""
+        tree = self._tree(inode)
+        key = self.hash(name)
+        old = tree.get(tx, key)
+        entries = unpack_entries(old, f"directory inode {inode.ino}") if old else []
+        assert all(n != name for n, _, _ in entries), f"{name!r} already present"
+        entries.append((name, ino, dtype))
+        value = pack_entries(entries)
+        if len(value) > MAX_VALUE:  # pragma: no cover - needs ~9 names on one 64-bit hash
+            raise Corrupted(f"directory inode {inode.ino}: too many hash collisions")
+        tree.put(tx, key, value)
+        self._store(tx, inode, tree, +1)
+
+    def remove(self, tx: Transaction, inode: Inode, name: bytes) -> tuple[int, int]:
+        """Remove ``name``; return its (ino, type). Caller must have checked it exists."""
+        tree = self._tree(inode)
+        key = self.hash(name)
+        old = tree.get(tx, key)
+        assert old is not None, f"{name!r} not in directory {inode.ino}"
+        entries = unpack_entries(old, f"directory inode {inode.ino}")
+        keep = [e for e in entries if e[0] != name]
+        gone = [e for e in entries if e[0] == name]
+        assert len(gone) == 1
+        if keep:
+            tree.put(tx, key, pack_entries(keep))
+        else:
+            tree.delete(tx, key)
+        self._store(tx, inode, tree, -1)
+        return gone[0][1], gone[0][2]
+
+    def retarget(self, tx: Transaction, inode: Inode, name: bytes, ino: int, dtype: int) -> None:
+        """Point the existing entry ``name`` at another inode (rename over a target)."""
+        tree = self._tree(inode)
+        key = self.hash(name)
+        old = tree.get(tx, key)
+        assert old is not None
+        entries = [
+            (n, ino, dtype) if n == name else (n, i, t)
+            for n, i, t in unpack_entries(old, f"directory inode {inode.ino}")
+        ]
+        tree.put(tx, key, pack_entries(entries))
+        self._store(tx, inode, tree, 0)
+
+    def entries(
+        self, reader: Reader, inode: Inode, after: tuple[int, int] | None = None
+    ) -> Iterator[tuple[tuple[int, int], bytes, int, int]]:
+        """Entries in listing order as (position, name, ino, type), after ``after``."""
+        if inode.rec.map_kind == MAP_NONE:
+            return
+        start_key, start_index = after if after is not None else (0, -1)
+        for key, value in self._tree(inode).items(reader, start_key):
+            for index, (name, ino, dtype) in enumerate(
+                unpack_entries(value, f"directory inode {inode.ino}")
+            ):
+                if key == start_key and index <= start_index and after is not None:
+                    continue
+                yield (key, index), name, ino, dtype
+
+    def tree_nodes(self, reader: Reader, inode: Inode) -> Iterator[int]:
+        if inode.rec.map_kind == MAP_BTREE:
+            yield from self._tree(inode).nodes(reader)
+
+    def check(self, reader: Reader, inode: Inode) -> list[str]:
+        """Structural problems of the directory's tree (for fsck)."""
+        if inode.rec.map_kind == MAP_NONE:
+            return []
+        return self._tree(inode).check(reader)
+
+    def clear(self, tx: Transaction, inode: Inode) -> None:
+        """Free the tree of an empty directory."""
+        tree = self._tree(inode)
+        if tree.root:
+            tree.clear(tx)
+        self._store(tx, inode, tree, 0)

@@ -1,0 +1,320 @@
+"""Extent maps: which device blocks hold which blocks of a file.
+
+Theory of operation
+-------------------
+A file's blocks are mapped by extents ``(lblk, pblk, length, flags)``: file
+blocks ``[lblk, lblk+length)`` live in device blocks ``[pblk, pblk+length)``;
+flag UNWRITTEN means allocated but reading as zeros (fallocate).  Up to five
+extents live in the inode itself (MAP_INLINE); more move into a B+tree keyed
+by ``lblk`` (MAP_BTREE), whose root block and height the inode records, so
+lookups stay O(log n) for huge fragmented files.
+
+Only three changes exist, all inside a transaction:
+
+* ``insert`` maps an unmapped range, merging with contiguous neighbours;
+* ``punch`` unmaps a range, splitting extents at its edges, and returns the
+  physical runs it unmapped (the caller frees them, or defers that while
+  they are pinned);
+* ``convert`` turns an UNWRITTEN range into written (punch + insert).
+
+``lookup`` answers "what maps file block b" with the extent or the hole up to
+the next extent; ``Inode.xcache`` keeps the last extent found, and every
+change clears it.
+
+Invariants
+  1. Extents of a file never overlap, are sorted by lblk, and have length > 0.
+  2. ``rec.blocks`` counts data blocks plus B+tree nodes owned by the inode.
+  3. An inline map has at most INLINE_EXTENTS entries; a B+tree map may hold
+     any number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Iterator
+
+from daxfs.errors import Corrupted
+from daxfs.fs.alloc import Allocator
+from daxfs.fs.btree import BTree
+from daxfs.fs.inode import Inode, InodeTable
+from daxfs.fs.journal import Transaction
+from daxfs.fs.layout import (
+    EXTENT,
+    EXTENT_UNWRITTEN,
+    EXTENT_VALUE,
+    INLINE_AREA,
+    INLINE_EXTENTS,
+    MAP_BTREE,
+    MAP_INLINE,
+    MAP_NONE,
+    MAX_EXTENT_BLOCKS,
+    TREE_EXTENTS,
+)
+from daxfs.fs.store import Reader
+
+NO_BLOCK = 1 << 64  # "no next extent": a hole reaches to the end of the address space
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class Extent:
+    """File blocks ``[lblk, lblk+length)`` in device blocks ``[pblk, pblk+length)``."""
+
+    lblk: int
+    pblk: int
+    length: int
+    flags: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.lblk + self.length
+
+    @property
+    def unwritten(self) -> bool:
+        return bool(self.flags & EXTENT_UNWRITTEN)
+
+    def slice(self, lblk: int, end: int) -> Extent:
+        """The part of this extent covering file blocks ``[lblk, end)``."""
+        lo, hi = max(lblk, self.lblk), min(end, self.end)
+        return Extent(lo, self.pblk + (lo - self.lblk), hi - lo, self.flags)
+
+
+class InodeNodes:
+    """Allocates B+tree nodes for one inode, counting them in ``rec.blocks``."""
+
+    def __init__(self, alloc: Allocator, itable: InodeTable, inode: Inode) -> None:
+        self.alloc = alloc
+        self.itable = itable
+        self.inode = inode
+
+    def alloc_node(self, tx: Transaction, goal: int) -> int:
+        blockno = self.alloc.alloc_one(tx, goal)
+        self.itable.dirty(tx, self.inode).blocks += 1
+        return blockno
+
+    def free_node(self, tx: Transaction, blockno: int) -> None:
+        self.alloc.free(tx, blockno, 1)
+        self.itable.dirty(tx, self.inode).blocks -= 1
+
+
+class BlockMaps:
+    """Extent-map operations for every inode of a filesystem."""
+
+    def __init__(self, itable: InodeTable, alloc: Allocator) -> None:
+        self.itable = itable
+        self.alloc = alloc
+
+    # -- representation ---------------------------------------------------------------
+
+    def _tree(self, inode: Inode) -> BTree:
+        rec = inode.rec
+        return BTree(
+            inode.ino,
+            TREE_EXTENTS,
+            rec.map_root,
+            rec.map_height,
+            InodeNodes(self.alloc, self.itable, inode),
+        )
+
+    @staticmethod
+    def _inline(inode: Inode) -> list[Extent]:
+        rec = inode.rec
+        if rec.map_count > INLINE_EXTENTS:
+            raise Corrupted(f"inode {inode.ino}: {rec.map_count} inline extents")
+        return [
+            Extent(*fields)
+            for fields in struct.iter_unpack(
+                EXTENT.format, rec.inline[: rec.map_count * EXTENT.size]
+            )
+        ]
+
+    def _store_inline(self, tx: Transaction, inode: Inode, extents: list[Extent]) -> None:
+        rec = self.itable.dirty(tx, inode)
+        raw = b"".join(EXTENT.pack(e.lblk, e.pblk, e.length, e.flags) for e in extents)
+        rec.inline = raw + bytes(INLINE_AREA - len(raw))
+        rec.map_count = len(extents)
+        rec.map_kind = MAP_INLINE if extents else MAP_NONE
+
+    def _store_tree(self, tx: Transaction, inode: Inode, tree: BTree) -> None:
+        rec = self.itable.dirty(tx, inode)
+        rec.map_root, rec.map_height = tree.root, tree.height
+        if tree.root == 0:
+            rec.map_kind = MAP_NONE
+            rec.map_count = 0
+
+    @staticmethod
+    def _decode(key: int, value: bytes, ino: int) -> Extent:
+        if len(value) != EXTENT_VALUE.size:
+            raise Corrupted(f"inode {ino}: extent at file block {key} has a bad record")
+        pblk, length, flags = EXTENT_VALUE.unpack(value)
+        if length == 0:
+            raise Corrupted(f"inode {ino}: empty extent at file block {key}")
+        return Extent(key, pblk, length, flags)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def lookup(self, reader: Reader, inode: Inode, lblk: int) -> tuple[Extent | None, int]:
+        """The extent holding file block ``lblk``, or None and the next mapped block."""
+        rec = inode.rec
+        if rec.map_kind == MAP_INLINE:
+            nxt = NO_BLOCK
+            for ext in self._inline(inode):
+                if ext.lblk <= lblk < ext.end:
+                    return ext, ext.end
+                if ext.lblk > lblk:
+                    nxt = min(nxt, ext.lblk)
+            return None, nxt
+        if rec.map_kind == MAP_NONE:
+            return None, NO_BLOCK
+        self._check_kind(inode)
+        tree = self._tree(inode)
+        found = tree.floor(reader, lblk)
+        if found is not None:
+            ext = self._decode(found[0], found[1], inode.ino)
+            if lblk < ext.end:
+                return ext, ext.end
+        after = tree.ceiling(reader, lblk + 1)
+        return None, after[0] if after is not None else NO_BLOCK
+
+    def extents(self, reader: Reader, inode: Inode, start: int = 0) -> Iterator[Extent]:
+        """Extents in file order, starting with the one holding ``start`` if any."""
+        rec = inode.rec
+        if rec.map_kind == MAP_INLINE:
+            yield from (e for e in self._inline(inode) if e.end > start)
+            return
+        if rec.map_kind == MAP_NONE:
+            return
+        self._check_kind(inode)
+        tree = self._tree(inode)
+        first = tree.floor(reader, start)
+        begin = first[0] if first is not None else 0
+        for key, value in tree.items(reader, begin):
+            ext = self._decode(key, value, inode.ino)
+            if ext.end > start:
+                yield ext
+
+    def _check_kind(self, inode: Inode) -> None:
+        if inode.rec.map_kind != MAP_BTREE:
+            raise Corrupted(f"inode {inode.ino}: unknown map kind {inode.rec.map_kind}")
+
+    def tree_nodes(self, reader: Reader, inode: Inode) -> Iterator[int]:
+        """Blocks of the B+tree of the map (none when inline)."""
+        if inode.rec.map_kind == MAP_BTREE:
+            yield from self._tree(inode).nodes(reader)
+
+    # -- changing ---------------------------------------------------------------------
+
+    def insert(self, tx: Transaction, inode: Inode, ext: Extent) -> None:
+        """Map an unmapped range, merging with contiguous neighbours of the same kind."""
+        assert ext.length > 0
+        inode.xcache = None
+        rec = inode.rec
+        if rec.map_kind in (MAP_NONE, MAP_INLINE):
+            extents = self._inline(inode)
+            merged = _merge_into(extents, ext)
+            if len(merged) <= INLINE_EXTENTS:
+                self._store_inline(tx, inode, merged)
+                return
+            tree = BTree(inode.ino, TREE_EXTENTS, 0, 0, InodeNodes(self.alloc, self.itable, inode))
+            for e in merged:
+                tree.put(tx, e.lblk, EXTENT_VALUE.pack(e.pblk, e.length, e.flags))
+            rec = self.itable.dirty(tx, inode)
+            rec.map_kind = MAP_BTREE
+            rec.map_count = 0
+            rec.inline = bytes(INLINE_AREA)
+            self._store_tree(tx, inode, tree)
+            return
+        self._check_kind(inode)
+        tree = self._tree(inode)
+        left = tree.floor(tx, ext.lblk)
+        if left is not None:
+            prev = self._decode(left[0], left[1], inode.ino)
+            assert prev.end <= ext.lblk, f"insert {ext} overlaps {prev}"
+            if _joinable(prev, ext):
+                tree.delete(tx, prev.lblk)
+                ext = Extent(prev.lblk, prev.pblk, prev.length + ext.length, ext.flags)
+        right = tree.ceiling(tx, ext.lblk + 1)
+        if right is not None:
+            nxt = self._decode(right[0], right[1], inode.ino)
+            assert nxt.lblk >= ext.end, f"insert {ext} overlaps {nxt}"
+            if _joinable(ext, nxt):
+                tree.delete(tx, nxt.lblk)
+                ext = Extent(ext.lblk, ext.pblk, ext.length + nxt.length, ext.flags)
+        tree.put(tx, ext.lblk, EXTENT_VALUE.pack(ext.pblk, ext.length, ext.flags))
+        self._store_tree(tx, inode, tree)
+
+    def punch(self, tx: Transaction, inode: Inode, lblk: int, count: int) -> list[Extent]:
+        """Unmap file blocks ``[lblk, lblk+count)``; return the pieces unmapped, in order.
+
+        The caller owns the returned physical blocks: free them (or defer that).
+        """
+        end = lblk + count
+        inode.xcache = None
+        removed = [e for e in self.extents(tx, inode, lblk) if e.lblk < end]
+        # extents() is lazy over the tree: it was materialised above before changing it
+        if not removed:
+            return []
+        pieces = [e.slice(lblk, end) for e in removed]
+        keep: list[Extent] = []
+        for e in removed:
+            if e.lblk < lblk:
+                keep.append(Extent(e.lblk, e.pblk, lblk - e.lblk, e.flags))
+            if e.end > end:
+                keep.append(e.slice(end, e.end))
+        if inode.rec.map_kind == MAP_INLINE:
+            gone = {e.lblk for e in removed}
+            rest = [e for e in self._inline(inode) if e.lblk not in gone] + keep
+            self._store_inline(tx, inode, sorted(rest, key=lambda e: e.lblk))
+            return pieces
+        tree = self._tree(inode)
+        for e in removed:
+            tree.delete(tx, e.lblk)
+        for e in keep:
+            tree.put(tx, e.lblk, EXTENT_VALUE.pack(e.pblk, e.length, e.flags))
+        self._store_tree(tx, inode, tree)
+        return pieces
+
+    def convert(self, tx: Transaction, inode: Inode, lblk: int, count: int) -> None:
+        """Mark the UNWRITTEN parts of ``[lblk, lblk+count)`` written."""
+        pieces = [e for e in self.punch(tx, inode, lblk, count)]
+        for e in pieces:
+            self.insert(tx, inode, Extent(e.lblk, e.pblk, e.length, e.flags & ~EXTENT_UNWRITTEN))
+
+    def clear_tree(self, tx: Transaction, inode: Inode) -> None:
+        """Free the B+tree nodes of an empty map (after every extent was punched)."""
+        if inode.rec.map_kind == MAP_BTREE:
+            tree = self._tree(inode)
+            tree.clear(tx)
+            self._store_tree(tx, inode, tree)
+
+
+def _joinable(a: Extent, b: Extent) -> bool:
+    return (
+        a.end == b.lblk
+        and a.pblk + a.length == b.pblk
+        and a.flags == b.flags
+        and a.length + b.length <= MAX_EXTENT_BLOCKS
+    )
+
+
+def _merge_into(extents: list[Extent], ext: Extent) -> list[Extent]:
+    """Insert ``ext`` into a sorted, disjoint list, joining contiguous neighbours."""
+    out: list[Extent] = []
+    placed = False
+    for e in extents:
+        if not placed and e.lblk > ext.lblk:
+            out.append(ext)
+            placed = True
+        out.append(e)
+    if not placed:
+        out.append(ext)
+    merged: list[Extent] = []
+    for e in out:
+        if merged:
+            assert merged[-1].end <= e.lblk, f"extent {e} overlaps {merged[-1]}"
+            if _joinable(merged[-1], e):
+                last = merged[-1]
+                merged[-1] = Extent(last.lblk, last.pblk, last.length + e.length, e.flags)
+                continue
+        merged.append(e)
+    return merged

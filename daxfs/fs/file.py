@@ -1,0 +1,269 @@
+"""File: an open regular file, an ``io.RawIOBase`` over the DAX data path.
+
+``FileSystem.open`` wraps a File in ``io.BufferedReader``/``BufferedWriter``/
+``BufferedRandom``/``TextIOWrapper`` exactly as ``builtins.open`` wraps a
+``FileIO``; ``buffering=0`` returns the File itself.  Note the buffered
+wrappers hold written bytes in memory until ``flush()``; a raw File's
+``write`` and ``pwrite`` are durable when they return.
+
+State diagram::
+
+    FileSystem.open() --> OPEN --close()--> CLOSED
+      OPEN: read/write/seek/...; CLOSED: every method raises ClosedFile
+      (EBADF, also ValueError as io raises); close() drops the inode's open
+      count, and the last close of an unlinked inode frees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+from typing import TYPE_CHECKING, Any, Protocol
+
+from daxfs.errors import ClosedFile, InvalidArgument, UnsupportedIO
+from daxfs.fs.data import DataPath
+from daxfs.fs.inode import Inode
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+SEEK_DATA = getattr(os, "SEEK_DATA", 3)
+SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
+
+
+class Owner(Protocol):
+    """What a File needs from its filesystem."""
+
+    data: DataPath
+
+    def _release(self, file: File) -> None: ...
+
+    def _stat_inode(self, inode: Inode) -> os.stat_result: ...
+
+    def _check_writable(self, path: str) -> None: ...
+
+
+class File(io.RawIOBase):
+    """An open regular file of a daxfs filesystem (raw, unbuffered)."""
+
+    def __init__(
+        self,
+        owner: Owner,
+        inode: Inode,
+        name: str | bytes,
+        mode: str,
+        *,
+        readable: bool,
+        writable: bool,
+        append: bool,
+    ) -> None:
+        super().__init__()
+        self._owner = owner
+        self._data = owner.data
+        self.inode = inode
+        self.name = name
+        self.mode = mode
+        self._readable = readable
+        self._writable = writable
+        self._append = append
+        self._pos = 0
+        self._open = True
+
+    def __repr__(self) -> str:
+        state = "closed" if not self._open else f"pos={self._pos}"
+        return f"<daxfs.File name={self.name!r} mode={self.mode!r} {state}>"
+
+    @property
+    def path(self) -> str:
+        return os.fsdecode(self.name)
+
+    # -- checks -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise ClosedFile(f"I/O operation on closed file {self.path}", self.path)
+
+    def _check_read(self) -> None:
+        self._check_open()
+        if not self._readable:
+            raise UnsupportedIO(f"file {self.path} is not open for reading", self.path)
+
+    def _check_write(self) -> None:
+        self._check_open()
+        if not self._writable:
+            raise UnsupportedIO(f"file {self.path} is not open for writing", self.path)
+        self._owner._check_writable(self.path)
+
+    @staticmethod
+    def _offset(value: object, what: str = "offset") -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgument(f"{what} must be an integer, not {type(value).__name__}")
+        if value < 0:
+            raise InvalidArgument(f"negative {what} {value}")
+        return value
+
+    # -- io.RawIOBase -----------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return not self._open
+
+    def readable(self) -> bool:
+        self._check_open()
+        return self._readable
+
+    def writable(self) -> bool:
+        self._check_open()
+        return self._writable
+
+    def seekable(self) -> bool:
+        self._check_open()
+        return True
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("daxfs files have no OS file descriptor")
+
+    def readinto(self, buffer: Buffer) -> int:
+        """Copy bytes at the position straight from device memory into ``buffer``."""
+        self._check_read()
+        view = memoryview(buffer).cast("B")
+        inode = self.inode
+        with inode.lock:
+            n = self._data.read_into(inode, self._pos, view)
+            self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        self._check_read()
+        with self.inode.lock:
+            size = self.inode.rec.size
+            out = bytearray(max(0, size - self._pos))
+            n = self._data.read_into(self.inode, self._pos, memoryview(out))
+            self._pos += n
+        return bytes(out[:n])
+
+    def write(self, data: Buffer) -> int:
+        """Write at the position (at the end in append mode); durable on return."""
+        self._check_write()
+        inode = self.inode
+        with inode.lock:
+            if self._append:
+                self._pos = inode.rec.size
+            n = self._data.write(inode, self._pos, data)
+            self._pos += n
+        return n
+
+    def pread(self, n: int, offset: int) -> bytes:
+        """Up to ``n`` bytes at ``offset``; the position does not move."""
+        self._check_read()
+        self._offset(n, "length")
+        self._offset(offset)
+        out = bytearray(n)
+        with self.inode.lock:
+            got = self._data.read_into(self.inode, offset, memoryview(out))
+        return bytes(out) if got == n else bytes(out[:got])
+
+    def preadinto(self, buffer: Buffer, offset: int) -> int:
+        """Fill ``buffer`` from ``offset`` (zero-copy from device memory); return bytes read."""
+        self._check_read()
+        self._offset(offset)
+        with self.inode.lock:
+            return self._data.read_into(self.inode, offset, memoryview(buffer).cast("B"))
+
+    def pwrite(self, data: Buffer, offset: int) -> int:
+        """Write ``data`` at ``offset``, atomically and durably; the position does not move.
+
+        In append mode the data goes to the end of file, as Linux's pwrite does
+        with O_APPEND.
+        """
+        self._check_write()
+        self._offset(offset)
+        with self.inode.lock:
+            if self._append:
+                offset = self.inode.rec.size
+            return self._data.write(self.inode, offset, data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Move the position; SEEK_DATA and SEEK_HOLE as on Linux (ENXIO past the end)."""
+        self._check_open()
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise InvalidArgument(f"offset must be an integer, not {type(offset).__name__}")
+        with self.inode.lock:
+            if whence == os.SEEK_SET:
+                pos = offset
+            elif whence == os.SEEK_CUR:
+                pos = self._pos + offset
+            elif whence == os.SEEK_END:
+                pos = self.inode.rec.size + offset
+            elif whence in (SEEK_DATA, SEEK_HOLE):
+                pos = self._seek_data(offset, whence == SEEK_DATA)
+            else:
+                raise InvalidArgument(f"invalid whence {whence!r}")
+            if pos < 0:
+                raise InvalidArgument(f"negative seek position {pos} in {self.path}", self.path)
+            self._pos = pos
+        return pos
+
+    def _seek_data(self, offset: int, want_data: bool) -> int:
+        if offset < 0:
+            raise InvalidArgument(f"negative offset {offset}")
+        found = self._data.seek_data(self.inode, offset, want_data)
+        if found is None:
+            what = "data" if want_data else "hole"
+            raise OSError(errno.ENXIO, f"no {what} at or after offset {offset}", self.path)
+        return found
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        """Set the file size (default: the position); the position does not move."""
+        self._check_write()
+        if size is None:
+            size = self._pos
+        self._offset(size, "size")
+        with self.inode.lock:
+            self._data.truncate(self.inode, size)
+        return size
+
+    def fallocate(self, offset: int, length: int, mode: int = 0) -> None:
+        """Allocate (0, KEEP_SIZE), PUNCH_HOLE|KEEP_SIZE or ZERO_RANGE, as Linux."""
+        self._check_write()
+        self._offset(offset)
+        with self.inode.lock:
+            self._data.fallocate(self.inode, offset, self._offset(length, "length"), mode)
+
+    def fsync(self) -> None:
+        """Everything written is already durable; nothing to do but check the file."""
+        self._check_open()
+
+    def fdatasync(self) -> None:
+        self._check_open()
+
+    def flush(self) -> None:
+        if self._open:
+            super().flush()
+
+    def stat(self) -> os.stat_result:
+        self._check_open()
+        return self._owner._stat_inode(self.inode)
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            super().close()
+        finally:
+            self._owner._release(self)
+
+    def __del__(self) -> None:
+        if getattr(self, "_open", False):
+            with contextlib.suppress(Exception):
+                self.close()
+
+    def __getstate__(self) -> Any:
+        raise TypeError("daxfs files cannot be pickled")

@@ -1,0 +1,743 @@
+"""FileSystem: the mounted filesystem and its os-like API.
+
+Each public method is one operation, atomic and durable on return: it takes
+the filesystem lock, resolves paths (daxfs.fs.namei), and makes its changes
+in one journal transaction (daxfs.fs.journal).  Errors are OSErrors with the
+right errno and the path in the message (daxfs.errors), raised before any
+change is made, or by aborting the transaction, which changes nothing.
+
+Deleting is two-phase: the transaction that drops the last link puts the
+inode on the orphan list (unless it is small and unused, then it is freed at
+once); ``_reap`` frees its blocks in batches and then the inode.  An inode
+still open, mapped or pinned stays on the orphan list until its last user
+goes; after a crash, mount reaps what the orphan list holds.
+
+Lock order: filesystem lock, then ``inode.lock``, then the journal lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat as st
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Self
+
+from daxfs.errors import (
+    Busy,
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NameTooLong,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    PermissionDenied,
+    ReadOnly,
+)
+from daxfs.fs import modes
+from daxfs.fs.data import DataPath
+from daxfs.fs.dir import Directories
+from daxfs.fs.extmap import BlockMaps
+from daxfs.fs.file import File
+from daxfs.fs.inode import Inode, InodeTable, now_ns
+from daxfs.fs.journal import Journal, Transaction
+from daxfs.fs.layout import (
+    BLOCK_SIZE,
+    DT_DIR,
+    DT_LNK,
+    DT_REG,
+    INLINE_AREA,
+    INLINE_EXTENTS,
+    INO_ROOT,
+    MAP_BTREE,
+    MAP_SYMLINK,
+    MAX_NAME,
+    Superblock,
+)
+from daxfs.fs.namei import MAX_PATH, Lookup, Path, Resolver, fspath
+from daxfs.fs.super import SuperState
+
+if TYPE_CHECKING:
+    from daxfs.fs.alloc import Allocator
+    from daxfs.fs.store import PmemStore
+    from daxfs.pmem.device import Device
+
+
+class FileSystem:
+    """A mounted daxfs filesystem.  Create with ``daxfs.mount``."""
+
+    def __init__(
+        self,
+        *,
+        device: Device,
+        store: PmemStore,
+        journal: Journal,
+        sup: SuperState,
+        alloc: Allocator,
+        itable: InodeTable,
+        maps: BlockMaps,
+        dirs: Directories,
+        data: DataPath,
+        readonly: bool,
+        on_unmount: Callable[[FileSystem], None],
+    ) -> None:
+        self.device = device
+        self.store = store
+        self.journal = journal
+        self.sup = sup
+        self.alloc = alloc
+        self.itable = itable
+        self.maps = maps
+        self.dirs = dirs
+        self.data = data
+        self.readonly = readonly
+        self.umask = 0o022
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self._lock = threading.RLock()
+        self._files: weakref.WeakSet[File] = weakref.WeakSet()
+        self._on_unmount = on_unmount
+        self._mounted = True
+        self._dev = int.from_bytes(sup.sb.uuid[:4], "little") | 0x100000000
+        self.resolver = Resolver(
+            root=lambda: self.itable.get(INO_ROOT),
+            child=self._child,
+            parent=lambda d: self.itable.get(d.rec.parent or INO_ROOT),
+            readlink=self._link_target,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def superblock(self) -> Superblock:
+        return self.sup.sb
+
+    @property
+    def mounted(self) -> bool:
+        return self._mounted
+
+    def __repr__(self) -> str:
+        sb = self.sup.sb
+        state = "mounted" if self._mounted else "unmounted"
+        return f"<FileSystem uuid={sb.uuid_str} label={sb.label!r} {state}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._mounted:
+            for file in list(self._files):
+                file.close()
+            self.unmount()
+
+    def open_files(self) -> list[File]:
+        return [f for f in self._files if not f.closed]
+
+    def unmount(self) -> None:
+        """Write the clean state and release the device.
+
+        Raises:
+            Busy (EBUSY): files are still open (close them first).
+        """
+        with self._lock:
+            if not self._mounted:
+                return
+            busy = self.open_files()
+            if busy:
+                names = ", ".join(sorted(f.path for f in busy)[:5])
+                raise Busy(f"cannot unmount: {len(busy)} open file(s): {names}")
+            self._on_unmount(self)
+            self._mounted = False
+
+    def _check_mounted(self) -> None:
+        if not self._mounted:
+            raise InvalidArgument("the filesystem is not mounted")
+
+    def _check_writable(self, path: str) -> None:
+        if self.readonly:
+            raise ReadOnly(f"read-only filesystem: {path}", path)
+        if self.journal.failed:
+            raise ReadOnly(f"filesystem is read-only after a journal failure: {path}", path)
+
+    def _begin(self, path: str) -> Transaction:
+        self._check_writable(path)
+        return self.journal.begin()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _child(self, parent: Inode, name: bytes) -> Inode | None:
+        found = self.dirs.lookup(self.journal.current() or self.store, parent, name)
+        return self.itable.get(found[0]) if found is not None else None
+
+    def _link_target(self, inode: Inode) -> bytes:
+        rec = inode.rec
+        if rec.map_kind == MAP_SYMLINK:
+            return rec.inline[: rec.map_count]
+        buf = bytearray(rec.size)
+        with inode.lock:
+            n = self.data.read_into(inode, 0, memoryview(buf))
+        return bytes(buf[:n])
+
+    def _lookup(self, path: Path, follow: bool = True) -> tuple[Lookup, str]:
+        self._check_mounted()
+        shown = os.fsdecode(fspath(path))
+        return self.resolver.lookup(path, follow), shown
+
+    def _existing(self, path: Path, follow: bool = True) -> tuple[Inode, str]:
+        found, shown = self._lookup(path, follow)
+        if found.inode is None:
+            raise NotFound(f"no such file or directory: {shown}", shown)
+        return found.inode, shown
+
+    @staticmethod
+    def _check_new_name(found: Lookup, shown: str) -> bytes:
+        name = found.name
+        if found.inode is not None or name in (b"", b".", b".."):
+            raise Exists(f"file exists: {shown}", shown)
+        if len(name) > MAX_NAME:
+            raise NameTooLong(f"name too long: {shown}", shown)
+        return name
+
+    def _touch_dir(self, tx: Transaction, inode: Inode, nlink: int = 0) -> None:
+        rec = self.itable.dirty(tx, inode)
+        rec.mtime_ns = rec.ctime_ns = now_ns()
+        rec.nlink += nlink
+
+    def _new_inode(
+        self, tx: Transaction, parent: Inode, name: bytes, mode: int, dtype: int
+    ) -> Inode:
+        inode = self.itable.allocate(tx, mode, self.uid, self.gid)
+        self.dirs.add(tx, parent, name, inode.ino, dtype)
+        return inode
+
+    # -- files --------------------------------------------------------------------------
+
+    def open(
+        self,
+        path: Path,
+        mode: str = "r",
+        buffering: int = -1,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> IO[Any]:
+        """Open a file, with the semantics of ``builtins.open``.
+
+        Raises:
+            FileNotFoundError, FileExistsError ("x"), IsADirectoryError,
+            NotADirectoryError, ReadOnly (EROFS), InvalidArgument (bad mode).
+        """
+        spec = modes.parse(mode, buffering, encoding, errors, newline)
+        with self._lock:
+            raw = self._open_raw(path, spec)
+        return modes.wrap(raw, spec, buffering, encoding, errors, newline)
+
+    def _open_raw(self, path: Path, spec: modes.ModeSpec) -> File:
+        found, shown = self._lookup(path, follow=not spec.exclusive)
+        inode = found.inode
+        if spec.writing:
+            self._check_writable(shown)
+        if inode is None:
+            if not spec.create:
+                raise NotFound(f"no such file or directory: {shown}", shown)
+            if found.slash:
+                raise IsADirectory(f"is a directory: {shown}", shown)
+            name = self._check_new_name(found, shown)
+            with self.journal.begin() as tx:
+                mode = st.S_IFREG | (0o666 & ~self.umask)
+                inode = self._new_inode(tx, found.parent, name, mode, DT_REG)
+                self._touch_dir(tx, found.parent)
+        else:
+            if spec.exclusive:
+                raise Exists(f"file exists: {shown}", shown)
+            if inode.is_dir:
+                raise IsADirectory(f"is a directory: {shown}", shown)
+            if spec.truncate and inode.rec.size:
+                with inode.lock:
+                    self.data.truncate(inode, 0)
+        name_out: str | bytes = path if isinstance(path, str | bytes) else os.fspath(path)
+        file = File(
+            self,
+            inode,
+            name_out,
+            spec.raw_mode,
+            readable=spec.reading,
+            writable=spec.writing,
+            append=spec.append,
+        )
+        inode.opens += 1
+        self._files.add(file)
+        return file
+
+    def _release(self, file: File) -> None:
+        """Called by File.close: the last close of an unlinked inode frees it."""
+        with self._lock:
+            inode = file.inode
+            inode.opens -= 1
+            if inode.rec.nlink == 0 and not inode.in_use and self._mounted:
+                self._reap(inode)
+
+    def _reap(self, inode: Inode) -> None:
+        """Free an unlinked, unused inode on the orphan list: blocks first, then the inode."""
+        if self.readonly:
+            return
+        if inode.is_dir:
+            with self.journal.begin() as tx:
+                self.dirs.clear(tx, inode)
+        elif inode.rec.map_kind != MAP_SYMLINK:
+            self.data.free_all(inode)
+        with self.journal.begin() as tx:
+            self.itable.remove_orphan(tx, inode)
+            self.itable.free(tx, inode)
+
+    def _drop_link(self, tx: Transaction, inode: Inode) -> bool:
+        """Remove one link; return True if the inode must be reaped after commit."""
+        rec = self.itable.dirty(tx, inode)
+        rec.ctime_ns = now_ns()
+        if inode.is_dir:
+            rec.nlink = 0
+        else:
+            rec.nlink -= 1
+        if rec.nlink > 0:
+            return False
+        small = rec.map_kind != MAP_BTREE and rec.map_count <= INLINE_EXTENTS
+        if not inode.in_use and (small or inode.is_dir):
+            if inode.is_dir:
+                self.dirs.clear(tx, inode)
+            elif rec.map_kind != MAP_SYMLINK:
+                for piece in self.maps.punch(tx, inode, 0, 1 << 62):
+                    self.alloc.free(tx, piece.pblk, piece.length)
+                    rec.blocks -= piece.length
+            self.itable.free(tx, inode)
+            return False
+        self.itable.add_orphan(tx, inode)
+        return not inode.in_use
+
+    # -- directories --------------------------------------------------------------------
+
+    def mkdir(self, path: Path, mode: int = 0o777) -> None:
+        """Create a directory.
+
+        Raises:
+            FileExistsError, FileNotFoundError (parent missing), NotADirectoryError,
+            NameTooLong, ReadOnly.
+        """
+        with self._lock:
+            found, shown = self._lookup(path, follow=False)
+            name = self._check_new_name(found, shown)
+            with self._begin(shown) as tx:
+                imode = st.S_IFDIR | (mode & 0o7777 & ~self.umask)
+                inode = self._new_inode(tx, found.parent, name, imode, DT_DIR)
+                rec = self.itable.dirty(tx, inode)
+                rec.nlink = 2
+                rec.parent = found.parent.ino
+                self._touch_dir(tx, found.parent, +1)
+
+    def makedirs(self, path: Path, mode: int = 0o777, exist_ok: bool = False) -> None:
+        """Create a directory and any missing parents (os.makedirs)."""
+        raw = fspath(path)
+        head, tail = os.path.split(raw.rstrip(b"/") or b"/")
+        if head and tail and head != raw and not self.exists(head):
+            with contextlib.suppress(FileExistsError):
+                self.makedirs(head, mode, exist_ok=True)
+        if not tail:
+            if not exist_ok:
+                raise Exists(f"file exists: {os.fsdecode(raw)}", os.fsdecode(raw))
+            return
+        try:
+            self.mkdir(path if not isinstance(path, os.PathLike) else raw, mode)
+        except FileExistsError:
+            if not exist_ok or not self.isdir(path):
+                raise
+
+    def rmdir(self, path: Path) -> None:
+        """Remove an empty directory.
+
+        Raises:
+            FileNotFoundError, NotADirectoryError, NotEmpty (ENOTEMPTY),
+            InvalidArgument ("."), Busy (the root), ReadOnly.
+        """
+        with self._lock:
+            found, shown = self._lookup(path, follow=False)
+            inode = found.inode
+            if found.name == b".":
+                raise InvalidArgument(f"cannot remove '.': {shown}", shown)
+            if found.name == b"..":
+                raise NotEmpty(f"directory not empty: {shown}", shown)
+            if inode is None:
+                raise NotFound(f"no such file or directory: {shown}", shown)
+            if found.name == b"":
+                raise Busy(f"cannot remove the root directory: {shown}", shown)
+            if not inode.is_dir:
+                raise NotADirectory(f"not a directory: {shown}", shown)
+            if inode.rec.entries:
+                raise NotEmpty(f"directory not empty: {shown}", shown)
+            with self._begin(shown) as tx:
+                self.dirs.remove(tx, found.parent, found.name)
+                self._touch_dir(tx, found.parent, -1)
+                self._drop_link(tx, inode)
+
+    def unlink(self, path: Path) -> None:
+        """Remove a name; the file goes when its last name and last user do.
+
+        Raises:
+            FileNotFoundError, IsADirectoryError, NotADirectoryError, ReadOnly.
+        """
+        with self._lock:
+            found, shown = self._lookup(path, follow=False)
+            inode = found.inode
+            if inode is None:
+                raise NotFound(f"no such file or directory: {shown}", shown)
+            if inode.is_dir:
+                raise IsADirectory(f"is a directory: {shown}", shown)
+            with self._begin(shown) as tx:
+                self.dirs.remove(tx, found.parent, found.name)
+                self._touch_dir(tx, found.parent)
+                reap = self._drop_link(tx, inode)
+            if reap:
+                self._reap(inode)
+
+    remove = unlink
+
+    def rename(self, src: Path, dst: Path) -> None:
+        """Rename atomically, replacing ``dst`` as POSIX rename(2) does.
+
+        Raises:
+            FileNotFoundError, IsADirectoryError (file over directory),
+            NotADirectoryError (directory over file), NotEmpty, InvalidArgument
+            (a directory into itself, "." or ".."), Busy (the root), ReadOnly.
+        """
+        with self._lock:
+            a, a_shown = self._lookup(src, follow=False)
+            b, b_shown = self._lookup(dst, follow=False)
+            moving = a.inode
+            if moving is None:
+                raise NotFound(f"no such file or directory: {a_shown}", a_shown)
+            for look, shown in ((a, a_shown), (b, b_shown)):
+                if look.name in (b".", b".."):
+                    raise InvalidArgument(f"cannot rename '.' or '..': {shown}", shown)
+                if look.name == b"":
+                    raise Busy(f"cannot rename the root directory: {shown}", shown)
+            if len(b.name) > MAX_NAME:
+                raise NameTooLong(f"name too long: {b_shown}", b_shown)
+            victim = b.inode
+            self._check_rename(moving, b, victim, a_shown, b_shown)
+            if victim is moving:
+                return  # two names of one inode: POSIX says do nothing
+            self._rename(a, b, moving, victim, b_shown)
+
+    replace = rename
+
+    def _check_rename(
+        self, moving: Inode, b: Lookup, victim: Inode | None, a_shown: str, b_shown: str
+    ) -> None:
+        if moving.is_dir:
+            node = b.parent
+            for _ in range(1 << 20):
+                if node.ino == moving.ino:
+                    raise InvalidArgument(
+                        f"cannot move directory {a_shown} into itself ({b_shown})", a_shown
+                    )
+                if node.ino == INO_ROOT:
+                    break
+                node = self.itable.get(node.rec.parent)
+            if victim is not None and victim is not moving:
+                if not victim.is_dir:
+                    raise NotADirectory(f"not a directory: {b_shown}", b_shown)
+                if victim.rec.entries:
+                    raise NotEmpty(f"directory not empty: {b_shown}", b_shown)
+        elif victim is not None and victim.is_dir:
+            raise IsADirectory(f"is a directory: {b_shown}", b_shown)
+        elif b.slash and victim is None:
+            raise NotADirectory(f"not a directory: {b_shown}", b_shown)
+
+    def _rename(
+        self, a: Lookup, b: Lookup, moving: Inode, victim: Inode | None, b_shown: str
+    ) -> None:
+        reap = False
+        dtype = self._dtype(moving)
+        with self._begin(b_shown) as tx:
+            self.dirs.remove(tx, a.parent, a.name)
+            if victim is not None:
+                self.dirs.retarget(tx, b.parent, b.name, moving.ino, dtype)
+                if victim.is_dir:
+                    self._touch_dir(tx, b.parent, -1)
+                reap = self._drop_link(tx, victim)
+            else:
+                self.dirs.add(tx, b.parent, b.name, moving.ino, dtype)
+            if moving.is_dir and a.parent is not b.parent:
+                self.itable.dirty(tx, moving).parent = b.parent.ino
+                self._touch_dir(tx, a.parent, -1)
+                self._touch_dir(tx, b.parent, +1)
+            self._touch_dir(tx, a.parent)
+            self._touch_dir(tx, b.parent)
+            self.itable.dirty(tx, moving).ctime_ns = now_ns()
+        if reap and victim is not None:
+            self._reap(victim)
+
+    @staticmethod
+    def _dtype(inode: Inode) -> int:
+        return DT_DIR if inode.is_dir else DT_LNK if inode.is_lnk else DT_REG
+
+    def link(self, src: Path, dst: Path, *, follow_symlinks: bool = True) -> None:
+        """Make ``dst`` another name of ``src`` (as os.link).
+
+        Raises:
+            FileNotFoundError, FileExistsError, PermissionDenied (EPERM for a
+            directory), ReadOnly.
+        """
+        with self._lock:
+            inode, a_shown = self._existing(src, follow_symlinks)
+            b, b_shown = self._lookup(dst, follow=False)
+            if inode.is_dir:
+                raise PermissionDenied(f"cannot hard-link a directory: {a_shown}", a_shown)
+            name = self._check_new_name(b, b_shown)
+            if b.slash:
+                raise NotFound(f"no such file or directory: {b_shown}", b_shown)
+            with self._begin(b_shown) as tx:
+                self.dirs.add(tx, b.parent, name, inode.ino, self._dtype(inode))
+                rec = self.itable.dirty(tx, inode)
+                rec.nlink += 1
+                rec.ctime_ns = now_ns()
+                self._touch_dir(tx, b.parent)
+
+    def symlink(self, target: Path, path: Path) -> None:
+        """Create a symbolic link at ``path`` pointing to ``target`` (as os.symlink).
+
+        Raises:
+            FileExistsError, FileNotFoundError (empty target or missing parent),
+            NameTooLong, ReadOnly.
+        """
+        raw_target = fspath(target)
+        with self._lock:
+            found, shown = self._lookup(path, follow=False)
+            name = self._check_new_name(found, shown)
+            if not raw_target:
+                raise NotFound(f"empty symbolic link target for {shown}", shown)
+            if len(raw_target) > MAX_PATH:
+                raise NameTooLong(f"symbolic link target too long for {shown}", shown)
+            with self._begin(shown) as tx:
+                inode = self._new_inode(tx, found.parent, name, st.S_IFLNK | 0o777, DT_LNK)
+                rec = self.itable.dirty(tx, inode)
+                if len(raw_target) <= INLINE_AREA:
+                    rec.map_kind = MAP_SYMLINK
+                    rec.map_count = len(raw_target)
+                    rec.inline = raw_target + bytes(INLINE_AREA - len(raw_target))
+                    rec.size = len(raw_target)
+                else:
+                    self.data.write_in(tx, inode, 0, memoryview(raw_target))
+                self._touch_dir(tx, found.parent)
+
+    def readlink(self, path: Path) -> str | bytes:
+        """The target of a symbolic link (bytes if ``path`` is bytes).
+
+        Raises:
+            FileNotFoundError, InvalidArgument (not a symbolic link).
+        """
+        with self._lock:
+            inode, shown = self._existing(path, follow=False)
+            if not inode.is_lnk:
+                raise InvalidArgument(f"not a symbolic link: {shown}", shown)
+            target = self._link_target(inode)
+        return target if isinstance(fspath_type(path), bytes) else os.fsdecode(target)
+
+    def listdir(self, path: Path = "/") -> list[Any]:
+        """Names in a directory (str, or bytes if ``path`` is bytes), without . and .."""
+        with self._lock:
+            inode, shown = self._existing(path)
+            if not inode.is_dir:
+                raise NotADirectory(f"not a directory: {shown}", shown)
+            names = [name for _, name, _, _ in self.dirs.entries(self.store, inode)]
+        if isinstance(fspath_type(path), bytes):
+            return names
+        return [os.fsdecode(n) for n in names]
+
+    def scandir(self, path: Path = "/") -> Iterator[Any]:
+        """Entries of a directory, as os.scandir (see daxfs.fs.scan.DirEntry)."""
+        from daxfs.fs.scan import scandir
+
+        return scandir(self, path)
+
+    def walk(
+        self,
+        top: Path = "/",
+        topdown: bool = True,
+        onerror: Callable[[OSError], None] | None = None,
+        followlinks: bool = False,
+    ) -> Iterator[tuple[Any, list[Any], list[Any]]]:
+        """Directory tree generator, as os.walk."""
+        from daxfs.fs.scan import walk
+
+        return walk(self, top, topdown, onerror, followlinks)
+
+    # -- attributes ---------------------------------------------------------------------
+
+    def stat(self, path: Path, *, follow_symlinks: bool = True) -> os.stat_result:
+        """os.stat_result of a file (mode, ino, nlink, uid, gid, size, blocks, ns times)."""
+        with self._lock:
+            inode, _ = self._existing(path, follow_symlinks)
+            return self._stat_inode(inode)
+
+    def lstat(self, path: Path) -> os.stat_result:
+        return self.stat(path, follow_symlinks=False)
+
+    def _stat_inode(self, inode: Inode) -> os.stat_result:
+        rec = inode.rec
+        size = max(1, rec.blocks) * BLOCK_SIZE if inode.is_dir else rec.size
+        times = (rec.atime_ns, rec.mtime_ns, rec.ctime_ns)
+        return os.stat_result(
+            (
+                rec.mode,
+                rec.ino,
+                self._dev,
+                rec.nlink,
+                rec.uid,
+                rec.gid,
+                size,
+                *tuple(t // 1000000000 for t in times),
+            ),
+            {
+                "st_atime": times[0] / 1e9,
+                "st_mtime": times[1] / 1e9,
+                "st_ctime": times[2] / 1e9,
+                "st_atime_ns": times[0],
+                "st_mtime_ns": times[1],
+                "st_ctime_ns": times[2],
+                "st_blksize": BLOCK_SIZE,
+                "st_blocks": rec.blocks * (BLOCK_SIZE // 512),
+                "st_rdev": 0,
+            },
+        )
+
+    def exists(self, path: Path) -> bool:
+        try:
+            self.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG):
+                return False
+            raise
+        return True
+
+    def isdir(self, path: Path) -> bool:
+        return self.exists(path) and st.S_ISDIR(self.stat(path).st_mode)
+
+    def isfile(self, path: Path) -> bool:
+        return self.exists(path) and st.S_ISREG(self.stat(path).st_mode)
+
+    def islink(self, path: Path) -> bool:
+        try:
+            return st.S_ISLNK(self.lstat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def _set_attr(self, path: Path, follow: bool, change: Callable[[Inode, Any], None]) -> None:
+        with self._lock:
+            inode, shown = self._existing(path, follow)
+            with self._begin(shown) as tx:
+                rec = self.itable.dirty(tx, inode)
+                change(inode, rec)
+                rec.ctime_ns = now_ns()
+
+    def chmod(self, path: Path, mode: int, *, follow_symlinks: bool = True) -> None:
+        """Change permission bits (the low 12 bits of ``mode``)."""
+
+        def change(inode: Inode, rec: Any) -> None:
+            rec.mode = st.S_IFMT(rec.mode) | (mode & 0o7777)
+
+        self._set_attr(path, follow_symlinks, change)
+
+    def chown(self, path: Path, uid: int, gid: int, *, follow_symlinks: bool = True) -> None:
+        """Change owner and group; -1 leaves one unchanged."""
+
+        def change(inode: Inode, rec: Any) -> None:
+            if uid != -1:
+                rec.uid = uid & 0xFFFFFFFF
+            if gid != -1:
+                rec.gid = gid & 0xFFFFFFFF
+
+        self._set_attr(path, follow_symlinks, change)
+
+    def utime(
+        self,
+        path: Path,
+        times: tuple[float, float] | None = None,
+        *,
+        ns: tuple[int, int] | None = None,
+        follow_symlinks: bool = True,
+    ) -> None:
+        """Set access and modification times, as os.utime."""
+        if times is not None and ns is not None:
+            raise InvalidArgument("utime: give times or ns, not both")
+        if ns is None:
+            if times is None:
+                t = now_ns()
+                ns = (t, t)
+            else:
+                ns = (int(times[0] * 1e9), int(times[1] * 1e9))
+
+        def change(inode: Inode, rec: Any) -> None:
+            assert ns is not None
+            rec.atime_ns, rec.mtime_ns = ns
+
+        self._set_attr(path, follow_symlinks, change)
+
+    def truncate(self, path: Path, length: int) -> None:
+        """Set the size of a regular file.
+
+        Raises:
+            FileNotFoundError, IsADirectoryError, InvalidArgument (negative),
+            FileTooLarge, ReadOnly.
+        """
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise InvalidArgument(f"invalid length {length!r}")
+        with self._lock:
+            inode, shown = self._existing(path)
+            if inode.is_dir:
+                raise IsADirectory(f"is a directory: {shown}", shown)
+            self._check_writable(shown)
+            with inode.lock:
+                self.data.truncate(inode, length)
+
+    def statvfs(self, path: Path = "/") -> os.statvfs_result:
+        """Block and inode counts (inodes: the table grows, so free = what space allows)."""
+        with self._lock:
+            self._existing(path)
+            sb = self.sup.sb
+            free_inodes = sb.free_inodes + sb.free_blocks * (BLOCK_SIZE // 256)
+            flags = os.ST_RDONLY if self.readonly else 0
+            return os.statvfs_result(
+                (
+                    BLOCK_SIZE,
+                    BLOCK_SIZE,
+                    sb.block_count,
+                    sb.free_blocks,
+                    sb.free_blocks,
+                    sb.used_inodes + free_inodes,
+                    free_inodes,
+                    free_inodes,
+                    flags,
+                    MAX_NAME,
+                )
+            )
+
+    def sync(self) -> None:
+        """Every operation is durable when it returns; this only fences, for symmetry."""
+        self._check_mounted()
+        self.store.drain()
+
+
+def fspath_type(path: Path) -> str | bytes:
+    """``path`` as str or bytes, to decide the type of what is returned."""
+    return os.fspath(path)

@@ -1,0 +1,343 @@
+"""Inodes: the inode table, the free and orphan lists, and the inode cache.
+
+Theory of operation
+-------------------
+Inodes are 256-byte records in the *inode file* (inode 1), a file like any
+other whose block ``ino // 16`` holds inode ``ino``; its block 0 is the fixed
+``inode_block0``, the rest is found through its extent map (``locate``, given
+by the layer above, which owns extent maps).  The inode file only grows, so a
+block's location, once found, never changes and is cached.
+
+Allocation pops the free list (``sb.free_ino_head``, linked through
+``InodeRecord.next``), else takes ``sb.inode_hwm`` (records at and above it
+were never used and are zero), growing the inode file by zero-filled blocks
+when the high-water mark reaches its end.  Freeing pushes onto the free list.
+
+An inode that loses its last link while open, mapped or pinned goes on the
+orphan list (``sb.orphan_head``); so does a file whose truncate could not
+free every block in one transaction.  Mount walks the list and finishes the
+job (docs/GUARANTEES.md).
+
+Changes to an inode are made on the in-memory ``Inode.rec`` inside a
+transaction after ``InodeTable.dirty(tx, inode)``: at commit the record is
+packed (with its checksum) into the transaction's copy of its block; on abort
+it is re-read from the device.
+
+Invariants
+  1. An ``Inode`` object is the only in-memory copy of its inode: the cache
+     returns the same object while anyone may hold it, and entries are evicted
+     only between operations (``trim``) and never while open.
+  2. ``rec`` differs from the device only inside a transaction that has
+     marked the inode dirty.
+  3. Free-list inodes have mode 0 and the ORPHAN flag clear; orphan-list
+     inodes have the ORPHAN flag set.
+"""
+
+from __future__ import annotations
+
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from daxfs.errors import Corrupted, NoSpace
+from daxfs.fs.journal import Transaction
+from daxfs.fs.layout import (
+    BLOCK_SHIFT,
+    IFLAG_ORPHAN,
+    INO_INODE_FILE,
+    INODE_SIZE,
+    INODES_PER_BLOCK,
+    InodeRecord,
+)
+from daxfs.fs.store import PmemStore, Reader
+from daxfs.fs.super import SuperState
+
+MAX_INO = (1 << 63) - 1
+CACHE_LIMIT = 32768
+
+#: (reader, inode-file block) -> device block, or None if unmapped
+Locator = Callable[[Reader, int], int | None]
+#: (tx, first new inode-file block, block count) -> None: grow the inode file
+Grower = Callable[[Transaction, int, int], None]
+
+
+class Inode:
+    """An inode in memory: its record plus runtime state (locks, users)."""
+
+    __slots__ = ("ino", "lock", "opens", "rec", "users", "xcache")
+
+    def __init__(self, rec: InodeRecord) -> None:
+        self.ino = rec.ino
+        self.rec = rec
+        #: held for the data path and size changes of this inode
+        self.lock = threading.RLock()
+        #: open File objects
+        self.opens = 0
+        #: other holders that keep an unlinked inode alive (mappings, pins)
+        self.users = 0
+        #: the last extent looked up (daxfs.fs.extmap); None after any map change
+        self.xcache: object = None
+
+    def __repr__(self) -> str:
+        return f"<Inode {self.ino} mode={self.rec.mode:o} size={self.rec.size}>"
+
+    @property
+    def fmt(self) -> int:
+        return stat.S_IFMT(self.rec.mode)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.rec.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.rec.mode)
+
+    @property
+    def is_lnk(self) -> bool:
+        return stat.S_ISLNK(self.rec.mode)
+
+    @property
+    def in_use(self) -> bool:
+        """Open, mapped or pinned: an unlinked inode must wait for the last user."""
+        return self.opens > 0 or self.users > 0
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class InodeTable:
+    """Locate, load, allocate, free and cache inodes."""
+
+    def __init__(self, store: PmemStore, sup: SuperState) -> None:
+        self.store = store
+        self.sup = sup
+        self._cache: OrderedDict[int, Inode] = OrderedDict()
+        self._blocks: dict[int, int] = {0: sup.sb.inode_block0}
+        self.locate: Locator | None = None
+        self.grow: Grower | None = None
+
+    # -- location -------------------------------------------------------------------
+
+    def address(self, reader: Reader, ino: int) -> tuple[int, int]:
+        """(device block, byte offset in it) of inode ``ino``.
+
+        Raises:
+            Corrupted: the inode file has no block for it.
+        """
+        fblock, slot = divmod(ino, INODES_PER_BLOCK)
+        blockno = self._blocks.get(fblock)
+        if blockno is None:
+            assert self.locate is not None
+            found = self.locate(reader, fblock)
+            if found is None:
+                raise Corrupted(f"inode {ino}: the inode file has no block {fblock}")
+            blockno = found
+            if reader is self.store and len(self._blocks) < 1 << 20:
+                self._blocks[fblock] = blockno  # committed: stable forever
+        return blockno, slot * INODE_SIZE
+
+    def read_record(self, reader: Reader, ino: int) -> InodeRecord:
+        """Decode inode ``ino`` as ``reader`` (a transaction or the store) sees it."""
+        if not 0 < ino < self.sup.sb.inode_hwm:
+            raise Corrupted(
+                f"inode {ino} is beyond the inode table (in use below {self.sup.sb.inode_hwm})"
+            )
+        blockno, offset = self.address(reader, ino)
+        block = reader.read(blockno)
+        return InodeRecord.unpack_from(block, offset, ino)
+
+    # -- cache ------------------------------------------------------------------------
+
+    def get(self, ino: int) -> Inode:
+        """The in-use inode ``ino`` (cached).
+
+        Raises:
+            Corrupted: the record is damaged or the inode is free.
+        """
+        inode = self._cache.get(ino)
+        if inode is not None:
+            self._cache.move_to_end(ino)
+            return inode
+        rec = self.read_record(self.store, ino)
+        if rec.mode == 0:
+            raise Corrupted(f"inode {ino} is free but something refers to it")
+        inode = Inode(rec)
+        self._cache[ino] = inode
+        return inode
+
+    def forget(self, ino: int) -> None:
+        """Drop ``ino`` from the cache (it was freed)."""
+        self._cache.pop(ino, None)
+
+    def cached(self, ino: int) -> Inode | None:
+        return self._cache.get(ino)
+
+    def trim(self) -> None:
+        """Evict unused inodes beyond the cache limit. Call between operations only."""
+        excess = len(self._cache) - CACHE_LIMIT
+        if excess <= 0:
+            return
+        for ino in list(self._cache)[: excess * 2]:
+            inode = self._cache[ino]
+            if not inode.in_use and ino != INO_INODE_FILE:
+                del self._cache[ino]
+                excess -= 1
+                if excess <= 0:
+                    break
+
+    # -- changes ----------------------------------------------------------------------
+
+    def dirty(self, tx: Transaction, inode: Inode) -> InodeRecord:
+        """Mark ``inode`` changed in ``tx``; return its record for modification."""
+        seen: dict[int, list[Inode]] = tx.scratch.setdefault("inodes", {})
+        blockno, _ = self.address(tx, inode.ino)
+        group = seen.get(blockno)
+        if group is None:
+            members: list[Inode] = []
+            group = seen[blockno] = members
+
+            def seal(view: memoryview) -> None:
+                self._seal(view, members)
+
+            tx.write(blockno, seal=seal)
+        if inode not in group:
+            group.append(inode)
+            tx.on_abort(lambda: self._reload(inode))
+        return inode.rec
+
+    def _seal(self, view: memoryview, inodes: list[Inode]) -> None:
+        for inode in inodes:
+            _, offset = self.address(self.store, inode.ino)
+            inode.rec.pack_into(view, offset)
+
+    def _reload(self, inode: Inode) -> None:
+        try:
+            rec = self.read_record(self.store, inode.ino)
+        except Corrupted:
+            rec = InodeRecord(ino=inode.ino)  # never used: was allocated in the aborted tx
+        inode.rec = rec
+        inode.xcache = None
+        if rec.mode == 0:
+            self._cache.pop(inode.ino, None)
+
+    def allocate(self, tx: Transaction, mode: int, uid: int, gid: int) -> Inode:
+        """A new inode with ``mode``, one link, times now.
+
+        Raises:
+            NoSpace: no inode can be had (the inode file cannot grow).
+        """
+        sb = self.sup.dirty(tx)
+        if sb.free_ino_head:
+            ino = sb.free_ino_head
+            old = self.read_record(tx, ino)
+            if old.mode != 0:
+                raise Corrupted(f"free inode list: inode {ino} is in use (mode {old.mode:o})")
+            sb.free_ino_head = old.next
+            sb.free_inodes -= 1
+        else:
+            ino = sb.inode_hwm
+            if ino >= MAX_INO:
+                raise NoSpace("no inode numbers left")
+            fblock = ino // INODES_PER_BLOCK
+            if self._inode_file_blocks(tx) <= fblock:
+                assert self.grow is not None
+                self.grow(tx, fblock, self._growth(fblock))
+            sb.inode_hwm = ino + 1
+        sb.used_inodes += 1
+        sb.next_generation = (sb.next_generation + 1) & 0xFFFFFFFF
+        t = now_ns()
+        rec = InodeRecord(
+            ino=ino,
+            mode=mode,
+            nlink=1,
+            uid=uid,
+            gid=gid,
+            atime_ns=t,
+            mtime_ns=t,
+            ctime_ns=t,
+            btime_ns=t,
+            generation=sb.next_generation,
+        )
+        inode = Inode(rec)
+        self._cache[ino] = inode
+        self.dirty(tx, inode)
+        return inode
+
+    def _inode_file_blocks(self, reader: Reader) -> int:
+        return self.get(INO_INODE_FILE).rec.size >> BLOCK_SHIFT
+
+    @staticmethod
+    def _growth(current_blocks: int) -> int:
+        """Blocks to add to an inode file of ``current_blocks``: 1/8 more, 16 to 256."""
+        return max(16, min(256, current_blocks // 8))
+
+    def free(self, tx: Transaction, inode: Inode) -> None:
+        """Return an inode (no links, no blocks) to the free list."""
+        rec = self.dirty(tx, inode)
+        assert rec.nlink == 0, f"freeing linked inode {inode}"
+        assert rec.blocks == 0, f"freeing inode {inode} that still owns blocks"
+        assert not rec.flags & IFLAG_ORPHAN, "remove from the orphan list first"
+        sb = self.sup.dirty(tx)
+        ino = inode.ino
+        generation = rec.generation
+        inode.rec = InodeRecord(ino=ino, generation=generation, next=sb.free_ino_head)
+        sb.free_ino_head = ino
+        sb.free_inodes += 1
+        sb.used_inodes -= 1
+        tx.on_commit(lambda: self.forget(ino))
+
+    # -- orphans ----------------------------------------------------------------------
+
+    def add_orphan(self, tx: Transaction, inode: Inode) -> None:
+        rec = self.dirty(tx, inode)
+        if rec.flags & IFLAG_ORPHAN:
+            return
+        sb = self.sup.dirty(tx)
+        rec.flags |= IFLAG_ORPHAN
+        rec.next = sb.orphan_head
+        sb.orphan_head = inode.ino
+
+    def remove_orphan(self, tx: Transaction, inode: Inode) -> None:
+        rec = self.dirty(tx, inode)
+        if not rec.flags & IFLAG_ORPHAN:
+            return
+        sb = self.sup.dirty(tx)
+        if sb.orphan_head == inode.ino:
+            sb.orphan_head = rec.next
+        else:
+            prev = self.get(sb.orphan_head)
+            for _ in range(sb.used_inodes + 1):
+                if prev.rec.next == inode.ino:
+                    break
+                if prev.rec.next == 0:
+                    raise Corrupted(f"orphan list does not reach inode {inode.ino}")
+                prev = self.get(prev.rec.next)
+            else:
+                raise Corrupted("orphan list has a cycle")
+            self.dirty(tx, prev).next = rec.next
+        rec.flags &= ~IFLAG_ORPHAN
+        rec.next = 0
+
+    def orphans(self) -> list[int]:
+        """Inode numbers on the orphan list, head first.
+
+        Raises:
+            Corrupted: the list has a cycle or a member without the ORPHAN flag.
+        """
+        out: list[int] = []
+        ino = self.sup.sb.orphan_head
+        seen: set[int] = set()
+        while ino:
+            if ino in seen:
+                raise Corrupted(f"orphan list has a cycle at inode {ino}")
+            seen.add(ino)
+            rec = self.read_record(self.store, ino)
+            if not rec.flags & IFLAG_ORPHAN:
+                raise Corrupted(f"orphan list: inode {ino} lacks the orphan flag")
+            out.append(ino)
+            ino = rec.next
+        return out

@@ -1,0 +1,266 @@
+"""mkfs, mount and unmount: from a path or device to a FileSystem and back.
+
+Mount, step by step (each failure is an error naming the structure)::
+
+    open the device (a path) or take the given one; claim it (EBUSY if mounted)
+    read and check the primary superblock (EUCLEAN if damaged; the error says
+        whether the backup is intact and fsck --repair can restore it)
+    replay the journal (recovery: the last committed transaction)
+    build the layers: allocator, inode table, extent maps, directories, data
+    reap the orphan list: unlinked inodes are freed, batched truncates finished
+    mark the superblock mounted (state, count, time)
+
+Unmount marks it clean, copies the superblock to the backup, and releases the
+device.  A read-only mount replays nothing and changes nothing; it refuses an
+image whose journal holds a transaction to replay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+from daxfs.errors import Corrupted, ReadOnly
+from daxfs.fs.alloc import Allocator
+from daxfs.fs.data import DataPath
+from daxfs.fs.dir import Directories
+from daxfs.fs.extmap import BlockMaps, Extent
+from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.inode import InodeTable, now_ns
+from daxfs.fs.journal import Journal, Transaction
+from daxfs.fs.layout import (
+    BLOCK_SHIFT,
+    BLOCK_SIZE,
+    FEATURE_INCOMPAT,
+    FEATURE_RO_COMPAT,
+    INO_INODE_FILE,
+    STATE_CLEAN,
+    STATE_MOUNTED,
+    Superblock,
+)
+from daxfs.fs.mkfs import Progress, format_device
+from daxfs.fs.store import PmemStore, Reader
+from daxfs.fs.super import SuperState
+from daxfs.pmem import open_device
+from daxfs.pmem.device import Device
+
+Target = str | os.PathLike[str] | Device
+
+
+def mkfs(
+    target: Target,
+    size: int | None = None,
+    *,
+    label: str = "",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> Superblock:
+    """Create an empty daxfs on ``target``: a path (created or grown to ``size``) or a device.
+
+    Raises:
+        Exists (EEXIST): the target already holds a daxfs, or data mkfs does
+            not recognise, and ``force`` is False.
+        InvalidArgument: size below 16 MiB or above the device; bad label.
+        Busy: the target is mounted.
+    """
+    if isinstance(target, Device):
+        target.claim(True, "mkfs")
+        try:
+            return format_device(target, size, label=label, force=force, progress=progress)
+        finally:
+            target.unclaim()
+    name = os.fsdecode(os.fspath(target))
+    with open_device(target, size, create=size is not None) as device:
+        device.claim(True, "mkfs")
+        try:
+            return format_device(
+                device, size, label=label, force=force, name=name, progress=progress
+            )
+        finally:
+            device.unclaim()
+
+
+def read_superblock(device: Device) -> Superblock:
+    """The primary superblock, checked.
+
+    Raises:
+        Corrupted (EUCLEAN): missing or damaged, saying what the backup holds.
+    """
+    store_size = device.size - device.size % BLOCK_SIZE
+    try:
+        sb = Superblock.unpack(device.read(0, BLOCK_SIZE), "primary superblock")
+    except Corrupted as exc:
+        backup = _backup(device, store_size)
+        if backup is None:
+            raise
+        raise Corrupted(
+            f"{exc.strerror}; the backup superblock is intact: run `daxfs fsck --repair`"
+        ) from None
+    sb.check_geometry(device.size, "primary superblock")
+    return sb
+
+
+def _backup(device: Device, size: int) -> Superblock | None:
+    """The backup superblock in the device's last block, if intact."""
+    if size < 2 * BLOCK_SIZE:
+        return None
+    try:
+        return Superblock.unpack(device.read(size - BLOCK_SIZE, BLOCK_SIZE), "backup superblock")
+    except Corrupted:
+        return None
+
+
+def mount(
+    target: Target,
+    *,
+    readonly: bool = False,
+    persist: str = "auto",
+) -> FileSystem:
+    """Mount the daxfs on ``target`` (a path or a device object).
+
+    Raises:
+        FileNotFoundError: no such path.
+        Busy (EBUSY): already mounted (by this or another process).
+        Corrupted (EUCLEAN): not a daxfs, or a structure failed its checks.
+        ReadOnly (EROFS): read-only mount of an image that needs recovery.
+        NotSupported: the image uses features this version does not know.
+    """
+    owned = not isinstance(target, Device)
+    if isinstance(target, Device):
+        device = target
+    else:
+        device = open_device(target, persist=persist, readonly=readonly)
+    try:
+        device.claim(not readonly, "mount")
+    except BaseException:
+        if owned:
+            device.close()
+        raise
+    try:
+        return _mount(device, readonly, owned)
+    except BaseException:
+        device.unclaim()
+        if owned:
+            device.close()
+        raise
+
+
+def _mount(device: Device, readonly: bool, owned: bool) -> FileSystem:
+    sb = read_superblock(device)
+    if sb.feature_incompat & ~FEATURE_INCOMPAT:
+        raise Corrupted(f"superblock: unknown incompatible features {sb.feature_incompat:#x}")
+    if sb.feature_ro_compat & ~FEATURE_RO_COMPAT and not readonly:
+        raise ReadOnly("image has features this version can only mount read-only")
+    store = PmemStore(device, sb.block_count)
+    try:
+        journal = Journal(store, sb.journal_start, sb.journal_blocks, readonly=readonly)
+        journal.recover()
+        sb = Superblock.unpack(store.block(0), "primary superblock")
+        sup = SuperState(store, sb)
+        fs = _assemble(device, store, journal, sup, readonly, owned)
+        if not readonly:
+            _reap_orphans(fs)
+            with journal.begin() as tx:
+                s = sup.dirty(tx)
+                s.state = STATE_MOUNTED
+                s.mount_count += 1
+                s.last_mount_ns = now_ns()
+        return fs
+    except BaseException:
+        store.close()
+        raise
+
+
+@dataclasses.dataclass
+class Layers:
+    """The structures of a filesystem above its journal (shared by mount and fsck)."""
+
+    alloc: Allocator
+    itable: InodeTable
+    maps: BlockMaps
+    dirs: Directories
+
+
+def build_layers(store: PmemStore, sup: SuperState) -> Layers:
+    """Allocator, inode table (wired to the inode file's map), extent maps, directories."""
+    alloc = Allocator(store, sup)
+    itable = InodeTable(store, sup)
+    maps = BlockMaps(itable, alloc)
+
+    def locate(reader: Reader, fblock: int) -> int | None:
+        ext, _ = maps.lookup(reader, itable.get(INO_INODE_FILE), fblock)
+        return ext.pblk + (fblock - ext.lblk) if ext is not None else None
+
+    def grow(tx: Transaction, first: int, count: int) -> None:
+        inode_file = itable.get(INO_INODE_FILE)
+        rec = itable.dirty(tx, inode_file)
+        before = maps.lookup(tx, inode_file, first - 1)[0]
+        goal = before.pblk + before.length if before is not None else None
+        cur = first
+        for start, length in alloc.alloc(tx, count, goal):
+            for b in range(start, start + length):
+                tx.new_block(b)
+            store.fill(start << BLOCK_SHIFT, length << BLOCK_SHIFT)
+            maps.insert(tx, inode_file, Extent(cur, start, length))
+            cur += length
+        rec.size = (first + count) << BLOCK_SHIFT
+        rec.blocks += count
+
+    itable.locate = locate
+    itable.grow = grow
+    return Layers(alloc, itable, maps, Directories(itable, alloc, sup.sb.hash_key))
+
+
+def _assemble(
+    device: Device,
+    store: PmemStore,
+    journal: Journal,
+    sup: SuperState,
+    readonly: bool,
+    owned: bool,
+) -> FileSystem:
+    layers = build_layers(store, sup)
+    data = DataPath(device, journal, layers.alloc, layers.itable, layers.maps)
+    return FileSystem(
+        device=device,
+        store=store,
+        journal=journal,
+        sup=sup,
+        alloc=layers.alloc,
+        itable=layers.itable,
+        maps=layers.maps,
+        dirs=layers.dirs,
+        data=data,
+        readonly=readonly,
+        on_unmount=_unmounter(owned),
+    )
+
+
+def _reap_orphans(fs: FileSystem) -> None:
+    """Finish what the orphan list records (after a crash, or unlinked open files)."""
+    for ino in fs.itable.orphans():
+        inode = fs.itable.get(ino)
+        if inode.rec.nlink == 0:
+            fs._reap(inode)
+        else:
+            with inode.lock:
+                fs.data.finish_truncate(inode)
+
+
+def _unmounter(owned: bool) -> Callable[[FileSystem], None]:
+    def unmount(fs: FileSystem) -> None:
+        try:
+            if not fs.readonly and not fs.journal.failed:
+                with fs.journal.begin() as tx:
+                    fs.sup.dirty(tx).state = STATE_CLEAN
+                sb = fs.sup.sb
+                fs.store.write((sb.block_count - 1) << BLOCK_SHIFT, sb.to_block())
+                fs.store.drain()
+        finally:
+            fs.store.close()
+            fs.device.unclaim()
+            if owned:
+                fs.device.close()
+
+    return unmount
