@@ -69,6 +69,7 @@ from daxfs.fs.layout import (
     bitmap_block_ok,
     seal_bitmap_block,
 )
+from daxfs.fs.mount import build_layers, same_geometry
 from daxfs.fs.store import PmemStore
 from daxfs.fs.super import SuperState
 from daxfs.pmem import open_device
@@ -170,7 +171,7 @@ class _Checker:
                 return None
             primary = backup
         elif backup is not None and (
-            primary.uuid != backup.uuid or not _same_geometry(primary, backup)
+            primary.uuid != backup.uuid or not same_geometry(primary, backup)
         ):
             if self.repair:
                 dev.write((blocks - 1) << BLOCK_SHIFT, primary.to_block())
@@ -287,12 +288,14 @@ class _Checker:
             if problems:
                 raise Corrupted("extent tree: " + "; ".join(problems[:3]))
         runs = []
-        end = -1
+        end = written_end = -1
         static = 0
         for ext in fs.maps.extents(fs.store, inode):
             if ext.lblk < end:
                 raise Corrupted(f"extent at file block {ext.lblk} overlaps the one before")
             end = ext.end
+            if not ext.unwritten:
+                written_end = ext.end
             if ino == INO_INODE_FILE and ext.lblk == 0:  # inode block 0 is static
                 if ext.pblk != fs.sup.sb.inode_block0:
                     raise Corrupted(f"inode file block 0 is at {ext.pblk}, not inode block 0")
@@ -302,8 +305,11 @@ class _Checker:
                     continue
             runs.append((ext.pblk, ext.length))
         keep = (rec.size + BLOCK_SIZE - 1) >> BLOCK_SHIFT
-        if end > keep and not rec.flags & IFLAG_TRUNCATE and ino != INO_INODE_FILE:
-            self.problem(f"inode {ino}", f"maps blocks up to {end} past its size {rec.size}")
+        if written_end > keep and not rec.flags & IFLAG_TRUNCATE and ino != INO_INODE_FILE:
+            # unwritten extents past the size are fallocate(KEEP_SIZE): legitimate
+            self.problem(
+                f"inode {ino}", f"maps written blocks up to {written_end} past its size {rec.size}"
+            )
         owned = static + self.claim(fs, ino, runs)
         return owned + self.claim(fs, ino, [(b, 1) for b in fs.maps.tree_nodes(fs.store, inode)])
 
@@ -614,14 +620,15 @@ def _run(device: Device, repair: bool, progress: Progress | None) -> Report:
     try:
         checker = _Checker(device, repair, progress)
         report = checker.report
+        if not _journal_first(checker, device):
+            return report
         sb = checker.superblocks()
         if sb is None:
             return report
         report.block_count = sb.block_count
         store = PmemStore(device, sb.block_count)
         try:
-            if checker.journal(store, sb):
-                _passes(checker, store, device)
+            _passes(checker, store)
         finally:
             store.close()
         return report
@@ -629,9 +636,25 @@ def _run(device: Device, repair: bool, progress: Progress | None) -> Report:
         device.unclaim()
 
 
-def _passes(checker: _Checker, store: PmemStore, device: Device) -> None:
-    from daxfs.fs.mount import build_layers
+def _journal_first(checker: _Checker, device: Device) -> bool:
+    """Check (and with repair, replay) the journal before trusting the superblock.
 
+    A crash while the journal applied counters leaves the primary superblock's
+    checksum stale until replay; its geometry is never torn.
+    """
+    try:
+        geometry = Superblock.unpack(device.read(0, BLOCK_SIZE), "primary", verify=False)
+        geometry.check_geometry(device.size, "primary superblock")
+    except Corrupted:
+        return True  # superblocks() reports it
+    store = PmemStore(device, geometry.block_count)
+    try:
+        return checker.journal(store, geometry)
+    finally:
+        store.close()
+
+
+def _passes(checker: _Checker, store: PmemStore) -> None:
     sb = Superblock.unpack(store.block(0), "primary superblock")
     sup = SuperState(store, sb)
     journal = Journal(store, sb.journal_start, sb.journal_blocks, readonly=not checker.repair)
@@ -655,8 +678,3 @@ def _passes(checker: _Checker, store: PmemStore, device: Device) -> None:
     checker.links(fs)
     checker.free_list(fs)
     checker.allocation(fs, bad_bitmap)
-
-
-def _same_geometry(a: Superblock, b: Superblock) -> bool:
-    fields = ("uuid", "block_count", "journal_start", "journal_blocks", "bitmap_start")
-    return all(getattr(a, f) == getattr(b, f) for f in fields)

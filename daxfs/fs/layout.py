@@ -89,6 +89,7 @@ _SB = struct.Struct(
     "Q"  # 160 root_ino
     "q"  # 168 created_ns
     "16s"  # 176 hash_key: key of the directory-name hash
+    # -- bytes 192 and up change inside transactions; everything above only at mkfs
     "Q"  # 192 free_blocks
     "Q"  # 200 free_inodes: inodes on the free list
     "Q"  # 208 used_inodes
@@ -187,18 +188,25 @@ class Superblock:
         return bytes(block)
 
     @classmethod
-    def unpack(cls, block: bytes | bytearray | memoryview, where: str) -> Superblock:
+    def unpack(
+        cls, block: bytes | bytearray | memoryview, where: str, *, verify: bool = True
+    ) -> Superblock:
         """Decode and check a superblock; ``where`` names it in errors.
 
+        ``verify=False`` skips the checksum: recovery reads the geometry that
+        way, since a crash while the journal applied counters (bytes 192 and
+        up) can leave the checksum stale until replay; the geometry (bytes
+        0..191) is written only by mkfs, so it cannot be torn.
+
         Raises:
-            Corrupted (EUCLEAN): bad magic, checksum or geometry.
+            Corrupted (EUCLEAN): bad magic or checksum.
         """
         if len(block) < BLOCK_SIZE:
             raise Corrupted(f"{where}: device too small to hold a superblock")
         if bytes(block[:8]) != SB_MAGIC:
             raise Corrupted(f"{where}: no daxfs superblock (bad magic)")
         (stored,) = struct.unpack_from("<I", block, SB_CRC_OFFSET)
-        if crc32c(memoryview(block)[:SB_CRC_OFFSET]) != stored:
+        if verify and crc32c(memoryview(block)[:SB_CRC_OFFSET]) != stored:
             raise Corrupted(f"{where}: superblock checksum mismatch")
         f = _SB.unpack_from(block, 0)
         try:

@@ -82,23 +82,58 @@ def mkfs(
 
 
 def read_superblock(device: Device) -> Superblock:
-    """The primary superblock, checked.
+    """The primary superblock, checked (without recovery: for reports such as info).
 
     Raises:
         Corrupted (EUCLEAN): missing or damaged, saying what the backup holds.
     """
-    store_size = device.size - device.size % BLOCK_SIZE
     try:
         sb = Superblock.unpack(device.read(0, BLOCK_SIZE), "primary superblock")
     except Corrupted as exc:
-        backup = _backup(device, store_size)
-        if backup is None:
+        if _backup(device, device.size - device.size % BLOCK_SIZE) is None:
             raise
         raise Corrupted(
             f"{exc.strerror}; the backup superblock is intact: run `daxfs fsck --repair`"
         ) from None
     sb.check_geometry(device.size, "primary superblock")
     return sb
+
+
+def recover(device: Device, readonly: bool) -> tuple[PmemStore, Journal, Superblock]:
+    """Replay the journal, then read and check the primary superblock.
+
+    The geometry comes from the primary superblock without its checksum
+    (layout.Superblock.unpack explains why that is safe), cross-checked with
+    the backup when the primary's checksum fails.
+
+    Raises:
+        Corrupted: no daxfs here, or the superblock is damaged beyond the journal.
+        ReadOnly: a read-only mount needs a replay.
+    """
+    raw = device.read(0, BLOCK_SIZE)
+    geometry = Superblock.unpack(raw, "primary superblock", verify=False)
+    geometry.check_geometry(device.size, "primary superblock")
+    store = PmemStore(device, geometry.block_count)
+    try:
+        journal = Journal(store, geometry.journal_start, geometry.journal_blocks, readonly)
+        try:
+            Superblock.unpack(raw, "primary superblock")
+        except Corrupted:
+            backup = _backup(device, geometry.block_count << BLOCK_SHIFT)
+            if journal.pending() is None or backup is None or not same_geometry(backup, geometry):
+                raise
+        journal.recover()
+        sb = read_superblock(device)
+        return store, journal, sb
+    except BaseException:
+        store.close()
+        raise
+
+
+def same_geometry(a: Superblock, b: Superblock) -> bool:
+    """True if two superblocks describe the same filesystem layout."""
+    fields = ("uuid", "block_count", "journal_start", "journal_blocks", "bitmap_start")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
 
 
 def _backup(device: Device, size: int) -> Superblock | None:
@@ -147,16 +182,12 @@ def mount(
 
 
 def _mount(device: Device, readonly: bool, owned: bool) -> FileSystem:
-    sb = read_superblock(device)
-    if sb.feature_incompat & ~FEATURE_INCOMPAT:
-        raise Corrupted(f"superblock: unknown incompatible features {sb.feature_incompat:#x}")
-    if sb.feature_ro_compat & ~FEATURE_RO_COMPAT and not readonly:
-        raise ReadOnly("image has features this version can only mount read-only")
-    store = PmemStore(device, sb.block_count)
+    store, journal, sb = recover(device, readonly)
     try:
-        journal = Journal(store, sb.journal_start, sb.journal_blocks, readonly=readonly)
-        journal.recover()
-        sb = Superblock.unpack(store.block(0), "primary superblock")
+        if sb.feature_incompat & ~FEATURE_INCOMPAT:
+            raise Corrupted(f"superblock: unknown incompatible features {sb.feature_incompat:#x}")
+        if sb.feature_ro_compat & ~FEATURE_RO_COMPAT and not readonly:
+            raise ReadOnly("image has features this version can only mount read-only")
         sup = SuperState(store, sb)
         fs = _assemble(device, store, journal, sup, readonly, owned)
         if not readonly:

@@ -1,0 +1,144 @@
+"""Crash at every persist point of every operation type: each state is before or after.
+
+Each test builds a small tree (setup), then check_operation crashes the
+operation at each of its fences, mounts several seeded crash states of each
+(recovery runs), requires fsck to be clean and the tree to equal the state
+before or after the operation.  The slow variants take more states per fence.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
+from daxfs.fs.filesystem import FileSystem
+from daxfs.testing.crash import CrashReport, check_operation
+
+BLOCK = 4096
+DATA = bytes(range(256)) * 64  # 16 KiB, recognisable
+
+
+def base(fs: FileSystem) -> None:
+    fs.makedirs("/d/sub")
+    fs.mkdir("/empty")
+    with fs.open("/d/file", "wb") as f:
+        f.write(DATA)
+    with fs.open("/d/other", "wb") as f:
+        f.write(b"other file\n")
+    fs.symlink("/d/file", "/d/link")
+
+
+def write_at(path: str, data: bytes, offset: int) -> object:
+    def op(fs: FileSystem) -> None:
+        with fs.open(path, "rb+", buffering=0) as f:
+            f.pwrite(data, offset)
+
+    return op
+
+
+def fragmented(fs: FileSystem) -> None:
+    """A file of 40 extents (every other block written, then holes filled later)."""
+    base(fs)
+    with fs.open("/frag", "wb", buffering=0) as f:
+        for i in range(40):
+            f.pwrite(bytes([i + 1]) * BLOCK, 2 * i * BLOCK)
+
+
+def open_unlinked(fs: FileSystem) -> None:
+    f = fs.open("/d/file", "rb")
+    fs.unlink("/d/file")
+    f.close()
+
+
+def fallocate(mode: int, offset: int, length: int) -> object:
+    def op(fs: FileSystem) -> None:
+        with fs.open("/d/file", "rb+", buffering=0) as f:
+            f.fallocate(offset, length, mode)
+
+    return op
+
+
+def truncate(size: int) -> object:
+    def op(fs: FileSystem) -> None:
+        fs.truncate("/d/file", size)
+
+    return op
+
+
+OPERATIONS = {
+    "create": (base, lambda fs: fs.open("/d/new", "xb").close()),
+    "open with truncate": (base, lambda fs: fs.open("/d/file", "wb").close()),
+    "mkdir": (base, lambda fs: fs.mkdir("/d/sub/newdir")),
+    "write extending": (base, write_at("/d/file", b"E" * 10000, len(DATA) - 100)),
+    "write into hole": (base, write_at("/d/other", b"H" * 5000, 3 * BLOCK + 7)),
+    "overwrite small": (base, write_at("/d/file", b"O" * 100, 4000)),
+    "overwrite across blocks": (base, write_at("/d/file", b"X" * 9000, 1000)),
+    "overwrite copy-on-write": (fragmented, write_at("/frag", b"C" * (300 << 10), 0)),
+    "truncate shrink": (base, truncate(5000)),
+    "truncate to zero": (base, truncate(0)),
+    "truncate grow": (base, truncate(100_000)),
+    "truncate fragmented": (fragmented, lambda fs: fs.truncate("/frag", 3 * BLOCK + 5)),
+    "fallocate": (base, fallocate(0, 20000, 50000)),
+    "fallocate keep size": (base, fallocate(FALLOC_FL_KEEP_SIZE, 20000, 50000)),
+    "punch hole": (base, fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 1000, 9000)),
+    "zero range": (base, fallocate(FALLOC_FL_ZERO_RANGE, 1000, 12000)),
+    "unlink": (base, lambda fs: fs.unlink("/d/file")),
+    "unlink fragmented": (fragmented, lambda fs: fs.unlink("/frag")),
+    "unlink open file": (base, open_unlinked),
+    "rmdir": (base, lambda fs: fs.rmdir("/empty")),
+    "rename file": (base, lambda fs: fs.rename("/d/file", "/moved")),
+    "rename over existing": (base, lambda fs: fs.rename("/d/other", "/d/file")),
+    "rename directory": (base, lambda fs: fs.rename("/d/sub", "/empty/sub2")),
+    "rename dir over empty dir": (base, lambda fs: fs.rename("/d/sub", "/empty")),
+    "link": (base, lambda fs: fs.link("/d/file", "/hard")),
+    "symlink": (base, lambda fs: fs.symlink("/d/other", "/d/sub/ln")),
+    "long symlink": (base, lambda fs: fs.symlink("t" * 300, "/d/sub/ln")),
+    "chmod": (base, lambda fs: fs.chmod("/d/file", 0o600)),
+}
+
+TIMED = {"utime": (base, lambda fs: fs.utime("/d/file", ns=(10**18, 2 * 10**18)))}
+
+
+def _check(setup: object, op: object, states: int, times: bool = False) -> CrashReport:
+    report = check_operation(setup, op, states_per_fence=states, times=times)  # type: ignore[arg-type]
+    assert report.fences >= 1, "the operation must persist something"
+    assert report.states >= report.fences
+    return report
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_crash_at_every_fence(name: str) -> None:
+    setup, op = OPERATIONS[name]
+    report = _check(setup, op, states=3)
+    # the operation's effect is durable before it returns: the last fences end in "after"
+    assert report.after_seen >= 1
+
+
+def test_utime_crash_keeps_old_or_new_times() -> None:
+    setup, op = TIMED["utime"]
+    report = _check(setup, op, states=3, times=True)
+    assert report.before_seen >= 1
+    assert report.after_seen >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_crash_at_every_fence_many_states(name: str) -> None:
+    setup, op = OPERATIONS[name]
+    _check(setup, op, states=32)
+
+
+def test_harness_detects_a_non_atomic_operation() -> None:
+    """Two separate operations are not atomic together: the checker must say so."""
+
+    def two_steps(fs: FileSystem) -> None:
+        fs.mkdir("/one")
+        fs.mkdir("/two")
+
+    with pytest.raises(AssertionError, match="neither before nor after"):
+        check_operation(base, two_steps, states_per_fence=2)
+
+
+assert os.sep == "/"
