@@ -15,6 +15,7 @@ import posixpath
 from typing import Any
 
 import hypothesis.strategies as stx
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -75,6 +76,13 @@ class FsMachine(RuleBasedStateMachine):
     def files(self) -> list[str]:
         return sorted(p for p, v in self.model.items() if v[0] == "file")
 
+    def set_contents(self, path: str, data: bytes) -> None:
+        """New contents for ``path`` and every hard link of it."""
+        ino = self.fs.stat(path).st_ino
+        for other, value in list(self.model.items()):
+            if value[0] == "file" and self.fs.stat(other).st_ino == ino:
+                self.model[other] = ("file", data)
+
     def children(self, path: str) -> list[str]:
         prefix = path.rstrip("/") + "/"
         return [p for p in self.model if p.startswith(prefix)]
@@ -115,11 +123,7 @@ class FsMachine(RuleBasedStateMachine):
         path = data.draw(stx.sampled_from(self.files()))
         self.fs.truncate(path, size)
         old = self.model[path][1]
-        new = old[:size] + bytes(max(0, size - len(old)))
-        ino = self.fs.stat(path).st_ino
-        for other, value in list(self.model.items()):
-            if value[0] == "file" and self.fs.stat(other).st_ino == ino:
-                self.model[other] = ("file", new)
+        self.set_contents(path, old[:size] + bytes(max(0, size - len(old))))
 
     @rule(parent=stx.sampled_from(DIRS), name=names)
     def mkdir(self, parent: str, name: str) -> None:
@@ -153,12 +157,10 @@ class FsMachine(RuleBasedStateMachine):
         path = data.draw(stx.sampled_from(sorted(self.model)))
         if self.model[path][0] == "dir":
             if self.children(path):
-                try:
+                with pytest.raises(OSError) as info:
                     self.fs.rmdir(path)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOTEMPTY
-                    return
-                raise AssertionError("rmdir of a non-empty directory succeeded")
+                assert info.value.errno == errno.ENOTEMPTY
+                return
             self.fs.rmdir(path)
         else:
             self.fs.unlink(path)
@@ -171,12 +173,10 @@ class FsMachine(RuleBasedStateMachine):
         dst = posixpath.join(parent, name)
         expected = self.rename_errno(src, dst)
         if expected is not None:
-            try:
+            with pytest.raises(OSError) as info:
                 self.fs.rename(src, dst)
-            except OSError as exc:
-                assert exc.errno == expected, (src, dst, exc)
-                return
-            raise AssertionError(f"rename {src} {dst} should fail with {expected}")
+            assert info.value.errno == expected, (src, dst, info.value)
+            return
         same = dst in self.model and self.fs.lstat(src).st_ino == self.fs.lstat(dst).st_ino
         self.fs.rename(src, dst)
         if same:
@@ -238,10 +238,7 @@ class FsMachine(RuleBasedStateMachine):
             now = f.read()
         assert now == new if completed else now in (old, new)
         event(f"write crashed inside: completed={completed}, new={now == new}")
-        ino = self.fs.stat(path).st_ino
-        for other, value in list(self.model.items()):
-            if value[0] == "file" and self.fs.stat(other).st_ino == ino:
-                self.model[other] = ("file", now)
+        self.set_contents(path, now)
 
     # -- checks -----------------------------------------------------------------------
 
