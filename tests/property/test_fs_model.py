@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import posixpath
+import re
 from typing import Any
 
 import hypothesis.strategies as stx
@@ -157,7 +158,7 @@ class FsMachine(RuleBasedStateMachine):
         path = data.draw(stx.sampled_from(sorted(self.model)))
         if self.model[path][0] == "dir":
             if self.children(path):
-                with pytest.raises(OSError) as info:
+                with pytest.raises(OSError, match=re.escape(path)) as info:
                     self.fs.rmdir(path)
                 assert info.value.errno == errno.ENOTEMPTY
                 return
@@ -173,7 +174,7 @@ class FsMachine(RuleBasedStateMachine):
         dst = posixpath.join(parent, name)
         expected = self.rename_errno(src, dst)
         if expected is not None:
-            with pytest.raises(OSError) as info:
+            with pytest.raises(OSError, match=f"{re.escape(src)}|{re.escape(dst)}") as info:
                 self.fs.rename(src, dst)
             assert info.value.errno == expected, (src, dst, info.value)
             return
