@@ -128,10 +128,13 @@ class _Checker:
         self.repair = repair
         self.progress = progress
         self.report = Report()
+        #: a rescan after repairs: problems already reported are not repeated
+        self.quiet = False
 
     def problem(self, structure: str, message: str, repaired: bool = False) -> Problem:
         p = Problem(structure, message, repaired)
-        self.report.problems.append(p)
+        if not self.quiet:
+            self.report.problems.append(p)
         return p
 
     # -- 1 superblocks ------------------------------------------------------------------
@@ -655,11 +658,36 @@ def _journal_first(checker: _Checker, device: Device) -> bool:
 
 
 def _passes(checker: _Checker, store: PmemStore) -> None:
+    """Passes 3 to 8.  Allocation is checked (and fixed) before the namespace,
+    since namespace repairs allocate and free through the bitmap; if they
+    changed anything, ownership is scanned again and allocation rechecked."""
     sb = Superblock.unpack(store.block(0), "primary superblock")
     sup = SuperState(store, sb)
     journal = Journal(store, sb.journal_start, sb.journal_blocks, readonly=not checker.repair)
-    journal.recover()
     bad_bitmap = checker.bitmap(store, sb)
+    fs = _scan(checker, store, journal, sup)
+    if fs is None:
+        return
+    checker.allocation(fs, bad_bitmap)
+    commits = journal.commits
+    checker.namespace(fs)
+    if not checker.report.complete:
+        return
+    checker.links(fs)
+    checker.free_list(fs)
+    if journal.commits != commits:
+        checker.quiet = True
+        try:
+            fs = _scan(checker, store, journal, sup)
+        finally:
+            checker.quiet = False
+        if fs is not None:
+            checker.allocation(fs, [])
+
+
+def _scan(checker: _Checker, store: PmemStore, journal: Journal, sup: SuperState) -> _Fs | None:
+    """Pass 4: every inode and the blocks it owns."""
+    sb = sup.sb
     layers = build_layers(store, sup)
     owner = np.zeros(sb.block_count, dtype=np.uint32)
     owner[: sb.data_start] = _STATIC
@@ -670,11 +698,6 @@ def _passes(checker: _Checker, store: PmemStore) -> None:
     except Corrupted as exc:
         checker.problem("inode table", exc.strerror or str(exc))
         checker.report.complete = False
-        return
+        return None
     checker.inodes(fs)
-    checker.namespace(fs)
-    if not checker.report.complete:
-        return
-    checker.links(fs)
-    checker.free_list(fs)
-    checker.allocation(fs, bad_bitmap)
+    return fs

@@ -120,7 +120,9 @@ def recover(device: Device, readonly: bool) -> tuple[PmemStore, Journal, Superbl
             Superblock.unpack(raw, "primary superblock")
         except Corrupted:
             backup = _backup(device, geometry.block_count << BLOCK_SHIFT)
-            if journal.pending() is None or backup is None or not same_geometry(backup, geometry):
+            replayable = backup is not None and same_geometry(backup, geometry)
+            if journal.pending() is None or not replayable:
+                read_superblock(device)  # raises, with advice about the backup
                 raise
         journal.recover()
         sb = read_superblock(device)

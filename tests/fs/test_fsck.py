@@ -1,0 +1,264 @@
+"""fsck: detects what is wrong, in words; repairs what it safely can."""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+import daxfs
+from daxfs.fs.fsck import fsck
+from daxfs.fs.layout import (
+    BLOCK_SHIFT,
+    BLOCK_SIZE,
+    INO_ROOT,
+    INODE_SIZE,
+    InodeRecord,
+    Superblock,
+    seal_bitmap_block,
+)
+from daxfs.fs.mount import build_layers
+from daxfs.fs.store import PmemStore
+from daxfs.fs.super import SuperState
+from daxfs.testing import PowerFailure, SimulatedPmem
+
+SIZE = 16 << 20
+
+
+@pytest.fixture
+def dev() -> Iterator[SimulatedPmem]:
+    device = SimulatedPmem(SIZE)
+    daxfs.mkfs(device)
+    with daxfs.mount(device) as fs:
+        fs.makedirs("/a/b")
+        with fs.open("/a/file", "wb") as f:
+            f.write(b"x" * 10000)
+        with fs.open("/a/b/small", "wb") as f:
+            f.write(b"small")
+        fs.link("/a/file", "/a/hard")
+        fs.symlink("/a/file", "/sym")
+        with fs.open("/frag", "wb", buffering=0) as f:  # 12 extents: a B+tree map
+            for i in range(12):
+                f.pwrite(b"f" * BLOCK_SIZE, 2 * i * BLOCK_SIZE)
+    yield device
+
+
+def sb_of(dev: SimulatedPmem) -> Superblock:
+    return Superblock.unpack(dev.read(0, BLOCK_SIZE), "sb")
+
+
+def ino_of(dev: SimulatedPmem, path: str) -> int:
+    with daxfs.mount(dev) as fs:
+        return fs.stat(path, follow_symlinks=False).st_ino
+
+
+def edit_inode(dev: SimulatedPmem, ino: int, **changes: int) -> None:
+    """Change fields of an inode record on the device and reseal it."""
+    store = PmemStore(dev)
+    layers = build_layers(store, SuperState(store, sb_of(dev)))
+    blockno, offset = layers.itable.address(store, ino)
+    rec = InodeRecord.unpack_from(store.block(blockno), offset, ino)
+    for name, value in changes.items():
+        setattr(rec, name, value)
+    block = bytearray(store.block(blockno))
+    rec.pack_into(block, offset)
+    store.close()
+    dev.write(blockno << BLOCK_SHIFT, block)
+
+
+def inode_offset(dev: SimulatedPmem, ino: int) -> int:
+    store = PmemStore(dev)
+    layers = build_layers(store, SuperState(store, sb_of(dev)))
+    blockno, offset = layers.itable.address(store, ino)
+    store.close()
+    return (blockno << BLOCK_SHIFT) + offset
+
+
+def flip_bitmap_bit(dev: SimulatedPmem, blockno: int) -> None:
+    sb = sb_of(dev)
+    where = sb.bitmap_start << BLOCK_SHIFT
+    block = bytearray(dev.read(where, BLOCK_SIZE))
+    block[blockno // 8] ^= 1 << (blockno % 8)
+    seal_bitmap_block(block)
+    dev.write(where, block)
+
+
+def assert_repairs(dev: SimulatedPmem, *words: str) -> None:
+    report = fsck(dev)
+    assert not report.clean
+    text = str(report)
+    for word in words:
+        assert word in text, text
+    fixed = fsck(dev, repair=True)
+    assert all(p.repaired for p in fixed.problems), str(fixed)
+    after = fsck(dev)
+    assert after.clean, str(after)
+    assert after.problems == []
+
+
+def test_clean_filesystem(dev: SimulatedPmem) -> None:
+    report = fsck(dev)
+    assert report.clean, str(report)
+    assert report.problems == []
+    assert report.directories == 3
+    assert report.files == 3
+    assert report.symlinks == 1
+    assert "clean" in str(report)
+
+
+def test_fresh_mkfs_is_clean() -> None:
+    device = SimulatedPmem(SIZE)
+    daxfs.mkfs(device)
+    assert fsck(device).clean
+
+
+def test_inode_checksum_mismatch_is_reported(dev: SimulatedPmem) -> None:
+    ino = ino_of(dev, "/a/b/small")
+    offset = inode_offset(dev, ino)
+    dev.write(offset + 32, b"\xff")  # size field, checksum now wrong
+    report = fsck(dev)
+    assert not report.clean
+    assert f"inode {ino}: checksum mismatch" in str(report)
+    with daxfs.mount(dev) as fs, pytest.raises(OSError, match="checksum") as info:
+        fs.stat("/a/b/small")
+    assert info.value.errno == errno.EUCLEAN
+
+
+def test_primary_superblock_restored_from_backup(dev: SimulatedPmem) -> None:
+    dev.write(100, b"garbage!")
+    with pytest.raises(OSError, match="backup superblock is intact") as info:
+        daxfs.mount(dev)
+    assert info.value.errno == errno.EUCLEAN
+    assert "primary superblock" in str(fsck(dev))
+    repaired = fsck(dev, repair=True)
+    assert repaired.problems[0].repaired
+    assert fsck(dev).clean
+    with daxfs.mount(dev) as fs, fs.open("/a/file", "rb") as f:
+        assert f.read() == b"x" * 10000
+
+
+def test_both_superblocks_gone(dev: SimulatedPmem) -> None:
+    dev.fill(0, BLOCK_SIZE)
+    dev.fill(SIZE - BLOCK_SIZE, BLOCK_SIZE)
+    report = fsck(dev, repair=True)
+    assert not report.clean
+    assert not report.complete
+    with pytest.raises(OSError, match="no daxfs superblock"):
+        daxfs.mount(dev)
+
+
+def test_leaked_block(dev: SimulatedPmem) -> None:
+    flip_bitmap_bit(dev, (SIZE >> BLOCK_SHIFT) - 100)  # a free block, marked used
+    assert_repairs(dev, "marked used but nothing owns them")
+
+
+def test_block_in_use_marked_free(dev: SimulatedPmem) -> None:
+    with daxfs.mount(dev) as fs, fs.open("/a/b/small", "rb", buffering=0) as f:
+        addr = fs.data.iomap_begin(f.inode, 0, 1, 0).addr  # type: ignore[arg-type]
+    flip_bitmap_bit(dev, addr >> BLOCK_SHIFT)
+    assert_repairs(dev, "in use are marked free")
+    with daxfs.mount(dev) as fs, fs.open("/a/b/small", "rb") as f:
+        assert f.read() == b"small"
+
+
+def test_wrong_link_count(dev: SimulatedPmem) -> None:
+    ino = ino_of(dev, "/a/file")
+    edit_inode(dev, ino, nlink=5)
+    assert_repairs(dev, "link count 5, should be 2")
+
+
+def test_wrong_block_count(dev: SimulatedPmem) -> None:
+    ino = ino_of(dev, "/frag")
+    edit_inode(dev, ino, blocks=1)
+    assert_repairs(dev, f"inode {ino}: counts 1 blocks")
+
+
+def test_dangling_entry_removed(dev: SimulatedPmem) -> None:
+    ino = ino_of(dev, "/a/b/small")
+    edit_inode(dev, ino, mode=0, nlink=0)
+    assert_repairs(dev, "entry points at a free inode")
+    with daxfs.mount(dev) as fs:
+        assert fs.listdir("/a/b") == []
+
+
+def test_lost_inode_goes_to_lost_found(dev: SimulatedPmem) -> None:
+    with daxfs.mount(dev) as fs:
+        ino = fs.stat("/a/b/small").st_ino
+        with fs.journal.begin() as tx:  # drop the entry but not the inode
+            fs.dirs.remove(tx, fs.itable.get(fs.stat("/a/b").st_ino), b"small")
+    assert_repairs(dev, "is in no directory")
+    with daxfs.mount(dev) as fs, fs.open(f"/lost+found/#{ino}", "rb") as f:
+        assert f.read() == b"small"
+
+
+def test_journal_pending_is_replayed_by_repair(dev: SimulatedPmem) -> None:
+    fs = daxfs.mount(dev)
+    dev.schedule_power_failure(2)  # after the commit point, before the apply ends
+    with pytest.raises(PowerFailure):
+        fs.mkdir("/newdir")
+    crashed = dev.crash(seed=1)
+    report = fsck(crashed)
+    assert not report.complete
+    assert "not yet applied" in str(report)
+    repaired = fsck(crashed, repair=True)
+    assert repaired.journal_replayed
+    assert repaired.clean, str(repaired)
+    with daxfs.mount(crashed) as fs:
+        assert fs.isdir("/newdir")
+
+
+def test_bitmap_checksum(dev: SimulatedPmem) -> None:
+    sb = sb_of(dev)
+    dev.write((sb.bitmap_start << BLOCK_SHIFT) + 4000, b"\x01")
+    assert_repairs(dev, "bitmap block 0: checksum mismatch")
+
+
+def test_extent_tree_node_damage_reported(dev: SimulatedPmem) -> None:
+    ino = ino_of(dev, "/frag")
+    with daxfs.mount(dev) as fs:
+        root = fs.itable.get(ino).rec.map_root
+    assert root
+    dev.write((root << BLOCK_SHIFT) + 100, b"\xee\xee")
+    report = fsck(dev)
+    assert not report.clean
+    assert f"inode {ino}" in str(report)
+    assert "checksum" in str(report)
+
+
+def test_free_list_rebuilt(dev: SimulatedPmem) -> None:
+    with daxfs.mount(dev) as fs:
+        fs.unlink("/a/b/small")  # puts its inode on the free list
+    sb = sb_of(dev)
+    assert sb.free_ino_head
+    raw = bytearray(dev.read(0, BLOCK_SIZE))
+    struct.pack_into("<Q", raw, 216, 0)  # lose the list head
+    sb2 = Superblock.unpack(raw, "sb", verify=False)
+    dev.write(0, sb2.to_block())
+    assert_repairs(dev, "free inode list")
+
+
+def test_fsck_refuses_a_mounted_filesystem(dev: SimulatedPmem) -> None:
+    with daxfs.mount(dev):
+        with pytest.raises(OSError, match="in use") as info:
+            fsck(dev)
+        assert info.value.errno == errno.EBUSY
+
+
+def test_root_is_checked(dev: SimulatedPmem) -> None:
+    edit_inode(dev, INO_ROOT, mode=0o100644)
+    report = fsck(dev)
+    assert not report.clean
+    assert "root directory" in str(report)
+
+
+def test_path_image(tmp_path: object) -> None:
+    import pathlib
+
+    image = pathlib.Path(str(tmp_path)) / "fs.img"
+    daxfs.mkfs(image, SIZE)
+    with daxfs.mount(image) as fs:
+        fs.mkdir("/x")
+    assert fsck(image).clean
+    assert INODE_SIZE == 256
