@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import struct
-from collections.abc import Iterator
 
 import pytest
 
@@ -28,7 +27,7 @@ SIZE = 16 << 20
 
 
 @pytest.fixture
-def dev() -> Iterator[SimulatedPmem]:
+def dev() -> SimulatedPmem:
     device = SimulatedPmem(SIZE)
     daxfs.mkfs(device)
     with daxfs.mount(device) as fs:
@@ -42,7 +41,7 @@ def dev() -> Iterator[SimulatedPmem]:
         with fs.open("/frag", "wb", buffering=0) as f:  # 12 extents: a B+tree map
             for i in range(12):
                 f.pwrite(b"f" * BLOCK_SIZE, 2 * i * BLOCK_SIZE)
-    yield device
+    return device
 
 
 def sb_of(dev: SimulatedPmem) -> Superblock:
