@@ -114,7 +114,7 @@ from daxfs.fs.layout import (
     node_ok,
     seal_node,
 )
-from daxfs.fs.store import Reader
+from daxfs.fs.store import VERIFIED_LIMIT, Reader
 
 # memoryview.cast("Q") reads native integers; the format is little-endian.
 assert sys.byteorder == "little", "daxfs.fs.btree assumes a little-endian CPU"
@@ -272,6 +272,14 @@ def _internal_remove(view: memoryview, count: int, at: int) -> None:
     _U16.pack_into(view, _COUNT_AT, count - 1)
 
 
+def _remember(verified: set[int], blockno: int) -> bool:
+    """Record a node whose checksum just passed (bounded, as PmemStore.mark_verified)."""
+    if len(verified) >= VERIFIED_LIMIT:
+        verified.clear()
+    verified.add(blockno)
+    return True
+
+
 class BTree:
     """A B+tree rooted in an inode: root block (0 = empty), height (0 = empty, 1 = a leaf).
 
@@ -321,12 +329,14 @@ class BTree:
         """Read and verify a node; return its view and count.  Raises Corrupted."""
         try:
             view = reader.read(blockno)
-            _, _, owner, where, lvl, count, kind, heap, _ = NODE_HEADER.unpack_from(view)
+            magic, _, owner, where, lvl, count, kind, heap, _ = NODE_HEADER.unpack_from(view)
         except (Corrupted, struct.error) as exc:
             raise self._corrupt(blockno, "block number outside the filesystem") from exc
+        verified = reader.verified
         if not (
             len(view) == BLOCK_SIZE
-            and node_ok(view)
+            and magic == NODE_MAGIC
+            and (blockno in verified or (node_ok(view) and _remember(verified, blockno)))
             and owner == self.owner
             and where == blockno
             and kind == self.kind

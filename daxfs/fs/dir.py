@@ -27,6 +27,7 @@ Invariants
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterator
 
 from daxfs.errors import Corrupted
@@ -39,6 +40,7 @@ from daxfs.fs.layout import DIRENT, MAP_BTREE, MAP_NONE, MAX_VALUE, TREE_DIRECTO
 from daxfs.fs.store import Reader
 
 Entry = tuple[bytes, int, int]  # name, ino, DT_* type
+DCACHE_LIMIT = 1 << 16
 
 
 def pack_entries(entries: list[Entry]) -> bytes:
@@ -71,6 +73,10 @@ class Directories:
         self.itable = itable
         self.alloc = alloc
         self.hash_key = hash_key
+        self.store = itable.store
+        #: dentry cache: (directory ino, name) -> (ino, type), committed entries only;
+        #: bounded; every change to a name pops it (an aborted change then only costs a miss)
+        self._dcache: OrderedDict[tuple[int, bytes], tuple[int, int]] = OrderedDict()
 
     def hash(self, name: bytes) -> int:
         digest = hashlib.blake2b(name, digest_size=8, key=self.hash_key).digest()
@@ -96,6 +102,11 @@ class Directories:
 
     def lookup(self, reader: Reader, inode: Inode, name: bytes) -> tuple[int, int] | None:
         """(ino, type) of ``name`` in directory ``inode``, or None."""
+        committed = reader is self.store
+        if committed:
+            hit = self._dcache.get((inode.ino, name))
+            if hit is not None:
+                return hit
         if inode.rec.map_kind == MAP_NONE:
             return None
         value = self._tree(inode).get(reader, self.hash(name))
@@ -103,11 +114,16 @@ class Directories:
             return None
         for entry_name, ino, dtype in unpack_entries(value, f"directory inode {inode.ino}"):
             if entry_name == name:
+                if committed:
+                    if len(self._dcache) >= DCACHE_LIMIT:
+                        self._dcache.popitem(last=False)
+                    self._dcache[inode.ino, name] = (ino, dtype)
                 return ino, dtype
         return None
 
     def add(self, tx: Transaction, inode: Inode, name: bytes, ino: int, dtype: int) -> None:
         """Add an entry. Caller must have checked that ``name`` is absent."""
+        self._dcache.pop((inode.ino, name), None)
         tree = self._tree(inode)
         key = self.hash(name)
         old = tree.get(tx, key)
@@ -122,6 +138,7 @@ class Directories:
 
     def remove(self, tx: Transaction, inode: Inode, name: bytes) -> tuple[int, int]:
         """Remove ``name``; return its (ino, type). Caller must have checked it exists."""
+        self._dcache.pop((inode.ino, name), None)
         tree = self._tree(inode)
         key = self.hash(name)
         old = tree.get(tx, key)
@@ -139,6 +156,7 @@ class Directories:
 
     def retarget(self, tx: Transaction, inode: Inode, name: bytes, ino: int, dtype: int) -> None:
         """Point the existing entry ``name`` at another inode (rename over a target)."""
+        self._dcache.pop((inode.ino, name), None)
         tree = self._tree(inode)
         key = self.hash(name)
         old = tree.get(tx, key)

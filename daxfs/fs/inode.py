@@ -119,6 +119,8 @@ class InodeTable:
         self._blocks: dict[int, int] = {0: sup.sb.inode_block0}
         self.locate: Locator | None = None
         self.grow: Grower | None = None
+        #: a transaction is growing the inode file: do not cache locations
+        self.growing = False
 
     # -- location -------------------------------------------------------------------
 
@@ -136,7 +138,7 @@ class InodeTable:
             if found is None:
                 raise Corrupted(f"inode {ino}: the inode file has no block {fblock}")
             blockno = found
-            if reader is self.store and len(self._blocks) < 1 << 20:
+            if not self.growing and reader is self.store and len(self._blocks) < 1 << 20:
                 self._blocks[fblock] = blockno  # committed: stable forever
         return blockno, slot * INODE_SIZE
 
@@ -209,10 +211,10 @@ class InodeTable:
             tx.on_abort(lambda: self._reload(inode))
         return inode.rec
 
-    def _seal(self, view: memoryview, inodes: list[Inode]) -> None:
+    @staticmethod
+    def _seal(view: memoryview, inodes: list[Inode]) -> None:
         for inode in inodes:
-            _, offset = self.address(self.store, inode.ino)
-            inode.rec.pack_into(view, offset)
+            inode.rec.pack_into(view, (inode.ino % INODES_PER_BLOCK) * INODE_SIZE)
 
     def _reload(self, inode: Inode) -> None:
         try:
@@ -245,6 +247,10 @@ class InodeTable:
             fblock = ino // INODES_PER_BLOCK
             if self._inode_file_blocks(tx) <= fblock:
                 assert self.grow is not None
+                # the inode file's map in memory runs ahead of the device until commit
+                self.growing = True
+                tx.on_commit(self._grown)
+                tx.on_abort(self._grown)
                 self.grow(tx, fblock, self._growth(fblock))
             sb.inode_hwm = ino + 1
         sb.used_inodes += 1
@@ -266,6 +272,9 @@ class InodeTable:
         self._cache[ino] = inode
         self.dirty(tx, inode)
         return inode
+
+    def _grown(self) -> None:
+        self.growing = False
 
     def _inode_file_blocks(self, reader: Reader) -> int:
         return self.get(INO_INODE_FILE).rec.size >> BLOCK_SHIFT

@@ -65,8 +65,6 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from daxfs.errors import Corrupted, IOFailure, ReadOnly
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
@@ -77,13 +75,13 @@ from daxfs.fs.layout import (
     crc32c,
 )
 from daxfs.fs.store import PmemStore
+from daxfs.pmem.cpu import diff_lines
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 Seal = Callable[[memoryview], None]
 LINE = 64
-_LINES = BLOCK_SIZE // LINE
 
 
 class TransactionTooLarge(AssertionError):
@@ -225,6 +223,8 @@ class Transaction:
         self.state = "open"
         #: per-transaction bookkeeping of the layers above, by layer name
         self.scratch: dict[str, Any] = {}
+        #: shared with the store: see PmemStore.verified
+        self.verified = journal.store.verified
 
     def __enter__(self) -> Transaction:
         return self
@@ -402,16 +402,4 @@ def changed_ranges(
     new: bytes | bytearray | memoryview, old: bytes | bytearray | memoryview
 ) -> list[tuple[int, int]]:
     """Byte ranges, in whole 64-byte lines, where two 4 KiB blocks differ."""
-    if bytes(new) == bytes(old):
-        return []
-    a = np.frombuffer(new, dtype=np.uint64).reshape(_LINES, LINE // 8)
-    b = np.frombuffer(old, dtype=np.uint64).reshape(_LINES, LINE // 8)
-    lines = np.flatnonzero((a != b).any(axis=1)).tolist()
-    ranges: list[tuple[int, int]] = []
-    for line in lines:
-        start = line * LINE
-        if ranges and ranges[-1][1] == start:
-            ranges[-1] = (ranges[-1][0], start + LINE)
-        else:
-            ranges.append((start, start + LINE))
-    return ranges
+    return diff_lines(new, old, LINE)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import uuid as uuid_mod
+from collections.abc import Callable
 
 import crc32c as _crc32c
 
@@ -43,16 +44,16 @@ INO_ROOT = 2  # the root directory
 FIRST_FREE_INO = 3
 
 
-def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
-    """crc32c of ``data``, continuing from ``value``."""
-    return _crc32c.crc32c(data, value)
+#: crc32c(data, value=0): crc32c of ``data``, continuing from ``value``.
+crc32c: Callable[..., int] = _crc32c.crc32c
+_ZERO4 = bytes(4)
 
 
 def checksum_with_hole(buf: bytes | bytearray | memoryview, hole: int, size: int = 4) -> int:
     """crc32c of ``buf`` with ``size`` bytes at ``hole`` (its checksum field) taken as zero."""
     view = memoryview(buf)
     value = crc32c(view[:hole])
-    value = crc32c(bytes(size), value)
+    value = crc32c(_ZERO4 if size == 4 else bytes(size), value)
     return crc32c(view[hole + size :], value)
 
 

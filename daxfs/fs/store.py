@@ -30,8 +30,14 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 
+VERIFIED_LIMIT = 1 << 16
+
+
 class Reader(Protocol):
     """Anything that can show a block: the store (committed) or a transaction."""
+
+    #: blocks whose checksum was verified in this mount (or that we wrote ourselves)
+    verified: set[int]
 
     def read(self, blockno: int) -> memoryview: ...
 
@@ -49,6 +55,14 @@ class PmemStore:
                 f"of {device.size} bytes"
             )
         self._view: memoryview | None = device.direct_access(0, self.block_count << BLOCK_SHIFT)
+        #: structures verify a block's checksum the first time they read it in a
+        #: mount and record it here (bounded: cleared when it reaches VERIFIED_LIMIT)
+        self.verified: set[int] = set()
+
+    def mark_verified(self, blockno: int) -> None:
+        if len(self.verified) >= VERIFIED_LIMIT:
+            self.verified.clear()
+        self.verified.add(blockno)
 
     @property
     def view(self) -> memoryview:

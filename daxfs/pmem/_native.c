@@ -659,6 +659,69 @@ cpu_features(PyObject *self, PyObject *unused)
                          have_avx512f ? Py_True : Py_False);
 }
 
+/* diff_lines(a, b, line=64) -> list of (start, end): the byte ranges, in whole
+ * lines, where two buffers of equal length differ; adjacent lines merge.  Used
+ * by the filesystem journal to log only what a transaction changed. */
+static PyObject *
+diff_lines(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer a, b;
+    Py_ssize_t line = LINE;
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "diff_lines(a, b, line=64)");
+        return NULL;
+    }
+    if (nargs == 3 && (line = PyLong_AsSsize_t(args[2])) <= 0) {
+        if (!PyErr_Occurred())
+            raise_invalid("line must be positive");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &a, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&a);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (a.len != b.len) {
+        raise_invalid("buffers differ in length: %zd and %zd", a.len, b.len);
+        goto done;
+    }
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    Py_ssize_t start = -1;
+    for (Py_ssize_t pos = 0; pos < a.len; pos += line) {
+        Py_ssize_t n = a.len - pos < line ? a.len - pos : line;
+        int same = memcmp((char *)a.buf + pos, (char *)b.buf + pos, n) == 0;
+        if (!same && start < 0)
+            start = pos;
+        if (same && start >= 0) {
+            PyObject *t = Py_BuildValue("(nn)", start, pos);
+            if (t == NULL || PyList_Append(out, t) < 0) {
+                Py_XDECREF(t);
+                Py_CLEAR(out);
+                goto done;
+            }
+            Py_DECREF(t);
+            start = -1;
+        }
+    }
+    if (start >= 0) {
+        PyObject *t = Py_BuildValue("(nn)", start, a.len);
+        if (t == NULL || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            Py_CLEAR(out);
+        } else {
+            Py_DECREF(t);
+        }
+    }
+done:
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return out;
+}
+
 static PyObject *
 set_error_class(PyObject *self, PyObject *cls)
 {
@@ -672,6 +735,8 @@ set_error_class(PyObject *self, PyObject *cls)
 
 static PyMethodDef module_methods[] = {
     {"cpu_features", cpu_features, METH_NOARGS, "cpu_features() -> dict of bool"},
+    {"diff_lines", (PyCFunction)(void (*)(void))diff_lines, METH_FASTCALL,
+     "diff_lines(a, b, line=64) -> [(start, end)]: differing whole-line ranges"},
     {"set_error_class", set_error_class, METH_O,
      "set_error_class(cls): raise cls(message) for bad arguments"},
     {NULL}};

@@ -18,6 +18,8 @@ import mmap
 import os
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+
 from daxfs.errors import InvalidArgument
 from daxfs.pmem.device import PAGE_SIZE, check_range
 
@@ -87,6 +89,31 @@ def flush_instruction() -> tuple[str | None, str]:
 
 def _cpuid_summary(features: dict[str, bool]) -> str:
     return ", ".join(name for name in FLUSH_INSTRUCTIONS if features[name]) or "none"
+
+
+def diff_lines(a: Buffer, b: Buffer, line: int = 64) -> list[tuple[int, int]]:
+    """Byte ranges, in whole ``line``-byte lines, where two equal-length buffers differ.
+
+    Adjacent differing lines merge into one range.  C when the extension is
+    loaded, numpy otherwise.
+    """
+    if _native is not None:
+        return _native.diff_lines(a, b, line)
+    x = np.frombuffer(a, dtype=np.uint8)
+    y = np.frombuffer(b, dtype=np.uint8)
+    if len(x) != len(y):
+        raise InvalidArgument(f"buffers differ in length: {len(x)} and {len(y)}")
+    pad = -len(x) % line
+    x = np.concatenate([x, np.zeros(pad, np.uint8)]).reshape(-1, line)
+    y = np.concatenate([y, np.zeros(pad, np.uint8)]).reshape(-1, line)
+    ranges: list[tuple[int, int]] = []
+    for index in np.flatnonzero((x != y).any(axis=1)).tolist():
+        start, end = index * line, min((index + 1) * line, len(a))  # type: ignore[arg-type]
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((start, end))
+    return ranges
 
 
 def make_region(mapping: mmap.mmap, view: memoryview, mode: str, readonly: bool) -> Region:

@@ -369,6 +369,7 @@ def corrupt_fixture() -> tuple[Fs, dict[int, bytes], int, int]:
 def test_flipped_byte_is_reported_with_its_block() -> None:
     fs, _, leaf, key = corrupt_fixture()
     fs.store.view[leaf * BLOCK_SIZE + 3000] ^= 0x40
+    fs.store.verified.clear()  # checksums are checked on the first read in a mount
     with pytest.raises(Corrupted, match=f"inode {OWNER}, node {leaf}: checksum mismatch"):
         fs.tree.get(fs.store, key)
     with pytest.raises(Corrupted, match=f"node {leaf}"):
@@ -376,8 +377,20 @@ def test_flipped_byte_is_reported_with_its_block() -> None:
     problems = fs.tree.check(fs.store)
     assert problems == [f"B+tree of inode {OWNER}, node {leaf}: checksum mismatch"]
     fs.store.view[fs.tree.root * BLOCK_SIZE + 70] ^= 1  # the root: every lookup fails
+    fs.store.verified.clear()
     with pytest.raises(Corrupted, match=f"node {fs.tree.root}"):
         fs.tree.floor(fs.store, 0)
+
+
+def test_verified_nodes_are_not_rechecked_in_a_mount() -> None:
+    fs, _, leaf, key = corrupt_fixture()
+    assert fs.tree.get(fs.store, key) is not None
+    assert leaf in fs.store.verified
+    fs.store.view[leaf * BLOCK_SIZE + 3000] ^= 0x40  # damage after the first read
+    assert fs.tree.get(fs.store, key) is not None  # trusted until the next mount
+    fs.store.verified.clear()
+    with pytest.raises(Corrupted, match="checksum mismatch"):
+        fs.tree.get(fs.store, key)
 
 
 def test_misdirected_foreign_and_wrong_level_nodes() -> None:
