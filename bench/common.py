@@ -313,6 +313,8 @@ def format_value(value: float | None, unit: str) -> str:
         return "n/a"
     if unit == "ns":
         return f"{value:,.0f} ns" if value >= 100 else f"{value:.1f} ns"
+    if unit.endswith("/s") and unit != "GiB/s":  # rates such as op/s: whole numbers
+        return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
     return f"{value:.2f} {unit}"
 
 

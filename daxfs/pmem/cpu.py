@@ -108,7 +108,7 @@ def diff_lines(a: Buffer, b: Buffer, line: int = 64) -> list[tuple[int, int]]:
     y = np.concatenate([y, np.zeros(pad, np.uint8)]).reshape(-1, line)
     ranges: list[tuple[int, int]] = []
     for index in np.flatnonzero((x != y).any(axis=1)).tolist():
-        start, end = index * line, min((index + 1) * line, len(a))  # type: ignore[arg-type]
+        start, end = index * line, min((index + 1) * line, len(a))
         if ranges and ranges[-1][1] == start:
             ranges[-1] = (ranges[-1][0], end)
         else:
