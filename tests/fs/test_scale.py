@@ -1,0 +1,83 @@
+"""Scale: thousands of files (the inode file grows into a B+tree map), big directories,
+big fragmented files; everything survives a remount and fsck is clean."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+import daxfs
+from daxfs.fs.fsck import fsck
+from daxfs.fs.layout import INO_INODE_FILE, MAP_BTREE
+from daxfs.testing import SimulatedPmem
+
+BLOCK = 4096
+
+
+def test_many_files_grow_the_inode_file() -> None:
+    dev = SimulatedPmem(64 << 20)
+    daxfs.mkfs(dev)
+    count = 3000
+    with daxfs.mount(dev) as fs:
+        fs.mkdir("/d")
+        for i in range(count):
+            with fs.open(f"/d/f{i}", "xb", buffering=0) as f:
+                f.write(i.to_bytes(4, "little"))
+        inode_file = fs.itable.get(INO_INODE_FILE)
+        assert inode_file.rec.map_kind == MAP_BTREE  # more than 5 extents: a tree
+    with daxfs.mount(dev) as fs:
+        assert len(fs.listdir("/d")) == count
+        for i in random.Random(1).sample(range(count), 200):
+            with fs.open(f"/d/f{i}", "rb") as f:
+                assert f.read() == i.to_bytes(4, "little")
+        for i in range(0, count, 2):
+            fs.unlink(f"/d/f{i}")
+        assert fs.superblock.free_inodes == count // 2
+        fs.open("/d/again", "xb").close()  # reuses a freed inode
+        assert fs.superblock.free_inodes == count // 2 - 1
+    report = fsck(dev)
+    assert report.clean, str(report)
+    assert report.files == count // 2 + 1
+
+
+def test_fragmented_file_uses_a_btree_map() -> None:
+    dev = SimulatedPmem(32 << 20)
+    daxfs.mkfs(dev)
+    with daxfs.mount(dev) as fs:
+        with fs.open("/frag", "wb", buffering=0) as f:
+            for i in range(600):  # every other block: 600 extents
+                f.pwrite(i.to_bytes(2, "little") * (BLOCK // 2), 2 * i * BLOCK)
+        inode = fs.itable.get(fs.stat("/frag").st_ino)
+        assert inode.rec.map_kind == MAP_BTREE
+        assert inode.rec.map_height >= 2
+        with fs.open("/frag", "rb", buffering=0) as f:
+            for i in random.Random(2).sample(range(600), 50):
+                assert f.pread(2, 2 * i * BLOCK) == i.to_bytes(2, "little")
+                assert f.pread(2, (2 * i + 1) * BLOCK) == bytes(2)
+        fs.truncate("/frag", 100 * BLOCK)  # more than one batch of extents
+        assert fs.stat("/frag").st_size == 100 * BLOCK
+    assert fsck(dev).clean
+    with daxfs.mount(dev) as fs:
+        fs.unlink("/frag")
+        assert fs.statvfs("/").f_bfree > (32 << 20) // BLOCK - 400
+    assert fsck(dev).clean
+
+
+@pytest.mark.slow
+def test_a_million_entries() -> None:
+    """The directory scale goal: 1,000,000 entries, lookups still work, fsck is clean."""
+    path = f"/dev/shm/daxfs-scale-{os.getpid()}.img"
+    try:
+        daxfs.mkfs(path, 2 << 30)
+        with daxfs.mount(path, persist="cpu") as fs:
+            fs.mkdir("/big")
+            for i in range(1_000_000):
+                fs.open(f"/big/{i:07d}", "xb", buffering=0).close()
+            for i in random.Random(3).sample(range(1_000_000), 1000):
+                assert fs.stat(f"/big/{i:07d}").st_size == 0
+        assert fsck(path).clean
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
