@@ -1,0 +1,1161 @@
+"""Filesystem benchmark: daxfs against os.* on tmpfs and ext4, and fio's libpmem (issue 3).
+
+    python bench/fs.py [--quick] [--plain] [--profile]
+
+One run measures, on this machine and in this process:
+
+    data      daxfs (mount(persist="cpu") on a /dev/shm image) against os.* on a
+              /dev/shm (tmpfs) file and an ext4 file, and against fio's libpmem
+              engine and libpmem2 (bench/pmem2_bench.c) on /dev/shm:
+                4 KiB random pread        goal >= 1.0x os.pread on tmpfs
+                4 KiB random pwrite       durable; goal >= 1.0x os.pwrite on tmpfs,
+                                          which is not durable at all
+                sequential, 2 MiB pieces  read and write; goal >= 0.8x the C ceiling
+    msync     the same 4 KiB operations on a daxfs image on ext4, mounted with
+              persist="auto" (msync), against os.pread / os.pwrite (+ fdatasync)
+              on an ext4 file; informational
+    metadata  in a directory of 100,000 entries (1,000 with --quick), against the
+              same operations with os.* on tmpfs: create+close (goal >= 0.25x),
+              stat (goal >= 0.5x), rename, unlink, listdir
+    scale     (full run only) a directory of up to 1,000,000 files, created under
+              a time budget: stat there within 1.5x of stat in a 10-entry
+              directory; mounting the filesystem takes under 1 s and 200 MB
+              (RSS growth of a fresh process; the budgets are the anchors).
+              With fewer files than the target (budget or failure) those rows
+              are informational and say how many files were measured.
+
+Rates are op/s (or GiB/s, entries/s) from medians of batches (bench/common.py),
+so every ratio is daxfs / anchor with higher better, except where the unit is
+a time or a size (ns, ms, MB).  Random 4 KiB offsets are block-aligned, drawn
+once from a fixed seed and used by every side.  Paths are absolute on both
+sides (daxfs "/d/f0000001", tmpfs "/dev/shm/daxfs-bench-.../d/f0000001").
+
+The anchors:
+  - fio --ioengine=libpmem on a /dev/shm file, PMEM_IS_PMEM_FORCE=1 (tmpfs is
+    not DAX, libpmem refuses it otherwise), writes with direct=1 sync=1
+    (non-temporal copy and a drain per 2 MiB: durable, as a daxfs write is),
+    reads a memcpy; the same flush instruction as daxfs (bench/pmem.py).
+    Time-based runs, so fio maps the file once (see run_fio).  Without fio or
+    its libpmem engine the write ceiling falls back to libpmem2.
+  - libpmem2: bench/pmem2_bench.c's sequential memcpy_fn, through bench/pmem.py.
+  - ext4: a file under bench/build/ (or /var/tmp), in the page cache.
+
+The daxfs image on /dev/shm is written through once before timing
+(warm_image), as fio's ramp time and pmem2_bench's untimed pass do for theirs.
+
+``python bench/fs.py --profile`` instead runs cProfile over 4 KiB pread,
+preadinto and pwrite, 2 MiB sequential pwrite and preadinto, stat (in a
+100,000-entry and a 10-entry directory) and create+close, and prints the top
+functions by own time per operation (about 30 s; not through run.py, which
+would pass the option to every benchmark).
+
+Nothing is asserted; failures of daxfs operations are caught and reported in
+the notes under the table, with what was measured instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import cProfile
+import dataclasses
+import json
+import os
+import pstats
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from itertools import cycle, islice
+from pathlib import Path
+from typing import cast
+
+import pmem as pmem_bench
+from common import (
+    FULL,
+    GIB,
+    KIB,
+    MIB,
+    QUICK,
+    Goal,
+    Row,
+    Timing,
+    Unavailable,
+    cpu_model,
+    fs_type,
+    median_gib_per_s,
+    median_ns_per_op,
+    parse_results,
+    print_table,
+)
+
+import daxfs
+from daxfs.fs.file import File
+
+SHM = Path("/dev/shm")
+SMALL = 4 * KIB
+PIECE = 2 * MIB
+RANDOM_OFFSETS = 1 << 16
+#: names drawn (with replacement) for random stat: more than daxfs caches (64Ki dentries)
+RANDOM_NAMES = 1 << 18
+SEED = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Sizes of one run."""
+
+    data_size: int  # the daxfs and tmpfs data files; sequential passes cover them
+    random_size: int  # random 4 KiB operations fall in [0, random_size); also the ext4 files
+    entries: int  # the metadata directory
+    scale_files: int  # 0: no scale section
+    scale_budget_s: float  # for creating the scale files
+    mount_runs: int  # fresh processes that each mount the scale image once
+    fio_runtime_ms: int  # per fio run, after its ramp time
+    fio_ramp_ms: int
+
+
+FULL_PLAN = Plan(
+    data_size=GIB,
+    random_size=256 * MIB,
+    entries=100_000,
+    scale_files=1_000_000,
+    scale_budget_s=600.0,
+    mount_runs=5,
+    fio_runtime_ms=1000,
+    fio_ramp_ms=500,
+)
+QUICK_PLAN = Plan(
+    data_size=64 * MIB,
+    random_size=16 * MIB,
+    entries=1_000,
+    scale_files=0,
+    scale_budget_s=0.0,
+    mount_runs=0,
+    fio_runtime_ms=300,
+    fio_ramp_ms=200,
+)
+
+
+def per_s(ns: float) -> float:
+    return 1e9 / ns
+
+
+def fmt_count(n: int) -> str:
+    return f"{n:,}"
+
+
+class Report:
+    """Rows and notes, collected as the sections run."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+
+    def row(
+        self,
+        name: str,
+        value: float | None,
+        anchor: float | None,
+        unit: str,
+        goal: Goal | None = None,
+    ) -> None:
+        if value is None:
+            self.notes.append(f"{name}: no daxfs result (see the notes)")
+            return
+        self.rows.append(Row(name, value, anchor, unit, goal))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def attempt(report: Report, what: str, measure: Callable[[], float]) -> float | None:
+    """``measure()``, or None with a note if it raises an OSError (daxfs errors are OSErrors)."""
+    try:
+        return measure()
+    except (OSError, Unavailable) as exc:
+        report.note(f"{what}: failed: {type(exc).__name__}: {exc}")
+        return None
+
+
+# -- files and images --------------------------------------------------------
+
+
+def temp_path(directory: Path, suffix: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix="daxfs-bench-", suffix=suffix, dir=directory)
+    os.close(fd)
+    return Path(name)
+
+
+def check_free(directory: Path, nbytes: int) -> None:
+    st = os.statvfs(directory)
+    if st.f_bavail * st.f_frsize < nbytes:
+        raise Unavailable(f"{directory} has less than the {nbytes >> 20} MiB this needs")
+
+
+def random_offsets(size: int) -> list[int]:
+    """Block-aligned offsets for 4 KiB operations in [0, size), the same on every side."""
+    rng = random.Random(SEED)
+    blocks = size // SMALL
+    return [rng.randrange(blocks) * SMALL for _ in range(RANDOM_OFFSETS)]
+
+
+@contextlib.contextmanager
+def daxfs_image(
+    directory: Path, size: int, persist: str
+) -> Iterator[tuple[daxfs.FileSystem, Path]]:
+    """A fresh daxfs image in ``directory``, mounted; unmounted and deleted after."""
+    path = temp_path(directory, ".daxfs")
+    try:
+        daxfs.mkfs(path, size)
+        fs = daxfs.mount(path, persist=persist)
+        try:
+            yield fs, path
+        finally:
+            for file in fs.open_files():
+                file.close()
+            with contextlib.suppress(OSError):
+                fs.unmount()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def describe(fs: daxfs.FileSystem) -> str:
+    dev = fs.device
+    instruction = getattr(dev, "flush_instruction", None)
+    return f"{dev.granularity.name}, {instruction or dev.persist_method}"
+
+
+def open_raw(fs: daxfs.FileSystem, name: str, mode: str = "xb+") -> File:
+    return cast(File, fs.open(name, mode, buffering=0))
+
+
+# -- data: loops ---------------------------------------------------------------
+
+
+def os_pread_loop(fd: int, offsets: Sequence[int]) -> Callable[[int], None]:
+    it = cycle(offsets)
+    pread = os.pread
+
+    def loop(n: int) -> None:
+        for off in islice(it, n):
+            pread(fd, SMALL, off)
+
+    return loop
+
+
+def os_preadv_loop(fd: int, offsets: Sequence[int]) -> Callable[[int], None]:
+    it = cycle(offsets)
+    preadv = os.preadv
+    bufs = [bytearray(SMALL)]
+
+    def loop(n: int) -> None:
+        for off in islice(it, n):
+            preadv(fd, bufs, off)
+
+    return loop
+
+
+def os_pwrite_loop(fd: int, offsets: Sequence[int], sync: bool) -> Callable[[int], None]:
+    it = cycle(offsets)
+    pwrite, fdatasync = os.pwrite, os.fdatasync
+    data = pmem_bench.pattern(SMALL)
+
+    def loop(n: int) -> None:
+        for off in islice(it, n):
+            pwrite(fd, data, off)
+
+    def loop_sync(n: int) -> None:
+        for off in islice(it, n):
+            pwrite(fd, data, off)
+            fdatasync(fd)
+
+    return loop_sync if sync else loop
+
+
+def dax_pread_loop(f: File, offsets: Sequence[int]) -> Callable[[int], None]:
+    it = cycle(offsets)
+    pread = f.pread
+
+    def loop(n: int) -> None:
+        for off in islice(it, n):
+            pread(SMALL, off)
+
+    return loop
+
+
+def dax_preadinto_loop(f: File, offsets: Sequence[int]) -> Callable[[int], None]:
+    it = cycle(offsets)
+    preadinto = f.preadinto
+    buf = bytearray(SMALL)
+
+    def loop(n: int) -> None:
+        for off in islice(it, n):
+            preadinto(buf, off)
+
+    return loop
+
+
+def dax_pwrite_loop(f: File, offsets: Sequence[int]) -> Callable[[int], None]:
+    it = cycle(offsets)
+    pwrite = f.pwrite
+    data = pmem_bench.pattern(SMALL)
+
+    def loop(n: int) -> None:
+        for off in islice(it, n):
+            pwrite(data, off)
+
+    return loop
+
+
+def seq_read_pass(readinto: Callable[[bytearray, int], object], size: int) -> Callable[[], int]:
+    buf = bytearray(PIECE)
+    offsets = range(0, size - PIECE + 1, PIECE)
+
+    def one_pass() -> int:
+        for off in offsets:
+            readinto(buf, off)
+        return len(offsets) * PIECE
+
+    return one_pass
+
+
+def seq_write_pass(write: Callable[[bytes, int], object], size: int) -> Callable[[], int]:
+    piece = pmem_bench.pattern(PIECE)
+    offsets = range(0, size - PIECE + 1, PIECE)
+
+    def one_pass() -> int:
+        for off in offsets:
+            write(piece, off)
+        return len(offsets) * PIECE
+
+    return one_pass
+
+
+# -- data: sides ---------------------------------------------------------------
+
+
+def measure_os_file(
+    path: Path, size: int, offsets: Sequence[int], timing: Timing, *, disk: bool
+) -> dict[str, float]:
+    """os.* on ``path`` (``size`` bytes, written first); rates in op/s and GiB/s."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        write_whole(lambda data, off: os.pwrite(fd, data, off), size)
+        if disk:
+            os.fsync(fd)
+        out = {
+            "pread": per_s(median_ns_per_op(os_pread_loop(fd, offsets), timing=timing)),
+            "preadv": per_s(median_ns_per_op(os_preadv_loop(fd, offsets), timing=timing)),
+            "pwrite": per_s(median_ns_per_op(os_pwrite_loop(fd, offsets, False), timing=timing)),
+        }
+        if disk:
+            loop = os_pwrite_loop(fd, offsets, True)
+            out["pwrite_sync"] = per_s(median_ns_per_op(loop, timing=timing))
+        else:
+            preadv = os.preadv
+
+            def readinto(buf: bytearray, off: int) -> None:
+                preadv(fd, [buf], off)
+
+            out["seq_read"] = median_gib_per_s(seq_read_pass(readinto, size), timing=timing)
+            write = seq_write_pass(lambda data, off: os.pwrite(fd, data, off), size)
+            out["seq_write"] = median_gib_per_s(write, timing=timing)
+    finally:
+        os.close(fd)
+    return out
+
+
+def write_whole(write: Callable[[bytes, int], object], size: int) -> None:
+    piece = pmem_bench.pattern(PIECE)
+    for off in range(0, size, PIECE):
+        write(piece[: min(PIECE, size - off)], off)
+
+
+def measure_daxfs_file(
+    fs: daxfs.FileSystem,
+    size: int,
+    offsets: Sequence[int],
+    timing: Timing,
+    report: Report,
+    *,
+    sequential: bool,
+) -> dict[str, float]:
+    """daxfs File.pread/preadinto/pwrite on a ``size``-byte file; op/s and GiB/s."""
+    out: dict[str, float] = {}
+    f = open_raw(fs, "/data")
+    try:
+        write_whole(f.pwrite, size)
+        for key, loop in (
+            ("pread", dax_pread_loop(f, offsets)),
+            ("preadinto", dax_preadinto_loop(f, offsets)),
+            ("pwrite", dax_pwrite_loop(f, offsets)),
+        ):
+            ns = attempt(
+                report, f"daxfs {key}", lambda lp=loop: median_ns_per_op(lp, timing=timing)
+            )
+            if ns is not None:
+                out[key] = per_s(ns)
+        if sequential:
+            passes = (
+                ("seq_read", seq_read_pass(f.preadinto, size)),
+                ("seq_write", seq_write_pass(f.pwrite, size)),
+            )
+            for key, one_pass in passes:
+                rate = attempt(
+                    report,
+                    f"daxfs {key}",
+                    lambda p=one_pass: median_gib_per_s(p, timing=timing),
+                )
+                if rate is not None:
+                    out[key] = rate
+    finally:
+        f.close()
+    return out
+
+
+def run_fio(path: Path, size: int, rw: str, plan: Plan) -> float:
+    """One time-based fio run with the libpmem engine; its bandwidth in GiB/s.
+
+    Time-based (the offsets wrap around the file) rather than ``--loops``: fio
+    reopens and maps the file afresh for every loop, so each loop would take
+    the page faults of a new mapping again (about 4x slower on tmpfs), while
+    daxfs maps its image once at mount.  ``--ramp_time`` takes the first faults.
+    """
+    fio = shutil.which("fio")
+    if fio is None:
+        raise Unavailable("fio is not installed")
+    args = [
+        fio,
+        "--name=seq",
+        "--ioengine=libpmem",
+        f"--filename={path}",
+        f"--size={size}",
+        f"--bs={PIECE}",
+        f"--rw={rw}",
+        "--direct=1",  # non-temporal stores
+        f"--sync={1 if rw == 'write' else 0}",  # a drain after each write: durable
+        "--time_based",
+        f"--runtime={plan.fio_runtime_ms}ms",
+        f"--ramp_time={plan.fio_ramp_ms}ms",
+        "--invalidate=0",
+        "--output-format=json",
+    ]
+    env = {**os.environ, **pmem_bench.pmem2_env(), "PMEM_IS_PMEM_FORCE": "1"}
+    try:
+        result = subprocess.run(
+            args, capture_output=True, text=True, env=env, timeout=600, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Unavailable(f"fio did not run: {exc}") from exc
+    start = result.stdout.find("{")
+    preamble = (result.stdout[:start] if start >= 0 else result.stdout) + result.stderr
+    message = next((line.strip() for line in preamble.splitlines() if line.strip()), "")
+    if start < 0 or result.returncode != 0:
+        raise Unavailable(f"fio libpmem failed: {message or f'exit {result.returncode}'}")
+    try:
+        job = json.loads(result.stdout[start:])["jobs"][0]
+        if job["error"]:
+            raise Unavailable(f"fio libpmem failed: {message or job['error']}")
+        return float(job[rw]["bw_bytes"]) / GIB
+    except (ValueError, KeyError, IndexError) as exc:
+        raise Unavailable(f"cannot parse fio's JSON output: {exc}") from exc
+
+
+def measure_fio(plan: Plan, timing: Timing) -> tuple[dict[str, float], str]:
+    """Median fio libpmem bandwidth (GiB/s) for sequential 2 MiB writes and reads."""
+    path = pmem_bench.shm_file(plan.data_size)
+    try:
+        out = {}
+        for rw in ("write", "read"):  # write first: the file then holds data
+            rates = [run_fio(path, plan.data_size, rw, plan) for _ in range(timing.passes)]
+            out[f"seq_{rw}"] = statistics.median(rates)
+    finally:
+        path.unlink(missing_ok=True)
+    version = subprocess.run(["fio", "--version"], capture_output=True, text=True, check=False)
+    return out, version.stdout.strip()
+
+
+def measure_libpmem2(plan: Plan, timing: Timing) -> dict[str, str]:
+    layout = pmem_bench.Layout(
+        seq_size=plan.data_size, piece=PIECE, hot_offset=plan.data_size, hot_size=MIB
+    )
+    path = pmem_bench.shm_file(layout.file_size)
+    try:
+        return pmem_bench.measure_libpmem2(path, layout, timing)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def warm_image(fs: daxfs.FileSystem) -> None:
+    """Touch every free block once: write a file that fills the filesystem, then delete it.
+
+    A fresh image on /dev/shm is sparse: the first touch of each page faults
+    in a zeroed page, which made copy-on-write passes into never-used blocks
+    about 5x slower than later passes.  fio (ramp time) and pmem2_bench (an
+    untimed pass) write their whole file before timing; this is the same for
+    the blocks daxfs's allocator may hand out.
+    """
+    free = fs.statvfs("/").f_bavail * fs.statvfs("/").f_frsize
+    size = max(0, free - 16 * MIB) // PIECE * PIECE
+    f = open_raw(fs, "/warm")
+    try:
+        write_whole(f.pwrite, size)
+    finally:
+        f.close()
+    fs.unlink("/warm")
+
+
+def data_section(plan: Plan, timing: Timing, report: Report) -> None:
+    offsets = random_offsets(plan.random_size)
+    check_free(SHM, 3 * plan.data_size + 512 * MIB)
+    # daxfs, persist="cpu" on /dev/shm
+    image_size = plan.data_size + 256 * MIB
+    with daxfs_image(SHM, image_size, "cpu") as (fs, _):
+        warm_image(fs)
+        dax = measure_daxfs_file(fs, plan.data_size, offsets, timing, report, sequential=True)
+        report.note(
+            f"daxfs cpu: mount(persist='cpu') on {SHM}: {describe(fs)}; every free block "
+            "written once before timing (a sparse image's first touches fault, ~5x slower)"
+        )
+    # os on tmpfs
+    path = temp_path(SHM, ".data")
+    try:
+        tmpfs = measure_os_file(path, plan.data_size, offsets, timing, disk=False)
+    finally:
+        path.unlink()
+    # os on ext4, and daxfs with msync there
+    ext4: dict[str, float] = {}
+    msync: dict[str, float] = {}
+    try:
+        disk_dir = pmem_bench.msync_dir()
+        check_free(disk_dir, 2 * plan.random_size + 256 * MIB)
+        path = temp_path(disk_dir, ".data")
+        try:
+            ext4 = measure_os_file(path, plan.random_size, offsets, timing, disk=True)
+        finally:
+            path.unlink()
+        with daxfs_image(disk_dir, plan.random_size + 64 * MIB, "auto") as (fs, _):
+            msync = measure_daxfs_file(
+                fs, plan.random_size, offsets, timing, report, sequential=False
+            )
+            report.note(
+                f"msync rows: daxfs image on {fs_type(disk_dir)} at {disk_dir}, "
+                f"mount(persist='auto'): {describe(fs)}; ext4 anchors on a file there "
+                "(reads from the page cache)"
+            )
+    except (Unavailable, OSError) as exc:
+        report.note(f"ext4 and msync rows skipped: {exc}")
+    # C ceilings
+    ceiling: dict[str, float] = {}
+    try:
+        ceiling, version = measure_fio(plan, timing)
+        report.note(
+            f"fio: {version}, ioengine=libpmem on {SHM} (PMEM_IS_PMEM_FORCE=1), bs=2M, "
+            f"direct=1, write sync=1, time-based; median of {timing.passes} runs of "
+            f"{plan.fio_runtime_ms} ms"
+        )
+    except Unavailable as exc:
+        report.note(f"fio anchor unavailable ({exc}); the write ceiling is libpmem2 alone")
+    pmem2: float | None = None
+    try:
+        pmem2 = float(measure_libpmem2(plan, timing)["seq_write_gib_s"])
+        report.note("libpmem2: bench/pmem2_bench.c memcpy_fn, CACHE_LINE granularity (forced)")
+    except (Unavailable, KeyError, ValueError) as exc:
+        report.note(f"libpmem2 anchor unavailable: {exc}")
+
+    rand = f"random in {plan.random_size >> 20} MiB"
+    seq = f"2 MiB pieces over {plan.data_size >> 20} MiB"
+    report.row(
+        f"4 KiB pread ({rand}) vs os.pread tmpfs",
+        dax.get("pread"),
+        tmpfs["pread"],
+        "op/s",
+        Goal(">=", 1.0),
+    )
+    report.row("4 KiB preadinto vs os.preadv tmpfs", dax.get("preadinto"), tmpfs["preadv"], "op/s")
+    report.row("4 KiB pread vs os.pread ext4", dax.get("pread"), ext4.get("pread"), "op/s")
+    report.row(
+        "4 KiB pwrite, durable, vs os.pwrite tmpfs (not durable)",
+        dax.get("pwrite"),
+        tmpfs["pwrite"],
+        "op/s",
+        Goal(">=", 1.0),
+    )
+    report.row(
+        "4 KiB pwrite vs os.pwrite+fdatasync ext4",
+        dax.get("pwrite"),
+        ext4.get("pwrite_sync"),
+        "op/s",
+    )
+    report.row(
+        f"seq read ({seq}) vs fio libpmem",
+        dax.get("seq_read"),
+        ceiling.get("seq_read"),
+        "GiB/s",
+        Goal(">=", 0.8),
+    )
+    report.row(
+        "seq write vs fio libpmem",
+        dax.get("seq_write"),
+        ceiling.get("seq_write"),
+        "GiB/s",
+        Goal(">=", 0.8),
+    )
+    report.row("seq write vs libpmem2", dax.get("seq_write"), pmem2, "GiB/s", Goal(">=", 0.8))
+    report.row("seq read vs os.preadv tmpfs", dax.get("seq_read"), tmpfs["seq_read"], "GiB/s")
+    report.row("seq write vs os.pwrite tmpfs", dax.get("seq_write"), tmpfs["seq_write"], "GiB/s")
+    if msync:
+        report.row(
+            "msync: 4 KiB pread vs os.pread ext4", msync.get("pread"), ext4.get("pread"), "op/s"
+        )
+        report.row(
+            "msync: 4 KiB pwrite vs os.pwrite+fdatasync ext4",
+            msync.get("pwrite"),
+            ext4.get("pwrite_sync"),
+            "op/s",
+        )
+        report.row(
+            "msync: 4 KiB pwrite vs os.pwrite ext4 (not durable)",
+            msync.get("pwrite"),
+            ext4.get("pwrite"),
+            "op/s",
+        )
+    report.note(
+        "daxfs 2 MiB overwrites are copy-on-write (new blocks, map swing; docs/GUARANTEES.md), "
+        "4 KiB overwrites are journaled; fio and libpmem2 copy in place"
+    )
+
+
+# -- metadata ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Namespace:
+    """One side of the metadata benchmark: a directory and the calls on it."""
+
+    prefix: str  # directory path with a trailing "/"
+    create: Callable[[str], None]
+    stat: Callable[[str], object]
+    rename: Callable[[str, str], None]
+    unlink: Callable[[str], None]
+    listdir: Callable[[], list[str]]
+
+
+def dax_namespace(fs: daxfs.FileSystem, directory: str) -> Namespace:
+    fs_open = fs.open
+
+    def create(path: str) -> None:
+        fs_open(path, "xb", buffering=0).close()
+
+    return Namespace(
+        directory + "/", create, fs.stat, fs.rename, fs.unlink, lambda: fs.listdir(directory)
+    )
+
+
+def os_namespace(directory: str) -> Namespace:
+    os_open, os_close = os.open, os.close
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+
+    def create(path: str) -> None:
+        os_close(os_open(path, flags, 0o666))
+
+    return Namespace(
+        directory + "/", create, os.stat, os.rename, os.unlink, lambda: os.listdir(directory)
+    )
+
+
+def builtin_namespace(directory: str) -> Namespace:
+    """tmpfs through builtins.open, the same call as daxfs's fs.open (create only)."""
+    ns = os_namespace(directory)
+
+    def create(path: str) -> None:
+        open(path, "xb", buffering=0).close()
+
+    return dataclasses.replace(ns, create=create)
+
+
+def populate(ns: Namespace, count: int, budget_s: float = float("inf")) -> tuple[int, float, str]:
+    """Create up to ``count`` files f0000000, ...; (created, seconds, why it stopped early)."""
+    create, prefix = ns.create, ns.prefix
+    start = time.perf_counter()
+    done = 0
+    why = ""
+    try:
+        for done in range(count):
+            create(f"{prefix}f{done:07d}")
+            if done % 1000 == 999 and time.perf_counter() - start > budget_s:
+                done += 1
+                why = f"time budget of {budget_s:.0f} s reached"
+                break
+        else:
+            done = count
+    except OSError as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    return done, time.perf_counter() - start, why
+
+
+def names(ns: Namespace, count: int) -> list[str]:
+    return [f"{ns.prefix}f{i:07d}" for i in range(count)]
+
+
+def measure_metadata(
+    ns: Namespace, count: int, timing: Timing, report: Report, side: str
+) -> dict[str, float]:
+    """op/s of create+close, stat, rename, unlink; entries/s of listdir (``count`` entries)."""
+    out: dict[str, float] = {}
+    existing = names(ns, count)
+    rng = random.Random(SEED)
+    picks = [rng.choice(existing) for _ in range(RANDOM_NAMES)] if existing else []
+    budget = max(1, count // (timing.batches + 3))  # operations that use up names
+
+    pick = cycle(picks)
+
+    def stat_loop(n: int) -> None:
+        stat = ns.stat
+        for path in islice(pick, n):
+            stat(path)
+
+    def listdir_loop(n: int) -> None:
+        for _ in range(n):
+            if len(ns.listdir()) < count:
+                raise AssertionError("listdir lost entries")
+
+    serial = iter(range(1 << 40))
+
+    def create_loop(n: int) -> None:
+        create, prefix = ns.create, ns.prefix
+        for i in islice(serial, n):
+            create(f"{prefix}c{i:07d}")
+
+    pool = collections.deque(existing)
+
+    def rename_loop(n: int) -> None:
+        rename, prefix = ns.rename, ns.prefix
+        for i in islice(serial, n):
+            old = pool.popleft()
+            new = f"{prefix}r{i:07d}"
+            rename(old, new)
+            pool.append(new)
+
+    def unlink_loop(n: int) -> None:
+        unlink, pop = ns.unlink, pool.popleft
+        for _ in range(n):
+            unlink(pop())
+
+    if picks:
+        ns_stat = attempt(
+            report, f"{side} stat", lambda: median_ns_per_op(stat_loop, timing=timing)
+        )
+        if ns_stat is not None:
+            out["stat"] = per_s(ns_stat)
+    ns_list = attempt(
+        report, f"{side} listdir", lambda: median_ns_per_op(listdir_loop, timing=timing)
+    )
+    if ns_list is not None:
+        out["listdir"] = count * per_s(ns_list)
+    for key, loop, max_ops in (
+        ("create", create_loop, budget),
+        ("rename", rename_loop, 1 << 30),
+        ("unlink", unlink_loop, budget),
+    ):
+        if key != "create" and not pool:
+            continue
+        ns_op = attempt(
+            report,
+            f"{side} {key}",
+            lambda lp=loop, m=max_ops: median_ns_per_op(lp, timing=timing, max_ops=m),
+        )
+        if ns_op is not None:
+            out[key] = per_s(ns_op)
+    return out
+
+
+def metadata_section(plan: Plan, timing: Timing, report: Report) -> None:
+    image_size = max(64 * MIB, plan.entries * 4 * KIB)
+    with daxfs_image(SHM, image_size, "cpu") as (fs, _):
+        fs.mkdir("/d")
+        ns = dax_namespace(fs, "/d")
+        count, seconds, why = populate(ns, plan.entries)
+        rate = f"{count / seconds:,.0f}/s" if seconds > 0 else "-"
+        report.note(f"metadata: daxfs created {fmt_count(count)} files in {seconds:.1f} s ({rate})")
+        if why:
+            report.note(
+                f"metadata: daxfs stopped at {fmt_count(count)} of {fmt_count(plan.entries)} "
+                f"files: {why}; both sides measured with {fmt_count(count)} entries"
+            )
+        dax = measure_metadata(ns, count, timing, report, "daxfs")
+    directory = Path(tempfile.mkdtemp(prefix="daxfs-bench-", dir=SHM))
+    try:
+        (directory / "d").mkdir()
+        ns = os_namespace(str(directory / "d"))
+        populate(ns, count)
+        tmpfs = measure_metadata(ns, count, timing, report, "tmpfs")
+        (directory / "e").mkdir()
+        builtin = builtin_namespace(str(directory / "e"))
+        populate(builtin, count)
+        serial = iter(range(1 << 40))
+
+        def builtin_create(n: int) -> None:
+            for i in islice(serial, n):
+                builtin.create(f"{builtin.prefix}c{i:07d}")
+
+        budget = max(1, count // (timing.batches + 3))
+        builtin_ns = median_ns_per_op(builtin_create, timing=timing, max_ops=budget)
+    finally:
+        shutil.rmtree(directory)
+    where = f"dir of {fmt_count(count)}"
+    report.row(
+        f"create+close ({where}) vs os.open+os.close tmpfs",
+        dax.get("create"),
+        tmpfs.get("create"),
+        "op/s",
+        Goal(">=", 0.25),
+    )
+    report.row(
+        "create+close vs builtins.open('xb').close() tmpfs",
+        dax.get("create"),
+        per_s(builtin_ns),
+        "op/s",
+    )
+    report.row(
+        f"stat ({where}) vs os.stat tmpfs",
+        dax.get("stat"),
+        tmpfs.get("stat"),
+        "op/s",
+        Goal(">=", 0.5),
+    )
+    report.row("rename vs os.rename tmpfs", dax.get("rename"), tmpfs.get("rename"), "op/s")
+    report.row("unlink vs os.unlink tmpfs", dax.get("unlink"), tmpfs.get("unlink"), "op/s")
+    report.row(
+        f"listdir ({where}) vs os.listdir tmpfs",
+        dax.get("listdir"),
+        tmpfs.get("listdir"),
+        "entries/s",
+    )
+
+
+# -- scale ---------------------------------------------------------------------
+
+MOUNT_PROBE = r"""
+import gc, os, resource, sys, time, tracemalloc
+import daxfs
+
+def rss_kib():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+path, trace, name = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+gc.collect()
+rss_before = rss_kib()
+max_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if trace:
+    tracemalloc.start()
+start = time.perf_counter_ns()
+fs = daxfs.mount(path, persist="cpu")
+elapsed = time.perf_counter_ns() - start
+if trace:
+    print("traced_peak_bytes", tracemalloc.get_traced_memory()[1])
+    tracemalloc.stop()
+print("mount_ns", elapsed)
+print("maxrss_delta_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - max_before)
+print("rss_delta_kib", rss_kib() - rss_before)
+print("rss_kib", rss_kib())
+start = time.perf_counter_ns()
+fs.stat(name)
+print("first_stat_ns", time.perf_counter_ns() - start)
+probe = f"{name.rpartition('/')[0]}/probe-{os.getpid()}"
+start = time.perf_counter_ns()
+fs.open(probe, "xb", buffering=0).close()
+print("first_create_ns", time.perf_counter_ns() - start)
+fs.unlink(probe)
+fs.unmount()
+"""
+
+
+def probe_mount(image: Path, trace: bool, name: str) -> dict[str, float]:
+    """Mount ``image`` once in a fresh interpreter: time and memory; then stat ``name``
+    and create a file beside it (what mount left for the first operations)."""
+    result = subprocess.run(
+        [sys.executable, "-c", MOUNT_PROBE, str(image), "1" if trace else "0", name],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        raise Unavailable(f"mount probe failed: {lines[-1] if lines else result.returncode}")
+    return {key: float(value) for key, value in parse_results(result.stdout).items()}
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def scale_section(plan: Plan, timing: Timing, report: Report) -> None:
+    target = plan.scale_files
+    check_free(SHM, 4 * GIB)
+    path = temp_path(SHM, ".daxfs")
+    try:
+        daxfs.mkfs(path, 4 * GIB)
+        fs = daxfs.mount(path, persist="cpu")
+        try:
+            fs.mkdir("/small")
+            fs.mkdir("/big")
+            small = dax_namespace(fs, "/small")
+            populate(small, 10)
+            big = dax_namespace(fs, "/big")
+            print(
+                f"fs.py: scale: creating up to {fmt_count(target)} files "
+                f"(budget {plan.scale_budget_s:.0f} s)...",
+                flush=True,
+            )
+            rss_before = rss_mib()
+            count, seconds, why = populate(big, target, plan.scale_budget_s)
+            report.note(
+                f"scale: created {fmt_count(count)} files in one directory in {seconds:.0f} s "
+                f"({count / max(seconds, 1e-9):,.0f}/s); this process grew by "
+                f"{rss_mib() - rss_before:,.0f} MiB RSS meanwhile"
+            )
+            if why:
+                report.note(
+                    f"scale: stopped at {fmt_count(count)} of {fmt_count(target)} files: {why}; "
+                    "the rows below are for what was created, without goals"
+                )
+            rng = random.Random(SEED)
+            big_picks = [f"/big/f{rng.randrange(max(count, 1)):07d}" for _ in range(RANDOM_NAMES)]
+            small_picks = names(small, 10)
+            stat = fs.stat
+
+            def stat_loop(picks: list[str]) -> Callable[[int], None]:
+                it = cycle(picks)
+
+                def loop(n: int) -> None:
+                    for p in islice(it, n):
+                        stat(p)
+
+                return loop
+
+            big_ns = median_ns_per_op(stat_loop(big_picks), timing=timing) if count else None
+            small_ns = median_ns_per_op(stat_loop(small_picks), timing=timing)
+        finally:
+            with contextlib.suppress(OSError):
+                fs.unmount()
+        reached = count >= target
+        files = fmt_count(count)
+        report.row(
+            f"stat, random names: dir of {files} vs dir of 10",
+            big_ns,
+            small_ns,
+            "ns",
+            Goal("<=", 1.5) if reached else None,
+        )
+        probe_name = big_picks[0] if count else "/small/f0000000"
+        probes = [probe_mount(path, False, probe_name) for _ in range(plan.mount_runs)]
+        traced = probe_mount(path, True, probe_name)
+
+        def median_of(key: str) -> float:
+            return statistics.median(p[key] for p in probes)
+
+        mount_ms = median_of("mount_ns") / 1e6
+        # ru_maxrss misses growth that stays below the peak of the imports; VmRSS sees it
+        grew_kib = max(median_of("maxrss_delta_kib"), median_of("rss_delta_kib"))
+        report.row(
+            f"mount, {files} files (ms) vs the 1 s budget",
+            mount_ms,
+            1000.0,
+            "ms",
+            Goal("<=", 1.0) if reached else None,
+        )
+        report.row(
+            f"mount, {files} files: memory (MB) vs 200 MB",
+            grew_kib * KIB / 1e6,
+            200.0,
+            "MB",
+            Goal("<=", 1.0) if reached else None,
+        )
+        report.note(
+            f"scale: mount = median of {plan.mount_runs} fresh processes mounting once; memory "
+            "= growth of VmRSS (or of ru_maxrss, if more) across mount; tracemalloc peak "
+            f"during mount {traced.get('traced_peak_bytes', 0) / 1e3:,.0f} kB; RSS after "
+            f"mount {median_of('rss_kib') / 1024:,.0f} MiB in all (python, numpy, daxfs); "
+            f"then the first stat took {median_of('first_stat_ns') / 1e3:,.0f} us and "
+            f"the first create+close {median_of('first_create_ns') / 1e3:,.0f} us"
+        )
+        report.note(
+            f"scale: stat draws {fmt_count(RANDOM_NAMES)} names with replacement from the "
+            "whole directory (more than daxfs's caches hold) and cycles through them"
+        )
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# -- profile -------------------------------------------------------------------
+
+
+def profile_op(name: str, loop: Callable[[int], None], n: int, top: int = 14) -> None:
+    """Run ``loop(n)`` under cProfile; print the top functions by own time, per operation."""
+    loop(min(n, 200))  # warm caches
+    start = time.perf_counter_ns()
+    loop(n)
+    plain_ns = (time.perf_counter_ns() - start) / n
+    profiler = cProfile.Profile()
+    profiler.enable()
+    loop(n)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    entries = stats.stats  # type: ignore[attr-defined]
+    total = sum(tt for _, _, tt, _, _ in entries.values())
+    print(
+        f"\n{name}: {plain_ns / 1000:.2f} us/op unprofiled, "
+        f"{total / n * 1e6:.2f} us/op under cProfile ({n:,} ops)"
+    )
+    print(f"  {'own us/op':>9} {'share':>6} {'calls/op':>8} {'cum us/op':>9}  function")
+    ranked = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)
+    for (filename, line, func), (_, ncalls, tt, ct, _) in ranked[:top]:
+        where = short_location(filename, line, func)
+        own, cum = tt / n * 1e6, ct / n * 1e6
+        print(f"  {own:9.2f} {tt / total:6.1%} {ncalls / n:8.2f} {cum:9.2f}  {where}")
+
+
+def short_location(filename: str, line: int, func: str) -> str:
+    if filename == "~":
+        return func  # a builtin
+    marker = f"{os.sep}daxfs{os.sep}"
+    if marker in filename:
+        filename = "daxfs/" + filename.rsplit(marker, 1)[1]
+    else:
+        filename = Path(filename).name
+    return f"{filename}:{line}({func})"
+
+
+def run_profile() -> int:
+    """cProfile of the hot paths, on the sizes of the full run (a 100,000-entry directory)."""
+    plan = FULL_PLAN
+    offsets = random_offsets(plan.random_size)
+    print(f"cProfile of daxfs hot paths ({cpu_model()}); own time per operation, top first")
+    with daxfs_image(SHM, plan.random_size + 128 * MIB, "cpu") as (fs, _):
+        warm_image(fs)
+        f = open_raw(fs, "/data")
+        try:
+            write_whole(f.pwrite, plan.random_size)
+            profile_op("4 KiB pread", dax_pread_loop(f, offsets), 100_000)
+            profile_op("4 KiB preadinto", dax_preadinto_loop(f, offsets), 100_000)
+            profile_op("4 KiB pwrite (durable)", dax_pwrite_loop(f, offsets), 30_000)
+            size = plan.random_size
+            profile_op("2 MiB sequential pwrite (copy-on-write)", pass_loop(f.pwrite, size), 256)
+            profile_op("2 MiB sequential preadinto", pass_loop(f.preadinto, size, True), 1024)
+        finally:
+            f.close()
+    with daxfs_image(SHM, max(64 * MIB, plan.entries * 4 * KIB), "cpu") as (fs, _):
+        fs.mkdir("/d")
+        fs.mkdir("/s")
+        ns = dax_namespace(fs, "/d")
+        populate(dax_namespace(fs, "/s"), 10)
+        count, seconds, why = populate(ns, plan.entries)
+        print(f"(created {count:,} files in /d in {seconds:.1f} s{'; ' + why if why else ''})")
+        serial = iter(range(1 << 40))
+
+        def create_loop(n: int) -> None:
+            for i in islice(serial, n):
+                ns.create(f"/d/c{i:07d}")
+
+        rng = random.Random(SEED)
+        big = cycle([f"/d/f{rng.randrange(count):07d}" for _ in range(RANDOM_NAMES)])
+        small = cycle(f"/s/f{i:07d}" for i in range(10))
+
+        def stat_loop(names: Iterator[str]) -> Callable[[int], None]:
+            def loop(n: int) -> None:
+                stat = fs.stat
+                for p in islice(names, n):
+                    stat(p)
+
+            return loop
+
+        profile_op(f"stat, random names in a dir of {count:,}", stat_loop(big), 100_000)
+        profile_op("stat, dir of 10", stat_loop(small), 100_000)
+        profile_op(f"create+close (dir of {count:,}+)", create_loop, 10_000)
+    return 0
+
+
+def pass_loop(
+    op: Callable[[bytearray, int], object], size: int, read: bool = False
+) -> Callable[[int], None]:
+    """``loop(n)``: n 2 MiB operations, sequential, wrapping around ``size`` bytes."""
+    buf = bytearray(PIECE) if read else bytearray(pmem_bench.pattern(PIECE))
+    it = cycle(range(0, size - PIECE + 1, PIECE))
+
+    def loop(n: int) -> None:
+        for off in islice(it, n):
+            op(buf, off)
+
+    return loop
+
+
+# -- main ----------------------------------------------------------------------
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="daxfs against os.* on tmpfs and ext4, and fio libpmem (see bench/fs.py)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and few iterations, no scale section"
+    )
+    parser.add_argument("--plain", action="store_true", help="plain-text table, without rich")
+    parser.add_argument(
+        "--profile", action="store_true", help="only profile the hot paths with cProfile"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    if not SHM.is_dir():
+        print(f"fs benchmark skipped: {SHM} does not exist")
+        return 0
+    if args.profile:
+        return run_profile()
+    timing, plan = (QUICK, QUICK_PLAN) if args.quick else (FULL, FULL_PLAN)
+    report = Report()
+    started = time.perf_counter()
+    sections: list[tuple[str, Callable[[Plan, Timing, Report], None]]] = [
+        ("data", data_section),
+        ("metadata", metadata_section),
+    ]
+    if plan.scale_files:
+        sections.append(("scale", scale_section))
+    else:
+        report.note("scale section skipped (--quick): it creates up to 1,000,000 files")
+    for name, section in sections:
+        t0 = time.perf_counter()
+        try:
+            section(plan, timing, report)
+        except Unavailable as exc:
+            report.note(f"{name} section skipped: {exc}")
+        report.note(f"({name} section: {time.perf_counter() - t0:.0f} s)")
+    report.note(
+        "not measured: sequential I/O on ext4 and on the msync path (not in the issue); "
+        f"total {time.perf_counter() - started:.0f} s"
+    )
+    mode = "quick" if args.quick else "full"
+    title = f"daxfs filesystem vs os.* / fio libpmem ({mode}, {cpu_model()})"
+    print_table(title, report.rows, notes=report.notes, plain=args.plain)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
