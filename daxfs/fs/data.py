@@ -144,6 +144,28 @@ class DataPath:
         n = min(len(src), MAX_IO, MAX_FILE_SIZE - pos)
         if n == 0:
             return 0
+        ext = inode.xcache
+        end = pos + n
+        if not (
+            isinstance(ext, Extent) and ext.lblk << BLOCK_SHIFT <= pos < ext.end << BLOCK_SHIFT
+        ):
+            self.iomap_begin(inode, pos, n, IomapFlags.WRITE)  # caches the extent under pos
+            ext = inode.xcache
+        if (
+            isinstance(ext, Extent)
+            and not ext.flags
+            and n <= self.log_data_max
+            and ext.lblk << BLOCK_SHIFT <= pos
+            and end <= ext.end << BLOCK_SHIFT
+        ):
+            # fast path: an overwrite inside one written extent is one journaled record
+            with self.journal.begin() as tx:
+                rec = self.itable.dirty(tx, inode)
+                tx.log_data((ext.pblk << BLOCK_SHIFT) + pos - (ext.lblk << BLOCK_SHIFT), src[:n])
+                if end > rec.size:
+                    rec.size = end
+                rec.mtime_ns = rec.ctime_ns = now_ns()
+            return n
         with self.journal.begin() as tx:
             self.write_in(tx, inode, pos, src[:n])
         return n

@@ -35,6 +35,7 @@ Invariants
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 import threading
 import time
@@ -148,6 +149,11 @@ class InodeTable:
             raise Corrupted(
                 f"inode {ino} is beyond the inode table (in use below {self.sup.sb.inode_hwm})"
             )
+        if isinstance(reader, Transaction):
+            dirty = reader.scratch.get("inodes")
+            if dirty is not None and ino in dirty:
+                rec: InodeRecord = dataclasses.replace(dirty[ino].rec)
+                return rec
         blockno, offset = self.address(reader, ino)
         block = reader.read(blockno)
         return InodeRecord.unpack_from(block, offset, ino)
@@ -194,27 +200,26 @@ class InodeTable:
     # -- changes ----------------------------------------------------------------------
 
     def dirty(self, tx: Transaction, inode: Inode) -> InodeRecord:
-        """Mark ``inode`` changed in ``tx``; return its record for modification."""
-        seen: dict[int, list[Inode]] = tx.scratch.setdefault("inodes", {})
-        blockno, _ = self.address(tx, inode.ino)
-        group = seen.get(blockno)
-        if group is None:
-            members: list[Inode] = []
-            group = seen[blockno] = members
+        """Mark ``inode`` changed in ``tx``; return its record for modification.
 
-            def seal(view: memoryview) -> None:
-                self._seal(view, members)
-
-            tx.write(blockno, seal=seal)
-        if inode not in group:
-            group.append(inode)
+        At commit the whole 256-byte record is journaled from memory (no copy
+        of its block); until then ``read_record`` through ``tx`` returns it.
+        """
+        dirty: dict[int, Inode] | None = tx.scratch.get("inodes")
+        if dirty is None:
+            dirty = tx.scratch["inodes"] = {}
+            tx.on_seal(lambda: self._log(tx, dirty))
+        if inode.ino not in dirty:
+            dirty[inode.ino] = inode
             tx.on_abort(lambda: self._reload(inode))
         return inode.rec
 
-    @staticmethod
-    def _seal(view: memoryview, inodes: list[Inode]) -> None:
-        for inode in inodes:
-            inode.rec.pack_into(view, (inode.ino % INODES_PER_BLOCK) * INODE_SIZE)
+    def _log(self, tx: Transaction, dirty: dict[int, Inode]) -> None:
+        record = bytearray(INODE_SIZE)
+        for ino, inode in dirty.items():
+            blockno, offset = self.address(tx, ino)
+            inode.rec.pack_into(record, 0)
+            tx.log_meta((blockno << BLOCK_SHIFT) + offset, bytes(record))
 
     def _reload(self, inode: Inode) -> None:
         try:

@@ -220,6 +220,7 @@ class Transaction:
         self._data_bytes = 0
         self._on_commit: list[Callable[[], None]] = []
         self._on_abort: list[Callable[[], None]] = []
+        self._on_seal: list[Callable[[], None]] = []
         self.state = "open"
         #: per-transaction bookkeeping of the layers above, by layer name
         self.scratch: dict[str, Any] = {}
@@ -291,6 +292,18 @@ class Transaction:
         self._data.append((offset, raw))
         self._data_bytes += len(raw) + JREC.size + 8
 
+    def log_meta(self, offset: int, data: Buffer) -> None:
+        """Journal a metadata range kept in memory (an inode record, superblock counters).
+
+        Structures whose authoritative copy lives in memory log exactly their
+        bytes at seal time instead of copying and diffing a whole block.
+        """
+        self.log_data(offset, data)
+
+    def on_seal(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at the start of commit, before records are gathered (to log_meta)."""
+        self._on_seal.append(fn)
+
     @property
     def data_bytes(self) -> int:
         return self._data_bytes
@@ -329,6 +342,8 @@ class Transaction:
         journal = self.journal
         store = self.store
         try:
+            for fn in self._on_seal:
+                fn()
             for blockno, seal in self._new.items():
                 view = store.block(blockno)
                 if seal is not None:

@@ -12,10 +12,14 @@ from __future__ import annotations
 import dataclasses
 
 from daxfs.fs.journal import Transaction
-from daxfs.fs.layout import Superblock
+from daxfs.fs.layout import BLOCK_SIZE, SB_CRC_OFFSET, SB_SIZE, Superblock
 from daxfs.fs.store import PmemStore
 
 SUPER_BLOCK = 0
+#: the part of the superblock that transactions change, in whole 64-byte lines
+COUNTERS_START = 192
+COUNTERS_END = (SB_SIZE + 63) // 64 * 64
+SB_CRC_LINE = SB_CRC_OFFSET // 64 * 64
 
 
 class SuperState:
@@ -27,15 +31,22 @@ class SuperState:
         self._dirty_in: Transaction | None = None
 
     def dirty(self, tx: Transaction) -> Superblock:
-        """Mark the superblock changed in ``tx``; return it for modification."""
+        """Mark the superblock changed in ``tx``; return it for modification.
+
+        At commit the counters (bytes 192 and up) and the checksum line are
+        journaled; the geometry above them never changes after mkfs.
+        """
         if self._dirty_in is not tx:
             self._dirty_in = tx
-            tx.write(SUPER_BLOCK, seal=self._seal)
+            tx.on_seal(lambda: self._log(tx))
             tx.on_abort(self.reload)
         return self.sb
 
-    def _seal(self, view: memoryview) -> None:
-        self.sb.pack_into(view)
+    def _log(self, tx: Transaction) -> None:
+        block = bytearray(BLOCK_SIZE)
+        self.sb.pack_into(block)
+        tx.log_meta(COUNTERS_START, block[COUNTERS_START:COUNTERS_END])
+        tx.log_meta(SB_CRC_LINE, block[SB_CRC_LINE:])
 
     def reload(self) -> None:
         """Forget uncommitted changes: copy the device's superblock into ``sb``."""

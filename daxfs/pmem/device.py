@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -131,6 +132,18 @@ class Device(abc.ABC):
         With ``drain=False`` the caller must call ``drain()`` before relying on
         durability (PMDK's PMEM2_F_MEM_NODRAIN).
         """
+
+    def writer(self) -> Callable[[int, Buffer], None]:
+        """A callable ``(offset, data)`` doing ``write(offset, data, drain=False)``.
+
+        Callers on hot paths keep it to save the keyword call; devices may
+        return their engine's method directly.
+        """
+
+        def write_nodrain(offset: int, data: Buffer) -> None:
+            self.write(offset, data, drain=False)
+
+        return write_nodrain
 
     @abc.abstractmethod
     def fill(self, offset: int, length: int, byte: int = 0, *, drain: bool = True) -> None:

@@ -27,6 +27,7 @@ import fcntl
 import mmap
 import os
 import stat as stat_mod
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from daxfs.errors import (
@@ -134,6 +135,16 @@ class PmemDevice(Device):
         if self.readonly:
             raise ReadOnly(f"device {self.path} is open read-only", self.path)
         self._region.memcpy(offset, data, drain)
+
+    def writer(self) -> Callable[[int, Buffer], None]:
+        """Device.writer: the engine's memcpy itself (drain=False), after the same checks."""
+        if self.readonly:
+            return super().writer()
+
+        def write_nodrain(offset: int, data: Buffer) -> None:
+            self._region.memcpy(offset, data, False)
+
+        return write_nodrain
 
     def fill(self, offset: int, length: int, byte: int = 0, *, drain: bool = True) -> None:
         if self.readonly:

@@ -75,6 +75,7 @@ OPERATIONS = {
     "write into hole": (base, write_at("/d/other", b"H" * 5000, 3 * BLOCK + 7)),
     "overwrite small": (base, write_at("/d/file", b"O" * 100, 4000)),
     "overwrite across blocks": (base, write_at("/d/file", b"X" * 9000, 1000)),
+    "overwrite across extents": (fragmented, write_at("/frag", b"A" * 6000, BLOCK - 100)),
     "overwrite copy-on-write": (fragmented, write_at("/frag", b"C" * (300 << 10), 0)),
     "truncate shrink": (base, truncate(5000)),
     "truncate to zero": (base, truncate(0)),
