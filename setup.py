@@ -2,13 +2,23 @@
 
 from setuptools import Extension, setup
 
+FLAGS = [
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-Wno-unused-parameter",
+    "-Wno-missing-field-initializers",
+    "-Wno-cast-function-type",
+]
+
 setup(
     ext_modules=[
+        # cache flush, fence, non-temporal copy (optional: devices fall back to msync)
         Extension(
-            "daxfs.pmem._native",
-            sources=["daxfs/pmem/_native.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
+            "daxfs.pmem._native", sources=["daxfs/pmem/_native.c"], extra_compile_args=FLAGS,
             optional=True,
-        )
+        ),
+        # fixed-address mmap and export-counted buffers (DAX mmap needs it)
+        Extension("daxfs.mm._vm", sources=["daxfs/mm/_vm.c"], extra_compile_args=FLAGS),
     ]
 )

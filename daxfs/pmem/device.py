@@ -42,7 +42,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from daxfs.errors import Busy, InvalidArgument
+from daxfs.errors import Busy, InvalidArgument, NotSupported
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -169,6 +169,18 @@ class Device(abc.ABC):
             BufferError: views returned by direct_access are still alive; the
                 device stays open and usable.
         """
+
+    @property
+    def fd(self) -> int:
+        """A file descriptor whose offset N is device byte N, for mapping extents.
+
+        Raises:
+            NotSupported (EOPNOTSUPP): this device cannot be mapped piecewise.
+        """
+        raise NotSupported(f"{type(self).__name__} has no file descriptor to map extents from")
+
+    #: mmap flags for mappings of the device (MAP_SHARED_VALIDATE|MAP_SYNC on fsdax)
+    map_flags: int = 0x01  # MAP_SHARED
 
     def claim(self, exclusive: bool, who: str) -> None:
         """Take the device for ``who``: exclusive (a read-write mount) or shared.

@@ -41,7 +41,7 @@ from daxfs.errors import (
 from daxfs.pmem import cpu
 from daxfs.pmem.detect import Backend, Detection, choose_persist, map_file
 from daxfs.pmem.device import Device, Granularity, check_integer, check_range
-from daxfs.pmem.platform import Platform
+from daxfs.pmem.platform import MAP_SHARED_VALIDATE, MAP_SYNC, Platform
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -71,6 +71,8 @@ class PmemDevice(Device):
         self._platform = platform
         self._map: mmap.mmap | None = mapping
         self._view, self._region = self._attach()
+        if detection.backend is Backend.FSDAX:
+            self.map_flags = MAP_SHARED_VALIDATE | MAP_SYNC
 
     def _attach(self) -> tuple[memoryview, cpu.Region]:
         """View and persistence engine over the first ``size`` bytes of the mapping."""

@@ -56,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import mmap
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -100,7 +101,10 @@ class SimulatedPmem(Device):
         if size == 0 or size % WORD:
             raise InvalidArgument(f"size must be a positive multiple of {WORD}, got {size}")
         self.size = size
-        self._map: mmap.mmap | None = mmap.mmap(-1, size)
+        # current image in a memfd, so that file extents can be mapped from it (DAX mmap)
+        self._fd = os.memfd_create("daxfs-simulated-pmem", os.MFD_CLOEXEC)
+        os.ftruncate(self._fd, size)
+        self._map: mmap.mmap | None = mmap.mmap(self._fd, size)
         self._view = memoryview(self._map)
         if image is not None:
             data = memoryview(image).cast("B")
@@ -125,6 +129,13 @@ class SimulatedPmem(Device):
     @property
     def closed(self) -> bool:
         return self._map is None
+
+    @property
+    def fd(self) -> int:
+        """A file descriptor of the current image (a memfd), for mapping extents."""
+        if self._map is None:
+            raise ValueError("I/O operation on closed device")
+        return self._fd
 
     @property
     def power_failed(self) -> bool:
@@ -211,6 +222,7 @@ class SimulatedPmem(Device):
             self._view = memoryview(self._map)
             raise BufferError("cannot close SimulatedPmem: direct_access views are alive") from None
         self._map = None
+        os.close(self._fd)
 
     # -- power failure -------------------------------------------------------------
 
