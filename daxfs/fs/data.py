@@ -142,6 +142,10 @@ class DataPath:
         if pos >= MAX_FILE_SIZE:
             raise FileTooLarge(f"offset {pos} is beyond the maximum file size {MAX_FILE_SIZE}")
         n = min(len(src), MAX_IO, MAX_FILE_SIZE - pos)
+        if inode.mappings:
+            # blocks under a mapping never move (no copy-on-write), so a write is
+            # journaled, at most log_data_max bytes per call (a short write)
+            n = min(n, self.log_data_max)
         if n == 0:
             return 0
         ext = inode.xcache
@@ -167,18 +171,28 @@ class DataPath:
                 rec.mtime_ns = rec.ctime_ns = now_ns()
             return n
         with self.journal.begin() as tx:
-            self.write_in(tx, inode, pos, src[:n])
+            filled = self.write_in(tx, inode, pos, src[:n])
+        if filled and inode.mappings:
+            for mapping in list(inode.mappings):
+                for lo, hi in filled:
+                    mapping.refresh_file_range(lo, hi)
         return n
 
-    def write_in(self, tx: Transaction, inode: Inode, pos: int, src: memoryview) -> None:
-        """The body of ``write``, inside the caller's transaction."""
+    def write_in(
+        self, tx: Transaction, inode: Inode, pos: int, src: memoryview
+    ) -> list[tuple[int, int]]:
+        """The body of ``write``, inside the caller's transaction.
+
+        Returns the file byte ranges that were holes and now have blocks.
+        """
         n = len(src)
         end = pos + n
         first, stop = pos >> BLOCK_SHIFT, ((end - 1) >> BLOCK_SHIFT) + 1
         rec = self.itable.dirty(tx, inode)
         plan = self._plan(tx, inode, first, stop)
         overwrite = sum(c for _, c, e in plan if e is not None and not e.unwritten)
-        cow = overwrite << BLOCK_SHIFT > self.log_data_max
+        cow = overwrite << BLOCK_SHIFT > self.log_data_max and not inode.mappings
+        filled: list[tuple[int, int]] = []
         for lblk, count, ext in plan:
             lo = max(pos, lblk << BLOCK_SHIFT)
             hi = min(end, (lblk + count) << BLOCK_SHIFT)
@@ -190,8 +204,11 @@ class DataPath:
                 self.maps.convert(tx, inode, lblk, count)
             else:
                 self._write_new(tx, inode, lblk, count, lo, hi, chunk, ext)
+                if ext is None:
+                    filled.append((lblk << BLOCK_SHIFT, (lblk + count) << BLOCK_SHIFT))
         rec.size = max(rec.size, end)
         rec.mtime_ns = rec.ctime_ns = now_ns()
+        return filled
 
     def _plan(self, reader: Reader, inode: Inode, start: int, stop: int) -> Plan:
         """Split file blocks ``[start, stop)`` into holes and pieces of extents."""
@@ -300,6 +317,7 @@ class DataPath:
         if size > MAX_FILE_SIZE:
             raise FileTooLarge(f"size {size} is beyond the maximum file size {MAX_FILE_SIZE}")
         keep = (size + BLOCK_SIZE - 1) >> BLOCK_SHIFT
+        self._detach(inode, keep << BLOCK_SHIFT, NO_BLOCK << BLOCK_SHIFT)
         with self.journal.begin() as tx:
             rec = self.itable.dirty(tx, inode)
             if size < rec.size:
@@ -409,6 +427,7 @@ class DataPath:
             self._zero_bytes(tx, inode, last_full << BLOCK_SHIFT, end)
         if first_full == last_full:
             return
+        self._detach(inode, first_full << BLOCK_SHIFT, last_full << BLOCK_SHIFT)
         rec = self.itable.dirty(tx, inode)
         for piece in self.maps.punch(tx, inode, first_full, last_full - first_full):
             if unmap:
@@ -427,6 +446,48 @@ class DataPath:
             lo & (BLOCK_SIZE - 1)
         )
         tx.log_data(addr, _ZEROS[: hi - lo])
+
+    # -- DAX mmap support -------------------------------------------------------------
+
+    def prepare_map(self, inode: Inode, start: int, end: int) -> None:
+        """Give file bytes [start, end) written, zeroed blocks, for a writable mapping.
+
+        Holes are allocated and unwritten extents converted, with their blocks
+        zeroed first, in one transaction; nothing changes where blocks are
+        already written.  Read mappings showing the zero page pick them up.
+        Caller must hold ``inode.lock``.
+
+        Raises:
+            NoSpace: not enough free blocks; nothing changed.
+        """
+        first, stop = start >> BLOCK_SHIFT, _blocks_up(end)
+        plan = [
+            p for p in self._plan(self.store, inode, first, stop) if p[2] is None or p[2].unwritten
+        ]
+        if not plan:
+            return
+        with self.journal.begin() as tx:
+            rec = self.itable.dirty(tx, inode)
+            for lblk, count, ext in plan:
+                if ext is not None:  # unwritten: its blocks hold garbage until zeroed
+                    self.device.fill(ext.pblk << BLOCK_SHIFT, count << BLOCK_SHIFT, drain=False)
+                    self.maps.convert(tx, inode, lblk, count)
+                    continue
+                cur = lblk
+                for pblk, length in self.alloc.alloc(tx, count, self._goal(tx, inode, lblk)):
+                    self.device.fill(pblk << BLOCK_SHIFT, length << BLOCK_SHIFT, drain=False)
+                    self.maps.insert(tx, inode, Extent(cur, pblk, length))
+                    cur += length
+                rec.blocks += count
+        for mapping in list(inode.mappings):
+            for lblk, count, _ in plan:
+                mapping.refresh_file_range(lblk << BLOCK_SHIFT, (lblk + count) << BLOCK_SHIFT)
+
+    @staticmethod
+    def _detach(inode: Inode, start: int, end: int) -> None:
+        """Take file bytes [start, end) out of every mapping before their blocks change."""
+        for mapping in list(inode.mappings):
+            mapping.detach_file_range(start, end)
 
     # -- seek -------------------------------------------------------------------------
 

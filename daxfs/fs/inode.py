@@ -41,6 +41,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 from daxfs.errors import Corrupted, NoSpace
 from daxfs.fs.journal import Transaction
@@ -64,10 +65,23 @@ Locator = Callable[[Reader, int], int | None]
 Grower = Callable[[Transaction, int, int], None]
 
 
+class FileMapping(Protocol):
+    """What the filesystem needs from a live mapping of a file (daxfs.mm.Mapping)."""
+
+    def detach_file_range(self, start: int, end: int) -> None:
+        """Stop mapping file bytes [start, end): their blocks are about to change."""
+
+    def refresh_file_range(self, start: int, end: int) -> None:
+        """File bytes [start, end) that were holes now have blocks: map them."""
+
+    def sync(self) -> None:
+        """Flush everything mapped (File.fsync)."""
+
+
 class Inode:
     """An inode in memory: its record plus runtime state (locks, users)."""
 
-    __slots__ = ("ino", "lock", "opens", "rec", "users", "xcache")
+    __slots__ = ("ino", "lock", "mappings", "opens", "rec", "users", "xcache")
 
     def __init__(self, rec: InodeRecord) -> None:
         self.ino = rec.ino
@@ -80,6 +94,8 @@ class Inode:
         self.users = 0
         #: the last extent looked up (daxfs.fs.extmap); None after any map change
         self.xcache: object = None
+        #: live DAX mappings of this inode (daxfs.mm); told before blocks under them change
+        self.mappings: list[FileMapping] = []
 
     def __repr__(self) -> str:
         return f"<Inode {self.ino} mode={self.rec.mode:o} size={self.rec.size}>"

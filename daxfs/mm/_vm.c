@@ -217,7 +217,7 @@ static PyGetSetDef MB_getset[] = {
 static PyTypeObject MappedBufferType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "daxfs.mm._vm.MappedBuffer",
     .tp_basicsize = sizeof(MappedBuffer),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "MappedBuffer(address, length, readonly=False): export-counted raw memory.",
     .tp_as_buffer = &MB_as_buffer,
     .tp_methods = MB_methods,

@@ -1,0 +1,508 @@
+"""DAX mmap: a file's extents mapped straight from the device into this process.
+
+Theory of operation
+-------------------
+``map_file`` reserves one contiguous range of address space (daxfs.mm.vm),
+then walks the file range with ``iomap_iter`` (flag FAULT) and maps each
+extent from the device's file descriptor at its place inside the
+reservation, with MAP_FIXED: loads and stores reach device memory directly,
+no copy, no page cache.  A writable mapping first has every hole and
+unwritten extent of its range allocated, zeroed and marked written, in one
+transaction, so no hole ever sits behind a writable page.  A read-only
+mapping shows holes as the zero page and picks up blocks that writes
+allocate later (``refresh_file_range``).
+
+``msync(offset, length)`` persists exactly that range: the device's flush
+over the device bytes behind it (CLWB per line on the CPU path, msync of the
+covering pages on the msync path), then a fence.  No metadata is needed,
+since the blocks are written from the start; modification times are set
+when a writable mapping is closed or the file is fsync'ed.
+
+Truncate, punch-hole and zero-range call ``detach_file_range`` before the
+blocks under a mapping are freed or changed: those pages are replaced at once
+(MAP_FIXED) by private zero pages, so they can never reach freed blocks again;
+reads see zeros, writes go nowhere, and msync over them raises.
+
+The Mapping is a ``MappedBuffer`` (C): memoryview, numpy and slicing see the
+memory, and every exported buffer is counted.  ``close()`` refuses while one
+is alive, as Python's mmap does, so no view outlives its memory; a mapping
+replaced by ``fixed="replace"`` (only allowed when it has no live buffer)
+refuses everything afterwards, saying why.
+
+State diagram::
+
+    map_file() --> OPEN --close()--> CLOSED
+                    |  '--fixed="replace" over it--> REPLACED (methods raise)
+                    '--detach_file_range(): OPEN, some pages detached
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import errno
+import threading
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from daxfs.errors import InvalidArgument, PermissionDenied
+from daxfs.fs.data import DataPath
+from daxfs.fs.inode import Inode
+from daxfs.iomap import Iomap, IomapFlags, IomapType, iomap_iter
+from daxfs.mm import _vm
+from daxfs.mm.vm import (
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_PRIVATE,
+    PAGE_SIZE,
+    PROT_READ,
+    PROT_WRITE,
+    REGISTRY,
+    AddressSpace,
+    page_up,
+)
+
+if TYPE_CHECKING:
+    from daxfs.fs.file import File
+
+MS_ASYNC = 1  # start write-back, do not wait (no fence)
+MS_INVALIDATE = 2  # invalidate other mappings: DAX mappings are coherent, nothing to do
+MS_SYNC = 4  # persist the range before returning
+_MS_KNOWN = MS_ASYNC | MS_INVALIDATE | MS_SYNC
+
+ACCESS = ("write", "read")
+FIXED = (None, "noreplace", "replace")
+
+
+@dataclasses.dataclass(slots=True)
+class Piece:
+    """Bytes ``[start, start+length)`` of the mapping: device bytes, or a zero page."""
+
+    start: int
+    length: int
+    dev: int | None  # device byte offset of ``start``; None: zero page (hole) or detached
+    detached: bool = False
+
+
+class Mapping(_vm.MappedBuffer):
+    """A DAX mapping of a file range.  Create with ``File.mmap``."""
+
+    _file: File
+    _data: DataPath
+    _inode: Inode
+    _space: AddressSpace
+    _offset: int
+    _span_len: int
+    _writable: bool
+    _pieces: list[Piece]
+    _starts: list[int]
+    _state: str
+    _why: str
+    _lock: threading.RLock
+
+    # -- creation -----------------------------------------------------------------------
+
+    @classmethod
+    def _create(
+        cls,
+        file: File,
+        data: DataPath,
+        addr: int,
+        length: int,
+        offset: int,
+        writable: bool,
+        space: AddressSpace,
+    ) -> Mapping:
+        self = cls(addr, length, not writable)
+        self._file = file
+        self._data = data
+        self._inode = file.inode
+        self._space = space
+        self._offset = offset
+        self._span_len = page_up(length)
+        self._writable = writable
+        self._pieces = []
+        self._starts = []
+        self._state = "open"
+        self._why = ""
+        self._lock = threading.RLock()
+        return self
+
+    def __repr__(self) -> str:
+        where = f"{self.address:#x}" if self._state == "open" else self._state
+        return (
+            f"<daxfs.Mapping {self._file.path}[{self._offset}:{self._offset + self.length}] "
+            f"{'write' if self._writable else 'read'} at {where}>"
+        )
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def offset(self) -> int:
+        """File offset of byte 0 of the mapping."""
+        return self._offset
+
+    @property
+    def access(self) -> str:
+        return "write" if self._writable else "read"
+
+    @property
+    def closed(self) -> bool:
+        return self._state != "open"
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """Virtual address range the mapping owns (page-rounded)."""
+        return self.address, self.address + self._span_len
+
+    def _check(self) -> None:
+        if self._state != "open":
+            raise ValueError(f"mapping of {self._file.path} is {self._state}{self._why}")
+
+    def __len__(self) -> int:
+        return int(self.length)
+
+    def __getitem__(self, index: Any) -> Any:
+        self._check()
+        with memoryview(self) as view:
+            item = view[index]
+            return bytes(item) if isinstance(item, memoryview) else item
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._check()
+        if not self._writable:
+            raise TypeError("cannot modify read-only memory (mapping opened with access='read')")
+        with memoryview(self) as view:
+            view[index] = value
+
+    # -- numpy --------------------------------------------------------------------------
+
+    def asarray(
+        self, dtype: npt.DTypeLike, shape: int | tuple[int, ...] | None = None, offset: int = 0
+    ) -> npt.NDArray[Any]:
+        """A zero-copy numpy array over the mapping (its buffer counts as an export).
+
+        Raises:
+            InvalidArgument: dtype, shape or offset do not fit in the mapping.
+        """
+        self._check()
+        try:
+            kind = np.dtype(dtype)
+        except TypeError as exc:
+            raise InvalidArgument(f"bad dtype {dtype!r}: {exc}") from None
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidArgument(f"offset must be a non-negative integer, not {offset!r}")
+        room = self.length - offset
+        if room < 0:
+            raise InvalidArgument(f"offset {offset} is beyond the mapping of {self.length} bytes")
+        if shape is None:
+            if kind.itemsize == 0 or room % kind.itemsize:
+                raise InvalidArgument(
+                    f"{room} bytes after offset {offset} are not a whole number of {kind}"
+                )
+            count = room // kind.itemsize
+            dims: tuple[int, ...] = (count,)
+        else:
+            dims = (shape,) if isinstance(shape, int) else tuple(shape)
+            if any(not isinstance(d, int) or d < 0 for d in dims):
+                raise InvalidArgument(f"bad shape {shape!r}")
+            count = int(np.prod(dims, dtype=np.int64))
+            if count * kind.itemsize > room:
+                raise InvalidArgument(
+                    f"shape {dims} of {kind} needs {count * kind.itemsize} bytes, "
+                    f"{room} are mapped after offset {offset}"
+                )
+        array: npt.NDArray[Any] = np.frombuffer(self, dtype=kind, count=count, offset=offset)
+        return array.reshape(dims)
+
+    # -- msync --------------------------------------------------------------------------
+
+    def msync(self, offset: int = 0, length: int | None = None, *, flags: int = MS_SYNC) -> None:
+        """Make exactly ``[offset, offset+length)`` of the mapping durable.
+
+        Cache-line granular on the CPU path, page granular on the msync path;
+        never the whole file, never other files.  ``length=None`` means to the
+        end; ``length=0`` does nothing, as msync(2).
+
+        Raises:
+            InvalidArgument (EINVAL): unknown flags, MS_SYNC with MS_ASYNC, or a
+                range outside the mapping.
+            OSError (ENOMEM): part of the range was detached by a truncate or
+                punch-hole of the file.
+        """
+        if (
+            not isinstance(flags, int)
+            or flags & ~_MS_KNOWN
+            or (flags & MS_SYNC and flags & MS_ASYNC)
+        ):
+            raise InvalidArgument(f"msync: invalid flags {flags!r}")
+        self._check()
+        if length is None:
+            length = self.length - offset if isinstance(offset, int) else -1
+        start, end = self._range(offset, length)
+        if start == end:
+            return
+        device = self._data.device
+        for piece in self._covering(start, end):
+            if piece.detached:
+                lo = max(start, piece.start)
+                raise OSError(
+                    errno.ENOMEM,
+                    f"msync: bytes [{lo}, {min(end, piece.start + piece.length)}) of the "
+                    f"mapping of {self._file.path} were detached by a truncate or hole punch",
+                )
+            if piece.dev is None:
+                continue  # the zero page of a hole (read-only mapping)
+            lo = max(start, piece.start)
+            hi = min(end, piece.start + piece.length)
+            device.flush(piece.dev + lo - piece.start, hi - lo)
+        if not flags & MS_ASYNC:
+            device.drain()
+
+    def _range(self, offset: object, length: object) -> tuple[int, int]:
+        for value, what in ((offset, "offset"), (length, "length")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgument(
+                    f"msync: {what} must be a non-negative integer, not {value!r}"
+                )
+        assert isinstance(offset, int)
+        assert isinstance(length, int)
+        if offset + length > self.length:
+            raise InvalidArgument(
+                f"msync: range [{offset}, {offset + length}) is outside the mapping of "
+                f"{self.length} bytes"
+            )
+        return offset, offset + length
+
+    def _covering(self, start: int, end: int) -> list[Piece]:
+        pieces = self._pieces
+        if len(pieces) == 1:
+            return pieces
+        i = max(0, bisect.bisect_right(self._starts, start) - 1)
+        out = []
+        while i < len(pieces) and pieces[i].start < end:
+            out.append(pieces[i])
+            i += 1
+        return out
+
+    def sync(self) -> None:
+        """Persist the whole mapping (File.fsync with live mappings)."""
+        if self._state == "open":
+            for piece in self._pieces:
+                if piece.dev is not None and not piece.detached:
+                    self._data.device.flush(piece.dev, piece.length)
+
+    # -- changes from the filesystem ------------------------------------------------------
+
+    def _file_window(self, start: int, end: int) -> tuple[int, int] | None:
+        """Mapping-relative page range covering file bytes [start, end), if any."""
+        lo = max(start, self._offset) - self._offset
+        hi = min(end, self._offset + self._span_len) - self._offset
+        if lo >= hi:
+            return None
+        return lo - lo % PAGE_SIZE, page_up(hi)
+
+    def detach_file_range(self, start: int, end: int) -> None:
+        """Replace the pages over file bytes [start, end) by private zero pages.
+
+        Called by the filesystem, with the inode locked, before the blocks under
+        them are freed or zeroed.  Whole pages only: ``start`` is page aligned
+        by the caller (truncate keeps a partly used last page mapped).
+        """
+        with self._lock:
+            window = self._file_window(start, end)
+            if window is None or self._state != "open":
+                return
+            lo, hi = window
+            self._zero_pages(lo, hi)
+            self._split(lo, hi, None, detached=True)
+
+    def refresh_file_range(self, start: int, end: int) -> None:
+        """Map device blocks that writes gave to holes under [start, end) (read mappings)."""
+        with self._lock:
+            window = self._file_window(start, end)
+            if window is None or self._state != "open":
+                return
+            lo, hi = window
+            if any(p.dev is None and not p.detached for p in self._covering(lo, hi)):
+                self._map_range(lo, hi)
+
+    def _zero_pages(self, lo: int, hi: int) -> None:
+        prot = PROT_READ | (PROT_WRITE if self._writable else 0)
+        flags = MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS
+        self._space.kernel.mmap(self.address + lo, hi - lo, prot, flags, -1, 0)
+
+    def _map_range(self, lo: int, hi: int) -> None:
+        """Map mapping bytes [lo, hi) (page aligned) from the file's current extents."""
+        kernel = self._space.kernel
+        device = self._data.device
+        prot = PROT_READ | (PROT_WRITE if self._writable else 0)
+        base = self.address
+
+        def actor(iomap: Iomap, pos: int, n: int) -> int:
+            at = pos - self._offset
+            length = n  # extents are whole blocks, blocks are pages
+            if iomap.type is IomapType.MAPPED:
+                dev = iomap.addr_of(pos)
+                kernel.mmap(base + at, length, prot, MAP_FIXED | device.map_flags, device.fd, dev)
+                self._split(at, at + length, dev)
+            else:
+                kernel.mmap(
+                    base + at, length, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0
+                )
+                self._split(at, at + length, None)
+            return n
+
+        iomap_iter(
+            self._data,
+            self._inode,
+            self._offset + lo,
+            hi - lo,
+            IomapFlags.FAULT,
+            actor,
+            short_ok=False,
+        )
+
+    def _split(self, lo: int, hi: int, dev: int | None, detached: bool = False) -> None:
+        """Record that mapping bytes [lo, hi) are now ``dev`` (or a zero page)."""
+        out: list[Piece] = []
+        for p in self._pieces:
+            p_end = p.start + p.length
+            if p_end <= lo or p.start >= hi:
+                out.append(p)
+                continue
+            if p.start < lo:
+                out.append(Piece(p.start, lo - p.start, p.dev, p.detached))
+            if p_end > hi:
+                shift = hi - p.start
+                out.append(
+                    Piece(hi, p_end - hi, None if p.dev is None else p.dev + shift, p.detached)
+                )
+        out.append(Piece(lo, hi - lo, dev, detached))
+        out.sort(key=lambda p: p.start)
+        self._pieces = out
+        self._starts = [p.start for p in out]
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        """True while buffers (memoryview, numpy) of the mapping are alive."""
+        return int(self.exports) > 0
+
+    def replaced(self, by: tuple[int, int]) -> None:
+        """fixed='replace' mapped over us: unmap what is left, refuse everything after."""
+        self.release()
+        lo, hi = self.span
+        for a, b in ((lo, min(hi, by[0])), (max(lo, by[1]), hi)):
+            if a < b:
+                self._space.kernel.munmap(a, b - a)
+        self._finish("replaced", f" by a fixed='replace' mapping at {by[0]:#x}")
+
+    def close(self) -> None:
+        """Unmap.  A writable mapping sets the file's modification time.
+
+        Raises:
+            BufferError: buffers of the mapping (memoryview, numpy) are alive;
+                the mapping stays open.
+        """
+        if self._state != "open":
+            return
+        self.release()
+        self._space.kernel.munmap(self.address, self._span_len)
+        self._finish("closed", "")
+
+    def _finish(self, state: str, why: str) -> None:
+        self._state = state
+        self._why = why
+        REGISTRY.remove(self)
+        self._file._mapping_closed(self, self._writable and state == "closed")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def map_file(
+    file: File,
+    data: DataPath,
+    offset: int,
+    length: int | None,
+    access: str,
+    address: int | None,
+    fixed: str | None,
+    space: AddressSpace | None = None,
+) -> Mapping:
+    """Map ``[offset, offset+length)`` of an open file; see File.mmap for the rules.
+
+    Caller holds ``file.inode.lock``.
+    """
+    space = space or AddressSpace()
+    size = file.inode.rec.size
+    offset, length, writable = _check(file, size, offset, length, access, address, fixed)
+    if writable:
+        data.prepare_map(file.inode, offset, offset + length)
+    span = page_up(length)
+    addr = space.reserve(span, address, fixed)
+    mapping = Mapping._create(file, data, addr, length, offset, writable, space)
+    try:
+        mapping._map_range(0, span)
+    except BaseException:
+        mapping.release()
+        space.kernel.munmap(addr, span)
+        raise
+    REGISTRY.add(mapping)
+    return mapping
+
+
+def _check(
+    file: File,
+    size: int,
+    offset: object,
+    length: object,
+    access: object,
+    address: object,
+    fixed: object,
+) -> tuple[int, int, bool]:
+    where = file.path
+    if access not in ACCESS:
+        raise InvalidArgument(f"mmap access must be 'write' or 'read', not {access!r}", where)
+    if fixed not in FIXED:
+        raise InvalidArgument(f"fixed must be None, 'noreplace' or 'replace', not {fixed!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidArgument(f"mmap offset must be a non-negative integer, not {offset!r}", where)
+    if offset % PAGE_SIZE:
+        raise InvalidArgument(f"mmap offset {offset} is not a multiple of {PAGE_SIZE}", where)
+    if length is None:
+        length = size - offset
+    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+        raise InvalidArgument(f"mmap length must be a positive integer, not {length!r}", where)
+    if offset + length > size:
+        raise InvalidArgument(
+            f"mmap of [{offset}, {offset + length}) is beyond the end of {where} ({size} bytes)",
+            where,
+        )
+    if address is not None and (
+        isinstance(address, bool)
+        or not isinstance(address, int)
+        or address <= 0
+        or address % PAGE_SIZE
+    ):
+        raise InvalidArgument(f"address must be a positive multiple of {PAGE_SIZE}: {address!r}")
+    if fixed is not None and address is None:
+        raise InvalidArgument(f"fixed={fixed!r} needs an address")
+    writable = access == "write"
+    if writable and not file.writable():
+        raise PermissionDenied(f"writable mapping of {where}, which is not open for writing", where)
+    if not file.readable() and not writable:
+        raise PermissionDenied(f"mapping of {where}, which is not open for reading", where)
+    return offset, length, writable

@@ -1,0 +1,186 @@
+"""The process's address space, as DAX mmap sees it: reserve, map, replace, unmap.
+
+``Kernel`` wraps the raw calls of ``daxfs.mm._vm`` (tests substitute a
+kernel that, like Linux before 4.17, ignores MAP_FIXED_NOREPLACE), and reads
+``/proc/self/maps`` to learn what else occupies a range.  ``Registry`` knows
+which ranges daxfs mappings own, so that ``fixed="replace"`` can refuse to
+clobber memory that is not ours.
+
+Placement policies, as the 2014 discussion named them:
+
+    reserve(length, address=None)        the kernel picks (address is a hint)
+    reserve(length, address, "noreplace") MAP_WEAK / MAP_FIXED_NOREPLACE: that
+                                         address or FileExistsError, nothing changed
+    reserve(length, address, "replace")  MAP_FIXED: replaces what is there, but
+                                         only daxfs mappings; anything else is
+                                         refused (EEXIST) since clobbering the
+                                         interpreter's own memory would crash it
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Protocol
+
+from daxfs.errors import Busy, Exists
+from daxfs.mm import _vm
+
+PAGE_SIZE = _vm.PAGE_SIZE
+PROT_NONE = _vm.PROT_NONE
+PROT_READ = _vm.PROT_READ
+PROT_WRITE = _vm.PROT_WRITE
+MAP_SHARED = _vm.MAP_SHARED
+MAP_PRIVATE = _vm.MAP_PRIVATE
+MAP_FIXED = _vm.MAP_FIXED
+MAP_ANONYMOUS = _vm.MAP_ANONYMOUS
+MAP_NORESERVE = _vm.MAP_NORESERVE
+MAP_FIXED_NOREPLACE = _vm.MAP_FIXED_NOREPLACE
+
+_RESERVE = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+
+
+def page_up(n: int) -> int:
+    return -(-n // PAGE_SIZE) * PAGE_SIZE
+
+
+class Kernel:
+    """mmap(2), munmap(2) and /proc/self/maps."""
+
+    def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+        return _vm.mmap(addr, length, prot, flags, fd, offset)
+
+    def munmap(self, addr: int, length: int) -> None:
+        _vm.munmap(addr, length)
+
+    def regions(self) -> Iterator[tuple[int, int, str]]:
+        """(start, end, description) of every mapping of this process."""
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                yield start, end, fields[5].strip() if len(fields) > 5 else "[anonymous]"
+
+
+class Owner(Protocol):
+    """A daxfs mapping, as the registry sees it."""
+
+    @property
+    def span(self) -> tuple[int, int]: ...
+
+    def replaced(self, by: tuple[int, int]) -> None: ...
+
+    def busy(self) -> bool: ...
+
+
+class Registry:
+    """Address ranges owned by live daxfs mappings (one per process)."""
+
+    def __init__(self) -> None:
+        self._owners: dict[int, Owner] = {}
+        self.lock = threading.RLock()
+
+    def add(self, owner: Owner) -> None:
+        with self.lock:
+            self._owners[id(owner)] = owner
+
+    def remove(self, owner: Owner) -> None:
+        with self.lock:
+            self._owners.pop(id(owner), None)
+
+    def overlapping(self, start: int, end: int) -> list[Owner]:
+        with self.lock:
+            return [o for o in self._owners.values() if o.span[0] < end and start < o.span[1]]
+
+    def owned(self, start: int, end: int) -> bool:
+        """True if every byte of [start, end) lies in some daxfs mapping."""
+        spans = sorted(o.span for o in self.overlapping(start, end))
+        cur = start
+        for lo, hi in spans:
+            if lo > cur:
+                return False
+            cur = max(cur, hi)
+            if cur >= end:
+                return True
+        return cur >= end
+
+
+REGISTRY = Registry()
+
+
+class AddressSpace:
+    """Reservations of contiguous virtual ranges for mappings."""
+
+    def __init__(self, kernel: Kernel | None = None, registry: Registry = REGISTRY) -> None:
+        self.kernel = kernel or Kernel()
+        self.registry = registry
+
+    def reserve(self, length: int, address: int | None, fixed: str | None) -> int:
+        """Reserve ``length`` bytes (page multiple) of PROT_NONE address space.
+
+        Raises:
+            Exists (EEXIST, FileExistsError): noreplace over anything in use, or
+                replace over memory daxfs does not own; nothing is changed.
+            Busy: replace over a daxfs mapping whose buffers are exported.
+        """
+        kernel = self.kernel
+        if fixed is None:
+            return kernel.mmap(address or 0, length, PROT_NONE, _RESERVE, -1, 0)
+        assert address is not None
+        if fixed == "noreplace":
+            return self._noreplace(address, length)
+        return self._replace(address, length)
+
+    def _noreplace(self, address: int, length: int) -> int:
+        try:
+            got = self.kernel.mmap(
+                address, length, PROT_NONE, _RESERVE | MAP_FIXED_NOREPLACE, -1, 0
+            )
+        except FileExistsError:
+            raise Exists(
+                f"address range [{address:#x}, {address + length:#x}) is in use "
+                f"(fixed='noreplace', MAP_FIXED_NOREPLACE): {self._who(address, length)}"
+            ) from None
+        if got != address:  # a kernel before 4.17 ignores the flag and picks elsewhere
+            self.kernel.munmap(got, length)
+            raise Exists(
+                f"address range [{address:#x}, {address + length:#x}) is in use "
+                "(the kernel ignored MAP_FIXED_NOREPLACE and placed the mapping elsewhere)"
+            )
+        return got
+
+    def _replace(self, address: int, length: int) -> int:
+        end = address + length
+        with self.registry.lock:
+            for start, stop, what in self.kernel.regions():
+                if start < end and address < stop:
+                    lo, hi = max(start, address), min(stop, end)
+                    if not self.registry.owned(lo, hi):
+                        raise Exists(
+                            f"fixed='replace' refused: [{lo:#x}, {hi:#x}) holds {what}, which "
+                            "daxfs does not own; MAP_FIXED there would silently destroy it "
+                            "(use fixed='noreplace' to map only where the range is free)"
+                        )
+            victims = self.registry.overlapping(address, end)
+            for victim in victims:
+                if victim.busy():
+                    raise Busy(
+                        f"fixed='replace' refused: the daxfs mapping at {victim.span[0]:#x} "
+                        "has live buffers (memoryview, numpy array); release them first"
+                    )
+            got = self.kernel.mmap(address, length, PROT_NONE, _RESERVE | MAP_FIXED, -1, 0)
+            assert got == address, "MAP_FIXED placed a mapping elsewhere"
+            for victim in victims:
+                victim.replaced((address, end))
+        return got
+
+    def _who(self, address: int, length: int) -> str:
+        try:
+            found = [
+                what
+                for start, stop, what in self.kernel.regions()
+                if start < address + length and address < stop
+            ]
+        except OSError as exc:  # pragma: no cover - /proc is always there on Linux
+            return f"(cannot read /proc/self/maps: {exc})"
+        return ", ".join(sorted(set(found))) or "a mapping that went away"
