@@ -1,4 +1,10 @@
-"""The ``daxfs`` command line: one subcommand per module, errors as one line.
+"""The ``daxfs`` command line: subcommands by module, errors as one line.
+
+Modules: ``mkfs``, ``fsck``, ``info``; the file tools that read an image
+(``files``: ls, tree, stat, df, cat), that copy (``cp``) and that change
+names (``edit``: mkdir, rm, mv); ``common`` holds what they share (IMAGE:/path
+operands, sizes, mounts, progress bars).  Each module has ``register(sub)``,
+which adds its subcommands and sets ``run`` on their arguments.
 
 Every error a user can cause ends the command with one line on stderr,
 ``daxfs: <what went wrong>``, and a non-zero exit status: 1 for an OSError
@@ -10,17 +16,18 @@ Anything else is a bug and exits 70 with a one-line report; set
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 
-from daxfs.cli import info
+from daxfs.cli import cp, edit, files, fsck, info, mkfs
 
 EXIT_ERROR = 1
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
 
-COMMANDS = (info,)
+COMMANDS = (mkfs, fsck, info, files, cp, edit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("daxfs: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (daxfs cat ... | head): not an error to report
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return EXIT_ERROR
     except (OSError, ValueError, BufferError) as exc:
         print(f"daxfs: {describe(exc)}", file=sys.stderr)
         return EXIT_ERROR

@@ -1,11 +1,26 @@
-"""``daxfs info PATH``: what a path is as persistent memory, and why."""
+"""``daxfs info PATH``: what a path is as persistent memory, and why; and its filesystem.
+
+The device report (backend, granularity, persist method, ...) comes first;
+when the path holds a daxfs, the facts of its superblock follow (uuid, label,
+size, free blocks, inodes in use, state, mount count, journal, creation time).
+Read-only: the superblock is read without mounting or replaying anything,
+and whether another process has the filesystem mounted is asked with a
+shared lock, taken and dropped.  The counters are those of the last
+transaction applied to the superblock (a crashed image may be a transaction
+behind until it is mounted or repaired).
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 from typing import Any
 
+from daxfs.cli.common import human
+from daxfs.errors import Busy, Corrupted
+from daxfs.fs.layout import BLOCK_SIZE, SB_MAGIC, STATE_CLEAN
+from daxfs.fs.mount import read_superblock
 from daxfs.pmem import PmemDevice, cpu, open_device
 
 
@@ -51,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         dev = open_device(args.path, persist=args.persist, readonly=True)
     with dev:
         facts = describe_device(dev)
+        facts["filesystem"] = describe_filesystem(dev)
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
@@ -58,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [
         ("path", facts["path"], ""),
         ("backend", facts["backend"], why.get("backend", "")),
-        ("size", f"{facts['size']} bytes ({_human(facts['size'])})", ""),
+        ("size", f"{facts['size']} bytes ({human(facts['size'])})", ""),
         ("granularity", facts["granularity"], why.get("granularity", "")),
         ("persist", facts["persist_method"], why.get("persist", "")),
         ("flush instruction", _flush_text(facts), why.get("flush instruction", "")),
@@ -66,12 +82,88 @@ def run(args: argparse.Namespace) -> int:
         ("native extension", "loaded" if facts["native_extension"] else "missing", ""),
         ("cpu features", " ".join(facts["cpu"]) or "none", ""),
     ]
+    rows += _filesystem_rows(facts["filesystem"])
     for name, value, reason in rows:
         line = f"{name + ':':<19}{value}"
         if reason:
             line += f"\n{'':<19}  why: {reason}"
         print(line)
     return 0
+
+
+def describe_filesystem(dev: PmemDevice) -> dict[str, Any] | None:
+    """The superblock's facts; None if no daxfs is here; {"damaged": why} if unreadable."""
+    try:
+        sb = read_superblock(dev)
+    except Corrupted as exc:
+        last = dev.size - dev.size % BLOCK_SIZE - BLOCK_SIZE
+        heads = [dev.read(0, len(SB_MAGIC))]
+        if last > 0:
+            heads.append(dev.read(last, len(SB_MAGIC)))
+        if SB_MAGIC not in heads:
+            return None
+        return {"damaged": exc.strerror or str(exc)}
+    if sb.state == STATE_CLEAN:
+        state = "clean"
+    elif _in_use(dev):
+        state = "mounted"
+    else:
+        state = "not clean (mounted, or crashed while mounted: the next mount recovers it)"
+    return {
+        "uuid": sb.uuid_str,
+        "label": sb.label,
+        "version": sb.version,
+        "size": sb.block_count * sb.block_size,
+        "block_size": sb.block_size,
+        "block_count": sb.block_count,
+        "free_blocks": sb.free_blocks,
+        "inodes_in_use": sb.used_inodes,
+        "state": state,
+        "mount_count": sb.mount_count,
+        "last_mount": _time(sb.last_mount_ns) if sb.last_mount_ns else None,
+        "journal_blocks": sb.journal_blocks,
+        "journal_size": sb.journal_blocks * sb.block_size,
+        "created": _time(sb.created_ns),
+    }
+
+
+def _in_use(dev: PmemDevice) -> bool:
+    """True if a process holds the device exclusively (a read-write mount)."""
+    try:
+        dev.claim(False, "info")
+    except Busy:
+        return True
+    dev.unclaim()
+    return False
+
+
+def _time(ns: int) -> str:
+    when = datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC).astimezone()
+    return when.isoformat(sep=" ", timespec="seconds")
+
+
+def _filesystem_rows(fs: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if fs is None:
+        return [("filesystem", "none (no daxfs superblock)", "")]
+    if "damaged" in fs:
+        return [("filesystem", f"daxfs, DAMAGED: {fs['damaged']}", "")]
+    bs = fs["block_size"]
+    mounts = str(fs["mount_count"])
+    if fs["last_mount"]:
+        mounts += f" (last {fs['last_mount']})"
+    return [
+        ("filesystem", f"daxfs (format version {fs['version']})", ""),
+        ("uuid", fs["uuid"], ""),
+        ("label", fs["label"] or "(none)", ""),
+        ("fs size", f"{fs['size']} bytes ({human(fs['size'])})", ""),
+        ("blocks", f"{fs['block_count']} of {bs} bytes", ""),
+        ("free blocks", f"{fs['free_blocks']} ({human(fs['free_blocks'] * bs)})", ""),
+        ("inodes in use", str(fs["inodes_in_use"]), ""),
+        ("state", fs["state"], ""),
+        ("mount count", mounts, ""),
+        ("journal", f"{human(fs['journal_size'])} ({fs['journal_blocks']} blocks)", ""),
+        ("created", fs["created"], ""),
+    ]
 
 
 def _flush_text(facts: dict[str, Any]) -> str:
@@ -81,12 +173,3 @@ def _flush_text(facts: dict[str, Any]) -> str:
     if facts["persist_method"] == "msync":
         return f"{name} (available, unused: persist is msync)"
     return str(name)
-
-
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    raise AssertionError("unreachable")

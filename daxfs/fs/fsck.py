@@ -147,7 +147,7 @@ class _Checker:
             primary = Superblock.unpack(dev.read(0, BLOCK_SIZE), "primary superblock")
             primary.check_geometry(dev.size, "primary superblock")
         except Corrupted as exc:
-            self.problem("primary superblock", exc.strerror or str(exc))
+            self.problem("primary superblock", _detail(exc, "primary superblock"))
             primary = None
         blocks = primary.block_count if primary else size >> BLOCK_SHIFT
         try:
@@ -161,7 +161,7 @@ class _Checker:
             if fixed:
                 assert primary is not None
                 dev.write((blocks - 1) << BLOCK_SHIFT, primary.to_block())
-            self.problem("backup superblock", exc.strerror or str(exc), fixed)
+            self.problem("backup superblock", _detail(exc, "backup superblock"), fixed)
         if primary is None:
             if backup is None:
                 self.report.complete = False
@@ -552,6 +552,11 @@ class _Checker:
             with fs.journal.begin() as tx:
                 view = tx.write(sb.bitmap_start + k, seal=seal_bitmap_block)
                 view[:BITMAP_BYTES] = np.packbits(chunk, bitorder="little").tobytes()
+
+
+def _detail(exc: OSError, where: str) -> str:
+    """The message of ``exc`` without a leading "where: " (the problem names it)."""
+    return (exc.strerror or str(exc)).removeprefix(f"{where}: ")
 
 
 class _NoNodes:

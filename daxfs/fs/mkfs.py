@@ -75,6 +75,23 @@ def check_target(device: Device, size: int, force: bool, name: str) -> None:
         )
 
 
+def check_mkfs_args(size: int | None, label: str, name: str) -> None:
+    """Refuse a size below the minimum or a bad label before anything is written.
+
+    Raises:
+        InvalidArgument: size not an integer or below 16 MiB; label too long or with NUL.
+    """
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise InvalidArgument(f"{name}: size must be an integer, not {size!r}", name)
+        if size < MIN_FS_SIZE:
+            raise InvalidArgument(
+                f"{name}: a daxfs needs at least {MIN_FS_SIZE >> 20} MiB, got {size} bytes", name
+            )
+    if not isinstance(label, str) or len(label.encode("utf-8")) > MAX_LABEL or "\0" in label:
+        raise InvalidArgument(f"label must be at most {MAX_LABEL} UTF-8 bytes without NUL")
+
+
 def format_device(
     device: Device,
     size: int | None = None,
@@ -90,6 +107,7 @@ def format_device(
         InvalidArgument: size too small or larger than the device, label too long.
         Exists: the device holds a filesystem or other data and force is False.
     """
+    check_mkfs_args(size, label, name)
     size = device.size if size is None else size
     if size > device.size:
         raise InvalidArgument(
@@ -100,9 +118,6 @@ def format_device(
         raise InvalidArgument(
             f"{name}: a daxfs needs at least {MIN_FS_SIZE >> 20} MiB, got {size} bytes", name
         )
-    encoded = label.encode("utf-8")
-    if len(encoded) > MAX_LABEL or "\0" in label:
-        raise InvalidArgument(f"label must be at most {MAX_LABEL} UTF-8 bytes without NUL")
     size = block_count << BLOCK_SHIFT
     check_target(device, size, force, name)
     jblocks, bstart, bblocks, iblock0 = geometry(block_count)

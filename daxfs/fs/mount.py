@@ -39,7 +39,7 @@ from daxfs.fs.layout import (
     STATE_MOUNTED,
     Superblock,
 )
-from daxfs.fs.mkfs import Progress, format_device
+from daxfs.fs.mkfs import Progress, check_mkfs_args, format_device
 from daxfs.fs.store import PmemStore, Reader
 from daxfs.fs.super import SuperState
 from daxfs.pmem import open_device
@@ -71,14 +71,21 @@ def mkfs(
         finally:
             target.unclaim()
     name = os.fsdecode(os.fspath(target))
-    with open_device(target, size, create=size is not None) as device:
-        device.claim(True, "mkfs")
-        try:
-            return format_device(
-                device, size, label=label, force=force, name=name, progress=progress
-            )
-        finally:
-            device.unclaim()
+    check_mkfs_args(size, label, name)
+    existed = os.path.lexists(name)
+    try:
+        with open_device(target, size, create=size is not None) as device:
+            device.claim(True, "mkfs")
+            try:
+                return format_device(
+                    device, size, label=label, force=force, name=name, progress=progress
+                )
+            finally:
+                device.unclaim()
+    except BaseException:
+        if not existed and os.path.isfile(name):
+            os.unlink(name)  # mkfs created it: leave nothing behind
+        raise
 
 
 def read_superblock(device: Device) -> Superblock:

@@ -1,0 +1,157 @@
+"""The commands that change the names in an image: ``mkdir``, ``rm``, ``mv``.
+
+As their coreutils namesakes: ``mkdir -p`` makes parents and accepts what
+exists; ``rm`` refuses directories without ``-r`` and, with ``-f``, ignores
+what does not exist; ``rm -r`` never removes the root; ``mv SRC DST`` renames
+(atomically, replacing DST as rename(2) does) and ``mv SRC... DIR`` moves
+into a directory.  mv works within one image; between images or to the host
+it refuses (EXDEV) and says to use cp and rm.  Each operand is one operation,
+durable when done; the first error ends the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+import stat as st
+from typing import Any
+
+from daxfs.cli.common import Mounts, Operand, add_parser, add_persist_option, image_operand, naming
+from daxfs.errors import Busy, CrossDevice, IsADirectory, NotADirectory
+from daxfs.fs.filesystem import FileSystem
+
+
+def register(sub: Any) -> None:
+    p = add_parser(sub, "mkdir", "make directories in an image", "Make directories.")
+    p.add_argument("paths", nargs="+", metavar="IMAGE:/DIR")
+    p.add_argument(
+        "-p", dest="parents", action="store_true", help="make parents; no error if it exists"
+    )
+    add_persist_option(p)
+    p.set_defaults(run=run_mkdir)
+
+    p = add_parser(sub, "rm", "remove files or directories of an image", "Remove files.")
+    p.add_argument("paths", nargs="+", metavar="IMAGE:/PATH")
+    p.add_argument(
+        "-r", "-R", dest="recursive", action="store_true", help="remove directories and contents"
+    )
+    p.add_argument("-f", dest="force", action="store_true", help="ignore missing files")
+    add_persist_option(p)
+    p.set_defaults(run=run_rm)
+
+    p = add_parser(
+        sub,
+        "mv",
+        "rename or move files within an image",
+        "Rename SRC to DST, or move SRC... into the directory DIR (within one image).",
+    )
+    p.add_argument("sources", nargs="+", metavar="IMAGE:/SRC")
+    p.add_argument("dest", metavar="IMAGE:/DST")
+    add_persist_option(p)
+    p.set_defaults(run=run_mv)
+
+
+# -- mkdir ------------------------------------------------------------------------------
+
+
+def run_mkdir(args: argparse.Namespace) -> int:
+    ops = [image_operand(text, "mkdir") for text in args.paths]
+    with Mounts(args.persist) as mounts:
+        for op in ops:
+            assert op.image is not None
+            fs = mounts.get(op.image)
+            with naming(op.image):
+                if args.parents:
+                    fs.makedirs(op.path, exist_ok=True)
+                else:
+                    fs.mkdir(op.path)
+    return 0
+
+
+# -- rm ---------------------------------------------------------------------------------
+
+
+def run_rm(args: argparse.Namespace) -> int:
+    ops = [image_operand(text, "rm") for text in args.paths]
+    with Mounts(args.persist) as mounts:
+        for op in ops:
+            assert op.image is not None
+            fs = mounts.get(op.image)
+            with naming(op.image):
+                remove(fs, op.path, recursive=args.recursive, force=args.force)
+    return 0
+
+
+def remove(fs: FileSystem, path: str, *, recursive: bool, force: bool) -> None:
+    """Remove ``path`` (a directory and all below it if ``recursive``).
+
+    Raises:
+        FileNotFoundError (unless ``force``), IsADirectoryError (a directory
+        without ``recursive``), Busy (the root), and what unlink/rmdir raise.
+        Partial effect: a recursive removal that fails leaves what it had
+        not yet removed.
+    """
+    try:
+        info = fs.lstat(path)
+    except FileNotFoundError:
+        if force:
+            return
+        raise
+    if not st.S_ISDIR(info.st_mode):
+        fs.unlink(path)
+        return
+    if not recursive:
+        raise IsADirectory(f"is a directory (use -r to remove it): {path}", path)
+    if info.st_ino == fs.stat("/").st_ino:
+        raise Busy(f"refusing to remove the root directory: {path}", path)
+    _remove_tree(fs, path)
+
+
+def _remove_tree(fs: FileSystem, top: str) -> None:
+    """Remove a directory tree, children before parents, without recursion."""
+    stack = [(top, False)]
+    while stack:
+        path, emptied = stack.pop()
+        if emptied:
+            fs.rmdir(path)
+            continue
+        stack.append((path, True))
+        for entry in list(fs.scandir(path)):
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, False))
+            else:
+                fs.unlink(entry.path)
+
+
+# -- mv ---------------------------------------------------------------------------------
+
+
+def run_mv(args: argparse.Namespace) -> int:
+    sources = [image_operand(text, "mv") for text in args.sources]
+    dest = image_operand(args.dest, "mv")
+    with Mounts(args.persist) as mounts:
+        assert dest.image is not None
+        for src in sources:
+            assert src.image is not None
+            if mounts.key(src.image) != mounts.key(dest.image):
+                raise CrossDevice(
+                    f"cannot move {src.text} to {dest.text}: not on the same image "
+                    "(use cp, then rm)",
+                    src.text,
+                )
+        fs = mounts.get(dest.image)
+        with naming(dest.image):
+            into = fs.isdir(dest.path)
+            if len(sources) > 1 and not into:
+                raise NotADirectory(f"target is not a directory: {dest.path}", dest.path)
+            for src in sources:
+                fs.rename(src.path, _target(src, dest, into))
+    return 0
+
+
+def _target(src: Operand, dest: Operand, into: bool) -> str:
+    """Where ``src`` goes: ``dest`` itself, or ``dest/<name of src>`` if a directory."""
+    if not into:
+        return dest.path
+    name = posixpath.basename(src.path.rstrip("/"))
+    return posixpath.join(dest.path, name) if name else dest.path

@@ -1,0 +1,63 @@
+"""``daxfs fsck IMAGE [--repair]``: check a filesystem, print the report.
+
+Exit status, in e2fsck's spirit: 0 when the filesystem is clean (with
+--repair: when every problem found was repaired), 1 when problems remain or
+the check could not finish.  An image with no daxfs superblock at all (primary
+and backup) is one error line, not a report.  A mounted filesystem is refused
+(EBUSY).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from daxfs.cli.common import ProgressBar, add_parser, add_progress_option, progress_wanted
+from daxfs.errors import Corrupted
+from daxfs.fs.fsck import fsck
+from daxfs.fs.layout import BLOCK_SIZE, SB_MAGIC
+from daxfs.pmem import open_device
+
+
+def register(sub: Any) -> None:
+    parser = add_parser(
+        sub,
+        "fsck",
+        "check (and repair) a daxfs filesystem",
+        "Check every structure of the daxfs on IMAGE and print what is wrong. "
+        "Exit 0 if clean (with --repair: if everything found was repaired), 1 otherwise.",
+    )
+    parser.add_argument("image", metavar="IMAGE", help="image file or /dev/daxN.M")
+    parser.add_argument(
+        "-r", "--repair", action="store_true", help="repair what can be repaired safely"
+    )
+    add_progress_option(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    image: str = args.image
+    _check_is_daxfs(image)
+    with ProgressBar(progress_wanted(args)) as bar:
+        report = fsck(image, repair=args.repair, progress=bar.phases())
+    print(report)
+    return 0 if report.clean else 1
+
+
+def _check_is_daxfs(image: str) -> None:
+    """Refuse an image where neither superblock has the daxfs magic.
+
+    Raises:
+        FileNotFoundError and the other errors of open_device.
+        Corrupted (EUCLEAN): no daxfs superblock, primary or backup.
+    """
+    with open_device(image, readonly=True) as dev:
+        last = (dev.size - dev.size % BLOCK_SIZE) - BLOCK_SIZE
+        if dev.size < 2 * BLOCK_SIZE:
+            found = False
+        else:
+            found = SB_MAGIC in (dev.read(0, len(SB_MAGIC)), dev.read(last, len(SB_MAGIC)))
+    if not found:
+        raise Corrupted(
+            f"not a daxfs filesystem (no superblock, primary or backup): {image}", image
+        )
