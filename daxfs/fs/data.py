@@ -80,6 +80,8 @@ class DataPath:
         self.itable = itable
         self.maps = maps
         self.log_data_max = min(256 << 10, journal.capacity // 4)
+        #: seconds an operation waits for pins on the blocks it changes (mount option)
+        self.layout_timeout = 10.0
 
     # -- iomap ------------------------------------------------------------------------
 
@@ -142,6 +144,7 @@ class DataPath:
         if pos >= MAX_FILE_SIZE:
             raise FileTooLarge(f"offset {pos} is beyond the maximum file size {MAX_FILE_SIZE}")
         n = min(len(src), MAX_IO, MAX_FILE_SIZE - pos)
+        self._break(inode, pos, pos + n, nowait=False)
         if inode.mappings:
             # blocks under a mapping never move (no copy-on-write), so a write is
             # journaled, at most log_data_max bytes per call (a short write)
@@ -306,16 +309,20 @@ class DataPath:
 
     # -- truncate and fallocate -------------------------------------------------------
 
-    def truncate(self, inode: Inode, size: int) -> None:
+    def truncate(self, inode: Inode, size: int, nowait: bool = False) -> None:
         """Set the file size; blocks past it are freed, the tail of the last block zeroed.
 
-        Caller must hold ``inode.lock``.
+        Caller must hold ``inode.lock``.  Waits for pins past ``size`` (break layouts).
 
         Raises:
             FileTooLarge: size beyond the maximum file size.
+            Busy (EBUSY): pins past ``size`` outlived layout_timeout; nothing changed.
+            WouldBlock (EAGAIN): ``nowait`` and pins past ``size``; nothing changed.
         """
         if size > MAX_FILE_SIZE:
             raise FileTooLarge(f"size {size} is beyond the maximum file size {MAX_FILE_SIZE}")
+        if size < inode.rec.size:
+            self._break(inode, size, NO_BLOCK << BLOCK_SHIFT, nowait)
         keep = (size + BLOCK_SIZE - 1) >> BLOCK_SHIFT
         self._detach(inode, keep << BLOCK_SHIFT, NO_BLOCK << BLOCK_SHIFT)
         with self.journal.begin() as tx:
@@ -372,7 +379,9 @@ class DataPath:
             addr = ((found.pblk + (size >> BLOCK_SHIFT) - found.lblk) << BLOCK_SHIFT) + offset
             tx.log_data(addr, _ZEROS[offset:])
 
-    def fallocate(self, inode: Inode, offset: int, length: int, mode: int) -> None:
+    def fallocate(
+        self, inode: Inode, offset: int, length: int, mode: int, nowait: bool = False
+    ) -> None:
         """Allocate, punch or zero ``[offset, offset+length)`` (Linux's fallocate modes).
 
         Caller must hold ``inode.lock``.
@@ -381,6 +390,7 @@ class DataPath:
             InvalidArgument: length <= 0, negative offset, unknown or invalid mode.
             NotSupported (EOPNOTSUPP): PUNCH_HOLE without KEEP_SIZE.
             FileTooLarge, NoSpace.
+            Busy, WouldBlock: as truncate, for PUNCH_HOLE and ZERO_RANGE over pins.
         """
         if offset < 0 or length <= 0:
             raise InvalidArgument(f"fallocate range offset={offset} length={length} is invalid")
@@ -391,6 +401,8 @@ class DataPath:
         end = offset + length
         if end > MAX_FILE_SIZE:
             raise FileTooLarge(f"range end {end} is beyond the maximum file size")
+        if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            self._break(inode, offset, end, nowait)
         with self.journal.begin() as tx:
             rec = self.itable.dirty(tx, inode)
             if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
@@ -482,6 +494,12 @@ class DataPath:
         for mapping in list(inode.mappings):
             for lblk, count, _ in plan:
                 mapping.refresh_file_range(lblk << BLOCK_SHIFT, (lblk + count) << BLOCK_SHIFT)
+
+    def _break(self, inode: Inode, start: int, end: int, nowait: bool) -> None:
+        """Wait until no pin overlaps file bytes [start, end) (break layouts)."""
+        layouts = inode.layouts
+        if layouts:
+            layouts.break_layouts(start, end, self.layout_timeout, nowait, f"inode {inode.ino}")
 
     @staticmethod
     def _detach(inode: Inode, start: int, end: int) -> None:

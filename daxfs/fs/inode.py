@@ -45,6 +45,7 @@ from typing import Protocol
 
 from daxfs.errors import Corrupted, NoSpace
 from daxfs.fs.journal import Transaction
+from daxfs.fs.layouts import Layouts
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
     IFLAG_ORPHAN,
@@ -81,7 +82,7 @@ class FileMapping(Protocol):
 class Inode:
     """An inode in memory: its record plus runtime state (locks, users)."""
 
-    __slots__ = ("ino", "lock", "mappings", "opens", "rec", "users", "xcache")
+    __slots__ = ("ino", "layouts", "lock", "mappings", "opens", "rec", "users", "xcache")
 
     def __init__(self, rec: InodeRecord) -> None:
         self.ino = rec.ino
@@ -96,6 +97,8 @@ class Inode:
         self.xcache: object = None
         #: live DAX mappings of this inode (daxfs.mm); told before blocks under them change
         self.mappings: list[FileMapping] = []
+        #: pins of file ranges (daxfs.fs.layouts), created on the first pin
+        self.layouts: Layouts | None = None
 
     def __repr__(self) -> str:
         return f"<Inode {self.ino} mode={self.rec.mode:o} size={self.rec.size}>"

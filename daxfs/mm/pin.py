@@ -1,0 +1,306 @@
+"""Pinning: a file range as a scatter-gather list of device extents, for zero-copy I/O.
+
+Theory of operation
+-------------------
+The 2014 proposal was ``get_user_sg()``: instead of one struct page per 4 KiB
+(64 bytes each, which persistent memory does not have), describe a pinned
+range as a list of physically contiguous extents.  ``pin_file`` walks the
+range with ``iomap_iter`` (flag PIN), merges physically contiguous pieces,
+and registers the file range with the inode's Layouts (daxfs.fs.layouts):
+until ``unpin``, anything that would free, move or change those blocks
+waits.  Memory is proportional to the number of extents: pinning 1 GiB in
+one extent is one segment.
+
+An SGList hands its bytes to consumers without copying them:
+
+    write_to(fd or file, offset)   os.pwritev / os.writev from device memory
+    send(sock)                     os.sendfile from the device's file, or
+                                   socket.sendmsg of the segment views
+    update(hash or crc function)   hashlib objects: .update(view) per segment;
+                                   zlib.crc32-style functions: folded
+    bio_segments()                 (device offset, length) pairs: a bio is a
+                                   container of such segments (daxfs.block)
+
+Holes and unwritten extents in the range have no blocks to pin: they appear as
+zero segments (device offset None) and read as zeros.
+
+State diagram::
+
+    pin_file() --> PINNED --unpin() / close() / with-exit--> UNPINNED
+      PINNED: segments, consumers; UNPINNED: every use raises ValueError
+
+An unlinked file's blocks are freed at its last unpin (the pin counts as a
+user of the inode, as an open file does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import socket
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, Self
+
+from daxfs.errors import InvalidArgument
+from daxfs.fs.data import DataPath
+from daxfs.fs.layouts import Layouts
+from daxfs.iomap import Iomap, IomapFlags, IomapType, iomap_iter
+
+if TYPE_CHECKING:
+    from daxfs.fs.file import File
+
+_ZEROS = bytes(1 << 16)
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class Segment:
+    """``length`` bytes at device offset ``dev`` (None: a hole, reads as zeros)."""
+
+    dev: int | None
+    length: int
+
+
+class Hash(Protocol):
+    def update(self, data: Any, /) -> None: ...
+
+
+class SGList:
+    """A pinned file range as device extents.  Create with File.pin or Mapping.pin."""
+
+    def __init__(
+        self, file: File, data: DataPath, offset: int, segments: list[Segment], token: int
+    ) -> None:
+        self._file = file
+        self._data = data
+        self.offset = offset
+        self.length = sum(s.length for s in segments)
+        self._segments: list[Segment] | None = segments
+        self._token = token
+
+    def __repr__(self) -> str:
+        state = "unpinned" if self._segments is None else f"{len(self._segments)} segments"
+        return f"<SGList {self._file.path}[{self.offset}:{self.offset + self.length}] {state}>"
+
+    @property
+    def pinned(self) -> bool:
+        return self._segments is not None
+
+    @property
+    def segments(self) -> list[Segment]:
+        """The extents, physically contiguous pieces merged."""
+        if self._segments is None:
+            raise ValueError(f"use of an unpinned SGList of {self._file.path}")
+        return self._segments
+
+    def views(self) -> Iterator[memoryview]:
+        """A memoryview of each segment, aliasing device memory (zeros for holes)."""
+        store = self._data.store
+        for seg in self.segments:
+            if seg.dev is None:
+                yield from _zero_views(seg.length)
+            else:
+                yield store.view[seg.dev : seg.dev + seg.length]
+
+    def bio_segments(self) -> list[tuple[int | None, int]]:
+        """(device offset, length) pairs, for a bio (device offset None: zeros)."""
+        return [(s.dev, s.length) for s in self.segments]
+
+    # -- consumers --------------------------------------------------------------------
+
+    def write_to(self, target: int | Any, offset: int | None = None) -> int:
+        """Write the pinned bytes to a file descriptor or file object; return bytes written.
+
+        With ``offset`` the bytes go there (os.pwritev) and the file position
+        does not move; without it, at the current position (os.writev).
+        """
+        views = list(self.views())
+        fd = target if isinstance(target, int) else _fileno(target)
+        if fd is None:
+            return self._write_object(target, views, offset)
+        done = 0
+        while views:
+            batch = views[:IOV_MAX]
+            n = os.pwritev(fd, batch, offset + done) if offset is not None else os.writev(fd, batch)
+            if n <= 0:
+                raise OSError(f"write_to: wrote nothing after {done} bytes")
+            done += n
+            views = _advance(views, n)
+        return done
+
+    @staticmethod
+    def _write_object(target: Any, views: list[memoryview], offset: int | None) -> int:
+        done = 0
+        for view in views:
+            n = target.pwrite(view, offset + done) if offset is not None else target.write(view)
+            done += n
+        return done
+
+    def send(self, sock: socket.socket) -> int:
+        """Send the pinned bytes on a socket; return bytes sent.
+
+        Zero-copy: os.sendfile from the device's file for extents, sendmsg of
+        the (device memory) views otherwise.
+        """
+        device = self._data.device
+        try:
+            fd = device.fd
+        except OSError:
+            fd = -1
+        done = 0
+        for seg in self.segments:
+            if seg.dev is not None and fd >= 0 and sock.type == socket.SOCK_STREAM:
+                try:
+                    done += _sendfile(sock, fd, seg.dev, seg.length)
+                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    fd = -1  # this device cannot sendfile (device-DAX): send its memory
+            views = (
+                list(_zero_views(seg.length))
+                if seg.dev is None
+                else [self._data.store.view[seg.dev : seg.dev + seg.length]]
+            )
+            done += _sendmsg(sock, views)
+        return done
+
+    def update(self, target: Hash | Callable[..., int], value: int | None = None) -> Any:
+        """Feed the bytes to a hash object (returned) or a crc function (value returned).
+
+        ``target`` is a hashlib-style object with ``update``, or a function
+        like ``zlib.crc32(data, value)``; ``value`` is its starting value.
+        """
+        if hasattr(target, "update"):
+            for view in self.views():
+                target.update(view)
+            return target
+        if not callable(target):
+            raise InvalidArgument(f"update needs a hash object or a crc function, not {target!r}")
+        acc = value
+        for view in self.views():
+            acc = target(view) if acc is None else target(view, acc)
+        return acc
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def unpin(self) -> None:
+        """Release the pin; waiting truncates proceed.
+
+        Raises:
+            ValueError: already unpinned.
+        """
+        if self._segments is None:
+            raise ValueError(f"SGList of {self._file.path} is already unpinned")
+        self._segments = None
+        self._file._unpin(self._token)
+
+    def close(self) -> None:
+        """unpin() if still pinned (idempotent, for with-blocks)."""
+        if self._segments is not None:
+            self.unpin()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def pin_file(file: File, data: DataPath, offset: int, length: int) -> SGList:
+    """Pin ``[offset, offset+length)`` of an open file.  Caller holds ``file.inode.lock``.
+
+    Raises:
+        InvalidArgument: negative or non-integer values, or a range past the end of file.
+        WouldBlock (EAGAIN): a truncate waits on the range.
+    """
+    inode = file.inode
+    for value, what in ((offset, "offset"), (length, "length")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgument(f"pin {what} must be a non-negative integer, not {value!r}")
+    size = inode.rec.size
+    if offset + length > size:
+        raise InvalidArgument(
+            f"pin of [{offset}, {offset + length}) is beyond the end of {file.path} ({size} bytes)",
+            file.path,
+        )
+    if inode.layouts is None:
+        inode.layouts = Layouts(inode.lock)
+    token = inode.layouts.pin(offset, offset + length, file.path)
+    segments: list[Segment] = []
+
+    def actor(iomap: Iomap, pos: int, n: int) -> int:
+        dev = iomap.addr_of(pos) if iomap.type is IomapType.MAPPED else None
+        last = segments[-1] if segments else None
+        if last is not None and (
+            (dev is None and last.dev is None)
+            or (dev is not None and last.dev is not None and last.dev + last.length == dev)
+        ):
+            segments[-1] = Segment(last.dev, last.length + n)
+        else:
+            segments.append(Segment(dev, n))
+        return n
+
+    try:
+        if length:
+            iomap_iter(data, inode, offset, length, IomapFlags.PIN, actor, short_ok=False)
+    except BaseException:
+        inode.layouts.unpin(token)
+        raise
+    return SGList(file, data, offset, segments, token)
+
+
+def _zero_views(length: int) -> Iterator[memoryview]:
+    zeros = memoryview(_ZEROS)
+    while length > 0:
+        n = min(length, len(_ZEROS))
+        yield zeros[:n]
+        length -= n
+
+
+def _fileno(target: Any) -> int | None:
+    try:
+        fd = target.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if isinstance(fd, int) else None
+
+
+def _advance(views: list[memoryview], n: int) -> list[memoryview]:
+    """Drop the first ``n`` bytes of a list of views."""
+    out = []
+    for view in views:
+        if n >= len(view):
+            n -= len(view)
+            continue
+        out.append(view[n:])
+        n = 0
+    return out
+
+
+def _sendfile(sock: socket.socket, fd: int, offset: int, length: int) -> int:
+    done = 0
+    while done < length:
+        sent = os.sendfile(sock.fileno(), fd, offset + done, length - done)
+        if sent == 0:
+            raise OSError(f"sendfile: the peer stopped accepting after {done} bytes")
+        done += sent
+    return done
+
+
+def _sendmsg(sock: socket.socket, views: list[memoryview]) -> int:
+    done = 0
+    total = sum(len(v) for v in views)
+    while views:
+        sent = sock.sendmsg(views)
+        done += sent
+        views = _advance(views, sent)
+    assert done == total
+    return done
