@@ -33,7 +33,7 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING
 
-from daxfs.errors import FileTooLarge, InvalidArgument, NotSupported
+from daxfs.errors import FileTooLarge, InvalidArgument, NoSpace, NotSupported
 from daxfs.fs.alloc import Allocator
 from daxfs.fs.extmap import NO_BLOCK, BlockMaps, Extent
 from daxfs.fs.inode import Inode, InodeTable, now_ns
@@ -173,16 +173,46 @@ class DataPath:
                     rec.size = end
                 rec.mtime_ns = rec.ctime_ns = now_ns()
             return n
-        with self.journal.begin() as tx:
-            filled = self.write_in(tx, inode, pos, src[:n])
+        try:
+            with self.journal.begin() as tx:
+                filled = self.write_in(tx, inode, pos, src[:n])
+        except NoSpace:
+            if n <= self.log_data_max:
+                raise
+            # too full for copy-on-write: overwrite in place, journaled piece by piece
+            filled = self._write_in_pieces(inode, pos, src[:n])
         if filled and inode.mappings:
             for mapping in list(inode.mappings):
                 for lo, hi in filled:
                     mapping.refresh_file_range(lo, hi)
         return n
 
+    def _write_in_pieces(self, inode: Inode, pos: int, src: memoryview) -> list[tuple[int, int]]:
+        """Write in pieces of ``log_data_max`` bytes, each its own transaction.
+
+        Only used when the filesystem is too full for a copy-on-write overwrite:
+        each piece is atomic, the whole call is not (docs/GUARANTEES.md).
+
+        Raises:
+            NoSpace: the first piece needs blocks that are not there.
+        """
+        filled: list[tuple[int, int]] = []
+        done = 0
+        step = self.log_data_max
+        while done < len(src):
+            try:
+                with self.journal.begin() as tx:
+                    piece = src[done : done + step]
+                    filled += self.write_in(tx, inode, pos + done, piece, cow_ok=False)
+            except NoSpace:
+                if not done:
+                    raise
+                break  # a short write: what was written stays
+            done += len(piece)
+        return filled
+
     def write_in(
-        self, tx: Transaction, inode: Inode, pos: int, src: memoryview
+        self, tx: Transaction, inode: Inode, pos: int, src: memoryview, *, cow_ok: bool = True
     ) -> list[tuple[int, int]]:
         """The body of ``write``, inside the caller's transaction.
 
@@ -194,7 +224,7 @@ class DataPath:
         rec = self.itable.dirty(tx, inode)
         plan = self._plan(tx, inode, first, stop)
         overwrite = sum(c for _, c, e in plan if e is not None and not e.unwritten)
-        cow = overwrite << BLOCK_SHIFT > self.log_data_max and not inode.mappings
+        cow = cow_ok and overwrite << BLOCK_SHIFT > self.log_data_max and not inode.mappings
         filled: list[tuple[int, int]] = []
         for lblk, count, ext in plan:
             lo = max(pos, lblk << BLOCK_SHIFT)
@@ -401,6 +431,8 @@ class DataPath:
         end = offset + length
         if end > MAX_FILE_SIZE:
             raise FileTooLarge(f"range end {end} is beyond the maximum file size")
+        if mode & FALLOC_FL_PUNCH_HOLE and end >= inode.rec.size:
+            end = max(end, _blocks_up(inode.rec.size) << BLOCK_SHIFT)  # no byte left in the file
         if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
             self._break(inode, offset, end, nowait)
         with self.journal.begin() as tx:
@@ -448,6 +480,8 @@ class DataPath:
             else:
                 unwritten = Extent(piece.lblk, piece.pblk, piece.length, EXTENT_UNWRITTEN)
                 self.maps.insert(tx, inode, unwritten)
+        if not unmap:  # zero range: whole blocks end up allocated and unwritten, as on Linux
+            self._preallocate(tx, inode, first_full, last_full)
 
     def _zero_bytes(self, tx: Transaction, inode: Inode, lo: int, hi: int) -> None:
         """Journal zeros over ``[lo, hi)`` (inside one block) where written data is."""
