@@ -57,6 +57,7 @@ import dataclasses
 import itertools
 import mmap
 import os
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -103,6 +104,8 @@ class SimulatedPmem(Device):
         self.size = size
         # current image in a memfd, so that file extents can be mapped from it (DAX mmap)
         self._fd = os.memfd_create("daxfs-simulated-pmem", os.MFD_CLOEXEC)
+        # a device dropped without close() must not keep its memory: close the fd on GC
+        self._fd_closer = weakref.finalize(self, os.close, self._fd)
         os.ftruncate(self._fd, size)
         self._map: mmap.mmap | None = mmap.mmap(self._fd, size)
         self._view = memoryview(self._map)
@@ -222,7 +225,7 @@ class SimulatedPmem(Device):
             self._view = memoryview(self._map)
             raise BufferError("cannot close SimulatedPmem: direct_access views are alive") from None
         self._map = None
-        os.close(self._fd)
+        self._fd_closer()
 
     # -- power failure -------------------------------------------------------------
 
