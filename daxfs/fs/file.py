@@ -22,9 +22,15 @@ import io
 import os
 from typing import TYPE_CHECKING, Any, Protocol
 
-from daxfs.errors import ClosedFile, InvalidArgument, UnsupportedIO
-from daxfs.fs.data import DataPath
+from daxfs.errors import ClosedFile, DaxfsError, InvalidArgument, NotSupported, UnsupportedIO
+from daxfs.fs.data import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    DataPath,
+)
 from daxfs.fs.inode import Inode
+from daxfs.fs.namei import named
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -68,7 +74,8 @@ class File(io.RawIOBase):
         self._readable = readable
         self._writable = writable
         self._append = append
-        self._pos = 0
+        # as FileIO: append mode starts at the end of the file (tell, read of "a+")
+        self._pos = inode.rec.size if append else 0
         self._open = True
 
     def __repr__(self) -> str:
@@ -96,12 +103,17 @@ class File(io.RawIOBase):
             raise UnsupportedIO(f"file {self.path} is not open for writing", self.path)
         self._owner._check_writable(self.path)
 
-    @staticmethod
-    def _offset(value: object, what: str = "offset") -> int:
+    def _offset(self, value: object, what: str = "offset") -> int:
+        """``value`` if it is a non-negative int.
+
+        Raises:
+            TypeError: not an int (as io and os do).
+            InvalidArgument (EINVAL): negative.
+        """
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidArgument(f"{what} must be an integer, not {type(value).__name__}")
+            raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
         if value < 0:
-            raise InvalidArgument(f"negative {what} {value}")
+            raise InvalidArgument(f"negative {what} {value} for {self.path}", self.path)
         return value
 
     # -- io.RawIOBase -----------------------------------------------------------------
@@ -151,7 +163,10 @@ class File(io.RawIOBase):
         with inode.lock:
             if self._append:
                 self._pos = inode.rec.size
-            n = self._data.write(inode, self._pos, data)
+            try:
+                n = self._data.write(inode, self._pos, data)
+            except DaxfsError as exc:
+                raise named(exc, self.path) from exc
             self._pos += n
         return n
 
@@ -183,13 +198,16 @@ class File(io.RawIOBase):
         with self.inode.lock:
             if self._append:
                 offset = self.inode.rec.size
-            return self._data.write(self.inode, offset, data)
+            try:
+                return self._data.write(self.inode, offset, data)
+            except DaxfsError as exc:
+                raise named(exc, self.path) from exc
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         """Move the position; SEEK_DATA and SEEK_HOLE as on Linux (ENXIO past the end)."""
         self._check_open()
         if isinstance(offset, bool) or not isinstance(offset, int):
-            raise InvalidArgument(f"offset must be an integer, not {type(offset).__name__}")
+            raise TypeError(f"offset must be an integer, not {type(offset).__name__}")
         with self.inode.lock:
             if whence == os.SEEK_SET:
                 pos = offset
@@ -200,15 +218,15 @@ class File(io.RawIOBase):
             elif whence in (SEEK_DATA, SEEK_HOLE):
                 pos = self._seek_data(offset, whence == SEEK_DATA)
             else:
-                raise InvalidArgument(f"invalid whence {whence!r}")
+                raise InvalidArgument(f"invalid whence {whence!r} for {self.path}", self.path)
             if pos < 0:
                 raise InvalidArgument(f"negative seek position {pos} in {self.path}", self.path)
             self._pos = pos
         return pos
 
     def _seek_data(self, offset: int, want_data: bool) -> int:
-        if offset < 0:
-            raise InvalidArgument(f"negative offset {offset}")
+        if offset < 0:  # Linux: ENXIO (EINVAL is for an unknown whence)
+            raise OSError(errno.ENXIO, f"negative offset {offset} in {self.path}", self.path)
         found = self._data.seek_data(self.inode, offset, want_data)
         if found is None:
             what = "data" if want_data else "hole"
@@ -226,15 +244,47 @@ class File(io.RawIOBase):
             size = self._pos
         self._offset(size, "size")
         with self.inode.lock:
-            self._data.truncate(self.inode, size)
+            try:
+                self._data.truncate(self.inode, size)
+            except DaxfsError as exc:
+                raise named(exc, self.path) from exc
         return size
 
     def fallocate(self, offset: int, length: int, mode: int = 0) -> None:
-        """Allocate (0, KEEP_SIZE), PUNCH_HOLE|KEEP_SIZE or ZERO_RANGE, as Linux."""
+        """Allocate (0, KEEP_SIZE), PUNCH_HOLE|KEEP_SIZE or ZERO_RANGE (|KEEP_SIZE), as Linux.
+
+        The arguments are checked here, in the order and with the errnos of
+        Linux's vfs_fallocate.
+
+        Raises:
+            ClosedFile, UnsupportedIO (EBADF): closed, or not open for writing.
+            InvalidArgument (EINVAL): negative offset, length <= 0.
+            NotSupported (EOPNOTSUPP): an unknown mode bit, PUNCH_HOLE with
+                ZERO_RANGE, or PUNCH_HOLE without KEEP_SIZE.
+            FileTooLarge (EFBIG), NoSpace (ENOSPC), ReadOnly (EROFS).
+        """
         self._check_write()
-        self._offset(offset)
+        for value, what in ((offset, "offset"), (length, "length"), (mode, "mode")):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
+        if offset < 0 or length <= 0:
+            raise InvalidArgument(
+                f"fallocate of {self.path}: invalid range offset={offset} length={length}",
+                self.path,
+            )
+        known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+        punch = bool(mode & FALLOC_FL_PUNCH_HOLE)
+        if (
+            mode & ~known
+            or (punch and mode & FALLOC_FL_ZERO_RANGE)
+            or (punch and not mode & FALLOC_FL_KEEP_SIZE)
+        ):
+            raise NotSupported(f"fallocate of {self.path}: mode {mode:#x} not supported", self.path)
         with self.inode.lock:
-            self._data.fallocate(self.inode, offset, self._offset(length, "length"), mode)
+            try:
+                self._data.fallocate(self.inode, offset, length, mode)
+            except DaxfsError as exc:
+                raise named(exc, self.path) from exc
 
     def fsync(self) -> None:
         """Everything written is already durable; nothing to do but check the file."""

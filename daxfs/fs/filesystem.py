@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import stat as st
 import threading
@@ -29,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Self
 
 from daxfs.errors import (
     Busy,
+    DaxfsError,
     Exists,
     InvalidArgument,
     IsADirectory,
@@ -36,7 +38,7 @@ from daxfs.errors import (
     NotADirectory,
     NotEmpty,
     NotFound,
-    PermissionDenied,
+    NotSupported,
     ReadOnly,
 )
 from daxfs.fs import modes
@@ -59,13 +61,23 @@ from daxfs.fs.layout import (
     MAX_NAME,
     Superblock,
 )
-from daxfs.fs.namei import MAX_PATH, Lookup, Path, Resolver, fspath
+from daxfs.fs.namei import Lookup, Path, Resolver, fspath, naming
 from daxfs.fs.super import SuperState
 
 if TYPE_CHECKING:
     from daxfs.fs.alloc import Allocator
     from daxfs.fs.store import PmemStore
     from daxfs.pmem.device import Device
+
+
+class NotPermitted(DaxfsError, PermissionError):
+    """EPERM (hard-linking a directory).
+
+    daxfs.errors has only EACCES (PermissionDenied); this belongs there and is
+    defined here until it moves.
+    """
+
+    errno_code = errno.EPERM
 
 
 class FileSystem:
@@ -169,9 +181,16 @@ class FileSystem:
         if self.journal.failed:
             raise ReadOnly(f"filesystem is read-only after a journal failure: {path}", path)
 
-    def _begin(self, path: str) -> Transaction:
+    @contextlib.contextmanager
+    def _begin(self, path: str) -> Iterator[Transaction]:
+        """A transaction for a change to ``path``; its errors name the path.
+
+        Raises:
+            ReadOnly (EROFS), and whatever the change raises (NoSpace, ...).
+        """
         self._check_writable(path)
-        return self.journal.begin()
+        with naming(path), self.journal.begin() as tx:
+            yield tx
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -188,10 +207,13 @@ class FileSystem:
             n = self.data.read_into(inode, 0, memoryview(buf))
         return bytes(buf[:n])
 
-    def _lookup(self, path: Path, follow: bool = True) -> tuple[Lookup, str]:
+    def _lookup(
+        self, path: Path, follow: bool = True, *, parent: bool = False
+    ) -> tuple[Lookup, str]:
+        """Resolve ``path`` (``parent``: a parent lookup, see daxfs.fs.namei)."""
         self._check_mounted()
         shown = os.fsdecode(fspath(path))
-        return self.resolver.lookup(path, follow), shown
+        return self.resolver.lookup(path, follow, parent=parent), shown
 
     def _existing(self, path: Path, follow: bool = True) -> tuple[Inode, str]:
         found, shown = self._lookup(path, follow)
@@ -200,12 +222,22 @@ class FileSystem:
         return found.inode, shown
 
     @staticmethod
-    def _check_new_name(found: Lookup, shown: str) -> bytes:
+    def _check_new_name(found: Lookup, shown: str, *, is_dir: bool = False) -> bytes:
+        """The name a parent lookup found, if something new may be created under it.
+
+        Raises:
+            Exists: the name exists (a dangling symbolic link too), or is
+                ".", ".." or the root.
+            NotFound: a trailing slash on a missing name, except for a directory
+                (``is_dir``): Linux's filename_create.
+        """
         name = found.name
         if found.inode is not None or name in (b"", b".", b".."):
             raise Exists(f"file exists: {shown}", shown)
         if len(name) > MAX_NAME:
             raise NameTooLong(f"name too long: {shown}", shown)
+        if found.slash and not is_dir:
+            raise NotFound(f"no such file or directory: {shown}", shown)
         return name
 
     def _touch_dir(self, tx: Transaction, inode: Inode, nlink: int = 0) -> None:
@@ -216,7 +248,17 @@ class FileSystem:
     def _new_inode(
         self, tx: Transaction, parent: Inode, name: bytes, mode: int, dtype: int
     ) -> Inode:
-        inode = self.itable.allocate(tx, mode, self.uid, self.gid)
+        """Allocate an inode and link it as ``parent``/``name``.
+
+        Owner as Linux's inode_init_owner: in a set-group-ID directory the new
+        inode takes the directory's group, and a new directory the bit too.
+        """
+        gid = self.gid
+        if parent.rec.mode & st.S_ISGID:
+            gid = parent.rec.gid
+            if st.S_ISDIR(mode):
+                mode |= st.S_ISGID
+        inode = self.itable.allocate(tx, mode, self.uid, gid)
         self.dirs.add(tx, parent, name, inode.ino, dtype)
         return inode
 
@@ -237,23 +279,22 @@ class FileSystem:
             FileNotFoundError, FileExistsError ("x"), IsADirectoryError,
             NotADirectoryError, ReadOnly (EROFS), InvalidArgument (bad mode).
         """
-        spec = modes.parse(mode, buffering, encoding, errors, newline)
+        spec = modes.parse(mode, buffering, encoding, errors, newline, _shown(path))
         with self._lock:
             raw = self._open_raw(path, spec)
         return modes.wrap(raw, spec, buffering, encoding, errors, newline)
 
     def _open_raw(self, path: Path, spec: modes.ModeSpec) -> File:
-        found, shown = self._lookup(path, follow=not spec.exclusive)
+        if spec.create:
+            found, shown = self._lookup_create(path, follow=not spec.exclusive)
+        else:
+            found, shown = self._lookup(path)
         inode = found.inode
-        if spec.writing:
-            self._check_writable(shown)
         if inode is None:
             if not spec.create:
                 raise NotFound(f"no such file or directory: {shown}", shown)
-            if found.slash:
-                raise IsADirectory(f"is a directory: {shown}", shown)
             name = self._check_new_name(found, shown)
-            with self.journal.begin() as tx:
+            with self._begin(shown) as tx:
                 mode = st.S_IFREG | (0o666 & ~self.umask)
                 inode = self._new_inode(tx, found.parent, name, mode, DT_REG)
                 self._touch_dir(tx, found.parent)
@@ -262,8 +303,10 @@ class FileSystem:
                 raise Exists(f"file exists: {shown}", shown)
             if inode.is_dir:
                 raise IsADirectory(f"is a directory: {shown}", shown)
-            if spec.truncate and inode.rec.size:
-                with inode.lock:
+            if spec.writing:
+                self._check_writable(shown)
+            if spec.truncate:  # as O_TRUNC: sets mtime even when already empty
+                with naming(shown), inode.lock:
                     self.data.truncate(inode, 0)
         name_out: str | bytes = path if isinstance(path, str | bytes) else os.fspath(path)
         file = File(
@@ -278,6 +321,23 @@ class FileSystem:
         inode.opens += 1
         self._files.add(file)
         return file
+
+    def _lookup_create(self, path: Path, follow: bool) -> tuple[Lookup, str]:
+        """Resolve the path of open(..., O_CREAT), as Linux's open_last_lookups.
+
+        A trailing slash is EISDIR, on the path or on the target of a final
+        symbolic link (followed unless ``follow`` is false, as for O_EXCL),
+        unless the last component is "." or ".." (or the path is "/").
+
+        Raises:
+            IsADirectory: a trailing slash; and what the lookup raises.
+        """
+        found, shown = self._lookup(path, follow=False, parent=True)
+        if not found.slash and follow and found.inode is not None and found.inode.is_lnk:
+            found, shown = self._lookup(path, follow=True, parent=True)
+        if found.slash and found.name not in (b"", b".", b".."):  # dots: EEXIST or EISDIR
+            raise IsADirectory(f"is a directory: {shown}", shown)
+        return found, shown
 
     def _release(self, file: File) -> None:
         """Called by File.close: the last close of an unlinked inode frees it."""
@@ -333,10 +393,11 @@ class FileSystem:
             NameTooLong, ReadOnly.
         """
         with self._lock:
-            found, shown = self._lookup(path, follow=False)
-            name = self._check_new_name(found, shown)
+            found, shown = self._lookup(path, follow=False, parent=True)
+            name = self._check_new_name(found, shown, is_dir=True)
             with self._begin(shown) as tx:
-                imode = st.S_IFDIR | (mode & 0o7777 & ~self.umask)
+                # as Linux: set-user-ID and set-group-ID are not taken from ``mode``
+                imode = st.S_IFDIR | (mode & 0o1777 & ~self.umask)
                 inode = self._new_inode(tx, found.parent, name, imode, DT_DIR)
                 rec = self.itable.dirty(tx, inode)
                 rec.nlink = 2
@@ -344,40 +405,51 @@ class FileSystem:
                 self._touch_dir(tx, found.parent, +1)
 
     def makedirs(self, path: Path, mode: int = 0o777, exist_ok: bool = False) -> None:
-        """Create a directory and any missing parents (os.makedirs)."""
-        raw = fspath(path)
-        head, tail = os.path.split(raw.rstrip(b"/") or b"/")
-        if head and tail and head != raw and not self.exists(head):
-            with contextlib.suppress(FileExistsError):
-                self.makedirs(head, mode, exist_ok=True)
+        """Create a directory and any missing parents, as os.makedirs.
+
+        As os.makedirs: the parents are made with the default mode (``mode``
+        is for the leaf), and with ``exist_ok`` any error is ignored when
+        ``path`` turns out to be a directory.
+
+        Raises:
+            FileExistsError (``path`` exists and ``exist_ok`` is false, or is
+            not a directory), and what mkdir raises.
+        """
+        name: str | bytes = os.fspath(path)
+        head, tail = os.path.split(name)
         if not tail:
-            if not exist_ok:
-                raise Exists(f"file exists: {os.fsdecode(raw)}", os.fsdecode(raw))
-            return
+            head, tail = os.path.split(head)
+        if head and tail and not self.exists(head):
+            with contextlib.suppress(FileExistsError):  # made meanwhile by another thread
+                self.makedirs(head, exist_ok=exist_ok)
+            if tail in (".", b"."):  # "new/." exists once "new" does
+                return
         try:
-            self.mkdir(path if not isinstance(path, os.PathLike) else raw, mode)
-        except FileExistsError:
-            if not exist_ok or not self.isdir(path):
+            self.mkdir(name, mode)
+        except OSError:
+            if not exist_ok or not self.isdir(name):
                 raise
 
     def rmdir(self, path: Path) -> None:
         """Remove an empty directory.
 
         Raises:
-            FileNotFoundError, NotADirectoryError, NotEmpty (ENOTEMPTY),
+            FileNotFoundError, NotADirectoryError (also a symbolic link, with
+            or without a trailing slash), NotEmpty (ENOTEMPTY, also ".."),
             InvalidArgument ("."), Busy (the root), ReadOnly.
         """
         with self._lock:
-            found, shown = self._lookup(path, follow=False)
+            found, shown = self._lookup(path, follow=False, parent=True)
             inode = found.inode
             if found.name == b".":
                 raise InvalidArgument(f"cannot remove '.': {shown}", shown)
             if found.name == b"..":
                 raise NotEmpty(f"directory not empty: {shown}", shown)
-            if inode is None:
-                raise NotFound(f"no such file or directory: {shown}", shown)
             if found.name == b"":
                 raise Busy(f"cannot remove the root directory: {shown}", shown)
+            self._check_writable(shown)
+            if inode is None:
+                raise NotFound(f"no such file or directory: {shown}", shown)
             if not inode.is_dir:
                 raise NotADirectory(f"not a directory: {shown}", shown)
             if inode.rec.entries:
@@ -391,15 +463,22 @@ class FileSystem:
         """Remove a name; the file goes when its last name and last user do.
 
         Raises:
-            FileNotFoundError, IsADirectoryError, NotADirectoryError, ReadOnly.
+            FileNotFoundError, IsADirectoryError (also ".", ".." and the root),
+            NotADirectoryError (a trailing slash on what is not a directory,
+            a symbolic link included), ReadOnly.
         """
         with self._lock:
-            found, shown = self._lookup(path, follow=False)
+            found, shown = self._lookup(path, follow=False, parent=True)
             inode = found.inode
+            if found.name in (b"", b".", b".."):
+                raise IsADirectory(f"is a directory: {shown}", shown)
+            self._check_writable(shown)
             if inode is None:
                 raise NotFound(f"no such file or directory: {shown}", shown)
             if inode.is_dir:
                 raise IsADirectory(f"is a directory: {shown}", shown)
+            if found.slash:
+                raise NotADirectory(f"not a directory: {shown}", shown)
             with self._begin(shown) as tx:
                 self.dirs.remove(tx, found.parent, found.name)
                 self._touch_dir(tx, found.parent)
@@ -412,54 +491,67 @@ class FileSystem:
     def rename(self, src: Path, dst: Path) -> None:
         """Rename atomically, replacing ``dst`` as POSIX rename(2) does.
 
+        The checks come in the order of Linux's renameat2, so that the same
+        mistake gives the same errno.
+
         Raises:
             FileNotFoundError, IsADirectoryError (file over directory),
-            NotADirectoryError (directory over file), NotEmpty, InvalidArgument
-            (a directory into itself, "." or ".."), Busy (the root), ReadOnly.
+            NotADirectoryError (directory over file; a trailing slash on
+            either path when the source is not a directory), NotEmpty
+            (ENOTEMPTY: a non-empty target, or the target is an ancestor of the
+            source), InvalidArgument (a directory into itself or its
+            subdirectory), Busy (EBUSY: ".", ".." or the root), ReadOnly.
         """
         with self._lock:
-            a, a_shown = self._lookup(src, follow=False)
-            b, b_shown = self._lookup(dst, follow=False)
+            a, a_shown = self._lookup(src, follow=False, parent=True)
+            b, b_shown = self._lookup(dst, follow=False, parent=True)
+            for look, shown in ((a, a_shown), (b, b_shown)):
+                if look.name in (b"", b".", b".."):
+                    raise Busy(f"cannot rename '.', '..' or the root: {shown}", shown)
+            self._check_writable(a_shown)
             moving = a.inode
             if moving is None:
                 raise NotFound(f"no such file or directory: {a_shown}", a_shown)
-            for look, shown in ((a, a_shown), (b, b_shown)):
-                if look.name in (b".", b".."):
-                    raise InvalidArgument(f"cannot rename '.' or '..': {shown}", shown)
-                if look.name == b"":
-                    raise Busy(f"cannot rename the root directory: {shown}", shown)
-            if len(b.name) > MAX_NAME:
-                raise NameTooLong(f"name too long: {b_shown}", b_shown)
             victim = b.inode
-            self._check_rename(moving, b, victim, a_shown, b_shown)
+            self._check_rename(moving, a, b, a_shown, b_shown)
             if victim is moving:
                 return  # two names of one inode: POSIX says do nothing
             self._rename(a, b, moving, victim, b_shown)
 
     replace = rename
 
+    def _is_ancestor(self, node: Inode, inode: Inode) -> bool:
+        """Whether directory ``inode`` is ``node`` or one of its ancestors."""
+        for _ in range(1 << 20):
+            if node.ino == inode.ino:
+                return True
+            if node.ino == INO_ROOT:
+                return False
+            node = self.itable.get(node.rec.parent or INO_ROOT)
+        raise AssertionError(f"directory {node.ino}: parent chain does not reach the root")
+
     def _check_rename(
-        self, moving: Inode, b: Lookup, victim: Inode | None, a_shown: str, b_shown: str
+        self, moving: Inode, a: Lookup, b: Lookup, a_shown: str, b_shown: str
     ) -> None:
+        victim = b.inode
+        if not moving.is_dir and (a.slash or b.slash):
+            shown = a_shown if a.slash else b_shown
+            raise NotADirectory(f"not a directory: {shown}", shown)
+        if moving.is_dir and self._is_ancestor(b.parent, moving):
+            raise InvalidArgument(
+                f"cannot move directory {a_shown} into itself ({b_shown})", a_shown
+            )
+        if victim is not None and victim.is_dir and self._is_ancestor(a.parent, victim):
+            raise NotEmpty(f"directory not empty: {b_shown} is an ancestor of {a_shown}", b_shown)
+        if victim is None or victim is moving:
+            return
         if moving.is_dir:
-            node = b.parent
-            for _ in range(1 << 20):
-                if node.ino == moving.ino:
-                    raise InvalidArgument(
-                        f"cannot move directory {a_shown} into itself ({b_shown})", a_shown
-                    )
-                if node.ino == INO_ROOT:
-                    break
-                node = self.itable.get(node.rec.parent)
-            if victim is not None and victim is not moving:
-                if not victim.is_dir:
-                    raise NotADirectory(f"not a directory: {b_shown}", b_shown)
-                if victim.rec.entries:
-                    raise NotEmpty(f"directory not empty: {b_shown}", b_shown)
-        elif victim is not None and victim.is_dir:
+            if not victim.is_dir:
+                raise NotADirectory(f"not a directory: {b_shown}", b_shown)
+            if victim.rec.entries:
+                raise NotEmpty(f"directory not empty: {b_shown}", b_shown)
+        elif victim.is_dir:
             raise IsADirectory(f"is a directory: {b_shown}", b_shown)
-        elif b.slash and victim is None:
-            raise NotADirectory(f"not a directory: {b_shown}", b_shown)
 
     def _rename(
         self, a: Lookup, b: Lookup, moving: Inode, victim: Inode | None, b_shown: str
@@ -475,7 +567,7 @@ class FileSystem:
                 reap = self._drop_link(tx, victim)
             else:
                 self.dirs.add(tx, b.parent, b.name, moving.ino, dtype)
-            if moving.is_dir and a.parent is not b.parent:
+            if moving.is_dir and a.parent.ino != b.parent.ino:
                 self.itable.dirty(tx, moving).parent = b.parent.ino
                 self._touch_dir(tx, a.parent, -1)
                 self._touch_dir(tx, b.parent, +1)
@@ -492,18 +584,21 @@ class FileSystem:
     def link(self, src: Path, dst: Path, *, follow_symlinks: bool = True) -> None:
         """Make ``dst`` another name of ``src`` (as os.link).
 
+        Unlike ``os.link`` on Linux, which calls link(2) and so never follows
+        a symbolic link whatever ``follow_symlinks`` says, ``src`` is followed
+        unless ``follow_symlinks`` is false (linkat with AT_SYMLINK_FOLLOW).
+
         Raises:
-            FileNotFoundError, FileExistsError, PermissionDenied (EPERM for a
+            FileNotFoundError (also a trailing slash on a missing ``dst``),
+            FileExistsError, NotPermitted (EPERM, also PermissionError: a
             directory), ReadOnly.
         """
         with self._lock:
             inode, a_shown = self._existing(src, follow_symlinks)
-            b, b_shown = self._lookup(dst, follow=False)
-            if inode.is_dir:
-                raise PermissionDenied(f"cannot hard-link a directory: {a_shown}", a_shown)
+            b, b_shown = self._lookup(dst, follow=False, parent=True)
             name = self._check_new_name(b, b_shown)
-            if b.slash:
-                raise NotFound(f"no such file or directory: {b_shown}", b_shown)
+            if inode.is_dir:
+                raise NotPermitted(f"cannot hard-link a directory: {a_shown}", a_shown)
             with self._begin(b_shown) as tx:
                 self.dirs.add(tx, b.parent, name, inode.ino, self._dtype(inode))
                 rec = self.itable.dirty(tx, inode)
@@ -515,17 +610,16 @@ class FileSystem:
         """Create a symbolic link at ``path`` pointing to ``target`` (as os.symlink).
 
         Raises:
-            FileExistsError, FileNotFoundError (empty target or missing parent),
-            NameTooLong, ReadOnly.
+            FileExistsError, FileNotFoundError (empty target, missing parent,
+            or a trailing slash on a missing ``path``), NameTooLong, ReadOnly.
         """
         raw_target = fspath(target)
+        shown = os.fsdecode(fspath(path))
+        if not raw_target:
+            raise NotFound(f"empty symbolic link target for {shown}", shown)
         with self._lock:
-            found, shown = self._lookup(path, follow=False)
+            found, shown = self._lookup(path, follow=False, parent=True)
             name = self._check_new_name(found, shown)
-            if not raw_target:
-                raise NotFound(f"empty symbolic link target for {shown}", shown)
-            if len(raw_target) > MAX_PATH:
-                raise NameTooLong(f"symbolic link target too long for {shown}", shown)
             with self._begin(shown) as tx:
                 inode = self._new_inode(tx, found.parent, name, st.S_IFLNK | 0o777, DT_LNK)
                 rec = self.itable.dirty(tx, inode)
@@ -619,44 +713,73 @@ class FileSystem:
             },
         )
 
-    def exists(self, path: Path) -> bool:
+    #: errnos that say "no such path" to exists/isdir/isfile/islink (as os.path,
+    #: which returns False); device errors (EIO, EUCLEAN) still raise
+    _ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
+
+    def _probe(self, path: Path, follow: bool) -> os.stat_result | None:
+        """stat(path), or None where os.path's predicates return False."""
+        self._check_mounted()
         try:
-            self.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+            fspath(path)
+        except InvalidArgument:  # a NUL byte: os.path says False too
+            return None
+        try:
+            return self.stat(path, follow_symlinks=follow)
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG):
-                return False
+            if exc.errno in self._ABSENT:
+                return None
             raise
-        return True
+
+    def exists(self, path: Path) -> bool:
+        """Whether ``path`` names something, symbolic links followed (os.path.exists)."""
+        return self._probe(path, True) is not None
 
     def isdir(self, path: Path) -> bool:
-        return self.exists(path) and st.S_ISDIR(self.stat(path).st_mode)
+        found = self._probe(path, True)
+        return found is not None and st.S_ISDIR(found.st_mode)
 
     def isfile(self, path: Path) -> bool:
-        return self.exists(path) and st.S_ISREG(self.stat(path).st_mode)
+        found = self._probe(path, True)
+        return found is not None and st.S_ISREG(found.st_mode)
 
     def islink(self, path: Path) -> bool:
-        try:
-            return st.S_ISLNK(self.lstat(path).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+        found = self._probe(path, False)
+        return found is not None and st.S_ISLNK(found.st_mode)
 
-    def _set_attr(self, path: Path, follow: bool, change: Callable[[Inode, Any], None]) -> None:
+    def _set_attr(
+        self,
+        path: Path,
+        follow: bool,
+        change: Callable[[Inode, Any], None],
+        check: Callable[[Inode, str], None] | None = None,
+    ) -> None:
+        """Change an inode's record in one transaction; ``check`` may refuse first."""
         with self._lock:
             inode, shown = self._existing(path, follow)
+            if check is not None:
+                check(inode, shown)
             with self._begin(shown) as tx:
                 rec = self.itable.dirty(tx, inode)
                 change(inode, rec)
                 rec.ctime_ns = now_ns()
 
     def chmod(self, path: Path, mode: int, *, follow_symlinks: bool = True) -> None:
-        """Change permission bits (the low 12 bits of ``mode``)."""
+        """Change permission bits (the low 12 bits of ``mode``).
+
+        Raises:
+            FileNotFoundError, NotSupported (EOPNOTSUPP: a symbolic link itself,
+            with ``follow_symlinks=False``, as Linux), ReadOnly.
+        """
+
+        def check(inode: Inode, shown: str) -> None:
+            if inode.is_lnk:
+                raise NotSupported(f"cannot change the mode of a symbolic link: {shown}", shown)
 
         def change(inode: Inode, rec: Any) -> None:
             rec.mode = st.S_IFMT(rec.mode) | (mode & 0o7777)
 
-        self._set_attr(path, follow_symlinks, change)
+        self._set_attr(path, follow_symlinks, change, check)
 
     def chown(self, path: Path, uid: int, gid: int, *, follow_symlinks: bool = True) -> None:
         """Change owner and group; -1 leaves one unchanged."""
@@ -679,13 +802,14 @@ class FileSystem:
     ) -> None:
         """Set access and modification times, as os.utime."""
         if times is not None and ns is not None:
-            raise InvalidArgument("utime: give times or ns, not both")
+            shown = _shown(path)
+            raise InvalidArgument(f"utime: give times or ns, not both: {shown}", shown)
         if ns is None:
             if times is None:
                 t = now_ns()
                 ns = (t, t)
             else:
-                ns = (int(times[0] * 1e9), int(times[1] * 1e9))
+                ns = (_seconds_to_ns(times[0]), _seconds_to_ns(times[1]))
 
         def change(inode: Inode, rec: Any) -> None:
             assert ns is not None
@@ -701,13 +825,14 @@ class FileSystem:
             FileTooLarge, ReadOnly.
         """
         if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-            raise InvalidArgument(f"invalid length {length!r}")
+            shown = _shown(path)
+            raise InvalidArgument(f"invalid length {length!r} for {shown}", shown)
         with self._lock:
             inode, shown = self._existing(path)
             if inode.is_dir:
                 raise IsADirectory(f"is a directory: {shown}", shown)
             self._check_writable(shown)
-            with inode.lock:
+            with naming(shown), inode.lock:
                 self.data.truncate(inode, length)
 
     def statvfs(self, path: Path = "/") -> os.statvfs_result:
@@ -741,3 +866,26 @@ class FileSystem:
 def fspath_type(path: Path) -> str | bytes:
     """``path`` as str or bytes, to decide the type of what is returned."""
     return os.fspath(path)
+
+
+def _seconds_to_ns(seconds: float) -> int:
+    """Seconds as ns, rounded as os.utime does (the fraction floored, from modf)."""
+    if isinstance(seconds, int):
+        return seconds * 1_000_000_000
+    fraction, whole = math.modf(seconds)
+    ns = math.floor(fraction * 1e9)
+    if ns >= 1_000_000_000:
+        ns -= 1_000_000_000
+        whole += 1.0
+    elif ns < 0:
+        ns += 1_000_000_000
+        whole -= 1.0
+    return int(whole) * 1_000_000_000 + ns
+
+
+def _shown(path: Path) -> str:
+    """``path`` as error messages name it (before it is known to be valid)."""
+    try:
+        return os.fsdecode(path).replace("\0", "?")
+    except TypeError:
+        return repr(path)

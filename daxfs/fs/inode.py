@@ -45,7 +45,6 @@ from typing import Protocol
 
 from daxfs.errors import Corrupted, NoSpace
 from daxfs.fs.journal import Transaction
-from daxfs.fs.layouts import Layouts
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
     IFLAG_ORPHAN,
@@ -54,6 +53,7 @@ from daxfs.fs.layout import (
     INODES_PER_BLOCK,
     InodeRecord,
 )
+from daxfs.fs.layouts import Layouts
 from daxfs.fs.store import PmemStore, Reader
 from daxfs.fs.super import SuperState
 

@@ -10,11 +10,17 @@ yields the parent and name of the link's *target*, which is where
 Rules, as on Linux:
 
 * paths are absolute; a relative path is taken from the root (the
-  filesystem has no working directory);
+  filesystem has no working directory); the empty path is ENOENT;
 * empty components ("a//b") are ignored; "." is the current directory; ".."
   is the parent, and the root's parent is the root;
 * a trailing slash requires the last component to be a directory, and
-  follows a final symbolic link;
+  follows a final symbolic link -- except in a *parent* lookup (Linux's
+  ``filename_parentat``), made for the operations that create, remove or
+  rename the last component (mkdir, rmdir, unlink, rename, link, symlink,
+  open with O_CREAT): there the final link is followed only if
+  ``follow_last`` says so, and the trailing slash is only reported
+  (``Lookup.slash``), for the operation to judge as Linux does (``rmdir`` of
+  "link-to-dir/" is ENOTDIR, ``mkdir`` of "dangling-link/" is EEXIST, ...);
 * at most 40 symbolic links are followed in one resolution (ELOOP);
 * a component longer than 255 bytes is ENAMETOOLONG, a path longer than
   4095 bytes too; NUL in a path is EINVAL.
@@ -22,11 +28,19 @@ Rules, as on Linux:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from daxfs.errors import InvalidArgument, NameTooLong, NotADirectory, NotFound, TooManyLinks
+from daxfs.errors import (
+    DaxfsError,
+    InvalidArgument,
+    NameTooLong,
+    NotADirectory,
+    NotFound,
+    TooManyLinks,
+)
 from daxfs.fs.inode import Inode
 from daxfs.fs.layout import MAX_NAME
 
@@ -54,6 +68,24 @@ def fspath(path: Path) -> bytes:
     if len(raw) > MAX_PATH:
         raise NameTooLong(f"path of {len(raw)} bytes is longer than {MAX_PATH}", os.fsdecode(raw))
     return raw
+
+
+def named(exc: DaxfsError, shown: str) -> DaxfsError:
+    """``exc`` naming ``shown`` if it names no path yet (ENOSPC from the allocator, ...)."""
+    if exc.filename is not None:
+        return exc
+    out = type(exc)(f"{exc.strerror}: {shown}", shown)
+    out.__cause__ = exc
+    return out
+
+
+@contextlib.contextmanager
+def naming(shown: str) -> Iterator[None]:
+    """Re-raise a daxfs error that names no path as one that names ``shown``."""
+    try:
+        yield
+    except DaxfsError as exc:
+        raise named(exc, shown) from exc
 
 
 def check_name(name: bytes, path: str) -> None:
@@ -87,22 +119,30 @@ class Resolver:
         self._parent = parent
         self._readlink = readlink
 
-    def lookup(self, path: Path, follow_last: bool = True) -> Lookup:
-        """Resolve ``path``; see the module docstring.
+    def lookup(self, path: Path, follow_last: bool = True, *, parent: bool = False) -> Lookup:
+        """Resolve ``path``; see the module docstring (``parent``: a parent lookup).
 
         Raises:
-            NotFound: a directory on the way is missing.
+            NotFound: a directory on the way is missing, or the path is empty.
             NotADirectory: a component on the way is not a directory.
             TooManyLinks: more than 40 symbolic links.
             NameTooLong, InvalidArgument: see fspath.
         """
         raw = fspath(path)
         shown = os.fsdecode(raw)
+        if not raw:
+            raise NotFound("no such file or directory: '' (empty path)", shown)
         budget = [MAX_SYMLINKS]
-        return self._walk(self._root(), raw, follow_last, shown, budget)
+        return self._walk(self._root(), raw, follow_last, parent, shown, budget)
 
     def _walk(
-        self, start: Inode, raw: bytes, follow_last: bool, shown: str, budget: list[int]
+        self,
+        start: Inode,
+        raw: bytes,
+        follow_last: bool,
+        parent: bool,
+        shown: str,
+        budget: list[int],
     ) -> Lookup:
         slash = raw.endswith(b"/")
         parts = [p for p in raw.split(b"/") if p]
@@ -119,7 +159,7 @@ class Resolver:
                 if last:
                     return Lookup(cur, name, None, slash)
                 raise NotFound(f"no such file or directory: {shown}", shown)
-            if nxt.is_lnk and (not last or follow_last or slash):
+            if nxt.is_lnk and (not last or follow_last or (slash and not parent)):
                 budget[0] -= 1
                 if budget[0] < 0:
                     raise TooManyLinks(f"too many levels of symbolic links: {shown}", shown)
@@ -129,9 +169,9 @@ class Resolver:
                 rest = b"/".join(parts[i + 1 :])
                 if rest or slash:
                     target = target + b"/" + rest + (b"/" if slash and rest else b"")
-                return self._walk(cur, target, follow_last, shown, budget)
+                return self._walk(cur, target, follow_last, parent, shown, budget)
             if last:
-                if slash and not nxt.is_dir:
+                if slash and not nxt.is_dir and not parent:
                     raise NotADirectory(f"not a directory: {shown}", shown)
                 return Lookup(cur, name, nxt, slash)
             cur = nxt

@@ -167,7 +167,10 @@ def walk(
             continue
         walk_into = []
         for entry in entries:
-            is_dir = entry.is_dir()
+            try:
+                is_dir = entry.is_dir()
+            except OSError:  # a link loop, ...: not a directory, as os.walk says
+                is_dir = False
             (dirs if is_dir else files).append(entry.name)
             if is_dir and (followlinks or not entry.is_symlink()):
                 walk_into.append(entry.path)
