@@ -12,18 +12,28 @@ devices and the page cache, and the front ends (this API, the CLI, FUSE).
 """
 
 from daxfs import errors
+from daxfs.fs.file import File
 from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
+from daxfs.mm import MS_ASYNC, MS_INVALIDATE, MS_SYNC, Mapping, SGList
 from daxfs.pmem import Granularity, PmemDevice, open_device
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MS_ASYNC",
+    "MS_INVALIDATE",
+    "MS_SYNC",
+    "File",
     "FileSystem",
     "Granularity",
+    "Mapping",
     "PmemDevice",
+    "SGList",
     "__version__",
     "errors",
+    "fsck",
     "mkfs",
     "mount",
     "open_device",

@@ -130,6 +130,12 @@ class UnsupportedIO(BadFileDescriptor, io.UnsupportedOperation):
     """EBADF: reading a file opened write-only, or writing one opened read-only."""
 
 
+class NotPermitted(DaxfsError, PermissionError):
+    """EPERM: the operation is not allowed at all (hard-linking a directory)."""
+
+    errno_code = errno.EPERM
+
+
 class PermissionDenied(DaxfsError, PermissionError):
     """EACCES."""
 
@@ -177,6 +183,7 @@ __all__ = [
     "NotADirectory",
     "NotEmpty",
     "NotFound",
+    "NotPermitted",
     "NotSupported",
     "PermissionDenied",
     "ReadOnly",

@@ -20,7 +20,8 @@ import contextlib
 import errno
 import io
 import os
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from daxfs.errors import ClosedFile, DaxfsError, InvalidArgument, NotSupported, UnsupportedIO
 from daxfs.fs.data import (
@@ -46,6 +47,10 @@ class Owner(Protocol):
 
     def _release(self, file: File) -> None: ...
 
+    def _user_done(self, inode: Inode) -> None: ...
+
+    def _touch_modified(self, inode: Inode) -> None: ...
+
     def _stat_inode(self, inode: Inode) -> os.stat_result: ...
 
     def _check_writable(self, path: str) -> None: ...
@@ -53,6 +58,10 @@ class Owner(Protocol):
 
 class File(io.RawIOBase):
     """An open regular file of a daxfs filesystem (raw, unbuffered)."""
+
+    #: Mapping and pin factories, installed by daxfs.mm (the layer above; fs cannot import it)
+    mapper: ClassVar[Callable[..., Any] | None] = None
+    pinner: ClassVar[Callable[..., Any] | None] = None
 
     def __init__(
         self,
@@ -237,20 +246,23 @@ class File(io.RawIOBase):
         self._check_open()
         return self._pos
 
-    def truncate(self, size: int | None = None) -> int:
-        """Set the file size (default: the position); the position does not move."""
+    def truncate(self, size: int | None = None, *, nowait: bool = False) -> int:
+        """Set the file size (default: the position); the position does not move.
+
+        Waits for pins on the bytes removed (``nowait``: BlockingIOError instead).
+        """
         self._check_write()
         if size is None:
             size = self._pos
         self._offset(size, "size")
         with self.inode.lock:
             try:
-                self._data.truncate(self.inode, size)
+                self._data.truncate(self.inode, size, nowait)
             except DaxfsError as exc:
                 raise named(exc, self.path) from exc
         return size
 
-    def fallocate(self, offset: int, length: int, mode: int = 0) -> None:
+    def fallocate(self, offset: int, length: int, mode: int = 0, *, nowait: bool = False) -> None:
         """Allocate (0, KEEP_SIZE), PUNCH_HOLE|KEEP_SIZE or ZERO_RANGE (|KEEP_SIZE), as Linux.
 
         The arguments are checked here, in the order and with the errnos of
@@ -282,16 +294,111 @@ class File(io.RawIOBase):
             raise NotSupported(f"fallocate of {self.path}: mode {mode:#x} not supported", self.path)
         with self.inode.lock:
             try:
-                self._data.fallocate(self.inode, offset, length, mode)
+                self._data.fallocate(self.inode, offset, length, mode, nowait)
             except DaxfsError as exc:
                 raise named(exc, self.path) from exc
 
     def fsync(self) -> None:
-        """Everything written is already durable; nothing to do but check the file."""
+        """Persist stores made through live mappings; everything else is already durable.
+
+        Writable mappings also set the modification time here.
+        """
         self._check_open()
+        inode = self.inode
+        with inode.lock:
+            mappings = list(inode.mappings)
+            for mapping in mappings:
+                mapping.sync()
+            if mappings:
+                self._data.device.drain()
+        if any(getattr(m, "access", "") == "write" for m in mappings):
+            self._owner._touch_modified(inode)
 
     def fdatasync(self) -> None:
+        """As fsync (metadata needed to read the data back is always durable)."""
+        self.fsync()
+
+    # -- DAX mmap and pins (daxfs.mm) ---------------------------------------------------
+
+    def mmap(
+        self,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        access: str = "write",
+        address: int | None = None,
+        fixed: str | None = None,
+    ) -> Any:
+        """Map ``[offset, offset+length)`` of the file straight from the device.
+
+        Returns a ``daxfs.mm.Mapping``: buffer protocol (memoryview, slicing,
+        numpy via ``asarray``), ``msync(offset, length)`` of exactly a range,
+        ``close()``.  ``fixed="noreplace"`` maps exactly at ``address`` or fails
+        with FileExistsError (MAP_WEAK); ``fixed="replace"`` replaces what is
+        there, but only daxfs mappings (MAP_FIXED, made safe).  See
+        daxfs/mm/mapping.py.
+
+        Raises:
+            InvalidArgument (EINVAL): offset not page aligned, range beyond the
+                end of file, bad access/fixed/address.
+            PermissionDenied (EACCES): writable mapping of a file not open for writing.
+            FileExistsError (EEXIST): the fixed address range is taken.
+            NoSpace: a writable mapping needs blocks for holes.
+        """
         self._check_open()
+        if File.mapper is None:
+            raise NotSupported("DAX mmap needs daxfs.mm (import daxfs)")
+        inode = self.inode
+        with inode.lock:
+            try:
+                mapping = File.mapper(self, self._data, offset, length, access, address, fixed)
+            except DaxfsError as exc:
+                raise named(exc, self.path) from exc
+            inode.mappings.append(mapping)
+            inode.users += 1
+        return mapping
+
+    def _mapping_closed(self, mapping: Any, touched: bool) -> None:
+        """Called by a Mapping when it is closed or replaced."""
+        inode = self.inode
+        with inode.lock:
+            if mapping in inode.mappings:
+                inode.mappings.remove(mapping)
+                inode.users -= 1
+        if touched:
+            self._owner._touch_modified(inode)
+        self._owner._user_done(inode)
+
+    def pin(self, offset: int, length: int) -> Any:
+        """Pin ``[offset, offset+length)``: a ``daxfs.mm.SGList`` of device extents.
+
+        Until it is unpinned, the blocks hold this file's data: operations that
+        would change or free them wait (break layouts).
+
+        Raises:
+            InvalidArgument: bad or out-of-range values.
+            WouldBlock (EAGAIN): a truncate waits on the range.
+        """
+        self._check_open()
+        if File.pinner is None:
+            raise NotSupported("pinning needs daxfs.mm (import daxfs)")
+        inode = self.inode
+        with inode.lock:
+            try:
+                sg = File.pinner(self, self._data, offset, length)
+            except DaxfsError as exc:
+                raise named(exc, self.path) from exc
+            inode.users += 1
+        return sg
+
+    def _unpin(self, token: int) -> None:
+        """Called by SGList.unpin."""
+        inode = self.inode
+        with inode.lock:
+            assert inode.layouts is not None
+            inode.layouts.unpin(token)
+            inode.users -= 1
+        self._owner._user_done(inode)
 
     def flush(self) -> None:
         if self._open:

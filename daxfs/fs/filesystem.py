@@ -30,7 +30,6 @@ from typing import IO, TYPE_CHECKING, Any, Self
 
 from daxfs.errors import (
     Busy,
-    DaxfsError,
     Exists,
     InvalidArgument,
     IsADirectory,
@@ -38,6 +37,7 @@ from daxfs.errors import (
     NotADirectory,
     NotEmpty,
     NotFound,
+    NotPermitted,
     NotSupported,
     ReadOnly,
 )
@@ -68,16 +68,6 @@ if TYPE_CHECKING:
     from daxfs.fs.alloc import Allocator
     from daxfs.fs.store import PmemStore
     from daxfs.pmem.device import Device
-
-
-class NotPermitted(DaxfsError, PermissionError):
-    """EPERM (hard-linking a directory).
-
-    daxfs.errors has only EACCES (PermissionDenied); this belongs there and is
-    defined here until it moves.
-    """
-
-    errno_code = errno.EPERM
 
 
 class FileSystem:
@@ -168,12 +158,20 @@ class FileSystem:
             if busy:
                 names = ", ".join(sorted(f.path for f in busy)[:5])
                 raise Busy(f"cannot unmount: {len(busy)} open file(s): {names}")
+            users = self.itable.with_users()
+            if users:
+                raise Busy(
+                    f"cannot unmount: {len(users)} file(s) have live mappings or pins "
+                    f"(inodes {', '.join(str(i.ino) for i in users[:5])}); close them first"
+                )
             self._on_unmount(self)
             self._mounted = False
 
     def _check_mounted(self) -> None:
+        """Every operation starts here, between operations: a good time to trim caches."""
         if not self._mounted:
             raise InvalidArgument("the filesystem is not mounted")
+        self.itable.trim()
 
     def _check_writable(self, path: str) -> None:
         if self.readonly:
@@ -344,8 +342,22 @@ class FileSystem:
         with self._lock:
             inode = file.inode
             inode.opens -= 1
+            self._user_done(inode)
+
+    def _user_done(self, inode: Inode) -> None:
+        """A user (open file, mapping, pin) went: free the inode if it was the last."""
+        with self._lock:
             if inode.rec.nlink == 0 and not inode.in_use and self._mounted:
                 self._reap(inode)
+
+    def _touch_modified(self, inode: Inode) -> None:
+        """Set mtime and ctime now: stores through a writable mapping changed the file."""
+        with self._lock:
+            if self.readonly or not self._mounted or inode.rec.nlink == 0:
+                return
+            with self.journal.begin() as tx:
+                rec = self.itable.dirty(tx, inode)
+                rec.mtime_ns = rec.ctime_ns = now_ns()
 
     def _reap(self, inode: Inode) -> None:
         """Free an unlinked, unused inode on the orphan list: blocks first, then the inode."""
@@ -817,12 +829,16 @@ class FileSystem:
 
         self._set_attr(path, follow_symlinks, change)
 
-    def truncate(self, path: Path, length: int) -> None:
+    def truncate(self, path: Path, length: int, *, nowait: bool = False) -> None:
         """Set the size of a regular file.
+
+        Pins on the bytes it removes make it wait (up to the mount's
+        layout_timeout); ``nowait`` fails at once instead.
 
         Raises:
             FileNotFoundError, IsADirectoryError, InvalidArgument (negative),
-            FileTooLarge, ReadOnly.
+            FileTooLarge, ReadOnly, Busy (pins outlived layout_timeout),
+            WouldBlock (EAGAIN: nowait and pinned).
         """
         if isinstance(length, bool) or not isinstance(length, int) or length < 0:
             shown = _shown(path)
@@ -833,7 +849,7 @@ class FileSystem:
                 raise IsADirectory(f"is a directory: {shown}", shown)
             self._check_writable(shown)
             with naming(shown), inode.lock:
-                self.data.truncate(inode, length)
+                self.data.truncate(inode, length, nowait)
 
     def statvfs(self, path: Path = "/") -> os.statvfs_result:
         """Block and inode counts (inodes: the table grows, so free = what space allows)."""

@@ -196,6 +196,10 @@ class InodeTable:
         self._cache[ino] = inode
         return inode
 
+    def with_users(self) -> list[Inode]:
+        """Cached inodes with mappings or pins (they keep the filesystem busy)."""
+        return [i for i in self._cache.values() if i.users > 0]
+
     def forget(self, ino: int) -> None:
         """Drop ``ino`` from the cache (it was freed)."""
         self._cache.pop(ino, None)

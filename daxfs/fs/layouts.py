@@ -72,9 +72,7 @@ class Layouts:
         del self._pins[token]
         self._cond.notify_all()
 
-    def break_layouts(
-        self, start: int, end: int, timeout: float, nowait: bool, where: str
-    ) -> None:
+    def break_layouts(self, start: int, end: int, timeout: float, nowait: bool, where: str) -> None:
         """Wait until no pin overlaps [start, end); see the module docstring.
 
         Raises:

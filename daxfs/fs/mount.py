@@ -21,7 +21,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from daxfs.errors import Corrupted, ReadOnly
+from daxfs.errors import Corrupted, InvalidArgument, ReadOnly
 from daxfs.fs.alloc import Allocator
 from daxfs.fs.data import DataPath
 from daxfs.fs.dir import Directories
@@ -160,8 +160,13 @@ def mount(
     *,
     readonly: bool = False,
     persist: str = "auto",
+    layout_timeout: float = 10.0,
 ) -> FileSystem:
     """Mount the daxfs on ``target`` (a path or a device object).
+
+    ``layout_timeout`` is how long, in seconds, an operation that would change
+    or free pinned blocks (truncate, punch-hole, a write) waits for the pins
+    before failing with EBUSY.
 
     Raises:
         FileNotFoundError: no such path.
@@ -170,6 +175,14 @@ def mount(
         ReadOnly (EROFS): read-only mount of an image that needs recovery.
         NotSupported: the image uses features this version does not know.
     """
+    if (
+        isinstance(layout_timeout, bool)
+        or not isinstance(layout_timeout, int | float)
+        or not (layout_timeout >= 0)
+    ):
+        raise InvalidArgument(
+            f"layout_timeout must be a number of seconds >= 0: {layout_timeout!r}"
+        )
     owned = not isinstance(target, Device)
     if isinstance(target, Device):
         device = target
@@ -182,12 +195,14 @@ def mount(
             device.close()
         raise
     try:
-        return _mount(device, readonly, owned)
+        fs = _mount(device, readonly, owned)
     except BaseException:
         device.unclaim()
         if owned:
             device.close()
         raise
+    fs.data.layout_timeout = float(layout_timeout)
+    return fs
 
 
 def _mount(device: Device, readonly: bool, owned: bool) -> FileSystem:

@@ -215,7 +215,9 @@ class Mapping(_vm.MappedBuffer):
                     f"shape {dims} of {kind} needs {count * kind.itemsize} bytes, "
                     f"{room} are mapped after offset {offset}"
                 )
-        array: npt.NDArray[Any] = np.frombuffer(self, dtype=kind, count=count, offset=offset)
+        array: npt.NDArray[Any] = np.frombuffer(
+            memoryview(self), dtype=kind, count=count, offset=offset
+        )
         return array.reshape(dims)
 
     # -- msync --------------------------------------------------------------------------
@@ -242,7 +244,7 @@ class Mapping(_vm.MappedBuffer):
         self._check()
         if length is None:
             length = self.length - offset if isinstance(offset, int) else -1
-        start, end = self._range(offset, length)
+        start, end = self._range(offset, length, "msync")
         if start == end:
             return
         device = self._data.device
@@ -262,17 +264,15 @@ class Mapping(_vm.MappedBuffer):
         if not flags & MS_ASYNC:
             device.drain()
 
-    def _range(self, offset: object, length: object) -> tuple[int, int]:
+    def _range(self, offset: object, length: object, op: str) -> tuple[int, int]:
         for value, what in ((offset, "offset"), (length, "length")):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidArgument(
-                    f"msync: {what} must be a non-negative integer, not {value!r}"
-                )
+                raise InvalidArgument(f"{op}: {what} must be a non-negative integer, not {value!r}")
         assert isinstance(offset, int)
         assert isinstance(length, int)
         if offset + length > self.length:
             raise InvalidArgument(
-                f"msync: range [{offset}, {offset + length}) is outside the mapping of "
+                f"{op}: range [{offset}, {offset + length}) is outside the mapping of "
                 f"{self.length} bytes"
             )
         return offset, offset + length
@@ -385,6 +385,18 @@ class Mapping(_vm.MappedBuffer):
         out.sort(key=lambda p: p.start)
         self._pieces = out
         self._starts = [p.start for p in out]
+
+    # -- pins ---------------------------------------------------------------------------
+
+    def pin(self, offset: int, length: int) -> Any:
+        """Pin ``[offset, offset+length)`` of the mapping: an SGList of its device extents.
+
+        Raises:
+            InvalidArgument: the range is outside the mapping, or bad values.
+        """
+        self._check()
+        start, end = self._range(offset, length, "pin")
+        return self._file.pin(self._offset + start, end - start)
 
     # -- lifecycle ------------------------------------------------------------------------
 
