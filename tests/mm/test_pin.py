@@ -281,6 +281,28 @@ def test_bad_arguments(fs: daxfs.FileSystem) -> None:
 # -- races ----------------------------------------------------------------------------------
 
 
+def try_pin(f: daxfs.File, off: int, n: int) -> SGList | None:
+    """Pin, or None if the range is being truncated or the file shrank since stat."""
+    try:
+        sg: SGList = f.pin(off, n)
+    except BlockingIOError:
+        return None  # a truncate is breaking this range
+    except ValueError as exc:
+        if "beyond the end" not in str(exc):
+            raise
+        return None
+    return sg
+
+
+def send_through(sg: SGList, a: socket.socket, b: socket.socket) -> bytes:
+    out: list[bytes] = []
+    reader = threading.Thread(target=lambda: out.append(drain(b, sg.length)))
+    reader.start()
+    sg.send(a)
+    reader.join()
+    return out[0]
+
+
 def test_races_pins_against_truncate_punch_extend_rewrite(dev: SimulatedPmem) -> None:
     """Bounded stress: bytes that leave through an SGList equal the file at pin time."""
     names = [f"/r{i}" for i in range(3)]
@@ -302,24 +324,14 @@ def test_races_pins_against_truncate_punch_extend_rewrite(dev: SimulatedPmem) ->
                             continue
                         off = rng.randrange(size - 1)
                         n = rng.randrange(1, min(size - off, 16 * BLOCK) + 1)
-                        try:
-                            sg = f.pin(off, n)
-                        except BlockingIOError:
-                            continue  # a truncate is breaking this range: retry
-                        except ValueError as exc:
-                            assert "beyond the end" in str(exc)  # it shrank since stat
+                        sg = try_pin(f, off, n)
+                        if sg is None:
                             continue
                         with sg:
                             expected = f.pread(n, off)  # frozen while pinned
-                            reader = threading.Thread(target=lambda: out.append(drain(b, n)))
-                            out: list[bytes] = []
-                            reader.start()
-                            sg.send(a)
-                            reader.join()
-                            assert out[0] == expected
-                            assert (
-                                sg.update(hashlib.md5()).digest() == hashlib.md5(expected).digest()
-                            )
+                            assert send_through(sg, a, b) == expected
+                            digest = sg.update(hashlib.md5()).digest()
+                            assert digest == hashlib.md5(expected).digest()
                             sent[0] += n
             except BaseException as exc:
                 errors.append(exc)
