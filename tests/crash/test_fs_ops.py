@@ -46,6 +46,19 @@ def fragmented(fs: FileSystem) -> None:
             f.pwrite(bytes([i + 1]) * BLOCK, 2 * i * BLOCK)
 
 
+def sparse(fs: FileSystem) -> None:
+    base(fs)
+    with fs.open("/sparse", "wb", buffering=0) as f:
+        f.pwrite(b"s" * 100, 5 * BLOCK)  # a hole of 5 blocks, then data
+        f.fallocate(7 * BLOCK, 2 * BLOCK, 0)  # and unwritten extents
+
+
+def map_writable(fs: FileSystem) -> None:
+    """A writable mapping allocates holes and converts unwritten extents, zeroed."""
+    with fs.open("/sparse", "rb+", buffering=0) as f, f.mmap():
+        pass
+
+
 def open_unlinked(fs: FileSystem) -> None:
     f = fs.open("/d/file", "rb")
     fs.unlink("/d/file")
@@ -97,6 +110,7 @@ OPERATIONS = {
     "symlink": (base, lambda fs: fs.symlink("/d/other", "/d/sub/ln")),
     "long symlink": (base, lambda fs: fs.symlink("t" * 300, "/d/sub/ln")),
     "chmod": (base, lambda fs: fs.chmod("/d/file", 0o600)),
+    "writable mmap of a sparse file": (sparse, map_writable),
 }
 
 TIMED = {"utime": (base, lambda fs: fs.utime("/d/file", ns=(10**18, 2 * 10**18)))}
