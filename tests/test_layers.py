@@ -12,6 +12,7 @@ PACKAGE = Path(daxfs.__file__).parent
 # rank of each layer; a module may import only from layers of lower or equal rank
 RANKS = {
     "errors": 0,
+    "lifecycle": 0,
     "pmem": 1,
     "block": 2,
     "iomap": 3,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import stat as st
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from daxfs.errors import NotADirectory
 from daxfs.fs.layout import DT_DIR, DT_LNK, DT_REG
 from daxfs.fs.namei import Path, fspath
+from daxfs.lifecycle import Closeable
 
 if TYPE_CHECKING:
     from daxfs.fs.filesystem import FileSystem
@@ -75,7 +75,7 @@ class DirEntry:
         return self._lstat
 
 
-class ScandirIterator:
+class ScandirIterator(Closeable):
     """Iterator over a directory, fetching entries in batches under the fs lock."""
 
     def __init__(self, fs: FileSystem, path: Path) -> None:
@@ -124,17 +124,6 @@ class ScandirIterator:
     def close(self) -> None:
         self._done = True
         self._batch = []
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def scandir(fs: FileSystem, path: Path) -> ScandirIterator:

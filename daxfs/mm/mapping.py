@@ -42,8 +42,7 @@ import bisect
 import dataclasses
 import errno
 import threading
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +51,7 @@ from daxfs.errors import InvalidArgument, PermissionDenied
 from daxfs.fs.data import DataPath
 from daxfs.fs.inode import Inode
 from daxfs.iomap import Iomap, IomapFlags, IomapType, iomap_iter
+from daxfs.lifecycle import Closeable
 from daxfs.mm import _vm
 from daxfs.mm.vm import (
     MAP_ANONYMOUS,
@@ -87,7 +87,7 @@ class Piece:
     detached: bool = False
 
 
-class Mapping(_vm.MappedBuffer):
+class Mapping(_vm.MappedBuffer, Closeable):
     """A DAX mapping of a file range.  Create with ``File.mmap``."""
 
     _file: File
@@ -431,17 +431,6 @@ class Mapping(_vm.MappedBuffer):
         self._why = why
         REGISTRY.remove(self)
         self._file._mapping_closed(self, self._writable and state == "closed")
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def map_file(

@@ -40,13 +40,13 @@ import errno
 import os
 import socket
 from collections.abc import Callable, Iterator
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol
 
 from daxfs.errors import InvalidArgument
 from daxfs.fs.data import DataPath
 from daxfs.fs.layouts import Layouts
 from daxfs.iomap import Iomap, IomapFlags, IomapType, iomap_iter
+from daxfs.lifecycle import Closeable
 
 if TYPE_CHECKING:
     from daxfs.fs.file import File
@@ -67,7 +67,7 @@ class Hash(Protocol):
     def update(self, data: Any, /) -> None: ...
 
 
-class SGList:
+class SGList(Closeable):
     """A pinned file range as device extents.  Create with File.pin or Mapping.pin."""
 
     def __init__(
@@ -201,17 +201,6 @@ class SGList:
         """unpin() if still pinned (idempotent, for with-blocks)."""
         if self._segments is not None:
             self.unpin()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def pin_file(file: File, data: DataPath, offset: int, length: int) -> SGList:

@@ -39,10 +39,10 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Callable
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from daxfs.errors import Busy, InvalidArgument, NotSupported
+from daxfs.lifecycle import Closeable
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -92,7 +92,7 @@ def check_integer(value: object, what: str) -> int:
     return value
 
 
-class Device(abc.ABC):
+class Device(Closeable):
     """Byte-addressable persistent memory: direct access plus persist primitives."""
 
     #: Length of the device in bytes.
@@ -198,14 +198,3 @@ class Device(abc.ABC):
         """Release a claim taken with claim()."""
         holders = getattr(self, "_claims", 0)
         self._claims = 0 if holders <= 1 else holders - 1
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
