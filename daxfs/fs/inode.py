@@ -158,8 +158,10 @@ class InodeTable:
             if found is None:
                 raise Corrupted(f"inode {ino}: the inode file has no block {fblock}")
             blockno = found
-            if not self.growing and reader is self.store and len(self._blocks) < 1 << 20:
-                self._blocks[fblock] = blockno  # committed: stable forever
+            if not self.growing and len(self._blocks) < 1 << 20:
+                # the inode file's map changes only while it grows; any other time what
+                # a reader (store or transaction) finds is committed and stable forever
+                self._blocks[fblock] = blockno
         return blockno, slot * INODE_SIZE
 
     def read_record(self, reader: Reader, ino: int) -> InodeRecord:
