@@ -59,6 +59,8 @@ from daxfs.fs.super import SuperState
 
 MAX_INO = (1 << 63) - 1
 CACHE_LIMIT = 32768
+#: inode-file blocks whose location is remembered (a block holds 16 inodes)
+LOCATION_CACHE = 1 << 16
 
 #: (reader, inode-file block) -> device block, or None if unmapped
 Locator = Callable[[Reader, int], int | None]
@@ -158,7 +160,7 @@ class InodeTable:
             if found is None:
                 raise Corrupted(f"inode {ino}: the inode file has no block {fblock}")
             blockno = found
-            if not self.growing and len(self._blocks) < 1 << 20:
+            if not self.growing and len(self._blocks) < LOCATION_CACHE:
                 # the inode file's map changes only while it grows; any other time what
                 # a reader (store or transaction) finds is committed and stable forever
                 self._blocks[fblock] = blockno
