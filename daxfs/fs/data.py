@@ -117,6 +117,18 @@ class DataPath:
         if pos >= size or not len(buf):
             return 0
         n = min(len(buf), size - pos)
+        ext = inode.xcache
+        if (
+            isinstance(ext, Extent)
+            and not ext.flags
+            and ext.lblk << BLOCK_SHIFT <= pos
+            and pos + n <= ext.end << BLOCK_SHIFT
+        ):  # fast path: inside the extent of the last lookup, one copy
+            self.device.readinto(
+                (ext.pblk << BLOCK_SHIFT) + pos - (ext.lblk << BLOCK_SHIFT),
+                buf[:n] if n < len(buf) else buf,
+            )
+            return n
         done = 0
         while done < n:
             iomap = self.iomap_begin(inode, pos + done, n - done, IomapFlags.NONE)
@@ -128,6 +140,25 @@ class DataPath:
                 _zero(target)
             done += chunk
         return n
+
+    def read_bytes(self, inode: Inode, pos: int, n: int) -> bytes:
+        """Up to ``n`` file bytes at ``pos`` as a new bytes object (one copy when the
+        range lies in one written extent).  Caller must hold ``inode.lock``."""
+        size = inode.rec.size
+        n = max(0, min(n, size - pos))
+        ext = inode.xcache
+        if not (
+            isinstance(ext, Extent) and ext.lblk << BLOCK_SHIFT <= pos < ext.end << BLOCK_SHIFT
+        ):
+            if not n:
+                return b""
+            self.iomap_begin(inode, pos, n, IomapFlags.NONE)
+            ext = inode.xcache
+        if isinstance(ext, Extent) and not ext.flags and pos + n <= ext.end << BLOCK_SHIFT:
+            return self.device.read((ext.pblk << BLOCK_SHIFT) + pos - (ext.lblk << BLOCK_SHIFT), n)
+        out = bytearray(n)
+        got = self.read_into(inode, pos, memoryview(out))
+        return bytes(out[:got])
 
     # -- write ------------------------------------------------------------------------
 

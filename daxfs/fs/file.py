@@ -184,10 +184,8 @@ class File(io.RawIOBase):
         self._check_read()
         self._offset(n, "length")
         self._offset(offset)
-        out = bytearray(n)
         with self.inode.lock:
-            got = self._data.read_into(self.inode, offset, memoryview(out))
-        return bytes(out) if got == n else bytes(out[:got])
+            return self._data.read_bytes(self.inode, offset, n)
 
     def preadinto(self, buffer: Buffer, offset: int) -> int:
         """Fill ``buffer`` from ``offset`` (zero-copy from device memory); return bytes read."""
