@@ -154,7 +154,12 @@ class DataPath:
                 return b""
             self.iomap_begin(inode, pos, n, IomapFlags.NONE)
             ext = inode.xcache
-        if isinstance(ext, Extent) and not ext.flags and pos + n <= ext.end << BLOCK_SHIFT:
+        if (
+            isinstance(ext, Extent)
+            and not ext.flags
+            and ext.lblk << BLOCK_SHIFT <= pos
+            and pos + n <= ext.end << BLOCK_SHIFT
+        ):  # the whole range in one written extent (a hole leaves the cache elsewhere)
             return self.device.read((ext.pblk << BLOCK_SHIFT) + pos - (ext.lblk << BLOCK_SHIFT), n)
         out = bytearray(n)
         got = self.read_into(inode, pos, memoryview(out))

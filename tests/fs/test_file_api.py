@@ -834,3 +834,15 @@ def test_an_unclosed_simulated_device_releases_its_memory() -> None:
         del dev
     gc.collect()
     assert open_memfds() == before
+
+
+def test_pread_of_a_hole_before_the_cached_extent_reads_zeros(fs: daxfs.FileSystem) -> None:
+    """Regression: a read in a hole once returned device bytes before the last extent used."""
+    with fs.open("/holes", "wb+", buffering=0) as f:
+        f.pwrite(b"D" * BLOCK, 3 * BLOCK)  # a hole of 3 blocks, then data
+        put(fs, "/other", b"O" * 8 * BLOCK)  # data in the blocks before it on the device
+        assert f.pread(4, 3 * BLOCK) == b"DDDD"  # caches the extent of block 3
+        assert f.pread(100, 2 * BLOCK + 10) == bytes(100)  # in the hole before it
+        buf = bytearray(100)
+        assert f.preadinto(buf, BLOCK) == 100
+        assert buf == bytes(100)
