@@ -42,6 +42,7 @@ import bisect
 import dataclasses
 import errno
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -102,6 +103,7 @@ class Mapping(_vm.MappedBuffer, Closeable):
     _state: str
     _why: str
     _lock: threading.RLock
+    _persist: Callable[[int, int], None]
 
     # -- creation -----------------------------------------------------------------------
 
@@ -129,6 +131,7 @@ class Mapping(_vm.MappedBuffer, Closeable):
         self._state = "open"
         self._why = ""
         self._lock = threading.RLock()
+        self._persist = data.device.persister()
         return self
 
     def __repr__(self) -> str:
@@ -235,6 +238,21 @@ class Mapping(_vm.MappedBuffer, Closeable):
             OSError (ENOMEM): part of the range was detached by a truncate or
                 punch-hole of the file.
         """
+        pieces = self._pieces
+        if (
+            flags == MS_SYNC
+            and type(offset) is int
+            and type(length) is int
+            and len(pieces) == 1
+            and self._state == "open"
+            and offset >= 0
+            and length > 0
+            and offset + length <= self.length
+        ):
+            piece = pieces[0]
+            if piece.dev is not None and not piece.detached:
+                self._persist(piece.dev + offset, length)  # one extent: straight to the device
+                return
         if (
             not isinstance(flags, int)
             or flags & ~_MS_KNOWN
@@ -368,6 +386,11 @@ class Mapping(_vm.MappedBuffer, Closeable):
 
     def _split(self, lo: int, hi: int, dev: int | None, detached: bool = False) -> None:
         """Record that mapping bytes [lo, hi) are now ``dev`` (or a zero page)."""
+        pieces = self._pieces
+        if not pieces or pieces[-1].start + pieces[-1].length <= lo:  # mapping in order
+            pieces.append(Piece(lo, hi - lo, dev, detached))
+            self._starts.append(lo)
+            return
         out: list[Piece] = []
         for p in self._pieces:
             p_end = p.start + p.length
@@ -453,7 +476,9 @@ def map_file(
     if writable:
         data.prepare_map(file.inode, offset, offset + length)
     span = page_up(length)
-    addr = space.reserve(span, address, fixed)
+    first = data.iomap_begin(file.inode, offset, length, IomapFlags.FAULT)
+    align = first.addr_of(offset) if first.type is IomapType.MAPPED else None
+    addr = space.reserve(span, address, fixed, align)
     mapping = Mapping._create(file, data, addr, length, offset, writable, space)
     try:
         mapping._map_range(0, span)

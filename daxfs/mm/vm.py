@@ -38,6 +38,8 @@ MAP_NORESERVE = _vm.MAP_NORESERVE
 MAP_FIXED_NOREPLACE = _vm.MAP_FIXED_NOREPLACE
 
 _RESERVE = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+#: the large page size whose alignment placement keeps (x86-64 PMD)
+HUGE_PAGE = 2 << 20
 
 
 def page_up(n: int) -> int:
@@ -115,8 +117,15 @@ class AddressSpace:
         self.kernel = kernel or Kernel()
         self.registry = registry
 
-    def reserve(self, length: int, address: int | None, fixed: str | None) -> int:
+    def reserve(
+        self, length: int, address: int | None, fixed: str | None, align: int | None = None
+    ) -> int:
         """Reserve ``length`` bytes (page multiple) of PROT_NONE address space.
+
+        ``align``: when the kernel picks the place, make the address congruent to
+        ``align`` modulo 2 MiB, as the kernel does for file mappings, so that
+        the pages of a device extent can be mapped large (and fault in whole
+        folios on the msync path).
 
         Raises:
             Exists (EEXIST, FileExistsError): noreplace over anything in use, or
@@ -125,7 +134,16 @@ class AddressSpace:
         """
         kernel = self.kernel
         if fixed is None:
-            return kernel.mmap(address or 0, length, PROT_NONE, _RESERVE, -1, 0)
+            if align is None or address is not None:
+                return kernel.mmap(address or 0, length, PROT_NONE, _RESERVE, -1, 0)
+            raw = kernel.mmap(0, length + HUGE_PAGE, PROT_NONE, _RESERVE, -1, 0)
+            start = raw + (align - raw) % HUGE_PAGE
+            if start > raw:
+                kernel.munmap(raw, start - raw)
+            tail = raw + length + HUGE_PAGE - (start + length)
+            if tail:
+                kernel.munmap(start + length, tail)
+            return start
         assert address is not None
         if fixed == "noreplace":
             return self._noreplace(address, length)

@@ -145,6 +145,13 @@ class Device(Closeable):
 
         return write_nodrain
 
+    def persister(self) -> Callable[[int, int], None]:
+        """A callable ``(offset, length)`` doing ``persist``, for hot paths (msync).
+
+        The device must stay open while it is used.
+        """
+        return self.persist
+
     @abc.abstractmethod
     def fill(self, offset: int, length: int, byte: int = 0, *, drain: bool = True) -> None:
         """Set ``length`` bytes at ``offset`` to ``byte`` and persist them (as write)."""

@@ -162,6 +162,10 @@ class PmemDevice(Device):
     def persist(self, offset: int, length: int) -> None:
         self._region.persist(offset, length)
 
+    def persister(self) -> Callable[[int, int], None]:
+        """Device.persister: the engine's own persist (a C method, checked there)."""
+        return self._region.persist
+
     def claim(self, exclusive: bool, who: str) -> None:
         """As Device.claim, and across processes with flock(2) on the device file."""
         self._check_open()
