@@ -197,6 +197,7 @@ class DataPath:
         if (
             isinstance(ext, Extent)
             and not ext.flags
+            and pos <= inode.rec.size
             and n <= self.log_data_max
             and ext.lblk << BLOCK_SHIFT <= pos
             and end <= ext.end << BLOCK_SHIFT
@@ -258,6 +259,8 @@ class DataPath:
         end = pos + n
         first, stop = pos >> BLOCK_SHIFT, ((end - 1) >> BLOCK_SHIFT) + 1
         rec = self.itable.dirty(tx, inode)
+        if pos > rec.size:
+            self._zero_past_eof(tx, inode, rec.size, pos)
         plan = self._plan(tx, inode, first, stop)
         overwrite = sum(c for _, c, e in plan if e is not None and not e.unwritten)
         cow = cow_ok and overwrite << BLOCK_SHIFT > self.log_data_max and not inode.mappings
@@ -271,6 +274,7 @@ class DataPath:
             elif ext is not None and ext.unwritten:
                 self._fill(ext.pblk, lblk, count, lo, hi, chunk, None)
                 self.maps.convert(tx, inode, lblk, count)
+                filled.append((lblk << BLOCK_SHIFT, (lblk + count) << BLOCK_SHIFT))
             else:
                 self._write_new(tx, inode, lblk, count, lo, hi, chunk, ext)
                 if ext is None:
@@ -389,6 +393,13 @@ class DataPath:
             raise FileTooLarge(f"size {size} is beyond the maximum file size {MAX_FILE_SIZE}")
         if size < inode.rec.size:
             self._break(inode, size, NO_BLOCK << BLOCK_SHIFT, nowait)
+        elif size > inode.rec.size:
+            with self.journal.begin() as tx:
+                self._zero_past_eof(tx, inode, inode.rec.size, size)
+                rec = self.itable.dirty(tx, inode)
+                rec.size = size
+                rec.mtime_ns = rec.ctime_ns = now_ns()
+            return
         keep = (size + BLOCK_SIZE - 1) >> BLOCK_SHIFT
         self._detach(inode, keep << BLOCK_SHIFT, NO_BLOCK << BLOCK_SHIFT)
         with self.journal.begin() as tx:
@@ -412,8 +423,10 @@ class DataPath:
             with self.journal.begin() as tx:
                 done = self._free_beyond(tx, inode, keep, BATCH_EXTENTS)
                 if done:
-                    self.itable.dirty(tx, inode).flags &= ~IFLAG_TRUNCATE
-                    self.itable.remove_orphan(tx, inode)
+                    rec = self.itable.dirty(tx, inode)
+                    rec.flags &= ~IFLAG_TRUNCATE
+                    if rec.nlink:  # unlinked (and open) inodes stay on the list for reaping
+                        self.itable.remove_orphan(tx, inode)
 
     def _free_beyond(self, tx: Transaction, inode: Inode, keep: int, batch: int) -> bool:
         """Unmap and free up to ``batch`` extents past block ``keep``, last first.
@@ -434,6 +447,13 @@ class DataPath:
                 self.maps.clear_tree(tx, inode)
             return True
         return False
+
+    def _zero_past_eof(self, tx: Transaction, inode: Inode, size: int, new_end: int) -> None:
+        """Before a file grows from ``size``: zero ``[size, end of its block)`` up to
+        ``new_end``.  Stores through a mapping may have left bytes there (the
+        last page stays mapped past EOF); growing must not expose them."""
+        if size & (BLOCK_SIZE - 1):
+            self._zero_bytes(tx, inode, size, min(new_end, _blocks_up(size) << BLOCK_SHIFT))
 
     def _zero_tail(self, tx: Transaction, inode: Inode, size: int) -> None:
         """Zero ``[size, end of its block)`` if written data is there (journaled)."""
@@ -478,6 +498,7 @@ class DataPath:
             else:
                 self._preallocate(tx, inode, offset >> BLOCK_SHIFT, _blocks_up(end))
             if not mode & FALLOC_FL_KEEP_SIZE and end > rec.size:
+                self._zero_past_eof(tx, inode, rec.size, end)
                 rec.size = end
             rec.ctime_ns = now_ns()
             if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):

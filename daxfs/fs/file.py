@@ -348,12 +348,15 @@ class File(io.RawIOBase):
             raise NotSupported("DAX mmap needs daxfs.mm (import daxfs)")
         inode = self.inode
         with inode.lock:
+            inode.users += 1  # first: a racing close must not reap the inode under us
             try:
                 mapping = File.mapper(self, self._data, offset, length, access, address, fixed)
-            except DaxfsError as exc:
-                raise named(exc, self.path) from exc
+            except BaseException as exc:
+                inode.users -= 1
+                if isinstance(exc, DaxfsError):
+                    raise named(exc, self.path) from exc
+                raise
             inode.mappings.append(mapping)
-            inode.users += 1
         return mapping
 
     def _mapping_closed(self, mapping: Any, touched: bool) -> None:
@@ -382,11 +385,14 @@ class File(io.RawIOBase):
             raise NotSupported("pinning needs daxfs.mm (import daxfs)")
         inode = self.inode
         with inode.lock:
+            inode.users += 1  # first: a racing close must not reap the inode under us
             try:
                 sg = File.pinner(self, self._data, offset, length)
-            except DaxfsError as exc:
-                raise named(exc, self.path) from exc
-            inode.users += 1
+            except BaseException as exc:
+                inode.users -= 1
+                if isinstance(exc, DaxfsError):
+                    raise named(exc, self.path) from exc
+                raise
         return sg
 
     def _unpin(self, token: int) -> None:

@@ -341,13 +341,18 @@ class FileSystem:
         """Called by File.close: the last close of an unlinked inode frees it."""
         with self._lock:
             inode = file.inode
-            inode.opens -= 1
+            with inode.lock:
+                inode.opens -= 1
             self._user_done(inode)
 
     def _user_done(self, inode: Inode) -> None:
-        """A user (open file, mapping, pin) went: free the inode if it was the last."""
-        with self._lock:
-            if inode.rec.nlink == 0 and not inode.in_use and self._mounted:
+        """A user (open file, mapping, pin) went: free the inode if it was the last.
+
+        The check runs under the inode lock, which mmap and pin hold while they
+        add themselves as users (lock order: filesystem, then inode).
+        """
+        with self._lock, inode.lock:
+            if inode.rec.nlink == 0 and inode.rec.mode and not inode.in_use and self._mounted:
                 self._reap(inode)
 
     def _touch_modified(self, inode: Inode) -> None:
@@ -361,7 +366,7 @@ class FileSystem:
 
     def _reap(self, inode: Inode) -> None:
         """Free an unlinked, unused inode on the orphan list: blocks first, then the inode."""
-        if self.readonly:
+        if self.readonly or inode.rec.mode == 0:  # read-only, or already freed
             return
         if inode.is_dir:
             with self.journal.begin() as tx:
@@ -848,8 +853,16 @@ class FileSystem:
             if inode.is_dir:
                 raise IsADirectory(f"is a directory: {shown}", shown)
             self._check_writable(shown)
+            with inode.lock:
+                inode.users += 1  # keeps it alive while the filesystem lock is let go
+        try:
+            # without the filesystem lock: waiting for pins must not stall other operations
             with naming(shown), inode.lock:
                 self.data.truncate(inode, length, nowait)
+        finally:
+            with inode.lock:
+                inode.users -= 1
+            self._user_done(inode)
 
     def statvfs(self, path: Path = "/") -> os.statvfs_result:
         """Block and inode counts (inodes: the table grows, so free = what space allows)."""

@@ -21,12 +21,13 @@ Commit (``Transaction.commit``)::
 
     1. seal every dirty block (checksums), diff it against the device and
        keep only the changed 64-byte lines: the redo records
-    2. write the records to the log area and the header (seq, count,
-       length, crc of the log, crc of the header); flush
-    3. drain                                   <- COMMIT POINT (fence 1)
-    4. copy every record to its place; flush
-    5. drain                                   (fence 2)
-    6. store applied_seq = seq (8-byte atomic); flush, no drain: the next
+    2. write the records to the log area; flush
+    3. drain                                   (fence 1: the log and every
+       block written in place are durable before any header points at them)
+    4. write the header; drain                 <- COMMIT POINT (fence 2)
+    5. copy every record to its place; flush
+    6. drain                                   (fence 3)
+    7. store applied_seq = seq (8-byte atomic); flush, no drain: the next
        fence of any operation makes it durable
 
 Recovery (``Journal.recover``) replays the log if its header and log
@@ -35,7 +36,7 @@ crash during recovery is harmless.  The log always starts at the same place:
 a transaction is applied in place before the next one writes its log, so the
 log never holds more than one transaction.
 
-Why step 6 may be lazy: replaying transaction N again after later changes
+Why step 7 may be lazy: replaying transaction N again after later changes
 would undo them, but any later change is made durable by a later fence, and
 that fence also makes applied_seq = N durable first.
 
@@ -335,12 +336,14 @@ class Transaction:
 
         Raises:
             TransactionTooLarge: the records do not fit the log (nothing written).
-            OSError: the device failed; before the commit point nothing changed,
-                after it the filesystem turns read-only.
+            OSError: the device failed; before the commit point nothing changed
+                (the header is invalidated, or the filesystem turns read-only if
+                even that fails), after it the filesystem turns read-only.
         """
         assert self.state == "open"
         journal = self.journal
         store = self.store
+        header_written = False
         try:
             for fn in self._on_seal:
                 fn()
@@ -358,11 +361,17 @@ class Transaction:
                         f"{journal.capacity}-byte log"
                     )
                 seq = journal.seq + 1
-                header = JournalHeader(seq, len(records), len(payload), crc32c(payload))
                 store.write(journal.log_offset, payload)
+                # fence 1: the log and every block written in place (new blocks, file
+                # data in new blocks) are durable before a header can point at them
+                store.drain()
+                header = JournalHeader(seq, len(records), len(payload), crc32c(payload))
+                header_written = True
                 store.write(journal.header_offset, header.pack())
             store.drain()  # COMMIT POINT: the transaction is durable
-        except BaseException:
+        except BaseException as exc:
+            if header_written and isinstance(exc, OSError):
+                self._invalidate_header(exc)
             self.abort()
             raise
         try:
@@ -375,30 +384,50 @@ class Transaction:
             journal.commits += 1
         except OSError as exc:
             journal.failed = f"applying transaction {journal.seq}: {exc}"
-            self.state = "committed"
-            journal._finish(self)
+            self._finish("committed")
             raise IOFailure(f"journal apply failed, filesystem is now read-only: {exc}") from exc
         except BaseException:
-            self.state = "committed"
-            journal._finish(self)
+            self._finish("committed")
             raise
-        self.state = "committed"
         self._dirty.clear()
-        journal._finish(self)
-        for fn in self._on_commit:
-            fn()
+        self._finish("committed", self._on_commit)
+
+    def _invalidate_header(self, exc: OSError) -> None:
+        """The commit fence failed after the header was written: unwrite it.
+
+        Otherwise a later fence could make it durable and recovery would replay
+        an operation that reported failure.  If even that fails, the
+        filesystem turns read-only (memory and media may disagree).
+        """
+        journal = self.journal
+        try:
+            self.store.write(journal.header_offset, bytes(32))
+            self.store.drain()
+        except OSError as again:
+            journal.failed = f"commit failed ({exc}) and its header could not be erased ({again})"
+
+    def _finish(self, state: str, callbacks: list[Callable[[], None]] | None = None) -> None:
+        """End the transaction: callbacks first, still under the journal lock."""
+        self.state = state
+        try:
+            for fn in callbacks or ():
+                fn()
+        finally:
+            self.journal._finish(self)
 
     def abort(self) -> None:
-        """Abandon every change; run the on_abort callbacks (in reverse order)."""
+        """Abandon every change; run the on_abort callbacks (in reverse order).
+
+        The callbacks (which re-read inodes and the superblock from the device)
+        run before the journal lock is released, so that no other transaction
+        can start from the state they are about to undo.
+        """
         if self.state != "open":
             return
-        self.state = "aborted"
         self._dirty.clear()
         self._new.clear()
         self._data.clear()
-        self.journal._finish(self)
-        for fn in reversed(self._on_abort):
-            fn()
+        self._finish("aborted", list(reversed(self._on_abort)))
 
 
 def _serialize(records: list[tuple[int, memoryview | bytes]]) -> bytes:

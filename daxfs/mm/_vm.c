@@ -171,6 +171,14 @@ MB_release(MappedBuffer *mb, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* reopen(): undo a release() that a larger operation had to roll back */
+static PyObject *
+MB_reopen(MappedBuffer *mb, PyObject *unused)
+{
+    mb->released = 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 MB_get_exports(MappedBuffer *mb, void *c)
 {
@@ -204,6 +212,8 @@ MB_get_released(MappedBuffer *mb, void *c)
 static PyMethodDef MB_methods[] = {
     {"release", (PyCFunction)MB_release, METH_NOARGS,
      "release(): refuse further exports; BufferError while any is alive"},
+    {"reopen", (PyCFunction)MB_reopen, METH_NOARGS,
+     "reopen(): give exports again after a release() that is rolled back"},
     {NULL}};
 
 static PyGetSetDef MB_getset[] = {

@@ -428,13 +428,21 @@ class Mapping(_vm.MappedBuffer, Closeable):
         return int(self.exports) > 0
 
     def replaced(self, by: tuple[int, int]) -> None:
-        """fixed='replace' mapped over us: unmap what is left, refuse everything after."""
-        self.release()
-        lo, hi = self.span
-        for a, b in ((lo, min(hi, by[0])), (max(lo, by[1]), hi)):
-            if a < b:
-                self._space.kernel.munmap(a, b - a)
-        self._finish("replaced", f" by a fixed='replace' mapping at {by[0]:#x}")
+        """fixed='replace' mapped over us: unmap what is left, refuse everything after.
+
+        Called with the registry locked, after ``release()`` succeeded; the
+        rest (registry, file) happens in ``after_replaced``, outside that lock.
+        """
+        with self._lock:
+            lo, hi = self.span
+            for a, b in ((lo, min(hi, by[0])), (max(lo, by[1]), hi)):
+                if a < b:
+                    self._space.kernel.munmap(a, b - a)
+            self._state = "replaced"
+            self._why = f" by a fixed='replace' mapping at {by[0]:#x}"
+
+    def after_replaced(self) -> None:
+        self._detached_from_owners(touched=False)
 
     def close(self) -> None:
         """Unmap.  A writable mapping sets the file's modification time.
@@ -443,17 +451,18 @@ class Mapping(_vm.MappedBuffer, Closeable):
             BufferError: buffers of the mapping (memoryview, numpy) are alive;
                 the mapping stays open.
         """
-        if self._state != "open":
-            return
-        self.release()
-        self._space.kernel.munmap(self.address, self._span_len)
-        self._finish("closed", "")
+        with self._lock:  # against detach/refresh from a truncate in another thread
+            if self._state != "open":
+                return
+            self.release()
+            self._state = "closing"
+            self._space.kernel.munmap(self.address, self._span_len)
+            self._state = "closed"
+        self._detached_from_owners(touched=self._writable)
 
-    def _finish(self, state: str, why: str) -> None:
-        self._state = state
-        self._why = why
+    def _detached_from_owners(self, touched: bool) -> None:
         REGISTRY.remove(self)
-        self._file._mapping_closed(self, self._writable and state == "closed")
+        self._file._mapping_closed(self, touched)
 
 
 def map_file(

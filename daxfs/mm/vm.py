@@ -70,7 +70,13 @@ class Owner(Protocol):
     @property
     def span(self) -> tuple[int, int]: ...
 
+    def release(self) -> None: ...
+
+    def reopen(self) -> None: ...
+
     def replaced(self, by: tuple[int, int]) -> None: ...
+
+    def after_replaced(self) -> None: ...
 
     def busy(self) -> bool: ...
 
@@ -180,16 +186,29 @@ class AddressSpace:
                             "(use fixed='noreplace' to map only where the range is free)"
                         )
             victims = self.registry.overlapping(address, end)
+            released: list[Owner] = []
             for victim in victims:
-                if victim.busy():
+                try:
+                    victim.release()  # atomically: no live buffer now, and none from now on
+                except BufferError:
+                    for done in released:
+                        done.reopen()
                     raise Busy(
                         f"fixed='replace' refused: the daxfs mapping at {victim.span[0]:#x} "
                         "has live buffers (memoryview, numpy array); release them first"
-                    )
-            got = self.kernel.mmap(address, length, PROT_NONE, _RESERVE | MAP_FIXED, -1, 0)
+                    ) from None
+                released.append(victim)
+            try:
+                got = self.kernel.mmap(address, length, PROT_NONE, _RESERVE | MAP_FIXED, -1, 0)
+            except BaseException:
+                for done in released:
+                    done.reopen()
+                raise
             assert got == address, "MAP_FIXED placed a mapping elsewhere"
             for victim in victims:
                 victim.replaced((address, end))
+        for victim in victims:
+            victim.after_replaced()
         return got
 
     def _who(self, address: int, length: int) -> str:

@@ -194,7 +194,7 @@ def test_lost_inode_goes_to_lost_found(dev: SimulatedPmem) -> None:
 
 def test_journal_pending_is_replayed_by_repair(dev: SimulatedPmem) -> None:
     fs = daxfs.mount(dev)
-    dev.schedule_power_failure(2)  # after the commit point, before the apply ends
+    dev.schedule_power_failure(3)  # after the commit point (fence 2), before the apply ends
     with pytest.raises(PowerFailure):
         fs.mkdir("/newdir")
     crashed = dev.crash(seed=1)

@@ -95,8 +95,8 @@ def test_too_large_transaction_is_refused_whole() -> None:
 
 def test_replay_after_crash_between_commit_and_apply() -> None:
     dev, store, journal = make()
-    # fence 1 is the commit point, fence 2 ends the apply: fail at fence 2
-    dev.schedule_power_failure(fence=2)
+    # fence 1: log durable; fence 2: header (the commit point); fence 3 ends the apply
+    dev.schedule_power_failure(fence=3)
     with pytest.raises(PowerFailure), journal.begin() as tx:
         tx.write(20)[0:4] = b"redo"
         tx.write(25)[100:104] = b"both"
@@ -140,4 +140,4 @@ def _run_crash_at_every_fence(seq_of_changes: list[tuple[int, bytes]]) -> int:
 
 def test_crash_at_every_persist_point_is_all_or_nothing() -> None:
     fences = _run_crash_at_every_fence([(20, b"new!"), (30, b"new!")])
-    assert fences >= 3  # commit point, apply, and the lazily persisted applied_seq
+    assert fences >= 4  # log, commit point, apply, and the lazily persisted applied_seq
