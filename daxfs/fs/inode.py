@@ -59,6 +59,8 @@ from daxfs.fs.super import SuperState
 
 MAX_INO = (1 << 63) - 1
 CACHE_LIMIT = 32768
+#: how far below the limit a trim goes, so that it runs once per that many new inodes
+TRIM_SLACK = 1024
 #: inode-file blocks whose location is remembered (a block holds 16 inodes)
 LOCATION_CACHE = 1 << 16
 
@@ -212,17 +214,24 @@ class InodeTable:
         return self._cache.get(ino)
 
     def trim(self) -> None:
-        """Evict unused inodes beyond the cache limit. Call between operations only."""
-        excess = len(self._cache) - CACHE_LIMIT
-        if excess <= 0:
+        """Evict unused inodes beyond the cache limit. Call between operations only.
+
+        Cheap when under the limit; over it, evicts the least recently used
+        unused inodes down to ``CACHE_LIMIT - TRIM_SLACK`` at once, so the work is
+        amortised over many operations (inodes in use move to the back).
+        """
+        cache = self._cache
+        if len(cache) <= CACHE_LIMIT:
             return
-        for ino in list(self._cache)[: excess * 2]:
-            inode = self._cache[ino]
-            if not inode.in_use and ino != INO_INODE_FILE:
-                del self._cache[ino]
-                excess -= 1
-                if excess <= 0:
-                    break
+        target = CACHE_LIMIT - TRIM_SLACK
+        for _ in range(len(cache)):
+            if len(cache) <= target:
+                break
+            ino, inode = next(iter(cache.items()))
+            if inode.in_use or ino == INO_INODE_FILE:
+                cache.move_to_end(ino)
+            else:
+                del cache[ino]
 
     # -- changes ----------------------------------------------------------------------
 

@@ -81,3 +81,24 @@ def test_a_million_entries() -> None:
     finally:
         if os.path.exists(path):
             os.unlink(path)
+
+
+def test_inode_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inode cache is trimmed between operations, in batches, never below open files."""
+    from daxfs.fs import inode as inode_mod
+
+    monkeypatch.setattr(inode_mod, "CACHE_LIMIT", 64)
+    monkeypatch.setattr(inode_mod, "TRIM_SLACK", 16)
+    dev = SimulatedPmem(32 << 20)
+    daxfs.mkfs(dev)
+    with daxfs.mount(dev) as fs:
+        keep = fs.open("/kept-open", "wb", buffering=0)
+        for i in range(400):
+            fs.open(f"/f{i}", "xb", buffering=0).close()
+            assert len(fs.itable._cache) <= 64 + 1
+        assert fs.itable.cached(keep.inode.ino) is keep.inode  # in use: never evicted
+        for i in range(0, 400, 7):
+            assert fs.stat(f"/f{i}").st_size == 0  # evicted inodes load again
+        keep.write(b"still works")
+        keep.close()
+    assert fsck(dev).clean
