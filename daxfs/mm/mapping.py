@@ -104,6 +104,8 @@ class Mapping(_vm.MappedBuffer, Closeable):
     _why: str
     _lock: threading.RLock
     _persist: Callable[[int, int], None]
+    _len: int
+    _fast_dev: int | None
 
     # -- creation -----------------------------------------------------------------------
 
@@ -132,6 +134,8 @@ class Mapping(_vm.MappedBuffer, Closeable):
         self._why = ""
         self._lock = threading.RLock()
         self._persist = data.device.persister()
+        self._len = length
+        self._fast_dev = None  # device offset of byte 0 if one mapped extent
         return self
 
     def __repr__(self) -> str:
@@ -238,21 +242,18 @@ class Mapping(_vm.MappedBuffer, Closeable):
             OSError (ENOMEM): part of the range was detached by a truncate or
                 punch-hole of the file.
         """
-        pieces = self._pieces
+        dev = self._fast_dev
         if (
-            flags == MS_SYNC
+            dev is not None
+            and flags == MS_SYNC
             and type(offset) is int
             and type(length) is int
-            and len(pieces) == 1
-            and self._state == "open"
             and offset >= 0
             and length > 0
-            and offset + length <= self.length
-        ):
-            piece = pieces[0]
-            if piece.dev is not None and not piece.detached:
-                self._persist(piece.dev + offset, length)  # one extent: straight to the device
-                return
+            and offset + length <= self._len
+        ):  # the whole mapping is one extent: straight to the device
+            self._persist(dev + offset, length)
+            return
         if (
             not isinstance(flags, int)
             or flags & ~_MS_KNOWN
@@ -390,6 +391,7 @@ class Mapping(_vm.MappedBuffer, Closeable):
         if not pieces or pieces[-1].start + pieces[-1].length <= lo:  # mapping in order
             pieces.append(Piece(lo, hi - lo, dev, detached))
             self._starts.append(lo)
+            self._update_fast()
             return
         out: list[Piece] = []
         for p in self._pieces:
@@ -408,6 +410,13 @@ class Mapping(_vm.MappedBuffer, Closeable):
         out.sort(key=lambda p: p.start)
         self._pieces = out
         self._starts = [p.start for p in out]
+        self._update_fast()
+
+    def _update_fast(self) -> None:
+        """Keep the msync fast path's device offset in step with the pieces and state."""
+        pieces = self._pieces
+        one = len(pieces) == 1 and self._state == "open"
+        self._fast_dev = pieces[0].dev if one and not pieces[0].detached else None
 
     # -- pins ---------------------------------------------------------------------------
 
@@ -439,6 +448,7 @@ class Mapping(_vm.MappedBuffer, Closeable):
                 if a < b:
                     self._space.kernel.munmap(a, b - a)
             self._state = "replaced"
+            self._fast_dev = None
             self._why = f" by a fixed='replace' mapping at {by[0]:#x}"
 
     def after_replaced(self) -> None:
@@ -456,6 +466,7 @@ class Mapping(_vm.MappedBuffer, Closeable):
                 return
             self.release()
             self._state = "closing"
+            self._fast_dev = None
             self._space.kernel.munmap(self.address, self._span_len)
             self._state = "closed"
         self._detached_from_owners(touched=self._writable)
