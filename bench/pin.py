@@ -338,7 +338,7 @@ def send_section(plan: Plan, timing: Timing, report: Report, fl: Files) -> None:
     report.note(
         f"send: a {name} file, loopback TCP (127.0.0.1, default buffers, SO_SNDBUF {sndbuf:,}), "
         f"a receiver thread recv_into one reused {size_name(CHUNK)} buffer; daxfs = File.pin + "
-        f"SGList.send (os.sendfile from the device file) + unpin per pass; anchor = File.read("
+        f"SGList.send (sendmsg of device-memory views) + unpin per pass; anchor = File.read("
         f"{size_name(CHUNK)}) + sendall; GiB/s from the first send to the receiver's last byte. "
         "Info rows: os.sendfile of the same bytes in a plain /dev/shm file (no daxfs: the "
         "sendfile ceiling here), and sock.sendall of the pinned device memory views (one copy "

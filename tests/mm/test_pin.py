@@ -152,6 +152,11 @@ def test_send_over_a_socket(fs: daxfs.FileSystem) -> None:
         assert sg.send(a) == len(data) - 200
         reader.join()
         assert got[0] == data[100:-100]
+        reader = threading.Thread(target=lambda: got.append(drain(b, sg.length)))
+        reader.start()
+        assert sg.send(a, sendfile=True) == len(data) - 200  # from the device's memfd
+        reader.join()
+        assert got[1] == data[100:-100]
 
 
 def test_update_hashes_and_crcs(fs: daxfs.FileSystem) -> None:
