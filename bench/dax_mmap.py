@@ -64,6 +64,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
@@ -641,19 +642,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     timing, plan = (QUICK, QUICK_PLAN) if args.quick else (FULL, FULL_PLAN)
     report = Report()
     started = time.perf_counter()
-    sections: list[tuple[str, Callable[[Plan, Timing, Report], None]]] = [
-        ("msync, disk", msync_disk_section),
-        ("msync, cpu", msync_cpu_section),
-        ("numpy", numpy_section),
-        ("map", map_section),
+    sections = [
+        (name, partial(section, plan, timing, report))
+        for name, section in (
+            ("msync, disk", msync_disk_section),
+            ("msync, cpu", msync_cpu_section),
+            ("numpy", numpy_section),
+            ("map", map_section),
+        )
     ]
-    for name, section in sections:
-        t0 = time.perf_counter()
-        try:
-            section(plan, timing, report)
-        except (Unavailable, OSError, BufferError) as exc:
-            report.note(f"{name} section failed or skipped: {type(exc).__name__}: {exc}")
-        report.note(f"({name} section: {time.perf_counter() - t0:.1f} s)")
+    report.run_sections(sections, skip=(Unavailable, OSError, BufferError))
     report.note(f"total {time.perf_counter() - started:.0f} s")
     mode = "quick" if args.quick else "full"
     title = f"daxfs DAX mmap vs numpy.memmap / libpmem2 / numpy ({mode}, {cpu_model()})"

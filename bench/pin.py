@@ -55,6 +55,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -436,13 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"daxfs image {fl.image} on {SHM}, persist='cpu' ({fl.described}); files of "
                 f"{size_name(plan.size)} and {size_name(plan.send_size)}, raw (buffering=0)"
             )
-            for name, section in sections:
-                t0 = time.perf_counter()
-                try:
-                    section(plan, timing, report, fl)
-                except (Unavailable, OSError, BufferError) as exc:
-                    report.note(f"{name} section failed: {type(exc).__name__}: {exc}")
-                report.note(f"({name} section: {time.perf_counter() - t0:.1f} s)")
+            report.run_sections(
+                [(name, partial(section, plan, timing, report, fl)) for name, section in sections],
+                skip=(Unavailable, OSError, BufferError),
+            )
     except (Unavailable, OSError) as exc:
         report.note(f"setup failed: {type(exc).__name__}: {exc}")
     report.note(f"total {time.perf_counter() - started:.0f} s")
