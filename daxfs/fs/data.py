@@ -31,6 +31,7 @@ change takes the journal lock through its transaction.
 from __future__ import annotations
 
 import ctypes
+import itertools
 from typing import TYPE_CHECKING
 
 from daxfs.errors import FileTooLarge, InvalidArgument, NoSpace, NotSupported
@@ -60,6 +61,10 @@ _FALLOC_KNOWN = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANG
 _ZEROS = bytes(BLOCK_SIZE)
 
 Plan = list[tuple[int, int, Extent | None]]  # (first file block, count, extent or hole)
+
+
+class _TooManyPieces(Exception):
+    """A write's range has more than BATCH_EXTENTS pieces: write it in pieces."""
 
 
 class DataPath:
@@ -217,18 +222,26 @@ class DataPath:
             if n <= self.log_data_max:
                 raise
             # too full for copy-on-write: overwrite in place, journaled piece by piece
-            filled = self._write_in_pieces(inode, pos, src[:n])
+            n, filled = self._write_in_pieces(inode, pos, src[:n])
+        except _TooManyPieces:
+            # the range crosses more extents and holes than one transaction should hold
+            n, filled = self._write_in_pieces(inode, pos, src[:n])
         if filled and inode.mappings:
             for mapping in list(inode.mappings):
                 for lo, hi in filled:
                     mapping.refresh_file_range(lo, hi)
         return n
 
-    def _write_in_pieces(self, inode: Inode, pos: int, src: memoryview) -> list[tuple[int, int]]:
+    def _write_in_pieces(
+        self, inode: Inode, pos: int, src: memoryview
+    ) -> tuple[int, list[tuple[int, int]]]:
         """Write in pieces of ``log_data_max`` bytes, each its own transaction.
 
-        Only used when the filesystem is too full for a copy-on-write overwrite:
-        each piece is atomic, the whole call is not (docs/GUARANTEES.md).
+        Used when the filesystem is too full for a copy-on-write overwrite, or
+        the range crosses too many extents for one transaction: each piece is
+        atomic, the whole call is not (docs/GUARANTEES.md).  Returns the bytes
+        written (short if space ran out after the first piece) and the ranges
+        that were holes.
 
         Raises:
             NoSpace: the first piece needs blocks that are not there.
@@ -246,7 +259,7 @@ class DataPath:
                     raise
                 break  # a short write: what was written stays
             done += len(piece)
-        return filled
+        return done, filled
 
     def write_in(
         self, tx: Transaction, inode: Inode, pos: int, src: memoryview, *, cow_ok: bool = True
@@ -262,6 +275,8 @@ class DataPath:
         if pos > rec.size:
             self._zero_past_eof(tx, inode, rec.size, pos)
         plan = self._plan(tx, inode, first, stop)
+        if len(plan) > BATCH_EXTENTS and cow_ok:
+            raise _TooManyPieces  # DataPath.write then goes piece by piece (at most 65 each)
         overwrite = sum(c for _, c, e in plan if e is not None and not e.unwritten)
         cow = cow_ok and overwrite << BLOCK_SHIFT > self.log_data_max and not inode.mappings
         filled: list[tuple[int, int]] = []
@@ -491,18 +506,31 @@ class DataPath:
             end = max(end, _blocks_up(inode.rec.size) << BLOCK_SHIFT)  # no byte left in the file
         if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
             self._break(inode, offset, end, nowait)
-        with self.journal.begin() as tx:
-            rec = self.itable.dirty(tx, inode)
-            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
-                self._zero_range(tx, inode, offset, end, unmap=bool(mode & FALLOC_FL_PUNCH_HOLE))
-            else:
-                self._preallocate(tx, inode, offset >> BLOCK_SHIFT, _blocks_up(end))
-            if not mode & FALLOC_FL_KEEP_SIZE and end > rec.size:
-                self._zero_past_eof(tx, inode, rec.size, end)
-                rec.size = end
-            rec.ctime_ns = now_ns()
-            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
-                rec.mtime_ns = rec.ctime_ns
+        pieces = self._batches(inode, offset, end)
+        for i, (lo, hi) in enumerate(pieces):  # one transaction per batch of extents
+            last = i == len(pieces) - 1
+            with self.journal.begin() as tx:
+                rec = self.itable.dirty(tx, inode)
+                if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                    self._zero_range(tx, inode, lo, hi, unmap=bool(mode & FALLOC_FL_PUNCH_HOLE))
+                else:
+                    self._preallocate(tx, inode, lo >> BLOCK_SHIFT, _blocks_up(hi))
+                if last and not mode & FALLOC_FL_KEEP_SIZE and end > rec.size:
+                    self._zero_past_eof(tx, inode, rec.size, end)
+                    rec.size = end
+                rec.ctime_ns = now_ns()
+                if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                    rec.mtime_ns = rec.ctime_ns
+
+    def _batches(self, inode: Inode, start: int, end: int) -> list[tuple[int, int]]:
+        """Split bytes [start, end) so that each part holds at most BATCH_EXTENTS pieces
+        (extents or holes): the transaction of each part stays well inside the log."""
+        plan = self._plan(self.store, inode, start >> BLOCK_SHIFT, _blocks_up(end))
+        if len(plan) <= BATCH_EXTENTS:
+            return [(start, end)]
+        cuts = [plan[i][0] << BLOCK_SHIFT for i in range(BATCH_EXTENTS, len(plan), BATCH_EXTENTS)]
+        bounds = [start, *(c for c in cuts if start < c < end), end]
+        return list(itertools.pairwise(bounds))
 
     def _preallocate(self, tx: Transaction, inode: Inode, start: int, stop: int) -> None:
         rec = self.itable.dirty(tx, inode)

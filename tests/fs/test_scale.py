@@ -102,3 +102,34 @@ def test_inode_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         keep.write(b"still works")
         keep.close()
     assert fsck(dev).clean
+
+
+@pytest.mark.parametrize("batch", [8, 256])
+def test_operations_over_many_extents_are_split(
+    monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """Punch, zero-range, preallocate and writes across more extents than one batch."""
+    from daxfs.fs import data as data_mod
+
+    monkeypatch.setattr(data_mod, "BATCH_EXTENTS", batch)
+    dev = SimulatedPmem(32 << 20)
+    daxfs.mkfs(dev)
+    blocks = 100
+    with daxfs.mount(dev) as fs:
+        with fs.open("/frag", "wb+", buffering=0) as f:
+            for i in range(0, blocks, 2):  # 50 extents and 50 holes
+                f.pwrite(bytes([i + 1]) * BLOCK, i * BLOCK)
+            f.fallocate(0, blocks * BLOCK, data_mod.FALLOC_FL_KEEP_SIZE)  # fills the holes
+            assert f.stat().st_blocks >= blocks * 8  # every block allocated (+ map nodes)
+            f.pwrite(b"W" * (60 * BLOCK), 10 * BLOCK)  # a write across 60 pieces
+            f.fallocate(5 * BLOCK, 20 * BLOCK, data_mod.FALLOC_FL_PUNCH_HOLE | 1)
+            f.fallocate(40 * BLOCK, 30 * BLOCK, data_mod.FALLOC_FL_ZERO_RANGE)
+            data = f.pread(blocks * BLOCK, 0)
+        expected = bytearray()
+        for i in range(blocks):
+            expected += bytes([i + 1]) * BLOCK if i % 2 == 0 else bytes(BLOCK)
+        expected[10 * BLOCK : 70 * BLOCK] = b"W" * (60 * BLOCK)
+        expected[5 * BLOCK : 25 * BLOCK] = bytes(20 * BLOCK)
+        expected[40 * BLOCK : 70 * BLOCK] = bytes(30 * BLOCK)
+        assert data == bytes(expected[: len(data)])
+    assert fsck(dev).clean
