@@ -498,16 +498,23 @@ class _Checker:
                 self.rebuild_free_list(fs)
 
     def rebuild_free_list(self, fs: _Fs) -> None:
-        with fs.journal.begin() as tx:
+        """Link every free inode, highest first, in transactions of REBUILD_BATCH inodes
+        (the list is valid after each one; fsck can simply run again after a crash)."""
+        order = sorted(fs.free, reverse=True)
+        head = 0
+        with fs.journal.begin() as tx:  # start from an empty list
             sb = fs.sup.dirty(tx)
-            head = 0
-            for ino in sorted(fs.free, reverse=True):
-                blockno, offset = fs.itable.address(tx, ino)
-                rec = InodeRecord(ino=ino, next=head)
-                rec.pack_into(tx.write(blockno), offset)
-                head = ino
-            sb.free_ino_head = head
-            sb.free_inodes = len(fs.free)
+            sb.free_ino_head, sb.free_inodes = 0, 0
+        for first in range(0, len(order), REBUILD_BATCH):
+            batch = order[first : first + REBUILD_BATCH]
+            with fs.journal.begin() as tx:
+                for ino in batch:
+                    blockno, offset = fs.itable.address(tx, ino)
+                    InodeRecord(ino=ino, next=head).pack_into(tx.write(blockno), offset)
+                    head = ino
+                sb = fs.sup.dirty(tx)
+                sb.free_ino_head = head
+                sb.free_inodes += len(batch)
 
     # -- 8 allocation -------------------------------------------------------------------
 
@@ -570,6 +577,8 @@ class _NoNodes:
 
 
 _STATIC = 0xFFFFFFFF
+#: inodes linked per transaction when the free list is rebuilt (256 KiB of log)
+REBUILD_BATCH = 1024
 
 
 def _bitmap_bits(store: PmemStore, sb: Superblock) -> npt.NDArray[np.bool_]:

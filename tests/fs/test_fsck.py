@@ -261,3 +261,23 @@ def test_path_image(tmp_path: object) -> None:
         fs.mkdir("/x")
     assert fsck(image).clean
     assert INODE_SIZE == 256
+
+
+def test_free_list_rebuilt_in_batches(dev: SimulatedPmem, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daxfs.fs import fsck as fsck_mod
+
+    monkeypatch.setattr(fsck_mod, "REBUILD_BATCH", 8)
+    with daxfs.mount(dev) as fs:
+        for i in range(40):
+            fs.open(f"/t{i}", "xb").close()
+        for i in range(40):
+            fs.unlink(f"/t{i}")
+        assert fs.superblock.free_inodes >= 40
+    raw = bytearray(dev.read(0, BLOCK_SIZE))
+    struct.pack_into("<Q", raw, 216, 0)  # lose the list head
+    dev.write(0, Superblock.unpack(raw, "sb", verify=False).to_block())
+    assert_repairs(dev, "free inode list")
+    with daxfs.mount(dev) as fs:
+        for i in range(45):  # reuses the rebuilt list, then grows
+            fs.open(f"/u{i}", "xb").close()
+    assert fsck(dev).clean
