@@ -139,7 +139,6 @@ def walk(
 ) -> Iterator[tuple[Any, list[Any], list[Any]]]:
     """os.walk over ``fs``."""
     stack: list[Any] = [os.fspath(top)]
-    post: list[tuple[Any, list[Any], list[Any]]] = []
     while stack:
         top_path = stack.pop()
         if isinstance(top_path, tuple):  # bottom-up: yield after children
@@ -174,4 +173,3 @@ def walk(
         else:
             stack.append((top_path, dirs, files))
             stack.extend(reversed(walk_into))
-    del post
