@@ -63,6 +63,7 @@ from daxfs.fs.layout import (
 )
 from daxfs.fs.namei import Lookup, Path, Resolver, fspath, naming
 from daxfs.fs.super import SuperState
+from daxfs.lifecycle import cleanup_after
 
 if TYPE_CHECKING:
     from daxfs.fs.alloc import Allocator
@@ -137,10 +138,17 @@ class FileSystem:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._mounted:
-            for file in list(self._files):
-                file.close()
-            self.unmount()
+        if not self._mounted:
+            return
+        if exc is None:
+            self._close_and_unmount()
+        else:  # the block's error stays the error: a failing unmount is a note on it
+            cleanup_after(exc, self._close_and_unmount)
+
+    def _close_and_unmount(self) -> None:
+        for file in list(self._files):
+            file.close()
+        self.unmount()
 
     def open_files(self) -> list[File]:
         return [f for f in self._files if not f.closed]
@@ -164,8 +172,10 @@ class FileSystem:
                     f"cannot unmount: {len(users)} file(s) have live mappings or pins "
                     f"(inodes {', '.join(str(i.ino) for i in users[:5])}); close them first"
                 )
-            self._on_unmount(self)
-            self._mounted = False
+            try:
+                self._on_unmount(self)
+            finally:  # the device is released even when writing the clean state failed
+                self._mounted = False
 
     def _check_mounted(self) -> None:
         """Every operation starts here, between operations: a good time to trim caches."""

@@ -42,6 +42,7 @@ from daxfs.fs.layout import (
 from daxfs.fs.mkfs import Progress, check_mkfs_args, format_device
 from daxfs.fs.store import PmemStore, Reader
 from daxfs.fs.super import SuperState
+from daxfs.lifecycle import cleanup_after
 from daxfs.pmem import open_device
 from daxfs.pmem.device import Device
 
@@ -134,8 +135,8 @@ def recover(device: Device, readonly: bool) -> tuple[PmemStore, Journal, Superbl
         journal.recover()
         sb = read_superblock(device)
         return store, journal, sb
-    except BaseException:
-        store.close()
+    except BaseException as exc:
+        cleanup_after(exc, store.close)
         raise
 
 
@@ -190,16 +191,13 @@ def mount(
         device = open_device(target, persist=persist, readonly=readonly)
     try:
         device.claim(not readonly, "mount")
-    except BaseException:
-        if owned:
-            device.close()
+    except BaseException as exc:
+        cleanup_after(exc, device.close if owned else None)
         raise
     try:
         fs = _mount(device, readonly, owned)
-    except BaseException:
-        device.unclaim()
-        if owned:
-            device.close()
+    except BaseException as exc:
+        cleanup_after(exc, device.unclaim, device.close if owned else None)
         raise
     fs.data.layout_timeout = float(layout_timeout)
     return fs
@@ -222,8 +220,8 @@ def _mount(device: Device, readonly: bool, owned: bool) -> FileSystem:
                 s.mount_count += 1
                 s.last_mount_ns = now_ns()
         return fs
-    except BaseException:
-        store.close()
+    except BaseException as exc:
+        cleanup_after(exc, store.close)
         raise
 
 
@@ -305,6 +303,7 @@ def _reap_orphans(fs: FileSystem) -> None:
 
 def _unmounter(owned: bool) -> Callable[[FileSystem], None]:
     def unmount(fs: FileSystem) -> None:
+        release = (fs.store.close, fs.device.unclaim, fs.device.close if owned else None)
         try:
             if not fs.readonly and not fs.journal.failed:
                 with fs.journal.begin() as tx:
@@ -312,10 +311,11 @@ def _unmounter(owned: bool) -> Callable[[FileSystem], None]:
                 sb = fs.sup.sb
                 fs.store.write((sb.block_count - 1) << BLOCK_SHIFT, sb.to_block())
                 fs.store.drain()
-        finally:
-            fs.store.close()
-            fs.device.unclaim()
-            if owned:
-                fs.device.close()
+        except BaseException as exc:
+            cleanup_after(exc, *release)
+            raise
+        for step in release:
+            if step is not None:
+                step()
 
     return unmount

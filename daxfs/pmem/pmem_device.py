@@ -27,6 +27,7 @@ import fcntl
 import mmap
 import os
 import stat as stat_mod
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,9 @@ class PmemDevice(Device):
         self.readonly = readonly
         self._fd = fd
         self._platform = platform
+        # a device dropped while still open (its close refused: views alive on an
+        # error path) must not keep its descriptor: close the fd when collected
+        self._fd_closer = weakref.finalize(self, platform.close, fd)
         self._map: mmap.mmap | None = mapping
         self._view, self._region = self._attach()
         if detection.backend is Backend.FSDAX:
@@ -199,7 +203,7 @@ class PmemDevice(Device):
                 f"cannot close {self.path}: views from direct_access are still alive"
             ) from None
         self._map = None
-        self._platform.close(self._fd)
+        self._fd_closer()
 
 
 def open_device(
