@@ -19,9 +19,13 @@ within the value), so a listing that resumes after changes neither repeats
 nor skips entries that stayed.
 
 Invariants
-  1. Names are unique in a directory, non-empty, at most 255 bytes, and hold
-     neither NUL nor "/".
-  2. ``rec.entries`` equals the number of entries in the tree.
+  1. Names are unique in a directory, non-empty, at most 255 bytes, hold
+     neither NUL nor "/", and are neither "." nor "..".  Every entry read
+     from media is checked for this (and for its type and inode number)
+     before use: a name from a crafted image never becomes a path component.
+  2. ``rec.entries`` equals the number of entries in the tree (fsck checks;
+     the code trusts it only as far as ``rmdir``'s emptiness test, which
+     also requires that no tree exists).
 """
 
 from __future__ import annotations
@@ -36,7 +40,17 @@ from daxfs.fs.btree import BTree
 from daxfs.fs.extmap import InodeNodes
 from daxfs.fs.inode import Inode, InodeTable
 from daxfs.fs.journal import Transaction
-from daxfs.fs.layout import DIRENT, MAP_BTREE, MAP_NONE, MAX_VALUE, TREE_DIRECTORY
+from daxfs.fs.layout import (
+    DIRENT,
+    DT_DIR,
+    DT_LNK,
+    DT_REG,
+    FIRST_FREE_INO,
+    MAP_BTREE,
+    MAP_NONE,
+    MAX_VALUE,
+    TREE_DIRECTORY,
+)
 from daxfs.fs.store import Reader
 
 Entry = tuple[bytes, int, int]  # name, ino, DT_* type
@@ -47,8 +61,21 @@ def pack_entries(entries: list[Entry]) -> bytes:
     return b"".join(DIRENT.pack(ino, dtype, len(name)) + name for name, ino, dtype in entries)
 
 
-def unpack_entries(value: bytes, where: str) -> list[Entry]:
-    """Decode a value into entries; ``where`` names the directory in errors."""
+#: the file types an entry may say (daxfs makes no other kind of file)
+DTYPES = frozenset({DT_REG, DT_DIR, DT_LNK})
+
+
+def unpack_entries(value: bytes, where: str, hwm: int) -> list[Entry]:
+    """Decode a value into entries; ``where`` names the directory in errors.
+
+    Every entry is validated before it can become a path component: a name
+    of 1 to 255 bytes, without NUL or "/", neither "." nor ".."; a known
+    file type; an inode number that can be a file's (not 0, 1 or the root,
+    below the high-water mark ``hwm``).
+
+    Raises:
+        Corrupted (EUCLEAN): naming the directory and what is wrong.
+    """
     out: list[Entry] = []
     pos = 0
     while pos < len(value):
@@ -57,8 +84,20 @@ def unpack_entries(value: bytes, where: str) -> list[Entry]:
         ino, dtype, namelen = DIRENT.unpack_from(value, pos)
         pos += DIRENT.size
         name = value[pos : pos + namelen]
-        if namelen == 0 or len(name) != namelen or b"/" in name or b"\0" in name:
+        if (
+            namelen == 0
+            or len(name) != namelen
+            or name in (b".", b"..")
+            or b"/" in name
+            or b"\0" in name
+        ):
             raise Corrupted(f"{where}: malformed directory entry name {name!r}")
+        if dtype not in DTYPES:
+            raise Corrupted(f"{where}: entry {name!r} has unknown file type {dtype}")
+        if not FIRST_FREE_INO <= ino < hwm:
+            raise Corrupted(f"{where}: entry {name!r} names inode {ino}, which no file can be")
+        if any(name == other for other, _, _ in out):
+            raise Corrupted(f"{where}: entry {name!r} appears twice")
         out.append((name, ino, dtype))
         pos += namelen
     if not out:
@@ -81,6 +120,9 @@ class Directories:
     def hash(self, name: bytes) -> int:
         digest = hashlib.blake2b(name, digest_size=8, key=self.hash_key).digest()
         return int.from_bytes(digest, "little")
+
+    def _unpack(self, value: bytes, inode: Inode) -> list[Entry]:
+        return unpack_entries(value, f"directory inode {inode.ino}", self.itable.sup.sb.inode_hwm)
 
     def _tree(self, inode: Inode) -> BTree:
         rec = inode.rec
@@ -112,7 +154,7 @@ class Directories:
         value = self._tree(inode).get(reader, self.hash(name))
         if value is None:
             return None
-        for entry_name, ino, dtype in unpack_entries(value, f"directory inode {inode.ino}"):
+        for entry_name, ino, dtype in self._unpack(value, inode):
             if entry_name == name:
                 if committed:
                     if len(self._dcache) >= DCACHE_LIMIT:
@@ -127,7 +169,7 @@ class Directories:
         tree = self._tree(inode)
         key = self.hash(name)
         old = tree.get(tx, key)
-        entries = unpack_entries(old, f"directory inode {inode.ino}") if old else []
+        entries = self._unpack(old, inode) if old else []
         assert all(n != name for n, _, _ in entries), f"{name!r} already present"
         entries.append((name, ino, dtype))
         value = pack_entries(entries)
@@ -143,7 +185,7 @@ class Directories:
         key = self.hash(name)
         old = tree.get(tx, key)
         assert old is not None, f"{name!r} not in directory {inode.ino}"
-        entries = unpack_entries(old, f"directory inode {inode.ino}")
+        entries = self._unpack(old, inode)
         keep = [e for e in entries if e[0] != name]
         gone = [e for e in entries if e[0] == name]
         assert len(gone) == 1
@@ -162,8 +204,7 @@ class Directories:
         old = tree.get(tx, key)
         assert old is not None
         entries = [
-            (n, ino, dtype) if n == name else (n, i, t)
-            for n, i, t in unpack_entries(old, f"directory inode {inode.ino}")
+            (n, ino, dtype) if n == name else (n, i, t) for n, i, t in self._unpack(old, inode)
         ]
         tree.put(tx, key, pack_entries(entries))
         self._store(tx, inode, tree, 0)
@@ -176,9 +217,7 @@ class Directories:
             return
         start_key, start_index = after if after is not None else (0, -1)
         for key, value in self._tree(inode).items(reader, start_key):
-            for index, (name, ino, dtype) in enumerate(
-                unpack_entries(value, f"directory inode {inode.ino}")
-            ):
+            for index, (name, ino, dtype) in enumerate(self._unpack(value, inode)):
                 if key == start_key and index <= start_index and after is not None:
                     continue
                 yield (key, index), name, ino, dtype

@@ -31,6 +31,7 @@ Invariants
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import struct
 from collections.abc import Iterator
 
@@ -45,6 +46,7 @@ from daxfs.fs.layout import (
     EXTENT_VALUE,
     INLINE_AREA,
     INLINE_EXTENTS,
+    INO_INODE_FILE,
     MAP_BTREE,
     MAP_INLINE,
     MAP_NONE,
@@ -116,17 +118,42 @@ class BlockMaps:
             InodeNodes(self.alloc, self.itable, inode),
         )
 
-    @staticmethod
-    def _inline(inode: Inode) -> list[Extent]:
+    def _inline(self, inode: Inode) -> list[Extent]:
         rec = inode.rec
         if rec.map_count > INLINE_EXTENTS:
             raise Corrupted(f"inode {inode.ino}: {rec.map_count} inline extents")
-        return [
-            Extent(*fields)
+        out = [
+            self._valid(Extent(*fields), inode.ino)
             for fields in struct.iter_unpack(
                 EXTENT.format, rec.inline[: rec.map_count * EXTENT.size]
             )
         ]
+        for a, b in itertools.pairwise(out):
+            if a.end > b.lblk:
+                raise Corrupted(f"inode {inode.ino}: inline extent {b} overlaps or precedes {a}")
+        return out
+
+    def _valid(self, ext: Extent, ino: int) -> Extent:
+        """``ext`` (read from media) if it is non-empty, has only known flags, and
+        lies in the data area (the inode file also starts at inode block 0).
+
+        Raises:
+            Corrupted (EUCLEAN): naming the inode and the extent.
+        """
+        sb = self.alloc.sup.sb
+        lo = sb.inode_block0 if ino == INO_INODE_FILE else sb.data_start
+        if (
+            ext.length == 0
+            or ext.flags & ~EXTENT_UNWRITTEN
+            or ext.pblk < lo
+            or ext.pblk + ext.length > sb.block_count - 1
+            or ext.end > NO_BLOCK
+        ):
+            raise Corrupted(
+                f"inode {ino}: extent at file block {ext.lblk} (device blocks [{ext.pblk}, "
+                f"{ext.pblk + ext.length}), flags {ext.flags:#x}) is not a valid extent"
+            )
+        return ext
 
     def _store_inline(self, tx: Transaction, inode: Inode, extents: list[Extent]) -> None:
         rec = self.itable.dirty(tx, inode)
@@ -142,14 +169,10 @@ class BlockMaps:
             rec.map_kind = MAP_NONE
             rec.map_count = 0
 
-    @staticmethod
-    def _decode(key: int, value: bytes, ino: int) -> Extent:
+    def _decode(self, key: int, value: bytes, ino: int) -> Extent:
         if len(value) != EXTENT_VALUE.size:
             raise Corrupted(f"inode {ino}: extent at file block {key} has a bad record")
-        pblk, length, flags = EXTENT_VALUE.unpack(value)
-        if length == 0:
-            raise Corrupted(f"inode {ino}: empty extent at file block {key}")
-        return Extent(key, pblk, length, flags)
+        return self._valid(Extent(key, *EXTENT_VALUE.unpack(value)), ino)
 
     # -- reading ----------------------------------------------------------------------
 

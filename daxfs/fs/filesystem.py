@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Self
 
 from daxfs.errors import (
     Busy,
+    Corrupted,
     Exists,
     InvalidArgument,
     IsADirectory,
@@ -57,6 +58,7 @@ from daxfs.fs.layout import (
     INLINE_EXTENTS,
     INO_ROOT,
     MAP_BTREE,
+    MAP_NONE,
     MAP_SYMLINK,
     MAX_NAME,
     Superblock,
@@ -110,7 +112,7 @@ class FileSystem:
         self.resolver = Resolver(
             root=lambda: self.itable.get(INO_ROOT),
             child=self._child,
-            parent=lambda d: self.itable.get(d.rec.parent or INO_ROOT),
+            parent=self._parent,
             readlink=self._link_target,
         )
 
@@ -205,6 +207,19 @@ class FileSystem:
     def _child(self, parent: Inode, name: bytes) -> Inode | None:
         found = self.dirs.lookup(self.journal.current() or self.store, parent, name)
         return self.itable.get(found[0]) if found is not None else None
+
+    def _parent(self, directory: Inode) -> Inode:
+        """The directory ``..`` of ``directory`` names.
+
+        Raises:
+            Corrupted (EUCLEAN): ``..`` names something that is not a directory.
+        """
+        parent = self.itable.get(directory.rec.parent or INO_ROOT)
+        if not parent.is_dir:
+            raise Corrupted(
+                f"directory inode {directory.ino}: '..' is inode {parent.ino}, not a directory"
+            )
+        return parent
 
     def _link_target(self, inode: Inode) -> bytes:
         rec = inode.rec
@@ -378,6 +393,7 @@ class FileSystem:
         """Free an unlinked, unused inode on the orphan list: blocks first, then the inode."""
         if self.readonly or inode.rec.mode == 0:  # read-only, or already freed
             return
+        self._recount_blocks(inode)
         if inode.is_dir:
             with self.journal.begin() as tx:
                 self.dirs.clear(tx, inode)
@@ -387,12 +403,29 @@ class FileSystem:
             self.itable.remove_orphan(tx, inode)
             self.itable.free(tx, inode)
 
+    def _recount_blocks(self, inode: Inode) -> None:
+        """Set ``blocks`` from the map before freeing it: the counter is media, the map is
+        what freeing walks, and a counter that lied would go negative (or stay positive)."""
+        rec = inode.rec
+        if inode.is_dir:
+            owned = sum(1 for _ in self.dirs.tree_nodes(self.store, inode))
+        elif rec.map_kind == MAP_SYMLINK:
+            owned = 0
+        else:
+            owned = sum(e.length for e in self.maps.extents(self.store, inode))
+            owned += sum(1 for _ in self.maps.tree_nodes(self.store, inode))
+        if owned != rec.blocks:
+            with self.journal.begin() as tx:
+                self.itable.dirty(tx, inode).blocks = owned
+
     def _drop_link(self, tx: Transaction, inode: Inode) -> bool:
         """Remove one link; return True if the inode must be reaped after commit."""
         rec = self.itable.dirty(tx, inode)
         rec.ctime_ns = now_ns()
         if inode.is_dir:
             rec.nlink = 0
+        elif rec.nlink == 0:
+            raise Corrupted(f"inode {inode.ino}: link count 0, yet a directory names it")
         else:
             rec.nlink -= 1
         if rec.nlink > 0:
@@ -479,7 +512,7 @@ class FileSystem:
                 raise NotFound(f"no such file or directory: {shown}", shown)
             if not inode.is_dir:
                 raise NotADirectory(f"not a directory: {shown}", shown)
-            if inode.rec.entries:
+            if inode.rec.entries or inode.rec.map_kind != MAP_NONE:
                 raise NotEmpty(f"directory not empty: {shown}", shown)
             with self._begin(shown) as tx:
                 self.dirs.remove(tx, found.parent, found.name)
@@ -548,14 +581,25 @@ class FileSystem:
     replace = rename
 
     def _is_ancestor(self, node: Inode, inode: Inode) -> bool:
-        """Whether directory ``inode`` is ``node`` or one of its ancestors."""
-        for _ in range(1 << 20):
-            if node.ino == inode.ino:
-                return True
+        """Whether directory ``inode`` is ``node`` or one of its ancestors.
+
+        Walks ``..`` up from ``node``; each step must reach a directory not
+        seen before, so the walk ends within the number of directories.
+
+        Raises:
+            Corrupted (EUCLEAN): the ``..`` chain loops before the root.
+        """
+        seen: set[int] = set()
+        while node.ino != inode.ino:
             if node.ino == INO_ROOT:
                 return False
-            node = self.itable.get(node.rec.parent or INO_ROOT)
-        raise AssertionError(f"directory {node.ino}: parent chain does not reach the root")
+            if node.ino in seen:
+                raise Corrupted(
+                    f"directory inode {node.ino}: its '..' chain loops without reaching the root"
+                )
+            seen.add(node.ino)
+            node = self._parent(node)
+        return True
 
     def _check_rename(
         self, moving: Inode, a: Lookup, b: Lookup, a_shown: str, b_shown: str
@@ -575,7 +619,7 @@ class FileSystem:
         if moving.is_dir:
             if not victim.is_dir:
                 raise NotADirectory(f"not a directory: {b_shown}", b_shown)
-            if victim.rec.entries:
+            if victim.rec.entries or victim.rec.map_kind != MAP_NONE:
                 raise NotEmpty(f"directory not empty: {b_shown}", b_shown)
         elif victim.is_dir:
             raise IsADirectory(f"is a directory: {b_shown}", b_shown)

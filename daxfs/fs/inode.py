@@ -47,6 +47,7 @@ from daxfs.errors import Corrupted, NoSpace
 from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
+    FIRST_FREE_INO,
     IFLAG_ORPHAN,
     INO_INODE_FILE,
     INODE_SIZE,
@@ -277,8 +278,10 @@ class InodeTable:
         if sb.free_ino_head:
             ino = sb.free_ino_head
             old = self.read_record(tx, ino)
-            if old.mode != 0:
+            if old.mode != 0 or old.flags & IFLAG_ORPHAN or ino in self._cache:
                 raise Corrupted(f"free inode list: inode {ino} is in use (mode {old.mode:o})")
+            if old.next and not FIRST_FREE_INO <= old.next < sb.inode_hwm:
+                raise Corrupted(f"free inode list: inode {ino} links to inode {old.next}")
             sb.free_ino_head = old.next
             sb.free_inodes -= 1
         else:
@@ -293,6 +296,7 @@ class InodeTable:
                 tx.on_commit(self._grown)
                 tx.on_abort(self._grown)
                 self.grow(tx, fblock, self._growth(fblock))
+            self._check_never_used(tx, ino)
             sb.inode_hwm = ino + 1
         sb.used_inodes += 1
         sb.next_generation = (sb.next_generation + 1) & 0xFFFFFFFF
@@ -314,6 +318,20 @@ class InodeTable:
         self.dirty(tx, inode)
         return inode
 
+    def _check_never_used(self, tx: Transaction, ino: int) -> None:
+        """Raise unless the slot of ``ino`` (at the high-water mark) holds a zero record.
+
+        Slots at and above ``inode_hwm`` were never used, so they are zero; a
+        record there means ``inode_hwm`` was lowered under live inodes, and
+        taking the slot would take over one of them.
+        """
+        blockno, offset = self.address(tx, ino)
+        if any(tx.read(blockno)[offset : offset + INODE_SIZE]) or ino in self._cache:
+            raise Corrupted(
+                f"superblock: inode_hwm {ino} is not the high-water mark: "
+                f"inode {ino} holds a record"
+            )
+
     def _grown(self) -> None:
         self.growing = False
 
@@ -326,10 +344,14 @@ class InodeTable:
         return max(16, min(256, current_blocks // 8))
 
     def free(self, tx: Transaction, inode: Inode) -> None:
-        """Return an inode (no links, no blocks) to the free list."""
+        """Return an inode to the free list; caller has unlinked it and freed its map.
+
+        Its ``blocks`` counter and map fields are media, not trusted: the
+        record is rewritten as a free one whatever they say (blocks that a
+        damaged map still held are leaked, for fsck to find, never reused).
+        """
         rec = self.dirty(tx, inode)
         assert rec.nlink == 0, f"freeing linked inode {inode}"
-        assert rec.blocks == 0, f"freeing inode {inode} that still owns blocks"
         assert not rec.flags & IFLAG_ORPHAN, "remove from the orphan list first"
         sb = self.sup.dirty(tx)
         ino = inode.ino

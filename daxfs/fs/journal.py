@@ -31,7 +31,13 @@ Commit (``Transaction.commit``)::
        fence of any operation makes it durable
 
 Recovery (``Journal.recover``) replays the log if its header and log
-checksums are intact and ``seq > applied_seq``.  Replay is idempotent, so a
+checksums are intact and ``seq > applied_seq``.  It first checks what no
+checksum covers or proves (``Journal.problems``): sequence numbers below
+SEQ_LIMIT (one commit per nanosecond would take 292 years to reach it, so a
+larger one is damage, and would overflow the u64 at the next commit), an
+``applied_seq`` never ahead of an intact header's ``seq`` (commit writes the
+header before it applies), and records that lie inside the filesystem,
+outside the journal, and fill the log exactly.  Replay is idempotent, so a
 crash during recovery is harmless.  The log always starts at the same place:
 a transaction is applied in place before the next one writes its log, so the
 log never holds more than one transaction.
@@ -50,6 +56,8 @@ Invariants
      until commit or abort.
   4. An error after the commit point makes the filesystem read-only until
      remount (SQLite's pager ERROR state): memory and media may disagree.
+  5. ``applied_seq <= header.seq`` whenever the header is intact, and both
+     stay below SEQ_LIMIT.
 
 State diagram (Transaction)::
 
@@ -83,6 +91,8 @@ if TYPE_CHECKING:
 
 Seal = Callable[[memoryview], None]
 LINE = 64
+#: sequence numbers at or above this are damage, not history (see the module docstring)
+SEQ_LIMIT = 1 << 63
 
 
 class TransactionTooLarge(AssertionError):
@@ -112,10 +122,18 @@ class Journal:
         (value,) = struct.unpack_from("<Q", self.store.view, self.header_offset + JH_APPLIED_OFFSET)
         return int(value)
 
+    def _header(self) -> JournalHeader | None:
+        """The header if intact (it may describe a transaction applied long ago)."""
+        return JournalHeader.unpack(self.store.view[self.header_offset : self.header_offset + 32])
+
     def pending(self) -> JournalHeader | None:
-        """The committed transaction that recovery would replay, if any."""
+        """The committed transaction that recovery would replay, if any.
+
+        A header whose log fails its checksum is not pending: the log is being
+        reused by a later transaction, so that one was applied long ago.
+        """
         view = self.store.view
-        header = JournalHeader.unpack(view[self.header_offset : self.header_offset + BLOCK_SIZE])
+        header = self._header()
         if header is None or header.seq <= self.applied_seq():
             return None
         if header.log_bytes > self.capacity:
@@ -128,33 +146,84 @@ class Journal:
     def records(self, header: JournalHeader) -> list[tuple[int, int, int]]:
         """(device offset, log offset, length) of each record of a committed transaction.
 
+        Work is bounded by ``log_bytes`` (at most the log's capacity), whatever
+        ``nrecords`` says.
+
         Raises:
-            Corrupted: a record is malformed or points outside the filesystem.
+            Corrupted: a record is malformed, points outside the filesystem or
+                into the journal, or the records do not fill the log exactly.
         """
-        view = self.store.view
+        where = f"journal transaction {header.seq}"
+        if header.log_bytes > self.capacity:
+            raise Corrupted(f"{where}: {header.log_bytes} bytes of log exceed the log area")
+        if header.nrecords > header.log_bytes // JREC.size:
+            raise Corrupted(f"{where}: {header.nrecords} records cannot fit its log")
         limit = self.store.block_count << BLOCK_SHIFT
         jstart, jend = (b << BLOCK_SHIFT for b in self.region)
         out = []
         pos = 0
         for i in range(header.nrecords):
             if pos + JREC.size > header.log_bytes:
-                raise Corrupted(f"journal record {i} of transaction {header.seq} is truncated")
-            offset, length, _ = JREC.unpack_from(view, self.log_offset + pos)
+                raise Corrupted(f"{where}: record {i} is truncated")
+            offset, length, _ = JREC.unpack_from(self.store.view, self.log_offset + pos)
             pos += JREC.size
             if pos + length > header.log_bytes or offset + length > limit:
-                raise Corrupted(f"journal record {i} of transaction {header.seq} is out of range")
+                raise Corrupted(
+                    f"{where}: record {i} ({length} bytes at device offset {offset}) "
+                    "is out of range"
+                )
             if offset < jend and offset + length > jstart:
-                raise Corrupted(f"journal record {i} of transaction {header.seq} targets the log")
+                raise Corrupted(f"{where}: record {i} (device offset {offset}) targets the log")
             out.append((offset, self.log_offset + pos, length))
             pos += (length + 7) & ~7
+        if pos != header.log_bytes:
+            raise Corrupted(f"{where}: {header.log_bytes - pos} log bytes after its last record")
+        return out
+
+    def problems(self) -> list[str]:
+        """What is wrong with the journal's header, ``applied_seq`` or pending records.
+
+        Never raises on damage (for fsck; ``recover`` raises the first one).
+        A torn header or log is not a problem: that transaction never committed.
+        """
+        out = []
+        applied = self.applied_seq()
+        found = self._header()
+        if applied >= SEQ_LIMIT:
+            out.append(f"journal: applied_seq {applied} is out of range (limit {SEQ_LIMIT})")
+        if found is not None and found.seq >= SEQ_LIMIT:
+            out.append(f"journal: header seq {found.seq} is out of range (limit {SEQ_LIMIT})")
+        if found is not None and applied > found.seq:
+            out.append(
+                f"journal: applied_seq {applied} is ahead of the last committed "
+                f"transaction {found.seq}"
+            )
+        if found is not None and found.seq > applied and found.log_bytes > self.capacity:
+            out.append(
+                f"journal: transaction {found.seq} claims {found.log_bytes} bytes of log, "
+                f"more than the {self.capacity}-byte log area"
+            )
+        header = self.pending()
+        if header is not None and not out:
+            try:
+                self.records(header)
+            except Corrupted as exc:
+                out.append(str(exc.strerror))
         return out
 
     def recover(self) -> int:
-        """Replay the committed transaction in the log, if any; return records replayed."""
+        """Replay the committed transaction in the log, if any; return records replayed.
+
+        Raises:
+            Corrupted (EUCLEAN): ``problems()`` found something; nothing written.
+            ReadOnly (EROFS): read-only, and a transaction awaits replay.
+        """
+        problems = self.problems()
+        if problems:
+            raise Corrupted("; ".join(problems))
         header = self.pending()
         applied = self.applied_seq()
-        raw = self.store.view[self.header_offset : self.header_offset + 32]
-        found = JournalHeader.unpack(raw)
+        found = self._header()
         self.seq = max(applied, found.seq if found else 0)
         if header is None:
             return 0

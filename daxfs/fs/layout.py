@@ -103,6 +103,50 @@ _SB = struct.Struct(
     "Q"  # 256 inode_hwm: inodes >= this have never been used (zero records)
 )
 SB_SIZE = _SB.size  # 264; the rest of the block is zero up to the crc
+#: (attribute, struct format) of the packed fields after the magic, in order
+_SB_FIELDS: tuple[tuple[str, str], ...] = (
+    ("version", "I"),
+    ("block_size", "I"),
+    ("block_count", "Q"),
+    ("uuid", "16s"),
+    ("label", "64s"),
+    ("feature_compat", "I"),
+    ("feature_incompat", "I"),
+    ("feature_ro_compat", "I"),
+    ("inode_size", "I"),
+    ("journal_start", "Q"),
+    ("journal_blocks", "Q"),
+    ("bitmap_start", "Q"),
+    ("bitmap_blocks", "Q"),
+    ("inode_block0", "Q"),
+    ("root_ino", "Q"),
+    ("created_ns", "q"),
+    ("hash_key", "16s"),
+    ("free_blocks", "Q"),
+    ("free_inodes", "Q"),
+    ("used_inodes", "Q"),
+    ("free_ino_head", "Q"),
+    ("orphan_head", "Q"),
+    ("next_generation", "Q"),
+    ("state", "I"),
+    ("mount_count", "I"),
+    ("last_mount_ns", "q"),
+    ("inode_hwm", "Q"),
+)
+assert _SB.format == "<8s" + "".join(fmt for _, fmt in _SB_FIELDS)
+
+
+def _misfit(obj: object, fields: tuple[tuple[str, str], ...]) -> str:
+    """Which integer field of ``obj`` does not fit its struct format (for an error)."""
+    for name, fmt in fields:
+        value = getattr(obj, name)
+        if fmt[-1] in "sp" or not isinstance(value, int):
+            continue
+        try:
+            struct.pack("<" + fmt, value)
+        except struct.error:
+            return f"{name} {value} does not fit its {struct.calcsize(fmt)}-byte field"
+    return "a field does not fit its format"
 
 
 @dataclasses.dataclass(slots=True)
@@ -147,7 +191,20 @@ class Superblock:
         return self.inode_block0 + 1
 
     def pack_into(self, block: bytearray | memoryview) -> None:
-        """Write the superblock and its checksum into a 4 KiB block buffer."""
+        """Write the superblock and its checksum into a 4 KiB block buffer.
+
+        Raises:
+            Corrupted (EUCLEAN): a counter no longer fits its field (it was
+                damaged on media before it was changed); names the field.
+        """
+        try:
+            self._pack(block)
+        except struct.error:
+            raise Corrupted(f"superblock: {_misfit(self, _SB_FIELDS)}") from None
+        block[SB_SIZE:SB_CRC_OFFSET] = bytes(SB_CRC_OFFSET - SB_SIZE)
+        struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
+
+    def _pack(self, block: bytearray | memoryview) -> None:
         _SB.pack_into(
             block,
             0,
@@ -180,8 +237,6 @@ class Superblock:
             self.last_mount_ns,
             self.inode_hwm,
         )
-        block[SB_SIZE:SB_CRC_OFFSET] = bytes(SB_CRC_OFFSET - SB_SIZE)
-        struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
 
     def to_block(self) -> bytes:
         block = bytearray(BLOCK_SIZE)
@@ -266,9 +321,57 @@ class Superblock:
         if self.root_ino != INO_ROOT:
             problems.append(f"root inode {self.root_ino}")
         if self.free_blocks > self.block_count:
-            problems.append(f"free block count {self.free_blocks} > {self.block_count} blocks")
+            problems.append(f"free_blocks {self.free_blocks} > {self.block_count} blocks")
         if problems:
             raise Corrupted(f"{where}: " + "; ".join(problems))
+
+    def counter_problems(self) -> list[str]:
+        """What is wrong with the counters and list heads, judged against the geometry.
+
+        Call after ``check_geometry``.  The checks need nothing but the
+        superblock (mount checks them; so can fsck); each problem names the
+        field.  Never raises.
+
+        Invariants checked (each kept by every transaction):
+          1. ``free_blocks`` <= the blocks of the data area.
+          2. ``FIRST_FREE_INO <= inode_hwm`` and the inode file, which holds
+             ``inode_hwm`` slots, fits the data area and inode block 0.
+          3. ``used_inodes + free_inodes <= inode_hwm - 1`` (inode 0 is never
+             used): every allocation raises ``inode_hwm`` or pops the free list.
+          4. ``free_ino_head`` and ``orphan_head`` are 0 or a number that can
+             be used: ``FIRST_FREE_INO <= head < inode_hwm``.
+          5. The free list is empty iff ``free_inodes`` is 0.
+          6. ``next_generation`` fits an inode's 32-bit generation; ``state``
+             is known.
+        """
+        out = []
+        data_blocks = self.block_count - 1 - self.data_start
+        if self.free_blocks > data_blocks:
+            out.append(
+                f"free_blocks {self.free_blocks} > the {data_blocks} blocks of the data area"
+            )
+        slots = (data_blocks + 1) * INODES_PER_BLOCK
+        if not FIRST_FREE_INO <= self.inode_hwm <= slots:
+            out.append(
+                f"inode_hwm {self.inode_hwm} is outside [{FIRST_FREE_INO}, {slots}] "
+                "(what an inode file can hold)"
+            )
+        elif self.used_inodes + self.free_inodes > self.inode_hwm - 1:
+            out.append(
+                f"used_inodes {self.used_inodes} + free_inodes {self.free_inodes} > "
+                f"the {self.inode_hwm - 1} inodes below inode_hwm"
+            )
+        for name in ("free_ino_head", "orphan_head"):
+            head = getattr(self, name)
+            if head and not FIRST_FREE_INO <= head < self.inode_hwm:
+                out.append(f"{name} {head} is not an inode in [{FIRST_FREE_INO}, {self.inode_hwm})")
+        if (self.free_ino_head == 0) != (self.free_inodes == 0):
+            out.append(f"free_inodes {self.free_inodes} with free_ino_head {self.free_ino_head}")
+        if self.next_generation > 0xFFFFFFFF:
+            out.append(f"next_generation {self.next_generation} does not fit 32 bits")
+        if self.state not in (STATE_CLEAN, STATE_MOUNTED):
+            out.append(f"unknown state {self.state}")
+        return out
 
 
 # --------------------------------------------------------------------------- journal
@@ -379,6 +482,29 @@ _INODE = struct.Struct(
     "Q"  # 120 entries: directories: number of entries
 )
 assert _INODE.size == INLINE_OFFSET
+_INODE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("ino", "Q"),
+    ("mode", "I"),
+    ("nlink", "I"),
+    ("uid", "I"),
+    ("gid", "I"),
+    ("size", "Q"),
+    ("blocks", "Q"),
+    ("atime_ns", "q"),
+    ("mtime_ns", "q"),
+    ("ctime_ns", "q"),
+    ("btime_ns", "q"),
+    ("generation", "I"),
+    ("flags", "I"),
+    ("next", "Q"),
+    ("parent", "Q"),
+    ("map_kind", "B"),
+    ("map_height", "B"),
+    ("map_count", "H"),
+    ("map_root", "Q"),
+    ("entries", "Q"),
+)
+assert _INODE.format.replace("BBHI", "BBH") == "<II" + "".join(f for _, f in _INODE_FIELDS)
 
 
 @dataclasses.dataclass(slots=True)
@@ -408,8 +534,22 @@ class InodeRecord:
     inline: bytes = bytes(INLINE_AREA)
 
     def pack_into(self, buf: bytearray | memoryview, offset: int) -> None:
-        """Write the record and its checksum at ``offset`` of ``buf``."""
+        """Write the record and its checksum at ``offset`` of ``buf``.
+
+        Raises:
+            Corrupted (EUCLEAN): a counter no longer fits its field (a damaged
+                ``blocks`` or ``nlink`` counted past 0 or the maximum); names it.
+        """
         view = memoryview(buf)[offset : offset + INODE_SIZE]
+        try:
+            self._pack(view)
+        except struct.error:
+            raise Corrupted(f"inode {self.ino}: {_misfit(self, _INODE_FIELDS)}") from None
+        assert len(self.inline) == INLINE_AREA
+        view[INLINE_OFFSET:] = self.inline
+        struct.pack_into("<I", view, INODE_CRC_OFFSET, checksum_with_hole(view, INODE_CRC_OFFSET))
+
+    def _pack(self, view: memoryview) -> None:
         _INODE.pack_into(
             view,
             0,
@@ -437,9 +577,6 @@ class InodeRecord:
             self.map_root,
             self.entries,
         )
-        assert len(self.inline) == INLINE_AREA
-        view[INLINE_OFFSET:] = self.inline
-        struct.pack_into("<I", view, INODE_CRC_OFFSET, checksum_with_hole(view, INODE_CRC_OFFSET))
 
     @classmethod
     def unpack_from(cls, buf: bytes | bytearray | memoryview, offset: int, ino: int) -> InodeRecord:

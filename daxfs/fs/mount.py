@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from collections.abc import Callable
 
 from daxfs.errors import Corrupted, InvalidArgument, ReadOnly
@@ -35,6 +36,10 @@ from daxfs.fs.layout import (
     FEATURE_INCOMPAT,
     FEATURE_RO_COMPAT,
     INO_INODE_FILE,
+    INO_ROOT,
+    INODES_PER_BLOCK,
+    MAP_BTREE,
+    MAP_INLINE,
     STATE_CLEAN,
     STATE_MOUNTED,
     Superblock,
@@ -210,14 +215,18 @@ def _mount(device: Device, readonly: bool, owned: bool) -> FileSystem:
             raise Corrupted(f"superblock: unknown incompatible features {sb.feature_incompat:#x}")
         if sb.feature_ro_compat & ~FEATURE_RO_COMPAT and not readonly:
             raise ReadOnly("image has features this version can only mount read-only")
+        problems = sb.counter_problems()
+        if problems:
+            raise Corrupted("superblock: " + "; ".join(problems) + " (run daxfs fsck)")
         sup = SuperState(store, sb)
         fs = _assemble(device, store, journal, sup, readonly, owned)
+        check_structures(fs.itable, fs.maps, fs.alloc, store)
         if not readonly:
             _reap_orphans(fs)
             with journal.begin() as tx:
                 s = sup.dirty(tx)
                 s.state = STATE_MOUNTED
-                s.mount_count += 1
+                s.mount_count = (s.mount_count + 1) & 0xFFFFFFFF
                 s.last_mount_ns = now_ns()
         return fs
     except BaseException as exc:
@@ -263,6 +272,70 @@ def build_layers(store: PmemStore, sup: SuperState) -> Layers:
     itable.locate = locate
     itable.grow = grow
     return Layers(alloc, itable, maps, Directories(itable, alloc, sup.sb.hash_key))
+
+
+def check_structures(itable: InodeTable, maps: BlockMaps, alloc: Allocator, store: Reader) -> None:
+    """The cheap cross-checks of mount, beyond the superblock's own (docs/GUARANTEES.md).
+
+    The inode file maps exactly its size, contiguously from inode block 0, and
+    holds ``inode_hwm`` slots; the root is a directory; the free-block counter
+    equals the bitmap.  (Everything else that can be wrong is found where it
+    is used, as EUCLEAN, or by fsck.)
+
+    Raises:
+        Corrupted (EUCLEAN): naming the structure and the fact that failed.
+    """
+    problems = inode_file_problems(itable, maps, store)
+    if problems:
+        raise Corrupted("inode file: " + "; ".join(problems) + " (run daxfs fsck)")
+    root = itable.get(INO_ROOT)
+    if not root.is_dir:
+        raise Corrupted(f"root inode {INO_ROOT} is not a directory (mode {root.rec.mode:o})")
+    sb = itable.sup.sb
+    free = alloc.count_free(store)
+    if free != sb.free_blocks:
+        raise Corrupted(
+            f"superblock: free_blocks {sb.free_blocks} but the allocation bitmap has "
+            f"{free} free blocks (run daxfs fsck)"
+        )
+
+
+def inode_file_problems(itable: InodeTable, maps: BlockMaps, reader: Reader) -> list[str]:
+    """What is wrong with the inode file (inode 1) and ``inode_hwm``; never raises on damage.
+
+    Invariants checked: a regular file whose size is a non-zero multiple of
+    the block size; its extents written, in order, without holes, mapping file
+    block 0 to ``inode_block0`` and ending exactly at its size; room for
+    ``inode_hwm`` inodes.
+    """
+    sb = itable.sup.sb
+    try:
+        rec = itable.get(INO_INODE_FILE).rec
+    except Corrupted as exc:
+        return [str(exc.strerror)]
+    if not stat.S_ISREG(rec.mode) or rec.map_kind not in (MAP_INLINE, MAP_BTREE):
+        return [f"mode {rec.mode:o} with map kind {rec.map_kind}"]
+    blocks = rec.size >> BLOCK_SHIFT
+    if rec.size % BLOCK_SIZE or blocks == 0:
+        return [f"size {rec.size} is not a positive number of blocks"]
+    out = []
+    if sb.inode_hwm > blocks * INODES_PER_BLOCK:
+        out.append(f"inode_hwm {sb.inode_hwm} beyond its {blocks * INODES_PER_BLOCK} slots")
+    end = 0
+    try:
+        for ext in maps.extents(reader, itable.get(INO_INODE_FILE)):
+            if ext.lblk != end or ext.unwritten or ext.end > blocks:
+                out.append(f"extent {ext} breaks the map of blocks [0, {blocks})")
+                break
+            if end == 0 and ext.pblk != sb.inode_block0:
+                out.append(f"block 0 is at {ext.pblk}, not inode block 0 ({sb.inode_block0})")
+            end = ext.end
+        else:
+            if end != blocks:
+                out.append(f"maps {end} of its {blocks} blocks")
+    except Corrupted as exc:
+        out.append(str(exc.strerror))
+    return out
 
 
 def _assemble(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,17 @@ import daxfs
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
     BLOCK_SIZE,
+    DIRENT,
     JH_APPLIED_OFFSET,
     JREC,
+    LEAF_SLOTS,
     InodeRecord,
     JournalHeader,
     Superblock,
     crc32c,
     seal_node,
 )
+from daxfs.fs.journal import Journal
 from daxfs.fs.mount import build_layers
 from daxfs.fs.store import PmemStore
 from daxfs.fs.super import SuperState
@@ -127,3 +131,62 @@ def set_applied_seq(dev: Device, value: int) -> None:
 def remove(path: Path) -> None:
     if os.path.lexists(path):
         path.unlink()
+
+
+def forge_raw_header(dev: Device, *, seq: int, nrecords: int, payload: bytes) -> None:
+    """A journal header over the log's first ``len(payload)`` bytes, checksums valid."""
+    sb = sb_of(dev)
+    header = sb.journal_start << BLOCK_SHIFT
+    dev.write(header, JournalHeader(seq, nrecords, len(payload), crc32c(payload)).pack())
+
+
+def edit_entry(
+    dev: Device,
+    dir_ino: int,
+    name: bytes,
+    *,
+    new_name: bytes | None = None,
+    ino: int | None = None,
+    dtype: int | None = None,
+) -> None:
+    """Patch directory entry ``name`` in place in a one-leaf directory tree, resealed.
+
+    ``new_name`` must have the length of ``name`` (the value keeps its size and
+    its key, which is then no longer the hash of the name).
+    """
+    rec = read_inode(dev, dir_ino)
+    assert rec.map_height == 1, "one-leaf directories only"
+    leaf = bytearray(dev.read(rec.map_root << BLOCK_SHIFT, BLOCK_SIZE))
+    count = struct.unpack_from("<H", leaf, 26)[0]
+    for i in range(count):
+        off, n = struct.unpack_from("<HH", leaf, LEAF_SLOTS + 4 * i)
+        pos = off
+        while pos < off + n:
+            e_ino, e_type, e_len = DIRENT.unpack_from(leaf, pos)
+            e_name = bytes(leaf[pos + DIRENT.size : pos + DIRENT.size + e_len])
+            if e_name == name:
+                if new_name is not None:
+                    assert len(new_name) == len(name)
+                    leaf[pos + DIRENT.size : pos + DIRENT.size + e_len] = new_name
+                DIRENT.pack_into(
+                    leaf,
+                    pos,
+                    e_ino if ino is None else ino,
+                    e_type if dtype is None else dtype,
+                    e_len,
+                )
+                seal_node(leaf)
+                dev.write(rec.map_root << BLOCK_SHIFT, leaf)
+                return
+            pos += DIRENT.size + e_len
+    raise AssertionError(f"no entry {name!r} in directory inode {dir_ino}")
+
+
+def settle_journal(dev: Device) -> None:
+    """Replay the journal's pending transaction, so that edits are not undone by recovery."""
+    sb = Superblock.unpack(dev.read(0, BLOCK_SIZE), "sb", verify=False)
+    store = PmemStore(dev, sb.block_count)
+    try:
+        Journal(store, sb.journal_start, sb.journal_blocks).recover()
+    finally:
+        store.close()
