@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import daxfs
+from daxfs.fs.journal import Journal
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
     BLOCK_SIZE,
@@ -27,7 +28,6 @@ from daxfs.fs.layout import (
     crc32c,
     seal_node,
 )
-from daxfs.fs.journal import Journal
 from daxfs.fs.mount import build_layers
 from daxfs.fs.store import PmemStore
 from daxfs.fs.super import SuperState
