@@ -264,7 +264,7 @@ def test_path_image(tmp_path: object) -> None:
 
 
 def test_free_list_rebuilt_in_batches(dev: SimulatedPmem, monkeypatch: pytest.MonkeyPatch) -> None:
-    from daxfs.fs import fsck as fsck_mod
+    from daxfs.fs.fsck import lists as fsck_mod
 
     monkeypatch.setattr(fsck_mod, "REBUILD_BATCH", 8)
     with daxfs.mount(dev) as fs:

@@ -1,0 +1,163 @@
+"""The state one run of fsck shares between its passes, and how repairs are queued.
+
+``Context`` is the run: the device, the options, the report.  ``State`` is
+what the check passes learned about one image (every pass adds to it, and
+only the pass that owns a fact writes it: see the package docstring).
+``Fix`` is a repair a pass asks for; the driver applies the fixes of all
+passes in ``Stage`` order once every pass has looked, so that nothing is
+allocated before every claimed block and inode is known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from daxfs.fs.journal import Journal
+from daxfs.fs.layout import InodeRecord, Superblock
+from daxfs.fs.mount import Layers
+from daxfs.fs.store import PmemStore
+from daxfs.fs.super import SuperState
+from daxfs.pmem.device import Device
+
+from .report import Problem, Progress, Report
+
+#: owner of the blocks of the static regions (superblocks, journal, bitmap, inode block 0)
+STATIC = 0xFFFFFFFF
+
+
+class Stage(enum.IntEnum):
+    """The order in which repairs run (each stage may rely on every earlier one)."""
+
+    #: every claimed block marked used, leaked blocks freed, free_blocks recounted
+    BITMAP = 1
+    #: the inode file's size, the inode high-water mark, the generation counter
+    INODE_TABLE = 2
+    #: fields of single inodes: block counts, flags, mode bits, free-record leftovers
+    INODES = 3
+    #: directory entries (drop, move to their hash, retype), '..', entry and link counts
+    ENTRIES = 4
+    #: the free-inode list and the orphan list rebuilt, inode counters
+    LISTS = 5
+    #: lost inodes linked into /lost+found (the only stage that allocates inodes)
+    LOST = 6
+
+
+@dataclasses.dataclass
+class Repairing:
+    """The image's structures opened for writing, for the fixes (after the check)."""
+
+    store: PmemStore
+    journal: Journal
+    sup: SuperState
+    layers: Layers
+
+
+Apply = Callable[[Repairing], None]
+
+
+@dataclasses.dataclass
+class Fix:
+    """A repair asked for by a pass; ``apply`` runs its own transactions."""
+
+    stage: Stage
+    apply: Apply
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+
+
+class Context:
+    """One run of fsck: device, options, the report, and the queued fixes."""
+
+    def __init__(self, device: Device, repair: bool, progress: Progress | None) -> None:
+        self.device = device
+        self.repair = repair
+        self._progress = progress
+        self.report = Report()
+        self.fixes: list[Fix] = []
+        #: a phase-name prefix for the progress callback ("recheck " after repairs)
+        self.phase_prefix = ""
+
+    def problem(self, structure: str, message: str, fix: Fix | None = None) -> Problem:
+        """Record a problem; ``fix`` (queued once, shared by several problems) repairs it."""
+        p = Problem(structure, message)
+        self.report.problems.append(p)
+        if fix is not None:
+            if not fix.problems:
+                self.fixes.append(fix)
+            fix.problems.append(p)
+        return p
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress(self.phase_prefix + phase, done, total)
+
+
+@dataclasses.dataclass
+class State:
+    """What the check passes learned about one image.
+
+    Owners, by pass: superblocks (``sb``), inodes and maps (the inode file,
+    the slots, the records, block claims, ``generation``), namespace
+    (``names``, ``links``, ``subdirs``, ``parent_of``, ``nlink``, ``lost``),
+    lists (``orphans``).
+    """
+
+    store: PmemStore
+    sb: Superblock
+    layers: Layers
+    # -- inodes and maps
+    #: device block of each inode-file block, in file order (the mapped prefix)
+    itable_map: list[int] = dataclasses.field(default_factory=list)
+    #: live inodes whose record is intact and sane
+    records: dict[int, InodeRecord] = dataclasses.field(default_factory=dict)
+    #: free records (mode 0), intact
+    free: dict[int, InodeRecord] = dataclasses.field(default_factory=dict)
+    #: all-zero slots below the high-water mark (never written: free in all but name)
+    blank: set[int] = dataclasses.field(default_factory=set)
+    #: slots whose record cannot be trusted, with the reason
+    damaged: dict[int, str] = dataclasses.field(default_factory=dict)
+    #: live inodes whose map (extents or directory tree) cannot be trusted
+    bad_map: set[int] = dataclasses.field(default_factory=set)
+    #: one more than the highest slot that is not all zero
+    top: int = 0
+    #: the highest inode generation found
+    generation: int = 0
+    #: owner of each block by a sound structure (0: none, STATIC: the static regions)
+    owner: npt.NDArray[np.uint32] = dataclasses.field(
+        default_factory=lambda: np.zeros(0, dtype=np.uint32)
+    )
+    #: blocks that damaged structures may own (never freed, never reused)
+    weak: npt.NDArray[np.bool_] = dataclasses.field(
+        default_factory=lambda: np.zeros(0, dtype=np.bool_)
+    )
+    #: False when a damaged structure may own blocks fsck could not enumerate
+    claims_complete: bool = True
+    #: written blocks past the size: a truncate to finish (through the orphan list)
+    truncate: set[int] = dataclasses.field(default_factory=set)
+    # -- namespace
+    #: a path of every inode reached from the root (or planned for /lost+found)
+    names: dict[int, str] = dataclasses.field(default_factory=dict)
+    #: link count each reached inode should have once the planned fixes are made
+    nlink: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: inodes no directory reaches, to be linked into /lost+found (in order)
+    lost: list[int] = dataclasses.field(default_factory=list)
+    #: False when a directory could not be read: link counts only checked from below
+    namespace_complete: bool = True
+    #: the namespace pass ran to the end (root readable)
+    namespace_ran: bool = False
+
+    @property
+    def slots(self) -> int:
+        """Inode slots the inode file holds."""
+        return len(self.itable_map) * 16
+
+    def claim_weak(self, start: int, length: int) -> None:
+        """Damaged structures may own ``[start, start+length)``: keep it from reuse."""
+        lo, hi = self.sb.data_start, self.sb.block_count - 1
+        a, b = max(start, lo), min(start + length, hi)
+        if a < b:
+            self.weak[a:b] = True

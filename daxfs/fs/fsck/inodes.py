@@ -1,0 +1,565 @@
+"""Pass 2, inodes and maps: every slot of the inode table, every block an inode owns.
+
+The pass reads the inode file's own map first (it says where the other
+inodes are), then every slot the inode file holds -- never more: the
+superblock's high-water mark is checked against the slots, not trusted to
+bound the loop.  Each live inode's map is validated extent by extent and
+node by node, and every block it owns is *claimed* in ``State.owner``.
+Damaged records and damaged maps are not trusted, but what they seem to
+point at is claimed *weakly* (``State.weak``): such blocks are never freed
+nor reused by a repair, because the damaged structure may still own them.
+
+Checks
+  1. The inode file (inode 1) is intact, a regular file whose map starts
+     at inode block 0, has no hole and no unwritten extent, and whose size
+     is exactly what it maps.
+  2. Each slot: an intact record naming its own number (or all zeros, which
+     is a never-used slot: damage below the high-water mark).  A live
+     record has a known file type, no mode bits beyond S_IFMT|07777, no
+     unknown flag bits, and a map of a kind its type allows.
+  3. Each extent: length > 0, only known flag bits, inside the data area,
+     below the maximum file size, sorted and not overlapping its neighbours;
+     extent B+trees and directory B+trees pass ``BTree.check``.
+  4. No block is claimed twice (by two inodes, or by an inode and the
+     static regions).
+  5. ``blocks`` equals the data blocks plus tree nodes the inode owns.
+  6. No written block past a regular file's size, unless a truncate is
+     pending (IFLAG_TRUNCATE).
+  7. Symbolic links: an inline target of 1..128 bytes is its size; a target
+     in blocks is at most MAX_PATH bytes; neither holds NUL.
+  8. Free records (mode 0) hold no links, blocks or orphan flag.
+  9. Counters: ``inode_hwm`` is one past the highest slot in use (at least
+     FIRST_FREE_INO); ``next_generation`` fits 32 bits and is at least the
+     highest generation of any inode.
+
+Repairs: inode-file size, ``inode_hwm`` and ``next_generation`` set to what
+was found; block counts, mode and flag bits, unknown extent flags cleared,
+free-record leftovers cleared; a file with written blocks past its size gets
+IFLAG_TRUNCATE (the lists pass puts it on the orphan list, and the next
+mount frees the blocks).  Damaged records and maps are reported, never
+guessed at.
+"""
+
+from __future__ import annotations
+
+import stat as st
+import struct
+from collections.abc import Iterator
+
+import numpy as np
+
+from daxfs.errors import Corrupted
+from daxfs.fs.btree import BTree
+from daxfs.fs.data import MAX_FILE_SIZE
+from daxfs.fs.extmap import Extent, InodeNodes
+from daxfs.fs.layout import (
+    BLOCK_SHIFT,
+    BLOCK_SIZE,
+    EXTENT,
+    EXTENT_UNWRITTEN,
+    EXTENT_VALUE,
+    FIRST_FREE_INO,
+    IFLAG_ORPHAN,
+    IFLAG_TRUNCATE,
+    INLINE_AREA,
+    INLINE_EXTENTS,
+    INO_INODE_FILE,
+    INODE_CRC_OFFSET,
+    INODE_MAGIC,
+    INODE_SIZE,
+    INODES_PER_BLOCK,
+    INTERNAL_CAP,
+    INTERNAL_CHILDREN,
+    LEAF_CAP,
+    LEAF_SLOTS,
+    MAP_BTREE,
+    MAP_INLINE,
+    MAP_NONE,
+    MAP_SYMLINK,
+    NODE_HEADER,
+    NODE_MAGIC,
+    TREE_DIRECTORY,
+    TREE_EXTENTS,
+    InodeRecord,
+    checksum_with_hole,
+)
+from daxfs.fs.namei import MAX_PATH
+
+from .context import STATIC, Apply, Context, Fix, Repairing, Stage, State
+
+KNOWN_FLAGS = IFLAG_ORPHAN | IFLAG_TRUNCATE
+MODE_BITS = 0o170000 | 0o7777
+GENERATION_MASK = 0xFFFFFFFF
+MAX_FILE_BLOCKS = MAX_FILE_SIZE >> BLOCK_SHIFT
+_TYPES = (st.S_IFDIR, st.S_IFREG, st.S_IFLNK)
+_ZERO_RECORD = bytes(INODE_SIZE)
+
+
+class _NoNodes:
+    """The node allocator of trees fsck only reads."""
+
+    def alloc_node(self, tx: object, goal: int) -> int:
+        raise AssertionError("fsck does not grow a tree it checks")
+
+    def free_node(self, tx: object, blockno: int) -> None:
+        raise AssertionError("fsck does not shrink a tree it checks")
+
+
+NO_NODES = _NoNodes()
+
+
+def check_inodes(ctx: Context, s: State) -> bool:
+    """Checks 1-9.  False if the inode file itself is unusable (the check stops)."""
+    sb = s.sb
+    s.owner = np.zeros(sb.block_count, dtype=np.uint32)
+    s.owner[: sb.data_start] = STATIC
+    s.owner[sb.block_count - 1] = STATIC
+    s.weak = np.zeros(sb.block_count, dtype=np.bool_)
+    size_fix = _inode_file(ctx, s)
+    if size_fix is None:
+        ctx.report.complete = False
+        return False
+    _slots(ctx, s)
+    _counters(ctx, s)
+    if size_fix.problems:
+        ctx.fixes.remove(size_fix)  # after the high-water mark: it reads inode 1 through it
+        ctx.fixes.append(size_fix)
+    return True
+
+
+# -- 1 the inode file -------------------------------------------------------------------
+
+
+def _inode_file(ctx: Context, s: State) -> Fix | None:
+    """Check 1: fill ``s.itable_map``; None if the inode file is unusable."""
+    sb = s.sb
+    where = "inode 1 (the inode file)"
+    try:
+        rec = InodeRecord.unpack_from(s.store.block(sb.inode_block0), INODE_SIZE, INO_INODE_FILE)
+        if not st.S_ISREG(rec.mode) or rec.map_kind not in (MAP_INLINE, MAP_BTREE):
+            raise Corrupted(f"mode {rec.mode:o} with map kind {rec.map_kind}")
+        extents, nodes = _read_map(s, INO_INODE_FILE, rec, TREE_EXTENTS, lo=sb.inode_block0)
+        if any(e.pblk == sb.inode_block0 and e.lblk for e in extents):
+            raise Corrupted(f"maps inode block 0 ({sb.inode_block0}) past file block 0")
+    except Corrupted as exc:
+        ctx.problem(where, f"{_text(exc)}: no inode can be checked")
+        return None
+    pblks: list[int] = []
+    for ext in extents:
+        if ext.lblk != len(pblks) or ext.flags:
+            gap = "unwritten" if ext.flags else f"a hole at block {len(pblks)}"
+            ctx.problem(where, f"{gap} before file block {ext.lblk}: inodes beyond not checked")
+            s.claims_complete = False
+            break
+        pblks.extend(range(ext.pblk, ext.pblk + ext.length))
+        if len(pblks) > sb.block_count:
+            break
+    if not pblks or pblks[0] != sb.inode_block0:
+        ctx.problem(where, f"file block 0 is not inode block 0 ({sb.inode_block0})")
+        return None
+    s.itable_map = pblks
+    runs = [(e.pblk, e.length) for e in extents if e.pblk != sb.inode_block0] + [
+        (e.pblk + 1, e.length - 1) for e in extents if e.pblk == sb.inode_block0
+    ]
+    owned = 1 + _claim(ctx, s, INO_INODE_FILE, runs) + _claim_nodes(ctx, s, INO_INODE_FILE, nodes)
+    s.records[INO_INODE_FILE] = rec
+    _check_blocks(ctx, s, INO_INODE_FILE, rec, owned)
+    fix = Fix(Stage.INODE_TABLE, _set_field(INO_INODE_FILE, "size", len(pblks) << BLOCK_SHIFT))
+    if rec.size != len(pblks) << BLOCK_SHIFT:
+        ctx.problem(where, f"size {rec.size} but maps {len(pblks)} blocks", fix)
+    return fix
+
+
+# -- 2 the slots --------------------------------------------------------------------------
+
+
+def _slots(ctx: Context, s: State) -> None:
+    """Checks 2-8 for every slot the inode file holds (slot 0 is never used)."""
+    total = s.slots
+    for fblock, blockno in enumerate(s.itable_map):
+        block = bytes(s.store.block(blockno))
+        if fblock % 256 == 0:
+            ctx.progress("inodes", fblock * INODES_PER_BLOCK, total)
+        for slot in range(INODES_PER_BLOCK):
+            ino = fblock * INODES_PER_BLOCK + slot
+            raw = block[slot * INODE_SIZE : (slot + 1) * INODE_SIZE]
+            if ino == 0 or raw == _ZERO_RECORD:
+                continue
+            s.top = ino + 1
+            if ino == INO_INODE_FILE:
+                continue
+            try:
+                rec = InodeRecord.unpack_from(raw, 0, ino)
+            except Corrupted as exc:
+                _damaged(ctx, s, ino, raw, _text(exc).removeprefix(f"inode {ino}: "))
+                continue
+            s.generation = max(s.generation, rec.generation)
+            if rec.mode == 0:
+                _free_record(ctx, s, ino, rec)
+            else:
+                _live(ctx, s, ino, rec)
+    ctx.progress("inodes", total, total)
+    for ino in range(1, max(s.top, FIRST_FREE_INO)):
+        if ino not in s.records and ino not in s.free and ino not in s.damaged:
+            s.blank.add(ino)
+
+
+def _damaged(ctx: Context, s: State, ino: int, raw: bytes, why: str) -> None:
+    """An unreadable record: report it, claim weakly what it seems to own."""
+    ctx.problem(f"inode {ino}", why)
+    s.damaged[ino] = why
+    s.claims_complete = False
+    rec = _unverified(raw, ino)
+    if rec is not None:
+        _salvage(s, ino, rec)
+
+
+def _free_record(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
+    s.free[ino] = rec
+    if rec.nlink or rec.blocks or rec.flags:
+        clean = InodeRecord(ino=ino, generation=rec.generation, next=rec.next)
+        ctx.problem(
+            f"inode {ino}",
+            f"free, but holds {rec.nlink} links, {rec.blocks} blocks, flags {rec.flags:#x}",
+            Fix(Stage.INODES, _replace_record(ino, clean)),
+        )
+        s.free[ino] = clean
+
+
+def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
+    """Checks 2-7 of a live record."""
+    fmt = st.S_IFMT(rec.mode)
+    where = f"inode {ino}"
+    if fmt not in _TYPES:
+        ctx.problem(where, f"unknown file type {rec.mode:o}")
+        s.damaged[ino] = "unknown file type"
+        s.claims_complete = False
+        _salvage(s, ino, rec)
+        return
+    s.records[ino] = rec
+    report = ctx.report
+    report.directories += fmt == st.S_IFDIR
+    report.files += fmt == st.S_IFREG
+    report.symlinks += fmt == st.S_IFLNK
+    if rec.mode & ~MODE_BITS:
+        ctx.problem(
+            where,
+            f"mode {rec.mode:o} has unknown bits",
+            Fix(Stage.INODES, _set_field(ino, "mode", rec.mode & MODE_BITS)),
+        )
+    if rec.flags & ~KNOWN_FLAGS:
+        ctx.problem(
+            where,
+            f"unknown flag bits {rec.flags & ~KNOWN_FLAGS:#x}",
+            Fix(Stage.INODES, _set_field(ino, "flags", rec.flags & KNOWN_FLAGS)),
+        )
+    if fmt == st.S_IFLNK and rec.map_kind == MAP_SYMLINK:
+        _inline_symlink(ctx, s, ino, rec)
+        return
+    kind = TREE_DIRECTORY if fmt == st.S_IFDIR else TREE_EXTENTS
+    allowed = (MAP_NONE, MAP_BTREE) if fmt == st.S_IFDIR else (MAP_NONE, MAP_INLINE, MAP_BTREE)
+    try:
+        if rec.map_kind not in allowed:
+            raise Corrupted(f"map kind {rec.map_kind} for a file of type {fmt:o}")
+        extents, nodes = _read_map(s, ino, rec, kind)
+    except Corrupted as exc:
+        ctx.problem(where, _text(exc).removeprefix(f"{where}: "))
+        s.bad_map.add(ino)
+        s.claims_complete = False
+        _salvage(s, ino, rec)
+        return
+    flagged = [e for e in extents if e.flags & ~EXTENT_UNWRITTEN]
+    if flagged:
+        ctx.problem(
+            where,
+            f"{len(flagged)} extents with unknown flag bits (first at file block "
+            f"{flagged[0].lblk}: {flagged[0].flags:#x})",
+            Fix(Stage.INODES, _clear_extent_flags(ino)),
+        )
+    owned = _claim(ctx, s, ino, [(e.pblk, e.length) for e in extents])
+    owned += _claim_nodes(ctx, s, ino, nodes)
+    _check_blocks(ctx, s, ino, rec, owned)
+    if fmt == st.S_IFDIR:
+        return
+    if rec.size > MAX_FILE_SIZE:
+        ctx.problem(where, f"size {rec.size} beyond the maximum file size {MAX_FILE_SIZE}")
+    keep = (rec.size + BLOCK_SIZE - 1) >> BLOCK_SHIFT
+    written = [e for e in extents if not e.flags & EXTENT_UNWRITTEN and e.end > keep]
+    if written and fmt == st.S_IFREG and not rec.flags & IFLAG_TRUNCATE:
+        # unwritten extents past the size are fallocate(KEEP_SIZE): legitimate
+        s.truncate.add(ino)
+        ctx.problem(
+            where,
+            f"maps written blocks up to {written[-1].end} past its size {rec.size}",
+            Fix(Stage.INODES, _set_field(ino, "flags", (rec.flags | IFLAG_TRUNCATE) & KNOWN_FLAGS)),
+        )
+    if fmt == st.S_IFLNK:
+        _block_symlink(ctx, s, ino, rec, extents)
+
+
+def _inline_symlink(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
+    target = rec.inline[: rec.map_count]
+    if not (0 < rec.map_count <= INLINE_AREA and rec.size == rec.map_count):
+        ctx.problem(f"inode {ino}", f"inline symlink of {rec.map_count} bytes, size {rec.size}")
+    elif b"\0" in target:
+        ctx.problem(f"inode {ino}", "symlink target holds NUL")
+    if rec.blocks:
+        ctx.problem(
+            f"inode {ino}",
+            f"inline symlink counts {rec.blocks} blocks",
+            Fix(Stage.INODES, _set_field(ino, "blocks", 0)),
+        )
+
+
+def _block_symlink(ctx: Context, s: State, ino: int, rec: InodeRecord, exts: list[Extent]) -> None:
+    if not 0 < rec.size <= MAX_PATH:
+        ctx.problem(f"inode {ino}", f"symlink target of {rec.size} bytes (at most {MAX_PATH})")
+        return
+    target = bytearray(rec.size)  # holes and unwritten extents read as zeros
+    for e in exts:
+        lo, hi = e.lblk << BLOCK_SHIFT, min(e.end << BLOCK_SHIFT, rec.size)
+        if lo < hi and not e.flags & EXTENT_UNWRITTEN:
+            start = e.pblk << BLOCK_SHIFT
+            target[lo:hi] = s.store.view[start : start + hi - lo]
+    if b"\0" in target:
+        ctx.problem(f"inode {ino}", "symlink target holds NUL")
+
+
+# -- 3 maps -------------------------------------------------------------------------------
+
+
+def _read_map(
+    s: State, ino: int, rec: InodeRecord, kind: int, lo: int | None = None
+) -> tuple[list[Extent], list[int]]:
+    """Check 3: the extents (none for directories) and tree nodes of a map;
+    extents must lie in [``lo``, the backup superblock) (default: the data area).
+
+    Raises:
+        Corrupted: anything wrong but unknown extent flag bits (returned as they are).
+    """
+    if rec.map_kind == MAP_NONE:
+        if rec.map_count or rec.map_root or rec.map_height:
+            raise Corrupted(
+                f"empty map with count {rec.map_count}, root {rec.map_root}, "
+                f"height {rec.map_height}"
+            )
+        return [], []
+    if rec.map_kind == MAP_INLINE:
+        if rec.map_count > INLINE_EXTENTS or rec.map_root or rec.map_height:
+            raise Corrupted(f"inline map of {rec.map_count} extents")
+        raw = rec.inline[: rec.map_count * EXTENT.size]
+        found = [Extent(*f) for f in struct.iter_unpack(EXTENT.format, raw)]
+        return _valid_extents(s, found, lo), []
+    if rec.map_kind != MAP_BTREE:
+        raise Corrupted(f"unknown map kind {rec.map_kind}")
+    tree = BTree(ino, kind, rec.map_root, rec.map_height, NO_NODES)
+    if rec.map_root == 0 or rec.map_height == 0:
+        raise Corrupted(f"B+tree map with root {rec.map_root}, height {rec.map_height}")
+    problems = tree.check(s.store)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise Corrupted(problems[0] + more)
+    nodes = list(tree.nodes(s.store))
+    if kind == TREE_DIRECTORY:
+        return [], nodes
+    extents = []
+    for key, value in tree.items(s.store):
+        if len(value) != EXTENT_VALUE.size:
+            raise Corrupted(f"extent at file block {key} has a record of {len(value)} bytes")
+        extents.append(Extent(key, *EXTENT_VALUE.unpack(value)))
+    return _valid_extents(s, extents, lo), nodes
+
+
+def _valid_extents(s: State, extents: list[Extent], lo: int | None) -> list[Extent]:
+    lo, hi = s.sb.data_start if lo is None else lo, s.sb.block_count - 1
+    end = 0
+    for e in extents:
+        if e.length == 0:
+            raise Corrupted(f"empty extent at file block {e.lblk}")
+        if e.lblk < end:
+            raise Corrupted(f"extent at file block {e.lblk} overlaps the one before")
+        if e.end > MAX_FILE_BLOCKS:
+            raise Corrupted(f"extent at file block {e.lblk} ends past the maximum file size")
+        if not lo <= e.pblk or e.pblk + e.length > hi:
+            raise Corrupted(
+                f"extent at file block {e.lblk} maps blocks [{e.pblk}, {e.pblk + e.length}) "
+                f"outside the data area [{lo}, {hi})"
+            )
+        end = e.end
+    return extents
+
+
+# -- 4, 5 claims --------------------------------------------------------------------------
+
+
+def _claim(ctx: Context, s: State, ino: int, runs: list[tuple[int, int]]) -> int:
+    """Check 4: record that ``ino`` owns the blocks of ``runs`` (inside the data area)."""
+    total = 0
+    mark = min(ino, STATIC - 1)
+    for start, length in runs:
+        if length <= 0:
+            continue
+        owners = s.owner[start : start + length]
+        taken = np.flatnonzero(owners)
+        if len(taken):
+            other = int(owners[taken[0]])
+            ctx.problem(
+                f"inode {ino}",
+                f"block {start + int(taken[0])} ({len(taken)} in all) is also owned by "
+                f"{'the filesystem' if other == STATIC else f'inode {other}'}",
+            )
+            owners[owners == 0] = mark
+        else:
+            owners[:] = mark
+        total += length
+    return total
+
+
+def _claim_nodes(ctx: Context, s: State, ino: int, nodes: list[int]) -> int:
+    return _claim(ctx, s, ino, [(b, 1) for b in nodes])
+
+
+def _check_blocks(ctx: Context, s: State, ino: int, rec: InodeRecord, owned: int) -> None:
+    """Check 5."""
+    if rec.blocks != owned:
+        ctx.problem(
+            f"inode {ino}",
+            f"counts {rec.blocks} blocks but owns {owned}",
+            Fix(Stage.INODES, _set_field(ino, "blocks", owned)),
+        )
+
+
+# -- damaged structures: weak claims ----------------------------------------------------
+
+
+def _unverified(raw: bytes, ino: int) -> InodeRecord | None:
+    """Decode a record whose checksum failed, if its magic and number still hold."""
+    (magic,) = struct.unpack_from("<I", raw, 0)
+    (number,) = struct.unpack_from("<Q", raw, 8)
+    if magic != INODE_MAGIC or number != ino:
+        return None
+    fixed = bytearray(raw)
+    struct.pack_into("<I", fixed, INODE_CRC_OFFSET, checksum_with_hole(fixed, INODE_CRC_OFFSET))
+    return InodeRecord.unpack_from(fixed, 0, ino)
+
+
+def _salvage(s: State, ino: int, rec: InodeRecord) -> None:
+    """Claim weakly every block a record that cannot be trusted seems to own."""
+    if rec.map_kind == MAP_INLINE:
+        raw = rec.inline[: min(rec.map_count, INLINE_EXTENTS) * EXTENT.size]
+        for _, pblk, length, _ in struct.iter_unpack(EXTENT.format, raw):
+            s.claim_weak(pblk, length)
+    elif rec.map_kind == MAP_BTREE:
+        for pblk, length in _salvage_tree(s, rec.map_root):
+            s.claim_weak(pblk, length)
+
+
+def _salvage_tree(s: State, root: int) -> Iterator[tuple[int, int]]:
+    """Runs a tree that failed its check may own: every node reachable through
+    nodes whose magic and self-reference hold, and the extents of such leaves."""
+    lo, hi = s.sb.data_start, s.sb.block_count - 1
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        blockno = stack.pop()
+        if blockno in seen or not lo <= blockno < hi:
+            continue
+        seen.add(blockno)
+        yield blockno, 1
+        view = s.store.block(blockno)
+        magic, _, _, where, level, count, kind, _, _ = NODE_HEADER.unpack_from(view)
+        if magic != NODE_MAGIC or where != blockno:
+            continue
+        if level:
+            count = min(count, INTERNAL_CAP)
+            stack.extend(struct.unpack_from(f"<{count}Q", view, INTERNAL_CHILDREN))
+        elif kind == TREE_EXTENTS:
+            count = min(count, LEAF_CAP)
+            slots = struct.unpack_from(f"<{2 * count}H", view, LEAF_SLOTS)
+            for off, n in zip(slots[::2], slots[1::2], strict=True):
+                if n == EXTENT_VALUE.size and off + n <= BLOCK_SIZE:
+                    pblk, length, _ = EXTENT_VALUE.unpack_from(view, off)
+                    yield pblk, length
+
+
+# -- 9 counters ---------------------------------------------------------------------------
+
+
+def _counters(ctx: Context, s: State) -> None:
+    sb = s.sb
+    hwm = max(s.top, FIRST_FREE_INO)
+    if sb.inode_hwm != hwm:
+        ctx.problem(
+            "superblock",
+            f"inode high-water mark {sb.inode_hwm}, but the highest inode in use is "
+            f"{s.top - 1} (of {s.slots} slots)",
+            Fix(Stage.INODE_TABLE, _set_super("inode_hwm", hwm)),
+        )
+    generation = s.generation
+    if sb.next_generation > GENERATION_MASK or sb.next_generation < generation:
+        ctx.problem(
+            "superblock",
+            f"next generation {sb.next_generation}, but inodes have reached {generation}",
+            Fix(Stage.INODE_TABLE, _set_super("next_generation", generation)),
+        )
+
+
+# -- repairs ------------------------------------------------------------------------------
+
+
+def _set_super(field: str, value: int) -> Apply:
+    def apply(r: Repairing) -> None:
+        with r.journal.begin() as tx:
+            setattr(r.sup.dirty(tx), field, value)
+
+    return apply
+
+
+def _set_field(ino: int, field: str, value: int) -> Apply:
+    def apply(r: Repairing) -> None:
+        itable = r.layers.itable
+        with r.journal.begin() as tx:
+            setattr(itable.dirty(tx, itable.get(ino)), field, value)
+
+    return apply
+
+
+def _replace_record(ino: int, rec: InodeRecord) -> Apply:
+    def apply(r: Repairing) -> None:
+        itable = r.layers.itable
+        with r.journal.begin() as tx:
+            blockno, offset = itable.address(tx, ino)
+            rec.pack_into(tx.write(blockno), offset)
+        itable.forget(ino)
+
+    return apply
+
+
+def _clear_extent_flags(ino: int) -> Apply:
+    def apply(r: Repairing) -> None:
+        itable, maps = r.layers.itable, r.layers.maps
+        inode = itable.get(ino)
+        with r.journal.begin() as tx:
+            rec = itable.dirty(tx, inode)
+            if rec.map_kind == MAP_INLINE:
+                raw = bytearray(rec.inline)
+                for i in range(rec.map_count):
+                    lblk, pblk, length, flags = EXTENT.unpack_from(raw, i * EXTENT.size)
+                    EXTENT.pack_into(
+                        raw, i * EXTENT.size, lblk, pblk, length, flags & EXTENT_UNWRITTEN
+                    )
+                rec.inline = bytes(raw)
+            else:
+                nodes = InodeNodes(r.layers.alloc, itable, inode)
+                tree = BTree(ino, TREE_EXTENTS, rec.map_root, rec.map_height, nodes)
+                for e in list(maps.extents(tx, inode)):
+                    if e.flags & ~EXTENT_UNWRITTEN:
+                        value = EXTENT_VALUE.pack(e.pblk, e.length, e.flags & EXTENT_UNWRITTEN)
+                        tree.put(tx, e.lblk, value)
+            inode.xcache = None
+
+    return apply
+
+
+def _text(exc: OSError) -> str:
+    return exc.strerror or str(exc)
