@@ -7,6 +7,9 @@ image lies with valid checksums (what a crafted image or a bug of ours makes).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import stat
 import struct
 from collections.abc import Callable
 
@@ -129,3 +132,105 @@ def write_journal_header(dev: Device, header: JournalHeader) -> None:
 def ino_of(dev: Device, path: str) -> int:
     with daxfs.mount(dev) as fs:
         return int(fs.stat(path, follow_symlinks=False).st_ino)
+
+
+# -- a sample filesystem and what a user sees of it ------------------------------------
+
+SIZE = 16 << 20
+_TEMPLATE: dict[int, bytes] = {}
+
+
+def sample(size: int = SIZE) -> Device:
+    """A filesystem holding every kind of structure (built once, copied per call):
+    nested directories, a 200-entry directory (a two-level tree), inline and
+    B+tree extent maps, unwritten extents, hard links, inline and block symlinks,
+    a free inode on the free list."""
+    from daxfs.testing import SimulatedPmem
+
+    if size not in _TEMPLATE:
+        dev = SimulatedPmem(size)
+        daxfs.mkfs(dev)
+        with daxfs.mount(dev) as fs:
+            fs.makedirs("/a/b/c")
+            fs.mkdir("/empty")
+            with fs.open("/a/file", "wb") as f:
+                f.write(b"x" * 10000)
+            with fs.open("/a/b/small", "wb") as f:
+                f.write(b"small")
+            fs.link("/a/file", "/a/hard")
+            fs.symlink("/a/file", "/sym")
+            fs.symlink("/" + "t" * 300, "/longsym")
+            with fs.open("/frag", "wb", buffering=0) as f:  # 12 extents: a B+tree map
+                for i in range(12):
+                    f.pwrite(bytes([65 + i]) * BLOCK_SIZE, 2 * i * BLOCK_SIZE)
+            with fs.open("/prealloc", "wb", buffering=0) as f:
+                f.write(b"p" * 5000)
+                f.fallocate(0, 3 * BLOCK_SIZE, 1)  # FALLOC_FL_KEEP_SIZE: unwritten past EOF
+            fs.mkdir("/big")
+            for i in range(200):
+                with fs.open(f"/big/n{i:03d}", "wb") as f:
+                    f.write(str(i).encode())
+            fs.open("/gone", "wb").close()
+            fs.unlink("/gone")  # its inode is on the free list
+        _TEMPLATE[size] = dev.read(0, size)
+    return SimulatedPmem(size, image=_TEMPLATE[size])
+
+
+@dataclasses.dataclass
+class Seen:
+    """What mount, a walk that reads everything, and a write gave."""
+
+    mounted: bool = False
+    walked: bool = False
+    wrote: bool = False
+    #: content hash of every file read, by inode number
+    data: dict[int, str] = dataclasses.field(default_factory=dict)
+    error: str = ""
+
+
+def observe(dev: Device, *, write: bool = True, limit: int = 10_000) -> Seen:
+    """Mount, walk from the root reading every file (bounded: each inode once),
+    then create and write a file; record how far it got."""
+    seen = Seen()
+    try:
+        fs = daxfs.mount(dev)
+    except OSError as exc:
+        seen.error = f"mount: {exc!r}"
+        return seen
+    seen.mounted = True
+    try:
+        try:
+            visited: set[int] = set()
+            stack = ["/"]
+            while stack and len(visited) < limit:
+                path = stack.pop()
+                s = fs.lstat(path)
+                if s.st_ino in visited:
+                    continue
+                visited.add(s.st_ino)
+                if stat.S_ISDIR(s.st_mode):
+                    stack.extend(path.rstrip("/") + "/" + n for n in fs.listdir(path))
+                elif stat.S_ISLNK(s.st_mode):
+                    fs.readlink(path)
+                else:
+                    with fs.open(path, "rb") as f:
+                        seen.data[s.st_ino] = hashlib.sha256(f.read()).hexdigest()
+            seen.walked = True
+        except OSError as exc:
+            seen.error = f"walk: {exc!r}"
+        if write:
+            try:
+                with fs.open("/__probe", "wb") as f:
+                    f.write(b"probe" * 3000)
+                with fs.open("/__probe", "rb") as f:
+                    assert f.read() == b"probe" * 3000
+                fs.unlink("/__probe")
+                seen.wrote = True
+            except OSError as exc:
+                seen.error += f" write: {exc!r}"
+    finally:
+        try:
+            fs.unmount()
+        except OSError as exc:
+            seen.error += f" unmount: {exc!r}"
+    return seen

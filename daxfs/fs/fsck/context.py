@@ -124,6 +124,8 @@ class State:
     bad_map: set[int] = dataclasses.field(default_factory=set)
     #: one more than the highest slot that is not all zero
     top: int = 0
+    #: the inode file maps blocks past a hole that hold inodes (not checked)
+    unscanned: bool = False
     #: the highest inode generation found
     generation: int = 0
     #: owner of each block by a sound structure (0: none, STATIC: the static regions)

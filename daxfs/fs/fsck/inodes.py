@@ -42,6 +42,7 @@ guessed at.
 
 from __future__ import annotations
 
+import itertools
 import stat as st
 import struct
 from collections.abc import Iterator
@@ -146,14 +147,9 @@ def _inode_file(ctx: Context, s: State) -> Fix | None:
         return None
     pblks: list[int] = []
     for ext in extents:
-        if ext.lblk != len(pblks) or ext.flags:
-            gap = "unwritten" if ext.flags else f"a hole at block {len(pblks)}"
-            ctx.problem(where, f"{gap} before file block {ext.lblk}: inodes beyond not checked")
-            s.claims_complete = False
+        if ext.lblk != len(pblks) or ext.flags or len(pblks) > sb.block_count:
             break
         pblks.extend(range(ext.pblk, ext.pblk + ext.length))
-        if len(pblks) > sb.block_count:
-            break
     if not pblks or pblks[0] != sb.inode_block0:
         ctx.problem(where, f"file block 0 is not inode block 0 ({sb.inode_block0})")
         return None
@@ -164,10 +160,35 @@ def _inode_file(ctx: Context, s: State) -> Fix | None:
     owned = 1 + _claim(ctx, s, INO_INODE_FILE, runs) + _claim_nodes(ctx, s, INO_INODE_FILE, nodes)
     s.records[INO_INODE_FILE] = rec
     _check_blocks(ctx, s, INO_INODE_FILE, rec, owned)
-    fix = Fix(Stage.INODE_TABLE, _set_field(INO_INODE_FILE, "size", len(pblks) << BLOCK_SHIFT))
-    if rec.size != len(pblks) << BLOCK_SHIFT:
+    size = len(pblks) << BLOCK_SHIFT
+    beyond = [e for e in extents if e.lblk >= len(pblks)]
+    fix = Fix(Stage.INODE_TABLE, _fit_inode_file(len(pblks), bool(beyond)))
+    if beyond:
+        first = beyond[0]
+        gap = "an unwritten extent" if first.flags else f"a hole at file block {len(pblks)}"
+        if _all_zero(s, beyond):
+            ctx.problem(where, f"{gap}, then blocks that hold no inode (unmapped)", fix)
+        else:
+            ctx.problem(where, f"{gap}, then inodes: those beyond it are not checked")
+            s.claims_complete = False
+            s.unscanned = True
+            return fix
+    if rec.size != size:
         ctx.problem(where, f"size {rec.size} but maps {len(pblks)} blocks", fix)
     return fix
+
+
+def _all_zero(s: State, extents: list[Extent]) -> bool:
+    """Whether the blocks of ``extents`` (at most the filesystem's) are all zero."""
+    budget = s.sb.block_count
+    for e in extents:
+        for b in range(e.pblk, e.pblk + min(e.length, budget)):
+            if np.frombuffer(s.store.block(b), dtype=np.uint64).any():
+                return False
+        budget -= e.length
+        if budget <= 0:
+            return False
+    return True
 
 
 # -- 2 the slots --------------------------------------------------------------------------
@@ -488,7 +509,7 @@ def _salvage_tree(s: State, root: int) -> Iterator[tuple[int, int]]:
 def _counters(ctx: Context, s: State) -> None:
     sb = s.sb
     hwm = max(s.top, FIRST_FREE_INO)
-    if sb.inode_hwm != hwm:
+    if sb.inode_hwm != hwm and not s.unscanned:
         ctx.problem(
             "superblock",
             f"inode high-water mark {sb.inode_hwm}, but the highest inode in use is "
@@ -505,6 +526,29 @@ def _counters(ctx: Context, s: State) -> None:
 
 
 # -- repairs ------------------------------------------------------------------------------
+
+
+def _fit_inode_file(blocks: int, trim: bool) -> Apply:
+    """Unmap what the inode file maps past ``blocks`` (freeing it, 64 extents per
+    transaction), then set its size to ``blocks``."""
+
+    def apply(r: Repairing) -> None:
+        itable, maps, alloc = r.layers.itable, r.layers.maps, r.layers.alloc
+        inode = itable.get(INO_INODE_FILE)
+        more = trim
+        while more:
+            with r.journal.begin() as tx:
+                extents = list(itertools.islice(maps.extents(tx, inode, blocks), 64))
+                rec = itable.dirty(tx, inode)
+                for e in extents:
+                    for piece in maps.punch(tx, inode, e.lblk, e.length):
+                        alloc.free(tx, piece.pblk, piece.length)
+                        rec.blocks -= piece.length
+            more = len(extents) == 64
+        with r.journal.begin() as tx:
+            itable.dirty(tx, inode).size = blocks << BLOCK_SHIFT
+
+    return apply
 
 
 def _set_super(field: str, value: int) -> Apply:
