@@ -1,8 +1,10 @@
-"""Crafting damaged and lying images for fsck tests: edit structures in place.
+"""Crafting damaged and lying images for fsck tests (more of tests/fs/crafting.py).
 
 Each helper changes one structure of an unmounted image on a device and, unless
 told otherwise, recomputes its checksum through daxfs.fs.layout, so that the
 image lies with valid checksums (what a crafted image or a bug of ours makes).
+``sample`` is a filesystem with every kind of structure; ``observe`` is what a
+user gets from it: mount, a walk that reads every file, a write.
 """
 
 from __future__ import annotations
@@ -19,18 +21,23 @@ from daxfs.fs.dir import pack_entries, unpack_entries
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
     BLOCK_SIZE,
-    JH_APPLIED_OFFSET,
     NODE_HEADER,
     TREE_DIRECTORY,
-    InodeRecord,
     JournalHeader,
     Superblock,
     seal_node,
 )
-from daxfs.fs.mount import build_layers
-from daxfs.fs.store import PmemStore
-from daxfs.fs.super import SuperState
 from daxfs.pmem.device import Device
+
+from .crafting import edit_inode, ino_of, inode_address, read_inode, set_applied_seq
+
+__all__ = [
+    "edit_inode",
+    "ino_of",
+    "inode_address",
+    "read_inode",
+    "set_applied_seq",
+]
 
 
 def superblock(dev: Device) -> Superblock:
@@ -46,33 +53,6 @@ def edit_superblock(dev: Device, *, backup: bool = False, **changes: int) -> Non
     dev.write(0, sb.to_block())
     if backup:
         dev.write((sb.block_count - 1) << BLOCK_SHIFT, sb.to_block())
-
-
-def inode_address(dev: Device, ino: int) -> tuple[int, int]:
-    """(device block, byte offset) of inode ``ino``."""
-    store = PmemStore(dev)
-    try:
-        layers = build_layers(store, SuperState(store, superblock(dev)))
-        return layers.itable.address(store, ino)
-    finally:
-        store.close()
-
-
-def read_inode(dev: Device, ino: int) -> InodeRecord:
-    blockno, offset = inode_address(dev, ino)
-    return InodeRecord.unpack_from(dev.read(blockno << BLOCK_SHIFT, BLOCK_SIZE), offset, ino)
-
-
-def edit_inode(dev: Device, ino: int, **changes: object) -> None:
-    """Change fields of inode ``ino`` and reseal it."""
-    blockno, offset = inode_address(dev, ino)
-    block = bytearray(dev.read(blockno << BLOCK_SHIFT, BLOCK_SIZE))
-    rec = InodeRecord.unpack_from(block, offset, ino)
-    for name, value in changes.items():
-        assert hasattr(rec, name), name
-        setattr(rec, name, value)
-    rec.pack_into(block, offset)
-    dev.write(blockno << BLOCK_SHIFT, block)
 
 
 def write_inode_bytes(dev: Device, ino: int, at: int, data: bytes) -> None:
@@ -99,7 +79,7 @@ def dir_leaf_entries(dev: Device, dir_ino: int) -> list[tuple[int, list[tuple[by
     assert rec.map_height == 1, "helper handles one-leaf directories"
     view = memoryview(bytearray(dev.read(rec.map_root << BLOCK_SHIFT, BLOCK_SIZE)))
     (count,) = struct.unpack_from("<H", view, 26)
-    return [(k, unpack_entries(v, "dir")) for k, v in _leaf_entries(view, count)]
+    return [(k, unpack_entries(v, "dir", 1 << 63)) for k, v in _leaf_entries(view, count)]
 
 
 def write_dir_leaf(
@@ -119,19 +99,9 @@ def journal_header(dev: Device) -> JournalHeader | None:
     return JournalHeader.unpack(dev.read(sb.journal_start << BLOCK_SHIFT, 64))
 
 
-def set_applied_seq(dev: Device, seq: int) -> None:
-    sb = superblock(dev)
-    dev.write((sb.journal_start << BLOCK_SHIFT) + JH_APPLIED_OFFSET, struct.pack("<Q", seq))
-
-
 def write_journal_header(dev: Device, header: JournalHeader) -> None:
     sb = superblock(dev)
     dev.write(sb.journal_start << BLOCK_SHIFT, header.pack())
-
-
-def ino_of(dev: Device, path: str) -> int:
-    with daxfs.mount(dev) as fs:
-        return int(fs.stat(path, follow_symlinks=False).st_ino)
 
 
 # -- a sample filesystem and what a user sees of it ------------------------------------

@@ -208,17 +208,38 @@ def test_inode_file_size_against_its_map() -> None:
     repaired(dev)
 
 
-@pytest.mark.parametrize("seq", ["applied", "header"])
+@pytest.mark.parametrize("seq", ["applied", "header", "ahead"])
 def test_journal_sequence_at_its_limit(seq: str) -> None:
     """Before: fsck called it clean, and the first commit raised struct.error."""
     dev = craft.sample()
     if seq == "applied":
         craft.set_applied_seq(dev, 2**64 - 1)
+    elif seq == "ahead":  # applied_seq ahead of the intact header: also outside any crc
+        header = craft.journal_header(dev)
+        assert header is not None
+        craft.set_applied_seq(dev, header.seq + 2**62)
     else:  # a valid header, already applied, whose next commit cannot be numbered
         craft.write_journal_header(dev, JournalHeader(2**64 - 1, 0, 0, 0))
         craft.set_applied_seq(dev, 2**64 - 1)
-    found(dev, "journal: sequence number 18446744073709551615")
+    found(dev, "journal: ", "out of range" if seq != "ahead" else "is ahead of")
     repaired(dev)
+
+
+@pytest.mark.parametrize("where", ["log", "past"])
+def test_forged_journal_transaction_is_dropped(where: str) -> None:
+    """A committed transaction whose record targets the log, or lies past the
+    filesystem: mount refuses it; repair drops it and the image mounts again."""
+    from .crafting import forge_journal
+
+    dev = craft.sample()
+    sb = craft.superblock(dev)
+    offset = (sb.journal_start + 2) << BLOCK_SHIFT if where == "log" else 2**64 - 4096
+    forge_journal(dev, [(offset, b"z" * 64)], seq=craft.journal_header(dev).seq + 1)  # type: ignore[union-attr]
+    with pytest.raises(OSError, match="journal"):
+        daxfs.mount(dev)
+    found(dev, "journal: ")
+    text = repaired(dev)
+    assert "is dropped [repaired]" in text
 
 
 def test_entry_count_and_block_count() -> None:

@@ -67,7 +67,7 @@ def check_allocation(ctx: Context, s: State) -> None:
         if s.claims_complete:
             ctx.problem(
                 "bitmap",
-                f"{n} blocks are marked used but nothing owns them (leaked; first {first})",
+                f"{n} blocks are marked used but nothing owns them (leaked)",
                 fix,
             )
         else:

@@ -6,7 +6,6 @@ See the package docstring for the theory of operation.
 from __future__ import annotations
 
 import os
-import traceback
 
 from daxfs.errors import Corrupted
 from daxfs.fs.journal import Journal
@@ -14,6 +13,7 @@ from daxfs.fs.layout import Superblock
 from daxfs.fs.mount import build_layers
 from daxfs.fs.store import PmemStore
 from daxfs.fs.super import SuperState
+from daxfs.lifecycle import cleanup_after
 from daxfs.pmem import open_device
 from daxfs.pmem.device import Device
 
@@ -23,7 +23,7 @@ from .inodes import check_inodes
 from .lists import check_lists
 from .namespace import check_namespace
 from .report import Problem, Progress, Report
-from .superblocks import check_journal, check_sequence, check_superblocks
+from .superblocks import check_journal, check_superblocks, journal_problems
 
 
 def fsck(
@@ -50,49 +50,42 @@ def fsck(
     try:
         report = _run(device, repair, progress)
     except BaseException as exc:
-        _close_after(device, exc)
+        cleanup_after(exc, device.close)  # never replaces the error (daxfs.lifecycle)
         raise
     device.close()
     return report
-
-
-def _close_after(device: Device, exc: BaseException) -> None:
-    """Close ``device`` while ``exc`` propagates, without ever replacing it.
-
-    The frames of the traceback may still hold views of the device (close
-    refuses while views live): clear them first; if close still fails, the
-    error says so in a note and the device closes when the views die.
-    """
-    traceback.clear_frames(exc.__traceback__)
-    try:
-        device.close()
-    except (BufferError, OSError) as again:
-        exc.add_note(f"closing the device after this error also failed: {again}")
 
 
 def _run(device: Device, repair: bool, progress: Progress | None) -> Report:
     device.claim(True, "fsck")
     try:
         ctx = Context(device, repair, progress)
-        if not check_journal(ctx, device):
-            return ctx.report
-        sb = check_superblocks(ctx)
-        if sb is None:
-            return ctx.report
-        ctx.report.block_count = sb.block_count
-        store = PmemStore(device, sb.block_count)
-        try:
-            _check_and_repair(ctx, store)
-        finally:
-            store.close()
-        return ctx.report
-    finally:
-        device.unclaim()
+        _passes(ctx)
+    except BaseException as exc:
+        cleanup_after(exc, device.unclaim)
+        raise
+    device.unclaim()
+    return ctx.report
+
+
+def _passes(ctx: Context) -> None:
+    if not check_journal(ctx, ctx.device):
+        return
+    sb = check_superblocks(ctx)
+    if sb is None:
+        return
+    ctx.report.block_count = sb.block_count
+    store = PmemStore(ctx.device, sb.block_count)
+    try:
+        _check_and_repair(ctx, store)
+    except BaseException as exc:
+        cleanup_after(exc, store.close)
+        raise
+    store.close()
 
 
 def _check_and_repair(ctx: Context, store: PmemStore) -> None:
     sb = Superblock.unpack(store.block(0), "primary superblock")
-    check_sequence(ctx, store, sb)
     if _check(ctx, store, sb) is None or not ctx.repair or not ctx.fixes:
         return
     if _apply(ctx, store):
@@ -153,7 +146,7 @@ def _recheck(ctx: Context, store: PmemStore) -> None:
         ctx.problem("primary superblock", f"after repair: {exc.strerror}")
         ctx.report.complete = False
         return
-    check_sequence(again, store, sb)
+    journal_problems(again, store, sb)
     _check(again, store, sb)
     found = {p.key: p for p in ctx.report.problems}
     for p in again.report.problems:

@@ -581,7 +581,7 @@ def _replace_record(ino: int, rec: InodeRecord) -> Apply:
 
 def _clear_extent_flags(ino: int) -> Apply:
     def apply(r: Repairing) -> None:
-        itable, maps = r.layers.itable, r.layers.maps
+        itable = r.layers.itable
         inode = itable.get(ino)
         with r.journal.begin() as tx:
             rec = itable.dirty(tx, inode)
@@ -593,13 +593,13 @@ def _clear_extent_flags(ino: int) -> Apply:
                         raw, i * EXTENT.size, lblk, pblk, length, flags & EXTENT_UNWRITTEN
                     )
                 rec.inline = bytes(raw)
-            else:
+            else:  # raw values: the map layer refuses unknown flags
                 nodes = InodeNodes(r.layers.alloc, itable, inode)
                 tree = BTree(ino, TREE_EXTENTS, rec.map_root, rec.map_height, nodes)
-                for e in list(maps.extents(tx, inode)):
-                    if e.flags & ~EXTENT_UNWRITTEN:
-                        value = EXTENT_VALUE.pack(e.pblk, e.length, e.flags & EXTENT_UNWRITTEN)
-                        tree.put(tx, e.lblk, value)
+                for key, value in list(tree.items(tx)):
+                    pblk, length, flags = EXTENT_VALUE.unpack(value)
+                    if flags & ~EXTENT_UNWRITTEN:
+                        tree.put(tx, key, EXTENT_VALUE.pack(pblk, length, flags & EXTENT_UNWRITTEN))
             inode.xcache = None
 
     return apply

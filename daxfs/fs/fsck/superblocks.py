@@ -14,13 +14,16 @@ Checks
   2. Each superblock: magic, checksum, geometry (``Superblock.check_geometry``);
      primary and backup describe the same filesystem.
   3. Feature bits this version knows (else nothing more can be checked).
-  4. The journal sequence (max of the header's ``seq`` and ``applied_seq``) is
-     below ``SEQ_LIMIT``, so that the next commit can number its transaction.
+  4. What no checksum of the journal covers (``Journal.problems``): sequence
+     numbers below ``daxfs.fs.journal.SEQ_LIMIT``, ``applied_seq`` never ahead
+     of an intact header, a pending transaction whose records fit the log and
+     the filesystem.  Repair resets the journal (no header, ``applied_seq``
+     0), dropping a transaction that could not be replayed.
+  5. The superblock's ``state`` is known (repaired to clean: fsck runs on an
+     unmounted image).
 """
 
 from __future__ import annotations
-
-import struct
 
 from daxfs.errors import Corrupted
 from daxfs.fs.journal import Journal
@@ -30,26 +33,22 @@ from daxfs.fs.layout import (
     FEATURE_INCOMPAT,
     FEATURE_RO_COMPAT,
     JH_APPLIED_OFFSET,
-    JournalHeader,
+    STATE_CLEAN,
+    STATE_MOUNTED,
     Superblock,
 )
 from daxfs.fs.mount import same_geometry
 from daxfs.fs.store import PmemStore
 from daxfs.pmem.device import Device
 
-from .context import Context
-
-#: A journal sequence number at or above this is damage: no filesystem commits
-#: 2**63 transactions (29,000 years at ten million a second), and the next
-#: commit must be able to number its transaction within 64 bits.
-SEQ_LIMIT = 1 << 63
+from .context import Context, Fix, Repairing, Stage
 
 
 def check_journal(ctx: Context, device: Device) -> bool:
-    """Check 1.  False if the check cannot go on (a transaction awaits replay).
+    """Checks 1 and 4.  False if the check cannot go on (a transaction awaits replay).
 
     Raises:
-        Corrupted: from the device only (the journal's own damage is reported).
+        OSError: from the device only (the journal's own damage is reported).
     """
     try:
         geometry = Superblock.unpack(device.read(0, BLOCK_SIZE), "primary", verify=False)
@@ -62,14 +61,22 @@ def check_journal(ctx: Context, device: Device) -> bool:
             store, geometry.journal_start, geometry.journal_blocks, readonly=not ctx.repair
         )
         pending = journal.pending()
+        damage = journal.problems()
+        if damage:
+            found = [ctx.problem("journal", text.removeprefix("journal: ")) for text in damage]
+            if not ctx.repair:
+                if pending is None:
+                    return True  # nothing to replay: the rest can be checked
+                ctx.report.complete = False
+                return False
+            if pending is not None:
+                found[-1].message += f"; transaction {pending.seq} is dropped"
+            reset_journal(store, geometry.journal_start)
+            for p in found:
+                p.repaired = True
+            return True
         if pending is None:
             return True
-        try:
-            journal.records(pending)
-        except Corrupted as exc:
-            ctx.problem("journal", f"{_text(exc)}; the transaction cannot be replayed")
-            ctx.report.complete = False
-            return False
         what = f"holds committed transaction {pending.seq} ({pending.nrecords} records)"
         if not ctx.repair:
             ctx.problem("journal", f"{what} not yet applied: mount or fsck --repair replays it")
@@ -81,6 +88,25 @@ def check_journal(ctx: Context, device: Device) -> bool:
         return True
     finally:
         store.close()
+
+
+def reset_journal(store: PmemStore, journal_start: int) -> None:
+    """Unwrite the header, then restart ``applied_seq`` at 0 (check 4's repair).
+
+    In that order, a crash in between leaves no header to replay; the other
+    order would leave an applied transaction that looks unapplied.
+    """
+    header_at = journal_start << BLOCK_SHIFT
+    store.write(header_at, bytes(32))
+    store.drain()
+    store.write(header_at + JH_APPLIED_OFFSET, bytes(8))
+    store.drain()
+
+
+def journal_problems(ctx: Context, store: PmemStore, sb: Superblock) -> None:
+    """Check 4 without repair (the recheck after repairs)."""
+    for text in Journal(store, sb.journal_start, sb.journal_blocks, readonly=True).problems():
+        ctx.problem("journal", text.removeprefix("journal: "))
 
 
 def check_superblocks(ctx: Context) -> Superblock | None:
@@ -129,30 +155,16 @@ def check_superblocks(ctx: Context) -> Superblock | None:
         )
         ctx.report.complete = False
         return None
+    if primary.state not in (STATE_CLEAN, STATE_MOUNTED):
+        ctx.problem(
+            "superblock", f"unknown state {primary.state}", Fix(Stage.INODE_TABLE, _clean_state)
+        )
     return primary
 
 
-def check_sequence(ctx: Context, store: PmemStore, sb: Superblock) -> None:
-    """Check 4.  Repair: unwrite the header, then restart ``applied_seq`` at 0.
-
-    In that order, a crash in between leaves no header to replay; the other
-    order would leave an applied transaction that looks unapplied.
-    """
-    header_at = sb.journal_start << BLOCK_SHIFT
-    header = JournalHeader.unpack(store.block(sb.journal_start))
-    (applied,) = struct.unpack_from("<Q", store.block(sb.journal_start), JH_APPLIED_OFFSET)
-    seq = max(applied, header.seq if header is not None else 0)
-    if seq < SEQ_LIMIT:
-        return
-    p = ctx.problem(
-        "journal", f"sequence number {seq} (applied {applied}) leaves no room for a commit"
-    )
-    if ctx.repair:
-        store.write(header_at, bytes(32))
-        store.drain()
-        store.write(header_at + JH_APPLIED_OFFSET, bytes(8))
-        store.drain()
-        p.repaired = True
+def _clean_state(r: Repairing) -> None:
+    with r.journal.begin() as tx:
+        r.sup.dirty(tx).state = STATE_CLEAN
 
 
 def _text(exc: OSError) -> str:
