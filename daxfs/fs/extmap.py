@@ -17,6 +17,23 @@ Only three changes exist, all inside a transaction:
   they are pinned);
 * ``convert`` turns an UNWRITTEN range into written (punch + insert).
 
+*Inline to tree.*  ``insert`` and ``punch`` can each leave one extent more
+than before (a punch inside an extent leaves two parts of it).  When an
+inline map would hold more than INLINE_EXTENTS, both store it as a new
+B+tree (``_store_list``), which needs one node: NoSpace then leaves the map
+unchanged (the transaction aborts).  A B+tree map never goes back inline,
+however few extents it keeps; it becomes MAP_NONE when its last extent goes
+(``BTree.delete`` frees the last node), and the next insert starts inline.
+
+*Shrinking needs no block.*  ``punch`` on a tree rewrites the kept left part
+of the first extent in place (same key, same value size), deletes, and only
+then inserts the one new key a punch can make (the right part of the last
+extent, keyed at the end of the range).  So a punch that reaches past the
+last extent (truncate, deleting a file) never allocates: no leaf empties
+only to be made again.  A punch inside an extent may need nodes for the new
+key (at most ``height + 1``), which the allocator's reserve provides to
+operations that free space (daxfs.fs.alloc).
+
 ``lookup`` answers "what maps file block b" with the extent or the hole up to
 the next extent; ``Inode.xcache`` keeps the last extent found, and every
 change clears it.
@@ -25,7 +42,8 @@ Invariants
   1. Extents of a file never overlap, are sorted by lblk, and have length > 0.
   2. ``rec.blocks`` counts data blocks plus B+tree nodes owned by the inode.
   3. An inline map has at most INLINE_EXTENTS entries; a B+tree map may hold
-     any number.
+     any number, even fewer than that (it never goes back inline), but never
+     none (an empty map is MAP_NONE).
 """
 
 from __future__ import annotations
@@ -162,6 +180,26 @@ class BlockMaps:
         rec.map_count = len(extents)
         rec.map_kind = MAP_INLINE if extents else MAP_NONE
 
+    def _store_list(self, tx: Transaction, inode: Inode, extents: list[Extent]) -> None:
+        """Store the whole map of an inline or empty map: inline while it fits, else
+        as a new B+tree.
+
+        Raises:
+            NoSpace (ENOSPC): no block for the tree's node (the caller's
+                transaction aborts, which restores the record).
+        """
+        if len(extents) <= INLINE_EXTENTS:
+            self._store_inline(tx, inode, extents)
+            return
+        tree = BTree(inode.ino, TREE_EXTENTS, 0, 0, InodeNodes(self.alloc, self.itable, inode))
+        for e in extents:
+            tree.put(tx, e.lblk, EXTENT_VALUE.pack(e.pblk, e.length, e.flags))
+        rec = self.itable.dirty(tx, inode)
+        rec.map_kind = MAP_BTREE
+        rec.map_count = 0
+        rec.inline = bytes(INLINE_AREA)
+        self._store_tree(tx, inode, tree)
+
     def _store_tree(self, tx: Transaction, inode: Inode, tree: BTree) -> None:
         rec = self.itable.dirty(tx, inode)
         rec.map_root, rec.map_height = tree.root, tree.height
@@ -233,19 +271,7 @@ class BlockMaps:
         inode.xcache = None
         rec = inode.rec
         if rec.map_kind in (MAP_NONE, MAP_INLINE):
-            extents = self._inline(inode)
-            merged = _merge_into(extents, ext)
-            if len(merged) <= INLINE_EXTENTS:
-                self._store_inline(tx, inode, merged)
-                return
-            tree = BTree(inode.ino, TREE_EXTENTS, 0, 0, InodeNodes(self.alloc, self.itable, inode))
-            for e in merged:
-                tree.put(tx, e.lblk, EXTENT_VALUE.pack(e.pblk, e.length, e.flags))
-            rec = self.itable.dirty(tx, inode)
-            rec.map_kind = MAP_BTREE
-            rec.map_count = 0
-            rec.inline = bytes(INLINE_AREA)
-            self._store_tree(tx, inode, tree)
+            self._store_list(tx, inode, _merge_into(self._inline(inode), ext))
             return
         self._check_kind(inode)
         tree = self._tree(inode)
@@ -270,30 +296,38 @@ class BlockMaps:
         """Unmap file blocks ``[lblk, lblk+count)``; return the pieces unmapped, in order.
 
         The caller owns the returned physical blocks: free them (or defer that).
+        Needs no block unless the range ends inside an extent (see "Shrinking
+        needs no block" above).
+
+        Raises:
+            NoSpace (ENOSPC): the map needs a node and none is available; the
+                caller's transaction must abort.
+            Corrupted (EUCLEAN): a node of the map failed verification.
         """
         end = lblk + count
         inode.xcache = None
-        removed = [e for e in self.extents(tx, inode, lblk) if e.lblk < end]
-        # extents() is lazy over the tree: it was materialised above before changing it
+        # materialised before the map changes (extents() is lazy over the tree)
+        removed = list(itertools.takewhile(lambda e: e.lblk < end, self.extents(tx, inode, lblk)))
         if not removed:
             return []
         pieces = [e.slice(lblk, end) for e in removed]
-        keep: list[Extent] = []
-        for e in removed:
-            if e.lblk < lblk:
-                keep.append(Extent(e.lblk, e.pblk, lblk - e.lblk, e.flags))
-            if e.end > end:
-                keep.append(e.slice(end, e.end))
+        first, last = removed[0], removed[-1]
+        left = first.slice(first.lblk, lblk) if first.lblk < lblk else None
+        right = last.slice(end, last.end) if last.end > end else None
+        kept = [e for e in (left, right) if e is not None]
         if inode.rec.map_kind == MAP_INLINE:
             gone = {e.lblk for e in removed}
-            rest = [e for e in self._inline(inode) if e.lblk not in gone] + keep
-            self._store_inline(tx, inode, sorted(rest, key=lambda e: e.lblk))
+            rest = [e for e in self._inline(inode) if e.lblk not in gone] + kept
+            self._store_list(tx, inode, sorted(rest, key=lambda e: e.lblk))
             return pieces
         tree = self._tree(inode)
+        if left is not None:  # same key, same size: rewritten in place, no leaf empties
+            tree.put(tx, left.lblk, EXTENT_VALUE.pack(left.pblk, left.length, left.flags))
         for e in removed:
-            tree.delete(tx, e.lblk)
-        for e in keep:
-            tree.put(tx, e.lblk, EXTENT_VALUE.pack(e.pblk, e.length, e.flags))
+            if left is None or e.lblk != left.lblk:
+                tree.delete(tx, e.lblk)
+        if right is not None:  # the only new key, inserted once the deletes made room
+            tree.put(tx, right.lblk, EXTENT_VALUE.pack(right.pblk, right.length, right.flags))
         self._store_tree(tx, inode, tree)
         return pieces
 

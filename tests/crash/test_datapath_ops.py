@@ -1,0 +1,97 @@
+"""Crash at every fence of the data-path operations of issue 8: each state is before or after.
+
+* an extent split that turns a full inline map (five extents) into a B+tree:
+  punch-hole, zero-range, a write into a preallocated extent, a
+  copy-on-write overwrite;
+* shrinking a B+tree-mapped file into its first extent (the left part of the
+  extent is rewritten in place in the tree's leaf).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
+from daxfs.fs.filesystem import FileSystem
+from daxfs.testing.crash import check_operation
+
+BLOCK = 4096
+PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+def five_extents(fs: FileSystem, blocks: int = 64) -> None:
+    """/f: ``blocks`` blocks of data with one-block holes at blocks 1, 3, 5, 7."""
+    fs.mkdir("/d")
+    with fs.open("/d/other", "wb") as f:
+        f.write(b"other file\n")
+    with fs.open("/f", "wb", buffering=0) as f:
+        f.write(bytes(range(1, 256)) * (blocks * BLOCK // 255 + 1))
+        for block in (1, 3, 5, 7):
+            f.fallocate(block * BLOCK, BLOCK, PUNCH)
+
+
+def five_with_unwritten(fs: FileSystem) -> None:
+    """/f: four written extents, then a preallocated (unwritten) one: five."""
+    fs.mkdir("/d")
+    with fs.open("/f", "wb", buffering=0) as f:
+        f.write(b"w" * 8 * BLOCK)
+        for block in (1, 3, 5):
+            f.fallocate(block * BLOCK, BLOCK, PUNCH)
+        f.fallocate(8 * BLOCK, 32 * BLOCK, 0)
+
+
+def tree_mapped(fs: FileSystem) -> None:
+    """/f: a B+tree map whose first extent is 30 blocks long."""
+    five_extents(fs)
+    with fs.open("/f", "rb+", buffering=0) as f:
+        f.fallocate(40 * BLOCK, BLOCK, PUNCH)
+        f.fallocate(50 * BLOCK, BLOCK, PUNCH)
+
+
+def fallocate(mode: int, block: int, count: int) -> object:
+    def op(fs: FileSystem) -> None:
+        with fs.open("/f", "rb+", buffering=0) as f:
+            f.fallocate(block * BLOCK, count * BLOCK, mode)
+
+    return op
+
+
+def pwrite(offset: int, data: bytes) -> object:
+    def op(fs: FileSystem) -> None:
+        with fs.open("/f", "rb+", buffering=0) as f:
+            f.pwrite(data, offset)
+
+    return op
+
+
+OPERATIONS = {
+    "punch makes a sixth extent": (five_extents, fallocate(PUNCH, 40, 1)),
+    "zero range makes a sixth extent": (
+        five_extents,
+        fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 40, 2),
+    ),
+    "write into a preallocated extent": (five_with_unwritten, pwrite(20 * BLOCK + 7, b"W" * 5000)),
+    "copy-on-write inside an extent": (
+        lambda fs: five_extents(fs, 200),
+        pwrite(50 * BLOCK + 10, b"C" * (100 * BLOCK)),
+    ),
+    "truncate a tree map into its first extent": (
+        tree_mapped,
+        lambda fs: fs.truncate("/f", 20 * BLOCK + 5),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_crash_at_every_fence(name: str) -> None:
+    setup, op = OPERATIONS[name]
+    report = check_operation(setup, op, states_per_fence=3)  # type: ignore[arg-type]
+    assert report.fences >= 1, "the operation must persist something"
+    assert report.after_seen >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_crash_at_every_fence_many_states(name: str) -> None:
+    setup, op = OPERATIONS[name]
+    check_operation(setup, op, states_per_fence=32)  # type: ignore[arg-type]
