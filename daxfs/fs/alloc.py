@@ -45,6 +45,17 @@ CHUNK_BLOCKS) are analysed with numpy:
   at most 64, by a shift-and within each word.
 * runs that reach a chunk edge are joined with the next chunk (``_Stitch``).
 
+*The reserve* (ext4's reserved clusters).  An operation that frees space
+can still need a block: a punch inside an extent leaves two parts of it, and
+the extent map may need a B+tree node for the second (daxfs.fs.extmap).  So
+ordinary allocations leave ``reserved`` blocks free (``reserve_blocks``:
+1/1024 of the filesystem, 32 to 1024 blocks), and only a transaction that
+called ``use_reserve`` (punch-hole) may take them.  statvfs reports them in
+``f_bfree`` but not in ``f_bavail``.  Nothing on media records the reserve.
+Blocks a transaction freed do not count as available to it (they are not,
+see "Two views"), so the reserve is never taken by a transaction that only
+seems to have room because it freed blocks.
+
 *Fewest runs.*  If no single run fits, one pass over the data area sums the
 long runs by power-of-two length class.  If they hold enough blocks, all runs
 of the classes above a threshold class are taken whole and runs of the
@@ -65,7 +76,10 @@ Invariants
   4. A committed bitmap block's crc is checked before its bits are used (once
      per mount, then remembered in a bounded cache); every bitmap block written
      goes through ``tx.write(n, seal=seal_bitmap_block)``.
-  5. Memory: the cursor, the cache, and per-call arrays of at most
+  5. An ordinary allocation succeeds only if ``reserved`` blocks stay
+     available to its transaction afterwards; one in a transaction that
+     called ``use_reserve`` may take every available block.
+  6. Memory: the cursor, the cache, and per-call arrays of at most
      CHUNK_BLOCKS bitmap blocks; only the returned runs and ``used_map``'s
      result grow with the device.
 
@@ -120,9 +134,23 @@ _ONE = np.uint64(1)
 _SHIFTS = tuple(np.uint64(s) for s in (1, 2, 4, 8, 16, 32))
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 
+#: tx.scratch keys of this module: blocks freed in the transaction; may it use the reserve
+_FREED = "alloc.freed"
+_RESERVE = "alloc.reserve"
+
 Words = npt.NDArray[np.uint64]
 Ints = npt.NDArray[np.int64]
 _EMPTY: Ints = np.zeros(0, dtype=np.int64)
+
+
+def reserve_blocks(block_count: int) -> int:
+    """Blocks kept for operations that free space: 1/1024 of the filesystem, 32 to 1024.
+
+    Enough for the B+tree nodes of many extent splits (a punch needs at most
+    the tree's height + 1, a handful even for huge files); ext4 keeps 2% of
+    the filesystem, up to 4096 clusters, for the same purpose.
+    """
+    return min(1024, max(32, block_count // 1024))
 
 
 class Allocator:
@@ -153,6 +181,8 @@ class Allocator:
         self._hi = sb.block_count - 1  # the backup superblock is the last block
         self._cursor = self._lo
         self._verified: set[int] = set()
+        #: blocks that only transactions allowed by use_reserve may take (invariant 5)
+        self.reserved = reserve_blocks(sb.block_count)
 
     # -- allocation -----------------------------------------------------------------------
 
@@ -166,16 +196,21 @@ class Allocator:
 
         Raises:
             NoSpace (ENOSPC): fewer than ``count`` blocks are available to
-                ``tx`` (blocks it freed do not count); nothing changed.
+                ``tx`` (blocks it freed do not count, nor the reserve unless
+                ``tx`` may use it); nothing changed.
             Corrupted (EUCLEAN): a bitmap block fails its checksum; nothing changed.
         """
         assert tx.state == "open", "caller must hold an open transaction"
         assert count >= 0, f"cannot allocate {count} blocks"
         if count == 0:
             return []
-        free = self.sup.sb.free_blocks
-        if count > free:
-            raise NoSpace(f"cannot allocate {count} blocks: {free} free")
+        available = self.available(tx)
+        if count > available:
+            reserve = "" if tx.scratch.get(_RESERVE) else f", {self.reserved} reserved"
+            raise NoSpace(
+                f"cannot allocate {count} blocks: {available} available "
+                f"({self.sup.sb.free_blocks} free{reserve})"
+            )
         lo, hi = self._lo, self._hi
         start = self._cursor if goal is None else goal
         if not lo <= start < hi:
@@ -197,6 +232,19 @@ class Allocator:
             Corrupted (EUCLEAN): a bitmap block fails its checksum; nothing changed.
         """
         return self.alloc(tx, 1, goal)[0][0]
+
+    def available(self, tx: Transaction) -> int:
+        """Blocks ``tx`` may still allocate: free ones it did not free itself, less the
+        reserve unless it may use it (a bound: runs are found by the search)."""
+        freed: int = tx.scratch.get(_FREED, 0)
+        free = self.sup.sb.free_blocks - freed
+        if not tx.scratch.get(_RESERVE):
+            free -= self.reserved
+        return max(0, free)
+
+    def use_reserve(self, tx: Transaction) -> None:
+        """Let ``tx`` take the reserved blocks: it frees space (module docstring)."""
+        tx.scratch[_RESERVE] = True
 
     def free(self, tx: Transaction, start: int, length: int) -> None:
         """Free blocks ``[start, start + length)`` in ``tx``.  Caller must hold ``tx`` open.
@@ -223,6 +271,7 @@ class Allocator:
             if bit is not None:
                 raise Corrupted(f"freeing block {k * BPB + bit}, which is already free")
         self._mark(tx, start, end, used=False)
+        tx.scratch[_FREED] = tx.scratch.get(_FREED, 0) + length
         sb = self.sup.dirty(tx)
         sb.free_blocks += length
         assert sb.free_blocks <= self.block_count

@@ -510,6 +510,8 @@ class DataPath:
         for i, (lo, hi) in enumerate(pieces):  # one transaction per batch of extents
             last = i == len(pieces) - 1
             with self.journal.begin() as tx:
+                if mode & FALLOC_FL_PUNCH_HOLE:
+                    self.alloc.use_reserve(tx)  # frees space, even on a full filesystem
                 rec = self.itable.dirty(tx, inode)
                 if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
                     self._zero_range(tx, inode, lo, hi, unmap=bool(mode & FALLOC_FL_PUNCH_HOLE))

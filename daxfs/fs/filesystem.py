@@ -931,7 +931,7 @@ class FileSystem:
                     BLOCK_SIZE,
                     sb.block_count,
                     sb.free_blocks,
-                    sb.free_blocks,
+                    max(0, sb.free_blocks - self.alloc.reserved),  # f_bavail: as ext4
                     sb.used_inodes + free_inodes,
                     free_inodes,
                     free_inodes,

@@ -114,7 +114,9 @@ def mount(dev: SimulatedPmem) -> Fs:
     journal.recover()
     sup = SuperState(store, Superblock.unpack(store.block(0), "superblock"))
     assert sup.sb.block_count == store.block_count
-    return Fs(dev, store, journal, sup, Allocator(store, sup))
+    alloc = Allocator(store, sup)
+    alloc.reserved = 0  # the bitmap tests count every block; the reserve has its own tests
+    return Fs(dev, store, journal, sup, alloc)
 
 
 def make_fs(blocks: int = 8192) -> Fs:
@@ -721,3 +723,47 @@ def test_crash_at_every_fence_of_an_alloc_transaction() -> None:
             assert seen == {after}
             assert fence >= 3  # commit point, apply, and the lazy applied_seq
             return
+
+
+# --------------------------------------------------------------------------- the reserve
+
+
+def test_reserve_size_follows_the_filesystem() -> None:
+    from daxfs.fs.alloc import reserve_blocks
+
+    assert reserve_blocks(4096) == 32  # 16 MiB: the floor
+    assert reserve_blocks(1 << 18) == 256  # 1 GiB: 1/1024
+    assert reserve_blocks(1 << 30) == 1024  # 4 TiB: the ceiling
+
+
+def test_ordinary_allocations_leave_the_reserve(fs: Fs) -> None:
+    fill(fs, keep_free=[(3000, 20)])
+    fs.alloc.reserved = 8
+    with fs.journal.begin() as tx:
+        with pytest.raises(NoSpace, match="8 reserved") as info:
+            fs.alloc.alloc(tx, 13)
+        assert info.value.errno == errno.ENOSPC
+        assert fs.alloc.available(tx) == 12
+        assert fs.alloc.alloc(tx, 12) == [(3000, 12)]
+        with pytest.raises(NoSpace):
+            fs.alloc.alloc_one(tx)
+        fs.alloc.use_reserve(tx)  # an operation that frees space
+        assert fs.alloc.available(tx) == 8
+        assert fs.alloc.alloc(tx, 8) == [(3012, 8)]
+        check_counter(fs, tx)
+    with fs.journal.begin() as tx:  # the permission ends with its transaction
+        assert fs.alloc.available(tx) == 0
+
+
+def test_blocks_a_transaction_freed_never_open_the_reserve_to_it(fs: Fs) -> None:
+    """The counter counts blocks freed in T, which T cannot reuse: the check must not."""
+    fill(fs, keep_free=[(3000, 8)])
+    fs.alloc.reserved = 8  # only the reserve is free
+    with fs.journal.begin() as tx:
+        fs.alloc.free(tx, 4000, 20)
+        assert fs.sb.free_blocks == 28
+        assert fs.alloc.available(tx) == 0
+        with pytest.raises(NoSpace):
+            fs.alloc.alloc_one(tx)  # would take a reserved block
+    with fs.journal.begin() as tx:  # committed: the freed blocks are ordinary free space
+        assert fs.alloc.available(tx) == 20

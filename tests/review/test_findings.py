@@ -63,14 +63,14 @@ def test_truncate_of_unlinked_open_file_keeps_it_orphaned(dev: SimulatedPmem) ->
 
 
 def fill_to(fs: daxfs.FileSystem, leave: int) -> None:
-    """Fill the filesystem until exactly ``leave`` blocks are free."""
+    """Fill the filesystem until exactly ``leave`` blocks are available (f_bavail)."""
     n = 0
-    while fs.statvfs().f_bfree > leave:
-        extra = fs.statvfs().f_bfree - leave
+    while fs.statvfs().f_bavail > leave:
+        extra = fs.statvfs().f_bavail - leave
         with fs.open(f"/fill{n}", "wb", buffering=0) as f:
             f.write(bytes(max(1, extra - 2) * BLOCK))
         n += 1
-    assert fs.statvfs().f_bfree == leave
+    assert fs.statvfs().f_bavail == leave
 
 
 def test_abort_reload_does_not_clobber_a_concurrent_transaction(dev: SimulatedPmem) -> None:
