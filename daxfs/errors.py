@@ -9,12 +9,20 @@ does with ``os``.  ``InvalidArgument`` is both ``OSError(EINVAL)`` and
 convention of ``io`` and ``mmap``) catch it too.
 
 A broken internal invariant is an ``AssertionError``, never one of these.
+
+Paths are attached in one place, ``naming(path)``: below the API, errors name
+the structure they are about (an inode, a block, a range) in their message;
+the API (``FileSystem``, ``File``) wraps the work of each operation in
+``naming(path)``, which makes the path of that operation the error's
+``filename`` (so a caller, the CLI say, reads it from ``exc.filename``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
+from collections.abc import Iterator
 
 
 class DaxfsError(OSError):
@@ -166,6 +174,35 @@ class Corrupted(DaxfsError):
     errno_code = errno.EUCLEAN
 
 
+class OutOfRange(DaxfsError, OverflowError):
+    """EOVERFLOW: a value does not fit the field that stores it (also OverflowError, as os
+    raises for a uid or a time it cannot represent)."""
+
+    errno_code = errno.EOVERFLOW
+
+
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Make ``path`` the ``filename`` of an OSError raised inside (the one place paths attach).
+
+    A daxfs error gets ``path`` whatever it named (below the API errors name
+    structures, not paths), and the message ends with it unless it holds it
+    already; another OSError only if it names no file yet.  Type, errno and
+    traceback are kept: the same exception is re-raised.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, DaxfsError):
+            exc.filename = path
+            text = exc.strerror or ""
+            if path not in text:
+                exc.strerror = f"{text}: {path}" if text else path
+        elif exc.filename is None:
+            exc.filename = path
+        raise
+
+
 __all__ = [
     "BadFileDescriptor",
     "Busy",
@@ -185,9 +222,11 @@ __all__ = [
     "NotFound",
     "NotPermitted",
     "NotSupported",
+    "OutOfRange",
     "PermissionDenied",
     "ReadOnly",
     "TooManyLinks",
     "UnsupportedIO",
     "WouldBlock",
+    "naming",
 ]

@@ -10,8 +10,12 @@ State diagram::
 
     FileSystem.open() --> OPEN --close()--> CLOSED
       OPEN: read/write/seek/...; CLOSED: every method raises ClosedFile
-      (EBADF, also ValueError as io raises); close() drops the inode's open
-      count, and the last close of an unlinked inode frees it.
+      (EBADF, also ValueError as io raises); an open File holds its inode
+      (InodeTable.hold), close() puts it, and the last put of an unlinked
+      inode frees it.  Mappings and pins hold the inode too, each until it
+      is closed or unpinned.
+
+Errors from the layers below name this file's path (``daxfs.errors.naming``).
 """
 
 from __future__ import annotations
@@ -23,15 +27,14 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from daxfs.errors import ClosedFile, DaxfsError, InvalidArgument, NotSupported, UnsupportedIO
+from daxfs.errors import ClosedFile, InvalidArgument, NotSupported, UnsupportedIO, naming
 from daxfs.fs.data import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE,
     DataPath,
 )
-from daxfs.fs.inode import Inode
-from daxfs.fs.namei import named
+from daxfs.fs.inode import Inode, InodeTable
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -44,10 +47,7 @@ class Owner(Protocol):
     """What a File needs from its filesystem."""
 
     data: DataPath
-
-    def _release(self, file: File) -> None: ...
-
-    def _user_done(self, inode: Inode) -> None: ...
+    itable: InodeTable
 
     def _touch_modified(self, inode: Inode) -> None: ...
 
@@ -77,6 +77,7 @@ class File(io.RawIOBase):
         super().__init__()
         self._owner = owner
         self._data = owner.data
+        self._itable = owner.itable
         self.inode = inode
         self.name = name
         self.mode = mode
@@ -151,14 +152,14 @@ class File(io.RawIOBase):
         self._check_read()
         view = memoryview(buffer).cast("B")
         inode = self.inode
-        with inode.lock:
+        with naming(self.path), inode.lock:
             n = self._data.read_into(inode, self._pos, view)
             self._pos += n
         return n
 
     def readall(self) -> bytes:
         self._check_read()
-        with self.inode.lock:
+        with naming(self.path), self.inode.lock:
             size = self.inode.rec.size
             out = bytearray(max(0, size - self._pos))
             n = self._data.read_into(self.inode, self._pos, memoryview(out))
@@ -172,10 +173,8 @@ class File(io.RawIOBase):
         with inode.lock:
             if self._append:
                 self._pos = inode.rec.size
-            try:
+            with naming(self.path):
                 n = self._data.write(inode, self._pos, data)
-            except DaxfsError as exc:
-                raise named(exc, self.path) from exc
             self._pos += n
         return n
 
@@ -184,14 +183,14 @@ class File(io.RawIOBase):
         self._check_read()
         self._offset(n, "length")
         self._offset(offset)
-        with self.inode.lock:
+        with naming(self.path), self.inode.lock:
             return self._data.read_bytes(self.inode, offset, n)
 
     def preadinto(self, buffer: Buffer, offset: int) -> int:
         """Fill ``buffer`` from ``offset`` (zero-copy from device memory); return bytes read."""
         self._check_read()
         self._offset(offset)
-        with self.inode.lock:
+        with naming(self.path), self.inode.lock:
             return self._data.read_into(self.inode, offset, memoryview(buffer).cast("B"))
 
     def pwrite(self, data: Buffer, offset: int) -> int:
@@ -205,10 +204,8 @@ class File(io.RawIOBase):
         with self.inode.lock:
             if self._append:
                 offset = self.inode.rec.size
-            try:
+            with naming(self.path):
                 return self._data.write(self.inode, offset, data)
-            except DaxfsError as exc:
-                raise named(exc, self.path) from exc
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         """Move the position; SEEK_DATA and SEEK_HOLE as on Linux (ENXIO past the end)."""
@@ -234,7 +231,8 @@ class File(io.RawIOBase):
     def _seek_data(self, offset: int, want_data: bool) -> int:
         if offset < 0:  # Linux: ENXIO (EINVAL is for an unknown whence)
             raise OSError(errno.ENXIO, f"negative offset {offset} in {self.path}", self.path)
-        found = self._data.seek_data(self.inode, offset, want_data)
+        with naming(self.path):
+            found = self._data.seek_data(self.inode, offset, want_data)
         if found is None:
             what = "data" if want_data else "hole"
             raise OSError(errno.ENXIO, f"no {what} at or after offset {offset}", self.path)
@@ -253,11 +251,8 @@ class File(io.RawIOBase):
         if size is None:
             size = self._pos
         self._offset(size, "size")
-        with self.inode.lock:
-            try:
-                self._data.truncate(self.inode, size, nowait)
-            except DaxfsError as exc:
-                raise named(exc, self.path) from exc
+        with naming(self.path), self.inode.lock:
+            self._data.truncate(self.inode, size, nowait)
         return size
 
     def fallocate(self, offset: int, length: int, mode: int = 0, *, nowait: bool = False) -> None:
@@ -290,11 +285,8 @@ class File(io.RawIOBase):
             or (punch and not mode & FALLOC_FL_KEEP_SIZE)
         ):
             raise NotSupported(f"fallocate of {self.path}: mode {mode:#x} not supported", self.path)
-        with self.inode.lock:
-            try:
-                self._data.fallocate(self.inode, offset, length, mode, nowait)
-            except DaxfsError as exc:
-                raise named(exc, self.path) from exc
+        with naming(self.path), self.inode.lock:
+            self._data.fallocate(self.inode, offset, length, mode, nowait)
 
     def fsync(self) -> None:
         """Persist stores made through live mappings; everything else is already durable.
@@ -347,28 +339,27 @@ class File(io.RawIOBase):
         if File.mapper is None:
             raise NotSupported("DAX mmap needs daxfs.mm (import daxfs)")
         inode = self.inode
-        with inode.lock:
-            inode.users += 1  # first: a racing close must not reap the inode under us
-            try:
+        self._itable.hold(inode)  # first: a racing close must not reap the inode under us
+        try:
+            with naming(self.path), inode.lock:
                 mapping = File.mapper(self, self._data, offset, length, access, address, fixed)
-            except BaseException as exc:
-                inode.users -= 1
-                if isinstance(exc, DaxfsError):
-                    raise named(exc, self.path) from exc
-                raise
-            inode.mappings.append(mapping)
+                inode.mappings.append(mapping)
+        except BaseException:
+            self._itable.put(inode)
+            raise
         return mapping
 
     def _mapping_closed(self, mapping: Any, touched: bool) -> None:
         """Called by a Mapping when it is closed or replaced."""
         inode = self.inode
         with inode.lock:
-            if mapping in inode.mappings:
+            held = mapping in inode.mappings
+            if held:
                 inode.mappings.remove(mapping)
-                inode.users -= 1
         if touched:
             self._owner._touch_modified(inode)
-        self._owner._user_done(inode)
+        if held:
+            self._itable.put(inode)
 
     def pin(self, offset: int, length: int) -> Any:
         """Pin ``[offset, offset+length)``: a ``daxfs.mm.SGList`` of device extents.
@@ -384,15 +375,13 @@ class File(io.RawIOBase):
         if File.pinner is None:
             raise NotSupported("pinning needs daxfs.mm (import daxfs)")
         inode = self.inode
-        with inode.lock:
-            inode.users += 1  # first: a racing close must not reap the inode under us
-            try:
+        self._itable.hold(inode)  # first: a racing close must not reap the inode under us
+        try:
+            with naming(self.path), inode.lock:
                 sg = File.pinner(self, self._data, offset, length)
-            except BaseException as exc:
-                inode.users -= 1
-                if isinstance(exc, DaxfsError):
-                    raise named(exc, self.path) from exc
-                raise
+        except BaseException:
+            self._itable.put(inode)
+            raise
         return sg
 
     def _unpin(self, token: int) -> None:
@@ -401,8 +390,7 @@ class File(io.RawIOBase):
         with inode.lock:
             assert inode.layouts is not None
             inode.layouts.unpin(token)
-            inode.users -= 1
-        self._owner._user_done(inode)
+        self._itable.put(inode)
 
     def flush(self) -> None:
         if self._open:
@@ -419,7 +407,7 @@ class File(io.RawIOBase):
         try:
             super().close()
         finally:
-            self._owner._release(self)
+            self._itable.put(self.inode, file=True)
 
     def __del__(self) -> None:
         if getattr(self, "_open", False):

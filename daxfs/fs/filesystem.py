@@ -41,6 +41,7 @@ from daxfs.errors import (
     NotPermitted,
     NotSupported,
     ReadOnly,
+    naming,
 )
 from daxfs.fs import modes
 from daxfs.fs.data import DataPath
@@ -63,7 +64,7 @@ from daxfs.fs.layout import (
     MAX_NAME,
     Superblock,
 )
-from daxfs.fs.namei import Lookup, Path, Resolver, fspath, naming
+from daxfs.fs.namei import Lookup, Path, Resolver, fspath
 from daxfs.fs.super import SuperState
 from daxfs.lifecycle import cleanup_after
 
@@ -109,6 +110,7 @@ class FileSystem:
         self._on_unmount = on_unmount
         self._mounted = True
         self._dev = int.from_bytes(sup.sb.uuid[:4], "little") | 0x100000000
+        itable.reap = self._reap_unused
         self.resolver = Resolver(
             root=lambda: self.itable.get(INO_ROOT),
             child=self._child,
@@ -168,7 +170,7 @@ class FileSystem:
             if busy:
                 names = ", ".join(sorted(f.path for f in busy)[:5])
                 raise Busy(f"cannot unmount: {len(busy)} open file(s): {names}")
-            users = self.itable.with_users()
+            users = self.itable.held()
             if users:
                 raise Busy(
                     f"cannot unmount: {len(users)} file(s) have live mappings or pins "
@@ -236,7 +238,8 @@ class FileSystem:
         """Resolve ``path`` (``parent``: a parent lookup, see daxfs.fs.namei)."""
         self._check_mounted()
         shown = os.fsdecode(fspath(path))
-        return self.resolver.lookup(path, follow, parent=parent), shown
+        with naming(shown):
+            return self.resolver.lookup(path, follow, parent=parent), shown
 
     def _existing(self, path: Path, follow: bool = True) -> tuple[Inode, str]:
         found, shown = self._lookup(path, follow)
@@ -304,10 +307,21 @@ class FileSystem:
         """
         spec = modes.parse(mode, buffering, encoding, errors, newline, _shown(path))
         with self._lock:
-            raw = self._open_raw(path, spec)
+            raw, truncate = self._open_raw(path, spec)
+        if truncate:
+            # as O_TRUNC, after the file is open (it holds the inode) and without the
+            # filesystem lock: waiting for pins must not stall other operations
+            try:
+                with naming(raw.path), raw.inode.lock:
+                    self.data.truncate(raw.inode, 0)
+            except BaseException as exc:
+                cleanup_after(exc, raw.close)
+                raise
         return modes.wrap(raw, spec, buffering, encoding, errors, newline)
 
-    def _open_raw(self, path: Path, spec: modes.ModeSpec) -> File:
+    def _open_raw(self, path: Path, spec: modes.ModeSpec) -> tuple[File, bool]:
+        """The File (holding its inode), and whether O_TRUNC must still truncate it."""
+        truncate = False
         if spec.create:
             found, shown = self._lookup_create(path, follow=not spec.exclusive)
         else:
@@ -328,9 +342,7 @@ class FileSystem:
                 raise IsADirectory(f"is a directory: {shown}", shown)
             if spec.writing:
                 self._check_writable(shown)
-            if spec.truncate:  # as O_TRUNC: sets mtime even when already empty
-                with naming(shown), inode.lock:
-                    self.data.truncate(inode, 0)
+            truncate = spec.truncate  # as O_TRUNC: sets mtime even when already empty
         name_out: str | bytes = path if isinstance(path, str | bytes) else os.fspath(path)
         file = File(
             self,
@@ -341,9 +353,9 @@ class FileSystem:
             writable=spec.writing,
             append=spec.append,
         )
-        inode.opens += 1
+        self.itable.hold(inode, file=True)
         self._files.add(file)
-        return file
+        return file, truncate
 
     def _lookup_create(self, path: Path, follow: bool) -> tuple[Lookup, str]:
         """Resolve the path of open(..., O_CREAT), as Linux's open_last_lookups.
@@ -362,19 +374,11 @@ class FileSystem:
             raise IsADirectory(f"is a directory: {shown}", shown)
         return found, shown
 
-    def _release(self, file: File) -> None:
-        """Called by File.close: the last close of an unlinked inode frees it."""
-        with self._lock:
-            inode = file.inode
-            with inode.lock:
-                inode.opens -= 1
-            self._user_done(inode)
+    def _reap_unused(self, inode: Inode) -> None:
+        """InodeTable.reap: the last holder of an unlinked inode went; free it.
 
-    def _user_done(self, inode: Inode) -> None:
-        """A user (open file, mapping, pin) went: free the inode if it was the last.
-
-        The check runs under the inode lock, which mmap and pin hold while they
-        add themselves as users (lock order: filesystem, then inode).
+        Checked again under the filesystem and inode locks (lock order), since
+        a new holder (mmap, pin) may have come in between.
         """
         with self._lock, inode.lock:
             if inode.rec.nlink == 0 and inode.rec.mode and not inode.in_use and self._mounted:
@@ -544,7 +548,8 @@ class FileSystem:
                 self._touch_dir(tx, found.parent)
                 reap = self._drop_link(tx, inode)
             if reap:
-                self._reap(inode)
+                with naming(shown):
+                    self._reap(inode)
 
     remove = unlink
 
@@ -573,7 +578,8 @@ class FileSystem:
             if moving is None:
                 raise NotFound(f"no such file or directory: {a_shown}", a_shown)
             victim = b.inode
-            self._check_rename(moving, a, b, a_shown, b_shown)
+            with naming(b_shown):  # walks the '..' chain above the destination
+                self._check_rename(moving, a, b, a_shown, b_shown)
             if victim is moving:
                 return  # two names of one inode: POSIX says do nothing
             self._rename(a, b, moving, victim, b_shown)
@@ -646,7 +652,8 @@ class FileSystem:
             self._touch_dir(tx, b.parent)
             self.itable.dirty(tx, moving).ctime_ns = now_ns()
         if reap and victim is not None:
-            self._reap(victim)
+            with naming(b_shown):
+                self._reap(victim)
 
     @staticmethod
     def _dtype(inode: Inode) -> int:
@@ -713,7 +720,8 @@ class FileSystem:
             inode, shown = self._existing(path, follow=False)
             if not inode.is_lnk:
                 raise InvalidArgument(f"not a symbolic link: {shown}", shown)
-            target = self._link_target(inode)
+            with naming(shown):
+                target = self._link_target(inode)
         return target if isinstance(fspath_type(path), bytes) else os.fsdecode(target)
 
     def listdir(self, path: Path = "/") -> list[Any]:
@@ -722,7 +730,8 @@ class FileSystem:
             inode, shown = self._existing(path)
             if not inode.is_dir:
                 raise NotADirectory(f"not a directory: {shown}", shown)
-            names = [name for _, name, _, _ in self.dirs.entries(self.store, inode)]
+            with naming(shown):
+                names = [name for _, name, _, _ in self.dirs.entries(self.store, inode)]
         if isinstance(fspath_type(path), bytes):
             return names
         return [os.fsdecode(n) for n in names]
@@ -907,16 +916,13 @@ class FileSystem:
             if inode.is_dir:
                 raise IsADirectory(f"is a directory: {shown}", shown)
             self._check_writable(shown)
-            with inode.lock:
-                inode.users += 1  # keeps it alive while the filesystem lock is let go
+            self.itable.hold(inode)  # keeps it alive while the filesystem lock is let go
         try:
             # without the filesystem lock: waiting for pins must not stall other operations
             with naming(shown), inode.lock:
                 self.data.truncate(inode, length, nowait)
         finally:
-            with inode.lock:
-                inode.users -= 1
-            self._user_done(inode)
+            self.itable.put(inode)
 
     def statvfs(self, path: Path = "/") -> os.statvfs_result:
         """Block and inode counts (inodes: the table grows, so free = what space allows)."""

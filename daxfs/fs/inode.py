@@ -23,6 +23,17 @@ transaction after ``InodeTable.dirty(tx, inode)``: at commit the record is
 packed (with its checksum) into the transaction's copy of its block; on abort
 it is re-read from the device.
 
+Lifetime (xv6's iget/iput): ``InodeTable.hold(inode)`` counts a holder that
+must keep the inode alive even if its last name goes -- an open file, a
+mapping, a pin, an operation that lets the filesystem lock go while it
+waits; ``InodeTable.put(inode)`` drops it, and the last put of an unlinked
+inode frees it (through ``InodeTable.reap``, installed by the filesystem,
+which owns what freeing blocks and directory trees needs)::
+
+    hold() ---> refs > 0 ---put(), last--> refs == 0 --nlink == 0--> reap(inode)
+                   ^                          |
+                   '--------- hold() ---------'   (nlink > 0: stays cached)
+
 Invariants
   1. An ``Inode`` object is the only in-memory copy of its inode: the cache
      returns the same object while anyone may hold it, and entries are evicted
@@ -31,6 +42,8 @@ Invariants
      marked the inode dirty.
   3. Free-list inodes have mode 0 and the ORPHAN flag clear; orphan-list
      inodes have the ORPHAN flag set.
+  4. ``Inode.refs`` changes only in ``hold`` and ``put``, under ``inode.lock``;
+     an inode with ``refs > 0`` is never freed nor evicted.
 """
 
 from __future__ import annotations
@@ -87,17 +100,17 @@ class FileMapping(Protocol):
 class Inode:
     """An inode in memory: its record plus runtime state (locks, users)."""
 
-    __slots__ = ("ino", "layouts", "lock", "mappings", "opens", "rec", "users", "xcache")
+    __slots__ = ("files", "ino", "layouts", "lock", "mappings", "rec", "refs", "xcache")
 
     def __init__(self, rec: InodeRecord) -> None:
         self.ino = rec.ino
         self.rec = rec
         #: held for the data path and size changes of this inode
         self.lock = threading.RLock()
-        #: open File objects
-        self.opens = 0
-        #: other holders that keep an unlinked inode alive (mappings, pins)
-        self.users = 0
+        #: holders that keep it alive if unlinked (InodeTable.hold/put only) ...
+        self.refs = 0
+        #: ... of which open files (the rest: mappings, pins, operations in progress)
+        self.files = 0
         #: the last extent looked up (daxfs.fs.extmap); None after any map change
         self.xcache: object = None
         #: live DAX mappings of this inode (daxfs.mm); told before blocks under them change
@@ -126,8 +139,8 @@ class Inode:
 
     @property
     def in_use(self) -> bool:
-        """Open, mapped or pinned: an unlinked inode must wait for the last user."""
-        return self.opens > 0 or self.users > 0
+        """Held (open, mapped, pinned, ...): an unlinked inode must wait for the last put."""
+        return self.refs > 0
 
 
 def now_ns() -> int:
@@ -144,6 +157,9 @@ class InodeTable:
         self._blocks: dict[int, int] = {0: sup.sb.inode_block0}
         self.locate: Locator | None = None
         self.grow: Grower | None = None
+        #: frees an unlinked inode after its last put (installed by the filesystem);
+        #: takes the filesystem lock, so put() must not be called under an inode lock
+        self.reap: Callable[[Inode], None] | None = None
         #: a transaction is growing the inode file: do not cache locations
         self.growing = False
 
@@ -203,9 +219,41 @@ class InodeTable:
         self._cache[ino] = inode
         return inode
 
-    def with_users(self) -> list[Inode]:
-        """Cached inodes with mappings or pins (they keep the filesystem busy)."""
-        return [i for i in self._cache.values() if i.users > 0]
+    def held(self) -> list[Inode]:
+        """Cached inodes held by something other than an open file (a mapping, a pin, an
+        operation in progress): they keep the filesystem busy (open files are
+        counted by the filesystem, which knows their names)."""
+        return [i for i in self._cache.values() if i.refs > i.files]
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    def hold(self, inode: Inode, *, file: bool = False) -> None:
+        """Keep ``inode`` alive (iget): until the matching put, it is not freed even
+        if its last name goes.  ``file``: the holder is an open file."""
+        with inode.lock:
+            inode.refs += 1
+            inode.files += file
+
+    def put(self, inode: Inode, *, file: bool = False) -> None:
+        """Drop a hold (iput); the last put of an unlinked inode frees it.
+
+        Caller should hold no inode lock: freeing takes the filesystem lock,
+        which comes first in the lock order.  (One caller does: a
+        fixed="replace" mapping closes the mappings it replaces under the lock
+        of the inode it maps; that put is the last only for a victim whose
+        file was unlinked and closed.)
+
+        Raises:
+            what freeing raises (an I/O error); the hold is dropped regardless.
+        """
+        with inode.lock:
+            assert inode.refs > 0, f"put of {inode} without a hold"
+            assert inode.files >= file, f"file put of {inode} without a file hold"
+            inode.refs -= 1
+            inode.files -= file
+            last = inode.refs == 0 and inode.rec.nlink == 0
+        if last and self.reap is not None:
+            self.reap(inode)
 
     def forget(self, ino: int) -> None:
         """Drop ``ino`` from the cache (it was freed)."""

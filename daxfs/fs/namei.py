@@ -28,13 +28,11 @@ Rules, as on Linux:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from daxfs.errors import (
-    DaxfsError,
     InvalidArgument,
     NameTooLong,
     NotADirectory,
@@ -68,24 +66,6 @@ def fspath(path: Path) -> bytes:
     if len(raw) > MAX_PATH:
         raise NameTooLong(f"path of {len(raw)} bytes is longer than {MAX_PATH}", os.fsdecode(raw))
     return raw
-
-
-def named(exc: DaxfsError, shown: str) -> DaxfsError:
-    """``exc`` naming ``shown`` if it names no path yet (ENOSPC from the allocator, ...)."""
-    if exc.filename is not None:
-        return exc
-    out = type(exc)(f"{exc.strerror}: {shown}", shown)
-    out.__cause__ = exc
-    return out
-
-
-@contextlib.contextmanager
-def naming(shown: str) -> Iterator[None]:
-    """Re-raise a daxfs error that names no path as one that names ``shown``."""
-    try:
-        yield
-    except DaxfsError as exc:
-        raise named(exc, shown) from exc
 
 
 def check_name(name: bytes, path: str) -> None:
