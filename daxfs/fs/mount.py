@@ -10,9 +10,11 @@ Mount, step by step (each failure is an error naming the structure)::
     reap the orphan list: unlinked inodes are freed, batched truncates finished
     mark the superblock mounted (state, count, time)
 
-Unmount marks it clean, copies the superblock to the backup, and releases the
-device.  A read-only mount replays nothing and changes nothing; it refuses an
-image whose journal holds a transaction to replay.
+Unmount marks it clean, rewrites the backup superblock if (and only if) it is
+damaged or describes another geometry (SuperState.update_backup: a rewrite
+could tear), and releases the device.  A read-only mount replays nothing and
+changes nothing; it refuses an image whose journal holds a transaction to
+replay.
 """
 
 from __future__ import annotations
@@ -381,9 +383,7 @@ def _unmounter(owned: bool) -> Callable[[FileSystem], None]:
             if not fs.readonly and not fs.journal.failed:
                 with fs.journal.begin() as tx:
                     fs.sup.dirty(tx).state = STATE_CLEAN
-                sb = fs.sup.sb
-                fs.store.write((sb.block_count - 1) << BLOCK_SHIFT, sb.to_block())
-                fs.store.drain()
+                fs.sup.update_backup()
         except BaseException as exc:
             cleanup_after(exc, *release)
             raise

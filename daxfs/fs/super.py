@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from daxfs.errors import Corrupted
 from daxfs.fs.journal import Transaction
-from daxfs.fs.layout import BLOCK_SIZE, SB_CRC_OFFSET, SB_SIZE, Superblock
+from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE, SB_CRC_OFFSET, SB_SIZE, Superblock
 from daxfs.fs.store import PmemStore
 
 SUPER_BLOCK = 0
@@ -47,6 +48,30 @@ class SuperState:
         self.sb.pack_into(block)
         tx.log_meta(COUNTERS_START, block[COUNTERS_START:COUNTERS_END])
         tx.log_meta(SB_CRC_LINE, block[SB_CRC_LINE:])
+
+    def update_backup(self) -> bool:
+        """Make the backup superblock (the last block) match this one, if it does not.
+
+        The backup exists to restore the geometry (bytes 0..191, written only
+        by mkfs); its counters are those of when it was written, and fsck
+        recomputes counters anyway.  So it is rewritten only when it is
+        damaged or its bytes 0..191 differ: rewriting is a 4 KiB store that a
+        power failure can tear, and an intact backup must never be put at
+        that risk (unmount used to rewrite it every time; a crash then left a
+        torn backup that fsck reported).  Returns True if it wrote (durably).
+        """
+        last = self.sb.block_count - 1
+        block = self.sb.to_block()
+        current = bytes(self.store.block(last))
+        if current[:COUNTERS_START] == block[:COUNTERS_START]:
+            try:
+                Superblock.unpack(current, "backup superblock")
+                return False
+            except Corrupted:
+                pass
+        self.store.write(last << BLOCK_SHIFT, block)
+        self.store.drain()
+        return True
 
     def reload(self) -> None:
         """Forget uncommitted changes: copy the device's superblock into ``sb``."""
