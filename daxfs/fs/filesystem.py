@@ -40,6 +40,7 @@ from daxfs.errors import (
     NotFound,
     NotPermitted,
     NotSupported,
+    OutOfRange,
     ReadOnly,
     naming,
 )
@@ -862,13 +863,23 @@ class FileSystem:
         self._set_attr(path, follow_symlinks, change, check)
 
     def chown(self, path: Path, uid: int, gid: int, *, follow_symlinks: bool = True) -> None:
-        """Change owner and group; -1 leaves one unchanged."""
+        """Change owner and group; -1 (or 2**32 - 1, as the kernel's (uid_t)-1) leaves
+        one unchanged.
+
+        Raises:
+            TypeError: an id that is not an integer (as os.chown).
+            OutOfRange (EOVERFLOW, also OverflowError as os.chown raises): an id
+                below -1 or above 2**32 - 1; nothing changed.
+            FileNotFoundError, ReadOnly.
+        """
+        new_uid = _owner_id(uid, "uid", path)
+        new_gid = _owner_id(gid, "gid", path)
 
         def change(inode: Inode, rec: Any) -> None:
-            if uid != -1:
-                rec.uid = uid & 0xFFFFFFFF
-            if gid != -1:
-                rec.gid = gid & 0xFFFFFFFF
+            if new_uid is not None:
+                rec.uid = new_uid
+            if new_gid is not None:
+                rec.gid = new_gid
 
         self._set_attr(path, follow_symlinks, change)
 
@@ -880,16 +891,46 @@ class FileSystem:
         ns: tuple[int, int] | None = None,
         follow_symlinks: bool = True,
     ) -> None:
-        """Set access and modification times, as os.utime."""
+        """Set access and modification times, as os.utime.
+
+        Times are stored as signed 64-bit nanoseconds since the epoch (years
+        1677 to 2262).
+
+        Raises:
+            TypeError: ``times`` or ``ns`` not a pair of numbers (ints for
+                ``ns``), as os.utime.
+            ValueError: a NaN time (as os.utime).
+            OutOfRange (EOVERFLOW, also OverflowError as os.utime raises for
+                times it cannot store): a time outside that range; nothing changed.
+            InvalidArgument: both ``times`` and ``ns``.
+            FileNotFoundError, ReadOnly.
+        """
         if times is not None and ns is not None:
             shown = _shown(path)
             raise InvalidArgument(f"utime: give times or ns, not both: {shown}", shown)
-        if ns is None:
-            if times is None:
-                t = now_ns()
-                ns = (t, t)
-            else:
-                ns = (_seconds_to_ns(times[0]), _seconds_to_ns(times[1]))
+        if ns is not None:
+            if not isinstance(ns, tuple) or len(ns) != 2:
+                raise TypeError("utime: 'ns' must be a tuple of two ints")
+            for value in ns:
+                if not isinstance(value, int):
+                    raise TypeError(
+                        f"'{type(value).__name__}' object cannot be interpreted as an integer"
+                    )
+        elif times is None:
+            t = now_ns()
+            ns = (t, t)
+        else:
+            if not isinstance(times, tuple) or len(times) != 2:
+                raise TypeError("utime: 'times' must be either a tuple of two numbers or None")
+            ns = (_seconds_to_ns(times[0], path), _seconds_to_ns(times[1], path))
+        for value in ns:
+            if not -(1 << 63) <= value < 1 << 63:
+                shown = _shown(path)
+                raise OutOfRange(
+                    f"utime: {value} ns is outside what daxfs stores (signed 64-bit "
+                    f"nanoseconds, years 1677 to 2262): {shown}",
+                    shown,
+                )
 
         def change(inode: Inode, rec: Any) -> None:
             assert ns is not None
@@ -957,10 +998,37 @@ def fspath_type(path: Path) -> str | bytes:
     return os.fspath(path)
 
 
-def _seconds_to_ns(seconds: float) -> int:
-    """Seconds as ns, rounded as os.utime does (the fraction floored, from modf)."""
+def _owner_id(value: int, what: str, path: Path) -> int | None:
+    """A uid or gid for chown: None for "unchanged" (-1, or 2**32 - 1 as (uid_t)-1).
+
+    Raises:
+        TypeError: not an integer.  OutOfRange: below -1 or above 2**32 - 1.
+    """
+    if not isinstance(value, int):
+        raise TypeError(f"{what} should be integer, not {type(value).__name__}")
+    if value in (-1, 0xFFFFFFFF):
+        return None
+    if not 0 <= value < 0xFFFFFFFF:
+        shown = _shown(path)
+        raise OutOfRange(f"chown: {what} {value} is not a 32-bit id: {shown}", shown)
+    return int(value)
+
+
+def _seconds_to_ns(seconds: float, path: Path) -> int:
+    """Seconds as ns, rounded as os.utime does (the fraction floored, from modf).
+
+    Raises:
+        TypeError: not a number.  ValueError: NaN.  OutOfRange: infinite.
+    """
     if isinstance(seconds, int):
         return seconds * 1_000_000_000
+    if not isinstance(seconds, float):
+        raise TypeError(f"'{type(seconds).__name__}' object cannot be interpreted as an integer")
+    if math.isnan(seconds):
+        raise ValueError("Invalid value NaN (not a number)")
+    if math.isinf(seconds):
+        shown = _shown(path)
+        raise OutOfRange(f"utime: time {seconds} is out of range: {shown}", shown)
     fraction, whole = math.modf(seconds)
     ns = math.floor(fraction * 1e9)
     if ns >= 1_000_000_000:

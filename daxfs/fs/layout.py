@@ -32,6 +32,9 @@ from daxfs.errors import Corrupted
 BLOCK_SIZE = 4096
 BLOCK_SHIFT = 12
 MIN_FS_SIZE = 16 << 20
+#: the largest filesystem mkfs makes (1 EiB): beyond any device a process can map,
+#: and every byte offset stays far inside a signed 64-bit file offset
+MAX_FS_SIZE = 1 << 60
 MAX_NAME = 255
 INODE_SIZE = 256
 INODES_PER_BLOCK = BLOCK_SIZE // INODE_SIZE

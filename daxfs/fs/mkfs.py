@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from daxfs.errors import Exists, InvalidArgument
+from daxfs.errors import Exists, FileTooLarge, InvalidArgument
 from daxfs.fs.layout import (
     BITMAP_BYTES,
     BITS_PER_BITMAP_BLOCK,
@@ -30,6 +30,7 @@ from daxfs.fs.layout import (
     INO_ROOT,
     INODE_SIZE,
     MAP_INLINE,
+    MAX_FS_SIZE,
     MIN_FS_SIZE,
     SB_MAGIC,
     InodeRecord,
@@ -80,6 +81,7 @@ def check_mkfs_args(size: int | None, label: str, name: str) -> None:
 
     Raises:
         InvalidArgument: size not an integer or below 16 MiB; label too long or with NUL.
+        FileTooLarge (EFBIG): size above MAX_FS_SIZE.
     """
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int):
@@ -87,6 +89,10 @@ def check_mkfs_args(size: int | None, label: str, name: str) -> None:
         if size < MIN_FS_SIZE:
             raise InvalidArgument(
                 f"{name}: a daxfs needs at least {MIN_FS_SIZE >> 20} MiB, got {size} bytes", name
+            )
+        if size > MAX_FS_SIZE:
+            raise FileTooLarge(
+                f"{name}: a daxfs holds at most {MAX_FS_SIZE >> 60} EiB, not {size} bytes", name
             )
     if not isinstance(label, str) or len(label.encode("utf-8")) > MAX_LABEL or "\0" in label:
         raise InvalidArgument(f"label must be at most {MAX_LABEL} UTF-8 bytes without NUL")

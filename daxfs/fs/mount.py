@@ -70,6 +70,7 @@ def mkfs(
         Exists (EEXIST): the target already holds a daxfs, or data mkfs does
             not recognise, and ``force`` is False.
         InvalidArgument: size below 16 MiB or above the device; bad label.
+        FileTooLarge (EFBIG): size above 1 EiB (layout.MAX_FS_SIZE).
         Busy: the target is mounted.
     """
     if isinstance(target, Device):
