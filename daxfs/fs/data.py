@@ -407,6 +407,8 @@ class DataPath:
         if size > MAX_FILE_SIZE:
             raise FileTooLarge(f"size {size} is beyond the maximum file size {MAX_FILE_SIZE}")
         if size < inode.rec.size:
+            # to the end of the address space: while it waits (inode lock released) the
+            # file may grow and be pinned past the size it had
             self._break(inode, size, NO_BLOCK << BLOCK_SHIFT, nowait)
         elif size > inode.rec.size:
             with self.journal.begin() as tx:
@@ -416,7 +418,6 @@ class DataPath:
                 rec.mtime_ns = rec.ctime_ns = now_ns()
             return
         keep = (size + BLOCK_SIZE - 1) >> BLOCK_SHIFT
-        self._detach(inode, keep << BLOCK_SHIFT, NO_BLOCK << BLOCK_SHIFT)
         with self.journal.begin() as tx:
             rec = self.itable.dirty(tx, inode)
             if size < rec.size:
@@ -426,7 +427,8 @@ class DataPath:
             if not self._free_beyond(tx, inode, keep, BATCH_EXTENTS):
                 rec.flags |= IFLAG_TRUNCATE
                 self.itable.add_orphan(tx, inode)
-        self.finish_truncate(inode)
+            self._detach(tx, inode, keep << BLOCK_SHIFT, NO_BLOCK << BLOCK_SHIFT)
+        self.finish_truncate(inode)  # past the new size: no mapping shows those blocks
 
     def finish_truncate(self, inode: Inode) -> None:
         """Free what a batched truncate left past the size (also run by recovery)."""
@@ -513,8 +515,10 @@ class DataPath:
                 if mode & FALLOC_FL_PUNCH_HOLE:
                     self.alloc.use_reserve(tx)  # frees space, even on a full filesystem
                 rec = self.itable.dirty(tx, inode)
+                changed = None
                 if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
-                    self._zero_range(tx, inode, lo, hi, unmap=bool(mode & FALLOC_FL_PUNCH_HOLE))
+                    unmap = bool(mode & FALLOC_FL_PUNCH_HOLE)
+                    changed = self._zero_range(tx, inode, lo, hi, unmap)
                 else:
                     self._preallocate(tx, inode, lo >> BLOCK_SHIFT, _blocks_up(hi))
                 if last and not mode & FALLOC_FL_KEEP_SIZE and end > rec.size:
@@ -523,6 +527,8 @@ class DataPath:
                 rec.ctime_ns = now_ns()
                 if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
                     rec.mtime_ns = rec.ctime_ns
+                if changed is not None:
+                    self._detach(tx, inode, *changed)
 
     def _batches(self, inode: Inode, start: int, end: int) -> list[tuple[int, int]]:
         """Split bytes [start, end) so that each part holds at most BATCH_EXTENTS pieces
@@ -545,20 +551,25 @@ class DataPath:
                 cur += length
             rec.blocks += count
 
-    def _zero_range(self, tx: Transaction, inode: Inode, start: int, end: int, unmap: bool) -> None:
-        """Zero bytes ``[start, end)``: whole blocks unmapped (punch) or made unwritten."""
+    def _zero_range(
+        self, tx: Transaction, inode: Inode, start: int, end: int, unmap: bool
+    ) -> tuple[int, int] | None:
+        """Zero bytes ``[start, end)``: whole blocks unmapped (punch) or made unwritten.
+
+        Returns the bytes of the whole blocks whose mapping changed (to detach
+        from mappings), or None.
+        """
         first_full = _blocks_up(start)
         last_full = end >> BLOCK_SHIFT  # whole blocks: [first_full, last_full)
         if first_full > last_full:  # start and end inside one block
             self._zero_bytes(tx, inode, start, end)
-            return
+            return None
         if start < first_full << BLOCK_SHIFT:
             self._zero_bytes(tx, inode, start, first_full << BLOCK_SHIFT)
         if last_full << BLOCK_SHIFT < end:
             self._zero_bytes(tx, inode, last_full << BLOCK_SHIFT, end)
         if first_full == last_full:
-            return
-        self._detach(inode, first_full << BLOCK_SHIFT, last_full << BLOCK_SHIFT)
+            return None
         rec = self.itable.dirty(tx, inode)
         for piece in self.maps.punch(tx, inode, first_full, last_full - first_full):
             if unmap:
@@ -569,6 +580,7 @@ class DataPath:
                 self.maps.insert(tx, inode, unwritten)
         if not unmap:  # zero range: whole blocks end up allocated and unwritten, as on Linux
             self._preallocate(tx, inode, first_full, last_full)
+        return first_full << BLOCK_SHIFT, last_full << BLOCK_SHIFT
 
     def _zero_bytes(self, tx: Transaction, inode: Inode, lo: int, hi: int) -> None:
         """Journal zeros over ``[lo, hi)`` (inside one block) where written data is."""
@@ -617,16 +629,27 @@ class DataPath:
                 mapping.refresh_file_range(lblk << BLOCK_SHIFT, (lblk + count) << BLOCK_SHIFT)
 
     def _break(self, inode: Inode, start: int, end: int, nowait: bool) -> None:
-        """Wait until no pin overlaps file bytes [start, end) (break layouts)."""
+        """Wait until no pin overlaps file bytes [start, end) (break layouts).
+
+        Raises:
+            Busy, WouldBlock: naming the range, not the file (the caller names it).
+        """
         layouts = inode.layouts
         if layouts:
-            layouts.break_layouts(start, end, self.layout_timeout, nowait, f"inode {inode.ino}")
+            layouts.break_layouts(start, end, self.layout_timeout, nowait)
 
     @staticmethod
-    def _detach(inode: Inode, start: int, end: int) -> None:
-        """Take file bytes [start, end) out of every mapping before their blocks change."""
-        for mapping in list(inode.mappings):
-            mapping.detach_file_range(start, end)
+    def _detach(tx: Transaction, inode: Inode, start: int, end: int) -> None:
+        """Take file bytes [start, end) out of every mapping: their blocks are freed or
+        changed in ``tx``.
+
+        Call it as the last step of the transaction, when only the commit can
+        fail: if the commit fails before its commit point the blocks did not
+        change, and the pages are mapped back as they were.
+        """
+        undo = [mapping.detach_file_range(start, end) for mapping in list(inode.mappings)]
+        for reattach in undo:  # on_abort runs them in reverse order
+            tx.on_abort(reattach)
 
     # -- seek -------------------------------------------------------------------------
 

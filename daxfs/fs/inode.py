@@ -87,8 +87,11 @@ Grower = Callable[[Transaction, int, int], None]
 class FileMapping(Protocol):
     """What the filesystem needs from a live mapping of a file (daxfs.mm.Mapping)."""
 
-    def detach_file_range(self, start: int, end: int) -> None:
-        """Stop mapping file bytes [start, end): their blocks are about to change."""
+    def detach_file_range(self, start: int, end: int) -> Callable[[], None]:
+        """Stop mapping file bytes [start, end): their blocks are about to change.
+
+        Returns a function that maps them back (the change was abandoned).
+        """
 
     def refresh_file_range(self, start: int, end: int) -> None:
         """File bytes [start, end) that were holes now have blocks: map them."""

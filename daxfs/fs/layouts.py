@@ -72,18 +72,23 @@ class Layouts:
         del self._pins[token]
         self._cond.notify_all()
 
-    def break_layouts(self, start: int, end: int, timeout: float, nowait: bool, where: str) -> None:
+    def break_layouts(self, start: int, end: int, timeout: float, nowait: bool) -> None:
         """Wait until no pin overlaps [start, end); see the module docstring.
 
         Raises:
             WouldBlock (EAGAIN): ``nowait`` and a pin overlaps.
             Busy (EBUSY): pins still overlap after ``timeout`` seconds.
+            Both name the pinned bytes and no path: the caller adds the path
+            (daxfs.fs.namei.named).
         """
         if not self.pinned(start, end):
             return
-        what = f"{where}: bytes [{start}, {end}) are pinned"
+        overlap = [(lo, hi) for lo, hi in self._pins.values() if lo < end and start < hi]
+        first = max(start, min(lo for lo, _ in overlap))
+        last = min(end, max(hi for _, hi in overlap))
+        what = f"bytes [{first}, {last}) are pinned"
         if nowait:
-            raise WouldBlock(f"{what}; not waiting (nowait)", where)
+            raise WouldBlock(f"{what}; not waiting (nowait)")
         span = (start, end)
         self._breaking.append(span)
         try:
@@ -91,7 +96,7 @@ class Layouts:
             while self.pinned(start, end):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise Busy(f"{what}; gave up after {timeout:g} s (layout_timeout)", where)
+                    raise Busy(f"{what}; gave up after {timeout:g} s (layout_timeout)")
                 self._cond.wait(left)
         finally:
             self._breaking.remove(span)

@@ -18,10 +18,13 @@ covering pages on the msync path), then a fence.  No metadata is needed,
 since the blocks are written from the start; modification times are set
 when a writable mapping is closed or the file is fsync'ed.
 
-Truncate, punch-hole and zero-range call ``detach_file_range`` before the
-blocks under a mapping are freed or changed: those pages are replaced at once
+Truncate, punch-hole and zero-range call ``detach_file_range`` as the last
+step of the transaction that frees or changes the blocks under a mapping
+(only its commit can fail after it): those pages are replaced at once
 (MAP_FIXED) by private zero pages, so they can never reach freed blocks again;
-reads see zeros, writes go nowhere, and msync over them raises.
+reads see zeros, writes go nowhere, and msync over them raises.  If the
+commit fails before its commit point, the function ``detach_file_range``
+returned maps the pages back as they were: the blocks did not change.
 
 The Mapping is a ``MappedBuffer`` (C): memoryview, numpy and slicing see the
 memory, and every exported buffer is counted.  ``close()`` refuses while one
@@ -324,20 +327,33 @@ class Mapping(_vm.MappedBuffer, Closeable):
             return None
         return lo - lo % PAGE_SIZE, page_up(hi)
 
-    def detach_file_range(self, start: int, end: int) -> None:
+    def detach_file_range(self, start: int, end: int) -> Callable[[], None]:
         """Replace the pages over file bytes [start, end) by private zero pages.
 
-        Called by the filesystem, with the inode locked, before the blocks under
-        them are freed or zeroed.  Whole pages only: ``start`` is page aligned
-        by the caller (truncate keeps a partly used last page mapped).
+        Called by the filesystem, with the inode locked, in the transaction
+        that frees or zeroes the blocks under them, once only its commit can
+        fail.  Whole pages only: ``start`` is page aligned by the caller
+        (truncate keeps a partly used last page mapped).  Returns a function
+        that maps the pages back as they were, for a transaction that aborts.
         """
         with self._lock:
             window = self._file_window(start, end)
             if window is None or self._state != "open":
-                return
+                return _nothing
             lo, hi = window
+            before = [_clip(p, lo, hi) for p in self._covering(lo, hi)]
             self._zero_pages(lo, hi)
             self._split(lo, hi, None, detached=True)
+        return lambda: self._reattach(before)
+
+    def _reattach(self, pieces: list[Piece]) -> None:
+        """Map pieces back as ``detach_file_range`` found them (their blocks never changed)."""
+        with self._lock:
+            if self._state != "open":
+                return
+            for piece in pieces:
+                if not piece.detached:  # detached before: stays so
+                    self._map_piece(piece.start, piece.length, piece.dev)
 
     def refresh_file_range(self, start: int, end: int) -> None:
         """Map device blocks that writes gave to holes under [start, end) (read mappings)."""
@@ -354,25 +370,28 @@ class Mapping(_vm.MappedBuffer, Closeable):
         flags = MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS
         self._space.kernel.mmap(self.address + lo, hi - lo, prot, flags, -1, 0)
 
+    def _map_piece(self, at: int, length: int, dev: int | None) -> None:
+        """Map mapping bytes [at, at+length) (whole pages) to device offset ``dev``,
+        or to the zero page (a hole, read-only)."""
+        kernel = self._space.kernel
+        if dev is not None:
+            device = self._data.device
+            prot = PROT_READ | (PROT_WRITE if self._writable else 0)
+            kernel.mmap(
+                self.address + at, length, prot, MAP_FIXED | device.map_flags, device.fd, dev
+            )
+        else:
+            flags = MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS
+            kernel.mmap(self.address + at, length, PROT_READ, flags, -1, 0)
+        self._split(at, at + length, dev)
+
     def _map_range(self, lo: int, hi: int) -> None:
         """Map mapping bytes [lo, hi) (page aligned) from the file's current extents."""
-        kernel = self._space.kernel
-        device = self._data.device
-        prot = PROT_READ | (PROT_WRITE if self._writable else 0)
-        base = self.address
 
         def actor(iomap: Iomap, pos: int, n: int) -> int:
-            at = pos - self._offset
-            length = n  # extents are whole blocks, blocks are pages
-            if iomap.type is IomapType.MAPPED:
-                dev = iomap.addr_of(pos)
-                kernel.mmap(base + at, length, prot, MAP_FIXED | device.map_flags, device.fd, dev)
-                self._split(at, at + length, dev)
-            else:
-                kernel.mmap(
-                    base + at, length, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0
-                )
-                self._split(at, at + length, None)
+            # extents are whole blocks, blocks are pages
+            dev = iomap.addr_of(pos) if iomap.type is IomapType.MAPPED else None
+            self._map_piece(pos - self._offset, n, dev)
             return n
 
         iomap_iter(
@@ -474,6 +493,18 @@ class Mapping(_vm.MappedBuffer, Closeable):
     def _detached_from_owners(self, touched: bool) -> None:
         REGISTRY.remove(self)
         self._file._mapping_closed(self, touched)
+
+
+def _nothing() -> None:
+    """The undo of a detach that detached nothing."""
+
+
+def _clip(piece: Piece, lo: int, hi: int) -> Piece:
+    """The part of ``piece`` inside mapping bytes [lo, hi)."""
+    start = max(lo, piece.start)
+    end = min(hi, piece.start + piece.length)
+    dev = None if piece.dev is None else piece.dev + start - piece.start
+    return Piece(start, end - start, dev, piece.detached)
 
 
 def map_file(
