@@ -41,6 +41,7 @@ from daxfs.fs.inode import Inode, InodeTable, now_ns
 from daxfs.fs.journal import Journal, Transaction
 from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE, EXTENT_UNWRITTEN, IFLAG_TRUNCATE
 from daxfs.fs.store import Reader
+from daxfs.fs.writeback import Writeback
 from daxfs.iomap import Iomap, IomapFlags, IomapType
 from daxfs.pmem.device import Device
 
@@ -87,6 +88,8 @@ class DataPath:
         self.log_data_max = min(256 << 10, journal.capacity // 4)
         #: seconds an operation waits for pins on the blocks it changes (mount option)
         self.layout_timeout = 10.0
+        #: file ranges that writable mappings may have left in CPU caches (fsync, sync)
+        self.mapped_ranges = Writeback()
 
     # -- iomap ------------------------------------------------------------------------
 
@@ -681,10 +684,66 @@ class DataPath:
 
     def free_all(self, inode: Inode) -> None:
         """Unmap and free every block of a file, in batches (for deletion)."""
+        self.mapped_ranges.forget(inode.ino)
         done = False
         while not done:
             with self.journal.begin() as tx:
                 done = self._free_beyond(tx, inode, 0, BATCH_EXTENTS)
+
+    # -- writeback of mapped stores (daxfs.fs.writeback) ------------------------------
+
+    def writeback(self, inode: Inode) -> bool:
+        """Flush what writable mappings of the file, live or closed, may have left in
+        CPU caches, then fence (fsync, fdatasync).  Caller must hold ``inode.lock``.
+
+        Returns whether a writable mapping of the file is live.
+
+        Raises:
+            OSError (EIO): the device failed to flush; the ranges stay remembered.
+        """
+        generation = inode.rec.generation
+        ranges, live = self.mapped_ranges.take(inode.ino, generation)
+        if not ranges:
+            return live
+        try:
+            for start, end in ranges:
+                self._flush_file_range(inode, start, min(end, inode.rec.size))
+            self.device.drain()
+        except BaseException:
+            self.mapped_ranges.leave(inode.ino, generation, ranges)
+            raise
+        return live
+
+    def _flush_file_range(self, inode: Inode, start: int, end: int) -> None:
+        """Start write-back of the device bytes behind written file bytes [start, end)."""
+        if start >= end:
+            return
+        for ext in self._extents_in(self.store, inode, start >> BLOCK_SHIFT, _blocks_up(end)):
+            if ext.unwritten:
+                continue
+            lo = max(start, ext.lblk << BLOCK_SHIFT)
+            hi = min(end, ext.end << BLOCK_SHIFT)
+            self.device.flush((ext.pblk << BLOCK_SHIFT) + lo - (ext.lblk << BLOCK_SHIFT), hi - lo)
+
+    def sync_all(self) -> None:
+        """``writeback`` of every inode with remembered ranges (FileSystem.sync, unmount).
+
+        Caller must hold the filesystem lock (inodes are looked up).
+
+        Raises:
+            OSError (EIO): the device failed to flush.
+            Corrupted (EUCLEAN): a remembered inode's record is damaged.
+        """
+        for ino, generation in self.mapped_ranges.inodes():
+            inode = self.itable.cached(ino)
+            if inode is None:
+                rec = self.itable.read_record(self.store, ino)
+                if rec.mode == 0 or rec.generation != generation:
+                    self.mapped_ranges.forget(ino)  # freed since, perhaps reused
+                    continue
+                inode = self.itable.get(ino)
+            with inode.lock:
+                self.writeback(inode)
 
 
 def _blocks_up(offset: int) -> int:

@@ -289,19 +289,21 @@ class File(io.RawIOBase):
             self._data.fallocate(self.inode, offset, length, mode, nowait)
 
     def fsync(self) -> None:
-        """Persist stores made through live mappings; everything else is already durable.
+        """Persist stores made through writable mappings of the file, live or closed
+        (as Linux writes back dirty DAX pages at fsync, even after munmap);
+        everything else is durable already.
 
-        Writable mappings also set the modification time here.
+        A live writable mapping also sets the modification time here.
+
+        Raises:
+            ClosedFile (EBADF): the file is closed.
+            OSError (EIO): the device failed to flush; a later fsync tries again.
         """
         self._check_open()
         inode = self.inode
         with inode.lock:
-            mappings = list(inode.mappings)
-            for mapping in mappings:
-                mapping.sync()
-            if mappings:
-                self._data.device.drain()
-        if any(getattr(m, "access", "") == "write" for m in mappings):
+            mapped = self._data.writeback(inode)
+        if mapped:
             self._owner._touch_modified(inode)
 
     def fdatasync(self) -> None:

@@ -177,6 +177,7 @@ class FileSystem:
                     f"cannot unmount: {len(users)} file(s) have live mappings or pins "
                     f"(inodes {', '.join(str(i.ino) for i in users[:5])}); close them first"
                 )
+            self.data.sync_all()  # stores of closed writable mappings (daxfs.fs.writeback)
             try:
                 self._on_unmount(self)
             finally:  # the device is released even when writing the clean state failed
@@ -988,8 +989,11 @@ class FileSystem:
             )
 
     def sync(self) -> None:
-        """Every operation is durable when it returns; this only fences, for symmetry."""
+        """Persist stores made through writable mappings, live or closed (see
+        File.fsync); every operation is durable when it returns already."""
         self._check_mounted()
+        with self._lock:
+            self.data.sync_all()
         self.store.drain()
 
 

@@ -96,9 +96,6 @@ class FileMapping(Protocol):
     def refresh_file_range(self, start: int, end: int) -> None:
         """File bytes [start, end) that were holes now have blocks: map them."""
 
-    def sync(self) -> None:
-        """Flush everything mapped (File.fsync)."""
-
 
 class Inode:
     """An inode in memory: its record plus runtime state (locks, users)."""

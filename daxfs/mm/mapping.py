@@ -16,7 +16,10 @@ allocate later (``refresh_file_range``).
 over the device bytes behind it (CLWB per line on the CPU path, msync of the
 covering pages on the msync path), then a fence.  No metadata is needed,
 since the blocks are written from the start; modification times are set
-when a writable mapping is closed or the file is fsync'ed.
+when a writable mapping is closed or the file is fsync'ed.  A writable
+mapping's file range is remembered by the data path (daxfs.fs.writeback)
+from its creation until a writeback after its close: fsync, fdatasync,
+FileSystem.sync and unmount flush it, even once the mapping is gone.
 
 Truncate, punch-hole and zero-range call ``detach_file_range`` as the last
 step of the transaction that frees or changes the blocks under a mapping
@@ -109,6 +112,7 @@ class Mapping(_vm.MappedBuffer, Closeable):
     _persist: Callable[[int, int], None]
     _len: int
     _fast_dev: int | None
+    _writeback: int | None
 
     # -- creation -----------------------------------------------------------------------
 
@@ -139,6 +143,7 @@ class Mapping(_vm.MappedBuffer, Closeable):
         self._persist = data.device.persister()
         self._len = length
         self._fast_dev = None  # device offset of byte 0 if one mapped extent
+        self._writeback = None  # token of the range remembered for fsync (writable)
         return self
 
     def __repr__(self) -> str:
@@ -309,13 +314,6 @@ class Mapping(_vm.MappedBuffer, Closeable):
             out.append(pieces[i])
             i += 1
         return out
-
-    def sync(self) -> None:
-        """Persist the whole mapping (File.fsync with live mappings)."""
-        if self._state == "open":
-            for piece in self._pieces:
-                if piece.dev is not None and not piece.detached:
-                    self._data.device.flush(piece.dev, piece.length)
 
     # -- changes from the filesystem ------------------------------------------------------
 
@@ -492,6 +490,9 @@ class Mapping(_vm.MappedBuffer, Closeable):
 
     def _detached_from_owners(self, touched: bool) -> None:
         REGISTRY.remove(self)
+        if self._writeback is not None:  # stores may be in caches: fsync flushes them
+            self._data.mapped_ranges.unmap(self._inode.ino, self._writeback)
+            self._writeback = None
         self._file._mapping_closed(self, touched)
 
 
@@ -538,6 +539,11 @@ def map_file(
         space.kernel.munmap(addr, span)
         raise
     REGISTRY.add(mapping)
+    if writable:
+        inode = file.inode
+        mapping._writeback = data.mapped_ranges.map(
+            inode.ino, inode.rec.generation, offset, offset + length
+        )
     return mapping
 
 
