@@ -471,3 +471,23 @@ def test_unchanged_files_keep_their_data_through_repairs() -> None:
     after = craft.observe(dev, write=False).data
     assert after == before
     assert hashlib.sha256(read(dev, "/a/hard")).hexdigest() == before[ino(dev, "/a/file")]
+
+
+def test_each_problem_is_one_printable_line() -> None:
+    """A name holding a newline, an escape or bytes that are not UTF-8 is escaped in
+    the report, so ``daxfs fsck`` prints one line per problem on any terminal."""
+    dev = craft.sample()
+    with daxfs.mount(dev) as fs:
+        for name in ["/new\nline", "/esc\x1b[2J", "/bad\udcff"]:
+            fs.mkdir(name)
+        bad = [fs.stat(n).st_ino for n in ["/new\nline", "/esc\x1b[2J", "/bad\udcff"]]
+    for i in bad:
+        craft.edit_inode(dev, i, parent=i)
+    report = fsck(dev)
+    lines = str(report).splitlines()
+    assert len(lines) == len(report.problems) + 1
+    assert any(line.startswith("/new\\nline: '..' is inode") for line in lines), lines
+    assert any(line.startswith("/bad\\udcff: ") for line in lines), lines
+    for line in lines:
+        line.encode("utf-8")  # printable anywhere: no lone surrogate
+        assert "\x1b" not in line

@@ -15,8 +15,10 @@ Checks
      is exactly what it maps.
   2. Each slot: an intact record naming its own number (or all zeros, which
      is a never-used slot: damage below the high-water mark).  A live
-     record has a known file type, no mode bits beyond S_IFMT|07777, no
-     unknown flag bits, and a map of a kind its type allows.
+     record has a known file type, no mode bits beyond S_IFMT|07777, only
+     the flags its type may carry (IFLAG_TRUNCATE: regular files;
+     IFLAG_ORPHAN: any but the root and the inode file), a size below the
+     maximum, and a map of a kind its type allows.
   3. Each extent: length > 0, only known flag bits, inside the data area,
      below the maximum file size, sorted and not overlapping its neighbours;
      extent B+trees and directory B+trees pass ``BTree.check``.
@@ -26,7 +28,8 @@ Checks
   6. No written block past a regular file's size, unless a truncate is
      pending (IFLAG_TRUNCATE).
   7. Symbolic links: an inline target of 1..128 bytes is its size; a target
-     in blocks is at most MAX_PATH bytes; neither holds NUL.
+     in blocks is at most MAX_PATH bytes; neither holds NUL.  (A target is
+     stored followed by zeros, so a wrong size is repaired to the first NUL.)
   8. Free records (mode 0) hold no links, blocks or orphan flag.
   9. Counters: ``inode_hwm`` is one past the highest slot in use (at least
      FIRST_FREE_INO); ``next_generation`` fits 32 bits and is at least the
@@ -42,6 +45,7 @@ guessed at.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import stat as st
 import struct
@@ -65,6 +69,7 @@ from daxfs.fs.layout import (
     INLINE_AREA,
     INLINE_EXTENTS,
     INO_INODE_FILE,
+    INO_ROOT,
     INODE_CRC_OFFSET,
     INODE_MAGIC,
     INODE_SIZE,
@@ -89,6 +94,8 @@ from daxfs.fs.namei import MAX_PATH
 from .context import STATIC, Apply, Context, Fix, Repairing, Stage, State
 
 KNOWN_FLAGS = IFLAG_ORPHAN | IFLAG_TRUNCATE
+#: flags each file type may carry (the root and the inode file: none)
+_ALLOWED_FLAGS = {st.S_IFREG: KNOWN_FLAGS, st.S_IFDIR: IFLAG_ORPHAN, st.S_IFLNK: IFLAG_ORPHAN}
 MODE_BITS = 0o170000 | 0o7777
 GENERATION_MASK = 0xFFFFFFFF
 MAX_FILE_BLOCKS = MAX_FILE_SIZE >> BLOCK_SHIFT
@@ -160,6 +167,9 @@ def _inode_file(ctx: Context, s: State) -> Fix | None:
     owned = 1 + _claim(ctx, s, INO_INODE_FILE, runs) + _claim_nodes(ctx, s, INO_INODE_FILE, nodes)
     s.records[INO_INODE_FILE] = rec
     _check_blocks(ctx, s, INO_INODE_FILE, rec, owned)
+    if rec.flags:
+        flags = _Flags(ctx, s, INO_INODE_FILE, rec)
+        flags.set(0, f"flag bits {rec.flags:#x} it cannot carry")
     size = len(pblks) << BLOCK_SHIFT
     beyond = [e for e in extents if e.lblk >= len(pblks)]
     fix = Fix(Stage.INODE_TABLE, _fit_inode_file(len(pblks), bool(beyond)))
@@ -268,19 +278,17 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
             f"mode {rec.mode:o} has unknown bits",
             Fix(Stage.INODES, _set_field(ino, "mode", rec.mode & MODE_BITS)),
         )
-    if rec.flags & ~KNOWN_FLAGS:
-        ctx.problem(
-            where,
-            f"unknown flag bits {rec.flags & ~KNOWN_FLAGS:#x}",
-            Fix(Stage.INODES, _set_field(ino, "flags", rec.flags & KNOWN_FLAGS)),
-        )
+    flags = _Flags(ctx, s, ino, rec)
+    allowed = _ALLOWED_FLAGS.get(fmt, 0) if ino != INO_ROOT else 0
+    if rec.flags & ~allowed:
+        flags.set(rec.flags & allowed, f"flag bits {rec.flags & ~allowed:#x} it cannot carry")
     if fmt == st.S_IFLNK and rec.map_kind == MAP_SYMLINK:
         _inline_symlink(ctx, s, ino, rec)
         return
     kind = TREE_DIRECTORY if fmt == st.S_IFDIR else TREE_EXTENTS
-    allowed = (MAP_NONE, MAP_BTREE) if fmt == st.S_IFDIR else (MAP_NONE, MAP_INLINE, MAP_BTREE)
+    kinds = (MAP_NONE, MAP_BTREE) if fmt == st.S_IFDIR else (MAP_NONE, MAP_INLINE, MAP_BTREE)
     try:
-        if rec.map_kind not in allowed:
+        if rec.map_kind not in kinds:
             raise Corrupted(f"map kind {rec.map_kind} for a file of type {fmt:o}")
         extents, nodes = _read_map(s, ino, rec, kind)
     except Corrupted as exc:
@@ -302,26 +310,57 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
     _check_blocks(ctx, s, ino, rec, owned)
     if fmt == st.S_IFDIR:
         return
-    if rec.size > MAX_FILE_SIZE:
-        ctx.problem(where, f"size {rec.size} beyond the maximum file size {MAX_FILE_SIZE}")
-    keep = (rec.size + BLOCK_SIZE - 1) >> BLOCK_SHIFT
-    written = [e for e in extents if not e.flags & EXTENT_UNWRITTEN and e.end > keep]
-    if written and fmt == st.S_IFREG and not rec.flags & IFLAG_TRUNCATE:
-        # unwritten extents past the size are fallocate(KEEP_SIZE): legitimate
-        s.truncate.add(ino)
-        ctx.problem(
-            where,
-            f"maps written blocks up to {written[-1].end} past its size {rec.size}",
-            Fix(Stage.INODES, _set_field(ino, "flags", (rec.flags | IFLAG_TRUNCATE) & KNOWN_FLAGS)),
-        )
     if fmt == st.S_IFLNK:
         _block_symlink(ctx, s, ino, rec, extents)
+        return
+    if rec.size > MAX_FILE_SIZE:
+        ctx.problem(
+            where,
+            f"size {rec.size} beyond the maximum file size {MAX_FILE_SIZE}",
+            Fix(Stage.INODES, _set_field(ino, "size", MAX_FILE_SIZE)),
+        )
+    keep = (min(rec.size, MAX_FILE_SIZE) + BLOCK_SIZE - 1) >> BLOCK_SHIFT
+    written = [e for e in extents if not e.flags & EXTENT_UNWRITTEN and e.end > keep]
+    if written and not s.records[ino].flags & IFLAG_TRUNCATE:
+        # unwritten extents past the size are fallocate(KEEP_SIZE): legitimate
+        s.truncate.add(ino)
+        flags.set(
+            s.records[ino].flags | IFLAG_TRUNCATE,
+            f"maps written blocks up to {written[-1].end} past its size {rec.size}",
+        )
+
+
+class _Flags:
+    """The flags an inode will have once repaired: one fix, however many reasons.
+
+    ``State.records`` holds the planned flags (the lists pass plans the
+    orphan list from them).
+    """
+
+    def __init__(self, ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
+        self.ctx, self.s, self.ino = ctx, s, ino
+        self.fix = Fix(Stage.INODES, self._apply)
+
+    def set(self, flags: int, why: str) -> None:
+        rec = self.s.records[self.ino]
+        self.s.records[self.ino] = dataclasses.replace(rec, flags=flags)
+        self.ctx.problem(f"inode {self.ino}", why, self.fix)
+
+    def _apply(self, r: Repairing) -> None:
+        _set_field(self.ino, "flags", self.s.records[self.ino].flags)(r)
 
 
 def _inline_symlink(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
     target = rec.inline[: rec.map_count]
     if not (0 < rec.map_count <= INLINE_AREA and rec.size == rec.map_count):
-        ctx.problem(f"inode {ino}", f"inline symlink of {rec.map_count} bytes, size {rec.size}")
+        end = rec.inline.find(b"\0")
+        length = INLINE_AREA if end < 0 else end
+        fix = None
+        if length > 0:  # the target is followed by zeros: its length is known
+            fix = Fix(Stage.INODES, _set_fields(ino, size=length, map_count=length))
+        ctx.problem(
+            f"inode {ino}", f"inline symlink of {rec.map_count} bytes, size {rec.size}", fix
+        )
     elif b"\0" in target:
         ctx.problem(f"inode {ino}", "symlink target holds NUL")
     if rec.blocks:
@@ -333,17 +372,27 @@ def _inline_symlink(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
 
 
 def _block_symlink(ctx: Context, s: State, ino: int, rec: InodeRecord, exts: list[Extent]) -> None:
-    if not 0 < rec.size <= MAX_PATH:
-        ctx.problem(f"inode {ino}", f"symlink target of {rec.size} bytes (at most {MAX_PATH})")
+    if 0 < rec.size <= MAX_PATH:
+        if b"\0" in _read(s, exts, rec.size):
+            ctx.problem(f"inode {ino}", "symlink target holds NUL")
         return
-    target = bytearray(rec.size)  # holes and unwritten extents read as zeros
+    data = _read(s, exts, MAX_PATH + 1)  # the target is followed by zeros
+    end = data.find(b"\0")
+    fix = None
+    if end > 0:
+        fix = Fix(Stage.INODES, _set_fields(ino, size=end))
+    ctx.problem(f"inode {ino}", f"symlink target of {rec.size} bytes (at most {MAX_PATH})", fix)
+
+
+def _read(s: State, exts: list[Extent], size: int) -> bytes:
+    """The first ``size`` bytes of a file (holes and unwritten extents read as zeros)."""
+    out = bytearray(size)
     for e in exts:
-        lo, hi = e.lblk << BLOCK_SHIFT, min(e.end << BLOCK_SHIFT, rec.size)
+        lo, hi = e.lblk << BLOCK_SHIFT, min(e.end << BLOCK_SHIFT, size)
         if lo < hi and not e.flags & EXTENT_UNWRITTEN:
             start = e.pblk << BLOCK_SHIFT
-            target[lo:hi] = s.store.view[start : start + hi - lo]
-    if b"\0" in target:
-        ctx.problem(f"inode {ino}", "symlink target holds NUL")
+            out[lo:hi] = s.store.view[start : start + hi - lo]
+    return bytes(out)
 
 
 # -- 3 maps -------------------------------------------------------------------------------
@@ -555,6 +604,17 @@ def _set_super(field: str, value: int) -> Apply:
     def apply(r: Repairing) -> None:
         with r.journal.begin() as tx:
             setattr(r.sup.dirty(tx), field, value)
+
+    return apply
+
+
+def _set_fields(ino: int, **values: int) -> Apply:
+    def apply(r: Repairing) -> None:
+        itable = r.layers.itable
+        with r.journal.begin() as tx:
+            rec = itable.dirty(tx, itable.get(ino))
+            for field, value in values.items():
+                setattr(rec, field, value)
 
     return apply
 

@@ -18,8 +18,10 @@ class Problem:
     repaired: bool = False
 
     def __str__(self) -> str:
+        """One line, whatever the names in it hold (control characters and
+        undecodable bytes are escaped, so the line prints on any terminal)."""
         tail = " [repaired]" if self.repaired else ""
-        return f"{self.structure}: {self.message}{tail}"
+        return _one_line(f"{self.structure}: {self.message}{tail}")
 
     @property
     def key(self) -> tuple[str, str]:
@@ -64,3 +66,11 @@ class Report:
             lines.append("check incomplete: see the problems above")
         lines.append(("clean: " if self.clean else "NOT clean: ") + summary)
         return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every non-printable character (newline, escape, a surrogate
+    from os.fsdecode) written as its Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
