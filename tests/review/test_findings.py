@@ -13,6 +13,7 @@ import daxfs
 from daxfs.errors import NoSpace
 from daxfs.fs.fsck import fsck
 from daxfs.testing import SimulatedPmem
+from daxfs.testing.faults import FlakyPmem
 
 BLOCK = 4096
 SIZE = 16 << 20
@@ -385,18 +386,6 @@ def test_replace_never_leaves_a_live_view_over_replaced_memory(
 
 
 # -- 5. error paths -------------------------------------------------------------------------
-
-
-class FlakyPmem(SimulatedPmem):
-    """A device whose next fence fails once with EIO (a device error, not a power failure)."""
-
-    fail_next = False
-
-    def drain(self) -> None:
-        if self.fail_next:
-            self.fail_next = False
-            raise OSError(5, "simulated device error at a fence")
-        super().drain()
 
 
 def test_failed_commit_is_not_replayed_after_a_crash() -> None:
