@@ -1,0 +1,700 @@
+"""The corrupted-image fuzzer: corrupt an image, use it as a user would, classify.
+
+Theory of operation
+-------------------
+Each *case* takes a base image (daxfs.testing.corrupt: the clean one, or the
+one with a transaction to replay), corrupts one structure -- superblock,
+journal, bitmap, inode record, inline extent, B+tree node, directory entry,
+or random bits of a metadata block -- with its checksum left broken or
+recomputed, and runs these steps on it, each in a forked child with a
+timeout (so that a hang or a crash of the interpreter is seen, not suffered)::
+
+    mount   mount a copy read-write (recovery runs) and walk it: every name
+            looked up, every file read, every link read; unmount
+    cli     on another copy: ``daxfs tree`` and ``daxfs cp -r IMAGE:/ DEST``
+            through the CLI's main(); cp must write nothing outside DEST
+    fsck    check only
+    repair  fsck --repair
+    refsck  check only, after the repair
+    reuse   mount, walk, then write: create, write, mkdir, rename, unlink;
+            unmount and fsck
+
+Outcomes, worst first (an image counts once, with its worst outcome)::
+
+    crash        a step died of a signal (interpreter death)
+    hang         a step outlived its timeout (killed)
+    escape       cp wrote outside its destination
+    wrong        a non-OSError exception, an OSError with an errno that
+                 makes no sense for the step (EUCLEAN and EIO do; ENOENT for
+                 a name just listed does not), or the CLI's internal-error
+                 exit (70)
+    silent       checksums left broken, and the walk read something other
+                 than the base image showed (a name, a size, file bytes)
+                 without an error, where the corruption touched no file data:
+                 a checksum should have caught it
+    worse        the repair made it worse: it said clean and a second fsck
+                 finds problems, or finds more than the repair left; or
+                 mount, walk or write fails after a clean repair; or after it
+                 a file the corruption did not touch reads differently
+    missed       (not a failure by itself) fsck said clean although mount or
+                 the walk met damage
+    refused      every failure was a clean OSError (EUCLEAN, EIO, ...)
+    fine         nothing failed
+
+Every case is reproducible from (seed, case number): ``python -m
+daxfs.testing.fuzz --seed S --case N`` runs it alone and prints each step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import io
+import json
+import os
+import random
+import resource
+import select
+import shutil
+import signal
+import stat as st
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from daxfs.fs.fsck import fsck
+from daxfs.fs.mount import mount
+from daxfs.testing.corrupt import STRUCTURES, Base, Inventory, Mutation, base_images, corrupt
+from daxfs.testing.corrupt import inventory as take_inventory
+
+if TYPE_CHECKING:
+    from daxfs.fs.file import File
+    from daxfs.fs.filesystem import FileSystem
+
+#: outcomes, worst first
+OUTCOMES = ("crash", "hang", "escape", "wrong", "silent", "worse", "missed", "refused", "fine")
+BAD = frozenset({"crash", "hang", "escape", "wrong", "silent", "worse"})
+#: errnos a step may fail with on a damaged image
+ALLOWED = {
+    "mount": {errno.EUCLEAN, errno.EIO, errno.EROFS, errno.EOPNOTSUPP},
+    "walk": {errno.EUCLEAN, errno.EIO},
+    "fsck": {errno.EUCLEAN, errno.EIO},
+    "reuse": {errno.EUCLEAN, errno.EIO, errno.EROFS, errno.ENOSPC, errno.EOPNOTSUPP},
+}
+WALK_LIMIT = 20_000  # names a walk visits at most (the base image has about 330)
+API_WALK_LIMIT = 100_000  # entries fs.walk may yield before it counts as running away
+Facts = list[Any]  # what a walk saw of one path (JSON-able)
+
+
+# --------------------------------------------------------------------------- children
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What a step did: ``status`` is ok, error (an exception), hang or crash."""
+
+    step: str
+    status: str
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def describe(self) -> str:
+        d = self.data
+        if self.status == "error":
+            where = f" at {d['where']}" if d.get("where") else ""
+            return f"{d['type']}(errno={d.get('errno')}): {d['message']}{where}"
+        if self.status in ("hang", "crash"):
+            return str(d.get("why", self.status))
+        return "ok"
+
+
+def _address_limit() -> int:
+    """The child's address-space limit: what it has now plus 2 GiB (a runaway
+    allocation fails with MemoryError rather than taking the machine down)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024 + (2 << 30)
+    return resource.RLIM_INFINITY
+
+
+def run_in_child(step: str, fn: Callable[[], dict[str, Any]], timeout: float) -> StepResult:
+    """Run ``fn`` in a forked child; its dict comes back as JSON through a pipe."""
+    limit = _address_limit()
+    start = time.monotonic()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 0
+        try:
+            os.close(r)
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            try:
+                result: dict[str, Any] = {"status": "ok", **fn()}
+            except BaseException as exc:
+                result = {"status": "error", **describe_exception(exc)}
+            payload = json.dumps(result, default=repr).encode()
+            view = memoryview(payload)
+            while view:
+                n = os.write(w, view)
+                view = view[n:]
+        except BaseException:
+            status = 3
+        finally:
+            os._exit(status)
+    os.close(w)
+    chunks: list[bytes] = []
+    deadline = start + timeout
+    hung = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                hung = True
+                break
+            ready, _, _ = select.select([r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        if hung:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, wstatus = os.waitpid(pid, 0)
+    seconds = time.monotonic() - start
+    if hung:
+        return StepResult(step, "hang", {"why": f"no result after {timeout:g} s"}, seconds)
+    if os.WIFSIGNALED(wstatus):
+        sig = signal.Signals(os.WTERMSIG(wstatus)).name
+        return StepResult(step, "crash", {"why": f"killed by {sig}"}, seconds)
+    code = os.WEXITSTATUS(wstatus)
+    if code or not chunks:
+        return StepResult(step, "crash", {"why": f"exit status {code}, no result"}, seconds)
+    data = json.loads(b"".join(chunks))
+    return StepResult(step, data.pop("status"), data, seconds)
+
+
+def describe_exception(exc: BaseException) -> dict[str, Any]:
+    """An exception as JSON-able facts: type, errno, message, where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    daxfs_frames = [f for f in frames if "/daxfs/" in f.filename] or frames
+    where = ""
+    if daxfs_frames:
+        f = daxfs_frames[-1]
+        where = f"{f.filename.rsplit('/daxfs/', 1)[-1]}:{f.lineno} in {f.name}"
+    return {
+        "type": type(exc).__name__,
+        "oserror": isinstance(exc, OSError),
+        "errno": exc.errno if isinstance(exc, OSError) else None,
+        "message": str(exc)[:300],
+        "where": where,
+    }
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def walk(fs: FileSystem) -> tuple[dict[str, Facts], list[dict[str, Any]]]:
+    """Every path with what a user sees of it, and the errors met on the way.
+
+    Each directory is entered once (by inode), so a cycle cannot trap it; at
+    most WALK_LIMIT names.  Errors other than OSError propagate.
+    """
+    facts: dict[str, Facts] = {}
+    errors: list[dict[str, Any]] = []
+    stack = ["/"]
+    entered: set[int] = set()
+    while stack and len(facts) < WALK_LIMIT:
+        path = stack.pop()
+        try:
+            s = fs.lstat(path)
+            kind = st.S_IFMT(s.st_mode)
+            if st.S_ISDIR(s.st_mode):
+                names = sorted(fs.listdir(path))
+                facts[path] = ["dir", kind, st.S_IMODE(s.st_mode), s.st_nlink, names]
+                if s.st_ino not in entered:
+                    entered.add(s.st_ino)
+                    stack.extend(path.rstrip("/") + "/" + n for n in names)
+            elif st.S_ISLNK(s.st_mode):
+                facts[path] = ["link", kind, s.st_nlink, fs.readlink(path)]
+            else:
+                with fs.open(path, "rb") as f:
+                    data = f.read()
+                digest = hashlib.sha256(data).hexdigest()[:16]
+                facts[path] = ["file", kind, st.S_IMODE(s.st_mode), s.st_nlink, s.st_size, digest]
+                if len(data) != s.st_size:
+                    errors.append(
+                        {"path": path, "errno": None, "message": f"read {len(data)} of {s.st_size}"}
+                    )
+        except OSError as exc:
+            facts[path] = ["error", exc.errno]
+            errors.append({"path": path, "errno": exc.errno, "message": str(exc)[:200]})
+    return facts, errors
+
+
+def step_mount(image: str) -> dict[str, Any]:
+    fs = mount(image)
+    try:
+        facts, errors = walk(fs)
+    finally:
+        fs.unmount()
+    return {"facts": facts, "errors": errors}
+
+
+def step_cli(image: str, sandbox: str) -> dict[str, Any]:
+    """``daxfs tree`` and ``daxfs cp -r`` through main(); what cp wrote, and where."""
+    from daxfs.cli import main
+
+    out: dict[str, Any] = {}
+    dest = os.path.join(sandbox, "inside", "dest")
+    os.makedirs(os.path.dirname(dest))
+    for name, argv in (("tree", ["tree", image]), ("cp", ["cp", "-r", f"{image}:/", dest])):
+        err = io.StringIO()
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(err),
+        ):
+            code = main(argv)
+        out[name] = {"code": code, "stderr": err.getvalue().strip().splitlines()[-1:]}
+    outside = []
+    for root, dirs, files in os.walk(sandbox):
+        for n in dirs + files:
+            p = os.path.join(root, n)
+            if not (p == os.path.dirname(dest) or p == dest or p.startswith(dest + "/")):
+                outside.append(os.path.relpath(p, sandbox))
+    out["outside"] = outside[:10]
+    return out
+
+
+def step_fsck(image: str, repair: bool = False) -> dict[str, Any]:
+    report = fsck(image, repair=repair)
+    left = [str(p) for p in report.problems if not p.repaired]
+    return {
+        "clean": report.clean,
+        "complete": report.complete,
+        "left": len(left),
+        "found": len(report.problems),
+        "problems": left[:6],
+    }
+
+
+def step_reuse(image: str) -> dict[str, Any]:
+    """Mount, walk, write; unmount and fsck."""
+    fs = mount(image)
+    try:
+        facts, errors = walk(fs)
+        with cast("File", fs.open("/fuzz-new", "wb", buffering=0)) as f:
+            f.write(b"N" * 100_000)
+            f.pwrite(b"M" * 5000, 200_000)
+        fs.mkdir("/fuzz-dir")
+        fs.rename("/fuzz-new", "/fuzz-dir/moved")
+        with fs.open("/fuzz-dir/moved", "rb") as f:
+            back = f.read()
+        if back[:100_000] != b"N" * 100_000 or back[200_000:] != b"M" * 5000:
+            errors.append({"path": "/fuzz-dir/moved", "errno": None, "message": "wrote != read"})
+        fs.unlink("/fuzz-dir/moved")
+        fs.rmdir("/fuzz-dir")
+    finally:
+        fs.unmount()
+    after = step_fsck(image)
+    return {"facts": facts, "errors": errors, "fsck": after}
+
+
+# --------------------------------------------------------------------------- a case
+
+
+@dataclasses.dataclass
+class Case:
+    """One corrupted image, the results of its steps, and the verdict."""
+
+    number: int
+    mutation: Mutation
+    base: str
+    steps: dict[str, StepResult] = dataclasses.field(default_factory=dict)
+    findings: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (outcome, why)
+
+    @property
+    def outcome(self) -> str:
+        found = {o for o, _ in self.findings}
+        return next((o for o in OUTCOMES if o in found), "fine")
+
+    @property
+    def mode(self) -> str:
+        return "resealed" if self.mutation.sealed else "broken"
+
+
+class Fuzzer:
+    """Corrupted images, one case after another (deterministic in the seed)."""
+
+    def __init__(self, seed: int, *, timeout: float = 10.0, workdir: str | None = None) -> None:
+        self.seed = seed
+        self.timeout = timeout
+        self.workdir = workdir or tempfile.mkdtemp(prefix="daxfs-fuzz-", dir=_scratch())
+        self._own_workdir = workdir is None
+        self.clean, self.journal = base_images()
+        self.inventory: Inventory = take_inventory(self.clean.image)
+
+    def close(self) -> None:
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def plan(self, number: int) -> tuple[str, bool]:
+        """Structure and mode of case ``number``: every structure in turn, both modes."""
+        structure = STRUCTURES[number % len(STRUCTURES)]
+        sealed = (number // len(STRUCTURES)) % 2 == 1
+        return structure, sealed
+
+    def run_case(self, number: int) -> Case:
+        structure, sealed = self.plan(number)
+        rng = random.Random(f"{self.seed}:{number}")
+        base = self.journal if structure == "journal" and rng.random() < 0.6 else self.clean
+        image, mutation = corrupt(
+            structure, self.seed * 1_000_003 + number, base.image, self.inventory, sealed
+        )
+        case = Case(number, mutation, base.name)
+        work = os.path.join(self.workdir, f"case{number}")
+        os.makedirs(work, exist_ok=True)
+        try:
+            self._steps(case, image, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        classify(case, base, self.inventory)
+        return case
+
+    def _steps(self, case: Case, image: bytes, work: str) -> None:
+        paths = {}
+        for name in ("mount", "cli", "main"):
+            paths[name] = os.path.join(work, f"{name}.img")
+            with open(paths[name], "wb") as f:
+                f.write(image)
+        sandbox = os.path.join(work, "sandbox")
+        os.makedirs(sandbox)
+        t = self.timeout
+        steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("mount", lambda: step_mount(paths["mount"])),
+            ("cli", lambda: step_cli(paths["cli"], sandbox)),
+            ("fsck", lambda: step_fsck(paths["main"])),
+            ("repair", lambda: step_fsck(paths["main"], repair=True)),
+            ("refsck", lambda: step_fsck(paths["main"])),
+            ("reuse", lambda: step_reuse(paths["main"])),
+        ]
+        for name, fn in steps:
+            case.steps[name] = run_in_child(name, fn, t)
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def _comparable(facts: Facts, with_nlink: bool = True) -> tuple[Any, ...]:
+    """The facts a corruption must not change silently (nlink optional)."""
+    if facts[0] == "dir":
+        return ("dir", facts[1], facts[2], facts[3] if with_nlink else None, tuple(facts[4]))
+    if facts[0] == "link":
+        return ("link", facts[1], facts[2] if with_nlink else None, facts[3])
+    if facts[0] == "file":
+        return ("file", facts[1], facts[2], facts[3] if with_nlink else None, facts[4], facts[5])
+    return tuple(facts)
+
+
+def base_facts(base: Base) -> list[dict[str, Facts]]:
+    """The base image's allowed snapshots in the walk's own format."""
+    out = []
+    for snap in base.allowed:
+        facts: dict[str, Facts] = {}
+        for path, v in snap.items():
+            fmt, mode, nlink = v[0], v[1], v[2]
+            if st.S_ISDIR(cast(int, fmt)):
+                facts[path] = ["dir", fmt, mode, nlink, list(cast(tuple[str, ...], v[3]))]
+            elif st.S_ISLNK(cast(int, fmt)):
+                facts[path] = ["link", fmt, nlink, v[3]]
+            else:
+                facts[path] = ["file", fmt, mode, nlink, v[3], v[5]]
+        out.append(facts)
+    return out
+
+
+_BASE_FACTS: dict[int, list[dict[str, Facts]]] = {}
+
+
+def classify(case: Case, base: Base, inv: Inventory) -> None:
+    """Fill ``case.findings`` from its steps (see the module docstring)."""
+    key = id(base)
+    if key not in _BASE_FACTS:
+        _BASE_FACTS[key] = base_facts(base)
+    allowed = _BASE_FACTS[key]
+    add = case.findings.append
+    for name, r in case.steps.items():
+        if r.status in ("hang", "crash"):
+            add((r.status, f"{name}: {r.describe()}"))
+        elif r.status == "error":
+            ok_errnos = ALLOWED.get(name, ALLOWED["fsck"])
+            if not r.data.get("oserror") or r.data.get("errno") not in ok_errnos:
+                add(("wrong", f"{name}: {r.describe()}"))
+            else:
+                add(("refused", f"{name}: {r.describe()}"))
+    for name in ("mount", "reuse"):
+        walked = case.steps.get(name)
+        if walked is not None and walked.ok:
+            for e in walked.data["errors"]:
+                if e["errno"] not in ALLOWED["walk"]:
+                    add(("wrong", f"{name} walk: {e['path']}: errno {e['errno']}: {e['message']}"))
+                else:
+                    add(("refused", f"{name} walk: {e['path']}: {e['message']}"))
+    cli = case.steps.get("cli")
+    if cli is not None and cli.ok:
+        for tool in ("tree", "cp"):
+            if cli.data[tool]["code"] not in (0, 1):
+                add(
+                    (
+                        "wrong",
+                        f"cli {tool}: exit {cli.data[tool]['code']}: {cli.data[tool]['stderr']}",
+                    )
+                )
+        if cli.data["outside"]:
+            add(("escape", f"cli cp wrote outside its destination: {cli.data['outside']}"))
+    _silent(case, allowed, inv)
+    _worse(case, allowed, inv)
+    _missed(case)
+    if not case.findings:
+        add(("fine", ""))
+
+
+def _differs(path: str, seen: Facts, allowed: list[dict[str, Facts]], nlink: bool) -> bool:
+    if seen[0] == "error":
+        return False
+    options = [a[path] for a in allowed if path in a]
+    return all(_comparable(seen, nlink) != _comparable(o, nlink) for o in options)
+
+
+def _silent(case: Case, allowed: list[dict[str, Facts]], inv: Inventory) -> None:
+    """Checksums broken: what the walk read must be what the base showed, or an error."""
+    m = case.mutation
+    r = case.steps.get("mount")
+    if m.sealed or r is None or not r.ok:
+        return
+    for path, seen in r.data["facts"].items():
+        if inv.data_touched(path, m.touched):
+            continue
+        if _differs(path, seen, allowed, nlink=True):
+            want = next((a[path] for a in allowed if path in a), None)
+            case.findings.append(("silent", f"mount walk: {path}: {seen} (base: {want})"))
+            return
+
+
+def _worse(case: Case, allowed: list[dict[str, Facts]], inv: Inventory) -> None:
+    repair, refsck, reuse = (case.steps.get(s) for s in ("repair", "refsck", "reuse"))
+    if repair is None or not repair.ok:
+        return
+    add = case.findings.append
+    clean = repair.data["clean"]
+    if refsck is not None and refsck.ok:
+        if clean and not refsck.data["clean"]:
+            add(("worse", f"repair said clean, fsck then: {refsck.data['problems'][:3]}"))
+        elif refsck.data["left"] > repair.data["left"]:
+            add(
+                (
+                    "worse",
+                    f"fsck after repair finds {refsck.data['left']} problems, "
+                    f"repair left {repair.data['left']}: {refsck.data['problems'][:3]}",
+                )
+            )
+    if reuse is None:
+        return
+    if clean and not reuse.ok:
+        add(("worse", f"after a clean repair, reuse: {reuse.describe()}"))
+    if not reuse.ok:
+        return
+    if clean and reuse.data["errors"]:
+        add(("worse", f"after a clean repair, the walk: {reuse.data['errors'][:2]}"))
+    if clean and not reuse.data["fsck"]["clean"]:
+        add(
+            (
+                "worse",
+                f"after a clean repair and writes, fsck: {reuse.data['fsck']['problems'][:3]}",
+            )
+        )
+    if case.mutation.global_effect:
+        return
+    touched = case.mutation.touched
+    for path, seen in reuse.data["facts"].items():
+        if (
+            seen[0] in ("file", "link")
+            and not inv.touched(path, touched)
+            and _differs(path, seen, allowed, nlink=False)
+        ):
+            add(("worse", f"after repair, untouched {path} changed: {seen}"))
+            return
+    if clean:  # untouched files must still be there
+        for path in inv.data:
+            if not inv.touched(path, touched) and path not in reuse.data["facts"]:
+                add(("worse", f"after a clean repair, untouched {path} is gone"))
+                return
+
+
+def _missed(case: Case) -> None:
+    fsck_r, mount_r = case.steps.get("fsck"), case.steps.get("mount")
+    if fsck_r is None or not fsck_r.ok or not fsck_r.data["clean"] or mount_r is None:
+        return
+    if mount_r.status == "error" or (mount_r.ok and mount_r.data["errors"]):
+        case.findings.append(("missed", "fsck said clean; mount or the walk met damage"))
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@dataclasses.dataclass
+class Table:
+    """Outcome counts per (structure, mode), and the bad cases."""
+
+    counts: dict[tuple[str, str], dict[str, int]] = dataclasses.field(default_factory=dict)
+    bad: list[Case] = dataclasses.field(default_factory=list)
+    cases: int = 0
+
+    def add(self, case: Case) -> None:
+        row = self.counts.setdefault((case.mutation.structure, case.mode), {})
+        row[case.outcome] = row.get(case.outcome, 0) + 1
+        self.cases += 1
+        if case.outcome in BAD:
+            self.bad.append(case)
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.counts.values():
+            for k, v in row.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def render(self) -> str:
+        head = f"{'structure':12} {'checksums':9} " + " ".join(f"{o:>7}" for o in OUTCOMES)
+        lines = [head + f" {'total':>7}"]
+        for (structure, mode), row in sorted(self.counts.items()):
+            cells = " ".join(f"{row.get(o, 0):>7}" for o in OUTCOMES)
+            lines.append(f"{structure:12} {mode:9} {cells} {sum(row.values()):>7}")
+        tot = self.totals()
+        cells = " ".join(f"{tot.get(o, 0):>7}" for o in OUTCOMES)
+        lines.append(f"{'all':12} {'':9} {cells} {sum(tot.values()):>7}")
+        return "\n".join(lines)
+
+
+def reproducer(seed: int, case: Case) -> str:
+    m = case.mutation
+    worst = next((why for o, why in case.findings if o == case.outcome), "")
+    return (
+        f"BAD {case.outcome}: case {case.number} [{m.structure}/{m.field}, {case.mode}, "
+        f"{case.base} base] {m.detail} -- {worst[:300]} -- reproduce: "
+        f"python -m daxfs.testing.fuzz --seed {seed} --case {case.number}"
+    )
+
+
+def fuzz(
+    seed: int,
+    *,
+    cases: int | None = None,
+    seconds: float | None = None,
+    timeout: float = 10.0,
+    first: int = 0,
+    progress: Callable[[Case], None] | None = None,
+) -> Table:
+    """Run cases ``first``, ``first + 1``, ... until ``cases`` are done or ``seconds`` pass."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    fuzzer = Fuzzer(seed, timeout=timeout)
+    table = Table()
+    try:
+        number = first
+        while (cases is None or number < first + cases) and (
+            deadline is None or time.monotonic() < deadline
+        ):
+            case = fuzzer.run_case(number)
+            table.add(case)
+            if progress is not None:
+                progress(case)
+            number += 1
+    finally:
+        fuzzer.close()
+    return table
+
+
+def _scratch() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m daxfs.testing.fuzz``: print the table; exit 1 if any case was bad."""
+    import argparse
+    import shlex
+
+    parser = argparse.ArgumentParser(
+        prog="python -m daxfs.testing.fuzz",
+        description="Corrupt daxfs images and classify what mount, fsck, repair and the CLI do.",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="default: random, printed")
+    parser.add_argument("--seconds", type=float, default=None, help="time budget")
+    parser.add_argument("--cases", type=int, default=None, help="number of cases")
+    parser.add_argument("--case", type=int, default=None, help="run this one case, verbosely")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per step")
+    parser.add_argument("-v", "--verbose", action="store_true", help="one line per case")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    print(
+        f"$ python -m daxfs.testing.fuzz {shlex.join(argv if argv is not None else sys.argv[1:])}"
+    )
+    if args.case is not None:
+        fuzzer = Fuzzer(seed, timeout=args.timeout)
+        try:
+            case = fuzzer.run_case(args.case)
+        finally:
+            fuzzer.close()
+        m = case.mutation
+        print(
+            f"seed {seed} case {case.number}: {m.structure}/{m.field} ({case.mode}, "
+            f"{case.base} base): {m.detail}"
+        )
+        for name, r in case.steps.items():
+            extra = ""
+            if r.ok and "clean" in r.data:
+                extra = f" clean={r.data['clean']} left={r.data['left']} {r.data['problems'][:3]}"
+            elif r.ok and "errors" in r.data:
+                extra = f" walk errors: {r.data['errors'][:3]}"
+            print(f"  {name:7} {r.status:6} {r.seconds:5.2f}s {r.describe()}{extra}")
+        for outcome, why in case.findings:
+            print(f"  -> {outcome}: {why}")
+        return 1 if case.outcome in BAD else 0
+
+    def show(case: Case) -> None:
+        if case.outcome in BAD:
+            print(reproducer(seed, case), flush=True)
+        elif args.verbose:
+            m = case.mutation
+            print(
+                f"{case.outcome}: case {case.number} {m.structure}/{m.field} {case.mode}: "
+                f"{m.detail}",
+                flush=True,
+            )
+
+    cases = args.cases if args.cases is not None or args.seconds else 64
+    start = time.monotonic()
+    table = fuzz(seed, cases=cases, seconds=args.seconds, timeout=args.timeout, progress=show)
+    print(
+        f"seed {seed}: {table.cases} corrupted images in {time.monotonic() - start:.0f} s, "
+        f"{args.timeout:g} s per step"
+    )
+    print(table.render())
+    return 1 if table.bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
