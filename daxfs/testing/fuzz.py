@@ -50,6 +50,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import faulthandler
+import functools
 import hashlib
 import io
 import json
@@ -137,6 +139,7 @@ def run_in_child(step: str, fn: Callable[[], dict[str, Any]], timeout: float) ->
         status = 0
         try:
             os.close(r)
+            faulthandler.disable()  # a crash is reported by the parent, not dumped here
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
             try:
@@ -345,8 +348,7 @@ class Fuzzer:
         self.timeout = timeout
         self.workdir = workdir or tempfile.mkdtemp(prefix="daxfs-fuzz-", dir=_scratch())
         self._own_workdir = workdir is None
-        self.clean, self.journal = base_images()
-        self.inventory: Inventory = take_inventory(self.clean.image)
+        self.clean, self.journal, self.inventory = _bases()
 
     def close(self) -> None:
         if self._own_workdir:
@@ -365,6 +367,10 @@ class Fuzzer:
         image, mutation = corrupt(
             structure, self.seed * 1_000_003 + number, base.image, self.inventory, sealed
         )
+        return self.run_image(number, image, mutation, base)
+
+    def run_image(self, number: int, image: bytes, mutation: Mutation, base: Base) -> Case:
+        """Run the steps on ``image`` (``base`` corrupted by ``mutation``) and classify."""
         case = Case(number, mutation, base.name)
         work = os.path.join(self.workdir, f"case{number}")
         os.makedirs(work, exist_ok=True)
@@ -394,6 +400,13 @@ class Fuzzer:
         ]
         for name, fn in steps:
             case.steps[name] = run_in_child(name, fn, t)
+
+
+@functools.cache
+def _bases() -> tuple[Base, Base, Inventory]:
+    """The base images and the clean one's inventory (deterministic: built once)."""
+    clean, journal = base_images()
+    return clean, journal, take_inventory(clean.image)
 
 
 # --------------------------------------------------------------------------- verdicts

@@ -1,0 +1,281 @@
+"""The corrupted-image fuzzer (daxfs.testing.corrupt, daxfs.testing.fuzz): its field
+tables match the format, its mutations are deterministic and accounted for, and it
+classifies planted failures correctly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import daxfs.testing.fuzz as fuzz_mod
+from daxfs.fs import btree
+from daxfs.fs.layout import (
+    INODE_SIZE,
+    NODE_HEADER,
+    InodeRecord,
+    JournalHeader,
+    Superblock,
+)
+from daxfs.testing import corrupt
+from daxfs.testing.fuzz import Fuzzer, run_in_child
+
+# -- the field tables are the format ---------------------------------------------------------
+
+
+def _distinct(names: list[str]) -> dict[str, int]:
+    return {name: 0x11 * (i + 1) for i, name in enumerate(names)}
+
+
+def _check_table(
+    raw: bytes, table: tuple[tuple[str, int, int], ...], values: dict[str, int]
+) -> None:
+    for name, offset, size in table:
+        if name in values:
+            got = int.from_bytes(raw[offset : offset + size], "little")
+            assert got == values[name], f"{name} at {offset}: {got:#x} != {values[name]:#x}"
+
+
+def test_superblock_fields_match_the_layout() -> None:
+    ints = [n for n, _, size in corrupt.SUPERBLOCK_FIELDS if size in (4, 8)]
+    ints = [n for n in ints if n != "magic"]
+    values = _distinct(ints)
+    sb = Superblock(
+        uuid=bytes(16), label="", hash_key=bytes(16), **{n: v for n, v in values.items()}
+    )
+    _check_table(sb.to_block(), corrupt.SUPERBLOCK_FIELDS, values)
+
+
+def test_inode_fields_match_the_layout() -> None:
+    names = [n for n, _, _ in corrupt.INODE_FIELDS if n not in ("magic", "ino", "reserved")]
+    values = {n: v % 200 + 1 for n, v in _distinct(names).items()}
+    values["ino"] = 77
+    rec = InodeRecord(**values)
+    buf = bytearray(INODE_SIZE)
+    rec.pack_into(buf, 0)
+    _check_table(bytes(buf), corrupt.INODE_FIELDS, values)
+
+
+def test_node_and_journal_fields_match_the_layout() -> None:
+    raw = NODE_HEADER.pack(1, 2, 3, 4, 5, 6, 7, 8, 9)
+    values = {"magic": 1, "owner": 3, "blockno": 4, "level": 5, "count": 6, "kind": 7, "heap": 8}
+    _check_table(raw, corrupt.NODE_FIELDS, values)
+    header = JournalHeader(seq=0x1234, nrecords=5, log_bytes=600, log_crc=0xABCD)
+    _check_table(
+        header.pack(),
+        corrupt.JOURNAL_FIELDS,
+        {"seq": 0x1234, "nrecords": 5, "log_bytes": 600, "log_crc": 0xABCD},
+    )
+
+
+# -- mutations -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bases() -> tuple[corrupt.Base, corrupt.Base, corrupt.Inventory]:
+    return fuzz_mod._bases()
+
+
+def test_base_images_are_deterministic_and_hold_every_structure(
+    bases: tuple[corrupt.Base, corrupt.Base, corrupt.Inventory],
+) -> None:
+    _, journal, inv = bases
+    assert {n.kind for n in inv.nodes} == {"extents", "directory"}
+    assert {n.level for n in inv.nodes} == {0, 1}  # leaves and internal nodes
+    assert any(count > 1 for _, count in inv.inline)
+    assert len(inv.free_inodes) == 6
+    assert journal.allowed[0] != journal.allowed[1]  # replaying changes something
+    again, _ = corrupt.base_images()
+    assert corrupt.inventory(again.image) == inv
+
+
+@pytest.mark.parametrize("structure", corrupt.STRUCTURES)
+@pytest.mark.parametrize("sealed", [False, True])
+def test_mutations_are_deterministic_and_accounted_for(
+    bases: tuple[corrupt.Base, corrupt.Base, corrupt.Inventory], structure: str, sealed: bool
+) -> None:
+    clean, journal, inv = bases
+    base = journal if structure == "journal" else clean
+    for seed in range(3):
+        image, m = corrupt.corrupt(structure, seed, base.image, inv, sealed)
+        again, _ = corrupt.corrupt(structure, seed, base.image, inv, sealed)
+        assert image == again
+        changed = [
+            i for i in range(0, len(image), 4096) if image[i : i + 4096] != base.image[i : i + 4096]
+        ]
+        assert changed, f"{m.detail}: nothing changed"
+        for block in changed:
+            lo = block
+            diff = [lo + j for j in range(4096) if image[lo + j] != base.image[lo + j]]
+            outside = [d for d in diff if not any(a <= d < b for a, b in m.touched)]
+            # a resealed checksum is the only change outside what the mutation names
+            assert (len(outside) <= 4) if sealed else not outside, (m.detail, outside[:8])
+
+
+# -- the child runner ------------------------------------------------------------------------
+
+
+def test_child_results_errors_hangs_and_crashes() -> None:
+    ok = run_in_child("x", lambda: {"value": 42}, 10)
+    assert (ok.status, ok.data["value"]) == ("ok", 42)
+
+    def raises() -> dict[str, Any]:
+        raise KeyError("boom")
+
+    err = run_in_child("x", raises, 10)
+    assert err.status == "error"
+    assert err.data["type"] == "KeyError"
+    assert not err.data["oserror"]
+
+    def hangs() -> dict[str, Any]:
+        time.sleep(60)
+        return {}
+
+    start = time.monotonic()
+    hung = run_in_child("x", hangs, 0.5)
+    assert hung.status == "hang"
+    assert time.monotonic() - start < 10
+
+    def dies() -> dict[str, Any]:
+        os.kill(os.getpid(), signal.SIGSEGV)
+        return {}
+
+    crashed = run_in_child("x", dies, 10)
+    assert crashed.status == "crash"
+    assert "SIGSEGV" in crashed.describe()
+
+
+# -- classification of planted failures ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fuzzer() -> Iterator[Fuzzer]:
+    f = Fuzzer(1, timeout=5)
+    yield f
+    f.close()
+
+
+def _rename_sparse(f: Fuzzer, sealed: bool) -> tuple[bytes, corrupt.Mutation]:
+    """Rename /sparse to /spars in the root's leaf, keeping its key (a lie)."""
+    inv = f.inventory
+    block, _, count = next(leaf for leaf in inv.leaves if leaf[1] == 2)
+    img = bytearray(f.clean.image)
+    base = block << 12
+    rel = bytes(img[base : base + 4096]).index(b"sparse")  # DIRENT: ino, type, namelen, name
+    at = base + rel
+    img[at - 1] = 5  # namelen 6 -> 5: the entry reads "spars"
+    slots = [base + 64 + 128 * 8 + 4 * i for i in range(count)]
+    slot = next(s for s in slots if 0 <= rel - 10 - struct.unpack_from("<H", img, s)[0] < 16)
+    off, length = struct.unpack_from("<HH", img, slot)
+    struct.pack_into("<HH", img, slot, off, length - 1)
+    if sealed:
+        corrupt._reseal_node(img, block)
+    m = corrupt.Mutation("dirent", "name", "planted: sparse -> spars", sealed, [(at - 1, at + 6)])
+    return bytes(img), m
+
+
+def test_an_intact_image_is_fine(fuzzer: Fuzzer) -> None:
+    m = corrupt.Mutation("random", "none", "planted: nothing", False, [(0, 0)])
+    case = fuzzer.run_image(1000, fuzzer.clean.image, m, fuzzer.clean)
+    assert case.outcome == "fine", case.findings
+
+
+def test_a_broken_checksum_is_a_clean_refusal(fuzzer: Fuzzer) -> None:
+    image, m = _rename_sparse(fuzzer, sealed=False)
+    case = fuzzer.run_image(1001, image, m, fuzzer.clean)
+    assert "silent" not in {o for o, _ in case.findings}
+    assert any(o == "refused" for o, _ in case.findings)
+
+
+def test_a_checksum_that_is_not_checked_is_silently_wrong(
+    fuzzer: Fuzzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plant the bug: B+tree nodes no longer verify their checksum."""
+    monkeypatch.setattr(btree, "node_ok", lambda view: True)
+    image, m = _rename_sparse(fuzzer, sealed=False)
+    case = fuzzer.run_image(1002, image, m, fuzzer.clean)
+    assert "silent" in {o for o, _ in case.findings}, case.findings
+
+
+def test_planted_wrong_exception_hang_and_crash(
+    fuzzer: Fuzzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = corrupt.Mutation("random", "none", "planted", False, [(0, 0)])
+
+    def bad_fsck(image: str, repair: bool = False) -> dict[str, Any]:
+        if repair:
+            time.sleep(60)  # a hang
+        raise KeyError("not an OSError")
+
+    def bad_mount(image: str) -> dict[str, Any]:
+        os.kill(os.getpid(), signal.SIGBUS)
+        return {}
+
+    monkeypatch.setattr(fuzz_mod, "step_fsck", bad_fsck)
+    monkeypatch.setattr(fuzz_mod, "step_mount", bad_mount)
+    fuzzer.timeout = 1
+    try:
+        case = fuzzer.run_image(1003, fuzzer.clean.image, m, fuzzer.clean)
+    finally:
+        fuzzer.timeout = 5
+    found = {o for o, _ in case.findings}
+    assert {"wrong", "hang", "crash"} <= found
+    assert case.outcome == "crash"
+    assert case.steps["repair"].status == "hang"
+
+
+def test_planted_repair_that_damages_a_good_file_is_worse(
+    fuzzer: Fuzzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = fuzz_mod.step_fsck
+
+    def evil_repair(image: str, repair: bool = False) -> dict[str, Any]:
+        if repair:
+            from daxfs.fs.mount import mount
+
+            with mount(image) as fs, fs.open("/d/e/f/deep", "rb+", buffering=0) as f:
+                f.write(b"oops")
+        return real(image, repair)
+
+    monkeypatch.setattr(fuzz_mod, "step_fsck", evil_repair)
+    m = corrupt.Mutation("random", "none", "planted", False, [(0, 0)])
+    case = fuzzer.run_image(1004, fuzzer.clean.image, m, fuzzer.clean)
+    assert case.outcome == "worse", case.findings
+    assert "/d/e/f/deep" in " ".join(why for _, why in case.findings)
+
+
+def test_planted_escape_from_the_destination(
+    fuzzer: Fuzzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daxfs.cli
+
+    real = daxfs.cli.main
+
+    def evil_main(argv: list[str]) -> int:
+        if argv[0] == "cp":
+            dest = argv[-1]
+            with open(os.path.join(os.path.dirname(os.path.dirname(dest)), "pwn"), "w") as f:
+                f.write("outside")
+        return real(argv)
+
+    monkeypatch.setattr(daxfs.cli, "main", evil_main)
+    m = corrupt.Mutation("random", "none", "planted", False, [(0, 0)])
+    case = fuzzer.run_image(1005, fuzzer.clean.image, m, fuzzer.clean)
+    assert case.outcome == "escape", case.findings
+
+
+def test_table_and_reproducer(fuzzer: Fuzzer) -> None:
+    table = fuzz_mod.Table()
+    m = corrupt.Mutation("inode", "size", "planted", True, [(0, 0)])
+    case = fuzz_mod.Case(7, m, "clean", findings=[("worse", "why")])
+    table.add(case)
+    table.add(fuzz_mod.Case(8, m, "clean", findings=[("fine", "")]))
+    text = table.render()
+    assert "inode        resealed" in text
+    assert table.totals() == {"worse": 1, "fine": 1}
+    assert "--seed 3 --case 7" in fuzz_mod.reproducer(3, case)
