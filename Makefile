@@ -16,8 +16,14 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
+# the slow suite: exhaustive crash and fault loops, and the long runs of the tools (fsx,
+# stress, fuzzer), SLOW_SECONDS each; the tools also run by hand:
+#   daxfs stress IMAGE --seconds N --seed S, python -m daxfs.testing.fuzz --seconds N,
+#   python -m daxfs.testing.faults, python -m daxfs.testing.fsx --seconds N
+SLOW_SECONDS ?= 120
+
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow
+	DAXFS_SLOW_SECONDS=$(SLOW_SECONDS) $(BIN)/python -m pytest -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check daxfs tests bench examples

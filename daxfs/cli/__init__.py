@@ -21,13 +21,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from daxfs.cli import cp, edit, files, fsck, info, mkfs
+from daxfs.cli import cp, edit, files, fsck, info, mkfs, stress
 
 EXIT_ERROR = 1
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
 
-COMMANDS = (mkfs, fsck, info, files, cp, edit)
+COMMANDS = (mkfs, fsck, info, files, cp, edit, stress)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -193,12 +193,12 @@ class FsxStats:
 
 @dataclasses.dataclass
 class FsxOptions:
-    """Knobs of a run (the defaults suit a 32 MiB device)."""
+    """Knobs of a run."""
 
-    max_size: int = 2 << 20  # largest file offset an operation reaches
+    max_size: int = 3 << 19  # largest file offset an operation reaches (1.5 MiB)
     big_write: int = 320 << 10  # writes of up to this size happen (copy-on-write past 256 KiB)
     remount_every: int = 100  # ops between remount + fsck (0: never)
-    device_size: int = 32 << 20
+    device_size: int = 16 << 20  # small: a crash state copies the device
     weights: dict[str, int] = dataclasses.field(default_factory=lambda: dict(WEIGHTS))
     max_fence: int = 6  # a crash fails the power at fence 1..max_fence of its op
 
@@ -216,7 +216,7 @@ class Fsx:
         seed: int,
         options: FsxOptions | None = None,
         *,
-        device: Device | None = None,
+        device: Device | str | None = None,
         directory: str = "",
     ) -> None:
         self.seed = seed
@@ -529,7 +529,7 @@ class Fsx:
         self.stats.remounts += 1
         self._reopen(self.dev)
 
-    def _reopen(self, dev: Device) -> None:
+    def _reopen(self, dev: Device | str) -> None:
         self.dev = dev
         self.fs = mount(dev)
         self.f = cast("File", self.fs.open(self.path, "rb+", buffering=0))
@@ -619,7 +619,8 @@ class Fsx:
                 obj.close()
         self.fs = None  # type: ignore[assignment]
         self.f = None  # type: ignore[assignment]
-        gc.collect()
+        if self.stats.crashes % 16 == 0:
+            gc.collect()  # mappings of dead devices hold their memory until collected
 
 
 _CRASHES = ("crash", "powercut")
@@ -708,7 +709,7 @@ def run(
     ops: int | None = None,
     seconds: float | None = None,
     options: FsxOptions | None = None,
-    device: Device | None = None,
+    device: Device | str | None = None,
     directory: str = "",
 ) -> FsxStats:
     """One fsx run; the file is checked and fsck'ed at the end.

@@ -66,7 +66,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from daxfs.fs.fsck import fsck
@@ -343,8 +343,21 @@ class Case:
 class Fuzzer:
     """Corrupted images, one case after another (deterministic in the seed)."""
 
-    def __init__(self, seed: int, *, timeout: float = 10.0, workdir: str | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        timeout: float = 10.0,
+        workdir: str | None = None,
+        kinds: Iterable[tuple[str, bool]] | None = None,
+    ) -> None:
         self.seed = seed
+        #: (structure, resealed) of each case in turn: all of them, or the ones asked for
+        self.kinds = (
+            list(kinds)
+            if kinds is not None
+            else [(s, sealed) for sealed in (False, True) for s in STRUCTURES]
+        )
         self.timeout = timeout
         self.workdir = workdir or tempfile.mkdtemp(prefix="daxfs-fuzz-", dir=_scratch())
         self._own_workdir = workdir is None
@@ -355,10 +368,8 @@ class Fuzzer:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def plan(self, number: int) -> tuple[str, bool]:
-        """Structure and mode of case ``number``: every structure in turn, both modes."""
-        structure = STRUCTURES[number % len(STRUCTURES)]
-        sealed = (number // len(STRUCTURES)) % 2 == 1
-        return structure, sealed
+        """Structure and mode of case ``number``: every kind in turn."""
+        return self.kinds[number % len(self.kinds)]
 
     def run_case(self, number: int) -> Case:
         structure, sealed = self.plan(number)
@@ -621,10 +632,14 @@ def fuzz(
     timeout: float = 10.0,
     first: int = 0,
     progress: Callable[[Case], None] | None = None,
+    kinds: Iterable[tuple[str, bool]] | None = None,
 ) -> Table:
-    """Run cases ``first``, ``first + 1``, ... until ``cases`` are done or ``seconds`` pass."""
+    """Run cases ``first``, ``first + 1``, ... until ``cases`` are done or ``seconds`` pass.
+
+    ``kinds``: the (structure, resealed) pairs to take in turn (default: all).
+    """
     deadline = None if seconds is None else time.monotonic() + seconds
-    fuzzer = Fuzzer(seed, timeout=timeout)
+    fuzzer = Fuzzer(seed, timeout=timeout, kinds=kinds)
     table = Table()
     try:
         number = first
@@ -660,13 +675,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", type=int, default=None, help="run this one case, verbosely")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per step")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per case")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="STRUCTURE[/MODE]",
+        help=f"corrupt only this structure ({', '.join(STRUCTURES)}), optionally only with "
+        "checksums 'broken' or 'resealed' (repeatable)",
+    )
     args = parser.parse_args(argv)
+    kinds = None
+    if args.only:
+        kinds = []
+        for item in args.only:
+            structure, _, mode = item.partition("/")
+            if structure not in STRUCTURES or mode not in ("", "broken", "resealed"):
+                parser.error(f"--only {item}: expected STRUCTURE[/broken|/resealed]")
+            kinds += [
+                (structure, sealed)
+                for sealed in (False, True)
+                if not mode or (mode == "resealed") == sealed
+            ]
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     print(
         f"$ python -m daxfs.testing.fuzz {shlex.join(argv if argv is not None else sys.argv[1:])}"
     )
     if args.case is not None:
-        fuzzer = Fuzzer(seed, timeout=args.timeout)
+        fuzzer = Fuzzer(seed, timeout=args.timeout, kinds=kinds)
         try:
             case = fuzzer.run_case(args.case)
         finally:
@@ -700,7 +735,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = args.cases if args.cases is not None or args.seconds else 64
     start = time.monotonic()
-    table = fuzz(seed, cases=cases, seconds=args.seconds, timeout=args.timeout, progress=show)
+    table = fuzz(
+        seed, cases=cases, seconds=args.seconds, timeout=args.timeout, progress=show, kinds=kinds
+    )
     print(
         f"seed {seed}: {table.cases} corrupted images in {time.monotonic() - start:.0f} s, "
         f"{args.timeout:g} s per step"

@@ -550,7 +550,7 @@ class Stress:
         seed: int,
         options: StressOptions | None = None,
         *,
-        device: Device | None = None,
+        device: Device | str | None = None,
         top: str = "",
     ) -> None:
         self.seed = seed
@@ -743,7 +743,7 @@ def run(
     ops: int | None = None,
     seconds: float | None = None,
     options: StressOptions | None = None,
-    device: Device | None = None,
+    device: Device | str | None = None,
     top: str = "",
 ) -> StressStats:
     """One stress run; see the module docstring.

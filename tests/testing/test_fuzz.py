@@ -24,6 +24,7 @@ from daxfs.fs.layout import (
 )
 from daxfs.testing import corrupt
 from daxfs.testing.fuzz import Fuzzer, run_in_child
+from tests.testing.known_bugs import FUZZ_KINDS, SLOW_SECONDS
 
 # -- the field tables are the format ---------------------------------------------------------
 
@@ -279,3 +280,22 @@ def test_table_and_reproducer(fuzzer: Fuzzer) -> None:
     assert "inode        resealed" in text
     assert table.totals() == {"worse": 1, "fine": 1}
     assert "--seed 3 --case 7" in fuzz_mod.reproducer(3, case)
+
+
+# -- bounded runs -------------------------------------------------------------------------------
+
+
+def test_bounded_fuzz_run_finds_nothing_bad() -> None:
+    table = fuzz_mod.fuzz(7, cases=len(FUZZ_KINDS), timeout=30, kinds=FUZZ_KINDS)
+    assert table.cases == len(FUZZ_KINDS)
+    assert not table.bad, "\n".join(fuzz_mod.reproducer(7, c) for c in table.bad)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SLOW_SECONDS * 2 + 300)
+def test_long_fuzz_run() -> None:
+    """The fuzzer for SLOW_SECONDS (DAXFS_SLOW_SECONDS) over the kinds with no open bug."""
+    table = fuzz_mod.fuzz(8, seconds=SLOW_SECONDS, timeout=30, kinds=FUZZ_KINDS)
+    print(f"fuzz seed 8: {table.cases} images\n{table.render()}")
+    assert table.cases >= len(FUZZ_KINDS)
+    assert not table.bad, "\n".join(fuzz_mod.reproducer(8, c) for c in table.bad)

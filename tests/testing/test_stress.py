@@ -1,0 +1,188 @@
+"""The threaded namespace stress (daxfs.testing.nsstress) and ``daxfs stress``: bounded
+runs pass, planted bugs are caught, the command prints its figures and reproducers."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+import daxfs
+from daxfs.cli import main
+from daxfs.errors import NoSpace
+from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.fsck import fsck
+from daxfs.testing import nsstress
+from daxfs.testing.simulated import SimulatedPmem
+from daxfs.testing.stress import run_stress
+from tests.testing.known_bugs import FSX_WITHOUT, NSSTRESS_WITHOUT, SLOW_SECONDS
+
+WITHOUT = frozenset(NSSTRESS_WITHOUT)
+
+
+def opts(full: bool = False) -> nsstress.StressOptions:
+    o = nsstress.StressOptions.full() if full else nsstress.StressOptions()
+    o.skip = WITHOUT
+    return o
+
+
+# -- bounded runs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_bounded_namespace_stress(seed: int) -> None:
+    stats = nsstress.run(seed, ops=600, options=opts())
+    assert stats.checks == 2  # before and after remount
+    # the threads raced in the shared directory: the errors of a race happened
+    assert stats.errors.get("EEXIST", 0) > 0
+    assert stats.errors.get("ENOENT", 0) > 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_bounded_full_disk_stress(seed: int) -> None:
+    stats = nsstress.run(seed, ops=600, options=opts(full=True))
+    assert stats.checks == 2
+    assert stats.errors.get("ENOSPC", 0) > 0, "the disk never filled"
+
+
+# -- planted bugs are caught ---------------------------------------------------------------------
+
+
+def test_catches_an_unlink_that_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = FileSystem.unlink
+
+    def unlink(self: FileSystem, path: str) -> None:
+        try:
+            self.lstat(path)
+        except OSError:
+            real(self, path)  # the errors stay right; a successful unlink does nothing
+
+    monkeypatch.setattr(FileSystem, "unlink", unlink)
+    with pytest.raises(nsstress.StressFailure, match=r"exists, the model says it does not") as info:
+        nsstress.run(1, ops=200, options=opts())
+    assert "seed" in info.value.lines[0]
+
+
+def test_catches_enospc_from_a_freeing_operation(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = FileSystem.unlink
+
+    def unlink(self: FileSystem, path: str) -> None:
+        if self.statvfs().f_bfree < 64:
+            raise NoSpace(f"planted: no space to unlink {path}")
+        real(self, path)
+
+    monkeypatch.setattr(FileSystem, "unlink", unlink)
+    with pytest.raises(nsstress.StressFailure, match="unlink failed with ENOSPC"):
+        nsstress.run(1, ops=2000, options=opts(full=True))
+
+
+def test_catches_a_wrong_errno(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = FileSystem.rmdir
+
+    def rmdir(self: FileSystem, path: str) -> None:
+        try:
+            real(self, path)
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                raise OSError(errno.EBUSY, "planted") from exc
+            raise
+
+    monkeypatch.setattr(FileSystem, "rmdir", rmdir)
+    with pytest.raises(nsstress.StressFailure, match="expected ENOTEMPTY"):
+        nsstress.run(1, ops=1000, options=opts())
+
+
+def test_end_checks_catch_a_wrong_link_count() -> None:
+    dev = SimulatedPmem(16 << 20)
+    daxfs.mkfs(dev)
+    run = nsstress.Stress(1, opts(), device=dev)
+    for w in run.workers:
+        w.work(50, None)
+    with run.fs.open("/shared/victim", "wb"):
+        pass
+    inode = run.fs.itable.get(run.fs.stat("/shared/victim").st_ino)
+    with run.fs.journal.begin() as tx:
+        run.fs.itable.dirty(tx, inode).nlink += 1
+    lines = run.check_all("planted")
+    assert any("/shared/victim: link count 2, 1 expected" in line for line in lines), lines
+    run.fs.unmount()
+    assert not fsck(dev).clean  # fsck agrees
+
+
+# -- daxfs stress ---------------------------------------------------------------------------------
+
+
+def _args(image: str, *extra: str) -> list[str]:
+    without = [a for k in sorted({*FSX_WITHOUT, *NSSTRESS_WITHOUT}) for a in ("--without", k)]
+    return ["stress", image, *without, *extra]
+
+
+def test_daxfs_stress_runs_and_cleans_up(
+    tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = os.path.join(os.fspath(tmp_path), "img")
+    assert main(["mkfs", image, "--size", "32M"]) == 0
+    with daxfs.mount(image) as fs:
+        fs.mkdir("/keep")
+    capsys.readouterr()
+    assert main(_args(image, "--seconds", "2", "--seed", "3")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("$ daxfs stress")
+    assert "--seed 3" in out[0]
+    phases = [line.split(" ", 1)[0] for line in out[1:-1]]
+    assert phases == ["fsx", "fsx-crash", "namespace", "full-disk"]
+    assert out[-1].startswith("seed 3: ok")
+    with daxfs.mount(image) as fs:
+        assert fs.listdir("/") == ["keep"]  # the scratch directory is gone, the rest untouched
+    assert fsck(image).clean
+
+
+def test_daxfs_stress_reports_a_failure_in_one_line(
+    tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daxfs.fs.data import DataPath
+
+    real = DataPath.truncate
+
+    def shrink_one_less(self: DataPath, inode: object, size: int, nowait: bool = False) -> None:
+        real(self, inode, size + (1 if size else 0), nowait)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DataPath, "truncate", shrink_one_less)
+    image = os.path.join(os.fspath(tmp_path), "img")
+    assert main(["mkfs", image, "--size", "32M"]) == 0
+    capsys.readouterr()
+    assert main(_args(image, "--seconds", "3", "--seed", "4", "--phase", "fsx")) == 1
+    out = capsys.readouterr().out.splitlines()
+    fails = [line for line in out if line.startswith("FAIL")]
+    assert len(fails) == 1
+    assert "seed=" in fails[0]
+    assert "reproduce" in fails[0]
+    assert "python -m daxfs.testing.fsx --seed" in fails[0]
+    assert "1 failure(s)" in out[-1]
+
+
+def test_daxfs_stress_bad_arguments(
+    tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = os.path.join(os.fspath(tmp_path), "missing")
+    assert main(["stress", missing, "--seconds", "1"]) == 1
+    assert main(["stress", missing, "--seconds", "0"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert all(line.startswith("daxfs: ") for line in err)
+
+
+# -- long runs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SLOW_SECONDS * 2 + 300)
+def test_long_stress_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every phase on simulated devices for SLOW_SECONDS (DAXFS_SLOW_SECONDS)."""
+    report = run_stress(
+        None, SLOW_SECONDS, 20250101, without=WITHOUT | frozenset(FSX_WITHOUT), say=print
+    )
+    assert report.ok, "\n".join(report.failures)
+    assert report.fsx.crashes > 0
+    assert report.namespace_ops > 0
