@@ -2,7 +2,12 @@
 
 ``SimulatedPmem`` models power failure on x86 persistent memory;
 ``DeviceTests`` is the conformance suite every device passes (subclass it
-with a ``make_device`` fixture to test a new backend).
+with a ``make_device`` fixture to test a new backend).  The modules that
+find bugs (docs/ARCHITECTURE.md, "Tools that keep bugs found"): ``crash``
+(crash at every fence), ``faults`` (fail the N-th device operation or
+allocation), ``fsx`` (model-checked random workload on one file),
+``nsstress`` and ``stress`` (threaded namespace stress, ``daxfs stress``),
+``corrupt`` and ``fuzz`` (the corrupted-image fuzzer).
 """
 
 from daxfs.testing.simulated import PowerFailure, SimulatedPmem
