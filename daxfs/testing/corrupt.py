@@ -678,7 +678,7 @@ def mutate_dirent(rng: random.Random, img: bytearray, inv: Inventory, seal: bool
     slot = base + LEAF_SLOTS + 4 * i
     voff, vlen = struct.unpack_from("<HH", img, slot)
     value = bytes(img[base + voff : base + voff + vlen])
-    entries = unpack_entries(value, "fuzz")
+    entries = unpack_entries(value, "fuzz", 1 << 63)
     j = rng.randrange(len(entries))
     name, ino, dtype = entries[j]
     what = rng.choice(("ino", "ino", "type", "name", "name", "name", "namelen"))

