@@ -274,14 +274,31 @@ def step_cli(image: str, sandbox: str) -> dict[str, Any]:
         ):
             code = main(argv)
         out[name] = {"code": code, "stderr": err.getvalue().strip().splitlines()[-1:]}
-    outside = []
-    for root, dirs, files in os.walk(sandbox):
-        for n in dirs + files:
-            p = os.path.join(root, n)
-            if not (p == os.path.dirname(dest) or p == dest or p.startswith(dest + "/")):
-                outside.append(os.path.relpath(p, sandbox))
-    out["outside"] = outside[:10]
+    out["outside"] = _outside(sandbox, dest)
     return out
+
+
+def _outside(sandbox: str, dest: str, limit: int = 10) -> list[str]:
+    """Paths under ``sandbox`` that are not ``dest``, its parent or inside ``dest``.
+
+    Iterative and bounded (a copy of a cyclic image may nest deeply), never
+    following symbolic links.
+    """
+    found: list[str] = []
+    stack = [sandbox]
+    seen = 0
+    while stack and len(found) < limit and seen < 100_000:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                seen += 1
+                p = entry.path
+                if p == dest or p.startswith(dest + "/"):
+                    continue  # inside the destination: anything goes
+                if p != os.path.dirname(dest):
+                    found.append(os.path.relpath(p, sandbox))
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(p)
+    return found
 
 
 def _cli_main() -> Callable[[list[str]], int]:
@@ -510,6 +527,8 @@ def _differs(path: str, seen: Facts, allowed: list[dict[str, Facts]], nlink: boo
     if seen[0] == "error":
         return False
     options = [a[path] for a in allowed if path in a]
+    if not options:  # a new path (lost+found, say): its parent's listing tells
+        return False
     return all(_comparable(seen, nlink) != _comparable(o, nlink) for o in options)
 
 
