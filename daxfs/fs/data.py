@@ -40,6 +40,7 @@ from daxfs.fs.extmap import NO_BLOCK, BlockMaps, Extent
 from daxfs.fs.inode import Inode, InodeTable, now_ns
 from daxfs.fs.journal import Journal, Transaction
 from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE, EXTENT_UNWRITTEN, IFLAG_TRUNCATE
+from daxfs.fs.layout import MAX_FILE_SIZE as _MAX_FILE_SIZE
 from daxfs.fs.store import Reader
 from daxfs.fs.writeback import Writeback
 from daxfs.iomap import Iomap, IomapFlags, IomapType
@@ -48,7 +49,7 @@ from daxfs.pmem.device import Device
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-MAX_FILE_SIZE = 1 << 56
+MAX_FILE_SIZE = _MAX_FILE_SIZE  # the format's limit (layout.py)
 #: Largest write done in one call (atomically); larger writes return short, as write(2) may.
 MAX_IO = 256 << 20
 #: Extents unmapped per transaction when truncating or deleting.

@@ -62,9 +62,18 @@ from daxfs.fs.layout import (
     BLOCK_SHIFT,
     FIRST_FREE_INO,
     IFLAG_ORPHAN,
+    IFLAG_TRUNCATE,
+    INLINE_AREA,
+    INLINE_EXTENTS,
     INO_INODE_FILE,
     INODE_SIZE,
     INODES_PER_BLOCK,
+    MAP_BTREE,
+    MAP_INLINE,
+    MAP_NONE,
+    MAP_SYMLINK,
+    MAX_FILE_SIZE,
+    MAX_SYMLINK,
     InodeRecord,
 )
 from daxfs.fs.layouts import Layouts
@@ -147,6 +156,38 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+_MAP_KINDS = {
+    stat.S_IFREG: (MAP_NONE, MAP_INLINE, MAP_BTREE),
+    stat.S_IFDIR: (MAP_NONE, MAP_BTREE),
+    stat.S_IFLNK: (MAP_NONE, MAP_INLINE, MAP_BTREE, MAP_SYMLINK),
+}
+
+
+def record_problem(rec: InodeRecord) -> str | None:
+    """What makes an in-use record unusable, checked when it is loaded; or None.
+
+    A record whose checksum is right can still lie: a type daxfs does not
+    make, unknown mode or flag bits, a size past the maximum (or, for a
+    symbolic link, past a path's length), a map kind its type cannot have,
+    more inline extents than fit.  Each would reach code that trusts it.
+    """
+    fmt = stat.S_IFMT(rec.mode)
+    kinds = _MAP_KINDS.get(fmt)
+    if kinds is None or rec.mode & ~(stat.S_IFMT(rec.mode) | 0o7777):
+        return f"unknown file type or mode bits {rec.mode:o}"
+    if rec.flags & ~(IFLAG_ORPHAN | IFLAG_TRUNCATE):
+        return f"unknown flags {rec.flags:#x}"
+    if rec.map_kind not in kinds:
+        return f"map kind {rec.map_kind} for mode {rec.mode:o}"
+    if rec.size > (MAX_SYMLINK if fmt == stat.S_IFLNK else MAX_FILE_SIZE):
+        return f"size {rec.size} is past the maximum"
+    if rec.map_kind == MAP_INLINE and rec.map_count > INLINE_EXTENTS:
+        return f"{rec.map_count} inline extents (at most {INLINE_EXTENTS})"
+    if rec.map_kind == MAP_SYMLINK and not 0 < rec.size == rec.map_count <= INLINE_AREA:
+        return f"inline symlink target of {rec.map_count} bytes, size {rec.size}"
+    return None
+
+
 class InodeTable:
     """Locate, load, allocate, free and cache inodes."""
 
@@ -215,6 +256,9 @@ class InodeTable:
         rec = self.read_record(self.store, ino)
         if rec.mode == 0:
             raise Corrupted(f"inode {ino} is free but something refers to it")
+        problem = record_problem(rec)
+        if problem is not None:
+            raise Corrupted(f"inode {ino}: {problem}")
         inode = Inode(rec)
         self._cache[ino] = inode
         return inode
@@ -400,7 +444,8 @@ class InodeTable:
         """
         rec = self.dirty(tx, inode)
         assert rec.nlink == 0, f"freeing linked inode {inode}"
-        assert not rec.flags & IFLAG_ORPHAN, "remove from the orphan list first"
+        if rec.flags & IFLAG_ORPHAN:  # callers remove it; a flag from media may still say so
+            self.remove_orphan(tx, inode)
         sb = self.sup.dirty(tx)
         ino = inode.ino
         generation = rec.generation
@@ -428,6 +473,8 @@ class InodeTable:
         sb = self.sup.dirty(tx)
         if sb.orphan_head == inode.ino:
             sb.orphan_head = rec.next
+        elif sb.orphan_head == 0:
+            raise Corrupted(f"inode {inode.ino} has the orphan flag, but the orphan list is empty")
         else:
             prev = self.get(sb.orphan_head)
             for _ in range(sb.used_inodes + 1):

@@ -36,6 +36,10 @@ MIN_FS_SIZE = 16 << 20
 #: and every byte offset stays far inside a signed 64-bit file offset
 MAX_FS_SIZE = 1 << 60
 MAX_NAME = 255
+#: the largest file size (the data path refuses to grow a file past it)
+MAX_FILE_SIZE = 1 << 56
+#: the longest symbolic-link target (a path: PATH_MAX - 1)
+MAX_SYMLINK = 4095
 INODE_SIZE = 256
 INODES_PER_BLOCK = BLOCK_SIZE // INODE_SIZE
 FORMAT_VERSION = 1

@@ -445,3 +445,48 @@ def test_extent_in_a_btree_with_a_huge_pblk_is_euclean() -> None:
     crafting.edit_node(dev, rec.map_root, off, (1 << 63).to_bytes(8, "little"))
     with daxfs.mount(dev) as fs, corrupted("not a valid extent"):
         fs.open("/frag", "rb").read()
+
+
+# -- inode records that lie (valid checksums) ------------------------------------------------
+
+
+def files_and_links(fs: daxfs.FileSystem) -> None:
+    three_files(fs)
+    fs.symlink("/a", "/sym")
+    fs.symlink("/" + "L" * 200, "/longsym")  # too long for the inode: in a data block
+
+
+@pytest.mark.parametrize(
+    ("path", "changes", "words"),
+    [
+        ("/a", {"size": (1 << 64) - 1}, "past the maximum"),
+        ("/a", {"mode": 0o10644}, "unknown file type"),
+        ("/a", {"mode": 0o1100644}, "mode bits"),
+        ("/a", {"flags": 0x80}, "unknown flags"),
+        ("/a", {"map_kind": 3}, "map kind 3"),
+        ("/a", {"map_count": 6}, "6 inline extents"),
+        ("/sym", {"size": 1000}, "inline symlink target"),
+        ("/longsym", {"size": 1 << 31}, "past the maximum"),
+    ],
+)
+def test_inode_record_that_lies_is_euclean_when_loaded(
+    path: str, changes: dict[str, int], words: str
+) -> None:
+    dev = fresh(files_and_links)
+    ino = crafting.ino_of(dev, path)
+    crafting.edit_inode(dev, ino, **changes)
+    with daxfs.mount(dev) as fs:
+        with corrupted(f"inode {ino}: .*{words}") as info:
+            fs.lstat(path)
+        assert info.value.filename == path
+        assert fs.listdir("/")  # the rest of the filesystem works
+
+
+def test_orphan_flag_of_an_inode_not_on_the_list_is_euclean_at_unlink() -> None:
+    dev = fresh(files_and_links)
+    ino = crafting.ino_of(dev, "/sym")
+    crafting.edit_inode(dev, ino, flags=1)  # ORPHAN, but the orphan list is empty
+    with daxfs.mount(dev) as fs:
+        with corrupted("orphan flag, but the orphan list is empty"):
+            fs.unlink("/sym")
+        assert fs.islink("/sym")  # nothing changed
