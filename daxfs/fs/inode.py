@@ -203,6 +203,9 @@ class InodeTable:
         self.reap: Callable[[Inode], None] | None = None
         #: a transaction is growing the inode file: do not cache locations
         self.growing = False
+        #: get() refuses records that record_problem() finds (a mount sets it; fsck,
+        #: which must load such records to repair them, leaves it off)
+        self.check_records = False
 
     # -- location -------------------------------------------------------------------
 
@@ -247,7 +250,8 @@ class InodeTable:
         """The in-use inode ``ino`` (cached).
 
         Raises:
-            Corrupted: the record is damaged or the inode is free.
+            Corrupted: the record is damaged, the inode is free, or (with
+                ``check_records``) the record is not one daxfs could write.
         """
         inode = self._cache.get(ino)
         if inode is not None:
@@ -256,7 +260,7 @@ class InodeTable:
         rec = self.read_record(self.store, ino)
         if rec.mode == 0:
             raise Corrupted(f"inode {ino} is free but something refers to it")
-        problem = record_problem(rec)
+        problem = record_problem(rec) if self.check_records else None
         if problem is not None:
             raise Corrupted(f"inode {ino}: {problem}")
         inode = Inode(rec)

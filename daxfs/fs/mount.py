@@ -350,6 +350,7 @@ def _assemble(
     owned: bool,
 ) -> FileSystem:
     layers = build_layers(store, sup)
+    layers.itable.check_records = True  # the API trusts nothing fsck would not
     data = DataPath(device, journal, layers.alloc, layers.itable, layers.maps)
     return FileSystem(
         device=device,
