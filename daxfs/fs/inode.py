@@ -175,8 +175,8 @@ def record_problem(rec: InodeRecord) -> str | None:
     kinds = _MAP_KINDS.get(fmt)
     if kinds is None or rec.mode & ~(stat.S_IFMT(rec.mode) | 0o7777):
         return f"unknown file type or mode bits {rec.mode:o}"
-    if rec.flags & ~(IFLAG_ORPHAN | IFLAG_TRUNCATE):
-        return f"unknown flags {rec.flags:#x}"
+    if rec.flags & ~(IFLAG_ORPHAN | (IFLAG_TRUNCATE if fmt == stat.S_IFREG else 0)):
+        return f"flags {rec.flags:#x} that mode {rec.mode:o} cannot carry"
     if rec.map_kind not in kinds:
         return f"map kind {rec.map_kind} for mode {rec.mode:o}"
     if rec.size > (MAX_SYMLINK if fmt == stat.S_IFLNK else MAX_FILE_SIZE):
