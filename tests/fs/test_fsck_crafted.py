@@ -334,19 +334,43 @@ def test_entry_pointing_at_an_inode_beyond_the_table() -> None:
 
 def test_repair_with_a_damaged_root_leaf_slot_and_a_free_inode() -> None:
     """Before: AssertionError "block ... is both live and new" (the root's leaf, freed
-    as leaked, was handed to lost+found)."""
+    as leaked, was handed to lost+found).  Now the root is rebuilt from the entries
+    its leaf still holds; the one behind the damaged slot goes to /lost+found."""
     dev = craft.sample()
+    before = craft.observe(dev, write=False).data
+    with daxfs.mount(dev) as fs:
+        names = sorted(fs.listdir("/"))
     root = craft.read_inode(dev, INO_ROOT).map_root
     craft.edit_node(dev, root, lambda b: struct.pack_into("<HH", b, LEAF_SLOTS, 5000, 10))
-    report = fsck(dev, repair=True)
-    assert not report.clean
-    text = str(report)
-    assert "values [(5000, 10)] outside the heap" in text
-    assert "root directory: inode 2 is damaged" in text
-    # nothing the damaged root owns was freed or reused
-    sb = craft.superblock(dev)
-    bitmap = dev.read(sb.bitmap_start << BLOCK_SHIFT, BLOCK_SIZE)
-    assert bitmap[root >> 3] >> (root & 7) & 1
+    found(dev, "values [(5000, 10)] outside the heap", "rebuilt from the 6 entries")
+    text = repaired(dev)
+    assert "is in no directory (lost): goes to /lost+found/#" in text
+    with daxfs.mount(dev) as fs:
+        now = sorted(fs.listdir("/"))
+        assert len(fs.listdir("/lost+found")) == 1
+    assert len(now) == len(names)  # one name went, lost+found came
+    assert set(now) - {"lost+found"} < set(names)
+    assert craft.observe(dev, write=False).data == before  # every file, same data
+
+
+def test_damaged_root_leaf_checksum_keeps_the_entries_that_prove_themselves() -> None:
+    """A root leaf whose checksum failed: entries whose key is the keyed hash of
+    their name and that name a live inode of their type are kept by name."""
+    dev = craft.sample()
+    before = craft.observe(dev, write=False).data
+    root = craft.read_inode(dev, INO_ROOT).map_root
+    with daxfs.mount(dev) as fs:
+        names = sorted(fs.listdir("/"))
+    dev.write((root << BLOCK_SHIFT) + 3000, b"\xee")  # in the value heap, not a key
+    found(dev, f"node {root}: checksum mismatch; rebuilt from the")
+    repaired(dev)
+    with daxfs.mount(dev) as fs:
+        kept = set(fs.listdir("/")) - {"lost+found"}
+        lost = fs.listdir("/lost+found") if fs.exists("/lost+found") else []
+    assert kept <= set(names)
+    assert len(kept) + len(lost) == len(names)
+    assert len(lost) <= 1  # at most the entry whose bytes the flip hit
+    assert craft.observe(dev, write=False).data == before
 
 
 def test_lost_found_inode_is_not_put_back_on_the_free_list() -> None:
@@ -409,8 +433,9 @@ def test_repair_of_a_damaged_root_on_a_path_image(tmp_path: Path) -> None:
         f.seek((root << BLOCK_SHIFT) + 100)
         f.write(b"\xee\xee")
     report = fsck(image, repair=True)
-    assert "root directory: inode 2 is damaged" in str(report)
-    assert not report.clean
+    assert f"node {root}: checksum mismatch; rebuilt from" in str(report)
+    assert report.clean, str(report)
+    assert fsck(image).clean
 
 
 def test_an_error_inside_fsck_is_not_replaced_by_the_cleanup(
@@ -491,3 +516,20 @@ def test_each_problem_is_one_printable_line() -> None:
     for line in lines:
         line.encode("utf-8")  # printable anywhere: no lone surrogate
         assert "\x1b" not in line
+
+
+def test_damaged_internal_node_of_a_directory_loses_no_name() -> None:
+    """The root node of /big (two levels, 200 entries) fails its checksum: the
+    leaves are intact, so the rebuilt directory holds every name."""
+    dev = craft.sample()
+    big = ino(dev, "/big")
+    node = craft.read_inode(dev, big).map_root
+    assert craft.node_header(dev, node)[4] == 1  # an internal node
+    dev.write((node << BLOCK_SHIFT) + 3000, b"\xee")  # past the children: a checksum flip
+    found(dev, f"node {node}: checksum mismatch; rebuilt from the 200 entries")
+    repaired(dev)
+    with daxfs.mount(dev) as fs:
+        assert sorted(fs.listdir("/big")) == [f"n{i:03d}" for i in range(200)]
+        assert not fs.exists("/lost+found")
+        with fs.open("/big/n123", "rb") as f:
+            assert f.read() == b"123"

@@ -40,9 +40,10 @@ Invariants
      State the passes before it wrote; it never changes another pass's facts.
   2. Every block that any structure claims -- sound or damaged, through a
      checksum-valid node or one whose checksum failed -- is known before any
-     repair runs, and the first repair stage marks all of them used; so no
-     repair can allocate a block that something claims (the allocator
-     hands out only blocks marked free).
+     repair runs.  The first repair stage marks every block a sound
+     structure owns used, and frees no block a damaged one may own; so no
+     repair can allocate a block that something owns (the allocator hands
+     out only blocks marked free).
   3. Likewise every inode: the free-inode list is rebuilt from the slots that
      are free (intact mode-0 records, never-written slots), never from
      slots that are damaged or in use, before lost+found may take one.
@@ -59,11 +60,14 @@ What repair promises
     image that mounted still mounts and accepts writes.
   * After a repair that reports clean, fsck is clean, and the image mounts,
     every file reads, and writes succeed.
-  * Damaged records, damaged trees and cross-linked blocks are reported, not
-    guessed at: their blocks are kept, their entries are kept.  What could
-    not be repaired is listed, one line each.
+  * A directory whose tree is damaged is rebuilt from the entries its leaves
+    still hold (entries of damaged leaves only if they prove themselves
+    against the keyed name hash); what it lost goes to /lost+found.
+  * Damaged inode records, damaged extent maps and cross-linked blocks are
+    reported, not guessed at: their blocks are kept, entries naming them are
+    kept.  What could not be repaired is listed, one line each.
 
-Memory: five bytes per block (owner and weak-claim maps) and the decoded
+Memory: six bytes per block (owner and weak-claim maps) and the decoded
 records of live inodes (this tool only; a mounted filesystem keeps nothing
 of that size).
 """

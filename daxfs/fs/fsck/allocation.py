@@ -2,17 +2,20 @@
 
 Runs last among the checks: it needs every claim (``State.owner``, sound
 structures, and ``State.weak``, what damaged structures may own).  Its
-repair runs first (``Stage.BITMAP``): once every claimed block is marked
-used, the allocator can only hand out blocks nothing claims, so the
+repair runs first (``Stage.BITMAP``): once every owned block is marked used
+and no weakly claimed block is freed, the allocator hands out only blocks
+that nothing sound owns and that the bitmap already called free, so the
 repairs after it may allocate.
 
 Checks
   1. Every bitmap block's checksum.
-  2. Every claimed block is marked used.
-  3. Every block marked used is claimed (else it leaked).  Leaked blocks are
-     freed only when the claims are complete: while a damaged structure may
-     own blocks fsck could not enumerate, they are kept, and the report
-     says so.
+  2. Every block a sound structure owns is marked used.
+  3. Every block marked used is owned (else it leaked).  A block that a
+     damaged structure may own (claimed weakly) is never freed; but it is
+     not marked used either if the bitmap says free (a damaged extent may
+     claim half the disk: that must not fill it).  Leaked blocks are freed
+     only when the claims are complete: while a damaged structure may own
+     blocks fsck could not enumerate, they are kept, and the report says so.
   4. ``free_blocks`` is the number of blocks the bitmap (as repaired) marks free.
 
 Repair: each bitmap block that changes (or whose checksum is bad) is
@@ -51,9 +54,10 @@ def check_allocation(ctx: Context, s: State) -> None:
         ctx.problem(f"bitmap block {k}", "checksum mismatch (rebuilt from the claims)", fix)
     ctx.progress("bitmap", 0, 1)
     marked = _bitmap_bits(s)
-    claimed = (s.owner != 0) | s.weak
-    unmarked = claimed & ~marked
-    leaked = marked & ~claimed
+    owned = s.owner != 0
+    kept = marked & (s.weak != 0)  # a damaged structure may own it: never freed
+    unmarked = owned & ~marked
+    leaked = marked & ~owned & ~kept
     if unmarked.any():
         ctx.problem(
             "bitmap",
@@ -61,7 +65,7 @@ def check_allocation(ctx: Context, s: State) -> None:
             f"(first {int(np.argmax(unmarked))})",
             fix,
         )
-    want = claimed if s.claims_complete else claimed | marked
+    want = owned | kept if s.claims_complete else owned | marked
     if leaked.any():
         n, first = int(leaked.sum()), int(np.argmax(leaked))
         if s.claims_complete:

@@ -86,10 +86,14 @@ class Context:
         p = Problem(structure, message)
         self.report.problems.append(p)
         if fix is not None:
-            if not fix.problems:
-                self.fixes.append(fix)
-            fix.problems.append(p)
+            self.attach(p, fix)
         return p
+
+    def attach(self, p: Problem, fix: Fix) -> None:
+        """``fix`` repairs ``p`` too."""
+        if not fix.problems:
+            self.fixes.append(fix)
+        fix.problems.append(p)
 
     def progress(self, phase: str, done: int, total: int) -> None:
         if self._progress is not None:
@@ -132,10 +136,15 @@ class State:
     owner: npt.NDArray[np.uint32] = dataclasses.field(
         default_factory=lambda: np.zeros(0, dtype=np.uint32)
     )
-    #: blocks that damaged structures may own (never freed, never reused)
-    weak: npt.NDArray[np.bool_] = dataclasses.field(
-        default_factory=lambda: np.zeros(0, dtype=np.bool_)
+    #: how many damaged structures may own each block (such blocks are never
+    #: reused, and freed only by the repair that rebuilds their one claimant)
+    weak: npt.NDArray[np.uint16] = dataclasses.field(
+        default_factory=lambda: np.zeros(0, dtype=np.uint16)
     )
+    #: damaged directories, rebuilt from what their leaves still hold
+    salvaged: dict[int, Salvage] = dataclasses.field(default_factory=dict)
+    #: the inodes pass's list of damaged directories, salvaged after the slots
+    damaged_dirs: list[tuple[int, Problem]] = dataclasses.field(default_factory=list)
     #: False when a damaged structure may own blocks fsck could not enumerate
     claims_complete: bool = True
     #: written blocks past the size: a truncate to finish (through the orphan list)
@@ -158,8 +167,23 @@ class State:
         return len(self.itable_map) * 16
 
     def claim_weak(self, start: int, length: int) -> None:
-        """Damaged structures may own ``[start, start+length)``: keep it from reuse."""
+        """A damaged structure may own ``[start, start+length)``: keep it from reuse."""
         lo, hi = self.sb.data_start, self.sb.block_count - 1
         a, b = max(start, lo), min(start + length, hi)
         if a < b:
-            self.weak[a:b] = True
+            part = self.weak[a:b]
+            part[part < np.iinfo(np.uint16).max] += 1
+
+
+@dataclasses.dataclass
+class Salvage:
+    """A directory whose tree failed its check, and what its nodes still hold."""
+
+    #: (key, entries) found in leaves: every entry of an intact leaf, and the
+    #: entries of a damaged leaf that prove themselves (key is the hash of the
+    #: name, the inode is live and of the type the entry says)
+    items: list[tuple[int, list[tuple[bytes, int, int]]]]
+    #: every block the walk of the damaged tree reached (claimed weakly)
+    reached: set[int]
+    #: the rebuild; the namespace pass plans what it writes
+    fix: Fix

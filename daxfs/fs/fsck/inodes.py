@@ -39,8 +39,11 @@ Repairs: inode-file size, ``inode_hwm`` and ``next_generation`` set to what
 was found; block counts, mode and flag bits, unknown extent flags cleared,
 free-record leftovers cleared; a file with written blocks past its size gets
 IFLAG_TRUNCATE (the lists pass puts it on the orphan list, and the next
-mount frees the blocks).  Damaged records and maps are reported, never
-guessed at.
+mount frees the blocks).  A directory whose tree is damaged is *salvaged*:
+its leaves give up the entries they still hold (every entry of an intact
+leaf; of a damaged leaf, those that prove themselves against the keyed name
+hash), and the namespace pass rebuilds the directory from them.  Damaged
+records and damaged extent maps are reported, never guessed at.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import dataclasses
 import itertools
 import stat as st
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -60,6 +63,9 @@ from daxfs.fs.extmap import Extent, InodeNodes
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
     BLOCK_SIZE,
+    DT_DIR,
+    DT_LNK,
+    DT_REG,
     EXTENT,
     EXTENT_UNWRITTEN,
     EXTENT_VALUE,
@@ -77,21 +83,26 @@ from daxfs.fs.layout import (
     INTERNAL_CAP,
     INTERNAL_CHILDREN,
     LEAF_CAP,
+    LEAF_HEAP_MIN,
     LEAF_SLOTS,
     MAP_BTREE,
     MAP_INLINE,
     MAP_NONE,
     MAP_SYMLINK,
     NODE_HEADER,
+    NODE_KEYS,
     NODE_MAGIC,
     TREE_DIRECTORY,
     TREE_EXTENTS,
     InodeRecord,
     checksum_with_hole,
+    node_ok,
 )
 from daxfs.fs.namei import MAX_PATH
 
-from .context import STATIC, Apply, Context, Fix, Repairing, Stage, State
+from .context import STATIC, Apply, Context, Fix, Repairing, Salvage, Stage, State
+from .entries import bad_name, parse_entries
+from .report import Problem
 
 KNOWN_FLAGS = IFLAG_ORPHAN | IFLAG_TRUNCATE
 #: flags each file type may carry (the root and the inode file: none)
@@ -100,6 +111,7 @@ MODE_BITS = 0o170000 | 0o7777
 GENERATION_MASK = 0xFFFFFFFF
 MAX_FILE_BLOCKS = MAX_FILE_SIZE >> BLOCK_SHIFT
 _TYPES = (st.S_IFDIR, st.S_IFREG, st.S_IFLNK)
+_DTYPES = {st.S_IFDIR: DT_DIR, st.S_IFREG: DT_REG, st.S_IFLNK: DT_LNK}
 _ZERO_RECORD = bytes(INODE_SIZE)
 
 
@@ -122,12 +134,14 @@ def check_inodes(ctx: Context, s: State) -> bool:
     s.owner = np.zeros(sb.block_count, dtype=np.uint32)
     s.owner[: sb.data_start] = STATIC
     s.owner[sb.block_count - 1] = STATIC
-    s.weak = np.zeros(sb.block_count, dtype=np.bool_)
+    s.weak = np.zeros(sb.block_count, dtype=np.uint16)
     size_fix = _inode_file(ctx, s)
     if size_fix is None:
         ctx.report.complete = False
         return False
     _slots(ctx, s)
+    for ino, p in s.damaged_dirs:
+        _salvage_dir(ctx, s, ino, p)
     _counters(ctx, s)
     if size_fix.problems:
         ctx.fixes.remove(size_fix)  # after the high-water mark: it reads inode 1 through it
@@ -292,10 +306,13 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
             raise Corrupted(f"map kind {rec.map_kind} for a file of type {fmt:o}")
         extents, nodes = _read_map(s, ino, rec, kind)
     except Corrupted as exc:
-        ctx.problem(where, _text(exc).removeprefix(f"{where}: "))
+        p = ctx.problem(where, _text(exc).removeprefix(f"{where}: "))
         s.bad_map.add(ino)
-        s.claims_complete = False
-        _salvage(s, ino, rec)
+        if fmt == st.S_IFDIR:
+            s.damaged_dirs.append((ino, p))  # salvaged once every record is known
+        else:
+            s.claims_complete = False
+            _salvage(s, ino, rec)
         return
     flagged = [e for e in extents if e.flags & ~EXTENT_UNWRITTEN]
     if flagged:
@@ -550,6 +567,71 @@ def _salvage_tree(s: State, root: int) -> Iterator[tuple[int, int]]:
                 if n == EXTENT_VALUE.size and off + n <= BLOCK_SIZE:
                     pblk, length, _ = EXTENT_VALUE.unpack_from(view, off)
                     yield pblk, length
+
+
+def _salvage_dir(ctx: Context, s: State, ino: int, p: Problem) -> None:
+    """A directory whose tree failed its check: gather the entries its leaves still
+    hold, for the namespace pass to rebuild the directory from (check 3's repair).
+
+    The walk follows every node whose header names this directory's tree and
+    itself, whatever its checksum.  An intact leaf gives every entry it holds;
+    a damaged one only the entries that prove themselves: a valid name whose
+    keyed hash is the key, naming a live inode of the type the entry says
+    (a 64-bit keyed hash does not match by chance).
+    """
+    rec = s.records[ino]
+    lo, hi = s.sb.data_start, s.sb.block_count - 1
+    found: dict[int, list[tuple[bytes, int, int]]] = {}
+    reached: set[int] = set()
+    stack = [rec.map_root] if rec.map_kind == MAP_BTREE else []
+    hash_name = s.layers.dirs.hash
+    while stack:
+        blockno = stack.pop()
+        if blockno in reached or not lo <= blockno < hi:
+            continue
+        reached.add(blockno)
+        view = s.store.block(blockno)
+        magic, _, owner, where, level, count, kind, _, _ = NODE_HEADER.unpack_from(view)
+        if (magic, owner, where, kind) != (NODE_MAGIC, ino, blockno, TREE_DIRECTORY):
+            continue
+        if level:
+            count = min(count, INTERNAL_CAP)
+            stack.extend(struct.unpack_from(f"<{count}Q", view, INTERNAL_CHILDREN))
+            continue
+        intact = node_ok(view)
+        count = min(count, LEAF_CAP)
+        keys = struct.unpack_from(f"<{count}Q", view, NODE_KEYS)
+        slots = struct.unpack_from(f"<{2 * count}H", view, LEAF_SLOTS)
+        for key, off, n in zip(keys, slots[::2], slots[1::2], strict=True):
+            if not n or off < LEAF_HEAP_MIN or off + n > BLOCK_SIZE:
+                continue
+            entries, _ = parse_entries(bytes(view[off : off + n]))
+            if not intact:
+                entries = [e for e in entries if _proves_itself(s, hash_name, key, e)]
+            if entries:
+                found.setdefault(key, []).extend(entries)
+    for blockno in reached:
+        s.claim_weak(blockno, 1)
+    items = sorted(found.items())
+    fix = Fix(Stage.ENTRIES, lambda r: None)  # planned by the namespace pass
+    s.salvaged[ino] = Salvage(items, reached, fix)
+    count = sum(len(e) for _, e in items)
+    p.message += f"; rebuilt from the {count} entries its leaves still hold"
+    ctx.attach(p, fix)
+
+
+def _proves_itself(
+    s: State, hash_name: Callable[[bytes], int], key: int, entry: tuple[bytes, int, int]
+) -> bool:
+    name, child, dtype = entry
+    rec = s.records.get(child)
+    return (
+        bad_name(name) is None
+        and hash_name(name) == key
+        and rec is not None
+        and child not in (INO_INODE_FILE, INO_ROOT)
+        and _DTYPES.get(st.S_IFMT(rec.mode)) == dtype
+    )
 
 
 # -- 9 counters ---------------------------------------------------------------------------

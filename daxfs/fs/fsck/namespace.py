@@ -1,7 +1,7 @@
 """Pass 3, namespace: every directory entry, every name, every link count.
 
 The walk is breadth first from the root, over directories whose tree the
-inodes pass found sound; each directory is read once, so cycles end the
+inodes pass found sound or salvaged; each directory is read once, so cycles end the
 walk instead of running it forever.  Entries are decoded tolerantly (an
 entry record is parsed as far as it goes), judged one by one, and the pass
 plans what each directory will hold after repair: the link counts it checks
@@ -31,9 +31,11 @@ Checks
 
 Repairs: drop bad entries (their inodes, if no other name reaches them, go
 to /lost+found), move entries to the key of their hash, fix entry types,
-"..", entry and link counts; link lost inodes into /lost+found (creating
-it, which allocates the one inode and the blocks a repair ever allocates).
-Entries that point at damaged inodes are kept and reported.
+"..", entry and link counts; rebuild a salvaged directory (one whose tree
+was damaged) from the entries its leaves still hold, in a new tree, freeing
+the old tree's blocks that nothing else claims; link lost inodes into
+/lost+found (creating it).  Only these two allocate.  Entries that point at
+damaged inodes are kept and reported.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ from daxfs.fs.extmap import InodeNodes
 from daxfs.fs.inode import Inode
 from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
-    DIRENT,
     DT_DIR,
     DT_LNK,
     DT_REG,
@@ -58,20 +59,18 @@ from daxfs.fs.layout import (
     INO_ROOT,
     MAP_BTREE,
     MAP_NONE,
-    MAX_NAME,
     MAX_VALUE,
     TREE_DIRECTORY,
 )
 
-from .context import Apply, Context, Fix, Repairing, Stage, State
+from .context import Apply, Context, Fix, Repairing, Salvage, Stage, State
+from .entries import Entry, bad_name, parse_entries
 from .inodes import NO_NODES
 
 LOST_FOUND = b"lost+found"
 _DTYPES = {st.S_IFDIR: DT_DIR, st.S_IFREG: DT_REG, st.S_IFLNK: DT_LNK}
 #: keys of a directory rewritten per transaction
 KEYS_PER_TX = 32
-
-Entry = tuple[bytes, int, int]  # name, ino, DT_* type
 
 
 @dataclasses.dataclass
@@ -109,16 +108,22 @@ class _Walk:
     # -- reading --------------------------------------------------------------------
 
     def readable(self, ino: int) -> bool:
-        rec = self.s.records.get(ino)
-        return rec is not None and st.S_ISDIR(rec.mode) and ino not in self.s.bad_map
+        """A directory whose entries are known: its tree is sound, or was salvaged."""
+        s = self.s
+        rec = s.records.get(ino)
+        sound = ino not in s.bad_map or ino in s.salvaged
+        return rec is not None and st.S_ISDIR(rec.mode) and sound
 
     def raw_entries(self, ino: int) -> list[tuple[int, list[Entry], str | None]]:
-        """(key, entries, what is wrong with the record) of a sound directory tree."""
+        """(key, entries, what is wrong with the record) of a readable directory."""
+        salvage = self.s.salvaged.get(ino)
+        if salvage is not None:
+            return [(key, entries, None) for key, entries in salvage.items]
         rec = self.s.records[ino]
         if rec.map_kind == MAP_NONE:
             return []
         tree = BTree(ino, TREE_DIRECTORY, rec.map_root, rec.map_height, NO_NODES)
-        return [(key, *_parse(value)) for key, value in tree.items(self.s.store)]
+        return [(key, *parse_entries(value)) for key, value in tree.items(self.s.store)]
 
     # -- walking --------------------------------------------------------------------
 
@@ -146,6 +151,10 @@ class _Walk:
         d = self.dirs[ino] = _Dir(ino, s.names[ino])
         where = f"directory {d.path}"
         found = self.raw_entries(ino)
+        salvage = s.salvaged.get(ino)
+        if salvage is not None:  # rebuilt whole: planned below like any directory
+            salvage.fix.apply = _rebuild(s, d, salvage)
+            self._fixes[ino] = salvage.fix
         ordered: list[tuple[bool, int, int, Entry]] = []
         for key, entries, problem in found:
             d.values[key] = []
@@ -170,7 +179,7 @@ class _Walk:
                 d.changed.add(target)
             d.values.setdefault(target, []).append(keep)
             seen.add(name)
-        if s.records[ino].entries != d.count:
+        if s.records[ino].entries != d.count and salvage is None:
             ctx.problem(
                 where, f"counts {s.records[ino].entries} entries, holds {d.count}", self.fix(ino)
             )
@@ -181,7 +190,7 @@ class _Walk:
         """The entry to keep (perhaps retyped), or None to drop it."""
         s, ctx = self.s, self.ctx
         fix = self.fix(d.ino)
-        bad = _bad_name(name)
+        bad = bad_name(name)
         if bad is not None:
             ctx.problem(f"directory {d.path}", f"entry {name!r} (inode {child}): {bad}", fix)
             return None
@@ -237,8 +246,7 @@ class _Walk:
 def check_namespace(ctx: Context, s: State) -> None:
     """Checks 1-7; plans ``s.nlink`` and ``s.lost``."""
     walk = _Walk(ctx, s)
-    root = s.records.get(INO_ROOT)
-    if root is None or not st.S_ISDIR(root.mode) or INO_ROOT in s.bad_map:
+    if not walk.readable(INO_ROOT):
         what = "is damaged" if INO_ROOT in s.bad_map or INO_ROOT in s.damaged else "is not live"
         ctx.problem("root directory", f"inode {INO_ROOT} {what}: the namespace cannot be checked")
         ctx.report.complete = False
@@ -306,7 +314,7 @@ def _lost(ctx: Context, s: State, walk: _Walk) -> None:
         for ino in unreached:
             if walk.readable(ino):
                 for _, entries, _ in walk.raw_entries(ino):
-                    inside.update(child for name, child, _ in entries if _bad_name(name) is None)
+                    inside.update(child for name, child, _ in entries if bad_name(name) is None)
         roots = [ino for ino in unreached if ino not in inside]
         if not roots:  # a cycle of lost directories: break it at its lowest inode
             roots = [next(ino for ino in unreached if walk.readable(ino))]
@@ -337,40 +345,6 @@ def _lost_found(s: State, walk: _Walk) -> tuple[int | None, str]:
                     return child, ""
                 return None, "/lost+found is not a directory that can be read"
     return 0, ""
-
-
-# -- tolerant decoding ------------------------------------------------------------------
-
-
-def _parse(value: bytes) -> tuple[list[Entry], str | None]:
-    """The entries of a record, as far as it decodes, and what stopped it."""
-    out: list[Entry] = []
-    pos = 0
-    while pos < len(value):
-        if pos + DIRENT.size > len(value):
-            return out, f"truncated entry header at byte {pos}"
-        ino, dtype, n = DIRENT.unpack_from(value, pos)
-        pos += DIRENT.size
-        if pos + n > len(value):
-            return out, f"truncated name at byte {pos}"
-        out.append((value[pos : pos + n], ino, dtype))
-        pos += n
-    return out, None if out else "empty record"
-
-
-def _bad_name(name: bytes) -> str | None:
-    """What makes ``name`` unfit for a directory entry (invariant 1 of daxfs.fs.dir)."""
-    if not name:
-        return "empty name"
-    if name in (b".", b".."):
-        return "a name that is '.' or '..'"
-    if b"/" in name:
-        return "a name holding '/'"
-    if b"\0" in name:
-        return "a name holding NUL"
-    if len(name) > MAX_NAME:
-        return f"a name of {len(name)} bytes"
-    return None
 
 
 def _join(path: str, name: bytes) -> str:
@@ -415,6 +389,31 @@ def _rewrite(d: _Dir) -> Apply:
                 _store_tree(r, tx, inode, tree)
                 if first + KEYS_PER_TX >= len(keys):
                     itable.dirty(tx, inode).entries = d.count
+
+    return apply
+
+
+def _rebuild(s: State, d: _Dir, salvage: Salvage) -> Apply:
+    """Build a new tree for directory ``d`` from its planned entries, in one
+    transaction (new nodes are written in place, so only the bitmap and the
+    inode are logged), and free the old tree's blocks that nothing else claims."""
+
+    def apply(r: Repairing) -> None:
+        itable, alloc = r.layers.itable, r.layers.alloc
+        inode = itable.get(d.ino)
+        with r.journal.begin() as tx:
+            rec = itable.dirty(tx, inode)
+            rec.blocks = 0
+            tree = BTree(d.ino, TREE_DIRECTORY, 0, 0, InodeNodes(alloc, itable, inode))
+            for key in sorted(d.values):
+                if d.values[key]:
+                    tree.put(tx, key, pack_entries(d.values[key]))
+            _store_tree(r, tx, inode, tree)
+            rec.entries = d.count
+            for blockno in sorted(salvage.reached):
+                only = s.owner[blockno] == 0 and s.weak[blockno] == 1
+                if only and alloc.is_allocated(tx, blockno):
+                    alloc.free(tx, blockno, 1)
 
     return apply
 
