@@ -1,10 +1,16 @@
 """``daxfs fsck IMAGE [--repair]``: check a filesystem, print the report.
 
+Output: one line per problem (names escaped, so a line is a line), each
+ending "[repaired]" if --repair fixed it, then one summary line starting
+"clean: " or "NOT clean: " (docs/GUARANTEES.md, "What fsck checks, and what
+repair promises").
+
 Exit status, in e2fsck's spirit: 0 when the filesystem is clean (with
---repair: when every problem found was repaired), 1 when problems remain or
-the check could not finish.  An image with no daxfs superblock at all (primary
-and backup) is one error line, not a report.  A mounted filesystem is refused
-(EBUSY).
+--repair: when every problem found was repaired and a fresh check of the
+repaired image found nothing), 1 when problems remain or the check could not
+finish.  An image that cannot be checked at all -- no such file, no daxfs
+superblock (primary and backup), mounted (EBUSY) -- is one error line on
+stderr and exit status 1, not a report.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ def register(sub: Any) -> None:
         sub,
         "fsck",
         "check (and repair) a daxfs filesystem",
-        "Check every structure of the daxfs on IMAGE and print what is wrong. "
-        "Exit 0 if clean (with --repair: if everything found was repaired), 1 otherwise.",
+        "Check every structure of the daxfs on IMAGE and print what is wrong, one line "
+        "per problem, then a summary. Exit 0 if clean (with --repair: if everything "
+        "found was repaired and a recheck found nothing), 1 otherwise.",
     )
     parser.add_argument("image", metavar="IMAGE", help="image file or /dev/daxN.M")
     parser.add_argument(
-        "-r", "--repair", action="store_true", help="repair what can be repaired safely"
+        "-r", "--repair", action="store_true", help="repair what is certain, then check again"
     )
     add_progress_option(parser)
     parser.set_defaults(run=run)

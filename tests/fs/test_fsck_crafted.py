@@ -533,3 +533,18 @@ def test_damaged_internal_node_of_a_directory_loses_no_name() -> None:
         assert not fs.exists("/lost+found")
         with fs.open("/big/n123", "rb") as f:
             assert f.read() == b"123"
+
+
+def test_progress_reports_every_pass_and_the_repair() -> None:
+    dev = craft.sample()
+    craft.edit_superblock(dev, free_blocks=3)
+    seen: dict[str, list[tuple[int, int]]] = {}
+    fsck(
+        dev,
+        repair=True,
+        progress=lambda phase, done, total: seen.setdefault(phase, []).append((done, total)),
+    )
+    for phase in ("inodes", "directories", "bitmap", "repair", "recheck inodes"):
+        calls = seen[phase]
+        assert all(0 <= done <= total for done, total in calls), (phase, calls)
+        assert calls[-1][0] == calls[-1][1], (phase, calls)  # each ends complete
