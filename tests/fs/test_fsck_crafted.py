@@ -9,6 +9,7 @@ calls clean and that mounts, walks, and takes writes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 from pathlib import Path
@@ -548,3 +549,36 @@ def test_progress_reports_every_pass_and_the_repair() -> None:
         calls = seen[phase]
         assert all(0 <= done <= total for done, total in calls), (phase, calls)
         assert calls[-1][0] == calls[-1][1], (phase, calls)  # each ends complete
+
+
+def test_superblock_bytes_past_the_fields() -> None:
+    """Non-zero bytes between the superblock's fields and its checksum, checksum valid:
+    the first journaled update packs zeros there and breaks the checksum (the image
+    mounted once, then never again).  fsck finds them; repair zeroes them."""
+    from daxfs.fs.layout import SB_CRC_OFFSET, crc32c
+
+    dev = craft.sample()
+    raw = bytearray(dev.read(0, BLOCK_SIZE))
+    raw[1000] = 0x5A
+    struct.pack_into("<I", raw, SB_CRC_OFFSET, crc32c(bytes(raw[:SB_CRC_OFFSET])))
+    dev.write(0, bytes(raw))
+    found(dev, "primary superblock: bytes past its fields are not zero")
+    repaired(dev)
+    for _ in range(2):  # mounts, changes, and mounts again
+        with daxfs.mount(dev) as fs:
+            fs.mkdir(f"/m{_}")
+    assert fsck(dev).clean
+
+
+def test_backup_superblock_with_another_hash_key() -> None:
+    """A backup that differs from the primary in a field fixed at mkfs (here the
+    directory hash key), both checksums valid: restoring from it would make every
+    name unreachable.  fsck reports it; repair rewrites the backup."""
+    dev = craft.sample()
+    sb = craft.superblock(dev)
+    backup = dataclasses.replace(sb, hash_key=bytes(16))
+    dev.write((sb.block_count - 1) << BLOCK_SHIFT, backup.to_block())
+    found(dev, "backup superblock: fields fixed at mkfs differ from the primary's")
+    repaired(dev)
+    raw = dev.read((sb.block_count - 1) << BLOCK_SHIFT, BLOCK_SIZE)
+    assert raw[:192] == dev.read(0, 192)

@@ -11,8 +11,10 @@ Checks
   1. A committed transaction not yet applied is replayed (repair) or
      reported (check only: the other passes are then skipped, since mount
      would change what they look at); one that cannot be replayed is reported.
-  2. Each superblock: magic, checksum, geometry (``Superblock.check_geometry``);
-     primary and backup describe the same filesystem.
+  2. Each superblock: magic, checksum, geometry (``Superblock.check_geometry``),
+     zeros between its fields and its checksum (a journaled update of the
+     counters packs zeros there, which would break a checksum over anything
+     else); primary and backup describe the same filesystem.
   3. Feature bits this version knows (else nothing more can be checked).
   4. What no checksum of the journal covers (``Journal.problems``): sequence
      numbers below ``daxfs.fs.journal.SEQ_LIMIT``, ``applied_seq`` never ahead
@@ -33,15 +35,21 @@ from daxfs.fs.layout import (
     FEATURE_INCOMPAT,
     FEATURE_RO_COMPAT,
     JH_APPLIED_OFFSET,
+    SB_CRC_OFFSET,
+    SB_SIZE,
     STATE_CLEAN,
     STATE_MOUNTED,
     Superblock,
 )
 from daxfs.fs.mount import same_geometry
 from daxfs.fs.store import PmemStore
+from daxfs.fs.super import COUNTERS_START
 from daxfs.pmem.device import Device
 
 from .context import Context, Fix, Repairing, Stage
+
+#: the superblock's bytes written only by mkfs (geometry, uuid, label, hash key)
+FIXED = COUNTERS_START
 
 
 def check_journal(ctx: Context, device: Device) -> bool:
@@ -138,11 +146,19 @@ def check_superblocks(ctx: Context) -> Superblock | None:
         dev.write(0, backup.to_block())
         bad_primary.repaired = True
         primary = backup
-    elif backup is not None and (primary.uuid != backup.uuid or not same_geometry(primary, backup)):
-        p = ctx.problem("backup superblock", "differs from the primary")
+    elif backup is not None and dev.read(0, FIXED) != dev.read(last, FIXED):
+        what = "geometry" if not same_geometry(primary, backup) else "fields fixed at mkfs"
+        p = ctx.problem("backup superblock", f"{what} differ from the primary's")
         if ctx.repair:
             dev.write(last, primary.to_block())
             p.repaired = True
+    for where, offset in (("primary superblock", 0), ("backup superblock", last)):
+        if any(dev.read(offset + SB_SIZE, SB_CRC_OFFSET - SB_SIZE)):
+            # a journaled update packs zeros there: the checksum would break
+            p = ctx.problem(where, "bytes past its fields are not zero")
+            if ctx.repair:
+                dev.write(offset, primary.to_block())
+                p.repaired = True
     unknown = (
         primary.feature_incompat & ~FEATURE_INCOMPAT,
         primary.feature_ro_compat & ~FEATURE_RO_COMPAT,
