@@ -356,11 +356,13 @@ class _Flags:
 
     def __init__(self, ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
         self.ctx, self.s, self.ino = ctx, s, ino
-        self.fix = Fix(Stage.INODES, self._apply)
+        self.fix: Fix | None = None
 
     def set(self, flags: int, why: str) -> None:
         rec = self.s.records[self.ino]
         self.s.records[self.ino] = dataclasses.replace(rec, flags=flags)
+        if self.fix is None:
+            self.fix = Fix(Stage.INODES, self._apply)
         self.ctx.problem(f"inode {self.ino}", why, self.fix)
 
     def _apply(self, r: Repairing) -> None:
