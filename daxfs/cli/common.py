@@ -7,10 +7,21 @@ is a host path (for cp), or, for the commands that only look at an image (ls,
 tree, df), a bare ``IMAGE`` that means its root.  A host path containing ":/"
 cannot be named; that is the price of the notation (scp pays it too).
 
-Mounts.  ``Mounts`` mounts each image a command names once (by its real path,
-so two spellings of one image share a mount) and unmounts every one when the
-command ends, on success or failure.  A mount failure is one error naming the
-image.
+Mounts.  ``Mounts`` mounts each image a command names once and unmounts every
+one when the command ends, on success or failure.  An image is known by its
+identity, (st_dev, st_ino) of the file (st_rdev of a device), never by its
+path: a hard link, a symbolic link or another spelling of a mounted image is
+that image, so a command never mounts it twice, and ``holds`` tells a writer
+that the file it is about to write is an image it has mounted (writing there
+would change, or truncating it would unmap, what the mount is using: the
+command would die of SIGBUS and the image would be lost).  A mount failure
+is one error naming the image.
+
+Names.  A name read from an image is untrusted: daxfs.fs.scan's
+``check_entry_name`` refuses one that is empty, ".", "..", holds "/" or NUL,
+or is longer than 255 bytes (EUCLEAN), and every command checks each name
+before it joins it to a path; ``printable`` shows a name or a link target
+without the control characters a terminal would obey.
 
 Errors.  ``naming(image)`` turns an error about ``/a`` inside an image into one
 about ``IMAGE:/a``, so a command over two images says which one it meant.
@@ -27,9 +38,10 @@ import contextlib
 import math
 import os
 import re
+import stat as st
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from fractions import Fraction
 from types import TracebackType
 from typing import Any, Self
@@ -128,9 +140,9 @@ def human(n: int) -> str:
     if n < 1024:
         return f"{n} B"
     value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
         value /= 1024
-        if value < 1024 or unit == "PiB":
+        if value < 1024 or unit == "EiB":
             break
     return f"{value:.1f} {unit}"
 
@@ -220,21 +232,35 @@ def with_context(exc: OSError, prefix: str) -> OSError:
 # -- mounts -----------------------------------------------------------------------------
 
 
+def identity(info: os.stat_result) -> tuple[int, int]:
+    """What makes a file that file: (st_dev, st_ino), or the device number of a device."""
+    if st.S_ISCHR(info.st_mode) or st.S_ISBLK(info.st_mode):
+        return (-1, info.st_rdev)
+    return (info.st_dev, info.st_ino)
+
+
 class Mounts:
     """The images a command uses, each mounted once, all unmounted on exit.
 
     ::
 
-        Mounts() --get(image)--> mounted (cached by real path) --__exit__--> unmounted
+        Mounts() --get(image)--> mounted (known by identity) --__exit__--> unmounted
+
+    Invariant: ``_ids`` holds the identity of the file each mount has open
+    (taken from its descriptor, so a path swapped after the mount cannot lie).
     """
 
     def __init__(self, persist: str = "auto") -> None:
         self.persist = persist
-        self._mounted: dict[str, FileSystem] = {}
+        self._mounted: dict[Hashable, FileSystem] = {}
+        self._ids: set[tuple[int, int]] = set()
 
-    def key(self, image: str) -> str:
-        """What identifies an image: its real path."""
-        return os.path.realpath(image)
+    def key(self, image: str) -> Hashable:
+        """What identifies an image: the identity of its file (its real path if none)."""
+        try:
+            return identity(os.stat(image))
+        except (OSError, ValueError):  # missing, NUL in the name...: mount will say
+            return os.path.realpath(image)
 
     def get(self, image: str) -> FileSystem:
         """The mounted filesystem of ``image``, mounting it on first use.
@@ -252,11 +278,31 @@ class Mounts:
                     raise
                 raise with_context(exc, f"cannot mount {image}") from None
             self._mounted[key] = fs
+            fd = getattr(fs.device, "fd", None)  # the file the mount has open, if it says
+            self._ids.add(identity(os.fstat(fd) if isinstance(fd, int) else os.stat(image)))
         return fs
 
+    def holds(self, info: os.stat_result) -> bool:
+        """True if the file ``info`` describes is one of the images mounted here."""
+        return identity(info) in self._ids
+
     def is_mounted(self, path: str) -> bool:
-        """True if ``path`` (a host path) is one of the images mounted here."""
-        return self.key(path) in self._mounted
+        """True if ``path`` (a host path, links followed) is one of the images mounted here."""
+        try:
+            return self.holds(os.stat(path))
+        except (OSError, ValueError):
+            return False
+
+    def check_not_mounted(self, info: os.stat_result, shown: str, doing: str) -> None:
+        """Refuse to ``doing`` (read, write) a file that is an image mounted here.
+
+        Raises:
+            InvalidArgument: it is.
+        """
+        if self.holds(info):
+            raise InvalidArgument(
+                f"cannot {doing} {shown}: it is an image this command has mounted", shown
+            )
 
     def __enter__(self) -> Self:
         return self
@@ -268,6 +314,7 @@ class Mounts:
         tb: TracebackType | None,
     ) -> None:
         first: BaseException | None = None
+        self._ids.clear()
         while self._mounted:
             _, fs = self._mounted.popitem()
             try:
@@ -276,6 +323,16 @@ class Mounts:
                 first = first or failure
         if first is not None and exc is None:
             raise first
+
+
+# -- names ------------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and undecodable bytes as '?', as ls shows names."""
+    return _CONTROL.sub("?", text)
 
 
 # -- progress ---------------------------------------------------------------------------

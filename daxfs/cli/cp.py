@@ -1,8 +1,8 @@
 """``daxfs cp [-r] SRC... DST``: copy files into, out of, between and within images.
 
-Either side may be ``IMAGE:/path`` or a host path; the copy code sees only a
-``Side`` (the host, or one mounted image), so every direction is the same
-code.  The rules are cp(1)'s:
+Either side may be ``IMAGE:/path`` or a host path; the copy code reads from a
+``Side`` (the host, or one mounted image) and writes into a ``Dir`` (see
+daxfs.cli.sides), so every direction is the same code.  The rules are cp(1)'s:
 
 * DST an existing directory: each SRC is copied into it, under its own name;
   otherwise there must be one SRC, copied to the name DST.
@@ -11,6 +11,32 @@ code.  The rules are cp(1)'s:
 * A file never replaces a directory, nor a directory a file; a directory is
   never copied into itself; a file is never copied onto itself.
 * New files and directories get the source's permission bits less the umask.
+
+Where a copy writes.  An image is untrusted input; whatever it holds, a copy
+writes only below the destination the user named:
+
+1. Every name a source lists is checked before it is joined to a path
+   (``check_entry_name``: not empty, "." or "..", no "/" or NUL): EUCLEAN.
+2. Writes go through a ``Dir``, a handle on one destination directory that
+   takes only plain names and never follows a symbolic link unless told to;
+   on the host every call is relative to an open directory descriptor, so
+   not even a link swapped in by another process is followed.
+3. Only what the user named is followed: DST, and DST/<name of SRC> for a
+   file, as cp(1) does.  Deeper, a link where a file or a directory is to be
+   written is an error (cp(1) writes through a link in a tree it merges
+   into; this cp does not).
+4. Nothing this copy created is written through or overwritten: not a link
+   ("will not copy ... through just-created symbolic link", as GNU cp), not
+   a file ("will not overwrite just-created ..."), and no directory is
+   copied into one it created ("into itself").  What a copy created is
+   known by identity (side, st_dev, st_ino), never by path.
+5. A file is checked once it is open and before it is truncated: never the
+   source itself, never an image this command has mounted (truncating a
+   mapped image kills the command with SIGBUS and loses the image).
+6. A source directory is entered once per operand: one met again (a cycle,
+   or a directory with two names, in a damaged image) is an error.  The walk
+   keeps its own stack (no recursion); on the host it holds one open
+   descriptor per level of depth.
 
 Data streams in CHUNK-sized pieces through one buffer, with unbuffered
 (``buffering=0``) files on both sides, so a daxfs write is durable when it
@@ -22,14 +48,14 @@ cp leaves it.
 
 from __future__ import annotations
 
-import abc
 import argparse
 import errno
 import io
 import os
 import posixpath
 import stat as st
-from typing import Any, cast
+from collections.abc import Hashable, Iterator
+from typing import Any
 
 from daxfs.cli.common import (
     CHUNK,
@@ -39,12 +65,22 @@ from daxfs.cli.common import (
     add_parser,
     add_persist_option,
     add_progress_option,
-    naming,
+    identity,
     parse_operand,
     progress_wanted,
 )
-from daxfs.errors import InvalidArgument, IOFailure, IsADirectory, NotADirectory, NotSupported
-from daxfs.fs.filesystem import FileSystem
+from daxfs.cli.sides import Dir, HostDir, HostSide, ImageSide, Side
+from daxfs.errors import (
+    Exists,
+    InvalidArgument,
+    IOFailure,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    NotSupported,
+    TooManyLinks,
+)
+from daxfs.fs.scan import check_entry_name
 
 PROGRESS_MIN = 4 << 20
 
@@ -67,164 +103,7 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-# -- the two kinds of side --------------------------------------------------------------
-
-
-class Side(abc.ABC):
-    """Where paths of one operand live: the host or a mounted image."""
-
-    key: str  # equal keys: the same namespace (for "same file" and "into itself")
-
-    @abc.abstractmethod
-    def show(self, path: str) -> str:
-        """``path`` as the user would write it (``IMAGE:/path`` for an image)."""
-
-    @abc.abstractmethod
-    def stat(self, path: str, follow: bool = True) -> os.stat_result | None:
-        """The attributes, or None if nothing is there."""
-
-    @abc.abstractmethod
-    def open_read(self, path: str) -> io.RawIOBase:
-        """An unbuffered file to read."""
-
-    @abc.abstractmethod
-    def open_write(self, path: str) -> io.RawIOBase:
-        """An unbuffered file to write, created or truncated."""
-
-    @abc.abstractmethod
-    def mkdir(self, path: str) -> None:
-        """A new directory, private (0700) until ``chmod`` when it is filled."""
-
-    @abc.abstractmethod
-    def chmod(self, path: str, mode: int) -> None:
-        """Set the permission bits of a new file: ``mode`` less the umask."""
-
-    @abc.abstractmethod
-    def listdir(self, path: str) -> list[str]: ...
-
-    @abc.abstractmethod
-    def readlink(self, path: str) -> str: ...
-
-    @abc.abstractmethod
-    def symlink(self, target: str, path: str) -> None: ...
-
-    @abc.abstractmethod
-    def unlink(self, path: str) -> None: ...
-
-    @abc.abstractmethod
-    def real(self, path: str) -> str:
-        """A canonical spelling of ``path`` (for "into itself")."""
-
-
-class HostSide(Side):
-    """The host's files; an image mounted by this command is not one of them."""
-
-    key = "host"
-
-    def __init__(self, mounts: Mounts) -> None:
-        self.mounts = mounts
-        self.umask = os.umask(0o022)
-        os.umask(self.umask)
-
-    def _not_an_image(self, path: str) -> None:
-        if self.mounts.is_mounted(path):
-            raise InvalidArgument(
-                f"cannot copy into or out of an image it has mounted: {path}", path
-            )
-
-    def show(self, path: str) -> str:
-        return path
-
-    def stat(self, path: str, follow: bool = True) -> os.stat_result | None:
-        try:
-            return os.stat(path, follow_symlinks=follow)
-        except FileNotFoundError:
-            return None
-
-    def open_read(self, path: str) -> io.RawIOBase:
-        self._not_an_image(path)
-        return cast(io.RawIOBase, open(path, "rb", buffering=0))
-
-    def open_write(self, path: str) -> io.RawIOBase:
-        self._not_an_image(path)
-        return cast(io.RawIOBase, open(path, "wb", buffering=0))
-
-    def mkdir(self, path: str) -> None:
-        os.mkdir(path, 0o700)
-
-    def chmod(self, path: str, mode: int) -> None:
-        os.chmod(path, mode & 0o7777 & ~self.umask)
-
-    def listdir(self, path: str) -> list[str]:
-        return os.listdir(path)
-
-    def readlink(self, path: str) -> str:
-        return os.readlink(path)
-
-    def symlink(self, target: str, path: str) -> None:
-        os.symlink(target, path)
-
-    def unlink(self, path: str) -> None:
-        self._not_an_image(path)
-        os.unlink(path)
-
-    def real(self, path: str) -> str:
-        return os.path.realpath(path)
-
-
-class ImageSide(Side):
-    def __init__(self, image: str, fs: FileSystem, key: str) -> None:
-        self.image = image
-        self.fs = fs
-        self.key = key
-
-    def show(self, path: str) -> str:
-        return f"{self.image}:{path}"
-
-    def stat(self, path: str, follow: bool = True) -> os.stat_result | None:
-        with naming(self.image):
-            try:
-                return self.fs.stat(path, follow_symlinks=follow)
-            except FileNotFoundError:
-                return None
-
-    def open_read(self, path: str) -> io.RawIOBase:
-        with naming(self.image):
-            return cast(io.RawIOBase, self.fs.open(path, "rb", buffering=0))
-
-    def open_write(self, path: str) -> io.RawIOBase:
-        with naming(self.image):
-            return cast(io.RawIOBase, self.fs.open(path, "wb", buffering=0))
-
-    def mkdir(self, path: str) -> None:
-        with naming(self.image):
-            self.fs.mkdir(path, 0o700)
-
-    def chmod(self, path: str, mode: int) -> None:
-        with naming(self.image):
-            self.fs.chmod(path, mode & 0o7777 & ~self.fs.umask)
-
-    def listdir(self, path: str) -> list[str]:
-        with naming(self.image):
-            return [os.fsdecode(name) for name in self.fs.listdir(path)]
-
-    def readlink(self, path: str) -> str:
-        with naming(self.image):
-            return os.fsdecode(self.fs.readlink(path))
-
-    def symlink(self, target: str, path: str) -> None:
-        with naming(self.image):
-            self.fs.symlink(target, path)
-
-    def unlink(self, path: str) -> None:
-        with naming(self.image):
-            self.fs.unlink(path)
-
-    def real(self, path: str) -> str:
-        return posixpath.normpath(path)
-
-
-# -- cp ---------------------------------------------------------------------------------
+# -- the command --------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> int:
@@ -245,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             info = src.stat(src_op.path)
             if info is None:
                 raise FileNotFoundError(errno.ENOENT, "no such file or directory", src_op.text)
-            copier.copy(src, src_op.path, info, dst, _target(src_op, dest, into))
+            copier.copy_operand(src, src_op.path, info, dst, _target(src_op, dest, into))
     return 0
 
 
@@ -259,8 +138,44 @@ def _target(src: Operand, dest: Operand, into: bool) -> str:
     return os.path.join(dest.path, name)
 
 
+def _split(path: str) -> tuple[str, str | None]:
+    """(directory, name) of a target; name None when ``path`` is a directory itself."""
+    stripped = path.rstrip("/")
+    if not stripped:
+        return "/", None
+    name = os.path.basename(stripped)
+    if name in (".", ".."):
+        return path, None
+    return os.path.dirname(stripped) or ".", name
+
+
+class _Frame:
+    """A directory being copied: where it is read, where it is written, what is left."""
+
+    __slots__ = ("dir", "info", "names", "new", "path")
+
+    def __init__(self, path: str, info: os.stat_result, names: list[str], d: Dir, new: bool):
+        self.path = path
+        self.info = info
+        self.names: Iterator[str] = iter(names)
+        self.dir = d
+        self.new = new
+
+    def finish(self) -> None:
+        """The directory is filled: give a new one its mode, and close it."""
+        try:
+            if self.new:
+                self.dir.chmod(self.info.st_mode)
+        finally:
+            self.dir.close()
+
+
 class Copier:
-    """Copies files and trees between sides, through one buffer."""
+    """Copies files and trees from sides into directories, through one buffer.
+
+    Invariant: ``made`` holds the identity (side key, st_dev, st_ino) of
+    everything this copy created, for rule 4 of the module docstring.
+    """
 
     def __init__(self, mounts: Mounts, bar: ProgressBar, *, recursive: bool) -> None:
         self.mounts = mounts
@@ -268,96 +183,220 @@ class Copier:
         self.recursive = recursive
         self.host = HostSide(mounts)
         self.buf = bytearray(CHUNK)
+        self.made: set[tuple[Hashable, tuple[int, int]]] = set()
 
     def side(self, op: Operand) -> Side:
         if op.image is None:
             return self.host
         return ImageSide(op.image, self.mounts.get(op.image), self.mounts.key(op.image))
 
-    def copy(self, src: Side, sp: str, info: os.stat_result, dst: Side, dp: str) -> None:
-        """Copy what ``sp`` is (``info``) to ``dp``.
+    def _made(self, key: Hashable, info: os.stat_result) -> bool:
+        return (key, identity(info)) in self.made
+
+    def copy_operand(self, src: Side, sp: str, info: os.stat_result, dst: Side, dp: str) -> None:
+        """Copy the operand ``sp`` (``info``, links followed) to the target ``dp``.
 
         Raises:
             IsADirectory: a directory without -r, or a file onto a directory.
             NotADirectory: a directory onto a file.
             InvalidArgument: onto itself, or a directory into itself.
             NotSupported: a device, FIFO or socket.
+            Corrupted: a bad name or a directory cycle in the source.
+            TooManyLinks, Exists: a link or file in the way (rules 3, 4).
             and what the sides raise.
         """
-        existing = dst.stat(dp)
-        if existing is not None and src.key == dst.key and _same(info, existing):
-            raise InvalidArgument(
-                f"{src.show(sp)} and {dst.show(dp)} are the same file", dst.show(dp)
-            )
         if st.S_ISDIR(info.st_mode):
-            self.copy_tree(src, sp, info, dst, dp, existing)
-        elif st.S_ISLNK(info.st_mode):
-            if existing is not None and st.S_ISDIR(existing.st_mode):
+            if not self.recursive:
                 raise IsADirectory(
-                    f"cannot overwrite directory {dst.show(dp)} with a symbolic link", dst.show(dp)
+                    f"-r not specified; omitting directory {src.show(sp)}", src.show(sp)
                 )
-            if dst.stat(dp, follow=False) is not None:
-                dst.unlink(dp)
-            dst.symlink(src.readlink(sp), dp)
-        elif st.S_ISREG(info.st_mode):
-            if existing is not None and st.S_ISDIR(existing.st_mode):
+            if src.key == dst.key:
+                top, inner = src.real(sp), dst.real(dp)
+                if inner == top or inner.startswith(top.rstrip("/") + "/"):
+                    raise InvalidArgument(
+                        f"cannot copy a directory, {src.show(sp)}, into itself, {dst.show(dp)}",
+                        src.show(sp),
+                    )
+        parent, name = _split(dp)
+        with dst.open_dir(parent) as d:
+            if name is not None:
+                self.copy(src, sp, info, d, name, top=True)
+            elif st.S_ISDIR(info.st_mode):  # the root into an existing directory: merge
+                self._copy_tree(src, _Frame(sp, info, self._listing(src, sp, info), d, False))
+            else:
                 raise IsADirectory(
                     f"cannot overwrite directory {dst.show(dp)} with non-directory {src.show(sp)}",
                     dst.show(dp),
                 )
-            self.copy_file(src, sp, info, dst, dp, new=existing is None)
+
+    def copy(
+        self, src: Side, sp: str, info: os.stat_result, parent: Dir, name: str, *, top: bool
+    ) -> None:
+        """Copy what ``sp`` is (``info``) to ``name`` in ``parent``."""
+        if st.S_ISDIR(info.st_mode):
+            self._copy_tree(src, self._enter(src, sp, info, parent, name))
+        elif st.S_ISLNK(info.st_mode):
+            self.copy_link(src, sp, parent, name)
+        elif st.S_ISREG(info.st_mode):
+            self.copy_file(src, sp, info, parent, name, top=top)
         else:
             raise NotSupported(f"cannot copy special file {src.show(sp)}", src.show(sp))
 
-    def copy_tree(
-        self,
-        src: Side,
-        sp: str,
-        info: os.stat_result,
-        dst: Side,
-        dp: str,
-        existing: os.stat_result | None,
-    ) -> None:
-        if not self.recursive:
-            raise IsADirectory(f"-r not specified; omitting directory {src.show(sp)}", src.show(sp))
-        if existing is not None and not st.S_ISDIR(existing.st_mode):
-            raise NotADirectory(
-                f"cannot overwrite non-directory {dst.show(dp)} with directory {src.show(sp)}",
-                dst.show(dp),
+    def _copy_tree(self, src: Side, first: _Frame) -> None:
+        """Copy the directory of ``first`` and all below it, depth first, without recursion."""
+        visited = {identity(first.info)}
+        stack = [first]
+        try:
+            while stack:
+                frame = stack[-1]
+                name = next(frame.names, None)
+                if name is None:
+                    stack.pop().finish()
+                    continue
+                child = posixpath.join(frame.path, name)
+                info = src.stat(child, follow=False)
+                if info is None:  # gone since listed: skip it
+                    continue
+                if not st.S_ISDIR(info.st_mode):
+                    self.copy(src, child, info, frame.dir, name, top=False)
+                    continue
+                if identity(info) in visited:
+                    raise src.loop(child)
+                visited.add(identity(info))
+                stack.append(self._enter(src, child, info, frame.dir, name))
+        finally:
+            for frame in stack:
+                frame.dir.close()
+
+    def _listing(self, src: Side, sp: str, info: os.stat_result) -> list[str]:
+        """The names in source directory ``sp``, sorted, each checked (rule 1)."""
+        if self._made(src.key, info):
+            raise InvalidArgument(
+                f"cannot copy a directory, {src.show(sp)}, into itself", src.show(sp)
             )
-        if src.key == dst.key:
-            top, inner = src.real(sp), dst.real(dp)
-            if inner == top or inner.startswith(top.rstrip("/") + "/"):
-                raise InvalidArgument(
-                    f"cannot copy a directory, {src.show(sp)}, into itself, {dst.show(dp)}",
-                    src.show(sp),
+        names = sorted(src.listdir(sp))
+        for name in names:
+            check_entry_name(name, src.show(sp))
+        return names
+
+    def _enter(self, src: Side, sp: str, info: os.stat_result, parent: Dir, name: str) -> _Frame:
+        """Make (or take) directory ``name`` in ``parent`` for the directory ``sp``."""
+        names = self._listing(src, sp, info)
+        existing = parent.lstat(name)
+        if existing is not None and not st.S_ISDIR(existing.st_mode):
+            what = " (a symbolic link)" if st.S_ISLNK(existing.st_mode) else ""
+            raise NotADirectory(
+                f"cannot overwrite non-directory {parent.show(name)}{what} "
+                f"with directory {src.show(sp)}",
+                parent.show(name),
+            )
+        if existing is None:
+            parent.mkdir(name)
+        d = parent.child(name)
+        if existing is None:
+            try:
+                self.made.add((d.key, identity(d.info())))
+            except BaseException:
+                d.close()
+                raise
+        return _Frame(sp, info, names, d, existing is None)
+
+    def copy_link(self, src: Side, sp: str, parent: Dir, name: str) -> None:
+        """Make ``name`` a symbolic link with the target of ``sp``."""
+        target = src.readlink(sp)
+        existing = parent.lstat(name)
+        if existing is not None:
+            if st.S_ISDIR(existing.st_mode):
+                raise IsADirectory(
+                    f"cannot overwrite directory {parent.show(name)} with a symbolic link",
+                    parent.show(name),
                 )
-        if existing is None:
-            dst.mkdir(dp)
-        for name in sorted(src.listdir(sp)):
-            child = os.path.join(sp, name)
-            child_info = src.stat(child, follow=False)
-            if child_info is not None:  # gone since listed: skip it
-                self.copy(src, child, child_info, dst, os.path.join(dp, name))
-        if existing is None:
-            dst.chmod(dp, info.st_mode)
+            if self._made(parent.key, existing):
+                raise Exists(
+                    f"will not overwrite just-created {parent.show(name)} with {src.show(sp)}",
+                    parent.show(name),
+                )
+            parent.unlink(name)
+        parent.symlink(target, name)
+        made = parent.lstat(name)
+        if made is not None:
+            self.made.add((parent.key, identity(made)))
 
     def copy_file(
-        self, src: Side, sp: str, info: os.stat_result, dst: Side, dp: str, *, new: bool
+        self, src: Side, sp: str, info: os.stat_result, parent: Dir, name: str, *, top: bool
     ) -> None:
-        """Stream the bytes of ``sp`` into ``dp`` (created or truncated)."""
+        """Stream the bytes of ``sp`` into ``name`` (created, or truncated once checked)."""
+        existing, follow = self._file_target(src, sp, info, parent, name, top=top)
         size = info.st_size
         task = self.bar.add(os.path.basename(sp), size) if size >= PROGRESS_MIN else -1
-        with src.open_read(sp) as reader, dst.open_write(dp) as writer:
-            try:
-                self._stream(reader, writer, task)
-            except OSError as exc:  # which file failed is said here, once
-                text = f"copying {src.show(sp)} to {dst.show(dp)}: {exc.strerror or exc}"
-                raise OSError(exc.errno, text) from None
-            finally:
-                self.bar.remove(task)
-        if new:
-            dst.chmod(dp, info.st_mode)
+        with src.open_read(sp, follow=top) as reader:
+            writer, opened = parent.open_write(name, new=existing is None, follow=follow)
+            with writer:
+                if isinstance(parent, HostDir):  # rule 5, on what was opened
+                    self.mounts.check_not_mounted(opened, parent.show(name), "write")
+                self._not_the_same(src, sp, info, parent, name, opened)
+                if existing is None:
+                    self.made.add((parent.key, identity(opened)))
+                elif st.S_ISREG(opened.st_mode):
+                    writer.truncate(0)
+                try:
+                    self._stream(reader, writer, task)
+                except OSError as exc:  # which file failed is said here, once
+                    text = f"copying {src.show(sp)} to {parent.show(name)}: {exc.strerror or exc}"
+                    raise OSError(exc.errno, text) from None
+                finally:
+                    self.bar.remove(task)
+                if existing is None:
+                    parent.chmod_file(name, writer, info.st_mode)
+
+    def _file_target(
+        self, src: Side, sp: str, info: os.stat_result, parent: Dir, name: str, *, top: bool
+    ) -> tuple[os.stat_result | None, bool]:
+        """What a file copy will write over (None: nothing) and whether through a link.
+
+        Raises:
+            Exists, TooManyLinks, NotFound: a link or a file in the way (rules 3, 4).
+            IsADirectory, InvalidArgument: a directory, or the source itself.
+        """
+        existing = parent.lstat(name)
+        if existing is None:
+            return None, False
+        shown = parent.show(name)
+        follow = False
+        if self._made(parent.key, existing):
+            if st.S_ISLNK(existing.st_mode):
+                raise Exists(
+                    f"will not copy {src.show(sp)} through just-created symbolic link {shown}",
+                    shown,
+                )
+            raise Exists(f"will not overwrite just-created {shown} with {src.show(sp)}", shown)
+        if st.S_ISLNK(existing.st_mode):
+            if not top:
+                raise TooManyLinks(
+                    f"will not write {src.show(sp)} through symbolic link {shown} "
+                    "(links below the destination are not followed)",
+                    shown,
+                )
+            followed = parent.stat(name)
+            if followed is None:
+                raise NotFound(f"not writing through dangling symbolic link {shown}", shown)
+            if self._made(parent.key, followed):
+                raise Exists(f"will not overwrite just-created {shown} with {src.show(sp)}", shown)
+            existing, follow = followed, True
+        if st.S_ISDIR(existing.st_mode):
+            raise IsADirectory(
+                f"cannot overwrite directory {shown} with non-directory {src.show(sp)}", shown
+            )
+        self._not_the_same(src, sp, info, parent, name, existing)
+        return existing, follow
+
+    @staticmethod
+    def _not_the_same(
+        src: Side, sp: str, info: os.stat_result, parent: Dir, name: str, other: os.stat_result
+    ) -> None:
+        if src.key == parent.key and identity(info) == identity(other):
+            shown = parent.show(name)
+            raise InvalidArgument(f"{src.show(sp)} and {shown} are the same file", shown)
 
     def _stream(self, reader: io.RawIOBase, writer: io.RawIOBase, task: int) -> None:
         view = memoryview(self.buf)
@@ -369,7 +408,3 @@ class Copier:
                     raise IOFailure("short write")
                 done += wrote
             self.bar.advance(task, n)
-
-
-def _same(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)

@@ -7,6 +7,11 @@ what does not exist; ``rm -r`` never removes the root; ``mv SRC DST`` renames
 into a directory.  mv works within one image; between images or to the host
 it refuses (EXDEV) and says to use cp and rm.  Each operand is one operation,
 durable when done; the first error ends the command.
+
+``rm -r`` trusts nothing it lists: scandir checks every name (an entry named
+".." would otherwise lead it up to the root), and a directory met a second
+time (a cycle, or a directory with two names) ends it with EUCLEAN before
+anything in the directory listing it is removed.  It keeps its own stack: no recursion.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import stat as st
 from typing import Any
 
 from daxfs.cli.common import Mounts, Operand, add_parser, add_persist_option, image_operand, naming
-from daxfs.errors import Busy, CrossDevice, IsADirectory, NotADirectory
+from daxfs.errors import Busy, Corrupted, CrossDevice, IsADirectory, NotADirectory
 from daxfs.fs.filesystem import FileSystem
 
 
@@ -108,7 +113,12 @@ def remove(fs: FileSystem, path: str, *, recursive: bool, force: bool) -> None:
 
 
 def _remove_tree(fs: FileSystem, top: str) -> None:
-    """Remove a directory tree, children before parents, without recursion."""
+    """Remove a directory tree, children before parents, without recursion.
+
+    Raises:
+        Corrupted: a directory met twice (a cycle, or a directory with two names).
+    """
+    visited = {fs.lstat(top).st_ino}
     stack = [(top, False)]
     while stack:
         path, emptied = stack.pop()
@@ -116,11 +126,20 @@ def _remove_tree(fs: FileSystem, top: str) -> None:
             fs.rmdir(path)
             continue
         stack.append((path, True))
-        for entry in list(fs.scandir(path)):
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((entry.path, False))
-            else:
-                fs.unlink(entry.path)
+        entries = list(fs.scandir(path))
+        dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
+        others = [e for e in entries if not e.is_dir(follow_symlinks=False)]
+        for entry in dirs:  # all checked before anything here is removed
+            if entry.inode_number in visited:
+                raise Corrupted(
+                    "directory cycle, or a directory with two names "
+                    f"(inode {entry.inode_number}): {entry.path}",
+                    entry.path,
+                )
+            visited.add(entry.inode_number)
+        for entry in others:
+            fs.unlink(entry.path)
+        stack.extend((entry.path, False) for entry in dirs)
 
 
 # -- mv ---------------------------------------------------------------------------------

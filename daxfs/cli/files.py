@@ -9,6 +9,14 @@ their helpers (listing, modes, owners, times); each has its ``run_<name>``.
 
 The first error ends the command (one line on stderr, exit 1); output
 already printed stays.
+
+An image is untrusted input.  Names and link targets are printed with their
+control characters shown as '?' (``printable``), so a crafted name cannot
+drive the terminal; every name is checked before it becomes part of a path
+(scandir does it); ``tree`` keeps its own stack (no recursion, whatever the
+depth) and enters each directory once, so a cycle or a directory with two
+names ends it with an error instead of running forever; ``cat`` refuses to
+write into an image the command has mounted (its output a link to it).
 """
 
 from __future__ import annotations
@@ -34,9 +42,10 @@ from daxfs.cli.common import (
     add_persist_option,
     image_operand,
     naming,
+    printable,
     short,
 )
-from daxfs.errors import NotADirectory
+from daxfs.errors import Corrupted, InvalidArgument, NotADirectory
 from daxfs.fs.filesystem import FileSystem
 
 
@@ -157,15 +166,15 @@ def _directory_rows(fs: FileSystem, path: str, all_: bool) -> list[Row]:
 def _print_rows(rows: list[Row], args: argparse.Namespace, total: bool) -> None:
     if not args.long:
         for row in rows:
-            print(row[0])
+            print(printable(row[0]))
         return
     if total:
         print(f"total {sum(row[1].st_blocks for row in rows) // 2}")
     cells = []
     for name, s, fs, path in rows:
-        shown = name
+        shown = printable(name)
         if st.S_ISLNK(s.st_mode):
-            shown += f" -> {os.fsdecode(fs.readlink(path))}"
+            shown += f" -> {printable(os.fsdecode(fs.readlink(path)))}"
         cells.append(
             (
                 st.filemode(s.st_mode),
@@ -219,8 +228,8 @@ def run_tree(args: argparse.Namespace) -> int:
             with naming(op.image):
                 if not fs.isdir(op.path):
                     raise NotADirectory(f"not a directory: {op.path}", op.path)
-                print(op.text)
-                for line, is_dir in _tree_lines(fs, op.path, "", 1, args):
+                print(printable(op.text))
+                for line, is_dir in _tree_lines(fs, op.path, args):
                     print(line)
                     ndirs += is_dir
                     nfiles += not is_dir
@@ -228,23 +237,46 @@ def run_tree(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tree_lines(
-    fs: FileSystem, path: str, prefix: str, depth: int, args: argparse.Namespace
-) -> Iterator[tuple[str, bool]]:
+def _tree_lines(fs: FileSystem, top: str, args: argparse.Namespace) -> Iterator[tuple[str, bool]]:
+    """The lines under ``top``, with whether each names a directory: depth first, no recursion.
+
+    Raises:
+        Corrupted: a directory met a second time (a cycle, or two names).
+        and what scandir and readlink raise.
+    """
+    visited = {fs.stat(top).st_ino}
+    stack = [(iter(_tree_entries(fs, top, args)), "", 1)]
+    while stack:
+        entries, prefix, depth = stack[-1]
+        nxt = next(entries, None)
+        if nxt is None:
+            stack.pop()
+            continue
+        entry, last = nxt
+        name = printable(entry.name)
+        if entry.is_symlink():
+            name += f" -> {printable(os.fsdecode(fs.readlink(entry.path)))}"
+        yield prefix + ("└── " if last else "├── ") + name, _is_dir(entry)
+        descend = entry.is_dir(follow_symlinks=False)
+        if descend and (args.level is None or depth < args.level):
+            if entry.inode_number in visited:
+                raise Corrupted(
+                    "directory cycle, or a directory with two names "
+                    f"(inode {entry.inode_number}): {entry.path}",
+                    entry.path,
+                )
+            visited.add(entry.inode_number)
+            more = prefix + ("    " if last else "│   ")
+            stack.append((iter(_tree_entries(fs, entry.path, args)), more, depth + 1))
+
+
+def _tree_entries(fs: FileSystem, path: str, args: argparse.Namespace) -> list[tuple[Any, bool]]:
+    """The entries of ``path`` that tree shows, sorted, each with whether it is the last."""
     entries = sorted(
         (e for e in fs.scandir(path) if args.all or not e.name.startswith(".")),
         key=lambda e: e.name,
     )
-    for i, entry in enumerate(entries):
-        last = i == len(entries) - 1
-        name = entry.name
-        if entry.is_symlink():
-            name += f" -> {os.fsdecode(fs.readlink(entry.path))}"
-        yield prefix + ("└── " if last else "├── ") + name, _is_dir(entry)
-        descend = entry.is_dir(follow_symlinks=False)
-        if descend and (args.level is None or depth < args.level):
-            more = prefix + ("    " if last else "│   ")
-            yield from _tree_lines(fs, entry.path, more, depth + 1, args)
+    return [(e, i == len(entries) - 1) for i, e in enumerate(entries)]
 
 
 def _is_dir(entry: Any) -> bool:
@@ -276,9 +308,9 @@ def run_stat(args: argparse.Namespace) -> int:
             fs = mounts.get(op.image)
             with naming(op.image):
                 s = fs.stat(op.path) if args.follow else fs.lstat(op.path)
-                name = op.text
+                name = printable(op.text)
                 if st.S_ISLNK(s.st_mode):
-                    name += f" -> {os.fsdecode(fs.readlink(op.path))}"
+                    name += f" -> {printable(os.fsdecode(fs.readlink(op.path)))}"
             kind = _KINDS.get(st.S_IFMT(s.st_mode), "unknown")
             if st.S_ISREG(s.st_mode) and s.st_size == 0:
                 kind = "regular empty file"
@@ -353,12 +385,23 @@ def run_cat(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
+    output = _output_identity(out)
     with Mounts(args.persist) as mounts:
         for op in ops:
             assert op.image is not None
             fs = mounts.get(op.image)
+            if output is not None and mounts.holds(output):
+                raise InvalidArgument(f"{op.image}: input file is output file", op.image)
             with naming(op.image), cast(io.RawIOBase, fs.open(op.path, "rb", buffering=0)) as f:
                 while n := f.readinto(buf):
                     out.write(view[:n])
     out.flush()
     return 0
+
+
+def _output_identity(out: Any) -> os.stat_result | None:
+    """What stdout is (None if it is no file: a test's capture, a closed descriptor)."""
+    try:
+        return os.fstat(out.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None

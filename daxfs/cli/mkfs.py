@@ -4,7 +4,9 @@ A missing image file is created at ``--size``; an existing file or device is
 used whole unless ``--size`` says less (a smaller file is grown).  mkfs
 refuses to overwrite a filesystem or data it does not recognise unless
 ``--force``.  If mkfs created the file and then failed, the file is removed,
-so a failed mkfs leaves nothing behind.
+so a failed mkfs leaves nothing behind.  A size no file can have (past
+MAX_SIZE, the largest offset of a host file) is refused before anything is
+touched; every error names the image.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from daxfs.cli.common import (
     human,
     parse_size,
     progress_wanted,
+    with_context,
 )
 from daxfs.errors import Exists, InvalidArgument, NotFound
 from daxfs.fs.layout import BLOCK_SIZE, MIN_FS_SIZE
 from daxfs.fs.mkfs import MAX_LABEL
 from daxfs.fs.mount import mkfs
+
+MAX_SIZE = (1 << 63) - 1  # off_t: no host file is larger
 
 
 def register(sub: Any) -> None:
@@ -70,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
                 os.unlink(image)
         if isinstance(exc, FileExistsError) and exc.strerror:
             raise Exists(exc.strerror.replace("force=True", "--force"), image) from None
+        if isinstance(exc, OSError) and not _names(exc, image):
+            raise with_context(exc, f"cannot make a daxfs on {image}") from None
         raise
     size_bytes = sb.block_count * BLOCK_SIZE
     print(f"created a daxfs filesystem on {image}")
@@ -86,7 +93,7 @@ def _check_arguments(image: str, size: int | None, label: str) -> None:
 
     Raises:
         NotFound: no such image and no --size to create it.
-        InvalidArgument: size below the minimum, label too long.
+        InvalidArgument: size below the minimum or above MAX_SIZE, label too long.
     """
     if size is None and not os.path.exists(image):
         raise NotFound(f"no such file or device: {image} (give --size to create it)", image)
@@ -94,6 +101,19 @@ def _check_arguments(image: str, size: int | None, label: str) -> None:
         raise InvalidArgument(
             f"{image}: a daxfs needs at least {MIN_FS_SIZE >> 20} MiB, got {size} bytes", image
         )
+    if size is not None and size > MAX_SIZE:
+        raise InvalidArgument(
+            f"{image}: a size of {size} bytes is larger than any file can be "
+            f"({human(MAX_SIZE + 1)})",
+            image,
+        )
     encoded = label.encode("utf-8", "surrogateescape")
     if len(encoded) > MAX_LABEL or "\0" in label:
         raise InvalidArgument(f"label must be at most {MAX_LABEL} UTF-8 bytes: {label!r}")
+
+
+def _names(exc: OSError, image: str) -> bool:
+    """Whether the error already says which image it is about."""
+    if exc.filename is not None:
+        return True
+    return bool(exc.strerror) and image in str(exc.strerror)

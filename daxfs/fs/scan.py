@@ -1,4 +1,20 @@
-"""scandir and walk over a daxfs filesystem, as os.scandir and os.walk."""
+"""scandir and walk over a daxfs filesystem, as os.scandir and os.walk.
+
+Names and trees read from media are untrusted (a crafted image, or a bug of
+ours), so these two hold on their own, whatever the directory layer checks:
+
+1. Every name scandir yields is one path component: non-empty, neither "."
+   nor "..", without "/" or NUL, at most 255 bytes (``check_entry_name``);
+   a listing that holds another is EUCLEAN, naming the directory.
+2. walk enters each directory at most once (by inode number).  A directory
+   reached again -- a cycle, or a directory with two names, both damage in
+   daxfs, which has no hard links to directories -- is reported to
+   ``onerror`` as EUCLEAN (ELOOP when reached through a symbolic link with
+   ``followlinks``) and not entered, so every walk ends, after at most one
+   listing per directory.
+3. walk keeps its own stack, so depth costs no recursion; a path grows by
+   one component per level and is bounded by the longest path (4095 bytes).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +23,8 @@ import stat as st
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
-from daxfs.errors import NotADirectory
-from daxfs.fs.layout import DT_DIR, DT_LNK, DT_REG
+from daxfs.errors import Corrupted, NotADirectory, TooManyLinks, naming
+from daxfs.fs.layout import DT_DIR, DT_LNK, DT_REG, MAX_NAME
 from daxfs.fs.namei import Path, fspath
 from daxfs.lifecycle import Closeable
 
@@ -16,6 +32,19 @@ if TYPE_CHECKING:
     from daxfs.fs.filesystem import FileSystem
 
 BATCH = 1024
+
+
+def check_entry_name(name: str | bytes, where: str) -> None:
+    """Refuse a name, read from a directory ``where``, that is not one path component.
+
+    Raises:
+        Corrupted (EUCLEAN): empty, "." or "..", holds "/" or NUL, or over
+            255 bytes; the message names the directory (and ends with it).
+    """
+    raw = os.fsencode(name)
+    if raw in (b"", b".", b"..") or b"/" in raw or b"\0" in raw or len(raw) > MAX_NAME:
+        shown = os.fsdecode(raw[:64]) + ("..." if len(raw) > 64 else "")
+        raise Corrupted(f"bad name {shown!r} in directory {where}", where)
 
 
 class DirEntry:
@@ -86,6 +115,7 @@ class ScandirIterator(Closeable):
             self._inode, shown = fs._existing(path)
             if not self._inode.is_dir:
                 raise NotADirectory(f"not a directory: {shown}", shown)
+        self._shown = shown
         self._prefix = raw if raw.endswith(b"/") else raw + b"/"
         self._after: tuple[int, int] | None = None
         self._batch: list[DirEntry] = []
@@ -106,8 +136,9 @@ class ScandirIterator(Closeable):
     def _fetch(self) -> None:
         fs = self._fs
         out: list[DirEntry] = []
-        with fs._lock:
+        with naming(self._shown), fs._lock:
             for pos, name, ino, dtype in fs.dirs.entries(fs.store, self._inode, self._after):
+                check_entry_name(name, self._shown)
                 full = self._prefix + name
                 if self._bytes:
                     out.append(DirEntry(fs, name, full, ino, dtype))
@@ -120,6 +151,11 @@ class ScandirIterator(Closeable):
                 self._done = True
         out.reverse()
         self._batch = out
+
+    @property
+    def dir_ino(self) -> int:
+        """The inode number of the directory being listed."""
+        return self._inode.ino
 
     def close(self) -> None:
         self._done = True
@@ -137,39 +173,66 @@ def walk(
     onerror: Callable[[OSError], None] | None,
     followlinks: bool,
 ) -> Iterator[tuple[Any, list[Any], list[Any]]]:
-    """os.walk over ``fs``."""
-    stack: list[Any] = [os.fspath(top)]
+    """os.walk over ``fs``, entering each directory once (see the module docstring)."""
+    visited: set[int] = set()
+    # ("scan", path, through a link) or ("yield", path, dirs, files): bottom-up output
+    stack: list[tuple[Any, ...]] = [("scan", os.fspath(top), False)]
     while stack:
-        top_path = stack.pop()
-        if isinstance(top_path, tuple):  # bottom-up: yield after children
-            yield top_path
+        item = stack.pop()
+        if item[0] == "yield":
+            yield item[1], item[2], item[3]
             continue
-        dirs: list[Any] = []
-        files: list[Any] = []
+        _, path, via_link = item
         try:
-            with scandir(fs, top_path) as it:
-                entries = list(it)
+            entries = _enter(fs, path, via_link, visited)
         except OSError as exc:
             if onerror is not None:
                 onerror(exc)
             continue
-        walk_into = []
+        dirs: list[Any] = []
+        files: list[Any] = []
+        links: dict[Any, bool] = {}
         for entry in entries:
             try:
                 is_dir = entry.is_dir()
             except OSError:  # a link loop, ...: not a directory, as os.walk says
                 is_dir = False
             (dirs if is_dir else files).append(entry.name)
-            if is_dir and (followlinks or not entry.is_symlink()):
-                walk_into.append(entry.path)
+            links[entry.name] = entry.is_symlink()
         if topdown:
-            yield top_path, dirs, files
-            join = os.path.join
-            stack.extend(
-                join(top_path, d)
-                for d in reversed(dirs)
-                if followlinks or not fs.islink(join(top_path, d))
-            )
+            yield path, dirs, files
+            children = [(d, links.get(d)) for d in dirs]  # as the caller left ``dirs``
         else:
-            stack.append((top_path, dirs, files))
-            stack.extend(reversed(walk_into))
+            stack.append(("yield", path, dirs, files))
+            children = [(d, links[d]) for d in dirs]
+        for name, is_link in reversed(children):
+            child = os.path.join(path, name)
+            if is_link is None:  # a name the caller added: ask
+                try:
+                    is_link = fs.islink(child)
+                except OSError:
+                    is_link = False
+            if followlinks or not is_link:
+                stack.append(("scan", child, is_link))
+
+
+def _enter(fs: FileSystem, path: Any, via_link: bool, visited: set[int]) -> list[DirEntry]:
+    """The entries of directory ``path``, if it was not entered before.
+
+    Raises:
+        Corrupted: entered before (a cycle, or a second name of a directory).
+        TooManyLinks: entered before, reached through a symbolic link.
+        and what scandir raises.
+    """
+    with scandir(fs, path) as it:
+        if it.dir_ino in visited:
+            shown = os.fsdecode(path)
+            if via_link:
+                raise TooManyLinks(f"symbolic link loop, not followed: {shown}", shown)
+            raise Corrupted(
+                f"directory cycle, or a directory with two names "
+                f"(inode {it.dir_ino}), not entered again: {shown}",
+                shown,
+            )
+        visited.add(it.dir_ino)
+        return list(it)
