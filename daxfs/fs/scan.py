@@ -6,12 +6,14 @@ ours), so these two hold on their own, whatever the directory layer checks:
 1. Every name scandir yields is one path component: non-empty, neither "."
    nor "..", without "/" or NUL, at most 255 bytes (``check_entry_name``);
    a listing that holds another is EUCLEAN, naming the directory.
-2. walk enters each directory at most once (by inode number).  A directory
-   reached again -- a cycle, or a directory with two names, both damage in
-   daxfs, which has no hard links to directories -- is reported to
-   ``onerror`` as EUCLEAN (ELOOP when reached through a symbolic link with
-   ``followlinks``) and not entered, so every walk ends, after at most one
-   listing per directory.
+2. walk enters each directory at most once by a path of plain entries (by
+   inode number).  A directory reached so again -- a cycle, or a directory
+   with two names, both damage in daxfs, which has no hard links to
+   directories -- is reported to ``onerror`` as EUCLEAN and not entered.
+   With ``followlinks``, a directory reached through a symbolic link may be
+   walked again under that name, as os.walk does, unless it is one of the
+   directories above it on its path (a loop): that is reported as ELOOP and
+   not entered.  So every walk ends.
 3. walk keeps its own stack, so depth costs no recursion; a path grows by
    one component per level and is bounded by the longest path (4095 bytes).
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import os
 import stat as st
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from daxfs.errors import Corrupted, NotADirectory, TooManyLinks, naming
 from daxfs.fs.layout import DT_DIR, DT_LNK, DT_REG, MAX_NAME
@@ -173,18 +175,18 @@ def walk(
     onerror: Callable[[OSError], None] | None,
     followlinks: bool,
 ) -> Iterator[tuple[Any, list[Any], list[Any]]]:
-    """os.walk over ``fs``, entering each directory once (see the module docstring)."""
-    visited: set[int] = set()
-    # ("scan", path, through a link) or ("yield", path, dirs, files): bottom-up output
-    stack: list[tuple[Any, ...]] = [("scan", os.fspath(top), False)]
+    """os.walk over ``fs``; every walk ends (see the module docstring)."""
+    visited: set[int] = set()  # directories entered by paths without links
+    # ("scan", _Way) or ("yield", path, dirs, files): bottom-up output
+    stack: list[tuple[Any, ...]] = [("scan", _Way(os.fspath(top), False, ()))]
     while stack:
         item = stack.pop()
         if item[0] == "yield":
             yield item[1], item[2], item[3]
             continue
-        _, path, via_link = item
+        way: _Way = item[1]
         try:
-            entries = _enter(fs, path, via_link, visited)
+            ino, entries = _enter(fs, way, visited)
         except OSError as exc:
             if onerror is not None:
                 onerror(exc)
@@ -200,39 +202,52 @@ def walk(
             (dirs if is_dir else files).append(entry.name)
             links[entry.name] = entry.is_symlink()
         if topdown:
-            yield path, dirs, files
+            yield way.path, dirs, files
             children = [(d, links.get(d)) for d in dirs]  # as the caller left ``dirs``
         else:
-            stack.append(("yield", path, dirs, files))
+            stack.append(("yield", way.path, dirs, files))
             children = [(d, links[d]) for d in dirs]
+        above = (*way.above, ino)
         for name, is_link in reversed(children):
-            child = os.path.join(path, name)
+            child = os.path.join(way.path, name)
             if is_link is None:  # a name the caller added: ask
                 try:
                     is_link = fs.islink(child)
                 except OSError:
                     is_link = False
             if followlinks or not is_link:
-                stack.append(("scan", child, is_link))
+                stack.append(("scan", _Way(child, way.through_link or is_link, above)))
 
 
-def _enter(fs: FileSystem, path: Any, via_link: bool, visited: set[int]) -> list[DirEntry]:
-    """The entries of directory ``path``, if it was not entered before.
+class _Way(NamedTuple):
+    """How walk reached a directory: its path, whether through a symbolic link,
+    and the inode numbers of the directories above it on that path."""
+
+    path: Any
+    through_link: bool
+    above: tuple[int, ...]
+
+
+def _enter(fs: FileSystem, way: _Way, visited: set[int]) -> tuple[int, list[DirEntry]]:
+    """(inode number, entries) of the directory ``way`` reaches, unless walked already.
 
     Raises:
-        Corrupted: entered before (a cycle, or a second name of a directory).
-        TooManyLinks: entered before, reached through a symbolic link.
+        Corrupted: reached again by plain entries (a cycle, or a second name).
+        TooManyLinks: reached through a symbolic link, and above itself (a loop).
         and what scandir raises.
     """
-    with scandir(fs, path) as it:
-        if it.dir_ino in visited:
-            shown = os.fsdecode(path)
-            if via_link:
+    shown = os.fsdecode(way.path)
+    with scandir(fs, way.path) as it:
+        ino = it.dir_ino
+        if way.through_link:
+            if ino in way.above:
                 raise TooManyLinks(f"symbolic link loop, not followed: {shown}", shown)
+        elif ino in visited:
             raise Corrupted(
                 f"directory cycle, or a directory with two names "
-                f"(inode {it.dir_ino}), not entered again: {shown}",
+                f"(inode {ino}), not entered again: {shown}",
                 shown,
             )
-        visited.add(it.dir_ino)
-        return list(it)
+        else:
+            visited.add(ino)
+        return ino, list(it)

@@ -473,6 +473,20 @@ def test_walk_visits_each_directory_once(cycle_image: Path) -> None:
     assert all(e.errno == errno.EUCLEAN for e in errors), errors
 
 
+def test_walk_with_followlinks_ends_at_a_link_loop(shm_dir: Path) -> None:
+    """A link to a directory is walked again under its name (as os.walk); a loop is not."""
+    path = shm_dir / "links.img"
+    daxfs.mkfs(path, SIZE)
+    errors: list[OSError] = []
+    with daxfs.mount(path) as fs:
+        fs.makedirs("/d/e")
+        fs.symlink("/d", "/ld")
+        fs.symlink("/d", "/d/e/up")  # a loop: /d/e/up/e/up/...
+        walked = list(itertools.islice(fs.walk("/", onerror=errors.append, followlinks=True), 50))
+    assert sorted(top for top, _, _ in walked) == ["/", "/d", "/d/e", "/ld", "/ld/e"]
+    assert [e.errno for e in errors] == [errno.ELOOP, errno.ELOOP]
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "argv",
