@@ -45,10 +45,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import itertools
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from daxfs.errors import IOFailure, NoSpace
 from daxfs.fs.fsck import fsck
@@ -329,6 +330,143 @@ def check_faults(
     raise FaultCheckFailed(f"{kind}: faults still firing after {max_points} points")
 
 
+def recovery_image(size: int = DEFAULT_SIZE) -> bytes:
+    """An image whose mount has work to do: an unlinked file still on the orphan list
+    (it was open), and a batched truncate begun but unfinished, its last transaction
+    committed and perhaps not applied -- the power failed at the first fence after
+    which the truncate had begun."""
+    from daxfs.fs.file import File
+
+    dev = SimulatedPmem(size)
+    mkfs(dev)
+    with mount(dev) as fs:
+        with fs.open("/a", "wb", buffering=0) as f:
+            f.write(b"a" * 20_000)
+        with cast("File", fs.open("/frag", "wb", buffering=0)) as f:
+            for i in range(300):  # more extents than one truncate transaction frees
+                f.pwrite(b"f" * 100, 2 * i * 4096)
+        with fs.open("/gone", "wb", buffering=0) as f:
+            f.write(b"g" * 50_000)
+    image = dev.read(0, size)
+    for fence in range(1, 50):
+        dev = SimulatedPmem(size, image=image)
+        fs = mount(dev)
+        held = fs.open("/gone", "rb", buffering=0)
+        fs.unlink("/gone")  # open: it stays on the orphan list
+        frag = cast("File", fs.open("/frag", "rb+", buffering=0))
+        dev.schedule_power_failure(fence)
+        try:
+            frag.truncate(4096)  # batched: the inode is on the orphan list meanwhile
+        except PowerFailure:
+            pass
+        else:  # pragma: no cover - the truncate is batched
+            raise AssertionError("the truncate finished before its last fence")
+        for file in (held, frag):  # the power is off: their close cannot reach the device
+            with contextlib.suppress(PowerFailure):
+                file.close()
+        state = dev.persisted_image()
+        with mount(SimulatedPmem(size, image=state)) as probe:
+            if probe.stat("/frag").st_size == 4096:
+                return state
+    raise AssertionError("no fence of the truncate leaves it begun")  # pragma: no cover
+
+
+def check_mount_faults(
+    kind: str,
+    *,
+    image: bytes | None = None,
+    persistent: bool = False,
+    error: int | None = None,
+    states: int = 2,
+    max_points: int = 5000,
+) -> FaultReport:
+    """Fail the n-th ``kind`` operation of a mount that recovers (replay, orphans),
+    for every n: the mount raises an OSError or succeeds; the image then mounts,
+    passes fsck and holds what a mount without faults finds.
+
+    Raises:
+        FaultCheckFailed.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown fault kind {kind!r}: one of {KINDS}")
+    code = error if error is not None else (errno.ENOSPC if kind == "alloc" else errno.EIO)
+    if image is None:
+        image = recovery_image()
+    size = len(image)
+    expect = {"recovered": _observe(image, size)}
+    report = FaultReport(kind, persistent)
+    for n in range(1, max_points + 1):
+        mode = "persistent" if persistent else "transient"
+        where = f"mount: {kind} fault #{n} ({mode}, {errno.errorcode.get(code, code)})"
+        dev = FaultyPmem(size, image=image)
+        if kind == "alloc":  # allocations happen while mount reaps: count them there
+            fault = Fault("alloc", n, persistent, code)
+        else:
+            fault = dev.arm(kind, n, persistent=persistent, error=code)
+        try:
+            fs = _mount_counting_allocations(dev, fault) if kind == "alloc" else mount(dev)
+            fs.unmount()
+            completed = True
+        except OSError:
+            completed = False
+        except BaseException as exc:
+            raise FaultCheckFailed(
+                f"{where}: mount raised {type(exc).__name__}: {exc} (not an OSError)"
+            ) from exc
+        if not fault.fired:
+            return report
+        report.points += 1
+        report.completed += completed
+        report.raised += not completed
+        crashes = [dev.crash(n)] if states == 1 else dev.crash_states(limit=states, seed=n)
+        for state in itertools.islice(crashes, states):
+            _check_image(state, expect, f"{where}, then a power failure")
+            report.states += 1
+            report.after_seen += 1
+        dev.disarm()
+        _check_image(SimulatedPmem(size, image=dev.image()), expect, f"{where}, then a reboot")
+        report.states += 1
+        report.after_seen += 1
+    raise FaultCheckFailed(f"mount: {kind} faults still firing after {max_points} points")
+
+
+def _mount_counting_allocations(dev: FaultyPmem, fault: Fault) -> FileSystem:
+    """mount(dev) with ``fault`` planted in every allocator and inode table (the mount
+    builds its own, then reaps orphans and finishes truncates with them)."""
+    from daxfs.fs.alloc import Allocator
+    from daxfs.fs.inode import InodeTable
+
+    depth = [0]
+    targets: list[tuple[type, str]] = [
+        (Allocator, "alloc"),
+        (Allocator, "alloc_one"),
+        (InodeTable, "allocate"),
+    ]
+    saved = [(cls, name, cls.__dict__[name]) for cls, name in targets]
+
+    def wrap(real: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            if depth[0] == 0:
+                exc = fault.hit()
+                if exc is not None:
+                    raise exc
+            depth[0] += 1
+            try:
+                return real(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        return counted
+
+    for cls, name, real in saved:
+        setattr(cls, name, wrap(real))
+    try:
+        return mount(dev)
+    finally:
+        for cls, name, real in saved:
+            setattr(cls, name, real)
+
+
 def _run_faulted(
     fs: FileSystem,
     dev: FaultyPmem,
@@ -512,39 +650,72 @@ def main(argv: list[str] | None = None) -> int:
         choices=["transient", "persistent"],
     )
     parser.add_argument("--states", type=int, default=2, help="crash states per fault point")
+    parser.add_argument(
+        "--error",
+        choices=("EIO", "ENOSPC"),
+        default=None,
+        help="the error faults raise (default: EIO for the device, ENOSPC for allocations)",
+    )
+    parser.add_argument(
+        "--no-mount", action="store_true", help="skip the faults inside a recovering mount"
+    )
     args = parser.parse_args(argv)
+    code = getattr(errno, args.error) if args.error else None
     if "" not in sys.path:
         sys.path.insert(0, "")
     operations = load_operations(args.operations)
-    names = args.only if args.only else sorted(operations)
+    names = list(args.only) if args.only else sorted(operations)
     total = FaultReport("all", False)
     failures = 0
     start = time.monotonic()
     print(f"$ python -m daxfs.testing.faults {shlex.join(argv or sys.argv[1:])}")
+
+    def one(name: str, kind: str, mode: str, check: Callable[[], FaultReport]) -> None:
+        nonlocal failures
+        try:
+            r = check()
+        except FaultCheckFailed as exc:
+            failures += 1
+            print(f"FAIL {name} / {kind} / {mode}: {str(exc).splitlines()[0]}", flush=True)
+            return
+        total.add(r)
+        print(
+            f"ok   {name:32} {kind:6} {mode:10} points={r.points:<4} raised={r.raised:<4} "
+            f"completed={r.completed:<4} states={r.states:<4} "
+            f"before={r.before_seen:<4} after={r.after_seen}",
+            flush=True,
+        )
+
     for name in names:
         setup, op = operations[name]
         image = build_image(setup)
         for kind in args.kinds:
             for mode in args.modes:
-                try:
-                    r = check_faults(
-                        setup,
-                        op,
-                        kind,
-                        persistent=mode == "persistent",
-                        states=args.states,
-                        image=image,
-                    )
-                except FaultCheckFailed as exc:
-                    failures += 1
-                    print(f"FAIL {name} / {kind} / {mode}: {str(exc).splitlines()[0]}")
-                    continue
-                total.add(r)
-                print(
-                    f"ok   {name:32} {kind:6} {mode:10} points={r.points:<4} raised={r.raised:<4} "
-                    f"completed={r.completed:<4} states={r.states:<4} "
-                    f"before={r.before_seen:<4} after={r.after_seen}"
+                check = functools.partial(
+                    check_faults,
+                    setup,
+                    op,
+                    kind,
+                    persistent=mode == "persistent",
+                    error=code,
+                    states=args.states,
+                    image=image,
                 )
+                one(name, kind, mode, check)
+    if not args.no_mount:
+        names.append("mount (recovery)")
+        recovering = recovery_image()
+        for kind in args.kinds:
+            for mode in args.modes:
+                check = functools.partial(
+                    check_mount_faults,
+                    kind,
+                    image=recovering,
+                    persistent=mode == "persistent",
+                    error=code,
+                    states=args.states,
+                )
+                one("mount (recovery)", kind, mode, check)
     print(
         f"fault points tried: {total.points} ({total.raised} raised an OSError, "
         f"{total.completed} completed); images mounted and fsck'ed: {total.states} "

@@ -12,6 +12,7 @@ import pytest
 import daxfs
 from daxfs.errors import NoSpace
 from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.fsck import fsck
 from daxfs.testing.faults import (
     DEVICE_KINDS,
     KINDS,
@@ -20,8 +21,10 @@ from daxfs.testing.faults import (
     FlakyPmem,
     build_image,
     check_faults,
+    check_mount_faults,
     failing_allocations,
     main,
+    recovery_image,
 )
 from tests.crash.test_fs_ops import OPERATIONS, base
 
@@ -230,7 +233,60 @@ def test_every_fault_point_of_every_operation(name: str, kind: str, persistent: 
 
 
 def test_command_line_prints_the_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--only", "mkdir", "--kinds", "drain", "--modes", "transient"]) == 0
+    argv = ["--only", "mkdir", "--kinds", "drain", "--modes", "transient", "--no-mount"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "$ python -m daxfs.testing.faults --only mkdir" in out
     assert "fault points tried: 3 (3 raised an OSError" in out
+
+
+# -- faults inside a mount that recovers ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recovering() -> bytes:
+    return recovery_image()
+
+
+def test_recovery_image_has_work_for_mount(recovering: bytes) -> None:
+    """A transaction to replay, an orphan to reap, a batched truncate to finish."""
+    dev = FaultyPmem(len(recovering), image=recovering)
+    fault = dev.arm("drain", 10**9)
+    with daxfs.mount(dev) as fs:
+        assert sorted(fs.listdir("/")) == ["a", "frag"]
+        assert fs.stat("/frag").st_blocks < 100  # the truncate finished (it held 2432)
+    assert fault.seen > 3
+    assert fsck(dev).clean
+
+
+@pytest.mark.parametrize("kind", ["drain", "read"])  # write too, in the slow run
+def test_every_fault_point_of_a_recovering_mount(recovering: bytes, kind: str) -> None:
+    report = check_mount_faults(kind, image=recovering, states=1)
+    assert report.points >= 1
+    assert report.raised + report.completed == report.points
+
+
+def test_mount_loop_reports_a_non_oserror(
+    recovering: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daxfs.fs.journal import Journal
+
+    real = Journal.recover
+
+    def recover(self: Journal) -> int:
+        try:
+            return real(self)
+        except OSError as exc:
+            raise RuntimeError("recovery replaced the error") from exc
+
+    monkeypatch.setattr(Journal, "recover", recover)
+    with pytest.raises(FaultCheckFailed, match="raised RuntimeError"):
+        check_mount_faults("write", image=recovering, states=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("persistent", [False, True])
+def test_every_fault_point_of_a_recovering_mount_slow(kind: str, persistent: bool) -> None:
+    report = check_mount_faults(kind, persistent=persistent)
+    assert report.raised + report.completed == report.points
