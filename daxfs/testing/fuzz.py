@@ -90,6 +90,8 @@ ALLOWED = {
     "reuse": {errno.EUCLEAN, errno.EIO, errno.EROFS, errno.ENOSPC, errno.EOPNOTSUPP},
 }
 WALK_LIMIT = 20_000  # names a walk visits at most (the base image has about 330)
+READ_LIMIT = 32 << 20  # bytes of a file the walk reads (a crafted size may be 2^56)
+FILE_LIMIT = 64 << 20  # RLIMIT_FSIZE of a step: no file it writes grows past this
 API_WALK_LIMIT = 100_000  # entries fs.walk may yield before it counts as running away
 Facts = list[Any]  # what a walk saw of one path (JSON-able)
 
@@ -143,6 +145,10 @@ def run_in_child(step: str, fn: Callable[[], dict[str, Any]], timeout: float) ->
             faulthandler.disable()  # a crash is reported by the parent, not dumped here
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+                # a copy that runs away (a crafted 64 PiB sparse file) dies of SIGXFSZ
+                # instead of filling the host's disk
+                resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+                signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it
             try:
                 result: dict[str, Any] = {"status": "ok", **fn()}
             except BaseException as exc:
@@ -183,8 +189,11 @@ def run_in_child(step: str, fn: Callable[[], dict[str, Any]], timeout: float) ->
     if hung:
         return StepResult(step, "hang", {"why": f"no result after {timeout:g} s"}, seconds)
     if os.WIFSIGNALED(wstatus):
-        sig = signal.Signals(os.WTERMSIG(wstatus)).name
-        return StepResult(step, "crash", {"why": f"killed by {sig}"}, seconds)
+        sig = signal.Signals(os.WTERMSIG(wstatus))
+        if sig == signal.SIGXFSZ:
+            why = f"wrote more than {FILE_LIMIT >> 20} MiB to one file: runs away (SIGXFSZ)"
+            return StepResult(step, "hang", {"why": why}, seconds)
+        return StepResult(step, "crash", {"why": f"killed by {sig.name}"}, seconds)
     code = os.WEXITSTATUS(wstatus)
     if code or not chunks:
         return StepResult(step, "crash", {"why": f"exit status {code}, no result"}, seconds)
@@ -236,18 +245,30 @@ def walk(fs: FileSystem) -> tuple[dict[str, Facts], list[dict[str, Any]]]:
             elif st.S_ISLNK(s.st_mode):
                 facts[path] = ["link", kind, s.st_nlink, fs.readlink(path)]
             else:
-                with fs.open(path, "rb") as f:
-                    data = f.read()
-                digest = hashlib.sha256(data).hexdigest()[:16]
+                digest, got = _read_hash(fs, path, min(s.st_size, READ_LIMIT))
                 facts[path] = ["file", kind, st.S_IMODE(s.st_mode), s.st_nlink, s.st_size, digest]
-                if len(data) != s.st_size:
+                if got != min(s.st_size, READ_LIMIT):
                     errors.append(
-                        {"path": path, "errno": None, "message": f"read {len(data)} of {s.st_size}"}
+                        {"path": path, "errno": None, "message": f"read {got} of {s.st_size}"}
                     )
         except OSError as exc:
             facts[path] = ["error", exc.errno]
             errors.append({"path": path, "errno": exc.errno, "message": str(exc)[:200]})
     return facts, errors
+
+
+def _read_hash(fs: FileSystem, path: str, limit: int) -> tuple[str, int]:
+    """sha256 (16 hex digits) of the first ``limit`` bytes of a file, read in chunks."""
+    h = hashlib.sha256()
+    got = 0
+    with cast("File", fs.open(path, "rb", buffering=0)) as f:
+        while got < limit:
+            chunk = f.read(min(1 << 20, limit - got))
+            if not chunk:
+                break
+            h.update(chunk)
+            got += len(chunk)
+    return h.hexdigest()[:16], got
 
 
 def step_mount(image: str) -> dict[str, Any]:
