@@ -7,7 +7,7 @@ find bugs (docs/ARCHITECTURE.md, "Tools that keep bugs found"): ``crash``
 (crash at every fence), ``faults`` (fail the N-th device operation or
 allocation), ``fsx`` (model-checked random workload on one file),
 ``nsstress`` and ``stress`` (threaded namespace stress, ``daxfs stress``),
-``corrupt`` and ``fuzz`` (the corrupted-image fuzzer).
+``images``, ``corrupt``, ``child`` and ``fuzz`` (the corrupted-image fuzzer).
 """
 
 from daxfs.testing.simulated import PowerFailure, SimulatedPmem

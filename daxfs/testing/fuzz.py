@@ -10,7 +10,8 @@ recomputed, and runs these steps on it, each in a forked child with a
 timeout (so that a hang or a crash of the interpreter is seen, not suffered)::
 
     mount   mount a copy read-write (recovery runs) and walk it: every name
-            looked up, every file read, every link read; unmount
+            looked up, every file read, every link read; then fs.walk must
+            end; unmount
     cli     on another copy: ``daxfs tree`` and ``daxfs cp -r IMAGE:/ DEST``
             through the CLI's main(); cp must write nothing outside DEST
     fsck    check only
@@ -50,30 +51,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import faulthandler
 import functools
 import hashlib
 import importlib
 import io
-import json
 import os
 import random
-import resource
-import select
 import shutil
-import signal
 import stat as st
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mount
-from daxfs.testing.corrupt import STRUCTURES, Base, Inventory, Mutation, base_images, corrupt
-from daxfs.testing.corrupt import inventory as take_inventory
+from daxfs.testing.child import StepResult, run_in_child
+from daxfs.testing.corrupt import STRUCTURES, Mutation, corrupt
+from daxfs.testing.images import Base, Inventory, base_images
+from daxfs.testing.images import inventory as take_inventory
 
 if TYPE_CHECKING:
     from daxfs.fs.file import File
@@ -91,131 +88,8 @@ ALLOWED = {
 }
 WALK_LIMIT = 20_000  # names a walk visits at most (the base image has about 330)
 READ_LIMIT = 32 << 20  # bytes of a file the walk reads (a crafted size may be 2^56)
-FILE_LIMIT = 64 << 20  # RLIMIT_FSIZE of a step: no file it writes grows past this
 API_WALK_LIMIT = 100_000  # entries fs.walk may yield before it counts as running away
 Facts = list[Any]  # what a walk saw of one path (JSON-able)
-
-
-# --------------------------------------------------------------------------- children
-
-
-@dataclasses.dataclass
-class StepResult:
-    """What a step did: ``status`` is ok, error (an exception), hang or crash."""
-
-    step: str
-    status: str
-    data: dict[str, Any] = dataclasses.field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def describe(self) -> str:
-        d = self.data
-        if self.status == "error":
-            where = f" at {d['where']}" if d.get("where") else ""
-            return f"{d['type']}(errno={d.get('errno')}): {d['message']}{where}"
-        if self.status in ("hang", "crash"):
-            return str(d.get("why", self.status))
-        return "ok"
-
-
-def _address_limit() -> int:
-    """The child's address-space limit: what it has now plus 2 GiB (a runaway
-    allocation fails with MemoryError rather than taking the machine down)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024 + (2 << 30)
-    return resource.RLIM_INFINITY
-
-
-def run_in_child(step: str, fn: Callable[[], dict[str, Any]], timeout: float) -> StepResult:
-    """Run ``fn`` in a forked child; its dict comes back as JSON through a pipe."""
-    limit = _address_limit()
-    start = time.monotonic()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        status = 0
-        try:
-            os.close(r)
-            faulthandler.disable()  # a crash is reported by the parent, not dumped here
-            with contextlib.suppress(ValueError, OSError):
-                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-                # a copy that runs away (a crafted 64 PiB sparse file) dies of SIGXFSZ
-                # instead of filling the host's disk
-                resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
-                signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it
-            try:
-                result: dict[str, Any] = {"status": "ok", **fn()}
-            except BaseException as exc:
-                result = {"status": "error", **describe_exception(exc)}
-            payload = json.dumps(result, default=repr).encode()
-            view = memoryview(payload)
-            while view:
-                n = os.write(w, view)
-                view = view[n:]
-        except BaseException:
-            status = 3
-        finally:
-            os._exit(status)
-    os.close(w)
-    chunks: list[bytes] = []
-    deadline = start + timeout
-    hung = False
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                hung = True
-                break
-            ready, _, _ = select.select([r], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(r, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        if hung:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _, wstatus = os.waitpid(pid, 0)
-    seconds = time.monotonic() - start
-    if hung:
-        return StepResult(step, "hang", {"why": f"no result after {timeout:g} s"}, seconds)
-    if os.WIFSIGNALED(wstatus):
-        sig = signal.Signals(os.WTERMSIG(wstatus))
-        if sig == signal.SIGXFSZ:
-            why = f"wrote more than {FILE_LIMIT >> 20} MiB to one file: runs away (SIGXFSZ)"
-            return StepResult(step, "hang", {"why": why}, seconds)
-        return StepResult(step, "crash", {"why": f"killed by {sig.name}"}, seconds)
-    code = os.WEXITSTATUS(wstatus)
-    if code or not chunks:
-        return StepResult(step, "crash", {"why": f"exit status {code}, no result"}, seconds)
-    data = json.loads(b"".join(chunks))
-    return StepResult(step, data.pop("status"), data, seconds)
-
-
-def describe_exception(exc: BaseException) -> dict[str, Any]:
-    """An exception as JSON-able facts: type, errno, message, where it was raised."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    daxfs_frames = [f for f in frames if "/daxfs/" in f.filename] or frames
-    where = ""
-    if daxfs_frames:
-        f = daxfs_frames[-1]
-        where = f"{f.filename.rsplit('/daxfs/', 1)[-1]}:{f.lineno} in {f.name}"
-    return {
-        "type": type(exc).__name__,
-        "oserror": isinstance(exc, OSError),
-        "errno": exc.errno if isinstance(exc, OSError) else None,
-        "message": str(exc)[:300],
-        "where": where,
-    }
 
 
 # --------------------------------------------------------------------------- the steps
@@ -272,9 +146,17 @@ def _read_hash(fs: FileSystem, path: str, limit: int) -> tuple[str, int]:
 
 
 def step_mount(image: str) -> dict[str, Any]:
+    """Mount, walk everything, then ``fs.walk`` (the API's own walk) must end."""
     fs = mount(image)
     try:
         facts, errors = walk(fs)
+        names = 0
+        for _, dirs, files in fs.walk("/"):
+            names += len(dirs) + len(files)
+            if names > API_WALK_LIMIT:
+                message = f"fs.walk yielded more than {API_WALK_LIMIT} names (a cycle?)"
+                errors.append({"path": "/", "errno": None, "message": message})
+                break
     finally:
         fs.unmount()
     return {"facts": facts, "errors": errors}

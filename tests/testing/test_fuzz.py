@@ -22,8 +22,9 @@ from daxfs.fs.layout import (
     JournalHeader,
     Superblock,
 )
-from daxfs.testing import corrupt
-from daxfs.testing.fuzz import Fuzzer, run_in_child
+from daxfs.testing import corrupt, images
+from daxfs.testing.child import run_in_child
+from daxfs.testing.fuzz import Fuzzer
 from tests.testing.known_bugs import FUZZ_KINDS, SLOW_SECONDS
 
 # -- the field tables are the format ---------------------------------------------------------
@@ -78,12 +79,12 @@ def test_node_and_journal_fields_match_the_layout() -> None:
 
 
 @pytest.fixture(scope="module")
-def bases() -> tuple[corrupt.Base, corrupt.Base, corrupt.Inventory]:
+def bases() -> tuple[images.Base, images.Base, images.Inventory]:
     return fuzz_mod._bases()
 
 
 def test_base_images_are_deterministic_and_hold_every_structure(
-    bases: tuple[corrupt.Base, corrupt.Base, corrupt.Inventory],
+    bases: tuple[images.Base, images.Base, images.Inventory],
 ) -> None:
     _, journal, inv = bases
     assert {n.kind for n in inv.nodes} == {"extents", "directory"}
@@ -91,14 +92,14 @@ def test_base_images_are_deterministic_and_hold_every_structure(
     assert any(count > 1 for _, count in inv.inline)
     assert len(inv.free_inodes) == 6
     assert journal.allowed[0] != journal.allowed[1]  # replaying changes something
-    again, _ = corrupt.base_images()
-    assert corrupt.inventory(again.image) == inv
+    again, _ = images.base_images()
+    assert images.inventory(again.image) == inv
 
 
 @pytest.mark.parametrize("structure", corrupt.STRUCTURES)
 @pytest.mark.parametrize("sealed", [False, True])
 def test_mutations_are_deterministic_and_accounted_for(
-    bases: tuple[corrupt.Base, corrupt.Base, corrupt.Inventory], structure: str, sealed: bool
+    bases: tuple[images.Base, images.Base, images.Inventory], structure: str, sealed: bool
 ) -> None:
     clean, journal, inv = bases
     base = journal if structure == "journal" else clean
