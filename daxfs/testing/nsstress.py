@@ -29,6 +29,13 @@ At the end, with every thread joined::
 A failure is one line: the thread, its seed, the operation and its index;
 the thread's sequence is kept for reproduction (interleavings are not
 reproducible, each thread's own sequence of operations is).
+
+Invariants
+  1. Only its owner touches a private directory, so its model is exact at
+     every moment, whatever the other threads do.
+  2. Every 8-byte word a thread writes in the shared directory is a tag it
+     recorded first (zeros aside), so a word nobody wrote is corruption.
+  3. The first failure of a thread stops every thread (``Stress.stop``).
 """
 
 from __future__ import annotations
