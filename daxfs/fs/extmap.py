@@ -174,6 +174,7 @@ class BlockMaps:
         return ext
 
     def _store_inline(self, tx: Transaction, inode: Inode, extents: list[Extent]) -> None:
+        assert len(extents) <= INLINE_EXTENTS, f"{len(extents)} extents inline"
         rec = self.itable.dirty(tx, inode)
         raw = b"".join(EXTENT.pack(e.lblk, e.pblk, e.length, e.flags) for e in extents)
         rec.inline = raw + bytes(INLINE_AREA - len(raw))

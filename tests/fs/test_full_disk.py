@@ -102,6 +102,9 @@ def build(fs: daxfs.FileSystem, fragmented: bool) -> Files:
     for i in range(400):
         pwrite(fs, files, f"/big/e{i:04}", pattern(i, 10), 0)
     pwrite(fs, files, "/victim", pattern(3, 40 * BLOCK), 0)
+    for block in range(0, 40, 3):  # a tree-mapped file with holes, renamed over later
+        pwrite(fs, files, "/tree-victim", pattern(block, BLOCK), block * BLOCK)
+    pwrite(fs, files, "/mover2", pattern(7, BLOCK), 0)
     pwrite(fs, files, "/mover", pattern(4, 3 * BLOCK), 0)
     pwrite(fs, files, "/big/victim", pattern(5, 2 * BLOCK), 0)
     pwrite(fs, files, "/big/mover", pattern(6, 2 * BLOCK), 0)
@@ -175,6 +178,7 @@ NEED_NO_BLOCK: list[Step] = [
     ("truncate inside an extent of a full inline map", truncate_step("/inline", 30 * BLOCK + 1)),
     ("truncate of a batched file into its first extent", truncate_step("/frag", 100)),
     ("truncate at an extent boundary", truncate_step("/victim", 10 * BLOCK)),
+    ("truncate into a hole", truncate_step("/tree-victim", 20 * BLOCK - 7)),
     ("truncate to zero", truncate_step("/tree", 0)),
     ("unlink a fragmented file", unlink_step("/frag")),
     ("unlink an open fragmented file", unlink_open),
@@ -182,6 +186,7 @@ NEED_NO_BLOCK: list[Step] = [
     ("rmdir in a big directory", rmdir),
     ("rename over an existing file", rename_step("/mover", "/victim")),
     ("rename over an existing file in a big directory", rename_step("/big/mover", "/big/victim")),
+    ("rename over a tree-mapped file", rename_step("/mover2", "/tree-victim")),
     ("punch whole extents", punch_step("/inline", 0, 8)),
 ]
 #: a punch inside an extent: may need a B+tree node for the part after the hole
