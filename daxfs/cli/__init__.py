@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from daxfs.cli import cp, edit, files, fsck, info, mkfs, stress
+from daxfs.cli.common import printable
 
 EXIT_ERROR = 1
 EXIT_BUG = 70
@@ -71,13 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for an error: strerror and path for OSError, the message otherwise."""
+    """One line for an error: strerror and path for OSError, the message otherwise.
+
+    The path is ``exc.filename`` (daxfs errors carry the path of the operation
+    there); it is added unless the message holds it already.  Control
+    characters (a name from a crafted image may hold any) are shown as '?'.
+    """
     if isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
         if exc.filename is not None and os.fsdecode(exc.filename) not in text:
             text += f": {os.fsdecode(exc.filename)}"
-        return text.replace("\n", " ")
-    return str(exc).replace("\n", " ")
+    else:
+        text = str(exc)
+    return printable(text.replace("\n", " "))
 
 
 def entry_point() -> None:

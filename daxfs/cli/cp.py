@@ -40,7 +40,9 @@ writes only below the destination the user named:
 
 Data streams in CHUNK-sized pieces through one buffer, with unbuffered
 (``buffering=0``) files on both sides, so a daxfs write is durable when it
-returns and memory stays flat whatever the size.  A file of PROGRESS_MIN
+returns and memory stays flat whatever the size.  Only data is copied
+(SEEK_DATA, SEEK_HOLE): holes stay holes, so a file that says it is huge
+costs what it holds, not what it says.  A file of PROGRESS_MIN
 bytes or more gets a progress bar (on a terminal).  The first error ends the
 command; a file being written when it happened is left partly written, as
 cp leaves it.
@@ -83,6 +85,8 @@ from daxfs.errors import (
 from daxfs.fs.scan import check_entry_name
 
 PROGRESS_MIN = 4 << 20
+SEEK_DATA = getattr(os, "SEEK_DATA", 3)  # as Linux numbers them (daxfs files take them too)
+SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
 
 def register(sub: Any) -> None:
@@ -340,7 +344,7 @@ class Copier:
                 elif st.S_ISREG(opened.st_mode):
                     writer.truncate(0)
                 try:
-                    self._stream(reader, writer, task)
+                    self._stream(reader, writer, task, sparse=st.S_ISREG(opened.st_mode))
                 except OSError as exc:  # which file failed is said here, once
                     text = f"copying {src.show(sp)} to {parent.show(name)}: {exc.strerror or exc}"
                     raise OSError(exc.errno, text) from None
@@ -398,9 +402,41 @@ class Copier:
             shown = parent.show(name)
             raise InvalidArgument(f"{src.show(sp)} and {shown} are the same file", shown)
 
-    def _stream(self, reader: io.RawIOBase, writer: io.RawIOBase, task: int) -> None:
+    def _stream(
+        self, reader: io.RawIOBase, writer: io.RawIOBase, task: int, *, sparse: bool
+    ) -> None:
+        """Copy ``reader`` (from its start) to ``writer``.
+
+        With ``sparse`` (the writer is a regular file) only the data is
+        copied: a hole stays a hole (a seek over it, and a truncate to the
+        size at the end), so the work and the space are those of the data,
+        whatever size a file says it has.
+        """
+        if not sparse:
+            self._copy_range(reader, writer, task, None)
+            return
+        done = 0
+        for start, end in _data_ranges(reader):
+            self.bar.advance(task, start - done)
+            reader.seek(start)
+            writer.seek(start)
+            self._copy_range(reader, writer, task, end - start)
+            done = end
+        size = reader.seek(0, os.SEEK_END)
+        self.bar.advance(task, max(0, size - done))
+        writer.truncate(size)
+
+    def _copy_range(
+        self, reader: io.RawIOBase, writer: io.RawIOBase, task: int, length: int | None
+    ) -> None:
+        """Copy ``length`` bytes (None: to the end) from the reader's position on."""
         view = memoryview(self.buf)
-        while n := reader.readinto(self.buf):
+        left = length
+        while left is None or left > 0:
+            want = CHUNK if left is None else min(CHUNK, left)
+            n = reader.readinto(view[:want])
+            if not n:
+                return
             done = 0
             while done < n:
                 wrote = writer.write(view[done:n])
@@ -408,3 +444,26 @@ class Copier:
                     raise IOFailure("short write")
                 done += wrote
             self.bar.advance(task, n)
+            if left is not None:
+                left -= n
+
+
+def _data_ranges(reader: io.RawIOBase) -> Iterator[tuple[int, int]]:
+    """The (start, end) of each run of data in ``reader``, by SEEK_DATA and SEEK_HOLE.
+
+    A file whose filesystem cannot say (EINVAL) is one run of data.
+    """
+    pos = 0
+    while True:
+        try:
+            start = reader.seek(pos, SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data past ``pos``
+                return
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP) and pos == 0:
+                yield 0, reader.seek(0, os.SEEK_END)
+                return
+            raise
+        end = reader.seek(start, SEEK_HOLE)
+        yield start, end
+        pos = end

@@ -354,6 +354,36 @@ def test_cp_still_writes_through_a_link_named_on_the_command_line(
     assert link.is_symlink()
 
 
+# -- 1b'. a file that says it is huge costs what it holds ---------------------------------
+
+
+def test_cp_copies_holes_as_holes(shm_dir: Path, run: Run) -> None:
+    """Regression: a sparse file was copied as zeros (a crafted size of 64 PiB would
+    fill the host's disk; a 1 GiB file did not fit a 32 MiB image)."""
+    path = shm_dir / "sparse.img"
+    daxfs.mkfs(path, SIZE)
+    gib = 1 << 30
+    with daxfs.mount(path) as fs, fs.open("/sparse", "wb", buffering=0) as f:
+        f.pwrite(b"head", 0)
+        f.pwrite(b"middle", gib // 2)
+        f.truncate(gib)
+    out = shm_dir / "out"
+    status, _, err = run("cp", f"{path}:/sparse", out)
+    assert (status, err) == (0, ""), err
+    assert out.stat().st_size == gib
+    assert out.stat().st_blocks * 512 < 1 << 20  # the data, not the size
+    with open(out, "rb") as f:
+        assert f.read(4) == b"head"
+        f.seek(gib // 2 - 2)
+        assert f.read(10) == b"\0\0middle\0\0"
+    status, _, err = run("cp", out, f"{path}:/back")  # 1 GiB into a 32 MiB image
+    assert (status, err) == (0, ""), err
+    with daxfs.mount(path) as fs, fs.open("/back", "rb", buffering=0) as f:
+        assert fs.stat("/back").st_size == gib
+        assert f.pread(6, gib // 2) == b"middle"
+        assert f.pread(4, 0) == b"head"
+
+
 # -- 1c. files are compared by identity, not by path ---------------------------------------
 
 
@@ -550,3 +580,4 @@ def test_describe_names_the_path_once() -> None:
     assert describe(Corrupted("bad thing", "/a/b")) == "bad thing: /a/b"
     assert describe(FileNotFoundError(errno.ENOENT, "No such file", "x")) == "No such file: x"
     assert common.printable("a\x1b]0;title\x07b\n") == "a?]0;title?b?"
+    assert describe(Corrupted("bad name 'x\x1b[2J'", "/d\x1b")) == "bad name 'x?[2J': /d?"
