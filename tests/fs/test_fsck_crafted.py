@@ -582,3 +582,27 @@ def test_backup_superblock_with_another_hash_key() -> None:
     repaired(dev)
     raw = dev.read((sb.block_count - 1) << BLOCK_SHIFT, BLOCK_SIZE)
     assert raw[:192] == dev.read(0, 192)
+
+
+def test_an_orphan_whose_map_is_damaged_is_freed() -> None:
+    """A file unlinked while open, then a crash: it waits on the orphan list for mount
+    to free it.  With its extent tree damaged, mount failed on it (before and after
+    repair); repair now frees it as mount would, and every other file is intact."""
+    dev = craft.sample()
+    fs = daxfs.mount(dev)
+    frag = fs.stat("/frag").st_ino
+    held = fs.open("/frag", "rb")  # open while unlinked: an orphan
+    root = fs.itable.get(frag).rec.map_root
+    fs.unlink("/frag")
+    crashed = dev.crash(seed=1)
+    assert not held.closed
+    assert fsck(crashed).clean  # an orphan waiting for mount is no problem
+    before = craft.observe(craft.sample(), write=False).data
+    crashed.write((root << BLOCK_SHIFT) + 100, b"\xee\xee")
+    with pytest.raises(OSError, match="checksum mismatch"):
+        daxfs.mount(crashed)
+    found(crashed, f"inode {frag}: B+tree of inode {frag}, node {root}: checksum mismatch")
+    text = repaired(crashed)
+    assert "an orphan with no link: freed, as mount would [repaired]" in text
+    after = craft.observe(crashed, write=False).data
+    assert after == {i: d for i, d in before.items() if i != frag}

@@ -385,6 +385,45 @@ def _entry_cases() -> list[tuple[str, Corrupt]]:
     ]
 
 
+@functools.cache
+def _orphan_image() -> bytes:
+    """The sample with /frag unlinked while open, then a crash: an orphan for mount."""
+    dev = craft.sample()
+    fs = daxfs.mount(dev)
+    _ABANDONED.append(fs.open("/frag", "rb"))  # never closed: the process "died"
+    fs.unlink("/frag")
+    return dev.crash(seed=0).read(0, dev.size)
+
+
+_ABANDONED: list[object] = []
+
+
+def _with_orphan(then: Corrupt | None = None) -> Corrupt:
+    """The orphan image, then ``then``."""
+
+    def corrupt(dev: Device, f: Facts) -> None:
+        dev.write(0, _orphan_image())
+        if then is not None:
+            then(dev, f)
+
+    return corrupt
+
+
+def _orphan_cases() -> list[tuple[str, Corrupt]]:
+    return [
+        ("orphan", _with_orphan()),
+        ("orphan-tree-flip", _with_orphan(_flip_node("/frag"))),
+        ("orphan-nlink-1", _with_orphan(_set_inode("/frag", "nlink", 1))),
+        ("orphan-flags-0", _with_orphan(_set_inode("/frag", "flags", 0))),
+        ("orphan-flags-truncate", _with_orphan(_set_inode("/frag", "flags", 3))),
+        ("orphan-head-0", _with_orphan(_set_sb("orphan_head", 0))),
+        (
+            "orphan-next-self",
+            _with_orphan(lambda d, f: _set_inode("/frag", "next", f.ino["/frag"])(d, f)),
+        ),
+    ]
+
+
 def all_cases() -> list[tuple[str, Corrupt]]:
     return (
         _superblock_cases()
@@ -393,6 +432,7 @@ def all_cases() -> list[tuple[str, Corrupt]]:
         + _inode_cases()
         + _node_cases()
         + _entry_cases()
+        + _orphan_cases()
     )
 
 
@@ -412,6 +452,7 @@ QUICK = {
     "nodebig-leaf-flip", "node/a-slot0", "node/frag-keys-swapped", "nodebig-leaf-keys-swapped",
     "entry-name-dot", "entry-name-slash", "entry-ino-free", "entry-ino-dir", "entry-ino-max",
     "entry-type-dir", "entry-key-moved", "entry-dotdot", "entry-loop", "entry-truncated",
+    "orphan-tree-flip", "orphan-nlink-1", "orphan-head-0",
 }  # fmt: skip
 
 

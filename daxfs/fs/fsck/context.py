@@ -125,7 +125,7 @@ class State:
     #: slots whose record cannot be trusted, with the reason
     damaged: dict[int, str] = dataclasses.field(default_factory=dict)
     #: live inodes whose map (extents or directory tree) cannot be trusted
-    bad_map: set[int] = dataclasses.field(default_factory=set)
+    bad_map: dict[int, Problem] = dataclasses.field(default_factory=dict)
     #: one more than the highest slot that is not all zero
     top: int = 0
     #: the inode file maps blocks past a hole that hold inodes (not checked)
@@ -145,8 +145,13 @@ class State:
     salvaged: dict[int, Salvage] = dataclasses.field(default_factory=dict)
     #: the inodes pass's list of damaged directories, salvaged after the slots
     damaged_dirs: list[tuple[int, Problem]] = dataclasses.field(default_factory=list)
-    #: False when a damaged structure may own blocks fsck could not enumerate
-    claims_complete: bool = True
+    #: damaged structures that may own blocks fsck could not enumerate (inode
+    #: numbers; 1 also for blocks past a hole of the inode file)
+    unknown_claims: set[int] = dataclasses.field(default_factory=set)
+    #: what each damaged inode claims weakly: (start, length) runs, in the data area
+    weak_runs: dict[int, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)
+    #: orphans with no link whose map is damaged: repair frees them (mount would)
+    reaped: set[int] = dataclasses.field(default_factory=set)
     #: written blocks past the size: a truncate to finish (through the orphan list)
     truncate: set[int] = dataclasses.field(default_factory=set)
     # -- namespace
@@ -162,17 +167,24 @@ class State:
     namespace_ran: bool = False
 
     @property
+    def claims_complete(self) -> bool:
+        """Every block anything may own is known (the orphans repair frees aside:
+        whatever they hid goes with them)."""
+        return not self.unknown_claims - self.reaped
+
+    @property
     def slots(self) -> int:
         """Inode slots the inode file holds."""
         return len(self.itable_map) * 16
 
-    def claim_weak(self, start: int, length: int) -> None:
-        """A damaged structure may own ``[start, start+length)``: keep it from reuse."""
+    def claim_weak(self, ino: int, start: int, length: int) -> None:
+        """Damaged inode ``ino`` may own ``[start, start+length)``: keep it from reuse."""
         lo, hi = self.sb.data_start, self.sb.block_count - 1
         a, b = max(start, lo), min(start + length, hi)
         if a < b:
             part = self.weak[a:b]
             part[part < np.iinfo(np.uint16).max] += 1
+            self.weak_runs.setdefault(ino, []).append((a, b - a))
 
 
 @dataclasses.dataclass

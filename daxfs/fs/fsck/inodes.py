@@ -18,7 +18,10 @@ Checks
      record has a known file type, no mode bits beyond S_IFMT|07777, only
      the flags its type may carry (IFLAG_TRUNCATE: regular files;
      IFLAG_ORPHAN: any but the root and the inode file), a size below the
-     maximum, and a map of a kind its type allows.
+     maximum (0 for a directory), and a map of a kind its type allows;
+     whatever ``daxfs.fs.inode.record_problem`` (mount's check of a record
+     it loads) finds is a problem too, so that fsck never calls clean a
+     record that mount would refuse.
   3. Each extent: length > 0, only known flag bits, inside the data area,
      below the maximum file size, sorted and not overlapping its neighbours;
      extent B+trees and directory B+trees pass ``BTree.check``.
@@ -60,6 +63,7 @@ from daxfs.errors import Corrupted
 from daxfs.fs.btree import BTree
 from daxfs.fs.data import MAX_FILE_SIZE
 from daxfs.fs.extmap import Extent, InodeNodes
+from daxfs.fs.inode import record_problem
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
     BLOCK_SIZE,
@@ -194,7 +198,7 @@ def _inode_file(ctx: Context, s: State) -> Fix | None:
             ctx.problem(where, f"{gap}, then blocks that hold no inode (unmapped)", fix)
         else:
             ctx.problem(where, f"{gap}, then inodes: those beyond it are not checked")
-            s.claims_complete = False
+            s.unknown_claims.add(INO_INODE_FILE)
             s.unscanned = True
             return fix
     if rec.size != size:
@@ -241,8 +245,13 @@ def _slots(ctx: Context, s: State) -> None:
             s.generation = max(s.generation, rec.generation)
             if rec.mode == 0:
                 _free_record(ctx, s, ino, rec)
-            else:
-                _live(ctx, s, ino, rec)
+                continue
+            found = len(ctx.report.problems)
+            _live(ctx, s, ino, rec)
+            unusable = record_problem(rec)
+            if unusable is not None and len(ctx.report.problems) == found:
+                # mount refuses what fsck let pass: never call such an image clean
+                ctx.problem(f"inode {ino}", unusable)
     ctx.progress("inodes", total, total)
     for ino in range(1, max(s.top, FIRST_FREE_INO)):
         if ino not in s.records and ino not in s.free and ino not in s.damaged:
@@ -253,7 +262,7 @@ def _damaged(ctx: Context, s: State, ino: int, raw: bytes, why: str) -> None:
     """An unreadable record: report it, claim weakly what it seems to own."""
     ctx.problem(f"inode {ino}", why)
     s.damaged[ino] = why
-    s.claims_complete = False
+    s.unknown_claims.add(ino)
     rec = _unverified(raw, ino)
     if rec is not None:
         _salvage(s, ino, rec)
@@ -278,7 +287,7 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
     if fmt not in _TYPES:
         ctx.problem(where, f"unknown file type {rec.mode:o}")
         s.damaged[ino] = "unknown file type"
-        s.claims_complete = False
+        s.unknown_claims.add(ino)
         _salvage(s, ino, rec)
         return
     s.records[ino] = rec
@@ -307,11 +316,11 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
         extents, nodes = _read_map(s, ino, rec, kind)
     except Corrupted as exc:
         p = ctx.problem(where, _text(exc).removeprefix(f"{where}: "))
-        s.bad_map.add(ino)
+        s.bad_map[ino] = p
         if fmt == st.S_IFDIR:
             s.damaged_dirs.append((ino, p))  # salvaged once every record is known
         else:
-            s.claims_complete = False
+            s.unknown_claims.add(ino)
             _salvage(s, ino, rec)
         return
     flagged = [e for e in extents if e.flags & ~EXTENT_UNWRITTEN]
@@ -326,6 +335,12 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
     owned += _claim_nodes(ctx, s, ino, nodes)
     _check_blocks(ctx, s, ino, rec, owned)
     if fmt == st.S_IFDIR:
+        if rec.size:  # a directory's size is its blocks (st_size), never stored
+            ctx.problem(
+                where,
+                f"directory of size {rec.size}",
+                Fix(Stage.INODES, _set_field(ino, "size", 0)),
+            )
         return
     if fmt == st.S_IFLNK:
         _block_symlink(ctx, s, ino, rec, extents)
@@ -537,10 +552,10 @@ def _salvage(s: State, ino: int, rec: InodeRecord) -> None:
     if rec.map_kind == MAP_INLINE:
         raw = rec.inline[: min(rec.map_count, INLINE_EXTENTS) * EXTENT.size]
         for _, pblk, length, _ in struct.iter_unpack(EXTENT.format, raw):
-            s.claim_weak(pblk, length)
+            s.claim_weak(ino, pblk, length)
     elif rec.map_kind == MAP_BTREE:
         for pblk, length in _salvage_tree(s, rec.map_root):
-            s.claim_weak(pblk, length)
+            s.claim_weak(ino, pblk, length)
 
 
 def _salvage_tree(s: State, root: int) -> Iterator[tuple[int, int]]:
@@ -613,7 +628,7 @@ def _salvage_dir(ctx: Context, s: State, ino: int, p: Problem) -> None:
             if entries:
                 found.setdefault(key, []).extend(entries)
     for blockno in reached:
-        s.claim_weak(blockno, 1)
+        s.claim_weak(ino, blockno, 1)
     items = sorted(found.items())
     fix = Fix(Stage.ENTRIES, lambda r: None)  # planned by the namespace pass
     s.salvaged[ino] = Salvage(items, reached, fix)

@@ -14,6 +14,9 @@ Checks
      set by the inodes pass on a file with written blocks past its size).
      Nothing else carries IFLAG_ORPHAN.
   3. ``used_inodes`` counts the live and damaged slots.
+  4. An orphan with no link whose map is damaged (mount, which would free
+     it, cannot read its map) is freed by repair, with every block only its
+     map claims.
 
 Repairs rebuild a list from scratch, REBUILD_BATCH inodes per transaction;
 the list is valid after each transaction (members not yet linked are simply
@@ -41,6 +44,7 @@ def check_lists(ctx: Context, s: State) -> None:
             f"counts {s.sb.used_inodes} inodes in use, found {used}",
             Fix(Stage.LISTS, _set_used(used)),
         )
+    _reap_damaged(ctx, s)  # last: it pushes onto the lists and counters fixed above
 
 
 def _walk(s: State, head: int, members: set[int], flag: int) -> tuple[list[int], str]:
@@ -79,27 +83,39 @@ def _free_list(ctx: Context, s: State) -> None:
 
 
 def _orphan_list(ctx: Context, s: State) -> None:
-    """Check 2."""
+    """Check 2, and check 4's reaping of orphans whose map is damaged."""
     flagged = {ino for ino, rec in s.records.items() if rec.flags & IFLAG_ORPHAN}
-    want = {
-        ino
-        for ino in flagged
-        if s.nlink.get(ino, s.records[ino].nlink) == 0 or s.records[ino].flags & IFLAG_TRUNCATE
-    } | s.truncate
+    unlinked = {ino for ino in flagged if s.nlink.get(ino, s.records[ino].nlink) == 0}
+    truncating = {ino for ino in flagged if s.records[ino].flags & IFLAG_TRUNCATE}
+    s.reaped = {ino for ino in unlinked if ino in s.bad_map and ino not in s.names}
+    want = (unlinked | truncating | s.truncate) - set(s.bad_map)
     seen, broken = _walk(s, s.sb.orphan_head, set(s.records), IFLAG_ORPHAN)
     extra = flagged - want
     if not broken and set(seen) == want and not extra:
         return
+    linked = extra - s.reaped
     if broken:
         detail = broken
-    elif extra:
+    elif linked:
         detail = (
-            f"inode {min(extra)} ({len(extra)} in all) is flagged an orphan but has links "
+            f"inode {min(linked)} ({len(linked)} in all) is flagged an orphan but has links "
             "and no truncate pending"
         )
     else:
         detail = f"holds {len(seen)} inodes, should hold {len(want)}"
     ctx.problem("orphan list", detail, Fix(Stage.LISTS, _rebuild_orphans(sorted(want), extra)))
+
+
+def _reap_damaged(ctx: Context, s: State) -> None:
+    """Check 4: free the orphans that wait for mount but whose map mount cannot read.
+
+    Mount would free them (they have no link), but fails on the damaged map;
+    repair frees them instead: the record, and every block that only their
+    damaged map claims (with the other claims complete, nothing else owns it).
+    """
+    for ino in sorted(s.reaped):
+        ctx.attach(s.bad_map[ino], Fix(Stage.LISTS, _reap(s, ino)))
+        s.bad_map[ino].message += "; an orphan with no link: freed, as mount would"
 
 
 # -- repairs ------------------------------------------------------------------------------
@@ -144,6 +160,27 @@ def _rebuild_free(s: State, free: list[int]) -> Apply:
                 sb = r.sup.dirty(tx)
                 sb.free_ino_head = head
                 sb.free_inodes += len(batch)
+
+    return apply
+
+
+def _reap(s: State, ino: int) -> Apply:
+    def apply(r: Repairing) -> None:
+        itable, alloc = r.layers.itable, r.layers.alloc
+        inode = itable.get(ino)
+        with r.journal.begin() as tx:
+            rec = itable.dirty(tx, inode)
+            if rec.flags & IFLAG_ORPHAN:
+                itable.remove_orphan(tx, inode)
+            rec.flags = 0
+            if s.claims_complete:
+                for start, length in s.weak_runs.get(ino, []):
+                    for blockno in range(start, start + length):
+                        only = s.owner[blockno] == 0 and s.weak[blockno] == 1
+                        if only and alloc.is_allocated(tx, blockno):
+                            alloc.free(tx, blockno, 1)
+            rec.blocks = 0
+            itable.free(tx, inode)
 
     return apply
 
