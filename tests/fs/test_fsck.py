@@ -249,7 +249,10 @@ def test_root_is_checked(dev: SimulatedPmem) -> None:
     edit_inode(dev, INO_ROOT, mode=0o100644)
     report = fsck(dev)
     assert not report.clean
-    assert "root directory" in str(report)
+    assert "inode 2: the root is not a directory (100644); the root is made anew" in str(report)
+    assert fsck(dev, repair=True).clean
+    with daxfs.mount(dev) as fs:
+        assert fs.isdir("/")
 
 
 def test_path_image(tmp_path: object) -> None:

@@ -606,3 +606,31 @@ def test_an_orphan_whose_map_is_damaged_is_freed() -> None:
     assert "an orphan with no link: freed, as mount would [repaired]" in text
     after = craft.observe(crashed, write=False).data
     assert after == {i: d for i, d in before.items() if i != frag}
+
+
+@pytest.mark.parametrize("damage", ["checksum", "zeroed", "free", "a file"])
+def test_a_root_whose_record_cannot_be_read_is_made_anew(damage: str) -> None:
+    """Before: 'root directory: inode 2 is damaged', and the image never mounted.
+    Now the root is made anew; its tree is salvaged if the old record still names
+    it (checksum), else every top-level inode goes to /lost+found (zeroed)."""
+    dev = craft.sample()
+    before = craft.observe(dev, write=False).data
+    with daxfs.mount(dev) as fs:
+        names = sorted(fs.listdir("/"))
+    if damage == "checksum":
+        craft.write_inode_bytes(dev, INO_ROOT, 48, b"\x01")  # atime: checksum now wrong
+    elif damage == "zeroed":
+        craft.write_inode_bytes(dev, INO_ROOT, 0, bytes(INODE_SIZE))
+    else:
+        craft.edit_inode(dev, INO_ROOT, mode=0 if damage == "free" else 0o100644)
+    with pytest.raises(OSError, match="inode 2"), daxfs.mount(dev) as fs:
+        fs.listdir("/")
+    found(dev, "inode 2: ", "the root is made anew")
+    repaired(dev)
+    with daxfs.mount(dev) as fs:
+        if damage == "checksum":
+            assert sorted(fs.listdir("/")) == names
+        else:
+            assert fs.listdir("/") == ["lost+found"]
+            assert len(fs.listdir("/lost+found")) == len(names)
+    assert craft.observe(dev, write=False).data == before

@@ -45,8 +45,10 @@ IFLAG_TRUNCATE (the lists pass puts it on the orphan list, and the next
 mount frees the blocks).  A directory whose tree is damaged is *salvaged*:
 its leaves give up the entries they still hold (every entry of an intact
 leaf; of a damaged leaf, those that prove themselves against the keyed name
-hash), and the namespace pass rebuilds the directory from them.  Damaged
-records and damaged extent maps are reported, never guessed at.
+hash), and the namespace pass rebuilds the directory from them.  A root
+whose record is unreadable, free or not a directory is made anew (its tree
+salvaged if the old record still names one).  Other damaged records and
+damaged extent maps are reported, never guessed at.
 """
 
 from __future__ import annotations
@@ -232,6 +234,9 @@ def _slots(ctx: Context, s: State) -> None:
         for slot in range(INODES_PER_BLOCK):
             ino = fblock * INODES_PER_BLOCK + slot
             raw = block[slot * INODE_SIZE : (slot + 1) * INODE_SIZE]
+            if ino == INO_ROOT and raw == _ZERO_RECORD:  # never free, never blank
+                _new_root(ctx, s, ctx.problem("inode 2", "the root's record is all zeros"), None)
+                continue
             if ino == 0 or raw == _ZERO_RECORD:
                 continue
             s.top = ino + 1
@@ -243,6 +248,9 @@ def _slots(ctx: Context, s: State) -> None:
                 _damaged(ctx, s, ino, raw, _text(exc).removeprefix(f"inode {ino}: "))
                 continue
             s.generation = max(s.generation, rec.generation)
+            if rec.mode == 0 and ino == INO_ROOT:
+                _new_root(ctx, s, ctx.problem("inode 2", "the root's record is free"), None)
+                continue
             if rec.mode == 0:
                 _free_record(ctx, s, ino, rec)
                 continue
@@ -253,19 +261,45 @@ def _slots(ctx: Context, s: State) -> None:
                 # mount refuses what fsck let pass: never call such an image clean
                 ctx.problem(f"inode {ino}", unusable)
     ctx.progress("inodes", total, total)
-    for ino in range(1, max(s.top, FIRST_FREE_INO)):
+    for ino in range(FIRST_FREE_INO, max(s.top, FIRST_FREE_INO)):
         if ino not in s.records and ino not in s.free and ino not in s.damaged:
             s.blank.add(ino)
 
 
 def _damaged(ctx: Context, s: State, ino: int, raw: bytes, why: str) -> None:
     """An unreadable record: report it, claim weakly what it seems to own."""
-    ctx.problem(f"inode {ino}", why)
+    p = ctx.problem(f"inode {ino}", why)
+    rec = _unverified(raw, ino)
+    if ino == INO_ROOT:
+        _new_root(ctx, s, p, rec)
+        return
     s.damaged[ino] = why
     s.unknown_claims.add(ino)
-    rec = _unverified(raw, ino)
     if rec is not None:
         _salvage(s, ino, rec)
+
+
+def _new_root(ctx: Context, s: State, p: Problem, old: InodeRecord | None) -> None:
+    """The root's record cannot be read: plan a new one, a directory whose tree is
+    salvaged from the old record's (if it still names one) like any damaged
+    directory's; whatever that does not name goes to /lost+found."""
+    tree = old is not None and st.S_ISDIR(old.mode) and old.map_kind == MAP_BTREE
+    rec = InodeRecord(
+        ino=INO_ROOT,
+        mode=st.S_IFDIR | 0o755,
+        nlink=2,
+        parent=INO_ROOT,
+        generation=old.generation if old is not None else 0,
+        map_kind=MAP_BTREE if tree else MAP_NONE,
+        map_root=old.map_root if tree and old is not None else 0,
+        map_height=old.map_height if tree and old is not None else 0,
+    )
+    s.records[INO_ROOT] = rec
+    s.bad_map[INO_ROOT] = p
+    s.damaged_dirs.append((INO_ROOT, p))
+    ctx.report.directories += 1
+    p.message += "; the root is made anew"
+    ctx.attach(p, Fix(Stage.INODES, _replace_record(INO_ROOT, rec)))
 
 
 def _free_record(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
@@ -284,6 +318,9 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
     """Checks 2-7 of a live record."""
     fmt = st.S_IFMT(rec.mode)
     where = f"inode {ino}"
+    if ino == INO_ROOT and fmt != st.S_IFDIR:
+        _new_root(ctx, s, ctx.problem(where, f"the root is not a directory ({rec.mode:o})"), None)
+        return
     if fmt not in _TYPES:
         ctx.problem(where, f"unknown file type {rec.mode:o}")
         s.damaged[ino] = "unknown file type"
