@@ -634,3 +634,15 @@ def test_a_root_whose_record_cannot_be_read_is_made_anew(damage: str) -> None:
             assert fs.listdir("/") == ["lost+found"]
             assert len(fs.listdir("/lost+found")) == len(names)
     assert craft.observe(dev, write=False).data == before
+
+
+def test_inode_file_record_with_a_bad_checksum_whose_map_holds() -> None:
+    """Before: 'no inode can be checked', and the image never mounted again."""
+    dev = craft.sample()
+    before = craft.observe(dev, write=False).data
+    craft.write_inode_bytes(dev, 1, 48, b"\x01")  # atime: the checksum is now wrong
+    with pytest.raises(OSError, match="inode 1"):
+        daxfs.mount(dev)
+    found(dev, "inode 1 (the inode file): checksum mismatch; its map holds")
+    repaired(dev)
+    assert craft.observe(dev, write=False).data == before

@@ -162,8 +162,18 @@ def _inode_file(ctx: Context, s: State) -> Fix | None:
     """Check 1: fill ``s.itable_map``; None if the inode file is unusable."""
     sb = s.sb
     where = "inode 1 (the inode file)"
+    raw = bytes(s.store.block(sb.inode_block0)[INODE_SIZE : 2 * INODE_SIZE])
     try:
-        rec = InodeRecord.unpack_from(s.store.block(sb.inode_block0), INODE_SIZE, INO_INODE_FILE)
+        try:
+            rec = InodeRecord.unpack_from(raw, 0, INO_INODE_FILE)
+        except Corrupted as exc:
+            # its map may still hold: every later check of it applies
+            found = _unverified(raw, INO_INODE_FILE)
+            if found is None:
+                raise
+            rec = found
+            p = ctx.problem(where, f"{_text(exc).removeprefix('inode 1: ')}; its map holds")
+            ctx.attach(p, Fix(Stage.BITMAP, _replace_record(INO_INODE_FILE, rec)))
         if not st.S_ISREG(rec.mode) or rec.map_kind not in (MAP_INLINE, MAP_BTREE):
             raise Corrupted(f"mode {rec.mode:o} with map kind {rec.map_kind}")
         extents, nodes = _read_map(s, INO_INODE_FILE, rec, TREE_EXTENTS, lo=sb.inode_block0)
