@@ -28,6 +28,12 @@ what ``State`` records about it::
     5 bitmap and allocation     allocation.py   the bitmap against the claims,
                                                 free_blocks
 
+Helpers the passes share: ``context.py`` (the run, the State the passes
+fill, Fix and Stage), ``salvage.py`` (what damaged structures may own, and
+the directories that can be rebuilt from them), ``entries.py`` (directory
+entries decoded as far as they go), ``fixes.py`` (one-record repairs),
+``report.py`` (Problem, Report).
+
 Pass 1 repairs on the spot (nothing can be read before it).  Passes 2 to 5
 only *look*: each problem they find may carry a ``Fix``, and the driver
 (driver.py) applies the fixes after every pass has looked, in ``Stage``

@@ -57,7 +57,6 @@ import dataclasses
 import itertools
 import stat as st
 import struct
-from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -82,33 +81,21 @@ from daxfs.fs.layout import (
     INLINE_EXTENTS,
     INO_INODE_FILE,
     INO_ROOT,
-    INODE_CRC_OFFSET,
-    INODE_MAGIC,
     INODE_SIZE,
     INODES_PER_BLOCK,
-    INTERNAL_CAP,
-    INTERNAL_CHILDREN,
-    LEAF_CAP,
-    LEAF_HEAP_MIN,
-    LEAF_SLOTS,
     MAP_BTREE,
     MAP_INLINE,
     MAP_NONE,
     MAP_SYMLINK,
-    NODE_HEADER,
-    NODE_KEYS,
-    NODE_MAGIC,
     TREE_DIRECTORY,
     TREE_EXTENTS,
     InodeRecord,
-    checksum_with_hole,
-    node_ok,
 )
 from daxfs.fs.namei import MAX_PATH
 
-from .context import STATIC, Apply, Context, Fix, Repairing, Salvage, Stage, State
-from .entries import bad_name, parse_entries
-from .report import Problem
+from .context import STATIC, Apply, Context, Fix, Repairing, Stage, State
+from .fixes import replace_record, set_fields, set_super
+from .salvage import claim_record, new_root, salvage_dir, unverified
 
 KNOWN_FLAGS = IFLAG_ORPHAN | IFLAG_TRUNCATE
 #: flags each file type may carry (the root and the inode file: none)
@@ -147,7 +134,7 @@ def check_inodes(ctx: Context, s: State) -> bool:
         return False
     _slots(ctx, s)
     for ino, p in s.damaged_dirs:
-        _salvage_dir(ctx, s, ino, p)
+        salvage_dir(ctx, s, ino, p)
     _counters(ctx, s)
     if size_fix.problems:
         ctx.fixes.remove(size_fix)  # after the high-water mark: it reads inode 1 through it
@@ -168,12 +155,12 @@ def _inode_file(ctx: Context, s: State) -> Fix | None:
             rec = InodeRecord.unpack_from(raw, 0, INO_INODE_FILE)
         except Corrupted as exc:
             # its map may still hold: every later check of it applies
-            found = _unverified(raw, INO_INODE_FILE)
+            found = unverified(raw, INO_INODE_FILE)
             if found is None:
                 raise
             rec = found
             p = ctx.problem(where, f"{_text(exc).removeprefix('inode 1: ')}; its map holds")
-            ctx.attach(p, Fix(Stage.BITMAP, _replace_record(INO_INODE_FILE, rec)))
+            ctx.attach(p, Fix(Stage.BITMAP, replace_record(INO_INODE_FILE, rec)))
         if not st.S_ISREG(rec.mode) or rec.map_kind not in (MAP_INLINE, MAP_BTREE):
             raise Corrupted(f"mode {rec.mode:o} with map kind {rec.map_kind}")
         extents, nodes = _read_map(s, INO_INODE_FILE, rec, TREE_EXTENTS, lo=sb.inode_block0)
@@ -245,7 +232,7 @@ def _slots(ctx: Context, s: State) -> None:
             ino = fblock * INODES_PER_BLOCK + slot
             raw = block[slot * INODE_SIZE : (slot + 1) * INODE_SIZE]
             if ino == INO_ROOT and raw == _ZERO_RECORD:  # never free, never blank
-                _new_root(ctx, s, ctx.problem("inode 2", "the root's record is all zeros"), None)
+                new_root(ctx, s, ctx.problem("inode 2", "the root's record is all zeros"), None)
                 continue
             if ino == 0 or raw == _ZERO_RECORD:
                 continue
@@ -259,7 +246,7 @@ def _slots(ctx: Context, s: State) -> None:
                 continue
             s.generation = max(s.generation, rec.generation)
             if rec.mode == 0 and ino == INO_ROOT:
-                _new_root(ctx, s, ctx.problem("inode 2", "the root's record is free"), None)
+                new_root(ctx, s, ctx.problem("inode 2", "the root's record is free"), None)
                 continue
             if rec.mode == 0:
                 _free_record(ctx, s, ino, rec)
@@ -279,37 +266,14 @@ def _slots(ctx: Context, s: State) -> None:
 def _damaged(ctx: Context, s: State, ino: int, raw: bytes, why: str) -> None:
     """An unreadable record: report it, claim weakly what it seems to own."""
     p = ctx.problem(f"inode {ino}", why)
-    rec = _unverified(raw, ino)
+    rec = unverified(raw, ino)
     if ino == INO_ROOT:
-        _new_root(ctx, s, p, rec)
+        new_root(ctx, s, p, rec)
         return
     s.damaged[ino] = why
     s.unknown_claims.add(ino)
     if rec is not None:
-        _salvage(s, ino, rec)
-
-
-def _new_root(ctx: Context, s: State, p: Problem, old: InodeRecord | None) -> None:
-    """The root's record cannot be read: plan a new one, a directory whose tree is
-    salvaged from the old record's (if it still names one) like any damaged
-    directory's; whatever that does not name goes to /lost+found."""
-    tree = old is not None and st.S_ISDIR(old.mode) and old.map_kind == MAP_BTREE
-    rec = InodeRecord(
-        ino=INO_ROOT,
-        mode=st.S_IFDIR | 0o755,
-        nlink=2,
-        parent=INO_ROOT,
-        generation=old.generation if old is not None else 0,
-        map_kind=MAP_BTREE if tree else MAP_NONE,
-        map_root=old.map_root if tree and old is not None else 0,
-        map_height=old.map_height if tree and old is not None else 0,
-    )
-    s.records[INO_ROOT] = rec
-    s.bad_map[INO_ROOT] = p
-    s.damaged_dirs.append((INO_ROOT, p))
-    ctx.report.directories += 1
-    p.message += "; the root is made anew"
-    ctx.attach(p, Fix(Stage.INODES, _replace_record(INO_ROOT, rec)))
+        claim_record(s, ino, rec)
 
 
 def _free_record(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
@@ -319,7 +283,7 @@ def _free_record(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
         ctx.problem(
             f"inode {ino}",
             f"free, but holds {rec.nlink} links, {rec.blocks} blocks, flags {rec.flags:#x}",
-            Fix(Stage.INODES, _replace_record(ino, clean)),
+            Fix(Stage.INODES, replace_record(ino, clean)),
         )
         s.free[ino] = clean
 
@@ -329,13 +293,13 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
     fmt = st.S_IFMT(rec.mode)
     where = f"inode {ino}"
     if ino == INO_ROOT and fmt != st.S_IFDIR:
-        _new_root(ctx, s, ctx.problem(where, f"the root is not a directory ({rec.mode:o})"), None)
+        new_root(ctx, s, ctx.problem(where, f"the root is not a directory ({rec.mode:o})"), None)
         return
     if fmt not in _TYPES:
         ctx.problem(where, f"unknown file type {rec.mode:o}")
         s.damaged[ino] = "unknown file type"
         s.unknown_claims.add(ino)
-        _salvage(s, ino, rec)
+        claim_record(s, ino, rec)
         return
     s.records[ino] = rec
     report = ctx.report
@@ -346,7 +310,7 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
         ctx.problem(
             where,
             f"mode {rec.mode:o} has unknown bits",
-            Fix(Stage.INODES, _set_field(ino, "mode", rec.mode & MODE_BITS)),
+            Fix(Stage.INODES, set_fields(ino, mode=rec.mode & MODE_BITS)),
         )
     flags = _Flags(ctx, s, ino, rec)
     allowed = _ALLOWED_FLAGS.get(fmt, 0) if ino != INO_ROOT else 0
@@ -368,7 +332,7 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
             s.damaged_dirs.append((ino, p))  # salvaged once every record is known
         else:
             s.unknown_claims.add(ino)
-            _salvage(s, ino, rec)
+            claim_record(s, ino, rec)
         return
     flagged = [e for e in extents if e.flags & ~EXTENT_UNWRITTEN]
     if flagged:
@@ -386,7 +350,7 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
             ctx.problem(
                 where,
                 f"directory of size {rec.size}",
-                Fix(Stage.INODES, _set_field(ino, "size", 0)),
+                Fix(Stage.INODES, set_fields(ino, size=0)),
             )
         return
     if fmt == st.S_IFLNK:
@@ -396,7 +360,7 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
         ctx.problem(
             where,
             f"size {rec.size} beyond the maximum file size {MAX_FILE_SIZE}",
-            Fix(Stage.INODES, _set_field(ino, "size", MAX_FILE_SIZE)),
+            Fix(Stage.INODES, set_fields(ino, size=MAX_FILE_SIZE)),
         )
     keep = (min(rec.size, MAX_FILE_SIZE) + BLOCK_SIZE - 1) >> BLOCK_SHIFT
     written = [e for e in extents if not e.flags & EXTENT_UNWRITTEN and e.end > keep]
@@ -428,7 +392,7 @@ class _Flags:
         self.ctx.problem(f"inode {self.ino}", why, self.fix)
 
     def _apply(self, r: Repairing) -> None:
-        _set_field(self.ino, "flags", self.s.records[self.ino].flags)(r)
+        set_fields(self.ino, flags=self.s.records[self.ino].flags)(r)
 
 
 def _inline_symlink(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
@@ -438,7 +402,7 @@ def _inline_symlink(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
         length = INLINE_AREA if end < 0 else end
         fix = None
         if length > 0:  # the target is followed by zeros: its length is known
-            fix = Fix(Stage.INODES, _set_fields(ino, size=length, map_count=length))
+            fix = Fix(Stage.INODES, set_fields(ino, size=length, map_count=length))
         ctx.problem(
             f"inode {ino}", f"inline symlink of {rec.map_count} bytes, size {rec.size}", fix
         )
@@ -448,7 +412,7 @@ def _inline_symlink(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
         ctx.problem(
             f"inode {ino}",
             f"inline symlink counts {rec.blocks} blocks",
-            Fix(Stage.INODES, _set_field(ino, "blocks", 0)),
+            Fix(Stage.INODES, set_fields(ino, blocks=0)),
         )
 
 
@@ -461,7 +425,7 @@ def _block_symlink(ctx: Context, s: State, ino: int, rec: InodeRecord, exts: lis
     end = data.find(b"\0")
     fix = None
     if end > 0:
-        fix = Fix(Stage.INODES, _set_fields(ino, size=end))
+        fix = Fix(Stage.INODES, set_fields(ino, size=end))
     ctx.problem(f"inode {ino}", f"symlink target of {rec.size} bytes (at most {MAX_PATH})", fix)
 
 
@@ -576,126 +540,8 @@ def _check_blocks(ctx: Context, s: State, ino: int, rec: InodeRecord, owned: int
         ctx.problem(
             f"inode {ino}",
             f"counts {rec.blocks} blocks but owns {owned}",
-            Fix(Stage.INODES, _set_field(ino, "blocks", owned)),
+            Fix(Stage.INODES, set_fields(ino, blocks=owned)),
         )
-
-
-# -- damaged structures: weak claims ----------------------------------------------------
-
-
-def _unverified(raw: bytes, ino: int) -> InodeRecord | None:
-    """Decode a record whose checksum failed, if its magic and number still hold."""
-    (magic,) = struct.unpack_from("<I", raw, 0)
-    (number,) = struct.unpack_from("<Q", raw, 8)
-    if magic != INODE_MAGIC or number != ino:
-        return None
-    fixed = bytearray(raw)
-    struct.pack_into("<I", fixed, INODE_CRC_OFFSET, checksum_with_hole(fixed, INODE_CRC_OFFSET))
-    return InodeRecord.unpack_from(fixed, 0, ino)
-
-
-def _salvage(s: State, ino: int, rec: InodeRecord) -> None:
-    """Claim weakly every block a record that cannot be trusted seems to own."""
-    if rec.map_kind == MAP_INLINE:
-        raw = rec.inline[: min(rec.map_count, INLINE_EXTENTS) * EXTENT.size]
-        for _, pblk, length, _ in struct.iter_unpack(EXTENT.format, raw):
-            s.claim_weak(ino, pblk, length)
-    elif rec.map_kind == MAP_BTREE:
-        for pblk, length in _salvage_tree(s, rec.map_root):
-            s.claim_weak(ino, pblk, length)
-
-
-def _salvage_tree(s: State, root: int) -> Iterator[tuple[int, int]]:
-    """Runs a tree that failed its check may own: every node reachable through
-    nodes whose magic and self-reference hold, and the extents of such leaves."""
-    lo, hi = s.sb.data_start, s.sb.block_count - 1
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        blockno = stack.pop()
-        if blockno in seen or not lo <= blockno < hi:
-            continue
-        seen.add(blockno)
-        yield blockno, 1
-        view = s.store.block(blockno)
-        magic, _, _, where, level, count, kind, _, _ = NODE_HEADER.unpack_from(view)
-        if magic != NODE_MAGIC or where != blockno:
-            continue
-        if level:
-            count = min(count, INTERNAL_CAP)
-            stack.extend(struct.unpack_from(f"<{count}Q", view, INTERNAL_CHILDREN))
-        elif kind == TREE_EXTENTS:
-            count = min(count, LEAF_CAP)
-            slots = struct.unpack_from(f"<{2 * count}H", view, LEAF_SLOTS)
-            for off, n in zip(slots[::2], slots[1::2], strict=True):
-                if n == EXTENT_VALUE.size and off + n <= BLOCK_SIZE:
-                    pblk, length, _ = EXTENT_VALUE.unpack_from(view, off)
-                    yield pblk, length
-
-
-def _salvage_dir(ctx: Context, s: State, ino: int, p: Problem) -> None:
-    """A directory whose tree failed its check: gather the entries its leaves still
-    hold, for the namespace pass to rebuild the directory from (check 3's repair).
-
-    The walk follows every node whose header names this directory's tree and
-    itself, whatever its checksum.  An intact leaf gives every entry it holds;
-    a damaged one only the entries that prove themselves: a valid name whose
-    keyed hash is the key, naming a live inode of the type the entry says
-    (a 64-bit keyed hash does not match by chance).
-    """
-    rec = s.records[ino]
-    lo, hi = s.sb.data_start, s.sb.block_count - 1
-    found: dict[int, list[tuple[bytes, int, int]]] = {}
-    reached: set[int] = set()
-    stack = [rec.map_root] if rec.map_kind == MAP_BTREE else []
-    hash_name = s.layers.dirs.hash
-    while stack:
-        blockno = stack.pop()
-        if blockno in reached or not lo <= blockno < hi:
-            continue
-        reached.add(blockno)
-        view = s.store.block(blockno)
-        magic, _, owner, where, level, count, kind, _, _ = NODE_HEADER.unpack_from(view)
-        if (magic, owner, where, kind) != (NODE_MAGIC, ino, blockno, TREE_DIRECTORY):
-            continue
-        if level:
-            count = min(count, INTERNAL_CAP)
-            stack.extend(struct.unpack_from(f"<{count}Q", view, INTERNAL_CHILDREN))
-            continue
-        intact = node_ok(view)
-        count = min(count, LEAF_CAP)
-        keys = struct.unpack_from(f"<{count}Q", view, NODE_KEYS)
-        slots = struct.unpack_from(f"<{2 * count}H", view, LEAF_SLOTS)
-        for key, off, n in zip(keys, slots[::2], slots[1::2], strict=True):
-            if not n or off < LEAF_HEAP_MIN or off + n > BLOCK_SIZE:
-                continue
-            entries, _ = parse_entries(bytes(view[off : off + n]))
-            if not intact:
-                entries = [e for e in entries if _proves_itself(s, hash_name, key, e)]
-            if entries:
-                found.setdefault(key, []).extend(entries)
-    for blockno in reached:
-        s.claim_weak(ino, blockno, 1)
-    items = sorted(found.items())
-    fix = Fix(Stage.ENTRIES, lambda r: None)  # planned by the namespace pass
-    s.salvaged[ino] = Salvage(items, reached, fix)
-    count = sum(len(e) for _, e in items)
-    p.message += f"; rebuilt from the {count} entries its leaves still hold"
-    ctx.attach(p, fix)
-
-
-def _proves_itself(
-    s: State, hash_name: Callable[[bytes], int], key: int, entry: tuple[bytes, int, int]
-) -> bool:
-    name, child, dtype = entry
-    rec = s.records.get(child)
-    return (
-        bad_name(name) is None
-        and hash_name(name) == key
-        and rec is not None
-        and child not in (INO_INODE_FILE, INO_ROOT)
-        and _DTYPES.get(st.S_IFMT(rec.mode)) == dtype
-    )
 
 
 # -- 9 counters ---------------------------------------------------------------------------
@@ -709,14 +555,14 @@ def _counters(ctx: Context, s: State) -> None:
             "superblock",
             f"inode high-water mark {sb.inode_hwm}, but the highest inode in use is "
             f"{s.top - 1} (of {s.slots} slots)",
-            Fix(Stage.INODE_TABLE, _set_super("inode_hwm", hwm)),
+            Fix(Stage.INODE_TABLE, set_super("inode_hwm", hwm)),
         )
     generation = s.generation
     if sb.next_generation > GENERATION_MASK or sb.next_generation < generation:
         ctx.problem(
             "superblock",
             f"next generation {sb.next_generation}, but inodes have reached {generation}",
-            Fix(Stage.INODE_TABLE, _set_super("next_generation", generation)),
+            Fix(Stage.INODE_TABLE, set_super("next_generation", generation)),
         )
 
 
@@ -742,45 +588,6 @@ def _fit_inode_file(blocks: int, trim: bool) -> Apply:
             more = len(extents) == 64
         with r.journal.begin() as tx:
             itable.dirty(tx, inode).size = blocks << BLOCK_SHIFT
-
-    return apply
-
-
-def _set_super(field: str, value: int) -> Apply:
-    def apply(r: Repairing) -> None:
-        with r.journal.begin() as tx:
-            setattr(r.sup.dirty(tx), field, value)
-
-    return apply
-
-
-def _set_fields(ino: int, **values: int) -> Apply:
-    def apply(r: Repairing) -> None:
-        itable = r.layers.itable
-        with r.journal.begin() as tx:
-            rec = itable.dirty(tx, itable.get(ino))
-            for field, value in values.items():
-                setattr(rec, field, value)
-
-    return apply
-
-
-def _set_field(ino: int, field: str, value: int) -> Apply:
-    def apply(r: Repairing) -> None:
-        itable = r.layers.itable
-        with r.journal.begin() as tx:
-            setattr(itable.dirty(tx, itable.get(ino)), field, value)
-
-    return apply
-
-
-def _replace_record(ino: int, rec: InodeRecord) -> Apply:
-    def apply(r: Repairing) -> None:
-        itable = r.layers.itable
-        with r.journal.begin() as tx:
-            blockno, offset = itable.address(tx, ino)
-            rec.pack_into(tx.write(blockno), offset)
-        itable.forget(ino)
 
     return apply
 

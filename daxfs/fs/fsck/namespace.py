@@ -65,6 +65,7 @@ from daxfs.fs.layout import (
 
 from .context import Apply, Context, Fix, Repairing, Salvage, Stage, State
 from .entries import Entry, bad_name, parse_entries
+from .fixes import set_fields
 from .inodes import NO_NODES
 
 LOST_FOUND = b"lost+found"
@@ -267,7 +268,7 @@ def _parents(ctx: Context, s: State, walk: _Walk) -> None:
             ctx.problem(
                 s.names[child],
                 f"'..' is inode {rec.parent}, should be {parent}",
-                Fix(Stage.ENTRIES, _set_parent(child, parent)),
+                Fix(Stage.ENTRIES, set_fields(child, parent=parent)),
             )
 
 
@@ -293,7 +294,7 @@ def _link_counts(ctx: Context, s: State, walk: _Walk) -> None:
         ctx.problem(
             f"inode {ino} ({s.names[ino]})",
             f"link count {rec.nlink}, should be {want}",
-            Fix(Stage.ENTRIES, _set_nlink(ino, want)),
+            Fix(Stage.ENTRIES, set_fields(ino, nlink=want)),
         )
 
 
@@ -414,24 +415,6 @@ def _rebuild(s: State, d: _Dir, salvage: Salvage) -> Apply:
                 only = s.owner[blockno] == 0 and s.weak[blockno] == 1
                 if only and alloc.is_allocated(tx, blockno):
                     alloc.free(tx, blockno, 1)
-
-    return apply
-
-
-def _set_parent(ino: int, parent: int) -> Apply:
-    def apply(r: Repairing) -> None:
-        itable = r.layers.itable
-        with r.journal.begin() as tx:
-            itable.dirty(tx, itable.get(ino)).parent = parent
-
-    return apply
-
-
-def _set_nlink(ino: int, nlink: int) -> Apply:
-    def apply(r: Repairing) -> None:
-        itable = r.layers.itable
-        with r.journal.begin() as tx:
-            itable.dirty(tx, itable.get(ino)).nlink = nlink
 
     return apply
 
