@@ -24,6 +24,8 @@ import errno
 import io
 from collections.abc import Iterator
 
+from daxfs.lifecycle import drop_frame_locals
+
 
 class DaxfsError(OSError):
     """Base class: an OSError with ``errno`` fixed by the subclass."""
@@ -189,16 +191,22 @@ def naming(path: str) -> Iterator[None]:
     structures, not paths), and the message ends with it unless it holds it
     already; another OSError only if it names no file yet.  Type, errno and
     traceback are kept: the same exception is re-raised.
+
+    Every exception leaving through here also drops the locals of the frames
+    it unwound (``daxfs.lifecycle.drop_frame_locals``): they may hold views of
+    device memory, and a caller that keeps the exception (or unmounts in a
+    ``finally``) must still be able to close the device.
     """
     try:
         yield
-    except OSError as exc:
+    except BaseException as exc:
+        drop_frame_locals(exc)
         if isinstance(exc, DaxfsError):
             exc.filename = path
             text = exc.strerror or ""
             if path not in text:
                 exc.strerror = f"{text}: {path}" if text else path
-        elif exc.filename is None:
+        elif isinstance(exc, OSError) and exc.filename is None:
             exc.filename = path
         raise
 

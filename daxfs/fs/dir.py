@@ -112,14 +112,16 @@ class Directories:
         self.itable = itable
         self.alloc = alloc
         self.hash_key = hash_key
+        self._keyed = hashlib.blake2b(digest_size=8, key=hash_key)
         self.store = itable.store
         #: dentry cache: (directory ino, name) -> (ino, type), committed entries only;
         #: bounded; every change to a name pops it (an aborted change then only costs a miss)
         self._dcache: OrderedDict[tuple[int, bytes], tuple[int, int]] = OrderedDict()
 
     def hash(self, name: bytes) -> int:
-        digest = hashlib.blake2b(name, digest_size=8, key=self.hash_key).digest()
-        return int.from_bytes(digest, "little")
+        h = self._keyed.copy()  # the key block is absorbed once, in __init__
+        h.update(name)
+        return int.from_bytes(h.digest(), "little")
 
     def _unpack(self, value: bytes, inode: Inode) -> list[Entry]:
         return unpack_entries(value, f"directory inode {inode.ino}", self.itable.sup.sb.inode_hwm)
@@ -212,7 +214,14 @@ class Directories:
     def entries(
         self, reader: Reader, inode: Inode, after: tuple[int, int] | None = None
     ) -> Iterator[tuple[tuple[int, int], bytes, int, int]]:
-        """Entries in listing order as (position, name, ino, type), after ``after``."""
+        """Entries in listing order as (position, name, ino, type), after ``after``.
+
+        Each name is checked to be stored under its hash, so that whatever is
+        listed can be looked up.
+
+        Raises:
+            Corrupted (EUCLEAN): a node, an entry, or an entry's key is wrong.
+        """
         if inode.rec.map_kind == MAP_NONE:
             return
         start_key, start_index = after if after is not None else (0, -1)
@@ -220,7 +229,16 @@ class Directories:
             for index, (name, ino, dtype) in enumerate(self._unpack(value, inode)):
                 if key == start_key and index <= start_index and after is not None:
                     continue
+                self._check_key(inode, key, name)
                 yield (key, index), name, ino, dtype
+
+    def _check_key(self, inode: Inode, key: int, name: bytes) -> None:
+        """Raise unless ``name`` is stored under its hash (else listed, yet not found)."""
+        if self.hash(name) != key:
+            raise Corrupted(
+                f"directory inode {inode.ino}: entry {name!r} is stored under key "
+                f"{key:#x}, not under the hash of its name"
+            )
 
     def tree_nodes(self, reader: Reader, inode: Inode) -> Iterator[int]:
         if inode.rec.map_kind == MAP_BTREE:

@@ -10,10 +10,18 @@ transaction aborts, so memory never runs ahead of the media.
 from __future__ import annotations
 
 import dataclasses
+import struct
 
 from daxfs.errors import Corrupted
 from daxfs.fs.journal import Transaction
-from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE, SB_CRC_OFFSET, SB_SIZE, Superblock
+from daxfs.fs.layout import (
+    BLOCK_SHIFT,
+    BLOCK_SIZE,
+    SB_CRC_OFFSET,
+    SB_SIZE,
+    Superblock,
+    crc32c,
+)
 from daxfs.fs.store import PmemStore
 
 SUPER_BLOCK = 0
@@ -44,8 +52,18 @@ class SuperState:
         return self.sb
 
     def _log(self, tx: Transaction) -> None:
-        block = bytearray(BLOCK_SIZE)
-        self.sb.pack_into(block)
+        """Journal the counters and a checksum over the block as it will be on the device.
+
+        The checksum covers the whole block, the bytes after the fields too
+        (zero as mkfs writes them, but media is not trusted): it is computed
+        over the device's block with the new counters in place, so that the
+        block stays valid whatever those bytes hold.
+        """
+        block = bytearray(self.store.block(SUPER_BLOCK))
+        fresh = bytearray(BLOCK_SIZE)
+        self.sb.pack_into(fresh)  # raises Corrupted if a counter left its field
+        block[:SB_SIZE] = fresh[:SB_SIZE]
+        struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
         tx.log_meta(COUNTERS_START, block[COUNTERS_START:COUNTERS_END])
         tx.log_meta(SB_CRC_LINE, block[SB_CRC_LINE:])
 

@@ -22,6 +22,7 @@ from daxfs.fs.layout import (
     JH_APPLIED_OFFSET,
     JREC,
     LEAF_SLOTS,
+    SB_CRC_OFFSET,
     InodeRecord,
     JournalHeader,
     Superblock,
@@ -190,3 +191,9 @@ def settle_journal(dev: Device) -> None:
         Journal(store, sb.journal_start, sb.journal_blocks).recover()
     finally:
         store.close()
+
+
+def write_raw_sb(dev: Device, block: bytearray) -> None:
+    """Write a primary superblock block as given, its checksum recomputed."""
+    struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
+    dev.write(0, block)
