@@ -785,6 +785,8 @@ def _iter_seeds(seed: int) -> Iterator[int]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m daxfs.testing.fsx``: run, replay or shrink; exit 1 on a failure."""
     import argparse
+    import shlex
+    import sys
 
     parser = argparse.ArgumentParser(prog="python -m daxfs.testing.fsx", description=__doc__)
     parser.add_argument("--seed", type=int, default=None, help="default: random, printed")
@@ -807,6 +809,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--weight {item}: expected KIND=N with KIND one of {', '.join(WEIGHTS)}")
         options.weights[kind] = int(value)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    shown = list(argv if argv is not None else sys.argv[1:])
+    if args.seed is None:
+        shown += ["--seed", str(seed)]
+    print(f"$ python -m daxfs.testing.fsx {shlex.join(shown)}", flush=True)
     try:
         if args.replay is not None:
             stats = replay(parse_ops(args.replay), seed=seed, options=options)

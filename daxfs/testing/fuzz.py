@@ -628,9 +628,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not mode or (mode == "resealed") == sealed
             ]
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-    print(
-        f"$ python -m daxfs.testing.fuzz {shlex.join(argv if argv is not None else sys.argv[1:])}"
-    )
+    shown = list(argv if argv is not None else sys.argv[1:])
+    if args.seed is None:
+        shown += ["--seed", str(seed)]
+    print(f"$ python -m daxfs.testing.fuzz {shlex.join(shown)}", flush=True)
     if args.case is not None:
         fuzzer = Fuzzer(seed, timeout=args.timeout, kinds=kinds)
         try:
