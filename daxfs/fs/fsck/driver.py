@@ -114,7 +114,9 @@ def _apply(ctx: Context, store: PmemStore) -> bool:
     journal = Journal(store, sb.journal_start, sb.journal_blocks)
     journal.recover()  # nothing to replay (pass 1 did it); numbers the next commit
     sup = SuperState(store, sb)
-    r = Repairing(store, journal, sup, build_layers(store, sup))
+    layers = build_layers(store, sup)
+    layers.alloc.reserved = 0  # repair runs alone on an unmounted image: the reserve is its too
+    r = Repairing(store, journal, sup, layers)
     fixes = sorted(ctx.fixes, key=lambda f: f.stage)
     for i, fix in enumerate(fixes):
         ctx.progress("repair", i, len(fixes))
