@@ -35,8 +35,9 @@ Checks
      stored followed by zeros, so a wrong size is repaired to the first NUL.)
   8. Free records (mode 0) hold no links, blocks or orphan flag.
   9. Counters: ``inode_hwm`` is one past the highest slot in use (at least
-     FIRST_FREE_INO); ``next_generation`` fits 32 bits and is at least the
-     highest generation of any inode.
+     FIRST_FREE_INO); ``next_generation`` fits 32 bits.  (It is not compared
+     with the inodes' generations: it wraps at 2**32 by design, after which a
+     lower counter is no lie.)
 
 Repairs: inode-file size, ``inode_hwm`` and ``next_generation`` set to what
 was found; block counts, mode and flag bits, unknown extent flags cleared,
@@ -558,10 +559,11 @@ def _counters(ctx: Context, s: State) -> None:
             Fix(Stage.INODE_TABLE, set_super("inode_hwm", hwm)),
         )
     generation = s.generation
-    if sb.next_generation > GENERATION_MASK or sb.next_generation < generation:
+    if sb.next_generation > GENERATION_MASK:
         ctx.problem(
             "superblock",
-            f"next generation {sb.next_generation}, but inodes have reached {generation}",
+            f"next generation {sb.next_generation} does not fit 32 bits "
+            f"(inodes have reached {generation})",
             Fix(Stage.INODE_TABLE, set_super("next_generation", generation)),
         )
 
