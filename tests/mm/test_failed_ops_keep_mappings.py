@@ -118,6 +118,10 @@ def run_failing(
     if errnum != errno.EIO:  # a device error at a fence names no path (the journal's)
         assert info.value.filename == "/f"
     check_mappings_intact(f, data, read, write)
+    if fs.exists("/fill"):
+        fs.unlink("/fill")  # room for the write below
+    f.pwrite(b"hole", 3 * BLOCK)  # a hole the read mapping shows as the zero page ...
+    assert read[3 * BLOCK : 3 * BLOCK + 4] == b"hole"  # ... then as the new block
     read.close()
     write.close()
     f.close()
@@ -155,6 +159,7 @@ def fail_the_next_fence(fs: daxfs.FileSystem) -> None:
         ("punch", lambda f: f.fallocate(20 * BLOCK, 30 * BLOCK, PUNCH)),
         ("zero range", lambda f: f.fallocate(20 * BLOCK, 30 * BLOCK, ZERO)),
         ("punch a sixth extent", lambda f: f.fallocate(30 * BLOCK, BLOCK, PUNCH)),
+        ("punch over holes", lambda f: f.fallocate(0, 12 * BLOCK, PUNCH)),
     ],
 )
 def test_operation_whose_commit_fails_with_eio(
