@@ -54,8 +54,10 @@ Invariants
      replay at the next mount).
   3. One transaction at a time: ``Journal.begin`` holds the journal lock
      until commit or abort.
-  4. An error after the commit point makes the filesystem read-only until
-     remount (SQLite's pager ERROR state): memory and media may disagree.
+  4. An error after the commit point, or while an abort undoes memory,
+     makes the filesystem read-only until remount (SQLite's pager ERROR
+     state): memory and media may disagree.  Such an error never replaces
+     the one that made the transaction abort (it becomes a note on it).
   5. ``applied_seq <= header.seq`` whenever the header is intact, and both
      stay below SEQ_LIMIT.
 
@@ -308,10 +310,10 @@ class Transaction:
     ) -> None:
         if self.state != "open":
             return
-        if exc_type is None:
+        if exc is None:
             self.commit()
         else:
-            self.abort()
+            self.abort(exc)
 
     # -- block access -------------------------------------------------------------------
 
@@ -441,7 +443,7 @@ class Transaction:
         except BaseException as exc:
             if header_written and isinstance(exc, OSError):
                 self._invalidate_header(exc)
-            self.abort()
+            self.abort(exc)
             raise
         try:
             if records:
@@ -475,28 +477,49 @@ class Transaction:
         except OSError as again:
             journal.failed = f"commit failed ({exc}) and its header could not be erased ({again})"
 
-    def _finish(self, state: str, callbacks: list[Callable[[], None]] | None = None) -> None:
-        """End the transaction: callbacks first, still under the journal lock."""
+    def _finish(
+        self,
+        state: str,
+        callbacks: list[Callable[[], None]] | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        """End the transaction: callbacks first, still under the journal lock.
+
+        Every callback runs even if one fails.  A failure means memory may no
+        longer match the media, so the filesystem turns read-only (invariant
+        4); it is raised after the others ran -- or, on the error path of
+        ``cause``, recorded as a note on it, never in its place.
+        """
         self.state = state
+        failure: Exception | None = None
         try:
             for fn in callbacks or ():
-                fn()
+                try:
+                    fn()
+                except Exception as exc:
+                    failure = failure or exc
+                    self.journal.failed = f"undoing a transaction in memory failed: {exc}"
         finally:
             self.journal._finish(self)
+        if failure is not None:
+            if cause is None:
+                raise failure
+            cause.add_note(f"(undoing the transaction in memory also failed: {failure!r})")
 
-    def abort(self) -> None:
+    def abort(self, cause: BaseException | None = None) -> None:
         """Abandon every change; run the on_abort callbacks (in reverse order).
 
         The callbacks (which re-read inodes and the superblock from the device)
         run before the journal lock is released, so that no other transaction
-        can start from the state they are about to undo.
+        can start from the state they are about to undo.  ``cause``: the
+        error being handled, which a failing callback must not replace.
         """
         if self.state != "open":
             return
         self._dirty.clear()
         self._new.clear()
         self._data.clear()
-        self._finish("aborted", list(reversed(self._on_abort)))
+        self._finish("aborted", list(reversed(self._on_abort)), cause)
 
 
 def _serialize(records: list[tuple[int, memoryview | bytes]]) -> bytes:

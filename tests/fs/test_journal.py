@@ -141,3 +141,30 @@ def _run_crash_at_every_fence(seq_of_changes: list[tuple[int, bytes]]) -> int:
 def test_crash_at_every_persist_point_is_all_or_nothing() -> None:
     fences = _run_crash_at_every_fence([(20, b"new!"), (30, b"new!")])
     assert fences >= 4  # log, commit point, apply, and the lazily persisted applied_seq
+
+
+def test_a_failing_undo_does_not_replace_the_error() -> None:
+    """An on_abort callback that fails: every other one still runs, the error is kept
+    (with a note), and the filesystem turns read-only (memory may differ from media)."""
+    import daxfs
+    from daxfs.errors import Corrupted, NoSpace, ReadOnly
+    from daxfs.testing import SimulatedPmem
+
+    dev = SimulatedPmem(16 << 20)
+    daxfs.mkfs(dev)
+    fs = daxfs.mount(dev)
+    ran: list[str] = []
+
+    def undo_fails() -> None:
+        raise Corrupted("cannot re-read the superblock")
+
+    with pytest.raises(NoSpace, match="the real error") as info, fs.journal.begin() as tx:
+        tx.on_abort(lambda: ran.append("first registered"))
+        tx.on_abort(undo_fails)
+        raise NoSpace("the real error")
+    assert ran == ["first registered"]
+    assert any("cannot re-read the superblock" in note for note in info.value.__notes__)
+    assert "undoing a transaction in memory failed" in str(fs.journal.failed)
+    with pytest.raises(ReadOnly, match="read-only after a journal failure"):
+        fs.mkdir("/d")
+    fs.unmount()
