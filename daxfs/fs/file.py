@@ -35,6 +35,7 @@ from daxfs.fs.data import (
     DataPath,
 )
 from daxfs.fs.inode import Inode, InodeTable
+from daxfs.lifecycle import cleanup_after
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -346,8 +347,8 @@ class File(io.RawIOBase):
             with naming(self.path), inode.lock:
                 mapping = File.mapper(self, self._data, offset, length, access, address, fixed)
                 inode.mappings.append(mapping)
-        except BaseException:
-            self._itable.put(inode)
+        except BaseException as exc:
+            cleanup_after(exc, lambda: self._itable.put(inode))
             raise
         return mapping
 
@@ -381,8 +382,8 @@ class File(io.RawIOBase):
         try:
             with naming(self.path), inode.lock:
                 sg = File.pinner(self, self._data, offset, length)
-        except BaseException:
-            self._itable.put(inode)
+        except BaseException as exc:
+            cleanup_after(exc, lambda: self._itable.put(inode))
             raise
         return sg
 

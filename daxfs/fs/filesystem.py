@@ -963,8 +963,10 @@ class FileSystem:
             # without the filesystem lock: waiting for pins must not stall other operations
             with naming(shown), inode.lock:
                 self.data.truncate(inode, length, nowait)
-        finally:
-            self.itable.put(inode)
+        except BaseException as exc:
+            cleanup_after(exc, lambda: self.itable.put(inode))
+            raise
+        self.itable.put(inode)
 
     def statvfs(self, path: Path = "/") -> os.statvfs_result:
         """Block and inode counts (inodes: the table grows, so free = what space allows)."""
