@@ -213,11 +213,14 @@ class FileSystem:
         return self.itable.get(found[0]) if found is not None else None
 
     def _parent(self, directory: Inode) -> Inode:
-        """The directory ``..`` of ``directory`` names.
+        """The directory ``..`` of ``directory`` names (the root's is the root, whatever
+        its record says: no path climbs above it).
 
         Raises:
             Corrupted (EUCLEAN): ``..`` names something that is not a directory.
         """
+        if directory.ino == INO_ROOT:
+            return directory
         parent = self.itable.get(directory.rec.parent or INO_ROOT)
         if not parent.is_dir:
             raise Corrupted(

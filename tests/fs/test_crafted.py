@@ -531,3 +531,15 @@ def test_an_entry_stored_under_another_key_is_euclean_when_listed() -> None:
             fs.listdir("/")
         with corrupted("not under the hash of its name"):
             list(fs.scandir("/"))
+
+
+def test_no_path_climbs_above_the_root_whatever_its_record_says() -> None:
+    def tree(fs: daxfs.FileSystem) -> None:
+        fs.makedirs("/d/inner")
+
+    dev = fresh(tree)
+    crafting.edit_inode(dev, 2, parent=crafting.ino_of(dev, "/d"))
+    with daxfs.mount(dev) as fs:
+        assert fs.stat("/..").st_ino == 2
+        assert fs.listdir("/../..") == ["d"]
+        assert not fs.exists("/../inner")
