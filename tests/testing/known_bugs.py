@@ -21,7 +21,9 @@ SLOW_SECONDS = float(os.environ.get("DAXFS_SLOW_SECONDS", "120"))
 #: that meet no open bug.  Left out while being fixed (tools-findings.md):
 #:   inode and random, resealed: F14, cp -r of a crafted huge sparse file writes zeros
 #:   without end (cli)
-_OPEN = {("inode", True), ("random", True)}
+#:   superblock and inode, resealed: F15, a generation counter at 2^32 - 1 wraps at the
+#:   next create and fsck then calls the image damaged (fsck / hardening)
+_OPEN = {("inode", True), ("random", True), ("superblock", True)}
 FUZZ_KINDS = [
     (s, sealed) for sealed in (False, True) for s in STRUCTURES if (s, sealed) not in _OPEN
 ]
