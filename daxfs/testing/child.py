@@ -10,13 +10,15 @@ reads with a deadline.  What it returns says what happened:
 
     ok       fn returned
     error    fn raised (StepResult.data says what)
-    hang     no result before the timeout (the child is killed), or the child
-             wrote past FILE_LIMIT to one file (SIGXFSZ: a copy that runs away)
+    hang     no result before the timeout (the child is killed), or ``watch``
+             (polled every WATCH_INTERVAL seconds) gave a reason to stop it:
+             a copy that runs away, say
     crash    the child died of a signal or without a result (interpreter death)
 
 The child's address space is limited (what the parent has plus 2 GiB) so that
-a runaway allocation is a MemoryError, not the machine's memory, and its files
-to FILE_LIMIT, so that a runaway copy is a signal, not the host's disk.
+a runaway allocation is a MemoryError, not the machine's memory.  Disk use is
+watched from the parent (``disk_usage``), not limited with RLIMIT_FSIZE: a
+sparse file may rightly be huge and hold nothing.
 
 Invariants
   1. The parent never blocks longer than ``timeout`` (plus the time to kill).
@@ -38,7 +40,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-FILE_LIMIT = 64 << 20  # RLIMIT_FSIZE of a child: no file it writes grows past this
+WATCH_INTERVAL = 0.2  # seconds between two calls of a watch
 
 
 @dataclasses.dataclass
@@ -74,8 +76,17 @@ def _address_limit() -> int:
     return resource.RLIM_INFINITY
 
 
-def run_in_child(step: str, fn: Callable[[], dict[str, Any]], timeout: float) -> StepResult:
-    """Run ``fn`` in a forked child; its dict comes back as JSON through a pipe."""
+def run_in_child(
+    step: str,
+    fn: Callable[[], dict[str, Any]],
+    timeout: float,
+    watch: Callable[[], str | None] | None = None,
+) -> StepResult:
+    """Run ``fn`` in a forked child; its dict comes back as JSON through a pipe.
+
+    ``watch``, if given, is called in the parent while the child runs; a string
+    it returns stops the child (killed) and is the reason of the "hang".
+    """
     limit = _address_limit()
     start = time.monotonic()
     r, w = os.pipe()
@@ -87,10 +98,6 @@ def run_in_child(step: str, fn: Callable[[], dict[str, Any]], timeout: float) ->
             faulthandler.disable()  # a crash is reported by the parent, not dumped here
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-                # a copy that runs away (a crafted 64 PiB sparse file) dies of SIGXFSZ
-                # instead of filling the host's disk
-                resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
-                signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it
             try:
                 result: dict[str, Any] = {"status": "ok", **fn()}
             except BaseException as exc:
@@ -108,14 +115,19 @@ def run_in_child(step: str, fn: Callable[[], dict[str, Any]], timeout: float) ->
     chunks: list[bytes] = []
     deadline = start + timeout
     hung = False
+    stopped: str | None = None
     try:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 hung = True
                 break
-            ready, _, _ = select.select([r], [], [], left)
+            ready, _, _ = select.select([r], [], [], min(left, WATCH_INTERVAL))
             if not ready:
+                stopped = watch() if watch is not None else None
+                if stopped is not None:
+                    hung = True
+                    break
                 continue
             chunk = os.read(r, 1 << 16)
             if not chunk:
@@ -129,13 +141,11 @@ def run_in_child(step: str, fn: Callable[[], dict[str, Any]], timeout: float) ->
         _, wstatus = os.waitpid(pid, 0)
     seconds = time.monotonic() - start
     if hung:
-        return StepResult(step, "hang", {"why": f"no result after {timeout:g} s"}, seconds)
+        why = stopped or f"no result after {timeout:g} s"
+        return StepResult(step, "hang", {"why": why}, seconds)
     if os.WIFSIGNALED(wstatus):
-        sig = signal.Signals(os.WTERMSIG(wstatus))
-        if sig == signal.SIGXFSZ:
-            why = f"wrote more than {FILE_LIMIT >> 20} MiB to one file: runs away (SIGXFSZ)"
-            return StepResult(step, "hang", {"why": why}, seconds)
-        return StepResult(step, "crash", {"why": f"killed by {sig.name}"}, seconds)
+        sig = signal.Signals(os.WTERMSIG(wstatus)).name
+        return StepResult(step, "crash", {"why": f"killed by {sig}"}, seconds)
     code = os.WEXITSTATUS(wstatus)
     if code or not chunks:
         return StepResult(step, "crash", {"why": f"exit status {code}, no result"}, seconds)
@@ -158,3 +168,24 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
         "message": str(exc)[:300],
         "where": where,
     }
+
+
+def disk_usage(top: str, limit: int = 100_000) -> int:
+    """Bytes of disk the files under ``top`` take (allocated blocks, not sizes: a
+    sparse file takes what it holds); at most ``limit`` entries are looked at."""
+    total = 0
+    seen = 0
+    stack = [top]
+    while stack and seen < limit:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    seen += 1
+                    with contextlib.suppress(OSError):
+                        st = entry.stat(follow_symlinks=False)
+                        total += st.st_blocks * 512
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+        except OSError:
+            continue
+    return total

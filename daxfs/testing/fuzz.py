@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mount
-from daxfs.testing.child import StepResult, run_in_child
+from daxfs.testing.child import StepResult, disk_usage, run_in_child
 from daxfs.testing.corrupt import STRUCTURES, Mutation, corrupt
 from daxfs.testing.images import Base, Inventory, base_images
 from daxfs.testing.images import inventory as take_inventory
@@ -90,6 +90,7 @@ ALLOWED = {
 }
 WALK_LIMIT = 20_000  # names a walk visits at most (the base image has about 330)
 READ_LIMIT = 32 << 20  # bytes of a file the walk reads (a crafted size may be 2^56)
+COPY_LIMIT = 256 << 20  # disk a copy of the image may take (the base image holds ~3 MiB)
 API_WALK_LIMIT = 100_000  # entries fs.walk may yield before it counts as running away
 Facts = list[Any]  # what a walk saw of one path (JSON-able)
 
@@ -340,8 +341,15 @@ class Fuzzer:
             ("refsck", lambda: step_fsck(paths["main"])),
             ("reuse", lambda: step_reuse(paths["main"])),
         ]
+
+        def runaway() -> str | None:
+            used = disk_usage(sandbox)
+            if used > COPY_LIMIT:
+                return f"the copy took {used >> 20} MiB of disk: runs away (the image holds ~3)"
+            return None
+
         for name, fn in steps:
-            case.steps[name] = run_in_child(name, fn, t)
+            case.steps[name] = run_in_child(name, fn, t, runaway if name == "cli" else None)
 
 
 @functools.cache

@@ -24,7 +24,7 @@ from daxfs.fs.layout import (
     Superblock,
 )
 from daxfs.testing import corrupt, images
-from daxfs.testing.child import run_in_child
+from daxfs.testing.child import disk_usage, run_in_child
 from daxfs.testing.fuzz import Fuzzer
 from tests.testing.known_bugs import FUZZ_KINDS, SLOW_SECONDS
 
@@ -151,6 +151,26 @@ def test_child_results_errors_hangs_and_crashes() -> None:
     crashed = run_in_child("x", dies, 10)
     assert crashed.status == "crash"
     assert "SIGSEGV" in crashed.describe()
+
+
+def test_child_stopped_by_its_watch_and_disk_usage_counts_blocks(tmp_path: Any) -> None:
+    def sleeps() -> dict[str, Any]:
+        time.sleep(60)
+        return {}
+
+    calls = []
+
+    def watch() -> str | None:
+        calls.append(1)
+        return "runs away" if len(calls) > 2 else None
+
+    r = run_in_child("x", sleeps, 30, watch)
+    assert (r.status, r.describe()) == ("hang", "runs away")
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as f:
+        f.truncate(1 << 40)  # a terabyte of holes takes no disk
+        f.write(b"x" * 8192)
+    assert disk_usage(str(tmp_path)) < 1 << 20
 
 
 # -- classification of planted failures ---------------------------------------------------------
