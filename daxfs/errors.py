@@ -12,9 +12,12 @@ A broken internal invariant is an ``AssertionError``, never one of these.
 
 Paths are attached in one place, ``naming(path)``: below the API, errors name
 the structure they are about (an inode, a block, a range) in their message;
-the API (``FileSystem``, ``File``) wraps the work of each operation in
-``naming(path)``, which makes the path of that operation the error's
-``filename`` (so a caller, the CLI say, reads it from ``exc.filename``).
+the API (``FileSystem``, ``File``, ``mount``) wraps the work of each operation
+in ``naming(path)`` (the image's name for mount, unmount and sync), which
+makes the path of that operation the error's ``filename`` (so a caller, the
+CLI say, reads it from ``exc.filename``).  A plain ``OSError`` from below (a
+device that failed a read, a flush or a fence) becomes ``IOFailure`` (EIO)
+there, naming the path, with the device's error as its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -189,8 +192,12 @@ def naming(path: str) -> Iterator[None]:
 
     A daxfs error gets ``path`` whatever it named (below the API errors name
     structures, not paths), and the message ends with it unless it holds it
-    already; another OSError only if it names no file yet.  Type, errno and
-    traceback are kept: the same exception is re-raised.
+    already; type, errno and traceback are kept: the same exception is
+    re-raised.  Any other OSError comes from below the filesystem (the device,
+    or the kernel under a mapping): it is raised as ``IOFailure`` (EIO) naming
+    ``path``, the original chained as its cause -- except ENOMEM, which says
+    the process ran out of memory or address space, not that the device
+    failed, and keeps its type and errno with ``path`` as its filename.
 
     Every exception leaving through here also drops the locals of the frames
     it unwound (``daxfs.lifecycle.drop_frame_locals``): they may hold views of
@@ -206,8 +213,12 @@ def naming(path: str) -> Iterator[None]:
             text = exc.strerror or ""
             if path not in text:
                 exc.strerror = f"{text}: {path}" if text else path
-        elif isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = path
+        elif isinstance(exc, OSError):
+            if exc.errno != errno.ENOMEM:
+                why = exc.strerror or str(exc) or type(exc).__name__
+                raise IOFailure(f"{why}: {path}", path) from exc
+            if exc.filename is None:
+                exc.filename = path
         raise
 
 

@@ -274,9 +274,12 @@ class Mounts:
             try:
                 fs = mount(image, persist=self.persist)
             except OSError as exc:
-                if exc.strerror and image in exc.strerror:
+                text = exc.strerror or str(exc)
+                if text.endswith(f": {image}"):  # mount names the image: say it once, in front
+                    text = text[: -len(image) - 2]
+                if image in text:
                     raise
-                raise with_context(exc, f"cannot mount {image}") from None
+                raise OSError(exc.errno, f"cannot mount {image}: {text}") from None
             self._mounted[key] = fs
             fd = getattr(fs.device, "fd", None)  # the file the mount has open, if it says
             self._ids.add(identity(os.fstat(fd) if isinstance(fd, int) else os.stat(image)))

@@ -298,14 +298,15 @@ class File(io.RawIOBase):
 
         Raises:
             ClosedFile (EBADF): the file is closed.
-            OSError (EIO): the device failed to flush; a later fsync tries again.
+            IOFailure (EIO): the device failed to flush; a later fsync tries again.
         """
         self._check_open()
         inode = self.inode
-        with inode.lock:
-            mapped = self._data.writeback(inode)
-        if mapped:
-            self._owner._touch_modified(inode)
+        with naming(self.path):
+            with inode.lock:
+                mapped = self._data.writeback(inode)
+            if mapped:
+                self._owner._touch_modified(inode)
 
     def fdatasync(self) -> None:
         """As fsync (metadata needed to read the data back is always durable)."""
@@ -359,10 +360,15 @@ class File(io.RawIOBase):
             held = mapping in inode.mappings
             if held:
                 inode.mappings.remove(mapping)
-        if touched:
-            self._owner._touch_modified(inode)
-        if held:
-            self._itable.put(inode)
+        with naming(self.path):
+            try:
+                if touched:
+                    self._owner._touch_modified(inode)
+            except BaseException as exc:  # the hold still goes, without hiding the error
+                cleanup_after(exc, lambda: self._itable.put(inode) if held else None)
+                raise
+            if held:
+                self._itable.put(inode)
 
     def pin(self, offset: int, length: int) -> Any:
         """Pin ``[offset, offset+length)``: a ``daxfs.mm.SGList`` of device extents.
@@ -393,7 +399,8 @@ class File(io.RawIOBase):
         with inode.lock:
             assert inode.layouts is not None
             inode.layouts.unpin(token)
-        self._itable.put(inode)
+        with naming(self.path):
+            self._itable.put(inode)
 
     def flush(self) -> None:
         if self._open:
@@ -404,13 +411,20 @@ class File(io.RawIOBase):
         return self._owner._stat_inode(self.inode)
 
     def close(self) -> None:
+        """Close; the last holder of an unlinked file frees it.
+
+        Raises:
+            IOFailure (EIO): the device failed while freeing the file (it stays
+                on the orphan list: the next mount frees it); closed all the same.
+        """
         if not self._open:
             return
         self._open = False
         try:
             super().close()
         finally:
-            self._itable.put(self.inode, file=True)
+            with naming(self.path):
+                self._itable.put(self.inode, file=True)
 
     def __del__(self) -> None:
         if getattr(self, "_open", False):

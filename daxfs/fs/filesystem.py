@@ -92,7 +92,10 @@ class FileSystem:
         data: DataPath,
         readonly: bool,
         on_unmount: Callable[[FileSystem], None],
+        source: str,
     ) -> None:
+        #: what was mounted, as errors of the whole filesystem name it (mount, unmount, sync)
+        self.source = source
         self.device = device
         self.store = store
         self.journal = journal
@@ -163,8 +166,11 @@ class FileSystem:
 
         Raises:
             Busy (EBUSY): files are still open (close them first).
+            IOFailure (EIO): the device failed; it is released all the same
+                (the image is not marked clean: the next mount recovers).
+            Errors name the image (``source``).
         """
-        with self._lock:
+        with naming(self.source), self._lock:
             if not self._mounted:
                 return
             busy = self.open_files()
@@ -995,11 +1001,16 @@ class FileSystem:
 
     def sync(self) -> None:
         """Persist stores made through writable mappings, live or closed (see
-        File.fsync); every operation is durable when it returns already."""
+        File.fsync); every operation is durable when it returns already.
+
+        Raises:
+            IOFailure (EIO): the device failed to flush, naming the image
+                (``source``); a later sync tries again.
+        """
         self._check_mounted()
-        with self._lock:
+        with naming(self.source), self._lock:
             self.data.sync_all()
-        self.store.drain()
+            self.store.drain()
 
 
 def fspath_type(path: Path) -> str | bytes:

@@ -24,7 +24,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from daxfs.errors import Corrupted, InvalidArgument, ReadOnly
+from daxfs.errors import Corrupted, InvalidArgument, ReadOnly, naming
 from daxfs.fs.alloc import Allocator
 from daxfs.fs.data import DataPath
 from daxfs.fs.dir import Directories
@@ -183,6 +183,8 @@ def mount(
         Corrupted (EUCLEAN): not a daxfs, or a structure failed its checks.
         ReadOnly (EROFS): read-only mount of an image that needs recovery.
         NotSupported: the image uses features this version does not know.
+        IOFailure (EIO): the device failed.
+        Each names the image (``device_name``) as its filename.
     """
     if (
         isinstance(layout_timeout, bool)
@@ -195,23 +197,35 @@ def mount(
     owned = not isinstance(target, Device)
     if isinstance(target, Device):
         device = target
-    else:
+    else:  # its errors name the path already (ENOENT, EACCES, ENODEV: not I/O errors)
         device = open_device(target, persist=persist, readonly=readonly)
-    try:
-        device.claim(not readonly, "mount")
-    except BaseException as exc:
-        cleanup_after(exc, device.close if owned else None)
-        raise
-    try:
-        fs = _mount(device, readonly, owned)
-    except BaseException as exc:
-        cleanup_after(exc, device.unclaim, device.close if owned else None)
-        raise
+    source = device_name(target)
+    with naming(source):
+        try:
+            device.claim(not readonly, "mount")
+        except BaseException as exc:
+            cleanup_after(exc, device.close if owned else None)
+            raise
+        try:
+            fs = _mount(device, readonly, owned, source)
+        except BaseException as exc:
+            cleanup_after(exc, device.unclaim, device.close if owned else None)
+            raise
     fs.data.layout_timeout = float(layout_timeout)
     return fs
 
 
-def _mount(device: Device, readonly: bool, owned: bool) -> FileSystem:
+def device_name(target: Target) -> str:
+    """How errors name what is mounted: its path, or the device object's class and size."""
+    if not isinstance(target, Device):
+        return os.fsdecode(os.fspath(target))
+    path = getattr(target, "path", None)
+    if isinstance(path, str | bytes):
+        return os.fsdecode(path)
+    return f"<{type(target).__name__} of {target.size} bytes>"
+
+
+def _mount(device: Device, readonly: bool, owned: bool, source: str) -> FileSystem:
     store, journal, sb = recover(device, readonly)
     try:
         if sb.feature_incompat & ~FEATURE_INCOMPAT:
@@ -222,7 +236,7 @@ def _mount(device: Device, readonly: bool, owned: bool) -> FileSystem:
         if problems:
             raise Corrupted("superblock: " + "; ".join(problems) + " (run daxfs fsck)")
         sup = SuperState(store, sb)
-        fs = _assemble(device, store, journal, sup, readonly, owned)
+        fs = _assemble(device, store, journal, sup, readonly, owned, source)
         check_structures(fs.itable, fs.maps, fs.alloc, store)
         if not readonly:
             _reap_orphans(fs)
@@ -348,6 +362,7 @@ def _assemble(
     sup: SuperState,
     readonly: bool,
     owned: bool,
+    source: str,
 ) -> FileSystem:
     layers = build_layers(store, sup)
     layers.itable.check_records = True  # the API trusts nothing fsck would not
@@ -364,6 +379,7 @@ def _assemble(
         data=data,
         readonly=readonly,
         on_unmount=_unmounter(owned),
+        source=source,
     )
 
 

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from daxfs.errors import InvalidArgument, PermissionDenied
+from daxfs.errors import InvalidArgument, PermissionDenied, naming
 from daxfs.fs.data import DataPath
 from daxfs.fs.inode import Inode
 from daxfs.iomap import Iomap, IomapFlags, IomapType, iomap_iter
@@ -249,6 +249,7 @@ class Mapping(_vm.MappedBuffer, Closeable):
                 range outside the mapping.
             OSError (ENOMEM): part of the range was detached by a truncate or
                 punch-hole of the file.
+            IOFailure (EIO): the device failed to flush (naming the file).
         """
         dev = self._fast_dev
         if (
@@ -260,7 +261,11 @@ class Mapping(_vm.MappedBuffer, Closeable):
             and length > 0
             and offset + length <= self._len
         ):  # the whole mapping is one extent: straight to the device
-            self._persist(dev + offset, length)
+            try:
+                self._persist(dev + offset, length)
+            except OSError:
+                with naming(self._file.path):
+                    raise
             return
         if (
             not isinstance(flags, int)
@@ -275,21 +280,24 @@ class Mapping(_vm.MappedBuffer, Closeable):
         if start == end:
             return
         device = self._data.device
-        for piece in self._covering(start, end):
-            if piece.detached:
+        detached: tuple[int, int] | None = None
+        with naming(self._file.path):
+            for piece in self._covering(start, end):
                 lo = max(start, piece.start)
-                raise OSError(
-                    errno.ENOMEM,
-                    f"msync: bytes [{lo}, {min(end, piece.start + piece.length)}) of the "
-                    f"mapping of {self._file.path} were detached by a truncate or hole punch",
-                )
-            if piece.dev is None:
-                continue  # the zero page of a hole (read-only mapping)
-            lo = max(start, piece.start)
-            hi = min(end, piece.start + piece.length)
-            device.flush(piece.dev + lo - piece.start, hi - lo)
-        if not flags & MS_ASYNC:
-            device.drain()
+                hi = min(end, piece.start + piece.length)
+                if piece.detached:  # as Linux: the rest is still written back, then ENOMEM
+                    detached = detached or (lo, hi)
+                elif piece.dev is not None:  # (None: the zero page of a hole, read-only)
+                    device.flush(piece.dev + lo - piece.start, hi - lo)
+            if not flags & MS_ASYNC:
+                device.drain()
+        if detached is not None:
+            raise OSError(
+                errno.ENOMEM,
+                f"msync: bytes [{detached[0]}, {detached[1]}) of the mapping of "
+                f"{self._file.path} were detached by a truncate or hole punch",
+                self._file.path,
+            )
 
     def _range(self, offset: object, length: object, op: str) -> tuple[int, int]:
         for value, what in ((offset, "offset"), (length, "length")):
