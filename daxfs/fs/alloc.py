@@ -242,6 +242,11 @@ class Allocator:
             free -= self.reserved
         return max(0, free)
 
+    def unreserved(self) -> int:
+        """Committed free blocks that ordinary allocations may take: all but the reserve
+        (statvfs ``f_bavail``, and what a create may grow the inode file by)."""
+        return max(0, self.sup.sb.free_blocks - self.reserved)
+
     def use_reserve(self, tx: Transaction) -> None:
         """Let ``tx`` take the reserved blocks: it frees space (module docstring)."""
         tx.scratch[_RESERVE] = True

@@ -978,11 +978,19 @@ class FileSystem:
         self.itable.put(inode)
 
     def statvfs(self, path: Path = "/") -> os.statvfs_result:
-        """Block and inode counts (inodes: the table grows, so free = what space allows)."""
+        """Block and inode counts.
+
+        ``f_bfree`` counts the allocator's reserve, ``f_bavail`` does not (as
+        ext4).  The inode table grows, so free inodes (``f_ffree``, ``f_favail``)
+        are what creates can still get: the free list, the unused slots of the
+        inode table, and what the blocks outside the reserve let it grow by
+        (InodeTable.available).
+        """
         with self._lock:
             self._existing(path)
             sb = self.sup.sb
-            free_inodes = sb.free_inodes + sb.free_blocks * (BLOCK_SIZE // 256)
+            bavail = self.alloc.unreserved()
+            free_inodes = self.itable.available(bavail)
             flags = os.ST_RDONLY if self.readonly else 0
             return os.statvfs_result(
                 (
@@ -990,7 +998,7 @@ class FileSystem:
                     BLOCK_SIZE,
                     sb.block_count,
                     sb.free_blocks,
-                    max(0, sb.free_blocks - self.alloc.reserved),  # f_bavail: as ext4
+                    bavail,
                     sb.used_inodes + free_inodes,
                     free_inodes,
                     free_inodes,

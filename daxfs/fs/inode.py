@@ -414,6 +414,28 @@ class InodeTable:
         self.dirty(tx, inode)
         return inode
 
+    def available(self, blocks: int) -> int:
+        """Inodes creates can still get when ``blocks`` blocks may be allocated (statvfs
+        ``f_ffree``): the free list, the unused slots of the inode file, and the slots of
+        every growth step that fits in ``blocks`` (``allocate`` grows the inode file by
+        ``_growth`` blocks at once, or not at all).  Committed state; a directory that
+        must grow for the new name needs a block of its own, not counted here.
+        """
+        sb = self.sup.sb
+        size = self._inode_file_blocks(self.store)
+        count = sb.free_inodes + max(0, size * INODES_PER_BLOCK - sb.inode_hwm)
+        while blocks > 0:
+            step = self._growth(size)
+            if step == self._growth(MAX_INO):  # the largest step: all later ones are too
+                count += blocks // step * step * INODES_PER_BLOCK
+                break
+            if step > blocks:
+                break
+            blocks -= step
+            size += step
+            count += step * INODES_PER_BLOCK
+        return min(count, sb.free_inodes + max(0, MAX_INO - sb.inode_hwm))
+
     def _check_never_used(self, tx: Transaction, ino: int) -> None:
         """Raise unless the slot of ``ino`` (at the high-water mark) holds a zero record.
 

@@ -27,6 +27,7 @@ from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
 from daxfs.fs.fsck import fsck
 from daxfs.fs.layout import MAP_BTREE, MAP_INLINE
 from daxfs.testing import SimulatedPmem
+from tests import helpers
 
 BLOCK = 4096
 SIZE = 16 << 20  # the smallest filesystem
@@ -293,3 +294,37 @@ def test_repair_on_a_full_filesystem_can_make_lost_found(dev: SimulatedPmem) -> 
         (name,) = fs.listdir("/lost+found")
         with fs.open(f"/lost+found/{name}", "rb") as f:
             assert f.read() == b"x"
+
+
+def create_until_enospc(fs: daxfs.FileSystem, dirs: list[str], prefix: str) -> int:
+    """Create empty files, round robin in ``dirs`` (which have room for the names), until
+    ENOSPC; return how many were made."""
+    n = 0
+    while True:
+        try:
+            fs.open(f"{dirs[n % len(dirs)]}/{prefix}{n}", "xb").close()
+        except NoSpace:
+            return n
+        n += 1
+
+
+@pytest.mark.parametrize("leave", [0, 20], ids=["full", "one-growth-left"])
+def test_statvfs_free_inodes_are_what_creates_get(dev: SimulatedPmem, leave: int) -> None:
+    """f_ffree and f_favail count the inodes creates can get: the free list, the inode
+    table's unused slots, and the table's growth (16 blocks at a time here) out of the
+    blocks outside the reserve -- not out of the reserve."""
+    with daxfs.mount(dev) as fs:
+        dirs = [f"/d{i}" for i in range(3)]
+        for d in dirs:  # each gets a directory leaf with room for 128 names
+            fs.mkdir(d)
+            fs.open(f"{d}/first", "wb").close()
+        helpers.fill(fs, leave)
+        v = fs.statvfs()
+        assert v.f_ffree == v.f_favail == create_until_enospc(fs, dirs, "a") > 0
+        v = fs.statvfs()
+        assert v.f_ffree == v.f_favail == 0
+        assert v.f_files == fs.sup.sb.used_inodes
+        for i in range(5):  # freed inodes go on the free list: creates get them back
+            fs.unlink(f"{dirs[i % 3]}/a{i}")
+        assert fs.statvfs().f_ffree == 5 == create_until_enospc(fs, dirs, "b")
+    assert fsck(dev).clean

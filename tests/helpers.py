@@ -1,0 +1,60 @@
+"""Helpers shared by the tests of several layers: fresh images, full filesystems."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+import daxfs
+from daxfs.errors import NoSpace
+from daxfs.fs.layout import BLOCK_SIZE
+from daxfs.testing import SimulatedPmem
+
+#: the smallest filesystem mkfs makes
+SIZE = 16 << 20
+
+
+def formatted(size: int = SIZE, kind: type[SimulatedPmem] = SimulatedPmem) -> SimulatedPmem:
+    """A new ``kind`` device of ``size`` bytes holding an empty filesystem."""
+    device = kind(size)
+    daxfs.mkfs(device)
+    return device
+
+
+def fresh_device(
+    size: int = SIZE, kind: type[SimulatedPmem] = SimulatedPmem
+) -> Iterator[SimulatedPmem]:
+    """For a fixture (``yield from fresh_device()``): a formatted device, closed after the
+    test unless a failed test left it mounted, and the cycles that hold its images gone."""
+    device = formatted(size, kind)
+    yield device
+    with contextlib.suppress(BufferError):  # a failed test may leave it mounted
+        device.close()
+    gc.collect()
+
+
+def fill(fs: daxfs.FileSystem, leave: int = 0) -> None:
+    """Write until exactly ``leave`` blocks are left to ordinary allocations (``f_bavail``).
+
+    As a user would fill a disk: ``/fill`` grows by writes that halve on
+    ENOSPC down to one block; the few blocks it cannot take (its extent map
+    would need a tree node for them) go to ``/fill.pad``, one extent each in
+    its inline map, which needs no node.  With ``fs.alloc.reserved = 0`` set
+    first, not one block is left free.
+    """
+    fs.open("/fill.pad", "wb").close()  # first, while there is room for a new file
+    chunk = 256
+    with fs.open("/fill", "ab", buffering=0) as f:
+        while (extra := fs.statvfs().f_bavail - leave) > 0 and chunk:
+            try:
+                f.write(bytes(min(chunk, extra) * BLOCK_SIZE))
+            except NoSpace:
+                chunk //= 2
+    with fs.open("/fill.pad", "rb+", buffering=0) as f:
+        k = 0
+        while (extra := fs.statvfs().f_bavail - leave) > 0:
+            assert k < 5, f"{extra} blocks left that /fill could not take"
+            f.pwrite(b"p" * BLOCK_SIZE, 2 * k * BLOCK_SIZE)
+            k += 1
+    assert fs.statvfs().f_bavail == leave
