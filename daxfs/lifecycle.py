@@ -80,6 +80,17 @@ def drop_frame_locals(exc: BaseException) -> None:
             stack += e.exceptions
 
 
+def run_all(steps: list[Callable[[], object]]) -> None:
+    """Run every step, in order, even after one fails; raise the first failure (the
+    later ones become notes on it, as ``cleanup_after`` records them)."""
+    for i, step in enumerate(steps):
+        try:
+            step()
+        except BaseException as exc:
+            cleanup_after(exc, *steps[i + 1 :])
+            raise
+
+
 def cleanup_after(exc: BaseException, *steps: Callable[[], object] | None) -> None:
     """Run cleanup ``steps`` (None entries skipped) on the error path of ``exc``.
 

@@ -35,7 +35,7 @@ from daxfs.fs.data import (
     DataPath,
 )
 from daxfs.fs.inode import Inode, InodeTable
-from daxfs.lifecycle import cleanup_after
+from daxfs.lifecycle import cleanup_after, run_all
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -343,13 +343,23 @@ class File(io.RawIOBase):
         if File.mapper is None:
             raise NotSupported("DAX mmap needs daxfs.mm (import daxfs)")
         inode = self.inode
+        # what must run without the inode lock: closing the mappings fixed="replace"
+        # replaced (the last hold on an unlinked file frees it, under the filesystem lock)
+        after_unlock: list[Callable[[], object]] = []
         self._itable.hold(inode)  # first: a racing close must not reap the inode under us
         try:
             with naming(self.path), inode.lock:
-                mapping = File.mapper(self, self._data, offset, length, access, address, fixed)
+                mapping = File.mapper(
+                    self, self._data, offset, length, access, address, fixed, after_unlock
+                )
                 inode.mappings.append(mapping)
         except BaseException as exc:
-            cleanup_after(exc, lambda: self._itable.put(inode))
+            cleanup_after(exc, *after_unlock, lambda: self._itable.put(inode))
+            raise
+        try:
+            run_all(after_unlock)
+        except BaseException as exc:  # the mapping is made: close it, never leak it
+            cleanup_after(exc, mapping.close)
             raise
         return mapping
 

@@ -285,11 +285,10 @@ class InodeTable:
     def put(self, inode: Inode, *, file: bool = False) -> None:
         """Drop a hold (iput); the last put of an unlinked inode frees it.
 
-        Caller should hold no inode lock: freeing takes the filesystem lock,
-        which comes first in the lock order.  (One caller does: a
-        fixed="replace" mapping closes the mappings it replaces under the lock
-        of the inode it maps; that put is the last only for a victim whose
-        file was unlinked and closed.)
+        Caller must hold no inode lock: freeing takes the filesystem lock,
+        which comes first in the lock order.  (A fixed="replace" mapping, made
+        under the lock of the inode it maps, lets go of the mappings it
+        replaced only after that lock: File.mmap.)
 
         Raises:
             what freeing raises (an I/O error); the hold is dropped regardless.

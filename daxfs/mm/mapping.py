@@ -465,7 +465,8 @@ class Mapping(_vm.MappedBuffer, Closeable):
         """fixed='replace' mapped over us: unmap what is left, refuse everything after.
 
         Called with the registry locked, after ``release()`` succeeded; the
-        rest (registry, file) happens in ``after_replaced``, outside that lock.
+        rest (registry, file) happens in ``after_replaced``, which the new
+        mapping's ``File.mmap`` calls once it holds no lock (daxfs.mm.vm).
         """
         with self._lock:
             lo, hi = self.span
@@ -477,6 +478,7 @@ class Mapping(_vm.MappedBuffer, Closeable):
             self._why = f" by a fixed='replace' mapping at {by[0]:#x}"
 
     def after_replaced(self) -> None:
+        """Let go of the file (its last hold may free it: caller holds no inode lock)."""
         self._detached_from_owners(touched=False)
 
     def close(self) -> None:
@@ -524,12 +526,16 @@ def map_file(
     access: str,
     address: int | None,
     fixed: str | None,
+    after_unlock: list[Callable[[], object]],
     space: AddressSpace | None = None,
 ) -> Mapping:
     """Map ``[offset, offset+length)`` of an open file; see File.mmap for the rules.
 
-    Caller holds ``file.inode.lock``.
+    Caller holds ``file.inode.lock``, and runs what is appended to
+    ``after_unlock`` once it no longer does, whether this returns or raises:
+    finishing the mappings a ``fixed="replace"`` one replaced (daxfs.mm.vm).
     """
+    assert file.inode.lock._is_owned(), "caller must hold the inode lock"  # type: ignore[attr-defined]
     space = space or AddressSpace()
     size = file.inode.rec.size
     offset, length, writable = _check(file, size, offset, length, access, address, fixed)
@@ -538,7 +544,9 @@ def map_file(
     span = page_up(length)
     first = data.iomap_begin(file.inode, offset, length, IomapFlags.FAULT)
     align = first.addr_of(offset) if first.type is IomapType.MAPPED else None
-    addr = space.reserve(span, address, fixed, align)
+    replaced: list[Any] = []
+    addr = space.reserve(span, address, fixed, align, replaced=replaced)
+    after_unlock.extend(victim.after_replaced for victim in replaced)
     mapping = Mapping._create(file, data, addr, length, offset, writable, space)
     try:
         mapping._map_range(0, span)

@@ -15,6 +15,14 @@ Placement policies, as the 2014 discussion named them:
                                          only daxfs mappings; anything else is
                                          refused (EEXIST) since clobbering the
                                          interpreter's own memory would crash it
+
+A mapping that ``replace`` destroys is finished in two steps: ``replaced``,
+under the registry lock, unmaps what is left of it; ``after_replaced`` lets
+go of its file -- and the last hold on an unlinked file frees it, which takes
+the filesystem lock.  ``reserve`` runs under the inode lock of the file being
+mapped, and the filesystem lock comes before any inode lock, so it only
+collects the replaced mappings; the caller calls their ``after_replaced``
+once it holds no inode lock (``File.mmap`` does, after the mapping is made).
 """
 
 from __future__ import annotations
@@ -124,7 +132,13 @@ class AddressSpace:
         self.registry = registry
 
     def reserve(
-        self, length: int, address: int | None, fixed: str | None, align: int | None = None
+        self,
+        length: int,
+        address: int | None,
+        fixed: str | None,
+        align: int | None = None,
+        *,
+        replaced: list[Owner] | None = None,
     ) -> int:
         """Reserve ``length`` bytes (page multiple) of PROT_NONE address space.
 
@@ -132,6 +146,11 @@ class AddressSpace:
         ``align`` modulo 2 MiB, as the kernel does for file mappings, so that
         the pages of a device extent can be mapped large (and fault in whole
         folios on the msync path).
+
+        ``replaced`` (needed with ``fixed="replace"``): the daxfs mappings the
+        reservation replaced are appended; the caller must call their
+        ``after_replaced`` once it holds no inode lock (module docstring),
+        whether or not what it does next succeeds.
 
         Raises:
             Exists (EEXIST, FileExistsError): noreplace over anything in use, or
@@ -153,7 +172,8 @@ class AddressSpace:
         assert address is not None
         if fixed == "noreplace":
             return self._noreplace(address, length)
-        return self._replace(address, length)
+        assert replaced is not None, "fixed='replace' needs a list for what it replaces"
+        return self._replace(address, length, replaced)
 
     def _noreplace(self, address: int, length: int) -> int:
         try:
@@ -173,7 +193,7 @@ class AddressSpace:
             )
         return got
 
-    def _replace(self, address: int, length: int) -> int:
+    def _replace(self, address: int, length: int, replaced: list[Owner]) -> int:
         end = address + length
         with self.registry.lock:
             for start, stop, what in self.kernel.regions():
@@ -207,8 +227,7 @@ class AddressSpace:
             assert got == address, "MAP_FIXED placed a mapping elsewhere"
             for victim in victims:
                 victim.replaced((address, end))
-        for victim in victims:
-            victim.after_replaced()
+        replaced.extend(victims)  # their after_replaced: by the caller, without inode locks
         return got
 
     def _who(self, address: int, length: int) -> str:

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import mmap as pymmap
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 import daxfs
 from daxfs.fs.fsck import fsck
+from daxfs.fs.inode import Inode
 from daxfs.mm import MS_ASYNC, MS_INVALIDATE, MS_SYNC, Mapping
 from daxfs.mm.vm import PAGE_SIZE, AddressSpace, Kernel
 from daxfs.testing import SimulatedPmem
@@ -284,7 +286,8 @@ def test_kernel_that_ignores_noreplace(fs: daxfs.FileSystem) -> None:
     with fs.open("/f", "rb+", buffering=0) as f, f.mmap() as taken:
         kernel = OldKernel()
         with f.inode.lock, pytest.raises(FileExistsError, match="ignored"):
-            map_file(f, fs.data, 0, None, "write", taken.address, "noreplace", AddressSpace(kernel))
+            args = ("write", taken.address, "noreplace", [], AddressSpace(kernel))
+            map_file(f, fs.data, 0, None, *args)
         assert len(kernel.unmapped) == 1  # what it placed elsewhere was unmapped again
         assert taken[0:1] == b"x"
 
@@ -432,3 +435,68 @@ def test_file_image_maps_through_the_device_file(tmp_path: Path) -> None:
         assert g.read(5) == b"mapfs"
     assert os.path.getsize(image) == 16 << 20
     assert PAGE_SIZE == BLOCK
+
+
+#: how long the lock-order test's events wait: far longer than it ever takes (never asserted)
+PATIENCE = 60.0
+
+
+@pytest.mark.timeout(120, method="signal")
+def test_replace_frees_a_replaced_unlinked_file_without_holding_an_inode_lock(
+    fs: daxfs.FileSystem,
+) -> None:
+    """Lock order: filesystem lock, then inode lock.  A fixed="replace" mapping over the
+    last holder of an unlinked file frees that file, which takes the filesystem lock:
+    it must do so after letting go of the lock of the inode it maps, or a thread that
+    holds the filesystem lock and wants that inode (an open) deadlocks with it.
+
+    Thread A maps /x over /y's mapping; when it comes to free /y, it waits until the
+    main thread holds the filesystem lock, and the main thread then opens /x.  Before
+    the fix A held /x's inode lock there: the open waited for A, A for the open's
+    filesystem lock (ended by the pytest timeout, whose signal interrupts the open)."""
+    make_file(fs, "/x", b"x" * 2 * BLOCK)
+    make_file(fs, "/y", b"y" * 2 * BLOCK)
+    fy = fs.open("/y", "rb+", buffering=0)
+    y_map = fy.mmap()
+    y_ino = fy.inode.ino
+    fs.unlink("/y")
+    fy.close()  # y_map is the last holder of /y
+    reaping, fs_locked = threading.Event(), threading.Event()
+    real_reap = fs.itable.reap
+    assert real_reap is not None
+
+    def reap(inode: Inode) -> None:
+        if inode.ino == y_ino:
+            reaping.set()
+            fs_locked.wait(PATIENCE)
+        real_reap(inode)
+
+    fs.itable.reap = reap
+    results: list[object] = []
+    fx = fs.open("/x", "rb+", buffering=0)
+
+    def map_over_y() -> None:
+        try:
+            results.append(fx.mmap(address=y_map.address, fixed="replace"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            results.append(exc)
+
+    a = threading.Thread(target=map_over_y, name="A")
+    a.start()
+    try:
+        assert reaping.wait(PATIENCE), "the replace never came to free /y"
+        with fs._lock:
+            fs_locked.set()
+            fs.open("/x", "rb").close()  # wants /x's inode lock (InodeTable.hold)
+    finally:
+        fs_locked.set()
+        a.join()
+    (x_map,) = results
+    assert isinstance(x_map, daxfs.Mapping), repr(x_map)
+    assert x_map[0:1] == b"x"
+    assert y_map.closed
+    assert fs.itable.cached(y_ino) is None  # /y was freed
+    x_map.close()
+    fx.close()
+    with pytest.raises(daxfs.errors.Corrupted, match="free"):
+        fs.itable.get(y_ino)
