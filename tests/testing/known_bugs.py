@@ -18,10 +18,8 @@ NSSTRESS_WITHOUT: dict[str, str] = {}  # F3 fixed on main (99e65e2)
 #: budget of each long (slow) run, seconds
 SLOW_SECONDS = float(os.environ.get("DAXFS_SLOW_SECONDS", "120"))
 #: (structure, checksums resealed) kinds of corruption the bounded fuzz runs take: those
-#: that meet no open bug.  Left out while being fixed (tools-findings.md):
-#:   superblock, inode and random, resealed: F15, a generation counter at 2^32 - 1 wraps
-#:   at the next create and fsck then calls the image damaged (fsck / hardening)
-_OPEN = {("inode", True), ("random", True), ("superblock", True)}
+#: that meet no open bug (F4-F15 of tools-findings.md are fixed on main): all of them
+_OPEN: set[tuple[str, bool]] = set()
 FUZZ_KINDS = [
     (s, sealed) for sealed in (False, True) for s in STRUCTURES if (s, sealed) not in _OPEN
 ]
