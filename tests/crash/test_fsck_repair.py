@@ -18,16 +18,17 @@ from tests.fs import craft
 
 
 def _damage(dev: Device) -> None:
-    """Problems for every repair stage: bitmap counter, inode table counter, an
-    inode field, entries (a misplaced key, a wrong count), the free list, and a
-    lost inode (which creates /lost+found)."""
+    """Problems for every repair stage: bitmap counter, inode table counter, inode
+    fields (a block count; a size past the maximum, cut to the end of the last
+    extent, /frag's true size), entries (a misplaced key, a wrong count), the free
+    list, and a lost inode (which creates /lost+found)."""
     a, small = craft.ino_of(dev, "/a"), craft.ino_of(dev, "/a/b/small")
     with daxfs.mount(dev) as fs, fs.journal.begin() as tx:
         fs.dirs.remove(tx, fs.itable.get(fs.stat("/a/b").st_ino), b"small")
     items = craft.dir_leaf_entries(dev, a)
     (k, entries), *rest = items
     craft.write_dir_leaf(dev, a, [(k ^ 0x77, entries), *rest, (99, [(b"x/y", small, DT_REG)])])
-    craft.edit_inode(dev, craft.ino_of(dev, "/frag"), blocks=3)
+    craft.edit_inode(dev, craft.ino_of(dev, "/frag"), blocks=3, size=2**60)
     craft.edit_superblock(dev, free_blocks=17, next_generation=2**33, free_ino_head=0)
 
 

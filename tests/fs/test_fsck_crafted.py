@@ -661,3 +661,36 @@ def test_generation_counter_that_wrapped_is_no_problem() -> None:
             fs.mkdir(f"/g{i}")
         assert fs.superblock.next_generation < 0xFFFFFFFD  # wrapped
     assert fsck(dev).clean
+
+
+@pytest.mark.parametrize(
+    ("path", "end"),
+    [
+        ("/frag", 23 * BLOCK_SIZE),  # last extent: file block 22
+        ("/prealloc", 3 * BLOCK_SIZE),  # an unwritten extent past the old size ends it
+        ("/a/b/small", BLOCK_SIZE),
+    ],
+)
+def test_a_size_past_the_maximum_is_cut_to_the_end_of_the_last_extent(path: str, end: int) -> None:
+    """Not to the maximum (2^56): a 64 PiB sparse file that every tool would then read or
+    copy.  Past its last extent the file was a hole: nothing it held is lost."""
+    dev = craft.sample()
+    before = read(dev, path)
+    f = ino(dev, path)
+    craft.edit_inode(dev, f, size=2**60)
+    found(dev, f"inode {f}: size {2**60} beyond the maximum", f"(repair: {end},")
+    repaired(dev)
+    assert craft.read_inode(dev, f).size == end
+    after = read(dev, path)
+    assert after[: len(before)] == before
+    assert not any(after[len(before) :])  # what was past the old size: zeros (a hole)
+
+
+def test_a_file_with_no_extent_and_a_size_past_the_maximum_becomes_empty() -> None:
+    dev = craft.sample()
+    with daxfs.mount(dev) as fs:
+        fs.open("/empty/e", "wb").close()
+    f = ino(dev, "/empty/e")
+    craft.edit_inode(dev, f, size=2**57)
+    repaired(dev)
+    assert craft.read_inode(dev, f).size == 0

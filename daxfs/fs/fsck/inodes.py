@@ -40,7 +40,9 @@ Checks
      lower counter is no lie.)
 
 Repairs: inode-file size, ``inode_hwm`` and ``next_generation`` set to what
-was found; block counts, mode and flag bits, unknown extent flags cleared,
+was found; a regular file's size beyond the maximum set to the end of its
+last extent (past it the file was a hole, so nothing it held is lost);
+block counts, mode and flag bits, unknown extent flags cleared,
 free-record leftovers cleared; a file with written blocks past its size gets
 IFLAG_TRUNCATE (the lists pass puts it on the orphan list, and the next
 mount frees the blocks).  A directory whose tree is damaged is *salvaged*:
@@ -357,13 +359,18 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
     if fmt == st.S_IFLNK:
         _block_symlink(ctx, s, ino, rec, extents)
         return
-    if rec.size > MAX_FILE_SIZE:
+    size = rec.size
+    if size > MAX_FILE_SIZE:
+        # past its last extent the file was a hole: ending it there loses nothing, where
+        # the maximum would leave a 64 PiB sparse file for every tool to read or copy
+        size = min(max((e.end for e in extents), default=0), MAX_FILE_BLOCKS) << BLOCK_SHIFT
         ctx.problem(
             where,
-            f"size {rec.size} beyond the maximum file size {MAX_FILE_SIZE}",
-            Fix(Stage.INODES, set_fields(ino, size=MAX_FILE_SIZE)),
+            f"size {rec.size} beyond the maximum file size {MAX_FILE_SIZE} "
+            f"(repair: {size}, the end of its last extent)",
+            Fix(Stage.INODES, set_fields(ino, size=size)),
         )
-    keep = (min(rec.size, MAX_FILE_SIZE) + BLOCK_SIZE - 1) >> BLOCK_SHIFT
+    keep = (size + BLOCK_SIZE - 1) >> BLOCK_SHIFT
     written = [e for e in extents if not e.flags & EXTENT_UNWRITTEN and e.end > keep]
     if written and not s.records[ino].flags & IFLAG_TRUNCATE:
         # unwritten extents past the size are fallocate(KEEP_SIZE): legitimate
