@@ -20,6 +20,7 @@ from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
 from daxfs.fs.fsck import fsck
 from daxfs.fs.layout import BLOCK_SIZE
 from daxfs.testing import SimulatedPmem
+from tests import helpers
 
 SIZE = 16 << 20
 #: how errors of the whole filesystem (mount, unmount, sync) name a device without a path
@@ -47,8 +48,8 @@ class BrokenPmem(SimulatedPmem):
 
 @pytest.fixture
 def dev() -> BrokenPmem:
-    device = BrokenPmem(SIZE)
-    daxfs.mkfs(device)
+    device = helpers.formatted(SIZE, BrokenPmem)
+    assert isinstance(device, BrokenPmem)
     return device
 
 

@@ -10,8 +10,6 @@ becomes empty when its last extent goes, and an empty map starts inline again.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -21,6 +19,7 @@ from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_Z
 from daxfs.fs.fsck import fsck
 from daxfs.fs.layout import INLINE_EXTENTS, MAP_BTREE, MAP_INLINE, MAP_NONE
 from daxfs.testing import SimulatedPmem
+from tests import helpers
 
 BLOCK = 4096
 PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
@@ -28,12 +27,7 @@ PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
 @pytest.fixture
 def dev() -> Iterator[SimulatedPmem]:
-    device = SimulatedPmem(16 << 20)
-    daxfs.mkfs(device)
-    yield device
-    with contextlib.suppress(BufferError):  # a failed test may leave it mounted
-        device.close()
-    gc.collect()
+    yield from helpers.fresh_device(16 << 20)
 
 
 class Model:

@@ -29,6 +29,7 @@ from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_Z
 from daxfs.fs.file import SEEK_DATA, SEEK_HOLE, File
 from daxfs.fs.fsck import fsck
 from daxfs.testing import SimulatedPmem
+from tests import helpers
 from tests.fs.oracle import Step, run_steps
 
 BLOCK = 4096
@@ -38,11 +39,7 @@ PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
 @pytest.fixture
 def dev() -> Iterator[SimulatedPmem]:
-    device = SimulatedPmem(16 << 20)
-    daxfs.mkfs(device)
-    yield device
-    device.close()
-    gc.collect()  # the layers' reference cycles hold the closed device's images
+    yield from helpers.fresh_device(16 << 20)
 
 
 @pytest.fixture

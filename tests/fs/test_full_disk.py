@@ -14,9 +14,7 @@ a reserve it fails with ENOSPC and changes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import gc
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -37,31 +35,11 @@ Files = dict[str, bytes]
 
 @pytest.fixture
 def dev() -> Iterator[SimulatedPmem]:
-    device = SimulatedPmem(SIZE)
-    daxfs.mkfs(device)
-    yield device
-    with contextlib.suppress(BufferError):  # a failed test may leave it mounted
-        device.close()
-    gc.collect()
+    yield from helpers.fresh_device(SIZE)
 
 
 def pattern(seed: int, n: int) -> bytes:
     return bytes((seed * 7 + i) % 251 + 1 for i in range(256)) * (n // 256) + bytes(n % 256)
-
-
-def fill(fs: daxfs.FileSystem) -> None:
-    """Write until ENOSPC, halving the write down to one block: no block is left to
-    ordinary allocations."""
-    chunk = 256 * BLOCK
-    with fs.open("/fill", "ab", buffering=0) as f:
-        while True:
-            try:
-                f.write(bytes(chunk))
-            except NoSpace:
-                if chunk == BLOCK:
-                    break
-                chunk //= 2
-    assert fs.statvfs().f_bavail <= 3  # a block may be left that could not get its tree node
 
 
 def pwrite(fs: daxfs.FileSystem, files: Files, path: str, data: bytes, offset: int) -> None:
@@ -124,6 +102,16 @@ def truncated(data: bytes, size: int) -> bytes:
 
 def kind_of(fs: daxfs.FileSystem, path: str) -> int:
     return int(fs.itable.get(fs.stat(path).st_ino).rec.map_kind)
+
+
+def unmount_and_check(fs: daxfs.FileSystem, dev: SimulatedPmem, files: Files) -> None:
+    """Every file holds what the model says; unmounted, fsck finds nothing."""
+    for path, data in files.items():
+        with fs.open(path, "rb") as f:
+            assert f.read() == data, path
+    fs.unmount()
+    report = fsck(dev)
+    assert report.clean, str(report)
 
 
 Step = tuple[str, Callable[[daxfs.FileSystem, Files], None]]
@@ -203,7 +191,7 @@ def test_freeing_operations_on_a_full_filesystem(dev: SimulatedPmem, fragmented:
     assert kind_of(fs, "/tree") == MAP_BTREE
     assert kind_of(fs, "/inline2") == MAP_INLINE
     for name, op in NEED_NO_BLOCK + NEED_A_NODE:
-        fill(fs)
+        helpers.fill(fs)
         free = fs.statvfs().f_bfree
         try:
             op(fs, files)
@@ -216,12 +204,7 @@ def test_freeing_operations_on_a_full_filesystem(dev: SimulatedPmem, fragmented:
         else:
             assert fs.statvfs().f_bfree > free, f"{name} freed nothing"
     assert kind_of(fs, "/inline2") == MAP_BTREE
-    for path, data in files.items():
-        with fs.open(path, "rb") as f:
-            assert f.read() == data, path
-    fs.unmount()
-    report = fsck(dev)
-    assert report.clean, str(report)
+    unmount_and_check(fs, dev, files)
 
 
 def test_operations_that_free_space_need_no_block_at_all(dev: SimulatedPmem) -> None:
@@ -229,35 +212,21 @@ def test_operations_that_free_space_need_no_block_at_all(dev: SimulatedPmem) -> 
     fs = daxfs.mount(dev)
     files = build(fs, fragmented=True)
     fs.alloc.reserved = 0
-    fs.open("/pad", "wb").close()
     for name, op in NEED_NO_BLOCK:
-        fs.truncate("/pad", 0)
-        fill(fs)
-        # a last block that the fill's write could not use with a tree node: taken as a
-        # new extent of the inline map of /pad, which needs no node
-        for k in range(fs.statvfs().f_bfree):
-            with fs.open("/pad", "rb+", buffering=0) as f:
-                f.pwrite(b"p" * BLOCK, 2 * k * BLOCK)
+        helpers.fill(fs)
         assert fs.statvfs().f_bfree == 0
         try:
             op(fs, files)
         except OSError as exc:
             pytest.fail(f"{name} with no block free: {exc!r}")
-    for path, data in files.items():
-        with fs.open(path, "rb") as f:
-            assert f.read() == data, path
-    fs.unmount()
-    report = fsck(dev)
-    assert report.clean, str(report)
+    unmount_and_check(fs, dev, files)
 
 
 def test_a_punch_that_needs_a_node_fails_cleanly_without_one(dev: SimulatedPmem) -> None:
     fs = daxfs.mount(dev)
     files = build(fs, fragmented=False)
     fs.alloc.reserved = 0
-    fill(fs)
-    with fs.journal.begin() as tx:
-        fs.alloc.alloc(tx, fs.statvfs().f_bfree)  # not one block left
+    helpers.fill(fs)  # not one block left
     with pytest.raises(OSError, match="/inline2") as info:
         punch_step("/inline2", 40, 1)(fs, files)
     assert info.value.errno == errno.ENOSPC
@@ -270,10 +239,10 @@ def test_statvfs_reports_the_reserve_as_free_but_not_available(dev: SimulatedPme
     with daxfs.mount(dev) as fs:
         v = fs.statvfs()
         assert v.f_bavail == v.f_bfree - fs.alloc.reserved > 0
-        fill(fs)
+        helpers.fill(fs)
         v = fs.statvfs()
-        assert v.f_bavail <= 3
-        assert v.f_bfree >= fs.alloc.reserved
+        assert v.f_bavail == 0
+        assert v.f_bfree == fs.alloc.reserved
 
 
 def test_repair_on_a_full_filesystem_can_make_lost_found(dev: SimulatedPmem) -> None:
@@ -283,7 +252,7 @@ def test_repair_on_a_full_filesystem_can_make_lost_found(dev: SimulatedPmem) -> 
     fs = daxfs.mount(dev)
     for i in range(200):  # the root directory's tree holds room for the next entry
         pwrite(fs, {}, f"/f{i}", b"x", 0)
-    fill(fs)
+    helpers.fill(fs)
     with fs.journal.begin() as tx:  # lose /f7: its entry goes, its link stays
         fs.dirs.remove(tx, fs.itable.get(INO_ROOT), b"f7")
     fs.unmount()

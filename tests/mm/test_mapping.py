@@ -19,6 +19,7 @@ from daxfs.fs.inode import Inode
 from daxfs.mm import MS_ASYNC, MS_INVALIDATE, MS_SYNC, Mapping
 from daxfs.mm.vm import PAGE_SIZE, AddressSpace, Kernel
 from daxfs.testing import SimulatedPmem
+from tests import helpers
 
 BLOCK = 4096
 SIZE = 32 << 20
@@ -26,9 +27,7 @@ SIZE = 32 << 20
 
 @pytest.fixture
 def dev() -> SimulatedPmem:
-    device = SimulatedPmem(SIZE)
-    daxfs.mkfs(device)
-    return device
+    return helpers.formatted(SIZE)
 
 
 @pytest.fixture

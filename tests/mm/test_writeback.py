@@ -10,8 +10,6 @@ shows that without them the stores may be lost, so the checks can fail.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 import daxfs
 from daxfs.fs.fsck import fsck
 from daxfs.testing import SimulatedPmem
+from tests import helpers
 
 BLOCK = 4096
 SIZE = 16 << 20
@@ -27,12 +26,7 @@ STORES = {0: b"first block!", 3 * BLOCK + 100: b"in the fourth", 7 * BLOCK - 13:
 
 @pytest.fixture
 def dev() -> Iterator[SimulatedPmem]:
-    device = SimulatedPmem(SIZE)
-    daxfs.mkfs(device)
-    yield device
-    with contextlib.suppress(BufferError):  # a failed test may leave it mounted
-        device.close()
-    gc.collect()
+    yield from helpers.fresh_device(SIZE)
 
 
 def store_and_unmap(fs: daxfs.FileSystem, path: str = "/f", blocks: int = 7) -> daxfs.fs.file.File:

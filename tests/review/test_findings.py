@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import threading
 from collections.abc import Iterator
 
@@ -14,6 +12,7 @@ from daxfs.errors import NoSpace
 from daxfs.fs.fsck import fsck
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.faults import FlakyPmem
+from tests import helpers
 
 BLOCK = 4096
 SIZE = 16 << 20
@@ -21,12 +20,7 @@ SIZE = 16 << 20
 
 @pytest.fixture
 def dev() -> Iterator[SimulatedPmem]:
-    device = SimulatedPmem(SIZE)
-    daxfs.mkfs(device)
-    yield device
-    with contextlib.suppress(BufferError):  # a failed test may leave it mounted
-        device.close()
-    gc.collect()
+    yield from helpers.fresh_device(SIZE)
 
 
 def crash_copy(dev: SimulatedPmem) -> SimulatedPmem:
@@ -63,23 +57,12 @@ def test_truncate_of_unlinked_open_file_keeps_it_orphaned(dev: SimulatedPmem) ->
 # -- 2. on_abort callbacks run after the journal lock is released -------------------------
 
 
-def fill_to(fs: daxfs.FileSystem, leave: int) -> None:
-    """Fill the filesystem until exactly ``leave`` blocks are available (f_bavail)."""
-    n = 0
-    while fs.statvfs().f_bavail > leave:
-        extra = fs.statvfs().f_bavail - leave
-        with fs.open(f"/fill{n}", "wb", buffering=0) as f:
-            f.write(bytes(max(1, extra - 2) * BLOCK))
-        n += 1
-    assert fs.statvfs().f_bavail == leave
-
-
 def test_abort_reload_does_not_clobber_a_concurrent_transaction(dev: SimulatedPmem) -> None:
     fs = daxfs.mount(dev)
     with fs.open("/f", "wb", buffering=0) as f:
         f.pwrite(b"w" * BLOCK, BLOCK)  # hole, written block, (hole after)
     fs.mkdir("/warm")  # the root directory has a tree with room
-    fill_to(fs, 1)
+    helpers.fill(fs, 1)
 
     b_inside = threading.Event()
     a_reloaded = threading.Event()
