@@ -1,6 +1,6 @@
 """Every command on damaged images: exit 0 or 1, and an error is one line, never exit 70.
 
-Each case damages one structure of tests/fs/craft.py's sample filesystem
+Each case damages one structure of tests/fs/crafting.py's sample filesystem
 (torn bytes with the checksum left broken, or a lie with checksums recomputed),
 writes it to an image file, and runs every command on it in-process, then
 ``fsck --repair`` and the commands again.  A command may succeed (the damage is
@@ -21,8 +21,14 @@ import pytest
 from daxfs.cli import main
 from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE
 from daxfs.pmem.device import Device
-from tests.fs.craft import sample
-from tests.fs.crafting import edit_inode, edit_sb, ino_of, inode_address, read_inode
+from tests.fs.crafting import (
+    edit_inode,
+    edit_superblock,
+    ino_of,
+    inode_address,
+    read_inode,
+    sample,
+)
 
 Damage = Callable[[Device], None]
 
@@ -54,7 +60,7 @@ def _set_inode(path: str, **changes: int) -> Damage:
 
 def _set_superblock(**changes: int) -> Damage:
     def damage(dev: Device) -> None:
-        edit_sb(dev, **changes)
+        edit_superblock(dev, **changes)
 
     return damage
 

@@ -8,18 +8,18 @@ import pytest
 
 import daxfs
 from daxfs.cli import main
-from tests.fs import craft
+from tests.fs import crafting
 
 
 def _image(tmp_path: Path) -> Path:
     """The sample filesystem as an image file: a directory with a newline in its
     name whose '..' names itself, and a wrong free-block count."""
-    dev = craft.sample()
+    dev = crafting.sample()
     with daxfs.mount(dev) as fs:
         fs.rename("/empty", "/em\npty")
         bad = fs.stat("/em\npty").st_ino
-    craft.edit_inode(dev, bad, parent=bad)
-    craft.edit_superblock(dev, free_blocks=7)
+    crafting.edit_inode(dev, bad, parent=bad)
+    crafting.edit_superblock(dev, free_blocks=7)
     image = tmp_path / "fs.img"
     image.write_bytes(dev.read(0, dev.size))
     return image

@@ -14,7 +14,7 @@ from daxfs.fs.fsck import fsck
 from daxfs.fs.layout import DT_REG
 from daxfs.pmem.device import Device
 from daxfs.testing import PowerFailure, SimulatedPmem
-from tests.fs import craft
+from tests.fs import crafting
 
 
 def _damage(dev: Device) -> None:
@@ -22,19 +22,19 @@ def _damage(dev: Device) -> None:
     fields (a block count; a size past the maximum, cut to the end of the last
     extent, /frag's true size), entries (a misplaced key, a wrong count), the free
     list, and a lost inode (which creates /lost+found)."""
-    a, small = craft.ino_of(dev, "/a"), craft.ino_of(dev, "/a/b/small")
+    a, small = crafting.ino_of(dev, "/a"), crafting.ino_of(dev, "/a/b/small")
     with daxfs.mount(dev) as fs, fs.journal.begin() as tx:
         fs.dirs.remove(tx, fs.itable.get(fs.stat("/a/b").st_ino), b"small")
-    items = craft.dir_leaf_entries(dev, a)
+    items = crafting.dir_leaf_entries(dev, a)
     (k, entries), *rest = items
-    craft.write_dir_leaf(dev, a, [(k ^ 0x77, entries), *rest, (99, [(b"x/y", small, DT_REG)])])
-    craft.edit_inode(dev, craft.ino_of(dev, "/frag"), blocks=3, size=2**60)
-    craft.edit_superblock(dev, free_blocks=17, next_generation=2**33, free_ino_head=0)
+    crafting.write_dir_leaf(dev, a, [(k ^ 0x77, entries), *rest, (99, [(b"x/y", small, DT_REG)])])
+    crafting.edit_inode(dev, crafting.ino_of(dev, "/frag"), blocks=3, size=2**60)
+    crafting.edit_superblock(dev, free_blocks=17, next_generation=2**33, free_ino_head=0)
 
 
 def _repair_with_crashes(states_per_fence: int, every: int) -> int:
-    base = craft.sample()
-    pristine = craft.observe(craft.sample(), write=False).data
+    base = crafting.sample()
+    pristine = crafting.observe(crafting.sample(), write=False).data
     _damage(base)
     image = base.read(0, base.size)
     assert not fsck(SimulatedPmem(base.size, image=image)).clean
@@ -56,7 +56,7 @@ def _repair_with_crashes(states_per_fence: int, every: int) -> int:
             report = fsck(state, repair=True)
             assert report.clean, f"fence {fence}:\n{report}"
             assert fsck(state).clean, f"fence {fence}"
-            seen = craft.observe(state)
+            seen = crafting.observe(state)
             assert seen.walked, f"fence {fence}: {seen.error}"
             assert seen.wrote, f"fence {fence}: {seen.error}"
             for ino, digest in pristine.items():

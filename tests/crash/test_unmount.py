@@ -10,19 +10,20 @@ import daxfs
 from daxfs.fs.fsck import fsck
 from daxfs.fs.layout import BLOCK_SIZE
 from daxfs.testing import PowerFailure, SimulatedPmem
+from tests.fs.crafting import fresh
 
 SIZE = 16 << 20
 STATES = 32
 
 
+def populate(fs: daxfs.FileSystem) -> None:
+    fs.makedirs("/d/e")
+    with fs.open("/d/f", "wb") as f:
+        f.write(b"x" * 3 * BLOCK_SIZE)
+
+
 def base_image() -> bytes:
-    dev = SimulatedPmem(SIZE)
-    daxfs.mkfs(dev)
-    with daxfs.mount(dev) as fs:
-        fs.makedirs("/d/e")
-        with fs.open("/d/f", "wb") as f:
-            f.write(b"x" * 3 * BLOCK_SIZE)
-    return dev.read(0, SIZE)
+    return fresh(populate, SIZE).read(0, SIZE)
 
 
 def test_every_crash_state_of_unmount_passes_fsck() -> None:

@@ -14,69 +14,29 @@ from daxfs.fs.layout import (
     BLOCK_SIZE,
     INO_ROOT,
     INODE_SIZE,
-    InodeRecord,
     Superblock,
     seal_bitmap_block,
 )
-from daxfs.fs.mount import build_layers
-from daxfs.fs.store import PmemStore
-from daxfs.fs.super import SuperState
-from daxfs.testing import PowerFailure, SimulatedPmem
+from daxfs.pmem.device import Device
+from daxfs.testing import PowerFailure
+from tests.fs.crafting import edit_inode, fresh, ino_of, inode_address, sample, superblock
 
 SIZE = 16 << 20
 
 
 @pytest.fixture
-def dev() -> SimulatedPmem:
-    device = SimulatedPmem(SIZE)
-    daxfs.mkfs(device)
-    with daxfs.mount(device) as fs:
-        fs.makedirs("/a/b")
-        with fs.open("/a/file", "wb") as f:
-            f.write(b"x" * 10000)
-        with fs.open("/a/b/small", "wb") as f:
-            f.write(b"small")
-        fs.link("/a/file", "/a/hard")
-        fs.symlink("/a/file", "/sym")
-        with fs.open("/frag", "wb", buffering=0) as f:  # 12 extents: a B+tree map
-            for i in range(12):
-                f.pwrite(b"f" * BLOCK_SIZE, 2 * i * BLOCK_SIZE)
-    return device
+def dev() -> Device:
+    """tests/fs/crafting.py's sample: every kind of structure."""
+    return sample()
 
 
-def sb_of(dev: SimulatedPmem) -> Superblock:
-    return Superblock.unpack(dev.read(0, BLOCK_SIZE), "sb")
-
-
-def ino_of(dev: SimulatedPmem, path: str) -> int:
-    with daxfs.mount(dev) as fs:
-        return fs.stat(path, follow_symlinks=False).st_ino
-
-
-def edit_inode(dev: SimulatedPmem, ino: int, **changes: int) -> None:
-    """Change fields of an inode record on the device and reseal it."""
-    store = PmemStore(dev)
-    layers = build_layers(store, SuperState(store, sb_of(dev)))
-    blockno, offset = layers.itable.address(store, ino)
-    rec = InodeRecord.unpack_from(store.block(blockno), offset, ino)
-    for name, value in changes.items():
-        setattr(rec, name, value)
-    block = bytearray(store.block(blockno))
-    rec.pack_into(block, offset)
-    store.close()
-    dev.write(blockno << BLOCK_SHIFT, block)
-
-
-def inode_offset(dev: SimulatedPmem, ino: int) -> int:
-    store = PmemStore(dev)
-    layers = build_layers(store, SuperState(store, sb_of(dev)))
-    blockno, offset = layers.itable.address(store, ino)
-    store.close()
+def inode_offset(dev: Device, ino: int) -> int:
+    blockno, offset = inode_address(dev, ino)
     return (blockno << BLOCK_SHIFT) + offset
 
 
-def flip_bitmap_bit(dev: SimulatedPmem, blockno: int) -> None:
-    sb = sb_of(dev)
+def flip_bitmap_bit(dev: Device, blockno: int) -> None:
+    sb = superblock(dev)
     where = sb.bitmap_start << BLOCK_SHIFT
     block = bytearray(dev.read(where, BLOCK_SIZE))
     block[blockno // 8] ^= 1 << (blockno % 8)
@@ -84,7 +44,7 @@ def flip_bitmap_bit(dev: SimulatedPmem, blockno: int) -> None:
     dev.write(where, block)
 
 
-def assert_repairs(dev: SimulatedPmem, *words: str) -> None:
+def assert_repairs(dev: Device, *words: str) -> None:
     report = fsck(dev)
     assert not report.clean
     text = str(report)
@@ -97,23 +57,20 @@ def assert_repairs(dev: SimulatedPmem, *words: str) -> None:
     assert after.problems == []
 
 
-def test_clean_filesystem(dev: SimulatedPmem) -> None:
+def test_clean_filesystem(dev: Device) -> None:
     report = fsck(dev)
     assert report.clean, str(report)
     assert report.problems == []
-    assert report.directories == 3
-    assert report.files == 3
-    assert report.symlinks == 1
+    # /, /a, /a/b, /a/b/c, /empty, /big; /a/file, /a/b/small, /frag, /prealloc, /big/n*
+    assert (report.directories, report.files, report.symlinks) == (6, 204, 2)
     assert "clean" in str(report)
 
 
 def test_fresh_mkfs_is_clean() -> None:
-    device = SimulatedPmem(SIZE)
-    daxfs.mkfs(device)
-    assert fsck(device).clean
+    assert fsck(fresh()).clean
 
 
-def test_inode_checksum_mismatch_is_reported(dev: SimulatedPmem) -> None:
+def test_inode_checksum_mismatch_is_reported(dev: Device) -> None:
     ino = ino_of(dev, "/a/b/small")
     offset = inode_offset(dev, ino)
     dev.write(offset + 32, b"\xff")  # size field, checksum now wrong
@@ -125,7 +82,7 @@ def test_inode_checksum_mismatch_is_reported(dev: SimulatedPmem) -> None:
     assert info.value.errno == errno.EUCLEAN
 
 
-def test_primary_superblock_restored_from_backup(dev: SimulatedPmem) -> None:
+def test_primary_superblock_restored_from_backup(dev: Device) -> None:
     dev.write(100, b"garbage!")
     with pytest.raises(OSError, match="backup superblock is intact") as info:
         daxfs.mount(dev)
@@ -138,7 +95,7 @@ def test_primary_superblock_restored_from_backup(dev: SimulatedPmem) -> None:
         assert f.read() == b"x" * 10000
 
 
-def test_both_superblocks_gone(dev: SimulatedPmem) -> None:
+def test_both_superblocks_gone(dev: Device) -> None:
     dev.fill(0, BLOCK_SIZE)
     dev.fill(SIZE - BLOCK_SIZE, BLOCK_SIZE)
     report = fsck(dev, repair=True)
@@ -148,12 +105,12 @@ def test_both_superblocks_gone(dev: SimulatedPmem) -> None:
         daxfs.mount(dev)
 
 
-def test_leaked_block(dev: SimulatedPmem) -> None:
+def test_leaked_block(dev: Device) -> None:
     flip_bitmap_bit(dev, (SIZE >> BLOCK_SHIFT) - 100)  # a free block, marked used
     assert_repairs(dev, "marked used but nothing owns them")
 
 
-def test_block_in_use_marked_free(dev: SimulatedPmem) -> None:
+def test_block_in_use_marked_free(dev: Device) -> None:
     with daxfs.mount(dev) as fs, fs.open("/a/b/small", "rb", buffering=0) as f:
         addr = fs.data.iomap_begin(f.inode, 0, 1, 0).addr  # type: ignore[arg-type]
     flip_bitmap_bit(dev, addr >> BLOCK_SHIFT)
@@ -162,27 +119,27 @@ def test_block_in_use_marked_free(dev: SimulatedPmem) -> None:
         assert f.read() == b"small"
 
 
-def test_wrong_link_count(dev: SimulatedPmem) -> None:
+def test_wrong_link_count(dev: Device) -> None:
     ino = ino_of(dev, "/a/file")
     edit_inode(dev, ino, nlink=5)
     assert_repairs(dev, "link count 5, should be 2")
 
 
-def test_wrong_block_count(dev: SimulatedPmem) -> None:
+def test_wrong_block_count(dev: Device) -> None:
     ino = ino_of(dev, "/frag")
     edit_inode(dev, ino, blocks=1)
     assert_repairs(dev, f"inode {ino}: counts 1 blocks")
 
 
-def test_dangling_entry_removed(dev: SimulatedPmem) -> None:
+def test_dangling_entry_removed(dev: Device) -> None:
     ino = ino_of(dev, "/a/b/small")
     edit_inode(dev, ino, mode=0, nlink=0)
     assert_repairs(dev, "entry points at a free inode")
     with daxfs.mount(dev) as fs:
-        assert fs.listdir("/a/b") == []
+        assert fs.listdir("/a/b") == ["c"]
 
 
-def test_lost_inode_goes_to_lost_found(dev: SimulatedPmem) -> None:
+def test_lost_inode_goes_to_lost_found(dev: Device) -> None:
     with daxfs.mount(dev) as fs:
         ino = fs.stat("/a/b/small").st_ino
         with fs.journal.begin() as tx:  # drop the entry but not the inode
@@ -192,7 +149,7 @@ def test_lost_inode_goes_to_lost_found(dev: SimulatedPmem) -> None:
         assert f.read() == b"small"
 
 
-def test_journal_pending_is_replayed_by_repair(dev: SimulatedPmem) -> None:
+def test_journal_pending_is_replayed_by_repair(dev: Device) -> None:
     fs = daxfs.mount(dev)
     dev.schedule_power_failure(3)  # after the commit point (fence 2), before the apply ends
     with pytest.raises(PowerFailure):
@@ -208,13 +165,13 @@ def test_journal_pending_is_replayed_by_repair(dev: SimulatedPmem) -> None:
         assert fs.isdir("/newdir")
 
 
-def test_bitmap_checksum(dev: SimulatedPmem) -> None:
-    sb = sb_of(dev)
+def test_bitmap_checksum(dev: Device) -> None:
+    sb = superblock(dev)
     dev.write((sb.bitmap_start << BLOCK_SHIFT) + 4000, b"\x01")
     assert_repairs(dev, "bitmap block 0: checksum mismatch")
 
 
-def test_extent_tree_node_damage_reported(dev: SimulatedPmem) -> None:
+def test_extent_tree_node_damage_reported(dev: Device) -> None:
     ino = ino_of(dev, "/frag")
     with daxfs.mount(dev) as fs:
         root = fs.itable.get(ino).rec.map_root
@@ -226,10 +183,10 @@ def test_extent_tree_node_damage_reported(dev: SimulatedPmem) -> None:
     assert "checksum" in str(report)
 
 
-def test_free_list_rebuilt(dev: SimulatedPmem) -> None:
+def test_free_list_rebuilt(dev: Device) -> None:
     with daxfs.mount(dev) as fs:
         fs.unlink("/a/b/small")  # puts its inode on the free list
-    sb = sb_of(dev)
+    sb = superblock(dev)
     assert sb.free_ino_head
     raw = bytearray(dev.read(0, BLOCK_SIZE))
     struct.pack_into("<Q", raw, 216, 0)  # lose the list head
@@ -238,14 +195,14 @@ def test_free_list_rebuilt(dev: SimulatedPmem) -> None:
     assert_repairs(dev, "free inode list")
 
 
-def test_fsck_refuses_a_mounted_filesystem(dev: SimulatedPmem) -> None:
+def test_fsck_refuses_a_mounted_filesystem(dev: Device) -> None:
     with daxfs.mount(dev):
         with pytest.raises(OSError, match="in use") as info:
             fsck(dev)
         assert info.value.errno == errno.EBUSY
 
 
-def test_root_is_checked(dev: SimulatedPmem) -> None:
+def test_root_is_checked(dev: Device) -> None:
     edit_inode(dev, INO_ROOT, mode=0o100644)
     report = fsck(dev)
     assert not report.clean
@@ -266,7 +223,7 @@ def test_path_image(tmp_path: object) -> None:
     assert INODE_SIZE == 256
 
 
-def test_free_list_rebuilt_in_batches(dev: SimulatedPmem, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_free_list_rebuilt_in_batches(dev: Device, monkeypatch: pytest.MonkeyPatch) -> None:
     from daxfs.fs.fsck import lists as fsck_mod
 
     monkeypatch.setattr(fsck_mod, "REBUILD_BATCH", 8)

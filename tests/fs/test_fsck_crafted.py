@@ -32,11 +32,11 @@ from daxfs.fs.layout import (
 )
 from daxfs.pmem.device import Device
 
-from . import craft
+from . import crafting
 
 
 def ino(dev: Device, path: str) -> int:
-    return craft.ino_of(dev, path)
+    return crafting.ino_of(dev, path)
 
 
 def key_of(dev: Device, name: bytes) -> int:
@@ -61,7 +61,7 @@ def repaired(dev: Device) -> str:
     again = fsck(dev)
     assert again.clean, str(again)
     assert again.problems == [], str(again)
-    seen = craft.observe(dev)
+    seen = crafting.observe(dev)
     assert seen.walked, seen.error
     assert seen.wrote, seen.error
     assert fsck(dev).clean
@@ -77,11 +77,11 @@ def read(dev: Device, path: str) -> bytes:
 
 
 def test_entry_under_a_key_that_is_not_its_hash() -> None:
-    dev = craft.sample()
+    dev = crafting.sample()
     a = ino(dev, "/a")
-    items = craft.dir_leaf_entries(dev, a)
+    items = crafting.dir_leaf_entries(dev, a)
     (k, entries), *rest = items
-    craft.write_dir_leaf(dev, a, [(k ^ 0x5A5A, entries), *rest])
+    crafting.write_dir_leaf(dev, a, [(k ^ 0x5A5A, entries), *rest])
     name = entries[0][0].decode()
     with daxfs.mount(dev) as fs:  # the listing refuses it (it would list what lookup misses)
         assert not fs.exists(f"/a/{name}")
@@ -95,29 +95,29 @@ def test_entry_under_a_key_that_is_not_its_hash() -> None:
 
 
 def test_unknown_extent_flag_bits() -> None:
-    dev = craft.sample()
+    dev = crafting.sample()
     f = ino(dev, "/a/file")
-    rec = craft.read_inode(dev, f)
+    rec = crafting.read_inode(dev, f)
     inline = bytearray(rec.inline)
     lblk, pblk, length, _ = EXTENT.unpack_from(inline, 0)
     EXTENT.pack_into(inline, 0, lblk, pblk, length, 0x4)
-    craft.edit_inode(dev, f, inline=bytes(inline))
+    crafting.edit_inode(dev, f, inline=bytes(inline))
     found(dev, f"inode {f}: 1 extents with unknown flag bits")
     repaired(dev)
     assert read(dev, "/a/file") == b"x" * 10000
 
 
 def test_unknown_extent_flag_bits_in_a_tree() -> None:
-    dev = craft.sample()
+    dev = crafting.sample()
     f = ino(dev, "/frag")
-    root = craft.read_inode(dev, f).map_root
+    root = crafting.read_inode(dev, f).map_root
 
     def flag(block: bytearray) -> None:
         off, _ = struct.unpack_from("<HH", block, LEAF_SLOTS)
         pblk, length, flags = struct.unpack_from("<QII", block, off)
         struct.pack_into("<QII", block, off, pblk, length, flags | 0x80)
 
-    craft.edit_node(dev, root, flag)
+    crafting.edit_node(dev, root, flag)
     found(dev, f"inode {f}: 1 extents with unknown flag bits")
     repaired(dev)
     assert read(dev, "/frag")[:BLOCK_SIZE] == b"A" * BLOCK_SIZE
@@ -145,8 +145,8 @@ def test_unknown_extent_flag_bits_in_a_tree() -> None:
 def test_superblock_counters_that_contradict_the_structures(
     field: str, value: int, words: str
 ) -> None:
-    dev = craft.sample()
-    craft.edit_superblock(dev, **{field: value})
+    dev = crafting.sample()
+    crafting.edit_superblock(dev, **{field: value})
     found(dev, words)
     repaired(dev)
     with daxfs.mount(dev) as fs:  # the counters work again: a create and a write
@@ -158,8 +158,8 @@ def test_superblock_counters_that_contradict_the_structures(
 
 def test_lowered_high_water_mark_is_raised_not_trusted() -> None:
     """Before: repair took the inodes above the mark for free and dropped their names."""
-    dev = craft.sample()
-    craft.edit_superblock(dev, inode_hwm=4)
+    dev = crafting.sample()
+    crafting.edit_superblock(dev, inode_hwm=4)
     text = repaired(dev)
     assert "entry points at" not in text
     assert read(dev, "/a/file") == b"x" * 10000
@@ -169,8 +169,8 @@ def test_lowered_high_water_mark_is_raised_not_trusted() -> None:
 def test_huge_high_water_mark_does_not_hang() -> None:
     """A valid superblock with inode_hwm 2**32: fsck walks the slots the inode file
     holds, not 4.3 billion (pytest-timeout would end a hang)."""
-    dev = craft.sample()
-    craft.edit_superblock(dev, inode_hwm=2**32)
+    dev = crafting.sample()
+    crafting.edit_superblock(dev, inode_hwm=2**32)
     report = fsck(dev)
     assert "inode high-water mark 4294967296" in str(report)
 
@@ -178,14 +178,14 @@ def test_huge_high_water_mark_does_not_hang() -> None:
 def test_inode_file_mapping_far_past_a_hole_does_not_hang() -> None:
     """inode_hwm 2**32 and an inode file that maps a block at file block 2**28 (what
     one create made of such a superblock): before, fsck walked 4.3 billion slots."""
-    dev = craft.sample()
-    sb = craft.superblock(dev)
-    rec = craft.read_inode(dev, 1)
+    dev = crafting.sample()
+    sb = crafting.superblock(dev)
+    rec = crafting.read_inode(dev, 1)
     far = sb.block_count - 100
     dev.fill(far << BLOCK_SHIFT, 16 * BLOCK_SIZE)
     inline = bytearray(rec.inline)
     EXTENT.pack_into(inline, rec.map_count * EXTENT.size, 2**28, far, 16, 0)
-    craft.edit_inode(
+    crafting.edit_inode(
         dev,
         1,
         inline=bytes(inline),
@@ -193,18 +193,18 @@ def test_inode_file_mapping_far_past_a_hole_does_not_hang() -> None:
         size=(2**28 + 16) << BLOCK_SHIFT,
         blocks=rec.blocks + 16,
     )
-    craft.edit_superblock(dev, inode_hwm=2**32 + 1)
+    crafting.edit_superblock(dev, inode_hwm=2**32 + 1)
     found(dev, "a hole at file block", "hold no inode")
     repaired(dev)
-    assert craft.read_inode(dev, 1).size == rec.size
+    assert crafting.read_inode(dev, 1).size == rec.size
 
 
 def test_inode_file_size_against_its_map() -> None:
-    dev = craft.sample()
-    craft.edit_inode(dev, 1, size=0)
+    dev = crafting.sample()
+    crafting.edit_inode(dev, 1, size=0)
     found(dev, "inode 1 (the inode file): size 0 but maps")
     repaired(dev)
-    craft.edit_inode(dev, 1, size=2**50)
+    crafting.edit_inode(dev, 1, size=2**50)
     found(dev, f"size {2**50} but maps")
     repaired(dev)
 
@@ -212,16 +212,16 @@ def test_inode_file_size_against_its_map() -> None:
 @pytest.mark.parametrize("seq", ["applied", "header", "ahead"])
 def test_journal_sequence_at_its_limit(seq: str) -> None:
     """Before: fsck called it clean, and the first commit raised struct.error."""
-    dev = craft.sample()
+    dev = crafting.sample()
     if seq == "applied":
-        craft.set_applied_seq(dev, 2**64 - 1)
+        crafting.set_applied_seq(dev, 2**64 - 1)
     elif seq == "ahead":  # applied_seq ahead of the intact header: also outside any crc
-        header = craft.journal_header(dev)
+        header = crafting.journal_header(dev)
         assert header is not None
-        craft.set_applied_seq(dev, header.seq + 2**62)
+        crafting.set_applied_seq(dev, header.seq + 2**62)
     else:  # a valid header, already applied, whose next commit cannot be numbered
-        craft.write_journal_header(dev, JournalHeader(2**64 - 1, 0, 0, 0))
-        craft.set_applied_seq(dev, 2**64 - 1)
+        crafting.write_journal_header(dev, JournalHeader(2**64 - 1, 0, 0, 0))
+        crafting.set_applied_seq(dev, 2**64 - 1)
     found(dev, "journal: ", "out of range" if seq != "ahead" else "is ahead of")
     repaired(dev)
 
@@ -232,10 +232,10 @@ def test_forged_journal_transaction_is_dropped(where: str) -> None:
     filesystem: mount refuses it; repair drops it and the image mounts again."""
     from .crafting import forge_journal
 
-    dev = craft.sample()
-    sb = craft.superblock(dev)
+    dev = crafting.sample()
+    sb = crafting.superblock(dev)
     offset = (sb.journal_start + 2) << BLOCK_SHIFT if where == "log" else 2**64 - 4096
-    forge_journal(dev, [(offset, b"z" * 64)], seq=craft.journal_header(dev).seq + 1)  # type: ignore[union-attr]
+    forge_journal(dev, [(offset, b"z" * 64)], seq=crafting.journal_header(dev).seq + 1)  # type: ignore[union-attr]
     with pytest.raises(OSError, match="journal"):
         daxfs.mount(dev)
     found(dev, "journal: ")
@@ -244,20 +244,20 @@ def test_forged_journal_transaction_is_dropped(where: str) -> None:
 
 
 def test_entry_count_and_block_count() -> None:
-    dev = craft.sample()
+    dev = crafting.sample()
     big = ino(dev, "/big")
-    craft.edit_inode(dev, big, entries=7, blocks=1)
+    crafting.edit_inode(dev, big, entries=7, blocks=1)
     found(dev, "directory /big: counts 7 entries, holds 200", f"inode {big}: counts 1 blocks")
     repaired(dev)
 
 
 def test_directory_with_two_names() -> None:
-    dev = craft.sample()
+    dev = crafting.sample()
     b = ino(dev, "/a/b")
-    root = craft.dir_leaf_entries(dev, INO_ROOT)
+    root = crafting.dir_leaf_entries(dev, INO_ROOT)
     root.append((key_of(dev, b"twin"), [(b"twin", b, DT_DIR)]))
-    craft.write_dir_leaf(dev, INO_ROOT, root)
-    craft.edit_inode(dev, INO_ROOT, entries=len(root), nlink=2 + 5)
+    crafting.write_dir_leaf(dev, INO_ROOT, root)
+    crafting.edit_inode(dev, INO_ROOT, entries=len(root), nlink=2 + 5)
     found(dev, "a directory has one name")
     repaired(dev)
     with daxfs.mount(dev) as fs:
@@ -268,9 +268,9 @@ def test_directory_with_two_names() -> None:
 
 @pytest.mark.parametrize("target", ["itself", "child"])
 def test_dotdot_pointing_at_itself_or_a_child(target: str) -> None:
-    dev = craft.sample()
+    dev = crafting.sample()
     a, b = ino(dev, "/a"), ino(dev, "/a/b")
-    craft.edit_inode(dev, a, parent=a if target == "itself" else b)
+    crafting.edit_inode(dev, a, parent=a if target == "itself" else b)
     found(dev, f"/a: '..' is inode {a if target == 'itself' else b}, should be 2")
     repaired(dev)
     with daxfs.mount(dev) as fs:  # the rename that looped before
@@ -280,18 +280,18 @@ def test_dotdot_pointing_at_itself_or_a_child(target: str) -> None:
 
 def test_directory_cycle_through_entries() -> None:
     """/a/b/c holds an entry for /a: a cycle the walk must cut, not follow."""
-    dev = craft.sample()
+    dev = crafting.sample()
     a, c = ino(dev, "/a"), ino(dev, "/a/b/c")
-    craft.edit_inode(dev, c, map_kind=0)  # empty so far: give it a one-entry leaf
+    crafting.edit_inode(dev, c, map_kind=0)  # empty so far: give it a one-entry leaf
     with daxfs.mount(dev) as fs:
         with fs.open("/a/b/c/x", "wb"):
             pass
         fs.unlink("/a/b/c/x")
         fs.mkdir("/a/b/c/y")
-    items = craft.dir_leaf_entries(dev, c)
+    items = crafting.dir_leaf_entries(dev, c)
     items.append((key_of(dev, b"loop"), [(b"loop", a, DT_DIR)]))
-    craft.write_dir_leaf(dev, c, items)
-    craft.edit_inode(dev, c, entries=2, nlink=4)
+    crafting.write_dir_leaf(dev, c, items)
+    crafting.edit_inode(dev, c, entries=2, nlink=4)
     found(dev, "/a/b/c/loop: directory inode", "a directory has one name")
     repaired(dev)
     with daxfs.mount(dev) as fs:
@@ -304,15 +304,15 @@ def test_directory_cycle_through_entries() -> None:
 def test_invalid_names(name: bytes) -> None:
     """Before: '.', '..' were path components, '/', NUL and empty names made the whole
     directory unreadable.  Now the entry is dropped and its inode goes to lost+found."""
-    dev = craft.sample()
+    dev = crafting.sample()
     a, small = ino(dev, "/a"), ino(dev, "/a/b/small")
     with daxfs.mount(dev) as fs, fs.journal.begin() as tx:  # drop the name, keep the inode
         fs.dirs.remove(tx, fs.itable.get(fs.stat("/a/b").st_ino), b"small")
-    items = craft.dir_leaf_entries(dev, a)
+    items = crafting.dir_leaf_entries(dev, a)
     key = key_of(dev, name) if name else 12345
     items.append((key, [(name, small, DT_REG)]))
-    craft.write_dir_leaf(dev, a, items)
-    craft.edit_inode(dev, a, entries=len(items))
+    crafting.write_dir_leaf(dev, a, items)
+    crafting.edit_inode(dev, a, entries=len(items))
     found(dev, f"entry {name!r} (inode {small})")
     repaired(dev)
     assert read(dev, f"/lost+found/#{small}") == b"small"
@@ -321,11 +321,11 @@ def test_invalid_names(name: bytes) -> None:
 
 
 def test_entry_pointing_at_an_inode_beyond_the_table() -> None:
-    dev = craft.sample()
-    root = craft.dir_leaf_entries(dev, INO_ROOT)
+    dev = crafting.sample()
+    root = crafting.dir_leaf_entries(dev, INO_ROOT)
     root.append((key_of(dev, b"far"), [(b"far", 2**40, DT_REG)]))
-    craft.write_dir_leaf(dev, INO_ROOT, root)
-    craft.edit_inode(dev, INO_ROOT, entries=len(root))
+    crafting.write_dir_leaf(dev, INO_ROOT, root)
+    crafting.edit_inode(dev, INO_ROOT, entries=len(root))
     found(dev, "/far: entry points at an inode beyond the table")
     repaired(dev)
 
@@ -337,12 +337,12 @@ def test_repair_with_a_damaged_root_leaf_slot_and_a_free_inode() -> None:
     """Before: AssertionError "block ... is both live and new" (the root's leaf, freed
     as leaked, was handed to lost+found).  Now the root is rebuilt from the entries
     its leaf still holds; the one behind the damaged slot goes to /lost+found."""
-    dev = craft.sample()
-    before = craft.observe(dev, write=False).data
+    dev = crafting.sample()
+    before = crafting.observe(dev, write=False).data
     with daxfs.mount(dev) as fs:
         names = sorted(fs.listdir("/"))
-    root = craft.read_inode(dev, INO_ROOT).map_root
-    craft.edit_node(dev, root, lambda b: struct.pack_into("<HH", b, LEAF_SLOTS, 5000, 10))
+    root = crafting.read_inode(dev, INO_ROOT).map_root
+    crafting.edit_node(dev, root, lambda b: struct.pack_into("<HH", b, LEAF_SLOTS, 5000, 10))
     found(dev, "values [(5000, 10)] outside the heap", "rebuilt from the 6 entries")
     text = repaired(dev)
     assert "is in no directory (lost): goes to /lost+found/#" in text
@@ -351,15 +351,15 @@ def test_repair_with_a_damaged_root_leaf_slot_and_a_free_inode() -> None:
         assert len(fs.listdir("/lost+found")) == 1
     assert len(now) == len(names)  # one name went, lost+found came
     assert set(now) - {"lost+found"} < set(names)
-    assert craft.observe(dev, write=False).data == before  # every file, same data
+    assert crafting.observe(dev, write=False).data == before  # every file, same data
 
 
 def test_damaged_root_leaf_checksum_keeps_the_entries_that_prove_themselves() -> None:
     """A root leaf whose checksum failed: entries whose key is the keyed hash of
     their name and that name a live inode of their type are kept by name."""
-    dev = craft.sample()
-    before = craft.observe(dev, write=False).data
-    root = craft.read_inode(dev, INO_ROOT).map_root
+    dev = crafting.sample()
+    before = crafting.observe(dev, write=False).data
+    root = crafting.read_inode(dev, INO_ROOT).map_root
     with daxfs.mount(dev) as fs:
         names = sorted(fs.listdir("/"))
     dev.write((root << BLOCK_SHIFT) + 3000, b"\xee")  # in the value heap, not a key
@@ -371,18 +371,18 @@ def test_damaged_root_leaf_checksum_keeps_the_entries_that_prove_themselves() ->
     assert kept <= set(names)
     assert len(kept) + len(lost) == len(names)
     assert len(lost) <= 1  # at most the entry whose bytes the flip hit
-    assert craft.observe(dev, write=False).data == before
+    assert crafting.observe(dev, write=False).data == before
 
 
 def test_lost_found_inode_is_not_put_back_on_the_free_list() -> None:
     """Before: the free-list rebuild freed the inode repair had just given to
     /lost+found, and the next fsck found /lost+found pointing at a free inode."""
-    dev = craft.sample()
+    dev = crafting.sample()
     with daxfs.mount(dev) as fs:
         small = fs.stat("/a/b/small").st_ino
         with fs.journal.begin() as tx:
             fs.dirs.remove(tx, fs.itable.get(fs.stat("/a/b").st_ino), b"small")
-    assert craft.superblock(dev).free_ino_head  # lost+found will take it
+    assert crafting.superblock(dev).free_ino_head  # lost+found will take it
     found(dev, f"inode {small}: is in no directory")
     repaired(dev)
     assert read(dev, f"/lost+found/#{small}") == b"small"
@@ -391,9 +391,9 @@ def test_lost_found_inode_is_not_put_back_on_the_free_list() -> None:
 def test_damaged_tree_nodes_are_kept_and_not_reused() -> None:
     """Before: repair freed the nodes of a damaged tree as "leaked", and the new
     lost+found took one of them."""
-    dev = craft.sample()
+    dev = crafting.sample()
     frag = ino(dev, "/frag")
-    root = craft.read_inode(dev, frag).map_root
+    root = crafting.read_inode(dev, frag).map_root
     with daxfs.mount(dev) as fs:
         small = fs.stat("/a/b/small").st_ino
         with fs.journal.begin() as tx:
@@ -404,10 +404,10 @@ def test_damaged_tree_nodes_are_kept_and_not_reused() -> None:
     assert f"inode {frag}: B+tree of inode {frag}, node {root}: checksum mismatch" in text
     assert not report.clean
     assert "leaked" not in text
-    lf = craft.read_inode(dev, ino(dev, "/lost+found"))
+    lf = crafting.read_inode(dev, ino(dev, "/lost+found"))
     assert lf.map_root != root
     # every block the damaged file maps is still marked used
-    sb = craft.superblock(dev)
+    sb = crafting.superblock(dev)
     bitmap = dev.read(sb.bitmap_start << BLOCK_SHIFT, BLOCK_SIZE)
     raw = dev.read(root << BLOCK_SHIFT, BLOCK_SIZE)
     count = struct.unpack_from("<H", raw, 26)[0]
@@ -427,7 +427,7 @@ def test_repair_of_a_damaged_root_on_a_path_image(tmp_path: Path) -> None:
     """Before: fsck --repair meeting a damaged root ended in BufferError (views from
     direct_access still alive when the image was closed), masking the real error."""
     image = tmp_path / "fs.img"
-    image.write_bytes(craft.sample().read(0, craft.SIZE))
+    image.write_bytes(crafting.sample().read(0, crafting.SIZE))
     with daxfs.mount(image) as fs:
         root = fs.itable.get(INO_ROOT).rec.map_root
     with open(image, "r+b") as f:
@@ -446,7 +446,7 @@ def test_an_error_inside_fsck_is_not_replaced_by_the_cleanup(
     from daxfs.fs.fsck import driver
 
     image = tmp_path / "fs.img"
-    image.write_bytes(craft.sample().read(0, craft.SIZE))
+    image.write_bytes(crafting.sample().read(0, crafting.SIZE))
 
     def boom(ctx: object, s: object) -> None:
         view = s.store.block(0)  # type: ignore[attr-defined]  # alive in this frame
@@ -460,9 +460,9 @@ def test_an_error_inside_fsck_is_not_replaced_by_the_cleanup(
 
 
 def test_written_blocks_past_the_size_are_freed_through_the_orphan_list() -> None:
-    dev = craft.sample()
+    dev = crafting.sample()
     f = ino(dev, "/frag")
-    craft.edit_inode(dev, f, size=BLOCK_SIZE)
+    crafting.edit_inode(dev, f, size=BLOCK_SIZE)
     found(dev, f"inode {f}: maps written blocks up to 23 past its size 4096")
     repaired(dev)
     assert read(dev, "/frag") == b"A" * BLOCK_SIZE
@@ -474,13 +474,13 @@ def test_written_blocks_past_the_size_are_freed_through_the_orphan_list() -> Non
 
 
 def test_a_never_written_slot_below_the_mark_becomes_free() -> None:
-    dev = craft.sample()
+    dev = crafting.sample()
     gone = ino(dev, "/a/b/small")
     with daxfs.mount(dev) as fs:
         fs.unlink("/a/b/small")
-    blockno, offset = craft.inode_address(dev, gone)
+    blockno, offset = crafting.inode_address(dev, gone)
     dev.write((blockno << BLOCK_SHIFT) + offset, bytes(INODE_SIZE))
-    craft.edit_superblock(dev, free_ino_head=0, free_inodes=0)
+    crafting.edit_superblock(dev, free_ino_head=0, free_inodes=0)
     found(dev, "free inode list")
     repaired(dev)
     rec = InodeRecord.unpack_from(dev.read(blockno << BLOCK_SHIFT, BLOCK_SIZE), offset, gone)
@@ -488,13 +488,13 @@ def test_a_never_written_slot_below_the_mark_becomes_free() -> None:
 
 
 def test_unchanged_files_keep_their_data_through_repairs() -> None:
-    dev = craft.sample()
-    before = craft.observe(dev, write=False).data
+    dev = crafting.sample()
+    before = crafting.observe(dev, write=False).data
     big = ino(dev, "/big")
-    craft.edit_superblock(dev, free_blocks=1, used_inodes=1, inode_hwm=3)
-    craft.edit_inode(dev, big, entries=1)
+    crafting.edit_superblock(dev, free_blocks=1, used_inodes=1, inode_hwm=3)
+    crafting.edit_inode(dev, big, entries=1)
     repaired(dev)
-    after = craft.observe(dev, write=False).data
+    after = crafting.observe(dev, write=False).data
     assert after == before
     assert hashlib.sha256(read(dev, "/a/hard")).hexdigest() == before[ino(dev, "/a/file")]
 
@@ -502,13 +502,13 @@ def test_unchanged_files_keep_their_data_through_repairs() -> None:
 def test_each_problem_is_one_printable_line() -> None:
     """A name holding a newline, an escape or bytes that are not UTF-8 is escaped in
     the report, so ``daxfs fsck`` prints one line per problem on any terminal."""
-    dev = craft.sample()
+    dev = crafting.sample()
     with daxfs.mount(dev) as fs:
         for name in ["/new\nline", "/esc\x1b[2J", "/bad\udcff"]:
             fs.mkdir(name)
         bad = [fs.stat(n).st_ino for n in ["/new\nline", "/esc\x1b[2J", "/bad\udcff"]]
     for i in bad:
-        craft.edit_inode(dev, i, parent=i)
+        crafting.edit_inode(dev, i, parent=i)
     report = fsck(dev)
     lines = str(report).splitlines()
     assert len(lines) == len(report.problems) + 1
@@ -522,10 +522,10 @@ def test_each_problem_is_one_printable_line() -> None:
 def test_damaged_internal_node_of_a_directory_loses_no_name() -> None:
     """The root node of /big (two levels, 200 entries) fails its checksum: the
     leaves are intact, so the rebuilt directory holds every name."""
-    dev = craft.sample()
+    dev = crafting.sample()
     big = ino(dev, "/big")
-    node = craft.read_inode(dev, big).map_root
-    assert craft.node_header(dev, node)[4] == 1  # an internal node
+    node = crafting.read_inode(dev, big).map_root
+    assert crafting.node_header(dev, node)[4] == 1  # an internal node
     dev.write((node << BLOCK_SHIFT) + 3000, b"\xee")  # past the children: a checksum flip
     found(dev, f"node {node}: checksum mismatch; rebuilt from the 200 entries")
     repaired(dev)
@@ -537,8 +537,8 @@ def test_damaged_internal_node_of_a_directory_loses_no_name() -> None:
 
 
 def test_progress_reports_every_pass_and_the_repair() -> None:
-    dev = craft.sample()
-    craft.edit_superblock(dev, free_blocks=3)
+    dev = crafting.sample()
+    crafting.edit_superblock(dev, free_blocks=3)
     seen: dict[str, list[tuple[int, int]]] = {}
     fsck(
         dev,
@@ -557,7 +557,7 @@ def test_superblock_bytes_past_the_fields() -> None:
     mounted once, then never again).  fsck finds them; repair zeroes them."""
     from daxfs.fs.layout import SB_CRC_OFFSET, crc32c
 
-    dev = craft.sample()
+    dev = crafting.sample()
     raw = bytearray(dev.read(0, BLOCK_SIZE))
     raw[1000] = 0x5A
     struct.pack_into("<I", raw, SB_CRC_OFFSET, crc32c(bytes(raw[:SB_CRC_OFFSET])))
@@ -574,8 +574,8 @@ def test_backup_superblock_with_another_hash_key() -> None:
     """A backup that differs from the primary in a field fixed at mkfs (here the
     directory hash key), both checksums valid: restoring from it would make every
     name unreachable.  fsck reports it; repair rewrites the backup."""
-    dev = craft.sample()
-    sb = craft.superblock(dev)
+    dev = crafting.sample()
+    sb = crafting.superblock(dev)
     backup = dataclasses.replace(sb, hash_key=bytes(16))
     dev.write((sb.block_count - 1) << BLOCK_SHIFT, backup.to_block())
     found(dev, "backup superblock: fields fixed at mkfs differ from the primary's")
@@ -588,7 +588,7 @@ def test_an_orphan_whose_map_is_damaged_is_freed() -> None:
     """A file unlinked while open, then a crash: it waits on the orphan list for mount
     to free it.  With its extent tree damaged, mount failed on it (before and after
     repair); repair now frees it as mount would, and every other file is intact."""
-    dev = craft.sample()
+    dev = crafting.sample()
     fs = daxfs.mount(dev)
     frag = fs.stat("/frag").st_ino
     held = fs.open("/frag", "rb")  # open while unlinked: an orphan
@@ -597,14 +597,14 @@ def test_an_orphan_whose_map_is_damaged_is_freed() -> None:
     crashed = dev.crash(seed=1)
     assert not held.closed
     assert fsck(crashed).clean  # an orphan waiting for mount is no problem
-    before = craft.observe(craft.sample(), write=False).data
+    before = crafting.observe(crafting.sample(), write=False).data
     crashed.write((root << BLOCK_SHIFT) + 100, b"\xee\xee")
     with pytest.raises(OSError, match="checksum mismatch"):
         daxfs.mount(crashed)
     found(crashed, f"inode {frag}: B+tree of inode {frag}, node {root}: checksum mismatch")
     text = repaired(crashed)
     assert "an orphan with no link: freed, as mount would [repaired]" in text
-    after = craft.observe(crashed, write=False).data
+    after = crafting.observe(crashed, write=False).data
     assert after == {i: d for i, d in before.items() if i != frag}
 
 
@@ -613,16 +613,16 @@ def test_a_root_whose_record_cannot_be_read_is_made_anew(damage: str) -> None:
     """Before: 'root directory: inode 2 is damaged', and the image never mounted.
     Now the root is made anew; its tree is salvaged if the old record still names
     it (checksum), else every top-level inode goes to /lost+found (zeroed)."""
-    dev = craft.sample()
-    before = craft.observe(dev, write=False).data
+    dev = crafting.sample()
+    before = crafting.observe(dev, write=False).data
     with daxfs.mount(dev) as fs:
         names = sorted(fs.listdir("/"))
     if damage == "checksum":
-        craft.write_inode_bytes(dev, INO_ROOT, 48, b"\x01")  # atime: checksum now wrong
+        crafting.write_inode_bytes(dev, INO_ROOT, 48, b"\x01")  # atime: checksum now wrong
     elif damage == "zeroed":
-        craft.write_inode_bytes(dev, INO_ROOT, 0, bytes(INODE_SIZE))
+        crafting.write_inode_bytes(dev, INO_ROOT, 0, bytes(INODE_SIZE))
     else:
-        craft.edit_inode(dev, INO_ROOT, mode=0 if damage == "free" else 0o100644)
+        crafting.edit_inode(dev, INO_ROOT, mode=0 if damage == "free" else 0o100644)
     with pytest.raises(OSError, match="inode 2"), daxfs.mount(dev) as fs:
         fs.listdir("/")
     found(dev, "inode 2: ", "the root is made anew")
@@ -633,28 +633,28 @@ def test_a_root_whose_record_cannot_be_read_is_made_anew(damage: str) -> None:
         else:
             assert fs.listdir("/") == ["lost+found"]
             assert len(fs.listdir("/lost+found")) == len(names)
-    assert craft.observe(dev, write=False).data == before
+    assert crafting.observe(dev, write=False).data == before
 
 
 def test_inode_file_record_with_a_bad_checksum_whose_map_holds() -> None:
     """Before: 'no inode can be checked', and the image never mounted again."""
-    dev = craft.sample()
-    before = craft.observe(dev, write=False).data
-    craft.write_inode_bytes(dev, 1, 48, b"\x01")  # atime: the checksum is now wrong
+    dev = crafting.sample()
+    before = crafting.observe(dev, write=False).data
+    crafting.write_inode_bytes(dev, 1, 48, b"\x01")  # atime: the checksum is now wrong
     with pytest.raises(OSError, match="inode 1"):
         daxfs.mount(dev)
     found(dev, "inode 1 (the inode file): checksum mismatch; its map holds")
     repaired(dev)
-    assert craft.observe(dev, write=False).data == before
+    assert crafting.observe(dev, write=False).data == before
 
 
 def test_generation_counter_that_wrapped_is_no_problem() -> None:
     """next_generation wraps at 2**32 by design: an inode with a higher generation
     than the counter is history, not a lie (the tools' fuzzer, seed 2 case 379: a
     repair set the counter to 0xfffffffe, creates wrapped it, and fsck complained)."""
-    dev = craft.sample()
-    craft.edit_inode(dev, ino(dev, "/a/file"), generation=0xFFFFFFFE)
-    craft.edit_superblock(dev, next_generation=0xFFFFFFFD)
+    dev = crafting.sample()
+    crafting.edit_inode(dev, ino(dev, "/a/file"), generation=0xFFFFFFFE)
+    crafting.edit_superblock(dev, next_generation=0xFFFFFFFD)
     assert fsck(dev).clean
     with daxfs.mount(dev) as fs:
         for i in range(4):
@@ -674,23 +674,23 @@ def test_generation_counter_that_wrapped_is_no_problem() -> None:
 def test_a_size_past_the_maximum_is_cut_to_the_end_of_the_last_extent(path: str, end: int) -> None:
     """Not to the maximum (2^56): a 64 PiB sparse file that every tool would then read or
     copy.  Past its last extent the file was a hole: nothing it held is lost."""
-    dev = craft.sample()
+    dev = crafting.sample()
     before = read(dev, path)
     f = ino(dev, path)
-    craft.edit_inode(dev, f, size=2**60)
+    crafting.edit_inode(dev, f, size=2**60)
     found(dev, f"inode {f}: size {2**60} beyond the maximum", f"(repair: {end},")
     repaired(dev)
-    assert craft.read_inode(dev, f).size == end
+    assert crafting.read_inode(dev, f).size == end
     after = read(dev, path)
     assert after[: len(before)] == before
     assert not any(after[len(before) :])  # what was past the old size: zeros (a hole)
 
 
 def test_a_file_with_no_extent_and_a_size_past_the_maximum_becomes_empty() -> None:
-    dev = craft.sample()
+    dev = crafting.sample()
     with daxfs.mount(dev) as fs:
         fs.open("/empty/e", "wb").close()
     f = ino(dev, "/empty/e")
-    craft.edit_inode(dev, f, size=2**57)
+    crafting.edit_inode(dev, f, size=2**57)
     repaired(dev)
-    assert craft.read_inode(dev, f).size == 0
+    assert crafting.read_inode(dev, f).size == 0

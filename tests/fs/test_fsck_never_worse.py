@@ -44,7 +44,7 @@ from daxfs.fs.layout import (
 from daxfs.pmem.device import Device
 from daxfs.testing import SimulatedPmem
 
-from . import craft
+from . import crafting
 
 Corrupt = Callable[[Device, "Facts"], None]
 
@@ -66,7 +66,7 @@ class Facts:
 
 @functools.cache
 def facts() -> Facts:
-    dev = craft.sample()
+    dev = crafting.sample()
     paths = ["/a", "/a/b", "/a/b/c", "/a/file", "/a/b/small", "/frag", "/prealloc"]
     paths += ["/sym", "/longsym", "/big", "/empty", "/big/n100"]
     with daxfs.mount(dev) as fs:
@@ -107,7 +107,7 @@ def _values(fmt: str, just_out: int) -> list[int]:
 def _superblock_cases() -> list[tuple[str, Corrupt]]:
     counters = dict(_SB_FIELDS)
     beyond = {
-        "free_blocks": (craft.SIZE >> BLOCK_SHIFT) + 1,
+        "free_blocks": (crafting.SIZE >> BLOCK_SHIFT) + 1,
         "free_inodes": 1000,
         "used_inodes": 1000,
         "free_ino_head": 2**20,
@@ -126,7 +126,7 @@ def _superblock_cases() -> list[tuple[str, Corrupt]]:
 
 
 def _set_sb(name: str, value: int) -> Corrupt:
-    return lambda dev, f: craft.edit_superblock(dev, **{name: value})
+    return lambda dev, f: crafting.edit_superblock(dev, **{name: value})
 
 
 def _flip(offset: int, at: int) -> Corrupt:
@@ -144,13 +144,13 @@ def _both_sb_flipped(dev: Device, f: Facts) -> None:
 
 def _journal_cases() -> list[tuple[str, Corrupt]]:
     def applied(value: int) -> Corrupt:
-        return lambda dev, f: craft.set_applied_seq(dev, value)
+        return lambda dev, f: crafting.set_applied_seq(dev, value)
 
     def forged(offset: Callable[[Facts], int]) -> Corrupt:
         def corrupt(dev: Device, f: Facts) -> None:
             from .crafting import forge_journal
 
-            header = craft.journal_header(dev)
+            header = crafting.journal_header(dev)
             forge_journal(dev, [(offset(f), b"J" * 64)], seq=(header.seq if header else 0) + 1)
 
         return corrupt
@@ -242,7 +242,7 @@ def _ino(f: Facts, target: str) -> int:
 def _set_inode(target: str, name: str, value: int) -> Corrupt:
     def corrupt(dev: Device, f: Facts) -> None:
         ino = _ino(f, target)
-        blockno, offset = craft.inode_address(dev, ino)
+        blockno, offset = crafting.inode_address(dev, ino)
         raw = bytearray(dev.read(blockno << BLOCK_SHIFT, BLOCK_SIZE))
         at = 8 + sum(struct.calcsize("<" + fmt) for n, fmt in _INODE_FIELDS[: _index(name)])
         fmt = dict(_INODE_FIELDS)[name]
@@ -262,7 +262,7 @@ def _index(name: str) -> int:
 
 def _flip_inode(target: str) -> Corrupt:
     def corrupt(dev: Device, f: Facts) -> None:
-        blockno, offset = craft.inode_address(dev, _ino(f, target))
+        blockno, offset = crafting.inode_address(dev, _ino(f, target))
         _flip((blockno << BLOCK_SHIFT) + offset, 33)(dev, f)
 
     return corrupt
@@ -301,7 +301,9 @@ def _node(f: Facts, target: str) -> int:
 def _set_node(target: str, name: str, value: int) -> Corrupt:
     def corrupt(dev: Device, f: Facts) -> None:
         at, fmt = NODE_FIELDS[name]
-        craft.edit_node(dev, _node(f, target), lambda b: struct.pack_into("<" + fmt, b, at, value))
+        crafting.edit_node(
+            dev, _node(f, target), lambda b: struct.pack_into("<" + fmt, b, at, value)
+        )
 
     return corrupt
 
@@ -315,7 +317,7 @@ def _flip_node(target: str) -> Corrupt:
 
 def _set_slot(target: str, off: int, length: int) -> Corrupt:
     def corrupt(dev: Device, f: Facts) -> None:
-        craft.edit_node(
+        crafting.edit_node(
             dev, _node(f, target), lambda b: struct.pack_into("<HH", b, LEAF_SLOTS, off, length)
         )
 
@@ -327,7 +329,7 @@ def _swap_keys(target: str) -> Corrupt:
         k0, k1 = struct.unpack_from("<QQ", b, 64)
         struct.pack_into("<QQ", b, 64, k1, k0)
 
-    return lambda dev, f: craft.edit_node(dev, _node(f, target), swap)
+    return lambda dev, f: crafting.edit_node(dev, _node(f, target), swap)
 
 
 def _entry_cases() -> list[tuple[str, Corrupt]]:
@@ -341,28 +343,28 @@ def _entry_cases() -> list[tuple[str, Corrupt]]:
         return corrupt
 
     def moved_key(dev: Device, f: Facts) -> None:
-        items = craft.dir_leaf_entries(dev, f.ino["/a"])
+        items = crafting.dir_leaf_entries(dev, f.ino["/a"])
         k, e = items[0]
         items[0] = (k ^ 1, e)
-        craft.write_dir_leaf(dev, f.ino["/a"], items)
+        crafting.write_dir_leaf(dev, f.ino["/a"], items)
 
     def dotdot(dev: Device, f: Facts) -> None:
-        items = craft.dir_leaf_entries(dev, f.ino["/a/b"])
+        items = crafting.dir_leaf_entries(dev, f.ino["/a/b"])
         items.append((7, [(b"..", f.ino["/a"], 4)]))
-        craft.write_dir_leaf(dev, f.ino["/a/b"], items)
+        crafting.write_dir_leaf(dev, f.ino["/a/b"], items)
 
     def loop(dev: Device, f: Facts) -> None:
-        items = craft.dir_leaf_entries(dev, f.ino["/a/b"])
+        items = crafting.dir_leaf_entries(dev, f.ino["/a/b"])
         items.append((9, [(b"up", f.ino["/a"], 4)]))
-        craft.write_dir_leaf(dev, f.ino["/a/b"], items)
+        crafting.write_dir_leaf(dev, f.ino["/a/b"], items)
 
     def truncated(dev: Device, f: Facts) -> None:
-        items = craft.dir_leaf_entries(dev, f.ino["/a"])
-        rec = craft.read_inode(dev, f.ino["/a"])
+        items = crafting.dir_leaf_entries(dev, f.ino["/a"])
+        rec = crafting.read_inode(dev, f.ino["/a"])
         leaf = bytearray(dev.read(rec.map_root << BLOCK_SHIFT, BLOCK_SIZE))
         off, _ = struct.unpack_from("<HH", leaf, LEAF_SLOTS)
         struct.pack_into("<HH", leaf, LEAF_SLOTS, off, DIRENT.size - 2)
-        craft.edit_node(dev, rec.map_root, lambda b: b.__setitem__(slice(0, BLOCK_SIZE), leaf))
+        crafting.edit_node(dev, rec.map_root, lambda b: b.__setitem__(slice(0, BLOCK_SIZE), leaf))
         assert items
 
     return [
@@ -388,7 +390,7 @@ def _entry_cases() -> list[tuple[str, Corrupt]]:
 @functools.cache
 def _orphan_image() -> bytes:
     """The sample with /frag unlinked while open, then a crash: an orphan for mount."""
-    dev = craft.sample()
+    dev = crafting.sample()
     fs = daxfs.mount(dev)
     _ABANDONED.append(fs.open("/frag", "rb"))  # never closed: the process "died"
     fs.unlink("/frag")
@@ -465,17 +467,17 @@ def _copy(dev: Device) -> SimulatedPmem:
 
 @functools.cache
 def _pristine() -> dict[int, str]:
-    return craft.observe(craft.sample(), write=False).data
+    return crafting.observe(crafting.sample(), write=False).data
 
 
 def check_never_worse(name: str, corrupt: Corrupt) -> None:
-    dev = craft.sample()
+    dev = crafting.sample()
     corrupt(dev, facts())
     first = fsck(dev)
-    before = craft.observe(_copy(dev))
+    before = crafting.observe(_copy(dev))
     repair = fsck(dev, repair=True)
     second = fsck(dev)
-    after = craft.observe(_copy(dev))
+    after = crafting.observe(_copy(dev))
     why = f"{name}\nfirst:\n{first}\nrepair:\n{repair}\nsecond:\n{second}\n{before}\n{after}"
     if first.complete:
         new = {p.key for p in second.problems} - {p.key for p in first.problems}
@@ -520,7 +522,7 @@ def _metadata_blocks() -> list[int]:
     from daxfs.fs.fsck.inodes import NO_NODES
     from daxfs.fs.layout import MAP_BTREE, TREE_DIRECTORY, TREE_EXTENTS
 
-    dev = craft.sample()
+    dev = crafting.sample()
     f = facts()
     blocks = {0, f.journal_start, f.bitmap_start}
     with daxfs.mount(dev) as fs:
