@@ -28,38 +28,9 @@ from daxfs.cli.common import (
     short,
 )
 from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE, INODE_SIZE, Superblock, seal_bitmap_block
+from tests.cli.conftest import Run
 
 SIZE = 32 << 20
-
-
-class Run:
-    """main() with captured output: ``status, out, err = run("ls", ...)``."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-
-    def __call__(self, *argv: str | Path) -> tuple[int, str, str]:
-        status = main([str(a) for a in argv])
-        out, err = self.capsys.readouterr()
-        return status, out, err
-
-    def ok(self, *argv: str | Path) -> str:
-        status, out, err = self(*argv)
-        assert (status, err) == (0, ""), err
-        return out
-
-    def fails(self, *argv: str | Path) -> str:
-        """Run a command that must fail with one error line; return the line."""
-        status, _, err = self(*argv)
-        assert status == 1, err
-        assert err.startswith("daxfs: ")
-        assert err.count("\n") == 1, err
-        return err.strip()
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    return Run(capsys)
 
 
 @pytest.fixture

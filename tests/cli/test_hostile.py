@@ -33,39 +33,15 @@ from typing import cast
 import pytest
 
 import daxfs
-from daxfs.cli import common, cp, main, sides
+from daxfs.cli import common, cp, sides
 from daxfs.cli.common import Mounts, ProgressBar
 from daxfs.errors import Corrupted
 from daxfs.fs.dir import pack_entries
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.layout import DT_DIR
+from tests.cli.conftest import Run
 
 SIZE = 32 << 20
-
-
-class Run:
-    """main() with captured output: ``status, out, err = run("ls", ...)``."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-
-    def __call__(self, *argv: str | Path) -> tuple[int, str, str]:
-        status = main([str(a) for a in argv])
-        out, err = self.capsys.readouterr()
-        return status, out, err
-
-    def fails(self, *argv: str | Path) -> str:
-        """Run a command that must fail with one error line; return the line."""
-        status, _, err = self(*argv)
-        assert status == 1, err
-        assert err.startswith("daxfs: "), err
-        assert err.count("\n") == 1, err
-        return err.strip()
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    return Run(capsys)
 
 
 def plant(fs: FileSystem, directory: str, name: bytes, ino: int, dtype: int = DT_DIR) -> None:
