@@ -22,8 +22,9 @@ import stat as st
 from typing import Any
 
 from daxfs.cli.common import Mounts, Operand, add_parser, add_persist_option, image_operand, naming
-from daxfs.errors import Busy, Corrupted, CrossDevice, IsADirectory, NotADirectory
+from daxfs.errors import Busy, CrossDevice, IsADirectory, NotADirectory
 from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.scan import enter_once
 
 
 def register(sub: Any) -> None:
@@ -130,13 +131,7 @@ def _remove_tree(fs: FileSystem, top: str) -> None:
         dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
         others = [e for e in entries if not e.is_dir(follow_symlinks=False)]
         for entry in dirs:  # all checked before anything here is removed
-            if entry.inode_number in visited:
-                raise Corrupted(
-                    "directory cycle, or a directory with two names "
-                    f"(inode {entry.inode_number}): {entry.path}",
-                    entry.path,
-                )
-            visited.add(entry.inode_number)
+            enter_once(visited, entry.inode_number, entry.path)
         for entry in others:
             fs.unlink(entry.path)
         stack.extend((entry.path, False) for entry in dirs)

@@ -45,8 +45,9 @@ from daxfs.cli.common import (
     printable,
     short,
 )
-from daxfs.errors import Corrupted, InvalidArgument, NotADirectory
+from daxfs.errors import InvalidArgument, NotADirectory
 from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.scan import enter_once
 
 
 def register(sub: Any) -> None:
@@ -259,13 +260,7 @@ def _tree_lines(fs: FileSystem, top: str, args: argparse.Namespace) -> Iterator[
         yield prefix + ("└── " if last else "├── ") + name, _is_dir(entry)
         descend = entry.is_dir(follow_symlinks=False)
         if descend and (args.level is None or depth < args.level):
-            if entry.inode_number in visited:
-                raise Corrupted(
-                    "directory cycle, or a directory with two names "
-                    f"(inode {entry.inode_number}): {entry.path}",
-                    entry.path,
-                )
-            visited.add(entry.inode_number)
+            enter_once(visited, entry.inode_number, entry.path)
             more = prefix + ("    " if last else "│   ")
             stack.append((iter(_tree_entries(fs, entry.path, args)), more, depth + 1))
 

@@ -49,6 +49,24 @@ def check_entry_name(name: str | bytes, where: str) -> None:
         raise Corrupted(f"bad name {shown!r} in directory {where}", where)
 
 
+def enter_once(visited: set[int], ino: int, shown: str) -> None:
+    """Record that a walk enters directory ``ino`` (reached as ``shown``) by plain entries.
+
+    daxfs has no hard links to directories, so a directory met so a second time
+    in one walk is damage: a cycle, or a directory with two names.  Every walk
+    over an untrusted image (``walk`` here, the CLI's tree and rm -r) checks
+    each directory with this before it enters it, and so ends.
+
+    Raises:
+        Corrupted (EUCLEAN): ``ino`` was entered already; naming ``shown``.
+    """
+    if ino in visited:
+        raise Corrupted(
+            f"directory cycle, or a directory with two names (inode {ino}): {shown}", shown
+        )
+    visited.add(ino)
+
+
 class DirEntry:
     """One entry from scandir, like os.DirEntry."""
 
@@ -242,12 +260,6 @@ def _enter(fs: FileSystem, way: _Way, visited: set[int]) -> tuple[int, list[DirE
         if way.through_link:
             if ino in way.above:
                 raise TooManyLinks(f"symbolic link loop, not followed: {shown}", shown)
-        elif ino in visited:
-            raise Corrupted(
-                f"directory cycle, or a directory with two names "
-                f"(inode {ino}), not entered again: {shown}",
-                shown,
-            )
         else:
-            visited.add(ino)
+            enter_once(visited, ino, shown)
         return ino, list(it)
