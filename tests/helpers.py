@@ -29,9 +29,13 @@ def fresh_device(
     test, and the cycles that hold its images gone.
 
     A device still mounted (claimed) is a test that failed half-way: closing it
-    may fail, and that says nothing new.  An unmounted device that cannot close
-    holds views of its memory after every mount let go of them: that is a leak,
-    and the test's teardown fails.
+    may fail, and that says nothing new.  An unmounted device refuses to close
+    while views of its memory are alive.  Views that only unreachable reference
+    cycles hold (an exception kept with its traceback, whose frames held them)
+    can never be used: they go with a collection, which must come before the
+    close, not after it (whether the collector had run by then made such a
+    teardown fail now and then).  Views still reachable once collected are a
+    leak, and the teardown fails.
     """
     device = formatted(size, kind)
     yield device
@@ -39,7 +43,11 @@ def fresh_device(
         with contextlib.suppress(BufferError):
             device.close()
     else:
-        device.close()
+        try:
+            device.close()
+        except BufferError:
+            gc.collect()
+            device.close()
     gc.collect()
 
 

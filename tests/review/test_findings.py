@@ -97,7 +97,7 @@ def test_abort_reload_does_not_clobber_a_concurrent_transaction(dev: SimulatedPm
     fs.sup.reload = reload  # type: ignore[method-assign]
     with fs.open("/f", "rb+", buffering=0) as f, pytest.raises(NoSpace):
         f.pwrite(b"x" * 3 * BLOCK, 0)  # first hole allocated, then ENOSPC: abort
-    thread_b.join(10)
+    thread_b.join()
     fs.sup.reload = real_reload  # type: ignore[method-assign]
     fs.dirs.add = real_add  # type: ignore[method-assign]
     assert not errors
@@ -190,7 +190,7 @@ def test_close_racing_truncate_never_maps_over_freed_address_space(dev: Simulate
         m._space = AddressSpace(kernel=RacyKernel())
         f.truncate(0)  # detaches every page of the mapping
         for t in threads:
-            t.join(10)
+            t.join()
         f.close()
         if not stolen:  # the close waited for the detach: the race cannot happen
             assert m.closed
