@@ -203,12 +203,20 @@ def failing_allocations(
     allocation that grows the inode file) is part of it.
     """
     fault = Fault("alloc", nth, persistent, error)
+    with _counting(fault, [(fs.alloc, "alloc"), (fs.alloc, "alloc_one"), (fs.itable, "allocate")]):
+        yield fault
+
+
+_ABSENT = object()
+
+
+@contextlib.contextmanager
+def _counting(fault: Fault, targets: list[tuple[object, str]]) -> Iterator[None]:
+    """Plant ``fault`` in each method ``obj.name`` (of an instance or of a class) while
+    inside: the outermost counted call counts, one made by another counted call is part
+    of it. The methods are put back as they were on the way out."""
     depth = [0]
-    targets: list[tuple[object, str]] = [
-        (fs.alloc, "alloc"),
-        (fs.alloc, "alloc_one"),
-        (fs.itable, "allocate"),
-    ]
+    saved = [(obj, name, vars(obj).get(name, _ABSENT)) for obj, name in targets]
 
     def wrap(real: Callable[..., Any]) -> Callable[..., Any]:
         def counted(*args: Any, **kwargs: Any) -> Any:
@@ -227,11 +235,14 @@ def failing_allocations(
     for obj, name in targets:
         setattr(obj, name, wrap(getattr(obj, name)))
     try:
-        yield fault
+        yield
     finally:
-        for obj, name in targets:
-            with contextlib.suppress(AttributeError):
-                delattr(obj, name)  # the class's method shows through again
+        for obj, name, real in saved:
+            if real is _ABSENT:
+                with contextlib.suppress(AttributeError):
+                    delattr(obj, name)  # the class's method shows through again
+            else:
+                setattr(obj, name, real)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -436,35 +447,10 @@ def _mount_counting_allocations(dev: FaultyPmem, fault: Fault) -> FileSystem:
     from daxfs.fs.alloc import Allocator
     from daxfs.fs.inode import InodeTable
 
-    depth = [0]
-    targets: list[tuple[type, str]] = [
-        (Allocator, "alloc"),
-        (Allocator, "alloc_one"),
-        (InodeTable, "allocate"),
-    ]
-    saved = [(cls, name, cls.__dict__[name]) for cls, name in targets]
-
-    def wrap(real: Callable[..., Any]) -> Callable[..., Any]:
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            if depth[0] == 0:
-                exc = fault.hit()
-                if exc is not None:
-                    raise exc
-            depth[0] += 1
-            try:
-                return real(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-
-        return counted
-
-    for cls, name, real in saved:
-        setattr(cls, name, wrap(real))
-    try:
+    with _counting(
+        fault, [(Allocator, "alloc"), (Allocator, "alloc_one"), (InodeTable, "allocate")]
+    ):
         return mount(dev)
-    finally:
-        for cls, name, real in saved:
-            setattr(cls, name, real)
 
 
 def _run_faulted(
