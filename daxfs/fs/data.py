@@ -30,7 +30,6 @@ change takes the journal lock through its transaction.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 from typing import TYPE_CHECKING
 
@@ -39,15 +38,23 @@ from daxfs.fs.alloc import Allocator
 from daxfs.fs.extmap import NO_BLOCK, BlockMaps, Extent
 from daxfs.fs.inode import Inode, InodeTable, now_ns
 from daxfs.fs.journal import Journal, Transaction
-from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE, EXTENT_UNWRITTEN, IFLAG_TRUNCATE
+from daxfs.fs.layout import (
+    BLOCK_SHIFT,
+    BLOCK_SIZE,
+    EXTENT_UNWRITTEN,
+    IFLAG_TRUNCATE,
+    InodeRecord,
+)
 from daxfs.fs.layout import MAX_FILE_SIZE as _MAX_FILE_SIZE
 from daxfs.fs.store import Reader
 from daxfs.fs.writeback import Writeback
-from daxfs.iomap import Iomap, IomapFlags, IomapType
+from daxfs.iomap import Iomap, IomapFlags, IomapType, iomap_read_bytes, iomap_read_into
 from daxfs.pmem.device import Device
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+
+    from daxfs.pmem._native import ExtentReader
 
 MAX_FILE_SIZE = _MAX_FILE_SIZE  # the format's limit (layout.py)
 #: Largest write done in one call (atomically); larger writes return short, as write(2) may.
@@ -91,6 +98,8 @@ class DataPath:
         self.layout_timeout = 10.0
         #: file ranges that writable mappings may have left in CPU caches (fsync, sync)
         self.mapped_ranges = Writeback()
+        #: the read fast path (C), or None when the device has no native region
+        self.reader = extent_reader(device)
 
     # -- iomap ------------------------------------------------------------------------
 
@@ -118,61 +127,40 @@ class DataPath:
     # -- read -------------------------------------------------------------------------
 
     def read_into(self, inode: Inode, pos: int, buf: memoryview) -> int:
-        """Copy file bytes at ``pos`` into ``buf``; return the count (0 at EOF).
+        """Copy file bytes at ``pos`` into ``buf`` (a byte view); return the count (0 at
+        EOF).  The single-extent case is one C call (``self.reader``); the rest goes
+        through ``iomap_read_into``.  Caller must hold ``inode.lock``.
 
-        Caller must hold ``inode.lock``.
+        Raises:
+            Corrupted (EUCLEAN): the extent map failed verification; OSError from the
+                device.  Only if no byte was read: otherwise the read is short.
         """
-        size = inode.rec.size
-        if pos >= size or not len(buf):
+        reader = self.reader
+        if reader is not None:
+            got = reader.preadinto(inode, buf, pos)
+            if got is not None:
+                return got
+        n = min(len(buf), inode.rec.size - pos)
+        if n <= 0:
             return 0
-        n = min(len(buf), size - pos)
-        ext = inode.xcache
-        if (
-            isinstance(ext, Extent)
-            and not ext.flags
-            and ext.lblk << BLOCK_SHIFT <= pos
-            and pos + n <= ext.end << BLOCK_SHIFT
-        ):  # fast path: inside the extent of the last lookup, one copy
-            self.device.readinto(
-                (ext.pblk << BLOCK_SHIFT) + pos - (ext.lblk << BLOCK_SHIFT),
-                buf[:n] if n < len(buf) else buf,
-            )
-            return n
-        done = 0
-        while done < n:
-            iomap = self.iomap_begin(inode, pos + done, n - done, IomapFlags.NONE)
-            chunk = min(n - done, iomap.end - (pos + done))
-            target = buf[done : done + chunk]
-            if iomap.type is IomapType.MAPPED:
-                self.device.readinto(iomap.addr_of(pos + done), target)
-            else:
-                _zero(target)
-            done += chunk
-        return n
+        return iomap_read_into(self, inode, pos, buf[:n], self.device.readinto)
 
     def read_bytes(self, inode: Inode, pos: int, n: int) -> bytes:
         """Up to ``n`` file bytes at ``pos`` as a new bytes object (one copy when the
-        range lies in one written extent).  Caller must hold ``inode.lock``."""
-        size = inode.rec.size
-        n = max(0, min(n, size - pos))
-        ext = inode.xcache
-        if not (
-            isinstance(ext, Extent) and ext.lblk << BLOCK_SHIFT <= pos < ext.end << BLOCK_SHIFT
-        ):
-            if not n:
-                return b""
-            self.iomap_begin(inode, pos, n, IomapFlags.NONE)
-            ext = inode.xcache
-        if (
-            isinstance(ext, Extent)
-            and not ext.flags
-            and ext.lblk << BLOCK_SHIFT <= pos
-            and pos + n <= ext.end << BLOCK_SHIFT
-        ):  # the whole range in one written extent (a hole leaves the cache elsewhere)
-            return self.device.read((ext.pblk << BLOCK_SHIFT) + pos - (ext.lblk << BLOCK_SHIFT), n)
-        out = bytearray(n)
-        got = self.read_into(inode, pos, memoryview(out))
-        return bytes(out[:got])
+        range lies in one extent).  Caller must hold ``inode.lock``.
+
+        Raises:
+            as ``read_into``.
+        """
+        reader = self.reader
+        if reader is not None:
+            data = reader.pread(inode, n, pos)
+            if data is not None:
+                return data
+        n = min(n, inode.rec.size - pos)
+        if n <= 0:
+            return b""
+        return iomap_read_bytes(self, inode, pos, n, self.device.read)
 
     # -- write ------------------------------------------------------------------------
 
@@ -747,14 +735,24 @@ class DataPath:
                 self.writeback(inode)
 
 
+def extent_reader(device: Device) -> ExtentReader | None:
+    """The read fast path over ``device``'s memory (``DataPath.reader``), or None when
+    the device has no native region (the simulator, the msync fallback): then every
+    read goes through ``iomap_read_into``/``iomap_read_bytes``.
+
+    Raises:
+        TypeError: Inode, Extent or InodeRecord lost a slot the C reader reads.
+    """
+    region = device.native_region()
+    if region is None:
+        return None
+    from daxfs.pmem._native import ExtentReader
+
+    return ExtentReader(region, Inode, Extent, InodeRecord, BLOCK_SHIFT)
+
+
 def _blocks_up(offset: int) -> int:
     return (offset + BLOCK_SIZE - 1) >> BLOCK_SHIFT
-
-
-def _zero(buf: memoryview) -> None:
-    """memset(buf, 0): holes and unwritten extents read as zeros."""
-    if len(buf):
-        ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(buf)), 0, len(buf))
 
 
 assert NO_BLOCK > MAX_FILE_SIZE >> BLOCK_SHIFT

@@ -16,6 +16,31 @@ State diagram::
       is closed or unpinned.
 
 Errors from the layers below name this file's path (``daxfs.errors.naming``).
+
+The read fast path
+------------------
+``pread``, ``preadinto``, ``read`` and ``readinto`` first make one call into C,
+``ExtentReader.pread``/``preadinto`` (daxfs/pmem/_native.c), through
+``self._reader``, which is None unless the file is open for reading (the one
+open check: ``close`` clears it first) and the device has a native region.
+That call is the single-extent case of the iomap read
+(``daxfs.iomap.iomap_read_into``): under ``inode.lock`` it clamps the range
+to the size, compares it with the inode's cached extent (``Inode.xcache``,
+one comparison) and copies it out of device memory (one memcpy).  Anything
+else is a miss (None) and the method goes the full way: its checks, in the
+order and with the errors they always had (EBADF, TypeError, EINVAL), then
+``DataPath.read_into``/``read_bytes`` through ``iomap_iter``, which also
+refills the extent cache.  The answer is the same either way
+(tests/fs/test_read_fast_path.py compares them).
+
+Why a fast read cannot touch a freed block: the copy happens with
+``inode.lock`` held, the lock every change of the file's blocks or size holds
+(write, truncate, fallocate, delete: DataPath's "caller must hold
+inode.lock"), and the cached extent is only trusted while it is still
+``inode.xcache``, which every change of the extent map clears before any
+block is freed (daxfs.fs.extmap).  So during the copy the extent maps the
+file's blocks and nothing can free them.  The lock also keeps a read atomic
+with respect to a write of the same bytes, as the slow path does.
 """
 
 from __future__ import annotations
@@ -42,6 +67,18 @@ if TYPE_CHECKING:
 
 SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
+
+
+def _writable_bytes(buffer: Buffer) -> memoryview:
+    """``buffer`` as a writable byte view.
+
+    Raises:
+        TypeError: not a writable, contiguous buffer (as io's readinto).
+    """
+    view = memoryview(buffer)
+    if view.readonly:
+        raise TypeError(f"readinto() needs a writable buffer, not {type(buffer).__name__}")
+    return view.cast("B")
 
 
 class Owner(Protocol):
@@ -88,6 +125,9 @@ class File(io.RawIOBase):
         # as FileIO: append mode starts at the end of the file (tell, read of "a+")
         self._pos = inode.rec.size if append else 0
         self._open = True
+        #: the read fast path while the file is open for reading (None: closed, not
+        #: readable, or no C reader for the device); see "The read fast path" above
+        self._reader = owner.data.reader if readable else None
 
     def __repr__(self) -> str:
         state = "closed" if not self._open else f"pos={self._pos}"
@@ -149,23 +189,53 @@ class File(io.RawIOBase):
         raise io.UnsupportedOperation("daxfs files have no OS file descriptor")
 
     def readinto(self, buffer: Buffer) -> int:
-        """Copy bytes at the position straight from device memory into ``buffer``."""
-        self._check_read()
-        view = memoryview(buffer).cast("B")
+        """Copy bytes at the position straight from device memory into ``buffer``.
+
+        Raises:
+            ClosedFile, UnsupportedIO (EBADF): closed, or not open for reading.
+            TypeError: ``buffer`` is not a writable contiguous buffer.
+        """
+        reader = self._reader
         inode = self.inode
+        if reader is not None:
+            with inode.lock:  # the position moves under the lock (an RLock: the reader nests)
+                got = reader.preadinto(inode, buffer, self._pos)
+                if got is not None:
+                    self._pos += got
+                    return got
+        self._check_read()
+        view = _writable_bytes(buffer)
         with naming(self.path), inode.lock:
             n = self._data.read_into(inode, self._pos, view)
             self._pos += n
         return n
 
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes at the position (all to EOF if ``size`` is -1 or None).
+
+        Raises:
+            ClosedFile, UnsupportedIO (EBADF): closed, or not open for reading.
+            TypeError: ``size`` is not an int or None.
+        """
+        reader = self._reader
+        if reader is not None and type(size) is int and size >= 0:
+            inode = self.inode
+            with inode.lock:
+                data = reader.pread(inode, size, self._pos)
+                if data is not None:
+                    self._pos += len(data)
+                    return data
+        out = super().read(-1 if size is None else size)  # readall(), or readinto()
+        assert out is not None  # a File never blocks
+        return out
+
     def readall(self) -> bytes:
         self._check_read()
-        with naming(self.path), self.inode.lock:
-            size = self.inode.rec.size
-            out = bytearray(max(0, size - self._pos))
-            n = self._data.read_into(self.inode, self._pos, memoryview(out))
-            self._pos += n
-        return bytes(out[:n])
+        inode = self.inode
+        with naming(self.path), inode.lock:
+            data = self._data.read_bytes(inode, self._pos, inode.rec.size - self._pos)
+            self._pos += len(data)
+        return data
 
     def write(self, data: Buffer) -> int:
         """Write at the position (at the end in append mode); durable on return."""
@@ -180,7 +250,18 @@ class File(io.RawIOBase):
         return n
 
     def pread(self, n: int, offset: int) -> bytes:
-        """Up to ``n`` bytes at ``offset``; the position does not move."""
+        """Up to ``n`` bytes at ``offset``; the position does not move.
+
+        Raises:
+            ClosedFile, UnsupportedIO (EBADF): closed, or not open for reading.
+            TypeError: ``n`` or ``offset`` is not an int.
+            InvalidArgument (EINVAL): ``n`` or ``offset`` is negative.
+        """
+        reader = self._reader
+        if reader is not None:  # the fast path: one C call (see the module docstring)
+            data = reader.pread(self.inode, n, offset)
+            if data is not None:
+                return data
         self._check_read()
         self._offset(n, "length")
         self._offset(offset)
@@ -188,11 +269,21 @@ class File(io.RawIOBase):
             return self._data.read_bytes(self.inode, offset, n)
 
     def preadinto(self, buffer: Buffer, offset: int) -> int:
-        """Fill ``buffer`` from ``offset`` (zero-copy from device memory); return bytes read."""
+        """Fill ``buffer`` from ``offset`` (zero-copy from device memory); return bytes read.
+
+        Raises:
+            as ``pread``; TypeError: ``buffer`` is not a writable contiguous buffer.
+        """
+        reader = self._reader
+        if reader is not None:
+            got = reader.preadinto(self.inode, buffer, offset)
+            if got is not None:
+                return got
         self._check_read()
         self._offset(offset)
+        view = _writable_bytes(buffer)
         with naming(self.path), self.inode.lock:
-            return self._data.read_into(self.inode, offset, memoryview(buffer).cast("B"))
+            return self._data.read_into(self.inode, offset, view)
 
     def pwrite(self, data: Buffer, offset: int) -> int:
         """Write ``data`` at ``offset``, atomically and durably; the position does not move.
@@ -429,6 +520,7 @@ class File(io.RawIOBase):
         """
         if not self._open:
             return
+        self._reader = None  # first: the fast path checks nothing else
         self._open = False
         try:
             super().close()

@@ -18,6 +18,15 @@ is raised only if nothing was done (as ``iomap_iter`` and ``read(2)`` do).
 The same loop serves the DAX read/write path, DAX mmap, pinning, direct I/O
 to block devices and the page cache, so each of those speaks extents, not
 blocks.
+
+Reads: ``iomap_read_into`` and ``iomap_read_bytes`` are ``iomap_iter`` with
+the read actor: a MAPPED extent is copied out of device memory (one copy per
+extent), a HOLE or UNWRITTEN extent reads as zeros.  Their single-extent case
+-- the whole range inside the one written extent that ``iomap_begin`` would
+return from the filesystem's extent cache -- is also compiled into one C call
+(``daxfs.pmem._native.ExtentReader``, the read fast path of daxfs.fs.file):
+begin is the cache comparison, the actor is the copy, end has nothing to do.
+Whatever that call does not cover (a miss) comes here.
 """
 
 from __future__ import annotations
@@ -25,7 +34,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 #: The ``addr`` of an extent with no device bytes behind it.
 NULL_ADDR = -1
@@ -135,3 +147,72 @@ def iomap_iter(
         if moved < n:
             break
     return done
+
+
+#: Zeros for the read actor's holes, a block at a time.
+_ZEROS = bytes(1 << 16)
+
+
+def _zero(buf: memoryview) -> None:
+    """Fill ``buf`` (bytes) with zeros: a hole or an unwritten extent."""
+    step = len(_ZEROS)
+    for start in range(0, len(buf), step):
+        piece = buf[start : start + step]
+        piece[:] = _ZEROS[: len(piece)]
+
+
+def iomap_read_into(
+    ops: IomapOps[InodeT],
+    inode: InodeT,
+    pos: int,
+    buf: memoryview,
+    readinto: Callable[[int, Buffer], object],
+) -> int:
+    """Fill ``buf`` (a byte view) with file bytes ``[pos, pos+len(buf))``; return the count.
+
+    The read actor: ``readinto(addr, view)`` copies a MAPPED extent's bytes
+    out of the device; holes and unwritten extents read as zeros.  The caller
+    clamps the range to the end of file and holds what ``ops`` needs held.
+
+    Raises:
+        what ``iomap_begin`` or ``readinto`` raise, if no byte was read;
+        otherwise the count so far is returned (a short read).
+    """
+
+    def actor(iomap: Iomap, at: int, n: int) -> int:
+        target = buf[at - pos : at - pos + n]
+        if iomap.type is IomapType.MAPPED:
+            readinto(iomap.addr_of(at), target)
+        else:
+            _zero(target)
+        return n
+
+    return iomap_iter(ops, inode, pos, len(buf), IomapFlags.NONE, actor)
+
+
+def iomap_read_bytes(
+    ops: IomapOps[InodeT],
+    inode: InodeT,
+    pos: int,
+    n: int,
+    read: Callable[[int, int], bytes],
+) -> bytes:
+    """File bytes ``[pos, pos+n)`` as one bytes object, as ``iomap_read_into``.
+
+    ``read(addr, length)`` copies a MAPPED extent's bytes out of the device;
+    when the range lies in one extent that copy is the result (no join).
+
+    Raises:
+        as ``iomap_read_into``; after a short read the bytes so far are returned.
+    """
+    pieces: list[bytes] = []
+
+    def actor(iomap: Iomap, at: int, length: int) -> int:
+        if iomap.type is IomapType.MAPPED:
+            pieces.append(read(iomap.addr_of(at), length))
+        else:
+            pieces.append(bytes(length))
+        return length
+
+    iomap_iter(ops, inode, pos, n, IomapFlags.NONE, actor)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)

@@ -34,6 +34,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -646,6 +647,335 @@ static PyTypeObject RegionType = {
     .tp_new = Region_new,
 };
 
+/* --------------------------------------------------------- ExtentReader
+ *
+ * The read fast path of the filesystem (daxfs/fs/file.py: File.pread,
+ * File.preadinto): the single-extent case of the iomap read actor
+ * (daxfs.iomap.iomap_read) in one C call.  It takes the inode's lock, finds
+ * the requested range inside the inode's cached extent (Inode.xcache, a
+ * written extent; the range first clamped to the size), copies it out of the
+ * region and releases the lock.  Anything else -- an argument that is not a
+ * plain non-negative int, a hole, an unwritten extent, a range crossing the
+ * extent's end, no cached extent, a range outside the region, a released
+ * region -- is a miss: the call returns None and the caller takes the full
+ * iomap path, which raises the right error or reads it and refills the cache.
+ *
+ * The objects it reads are the filesystem's own classes, whose fields are
+ * __slots__: the constructor looks up each field's slot offset once, and
+ * every call checks the exact type of each object before reading a slot, so
+ * a change of those classes makes the constructor refuse (TypeError), never
+ * read the wrong field.
+ *
+ * Invariants
+ *   4. A copy happens only with inode.lock held (acquired through its own
+ *      acquire/release methods, as `with inode.lock` does), and only from a
+ *      range [addr, addr+n) checked inside the open region: every change of
+ *      a file's blocks or size holds that lock (daxfs/fs/data.py), and every
+ *      change of its map clears xcache first (daxfs/fs/extmap.py), so the
+ *      copied blocks belong to the file for the whole copy.
+ *   5. A miss has no effect: no exception is left set, nothing is copied.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    Region *region;
+    PyObject *types; /* (inode, extent, record) types, kept alive */
+    PyTypeObject *inode_type, *extent_type, *record_type;
+    Py_ssize_t inode_rec, inode_xcache, inode_lock; /* inode_lock < 0: by getattr */
+    Py_ssize_t ext_lblk, ext_pblk, ext_length, ext_flags;
+    Py_ssize_t rec_size;
+    int shift;
+} ExtentReader;
+
+static PyObject *str_lock, *str_acquire, *str_release;
+
+/* The offset of slot `name` of `type` (a member descriptor holding an object). */
+static int
+slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *out)
+{
+    PyObject *d = PyObject_GetAttrString((PyObject *)type, name);
+    if (d == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();
+        d = Py_NewRef(Py_None);
+    }
+    int ok = PyObject_TypeCheck(d, &PyMemberDescr_Type) &&
+             (((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX ||
+              ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT);
+    if (ok)
+        *out = ((PyMemberDescrObject *)d)->d_member->offset;
+    Py_DECREF(d);
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%.100s.%s is not a __slots__ field", type->tp_name, name);
+        return -1;
+    }
+    return 0;
+}
+
+/* The object in a slot, borrowed; NULL (no exception) if the slot is empty. */
+static inline PyObject *
+slot(PyObject *obj, Py_ssize_t offset)
+{
+    return *(PyObject **)((char *)obj + offset);
+}
+
+/* A slot holding an exact int that fits in [0, limit]; -1 otherwise (no exception). */
+static inline Py_ssize_t
+slot_index(PyObject *obj, Py_ssize_t offset, Py_ssize_t limit)
+{
+    PyObject *v = slot(obj, offset);
+    if (v == NULL || !PyLong_CheckExact(v))
+        return -1;
+    Py_ssize_t x = PyLong_AsSsize_t(v);
+    if (x < 0 || x > limit) {
+        PyErr_Clear();
+        return -1;
+    }
+    return x;
+}
+
+/* A request argument: an exact, non-negative int; -1 otherwise (no exception). */
+static inline Py_ssize_t
+request_index(PyObject *v)
+{
+    if (!PyLong_CheckExact(v))
+        return -1;
+    Py_ssize_t x = PyLong_AsSsize_t(v);
+    if (x < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    return x;
+}
+
+static PyObject *
+ExtentReader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"region", "inode_type", "extent_type", "record_type",
+                             "block_shift", NULL};
+    PyObject *region, *it, *et, *rt;
+    int shift;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!i:ExtentReader", kwlist, &RegionType,
+                                     &region, &PyType_Type, &it, &PyType_Type, &et,
+                                     &PyType_Type, &rt, &shift))
+        return NULL;
+    if (shift < 9 || shift > 30)
+        return raise_invalid("block_shift %d is out of range", shift);
+    ExtentReader *self = (ExtentReader *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->region = (Region *)Py_NewRef(region);
+    self->types = PyTuple_Pack(3, it, et, rt);
+    if (self->types == NULL)
+        goto fail;
+    self->inode_type = (PyTypeObject *)it;
+    self->extent_type = (PyTypeObject *)et;
+    self->record_type = (PyTypeObject *)rt;
+    self->shift = shift;
+    if (slot_offset(self->inode_type, "rec", &self->inode_rec) < 0 ||
+        slot_offset(self->inode_type, "xcache", &self->inode_xcache) < 0 ||
+        slot_offset(self->extent_type, "lblk", &self->ext_lblk) < 0 ||
+        slot_offset(self->extent_type, "pblk", &self->ext_pblk) < 0 ||
+        slot_offset(self->extent_type, "length", &self->ext_length) < 0 ||
+        slot_offset(self->extent_type, "flags", &self->ext_flags) < 0 ||
+        slot_offset(self->record_type, "size", &self->rec_size) < 0)
+        goto fail;
+    if (slot_offset(self->inode_type, "lock", &self->inode_lock) < 0) {
+        PyErr_Clear(); /* a property (a lock made on demand): read it by name */
+        self->inode_lock = -1;
+    }
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static void
+ExtentReader_dealloc(ExtentReader *self)
+{
+    Py_XDECREF(self->region);
+    Py_XDECREF(self->types);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Call lock.acquire() or lock.release(); -1 with an exception on failure. */
+static int
+call_lock(PyObject *lock, PyObject *name)
+{
+    PyObject *stack[2] = {NULL, lock};
+    PyObject *res = PyObject_VectorcallMethod(name, stack + 1,
+                                              1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* Take inode.lock; return it (a new reference), NULL with an exception set, or
+ * NULL without one if the inode is not of the expected type. */
+static PyObject *
+lock_inode(ExtentReader *self, PyObject *inode)
+{
+    if (Py_TYPE(inode) != self->inode_type)
+        return NULL;
+    PyObject *lock;
+    if (self->inode_lock >= 0) {
+        lock = slot(inode, self->inode_lock);
+        if (lock == NULL)
+            return NULL;
+        Py_INCREF(lock);
+    } else if ((lock = PyObject_GetAttr(inode, str_lock)) == NULL) {
+        return NULL;
+    }
+    if (call_lock(lock, str_acquire) < 0) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    return lock;
+}
+
+/* Release what lock_inode took; `result` is returned, or NULL if the release failed. */
+static PyObject *
+unlock_inode(PyObject *lock, PyObject *result)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    int rc = call_lock(lock, str_release);
+    Py_DECREF(lock);
+    if (rc < 0) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        Py_XDECREF(result);
+        return NULL;
+    }
+    PyErr_Restore(type, value, tb);
+    return result;
+}
+
+/* With inode.lock held: the device address of file bytes [pos, pos+*n) after
+ * clamping *n to the size, if they lie in the cached written extent and in the
+ * region; -1 on a miss (no exception).  *n == 0: at or past the end of file. */
+static Py_ssize_t
+lookup_locked(ExtentReader *self, PyObject *inode, Py_ssize_t pos, Py_ssize_t *n)
+{
+    Region *r = self->region;
+    PyObject *rec = slot(inode, self->inode_rec);
+    if (rec == NULL || Py_TYPE(rec) != self->record_type || r->released)
+        return -1;
+    Py_ssize_t size = slot_index(rec, self->rec_size, PY_SSIZE_T_MAX);
+    if (size < 0)
+        return -1;
+    if (pos >= size || *n == 0) {
+        *n = 0;
+        return 0;
+    }
+    if (*n > size - pos)
+        *n = size - pos;
+    PyObject *ext = slot(inode, self->inode_xcache);
+    if (ext == NULL || Py_TYPE(ext) != self->extent_type)
+        return -1;
+    Py_ssize_t blocks = PY_SSIZE_T_MAX >> (self->shift + 1);
+    Py_ssize_t flags = slot_index(ext, self->ext_flags, 0); /* written extents only */
+    Py_ssize_t lblk = slot_index(ext, self->ext_lblk, blocks);
+    Py_ssize_t pblk = slot_index(ext, self->ext_pblk, blocks);
+    Py_ssize_t length = slot_index(ext, self->ext_length, blocks);
+    if (flags != 0 || lblk < 0 || pblk < 0 || length < 0)
+        return -1;
+    Py_ssize_t lo = lblk << self->shift, hi = (lblk + length) << self->shift;
+    if (pos < lo || pos > hi || *n > hi - pos)
+        return -1;
+    Py_ssize_t addr = (pblk << self->shift) + (pos - lo);
+    if (addr > r->size || *n > r->size - addr)
+        return -1; /* outside the device: the iomap path reports it */
+    return addr;
+}
+
+/* pread(inode, n, offset) -> bytes | None */
+static PyObject *
+ExtentReader_pread(ExtentReader *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "pread(inode, n, offset)");
+        return NULL;
+    }
+    Py_ssize_t n = request_index(args[1]), pos = request_index(args[2]);
+    if (n < 0 || pos < 0)
+        Py_RETURN_NONE;
+    PyObject *lock = lock_inode(self, args[0]);
+    if (lock == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t addr = lookup_locked(self, args[0], pos, &n);
+    PyObject *out;
+    if (addr < 0) {
+        out = Py_NewRef(Py_None);
+    } else if ((out = PyBytes_FromStringAndSize(NULL, n)) != NULL) {
+        Region *r = self->region;
+        WITHOUT_GIL_IF(n >= LARGE, memcpy(PyBytes_AS_STRING(out), r->base + addr, n));
+    }
+    return unlock_inode(lock, out);
+}
+
+/* preadinto(inode, buffer, offset) -> int | None */
+static PyObject *
+ExtentReader_preadinto(ExtentReader *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "preadinto(inode, buffer, offset)");
+        return NULL;
+    }
+    Py_ssize_t pos = request_index(args[2]);
+    if (pos < 0)
+        Py_RETURN_NONE;
+    Py_buffer dst;
+    if (PyObject_GetBuffer(args[1], &dst, PyBUF_WRITABLE) < 0) {
+        PyErr_Clear(); /* the iomap path raises what memoryview(buffer) raises */
+        Py_RETURN_NONE;
+    }
+    PyObject *out = NULL;
+    PyObject *lock = lock_inode(self, args[0]);
+    if (lock == NULL) {
+        if (!PyErr_Occurred())
+            out = Py_NewRef(Py_None);
+        PyBuffer_Release(&dst);
+        return out;
+    }
+    Py_ssize_t n = dst.len;
+    Py_ssize_t addr = lookup_locked(self, args[0], pos, &n);
+    if (addr < 0) {
+        out = Py_NewRef(Py_None);
+    } else {
+        Region *r = self->region;
+        WITHOUT_GIL_IF(n >= LARGE, memcpy(dst.buf, r->base + addr, n));
+        out = PyLong_FromSsize_t(n);
+    }
+    out = unlock_inode(lock, out);
+    PyBuffer_Release(&dst);
+    return out;
+}
+
+static PyMethodDef ExtentReader_methods[] = {
+    {"pread", (PyCFunction)(void (*)(void))ExtentReader_pread, METH_FASTCALL,
+     "pread(inode, n, offset) -> bytes, or None on a miss (take the iomap path)."},
+    {"preadinto", (PyCFunction)(void (*)(void))ExtentReader_preadinto, METH_FASTCALL,
+     "preadinto(inode, buffer, offset) -> int, or None on a miss (take the iomap path)."},
+    {NULL}};
+
+static PyTypeObject ExtentReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "daxfs.pmem._native.ExtentReader",
+    .tp_basicsize = sizeof(ExtentReader),
+    .tp_dealloc = (destructor)ExtentReader_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "ExtentReader(region, inode_type, extent_type, record_type, block_shift): "
+              "the single-extent read of daxfs files (see _native.c).",
+    .tp_methods = ExtentReader_methods,
+    .tp_new = ExtentReader_new,
+};
+
 /* --------------------------------------------------------------- module */
 
 static PyObject *
@@ -752,13 +1082,19 @@ PyInit__native(void)
     long ps = sysconf(_SC_PAGESIZE);
     if (ps > 0)
         page_size = ps;
-    if (PyType_Ready(&RegionType) < 0)
+    if (PyType_Ready(&RegionType) < 0 || PyType_Ready(&ExtentReaderType) < 0)
+        return NULL;
+    if ((str_lock = PyUnicode_InternFromString("lock")) == NULL ||
+        (str_acquire = PyUnicode_InternFromString("acquire")) == NULL ||
+        (str_release = PyUnicode_InternFromString("release")) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL)
         return NULL;
     Py_INCREF(&RegionType);
+    Py_INCREF(&ExtentReaderType);
     if (PyModule_AddObject(m, "Region", (PyObject *)&RegionType) < 0 ||
+        PyModule_AddObject(m, "ExtentReader", (PyObject *)&ExtentReaderType) < 0 ||
         PyModule_AddIntConstant(m, "NT_THRESHOLD", NT_THRESHOLD) < 0 ||
         PyModule_AddIntConstant(m, "LINE", LINE) < 0) {
         Py_DECREF(m);

@@ -1,5 +1,7 @@
 """Type stub for the C extension daxfs.pmem._native (see _native.c)."""
 
+from typing import Any
+
 from typing_extensions import Buffer
 
 NT_THRESHOLD: int
@@ -27,3 +29,15 @@ class Region:
     def read_into(self, offset: int, buffer: Buffer, /) -> int: ...
     def read(self, offset: int, length: int, /) -> bytes: ...
     def release(self) -> None: ...
+
+class ExtentReader:
+    def __new__(
+        cls,
+        region: Region,
+        inode_type: type[Any],
+        extent_type: type[Any],
+        record_type: type[Any],
+        block_shift: int,
+    ) -> ExtentReader: ...
+    def pread(self, inode: object, n: object, offset: object, /) -> bytes | None: ...
+    def preadinto(self, inode: object, buffer: object, offset: object, /) -> int | None: ...

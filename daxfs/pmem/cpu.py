@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 
 import numpy as np
 
@@ -114,6 +114,11 @@ def diff_lines(a: Buffer, b: Buffer, line: int = 64) -> list[tuple[int, int]]:
         else:
             ranges.append((start, end))
     return ranges
+
+
+def is_native(region: Region) -> TypeGuard[_native.Region]:
+    """True if ``region`` is the C engine (not the msync fallback)."""
+    return _native is not None and isinstance(region, _native.Region)
 
 
 def make_region(mapping: mmap.mmap, view: memoryview, mode: str, readonly: bool) -> Region:

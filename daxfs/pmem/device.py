@@ -47,6 +47,8 @@ from daxfs.lifecycle import Closeable
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
+    from daxfs.pmem._native import Region
+
 CACHE_LINE_SIZE = 64
 PAGE_SIZE = 4096
 
@@ -123,6 +125,13 @@ class Device(Closeable):
     @abc.abstractmethod
     def readinto(self, offset: int, buffer: Buffer) -> int:
         """Copy ``len(buffer)`` bytes at ``offset`` into ``buffer``; return the count."""
+
+    def native_region(self) -> Region | None:
+        """The C engine over the device's memory (``daxfs.pmem._native.Region``), for C
+        fast paths that copy out of it themselves (the filesystem's extent reader);
+        None if the device has none: then every copy goes through ``read``/``readinto``
+        (the simulator, whose every access must pass through its methods)."""
+        return None
 
     @abc.abstractmethod
     def write(self, offset: int, data: Buffer, *, drain: bool = True) -> None:

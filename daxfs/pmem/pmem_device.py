@@ -47,6 +47,8 @@ from daxfs.pmem.platform import MAP_SHARED_VALIDATE, MAP_SYNC, Platform
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
+    from daxfs.pmem import _native
+
 
 class PmemDevice(Device):
     """A mapped persistent-memory device; create with ``open_device``."""
@@ -130,6 +132,12 @@ class PmemDevice(Device):
         self._check_open()
         check_range(offset, length, self.size)
         return self._view[offset : offset + length]
+
+    def native_region(self) -> _native.Region | None:
+        """Device.native_region: the C engine, unless devices fell back to msync without
+        it (after a refused close, the engine made anew: a reader of the old one misses)."""
+        region = self._region
+        return region if cpu.is_native(region) else None
 
     def read(self, offset: int, length: int) -> bytes:
         return self._region.read(offset, length)
