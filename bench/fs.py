@@ -1,8 +1,11 @@
-"""Filesystem benchmark: daxfs against os.* on tmpfs and ext4, and fio's libpmem (issue 3).
+"""Filesystem benchmark: daxfs against os.* on tmpfs and ext4, fio's libpmem and SQLite
+(issues 3 and 9).
 
-    python bench/fs.py [--quick] [--plain] [--profile]
+    python bench/fs.py [--quick] [--plain] [--profile] [--results DIR]
 
-One run measures, on this machine and in this process:
+One run measures, on this machine and in this process, and prints one table
+whose every row is daxfs against its anchor measured in the same run, with
+the goal (issue 9's table) and whether it is met:
 
     data      daxfs (mount(persist="cpu") on a /dev/shm image) against os.* on a
               /dev/shm (tmpfs) file and an ext4 file, and against fio's libpmem
@@ -11,12 +14,26 @@ One run measures, on this machine and in this process:
                 4 KiB random pwrite       durable; goal >= 1.0x os.pwrite on tmpfs,
                                           which is not durable at all
                 sequential, 2 MiB pieces  read and write; goal >= 0.8x the C ceiling
+              durable small records (bench/records.py): the same durable 4 KiB
+              pwrite (an overwrite at random offsets) against SQLite (sqlite3,
+              WAL, synchronous=FULL, on /dev/shm, one 4 KiB row inserted per
+              transaction; goal >= 5x) and against os.pwrite + os.fdatasync of
+              4 KiB on an ext4 file (informational)
     msync     the same 4 KiB operations on a daxfs image on ext4, mounted with
               persist="auto" (msync), against os.pread / os.pwrite (+ fdatasync)
               on an ext4 file; informational
+    latency   (bench/fs_latency.py) p50 and p99 of single 4 KiB preads and
+              pwrites, each timed on its own, daxfs and os.* on tmpfs; and 4 KiB
+              pread throughput with 1, 2 and 4 threads (each daxfs thread has
+              its own File of the one inode; the os threads share a descriptor);
+              informational.  A 1-thread run runs in a worker thread while the
+              main thread waits, which on this VM is slower than the same loop
+              in the main thread (the data section's row): compare the two
+              sides of one thread count, not a thread count with that row.
     metadata  in a directory of 100,000 entries (1,000 with --quick), against the
               same operations with os.* on tmpfs: create+close (goal >= 0.25x),
-              stat (goal >= 0.5x), rename, unlink, listdir
+              stat (goal >= 0.5x), rename, unlink, listdir; stat throughput of
+              random names with 1, 2 and 4 threads (informational)
     scale     (full run only) a directory of up to 1,000,000 files, created under
               a time budget: stat there within 1.5x of stat in a 10-entry
               directory; mounting the filesystem takes under 1 s and 200 MB
@@ -49,6 +66,13 @@ preadinto and pwrite, 2 MiB sequential pwrite and preadinto, stat (in a
 functions by own time per operation (about 30 s; not through run.py, which
 would pass the option to every benchmark).
 
+After the table is printed, bench/report.py writes it, as text and JSON,
+and PNG plots (each ratio against its goal, the latency percentiles, the
+thread scaling) under bench/results/ (or ``--results DIR``); see
+bench/results/README.md.  ``make bench`` runs the full size through
+bench/run.py (a few minutes, most of it the scale section); ``--quick`` takes
+under a minute.
+
 Nothing is asserted; failures of daxfs operations are caught and reported in
 the notes under the table, with what was measured instead.
 """
@@ -65,6 +89,7 @@ import os
 import pstats
 import random
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -76,7 +101,9 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import cast
 
+import fs_latency
 import pmem as pmem_bench
+import records
 from common import (
     FULL,
     GIB,
@@ -94,6 +121,7 @@ from common import (
     parse_results,
     print_table,
 )
+from report import RESULTS_DIR, Latency, Scaling, write_results
 
 import daxfs
 from daxfs.fs.file import File
@@ -119,6 +147,10 @@ class Plan:
     mount_runs: int  # fresh processes that each mount the scale image once
     fio_runtime_ms: int  # per fio run, after its ramp time
     fio_ramp_ms: int
+    latency_samples: int  # single 4 KiB operations timed one by one, per side
+    thread_ops: int  # 4 KiB preads per thread in a thread-scaling run
+    thread_stat_ops: int  # stats per thread in a thread-scaling run
+    thread_repeats: int  # runs per thread count (median)
 
 
 FULL_PLAN = Plan(
@@ -130,6 +162,10 @@ FULL_PLAN = Plan(
     mount_runs=5,
     fio_runtime_ms=1000,
     fio_ramp_ms=500,
+    latency_samples=200_000,
+    thread_ops=50_000,
+    thread_stat_ops=5_000,
+    thread_repeats=5,
 )
 QUICK_PLAN = Plan(
     data_size=64 * MIB,
@@ -140,7 +176,12 @@ QUICK_PLAN = Plan(
     mount_runs=0,
     fio_runtime_ms=300,
     fio_ramp_ms=200,
+    latency_samples=20_000,
+    thread_ops=5_000,
+    thread_stat_ops=1_000,
+    thread_repeats=3,
 )
+THREADS = (1, 2, 4)
 
 
 def per_s(ns: float) -> float:
@@ -157,6 +198,8 @@ class Report:
     def __init__(self) -> None:
         self.rows: list[Row] = []
         self.notes: list[str] = []
+        self.latencies: list[Latency] = []
+        self.scaling: list[Scaling] = []
 
     def row(
         self,
@@ -602,8 +645,23 @@ def data_section(plan: Plan, timing: Timing, report: Report) -> None:
         "op/s",
         Goal(">=", 1.0),
     )
+    # durable small records: what a Python user would pick instead (bench/records.py)
+    sqlite_rate: float | None = None
+    try:
+        ns, what = records.sqlite_insert_ns(SHM, pmem_bench.pattern(SMALL), timing)
+        sqlite_rate = per_s(ns)
+        report.note(f"durable records: {what}")
+    except (Unavailable, OSError, sqlite3.Error) as exc:
+        report.note(f"sqlite anchor unavailable: {type(exc).__name__}: {exc}")
     report.row(
-        "4 KiB pwrite vs os.pwrite+fdatasync ext4",
+        "durable 4 KiB record: daxfs pwrite vs sqlite3 WAL FULL insert (/dev/shm)",
+        dax.get("pwrite"),
+        sqlite_rate,
+        "op/s",
+        Goal(">=", 5.0),
+    )
+    report.row(
+        "durable 4 KiB record: daxfs pwrite vs os.pwrite+fdatasync ext4",
         dax.get("pwrite"),
         ext4.get("pwrite_sync"),
         "op/s",
@@ -645,6 +703,101 @@ def data_section(plan: Plan, timing: Timing, report: Report) -> None:
         "daxfs 2 MiB overwrites are copy-on-write (new blocks, map swing; docs/GUARANTEES.md), "
         "4 KiB overwrites are journaled; fio and libpmem2 copy in place"
     )
+
+
+# -- latency and threads -------------------------------------------------------
+
+
+def latency_section(plan: Plan, report: Report) -> None:
+    """p50/p99 of single 4 KiB preads and pwrites, and pread throughput with 1, 2, 4
+    threads: daxfs against os.* on a tmpfs file, in this run (bench/fs_latency.py)."""
+    size = plan.random_size
+    offsets = random_offsets(size)
+    data = pmem_bench.pattern(SMALL)
+    samples = plan.latency_samples
+    check_free(SHM, 2 * size + 256 * MIB)
+    with daxfs_image(SHM, size + 64 * MIB, "cpu") as (fs, _):
+        f = open_raw(fs, "/data")
+        try:
+            write_whole(f.pwrite, size)
+            dax_read = fs_latency.latency(
+                "daxfs pread", fs_latency.timed_pread_loop(f.pread, SMALL, offsets), samples
+            )
+            dax_write = fs_latency.latency(
+                "daxfs pwrite (durable)",
+                fs_latency.timed_pwrite_loop(f.pwrite, data, offsets),
+                samples,
+            )
+            files = [open_raw(fs, "/data", "rb") for _ in range(max(THREADS))]
+            try:
+                dax_threads = {
+                    t: fs_latency.threaded_rate(
+                        lambda i: dax_pread_loop(files[i], offsets[i::4] or offsets),
+                        t,
+                        plan.thread_ops,
+                        plan.thread_repeats,
+                    )
+                    for t in THREADS
+                }
+            finally:
+                for g in files:
+                    g.close()
+        finally:
+            f.close()
+    path = temp_path(SHM, ".data")
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            write_whole(lambda chunk, off: os.pwrite(fd, chunk, off), size)
+            os_read = fs_latency.latency(
+                "os.pread tmpfs",
+                fs_latency.timed_os_pread_loop(os.pread, fd, SMALL, offsets),
+                samples,
+            )
+            os_write = fs_latency.latency(
+                "os.pwrite tmpfs (not durable)",
+                fs_latency.timed_os_pwrite_loop(os.pwrite, fd, data, offsets),
+                samples,
+            )
+            os_threads = {
+                t: fs_latency.threaded_rate(
+                    lambda i: os_pread_loop(fd, offsets[i::4] or offsets),
+                    t,
+                    plan.thread_ops,
+                    plan.thread_repeats,
+                )
+                for t in THREADS
+            }
+        finally:
+            os.close(fd)
+    finally:
+        path.unlink()
+    report.latencies += [dax_read, os_read, dax_write, os_write]
+    report.scaling += [
+        Scaling("daxfs 4 KiB pread", dax_threads),
+        Scaling("os.pread tmpfs", os_threads),
+    ]
+    for lat in report.latencies:
+        report.note(
+            f"latency: {lat.name}: p50 {lat.p50_ns / 1e3:.2f} us, p99 {lat.p99_ns / 1e3:.2f} us "
+            f"({lat.samples:,} single operations, each timed)"
+        )
+    report.row(
+        "4 KiB pread p99 latency vs os.pread tmpfs p99", dax_read.p99_ns, os_read.p99_ns, "ns"
+    )
+    report.row(
+        "4 KiB pwrite p99 latency (durable) vs os.pwrite tmpfs p99",
+        dax_write.p99_ns,
+        os_write.p99_ns,
+        "ns",
+    )
+    for t in THREADS[1:]:
+        report.row(
+            f"4 KiB pread, {t} threads vs os.pread tmpfs, {t} threads",
+            dax_threads[t],
+            os_threads[t],
+            "op/s",
+        )
 
 
 # -- metadata ------------------------------------------------------------------
@@ -791,6 +944,30 @@ def measure_metadata(
     return out
 
 
+def stat_threads(ns: Namespace, count: int, plan: Plan) -> dict[int, float]:
+    """stat throughput (op/s) of random names with 1, 2, 4 threads (bench/fs_latency.py)."""
+    if not count:
+        return {}
+    rng = random.Random(SEED)
+    existing = names(ns, count)
+    picks = [rng.choice(existing) for _ in range(RANDOM_NAMES // 16)]
+
+    def make_loop(i: int) -> Callable[[int], None]:
+        it = cycle(picks[i::4])
+        stat = ns.stat
+
+        def loop(n: int) -> None:
+            for path in islice(it, n):
+                stat(path)
+
+        return loop
+
+    return {
+        t: fs_latency.threaded_rate(make_loop, t, plan.thread_stat_ops, plan.thread_repeats)
+        for t in THREADS
+    }
+
+
 def metadata_section(plan: Plan, timing: Timing, report: Report) -> None:
     image_size = max(64 * MIB, plan.entries * 4 * KIB)
     with daxfs_image(SHM, image_size, "cpu") as (fs, _):
@@ -804,12 +981,14 @@ def metadata_section(plan: Plan, timing: Timing, report: Report) -> None:
                 f"metadata: daxfs stopped at {fmt_count(count)} of {fmt_count(plan.entries)} "
                 f"files: {why}; both sides measured with {fmt_count(count)} entries"
             )
+        dax_threads = stat_threads(ns, count, plan)
         dax = measure_metadata(ns, count, timing, report, "daxfs")
     directory = Path(tempfile.mkdtemp(prefix="daxfs-bench-", dir=SHM))
     try:
         (directory / "d").mkdir()
         ns = os_namespace(str(directory / "d"))
         populate(ns, count)
+        os_threads = stat_threads(ns, count, plan)
         tmpfs = measure_metadata(ns, count, timing, report, "tmpfs")
         (directory / "e").mkdir()
         builtin = builtin_namespace(str(directory / "e"))
@@ -845,6 +1024,14 @@ def metadata_section(plan: Plan, timing: Timing, report: Report) -> None:
         "op/s",
         Goal(">=", 0.5),
     )
+    report.scaling += [Scaling("daxfs stat", dax_threads), Scaling("os.stat tmpfs", os_threads)]
+    for t in THREADS[1:]:
+        report.row(
+            f"stat, {t} threads vs os.stat tmpfs, {t} threads",
+            dax_threads.get(t),
+            os_threads.get(t),
+            "op/s",
+        )
     report.row("rename vs os.rename tmpfs", dax.get("rename"), tmpfs.get("rename"), "op/s")
     report.row("unlink vs os.unlink tmpfs", dax.get("unlink"), tmpfs.get("unlink"), "op/s")
     report.row(
@@ -1134,6 +1321,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="only profile the hot paths with cProfile"
     )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_DIR,
+        help=f"where the table, JSON and PNG plots go (default {RESULTS_DIR})",
+    )
     return parser.parse_args(argv)
 
 
@@ -1149,6 +1342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     sections = [
         ("data", partial(data_section, plan, timing, report)),
+        ("latency", partial(latency_section, plan, report)),
         ("metadata", partial(metadata_section, plan, timing, report)),
     ]
     if plan.scale_files:
@@ -1162,6 +1356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     mode = "quick" if args.quick else "full"
     title = f"daxfs filesystem vs os.* / fio libpmem ({mode}, {cpu_model()})"
+    written, skipped = write_results(
+        args.results, title, report.rows, report.notes, report.latencies, report.scaling
+    )
+    report.notes += skipped
+    report.note(f"results written: {', '.join(str(p) for p in written)}")
     print_table(title, report.rows, notes=report.notes, plain=args.plain)
     return 0
 
