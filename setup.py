@@ -1,4 +1,4 @@
-"""Build the one C extension; everything else is in pyproject.toml."""
+"""Build the C extensions; everything else is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -20,5 +20,7 @@ setup(
         ),
         # fixed-address mmap and export-counted buffers (DAX mmap needs it)
         Extension("daxfs.mm._vm", sources=["daxfs/mm/_vm.c"], extra_compile_args=FLAGS),
+        # the journal's small-overwrite commit (daxfs.fs.journal.Journal.overwrite)
+        Extension("daxfs.fs._commit", sources=["daxfs/fs/_commit.c"], extra_compile_args=FLAGS),
     ]
 )

@@ -173,6 +173,32 @@ class DataPath:
             FileTooLarge (EFBIG): ``pos`` at or beyond the maximum file size.
             NoSpace (ENOSPC): not enough free blocks; nothing was written.
         """
+        ext = inode.xcache
+        if (
+            not (type(ext) is Extent and ext.lblk << BLOCK_SHIFT <= pos < ext.end << BLOCK_SHIFT)
+            and 0 <= pos < MAX_FILE_SIZE
+        ):
+            self.iomap_begin(inode, pos, 1, IomapFlags.WRITE)  # caches the extent under pos
+            ext = inode.xcache
+        if type(ext) is Extent and not ext.flags and not inode.layouts:
+            # fast path: an overwrite inside one written extent, with no pin to
+            # break, is one transaction of two redo records (Journal.overwrite)
+            n = len(data) if type(data) is bytes else memoryview(data).nbytes
+            start = ext.lblk << BLOCK_SHIFT
+            end = pos + n
+            if (
+                start <= pos <= inode.rec.size
+                and end <= ext.end << BLOCK_SHIFT
+                and 0 < n <= self.log_data_max
+            ):
+                self.journal.overwrite(
+                    self.itable, inode, (ext.pblk << BLOCK_SHIFT) + pos - start, data, end
+                )
+                return n
+        return self._write(inode, pos, data)
+
+    def _write(self, inode: Inode, pos: int, data: Buffer) -> int:
+        """``write`` outside the fast path: holes, unwritten extents, copy-on-write."""
         src = memoryview(data).cast("B")
         if pos >= MAX_FILE_SIZE:
             raise FileTooLarge(f"offset {pos} is beyond the maximum file size {MAX_FILE_SIZE}")
@@ -184,29 +210,6 @@ class DataPath:
             n = min(n, self.log_data_max)
         if n == 0:
             return 0
-        ext = inode.xcache
-        end = pos + n
-        if not (
-            isinstance(ext, Extent) and ext.lblk << BLOCK_SHIFT <= pos < ext.end << BLOCK_SHIFT
-        ):
-            self.iomap_begin(inode, pos, n, IomapFlags.WRITE)  # caches the extent under pos
-            ext = inode.xcache
-        if (
-            isinstance(ext, Extent)
-            and not ext.flags
-            and pos <= inode.rec.size
-            and n <= self.log_data_max
-            and ext.lblk << BLOCK_SHIFT <= pos
-            and end <= ext.end << BLOCK_SHIFT
-        ):
-            # fast path: an overwrite inside one written extent is one journaled record
-            with self.journal.begin() as tx:
-                rec = self.itable.dirty(tx, inode)
-                tx.log_data((ext.pblk << BLOCK_SHIFT) + pos - (ext.lblk << BLOCK_SHIFT), src[:n])
-                if end > rec.size:
-                    rec.size = end
-                rec.mtime_ns = rec.ctime_ns = now_ns()
-            return n
         try:
             with self.journal.begin() as tx:
                 filled = self.write_in(tx, inode, pos, src[:n])

@@ -239,14 +239,19 @@ class File(io.RawIOBase):
 
     def write(self, data: Buffer) -> int:
         """Write at the position (at the end in append mode); durable on return."""
-        self._check_write()
+        journal = self._data.journal
+        if not (self._open and self._writable and not journal.readonly and not journal.failed):
+            self._check_write()  # raises; the conditions are _check_write's, inlined
         inode = self.inode
-        with inode.lock:
-            if self._append:
-                self._pos = inode.rec.size
-            with naming(self.path):
+        try:
+            with inode.lock:
+                if self._append:
+                    self._pos = inode.rec.size
                 n = self._data.write(inode, self._pos, data)
-            self._pos += n
+                self._pos += n
+        except BaseException:
+            with naming(self.path):  # errors name the file (no context manager per call)
+                raise
         return n
 
     def pread(self, n: int, offset: int) -> bytes:
@@ -291,13 +296,20 @@ class File(io.RawIOBase):
         In append mode the data goes to the end of file, as Linux's pwrite does
         with O_APPEND.
         """
-        self._check_write()
-        self._offset(offset)
-        with self.inode.lock:
-            if self._append:
-                offset = self.inode.rec.size
-            with naming(self.path):
-                return self._data.write(self.inode, offset, data)
+        journal = self._data.journal
+        if not (self._open and self._writable and not journal.readonly and not journal.failed):
+            self._check_write()  # raises; the conditions are _check_write's, inlined
+        if type(offset) is not int or offset < 0:
+            self._offset(offset)  # raises
+        inode = self.inode
+        try:
+            with inode.lock:
+                if self._append:
+                    offset = inode.rec.size
+                return self._data.write(inode, offset, data)
+        except BaseException:
+            with naming(self.path):  # errors name the file (no context manager per call)
+                raise
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         """Move the position; SEEK_DATA and SEEK_HOLE as on Linux (ENXIO past the end)."""

@@ -30,6 +30,15 @@ Commit (``Transaction.commit``)::
     7. store applied_seq = seq (8-byte atomic); flush, no drain: the next
        fence of any operation makes it durable
 
+Small overwrites (``Journal.overwrite``) make one transaction of two
+records, the file data and the inode record (size, mtime, ctime), and commit
+it in C (daxfs/fs/_commit.c, ``Committer.overwrite``): the same records, the
+same device operations in the same order, so the media is the same at every
+fence; ``_overwrite`` is the Python reference that builds it through
+``begin`` and ``Transaction.commit``.  On a PmemDevice the C code copies and
+flushes itself; on any other device (SimulatedPmem) it calls the store's
+``write`` and ``drain``, so crash tests see every operation.
+
 Recovery (``Journal.recover``) replays the log if its header and log
 checksums are intact and ``seq > applied_seq``.  It first checks what no
 checksum covers or proves (``Journal.problems``): sequence numbers below
@@ -60,6 +69,10 @@ Invariants
      the one that made the transaction abort (it becomes a note on it).
   5. ``applied_seq <= header.seq`` whenever the header is intact, and both
      stay below SEQ_LIMIT.
+  6. The C commit of an overwrite and the reference make the same device
+     operations with the same bytes (tests/fs/test_commit.py); its inode
+     record is the committed one, checked against memory (daxfs.fs.inode,
+     invariant 2), so it is the record the reference packs.
 
 State diagram (Transaction)::
 
@@ -72,11 +85,13 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from daxfs.errors import Corrupted, IOFailure, ReadOnly
+from daxfs.errors import Corrupted, InvalidArgument, IOFailure, ReadOnly
+from daxfs.fs import _commit
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
     BLOCK_SIZE,
@@ -87,6 +102,7 @@ from daxfs.fs.layout import (
 )
 from daxfs.fs.store import PmemStore
 from daxfs.pmem.cpu import diff_lines
+from daxfs.pmem.pmem_device import PmemDevice
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -95,6 +111,19 @@ Seal = Callable[[memoryview], None]
 LINE = 64
 #: sequence numbers at or above this are damage, not history (see the module docstring)
 SEQ_LIMIT = 1 << 63
+#: journals made from now on commit small overwrites in C (daxfs.fs._commit); tests
+#: turn it off to run the Python reference (Journal.overwrite) instead
+NATIVE_COMMIT = True
+
+_commit.set_error_class(InvalidArgument)
+
+
+class InodeLog(Protocol):
+    """What ``Journal.overwrite`` needs of the inode table (daxfs.fs.inode, a layer above)."""
+
+    def dirty(self, tx: Transaction, inode: Any) -> Any: ...
+
+    def address(self, reader: Any, ino: int) -> tuple[int, int]: ...
 
 
 class TransactionTooLarge(AssertionError):
@@ -117,6 +146,8 @@ class Journal:
         self.commits = 0
         self.active: Transaction | None = None
         self.owner = 0
+        #: the C commit of small overwrites, or None: the Python reference only
+        self.committer = _committer(self) if NATIVE_COMMIT and not readonly else None
 
     # -- recovery ---------------------------------------------------------------------
 
@@ -266,6 +297,98 @@ class Journal:
         self.active = tx
         self.owner = threading.get_ident()
         return tx
+
+    def overwrite(self, itable: InodeLog, inode: Any, addr: int, data: Buffer, end: int) -> None:
+        """Commit one small overwrite of live file data as its own transaction.
+
+        The data goes to device byte ``addr``; the inode's size becomes at
+        least ``end`` and its mtime and ctime now: two redo records (the data,
+        then the inode record).  ``itable`` is the inode table (the layer
+        above: ``dirty`` and ``address``), ``inode`` its Inode.  The C
+        ``committer`` makes exactly the transaction that the Python reference
+        (``_overwrite``, through ``begin`` and ``Transaction.commit``) makes,
+        with the same device operations (daxfs/fs/_commit.c); without it, or
+        when the committed record does not match memory, the reference runs.
+
+        Raises:
+            ReadOnly (EROFS), OSError: as ``begin`` and ``Transaction.commit``.
+        """
+        committer = self.committer
+        if committer is not None and self.failed is None:
+            rec = inode.rec
+            with self.lock:
+                if self.active is None:  # else nested: the reference raises
+                    seq = self.seq + 1
+                    blockno, offset = itable.address(self.store, rec.ino)
+                    try:
+                        stamp = committer.overwrite(
+                            seq,
+                            addr,
+                            data,
+                            (blockno << BLOCK_SHIFT) + offset,
+                            rec.ino,
+                            rec.size,
+                            rec.mtime_ns,
+                            end,
+                        )
+                    except BaseException as exc:
+                        self._overwrite_failed(committer, exc, seq, rec, end)
+                        raise
+                    if stamp >= 0:
+                        self.seq = seq
+                        self.commits += 1
+                        if end > rec.size:
+                            rec.size = end
+                        rec.mtime_ns = rec.ctime_ns = stamp
+                        return
+        self._overwrite(itable, inode, addr, data, end)
+
+    def _overwrite(self, itable: InodeLog, inode: Any, addr: int, data: Buffer, end: int) -> None:
+        """The reference of ``overwrite``: the same transaction, built and committed in Python."""
+        with self.begin() as tx:
+            rec = itable.dirty(tx, inode)
+            tx.log_data(addr, data)
+            if end > rec.size:
+                rec.size = end
+            rec.mtime_ns = rec.ctime_ns = time.time_ns()
+
+    def _overwrite_failed(
+        self, committer: _commit.Committer, exc: BaseException, seq: int, rec: Any, end: int
+    ) -> None:
+        """A device operation of the C commit failed: what ``Transaction.commit`` does.
+
+        Before the header: nothing changed.  After the header, before the
+        commit point: the header is erased (``_invalidate_header``).  After
+        the commit point: memory takes the committed values and the
+        filesystem turns read-only (invariant 4); the caller raises
+        ``IOFailure`` from the cause.
+        """
+        stage = committer.stage
+        if stage == _commit.STAGE_HEADER and isinstance(exc, OSError):
+            self._invalidate_header(exc)
+        elif stage >= _commit.STAGE_COMMITTED:
+            self.seq = seq
+            if end > rec.size:
+                rec.size = end
+            rec.mtime_ns = rec.ctime_ns = committer.stamp
+            if isinstance(exc, OSError):
+                self.failed = f"applying transaction {seq}: {exc}"
+                raise IOFailure(
+                    f"journal apply failed, filesystem is now read-only: {exc}"
+                ) from exc
+
+    def _invalidate_header(self, exc: OSError) -> None:
+        """The commit fence failed after the header was written: unwrite it.
+
+        Otherwise a later fence could make it durable and recovery would replay
+        an operation that reported failure.  If even that fails, the
+        filesystem turns read-only (memory and media may disagree).
+        """
+        try:
+            self.store.write(self.header_offset, bytes(32))
+            self.store.drain()
+        except OSError as again:
+            self.failed = f"commit failed ({exc}) and its header could not be erased ({again})"
 
     def current(self) -> Transaction | None:
         """The open transaction of the calling thread, if any."""
@@ -442,7 +565,7 @@ class Transaction:
             store.drain()  # COMMIT POINT: the transaction is durable
         except BaseException as exc:
             if header_written and isinstance(exc, OSError):
-                self._invalidate_header(exc)
+                self.journal._invalidate_header(exc)
             self.abort(exc)
             raise
         try:
@@ -462,20 +585,6 @@ class Transaction:
             raise
         self._dirty.clear()
         self._finish("committed", self._on_commit)
-
-    def _invalidate_header(self, exc: OSError) -> None:
-        """The commit fence failed after the header was written: unwrite it.
-
-        Otherwise a later fence could make it durable and recovery would replay
-        an operation that reported failure.  If even that fails, the
-        filesystem turns read-only (memory and media may disagree).
-        """
-        journal = self.journal
-        try:
-            self.store.write(journal.header_offset, bytes(32))
-            self.store.drain()
-        except OSError as again:
-            journal.failed = f"commit failed ({exc}) and its header could not be erased ({again})"
 
     def _finish(
         self,
@@ -500,6 +609,12 @@ class Transaction:
                     failure = failure or exc
                     self.journal.failed = f"undoing a transaction in memory failed: {exc}"
         finally:
+            # the callbacks close over the transaction (tx.on_seal(lambda: ...(tx))): drop
+            # them so that it is freed by reference counting, not left to the cyclic GC
+            self._on_seal.clear()
+            self._on_commit.clear()
+            self._on_abort.clear()
+            self.scratch.clear()
             self.journal._finish(self)
         if failure is not None:
             if cause is None:
@@ -539,3 +654,26 @@ def changed_ranges(
 ) -> list[tuple[int, int]]:
     """Byte ranges, in whole 64-byte lines, where two 4 KiB blocks differ."""
     return diff_lines(new, old, LINE)
+
+
+def _committer(journal: Journal) -> _commit.Committer:
+    """The C commit for the journal's device: native on a PmemDevice (its own persist
+    mode), else through the store's write and drain (SimulatedPmem, FaultyPmem, any
+    Device: they see every operation, as from the Python reference)."""
+    store = journal.store
+    device = store.device
+    capacity = journal.capacity
+    if type(device) is PmemDevice:
+        mode = device.detection.region_mode
+        return _commit.Committer(
+            store.view, journal.header_offset, journal.log_offset, capacity, mode
+        )
+    return _commit.Committer(
+        store.view,
+        journal.header_offset,
+        journal.log_offset,
+        capacity,
+        "callback",
+        store.write,
+        store.drain,
+    )

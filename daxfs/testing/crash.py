@@ -9,7 +9,9 @@ SQLite's crash tests and CrashMonkey do, but at every persist point:
        at its n-th fence; take several crash states of that moment (seeded
        subsets of the pending 8-byte pieces); mount each (recovery runs),
        require fsck to be clean and the tree to equal *before* or *after*
-    4. stop when ``op`` completes before the scheduled fence
+    4. stop when ``op`` completes before the scheduled fence, after taking the
+       crash states of a power failure just after it returned: those must all
+       be *after* (it reported success, so its effect is durable)
 
 A ``Snapshot`` is what the test compares: by default every path with its
 type, mode, link count, size and contents (or link target); times are left
@@ -110,15 +112,19 @@ def check_operation(
         try:
             op(fs)
         except PowerFailure:
-            pass
+            returned = False
         else:
+            returned = True
             report.fences = fence - 1
-            return report
+        # the power fails at this fence, or (returned) just after op returned: then
+        # only *after* will do, since op reported success
         for state in dev.crash_states(limit=states_per_fence, seed=fence):
-            seen = _check_state(state, before, after, times, fence)
+            seen = _check_state(state, None if returned else before, after, times, fence)
             report.states += 1
             report.before_seen += seen == "before"
             report.after_seen += seen == "after"
+        if returned:
+            return report
     raise CrashCheckFailed(f"operation still running after {max_fences} fences")
 
 
@@ -128,8 +134,9 @@ def _observe(dev: SimulatedPmem, times: bool) -> Snapshot:
 
 
 def _check_state(
-    state: SimulatedPmem, before: Snapshot, after: Snapshot, times: bool, fence: int
+    state: SimulatedPmem, before: Snapshot | None, after: Snapshot, times: bool, fence: int
 ) -> str:
+    """Mount and fsck a crash state; "before" or "after" (``before`` None: only after)."""
     try:
         with mount(state) as fs:
             seen = snapshot(fs, times=times)
@@ -138,18 +145,19 @@ def _check_state(
     report = fsck(state)
     if not report.clean:
         raise CrashCheckFailed(f"fence {fence}: fsck after the crash:\n{report}")
-    if seen == before:
+    if before is not None and seen == before:
         return "before"
     if seen == after:
         return "after"
     diff = sorted(
         p
-        for p in set(seen) | set(before) | set(after)
-        if seen.get(p) not in (before.get(p), after.get(p))
+        for p in set(seen) | set(before or {}) | set(after)
+        if seen.get(p) not in ((before or {}).get(p), after.get(p))
     )
+    what = "neither before nor after" if before is not None else "not after, once returned"
     raise CrashCheckFailed(
-        f"fence {fence}: state is neither before nor after; differing paths: {diff[:10]}\n"
+        f"fence {fence}: state is {what}; differing paths: {diff[:10]}\n"
         f"  seen:   {[seen.get(p) for p in diff[:3]]}\n"
-        f"  before: {[before.get(p) for p in diff[:3]]}\n"
+        f"  before: {[(before or {}).get(p) for p in diff[:3]]}\n"
         f"  after:  {[after.get(p) for p in diff[:3]]}"
     )

@@ -1,0 +1,865 @@
+/*
+ * daxfs.fs._commit: the small-overwrite commit of the redo journal, in C.
+ *
+ * Theory of operation
+ * -------------------
+ * daxfs/fs/journal.py is the reference: it documents the redo journal, its
+ * commit protocol and its invariants, and Journal.overwrite builds the
+ * transaction this module commits, through Journal.begin and
+ * Transaction.commit.  Committer.overwrite makes the same transaction (two
+ * redo records: the file data, then the 256-byte inode record with its new
+ * size, mtime and ctime) and issues the same device operations in the same
+ * order, so the media holds the same bytes at every fence:
+ *
+ *     1. patch a copy of the inode record (size, mtime, ctime, crc32c)
+ *     2. write(log_offset, JREC(data) data pad JREC(inode) record)
+ *     3. drain                                              fence 1
+ *     4. write(header_offset, header(seq, 2, log_bytes, log_crc))
+ *     5. drain                          <- COMMIT POINT     fence 2
+ *     6. write(data_offset, data); write(inode_offset, record)
+ *     7. drain                                              fence 3
+ *     8. write(header_offset + 64, seq)          (applied_seq, no drain)
+ *
+ * Every store, flush and fence goes through two operations of a Committer,
+ * dev_write (copy and flush, no fence) and dev_drain, in one of two modes:
+ *
+ *   native    the device's memory is written directly and flushed with the
+ *             persist mode of its daxfs.pmem._native.Region (clwb,
+ *             clflushopt, clflush, none, msync), the same copy (non-temporal
+ *             from NT_THRESHOLD bytes) and flush code as Region.memcpy.
+ *   callback  dev_write calls the device's writer (the callable the
+ *             PmemStore writes through: write(offset, data, drain=False)) and
+ *             dev_drain its drain(): any other Device, notably SimulatedPmem
+ *             and the fault-injecting FaultyPmem, which then see exactly the
+ *             operations the Python reference makes.
+ *
+ * Both modes run the one sequence function (commit_overwrite), so the crash
+ * tests on SimulatedPmem test the sequence the native mode runs; what only the
+ * native mode does (memcpy and the flush instructions) is the code of
+ * Region.memcpy.  A test hook (plant_missing_flush) makes the n-th dev_write
+ * store without flushing, in either mode (in callback mode: straight into the
+ * device's memory, which SimulatedPmem then sees as a store never flushed); a
+ * crash test must catch it.
+ *
+ * The inode record is not packed from the Python InodeRecord: it is the
+ * committed record read from the media, checked (magic, inode number,
+ * crc32c, and the size and mtime the caller holds in memory), with the
+ * reserved field zeroed as InodeRecord.pack_into writes it.  Outside a
+ * transaction the media record is exactly the packed in-memory record
+ * (daxfs.fs.inode, invariant 2), so the result is byte for byte what the
+ * reference packs.  If any check fails, nothing is written and overwrite
+ * returns -1: the caller takes the reference path.
+ *
+ * Invariants
+ *   1. Every offset and length is checked against the view before any byte
+ *      is copied: the data and the inode record lie inside the filesystem and
+ *      outside the journal, the log fits its area.  A bad argument raises the
+ *      error class set by set_error_class (InvalidArgument, EINVAL) with
+ *      nothing written.
+ *   2. The device operations are those of Transaction.commit for the same
+ *      records, in the same order, with the same bytes.
+ *   3. On an exception from a device operation, `stage` says how far the
+ *      commit got (STAGE_* below); the Python caller handles it as
+ *      Transaction.commit does (abort, erase the header, or read-only).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define DAXFS_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#else
+#define DAXFS_X86 0
+#endif
+
+#define LINE 64
+#define NT_THRESHOLD 256
+
+/* the format (daxfs/fs/layout.py; a test compares these with it) */
+#define BLOCK_SHIFT 12
+#define INODE_SIZE 256
+#define INODE_MAGIC 0x444F4E49u
+#define I_CRC 4
+#define I_INO 8
+#define I_SIZE 32
+#define I_MTIME 56
+#define I_CTIME 64
+#define I_RESERVED 108
+#define JREC_SIZE 16
+#define JH_SIZE 32
+#define JH_CRC 28
+#define JH_APPLIED 64
+static const char JOURNAL_MAGIC[8] = {'D', 'A', 'X', 'F', 'S', 'J', 'N', 'L'};
+#define SEQ_LIMIT ((uint64_t)1 << 63)
+
+/* how far a commit got (Committer.stage) */
+#define STAGE_NONE 0      /* nothing written */
+#define STAGE_LOG 1       /* the log is written: not committed */
+#define STAGE_HEADER 2    /* the header is written, the commit fence not passed */
+#define STAGE_COMMITTED 3 /* the commit point is passed */
+#define STAGE_DONE 4      /* applied and applied_seq stored */
+
+enum mode { M_CLWB, M_CLFLUSHOPT, M_CLFLUSH, M_NONE, M_MSYNC, M_CALLBACK };
+static const char *mode_names[] = {"clwb", "clflushopt", "clflush", "none", "msync", "callback"};
+
+static int have_clwb, have_clflushopt, have_clflush, have_sse2, have_avx2, have_sse42;
+static long page_size = 4096;
+static PyObject *invalid_argument = NULL;
+/* test hook: the n-th dev_write from now stores without flushing (0: off) */
+static long planted_missing_flush = 0;
+/* test hook: the time every overwrite stamps (0: the real clock) */
+static int64_t frozen_clock = 0;
+
+/* ------------------------------------------------------------------ CPU */
+
+static void
+detect_cpu(void)
+{
+#if DAXFS_X86
+    unsigned int a, b, c, d;
+    if (__get_cpuid(1, &a, &b, &c, &d)) {
+        have_clflush = (d >> 19) & 1;
+        have_sse2 = (d >> 26) & 1;
+        have_sse42 = (c >> 20) & 1;
+    }
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        have_clflushopt = (b >> 23) & 1;
+        have_clwb = (b >> 24) & 1;
+    }
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2");
+#endif
+}
+
+/* ------------------------------------------------------------------ crc32c */
+
+static uint32_t crc_table[256];
+
+static void
+crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t
+crc_soft(uint32_t crc, const unsigned char *p, size_t n)
+{
+    while (n--)
+        crc = crc_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return crc;
+}
+
+#if DAXFS_X86 && defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t
+crc_hw(uint32_t crc, const unsigned char *p, size_t n)
+{
+    uint64_t c = crc;
+    while (n && ((uintptr_t)p & 7)) {
+        c = _mm_crc32_u8((uint32_t)c, *p++);
+        n--;
+    }
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c = _mm_crc32_u64(c, w);
+    }
+    while (n--)
+        c = _mm_crc32_u8((uint32_t)c, *p++);
+    return (uint32_t)c;
+}
+#endif
+
+/* raw update (no pre/post inversion); crc32c(data, value) = ~update(~value, data) */
+static uint32_t
+crc_update(uint32_t crc, const void *p, size_t n)
+{
+#if DAXFS_X86 && defined(__x86_64__)
+    if (have_sse42)
+        return crc_hw(crc, p, n);
+#endif
+    return crc_soft(crc, p, n);
+}
+
+static uint32_t
+crc32c(const void *p, size_t n)
+{
+    return ~crc_update(0xFFFFFFFFu, p, n);
+}
+
+/* ------------------------------------------------------------------ persist */
+
+#if DAXFS_X86
+__attribute__((target("clwb"))) static void
+flush_clwb(char *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(LINE - 1), end = (uintptr_t)p + n;
+    for (; a < end; a += LINE)
+        _mm_clwb((void *)a);
+}
+
+__attribute__((target("clflushopt"))) static void
+flush_clflushopt(char *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(LINE - 1), end = (uintptr_t)p + n;
+    for (; a < end; a += LINE)
+        _mm_clflushopt((void *)a);
+}
+
+static void
+flush_clflush(char *p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(LINE - 1), end = (uintptr_t)p + n;
+    for (; a < end; a += LINE)
+        _mm_clflush((void *)a);
+}
+
+__attribute__((target("avx2"))) static void
+nt_copy_avx2(char *dst, const char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i += 64) {
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(src + i));
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(src + i + 32));
+        _mm256_stream_si256((__m256i *)(dst + i), x0);
+        _mm256_stream_si256((__m256i *)(dst + i + 32), x1);
+    }
+}
+
+static void
+nt_copy_sse2(char *dst, const char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i += 64) {
+        __m128i x0 = _mm_loadu_si128((const __m128i *)(src + i));
+        __m128i x1 = _mm_loadu_si128((const __m128i *)(src + i + 16));
+        __m128i x2 = _mm_loadu_si128((const __m128i *)(src + i + 32));
+        __m128i x3 = _mm_loadu_si128((const __m128i *)(src + i + 48));
+        _mm_stream_si128((__m128i *)(dst + i), x0);
+        _mm_stream_si128((__m128i *)(dst + i + 16), x1);
+        _mm_stream_si128((__m128i *)(dst + i + 32), x2);
+        _mm_stream_si128((__m128i *)(dst + i + 48), x3);
+    }
+}
+#endif
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *view;   /* the store's view of the whole filesystem */
+    PyObject *write;  /* callback mode: writer(offset, data) */
+    PyObject *drain;  /* callback mode: drain() */
+    int mode;
+    Py_ssize_t header_offset, log_offset, capacity;
+    int stage;
+    int64_t stamp;   /* the time the last overwrite stamped */
+    int64_t commits; /* overwrites committed */
+    /* during a call: the view's memory */
+    char *base;
+    Py_ssize_t size;
+} Committer;
+
+static PyObject *
+raise_invalid(const char *fmt, ...)
+{
+    va_list vargs;
+    va_start(vargs, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, vargs);
+    va_end(vargs);
+    if (msg == NULL)
+        return NULL;
+    PyObject *cls = invalid_argument != NULL ? invalid_argument : PyExc_ValueError;
+    PyObject *exc = PyObject_CallOneArg(cls, msg);
+    if (exc != NULL) {
+        PyErr_SetObject(cls, exc);
+        Py_DECREF(exc);
+    }
+    Py_DECREF(msg);
+    return NULL;
+}
+
+/* Flush [p, p+n) in a native mode, no fence; -1 with errno set if msync fails. */
+static int
+native_flush(int mode, char *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    switch (mode) {
+#if DAXFS_X86
+    case M_CLWB:
+        flush_clwb(p, n);
+        return 0;
+    case M_CLFLUSHOPT:
+        flush_clflushopt(p, n);
+        return 0;
+    case M_CLFLUSH:
+        flush_clflush(p, n);
+        return 0;
+#endif
+    case M_MSYNC: {
+        uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page_size - 1);
+        return msync((void *)a, (uintptr_t)p + n - a, MS_SYNC);
+    }
+    default:
+        return 0;
+    }
+}
+
+/* Region.memcpy's copy: non-temporal middle from NT_THRESHOLD bytes, flushed ends. */
+static int
+native_copy_flush(int mode, char *dst, const char *src, size_t n, int flush)
+{
+#if DAXFS_X86
+    if (mode != M_MSYNC && n >= NT_THRESHOLD && have_sse2) {
+        size_t head = (size_t)(-(uintptr_t)dst & (LINE - 1));
+        size_t body = (n - head) & ~(size_t)(LINE - 1);
+        size_t tail = n - head - body;
+        if (head) {
+            memcpy(dst, src, head);
+            if (flush)
+                native_flush(mode, dst, head);
+        }
+        if (!flush)
+            memcpy(dst + head, src + head, body); /* the planted bug: cached, not streamed */
+        else if (have_avx2)
+            nt_copy_avx2(dst + head, src + head, body);
+        else
+            nt_copy_sse2(dst + head, src + head, body);
+        if (tail) {
+            memcpy(dst + head + body, src + head + body, tail);
+            if (flush)
+                native_flush(mode, dst + head + body, tail);
+        }
+        return 0;
+    }
+#endif
+    memcpy(dst, src, n);
+    return flush ? native_flush(mode, dst, n) : 0;
+}
+
+static int
+os_error(int e, const char *what, Py_ssize_t off, Py_ssize_t len)
+{
+    PyObject *msg = PyUnicode_FromFormat("%s of range [%zd, %zd) failed: %s", what, off,
+                                         off + len, strerror(e));
+    if (msg == NULL)
+        return -1;
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iO", e, msg);
+    Py_DECREF(msg);
+    if (exc != NULL) {
+        PyErr_SetObject(PyExc_OSError, exc);
+        Py_DECREF(exc);
+    }
+    return -1;
+}
+
+/* Copy n bytes to device offset off and flush them (no fence): the Store's write. */
+static int
+dev_write(Committer *c, Py_ssize_t off, const void *src, Py_ssize_t n)
+{
+    int flush = 1;
+    if (planted_missing_flush > 0 && --planted_missing_flush == 0)
+        flush = 0;
+    if (c->mode != M_CALLBACK) {
+        if (native_copy_flush(c->mode, c->base + off, src, (size_t)n, flush) < 0)
+            return os_error(errno, "msync", off, n);
+        return 0;
+    }
+    if (!flush) { /* a store the device sees only as memory changed, never flushed */
+        memcpy(c->base + off, src, (size_t)n);
+        return 0;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(src, n);
+    if (data == NULL)
+        return -1;
+    PyObject *offset = PyLong_FromSsize_t(off);
+    if (offset == NULL) {
+        Py_DECREF(data);
+        return -1;
+    }
+    PyObject *args[2] = {offset, data};
+    PyObject *r = PyObject_Vectorcall(c->write, args, 2, NULL);
+    Py_DECREF(offset);
+    Py_DECREF(data);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The fence: every earlier dev_write is durable on return. */
+static int
+dev_drain(Committer *c)
+{
+    if (c->mode == M_CALLBACK) {
+        PyObject *r = PyObject_CallNoArgs(c->drain);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+#if DAXFS_X86
+    if (c->mode != M_MSYNC)
+        _mm_sfence();
+#else
+    __sync_synchronize();
+#endif
+    return 0;
+}
+
+static inline void
+put_u32(unsigned char *p, uint32_t v)
+{
+    memcpy(p, &v, 4); /* the format is little-endian; so is every CPU daxfs runs on */
+}
+
+static inline void
+put_u64(unsigned char *p, uint64_t v)
+{
+    memcpy(p, &v, 8);
+}
+
+static inline uint64_t
+get_u64(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint32_t
+get_u32(const unsigned char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* crc32c of a 256-byte inode record with its checksum field taken as zero */
+static uint32_t
+inode_crc(const unsigned char *rec)
+{
+    static const unsigned char zero[4];
+    uint32_t c = crc_update(0xFFFFFFFFu, rec, I_CRC);
+    c = crc_update(c, zero, 4);
+    c = crc_update(c, rec + I_CRC + 4, INODE_SIZE - I_CRC - 4);
+    return ~c;
+}
+
+static int
+overlaps(Py_ssize_t a, Py_ssize_t alen, Py_ssize_t b, Py_ssize_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+static int
+arg_u63(PyObject *o, const char *what, int64_t *out)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an integer, not %.100s", what,
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || v < 0) {
+        raise_invalid("%s %R is out of range", what, o);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/*
+ * The commit sequence (the module docstring's steps 2-8), shared by both modes.
+ * `log` holds the log payload, built by the caller; `rec` the patched record.
+ */
+static int
+commit_overwrite(Committer *c, uint64_t seq, Py_ssize_t data_off, const char *data,
+                 Py_ssize_t n, Py_ssize_t inode_off, const unsigned char *rec,
+                 const unsigned char *log, Py_ssize_t log_bytes, uint32_t log_crc)
+{
+    unsigned char header[JH_SIZE];
+    c->stage = STAGE_NONE;
+    if (dev_write(c, c->log_offset, log, log_bytes) < 0)
+        return -1;
+    c->stage = STAGE_LOG;
+    /* fence 1: the log is durable before a header can point at it */
+    if (dev_drain(c) < 0)
+        return -1;
+    memcpy(header, JOURNAL_MAGIC, 8);
+    put_u64(header + 8, seq);
+    put_u32(header + 16, 2);
+    put_u32(header + 20, (uint32_t)log_bytes);
+    put_u32(header + 24, log_crc);
+    put_u32(header + JH_CRC, crc32c(header, JH_CRC));
+    c->stage = STAGE_HEADER;
+    if (dev_write(c, c->header_offset, header, JH_SIZE) < 0)
+        return -1;
+    if (dev_drain(c) < 0) /* COMMIT POINT: the transaction is durable */
+        return -1;
+    c->stage = STAGE_COMMITTED;
+    if (dev_write(c, data_off, data, n) < 0 || dev_write(c, inode_off, rec, INODE_SIZE) < 0)
+        return -1;
+    if (dev_drain(c) < 0) /* fence 3: applied in place */
+        return -1;
+    unsigned char applied[8];
+    put_u64(applied, seq);
+    if (dev_write(c, c->header_offset + JH_APPLIED, applied, 8) < 0)
+        return -1;
+    c->stage = STAGE_DONE;
+    return 0;
+}
+
+/*
+ * overwrite(seq, data_offset, data, inode_offset, ino, size, mtime_ns, end) -> int
+ *
+ * Commit the transaction "data at data_offset; inode ino (at inode_offset,
+ * whose size and mtime in memory are `size` and `mtime_ns`) gets size
+ * max(size, end) and mtime = ctime = now" as transaction `seq`.  Returns the
+ * time stamped (ns), or -1 if the committed record does not match (nothing
+ * written: take the reference path).
+ */
+static PyObject *
+Committer_overwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t seq, data_off, inode_off, ino, size, mtime, end;
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError,
+                     "overwrite(seq, data_offset, data, inode_offset, ino, size, mtime_ns, end)"
+                     " takes 8 arguments, got %zd",
+                     nargs);
+        return NULL;
+    }
+    if (arg_u63(args[0], "seq", &seq) < 0 || arg_u63(args[1], "data_offset", &data_off) < 0 ||
+        arg_u63(args[3], "inode_offset", &inode_off) < 0 || arg_u63(args[4], "ino", &ino) < 0 ||
+        arg_u63(args[5], "size", &size) < 0 || arg_u63(args[6], "mtime_ns", &mtime) < 0 ||
+        arg_u63(args[7], "end", &end) < 0)
+        return NULL;
+    if ((uint64_t)seq >= SEQ_LIMIT || seq == 0)
+        return raise_invalid("sequence number %lld is out of range", (long long)seq);
+    Py_buffer mem, data;
+    if (PyObject_GetBuffer(c->view, &mem, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&mem);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    unsigned char *log = NULL;
+    Py_ssize_t n = data.len;
+    Py_ssize_t jstart = c->header_offset, jlen = c->log_offset + c->capacity - c->header_offset;
+    Py_ssize_t pad = -n & 7;
+    /* invariant 1: every range checked before a byte moves */
+    if (c->log_offset + c->capacity > mem.len || c->header_offset + JH_APPLIED + 8 > mem.len) {
+        raise_invalid("the journal does not fit the view of %zd bytes", mem.len);
+        goto done;
+    }
+    if (n <= 0 || n > c->capacity || data_off > mem.len - n) {
+        raise_invalid("%zd bytes of data at device offset %lld are outside the filesystem",
+                      n, (long long)data_off);
+        goto done;
+    }
+    if (inode_off > mem.len - INODE_SIZE || (inode_off & (INODE_SIZE - 1))) {
+        raise_invalid("inode %lld: record offset %lld is not in the filesystem", (long long)ino,
+                      (long long)inode_off);
+        goto done;
+    }
+    if (overlaps(data_off, n, jstart, jlen) || overlaps(inode_off, INODE_SIZE, jstart, jlen) ||
+        overlaps(data_off, n, inode_off, INODE_SIZE)) {
+        raise_invalid("overwrite of device offset %lld (inode %lld at %lld) targets the journal "
+                      "or overlaps the inode record",
+                      (long long)data_off, (long long)ino, (long long)inode_off);
+        goto done;
+    }
+    Py_ssize_t log_bytes = JREC_SIZE + n + pad + JREC_SIZE + INODE_SIZE;
+    if (log_bytes > c->capacity) {
+        raise_invalid("a transaction of %zd bytes exceeds the %zd-byte log", log_bytes,
+                      c->capacity);
+        goto done;
+    }
+    /* 1. the committed record, checked, patched */
+    unsigned char rec[INODE_SIZE];
+    memcpy(rec, (char *)mem.buf + inode_off, INODE_SIZE);
+    if (get_u32(rec) != INODE_MAGIC || get_u64(rec + I_INO) != (uint64_t)ino ||
+        get_u32(rec + I_CRC) != inode_crc(rec) || get_u64(rec + I_SIZE) != (uint64_t)size ||
+        get_u64(rec + I_MTIME) != (uint64_t)mtime) {
+        result = PyLong_FromLong(-1);
+        goto done;
+    }
+    int64_t now = frozen_clock;
+    if (now == 0) { /* time.time_ns(), as the reference stamps */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
+    c->stamp = now;
+    put_u64(rec + I_SIZE, (uint64_t)(end > size ? end : size));
+    put_u64(rec + I_MTIME, (uint64_t)now);
+    put_u64(rec + I_CTIME, (uint64_t)now);
+    put_u32(rec + I_RESERVED, 0);
+    put_u32(rec + I_CRC, inode_crc(rec));
+    /* the log payload, as journal._serialize lays it out */
+    log = PyMem_Malloc((size_t)log_bytes);
+    if (log == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    unsigned char *p = log;
+    put_u64(p, (uint64_t)data_off);
+    put_u32(p + 8, (uint32_t)n);
+    put_u32(p + 12, 0);
+    p += JREC_SIZE;
+    memcpy(p, data.buf, (size_t)n);
+    p += n;
+    memset(p, 0, (size_t)pad);
+    p += pad;
+    put_u64(p, (uint64_t)inode_off);
+    put_u32(p + 8, INODE_SIZE);
+    put_u32(p + 12, 0);
+    p += JREC_SIZE;
+    memcpy(p, rec, INODE_SIZE);
+    uint32_t log_crc = crc32c(log, (size_t)log_bytes);
+    c->base = mem.buf;
+    c->size = mem.len;
+    if (commit_overwrite(c, (uint64_t)seq, data_off, data.buf, n, inode_off, rec, log,
+                         log_bytes, log_crc) == 0)
+    {
+        c->commits++;
+        result = PyLong_FromLongLong(now);
+    }
+    c->base = NULL;
+done:
+    PyMem_Free(log);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&mem);
+    return result;
+}
+
+static PyObject *
+Committer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"view", "header_offset", "log_offset", "capacity", "mode",
+                             "write", "drain", NULL};
+    PyObject *view, *write = Py_None, *drain = Py_None;
+    Py_ssize_t header_offset, log_offset, capacity;
+    const char *mode_name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onnns|OO:Committer", kwlist, &view,
+                                     &header_offset, &log_offset, &capacity, &mode_name, &write,
+                                     &drain))
+        return NULL;
+    int mode = -1;
+    for (int i = 0; i <= M_CALLBACK; i++)
+        if (strcmp(mode_name, mode_names[i]) == 0)
+            mode = i;
+    if (mode < 0)
+        return raise_invalid("unknown persist mode %s", mode_name);
+#if DAXFS_X86
+    if ((mode == M_CLWB && !have_clwb) || (mode == M_CLFLUSHOPT && !have_clflushopt) ||
+        (mode == M_CLFLUSH && !have_clflush))
+        return raise_invalid("this CPU has no %s instruction", mode_name);
+#else
+    if (mode <= M_CLFLUSH)
+        return raise_invalid("cache flush instructions are x86 only, %s unavailable", mode_name);
+#endif
+    if (mode == M_CALLBACK && (!PyCallable_Check(write) || !PyCallable_Check(drain)))
+        return raise_invalid("callback mode needs write and drain callables");
+    if (header_offset < 0 || log_offset <= header_offset || capacity <= 0 ||
+        log_offset - header_offset < JH_APPLIED + 8)
+        return raise_invalid("journal geometry header=%zd log=%zd capacity=%zd is invalid",
+                             header_offset, log_offset, capacity);
+    Committer *c = (Committer *)type->tp_alloc(type, 0);
+    if (c == NULL)
+        return NULL;
+    c->view = Py_NewRef(view);
+    c->write = Py_NewRef(write);
+    c->drain = Py_NewRef(drain);
+    c->mode = mode;
+    c->header_offset = header_offset;
+    c->log_offset = log_offset;
+    c->capacity = capacity;
+    return (PyObject *)c;
+}
+
+static void
+Committer_dealloc(Committer *c)
+{
+    Py_XDECREF(c->view);
+    Py_XDECREF(c->write);
+    Py_XDECREF(c->drain);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyObject *
+Committer_get_stage(Committer *c, void *unused)
+{
+    return PyLong_FromLong(c->stage);
+}
+
+static PyObject *
+Committer_get_stamp(Committer *c, void *unused)
+{
+    return PyLong_FromLongLong(c->stamp);
+}
+
+static PyObject *
+Committer_get_commits(Committer *c, void *unused)
+{
+    return PyLong_FromLongLong(c->commits);
+}
+
+static PyObject *
+Committer_get_mode(Committer *c, void *unused)
+{
+    return PyUnicode_FromString(mode_names[c->mode]);
+}
+
+static PyMethodDef Committer_methods[] = {
+    {"overwrite", (PyCFunction)(void (*)(void))Committer_overwrite, METH_FASTCALL,
+     "overwrite(seq, data_offset, data, inode_offset, ino, size, mtime_ns, end) -> int"},
+    {NULL}};
+
+static PyGetSetDef Committer_getset[] = {
+    {"stage", (getter)Committer_get_stage, NULL, "how far the last commit got (STAGE_*)", NULL},
+    {"stamp", (getter)Committer_get_stamp, NULL, "mtime the last overwrite stamped (ns)", NULL},
+    {"commits", (getter)Committer_get_commits, NULL, "overwrites committed", NULL},
+    {"mode", (getter)Committer_get_mode, NULL, "native persist mode, or callback", NULL},
+    {NULL}};
+
+static PyTypeObject CommitterType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "daxfs.fs._commit.Committer",
+    .tp_basicsize = sizeof(Committer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Committer(view, header_offset, log_offset, capacity, mode, write=None, "
+              "drain=None): the journal's small-overwrite commit",
+    .tp_new = Committer_new,
+    .tp_dealloc = (destructor)Committer_dealloc,
+    .tp_methods = Committer_methods,
+    .tp_getset = Committer_getset,
+};
+
+/* ------------------------------------------------------------------ module */
+
+static PyObject *
+mod_crc32c(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b;
+    unsigned long value = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "crc32c(data, value=0)");
+        return NULL;
+    }
+    if (nargs == 2) {
+        value = PyLong_AsUnsignedLong(args[1]);
+        if (value == (unsigned long)-1 && PyErr_Occurred())
+            return NULL;
+        if (value > 0xFFFFFFFFul)
+            return raise_invalid("crc value %lu does not fit 32 bits", value);
+    }
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint32_t crc = ~crc_update(~(uint32_t)value, b.buf, (size_t)b.len);
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+static PyObject *
+plant_missing_flush(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0)
+        return raise_invalid("plant_missing_flush: n must be >= 0, got %ld", n);
+    long before = planted_missing_flush;
+    planted_missing_flush = n;
+    return PyLong_FromLong(before);
+}
+
+static PyObject *
+freeze_clock(PyObject *self, PyObject *arg)
+{
+    long long t = PyLong_AsLongLong(arg);
+    if (t == -1 && PyErr_Occurred())
+        return NULL;
+    if (t < 0)
+        return raise_invalid("freeze_clock: time must be >= 0, got %lld", t);
+    frozen_clock = t;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+set_error_class(PyObject *self, PyObject *cls)
+{
+    if (!PyType_Check(cls) ||
+        !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)PyExc_ValueError)) {
+        PyErr_SetString(PyExc_TypeError, "expected a ValueError subclass");
+        return NULL;
+    }
+    Py_XSETREF(invalid_argument, Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+layout(PyObject *self, PyObject *unused)
+{
+    return Py_BuildValue("{s:i,s:i,s:I,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:y#}", "BLOCK_SHIFT",
+                         BLOCK_SHIFT, "INODE_SIZE", INODE_SIZE, "INODE_MAGIC", INODE_MAGIC,
+                         "INODE_CRC_OFFSET", I_CRC, "ino", I_INO, "size", I_SIZE, "mtime_ns",
+                         I_MTIME, "ctime_ns", I_CTIME, "reserved", I_RESERVED, "JREC_SIZE",
+                         JREC_SIZE, "JH_CRC_OFFSET", JH_CRC, "JH_APPLIED_OFFSET", JH_APPLIED,
+                         "JOURNAL_MAGIC", JOURNAL_MAGIC, (Py_ssize_t)8);
+}
+
+static PyMethodDef module_methods[] = {
+    {"crc32c", (PyCFunction)(void (*)(void))mod_crc32c, METH_FASTCALL,
+     "crc32c(data, value=0) -> int: the checksum the journal computes (for tests)"},
+    {"plant_missing_flush", plant_missing_flush, METH_O,
+     "plant_missing_flush(n) -> previous: the n-th device write from now is not flushed "
+     "(a test hook; 0 disarms)"},
+    {"freeze_clock", freeze_clock, METH_O,
+     "freeze_clock(ns): every overwrite stamps ns (a test hook; 0: the real clock)"},
+    {"set_error_class", set_error_class, METH_O,
+     "set_error_class(cls): raise cls(message) for bad arguments"},
+    {"layout", layout, METH_NOARGS, "layout() -> the format constants compiled in"},
+    {NULL}};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "daxfs.fs._commit",
+                                       "The journal's small-overwrite commit, in C.", -1,
+                                       module_methods};
+
+PyMODINIT_FUNC
+PyInit__commit(void)
+{
+    detect_cpu();
+    crc_init();
+    long ps = sysconf(_SC_PAGESIZE);
+    if (ps > 0)
+        page_size = ps;
+    if (PyType_Ready(&CommitterType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&CommitterType);
+    if (PyModule_AddObject(m, "Committer", (PyObject *)&CommitterType) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_NONE", STAGE_NONE) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_LOG", STAGE_LOG) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_HEADER", STAGE_HEADER) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_COMMITTED", STAGE_COMMITTED) < 0 ||
+        PyModule_AddIntConstant(m, "STAGE_DONE", STAGE_DONE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
