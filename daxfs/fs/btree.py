@@ -91,6 +91,7 @@ Caveats
 
 from __future__ import annotations
 
+import array
 import struct
 import sys
 from bisect import bisect_left, bisect_right
@@ -477,6 +478,35 @@ class BTree:
                 (child, level - 1) for child in reversed(self._children(reader, blockno, level))
             )
             yield blockno
+
+    def keys(self, reader: Reader) -> array.array[int]:
+        """Every key of the tree, leaves left to right, as an array of u64.
+
+        Each node is verified as a descent verifies it, and the walk is
+        bounded as ``nodes`` is (a node reachable twice is damage).  The keys
+        come out ascending in a sound tree; the caller checks that if it relies
+        on it (node contents past the header are not verified on reads).
+
+        Raises:
+            Corrupted (EUCLEAN): a node failed verification or is reachable twice.
+        """
+        out: array.array[int] = array.array("Q")
+        if self._empty():
+            return out
+        seen: set[int] = set()
+        stack = [(self.root, self.height - 1)]
+        while stack:
+            blockno, level = stack.pop()
+            if blockno in seen:
+                raise self._corrupt(blockno, "reachable twice")
+            seen.add(blockno)
+            view, count = self._node(reader, blockno, level)
+            if level == 0:
+                out.frombytes(view[NODE_KEYS : NODE_KEYS + 8 * count])
+            else:
+                children = struct.unpack_from(f"<{count}Q", view, INTERNAL_CHILDREN)
+                stack.extend((child, level - 1) for child in reversed(children))
+        return out
 
     def _children(self, reader: Reader, blockno: int, level: int) -> list[int]:
         view, count = self._node(reader, blockno, level)

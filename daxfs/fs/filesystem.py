@@ -75,6 +75,12 @@ if TYPE_CHECKING:
     from daxfs.pmem.device import Device
 
 
+#: entries in stat's path cache before it starts again (about 150 bytes each)
+PATH_CACHE_LIMIT = 1 << 17
+_S_IFMT = 0o170000
+_S_IFDIR = st.S_IFDIR
+
+
 class FileSystem:
     """A mounted daxfs filesystem.  Create with ``daxfs.mount``."""
 
@@ -114,6 +120,15 @@ class FileSystem:
         self._on_unmount = on_unmount
         self._mounted = True
         self._dev = int.from_bytes(sup.sb.uuid[:4], "little") | 0x100000000
+        #: stat's path cache: (path as given, follow_symlinks) -> the ino it resolved to,
+        #: positive results only; cleared when ``dirs.removals`` moves (a name was removed
+        #: or retargeted: only that can change what a path that resolved now names)
+        #: (str and bytes paths apart: a str never compares with a bytes)
+        self._paths: dict[tuple[str | bytes, bool], int] = {}
+        self._bpaths: dict[tuple[str | bytes, bool], int] = {}
+        self._paths_epoch = dirs.removals
+        self.path_hits = 0
+        self.path_misses = 0
         itable.reap = self._reap_unused
         self.resolver = Resolver(
             root=lambda: self.itable.get(INO_ROOT),
@@ -768,9 +783,35 @@ class FileSystem:
     # -- attributes ---------------------------------------------------------------------
 
     def stat(self, path: Path, *, follow_symlinks: bool = True) -> os.stat_result:
-        """os.stat_result of a file (mode, ino, nlink, uid, gid, size, blocks, ns times)."""
+        """os.stat_result of a file (mode, ino, nlink, uid, gid, size, blocks, ns times).
+
+        A str or bytes path that resolved before is looked up in the path cache
+        (``_paths``) instead of walked again; see "Fast paths and in-memory
+        indexes" in docs/ARCHITECTURE.md.
+
+        Raises:
+            FileNotFoundError, NotADirectoryError, TooManyLinks (ELOOP),
+            NameTooLong, InvalidArgument (NUL in the path, not mounted).
+        """
         with self._lock:
-            inode, _ = self._existing(path, follow_symlinks)
+            if isinstance(path, (str, bytes)):
+                if self._paths_epoch != self.dirs.removals:
+                    self._paths.clear()
+                    self._bpaths.clear()
+                    self._paths_epoch = self.dirs.removals
+                paths = self._paths if isinstance(path, str) else self._bpaths
+                ino = paths.get((path, follow_symlinks))
+                if ino is not None:
+                    self._check_mounted()
+                    self.path_hits += 1
+                    return self._stat_inode(self.itable.get(ino))
+                inode, _ = self._existing(path, follow_symlinks)
+                self.path_misses += 1
+                if len(paths) >= PATH_CACHE_LIMIT:
+                    paths.clear()
+                paths[path, follow_symlinks] = inode.ino
+            else:
+                inode, _ = self._existing(path, follow_symlinks)
             return self._stat_inode(inode)
 
     def lstat(self, path: Path) -> os.stat_result:
@@ -778,30 +819,33 @@ class FileSystem:
 
     def _stat_inode(self, inode: Inode) -> os.stat_result:
         rec = inode.rec
-        size = max(1, rec.blocks) * BLOCK_SIZE if inode.is_dir else rec.size
-        times = (rec.atime_ns, rec.mtime_ns, rec.ctime_ns)
+        mode = rec.mode
+        size = max(1, rec.blocks) * BLOCK_SIZE if mode & _S_IFMT == _S_IFDIR else rec.size
+        atime, mtime, ctime = rec.atime_ns, rec.mtime_ns, rec.ctime_ns
+        # the 19 fields in os.stat_result's order: 10 in the sequence, then the float
+        # times, the ns times, st_blksize, st_blocks, st_rdev (no dict to build)
         return os.stat_result(
             (
-                rec.mode,
+                mode,
                 rec.ino,
                 self._dev,
                 rec.nlink,
                 rec.uid,
                 rec.gid,
                 size,
-                *tuple(t // 1000000000 for t in times),
-            ),
-            {
-                "st_atime": times[0] / 1e9,
-                "st_mtime": times[1] / 1e9,
-                "st_ctime": times[2] / 1e9,
-                "st_atime_ns": times[0],
-                "st_mtime_ns": times[1],
-                "st_ctime_ns": times[2],
-                "st_blksize": BLOCK_SIZE,
-                "st_blocks": rec.blocks * (BLOCK_SIZE // 512),
-                "st_rdev": 0,
-            },
+                atime // 1000000000,
+                mtime // 1000000000,
+                ctime // 1000000000,
+                atime / 1e9,
+                mtime / 1e9,
+                ctime / 1e9,
+                atime,
+                mtime,
+                ctime,
+                BLOCK_SIZE,
+                rec.blocks * (BLOCK_SIZE // 512),
+                0,
+            )
         )
 
     #: errnos that say "no such path" to exists/isdir/isfile/islink (as os.path,

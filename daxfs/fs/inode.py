@@ -42,8 +42,25 @@ Invariants
      marked the inode dirty.
   3. Free-list inodes have mode 0 and the ORPHAN flag clear; orphan-list
      inodes have the ORPHAN flag set.
-  4. ``Inode.refs`` changes only in ``hold`` and ``put``, under ``inode.lock``;
-     an inode with ``refs > 0`` is never freed nor evicted.
+  4. ``Inode.refs`` changes only in ``hold`` and ``put``, under the table's
+     ``refs_lock``; an inode with ``refs > 0`` is never freed nor evicted.
+  5. ``Inode.lock`` is made on first use, once: the check-and-create runs under
+     the module's ``_LOCK_MAKER`` (see ``Inode.lock``), so every thread that
+     asks gets the same lock object.
+
+The lazily made lock
+--------------------
+Most cached inodes are never read or written through a File (a create and a
+close, a stat), so an ``RLock`` per inode is made only when something first
+takes ``inode.lock``.  Why that is race-free: under the GIL one attribute
+load or store is atomic.  ``Inode.lock`` reads ``_lock``; a thread that sees a
+lock uses it, and a lock, once stored, is never replaced.  A thread that sees
+None takes ``_LOCK_MAKER`` and reads ``_lock`` again before storing a new
+lock, so of two threads that both saw None the second finds the first's lock
+and uses it.  Hence one lock per inode, and every ``with inode.lock`` on it
+excludes every other.  The hold counts (``refs``, ``files``) do not need the
+inode's lock: ``hold`` and ``put`` count under ``InodeTable.refs_lock``, a
+short critical section shared by all inodes.
 """
 
 from __future__ import annotations
@@ -81,7 +98,7 @@ from daxfs.fs.store import PmemStore, Reader
 from daxfs.fs.super import SuperState
 
 MAX_INO = (1 << 63) - 1
-CACHE_LIMIT = 32768
+CACHE_LIMIT = 1 << 17
 #: how far below the limit a trim goes, so that it runs once per that many new inodes
 TRIM_SLACK = 1024
 #: inode-file blocks whose location is remembered (a block holds 16 inodes)
@@ -106,16 +123,20 @@ class FileMapping(Protocol):
         """File bytes [start, end) that were holes now have blocks: map them."""
 
 
+#: serialises the first creation of each inode's lock (see "The lazily made lock")
+_LOCK_MAKER = threading.Lock()
+
+
 class Inode:
     """An inode in memory: its record plus runtime state (locks, users)."""
 
-    __slots__ = ("files", "ino", "layouts", "lock", "mappings", "rec", "refs", "xcache")
+    __slots__ = ("_lock", "files", "ino", "layouts", "mappings", "rec", "refs", "xcache")
 
     def __init__(self, rec: InodeRecord) -> None:
         self.ino = rec.ino
         self.rec = rec
-        #: held for the data path and size changes of this inode
-        self.lock = threading.RLock()
+        #: the lock of ``lock``, made on first use
+        self._lock: threading.RLock | None = None
         #: holders that keep it alive if unlinked (InodeTable.hold/put only) ...
         self.refs = 0
         #: ... of which open files (the rest: mappings, pins, operations in progress)
@@ -126,6 +147,18 @@ class Inode:
         self.mappings: list[FileMapping] = []
         #: pins of file ranges (daxfs.fs.layouts), created on the first pin
         self.layouts: Layouts | None = None
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held for the data path and size changes of this inode (made on first use;
+        the module docstring says why that is race-free)."""
+        lock = self._lock
+        if lock is None:
+            with _LOCK_MAKER:
+                lock = self._lock
+                if lock is None:
+                    lock = self._lock = threading.RLock()
+        return lock
 
     def __repr__(self) -> str:
         return f"<Inode {self.ino} mode={self.rec.mode:o} size={self.rec.size}>"
@@ -206,6 +239,8 @@ class InodeTable:
         #: get() refuses records that record_problem() finds (a mount sets it; fsck,
         #: which must load such records to repair them, leaves it off)
         self.check_records = False
+        #: guards every inode's hold counts (``refs``, ``files``): hold and put only
+        self.refs_lock = threading.Lock()
 
     # -- location -------------------------------------------------------------------
 
@@ -278,7 +313,7 @@ class InodeTable:
     def hold(self, inode: Inode, *, file: bool = False) -> None:
         """Keep ``inode`` alive (iget): until the matching put, it is not freed even
         if its last name goes.  ``file``: the holder is an open file."""
-        with inode.lock:
+        with self.refs_lock:
             inode.refs += 1
             inode.files += file
 
@@ -293,7 +328,7 @@ class InodeTable:
         Raises:
             what freeing raises (an I/O error); the hold is dropped regardless.
         """
-        with inode.lock:
+        with self.refs_lock:
             assert inode.refs > 0, f"put of {inode} without a hold"
             assert inode.files >= file, f"file put of {inode} without a file hold"
             inode.refs -= 1
