@@ -479,8 +479,8 @@ class BTree:
             )
             yield blockno
 
-    def keys(self, reader: Reader) -> array.array[int]:
-        """Every key of the tree, leaves left to right, as an array of u64.
+    def leaves(self, reader: Reader) -> Iterator[tuple[int, memoryview, int]]:
+        """Every leaf, left to right, as (block, view, count).
 
         Each node is verified as a descent verifies it, and the walk is
         bounded as ``nodes`` is (a node reachable twice is damage).  The keys
@@ -490,9 +490,8 @@ class BTree:
         Raises:
             Corrupted (EUCLEAN): a node failed verification or is reachable twice.
         """
-        out: array.array[int] = array.array("Q")
         if self._empty():
-            return out
+            return
         seen: set[int] = set()
         stack = [(self.root, self.height - 1)]
         while stack:
@@ -502,10 +501,20 @@ class BTree:
             seen.add(blockno)
             view, count = self._node(reader, blockno, level)
             if level == 0:
-                out.frombytes(view[NODE_KEYS : NODE_KEYS + 8 * count])
+                yield blockno, view, count
             else:
                 children = struct.unpack_from(f"<{count}Q", view, INTERNAL_CHILDREN)
                 stack.extend((child, level - 1) for child in reversed(children))
+
+    def keys(self, reader: Reader) -> array.array[int]:
+        """Every key, leaves left to right, as an array of u64 (see ``leaves``).
+
+        Raises:
+            Corrupted (EUCLEAN): a node failed verification or is reachable twice.
+        """
+        out: array.array[int] = array.array("Q")
+        for _, view, count in self.leaves(reader):
+            out.frombytes(view[NODE_KEYS : NODE_KEYS + 8 * count])
         return out
 
     def _children(self, reader: Reader, blockno: int, level: int) -> list[int]:

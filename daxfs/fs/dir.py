@@ -26,27 +26,38 @@ Invariants
   2. ``rec.entries`` equals the number of entries in the tree (fsck checks;
      the code trusts it only as far as ``rmdir``'s emptiness test, which
      also requires that no tree exists).
-  3. A directory's key index, while it exists, holds exactly the keys of its
-     tree as the current reader sees them: the committed tree, plus the
-     changes of the open transaction (``add`` and ``remove`` change the index
-     in the same call that changes the tree; an abort drops the index).
+  3. A directory's index, while it exists, holds exactly the keys of its
+     tree as the current reader sees them, and for each key what its value
+     says: the committed tree, plus the changes of the open transaction
+     (``add``, ``remove`` and ``retarget`` change the index in the same call
+     that changes the tree; an abort drops the index).
+  4. The index answers with an inode only for a name it holds byte for
+     byte; a key shared by several names, or a name longer than
+     INLINE_NAME, is answered by the tree.
 
 In-memory indexes
 -----------------
-*Key index* (``KeyIndex``, one per directory, built on first lookup from the
-committed tree by ``BTree.keys``): the set of the tree's keys, as a sorted
-array of u64 (8 bytes a key) plus two small sets of keys added and removed
-since, merged into the array when they outgrow a sixteenth of it.  A key the
-index does not hold is in no leaf, so the name is absent: a create's lookup
-and its insert skip two tree descents.  A key it holds proves nothing about
-the *name* (two names may share a 64-bit hash): the entry is then read from
-the tree and its name compared, exactly as without the index, so the index
-never answers with an inode, only with "absent".  Indexes are kept for the
-directories used last, up to INDEX_LIMIT keys in all; one whose directory
-inode was freed and reused is recognised by the generation and rebuilt.
+*Directory index* (``DirIndex``, one per directory, NOVA's DRAM radix tree
+in spirit): built on a directory's first lookup from its committed B+tree
+(``BTree.leaves``: every node verified as a descent verifies it; keys
+checked ascending, else no index), it holds, sorted by key, each key and,
+when the key's value is a single entry with a name of at most 15 bytes, the
+entry's inode, type and name: 8 + 8 + 16 = 32 bytes a key, in three flat
+arrays, with the changes since in a small dict and set, merged into the
+arrays when they outgrow a sixteenth of them.  Entries are checked at build
+as ``unpack_entries`` checks them; one that fails, like a key shared by two
+names (a 64-bit hash collision) or a long name, is kept as "read the tree",
+so the tree's checks still see it.  A lookup then costs a hash, a bisect and
+a byte comparison of the name: a key the index lacks is in no leaf (absent),
+a held name answers with its inode, a key held for another name is absent
+too, and only "read the tree" keys descend.  Creates skip two of their
+three descents (the lookup, and the read of the old value before the
+insert).  Indexes are kept for the directories used last, up to INDEX_LIMIT
+keys in all; one whose directory inode was freed and reused is recognised
+by its generation and rebuilt.
 
 *Dentry cache* (``_dcache``): (directory, name) -> (ino, type) of committed
-entries, bounded; every change to a name pops it.
+entries found, bounded (a hit costs no hash); every change to a name pops it.
 
 ``removals`` counts the changes that can make a path resolve differently
 (a name removed or pointed elsewhere, a directory emptied); the
@@ -70,23 +81,27 @@ from daxfs.fs.extmap import InodeNodes
 from daxfs.fs.inode import Inode, InodeTable
 from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
+    BLOCK_SIZE,
     DIRENT,
     DT_DIR,
     DT_LNK,
     DT_REG,
     FIRST_FREE_INO,
+    LEAF_HEAP_MIN,
+    LEAF_SLOTS,
     MAP_BTREE,
     MAP_NONE,
     MAX_VALUE,
+    NODE_KEYS,
     TREE_DIRECTORY,
 )
 from daxfs.fs.store import Reader
 
 Entry = tuple[bytes, int, int]  # name, ino, DT_* type
 DCACHE_LIMIT = 1 << 16
-#: keys held by all key indexes together (8 bytes each) before the oldest go
-INDEX_LIMIT = 1 << 23
-#: a key index merges its pending changes when they reach 1/MERGE_SHARE of its array
+#: keys held by all directory indexes together (32 bytes each) before the oldest go
+INDEX_LIMIT = 1 << 22
+#: an index merges its pending changes when they reach 1/MERGE_SHARE of its arrays
 MERGE_SHARE = 16
 
 
@@ -138,79 +153,222 @@ def unpack_entries(value: bytes, where: str, hwm: int) -> list[Entry]:
     return out
 
 
-class KeyIndex:
-    """The keys of one directory's tree, in memory (see "In-memory indexes").
+#: what an index entry may say about a key
+Found = tuple[int, int] | None
 
-    Present keys are those in ``added``, or in ``base`` and not in ``removed``;
-    ``added`` and ``base`` are disjoint, and ``removed`` is a subset of ``base``.
+
+class _Maybe:
+    """The index cannot answer for this key: read the tree."""
+
+    def __repr__(self) -> str:
+        return "MAYBE"
+
+
+MAYBE = _Maybe()
+#: names of at most this many bytes are kept in the index (with their length: 16 bytes)
+INLINE_NAME = 15
+_SLOT = INLINE_NAME + 1
+#: inode numbers the index holds (the top byte of a value is the entry's type)
+_INO_LIMIT = 1 << 56
+#: a value that says "read the tree" (several names share the key, a long name, ...)
+_TREE = 0
+_LEN = [bytes([n]) for n in range(256)]
+_CHUNK = 512  # leaves decoded at once by build
+
+
+def index_record(entries: list[Entry]) -> tuple[int, bytes]:
+    """What the index keeps for a key whose value holds ``entries``: (value, name slot).
+
+    One entry with a short name: (ino | type << 56, length byte + name, zero-padded);
+    anything else (a collision, a long name, a huge inode number): (_TREE, zeros).
+    """
+    if len(entries) == 1:
+        name, ino, dtype = entries[0]
+        if len(name) <= INLINE_NAME and ino < _INO_LIMIT:
+            return ino | dtype << 56, (_LEN[len(name)] + name).ljust(_SLOT, b"\0")
+    return _TREE, bytes(_SLOT)
+
+
+class DirIndex:
+    """One directory's entries in memory, by key (see "In-memory indexes").
+
+    ``keys`` (sorted, strictly increasing), ``values`` and ``names`` (16 bytes a
+    key) are parallel; ``added`` overrides them (a key added or changed since),
+    ``removed`` hides keys of ``keys``.  32 bytes a key, plus the pending
+    changes, merged into the arrays when they outgrow a sixteenth of them.
     """
 
-    __slots__ = ("added", "base", "generation", "removed")
+    __slots__ = ("added", "generation", "keys", "names", "removed", "values")
 
-    def __init__(self, base: array.array[int], generation: int) -> None:
-        #: sorted, strictly increasing
-        self.base = base
-        self.added: set[int] = set()
+    def __init__(
+        self, keys: array.array[int], values: array.array[int], names: bytes, generation: int
+    ) -> None:
+        self.keys = keys
+        self.values = values
+        self.names = names
+        self.added: dict[int, tuple[int, bytes]] = {}
         self.removed: set[int] = set()
         #: the directory inode's generation when built (an ino freed and reused differs)
         self.generation = generation
 
     def __len__(self) -> int:
-        return len(self.base) + len(self.added) - len(self.removed)
+        return len(self.keys) + len(self.added)
 
-    def _in_base(self, key: int) -> bool:
-        base = self.base
-        i = bisect_left(base, key)
-        return i < len(base) and base[i] == key
+    def _position(self, key: int) -> int:
+        """Index of ``key`` in ``keys``, or -1."""
+        keys = self.keys
+        i = bisect_left(keys, key)
+        return i if i < len(keys) and keys[i] == key else -1
 
     def __contains__(self, key: int) -> bool:
         if key in self.added:
             return True
-        return key not in self.removed and self._in_base(key)
+        return key not in self.removed and self._position(key) >= 0
 
-    def add(self, key: int) -> None:
-        if self._in_base(key):
-            self.removed.discard(key)
-        else:
-            self.added.add(key)
+    def find(self, key: int, name: bytes) -> Found | _Maybe:
+        """(ino, type) of ``name`` (whose hash is ``key``), None if absent, or MAYBE.
+
+        The stored name is compared with ``name`` byte for byte: a key shared
+        with another name never answers for this one.
+        """
+        probe = _LEN[len(name)] + name
+        record = self.added.get(key)
+        if record is not None:
+            value, slot = record
+            if value == _TREE:
+                return MAYBE
+            return (value & (_INO_LIMIT - 1), value >> 56) if slot.startswith(probe) else None
+        if key in self.removed:
+            return None
+        i = self._position(key)
+        if i < 0:
+            return None
+        value = self.values[i]
+        if value == _TREE:
+            return MAYBE
+        if self.names.startswith(probe, _SLOT * i):
+            return value & (_INO_LIMIT - 1), value >> 56
+        return None  # the key's single entry has another name
+
+    def put(self, key: int, entries: list[Entry]) -> None:
+        """The key's value now holds ``entries`` (at least one)."""
+        self.added[key] = index_record(entries)
+        self.removed.discard(key)
         self._maybe_merge()
 
     def discard(self, key: int) -> None:
-        if key in self.added:
-            self.added.discard(key)
-        elif self._in_base(key):
+        """The key's value is gone."""
+        self.added.pop(key, None)
+        if self._position(key) >= 0:
             self.removed.add(key)
         self._maybe_merge()
 
     def _maybe_merge(self) -> None:
-        if len(self.added) + len(self.removed) >= max(256, len(self.base) // MERGE_SHARE):
+        if len(self.added) + len(self.removed) >= max(256, len(self.keys) // MERGE_SHARE):
             self.merge()
 
     def merge(self) -> None:
-        """Fold ``added`` and ``removed`` into ``base``."""
-        keys = np.frombuffer(self.base, dtype=np.uint64) if len(self.base) else _NO_KEYS
-        if self.removed:
-            gone = np.fromiter(self.removed, dtype=np.uint64, count=len(self.removed))
-            keys = keys[~np.isin(keys, gone)]
+        """Fold ``added`` and ``removed`` into the arrays."""
+        keys = np.frombuffer(self.keys, dtype=np.uint64) if len(self.keys) else _NO_KEYS
+        values = np.frombuffer(self.values, dtype=np.uint64) if len(self.keys) else _NO_KEYS
+        names = np.frombuffer(self.names, dtype=np.uint8).reshape(-1, _SLOT)
+        drop = self.removed | self.added.keys()
+        if drop:
+            gone = np.fromiter(drop, dtype=np.uint64, count=len(drop))
+            keep = ~np.isin(keys, gone)
+            keys, values, names = keys[keep], values[keep], names[keep]
         if self.added:
-            new = np.fromiter(self.added, dtype=np.uint64, count=len(self.added))
-            keys = np.union1d(keys, new)
-        base: array.array[int] = array.array("Q")
-        base.frombytes(keys.astype(np.uint64).tobytes())
-        self.base, self.added, self.removed = base, set(), set()
+            items = sorted(self.added.items())
+            keys = np.concatenate([keys, np.array([k for k, _ in items], dtype=np.uint64)])
+            values = np.concatenate([values, np.array([v for _, (v, _) in items], dtype=np.uint64)])
+            extra = np.frombuffer(b"".join(n for _, (_, n) in items), dtype=np.uint8)
+            names = np.concatenate([names, extra.reshape(-1, _SLOT)])
+            order = np.argsort(keys, kind="stable")
+            keys, values, names = keys[order], values[order], names[order]
+        self.keys = _u64_array(keys)
+        self.values = _u64_array(values)
+        self.names = names.tobytes()
+        self.added, self.removed = {}, set()
 
     @classmethod
-    def build(cls, keys: array.array[int], generation: int) -> KeyIndex | None:
-        """An index of ``keys`` (a tree's, leaves left to right), or None if they are
-        not strictly increasing (a damaged tree: lookups then use the tree alone)."""
-        if len(keys) > 1:
-            view = np.frombuffer(keys, dtype=np.uint64)
-            if not bool(np.all(view[1:] > view[:-1])):
-                return None
-        return cls(keys, generation)
+    def build(
+        cls, leaves: Iterator[tuple[int, memoryview, int]], hwm: int, generation: int
+    ) -> DirIndex | None:
+        """An index of a directory tree's leaves (``BTree.leaves``, left to right), or
+        None if their keys are not strictly increasing (a damaged tree: lookups then
+        use the tree alone).
+
+        Entries are checked as ``unpack_entries`` checks them; one that fails (or
+        shares its key, or has a long name) is kept as "read the tree", so that
+        the tree's checks still raise on it.
+        """
+        keys: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        names: list[np.ndarray] = []
+        chunk: list[tuple[memoryview, int]] = []
+        for _, view, count in leaves:
+            chunk.append((view, count))
+            if len(chunk) == _CHUNK:
+                _decode_leaves(chunk, hwm, keys, values, names)
+                chunk = []
+        if chunk:
+            _decode_leaves(chunk, hwm, keys, values, names)
+        all_keys = np.concatenate(keys) if keys else _NO_KEYS
+        if len(all_keys) > 1 and not bool(np.all(all_keys[1:] > all_keys[:-1])):
+            return None
+        all_values = np.concatenate(values) if values else _NO_KEYS
+        all_names = np.concatenate(names) if names else np.zeros((0, _SLOT), np.uint8)
+        return cls(_u64_array(all_keys), _u64_array(all_values), all_names.tobytes(), generation)
+
+
+def _u64_array(values: np.ndarray) -> array.array[int]:
+    out: array.array[int] = array.array("Q")
+    out.frombytes(values.astype(np.uint64).tobytes())
+    return out
 
 
 _NO_KEYS = np.zeros(0, dtype=np.uint64)
+_DTYPE_CODES = np.array(sorted({DT_REG, DT_DIR, DT_LNK}), dtype=np.uint8)
+
+
+def _gather(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
+    """``width`` bytes at each of ``pos`` in ``buf``: an (n, width) array (a copy)."""
+    return buf[pos[:, None] + np.arange(width)]
+
+
+def _decode_leaves(
+    chunk: list[tuple[memoryview, int]],
+    hwm: int,
+    keys: list[np.ndarray],
+    values: list[np.ndarray],
+    names: list[np.ndarray],
+) -> None:
+    """Decode verified leaves (copied out of device memory) into index arrays."""
+    raw = bytearray(len(chunk) * BLOCK_SIZE + 32)  # slack: gathers past a block's end
+    for i, (view, _) in enumerate(chunk):
+        raw[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE] = view
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    counts = np.array([count for _, count in chunk], dtype=np.int64)
+    base = np.repeat(np.arange(len(chunk), dtype=np.int64) * BLOCK_SIZE, counts)
+    j = np.arange(len(base), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    keys.append(_gather(buf, base + NODE_KEYS + 8 * j, 8).view("<u8").ravel())
+    slots = _gather(buf, base + LEAF_SLOTS + 4 * j, 4).view("<u2")
+    off = slots[:, 0].astype(np.int64)
+    size = slots[:, 1].astype(np.int64)
+    ok = (off >= LEAF_HEAP_MIN) & (off + size <= BLOCK_SIZE) & (size > DIRENT.size)
+    at = base + np.where(ok, off, LEAF_HEAP_MIN)
+    head = _gather(buf, at, DIRENT.size)
+    ino = np.ascontiguousarray(head[:, :8]).view("<u8").ravel()
+    dtype = head[:, 8]
+    namelen = head[:, 9].astype(np.int64)
+    ok &= (size == DIRENT.size + namelen) & (namelen <= INLINE_NAME)
+    ok &= (ino >= FIRST_FREE_INO) & (ino < min(hwm, _INO_LIMIT)) & np.isin(dtype, _DTYPE_CODES)
+    name = _gather(buf, at + DIRENT.size, INLINE_NAME)
+    name[np.arange(INLINE_NAME) >= namelen[:, None]] = 0
+    slot = np.concatenate([namelen.astype(np.uint8)[:, None], name], axis=1)
+    slot[~ok] = 0
+    values.append(np.where(ok, ino | dtype.astype(np.uint64) << np.uint64(56), np.uint64(_TREE)))
+    names.append(slot)
 
 
 class Directories:
@@ -225,15 +383,15 @@ class Directories:
         #: dentry cache: (directory ino, name) -> (ino, type), committed entries only;
         #: bounded; every change to a name pops it (an aborted change then only costs a miss)
         self._dcache: OrderedDict[tuple[int, bytes], tuple[int, int]] = OrderedDict()
-        #: key indexes by directory ino, oldest first (see "In-memory indexes")
-        self._indexes: dict[int, KeyIndex] = {}
+        #: indexes by directory ino, oldest first (see "In-memory indexes")
+        self._indexes: dict[int, DirIndex] = {}
         #: keys they hold, as counted when each was built or grew
         self._indexed = 0
         #: names removed or retargeted so far (the path cache's epoch)
         self.removals = 0
         self.index_builds = 0
-        #: lookups the key index answered "absent" without a tree descent
-        self.index_negatives = 0
+        #: lookups the index answered, with an inode or "absent", without the tree
+        self.index_answers = 0
 
     def hash(self, name: bytes) -> int:
         h = self._keyed.copy()  # the key block is absorbed once, in __init__
@@ -276,23 +434,31 @@ class Directories:
             return None
         key = self.hash(name)
         index = self._index(inode, committed)
-        if index is not None and key not in index:
-            self.index_negatives += 1
-            return None
+        if index is not None:
+            found = index.find(key, name)
+            if found is not MAYBE:
+                self.index_answers += 1
+                if committed and found is not None:
+                    self._remember(inode.ino, name, found)  # type: ignore[arg-type]
+                return found  # type: ignore[return-value]
         value = self._tree(inode).get(reader, key)
         if value is None:
             return None
         for entry_name, ino, dtype in self._unpack(value, inode):
             if entry_name == name:
                 if committed:
-                    if len(self._dcache) >= DCACHE_LIMIT:
-                        self._dcache.popitem(last=False)
-                    self._dcache[inode.ino, name] = (ino, dtype)
+                    self._remember(inode.ino, name, (ino, dtype))
                 return ino, dtype
         return None
 
-    def _index(self, inode: Inode, build: bool) -> KeyIndex | None:
-        """The key index of directory ``inode``; made from the committed tree if
+    def _remember(self, parent: int, name: bytes, found: tuple[int, int]) -> None:
+        """Put a committed entry in the dentry cache (LRU, bounded)."""
+        if len(self._dcache) >= DCACHE_LIMIT:
+            self._dcache.popitem(last=False)
+        self._dcache[parent, name] = found
+
+    def _index(self, inode: Inode, build: bool) -> DirIndex | None:
+        """The index of directory ``inode``; made from the committed tree if
         ``build`` (the reader is the store: no transaction has changed the tree)."""
         index = self._indexes.get(inode.ino)
         if index is not None and index.generation == inode.rec.generation:
@@ -300,7 +466,8 @@ class Directories:
         if not build:
             return None
         self.drop_index(inode.ino)
-        index = KeyIndex.build(self._tree(inode).keys(self.store), inode.rec.generation)
+        hwm = self.itable.sup.sb.inode_hwm
+        index = DirIndex.build(self._tree(inode).leaves(self.store), hwm, inode.rec.generation)
         if index is None:
             return None
         self.index_builds += 1
@@ -311,13 +478,13 @@ class Directories:
         return index
 
     def drop_index(self, ino: int) -> None:
-        """Forget the key index of directory ``ino`` (rebuilt on its next lookup)."""
+        """Forget the index of directory ``ino`` (rebuilt on its next lookup)."""
         index = self._indexes.pop(ino, None)
         if index is not None:
             self._indexed -= len(index)
 
-    def _changing(self, tx: Transaction, inode: Inode) -> KeyIndex | None:
-        """The key index of ``inode``, which ``tx`` changes: dropped if it aborts."""
+    def _changing(self, tx: Transaction, inode: Inode) -> DirIndex | None:
+        """The index of ``inode``, which ``tx`` changes: dropped if it aborts."""
         index = self._indexes.get(inode.ino)
         if index is None or index.generation != inode.rec.generation:
             return None
@@ -349,7 +516,7 @@ class Directories:
         tree.put(tx, key, value)
         self._store(tx, inode, tree, +1)
         if index is not None:
-            index.add(key)
+            index.put(key, entries)
             self._indexed += 1
 
     def remove(self, tx: Transaction, inode: Inode, name: bytes) -> tuple[int, int]:
@@ -367,6 +534,8 @@ class Directories:
         assert len(gone) == 1
         if keep:
             tree.put(tx, key, pack_entries(keep))
+            if index is not None:
+                index.put(key, keep)
         else:
             tree.delete(tx, key)
             if index is not None:
@@ -380,6 +549,7 @@ class Directories:
         self.removals += 1
         tree = self._tree(inode)
         key = self.hash(name)
+        index = self._changing(tx, inode)
         old = tree.get(tx, key)
         assert old is not None
         entries = [
@@ -387,6 +557,8 @@ class Directories:
         ]
         tree.put(tx, key, pack_entries(entries))
         self._store(tx, inode, tree, 0)
+        if index is not None:
+            index.put(key, entries)
 
     def entries(
         self, reader: Reader, inode: Inode, after: tuple[int, int] | None = None

@@ -79,6 +79,8 @@ if TYPE_CHECKING:
 PATH_CACHE_LIMIT = 1 << 17
 _S_IFMT = 0o170000
 _S_IFDIR = st.S_IFDIR
+#: open()'s parsed mode strings (without encoding, errors or newline), by (mode, unbuffered)
+_SPECS: dict[tuple[str, bool], modes.ModeSpec] = {}
 
 
 class FileSystem:
@@ -263,9 +265,13 @@ class FileSystem:
     ) -> tuple[Lookup, str]:
         """Resolve ``path`` (``parent``: a parent lookup, see daxfs.fs.namei)."""
         self._check_mounted()
-        shown = os.fsdecode(fspath(path))
-        with naming(shown):
-            return self.resolver.lookup(path, follow, parent=parent), shown
+        raw = fspath(path)
+        shown = os.fsdecode(raw)
+        try:
+            return self.resolver.resolve(raw, shown, follow, parent=parent), shown
+        except BaseException:
+            with naming(shown):  # as if the walk ran inside it (no generator on the way in)
+                raise
 
     def _existing(self, path: Path, follow: bool = True) -> tuple[Inode, str]:
         found, shown = self._lookup(path, follow)
@@ -331,7 +337,15 @@ class FileSystem:
             FileNotFoundError, FileExistsError ("x"), IsADirectoryError,
             NotADirectoryError, ReadOnly (EROFS), InvalidArgument (bad mode).
         """
-        spec = modes.parse(mode, buffering, encoding, errors, newline, _shown(path))
+        spec = None
+        plain = encoding is None and errors is None and newline is None
+        if plain and type(mode) is str and type(buffering) is int:
+            key = (mode, buffering == 0)  # all that parse() reads of them
+            spec = _SPECS.get(key)
+        if spec is None:
+            spec = modes.parse(mode, buffering, encoding, errors, newline, _shown(path))
+            if plain and len(_SPECS) < 64:
+                _SPECS[mode, buffering == 0] = spec
         with self._lock:
             raw, truncate = self._open_raw(path, spec)
         if truncate:

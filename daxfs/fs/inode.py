@@ -123,6 +123,7 @@ class FileMapping(Protocol):
         """File bytes [start, end) that were holes now have blocks: map them."""
 
 
+_S_IFMT = 0o170000
 #: serialises the first creation of each inode's lock (see "The lazily made lock")
 _LOCK_MAKER = threading.Lock()
 
@@ -165,19 +166,19 @@ class Inode:
 
     @property
     def fmt(self) -> int:
-        return stat.S_IFMT(self.rec.mode)
+        return self.rec.mode & _S_IFMT
 
     @property
     def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.rec.mode)
+        return self.rec.mode & _S_IFMT == stat.S_IFDIR
 
     @property
     def is_reg(self) -> bool:
-        return stat.S_ISREG(self.rec.mode)
+        return self.rec.mode & _S_IFMT == stat.S_IFREG
 
     @property
     def is_lnk(self) -> bool:
-        return stat.S_ISLNK(self.rec.mode)
+        return self.rec.mode & _S_IFMT == stat.S_IFLNK
 
     @property
     def in_use(self) -> bool:

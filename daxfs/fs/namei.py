@@ -44,6 +44,7 @@ from daxfs.fs.layout import MAX_NAME
 
 MAX_PATH = 4095
 MAX_SYMLINKS = 40
+_S_IFMT, _S_IFDIR, _S_IFLNK = 0o170000, 0o040000, 0o120000
 
 Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
@@ -109,7 +110,16 @@ class Resolver:
             NameTooLong, InvalidArgument: see fspath.
         """
         raw = fspath(path)
-        shown = os.fsdecode(raw)
+        return self.resolve(raw, os.fsdecode(raw), follow_last, parent=parent)
+
+    def resolve(
+        self, raw: bytes, shown: str, follow_last: bool = True, *, parent: bool = False
+    ) -> Lookup:
+        """``lookup`` of a path already checked by ``fspath`` (``raw``), shown as ``shown``.
+
+        Raises:
+            as ``lookup``.
+        """
         if not raw:
             raise NotFound("no such file or directory: '' (empty path)", shown)
         budget = [MAX_SYMLINKS]
@@ -131,15 +141,18 @@ class Resolver:
             return Lookup(cur, b"", cur, slash)
         for i, name in enumerate(parts):
             last = i == len(parts) - 1
-            if not cur.is_dir:
+            if cur.rec.mode & _S_IFMT != _S_IFDIR:
                 raise NotADirectory(f"not a directory: {shown}", shown)
-            check_name(name, shown)
+            if len(name) > MAX_NAME:
+                check_name(name, shown)
             nxt = self._step(cur, name)
             if nxt is None:
                 if last:
                     return Lookup(cur, name, None, slash)
                 raise NotFound(f"no such file or directory: {shown}", shown)
-            if nxt.is_lnk and (not last or follow_last or (slash and not parent)):
+            if nxt.rec.mode & _S_IFMT == _S_IFLNK and (
+                not last or follow_last or (slash and not parent)
+            ):
                 budget[0] -= 1
                 if budget[0] < 0:
                     raise TooManyLinks(f"too many levels of symbolic links: {shown}", shown)

@@ -1,5 +1,5 @@
 """The in-memory indexes and caches of the metadata path (docs/ARCHITECTURE.md, "Fast paths
-and in-memory indexes"): stat's path cache, the directories' key indexes, the lazily made
+and in-memory indexes"): stat's path cache, the directory indexes, the lazily made
 inode lock.  Each must answer as the media does, after every kind of namespace change."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 import daxfs
 from daxfs.fs.btree import BTree
-from daxfs.fs.dir import KeyIndex
+from daxfs.fs.dir import MAYBE, DirIndex
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.inode import Inode
 from daxfs.fs.layout import INO_ROOT
@@ -48,8 +48,20 @@ def tree_keys(fs: FileSystem, inode: Inode) -> set[int]:
     return set(fs.dirs._tree(inode).keys(fs.store))
 
 
-def index_keys(index: KeyIndex) -> set[int]:
-    return (set(index.base) - index.removed) | index.added
+def index_keys(index: DirIndex) -> set[int]:
+    return (set(index.keys) - index.removed) | set(index.added)
+
+
+def index_answers(fs: FileSystem, d: Inode) -> dict[bytes, tuple[int, int]]:
+    """Every name of directory ``d`` the index answers for, checked against the tree."""
+    index = fs.dirs._indexes[d.ino]
+    out = {}
+    for _, name, ino, dtype in fs.dirs.entries(fs.store, d):
+        found = index.find(fs.dirs.hash(name), name)
+        if found is not MAYBE:
+            assert found == (ino, dtype), name
+            out[name] = found
+    return out
 
 
 # -- stat's path cache ----------------------------------------------------------------
@@ -127,20 +139,26 @@ def test_stat_result_fields(fs: FileSystem) -> None:
     assert st.st_blocks == fs.itable.get(st.st_ino).rec.blocks * 8
 
 
-# -- key indexes ------------------------------------------------------------------------
+# -- directory indexes---------------------------------------------------------------------
 
 
-def test_key_index_answers_absent_names_without_the_tree(fs: FileSystem) -> None:
+def test_index_answers_without_the_tree(fs: FileSystem) -> None:
     fs.mkdir("/d")
     for i in range(300):
         touch(fs, f"/d/f{i}")
+    touch(fs, "/d/" + "long" * 10)  # past INLINE_NAME: the tree answers
     d = directory(fs, "/d")
-    assert fs.dirs.lookup(fs.store, d, b"f7") is not None
-    before = fs.dirs.index_negatives
+    ino = fs.stat("/d/f7").st_ino
+    fs.dirs._dcache.clear()
+    before = fs.dirs.index_answers
+    assert fs.dirs.lookup(fs.store, d, b"f7") == (ino, 8)
     assert fs.dirs.lookup(fs.store, d, b"nope") is None
-    assert fs.dirs.index_negatives == before + 1
+    assert fs.dirs.index_answers == before + 2
+    assert fs.dirs.lookup(fs.store, d, b"long" * 10) is not None
+    assert fs.dirs.index_answers == before + 2
     index = fs.dirs._indexes[d.ino]
     assert index_keys(index) == tree_keys(fs, d)
+    assert len(index_answers(fs, d)) == 300
 
 
 def test_key_index_stays_equal_to_the_tree(fs: FileSystem) -> None:
@@ -179,6 +197,7 @@ def test_key_index_stays_equal_to_the_tree(fs: FileSystem) -> None:
     d = directory(fs, "/d")
     index = fs.dirs._indexes[d.ino]
     assert index_keys(index) == tree_keys(fs, d)
+    assert len(index_answers(fs, d)) == len(live)
     assert sorted(fs.listdir("/d")) == sorted(live)
     for i in range(4000):
         assert fs.exists(f"/d/n{i}") == (f"n{i}" in live)
@@ -216,6 +235,7 @@ def test_names_that_share_a_hash_are_told_apart(fs: FileSystem) -> None:
     assert a != b
     d = directory(fs, "/d")
     assert d.ino in fs.dirs._indexes
+    assert fs.dirs._indexes[d.ino].find(0x5EED, b"a") is MAYBE  # two names: the tree decides
     assert fs.dirs.lookup(fs.store, d, b"c") is None  # its key is in the index; the name is not
     assert not fs.exists("/d/c")
     touch(fs, "/d/c")
@@ -224,6 +244,9 @@ def test_names_that_share_a_hash_are_told_apart(fs: FileSystem) -> None:
     assert fs.stat("/d/b").st_ino == b
     assert 0x5EED in fs.dirs._indexes[d.ino]  # b and c still hold the key
     fs.unlink("/d/b")
+    # one name left: the index holds it, and answers for it alone
+    assert fs.dirs._indexes[d.ino].find(0x5EED, b"b") is None
+    assert fs.dirs.lookup(fs.store, d, b"c") == (fs.stat("/d/c").st_ino, 8)
     fs.unlink("/d/c")
     assert 0x5EED not in fs.dirs._indexes[d.ino]
     assert not fs.exists("/d/b")
@@ -246,19 +269,38 @@ def test_a_reused_directory_inode_gets_a_new_index(fs: FileSystem) -> None:
     assert fs.exists("/e/b")
 
 
-def test_unsorted_keys_build_no_index() -> None:
+def test_index_merge_keeps_every_answer() -> None:
     import array
 
-    assert KeyIndex.build(array.array("Q", [3, 2]), 1) is None
-    assert KeyIndex.build(array.array("Q", [2, 2]), 1) is None
-    index = KeyIndex.build(array.array("Q", [1, 5, 9]), 1)
-    assert index is not None
-    assert 5 in index
-    assert 4 not in index
-    index.add(4)
-    index.discard(5)
+    index = DirIndex(array.array("Q"), array.array("Q"), b"", 1)
+    for k in range(0, 600, 2):
+        index.put(k, [(b"n%d" % k, 100 + k, 8)])  # merges at 256
     index.merge()
-    assert list(index.base) == [1, 4, 9]
+    index.put(3, [(b"x", 7, 4), (b"y", 8, 8)])  # a collision: the tree decides
+    index.put(4, [(b"n4b", 9, 10)])  # changed
+    index.discard(6)
+    for _ in range(2):
+        assert index.find(2, b"n2") == (102, 8)
+        assert index.find(2, b"n3") is None
+        assert index.find(3, b"x") is MAYBE
+        assert index.find(4, b"n4b") == (9, 10)
+        assert index.find(4, b"n4") is None
+        assert index.find(6, b"n6") is None
+        assert index.find(5, b"n5") is None
+        index.merge()
+    assert list(index.keys) == sorted({*range(0, 600, 2), 3} - {6})
+
+
+def test_a_damaged_directory_is_read_through_its_tree(fs: FileSystem) -> None:
+    """Keys out of order: no index (lookups use the tree, as before indexes)."""
+    fs.mkdir("/d")
+    for i in range(300):
+        touch(fs, f"/d/f{i}")
+    d = directory(fs, "/d")
+    leaves = list(fs.dirs._tree(d).leaves(fs.store))
+    swapped = [leaves[1], leaves[0], *leaves[2:]]
+    assert DirIndex.build(iter(swapped), fs.sup.sb.inode_hwm, 1) is None
+    assert DirIndex.build(iter(leaves), fs.sup.sb.inode_hwm, 1) is not None
 
 
 def test_btree_keys_lists_every_key(fs: FileSystem) -> None:
