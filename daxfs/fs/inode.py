@@ -45,22 +45,26 @@ Invariants
   4. ``Inode.refs`` changes only in ``hold`` and ``put``, under the table's
      ``refs_lock``; an inode with ``refs > 0`` is never freed nor evicted.
   5. ``Inode.lock`` is made on first use, once: the check-and-create runs under
-     the module's ``_LOCK_MAKER`` (see ``Inode.lock``), so every thread that
+     the module's ``_LOCK_MAKER`` (``Inode.__getattr__``), so every thread that
      asks gets the same lock object.
 
 The lazily made lock
 --------------------
 Most cached inodes are never read or written through a File (a create and a
 close, a stat), so an ``RLock`` per inode is made only when something first
-takes ``inode.lock``.  Why that is race-free: under the GIL one attribute
-load or store is atomic.  ``Inode.lock`` reads ``_lock``; a thread that sees a
-lock uses it, and a lock, once stored, is never replaced.  A thread that sees
-None takes ``_LOCK_MAKER`` and reads ``_lock`` again before storing a new
-lock, so of two threads that both saw None the second finds the first's lock
-and uses it.  Hence one lock per inode, and every ``with inode.lock`` on it
-excludes every other.  The hold counts (``refs``, ``files``) do not need the
-inode's lock: ``hold`` and ``put`` count under ``InodeTable.refs_lock``, a
-short critical section shared by all inodes.
+reads ``inode.lock``: the slot is left unset, and reading an unset slot
+calls ``Inode.__getattr__``, which makes the lock.  Why that is race-free:
+under the GIL one slot load or store is atomic.  A thread that finds the slot
+set uses that lock, and a lock, once stored, is never replaced (except by a
+test).  A thread that finds it unset takes ``_LOCK_MAKER`` and reads the slot
+again before storing a new lock, so of two threads that both found it unset
+the second finds the first's lock and uses it.  Hence one lock per inode,
+and every ``with inode.lock`` on it excludes every other.  After the first
+read the slot is an ordinary one, read without a Python call (the C read
+path reads it by offset, and takes an unset slot for a cache miss).  The
+hold counts (``refs``, ``files``) do not need the inode's lock: ``hold``
+and ``put`` count under ``InodeTable.refs_lock``, a short critical section
+shared by all inodes.
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ class FileMapping(Protocol):
 
 
 _S_IFMT = 0o170000
+_ZERO_RECORD = bytes(INODE_SIZE)
 #: serialises the first creation of each inode's lock (see "The lazily made lock")
 _LOCK_MAKER = threading.Lock()
 
@@ -131,13 +136,15 @@ _LOCK_MAKER = threading.Lock()
 class Inode:
     """An inode in memory: its record plus runtime state (locks, users)."""
 
-    __slots__ = ("_lock", "files", "ino", "layouts", "mappings", "rec", "refs", "xcache")
+    __slots__ = ("files", "ino", "layouts", "lock", "mappings", "rec", "refs", "xcache")
+
+    #: held for the data path and size changes of this inode; a slot left unset until
+    #: first read, when ``__getattr__`` makes it (see "The lazily made lock")
+    lock: threading.RLock
 
     def __init__(self, rec: InodeRecord) -> None:
         self.ino = rec.ino
         self.rec = rec
-        #: the lock of ``lock``, made on first use
-        self._lock: threading.RLock | None = None
         #: holders that keep it alive if unlinked (InodeTable.hold/put only) ...
         self.refs = 0
         #: ... of which open files (the rest: mappings, pins, operations in progress)
@@ -149,17 +156,24 @@ class Inode:
         #: pins of file ranges (daxfs.fs.layouts), created on the first pin
         self.layouts: Layouts | None = None
 
-    @property
-    def lock(self) -> threading.RLock:
-        """Held for the data path and size changes of this inode (made on first use;
-        the module docstring says why that is race-free)."""
-        lock = self._lock
-        if lock is None:
-            with _LOCK_MAKER:
-                lock = self._lock
-                if lock is None:
-                    lock = self._lock = threading.RLock()
+    def __getattr__(self, name: str) -> threading.RLock:
+        """Make ``lock`` on its first read (called only while the slot is unset)."""
+        if name != "lock":
+            raise AttributeError(f"'Inode' object has no attribute {name!r}")
+        with _LOCK_MAKER:
+            try:  # made by another thread since this one found the slot empty
+                lock: threading.RLock = object.__getattribute__(self, "lock")
+            except AttributeError:
+                lock = self.lock = threading.RLock()
         return lock
+
+    def lock_made(self) -> bool:
+        """Whether ``lock`` exists yet (without making it)."""
+        try:
+            object.__getattribute__(self, "lock")
+        except AttributeError:
+            return False
+        return True
 
     def __repr__(self) -> str:
         return f"<Inode {self.ino} mode={self.rec.mode:o} size={self.rec.size}>"
@@ -479,7 +493,9 @@ class InodeTable:
         taking the slot would take over one of them.
         """
         blockno, offset = self.address(tx, ino)
-        if any(tx.read(blockno)[offset : offset + INODE_SIZE]) or ino in self._cache:
+        if tx.read(blockno)[offset : offset + INODE_SIZE].tobytes() != _ZERO_RECORD or (
+            ino in self._cache
+        ):
             raise Corrupted(
                 f"superblock: inode_hwm {ino} is not the high-water mark: "
                 f"inode {ino} holds a record"

@@ -323,10 +323,10 @@ def test_no_inode_lock_until_one_is_needed(fs: FileSystem) -> None:
     touch(fs, "/f")
     fs.stat("/f")
     inode = fs.itable.get(fs.stat("/f").st_ino)
-    assert inode._lock is None
+    assert not inode.lock_made()
     with fs.open("/f", "r+b", buffering=0) as f:
         f.write(b"x")
-    assert inode._lock is not None
+    assert inode.lock_made()
     assert fs.itable.get(INO_ROOT) is not None
 
 
@@ -334,7 +334,9 @@ def test_inode_lock_is_made_once_under_a_race(fs: FileSystem) -> None:
     touch(fs, "/f")
     for _ in range(20):
         inode = fs.itable.get(fs.stat("/f").st_ino)
-        inode._lock = None
+        if inode.lock_made():
+            del inode.lock
+        assert not inode.lock_made()
         barrier = threading.Barrier(8)
         seen: list[object] = []
 
