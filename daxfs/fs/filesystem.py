@@ -122,12 +122,12 @@ class FileSystem:
         self._on_unmount = on_unmount
         self._mounted = True
         self._dev = int.from_bytes(sup.sb.uuid[:4], "little") | 0x100000000
-        #: stat's path cache: (path as given, follow_symlinks) -> the ino it resolved to,
+        #: stat's path cache: path as given -> the ino it resolved to,
         #: positive results only; cleared when ``dirs.removals`` moves (a name was removed
         #: or retargeted: only that can change what a path that resolved now names)
-        #: (str and bytes paths apart: a str never compares with a bytes)
-        self._paths: dict[tuple[str | bytes, bool], int] = {}
-        self._bpaths: dict[tuple[str | bytes, bool], int] = {}
+        #: by follow_symlinks (False, True); str and bytes paths apart (never compared)
+        self._paths: tuple[dict[Any, int], dict[Any, int]] = ({}, {})
+        self._bpaths: tuple[dict[Any, int], dict[Any, int]] = ({}, {})
         self._paths_epoch = dirs.removals
         self.path_hits = 0
         self.path_misses = 0
@@ -808,25 +808,35 @@ class FileSystem:
             NameTooLong, InvalidArgument (NUL in the path, not mounted).
         """
         with self._lock:
-            if isinstance(path, (str, bytes)):
-                if self._paths_epoch != self.dirs.removals:
-                    self._paths.clear()
-                    self._bpaths.clear()
-                    self._paths_epoch = self.dirs.removals
-                paths = self._paths if isinstance(path, str) else self._bpaths
-                ino = paths.get((path, follow_symlinks))
-                if ino is not None:
-                    self._check_mounted()
-                    self.path_hits += 1
-                    return self._stat_inode(self.itable.get(ino))
-                inode, _ = self._existing(path, follow_symlinks)
-                self.path_misses += 1
-                if len(paths) >= PATH_CACHE_LIMIT:
-                    paths.clear()
-                paths[path, follow_symlinks] = inode.ino
+            kind = type(path)
+            if kind is str:
+                paths = self._paths[follow_symlinks]
+            elif kind is bytes:
+                paths = self._bpaths[follow_symlinks]
             else:
                 inode, _ = self._existing(path, follow_symlinks)
+                return self._stat_inode(inode)
+            if self._paths_epoch != self.dirs.removals:
+                self._forget_paths()
+            ino = paths.get(path)
+            if ino is not None and self._mounted:
+                self.path_hits += 1
+                itable = self.itable
+                inode = itable.get(ino)
+                itable.trim()
+                return self._stat_inode(inode)
+            inode, _ = self._existing(path, follow_symlinks)
+            self.path_misses += 1
+            if len(paths) >= PATH_CACHE_LIMIT:
+                paths.clear()
+            paths[path] = inode.ino
             return self._stat_inode(inode)
+
+    def _forget_paths(self) -> None:
+        """Empty stat's path cache (a name was removed or retargeted)."""
+        for paths in (*self._paths, *self._bpaths):
+            paths.clear()
+        self._paths_epoch = self.dirs.removals
 
     def lstat(self, path: Path) -> os.stat_result:
         return self.stat(path, follow_symlinks=False)

@@ -80,6 +80,22 @@ def test_repeated_stat_hits_the_path_cache(fs: FileSystem) -> None:
     assert fs.path_hits == hits + 2
 
 
+def test_path_cache_takes_only_str_and_bytes_and_needs_a_mount(fs: FileSystem) -> None:
+    import pathlib
+
+    touch(fs, "/f")
+    ino = fs.stat("/f").st_ino
+    misses = fs.path_misses
+    assert fs.stat(pathlib.PurePosixPath("/f")).st_ino == ino  # resolved, not cached
+    assert fs.stat(pathlib.PurePosixPath("/f")).st_ino == ino
+    assert fs.path_misses == misses
+    assert fs.lstat("/f").st_ino == ino  # lstat has its own entries
+    assert fs.path_misses == misses + 1
+    fs.unmount()
+    with pytest.raises(daxfs.errors.InvalidArgument):
+        fs.stat("/f")
+
+
 def test_path_cache_sees_every_change_of_what_a_path_names(fs: FileSystem) -> None:
     fs.mkdir("/d")
     touch(fs, "/d/a")
