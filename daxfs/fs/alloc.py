@@ -102,6 +102,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daxfs.errors import Corrupted, NoSpace
+from daxfs.fs.freeindex import FreeIndex, Runs
 from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
     BITMAP_BYTES,
@@ -134,9 +135,11 @@ _ONE = np.uint64(1)
 _SHIFTS = tuple(np.uint64(s) for s in (1, 2, 4, 8, 16, 32))
 _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 
-#: tx.scratch keys of this module: blocks freed in the transaction; may it use the reserve
+#: tx.scratch keys of this module: blocks freed in the transaction; may it use the reserve;
+#: its runs allocated and freed, for the free-extent index (_Pending)
 _FREED = "alloc.freed"
 _RESERVE = "alloc.reserve"
+_PENDING = "alloc.pending"
 
 Words = npt.NDArray[np.uint64]
 Ints = npt.NDArray[np.int64]
@@ -183,6 +186,8 @@ class Allocator:
         self._verified: set[int] = set()
         #: blocks that only transactions allowed by use_reserve may take (invariant 5)
         self.reserved = reserve_blocks(sb.block_count)
+        #: the committed bitmap's free runs, built lazily (daxfs.fs.freeindex)
+        self.index = FreeIndex(self._lo, self._hi, self._nbm, self._load_committed)
 
     # -- allocation -----------------------------------------------------------------------
 
@@ -215,13 +220,18 @@ class Allocator:
         start = self._cursor if goal is None else goal
         if not lo <= start < hi:
             start = lo
-        first = self._probe(tx, start) if count == 1 else None
+        pending = self._pending(tx)
+        # the index first (runs cut at bitmap-block edges), then the bitmap itself
+        first = self.index.find(start, hi, count, pending.taken)
+        if first is None and start > lo:
+            first = self.index.find(lo, min(hi, start + count - 1), count, pending.taken)
         if first is None:
             first = self._first_fit(tx, start, hi, count)
         if first is None and start > lo:
             first = self._first_fit(tx, lo, min(hi, start + count - 1), count)
         runs = [(first, count)] if first is not None else self._gather(tx, start, count)
         self._take(tx, runs)
+        pending.taken += ((s, s + n) for s, n in runs)
         return runs
 
     def alloc_one(self, tx: Transaction, goal: int | None = None) -> int:
@@ -276,10 +286,40 @@ class Allocator:
             if bit is not None:
                 raise Corrupted(f"freeing block {k * BPB + bit}, which is already free")
         self._mark(tx, start, end, used=False)
+        self._pending(tx).release(start, end)
         tx.scratch[_FREED] = tx.scratch.get(_FREED, 0) + length
         sb = self.sup.dirty(tx)
         sb.free_blocks += length
         assert sb.free_blocks <= self.block_count
+
+    # -- the free-extent index -------------------------------------------------------------
+
+    def _pending(self, tx: Transaction) -> _Pending:
+        """The transaction's runs for the index; the first call hooks its commit."""
+        pending: _Pending | None = tx.scratch.get(_PENDING)
+        if pending is None:
+            pending = tx.scratch[_PENDING] = _Pending()
+            tx.on_commit(lambda: pending.apply(self.index))
+        return pending
+
+    def _load_committed(self, k: int) -> Words:
+        """The committed words of bitmap block k, crc checked (for the index)."""
+        return self._load(self.store, k, k + 1)
+
+    def check_index(self) -> None:
+        """Assert that the free-extent index equals the committed bitmap (for tests).
+
+        Call it between transactions.
+
+        Raises:
+            AssertionError: naming the first group of blocks that differs.
+            Corrupted (EUCLEAN): a bitmap block fails its checksum.
+        """
+        self.index.check()
+
+    def invalidate_index(self) -> None:
+        """Forget the index: the bitmap was changed other than by this allocator (fsck)."""
+        self.index.invalidate()
 
     # -- queries --------------------------------------------------------------------------
 
@@ -368,21 +408,6 @@ class Allocator:
             size = min(2 * size, CHUNK_BLOCKS)
 
     # -- searching ------------------------------------------------------------------------
-
-    def _probe(self, tx: Transaction, start: int) -> int | None:
-        """The first block available to ``tx`` in the 64-bit word holding ``start``, if any."""
-        k, bit = divmod(start, BPB)
-        self._verify(k, k + 1)
-        blockno = self._bm0 + k
-        off = (bit >> 6) << 3
-        word = int.from_bytes(tx.read(blockno)[off : off + 8], "little")
-        word |= int.from_bytes(self.store.read(blockno)[off : off + 8], "little")
-        base = start - (bit & 63)
-        word |= (1 << (start - base)) - 1
-        if base + 64 > self._hi:
-            word |= MASK64 ^ ((1 << (self._hi - base)) - 1)
-        free = ~word & MASK64
-        return base + _ctz1(free) if free else None
 
     def _first_fit(self, tx: Transaction, lo: int, hi: int, count: int) -> int | None:
         """The lowest block b in [lo, hi) with [b, b + count) available to ``tx``, if any."""
@@ -526,6 +551,51 @@ class Allocator:
             )
             assert not (block & mask).any(), f"allocating a block in use in bitmap block {k}"
             block |= mask
+
+
+class _Pending:
+    """What one transaction did to the bitmap, to apply to the index when it commits.
+
+    ``taken``: runs it allocated and still holds (zero in the committed
+    bitmap, one in its own); ``freed``: runs it freed that the committed
+    bitmap has in use.  The two are disjoint: a transaction never allocates
+    a block it freed (module docstring, "Two views").
+    """
+
+    __slots__ = ("freed", "taken")
+
+    def __init__(self) -> None:
+        self.taken: Runs = []
+        self.freed: Runs = []
+
+    def release(self, start: int, end: int) -> None:
+        """Blocks ``[start, end)`` were freed in the transaction."""
+        keep: Runs = []
+        mine: Runs = []  # parts the transaction itself allocated: they just go back
+        for ts, te in self.taken:
+            if te <= start or ts >= end:
+                keep.append((ts, te))
+                continue
+            if ts < start:
+                keep.append((ts, start))
+            if te > end:
+                keep.append((end, te))
+            mine.append((max(ts, start), min(te, end)))
+        self.taken = keep
+        cur = start
+        for ms, me in sorted(mine):
+            if ms > cur:
+                self.freed.append((cur, ms))
+            cur = me
+        if cur < end:
+            self.freed.append((cur, end))
+
+    def apply(self, index: FreeIndex) -> None:
+        """The transaction committed: its changes reach the index."""
+        for start, end in self.taken:
+            index.remove(start, end)
+        for start, end in self.freed:
+            index.add(start, end)
 
 
 # --------------------------------------------------------------------------- run finding
@@ -689,40 +759,23 @@ def _segments(start: int, end: int) -> Iterator[tuple[int, int, int]]:
         start = k * BPB + j
 
 
-def _edge_masks(i: int, j: int) -> tuple[int, int, int, int]:
-    """First byte, last byte and their masks for bits [i, j) of a bitmap block."""
-    b0, b1 = i >> 3, (j - 1) >> 3
-    head = (0xFF << (i & 7)) & 0xFF
-    tail = 0xFF >> (7 - ((j - 1) & 7))
-    if b0 == b1:
-        head &= tail
-        tail = head
-    return b0, b1, head, tail
+def _span(i: int, j: int) -> tuple[int, int, int]:
+    """First byte, end byte and the mask (as an int over those bytes) of bits [i, j)."""
+    b0, b1 = i >> 3, ((j - 1) >> 3) + 1
+    return b0, b1, ((1 << (j - i)) - 1) << (i & 7)
 
 
 def _fill(block: memoryview, i: int, j: int, *, used: bool) -> None:
     """Set (``used``) or clear bits [i, j) of a writable bitmap block."""
-    b0, b1, head, tail = _edge_masks(i, j)
-    for b, m in ((b0, head), (b1, tail)):
-        block[b] = block[b] | m if used else block[b] & (0xFF ^ m)
-    if b1 > b0 + 1:
-        block[b0 + 1 : b1] = (b"\xff" if used else b"\x00") * (b1 - b0 - 1)
+    b0, b1, mask = _span(i, j)
+    bits = int.from_bytes(block[b0:b1], "little")
+    bits = bits | mask if used else bits & ~mask
+    block[b0:b1] = bits.to_bytes(b1 - b0, "little")
 
 
 def _mismatch(block: memoryview, i: int, j: int, *, used: bool) -> int | None:
     """The first bit in [i, j) of a bitmap block that is not ``used``, or None."""
-    b0, b1, head, tail = _edge_masks(i, j)
-    flip = 0xFF if used else 0x00
-    bad = (block[b0] ^ flip) & head
-    if bad:
-        return b0 * 8 + _ctz1(bad)
-    if b1 > b0 + 1:
-        middle = bytes(block[b0 + 1 : b1])
-        rest = middle.lstrip(bytes([flip]))
-        if rest:
-            b = b0 + 1 + len(middle) - len(rest)
-            return b * 8 + _ctz1(rest[0] ^ flip)
-    bad = (block[b1] ^ flip) & tail
-    if bad:
-        return b1 * 8 + _ctz1(bad)
-    return None
+    b0, b1, mask = _span(i, j)
+    bits = int.from_bytes(block[b0:b1], "little")
+    bad = (mask & ~bits) if used else (mask & bits)
+    return b0 * 8 + _ctz1(bad) if bad else None

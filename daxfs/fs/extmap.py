@@ -38,6 +38,14 @@ operations that free space (daxfs.fs.alloc).
 the next extent; ``Inode.xcache`` keeps the last extent found, and every
 change clears it.
 
+*Decoded inline maps.*  An inline map is decoded and validated from the
+record's inline bytes; ``BlockMaps`` remembers the result per inode, keyed
+by the identity of that bytes object (immutable, and kept alive by the
+cache, so an equal identity means equal bytes).  A record re-read from
+media or rewritten by ``_store_inline`` holds a new object, so the cache
+can never answer for bytes it did not check; it holds at most
+INLINE_CACHE inodes and is emptied when full.
+
 Invariants
   1. Extents of a file never overlap, are sorted by lblk, and have length > 0.
   2. ``rec.blocks`` counts data blocks plus B+tree nodes owned by the inode.
@@ -51,7 +59,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from daxfs.errors import Corrupted
 from daxfs.fs.alloc import Allocator
@@ -74,6 +82,8 @@ from daxfs.fs.layout import (
 from daxfs.fs.store import Reader
 
 NO_BLOCK = 1 << 64  # "no next extent": a hole reaches to the end of the address space
+#: inodes whose decoded inline map BlockMaps remembers at most
+INLINE_CACHE = 4096
 
 
 @dataclasses.dataclass(slots=True, frozen=True)
@@ -123,6 +133,8 @@ class BlockMaps:
     def __init__(self, itable: InodeTable, alloc: Allocator) -> None:
         self.itable = itable
         self.alloc = alloc
+        #: ino -> (inline bytes object, map_count, its extents): see "Decoded inline maps"
+        self._decoded: dict[int, tuple[bytes, int, tuple[Extent, ...]]] = {}
 
     # -- representation ---------------------------------------------------------------
 
@@ -136,20 +148,34 @@ class BlockMaps:
             InodeNodes(self.alloc, self.itable, inode),
         )
 
-    def _inline(self, inode: Inode) -> list[Extent]:
+    def _inline(self, inode: Inode) -> tuple[Extent, ...]:
+        """The inline extents of ``inode``, validated (remembered: "Decoded inline maps").
+
+        Raises:
+            Corrupted (EUCLEAN): too many, invalid, or overlapping extents.
+        """
         rec = inode.rec
+        hit = self._decoded.get(inode.ino)
+        if hit is not None and hit[0] is rec.inline and hit[1] == rec.map_count:
+            return hit[2]
         if rec.map_count > INLINE_EXTENTS:
             raise Corrupted(f"inode {inode.ino}: {rec.map_count} inline extents")
-        out = [
+        out = tuple(
             self._valid(Extent(*fields), inode.ino)
             for fields in struct.iter_unpack(
                 EXTENT.format, rec.inline[: rec.map_count * EXTENT.size]
             )
-        ]
+        )
         for a, b in itertools.pairwise(out):
             if a.end > b.lblk:
                 raise Corrupted(f"inode {inode.ino}: inline extent {b} overlaps or precedes {a}")
+        self._remember(inode.ino, rec.inline, rec.map_count, out)
         return out
+
+    def _remember(self, ino: int, raw: bytes, count: int, extents: tuple[Extent, ...]) -> None:
+        if len(self._decoded) >= INLINE_CACHE:
+            self._decoded.clear()
+        self._decoded[ino] = (raw, count, extents)
 
     def _valid(self, ext: Extent, ino: int) -> Extent:
         """``ext`` (read from media) if it is non-empty, has only known flags, and
@@ -180,6 +206,7 @@ class BlockMaps:
         rec.inline = raw + bytes(INLINE_AREA - len(raw))
         rec.map_count = len(extents)
         rec.map_kind = MAP_INLINE if extents else MAP_NONE
+        self._remember(inode.ino, rec.inline, rec.map_count, tuple(extents))
 
     def _store_list(self, tx: Transaction, inode: Inode, extents: list[Extent]) -> None:
         """Store the whole map of an inline or empty map: inline while it fits, else
@@ -355,7 +382,7 @@ def _joinable(a: Extent, b: Extent) -> bool:
     )
 
 
-def _merge_into(extents: list[Extent], ext: Extent) -> list[Extent]:
+def _merge_into(extents: Sequence[Extent], ext: Extent) -> list[Extent]:
     """Insert ``ext`` into a sorted, disjoint list, joining contiguous neighbours."""
     out: list[Extent] = []
     placed = False

@@ -647,6 +647,59 @@ class AllocatorMachine(RuleBasedStateMachine):
             raise RuntimeError("abort")
         assert (bitmap_bytes(self.fs), self.fs.sb.free_blocks) == before
 
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), counts=st.lists(st.integers(1, 300), min_size=1, max_size=4))
+    def several_allocs_and_frees_in_one_transaction(
+        self, data: st.DataObject, counts: list[int]
+    ) -> None:
+        """Allocations, a free of part of one of them and of a committed run, in one
+        transaction: what it allocated and freed again it may reuse, not what it freed."""
+        start, length = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
+        mine: list[tuple[int, int]] = []
+        with self.fs.journal.begin() as tx:
+            self.fs.alloc.free(tx, start, length)  # stays in use in the model until commit
+            for count in counts:
+                if count > self.fs.alloc.available(tx):
+                    continue
+                runs = self.fs.alloc.alloc(tx, count, data.draw(self.goals))
+                got = check_runs(self.fs, runs, count)
+                assert not self.model[sorted(got)].any()
+                assert not got & set(range(start, start + length)), "reused a run it freed"
+                self._take(runs)
+                mine += runs
+                if data.draw(st.booleans()):  # give back the head of one of them
+                    s, n = mine.pop(data.draw(st.integers(0, len(mine) - 1)))
+                    head = data.draw(st.integers(1, n))
+                    self.fs.alloc.free(tx, s, head)
+                    self.model[s : s + head] = False
+                    self.held.remove((s, n))
+                    if head < n:
+                        self.held.append((s + head, n - head))
+                        mine.append((s + head, n - head))
+        self.model[start : start + length] = False
+
+    @rule(counts=st.lists(counts, min_size=1, max_size=3), goal=goals)
+    def allocs_then_abort(self, counts: list[int], goal: int | None) -> None:
+        """An abort after several allocations leaves bitmap, counter and index as they were."""
+        before = bitmap_bytes(self.fs), self.fs.sb.free_blocks
+        with pytest.raises(RuntimeError), self.fs.journal.begin() as tx:
+            seen: set[int] = set()
+            for count in counts:
+                runs = self.fs.alloc.alloc(tx, count, goal) if count <= self._left(seen) else []
+                got = blocks_of(runs)
+                assert not got & seen
+                assert not self.model[sorted(got)].any()
+                seen |= got
+            raise RuntimeError("abort")
+        assert (bitmap_bytes(self.fs), self.fs.sb.free_blocks) == before
+
+    def _left(self, seen: set[int]) -> int:
+        return self.hi - self.lo - int(self.model.sum()) - len(seen)
+
+    @invariant()
+    def index_matches_bitmap(self) -> None:
+        self.fs.alloc.check_index()
+
     @invariant()
     def counter_matches_bitmap(self) -> None:
         fs = self.fs
@@ -663,6 +716,24 @@ class AllocatorMachine(RuleBasedStateMachine):
 TestAllocatorMachine = AllocatorMachine.TestCase
 TestAllocatorMachine.settings = settings(
     max_examples=100,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class SmallIndexMachine(AllocatorMachine):
+    """The same, with an index that holds few runs: groups are dropped and rebuilt."""
+
+    @initialize()
+    def start(self) -> None:
+        super().start()
+        self.fs.alloc.index.max_runs = 8
+
+
+TestSmallIndexMachine = SmallIndexMachine.TestCase
+TestSmallIndexMachine.settings = settings(
+    max_examples=50,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

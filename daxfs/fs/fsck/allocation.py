@@ -115,6 +115,7 @@ def _rewrite(want: Bits, bad: set[int], free: int) -> Apply:
             before = _zeros(old, k, sb.block_count)
             after = _zeros(packed, k, sb.block_count)
             with r.journal.begin() as tx:
+                tx.on_commit(r.layers.alloc.invalidate_index)  # its free-extent index is stale
                 view = tx.write(blockno, seal=seal_bitmap_block)
                 view[:BITMAP_BYTES] = packed
                 counters = r.sup.dirty(tx)
