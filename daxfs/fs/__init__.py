@@ -8,6 +8,7 @@ Layers of the filesystem, bottom up (as xv6's fs.c, one module each)::
               block devices
     journal   redo transactions: private write set, commit, recovery
     super     the in-memory superblock, changed inside transactions
+    freeindex the allocator's in-memory free-extent index (a cache of the bitmap)
     alloc     the block allocation bitmap
     btree     B+trees of u64 keys: extent maps and directories
 """

@@ -23,13 +23,19 @@ is safe: nothing committed refers to it.
 *Search* (``alloc``), from a start position: the caller's goal, else the
 next-fit cursor (the end of the previous allocation)::
 
-    1. count == 1: probe the 64-bit word holding the start with plain ints
-       (the common case costs two 8-byte reads and a few int operations)
-    2. first fit: the lowest position at or after the start where one free
-       run holds ``count`` blocks, then from the start of the data area
-       (wrapping round)                                          _first_fit
+    1. first fit in the free-extent index: the lowest position at or after
+       the start where one free run of the committed bitmap, less the runs
+       T allocated, holds ``count`` blocks, then from the start of the data
+       area (wrapping round)                    FreeIndex.find (freeindex.py)
+    2. the same over the bitmap itself, if the index found nothing (a
+       request longer than a bitmap block; the readable reference) _first_fit
     3. otherwise several runs, longest first (see "Fewest runs")   _gather
     4. mark the runs in T's bitmap, then the superblock counter   _take
+
+*The free-extent index* (daxfs.fs.freeindex) is a cache of the committed
+bitmap's free runs, built lazily one bitmap block at a time.  ``alloc`` and
+``free`` note T's runs (``_Pending``); T's on-commit callback applies them to
+the index, and an abort drops them (invariant 7).
 
 Search never loops over bits in Python.  The combined (T | committed) words of a
 chunk of bitmap blocks (one block, then twice as many each step, up to
@@ -81,7 +87,11 @@ Invariants
      called ``use_reserve`` may take every available block.
   6. Memory: the cursor, the cache, and per-call arrays of at most
      CHUNK_BLOCKS bitmap blocks; only the returned runs and ``used_map``'s
-     result grow with the device.
+     result grow with the device.  The free-extent index holds at most
+     ``freeindex.MAX_RUNS`` runs, plus 9 bytes per bitmap block.
+  7. Between transactions the free-extent index equals the committed bitmap
+     (``check_index``); a transaction's allocations and frees reach it only
+     when it commits.
 
 Caveats
   - The allocator is the only writer of bitmap blocks.

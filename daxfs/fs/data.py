@@ -339,12 +339,13 @@ class DataPath:
             self._fill(start, cur, length, a, b, chunk[a - lo : b - lo], piece_old)
             new.append(Extent(cur, start, length))
             cur += length
-        if old is not None:
-            for piece in self.maps.punch(tx, inode, lblk, count):
+        if old is not None:  # one map change: the old blocks out, the new in
+            for piece in self.maps.replace(tx, inode, lblk, count, new):
                 self.alloc.free(tx, piece.pblk, piece.length)
                 rec.blocks -= piece.length
-        for ext in new:
-            self.maps.insert(tx, inode, ext)
+        else:
+            for ext in new:
+                self.maps.insert(tx, inode, ext)
         rec.blocks += count
 
     def _goal(self, reader: Reader, inode: Inode, lblk: int) -> int | None:

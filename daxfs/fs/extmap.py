@@ -359,6 +359,44 @@ class BlockMaps:
         self._store_tree(tx, inode, tree)
         return pieces
 
+    def replace(
+        self, tx: Transaction, inode: Inode, lblk: int, count: int, new: list[Extent]
+    ) -> list[Extent]:
+        """Unmap file blocks ``[lblk, lblk+count)`` and map ``new`` there (copy-on-write).
+
+        The same map as ``punch`` then ``insert`` of each of ``new``, but an
+        inline map is decoded and stored once.  ``new`` must lie inside the
+        range.  Returns the pieces unmapped, as ``punch`` does.
+
+        Raises:
+            NoSpace (ENOSPC): the map needs a node and none is available; the
+                caller's transaction must abort.
+            Corrupted (EUCLEAN): a node of the map failed verification.
+        """
+        end = lblk + count
+        assert all(lblk <= e.lblk and e.end <= end for e in new), f"{new} outside the range"
+        if inode.rec.map_kind != MAP_INLINE:
+            unmapped = self.punch(tx, inode, lblk, count)
+            for ext in new:
+                self.insert(tx, inode, ext)
+            return unmapped
+        inode.xcache = None
+        pieces: list[Extent] = []
+        rest: list[Extent] = []
+        for e in self._inline(inode):
+            if e.end <= lblk or e.lblk >= end:
+                rest.append(e)
+                continue
+            pieces.append(e.slice(lblk, end))
+            if e.lblk < lblk:
+                rest.append(e.slice(e.lblk, lblk))
+            if e.end > end:
+                rest.append(e.slice(end, e.end))
+        for ext in new:
+            rest = _merge_into(rest, ext)
+        self._store_list(tx, inode, rest)
+        return pieces
+
     def convert(self, tx: Transaction, inode: Inode, lblk: int, count: int) -> None:
         """Mark the UNWRITTEN parts of ``[lblk, lblk+count)`` written."""
         pieces = [e for e in self.punch(tx, inode, lblk, count)]

@@ -230,10 +230,18 @@ class FreeIndex:
             assert i >= 0, f"allocated blocks [{s}, {e}) are not free here"
             assert g.ends[i] >= e, f"allocated blocks [{s}, {e}) are not free here"
             rs, re = g.starts[i], g.ends[i]
-            keep = [(a, b) for a, b in ((rs, s), (e, re)) if b > a]
-            g.starts[i : i + 1] = array("q", [a for a, _ in keep])
-            g.ends[i : i + 1] = array("q", [b for _, b in keep])
-            self.runs += len(keep) - 1
+            if rs == s and e == re:  # the whole run
+                del g.starts[i], g.ends[i]
+                self.runs -= 1
+            elif rs == s:  # its head (the common case: allocations go to a run's start)
+                g.starts[i] = e
+            elif e == re:  # its tail
+                g.ends[i] = s
+            else:  # its middle: two runs
+                g.ends[i] = s
+                g.starts.insert(i + 1, e)
+                g.ends.insert(i + 1, re)
+                self.runs += 1
             self._set_edge(k, g)
 
     def add(self, start: int, end: int) -> None:

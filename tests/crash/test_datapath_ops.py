@@ -3,11 +3,15 @@
 * an extent split that turns a full inline map (five extents) into a B+tree:
   punch-hole, zero-range, a write into a preallocated extent, a
   copy-on-write overwrite;
+* copy-on-write overwrites of aligned pieces and of a whole extent, which
+  change the map once (``BlockMaps.replace``, issue 9);
 * shrinking a B+tree-mapped file into its first extent (the left part of the
   extent is rewritten in place in the tree's leaf).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 
@@ -38,6 +42,15 @@ def five_with_unwritten(fs: FileSystem) -> None:
         for block in (1, 3, 5):
             f.fallocate(block * BLOCK, BLOCK, PUNCH)
         f.fallocate(8 * BLOCK, 32 * BLOCK, 0)
+
+
+def contiguous(blocks: int) -> Callable[[FileSystem], None]:
+    def setup(fs: FileSystem) -> None:
+        """/f: ``blocks`` blocks of data in one extent."""
+        with fs.open("/f", "wb", buffering=0) as f:
+            f.write(bytes(range(1, 256)) * (blocks * BLOCK // 255 + 1))
+
+    return setup
 
 
 def tree_mapped(fs: FileSystem) -> None:
@@ -74,6 +87,15 @@ OPERATIONS = {
     "copy-on-write inside an extent": (
         lambda fs: five_extents(fs, 200),
         pwrite(50 * BLOCK + 10, b"C" * (100 * BLOCK)),
+    ),
+    # BlockMaps.replace (issue 9): the old blocks out, the new in, one map change
+    "copy-on-write of aligned pieces, as a sequential overwrite": (
+        contiguous(512),
+        pwrite(128 * BLOCK, b"S" * (256 * BLOCK)),
+    ),
+    "copy-on-write of a whole extent of a full inline map": (
+        lambda fs: five_extents(fs, 200),
+        pwrite(8 * BLOCK, b"E" * (192 * BLOCK)),
     ),
     "truncate a tree map into its first extent": (
         tree_mapped,
