@@ -520,9 +520,9 @@ class Allocator:
                 assert self._lo <= start, (start, length)
                 assert start + length <= self._hi, (start, length)
                 for k, i, j in _segments(start, start + length):
-                    block = tx.read(self._bm0 + k)
+                    block = tx.write(self._bm0 + k, seal=seal_bitmap_block)
                     assert _mismatch(block, i, j, used=False) is None, (start, length)
-                self._mark(tx, start, start + length, used=True)
+                    _fill(block, i, j, used=True)
         total = sum(length for _, length in runs)
         sb = self.sup.dirty(tx)
         assert sb.free_blocks >= total

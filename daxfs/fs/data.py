@@ -333,9 +333,10 @@ class DataPath:
         new: list[Extent] = []
         cur = lblk
         for start, length in runs:
-            piece_old = old.slice(cur, cur + length) if old is not None else None
             a = max(lo, cur << BLOCK_SHIFT)
             b = min(hi, (cur + length) << BLOCK_SHIFT)
+            whole = a == cur << BLOCK_SHIFT and b == (cur + length) << BLOCK_SHIFT
+            piece_old = old.slice(cur, cur + length) if old is not None and not whole else None
             self._fill(start, cur, length, a, b, chunk[a - lo : b - lo], piece_old)
             new.append(Extent(cur, start, length))
             cur += length

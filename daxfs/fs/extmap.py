@@ -374,7 +374,6 @@ class BlockMaps:
             Corrupted (EUCLEAN): a node of the map failed verification.
         """
         end = lblk + count
-        assert all(lblk <= e.lblk and e.end <= end for e in new), f"{new} outside the range"
         if inode.rec.map_kind != MAP_INLINE:
             unmapped = self.punch(tx, inode, lblk, count)
             for ext in new:
