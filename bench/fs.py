@@ -654,14 +654,14 @@ def data_section(plan: Plan, timing: Timing, report: Report) -> None:
     except (Unavailable, OSError, sqlite3.Error) as exc:
         report.note(f"sqlite anchor unavailable: {type(exc).__name__}: {exc}")
     report.row(
-        "durable 4 KiB record: daxfs pwrite vs sqlite3 WAL FULL insert (/dev/shm)",
+        "durable 4 KiB record: daxfs pwrite (overwrite) vs sqlite3 WAL FULL insert /dev/shm",
         dax.get("pwrite"),
         sqlite_rate,
         "op/s",
         Goal(">=", 5.0),
     )
     report.row(
-        "durable 4 KiB record: daxfs pwrite vs os.pwrite+fdatasync ext4",
+        "durable 4 KiB record: daxfs pwrite (overwrite) vs os.pwrite+fdatasync ext4",
         dax.get("pwrite"),
         ext4.get("pwrite_sync"),
         "op/s",

@@ -742,18 +742,21 @@ class DataPath:
 
 def extent_reader(device: Device) -> ExtentReader | None:
     """The read fast path over ``device``'s memory (``DataPath.reader``), or None when
-    the device has no native region (the simulator, the msync fallback): then every
-    read goes through ``iomap_read_into``/``iomap_read_bytes``.
-
-    Raises:
-        TypeError: Inode, Extent or InodeRecord lost a slot the C reader reads.
+    the device has no native region (the simulator, the msync fallback) or when
+    Inode, Extent or InodeRecord no longer keep in ``__slots__`` a field the C reader
+    reads (it refuses them): then every read goes through ``iomap_read_into`` and
+    ``iomap_read_bytes``, slower but the same (tests/fs/test_read_fast_path.py
+    checks that the fast path is on for a pmem device).
     """
     region = device.native_region()
     if region is None:
         return None
     from daxfs.pmem._native import ExtentReader
 
-    return ExtentReader(region, Inode, Extent, InodeRecord, BLOCK_SHIFT)
+    try:
+        return ExtentReader(region, Inode, Extent, InodeRecord, BLOCK_SHIFT)
+    except TypeError:
+        return None
 
 
 def _blocks_up(offset: int) -> int:

@@ -11,6 +11,7 @@ has no native region, so the fast path is off there).
 from __future__ import annotations
 
 import array
+import dataclasses
 import errno
 import random
 import threading
@@ -422,3 +423,23 @@ def test_the_fast_path_hits_in_fsx_on_an_image(
     misses = sum(r.misses for r in counting)
     assert hits > 0, (hits, misses)
     assert misses > 0, (hits, misses)
+
+
+def test_without_slots_the_fast_path_is_off_and_reads_still_work(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refactor that drops a slot the C reader reads turns the fast path off (the
+    test above then fails), never mount or reads."""
+
+    @dataclasses.dataclass
+    class LooseRecord:
+        size: int = 0
+
+    monkeypatch.setattr(data_module, "InodeRecord", LooseRecord)
+    daxfs.mkfs(shm_path, 16 << 20)
+    with daxfs.mount(shm_path, persist="cpu") as fs:
+        assert fs.data.reader is None
+        with raw(fs, "/f", "xb+") as f:
+            f.write(b"abc" * 2000)
+            assert f._reader is None
+            assert f.pread(4, 2) == b"cabc"
