@@ -84,25 +84,46 @@ def median_ns_per_op(
     Then ``timing.batches`` batches are timed with ``time.perf_counter_ns``.
     The garbage collector is off while timing.
     """
-    n = 1
+    return median_ns_per_op_interleaved([loop], timing=timing, max_ops=max_ops)[0]
+
+
+def median_ns_per_op_interleaved(
+    loops: Sequence[Callable[[int], object]],
+    *,
+    timing: Timing = FULL,
+    max_ops: int = 1 << 30,
+) -> list[float]:
+    """``median_ns_per_op`` of each loop, their timed batches interleaved (a, b, a, b, ...).
+
+    On a machine shared with other work the load changes from second to
+    second; interleaving puts each change on every side alike, so the ratio
+    of two medians is steadier than with one side measured after the other.
+    """
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        while True:
-            start = time.perf_counter_ns()
-            loop(n)
-            if time.perf_counter_ns() - start >= timing.batch_ns or n >= max_ops:
-                break
-            n = min(2 * n, max_ops)
-        per_op = []
+        sizes = [_batch_size(loop, timing, max_ops) for loop in loops]
+        per_op: list[list[float]] = [[] for _ in loops]
         for _ in range(timing.batches):
-            start = time.perf_counter_ns()
-            loop(n)
-            per_op.append((time.perf_counter_ns() - start) / n)
+            for loop, n, samples in zip(loops, sizes, per_op, strict=True):
+                start = time.perf_counter_ns()
+                loop(n)
+                samples.append((time.perf_counter_ns() - start) / n)
     finally:
         if gc_was_enabled:
             gc.enable()
-    return statistics.median(per_op)
+    return [statistics.median(samples) for samples in per_op]
+
+
+def _batch_size(loop: Callable[[int], object], timing: Timing, max_ops: int) -> int:
+    """The n for which ``loop(n)`` lasts ``timing.batch_ns`` (doubling from 1; warms up)."""
+    n = 1
+    while True:
+        start = time.perf_counter_ns()
+        loop(n)
+        if time.perf_counter_ns() - start >= timing.batch_ns or n >= max_ops:
+            return n
+        n = min(2 * n, max_ops)
 
 
 def time_op(op: Callable[[], object], *, timing: Timing = FULL) -> float:

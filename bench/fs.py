@@ -118,6 +118,7 @@ from common import (
     fs_type,
     median_gib_per_s,
     median_ns_per_op,
+    median_ns_per_op_interleaved,
     parse_results,
     print_table,
 )
@@ -435,6 +436,41 @@ def write_whole(write: Callable[[bytes, int], object], size: int) -> None:
         write(piece[: min(PIECE, size - off)], off)
 
 
+def measure_small_pairs(
+    fs: daxfs.FileSystem,
+    tmpfs_path: Path,
+    offsets: Sequence[int],
+    timing: Timing,
+    dax: dict[str, float],
+    tmpfs: dict[str, float],
+    sqlite_loop: Callable[[int], object] | None,
+) -> float:
+    """4 KiB pread, preadinto and pwrite of daxfs's /data and of os.* on ``tmpfs_path``,
+    each pair's batches interleaved (the pwrites also with ``sqlite_loop``'s durable
+    inserts, if given); the rates (op/s) go into ``dax`` and ``tmpfs`` (the inserts'
+    as tmpfs["sqlite"]).  Returns the number of pairs measured."""
+    f = open_raw(fs, "/data", "rb+")
+    fd = os.open(tmpfs_path, os.O_RDWR)
+    try:
+        pairs = (
+            ("pread", dax_pread_loop(f, offsets), "pread", os_pread_loop(fd, offsets)),
+            ("preadinto", dax_preadinto_loop(f, offsets), "preadv", os_preadv_loop(fd, offsets)),
+            ("pwrite", dax_pwrite_loop(f, offsets), "pwrite", os_pwrite_loop(fd, offsets, False)),
+        )
+        for dax_key, dax_loop, os_key, os_loop in pairs:
+            loops = [dax_loop, os_loop]
+            if dax_key == "pwrite" and sqlite_loop is not None:
+                loops.append(sqlite_loop)
+            ns = median_ns_per_op_interleaved(loops, timing=timing)
+            dax[dax_key], tmpfs[os_key] = per_s(ns[0]), per_s(ns[1])
+            if len(ns) > 2:
+                tmpfs["sqlite"] = per_s(ns[2])
+    finally:
+        os.close(fd)
+        f.close()
+    return float(len(pairs))
+
+
 def measure_daxfs_file(
     fs: daxfs.FileSystem,
     size: int,
@@ -443,17 +479,20 @@ def measure_daxfs_file(
     report: Report,
     *,
     sequential: bool,
+    small: bool = True,
 ) -> dict[str, float]:
-    """daxfs File.pread/preadinto/pwrite on a ``size``-byte file; op/s and GiB/s."""
+    """daxfs File.pread/preadinto/pwrite (``small``) and 2 MiB sequential passes
+    (``sequential``) on a ``size``-byte file; op/s and GiB/s."""
     out: dict[str, float] = {}
     f = open_raw(fs, "/data")
     try:
         write_whole(f.pwrite, size)
-        for key, loop in (
+        loops = (
             ("pread", dax_pread_loop(f, offsets)),
             ("preadinto", dax_preadinto_loop(f, offsets)),
             ("pwrite", dax_pwrite_loop(f, offsets)),
-        ):
+        )
+        for key, loop in loops if small else ():
             ns = attempt(
                 report, f"daxfs {key}", lambda lp=loop: median_ns_per_op(lp, timing=timing)
             )
@@ -572,21 +611,50 @@ def warm_image(fs: daxfs.FileSystem) -> None:
 def data_section(plan: Plan, timing: Timing, report: Report) -> None:
     offsets = random_offsets(plan.random_size)
     check_free(SHM, 3 * plan.data_size + 512 * MIB)
-    # daxfs, persist="cpu" on /dev/shm
-    image_size = plan.data_size + 256 * MIB
-    with daxfs_image(SHM, image_size, "cpu") as (fs, _):
-        warm_image(fs)
-        dax = measure_daxfs_file(fs, plan.data_size, offsets, timing, report, sequential=True)
-        report.note(
-            f"daxfs cpu: mount(persist='cpu') on {SHM}: {describe(fs)}; every free block "
-            "written once before timing (a sparse image's first touches fault, ~5x slower)"
-        )
-    # os on tmpfs
-    path = temp_path(SHM, ".data")
+    # os on tmpfs (the file stays for the interleaved 4 KiB measurements below)
+    tmpfs_path = temp_path(SHM, ".data")
     try:
-        tmpfs = measure_os_file(path, plan.data_size, offsets, timing, disk=False)
+        tmpfs = measure_os_file(tmpfs_path, plan.data_size, offsets, timing, disk=False)
+        # daxfs, persist="cpu" on /dev/shm
+        image_size = plan.data_size + 256 * MIB
+        with daxfs_image(SHM, image_size, "cpu") as (fs, _):
+            warm_image(fs)
+            dax = measure_daxfs_file(
+                fs, plan.data_size, offsets, timing, report, sequential=True, small=False
+            )
+            pairs = None
+            try:
+                with records.sqlite_inserts(SHM, pmem_bench.pattern(SMALL)) as sqlite:
+                    pairs = attempt(
+                        report,
+                        "daxfs 4 KiB pread/preadinto/pwrite",
+                        lambda: measure_small_pairs(
+                            fs, tmpfs_path, offsets, timing, dax, tmpfs, sqlite.loop
+                        ),
+                    )
+                    report.note(f"durable records: {sqlite.describe()}")
+            except (Unavailable, OSError, sqlite3.Error) as exc:
+                report.note(f"sqlite anchor unavailable: {type(exc).__name__}: {exc}")
+                tmpfs.pop("sqlite", None)
+                if pairs is None:
+                    pairs = attempt(
+                        report,
+                        "daxfs 4 KiB pread/preadinto/pwrite",
+                        lambda: measure_small_pairs(
+                            fs, tmpfs_path, offsets, timing, dax, tmpfs, None
+                        ),
+                    )
+            report.note(
+                f"daxfs cpu: mount(persist='cpu') on {SHM}: {describe(fs)}; every free block "
+                "written once before timing (a sparse image's first touches fault, ~5x slower)"
+            )
+            if pairs is not None:
+                report.note(
+                    "4 KiB rows against tmpfs: daxfs and os batches interleaved "
+                    "(bench/common.py median_ns_per_op_interleaved), the same offsets"
+                )
     finally:
-        path.unlink()
+        tmpfs_path.unlink()
     # os on ext4, and daxfs with msync there
     ext4: dict[str, float] = {}
     msync: dict[str, float] = {}
@@ -646,13 +714,7 @@ def data_section(plan: Plan, timing: Timing, report: Report) -> None:
         Goal(">=", 1.0),
     )
     # durable small records: what a Python user would pick instead (bench/records.py)
-    sqlite_rate: float | None = None
-    try:
-        ns, what = records.sqlite_insert_ns(SHM, pmem_bench.pattern(SMALL), timing)
-        sqlite_rate = per_s(ns)
-        report.note(f"durable records: {what}")
-    except (Unavailable, OSError, sqlite3.Error) as exc:
-        report.note(f"sqlite anchor unavailable: {type(exc).__name__}: {exc}")
+    sqlite_rate = tmpfs.get("sqlite")
     report.row(
         "durable 4 KiB record: daxfs pwrite (overwrite) vs sqlite3 WAL FULL insert /dev/shm",
         dax.get("pwrite"),

@@ -13,25 +13,31 @@ File's pwrite does (durable on return: journaled, fenced):
     bench/fs.py's data section (``measure_os_file(disk=True)``).
 
 The daxfs side is the data section's 4 KiB durable pwrite, an overwrite at
-the same random offsets: the rows compare it with both.
+the same random offsets: the rows compare it with both.  The SQLite inserts
+are timed in batches interleaved with the daxfs pwrites (and os.pwrite on
+tmpfs), so that a change of the machine's load hits all sides alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
-from common import Timing, Unavailable, median_ns_per_op
+from common import Unavailable
 
 
-def sqlite_insert_ns(directory: Path, record: bytes, timing: Timing) -> tuple[float, str]:
-    """Median ns per durable one-row transaction; and a description of the setup.
+@contextlib.contextmanager
+def sqlite_inserts(directory: Path, record: bytes) -> Iterator[SqliteInserts]:
+    """A fresh SQLite database in ``directory`` (deleted after), WAL and FULL, ready for
+    ``loop(n)``: n durable one-row transactions of ``record``.
 
     Raises:
         Unavailable: WAL mode could not be set (the directory's filesystem).
+        sqlite3.Error: SQLite failed.
     """
     fd, name = tempfile.mkstemp(prefix="daxfs-bench-", suffix=".sqlite", dir=directory)
     os.close(fd)
@@ -42,27 +48,42 @@ def sqlite_insert_ns(directory: Path, record: bytes, timing: Timing) -> tuple[fl
         if mode != "wal":
             raise Unavailable(f"sqlite on {directory}: journal_mode is {mode!r}, not wal")
         con.execute("PRAGMA synchronous=FULL")
-        sync = con.execute("PRAGMA synchronous").fetchone()[0]
         con.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
-        insert: Callable[..., object] = con.execute
-        sql = "INSERT INTO records (body) VALUES (?)"
-        args = (record,)
-
-        def loop(n: int) -> None:
-            for _ in range(n):
-                insert(sql, args)
-
-        ns = median_ns_per_op(loop, timing=timing)
-        rows = con.execute("SELECT count(*) FROM records").fetchone()[0]
-        if rows == 0:
-            raise Unavailable("sqlite inserted no rows")
-        what = (
-            f"sqlite3 {sqlite3.sqlite_version} on {directory}: journal_mode=wal, "
-            f"synchronous={sync} (2 = FULL), one {len(record)}-byte row per transaction "
-            f"(autocommit), {rows:,} rows at the end"
-        )
-        return ns, what
+        yield SqliteInserts(con, directory, record)
     finally:
         con.close()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+class SqliteInserts:
+    """``loop(n)`` inserts n rows, one transaction each; ``describe()`` says how."""
+
+    def __init__(self, con: sqlite3.Connection, directory: Path, record: bytes) -> None:
+        self.con = con
+        self.directory = directory
+        self.record = record
+
+    def loop(self, n: int) -> None:
+        insert = self.con.execute
+        sql = "INSERT INTO records (body) VALUES (?)"
+        args = (self.record,)
+        for _ in range(n):
+            insert(sql, args)
+
+    def describe(self) -> str:
+        """The setup, read back from SQLite, and the rows inserted.
+
+        Raises:
+            Unavailable: no row was inserted (nothing was measured).
+        """
+        sync = self.con.execute("PRAGMA synchronous").fetchone()[0]
+        mode = self.con.execute("PRAGMA journal_mode").fetchone()[0]
+        rows = self.con.execute("SELECT count(*) FROM records").fetchone()[0]
+        if rows == 0:
+            raise Unavailable("sqlite inserted no rows")
+        return (
+            f"sqlite3 {sqlite3.sqlite_version} on {self.directory}: journal_mode={mode}, "
+            f"synchronous={sync} (2 = FULL), one {len(self.record)}-byte row per transaction "
+            f"(autocommit), {rows:,} rows at the end"
+        )

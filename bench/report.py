@@ -167,7 +167,7 @@ def plot_ratios(path: Path, title: str, rows: Sequence[Row]) -> Path:
         ratios = [r.ratio for r in goals if r.ratio]
         lo = min([*ratios, *(r.goal.factor for r in goals if r.goal)])
         hi = max([*ratios, *(r.goal.factor for r in goals if r.goal)])
-        ax.set_xlim(lo / 2, hi * 4)
+        ax.set_xlim(lo / 2, hi * 12)  # room for the labels right of the bars
     ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("ratio to the anchor measured in the same run (black mark: goal)")
     ax.set_title(title, fontsize=9)
