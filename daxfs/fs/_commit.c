@@ -64,6 +64,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
@@ -305,6 +306,11 @@ typedef struct {
     /* during a call: the view's memory */
     char *base;
     Py_ssize_t size;
+    /* the pwrite fast path (configure): the classes and their slot offsets */
+    PyObject *types, *locations;
+    PyTypeObject *inode_type, *extent_type, *record_type;
+    Py_ssize_t o_rec, o_xcache, o_layouts, o_lock, o_lblk, o_pblk, o_length, o_flags;
+    Py_ssize_t o_ino, o_size, o_mtime, o_ctime, max_bytes;
 } Committer;
 
 static PyObject *
@@ -591,43 +597,26 @@ commit_overwrite(Committer *c, uint64_t seq, Py_ssize_t data_off, const char *da
 }
 
 /*
- * overwrite(seq, data_offset, data, inode_offset, ino, size, mtime_ns, end) -> int
- *
- * Commit the transaction "data at data_offset; inode ino (at inode_offset,
- * whose size and mtime in memory are `size` and `mtime_ns`) gets size
- * max(size, end) and mtime = ctime = now" as transaction `seq`.  Returns the
- * time stamped (ns), or -1 if the committed record does not match (nothing
- * written: take the reference path).
+ * The whole small-overwrite commit: check, patch the record, build and commit
+ * the log.  Returns 1 (committed; *stamp set), 0 (the committed record does
+ * not match: nothing written) or -1 (an exception; c->stage says how far).
  */
-static PyObject *
-Committer_overwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
+static int
+do_overwrite(Committer *c, int64_t seq, int64_t data_off, Py_buffer *data, int64_t inode_off,
+             int64_t ino, int64_t size, int64_t mtime, int64_t end, int64_t *stamp)
 {
-    int64_t seq, data_off, inode_off, ino, size, mtime, end;
-    if (nargs != 8) {
-        PyErr_Format(PyExc_TypeError,
-                     "overwrite(seq, data_offset, data, inode_offset, ino, size, mtime_ns, end)"
-                     " takes 8 arguments, got %zd",
-                     nargs);
-        return NULL;
+    if ((uint64_t)seq >= SEQ_LIMIT || seq == 0) {
+        raise_invalid("sequence number %lld is out of range", (long long)seq);
+        return -1;
     }
-    if (arg_u63(args[0], "seq", &seq) < 0 || arg_u63(args[1], "data_offset", &data_off) < 0 ||
-        arg_u63(args[3], "inode_offset", &inode_off) < 0 || arg_u63(args[4], "ino", &ino) < 0 ||
-        arg_u63(args[5], "size", &size) < 0 || arg_u63(args[6], "mtime_ns", &mtime) < 0 ||
-        arg_u63(args[7], "end", &end) < 0)
-        return NULL;
-    if ((uint64_t)seq >= SEQ_LIMIT || seq == 0)
-        return raise_invalid("sequence number %lld is out of range", (long long)seq);
-    Py_buffer mem, data;
+    Py_buffer mem;
     if (PyObject_GetBuffer(c->view, &mem, PyBUF_WRITABLE) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&mem);
-        return NULL;
-    }
-    PyObject *result = NULL;
-    Py_ssize_t n = data.len;
+        return -1;
+    int rc = -1;
+    Py_ssize_t n = data->len;
     Py_ssize_t jstart = c->header_offset, jlen = c->log_offset + c->capacity - c->header_offset;
     Py_ssize_t pad = -n & 7;
+    c->stage = STAGE_NONE;
     /* invariant 1: every range checked before a byte moves */
     if (c->log_offset + c->capacity > mem.len || c->header_offset + JH_APPLIED + 8 > mem.len) {
         raise_invalid("the journal does not fit the view of %zd bytes", mem.len);
@@ -656,13 +645,13 @@ Committer_overwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
                       c->capacity);
         goto done;
     }
-    /* 1. the committed record, checked, patched */
+    /* the committed record, checked, patched */
     unsigned char rec[INODE_SIZE];
     memcpy(rec, (char *)mem.buf + inode_off, INODE_SIZE);
     if (get_u32(rec) != INODE_MAGIC || get_u64(rec + I_INO) != (uint64_t)ino ||
         get_u32(rec + I_CRC) != inode_crc(rec) || get_u64(rec + I_SIZE) != (uint64_t)size ||
         get_u64(rec + I_MTIME) != (uint64_t)mtime) {
-        result = PyLong_FromLong(-1);
+        rc = 0;
         goto done;
     }
     int64_t now = frozen_clock;
@@ -686,22 +675,394 @@ Committer_overwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
     put_u64(jrec_inode, (uint64_t)inode_off);
     put_u32(jrec_inode + 8, INODE_SIZE);
     put_u32(jrec_inode + 12, 0);
-    Piece log[5] = {{jrec_data, JREC_SIZE}, {data.buf, n}, {zeros, pad},
+    Piece log[5] = {{jrec_data, JREC_SIZE}, {data->buf, n}, {zeros, pad},
                     {jrec_inode, JREC_SIZE}, {rec, INODE_SIZE}};
     uint32_t crc = 0xFFFFFFFFu;
     for (int i = 0; i < 5; i++)
         crc = crc_update(crc, log[i].p, (size_t)log[i].n);
     c->base = mem.buf;
     c->size = mem.len;
-    if (commit_overwrite(c, (uint64_t)seq, data_off, data.buf, n, inode_off, rec, log, 5,
+    if (commit_overwrite(c, (uint64_t)seq, data_off, data->buf, n, inode_off, rec, log, 5,
                          log_bytes, ~crc) == 0) {
         c->commits++;
-        result = PyLong_FromLongLong(now);
+        *stamp = now;
+        rc = 1;
     }
     c->base = NULL;
 done:
-    PyBuffer_Release(&data);
     PyBuffer_Release(&mem);
+    return rc;
+}
+
+/*
+ * overwrite(seq, data_offset, data, inode_offset, ino, size, mtime_ns, end) -> int
+ *
+ * Commit the transaction "data at data_offset; inode ino (at inode_offset,
+ * whose size and mtime in memory are `size` and `mtime_ns`) gets size
+ * max(size, end) and mtime = ctime = now" as transaction `seq`.  Returns the
+ * time stamped (ns), or -1 if the committed record does not match (nothing
+ * written: take the reference path).  The caller holds the journal lock.
+ */
+static PyObject *
+Committer_overwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t seq, data_off, inode_off, ino, size, mtime, end, stamp = -1;
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError,
+                     "overwrite(seq, data_offset, data, inode_offset, ino, size, mtime_ns, end)"
+                     " takes 8 arguments, got %zd",
+                     nargs);
+        return NULL;
+    }
+    if (arg_u63(args[0], "seq", &seq) < 0 || arg_u63(args[1], "data_offset", &data_off) < 0 ||
+        arg_u63(args[3], "inode_offset", &inode_off) < 0 || arg_u63(args[4], "ino", &ino) < 0 ||
+        arg_u63(args[5], "size", &size) < 0 || arg_u63(args[6], "mtime_ns", &mtime) < 0 ||
+        arg_u63(args[7], "end", &end) < 0)
+        return NULL;
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int rc = do_overwrite(c, seq, data_off, &data, inode_off, ino, size, mtime, end, &stamp);
+    PyBuffer_Release(&data);
+    if (rc < 0)
+        return NULL;
+    return PyLong_FromLongLong(rc ? stamp : -1);
+}
+
+/* ----------------------------------------------------------- the pwrite fast path
+ *
+ * File.pwrite's common case in one call: pwrite(journal, inode, data, pos)
+ * does what File.pwrite -> DataPath.write -> Journal.overwrite do for an
+ * overwrite inside the inode's cached written extent, with the same locks
+ * (inode.lock, then the journal lock, each through its acquire/release
+ * methods) and the same checks; anything else is a miss (None, nothing done,
+ * no exception) and the caller takes the Python path.  The objects it reads
+ * are the filesystem's own __slots__ classes: `configure` looks up each
+ * field's slot offset once, every call checks the exact type of each object
+ * before it reads a slot.  A device failure is handed, under both locks, to
+ * journal._overwrite_failed (which may replace it with IOFailure), as the
+ * Python path does.
+ */
+
+static PyObject *str_acquire, *str_release, *str_lock, *str_active, *str_failed, *str_seq,
+    *str_commits, *str_overwrite_failed;
+
+static int
+slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *out)
+{
+    PyObject *d = PyObject_GetAttrString((PyObject *)type, name);
+    if (d == NULL)
+        return -1;
+    int ok = PyObject_TypeCheck(d, &PyMemberDescr_Type) &&
+             (((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX ||
+              ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT);
+    if (ok)
+        *out = ((PyMemberDescrObject *)d)->d_member->offset;
+    Py_DECREF(d);
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%.100s.%s is not a __slots__ field", type->tp_name, name);
+        return -1;
+    }
+    return 0;
+}
+
+static inline PyObject *
+slot(PyObject *obj, Py_ssize_t offset)
+{
+    return *(PyObject **)((char *)obj + offset);
+}
+
+/* store a new int in a slot; -1 on failure */
+static int
+set_slot_int(PyObject *obj, Py_ssize_t offset, int64_t v)
+{
+    PyObject *x = PyLong_FromLongLong(v);
+    if (x == NULL)
+        return -1;
+    PyObject **p = (PyObject **)((char *)obj + offset);
+    Py_XSETREF(*p, x);
+    return 0;
+}
+
+/* an exact int in [0, 2^63); -1 otherwise (no exception) */
+static inline int64_t
+int_u63(PyObject *v)
+{
+    if (v == NULL || !PyLong_CheckExact(v))
+        return -1;
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || x < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    return x;
+}
+
+/* a slot holding an exact int in [0, 2^63); -1 otherwise (no exception) */
+static inline int64_t
+slot_u63(PyObject *obj, Py_ssize_t offset)
+{
+    return int_u63(slot(obj, offset));
+}
+
+static int
+call_method0(PyObject *obj, PyObject *name)
+{
+    PyObject *stack[1] = {obj};
+    PyObject *r = PyObject_VectorcallMethod(name, stack, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* release `lock`; keeps a pending exception (a failing release replaces it) */
+static int
+release(PyObject *lock)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (call_method0(lock, str_release) < 0) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return -1;
+    }
+    PyErr_Restore(type, value, tb);
+    return type != NULL ? -1 : 0;
+}
+
+static PyObject *
+Committer_configure(Committer *c, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"inode_type", "extent_type", "record_type", "locations",
+                             "max_bytes", NULL};
+    PyObject *it, *et, *rt, *loc;
+    Py_ssize_t max_bytes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!n:configure", kwlist, &PyType_Type,
+                                     &it, &PyType_Type, &et, &PyType_Type, &rt, &PyDict_Type,
+                                     &loc, &max_bytes))
+        return NULL;
+    if (max_bytes <= 0 || max_bytes > c->capacity)
+        return raise_invalid("max_bytes %zd is out of range", max_bytes);
+    Committer tmp = *c;
+    if (slot_offset((PyTypeObject *)it, "rec", &tmp.o_rec) < 0 ||
+        slot_offset((PyTypeObject *)it, "xcache", &tmp.o_xcache) < 0 ||
+        slot_offset((PyTypeObject *)it, "layouts", &tmp.o_layouts) < 0 ||
+        slot_offset((PyTypeObject *)et, "lblk", &tmp.o_lblk) < 0 ||
+        slot_offset((PyTypeObject *)et, "pblk", &tmp.o_pblk) < 0 ||
+        slot_offset((PyTypeObject *)et, "length", &tmp.o_length) < 0 ||
+        slot_offset((PyTypeObject *)et, "flags", &tmp.o_flags) < 0 ||
+        slot_offset((PyTypeObject *)rt, "ino", &tmp.o_ino) < 0 ||
+        slot_offset((PyTypeObject *)rt, "size", &tmp.o_size) < 0 ||
+        slot_offset((PyTypeObject *)rt, "mtime_ns", &tmp.o_mtime) < 0 ||
+        slot_offset((PyTypeObject *)rt, "ctime_ns", &tmp.o_ctime) < 0)
+        return NULL;
+    if (slot_offset((PyTypeObject *)it, "lock", &tmp.o_lock) < 0) {
+        PyErr_Clear(); /* a property (a lock made on demand): read it by name */
+        tmp.o_lock = -1;
+    }
+    PyObject *types = PyTuple_Pack(3, it, et, rt);
+    if (types == NULL)
+        return NULL;
+    c->o_rec = tmp.o_rec;
+    c->o_xcache = tmp.o_xcache;
+    c->o_layouts = tmp.o_layouts;
+    c->o_lock = tmp.o_lock;
+    c->o_lblk = tmp.o_lblk;
+    c->o_pblk = tmp.o_pblk;
+    c->o_length = tmp.o_length;
+    c->o_flags = tmp.o_flags;
+    c->o_ino = tmp.o_ino;
+    c->o_size = tmp.o_size;
+    c->o_mtime = tmp.o_mtime;
+    c->o_ctime = tmp.o_ctime;
+    c->max_bytes = max_bytes;
+    c->inode_type = (PyTypeObject *)it;
+    c->extent_type = (PyTypeObject *)et;
+    c->record_type = (PyTypeObject *)rt;
+    Py_XSETREF(c->types, types);
+    Py_XSETREF(c->locations, Py_NewRef(loc));
+    Py_RETURN_NONE;
+}
+
+/* The slow path's exception handling, under both locks: journal._overwrite_failed. */
+static void
+hand_failure(Committer *c, PyObject *journal, int64_t seq, PyObject *rec, int64_t end)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(exc, tb);
+    PyObject *s = PyLong_FromLongLong(seq), *e = PyLong_FromLongLong(end);
+    if (s == NULL || e == NULL) {
+        Py_XDECREF(s);
+        Py_XDECREF(e);
+        PyErr_Restore(type, exc, tb);
+        return;
+    }
+    PyObject *stack[6] = {journal, (PyObject *)c, exc, s, rec, e};
+    PyObject *r = PyObject_VectorcallMethod(str_overwrite_failed, stack,
+                                            6 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(s);
+    Py_DECREF(e);
+    if (r == NULL) { /* it raised in place of exc (IOFailure from exc) */
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        return;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(type, exc, tb);
+}
+
+/* pwrite(journal, inode, data, pos) -> int | None */
+static PyObject *
+Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "pwrite(journal, inode, data, pos)");
+        return NULL;
+    }
+    PyObject *journal = args[0], *inode = args[1];
+    if (c->types == NULL || Py_TYPE(inode) != c->inode_type || !PyLong_CheckExact(args[3]))
+        Py_RETURN_NONE;
+    int overflow = 0;
+    long long pos = PyLong_AsLongLongAndOverflow(args[3], &overflow);
+    if (overflow || pos < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* the Python path raises what memoryview(data) raises */
+        Py_RETURN_NONE;
+    }
+    PyObject *result = NULL, *lock, *jlock = NULL;
+    if (c->o_lock >= 0) {
+        lock = slot(inode, c->o_lock);
+        Py_XINCREF(lock);
+    } else {
+        lock = PyObject_GetAttr(inode, str_lock);
+    }
+    if (lock == NULL || call_method0(lock, str_acquire) < 0) {
+        Py_XDECREF(lock);
+        PyBuffer_Release(&data);
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    /* with inode.lock: the case of DataPath.write's fast path */
+    int64_t n = data.len, blocks = ((int64_t)1 << (62 - BLOCK_SHIFT));
+    PyObject *rec = slot(inode, c->o_rec), *ext = slot(inode, c->o_xcache);
+    PyObject *layouts = slot(inode, c->o_layouts);
+    if (rec == NULL || Py_TYPE(rec) != c->record_type || ext == NULL ||
+        Py_TYPE(ext) != c->extent_type || (layouts != NULL && layouts != Py_None))
+        goto miss;
+    Py_INCREF(rec);
+    int64_t flags = slot_u63(ext, c->o_flags), lblk = slot_u63(ext, c->o_lblk);
+    int64_t pblk = slot_u63(ext, c->o_pblk), length = slot_u63(ext, c->o_length);
+    int64_t size = slot_u63(rec, c->o_size), mtime = slot_u63(rec, c->o_mtime);
+    int64_t ino = slot_u63(rec, c->o_ino);
+    if (flags != 0 || lblk < 0 || lblk > blocks || pblk < 0 || pblk > blocks || length < 0 ||
+        length > blocks || size < 0 || mtime < 0 || ino <= 0) {
+        Py_DECREF(rec);
+        goto miss;
+    }
+    int64_t lo = lblk << BLOCK_SHIFT, hi = (lblk + length) << BLOCK_SHIFT, end = pos + n;
+    if (n <= 0 || n > c->max_bytes || pos < lo || pos > size || end > hi) {
+        Py_DECREF(rec);
+        goto miss;
+    }
+    /* the inode record's place: a location the inode table has cached */
+    PyObject *key = PyLong_FromLongLong(ino >> 4);
+    PyObject *where = key != NULL ? PyDict_GetItemWithError(c->locations, key) : NULL;
+    Py_XDECREF(key);
+    int64_t blockno = where != NULL && PyLong_CheckExact(where) ? int_u63(where)
+                                                                : -1;
+    if (blockno < 0 || blockno > blocks) {
+        Py_DECREF(rec);
+        if (PyErr_Occurred())
+            goto fail;
+        goto miss;
+    }
+    int64_t inode_off = (blockno << BLOCK_SHIFT) + (ino & 15) * INODE_SIZE;
+    int64_t addr = (pblk << BLOCK_SHIFT) + (pos - lo);
+    /* the journal lock, as Journal.overwrite takes it */
+    jlock = PyObject_GetAttr(journal, str_lock);
+    if (jlock == NULL || call_method0(jlock, str_acquire) < 0) {
+        Py_XDECREF(jlock);
+        jlock = NULL;
+        Py_DECREF(rec);
+        goto fail;
+    }
+    PyObject *active = PyObject_GetAttr(journal, str_active);
+    PyObject *failed = active != NULL ? PyObject_GetAttr(journal, str_failed) : NULL;
+    PyObject *seqobj = failed != NULL ? PyObject_GetAttr(journal, str_seq) : NULL;
+    int usable = seqobj != NULL && active == Py_None && failed == Py_None &&
+                 PyLong_CheckExact(seqobj);
+    int64_t seq = usable ? int_u63(seqobj) : -1;
+    Py_XDECREF(active);
+    Py_XDECREF(failed);
+    Py_XDECREF(seqobj);
+    if (PyErr_Occurred()) {
+        Py_DECREF(rec);
+        goto fail_locked;
+    }
+    if (seq < 0 || seq + 1 >= (int64_t)(SEQ_LIMIT - 1)) {
+        Py_DECREF(rec);
+        goto miss_locked;
+    }
+    seq += 1;
+    int64_t stamp = -1;
+    int rc = do_overwrite(c, seq, addr, &data, inode_off, ino, size, mtime, end, &stamp);
+    if (rc < 0) {
+        hand_failure(c, journal, seq, rec, end);
+        Py_DECREF(rec);
+        goto fail_locked;
+    }
+    if (rc == 0) {
+        Py_DECREF(rec);
+        goto miss_locked;
+    }
+    /* committed: memory takes what the media holds (as Journal.overwrite) */
+    PyObject *commits = PyObject_GetAttr(journal, str_commits);
+    int64_t count = int_u63(commits);
+    PyObject *next = count >= 0 ? PyLong_FromLongLong(count + 1) : NULL;
+    PyObject *seqnew = PyLong_FromLongLong(seq);
+    int bad = next == NULL || seqnew == NULL || PyObject_SetAttr(journal, str_seq, seqnew) < 0 ||
+              PyObject_SetAttr(journal, str_commits, next) < 0 ||
+              (end > size && set_slot_int(rec, c->o_size, end) < 0) ||
+              set_slot_int(rec, c->o_mtime, stamp) < 0 || set_slot_int(rec, c->o_ctime, stamp) < 0;
+    Py_XDECREF(commits);
+    Py_XDECREF(next);
+    Py_XDECREF(seqnew);
+    Py_DECREF(rec);
+    if (bad)
+        goto fail_locked;
+    result = PyLong_FromLongLong(n);
+    goto unlock;
+miss_locked:
+    result = Py_NewRef(Py_None);
+    goto unlock;
+fail_locked:
+unlock:
+    if (release(jlock) < 0)
+        Py_CLEAR(result);
+    Py_DECREF(jlock);
+    goto unlock_inode;
+miss:
+    result = Py_NewRef(Py_None);
+    goto unlock_inode;
+fail:
+unlock_inode:
+    if (release(lock) < 0)
+        Py_CLEAR(result);
+    Py_DECREF(lock);
+    PyBuffer_Release(&data);
     return result;
 }
 
@@ -756,6 +1117,8 @@ Committer_dealloc(Committer *c)
     Py_XDECREF(c->view);
     Py_XDECREF(c->write);
     Py_XDECREF(c->drain);
+    Py_XDECREF(c->types);
+    Py_XDECREF(c->locations);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
@@ -786,6 +1149,12 @@ Committer_get_mode(Committer *c, void *unused)
 static PyMethodDef Committer_methods[] = {
     {"overwrite", (PyCFunction)(void (*)(void))Committer_overwrite, METH_FASTCALL,
      "overwrite(seq, data_offset, data, inode_offset, ino, size, mtime_ns, end) -> int"},
+    {"pwrite", (PyCFunction)(void (*)(void))Committer_pwrite, METH_FASTCALL,
+     "pwrite(journal, inode, data, pos) -> int | None: File.pwrite's fast path"},
+    {"configure", (PyCFunction)(void (*)(void))Committer_configure,
+     METH_VARARGS | METH_KEYWORDS,
+     "configure(inode_type, extent_type, record_type, locations, max_bytes): the pwrite "
+     "fast path's classes"},
     {NULL}};
 
 static PyGetSetDef Committer_getset[] = {
@@ -909,6 +1278,15 @@ PyInit__commit(void)
     if (ps > 0)
         page_size = ps;
     if (PyType_Ready(&CommitterType) < 0)
+        return NULL;
+    if ((str_acquire = PyUnicode_InternFromString("acquire")) == NULL ||
+        (str_release = PyUnicode_InternFromString("release")) == NULL ||
+        (str_lock = PyUnicode_InternFromString("lock")) == NULL ||
+        (str_active = PyUnicode_InternFromString("active")) == NULL ||
+        (str_failed = PyUnicode_InternFromString("failed")) == NULL ||
+        (str_seq = PyUnicode_InternFromString("seq")) == NULL ||
+        (str_commits = PyUnicode_InternFromString("commits")) == NULL ||
+        (str_overwrite_failed = PyUnicode_InternFromString("_overwrite_failed")) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL)

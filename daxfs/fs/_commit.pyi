@@ -35,6 +35,15 @@ class Committer:
     def commits(self) -> int: ...
     @property
     def mode(self) -> str: ...
+    def configure(
+        self,
+        inode_type: type,
+        extent_type: type,
+        record_type: type,
+        locations: dict[int, int],
+        max_bytes: int,
+    ) -> None: ...
+    def pwrite(self, journal: object, inode: object, data: Buffer, pos: int, /) -> int | None: ...
     def overwrite(
         self,
         seq: int,

@@ -100,6 +100,11 @@ class DataPath:
         self.mapped_ranges = Writeback()
         #: the read fast path (C), or None when the device has no native region
         self.reader = extent_reader(device)
+        if journal.committer is not None:
+            # File.pwrite's fast path (Committer.pwrite): this method's overwrite case in C
+            journal.committer.configure(
+                Inode, Extent, InodeRecord, itable.locations, self.log_data_max
+            )
 
     # -- iomap ------------------------------------------------------------------------
 
@@ -174,13 +179,16 @@ class DataPath:
             NoSpace (ENOSPC): not enough free blocks; nothing was written.
         """
         ext = inode.xcache
-        if (
-            not (type(ext) is Extent and ext.lblk << BLOCK_SHIFT <= pos < ext.end << BLOCK_SHIFT)
-            and 0 <= pos < MAX_FILE_SIZE
+        if type(ext) is not Extent or not (
+            ext.lblk << BLOCK_SHIFT <= pos < (ext.lblk + ext.length) << BLOCK_SHIFT
         ):
+            if not 0 <= pos < MAX_FILE_SIZE:
+                return self._write(inode, pos, data)
             self.iomap_begin(inode, pos, 1, IomapFlags.WRITE)  # caches the extent under pos
             ext = inode.xcache
-        if type(ext) is Extent and not ext.flags and not inode.layouts:
+            if type(ext) is not Extent:
+                return self._write(inode, pos, data)
+        if not ext.flags and not inode.layouts:
             # fast path: an overwrite inside one written extent, with no pin to
             # break, is one transaction of two redo records (Journal.overwrite)
             n = len(data) if type(data) is bytes else memoryview(data).nbytes
@@ -188,7 +196,7 @@ class DataPath:
             end = pos + n
             if (
                 start <= pos <= inode.rec.size
-                and end <= ext.end << BLOCK_SHIFT
+                and end <= (ext.lblk + ext.length) << BLOCK_SHIFT
                 and 0 < n <= self.log_data_max
             ):
                 self.journal.overwrite(

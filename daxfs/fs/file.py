@@ -302,7 +302,13 @@ class File(io.RawIOBase):
         if type(offset) is not int or offset < 0:
             self._offset(offset)  # raises
         inode = self.inode
+        committer = journal.committer
         try:
+            if committer is not None and not self._append:
+                # the overwrite case of DataPath.write in one C call (or None: a miss)
+                done = committer.pwrite(journal, inode, data, offset)
+                if done is not None:
+                    return done
             with inode.lock:
                 if self._append:
                     offset = inode.rec.size

@@ -259,6 +259,13 @@ class InodeTable:
 
     # -- location -------------------------------------------------------------------
 
+    @property
+    def locations(self) -> dict[int, int]:
+        """Inode-file block -> device block, as ``address`` caches them: an entry, once
+        there, never changes (the inode file only grows).  The journal's C overwrite
+        reads it to place an inode's record (daxfs/fs/_commit.c)."""
+        return self._blocks
+
     def address(self, reader: Reader, ino: int) -> tuple[int, int]:
         """(device block, byte offset in it) of inode ``ino``.
 
