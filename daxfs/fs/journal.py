@@ -38,6 +38,9 @@ fence; ``_overwrite`` is the Python reference that builds it through
 ``begin`` and ``Transaction.commit``.  On a PmemDevice the C code copies and
 flushes itself; on any other device (SimulatedPmem) it calls the store's
 ``write`` and ``drain``, so crash tests see every operation.
+``Committer.pwrite`` (File.pwrite's first try) is the same commit with
+DataPath.write's checks and both locks in one C call; a device failure in it
+comes back to ``_overwrite_failed`` under those locks.
 
 Recovery (``Journal.recover``) replays the log if its header and log
 checksums are intact and ``seq > applied_seq``.  It first checks what no

@@ -297,3 +297,93 @@ def test_pwrite_leaves_no_garbage_for_the_cyclic_gc() -> None:
     finally:
         fs.unmount()
         dev.close()
+
+
+def test_the_pwrite_fast_path_takes_its_case_and_leaves_the_rest() -> None:
+    """Committer.pwrite commits an overwrite inside the cached written extent, and
+    returns None, having done nothing, for everything else."""
+    dev = formatted()
+    fs = daxfs.mount(dev)
+    try:
+        populate(fs)
+        committer = fs.journal.committer
+        assert committer is not None
+        with fs.open("/g", "rb+", buffering=0) as f:
+            f.pread(1, 0)  # caches the extent
+            inode = f.inode
+            assert committer.pwrite(fs.journal, inode, b"hello", 10) == 5
+            assert committer.commits == 1
+            size = inode.rec.size
+            before = dev.read(0, SIZE)
+            misses = [
+                (inode, b"x", -1),  # negative offset
+                (inode, b"x", True),  # not an int
+                (inode, b"x", 1 << 80),  # does not fit
+                (inode, b"x", size + 1),  # past the end of file: a hole to zero
+                (inode, b"x" * BLOCK, size - 1),  # past the extent's end: needs a block
+                (inode, b"", 0),  # nothing to write
+                (inode, 5, 0),  # not a buffer: the Python path raises
+                (inode, bytes(fs.data.log_data_max + 1), 0),  # too large to journal
+                (object(), b"x", 0),  # not an inode
+            ]
+            for inode_arg, data, pos in misses:
+                assert committer.pwrite(fs.journal, inode_arg, data, pos) is None
+            cached = inode.xcache
+            inode.xcache = None
+            assert committer.pwrite(fs.journal, inode, b"x", 0) is None  # no cached extent
+            inode.xcache = cached
+            fs.journal.failed = "a test"
+            assert committer.pwrite(fs.journal, inode, b"x", 0) is None  # read-only
+            fs.journal.failed = None
+            assert dev.read(0, SIZE) == before
+            assert committer.commits == 1
+            with f.pin(0, BLOCK):  # a pin: break_layouts is the Python path's
+                assert committer.pwrite(fs.journal, inode, b"x", 4500) is None
+                f.pwrite(b"y", 4500)  # DataPath.write's general path (pins to break)
+            assert committer.commits == 1
+            assert f.pread(6, 9) == b"ghello"
+            assert f.pread(2, 4499) == b"gy"
+    finally:
+        fs.unmount()
+        dev.close()
+
+
+@pytest.mark.parametrize(("nth", "committed"), [(1, False), (2, False), (3, True)])
+def test_a_device_failure_in_the_c_commit_is_handled_as_in_the_reference(
+    nth: int, committed: bool
+) -> None:
+    """The n-th fence of the C commit fails (EIO): before the commit point the write
+    fails and nothing changes (the header is erased); after it the write fails, the
+    filesystem turns read-only, and the remounted image holds the write."""
+    from daxfs.errors import IOFailure, ReadOnly
+    from daxfs.testing.faults import FaultyPmem
+
+    image = base_image()
+    dev = FaultyPmem(SIZE, image=image)
+    fs = daxfs.mount(dev)
+    committer = fs.journal.committer
+    assert committer is not None
+    with fs.open("/g", "rb+", buffering=0) as f:
+        f.pread(1, 0)
+        dev.arm("drain", nth)
+        with pytest.raises(OSError, match="/g") as info:
+            f.pwrite(b"NEW", 0)
+        assert info.value.errno == errno.EIO
+        assert info.value.filename == "/g"
+        dev.disarm()
+        if committed:
+            assert isinstance(info.value, IOFailure)
+            assert fs.journal.failed is not None
+            with pytest.raises(ReadOnly):
+                f.pwrite(b"more", 0)
+        else:
+            assert fs.journal.failed is None
+            assert f.pread(3, 0) == b"ggg"
+            f.pwrite(b"ok", 100)  # the filesystem goes on
+    fs.unmount()
+    with (
+        daxfs.mount(SimulatedPmem(SIZE, image=dev.image())) as again,
+        again.open("/g", "rb") as f,
+    ):
+        assert f.read(3) == (b"NEW" if committed else b"ggg")
+    dev.close()
