@@ -369,3 +369,18 @@ def test_inode_lock_is_made_once_under_a_race(fs: FileSystem) -> None:
             t.join()
         assert len({id(lock) for lock in seen}) == 1
         assert seen[0] is inode.lock
+
+
+def test_inode_record_decodes_every_field_to_its_place() -> None:
+    """unpack_from builds the record positionally: each field must land where it was."""
+    import dataclasses
+
+    from daxfs.fs.layout import INLINE_AREA, InodeRecord
+
+    values = {f.name: 100 + i for i, f in enumerate(dataclasses.fields(InodeRecord))}
+    values.update(ino=5, mode=0o100644, map_kind=2, map_height=1, map_count=3)
+    values["inline"] = bytes(range(INLINE_AREA))
+    record = InodeRecord(**values)  # type: ignore[arg-type]
+    buf = bytearray(4096)
+    record.pack_into(buf, 256)
+    assert InodeRecord.unpack_from(buf, 256, 5) == record
