@@ -195,8 +195,9 @@ class FreeIndex:
                     return found
             i += 1
         glo, ghi = self._bounds(k)
-        if pos <= glo and end >= ghi and not taken:
-            self.longest[k] = best  # the whole group was searched: exact
+        if pos <= glo and end >= ghi and not taken and k in self._groups:
+            # the whole group was searched: exact (unless _reach's builds dropped it)
+            self.longest[k] = best
         return None
 
     def _reach(self, k: int, e: int, end: int) -> int:

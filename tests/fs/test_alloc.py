@@ -722,6 +722,24 @@ TestAllocatorMachine.settings = settings(
 )
 
 
+def test_a_search_that_follows_a_run_into_a_group_that_drops_its_own() -> None:
+    """An index that holds one group: following a run across a group edge builds the
+    next group and drops the one searched, which must stay unbuilt (longest -1)."""
+    busy = np.ones(BIG, dtype=np.bool_)
+    busy[BPB - 40 : BPB + 30] = False  # 70 free blocks across the first group edge
+    busy[2 * BPB : 2 * BPB + 400 : 2] = False  # and 200 single free blocks
+    fs = make_big_fs(busy)
+    try:
+        fs.alloc.index.max_runs = 1
+        with fs.journal.begin() as tx:
+            runs = fs.alloc.alloc(tx, 100, goal=fs.sb.data_start)
+        assert (BPB - 40, 70) in runs  # no single run fits: the longest first
+        assert sum(n for _, n in runs) == 100
+        fs.alloc.check_index()
+    finally:
+        fs.close()
+
+
 class SmallIndexMachine(AllocatorMachine):
     """The same, with an index that holds few runs: groups are dropped and rebuilt."""
 
