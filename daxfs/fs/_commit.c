@@ -751,8 +751,13 @@ static int
 slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *out)
 {
     PyObject *d = PyObject_GetAttrString((PyObject *)type, name);
-    if (d == NULL)
+    if (d == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear(); /* a missing field is as much "not a __slots__ field" */
+        PyErr_Format(PyExc_TypeError, "%.100s has no field %s", type->tp_name, name);
         return -1;
+    }
     int ok = PyObject_TypeCheck(d, &PyMemberDescr_Type) &&
              (((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX ||
               ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT);

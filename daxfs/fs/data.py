@@ -30,6 +30,7 @@ change takes the journal lock through its transaction.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import TYPE_CHECKING
 
@@ -101,10 +102,13 @@ class DataPath:
         #: the read fast path (C), or None when the device has no native region
         self.reader = extent_reader(device)
         if journal.committer is not None:
-            # File.pwrite's fast path (Committer.pwrite): this method's overwrite case in C
-            journal.committer.configure(
-                Inode, Extent, InodeRecord, itable.locations, self.log_data_max
-            )
+            # File.pwrite's fast path (Committer.pwrite): this method's overwrite case in C.
+            # Unconfigured (a class lost a __slots__ field the C code reads), it misses
+            # every time and File.pwrite takes this method, as extent_reader does for reads.
+            with contextlib.suppress(TypeError):
+                journal.committer.configure(
+                    Inode, Extent, InodeRecord, itable.locations, self.log_data_max
+                )
 
     # -- iomap ------------------------------------------------------------------------
 

@@ -582,10 +582,13 @@ def fuzz(
     first: int = 0,
     progress: Callable[[Case], None] | None = None,
     kinds: Iterable[tuple[str, bool]] | None = None,
+    at_least: int = 0,
 ) -> Table:
     """Run cases ``first``, ``first + 1``, ... until ``cases`` are done or ``seconds`` pass.
 
     ``kinds``: the (structure, resealed) pairs to take in turn (default: all).
+    ``at_least``: cases run whatever the time budget says (a slow machine still
+    tries each kind once when ``at_least`` is the number of kinds).
     """
     deadline = None if seconds is None else time.monotonic() + seconds
     fuzzer = Fuzzer(seed, timeout=timeout, kinds=kinds)
@@ -593,7 +596,7 @@ def fuzz(
     try:
         number = first
         while (cases is None or number < first + cases) and (
-            deadline is None or time.monotonic() < deadline
+            deadline is None or number < first + at_least or time.monotonic() < deadline
         ):
             case = fuzzer.run_case(number)
             table.add(case)
