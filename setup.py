@@ -11,16 +11,27 @@ FLAGS = [
     "-Wno-cast-function-type",
 ]
 
+# flush, fence, non-temporal copy: the primitives both persisting extensions share
+PERSIST = ["daxfs/pmem/_persist.h"]
+
 setup(
     ext_modules=[
         # cache flush, fence, non-temporal copy (optional: devices fall back to msync)
         Extension(
-            "daxfs.pmem._native", sources=["daxfs/pmem/_native.c"], extra_compile_args=FLAGS,
+            "daxfs.pmem._native",
+            sources=["daxfs/pmem/_native.c"],
+            depends=PERSIST,
+            extra_compile_args=FLAGS,
             optional=True,
         ),
         # fixed-address mmap and export-counted buffers (DAX mmap needs it)
         Extension("daxfs.mm._vm", sources=["daxfs/mm/_vm.c"], extra_compile_args=FLAGS),
         # the journal's small-overwrite commit (daxfs.fs.journal.Journal.overwrite)
-        Extension("daxfs.fs._commit", sources=["daxfs/fs/_commit.c"], extra_compile_args=FLAGS),
+        Extension(
+            "daxfs.fs._commit",
+            sources=["daxfs/fs/_commit.c"],
+            depends=PERSIST,
+            extra_compile_args=FLAGS,
+        ),
     ]
 )

@@ -783,11 +783,11 @@ def latency_section(plan: Plan, report: Report) -> None:
         try:
             write_whole(f.pwrite, size)
             dax_read = fs_latency.latency(
-                "daxfs pread", fs_latency.timed_pread_loop(f.pread, SMALL, offsets), samples
+                "daxfs pread", fs_latency.timed_loop(partial(f.pread, SMALL), offsets), samples
             )
             dax_write = fs_latency.latency(
                 "daxfs pwrite (durable)",
-                fs_latency.timed_pwrite_loop(f.pwrite, data, offsets),
+                fs_latency.timed_loop(partial(f.pwrite, data), offsets),
                 samples,
             )
             files = [open_raw(fs, "/data", "rb") for _ in range(max(THREADS))]
@@ -813,12 +813,12 @@ def latency_section(plan: Plan, report: Report) -> None:
             write_whole(lambda chunk, off: os.pwrite(fd, chunk, off), size)
             os_read = fs_latency.latency(
                 "os.pread tmpfs",
-                fs_latency.timed_os_pread_loop(os.pread, fd, SMALL, offsets),
+                fs_latency.timed_loop(partial(os.pread, fd, SMALL), offsets),
                 samples,
             )
             os_write = fs_latency.latency(
                 "os.pwrite tmpfs (not durable)",
-                fs_latency.timed_os_pwrite_loop(os.pwrite, fd, data, offsets),
+                fs_latency.timed_loop(partial(os.pwrite, fd, data), offsets),
                 samples,
             )
             os_threads = {

@@ -45,10 +45,14 @@ def latency(name: str, op_loop: Callable[[int], list[int]], samples: int) -> Lat
     return Latency(name, percentile(durations, 0.5), percentile(durations, 0.99), len(durations))
 
 
-def timed_pread_loop(
-    pread: Callable[[int, int], object], size: int, offsets: Sequence[int]
-) -> Callable[[int], list[int]]:
-    """Durations of ``pread(size, offset)`` calls (a File's argument order)."""
+def timed_loop(call: Callable[[int], object], offsets: Sequence[int]) -> Callable[[int], list[int]]:
+    """Durations of ``call(offset)`` calls, the offsets taken in turn.
+
+    ``call`` puts the offset last on the real call, the same way on both sides
+    (``partial(f.pread, size)``, ``partial(os.pread, fd, size)``,
+    ``partial(f.pwrite, data)``, ``partial(os.pwrite, fd, data)``), so each pays
+    the same one C-level partial call around what is timed.
+    """
     it = cycle(offsets)
     clock = time.perf_counter_ns
 
@@ -57,64 +61,7 @@ def timed_pread_loop(
         append = out.append
         for off in islice(it, n):
             start = clock()
-            pread(size, off)
-            append(clock() - start)
-        return out
-
-    return loop
-
-
-def timed_os_pread_loop(
-    pread: Callable[[int, int, int], object], fd: int, size: int, offsets: Sequence[int]
-) -> Callable[[int], list[int]]:
-    """Durations of ``os.pread(fd, size, offset)`` calls."""
-    it = cycle(offsets)
-    clock = time.perf_counter_ns
-
-    def loop(n: int) -> list[int]:
-        out = []
-        append = out.append
-        for off in islice(it, n):
-            start = clock()
-            pread(fd, size, off)
-            append(clock() - start)
-        return out
-
-    return loop
-
-
-def timed_pwrite_loop(
-    pwrite: Callable[[bytes, int], object], data: bytes, offsets: Sequence[int]
-) -> Callable[[int], list[int]]:
-    """Durations of ``pwrite(data, offset)`` calls (a File's argument order)."""
-    it = cycle(offsets)
-    clock = time.perf_counter_ns
-
-    def loop(n: int) -> list[int]:
-        out = []
-        append = out.append
-        for off in islice(it, n):
-            start = clock()
-            pwrite(data, off)
-            append(clock() - start)
-        return out
-
-    return loop
-
-
-def timed_os_pwrite_loop(
-    pwrite: Callable[[int, bytes, int], object], fd: int, data: bytes, offsets: Sequence[int]
-) -> Callable[[int], list[int]]:
-    """Durations of ``os.pwrite(fd, data, offset)`` calls."""
-    it = cycle(offsets)
-    clock = time.perf_counter_ns
-
-    def loop(n: int) -> list[int]:
-        out = []
-        append = out.append
-        for off in islice(it, n):
-            start = clock()
-            pwrite(fd, data, off)
+            call(off)
             append(clock() - start)
         return out
 

@@ -72,16 +72,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define DAXFS_X86 1
-#include <cpuid.h>
-#include <immintrin.h>
-#else
-#define DAXFS_X86 0
-#endif
-
-#define LINE 64
-#define NT_THRESHOLD 256
+#include "../pmem/_persist.h"
 
 /* the format (daxfs/fs/layout.py; a test compares these with it) */
 #define BLOCK_SHIFT 12
@@ -110,34 +101,12 @@ static const char JOURNAL_MAGIC[8] = {'D', 'A', 'X', 'F', 'S', 'J', 'N', 'L'};
 enum mode { M_CLWB, M_CLFLUSHOPT, M_CLFLUSH, M_NONE, M_MSYNC, M_CALLBACK };
 static const char *mode_names[] = {"clwb", "clflushopt", "clflush", "none", "msync", "callback"};
 
-static int have_clwb, have_clflushopt, have_clflush, have_sse2, have_avx2, have_sse42;
 static long page_size = 4096;
 static PyObject *invalid_argument = NULL;
 /* test hook: the n-th dev_write from now stores without flushing (0: off) */
 static long planted_missing_flush = 0;
 /* test hook: the time every overwrite stamps (0: the real clock) */
 static int64_t frozen_clock = 0;
-
-/* ------------------------------------------------------------------ CPU */
-
-static void
-detect_cpu(void)
-{
-#if DAXFS_X86
-    unsigned int a, b, c, d;
-    if (__get_cpuid(1, &a, &b, &c, &d)) {
-        have_clflush = (d >> 19) & 1;
-        have_sse2 = (d >> 26) & 1;
-        have_sse42 = (c >> 20) & 1;
-    }
-    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-        have_clflushopt = (b >> 23) & 1;
-        have_clwb = (b >> 24) & 1;
-    }
-    __builtin_cpu_init();
-    have_avx2 = __builtin_cpu_supports("avx2");
-#endif
-}
 
 /* ------------------------------------------------------------------ crc32c */
 
@@ -238,60 +207,6 @@ crc32c(const void *p, size_t n)
 {
     return ~crc_update(0xFFFFFFFFu, p, n);
 }
-
-/* ------------------------------------------------------------------ persist */
-
-#if DAXFS_X86
-__attribute__((target("clwb"))) static void
-flush_clwb(char *p, size_t n)
-{
-    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(LINE - 1), end = (uintptr_t)p + n;
-    for (; a < end; a += LINE)
-        _mm_clwb((void *)a);
-}
-
-__attribute__((target("clflushopt"))) static void
-flush_clflushopt(char *p, size_t n)
-{
-    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(LINE - 1), end = (uintptr_t)p + n;
-    for (; a < end; a += LINE)
-        _mm_clflushopt((void *)a);
-}
-
-static void
-flush_clflush(char *p, size_t n)
-{
-    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(LINE - 1), end = (uintptr_t)p + n;
-    for (; a < end; a += LINE)
-        _mm_clflush((void *)a);
-}
-
-__attribute__((target("avx2"))) static void
-nt_copy_avx2(char *dst, const char *src, size_t n)
-{
-    for (size_t i = 0; i < n; i += 64) {
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)(src + i));
-        __m256i x1 = _mm256_loadu_si256((const __m256i *)(src + i + 32));
-        _mm256_stream_si256((__m256i *)(dst + i), x0);
-        _mm256_stream_si256((__m256i *)(dst + i + 32), x1);
-    }
-}
-
-static void
-nt_copy_sse2(char *dst, const char *src, size_t n)
-{
-    for (size_t i = 0; i < n; i += 64) {
-        __m128i x0 = _mm_loadu_si128((const __m128i *)(src + i));
-        __m128i x1 = _mm_loadu_si128((const __m128i *)(src + i + 16));
-        __m128i x2 = _mm_loadu_si128((const __m128i *)(src + i + 32));
-        __m128i x3 = _mm_loadu_si128((const __m128i *)(src + i + 48));
-        _mm_stream_si128((__m128i *)(dst + i), x0);
-        _mm_stream_si128((__m128i *)(dst + i + 16), x1);
-        _mm_stream_si128((__m128i *)(dst + i + 32), x2);
-        _mm_stream_si128((__m128i *)(dst + i + 48), x3);
-    }
-}
-#endif
 
 typedef struct {
     PyObject_HEAD
