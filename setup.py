@@ -11,8 +11,9 @@ FLAGS = [
     "-Wno-cast-function-type",
 ]
 
-# flush, fence, non-temporal copy: the primitives both persisting extensions share
-PERSIST = ["daxfs/pmem/_persist.h"]
+# the headers both persisting extensions share: flush, fence and non-temporal copy;
+# the error class and __slots__ access
+PERSIST = ["daxfs/pmem/_persist.h", "daxfs/pmem/_pyutil.h"]
 
 setup(
     ext_modules=[

@@ -73,6 +73,7 @@
 #include <unistd.h>
 
 #include "../pmem/_persist.h"
+#include "../pmem/_pyutil.h"
 
 /* the format (daxfs/fs/layout.py; a test compares these with it) */
 #define BLOCK_SHIFT 12
@@ -102,7 +103,6 @@ enum mode { M_CLWB, M_CLFLUSHOPT, M_CLFLUSH, M_NONE, M_MSYNC, M_CALLBACK };
 static const char *mode_names[] = {"clwb", "clflushopt", "clflush", "none", "msync", "callback"};
 
 static long page_size = 4096;
-static PyObject *invalid_argument = NULL;
 /* test hook: the n-th dev_write from now stores without flushing (0: off) */
 static long planted_missing_flush = 0;
 /* test hook: the time every overwrite stamps (0: the real clock) */
@@ -227,25 +227,6 @@ typedef struct {
     Py_ssize_t o_rec, o_xcache, o_layouts, o_lock, o_lblk, o_pblk, o_length, o_flags;
     Py_ssize_t o_ino, o_size, o_mtime, o_ctime, max_bytes;
 } Committer;
-
-static PyObject *
-raise_invalid(const char *fmt, ...)
-{
-    va_list vargs;
-    va_start(vargs, fmt);
-    PyObject *msg = PyUnicode_FromFormatV(fmt, vargs);
-    va_end(vargs);
-    if (msg == NULL)
-        return NULL;
-    PyObject *cls = invalid_argument != NULL ? invalid_argument : PyExc_ValueError;
-    PyObject *exc = PyObject_CallOneArg(cls, msg);
-    if (exc != NULL) {
-        PyErr_SetObject(cls, exc);
-        Py_DECREF(exc);
-    }
-    Py_DECREF(msg);
-    return NULL;
-}
 
 /* Flush [p, p+n) in a native mode, no fence; -1 with errno set if msync fails. */
 static int
@@ -661,36 +642,6 @@ Committer_overwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
 
 static PyObject *str_acquire, *str_release, *str_lock, *str_active, *str_failed, *str_seq,
     *str_commits, *str_overwrite_failed;
-
-static int
-slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *out)
-{
-    PyObject *d = PyObject_GetAttrString((PyObject *)type, name);
-    if (d == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-            return -1;
-        PyErr_Clear(); /* a missing field is as much "not a __slots__ field" */
-        PyErr_Format(PyExc_TypeError, "%.100s has no field %s", type->tp_name, name);
-        return -1;
-    }
-    int ok = PyObject_TypeCheck(d, &PyMemberDescr_Type) &&
-             (((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX ||
-              ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT);
-    if (ok)
-        *out = ((PyMemberDescrObject *)d)->d_member->offset;
-    Py_DECREF(d);
-    if (!ok) {
-        PyErr_Format(PyExc_TypeError, "%.100s.%s is not a __slots__ field", type->tp_name, name);
-        return -1;
-    }
-    return 0;
-}
-
-static inline PyObject *
-slot(PyObject *obj, Py_ssize_t offset)
-{
-    return *(PyObject **)((char *)obj + offset);
-}
 
 /* store a new int in a slot; -1 on failure */
 static int
@@ -1143,18 +1094,6 @@ freeze_clock(PyObject *self, PyObject *arg)
     if (t < 0)
         return raise_invalid("freeze_clock: time must be >= 0, got %lld", t);
     frozen_clock = t;
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-set_error_class(PyObject *self, PyObject *cls)
-{
-    if (!PyType_Check(cls) ||
-        !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)PyExc_ValueError)) {
-        PyErr_SetString(PyExc_TypeError, "expected a ValueError subclass");
-        return NULL;
-    }
-    Py_XSETREF(invalid_argument, Py_NewRef(cls));
     Py_RETURN_NONE;
 }
 

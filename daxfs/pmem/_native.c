@@ -42,6 +42,7 @@
 #include <errno.h>
 
 #include "_persist.h"
+#include "_pyutil.h"
 
 #define LARGE (256 * 1024)
 
@@ -49,7 +50,6 @@ enum mode { M_CLWB, M_CLFLUSHOPT, M_CLFLUSH, M_NONE, M_MSYNC };
 static const char *mode_names[] = {"clwb", "clflushopt", "clflush", "none", "msync"};
 
 static long page_size = 4096;
-static PyObject *invalid_argument = NULL; /* set by set_error_class; else ValueError */
 
 /* --------------------------------------------------------------- Region */
 
@@ -63,28 +63,6 @@ typedef struct {
     int released;
     int busy;
 } Region;
-
-static PyObject *
-raise_invalid(const char *fmt, ...)
-{
-    va_list vargs;
-    va_start(vargs, fmt);
-    PyObject *msg = PyUnicode_FromFormatV(fmt, vargs);
-    va_end(vargs);
-    if (msg == NULL)
-        return NULL;
-    if (invalid_argument != NULL) {
-        PyObject *exc = PyObject_CallFunctionObjArgs(invalid_argument, msg, NULL);
-        if (exc != NULL) {
-            PyErr_SetObject(invalid_argument, exc);
-            Py_DECREF(exc);
-        }
-    } else {
-        PyErr_SetObject(PyExc_ValueError, msg);
-    }
-    Py_DECREF(msg);
-    return NULL;
-}
 
 static int
 as_size(PyObject *o, const char *what, Py_ssize_t *out)
@@ -586,37 +564,6 @@ typedef struct {
 
 static PyObject *str_lock, *str_acquire, *str_release;
 
-/* The offset of slot `name` of `type` (a member descriptor holding an object). */
-static int
-slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *out)
-{
-    PyObject *d = PyObject_GetAttrString((PyObject *)type, name);
-    if (d == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-            return -1;
-        PyErr_Clear();
-        d = Py_NewRef(Py_None);
-    }
-    int ok = PyObject_TypeCheck(d, &PyMemberDescr_Type) &&
-             (((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX ||
-              ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT);
-    if (ok)
-        *out = ((PyMemberDescrObject *)d)->d_member->offset;
-    Py_DECREF(d);
-    if (!ok) {
-        PyErr_Format(PyExc_TypeError, "%.100s.%s is not a __slots__ field", type->tp_name, name);
-        return -1;
-    }
-    return 0;
-}
-
-/* The object in a slot, borrowed; NULL (no exception) if the slot is empty. */
-static inline PyObject *
-slot(PyObject *obj, Py_ssize_t offset)
-{
-    return *(PyObject **)((char *)obj + offset);
-}
-
 /* A slot holding an exact int that fits in [0, limit]; -1 otherwise (no exception). */
 static inline Py_ssize_t
 slot_index(PyObject *obj, Py_ssize_t offset, Py_ssize_t limit)
@@ -947,17 +894,6 @@ done:
     PyBuffer_Release(&a);
     PyBuffer_Release(&b);
     return out;
-}
-
-static PyObject *
-set_error_class(PyObject *self, PyObject *cls)
-{
-    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)PyExc_ValueError)) {
-        PyErr_SetString(PyExc_TypeError, "expected a ValueError subclass");
-        return NULL;
-    }
-    Py_XSETREF(invalid_argument, Py_NewRef(cls));
-    Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
