@@ -827,7 +827,8 @@ Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     /* with inode.lock: the case of DataPath.write's fast path */
-    int64_t n = data.len, blocks = ((int64_t)1 << (62 - BLOCK_SHIFT));
+    /* block numbers up to 2^49: every byte offset below stays under 2^62, no overflow */
+    int64_t n = data.len, blocks = ((int64_t)1 << (62 - BLOCK_SHIFT - 1));
     PyObject *rec = slot(inode, c->o_rec), *ext = slot(inode, c->o_xcache);
     PyObject *layouts = slot(inode, c->o_layouts);
     if (rec == NULL || Py_TYPE(rec) != c->record_type || ext == NULL ||
@@ -843,11 +844,12 @@ Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(rec);
         goto miss;
     }
-    int64_t lo = lblk << BLOCK_SHIFT, hi = (lblk + length) << BLOCK_SHIFT, end = pos + n;
-    if (n <= 0 || n > c->max_bytes || pos < lo || pos > size || end > hi) {
+    int64_t lo = lblk << BLOCK_SHIFT, hi = (lblk + length) << BLOCK_SHIFT;
+    if (n <= 0 || n > c->max_bytes || pos < lo || pos > size || pos > hi - n) {
         Py_DECREF(rec);
         goto miss;
     }
+    int64_t end = pos + n; /* <= hi: checked above without overflowing */
     /* the inode record's place: a location the inode table has cached */
     PyObject *key = PyLong_FromLongLong(ino >> 4);
     PyObject *where = key != NULL ? PyDict_GetItemWithError(c->locations, key) : NULL;
@@ -900,20 +902,25 @@ Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
         goto miss_locked;
     }
     /* committed: memory takes what the media holds (as Journal.overwrite) */
-    PyObject *commits = PyObject_GetAttr(journal, str_commits);
-    int64_t count = int_u63(commits);
-    PyObject *next = count >= 0 ? PyLong_FromLongLong(count + 1) : NULL;
     PyObject *seqnew = PyLong_FromLongLong(seq);
-    int bad = next == NULL || seqnew == NULL || PyObject_SetAttr(journal, str_seq, seqnew) < 0 ||
-              PyObject_SetAttr(journal, str_commits, next) < 0 ||
+    int bad = seqnew == NULL || PyObject_SetAttr(journal, str_seq, seqnew) < 0 ||
               (end > size && set_slot_int(rec, c->o_size, end) < 0) ||
               set_slot_int(rec, c->o_mtime, stamp) < 0 || set_slot_int(rec, c->o_ctime, stamp) < 0;
-    Py_XDECREF(commits);
-    Py_XDECREF(next);
     Py_XDECREF(seqnew);
-    Py_DECREF(rec);
-    if (bad)
+    if (bad) { /* past the commit point: Journal._overwrite_failed sets memory, as Python does */
+        hand_failure(c, journal, seq, rec, end);
+        Py_DECREF(rec);
         goto fail_locked;
+    }
+    Py_DECREF(rec);
+    /* journal.commits is a statistic: a failure to count it is not the write's */
+    PyObject *commits = PyObject_GetAttr(journal, str_commits);
+    int64_t count = int_u63(commits);
+    Py_XDECREF(commits);
+    PyObject *next = count >= 0 ? PyLong_FromLongLong(count + 1) : NULL;
+    if (next == NULL || PyObject_SetAttr(journal, str_commits, next) < 0)
+        PyErr_Clear();
+    Py_XDECREF(next);
     result = PyLong_FromLongLong(n);
     goto unlock;
 miss_locked:

@@ -198,7 +198,7 @@ class DirIndex:
     changes, merged into the arrays when they outgrow a sixteenth of them.
     """
 
-    __slots__ = ("added", "generation", "keys", "names", "removed", "values")
+    __slots__ = ("added", "count", "generation", "keys", "names", "removed", "values")
 
     def __init__(
         self, keys: array.array[int], values: array.array[int], names: bytes, generation: int
@@ -210,9 +210,11 @@ class DirIndex:
         self.removed: set[int] = set()
         #: the directory inode's generation when built (an ino freed and reused differs)
         self.generation = generation
+        #: keys held: those of ``keys`` not removed, and those added that it lacks
+        self.count = len(keys)
 
     def __len__(self) -> int:
-        return len(self.keys) + len(self.added)
+        return self.count
 
     def _position(self, key: int) -> int:
         """Index of ``key`` in ``keys``, or -1."""
@@ -252,12 +254,16 @@ class DirIndex:
 
     def put(self, key: int, entries: list[Entry]) -> None:
         """The key's value now holds ``entries`` (at least one)."""
+        if key not in self:
+            self.count += 1
         self.added[key] = index_record(entries)
         self.removed.discard(key)
         self._maybe_merge()
 
     def discard(self, key: int) -> None:
         """The key's value is gone."""
+        if key in self:
+            self.count -= 1
         self.added.pop(key, None)
         if self._position(key) >= 0:
             self.removed.add(key)
@@ -289,6 +295,7 @@ class DirIndex:
         self.values = _u64_array(values)
         self.names = names.tobytes()
         self.added, self.removed = {}, set()
+        assert len(self.keys) == self.count, f"index count {self.count} != {len(self.keys)} keys"
 
     @classmethod
     def build(
@@ -516,8 +523,9 @@ class Directories:
         tree.put(tx, key, value)
         self._store(tx, inode, tree, +1)
         if index is not None:
-            index.put(key, entries)
-            self._indexed += 1
+            before = len(index)
+            index.put(key, entries)  # a new key, or another name on a key it holds
+            self._indexed += len(index) - before
 
     def remove(self, tx: Transaction, inode: Inode, name: bytes) -> tuple[int, int]:
         """Remove ``name``; return its (ino, type). Caller must have checked it exists."""
@@ -539,7 +547,9 @@ class Directories:
         else:
             tree.delete(tx, key)
             if index is not None:
+                before = len(index)
                 index.discard(key)
+                self._indexed += len(index) - before
         self._store(tx, inode, tree, -1)
         return gone[0][1], gone[0][2]
 

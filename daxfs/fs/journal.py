@@ -317,10 +317,11 @@ class Journal:
             ReadOnly (EROFS), OSError: as ``begin`` and ``Transaction.commit``.
         """
         committer = self.committer
-        if committer is not None and self.failed is None:
+        if committer is not None:
             rec = inode.rec
             with self.lock:
-                if self.active is None:  # else nested: the reference raises
+                # else nested, or read-only: the reference raises
+                if self.active is None and self.failed is None:
                     seq = self.seq + 1
                     blockno, offset = itable.address(self.store, rec.ino)
                     try:
