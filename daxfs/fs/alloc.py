@@ -601,11 +601,18 @@ class _Pending:
             self.freed.append((cur, end))
 
     def apply(self, index: FreeIndex) -> None:
-        """The transaction committed: its changes reach the index."""
-        for start, end in self.taken:
-            index.remove(start, end)
-        for start, end in self.freed:
-            index.add(start, end)
+        """The transaction committed: its changes reach the index.
+
+        An index that disagrees with them is dropped (rebuilt from the bitmap on
+        the next search), never raised over a transaction that is durable already;
+        ``Allocator.check_index`` is how tests catch such a disagreement.
+        """
+        ok = all(index.remove(start, end) for start, end in self.taken) and all(
+            index.add(start, end) for start, end in self.freed
+        )
+        if not ok:
+            index.disagreements += 1
+            index.invalidate()
 
 
 # --------------------------------------------------------------------------- run finding

@@ -100,6 +100,8 @@ class FreeIndex:
         self.edge: npt.NDArray[np.bool_] = np.zeros(groups, dtype=np.bool_)
         self._groups: OrderedDict[int, _Group] = OrderedDict()  # least recently used first
         self.runs = 0
+        #: commits whose changes the index did not hold as it should (it was dropped)
+        self.disagreements = 0
 
     # -- building ----------------------------------------------------------------------
 
@@ -224,12 +226,16 @@ class FreeIndex:
             start = stop
         return out
 
-    def remove(self, start: int, end: int) -> None:
-        """Blocks ``[start, end)`` were allocated (committed): cut them out of their runs."""
+    def remove(self, start: int, end: int) -> bool:
+        """Blocks ``[start, end)`` were allocated (committed): cut them out of their runs.
+
+        False, with the index left for ``invalidate``, if the index does not hold
+        them as free (it disagrees with the bitmap: a bug, and only a cache's).
+        """
         for g, k, s, e in self._pieces(start, end):
             i = bisect_right(g.starts, s) - 1
-            assert i >= 0, f"allocated blocks [{s}, {e}) are not free here"
-            assert g.ends[i] >= e, f"allocated blocks [{s}, {e}) are not free here"
+            if i < 0 or g.ends[i] < e:
+                return False
             rs, re = g.starts[i], g.ends[i]
             if rs == s and e == re:  # the whole run
                 del g.starts[i], g.ends[i]
@@ -244,14 +250,18 @@ class FreeIndex:
                 g.ends.insert(i + 1, re)
                 self.runs += 1
             self._set_edge(k, g)
+        return True
 
-    def add(self, start: int, end: int) -> None:
-        """Blocks ``[start, end)`` were freed (committed): insert them, joining neighbours."""
+    def add(self, start: int, end: int) -> bool:
+        """Blocks ``[start, end)`` were freed (committed): insert them, joining neighbours.
+
+        False, as ``remove``, if the index already holds some of them as free.
+        """
         for g, k, s, e in self._pieces(start, end):
             starts, ends = g.starts, g.ends
             i = bisect_right(starts, s)
-            assert i == 0 or ends[i - 1] <= s, f"freed blocks [{s}, {e}) are already free here"
-            assert i == len(starts) or starts[i] >= e, f"freed blocks [{s}, {e}) overlap a run"
+            if (i > 0 and ends[i - 1] > s) or (i < len(starts) and starts[i] < e):
+                return False
             join_left = i > 0 and ends[i - 1] == s
             join_right = i < len(starts) and starts[i] == e
             if join_left and join_right:
@@ -272,6 +282,7 @@ class FreeIndex:
             if e - s > self.longest[k]:
                 self.longest[k] = e - s
             self._set_edge(k, g)
+        return True
 
     # -- checking ----------------------------------------------------------------------
 
@@ -283,6 +294,7 @@ class FreeIndex:
             AssertionError: naming the first group that differs.
             Corrupted (EUCLEAN): a bitmap block fails its checksum.
         """
+        assert self.disagreements == 0, f"{self.disagreements} commits disagreed with the index"
         total = 0
         for k in range(len(self.longest)):
             g = self._groups.get(k)
