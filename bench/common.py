@@ -19,6 +19,7 @@ missing, and the benchmark then prints its daxfs numbers without an anchor.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import os
@@ -27,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -99,9 +100,7 @@ def median_ns_per_op_interleaved(
     second; interleaving puts each change on every side alike, so the ratio
     of two medians is steadier than with one side measured after the other.
     """
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         sizes = [_batch_size(loop, timing, max_ops) for loop in loops]
         per_op: list[list[float]] = [[] for _ in loops]
         for _ in range(timing.batches):
@@ -109,10 +108,23 @@ def median_ns_per_op_interleaved(
                 start = time.perf_counter_ns()
                 loop(n)
                 samples.append((time.perf_counter_ns() - start) / n)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     return [statistics.median(samples) for samples in per_op]
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off inside the block (as it was, after it).
+
+    Timed loops run without it so that a collection triggered by one side's
+    garbage is not charged to the other side's batch.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _batch_size(loop: Callable[[int], object], timing: Timing, max_ops: int) -> int:
@@ -140,10 +152,18 @@ def time_op(op: Callable[[], object], *, timing: Timing = FULL) -> float:
     return median_ns_per_op(loop, timing=timing)
 
 
-def median_gib_per_s(one_pass: Callable[[], int], *, timing: Timing = FULL) -> float:
+def median_gib_per_s(
+    one_pass: Callable[[], int],
+    *,
+    timing: Timing = FULL,
+    between: Callable[[], object] | None = None,
+) -> float:
     """Median bandwidth in GiB/s of ``one_pass()``, which returns the bytes it moved.
 
     One untimed pass first (warm-up, page faults), then ``timing.passes``.
+    ``between()``, if given, runs (untimed) after each timed pass: an anchor
+    measured there is interleaved with this one (a, b, a, b, ...), as
+    ``median_ns_per_op_interleaved`` does for short operations.
     """
     one_pass()
     rates = []
@@ -151,6 +171,8 @@ def median_gib_per_s(one_pass: Callable[[], int], *, timing: Timing = FULL) -> f
         start = time.perf_counter_ns()
         nbytes = one_pass()
         rates.append(gib_per_s(nbytes, time.perf_counter_ns() - start))
+        if between is not None:
+            between()
     return statistics.median(rates)
 
 

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import mmap
 import resource
 import statistics
@@ -82,6 +81,7 @@ from common import (
     Unavailable,
     cpu_model,
     fs_type,
+    gc_paused,
     median_gib_per_s,
     median_ns_per_op,
     parse_args,
@@ -312,31 +312,25 @@ def disk_reps(
             np_dirty = page_dirtier(mm)
             dax_dirty()  # first touch: write faults, ext4 page_mkwrite
             mapping.msync()
-            gc_was_enabled = gc.isenabled()
-            gc.disable()
-            try:
-                with mmap.mmap(raw.fileno(), size) as memory:
-                    for off in targets:
-                        dax_dirty()
-                        start = clock()
-                        mapping.msync(off, PAGE)
-                        samples["dax"].append(clock() - start)
-                        dax_dirty()
-                        start = clock()
-                        image_memory.flush(off, PAGE)
-                        samples["image"].append(clock() - start)
-                        mapping.msync()  # clean, so only one file is dirty at a time
-                        np_dirty()
-                        start = clock()
-                        memory.flush(off, PAGE)
-                        samples["plain"].append(clock() - start)
-                        np_dirty()
-                        start = clock()
-                        mm.flush()
-                        samples["numpy"].append(clock() - start)
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
+            with gc_paused(), mmap.mmap(raw.fileno(), size) as memory:
+                for off in targets:
+                    dax_dirty()
+                    start = clock()
+                    mapping.msync(off, PAGE)
+                    samples["dax"].append(clock() - start)
+                    dax_dirty()
+                    start = clock()
+                    image_memory.flush(off, PAGE)
+                    samples["image"].append(clock() - start)
+                    mapping.msync()  # clean, so only one file is dirty at a time
+                    np_dirty()
+                    start = clock()
+                    memory.flush(off, PAGE)
+                    samples["plain"].append(clock() - start)
+                    np_dirty()
+                    start = clock()
+                    mm.flush()
+                    samples["numpy"].append(clock() - start)
             # first writes after a clean: page faults through the daxfs mapping and
             # through the kernel-placed mapping of the same image bytes
             held = [np.frombuffer(image_memory, dtype=np.uint8)]

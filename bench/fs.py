@@ -52,8 +52,9 @@ The anchors:
     not DAX, libpmem refuses it otherwise), writes with direct=1 sync=1
     (non-temporal copy and a drain per 2 MiB: durable, as a daxfs write is),
     reads a memcpy; the same flush instruction as daxfs (bench/pmem.py).
-    Time-based runs, so fio maps the file once (see run_fio).  Without fio or
-    its libpmem engine the write ceiling falls back to libpmem2.
+    Time-based runs, so fio maps the file once (see run_fio); each run follows
+    one timed daxfs pass (FioAnchor), so the two sides interleave.  Without fio
+    or its libpmem engine the write ceiling falls back to libpmem2.
   - libpmem2: bench/pmem2_bench.c's sequential memcpy_fn, through bench/pmem.py.
   - ext4: a file under bench/build/ (or /var/tmp), in the page cache.
 
@@ -95,11 +96,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from itertools import cycle, islice
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import fs_latency
 import pmem as pmem_bench
@@ -480,9 +481,12 @@ def measure_daxfs_file(
     *,
     sequential: bool,
     small: bool = True,
+    between: Mapping[str, Callable[[], object]] | None = None,
 ) -> dict[str, float]:
     """daxfs File.pread/preadinto/pwrite (``small``) and 2 MiB sequential passes
-    (``sequential``) on a ``size``-byte file; op/s and GiB/s."""
+    (``sequential``) on a ``size``-byte file; op/s and GiB/s.  ``between[key]``
+    runs after each timed pass of "seq_read" or "seq_write" (an interleaved
+    anchor, see FioAnchor)."""
     out: dict[str, float] = {}
     f = open_raw(fs, "/data")
     try:
@@ -507,7 +511,9 @@ def measure_daxfs_file(
                 rate = attempt(
                     report,
                     f"daxfs {key}",
-                    lambda p=one_pass: median_gib_per_s(p, timing=timing),
+                    lambda p=one_pass, k=key: median_gib_per_s(
+                        p, timing=timing, between=(between or {}).get(k)
+                    ),
                 )
                 if rate is not None:
                     out[key] = rate
@@ -564,18 +570,54 @@ def run_fio(path: Path, size: int, rw: str, plan: Plan) -> float:
         raise Unavailable(f"cannot parse fio's JSON output: {exc}") from exc
 
 
-def measure_fio(plan: Plan, timing: Timing) -> tuple[dict[str, float], str]:
-    """Median fio libpmem bandwidth (GiB/s) for sequential 2 MiB writes and reads."""
-    path = pmem_bench.shm_file(plan.data_size)
-    try:
-        out = {}
-        for rw in ("write", "read"):  # write first: the file then holds data
-            rates = [run_fio(path, plan.data_size, rw, plan) for _ in range(timing.passes)]
-            out[f"seq_{rw}"] = statistics.median(rates)
-    finally:
-        path.unlink(missing_ok=True)
-    version = subprocess.run(["fio", "--version"], capture_output=True, text=True, check=False)
-    return out, version.stdout.strip()
+class FioAnchor:
+    """fio libpmem runs on a /dev/shm file of its own, one at a time, so that
+    they interleave with daxfs's sequential passes (``between`` of
+    measure_daxfs_file): a load change on the shared machine then falls on
+    both sides alike, as it does for the interleaved 4 KiB rows.
+
+    The file is written once, untimed, on entry: a sparse tmpfs file would be
+    read from the shared zero page, faster than any real data.  The first
+    Unavailable (no fio, fio failed) is kept in ``error`` and stops the runs.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.path: Path | None = None
+        self.rates: dict[str, list[float]] = {"seq_write": [], "seq_read": []}
+        self.error: Unavailable | None = None
+        self.version = ""
+
+    def __enter__(self) -> FioAnchor:
+        try:
+            self.path = pmem_bench.shm_file(self.plan.data_size)
+            run_fio(self.path, self.plan.data_size, "write", self.plan)  # fill, untimed
+            version = subprocess.run(
+                ["fio", "--version"], capture_output=True, text=True, check=False
+            )
+            self.version = version.stdout.strip()
+        except Unavailable as exc:
+            self.error = exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def run(self, rw: Literal["read", "write"]) -> None:
+        """One fio run of ``rw``; its bandwidth joins ``rates["seq_" + rw]``."""
+        if self.error is not None or self.path is None:
+            return
+        try:
+            self.rates[f"seq_{rw}"].append(run_fio(self.path, self.plan.data_size, rw, self.plan))
+        except Unavailable as exc:
+            self.error = exc
+
+    def medians(self) -> dict[str, float]:
+        """Median GiB/s of each kind run at least once (none after an error)."""
+        if self.error is not None:
+            return {}
+        return {key: statistics.median(r) for key, r in self.rates.items() if r}
 
 
 def measure_libpmem2(plan: Plan, timing: Timing) -> dict[str, str]:
@@ -617,10 +659,20 @@ def data_section(plan: Plan, timing: Timing, report: Report) -> None:
         tmpfs = measure_os_file(tmpfs_path, plan.data_size, offsets, timing, disk=False)
         # daxfs, persist="cpu" on /dev/shm
         image_size = plan.data_size + 256 * MIB
-        with daxfs_image(SHM, image_size, "cpu") as (fs, _):
+        with FioAnchor(plan) as fio, daxfs_image(SHM, image_size, "cpu") as (fs, _):
             warm_image(fs)
             dax = measure_daxfs_file(
-                fs, plan.data_size, offsets, timing, report, sequential=True, small=False
+                fs,
+                plan.data_size,
+                offsets,
+                timing,
+                report,
+                sequential=True,
+                small=False,
+                between={
+                    "seq_read": partial(fio.run, "read"),
+                    "seq_write": partial(fio.run, "write"),
+                },
             )
             pairs = None
             try:
@@ -678,16 +730,15 @@ def data_section(plan: Plan, timing: Timing, report: Report) -> None:
     except (Unavailable, OSError) as exc:
         report.note(f"ext4 and msync rows skipped: {exc}")
     # C ceilings
-    ceiling: dict[str, float] = {}
-    try:
-        ceiling, version = measure_fio(plan, timing)
+    ceiling = fio.medians()
+    if fio.error is None:
         report.note(
-            f"fio: {version}, ioengine=libpmem on {SHM} (PMEM_IS_PMEM_FORCE=1), bs=2M, "
+            f"fio: {fio.version}, ioengine=libpmem on {SHM} (PMEM_IS_PMEM_FORCE=1), bs=2M, "
             f"direct=1, write sync=1, time-based; median of {timing.passes} runs of "
-            f"{plan.fio_runtime_ms} ms"
+            f"{plan.fio_runtime_ms} ms, each run after one daxfs pass (interleaved)"
         )
-    except Unavailable as exc:
-        report.note(f"fio anchor unavailable ({exc}); the write ceiling is libpmem2 alone")
+    else:
+        report.note(f"fio anchor unavailable ({fio.error}); the write ceiling is libpmem2 alone")
     pmem2: float | None = None
     try:
         pmem2 = float(measure_libpmem2(plan, timing)["seq_write_gib_s"])
@@ -845,10 +896,13 @@ def latency_section(plan: Plan, report: Report) -> None:
             f"({lat.samples:,} single operations, each timed)"
         )
     report.row(
-        "4 KiB pread p99 latency vs os.pread tmpfs p99", dax_read.p99_ns, os_read.p99_ns, "ns"
+        "4 KiB pread p99 latency vs os.pread tmpfs p99 (lower is better)",
+        dax_read.p99_ns,
+        os_read.p99_ns,
+        "ns",
     )
     report.row(
-        "4 KiB pwrite p99 latency (durable) vs os.pwrite tmpfs p99",
+        "4 KiB pwrite p99 latency (durable) vs os.pwrite tmpfs p99 (lower is better)",
         dax_write.p99_ns,
         os_write.p99_ns,
         "ns",

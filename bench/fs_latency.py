@@ -19,13 +19,13 @@ Nothing here asserts; the callers catch OSError and Unavailable.
 
 from __future__ import annotations
 
-import gc
 import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
 from itertools import cycle, islice
 
+from common import gc_paused
 from report import Latency, percentile
 
 #: op(offset_or_name) for one operation
@@ -34,14 +34,9 @@ Op = Callable[[int], object]
 
 def latency(name: str, op_loop: Callable[[int], list[int]], samples: int) -> Latency:
     """Percentiles of ``op_loop(samples)``, which returns one duration (ns) per operation."""
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         op_loop(min(samples, 1000))  # warm up
         durations = sorted(op_loop(samples))
-    finally:
-        if gc_was:
-            gc.enable()
     return Latency(name, percentile(durations, 0.5), percentile(durations, 0.99), len(durations))
 
 
@@ -82,13 +77,8 @@ def threaded_rate(
     loops = [make_loop(i) for i in range(threads)]
     for loop in loops:
         loop(max(1, ops_per_thread // 10))
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         rates = [_one_run(loops, ops_per_thread) for _ in range(repeats)]
-    finally:
-        if gc_was:
-            gc.enable()
     return statistics.median(rates)
 
 

@@ -171,10 +171,7 @@ def plot_ratios(path: Path, title: str, rows: Sequence[Row]) -> Path:
     ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("ratio to the anchor measured in the same run (black mark: goal)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_latency(path: Path, latencies: Sequence[Latency]) -> Path:
@@ -195,10 +192,7 @@ def plot_latency(path: Path, latencies: Sequence[Latency]) -> Path:
     ax.set_ylabel("latency of one 4 KiB operation (us, log scale)")
     ax.set_title("4 KiB operation latency percentiles (same run)", fontsize=9)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_threads(path: Path, scaling: Sequence[Scaling]) -> Path:
@@ -216,6 +210,11 @@ def plot_threads(path: Path, scaling: Sequence[Scaling]) -> Path:
     ax.set_ylabel("operations per second, all threads")
     ax.set_title("throughput against threads (same run)", fontsize=9)
     ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as PNG, and free it."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -96,3 +96,36 @@ def test_percentile_is_nearest_rank(bench: tuple[ModuleType, ModuleType]) -> Non
     assert report.percentile(samples, 0.5) == 50
     assert report.percentile(samples, 0.99) == 99
     assert report.percentile([7], 0.99) == 7
+
+
+def test_gc_paused_restores_the_collector_as_it_was(bench: tuple[ModuleType, ModuleType]) -> None:
+    import gc
+
+    common, _ = bench
+    was = gc.isenabled()
+    try:
+        for before in (True, False):
+            (gc.enable if before else gc.disable)()
+            with pytest.raises(KeyError), common.gc_paused():
+                assert not gc.isenabled()
+                raise KeyError("the error passes through")
+            assert gc.isenabled() is before
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_bandwidth_runs_the_anchor_between_timed_passes(
+    bench: tuple[ModuleType, ModuleType],
+) -> None:
+    common, _ = bench
+    events: list[str] = []
+
+    def one_pass() -> int:
+        events.append("pass")
+        return 1 << 20
+
+    timing = common.Timing(batch_ns=1, batches=1, passes=3)
+    rate = common.median_gib_per_s(one_pass, timing=timing, between=lambda: events.append("anchor"))
+    assert rate > 0
+    # one untimed warm-up pass, then each timed pass followed by one anchor run
+    assert events == ["pass"] + ["pass", "anchor"] * 3
