@@ -362,6 +362,10 @@ def _tree(r: Repairing, inode: Inode) -> BTree:
 
 
 def _store_tree(r: Repairing, tx: Transaction, inode: Inode, tree: BTree) -> None:
+    """Point ``inode`` at ``tree``, which the repair changed outside Directories:
+    the directory's in-memory index (dir.DirIndex), if a lookup built one, is
+    dropped so that the next lookup rebuilds it from the repaired tree."""
+    r.layers.dirs.drop_index(inode.ino)
     rec = r.layers.itable.dirty(tx, inode)
     rec.map_root, rec.map_height = tree.root, tree.height
     rec.map_kind = MAP_BTREE if tree.root else MAP_NONE
