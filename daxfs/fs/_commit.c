@@ -451,6 +451,16 @@ arg_u63(PyObject *o, const char *what, int64_t *out)
     return 0;
 }
 
+/* crc32c of the pieces back to back */
+static uint32_t
+log_checksum(const Piece *log, int count)
+{
+    uint32_t crc = 0xFFFFFFFFu;
+    for (int i = 0; i < count; i++)
+        crc = crc_update(crc, log[i].p, (size_t)log[i].n);
+    return ~crc;
+}
+
 /*
  * The commit sequence (the module docstring's steps 2-8), shared by both modes.
  * `log`: the pieces of the log payload; `rec`: the patched record.
@@ -458,13 +468,26 @@ arg_u63(PyObject *o, const char *what, int64_t *out)
 static int
 commit_overwrite(Committer *c, uint64_t seq, Py_ssize_t data_off, const char *data,
                  Py_ssize_t n, Py_ssize_t inode_off, const unsigned char *rec, const Piece *log,
-                 int log_pieces, Py_ssize_t log_bytes, uint32_t log_crc)
+                 int log_pieces, Py_ssize_t log_bytes)
 {
     unsigned char header[JH_SIZE];
+    uint32_t log_crc = 0;
     c->stage = STAGE_NONE;
+    /* The log's checksum is needed only by the header.  Natively it is computed
+     * after the log's stores are issued: it then overlaps the drain of their
+     * non-temporal stores instead of adding to it (the crc32 instruction and the
+     * write-combining buffers work side by side until the fence); nothing else
+     * runs meanwhile (the GIL is held), so the pieces are the bytes written.  In
+     * callback mode the writer is Python code, during which another thread could
+     * change a mutable buffer: the checksum is taken first, of the bytes the
+     * writer is then given. */
+    if (c->mode == M_CALLBACK)
+        log_crc = log_checksum(log, log_pieces);
     if (dev_writev(c, c->log_offset, log, log_pieces) < 0)
         return -1;
     c->stage = STAGE_LOG;
+    if (c->mode != M_CALLBACK)
+        log_crc = log_checksum(log, log_pieces);
     /* fence 1: the log is durable before a header can point at it */
     if (dev_drain(c) < 0)
         return -1;
@@ -573,13 +596,10 @@ do_overwrite(Committer *c, int64_t seq, int64_t data_off, Py_buffer *data, int64
     put_u32(jrec_inode + 12, 0);
     Piece log[5] = {{jrec_data, JREC_SIZE}, {data->buf, n}, {zeros, pad},
                     {jrec_inode, JREC_SIZE}, {rec, INODE_SIZE}};
-    uint32_t crc = 0xFFFFFFFFu;
-    for (int i = 0; i < 5; i++)
-        crc = crc_update(crc, log[i].p, (size_t)log[i].n);
     c->base = mem.buf;
     c->size = mem.len;
     if (commit_overwrite(c, (uint64_t)seq, data_off, data->buf, n, inode_off, rec, log, 5,
-                         log_bytes, ~crc) == 0) {
+                         log_bytes) == 0) {
         c->commits++;
         *stamp = now;
         rc = 1;
