@@ -226,6 +226,9 @@ typedef struct {
     PyTypeObject *inode_type, *extent_type, *record_type;
     Py_ssize_t o_rec, o_xcache, o_layouts, o_lock, o_lblk, o_pblk, o_length, o_flags;
     Py_ssize_t o_ino, o_size, o_mtime, o_ctime, max_bytes;
+    /* the journal's class (bound at the first pwrite) and its slot offsets */
+    PyTypeObject *journal_type;
+    Py_ssize_t o_jlock, o_active, o_failed, o_seq, o_commits;
 } Committer;
 
 /* Flush [p, p+n) in a native mode, no fence; -1 with errno set if msync fails. */
@@ -660,8 +663,7 @@ Committer_overwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
  * Python path does.
  */
 
-static PyObject *str_acquire, *str_release, *str_lock, *str_active, *str_failed, *str_seq,
-    *str_commits, *str_overwrite_failed;
+static PyObject *str_acquire, *str_release, *str_lock, *str_overwrite_failed;
 
 /* store a new int in a slot; -1 on failure */
 static int
@@ -810,6 +812,28 @@ hand_failure(Committer *c, PyObject *journal, int64_t seq, PyObject *rec, int64_
     PyErr_Restore(type, exc, tb);
 }
 
+/* Bind the journal's class: the offsets of the slots pwrite reads and sets.  0, or -1
+ * (no exception) if it lacks one: pwrite then misses, the Python path runs. */
+static int
+bind_journal(Committer *c, PyTypeObject *type)
+{
+    Py_ssize_t o[5];
+    if (slot_offset(type, "lock", &o[0]) < 0 || slot_offset(type, "active", &o[1]) < 0 ||
+        slot_offset(type, "failed", &o[2]) < 0 || slot_offset(type, "seq", &o[3]) < 0 ||
+        slot_offset(type, "commits", &o[4]) < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    c->o_jlock = o[0];
+    c->o_active = o[1];
+    c->o_failed = o[2];
+    c->o_seq = o[3];
+    c->o_commits = o[4];
+    Py_INCREF(type);
+    Py_XSETREF(c->journal_type, type);
+    return 0;
+}
+
 /* pwrite(journal, inode, data, pos) -> int | None */
 static PyObject *
 Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
@@ -820,6 +844,8 @@ Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *journal = args[0], *inode = args[1];
     if (c->types == NULL || Py_TYPE(inode) != c->inode_type || !PyLong_CheckExact(args[3]))
+        Py_RETURN_NONE;
+    if (Py_TYPE(journal) != c->journal_type && bind_journal(c, Py_TYPE(journal)) < 0)
         Py_RETURN_NONE;
     int overflow = 0;
     long long pos = PyLong_AsLongLongAndOverflow(args[3], &overflow);
@@ -884,27 +910,21 @@ Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
     }
     int64_t inode_off = (blockno << BLOCK_SHIFT) + (ino & 15) * INODE_SIZE;
     int64_t addr = (pblk << BLOCK_SHIFT) + (pos - lo);
-    /* the journal lock, as Journal.overwrite takes it */
-    jlock = PyObject_GetAttr(journal, str_lock);
-    if (jlock == NULL || call_method0(jlock, str_acquire) < 0) {
-        Py_XDECREF(jlock);
-        jlock = NULL;
+    /* the journal lock, as Journal.overwrite takes it (its slots: bind_journal) */
+    jlock = slot(journal, c->o_jlock);
+    if (jlock == NULL) {
+        Py_DECREF(rec);
+        goto miss;
+    }
+    Py_INCREF(jlock);
+    if (call_method0(jlock, str_acquire) < 0) {
+        Py_CLEAR(jlock);
         Py_DECREF(rec);
         goto fail;
     }
-    PyObject *active = PyObject_GetAttr(journal, str_active);
-    PyObject *failed = active != NULL ? PyObject_GetAttr(journal, str_failed) : NULL;
-    PyObject *seqobj = failed != NULL ? PyObject_GetAttr(journal, str_seq) : NULL;
-    int usable = seqobj != NULL && active == Py_None && failed == Py_None &&
-                 PyLong_CheckExact(seqobj);
+    PyObject *seqobj = slot(journal, c->o_seq);
+    int usable = slot(journal, c->o_active) == Py_None && slot(journal, c->o_failed) == Py_None;
     int64_t seq = usable ? int_u63(seqobj) : -1;
-    Py_XDECREF(active);
-    Py_XDECREF(failed);
-    Py_XDECREF(seqobj);
-    if (PyErr_Occurred()) {
-        Py_DECREF(rec);
-        goto fail_locked;
-    }
     if (seq < 0 || seq + 1 >= (int64_t)(SEQ_LIMIT - 1)) {
         Py_DECREF(rec);
         goto miss_locked;
@@ -922,11 +942,9 @@ Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
         goto miss_locked;
     }
     /* committed: memory takes what the media holds (as Journal.overwrite) */
-    PyObject *seqnew = PyLong_FromLongLong(seq);
-    int bad = seqnew == NULL || PyObject_SetAttr(journal, str_seq, seqnew) < 0 ||
+    int bad = set_slot_int(journal, c->o_seq, seq) < 0 ||
               (end > size && set_slot_int(rec, c->o_size, end) < 0) ||
               set_slot_int(rec, c->o_mtime, stamp) < 0 || set_slot_int(rec, c->o_ctime, stamp) < 0;
-    Py_XDECREF(seqnew);
     if (bad) { /* past the commit point: Journal._overwrite_failed sets memory, as Python does */
         hand_failure(c, journal, seq, rec, end);
         Py_DECREF(rec);
@@ -934,13 +952,9 @@ Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_DECREF(rec);
     /* journal.commits is a statistic: a failure to count it is not the write's */
-    PyObject *commits = PyObject_GetAttr(journal, str_commits);
-    int64_t count = int_u63(commits);
-    Py_XDECREF(commits);
-    PyObject *next = count >= 0 ? PyLong_FromLongLong(count + 1) : NULL;
-    if (next == NULL || PyObject_SetAttr(journal, str_commits, next) < 0)
+    int64_t count = int_u63(slot(journal, c->o_commits));
+    if (count >= 0 && set_slot_int(journal, c->o_commits, count + 1) < 0)
         PyErr_Clear();
-    Py_XDECREF(next);
     result = PyLong_FromLongLong(n);
     goto unlock;
 miss_locked:
@@ -1017,6 +1031,7 @@ Committer_dealloc(Committer *c)
     Py_XDECREF(c->drain);
     Py_XDECREF(c->types);
     Py_XDECREF(c->locations);
+    Py_XDECREF(c->journal_type);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
@@ -1168,10 +1183,6 @@ PyInit__commit(void)
     if ((str_acquire = PyUnicode_InternFromString("acquire")) == NULL ||
         (str_release = PyUnicode_InternFromString("release")) == NULL ||
         (str_lock = PyUnicode_InternFromString("lock")) == NULL ||
-        (str_active = PyUnicode_InternFromString("active")) == NULL ||
-        (str_failed = PyUnicode_InternFromString("failed")) == NULL ||
-        (str_seq = PyUnicode_InternFromString("seq")) == NULL ||
-        (str_commits = PyUnicode_InternFromString("commits")) == NULL ||
         (str_overwrite_failed = PyUnicode_InternFromString("_overwrite_failed")) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);

@@ -136,6 +136,24 @@ class TransactionTooLarge(AssertionError):
 class Journal:
     """The log region and the lock that serialises transactions."""
 
+    # __slots__: Committer.pwrite (File.pwrite's fast path, C) reads lock, active,
+    # failed and seq, and sets seq and commits, by slot offset (no attribute lookups)
+    __slots__ = (
+        "active",
+        "capacity",
+        "commits",
+        "committer",
+        "failed",
+        "header_offset",
+        "lock",
+        "log_offset",
+        "owner",
+        "readonly",
+        "region",
+        "seq",
+        "store",
+    )
+
     def __init__(self, store: PmemStore, start: int, blocks: int, readonly: bool = False) -> None:
         self.store = store
         self.header_offset = start << BLOCK_SHIFT
