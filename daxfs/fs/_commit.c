@@ -25,8 +25,9 @@
  *
  *   native    the device's memory is written directly and flushed with the
  *             persist mode of its daxfs.pmem._native.Region (clwb,
- *             clflushopt, clflush, none, msync), the same copy (non-temporal
- *             from NT_THRESHOLD bytes) and flush code as Region.memcpy.
+ *             clflushopt, clflush, none, msync): persist_copy and
+ *             persist_drain of daxfs/pmem/_persist.h, the code Region.memcpy
+ *             and Region.drain run (non-temporal from NT_THRESHOLD bytes).
  *   callback  dev_write calls the device's writer (the callable the
  *             PmemStore writes through: write(offset, data, drain=False)) and
  *             dev_drain its drain(): any other Device, notably SimulatedPmem
@@ -35,7 +36,7 @@
  *
  * Both modes run the one sequence function (commit_overwrite), so the crash
  * tests on SimulatedPmem test the sequence the native mode runs; what only the
- * native mode does (memcpy and the flush instructions) is the code of
+ * native mode does (the copy and the flush instructions) is the code of
  * Region.memcpy.  A test hook (plant_missing_flush) makes the n-th dev_write
  * store without flushing, in either mode (in callback mode: straight into the
  * device's memory, which SimulatedPmem then sees as a store never flushed); a
@@ -99,10 +100,8 @@ static const char JOURNAL_MAGIC[8] = {'D', 'A', 'X', 'F', 'S', 'J', 'N', 'L'};
 #define STAGE_COMMITTED 3 /* the commit point is passed */
 #define STAGE_DONE 4      /* applied and applied_seq stored */
 
-enum mode { M_CLWB, M_CLFLUSHOPT, M_CLFLUSH, M_NONE, M_MSYNC, M_CALLBACK };
-static const char *mode_names[] = {"clwb", "clflushopt", "clflush", "none", "msync", "callback"};
-
-static long page_size = 4096;
+/* the persist modes of _persist.h, and one more: through the device's callables */
+#define M_CALLBACK PERSIST_MODES
 /* test hook: the n-th dev_write from now stores without flushing (0: off) */
 static long planted_missing_flush = 0;
 /* test hook: the time every overwrite stamps (0: the real clock) */
@@ -231,65 +230,6 @@ typedef struct {
     Py_ssize_t o_jlock, o_active, o_failed, o_seq, o_commits;
 } Committer;
 
-/* Flush [p, p+n) in a native mode, no fence; -1 with errno set if msync fails. */
-static int
-native_flush(int mode, char *p, size_t n)
-{
-    if (n == 0)
-        return 0;
-    switch (mode) {
-#if DAXFS_X86
-    case M_CLWB:
-        flush_clwb(p, n);
-        return 0;
-    case M_CLFLUSHOPT:
-        flush_clflushopt(p, n);
-        return 0;
-    case M_CLFLUSH:
-        flush_clflush(p, n);
-        return 0;
-#endif
-    case M_MSYNC: {
-        uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page_size - 1);
-        return msync((void *)a, (uintptr_t)p + n - a, MS_SYNC);
-    }
-    default:
-        return 0;
-    }
-}
-
-/* Region.memcpy's copy: non-temporal middle from NT_THRESHOLD bytes, flushed ends. */
-static int
-native_copy_flush(int mode, char *dst, const char *src, size_t n, int flush)
-{
-#if DAXFS_X86
-    if (mode != M_MSYNC && n >= NT_THRESHOLD && have_sse2) {
-        size_t head = (size_t)(-(uintptr_t)dst & (LINE - 1));
-        size_t body = (n - head) & ~(size_t)(LINE - 1);
-        size_t tail = n - head - body;
-        if (head) {
-            memcpy(dst, src, head);
-            if (flush)
-                native_flush(mode, dst, head);
-        }
-        if (!flush)
-            memcpy(dst + head, src + head, body); /* the planted bug: cached, not streamed */
-        else if (have_avx2)
-            nt_copy_avx2(dst + head, src + head, body);
-        else
-            nt_copy_sse2(dst + head, src + head, body);
-        if (tail) {
-            memcpy(dst + head + body, src + head + body, tail);
-            if (flush)
-                native_flush(mode, dst + head + body, tail);
-        }
-        return 0;
-    }
-#endif
-    memcpy(dst, src, n);
-    return flush ? native_flush(mode, dst, n) : 0;
-}
-
 static int
 os_error(int e, const char *what, Py_ssize_t off, Py_ssize_t len)
 {
@@ -321,16 +261,15 @@ dev_writev(Committer *c, Py_ssize_t off, const Piece *v, int count)
     Py_ssize_t total = 0;
     if (planted_missing_flush > 0 && --planted_missing_flush == 0)
         flush = 0;
-    if (c->mode != M_CALLBACK) {
+    if (c->mode != M_CALLBACK && flush) {
         for (int i = 0; i < count; i++) {
-            if (native_copy_flush(c->mode, c->base + off + total, v[i].p, (size_t)v[i].n,
-                                  flush) < 0)
+            if (persist_copy(c->mode, c->base + off + total, v[i].p, (size_t)v[i].n) < 0)
                 return os_error(errno, "msync", off + total, v[i].n);
             total += v[i].n;
         }
         return 0;
     }
-    if (!flush) { /* a store the device sees only as memory changed, never flushed */
+    if (!flush) { /* the planted bug: stored, cached, never flushed (either mode) */
         for (int i = 0; i < count; i++) {
             memcpy(c->base + off + total, v[i].p, (size_t)v[i].n);
             total += v[i].n;
@@ -380,12 +319,7 @@ dev_drain(Committer *c)
         Py_DECREF(r);
         return 0;
     }
-#if DAXFS_X86
-    if (c->mode != M_MSYNC)
-        _mm_sfence();
-#else
-    __sync_synchronize();
-#endif
+    persist_drain(c->mode);
     return 0;
 }
 
@@ -663,7 +597,7 @@ Committer_overwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
  * Python path does.
  */
 
-static PyObject *str_acquire, *str_release, *str_lock, *str_overwrite_failed;
+static PyObject *str_overwrite_failed;
 
 /* store a new int in a slot; -1 on failure */
 static int
@@ -697,34 +631,6 @@ static inline int64_t
 slot_u63(PyObject *obj, Py_ssize_t offset)
 {
     return int_u63(slot(obj, offset));
-}
-
-static int
-call_method0(PyObject *obj, PyObject *name)
-{
-    PyObject *stack[1] = {obj};
-    PyObject *r = PyObject_VectorcallMethod(name, stack, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                            NULL);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
-}
-
-/* release `lock`; keeps a pending exception (a failing release replaces it) */
-static int
-release(PyObject *lock)
-{
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (call_method0(lock, str_release) < 0) {
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
-        return -1;
-    }
-    PyErr_Restore(type, value, tb);
-    return type != NULL ? -1 : 0;
 }
 
 static PyObject *
@@ -834,6 +740,106 @@ bind_journal(Committer *c, PyTypeObject *type)
     return 0;
 }
 
+/* An overwrite the fast path takes: read under inode.lock (plan_write). */
+typedef struct {
+    PyObject *rec; /* inode.rec, a new reference (NULL unless planned) */
+    int64_t n, end, addr, inode_off, ino, size, mtime;
+} Plan;
+
+/*
+ * Under inode.lock: is this DataPath.write's overwrite case (inside the cached
+ * written extent, no pins, at or below the size, at most max_bytes), and where
+ * do the data and the inode record go?  1 (planned, *w filled), 0 (a miss, no
+ * exception) or -1 (an exception).
+ */
+static int
+plan_write(Committer *c, PyObject *inode, int64_t n, int64_t pos, Plan *w)
+{
+    /* block numbers up to 2^49: every byte offset below stays under 2^62, no overflow */
+    int64_t blocks = ((int64_t)1 << (62 - BLOCK_SHIFT - 1));
+    w->rec = NULL;
+    PyObject *rec = slot(inode, c->o_rec), *ext = slot(inode, c->o_xcache);
+    PyObject *layouts = slot(inode, c->o_layouts);
+    if (rec == NULL || Py_TYPE(rec) != c->record_type || ext == NULL ||
+        Py_TYPE(ext) != c->extent_type || (layouts != NULL && layouts != Py_None))
+        return 0;
+    int64_t flags = slot_u63(ext, c->o_flags), lblk = slot_u63(ext, c->o_lblk);
+    int64_t pblk = slot_u63(ext, c->o_pblk), length = slot_u63(ext, c->o_length);
+    int64_t size = slot_u63(rec, c->o_size), mtime = slot_u63(rec, c->o_mtime);
+    int64_t ino = slot_u63(rec, c->o_ino);
+    if (flags != 0 || lblk < 0 || lblk > blocks || pblk < 0 || pblk > blocks || length < 0 ||
+        length > blocks || size < 0 || mtime < 0 || ino <= 0)
+        return 0;
+    int64_t lo = lblk << BLOCK_SHIFT, hi = (lblk + length) << BLOCK_SHIFT;
+    if (n <= 0 || n > c->max_bytes || pos < lo || pos > size || pos > hi - n)
+        return 0;
+    /* the inode record's place: a location the inode table has cached */
+    PyObject *key = PyLong_FromLongLong(ino >> 4);
+    PyObject *where = key != NULL ? PyDict_GetItemWithError(c->locations, key) : NULL;
+    Py_XDECREF(key);
+    int64_t blockno = where != NULL && PyLong_CheckExact(where) ? int_u63(where) : -1;
+    if (blockno < 0 || blockno > blocks)
+        return PyErr_Occurred() ? -1 : 0;
+    w->rec = Py_NewRef(rec);
+    w->n = n;
+    w->end = pos + n; /* <= hi: checked above without overflowing */
+    w->addr = (pblk << BLOCK_SHIFT) + (pos - lo);
+    w->inode_off = (blockno << BLOCK_SHIFT) + (ino & 15) * INODE_SIZE;
+    w->ino = ino;
+    w->size = size;
+    w->mtime = mtime;
+    return 1;
+}
+
+/* Under both locks: Journal.overwrite's C case.  The bytes written (an int), None
+ * (a miss: nothing written), or NULL with an exception (from _overwrite_failed). */
+static PyObject *
+commit_planned(Committer *c, PyObject *journal, Py_buffer *data, Plan *w)
+{
+    int usable = slot(journal, c->o_active) == Py_None && slot(journal, c->o_failed) == Py_None;
+    int64_t seq = usable ? int_u63(slot(journal, c->o_seq)) : -1;
+    if (seq < 0 || seq + 1 >= (int64_t)(SEQ_LIMIT - 1))
+        Py_RETURN_NONE;
+    seq += 1;
+    int64_t stamp = -1;
+    int rc = do_overwrite(c, seq, w->addr, data, w->inode_off, w->ino, w->size, w->mtime, w->end,
+                          &stamp);
+    if (rc == 0)
+        Py_RETURN_NONE;
+    /* committed: memory takes what the media holds (as Journal.overwrite); past the
+     * commit point a failure to set it goes to Journal._overwrite_failed, as in Python */
+    if (rc < 0 || set_slot_int(journal, c->o_seq, seq) < 0 ||
+        (w->end > w->size && set_slot_int(w->rec, c->o_size, w->end) < 0) ||
+        set_slot_int(w->rec, c->o_mtime, stamp) < 0 ||
+        set_slot_int(w->rec, c->o_ctime, stamp) < 0) {
+        hand_failure(c, journal, seq, w->rec, w->end);
+        return NULL;
+    }
+    /* journal.commits is a statistic: a failure to count it is not the write's */
+    int64_t count = int_u63(slot(journal, c->o_commits));
+    if (count >= 0 && set_slot_int(journal, c->o_commits, count + 1) < 0)
+        PyErr_Clear();
+    return PyLong_FromLongLong(w->n);
+}
+
+/* Under inode.lock: commit_planned under the journal lock (its slot: bind_journal),
+ * taken as Journal.overwrite takes it. */
+static PyObject *
+pwrite_journal(Committer *c, PyObject *journal, Py_buffer *data, Plan *w)
+{
+    PyObject *jlock = slot(journal, c->o_jlock), *result = NULL;
+    if (jlock == NULL)
+        Py_RETURN_NONE;
+    Py_INCREF(jlock);
+    if (lock_acquire(jlock) == 0) {
+        result = commit_planned(c, journal, data, w);
+        if (lock_release(jlock) < 0)
+            Py_CLEAR(result);
+    }
+    Py_DECREF(jlock);
+    return result;
+}
+
 /* pwrite(journal, inode, data, pos) -> int | None */
 static PyObject *
 Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
@@ -858,14 +864,14 @@ Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Clear(); /* the Python path raises what memoryview(data) raises */
         Py_RETURN_NONE;
     }
-    PyObject *result = NULL, *lock, *jlock = NULL;
+    PyObject *lock;
     if (c->o_lock >= 0) {
         lock = slot(inode, c->o_lock);
         Py_XINCREF(lock);
     } else {
         lock = PyObject_GetAttr(inode, str_lock);
     }
-    if (lock == NULL || call_method0(lock, str_acquire) < 0) {
+    if (lock == NULL || lock_acquire(lock) < 0) {
         Py_XDECREF(lock);
         PyBuffer_Release(&data);
         if (PyErr_Occurred())
@@ -873,105 +879,13 @@ Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     }
     /* with inode.lock: the case of DataPath.write's fast path */
-    /* block numbers up to 2^49: every byte offset below stays under 2^62, no overflow */
-    int64_t n = data.len, blocks = ((int64_t)1 << (62 - BLOCK_SHIFT - 1));
-    PyObject *rec = slot(inode, c->o_rec), *ext = slot(inode, c->o_xcache);
-    PyObject *layouts = slot(inode, c->o_layouts);
-    if (rec == NULL || Py_TYPE(rec) != c->record_type || ext == NULL ||
-        Py_TYPE(ext) != c->extent_type || (layouts != NULL && layouts != Py_None))
-        goto miss;
-    Py_INCREF(rec);
-    int64_t flags = slot_u63(ext, c->o_flags), lblk = slot_u63(ext, c->o_lblk);
-    int64_t pblk = slot_u63(ext, c->o_pblk), length = slot_u63(ext, c->o_length);
-    int64_t size = slot_u63(rec, c->o_size), mtime = slot_u63(rec, c->o_mtime);
-    int64_t ino = slot_u63(rec, c->o_ino);
-    if (flags != 0 || lblk < 0 || lblk > blocks || pblk < 0 || pblk > blocks || length < 0 ||
-        length > blocks || size < 0 || mtime < 0 || ino <= 0) {
-        Py_DECREF(rec);
-        goto miss;
-    }
-    int64_t lo = lblk << BLOCK_SHIFT, hi = (lblk + length) << BLOCK_SHIFT;
-    if (n <= 0 || n > c->max_bytes || pos < lo || pos > size || pos > hi - n) {
-        Py_DECREF(rec);
-        goto miss;
-    }
-    int64_t end = pos + n; /* <= hi: checked above without overflowing */
-    /* the inode record's place: a location the inode table has cached */
-    PyObject *key = PyLong_FromLongLong(ino >> 4);
-    PyObject *where = key != NULL ? PyDict_GetItemWithError(c->locations, key) : NULL;
-    Py_XDECREF(key);
-    int64_t blockno = where != NULL && PyLong_CheckExact(where) ? int_u63(where)
-                                                                : -1;
-    if (blockno < 0 || blockno > blocks) {
-        Py_DECREF(rec);
-        if (PyErr_Occurred())
-            goto fail;
-        goto miss;
-    }
-    int64_t inode_off = (blockno << BLOCK_SHIFT) + (ino & 15) * INODE_SIZE;
-    int64_t addr = (pblk << BLOCK_SHIFT) + (pos - lo);
-    /* the journal lock, as Journal.overwrite takes it (its slots: bind_journal) */
-    jlock = slot(journal, c->o_jlock);
-    if (jlock == NULL) {
-        Py_DECREF(rec);
-        goto miss;
-    }
-    Py_INCREF(jlock);
-    if (call_method0(jlock, str_acquire) < 0) {
-        Py_CLEAR(jlock);
-        Py_DECREF(rec);
-        goto fail;
-    }
-    PyObject *seqobj = slot(journal, c->o_seq);
-    int usable = slot(journal, c->o_active) == Py_None && slot(journal, c->o_failed) == Py_None;
-    int64_t seq = usable ? int_u63(seqobj) : -1;
-    if (seq < 0 || seq + 1 >= (int64_t)(SEQ_LIMIT - 1)) {
-        Py_DECREF(rec);
-        goto miss_locked;
-    }
-    seq += 1;
-    int64_t stamp = -1;
-    int rc = do_overwrite(c, seq, addr, &data, inode_off, ino, size, mtime, end, &stamp);
-    if (rc < 0) {
-        hand_failure(c, journal, seq, rec, end);
-        Py_DECREF(rec);
-        goto fail_locked;
-    }
-    if (rc == 0) {
-        Py_DECREF(rec);
-        goto miss_locked;
-    }
-    /* committed: memory takes what the media holds (as Journal.overwrite) */
-    int bad = set_slot_int(journal, c->o_seq, seq) < 0 ||
-              (end > size && set_slot_int(rec, c->o_size, end) < 0) ||
-              set_slot_int(rec, c->o_mtime, stamp) < 0 || set_slot_int(rec, c->o_ctime, stamp) < 0;
-    if (bad) { /* past the commit point: Journal._overwrite_failed sets memory, as Python does */
-        hand_failure(c, journal, seq, rec, end);
-        Py_DECREF(rec);
-        goto fail_locked;
-    }
-    Py_DECREF(rec);
-    /* journal.commits is a statistic: a failure to count it is not the write's */
-    int64_t count = int_u63(slot(journal, c->o_commits));
-    if (count >= 0 && set_slot_int(journal, c->o_commits, count + 1) < 0)
-        PyErr_Clear();
-    result = PyLong_FromLongLong(n);
-    goto unlock;
-miss_locked:
-    result = Py_NewRef(Py_None);
-    goto unlock;
-fail_locked:
-unlock:
-    if (release(jlock) < 0)
-        Py_CLEAR(result);
-    Py_DECREF(jlock);
-    goto unlock_inode;
-miss:
-    result = Py_NewRef(Py_None);
-    goto unlock_inode;
-fail:
-unlock_inode:
-    if (release(lock) < 0)
+    Plan w;
+    int rc = plan_write(c, inode, data.len, pos, &w);
+    PyObject *result = rc < 0    ? NULL
+                       : rc == 0 ? Py_NewRef(Py_None)
+                                 : pwrite_journal(c, journal, &data, &w);
+    Py_XDECREF(w.rec);
+    if (lock_release(lock) < 0)
         Py_CLEAR(result);
     Py_DECREF(lock);
     PyBuffer_Release(&data);
@@ -990,20 +904,9 @@ Committer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                      &header_offset, &log_offset, &capacity, &mode_name, &write,
                                      &drain))
         return NULL;
-    int mode = -1;
-    for (int i = 0; i <= M_CALLBACK; i++)
-        if (strcmp(mode_name, mode_names[i]) == 0)
-            mode = i;
+    int mode = strcmp(mode_name, "callback") == 0 ? M_CALLBACK : parse_persist_mode(mode_name);
     if (mode < 0)
-        return raise_invalid("unknown persist mode %s", mode_name);
-#if DAXFS_X86
-    if ((mode == M_CLWB && !have_clwb) || (mode == M_CLFLUSHOPT && !have_clflushopt) ||
-        (mode == M_CLFLUSH && !have_clflush))
-        return raise_invalid("this CPU has no %s instruction", mode_name);
-#else
-    if (mode <= M_CLFLUSH)
-        return raise_invalid("cache flush instructions are x86 only, %s unavailable", mode_name);
-#endif
+        return NULL;
     if (mode == M_CALLBACK && (!PyCallable_Check(write) || !PyCallable_Check(drain)))
         return raise_invalid("callback mode needs write and drain callables");
     if (header_offset < 0 || log_offset <= header_offset || capacity <= 0 ||
@@ -1056,7 +959,7 @@ Committer_get_commits(Committer *c, void *unused)
 static PyObject *
 Committer_get_mode(Committer *c, void *unused)
 {
-    return PyUnicode_FromString(mode_names[c->mode]);
+    return PyUnicode_FromString(c->mode == M_CALLBACK ? "callback" : persist_mode_names[c->mode]);
 }
 
 static PyMethodDef Committer_methods[] = {
@@ -1175,15 +1078,9 @@ PyInit__commit(void)
 #if DAXFS_X86 && defined(__x86_64__)
     shift_init();
 #endif
-    long ps = sysconf(_SC_PAGESIZE);
-    if (ps > 0)
-        page_size = ps;
-    if (PyType_Ready(&CommitterType) < 0)
+    if (PyType_Ready(&CommitterType) < 0 || pyutil_init() < 0)
         return NULL;
-    if ((str_acquire = PyUnicode_InternFromString("acquire")) == NULL ||
-        (str_release = PyUnicode_InternFromString("release")) == NULL ||
-        (str_lock = PyUnicode_InternFromString("lock")) == NULL ||
-        (str_overwrite_failed = PyUnicode_InternFromString("_overwrite_failed")) == NULL)
+    if ((str_overwrite_failed = PyUnicode_InternFromString("_overwrite_failed")) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL)

@@ -46,10 +46,6 @@
 
 #define LARGE (256 * 1024)
 
-enum mode { M_CLWB, M_CLFLUSHOPT, M_CLFLUSH, M_NONE, M_MSYNC };
-static const char *mode_names[] = {"clwb", "clflushopt", "clflush", "none", "msync"};
-
-static long page_size = 4096;
 
 /* --------------------------------------------------------------- Region */
 
@@ -132,96 +128,6 @@ parse_range(Region *r, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t *off,
     return check_range(r, *off, *len);
 }
 
-/* Flush [p, p+n) without fencing, in the region's mode. */
-static int
-do_flush(Region *r, char *p, size_t n)
-{
-    if (n == 0)
-        return 0;
-    switch (r->mode) {
-#if DAXFS_X86
-    case M_CLWB:
-        flush_clwb(p, n);
-        return 0;
-    case M_CLFLUSHOPT:
-        flush_clflushopt(p, n);
-        return 0;
-    case M_CLFLUSH:
-        flush_clflush(p, n);
-        return 0;
-#endif
-    case M_NONE:
-        return 0;
-    case M_MSYNC: {
-        uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page_size - 1);
-        uintptr_t end = (uintptr_t)p + n;
-        if (msync((void *)a, end - a, MS_SYNC) != 0)
-            return -1;
-        return 0;
-    }
-    }
-    return 0;
-}
-
-static inline void
-do_drain(Region *r)
-{
-    if (r->mode != M_MSYNC)
-        fence();
-}
-
-/* Copy n bytes to dst (inside the region) and flush them, no fence. */
-static int
-copy_flush(Region *r, char *dst, const char *src, size_t n)
-{
-#if DAXFS_X86
-    if (r->mode != M_MSYNC && n >= NT_THRESHOLD && have_sse2) {
-        size_t head = (size_t)(-(uintptr_t)dst & (LINE - 1));
-        size_t body = (n - head) & ~(size_t)(LINE - 1);
-        size_t tail = n - head - body;
-        if (head) {
-            memcpy(dst, src, head);
-            do_flush(r, dst, head);
-        }
-        if (have_avx2)
-            nt_copy_avx2(dst + head, src + head, body);
-        else
-            nt_copy_sse2(dst + head, src + head, body);
-        if (tail) {
-            memcpy(dst + head + body, src + head + body, tail);
-            do_flush(r, dst + head + body, tail);
-        }
-        return 0;
-    }
-#endif
-    memcpy(dst, src, n);
-    return do_flush(r, dst, n);
-}
-
-static int
-fill_flush(Region *r, char *dst, int c, size_t n)
-{
-#if DAXFS_X86
-    if (r->mode != M_MSYNC && n >= NT_THRESHOLD && have_sse2) {
-        size_t head = (size_t)(-(uintptr_t)dst & (LINE - 1));
-        size_t body = (n - head) & ~(size_t)(LINE - 1);
-        size_t tail = n - head - body;
-        if (head) {
-            memset(dst, c, head);
-            do_flush(r, dst, head);
-        }
-        nt_fill_sse2(dst + head, c, body);
-        if (tail) {
-            memset(dst + head + body, c, tail);
-            do_flush(r, dst + head + body, tail);
-        }
-        return 0;
-    }
-#endif
-    memset(dst, c, n);
-    return do_flush(r, dst, n);
-}
-
 static PyObject *
 Region_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -232,20 +138,9 @@ Region_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "Os|p:Region", kwlist, &buf, &mode_name,
                                      &readonly))
         return NULL;
-    int mode = -1;
-    for (int i = 0; i < 5; i++)
-        if (strcmp(mode_name, mode_names[i]) == 0)
-            mode = i;
+    int mode = parse_persist_mode(mode_name);
     if (mode < 0)
-        return raise_invalid("unknown persist mode %s", mode_name);
-#if DAXFS_X86
-    if ((mode == M_CLWB && !have_clwb) || (mode == M_CLFLUSHOPT && !have_clflushopt) ||
-        (mode == M_CLFLUSH && !have_clflush))
-        return raise_invalid("this CPU has no %s instruction", mode_name);
-#else
-    if (mode <= M_CLFLUSH)
-        return raise_invalid("cache flush instructions are x86 only, %s unavailable", mode_name);
-#endif
+        return NULL;
     Region *r = (Region *)type->tp_alloc(type, 0);
     if (r == NULL)
         return NULL;
@@ -310,7 +205,8 @@ Region_flush(Region *r, PyObject *const *args, Py_ssize_t nargs)
     int rc = 0;
     if (parse_range(r, args, nargs, &off, &len) < 0)
         return NULL;
-    WITHOUT_GIL_IF(len >= LARGE || r->mode == M_MSYNC, rc = do_flush(r, r->base + off, len));
+    WITHOUT_GIL_IF(len >= LARGE || r->mode == M_MSYNC,
+                   rc = persist_flush(r->mode, r->base + off, len));
     if (rc < 0)
         return msync_error(r, off, len);
     Py_RETURN_NONE;
@@ -321,7 +217,7 @@ Region_drain(Region *r, PyObject *unused)
 {
     if (check_open(r) < 0)
         return NULL;
-    do_drain(r);
+    persist_drain(r->mode);
     Py_RETURN_NONE;
 }
 
@@ -332,10 +228,11 @@ Region_persist(Region *r, PyObject *const *args, Py_ssize_t nargs)
     int rc = 0;
     if (parse_range(r, args, nargs, &off, &len) < 0)
         return NULL;
-    WITHOUT_GIL_IF(len >= LARGE || r->mode == M_MSYNC, rc = do_flush(r, r->base + off, len));
+    WITHOUT_GIL_IF(len >= LARGE || r->mode == M_MSYNC,
+                   rc = persist_flush(r->mode, r->base + off, len));
     if (rc < 0)
         return msync_error(r, off, len);
-    do_drain(r);
+    persist_drain(r->mode);
     Py_RETURN_NONE;
 }
 
@@ -364,12 +261,12 @@ Region_memcpy(Region *r, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t n = src.len;
     WITHOUT_GIL_IF(n >= LARGE || r->mode == M_MSYNC,
-                   rc = copy_flush(r, r->base + off, src.buf, n));
+                   rc = persist_copy(r->mode, r->base + off, src.buf, n));
     PyBuffer_Release(&src);
     if (rc < 0)
         return msync_error(r, off, n);
     if (drain)
-        do_drain(r);
+        persist_drain(r->mode);
     Py_RETURN_NONE;
 }
 
@@ -398,11 +295,11 @@ Region_memset(Region *r, PyObject *const *args, Py_ssize_t nargs)
     if (check_range(r, off, len) < 0)
         return NULL;
     WITHOUT_GIL_IF(len >= LARGE || r->mode == M_MSYNC,
-                   rc = fill_flush(r, r->base + off, (int)c, len));
+                   rc = persist_fill(r->mode, r->base + off, (int)c, len));
     if (rc < 0)
         return msync_error(r, off, len);
     if (drain)
-        do_drain(r);
+        persist_drain(r->mode);
     Py_RETURN_NONE;
 }
 
@@ -477,7 +374,7 @@ Region_get_size(Region *r, void *closure)
 static PyObject *
 Region_get_mode(Region *r, void *closure)
 {
-    return PyUnicode_FromString(mode_names[r->mode]);
+    return PyUnicode_FromString(persist_mode_names[r->mode]);
 }
 
 static PyObject *
@@ -562,7 +459,6 @@ typedef struct {
     int shift;
 } ExtentReader;
 
-static PyObject *str_lock, *str_acquire, *str_release;
 
 /* A slot holding an exact int that fits in [0, limit]; -1 otherwise (no exception). */
 static inline Py_ssize_t
@@ -643,19 +539,6 @@ ExtentReader_dealloc(ExtentReader *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Call lock.acquire() or lock.release(); -1 with an exception on failure. */
-static int
-call_lock(PyObject *lock, PyObject *name)
-{
-    PyObject *stack[2] = {NULL, lock};
-    PyObject *res = PyObject_VectorcallMethod(name, stack + 1,
-                                              1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (res == NULL)
-        return -1;
-    Py_DECREF(res);
-    return 0;
-}
-
 /* Take inode.lock; return it (a new reference), NULL with an exception set, or
  * NULL without one if the inode is not of the expected type. */
 static PyObject *
@@ -672,7 +555,7 @@ lock_inode(ExtentReader *self, PyObject *inode)
     } else if ((lock = PyObject_GetAttr(inode, str_lock)) == NULL) {
         return NULL;
     }
-    if (call_lock(lock, str_acquire) < 0) {
+    if (lock_acquire(lock) < 0) {
         Py_DECREF(lock);
         return NULL;
     }
@@ -683,18 +566,9 @@ lock_inode(ExtentReader *self, PyObject *inode)
 static PyObject *
 unlock_inode(PyObject *lock, PyObject *result)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    int rc = call_lock(lock, str_release);
+    if (lock_release(lock) < 0)
+        Py_CLEAR(result);
     Py_DECREF(lock);
-    if (rc < 0) {
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
-        Py_XDECREF(result);
-        return NULL;
-    }
-    PyErr_Restore(type, value, tb);
     return result;
 }
 
@@ -912,14 +786,8 @@ PyMODINIT_FUNC
 PyInit__native(void)
 {
     detect_cpu();
-    long ps = sysconf(_SC_PAGESIZE);
-    if (ps > 0)
-        page_size = ps;
-    if (PyType_Ready(&RegionType) < 0 || PyType_Ready(&ExtentReaderType) < 0)
-        return NULL;
-    if ((str_lock = PyUnicode_InternFromString("lock")) == NULL ||
-        (str_acquire = PyUnicode_InternFromString("acquire")) == NULL ||
-        (str_release = PyUnicode_InternFromString("release")) == NULL)
+    if (PyType_Ready(&RegionType) < 0 || PyType_Ready(&ExtentReaderType) < 0 ||
+        pyutil_init() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL)

@@ -1,15 +1,19 @@
 /*
  * Python-facing helpers shared by the C extensions (daxfs.pmem._native,
- * daxfs.fs._commit): the error class for bad arguments, and reading the
- * __slots__ fields of the filesystem's own classes without attribute lookups.
+ * daxfs.fs._commit): the error class for bad arguments, reading the __slots__
+ * fields of the filesystem's own classes without attribute lookups, parsing a
+ * persist mode (_persist.h), and taking and releasing the filesystem's locks.
  *
  * Include after <Python.h> and <structmember.h>.  Everything is static, so
- * each extension has its own error class, set by its set_error_class().
+ * each extension has its own error class, set by its set_error_class(), and
+ * calls pyutil_init() from its module init.
  */
 #ifndef DAXFS_PYUTIL_H
 #define DAXFS_PYUTIL_H
 
 #include <stdarg.h>
+
+#include "_persist.h"
 
 /* set by set_error_class (daxfs.errors.InvalidArgument); else ValueError */
 static PyObject *invalid_argument = NULL;
@@ -78,6 +82,101 @@ __attribute__((unused)) static inline PyObject *
 slot(PyObject *obj, Py_ssize_t offset)
 {
     return *(PyObject **)((char *)obj + offset);
+}
+
+/* The persist mode called `name` (daxfs.pmem._persist.h), or -1 with the error
+ * class raised: unknown, or this machine cannot use it. */
+__attribute__((unused)) static int
+parse_persist_mode(const char *name)
+{
+    const char *why;
+    int mode = persist_mode_find(name, &why);
+    if (mode < 0)
+        raise_invalid("unknown persist mode %s", name);
+    else if (why != NULL)
+        raise_invalid(why, name);
+    return mode < 0 || why != NULL ? -1 : mode;
+}
+
+/* ------------------------------------------------------------------- locks
+ * The filesystem's locks (inode.lock, Journal.lock: threading.RLock) taken and
+ * released from C through their acquire and release methods, as `with` does.
+ * For the C RLock class the methods are called straight (looked up once, by
+ * pyutil_init); any other lock class through a method call by name.
+ */
+static PyObject *str_acquire, *str_release, *str_lock;
+static PyTypeObject *rlock_type;
+static PyObject *rlock_acquire, *rlock_release;
+
+/* Intern the names and find the C RLock's methods; -1 with an exception. */
+__attribute__((unused)) static int
+pyutil_init(void)
+{
+    if ((str_acquire = PyUnicode_InternFromString("acquire")) == NULL ||
+        (str_release = PyUnicode_InternFromString("release")) == NULL ||
+        (str_lock = PyUnicode_InternFromString("lock")) == NULL)
+        return -1;
+    PyObject *thread = PyImport_ImportModule("_thread");
+    PyObject *type = thread != NULL ? PyObject_GetAttrString(thread, "RLock") : NULL;
+    Py_XDECREF(thread);
+    if (type == NULL || !PyType_Check(type)) {
+        Py_XDECREF(type);
+        PyErr_Clear(); /* no C RLock: every lock is called by name */
+        return 0;
+    }
+    rlock_acquire = PyObject_GetAttr(type, str_acquire);
+    rlock_release = rlock_acquire != NULL ? PyObject_GetAttr(type, str_release) : NULL;
+    if (rlock_release == NULL) {
+        Py_CLEAR(rlock_acquire);
+        Py_DECREF(type);
+        PyErr_Clear();
+        return 0;
+    }
+    rlock_type = (PyTypeObject *)type; /* kept for the module's life */
+    return 0;
+}
+
+/* lock.acquire() (release: lock.release()); -1 with an exception on failure. */
+static int
+lock_call(PyObject *lock, int release)
+{
+    PyObject *r;
+    if (Py_TYPE(lock) == rlock_type) {
+        r = PyObject_Vectorcall(release ? rlock_release : rlock_acquire, &lock, 1, NULL);
+    } else {
+        PyObject *stack[2] = {NULL, lock};
+        r = PyObject_VectorcallMethod(release ? str_release : str_acquire, stack + 1,
+                                      1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+__attribute__((unused)) static inline int
+lock_acquire(PyObject *lock)
+{
+    return lock_call(lock, 0);
+}
+
+/* lock.release(), keeping an exception already set (a failing release replaces
+ * it); -1 if the release failed. */
+__attribute__((unused)) static int
+lock_release(PyObject *lock)
+{
+    if (!PyErr_Occurred())
+        return lock_call(lock, 1);
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (lock_call(lock, 1) < 0) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return -1;
+    }
+    PyErr_Restore(type, value, tb);
+    return 0;
 }
 
 #endif /* DAXFS_PYUTIL_H */
