@@ -460,32 +460,34 @@ class BTree:
         return batch, hi
 
     def nodes(self, reader: Reader) -> Iterator[int]:
-        """Every node's block number, parents before children.
+        """Every node's block number, parents before children (each verified first).
 
         Raises:
             Corrupted (EUCLEAN): a node failed verification or is reachable twice.
         """
-        if self._empty():
-            return
-        seen: set[int] = set()
-        stack = [(self.root, self.height - 1)]
-        while stack:
-            blockno, level = stack.pop()
-            if blockno in seen:
-                raise self._corrupt(blockno, "reachable twice")
-            seen.add(blockno)
-            stack.extend(
-                (child, level - 1) for child in reversed(self._children(reader, blockno, level))
-            )
+        for blockno, _, _, _ in self._walk(reader):
             yield blockno
 
     def leaves(self, reader: Reader) -> Iterator[tuple[int, memoryview, int]]:
         """Every leaf, left to right, as (block, view, count).
 
         Each node is verified as a descent verifies it, and the walk is
-        bounded as ``nodes`` is (a node reachable twice is damage).  The keys
-        come out ascending in a sound tree; the caller checks that if it relies
-        on it (node contents past the header are not verified on reads).
+        bounded as ``nodes`` is (the same walk: a node reachable twice is
+        damage).  The keys come out ascending in a sound tree; the caller
+        checks that if it relies on it (node contents past the header are not
+        verified on reads).
+
+        Raises:
+            Corrupted (EUCLEAN): a node failed verification or is reachable twice.
+        """
+        for blockno, level, view, count in self._walk(reader):
+            if level == 0:
+                yield blockno, view, count
+
+    def _walk(self, reader: Reader) -> Iterator[tuple[int, int, memoryview, int]]:
+        """Every node as (block, level, view, count), depth first, parents before
+        children, children left to right; each node verified (``_node``) before it
+        is yielded.  The one walk of ``nodes`` and ``leaves``.
 
         Raises:
             Corrupted (EUCLEAN): a node failed verification or is reachable twice.
@@ -500,11 +502,10 @@ class BTree:
                 raise self._corrupt(blockno, "reachable twice")
             seen.add(blockno)
             view, count = self._node(reader, blockno, level)
-            if level == 0:
-                yield blockno, view, count
-            else:
+            if level:
                 children = struct.unpack_from(f"<{count}Q", view, INTERNAL_CHILDREN)
                 stack.extend((child, level - 1) for child in reversed(children))
+            yield blockno, level, view, count
 
     def keys(self, reader: Reader) -> array.array[int]:
         """Every key, leaves left to right, as an array of u64 (see ``leaves``).
@@ -516,12 +517,6 @@ class BTree:
         for _, view, count in self.leaves(reader):
             out.frombytes(view[NODE_KEYS : NODE_KEYS + 8 * count])
         return out
-
-    def _children(self, reader: Reader, blockno: int, level: int) -> list[int]:
-        view, count = self._node(reader, blockno, level)
-        if level == 0:
-            return []
-        return list(struct.unpack_from(f"<{count}Q", view, INTERNAL_CHILDREN))
 
     def check(self, reader: Reader) -> list[str]:
         """Verify every node and invariant of the module docstring; describe each problem.

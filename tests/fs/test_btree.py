@@ -442,6 +442,32 @@ def test_bad_child_pointers_with_valid_checksums() -> None:
     assert fs.tree.check(fs.store)
 
 
+def test_leaves_and_nodes_are_one_walk() -> None:
+    """``leaves`` is ``nodes`` restricted to level 0, in the same order, with the same
+    checks: the leaves' keys are every key in order, and damage that stops one walk
+    (a node reachable twice, a node failing its checksum) stops the other too."""
+    fs, model, leaf, _ = corrupt_fixture()
+    levels = node_levels(fs)
+    assert max(levels.values()) >= 1, "the fixture must have internal nodes"
+    leaves = list(fs.tree.leaves(fs.store))
+    assert [b for b, _, _ in leaves] == [b for b in fs.tree.nodes(fs.store) if levels[b] == 0]
+    keys = [k for _, view, count in leaves for k in struct.unpack_from(f"<{count}Q", view, 64)]
+    assert keys == sorted(model) == list(fs.tree.keys(fs.store))
+    root = fs.tree.root
+    children = struct.unpack_from("<2Q", fs.store.block(root), INTERNAL_CHILDREN)
+    reseal(fs, root, INTERNAL_CHILDREN + 8, "<Q", children[0])  # a DAG
+    for walk in (fs.tree.nodes, fs.tree.leaves):
+        with pytest.raises(Corrupted, match="reachable twice"):
+            list(walk(fs.store))
+    reseal(fs, root, INTERNAL_CHILDREN + 8, "<Q", children[1])  # mended
+    assert list(fs.tree.leaves(fs.store)) == leaves
+    fs.store.view[leaf * BLOCK_SIZE + 3000] ^= 0x40  # a leaf fails its checksum
+    fs.store.verified.clear()
+    for walk in (fs.tree.nodes, fs.tree.leaves):
+        with pytest.raises(Corrupted, match=f"node {leaf}: checksum mismatch"):
+            list(walk(fs.store))
+
+
 def test_random_damage_with_valid_checksums_never_crashes() -> None:
     fs, model, _, _ = corrupt_fixture()
     blocks = sorted(fs.tree.nodes(fs.store))
