@@ -27,8 +27,10 @@ next-fit cursor (the end of the previous allocation)::
        the start where one free run of the committed bitmap, less the runs
        T allocated, holds ``count`` blocks, then from the start of the data
        area (wrapping round)                    FreeIndex.find (freeindex.py)
-    2. the same over the bitmap itself, if the index found nothing (a
-       request longer than a bitmap block; the readable reference) _first_fit
+    2. instead of 1 for a request longer than a bitmap block (the index
+       holds no run that long): the same over the bitmap itself  _first_fit
+       (the index's search is exact, so a scan after it found nothing could
+       only find nothing too: none is made)
     3. otherwise several runs, longest first (see "Fewest runs")   _gather
     4. mark the runs in T's bitmap, then the superblock counter   _take
 
@@ -231,14 +233,16 @@ class Allocator:
         if not lo <= start < hi:
             start = lo
         pending = self._pending(tx)
-        # the index first (runs cut at bitmap-block edges), then the bitmap itself
-        first = self.index.find(start, hi, count, pending.taken)
-        if first is None and start > lo:
-            first = self.index.find(lo, min(hi, start + count - 1), count, pending.taken)
-        if first is None:
+        if count <= BPB:
+            # the index finds exactly what _first_fit would (it follows runs across
+            # group edges): when it finds nothing, no scan of the bitmap can
+            first = self.index.find(start, hi, count, pending.taken)
+            if first is None and start > lo:
+                first = self.index.find(lo, min(hi, start + count - 1), count, pending.taken)
+        else:  # longer than a group: the index holds no such run, the bitmap is the truth
             first = self._first_fit(tx, start, hi, count)
-        if first is None and start > lo:
-            first = self._first_fit(tx, lo, min(hi, start + count - 1), count)
+            if first is None and start > lo:
+                first = self._first_fit(tx, lo, min(hi, start + count - 1), count)
         runs = [(first, count)] if first is not None else self._gather(tx, start, count)
         self._take(tx, runs)
         pending.taken += ((s, s + n) for s, n in runs)

@@ -449,6 +449,37 @@ def test_multi_block_bitmap_several_runs_and_full(big: Fs) -> None:
         check_counter(fs, tx)
 
 
+def test_the_bitmap_is_scanned_only_for_runs_longer_than_a_group(
+    big: Fs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request the free-extent index cannot fit with one run goes straight to the
+    several-runs search: no first-fit scan of the bitmap (it could find nothing the
+    index missed).  Only a request longer than a bitmap block's worth scans it."""
+    fs = big
+    fill(fs, keep_free=[(1000 + 300 * i, 200) for i in range(10)])
+    scans: list[int] = []
+    first_fit = fs.alloc._first_fit
+
+    def counting(tx: Transaction, lo: int, hi: int, count: int) -> int | None:
+        scans.append(count)
+        return first_fit(tx, lo, hi, count)
+
+    monkeypatch.setattr(fs.alloc, "_first_fit", counting)
+    with fs.journal.begin() as tx:
+        assert fs.alloc.alloc(tx, 150, goal=2000) == [(2200, 150)]  # the index's first fit
+        runs = fs.alloc.alloc(tx, 350, goal=1000)  # no run holds 350: several runs
+        check_runs(fs, runs, 350)
+        assert len(runs) > 1
+        assert scans == []
+    with fs.journal.begin() as tx:
+        fs.alloc.free(tx, BPB + 500, BPB + 100)
+    with fs.journal.begin() as tx:
+        runs = fs.alloc.alloc(tx, BPB + 10, goal=fs.sb.data_start)  # longer than a group
+        assert runs == [(BPB + 500, BPB + 10)]
+        assert scans == [BPB + 10]
+        check_counter(fs, tx)
+
+
 @pytest.mark.parametrize(
     ("before", "after"),
     [(3, 2), (1, 4), (60, 70), (64, 64), (130, 1)],
