@@ -248,6 +248,69 @@ class Allocator:
         pending.taken += ((s, s + n) for s, n in runs)
         return runs
 
+    def move(self, tx: Transaction, start: int, count: int, goal: int | None = None) -> int | None:
+        """Copy-on-write's allocation: free the ``count`` blocks at ``start`` (in use) and
+        allocate ``count`` others as one run, at or after ``goal`` as ``alloc`` finds it;
+        return the new run's start.  Caller must hold ``tx`` open.
+
+        The same bitmap as ``alloc(tx, count, goal)`` then ``free(tx, start, count)``
+        when ``alloc`` finds one run, with the same rules (the freed blocks do not
+        count as available to ``tx``, the reserve stays); but the free-block count
+        does not change, so the superblock is not dirtied (invariant 1 holds).
+
+        Returns None, with nothing changed, when no single run of ``count`` blocks
+        is available (or ``count`` exceeds a group): then ``alloc`` (several runs)
+        and ``free`` are the way.
+
+        Raises:
+            NoSpace (ENOSPC): fewer than ``count`` blocks are available to ``tx``;
+                nothing changed.
+            Corrupted (EUCLEAN): as ``free`` (a block of the old run is free or
+                outside the data area), or a bitmap block fails its checksum;
+                nothing changed.
+        """
+        assert tx.state == "open", "caller must hold an open transaction"
+        assert count > 0, f"cannot move {count} blocks"
+        end = start + count
+        lo, hi = self._lo, self._hi
+        if start < lo or end > hi:
+            bad = start if not lo <= start < hi else hi
+            raise Corrupted(f"freeing block {bad}: outside the data area [{lo}, {hi})")
+        available = self.available(tx)
+        if count > available:
+            reserve = "" if tx.scratch.get(_RESERVE) else f", {self.reserved} reserved"
+            raise NoSpace(
+                f"cannot allocate {count} blocks: {available} available "
+                f"({self.sup.sb.free_blocks} free{reserve})"
+            )
+        if count > BPB:
+            return None
+        for k, i, j in _segments(start, end):  # invariant 3: check before changing
+            self._verify(k, k + 1)
+            bit = _mismatch(tx.read(self._bm0 + k), i, j, used=True)
+            if bit is not None:
+                raise Corrupted(f"freeing block {k * BPB + bit}, which is already free")
+        at = self._cursor if goal is None else goal
+        if not lo <= at < hi:
+            at = lo
+        pending = self._pending(tx)
+        first = self.index.find(at, hi, count, pending.taken)  # as alloc searches
+        if first is None and at > lo:
+            first = self.index.find(lo, min(hi, at + count - 1), count, pending.taken)
+        if first is None:
+            return None
+        new_end = first + count
+        for k, i, j in _segments(first, new_end):
+            block = tx.write(self._bm0 + k, seal=seal_bitmap_block)
+            assert _mismatch(block, i, j, used=False) is None, (first, count)
+            _fill(block, i, j, used=True)
+        self._mark(tx, start, end, used=False)
+        pending.taken.append((first, new_end))
+        pending.release(start, end)
+        tx.scratch[_FREED] = tx.scratch.get(_FREED, 0) + count
+        self._cursor = new_end if new_end < hi else lo
+        return first
+
     def alloc_one(self, tx: Transaction, goal: int | None = None) -> int:
         """Allocate one block in ``tx``, at or after ``goal`` if possible.
 

@@ -224,7 +224,10 @@ class DataPath:
             return 0
         try:
             with self.journal.begin() as tx:
-                filled = self.write_in(tx, inode, pos, src[:n])
+                if not self._cow_blocks(tx, inode, pos, src[:n]):
+                    filled = self.write_in(tx, inode, pos, src[:n])
+                else:
+                    filled = []
         except NoSpace:
             if n <= self.log_data_max:
                 raise
@@ -238,6 +241,55 @@ class DataPath:
                 for lo, hi in filled:
                     mapping.refresh_file_range(lo, hi)
         return n
+
+    def _cow_blocks(self, tx: Transaction, inode: Inode, pos: int, src: memoryview) -> bool:
+        """``write_in``'s copy-on-write of whole blocks inside one written extent, lean:
+        the fast path of a large aligned overwrite (a sequential writer's pieces).
+
+        When ``src`` covers whole blocks ``[first, first+count)``, all inside the
+        extent ``inode.xcache`` (written, as ``write`` leaves it) and past
+        ``log_data_max`` bytes, with no mapping and ``pos`` within the file: one
+        ``Allocator.move`` (the new run allocated, the old freed, no superblock
+        change), one copy into the new blocks (non-temporal), one map change
+        (``BlockMaps.replace``), the record's times and size.  The same
+        transaction as ``write_in`` makes for it, but for the superblock record
+        (its counters do not change: ``move`` frees what it allocates) and the
+        allocation goal (``_goal``, the same).  Returns False, with nothing done,
+        when the case does not apply or no single free run is long enough: then
+        ``write_in`` does the write in the same transaction.
+
+        Raises:
+            NoSpace, Corrupted: as ``write_in`` (the transaction aborts).
+        """
+        n = len(src)
+        ext = inode.xcache
+        if (
+            n <= self.log_data_max
+            or (pos | n) & (BLOCK_SIZE - 1)
+            or type(ext) is not Extent
+            or ext.flags
+            or inode.mappings
+        ):
+            return False
+        first = pos >> BLOCK_SHIFT
+        count = n >> BLOCK_SHIFT
+        rec = inode.rec
+        if not (ext.lblk <= first and first + count <= ext.lblk + ext.length and pos <= rec.size):
+            return False
+        old = ext.pblk + first - ext.lblk
+        new = self.alloc.move(tx, old, count, self._goal(tx, inode, first))
+        if new is None:
+            return False
+        rec = self.itable.dirty(tx, inode)
+        self.device.write(new << BLOCK_SHIFT, src, drain=False)
+        unmapped = self.maps.replace(tx, inode, first, count, [Extent(first, new, count)])
+        if unmapped != [Extent(first, old, count)]:  # xcache is the map's (extmap.py)
+            raise AssertionError(f"inode {inode.ino}: unmapped {unmapped}, freed {old}+{count}")
+        end = pos + n
+        if end > rec.size:
+            rec.size = end
+        rec.mtime_ns = rec.ctime_ns = now_ns()
+        return True
 
     def _write_in_pieces(
         self, inode: Inode, pos: int, src: memoryview

@@ -1,0 +1,259 @@
+"""The copy-on-write fast path of large aligned overwrites (DataPath._cow_blocks, issue 9).
+
+An overwrite of whole blocks inside one written extent, larger than
+``log_data_max``, is one ``Allocator.move`` (the new run allocated, the old
+run freed: the superblock's counters do not change), one copy and one map
+change.  Each test checks that the fast path was (or was not) taken, and
+that it leaves exactly what the general path (``write_in``) leaves: the same
+bytes, extents, bitmap and counters, then fsck clean and a remount.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import daxfs
+from daxfs.errors import Corrupted, NoSpace
+from daxfs.fs.alloc import Allocator
+from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, DataPath
+from daxfs.fs.extmap import Extent
+from daxfs.fs.fsck import fsck
+from daxfs.fs.layout import MAP_BTREE
+from daxfs.fs.super import SuperState
+from daxfs.testing import SimulatedPmem
+from tests import helpers
+
+BLOCK = 4096
+PIECE = 128 * BLOCK  # 512 KiB: past log_data_max (256 KiB), so copy-on-write
+PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+@pytest.fixture
+def dev() -> Iterator[SimulatedPmem]:
+    yield from helpers.fresh_device(24 << 20)
+
+
+class Moves:
+    """Counts Allocator.move calls and what they returned; and superblock dirtying."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.results: list[int | None] = []
+        self.super_dirtied = 0
+        move = Allocator.move
+        dirty = SuperState.dirty
+
+        def counting_move(alloc: Allocator, *args: object, **kwargs: object) -> int | None:
+            got = move(alloc, *args, **kwargs)  # type: ignore[arg-type]
+            self.results.append(got)
+            return got
+
+        def counting_dirty(sup: SuperState, tx: object) -> object:
+            self.super_dirtied += 1
+            return dirty(sup, tx)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Allocator, "move", counting_move)
+        monkeypatch.setattr(SuperState, "dirty", counting_dirty)
+
+    def reset(self) -> None:
+        self.results.clear()
+        self.super_dirtied = 0
+
+
+def pattern(n: int, salt: int) -> bytes:
+    return bytes((i * 7 + salt) & 0xFF for i in range(256)) * (n // 256)
+
+
+State = tuple[bytes, list[Extent], object, int, int]
+
+
+def state(fs: daxfs.FileSystem, path: str) -> State:
+    """What both paths must leave: the file's bytes and extents, the bitmap, counters."""
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    inode = fs.itable.get(fs.stat(path).st_ino)
+    extents = list(fs.maps.extents(fs.store, inode))
+    used = fs.alloc.used_map(fs.store).tobytes()
+    return data, extents, used, fs.sup.sb.free_blocks, inode.rec.blocks
+
+
+def run(
+    dev: SimulatedPmem, setup: Callable[[daxfs.FileSystem], None], off: int, data: bytes
+) -> State:
+    """Mount ``dev``, run ``setup``, overwrite ``data`` at ``off`` in /f; the state after."""
+    fs = daxfs.mount(dev)
+    try:
+        setup(fs)
+        with fs.open("/f", "rb+", buffering=0) as f:
+            assert f.pwrite(data, off) == len(data)
+        fs.alloc.check_index()
+        return state(fs, "/f")
+    finally:
+        fs.unmount()
+
+
+def contiguous(blocks: int) -> Callable[[daxfs.FileSystem], None]:
+    def setup(fs: daxfs.FileSystem) -> None:
+        with fs.open("/f", "wb", buffering=0) as f:
+            f.write(pattern(blocks * BLOCK, 1))
+
+    return setup
+
+
+def tree_mapped(fs: daxfs.FileSystem) -> None:
+    """/f: 512 blocks whose map is a B+tree (seven extents)."""
+    contiguous(512)(fs)
+    with fs.open("/f", "rb+", buffering=0) as f:
+        for block in (1, 3, 5, 7, 9, 11):
+            f.fallocate(block * BLOCK, BLOCK, PUNCH)
+    inode = fs.itable.get(fs.stat("/f").st_ino)
+    assert inode.rec.map_kind == MAP_BTREE
+
+
+CASES = {
+    "aligned piece inside an extent": (contiguous(512), 128 * BLOCK, PIECE),
+    "the head of an extent": (contiguous(512), 0, PIECE),
+    "the tail of an extent, growing nothing": (contiguous(512), 384 * BLOCK, PIECE),
+    "a whole extent": (contiguous(128), 0, PIECE),
+    "inside an extent of a B+tree map": (tree_mapped, 200 * BLOCK, PIECE),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fast_path_leaves_what_the_general_path_leaves(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup, off, n = CASES[name]
+    data = pattern(n, 99)
+    got: dict[bool, State] = {}
+    for fast in (True, False):
+        dev = SimulatedPmem(24 << 20)
+        daxfs.mkfs(dev)
+        with monkeypatch.context() as m:
+            moves = Moves(m)
+            if not fast:
+                m.setattr(DataPath, "_cow_blocks", lambda *args: False)
+            got[fast] = run(dev, setup, off, data)
+            # setup fills holes (no move): the overwrite's is the only call
+            if fast:
+                assert len(moves.results) == 1
+                assert moves.results[0] is not None
+            else:
+                assert moves.results == []
+        report = fsck(dev)
+        assert report.clean, str(report)
+        with daxfs.mount(dev) as again, again.open("/f", "rb") as f:
+            assert f.read() == got[fast][0]
+        dev.close()
+    assert got[True] == got[False]
+    assert got[True][0][off : off + n] == data
+
+
+def test_fast_path_does_not_dirty_the_superblock(
+    dev: SimulatedPmem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs = daxfs.mount(dev)
+    contiguous(512)(fs)
+    free, blocks = fs.sup.sb.free_blocks, fs.itable.get(fs.stat("/f").st_ino).rec.blocks
+    moves = Moves(monkeypatch)
+    with fs.open("/f", "rb+", buffering=0) as f:
+        for i in range(4):  # a sequential pass of pieces
+            f.pwrite(pattern(PIECE, i), i * PIECE)
+    assert len(moves.results) == 4
+    assert None not in moves.results
+    assert moves.super_dirtied == 0
+    assert fs.sup.sb.free_blocks == free == fs.alloc.count_free(fs.store)
+    assert fs.itable.get(fs.stat("/f").st_ino).rec.blocks == blocks
+    fs.alloc.check_index()
+    fs.unmount()
+    assert fsck(dev).clean
+
+
+@pytest.mark.parametrize(
+    ("off", "n", "why"),
+    [
+        (128 * BLOCK + 1, PIECE, "unaligned offset"),
+        (128 * BLOCK, PIECE - 1, "unaligned length"),
+        (448 * BLOCK, PIECE, "past the extent"),
+        (128 * BLOCK, 32 * BLOCK, "small: journaled, not copied"),
+    ],
+)
+def test_cases_outside_the_fast_path(
+    dev: SimulatedPmem, monkeypatch: pytest.MonkeyPatch, off: int, n: int, why: str
+) -> None:
+    fs = daxfs.mount(dev)
+    contiguous(512)(fs)
+    moves = Moves(monkeypatch)
+    data = pattern(n + 255, 5)[:n]
+    with fs.open("/f", "rb+", buffering=0) as f:
+        assert f.pwrite(data, off) == n
+    assert moves.results == [], why
+    with fs.open("/f", "rb") as f:
+        assert f.read()[off : off + n] == data
+    fs.unmount()
+    assert fsck(dev).clean
+
+
+def test_no_single_free_run_falls_back_to_several(
+    dev: SimulatedPmem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No free run holds the piece: move changes nothing, write_in takes several runs."""
+    fs = daxfs.mount(dev)
+    contiguous(128)(fs)
+    free = fs.alloc.unreserved()
+    with fs.open("/g", "wb", buffering=0) as g:  # fill, then free every other 64 blocks
+        g.write(bytes(free * BLOCK))
+        assert fs.alloc.unreserved() == 0
+        for block in range(0, free - 64, 128):
+            g.fallocate(block * BLOCK, 64 * BLOCK, PUNCH)
+    moves = Moves(monkeypatch)
+    data = pattern(PIECE, 3)
+    with fs.open("/f", "rb+", buffering=0) as f:
+        assert f.pwrite(data, 0) == PIECE
+    assert moves.results == [None]
+    inode = fs.itable.get(fs.stat("/f").st_ino)
+    assert len(list(fs.maps.extents(fs.store, inode))) > 1
+    with fs.open("/f", "rb") as f:
+        assert f.read(PIECE) == data
+    fs.alloc.check_index()
+    fs.unmount()
+    assert fsck(dev).clean
+
+
+# ------------------------------------------------------------------ Allocator.move
+
+
+def test_move_is_alloc_then_free_without_the_counter(dev: SimulatedPmem) -> None:
+    fs = daxfs.mount(dev)
+    alloc = fs.alloc
+    with fs.journal.begin() as tx:
+        ((old, count),) = alloc.alloc(tx, 100)
+    free = fs.sup.sb.free_blocks
+    with fs.journal.begin() as tx:
+        new = alloc.move(tx, old, count, goal=old)
+        assert new is not None
+        assert not (old < new + count and new < old + count)
+        assert alloc.is_allocated(tx, new)
+        assert not alloc.is_allocated(tx, old)
+        assert alloc.count_free(tx) == fs.sup.sb.free_blocks == free
+        with pytest.raises(Corrupted, match="already free"):  # the old run again
+            alloc.move(tx, old, count)
+        assert alloc.count_free(tx) == fs.sup.sb.free_blocks == free  # nothing changed
+        again = alloc.alloc(tx, count, goal=old)  # the blocks freed in tx are not reused
+        assert not any(s < old + count and old < s + n for s, n in again)
+    assert alloc.count_free(fs.store) == fs.sup.sb.free_blocks == free - count
+    assert alloc.is_allocated(fs.store, new)
+    assert not alloc.is_allocated(fs.store, old)
+    alloc.check_index()
+    with fs.journal.begin() as tx:
+        big, length = max(alloc.alloc(tx, alloc.unreserved() - 50), key=lambda r: r[1])
+    assert length >= 100
+    free = fs.sup.sb.free_blocks
+    with pytest.raises(NoSpace), fs.journal.begin() as tx:
+        alloc.move(tx, big, 100)  # 50 available
+    assert alloc.count_free(fs.store) == fs.sup.sb.free_blocks == free
+    assert alloc.is_allocated(fs.store, big)
+    assert alloc.is_allocated(fs.store, big + 99)
+    alloc.check_index()
+    fs.unmount()  # (fsck would call the raw allocations leaks: no file owns them)
