@@ -300,13 +300,14 @@ class Allocator:
         if first is None:
             return None
         new_end = first + count
+        bm0 = self._bm0
         for k, i, j in _segments(first, new_end):
-            block = tx.write(self._bm0 + k, seal=seal_bitmap_block)
-            assert _mismatch(block, i, j, used=False) is None, (first, count)
-            _fill(block, i, j, used=True)
-        self._mark(tx, start, end, used=False)
-        pending.taken.append((first, new_end))
+            hit = _flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, used=True)
+            assert hit is None, f"moving to block {k * BPB + hit}, which is in use"
+        for k, i, j in _segments(start, end):
+            _flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, used=False)  # checked above
         pending.release(start, end)
+        pending.taken.append((first, new_end))
         tx.scratch[_FREED] = tx.scratch.get(_FREED, 0) + count
         self._cursor = new_end if new_end < hi else lo
         return first
@@ -647,6 +648,9 @@ class _Pending:
 
     def release(self, start: int, end: int) -> None:
         """Blocks ``[start, end)`` were freed in the transaction."""
+        if not self.taken:  # the common case: nothing of its own to give back
+            self.freed.append((start, end))
+            return
         keep: Runs = []
         mine: Runs = []  # parts the transaction itself allocated: they just go back
         for ts, te in self.taken:
@@ -674,12 +678,17 @@ class _Pending:
         the next search), never raised over a transaction that is durable already;
         ``Allocator.check_index`` is how tests catch such a disagreement.
         """
-        ok = all(index.remove(start, end) for start, end in self.taken) and all(
-            index.add(start, end) for start, end in self.freed
-        )
-        if not ok:
-            index.disagreements += 1
-            index.invalidate()
+        for start, end in self.taken:
+            if not index.remove(start, end):
+                break
+        else:
+            for start, end in self.freed:
+                if not index.add(start, end):
+                    break
+            else:
+                return
+        index.disagreements += 1
+        index.invalidate()
 
 
 # --------------------------------------------------------------------------- run finding
@@ -855,6 +864,18 @@ def _fill(block: memoryview, i: int, j: int, *, used: bool) -> None:
     bits = int.from_bytes(block[b0:b1], "little")
     bits = bits | mask if used else bits & ~mask
     block[b0:b1] = bits.to_bytes(b1 - b0, "little")
+
+
+def _flip(block: memoryview, i: int, j: int, *, used: bool) -> int | None:
+    """``_fill`` after ``_mismatch(..., used=not used)``, in one read: set (``used``) or
+    clear bits [i, j); return the first bit that was already so (then nothing changed)."""
+    b0, b1, mask = _span(i, j)
+    bits = int.from_bytes(block[b0:b1], "little")
+    bad = (mask & bits) if used else (mask & ~bits)
+    if bad:
+        return b0 * 8 + _ctz1(bad)
+    block[b0:b1] = (bits ^ mask).to_bytes(b1 - b0, "little")
+    return None
 
 
 def _mismatch(block: memoryview, i: int, j: int, *, used: bool) -> int | None:

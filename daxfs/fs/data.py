@@ -188,10 +188,13 @@ class DataPath:
         ):
             if not 0 <= pos < MAX_FILE_SIZE:
                 return self._write(inode, pos, data)
-            self.iomap_begin(inode, pos, 1, IomapFlags.WRITE)  # caches the extent under pos
-            ext = inode.xcache
-            if type(ext) is not Extent:
+            # the extent under pos, cached as iomap_begin caches it (no Iomap needed)
+            found, _ = self.maps.lookup(
+                self.journal.current() or self.store, inode, pos >> BLOCK_SHIFT
+            )
+            if found is None:
                 return self._write(inode, pos, data)
+            inode.xcache = ext = found
         if not ext.flags and not inode.layouts:
             # fast path: an overwrite inside one written extent, with no pin to
             # break, is one transaction of two redo records (Journal.overwrite)
@@ -414,10 +417,11 @@ class DataPath:
         rec.blocks += count
 
     def _goal(self, reader: Reader, inode: Inode, lblk: int) -> int | None:
-        """Allocation goal: right after the extent before ``lblk``."""
+        """Allocation goal: right after the extent before ``lblk`` (the one holding
+        ``lblk - 1``, or the cached one ending before ``lblk``, plus the gap)."""
         ext = inode.xcache
-        if isinstance(ext, Extent) and ext.end <= lblk:
-            return ext.pblk + ext.length + (lblk - ext.end)
+        if isinstance(ext, Extent) and ext.lblk < lblk:
+            return ext.pblk + ext.length + max(0, lblk - ext.end)
         found, _ = self.maps.lookup(reader, inode, lblk - 1) if lblk else (None, 0)
         return found.pblk + found.length if found is not None else None
 

@@ -257,3 +257,24 @@ def test_move_is_alloc_then_free_without_the_counter(dev: SimulatedPmem) -> None
     assert alloc.is_allocated(fs.store, big + 99)
     alloc.check_index()
     fs.unmount()  # (fsck would call the raw allocations leaks: no file owns them)
+
+
+def test_goal_from_the_cached_extent_is_the_goal_from_the_map(dev: SimulatedPmem) -> None:
+    """DataPath._goal answers from inode.xcache when it holds the block before ``lblk``
+    or ``lblk`` itself (a write's case: xcache is the extent under the write): the same
+    block as the map lookup of the extent before (xcache empty) gives."""
+    fs = daxfs.mount(dev)
+    tree_mapped(fs)  # seven extents, holes between the first six
+    inode = fs.itable.get(fs.stat("/f").st_ino)
+    extents = list(fs.maps.extents(fs.store, inode))
+    checked = 0
+    for lblk in range(520):
+        inode.xcache = None
+        want = fs.data._goal(fs.store, inode, lblk)
+        for ext in extents:
+            if ext.lblk <= lblk - 1 < ext.end or ext.lblk <= lblk < ext.end:
+                inode.xcache = ext
+                assert fs.data._goal(fs.store, inode, lblk) == want, (lblk, ext)
+                checked += 1
+    assert checked >= 512
+    fs.unmount()
