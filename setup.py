@@ -34,5 +34,12 @@ setup(
             depends=PERSIST,
             extra_compile_args=FLAGS,
         ),
+        # the miss path of stat (daxfs.fs.filesystem.FileSystem.stat)
+        Extension(
+            "daxfs.fs._stat",
+            sources=["daxfs/fs/_stat.c"],
+            depends=["daxfs/pmem/_pyutil.h"],
+            extra_compile_args=FLAGS,
+        ),
     ]
 )

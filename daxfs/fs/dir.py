@@ -484,6 +484,13 @@ class Directories:
         self._indexes[inode.ino] = index
         return index
 
+    def ready_index(self, inode: Inode) -> DirIndex | None:
+        """The index of directory ``inode`` if one is built and current (no build)."""
+        index = self._indexes.get(inode.ino)
+        if index is not None and index.generation == inode.rec.generation:
+            return index
+        return None
+
     def drop_index(self, ino: int) -> None:
         """Forget the index of directory ``ino`` (rebuilt on its next lookup)."""
         index = self._indexes.pop(ino, None)

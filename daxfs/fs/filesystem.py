@@ -22,6 +22,7 @@ import errno
 import math
 import os
 import stat as st
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -44,9 +45,10 @@ from daxfs.errors import (
     ReadOnly,
     naming,
 )
-from daxfs.fs import modes
+from daxfs.fs import layout, modes
+from daxfs.fs._stat import StatPath
 from daxfs.fs.data import DataPath
-from daxfs.fs.dir import Directories
+from daxfs.fs.dir import Directories, DirIndex
 from daxfs.fs.extmap import BlockMaps
 from daxfs.fs.file import File
 from daxfs.fs.inode import Inode, InodeTable, now_ns
@@ -65,7 +67,7 @@ from daxfs.fs.layout import (
     MAX_NAME,
     Superblock,
 )
-from daxfs.fs.namei import Lookup, Path, Resolver, fspath
+from daxfs.fs.namei import MAX_PATH, Lookup, Path, Resolver, fspath
 from daxfs.fs.super import SuperState
 from daxfs.lifecycle import cleanup_after
 
@@ -79,6 +81,30 @@ if TYPE_CHECKING:
 PATH_CACHE_LIMIT = 1 << 17
 _S_IFMT = 0o170000
 _S_IFDIR = st.S_IFDIR
+_S_IFLNK = st.S_IFLNK
+#: stat's C miss path takes paths of at most this many characters (bytes: at most 4095)
+_FAST_PATH_CHARS = MAX_PATH // 4
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+#: the format constants the C stat path checks records with (one owner: layout.py)
+_STAT_CONSTANTS = {
+    name: getattr(layout, name)
+    for name in (
+        "INODE_MAGIC",
+        "MAX_FILE_SIZE",
+        "MAX_SYMLINK",
+        "INLINE_EXTENTS",
+        "INLINE_AREA",
+        "IFLAG_ORPHAN",
+        "IFLAG_TRUNCATE",
+        "MAP_NONE",
+        "MAP_INLINE",
+        "MAP_BTREE",
+        "MAP_SYMLINK",
+        "BLOCK_SIZE",
+        "INODES_PER_BLOCK",
+        "INODE_SIZE",
+    )
+}
 #: open()'s parsed mode strings (without encoding, errors or newline), by (mode, unbuffered)
 _SPECS: dict[tuple[str, bool], modes.ModeSpec] = {}
 
@@ -131,6 +157,24 @@ class FileSystem:
         self._paths_epoch = dirs.removals
         self.path_hits = 0
         self.path_misses = 0
+        #: the inode cache (ino -> Inode), read by stat
+        self._icache = itable.cache
+        #: stat's C miss path (daxfs/fs/_stat.c); None: fsck-style mounts that load
+        #: records get() would refuse (``check_records`` off), for which the walk answers
+        self._fast: StatPath | None = (
+            StatPath(
+                key=dirs.hash_key,
+                view=store.view,
+                places=itable.places,
+                cache=itable.cache,
+                stat_type=os.stat_result,
+                index_type=DirIndex,
+                dev=self._dev,
+                constants=_STAT_CONSTANTS,
+            )
+            if itable.check_records
+            else None
+        )
         itable.reap = self._reap_unused
         self.resolver = Resolver(
             root=lambda: self.itable.get(INO_ROOT),
@@ -205,6 +249,8 @@ class FileSystem:
                 self._on_unmount(self)
             finally:  # the device is released even when writing the clean state failed
                 self._mounted = False
+                if self._fast is not None:
+                    self._fast.release()
 
     def _check_mounted(self) -> None:
         """Every operation starts here, between operations: a good time to trim caches."""
@@ -800,8 +846,9 @@ class FileSystem:
         """os.stat_result of a file (mode, ino, nlink, uid, gid, size, blocks, ns times).
 
         A str or bytes path that resolved before is looked up in the path cache
-        (``_paths``) instead of walked again; see "Fast paths and in-memory
-        indexes" in docs/ARCHITECTURE.md.
+        (``_paths``) instead of walked again; one whose parent directory did is
+        answered by the C miss path (``_stat_fast``); see "Fast paths and
+        in-memory indexes" in docs/ARCHITECTURE.md.
 
         Raises:
             FileNotFoundError, NotADirectoryError, TooManyLinks (ELOOP),
@@ -822,15 +869,86 @@ class FileSystem:
             if ino is not None and self._mounted:
                 self.path_hits += 1
                 itable = self.itable
+                if ino not in self._icache and self._fast is not None:
+                    found = self._fast.inode(ino, self.sup.sb.inode_hwm)
+                    if found is not None:
+                        return found
                 inode = itable.get(ino)
                 itable.trim()
                 return self._stat_inode(inode)
+            if self._mounted and self._fast is not None:
+                found = self._stat_fast(path, kind, follow_symlinks)
+                if found is not None:
+                    self.path_misses += 1
+                    if len(paths) >= PATH_CACHE_LIMIT:
+                        paths.clear()
+                    paths[path] = found.st_ino
+                    return found
             inode, _ = self._existing(path, follow_symlinks)
             self.path_misses += 1
             if len(paths) >= PATH_CACHE_LIMIT:
                 paths.clear()
             paths[path] = inode.ino
             return self._stat_inode(inode)
+
+    def _stat_fast(self, path: Any, kind: type, follow: bool) -> os.stat_result | None:
+        """stat of ``path`` through the C miss path, or None: the walk must answer.
+
+        Answers only a path "HEAD/NAME" whose HEAD resolves (through the path
+        cache, filled here) to a cached directory with a current index, and
+        whose NAME that index holds: the rest (absent names, ".", "..", long
+        names, symbolic links to follow, records that fail a check, errors of
+        every kind) is left to the walk, the reference, which raises what
+        must be raised.  Caller holds the filesystem lock; mounted; no
+        transaction open.
+        """
+        if len(path) > _FAST_PATH_CHARS:  # 4 bytes a character at most: under MAX_PATH
+            return None
+        if kind is str:
+            head, sep, tail = path.rpartition("/")
+            try:
+                name = tail.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode
+            except UnicodeError:
+                return None
+            parents = self._paths[True]
+        else:
+            head, sep, name = path.rpartition(b"/")
+            parents = self._bpaths[True]
+        if not sep or not name:
+            return None
+        parent_ino = parents.get(head) if head else INO_ROOT
+        if parent_ino is None:
+            parent_ino = self._resolve_parent(head, parents)
+            if parent_ino is None:
+                return None
+        parent = self._icache.get(parent_ino)
+        if parent is None or parent.rec.mode & _S_IFMT != _S_IFDIR:
+            return None
+        index = self.dirs.ready_index(parent)
+        if index is None:
+            return None
+        assert self._fast is not None
+        found = self._fast.child(index, name, self.sup.sb.inode_hwm, follow)
+        if not isinstance(found, int):
+            return found
+        if found < 0:
+            return None
+        inode = self.itable.get(found)  # cached: answered from memory
+        if follow and inode.rec.mode & _S_IFMT == _S_IFLNK:
+            return None
+        return self._stat_inode(inode)
+
+    def _resolve_parent(self, head: Any, parents: dict[Any, int]) -> int | None:
+        """The ino ``head`` resolves to (links followed), remembered in ``parents``;
+        None if it does not resolve (the walk of the whole path says why)."""
+        try:
+            inode, _ = self._existing(head, True)
+        except OSError:
+            return None
+        if len(parents) >= PATH_CACHE_LIMIT:
+            parents.clear()
+        parents[head] = inode.ino
+        return inode.ino
 
     def _forget_paths(self) -> None:
         """Empty stat's path cache (a name was removed or retargeted)."""

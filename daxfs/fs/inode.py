@@ -69,6 +69,7 @@ shared by all inodes.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import stat
 import threading
@@ -106,10 +107,11 @@ CACHE_LIMIT = 1 << 17
 #: how far below the limit a trim goes, so that it runs once per that many new inodes
 TRIM_SLACK = 1024
 #: inode-file blocks whose location is remembered (a block holds 16 inodes)
-LOCATION_CACHE = 1 << 16
+LOCATION_CACHE = 1 << 18
 
-#: (reader, inode-file block) -> device block, or None if unmapped
-Locator = Callable[[Reader, int], int | None]
+#: (reader, inode-file block) -> the extent holding it (first inode-file block, first
+#: device block, blocks), or None if unmapped
+Locator = Callable[[Reader, int], tuple[int, int, int] | None]
 #: (tx, first new inode-file block, block count) -> None: grow the inode file
 Grower = Callable[[Transaction, int, int], None]
 
@@ -244,6 +246,9 @@ class InodeTable:
         self.sup = sup
         self._cache: OrderedDict[int, Inode] = OrderedDict()
         self._blocks: dict[int, int] = {0: sup.sb.inode_block0}
+        #: the same, as an array indexed by inode-file block (0: not known), for the C
+        #: stat path (daxfs/fs/_stat.c): one memory access instead of a dict's four
+        self._places: array.array[int] = array.array("Q", [sup.sb.inode_block0])
         self.locate: Locator | None = None
         self.grow: Grower | None = None
         #: frees an unlinked inode after its last put (installed by the filesystem);
@@ -279,11 +284,23 @@ class InodeTable:
             found = self.locate(reader, fblock)
             if found is None:
                 raise Corrupted(f"inode {ino}: the inode file has no block {fblock}")
-            blockno = found
-            if not self.growing and len(self._blocks) < LOCATION_CACHE:
+            first, start, count = found
+            blockno = start + fblock - first
+            room = LOCATION_CACHE - len(self._blocks)
+            if not self.growing and room > 0:
                 # the inode file's map changes only while it grows; any other time what
-                # a reader (store or transaction) finds is committed and stable forever
-                self._blocks[fblock] = blockno
+                # a reader (store or transaction) finds is committed and stable forever:
+                # remember the whole extent (a stat of random names then rarely descends)
+                lo = max(first, fblock - room // 2)
+                hi = min(first + count, lo + room)
+                for b in range(lo, hi):
+                    self._blocks[b] = start + b - first
+                places = self._places
+                top = min(hi, LOCATION_CACHE)  # the array stays under 8 * LOCATION_CACHE bytes
+                if len(places) < top:
+                    places.frombytes(bytes(8 * (top - len(places))))
+                for b in range(lo, top):
+                    places[b] = start + b - first
         return blockno, slot * INODE_SIZE
 
     def read_record(self, reader: Reader, ino: int) -> InodeRecord:
@@ -365,6 +382,19 @@ class InodeTable:
 
     def cached(self, ino: int) -> Inode | None:
         return self._cache.get(ino)
+
+    @property
+    def places(self) -> array.array[int]:
+        """``locations`` as an array indexed by inode-file block, 0 where not known
+        (block 0 of a filesystem is the superblock, never an inode-file block); the
+        first LOCATION_CACHE blocks of the inode file only (16 inodes a block)."""
+        return self._places
+
+    @property
+    def cache(self) -> dict[int, Inode]:
+        """The cache itself, ino -> Inode, for the C stat path (daxfs/fs/_stat.c), which
+        only reads it: an inode found there is answered from memory, not from media."""
+        return self._cache
 
     def trim(self) -> None:
         """Evict unused inodes beyond the cache limit. Call between operations only.

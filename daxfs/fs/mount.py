@@ -267,9 +267,9 @@ def build_layers(store: PmemStore, sup: SuperState) -> Layers:
     itable = InodeTable(store, sup)
     maps = BlockMaps(itable, alloc)
 
-    def locate(reader: Reader, fblock: int) -> int | None:
+    def locate(reader: Reader, fblock: int) -> tuple[int, int, int] | None:
         ext, _ = maps.lookup(reader, itable.get(INO_INODE_FILE), fblock)
-        return ext.pblk + (fblock - ext.lblk) if ext is not None else None
+        return (ext.lblk, ext.pblk, ext.length) if ext is not None else None
 
     def grow(tx: Transaction, first: int, count: int) -> None:
         inode_file = itable.get(INO_INODE_FILE)

@@ -1,0 +1,746 @@
+/*
+ * daxfs.fs._stat: the miss path of stat, in C.
+ *
+ * Theory of operation
+ * -------------------
+ * The reference is Python: FileSystem.stat walks the path (daxfs.fs.namei),
+ * looks each name up in its directory (Directories.lookup: the dentry cache,
+ * then the directory index DirIndex, then the B+tree), loads the inode
+ * (InodeTable.get: decode, checksum, record_problem) and builds the
+ * os.stat_result (FileSystem._stat_inode).  When a path's parent directory is
+ * known (stat's path cache) and indexed, the last step -- one name in one
+ * directory, then its inode -- is what a stat of a name not seen before costs,
+ * and Python spends about 15 us on it.  StatPath does that step:
+ *
+ *     child(index, name, hwm, follow)
+ *         1. key = BLAKE2b-64(hash_key, name)   (Directories.hash, byte for byte)
+ *         2. probe the index: the pending changes (added, removed), then a
+ *            binary search of its sorted keys; the slot's name compared byte
+ *            for byte (DirIndex.find)
+ *         3. the inode: cached in the inode table -> its number is returned,
+ *            the caller builds the result from the Inode in memory;
+ *            else read(ino, ...) below
+ *     inode(ino, hwm)
+ *         4. place the record through the inode table's location cache
+ *            (InodeTable.locations), copy its 256 bytes out of device memory,
+ *            check them as InodeRecord.unpack_from, InodeTable.get and
+ *            record_problem do (magic, crc32c, inode number, in use, mode,
+ *            flags, size, map kind, inline counts)
+ *         5. build the os.stat_result as FileSystem._stat_inode does
+ *
+ * Anything this module does not answer with certainty -- a pending change of
+ * the index on the key, a key the index keeps as "read the tree", a name the
+ * index lacks, a symbolic link to follow, an inode number or location it
+ * cannot place, a record that fails a check -- returns -1 (or None), and the
+ * caller takes the reference path, which then raises the error the reference
+ * raises (with its errno and path).  So the fast path only ever answers what
+ * the reference would answer, and never raises for media it dislikes.
+ *
+ * Invariants
+ *   1. Only device memory and the caller's objects are read; nothing is
+ *      written, nothing is cached here.
+ *   2. The record is copied out of device memory before it is checked, and
+ *      only the copy is used (media is untrusted, and may change under us).
+ *   3. Every offset is checked against the view's length before a byte is
+ *      read.
+ *   4. The layout constants come from daxfs.fs.layout (the constructor's
+ *      `constants`); none is written here.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "../pmem/_pyutil.h"
+
+#define S_FMT 0170000u
+#define S_REG 0100000u
+#define S_DIR 0040000u
+#define S_LNK 0120000u
+#define RECORD 256
+#define SLOT 16 /* DirIndex: a length byte and 15 name bytes */
+#define STAT_FIELDS 19
+#define INTERPOLATIONS 4 /* then a binary search of what is left */
+
+/* ------------------------------------------------------------------ BLAKE2b (RFC 7693) */
+
+static const uint64_t blake2b_iv[8] = {
+    0x6A09E667F3BCC908ULL, 0xBB67AE8584CAA73BULL, 0x3C6EF372FE94F82BULL,
+    0xA54FF53A5F1D36F1ULL, 0x510E527FADE682D1ULL, 0x9B05688C2B3E6C1FULL,
+    0x1F83D9ABFB41BD6BULL, 0x5BE0CD19137E2179ULL};
+
+static const uint8_t sigma[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
+
+static inline uint64_t
+rotr64(uint64_t x, int n)
+{
+    return (x >> n) | (x << (64 - n));
+}
+
+static inline uint64_t
+load64(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8); /* little-endian hosts only: see the module's init */
+    return v;
+}
+
+#define G(a, b, c, d, x, y)                                                                  \
+    do {                                                                                     \
+        v[a] = v[a] + v[b] + (x);                                                            \
+        v[d] = rotr64(v[d] ^ v[a], 32);                                                      \
+        v[c] = v[c] + v[d];                                                                  \
+        v[b] = rotr64(v[b] ^ v[c], 24);                                                      \
+        v[a] = v[a] + v[b] + (y);                                                            \
+        v[d] = rotr64(v[d] ^ v[a], 16);                                                      \
+        v[c] = v[c] + v[d];                                                                  \
+        v[b] = rotr64(v[b] ^ v[c], 63);                                                      \
+    } while (0)
+
+/* compress one 128-byte block into h; t = bytes hashed so far, last: the final block */
+static void
+blake2b_compress(uint64_t h[8], const unsigned char *block, uint64_t t, int last)
+{
+    uint64_t v[16], m[16];
+    for (int i = 0; i < 16; i++)
+        m[i] = load64(block + 8 * i);
+    for (int i = 0; i < 8; i++) {
+        v[i] = h[i];
+        v[i + 8] = blake2b_iv[i];
+    }
+    v[12] ^= t; /* the high half of the 128-bit counter stays 0: names are short */
+    if (last)
+        v[14] = ~v[14];
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = sigma[r];
+        G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++)
+        h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* the state after the key block of BLAKE2b with an 8-byte digest and `key` */
+static void
+blake2b_keyed_init(uint64_t h[8], const unsigned char *key, size_t keylen)
+{
+    unsigned char block[128] = {0};
+    memcpy(h, blake2b_iv, sizeof blake2b_iv);
+    h[0] ^= 0x01010000ULL ^ ((uint64_t)keylen << 8) ^ 8u;
+    memcpy(block, key, keylen);
+    blake2b_compress(h, block, 128, 0); /* never the last block: names are not empty */
+}
+
+/* the 8-byte digest, as int.from_bytes(digest, "little"), of a name of 1..MAX bytes */
+static uint64_t
+blake2b_name(const uint64_t h0[8], const unsigned char *name, size_t n)
+{
+    uint64_t h[8];
+    unsigned char block[128];
+    uint64_t t = 128;
+    memcpy(h, h0, sizeof h);
+    while (n > 128) {
+        t += 128;
+        blake2b_compress(h, name, t, 0);
+        name += 128;
+        n -= 128;
+    }
+    memset(block, 0, sizeof block);
+    memcpy(block, name, n);
+    blake2b_compress(h, block, t + n, 1);
+    return h[0];
+}
+
+/* ------------------------------------------------------------------ the StatPath object */
+
+typedef struct {
+    PyObject_HEAD
+    uint64_t h0[8];        /* BLAKE2b after the key block */
+    PyObject *view;        /* the store's view of the whole filesystem */
+    PyObject *places;      /* array('Q'): inode-file block -> device block, 0: not known */
+    PyObject *cache;       /* dict (an OrderedDict): ino -> Inode */
+    PyObject *stat_type;   /* os.stat_result */
+    PyObject *dev;         /* st_dev */
+    PyTypeObject *index_type;
+    Py_ssize_t o_keys, o_values, o_names, o_added, o_removed;
+    /* the layout (daxfs.fs.layout) */
+    uint32_t magic;
+    uint64_t max_file_size, max_symlink, inline_extents, inline_area;
+    uint32_t flag_orphan, flag_truncate;
+    unsigned map_none, map_inline, map_btree, map_symlink;
+    uint64_t block_size, inodes_per_block, ino_limit;
+} StatPath;
+
+static inline uint64_t
+get_u64(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint32_t
+get_u32(const unsigned char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline uint16_t
+get_u16(const unsigned char *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* ------------------------------------------------------------------ crc32c */
+
+static uint32_t crc_table[256];
+static int have_sse42;
+
+static void
+crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
+        crc_table[i] = c;
+    }
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    have_sse42 = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t
+crc_hw(uint32_t c, const unsigned char *p, size_t n)
+{
+    uint64_t c64 = c;
+    for (; n >= 8; n -= 8, p += 8)
+        c64 = __builtin_ia32_crc32di(c64, get_u64(p));
+    c = (uint32_t)c64;
+    while (n--)
+        c = __builtin_ia32_crc32qi(c, *p++);
+    return c;
+}
+#endif
+
+static uint32_t
+crc_update(uint32_t c, const unsigned char *p, size_t n)
+{
+#if defined(__x86_64__)
+    if (have_sse42)
+        return crc_hw(c, p, n);
+#endif
+    while (n--)
+        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c;
+}
+
+/* crc32c of a record with its checksum field (bytes 4..8) taken as zero */
+static uint32_t
+record_crc(const unsigned char *rec)
+{
+    static const unsigned char zero[4];
+    uint32_t c = crc_update(0xFFFFFFFFu, rec, 4);
+    c = crc_update(c, zero, 4);
+    return ~crc_update(c, rec + 8, RECORD - 8);
+}
+
+/* ------------------------------------------------------------------ the record */
+
+/* record_problem of daxfs.fs.inode, plus unpack_from's and get's checks: 1 if usable */
+static int
+record_ok(StatPath *s, const unsigned char *rec, uint64_t ino)
+{
+    if (get_u32(rec) != s->magic || get_u32(rec + 4) != record_crc(rec) ||
+        get_u64(rec + 8) != ino)
+        return 0;
+    uint32_t mode = get_u32(rec + 16), flags = get_u32(rec + 84);
+    uint64_t size = get_u64(rec + 32);
+    unsigned kind = rec[104];
+    unsigned count = get_u16(rec + 106);
+    uint32_t fmt = mode & S_FMT;
+    if (mode == 0 || (mode & ~(fmt | 07777u)))
+        return 0;
+    int kind_ok;
+    if (fmt == S_REG)
+        kind_ok = kind == s->map_none || kind == s->map_inline || kind == s->map_btree;
+    else if (fmt == S_DIR)
+        kind_ok = kind == s->map_none || kind == s->map_btree;
+    else if (fmt == S_LNK)
+        kind_ok = kind == s->map_none || kind == s->map_inline || kind == s->map_btree ||
+                  kind == s->map_symlink;
+    else
+        return 0;
+    if (!kind_ok)
+        return 0;
+    if (flags & ~(s->flag_orphan | (fmt == S_REG ? s->flag_truncate : 0)))
+        return 0;
+    if (size > (fmt == S_LNK ? s->max_symlink : s->max_file_size))
+        return 0;
+    if (kind == s->map_inline && count > s->inline_extents)
+        return 0;
+    if (kind == s->map_symlink && !(0 < size && size == count && count <= s->inline_area))
+        return 0;
+    return 1;
+}
+
+static int
+set_item(PyObject *result, Py_ssize_t i, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    PyStructSequence_SET_ITEM(result, i, value);
+    return 0;
+}
+
+/* os.stat_result of a checked record, as FileSystem._stat_inode builds it */
+static PyObject *
+build_stat(StatPath *s, const unsigned char *rec)
+{
+    uint32_t mode = get_u32(rec + 16);
+    uint64_t blocks = get_u64(rec + 40);
+    uint64_t size = (mode & S_FMT) == S_DIR ? (blocks > 1 ? blocks : 1) * s->block_size
+                                             : get_u64(rec + 32);
+    int64_t times[3];
+    memcpy(&times[0], rec + 48, 8);
+    memcpy(&times[1], rec + 56, 8);
+    memcpy(&times[2], rec + 64, 8);
+    uint64_t sectors = s->block_size / 512;
+    if (blocks > UINT64_MAX / s->block_size)
+        return Py_NewRef(Py_None); /* Python's integers do not overflow: let it answer */
+    PyObject *r = PyStructSequence_New((PyTypeObject *)s->stat_type);
+    if (r == NULL)
+        return NULL;
+    int bad = set_item(r, 0, PyLong_FromUnsignedLong(mode)) ||
+              set_item(r, 1, PyLong_FromUnsignedLongLong(get_u64(rec + 8))) ||
+              set_item(r, 2, Py_NewRef(s->dev)) ||
+              set_item(r, 3, PyLong_FromUnsignedLong(get_u32(rec + 20))) ||
+              set_item(r, 4, PyLong_FromUnsignedLong(get_u32(rec + 24))) ||
+              set_item(r, 5, PyLong_FromUnsignedLong(get_u32(rec + 28))) ||
+              set_item(r, 6, PyLong_FromUnsignedLongLong(size));
+    for (int i = 0; i < 3 && !bad; i++) {
+        /* Python's floor division and true division of the ns time */
+        int64_t t = times[i], sec = t / 1000000000, rem = t % 1000000000;
+        if (rem < 0)
+            sec -= 1;
+        bad = set_item(r, 7 + i, PyLong_FromLongLong(sec)) ||
+              set_item(r, 10 + i, PyFloat_FromDouble((double)t / 1e9)) ||
+              set_item(r, 13 + i, PyLong_FromLongLong(t));
+    }
+    if (!bad)
+        bad = set_item(r, 16, PyLong_FromUnsignedLongLong(s->block_size)) ||
+              set_item(r, 17, PyLong_FromUnsignedLongLong(blocks * sectors)) ||
+              set_item(r, 18, PyLong_FromLong(0));
+    if (bad) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* the device block holding inode `ino` (InodeTable.places); 0: not known; -1: error */
+static uint64_t
+place(StatPath *s, uint64_t ino)
+{
+    Py_buffer pb;
+    if (PyObject_GetBuffer(s->places, &pb, PyBUF_SIMPLE) < 0)
+        return (uint64_t)-1;
+    uint64_t fblock = ino / s->inodes_per_block, blockno = 0;
+    if (fblock < (uint64_t)pb.len / 8)
+        blockno = get_u64((const unsigned char *)pb.buf + 8 * fblock);
+    PyBuffer_Release(&pb);
+    return blockno;
+}
+
+/* stat_result of inode `ino` from device memory; None if the reference must answer.
+ * `cached`: first look the inode up in the inode cache, and if it is there return its
+ * number (the caller answers from the Inode in memory, the truth inside a transaction) */
+static PyObject *
+stat_from_media(StatPath *s, uint64_t ino, uint64_t hwm, int refuse_link, int cached)
+{
+    if (ino == 0 || ino >= hwm || ino >= s->ino_limit)
+        Py_RETURN_NONE;
+    uint64_t blockno = place(s, ino);
+    if (blockno == (uint64_t)-1)
+        return NULL;
+    Py_buffer mem;
+    if (PyObject_GetBuffer(s->view, &mem, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint64_t offset = 0;
+    int placed = blockno != 0 && blockno < (uint64_t)mem.len / s->block_size;
+    if (placed) {
+        offset = blockno * s->block_size + (ino % s->inodes_per_block) * RECORD;
+        placed = offset + RECORD <= (uint64_t)mem.len; /* invariant 3 */
+    }
+    if (placed) /* fetch the record while the cache is searched */
+        for (int i = 0; i < RECORD; i += 64)
+            __builtin_prefetch((const char *)mem.buf + offset + i);
+    if (cached) {
+        PyObject *pino = PyLong_FromUnsignedLongLong(ino);
+        if (pino == NULL || PyDict_GetItemWithError(s->cache, pino) != NULL) {
+            PyBuffer_Release(&mem);
+            return pino; /* in memory: the caller builds from the Inode */
+        }
+        Py_DECREF(pino);
+        if (PyErr_Occurred()) {
+            PyBuffer_Release(&mem);
+            return NULL;
+        }
+    }
+    unsigned char rec[RECORD];
+    if (placed)
+        memcpy(rec, (const char *)mem.buf + offset, RECORD); /* invariant 2 */
+    PyBuffer_Release(&mem);
+    if (!placed || !record_ok(s, rec, ino))
+        Py_RETURN_NONE; /* not placed yet (the reference finds it), or damaged */
+    if (refuse_link && (get_u32(rec + 16) & S_FMT) == S_LNK)
+        Py_RETURN_NONE; /* a symbolic link to follow: the walk does */
+    return build_stat(s, rec);
+}
+
+/* DirIndex.find for `key`, `name`: 1 found (ino, type set), 0 absent, -1 ask the tree,
+ * -2 error */
+static int
+probe(StatPath *s, PyObject *index, uint64_t key, const char *name, Py_ssize_t n,
+      uint64_t *value)
+{
+    PyObject *keys = slot(index, s->o_keys), *values = slot(index, s->o_values);
+    PyObject *names = slot(index, s->o_names), *added = slot(index, s->o_added);
+    PyObject *removed = slot(index, s->o_removed);
+    if (!keys || !values || !names || !added || !removed || !PyBytes_Check(names) ||
+        !PyDict_Check(added) || !PyAnySet_Check(removed))
+        return -1;
+    if (PyDict_GET_SIZE(added) || PySet_GET_SIZE(removed))
+        return -1; /* pending changes: the reference reads them */
+    Py_buffer kb, vb;
+    if (PyObject_GetBuffer(keys, &kb, PyBUF_SIMPLE) < 0)
+        return -2;
+    if (PyObject_GetBuffer(values, &vb, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&kb);
+        return -2;
+    }
+    Py_ssize_t count = kb.len / 8;
+    int rc = 0;
+    if (vb.len != kb.len || PyBytes_GET_SIZE(names) != count * SLOT) {
+        rc = -1;
+        goto done;
+    }
+    const unsigned char *k = kb.buf;
+    Py_ssize_t lo = 0, hi = count;
+    /* keys are keyed hashes, spread evenly: a few interpolation steps get within a
+     * cache line or two of the key (each step keeps keys[lo-1] < key <= keys[hi]) */
+    uint64_t klo = 0, khi = UINT64_MAX;
+    for (int step = 0; step < INTERPOLATIONS && hi - lo > 8; step++) {
+        unsigned __int128 num = (unsigned __int128)(key - klo) * (uint64_t)(hi - lo);
+        Py_ssize_t mid = lo + (Py_ssize_t)(num / ((unsigned __int128)(khi - klo) + 1));
+        if (mid >= hi)
+            mid = hi - 1;
+        uint64_t km = get_u64(k + 8 * mid);
+        if (km < key) {
+            lo = mid + 1;
+            klo = km;
+        } else {
+            hi = mid;
+            khi = km;
+        }
+    }
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (get_u64(k + 8 * mid) < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == count || get_u64(k + 8 * lo) != key)
+        goto done; /* absent */
+    const unsigned char *slotp = (const unsigned char *)PyBytes_AS_STRING(names) + SLOT * lo;
+    __builtin_prefetch(slotp);
+    uint64_t v = get_u64((const unsigned char *)vb.buf + 8 * lo);
+    if (v == 0) {
+        rc = -1; /* _TREE: read the tree */
+        goto done;
+    }
+    if (n < SLOT && slotp[0] == n && memcmp(slotp + 1, name, (size_t)n) == 0) {
+        *value = v;
+        rc = 1;
+    }
+done:
+    PyBuffer_Release(&vb);
+    PyBuffer_Release(&kb);
+    return rc;
+}
+
+static PyObject *
+StatPath_child(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "child(index, name, hwm, follow)");
+        return NULL;
+    }
+    PyObject *index = args[0], *name = args[1];
+    if (Py_TYPE(index) != s->index_type || !PyBytes_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "child: expected a DirIndex and a bytes name");
+        return NULL;
+    }
+    uint64_t hwm = PyLong_AsUnsignedLongLong(args[2]);
+    if (hwm == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    int follow = PyObject_IsTrue(args[3]);
+    if (follow < 0)
+        return NULL;
+    Py_ssize_t n = PyBytes_GET_SIZE(name);
+    if (n == 0 || n >= SLOT)
+        return PyLong_FromLong(-1); /* the index holds no such name */
+    const char *p = PyBytes_AS_STRING(name);
+    uint64_t value;
+    int found = probe(s, index, blake2b_name(s->h0, (const unsigned char *)p, (size_t)n), p,
+                      n, &value);
+    if (found == -2)
+        return NULL;
+    if (found != 1)
+        return PyLong_FromLong(-1);
+    uint64_t ino = value & ((1ULL << 56) - 1);
+    unsigned dtype = (unsigned)(value >> 56);
+    if (follow && dtype == 10 /* DT_LNK */)
+        return PyLong_FromLong(-1);
+    PyObject *r = stat_from_media(s, ino, hwm, follow, 1);
+    if (r == Py_None) {
+        Py_DECREF(r);
+        return PyLong_FromLong(-1);
+    }
+    return r;
+}
+
+static PyObject *
+StatPath_inode(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "inode(ino, hwm)");
+        return NULL;
+    }
+    uint64_t ino = PyLong_AsUnsignedLongLong(args[0]);
+    if (ino == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    uint64_t hwm = PyLong_AsUnsignedLongLong(args[1]);
+    if (hwm == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    return stat_from_media(s, ino, hwm, 0, 0);
+}
+
+static PyObject *
+StatPath_hash(StatPath *s, PyObject *name)
+{
+    if (!PyBytes_Check(name) || PyBytes_GET_SIZE(name) == 0) {
+        PyErr_SetString(PyExc_TypeError, "hash: expected a non-empty bytes name");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(blake2b_name(
+        s->h0, (const unsigned char *)PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name)));
+}
+
+static int
+get_const(PyObject *constants, const char *name, uint64_t *out)
+{
+    PyObject *v = PyDict_GetItemString(constants, name);
+    if (v == NULL) {
+        PyErr_Format(PyExc_KeyError, "constant %s missing", name);
+        return -1;
+    }
+    *out = PyLong_AsUnsignedLongLong(v);
+    return (*out == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
+{
+    PyObject *view, *places, *cache, *stat_type, *index_type, *dev, *constants;
+    Py_buffer key;
+    static char *kw[] = {"key",       "view",       "places", "cache", "stat_type",
+                         "index_type", "dev",       "constants", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*OOO!O!O!O!O!", kw, &key, &view,
+                                     &places, &PyDict_Type, &cache,
+                                     &PyType_Type, &stat_type, &PyType_Type, &index_type,
+                                     &PyLong_Type, &dev, &PyDict_Type, &constants))
+        return -1;
+    /* cache may be an OrderedDict: O! with PyDict_Type accepts subclasses */
+    if (key.len < 1 || key.len > 64) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "a BLAKE2b key is 1 to 64 bytes");
+        return -1;
+    }
+    blake2b_keyed_init(s->h0, key.buf, (size_t)key.len);
+    PyBuffer_Release(&key);
+    uint64_t c[14];
+    static const char *names[] = {"INODE_MAGIC",   "MAX_FILE_SIZE", "MAX_SYMLINK",
+                                  "INLINE_EXTENTS", "INLINE_AREA",  "IFLAG_ORPHAN",
+                                  "IFLAG_TRUNCATE", "MAP_NONE",     "MAP_INLINE",
+                                  "MAP_BTREE",     "MAP_SYMLINK",   "BLOCK_SIZE",
+                                  "INODES_PER_BLOCK", "INODE_SIZE"};
+    for (int i = 0; i < 14; i++)
+        if (get_const(constants, names[i], &c[i]) < 0)
+            return -1;
+    if (c[13] != RECORD || c[11] == 0 || c[12] == 0 || c[11] % 512) {
+        PyErr_SetString(PyExc_ValueError, "unexpected layout constants");
+        return -1;
+    }
+    s->magic = (uint32_t)c[0];
+    s->max_file_size = c[1];
+    s->max_symlink = c[2];
+    s->inline_extents = c[3];
+    s->inline_area = c[4];
+    s->flag_orphan = (uint32_t)c[5];
+    s->flag_truncate = (uint32_t)c[6];
+    s->map_none = (unsigned)c[7];
+    s->map_inline = (unsigned)c[8];
+    s->map_btree = (unsigned)c[9];
+    s->map_symlink = (unsigned)c[10];
+    s->block_size = c[11];
+    s->inodes_per_block = c[12];
+    s->ino_limit = 1ULL << 63;
+    PyTypeObject *it = (PyTypeObject *)index_type;
+    if (slot_offset(it, "keys", &s->o_keys) < 0 || slot_offset(it, "values", &s->o_values) < 0 ||
+        slot_offset(it, "names", &s->o_names) < 0 || slot_offset(it, "added", &s->o_added) < 0 ||
+        slot_offset(it, "removed", &s->o_removed) < 0)
+        return -1;
+    Py_XSETREF(s->view, Py_NewRef(view));
+    Py_XSETREF(s->places, Py_NewRef(places));
+    Py_XSETREF(s->cache, Py_NewRef(cache));
+    Py_XSETREF(s->stat_type, Py_NewRef(stat_type));
+    Py_XSETREF(s->dev, Py_NewRef(dev));
+    Py_XSETREF(s->index_type, (PyTypeObject *)Py_NewRef(index_type));
+    return 0;
+}
+
+static int
+StatPath_traverse(StatPath *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->view);
+    Py_VISIT(s->places);
+    Py_VISIT(s->cache);
+    Py_VISIT(s->stat_type);
+    Py_VISIT(s->dev);
+    Py_VISIT(s->index_type);
+    return 0;
+}
+
+static int
+StatPath_clear(StatPath *s)
+{
+    Py_CLEAR(s->view);
+    Py_CLEAR(s->places);
+    Py_CLEAR(s->cache);
+    Py_CLEAR(s->stat_type);
+    Py_CLEAR(s->dev);
+    Py_CLEAR(s->index_type);
+    return 0;
+}
+
+static void
+StatPath_dealloc(StatPath *s)
+{
+    PyObject_GC_UnTrack(s);
+    StatPath_clear(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *
+StatPath_release(StatPath *s, PyObject *unused)
+{
+    StatPath_clear(s); /* unmount: the view must go before the store releases it */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+StatPath_child_checked(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (s->view == NULL)
+        return PyLong_FromLong(-1);
+    return StatPath_child(s, args, nargs);
+}
+
+static PyObject *
+StatPath_inode_checked(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (s->view == NULL)
+        Py_RETURN_NONE;
+    return StatPath_inode(s, args, nargs);
+}
+
+static PyMethodDef StatPath_methods[] = {
+    {"child", (PyCFunction)(void (*)(void))StatPath_child_checked, METH_FASTCALL,
+     "child(index, name, hwm, follow) -> os.stat_result | int: the stat of `name` in the\n"
+     "directory indexed by `index`; an int >= 0: the inode is cached (build from it);\n"
+     "-1: the reference path must answer."},
+    {"inode", (PyCFunction)(void (*)(void))StatPath_inode_checked, METH_FASTCALL,
+     "inode(ino, hwm) -> os.stat_result | None: the stat of inode `ino` from device\n"
+     "memory; None: the reference path must answer."},
+    {"hash", (PyCFunction)StatPath_hash, METH_O,
+     "hash(name) -> int: Directories.hash(name), in C."},
+    {"release", (PyCFunction)StatPath_release, METH_NOARGS,
+     "Drop every reference (the view first); later calls answer -1 / None."},
+    {NULL}};
+
+static PyTypeObject StatPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "daxfs.fs._stat.StatPath",
+    .tp_basicsize = sizeof(StatPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The miss path of stat (see the module docstring).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)StatPath_init,
+    .tp_dealloc = (destructor)StatPath_dealloc,
+    .tp_traverse = (traverseproc)StatPath_traverse,
+    .tp_clear = (inquiry)StatPath_clear,
+    .tp_methods = StatPath_methods,
+};
+
+static PyMethodDef module_methods[] = {
+    {"set_error_class", set_error_class, METH_O, "The class raised for bad arguments."},
+    {NULL}};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "daxfs.fs._stat", "The miss path of stat (see _stat.c).", -1,
+    module_methods};
+
+PyMODINIT_FUNC
+PyInit__stat(void)
+{
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "daxfs.fs._stat reads the little-endian format with memcpy: a little-endian host only"
+#endif
+    crc_init();
+    if (PyType_Ready(&StatPathType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "StatPath", (PyObject *)&StatPathType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
