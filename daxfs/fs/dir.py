@@ -336,6 +336,7 @@ def _u64_array(values: np.ndarray) -> array.array[int]:
 
 _NO_KEYS = np.zeros(0, dtype=np.uint64)
 _DTYPE_CODES = np.array(sorted({DT_REG, DT_DIR, DT_LNK}), dtype=np.uint8)
+_SLASH, _DOT = ord("/"), ord(".")
 
 
 def _gather(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
@@ -371,7 +372,12 @@ def _decode_leaves(
     ok &= (size == DIRENT.size + namelen) & (namelen <= INLINE_NAME)
     ok &= (ino >= FIRST_FREE_INO) & (ino < min(hwm, _INO_LIMIT)) & np.isin(dtype, _DTYPE_CODES)
     name = _gather(buf, at + DIRENT.size, INLINE_NAME)
-    name[np.arange(INLINE_NAME) >= namelen[:, None]] = 0
+    inside = np.arange(INLINE_NAME) < namelen[:, None]
+    # unpack_entries' name checks (invariant 1): no NUL or "/", neither "." nor ".."
+    ok &= ~(((name == 0) | (name == _SLASH)) & inside).any(axis=1)
+    dots = name[:, 0] == _DOT
+    ok &= ~(dots & ((namelen == 1) | ((namelen == 2) & (name[:, 1] == _DOT))))
+    name[~inside] = 0
     slot = np.concatenate([namelen.astype(np.uint8)[:, None], name], axis=1)
     slot[~ok] = 0
     values.append(np.where(ok, ino | dtype.astype(np.uint64) << np.uint64(56), np.uint64(_TREE)))
