@@ -62,6 +62,7 @@
 #define SLOT 16 /* DirIndex: a length byte and 15 name bytes */
 #define STAT_FIELDS 19
 #define INTERPOLATIONS 4 /* then a binary search of what is left */
+#define FAST_PATH_CHARS 1023 /* 4 bytes a character at most: under MAX_PATH (4095) */
 
 /* ------------------------------------------------------------------ BLAKE2b (RFC 7693) */
 
@@ -181,7 +182,13 @@ typedef struct {
     PyObject *stat_type;   /* os.stat_result */
     PyObject *dev;         /* st_dev */
     PyTypeObject *index_type;
-    Py_ssize_t o_keys, o_values, o_names, o_added, o_removed;
+    Py_ssize_t o_keys, o_values, o_names, o_added, o_removed, o_generation;
+    /* path(): stat's path caches of directories (str, bytes; follow=True), the
+     * directory indexes by ino, and the Inode and InodeRecord fields read */
+    PyObject *heads, *bheads, *indexes;
+    PyTypeObject *inode_type, *record_type;
+    Py_ssize_t o_rec, o_mode, o_rgeneration;
+    PyObject *root;
     /* the layout (daxfs.fs.layout) */
     uint32_t magic;
     uint64_t max_file_size, max_symlink, inline_extents, inline_area;
@@ -495,6 +502,32 @@ done:
     return rc;
 }
 
+/* the stat of `name` (n bytes) in the directory indexed by `index`: a stat_result, an
+ * int ino (cached: the caller builds from the Inode), or -1 (the walk answers) */
+static PyObject *
+child_stat(StatPath *s, PyObject *index, const char *p, Py_ssize_t n, uint64_t hwm, int follow)
+{
+    if (n == 0 || n >= SLOT)
+        return PyLong_FromLong(-1); /* the index holds no such name */
+    uint64_t value;
+    int found = probe(s, index, blake2b_name(s->h0, (const unsigned char *)p, (size_t)n), p,
+                      n, &value);
+    if (found == -2)
+        return NULL;
+    if (found != 1)
+        return PyLong_FromLong(-1);
+    uint64_t ino = value & ((1ULL << 56) - 1);
+    unsigned dtype = (unsigned)(value >> 56);
+    if (follow && dtype == 10 /* DT_LNK */)
+        return PyLong_FromLong(-1);
+    PyObject *r = stat_from_media(s, ino, hwm, follow, 1);
+    if (r == Py_None) {
+        Py_DECREF(r);
+        return PyLong_FromLong(-1);
+    }
+    return r;
+}
+
 static PyObject *
 StatPath_child(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -513,27 +546,123 @@ StatPath_child(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
     int follow = PyObject_IsTrue(args[3]);
     if (follow < 0)
         return NULL;
-    Py_ssize_t n = PyBytes_GET_SIZE(name);
-    if (n == 0 || n >= SLOT)
-        return PyLong_FromLong(-1); /* the index holds no such name */
-    const char *p = PyBytes_AS_STRING(name);
-    uint64_t value;
-    int found = probe(s, index, blake2b_name(s->h0, (const unsigned char *)p, (size_t)n), p,
-                      n, &value);
-    if (found == -2)
+    return child_stat(s, index, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), hwm, follow);
+}
+
+/* the current index of the cached directory `ino` (borrowed), or NULL (no error) */
+static PyObject *
+directory_index(StatPath *s, PyObject *ino)
+{
+    PyObject *inode = PyDict_GetItemWithError(s->cache, ino);
+    if (inode == NULL || Py_TYPE(inode) != s->inode_type)
         return NULL;
-    if (found != 1)
+    PyObject *rec = slot(inode, s->o_rec);
+    if (rec == NULL || Py_TYPE(rec) != s->record_type)
+        return NULL;
+    PyObject *mode = slot(rec, s->o_mode), *generation = slot(rec, s->o_rgeneration);
+    if (mode == NULL || generation == NULL || !PyLong_CheckExact(mode))
+        return NULL;
+    long m = PyLong_AsLong(mode);
+    if (m == -1 && PyErr_Occurred())
+        return NULL;
+    if (((unsigned long)m & S_FMT) != S_DIR)
+        return NULL;
+    PyObject *index = PyDict_GetItemWithError(s->indexes, ino);
+    if (index == NULL || Py_TYPE(index) != s->index_type)
+        return NULL;
+    PyObject *built = slot(index, s->o_generation);
+    if (built == NULL)
+        return NULL;
+    int same = PyObject_RichCompareBool(built, generation, Py_EQ);
+    if (same <= 0)
+        return NULL; /* another life of the inode number (or an error, left set) */
+    return index;
+}
+
+/* path(path, follow, hwm): FileSystem._stat_fast in C; also -2: HEAD is not in the
+ * path cache (resolve it, remember it, call again) */
+static PyObject *
+StatPath_path(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "path(path, follow, hwm)");
+        return NULL;
+    }
+    if (s->view == NULL || s->heads == NULL)
         return PyLong_FromLong(-1);
-    uint64_t ino = value & ((1ULL << 56) - 1);
-    unsigned dtype = (unsigned)(value >> 56);
-    if (follow && dtype == 10 /* DT_LNK */)
-        return PyLong_FromLong(-1);
-    PyObject *r = stat_from_media(s, ino, hwm, follow, 1);
-    if (r == Py_None) {
-        Py_DECREF(r);
+    PyObject *path = args[0];
+    int follow = PyObject_IsTrue(args[1]);
+    if (follow < 0)
+        return NULL;
+    uint64_t hwm = PyLong_AsUnsignedLongLong(args[2]);
+    if (hwm == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    PyObject *head = NULL, *encoded = NULL, *result = NULL;
+    const char *name;
+    Py_ssize_t n, cut;
+    PyObject *heads;
+    if (PyUnicode_CheckExact(path)) {
+        Py_ssize_t len = PyUnicode_GET_LENGTH(path);
+        if (len > FAST_PATH_CHARS)
+            return PyLong_FromLong(-1);
+        cut = PyUnicode_FindChar(path, '/', 0, len, -1);
+        if (cut == -2)
+            return NULL;
+        if (cut < 0 || cut == len - 1)
+            return PyLong_FromLong(-1); /* no "/", or a trailing one */
+        if (PyUnicode_IS_ASCII(path)) {
+            name = (const char *)PyUnicode_DATA(path) + cut + 1;
+            n = len - cut - 1;
+        } else { /* os.fsencode of the name: UTF-8, surrogateescape */
+            PyObject *tail = PyUnicode_Substring(path, cut + 1, len);
+            if (tail == NULL)
+                return NULL;
+            encoded = PyUnicode_AsEncodedString(tail, "utf-8", "surrogateescape");
+            Py_DECREF(tail);
+            if (encoded == NULL) {
+                PyErr_Clear(); /* not encodable: the walk raises */
+                return PyLong_FromLong(-1);
+            }
+            name = PyBytes_AS_STRING(encoded);
+            n = PyBytes_GET_SIZE(encoded);
+        }
+        heads = s->heads;
+        if (cut > 0 && (head = PyUnicode_Substring(path, 0, cut)) == NULL)
+            goto done;
+    } else if (PyBytes_CheckExact(path)) {
+        Py_ssize_t len = PyBytes_GET_SIZE(path);
+        if (len > FAST_PATH_CHARS)
+            return PyLong_FromLong(-1);
+        const char *p = PyBytes_AS_STRING(path);
+        const char *slash = memrchr(p, '/', (size_t)len);
+        if (slash == NULL || slash == p + len - 1)
+            return PyLong_FromLong(-1);
+        cut = slash - p;
+        name = slash + 1;
+        n = len - cut - 1;
+        heads = s->bheads;
+        if (cut > 0 && (head = PyBytes_FromStringAndSize(p, cut)) == NULL)
+            goto done;
+    } else {
         return PyLong_FromLong(-1);
     }
-    return r;
+    PyObject *parent = s->root;
+    if (head != NULL) {
+        parent = PyDict_GetItemWithError(heads, head);
+        if (parent == NULL) {
+            result = PyErr_Occurred() ? NULL : PyLong_FromLong(-2);
+            goto done;
+        }
+    }
+    PyObject *index = directory_index(s, parent);
+    if (index == NULL)
+        result = PyErr_Occurred() ? NULL : PyLong_FromLong(-1);
+    else
+        result = child_stat(s, index, name, n, hwm, follow);
+done:
+    Py_XDECREF(head);
+    Py_XDECREF(encoded);
+    return result;
 }
 
 static PyObject *
@@ -579,13 +708,16 @@ static int
 StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
 {
     PyObject *view, *places, *cache, *stat_type, *index_type, *dev, *constants;
+    PyObject *heads, *bheads, *indexes, *inode_type, *record_type, *root;
     Py_buffer key;
-    static char *kw[] = {"key",       "view",       "places", "cache", "stat_type",
-                         "index_type", "dev",       "constants", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*OOO!O!O!O!O!", kw, &key, &view,
-                                     &places, &PyDict_Type, &cache,
-                                     &PyType_Type, &stat_type, &PyType_Type, &index_type,
-                                     &PyLong_Type, &dev, &PyDict_Type, &constants))
+    static char *kw[] = {"key",     "view",       "places",      "cache",   "stat_type",
+                         "index_type", "dev",     "constants",   "heads",   "bheads",
+                         "indexes", "inode_type", "record_type", "root",    NULL};
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwds, "y*OOO!O!O!O!O!O!O!O!O!O!O!", kw, &key, &view, &places, &PyDict_Type,
+            &cache, &PyType_Type, &stat_type, &PyType_Type, &index_type, &PyLong_Type, &dev,
+            &PyDict_Type, &constants, &PyDict_Type, &heads, &PyDict_Type, &bheads, &PyDict_Type,
+            &indexes, &PyType_Type, &inode_type, &PyType_Type, &record_type, &PyLong_Type, &root))
         return -1;
     /* cache may be an OrderedDict: O! with PyDict_Type accepts subclasses */
     if (key.len < 1 || key.len > 64) {
@@ -625,8 +757,18 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
     PyTypeObject *it = (PyTypeObject *)index_type;
     if (slot_offset(it, "keys", &s->o_keys) < 0 || slot_offset(it, "values", &s->o_values) < 0 ||
         slot_offset(it, "names", &s->o_names) < 0 || slot_offset(it, "added", &s->o_added) < 0 ||
-        slot_offset(it, "removed", &s->o_removed) < 0)
+        slot_offset(it, "removed", &s->o_removed) < 0 ||
+        slot_offset(it, "generation", &s->o_generation) < 0 ||
+        slot_offset((PyTypeObject *)inode_type, "rec", &s->o_rec) < 0 ||
+        slot_offset((PyTypeObject *)record_type, "mode", &s->o_mode) < 0 ||
+        slot_offset((PyTypeObject *)record_type, "generation", &s->o_rgeneration) < 0)
         return -1;
+    Py_XSETREF(s->heads, Py_NewRef(heads));
+    Py_XSETREF(s->bheads, Py_NewRef(bheads));
+    Py_XSETREF(s->indexes, Py_NewRef(indexes));
+    Py_XSETREF(s->inode_type, (PyTypeObject *)Py_NewRef(inode_type));
+    Py_XSETREF(s->record_type, (PyTypeObject *)Py_NewRef(record_type));
+    Py_XSETREF(s->root, Py_NewRef(root));
     Py_XSETREF(s->view, Py_NewRef(view));
     Py_XSETREF(s->places, Py_NewRef(places));
     Py_XSETREF(s->cache, Py_NewRef(cache));
@@ -645,6 +787,12 @@ StatPath_traverse(StatPath *s, visitproc visit, void *arg)
     Py_VISIT(s->stat_type);
     Py_VISIT(s->dev);
     Py_VISIT(s->index_type);
+    Py_VISIT(s->heads);
+    Py_VISIT(s->bheads);
+    Py_VISIT(s->indexes);
+    Py_VISIT(s->inode_type);
+    Py_VISIT(s->record_type);
+    Py_VISIT(s->root);
     return 0;
 }
 
@@ -657,6 +805,12 @@ StatPath_clear(StatPath *s)
     Py_CLEAR(s->stat_type);
     Py_CLEAR(s->dev);
     Py_CLEAR(s->index_type);
+    Py_CLEAR(s->heads);
+    Py_CLEAR(s->bheads);
+    Py_CLEAR(s->indexes);
+    Py_CLEAR(s->inode_type);
+    Py_CLEAR(s->record_type);
+    Py_CLEAR(s->root);
     return 0;
 }
 
@@ -696,6 +850,9 @@ static PyMethodDef StatPath_methods[] = {
      "child(index, name, hwm, follow) -> os.stat_result | int: the stat of `name` in the\n"
      "directory indexed by `index`; an int >= 0: the inode is cached (build from it);\n"
      "-1: the reference path must answer."},
+    {"path", (PyCFunction)(void (*)(void))StatPath_path, METH_FASTCALL,
+     "path(path, follow, hwm) -> os.stat_result | int: FileSystem._stat_fast in C: as\n"
+     "child(), and -2: the path's HEAD is not in the path cache (resolve it, call again)."},
     {"inode", (PyCFunction)(void (*)(void))StatPath_inode_checked, METH_FASTCALL,
      "inode(ino, hwm) -> os.stat_result | None: the stat of inode `ino` from device\n"
      "memory; None: the reference path must answer."},

@@ -490,6 +490,12 @@ class Directories:
         self._indexes[inode.ino] = index
         return index
 
+    @property
+    def indexes(self) -> dict[int, DirIndex]:
+        """The indexes by directory ino, for the C stat path (daxfs/fs/_stat.c), which
+        only reads them (and checks each one's generation, as ``ready_index``)."""
+        return self._indexes
+
     def ready_index(self, inode: Inode) -> DirIndex | None:
         """The index of directory ``inode`` if one is built and current (no build)."""
         index = self._indexes.get(inode.ino)

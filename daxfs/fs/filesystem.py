@@ -65,6 +65,7 @@ from daxfs.fs.layout import (
     MAP_NONE,
     MAP_SYMLINK,
     MAX_NAME,
+    InodeRecord,
     Superblock,
 )
 from daxfs.fs.namei import MAX_PATH, Lookup, Path, Resolver, fspath
@@ -171,6 +172,12 @@ class FileSystem:
                 index_type=DirIndex,
                 dev=self._dev,
                 constants=_STAT_CONSTANTS,
+                heads=self._paths[True],
+                bheads=self._bpaths[True],
+                indexes=dirs.indexes,
+                inode_type=Inode,
+                record_type=InodeRecord,
+                root=INO_ROOT,
             )
             if itable.check_records
             else None
@@ -847,7 +854,7 @@ class FileSystem:
 
         A str or bytes path that resolved before is looked up in the path cache
         (``_paths``) instead of walked again; one whose parent directory did is
-        answered by the C miss path (``_stat_fast``); see "Fast paths and
+        answered by the C miss path (``_stat_fast_reference``); see "Fast paths and
         in-memory indexes" in docs/ARCHITECTURE.md.
 
         Raises:
@@ -876,14 +883,22 @@ class FileSystem:
                 inode = itable.get(ino)
                 itable.trim()
                 return self._stat_inode(inode)
-            if self._mounted and self._fast is not None:
-                found = self._stat_fast(path, kind, follow_symlinks)
-                if found is not None:
+            fast = self._fast
+            if fast is not None and self._mounted:
+                # _stat_fast_reference, in C (daxfs/fs/_stat.c)
+                early: os.stat_result | int | None = fast.path(
+                    path,  # type: ignore[arg-type]  # str or bytes: kind says so
+                    follow_symlinks,
+                    self.sup.sb.inode_hwm,
+                )
+                if isinstance(early, int):
+                    early = self._stat_fast_rest(path, kind, follow_symlinks, early)
+                if early is not None:
                     self.path_misses += 1
                     if len(paths) >= PATH_CACHE_LIMIT:
                         paths.clear()
-                    paths[path] = found.st_ino
-                    return found
+                    paths[path] = early.st_ino
+                    return early
             inode, _ = self._existing(path, follow_symlinks)
             self.path_misses += 1
             if len(paths) >= PATH_CACHE_LIMIT:
@@ -891,16 +906,17 @@ class FileSystem:
             paths[path] = inode.ino
             return self._stat_inode(inode)
 
-    def _stat_fast(self, path: Any, kind: type, follow: bool) -> os.stat_result | None:
+    def _stat_fast_reference(self, path: Any, kind: type, follow: bool) -> os.stat_result | None:
         """stat of ``path`` through the C miss path, or None: the walk must answer.
 
-        Answers only a path "HEAD/NAME" whose HEAD resolves (through the path
-        cache, filled here) to a cached directory with a current index, and
-        whose NAME that index holds: the rest (absent names, ".", "..", long
-        names, symbolic links to follow, records that fail a check, errors of
-        every kind) is left to the walk, the reference, which raises what
-        must be raised.  Caller holds the filesystem lock; mounted; no
-        transaction open.
+        The readable reference of ``StatPath.path`` (which ``stat`` calls, with
+        ``_stat_fast_rest``): it answers only a path "HEAD/NAME" whose HEAD
+        resolves (through the path cache, filled here) to a cached directory
+        with a current index, and whose NAME that index holds: the rest
+        (absent names, ".", "..", long names, symbolic links to follow,
+        records that fail a check, errors of every kind) is left to the walk,
+        the reference of it all, which raises what must be raised.  Caller
+        holds the filesystem lock; mounted; no transaction open.
         """
         if len(path) > _FAST_PATH_CHARS:  # 4 bytes a character at most: under MAX_PATH
             return None
@@ -931,9 +947,27 @@ class FileSystem:
         found = self._fast.child(index, name, self.sup.sb.inode_hwm, follow)
         if not isinstance(found, int):
             return found
-        if found < 0:
+        return self._stat_fast_rest(path, kind, follow, found)
+
+    def _stat_fast_rest(
+        self, path: Any, kind: type, follow: bool, code: int
+    ) -> os.stat_result | None:
+        """What an int from ``StatPath.path`` or ``child`` asks for: -1 the walk
+        (None), -2 resolve HEAD into the path cache and try again, an ino the
+        stat of that cached inode (a link to follow: the walk)."""
+        if code == -2:
+            assert self._fast is not None
+            sep: Any = "/" if kind is str else b"/"
+            parents = self._paths[True] if kind is str else self._bpaths[True]
+            if self._resolve_parent(path.rpartition(sep)[0], parents) is None:
+                return None
+            found = self._fast.path(path, follow, self.sup.sb.inode_hwm)
+            if not isinstance(found, int):
+                return found
+            code = found
+        if code < 0:
             return None
-        inode = self.itable.get(found)  # cached: answered from memory
+        inode = self.itable.get(code)  # cached: answered from memory
         if follow and inode.rec.mode & _S_IFMT == _S_IFLNK:
             return None
         return self._stat_inode(inode)

@@ -1,8 +1,9 @@
 """stat's C miss path (daxfs/fs/_stat.c) against the reference, the Python walk.
 
-``FileSystem._stat_fast`` answers "HEAD/NAME" when HEAD resolves to an
-indexed directory and the index holds NAME; the walk (``_existing`` and
-``_stat_inode``) is the reference.  Every field of every answer must be the
+The C path (``StatPath.path``, called by ``FileSystem.stat``; its Python
+reference ``_stat_fast_reference``) answers "HEAD/NAME" when HEAD resolves to
+an indexed directory and the index holds NAME; the walk (``_existing`` and
+``_stat_inode``) is the reference of every answer.  Every field of every answer must be the
 reference's, every error the reference's error (class, errno, path), and a
 record that fails a check must never be answered by the C path.
 """
@@ -112,6 +113,20 @@ def same(got: os.stat_result | OSError, want: os.stat_result | OSError) -> None:
         assert fields(got) == fields(want)
 
 
+def fast(fs: FileSystem, path: Any, follow: bool = True) -> os.stat_result | None:
+    """The C miss path (``StatPath.path``, as ``stat`` calls it) and its Python
+    reference (``_stat_fast_reference``): the same answer, or both None."""
+    assert fs._fast is not None
+    kind = type(path)
+    want = fs._stat_fast_reference(path, kind, follow)
+    found = fs._fast.path(path, follow, fs.sup.sb.inode_hwm)
+    got = fs._stat_fast_rest(path, kind, follow, found) if isinstance(found, int) else found
+    assert (got is None) == (want is None), (path, got, want)
+    if got is not None and want is not None:
+        assert fields(got) == fields(want)
+    return got
+
+
 def uncache(fs: FileSystem) -> None:
     """Forget every inode but the root and the directories on the way, so that the C
     path reads records from media (and indexes stay built)."""
@@ -164,10 +179,18 @@ def test_every_field_and_error_agrees_with_the_walk(
 ) -> None:
     paths = [os.fsencode(p) if as_bytes else p for p in PATHS]
     fs.stat("/d/f1")  # builds the index of /d
+    answered = 0
     for path in paths:
         uncache(fs)
         got = answer(fs, path, follow)
         same(got, reference(fs, path, follow))
+        uncache(fs)
+        fs._forget_paths()
+        early = fast(fs, path, follow)  # the C path and its reference agree ...
+        if early is not None:
+            answered += 1
+            same(early, got)  # ... and with the walk
+    assert answered >= 8  # short names in /d and at the top, str and bytes alike
 
 
 def test_the_c_path_answers_from_media_what_the_walk_answers(fs: FileSystem) -> None:
@@ -178,7 +201,7 @@ def test_the_c_path_answers_from_media_what_the_walk_answers(fs: FileSystem) -> 
     for i in range(300):
         uncache(fs)
         fs._forget_paths()
-        got = fs._stat_fast(f"/d/f{i}", str, True)
+        got = fast(fs, f"/d/f{i}")
         assert got is not None, i  # a short name, the index built: the C path answers
         assert fs.itable.cached(got.st_ino) is None  # ... from media, caching nothing
         same(got, reference(fs, f"/d/f{i}", True))
@@ -187,7 +210,7 @@ def test_the_c_path_answers_from_media_what_the_walk_answers(fs: FileSystem) -> 
     # a cached inode is answered from memory: the same fields
     fs.itable.get(fs.stat("/d/f9").st_ino)
     fs._forget_paths()
-    same(fs._stat_fast("/d/f9", str, True), reference(fs, "/d/f9", True))  # type: ignore[arg-type]
+    same(fast(fs, "/d/f9"), reference(fs, "/d/f9", True))  # type: ignore[arg-type]
 
 
 def test_the_c_path_leaves_links_absent_and_long_names_to_the_walk(fs: FileSystem) -> None:
@@ -195,10 +218,10 @@ def test_the_c_path_leaves_links_absent_and_long_names_to_the_walk(fs: FileSyste
     reference(fs, "/d/lnk", False)  # places the link's inode-file block
     uncache(fs)
     for path in ("/d/lnk", "/d/dirlnk", "/d/missing", "/d/a-name-longer-than-fifteen", "/d/."):
-        assert fs._stat_fast(path, str, True) is None, path
-    assert fs._stat_fast("/d/lnk", str, False) is not None  # lstat of a link: from media
-    assert fs._stat_fast("/d/f1/", str, True) is None  # trailing slash
-    assert fs._stat_fast("nohead", str, True) is None
+        assert fast(fs, path) is None, path
+    assert fast(fs, "/d/lnk", False) is not None  # lstat of a link: from media
+    assert fast(fs, "/d/f1/") is None  # trailing slash
+    assert fast(fs, "nohead") is None
 
 
 def test_hash_agrees_with_directories_hash(fs: FileSystem) -> None:
@@ -224,11 +247,11 @@ def test_a_big_directory_is_searched_right(tmp_path: Any) -> None:
             if not fs.itable.get(ino).is_dir:
                 fs.itable.forget(ino)
         for i in range(0, 4000, 7):
-            got = fs._stat_fast(f"/big/{i:x}", str, True)
+            got = fast(fs, f"/big/{i:x}")
             assert got is not None
             same(got, reference(fs, f"/big/{i:x}", True))
         for i in range(4000, 4100):
-            assert fs._stat_fast(f"/big/{i:x}", str, True) is None  # absent: the walk says so
+            assert fast(fs, f"/big/{i:x}") is None  # absent: the walk says so
             assert isinstance(answer(fs, f"/big/{i:x}", True), FileNotFoundError)
 
 
@@ -282,9 +305,9 @@ def test_a_damaged_record_is_left_to_the_walk_which_raises(dev: SimulatedPmem, c
         fs.stat("/d/f1")
         uncache(fs)
         assert fs.itable.places[ino // INODES_PER_BLOCK]  # placed: the record itself is refused
-        assert fs._stat_fast("/d/f9", str, True) is not None  # its neighbour is answered
+        assert fast(fs, "/d/f9") is not None  # its neighbour is answered
         uncache(fs)
-        assert fs._stat_fast("/d/f8", str, True) is None
+        assert fast(fs, "/d/f8") is None
         want = reference(fs, "/d/f8", True)
         assert isinstance(want, Corrupted), want
         assert want.errno == errno.EUCLEAN
