@@ -312,25 +312,23 @@ def disk_reps(
             np_dirty = page_dirtier(mm)
             dax_dirty()  # first touch: write faults, ext4 page_mkwrite
             mapping.msync()
+
+            def dirty_then_time(
+                dirty: Callable[[], object], key: str, flush: Callable[[], object]
+            ) -> None:
+                """Dirty a page (untimed), then time ``flush()`` into samples[key]."""
+                dirty()
+                start = clock()
+                flush()
+                samples[key].append(clock() - start)
+
             with gc_paused(), mmap.mmap(raw.fileno(), size) as memory:
                 for off in targets:
-                    dax_dirty()
-                    start = clock()
-                    mapping.msync(off, PAGE)
-                    samples["dax"].append(clock() - start)
-                    dax_dirty()
-                    start = clock()
-                    image_memory.flush(off, PAGE)
-                    samples["image"].append(clock() - start)
+                    dirty_then_time(dax_dirty, "dax", partial(mapping.msync, off, PAGE))
+                    dirty_then_time(dax_dirty, "image", partial(image_memory.flush, off, PAGE))
                     mapping.msync()  # clean, so only one file is dirty at a time
-                    np_dirty()
-                    start = clock()
-                    memory.flush(off, PAGE)
-                    samples["plain"].append(clock() - start)
-                    np_dirty()
-                    start = clock()
-                    mm.flush()
-                    samples["numpy"].append(clock() - start)
+                    dirty_then_time(np_dirty, "plain", partial(memory.flush, off, PAGE))
+                    dirty_then_time(np_dirty, "numpy", mm.flush)
             # first writes after a clean: page faults through the daxfs mapping and
             # through the kernel-placed mapping of the same image bytes
             held = [np.frombuffer(image_memory, dtype=np.uint8)]
