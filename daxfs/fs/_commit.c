@@ -252,6 +252,55 @@ typedef struct {
     Py_ssize_t n;
 } Piece;
 
+/*
+ * Natively: the pieces back to back at dst (64-byte aligned), flushed, no
+ * fence, each cache line stored once: whole lines are streamed (non-temporal),
+ * a line that straddles two pieces is assembled on the stack first, a last
+ * partial line is stored and flushed.  Copying piece by piece would store the
+ * lines where pieces meet twice, the second time into a line just flushed: on
+ * this project's machines that costs a round trip to memory each (a 4 KiB
+ * overwrite's log, five pieces: 1.2-1.9 us instead of 0.35-0.7 us).
+ */
+#if DAXFS_X86
+static void
+native_writev(int mode, char *dst, const Piece *v, int count)
+{
+    _Alignas(64) char line[LINE];
+    size_t fill = 0;
+    for (int i = 0; i < count; i++) {
+        const char *s = v[i].p;
+        size_t n = (size_t)v[i].n;
+        while (n > 0) {
+            if (fill == 0 && n >= LINE) {
+                size_t whole = n & ~(size_t)(LINE - 1);
+                if (have_avx2)
+                    nt_copy_avx2(dst, s, whole);
+                else
+                    nt_copy_sse2(dst, s, whole);
+                dst += whole;
+                s += whole;
+                n -= whole;
+                continue;
+            }
+            size_t k = LINE - fill < n ? LINE - fill : n;
+            memcpy(line + fill, s, k);
+            fill += k;
+            s += k;
+            n -= k;
+            if (fill == LINE) {
+                nt_copy_sse2(dst, line, LINE);
+                dst += LINE;
+                fill = 0;
+            }
+        }
+    }
+    if (fill) {
+        memcpy(dst, line, fill);
+        persist_flush(mode, dst, fill);
+    }
+}
+#endif
+
 /* Copy the pieces, back to back, to device offset off and flush them (no
  * fence): the Store's write(off, b"".join(pieces)). */
 static int
@@ -262,6 +311,19 @@ dev_writev(Committer *c, Py_ssize_t off, const Piece *v, int count)
     if (planted_missing_flush > 0 && --planted_missing_flush == 0)
         flush = 0;
     if (c->mode != M_CALLBACK && flush) {
+#if DAXFS_X86
+        char *dst = c->base + off;
+        if (count > 1 && c->mode != M_MSYNC && have_sse2 && ((uintptr_t)dst & (LINE - 1)) == 0) {
+            native_writev(c->mode, dst, v, count);
+            return 0;
+        }
+        /* the header and applied_seq: a few words in lines flushed at every commit */
+        if (count == 1 && c->mode != M_MSYNC && have_sse2 && v[0].n < NT_THRESHOLD &&
+            (((uintptr_t)dst | (uintptr_t)v[0].n) & 7) == 0) {
+            nt_store_u64(dst, v[0].p, (size_t)v[0].n);
+            return 0;
+        }
+#endif
         for (int i = 0; i < count; i++) {
             if (persist_copy(c->mode, c->base + off + total, v[i].p, (size_t)v[i].n) < 0)
                 return os_error(errno, "msync", off + total, v[i].n);

@@ -122,6 +122,26 @@ nt_copy_sse2(char *dst, const char *src, size_t n)
     }
 }
 
+/* Non-temporal 8-byte stores (movnti): dst 8-byte aligned, n a multiple of 8.
+ * For a small range in a line that was flushed recently: a cached store there
+ * would first read the line back from memory. */
+DAXFS_MAYBE_UNUSED static void
+nt_store_u64(char *dst, const char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i += 8) {
+#if defined(__x86_64__)
+        long long x;
+        memcpy(&x, src + i, 8);
+        _mm_stream_si64((long long *)(dst + i), x);
+#else
+        int x[2];
+        memcpy(x, src + i, 8);
+        _mm_stream_si32((int *)(dst + i), x[0]);
+        _mm_stream_si32((int *)(dst + i + 4), x[1]);
+#endif
+    }
+}
+
 DAXFS_MAYBE_UNUSED static void
 nt_fill_sse2(char *dst, int c, size_t n)
 {
