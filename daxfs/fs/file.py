@@ -17,6 +17,19 @@ State diagram::
 
 Errors from the layers below name this file's path (``daxfs.errors.naming``).
 
+The pwrite fast path
+--------------------
+``pwrite`` first makes one call into C, ``Committer.pwrite``
+(daxfs/fs/_commit.c), through ``self._writer``: the journal's committer if
+the file is open for writing and not in append mode, else None (``close``
+clears it first; a journal made without a committer, read-only or on the
+reference path, gives None).  That call is DataPath.write's overwrite case and
+Journal.overwrite in one: under ``inode.lock`` and the journal lock it checks
+what they check (the cached written extent, the size, no pins, the journal
+neither in a transaction nor failed) and commits.  Anything else, a bad
+offset or buffer included, is a miss (None): the method then runs its checks,
+which raise what they always raised, and the Python path.
+
 The read fast path
 ------------------
 ``pread``, ``preadinto``, ``read`` and ``readinto`` first make one call into C,
@@ -128,6 +141,11 @@ class File(io.RawIOBase):
         #: the read fast path while the file is open for reading (None: closed, not
         #: readable, or no C reader for the device); see "The read fast path" above
         self._reader = owner.data.reader if readable else None
+        journal = owner.data.journal
+        #: the pwrite fast path (Committer.pwrite) while the file is open for writing,
+        #: not in append mode (None: closed, or no C commit); see "The pwrite fast path"
+        self._writer = journal.committer if writable and not append else None
+        self._journal = journal
 
     def __repr__(self) -> str:
         state = "closed" if not self._open else f"pos={self._pos}"
@@ -296,19 +314,24 @@ class File(io.RawIOBase):
         In append mode the data goes to the end of file, as Linux's pwrite does
         with O_APPEND.
         """
+        writer = self._writer
+        if writer is not None:
+            # the overwrite case of DataPath.write in one C call (None: a miss, and the
+            # checks below raise whatever the arguments or the journal call for)
+            try:
+                done = writer.pwrite(self._journal, self.inode, data, offset)
+            except BaseException:
+                with naming(self.path):  # errors name the file (no context manager per call)
+                    raise
+            if done is not None:
+                return done
         journal = self._data.journal
         if not (self._open and self._writable and not journal.readonly and not journal.failed):
             self._check_write()  # raises; the conditions are _check_write's, inlined
         if type(offset) is not int or offset < 0:
             self._offset(offset)  # raises
         inode = self.inode
-        committer = journal.committer
         try:
-            if committer is not None and not self._append:
-                # the overwrite case of DataPath.write in one C call (or None: a miss)
-                done = committer.pwrite(journal, inode, data, offset)
-                if done is not None:
-                    return done
             with inode.lock:
                 if self._append:
                     offset = inode.rec.size
@@ -538,7 +561,7 @@ class File(io.RawIOBase):
         """
         if not self._open:
             return
-        self._reader = None  # first: the fast path checks nothing else
+        self._reader = self._writer = None  # first: the fast paths check nothing else
         self._open = False
         try:
             super().close()

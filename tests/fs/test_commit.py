@@ -280,11 +280,12 @@ def test_pwrite_leaves_no_garbage_for_the_cyclic_gc() -> None:
     fs = daxfs.mount(dev)
     try:
         populate(fs)
-        with fs.open("/f", "rb+", buffering=0) as f:
-            for native in (True, False):
-                committer = fs.journal.committer
-                if not native:
-                    fs.journal.committer = None
+        for native in (True, False):
+            committer = fs.journal.committer
+            if not native:
+                fs.journal.committer = None  # files opened from now on take the reference
+            with fs.open("/f", "rb+", buffering=0) as f:
+                assert (f._writer is not None) is native
                 f.pwrite(b"w" * 100, 0)  # warm
                 gc.collect()
                 gc.disable()
