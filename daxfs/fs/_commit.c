@@ -661,16 +661,22 @@ Committer_overwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
 
 static PyObject *str_overwrite_failed;
 
-/* store a new int in a slot; -1 on failure */
+/* store `x` (a new reference, stolen; NULL: failed) in a slot; -1 on failure */
 static int
-set_slot_int(PyObject *obj, Py_ssize_t offset, int64_t v)
+set_slot(PyObject *obj, Py_ssize_t offset, PyObject *x)
 {
-    PyObject *x = PyLong_FromLongLong(v);
     if (x == NULL)
         return -1;
     PyObject **p = (PyObject **)((char *)obj + offset);
     Py_XSETREF(*p, x);
     return 0;
+}
+
+/* store a new int in a slot; -1 on failure */
+static int
+set_slot_int(PyObject *obj, Py_ssize_t offset, int64_t v)
+{
+    return set_slot(obj, offset, PyLong_FromLongLong(v));
 }
 
 /* an exact int in [0, 2^63); -1 otherwise (no exception) */
@@ -870,13 +876,15 @@ commit_planned(Committer *c, PyObject *journal, Py_buffer *data, Plan *w)
         Py_RETURN_NONE;
     /* committed: memory takes what the media holds (as Journal.overwrite); past the
      * commit point a failure to set it goes to Journal._overwrite_failed, as in Python */
-    if (rc < 0 || set_slot_int(journal, c->o_seq, seq) < 0 ||
-        (w->end > w->size && set_slot_int(w->rec, c->o_size, w->end) < 0) ||
-        set_slot_int(w->rec, c->o_mtime, stamp) < 0 ||
-        set_slot_int(w->rec, c->o_ctime, stamp) < 0) {
+    PyObject *t = rc > 0 ? PyLong_FromLongLong(stamp) : NULL;
+    if (rc < 0 || t == NULL || set_slot_int(journal, c->o_seq, seq) < 0 ||
+        (w->end > w->size && set_slot_int(w->rec, c->o_size, w->end) < 0)) {
+        Py_XDECREF(t);
         hand_failure(c, journal, seq, w->rec, w->end);
         return NULL;
     }
+    set_slot(w->rec, c->o_mtime, Py_NewRef(t)); /* rec.mtime_ns = rec.ctime_ns = stamp */
+    set_slot(w->rec, c->o_ctime, t);
     /* journal.commits is a statistic: a failure to count it is not the write's */
     int64_t count = int_u63(slot(journal, c->o_commits));
     if (count >= 0 && set_slot_int(journal, c->o_commits, count + 1) < 0)
