@@ -21,14 +21,19 @@
  *     8. write(header_offset + 64, seq)          (applied_seq, no drain)
  *
  * Every store, flush and fence goes through two operations of a Committer,
- * dev_write (copy and flush, no fence) and dev_drain, in one of two modes:
+ * dev_writev (copy and flush, no fence) and dev_drain, in one of two modes:
  *
  *   native    the device's memory is written directly and flushed with the
  *             persist mode of its daxfs.pmem._native.Region (clwb,
  *             clflushopt, clflush, none, msync): persist_copy and
  *             persist_drain of daxfs/pmem/_persist.h, the code Region.memcpy
- *             and Region.drain run (non-temporal from NT_THRESHOLD bytes).
- *   callback  dev_write calls the device's writer (the callable the
+ *             and Region.drain run (non-temporal from NT_THRESHOLD bytes),
+ *             except for lines every commit rewrites: the log is stored line
+ *             by line (native_writev: each line once, whole lines streamed),
+ *             the header and applied_seq with non-temporal 8-byte stores
+ *             (nt_store_u64); a cached store into a line flushed by the last
+ *             commit would first read it back from memory.
+ *   callback  dev_writev calls the device's writer (the callable the
  *             PmemStore writes through: write(offset, data, drain=False)) and
  *             dev_drain its drain(): any other Device, notably SimulatedPmem
  *             and the fault-injecting FaultyPmem, which then see exactly the
@@ -36,11 +41,12 @@
  *
  * Both modes run the one sequence function (commit_overwrite), so the crash
  * tests on SimulatedPmem test the sequence the native mode runs; what only the
- * native mode does (the copy and the flush instructions) is the code of
- * Region.memcpy.  A test hook (plant_missing_flush) makes the n-th dev_write
- * store without flushing, in either mode (in callback mode: straight into the
- * device's memory, which SimulatedPmem then sees as a store never flushed); a
- * crash test must catch it.
+ * native mode does (the stores and the flush instructions) is checked by
+ * comparing its image with the reference's, byte for byte.  A test hook
+ * (plant_missing_flush) makes the n-th dev_write store without flushing, in
+ * either mode (in callback mode: straight into the device's memory, which
+ * SimulatedPmem then sees as a store never flushed); a crash test must catch
+ * it.
  *
  * The inode record is not packed from the Python InodeRecord: it is the
  * committed record read from the media, checked (magic, inode number,

@@ -36,8 +36,9 @@ it in C (daxfs/fs/_commit.c, ``Committer.overwrite``): the same records, the
 same device operations in the same order, so the media is the same at every
 fence; ``_overwrite`` is the Python reference that builds it through
 ``begin`` and ``Transaction.commit``.  On a PmemDevice the C code copies and
-flushes itself; on any other device (SimulatedPmem) it calls the store's
-``write`` and ``drain``, so crash tests see every operation.
+flushes itself (the same bytes: tests/fs/test_commit.py compares the images);
+on any other device (SimulatedPmem) it calls the store's ``write`` and
+``drain``, so crash tests see every operation.
 ``Committer.pwrite`` (File.pwrite's first try) is the same commit with
 DataPath.write's checks and both locks in one C call; a device failure in it
 comes back to ``_overwrite_failed`` under those locks.
