@@ -225,6 +225,10 @@ typedef struct {
     int64_t commits; /* overwrites committed */
     /* during a call: the view's memory */
     char *base;
+    /* during a pwrite: sets memory past the commit point, while the data drains
+     * (0, or -1 with an exception); see commit_overwrite */
+    int (*applying)(void *ctx, int64_t stamp);
+    void *applying_ctx;
     Py_ssize_t size;
     /* the pwrite fast path (configure): the classes and their slot offsets */
     PyObject *types, *locations;
@@ -510,13 +514,27 @@ commit_overwrite(Committer *c, uint64_t seq, Py_ssize_t data_off, const char *da
     c->stage = STAGE_COMMITTED;
     if (dev_write(c, data_off, data, n) < 0 || dev_write(c, inode_off, rec, INODE_SIZE) < 0)
         return -1;
-    if (dev_drain(c) < 0) /* fence 3: applied in place */
-        return -1;
+    /* Memory takes the committed values (Committer.pwrite's hook) while the stores
+     * in place drain: it is no device operation, and it is done before the call
+     * returns either way.  Its failure (no memory for an int) waits until the
+     * transaction is applied: fence 3 and applied_seq come first. */
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    if (c->applying != NULL && c->applying(c->applying_ctx, c->stamp) < 0)
+        PyErr_Fetch(&type, &value, &tb);
     unsigned char applied[8];
     put_u64(applied, seq);
-    if (dev_write(c, c->header_offset + JH_APPLIED, applied, 8) < 0)
+    if (dev_drain(c) < 0 || /* fence 3: applied in place */
+        dev_write(c, c->header_offset + JH_APPLIED, applied, 8) < 0) {
+        Py_XDECREF(type); /* the device's failure is the one to report */
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
         return -1;
+    }
     c->stage = STAGE_DONE;
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
     return 0;
 }
 
@@ -584,7 +602,7 @@ do_overwrite(Committer *c, int64_t seq, int64_t data_off, Py_buffer *data, int64
         clock_gettime(CLOCK_REALTIME, &ts);
         now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     }
-    c->stamp = now;
+    c->stamp = now; /* before the commit: the applying hook and a failure read it */
     put_u64(rec + I_SIZE, (uint64_t)(end > size ? end : size));
     put_u64(rec + I_MTIME, (uint64_t)now);
     put_u64(rec + I_CTIME, (uint64_t)now);
@@ -865,6 +883,33 @@ plan_write(Committer *c, PyObject *inode, int64_t n, int64_t pos, Plan *w)
     return 1;
 }
 
+/* What set_memory needs: the commit's journal, plan and sequence number. */
+typedef struct {
+    Committer *c;
+    PyObject *journal;
+    Plan *w;
+    int64_t seq;
+} Applying;
+
+/* Past the commit point, memory takes what the media holds (as Journal.overwrite
+ * does): journal.seq, and the record's size, mtime and ctime.  0, or -1 with an
+ * exception (then Journal._overwrite_failed sets them). */
+static int
+set_memory(void *ctx, int64_t stamp)
+{
+    Applying *a = ctx;
+    Committer *c = a->c;
+    PyObject *t = PyLong_FromLongLong(stamp);
+    if (t == NULL || set_slot_int(a->journal, c->o_seq, a->seq) < 0 ||
+        (a->w->end > a->w->size && set_slot_int(a->w->rec, c->o_size, a->w->end) < 0)) {
+        Py_XDECREF(t);
+        return -1;
+    }
+    set_slot(a->w->rec, c->o_mtime, Py_NewRef(t)); /* rec.mtime_ns = rec.ctime_ns = stamp */
+    set_slot(a->w->rec, c->o_ctime, t);
+    return 0;
+}
+
 /* Under both locks: Journal.overwrite's C case.  The bytes written (an int), None
  * (a miss: nothing written), or NULL with an exception (from _overwrite_failed). */
 static PyObject *
@@ -876,21 +921,19 @@ commit_planned(Committer *c, PyObject *journal, Py_buffer *data, Plan *w)
         Py_RETURN_NONE;
     seq += 1;
     int64_t stamp = -1;
+    Applying a = {c, journal, w, seq};
+    c->applying = set_memory;
+    c->applying_ctx = &a;
     int rc = do_overwrite(c, seq, w->addr, data, w->inode_off, w->ino, w->size, w->mtime, w->end,
                           &stamp);
+    c->applying = NULL;
+    c->applying_ctx = NULL;
     if (rc == 0)
         Py_RETURN_NONE;
-    /* committed: memory takes what the media holds (as Journal.overwrite); past the
-     * commit point a failure to set it goes to Journal._overwrite_failed, as in Python */
-    PyObject *t = rc > 0 ? PyLong_FromLongLong(stamp) : NULL;
-    if (rc < 0 || t == NULL || set_slot_int(journal, c->o_seq, seq) < 0 ||
-        (w->end > w->size && set_slot_int(w->rec, c->o_size, w->end) < 0)) {
-        Py_XDECREF(t);
+    if (rc < 0) { /* Journal._overwrite_failed: past the commit point it sets memory */
         hand_failure(c, journal, seq, w->rec, w->end);
         return NULL;
     }
-    set_slot(w->rec, c->o_mtime, Py_NewRef(t)); /* rec.mtime_ns = rec.ctime_ns = stamp */
-    set_slot(w->rec, c->o_ctime, t);
     /* journal.commits is a statistic: a failure to count it is not the write's */
     int64_t count = int_u63(slot(journal, c->o_commits));
     if (count >= 0 && set_slot_int(journal, c->o_commits, count + 1) < 0)
