@@ -188,6 +188,7 @@ typedef struct {
     PyObject *heads, *bheads, *indexes;
     PyTypeObject *inode_type, *record_type;
     Py_ssize_t o_rec, o_mode, o_rgeneration;
+    Py_ssize_t o_f[10]; /* InodeRecord: ino mode nlink uid gid size blocks a/m/ctime_ns */
     PyObject *root;
     /* the layout (daxfs.fs.layout) */
     uint32_t magic;
@@ -223,8 +224,7 @@ get_u16(const unsigned char *p)
 
 /* ------------------------------------------------------------------ crc32c */
 
-static uint32_t crc_table[256];
-static int have_sse42;
+static uint32_t crc_table[256]; /* have_sse42: _persist.h's detect_cpu */
 
 static void
 crc_init(void)
@@ -235,10 +235,7 @@ crc_init(void)
             c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
         crc_table[i] = c;
     }
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    have_sse42 = __builtin_cpu_supports("sse4.2");
-#endif
+    detect_cpu();
 }
 
 #if defined(__x86_64__)
@@ -325,34 +322,110 @@ set_item(PyObject *result, Py_ssize_t i, PyObject *value)
     return 0;
 }
 
-/* os.stat_result of a checked record, as FileSystem._stat_inode builds it */
-static PyObject *
-build_stat(StatPath *s, const unsigned char *rec)
+/* the fields of a record stat reports */
+typedef struct {
+    uint64_t ino, size, blocks;
+    uint32_t mode, nlink, uid, gid;
+    int64_t times[3]; /* atime, mtime, ctime (ns) */
+} Fields;
+
+static void
+fields_of_record(Fields *f, const unsigned char *rec)
 {
-    uint32_t mode = get_u32(rec + 16);
-    uint64_t blocks = get_u64(rec + 40);
-    uint64_t size = (mode & S_FMT) == S_DIR ? (blocks > 1 ? blocks : 1) * s->block_size
-                                             : get_u64(rec + 32);
-    int64_t times[3];
-    memcpy(&times[0], rec + 48, 8);
-    memcpy(&times[1], rec + 56, 8);
-    memcpy(&times[2], rec + 64, 8);
-    uint64_t sectors = s->block_size / 512;
+    f->ino = get_u64(rec + 8);
+    f->mode = get_u32(rec + 16);
+    f->nlink = get_u32(rec + 20);
+    f->uid = get_u32(rec + 24);
+    f->gid = get_u32(rec + 28);
+    f->size = get_u64(rec + 32);
+    f->blocks = get_u64(rec + 40);
+    memcpy(&f->times[0], rec + 48, 8);
+    memcpy(&f->times[1], rec + 56, 8);
+    memcpy(&f->times[2], rec + 64, 8);
+}
+
+/* one field of an InodeRecord in memory, if it fits the media's width: 1, else 0 */
+static int
+record_field(PyObject *rec, Py_ssize_t offset, int is_signed, uint64_t limit, uint64_t *out)
+{
+    PyObject *v = slot(rec, offset);
+    if (v == NULL || !PyLong_CheckExact(v))
+        return 0;
+    if (is_signed) {
+        long long x = PyLong_AsLongLong(v);
+        if (x == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        *out = (uint64_t)x;
+        return 1;
+    }
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = x;
+    return x <= limit;
+}
+
+/* the fields of a cached Inode's record (the in-memory truth): 1, or 0 if one does not
+ * fit its width on media (the caller lets _stat_inode, in Python, answer) */
+static int
+fields_of_inode(StatPath *s, Fields *f, PyObject *inode)
+{
+    if (Py_TYPE(inode) != s->inode_type)
+        return 0;
+    PyObject *rec = slot(inode, s->o_rec);
+    if (rec == NULL || Py_TYPE(rec) != s->record_type)
+        return 0;
+    uint64_t v[10];
+    const uint64_t U32 = 0xFFFFFFFFu, U64 = UINT64_MAX;
+    if (!record_field(rec, s->o_f[0], 0, U64, &v[0]) ||
+        !record_field(rec, s->o_f[1], 0, U32, &v[1]) ||
+        !record_field(rec, s->o_f[2], 0, U32, &v[2]) ||
+        !record_field(rec, s->o_f[3], 0, U32, &v[3]) ||
+        !record_field(rec, s->o_f[4], 0, U32, &v[4]) ||
+        !record_field(rec, s->o_f[5], 0, U64, &v[5]) ||
+        !record_field(rec, s->o_f[6], 0, U64, &v[6]) ||
+        !record_field(rec, s->o_f[7], 1, 0, &v[7]) || !record_field(rec, s->o_f[8], 1, 0, &v[8]) ||
+        !record_field(rec, s->o_f[9], 1, 0, &v[9]))
+        return 0;
+    f->ino = v[0];
+    f->mode = (uint32_t)v[1];
+    f->nlink = (uint32_t)v[2];
+    f->uid = (uint32_t)v[3];
+    f->gid = (uint32_t)v[4];
+    f->size = v[5];
+    f->blocks = v[6];
+    for (int i = 0; i < 3; i++)
+        f->times[i] = (int64_t)v[7 + i];
+    return 1;
+}
+
+/* os.stat_result of the fields, as FileSystem._stat_inode builds it; None if Python's
+ * integers must answer (a directory's size past 64 bits) */
+static PyObject *
+build_stat(StatPath *s, const Fields *f)
+{
+    uint64_t blocks = f->blocks;
     if (blocks > UINT64_MAX / s->block_size)
-        return Py_NewRef(Py_None); /* Python's integers do not overflow: let it answer */
+        return Py_NewRef(Py_None);
+    uint64_t size = (f->mode & S_FMT) == S_DIR ? (blocks > 1 ? blocks : 1) * s->block_size
+                                                : f->size;
     PyObject *r = PyStructSequence_New((PyTypeObject *)s->stat_type);
     if (r == NULL)
         return NULL;
-    int bad = set_item(r, 0, PyLong_FromUnsignedLong(mode)) ||
-              set_item(r, 1, PyLong_FromUnsignedLongLong(get_u64(rec + 8))) ||
+    int bad = set_item(r, 0, PyLong_FromUnsignedLong(f->mode)) ||
+              set_item(r, 1, PyLong_FromUnsignedLongLong(f->ino)) ||
               set_item(r, 2, Py_NewRef(s->dev)) ||
-              set_item(r, 3, PyLong_FromUnsignedLong(get_u32(rec + 20))) ||
-              set_item(r, 4, PyLong_FromUnsignedLong(get_u32(rec + 24))) ||
-              set_item(r, 5, PyLong_FromUnsignedLong(get_u32(rec + 28))) ||
+              set_item(r, 3, PyLong_FromUnsignedLong(f->nlink)) ||
+              set_item(r, 4, PyLong_FromUnsignedLong(f->uid)) ||
+              set_item(r, 5, PyLong_FromUnsignedLong(f->gid)) ||
               set_item(r, 6, PyLong_FromUnsignedLongLong(size));
     for (int i = 0; i < 3 && !bad; i++) {
         /* Python's floor division and true division of the ns time */
-        int64_t t = times[i], sec = t / 1000000000, rem = t % 1000000000;
+        int64_t t = f->times[i], sec = t / 1000000000, rem = t % 1000000000;
         if (rem < 0)
             sec -= 1;
         bad = set_item(r, 7 + i, PyLong_FromLongLong(sec)) ||
@@ -361,7 +434,7 @@ build_stat(StatPath *s, const unsigned char *rec)
     }
     if (!bad)
         bad = set_item(r, 16, PyLong_FromUnsignedLongLong(s->block_size)) ||
-              set_item(r, 17, PyLong_FromUnsignedLongLong(blocks * sectors)) ||
+              set_item(r, 17, PyLong_FromUnsignedLongLong(blocks * (s->block_size / 512))) ||
               set_item(r, 18, PyLong_FromLong(0));
     if (bad) {
         Py_DECREF(r);
@@ -409,15 +482,26 @@ stat_from_media(StatPath *s, uint64_t ino, uint64_t hwm, int refuse_link, int ca
             __builtin_prefetch((const char *)mem.buf + offset + i);
     if (cached) {
         PyObject *pino = PyLong_FromUnsignedLongLong(ino);
-        if (pino == NULL || PyDict_GetItemWithError(s->cache, pino) != NULL) {
+        PyObject *inode = pino != NULL ? PyDict_GetItemWithError(s->cache, pino) : NULL;
+        if (inode != NULL || pino == NULL || PyErr_Occurred()) {
             PyBuffer_Release(&mem);
-            return pino; /* in memory: the caller builds from the Inode */
+            if (inode == NULL) {
+                Py_XDECREF(pino);
+                return NULL;
+            }
+            /* in memory (the truth inside a transaction): built from the Inode */
+            Fields f;
+            if (!fields_of_inode(s, &f, inode) || (refuse_link && (f.mode & S_FMT) == S_LNK))
+                return pino; /* the caller answers from the Inode (or walks, for a link) */
+            PyObject *r = build_stat(s, &f);
+            if (r == Py_None) {
+                Py_DECREF(r);
+                return pino;
+            }
+            Py_DECREF(pino);
+            return r;
         }
         Py_DECREF(pino);
-        if (PyErr_Occurred()) {
-            PyBuffer_Release(&mem);
-            return NULL;
-        }
     }
     unsigned char rec[RECORD];
     if (placed)
@@ -427,7 +511,9 @@ stat_from_media(StatPath *s, uint64_t ino, uint64_t hwm, int refuse_link, int ca
         Py_RETURN_NONE; /* not placed yet (the reference finds it), or damaged */
     if (refuse_link && (get_u32(rec + 16) & S_FMT) == S_LNK)
         Py_RETURN_NONE; /* a symbolic link to follow: the walk does */
-    return build_stat(s, rec);
+    Fields f;
+    fields_of_record(&f, rec);
+    return build_stat(s, &f);
 }
 
 /* DirIndex.find for `key`, `name`: 1 found (ino, type set), 0 absent, -1 ask the tree,
@@ -763,6 +849,11 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
         slot_offset((PyTypeObject *)record_type, "mode", &s->o_mode) < 0 ||
         slot_offset((PyTypeObject *)record_type, "generation", &s->o_rgeneration) < 0)
         return -1;
+    static const char *rfields[10] = {"ino",  "mode",   "nlink",    "uid",      "gid",
+                                      "size", "blocks", "atime_ns", "mtime_ns", "ctime_ns"};
+    for (int i = 0; i < 10; i++)
+        if (slot_offset((PyTypeObject *)record_type, rfields[i], &s->o_f[i]) < 0)
+            return -1;
     Py_XSETREF(s->heads, Py_NewRef(heads));
     Py_XSETREF(s->bheads, Py_NewRef(bheads));
     Py_XSETREF(s->indexes, Py_NewRef(indexes));
