@@ -383,14 +383,18 @@ class BlockMaps:
         pieces: list[Extent] = []
         rest: list[Extent] = []
         for e in self._inline(inode):
-            if e.end <= lblk or e.lblk >= end:
+            first, stop = e.lblk, e.lblk + e.length
+            if stop <= lblk or first >= end:
                 rest.append(e)
                 continue
+            if first >= lblk and stop <= end:
+                pieces.append(e)  # all of it (extents are immutable)
+                continue
             pieces.append(e.slice(lblk, end))
-            if e.lblk < lblk:
-                rest.append(e.slice(e.lblk, lblk))
-            if e.end > end:
-                rest.append(e.slice(end, e.end))
+            if first < lblk:
+                rest.append(e.slice(first, lblk))
+            if stop > end:
+                rest.append(e.slice(end, stop))
         for ext in new:
             rest = _merge_into(rest, ext)
         self._store_list(tx, inode, rest)
@@ -412,7 +416,7 @@ class BlockMaps:
 
 def _joinable(a: Extent, b: Extent) -> bool:
     return (
-        a.end == b.lblk
+        a.lblk + a.length == b.lblk
         and a.pblk + a.length == b.pblk
         and a.flags == b.flags
         and a.length + b.length <= MAX_EXTENT_BLOCKS
@@ -433,9 +437,9 @@ def _merge_into(extents: Sequence[Extent], ext: Extent) -> list[Extent]:
     merged: list[Extent] = []
     for e in out:
         if merged:
-            assert merged[-1].end <= e.lblk, f"extent {e} overlaps {merged[-1]}"
-            if _joinable(merged[-1], e):
-                last = merged[-1]
+            last = merged[-1]
+            assert last.lblk + last.length <= e.lblk, f"extent {e} overlaps {last}"
+            if _joinable(last, e):
                 merged[-1] = Extent(last.lblk, last.pblk, last.length + e.length, e.flags)
                 continue
         merged.append(e)
