@@ -1,0 +1,574 @@
+"""The bio: one block I/O request, its queue limits, and how it is split and merged.
+
+Theory of operation
+-------------------
+Linux rebuilt direct I/O around ``struct bio``: a container of memory
+segments, an operation, flags, a start sector and a completion, with no
+``get_block()`` anywhere.  daxfs's ``Bio`` is the same object in Python:
+
+    op        READ, WRITE, FLUSH, DISCARD, WRITE_ZEROES (``BioOp``)
+    flags     FUA, PREFLUSH (``BioFlags``)
+    sector    where it starts, in 512-byte sectors (``SECTOR_SIZE``) whatever
+              the device's logical block size, as in the kernel
+    segments  memoryviews (any buffer, or an object with ``views()`` such as
+              daxfs.mm's ``SGList``: pinned pmem is then the source or the
+              target of the I/O with no copy); READ and WRITE only
+    size      bytes: the segments' total, or given for DISCARD/WRITE_ZEROES
+    future    a ``concurrent.futures.Future``: the bytes done, or an OSError
+    end_io    an optional callback ``end_io(bio)``, run once at completion
+              after ``future`` and ``status`` are set (as ``bi_end_io``)
+
+A device executes bios within its ``QueueLimits`` (block sizes, maximum
+segments, bytes per segment and per request, discard and write-zeroes
+limits).  ``split_bio`` cuts a bio that exceeds them into children at
+logical-block boundaries (Linux's ``bio_split_to_limits``); the parent
+completes when the last child does, with the total or the first error
+(``bio_chain``).  ``merge_bios`` joins adjacent bios that follow each other
+on the device (a back merge of a plug, ``blk_attempt_plug_merge``) into one
+``Request``, the unit a backend executes; a request's completion completes
+each of its bios.
+
+``check_bio`` is the validation every device applies before anything runs
+(``submit_bio_noacct``, ``bio_check_eod``): an unaligned sector or length is
+EINVAL naming the alignment, a range past the device's end is EINVAL naming
+the sectors (Linux fails those bios with EIO; daxfs calls them bad arguments,
+as its pmem devices do), an operation the device lacks is EOPNOTSUPP, a write
+to a read-only device EROFS.
+
+State diagram (``Bio``)::
+
+    Bio(...) --> NEW --BlockDevice.submit_bio--> SUBMITTED --_complete--> DONE
+      NEW:       fields may be inspected; submit_bio takes it once
+      SUBMITTED: the device owns the segments (do not touch the buffers)
+      DONE:      future resolved, status set, end_io called; done is True
+
+Invariants
+  1. A bio completes exactly once: ``_complete`` sets ``status`` and the
+     future, then calls ``end_io``; a second completion is an AssertionError.
+  2. ``size`` equals the total length of ``segments`` for READ and WRITE,
+     and a READ has only writable segments (checked at construction).
+  3. ``split_bio`` yields children that lie within the limits, cover the
+     parent's bytes exactly and in order, start and end on logical-block
+     boundaries, and carry the parent's FUA; only the device honours
+     PREFLUSH, once, before the first child (``BlockDevice`` does it).
+  4. ``merge_bios`` keeps submission order, merges only bios with the same
+     operation and flags (never PREFLUSH) that are contiguous on the device,
+     and never builds a request beyond the limits.
+  5. The result of a successful bio is its ``size``; a shorter transfer is
+     an error (``IOFailure``, naming the sector where it stopped) for every
+     bio not wholly inside what was done.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from daxfs.errors import InvalidArgument, IOFailure, NotSupported, ReadOnly
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+LOG = logging.getLogger("daxfs.block")
+
+SECTOR_SHIFT = 9
+#: Bytes of a sector, the unit of ``Bio.sector`` (whatever the logical block size).
+SECTOR_SIZE = 1 << SECTOR_SHIFT
+
+
+class BioOp(enum.Enum):
+    """What a bio does (Linux's REQ_OP_*)."""
+
+    READ = "read"  # device -> segments
+    WRITE = "write"  # segments -> device
+    FLUSH = "flush"  # make every completed write durable (empty: no sector, no data)
+    DISCARD = "discard"  # the range is unused; daxfs's backends read it as zeros afterwards
+    WRITE_ZEROES = "write_zeroes"  # the range reads as zeros (no data buffers)
+
+    @property
+    def has_data(self) -> bool:
+        """True for READ and WRITE, the operations that carry segments."""
+        return self is BioOp.READ or self is BioOp.WRITE
+
+    @property
+    def writes(self) -> bool:
+        """True for the operations that change the media (not READ or FLUSH)."""
+        return self is BioOp.WRITE or self is BioOp.DISCARD or self is BioOp.WRITE_ZEROES
+
+
+class BioFlags(enum.IntFlag):
+    """Modifiers of a bio (Linux's REQ_* flags)."""
+
+    NONE = 0
+    # Forced unit access: this write is durable when it completes (earlier
+    # writes still need a FLUSH). WRITE and WRITE_ZEROES only.
+    FUA = 0x1
+    # Flush the volatile write cache first: every write completed before this
+    # bio was submitted is durable before any of its data is written. Any
+    # writing operation (a FLUSH bio is one by definition).
+    PREFLUSH = 0x2
+
+
+@runtime_checkable
+class SegmentSource(Protocol):
+    """Something that describes memory as views, in order (daxfs.mm's SGList)."""
+
+    def views(self) -> Iterable[memoryview]: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """What a device accepts in one request (Linux's struct queue_limits).
+
+    Raises (construction):
+        InvalidArgument (EINVAL): a size that is not a power of two, a
+            physical block smaller than the logical one, a byte limit that is
+            not a multiple of the logical block size, a limit below one.
+    """
+
+    #: The unit of addressing and of transfer: sectors and lengths must be multiples.
+    logical_block_size: int = SECTOR_SIZE
+    #: The unit the media writes atomically (>= logical_block_size).
+    physical_block_size: int = SECTOR_SIZE
+    #: Segments per request (IOV_MAX bounds the file backend).
+    max_segments: int = 128
+    #: Bytes per segment; a longer one is cut.
+    max_segment_bytes: int = 1 << 20
+    #: Bytes per READ or WRITE request.
+    max_bytes: int = 1 << 20
+    #: Bytes per DISCARD request (0: the device has no DISCARD).
+    max_discard_bytes: int = 1 << 30
+    #: Bytes per WRITE_ZEROES request (0: the device has no WRITE_ZEROES).
+    max_write_zeroes_bytes: int = 1 << 30
+    #: Memory alignment (address and length) a segment needs to be used in
+    #: place; a backend copies other segments through an aligned bounce buffer.
+    dma_alignment: int = 1
+
+    def __post_init__(self) -> None:
+        lbs = self.logical_block_size
+        for name in ("logical_block_size", "physical_block_size", "dma_alignment"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"queue limit {name} must be a positive integer: {value!r}")
+            if value & (value - 1):
+                raise InvalidArgument(f"queue limit {name} must be a power of two, not {value}")
+        if not SECTOR_SIZE <= lbs <= 1 << 16:
+            raise InvalidArgument(f"logical_block_size must be in [512, 65536], not {lbs}")
+        if self.physical_block_size < lbs:
+            raise InvalidArgument(
+                f"physical_block_size {self.physical_block_size} is smaller than the "
+                f"logical block size {lbs}"
+            )
+        for name in ("max_segments", "max_segment_bytes", "max_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"queue limit {name} must be a positive integer: {value!r}")
+        for name in ("max_bytes", "max_discard_bytes", "max_write_zeroes_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value % lbs:
+                raise InvalidArgument(
+                    f"queue limit {name} must be a multiple of the logical block size "
+                    f"{lbs}, not {value!r}"
+                )
+
+    def max_bytes_for(self, op: BioOp) -> int:
+        """The request size limit of ``op`` (0: not supported)."""
+        if op is BioOp.DISCARD:
+            return self.max_discard_bytes
+        if op is BioOp.WRITE_ZEROES:
+            return self.max_write_zeroes_bytes
+        return self.max_bytes
+
+
+def _as_views(segments: Iterable[Buffer] | SegmentSource) -> list[memoryview]:
+    source: Iterable[object] = (
+        segments.views() if isinstance(segments, SegmentSource) else segments
+    )
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = [source]  # one buffer given alone
+    views = []
+    for i, seg in enumerate(source):
+        try:
+            view = memoryview(seg)  # type: ignore[arg-type]
+        except TypeError:
+            raise InvalidArgument(f"bio segment {i} is not a buffer: {type(seg).__name__}") from None
+        if view.format != "B" or view.ndim != 1:
+            try:
+                view = view.cast("B")
+            except TypeError:
+                raise InvalidArgument(f"bio segment {i} is not C-contiguous memory") from None
+        views.append(view)
+    return views
+
+
+class Bio:
+    """One block I/O request: see the module docstring.
+
+    Raises (construction):
+        InvalidArgument (EINVAL): op or flags of the wrong type; a negative or
+            non-integer sector or size; a segment that is not a buffer; a READ
+            segment that is read-only; segments on an operation without data,
+            or a size that disagrees with them.
+    """
+
+    __slots__ = (
+        "_children_left",
+        "_done",
+        "_error",
+        "_lock",
+        "_parent",
+        "_state",
+        "end_io",
+        "flags",
+        "future",
+        "op",
+        "private",
+        "sector",
+        "segments",
+        "size",
+        "status",
+    )
+
+    def __init__(
+        self,
+        op: BioOp,
+        sector: int = 0,
+        segments: Iterable[Buffer] | SegmentSource = (),
+        *,
+        size: int | None = None,
+        flags: BioFlags = BioFlags.NONE,
+        end_io: Callable[[Bio], object] | None = None,
+        private: object = None,
+    ) -> None:
+        if not isinstance(op, BioOp):
+            raise InvalidArgument(f"bio op must be a BioOp, not {op!r}")
+        if not isinstance(flags, BioFlags):
+            raise InvalidArgument(f"bio flags must be BioFlags, not {flags!r}")
+        if isinstance(sector, bool) or not isinstance(sector, int) or sector < 0:
+            raise InvalidArgument(f"bio sector must be a non-negative integer, not {sector!r}")
+        views = _as_views(segments)
+        total = sum(len(v) for v in views)
+        if op.has_data:
+            if size is not None and size != total:
+                raise InvalidArgument(f"bio size {size} is not its segments' total {total}")
+            size = total
+            if op is BioOp.READ:
+                for i, v in enumerate(views):
+                    if v.readonly:
+                        raise InvalidArgument(
+                            f"read bio at sector {sector}: segment {i} is read-only memory"
+                        )
+        else:
+            if views:
+                raise InvalidArgument(f"a {op.value} bio carries no segments")
+            if op is BioOp.FLUSH:
+                size = 0 if size is None else size
+                if size != 0:
+                    raise InvalidArgument(f"a flush bio has no length, not {size}")
+            elif isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidArgument(
+                    f"a {op.value} bio needs a non-negative integer size, not {size!r}"
+                )
+        self.op = op
+        self.flags = flags
+        self.sector = sector
+        self.segments = views
+        self.size: int = size
+        self.end_io = end_io
+        self.private = private
+        self.future: Future[int] = Future()
+        #: None until done; then None (success) or the error
+        self.status: BaseException | None = None
+        self._state = "new"
+        self._parent: Bio | None = None
+        self._lock: threading.Lock | None = None
+        self._children_left = 0
+        self._done = 0
+        self._error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        flags = f" {self.flags!r}" if self.flags else ""
+        return (
+            f"<Bio {self.op.value}{flags} sector {self.sector} +{self.size} bytes "
+            f"{len(self.segments)} segments {self._state}>"
+        )
+
+    @property
+    def end_sector(self) -> int:
+        """The sector just past the bio."""
+        return self.sector + (self.size >> SECTOR_SHIFT)
+
+    @property
+    def done(self) -> bool:
+        return self._state == "done"
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for completion; return the bytes done.
+
+        Raises:
+            OSError: the bio failed (its status), with the errno of the failure.
+            TimeoutError: not done within ``timeout`` seconds.
+        """
+        return self.future.result(timeout)
+
+    # -- completion (the device's side) ----------------------------------------------
+
+    def _submitted(self) -> None:
+        if self._state != "new":
+            raise InvalidArgument(f"{self!r} was submitted already")
+        self._state = "submitted"
+
+    def _complete(self, result: int | BaseException) -> None:
+        """End the bio with the bytes done or an error (invariant 1)."""
+        assert self._state != "done", f"{self!r} completed twice"
+        self._state = "done"
+        if isinstance(result, BaseException):
+            self.status = result
+            self.future.set_exception(result)
+        else:
+            self.future.set_result(result)
+        if self.end_io is not None:
+            try:
+                self.end_io(self)
+            except Exception:
+                LOG.exception("end_io of %r raised", self)
+        parent = self._parent
+        if parent is not None:
+            self._parent = None
+            parent._child_done(result)
+
+    def _child_done(self, result: int | BaseException) -> None:
+        assert self._lock is not None
+        with self._lock:
+            if isinstance(result, BaseException):
+                if self._error is None:
+                    self._error = result
+            else:
+                self._done += result
+            self._children_left -= 1
+            last = self._children_left == 0
+        if last:
+            self._complete(self._error if self._error is not None else self._done)
+
+    def _child(
+        self, sector: int, segments: list[memoryview], size: int, flags: BioFlags
+    ) -> Bio:
+        child = Bio.__new__(Bio)
+        child.op = self.op
+        child.flags = flags
+        child.sector = sector
+        child.segments = segments
+        child.size = size
+        child.end_io = None
+        child.private = None
+        child.future = Future()
+        child.status = None
+        child._state = "submitted"
+        child._parent = self
+        child._lock = None
+        child._children_left = 0
+        child._done = 0
+        child._error = None
+        return child
+
+
+def check_bio(
+    bio: Bio, limits: QueueLimits, nr_sectors: int, name: str, readonly: bool = False
+) -> OSError | None:
+    """The error ``bio`` must fail with on a device of ``nr_sectors``, or None if valid."""
+    op = bio.op
+    if op.writes and readonly:
+        return ReadOnly(f"{op.value} at sector {bio.sector}: {name} is read-only")
+    if op is BioOp.FLUSH:
+        if bio.flags & BioFlags.FUA:
+            return InvalidArgument(f"FUA applies to writes, not to a flush of {name}")
+        return None
+    if bio.flags & BioFlags.FUA and op not in (BioOp.WRITE, BioOp.WRITE_ZEROES):
+        return InvalidArgument(f"FUA applies to writes, not to a {op.value} of {name}")
+    if bio.flags & BioFlags.PREFLUSH and not op.writes:
+        return InvalidArgument(f"PREFLUSH applies to writes, not to a {op.value} of {name}")
+    if limits.max_bytes_for(op) == 0:
+        return NotSupported(f"{name} does not support {op.value} (sector {bio.sector})")
+    lbs = limits.logical_block_size
+    if (bio.sector << SECTOR_SHIFT) % lbs:
+        return InvalidArgument(
+            f"{op.value} at sector {bio.sector}: not aligned to the logical block size "
+            f"of {name} ({lbs} bytes)"
+        )
+    if bio.size % lbs:
+        return InvalidArgument(
+            f"{op.value} of {bio.size} bytes at sector {bio.sector}: the length is not a "
+            f"multiple of the logical block size of {name} ({lbs} bytes)"
+        )
+    if bio.end_sector > nr_sectors:
+        return InvalidArgument(
+            f"{op.value} of sectors [{bio.sector}, {bio.end_sector}) is beyond the end of "
+            f"{name} ({nr_sectors} sectors)"
+        )
+    return None
+
+
+def split_bio(bio: Bio, limits: QueueLimits) -> list[Bio]:
+    """Cut ``bio`` into children within ``limits`` (invariant 3); ``[bio]`` if it fits.
+
+    The bio must have passed ``check_bio``. Children are chained to ``bio``:
+    it completes when the last of them does.  PREFLUSH is dropped from the
+    children (the device flushes once, before dispatching them).
+
+    Raises:
+        InvalidArgument (EINVAL): the segments are so small that
+            ``max_segments`` of them hold less than one logical block.
+    """
+    child_flags = bio.flags & ~BioFlags.PREFLUSH
+    if bio.op is BioOp.FLUSH:
+        return [bio]
+    limit = limits.max_bytes_for(bio.op)
+    if not bio.op.has_data:
+        if bio.size <= limit:
+            return [bio]
+        pieces = [
+            (bio.sector + (off >> SECTOR_SHIFT), [], min(limit, bio.size - off))
+            for off in range(0, bio.size, limit)
+        ]
+        return _chain(bio, pieces, child_flags)
+    if (
+        bio.size <= limit
+        and len(bio.segments) <= limits.max_segments
+        and all(len(v) <= limits.max_segment_bytes for v in bio.segments)
+    ):
+        return [bio]
+    return _chain(bio, _cut(bio, limits), child_flags)
+
+
+def _cut(bio: Bio, limits: QueueLimits) -> list[tuple[int, list[memoryview], int]]:
+    lbs = limits.logical_block_size
+    queue = collections.deque(v for v in bio.segments if len(v))
+    pieces: list[tuple[int, list[memoryview], int]] = []
+    sector = bio.sector
+    cur: list[memoryview] = []
+    cur_bytes = 0
+    while queue:
+        seg = queue.popleft()
+        take = min(len(seg), limits.max_segment_bytes, limits.max_bytes - cur_bytes)
+        cur.append(seg[:take])
+        cur_bytes += take
+        if take < len(seg):
+            queue.appendleft(seg[take:])
+        if queue and cur_bytes < limits.max_bytes and len(cur) < limits.max_segments:
+            continue
+        excess = cur_bytes % lbs
+        if excess == cur_bytes:
+            raise InvalidArgument(
+                f"{bio.op.value} at sector {bio.sector}: {limits.max_segments} segments "
+                f"hold less than one logical block ({lbs} bytes); use larger buffers"
+            )
+        while excess:  # give the part past the last whole block back to the queue
+            last = cur.pop()
+            if len(last) <= excess:
+                queue.appendleft(last)
+                excess -= len(last)
+            else:
+                cur.append(last[: len(last) - excess])
+                queue.appendleft(last[len(last) - excess :])
+                excess = 0
+        size = sum(len(v) for v in cur)
+        pieces.append((sector, cur, size))
+        sector += size >> SECTOR_SHIFT
+        cur, cur_bytes = [], 0
+    assert sector == bio.end_sector
+    return pieces
+
+
+def _chain(
+    bio: Bio, pieces: list[tuple[int, list[memoryview], int]], flags: BioFlags
+) -> list[Bio]:
+    bio._lock = threading.Lock()
+    bio._children_left = len(pieces)
+    return [bio._child(sector, segs, size, flags) for sector, segs, size in pieces]
+
+
+@dataclasses.dataclass(slots=True)
+class Request:
+    """Bios contiguous on the device, executed as one I/O by a backend."""
+
+    op: BioOp
+    flags: BioFlags
+    sector: int
+    size: int
+    bios: list[Bio]
+    #: set once the request has completed (a backend ends it exactly once)
+    ended: bool = False
+    #: called with the result after the bios completed (the data of a PREFLUSH bio)
+    then: Callable[[int | BaseException], None] | None = None
+
+    @property
+    def offset(self) -> int:
+        """Device byte offset of the request."""
+        return self.sector << SECTOR_SHIFT
+
+    @property
+    def segments(self) -> list[memoryview]:
+        """Every bio's segments, in order (READ and WRITE)."""
+        if len(self.bios) == 1:
+            return self.bios[0].segments
+        return [v for bio in self.bios for v in bio.segments]
+
+    @property
+    def nr_segments(self) -> int:
+        return sum(len(b.segments) for b in self.bios)
+
+    @classmethod
+    def of(cls, bio: Bio) -> Request:
+        return cls(bio.op, bio.flags, bio.sector, bio.size, [bio])
+
+
+def merge_bios(bios: Sequence[Bio], limits: QueueLimits) -> list[Request]:
+    """Requests of ``bios`` in order, each bio merged into the previous request when
+    it follows it on the device with the same op and flags, within limits (invariant 4).
+    The bios must already lie within the limits (``split_bio``)."""
+    requests: list[Request] = []
+    for bio in bios:
+        last = requests[-1] if requests else None
+        if (
+            last is not None
+            and bio.op is last.op
+            and bio.op is not BioOp.FLUSH
+            and bio.flags == last.flags
+            and not bio.flags & BioFlags.PREFLUSH
+            and bio.sector == last.sector + (last.size >> SECTOR_SHIFT)
+            and last.size + bio.size <= limits.max_bytes_for(bio.op)
+            and last.nr_segments + len(bio.segments) <= limits.max_segments
+        ):
+            last.bios.append(bio)
+            last.size += bio.size
+        else:
+            requests.append(Request.of(bio))
+    return requests
+
+
+def short_error(req: Request, done: int, name: str) -> IOFailure:
+    """The error of a request that moved only ``done`` of its bytes (invariant 5)."""
+    return IOFailure(
+        f"short {req.op.value}: {done} of {req.size} bytes at sector {req.sector} of {name} "
+        f"(stopped at sector {req.sector + (done >> SECTOR_SHIFT)})"
+    )
+
+
+__all__ = [
+    "SECTOR_SIZE",
+    "Bio",
+    "BioFlags",
+    "BioOp",
+    "QueueLimits",
+    "Request",
+    "SegmentSource",
+    "check_bio",
+    "merge_bios",
+    "split_bio",
+]

@@ -1,0 +1,254 @@
+"""I/O engines: how the file backend's requests reach the kernel.
+
+Theory of operation
+-------------------
+``FileBlockDevice`` turns each request into one ``IoOp`` -- the operations
+io_uring has opcodes for -- and hands it to an engine with a completion
+callback:
+
+    READV      preadv(fd, buffers, offset)            IORING_OP_READV
+    WRITEV     pwritev(fd, buffers, offset, flags)    IORING_OP_WRITEV (rw_flags)
+               flags: RWF_DSYNC for FUA
+    FDATASYNC  fdatasync(fd)                           IORING_OP_FSYNC (DATASYNC)
+    FALLOCATE  fallocate(fd, mode, offset, length)     IORING_OP_FALLOCATE
+               (WRITE_ZEROES: ZERO_RANGE; DISCARD: PUNCH_HOLE|KEEP_SIZE;
+               a file system without them: zeros are written instead)
+
+An op with ``datasync_after`` is followed by an fdatasync before it
+completes (FUA of a WRITE_ZEROES or DISCARD; a linked SQE for io_uring).
+
+``run_op`` executes one op synchronously and is the reference every engine
+must agree with.  ``ThreadPoolEngine`` runs it on ``queue_depth`` worker
+threads (the system calls release the GIL), so that many requests are in
+flight from one submitting thread.  The io_uring engine (a C extension with
+liburing, one submission and completion ring shared by all threads) will
+implement the same ``IoEngine`` interface; until it exists, ``choose_engine``
+names the thread pool and says why, which ``FileBlockDevice.engine`` and
+``engine_reason`` report (and ``daxfs info`` will print).
+
+Invariants
+  1. ``done`` is called exactly once per submitted op, from any thread, with
+     the bytes moved (READV/WRITEV: all of them unless the file ended or the
+     kernel stopped making progress; FDATASYNC: 0; FALLOCATE: the length) or
+     the exception that stopped it.
+  2. A partial preadv/pwritev is continued from where it stopped; an op
+     returns short only when a call moved nothing.
+  3. ``close()`` returns when every submitted op has completed.
+"""
+
+from __future__ import annotations
+
+import abc
+import ctypes
+import dataclasses
+import enum
+import errno
+import logging
+import mmap
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from daxfs.errors import InvalidArgument, NotSupported
+
+LOG = logging.getLogger("daxfs.block")
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+_ZERO_CHUNK = 1 << 20
+_zeros: mmap.mmap | None = None  # page-aligned zeros (usable with O_DIRECT), made on first use
+
+
+class IoKind(enum.Enum):
+    """The system call an op makes (each an io_uring opcode)."""
+
+    READV = "readv"
+    WRITEV = "writev"
+    FDATASYNC = "fdatasync"
+    FALLOCATE = "fallocate"
+
+
+@dataclasses.dataclass(slots=True)
+class IoOp:
+    """One system call's worth of work for an engine."""
+
+    kind: IoKind
+    fd: int
+    offset: int = 0
+    buffers: list[memoryview] = dataclasses.field(default_factory=list)
+    length: int = 0  # FALLOCATE: bytes
+    flags: int = 0  # WRITEV: RWF_* flags; FALLOCATE: mode
+    datasync_after: bool = False
+
+
+Done = Callable[[int | BaseException], None]
+
+
+class IoEngine(abc.ABC):
+    """Executes IoOps asynchronously; see the module docstring."""
+
+    #: a short name: "threads", later "io_uring"
+    name: str
+    #: ops that can be in flight at once
+    queue_depth: int
+
+    @abc.abstractmethod
+    def submit(self, op: IoOp, done: Done) -> None:
+        """Start ``op``; call ``done`` once with its result (invariant 1)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Wait for every op in flight, then release the engine (invariant 3)."""
+
+
+class ThreadPoolEngine(IoEngine):
+    """``run_op`` on a pool of ``queue_depth`` threads."""
+
+    name = "threads"
+
+    def __init__(self, queue_depth: int = 8) -> None:
+        if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or queue_depth < 1:
+            raise InvalidArgument(f"queue_depth must be a positive integer, not {queue_depth!r}")
+        self.queue_depth = queue_depth
+        self._pool = ThreadPoolExecutor(max_workers=queue_depth, thread_name_prefix="daxfs-block")
+
+    def submit(self, op: IoOp, done: Done) -> None:
+        self._pool.submit(_run_then, op, done)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _run_then(op: IoOp, done: Done) -> None:
+    result: int | BaseException
+    try:
+        result = run_op(op)
+    except BaseException as exc:
+        result = exc
+    try:
+        done(result)
+    except BaseException:  # a bug in the completion: it must not vanish in the pool
+        LOG.exception("completion of %s failed", op)
+        raise
+
+
+def choose_engine(engine: str, queue_depth: int) -> tuple[IoEngine, str]:
+    """The engine for ``engine`` ("auto", "threads" or "io_uring") and why.
+
+    Raises:
+        InvalidArgument (EINVAL): an unknown engine name.
+        NotSupported (EOPNOTSUPP): "io_uring" (not built yet).
+    """
+    if engine == "threads":
+        return ThreadPoolEngine(queue_depth), "asked for (engine='threads')"
+    if engine == "auto":
+        return (
+            ThreadPoolEngine(queue_depth),
+            "fallback: the io_uring engine is not built yet; a thread pool of preadv/pwritev",
+        )
+    if engine == "io_uring":
+        raise NotSupported("the io_uring engine is not built yet (use engine='threads')")
+    raise InvalidArgument(f"engine must be 'auto', 'threads' or 'io_uring', not {engine!r}")
+
+
+# -- the reference: one op, synchronously ------------------------------------------------
+
+
+def run_op(op: IoOp) -> int:
+    """Execute ``op`` in this thread; return the bytes moved (see invariant 1).
+
+    Raises:
+        OSError: from the system call, errno kept.
+    """
+    kind = op.kind
+    if kind is IoKind.READV:
+        return _transfer(op, write=False)
+    if kind is IoKind.WRITEV:
+        done = _transfer(op, write=True)
+    elif kind is IoKind.FDATASYNC:
+        os.fdatasync(op.fd)
+        return 0
+    else:
+        done = _fallocate_or_zero(op)
+    if op.datasync_after:
+        os.fdatasync(op.fd)
+    return done
+
+
+def _transfer(op: IoOp, *, write: bool) -> int:
+    views = [v for v in op.buffers if len(v)]
+    total = sum(len(v) for v in views)
+    done = 0
+    flags = op.flags
+    while done < total:
+        if write:
+            try:
+                n = os.pwritev(op.fd, views, op.offset + done, flags)
+            except OSError as exc:
+                if not (flags and exc.errno == errno.EOPNOTSUPP):
+                    raise
+                flags = 0  # no RWF_DSYNC here: write, then fdatasync below
+                op.datasync_after = True
+                continue
+        else:
+            n = os.preadv(op.fd, views, op.offset + done)
+        if n <= 0:
+            break
+        done += n
+        views = _advance(views, n)
+    return done
+
+
+def _advance(views: list[memoryview], n: int) -> list[memoryview]:
+    out = []
+    for view in views:
+        if n >= len(view):
+            n -= len(view)
+            continue
+        out.append(view[n:])
+        n = 0
+    return out
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) (os has only posix_fallocate).
+
+    Raises:
+        OSError: errno from the call.
+    """
+    if _fallocate(fd, mode, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _fallocate_or_zero(op: IoOp) -> int:
+    try:
+        fallocate(op.fd, op.flags, op.offset, op.length)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.ENODEV):
+            raise
+        _write_zeros(op.fd, op.offset, op.length)
+    return op.length
+
+
+def _write_zeros(fd: int, offset: int, length: int) -> None:
+    global _zeros
+    if _zeros is None:
+        _zeros = mmap.mmap(-1, _ZERO_CHUNK, prot=mmap.PROT_READ)
+    zeros = memoryview(_zeros)
+    done = 0
+    while done < length:
+        n = min(length - done, _ZERO_CHUNK)
+        op = IoOp(IoKind.WRITEV, fd, offset + done, [zeros[:n]])
+        moved = _transfer(op, write=True)
+        if moved < n:
+            raise OSError(errno.EIO, f"writing zeros stopped after {done + moved} bytes")
+        done += n

@@ -1,0 +1,355 @@
+"""FileBlockDevice: a regular file or a block device, reached with preadv/pwritev.
+
+Theory of operation
+-------------------
+``open_block(path)`` opens a regular file (an image on ext4, tmpfs, ...) or a
+block device (an SSD partition, a loop or NBD device) as a ``BlockDevice``:
+
+    size            regular file: its size (``size`` and ``create`` grow it);
+                    block device: the BLKGETSIZE64 ioctl
+    block sizes     block device: BLKSSZGET / BLKPBSZGET; regular file with
+                    O_DIRECT: the smallest of 512..4096 an aligned O_DIRECT read
+                    accepts (Linux's dio alignment); buffered: 512
+    O_DIRECT        tried first (``direct=None``): the data then moves between
+                    the caller's buffers and the device with no page cache.
+                    Fallback when the file system refuses it (open or the probe
+                    fails with EINVAL): buffered I/O, which is as correct (FLUSH
+                    is fdatasync either way) but goes through the page cache.
+                    ``direct`` and ``engine_reason`` say which happened.
+    alignment       O_DIRECT needs each buffer's address and length aligned to
+                    the logical block size (``QueueLimits.dma_alignment``); a
+                    request with any other segment goes through one
+                    page-aligned bounce buffer (a copy), counted in
+                    ``statistics()['bounced']``.
+
+Each request becomes one ``IoOp`` of the engine (daxfs.block.engine): READ
+preadv, WRITE pwritev (RWF_DSYNC for FUA), FLUSH fdatasync, WRITE_ZEROES
+fallocate(ZERO_RANGE), DISCARD fallocate(PUNCH_HOLE|KEEP_SIZE) -- both read as
+zeros afterwards, and fall back to writing zeros where fallocate is missing.
+The engine is a thread pool today (io_uring later, same interface); ``engine``
+names it, with "O_DIRECT" or "buffered".
+
+Invariants
+  1. The file descriptor lives from open until ``close()``, which first waits
+     for the engine to finish every op.
+  2. A completed FUA write is durable (RWF_DSYNC, or pwritev + fdatasync); a
+     completed FLUSH made every write completed before it durable (fdatasync
+     flushes the page cache and the device's cache).
+  3. The kernel's errors reach the bio with their errno (EIO, ENOSPC, ...),
+     naming the operation, the sector and the path.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import stat as stat_mod
+import struct
+
+import numpy as np
+
+from daxfs.block.bio import SECTOR_SHIFT, BioFlags, BioOp, QueueLimits, Request
+from daxfs.block.device import BlockDevice
+from daxfs.block.engine import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    IoEngine,
+    IoKind,
+    IoOp,
+    choose_engine,
+)
+from daxfs.errors import InvalidArgument, IsADirectory, NotFound
+from daxfs.pmem.device import check_integer
+
+BLKGETSIZE64 = 0x80081272
+BLKSSZGET = 0x1268
+BLKPBSZGET = 0x127B
+IOV_MAX = os.sysconf("SC_IOV_MAX")
+
+
+class FileBlockDevice(BlockDevice):
+    """A block device over a file descriptor; create with ``open_block``."""
+
+    write_cache = True
+    fua = True
+
+    def __init__(
+        self,
+        path: str,
+        fd: int,
+        nr_sectors: int,
+        limits: QueueLimits,
+        *,
+        direct: bool,
+        reason: str,
+        engine: IoEngine,
+        readonly: bool,
+        blockdev: bool,
+    ) -> None:
+        super().__init__(path, nr_sectors, limits, readonly=readonly)
+        self.path = path
+        self.fd = fd
+        self.direct = direct
+        self.blockdev = blockdev
+        self._reason = reason
+        self._engine = engine
+        self._stats["bounced"] = 0
+
+    @property
+    def engine(self) -> str:
+        mode = "O_DIRECT" if self.direct else "buffered"
+        return f"{self._engine.name} (preadv/pwritev, {mode}, queue depth {self._engine.queue_depth})"
+
+    @property
+    def engine_reason(self) -> str:
+        return self._reason
+
+    def _dispatch(self, req: Request) -> None:
+        op = req.op
+        fd = self.fd
+        if op is BioOp.FLUSH:
+            self._engine.submit(IoOp(IoKind.FDATASYNC, fd), lambda r: self._end(req, r))
+            return
+        if op is BioOp.WRITE_ZEROES or op is BioOp.DISCARD:
+            mode = (
+                FALLOC_FL_ZERO_RANGE
+                if op is BioOp.WRITE_ZEROES
+                else FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+            )
+            if self.blockdev and op is BioOp.WRITE_ZEROES:
+                mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
+            io = IoOp(
+                IoKind.FALLOCATE,
+                fd,
+                req.offset,
+                length=req.size,
+                flags=mode,
+                datasync_after=bool(req.flags & BioFlags.FUA),
+            )
+            self._engine.submit(io, lambda r: self._end(req, r))
+            return
+        views = req.segments
+        if self.direct and _misaligned(views, self.limits.dma_alignment):
+            self._bounced(req, views)
+            return
+        kind = IoKind.READV if op is BioOp.READ else IoKind.WRITEV
+        flags = os.RWF_DSYNC if req.flags & BioFlags.FUA else 0
+        self._engine.submit(IoOp(kind, fd, req.offset, views, flags=flags), lambda r: self._end(req, r))
+
+    def _bounced(self, req: Request, views: list[memoryview]) -> None:
+        """The request through one page-aligned buffer (a copy each way)."""
+        with self._lock:
+            self._stats["bounced"] += 1
+        bounce = mmap.mmap(-1, req.size)
+        if req.op is BioOp.WRITE:
+            pos = 0
+            for view in views:
+                bounce[pos : pos + len(view)] = view
+                pos += len(view)
+
+        def done(result: int | BaseException) -> None:
+            if req.op is BioOp.READ and not isinstance(result, BaseException):
+                pos = 0
+                for view in views:
+                    view[:] = bounce[pos : pos + len(view)]
+                    pos += len(view)
+            self._end(req, result)  # the bounce buffer is freed with the op
+
+        kind = IoKind.READV if req.op is BioOp.READ else IoKind.WRITEV
+        flags = os.RWF_DSYNC if req.flags & BioFlags.FUA else 0
+        self._engine.submit(IoOp(kind, self.fd, req.offset, [memoryview(bounce)], flags=flags), done)
+
+    def _close(self) -> None:
+        self._engine.close()
+        os.close(self.fd)
+
+
+def _misaligned(views: list[memoryview], align: int) -> bool:
+    if align <= 1:
+        return False
+    mask = align - 1
+    for view in views:
+        if len(view) & mask:
+            return True
+        if len(view) and np.frombuffer(view, dtype=np.uint8).ctypes.data & mask:
+            return True
+    return False
+
+
+def open_block(
+    path: str | os.PathLike[str],
+    size: int | None = None,
+    *,
+    create: bool = False,
+    direct: bool | None = None,
+    readonly: bool = False,
+    engine: str = "auto",
+    queue_depth: int = 8,
+) -> FileBlockDevice:
+    """Open a regular file or a block device as a ``FileBlockDevice``.
+
+    ``size`` (regular files) is the bytes to use; with ``create=True`` a
+    missing file is created and a shorter one grown (sparse).  ``direct``:
+    None tries O_DIRECT and falls back to buffered I/O, True requires it,
+    False never uses it.  ``engine``: "auto" (io_uring when it exists, else
+    threads), "threads", or "io_uring".
+
+    Raises:
+        FileNotFoundError (ENOENT): no such path and create is False.
+        IsADirectoryError (EISDIR): a directory.
+        OSError(ENODEV): neither a regular file nor a block device.
+        InvalidArgument (EINVAL): bad size (not a positive multiple of the
+            logical block size, or larger than the file without create), bad
+            engine or queue depth; direct=True where O_DIRECT is refused.
+        NotSupported (EOPNOTSUPP): engine="io_uring" (not built yet).
+        PermissionError (EACCES): the path cannot be opened.
+    """
+    name = os.fsdecode(os.fspath(path))
+    if size is not None:
+        check_integer(size, "size")
+    if readonly and create:
+        raise InvalidArgument(f"cannot create {name} read-only", name)
+    flags = os.O_RDONLY if readonly else os.O_RDWR
+    flags |= os.O_CLOEXEC
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        if not create:
+            raise NotFound(f"no such file or block device: {name}", name) from None
+        if size is None:
+            raise InvalidArgument(f"size is required to create {name}", name) from None
+        flags |= os.O_CREAT
+        st = None
+    if st is not None and stat_mod.S_ISDIR(st.st_mode):
+        raise IsADirectory(f"{name} is a directory, not a file or block device", name)
+    if st is not None and not (stat_mod.S_ISREG(st.st_mode) or stat_mod.S_ISBLK(st.st_mode)):
+        raise OSError(errno.ENODEV, f"{name} is neither a regular file nor a block device", name)
+    fd, is_direct, reason = _open(name, flags, direct)
+    try:
+        lbs = None
+        if is_direct and not stat_mod.S_ISBLK(os.fstat(fd).st_mode):
+            lbs = _probe_direct(fd, _grow(name, fd, size, create))
+            if lbs is None:
+                if direct:
+                    raise InvalidArgument(f"{name}: O_DIRECT reads fail at every block size", name)
+                os.close(fd)
+                fd = -1
+                fd = os.open(name, flags & ~os.O_CREAT)
+                is_direct = False
+                reason = "buffered: O_DIRECT reads fail with EINVAL at every block size to 4096"
+        return _make(name, fd, size, create, is_direct, reason, readonly, engine, queue_depth, lbs)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+
+
+def _grow(name: str, fd: int, size: int | None, create: bool) -> int:
+    """The bytes of the regular file to use, grown to ``size`` if ``create``."""
+    st_size = os.fstat(fd).st_size
+    length = size if size is not None else st_size
+    if st_size < length:
+        if not create:
+            raise InvalidArgument(
+                f"{name} holds {st_size} bytes, fewer than the {length} asked for "
+                "(use create=True to grow it)",
+                name,
+            )
+        os.ftruncate(fd, length)
+    return length
+
+
+def _open(name: str, flags: int, direct: bool | None) -> tuple[int, bool, str]:
+    if direct is False:
+        return os.open(name, flags, 0o644), False, "buffered: direct=False asked"
+    try:
+        return os.open(name, flags | os.O_DIRECT, 0o644), True, "O_DIRECT"
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        if direct:
+            raise InvalidArgument(f"{name}: the file system refuses O_DIRECT", name) from None
+        why = "buffered: the file system refuses O_DIRECT (open: EINVAL)"
+        return os.open(name, flags, 0o644), False, why
+
+
+def _make(
+    name: str,
+    fd: int,
+    size: int | None,
+    create: bool,
+    direct: bool,
+    reason: str,
+    readonly: bool,
+    engine: str,
+    queue_depth: int,
+    probed: int | None,
+) -> FileBlockDevice:
+    st = os.fstat(fd)
+    blockdev = stat_mod.S_ISBLK(st.st_mode)
+    if blockdev:
+        length = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
+        lbs = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
+        pbs = struct.unpack("i", fcntl.ioctl(fd, BLKPBSZGET, b"\0" * 4))[0]
+        if size is not None:
+            if size > length:
+                raise InvalidArgument(f"{name} holds {length} bytes, fewer than {size}", name)
+            length = size
+    else:
+        length = _grow(name, fd, size, create)
+        lbs = probed or 512
+        pbs = max(lbs, 4096)
+    if length == 0 or length % lbs:
+        raise InvalidArgument(
+            f"{name}: {length} bytes is not a positive multiple of the logical block size "
+            f"({lbs} bytes)",
+            name,
+        )
+    limits = QueueLimits(
+        logical_block_size=lbs,
+        physical_block_size=pbs,
+        max_segments=min(IOV_MAX, 1024),
+        max_segment_bytes=1 << 30,
+        max_bytes=8 << 20,
+        dma_alignment=lbs if direct else 1,
+    )
+    io_engine, why = choose_engine(engine, queue_depth)
+    return FileBlockDevice(
+        name,
+        fd,
+        length >> SECTOR_SHIFT,
+        limits,
+        direct=direct,
+        reason=f"{reason}; {why}",
+        engine=io_engine,
+        readonly=readonly,
+        blockdev=blockdev,
+    )
+
+
+def _probe_direct(fd: int, length: int) -> int | None:
+    """The smallest block size an aligned O_DIRECT read accepts, or None."""
+    buf = mmap.mmap(-1, 4096)
+    try:
+        view = memoryview(buf)
+        try:
+            for lbs in (512, 1024, 2048, 4096):
+                if lbs > length:
+                    break
+                try:
+                    os.preadv(fd, [view[:lbs]], 0)
+                    return lbs
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+            return None
+        finally:
+            view.release()
+    finally:
+        buf.close()
+
+
+__all__ = ["FileBlockDevice", "open_block"]
