@@ -447,21 +447,25 @@ def split_bio(bio: Bio, limits: QueueLimits) -> list[Bio]:
 
 
 def _cut(bio: Bio, limits: QueueLimits) -> list[tuple[int, list[memoryview], int]]:
+    """Greedy: each child takes the longest pieces it can (at most ``max_segments``, each
+    at most ``max_segment_bytes``), then gives back what passes its last whole block;
+    a piece given back is joined again to the rest of its segment."""
     lbs = limits.logical_block_size
-    queue = collections.deque(v for v in bio.segments if len(v))
+    segs = bio.segments
+    # pieces still to place: [segment index, start, end] within that segment
+    queue = collections.deque([i, 0, len(v)] for i, v in enumerate(segs) if len(v))
     pieces: list[tuple[int, list[memoryview], int]] = []
     sector = bio.sector
-    cur: list[memoryview] = []
-    cur_bytes = 0
     while queue:
-        seg = queue.popleft()
-        take = min(len(seg), limits.max_segment_bytes, limits.max_bytes - cur_bytes)
-        cur.append(seg[:take])
-        cur_bytes += take
-        if take < len(seg):
-            queue.appendleft(seg[take:])
-        if queue and cur_bytes < limits.max_bytes and len(cur) < limits.max_segments:
-            continue
+        cur: list[list[int]] = []
+        cur_bytes = 0
+        while queue and cur_bytes < limits.max_bytes and len(cur) < limits.max_segments:
+            i, start, end = queue.popleft()
+            take = min(end - start, limits.max_segment_bytes, limits.max_bytes - cur_bytes)
+            cur.append([i, start, start + take])
+            cur_bytes += take
+            if start + take < end:
+                queue.appendleft([i, start + take, end])
         excess = cur_bytes % lbs
         if excess == cur_bytes:
             raise InvalidArgument(
@@ -469,18 +473,18 @@ def _cut(bio: Bio, limits: QueueLimits) -> list[tuple[int, list[memoryview], int
                 f"hold less than one logical block ({lbs} bytes); use larger buffers"
             )
         while excess:  # give the part past the last whole block back to the queue
-            last = cur.pop()
-            if len(last) <= excess:
-                queue.appendleft(last)
-                excess -= len(last)
+            i, start, end = cur.pop()
+            back = min(excess, end - start)
+            if back < end - start:
+                cur.append([i, start, end - back])
+            if queue and queue[0][0] == i and queue[0][1] == end:
+                queue[0][1] = end - back  # joined again to the rest of its segment
             else:
-                cur.append(last[: len(last) - excess])
-                queue.appendleft(last[len(last) - excess :])
-                excess = 0
-        size = sum(len(v) for v in cur)
-        pieces.append((sector, cur, size))
+                queue.appendleft([i, end - back, end])
+            excess -= back
+        size = cur_bytes - cur_bytes % lbs
+        pieces.append((sector, [segs[i][a:b] for i, a, b in cur], size))
         sector += size >> SECTOR_SHIFT
-        cur, cur_bytes = [], 0
     assert sector == bio.end_sector
     return pieces
 

@@ -1,0 +1,137 @@
+"""FaultyBlockDevice: a block device whose N-th request fails or completes short.
+
+Theory of operation
+-------------------
+The block variant of ``daxfs.testing.faults``: SQLite's fault loops fail the
+N-th I/O for N = 1, 2, ... and check that the error reaches the caller and
+that nothing else is harmed.  ``FaultyBlockDevice(inner)`` forwards every
+request to ``inner`` (any BlockDevice: the simulator, a pmem or a file one)
+as a bio of its own, except the planned one:
+
+    arm(kind, nth)                 the nth request of ``kind`` (read, write,
+                                   flush, discard, write_zeroes, or any) fails
+                                   with ``error`` (EIO by default) before it
+                                   has any effect
+    arm(kind, nth, short=True)     the nth one moves only its first half (whole
+                                   logical blocks, possibly none) and completes
+                                   short: its bios that were not wholly moved
+                                   fail with IOFailure naming the sector
+    persistent=True                every later request of that kind fails too
+
+Requests are what reaches a device after splitting and merging, so "the N-th
+I/O" is what a disk would see.  The ``Fault`` plan is the one of
+daxfs.testing.faults (``seen``, ``fired``).
+
+Invariants
+  1. Faults fire only while armed; a failed request changed nothing on
+     ``inner``; a short one changed exactly the blocks it reports done.
+  2. Every error reaches the bios of the request (and their futures), never
+     the submitting code: ``submit_bio`` returns normally.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from daxfs.block.bio import SECTOR_SHIFT, Bio, BioOp, Request
+from daxfs.block.device import BlockDevice
+from daxfs.errors import InvalidArgument
+from daxfs.testing.faults import Fault
+
+#: Request kinds that can be made to fail ("any" counts every request).
+BLOCK_KINDS = tuple(op.value for op in BioOp) + ("any",)
+
+
+class FaultyBlockDevice(BlockDevice):
+    """``inner`` with planned failures; see the module docstring."""
+
+    def __init__(self, inner: BlockDevice) -> None:
+        super().__init__(
+            f"faulty:{inner.name}", inner.nr_sectors, inner.limits, readonly=inner.readonly
+        )
+        self.inner = inner
+        self.write_cache = inner.write_cache
+        self.fua = inner.fua
+        self.fault: Fault | None = None
+        self._short = False
+        #: requests that moved only part of their bytes
+        self.shorts = 0
+
+    @property
+    def engine(self) -> str:
+        return f"faulty over {self.inner.engine}"
+
+    def arm(
+        self,
+        kind: str,
+        nth: int,
+        *,
+        persistent: bool = False,
+        error: int = errno.EIO,
+        short: bool = False,
+    ) -> Fault:
+        """Fail (or, with ``short``, cut short) the ``nth`` (1 = the next) request of
+        ``kind``; returns the plan.
+
+        Raises:
+            InvalidArgument (EINVAL): an unknown kind, nth below 1, short on a
+                kind without data.
+        """
+        if kind not in BLOCK_KINDS:
+            raise InvalidArgument(f"unknown request kind {kind!r}: one of {BLOCK_KINDS}")
+        if isinstance(nth, bool) or not isinstance(nth, int) or nth < 1:
+            raise InvalidArgument(f"nth counts from 1, got {nth!r}")
+        if short and kind not in ("read", "write", "any"):
+            raise InvalidArgument(f"a {kind} request moves no data: it cannot be short")
+        self.fault = Fault(kind, nth, persistent, error)
+        self._short = short
+        return self.fault
+
+    def disarm(self) -> None:
+        self.fault = None
+
+    def _dispatch(self, req: Request) -> None:
+        fault = self.fault
+        if fault is not None and fault.kind in (req.op.value, "any"):
+            exc = fault.hit()
+            if exc is not None:
+                if self._short and req.op.has_data:
+                    self._cut_short(req)
+                else:
+                    self._end(req, exc)
+                return
+        self._forward(req, req.sector, req.segments, req.size, req.size)
+
+    def _cut_short(self, req: Request) -> None:
+        lbs = self.limits.logical_block_size
+        keep = (req.size // 2) // lbs * lbs
+        self.shorts += 1
+        views: list[memoryview] = []
+        left = keep
+        for view in req.segments:
+            if left == 0:
+                break
+            views.append(view[:left])
+            left -= len(views[-1])
+        self._forward(req, req.sector, views, keep, keep)
+
+    def _forward(
+        self, req: Request, sector: int, views: list[memoryview], size: int, report: int
+    ) -> None:
+        """Submit ``size`` bytes of ``req`` to ``inner``; end ``req`` with ``report`` bytes."""
+        if req.op.has_data and size == 0:
+            self._end(req, 0)
+            return
+
+        def end_io(bio: Bio) -> None:
+            self._end(req, bio.status if bio.status is not None else report)
+
+        if req.op.has_data:
+            bio = Bio(req.op, sector, views, flags=req.flags, end_io=end_io)
+        else:
+            bio = Bio(req.op, sector, size=size, flags=req.flags, end_io=end_io)
+        assert bio.end_sector == sector + (size >> SECTOR_SHIFT)
+        self.inner.submit_bio(bio)
+
+    def _close(self) -> None:
+        self.inner.close()
