@@ -40,11 +40,14 @@ State diagram (``Bio``)::
     Bio(...) --> NEW --BlockDevice.submit_bio--> SUBMITTED --_complete--> DONE
       NEW:       fields may be inspected; submit_bio takes it once
       SUBMITTED: the device owns the segments (do not touch the buffers)
-      DONE:      future resolved, status set, end_io called; done is True
+      DONE:      future resolved, status set, end_io called; done is True;
+                 segments dropped (a view of device memory must not outlive
+                 its bio: the device could not close)
 
 Invariants
   1. A bio completes exactly once: ``_complete`` sets ``status`` and the
-     future, then calls ``end_io``; a second completion is an AssertionError.
+     future, calls ``end_io``, then drops its segments; a second completion
+     is an AssertionError.
   2. ``size`` equals the total length of ``segments`` for READ and WRITE,
      and a READ has only writable segments (checked at construction).
   3. ``split_bio`` yields children that lie within the limits, cover the
@@ -187,9 +190,7 @@ class QueueLimits:
 
 
 def _as_views(segments: Iterable[Buffer] | SegmentSource) -> list[memoryview]:
-    source: Iterable[object] = (
-        segments.views() if isinstance(segments, SegmentSource) else segments
-    )
+    source: Iterable[object] = segments.views() if isinstance(segments, SegmentSource) else segments
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = [source]  # one buffer given alone
     views = []
@@ -197,7 +198,9 @@ def _as_views(segments: Iterable[Buffer] | SegmentSource) -> list[memoryview]:
         try:
             view = memoryview(seg)  # type: ignore[arg-type]
         except TypeError:
-            raise InvalidArgument(f"bio segment {i} is not a buffer: {type(seg).__name__}") from None
+            raise InvalidArgument(
+                f"bio segment {i} is not a buffer: {type(seg).__name__}"
+            ) from None
         if view.format != "B" or view.ndim != 1:
             try:
                 view = view.cast("B")
@@ -338,6 +341,7 @@ class Bio:
                 self.end_io(self)
             except Exception:
                 LOG.exception("end_io of %r raised", self)
+        self.segments = []  # the bio no longer holds the caller's memory (bio_put)
         parent = self._parent
         if parent is not None:
             self._parent = None
@@ -356,9 +360,7 @@ class Bio:
         if last:
             self._complete(self._error if self._error is not None else self._done)
 
-    def _child(
-        self, sector: int, segments: list[memoryview], size: int, flags: BioFlags
-    ) -> Bio:
+    def _child(self, sector: int, segments: list[memoryview], size: int, flags: BioFlags) -> Bio:
         child = Bio.__new__(Bio)
         child.op = self.op
         child.flags = flags
@@ -432,8 +434,9 @@ def split_bio(bio: Bio, limits: QueueLimits) -> list[Bio]:
     if not bio.op.has_data:
         if bio.size <= limit:
             return [bio]
+        no_data: list[memoryview] = []
         pieces = [
-            (bio.sector + (off >> SECTOR_SHIFT), [], min(limit, bio.size - off))
+            (bio.sector + (off >> SECTOR_SHIFT), no_data, min(limit, bio.size - off))
             for off in range(0, bio.size, limit)
         ]
         return _chain(bio, pieces, child_flags)
@@ -489,9 +492,7 @@ def _cut(bio: Bio, limits: QueueLimits) -> list[tuple[int, list[memoryview], int
     return pieces
 
 
-def _chain(
-    bio: Bio, pieces: list[tuple[int, list[memoryview], int]], flags: BioFlags
-) -> list[Bio]:
+def _chain(bio: Bio, pieces: list[tuple[int, list[memoryview], int]], flags: BioFlags) -> list[Bio]:
     bio._lock = threading.Lock()
     bio._children_left = len(pieces)
     return [bio._child(sector, segs, size, flags) for sector, segs, size in pieces]

@@ -121,8 +121,7 @@ class BlockDevice(Closeable):
 
     def __repr__(self) -> str:
         return (
-            f"<{type(self).__name__} {self.name!r} {self.size} bytes "
-            f"{self.engine} {self._state}>"
+            f"<{type(self).__name__} {self.name!r} {self.size} bytes {self.engine} {self._state}>"
         )
 
     # -- properties --------------------------------------------------------------------
@@ -404,4 +403,3 @@ class BlockDevice(Closeable):
                 return
             self._state = "closed"
         self._close()
-

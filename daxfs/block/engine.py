@@ -134,23 +134,34 @@ def _run_then(op: IoOp, done: Done) -> None:
         raise
 
 
+def check_engine(engine: str, queue_depth: int) -> None:
+    """Raise unless ``engine`` and ``queue_depth`` can be had (``choose_engine``'s checks).
+
+    Raises:
+        InvalidArgument (EINVAL): an unknown engine name, a queue depth below 1.
+        NotSupported (EOPNOTSUPP): "io_uring" (not built yet).
+    """
+    if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or queue_depth < 1:
+        raise InvalidArgument(f"queue_depth must be a positive integer, not {queue_depth!r}")
+    if engine == "io_uring":
+        raise NotSupported("the io_uring engine is not built yet (use engine='threads')")
+    if engine not in ("auto", "threads"):
+        raise InvalidArgument(f"engine must be 'auto', 'threads' or 'io_uring', not {engine!r}")
+
+
 def choose_engine(engine: str, queue_depth: int) -> tuple[IoEngine, str]:
     """The engine for ``engine`` ("auto", "threads" or "io_uring") and why.
 
     Raises:
-        InvalidArgument (EINVAL): an unknown engine name.
-        NotSupported (EOPNOTSUPP): "io_uring" (not built yet).
+        As ``check_engine``.
     """
+    check_engine(engine, queue_depth)
     if engine == "threads":
         return ThreadPoolEngine(queue_depth), "asked for (engine='threads')"
-    if engine == "auto":
-        return (
-            ThreadPoolEngine(queue_depth),
-            "fallback: the io_uring engine is not built yet; a thread pool of preadv/pwritev",
-        )
-    if engine == "io_uring":
-        raise NotSupported("the io_uring engine is not built yet (use engine='threads')")
-    raise InvalidArgument(f"engine must be 'auto', 'threads' or 'io_uring', not {engine!r}")
+    return (
+        ThreadPoolEngine(queue_depth),
+        "fallback: the io_uring engine is not built yet; a thread pool of preadv/pwritev",
+    )
 
 
 # -- the reference: one op, synchronously ------------------------------------------------

@@ -59,6 +59,7 @@ from daxfs.block.engine import (
     IoEngine,
     IoKind,
     IoOp,
+    check_engine,
     choose_engine,
 )
 from daxfs.errors import InvalidArgument, IsADirectory, NotFound
@@ -101,7 +102,9 @@ class FileBlockDevice(BlockDevice):
     @property
     def engine(self) -> str:
         mode = "O_DIRECT" if self.direct else "buffered"
-        return f"{self._engine.name} (preadv/pwritev, {mode}, queue depth {self._engine.queue_depth})"
+        return (
+            f"{self._engine.name} (preadv/pwritev, {mode}, queue depth {self._engine.queue_depth})"
+        )
 
     @property
     def engine_reason(self) -> str:
@@ -137,7 +140,9 @@ class FileBlockDevice(BlockDevice):
             return
         kind = IoKind.READV if op is BioOp.READ else IoKind.WRITEV
         flags = os.RWF_DSYNC if req.flags & BioFlags.FUA else 0
-        self._engine.submit(IoOp(kind, fd, req.offset, views, flags=flags), lambda r: self._end(req, r))
+        self._engine.submit(
+            IoOp(kind, fd, req.offset, views, flags=flags), lambda r: self._end(req, r)
+        )
 
     def _bounced(self, req: Request, views: list[memoryview]) -> None:
         """The request through one page-aligned buffer (a copy each way)."""
@@ -160,7 +165,9 @@ class FileBlockDevice(BlockDevice):
 
         kind = IoKind.READV if req.op is BioOp.READ else IoKind.WRITEV
         flags = os.RWF_DSYNC if req.flags & BioFlags.FUA else 0
-        self._engine.submit(IoOp(kind, self.fd, req.offset, [memoryview(bounce)], flags=flags), done)
+        self._engine.submit(
+            IoOp(kind, self.fd, req.offset, [memoryview(bounce)], flags=flags), done
+        )
 
     def _close(self) -> None:
         self._engine.close()
@@ -212,6 +219,7 @@ def open_block(
         check_integer(size, "size")
     if readonly and create:
         raise InvalidArgument(f"cannot create {name} read-only", name)
+    check_engine(engine, queue_depth)
     flags = os.O_RDONLY if readonly else os.O_RDWR
     flags |= os.O_CLOEXEC
     try:

@@ -10,6 +10,7 @@ batches of bios against a bytearray model.
 from __future__ import annotations
 
 import errno
+import itertools
 import random
 import threading
 from collections.abc import Iterable
@@ -38,7 +39,9 @@ class _Views:
 
 def pattern(n: int, seed: int) -> bytes:
     """``n`` bytes that differ from other seeds' (never all zero)."""
-    return ((np.arange(n, dtype=np.uint32) * 7 + seed * 13 + 1) % 251 + 1).astype(np.uint8).tobytes()
+    return (
+        ((np.arange(n, dtype=np.uint32) * 7 + seed * 13 + 1) % 251 + 1).astype(np.uint8).tobytes()
+    )
 
 
 def cut(buf: memoryview, pieces: int, rng: random.Random) -> list[memoryview]:
@@ -47,7 +50,7 @@ def cut(buf: memoryview, pieces: int, rng: random.Random) -> list[memoryview]:
         return [buf]
     points = sorted(rng.sample(range(1, len(buf)), min(pieces - 1, len(buf) - 1)))
     edges = [0, *points, len(buf)]
-    return [buf[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return [buf[a:b] for a, b in itertools.pairwise(edges)]
 
 
 OPS = ["read", "write", "write_fua", "write_preflush", "zeroes", "discard", "flush"]
@@ -106,8 +109,10 @@ class BlockDeviceTests:
         base_block=st.integers(0, 16),
     )
     def test_random_bios_match_a_model(
-        self, block_device: BlockDevice, batches: list[list[tuple[str, int, int, int]]],
-        base_block: int
+        self,
+        block_device: BlockDevice,
+        batches: list[list[tuple[str, int, int, int]]],
+        base_block: int,
     ) -> None:
         """Batches of bios in flight together (disjoint ranges), against a bytearray."""
         dev = block_device
@@ -295,4 +300,3 @@ class BlockDeviceTests:
         with pytest.raises(ValueError, match="closed") as info:
             late.wait()
         assert info.value.errno == errno.EBADF  # type: ignore[attr-defined]
-

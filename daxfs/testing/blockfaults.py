@@ -39,7 +39,7 @@ from daxfs.errors import InvalidArgument
 from daxfs.testing.faults import Fault
 
 #: Request kinds that can be made to fail ("any" counts every request).
-BLOCK_KINDS = tuple(op.value for op in BioOp) + ("any",)
+BLOCK_KINDS = (*tuple(op.value for op in BioOp), "any")
 
 
 class FaultyBlockDevice(BlockDevice):

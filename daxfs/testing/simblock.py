@@ -155,10 +155,8 @@ class SimulatedBlockDevice(BlockDevice):
                 ]
             self._pending.clear()
             return 0
-        if op is BioOp.WRITE:
-            data = b"".join(req.segments)
-        else:  # WRITE_ZEROES, DISCARD: the range reads as zeros
-            data = bytes(req.size)
+        # WRITE_ZEROES and DISCARD: the range reads as zeros
+        data = b"".join(req.segments) if op is BioOp.WRITE else bytes(req.size)
         self.write_count += 1
         if req.flags & BioFlags.FUA:
             self._persist_point((offset, data))
