@@ -12,7 +12,9 @@ segments, an operation, flags, a start sector and a completion, with no
               the device's logical block size, as in the kernel
     segments  memoryviews (any buffer, or an object with ``views()`` such as
               daxfs.mm's ``SGList``: pinned pmem is then the source or the
-              target of the I/O with no copy); READ and WRITE only
+              target of the I/O with no copy; its holes are read-only zero
+              views, so a READ into a pin with holes is EINVAL); READ and
+              WRITE only
     size      bytes: the segments' total, or given for DISCARD/WRITE_ZEROES
     future    a ``concurrent.futures.Future``: the bytes done, or an OSError
     end_io    an optional callback ``end_io(bio)``, run once at completion

@@ -42,8 +42,10 @@ Invariants
      handing a request off has it ended with that error.
   3. A bio with PREFLUSH writes no data before the flush it asked for has
      completed successfully; if that flush fails, the bio fails with its error.
-  4. ``close()`` returns only when no request is in flight; backends release
-     their resources then (``_close``), once.
+  4. ``close()`` returns only when no request is in flight and no
+     ``submit_bio`` or unplug is between its check and its dispatch (each
+     holds a count while it runs); backends release their resources then
+     (``_close``), once.
   5. Errors that name nothing get the operation, the sector and the device
      (``_name_error``): an ``OSError`` from the kernel keeps its errno.
 """
@@ -162,13 +164,35 @@ class BlockDevice(Closeable):
         if not isinstance(bio, Bio):
             raise InvalidArgument(f"submit_bio takes a Bio, not {type(bio).__name__}")
         bio._submitted()
+        if not self._hold():
+            bio._complete(self._closed_error(bio))
+            return
+        try:
+            self._submit(bio)
+        finally:
+            self._release()
+
+    def _hold(self) -> bool:
+        """Count a submission in progress (close waits for it); False if closed."""
         with self._lock:
             self._stats["bios"] += 1
-        error: OSError | None
-        if self._state != "open":
-            error = ClosedFile(f"{bio.op.value} at sector {bio.sector}: {self.name} is closed")
-        else:
-            error = check_bio(bio, self.limits, self.nr_sectors, self.name, self.readonly)
+            if self._state != "open":
+                self._stats["errors"] += 1
+                return False
+            self._inflight += 1
+            return True
+
+    def _release(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.notify_all()
+
+    def _closed_error(self, bio: Bio) -> ClosedFile:
+        return ClosedFile(f"{bio.op.value} at sector {bio.sector}: {self.name} is closed")
+
+    def _submit(self, bio: Bio) -> None:
+        error = check_bio(bio, self.limits, self.nr_sectors, self.name, self.readonly)
         if error is None:
             try:
                 children = split_bio(bio, self.limits)
@@ -226,10 +250,22 @@ class BlockDevice(Closeable):
     def _unplug(self, bios: list[Bio]) -> None:
         held = list(bios)
         bios.clear()
-        requests = merge_bios(held, self.limits)
         with self._lock:
-            self._stats["merges"] += len(held) - len(requests)
-        self._dispatch_all(requests)
+            is_open = self._state == "open"
+            if is_open:
+                self._inflight += 1
+        if not is_open:  # closed while they were held
+            for bio in held:
+                error = self._closed_error(bio)
+                bio._complete(error)  # a child completes its parent
+            return
+        try:
+            requests = merge_bios(held, self.limits)
+            with self._lock:
+                self._stats["merges"] += len(held) - len(requests)
+            self._dispatch_all(requests)
+        finally:
+            self._release()
 
     def _dispatch_all(self, requests: list[Request]) -> None:
         for i, req in enumerate(requests):

@@ -43,7 +43,8 @@ from daxfs.pmem.device import Device
 class PmemBlockDevice(BlockDevice):
     """A block device over a persistent-memory ``Device``.
 
-    ``own=True`` closes the pmem device when the block device closes.
+    ``own=True`` closes the pmem device when the block device closes;
+    ``readonly`` defaults to the device's own (writes then fail with EROFS).
 
     Raises (construction):
         InvalidArgument (EINVAL): a bad logical block size, or a device smaller
@@ -60,7 +61,7 @@ class PmemBlockDevice(BlockDevice):
         logical_block_size: int = 512,
         name: str | None = None,
         own: bool = False,
-        readonly: bool = False,
+        readonly: bool | None = None,
     ) -> None:
         limits = QueueLimits(
             logical_block_size=logical_block_size,
@@ -75,6 +76,8 @@ class PmemBlockDevice(BlockDevice):
                 f"pmem device of {device.size} bytes holds no {logical_block_size}-byte block"
             )
         label = name or f"pmem:{getattr(device, 'path', type(device).__name__)}"
+        if readonly is None:  # as the device was opened
+            readonly = bool(getattr(device, "readonly", False))
         super().__init__(label, usable >> SECTOR_SHIFT, limits, readonly=readonly)
         self.device = device
         self._own = own

@@ -61,6 +61,7 @@ Invariants
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -114,6 +115,7 @@ class SimulatedBlockDevice(BlockDevice):
             self._current = bytearray(size)
         self._media = bytearray(self._current)
         self._pending: dict[int, list[bytes]] = {}
+        self._model_lock = threading.Lock()
         self._fail_at: int | None = None
         self._failed = False
         #: persist points so far (FLUSH requests and FUA writes)
@@ -137,6 +139,10 @@ class SimulatedBlockDevice(BlockDevice):
     # -- the backend -------------------------------------------------------------------
 
     def _execute(self, req: Request) -> int:
+        with self._model_lock:  # threads submit at once: one request at a time
+            return self._execute_locked(req)
+
+    def _execute_locked(self, req: Request) -> int:
         if self._failed:
             raise PowerFailure("the simulated power has failed")
         op = req.op

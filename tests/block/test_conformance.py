@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daxfs.block import BlockDevice, PmemBlockDevice, open_block
+from daxfs.block import BlockDevice, PmemBlockDevice, QueueLimits, open_block
 from daxfs.pmem import cpu, open_device
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.block_tests import BlockDeviceTests
@@ -79,6 +79,25 @@ class TestSimulated(BlockDeviceTests):
     @pytest.fixture
     def block_device(self) -> Iterator[BlockDevice]:
         dev = SimulatedBlockDevice(SIZE)
+        yield dev
+        _close(dev)
+
+
+class TestSimulatedSmallLimits(BlockDeviceTests):
+    """Limits small enough that the random bios are split and merges are bounded
+    (4 segments: the random test cuts a bio in at most 4 pieces, so every logical block
+    fits in one request)."""
+
+    @pytest.fixture
+    def block_device(self) -> Iterator[BlockDevice]:
+        limits = QueueLimits(
+            max_segments=4,
+            max_segment_bytes=700,
+            max_bytes=2048,
+            max_discard_bytes=1024,
+            max_write_zeroes_bytes=1536,
+        )
+        dev = SimulatedBlockDevice(SIZE, limits=limits)
         yield dev
         _close(dev)
 

@@ -3,6 +3,7 @@ a pinned pmem range as the source of a bio with no copy."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,14 @@ def test_pinned_pmem_is_a_bio_source_with_no_copy(shm_path: Path, tmp_path: Path
             out.submit_bio(bio)
             assert bio.wait() == len(data)
             assert out.read(0, len(data)) == data
+
+
+def test_readonly_pmem_device_gives_erofs(shm_path: Path) -> None:
+    daxfs.open_device(shm_path, SIZE, create=True).close()
+    dev = daxfs.open_device(shm_path, readonly=True)
+    with PmemBlockDevice(dev, own=True) as blk:
+        assert blk.readonly
+        assert blk.read(0, 512) == bytes(512)
+        with pytest.raises(OSError, match="read-only") as info:
+            blk.write(0, bytes(512))
+        assert info.value.errno == errno.EROFS
