@@ -9,7 +9,9 @@ hands the pieces, as ``Request`` objects, to the backend's ``_dispatch``.
 Inside ``with dev.plug():`` the pieces are held instead and, when the block
 ends, adjacent ones are merged (``merge_bios``) before dispatch, as a task's
 plug does in Linux.  A PREFLUSH bio first dispatches what is plugged, then a
-FLUSH request, and only when that has completed its data.
+FLUSH request, and only when that has completed its data.  On a device
+without FUA (``fua`` False) a FUA bio is written without it and completes
+after a FLUSH that follows its data.
 
 Backends implement ``_execute(req) -> bytes done`` (synchronous: pmem, the
 simulator) or override ``_dispatch(req)`` and call ``_end(req, result)``
@@ -90,7 +92,8 @@ class BlockDevice(Closeable):
 
     #: True if completed writes may sit in a volatile cache until a FLUSH.
     write_cache: bool = True
-    #: True if FUA is done by the device itself (else emulated with a flush).
+    #: True if FUA is done by the device itself; else the base emulates it: the
+    #: write without FUA, then a FLUSH, then the completion.
     fua: bool = True
 
     def __init__(
@@ -193,6 +196,9 @@ class BlockDevice(Closeable):
 
     def _submit(self, bio: Bio) -> None:
         error = check_bio(bio, self.limits, self.nr_sectors, self.name, self.readonly)
+        if error is None and bio.flags & BioFlags.FUA and not self.fua:
+            self._emulate_fua(bio)
+            return
         if error is None:
             try:
                 children = split_bio(bio, self.limits)
@@ -217,6 +223,31 @@ class BlockDevice(Closeable):
             self._preflush(children)
         else:
             self._dispatch_all([Request.of(child) for child in children])
+
+    def _emulate_fua(self, bio: Bio) -> None:
+        """FUA on a device without it: the write without FUA, then a FLUSH, then the bio
+        completes (Linux's blk-flush does the same)."""
+
+        def data_done(inner: Bio) -> None:
+            if inner.status is not None:
+                bio._complete(inner.status)
+                return
+
+            def flushed(result: Result) -> None:
+                bio._complete(result if isinstance(result, BaseException) else inner.size)
+
+            self._dispatch_all([Request(BioOp.FLUSH, BioFlags.NONE, 0, 0, [], then=flushed)])
+
+        inner = Bio(
+            bio.op,
+            bio.sector,
+            bio.segments,
+            size=None if bio.op.has_data else bio.size,
+            flags=bio.flags & ~BioFlags.FUA,
+            end_io=data_done,
+        )
+        inner._submitted()
+        self._submit(inner)
 
     def _preflush(self, children: list[Bio]) -> None:
         """A FLUSH request first; the data when it has completed (invariant 3)."""

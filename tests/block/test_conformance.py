@@ -102,6 +102,17 @@ class TestSimulatedSmallLimits(BlockDeviceTests):
         _close(dev)
 
 
+class TestSimulatedWithoutFua(BlockDeviceTests):
+    """FUA emulated by the block layer: the write, then a FLUSH."""
+
+    @pytest.fixture
+    def block_device(self) -> Iterator[BlockDevice]:
+        dev = SimulatedBlockDevice(SIZE)
+        dev.fua = False
+        yield dev
+        _close(dev)
+
+
 class TestFaultyUnarmed(BlockDeviceTests):
     """The fault wrapper passes everything through while nothing is armed."""
 
