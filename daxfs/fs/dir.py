@@ -392,6 +392,8 @@ class Directories:
         self.alloc = alloc
         self.hash_key = hash_key
         self._keyed = hashlib.blake2b(digest_size=8, key=hash_key)
+        #: the last name hashed and its key (``hash``)
+        self._last: tuple[bytes, int] = (b"", int.from_bytes(self._keyed.digest(), "little"))
         self.store = itable.store
         #: dentry cache: (directory ino, name) -> (ino, type), committed entries only;
         #: bounded; every change to a name pops it (an aborted change then only costs a miss)
@@ -407,9 +409,16 @@ class Directories:
         self.index_answers = 0
 
     def hash(self, name: bytes) -> int:
+        """The key of ``name``; the last one is remembered (a create hashes its name
+        in the lookup that finds it absent, then in ``add``)."""
+        last = self._last  # one tuple: threads see a name with its own key
+        if name == last[0]:
+            return last[1]
         h = self._keyed.copy()  # the key block is absorbed once, in __init__
         h.update(name)
-        return int.from_bytes(h.digest(), "little")
+        key = int.from_bytes(h.digest(), "little")
+        self._last = (name, key)
+        return key
 
     def _unpack(self, value: bytes, inode: Inode) -> list[Entry]:
         return unpack_entries(value, f"directory inode {inode.ino}", self.itable.sup.sb.inode_hwm)

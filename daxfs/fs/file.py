@@ -566,8 +566,11 @@ class File(io.RawIOBase):
         try:
             super().close()
         finally:
-            with naming(self.path):
+            try:
                 self._itable.put(self.inode, file=True)
+            except BaseException:
+                with naming(self.path):  # the path decoded only for an error
+                    raise
 
     def __del__(self) -> None:
         if getattr(self, "_open", False):

@@ -554,7 +554,9 @@ class InodeRecord:
             raise Corrupted(f"inode {self.ino}: {_misfit(self, _INODE_FIELDS)}") from None
         assert len(self.inline) == INLINE_AREA
         view[INLINE_OFFSET:] = self.inline
-        struct.pack_into("<I", view, INODE_CRC_OFFSET, checksum_with_hole(view, INODE_CRC_OFFSET))
+        # _pack wrote 0 in the checksum field: the sum of the whole record is the sum
+        # with that field as a hole (checksum_with_hole), in one call
+        struct.pack_into("<I", view, INODE_CRC_OFFSET, crc32c(view))
 
     def _pack(self, view: memoryview) -> None:
         _INODE.pack_into(
@@ -649,14 +651,27 @@ LEAF_HEAP_MIN = LEAF_SLOTS + LEAF_CAP * 4  # 1600
 MAX_VALUE = BLOCK_SIZE - LEAF_HEAP_MIN  # a single value always fits an empty leaf
 
 
+_U32 = struct.Struct("<I")
+assert NODE_CRC_OFFSET == 4  # the field follows the magic (what _NODE_HEAD_CRC sums)
+#: crc32c of a node's first 8 bytes with its checksum field as zero: the magic, then 0
+_NODE_HEAD_CRC = crc32c(struct.pack("<II", NODE_MAGIC, 0))
+
+
 def seal_node(block: bytearray | memoryview) -> None:
-    """Store the checksum of a B+tree node."""
-    struct.pack_into("<I", block, NODE_CRC_OFFSET, checksum_with_hole(block, NODE_CRC_OFFSET))
+    """Store the checksum of a B+tree node (``checksum_with_hole`` at NODE_CRC_OFFSET:
+    the field is zeroed, the block summed in one call, the sum stored)."""
+    _U32.pack_into(block, NODE_CRC_OFFSET, 0)
+    _U32.pack_into(block, NODE_CRC_OFFSET, crc32c(block))
 
 
 def node_ok(block: bytes | bytearray | memoryview) -> bool:
+    """Whether the node's magic and checksum are right (the checksum over the magic and
+    a zero field is a constant: one crc32c call over the rest)."""
     magic, stored = struct.unpack_from("<II", block, 0)
-    return bool(magic == NODE_MAGIC and checksum_with_hole(block, NODE_CRC_OFFSET) == stored)
+    return bool(
+        magic == NODE_MAGIC
+        and crc32c(memoryview(block)[NODE_CRC_OFFSET + 4 :], _NODE_HEAD_CRC) == stored
+    )
 
 
 # --------------------------------------------------------------------------- directories

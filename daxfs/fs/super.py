@@ -60,9 +60,11 @@ class SuperState:
         block stays valid whatever those bytes hold.
         """
         block = bytearray(self.store.block(SUPER_BLOCK))
-        fresh = bytearray(BLOCK_SIZE)
-        self.sb.pack_into(fresh)  # raises Corrupted if a counter left its field
-        block[:SB_SIZE] = fresh[:SB_SIZE]
+        try:
+            self.sb._pack(block)  # the fields only (bytes 0..SB_SIZE), as pack_into does
+        except struct.error:
+            self.sb.pack_into(bytearray(BLOCK_SIZE))  # raises Corrupted naming the field
+            raise
         struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
         tx.log_meta(COUNTERS_START, block[COUNTERS_START:COUNTERS_END])
         tx.log_meta(SB_CRC_LINE, block[SB_CRC_LINE:])
