@@ -198,7 +198,7 @@ class DirIndex:
     changes, merged into the arrays when they outgrow a sixteenth of them.
     """
 
-    __slots__ = ("added", "count", "generation", "keys", "names", "removed", "values")
+    __slots__ = ("added", "count", "generation", "keys", "merge_at", "names", "removed", "values")
 
     def __init__(
         self, keys: array.array[int], values: array.array[int], names: bytes, generation: int
@@ -212,6 +212,8 @@ class DirIndex:
         self.generation = generation
         #: keys held: those of ``keys`` not removed, and those added that it lacks
         self.count = len(keys)
+        #: pending changes (``added`` and ``removed``) at which ``merge`` runs
+        self.merge_at = max(256, len(keys) // MERGE_SHARE)
 
     def __len__(self) -> int:
         return self.count
@@ -252,13 +254,15 @@ class DirIndex:
             return value & (_INO_LIMIT - 1), value >> 56
         return None  # the key's single entry has another name
 
-    def put(self, key: int, entries: list[Entry]) -> None:
-        """The key's value now holds ``entries`` (at least one)."""
-        if key not in self:
+    def put(self, key: int, entries: list[Entry], new: bool | None = None) -> None:
+        """The key's value now holds ``entries`` (at least one).  ``new``: whether the
+        index lacked the key, if the caller knows (else it is looked up)."""
+        if key not in self if new is None else new:
             self.count += 1
         self.added[key] = index_record(entries)
         self.removed.discard(key)
-        self._maybe_merge()
+        if len(self.added) + len(self.removed) >= self.merge_at:
+            self.merge()
 
     def discard(self, key: int) -> None:
         """The key's value is gone."""
@@ -270,31 +274,47 @@ class DirIndex:
         self._maybe_merge()
 
     def _maybe_merge(self) -> None:
-        if len(self.added) + len(self.removed) >= max(256, len(self.keys) // MERGE_SHARE):
+        if len(self.added) + len(self.removed) >= self.merge_at:
             self.merge()
 
     def merge(self) -> None:
-        """Fold ``added`` and ``removed`` into the arrays."""
+        """Fold ``added`` and ``removed`` into the arrays.
+
+        O(n) copies, no sort of the whole index: removed keys (and added keys the
+        arrays hold, whose records change) are found by ``searchsorted`` and
+        deleted, the added keys sorted among themselves and inserted at their
+        ``searchsorted`` positions.
+        """
         keys = np.frombuffer(self.keys, dtype=np.uint64) if len(self.keys) else _NO_KEYS
         values = np.frombuffer(self.values, dtype=np.uint64) if len(self.keys) else _NO_KEYS
         names = np.frombuffer(self.names, dtype=np.uint8).reshape(-1, _SLOT)
         drop = self.removed | self.added.keys()
-        if drop:
+        if drop and len(keys):
             gone = np.fromiter(drop, dtype=np.uint64, count=len(drop))
-            keep = ~np.isin(keys, gone)
-            keys, values, names = keys[keep], values[keep], names[keep]
-        if self.added:
-            items = sorted(self.added.items())
-            keys = np.concatenate([keys, np.array([k for k, _ in items], dtype=np.uint64)])
-            values = np.concatenate([values, np.array([v for _, (v, _) in items], dtype=np.uint64)])
-            extra = np.frombuffer(b"".join(n for _, (_, n) in items), dtype=np.uint8)
-            names = np.concatenate([names, extra.reshape(-1, _SLOT)])
-            order = np.argsort(keys, kind="stable")
-            keys, values, names = keys[order], values[order], names[order]
+            at = np.searchsorted(keys, gone)
+            held = at < len(keys)
+            at = at[held]
+            at = at[keys[at] == gone[held]]
+            if len(at):
+                keys, values = np.delete(keys, at), np.delete(values, at)
+                names = np.delete(names, at, axis=0)
+        added = self.added
+        if added:
+            k = len(added)
+            new_keys = np.fromiter(added.keys(), dtype=np.uint64, count=k)
+            records = added.values()
+            new_values = np.fromiter((v for v, _ in records), dtype=np.uint64, count=k)
+            extra = np.frombuffer(b"".join([n for _, n in records]), dtype=np.uint8)
+            order = np.argsort(new_keys)
+            new_keys, new_values = new_keys[order], new_values[order]
+            at = np.searchsorted(keys, new_keys)
+            keys, values = np.insert(keys, at, new_keys), np.insert(values, at, new_values)
+            names = np.insert(names, at, extra.reshape(-1, _SLOT)[order], axis=0)
         self.keys = _u64_array(keys)
         self.values = _u64_array(values)
         self.names = names.tobytes()
         self.added, self.removed = {}, set()
+        self.merge_at = max(256, len(self.keys) // MERGE_SHARE)
         assert len(self.keys) == self.count, f"index count {self.count} != {len(self.keys)} keys"
 
     @classmethod
@@ -541,7 +561,8 @@ class Directories:
         key = self.hash(name)
         index = self._changing(tx, inode)
         # a key the index lacks has no value to extend: skip the descent of get
-        old = tree.get(tx, key) if index is None or key in index else None
+        held = index is None or key in index
+        old = tree.get(tx, key) if held else None
         entries = self._unpack(old, inode) if old else []
         assert all(n != name for n, _, _ in entries), f"{name!r} already present"
         entries.append((name, ino, dtype))
@@ -551,9 +572,8 @@ class Directories:
         tree.put(tx, key, value)
         self._store(tx, inode, tree, +1)
         if index is not None:
-            before = len(index)
-            index.put(key, entries)  # a new key, or another name on a key it holds
-            self._indexed += len(index) - before
+            index.put(key, entries, not held)  # a new key, or another name on a key it holds
+            self._indexed += not held
 
     def remove(self, tx: Transaction, inode: Inode, name: bytes) -> tuple[int, int]:
         """Remove ``name``; return its (ino, type). Caller must have checked it exists."""
