@@ -1081,9 +1081,179 @@ Committer_get_mode(Committer *c, void *unused)
     return PyUnicode_FromString(c->mode == M_CALLBACK ? "callback" : persist_mode_names[c->mode]);
 }
 
+/* ------------------------------------------------- the commit of any transaction
+ *
+ * commit(seq, records) -> bool: Transaction.commit's steps 2-7 (journal.py)
+ * for records (offset, buffer) the Python side gathered (sealed blocks' changed
+ * lines, inode records, superblock counters, logged data): the log as
+ * journal._serialize lays it out (a JREC header, the bytes, zero padding to 8,
+ * per record), fence, the header (seq, nrecords, log_bytes, crc32c of the log),
+ * fence (COMMIT POINT), every record copied to its place, fence, applied_seq;
+ * the same device operations, in the same order, with the same bytes as the
+ * reference, through dev_writev/dev_drain (so SimulatedPmem sees each one, and
+ * plant_missing_flush reaches them).  Checked before a byte moves: every record
+ * inside the view and outside the journal (EINVAL otherwise, nothing written).
+ * Returns False, nothing written, when the log would not fit its area or there
+ * are more than MAX_RECORDS records: the reference then runs (and raises
+ * TransactionTooLarge).  `stage` says how far a failed commit got.  The caller
+ * holds the journal lock.
+ */
+#define MAX_RECORDS 4096
+
+static int
+do_commit_records(Committer *c, int64_t seq, PyObject *records, Py_buffer *bufs,
+                  Py_ssize_t *offs, Py_ssize_t n, Py_buffer *mem)
+{
+    Py_ssize_t jstart = c->header_offset, jlen = c->log_offset + c->capacity - c->header_offset;
+    Py_ssize_t log_bytes = 0;
+    if (c->log_offset + c->capacity > mem->len || c->header_offset + JH_APPLIED + 8 > mem->len) {
+        raise_invalid("the journal does not fit the view of %zd bytes", mem->len);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len = bufs[i].len;
+        if (offs[i] > mem->len - len || overlaps(offs[i], len, jstart, jlen)) {
+            raise_invalid("record %zd (%zd bytes at device offset %zd) is outside the "
+                          "filesystem or targets the journal",
+                          i, len, offs[i]);
+            return -1;
+        }
+        log_bytes += JREC_SIZE + len + (-len & 7);
+        if (log_bytes > c->capacity)
+            return 0;
+    }
+    static const unsigned char zeros[8];
+    unsigned char *jrecs = PyMem_Malloc((size_t)n * JREC_SIZE);
+    Piece *log = PyMem_Malloc((size_t)n * 3 * sizeof(Piece));
+    int rc = -1;
+    if (jrecs == NULL || log == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int pieces = 0;
+    uint32_t crc = 0xFFFFFFFFu;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char *h = jrecs + i * JREC_SIZE;
+        Py_ssize_t len = bufs[i].len;
+        put_u64(h, (uint64_t)offs[i]);
+        put_u32(h + 8, (uint32_t)len);
+        put_u32(h + 12, 0);
+        log[pieces++] = (Piece){h, JREC_SIZE};
+        log[pieces++] = (Piece){bufs[i].buf, len};
+        if (len & 7)
+            log[pieces++] = (Piece){zeros, -len & 7};
+    }
+    for (int i = 0; i < pieces; i++)
+        crc = crc_update(crc, log[i].p, (size_t)log[i].n);
+    c->base = mem->buf;
+    c->size = mem->len;
+    c->stage = STAGE_NONE;
+    if (dev_writev(c, c->log_offset, log, pieces) < 0)
+        goto done;
+    c->stage = STAGE_LOG;
+    /* fence 1: the log (and every block written in place) is durable before a
+     * header can point at it */
+    if (dev_drain(c) < 0)
+        goto done;
+    unsigned char header[JH_SIZE];
+    memcpy(header, JOURNAL_MAGIC, 8);
+    put_u64(header + 8, (uint64_t)seq);
+    put_u32(header + 16, (uint32_t)n);
+    put_u32(header + 20, (uint32_t)log_bytes);
+    put_u32(header + 24, ~crc);
+    put_u32(header + JH_CRC, crc32c(header, JH_CRC));
+    c->stage = STAGE_HEADER;
+    if (dev_write(c, c->header_offset, header, JH_SIZE) < 0)
+        goto done;
+    if (dev_drain(c) < 0) /* COMMIT POINT: the transaction is durable */
+        goto done;
+    c->stage = STAGE_COMMITTED;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (dev_write(c, offs[i], bufs[i].buf, bufs[i].len) < 0)
+            goto done;
+    if (dev_drain(c) < 0) /* fence 3: applied in place */
+        goto done;
+    unsigned char applied[8];
+    put_u64(applied, (uint64_t)seq);
+    if (dev_write(c, c->header_offset + JH_APPLIED, applied, 8) < 0)
+        goto done;
+    c->stage = STAGE_DONE;
+    rc = 1;
+done:
+    c->base = NULL;
+    PyMem_Free(jrecs);
+    PyMem_Free(log);
+    return rc;
+}
+
+static PyObject *
+Committer_commit(Committer *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    int64_t seq;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "commit(seq, records) takes 2 arguments, got %zd", nargs);
+        return NULL;
+    }
+    if (arg_u63(args[0], "seq", &seq) < 0)
+        return NULL;
+    if ((uint64_t)seq >= SEQ_LIMIT || seq == 0) {
+        raise_invalid("sequence number %lld is out of range", (long long)seq);
+        return NULL;
+    }
+    PyObject *records = args[1];
+    if (!PyList_CheckExact(records)) {
+        PyErr_Format(PyExc_TypeError, "records must be a list, not %.100s",
+                     Py_TYPE(records)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(records);
+    if (n == 0 || n > MAX_RECORDS)
+        Py_RETURN_FALSE;
+    c->stage = STAGE_NONE;
+    Py_buffer *bufs = PyMem_Calloc((size_t)n, sizeof(Py_buffer));
+    Py_ssize_t *offs = PyMem_Malloc((size_t)n * sizeof(Py_ssize_t));
+    Py_ssize_t got = 0;
+    int rc = -1;
+    if (bufs == NULL || offs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* the list is the caller's and is not touched by anything this call runs
+     * before every buffer is held: the items are read once, here */
+    for (; got < n; got++) {
+        PyObject *item = PyList_GET_ITEM(records, got);
+        int64_t off;
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a record must be a tuple (offset, data)");
+            goto done;
+        }
+        if (arg_u63(PyTuple_GET_ITEM(item, 0), "record offset", &off) < 0)
+            goto done;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 1), &bufs[got], PyBUF_SIMPLE) < 0)
+            goto done;
+        offs[got] = (Py_ssize_t)off;
+    }
+    Py_buffer mem;
+    if (PyObject_GetBuffer(c->view, &mem, PyBUF_WRITABLE) < 0)
+        goto done;
+    rc = do_commit_records(c, seq, records, bufs, offs, n, &mem);
+    PyBuffer_Release(&mem);
+done:
+    for (Py_ssize_t i = 0; i < got; i++)
+        PyBuffer_Release(&bufs[i]);
+    PyMem_Free(bufs);
+    PyMem_Free(offs);
+    if (rc < 0)
+        return NULL;
+    return PyBool_FromLong(rc);
+}
+
 static PyMethodDef Committer_methods[] = {
     {"overwrite", (PyCFunction)(void (*)(void))Committer_overwrite, METH_FASTCALL,
      "overwrite(seq, data_offset, data, inode_offset, ino, size, mtime_ns, end) -> int"},
+    {"commit", (PyCFunction)(void (*)(void))Committer_commit, METH_FASTCALL,
+     "commit(seq, records) -> bool: Transaction.commit's device operations for the "
+     "records [(offset, data)]; False: nothing done, take the reference"},
     {"pwrite", (PyCFunction)(void (*)(void))Committer_pwrite, METH_FASTCALL,
      "pwrite(journal, inode, data, pos) -> int | None: File.pwrite's fast path"},
     {"configure", (PyCFunction)(void (*)(void))Committer_configure,

@@ -166,6 +166,8 @@ class Journal:
         self.lock = threading.RLock()
         self.seq = 0
         self.commits = 0
+        #: of which committed by the C commit of records (Committer.commit)
+        self.native_commits = 0
         self.active: Transaction | None = None
         self.owner = 0
         #: the C commit of small overwrites, or None: the Python reference only
@@ -570,6 +572,11 @@ class Transaction:
                     seal(view)
                 store.flush(blockno << BLOCK_SHIFT, BLOCK_SIZE)
             records = self._records()
+            committer = journal.committer
+            if records and committer is not None:
+                seq = journal.seq + 1
+                if self._commit_native(committer, seq, records):
+                    return
             if records:
                 payload = _serialize(records)
                 if len(payload) > journal.capacity:
@@ -608,6 +615,40 @@ class Transaction:
             raise
         self._dirty.clear()
         self._finish("committed", self._on_commit)
+
+    def _commit_native(
+        self, committer: _commit.Committer, seq: int, records: list[tuple[int, Any]]
+    ) -> bool:
+        """Steps 2-7 of the commit in C (``Committer.commit``): the device operations
+        the code below makes for ``records``, with the same bytes in the same order.
+        False: nothing done (the log would not fit: the reference raises).  A failure
+        is handled as the reference handles it, by how far the commit got (``stage``).
+        """
+        journal = self.journal
+        try:
+            if not committer.commit(seq, records):
+                return False
+        except BaseException as exc:
+            stage = committer.stage
+            if stage < _commit.STAGE_COMMITTED:
+                if stage == _commit.STAGE_HEADER and isinstance(exc, OSError):
+                    journal._invalidate_header(exc)
+                self.abort(exc)
+                raise
+            journal.seq = seq
+            self._finish("committed")
+            if isinstance(exc, OSError):
+                journal.failed = f"applying transaction {seq}: {exc}"
+                raise IOFailure(
+                    f"journal apply failed, filesystem is now read-only: {exc}"
+                ) from exc
+            raise
+        journal.seq = seq
+        journal.commits += 1
+        journal.native_commits += 1
+        self._dirty.clear()
+        self._finish("committed", self._on_commit)
+        return True
 
     def _finish(
         self,
