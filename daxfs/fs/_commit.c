@@ -57,6 +57,11 @@
  * reference packs.  If any check fails, nothing is written and overwrite
  * returns -1: the caller takes the reference path.
  *
+ * Committer.commit(seq, records) runs the same sequence (steps 2-8, with the
+ * records in place of the two above) for any transaction whose records the
+ * Python Transaction.commit gathered: see "the commit of any transaction"
+ * below.
+ *
  * Invariants
  *   1. Every offset and length is checked against the view before any byte
  *      is copied: the data and the inode record lie inside the filesystem and

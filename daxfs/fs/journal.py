@@ -43,6 +43,16 @@ on any other device (SimulatedPmem) it calls the store's ``write`` and
 DataPath.write's checks and both locks in one C call; a device failure in it
 comes back to ``_overwrite_failed`` under those locks.
 
+Steps 2-7 run in C for every transaction (``Committer.commit``, called by
+``Transaction._commit_native``): the records, gathered and sealed in Python
+as step 1 says, are laid out, checksummed and written by the same device
+operations in the same order, through the same two operations as the
+overwrite commit below (so SimulatedPmem sees each one); a failure is handled
+by how far it got (``Committer.stage``), as here.  The code of ``commit``
+after that call is the readable reference; it runs when ``NATIVE_COMMIT`` was
+off at mount, and for a log too large for its area (to raise
+TransactionTooLarge).
+
 Recovery (``Journal.recover``) replays the log if its header and log
 checksums are intact and ``seq > applied_seq``.  It first checks what no
 checksum covers or proves (``Journal.problems``): sequence numbers below
@@ -73,8 +83,9 @@ Invariants
      the one that made the transaction abort (it becomes a note on it).
   5. ``applied_seq <= header.seq`` whenever the header is intact, and both
      stay below SEQ_LIMIT.
-  6. The C commit of an overwrite and the reference make the same device
-     operations with the same bytes (tests/fs/test_commit.py); its inode
+  6. The C commits (of any transaction's records, and of an overwrite) and
+     the reference make the same device operations with the same bytes
+     (tests/fs/test_commit.py, test_commit_records.py); the overwrite's inode
      record is the committed one, checked against memory (daxfs.fs.inode,
      invariant 2), so it is the record the reference packs.
 
