@@ -159,6 +159,7 @@ class Journal:
         "header_offset",
         "lock",
         "log_offset",
+        "native_commits",
         "owner",
         "readonly",
         "region",
