@@ -1153,7 +1153,24 @@ do_commit_records(Committer *c, int64_t seq, PyObject *records, Py_buffer *bufs,
     c->base = mem->buf;
     c->size = mem->len;
     c->stage = STAGE_NONE;
-    if (dev_writev(c, c->log_offset, log, pieces) < 0)
+    if (c->mode == M_MSYNC) {
+        /* one msync for the log, as the reference's one write of it (dev_writev
+         * would msync each piece: three a record) */
+        unsigned char *joined = PyMem_Malloc((size_t)log_bytes);
+        if (joined == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        Py_ssize_t at = 0;
+        for (int i = 0; i < pieces; i++) {
+            memcpy(joined + at, log[i].p, (size_t)log[i].n);
+            at += log[i].n;
+        }
+        int failed = dev_write(c, c->log_offset, joined, log_bytes) < 0;
+        PyMem_Free(joined);
+        if (failed)
+            goto done;
+    } else if (dev_writev(c, c->log_offset, log, pieces) < 0)
         goto done;
     c->stage = STAGE_LOG;
     /* fence 1: the log (and every block written in place) is durable before a

@@ -60,13 +60,25 @@ def workload(fs: FileSystem) -> None:
     fs.open("/a/b/x", "xb").close()
 
 
-def run(dev: SimulatedPmem | str, native: bool, steps: Callable[[FileSystem], None]) -> int:
+def run(
+    dev: SimulatedPmem | str,
+    native: bool,
+    steps: Callable[[FileSystem], None],
+    persist: str = "cpu",
+) -> int:
     journal.NATIVE_COMMIT = native
     try:
-        fs = daxfs.mount(dev) if isinstance(dev, SimulatedPmem) else daxfs.mount(dev, persist="cpu")
+        fs = (
+            daxfs.mount(dev)
+            if isinstance(dev, SimulatedPmem)
+            else daxfs.mount(dev, persist=persist)
+        )
     finally:
         journal.NATIVE_COMMIT = True
-    assert (fs.journal.committer is not None) == native
+    committer = fs.journal.committer
+    assert (committer is not None) == native
+    if committer is not None and not isinstance(dev, SimulatedPmem):
+        assert (committer.mode == "msync") == (persist == "msync")
     steps(fs)
     commits = fs.journal.native_commits
     fs.unmount()
@@ -95,12 +107,15 @@ def test_both_paths_make_the_same_device_operations_and_image() -> None:
 
 
 @pytest.mark.usefixtures("frozen")
-def test_native_mode_writes_the_image_the_reference_writes(shm_path: Path) -> None:
+@pytest.mark.parametrize("persist", ["cpu", "msync"])
+def test_native_mode_writes_the_image_the_reference_writes(shm_path: Path, persist: str) -> None:
+    """Flushed by the C code itself (clwb, ...), or msync'ed (the log in one msync,
+    as the reference's one write of it): the image the reference writes."""
     image = formatted().read(0, SIZE)
     results = {}
     for native in (True, False):
         shm_path.write_bytes(image)
-        commits = run(str(shm_path), native, workload)
+        commits = run(str(shm_path), native, workload, persist)
         assert (commits > 300) if native else commits == 0
         results[native] = shm_path.read_bytes()
     assert results[True] == results[False]
