@@ -6,7 +6,7 @@ The layer between devices (daxfs.pmem) and the filesystem (docs/ARCHITECTURE.md,
 Backends: ``PmemBlockDevice`` (copies to and from a pmem device, pmem.py) and
 ``FileBlockDevice`` (``open_block``: a regular file or a block device,
 O_DIRECT when allowed, preadv/pwritev on an engine's threads; file.py,
-engine.py).
+engine.py) and ``NbdBlockDevice`` (``open_nbd``: an NBD server; nbd.py).
 The crash-simulating ``SimulatedBlockDevice`` lives in daxfs.testing.
 """
 
@@ -25,6 +25,7 @@ from daxfs.block.bio import (
 from daxfs.block.device import BlockDevice
 from daxfs.block.engine import IoEngine, IoKind, IoOp, ThreadPoolEngine
 from daxfs.block.file import FileBlockDevice, open_block
+from daxfs.block.nbd import NbdBlockDevice, open_nbd
 from daxfs.block.pmem import PmemBlockDevice
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "IoEngine",
     "IoKind",
     "IoOp",
+    "NbdBlockDevice",
     "PmemBlockDevice",
     "QueueLimits",
     "Request",
@@ -45,5 +47,6 @@ __all__ = [
     "check_bio",
     "merge_bios",
     "open_block",
+    "open_nbd",
     "split_bio",
 ]
