@@ -1,6 +1,8 @@
 """``daxfs info PATH``: what a path is as persistent memory, and why; and its filesystem.
 
-The device report (backend, granularity, persist method, ...) comes first;
+The device report (backend, granularity, persist method, ...) comes first,
+then how the path would be reached as a block device (daxfs.block: the I/O
+engine, O_DIRECT or the buffered fallback, and why);
 when the path holds a daxfs, the facts of its superblock follow (uuid, label,
 size, free blocks, inodes in use, state, mount count, journal, creation time).
 Read-only: the superblock is read without mounting or replaying anything,
@@ -17,6 +19,7 @@ import datetime
 import json
 from typing import Any
 
+from daxfs.block import open_block
 from daxfs.cli.common import human
 from daxfs.errors import Busy, Corrupted
 from daxfs.fs.layout import BLOCK_SIZE, SB_MAGIC, STATE_CLEAN
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     with dev:
         facts = describe_device(dev)
         facts["filesystem"] = describe_filesystem(dev)
+    facts["block"] = describe_block(args.path)
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         ("power-fail safe", "yes" if facts["power_fail_safe"] else "NO", ""),
         ("native extension", "loaded" if facts["native_extension"] else "missing", ""),
         ("cpu features", " ".join(facts["cpu"]) or "none", ""),
+        _block_row(facts["block"]),
     ]
     rows += _filesystem_rows(facts["filesystem"])
     for name, value, reason in rows:
@@ -89,6 +94,26 @@ def run(args: argparse.Namespace) -> int:
             line += f"\n{'':<19}  why: {reason}"
         print(line)
     return 0
+
+
+def describe_block(path: str) -> dict[str, Any]:
+    """How daxfs.block would reach ``path`` (opened read-only): engine and why."""
+    try:
+        with open_block(path, readonly=True) as blk:
+            return {
+                "engine": blk.engine,
+                "reason": blk.engine_reason,
+                "direct": blk.direct,
+                "logical_block_size": blk.limits.logical_block_size,
+            }
+    except OSError as exc:
+        return {"error": exc.strerror or str(exc)}
+
+
+def _block_row(block: dict[str, Any]) -> tuple[str, str, str]:
+    if "error" in block:
+        return ("block I/O", "not available", block["error"])
+    return ("block I/O", block["engine"], block["reason"])
 
 
 def describe_filesystem(dev: PmemDevice) -> dict[str, Any] | None:

@@ -76,3 +76,24 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["info"])
     assert info.value.code == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_info_says_how_bios_reach_the_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "b.img"
+    image.write_bytes(bytes(1 << 20))
+    assert main(["info", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "block I/O:         threads (preadv/pwritev, O_DIRECT, queue depth 8)" in out
+    assert "why: O_DIRECT; fallback: the io_uring engine is not built yet" in out
+    assert main(["info", "--json", str(image)]) == 0
+    block = json.loads(capsys.readouterr().out)["block"]
+    assert block["direct"] is True
+    assert block["logical_block_size"] == 512
+    odd = tmp_path / "odd.img"
+    odd.write_bytes(bytes(5000))  # pmem maps it; as a block device it is not whole sectors
+    assert main(["info", str(odd)]) == 0
+    out = capsys.readouterr().out
+    assert "block I/O:         not available" in out
+    assert "multiple of the logical block size" in out
