@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import random
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -135,6 +136,45 @@ def test_both_paths_make_the_same_device_operations_and_image() -> None:
     assert logs[True] == logs[False]
     assert images[True] == images[False]
     assert images[True] != image
+
+
+def random_overwrites(seed: int, count: int) -> Callable[[FileSystem], None]:
+    """Seeded overwrites inside /f of every length from 1 byte to 3 blocks, at any
+    offset and alignment: the log's pieces meet anywhere in a cache line."""
+
+    def steps(fs: FileSystem) -> None:
+        rng = random.Random(seed)
+        with fs.open("/f", "rb+", buffering=0) as f:
+            size = f.seek(0, os.SEEK_END)
+            for _ in range(count):
+                n = rng.choice([rng.randint(1, 300), rng.randint(1, 3 * BLOCK)])
+                f.pwrite(rng.randbytes(n), rng.randint(0, size - n))
+
+    return steps
+
+
+@pytest.mark.usefixtures("frozen")
+def test_native_mode_writes_the_images_of_random_overwrites(shm_path: Path) -> None:
+    """The native stores (the log line by line, the header words non-temporal) leave
+    the bytes the reference leaves, whatever the lengths and alignments."""
+    image = base_image()
+    results = {}
+    for native in (True, False):
+        shm_path.write_bytes(image)
+        journal.NATIVE_COMMIT = native
+        try:
+            fs = daxfs.mount(str(shm_path), persist="cpu")
+        finally:
+            journal.NATIVE_COMMIT = True
+        committer = fs.journal.committer
+        random_overwrites(seed=9, count=150)(fs)
+        if native:
+            assert committer is not None
+            assert committer.commits == 150
+        fs.unmount()
+        results[native] = shm_path.read_bytes()
+    assert results[True] == results[False]
+    assert results[True] != image
 
 
 @pytest.mark.usefixtures("frozen")
