@@ -14,22 +14,21 @@
  *
  *     child(index, name, hwm, follow)
  *         1. key = BLAKE2b-64(hash_key, name)   (Directories.hash, byte for byte)
- *         2. probe the index: the pending changes (added, removed), then a
- *            binary search of its sorted keys; the slot's name compared byte
- *            for byte (DirIndex.find)
- *         3. the inode: cached in the inode table -> its number is returned,
- *            the caller builds the result from the Inode in memory;
- *            else read(ino, ...) below
+ *         2. probe the index: the pending changes (added, removed), else an
+ *            interpolation, then binary, search of its sorted keys; the slot's
+ *            name compared byte for byte (DirIndex.find)
+ *         3. the inode: cached in the inode table -> the result is built from
+ *            the Inode's record in memory; else from media, below
  *     inode(ino, hwm)
  *         4. place the record through the inode table's location cache
- *            (InodeTable.locations), copy its 256 bytes out of device memory,
+ *            (InodeTable.places), copy its 256 bytes out of device memory,
  *            check them as InodeRecord.unpack_from, InodeTable.get and
  *            record_problem do (magic, crc32c, inode number, in use, mode,
  *            flags, size, map kind, inline counts)
  *         5. build the os.stat_result as FileSystem._stat_inode does
  *
- * Anything this module does not answer with certainty -- a pending change of
- * the index on the key, a key the index keeps as "read the tree", a name the
+ * Anything this module does not answer with certainty -- a key the index
+ * keeps as "read the tree" (in its arrays or its pending changes), a name the
  * index lacks, a symbolic link to follow, an inode number or location it
  * cannot place, a record that fails a check -- returns -1 (or None), and the
  * caller takes the reference path, which then raises the error the reference
@@ -516,6 +515,29 @@ stat_from_media(StatPath *s, uint64_t ino, uint64_t hwm, int refuse_link, int ca
     return build_stat(s, &f);
 }
 
+/* an entry of DirIndex.added, (value, 16-byte slot), for `name`: as probe() */
+static int
+pending(PyObject *record, const char *name, Py_ssize_t n, uint64_t *value)
+{
+    if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 2)
+        return -1;
+    PyObject *pv = PyTuple_GET_ITEM(record, 0), *ps = PyTuple_GET_ITEM(record, 1);
+    if (!PyLong_CheckExact(pv) || !PyBytes_CheckExact(ps) || PyBytes_GET_SIZE(ps) != SLOT)
+        return -1;
+    uint64_t v = PyLong_AsUnsignedLongLong(pv);
+    if (v == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    if (v == 0)
+        return -1; /* _TREE: read the tree */
+    const unsigned char *slotp = (const unsigned char *)PyBytes_AS_STRING(ps);
+    if (slotp[0] != n || memcmp(slotp + 1, name, (size_t)n) != 0)
+        return 0; /* the key's single entry has another name */
+    *value = v;
+    return 1;
+}
+
 /* DirIndex.find for `key`, `name`: 1 found (ino, type set), 0 absent, -1 ask the tree,
  * -2 error */
 static int
@@ -528,8 +550,23 @@ probe(StatPath *s, PyObject *index, uint64_t key, const char *name, Py_ssize_t n
     if (!keys || !values || !names || !added || !removed || !PyBytes_Check(names) ||
         !PyDict_Check(added) || !PyAnySet_Check(removed))
         return -1;
-    if (PyDict_GET_SIZE(added) || PySet_GET_SIZE(removed))
-        return -1; /* pending changes: the reference reads them */
+    if (PyDict_GET_SIZE(added) || PySet_GET_SIZE(removed)) {
+        /* the changes since the arrays were made: DirIndex.find reads them first */
+        PyObject *pkey = PyLong_FromUnsignedLongLong(key);
+        if (pkey == NULL)
+            return -2;
+        PyObject *record = PyDict_GetItemWithError(added, pkey);
+        if (record != NULL) {
+            Py_DECREF(pkey);
+            return pending(record, name, n, value);
+        }
+        int gone = PyErr_Occurred() ? -1 : PySet_Contains(removed, pkey);
+        Py_DECREF(pkey);
+        if (gone < 0)
+            return -2;
+        if (gone)
+            return 0; /* removed since */
+    }
     Py_buffer kb, vb;
     if (PyObject_GetBuffer(keys, &kb, PyBUF_SIMPLE) < 0)
         return -2;

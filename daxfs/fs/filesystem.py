@@ -161,7 +161,9 @@ class FileSystem:
         #: the inode cache (ino -> Inode), read by stat
         self._icache = itable.cache
         #: stat's C miss path (daxfs/fs/_stat.c); None: fsck-style mounts that load
-        #: records get() would refuse (``check_records`` off), for which the walk answers
+        #: records get() would refuse (``check_records`` off), for which the walk answers.
+        #: It holds the path caches, the inode cache, the index dict and the location
+        #: array themselves: each is changed in place, never replaced, for the mount's life
         self._fast: StatPath | None = (
             StatPath(
                 key=dirs.hash_key,

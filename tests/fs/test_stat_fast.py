@@ -357,3 +357,35 @@ def test_a_cached_inode_is_answered_from_memory_not_media(fs: FileSystem) -> Non
     finally:
         inode.rec.uid, inode.rec.mtime_ns = saved
         inode.rec.size = 20 * 37
+
+
+def test_pending_index_changes_are_read_as_find_reads_them() -> None:
+    """Creates and unlinks after the index is built sit in its ``added`` and ``removed``
+    until a merge: the C path reads them first, as DirIndex.find does."""
+    dev = crafting.fresh(size=64 << 20)
+    with daxfs.mount(dev) as fs:
+        fs.mkdir("/p")
+        for i in range(400):
+            fs.open(f"/p/old{i}", "xb").close()
+        fs.stat("/p/old0")
+        index = fs.dirs.ready_index(fs.itable.get(fs.stat("/p").st_ino))
+        assert index is not None
+        index.merge()
+        for i in range(100):
+            fs.open(f"/p/new{i}", "xb").close()
+        for i in range(0, 400, 5):
+            fs.unlink(f"/p/old{i}")
+        assert index.added  # pending, not merged
+        assert index.removed
+        answered = 0
+        for name in [*(f"old{i}" for i in range(400)), *(f"new{i}" for i in range(100))]:
+            path = f"/p/{name}"
+            fs._forget_paths()
+            got = fast(fs, path)  # C and reference agree ...
+            want = reference(fs, path, True)
+            if got is not None:
+                answered += 1
+                same(got, want)  # ... and with the walk
+            else:
+                assert isinstance(want, FileNotFoundError), path  # only the unlinked ones
+        assert answered == 400 - 80 + 100
