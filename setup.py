@@ -27,18 +27,18 @@ setup(
         ),
         # fixed-address mmap and export-counted buffers (DAX mmap needs it)
         Extension("daxfs.mm._vm", sources=["daxfs/mm/_vm.c"], extra_compile_args=FLAGS),
-        # the journal's small-overwrite commit (daxfs.fs.journal.Journal.overwrite)
+        # the journal's commit in C (daxfs.fs.journal: Journal.overwrite, Transaction commit)
         Extension(
             "daxfs.fs._commit",
             sources=["daxfs/fs/_commit.c"],
-            depends=PERSIST,
+            depends=[*PERSIST, "daxfs/fs/_media.h"],
             extra_compile_args=FLAGS,
         ),
         # the miss path of stat (daxfs.fs.filesystem.FileSystem.stat)
         Extension(
             "daxfs.fs._stat",
             sources=["daxfs/fs/_stat.c"],
-            depends=["daxfs/pmem/_pyutil.h"],
+            depends=[*PERSIST, "daxfs/fs/_media.h"],
             extra_compile_args=FLAGS,
         ),
     ]

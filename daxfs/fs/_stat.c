@@ -52,6 +52,7 @@
 #include <string.h>
 
 #include "../pmem/_pyutil.h"
+#include "_media.h"
 
 #define S_FMT 0170000u
 #define S_REG 0100000u
@@ -197,80 +198,11 @@ typedef struct {
     uint64_t block_size, inodes_per_block, ino_limit;
 } StatPath;
 
-static inline uint64_t
-get_u64(const unsigned char *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
-
-static inline uint32_t
-get_u32(const unsigned char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static inline uint16_t
-get_u16(const unsigned char *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-
-/* ------------------------------------------------------------------ crc32c */
-
-static uint32_t crc_table[256]; /* have_sse42: _persist.h's detect_cpu */
-
-static void
-crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
-        crc_table[i] = c;
-    }
-    detect_cpu();
-}
-
-#if defined(__x86_64__)
-__attribute__((target("sse4.2"))) static uint32_t
-crc_hw(uint32_t c, const unsigned char *p, size_t n)
-{
-    uint64_t c64 = c;
-    for (; n >= 8; n -= 8, p += 8)
-        c64 = __builtin_ia32_crc32di(c64, get_u64(p));
-    c = (uint32_t)c64;
-    while (n--)
-        c = __builtin_ia32_crc32qi(c, *p++);
-    return c;
-}
-#endif
-
-static uint32_t
-crc_update(uint32_t c, const unsigned char *p, size_t n)
-{
-#if defined(__x86_64__)
-    if (have_sse42)
-        return crc_hw(c, p, n);
-#endif
-    while (n--)
-        c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
-    return c;
-}
-
 /* crc32c of a record with its checksum field (bytes 4..8) taken as zero */
 static uint32_t
 record_crc(const unsigned char *rec)
 {
-    static const unsigned char zero[4];
-    uint32_t c = crc_update(0xFFFFFFFFu, rec, 4);
-    c = crc_update(c, zero, 4);
-    return ~crc_update(c, rec + 8, RECORD - 8);
+    return crc32c_with_hole(rec, RECORD, 4);
 }
 
 /* ------------------------------------------------------------------ the record */
@@ -1017,6 +949,7 @@ PyInit__stat(void)
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "daxfs.fs._stat reads the little-endian format with memcpy: a little-endian host only"
 #endif
+    detect_cpu();
     crc_init();
     if (PyType_Ready(&StatPathType) < 0)
         return NULL;
