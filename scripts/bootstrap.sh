@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv
-APT_PACKAGES=(gcc make pkg-config python3-dev python3-venv libpmem2-dev pmdk-tools fio fuse3 libfuse3-dev)
+APT_PACKAGES=(gcc make pkg-config python3-dev python3-venv libpmem2-dev pmdk-tools fio fuse3 libfuse3-dev nbdkit)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
@@ -18,7 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
-    echo "bootstrap: WARNING: could not install ${missing[*]}; benchmarks against PMDK and the FUSE mount will be skipped" >&2
+    echo "bootstrap: WARNING: could not install ${missing[*]}; benchmarks against PMDK, the FUSE mount and the NBD tests will be skipped" >&2
   fi
 fi
 
