@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,14 +36,28 @@ class Servers:
             stderr=subprocess.PIPE,
         )
         self.procs[sock] = proc
+        # ready when it accepts a connection: the socket file appears at bind(), before
+        # listen(), and a connect in between is refused (seen once under load)
         deadline = time.monotonic() + 20
-        while not Path(sock).exists():
+        while not self._accepts(sock):
             if proc.poll() is not None:
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 pytest.fail(f"nbdkit {' '.join(args)} exited: {err}")
             assert time.monotonic() < deadline, "nbdkit did not start"
             time.sleep(0.02)
         return sock
+
+    @staticmethod
+    def _accepts(sock: str) -> bool:
+        """Whether a server listens on ``sock`` (the probe connection is closed at once)."""
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(sock)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        finally:
+            probe.close()
+        return True
 
     def kill(self, sock: str) -> None:
         """Kill the server of ``sock`` (by its process, which this test started)."""
