@@ -50,6 +50,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from daxfs.errors import InvalidArgument, NotSupported
+from daxfs.mm.pin import advance_views
 
 LOG = logging.getLogger("daxfs.block")
 
@@ -208,19 +209,8 @@ def _transfer(op: IoOp, *, write: bool) -> int:
         if n <= 0:
             break
         done += n
-        views = _advance(views, n)
+        views = advance_views(views, n)
     return done
-
-
-def _advance(views: list[memoryview], n: int) -> list[memoryview]:
-    out = []
-    for view in views:
-        if n >= len(view):
-            n -= len(view)
-            continue
-        out.append(view[n:])
-        n = 0
-    return out
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

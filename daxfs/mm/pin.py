@@ -128,7 +128,7 @@ class SGList(Closeable):
             if n <= 0:
                 raise OSError(f"write_to: wrote nothing after {done} bytes")
             done += n
-            views = _advance(views, n)
+            views = advance_views(views, n)
         return done
 
     @staticmethod
@@ -267,7 +267,7 @@ def _fileno(target: Any) -> int | None:
     return fd if isinstance(fd, int) else None
 
 
-def _advance(views: list[memoryview], n: int) -> list[memoryview]:
+def advance_views(views: list[memoryview], n: int) -> list[memoryview]:
     """Drop the first ``n`` bytes of a list of views."""
     out = []
     for view in views:
@@ -295,6 +295,6 @@ def _sendmsg(sock: socket.socket, views: list[memoryview]) -> int:
     while views:
         sent = sock.sendmsg(views)
         done += sent
-        views = _advance(views, sent)
+        views = advance_views(views, sent)
     assert done == total
     return done

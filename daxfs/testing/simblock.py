@@ -71,7 +71,7 @@ from daxfs.block.bio import SECTOR_SHIFT, BioFlags, BioOp, QueueLimits, Request
 from daxfs.block.device import BlockDevice
 from daxfs.errors import InvalidArgument
 from daxfs.pmem.device import check_integer
-from daxfs.testing.simulated import DEFAULT_STATES, PowerFailure
+from daxfs.testing.simulated import DEFAULT_STATES, PowerFailure, extend_ranges
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -234,11 +234,7 @@ class SimulatedBlockDevice(BlockDevice):
         for block, values in zip(*self._options(), strict=True):
             if len(values) == 1:
                 continue  # written back to what the media holds already
-            offset = block * bs
-            if ranges and ranges[-1][0] + ranges[-1][1] == offset:
-                ranges[-1] = (ranges[-1][0], ranges[-1][1] + bs)
-            else:
-                ranges.append((offset, bs))
+            extend_ranges(ranges, block * bs, bs)
         return ranges
 
     def durable_image(self) -> bytes:

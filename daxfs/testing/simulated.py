@@ -262,11 +262,7 @@ class SimulatedPmem(Device):
         idx, _, _ = self._candidates()
         ranges: list[tuple[int, int]] = []
         for word in idx.tolist():
-            offset = word * WORD
-            if ranges and ranges[-1][0] + ranges[-1][1] == offset:
-                ranges[-1] = (ranges[-1][0], ranges[-1][1] + WORD)
-            else:
-                ranges.append((offset, WORD))
+            extend_ranges(ranges, word * WORD, WORD)
         return ranges
 
     def persisted_image(self) -> bytes:
@@ -322,3 +318,12 @@ class SimulatedPmem(Device):
         image = bytearray(persisted)
         np.frombuffer(image, dtype=np.uint64)[idx] = chosen
         return SimulatedPmem(self.size, image=image)
+
+
+def extend_ranges(ranges: list[tuple[int, int]], offset: int, length: int) -> None:
+    """Append ``(offset, length)`` to ``ranges`` (sorted, as they are built), joined to
+    the last range if it ends where this one starts."""
+    if ranges and ranges[-1][0] + ranges[-1][1] == offset:
+        ranges[-1] = (ranges[-1][0], ranges[-1][1] + length)
+    else:
+        ranges.append((offset, length))
