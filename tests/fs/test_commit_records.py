@@ -17,7 +17,6 @@ records, superblock counters) and hands steps 2-7 to C.  Proved here:
 from __future__ import annotations
 
 import errno
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,16 +30,8 @@ from daxfs.fs.journal import TransactionTooLarge
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.crash import CrashCheckFailed, check_operation
 from daxfs.testing.faults import FaultyPmem
-from tests.fs.test_commit import CLOCK, RecordingPmem
+from tests.fs.test_commit import RecordingPmem, frozen  # noqa: F401 (a fixture)
 from tests.helpers import SIZE, formatted
-
-
-@pytest.fixture
-def frozen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(time, "time_ns", lambda: CLOCK)
-    _commit.freeze_clock(CLOCK)
-    yield
-    _commit.freeze_clock(0)
 
 
 def workload(fs: FileSystem) -> None:
