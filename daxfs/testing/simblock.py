@@ -71,7 +71,7 @@ from daxfs.block.bio import SECTOR_SHIFT, BioFlags, BioOp, QueueLimits, Request
 from daxfs.block.device import BlockDevice
 from daxfs.errors import InvalidArgument
 from daxfs.pmem.device import check_integer
-from daxfs.testing.simulated import DEFAULT_STATES, PowerFailure, extend_ranges
+from daxfs.testing.simulated import DEFAULT_STATES, PowerFailure, at_most, extend_ranges
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -270,12 +270,7 @@ class SimulatedBlockDevice(BlockDevice):
         keep = [i for i, opts in enumerate(options) if len(opts) > 1]
         blocks = [blocks[i] for i in keep]
         options = [options[i] for i in keep]
-        total = 1
-        for opts in options:
-            total *= len(opts)
-            if total > limit:
-                break
-        if total <= limit:
+        if at_most(options, limit):
             for combo in itertools.product(*options):
                 yield self._from(blocks, list(combo))
             return

@@ -58,7 +58,7 @@ import itertools
 import mmap
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence, Sized
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -292,12 +292,7 @@ class SimulatedPmem(Device):
         idx, values, images = self._candidates()
         stacked = np.stack(values, axis=1) if len(idx) else np.zeros((0, 3), np.uint64)
         options = [np.unique(row) for row in stacked]
-        total = 1
-        for opts in options:
-            total *= len(opts)
-            if total > limit:
-                break
-        if total <= limit:
+        if at_most(options, limit):
             for combo in itertools.product(*options):
                 yield self._from(images.persisted, idx, np.array(combo, dtype=np.uint64))
             return
@@ -327,3 +322,14 @@ def extend_ranges(ranges: list[tuple[int, int]], offset: int, length: int) -> No
         ranges[-1] = (ranges[-1][0], ranges[-1][1] + length)
     else:
         ranges.append((offset, length))
+
+
+def at_most(options: Sequence[Sized], limit: int) -> bool:
+    """Whether the product of the options' lengths (the number of combinations) is
+    at most ``limit``; stops multiplying once it is past."""
+    total = 1
+    for opts in options:
+        total *= len(opts)
+        if total > limit:
+            return False
+    return True
