@@ -203,6 +203,16 @@ class Allocator:
 
     # -- allocation -----------------------------------------------------------------------
 
+    def _check_available(self, tx: Transaction, count: int) -> None:
+        """Raise NoSpace unless ``count`` blocks are available to ``tx``."""
+        available = self.available(tx)
+        if count > available:
+            reserve = "" if tx.scratch.get(_RESERVE) else f", {self.reserved} reserved"
+            raise NoSpace(
+                f"cannot allocate {count} blocks: {available} available "
+                f"({self.sup.sb.free_blocks} free{reserve})"
+            )
+
     def alloc(self, tx: Transaction, count: int, goal: int | None = None) -> list[tuple[int, int]]:
         """Allocate exactly ``count`` blocks in ``tx``; return them as (start, length) runs.
 
@@ -221,13 +231,7 @@ class Allocator:
         assert count >= 0, f"cannot allocate {count} blocks"
         if count == 0:
             return []
-        available = self.available(tx)
-        if count > available:
-            reserve = "" if tx.scratch.get(_RESERVE) else f", {self.reserved} reserved"
-            raise NoSpace(
-                f"cannot allocate {count} blocks: {available} available "
-                f"({self.sup.sb.free_blocks} free{reserve})"
-            )
+        self._check_available(tx, count)
         lo, hi = self._lo, self._hi
         start = self._cursor if goal is None else goal
         if not lo <= start < hi:
@@ -276,13 +280,7 @@ class Allocator:
         if start < lo or end > hi:
             bad = start if not lo <= start < hi else hi
             raise Corrupted(f"freeing block {bad}: outside the data area [{lo}, {hi})")
-        available = self.available(tx)
-        if count > available:
-            reserve = "" if tx.scratch.get(_RESERVE) else f", {self.reserved} reserved"
-            raise NoSpace(
-                f"cannot allocate {count} blocks: {available} available "
-                f"({self.sup.sb.free_blocks} free{reserve})"
-            )
+        self._check_available(tx, count)
         if count > BPB:
             return None
         for k, i, j in _segments(start, end):  # invariant 3: check before changing
