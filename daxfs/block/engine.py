@@ -50,7 +50,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from daxfs.errors import InvalidArgument, NotSupported
-from daxfs.mm.pin import advance_views
 
 LOG = logging.getLogger("daxfs.block")
 
@@ -253,3 +252,15 @@ def _write_zeros(fd: int, offset: int, length: int) -> None:
         if moved < n:
             raise OSError(errno.EIO, f"writing zeros stopped after {done + moved} bytes")
         done += n
+
+
+def advance_views(views: list[memoryview], n: int) -> list[memoryview]:
+    """Drop the first ``n`` bytes of a list of views."""
+    out = []
+    for view in views:
+        if n >= len(view):
+            n -= len(view)
+            continue
+        out.append(view[n:])
+        n = 0
+    return out

@@ -43,6 +43,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from daxfs.block.engine import advance_views
 from daxfs.errors import InvalidArgument
 from daxfs.fs.data import DataPath
 from daxfs.fs.layouts import Layouts
@@ -265,18 +266,6 @@ def _fileno(target: Any) -> int | None:
     except (AttributeError, OSError, ValueError):
         return None
     return fd if isinstance(fd, int) else None
-
-
-def advance_views(views: list[memoryview], n: int) -> list[memoryview]:
-    """Drop the first ``n`` bytes of a list of views."""
-    out = []
-    for view in views:
-        if n >= len(view):
-            n -= len(view)
-            continue
-        out.append(view[n:])
-        n = 0
-    return out
 
 
 def _sendfile(sock: socket.socket, fd: int, offset: int, length: int) -> int:
