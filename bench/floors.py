@@ -1,0 +1,97 @@
+"""The floors: what the unavoidable memory work of three daxfs operations costs in bare C.
+
+    python bench/floors.py [--quick] [--plain]
+
+Issue 9's goals not met are explained by floors (docs/ARCHITECTURE.md, "Fast
+paths"): this benchmark measures them, so that the figures quoted there can be
+reproduced.  bench/floors.c runs on a 1.5 GiB /dev/shm file, written through
+once first (a sparse file's first touches fault); every figure is a median of 7
+rounds, in ns per operation:
+
+  - the durable 4 KiB overwrite's protocol (a redo journal: the log with its
+    CRC-32C, the header, the data and the inode record in place, applied_seq;
+    four fences) against one 4 KiB copy and one fence (data written once);
+  - a 2 MiB non-temporal copy into new places (copy-on-write) against in place;
+  - a stat miss's memory work among 1,000,000 names (key search, value, name
+    slot, a 256-byte record from 1 GiB) against the same among 10 names.
+
+The rows carry no goal: they say how far below daxfs's own figures (bench/fs.py,
+same machine) the hardware would let it go.  --quick changes nothing here (the
+program takes about 15 s).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from common import Row, Unavailable, build_c, cpu_model, parse_args, print_table, run_c
+from fs import SHM, temp_path
+
+SOURCE = Path(__file__).resolve().parent / "floors.c"
+FILE_SIZE = 3 << 29  # 1.5 GiB: 1 GiB of records, then the device area
+
+
+def measure() -> dict[str, float]:
+    """Build and run bench/floors.c on a /dev/shm file; its figures (ns)."""
+    binary = build_c(SOURCE, cflags=("-O2", "-Wall", "-Wextra", "-msse4.2"), hint="install gcc")
+    if not SHM.is_dir():
+        raise Unavailable(f"{SHM} does not exist")
+    st = os.statvfs(SHM)
+    if st.f_bavail * st.f_frsize < FILE_SIZE + (256 << 20):
+        raise Unavailable(f"{SHM} has less than the {FILE_SIZE} bytes this needs")
+    path = temp_path(SHM, ".floors")
+    try:
+        with open(path, "wb") as f:  # written through once: no first-touch faults
+            chunk = bytes(64 << 20)
+            for _ in range(FILE_SIZE // len(chunk)):
+                f.write(chunk)
+        out = run_c(binary, [str(path)], timeout=600)
+    finally:
+        path.unlink(missing_ok=True)
+    try:
+        return {name: float(value) for name, value in out.items()}
+    except ValueError as exc:
+        raise Unavailable(f"cannot parse floors' output: {exc}") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv, "the floors of issue 9's goals, in bare C (see bench/floors.c)")
+    rows: list[Row] = []
+    notes: list[str] = []
+    try:
+        f = measure()
+        rows = [
+            Row(
+                "floor: durable 4 KiB overwrite, journal protocol (ns) vs one copy + fence",
+                f["overwrite_ns"],
+                f["one_copy_ns"],
+                "ns",
+            ),
+            Row(
+                "floor: 2 MiB non-temporal copy to new places (ns) vs in place",
+                f["cow_2m_ns"],
+                f["inplace_2m_ns"],
+                "ns",
+            ),
+            Row(
+                "floor: stat miss memory work, 1,000,000 names (ns) vs 10 names",
+                f["probe_1m_ns"],
+                f["probe_10_ns"],
+                "ns",
+            ),
+        ]
+        notes.append(
+            "bare C on a /dev/shm file (bench/floors.c): non-temporal stores and sfence, "
+            "CRC-32C by the crc32 instruction; no Python, no filesystem; lower is better"
+        )
+    except (Unavailable, OSError, KeyError) as exc:
+        notes.append(f"floors unavailable: {type(exc).__name__}: {exc}")
+    print_table(f"floors in bare C ({cpu_model()})", rows, notes=notes, plain=args.plain)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
