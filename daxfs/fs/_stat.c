@@ -374,18 +374,21 @@ build_stat(StatPath *s, const Fields *f)
     return r;
 }
 
-/* the device block holding inode `ino` (InodeTable.places); 0: not known; -1: error */
-static uint64_t
-place(StatPath *s, uint64_t ino)
+/* the device block holding inode `ino` (InodeTable.places) in *blockno, 0: not known;
+ * -1 with an exception if the array cannot be read (every value of it is a block
+ * number, to be checked against the view: none is taken for an error) */
+static int
+place(StatPath *s, uint64_t ino, uint64_t *blockno)
 {
     Py_buffer pb;
     if (PyObject_GetBuffer(s->places, &pb, PyBUF_SIMPLE) < 0)
-        return (uint64_t)-1;
-    uint64_t fblock = ino / s->inodes_per_block, blockno = 0;
+        return -1;
+    uint64_t fblock = ino / s->inodes_per_block;
+    *blockno = 0;
     if (fblock < (uint64_t)pb.len / 8)
-        blockno = get_u64((const unsigned char *)pb.buf + 8 * fblock);
+        *blockno = get_u64((const unsigned char *)pb.buf + 8 * fblock);
     PyBuffer_Release(&pb);
-    return blockno;
+    return 0;
 }
 
 /* stat_result of inode `ino` from device memory; None if the reference must answer.
@@ -396,8 +399,8 @@ stat_from_media(StatPath *s, uint64_t ino, uint64_t hwm, int refuse_link, int ca
 {
     if (ino == 0 || ino >= hwm || ino >= s->ino_limit)
         Py_RETURN_NONE;
-    uint64_t blockno = place(s, ino);
-    if (blockno == (uint64_t)-1)
+    uint64_t blockno;
+    if (place(s, ino, &blockno) < 0)
         return NULL;
     Py_buffer mem;
     if (PyObject_GetBuffer(s->view, &mem, PyBUF_SIMPLE) < 0)

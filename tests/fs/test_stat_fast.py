@@ -327,6 +327,20 @@ def test_a_path_cache_hit_of_an_uncached_inode_reads_media_as_the_walk(fs: FileS
     same(again, first)
 
 
+def test_any_location_in_the_cache_is_checked_not_taken_for_an_error(fs: FileSystem) -> None:
+    """Every value of the location array is a block number, checked against the view:
+    the largest one (once the C path's error value) is refused, and the walk answers."""
+    first = fs.stat("/d/f10")
+    uncache(fs)
+    places = fs.itable.places
+    fblock = first.st_ino // INODES_PER_BLOCK
+    assert places[fblock] != 0
+    places[fblock] = (1 << 64) - 1
+    assert fs._fast is not None
+    assert fs._fast.inode(first.st_ino, fs.sup.sb.inode_hwm) is None
+    same(fs.stat("/d/f10"), first)  # the walk places it (InodeTable.address)
+
+
 def test_unmount_releases_the_c_path(fs: FileSystem) -> None:
     fs.stat("/d/f1")
     fast = fs._fast
