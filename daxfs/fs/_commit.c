@@ -977,8 +977,8 @@ Committer_get_mode(Committer *c, void *unused)
 #define MAX_RECORDS 4096
 
 static int
-do_commit_records(Committer *c, int64_t seq, PyObject *records, Py_buffer *bufs,
-                  Py_ssize_t *offs, Py_ssize_t n, Py_buffer *mem)
+do_commit_records(Committer *c, int64_t seq, Py_buffer *bufs, Py_ssize_t *offs, Py_ssize_t n,
+                  Py_buffer *mem)
 {
     Py_ssize_t jstart = c->header_offset, jlen = c->log_offset + c->capacity - c->header_offset;
     Py_ssize_t log_bytes = 0;
@@ -1129,7 +1129,7 @@ Committer_commit(Committer *c, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer mem;
     if (PyObject_GetBuffer(c->view, &mem, PyBUF_WRITABLE) < 0)
         goto done;
-    rc = do_commit_records(c, seq, records, bufs, offs, n, &mem);
+    rc = do_commit_records(c, seq, bufs, offs, n, &mem);
     PyBuffer_Release(&mem);
 done:
     for (Py_ssize_t i = 0; i < got; i++)

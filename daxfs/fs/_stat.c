@@ -91,14 +91,6 @@ rotr64(uint64_t x, int n)
     return (x >> n) | (x << (64 - n));
 }
 
-static inline uint64_t
-load64(const unsigned char *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8); /* little-endian hosts only: see the module's init */
-    return v;
-}
-
 #define G(a, b, c, d, x, y)                                                                  \
     do {                                                                                     \
         v[a] = v[a] + v[b] + (x);                                                            \
@@ -117,7 +109,7 @@ blake2b_compress(uint64_t h[8], const unsigned char *block, uint64_t t, int last
 {
     uint64_t v[16], m[16];
     for (int i = 0; i < 16; i++)
-        m[i] = load64(block + 8 * i);
+        m[i] = get_u64(block + 8 * i); /* little-endian: _media.h */
     for (int i = 0; i < 8; i++) {
         v[i] = h[i];
         v[i + 8] = blake2b_iv[i];
@@ -949,9 +941,6 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__stat(void)
 {
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "daxfs.fs._stat reads the little-endian format with memcpy: a little-endian host only"
-#endif
     detect_cpu();
     crc_init();
     if (PyType_Ready(&StatPathType) < 0)
