@@ -21,6 +21,7 @@ import pytest
 
 import daxfs
 from daxfs.errors import Corrupted
+from daxfs.fs.dir import DirIndex
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE, INODES_PER_BLOCK, MAX_FILE_SIZE
 from daxfs.testing import SimulatedPmem
@@ -232,16 +233,23 @@ def test_hash_agrees_with_directories_hash(fs: FileSystem) -> None:
         assert fs._fast.hash(name) == fs.dirs.hash(name)
 
 
+def merged_index(fs: FileSystem, path: str, names: list[str]) -> DirIndex:
+    """A new directory of empty files, its index built (a stat of the first name) and
+    merged: every name in the sorted arrays, none pending."""
+    fs.mkdir(path)
+    for name in names:
+        fs.open(f"{path}/{name}", "xb").close()
+    fs.stat(f"{path}/{names[0]}")
+    index = fs.dirs.ready_index(fs.itable.get(fs.stat(path).st_ino))
+    assert index is not None
+    index.merge()
+    return index
+
+
 def test_a_big_directory_is_searched_right(tmp_path: Any) -> None:
     dev = crafting.fresh(size=64 << 20)
     with daxfs.mount(dev) as fs:
-        fs.mkdir("/big")
-        for i in range(4000):
-            fs.open(f"/big/{i:x}", "xb").close()
-        fs.stat("/big/0")
-        index = fs.dirs.ready_index(fs.itable.get(fs.stat("/big").st_ino))
-        assert index is not None
-        index.merge()  # everything in the sorted arrays: the interpolation search sees it
+        merged_index(fs, "/big", [f"{i:x}" for i in range(4000)])  # the interpolation search
         uncache_all = [ino for ino in fs.itable.cache if ino > 2]
         for ino in uncache_all:
             if not fs.itable.get(ino).is_dir:
@@ -378,13 +386,7 @@ def test_pending_index_changes_are_read_as_find_reads_them() -> None:
     until a merge: the C path reads them first, as DirIndex.find does."""
     dev = crafting.fresh(size=64 << 20)
     with daxfs.mount(dev) as fs:
-        fs.mkdir("/p")
-        for i in range(400):
-            fs.open(f"/p/old{i}", "xb").close()
-        fs.stat("/p/old0")
-        index = fs.dirs.ready_index(fs.itable.get(fs.stat("/p").st_ino))
-        assert index is not None
-        index.merge()
+        index = merged_index(fs, "/p", [f"old{i}" for i in range(400)])
         for i in range(100):
             fs.open(f"/p/new{i}", "xb").close()
         for i in range(0, 400, 5):
