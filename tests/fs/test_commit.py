@@ -28,6 +28,7 @@ import daxfs
 from daxfs.errors import InvalidArgument
 from daxfs.fs import _commit, journal, layout
 from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.journal import Journal
 from daxfs.iomap import IomapFlags
 from daxfs.testing import SimulatedPmem
 from tests.helpers import SIZE, formatted
@@ -95,18 +96,39 @@ def overwrites(fs: FileSystem) -> None:
         f.pwrite(b"F", 0)
 
 
-def run(dev: SimulatedPmem, native: bool, steps: Callable[[FileSystem], None]) -> int:
-    """Mount ``dev`` with the C commit on or off, run ``steps``, unmount; C commits."""
+def run(
+    dev: SimulatedPmem | str,
+    native: bool,
+    steps: Callable[[FileSystem], None],
+    persist: str = "cpu",
+) -> Journal:
+    """Mount ``dev`` (a device, or an image file natively with ``persist``) with the C
+    commits on or off, run ``steps``, unmount; the journal, for its counts."""
     journal.NATIVE_COMMIT = native
     try:
-        fs = daxfs.mount(dev)
+        fs = (
+            daxfs.mount(dev)
+            if isinstance(dev, SimulatedPmem)
+            else daxfs.mount(dev, persist=persist)
+        )
     finally:
         journal.NATIVE_COMMIT = True
     committer = fs.journal.committer
     assert (committer is not None) == native
+    if committer is not None and not isinstance(dev, SimulatedPmem):
+        # flushed by the C code itself, or msync'ed
+        native_modes = (
+            ("msync",) if persist == "msync" else ("clwb", "clflushopt", "clflush", "none")
+        )
+        assert committer.mode in native_modes
     steps(fs)
     fs.unmount()
-    return committer.commits if committer is not None else 0
+    return fs.journal
+
+
+def c_commits(log: Journal) -> int:
+    """Overwrites the C commit made (0 with the C commits off)."""
+    return log.committer.commits if log.committer is not None else 0
 
 
 def base_image(size: int = SIZE) -> bytes:
@@ -126,7 +148,7 @@ def test_both_paths_make_the_same_device_operations_and_image() -> None:
     for native in (True, False):
         dev = RecordingPmem(SIZE, image=image)
         dev.log = []
-        commits = run(dev, native, overwrites)
+        commits = c_commits(run(dev, native, overwrites))
         logs[native] = dev.log
         images[native] = dev.read(0, SIZE)
         dev.close()
@@ -161,17 +183,8 @@ def test_native_mode_writes_the_images_of_random_overwrites(shm_path: Path) -> N
     results = {}
     for native in (True, False):
         shm_path.write_bytes(image)
-        journal.NATIVE_COMMIT = native
-        try:
-            fs = daxfs.mount(str(shm_path), persist="cpu")
-        finally:
-            journal.NATIVE_COMMIT = True
-        committer = fs.journal.committer
-        random_overwrites(seed=9, count=150)(fs)
-        if native:
-            assert committer is not None
-            assert committer.commits == 150
-        fs.unmount()
+        commits = c_commits(run(str(shm_path), native, random_overwrites(seed=9, count=150)))
+        assert commits == (150 if native else 0)
         results[native] = shm_path.read_bytes()
     assert results[True] == results[False]
     assert results[True] != image
@@ -183,20 +196,8 @@ def test_native_mode_writes_the_image_the_reference_writes(shm_path: Path) -> No
     results = {}
     for native in (True, False):
         shm_path.write_bytes(image)
-        journal.NATIVE_COMMIT = native
-        try:
-            fs = daxfs.mount(str(shm_path), persist="cpu")
-        finally:
-            journal.NATIVE_COMMIT = True
-        committer = fs.journal.committer
-        if native:
-            assert committer is not None
-            assert committer.mode in ("clwb", "clflushopt", "clflush", "none")  # not msync
-        overwrites(fs)
-        if native:
-            assert committer is not None
-            assert committer.commits == 7
-        fs.unmount()
+        commits = c_commits(run(str(shm_path), native, overwrites))  # native: not msync
+        assert commits == (7 if native else 0)
         results[native] = shm_path.read_bytes()
     assert results[True] == results[False]
     with daxfs.mount(SimulatedPmem(SIZE, image=results[True])) as fs:

@@ -30,7 +30,7 @@ from daxfs.fs.journal import TransactionTooLarge
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.crash import CrashCheckFailed, check_operation
 from daxfs.testing.faults import FaultyPmem
-from tests.fs.test_commit import RecordingPmem, frozen  # noqa: F401 (a fixture)
+from tests.fs.test_commit import RecordingPmem, frozen, run  # noqa: F401 (a fixture)
 from tests.helpers import SIZE, formatted
 
 
@@ -51,31 +51,6 @@ def workload(fs: FileSystem) -> None:
     fs.open("/a/b/x", "xb").close()
 
 
-def run(
-    dev: SimulatedPmem | str,
-    native: bool,
-    steps: Callable[[FileSystem], None],
-    persist: str = "cpu",
-) -> int:
-    journal.NATIVE_COMMIT = native
-    try:
-        fs = (
-            daxfs.mount(dev)
-            if isinstance(dev, SimulatedPmem)
-            else daxfs.mount(dev, persist=persist)
-        )
-    finally:
-        journal.NATIVE_COMMIT = True
-    committer = fs.journal.committer
-    assert (committer is not None) == native
-    if committer is not None and not isinstance(dev, SimulatedPmem):
-        assert (committer.mode == "msync") == (persist == "msync")
-    steps(fs)
-    commits = fs.journal.native_commits
-    fs.unmount()
-    return commits
-
-
 @pytest.mark.usefixtures("frozen")
 def test_both_paths_make_the_same_device_operations_and_image() -> None:
     image = formatted().read(0, SIZE)
@@ -85,7 +60,7 @@ def test_both_paths_make_the_same_device_operations_and_image() -> None:
     for native in (True, False):
         dev = RecordingPmem(SIZE, image=image)
         dev.log = []
-        commits[native] = run(dev, native, workload)
+        commits[native] = run(dev, native, workload).native_commits
         logs[native] = dev.log
         images[native] = dev.read(0, SIZE)
         dev.close()
@@ -106,7 +81,7 @@ def test_native_mode_writes_the_image_the_reference_writes(shm_path: Path, persi
     results = {}
     for native in (True, False):
         shm_path.write_bytes(image)
-        commits = run(str(shm_path), native, workload, persist)
+        commits = run(str(shm_path), native, workload, persist).native_commits
         assert (commits > 300) if native else commits == 0
         results[native] = shm_path.read_bytes()
     assert results[True] == results[False]
