@@ -125,6 +125,9 @@ def test_bad_records_raise_einval_and_write_nothing() -> None:
         big = [(good + i * quarter, bytes(quarter)) for i in range(4)]
         assert committer.commit(seq, big) is False
         assert committer.commit(seq, []) is False
+        many = [(good + 8 * i, b"x") for i in range(4097)]  # more than MAX_RECORDS ...
+        assert fs.journal.capacity >= 4097 * 24  # ... in a log that would fit
+        assert committer.commit(seq, many) is False
         assert dev.read(0, SIZE) == before
         assert fs.journal.seq == seq - 1
         # the reference raises for the transaction too large
