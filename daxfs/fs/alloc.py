@@ -213,6 +213,37 @@ class Allocator:
                 f"({self.sup.sb.free_blocks} free{reserve})"
             )
 
+    def _start(self, goal: int | None) -> int:
+        """Where a search for free blocks begins: ``goal``, else the next-fit cursor;
+        the start of the data area if that is outside it."""
+        start = self._cursor if goal is None else goal
+        return start if self._lo <= start < self._hi else self._lo
+
+    def _indexed_run(self, start: int, count: int, taken: Runs) -> int | None:
+        """The first of ``count`` (at most BPB) free blocks in one run at or after
+        ``start``, wrapping round, less ``taken``, as the index finds it; or None."""
+        lo, hi = self._lo, self._hi
+        first = self.index.find(start, hi, count, taken)
+        if first is None and start > lo:
+            first = self.index.find(lo, min(hi, start + count - 1), count, taken)
+        return first
+
+    def _check_freeable(self, tx: Transaction, start: int, end: int) -> None:
+        """Raise Corrupted unless blocks ``[start, end)`` lie in the data area and are
+        all in use in ``tx`` (``free``'s check); the message names the first bad block.
+
+        Raises:
+            Corrupted (EUCLEAN): as said, or a bitmap block fails its checksum.
+        """
+        if start < self._lo or end > self._hi:
+            bad = start if not self._lo <= start < self._hi else self._hi
+            raise Corrupted(f"freeing block {bad}: outside the data area [{self._lo}, {self._hi})")
+        for k, i, j in _segments(start, end):
+            self._verify(k, k + 1)
+            bit = _mismatch(tx.read(self._bm0 + k), i, j, used=True)
+            if bit is not None:
+                raise Corrupted(f"freeing block {k * BPB + bit}, which is already free")
+
     def alloc(self, tx: Transaction, count: int, goal: int | None = None) -> list[tuple[int, int]]:
         """Allocate exactly ``count`` blocks in ``tx``; return them as (start, length) runs.
 
@@ -233,16 +264,12 @@ class Allocator:
             return []
         self._check_available(tx, count)
         lo, hi = self._lo, self._hi
-        start = self._cursor if goal is None else goal
-        if not lo <= start < hi:
-            start = lo
+        start = self._start(goal)
         pending = self._pending(tx)
         if count <= BPB:
             # the index finds exactly what _first_fit would (it follows runs across
             # group edges): when it finds nothing, no scan of the bitmap can
-            first = self.index.find(start, hi, count, pending.taken)
-            if first is None and start > lo:
-                first = self.index.find(lo, min(hi, start + count - 1), count, pending.taken)
+            first = self._indexed_run(start, count, pending.taken)
         else:  # longer than a group: the index holds no such run, the bitmap is the truth
             first = self._first_fit(tx, start, hi, count)
             if first is None and start > lo:
@@ -276,25 +303,12 @@ class Allocator:
         assert tx.state == "open", "caller must hold an open transaction"
         assert count > 0, f"cannot move {count} blocks"
         end = start + count
-        lo, hi = self._lo, self._hi
-        if start < lo or end > hi:
-            bad = start if not lo <= start < hi else hi
-            raise Corrupted(f"freeing block {bad}: outside the data area [{lo}, {hi})")
+        self._check_freeable(tx, start, end)  # invariant 3: check before changing
         self._check_available(tx, count)
         if count > BPB:
             return None
-        for k, i, j in _segments(start, end):  # invariant 3: check before changing
-            self._verify(k, k + 1)
-            bit = _mismatch(tx.read(self._bm0 + k), i, j, used=True)
-            if bit is not None:
-                raise Corrupted(f"freeing block {k * BPB + bit}, which is already free")
-        at = self._cursor if goal is None else goal
-        if not lo <= at < hi:
-            at = lo
         pending = self._pending(tx)
-        first = self.index.find(at, hi, count, pending.taken)  # as alloc searches
-        if first is None and at > lo:
-            first = self.index.find(lo, min(hi, at + count - 1), count, pending.taken)
+        first = self._indexed_run(self._start(goal), count, pending.taken)  # as alloc
         if first is None:
             return None
         new_end = first + count
@@ -307,7 +321,7 @@ class Allocator:
         pending.release(start, end)
         pending.taken.append((first, new_end))
         tx.scratch[_FREED] = tx.scratch.get(_FREED, 0) + count
-        self._cursor = new_end if new_end < hi else lo
+        self._cursor = new_end if new_end < self._hi else self._lo
         return first
 
     def alloc_one(self, tx: Transaction, goal: int | None = None) -> int:
@@ -353,14 +367,7 @@ class Allocator:
         if length == 0:
             return
         end = start + length
-        if start < self._lo or end > self._hi:
-            bad = start if not self._lo <= start < self._hi else self._hi
-            raise Corrupted(f"freeing block {bad}: outside the data area [{self._lo}, {self._hi})")
-        for k, i, j in _segments(start, end):
-            self._verify(k, k + 1)
-            bit = _mismatch(tx.read(self._bm0 + k), i, j, used=True)
-            if bit is not None:
-                raise Corrupted(f"freeing block {k * BPB + bit}, which is already free")
+        self._check_freeable(tx, start, end)
         self._mark(tx, start, end, used=False)
         self._pending(tx).release(start, end)
         tx.scratch[_FREED] = tx.scratch.get(_FREED, 0) + length
