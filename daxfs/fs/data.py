@@ -117,16 +117,23 @@ class DataPath:
         lblk = pos >> BLOCK_SHIFT
         ext = inode.xcache
         if not (isinstance(ext, Extent) and ext.lblk <= lblk < ext.end):
-            reader: Reader = self.journal.current() or self.store
-            found, nxt = self.maps.lookup(reader, inode, lblk)
+            found, nxt = self._lookup(inode, lblk)
             if found is None:
                 end = min(nxt, MAX_FILE_SIZE >> BLOCK_SHIFT)
                 return Iomap(lblk << BLOCK_SHIFT, (end - lblk) << BLOCK_SHIFT, IomapType.HOLE)
-            inode.xcache = ext = found
+            ext = found
         kind = IomapType.UNWRITTEN if ext.flags & EXTENT_UNWRITTEN else IomapType.MAPPED
         return Iomap(
             ext.lblk << BLOCK_SHIFT, ext.length << BLOCK_SHIFT, kind, ext.pblk << BLOCK_SHIFT
         )
+
+    def _lookup(self, inode: Inode, lblk: int) -> tuple[Extent | None, int]:
+        """``BlockMaps.lookup`` of ``lblk`` as the open transaction (else the store) sees
+        it; the extent found becomes ``inode.xcache``."""
+        found, nxt = self.maps.lookup(self.journal.current() or self.store, inode, lblk)
+        if found is not None:
+            inode.xcache = found
+        return found, nxt
 
     def iomap_end(
         self, inode: Inode, pos: int, length: int, written: int, flags: IomapFlags, iomap: Iomap
@@ -189,12 +196,10 @@ class DataPath:
             if not 0 <= pos < MAX_FILE_SIZE:
                 return self._write(inode, pos, data)
             # the extent under pos, cached as iomap_begin caches it (no Iomap needed)
-            found, _ = self.maps.lookup(
-                self.journal.current() or self.store, inode, pos >> BLOCK_SHIFT
-            )
+            found, _ = self._lookup(inode, pos >> BLOCK_SHIFT)
             if found is None:
                 return self._write(inode, pos, data)
-            inode.xcache = ext = found
+            ext = found
         if not ext.flags and not inode.layouts:
             # fast path: an overwrite inside one written extent, with no pin to
             # break, is one transaction of two redo records (Journal.overwrite)
