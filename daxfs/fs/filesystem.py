@@ -452,22 +452,16 @@ class FileSystem:
         """Create the regular file a parent lookup found absent, in one transaction.
 
         ``_begin`` without its two generators (the hot path of open(..., "x")):
-        the same checks, the same abort, errors named as ``naming`` names them.
+        the same checks, the transaction's own abort or commit, errors named as
+        ``naming`` names them (entered only for an error).
         """
         name = self._check_new_name(found, shown)
         self._check_writable(shown)
         try:
-            tx = self.journal.begin()
-            try:
-                parent = found.parent
+            with self.journal.begin() as tx:
                 mode = st.S_IFREG | (0o666 & ~self.umask)
-                inode = self._new_inode(tx, parent, name, mode, DT_REG)
-                rec = self.itable.dirty(tx, parent)
-                rec.mtime_ns = rec.ctime_ns = now_ns()
-            except BaseException as exc:
-                tx.abort(exc)
-                raise
-            tx.commit()
+                inode = self._new_inode(tx, found.parent, name, mode, DT_REG)
+                self._touch_dir(tx, found.parent)
         except BaseException:
             with naming(shown):
                 raise
