@@ -204,12 +204,21 @@ class Superblock:
             Corrupted (EUCLEAN): a counter no longer fits its field (it was
                 damaged on media before it was changed); names the field.
         """
+        self.pack_fields(block)
+        block[SB_SIZE:SB_CRC_OFFSET] = bytes(SB_CRC_OFFSET - SB_SIZE)
+        struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
+
+    def pack_fields(self, block: bytearray | memoryview) -> None:
+        """Write the fields into bytes 0..SB_SIZE of ``block`` (no checksum: the bytes
+        after the fields are the caller's, as SuperState._log seals the device's block).
+
+        Raises:
+            Corrupted (EUCLEAN): as ``pack_into``; names the field.
+        """
         try:
             self._pack(block)
         except struct.error:
             raise Corrupted(f"superblock: {_misfit(self, _SB_FIELDS)}") from None
-        block[SB_SIZE:SB_CRC_OFFSET] = bytes(SB_CRC_OFFSET - SB_SIZE)
-        struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
 
     def _pack(self, block: bytearray | memoryview) -> None:
         _SB.pack_into(

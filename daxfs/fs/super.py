@@ -16,7 +16,6 @@ from daxfs.errors import Corrupted
 from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
-    BLOCK_SIZE,
     SB_CRC_OFFSET,
     SB_SIZE,
     Superblock,
@@ -60,11 +59,7 @@ class SuperState:
         block stays valid whatever those bytes hold.
         """
         block = bytearray(self.store.block(SUPER_BLOCK))
-        try:
-            self.sb._pack(block)  # the fields only (bytes 0..SB_SIZE), as pack_into does
-        except struct.error:
-            self.sb.pack_into(bytearray(BLOCK_SIZE))  # raises Corrupted naming the field
-            raise
+        self.sb.pack_fields(block)  # raises Corrupted if a counter left its field
         struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
         tx.log_meta(COUNTERS_START, block[COUNTERS_START:COUNTERS_END])
         tx.log_meta(SB_CRC_LINE, block[SB_CRC_LINE:])
