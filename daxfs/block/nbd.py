@@ -28,7 +28,8 @@ flight at once from any number of threads.
     WRITE_ZEROES WRITE_ZEROES (+FUA)
 
 A server error is its errno (EIO, ENOSPC, EINVAL, ...) naming the operation,
-the sector and the export.  A lost connection (EOF or a socket error) fails
+the sector and the export; an error value the protocol does not define is
+EINVAL, as proto.md tells clients.  A lost connection (EOF or a socket error) fails
 every request in flight and every later one with EIO ("disconnected"); the
 device stays so until it is opened again.
 
@@ -36,7 +37,11 @@ Invariants
   1. Every request sent is ended exactly once: by its reply, or by the
      disconnection that fails everything in flight.
   2. Replies are matched by cookie only; a reply with an unknown cookie or a
-     bad magic is a protocol error: the connection is dropped (EIO for all).
+     bad magic is a protocol error: the connection is dropped (EIO for all,
+     the request a bad-magic reply names included).  Nothing the server
+     sends is used before it is checked: the magic before the cookie, the
+     error value against the protocol's list, an option reply's length
+     against ``MAX_OPTION_REPLY`` before it is read.
   3. ``close()`` waits for the requests in flight (BlockDevice), then sends
      NBD_CMD_DISC, closes the socket and joins the reader.
 """
@@ -44,6 +49,7 @@ Invariants
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import socket
@@ -84,6 +90,24 @@ CMD = {
 }
 CMD_DISC = 2
 CMD_FLAG_FUA = 1
+
+#: The error values a server may send (proto.md: NBD_EPERM ... NBD_ESHUTDOWN, equal to
+#: Linux's errno values); any other is taken as EINVAL, as the protocol tells clients.
+NBD_ERRORS = frozenset(
+    {
+        errno.EPERM,
+        errno.EIO,
+        errno.ENOMEM,
+        errno.EINVAL,
+        errno.ENOSPC,
+        errno.EOVERFLOW,
+        errno.ENOTSUP,
+        errno.ESHUTDOWN,
+    }
+)
+#: The longest option reply payload read during the handshake (the server's length is
+#: untrusted: a larger one is a protocol error, not a huge allocation).
+MAX_OPTION_REPLY = 64 << 10
 
 _HEADER = struct.Struct(">IHHQQI")
 _REPLY = struct.Struct(">IIQ")
@@ -179,12 +203,15 @@ class NbdBlockDevice(BlockDevice):
             while True:
                 _recv_exact(self._sock, memoryview(header))
                 magic, error, cookie = _REPLY.unpack(header)
+                if magic != SIMPLE_REPLY_MAGIC:  # before the pop: the request stays to fail
+                    raise ConnectionError(f"protocol error: reply {magic:#x} for cookie {cookie}")
                 with self._waiting_lock:
                     req = self._waiting.pop(cookie, None)
-                if magic != SIMPLE_REPLY_MAGIC or req is None:
+                if req is None:
                     raise ConnectionError(f"protocol error: reply {magic:#x} for cookie {cookie}")
                 if error:
-                    self._end(req, OSError(error, os.strerror(error)))
+                    code = error if error in NBD_ERRORS else errno.EINVAL
+                    self._end(req, OSError(code, os.strerror(code)))
                     continue
                 if req.op is BioOp.READ:
                     try:
@@ -273,9 +300,9 @@ def _handshake(sock: socket.socket, export: str, name: str) -> tuple[int, int]:
     size = tflags = None
     while True:
         rmagic, option, rtype, length = struct.unpack(">QIII", _recv(sock, 20))
+        if rmagic != REPLY_MAGIC or option != OPT_GO or length > MAX_OPTION_REPLY:
+            raise IOFailure(f"{name}: bad option reply {rmagic:#x} of {length} bytes")
         payload = _recv(sock, length)
-        if rmagic != REPLY_MAGIC or option != OPT_GO:
-            raise IOFailure(f"{name}: bad option reply {rmagic:#x}")
         if rtype & REP_FLAG_ERROR:
             text = payload.decode(errors="replace")
             if rtype == REP_FLAG_ERROR | 1:  # NBD_REP_ERR_UNSUP

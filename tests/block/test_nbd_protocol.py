@@ -166,3 +166,56 @@ def test_replies_out_of_order_reach_their_bios(fake: Callable[[Script], str]) ->
     assert [b.wait(timeout=20) for b in bios] == [512] * 3
     assert [bytes(b) for b in bufs] == [bytes([i + 1]) * 512 for i in range(3)]
     dev.close()
+
+
+def test_a_reply_with_a_bad_magic_fails_its_request(fake: Callable[[Script], str]) -> None:
+    # the cookie is the request's own: the request must still be ended (it was lost)
+    def bad_magic(conn: socket.socket) -> None:
+        export_ok(conn)
+        _, cookie, _, _ = next_request(conn)
+        conn.sendall(struct.pack(">IIQ", 0xDEADBEEF, 0, cookie))
+        recv_exact(conn, 1)  # hold the connection until the client drops it
+
+    dev = open_nbd(fake(bad_magic))
+    bio = Bio(BioOp.WRITE, 0, [bytes(512)])
+    dev.submit_bio(bio)
+    with pytest.raises(IOFailure, match="protocol error"):
+        bio.wait(timeout=20)
+    assert dev.disconnected
+    dev.close()
+
+
+def test_server_error_values_unknown_ones_are_einval(fake: Callable[[Script], str]) -> None:
+    # proto.md: "The client SHOULD treat an unexpected error value as if it had been
+    # NBD_EINVAL, rather than disconnecting from the server."
+    def errors(conn: socket.socket) -> None:
+        export_ok(conn)
+        for error in (errno.ENOSPC, 0xFFFFFFFF, 0):
+            _, cookie, _, length = next_request(conn)
+            data = bytes(length) if not error else b""
+            conn.sendall(struct.pack(">IIQ", nbd_mod.SIMPLE_REPLY_MAGIC, error, cookie) + data)
+        recv_exact(conn, 28)  # NBD_CMD_DISC at close
+
+    dev = open_nbd(fake(errors))
+    results = []
+    for _ in range(3):
+        bio = Bio(BioOp.READ, 0, [bytearray(512)])
+        dev.submit_bio(bio)
+        try:
+            results.append(bio.wait(timeout=20))
+        except OSError as exc:
+            results.append(exc.errno)
+    assert results == [errno.ENOSPC, errno.EINVAL, 512]
+    assert not dev.disconnected
+    dev.close()
+
+
+def test_an_option_reply_too_long_is_refused_unread(fake: Callable[[Script], str]) -> None:
+    def huge(conn: socket.socket) -> None:
+        greet(conn)
+        rtype = nbd_mod.REP_INFO
+        conn.sendall(struct.pack(">QIII", nbd_mod.REPLY_MAGIC, nbd_mod.OPT_GO, rtype, 2**32 - 1))
+        recv_exact(conn, 1)  # hold the connection: the client must not wait for 4 GiB
+
+    with pytest.raises(IOFailure, match="bad option reply"):
+        open_nbd(fake(huge), timeout=20)
