@@ -247,12 +247,12 @@ def test_every_crash_state_is_allowed(ops: list[tuple[str, int, int]], fail_at: 
 def test_fua_emulated_by_a_flush_on_a_device_without_it() -> None:
     dev = SimulatedBlockDevice(64 * BS)
     dev.fua = False  # a disk (or NBD server) that has no FUA
-    dev.write(BS, B)  # unflushed: the emulated FUA's flush makes it durable too
+    dev.write(2 * BS, B)  # unflushed: the emulated FUA's flush makes it durable too
     dev.write(0, A + A, fua=True)
     assert dev.flush_count == 1
     assert dev.statistics()["flushes"] == 1
     assert states(dev, 0, 2) == {A + A}
-    assert states(dev, 1, 1) == {A}
+    assert states(dev, 2, 1) == {B}
     # a power failure at that flush: the data was written, not yet durable
     dev = SimulatedBlockDevice(64 * BS)
     dev.fua = False
