@@ -100,7 +100,7 @@ class FaultyBlockDevice(BlockDevice):
                 else:
                     self._end(req, exc)
                 return
-        self._forward(req, req.sector, req.segments, req.size, req.size)
+        self._forward(req, req.segments, req.size)
 
     def _cut_short(self, req: Request) -> None:
         lbs = self.limits.logical_block_size
@@ -113,24 +113,23 @@ class FaultyBlockDevice(BlockDevice):
                 break
             views.append(view[:left])
             left -= len(views[-1])
-        self._forward(req, req.sector, views, keep, keep)
+        self._forward(req, views, keep)
 
-    def _forward(
-        self, req: Request, sector: int, views: list[memoryview], size: int, report: int
-    ) -> None:
-        """Submit ``size`` bytes of ``req`` to ``inner``; end ``req`` with ``report`` bytes."""
+    def _forward(self, req: Request, views: list[memoryview], size: int) -> None:
+        """Submit the first ``size`` bytes of ``req`` (``views``, for READ and WRITE) to
+        ``inner``; end ``req`` with ``size`` bytes done, or the inner bio's error."""
         if req.op.has_data and size == 0:
             self._end(req, 0)
             return
 
         def end_io(bio: Bio) -> None:
-            self._end(req, bio.status if bio.status is not None else report)
+            self._end(req, bio.status if bio.status is not None else size)
 
         if req.op.has_data:
-            bio = Bio(req.op, sector, views, flags=req.flags, end_io=end_io)
+            bio = Bio(req.op, req.sector, views, flags=req.flags, end_io=end_io)
         else:
-            bio = Bio(req.op, sector, size=size, flags=req.flags, end_io=end_io)
-        assert bio.end_sector == sector + (size >> SECTOR_SHIFT)
+            bio = Bio(req.op, req.sector, size=size, flags=req.flags, end_io=end_io)
+        assert bio.end_sector == req.sector + (size >> SECTOR_SHIFT)
         self.inner.submit_bio(bio)
 
     def _close(self) -> None:
