@@ -260,10 +260,13 @@ def open_nbd(address: str, export: str = "", *, timeout: float = 10.0) -> NbdBlo
             closed the connection during the handshake.
         NotSupported (EOPNOTSUPP): the server refused NBD_OPT_GO.
         InvalidArgument (EINVAL): the export is unknown to the server, or
-            its size is not a whole number of 512-byte sectors.
+            its size is not a whole number of 512-byte sectors; a ``host:port``
+            address whose port is not a number.
     """
     if ":" in address and not address.startswith("/"):
         host, _, port = address.rpartition(":")
+        if not port.isdigit() or int(port) > 65535:
+            raise InvalidArgument(f"nbd:{address}: the port must be a number up to 65535")
         sock = socket.create_connection((host, int(port)), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     else:

@@ -219,3 +219,10 @@ def test_an_option_reply_too_long_is_refused_unread(fake: Callable[[Script], str
 
     with pytest.raises(IOFailure, match="bad option reply"):
         open_nbd(fake(huge), timeout=20)
+
+
+def test_a_port_that_is_not_a_number_is_einval() -> None:
+    for address in ("localhost:nbd", "localhost:", "localhost:99999"):
+        with pytest.raises(InvalidArgument, match="port") as info:
+            open_nbd(address)
+        assert info.value.errno == errno.EINVAL
