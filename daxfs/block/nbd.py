@@ -44,6 +44,9 @@ Invariants
      against ``MAX_OPTION_REPLY`` before it is read.
   3. ``close()`` waits for the requests in flight (BlockDevice), then sends
      NBD_CMD_DISC, closes the socket and joins the reader.
+  4. The reader thread never sends: a request dispatched from a completion
+     it runs (a PREFLUSH's data, the flush of an emulated FUA) is sent by a
+     sender thread, so that replies are always read while a request is sent.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ import os
 import socket
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from daxfs.block.bio import SECTOR_SHIFT, BioFlags, BioOp, QueueLimits, Request
 from daxfs.block.device import BlockDevice
@@ -160,6 +164,7 @@ class NbdBlockDevice(BlockDevice):
         self._waiting: dict[int, Request] = {}
         self._waiting_lock = threading.Lock()
         self._dead: str | None = None
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daxfs-nbd-send")
         self._reader = threading.Thread(target=self._read_replies, name="daxfs-nbd", daemon=True)
         self._reader.start()
 
@@ -178,6 +183,21 @@ class NbdBlockDevice(BlockDevice):
     # -- requests ------------------------------------------------------------------------
 
     def _dispatch(self, req: Request) -> None:
+        if threading.current_thread() is self._reader:
+            # a completion dispatches (a PREFLUSH's data, an emulated FUA's flush): sent
+            # from the reader, a large write blocks once the socket fills, while the
+            # server blocks sending replies the reader no longer reads (invariant 4)
+            self._sender.submit(self._dispatch_later, req)
+            return
+        self._send_request(req)
+
+    def _dispatch_later(self, req: Request) -> None:
+        try:
+            self._send_request(req)
+        except Exception as exc:  # raised before the request was handed off
+            self._end(req, exc)
+
+    def _send_request(self, req: Request) -> None:
         if req.op is BioOp.FLUSH and not self.write_cache:
             self._end(req, 0)  # nothing to flush, and the server may not take FLUSH
             return
@@ -245,6 +265,7 @@ class NbdBlockDevice(BlockDevice):
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
         self._reader.join(10)
+        self._sender.shutdown(wait=True)
         self._sock.close()
 
 

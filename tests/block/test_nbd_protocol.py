@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from daxfs.block import Bio, BioOp
+from daxfs.block import Bio, BioFlags, BioOp
 from daxfs.block import nbd as nbd_mod
 from daxfs.block.nbd import open_nbd
 from daxfs.errors import InvalidArgument, IOFailure, NotSupported
@@ -226,3 +226,33 @@ def test_a_port_that_is_not_a_number_is_einval() -> None:
         with pytest.raises(InvalidArgument, match="port") as info:
             open_nbd(address)
         assert info.value.errno == errno.EINVAL
+
+
+def test_a_preflush_write_does_not_block_the_reader(fake: Callable[[Script], str]) -> None:
+    """The PREFLUSH's data is dispatched when its FLUSH completes, on the reader thread:
+    sent from there, a large write blocks once the socket fills, while a server that
+    answers in order blocks sending READ replies nobody reads any more (a deadlock)."""
+    nreads, read_len, write_len = 32, SIZE, SIZE
+
+    def in_order(conn: socket.socket) -> None:
+        export_ok(conn)
+        requests = [next_request(conn) for _ in range(1 + nreads)]
+        assert requests[0][0] == 3  # the PREFLUSH's FLUSH first
+        for kind, cookie, _, length in requests:
+            data = bytes(length) if kind == 0 else b""
+            conn.sendall(struct.pack(">IIQ", nbd_mod.SIMPLE_REPLY_MAGIC, 0, cookie) + data)
+        kind, cookie, _, length = next_request(conn)
+        assert (kind, length) == (1, write_len)
+        recv_exact(conn, length)
+        conn.sendall(struct.pack(">IIQ", nbd_mod.SIMPLE_REPLY_MAGIC, 0, cookie))
+        recv_exact(conn, 28)  # NBD_CMD_DISC at close
+
+    dev = open_nbd(fake(in_order))
+    write = Bio(BioOp.WRITE, 0, [bytes(write_len)], flags=BioFlags.PREFLUSH)
+    reads = [Bio(BioOp.READ, 0, [bytearray(read_len)]) for _ in range(nreads)]
+    dev.submit_bio(write)
+    for bio in reads:
+        dev.submit_bio(bio)
+    assert write.wait(timeout=30) == write_len
+    assert [bio.wait(timeout=30) for bio in reads] == [read_len] * nreads
+    dev.close()
