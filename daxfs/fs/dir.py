@@ -266,10 +266,11 @@ class DirIndex:
 
     def discard(self, key: int) -> None:
         """The key's value is gone."""
-        if key in self:
+        in_keys = self._position(key) >= 0  # one search (``in`` would make a second)
+        held = in_keys and key not in self.removed
+        if self.added.pop(key, None) is not None or held:
             self.count -= 1
-        self.added.pop(key, None)
-        if self._position(key) >= 0:
+        if in_keys:
             self.removed.add(key)
         self._maybe_merge()
 
