@@ -930,13 +930,8 @@ static PyTypeObject StatPathType = {
     .tp_methods = StatPath_methods,
 };
 
-static PyMethodDef module_methods[] = {
-    {"set_error_class", set_error_class, METH_O, "The class raised for bad arguments."},
-    {NULL}};
-
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "daxfs.fs._stat", "The miss path of stat (see _stat.c).", -1,
-    module_methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "daxfs.fs._stat",
+                                     "The miss path of stat (see _stat.c).", -1, NULL};
 
 PyMODINIT_FUNC
 PyInit__stat(void)

@@ -5,8 +5,6 @@ from typing import Any
 
 from typing_extensions import Buffer
 
-def set_error_class(cls: type[ValueError], /) -> None: ...
-
 class StatPath:
     def __init__(
         self,

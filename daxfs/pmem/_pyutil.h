@@ -1,6 +1,6 @@
 /*
  * Python-facing helpers shared by the C extensions (daxfs.pmem._native,
- * daxfs.fs._commit): the error class for bad arguments, reading the __slots__
+ * daxfs.fs._commit, daxfs.fs._stat): the error class for bad arguments, reading the __slots__
  * fields of the filesystem's own classes without attribute lookups, parsing a
  * persist mode (_persist.h), and taking and releasing the filesystem's locks.
  *
@@ -39,7 +39,7 @@ raise_invalid(const char *fmt, ...)
 }
 
 /* set_error_class(cls): the class raise_invalid raises (a ValueError subclass). */
-static PyObject *
+__attribute__((unused)) static PyObject *
 set_error_class(PyObject *self, PyObject *cls)
 {
     if (!PyType_Check(cls) ||
