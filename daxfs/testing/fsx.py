@@ -233,6 +233,10 @@ class Fsx:
         self.model = bytearray()
         self.stats = FsxStats()
         self.ops: list[Op] = []
+        # the last block-aligned write of several blocks drawn: sometimes drawn again
+        # whole, an aligned overwrite inside one written extent (the copy-on-write fast
+        # path, DataPath._cow_blocks), which random ranges almost never are
+        self._aligned: tuple[int, int] | None = None
         self.fs: FileSystem = mount(device)
         if directory and not self.fs.exists(directory):
             self.fs.mkdir(directory)
@@ -296,7 +300,8 @@ class Fsx:
     # -- generating -----------------------------------------------------------------------
 
     def generate(self) -> Op:
-        """The next random operation (depends only on the generator and the file size)."""
+        """The next random operation (depends only on the generator, the file size and the
+        last aligned write drawn)."""
         every = self.options.remount_every
         if every and len(self.ops) % (every + 1) == every:
             return Op("remount")  # explicit, so that a replayed sequence remounts too
@@ -318,11 +323,17 @@ class Fsx:
             return Op("crash", base.offset, base.length, f"{inner}/{base.mode}", base.seed, fence)
         if kind == "powercut":
             return Op(kind, seed=seed)
+        if kind == "write" and self._aligned is not None and rng.random() < 0.2:
+            offset, length = self._aligned
+            return Op(kind, offset, length, seed=seed)
         if kind in ("read", "write"):
             offset = self._offset(size + (BLOCK if kind == "read" else top // 8))
             length = self._length(self.options.big_write if kind == "write" else 64 << 10)
             length = max(1, min(length, top - offset)) if kind == "write" else length
-            return Op(kind, min(offset, top - 1), length, seed=seed)
+            offset = min(offset, top - 1)
+            if kind == "write" and length >= 2 * BLOCK and not (offset | length) % BLOCK:
+                self._aligned = (offset, length)
+            return Op(kind, offset, length, seed=seed)
         if kind == "truncate":
             if rng.random() < 0.5 and size:
                 return Op(kind, rng.randrange(size + 1), seed=seed)

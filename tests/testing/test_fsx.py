@@ -4,6 +4,7 @@ planted bugs of every kind it checks, and bounded runs pass."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -125,6 +126,24 @@ def test_catches_a_write_that_is_not_atomic(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(DataPath, "write", two_halves)
     exc = _fails(options(write=5, crash=10, read=1), seeds=range(1, 20))
     assert "neither before nor after" in exc.message
+
+
+def test_catches_a_bug_in_the_copy_on_write_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsx reaches DataPath._cow_blocks (an aligned overwrite inside one written extent):
+    a fast path that writes its last byte wrong is caught."""
+    real = DataPath._cow_blocks
+
+    def last_byte_wrong(self: DataPath, tx: object, inode: object, pos: int, src: object) -> bool:
+        data = bytearray(memoryview(src).cast("B"))  # type: ignore[arg-type]
+        data[-1] ^= 0xFF
+        return real(self, tx, inode, pos, memoryview(data))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DataPath, "_cow_blocks", last_byte_wrong)
+    exc = _fails(options(write=10, read=5))
+    # the first wrong byte is the last of a block: the planted one
+    found = re.search(r"first difference at (\d+)", exc.message)
+    assert found is not None, exc.message
+    assert int(found.group(1)) % 4096 == 4095
 
 
 def test_catches_an_msync_that_persists_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
