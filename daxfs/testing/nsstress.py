@@ -460,6 +460,14 @@ class Worker:
         kind, value = entry
         if kind == "dir" and not st.S_ISDIR(s.st_mode):
             raise _Mismatch(f"{rel}: not a directory")
+        if kind != "link":  # stat follows links: here the same inode as lstat's
+            followed = self.fs.stat(path)
+            if (followed.st_ino, followed.st_mode, followed.st_size) != (
+                s.st_ino,
+                s.st_mode,
+                s.st_size,
+            ):
+                raise _Mismatch(f"{rel}: stat {followed} differs from lstat {s}")
         if kind == "link":
             got = self.fs.readlink(path) if st.S_ISLNK(s.st_mode) else None
             if got != value:
@@ -467,7 +475,7 @@ class Worker:
         if kind == "file":
             with self.fs.open(path, "rb") as f:
                 data = f.read()
-            if data != value.data:
+            if data != value.data or s.st_size != len(value.data):
                 raise _Mismatch(
                     f"{rel}: {len(data)} bytes, expected {len(value.data)} (contents differ)"
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat as st
 
 import pytest
 
@@ -89,6 +90,23 @@ def test_catches_a_wrong_errno(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FileSystem, "rmdir", rmdir)
     with pytest.raises(nsstress.StressFailure, match="expected ENOTEMPTY"):
         nsstress.run(1, ops=1000, options=opts())
+
+
+def test_catches_a_stat_that_follows_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stat (following links: the C stat path's other branch) is checked against lstat."""
+    real = FileSystem.stat
+
+    def stat(self: FileSystem, path: str, *, follow_symlinks: bool = True) -> os.stat_result:
+        result = real(self, path, follow_symlinks=follow_symlinks)
+        if follow_symlinks and st.S_ISREG(result.st_mode):
+            fields = list(result)
+            fields[st.ST_INO] += 1  # planted: another inode's number
+            return os.stat_result(fields)
+        return result
+
+    monkeypatch.setattr(FileSystem, "stat", stat)
+    with pytest.raises(nsstress.StressFailure, match="differs from lstat"):
+        nsstress.run(1, ops=300, options=opts())
 
 
 def test_end_checks_catch_a_wrong_link_count() -> None:
