@@ -93,6 +93,7 @@ READ_LIMIT = 32 << 20  # bytes of a file the walk reads (a crafted size may be 2
 COPY_LIMIT = 256 << 20  # disk a copy of the image may take (the base image holds ~3 MiB)
 API_WALK_LIMIT = 100_000  # entries fs.walk may yield before it counts as running away
 Facts = list[Any]  # what a walk saw of one path (JSON-able)
+REUSE_BIG_AT, REUSE_BIG = 1 << 20, 512 << 10  # reuse's aligned overwrite (copy-on-write)
 
 
 # --------------------------------------------------------------------------- the steps
@@ -106,12 +107,13 @@ def walk(fs: FileSystem) -> tuple[dict[str, Facts], list[dict[str, Any]]]:
     """
     facts: dict[str, Facts] = {}
     errors: list[dict[str, Any]] = []
+    answered: dict[str, os.stat_result] = {}
     stack = ["/"]
     entered: set[int] = set()
     while stack and len(facts) < WALK_LIMIT:
         path = stack.pop()
         try:
-            s = fs.lstat(path)
+            s = answered[path] = fs.lstat(path)
             kind = st.S_IFMT(s.st_mode)
             if st.S_ISDIR(s.st_mode):
                 names = sorted(fs.listdir(path))
@@ -131,7 +133,30 @@ def walk(fs: FileSystem) -> tuple[dict[str, Facts], list[dict[str, Any]]]:
         except OSError as exc:
             facts[path] = ["error", exc.errno]
             errors.append({"path": path, "errno": exc.errno, "message": str(exc)[:200]})
+    _check_stat_path(fs, answered, errors)
     return facts, errors
+
+
+def _check_stat_path(
+    fs: FileSystem, answered: dict[str, os.stat_result], errors: list[dict[str, Any]]
+) -> None:
+    """Each lstat answered above (by stat's C path, daxfs/fs/_stat.c, where it could)
+    against the walk's answer for the same path (the C path off, the path cache empty):
+    a difference is an error with no errno, which classify counts as wrong."""
+    fast, fs._fast = fs._fast, None
+    fs._forget_paths()
+    try:
+        for path, s in answered.items():
+            try:
+                walked: os.stat_result | OSError = fs.lstat(path)
+            except OSError as exc:
+                walked = exc
+            if walked != s:
+                message = f"lstat answered {tuple(s)}, the walk {walked!r}"
+                errors.append({"path": path, "errno": None, "message": message[:200]})
+    finally:
+        fs._fast = fast
+        fs._forget_paths()
 
 
 def _read_hash(fs: FileSystem, path: str, limit: int) -> tuple[str, int]:
@@ -237,12 +262,19 @@ def step_reuse(image: str) -> dict[str, Any]:
             f.pwrite(b"M" * 5000, 200_000)
             f.pread(1, 0)  # the written extent cached: the next pwrite is a small overwrite,
             f.pwrite(b"O" * 100, 50)  # the C commit's case (daxfs/fs/_commit.c) on a pmem image
+            f.pwrite(b"B" * REUSE_BIG, REUSE_BIG_AT)  # whole blocks: one new extent
+            f.pread(1, REUSE_BIG_AT)  # cached: the next pwrite is an aligned overwrite inside
+            f.pwrite(b"C" * REUSE_BIG, REUSE_BIG_AT)  # it, Allocator.move (DataPath._cow_blocks)
         fs.mkdir("/fuzz-dir")
         fs.rename("/fuzz-new", "/fuzz-dir/moved")
         with fs.open("/fuzz-dir/moved", "rb") as f:
             back = f.read()
         expect = b"N" * 50 + b"O" * 100 + b"N" * 99_850
-        if back[:100_000] != expect or back[200_000:] != b"M" * 5000:
+        if (
+            back[:100_000] != expect
+            or back[200_000:205_000] != b"M" * 5000
+            or back[REUSE_BIG_AT:] != b"C" * REUSE_BIG
+        ):
             errors.append({"path": "/fuzz-dir/moved", "errno": None, "message": "wrote != read"})
         fs.unlink("/fuzz-dir/moved")
         fs.rmdir("/fuzz-dir")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import daxfs
 import daxfs.testing.fuzz as fuzz_mod
 from daxfs.fs import btree
 from daxfs.fs.dir import Directories
@@ -325,3 +326,79 @@ def test_long_fuzz_run() -> None:
     tried = {(structure, mode == "resealed") for structure, mode in table.counts}
     assert tried == set(FUZZ_KINDS)
     assert not table.bad, "\n".join(fuzz_mod.reproducer(8, c) for c in table.bad)
+
+
+# -- the walk checks stat's C path against the walk ------------------------------------------
+
+
+class _WrongSize:
+    """A StatPath whose whole-path answers say one byte more than they should."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def path(self, *args: Any) -> Any:
+        found = self.real.path(*args)
+        if isinstance(found, os.stat_result):
+            fields = list(found)
+            fields[6] += 1  # st_size
+            return os.stat_result(fields)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_walk_compares_the_c_stat_path_with_the_walk(tmp_path: Any) -> None:
+    image = os.path.join(os.fspath(tmp_path), "img")
+    daxfs.mkfs(image, 32 << 20)
+    fs = daxfs.mount(image)
+    try:
+        fs.makedirs("/d/e")
+        for i in range(20):
+            with fs.open(f"/d/e/f{i}", "wb") as f:
+                f.write(b"x" * i)
+    finally:
+        fs.unmount()
+    fs = daxfs.mount(image)
+    try:
+        assert fs._fast is not None, "no C stat path on this image"
+        facts, errors = fuzz_mod.walk(fs)
+        assert len(facts) == 23
+        assert errors == []
+        fs._fast = _WrongSize(fs._fast)  # type: ignore[assignment]
+        fs._forget_paths()
+        _, errors = fuzz_mod.walk(fs)
+        wrong = [e for e in errors if e["errno"] is None and "the walk" in e["message"]]
+        assert wrong, errors  # the C path answered some of the names, wrongly
+        assert {e["path"] for e in wrong} <= {f"/d/e/f{i}" for i in range(20)} | {"/d", "/d/e"}
+    finally:
+        fs._fast = getattr(fs._fast, "real", fs._fast)
+        fs.unmount()
+
+
+def test_reuse_step_takes_the_copy_on_write_fast_path(
+    bases: tuple[images.Base, images.Base, images.Inventory],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """reuse's aligned overwrite goes through Allocator.move (DataPath._cow_blocks), so
+    damaged bitmaps meet move's checks too; and the step reads back what it wrote."""
+    from daxfs.fs.alloc import Allocator
+
+    clean, _, _ = bases
+    image = os.path.join(os.fspath(tmp_path), "img")
+    with open(image, "wb") as f:
+        f.write(clean.image)
+    moves: list[int] = []
+    real = Allocator.move
+
+    def counted(self: Allocator, *args: Any, **kwargs: Any) -> Any:
+        moves.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Allocator, "move", counted)
+    result = fuzz_mod.step_reuse(image)
+    assert moves, "the aligned overwrite did not reach Allocator.move"
+    assert result["errors"] == []
+    assert result["fsck"]["clean"]
