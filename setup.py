@@ -41,5 +41,14 @@ setup(
             depends=[*PERSIST, "daxfs/fs/_media.h"],
             extra_compile_args=FLAGS,
         ),
+        # the io_uring engine of the file block device (daxfs.block.uring); optional: without
+        # liburing (Debian liburing-dev) it is not built and the engine reports unavailable
+        Extension(
+            "daxfs.block._uring",
+            sources=["daxfs/block/_uring.c"],
+            libraries=["uring"],
+            extra_compile_args=FLAGS,
+            optional=True,
+        ),
     ]
 )

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv
-APT_PACKAGES=(gcc make pkg-config python3-dev python3-venv libpmem2-dev pmdk-tools fio fuse3 libfuse3-dev nbdkit)
+APT_PACKAGES=(gcc make pkg-config python3-dev python3-venv libpmem2-dev pmdk-tools fio fuse3 libfuse3-dev nbdkit liburing-dev)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
@@ -45,4 +45,6 @@ fi
 "$VENV/bin/python" -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c 'import daxfs.pmem._native' 2>/dev/null ||
   echo "bootstrap: WARNING: the C extension did not build; devices will persist with msync" >&2
+"$VENV/bin/python" -c 'import daxfs.block._uring' 2>/dev/null ||
+  echo "bootstrap: WARNING: the io_uring extension did not build (liburing-dev missing?); block devices will use a thread pool" >&2
 "$VENV/bin/python" -c 'import daxfs' # fail loudly if the install did not work

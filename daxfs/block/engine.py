@@ -20,11 +20,12 @@ completes (FUA of a WRITE_ZEROES or DISCARD; a linked SQE for io_uring).
 ``run_op`` executes one op synchronously and is the reference every engine
 must agree with.  ``ThreadPoolEngine`` runs it on ``queue_depth`` worker
 threads (the system calls release the GIL), so that many requests are in
-flight from one submitting thread.  The io_uring engine (a C extension with
-liburing, one submission and completion ring shared by all threads) will
-implement the same ``IoEngine`` interface; until it exists, ``choose_engine``
+flight from one submitting thread.  The io_uring engine (daxfs.block.uring:
+a C extension with liburing, one submission and completion ring shared by
+all threads) implements the same ``IoEngine`` interface and agrees with
+``run_op``; ``choose_engine`` picks it when it can be set up and otherwise
 names the thread pool and says why, which ``FileBlockDevice.engine`` and
-``engine_reason`` report (and ``daxfs info`` will print).
+``engine_reason`` report (and ``daxfs info`` prints).
 
 Invariants
   1. ``done`` is called exactly once per submitted op, from any thread, with
@@ -89,7 +90,7 @@ Done = Callable[[int | BaseException], None]
 class IoEngine(abc.ABC):
     """Executes IoOps asynchronously; see the module docstring."""
 
-    #: a short name: "threads", later "io_uring"
+    #: a short name: "threads" or "io_uring"
     name: str
     #: ops that can be in flight at once
     queue_depth: int
@@ -135,33 +136,46 @@ def _run_then(op: IoOp, done: Done) -> None:
 
 
 def check_engine(engine: str, queue_depth: int) -> None:
-    """Raise unless ``engine`` and ``queue_depth`` can be had (``choose_engine``'s checks).
+    """Raise unless ``engine`` and ``queue_depth`` are well formed (``choose_engine``'s checks).
 
     Raises:
         InvalidArgument (EINVAL): an unknown engine name, a queue depth below 1.
-        NotSupported (EOPNOTSUPP): "io_uring" (not built yet).
     """
     if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or queue_depth < 1:
         raise InvalidArgument(f"queue_depth must be a positive integer, not {queue_depth!r}")
-    if engine == "io_uring":
-        raise NotSupported("the io_uring engine is not built yet (use engine='threads')")
-    if engine not in ("auto", "threads"):
+    if engine not in ("auto", "threads", "io_uring"):
         raise InvalidArgument(f"engine must be 'auto', 'threads' or 'io_uring', not {engine!r}")
 
 
 def choose_engine(engine: str, queue_depth: int) -> tuple[IoEngine, str]:
     """The engine for ``engine`` ("auto", "threads" or "io_uring") and why.
 
+    "auto" sets up an io_uring (daxfs.block.uring) and falls back to the
+    thread pool where that fails (the extension not built, no io_uring in
+    the kernel, forbidden by kernel.io_uring_disabled or seccomp), saying why.
+
     Raises:
-        As ``check_engine``.
+        As ``check_engine``; NotSupported (EOPNOTSUPP): "io_uring" asked for
+        where it cannot be had, naming why.
     """
     check_engine(engine, queue_depth)
     if engine == "threads":
         return ThreadPoolEngine(queue_depth), "asked for (engine='threads')"
-    return (
-        ThreadPoolEngine(queue_depth),
-        "fallback: the io_uring engine is not built yet; a thread pool of preadv/pwritev",
-    )
+    from daxfs.block.uring import UringEngine  # uring imports this module
+
+    try:
+        uring = UringEngine(queue_depth)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if engine == "io_uring":
+            raise NotSupported(f"the io_uring engine is not available: {why}") from exc
+        return (
+            ThreadPoolEngine(queue_depth),
+            f"fallback: io_uring unavailable ({why}); a thread pool of preadv/pwritev",
+        )
+    if engine == "io_uring":
+        return uring, "asked for (engine='io_uring')"
+    return uring, "io_uring: one ring shared by all threads"
 
 
 # -- the reference: one op, synchronously ------------------------------------------------

@@ -26,8 +26,9 @@ Each request becomes one ``IoOp`` of the engine (daxfs.block.engine): READ
 preadv, WRITE pwritev (RWF_DSYNC for FUA), FLUSH fdatasync, WRITE_ZEROES
 fallocate(ZERO_RANGE), DISCARD fallocate(PUNCH_HOLE|KEEP_SIZE) -- both read as
 zeros afterwards, and fall back to writing zeros where fallocate is missing.
-The engine is a thread pool today (io_uring later, same interface); ``engine``
-names it, with "O_DIRECT" or "buffered".
+The engine is io_uring where it can be set up (daxfs.block.uring), else a
+thread pool of preadv/pwritev (same interface); ``engine`` names it, with
+"O_DIRECT" or "buffered", and ``engine_reason`` says why.
 
 Invariants
   1. The file descriptor lives from open until ``close()``, which first waits
@@ -102,9 +103,8 @@ class FileBlockDevice(BlockDevice):
     @property
     def engine(self) -> str:
         mode = "O_DIRECT" if self.direct else "buffered"
-        return (
-            f"{self._engine.name} (preadv/pwritev, {mode}, queue depth {self._engine.queue_depth})"
-        )
+        calls = "preadv/pwritev" if self._engine.name == "threads" else "readv/writev SQEs"
+        return f"{self._engine.name} ({calls}, {mode}, queue depth {self._engine.queue_depth})"
 
     @property
     def engine_reason(self) -> str:
@@ -202,7 +202,8 @@ def open_block(
     missing file is created and a shorter one grown (sparse).  ``direct``:
     None tries O_DIRECT and falls back to buffered I/O, True requires it,
     False never uses it.  ``engine``: "auto" (io_uring when it exists, else
-    threads), "threads", or "io_uring".
+    threads, naming why in ``engine_reason``), "threads", or "io_uring";
+    ``queue_depth`` ops in flight at once.
 
     Raises:
         FileNotFoundError (ENOENT): no such path and create is False.
@@ -211,7 +212,7 @@ def open_block(
         InvalidArgument (EINVAL): bad size (not a positive multiple of the
             logical block size, or larger than the file without create), bad
             engine or queue depth; direct=True where O_DIRECT is refused.
-        NotSupported (EOPNOTSUPP): engine="io_uring" (not built yet).
+        NotSupported (EOPNOTSUPP): engine="io_uring" where it cannot be set up.
         PermissionError (EACCES): the path cannot be opened.
     """
     name = os.fsdecode(os.fspath(path))

@@ -16,7 +16,7 @@ from daxfs.block import Bio, BioFlags, BioOp, IoEngine, IoKind, IoOp, open_block
 from daxfs.block import engine as engine_mod
 from daxfs.block import file as file_mod
 from daxfs.block.engine import run_op
-from daxfs.errors import InvalidArgument, IOFailure, NotSupported
+from daxfs.errors import InvalidArgument, IOFailure
 
 SIZE = 1 << 20
 
@@ -70,12 +70,11 @@ def test_fallback_when_the_probe_fails(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_engine_is_named_with_why() -> None:
-    engine, why = engine_mod.choose_engine("auto", 4)
+    # io_uring and its fallback: tests/block/test_uring.py
+    engine, why = engine_mod.choose_engine("threads", 4)
     assert engine.name == "threads"
-    assert "io_uring" in why
+    assert "engine='threads'" in why
     engine.close()
-    with pytest.raises(NotSupported, match="io_uring"):
-        engine_mod.choose_engine("io_uring", 4)
     with pytest.raises(InvalidArgument):
         engine_mod.choose_engine("aio", 4)
     with pytest.raises(InvalidArgument):
@@ -196,8 +195,8 @@ def test_open_errors(tmp_path: Path) -> None:
         open_block(tmp_path / "new.img", create=True)
     with pytest.raises(InvalidArgument, match="read-only"):
         open_block(tmp_path / "new.img", 4096, create=True, readonly=True)
-    with pytest.raises(NotSupported):
-        open_block(tmp_path / "odd.img", engine="io_uring")
+    with pytest.raises(InvalidArgument, match="engine must be"):
+        open_block(tmp_path / "odd.img", engine="aio")
 
 
 def test_open_errors_leak_no_descriptor(tmp_path: Path) -> None:

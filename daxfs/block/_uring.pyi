@@ -1,0 +1,35 @@
+"""Stub of the io_uring extension (daxfs/block/_uring.c)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+NOP: int
+READV: int
+WRITEV: int
+FDATASYNC: int
+FALLOCATE: int
+IOV_MAX: int
+MAX_ENTRIES: int
+
+class Ring:
+    def __init__(self, entries: int) -> None: ...
+    def submit(
+        self,
+        token: object,
+        opcode: int,
+        fd: int,
+        offset: int,
+        buffers: Sequence[Any],
+        length: int,
+        flags: int,
+        /,
+    ) -> None: ...
+    def reap(self) -> list[tuple[Any, int]]: ...
+    def close(self) -> None: ...
+    def unsupported(self) -> list[str]: ...
+    @property
+    def inflight(self) -> int: ...
+    @property
+    def entries(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...

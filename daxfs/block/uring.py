@@ -1,0 +1,369 @@
+"""UringEngine: the file backend's IoOps through one io_uring shared by all threads.
+
+Theory of operation
+-------------------
+The C extension ``daxfs.block._uring`` (liburing) owns the ring: ``submit``
+fills one SQE under a lock and calls io_uring_submit with the GIL released;
+``reap`` waits for completions with the GIL released and returns them in a
+batch, releasing the buffers it held for each.  This module does the rest,
+so that the engine agrees with ``run_op`` (daxfs.block.engine), the
+reference:
+
+    READV / WRITEV   one IORING_OP_READV / WRITEV (RWF_DSYNC as rw_flags for
+                     FUA); a partial transfer is continued from where it
+                     stopped with another SQE; a transfer that moves nothing
+                     ends the op short.  RWF_DSYNC refused (EOPNOTSUPP): the
+                     write again without it, then an fdatasync.
+    FDATASYNC        IORING_OP_FSYNC with IORING_FSYNC_DATASYNC.
+    FALLOCATE        IORING_OP_FALLOCATE; a file system without the mode
+                     (EOPNOTSUPP, ENOTTY, ENODEV): the range written with
+                     zeros, 1 MiB per SQE.
+    datasync_after   an fdatasync SQE once the op succeeded, then completion.
+
+Threading: any thread submits (the C submission lock orders them); one
+completion thread ("daxfs-uring") reaps and runs the continuations and the
+``done`` callbacks.  ``queue_depth`` bounds the ops in flight: ``submit``
+waits for a free slot, except on the completion thread, which never waits
+(a ``done`` callback may start a new op -- a PREFLUSH's data -- and only this
+thread frees slots; the ring's completion queue holds the overflow, as the
+kernel keeps overflowed CQEs).  Each op has at most one SQE in flight.
+
+``UringEngine(queue_depth)`` raises the OSError of io_uring_setup where the
+kernel has no io_uring (ENOSYS), forbids it (EPERM: the
+kernel.io_uring_disabled sysctl, a seccomp filter) or lacks an opcode
+(EOPNOTSUPP); ``availability()`` says, without raising, whether it can be
+had and why not, which ``choose_engine`` reports as the fallback's reason.
+
+Invariants
+  1. ``done`` is called exactly once per op accepted by ``submit`` (one that
+     raised was not accepted), on the completion thread, after the kernel
+     finished with the op's buffers.
+  2. The result is the one ``run_op`` gives: all the bytes, or fewer only when
+     a transfer moved nothing; an error is an OSError with the kernel's errno
+     naming the system call and the offset.
+  3. ``close()`` stops new submissions (EBADF), waits for every op in flight,
+     then stops the completion thread and releases the ring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import mmap
+import os
+import threading
+from typing import Any
+
+from daxfs.block.engine import Done, IoEngine, IoKind, IoOp, advance_views
+from daxfs.errors import ClosedFile, InvalidArgument
+
+LOG = logging.getLogger("daxfs.block")
+
+try:
+    from daxfs.block import _uring
+except ImportError as exc:  # built without liburing
+    _uring = None  # type: ignore[assignment]
+    _IMPORT_ERROR = str(exc)
+else:
+    _IMPORT_ERROR = ""
+
+IO_URING_DISABLED = "/proc/sys/kernel/io_uring_disabled"
+_ZERO_CHUNK = 1 << 20
+_FALLOCATE_MISSING = (errno.EOPNOTSUPP, errno.ENOTTY, errno.ENODEV)
+_STOP = object()  # the token of the NOP that stops the completion thread
+_zeros: mmap.mmap | None = None
+
+
+def _sysctl_note() -> str:
+    """What kernel.io_uring_disabled says, or ''."""
+    try:
+        with open(IO_URING_DISABLED, encoding="ascii") as f:
+            value = f.read().strip()
+    except OSError:
+        return ""
+    if value == "1":
+        return " (kernel.io_uring_disabled=1: only members of kernel.io_uring_group may use it)"
+    if value == "2":
+        return " (kernel.io_uring_disabled=2: io_uring is disabled for everyone)"
+    return ""
+
+
+def availability(queue_depth: int = 1) -> str:
+    """'' when a ring of ``queue_depth`` can be set up here, else why not."""
+    try:
+        UringEngine(queue_depth).close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Task:
+    """One op's progress across its SQEs (the token the ring hands back)."""
+
+    op: IoOp
+    done: Done
+    views: list[memoryview]
+    total: int
+    moved: int = 0
+    rw_flags: int = 0
+    sync_after: bool = False
+    phase: str = "main"  # "main", "zeros" (fallocate emulated), "sync" (fdatasync after)
+    result: int = 0
+
+
+class UringEngine(IoEngine):
+    """IoOps on one shared io_uring; see the module docstring."""
+
+    name = "io_uring"
+
+    def __init__(self, queue_depth: int = 8) -> None:
+        """Set up the ring and start the completion thread.
+
+        Raises:
+            InvalidArgument (EINVAL): queue_depth not an integer in 1..4096.
+            OSError: io_uring unavailable: ENOSYS (not built, or no kernel
+                support), EPERM (forbidden), EOPNOTSUPP (an opcode missing).
+        """
+        if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or queue_depth < 1:
+            raise InvalidArgument(f"queue_depth must be a positive integer, not {queue_depth!r}")
+        if _uring is None:
+            raise OSError(errno.ENOSYS, f"the io_uring extension is not built ({_IMPORT_ERROR})")
+        if queue_depth > _uring.MAX_ENTRIES:
+            raise InvalidArgument(
+                f"queue_depth must be at most {_uring.MAX_ENTRIES}, not {queue_depth}"
+            )
+        try:
+            ring = _uring.Ring(queue_depth)
+        except OSError as exc:
+            note = _sysctl_note() if exc.errno == errno.EPERM else ""
+            raise OSError(exc.errno, f"{exc.strerror}{note}") from exc
+        missing = ring.unsupported()
+        if missing:
+            ring.close()
+            raise OSError(errno.EOPNOTSUPP, f"this kernel's io_uring lacks {', '.join(missing)}")
+        self.queue_depth = queue_depth
+        self._ring = ring
+        self._cv = threading.Condition()
+        self._free = queue_depth  # slots (may go below 0: the completion thread's ops)
+        self._pending = 0  # ops accepted, not yet done
+        self._closing = False
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._reap_loop, name="daxfs-uring", daemon=True)
+        self._thread.start()
+
+    # -- submission ------------------------------------------------------------------
+
+    def submit(self, op: IoOp, done: Done) -> None:
+        """Start ``op``; ``done`` gets its result on the completion thread.
+
+        Raises:
+            ClosedFile (EBADF): the engine is closed or closing.
+            TypeError, ValueError, BufferError: a buffer the ring cannot use
+                (read-only for a READV, not contiguous), too many buffers.
+        """
+        on_reaper = threading.current_thread() is self._thread
+        with self._cv:
+            if self._closing and not on_reaper:
+                raise ClosedFile("the io_uring engine is closed")
+            while self._free <= 0 and not on_reaper:
+                self._cv.wait()
+                if self._closing:
+                    raise ClosedFile("the io_uring engine is closed")
+            self._free -= 1
+            self._pending += 1
+        views = [v for v in op.buffers if len(v)] if op.kind in _RW else []
+        task = _Task(
+            op,
+            done,
+            views,
+            sum(len(v) for v in views),
+            rw_flags=op.flags if op.kind is IoKind.WRITEV else 0,
+            sync_after=op.datasync_after,
+        )
+        try:
+            if op.kind in _RW and not task.total:
+                # nothing to move (preadv of nothing returns 0): a NOP, so that done
+                # still runs on the completion thread
+                self._ring.submit(task, _uring.NOP, -1, 0, (), 0, 0)
+            else:
+                self._submit_main(task)
+        except BaseException:
+            self._release()
+            raise
+
+    def _submit_main(self, task: _Task) -> None:
+        op = task.op
+        kind = op.kind
+        if kind is IoKind.READV:
+            self._ring.submit(task, _uring.READV, op.fd, op.offset + task.moved, task.views, 0, 0)
+        elif kind is IoKind.WRITEV:
+            self._ring.submit(
+                task, _uring.WRITEV, op.fd, op.offset + task.moved, task.views, 0, task.rw_flags
+            )
+        elif kind is IoKind.FDATASYNC:
+            self._ring.submit(task, _uring.FDATASYNC, op.fd, 0, (), 0, 0)
+        else:
+            self._ring.submit(task, _uring.FALLOCATE, op.fd, op.offset, (), op.length, op.flags)
+
+    def _submit_zeros(self, task: _Task) -> None:
+        global _zeros
+        if _zeros is None:
+            _zeros = mmap.mmap(-1, _ZERO_CHUNK, prot=mmap.PROT_READ)
+        n = min(task.op.length - task.moved, _ZERO_CHUNK)
+        offset = task.op.offset + task.moved
+        self._ring.submit(task, _uring.WRITEV, task.op.fd, offset, [memoryview(_zeros)[:n]], 0, 0)
+
+    # -- completion (the completion thread) ---------------------------------------------
+
+    def _reap_loop(self) -> None:
+        ring = self._ring
+        while True:
+            try:
+                batch: list[tuple[Any, int]] = ring.reap()
+            except OSError:
+                LOG.exception("io_uring: reaping completions failed")
+                return
+            for token, res in batch:
+                if token is _STOP:
+                    return
+                try:
+                    self._complete(token, res)
+                except BaseException:  # a bug in a completion: log it, keep reaping
+                    LOG.exception("io_uring: completion of %s failed", token.op)
+            # drop the batch before waiting again: its tasks hold the callers' buffers
+            batch = []
+            token = None
+
+    def _complete(self, task: _Task, res: int) -> None:
+        try:
+            if task.phase == "sync":
+                if res < 0:
+                    self._end(task, self._error(task, -res, "fdatasync"))
+                else:
+                    self._end(task, task.result)
+            elif task.phase == "zeros":
+                self._complete_zeros(task, res)
+            else:
+                self._complete_main(task, res)
+        except OSError as exc:
+            if task.phase == "done":  # raised by done(): a bug there, logged by the caller
+                raise
+            self._end(task, exc)  # a continuation could not be submitted
+
+    def _complete_main(self, task: _Task, res: int) -> None:
+        op = task.op
+        kind = op.kind
+        if res < 0:
+            code = -res
+            if kind is IoKind.WRITEV and task.rw_flags and code == errno.EOPNOTSUPP:
+                task.rw_flags = 0  # no RWF_DSYNC here: write, then fdatasync
+                task.sync_after = True
+                self._submit_main(task)
+            elif kind is IoKind.FALLOCATE and code in _FALLOCATE_MISSING:
+                task.phase = "zeros"
+                self._submit_zeros(task)
+            else:
+                self._end(task, self._error(task, code, _CALL[kind]))
+            return
+        if kind in _RW:
+            if res > 0:
+                task.moved += res
+                if task.moved < task.total:
+                    task.views = advance_views(task.views, res)
+                    self._submit_main(task)
+                    return
+            self._finish(task, task.moved)
+        elif kind is IoKind.FALLOCATE:
+            self._finish(task, op.length)
+        else:
+            self._finish(task, 0)
+
+    def _complete_zeros(self, task: _Task, res: int) -> None:
+        if res < 0:
+            self._end(task, self._error(task, -res, "pwritev of zeros"))
+            return
+        if res == 0:
+            moved = task.moved
+            self._end(task, OSError(errno.EIO, f"writing zeros stopped after {moved} bytes"))
+            return
+        task.moved += res
+        if task.moved < task.op.length:
+            self._submit_zeros(task)
+        else:
+            self._finish(task, task.op.length)
+
+    def _finish(self, task: _Task, result: int) -> None:
+        """The op's own work is done: an fdatasync after it if asked, then ``done``."""
+        if task.sync_after:
+            task.sync_after = False
+            task.phase = "sync"
+            task.result = result
+            self._ring.submit(task, _uring.FDATASYNC, task.op.fd, 0, (), 0, 0)
+            return
+        self._end(task, result)
+
+    def _end(self, task: _Task, result: int | BaseException) -> None:
+        task.phase = "done"
+        task.views = []
+        try:
+            task.done(result)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._cv:
+            self._free += 1
+            self._pending -= 1
+            self._cv.notify_all()
+
+    @staticmethod
+    def _error(task: _Task, code: int, call: str) -> OSError:
+        return OSError(code, f"{os.strerror(code)} ({call} at offset {task.op.offset})")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Wait for every op in flight, then stop the completion thread and free the ring.
+
+        Idempotent.  Must not be called from a ``done`` callback (it would wait for
+        itself): that raises RuntimeError.
+        """
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("UringEngine.close() called from its completion thread")
+        with self._cv:
+            if self._closing:
+                wait_closed = True
+            else:
+                wait_closed = False
+                self._closing = True
+                self._cv.notify_all()  # submitters waiting for a slot: EBADF
+                while self._pending:
+                    self._cv.wait()
+        if wait_closed:  # another thread is closing: wait for it to finish
+            self._closed.wait()
+            return
+        try:
+            self._ring.submit(_STOP, _uring.NOP, -1, 0, (), 0, 0)
+            self._thread.join()
+            self._ring.close()
+        finally:
+            self._closed.set()
+
+    @property
+    def inflight(self) -> int:
+        """Ops accepted and not yet completed."""
+        with self._cv:
+            return self._pending
+
+
+_RW = (IoKind.READV, IoKind.WRITEV)
+_CALL = {
+    IoKind.READV: "preadv",
+    IoKind.WRITEV: "pwritev",
+    IoKind.FDATASYNC: "fdatasync",
+    IoKind.FALLOCATE: "fallocate",
+}
+
+__all__ = ["UringEngine", "availability"]
