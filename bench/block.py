@@ -1,0 +1,294 @@
+"""Block devices (issue 10, section 4): daxfs.block's file backend against fio.
+
+    python bench/block.py [--quick] [--plain] [--dir DIR]
+
+Rows (device level, the filesystem is not involved yet):
+  - 4 KiB random direct read, QD1: ``FileBlockDevice.readinto`` of a
+    page-aligned 4 KiB buffer at random 4 KiB-aligned offsets, one at a time;
+  - 4 KiB random direct read, QD32: one thread keeps 32 read bios in flight
+    (it waits for the oldest and submits the next), as fio's single job with
+    iodepth=32 does;
+  - 1 MiB sequential direct write, QD1: ``write`` of a page-aligned 1 MiB
+    buffer, offsets marching through the file and wrapping around.
+Each row runs the io_uring engine (the goal's subject) and the thread pool
+(for comparison, an informational row) of ``open_block(..., engine=...)``
+with O_DIRECT, against fio's io_uring engine with ``direct=1`` on the same
+file, measured in the same run: time-based runs of ``seconds`` each,
+interleaved (daxfs io_uring, daxfs threads, fio; again ``passes`` times), the
+median of each.  The goal is >= 0.8x fio (issue 10).
+
+The file is on the disk (ext4; not /dev/shm, which is RAM and has no
+O_DIRECT path to a device), in ``--dir`` or $DAXFS_BENCH_DIR, else the first
+of /var/tmp, bench/build, /tmp on a disk file system; it is written in full
+first (a sparse file's holes would be read without touching the disk) and
+removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import mmap
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from common import BUILD_DIR, MIB, Goal, Row, Unavailable, fs_type, print_table
+
+from daxfs.block import Bio, BioOp, open_block
+from daxfs.block.file import FileBlockDevice
+
+GOAL = Goal(">=", 0.8)
+DISK_TYPES = ("ext4", "ext3", "ext2", "xfs", "btrfs")
+BS = 4096
+PIECE = 1 * MIB
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (a few seconds)")
+    parser.add_argument("--plain", action="store_true", help="plain-text table, without rich")
+    parser.add_argument("--dir", type=Path, help="a directory on a disk file system (ext4)")
+    return parser.parse_args(argv)
+
+
+def bench_dir(explicit: Path | None) -> Path:
+    """A directory on a disk file system that takes O_DIRECT."""
+    env = os.environ.get("DAXFS_BENCH_DIR")
+    candidates = [explicit] if explicit else [Path(env)] if env else []
+    candidates += [Path("/var/tmp"), BUILD_DIR, Path("/tmp")]
+    for directory in candidates:
+        if directory is None:
+            continue
+        with contextlib.suppress(OSError):
+            directory.mkdir(parents=True, exist_ok=True)
+        if directory.is_dir() and os.access(directory, os.W_OK):
+            if fs_type(directory) in DISK_TYPES:
+                return directory
+    raise Unavailable(f"no writable directory on a disk file system ({', '.join(DISK_TYPES)})")
+
+
+@contextlib.contextmanager
+def bench_file(directory: Path, size: int) -> Iterator[Path]:
+    """A file of ``size`` bytes of random data (no holes), removed afterwards."""
+    path = directory / f"daxfs-bench-block-{os.getpid()}.img"
+    try:
+        chunk = random.Random(1).randbytes(4 * MIB)
+        with open(path, "wb") as f:
+            for _ in range(size // len(chunk)):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# -- daxfs --------------------------------------------------------------------------------
+
+
+def run_for(seconds: float, step: Callable[[int], int]) -> float:
+    """Call ``step(i)`` (returns the ops it did) until ``seconds`` passed; ops per second."""
+    ops = 0
+    i = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        ops += step(i)
+        i += 1
+        if (i & 7) == 0 and time.perf_counter() >= deadline:
+            break
+    return ops / (time.perf_counter() - start)
+
+
+def offsets(size: int, n: int = 1 << 16) -> list[int]:
+    rng = random.Random(42)
+    return [rng.randrange(size // BS) * BS for _ in range(n)]
+
+
+def randread_qd1(dev: FileBlockDevice, seconds: float) -> float:
+    buf = mmap.mmap(-1, BS)
+    offs = offsets(dev.size)
+    mask = len(offs) - 1
+
+    def step(i: int) -> int:
+        dev.readinto(offs[i & mask], buf)
+        return 1
+
+    return run_for(seconds, step)
+
+
+def randread_qd(dev: FileBlockDevice, seconds: float, depth: int) -> float:
+    offs = offsets(dev.size)
+    mask = len(offs) - 1
+    bufs = [mmap.mmap(-1, BS) for _ in range(depth)]
+    inflight: collections.deque[tuple[Bio, int]] = collections.deque()
+    n = 0
+
+    def submit(slot: int) -> None:
+        nonlocal n
+        bio = Bio(BioOp.READ, offs[n & mask] >> 9, [bufs[slot]])
+        n += 1
+        dev.submit_bio(bio)
+        inflight.append((bio, slot))
+
+    for slot in range(depth):
+        submit(slot)
+
+    def step(i: int) -> int:
+        bio, slot = inflight.popleft()
+        bio.wait()
+        submit(slot)
+        return 1
+
+    rate = run_for(seconds, step)
+    while inflight:
+        inflight.popleft()[0].wait()
+    return rate
+
+
+def seqwrite(dev: FileBlockDevice, seconds: float) -> float:
+    """Bytes per second of 1 MiB writes marching through the file."""
+    buf = mmap.mmap(-1, PIECE)
+    buf[:] = random.Random(2).randbytes(PIECE)
+    pieces = dev.size // PIECE
+
+    def step(i: int) -> int:
+        dev.write((i % pieces) * PIECE, buf)
+        return PIECE
+
+    return run_for(seconds, step)
+
+
+# -- fio ----------------------------------------------------------------------------------
+
+
+def run_fio(path: Path, size: int, rw: str, bs: int, depth: int, seconds: float) -> float:
+    """One time-based fio run, io_uring engine, direct=1: IOPS (reads) or bytes/s (writes)."""
+    fio = shutil.which("fio")
+    if fio is None:
+        raise Unavailable("fio is not installed")
+    args = [
+        fio,
+        "--name=block",
+        "--ioengine=io_uring",
+        "--direct=1",
+        f"--filename={path}",
+        f"--size={size}",
+        f"--bs={bs}",
+        f"--rw={rw}",
+        f"--iodepth={depth}",
+        "--norandommap",
+        "--randrepeat=0",
+        "--time_based",
+        f"--runtime={int(seconds * 1000)}ms",
+        "--ramp_time=100ms",
+        "--output-format=json",
+    ]
+    try:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Unavailable(f"fio did not run: {exc}") from exc
+    start = result.stdout.find("{")
+    if start < 0 or result.returncode != 0:
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        raise Unavailable(f"fio io_uring failed: {lines[0] if lines else result.returncode}")
+    try:
+        job = json.loads(result.stdout[start:])["jobs"][0]
+        if job["error"]:
+            raise Unavailable(f"fio io_uring failed: error {job['error']}")
+        side = job["read" if "read" in rw else "write"]
+        return float(side["iops"] if "read" in rw else side["bw_bytes"])
+    except (ValueError, KeyError, IndexError) as exc:
+        raise Unavailable(f"cannot parse fio's JSON output: {exc}") from exc
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def measure(
+    path: Path, seconds: float, passes: int
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Medians per row and side ("io_uring", "threads", "fio"), and notes."""
+    size = path.stat().st_size
+    rows = {
+        "4 KiB random direct read, QD1": ("randread", BS, 1),
+        "4 KiB random direct read, QD32": ("randread", BS, 32),
+        "1 MiB sequential direct write": ("write", PIECE, 1),
+    }
+    notes: list[str] = []
+    devs = {name: open_block(path, engine=name, queue_depth=32) for name in ("io_uring", "threads")}
+    try:
+        for name, dev in devs.items():
+            if not dev.direct:
+                raise Unavailable(f"{path}: no O_DIRECT ({dev.engine_reason})")
+            notes.append(f"daxfs {name}: {dev.engine}; {dev.engine_reason}")
+        out: dict[str, dict[str, float]] = {}
+        for label, (rw, bs, depth) in rows.items():
+            samples: dict[str, list[float]] = {"io_uring": [], "threads": [], "fio": []}
+            for _ in range(passes):
+                for name, dev in devs.items():
+                    if rw == "write":
+                        rate = seqwrite(dev, seconds)
+                    elif depth == 1:
+                        rate = randread_qd1(dev, seconds)
+                    else:
+                        rate = randread_qd(dev, seconds, depth)
+                    samples[name].append(rate)
+                try:
+                    samples["fio"].append(run_fio(path, size, rw, bs, depth, seconds))
+                except Unavailable as exc:
+                    if not any("fio" in note for note in notes):
+                        notes.append(f"fio anchor: {exc}")
+            out[label] = {side: statistics.median(v) for side, v in samples.items() if v}
+        return out, notes
+    finally:
+        for dev in devs.values():
+            dev.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    seconds, passes, size = (0.4, 3, 64 * MIB) if args.quick else (1.0, 5, 256 * MIB)
+    try:
+        directory = bench_dir(args.dir)
+    except Unavailable as exc:
+        print(f"bench/block.py: skipped: {exc}")
+        return 0
+    with bench_file(directory, size) as path:
+        try:
+            results, notes = measure(path, seconds, passes)
+        except Unavailable as exc:
+            print(f"bench/block.py: skipped: {exc}")
+            return 0
+    table: list[Row] = []
+    for label, sides in results.items():
+        write = "write" in label
+        unit = "MiB/s" if write else "op/s"
+        scale = 1 / MIB if write else 1.0
+        fio = sides.get("fio")
+        anchor = fio * scale if fio is not None else None
+        table.append(Row(f"{label} (io_uring)", sides["io_uring"] * scale, anchor, unit, GOAL))
+        table.append(Row(f"{label} (threads)", sides["threads"] * scale, anchor, unit))
+    notes = [
+        f"file: {path} ({fs_type(directory)}, {size // MIB} MiB, O_DIRECT); "
+        f"anchor: fio --ioengine=io_uring --direct=1 on the same file; "
+        f"{passes} interleaved runs of {seconds:g} s per side, medians",
+        *notes,
+    ]
+    print_table(
+        "block devices: daxfs.block file backend vs fio", table, notes=notes, plain=args.plain
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
