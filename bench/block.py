@@ -70,9 +70,9 @@ def bench_dir(explicit: Path | None) -> Path:
             continue
         with contextlib.suppress(OSError):
             directory.mkdir(parents=True, exist_ok=True)
-        if directory.is_dir() and os.access(directory, os.W_OK):
-            if fs_type(directory) in DISK_TYPES:
-                return directory
+        writable = directory.is_dir() and os.access(directory, os.W_OK)
+        if writable and fs_type(directory) in DISK_TYPES:
+            return directory
     raise Unavailable(f"no writable directory on a disk file system ({', '.join(DISK_TYPES)})")
 
 
