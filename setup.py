@@ -34,6 +34,13 @@ setup(
             depends=[*PERSIST, "daxfs/fs/_media.h"],
             extra_compile_args=FLAGS,
         ),
+        # the hot steps of a create (daxfs.fs.btree.BTree.put, InodeRecord packing)
+        Extension(
+            "daxfs.fs._create",
+            sources=["daxfs/fs/_create.c"],
+            depends=[*PERSIST, "daxfs/fs/_media.h"],
+            extra_compile_args=FLAGS,
+        ),
         # the miss path of stat (daxfs.fs.filesystem.FileSystem.stat)
         Extension(
             "daxfs.fs._stat",

@@ -100,6 +100,7 @@ from itertools import pairwise
 from typing import Protocol
 
 from daxfs.errors import Corrupted, InvalidArgument
+from daxfs.fs import _create
 from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
     BLOCK_SIZE,
@@ -128,6 +129,10 @@ _U16 = struct.Struct("<H")
 _U64 = struct.Struct("<Q")
 _SLOT = struct.Struct("<HH")
 _ZERO8 = bytes(8)
+#: whether ``put`` tries the C in-place put first (``_create.tree_put``: the descent,
+#: the private copy and the leaf change of the reference below, in one call); tests
+#: turn it off to run the reference alone
+NATIVE_PUT = True
 
 Entry = tuple[int, bytes]
 #: (block, view, index of the child taken, count) of each internal node on a descent
@@ -606,6 +611,20 @@ class BTree:
             self._write_new(tx, blockno, self._encode_leaf(blockno, [(key, bytes(value))]))
             self.root, self.height = blockno, 1
             return
+        if NATIVE_PUT and _create.tree_put(
+            tx.blocks,
+            tx.new_blocks,
+            tx.store.view,
+            tx.verified,
+            seal_node,
+            self.owner,
+            self.kind,
+            self.root,
+            self.height,
+            key,
+            value,
+        ):
+            return  # the leaf had room: what the code below does then, in C
         path, blockno, view, count = self._descend(tx, key)
         view = tx.write(blockno, seal=seal_node)
         entries, i = _leaf_put(view, count, key, value)

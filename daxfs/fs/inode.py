@@ -79,6 +79,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from daxfs.errors import Corrupted, NoSpace
+from daxfs.fs import _create
 from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
@@ -130,6 +131,10 @@ class FileMapping(Protocol):
 
 
 _S_IFMT = 0o170000
+#: ``InodeTable._log`` packs records in C (``_create.pack_inode``, configured with
+#: InodeRecord below); tests turn it off to run ``InodeRecord.pack_into``, the reference
+NATIVE_PACK = True
+_create.configure(InodeRecord)
 _ZERO_BLOCK = bytes(INODE_SIZE * INODES_PER_BLOCK)
 #: serialises the first creation of each inode's lock (see "The lazily made lock")
 _LOCK_MAKER = threading.Lock()
@@ -440,7 +445,9 @@ class InodeTable:
         record = bytearray(INODE_SIZE)
         for ino, inode in dirty.items():
             blockno, offset = self.address(tx, ino)
-            inode.rec.pack_into(record, 0)
+            # InodeRecord.pack_into in C; the reference packs (and raises) if a field misfits
+            if not (NATIVE_PACK and _create.pack_inode(inode.rec, record, 0)):
+                inode.rec.pack_into(record, 0)
             tx.log_meta((blockno << BLOCK_SHIFT) + offset, bytes(record))
 
     def _reload(self, inode: Inode) -> None:

@@ -106,7 +106,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from daxfs.errors import Corrupted, InvalidArgument, IOFailure, ReadOnly
-from daxfs.fs import _commit
+from daxfs.fs import _commit, _create
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
     BLOCK_SIZE,
@@ -114,6 +114,7 @@ from daxfs.fs.layout import (
     JREC,
     JournalHeader,
     crc32c,
+    seal_node,
 )
 from daxfs.fs.store import PmemStore
 from daxfs.pmem.cpu import diff_lines
@@ -129,8 +130,12 @@ SEQ_LIMIT = 1 << 63
 #: journals made from now on commit small overwrites in C (daxfs.fs._commit); tests
 #: turn it off to run the Python reference (Journal.overwrite) instead
 NATIVE_COMMIT = True
+#: ``Transaction._records`` seals and diffs its private block copies in C
+#: (``_create.block_records``); tests turn it off to run the Python loop, the reference
+NATIVE_RECORDS = True
 
 _commit.set_error_class(InvalidArgument)
+_create.set_error_class(InvalidArgument)
 
 
 class InodeLog(Protocol):
@@ -458,6 +463,10 @@ class Transaction:
         self.scratch: dict[str, Any] = {}
         #: shared with the store: see PmemStore.verified
         self.verified = journal.store.verified
+        #: the write set as ``write`` and ``new_block`` keep it, for C that does what
+        #: ``write`` does (daxfs/fs/_create.c: block -> (private copy, seal); new blocks)
+        self.blocks = self._dirty
+        self.new_blocks = self._new
 
     def __enter__(self) -> Transaction:
         return self
@@ -552,6 +561,10 @@ class Transaction:
 
     def _records(self) -> list[tuple[int, memoryview | bytes]]:
         records: list[tuple[int, memoryview | bytes]] = []
+        if NATIVE_RECORDS:  # the loop below, in C (seal_node's seal in C too)
+            _create.block_records(self._dirty, self.store.view, seal_node, records)
+            records.extend(self._data)
+            return records
         for blockno, (copy, seal) in self._dirty.items():
             view = memoryview(copy)
             if seal is not None:

@@ -1,0 +1,619 @@
+/*
+ * daxfs.fs._create: the hot steps of a create, in C.
+ *
+ * Theory of operation
+ * -------------------
+ * The reference is Python, and stays the readable one: a create
+ * (FileSystem._create) inserts the new name into its directory's B+tree
+ * (BTree.put: a descent through verified nodes, a private copy of the leaf in
+ * the transaction, the leaf insert, the seal), then packs the inode records
+ * the transaction changed (InodeRecord.pack_into), and the commit diffs its
+ * private block copies against the device in 64-byte lines
+ * (Transaction._records).  Each of those is a few hundred nanoseconds of work
+ * behind microseconds of interpreter; this module does the work:
+ *
+ *     tree_put(dirty, new, view, verified, seal, owner, kind, root, height,
+ *              key, value) -> bool
+ *         BTree.put's common case: descend from `root` (`height` levels)
+ *         through the transaction's copies (`dirty`: block -> (bytearray,
+ *         seal)) or device memory (`view`), every node checked as
+ *         BTree._node checks it (the checksum unless its block is in
+ *         `verified`, which a passing checksum joins, as _remember does);
+ *         at the leaf, _leaf_put's in-place cases (overwrite a value that
+ *         fits its old bytes; else a value taken from the heap, the keys and
+ *         slots shifted for a new key); the leaf's private copy made as
+ *         Transaction.write makes it (entered into `dirty` with `seal`);
+ *         then the leaf sealed as seal_node seals it.
+ *         False: nothing was changed or entered, and the reference must run:
+ *         a node failed a check (the reference raises Corrupted naming it),
+ *         the leaf is new in this transaction (written in place: `new`), its
+ *         copy has no seal, or it has no room (compaction or a split).
+ *     pack_inode(rec, buf) -> None
+ *         InodeRecord.pack_into(buf, 0) for an InodeRecord whose fields
+ *         are plain ints that fit (else ValueError, nothing written: the
+ *         caller then runs the reference, which raises Corrupted naming the
+ *         field): the fields, the inline area, the crc32c.
+ *
+ * Invariants
+ *   1. Every offset read from media or from a caller's buffer is checked
+ *      against that buffer's length before a byte is read or copied; a
+ *      value from media is used only after the node holding it passed its
+ *      checks (checksum, magic, owner, kind, block number, level, count,
+ *      heap).
+ *   2. tree_put changes nothing unless it returns True: the descent only
+ *      reads, and the copy of the leaf is made, entered and changed only
+ *      after every check passed and the room is known.  (`verified` may
+ *      grow: a checksum passed, as in the reference.)
+ *   3. What it leaves is byte for byte what the reference leaves for the
+ *      same call (tests/fs/test_create_native.py compares both on random
+ *      workloads and whole images).
+ *   4. The layout constants below are daxfs.fs.layout's (CONSTANTS; a test
+ *      compares them).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "../pmem/_pyutil.h"
+#include "_media.h"
+
+/* the format (daxfs/fs/layout.py) */
+#define BLOCK_SHIFT 12
+#define BLOCK_SIZE 4096
+#define NODE_MAGIC 0x4E505442u
+#define N_CRC 4
+#define N_OWNER 8
+#define N_BLOCKNO 16
+#define N_LEVEL 24
+#define N_COUNT 26
+#define N_KIND 28
+#define N_HEAP 30
+#define NODE_KEYS 64
+#define INTERNAL_CAP 252
+#define INTERNAL_CHILDREN (NODE_KEYS + INTERNAL_CAP * 8)
+#define LEAF_CAP 128
+#define LEAF_SLOTS (NODE_KEYS + LEAF_CAP * 8)
+#define LEAF_HEAP_MIN (LEAF_SLOTS + LEAF_CAP * 4)
+#define MAX_VALUE (BLOCK_SIZE - LEAF_HEAP_MIN)
+#define VERIFIED_LIMIT (1 << 16) /* daxfs.fs.store */
+#define MAX_HEIGHT 16            /* deeper than any tree of 2^64 keys: refused */
+
+/* the inode record (InodeRecord._pack: "<IIQIIIIQQQQQQIIQQHBBIQQ", then the inline area) */
+#define INODE_SIZE 256
+#define INODE_MAGIC 0x444F4E49u
+#define I_CRC 4
+#define INLINE_OFFSET 128
+#define INLINE_AREA (INODE_SIZE - INLINE_OFFSET)
+
+/* ------------------------------------------------------------------ tree_put */
+
+/* The 4 KiB of block `blockno` as the transaction sees it: its copy in `dirty`
+ * (*entry set to the (bytearray, seal) tuple), else device memory.  NULL: out
+ * of the view, or a copy that is not a 4 KiB bytearray (the reference decides). */
+static unsigned char *
+block_at(PyObject *dirty, const Py_buffer *view, uint64_t blockno, PyObject **entry)
+{
+    *entry = NULL;
+    if (blockno >= (uint64_t)view->len >> BLOCK_SHIFT)
+        return NULL;
+    PyObject *key = PyLong_FromUnsignedLongLong(blockno);
+    if (key == NULL)
+        return NULL;
+    PyObject *found = PyDict_GetItemWithError(dirty, key); /* borrowed */
+    Py_DECREF(key);
+    if (found == NULL)
+        return PyErr_Occurred() ? NULL : (unsigned char *)view->buf + (blockno << BLOCK_SHIFT);
+    if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2)
+        return NULL;
+    PyObject *copy = PyTuple_GET_ITEM(found, 0);
+    if (!PyByteArray_CheckExact(copy) || PyByteArray_GET_SIZE(copy) != BLOCK_SIZE)
+        return NULL;
+    *entry = found;
+    return (unsigned char *)PyByteArray_AS_STRING(copy);
+}
+
+/* 1: in the set; 0: not; -1: error */
+static int
+set_has(PyObject *set, uint64_t blockno)
+{
+    PyObject *key = PyLong_FromUnsignedLongLong(blockno);
+    if (key == NULL)
+        return -1;
+    int r = PySet_Contains(set, key);
+    Py_DECREF(key);
+    return r;
+}
+
+/* _remember: a checksum passed (the set bounded as PmemStore.mark_verified). */
+static int
+remember(PyObject *verified, uint64_t blockno)
+{
+    if (PySet_GET_SIZE(verified) >= VERIFIED_LIMIT && PySet_Clear(verified) < 0)
+        return -1;
+    PyObject *key = PyLong_FromUnsignedLongLong(blockno);
+    if (key == NULL)
+        return -1;
+    int r = PySet_Add(verified, key);
+    Py_DECREF(key);
+    return r;
+}
+
+/* BTree._node's checks.  1: good; 0: not (the reference raises); -1: error. */
+static int
+node_good(const unsigned char *p, uint64_t blockno, unsigned level, uint64_t owner,
+          unsigned kind, PyObject *verified)
+{
+    if (get_u32(p) != NODE_MAGIC)
+        return 0;
+    int known = set_has(verified, blockno);
+    if (known < 0)
+        return -1;
+    if (!known) {
+        if (crc32c_with_hole(p, BLOCK_SIZE, N_CRC) != get_u32(p + N_CRC))
+            return 0;
+        if (remember(verified, blockno) < 0)
+            return -1;
+    }
+    unsigned count = get_u16(p + N_COUNT), heap = get_u16(p + N_HEAP);
+    return get_u64(p + N_OWNER) == owner && get_u64(p + N_BLOCKNO) == blockno &&
+           get_u16(p + N_KIND) == kind && get_u16(p + N_LEVEL) == level && count > 0 &&
+           count <= (level ? INTERNAL_CAP : LEAF_CAP) &&
+           (level || (LEAF_HEAP_MIN <= heap && heap <= BLOCK_SIZE));
+}
+
+/* bisect_left over keys[0:count] */
+static unsigned
+leaf_position(const unsigned char *p, unsigned count, uint64_t key)
+{
+    unsigned lo = 0, hi = count;
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        if (get_u64(p + NODE_KEYS + 8 * mid) < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* The child an internal node sends `key` to: bisect_right(keys, key, 1) - 1. */
+static unsigned
+child_index(const unsigned char *p, unsigned count, uint64_t key)
+{
+    unsigned lo = 1, hi = count;
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        if (key < get_u64(p + NODE_KEYS + 8 * mid))
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo - 1;
+}
+
+/* How _leaf_put changes a leaf in place: 1 overwrite, 2 from the heap, 0 no room. */
+static int
+leaf_plan(const unsigned char *p, unsigned count, uint64_t key, size_t n, unsigned *at,
+          int *found)
+{
+    unsigned i = leaf_position(p, count, key);
+    *at = i;
+    *found = i < count && get_u64(p + NODE_KEYS + 8 * i) == key;
+    if (*found && n <= get_u16(p + LEAF_SLOTS + 4 * i + 2))
+        return 1;
+    unsigned heap = get_u16(p + N_HEAP);
+    if ((*found || count < LEAF_CAP) && n <= heap - LEAF_HEAP_MIN)
+        return 2;
+    return 0;
+}
+
+static void
+put_u16(unsigned char *p, uint16_t v)
+{
+    memcpy(p, &v, 2);
+}
+
+/* _leaf_put's in-place change, planned by leaf_plan on the same bytes. */
+static void
+leaf_apply(unsigned char *p, unsigned count, unsigned i, int found, int how, uint64_t key,
+           const unsigned char *value, size_t n)
+{
+    unsigned char *slot = p + LEAF_SLOTS + 4 * i;
+    if (how == 1) {
+        unsigned off = get_u16(slot);
+        /* the slot's old bytes lie in the heap: checked by the caller (heap_ok) */
+        memcpy(p + off, value, n);
+        put_u16(slot + 2, (uint16_t)n);
+        return;
+    }
+    unsigned heap = get_u16(p + N_HEAP);
+    if (n) {
+        heap -= (unsigned)n;
+        memcpy(p + heap, value, n);
+        put_u16(p + N_HEAP, (uint16_t)heap);
+    }
+    if (!found) {
+        memmove(p + NODE_KEYS + 8 * i + 8, p + NODE_KEYS + 8 * i, 8 * (count - i));
+        memmove(slot + 4, slot, 4 * (count - i));
+        put_u64(p + NODE_KEYS + 8 * i, key);
+        put_u16(p + N_COUNT, (uint16_t)(count + 1));
+    }
+    put_u16(slot, (uint16_t)(n ? heap : BLOCK_SIZE));
+    put_u16(slot + 2, (uint16_t)n);
+}
+
+static void
+seal_node(unsigned char *p)
+{
+    put_u32(p + N_CRC, 0);
+    put_u32(p + N_CRC, crc32c(p, BLOCK_SIZE));
+}
+
+/* an argument that must be a non-negative int below 2^64; 0 with no error: it is not */
+static int
+u64_arg(PyObject *obj, uint64_t *out)
+{
+    if (!PyLong_CheckExact(obj))
+        return 0;
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* the descent and the in-place put; 1 done, 0 the reference must run, -1 error */
+static int
+tree_put_impl(PyObject *const *args, const Py_buffer *view, const Py_buffer *value)
+{
+    PyObject *dirty = args[0], *new = args[1], *verified = args[3], *seal = args[4];
+    uint64_t owner, kind, blockno, height, key;
+    if (!PyDict_CheckExact(dirty) || !PyDict_CheckExact(new) || !PySet_CheckExact(verified) ||
+        !u64_arg(args[5], &owner) || !u64_arg(args[6], &kind) || !u64_arg(args[7], &blockno) ||
+        !u64_arg(args[8], &height) || !u64_arg(args[9], &key) || height == 0 ||
+        height > MAX_HEIGHT || blockno == 0 || value->len > MAX_VALUE)
+        return 0;
+    PyObject *entry;
+    for (unsigned level = (unsigned)height - 1; level > 0; level--) {
+        const unsigned char *p = block_at(dirty, view, blockno, &entry);
+        if (p == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        int good = node_good(p, blockno, level, owner, (unsigned)kind, verified);
+        if (good <= 0)
+            return good;
+        unsigned count = get_u16(p + N_COUNT);
+        blockno = get_u64(p + INTERNAL_CHILDREN + 8 * child_index(p, count, key));
+    }
+    unsigned char *p = block_at(dirty, view, blockno, &entry);
+    if (p == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    int good = node_good(p, blockno, 0, owner, (unsigned)kind, verified);
+    if (good <= 0)
+        return good;
+    if (entry != NULL && PyTuple_GET_ITEM(entry, 1) != seal)
+        return 0; /* a copy without this seal: Transaction.write's other cases */
+    PyObject *bno = PyLong_FromUnsignedLongLong(blockno);
+    if (bno == NULL)
+        return -1;
+    int is_new = PyDict_Contains(new, bno);
+    if (is_new != 0) { /* written in place (or an error) */
+        Py_DECREF(bno);
+        return is_new < 0 ? -1 : 0;
+    }
+    unsigned count = get_u16(p + N_COUNT), i;
+    int found;
+    int how = leaf_plan(p, count, key, (size_t)value->len, &i, &found);
+    if (how == 1) { /* the old value's bytes must lie in the heap (the reference:
+                       a slot outside the block raises in the slice assignment) */
+        unsigned off = get_u16(p + LEAF_SLOTS + 4 * i), old = get_u16(p + LEAF_SLOTS + 4 * i + 2);
+        if (off + old > BLOCK_SIZE || (old && off < LEAF_HEAP_MIN))
+            how = 0;
+    }
+    if (how == 0) {
+        Py_DECREF(bno);
+        return 0;
+    }
+    if (entry == NULL) { /* Transaction.write: the private copy, entered with its seal */
+        PyObject *copy = PyByteArray_FromStringAndSize((const char *)p, BLOCK_SIZE);
+        if (copy == NULL) {
+            Py_DECREF(bno);
+            return -1;
+        }
+        PyObject *pair = PyTuple_Pack(2, copy, seal);
+        Py_DECREF(copy);
+        if (pair == NULL || PyDict_SetItem(dirty, bno, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(bno);
+            return -1;
+        }
+        p = (unsigned char *)PyByteArray_AS_STRING(copy); /* alive: held by the dict */
+        Py_DECREF(pair);
+    }
+    Py_DECREF(bno);
+    leaf_apply(p, count, i, found, how, key, value->buf, (size_t)value->len);
+    seal_node(p);
+    return 1;
+}
+
+static PyObject *
+tree_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "tree_put takes 11 arguments");
+        return NULL;
+    }
+    Py_buffer view, value;
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[10], &value, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    int r = tree_put_impl(args, &view, &value);
+    PyBuffer_Release(&value);
+    PyBuffer_Release(&view);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+/* ------------------------------------------------------------------ pack_inode */
+
+/* InodeRecord's fields in _INODE's order after magic and crc (layout._INODE_FIELDS:
+ * a test compares), each with its format; `reserved` (offset 108) is written as 0. */
+static const struct {
+    const char *name;
+    char format; /* Q q I H B */
+    unsigned offset;
+} inode_fields[] = {
+    {"ino", 'Q', 8},        {"mode", 'I', 16},      {"nlink", 'I', 20},
+    {"uid", 'I', 24},       {"gid", 'I', 28},       {"size", 'Q', 32},
+    {"blocks", 'Q', 40},    {"atime_ns", 'q', 48},  {"mtime_ns", 'q', 56},
+    {"ctime_ns", 'q', 64},  {"btime_ns", 'q', 72},  {"generation", 'I', 80},
+    {"flags", 'I', 84},     {"next", 'Q', 88},      {"parent", 'Q', 96},
+    {"map_kind", 'B', 104}, {"map_height", 'B', 105}, {"map_count", 'H', 106},
+    {"map_root", 'Q', 112}, {"entries", 'Q', 120},
+};
+#define INODE_FIELDS (sizeof inode_fields / sizeof inode_fields[0])
+#define I_RESERVED 108
+static PyTypeObject *record_type = NULL; /* InodeRecord, set by configure */
+static Py_ssize_t field_slot[INODE_FIELDS], inline_slot;
+
+/* the field's value packed at p; 0 (no exception): not an int that fits (the
+ * reference raises Corrupted naming it) */
+static int
+pack_field(unsigned char *p, PyObject *v, char format)
+{
+    if (v == NULL || !PyLong_CheckExact(v))
+        return 0;
+    int overflow;
+    long long s = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (format == 'q') {
+        if (overflow || (s == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        put_u64(p, (uint64_t)s);
+        return 1;
+    }
+    unsigned long long u;
+    if (overflow > 0) { /* above 2^63 - 1: only a Q may hold it */
+        u = PyLong_AsUnsignedLongLong(v);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (format != 'Q')
+            return 0;
+    } else {
+        if (overflow < 0 || s < 0)
+            return 0;
+        u = (unsigned long long)s;
+    }
+    switch (format) {
+    case 'Q':
+        put_u64(p, u);
+        return 1;
+    case 'I':
+        if (u > 0xFFFFFFFFull)
+            return 0;
+        put_u32(p, (uint32_t)u);
+        return 1;
+    case 'H':
+        if (u > 0xFFFFull)
+            return 0;
+        put_u16(p, (uint16_t)u);
+        return 1;
+    default: /* 'B' */
+        if (u > 0xFFull)
+            return 0;
+        *p = (unsigned char)u;
+        return 1;
+    }
+}
+
+/* pack_inode(rec, buf, offset): InodeRecord.pack_into(buf, offset) -> True; False: a
+ * field is not an int that fits, or the inline area is not 128 bytes (nothing
+ * written: the reference raises Corrupted naming the field). */
+static PyObject *
+pack_inode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "pack_inode takes 3 arguments");
+        return NULL;
+    }
+    PyObject *rec = args[0];
+    if (record_type == NULL || Py_TYPE(rec) != record_type) {
+        PyErr_SetString(PyExc_TypeError, "pack_inode: not an InodeRecord (or not configured)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[2]);
+    if (offset == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer buf;
+    if (PyObject_GetBuffer(args[1], &buf, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (offset < 0 || offset > buf.len || buf.len - offset < INODE_SIZE) {
+        PyBuffer_Release(&buf);
+        return raise_invalid("pack_inode: no 256 bytes at offset %zd of %zd", offset, buf.len);
+    }
+    unsigned char out[INODE_SIZE];
+    memset(out, 0, INLINE_OFFSET);
+    put_u32(out, INODE_MAGIC);
+    int ok = 1;
+    for (size_t f = 0; ok && f < INODE_FIELDS; f++)
+        ok = pack_field(out + inode_fields[f].offset, slot(rec, field_slot[f]),
+                        inode_fields[f].format);
+    PyObject *inl = slot(rec, inline_slot);
+    ok = ok && inl != NULL && PyBytes_CheckExact(inl) && PyBytes_GET_SIZE(inl) == INLINE_AREA;
+    if (ok) {
+        memcpy(out + INLINE_OFFSET, PyBytes_AS_STRING(inl), INLINE_AREA);
+        put_u32(out + I_CRC, crc32c(out, INODE_SIZE)); /* the field is 0: the hole */
+        memcpy((unsigned char *)buf.buf + offset, out, INODE_SIZE);
+    }
+    PyBuffer_Release(&buf);
+    return PyBool_FromLong(ok);
+}
+
+/* configure(record_type): the InodeRecord class pack_inode packs (its __slots__). */
+static PyObject *
+configure(PyObject *self, PyObject *type)
+{
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "configure: expected the InodeRecord class");
+        return NULL;
+    }
+    Py_ssize_t slots[INODE_FIELDS], inl;
+    for (size_t f = 0; f < INODE_FIELDS; f++)
+        if (slot_offset((PyTypeObject *)type, inode_fields[f].name, &slots[f]) < 0)
+            return NULL;
+    if (slot_offset((PyTypeObject *)type, "inline", &inl) < 0)
+        return NULL;
+    memcpy(field_slot, slots, sizeof slots);
+    inline_slot = inl;
+    Py_XSETREF(record_type, (PyTypeObject *)Py_NewRef(type));
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ block_records */
+
+/* block_records(dirty, view, seal, records): Transaction._records' loop over the
+ * private copies: each copy sealed (in C when its seal is `seal`, seal_node; else
+ * its seal called), then its changed 64-byte lines against the device, merged
+ * when adjacent, appended to `records` as (device offset, bytes).  Raises (with
+ * nothing appended for that block) for a copy that is not a 4 KiB bytearray or
+ * a block outside the view. */
+#define LINE 64
+static PyObject *
+block_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyList_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "block_records(dirty: dict, view, seal, records: list)");
+        return NULL;
+    }
+    PyObject *dirty = args[0], *seal = args[2], *records = args[3];
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *key, *entry;
+    while (PyDict_Next(dirty, &pos, &key, &entry)) {
+        uint64_t blockno;
+        if (!u64_arg(key, &blockno) || blockno >= (uint64_t)view.len >> BLOCK_SHIFT ||
+            !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2 ||
+            !PyByteArray_CheckExact(PyTuple_GET_ITEM(entry, 0)) ||
+            PyByteArray_GET_SIZE(PyTuple_GET_ITEM(entry, 0)) != BLOCK_SIZE) {
+            PyBuffer_Release(&view);
+            return raise_invalid("block_records: a bad entry for block %R", key);
+        }
+        PyObject *copy = PyTuple_GET_ITEM(entry, 0), *fn = PyTuple_GET_ITEM(entry, 1);
+        Py_INCREF(copy);
+        if (fn == seal) {
+            seal_node((unsigned char *)PyByteArray_AS_STRING(copy));
+        } else if (fn != Py_None) {
+            PyObject *mv = PyMemoryView_FromObject(copy), *r = NULL;
+            if (mv != NULL) {
+                r = PyObject_CallOneArg(fn, mv); /* as the reference: seal(memoryview(copy)) */
+                Py_DECREF(mv);
+            }
+            if (r == NULL || PyByteArray_GET_SIZE(copy) != BLOCK_SIZE) {
+                Py_XDECREF(r);
+                Py_DECREF(copy);
+                PyBuffer_Release(&view);
+                return r == NULL ? NULL : raise_invalid("block_records: a seal resized its block");
+            }
+            Py_DECREF(r);
+        }
+        const unsigned char *a = (const unsigned char *)PyByteArray_AS_STRING(copy);
+        const unsigned char *b = (const unsigned char *)view.buf + (blockno << BLOCK_SHIFT);
+        uint64_t base = blockno << BLOCK_SHIFT;
+        for (unsigned start = 0; start < BLOCK_SIZE;) {
+            if (memcmp(a + start, b + start, LINE) == 0) {
+                start += LINE;
+                continue;
+            }
+            unsigned end = start + LINE;
+            while (end < BLOCK_SIZE && memcmp(a + end, b + end, LINE) != 0)
+                end += LINE;
+            PyObject *rec = Py_BuildValue("(Ky#)", (unsigned long long)(base + start),
+                                          (const char *)a + start, (Py_ssize_t)(end - start));
+            if (rec == NULL || PyList_Append(records, rec) < 0) {
+                Py_XDECREF(rec);
+                Py_DECREF(copy);
+                PyBuffer_Release(&view);
+                return NULL;
+            }
+            Py_DECREF(rec);
+            start = end;
+        }
+        Py_DECREF(copy);
+    }
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ the module */
+
+static PyMethodDef methods[] = {
+    {"tree_put", (PyCFunction)(void (*)(void))tree_put, METH_FASTCALL,
+     "tree_put(dirty, new, view, verified, seal, owner, kind, root, height, key, value)\n"
+     "-> bool: BTree.put's in-place case (see the module docstring); False: nothing\n"
+     "changed, the reference must run."},
+    {"pack_inode", (PyCFunction)(void (*)(void))pack_inode, METH_FASTCALL,
+     "pack_inode(rec, buf, offset) -> bool: InodeRecord.pack_into in C; False: a field\n"
+     "does not fit (nothing written: the reference raises)."},
+    {"block_records", (PyCFunction)(void (*)(void))block_records, METH_FASTCALL,
+     "block_records(dirty, view, seal, records) -> None: Transaction._records' loop\n"
+     "over the private block copies, in C."},
+    {"configure", configure, METH_O, "configure(InodeRecord): the class pack_inode packs."},
+    {"set_error_class", set_error_class, METH_O,
+     "set_error_class(cls): the class raised for bad arguments (InvalidArgument)."},
+    {NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "daxfs.fs._create",
+                                    "The hot steps of a create (see _create.c).", -1, methods};
+
+PyMODINIT_FUNC
+PyInit__create(void)
+{
+    detect_cpu();
+    crc_init();
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    PyObject *constants = Py_BuildValue(
+        "{sIsIsIsIsIsIsIsIsI}", "BLOCK_SIZE", BLOCK_SIZE, "NODE_MAGIC", NODE_MAGIC, "NODE_KEYS",
+        NODE_KEYS, "INTERNAL_CAP", INTERNAL_CAP, "LEAF_CAP", LEAF_CAP, "LEAF_HEAP_MIN",
+        LEAF_HEAP_MIN, "VERIFIED_LIMIT", VERIFIED_LIMIT, "INODE_SIZE", INODE_SIZE,
+        "INODE_MAGIC", INODE_MAGIC);
+    if (constants == NULL || PyModule_AddObject(m, "CONSTANTS", constants) < 0) {
+        Py_XDECREF(constants);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
