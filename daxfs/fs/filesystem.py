@@ -418,7 +418,10 @@ class FileSystem:
         """The File (holding its inode), and whether O_TRUNC must still truncate it."""
         truncate = False
         if spec.create:
-            found, shown = self._lookup_create(path, follow=not spec.exclusive)
+            fast = self._lookup_new(path) if isinstance(path, str) else None
+            if fast is None:
+                fast = self._lookup_create(path, follow=not spec.exclusive)
+            found, shown = fast
         else:
             found, shown = self._lookup(path)
         inode = found.inode
@@ -466,6 +469,42 @@ class FileSystem:
             with naming(shown):
                 raise
         return inode
+
+    def _lookup_new(self, path: str) -> tuple[Lookup, str] | None:
+        """``_lookup_create``'s answer for a str path "HEAD/NAME" whose NAME is absent
+        from the directory HEAD resolves to, or None: the walk must answer.
+
+        HEAD is taken from stat's path cache (``_paths``, filled here as stat fills
+        it, and emptied by the same removals epoch): the walk of a path resolves
+        its HEAD as a path of its own, following links, and a new name cannot
+        change what it resolves to.  The walk answers everything else (a
+        relative path, a trailing slash, ".", "..", a long name, a name that
+        exists, NUL, errors), so this never raises what the walk would not.
+        """
+        self._check_mounted()
+        if len(path) > _FAST_PATH_CHARS or "\0" in path:
+            return None
+        head, sep, tail = path.rpartition("/")
+        if not sep or not tail or tail == "." or tail == "..":
+            return None
+        if self._paths_epoch != self.dirs.removals:
+            self._forget_paths()
+        parents = self._paths[True]
+        parent_ino = parents.get(head) if head else INO_ROOT
+        if parent_ino is None:
+            parent_ino = self._resolve_parent(head, parents)
+            if parent_ino is None:
+                return None
+        parent = self._icache.get(parent_ino)
+        if parent is None or parent.rec.mode & _S_IFMT != _S_IFDIR:
+            return None
+        try:
+            name = tail.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode
+        except UnicodeError:
+            return None
+        if len(name) > MAX_NAME or self.dirs.lookup(self.store, parent, name) is not None:
+            return None
+        return Lookup(parent, name, None, False), path  # a str path is shown as given
 
     def _lookup_create(self, path: Path, follow: bool) -> tuple[Lookup, str]:
         """Resolve the path of open(..., O_CREAT), as Linux's open_last_lookups.
