@@ -24,9 +24,11 @@ import os
 import stat
 from collections.abc import Callable
 
+from daxfs.block.device import BlockDevice
 from daxfs.errors import Corrupted, InvalidArgument, ReadOnly, naming
 from daxfs.fs.alloc import Allocator
 from daxfs.fs.data import DataPath
+from daxfs.fs.devices import Target, open_target
 from daxfs.fs.dir import Directories
 from daxfs.fs.extmap import BlockMaps, Extent
 from daxfs.fs.filesystem import FileSystem
@@ -50,10 +52,7 @@ from daxfs.fs.mkfs import Progress, check_mkfs_args, format_device
 from daxfs.fs.store import PmemStore, Reader
 from daxfs.fs.super import SuperState
 from daxfs.lifecycle import cleanup_after
-from daxfs.pmem import open_device
 from daxfs.pmem.device import Device
-
-Target = str | os.PathLike[str] | Device
 
 
 def mkfs(
@@ -63,8 +62,10 @@ def mkfs(
     label: str = "",
     force: bool = False,
     progress: Progress | None = None,
+    dax: str = "inode",
 ) -> Superblock:
-    """Create an empty daxfs on ``target``: a path (created or grown to ``size``) or a device.
+    """Create an empty daxfs on ``target``: a path (created or grown to ``size``), a
+    device or a block device (``dax`` chooses the path to it: daxfs.fs.devices).
 
     Raises:
         Exists (EEXIST): the target already holds a daxfs, or data mkfs does
@@ -72,18 +73,25 @@ def mkfs(
         InvalidArgument: size below 16 MiB or above the device; bad label.
         FileTooLarge (EFBIG): size above 1 EiB (layout.MAX_FS_SIZE).
         Busy: the target is mounted.
+        InvalidArgument: dax="always" on a block device.
     """
-    if isinstance(target, Device):
-        target.claim(True, "mkfs")
+    if isinstance(target, Device | BlockDevice):
+        device, owned = open_target(target, dax=dax)
         try:
-            return format_device(target, size, label=label, force=force, progress=progress)
+            device.claim(True, "mkfs")
+            try:
+                return format_device(device, size, label=label, force=force, progress=progress)
+            finally:
+                device.unclaim()
         finally:
-            target.unclaim()
+            if owned:
+                device.close()
     name = os.fsdecode(os.fspath(target))
     check_mkfs_args(size, label, name)
     existed = os.path.lexists(name)
     try:
-        with open_device(target, size, create=size is not None) as device:
+        device, _ = open_target(target, dax=dax, size=size, create=size is not None)
+        with device:
             device.claim(True, "mkfs")
             try:
                 return format_device(
@@ -170,8 +178,16 @@ def mount(
     readonly: bool = False,
     persist: str = "auto",
     layout_timeout: float = 10.0,
+    dax: str = "inode",
 ) -> FileSystem:
-    """Mount the daxfs on ``target`` (a path or a device object).
+    """Mount the daxfs on ``target``: a path, a pmem device or a block device.
+
+    ``dax`` is Linux's ``-o dax=``: "inode" (the default: DAX where the device
+    can), "always" (an error where it cannot), "never" (through the block
+    layer and a DRAM cache of blocks, even on pmem); daxfs.fs.devices has the
+    table.  On a block device every write reaches the media through bios, a
+    commit is ordered by FLUSH and FUA, and mmap maps the cache (msync and
+    fsync write it back).
 
     ``layout_timeout`` is how long, in seconds, an operation that would change
     or free pinned blocks (truncate, punch-hole, a write) waits for the pins
@@ -184,6 +200,8 @@ def mount(
         ReadOnly (EROFS): read-only mount of an image that needs recovery.
         NotSupported: the image uses features this version does not know.
         IOFailure (EIO): the device failed.
+        InvalidArgument (EINVAL): a bad ``dax``, or "always" on a device that
+            cannot do DAX (the message says why).
         Each names the image (``device_name``) as its filename.
     """
     if (
@@ -194,13 +212,10 @@ def mount(
         raise InvalidArgument(
             f"layout_timeout must be a number of seconds >= 0: {layout_timeout!r}"
         )
-    owned = not isinstance(target, Device)
-    if isinstance(target, Device):
-        device = target
-    else:  # its errors name the path already (ENOENT, EACCES, ENODEV: not I/O errors)
-        device = open_device(target, persist=persist, readonly=readonly)
     source = device_name(target)
     with naming(source):
+        # a path's errors name it already (ENOENT, EACCES, ENODEV: not I/O errors)
+        device, owned = open_target(target, dax=dax, readonly=readonly, persist=persist)
         try:
             device.claim(not readonly, "mount")
         except BaseException as exc:
@@ -217,6 +232,8 @@ def mount(
 
 def device_name(target: Target) -> str:
     """How errors name what is mounted: its path, or the device object's class and size."""
+    if isinstance(target, BlockDevice):
+        return target.name
     if not isinstance(target, Device):
         return os.fsdecode(os.fspath(target))
     path = getattr(target, "path", None)

@@ -21,6 +21,15 @@ filesystem, or a protocol's own recovery (tests/block/test_blockcrash.py runs
 a redo journal, and shows that the check fails when its commit block is not
 ordered after its log).  Everything is seeded by the persist point's number.
 
+``check_fs_block_operation(setup, op)`` is ``daxfs.testing.crash.check_operation``
+on a block device: the filesystem is made and mounted on a SimulatedBlockDevice
+(through ``daxfs.block.cache.BlockCache``, as ``mount`` does for any block
+device), ``op`` is crashed at each of its persist points, and every crash
+state must mount (recovery runs), pass fsck, and show the tree before or
+after ``op`` (``daxfs.testing.crash.snapshot``).  ``logical_block_size`` and
+``limits`` choose how writes tear: 512-byte sectors tear a 4 KiB block into
+eight pieces, small ``max_bytes`` split every write-back into many bios.
+
 Invariants
   1. ``op`` runs on a fresh copy of ``image`` for every persist point; the
      crash states of point n depend only on ``image``, ``op`` and n.
@@ -40,6 +49,8 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
     from daxfs.block.bio import QueueLimits
+    from daxfs.fs.filesystem import FileSystem
+    from daxfs.testing.crash import Snapshot
 
 
 @dataclasses.dataclass
@@ -107,3 +118,100 @@ def check_block_operation(
         if returned:
             return report
     raise BlockCrashCheckFailed(f"operation still running after {max_points} persist points")
+
+
+def check_fs_block_operation(
+    setup: Callable[[FileSystem], object],
+    op: Callable[[FileSystem], object],
+    *,
+    states_per_point: int = 4,
+    size: int = 16 << 20,
+    logical_block_size: int = 512,
+    limits: QueueLimits | None = None,
+    times: bool = False,
+    max_points: int = 200,
+) -> BlockCrashReport:
+    """Crash filesystem operation ``op`` at every persist point of a block device.
+
+    Raises:
+        BlockCrashCheckFailed: naming the persist point (the seed) and what was
+            wrong: a mount or fsck failure, or a tree neither before nor after.
+    """
+    from daxfs.fs.mount import mkfs, mount
+
+    def device(image: bytes | None = None) -> SimulatedBlockDevice:
+        return SimulatedBlockDevice(
+            size, image=image, logical_block_size=logical_block_size, limits=limits
+        )
+
+    base = device()
+    mkfs(base)
+    with mount(base) as fs:
+        setup(fs)
+    image = base.durable_image()
+    before = _observe_fs(device(image), times, 0)
+    done = device(image)
+    fs = mount(done)
+    op(fs)
+    fs.unmount()
+    after = _observe_fs(done, times, 0)
+    report = BlockCrashReport()
+    for point in range(1, max_points + 1):
+        dev = device(image)
+        fs = mount(dev)
+        dev.schedule_power_failure(point)
+        try:
+            op(fs)
+        except PowerFailure:
+            returned = False
+        else:
+            returned = True
+            report.points = point - 1
+        for state in dev.crash_states(limit=states_per_point, seed=point):
+            seen = _observe_fs(state, times, point)
+            report.states += 1
+            if seen == after:
+                report.after_seen += 1
+            elif seen == before and not returned:
+                report.before_seen += 1
+            else:
+                what = "not after, once op returned" if returned else "neither before nor after"
+                allowed = (after,) if returned else (before, after)
+                diff = sorted(
+                    p
+                    for p in set(seen) | set(before) | set(after)
+                    if all(seen.get(p) != s.get(p) for s in allowed)
+                )
+                raise BlockCrashCheckFailed(
+                    f"persist point {point} (seed {point}): the state is {what}; "
+                    f"differing paths: {diff[:10]}\n"
+                    f"  seen:   {[seen.get(p) for p in diff[:3]]}\n"
+                    f"  before: {[before.get(p) for p in diff[:3]]}\n"
+                    f"  after:  {[after.get(p) for p in diff[:3]]}"
+                )
+        if returned:
+            return report
+    raise BlockCrashCheckFailed(f"operation still running after {max_points} persist points")
+
+
+def _observe_fs(dev: SimulatedBlockDevice, times: bool, point: int) -> Snapshot:
+    """Mount ``dev`` (recovery runs), snapshot the tree, unmount, fsck: the tree.
+
+    Raises:
+        BlockCrashCheckFailed: mount or fsck failed.
+    """
+    from daxfs.fs.fsck import fsck
+    from daxfs.fs.mount import mount
+    from daxfs.testing.crash import snapshot
+
+    try:
+        with mount(dev) as fs:
+            seen = snapshot(fs, times=times)
+    except Exception as exc:
+        raise BlockCrashCheckFailed(
+            f"persist point {point}: mount after the crash failed: {exc!r}"
+        ) from exc
+    report = fsck(dev)
+    if not report.clean:
+        raise BlockCrashCheckFailed(f"persist point {point}: fsck after the crash:\n{report}")
+    return seen

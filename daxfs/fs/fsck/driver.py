@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import os
 
+from daxfs.block.device import BlockDevice
 from daxfs.errors import Corrupted
+from daxfs.fs.devices import open_target
 from daxfs.fs.journal import Journal
 from daxfs.fs.layout import Superblock
 from daxfs.fs.mount import build_layers
 from daxfs.fs.store import PmemStore
 from daxfs.fs.super import SuperState
 from daxfs.lifecycle import cleanup_after
-from daxfs.pmem import open_device
 from daxfs.pmem.device import Device
 
 from .allocation import check_allocation
@@ -27,10 +28,11 @@ from .superblocks import check_journal, check_superblocks, journal_problems
 
 
 def fsck(
-    target: str | os.PathLike[str] | Device,
+    target: str | os.PathLike[str] | Device | BlockDevice,
     *,
     repair: bool = False,
     progress: Progress | None = None,
+    dax: str = "inode",
 ) -> Report:
     """Check (and with ``repair=True`` repair) the daxfs on ``target``.
 
@@ -38,15 +40,19 @@ def fsck(
     With ``repair``, every fix is journaled and the image is checked again
     afterwards: ``clean`` then means that second check found nothing.
 
+    ``target`` is a path, a pmem device or a block device; ``dax`` chooses the
+    path to it as mount's does (daxfs.fs.devices).
+
     Raises:
         FileNotFoundError: no such path.
         Busy (EBUSY): the filesystem is mounted.
+        InvalidArgument (EINVAL): dax="always" on a block device.
         OSError: the device failed (EIO); damage on the media is reported,
             never raised.
     """
-    if isinstance(target, Device):
-        return _run(target, repair, progress)
-    device = open_device(target, readonly=not repair)
+    device, owned = open_target(target, dax=dax, readonly=not repair)
+    if not owned:
+        return _run(device, repair, progress)
     try:
         report = _run(device, repair, progress)
     except BaseException as exc:

@@ -1,0 +1,389 @@
+"""BlockCache: the persistent-memory ``Device`` interface over a block device.
+
+Theory of operation
+-------------------
+The filesystem (daxfs.fs) talks to a ``daxfs.pmem.Device``: views of device
+memory (``direct_access``), copies (``write``, ``fill``) and the persistence
+primitives ``flush(range)`` / ``drain()``.  On persistent memory a store is
+durable once its line was flushed and a fence ran.  A block device with a
+volatile write cache has a different contract: a write is durable once it
+carried FUA or a later FLUSH completed (daxfs.block.device).  ``BlockCache``
+maps the first onto the second exactly:
+
+    memory      a cache of the whole device in DRAM: a memfd of ``size`` bytes,
+                mapped shared, filled from READ bios when the cache opens
+                (chunks of ``LOAD_CHUNK`` bytes, several in flight)
+    store       a store into a view, ``write`` or ``fill``: the cache only
+    flush(r)    records the logical blocks covering ``r`` as dirty (no I/O: the
+                line "starts its write-back")
+    drain()     writes every dirty run back in WRITE bios (plugged, so adjacent
+                runs merge), waits for them, then issues one FLUSH; a drain of a
+                single run writes it with FUA instead.  Nothing dirty: nothing
+                to do (every earlier drain ended with its FLUSH or FUA).
+
+So "stored + flushed + fenced = durable" holds, and the journal's fence
+ordering (log, fence, header, fence, apply, fence) becomes FLUSH ordering:
+the header's WRITE is submitted only after the FLUSH (or FUA) that made the
+log durable completed.  Stores that no flush covered never reach the device
+(on pmem they might, at any time: the filesystem never relies on either).
+
+Atomicity.  The journal needs aligned 8-byte stores to be failure-atomic
+(docs/GUARANTEES.md).  A write-back covers whole logical blocks holding the
+cache's current bytes, and a device writes one logical block atomically
+(a multi-block write may tear only at block boundaries: the model of
+``daxfs.testing.SimulatedBlockDevice``); an aligned 8-byte word never crosses
+a logical block, so every crash state of the block device is one the pmem
+model allows.  tests/crash/test_block_fs_ops.py proves it for every
+filesystem operation at every persist point.
+
+Mapping.  ``fd`` is the memfd, so DAX mmap (daxfs.mm) maps the cache itself:
+stores through a mapping reach the device when msync or fsync flushes their
+range and drains, as a page-cache mmap does on Linux.  ``native_region`` is a
+C engine over the cache for the filesystem's read fast path (reads only; every
+store goes through this class, which tracks what is dirty).
+
+Memory.  The cache holds the whole device: DRAM use is the device's size
+(memfd pages are allocated as the load touches them).  A bounded cache with
+eviction is the page cache's job (issue 10, not built yet).
+
+Invariants
+  1. After ``drain()`` returns, every byte of every range flushed before it was
+     called is on the device and durable (FLUSH completed, or FUA).
+  2. Drains are serialized (``_drain_lock``): a drain that finds nothing dirty
+     because another thread took its ranges waits for that thread's FLUSH.
+  3. A failed write-back (EIO, a short completion) raises its OSError, naming
+     the sector, from ``drain``; its ranges stay dirty, so nothing flushed is
+     forgotten (the journal then turns read-only or invalidates its header).
+  4. Every range is checked before use (``check_range``); the cache never
+     touches memory outside ``[0, size)``.
+  5. ``close()`` writes back what is dirty, then refuses (BufferError, device
+     still open) while views from ``direct_access`` are alive.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from daxfs.block.bio import SECTOR_SHIFT, Bio, BioFlags, BioOp
+from daxfs.block.device import BlockDevice
+from daxfs.errors import Busy, InvalidArgument, ReadOnly
+from daxfs.pmem import cpu
+from daxfs.pmem.device import Device, Granularity, check_range
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from daxfs.pmem import _native
+
+#: bytes per READ bio while the cache loads, and how many are in flight at once
+LOAD_CHUNK = 4 << 20
+LOAD_DEPTH = 4
+
+
+class BlockCache(Device):
+    """A ``Device`` whose memory is a DRAM cache of ``bdev``; see the module docstring.
+
+    ``own=True`` closes ``bdev`` when the cache closes.  ``readonly`` defaults to
+    the block device's own.
+
+    Raises (construction):
+        InvalidArgument (EINVAL): the block device is closed or holds less than
+            one 4 KiB page.
+        OSError: a READ bio of the load failed (EIO naming the sector).
+    """
+
+    persist_method = "bio"
+
+    def __init__(
+        self, bdev: BlockDevice, *, own: bool = False, readonly: bool | None = None
+    ) -> None:
+        if bdev.closed:
+            raise InvalidArgument(f"block device {bdev.name} is closed")
+        size = bdev.size
+        if size < mmap.PAGESIZE:
+            raise InvalidArgument(f"block device {bdev.name} of {size} bytes is too small")
+        self.bdev = bdev
+        self.size = size
+        self.path = bdev.name
+        self.readonly = bool(bdev.readonly if readonly is None else readonly or bdev.readonly)
+        lbs = bdev.limits.logical_block_size
+        self.block_size = lbs
+        self.granularity = Granularity.PAGE if lbs >= mmap.PAGESIZE else Granularity.CACHE_LINE
+        self._own = own
+        self._dirty: list[tuple[int, int]] = []
+        self._dirty_lock = threading.Lock()
+        self._drain_lock = threading.RLock()
+        #: write-backs, WRITE bios, FLUSH bios and FUA writes issued (for tests and info)
+        self.stats = {"drains": 0, "writes": 0, "flushes": 0, "fua": 0, "loaded": 0}
+        self._fd = os.memfd_create("daxfs-block-cache", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self._fd, size)
+            self._map: mmap.mmap | None = mmap.mmap(self._fd, size, mmap.MAP_SHARED)
+            try:
+                self._load()
+                if self.readonly:  # views of a read-only device are read-only
+                    self._map.close()
+                    self._map = mmap.mmap(self._fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+                self._view, self._region = self._attach()
+            except BaseException:
+                self._map.close()
+                raise
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _attach(self) -> tuple[memoryview, _native.Region | None]:
+        assert self._map is not None
+        view = memoryview(self._map)
+        try:
+            native = cpu.make_region(self._map, view, "none", self.readonly)
+        except InvalidArgument:  # no C extension: copies in Python
+            return view, None
+        return view, native if cpu.is_native(native) else None
+
+    def _load(self) -> None:
+        """Fill the cache from the device: READ bios, ``LOAD_DEPTH`` chunks in flight."""
+        assert self._map is not None
+        with memoryview(self._map) as whole:
+            inflight: list[Bio] = []
+            for start in range(0, self.size, LOAD_CHUNK):
+                end = min(start + LOAD_CHUNK, self.size)
+                bio = Bio(BioOp.READ, start >> SECTOR_SHIFT, [whole[start:end]])
+                self.bdev.submit_bio(bio)
+                inflight.append(bio)
+                if len(inflight) >= LOAD_DEPTH:
+                    inflight.pop(0).wait()
+            for bio in inflight:
+                bio.wait()
+        self.stats["loaded"] += self.size
+
+    # -- properties --------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._map is None
+
+    @property
+    def fd(self) -> int:
+        """The memfd of the cache: DAX mmap maps the cache (msync writes it back)."""
+        self._check_open()
+        return self._fd
+
+    def native_region(self) -> _native.Region | None:
+        """The C engine over the cache, for the read fast path (reads only)."""
+        return self._region
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.size} bytes"
+        return f"<BlockCache of {self.bdev.name} {state}>"
+
+    # -- memory ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._map is None:
+            raise ValueError("I/O operation on closed device")
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise ReadOnly(f"device {self.path} is open read-only", self.path)
+
+    def direct_access(self, offset: int, length: int) -> memoryview:
+        self._check_open()
+        check_range(offset, length, self.size)
+        return self._view[offset : offset + length]
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check_open()
+        check_range(offset, length, self.size)
+        return bytes(self._view[offset : offset + length])
+
+    def readinto(self, offset: int, buffer: Buffer) -> int:
+        self._check_open()
+        with memoryview(buffer) as out, out.cast("B") as dst:
+            check_range(offset, len(dst), self.size)
+            dst[:] = self._view[offset : offset + len(dst)]
+            return len(dst)
+
+    def write(self, offset: int, data: Buffer, *, drain: bool = True) -> None:
+        self._check_open()
+        self._check_writable()
+        with memoryview(data) as src, src.cast("B") as flat:
+            n = len(flat)
+            check_range(offset, n, self.size)
+            self._view[offset : offset + n] = flat
+        self._mark(offset, n)
+        if drain:
+            self.drain()
+
+    def writer(self) -> Callable[[int, Buffer], None]:
+        def write_nodrain(offset: int, data: Buffer) -> None:
+            self.write(offset, data, drain=False)
+
+        return write_nodrain
+
+    def fill(self, offset: int, length: int, byte: int = 0, *, drain: bool = True) -> None:
+        self._check_open()
+        self._check_writable()
+        check_range(offset, length, self.size)
+        if not isinstance(byte, int) or not 0 <= byte <= 255:
+            raise InvalidArgument(f"fill byte must be in [0, 255], not {byte!r}")
+        if self._region is not None:
+            self._region.memset(offset, length, byte, False)
+        else:
+            self._view[offset : offset + length] = bytes([byte]) * length
+        self._mark(offset, length)
+        if drain:
+            self.drain()
+
+    # -- persistence -------------------------------------------------------------------
+
+    def _mark(self, offset: int, length: int) -> None:
+        if length:
+            bs = self.block_size
+            start = offset - offset % bs
+            end = min(-(-(offset + length) // bs) * bs, self.size)
+            with self._dirty_lock:
+                self._dirty.append((start, end))
+
+    def flush(self, offset: int, length: int) -> None:
+        self._check_open()
+        check_range(offset, length, self.size)
+        self._mark(offset, length)
+
+    def pending(self) -> list[tuple[int, int]]:
+        """Dirty byte ranges ``(start, end)``, sorted and merged: flushed, not drained."""
+        with self._dirty_lock:
+            return _merged(self._dirty)
+
+    def drain(self) -> None:
+        """Write the dirty blocks back and FLUSH (or write one run with FUA).
+
+        Raises:
+            OSError: a WRITE or the FLUSH failed (EIO, ENOSPC, ... naming the
+                sector); the ranges stay dirty.
+            ValueError: the cache is closed.
+        """
+        self._check_open()
+        with self._drain_lock:
+            with self._dirty_lock:
+                runs = _merged(self._dirty)
+                self._dirty = []
+            if not runs:
+                return
+            try:
+                self._write_back(runs)
+            except BaseException:
+                with self._dirty_lock:
+                    self._dirty.extend(runs)
+                raise
+
+    def _write_back(self, runs: list[tuple[int, int]]) -> None:
+        self.stats["drains"] += 1
+        fua = len(runs) == 1 and not self.bdev.readonly
+        flags = BioFlags.FUA if fua else BioFlags.NONE
+        bios = []
+        with self.bdev.plug():
+            for start, end in runs:
+                bio = Bio(BioOp.WRITE, start >> SECTOR_SHIFT, [self._view[start:end]], flags=flags)
+                bios.append(bio)
+                self.bdev.submit_bio(bio)
+        self.stats["writes"] += len(bios)
+        error: BaseException | None = None
+        for bio in bios:  # wait for all, even after an error: their views must be dropped
+            try:
+                bio.wait()
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        if fua:
+            self.stats["fua"] += 1
+        else:
+            self.bdev.flush()
+            self.stats["flushes"] += 1
+
+    def persist(self, offset: int, length: int) -> None:
+        self.flush(offset, length)
+        self.drain()
+
+    # -- claims ------------------------------------------------------------------------
+
+    def claim(self, exclusive: bool, who: str) -> None:
+        """As Device.claim, on the block device (two caches of one device share its
+        claim), and across processes with flock(2) on its file if it has one."""
+        self._check_open()
+        inner = getattr(self.bdev, "device", None)
+        if isinstance(inner, Device):  # a pmem block device: claim the pmem device
+            inner.claim(exclusive, who)
+            return
+        holders = getattr(self.bdev, "_claims", 0)
+        if holders < 0 or (exclusive and holders > 0):
+            raise Busy(f"{self.path} is in use (already mounted): cannot give it to {who}")
+        fd = getattr(self.bdev, "fd", None)
+        if isinstance(fd, int) and holders == 0:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Busy(
+                    f"{self.path} is in use by another process (already mounted)", self.path
+                ) from None
+        self.bdev._claims = -1 if exclusive else holders + 1  # type: ignore[attr-defined]
+
+    def unclaim(self) -> None:
+        inner = getattr(self.bdev, "device", None)
+        if isinstance(inner, Device):
+            inner.unclaim()
+            return
+        holders = getattr(self.bdev, "_claims", 0)
+        left = 0 if holders <= 1 else holders - 1
+        self.bdev._claims = left  # type: ignore[attr-defined]
+        fd = getattr(self.bdev, "fd", None)
+        if left == 0 and isinstance(fd, int) and not self.bdev.closed:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Write back what is dirty, release the cache, close ``bdev`` if owned.
+
+        Raises:
+            BufferError: views from direct_access are alive (still open).
+            OSError: the write-back failed (still open, the ranges dirty).
+        """
+        mapping = self._map
+        if mapping is None:
+            return
+        if self.pending() and not self.readonly and not self.bdev.closed:
+            self.drain()
+        region = self._region
+        if region is not None:
+            region.release()
+        self._view.release()
+        try:
+            mapping.close()
+        except BufferError:
+            self._view, self._region = self._attach()
+            raise BufferError(
+                f"cannot close the cache of {self.path}: views from direct_access are alive"
+            ) from None
+        self._map = None
+        os.close(self._fd)
+        if self._own:
+            self.bdev.close()
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` sorted, with overlapping and adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out

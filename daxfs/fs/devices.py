@@ -1,0 +1,123 @@
+"""Which device a filesystem runs on: pmem by DAX, or a block device through a cache.
+
+The filesystem runs on a ``daxfs.pmem.Device`` either way; the format on the
+media is the same.  ``open_target`` picks it from what mkfs, mount or fsck
+were given and from the ``dax`` option, Linux's ``-o dax=``:
+
+    target                 dax="always"       "inode" (default)   "never"
+    a pmem Device          the device (DAX)   the device (DAX)    cache(PmemBlockDevice)
+    a path: file, devdax   open_device (DAX)  open_device (DAX)   cache(open_block(path))
+    a block special file   EINVAL (no DAX)    cache(open_block(path))
+    a BlockDevice object   EINVAL (no DAX)    cache(the block device)
+
+where cache(b) is ``BlockCache(b)``.
+
+``dax="inode"`` is Linux's per-inode choice (FS_XFLAG_DAX); daxfs has no
+per-inode flag yet, so every inode uses DAX where the device can do it and
+none does where it cannot.  ``BlockCache`` (daxfs.block.cache) caches the
+device in DRAM and maps flush/drain onto WRITE bios and FLUSH/FUA, so the
+journal's fences become FLUSH ordering (docs/ARCHITECTURE.md, "The filesystem
+on a block device").
+
+Invariants
+  1. ``open_target`` returns ``(device, owned)``: ``owned`` devices were made
+     here and the caller closes them (closing a BlockCache made here closes the
+     block device only if it was opened here too).  A target object passed in
+     is never closed.
+  2. On an error nothing opened here stays open.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+
+from daxfs.block.cache import BlockCache
+from daxfs.block.device import BlockDevice
+from daxfs.block.file import open_block
+from daxfs.block.pmem import PmemBlockDevice
+from daxfs.errors import InvalidArgument
+from daxfs.lifecycle import cleanup_after
+from daxfs.pmem import open_device
+from daxfs.pmem.device import Device
+
+Target = str | os.PathLike[str] | Device | BlockDevice
+
+DAX_MODES = ("always", "inode", "never")
+
+
+def check_dax(dax: object) -> str:
+    """``dax`` if it is one of DAX_MODES.
+
+    Raises:
+        InvalidArgument (EINVAL): anything else.
+    """
+    if not isinstance(dax, str) or dax not in DAX_MODES:
+        raise InvalidArgument(f"dax must be 'always', 'inode' or 'never', not {dax!r}")
+    return dax
+
+
+def _no_dax(what: str, why: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"dax=always: {what} cannot do DAX ({why}); mount it with dax='never' or 'inode'"
+    )
+
+
+def is_block_special(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` names a block-device special file (False if it does not exist)."""
+    try:
+        return stat_mod.S_ISBLK(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def open_target(
+    target: Target,
+    *,
+    dax: str = "inode",
+    readonly: bool = False,
+    persist: str = "auto",
+    size: int | None = None,
+    create: bool = False,
+) -> tuple[Device, bool]:
+    """The device to run the filesystem on, and whether the caller must close it.
+
+    ``size`` and ``create`` are for mkfs (a missing image file is created).
+
+    Raises:
+        InvalidArgument (EINVAL): a bad ``dax``; ``dax="always"`` on something
+            that cannot do DAX (a block device), naming why.
+        The errors of ``open_device``, ``open_block`` (ENOENT, EACCES, ENODEV, ...)
+        and of the cache's first read (EIO naming the sector).
+    """
+    check_dax(dax)
+    if isinstance(target, BlockCache):
+        if dax == "always":
+            raise _no_dax(target.path, "a block device behind a DRAM cache")
+        return target, False
+    if isinstance(target, BlockDevice):
+        if dax == "always":
+            raise _no_dax(target.name, f"a block device ({target.engine}) has no direct_access")
+        return BlockCache(target, readonly=readonly or None), True
+    if isinstance(target, Device):
+        if dax != "never":
+            return target, False
+        bdev: BlockDevice = PmemBlockDevice(target, readonly=readonly or None)
+        return _cached(bdev, readonly), True
+    name = os.fsdecode(os.fspath(target))
+    block_special = is_block_special(name)
+    if block_special and dax == "always":
+        raise _no_dax(name, "a block-device special file has no direct_access here")
+    if block_special or dax == "never":
+        bdev = open_block(name, size, create=create, readonly=readonly)
+        return _cached(bdev, readonly), True
+    return open_device(target, size, create=create, persist=persist, readonly=readonly), True
+
+
+def _cached(bdev: BlockDevice, readonly: bool) -> BlockCache:
+    """A cache owning ``bdev`` (closed if the cache cannot be made)."""
+    try:
+        return BlockCache(bdev, own=True, readonly=readonly or None)
+    except BaseException as exc:
+        cleanup_after(exc, bdev.close)
+        raise
