@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING
 
 from daxfs.block.bio import SECTOR_SHIFT, Bio, BioFlags, BioOp
 from daxfs.block.device import BlockDevice
-from daxfs.errors import Busy, InvalidArgument, ReadOnly
+from daxfs.errors import Busy, DaxfsError, InvalidArgument, ReadOnly
 from daxfs.pmem import cpu
 from daxfs.pmem.device import Device, Granularity, check_range
 
@@ -294,17 +294,21 @@ class BlockCache(Device):
                 self.bdev.submit_bio(bio)
         self.stats["writes"] += len(bios)
         error: BaseException | None = None
-        for bio in bios:  # wait for all, even after an error: their views must be dropped
-            try:
+        for bio, (start, end) in zip(bios, runs, strict=True):
+            try:  # wait for all, even after an error: their views must be dropped
                 bio.wait()
             except BaseException as exc:
-                error = error or exc
+                what = f"writing back bytes [{start}, {end}) of {self.path}"
+                error = error or _named(exc, what)
         if error is not None:
             raise error
         if fua:
             self.stats["fua"] += 1
         else:
-            self.bdev.flush()
+            try:
+                self.bdev.flush()
+            except OSError as exc:
+                raise _named(exc, f"flushing {self.path}") from exc
             self.stats["flushes"] += 1
 
     def persist(self, offset: int, length: int) -> None:
@@ -375,6 +379,17 @@ class BlockCache(Device):
         os.close(self._fd)
         if self._own:
             self.bdev.close()
+
+
+def _named(exc: BaseException, what: str) -> BaseException:
+    """``exc`` with ``what`` in its message if it does not say it already (errno, and
+    the type of a daxfs error, kept; ``exc`` chained as the cause)."""
+    if not isinstance(exc, OSError) or what in str(exc):
+        return exc
+    text = f"{exc.strerror or exc}: {what}"
+    named = type(exc)(text) if isinstance(exc, DaxfsError) else OSError(exc.errno, text)
+    named.__cause__ = exc
+    return named
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -22,6 +22,16 @@ Requests are what reaches a device after splitting and merging, so "the N-th
 I/O" is what a disk would see.  The ``Fault`` plan is the one of
 daxfs.testing.faults (``seen``, ``fired``).
 
+``check_fs_block_faults(setup, op, kind)`` is ``daxfs.testing.faults.check_faults``
+for a filesystem mounted on a block device (``SimulatedBlockDevice`` behind a
+``FaultyBlockDevice``, through the mount's ``BlockCache``): for n = 1, 2, ...
+the n-th request of ``kind`` fails (or completes short) while ``op`` runs;
+``op`` must complete or raise an OSError; then the power fails (seeded crash
+states of the simulated disk: before or after, only after if ``op``
+returned), or the system goes on (the fault heals, a probe mkdir, unmount:
+the image must hold what the live filesystem showed).  Nothing committed is
+lost, nothing reported failed comes back.
+
 Invariants
   1. Faults fire only while armed; a failed request changed nothing on
      ``inner``; a short one changed exactly the blocks it reports done.
@@ -31,12 +41,30 @@ Invariants
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from daxfs.block.bio import SECTOR_SHIFT, Bio, BioOp, Request
 from daxfs.block.device import BlockDevice
 from daxfs.errors import InvalidArgument
-from daxfs.testing.faults import Fault
+from daxfs.testing.faults import (
+    PROBE,
+    Fault,
+    FaultCheckFailed,
+    FaultReport,
+    _check_image_snap,
+)
+from daxfs.testing.simblock import SimulatedBlockDevice
+from daxfs.testing.simulated import PowerFailure
+
+if TYPE_CHECKING:
+    from daxfs.fs.filesystem import FileSystem
+    from daxfs.testing.crash import Snapshot
+
+Step = Callable[["FileSystem"], object]
 
 #: Request kinds that can be made to fail ("any" counts every request).
 BLOCK_KINDS = (*tuple(op.value for op in BioOp), "any")
@@ -134,3 +162,124 @@ class FaultyBlockDevice(BlockDevice):
 
     def _close(self) -> None:
         self.inner.close()
+
+
+def check_fs_block_faults(
+    setup: Step,
+    op: Step,
+    kind: str,
+    *,
+    persistent: bool = False,
+    short: bool = False,
+    error: int = errno.EIO,
+    size: int = 16 << 20,
+    states: int = 2,
+    max_points: int = 2000,
+) -> FaultReport:
+    """Fail the n-th ``kind`` request of ``op`` on a block device, for every n.
+
+    Raises:
+        FaultCheckFailed: naming the kind, n, and what was wrong.
+    """
+    from daxfs.fs.mount import mkfs, mount
+    from daxfs.testing.crash import snapshot
+
+    base = SimulatedBlockDevice(size)
+    mkfs(base)
+    with mount(base) as fs:
+        setup(fs)
+    image = base.durable_image()
+    with mount(SimulatedBlockDevice(size, image=image)) as fs:
+        before = snapshot(fs)
+    done = SimulatedBlockDevice(size, image=image)
+    with mount(done) as fs:
+        op(fs)
+        after = snapshot(fs)
+    report = FaultReport(kind, persistent)
+    how = "short" if short else errno.errorcode.get(error, str(error))
+    for n in range(1, max_points + 1):
+        where = f"{kind} request #{n} ({'persistent' if persistent else 'transient'}, {how})"
+        inner = SimulatedBlockDevice(size, image=image)
+        dev = FaultyBlockDevice(inner)
+        fs = mount(dev)
+        fault = dev.arm(kind, n, persistent=persistent, error=error, short=short)
+        try:
+            op(fs)
+            completed = True
+        except OSError:
+            completed = False
+        except PowerFailure:
+            raise
+        except BaseException as exc:
+            raise FaultCheckFailed(
+                f"{where}: the operation raised {type(exc).__name__}: {exc} (not an OSError)"
+            ) from exc
+        if not persistent:
+            dev.disarm()
+        if not fault.fired:
+            dev.disarm()
+            fs.unmount()
+            dev.close()
+            return report
+        report.points += 1
+        report.completed += completed
+        report.raised += not completed
+        allowed = {"after": after} if completed else {"before": before, "after": after}
+        for state in itertools.islice(inner.crash_states(limit=states, seed=n), states):
+            seen = _check_image_snap(state, allowed, f"{where}, then a power failure")[0]
+            report.states += 1
+            report.before_seen += seen == "before"
+            report.after_seen += seen == "after"
+        seen = _go_on(fs, dev, inner, allowed, where)
+        report.states += 1
+        report.before_seen += seen == "before"
+        report.after_seen += seen == "after"
+    raise FaultCheckFailed(f"{kind}: faults still firing after {max_points} points")
+
+
+def _go_on(
+    fs: FileSystem,
+    dev: FaultyBlockDevice,
+    inner: SimulatedBlockDevice,
+    allowed: dict[str, Snapshot],
+    where: str,
+) -> str:
+    """After the fault: look, one more operation, unmount; the image must agree."""
+    from daxfs.testing.crash import snapshot
+
+    live: Snapshot | None = None
+    try:
+        if not fs.journal.failed:  # after a journal failure memory may lag the media
+            live = snapshot(fs)
+        fs.mkdir(PROBE)
+    except OSError:
+        pass  # EIO of a read, EROFS after a journal failure: allowed
+    except BaseException as exc:
+        raise FaultCheckFailed(
+            f"{where}: after the fault, {type(exc).__name__}: {exc} (not an OSError)"
+        ) from exc
+    try:
+        for file in fs.open_files():
+            file.close()
+        fs.unmount()
+    except OSError:
+        pass
+    except BaseException as exc:
+        raise FaultCheckFailed(
+            f"{where}: unmount after the fault raised {type(exc).__name__}: {exc}"
+        ) from exc
+    dev.disarm()
+    image = inner.durable_image()  # what a power failure right after unmount leaves
+    if not fs.mounted:
+        with contextlib.suppress(BufferError, OSError):
+            fs.device.close()
+    seen, plain = _check_image_snap(
+        SimulatedBlockDevice(inner.size, image=image), allowed, f"{where}, then unmount"
+    )
+    if live is not None and plain != live:
+        diff = sorted(p for p in set(plain) | set(live) if plain.get(p) != live.get(p))
+        raise FaultCheckFailed(
+            f"{where}: after unmount and mount the tree differs from what the live "
+            f"filesystem showed after the fault: {diff[:5]}"
+        )
+    return seen

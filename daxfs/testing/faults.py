@@ -60,6 +60,7 @@ from daxfs.testing.simulated import PowerFailure, SimulatedPmem
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
+    from daxfs.block.device import BlockDevice
     from daxfs.fs.filesystem import FileSystem
 
 #: Device operations that can be made to fail.
@@ -573,7 +574,7 @@ def _check_image(state: SimulatedPmem, allowed: dict[str, Snapshot], where: str)
 
 
 def _check_image_snap(
-    state: SimulatedPmem, allowed: dict[str, Snapshot], where: str
+    state: SimulatedPmem | BlockDevice, allowed: dict[str, Snapshot], where: str
 ) -> tuple[str, Snapshot]:
     """Mount (recovery), snapshot, fsck: which allowed state it is, and the tree
     without the probe directory."""

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, cast
 from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
+from daxfs.testing.simblock import SimulatedBlockDevice
 from daxfs.testing.simulated import SimulatedPmem
 
 if TYPE_CHECKING:
@@ -202,14 +203,22 @@ class FsxOptions:
     device_size: int = 16 << 20  # small: a crash state copies the device
     weights: dict[str, int] = dataclasses.field(default_factory=lambda: dict(WEIGHTS))
     max_fence: int = 6  # a crash fails the power at fence 1..max_fence of its op
+    #: run on a SimulatedBlockDevice (the filesystem through daxfs.block.cache.BlockCache;
+    #: a crash fails the power at a FLUSH or FUA write) instead of a SimulatedPmem
+    block: bool = False
+
+
+#: the simulated devices fsx can crash
+Crashable = SimulatedPmem | SimulatedBlockDevice
 
 
 class Fsx:
-    """One fsx run on a file of a filesystem (``device``: SimulatedPmem for crashes).
+    """One fsx run on a file of a filesystem (``device``: SimulatedPmem or
+    SimulatedBlockDevice for crashes).
 
     ``Fsx(seed).run(ops=N)`` makes N random operations; ``run_ops(list)``
-    replays explicit ones.  With a device that is not a SimulatedPmem the
-    crash and powercut operations are skipped.
+    replays explicit ones.  With a device that is not simulated the crash and
+    powercut operations are skipped.
     """
 
     def __init__(
@@ -217,17 +226,18 @@ class Fsx:
         seed: int,
         options: FsxOptions | None = None,
         *,
-        device: Device | str | None = None,
+        device: Device | SimulatedBlockDevice | str | None = None,
         directory: str = "",
     ) -> None:
         self.seed = seed
         self.options = options or FsxOptions()
         self.rng = random.Random(seed)
         if device is None:
-            device = SimulatedPmem(self.options.device_size)
+            size = self.options.device_size
+            device = SimulatedBlockDevice(size) if self.options.block else SimulatedPmem(size)
             mkfs(device)
         self.dev = device
-        self.can_crash = isinstance(device, SimulatedPmem)
+        self.can_crash = isinstance(device, Crashable)
         self.path = directory + PATH
         self.neighbour = directory + NEIGHBOUR
         self.model = bytearray()
@@ -541,7 +551,7 @@ class Fsx:
         self.stats.remounts += 1
         self._reopen(self.dev)
 
-    def _reopen(self, dev: Device | str) -> None:
+    def _reopen(self, dev: Device | SimulatedBlockDevice | str) -> None:
         self.dev = dev
         self.fs = mount(dev)
         self.f = cast("File", self.fs.open(self.path, "rb+", buffering=0))
@@ -557,7 +567,7 @@ class Fsx:
 
     def _powercut(self, op: Op) -> None:
         """Power fails between operations: everything that returned is durable."""
-        assert isinstance(self.dev, SimulatedPmem)
+        assert isinstance(self.dev, Crashable)
         state = self.dev.crash(op.seed)
         self._abandon()
         self.stats.powercuts += 1
@@ -566,7 +576,7 @@ class Fsx:
     def _crash(self, op: Op) -> None:
         """The power fails at fence ``op.fence`` of the inner operation."""
         dev = self.dev
-        assert isinstance(dev, SimulatedPmem)
+        assert isinstance(dev, Crashable)
         inner_kind, _, mode = op.mode.partition("/")
         inner = Op(inner_kind, op.offset, op.length, mode, op.seed)
         old = bytes(self.model)
@@ -610,12 +620,12 @@ class Fsx:
         self.model = bytearray(got)
         self._reopen(state)
 
-    def _recover(self, state: SimulatedPmem, when: str) -> None:
+    def _recover(self, state: Crashable, when: str) -> None:
         fs = self._mount_checked(state, when)
         fs.unmount()
         self._reopen(state)
 
-    def _mount_checked(self, state: SimulatedPmem, when: str) -> FileSystem:
+    def _mount_checked(self, state: Crashable, when: str) -> FileSystem:
         """Mount (recovery), unmount, fsck clean, mount again."""
         with mount(state):
             pass
@@ -721,7 +731,7 @@ def run(
     ops: int | None = None,
     seconds: float | None = None,
     options: FsxOptions | None = None,
-    device: Device | str | None = None,
+    device: Device | SimulatedBlockDevice | str | None = None,
     directory: str = "",
 ) -> FsxStats:
     """One fsx run; the file is checked and fsck'ed at the end.
@@ -812,8 +822,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KIND=N",
         help=f"weight of an operation (0 disables it); kinds: {', '.join(WEIGHTS)}",
     )
+    parser.add_argument(
+        "--block",
+        action="store_true",
+        help="run on a simulated block device (the filesystem through its buffer cache)",
+    )
     args = parser.parse_args(argv)
-    options = FsxOptions()
+    options = FsxOptions(block=args.block)
     for item in args.weight:
         kind, _, value = item.partition("=")
         if kind not in WEIGHTS or not value.isdigit():
