@@ -47,6 +47,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from daxfs.errors import DaxfsError, InvalidArgument
+from daxfs.fs.devices import DAX_MODES
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.mount import mount
 
@@ -177,11 +178,24 @@ def add_parser(
 
 
 def add_persist_option(parser: argparse.ArgumentParser) -> None:
+    """--persist, and --dax (how the image is reached: daxfs.fs.devices)."""
     parser.add_argument(
         "--persist",
         choices=PERSIST_CHOICES,
         default="auto",
         help="how writes reach persistence: auto (what the device needs), cpu, msync",
+    )
+    add_dax_option(parser)
+
+
+def add_dax_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dax",
+        choices=DAX_MODES,
+        default="inode",
+        help="inode (default): DAX where the image can (a file, /dev/daxN.M), the block "
+        "layer where not (a block device); never: always through the block layer and a "
+        "DRAM cache (O_DIRECT on a file); always: DAX or fail",
     )
 
 
@@ -250,8 +264,9 @@ class Mounts:
     (taken from its descriptor, so a path swapped after the mount cannot lie).
     """
 
-    def __init__(self, persist: str = "auto") -> None:
+    def __init__(self, persist: str = "auto", dax: str = "inode") -> None:
         self.persist = persist
+        self.dax = dax
         self._mounted: dict[Hashable, FileSystem] = {}
         self._ids: set[tuple[int, int]] = set()
 
@@ -272,7 +287,7 @@ class Mounts:
         fs = self._mounted.get(key)
         if fs is None:
             try:
-                fs = mount(image, persist=self.persist)
+                fs = mount(image, persist=self.persist, dax=self.dax)
             except OSError as exc:
                 text = exc.strerror or str(exc)
                 if text.endswith(f": {image}"):  # mount names the image: say it once, in front
@@ -281,7 +296,8 @@ class Mounts:
                     raise
                 raise OSError(exc.errno, f"cannot mount {image}: {text}") from None
             self._mounted[key] = fs
-            fd = getattr(fs.device, "fd", None)  # the file the mount has open, if it says
+            # the file the mount has open, if it says (through a block cache: its device's)
+            fd = getattr(getattr(fs.device, "bdev", fs.device), "fd", None)
             self._ids.add(identity(os.fstat(fd) if isinstance(fd, int) else os.stat(image)))
         return fs
 

@@ -18,8 +18,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from daxfs.cli.common import ProgressBar, add_parser, add_progress_option, progress_wanted
+from daxfs.block import open_block
+from daxfs.cli.common import (
+    ProgressBar,
+    add_dax_option,
+    add_parser,
+    add_progress_option,
+    progress_wanted,
+)
 from daxfs.errors import Corrupted
+from daxfs.fs.devices import is_block_special
 from daxfs.fs.fsck import fsck
 from daxfs.fs.layout import BLOCK_SIZE, SB_MAGIC
 from daxfs.pmem import open_device
@@ -38,26 +46,44 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "-r", "--repair", action="store_true", help="repair what is certain, then check again"
     )
+    add_dax_option(parser)
     add_progress_option(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     image: str = args.image
-    _check_is_daxfs(image)
+    _check_is_daxfs(image, args.dax)
     with ProgressBar(progress_wanted(args)) as bar:
-        report = fsck(image, repair=args.repair, progress=bar.phases())
+        report = fsck(image, repair=args.repair, progress=bar.phases(), dax=args.dax)
     print(report)
     return 0 if report.clean else 1
 
 
-def _check_is_daxfs(image: str) -> None:
+def _check_is_daxfs(image: str, dax: str = "inode") -> None:
     """Refuse an image where neither superblock has the daxfs magic.
 
     Raises:
-        FileNotFoundError and the other errors of open_device.
+        FileNotFoundError and the other errors of open_device and open_block.
         Corrupted (EUCLEAN): no daxfs superblock, primary or backup.
     """
+    if dax == "never" or is_block_special(image):  # two blocks by bios, no cache
+        with open_block(image, readonly=True) as bdev:
+            size = bdev.size - bdev.size % BLOCK_SIZE
+            found = size >= 2 * BLOCK_SIZE and SB_MAGIC in (
+                bdev.read(0, BLOCK_SIZE)[: len(SB_MAGIC)],
+                bdev.read(size - BLOCK_SIZE, BLOCK_SIZE)[: len(SB_MAGIC)],
+            )
+    else:
+        _check_pmem(image)
+        return
+    if not found:
+        raise Corrupted(
+            f"not a daxfs filesystem (no superblock, primary or backup): {image}", image
+        )
+
+
+def _check_pmem(image: str) -> None:
     with open_device(image, readonly=True) as dev:
         last = (dev.size - dev.size % BLOCK_SIZE) - BLOCK_SIZE
         if dev.size < 2 * BLOCK_SIZE:

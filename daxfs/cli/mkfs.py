@@ -4,7 +4,9 @@ A missing image file is created at ``--size``; an existing file or device is
 used whole unless ``--size`` says less (a smaller file is grown).  mkfs
 refuses to overwrite a filesystem or data it does not recognise unless
 ``--force``.  If mkfs created the file and then failed, the file is removed,
-so a failed mkfs leaves nothing behind.  A size no file can have (past
+so a failed mkfs leaves nothing behind.  ``--dax never`` writes through the
+block layer (the file backend, O_DIRECT where allowed) instead of mapping the
+file; the image is the same either way.  A size no file can have (past
 MAX_SIZE, the largest offset of a host file) is refused before anything is
 touched; every error names the image.
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 from daxfs.cli.common import (
     ProgressBar,
+    add_dax_option,
     add_parser,
     add_progress_option,
     human,
@@ -51,6 +54,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "-f", "--force", action="store_true", help="overwrite a filesystem or other data"
     )
+    add_dax_option(parser)
     add_progress_option(parser)
     parser.set_defaults(run=run)
 
@@ -68,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 label=args.label,
                 force=args.force,
                 progress=bar.callback("mkfs: writing the bitmap"),
+                dax=args.dax,
             )
     except BaseException as exc:
         if created:

@@ -3,9 +3,11 @@
 The filesystem never touches a device directly for metadata; it asks a Store
 for a block and writes through it.  On persistent memory (``PmemStore``) a
 block is a view straight into device memory (direct access, no copy), writes
-are device writes, and ``drain`` is the fence.  On a block device the same
-interface will be a buffer cache over bios (daxfs.block), which is why the
-journal and the structures above use only these verbs:
+are device writes, and ``drain`` is the fence.  On a block device the device
+is a ``daxfs.block.cache.BlockCache``: the views are of a DRAM cache of the
+device's blocks, ``flush`` marks blocks dirty and ``drain`` writes them back
+in bios and FLUSHes (or FUA-writes), so the journal and the structures above,
+which use only these verbs, run unchanged:
 
     block(n)            committed contents of block n (treat as read-only)
     write(off, data)    copy + flush, no fence

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from daxfs.block.cache import BlockCache
 from daxfs.errors import Busy, InvalidArgument, NoSpace
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
-from daxfs.pmem import Device, open_device
+from daxfs.pmem import Device
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.blockfaults import FaultyBlockDevice, check_fs_block_faults
 from daxfs.testing.device_tests import DeviceTests
@@ -333,5 +335,29 @@ def test_fsx_on_a_block_backed_mount() -> None:
     assert stats.by_kind.get("mapwrite", 0) >= 1  # stores through a mapping of the cache
 
 
-assert os.sep == "/"
-_ = open_device
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("losetup") is None, reason="needs root and losetup"
+)
+def test_a_block_special_file_goes_through_the_cache(tmp_path: Path) -> None:
+    """A loop device path: mkfs, mount and fsck pick the block layer; dax=always is EINVAL."""
+    image = tmp_path / "loop.img"
+    image.write_bytes(bytes(SIZE))
+    try:
+        loop = subprocess.run(
+            ["losetup", "--find", "--show", str(image)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"losetup failed: {exc.stderr.strip()}")
+    try:
+        mkfs(loop)
+        with mount(loop) as fs:
+            assert isinstance(fs.device, BlockCache)
+            with fs.open("/f", "wb") as f:
+                f.write(b"on a loop device")
+        with pytest.raises(InvalidArgument, match="cannot do DAX"):
+            mount(loop, dax="always")
+        assert fsck(loop).clean
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+    with mount(image) as fs:  # the backing file, through DAX: the same bytes
+        assert fs.open("/f", "rb").read() == b"on a loop device"
