@@ -41,6 +41,14 @@ setup(
             depends=[*PERSIST, "daxfs/fs/_media.h"],
             extra_compile_args=FLAGS,
         ),
+        # the copy of a large copy-on-write overwrite on another core (DataPath._cow_blocks)
+        Extension(
+            "daxfs.fs._copy",
+            sources=["daxfs/fs/_copy.c"],
+            depends=PERSIST,
+            extra_compile_args=FLAGS,
+            optional=True,
+        ),
         # the miss path of stat (daxfs.fs.filesystem.FileSystem.stat)
         Extension(
             "daxfs.fs._stat",

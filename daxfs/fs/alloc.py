@@ -108,7 +108,7 @@ Caveats
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -279,7 +279,14 @@ class Allocator:
         pending.taken += ((s, s + n) for s, n in runs)
         return runs
 
-    def move(self, tx: Transaction, start: int, count: int, goal: int | None = None) -> int | None:
+    def move(
+        self,
+        tx: Transaction,
+        start: int,
+        count: int,
+        goal: int | None = None,
+        found: Callable[[int], object] | None = None,
+    ) -> int | None:
         """Copy-on-write's allocation: free the ``count`` blocks at ``start`` (in use) and
         allocate ``count`` others as one run, at or after ``goal`` as ``alloc`` finds it;
         return the new run's start.  Caller must hold ``tx`` open.
@@ -291,7 +298,10 @@ class Allocator:
 
         Returns None, with nothing changed, when no single run of ``count`` blocks
         is available (or ``count`` exceeds a group): then ``alloc`` (several runs)
-        and ``free`` are the way.
+        and ``free`` are the way.  ``found(first)``, if given, is called as soon as
+        the new run is chosen and marked in use in ``tx``'s bitmap (checked free
+        there), before the old run is freed: the copy-on-write path starts its copy
+        into the run there.
 
         Raises:
             NoSpace (ENOSPC): fewer than ``count`` blocks are available to ``tx``;
@@ -316,6 +326,8 @@ class Allocator:
         for k, i, j in _segments(first, new_end):
             hit = _flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, used=True)
             assert hit is None, f"moving to block {k * BPB + hit}, which is in use"
+        if found is not None:
+            found(first)  # the run is free in the bitmap (checked), and now taken
         for k, i, j in _segments(start, end):
             _flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, used=False)  # checked above
         pending.release(start, end)

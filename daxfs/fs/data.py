@@ -47,19 +47,31 @@ from daxfs.fs.layout import (
     InodeRecord,
 )
 from daxfs.fs.layout import MAX_FILE_SIZE as _MAX_FILE_SIZE
-from daxfs.fs.store import Reader
+from daxfs.fs.store import PmemStore, Reader
 from daxfs.fs.writeback import Writeback
 from daxfs.iomap import Iomap, IomapFlags, IomapType, iomap_read_bytes, iomap_read_into
 from daxfs.pmem.device import Device
 
+try:
+    from daxfs.fs import _copy
+except ImportError:  # the extension is optional: Device.write copies then
+    _copy = None  # type: ignore[assignment]
+else:
+    _copy.set_error_class(InvalidArgument)
+
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+
+    from daxfs.fs._copy import Copier
 
     from daxfs.pmem._native import ExtentReader
 
 MAX_FILE_SIZE = _MAX_FILE_SIZE  # the format's limit (layout.py)
 #: Largest write done in one call (atomically); larger writes return short, as write(2) may.
 MAX_IO = 256 << 20
+#: mounts made from now on copy copy-on-write overwrites on another core (daxfs.fs._copy)
+#: on a native device; tests turn it off to compare with the synchronous Device.write
+ASYNC_COPY = True
 #: Extents unmapped per transaction when truncating or deleting.
 BATCH_EXTENTS = 256
 
@@ -101,6 +113,9 @@ class DataPath:
         self.mapped_ranges = Writeback()
         #: the read fast path (C), or None when the device has no native region
         self.reader = extent_reader(device)
+        #: the copy of a copy-on-write overwrite on another core (C), or None: the
+        #: device has no native region in a flush or fence mode (the simulator, msync)
+        self.copier = copier_for(device, self.store) if ASYNC_COPY else None
         if journal.committer is not None:
             # File.pwrite's fast path (Committer.pwrite): this method's overwrite case in C.
             # Unconfigured (a class lost a __slots__ field the C code reads), it misses
@@ -285,11 +300,28 @@ class DataPath:
         if not (ext.lblk <= first and first + count <= ext.lblk + ext.length and pos <= rec.size):
             return False
         old = ext.pblk + first - ext.lblk
-        new = self.alloc.move(tx, old, count, self._goal(tx, inode, first))
-        if new is None:
-            return False
+        copier = self.copier
+        if copier is None:
+            new = self.alloc.move(tx, old, count, self._goal(tx, inode, first))
+            if new is None:
+                return False
+            self.device.write(new << BLOCK_SHIFT, src, drain=False)
+        else:
+            # the copy runs on another core from the moment move has chosen (and
+            # marked) the new run, while this one does the bookkeeping below and the
+            # commit's first steps; the commit joins it before its first fence (an
+            # abort joins it too), and a copy error aborts the transaction
+            tx.join_before_fence(copier.join)
+            new = self.alloc.move(
+                tx,
+                old,
+                count,
+                self._goal(tx, inode, first),
+                lambda run: copier.start(run << BLOCK_SHIFT, src),
+            )
+            if new is None:
+                return False
         rec = self.itable.dirty(tx, inode)
-        self.device.write(new << BLOCK_SHIFT, src, drain=False)
         unmapped = self.maps.replace(tx, inode, first, count, [Extent(first, new, count)])
         if unmapped != [Extent(first, old, count)]:  # xcache is the map's (extmap.py)
             raise AssertionError(f"inode {inode.ino}: unmapped {unmapped}, freed {old}+{count}")
@@ -830,6 +862,17 @@ def extent_reader(device: Device) -> ExtentReader | None:
         return ExtentReader(region, Inode, Extent, InodeRecord, BLOCK_SHIFT)
     except TypeError:
         return None
+
+
+def copier_for(device: Device, store: PmemStore) -> Copier | None:
+    """The copier of ``DataPath._cow_blocks`` (daxfs.fs._copy): for a writable device
+    with a native region in a flush or fence mode, over the store's view; None for
+    any other device (SimulatedPmem and FaultyPmem, which must see every store, and
+    the msync mode), or without the C extension: then ``Device.write`` copies."""
+    region = device.native_region()
+    if region is None or store.view.readonly or region.mode == "msync" or _copy is None:
+        return None
+    return _copy.Copier(store.view, region.mode)
 
 
 def _blocks_up(offset: int) -> int:

@@ -458,6 +458,7 @@ class Transaction:
         self._on_commit: list[Callable[[], None]] = []
         self._on_abort: list[Callable[[], None]] = []
         self._on_seal: list[Callable[[], None]] = []
+        self._joins: list[Callable[[], None]] = []
         self.state = "open"
         #: per-transaction bookkeeping of the layers above, by layer name
         self.scratch: dict[str, Any] = {}
@@ -545,6 +546,19 @@ class Transaction:
         """Run ``fn`` at the start of commit, before records are gathered (to log_meta)."""
         self._on_seal.append(fn)
 
+    def join_before_fence(self, join: Callable[[], None]) -> None:
+        """Run ``join`` before the commit writes its log (before its first fence), and
+        before an abort ends the transaction: a copy into this transaction's new
+        blocks that another core runs meanwhile (daxfs.fs._copy) is finished then.
+        An error ``join`` raises at commit aborts the transaction (nothing written)."""
+        self._joins.append(join)
+
+    def _join(self) -> None:
+        """Run the joins (each once)."""
+        joins = self._joins
+        while joins:
+            joins.pop()()
+
     @property
     def data_bytes(self) -> int:
         return self._data_bytes
@@ -597,6 +611,8 @@ class Transaction:
                     seal(view)
                 store.flush(blockno << BLOCK_SHIFT, BLOCK_SIZE)
             records = self._records()
+            if self._joins:
+                self._join()  # copies into new blocks: finished and fenced before fence 1
             committer = journal.committer
             if records and committer is not None:
                 seq = journal.seq + 1
@@ -720,6 +736,14 @@ class Transaction:
         """
         if self.state != "open":
             return
+        try:
+            self._join()  # no copy may run on after the abort: its blocks are free again
+        except BaseException as exc:
+            if cause is None:
+                cause = exc
+            else:
+                cause.add_note(f"(the copy into new blocks also failed: {exc!r})")
+            self._joins.clear()
         self._dirty.clear()
         self._new.clear()
         self._data.clear()
