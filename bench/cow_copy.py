@@ -26,8 +26,8 @@ from daxfs.fs import _copy
 from daxfs.pmem.pmem_device import PmemDevice
 
 sys.path.insert(0, str(Path(__file__).parent))
-import fs as bench_fs  # noqa: E402
-import pmem as pmem_bench  # noqa: E402
+import fs as bench_fs
+import pmem as pmem_bench
 
 MIB = 1 << 20
 PIECE = 2 * MIB
@@ -101,9 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"us per 2 MiB write, median of {args.rounds} passes of {len(offsets)}:")
             for name, values in times.items():
                 q = statistics.quantiles(values, n=4)
-                print(
-                    f"  {name:22s} {statistics.median(values):7.1f}  (quartiles {q[0]:.1f}-{q[2]:.1f})"
-                )
+                med = statistics.median(values)
+                print(f"  {name:22s} {med:7.1f}  (quartiles {q[0]:.1f}-{q[2]:.1f})")
             print(f"  async copier: {copier.stats}; nohelp: {nohelp.stats}")
             nohelp.close()
         finally:

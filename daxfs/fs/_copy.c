@@ -162,7 +162,7 @@ claim_next(uint64_t v)
 /* Claim and copy pieces of the current job until none is left; fence, then add
  * the count to `done`.  Returns the pieces copied.  Runs without the GIL. */
 static uint32_t
-copy_pieces(Copier *c)
+copy_pieces(Copier *c, int worker)
 {
     uint32_t mine = 0;
     uint64_t v = atomic_load(&c->claim);
@@ -184,6 +184,8 @@ copy_pieces(Copier *c)
     }
     if (mine) {
         persist_drain(c->mode); /* this core's stores are durable before `done` says so */
+        if (worker)
+            atomic_fetch_add(&c->worker_pieces, mine); /* counted before the join sees it */
         uint32_t total = atomic_fetch_add(&c->done, mine) + mine;
         if (total == claim_count(v) && atomic_load(&c->joining))
             futex(&c->done, FUTEX_WAKE, INT32_MAX, NULL);
@@ -235,7 +237,7 @@ worker_main(void *arg)
             while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
                 ;
         }
-        atomic_fetch_add(&c->worker_pieces, copy_pieces(c));
+        copy_pieces(c, 1);
     }
     atomic_store(&c->alive, 0);
     return NULL;
@@ -323,7 +325,7 @@ do_join(Copier *c)
     Py_BEGIN_ALLOW_THREADS
     uint32_t count = claim_count(atomic_load(&c->claim));
     if (help)
-        helped = copy_pieces(c);
+        helped = copy_pieces(c, 0);
     long long until = now_ns() + join_spin_ns;
     for (;;) {
         uint32_t d = atomic_load(&c->done);
@@ -341,7 +343,7 @@ do_join(Copier *c)
             struct timespec tick = {0, 10000000};
             futex(&c->done, FUTEX_WAIT, d, &tick);
             if (!atomic_load(&c->alive) && has_work(c))
-                helped += copy_pieces(c);
+                helped += copy_pieces(c, 0);
         }
         atomic_store(&c->joining, 0);
     }
@@ -397,7 +399,7 @@ Copier_dealloc(Copier *c)
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         if (do_join(c) < 0)
-            PyErr_WriteUnraisable((PyObject *)c);
+            PyErr_WriteUnraisable(NULL); /* not c: a hook keeping it would resurrect it */
         PyErr_Restore(type, value, tb);
     }
     stop_worker(c);

@@ -63,7 +63,6 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
     from daxfs.fs._copy import Copier
-
     from daxfs.pmem._native import ExtentReader
 
 MAX_FILE_SIZE = _MAX_FILE_SIZE  # the format's limit (layout.py)
