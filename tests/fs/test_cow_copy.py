@@ -28,7 +28,7 @@ from daxfs.fs import _commit, _copy, data
 from daxfs.fs.alloc import Allocator
 from daxfs.fs.fsck import fsck
 from daxfs.fs.journal import Transaction
-from daxfs.testing import SimulatedPmem
+from daxfs.testing import SimulatedPmem, fsx
 
 BLOCK = 4096
 SIZE = 48 << 20
@@ -364,3 +364,35 @@ def test_the_transaction_runs_each_join_once() -> None:
     assert sorted(calls) == ["a", "b"]
     fs.unmount()
     dev.close()
+
+
+def test_fsx_on_a_native_image_through_the_copier(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsx (random writes, among them aligned multi-block overwrites, truncates,
+    fallocate, mappings, pins and remounts, checked against a model) on an image
+    mounted natively, so that its copy-on-write overwrites go through the copier."""
+    made: list[_copy.Copier] = []
+    copier_for = data.copier_for
+
+    def recording(*args: object) -> _copy.Copier | None:
+        copier = copier_for(*args)  # type: ignore[arg-type]
+        if copier is not None:
+            made.append(copier)
+        return copier
+
+    real_mount = fsx.mount
+
+    def native_mount(dev: object, *args: object, **kwargs: object) -> daxfs.FileSystem:
+        if isinstance(dev, str):
+            kwargs["persist"] = "cpu"
+        return real_mount(dev, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(data, "copier_for", recording)
+    monkeypatch.setattr(fsx, "mount", native_mount)
+    daxfs.mkfs(str(shm_path), 16 << 20)
+    for seed in range(3):
+        fsx.run(seed, ops=600, device=str(shm_path))
+    if not made:
+        pytest.skip("no copier: this machine has no native flush mode")
+    assert sum(int(c.stats["jobs"]) for c in made) > 0
