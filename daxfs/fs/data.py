@@ -14,7 +14,10 @@ transaction, so it is atomic and durable on return (docs/GUARANTEES.md):
   redo record *is* the data, applied in place after the commit point; or, for
   overwrites larger than ``log_data_max``, copy-on-write: new blocks get the
   data (and the untouched head and tail of the old blocks), the map swings to
-  them and the old blocks are freed, all in one transaction.
+  them and the old blocks are freed, all in one transaction.  On a native
+  device the copy of a large aligned overwrite runs on another core
+  (``copier``, daxfs.fs._copy) while this one does the bookkeeping; the
+  commit joins it before its first fence.
 
 Every case writes only blocks that nothing committed refers to before the
 commit point, so a crash leaves the old contents or the new, never a mix, and

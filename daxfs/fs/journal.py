@@ -20,7 +20,9 @@ synchronously, which suits persistent memory where applying is a memcpy:
 Commit (``Transaction.commit``)::
 
     1. seal every dirty block (checksums), diff it against the device and
-       keep only the changed 64-byte lines: the redo records
+       keep only the changed 64-byte lines: the redo records; then join the
+       copies into new blocks that another core ran meanwhile
+       (``join_before_fence``: daxfs.fs._copy; an abort joins them too)
     2. write the records to the log area; flush
     3. drain                                   (fence 1: the log and every
        block written in place are durable before any header points at them)
