@@ -23,12 +23,14 @@ from pathlib import Path
 import pytest
 
 import daxfs
+from daxfs.block.cache import BlockCache
 from daxfs.errors import InvalidArgument
 from daxfs.fs import _commit, _copy, data
 from daxfs.fs.alloc import Allocator
 from daxfs.fs.fsck import fsck
 from daxfs.fs.journal import Transaction
 from daxfs.testing import SimulatedPmem, fsx
+from daxfs.testing.simblock import SimulatedBlockDevice
 
 BLOCK = 4096
 SIZE = 48 << 20
@@ -396,3 +398,19 @@ def test_fsx_on_a_native_image_through_the_copier(
     if not made:
         pytest.skip("no copier: this machine has no native flush mode")
     assert sum(int(c.stats["jobs"]) for c in made) > 0
+
+
+def test_a_block_cache_has_no_copier_and_its_overwrites_reach_the_disk() -> None:
+    """BlockCache (the filesystem on a block device) has a native region for reads,
+    but its writes must go through BlockCache.write, which marks the blocks dirty
+    for write-back: a copier writing its memory behind its back would lose them."""
+    disk = SimulatedBlockDevice(SIZE)
+    with BlockCache(disk) as cache:
+        daxfs.mkfs(cache)
+        with daxfs.mount(cache) as fs:
+            assert fs.data.copier is None
+            with fs.open("/f", "wb", buffering=0) as f:
+                f.write(pattern(BIG, 1))
+                f.pwrite(pattern(BIG, 2), 0)  # copy-on-write
+    with BlockCache(disk) as again, daxfs.mount(again) as fs, fs.open("/f", "rb") as f:
+        assert f.read() == pattern(BIG, 2)
