@@ -467,11 +467,55 @@ static PyTypeObject RingType = {
     .tp_getset = ring_getset,
 };
 
+/* misaligned(buffers, align) -> bool: is any buffer's address or length not a multiple
+ * of align (a power of two), or not contiguous?  (O_DIRECT's rule; file.py bounces.) */
+static PyObject *
+uring_misaligned(PyObject *module, PyObject *args)
+{
+    PyObject *seq;
+    Py_ssize_t align;
+    if (!PyArg_ParseTuple(args, "On:misaligned", &seq, &align))
+        return NULL;
+    if (align < 1 || (align & (align - 1)))
+        return PyErr_Format(PyExc_ValueError, "align must be a power of two, not %zd", align);
+    PyObject *fast = PySequence_Fast(seq, "buffers must be a sequence of buffers");
+    if (fast == NULL)
+        return NULL;
+    uintptr_t mask = (uintptr_t)align - 1;
+    int bad = 0;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    for (Py_ssize_t i = 0; i < n && !bad; i++) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(items[i], &view, PyBUF_C_CONTIGUOUS) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_BufferError)) {
+                Py_DECREF(fast);
+                return NULL;
+            }
+            PyErr_Clear(); /* not contiguous: cannot go to the kernel as one iovec */
+            bad = 1;
+            break;
+        }
+        if (view.len && (((uintptr_t)view.buf & mask) || ((uintptr_t)view.len & mask)))
+            bad = 1;
+        PyBuffer_Release(&view);
+    }
+    Py_DECREF(fast);
+    return PyBool_FromLong(bad);
+}
+
+static PyMethodDef module_methods[] = {
+    {"misaligned", uring_misaligned, METH_VARARGS,
+     "misaligned(buffers, align) -> bool: an address or length not a multiple of align"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef uring_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "daxfs.block._uring",
     .m_doc = "io_uring through liburing for daxfs.block (see daxfs/block/uring.py).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC

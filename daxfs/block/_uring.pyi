@@ -11,6 +11,8 @@ FALLOCATE: int
 IOV_MAX: int
 MAX_ENTRIES: int
 
+def misaligned(buffers: Sequence[Any], align: int, /) -> bool: ...
+
 class Ring:
     def __init__(self, entries: int) -> None: ...
     def submit(

@@ -192,13 +192,19 @@ class QueueLimits:
 
 
 def _as_views(segments: Iterable[Buffer] | SegmentSource) -> list[memoryview]:
-    source: Iterable[object] = segments.views() if isinstance(segments, SegmentSource) else segments
+    source: Iterable[object]
+    if isinstance(segments, (list, tuple)):  # first: isinstance of a runtime Protocol is slow
+        source = segments
+    elif isinstance(segments, SegmentSource):
+        source = segments.views()
+    else:
+        source = segments
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = [source]  # one buffer given alone
     views = []
     for i, seg in enumerate(source):
         try:
-            view = memoryview(seg)  # type: ignore[arg-type]
+            view = memoryview(seg)
         except TypeError:
             raise InvalidArgument(
                 f"bio segment {i} is not a buffer: {type(seg).__name__}"
@@ -393,10 +399,12 @@ def check_bio(
         if bio.flags & BioFlags.FUA:
             return InvalidArgument(f"FUA applies to writes, not to a flush of {name}")
         return None
-    if bio.flags & BioFlags.FUA and op not in (BioOp.WRITE, BioOp.WRITE_ZEROES):
-        return InvalidArgument(f"FUA applies to writes, not to a {op.value} of {name}")
-    if bio.flags & BioFlags.PREFLUSH and not op.writes:
-        return InvalidArgument(f"PREFLUSH applies to writes, not to a {op.value} of {name}")
+    flags = bio.flags
+    if flags:  # (most bios have none; Flag's & is slow)
+        if flags & BioFlags.FUA and op not in (BioOp.WRITE, BioOp.WRITE_ZEROES):
+            return InvalidArgument(f"FUA applies to writes, not to a {op.value} of {name}")
+        if flags & BioFlags.PREFLUSH and not op.writes:
+            return InvalidArgument(f"PREFLUSH applies to writes, not to a {op.value} of {name}")
     if limits.max_bytes_for(op) == 0:
         return NotSupported(f"{name} does not support {op.value} (sector {bio.sector})")
     lbs = limits.logical_block_size
@@ -429,7 +437,7 @@ def split_bio(bio: Bio, limits: QueueLimits) -> list[Bio]:
         InvalidArgument (EINVAL): the segments are so small that
             ``max_segments`` of them hold less than one logical block.
     """
-    child_flags = bio.flags & ~BioFlags.PREFLUSH
+    child_flags = bio.flags & ~BioFlags.PREFLUSH if bio.flags else bio.flags
     if bio.op is BioOp.FLUSH:
         return [bio]
     limit = limits.max_bytes_for(bio.op)

@@ -196,7 +196,8 @@ class BlockDevice(Closeable):
 
     def _submit(self, bio: Bio) -> None:
         error = check_bio(bio, self.limits, self.nr_sectors, self.name, self.readonly)
-        if error is None and bio.flags & BioFlags.FUA and not self.fua:
+        flags = bio.flags  # (tested for truth first: most have none, and Flag's & is slow)
+        if error is None and flags and flags & BioFlags.FUA and not self.fua:
             self._emulate_fua(bio)
             return
         if error is None:
@@ -213,7 +214,7 @@ class BlockDevice(Closeable):
             with self._lock:
                 self._stats["splits"] += 1
         plugged: list[Bio] | None = getattr(self._plugs, "bios", None)
-        ordered = bio.op is BioOp.FLUSH or bool(bio.flags & BioFlags.PREFLUSH)
+        ordered = bio.op is BioOp.FLUSH or bool(flags and flags & BioFlags.PREFLUSH)
         if plugged is not None and not ordered:
             plugged.extend(children)
             return

@@ -51,7 +51,7 @@ import struct
 
 import numpy as np
 
-from daxfs.block.bio import SECTOR_SHIFT, BioFlags, BioOp, QueueLimits, Request
+from daxfs.block.bio import SECTOR_SHIFT, Bio, BioFlags, BioOp, QueueLimits, Request
 from daxfs.block.device import BlockDevice
 from daxfs.block.engine import (
     FALLOC_FL_KEEP_SIZE,
@@ -63,8 +63,14 @@ from daxfs.block.engine import (
     check_engine,
     choose_engine,
 )
+from daxfs.block.uring import UringEngine
 from daxfs.errors import InvalidArgument, IsADirectory, NotFound
 from daxfs.pmem.device import check_integer
+
+try:
+    from daxfs.block import _uring
+except ImportError:  # built without liburing: the reference in Python
+    _uring = None  # type: ignore[assignment]
 
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
@@ -110,6 +116,20 @@ class FileBlockDevice(BlockDevice):
     def engine_reason(self) -> str:
         return self._reason
 
+    def _run(self, bio: Bio) -> int:
+        """Submit ``bio`` and wait; on io_uring the waiting thread reaps the
+        completions itself (no handoff to the completion thread and back)."""
+        engine = self._engine
+        if not isinstance(engine, UringEngine):
+            return super()._run(bio)
+        engine.poll_begin()
+        try:
+            self.submit_bio(bio)
+            engine.poll_until(bio.future.done)
+        finally:
+            engine.poll_end()
+        return bio.wait()
+
     def _dispatch(self, req: Request) -> None:
         op = req.op
         fd = self.fd
@@ -139,7 +159,8 @@ class FileBlockDevice(BlockDevice):
             self._bounced(req, views)
             return
         kind = IoKind.READV if op is BioOp.READ else IoKind.WRITEV
-        flags = os.RWF_DSYNC if req.flags & BioFlags.FUA else 0
+        # (Flag & is slow: most requests carry no flags at all)
+        flags = os.RWF_DSYNC if req.flags and req.flags & BioFlags.FUA else 0
         self._engine.submit(
             IoOp(kind, fd, req.offset, views, flags=flags), lambda r: self._end(req, r)
         )
@@ -175,8 +196,16 @@ class FileBlockDevice(BlockDevice):
 
 
 def _misaligned(views: list[memoryview], align: int) -> bool:
+    """Is any view's address or length not a multiple of ``align``?"""
     if align <= 1:
         return False
+    if _uring is not None:  # the same test in C (numpy's address lookup is slow)
+        return _uring.misaligned(views, align)
+    return _misaligned_py(views, align)
+
+
+def _misaligned_py(views: list[memoryview], align: int) -> bool:
+    """The reference of ``_misaligned`` (without the extension)."""
     mask = align - 1
     for view in views:
         if len(view) & mask:

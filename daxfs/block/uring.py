@@ -20,13 +20,25 @@ reference:
                      zeros, 1 MiB per SQE.
     datasync_after   an fdatasync SQE once the op succeeded, then completion.
 
-Threading: any thread submits (the C submission lock orders them); one
-completion thread ("daxfs-uring") reaps and runs the continuations and the
-``done`` callbacks.  ``queue_depth`` bounds the ops in flight: ``submit``
-waits for a free slot, except on the completion thread, which never waits
-(a ``done`` callback may start a new op -- a PREFLUSH's data -- and only this
-thread frees slots; the ring's completion queue holds the overflow, as the
-kernel keeps overflowed CQEs).  Each op has at most one SQE in flight.
+Threading: any thread submits (the C submission lock orders them).
+Completions are reaped by whoever waits, one thread at a time (the
+*leader*, leader/follower): a thread that will wait for its own op says so
+first (``poll_begin``, before submitting), then ``poll_until(done)`` makes it
+the leader when no one else leads -- it waits in the kernel, reaps a batch
+of CQEs and runs their continuations and ``done`` callbacks, its own and
+other threads' alike -- and otherwise waits for the leader to finish a
+batch.  ``FileBlockDevice``'s synchronous helpers (``read``, ``write``,
+``flush``, ...) wait this way, so a QD1 bio costs no thread handoff.  The
+completion thread ("daxfs-uring") leads whenever ops are pending and no
+thread means to poll (bios completed through futures and ``end_io``), or
+when a thread waits for a slot.  ``queue_depth`` bounds the ops in flight:
+``submit`` waits for a free slot, except on the leader, which never waits
+(a ``done`` callback may start a new op -- a PREFLUSH's data -- and only the
+leader frees slots; the ring's completion queue holds the overflow, as the
+kernel keeps overflowed CQEs).  Each op has at most one SQE in flight.  The
+leader steps down only after completing its whole batch, so a follower
+never waits in the kernel for a CQE that another thread already took; a
+``done`` callback that waits for another op on the same engine reaps nested.
 
 ``UringEngine(queue_depth)`` raises the OSError of io_uring_setup where the
 kernel has no io_uring (ENOSYS), forbids it (EPERM: the
@@ -36,13 +48,16 @@ had and why not, which ``choose_engine`` reports as the fallback's reason.
 
 Invariants
   1. ``done`` is called exactly once per op accepted by ``submit`` (one that
-     raised was not accepted), on the completion thread, after the kernel
-     finished with the op's buffers.
+     raised was not accepted), on the leader (the completion thread or a
+     polling thread), after the kernel finished with the op's buffers.
   2. The result is the one ``run_op`` gives: all the bytes, or fewer only when
      a transfer moved nothing; an error is an OSError with the kernel's errno
      naming the system call and the offset.
   3. ``close()`` stops new submissions (EBADF), waits for every op in flight,
      then stops the completion thread and releases the ring.
+  4. At most one thread reaps at a time (``_leader``), and while ops are
+     pending some thread leads or will: a poller, or the completion thread
+     when no thread polls or one waits for a slot.
 """
 
 from __future__ import annotations
@@ -53,6 +68,7 @@ import logging
 import mmap
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from daxfs.block.engine import Done, IoEngine, IoKind, IoOp, advance_views
@@ -145,12 +161,18 @@ class UringEngine(IoEngine):
             raise OSError(errno.EOPNOTSUPP, f"this kernel's io_uring lacks {', '.join(missing)}")
         self.queue_depth = queue_depth
         self._ring = ring
-        self._cv = threading.Condition()
-        self._free = queue_depth  # slots (may go below 0: the completion thread's ops)
+        lock = threading.Lock()
+        self._cv = threading.Condition(lock)  # pollers, slot waiters, close
+        self._bg_cv = threading.Condition(lock)  # the completion thread
+        self._free = queue_depth  # slots (may go below 0: the leader's ops)
         self._pending = 0  # ops accepted, not yet done
+        self._leader: threading.Thread | None = None  # the thread in reap() or completing
+        self._intents = 0  # threads that will poll for their own op (poll_begin)
+        self._slot_waiters = 0
         self._closing = False
+        self._stopped = False
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._reap_loop, name="daxfs-uring", daemon=True)
+        self._thread = threading.Thread(target=self._background, name="daxfs-uring", daemon=True)
         self._thread.start()
 
     # -- submission ------------------------------------------------------------------
@@ -163,16 +185,24 @@ class UringEngine(IoEngine):
             TypeError, ValueError, BufferError: a buffer the ring cannot use
                 (read-only for a READV, not contiguous), too many buffers.
         """
-        on_reaper = threading.current_thread() is self._thread
+        leading = threading.current_thread() is self._leader
         with self._cv:
-            if self._closing and not on_reaper:
+            if self._closing and not leading:
                 raise ClosedFile("the io_uring engine is closed")
-            while self._free <= 0 and not on_reaper:
-                self._cv.wait()
-                if self._closing:
-                    raise ClosedFile("the io_uring engine is closed")
+            if self._free <= 0 and not leading:
+                self._slot_waiters += 1
+                self._bg_cv.notify()  # someone must reap while this thread waits
+                try:
+                    while self._free <= 0:
+                        self._cv.wait()
+                        if self._closing:
+                            raise ClosedFile("the io_uring engine is closed")
+                finally:
+                    self._slot_waiters -= 1
             self._free -= 1
             self._pending += 1
+            if not self._intents and self._leader is None:
+                self._bg_cv.notify()  # nobody will poll for this op: the thread reaps
         views = [v for v in op.buffers if len(v)] if op.kind in _RW else []
         task = _Task(
             op,
@@ -215,26 +245,84 @@ class UringEngine(IoEngine):
         offset = task.op.offset + task.moved
         self._ring.submit(task, _uring.WRITEV, task.op.fd, offset, [memoryview(_zeros)[:n]], 0, 0)
 
-    # -- completion (the completion thread) ---------------------------------------------
+    # -- completion: the leader reaps -------------------------------------------------
 
-    def _reap_loop(self) -> None:
-        ring = self._ring
+    def poll_begin(self) -> None:
+        """Say that this thread will ``poll_until`` its op completes (before submitting
+        it, so that the completion thread does not take the leadership first)."""
+        with self._cv:
+            self._intents += 1
+
+    def poll_end(self) -> None:
+        """The matching end of ``poll_begin``."""
+        with self._cv:
+            self._intents -= 1
+            if not self._intents and self._pending:
+                self._bg_cv.notify()
+
+    def poll_until(self, done: Callable[[], bool]) -> None:
+        """Reap completions in this thread until ``done()``: whoever waits reaps.
+
+        Only one thread (the leader) reaps at a time; the others wait for it to
+        finish a batch.  Called while already leading (from a completion that waits
+        for another op), it reaps nested.
+        """
+        me = threading.current_thread()
+        if me is self._leader:
+            while not done():
+                self._reap_batch()
+            return
+        cv = self._cv
         while True:
-            try:
-                batch: list[tuple[Any, int]] = ring.reap()
-            except OSError:
-                LOG.exception("io_uring: reaping completions failed")
-                return
-            for token, res in batch:
-                if token is _STOP:
+            with cv:
+                while self._leader is not None and not done():
+                    cv.wait()
+                if done():
                     return
-                try:
-                    self._complete(token, res)
-                except BaseException:  # a bug in a completion: log it, keep reaping
-                    LOG.exception("io_uring: completion of %s failed", token.op)
-            # drop the batch before waiting again: its tasks hold the callers' buffers
-            batch = []
-            token = None
+                self._leader = me
+            self._lead()
+
+    def _background(self) -> None:
+        """The completion thread: reaps while ops are pending and no thread polls."""
+        cv = self._bg_cv
+        try:
+            while True:
+                with cv:
+                    while not self._stopped and not (
+                        self._pending
+                        and self._leader is None
+                        and (not self._intents or self._slot_waiters)
+                    ):
+                        cv.wait()
+                    if self._stopped and self._leader is None:
+                        return
+                    self._leader = threading.current_thread()
+                self._lead()
+        except OSError:
+            LOG.exception("io_uring: reaping completions failed")
+
+    def _lead(self) -> None:
+        """One batch as the leader (the caller made itself leader), then step down."""
+        try:
+            self._reap_batch()
+        finally:
+            with self._cv:
+                self._leader = None
+                self._cv.notify_all()
+                if self._pending and (not self._intents or self._slot_waiters):
+                    self._bg_cv.notify()
+
+    def _reap_batch(self) -> None:
+        """Wait for completions (GIL released) and complete each one."""
+        batch: list[tuple[Any, int]] = self._ring.reap()
+        for token, res in batch:
+            if token is _STOP:
+                continue
+            try:
+                self._complete(token, res)
+            except BaseException:  # a bug in a completion: log it, keep reaping
+                LOG.exception("io_uring: completion of %s failed", token.op)
+        # the batch goes with this frame: its tasks hold the callers' buffers
 
     def _complete(self, task: _Task, res: int) -> None:
         try:
@@ -330,8 +418,9 @@ class UringEngine(IoEngine):
         Idempotent.  Must not be called from a ``done`` callback (it would wait for
         itself): that raises RuntimeError.
         """
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("UringEngine.close() called from its completion thread")
+        me = threading.current_thread()
+        if me is self._thread or me is self._leader:
+            raise RuntimeError("UringEngine.close() called from a completion")
         with self._cv:
             if self._closing:
                 wait_closed = True
@@ -341,12 +430,18 @@ class UringEngine(IoEngine):
                 self._cv.notify_all()  # submitters waiting for a slot: EBADF
                 while self._pending:
                     self._cv.wait()
+                self._stopped = True
+                self._bg_cv.notify()
         if wait_closed:  # another thread is closing: wait for it to finish
             self._closed.wait()
             return
         try:
+            # wake the completion thread if it waits in the kernel (after a failed
+            # submission left it leading with nothing in flight)
             self._ring.submit(_STOP, _uring.NOP, -1, 0, (), 0, 0)
             self._thread.join()
+            while self._ring.inflight:  # the NOP, if the thread did not reap it
+                self._ring.reap()
             self._ring.close()
         finally:
             self._closed.set()

@@ -737,3 +737,132 @@ def test_fault_loop_over_uring(tmp_path: Path, kind: str) -> None:
             assert n > 6
             return
     raise AssertionError("the fault loop did not end")
+
+
+# -- whoever waits reaps --------------------------------------------------------------------
+
+
+@needs_uring
+def test_a_polling_thread_reaps_its_own_completion(tmp_path: Path) -> None:
+    """With poll_begin/poll_until the waiting thread runs the completion itself (no
+    handoff); without them the completion thread does."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(4096))
+    fd = os.open(path, os.O_RDWR)
+    engine = UringEngine(2)
+    try:
+        ran_on: list[str] = []
+        op = IoOp(IoKind.READV, fd, 0, [memoryview(bytearray(512))])
+        engine.poll_begin()
+        try:
+            engine.submit(op, lambda r: ran_on.append(threading.current_thread().name))
+            engine.poll_until(lambda: bool(ran_on))
+        finally:
+            engine.poll_end()
+        assert ran_on == [threading.current_thread().name]
+        ran_on.clear()
+        assert _run_on(engine, op) == 512  # waits on an Event: the completion thread
+        _run_on(engine, IoOp(IoKind.READV, fd, 0, [memoryview(bytearray(512))]))
+        event = threading.Event()
+        engine.submit(op, lambda r: (ran_on.append(threading.current_thread().name), event.set()))
+        assert event.wait(60)
+        assert ran_on == ["daxfs-uring"]
+    finally:
+        engine.close()
+        os.close(fd)
+
+
+@needs_uring
+def test_a_poller_waiting_for_a_slot_is_not_left_without_a_reaper() -> None:
+    """Queue depth 1: an asynchronous op (nobody polls for it) holds the slot while a
+    thread that means to poll waits for it: the completion thread must reap."""
+    r, w = os.pipe()
+    engine = UringEngine(1)
+    try:
+        first = threading.Event()
+        engine.submit(IoOp(IoKind.READV, r, 0, [memoryview(bytearray(4))]), lambda _: first.set())
+        got: list[int | BaseException] = []
+
+        def poller() -> None:
+            engine.poll_begin()
+            try:
+                op = IoOp(IoKind.READV, r, 0, [memoryview(bytearray(4))])
+                engine.submit(op, got.append)  # waits for the slot
+                engine.poll_until(lambda: bool(got))
+            finally:
+                engine.poll_end()
+
+        t = threading.Thread(target=poller)
+        t.start()
+        os.write(w, b"abcd")
+        assert first.wait(60)
+        os.write(w, b"efgh")
+        t.join(60)
+        assert not t.is_alive()
+        assert got == [4]
+    finally:
+        engine.close()
+        os.close(r)
+        os.close(w)
+
+
+@needs_uring
+def test_end_io_may_wait_for_another_bio_on_the_same_device(tmp_path: Path) -> None:
+    """A synchronous read inside an end_io (on the thread that leads the reaping, so
+    nested) completes instead of waiting for itself."""
+    with open_block(tmp_path / "d.img", 1 << 20, create=True, engine="io_uring") as dev:
+        dev.write(4096, b"n" * 4096)
+        seen: list[bytes] = []
+
+        def end_io(bio: Bio) -> None:
+            seen.append(dev.read(4096, 512))
+
+        bio = Bio(BioOp.WRITE, 0, [mmap.mmap(-1, 4096)], end_io=end_io)
+        dev.submit_bio(bio)
+        bio.wait()
+        dev.read(0, 512)  # polls: end_io may run here, nested, or on the completion thread
+        for _ in range(1000):
+            if seen:
+                break
+            threading.Event().wait(0.01)
+        assert seen == [b"n" * 512]
+        # the same from a polling thread: the write's end_io runs in the poller, nested
+        seen.clear()
+        engine = dev._engine
+        assert isinstance(engine, UringEngine)
+        bio = Bio(BioOp.WRITE, 0, [mmap.mmap(-1, 4096)], end_io=end_io)
+        engine.poll_begin()
+        try:
+            dev.submit_bio(bio)
+            engine.poll_until(bio.future.done)
+        finally:
+            engine.poll_end()
+        assert seen == [b"n" * 512]
+
+
+def test_misaligned_in_c_agrees_with_python() -> None:
+    from daxfs.block import file as file_mod
+
+    if file_mod._uring is None:
+        pytest.skip("the extension is not built")
+    rng = random.Random(3)
+    area = mmap.mmap(-1, 1 << 16)
+    whole = memoryview(area)
+    for _ in range(500):
+        views = []
+        for _ in range(rng.randrange(0, 4)):
+            start = rng.choice([0, 512, 4096, rng.randrange(1 << 15)])
+            length = rng.choice([0, 512, 4096, rng.randrange(1, 8192)])
+            views.append(whole[start : start + length])
+        for align in (1, 512, 4096):
+            expect = file_mod._misaligned_py(views, align) if align > 1 else False
+            assert file_mod._misaligned(views, align) is expect
+    assert file_mod._uring.misaligned([memoryview(bytearray(1024))[::2]], 512)  # strided
+    with pytest.raises(ValueError, match="power of two"):
+        file_mod._uring.misaligned([], 3)
+    with pytest.raises(TypeError):
+        file_mod._uring.misaligned([object()], 512)
+    for view in views:
+        view.release()
+    whole.release()
+    area.close()
