@@ -62,6 +62,7 @@ Invariants
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import logging
@@ -168,6 +169,8 @@ class UringEngine(IoEngine):
         self._pending = 0  # ops accepted, not yet done
         self._leader: threading.Thread | None = None  # the thread in reap() or completing
         self._intents = 0  # threads that will poll for their own op (poll_begin)
+        # reaped, not yet completed (the leader's; a nested reap completes these first)
+        self._backlog: collections.deque[tuple[Any, int]] = collections.deque()
         self._slot_waiters = 0
         self._closing = False
         self._stopped = False
@@ -288,14 +291,13 @@ class UringEngine(IoEngine):
         try:
             while True:
                 with cv:
-                    while not self._stopped and not (
-                        self._pending
-                        and self._leader is None
-                        and (not self._intents or self._slot_waiters)
-                    ):
+                    while True:
+                        if self._leader is None:
+                            if self._stopped:
+                                return
+                            if self._pending and (not self._intents or self._slot_waiters):
+                                break
                         cv.wait()
-                    if self._stopped and self._leader is None:
-                        return
                     self._leader = threading.current_thread()
                 self._lead()
         except OSError:
@@ -313,16 +315,21 @@ class UringEngine(IoEngine):
                     self._bg_cv.notify()
 
     def _reap_batch(self) -> None:
-        """Wait for completions (GIL released) and complete each one."""
-        batch: list[tuple[Any, int]] = self._ring.reap()
-        for token, res in batch:
+        """Complete what was reaped and not yet completed (a nested call finds the
+        rest of the outer batch there), else wait for completions (GIL released).
+        Leader only."""
+        backlog = self._backlog
+        if not backlog:
+            backlog.extend(self._ring.reap())
+        while backlog:
+            token, res = backlog.popleft()
             if token is _STOP:
                 continue
             try:
                 self._complete(token, res)
             except BaseException:  # a bug in a completion: log it, keep reaping
                 LOG.exception("io_uring: completion of %s failed", token.op)
-        # the batch goes with this frame: its tasks hold the callers' buffers
+        # nothing reaped stays referenced: the tasks hold the callers' buffers
 
     def _complete(self, task: _Task, res: int) -> None:
         try:

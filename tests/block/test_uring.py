@@ -866,3 +866,37 @@ def test_misaligned_in_c_agrees_with_python() -> None:
         view.release()
     whole.release()
     area.close()
+
+
+@needs_uring
+def test_a_completion_waiting_for_an_op_reaped_in_the_same_batch() -> None:
+    """Two ops complete in one batch; the first one's done waits for the second: the
+    nested reap completes the rest of the batch instead of waiting in the kernel for a
+    CQE already taken (which would never come)."""
+    r, w = os.pipe()
+    engine = UringEngine(4)
+    try:
+        os.write(w, b"12345678")  # both reads complete at submission: one batch
+        order: list[str] = []
+        second_done = threading.Event()
+
+        def first(result: int | BaseException) -> None:
+            engine.poll_until(second_done.is_set)  # nested, on the leader
+            order.append("first")
+
+        def second(result: int | BaseException) -> None:
+            order.append("second")
+            second_done.set()
+
+        engine.poll_begin()
+        try:
+            engine.submit(IoOp(IoKind.READV, r, 0, [memoryview(bytearray(4))]), first)
+            engine.submit(IoOp(IoKind.READV, r, 0, [memoryview(bytearray(4))]), second)
+            engine.poll_until(lambda: len(order) == 2)
+        finally:
+            engine.poll_end()
+        assert order == ["second", "first"]
+    finally:
+        engine.close()
+        os.close(r)
+        os.close(w)
