@@ -28,11 +28,20 @@
  *         a node failed a check (the reference raises Corrupted naming it),
  *         the leaf is new in this transaction (written in place: `new`), its
  *         copy has no seal, or it has no room (compaction or a split).
- *     pack_inode(rec, buf) -> None
- *         InodeRecord.pack_into(buf, 0) for an InodeRecord whose fields
- *         are plain ints that fit (else ValueError, nothing written: the
- *         caller then runs the reference, which raises Corrupted naming the
- *         field): the fields, the inline area, the crc32c.
+ *     pack_inode(rec, buf, offset) -> bool
+ *         InodeRecord.pack_into(buf, offset) for an InodeRecord whose fields
+ *         are plain ints that fit (else False, nothing written: the caller
+ *         then runs the reference, which raises Corrupted naming the field):
+ *         the fields, the inline area, the crc32c.
+ *     block_records(dirty, view, seal, records) -> None
+ *         Transaction._records' loop: each private copy sealed (seal_node in
+ *         C, any other seal called), its changed 64-byte lines against the
+ *         device appended to `records` as (offset, bytes).
+ *     seal_super(sb, head, block) -> (counter lines, checksum line) | None
+ *         SuperState._log's two records: the counters packed from the
+ *         Superblock, the checksum of the block as it will be on the device
+ *         (the geometry `head` as pack_fields packs it, the counters, the
+ *         device's bytes after them); None: a counter does not fit.
  *
  * Invariants
  *   1. Every offset read from media or from a caller's buffer is checked
@@ -479,14 +488,20 @@ pack_inode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(ok);
 }
 
-/* configure(record_type): the InodeRecord class pack_inode packs (its __slots__). */
+/* configure(InodeRecord, Superblock): the classes pack_inode and seal_super pack
+ * (their __slots__ offsets, found once). */
+static int configure_super(PyObject *type);
+
 static PyObject *
-configure(PyObject *self, PyObject *type)
+configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!PyType_Check(type)) {
-        PyErr_SetString(PyExc_TypeError, "configure: expected the InodeRecord class");
+    if (nargs != 2 || !PyType_Check(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "configure(InodeRecord, Superblock)");
         return NULL;
     }
+    PyObject *type = args[0];
+    if (configure_super(args[1]) < 0)
+        return NULL;
     Py_ssize_t slots[INODE_FIELDS], inl;
     for (size_t f = 0; f < INODE_FIELDS; f++)
         if (slot_offset((PyTypeObject *)type, inode_fields[f].name, &slots[f]) < 0)
@@ -497,6 +512,80 @@ configure(PyObject *self, PyObject *type)
     inline_slot = inl;
     Py_XSETREF(record_type, (PyTypeObject *)Py_NewRef(type));
     Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ seal_super */
+
+/* The superblock's counters (layout._SB from byte 192 to SB_SIZE, each with its
+ * format; a test compares) and the lines SuperState._log journals. */
+static const struct {
+    const char *name;
+    char format;
+    unsigned offset;
+} super_fields[] = {
+    {"free_blocks", 'Q', 192},   {"free_inodes", 'Q', 200},     {"used_inodes", 'Q', 208},
+    {"free_ino_head", 'Q', 216}, {"orphan_head", 'Q', 224},     {"next_generation", 'Q', 232},
+    {"state", 'I', 240},         {"mount_count", 'I', 244},     {"last_mount_ns", 'q', 248},
+    {"inode_hwm", 'Q', 256},
+};
+#define SUPER_FIELDS (sizeof super_fields / sizeof super_fields[0])
+#define SB_HEAD 192       /* the geometry: bytes 0..191, written by mkfs only */
+#define SB_SIZE 264       /* _SB.size */
+#define COUNTERS_END 320  /* super.COUNTERS_END: the counters in whole lines */
+#define SB_CRC_OFFSET (BLOCK_SIZE - 4)
+#define SB_CRC_LINE (SB_CRC_OFFSET / 64 * 64)
+static PyTypeObject *super_type = NULL; /* Superblock, set by configure */
+static Py_ssize_t super_slot[SUPER_FIELDS];
+
+/* seal_super(sb, head, block) -> (counter lines, checksum line) | None:
+ * SuperState._log's two records: `head` is the geometry as Superblock.pack_fields
+ * packs it (bytes 0..191, never changed after mkfs), the counters are packed from
+ * `sb`, the bytes after them up to the checksum are the device block's; the
+ * checksum covers bytes 0..4091 of that.  None: a counter is not an int that fits
+ * (nothing done: the reference raises Corrupted naming it). */
+static PyObject *
+seal_super(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "seal_super takes 3 arguments");
+        return NULL;
+    }
+    PyObject *sb = args[0], *head = args[1];
+    if (super_type == NULL || Py_TYPE(sb) != super_type || !PyBytes_CheckExact(head) ||
+        PyBytes_GET_SIZE(head) != SB_HEAD) {
+        PyErr_SetString(PyExc_TypeError,
+                        "seal_super(Superblock, head: 192 bytes, block) (or not configured)");
+        return NULL;
+    }
+    Py_buffer block;
+    if (PyObject_GetBuffer(args[2], &block, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (block.len != BLOCK_SIZE) {
+        PyBuffer_Release(&block);
+        return raise_invalid("seal_super: the block is %zd bytes, not 4096", block.len);
+    }
+    unsigned char fields[COUNTERS_END - SB_HEAD];
+    const unsigned char *dev = block.buf;
+    memcpy(fields, dev + SB_HEAD, sizeof fields);
+    int ok = 1;
+    for (size_t f = 0; ok && f < SUPER_FIELDS; f++)
+        ok = pack_field(fields + super_fields[f].offset - SB_HEAD, slot(sb, super_slot[f]),
+                        super_fields[f].format);
+    PyObject *out = NULL;
+    if (ok) {
+        uint32_t c = crc_update(0xFFFFFFFFu, PyBytes_AS_STRING(head), SB_HEAD);
+        c = crc_update(c, fields, sizeof fields);
+        c = ~crc_update(c, dev + COUNTERS_END, SB_CRC_OFFSET - COUNTERS_END);
+        unsigned char line[BLOCK_SIZE - SB_CRC_LINE];
+        memcpy(line, dev + SB_CRC_LINE, sizeof line);
+        put_u32(line + SB_CRC_OFFSET - SB_CRC_LINE, c);
+        out = Py_BuildValue("(y#y#)", (const char *)fields, (Py_ssize_t)sizeof fields,
+                            (const char *)line, (Py_ssize_t)sizeof line);
+    } else {
+        out = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&block);
+    return out;
 }
 
 /* ------------------------------------------------------------------ block_records */
@@ -576,6 +665,18 @@ block_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+static int
+configure_super(PyObject *type)
+{
+    Py_ssize_t slots[SUPER_FIELDS];
+    for (size_t f = 0; f < SUPER_FIELDS; f++)
+        if (slot_offset((PyTypeObject *)type, super_fields[f].name, &slots[f]) < 0)
+            return -1;
+    memcpy(super_slot, slots, sizeof slots);
+    Py_XSETREF(super_type, (PyTypeObject *)Py_NewRef(type));
+    return 0;
+}
+
 /* ------------------------------------------------------------------ the module */
 
 static PyMethodDef methods[] = {
@@ -589,7 +690,11 @@ static PyMethodDef methods[] = {
     {"block_records", (PyCFunction)(void (*)(void))block_records, METH_FASTCALL,
      "block_records(dirty, view, seal, records) -> None: Transaction._records' loop\n"
      "over the private block copies, in C."},
-    {"configure", configure, METH_O, "configure(InodeRecord): the class pack_inode packs."},
+    {"seal_super", (PyCFunction)(void (*)(void))seal_super, METH_FASTCALL,
+     "seal_super(sb, head, block) -> (counter lines, checksum line) | None: the records\n"
+     "of SuperState._log; None: a counter does not fit (the reference raises)."},
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
+     "configure(InodeRecord, Superblock): the classes pack_inode and seal_super pack."},
     {"set_error_class", set_error_class, METH_O,
      "set_error_class(cls): the class raised for bad arguments (InvalidArgument)."},
     {NULL}};

@@ -564,10 +564,14 @@ class Directories:
         # a key the index lacks has no value to extend: skip the descent of get
         held = index is None or key in index
         old = tree.get(tx, key) if held else None
-        entries = self._unpack(old, inode) if old else []
-        assert all(n != name for n, _, _ in entries), f"{name!r} already present"
-        entries.append((name, ino, dtype))
-        value = pack_entries(entries)
+        if old:
+            entries = self._unpack(old, inode)
+            assert all(n != name for n, _, _ in entries), f"{name!r} already present"
+            entries.append((name, ino, dtype))
+            value = pack_entries(entries)
+        else:  # the common case: a new key (pack_entries of one entry)
+            entries = [(name, ino, dtype)]
+            value = DIRENT.pack(ino, dtype, len(name)) + name
         if len(value) > MAX_VALUE:  # pragma: no cover - needs ~9 names on one 64-bit hash
             raise Corrupted(f"directory inode {inode.ino}: too many hash collisions")
         tree.put(tx, key, value)

@@ -98,6 +98,7 @@ from daxfs.fs.layout import (
     MAX_FILE_SIZE,
     MAX_SYMLINK,
     InodeRecord,
+    Superblock,
 )
 from daxfs.fs.layouts import Layouts
 from daxfs.fs.store import PmemStore, Reader
@@ -134,7 +135,7 @@ _S_IFMT = 0o170000
 #: ``InodeTable._log`` packs records in C (``_create.pack_inode``, configured with
 #: InodeRecord below); tests turn it off to run ``InodeRecord.pack_into``, the reference
 NATIVE_PACK = True
-_create.configure(InodeRecord)
+_create.configure(InodeRecord, Superblock)
 _ZERO_BLOCK = bytes(INODE_SIZE * INODES_PER_BLOCK)
 #: serialises the first creation of each inode's lock (see "The lazily made lock")
 _LOCK_MAKER = threading.Lock()

@@ -13,6 +13,7 @@ import dataclasses
 import struct
 
 from daxfs.errors import Corrupted
+from daxfs.fs import _create
 from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
@@ -28,6 +29,9 @@ SUPER_BLOCK = 0
 COUNTERS_START = 192
 COUNTERS_END = (SB_SIZE + 63) // 64 * 64
 SB_CRC_LINE = SB_CRC_OFFSET // 64 * 64
+#: ``SuperState._log`` makes its two records in C (``_create.seal_super``); tests turn
+#: it off to run the Python code, the reference
+NATIVE_SEAL = True
 
 
 class SuperState:
@@ -37,6 +41,9 @@ class SuperState:
         self.store = store
         self.sb = sb
         self._dirty_in: Transaction | None = None
+        #: bytes 0..191 (the geometry, never changed after mkfs) as ``pack_fields``
+        #: packs ``sb``: made at the first ``_log``, forgotten when ``reload`` changes sb
+        self._head: bytes | None = None
 
     def dirty(self, tx: Transaction) -> Superblock:
         """Mark the superblock changed in ``tx``; return it for modification.
@@ -58,6 +65,17 @@ class SuperState:
         over the device's block with the new counters in place, so that the
         block stays valid whatever those bytes hold.
         """
+        if NATIVE_SEAL:  # the code below in C: the geometry packed once, the counters
+            head = self._head
+            if head is None:
+                packed = bytearray(COUNTERS_START + SB_SIZE)
+                self.sb.pack_fields(packed)
+                head = self._head = bytes(packed[:COUNTERS_START])
+            lines = _create.seal_super(self.sb, head, self.store.block(SUPER_BLOCK))
+            if lines is not None:  # else a counter does not fit: the code below raises
+                tx.log_meta(COUNTERS_START, lines[0])
+                tx.log_meta(SB_CRC_LINE, lines[1])
+                return
         block = bytearray(self.store.block(SUPER_BLOCK))
         self.sb.pack_fields(block)  # raises Corrupted if a counter left its field
         struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
@@ -94,3 +112,4 @@ class SuperState:
         for field in dataclasses.fields(Superblock):
             setattr(self.sb, field.name, getattr(fresh, field.name))
         self._dirty_in = None
+        self._head = None

@@ -26,14 +26,20 @@ import pytest
 import daxfs
 from daxfs.errors import Corrupted, InvalidArgument
 from daxfs.fs import _create, btree, inode, journal, layout
+from daxfs.fs import super as super_mod
 from daxfs.fs.filesystem import FileSystem
-from daxfs.fs.layout import BLOCK_SIZE, INODE_SIZE, InodeRecord, seal_node
+from daxfs.fs.layout import BLOCK_SIZE, INODE_SIZE, SB_SIZE, InodeRecord, seal_node
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.crash import check_operation
 from tests.fs.test_commit import RecordingPmem, frozen  # noqa: F401 (a fixture)
 from tests.helpers import SIZE, formatted
 
-SWITCHES = ((btree, "NATIVE_PUT"), (inode, "NATIVE_PACK"), (journal, "NATIVE_RECORDS"))
+SWITCHES = (
+    (btree, "NATIVE_PUT"),
+    (inode, "NATIVE_PACK"),
+    (journal, "NATIVE_RECORDS"),
+    (super_mod, "NATIVE_SEAL"),
+)
 
 
 @pytest.fixture
@@ -480,5 +486,98 @@ def test_create_lookup_through_the_path_cache_answers_as_the_walk() -> None:
         assert fs.exists("/e/target")
         fs.open("e/rel", "xb").close()  # relative: the walk
         assert fs.exists("/e/rel")
+    assert daxfs.fsck(dev).clean
+    dev.close()
+
+
+# -- seal_super ------------------------------------------------------------------------
+
+
+class Logged:
+    """What SuperState._log hands a transaction: (offset, bytes) of each log_meta."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, bytes]] = []
+
+    def log_meta(self, offset: int, data: bytes) -> None:
+        self.records.append((offset, bytes(data)))
+
+
+COUNTERS = {
+    "free_blocks": "Q",
+    "free_inodes": "Q",
+    "used_inodes": "Q",
+    "free_ino_head": "Q",
+    "orphan_head": "Q",
+    "next_generation": "Q",
+    "state": "I",
+    "mount_count": "I",
+    "last_mount_ns": "q",
+    "inode_hwm": "Q",
+}
+
+
+def super_records(sup: super_mod.SuperState, native: bool) -> list[tuple[int, bytes]] | None:
+    saved, super_mod.NATIVE_SEAL = super_mod.NATIVE_SEAL, native
+    try:
+        logged = Logged()
+        sup._log(logged)  # type: ignore[arg-type]
+        return logged.records
+    except Corrupted:
+        return None
+    finally:
+        super_mod.NATIVE_SEAL = saved
+
+
+def test_seal_super_equals_the_reference_on_random_counters() -> None:
+    """Random counters (boundary values, misfits too), bytes after the fields that
+    are not zero on the device: the same two records, or the same Corrupted."""
+    assert {name: f for name, f in layout._SB_FIELDS if name in COUNTERS} == COUNTERS
+    dev = formatted()
+    rng = random.Random(11)
+    with daxfs.mount(dev) as fs:
+        sup = fs.sup
+        saved = {name: getattr(sup.sb, name) for name in COUNTERS}
+        tail = bytearray(dev.read(SB_SIZE, 64))
+        tail[5] = 0x7F  # media is not trusted: the bytes after the fields count
+        dev.write(SB_SIZE, bytes(tail))
+        refused = 0
+        for _ in range(500):
+            for name, f in COUNTERS.items():
+                lo, hi = LIMITS[f]
+                value = rng.choice([lo, hi, rng.randint(lo, hi), 0, 1])
+                if rng.random() < 0.02:
+                    value = rng.choice([lo - 1, hi + 1])
+                setattr(sup.sb, name, value)
+            got = super_records(sup, True)
+            assert got == super_records(sup, False)
+            refused += got is None
+            if got is not None:
+                assert [o for o, _ in got] == [super_mod.COUNTERS_START, super_mod.SB_CRC_LINE]
+        assert 0 < refused < 500
+        for name, value in saved.items():
+            setattr(sup.sb, name, value)
+        with pytest.raises(TypeError):
+            _create.seal_super(sup.sb, b"short", fs.store.block(0))
+        with pytest.raises(TypeError):
+            _create.seal_super(object(), bytes(192), fs.store.block(0))  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            _create.seal_super(sup.sb, bytes(192), bytes(100))
+        tail[5] = 0
+        dev.write(SB_SIZE, bytes(tail))
+    dev.close()
+
+
+def test_the_geometry_packed_once_is_forgotten_on_reload() -> None:
+    dev = formatted()
+    with daxfs.mount(dev) as fs:
+        fs.open("/a", "xb").close()
+        head = fs.sup._head
+        assert head is not None
+        assert head == bytes(fs.store.block(0)[:192])
+        fs.sup.reload()
+        assert fs.sup._head is None
+        fs.open("/b", "xb").close()
+        assert fs.sup._head == head
     assert daxfs.fsck(dev).clean
     dev.close()
