@@ -28,11 +28,13 @@
  *         a node failed a check (the reference raises Corrupted naming it),
  *         the leaf is new in this transaction (written in place: `new`), its
  *         copy has no seal, or it has no room (compaction or a split).
- *     pack_inode(rec, buf, offset) -> bool
- *         InodeRecord.pack_into(buf, offset) for an InodeRecord whose fields
- *         are plain ints that fit (else False, nothing written: the caller
- *         then runs the reference, which raises Corrupted naming the field):
- *         the fields, the inline area, the crc32c.
+ *     log_inodes(dirty, locations) -> [(offset, record)] | None
+ *         InodeTable._log's loop: each dirty inode's record packed as
+ *         InodeRecord.pack_into packs it (the fields, the inline area, the
+ *         crc32c), placed through the inode file's cached locations; None
+ *         (nothing done): a location not cached, or a field that is not an
+ *         int that fits (the reference loop then places, packs, and raises
+ *         Corrupted naming the field).
  *     block_records(dirty, view, seal, records) -> None
  *         Transaction._records' loop: each private copy sealed (seal_node in
  *         C, any other seal called), its changed 64-byte lines against the
@@ -445,62 +447,106 @@ pack_field(unsigned char *p, PyObject *v, char format)
     }
 }
 
-/* pack_inode(rec, buf, offset): InodeRecord.pack_into(buf, offset) -> True; False: a
- * field is not an int that fits, or the inline area is not 128 bytes (nothing
- * written: the reference raises Corrupted naming the field). */
-static PyObject *
-pack_inode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* The 256 bytes InodeRecord.pack_into writes for `rec` (an InodeRecord); 0: a field is
+ * not an int that fits, or the inline area is not 128 bytes. */
+static int
+pack_record(PyObject *rec, unsigned char *out)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "pack_inode takes 3 arguments");
-        return NULL;
-    }
-    PyObject *rec = args[0];
-    if (record_type == NULL || Py_TYPE(rec) != record_type) {
-        PyErr_SetString(PyExc_TypeError, "pack_inode: not an InodeRecord (or not configured)");
-        return NULL;
-    }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[2]);
-    if (offset == -1 && PyErr_Occurred())
-        return NULL;
-    Py_buffer buf;
-    if (PyObject_GetBuffer(args[1], &buf, PyBUF_WRITABLE) < 0)
-        return NULL;
-    if (offset < 0 || offset > buf.len || buf.len - offset < INODE_SIZE) {
-        PyBuffer_Release(&buf);
-        return raise_invalid("pack_inode: no 256 bytes at offset %zd of %zd", offset, buf.len);
-    }
-    unsigned char out[INODE_SIZE];
     memset(out, 0, INLINE_OFFSET);
     put_u32(out, INODE_MAGIC);
-    int ok = 1;
-    for (size_t f = 0; ok && f < INODE_FIELDS; f++)
-        ok = pack_field(out + inode_fields[f].offset, slot(rec, field_slot[f]),
-                        inode_fields[f].format);
+    for (size_t f = 0; f < INODE_FIELDS; f++)
+        if (!pack_field(out + inode_fields[f].offset, slot(rec, field_slot[f]),
+                        inode_fields[f].format))
+            return 0;
     PyObject *inl = slot(rec, inline_slot);
-    ok = ok && inl != NULL && PyBytes_CheckExact(inl) && PyBytes_GET_SIZE(inl) == INLINE_AREA;
-    if (ok) {
-        memcpy(out + INLINE_OFFSET, PyBytes_AS_STRING(inl), INLINE_AREA);
-        put_u32(out + I_CRC, crc32c(out, INODE_SIZE)); /* the field is 0: the hole */
-        memcpy((unsigned char *)buf.buf + offset, out, INODE_SIZE);
-    }
-    PyBuffer_Release(&buf);
-    return PyBool_FromLong(ok);
+    if (inl == NULL || !PyBytes_CheckExact(inl) || PyBytes_GET_SIZE(inl) != INLINE_AREA)
+        return 0;
+    memcpy(out + INLINE_OFFSET, PyBytes_AS_STRING(inl), INLINE_AREA);
+    put_u32(out + I_CRC, crc32c(out, INODE_SIZE)); /* the field is 0: the hole */
+    return 1;
 }
 
-/* configure(InodeRecord, Superblock): the classes pack_inode and seal_super pack
- * (their __slots__ offsets, found once). */
+/* log_inodes(dirty, locations) -> [(offset, record)] | None: InodeTable._log's loop:
+ * for each (ino, Inode) of `dirty`, the device offset of its record (the inode
+ * file's block from `locations`, InodeTable.locations) and the record packed.
+ * None (nothing done): a block not in `locations`, or a record that does not
+ * pack -- the reference loop then places (InodeTable.address) and packs (and
+ * raises). */
+#define INODES_PER_BLOCK (BLOCK_SIZE / INODE_SIZE)
+static PyTypeObject *inode_type = NULL; /* Inode, set by configure */
+static Py_ssize_t rec_slot;
+
+static PyObject *
+log_inodes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyDict_CheckExact(args[0]) || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "log_inodes(dirty: dict, locations: dict)");
+        return NULL;
+    }
+    if (inode_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "log_inodes: not configured");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *key, *node;
+    while (PyDict_Next(args[0], &pos, &key, &node)) {
+        uint64_t ino, blockno;
+        if (!u64_arg(key, &ino) || Py_TYPE(node) != inode_type)
+            goto refuse;
+        PyObject *rec = slot(node, rec_slot);
+        if (rec == NULL || Py_TYPE(rec) != record_type)
+            goto refuse;
+        PyObject *fblock = PyLong_FromUnsignedLongLong(ino / INODES_PER_BLOCK);
+        if (fblock == NULL)
+            goto error;
+        PyObject *where = PyDict_GetItemWithError(args[1], fblock); /* borrowed */
+        Py_DECREF(fblock);
+        if (where == NULL) {
+            if (PyErr_Occurred())
+                goto error;
+            goto refuse;
+        }
+        if (!u64_arg(where, &blockno) || blockno >= ((uint64_t)1 << (64 - BLOCK_SHIFT)))
+            goto refuse;
+        unsigned char record[INODE_SIZE];
+        if (!pack_record(rec, record))
+            goto refuse;
+        uint64_t offset = (blockno << BLOCK_SHIFT) + (ino % INODES_PER_BLOCK) * INODE_SIZE;
+        PyObject *item = Py_BuildValue("(Ky#)", (unsigned long long)offset, (const char *)record,
+                                       (Py_ssize_t)INODE_SIZE);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            goto error;
+        }
+        Py_DECREF(item);
+    }
+    return out;
+refuse:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* configure(InodeRecord, Superblock, Inode): the classes pack_inode, seal_super and
+ * log_inodes read (their __slots__ offsets, found once). */
 static int configure_super(PyObject *type);
 
 static PyObject *
 configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyType_Check(args[0]) || !PyType_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "configure(InodeRecord, Superblock)");
+    if (nargs != 3 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
+        !PyType_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "configure(InodeRecord, Superblock, Inode)");
         return NULL;
     }
     PyObject *type = args[0];
-    if (configure_super(args[1]) < 0)
+    Py_ssize_t rec_at;
+    if (configure_super(args[1]) < 0 || slot_offset((PyTypeObject *)args[2], "rec", &rec_at) < 0)
         return NULL;
     Py_ssize_t slots[INODE_FIELDS], inl;
     for (size_t f = 0; f < INODE_FIELDS; f++)
@@ -511,6 +557,8 @@ configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     memcpy(field_slot, slots, sizeof slots);
     inline_slot = inl;
     Py_XSETREF(record_type, (PyTypeObject *)Py_NewRef(type));
+    rec_slot = rec_at;
+    Py_XSETREF(inode_type, (PyTypeObject *)Py_NewRef(args[2]));
     Py_RETURN_NONE;
 }
 
@@ -684,17 +732,17 @@ static PyMethodDef methods[] = {
      "tree_put(dirty, new, view, verified, seal, owner, kind, root, height, key, value)\n"
      "-> bool: BTree.put's in-place case (see the module docstring); False: nothing\n"
      "changed, the reference must run."},
-    {"pack_inode", (PyCFunction)(void (*)(void))pack_inode, METH_FASTCALL,
-     "pack_inode(rec, buf, offset) -> bool: InodeRecord.pack_into in C; False: a field\n"
-     "does not fit (nothing written: the reference raises)."},
     {"block_records", (PyCFunction)(void (*)(void))block_records, METH_FASTCALL,
      "block_records(dirty, view, seal, records) -> None: Transaction._records' loop\n"
      "over the private block copies, in C."},
     {"seal_super", (PyCFunction)(void (*)(void))seal_super, METH_FASTCALL,
      "seal_super(sb, head, block) -> (counter lines, checksum line) | None: the records\n"
      "of SuperState._log; None: a counter does not fit (the reference raises)."},
+    {"log_inodes", (PyCFunction)(void (*)(void))log_inodes, METH_FASTCALL,
+     "log_inodes(dirty, locations) -> [(offset, record)] | None: InodeTable._log's loop\n"
+     "in C; None: a location not cached or a record that does not pack (the reference)."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
-     "configure(InodeRecord, Superblock): the classes pack_inode and seal_super pack."},
+     "configure(InodeRecord, Superblock, Inode): the classes the packers read."},
     {"set_error_class", set_error_class, METH_O,
      "set_error_class(cls): the class raised for bad arguments (InvalidArgument)."},
     {NULL}};

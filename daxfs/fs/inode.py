@@ -132,10 +132,9 @@ class FileMapping(Protocol):
 
 
 _S_IFMT = 0o170000
-#: ``InodeTable._log`` packs records in C (``_create.pack_inode``, configured with
-#: InodeRecord below); tests turn it off to run ``InodeRecord.pack_into``, the reference
+#: ``InodeTable._log`` places and packs records in C (``_create.log_inodes``, configured
+#: with the classes below); tests turn it off to run its Python loop, the reference
 NATIVE_PACK = True
-_create.configure(InodeRecord, Superblock)
 _ZERO_BLOCK = bytes(INODE_SIZE * INODES_PER_BLOCK)
 #: serialises the first creation of each inode's lock (see "The lazily made lock")
 _LOCK_MAKER = threading.Lock()
@@ -242,6 +241,10 @@ def record_problem(rec: InodeRecord) -> str | None:
     if rec.map_kind == MAP_SYMLINK and not 0 < rec.size == rec.map_count <= INLINE_AREA:
         return f"inline symlink target of {rec.map_count} bytes, size {rec.size}"
     return None
+
+
+# the classes daxfs/fs/_create.c reads by __slots__ offset (InodeTable._log, SuperState._log)
+_create.configure(InodeRecord, Superblock, Inode)
 
 
 class InodeTable:
@@ -443,12 +446,16 @@ class InodeTable:
         return inode.rec
 
     def _log(self, tx: Transaction, dirty: dict[int, Inode]) -> None:
+        if NATIVE_PACK:  # the loop below in C, unless a location is not cached or a
+            records = _create.log_inodes(dirty, self._blocks)  # record misfits
+            if records is not None:
+                for offset, data in records:
+                    tx.log_meta(offset, data)
+                return
         record = bytearray(INODE_SIZE)
         for ino, inode in dirty.items():
             blockno, offset = self.address(tx, ino)
-            # InodeRecord.pack_into in C; the reference packs (and raises) if a field misfits
-            if not (NATIVE_PACK and _create.pack_inode(inode.rec, record, 0)):
-                inode.rec.pack_into(record, 0)
+            inode.rec.pack_into(record, 0)
             tx.log_meta((blockno << BLOCK_SHIFT) + offset, bytes(record))
 
     def _reload(self, inode: Inode) -> None:

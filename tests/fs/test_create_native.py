@@ -311,7 +311,12 @@ LIMITS = {"Q": (0, (1 << 64) - 1), "q": (-(1 << 63), (1 << 63) - 1), "I": (0, (1
 LIMITS |= {"H": (0, 0xFFFF), "B": (0, 0xFF)}
 
 
-def test_pack_inode_equals_pack_into_on_random_records() -> None:
+def logged(rec: InodeRecord, block: int = 77) -> list[tuple[int, bytes]] | None:
+    """log_inodes of one inode whose inode-file block is at device block ``block``."""
+    return _create.log_inodes({rec.ino: inode.Inode(rec)}, {rec.ino // 16: block})
+
+
+def test_log_inodes_packs_as_pack_into_on_random_records() -> None:
     rng = random.Random(9)
     formats = dict(layout._INODE_FIELDS)
     for _ in range(2000):
@@ -320,32 +325,37 @@ def test_pack_inode_equals_pack_into_on_random_records() -> None:
             lo, hi = LIMITS[formats[name]]
             values[name] = rng.choice([lo, hi, rng.randint(lo, hi), 0, 1])
         rec = InodeRecord(**values, inline=rng.randbytes(128))
-        ref, out = bytearray(300), bytearray(300)
-        rec.pack_into(ref, 7)
-        assert _create.pack_inode(rec, out, 7) is True
-        assert out == ref
+        ref = bytearray(INODE_SIZE)
+        rec.pack_into(ref, 0)
+        assert logged(rec) == [((77 << 12) + rec.ino % 16 * INODE_SIZE, bytes(ref))]
+    # several inodes, in the dict's order
+    recs = [InodeRecord(ino=n, mode=0o100644, nlink=1) for n in (40, 3, 17)]
+    got = _create.log_inodes({r.ino: inode.Inode(r) for r in recs}, {0: 5, 1: 9, 2: 11})
+    assert got is not None
+    assert [o for o, _ in got] == [(11 << 12) + 8 * 256, (5 << 12) + 3 * 256, (9 << 12) + 256]
 
 
-def test_pack_inode_refuses_what_does_not_fit() -> None:
+def test_log_inodes_refuses_what_the_reference_must_do() -> None:
     formats = dict(layout._INODE_FIELDS)
     for name in FIELDS:
         lo, hi = LIMITS[formats[name]]
         for bad in (lo - 1, hi + 1, 1.0, True, None):
             rec = InodeRecord(ino=5)
             setattr(rec, name, bad)
-            out = bytearray(b"\x55" * INODE_SIZE)
-            assert _create.pack_inode(rec, out, 0) is False, (name, bad)
-            assert out == b"\x55" * INODE_SIZE
-    rec = InodeRecord(ino=5, inline=b"short")
-    assert _create.pack_inode(rec, bytearray(INODE_SIZE), 0) is False
-    with pytest.raises(InvalidArgument):
-        _create.pack_inode(InodeRecord(ino=5), bytearray(INODE_SIZE), 1)
-    with pytest.raises(InvalidArgument):
-        _create.pack_inode(InodeRecord(ino=5), bytearray(INODE_SIZE), -1)
+            if name == "ino":
+                assert _create.log_inodes({5: inode.Inode(rec)}, {0: 77}) is None
+            else:
+                assert logged(rec) is None, (name, bad)
+    assert logged(InodeRecord(ino=5, inline=b"short")) is None
+    rec = InodeRecord(ino=5)
+    assert _create.log_inodes({5: inode.Inode(rec)}, {1: 77}) is None  # not cached
+    assert _create.log_inodes({5: inode.Inode(rec)}, {0: -1}) is None
+    assert _create.log_inodes({5: inode.Inode(rec)}, {0: 1 << 60}) is None
+    assert _create.log_inodes({5: rec}, {0: 77}) is None  # not an Inode
+    assert _create.log_inodes({-5: inode.Inode(rec)}, {0: 77}) is None
+    assert _create.log_inodes({}, {}) == []
     with pytest.raises(TypeError):
-        _create.pack_inode(object(), bytearray(INODE_SIZE), 0)  # type: ignore[arg-type]
-    with pytest.raises(BufferError):
-        _create.pack_inode(InodeRecord(ino=5), bytes(INODE_SIZE), 0)  # read-only
+        _create.log_inodes([], {})  # type: ignore[arg-type]
 
 
 def test_a_record_that_does_not_fit_raises_corrupted_through_the_reference() -> None:
