@@ -55,11 +55,16 @@
  *      reads, and the copy of the leaf is made, entered and changed only
  *      after every check passed and the room is known.  (`verified` may
  *      grow: a checksum passed, as in the reference.)
- *   3. What it leaves is byte for byte what the reference leaves for the
- *      same call (tests/fs/test_create_native.py compares both on random
- *      workloads and whole images).
- *   4. The layout constants below are daxfs.fs.layout's (CONSTANTS; a test
- *      compares them).
+ *   3. What each function leaves is byte for byte what its reference leaves
+ *      for the same call (tests/fs/test_create_native.py compares them on
+ *      random inputs, and whole workloads' device operations and images);
+ *      log_inodes and seal_super refuse (None, nothing done) what the
+ *      reference must raise for.
+ *   4. The layout constants below are daxfs.fs.layout's (CONSTANTS and the
+ *      field tables; tests compare them).
+ *   5. Nothing here writes device memory: only private copies and new
+ *      objects.  Every store, flush and fence stays in the commit
+ *      (Committer.commit or the Python reference), which SimulatedPmem sees.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -372,7 +377,7 @@ tree_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(r);
 }
 
-/* ------------------------------------------------------------------ pack_inode */
+/* ------------------------------------------------------------------ log_inodes */
 
 /* InodeRecord's fields in _INODE's order after magic and crc (layout._INODE_FIELDS:
  * a test compares), each with its format; `reserved` (offset 108) is written as 0. */
@@ -532,7 +537,7 @@ error:
     return NULL;
 }
 
-/* configure(InodeRecord, Superblock, Inode): the classes pack_inode, seal_super and
+/* configure(InodeRecord, Superblock, Inode): the classes pack_record, seal_super and
  * log_inodes read (their __slots__ offsets, found once). */
 static int configure_super(PyObject *type);
 
