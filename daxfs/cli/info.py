@@ -5,6 +5,8 @@ then how the path would be reached as a block device (daxfs.block: the I/O
 engine, O_DIRECT or the buffered fallback, and why);
 when the path holds a daxfs, the facts of its superblock follow (uuid, label,
 size, free blocks, inodes in use, state, mount count, journal, creation time).
+A block special file cannot be mapped: its report is how bios reach it and
+its filesystem, the superblock read by bios.
 Read-only: the superblock is read without mounting or replaying anything,
 and whether another process has the filesystem mounted is asked with a
 shared lock, taken and dropped.  The counters are those of the last
@@ -16,15 +18,21 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daxfs.block import open_block
+from daxfs.block import BlockDevice, open_block
 from daxfs.cli.common import human
-from daxfs.errors import Busy, Corrupted
+from daxfs.errors import Busy, Corrupted, NotSupported, ReadOnly
+from daxfs.fs.devices import is_block_special
 from daxfs.fs.layout import BLOCK_SIZE, SB_MAGIC, STATE_CLEAN
 from daxfs.fs.mount import read_superblock
 from daxfs.pmem import PmemDevice, cpu, open_device
+from daxfs.pmem.device import Device, Granularity, check_range
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 
 def register(sub: Any) -> None:
@@ -63,6 +71,8 @@ def describe_device(dev: PmemDevice) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_block_special(args.path):
+        return _run_block(args)
     try:
         dev = open_device(args.path, persist=args.persist)
     except PermissionError:
@@ -88,12 +98,112 @@ def run(args: argparse.Namespace) -> int:
         _block_row(facts["block"]),
     ]
     rows += _filesystem_rows(facts["filesystem"])
+    _print_rows(rows)
+    return 0
+
+
+def _print_rows(rows: list[tuple[str, str, str]]) -> None:
     for name, value, reason in rows:
         line = f"{name + ':':<19}{value}"
         if reason:
             line += f"\n{'':<19}  why: {reason}"
         print(line)
+
+
+def _run_block(args: argparse.Namespace) -> int:
+    """A block special file: no pmem report (it cannot be mapped); how bios reach it,
+    and its filesystem, read by two bios (nothing is cached or mounted)."""
+    with open_block(args.path, readonly=True) as bdev:
+        reader = _BlockReader(bdev)
+        facts: dict[str, Any] = {
+            "path": args.path,
+            "backend": "block device",
+            "size": bdev.size,
+            "dax": False,
+            "block": describe_block(args.path),
+            "filesystem": describe_filesystem(reader),
+        }
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    rows = [
+        ("path", facts["path"], ""),
+        (
+            "backend",
+            "block device",
+            "a block special file: no DAX; mounts go through "
+            "daxfs.block and a DRAM cache (dax=never, or inode)",
+        ),
+        ("size", f"{facts['size']} bytes ({human(facts['size'])})", ""),
+        _block_row(facts["block"]),
+    ]
+    rows += _filesystem_rows(facts["filesystem"])
+    _print_rows(rows)
     return 0
+
+
+class _BlockReader(Device):
+    """Just enough of a Device over a block device for the superblock report: ``read``
+    by bios (whole logical blocks, cut to the range), ``size``, and a shared claim by
+    flock(2) on its file to ask whether another process has it mounted."""
+
+    persist_method = "bio"
+    granularity = Granularity.PAGE
+
+    def __init__(self, bdev: BlockDevice) -> None:
+        self.bdev = bdev
+        self.size = bdev.size
+
+    @property
+    def closed(self) -> bool:
+        return self.bdev.closed
+
+    def read(self, offset: int, length: int) -> bytes:
+        check_range(offset, length, self.size)
+        bs = self.bdev.limits.logical_block_size
+        start = offset - offset % bs
+        end = min(-(-(offset + length) // bs) * bs, self.size)
+        data = self.bdev.read(start, end - start)
+        return data[offset - start : offset - start + length]
+
+    def readinto(self, offset: int, buffer: Buffer) -> int:
+        with memoryview(buffer) as view, view.cast("B") as out:
+            out[:] = self.read(offset, len(out))
+            return len(out)
+
+    def direct_access(self, offset: int, length: int) -> memoryview:
+        raise NotSupported(f"{self.bdev.name}: a block device has no direct access")
+
+    def write(self, offset: int, data: Buffer, *, drain: bool = True) -> None:
+        raise ReadOnly(f"{self.bdev.name} is open read-only")
+
+    def fill(self, offset: int, length: int, byte: int = 0, *, drain: bool = True) -> None:
+        raise ReadOnly(f"{self.bdev.name} is open read-only")
+
+    def flush(self, offset: int, length: int) -> None:
+        pass
+
+    def drain(self) -> None:
+        pass
+
+    def persist(self, offset: int, length: int) -> None:
+        pass
+
+    def claim(self, exclusive: bool, who: str) -> None:
+        fd = getattr(self.bdev, "fd", None)
+        if isinstance(fd, int):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Busy(f"{self.bdev.name} is mounted by another process") from None
+
+    def unclaim(self) -> None:
+        fd = getattr(self.bdev, "fd", None)
+        if isinstance(fd, int):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        pass
 
 
 def describe_block(path: str) -> dict[str, Any]:
@@ -116,7 +226,7 @@ def _block_row(block: dict[str, Any]) -> tuple[str, str, str]:
     return ("block I/O", block["engine"], block["reason"])
 
 
-def describe_filesystem(dev: PmemDevice) -> dict[str, Any] | None:
+def describe_filesystem(dev: Device) -> dict[str, Any] | None:
     """The superblock's facts; None if no daxfs is here; {"damaged": why} if unreadable."""
     try:
         sb = read_superblock(dev)
@@ -152,7 +262,7 @@ def describe_filesystem(dev: PmemDevice) -> dict[str, Any] | None:
     }
 
 
-def _in_use(dev: PmemDevice) -> bool:
+def _in_use(dev: Device) -> bool:
     """True if a process holds the device exclusively (a read-write mount)."""
     try:
         dev.claim(False, "info")

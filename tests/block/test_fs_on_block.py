@@ -338,8 +338,13 @@ def test_fsx_on_a_block_backed_mount() -> None:
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("losetup") is None, reason="needs root and losetup"
 )
-def test_a_block_special_file_goes_through_the_cache(tmp_path: Path) -> None:
-    """A loop device path: mkfs, mount and fsck pick the block layer; dax=always is EINVAL."""
+def test_a_block_special_file_goes_through_the_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A loop device path: mkfs, mount and fsck pick the block layer; dax=always is EINVAL;
+    ``daxfs info`` reports it (superblock read by bios, mounted state by flock)."""
+    from daxfs.cli import main
+
     image = tmp_path / "loop.img"
     image.write_bytes(bytes(SIZE))
     try:
@@ -357,7 +362,38 @@ def test_a_block_special_file_goes_through_the_cache(tmp_path: Path) -> None:
         with pytest.raises(InvalidArgument, match="cannot do DAX"):
             mount(loop, dax="always")
         assert fsck(loop).clean
+        capsys.readouterr()
+        assert main(["info", loop]) == 0
+        out = capsys.readouterr().out
+        assert "backend:           block device" in out
+        assert "state:             clean" in out
+        with mount(loop):
+            assert main(["info", loop]) == 0
+            assert "state:             mounted" in capsys.readouterr().out
     finally:
         subprocess.run(["losetup", "-d", loop], check=False)
     with mount(image) as fs:  # the backing file, through DAX: the same bytes
         assert fs.open("/f", "rb").read() == b"on a loop device"
+
+
+def test_an_abandoned_cache_releases_its_memfd() -> None:
+    """Crash tests drop mounts whose power failed without closing them: no fd leaks."""
+    import gc
+
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        BlockCache(SimulatedBlockDevice(MIB)).write(0, b"x", drain=False)
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_device_larger_than_the_memory_limit_is_enomem_at_mount() -> None:
+    with pytest.raises(OSError, match="more than the 524288 bytes of memory") as info:
+        BlockCache(SimulatedBlockDevice(MIB), memory_limit=MIB // 2)
+    assert info.value.errno == errno.ENOMEM
+    assert info.value.filename == "simulated-block"
+    from daxfs.block.cache import memory_available
+
+    available = memory_available()
+    assert available is not None
+    assert available > 0
