@@ -87,8 +87,12 @@ def check_operation(
     size: int = DEFAULT_SIZE,
     times: bool = False,
     max_fences: int = 200,
+    dax: str = "inode",
 ) -> CrashReport:
     """Crash ``op`` at every fence; every state must be all-before or all-after.
+
+    ``dax="never"`` runs ``op`` through the pmem block driver and the block cache
+    (daxfs.block.cache); crash states are still mounted by DAX.
 
     Raises:
         CrashCheckFailed: with the fence, the seed and what was wrong.
@@ -100,14 +104,14 @@ def check_operation(
     image = base.read(0, size)
     before = _observe(SimulatedPmem(size, image=image), times)
     after_dev = SimulatedPmem(size, image=image)
-    fs = mount(after_dev)
+    fs = mount(after_dev, dax=dax)
     op(fs)
     fs.unmount()
     after = _observe(after_dev, times)
     report = CrashReport()
     for fence in range(1, max_fences + 1):
         dev = SimulatedPmem(size, image=image)
-        fs = mount(dev)
+        fs = mount(dev, dax=dax)
         dev.schedule_power_failure(fence)
         try:
             op(fs)

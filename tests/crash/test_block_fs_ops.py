@@ -1,7 +1,7 @@
 """Crash every filesystem operation on a block device at every persist point.
 
-The operations of tests/crash/test_fs_ops.py (and the data-path ones of
-test_datapath_ops.py), run on a ``SimulatedBlockDevice`` through the buffer
+The operations of tests/crash/test_fs_ops.py and the data-path ones of
+test_datapath_ops.py, run on a ``SimulatedBlockDevice`` through the buffer
 cache (``daxfs.block.cache.BlockCache``): a volatile write cache, any subset
 of unflushed writes surviving, multi-sector writes torn at every 512-byte
 sector.  Each crash state must mount, pass fsck and show the tree before or
@@ -19,11 +19,13 @@ from daxfs.testing.blockcrash import (
     BlockCrashReport,
     check_fs_block_operation,
 )
+from daxfs.testing.crash import check_operation
+from tests.crash.test_datapath_ops import OPERATIONS as DATAPATH
 from tests.crash.test_fs_ops import OPERATIONS, TIMED, base
 
 
 def _check(name: str, states: int, **kw: object) -> BlockCrashReport:
-    setup, op = {**OPERATIONS, **TIMED}[name]
+    setup, op = {**OPERATIONS, **TIMED, **DATAPATH}[name]
     report = check_fs_block_operation(setup, op, states_per_point=states, **kw)  # type: ignore[arg-type]
     assert report.points >= 1, "the operation must persist something"
     assert report.states >= report.points
@@ -33,6 +35,13 @@ def _check(name: str, states: int, **kw: object) -> BlockCrashReport:
 
 @pytest.mark.parametrize("name", sorted(OPERATIONS))
 def test_crash_at_every_flush(name: str) -> None:
+    _check(name, states=3)
+
+
+@pytest.mark.parametrize("name", sorted(DATAPATH))
+def test_data_path_crash_at_every_flush(name: str) -> None:
+    """The data-path operations of issue 8 and 9 (extent splits into a B+tree, the
+    copy-on-write paths, a tree map truncated into its first extent)."""
     _check(name, states=3)
 
 
@@ -55,6 +64,20 @@ def test_crash_with_small_requests_and_4k_sectors(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(OPERATIONS))
 def test_crash_at_every_flush_many_states(name: str) -> None:
     _check(name, states=32)
+
+
+PMEM_DRIVER = ["create", "overwrite across blocks", "rename over existing", "unlink fragmented"]
+
+
+@pytest.mark.parametrize("name", PMEM_DRIVER)
+def test_dax_never_on_pmem_crash_at_every_fence(name: str) -> None:
+    """dax="never" on pmem: the cache writes back through the pmem block driver
+    (PmemBlockDevice: copies persisted at completion, sectors tearing at 8 bytes);
+    crashed at every fence of the simulated pmem, each state mounted by DAX."""
+    setup, op = OPERATIONS[name]
+    report = check_operation(setup, op, states_per_fence=3, dax="never")  # type: ignore[arg-type]
+    assert report.fences >= 1
+    assert report.after_seen >= 1
 
 
 def test_harness_detects_a_non_atomic_operation() -> None:
