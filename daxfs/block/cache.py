@@ -63,6 +63,7 @@ Invariants
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -173,15 +174,21 @@ class BlockCache(Device):
         assert self._map is not None
         with memoryview(self._map) as whole:
             inflight: list[Bio] = []
-            for start in range(0, self.size, LOAD_CHUNK):
-                end = min(start + LOAD_CHUNK, self.size)
-                bio = Bio(BioOp.READ, start >> SECTOR_SHIFT, [whole[start:end]])
-                self.bdev.submit_bio(bio)
-                inflight.append(bio)
-                if len(inflight) >= LOAD_DEPTH:
+            try:
+                for start in range(0, self.size, LOAD_CHUNK):
+                    end = min(start + LOAD_CHUNK, self.size)
+                    bio = Bio(BioOp.READ, start >> SECTOR_SHIFT, [whole[start:end]])
+                    inflight.append(bio)
+                    self.bdev.submit_bio(bio)
+                    if len(inflight) >= LOAD_DEPTH:
+                        inflight.pop(0).wait()
+                while inflight:
                     inflight.pop(0).wait()
-            for bio in inflight:
-                bio.wait()
+            except BaseException:
+                for bio in inflight:  # the others still hold views of the mapping
+                    with contextlib.suppress(BaseException):
+                        bio.wait()
+                raise
         self.stats["loaded"] += self.size
 
     # -- properties --------------------------------------------------------------------

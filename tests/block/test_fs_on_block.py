@@ -397,3 +397,19 @@ def test_a_device_larger_than_the_memory_limit_is_enomem_at_mount() -> None:
     available = memory_available()
     assert available is not None
     assert available > 0
+
+
+def test_a_load_failing_with_reads_in_flight_raises_the_read_error(tmp_path: Path) -> None:
+    """The file backend completes reads on its engine's threads: when one fails, the
+    others still in flight are waited for (their views of the cache released) and
+    the error raised is the read's, not a BufferError."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(32 * MIB))
+    disk = FaultyBlockDevice(open_block(image))
+    try:
+        disk.arm("read", 2)
+        with pytest.raises(OSError, match="Input/output error") as info:
+            BlockCache(disk)
+        assert info.value.errno == errno.EIO
+    finally:
+        disk.close()
