@@ -135,6 +135,7 @@ class BlockCache(Device):
         self.block_size = lbs
         self.granularity = Granularity.PAGE if lbs >= mmap.PAGESIZE else Granularity.CACHE_LINE
         self._own = own
+        self._discarded = False
         self._dirty: list[tuple[int, int]] = []
         self._dirty_lock = threading.Lock()
         self._drain_lock = threading.RLock()
@@ -195,7 +196,7 @@ class BlockCache(Device):
 
     @property
     def closed(self) -> bool:
-        return self._map is None
+        return self._map is None or self._discarded
 
     @property
     def fd(self) -> int:
@@ -214,7 +215,7 @@ class BlockCache(Device):
     # -- memory ------------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._map is None:
+        if self._map is None or self._discarded:
             raise ValueError("I/O operation on closed device")
 
     def _check_writable(self) -> None:
@@ -381,6 +382,41 @@ class BlockCache(Device):
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    def discard(self) -> None:
+        """Drop the cache without writing anything back, and give its memory back now.
+
+        For a mount abandoned after a (simulated) power failure: the filesystem
+        objects still hold views of the cache, so it cannot close, and they may
+        live until the cyclic GC runs.  The memfd's pages are freed at once
+        (MADV_REMOVE: views then read zeros, never fault); the cache is closed if
+        no view is alive, else every method raises ValueError as on a closed
+        device.  The block device is not touched (closed only if owned).
+        """
+        mapping = self._map
+        if mapping is None or self._discarded:
+            return
+        self._discarded = True
+        with self._dirty_lock:
+            self._dirty = []
+        if not self.readonly:
+            mapping.madvise(mmap.MADV_REMOVE, 0, self.size)
+        else:  # a read-only mapping cannot punch: the fd can (tmpfs: the same pages)
+            with mmap.mmap(self._fd, self.size, mmap.MAP_SHARED) as rw:
+                rw.madvise(mmap.MADV_REMOVE, 0, self.size)
+        region = self._region
+        if region is not None:
+            region.release()
+        self._view.release()
+        try:
+            mapping.close()
+            self._map = None
+        except BufferError:
+            pass  # views alive: the empty mapping goes when they do
+        self._fd_closer()
+        if self._own:
+            with contextlib.suppress(BaseException):
+                self.bdev.close()
+
     def close(self) -> None:
         """Write back what is dirty, release the cache, close ``bdev`` if owned.
 
@@ -390,6 +426,11 @@ class BlockCache(Device):
         """
         mapping = self._map
         if mapping is None:
+            return
+        if self._discarded:  # its memory is gone already; unmap when no view is left
+            with contextlib.suppress(BufferError):
+                mapping.close()
+                self._map = None
             return
         if self.pending() and not self.readonly and not self.bdev.closed:
             self.drain()

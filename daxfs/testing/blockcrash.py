@@ -167,6 +167,8 @@ def check_fs_block_operation(
         else:
             returned = True
             report.points = point - 1
+        if not returned:
+            abandon(fs)
         for state in dev.crash_states(limit=states_per_point, seed=point):
             seen = _observe_fs(state, times, point)
             report.states += 1
@@ -190,8 +192,21 @@ def check_fs_block_operation(
                     f"  after:  {[after.get(p) for p in diff[:3]]}"
                 )
         if returned:
+            dev.schedule_power_failure(None)
+            fs.unmount()
             return report
     raise BlockCrashCheckFailed(f"operation still running after {max_points} persist points")
+
+
+def abandon(fs: FileSystem) -> None:
+    """Forget a mount whose (simulated) power failed: if it runs on a block cache, the
+    cache's memory is given back now (``BlockCache.discard``) rather than when the
+    cyclic GC finds the filesystem's objects."""
+    from daxfs.block.cache import BlockCache
+
+    device = fs.device
+    if isinstance(device, BlockCache):
+        device.discard()
 
 
 def _observe_fs(dev: SimulatedBlockDevice, times: bool, point: int) -> Snapshot:

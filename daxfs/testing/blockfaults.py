@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING
 from daxfs.block.bio import SECTOR_SHIFT, Bio, BioOp, Request
 from daxfs.block.device import BlockDevice
 from daxfs.errors import InvalidArgument
+from daxfs.testing.blockcrash import abandon
 from daxfs.testing.faults import (
     PROBE,
     Fault,
@@ -263,7 +264,7 @@ def _go_on(
             file.close()
         fs.unmount()
     except OSError:
-        pass
+        abandon(fs)  # the cache could not write back: give its memory back now
     except BaseException as exc:
         raise FaultCheckFailed(
             f"{where}: unmount after the fault raised {type(exc).__name__}: {exc}"

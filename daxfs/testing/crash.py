@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
+from daxfs.testing.blockcrash import abandon
 from daxfs.testing.simulated import PowerFailure, SimulatedPmem
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ def check_operation(
         else:
             returned = True
             report.fences = fence - 1
+        abandon(fs)  # dax="never": the block cache gives its memory back now
         # the power fails at this fence, or (returned) just after op returned: then
         # only *after* will do, since op reported success
         for state in dev.crash_states(limit=states_per_fence, seed=fence):

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, cast
 from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
+from daxfs.testing.blockcrash import abandon
 from daxfs.testing.simblock import SimulatedBlockDevice
 from daxfs.testing.simulated import SimulatedPmem
 
@@ -639,6 +640,8 @@ class Fsx:
         for obj in (self.f,):
             with contextlib.suppress(BaseException):
                 obj.close()
+        if self.fs is not None:
+            abandon(self.fs)  # a block cache gives its memory back now
         self.fs = None  # type: ignore[assignment]
         self.f = None  # type: ignore[assignment]
         if self.stats.crashes % 16 == 0:

@@ -413,3 +413,30 @@ def test_a_load_failing_with_reads_in_flight_raises_the_read_error(tmp_path: Pat
         assert info.value.errno == errno.EIO
     finally:
         disk.close()
+
+
+def test_discard_gives_the_memory_back_while_views_are_alive() -> None:
+    """A mount abandoned after a power failure: its views live on until the cyclic GC,
+    but the cache's pages are freed at once and every method says closed."""
+
+    def shmem_kib() -> int:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("RssShmem:"):
+                    return int(line.split()[1])
+        raise AssertionError("no RssShmem")
+
+    cache = BlockCache(SimulatedBlockDevice(16 * MIB))
+    view = cache.direct_access(0, 16 * MIB)
+    view[:] = b"\x01" * (16 * MIB)  # every page of the cache in memory
+    cache.flush(0, 4096)
+    before = shmem_kib()
+    cache.discard()
+    assert before - shmem_kib() >= 15 * 1024  # the 16 MiB are gone while the view lives
+    assert view[4096] == 0  # a view reads zeros, never faults
+    assert cache.closed
+    assert cache.pending() == []
+    with pytest.raises(ValueError, match="closed"):
+        cache.read(0, 1)
+    view.release()
+    cache.close()
