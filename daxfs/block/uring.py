@@ -29,7 +29,8 @@ of CQEs and runs their continuations and ``done`` callbacks, its own and
 other threads' alike -- and otherwise waits for the leader to finish a
 batch.  ``FileBlockDevice``'s synchronous helpers (``read``, ``write``,
 ``flush``, ...) wait this way, so a QD1 bio costs no thread handoff.  The
-completion thread ("daxfs-uring") leads whenever ops are pending and no
+completion thread ("daxfs-uring", started the first time it is needed: an
+engine only polled never has one) leads whenever ops are pending and no
 thread means to poll (bios completed through futures and ``end_io``), or
 when a thread waits for a slot.  ``queue_depth`` bounds the ops in flight:
 ``submit`` waits for a free slot, except on the leader, which never waits
@@ -175,8 +176,9 @@ class UringEngine(IoEngine):
         self._closing = False
         self._stopped = False
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._background, name="daxfs-uring", daemon=True)
-        self._thread.start()
+        # the completion thread, started the first time it is needed (an engine used
+        # only by polling threads -- the synchronous helpers -- never starts one)
+        self._thread: threading.Thread | None = None
 
     # -- submission ------------------------------------------------------------------
 
@@ -194,7 +196,7 @@ class UringEngine(IoEngine):
                 raise ClosedFile("the io_uring engine is closed")
             if self._free <= 0 and not leading:
                 self._slot_waiters += 1
-                self._bg_cv.notify()  # someone must reap while this thread waits
+                self._wake_background()  # someone must reap while this thread waits
                 try:
                     while self._free <= 0:
                         self._cv.wait()
@@ -205,7 +207,7 @@ class UringEngine(IoEngine):
             self._free -= 1
             self._pending += 1
             if not self._intents and self._leader is None:
-                self._bg_cv.notify()  # nobody will poll for this op: the thread reaps
+                self._wake_background()  # nobody will poll for this op: the thread reaps
         views = [v for v in op.buffers if len(v)] if op.kind in _RW else []
         task = _Task(
             op,
@@ -261,7 +263,7 @@ class UringEngine(IoEngine):
         with self._cv:
             self._intents -= 1
             if not self._intents and self._pending:
-                self._bg_cv.notify()
+                self._wake_background()
 
     def poll_until(self, done: Callable[[], bool]) -> None:
         """Reap completions in this thread until ``done()``: whoever waits reaps.
@@ -284,6 +286,16 @@ class UringEngine(IoEngine):
                     return
                 self._leader = me
             self._lead()
+
+    def _wake_background(self) -> None:
+        """Wake the completion thread, starting it if need be (caller holds the lock)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._background, name="daxfs-uring", daemon=True
+            )
+            self._thread.start()  # it runs once this thread releases the lock
+        else:
+            self._bg_cv.notify()
 
     def _background(self) -> None:
         """The completion thread: reaps while ops are pending and no thread polls."""
@@ -312,7 +324,7 @@ class UringEngine(IoEngine):
                 self._leader = None
                 self._cv.notify_all()
                 if self._pending and (not self._intents or self._slot_waiters):
-                    self._bg_cv.notify()
+                    self._wake_background()
 
     def _reap_batch(self) -> None:
         """Complete what was reaped and not yet completed (a nested call finds the
@@ -428,6 +440,7 @@ class UringEngine(IoEngine):
         me = threading.current_thread()
         if me is self._thread or me is self._leader:
             raise RuntimeError("UringEngine.close() called from a completion")
+        thread: threading.Thread | None = None
         with self._cv:
             if self._closing:
                 wait_closed = True
@@ -439,14 +452,16 @@ class UringEngine(IoEngine):
                     self._cv.wait()
                 self._stopped = True
                 self._bg_cv.notify()
+                thread = self._thread
         if wait_closed:  # another thread is closing: wait for it to finish
             self._closed.wait()
             return
         try:
             # wake the completion thread if it waits in the kernel (after a failed
             # submission left it leading with nothing in flight)
-            self._ring.submit(_STOP, _uring.NOP, -1, 0, (), 0, 0)
-            self._thread.join()
+            if thread is not None:
+                self._ring.submit(_STOP, _uring.NOP, -1, 0, (), 0, 0)
+                thread.join()
             while self._ring.inflight:  # the NOP, if the thread did not reap it
                 self._ring.reap()
             self._ring.close()

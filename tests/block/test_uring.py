@@ -471,6 +471,17 @@ def test_a_ring_dropped_with_requests_in_flight_waits_for_them() -> None:
 def test_closed_engine_refuses_and_stops_its_thread() -> None:
     before = len(_uring_threads())
     engine = UringEngine(3)
+    assert len(_uring_threads()) == before  # started when first needed
+    got: list[int | BaseException] = []
+    engine.poll_begin()
+    try:
+        engine.submit(IoOp(IoKind.READV, 0, 0, []), got.append)  # nothing to move: a NOP
+        engine.poll_until(lambda: bool(got))
+    finally:
+        engine.poll_end()
+    assert got == [0]
+    assert len(_uring_threads()) == before  # the polling thread reaped: none started
+    assert _run_on(engine, IoOp(IoKind.READV, 0, 0, [])) == 0  # nobody polls: it starts
     assert len(_uring_threads()) == before + 1
     assert engine.inflight == 0
     engine.close()
