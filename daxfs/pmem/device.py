@@ -130,7 +130,10 @@ class Device(Closeable):
         """The C engine over the device's memory (``daxfs.pmem._native.Region``), for C
         fast paths that copy out of it themselves (the filesystem's extent reader);
         None if the device has none: then every copy goes through ``read``/``readinto``
-        (the simulator, whose every access must pass through its methods)."""
+        (the simulator, whose every access must pass through its methods).  For reads
+        only: a device may track its writes (``daxfs.block.cache.BlockCache`` marks
+        what ``write`` stores as dirty), so a store made through the region could
+        never reach the media."""
         return None
 
     @abc.abstractmethod
