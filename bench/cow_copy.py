@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             _copy.tune(*default)
 
             def writes(
-                c: _copy.Copier | None, tune: tuple[int, int, int, bool] = default
+                c: _copy.Copier | None, tune: tuple[int, int, int, bool, int] = default
             ) -> Callable[[], None]:
                 def run() -> None:
                     _copy.tune(*tune)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for spec in args.tune:
                 ws, js, chunk, y = (int(x) for x in spec.split(","))
-                variants[f"async {spec}"] = writes(copier, (ws, js, chunk, bool(y)))
+                variants[f"async {spec}"] = writes(copier, (ws, js, chunk, bool(y), default[4]))
             times: dict[str, list[float]] = {k: [] for k in variants}
             for _ in range(args.rounds):
                 for name, run in variants.items():

@@ -82,7 +82,7 @@ static long long worker_spin_ns = 200000, join_spin_ns = 20000;
 static size_t chunk_size = CHUNK;
 static int yield_spin = 1;
 /* an idle worker exits after this long (nanoseconds); the next start makes one */
-#define IDLE_EXIT_NS 1000000000LL
+static long long idle_exit_ns = 1000000000LL;
 
 /* test hooks: the next job's worker waits this long before it copies (ns), and
  * the joiner does not help (waits for the worker); 0: off */
@@ -220,7 +220,7 @@ worker_main(void *arg)
             uint32_t w = atomic_load(&c->wake);
             atomic_store(&c->sleeping, 1);
             if (!has_work(c) && !atomic_load(&c->quit)) {
-                struct timespec idle = {IDLE_EXIT_NS / 1000000000LL, IDLE_EXIT_NS % 1000000000LL};
+                struct timespec idle = {idle_exit_ns / 1000000000LL, idle_exit_ns % 1000000000LL};
                 long rc = futex(&c->wake, FUTEX_WAIT, w, &idle);
                 if (rc < 0 && errno == ETIMEDOUT && !has_work(c) && !atomic_load(&c->quit) &&
                     !planted_worker_delay) {
@@ -567,29 +567,34 @@ plant_error(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* tune(worker_spin_ns, join_spin_ns, chunk) -> previous: for the bench's A/B runs */
+/* tune(worker_spin_ns, join_spin_ns, chunk, yield_spin=.., idle_exit_ns=..) -> previous:
+ * for the bench's A/B runs and the tests */
 static PyObject *
 tune(PyObject *self, PyObject *args)
 {
-    long long ws, js;
+    long long ws, js, idle = idle_exit_ns;
     Py_ssize_t ch;
     int y = yield_spin;
-    if (!PyArg_ParseTuple(args, "LLn|p:tune", &ws, &js, &ch, &y))
+    if (!PyArg_ParseTuple(args, "LLn|pL:tune", &ws, &js, &ch, &y, &idle))
         return NULL;
-    if (ws < 0 || js < 0 || ch < LINE || ch % LINE)
-        return raise_invalid("tune: spins must be >= 0 and chunk a positive multiple of 64");
-    PyObject *before = Py_BuildValue("(LLnO)", worker_spin_ns, join_spin_ns, (Py_ssize_t)chunk_size,
-                                     yield_spin ? Py_True : Py_False);
-    yield_spin = y;
+    if (ws < 0 || js < 0 || ch < LINE || ch % LINE || idle <= 0)
+        return raise_invalid("tune: spins must be >= 0, chunk a positive multiple of 64 and "
+                             "idle_exit_ns positive");
+    PyObject *before =
+        Py_BuildValue("(LLnOL)", worker_spin_ns, join_spin_ns, (Py_ssize_t)chunk_size,
+                      yield_spin ? Py_True : Py_False, idle_exit_ns);
     worker_spin_ns = ws;
     join_spin_ns = js;
     chunk_size = (size_t)ch;
+    yield_spin = y;
+    idle_exit_ns = idle;
     return before;
 }
 
 static PyMethodDef module_methods[] = {
     {"tune", tune, METH_VARARGS,
-     "tune(worker_spin_ns, join_spin_ns, chunk) -> previous values (for benchmarks)"},
+     "tune(worker_spin_ns, join_spin_ns, chunk, yield_spin=True, idle_exit_ns=10**9) -> "
+     "previous values (for benchmarks and tests)"},
     {"plant_worker_delay", plant_worker_delay, METH_O,
      "plant_worker_delay(ns): the next copy's worker waits ns first and its joiner does not "
      "help (a test hook; 0 disarms)"},

@@ -21,5 +21,10 @@ class Copier:
     def close(self) -> None: ...
 
 def tune(
-    worker_spin_ns: int, join_spin_ns: int, chunk: int, yield_spin: bool = ..., /
-) -> tuple[int, int, int, bool]: ...
+    worker_spin_ns: int,
+    join_spin_ns: int,
+    chunk: int,
+    yield_spin: bool = ...,
+    idle_exit_ns: int = ...,
+    /,
+) -> tuple[int, int, int, bool, int]: ...

@@ -414,3 +414,26 @@ def test_a_block_cache_has_no_copier_and_its_overwrites_reach_the_disk() -> None
                 f.pwrite(pattern(BIG, 2), 0)  # copy-on-write
     with BlockCache(disk) as again, daxfs.mount(again) as fs, fs.open("/f", "rb") as f:
         assert f.read() == pattern(BIG, 2)
+
+
+def test_an_idle_worker_exits_and_the_next_copy_makes_another() -> None:
+    """After idle_exit_ns without a job the worker exits; the next start joins the old
+    thread and starts a new one (and a job published as it exits is the joiner's)."""
+    mem = bytearray(4 << 20)
+    before = _copy.tune(0, 0, _copy.CHUNK, True, 1_000_000)  # exit after 1 ms idle
+    try:
+        copier = _copy.Copier(mem, "none")
+        for round_ in range(3):
+            src = pattern(2 << 20, round_)
+            copier.start(round_ * BLOCK, src)
+            copier.join()
+            assert mem[round_ * BLOCK : round_ * BLOCK + len(src)] == src
+            for _ in range(1000):  # until the worker has gone (1 ms idle): bounded
+                if not copier.stats["worker_alive"]:
+                    break
+                time.sleep(0.005)
+            assert not copier.stats["worker_alive"]
+        assert copier.stats["jobs"] == 3
+        copier.close()
+    finally:
+        _copy.tune(*before)
