@@ -27,6 +27,17 @@
  *            flags, size, map kind, inline counts)
  *         5. build the os.stat_result as FileSystem._stat_inode does
  *
+ *     stat(path, follow)
+ *         the whole of FileSystem.stat for a str or bytes path, one call for a hit
+ *         and a miss alike: take the filesystem lock without waiting (held by
+ *         another thread: None, and Python waits for it), empty the path caches
+ *         if Directories.removals moved since (the epoch), look the path up in
+ *         its path cache (a hit: the inode's stat, cached or from media, 4-5),
+ *         else path(path) -- child() of the path's HEAD from the path cache --
+ *         and, if `remember`, put what it answered into the path cache;
+ *         release the lock.  Whatever else (the walk, an error) returns None,
+ *         and FileSystem.stat's Python body, the reference, answers.
+ *
  * Anything this module does not answer with certainty -- a key the index
  * keeps as "read the tree" (in its arrays or its pending changes), a name the
  * index lacks, a symbolic link to follow, an inode number or location it
@@ -37,13 +48,17 @@
  *
  * Invariants
  *   1. Only device memory and the caller's objects are read; nothing is
- *      written, nothing is cached here.
+ *      written, nothing is cached here (but see 5).
  *   2. The record is copied out of device memory before it is checked, and
  *      only the copy is used (media is untrusted, and may change under us).
  *   3. Every offset is checked against the view's length before a byte is
  *      read.
  *   4. The layout constants come from daxfs.fs.layout (the constructor's
  *      `constants`); none is written here.
+ *   5. Only stat() writes: the path caches (emptied at an epoch change, a path
+ *      added, as FileSystem.stat does) and its counters, under the filesystem
+ *      lock, which it holds for the whole call: no other thread sees half of
+ *      it, and it never sees another thread's operation half made.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -182,6 +197,16 @@ typedef struct {
     Py_ssize_t o_rec, o_mode, o_rgeneration;
     Py_ssize_t o_f[10]; /* InodeRecord: ino mode nlink uid gid size blocks a/m/ctime_ns */
     PyObject *root;
+    /* stat(): the whole of FileSystem.stat for str and bytes paths (see stat_call) */
+    PyObject *paths[2][2];   /* [bytes?][follow?]: stat's path caches (ino by path) */
+    PyObject *acquire, *release; /* the filesystem lock's bound methods */
+    PyObject *dirs;          /* Directories: its `removals` is the path caches' epoch */
+    PyObject *sb;            /* the Superblock (slots): inode_hwm */
+    Py_ssize_t o_hwm;
+    long long epoch;         /* removals when the path caches were last emptied here */
+    Py_ssize_t limit;        /* PATH_CACHE_LIMIT */
+    unsigned long long hits, misses; /* answered from the path cache / not */
+    char remember;           /* a miss stat() answers goes into the path cache */
     /* the layout (daxfs.fs.layout) */
     uint32_t magic;
     uint64_t max_file_size, max_symlink, inline_extents, inline_area;
@@ -629,24 +654,12 @@ directory_index(StatPath *s, PyObject *ino)
     return index;
 }
 
-/* path(path, follow, hwm): FileSystem._stat_fast in C; also -2: HEAD is not in the
- * path cache (resolve it, remember it, call again) */
+/* FileSystem._stat_fast_reference in C: a stat_result, an int (-1: the walk answers;
+ * -2: HEAD is not in the path cache, resolve it, remember it, call again; an ino >= 0:
+ * cached, build from the Inode), or NULL with an exception */
 static PyObject *
-StatPath_path(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
+path_stat(StatPath *s, PyObject *path, int follow, uint64_t hwm)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "path(path, follow, hwm)");
-        return NULL;
-    }
-    if (s->view == NULL || s->heads == NULL)
-        return PyLong_FromLong(-1);
-    PyObject *path = args[0];
-    int follow = PyObject_IsTrue(args[1]);
-    if (follow < 0)
-        return NULL;
-    uint64_t hwm = PyLong_AsUnsignedLongLong(args[2]);
-    if (hwm == (uint64_t)-1 && PyErr_Occurred())
-        return NULL;
     PyObject *head = NULL, *encoded = NULL, *result = NULL;
     const char *name;
     Py_ssize_t n, cut;
@@ -715,6 +728,147 @@ done:
     return result;
 }
 
+/* path(path, follow, hwm): path_stat, as Python's reference is called */
+static PyObject *
+StatPath_path(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "path(path, follow, hwm)");
+        return NULL;
+    }
+    if (s->view == NULL || s->heads == NULL)
+        return PyLong_FromLong(-1);
+    int follow = PyObject_IsTrue(args[1]);
+    if (follow < 0)
+        return NULL;
+    uint64_t hwm = PyLong_AsUnsignedLongLong(args[2]);
+    if (hwm == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    return path_stat(s, args[0], follow, hwm);
+}
+
+/* ------------------------------------------------------------------ the whole stat */
+
+static PyObject *str_removals; /* "removals", interned */
+
+/* the filesystem lock without waiting: 1 taken, 0 another thread holds it, -1 error */
+static int
+lock_take(StatPath *s)
+{
+    PyObject *arg = Py_False;
+    PyObject *got = PyObject_Vectorcall(s->acquire, &arg, 1, NULL);
+    if (got == NULL)
+        return -1;
+    int taken = got == Py_True;
+    Py_DECREF(got);
+    return taken;
+}
+
+/* release the lock taken by lock_take; `result` is returned, or NULL if releasing failed */
+static PyObject *
+lock_drop(StatPath *s, PyObject *result)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb); /* stat's own error, if any, survives the release */
+    PyObject *done = PyObject_CallNoArgs(s->release);
+    if (done == NULL) {
+        Py_XDECREF(result);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return NULL;
+    }
+    Py_DECREF(done);
+    PyErr_Restore(type, value, tb);
+    return result;
+}
+
+/* FileSystem.stat of a str or bytes path, caller holding the filesystem lock: a
+ * stat_result, or None (FileSystem.stat's Python body answers: the walk, an error, a
+ * cached inode whose fields do not fit their media width) */
+static PyObject *
+stat_locked(StatPath *s, PyObject *path, int follow)
+{
+    int bytes;
+    if (PyUnicode_CheckExact(path))
+        bytes = 0;
+    else if (PyBytes_CheckExact(path))
+        bytes = 1;
+    else
+        Py_RETURN_NONE;
+    if (s->view == NULL || s->sb == NULL)
+        Py_RETURN_NONE; /* unmounted: Python raises */
+    /* the path caches' epoch, as FileSystem.stat checks it */
+    PyObject *moved = PyObject_GetAttr(s->dirs, str_removals);
+    if (moved == NULL)
+        return NULL;
+    long long removals = PyLong_AsLongLong(moved);
+    Py_DECREF(moved);
+    if (removals == -1 && PyErr_Occurred())
+        return NULL;
+    if (removals != s->epoch) {
+        for (int b = 0; b < 2; b++)
+            for (int f = 0; f < 2; f++)
+                PyDict_Clear(s->paths[b][f]);
+        s->epoch = removals;
+    }
+    PyObject *hwmo = slot(s->sb, s->o_hwm);
+    if (hwmo == NULL || !PyLong_CheckExact(hwmo))
+        Py_RETURN_NONE;
+    uint64_t hwm = PyLong_AsUnsignedLongLong(hwmo);
+    if (hwm == (uint64_t)-1 && PyErr_Occurred())
+        return NULL;
+    PyObject *paths = s->paths[bytes][follow];
+    PyObject *ino = PyDict_GetItemWithError(paths, path);
+    PyObject *r;
+    if (ino != NULL) { /* a path cache hit: the inode, cached or from media */
+        uint64_t n = PyLong_AsUnsignedLongLong(ino);
+        if (n == (uint64_t)-1 && PyErr_Occurred())
+            return NULL;
+        r = stat_from_media(s, n, hwm, 0, 1);
+        if (r == NULL || Py_TYPE(r) == (PyTypeObject *)s->stat_type) {
+            s->hits += r != NULL;
+            return r;
+        }
+        Py_DECREF(r); /* an ino (fields too wide) or None: Python answers */
+        Py_RETURN_NONE;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    r = path_stat(s, path, follow, hwm);
+    if (r == NULL || Py_TYPE(r) == (PyTypeObject *)s->stat_type) {
+        if (r != NULL)
+            s->misses++;
+        if (r != NULL && s->remember) {
+            if (PyDict_GET_SIZE(paths) >= s->limit)
+                PyDict_Clear(paths);
+            if (PyDict_SetItem(paths, path, PyStructSequence_GET_ITEM(r, 1)) < 0)
+                Py_CLEAR(r);
+        }
+        return r;
+    }
+    Py_DECREF(r); /* -1, -2 or an ino: Python answers */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+StatPath_stat(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "stat(path, follow)");
+        return NULL;
+    }
+    if (s->acquire == NULL)
+        Py_RETURN_NONE; /* released, or made without stat()'s arguments */
+    int follow = PyObject_IsTrue(args[1]);
+    if (follow < 0)
+        return NULL;
+    int taken = lock_take(s);
+    if (taken <= 0)
+        return taken < 0 ? NULL : Py_NewRef(Py_None); /* held: Python waits for it */
+    return lock_drop(s, stat_locked(s, args[0], follow));
+}
+
 static PyObject *
 StatPath_inode(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -759,15 +913,21 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
 {
     PyObject *view, *places, *cache, *stat_type, *index_type, *dev, *constants;
     PyObject *heads, *bheads, *indexes, *inode_type, *record_type, *root;
+    PyObject *paths = NULL, *bpaths = NULL, *lock = NULL, *sb = NULL, *dirs = NULL;
+    Py_ssize_t limit = 0;
     Py_buffer key;
     static char *kw[] = {"key",     "view",       "places",      "cache",   "stat_type",
                          "index_type", "dev",     "constants",   "heads",   "bheads",
-                         "indexes", "inode_type", "record_type", "root",    NULL};
+                         "indexes", "inode_type", "record_type", "root",    "paths",
+                         "bpaths",  "lock",       "sb",          "dirs",    "limit",
+                         NULL};
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "y*OOO!O!O!O!O!O!O!O!O!O!O!", kw, &key, &view, &places, &PyDict_Type,
-            &cache, &PyType_Type, &stat_type, &PyType_Type, &index_type, &PyLong_Type, &dev,
-            &PyDict_Type, &constants, &PyDict_Type, &heads, &PyDict_Type, &bheads, &PyDict_Type,
-            &indexes, &PyType_Type, &inode_type, &PyType_Type, &record_type, &PyLong_Type, &root))
+            args, kwds, "y*OOO!O!O!O!O!O!O!O!O!O!O!|$O!O!OOOn", kw, &key, &view, &places,
+            &PyDict_Type, &cache, &PyType_Type, &stat_type, &PyType_Type, &index_type,
+            &PyLong_Type, &dev, &PyDict_Type, &constants, &PyDict_Type, &heads, &PyDict_Type,
+            &bheads, &PyDict_Type, &indexes, &PyType_Type, &inode_type, &PyType_Type,
+            &record_type, &PyLong_Type, &root, &PyTuple_Type, &paths, &PyTuple_Type, &bpaths,
+            &lock, &sb, &dirs, &limit))
         return -1;
     /* cache may be an OrderedDict: O! with PyDict_Type accepts subclasses */
     if (key.len < 1 || key.len > 64) {
@@ -818,6 +978,50 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
     for (int i = 0; i < 10; i++)
         if (slot_offset((PyTypeObject *)record_type, rfields[i], &s->o_f[i]) < 0)
             return -1;
+    /* stat() needs all of paths, bpaths (each the caches for follow False, True), the
+     * lock, the Superblock and Directories; without them it answers None */
+    PyObject *caches[2][2] = {{NULL, NULL}, {NULL, NULL}};
+    PyObject *acquire = NULL, *release = NULL;
+    Py_ssize_t o_hwm = 0;
+    if (paths != NULL || bpaths != NULL || lock != NULL || sb != NULL || dirs != NULL) {
+        PyObject *both[2] = {paths, bpaths};
+        for (int b = 0; b < 2; b++) {
+            if (both[b] == NULL || PyTuple_GET_SIZE(both[b]) != 2) {
+                PyErr_SetString(PyExc_TypeError, "paths and bpaths: two dicts each");
+                return -1;
+            }
+            for (int f = 0; f < 2; f++) {
+                caches[b][f] = PyTuple_GET_ITEM(both[b], f);
+                if (!PyDict_CheckExact(caches[b][f])) {
+                    PyErr_SetString(PyExc_TypeError, "paths and bpaths: two dicts each");
+                    return -1;
+                }
+            }
+        }
+        if (lock == NULL || sb == NULL || dirs == NULL || limit < 1 ||
+            slot_offset(Py_TYPE(sb), "inode_hwm", &o_hwm) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "stat() needs lock, sb, dirs and limit");
+            return -1;
+        }
+        acquire = PyObject_GetAttrString(lock, "acquire");
+        release = acquire != NULL ? PyObject_GetAttrString(lock, "release") : NULL;
+        if (release == NULL) {
+            Py_XDECREF(acquire);
+            return -1;
+        }
+    }
+    for (int b = 0; b < 2; b++)
+        for (int f = 0; f < 2; f++)
+            Py_XSETREF(s->paths[b][f], Py_XNewRef(caches[b][f]));
+    Py_XSETREF(s->acquire, acquire);
+    Py_XSETREF(s->release, release);
+    Py_XSETREF(s->sb, Py_XNewRef(sb));
+    Py_XSETREF(s->dirs, Py_XNewRef(dirs));
+    s->o_hwm = o_hwm;
+    s->limit = limit;
+    s->epoch = -1; /* emptied at the first stat() */
+    s->remember = 1;
     Py_XSETREF(s->heads, Py_NewRef(heads));
     Py_XSETREF(s->bheads, Py_NewRef(bheads));
     Py_XSETREF(s->indexes, Py_NewRef(indexes));
@@ -848,6 +1052,13 @@ StatPath_traverse(StatPath *s, visitproc visit, void *arg)
     Py_VISIT(s->inode_type);
     Py_VISIT(s->record_type);
     Py_VISIT(s->root);
+    for (int b = 0; b < 2; b++)
+        for (int f = 0; f < 2; f++)
+            Py_VISIT(s->paths[b][f]);
+    Py_VISIT(s->acquire);
+    Py_VISIT(s->release);
+    Py_VISIT(s->sb);
+    Py_VISIT(s->dirs);
     return 0;
 }
 
@@ -866,6 +1077,13 @@ StatPath_clear(StatPath *s)
     Py_CLEAR(s->inode_type);
     Py_CLEAR(s->record_type);
     Py_CLEAR(s->root);
+    for (int b = 0; b < 2; b++)
+        for (int f = 0; f < 2; f++)
+            Py_CLEAR(s->paths[b][f]);
+    Py_CLEAR(s->acquire);
+    Py_CLEAR(s->release);
+    Py_CLEAR(s->sb);
+    Py_CLEAR(s->dirs);
     return 0;
 }
 
@@ -901,6 +1119,11 @@ StatPath_inode_checked(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyMethodDef StatPath_methods[] = {
+    {"stat", (PyCFunction)(void (*)(void))StatPath_stat, METH_FASTCALL,
+     "stat(path, follow) -> os.stat_result | None: FileSystem.stat of a str or bytes\n"
+     "path, whole: the filesystem lock taken without waiting, the path caches' epoch,\n"
+     "a path cache hit (the inode cached, else from media), else path(); None: the\n"
+     "lock is held elsewhere, or FileSystem.stat's Python body must answer."},
     {"child", (PyCFunction)(void (*)(void))StatPath_child_checked, METH_FASTCALL,
      "child(index, name, hwm, follow) -> os.stat_result | int: the stat of `name` in the\n"
      "directory indexed by `index`; an int >= 0: the inode is cached (build from it);\n"
@@ -917,6 +1140,15 @@ static PyMethodDef StatPath_methods[] = {
      "Drop every reference (the view first); later calls answer -1 / None."},
     {NULL}};
 
+static PyMemberDef StatPath_members[] = {
+    {"hits", T_ULONGLONG, offsetof(StatPath, hits), READONLY,
+     "stats stat() answered from the path cache"},
+    {"misses", T_ULONGLONG, offsetof(StatPath, misses), READONLY,
+     "stats stat() answered without it (path(): the C miss path)"},
+    {"remember", T_BOOL, offsetof(StatPath, remember), 0,
+     "whether stat() puts what the miss path answered into the path cache"},
+    {NULL}};
+
 static PyTypeObject StatPathType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "daxfs.fs._stat.StatPath",
     .tp_basicsize = sizeof(StatPath),
@@ -928,6 +1160,7 @@ static PyTypeObject StatPathType = {
     .tp_traverse = (traverseproc)StatPath_traverse,
     .tp_clear = (inquiry)StatPath_clear,
     .tp_methods = StatPath_methods,
+    .tp_members = StatPath_members,
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "daxfs.fs._stat",
@@ -938,6 +1171,9 @@ PyInit__stat(void)
 {
     detect_cpu();
     crc_init();
+    str_removals = PyUnicode_InternFromString("removals");
+    if (str_removals == NULL)
+        return NULL;
     if (PyType_Ready(&StatPathType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);

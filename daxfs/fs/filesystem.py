@@ -156,8 +156,9 @@ class FileSystem:
         self._paths: tuple[dict[Any, int], dict[Any, int]] = ({}, {})
         self._bpaths: tuple[dict[Any, int], dict[Any, int]] = ({}, {})
         self._paths_epoch = dirs.removals
-        self.path_hits = 0
-        self.path_misses = 0
+        #: path-cache hits and misses of stat's Python body (``path_hits`` adds C's)
+        self._path_hits = 0
+        self._path_misses = 0
         #: the inode cache (ino -> Inode), read by stat
         self._icache = itable.cache
         #: stat's C miss path (daxfs/fs/_stat.c); None: fsck-style mounts that load
@@ -180,6 +181,12 @@ class FileSystem:
                 inode_type=Inode,
                 record_type=InodeRecord,
                 root=INO_ROOT,
+                paths=self._paths,
+                bpaths=self._bpaths,
+                lock=self._lock,
+                sb=sup.sb,
+                dirs=dirs,
+                limit=PATH_CACHE_LIMIT,
             )
             if itable.check_records
             else None
@@ -917,6 +924,13 @@ class FileSystem:
             FileNotFoundError, NotADirectoryError, TooManyLinks (ELOOP),
             NameTooLong, InvalidArgument (NUL in the path, not mounted).
         """
+        fast = self._fast
+        if fast is not None:
+            # the whole of what follows for the cases it covers, in C (_stat.c's stat):
+            # the lock (if free), the epoch, a path cache hit, else the miss path
+            found = fast.stat(path, follow_symlinks)
+            if found is not None:
+                return found
         with self._lock:
             kind = type(path)
             if kind is str:
@@ -930,7 +944,7 @@ class FileSystem:
                 self._forget_paths()
             ino = paths.get(path)
             if ino is not None and self._mounted:
-                self.path_hits += 1
+                self._path_hits += 1
                 itable = self.itable
                 if ino not in self._icache and self._fast is not None:
                     found = self._fast.inode(ino, self.sup.sb.inode_hwm)
@@ -950,17 +964,27 @@ class FileSystem:
                 if isinstance(early, int):
                     early = self._stat_fast_rest(path, kind, follow_symlinks, early)
                 if early is not None:
-                    self.path_misses += 1
+                    self._path_misses += 1
                     if len(paths) >= PATH_CACHE_LIMIT:
                         paths.clear()
                     paths[path] = early.st_ino
                     return early
             inode, _ = self._existing(path, follow_symlinks)
-            self.path_misses += 1
+            self._path_misses += 1
             if len(paths) >= PATH_CACHE_LIMIT:
                 paths.clear()
             paths[path] = inode.ino
             return self._stat_inode(inode)
+
+    @property
+    def path_hits(self) -> int:
+        """stats answered from the path cache (by C or Python)."""
+        return self._path_hits + (self._fast.hits if self._fast is not None else 0)
+
+    @property
+    def path_misses(self) -> int:
+        """str and bytes stats the path cache did not answer."""
+        return self._path_misses + (self._fast.misses if self._fast is not None else 0)
 
     def _stat_fast_reference(self, path: Any, kind: type, follow: bool) -> os.stat_result | None:
         """stat of ``path`` through the C miss path, or None: the walk must answer.

@@ -1,0 +1,285 @@
+"""stat as one C call (``StatPath.stat``, daxfs/fs/_stat.c) against FileSystem.stat's
+Python body (the reference: the path cache, the C miss path, the walk).
+
+``StatPath.stat(path, follow)`` is the whole of ``FileSystem.stat`` for str and
+bytes paths: it takes the filesystem lock without waiting, empties the path
+caches when ``Directories.removals`` moved, answers a path cache hit (the inode
+cached, else its record from media) or a miss through the C miss path, and
+returns None for everything else, which the Python body then answers.  These
+tests check that it answers only what the Python body answers, field for field,
+never a stale path after a name is removed or moved, never while another thread
+holds the lock (a transaction in flight), and never a damaged record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import daxfs
+from daxfs.errors import Corrupted
+from daxfs.fs.filesystem import FileSystem
+from daxfs.testing import SimulatedPmem
+from tests.fs import crafting
+from tests.fs.test_stat_fast import (
+    CHANGES,
+    PATHS,
+    damaged,
+    fields,
+    populate,
+    reference,
+    same,
+    uncache,
+)
+
+
+@pytest.fixture
+def dev() -> SimulatedPmem:
+    return crafting.fresh(populate, size=64 << 20)
+
+
+@pytest.fixture
+def fs(dev: SimulatedPmem) -> Iterator[FileSystem]:
+    mounted = daxfs.mount(dev)
+    yield mounted
+    if mounted.mounted:
+        mounted.unmount()
+
+
+def one_call(fs: FileSystem, path: Any, follow: bool) -> os.stat_result | None:
+    assert fs._fast is not None
+    return fs._fast.stat(path, follow)
+
+
+@pytest.mark.parametrize("remember", [True, False])
+@pytest.mark.parametrize("follow", [True, False])
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_the_one_call_answers_what_the_python_body_answers(
+    fs: FileSystem, follow: bool, as_bytes: bool, remember: bool
+) -> None:
+    """Every path of test_stat_fast, a miss then hits, inodes cached or not: whatever
+    the one call answers is the walk's answer, and fs.stat always is."""
+    assert fs._fast is not None
+    fs._fast.remember = remember
+    paths = [os.fsencode(p) if as_bytes else p for p in PATHS]
+    fs.stat("/d/f1")  # builds the index of /d
+    answered = {"miss": 0, "hit": 0}
+    for path in paths:
+        want = reference(fs, path, follow)
+        head = path.rpartition("/" if isinstance(path, str) else b"/")[0]
+        if head:
+            stat_or_error(fs, head, True)  # the directory remembered: the C miss path
+        for round in range(3):
+            if round != 1:
+                uncache(fs)  # the record from media (round 1: cached by the walk)
+            cache = (fs._paths if isinstance(path, str) else fs._bpaths)[follow]
+            hit = path in cache
+            got = one_call(fs, path, follow)
+            if got is not None:
+                same(got, want)
+                answered["hit" if hit else "miss"] += 1
+            same(stat_or_error(fs, path, follow), want)
+    assert answered["miss"] >= 8  # short names in /d and at the top
+    if remember:
+        assert answered["hit"] >= 8
+
+
+def stat_or_error(fs: FileSystem, path: Any, follow: bool) -> os.stat_result | OSError:
+    try:
+        return fs.stat(path, follow_symlinks=follow)
+    except OSError as exc:
+        return exc
+
+
+def test_hits_and_misses_are_counted_and_remember_decides(fs: FileSystem) -> None:
+    assert fs._fast is not None
+    fs.stat("/d/f1")
+    hits, misses = fs.path_hits, fs.path_misses
+    first = one_call(fs, "/d/f2", True)
+    assert first is not None
+    assert (fs.path_hits, fs.path_misses) == (hits, misses + 1)
+    again = one_call(fs, "/d/f2", True)
+    assert again is not None
+    assert fields(again) == fields(first)
+    assert (fs.path_hits, fs.path_misses) == (hits + 1, misses + 1)
+    fs._fast.remember = False
+    assert one_call(fs, "/d/f3", True) is not None
+    assert "/d/f3" not in fs._paths[True]  # answered, not remembered
+    assert one_call(fs, "/d/f3", True) is not None
+    assert (fs.path_hits, fs.path_misses) == (hits + 1, misses + 3)
+
+
+def test_a_removal_empties_the_caches_before_the_next_answer(fs: FileSystem) -> None:
+    """unlink, rename over, rename of a directory on the way, rmdir: after each, what
+    was remembered is not answered (the epoch moved), whichever side remembered it."""
+    fs.mkdir("/d/x")
+    crafting_touch(fs, "/d/x/a")
+    crafting_touch(fs, "/d/x/b")
+    for path in ("/d/x/a", "/d/x/b", b"/d/x/a", "/d/x"):
+        assert one_call(fs, path, True) is not None or fs.stat(path) is not None
+        assert one_call(fs, path, True) is not None  # remembered now
+    b = fs.stat("/d/x/b").st_ino
+    fs.rename("/d/x/b", "/d/x/a")  # over a remembered name
+    got = one_call(fs, "/d/x/a", True)
+    assert got is None or got.st_ino == b
+    assert fs.stat("/d/x/a").st_ino == b
+    assert one_call(fs, "/d/x/b", True) is None
+    with pytest.raises(FileNotFoundError):
+        fs.stat(b"/d/x/b")
+    fs._fast, fast = None, fs._fast  # the Python body remembers ...
+    assert fs.stat("/d/x/a").st_ino == b
+    fs._fast = fast
+    fs.rename("/d/x", "/d/y")  # ... a directory on the way moves
+    assert one_call(fs, "/d/x/a", True) is None
+    with pytest.raises(FileNotFoundError):
+        fs.stat("/d/x/a")
+    assert fs.stat("/d/y/a").st_ino == b
+    fs.unlink("/d/y/a")
+    assert one_call(fs, "/d/y/a", True) is None
+    with pytest.raises(FileNotFoundError):
+        fs.stat("/d/y/a")
+    fs.rmdir("/d/y")
+    assert one_call(fs, "/d/y", True) is None
+    with pytest.raises(FileNotFoundError):
+        fs.stat("/d/y")
+
+
+def crafting_touch(fs: FileSystem, path: str) -> None:
+    fs.open(path, "xb").close()
+
+
+def test_a_lock_held_by_another_thread_leaves_stat_to_python(fs: FileSystem) -> None:
+    """A thread inside an operation holds the filesystem lock, its changes half made
+    (here: an inode record changed in memory, as a transaction in flight has it): the
+    one call does not answer, and fs.stat waits for the lock, then answers."""
+    first = fs.stat("/d/f5")
+    assert one_call(fs, "/d/f5", True) is not None
+    inode = fs.itable.get(first.st_ino)
+    inside, leave = threading.Event(), threading.Event()
+
+    def operation() -> None:
+        with fs._lock:
+            saved = inode.rec.uid
+            inode.rec.uid = 4242  # uncommitted
+            inside.set()
+            leave.wait()
+            inode.rec.uid = saved  # as an abort puts it back
+
+    worker = threading.Thread(target=operation)
+    worker.start()
+    assert inside.wait(30)
+    try:
+        assert one_call(fs, "/d/f5", True) is None  # never the half-made state
+        assert one_call(fs, "/d/f6", True) is None
+        answers: list[os.stat_result] = []
+        waiter = threading.Thread(target=lambda: answers.append(fs.stat("/d/f5")))
+        waiter.start()
+        waiter.join(0.2)
+        assert not answers  # it waits for the lock (it cannot have answered meanwhile)
+    finally:
+        leave.set()
+        worker.join()
+    waiter.join()
+    assert len(answers) == 1
+    same(answers[0], first)
+    got = one_call(fs, "/d/f5", True)  # the lock is free again
+    assert got is not None
+    same(got, first)
+
+
+def test_the_lock_is_free_after_every_answer(fs: FileSystem) -> None:
+    """The one call releases what it takes, on answers, on None and on errors."""
+    for path in ("/d/f1", "/d/f1", "/d/missing", b"/d/f2", "/d/lnk", 42, "/d/" + "n" * 300):
+        with contextlib.suppress(OSError):
+            one_call(fs, path, True)
+        got: list[bool] = []
+        other = threading.Thread(target=take, args=(fs, got))  # this thread would re-enter
+        other.start()
+        other.join()
+        assert got == [True], path
+
+
+def take(fs: FileSystem, got: list[bool]) -> None:
+    """Try the filesystem lock without waiting; release it if taken."""
+    got.append(fs._lock.acquire(blocking=False))
+    if got[-1]:
+        fs._lock.release()
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_hit_on_a_damaged_record_is_left_to_python_which_raises(
+    dev: SimulatedPmem, change: str
+) -> None:
+    """The path was remembered before the record went bad (media changes under a
+    mount): the hit reads the record again, refuses it, and the walk raises."""
+    with daxfs.mount(dev) as fs:
+        fs.stat("/d/f1")
+        assert one_call(fs, "/d/f8", True) is not None  # remembered
+    _, ino = damaged(dev, change)
+    with daxfs.mount(dev) as fs:
+        fs.stat("/d/f1")
+        fs.stat("/d/f9")
+        paths = fs._paths[True]
+        paths["/d/f8"] = ino  # as remembered before the damage
+        uncache(fs)
+        paths["/d/f8"] = ino
+        assert one_call(fs, "/d/f8", True) is None
+        with pytest.raises(Corrupted) as raised:
+            fs.stat("/d/f8")
+        assert raised.value.errno == errno.EUCLEAN
+        same(stat_or_error(fs, "/d/f9", True), reference(fs, "/d/f9", True))
+
+
+def test_after_unmount_the_one_call_answers_nothing(fs: FileSystem) -> None:
+    fs.stat("/d/f1")
+    fast = fs._fast
+    assert fast is not None
+    assert fast.stat("/d/f1", True) is not None
+    fs.unmount()
+    assert fast.stat("/d/f1", True) is None
+    with pytest.raises(daxfs.errors.InvalidArgument):
+        fs.stat("/d/f1")
+
+
+def test_threads_stat_while_names_change(fs: FileSystem) -> None:
+    """Four threads stat names that a fifth creates, renames and unlinks: every answer
+    is an inode the name had at some point (or ENOENT), never another name's."""
+    for i in range(20):
+        crafting_touch(fs, f"/d/t{i}")
+    inos = {f"/d/t{i}": {fs.stat(f"/d/t{i}").st_ino} for i in range(20)}
+    stop = threading.Event()
+    wrong: list[str] = []
+
+    def reader(k: int) -> None:
+        while not stop.is_set():
+            for i in range(20):
+                path = f"/d/t{(i + k) % 20}"
+                try:
+                    st = fs.stat(path)
+                except FileNotFoundError:
+                    continue
+                if st.st_ino not in inos[path]:
+                    wrong.append(f"{path}: {st.st_ino} not in {inos[path]}")
+
+    readers = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    for r in readers:
+        r.start()
+    try:
+        for round in range(30):
+            i = round % 20
+            path = f"/d/t{i}"
+            fs.unlink(path)
+            crafting_touch(fs, "/d/tmp")
+            inos[path].add(fs.stat("/d/tmp").st_ino)  # before it takes the name
+            fs.rename("/d/tmp", path)
+    finally:
+        stop.set()
+        for r in readers:
+            r.join()
+    assert not wrong, wrong[:5]
