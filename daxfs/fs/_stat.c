@@ -77,6 +77,7 @@
 #define SLOT 16 /* DirIndex: a length byte and 15 name bytes */
 #define STAT_FIELDS 19
 #define INTERPOLATIONS 4 /* then a binary search of what is left */
+#define FENCE_MIN 4096   /* keys from which an index gets a bucket array (fence) */
 #define FAST_PATH_CHARS 1023 /* 4 bytes a character at most: under MAX_PATH (4095) */
 
 /* ------------------------------------------------------------------ BLAKE2b (RFC 7693) */
@@ -189,7 +190,7 @@ typedef struct {
     PyObject *stat_type;   /* os.stat_result */
     PyObject *dev;         /* st_dev */
     PyTypeObject *index_type;
-    Py_ssize_t o_keys, o_values, o_names, o_added, o_removed, o_generation;
+    Py_ssize_t o_keys, o_values, o_names, o_added, o_removed, o_generation, o_fence;
     /* path(): stat's path caches of directories (str, bytes; follow=True), the
      * directory indexes by ino, and the Inode and InodeRecord fields read */
     PyObject *heads, *bheads, *indexes;
@@ -490,6 +491,73 @@ pending(PyObject *record, const char *name, Py_ssize_t n, uint64_t *value)
     return 1;
 }
 
+/* ------------------------------------------------------------------ the bucket array */
+
+/* DirIndex.fence: where each 2^bits-th of the key space starts in `keys`, so that a
+ * probe reads one word of it and then the few keys of one bucket (a line or two),
+ * instead of the three or four scattered lines an interpolation search touches.  The
+ * keys are keyed hashes, spread evenly: 2^bits is the power of two at or under a
+ * quarter of the keys, about 4-8 keys a bucket, 0.5-1 byte a key.  Stored in the
+ * index's `fence` slot as (keys, bytes): the bytes hold the count of keys it was
+ * built for, bits, then start[2^bits + 1] (uint32 each); it is used only while
+ * `keys` is that very array with that count, else rebuilt.  A stale or damaged one
+ * could only make a key look absent (positions are clamped to the keys; a key
+ * found is compared whole, and its value and name read at its own position), and
+ * absent sends the stat to the walk: it can slow an answer, never change it. */
+typedef struct {
+    uint32_t count, bits;
+    uint32_t start[];
+} Fence;
+
+/* the fence of `index` for its `keys` (count keys at k): borrowed, or NULL if there
+ * is none (too few keys, or no memory: the search does without) */
+static const Fence *
+fence_of(StatPath *s, PyObject *index, PyObject *keys, const unsigned char *k, Py_ssize_t count)
+{
+    if (count < FENCE_MIN || count > UINT32_MAX - 1)
+        return NULL;
+    PyObject **where = (PyObject **)((char *)index + s->o_fence);
+    PyObject *f = *where;
+    if (f != NULL && PyTuple_CheckExact(f) && PyTuple_GET_SIZE(f) == 2 &&
+        PyTuple_GET_ITEM(f, 0) == keys && PyBytes_CheckExact(PyTuple_GET_ITEM(f, 1))) {
+        PyObject *b = PyTuple_GET_ITEM(f, 1);
+        const Fence *fence = (const Fence *)PyBytes_AS_STRING(b);
+        if (PyBytes_GET_SIZE(b) >= (Py_ssize_t)sizeof(Fence) && fence->count == count &&
+            fence->bits >= 1 && fence->bits < 32 &&
+            PyBytes_GET_SIZE(b) ==
+                (Py_ssize_t)(sizeof(Fence) + 4 * (((size_t)1 << fence->bits) + 1)))
+            return fence;
+    }
+    unsigned bits = 1;
+    while (((Py_ssize_t)1 << (bits + 1)) <= count / 4)
+        bits++;
+    size_t buckets = (size_t)1 << bits;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(sizeof(Fence) + 4 * (buckets + 1)));
+    if (b == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Fence *fence = (Fence *)PyBytes_AS_STRING(b);
+    fence->count = (uint32_t)count;
+    fence->bits = bits;
+    Py_ssize_t at = 0;
+    for (size_t i = 0; i < buckets; i++) {
+        uint64_t first = (uint64_t)i << (64 - bits); /* the smallest key of bucket i */
+        while (at < count && get_u64(k + 8 * at) < first)
+            at++;
+        fence->start[i] = (uint32_t)at;
+    }
+    fence->start[buckets] = (uint32_t)count;
+    PyObject *pair = PyTuple_Pack(2, keys, b);
+    Py_DECREF(b);
+    if (pair == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_XSETREF(*where, pair);
+    return (const Fence *)PyBytes_AS_STRING(PyTuple_GET_ITEM(pair, 1));
+}
+
 /* DirIndex.find for `key`, `name`: 1 found (ino, type set), 0 absent, -1 ask the tree,
  * -2 error */
 static int
@@ -534,10 +602,20 @@ probe(StatPath *s, PyObject *index, uint64_t key, const char *name, Py_ssize_t n
     }
     const unsigned char *k = kb.buf;
     Py_ssize_t lo = 0, hi = count;
+    const Fence *fence = fence_of(s, index, keys, k, count);
+    if (fence != NULL) { /* the key's bucket: keys[lo-1] < key <= keys[hi] if current */
+        size_t bucket = key >> (64 - fence->bits);
+        lo = fence->start[bucket];
+        hi = fence->start[bucket + 1];
+        if (hi > count)
+            hi = count;
+        if (lo > hi)
+            lo = hi;
+    }
     /* keys are keyed hashes, spread evenly: a few interpolation steps get within a
      * cache line or two of the key (each step keeps keys[lo-1] < key <= keys[hi]) */
     uint64_t klo = 0, khi = UINT64_MAX;
-    for (int step = 0; step < INTERPOLATIONS && hi - lo > 8; step++) {
+    for (int step = 0; fence == NULL && step < INTERPOLATIONS && hi - lo > 8; step++) {
         unsigned __int128 num = (unsigned __int128)(key - klo) * (uint64_t)(hi - lo);
         Py_ssize_t mid = lo + (Py_ssize_t)(num / ((unsigned __int128)(khi - klo) + 1));
         if (mid >= hi)
@@ -969,6 +1047,7 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
         slot_offset(it, "names", &s->o_names) < 0 || slot_offset(it, "added", &s->o_added) < 0 ||
         slot_offset(it, "removed", &s->o_removed) < 0 ||
         slot_offset(it, "generation", &s->o_generation) < 0 ||
+        slot_offset(it, "fence", &s->o_fence) < 0 ||
         slot_offset((PyTypeObject *)inode_type, "rec", &s->o_rec) < 0 ||
         slot_offset((PyTypeObject *)record_type, "mode", &s->o_mode) < 0 ||
         slot_offset((PyTypeObject *)record_type, "generation", &s->o_rgeneration) < 0)

@@ -198,7 +198,17 @@ class DirIndex:
     changes, merged into the arrays when they outgrow a sixteenth of them.
     """
 
-    __slots__ = ("added", "count", "generation", "keys", "merge_at", "names", "removed", "values")
+    __slots__ = (
+        "added",
+        "count",
+        "fence",
+        "generation",
+        "keys",
+        "merge_at",
+        "names",
+        "removed",
+        "values",
+    )
 
     def __init__(
         self, keys: array.array[int], values: array.array[int], names: bytes, generation: int
@@ -214,6 +224,10 @@ class DirIndex:
         self.count = len(keys)
         #: pending changes (``added`` and ``removed``) at which ``merge`` runs
         self.merge_at = max(256, len(keys) // MERGE_SHARE)
+        #: the C stat path's bucket array over ``keys`` (daxfs/fs/_stat.c builds it on
+        #: first use, and tells it is for this ``keys`` by identity): a cache of where
+        #: each 2^k-th of the key space starts, never read here
+        self.fence: object = None
 
     def __len__(self) -> int:
         return self.count
@@ -315,6 +329,7 @@ class DirIndex:
         self.values = _u64_array(values)
         self.names = names.tobytes()
         self.added, self.removed = {}, set()
+        self.fence = None  # of the arrays replaced (C would tell, by identity)
         self.merge_at = max(256, len(self.keys) // MERGE_SHARE)
         assert len(self.keys) == self.count, f"index count {self.count} != {len(self.keys)} keys"
 

@@ -13,6 +13,7 @@ holds the lock (a transaction in flight), and never a damaged record.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import os
@@ -283,3 +284,98 @@ def test_threads_stat_while_names_change(fs: FileSystem) -> None:
         for r in readers:
             r.join()
     assert not wrong, wrong[:5]
+
+
+# -- the bucket array (DirIndex.fence) -------------------------------------------------
+
+
+def big_index(fs: FileSystem, count: int) -> Any:
+    """/big with ``count`` empty files f0..., its index built and merged."""
+    fs.mkdir("/big")
+    for i in range(count):
+        fs.open(f"/big/f{i}", "xb").close()
+    fs.stat("/big/f0")
+    index = fs.dirs.ready_index(fs.itable.get(fs.stat("/big").st_ino))
+    assert index is not None
+    index.merge()
+    return index
+
+
+def test_a_big_index_gets_a_bucket_array_that_answers_every_name() -> None:
+    dev = crafting.fresh(size=64 << 20)
+    with daxfs.mount(dev) as fs:
+        index = big_index(fs, 5000)
+        assert index.fence is None
+        fs._forget_paths()
+        fs.stat("/big")  # the head remembered
+        want = {i: fs.stat(f"/big/f{i}") for i in range(0, 5000, 3)}
+        fs._forget_paths()
+        fs.stat("/big")
+        for i, st in want.items():
+            got = one_call(fs, f"/big/f{i}", True)
+            assert got is not None, i
+            same(got, st)
+        assert isinstance(index.fence, tuple)
+        assert index.fence[0] is index.keys  # built for these keys
+        for i in range(5000, 5200):
+            assert one_call(fs, f"/big/f{i}", True) is None  # absent: the walk says so
+            with pytest.raises(FileNotFoundError):
+                fs.stat(f"/big/f{i}")
+        fs.unlink("/big/f3")  # pending: read before the arrays
+        fs.open("/big/new", "xb").close()
+        fs.stat("/big")
+        assert one_call(fs, "/big/f3", True) is None
+        assert one_call(fs, "/big/new", True) is not None
+        index.merge()  # new arrays: the fence is dropped, then rebuilt for them
+        assert index.fence is None
+        fs.stat("/big")
+        same(one_call(fs, "/big/f6", True), want[6])  # type: ignore[arg-type]
+        assert index.fence[0] is index.keys
+
+
+@pytest.mark.parametrize("kind", ["zeros", "shifted", "short", "other-keys", "garbage"])
+def test_a_wrong_bucket_array_never_changes_an_answer(kind: str) -> None:
+    """A fence that does not fit its keys (stale, damaged, of another array) only makes
+    names look absent (the walk answers them) or is rebuilt: never a wrong answer."""
+    import random
+    import struct
+
+    dev = crafting.fresh(size=64 << 20)
+    with daxfs.mount(dev) as fs:
+        index = big_index(fs, 5000)
+        fs.stat("/big")
+        assert one_call(fs, "/big/f1", True) is not None
+        count, bits = struct.unpack_from("<II", index.fence[1])
+        buckets = (1 << bits) + 1
+        rng = random.Random(7)
+        if kind == "zeros":
+            body = struct.pack("<II", count, bits) + bytes(4 * buckets)
+        elif kind == "shifted":  # every bucket one bucket off
+            starts = struct.unpack_from(f"<{buckets}I", index.fence[1], 8)
+            body = struct.pack(f"<II{buckets}I", count, bits, *starts[1:], count)
+        elif kind == "short":
+            body = index.fence[1][:-4]
+        elif kind == "other-keys":
+            body = index.fence[1]
+        else:
+            body = struct.pack("<II", count, bits) + bytes(
+                rng.randrange(256) for _ in range(4 * buckets)
+            )
+        keys = index.keys if kind != "other-keys" else array.array("Q", index.keys)
+        index.fence = (keys, body)
+        answered = 0
+        for i in range(0, 5000, 7):
+            path = f"/big/f{i}"
+            fs._forget_paths()
+            fs.stat("/big")  # the head remembered, the name not: the miss path
+            got = one_call(fs, path, True)
+            want = reference(fs, path, True)
+            if got is not None:
+                answered += 1
+                same(got, want)
+            same(stat_or_error(fs, path, True), want)
+        if kind == "zeros":
+            assert answered == 0  # every bucket empty: the C path reads the fence
+        if kind in ("short", "other-keys"):
+            assert answered == len(range(0, 5000, 7))  # rebuilt
+            assert index.fence[0] is index.keys
