@@ -611,6 +611,12 @@ probe(StatPath *s, PyObject *index, uint64_t key, const char *name, Py_ssize_t n
             hi = count;
         if (lo > hi)
             lo = hi;
+        /* the key is in keys[lo..hi]: fetch its value's and name's lines meanwhile */
+        if (lo < count) { /* (a prefetch never faults, past the end either) */
+            __builtin_prefetch((const char *)vb.buf + 8 * lo);
+            __builtin_prefetch(PyBytes_AS_STRING(names) + SLOT * lo);
+            __builtin_prefetch(PyBytes_AS_STRING(names) + SLOT * lo + 64);
+        }
     }
     /* keys are keyed hashes, spread evenly: a few interpolation steps get within a
      * cache line or two of the key (each step keeps keys[lo-1] < key <= keys[hi]) */
