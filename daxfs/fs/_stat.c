@@ -34,7 +34,8 @@
  *         if Directories.removals moved since (the epoch), look the path up in
  *         its path cache (a hit: the inode's stat, cached or from media, 4-5),
  *         else path(path) -- child() of the path's HEAD from the path cache --
- *         and, if `remember`, put what it answered into the path cache;
+ *         and, if `remember`, put what it answered into the answer table
+ *         (below; looked up before the path cache);
  *         release the lock.  Whatever else (the walk, an error) returns None,
  *         and FileSystem.stat's Python body, the reference, answers.
  *
@@ -55,8 +56,8 @@
  *      read.
  *   4. The layout constants come from daxfs.fs.layout (the constructor's
  *      `constants`); none is written here.
- *   5. Only stat() writes: the path caches (emptied at an epoch change, a path
- *      added, as FileSystem.stat does) and its counters, under the filesystem
+ *   5. Only stat() writes: the path caches (emptied at an epoch change, as
+ *      FileSystem.stat does), its answer table and counters, under the filesystem
  *      lock, which it holds for the whole call: no other thread sees half of
  *      it, and it never sees another thread's operation half made.
  */
@@ -207,7 +208,9 @@ typedef struct {
     long long epoch;         /* removals when the path caches were last emptied here */
     Py_ssize_t limit;        /* PATH_CACHE_LIMIT */
     unsigned long long hits, misses; /* answered from the path cache / not */
-    char remember;           /* a miss stat() answers goes into the path cache */
+    char remember;           /* a miss stat() answers goes into the answer table */
+    struct Answer *answers;  /* the answer table (ANSWERS slots), or NULL */
+    uint64_t token;          /* what a current slot holds; moved by an epoch and forget() */
     /* the layout (daxfs.fs.layout) */
     uint32_t magic;
     uint64_t max_file_size, max_symlink, inline_extents, inline_area;
@@ -215,6 +218,40 @@ typedef struct {
     unsigned map_none, map_inline, map_btree, map_symlink;
     uint64_t block_size, inodes_per_block, ino_limit;
 } StatPath;
+
+/* The answer table: stat()'s own cache of the paths the C miss path answered, path ->
+ * ino, beside the path caches (Python dicts, which the walk fills).  Direct-mapped by
+ * the path's Python hash, ANSWERS slots of one cache line each, the path's bytes kept
+ * in the slot (no reference to the path object): a lookup reads one line, an insert
+ * overwrites it, and nothing grows, is resized or is emptied one by one.  A slot is
+ * current while its token is the table's, which moves whenever the path caches are
+ * emptied (an epoch change: a name removed or retargeted; forget()), so it answers
+ * exactly what the path caches would.  Only compact ASCII str paths and bytes paths of
+ * at most ANSWER_PATH bytes are kept; the rest are answered by the miss path each time. */
+#define ANSWERS 4096
+#define ANSWER_PATH 38
+typedef struct Answer {
+    uint64_t hash;  /* the path's hash(), as Python computes it */
+    uint64_t ino;
+    uint64_t token; /* StatPath.token when answered */
+    uint8_t kind;   /* 1 + bytes + 2 * follow */
+    uint8_t len;
+    char path[ANSWER_PATH];
+} Answer;
+
+/* the path's bytes for the table (compact ASCII str, or bytes), else NULL */
+static const char *
+answer_key(PyObject *path, int bytes, Py_ssize_t *len)
+{
+    if (bytes) {
+        *len = PyBytes_GET_SIZE(path);
+        return *len <= ANSWER_PATH ? PyBytes_AS_STRING(path) : NULL;
+    }
+    if (!PyUnicode_IS_COMPACT_ASCII(path))
+        return NULL;
+    *len = PyUnicode_GET_LENGTH(path);
+    return *len <= ANSWER_PATH ? (const char *)PyUnicode_DATA(path) : NULL;
+}
 
 /* crc32c of a record with its checksum field (bytes 4..8) taken as zero */
 static uint32_t
@@ -895,6 +932,7 @@ stat_locked(StatPath *s, PyObject *path, int follow)
             for (int f = 0; f < 2; f++)
                 PyDict_Clear(s->paths[b][f]);
         s->epoch = removals;
+        s->token++; /* and the answer table */
     }
     PyObject *hwmo = slot(s->sb, s->o_hwm);
     if (hwmo == NULL || !PyLong_CheckExact(hwmo))
@@ -902,13 +940,34 @@ stat_locked(StatPath *s, PyObject *path, int follow)
     uint64_t hwm = PyLong_AsUnsignedLongLong(hwmo);
     if (hwm == (uint64_t)-1 && PyErr_Occurred())
         return NULL;
+    /* the answer table first (one line), then the path cache (the walk's answers) */
+    Answer *slotp = NULL;
+    Py_ssize_t len = 0;
+    const char *key = s->answers != NULL ? answer_key(path, bytes, &len) : NULL;
+    uint64_t hash = 0;
+    uint64_t n = 0;
+    int hit = 0;
+    if (key != NULL) {
+        Py_hash_t h = PyObject_Hash(path); /* cached in the object after the first */
+        if (h == -1)
+            return NULL;
+        hash = (uint64_t)h;
+        slotp = &s->answers[(hash ^ (hash >> 17)) & (ANSWERS - 1)];
+        hit = slotp->token == s->token && slotp->hash == hash &&
+              slotp->kind == 1 + bytes + 2 * follow && slotp->len == len &&
+              memcmp(slotp->path, key, (size_t)len) == 0;
+        n = slotp->ino;
+    }
     PyObject *paths = s->paths[bytes][follow];
-    PyObject *ino = PyDict_GetItemWithError(paths, path);
+    PyObject *ino = hit ? NULL : PyDict_GetItemWithError(paths, path);
     PyObject *r;
-    if (ino != NULL) { /* a path cache hit: the inode, cached or from media */
-        uint64_t n = PyLong_AsUnsignedLongLong(ino);
+    if (ino != NULL) {
+        n = PyLong_AsUnsignedLongLong(ino);
         if (n == (uint64_t)-1 && PyErr_Occurred())
             return NULL;
+        hit = 1;
+    }
+    if (hit) { /* a path cache hit: the inode, cached or from media */
         r = stat_from_media(s, n, hwm, 0, 1);
         if (r == NULL || Py_TYPE(r) == (PyTypeObject *)s->stat_type) {
             s->hits += r != NULL;
@@ -923,11 +982,18 @@ stat_locked(StatPath *s, PyObject *path, int follow)
     if (r == NULL || Py_TYPE(r) == (PyTypeObject *)s->stat_type) {
         if (r != NULL)
             s->misses++;
-        if (r != NULL && s->remember) {
-            if (PyDict_GET_SIZE(paths) >= s->limit)
-                PyDict_Clear(paths);
-            if (PyDict_SetItem(paths, path, PyStructSequence_GET_ITEM(r, 1)) < 0)
+        if (r != NULL && s->remember && slotp != NULL) {
+            uint64_t got = PyLong_AsUnsignedLongLong(PyStructSequence_GET_ITEM(r, 1));
+            if (got == (uint64_t)-1 && PyErr_Occurred()) {
                 Py_CLEAR(r);
+                return NULL;
+            }
+            slotp->hash = hash;
+            slotp->ino = got;
+            slotp->token = s->token;
+            slotp->kind = (uint8_t)(1 + bytes + 2 * follow);
+            slotp->len = (uint8_t)len;
+            memcpy(slotp->path, key, (size_t)len);
         }
         return r;
     }
@@ -1107,6 +1173,14 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
     s->limit = limit;
     s->epoch = -1; /* emptied at the first stat() */
     s->remember = 1;
+    if (acquire != NULL && s->answers == NULL) {
+        s->answers = PyMem_Calloc(ANSWERS, sizeof(Answer));
+        if (s->answers == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    s->token++; /* whatever a slot held before is not current */
     Py_XSETREF(s->heads, Py_NewRef(heads));
     Py_XSETREF(s->bheads, Py_NewRef(bheads));
     Py_XSETREF(s->indexes, Py_NewRef(indexes));
@@ -1177,6 +1251,8 @@ StatPath_dealloc(StatPath *s)
 {
     PyObject_GC_UnTrack(s);
     StatPath_clear(s);
+    PyMem_Free(s->answers);
+    s->answers = NULL;
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -1184,6 +1260,13 @@ static PyObject *
 StatPath_release(StatPath *s, PyObject *unused)
 {
     StatPath_clear(s); /* unmount: the view must go before the store releases it */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+StatPath_forget(StatPath *s, PyObject *unused)
+{
+    s->token++; /* every slot of the answer table stops being current */
     Py_RETURN_NONE;
 }
 
@@ -1221,6 +1304,8 @@ static PyMethodDef StatPath_methods[] = {
      "memory; None: the reference path must answer."},
     {"hash", (PyCFunction)StatPath_hash, METH_O,
      "hash(name) -> int: Directories.hash(name), in C."},
+    {"forget", (PyCFunction)StatPath_forget, METH_NOARGS,
+     "Forget every answer of the answer table (the path caches were emptied)."},
     {"release", (PyCFunction)StatPath_release, METH_NOARGS,
      "Drop every reference (the view first); later calls answer -1 / None."},
     {NULL}};
@@ -1231,7 +1316,7 @@ static PyMemberDef StatPath_members[] = {
     {"misses", T_ULONGLONG, offsetof(StatPath, misses), READONLY,
      "stats stat() answered without it (path(): the C miss path)"},
     {"remember", T_BOOL, offsetof(StatPath, remember), 0,
-     "whether stat() puts what the miss path answered into the path cache"},
+     "whether stat() puts what the miss path answered into its answer table"},
     {NULL}};
 
 static PyTypeObject StatPathType = {

@@ -1068,6 +1068,8 @@ class FileSystem:
         """Empty stat's path cache (a name was removed or retargeted)."""
         for paths in (*self._paths, *self._bpaths):
             paths.clear()
+        if self._fast is not None:
+            self._fast.forget()  # its answer table too
         self._paths_epoch = self.dirs.removals
 
     def lstat(self, path: Path) -> os.stat_result:

@@ -100,6 +100,7 @@ def stat_or_error(fs: FileSystem, path: Any, follow: bool) -> os.stat_result | O
 
 def test_hits_and_misses_are_counted_and_remember_decides(fs: FileSystem) -> None:
     assert fs._fast is not None
+    fs._fast.remember = True
     fs.stat("/d/f1")
     hits, misses = fs.path_hits, fs.path_misses
     first = one_call(fs, "/d/f2", True)
@@ -111,9 +112,55 @@ def test_hits_and_misses_are_counted_and_remember_decides(fs: FileSystem) -> Non
     assert (fs.path_hits, fs.path_misses) == (hits + 1, misses + 1)
     fs._fast.remember = False
     assert one_call(fs, "/d/f3", True) is not None
-    assert "/d/f3" not in fs._paths[True]  # answered, not remembered
-    assert one_call(fs, "/d/f3", True) is not None
+    assert one_call(fs, "/d/f3", True) is not None  # answered, not remembered: a miss
     assert (fs.path_hits, fs.path_misses) == (hits + 1, misses + 3)
+    fs._fast.remember = True
+    fs._forget_paths()  # the answer table too
+    remember_head(fs, "/d")
+    hits, misses = fs.path_hits, fs.path_misses
+    assert one_call(fs, "/d/f2", True) is not None  # forgotten: a miss
+    assert (fs.path_hits, fs.path_misses) == (hits, misses + 1)
+
+
+def test_the_answer_table_holds_what_the_walk_answers_through_collisions() -> None:
+    """More names than the answer table has slots (4096), so that many share one: each
+    stat, first or again, str or bytes, stat or lstat, is the walk's answer; names
+    it does not keep (long, not ASCII) are answered by the miss path each time."""
+    dev = crafting.fresh(size=64 << 20)
+    with daxfs.mount(dev) as fs:
+        fs.mkdir("/m")
+        names = [f"n{i}" for i in range(5000)] + ["\u00e9t\u00e9", "x" * 14]
+        for name in names:
+            fs.open(f"/m/{name}", "xb").close()
+        fs.symlink("/m/n1", "/m/lnk")
+        long_dir = "/m/" + "d" * 40
+        fs.mkdir(long_dir)
+        fs.open(f"{long_dir}/f", "xb").close()
+        want = {}
+        for name in [*names, "lnk"]:
+            for follow in (True, False):
+                want[name, follow] = reference(fs, f"/m/{name}", follow)
+        remember_head(fs, "/m")
+        remember_head(fs, long_dir)
+        hits = fs.path_hits
+        for _ in range(2):
+            for name in [*names, "lnk"]:
+                for follow in (True, False):
+                    for path in (f"/m/{name}", os.fsencode(f"/m/{name}")):
+                        got = one_call(fs, path, follow)
+                        if got is not None:
+                            same(got, want[name, follow])
+                        same(stat_or_error(fs, path, follow), want[name, follow])
+        assert fs.path_hits - hits > 5000  # the second round hits where no name collided
+        fs.stat(f"{long_dir}/f")  # its directory indexed
+        want_long = reference(fs, f"{long_dir}/f", True)
+        remember_head(fs, long_dir)
+        misses = fs.path_misses
+        for _ in range(2):
+            got = one_call(fs, f"{long_dir}/f", True)  # 45 bytes: answered, not kept
+            assert got is not None
+            same(got, want_long)
+        assert fs.path_misses == misses + 2
 
 
 def test_a_removal_empties_the_caches_before_the_next_answer(fs: FileSystem) -> None:
@@ -289,6 +336,13 @@ def test_threads_stat_while_names_change(fs: FileSystem) -> None:
 # -- the bucket array (DirIndex.fence) -------------------------------------------------
 
 
+def remember_head(fs: FileSystem, head: str) -> None:
+    """Put the directory ``head`` into the path cache (as the walk of a first stat in
+    it does): the stats of names in it then take the C miss path."""
+    fs.stat("/")  # a removal since the last stat empties the caches here, not later
+    assert fs._resolve_parent(head, fs._paths[True]) is not None
+
+
 def big_index(fs: FileSystem, count: int) -> Any:
     """/big with ``count`` empty files f0..., its index built and merged."""
     fs.mkdir("/big")
@@ -307,10 +361,10 @@ def test_a_big_index_gets_a_bucket_array_that_answers_every_name() -> None:
         index = big_index(fs, 5000)
         assert index.fence is None
         fs._forget_paths()
-        fs.stat("/big")  # the head remembered
+        remember_head(fs, "/big")  # the head remembered
         want = {i: fs.stat(f"/big/f{i}") for i in range(0, 5000, 3)}
         fs._forget_paths()
-        fs.stat("/big")
+        remember_head(fs, "/big")
         for i, st in want.items():
             got = one_call(fs, f"/big/f{i}", True)
             assert got is not None, i
@@ -323,12 +377,12 @@ def test_a_big_index_gets_a_bucket_array_that_answers_every_name() -> None:
                 fs.stat(f"/big/f{i}")
         fs.unlink("/big/f3")  # pending: read before the arrays
         fs.open("/big/new", "xb").close()
-        fs.stat("/big")
+        remember_head(fs, "/big")
         assert one_call(fs, "/big/f3", True) is None
         assert one_call(fs, "/big/new", True) is not None
         index.merge()  # new arrays: the fence is dropped, then rebuilt for them
         assert index.fence is None
-        fs.stat("/big")
+        remember_head(fs, "/big")
         same(one_call(fs, "/big/f6", True), want[6])  # type: ignore[arg-type]
         assert index.fence[0] is index.keys
 
@@ -343,7 +397,7 @@ def test_a_wrong_bucket_array_never_changes_an_answer(kind: str) -> None:
     dev = crafting.fresh(size=64 << 20)
     with daxfs.mount(dev) as fs:
         index = big_index(fs, 5000)
-        fs.stat("/big")
+        remember_head(fs, "/big")
         assert one_call(fs, "/big/f1", True) is not None
         count, bits = struct.unpack_from("<II", index.fence[1])
         buckets = (1 << bits) + 1
@@ -367,7 +421,7 @@ def test_a_wrong_bucket_array_never_changes_an_answer(kind: str) -> None:
         for i in range(0, 5000, 7):
             path = f"/big/f{i}"
             fs._forget_paths()
-            fs.stat("/big")  # the head remembered, the name not: the miss path
+            remember_head(fs, "/big")  # the head remembered, the name not: the miss path
             got = one_call(fs, path, True)
             want = reference(fs, path, True)
             if got is not None:
