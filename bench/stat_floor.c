@@ -1,0 +1,161 @@
+/*
+ * bench/stat_floor.c: the memory work of a stat miss among N names, in bare C, with the
+ * directory index laid out in several ways (docs/ARCHITECTURE.md, "The stat miss path").
+ *
+ *   stat_floor FILE [N]
+ *
+ * FILE: at least 1 GiB, on /dev/shm (the inode records: tmpfs, 4 KiB pages, as the
+ * daxfs image there; shmem THP is off on the development VM).  Each lookup waits for
+ * the one before (as a stat waits for the stat before it: the interpreter runs between
+ * them), unlike bench/floors.c's probe, whose iterations the CPU may overlap.  Prints
+ * "name value" lines, ns a lookup, median of 7 rounds of 400,000:
+ *
+ *   interp_{4k,2m}[_rec]        DirIndex's three arrays (keys 8 B, values 8 B, names
+ *                               16 B) searched as before: 4 interpolation steps, then
+ *                               binary
+ *   fence_{4k,2m}[_rec]         the same arrays, searched as _stat.c does now: the
+ *                               bucket array (a quarter as many buckets as keys), the
+ *                               value's and name's lines prefetched, the bucket's keys
+ *   packed_{4k,2m}[_rec]        one array of 32-byte entries (key, value, name), the
+ *                               interpolation search
+ *   packed_fence_{4k,2m}[_rec]  32-byte entries and the bucket array
+ *
+ * 4k: the arrays malloc'd (4 KiB pages, as Python's array and bytes); 2m: on 2 MiB
+ * pages (MADV_HUGEPAGE on an aligned anonymous mapping; anonymous THP is "madvise").
+ * _rec: then a 256-byte copy from a random place of FILE (the inode record); without
+ * it, the index alone.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define GIB (1ULL << 30)
+#define ROUNDS 7
+#define OPS 400000
+
+static uint64_t rng = 88172645463325252ULL;
+static uint64_t xorshift(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
+static double now_ns(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e9 + t.tv_nsec; }
+static int cmp_u64(const void *a, const void *b) { uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b; return x < y ? -1 : x > y; }
+static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return x < y ? -1 : x > y; }
+
+static void *alloc(size_t size, int huge) {
+    if (!huge) { void *p = malloc(size); memset(p, 0, size); return p; }
+    size_t al = 2ULL << 20, len = size + al;
+    char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) { perror("mmap"); exit(1); }
+    char *q = (char *)(((uintptr_t)p + al - 1) & ~(al - 1));
+    madvise(q, size, MADV_HUGEPAGE);
+    memset(q, 0, size);
+    return q;
+}
+
+typedef struct { uint64_t key, value; unsigned char name[16]; } Entry;
+
+static size_t n;
+static uint64_t *keys, *values; static unsigned char *names;
+static Entry *packed; static uint32_t *fence; static int fbits;
+static const unsigned char *records;
+static volatile uint64_t sink;
+
+static size_t search(const uint64_t *k, size_t stride, size_t lo, size_t hi, uint64_t key, int interp) {
+#define K(i) (*(const uint64_t *)((const char *)k + (i) * stride))
+    uint64_t klo = 0, khi = UINT64_MAX;
+    for (int step = 0; interp && step < 4 && hi - lo > 8; step++) {
+        size_t mid = lo + (size_t)((unsigned __int128)(key - klo) * (hi - lo) / ((unsigned __int128)(khi - klo) + 1));
+        if (mid >= hi) mid = hi - 1;
+        if (K(mid) < key) { lo = mid + 1; klo = K(mid); } else { hi = mid; khi = K(mid); }
+    }
+    while (lo < hi) { size_t mid = lo + (hi - lo) / 2; if (K(mid) < key) lo = mid + 1; else hi = mid; }
+    return lo;
+}
+
+static double run(int layout, int rec) {
+    double r[ROUNDS];
+    uint64_t dep = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        double t0 = now_ns();
+        for (int i = 0; i < OPS; i++) {
+            uint64_t key = keys[(xorshift() ^ dep) % n];
+            uint64_t v; const unsigned char *nm;
+            if (layout == 0) {
+                size_t at = search(keys, 8, 0, n, key, 1);
+                v = values[at]; nm = names + 16 * at;
+            } else if (layout == 1) {
+                size_t b = key >> (64 - fbits);
+                size_t lo = fence[b];
+                __builtin_prefetch(values + lo);
+                __builtin_prefetch(names + 16 * lo);
+                __builtin_prefetch(names + 16 * lo + 64);
+                size_t at = search(keys, 8, lo, fence[b + 1], key, 0);
+                v = values[at]; nm = names + 16 * at;
+            } else if (layout == 2) {
+                size_t at = search(&packed[0].key, 32, 0, n, key, 1);
+                v = packed[at].value; nm = packed[at].name;
+            } else {
+                size_t b = key >> (64 - fbits);
+                size_t at = search(&packed[0].key, 32, fence[b], fence[b + 1], key, 0);
+                v = packed[at].value; nm = packed[at].name;
+            }
+            uint64_t got = v + nm[0];
+            if (rec) {
+                unsigned char buf[256];
+                memcpy(buf, records + 256 * (v % (GIB / 256)), 256);
+                got += buf[0] + buf[255];
+            }
+            dep = got & 1; /* the next lookup waits for this one */
+            sink += got;
+        }
+        r[round] = (now_ns() - t0) / OPS;
+    }
+    qsort(r, ROUNDS, sizeof r[0], cmp_d);
+    return r[ROUNDS / 2];
+}
+
+static void build(int huge) {
+    keys = alloc(8 * n, huge); values = alloc(8 * n, huge); names = alloc(16 * n, huge);
+    packed = alloc(32 * n, huge);
+    fbits = 1; while ((1ULL << (fbits + 1)) <= n / 4) fbits++; /* as _stat.c */
+    fence = alloc(4 * ((1ULL << fbits) + 1), huge);
+    rng = 88172645463325252ULL;
+    for (size_t i = 0; i < n; i++) keys[i] = xorshift();
+    qsort(keys, n, 8, cmp_u64);
+    for (size_t i = 0; i < n; i++) {
+        values[i] = xorshift();
+        memset(names + 16 * i, (int)i, 16);
+        packed[i].key = keys[i]; packed[i].value = values[i]; memcpy(packed[i].name, names + 16 * i, 16);
+    }
+    size_t at = 0;
+    for (size_t b = 0; b <= (1ULL << fbits); b++) {
+        uint64_t start = b == (1ULL << fbits) ? UINT64_MAX : (uint64_t)b << (64 - fbits);
+        while (at < n && keys[at] < start) at++;
+        fence[b] = b == (1ULL << fbits) ? n : at;
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { fprintf(stderr, "usage: stat_floor FILE [N]\n"); return 2; }
+    n = argc > 2 ? strtoull(argv[2], NULL, 10) : 1000000;
+    if (n < 1) { fprintf(stderr, "N: at least 1\n"); return 2; }
+    int fd = open(argv[1], O_RDONLY);
+    if (fd < 0) { perror(argv[1]); return 1; }
+    records = mmap(NULL, GIB, PROT_READ, MAP_SHARED, fd, 0);
+    if (records == MAP_FAILED) { perror("mmap"); return 1; }
+    for (size_t i = 0; i < GIB; i += 4096) sink += records[i];
+    const char *names_[] = {"interp", "fence", "packed", "packed_fence"};
+    for (int huge = 0; huge < 2; huge++) {
+        build(huge);
+        for (int layout = 0; layout < 4; layout++)
+            for (int rec = 0; rec < 2; rec++)
+                printf("%s_%s%s_ns %.1f\n", names_[layout], huge ? "2m" : "4k", rec ? "_rec" : "",
+                       run(layout, rec));
+    }
+    return 0;
+}
