@@ -217,6 +217,7 @@ typedef struct {
     uint32_t flag_orphan, flag_truncate;
     unsigned map_none, map_inline, map_btree, map_symlink;
     uint64_t block_size, inodes_per_block, ino_limit;
+    unsigned block_shift, ipb_shift; /* both are powers of two (checked): no divisions */
 } StatPath;
 
 /* The answer table: stat()'s own cache of the paths the C miss path answered, path ->
@@ -438,7 +439,7 @@ place(StatPath *s, uint64_t ino, uint64_t *blockno)
     Py_buffer pb;
     if (PyObject_GetBuffer(s->places, &pb, PyBUF_SIMPLE) < 0)
         return -1;
-    uint64_t fblock = ino / s->inodes_per_block;
+    uint64_t fblock = ino >> s->ipb_shift;
     *blockno = 0;
     if (fblock < (uint64_t)pb.len / 8)
         *blockno = get_u64((const unsigned char *)pb.buf + 8 * fblock);
@@ -461,9 +462,9 @@ stat_from_media(StatPath *s, uint64_t ino, uint64_t hwm, int refuse_link, int ca
     if (PyObject_GetBuffer(s->view, &mem, PyBUF_SIMPLE) < 0)
         return NULL;
     uint64_t offset = 0;
-    int placed = blockno != 0 && blockno < (uint64_t)mem.len / s->block_size;
+    int placed = blockno != 0 && blockno < (uint64_t)mem.len >> s->block_shift;
     if (placed) {
-        offset = blockno * s->block_size + (ino % s->inodes_per_block) * RECORD;
+        offset = (blockno << s->block_shift) + (ino & (s->inodes_per_block - 1)) * RECORD;
         placed = offset + RECORD <= (uint64_t)mem.len; /* invariant 3 */
     }
     if (placed) /* fetch the record while the cache is searched */
@@ -919,6 +920,13 @@ stat_locked(StatPath *s, PyObject *path, int follow)
         Py_RETURN_NONE;
     if (s->view == NULL || s->sb == NULL)
         Py_RETURN_NONE; /* unmounted: Python raises */
+    /* the answer slot's line, fetched while the epoch and the high-water mark are read
+     * (a str caches its hash, unless this is its first; bytes paths do without) */
+    Py_hash_t early = bytes ? -1 : ((PyASCIIObject *)path)->hash;
+    if (early != -1 && s->answers != NULL) {
+        uint64_t eh = (uint64_t)early;
+        __builtin_prefetch(&s->answers[(eh ^ (eh >> 17)) & (ANSWERS - 1)]);
+    }
     /* the path caches' epoch, as FileSystem.stat checks it */
     PyObject *moved = PyObject_GetAttr(s->dirs, str_removals);
     if (moved == NULL)
@@ -1111,8 +1119,14 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
     s->map_inline = (unsigned)c[8];
     s->map_btree = (unsigned)c[9];
     s->map_symlink = (unsigned)c[10];
+    if ((c[11] & (c[11] - 1)) || (c[12] & (c[12] - 1))) {
+        PyErr_SetString(PyExc_ValueError, "unexpected layout constants");
+        return -1;
+    }
     s->block_size = c[11];
     s->inodes_per_block = c[12];
+    s->block_shift = (unsigned)__builtin_ctzll(c[11]);
+    s->ipb_shift = (unsigned)__builtin_ctzll(c[12]);
     s->ino_limit = 1ULL << 63;
     PyTypeObject *it = (PyTypeObject *)index_type;
     if (slot_offset(it, "keys", &s->o_keys) < 0 || slot_offset(it, "values", &s->o_values) < 0 ||
