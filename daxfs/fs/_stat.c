@@ -14,9 +14,11 @@
  *
  *     child(index, name, hwm, follow)
  *         1. key = BLAKE2b-64(hash_key, name)   (Directories.hash, byte for byte)
- *         2. probe the index: the pending changes (added, removed), else an
- *            interpolation, then binary, search of its sorted keys; the slot's
- *            name compared byte for byte (DirIndex.find)
+ *         2. probe the index: the pending changes (added, removed), else its
+ *            sorted keys: through its bucket array (DirIndex.fence, built here,
+ *            below) for 4096 keys or more, else an interpolation search; then
+ *            a binary search; the slot's name compared byte for byte
+ *            (DirIndex.find)
  *         3. the inode: cached in the inode table -> the result is built from
  *            the Inode's record in memory; else from media, below
  *     inode(ino, hwm)
