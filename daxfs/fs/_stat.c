@@ -81,6 +81,7 @@
 #define STAT_FIELDS 19
 #define INTERPOLATIONS 4 /* then a binary search of what is left */
 #define FENCE_MIN 4096   /* keys from which an index gets a bucket array (fence) */
+#define SETTLE_MIN 1024  /* probes of unchanged pending changes before settle() merges */
 #define FAST_PATH_CHARS 1023 /* 4 bytes a character at most: under MAX_PATH (4095) */
 
 /* ------------------------------------------------------------------ BLAKE2b (RFC 7693) */
@@ -212,6 +213,11 @@ typedef struct {
     unsigned long long hits, misses; /* answered from the path cache / not */
     char remember;           /* a miss stat() answers goes into the answer table */
     struct Answer *answers;  /* the answer table (ANSWERS slots), or NULL */
+    /* settle(): the index last probed with pending changes (compared, never read),
+     * their number then, and the probes since that saw that number */
+    uintptr_t settle_index;
+    Py_ssize_t settle_seen, settle_reads;
+    unsigned long long merges; /* DirIndex.merge calls settle() made */
     uint64_t token;          /* what a current slot holds; moved by an epoch and forget() */
     /* the layout (daxfs.fs.layout) */
     uint32_t magic;
@@ -598,6 +604,48 @@ fence_of(StatPath *s, PyObject *index, PyObject *keys, const unsigned char *k, P
     return (const Fence *)PyBytes_AS_STRING(PyTuple_GET_ITEM(pair, 1));
 }
 
+/* A big index's pending changes (DirIndex.added, .removed: creates and unlinks since
+ * its arrays were made, up to a sixteenth of them) are looked up by every probe first:
+ * an int made and a dict of up to tens of thousands of keys missed, each stat.  When
+ * only stats read the index -- as many probes as there are pending changes (and at
+ * least SETTLE_MIN) have found their number unchanged -- fold them into the arrays
+ * (DirIndex.merge, as the next change would once they reach a sixteenth): one O(n)
+ * merge instead of as many lookups.  Caller holds the filesystem lock (merge runs
+ * Python code; another thread cannot take the lock meanwhile).  A failed merge changes
+ * nothing (merge replaces the arrays at its end) and is not retried before as many
+ * probes again.  1 merged, 0 not, -1 error. */
+static int
+settle(StatPath *s, PyObject *index, Py_ssize_t count)
+{
+    PyObject *added = slot(index, s->o_added), *removed = slot(index, s->o_removed);
+    if (count < FENCE_MIN || added == NULL || removed == NULL || !PyDict_Check(added) ||
+        !PyAnySet_Check(removed))
+        return 0;
+    Py_ssize_t pending = PyDict_GET_SIZE(added) + PySet_GET_SIZE(removed);
+    if (pending == 0)
+        return 0;
+    if (s->settle_index != (uintptr_t)index || s->settle_seen != pending) {
+        s->settle_index = (uintptr_t)index;
+        s->settle_seen = pending;
+        s->settle_reads = 0;
+    }
+    if (++s->settle_reads < (pending > SETTLE_MIN ? pending : SETTLE_MIN))
+        return 0;
+    s->settle_reads = 0;
+    Py_INCREF(index);
+    PyObject *done = PyObject_CallMethod(index, "merge", NULL);
+    Py_DECREF(index);
+    if (done == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return -1; /* KeyboardInterrupt and the like go on */
+        PyErr_Clear(); /* the index is as it was: the probe reads the pending changes */
+        return 0;
+    }
+    Py_DECREF(done);
+    s->merges++;
+    return 1;
+}
+
 /* DirIndex.find for `key`, `name`: 1 found (ino, type set), 0 absent, -1 ask the tree,
  * -2 error */
 static int
@@ -610,6 +658,13 @@ probe(StatPath *s, PyObject *index, uint64_t key, const char *name, Py_ssize_t n
     if (!keys || !values || !names || !added || !removed || !PyBytes_Check(names) ||
         !PyDict_Check(added) || !PyAnySet_Check(removed))
         return -1;
+    if (PyDict_GET_SIZE(added) || PySet_GET_SIZE(removed)) {
+        int merged = settle(s, index, PyBytes_GET_SIZE(names) / SLOT);
+        if (merged < 0)
+            return -2;
+        if (merged) /* new arrays, nothing pending: read the index again */
+            return probe(s, index, key, name, n, value);
+    }
     if (PyDict_GET_SIZE(added) || PySet_GET_SIZE(removed)) {
         /* the changes since the arrays were made: DirIndex.find reads them first */
         PyObject *pkey = PyLong_FromUnsignedLongLong(key);
@@ -1331,6 +1386,8 @@ static PyMemberDef StatPath_members[] = {
      "stats stat() answered from the path cache"},
     {"misses", T_ULONGLONG, offsetof(StatPath, misses), READONLY,
      "stats stat() answered without it (path(): the C miss path)"},
+    {"merges", T_ULONGLONG, offsetof(StatPath, merges), READONLY,
+     "DirIndex.merge calls made by stats that found pending changes unchanged"},
     {"remember", T_BOOL, offsetof(StatPath, remember), 0,
      "whether stat() puts what the miss path answered into its answer table"},
     {NULL}};
