@@ -54,7 +54,6 @@ from daxfs.fs.store import PmemStore, Reader
 from daxfs.fs.writeback import Writeback
 from daxfs.iomap import Iomap, IomapFlags, IomapType, iomap_read_bytes, iomap_read_into
 from daxfs.pmem.device import Device
-from daxfs.pmem.pmem_device import PmemDevice
 
 try:
     from daxfs.fs import _copy
@@ -868,13 +867,13 @@ def extent_reader(device: Device) -> ExtentReader | None:
 
 
 def copier_for(device: Device, store: PmemStore) -> Copier | None:
-    """The copier of ``DataPath._cow_blocks`` (daxfs.fs._copy): for a writable
-    PmemDevice (exactly: as ``journal._committer``) in a flush or fence mode, over the
-    store's view; None for any other device -- SimulatedPmem and FaultyPmem, which
-    must see every store; BlockCache, whose native region is for reads and whose
-    writes must mark blocks dirty for write-back -- for the msync mode, or without
-    the C extension: then ``Device.write`` copies."""
-    if type(device) is not PmemDevice or _copy is None:
+    """The copier of ``DataPath._cow_blocks`` (daxfs.fs._copy): for a writable device
+    that allows native stores (``Device.native_stores``: a PmemDevice) in a flush or
+    fence mode, over the store's view; None for any other device -- SimulatedPmem and
+    FaultyPmem, which must see every store; BlockCache, whose writes must mark blocks
+    dirty for write-back -- for the msync mode, or without the C extension: then
+    ``Device.write`` copies."""
+    if not device.native_stores or _copy is None:
         return None
     region = device.native_region()
     if region is None or store.view.readonly or region.mode == "msync":

@@ -775,13 +775,15 @@ def changed_ranges(
 
 
 def _committer(journal: Journal) -> _commit.Committer:
-    """The C commit for the journal's device: native on a PmemDevice (its own persist
-    mode), else through the store's write and drain (SimulatedPmem, FaultyPmem, any
+    """The C commit for the journal's device: native where the device allows native
+    stores (``Device.native_stores``: a PmemDevice, in its own persist mode), else
+    through the store's write and drain (SimulatedPmem, FaultyPmem, BlockCache, any
     Device: they see every operation, as from the Python reference)."""
     store = journal.store
     device = store.device
     capacity = journal.capacity
-    if type(device) is PmemDevice:
+    if device.native_stores:
+        assert isinstance(device, PmemDevice), f"{device!r}: native stores, no persist mode"
         mode = device.detection.region_mode
         return _commit.Committer(
             store.view, journal.header_offset, journal.log_offset, capacity, mode

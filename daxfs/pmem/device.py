@@ -103,6 +103,13 @@ class Device(Closeable):
     granularity: Granularity
     #: "cpu" (cache flushes and fences) or "msync".
     persist_method: str
+    #: Whether C fast paths may store into the device's memory themselves (through
+    #: its view, with the persist primitives of its mode) instead of calling
+    #: ``write``: False for a device that must see every store (the simulator, fault
+    #: injection) or that tracks what ``write`` stores (``BlockCache`` marks it dirty
+    #: for write-back).  The one answer the filesystem's C writers ask
+    #: (``daxfs.fs.journal._committer``, ``daxfs.fs.data.copier_for``).
+    native_stores: bool = False
 
     @property
     @abc.abstractmethod

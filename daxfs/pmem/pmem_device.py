@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 class PmemDevice(Device):
     """A mapped persistent-memory device; create with ``open_device``."""
 
+    #: Device.native_stores: nothing but the persist primitives stands between a
+    #: store and the media
+    native_stores = True
+
     def __init__(
         self,
         path: str,

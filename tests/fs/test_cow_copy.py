@@ -406,6 +406,9 @@ def test_a_block_cache_has_no_copier_and_its_overwrites_reach_the_disk() -> None
     for write-back: a copier writing its memory behind its back would lose them."""
     disk = SimulatedBlockDevice(SIZE)
     with BlockCache(disk) as cache:
+        # readable natively, but not a device C may store into (Device.native_stores)
+        assert cache.native_region() is not None
+        assert not cache.native_stores
         daxfs.mkfs(cache)
         with daxfs.mount(cache) as fs:
             assert fs.data.copier is None
