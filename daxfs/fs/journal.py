@@ -559,10 +559,20 @@ class Transaction:
         self._joins.append(join)
 
     def _join(self) -> None:
-        """Run the joins (each once)."""
+        """Run the joins (each once), every one even if one fails (a copy left running
+        would store into blocks an abort frees); then raise the first failure."""
         joins = self._joins
+        failure: BaseException | None = None
         while joins:
-            joins.pop()()
+            try:
+                joins.pop()()
+            except BaseException as exc:
+                if failure is None:
+                    failure = exc
+                else:
+                    failure.add_note(f"(another join also failed: {exc!r})")
+        if failure is not None:
+            raise failure
 
     @property
     def data_bytes(self) -> int:
@@ -748,7 +758,6 @@ class Transaction:
                 cause = exc
             else:
                 cause.add_note(f"(the copy into new blocks also failed: {exc!r})")
-            self._joins.clear()
         self._dirty.clear()
         self._new.clear()
         self._data.clear()

@@ -368,6 +368,29 @@ def test_the_transaction_runs_each_join_once() -> None:
     dev.close()
 
 
+def test_an_abort_runs_every_join_even_when_one_fails() -> None:
+    """A join that fails at abort neither stops the other joins (their copies would
+    run on into blocks the abort frees) nor hides the cause the abort handles."""
+    dev = SimulatedPmem(SIZE)
+    daxfs.mkfs(dev)
+    fs = daxfs.mount(dev)
+    calls: list[str] = []
+
+    def failing() -> None:
+        calls.append("failing")
+        raise OSError(errno.EIO, "copy failed")
+
+    cause = ValueError("the operation's own error")
+    tx = fs.journal.begin()
+    tx.join_before_fence(lambda: calls.append("first"))
+    tx.join_before_fence(failing)  # joins run last-registered first
+    tx.abort(cause)
+    assert calls == ["failing", "first"]
+    assert any("copy into new blocks also failed" in note for note in cause.__notes__)
+    fs.unmount()
+    dev.close()
+
+
 def test_fsx_on_a_native_image_through_the_copier(
     shm_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
