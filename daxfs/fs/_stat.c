@@ -218,6 +218,8 @@ typedef struct {
     uintptr_t settle_index;
     Py_ssize_t settle_seen, settle_reads;
     unsigned long long merges; /* DirIndex.merge calls settle() made */
+    unsigned long long fences; /* bucket arrays fence_of() built */
+    Py_ssize_t fence_min;      /* keys from which an index gets one (FENCE_MIN; tests lower it) */
     uint64_t token;          /* what a current slot holds; moved by an epoch and forget() */
     /* the layout (daxfs.fs.layout) */
     uint32_t magic;
@@ -560,7 +562,7 @@ typedef struct {
 static const Fence *
 fence_of(StatPath *s, PyObject *index, PyObject *keys, const unsigned char *k, Py_ssize_t count)
 {
-    if (count < FENCE_MIN || count > UINT32_MAX - 1)
+    if (count < s->fence_min || count > UINT32_MAX - 1)
         return NULL;
     PyObject **where = (PyObject **)((char *)index + s->o_fence);
     PyObject *f = *where;
@@ -601,6 +603,7 @@ fence_of(StatPath *s, PyObject *index, PyObject *keys, const unsigned char *k, P
         return NULL;
     }
     Py_XSETREF(*where, pair);
+    s->fences++;
     return (const Fence *)PyBytes_AS_STRING(PyTuple_GET_ITEM(pair, 1));
 }
 
@@ -1244,6 +1247,7 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
     s->limit = limit;
     s->epoch = -1; /* emptied at the first stat() */
     s->remember = 1;
+    s->fence_min = FENCE_MIN;
     if (acquire != NULL && s->answers == NULL) {
         s->answers = PyMem_Calloc(ANSWERS, sizeof(Answer));
         if (s->answers == NULL) {
@@ -1388,6 +1392,11 @@ static PyMemberDef StatPath_members[] = {
      "stats stat() answered without it (path(): the C miss path)"},
     {"merges", T_ULONGLONG, offsetof(StatPath, merges), READONLY,
      "DirIndex.merge calls made by stats that found pending changes unchanged"},
+    {"fences", T_ULONGLONG, offsetof(StatPath, fences), READONLY,
+     "bucket arrays built (an index's first probe with fence_min keys or more)"},
+    {"fence_min", T_PYSSIZET, offsetof(StatPath, fence_min), 0,
+     "keys from which an index gets a bucket array (FENCE_MIN; the image fuzzer lowers "
+     "it, so that indexes built from damaged leaves are probed through one)"},
     {"remember", T_BOOL, offsetof(StatPath, remember), 0,
      "whether stat() puts what the miss path answered into its answer table"},
     {NULL}};

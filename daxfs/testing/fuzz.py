@@ -142,21 +142,59 @@ def _check_stat_path(
 ) -> None:
     """Each lstat answered above (by stat's C path, daxfs/fs/_stat.c, where it could)
     against the walk's answer for the same path (the C path off, the path cache empty):
-    a difference is an error with no errno, which classify counts as wrong."""
+    a difference is an error with no errno, which classify counts as wrong.
+
+    Then the same lstats again through the C path with a bucket array over every
+    directory index (``StatPath.fence_min`` lowered to 1: the image's directories are
+    small, and an index of 4096 names or more is probed through one), each against
+    the walk's answer: bucket arrays built over indexes of damaged leaves.
+    """
     fast, fs._fast = fs._fast, None
     fs._forget_paths()
+    walked: dict[str, os.stat_result | OSError] = {}
     try:
-        for path, s in answered.items():
-            try:
-                walked: os.stat_result | OSError = fs.lstat(path)
-            except OSError as exc:
-                walked = exc
-            if walked != s:
-                message = f"lstat answered {tuple(s)}, the walk {walked!r}"
-                errors.append({"path": path, "errno": None, "message": message[:200]})
+        for path in answered:
+            walked[path] = _lstat(fs, path)
     finally:
         fs._fast = fast
         fs._forget_paths()
+    _compare("lstat", answered, walked, errors)
+    if fast is None:
+        return
+    fence_min, fast.fence_min = fast.fence_min, 1
+    try:
+        again = {path: _lstat(fs, path) for path in answered}
+    finally:
+        fast.fence_min = fence_min
+        fs._forget_paths()
+    _compare("lstat through bucket arrays", again, walked, errors)
+
+
+def _lstat(fs: FileSystem, path: str) -> os.stat_result | OSError:
+    try:
+        return fs.lstat(path)
+    except OSError as exc:
+        return exc
+
+
+def _compare(
+    what: str,
+    answered: dict[str, os.stat_result] | dict[str, os.stat_result | OSError],
+    walked: dict[str, os.stat_result | OSError],
+    errors: list[dict[str, Any]],
+) -> None:
+    """An error (no errno: wrong) for each path whose answer is not the walk's (an
+    OSError matches an OSError of the same errno)."""
+    for path, got in answered.items():
+        want = walked[path]
+        if isinstance(got, OSError) and isinstance(want, OSError):
+            same = got.errno == want.errno
+        else:
+            same = got == want
+        if not same:
+            shown = tuple(got) if isinstance(got, os.stat_result) else repr(got)
+            message = f"{what} answered {shown}, the walk {want!r}"
+            errors.append({"path": path, "errno": None, "message": message[:200]})
 
 
 def _read_hash(fs: FileSystem, path: str, limit: int) -> tuple[str, int]:

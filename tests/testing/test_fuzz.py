@@ -377,6 +377,30 @@ def test_walk_compares_the_c_stat_path_with_the_walk(tmp_path: Any) -> None:
         fs.unmount()
 
 
+def test_walk_probes_every_index_through_a_bucket_array_too(tmp_path: Any) -> None:
+    """The walk's second pass lowers StatPath.fence_min, so that the image's small
+    directories (built from whatever leaves the image holds) are probed through a
+    bucket array (daxfs/fs/_stat.c's fence_of), which only directories of 4096 names
+    or more get otherwise; and it restores fence_min."""
+    image = os.path.join(os.fspath(tmp_path), "img")
+    daxfs.mkfs(image, 32 << 20)
+    with daxfs.mount(image) as fs:
+        fs.makedirs("/d/e")
+        for i in range(20):
+            with fs.open(f"/d/e/f{i}", "wb") as f:
+                f.write(b"x" * i)
+    with daxfs.mount(image) as fs:
+        fast = fs._fast
+        assert fast is not None, "no C stat path on this image"
+        default = fast.fence_min
+        assert default > 20
+        facts, errors = fuzz_mod.walk(fs)
+        assert len(facts) == 23
+        assert errors == []
+        assert fast.fences >= 3  # /, /d and /d/e: each index probed through one
+        assert fast.fence_min == default
+
+
 def test_reuse_step_takes_the_copy_on_write_fast_path(
     bases: tuple[images.Base, images.Base, images.Inventory],
     tmp_path: Any,
