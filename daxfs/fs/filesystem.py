@@ -496,14 +496,8 @@ class FileSystem:
             return None
         if self._paths_epoch != self.dirs.removals:
             self._forget_paths()
-        parents = self._paths[True]
-        parent_ino = parents.get(head) if head else INO_ROOT
-        if parent_ino is None:
-            parent_ino = self._resolve_parent(head, parents)
-            if parent_ino is None:
-                return None
-        parent = self._icache.get(parent_ino)
-        if parent is None or parent.rec.mode & _S_IFMT != _S_IFDIR:
+        parent = self._cached_parent(head, self._paths[True])
+        if parent is None:
             return None
         try:
             name = tail.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode
@@ -1012,13 +1006,8 @@ class FileSystem:
             parents = self._bpaths[True]
         if not sep or not name:
             return None
-        parent_ino = parents.get(head) if head else INO_ROOT
-        if parent_ino is None:
-            parent_ino = self._resolve_parent(head, parents)
-            if parent_ino is None:
-                return None
-        parent = self._icache.get(parent_ino)
-        if parent is None or parent.rec.mode & _S_IFMT != _S_IFDIR:
+        parent = self._cached_parent(head, parents)
+        if parent is None:
             return None
         index = self.dirs.ready_index(parent)
         if index is None:
@@ -1063,6 +1052,20 @@ class FileSystem:
             parents.clear()
         parents[head] = inode.ino
         return inode.ino
+
+    def _cached_parent(self, head: Any, parents: dict[Any, int]) -> Inode | None:
+        """The directory ``head`` (a path's HEAD; empty: the root) resolves to, from
+        stat's path cache of parents (``_resolve_parent`` on a miss), if its inode is
+        cached; None: the walk of the whole path must answer."""
+        parent_ino = parents.get(head) if head else INO_ROOT
+        if parent_ino is None:
+            parent_ino = self._resolve_parent(head, parents)
+            if parent_ino is None:
+                return None
+        parent = self._icache.get(parent_ino)
+        if parent is None or parent.rec.mode & _S_IFMT != _S_IFDIR:
+            return None
+        return parent
 
     def _forget_paths(self) -> None:
         """Empty stat's path cache (a name was removed or retargeted)."""
