@@ -13,6 +13,8 @@ from daxfs.testing import SimulatedPmem
 
 #: the smallest filesystem mkfs makes
 SIZE = 16 << 20
+#: the time the ``frozen`` fixture (tests/fs/conftest.py) stamps
+CLOCK = 1_700_000_000_123_456_789
 
 
 def formatted(size: int = SIZE, kind: type[SimulatedPmem] = SimulatedPmem) -> SimulatedPmem:

@@ -16,8 +16,7 @@ import gc
 import os
 import random
 import struct
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import crc32c
@@ -31,9 +30,8 @@ from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.journal import Journal
 from daxfs.iomap import IomapFlags
 from daxfs.testing import SimulatedPmem
-from tests.helpers import SIZE, formatted
+from tests.helpers import CLOCK, SIZE, formatted
 
-CLOCK = 1_700_000_000_123_456_789
 BLOCK = 4096
 
 
@@ -63,15 +61,6 @@ class RecordingPmem(SimulatedPmem):
         if self.log is not None:
             self.log.append(("fill", offset, length, byte, drain))
         super().fill(offset, length, byte, drain=drain)
-
-
-@pytest.fixture
-def frozen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Both paths stamp the same times: time.time_ns and the C clock are frozen."""
-    monkeypatch.setattr(time, "time_ns", lambda: CLOCK)
-    _commit.freeze_clock(CLOCK)
-    yield
-    _commit.freeze_clock(0)
 
 
 def populate(fs: FileSystem) -> None:

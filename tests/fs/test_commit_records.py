@@ -30,7 +30,7 @@ from daxfs.fs.journal import TransactionTooLarge
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.crash import CrashCheckFailed, check_operation
 from daxfs.testing.faults import FaultyPmem
-from tests.fs.test_commit import RecordingPmem, frozen, run  # noqa: F401 (a fixture)
+from tests.fs.test_commit import RecordingPmem, run
 from tests.helpers import SIZE, formatted
 
 

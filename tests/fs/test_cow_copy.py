@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ import pytest
 import daxfs
 from daxfs.block.cache import BlockCache
 from daxfs.errors import InvalidArgument
-from daxfs.fs import _commit, _copy, data
+from daxfs.fs import _copy, data
 from daxfs.fs.alloc import Allocator
 from daxfs.fs.fsck import fsck
 from daxfs.fs.journal import Transaction
@@ -36,20 +36,10 @@ BLOCK = 4096
 SIZE = 48 << 20
 PIECE = 128 * BLOCK  # 512 KiB: past log_data_max, so copy-on-write
 BIG = 512 * BLOCK  # 2 MiB, as the bench's pieces
-CLOCK = 1_700_000_000_123_456_789
 
 
 def pattern(n: int, salt: int) -> bytes:
     return bytes((i * 13 + salt) & 0xFF for i in range(256)) * (n // 256)
-
-
-@pytest.fixture
-def frozen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Both runs stamp the same times."""
-    monkeypatch.setattr(time, "time_ns", lambda: CLOCK)
-    _commit.freeze_clock(CLOCK)
-    yield
-    _commit.freeze_clock(0)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.layout import BLOCK_SIZE, INODE_SIZE, SB_SIZE, InodeRecord, seal_node
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.crash import check_operation
-from tests.fs.test_commit import RecordingPmem, frozen  # noqa: F401 (a fixture)
+from tests.fs.test_commit import RecordingPmem
 from tests.helpers import SIZE, formatted
 
 SWITCHES = (
