@@ -92,6 +92,16 @@ def test_catches_a_wrong_errno(monkeypatch: pytest.MonkeyPatch) -> None:
         nsstress.run(1, ops=1000, options=opts())
 
 
+def test_odd_seeds_probe_every_directory_through_a_bucket_array() -> None:
+    """An odd seed lowers the stat path's fence_min: its small directories are probed
+    through bucket arrays (rebuilt as creates and unlinks merge the indexes); an
+    even seed keeps the default, so both probes are exercised."""
+    odd = nsstress.run(1, ops=300, options=opts())
+    assert odd.fences > 0
+    even = nsstress.run(2, ops=300, options=opts())
+    assert even.fences == 0
+
+
 def test_catches_a_stat_that_follows_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
     """stat (following links: the C stat path's other branch) is checked against lstat."""
     real = FileSystem.stat
