@@ -50,17 +50,20 @@
  * the reference would answer, and never raises for media it dislikes.
  *
  * Invariants
- *   1. Only device memory and the caller's objects are read; nothing is
- *      written, nothing is cached here (but see 5).
+ *   1. Only device memory and the caller's objects are read; nothing of the
+ *      filesystem is written (5 says what is cached).
  *   2. The record is copied out of device memory before it is checked, and
  *      only the copy is used (media is untrusted, and may change under us).
  *   3. Every offset is checked against the view's length before a byte is
  *      read.
  *   4. The layout constants come from daxfs.fs.layout (the constructor's
  *      `constants`); none is written here.
- *   5. Only stat() writes: the path caches (emptied at an epoch change, as
- *      FileSystem.stat does), its answer table and counters, under the filesystem
- *      lock, which it holds for the whole call: no other thread sees half of
+ *   5. What is written: by stat(), the path caches (emptied at an epoch change,
+ *      as FileSystem.stat does), its answer table and counters; by every probe
+ *      (stat, path, child), a big index's bucket array (DirIndex.fence) and the
+ *      merge of its pending changes (settle: DirIndex.merge, which changes no
+ *      answer).  All under the filesystem lock (stat() holds it for the whole
+ *      call, path and child are called under it): no other thread sees half of
  *      it, and it never sees another thread's operation half made.
  */
 #define PY_SSIZE_T_CLEAN
