@@ -22,13 +22,12 @@ program takes about 15 s).
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common import Row, Unavailable, build_c, cpu_model, parse_args, print_table, run_c
-from fs import SHM, temp_path
+from common import MIB, Row, Unavailable, build_c, cpu_model, parse_args, print_table, run_c
+from pmem import shm_file
 
 SOURCE = Path(__file__).resolve().parent / "floors.c"
 FILE_SIZE = 3 << 29  # 1.5 GiB: 1 GiB of records, then the device area
@@ -37,17 +36,8 @@ FILE_SIZE = 3 << 29  # 1.5 GiB: 1 GiB of records, then the device area
 def measure() -> dict[str, float]:
     """Build and run bench/floors.c on a /dev/shm file; its figures (ns)."""
     binary = build_c(SOURCE, cflags=("-O2", "-Wall", "-Wextra", "-msse4.2"), hint="install gcc")
-    if not SHM.is_dir():
-        raise Unavailable(f"{SHM} does not exist")
-    st = os.statvfs(SHM)
-    if st.f_bavail * st.f_frsize < FILE_SIZE + (256 << 20):
-        raise Unavailable(f"{SHM} has less than the {FILE_SIZE} bytes this needs")
-    path = temp_path(SHM, ".floors")
+    path = shm_file(FILE_SIZE, written=True, spare=256 * MIB)  # no first-touch faults
     try:
-        with open(path, "wb") as f:  # written through once: no first-touch faults
-            chunk = bytes(64 << 20)
-            for _ in range(FILE_SIZE // len(chunk)):
-                f.write(chunk)
         out = run_c(binary, [str(path)], timeout=600)
     finally:
         path.unlink(missing_ok=True)

@@ -217,16 +217,23 @@ def measure_msync(layout: Layout, timing: Timing) -> tuple[float, str]:
 # -- main --------------------------------------------------------------------
 
 
-def shm_file(size: int) -> Path:
-    """Create a sparse ``size``-byte file in /dev/shm."""
+def shm_file(size: int, *, written: bool = False, spare: int = 0) -> Path:
+    """Create a sparse ``size``-byte file in /dev/shm, or with ``written`` one whose
+    every page is written once (a sparse tmpfs file's first touch of a page faults in
+    a zeroed one: a C program mapping it then times no faults); ``spare`` more bytes
+    must be free."""
     if not SHM.is_dir():
         raise Unavailable(f"{SHM} does not exist")
     st = os.statvfs(SHM)
-    if st.f_bavail * st.f_frsize < size:
-        raise Unavailable(f"{SHM} has less than the {size} bytes free this benchmark needs")
+    if st.f_bavail * st.f_frsize < size + spare:
+        raise Unavailable(f"{SHM} has less than the {size + spare} bytes free this benchmark needs")
     fd, name = tempfile.mkstemp(prefix="daxfs-bench-", suffix=".pmem", dir=SHM)
     try:
         os.ftruncate(fd, size)
+        if written:
+            chunk = memoryview(bytes(64 * MIB))
+            for off in range(0, size, len(chunk)):
+                os.pwrite(fd, chunk[: size - off], off)
     except OSError:
         os.unlink(name)
         raise

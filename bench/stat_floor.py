@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common import GIB, Row, Unavailable, build_c, cpu_model, parse_args, print_table, run_c
-from fs import SHM, check_free, temp_path
+from pmem import shm_file
 
 SOURCE = Path(__file__).resolve().parent / "stat_floor.c"
 LAYOUTS = ("interp", "fence", "packed", "packed_fence")
@@ -28,13 +28,8 @@ LAYOUTS = ("interp", "fence", "packed", "packed_fence")
 def measure(counts: Sequence[int]) -> dict[int, dict[str, float]]:
     """Run bench/stat_floor.c for each count of names on one 1 GiB /dev/shm file."""
     binary = build_c(SOURCE, hint="install gcc")
-    check_free(SHM, GIB + (256 << 20))
-    path = temp_path(SHM, ".statfloor")
+    path = shm_file(GIB, written=True, spare=256 << 20)  # no first-touch faults
     try:
-        with open(path, "wb") as f:  # written through once: no first-touch faults
-            chunk = bytes(64 << 20)
-            for _ in range(GIB // len(chunk)):
-                f.write(chunk)
         return {
             n: {k: float(v) for k, v in run_c(binary, [str(path), str(n)], timeout=900).items()}
             for n in counts
