@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import json
 import os
 import shutil
 import statistics
@@ -30,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 BENCH_DIR = Path(__file__).resolve().parent
 BUILD_DIR = BENCH_DIR / "build"
@@ -267,6 +268,43 @@ def parse_results(text: str) -> dict[str, str]:
         if name and value:
             results[name] = value.strip()
     return results
+
+
+def fio_job(
+    args: Sequence[str],
+    engine: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+) -> dict[str, Any]:
+    """Run fio with ``args`` (``--output-format=json`` among them); its first job's JSON.
+
+    Raises ``Unavailable`` when fio is missing, does not run, fails or reports
+    a job error (naming ``engine`` and fio's first line before its JSON), or
+    prints no JSON; the caller reads the fields it needs from the job.
+    """
+    fio = shutil.which("fio")
+    if fio is None:
+        raise Unavailable("fio is not installed")
+    try:
+        result = subprocess.run(
+            [fio, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Unavailable(f"fio did not run: {exc}") from exc
+    start = result.stdout.find("{")
+    preamble = (result.stdout[:start] if start >= 0 else result.stdout) + result.stderr
+    message = next((line.strip() for line in preamble.splitlines() if line.strip()), "")
+    if start < 0 or result.returncode != 0:
+        raise Unavailable(f"fio {engine} failed: {message or f'exit {result.returncode}'}")
+    try:
+        job: dict[str, Any] = json.loads(result.stdout[start:])["jobs"][0]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise Unavailable(f"cannot parse fio's JSON output: {exc}") from exc
+    error = job.get("error")
+    if error:
+        raise Unavailable(f"fio {engine} failed: {message or f'error {error}'}")
+    return job
 
 
 # -- machine -----------------------------------------------------------------

@@ -85,7 +85,6 @@ import collections
 import contextlib
 import cProfile
 import dataclasses
-import json
 import os
 import pstats
 import random
@@ -116,6 +115,7 @@ from common import (
     Timing,
     Unavailable,
     cpu_model,
+    fio_job,
     fs_type,
     median_gib_per_s,
     median_ns_per_op,
@@ -531,11 +531,7 @@ def run_fio(path: Path, size: int, rw: str, plan: Plan) -> float:
     the page faults of a new mapping again (about 4x slower on tmpfs), while
     daxfs maps its image once at mount.  ``--ramp_time`` takes the first faults.
     """
-    fio = shutil.which("fio")
-    if fio is None:
-        raise Unavailable("fio is not installed")
     args = [
-        fio,
         "--name=seq",
         "--ioengine=libpmem",
         f"--filename={path}",
@@ -551,23 +547,10 @@ def run_fio(path: Path, size: int, rw: str, plan: Plan) -> float:
         "--output-format=json",
     ]
     env = {**os.environ, **pmem_bench.pmem2_env(), "PMEM_IS_PMEM_FORCE": "1"}
+    job = fio_job(args, "libpmem", env=env)
     try:
-        result = subprocess.run(
-            args, capture_output=True, text=True, env=env, timeout=600, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise Unavailable(f"fio did not run: {exc}") from exc
-    start = result.stdout.find("{")
-    preamble = (result.stdout[:start] if start >= 0 else result.stdout) + result.stderr
-    message = next((line.strip() for line in preamble.splitlines() if line.strip()), "")
-    if start < 0 or result.returncode != 0:
-        raise Unavailable(f"fio libpmem failed: {message or f'exit {result.returncode}'}")
-    try:
-        job = json.loads(result.stdout[start:])["jobs"][0]
-        if job["error"]:
-            raise Unavailable(f"fio libpmem failed: {message or job['error']}")
         return float(job[rw]["bw_bytes"]) / GIB
-    except (ValueError, KeyError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise Unavailable(f"cannot parse fio's JSON output: {exc}") from exc
 
 
