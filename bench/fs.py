@@ -1219,6 +1219,39 @@ def rss_mib() -> float:
     return 0.0
 
 
+def stat_loop(stat: Callable[[str], object], picks: Sequence[str]) -> Callable[[int], None]:
+    """``loop(n)``: ``stat`` of the next ``n`` paths of ``picks``, cycling through them."""
+    it = cycle(picks)
+
+    def loop(n: int) -> None:
+        for p in islice(it, n):
+            stat(p)
+
+    return loop
+
+
+def scale_picks(count: int) -> list[str]:
+    """The scale row's paths: RANDOM_NAMES drawn with replacement (random.Random(SEED))
+    from the ``count`` files f0000000, ... of /big."""
+    rng = random.Random(SEED)
+    return [f"/big/f{rng.randrange(count):07d}" for _ in range(RANDOM_NAMES)]
+
+
+def scale_stat(
+    fs: daxfs.FileSystem, big_picks: Sequence[str], timing: Timing
+) -> tuple[float | None, float]:
+    """The scale row: median ns of a stat of ``big_picks`` (None if there are none) and
+    of /small's 10 names, the two sides' batches interleaved (the load of a shared
+    machine falls on both alike)."""
+    small = stat_loop(fs.stat, names(dax_namespace(fs, "/small"), 10))
+    if not big_picks:
+        return None, median_ns_per_op(small, timing=timing)
+    big_ns, small_ns = median_ns_per_op_interleaved(
+        [stat_loop(fs.stat, big_picks), small], timing=timing
+    )
+    return big_ns, small_ns
+
+
 def scale_section(plan: Plan, timing: Timing, report: Report) -> None:
     target = plan.scale_files
     check_free(SHM, 4 * GIB)
@@ -1249,22 +1282,8 @@ def scale_section(plan: Plan, timing: Timing, report: Report) -> None:
                     f"scale: stopped at {fmt_count(count)} of {fmt_count(target)} files: {why}; "
                     "the rows below are for what was created, without goals"
                 )
-            rng = random.Random(SEED)
-            big_picks = [f"/big/f{rng.randrange(max(count, 1)):07d}" for _ in range(RANDOM_NAMES)]
-            small_picks = names(small, 10)
-            stat = fs.stat
-
-            def stat_loop(picks: list[str]) -> Callable[[int], None]:
-                it = cycle(picks)
-
-                def loop(n: int) -> None:
-                    for p in islice(it, n):
-                        stat(p)
-
-                return loop
-
-            big_ns = median_ns_per_op(stat_loop(big_picks), timing=timing) if count else None
-            small_ns = median_ns_per_op(stat_loop(small_picks), timing=timing)
+            big_picks = scale_picks(count) if count else []
+            big_ns, small_ns = scale_stat(fs, big_picks, timing)
         finally:
             with contextlib.suppress(OSError):
                 fs.unmount()
@@ -1277,7 +1296,7 @@ def scale_section(plan: Plan, timing: Timing, report: Report) -> None:
             "ns",
             Goal("<=", 1.5) if reached else None,
         )
-        probe_name = big_picks[0] if count else "/small/f0000000"
+        probe_name = big_picks[0] if big_picks else "/small/f0000000"
         probes = [probe_mount(path, False, probe_name) for _ in range(plan.mount_runs)]
         traced = probe_mount(path, True, probe_name)
 
@@ -1311,7 +1330,8 @@ def scale_section(plan: Plan, timing: Timing, report: Report) -> None:
         )
         report.note(
             f"scale: stat draws {fmt_count(RANDOM_NAMES)} names with replacement from the "
-            "whole directory (more than daxfs's caches hold) and cycles through them"
+            "whole directory (more than daxfs's caches hold) and cycles through them; its "
+            "batches and the 10 names' interleaved (median_ns_per_op_interleaved)"
         )
     finally:
         path.unlink(missing_ok=True)

@@ -9,10 +9,11 @@ can be measured in seconds: if IMAGE does not exist it is made as the scale
 section makes it (mkfs 4 GiB, /small with 10 files, /big with N files, the
 same names and the same create calls); then each round mounts it, draws the
 same random names as the scale section (2^18 with replacement from /big,
-random.Random(3)) and measures, interleaved batch by batch
-(``median_ns_per_op_interleaved``), stat of those against stat of the 10 names
-of /small.  It prints each round's medians and ratio, then the median ratio.
-``--threads`` adds stat throughput with 1, 2 and 4 threads on each set.
+random.Random(3)) and measures them as the scale section does (``scale_stat``:
+stat of those against stat of the 10 names of /small, batch by batch
+interleaved).  It prints each round's medians and ratio, then the median ratio.
+``--threads`` adds stat throughput with 1, 2 and 4 threads on each set
+(``fs_latency.threaded_rate``, one run of 100,000 stats a thread after a warm-up).
 
 The image is not removed: delete it when done (it is 4 GiB of /dev/shm).
 Nothing is asserted.
@@ -21,17 +22,14 @@ Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
-import threading
 import time
-from collections.abc import Callable
-from itertools import cycle, islice
 from pathlib import Path
 
-from common import FULL, GIB, median_ns_per_op_interleaved
-from fs import RANDOM_NAMES, SEED, dax_namespace, populate
+import fs_latency
+from common import FULL, GIB
+from fs import dax_namespace, names, populate, scale_picks, scale_stat, stat_loop
 
 import daxfs
 
@@ -49,36 +47,6 @@ def make(image: Path, files: int) -> None:
         fs.unmount()
 
 
-def stat_loop(stat: Callable[[str], object], picks: list[str]) -> Callable[[int], None]:
-    it = cycle(picks)
-
-    def loop(n: int) -> None:
-        for p in islice(it, n):
-            stat(p)
-
-    return loop
-
-
-def threaded(stat: Callable[[str], object], picks: list[str], threads: int, ops: int) -> float:
-    """op/s of ``threads`` threads each stat'ing ``ops`` names of ``picks``."""
-    barrier = threading.Barrier(threads + 1)
-
-    def work(k: int) -> None:
-        mine = picks[k * 997 :] + picks[: k * 997]
-        barrier.wait()
-        for p in islice(cycle(mine), ops):
-            stat(p)
-
-    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
-    for w in workers:
-        w.start()
-    start = time.perf_counter()
-    barrier.wait()
-    for w in workers:
-        w.join()
-    return threads * ops / (time.perf_counter() - start)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image", type=Path)
@@ -88,14 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-remember",
         action="store_true",
-        help="the C stat path does not put the misses it answers into the path cache",
+        help="the C stat path does not put the misses it answers into its answer table",
     )
     args = parser.parse_args(argv)
     if not args.image.exists():
         make(args.image, args.files)
-    rng = random.Random(SEED)
-    big = [f"/big/f{rng.randrange(args.files):07d}" for _ in range(RANDOM_NAMES)]
-    small = [f"/small/f{i:07d}" for i in range(10)]  # bench/fs.py's names(small, 10)
+    big = scale_picks(args.files)
     ratios = []
     for r in range(args.rounds):
         fs = daxfs.mount(args.image, persist="cpu")
@@ -105,9 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter_ns()
             fs.stat(big[0])
             first = (time.perf_counter_ns() - start) / 1e6
-            big_ns, small_ns = median_ns_per_op_interleaved(
-                [stat_loop(fs.stat, big), stat_loop(fs.stat, small)], timing=FULL
-            )
+            big_ns, small_ns = scale_stat(fs, big, FULL)
+            assert big_ns is not None  # big is not empty
             ratios.append(big_ns / small_ns)
             print(
                 f"round {r}: big {big_ns:,.0f} ns  small {small_ns:,.0f} ns  "
@@ -115,9 +80,18 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             if args.threads:
+                small = names(dax_namespace(fs, "/small"), 10)
                 for t in (1, 2, 4):
                     rates = [
-                        threaded(fs.stat, picks, t, 100_000 // t * t) for picks in (big, small)
+                        fs_latency.threaded_rate(
+                            lambda k, p=picks, st=fs.stat: stat_loop(
+                                st, p[k * 997 :] + p[: k * 997]
+                            ),
+                            t,
+                            100_000,
+                            1,
+                        )
+                        for picks in (big, small)
                     ]
                     print(f"  threads {t}: big {rates[0]:,.0f} op/s  small {rates[1]:,.0f} op/s")
         finally:
