@@ -5,23 +5,25 @@ batches interleaved in one process (the row of bench/fs.py measures a directory 
 
     python bench/create_loop.py [--entries N] [--batches B] [--batch-size S]
 
-The machine is shared: run it under ``chrt -f 10`` and repeat; it prints the
-median and the fastest batch of each side and their ratio (the goal is >= 0.25).
+Both directories are filled with N files and the creates made as bench/fs.py's
+metadata section makes them (``populate``, ``create_loop``); every batch is S
+creates, the two sides' batches interleaved (``median_ns_per_op_interleaved``,
+after a warm-up of about 2 S creates each).  The machine is shared: run it under
+``chrt -f 10`` and repeat; it prints each side's median and their ratio (the goal
+is >= 0.25).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import os
 import shutil
-import statistics
 import tempfile
-import time
+from pathlib import Path
+
+from common import Timing, median_ns_per_op_interleaved
+from fs import SHM, create_loop, dax_namespace, os_namespace, populate
 
 import daxfs
-
-SHM = "/dev/shm"
 
 
 def main() -> int:
@@ -31,44 +33,30 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=2000)
     args = parser.parse_args()
     n, size = args.entries, args.batch_size
-    work = tempfile.mkdtemp(prefix="daxfs-create-", dir=SHM)
+    # every batch ``size`` creates: the warm-up doubles up to max_ops, never reaching batch_ns
+    timing = Timing(batch_ns=1 << 62, batches=args.batches, passes=1)
+    work = Path(tempfile.mkdtemp(prefix="daxfs-create-", dir=SHM))
     try:
-        image = os.path.join(work, "image.daxfs")
-        daxfs.mkfs(image, max(64 << 20, (n + args.batches * size) * 4096 * 2))
+        image = work / "image.daxfs"
+        daxfs.mkfs(image, max(64 << 20, (n + (args.batches + 2) * size) * 4096 * 2))
         fs = daxfs.mount(image, persist="cpu")
-        fs.mkdir("/d")
-        fs_open = fs.open
-        for i in range(n):
-            fs_open(f"/d/f{i:07d}", "xb", buffering=0).close()
-        tmp = os.path.join(work, "tmpfs")
-        os.mkdir(tmp)
-        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
-        for i in range(n):
-            os.close(os.open(f"{tmp}/f{i:07d}", flags, 0o666))
-        gc.disable()
-        dax: list[float] = []
-        host: list[float] = []
         try:
-            for b in range(args.batches):
-                names = [f"/d/c{b * size + i:07d}" for i in range(size)]
-                start = time.perf_counter_ns()
-                for name in names:
-                    fs_open(name, "xb", buffering=0).close()
-                dax.append((time.perf_counter_ns() - start) / size / 1e3)
-                names = [f"{tmp}/c{b * size + i:07d}" for i in range(size)]
-                start = time.perf_counter_ns()
-                for name in names:
-                    os.close(os.open(name, flags, 0o666))
-                host.append((time.perf_counter_ns() - start) / size / 1e3)
+            fs.mkdir("/d")
+            (work / "tmpfs").mkdir()
+            sides = [dax_namespace(fs, "/d"), os_namespace(str(work / "tmpfs"))]
+            for ns in sides:
+                populate(ns, n)
+            d, h = median_ns_per_op_interleaved(
+                [create_loop(ns) for ns in sides], timing=timing, max_ops=size
+            )
         finally:
-            gc.enable()
-        fs.unmount()
+            fs.unmount()
     finally:
         shutil.rmtree(work)
-    d, h = statistics.median(dax), statistics.median(host)
     print(
-        f"create+close, dir of {n:,}: daxfs {d:.1f} us (fastest {min(dax):.1f}), "
-        f"os.open+os.close tmpfs {h:.2f} us (fastest {min(host):.2f}): {h / d:.3f}x (goal >= 0.25x)"
+        f"create+close, dir of {n:,}: daxfs {d / 1e3:.1f} us, os.open+os.close tmpfs "
+        f"{h / 1e3:.2f} us (medians of {args.batches} batches of {size}): "
+        f"{h / d:.3f}x (goal >= 0.25x)"
     )
     return 0
 

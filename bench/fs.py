@@ -984,6 +984,19 @@ def names(ns: Namespace, count: int) -> list[str]:
     return [f"{ns.prefix}f{i:07d}" for i in range(count)]
 
 
+def create_loop(ns: Namespace) -> Callable[[int], None]:
+    """``loop(n)``: create and close ``n`` new files c0000000, ... in ``ns``, one
+    numbering across calls."""
+    serial = iter(range(1 << 40))
+
+    def loop(n: int) -> None:
+        create, prefix = ns.create, ns.prefix
+        for i in islice(serial, n):
+            create(f"{prefix}c{i:07d}")
+
+    return loop
+
+
 def measure_metadata(
     ns: Namespace, count: int, timing: Timing, report: Report, side: str
 ) -> dict[str, float]:
@@ -1007,12 +1020,6 @@ def measure_metadata(
                 raise AssertionError("listdir lost entries")
 
     serial = iter(range(1 << 40))
-
-    def create_loop(n: int) -> None:
-        create, prefix = ns.create, ns.prefix
-        for i in islice(serial, n):
-            create(f"{prefix}c{i:07d}")
-
     pool = collections.deque(existing)
 
     def rename_loop(n: int) -> None:
@@ -1040,7 +1047,7 @@ def measure_metadata(
     if ns_list is not None:
         out["listdir"] = count * per_s(ns_list)
     for key, loop, max_ops in (
-        ("create", create_loop, budget),
+        ("create", create_loop(ns), budget),
         ("rename", rename_loop, 1 << 30),
         ("unlink", unlink_loop, budget),
     ):
