@@ -5,7 +5,7 @@
  *
  *   floors FILE
  *
- * FILE must hold at least 1 GiB + 512 MiB (floors.py creates and fills it).  Prints
+ * FILE must hold at least 512 MiB (floors.py creates and fills it).  Prints
  * "name value" lines, each a median over 7 rounds, in ns per operation:
  *
  *   overwrite_ns    a durable 4 KiB overwrite as the journal's C commit does it: the
@@ -18,11 +18,9 @@
  *   cow_2m_ns       a 2 MiB non-temporal copy and a fence, to a destination that moves
  *                   through 320 MiB (new blocks each time, as copy-on-write does)
  *   inplace_2m_ns   the same copy, always to one place (as fio's libpmem engine does)
- *   probe_1m_ns     a stat miss's memory work for a random name among 1,000,000: the
- *                   search of a sorted 8-byte key array (4 interpolation steps, then
- *                   binary), the value and the 16-byte name slot of the key, and a copy
- *                   of a 256-byte record from a random place in 1 GiB of the file
- *   probe_10_ns     the same among 10 names and 10 records (all in cache)
+ *
+ * The stat miss's floor is bench/stat_floor.c's (floors.py runs it for its third row):
+ * there each lookup waits for the one before, as consecutive stats do.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -40,19 +38,7 @@
 
 #define KIB 1024ULL
 #define MIB (1024 * KIB)
-#define GIB (1024 * MIB)
 #define ROUNDS 7
-
-static uint64_t rng = 88172645463325252ULL;
-
-static uint64_t
-xorshift(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
 
 static double
 now_ns(void)
@@ -69,13 +55,6 @@ cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static int
-cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* non-temporal copy of n bytes (n a multiple of 16; dst 16-byte aligned) */
 static void
 nt_copy(void *dst, const void *src, size_t n)
@@ -85,8 +64,6 @@ nt_copy(void *dst, const void *src, size_t n)
     for (size_t i = 0; i < n / 16; i++)
         _mm_stream_si128(d + i, _mm_loadu_si128(s + i));
 }
-
-static volatile uint64_t sink;
 
 /* the journal's protocol for one 4 KiB overwrite; log, home, record, header in `pm` */
 static void
@@ -157,75 +134,11 @@ time_copy_2m(unsigned char *pm, const unsigned char *src, int moving)
     return median(rounds, ROUNDS);
 }
 
-static size_t
-search(const uint64_t *keys, size_t n, uint64_t key)
-{
-    size_t lo = 0, hi = n;
-    uint64_t klo = 0, khi = UINT64_MAX;
-    for (int step = 0; step < 4 && hi - lo > 8; step++) {
-        size_t mid = lo + (size_t)((unsigned __int128)(key - klo) * (hi - lo) /
-                                   ((unsigned __int128)(khi - klo) + 1));
-        if (mid >= hi)
-            mid = hi - 1;
-        if (keys[mid] < key) {
-            lo = mid + 1;
-            klo = keys[mid];
-        } else {
-            hi = mid;
-            khi = keys[mid];
-        }
-    }
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (keys[mid] < key)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-static double
-time_probe(const unsigned char *records, size_t n)
-{
-    uint64_t *keys = malloc(8 * n), *values = malloc(8 * n);
-    unsigned char *names = malloc(16 * n);
-    if (!keys || !values || !names) {
-        perror("malloc");
-        exit(1);
-    }
-    for (size_t i = 0; i < n; i++)
-        keys[i] = xorshift();
-    qsort(keys, n, 8, cmp_u64);
-    size_t slots = GIB / 256;
-    for (size_t i = 0; i < n; i++) {
-        values[i] = n <= 16 ? i : xorshift() % slots; /* where its record is */
-        memset(names + 16 * i, (int)i, 16);
-    }
-    double rounds[ROUNDS];
-    const int ops = 1000000;
-    unsigned char rec[256];
-    for (int r = 0; r < ROUNDS; r++) {
-        double t0 = now_ns();
-        for (int i = 0; i < ops; i++) {
-            size_t at = search(keys, n, keys[xorshift() % n]);
-            sink += names[16 * at];
-            memcpy(rec, records + 256 * values[at], 256);
-            sink += rec[0] + rec[255];
-        }
-        rounds[r] = (now_ns() - t0) / ops;
-    }
-    free(keys);
-    free(values);
-    free(names);
-    return median(rounds, ROUNDS);
-}
-
 int
 main(int argc, char **argv)
 {
     if (argc != 2) {
-        fprintf(stderr, "usage: floors FILE (at least 1.5 GiB, on /dev/shm)\n");
+        fprintf(stderr, "usage: floors FILE (at least 512 MiB, on /dev/shm)\n");
         return 2;
     }
     int fd = open(argv[1], O_RDWR);
@@ -234,7 +147,7 @@ main(int argc, char **argv)
         perror(argv[1]);
         return 1;
     }
-    size_t size = GIB + 512 * MIB;
+    size_t size = 512 * MIB;
     if ((size_t)st.st_size < size) {
         fprintf(stderr, "%s: %lld bytes, need %zu\n", argv[1], (long long)st.st_size, size);
         return 1;
@@ -244,7 +157,7 @@ main(int argc, char **argv)
         perror("mmap");
         return 1;
     }
-    unsigned char *records = map, *pm = map + GIB;
+    unsigned char *pm = map;
     unsigned char *src = aligned_alloc(64, 2 * MIB);
     if (src == NULL) {
         perror("aligned_alloc");
@@ -257,7 +170,5 @@ main(int argc, char **argv)
     printf("one_copy_ns %.1f\n", time_overwrite(pm, 1));
     printf("cow_2m_ns %.1f\n", time_copy_2m(pm, src, 1));
     printf("inplace_2m_ns %.1f\n", time_copy_2m(pm, src, 0));
-    printf("probe_1m_ns %.1f\n", time_probe(records, 1000000));
-    printf("probe_10_ns %.1f\n", time_probe(records, 10));
     return 0;
 }

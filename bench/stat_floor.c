@@ -2,7 +2,7 @@
  * bench/stat_floor.c: the memory work of a stat miss among N names, in bare C, with the
  * directory index laid out in several ways (docs/ARCHITECTURE.md, "The stat miss path").
  *
- *   stat_floor FILE [N]
+ *   stat_floor FILE [N [NAME]]
  *
  * FILE: at least 1 GiB, on /dev/shm (the inode records: tmpfs, 4 KiB pages, as the
  * daxfs image there; shmem THP is off on the development VM).  Each lookup waits for
@@ -23,7 +23,8 @@
  * 4k: the arrays malloc'd (4 KiB pages, as Python's array and bytes); 2m: on 2 MiB
  * pages (MADV_HUGEPAGE on an aligned anonymous mapping; anonymous THP is "madvise").
  * _rec: then a 256-byte copy from a random place of FILE (the inode record); without
- * it, the index alone.
+ * it, the index alone.  With NAME (e.g. fence_4k_rec_ns, bench/floors.py's row), only
+ * that line is measured and printed.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -141,7 +142,8 @@ static void build(int huge) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: stat_floor FILE [N]\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: stat_floor FILE [N [NAME]]\n"); return 2; }
+    const char *only = argc > 3 ? argv[3] : NULL;
     n = argc > 2 ? strtoull(argv[2], NULL, 10) : 1000000;
     if (n < 1) { fprintf(stderr, "N: at least 1\n"); return 2; }
     int fd = open(argv[1], O_RDONLY);
@@ -150,12 +152,24 @@ int main(int argc, char **argv) {
     if (records == MAP_FAILED) { perror("mmap"); return 1; }
     for (size_t i = 0; i < GIB; i += 4096) sink += records[i];
     const char *names_[] = {"interp", "fence", "packed", "packed_fence"};
+    int found = 0;
     for (int huge = 0; huge < 2; huge++) {
+        char name[4][2][48];
+        int wanted = 0;
+        for (int layout = 0; layout < 4; layout++)
+            for (int rec = 0; rec < 2; rec++) {
+                snprintf(name[layout][rec], sizeof name[0][0], "%s_%s%s_ns", names_[layout],
+                         huge ? "2m" : "4k", rec ? "_rec" : "");
+                wanted += !only || strcmp(only, name[layout][rec]) == 0;
+            }
+        if (!wanted) continue;
         build(huge);
         for (int layout = 0; layout < 4; layout++)
             for (int rec = 0; rec < 2; rec++)
-                printf("%s_%s%s_ns %.1f\n", names_[layout], huge ? "2m" : "4k", rec ? "_rec" : "",
-                       run(layout, rec));
+                if (!only || strcmp(only, name[layout][rec]) == 0)
+                    printf("%s %.1f\n", name[layout][rec], run(layout, rec));
+        found += wanted;
     }
+    if (!found) { fprintf(stderr, "stat_floor: no measurement named %s\n", only); return 2; }
     return 0;
 }

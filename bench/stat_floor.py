@@ -25,13 +25,19 @@ SOURCE = Path(__file__).resolve().parent / "stat_floor.c"
 LAYOUTS = ("interp", "fence", "packed", "packed_fence")
 
 
-def measure(counts: Sequence[int]) -> dict[int, dict[str, float]]:
-    """Run bench/stat_floor.c for each count of names on one 1 GiB /dev/shm file."""
+def measure(counts: Sequence[int], only: str = "") -> dict[int, dict[str, float]]:
+    """Run bench/stat_floor.c for each count of names on one 1 GiB /dev/shm file:
+    every measurement, or ``only`` the one of that name (e.g. "fence_4k_rec_ns")."""
     binary = build_c(SOURCE, hint="install gcc")
     path = shm_file(GIB, written=True, spare=256 << 20)  # no first-touch faults
     try:
         return {
-            n: {k: float(v) for k, v in run_c(binary, [str(path), str(n)], timeout=900).items()}
+            n: {
+                k: float(v)
+                for k, v in run_c(
+                    binary, [str(path), str(n), *([only] if only else [])], timeout=900
+                ).items()
+            }
             for n in counts
         }
     finally:
