@@ -4,7 +4,9 @@
 
 Options other than --only are passed to every benchmark.  A benchmark module
 is recognised from its source (a top-level ``def main``), so helper modules
-are never imported.  Modules run in name order; the exit status is the
+are never imported; NOT_BENCHMARKS names the modules with a ``main`` that are
+not part of the suite (tests/bench/test_run.py checks the others take
+--quick and --plain).  Modules run in name order; the exit status is the
 highest any of them returned.
 
 bench/ is the first entry of sys.path when these scripts run, so a module
@@ -23,7 +25,9 @@ from pathlib import Path
 from typing import cast
 
 BENCH_DIR = Path(__file__).resolve().parent
-NOT_BENCHMARKS = frozenset({"run", "common"})
+# helpers, and the focused tools with options of their own (an image path, rounds),
+# run by hand: main(["--quick", ...]) would stop the run there
+NOT_BENCHMARKS = frozenset({"run", "common", "cow_copy", "create_loop", "stat_scale"})
 
 
 def defines_main(path: Path) -> bool:
