@@ -7,7 +7,7 @@
  * FILE: at least 1 GiB, on /dev/shm (the inode records: tmpfs, 4 KiB pages, as the
  * daxfs image there; shmem THP is off on the development VM).  Each lookup waits for
  * the one before (as a stat waits for the stat before it: the interpreter runs between
- * them), unlike bench/floors.c's probe, whose iterations the CPU may overlap.  Prints
+ * them; a loop of independent lookups lets the CPU overlap them, and measures less).  Prints
  * "name value" lines, ns a lookup, median of 7 rounds of 400,000:
  *
  *   interp_{4k,2m}[_rec]        DirIndex's three arrays (keys 8 B, values 8 B, names
