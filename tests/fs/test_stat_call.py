@@ -17,6 +17,7 @@ import array
 import contextlib
 import errno
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,8 @@ import pytest
 import daxfs
 from daxfs.errors import Corrupted
 from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.fsck import fsck
+from daxfs.fs.layout import DT_REG
 from daxfs.testing import SimulatedPmem
 from tests.fs import crafting
 from tests.fs.test_stat_fast import (
@@ -489,3 +492,41 @@ def test_stats_between_changes_leave_the_merging_to_the_changes() -> None:
             for j in range(0, 5000, 500):
                 assert one_call(fs, f"/big/f{j}", True) is not None
         assert fs._fast.merges == merges
+
+
+def test_a_merge_by_stats_inside_an_open_transaction_is_undone_by_its_abort() -> None:
+    """A stat runs inside an open transaction only on the thread that holds the
+    filesystem lock (re-entrant): a merge it makes (settle) then folds the
+    transaction's own new name into the index's arrays, and the abort drops the
+    index (Directories._aborted), so that name is gone and every answer after it is
+    the walk's of the committed tree."""
+    dev = crafting.fresh(size=64 << 20)
+    with daxfs.mount(dev) as fs:
+        index = big_index(fs, 5000)
+        for i in range(5000, 5100):
+            fs.open(f"/big/f{i}", "xb").close()
+        assert fs._fast is not None
+        fs._fast.remember = False  # every stat a probe
+        want = {i: reference(fs, f"/big/f{i}", True) for i in range(0, 5100, 17)}
+        remember_head(fs, "/big")
+        big = fs.itable.get(fs.stat("/big").st_ino)
+        merges = fs._fast.merges
+        picks = list(want.items())
+        with fs._lock:
+            tx = fs.journal.begin()
+            fs._new_inode(tx, big, b"inside", stat.S_IFREG | 0o644, DT_REG)
+            assert fs.dirs.hash(b"inside") in index.added
+            for probe in range(1100):
+                i, st = picks[probe % len(picks)]
+                got = one_call(fs, f"/big/f{i}", True)
+                if got is not None:
+                    same(got, st)
+            assert fs._fast.merges == merges + 1  # a stat merged, the transaction open
+            assert not index.added
+            tx.abort()
+        assert fs.dirs.indexes.get(big.ino) is not index  # dropped by the abort
+        with pytest.raises(FileNotFoundError):
+            fs.stat("/big/inside")
+        for i, st in want.items():
+            same(stat_or_error(fs, f"/big/f{i}", True), st)
+    assert fsck(dev).clean
