@@ -649,7 +649,6 @@ seal_super(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * when adjacent, appended to `records` as (device offset, bytes).  Raises (with
  * nothing appended for that block) for a copy that is not a 4 KiB bytearray or
  * a block outside the view. */
-#define LINE 64
 static PyObject *
 block_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -693,14 +692,8 @@ block_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         const unsigned char *a = (const unsigned char *)PyByteArray_AS_STRING(copy);
         const unsigned char *b = (const unsigned char *)view.buf + (blockno << BLOCK_SHIFT);
         uint64_t base = blockno << BLOCK_SHIFT;
-        for (unsigned start = 0; start < BLOCK_SIZE;) {
-            if (memcmp(a + start, b + start, LINE) == 0) {
-                start += LINE;
-                continue;
-            }
-            unsigned end = start + LINE;
-            while (end < BLOCK_SIZE && memcmp(a + end, b + end, LINE) != 0)
-                end += LINE;
+        size_t start = 0, end;
+        while ((start = diff_run(a, b, BLOCK_SIZE, LINE, start, &end)) < BLOCK_SIZE) {
             PyObject *rec = Py_BuildValue("(Ky#)", (unsigned long long)(base + start),
                                           (const char *)a + start, (Py_ssize_t)(end - start));
             if (rec == NULL || PyList_Append(records, rec) < 0) {

@@ -738,31 +738,16 @@ diff_lines(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     out = PyList_New(0);
     if (out == NULL)
         goto done;
-    Py_ssize_t start = -1;
-    for (Py_ssize_t pos = 0; pos < a.len; pos += line) {
-        Py_ssize_t n = a.len - pos < line ? a.len - pos : line;
-        int same = memcmp((char *)a.buf + pos, (char *)b.buf + pos, n) == 0;
-        if (!same && start < 0)
-            start = pos;
-        if (same && start >= 0) {
-            PyObject *t = Py_BuildValue("(nn)", start, pos);
-            if (t == NULL || PyList_Append(out, t) < 0) {
-                Py_XDECREF(t);
-                Py_CLEAR(out);
-                goto done;
-            }
-            Py_DECREF(t);
-            start = -1;
-        }
-    }
-    if (start >= 0) {
-        PyObject *t = Py_BuildValue("(nn)", start, a.len);
+    size_t len = (size_t)a.len, end;
+    for (size_t start = 0; (start = diff_run(a.buf, b.buf, len, (size_t)line, start, &end)) < len;
+         start = end) {
+        PyObject *t = Py_BuildValue("(nn)", (Py_ssize_t)start, (Py_ssize_t)end);
         if (t == NULL || PyList_Append(out, t) < 0) {
             Py_XDECREF(t);
             Py_CLEAR(out);
-        } else {
-            Py_DECREF(t);
+            goto done;
         }
+        Py_DECREF(t);
     }
 done:
     PyBuffer_Release(&a);

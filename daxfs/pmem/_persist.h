@@ -278,4 +278,26 @@ persist_fill(int mode, char *dst, int c, size_t n)
     return persist_store(mode, dst, NULL, c, n);
 }
 
+/* The next run of differing lines of a and b (len bytes each, compared `line`
+ * bytes at a time; the last line may be short) at or after `from`: its start, and
+ * in *end where it stops (adjacent differing lines merged; at most len); len if
+ * none differs.  The journal logs only these (diff_lines, block_records). */
+DAXFS_MAYBE_UNUSED static inline size_t
+diff_run(const unsigned char *a, const unsigned char *b, size_t len, size_t line, size_t from,
+         size_t *end)
+{
+    size_t pos = from;
+    while (pos < len && memcmp(a + pos, b + pos, len - pos < line ? len - pos : line) == 0)
+        pos += line;
+    if (pos >= len) {
+        *end = len;
+        return len;
+    }
+    size_t stop = pos + line;
+    while (stop < len && memcmp(a + stop, b + stop, len - stop < line ? len - stop : line) != 0)
+        stop += line;
+    *end = stop < len ? stop : len;
+    return pos;
+}
+
 #endif /* DAXFS_PERSIST_H */
