@@ -20,6 +20,11 @@ timeout (so that a hang or a crash of the interpreter is seen, not suffered)::
     reuse   mount, walk, then write: create, write, mkdir, rename, unlink;
             unmount and fsck
 
+A share of the cases (``NEVER_SHARE``, drawn from the seed and the case
+number) runs every step with ``dax="never"``: the image is reached as a block
+device through daxfs.block.cache.BlockCache (the CLI with ``--dax never``),
+where a damaged image must be as safe as on pmem.
+
 Outcomes, worst first (an image counts once, with its worst outcome)::
 
     crash        a step died of a signal (interpreter death)
@@ -94,6 +99,7 @@ COPY_LIMIT = 256 << 20  # disk a copy of the image may take (the base image hold
 API_WALK_LIMIT = 100_000  # entries fs.walk may yield before it counts as running away
 Facts = list[Any]  # what a walk saw of one path (JSON-able)
 REUSE_BIG_AT, REUSE_BIG = 1 << 20, 512 << 10  # reuse's aligned overwrite (copy-on-write)
+NEVER_SHARE = 0.25  # of the cases run through the block layer (dax="never")
 
 
 # --------------------------------------------------------------------------- the steps
@@ -211,9 +217,9 @@ def _read_hash(fs: FileSystem, path: str, limit: int) -> tuple[str, int]:
     return h.hexdigest()[:16], got
 
 
-def step_mount(image: str) -> dict[str, Any]:
+def step_mount(image: str, dax: str = "inode") -> dict[str, Any]:
     """Mount, walk everything, then ``fs.walk`` (the API's own walk) must end."""
-    fs = mount(image)
+    fs = mount(image, dax=dax)
     try:
         facts, errors = walk(fs)
         names = 0
@@ -228,14 +234,17 @@ def step_mount(image: str) -> dict[str, Any]:
     return {"facts": facts, "errors": errors}
 
 
-def step_cli(image: str, sandbox: str) -> dict[str, Any]:
+def step_cli(image: str, sandbox: str, dax: str = "inode") -> dict[str, Any]:
     """``daxfs tree`` and ``daxfs cp -r`` through main(); what cp wrote, and where."""
     main = _cli_main()
 
     out: dict[str, Any] = {}
     dest = os.path.join(sandbox, "inside", "dest")
     os.makedirs(os.path.dirname(dest))
-    for name, argv in (("tree", ["tree", image]), ("cp", ["cp", "-r", f"{image}:/", dest])):
+    for name, argv in (
+        ("tree", ["tree", "--dax", dax, image]),
+        ("cp", ["cp", "--dax", dax, "-r", f"{image}:/", dest]),
+    ):
         err = io.StringIO()
         with (
             contextlib.redirect_stdout(io.StringIO()),
@@ -278,8 +287,8 @@ def _cli_main() -> Callable[[list[str]], int]:
     return cast("Callable[[list[str]], int]", module.main)
 
 
-def step_fsck(image: str, repair: bool = False) -> dict[str, Any]:
-    report = fsck(image, repair=repair)
+def step_fsck(image: str, repair: bool = False, dax: str = "inode") -> dict[str, Any]:
+    report = fsck(image, repair=repair, dax=dax)
     left = [str(p) for p in report.problems if not p.repaired]
     return {
         "clean": report.clean,
@@ -290,9 +299,9 @@ def step_fsck(image: str, repair: bool = False) -> dict[str, Any]:
     }
 
 
-def step_reuse(image: str) -> dict[str, Any]:
+def step_reuse(image: str, dax: str = "inode") -> dict[str, Any]:
     """Mount, walk, write; unmount and fsck."""
-    fs = mount(image)
+    fs = mount(image, dax=dax)
     try:
         facts, errors = walk(fs)
         with cast("File", fs.open("/fuzz-new", "wb+", buffering=0)) as f:
@@ -318,7 +327,7 @@ def step_reuse(image: str) -> dict[str, Any]:
         fs.rmdir("/fuzz-dir")
     finally:
         fs.unmount()
-    after = step_fsck(image)
+    after = step_fsck(image, dax=dax)
     return {"facts": facts, "errors": errors, "fsck": after}
 
 
@@ -334,6 +343,8 @@ class Case:
     base: str
     steps: dict[str, StepResult] = dataclasses.field(default_factory=dict)
     findings: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (outcome, why)
+    #: how every step reached the image: "inode" (DAX) or "never" (BlockCache)
+    dax: str = "inode"
 
     @property
     def outcome(self) -> str:
@@ -355,8 +366,11 @@ class Fuzzer:
         timeout: float = 10.0,
         workdir: str | None = None,
         kinds: Iterable[tuple[str, bool]] | None = None,
+        never: float = NEVER_SHARE,
     ) -> None:
         self.seed = seed
+        #: the share of cases whose steps run with dax="never" (through BlockCache)
+        self.never = never
         #: (structure, resealed) of each case in turn: all of them, or the ones asked for
         self.kinds = (
             list(kinds)
@@ -383,21 +397,30 @@ class Fuzzer:
         image, mutation = corrupt(
             structure, self.seed * 1_000_003 + number, base.image, self.inventory, sealed
         )
-        return self.run_image(number, image, mutation, base)
+        return self.run_image(number, image, mutation, base, self.dax(number))
 
-    def run_image(self, number: int, image: bytes, mutation: Mutation, base: Base) -> Case:
-        """Run the steps on ``image`` (``base`` corrupted by ``mutation``) and classify."""
-        case = Case(number, mutation, base.name)
+    def dax(self, number: int) -> str:
+        """How case ``number`` reaches its image: "never" for a share ``never`` of the
+        cases (drawn from its own generator: the cases' corruptions stay as they were)."""
+        draw = random.Random(f"{self.seed}:{number}:dax").random()
+        return "never" if draw < self.never else "inode"
+
+    def run_image(
+        self, number: int, image: bytes, mutation: Mutation, base: Base, dax: str = "inode"
+    ) -> Case:
+        """Run the steps on ``image`` (``base`` corrupted by ``mutation``) and classify;
+        ``dax="never"`` runs them through the block layer."""
+        case = Case(number, mutation, base.name, dax=dax)
         work = os.path.join(self.workdir, f"case{number}")
         os.makedirs(work, exist_ok=True)
         try:
-            self._steps(case, image, work)
+            self._steps(case, image, work, dax)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         classify(case, base, self.inventory)
         return case
 
-    def _steps(self, case: Case, image: bytes, work: str) -> None:
+    def _steps(self, case: Case, image: bytes, work: str, dax: str) -> None:
         paths = {}
         for name in ("mount", "cli", "main"):
             paths[name] = os.path.join(work, f"{name}.img")
@@ -407,12 +430,12 @@ class Fuzzer:
         os.makedirs(sandbox)
         t = self.timeout
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-            ("mount", lambda: step_mount(paths["mount"])),
-            ("cli", lambda: step_cli(paths["cli"], sandbox)),
-            ("fsck", lambda: step_fsck(paths["main"])),
-            ("repair", lambda: step_fsck(paths["main"], repair=True)),
-            ("refsck", lambda: step_fsck(paths["main"])),
-            ("reuse", lambda: step_reuse(paths["main"])),
+            ("mount", lambda: step_mount(paths["mount"], dax)),
+            ("cli", lambda: step_cli(paths["cli"], sandbox, dax)),
+            ("fsck", lambda: step_fsck(paths["main"], dax=dax)),
+            ("repair", lambda: step_fsck(paths["main"], repair=True, dax=dax)),
+            ("refsck", lambda: step_fsck(paths["main"], dax=dax)),
+            ("reuse", lambda: step_reuse(paths["main"], dax)),
         ]
 
         def runaway() -> str | None:
@@ -608,11 +631,14 @@ class Table:
     counts: dict[tuple[str, str], dict[str, int]] = dataclasses.field(default_factory=dict)
     bad: list[Case] = dataclasses.field(default_factory=list)
     cases: int = 0
+    #: cases run through the block layer (dax="never")
+    never: int = 0
 
     def add(self, case: Case) -> None:
         row = self.counts.setdefault((case.mutation.structure, case.mode), {})
         row[case.outcome] = row.get(case.outcome, 0) + 1
         self.cases += 1
+        self.never += case.dax == "never"
         if case.outcome in BAD:
             self.bad.append(case)
 
@@ -632,6 +658,7 @@ class Table:
         tot = self.totals()
         cells = " ".join(f"{tot.get(o, 0):>7}" for o in OUTCOMES)
         lines.append(f"{'all':12} {'':9} {cells} {sum(tot.values()):>7}")
+        lines.append(f"{self.never} of the {self.cases} images through the block layer (dax=never)")
         return "\n".join(lines)
 
 
@@ -641,8 +668,9 @@ def reproducer(seed: int, case: Case) -> str:
     label = "BAD" if case.outcome in BAD else "NOTE"
     return (
         f"{label} {case.outcome}: case {case.number} [{m.structure}/{m.field}, {case.mode}, "
-        f"{case.base} base] {m.detail} -- {worst[:300]} -- reproduce: "
-        f"python -m daxfs.testing.fuzz --seed {seed} --case {case.number}"
+        f"{case.base} base, dax={case.dax}] {m.detail} -- {worst[:300]} -- reproduce: "
+        f"python -m daxfs.testing.fuzz --seed {seed} --case {case.number} "
+        f"--never {int(case.dax == 'never')}"
     )
 
 
@@ -656,15 +684,17 @@ def fuzz(
     progress: Callable[[Case], None] | None = None,
     kinds: Iterable[tuple[str, bool]] | None = None,
     at_least: int = 0,
+    never: float = NEVER_SHARE,
 ) -> Table:
     """Run cases ``first``, ``first + 1``, ... until ``cases`` are done or ``seconds`` pass.
 
     ``kinds``: the (structure, resealed) pairs to take in turn (default: all).
     ``at_least``: cases run whatever the time budget says (a slow machine still
     tries each kind once when ``at_least`` is the number of kinds).
+    ``never``: the share of cases run with dax="never" (through the block layer).
     """
     deadline = None if seconds is None else time.monotonic() + seconds
-    fuzzer = Fuzzer(seed, timeout=timeout, kinds=kinds)
+    fuzzer = Fuzzer(seed, timeout=timeout, kinds=kinds, never=never)
     table = Table()
     try:
         number = first
@@ -701,6 +731,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per step")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per case")
     parser.add_argument(
+        "--never",
+        type=float,
+        default=NEVER_SHARE,
+        metavar="SHARE",
+        help="share of the cases run with dax=never, through the block layer "
+        f"(default {NEVER_SHARE}; 0: none, 1: all)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         default=None,
@@ -727,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         shown += ["--seed", str(seed)]
     print(f"$ python -m daxfs.testing.fuzz {shlex.join(shown)}", flush=True)
     if args.case is not None:
-        fuzzer = Fuzzer(seed, timeout=args.timeout, kinds=kinds)
+        fuzzer = Fuzzer(seed, timeout=args.timeout, kinds=kinds, never=args.never)
         try:
             case = fuzzer.run_case(args.case)
         finally:
@@ -735,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         m = case.mutation
         print(
             f"seed {seed} case {case.number}: {m.structure}/{m.field} ({case.mode}, "
-            f"{case.base} base): {m.detail}"
+            f"{case.base} base, dax={case.dax}): {m.detail}"
         )
         for name, r in case.steps.items():
             extra = ""
@@ -762,7 +800,13 @@ def main(argv: list[str] | None = None) -> int:
     cases = args.cases if args.cases is not None or args.seconds else 64
     start = time.monotonic()
     table = fuzz(
-        seed, cases=cases, seconds=args.seconds, timeout=args.timeout, progress=show, kinds=kinds
+        seed,
+        cases=cases,
+        seconds=args.seconds,
+        timeout=args.timeout,
+        progress=show,
+        kinds=kinds,
+        never=args.never,
     )
     print(
         f"seed {seed}: {table.cases} corrupted images in {time.monotonic() - start:.0f} s, "

@@ -232,12 +232,12 @@ def test_planted_wrong_exception_hang_and_crash(
 ) -> None:
     m = corrupt.Mutation("random", "none", "planted", False, [(0, 0)])
 
-    def bad_fsck(image: str, repair: bool = False) -> dict[str, Any]:
+    def bad_fsck(image: str, repair: bool = False, dax: str = "inode") -> dict[str, Any]:
         if repair:
             time.sleep(60)  # a hang
         raise KeyError("not an OSError")
 
-    def bad_mount(image: str) -> dict[str, Any]:
+    def bad_mount(image: str, dax: str = "inode") -> dict[str, Any]:
         os.kill(os.getpid(), signal.SIGBUS)
         return {}
 
@@ -259,13 +259,13 @@ def test_planted_repair_that_damages_a_good_file_is_worse(
 ) -> None:
     real = fuzz_mod.step_fsck
 
-    def evil_repair(image: str, repair: bool = False) -> dict[str, Any]:
+    def evil_repair(image: str, repair: bool = False, dax: str = "inode") -> dict[str, Any]:
         if repair:
             from daxfs.fs.mount import mount
 
             with mount(image) as fs, fs.open("/d/e/f/deep", "rb+", buffering=0) as f:
                 f.write(b"oops")
-        return real(image, repair)
+        return real(image, repair, dax)
 
     monkeypatch.setattr(fuzz_mod, "step_fsck", evil_repair)
     m = corrupt.Mutation("random", "none", "planted", False, [(0, 0)])
@@ -303,7 +303,46 @@ def test_table_and_reproducer(fuzzer: Fuzzer) -> None:
     text = table.render()
     assert "inode        resealed" in text
     assert table.totals() == {"worse": 1, "fine": 1}
-    assert "--seed 3 --case 7" in fuzz_mod.reproducer(3, case)
+    assert "--seed 3 --case 7 --never 0" in fuzz_mod.reproducer(3, case)
+    case.dax = "never"
+    table.add(case)
+    assert "1 of the 3 images through the block layer" in table.render()
+    assert "dax=never" in fuzz_mod.reproducer(3, case)
+    assert "--seed 3 --case 7 --never 1" in fuzz_mod.reproducer(3, case)
+
+
+def test_a_share_of_the_cases_runs_through_the_block_layer() -> None:
+    """The dax of each case is deterministic in (seed, number) and follows ``never``."""
+    f = Fuzzer(1, never=fuzz_mod.NEVER_SHARE)
+    try:
+        chosen = [f.dax(n) for n in range(400)]
+        assert chosen == [f.dax(n) for n in range(400)]
+        assert 50 < chosen.count("never") < 150  # a quarter of 400
+        f.never = 0.0
+        assert {f.dax(n) for n in range(100)} == {"inode"}
+        f.never = 1.0
+        assert {f.dax(n) for n in range(100)} == {"never"}
+    finally:
+        f.close()
+
+
+def test_dax_never_cases_reach_the_block_cache(
+    fuzzer: Fuzzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plant a bug in BlockCache (a read raising a non-OSError): a case run with
+    dax="never" is wrong; the same case with DAX never meets it."""
+    from daxfs.block.cache import BlockCache
+
+    def broken(self: BlockCache, offset: int, length: int) -> memoryview:
+        raise KeyError("planted in BlockCache.direct_access")
+
+    monkeypatch.setattr(BlockCache, "direct_access", broken)
+    m = corrupt.Mutation("random", "none", "planted: nothing", False, [(0, 0)])
+    case = fuzzer.run_image(1006, fuzzer.clean.image, m, fuzzer.clean, "inode")
+    assert case.outcome == "fine", case.findings
+    case = fuzzer.run_image(1007, fuzzer.clean.image, m, fuzzer.clean, "never")
+    assert case.outcome == "wrong", case.findings
+    assert "planted in BlockCache" in " ".join(why for _, why in case.findings)
 
 
 # -- bounded runs -------------------------------------------------------------------------------
@@ -313,6 +352,13 @@ def test_bounded_fuzz_run_finds_nothing_bad() -> None:
     table = fuzz_mod.fuzz(7, cases=len(FUZZ_KINDS), timeout=30, kinds=FUZZ_KINDS)
     assert table.cases == len(FUZZ_KINDS)
     assert not table.bad, "\n".join(fuzz_mod.reproducer(7, c) for c in table.bad)
+
+
+def test_bounded_fuzz_run_through_the_block_layer_finds_nothing_bad() -> None:
+    """Every kind of damage once more, every step with dax="never" (BlockCache)."""
+    table = fuzz_mod.fuzz(9, cases=len(FUZZ_KINDS), timeout=30, kinds=FUZZ_KINDS, never=1.0)
+    assert table.never == table.cases == len(FUZZ_KINDS)
+    assert not table.bad, "\n".join(fuzz_mod.reproducer(9, c) for c in table.bad)
 
 
 @pytest.mark.slow
