@@ -236,8 +236,10 @@ def test_two_caches_of_one_file_are_refused_across_opens(tmp_path: Path) -> None
     with mount(image, dax="never"):
         with pytest.raises(Busy):
             mount(image, dax="never")
-        with pytest.raises(Busy):
-            mount(open_block(image))
+        with open_block(image) as bdev:
+            with pytest.raises(Busy):
+                mount(bdev)
+            assert not bdev.closed  # a device passed in is the caller's to close
 
 
 # -- the filesystem's behaviour on a block device ------------------------------------
