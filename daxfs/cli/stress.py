@@ -7,7 +7,8 @@ and a full disk.  Prints one line per phase with what it did, one line per
 failure with the seed and the way to reproduce it, and exits 1 if anything
 failed (0 otherwise).  IMAGE must hold a daxfs (``daxfs mkfs`` first); only
 the scratch directory ``/.daxfs-stress-SEED`` is written, and it is removed
-when nothing failed.
+when nothing failed.  ``--dax never`` runs every phase through the block
+layer (the image as a block device, simulated block devices).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from daxfs.cli.common import add_parser
+from daxfs.cli.common import add_dax_option, add_parser
 from daxfs.errors import InvalidArgument
 from daxfs.fs.mount import mount
 from daxfs.testing.stress import PHASES, run_stress
@@ -51,6 +52,7 @@ def register(sub: Any) -> None:
         metavar="OP",
         help="do not make this operation (e.g. mapfsync, punch), to work around a known bug",
     )
+    add_dax_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--seconds must be positive, got {args.seconds}")
     if args.threads < 1:
         raise InvalidArgument(f"--threads must be at least 1, got {args.threads}")
-    with mount(args.image):  # a daxfs that mounts: else one error line, before anything runs
+    with mount(args.image, dax=args.dax):  # a daxfs that mounts: else one error line first
         pass
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     argv = ["daxfs", "stress", args.image, "--seconds", f"{args.seconds:g}", "--seed", str(seed)]
@@ -67,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         argv += ["--phase", phase]
     for op in args.without:
         argv += ["--without", op]
+    if args.dax != "inode":
+        argv += ["--dax", args.dax]
     print(f"$ {shlex.join(argv)}", flush=True)
     start = time.monotonic()
     report = run_stress(
@@ -77,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         phases=args.phase or tuple(PHASES),
         say=lambda line: print(line, flush=True),
+        dax=args.dax,
     )
     verdict = "ok" if report.ok else f"{len(report.failures)} failure(s)"
     print(f"seed {seed}: {verdict} in {time.monotonic() - start:.0f} s", flush=True)

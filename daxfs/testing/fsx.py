@@ -72,6 +72,7 @@ from daxfs.testing.simblock import SimulatedBlockDevice
 from daxfs.testing.simulated import SimulatedPmem
 
 if TYPE_CHECKING:
+    from daxfs.block.device import BlockDevice
     from daxfs.fs.file import File
     from daxfs.fs.filesystem import FileSystem
     from daxfs.pmem.device import Device
@@ -227,7 +228,7 @@ class Fsx:
         seed: int,
         options: FsxOptions | None = None,
         *,
-        device: Device | SimulatedBlockDevice | str | None = None,
+        device: Device | BlockDevice | str | None = None,
         directory: str = "",
     ) -> None:
         self.seed = seed
@@ -552,7 +553,7 @@ class Fsx:
         self.stats.remounts += 1
         self._reopen(self.dev)
 
-    def _reopen(self, dev: Device | SimulatedBlockDevice | str) -> None:
+    def _reopen(self, dev: Device | BlockDevice | str) -> None:
         self.dev = dev
         self.fs = mount(dev)
         self.f = cast("File", self.fs.open(self.path, "rb+", buffering=0))
@@ -734,7 +735,7 @@ def run(
     ops: int | None = None,
     seconds: float | None = None,
     options: FsxOptions | None = None,
-    device: Device | SimulatedBlockDevice | str | None = None,
+    device: Device | BlockDevice | str | None = None,
     directory: str = "",
 ) -> FsxStats:
     """One fsx run; the file is checked and fsck'ed at the end.

@@ -26,6 +26,10 @@ At the end, with every thread joined::
        2 + subdirectories), shared files hold only zeros and tags
     3. unmount, fsck must be clean, mount, and 1 and 2 again (durability)
 
+``StressOptions(block=True)`` runs it on a simulated block device: the
+filesystem through its buffer cache (daxfs.block.cache.BlockCache), whose
+write-back and FLUSH the remount in 3 checks.
+
 A failure is one line: the thread, its seed, the operation and its index;
 the thread's sequence is kept for reproduction (interleavings are not
 reproducible, each thread's own sequence of operations is).
@@ -54,9 +58,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
+from daxfs.testing.simblock import SimulatedBlockDevice
 from daxfs.testing.simulated import SimulatedPmem
 
 if TYPE_CHECKING:
+    from daxfs.block.device import BlockDevice
     from daxfs.fs.file import File as DaxFile
     from daxfs.fs.filesystem import FileSystem
     from daxfs.pmem.device import Device
@@ -109,11 +115,15 @@ class StressOptions:
     headroom: int = 0  # full disk: a filler file leaves this many bytes free at the start
     switch_interval: float = 1e-5  # sys.setswitchinterval while the threads run
     skip: frozenset[str] = frozenset()  # private operation kinds not to make
+    #: the default device is a SimulatedBlockDevice (the filesystem through its block
+    #: cache) instead of a SimulatedPmem
+    block: bool = False
 
     @classmethod
-    def full(cls, threads: int = 4) -> StressOptions:
+    def full(cls, threads: int = 4, *, block: bool = False) -> StressOptions:
         return cls(
             threads=threads,
+            block=block,
             full_disk=True,
             device_size=16 << 20,
             max_write=512 << 10,
@@ -566,13 +576,13 @@ class Stress:
         seed: int,
         options: StressOptions | None = None,
         *,
-        device: Device | str | None = None,
+        device: Device | BlockDevice | str | None = None,
         top: str = "",
     ) -> None:
         self.seed = seed
         self.options = options or StressOptions()
         if device is None:
-            device = SimulatedPmem(self.options.device_size)
+            device = simulated(self.options.device_size, self.options.block)
             mkfs(device)
         self.dev = device
         self.top = top
@@ -761,13 +771,18 @@ class Stress:
         return out
 
 
+def simulated(size: int, block: bool) -> SimulatedPmem | SimulatedBlockDevice:
+    """An empty simulated device: a block device (through the cache) or pmem."""
+    return SimulatedBlockDevice(size) if block else SimulatedPmem(size)
+
+
 def run(
     seed: int,
     *,
     ops: int | None = None,
     seconds: float | None = None,
     options: StressOptions | None = None,
-    device: Device | str | None = None,
+    device: Device | BlockDevice | str | None = None,
     top: str = "",
 ) -> StressStats:
     """One stress run; see the module docstring.

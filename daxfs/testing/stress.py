@@ -16,6 +16,11 @@ is written (the full-disk phase never runs on the image).  Every phase takes
 its seed from ``seed``; each failure is one line that names it and says how
 to reproduce it.  ``image=None`` runs the image phases on a simulated device
 too.
+
+``dax="never"`` runs every phase through the block layer and the buffer cache
+(daxfs.block.cache.BlockCache): the image phases reach the image as a block
+device (daxfs.block.open_block), the simulated ones run on a
+``SimulatedBlockDevice`` (power failures at its FLUSH and FUA writes).
 """
 
 from __future__ import annotations
@@ -25,11 +30,15 @@ import dataclasses
 import random
 import shlex
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
+from daxfs.block.device import BlockDevice
+from daxfs.block.file import open_block
+from daxfs.fs.devices import check_dax
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
 from daxfs.testing import fsx, nsstress
+from daxfs.testing.simblock import SimulatedBlockDevice
 from daxfs.testing.simulated import SimulatedPmem
 
 #: share of the budget per phase
@@ -61,12 +70,18 @@ def run_stress(
     threads: int = 4,
     phases: Iterable[str] = tuple(PHASES),
     say: Callable[[str], None] | None = None,
+    dax: str = "inode",
 ) -> StressReport:
     """Run the phases for ``seconds`` in all; see the module docstring.
 
     ``without`` names operations not to make (fsx kinds such as ``mapfsync``,
-    namespace kinds such as ``punch``), to run around a known bug.
+    namespace kinds such as ``punch``), to run around a known bug.  ``dax``:
+    "never" runs every phase through the block layer.
+
+    Raises:
+        InvalidArgument (EINVAL): a bad ``dax``.
     """
+    block = check_dax(dax) == "never"
     report = StressReport(seed)
     skip = frozenset(without)
     rng = random.Random(seed)
@@ -88,17 +103,53 @@ def run_stress(
         budget = seconds * PHASES[phase] / total
         where = image if image is not None and phase in ("fsx", "namespace") else None
         try:
-            if phase in ("fsx", "fsx-crash"):
-                _fsx_phase(report, phase, seeds[phase], budget, where, top, skip, line, fail)
-            else:
-                _namespace_phase(
-                    report, phase, seeds[phase], budget, where, top, skip, threads, line, fail
-                )
+            with _target(where, block) as target:
+                if phase in ("fsx", "fsx-crash"):
+                    _fsx_phase(
+                        report, phase, seeds[phase], budget, target, top, skip, block, line, fail
+                    )
+                else:
+                    _namespace_phase(
+                        report,
+                        phase,
+                        seeds[phase],
+                        budget,
+                        target,
+                        top,
+                        skip,
+                        threads,
+                        block,
+                        line,
+                        fail,
+                    )
         except Exception as exc:  # a failure of the harness itself must be seen too
             fail(f"{phase} seed={seeds[phase]}: {type(exc).__name__}: {exc}")
     if image is not None and report.ok:
-        _remove(image, top)
+        with _target(image, block) as target:
+            assert target is not None
+            _remove(target, top)
     return report
+
+
+Image = str | BlockDevice  # an image phase's target: the path, or the path opened as a block device
+
+
+@contextlib.contextmanager
+def _target(image: str | None, block: bool) -> Iterator[Image | None]:
+    """What a phase mounts: ``image`` itself, or (``block``) it opened as a block device
+    (every mount then goes through the buffer cache), closed after the phase."""
+    if image is None or not block:
+        yield image
+        return
+    with open_block(image) as bdev:
+        yield bdev
+
+
+def _simulated(size: int, block: bool) -> tuple[SimulatedPmem | SimulatedBlockDevice, str]:
+    """An empty simulated device holding a fresh daxfs, and its description."""
+    device = nsstress.simulated(size, block)
+    mkfs(device)
+    return device, f"a simulated {size >> 20} MiB {'block ' if block else ''}device"
 
 
 def _fsx_phase(
@@ -106,26 +157,25 @@ def _fsx_phase(
     phase: str,
     seed: int,
     budget: float,
-    image: str | None,
+    image: Image | None,
     top: str,
     skip: frozenset[str],
+    block: bool,
     line: Callable[[str], None],
     fail: Callable[[str], None],
 ) -> None:
-    options = fsx.FsxOptions()
+    options = fsx.FsxOptions(block=block)
     for kind in skip & set(options.weights):
         options.weights[kind] = 0
-    device: str | SimulatedPmem
+    device: Image | SimulatedPmem | SimulatedBlockDevice
     if image is not None:
         device = image
         directory = top
         _prepare(image, top)
-        where = image
+        where = _name(image)
     else:
-        device = SimulatedPmem(options.device_size)
-        mkfs(device)
+        device, where = _simulated(options.device_size, block)
         directory = ""
-        where = f"a simulated {options.device_size >> 20} MiB device"
     start = time.monotonic()
     try:
         stats = fsx.run(
@@ -140,10 +190,12 @@ def _fsx_phase(
         with contextlib.suppress(Exception):
             ops = fsx.shrink(exc, options=options, budget=budget * SHRINK_SHARE)
         weights = " ".join(f"--weight {k}=0" for k in sorted(skip & set(options.weights)))
+        weights += " --block" if block else ""
         fail(
             f"{phase} seed={seed} op#{exc.index} ({exc.ops[exc.index]}): {exc.message}; "
             f"reproduce ({len(ops)} ops): python -m daxfs.testing.fsx --seed {seed} "
-            f"{weights + ' ' if weights else ''}--replay {shlex.quote(fsx.format_ops(ops))}"
+            f"{weights.strip() + ' ' if weights else ''}--replay "
+            f"{shlex.quote(fsx.format_ops(ops))}"
         )
         return
     report.fsx.add(stats)
@@ -159,26 +211,29 @@ def _namespace_phase(
     phase: str,
     seed: int,
     budget: float,
-    image: str | None,
+    image: Image | None,
     top: str,
     skip: frozenset[str],
     threads: int,
+    block: bool,
     line: Callable[[str], None],
     fail: Callable[[str], None],
 ) -> None:
     full = phase == "full-disk"
-    options = nsstress.StressOptions.full(threads) if full else nsstress.StressOptions(threads)
+    options = (
+        nsstress.StressOptions.full(threads, block=block)
+        if full
+        else nsstress.StressOptions(threads, block=block)
+    )
     options.skip = skip
-    device: str | SimulatedPmem
+    device: Image | SimulatedPmem | SimulatedBlockDevice
     if image is not None:
         _prepare(image, top)
         device = image
-        where = image
+        where = _name(image)
         stress_top = f"{top}/ns"
     else:
-        device = SimulatedPmem(options.device_size)
-        mkfs(device)
-        where = f"a simulated {options.device_size >> 20} MiB device"
+        device, where = _simulated(options.device_size, block)
         stress_top = ""
     start = time.monotonic()
     try:
@@ -194,14 +249,18 @@ def _namespace_phase(
     )
 
 
-def _prepare(image: str, top: str) -> None:
+def _name(image: Image) -> str:
+    return image if isinstance(image, str) else f"{image.name} (block device, {image.engine})"
+
+
+def _prepare(image: Image, top: str) -> None:
     """The scratch directory on the image exists (and the image is a daxfs)."""
     with mount(image) as fs:
         if not fs.exists(top):
             fs.mkdir(top)
 
 
-def _remove(image: str, top: str) -> None:
+def _remove(image: Image, top: str) -> None:
     """Remove the scratch directory; fsck the image."""
     with mount(image) as fs:
         if fs.exists(top):
@@ -217,4 +276,4 @@ def _remove(image: str, top: str) -> None:
             fs.rmdir(top)
     report = fsck(image)
     if not report.clean:
-        raise AssertionError(f"fsck of {image} after removing {top}:\n{report}")
+        raise AssertionError(f"fsck of {_name(image)} after removing {top}:\n{report}")

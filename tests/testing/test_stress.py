@@ -47,6 +47,42 @@ def test_bounded_full_disk_stress(seed: int) -> None:
     assert stats.errors.get("ENOSPC", 0) > 0, "the disk never filled"
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_bounded_namespace_stress_on_a_block_device(full: bool) -> None:
+    """Through the block cache: every check, the remount's included, passes, and the
+    cache wrote back (WRITE bios, FLUSH or FUA)."""
+    from daxfs.block.cache import BlockCache
+
+    o = opts(full)
+    o.block = True
+    stress = nsstress.Stress(1, o)
+    cache = stress.fs.device
+    assert isinstance(cache, BlockCache)
+    stats = stress.run(ops=300)
+    assert stats.checks == 2
+    assert cache.stats["writes"] > 0
+    assert cache.stats["flushes"] + cache.stats["fua"] > 0
+    if full:
+        assert stats.errors.get("ENOSPC", 0) > 0, "the disk never filled"
+
+
+def test_catches_a_block_cache_that_loses_write_backs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planted bug: the cache writes back only the first dirty run of a drain (the
+    others are dropped, FLUSH and all): the remount (or fsck) sees the loss."""
+    from daxfs.block.cache import BlockCache
+
+    real = BlockCache._write_back
+
+    def lossy(self: BlockCache, runs: list[tuple[int, int]]) -> None:
+        real(self, runs[:1])
+
+    monkeypatch.setattr(BlockCache, "_write_back", lossy)
+    o = opts()
+    o.block = True
+    with pytest.raises((nsstress.StressFailure, OSError)):
+        nsstress.run(1, ops=300, options=o)
+
+
 # -- planted bugs are caught ---------------------------------------------------------------------
 
 
@@ -161,6 +197,29 @@ def test_daxfs_stress_runs_and_cleans_up(
     assert out[-1].startswith("seed 3: ok")
     with daxfs.mount(image) as fs:
         assert fs.listdir("/") == ["keep"]  # the scratch directory is gone, the rest untouched
+    assert fsck(image).clean
+
+
+def test_daxfs_stress_through_the_block_layer(
+    tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--dax never``: the image phases mount the image as a block device, the simulated
+    ones run on simulated block devices; each phase's line says so."""
+    image = os.path.join(os.fspath(tmp_path), "img")
+    assert main(["mkfs", image, "--size", "32M"]) == 0
+    capsys.readouterr()
+    assert main(_args(image, "--seconds", "3", "--seed", "5", "--dax", "never")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "--dax never" in out[0]
+    lines = {line.split(" ", 1)[0]: line for line in out[1:-1]}
+    assert list(lines) == ["fsx", "fsx-crash", "namespace", "full-disk"]
+    for phase in ("fsx", "namespace"):
+        assert "(block device" in lines[phase], lines[phase]
+    for phase in ("fsx-crash", "full-disk"):
+        assert "MiB block device" in lines[phase], lines[phase]
+    assert out[-1].startswith("seed 5: ok")
+    with daxfs.mount(image) as fs:
+        assert fs.listdir("/") == []
     assert fsck(image).clean
 
 
