@@ -53,11 +53,12 @@ from daxfs.block.device import BlockDevice
 from daxfs.errors import InvalidArgument
 from daxfs.testing.blockcrash import abandon
 from daxfs.testing.faults import (
-    PROBE,
     Fault,
     FaultCheckFailed,
     FaultReport,
     _check_image_snap,
+    check_live,
+    look_and_unmount,
 )
 from daxfs.testing.simblock import SimulatedBlockDevice
 from daxfs.testing.simulated import PowerFailure
@@ -248,29 +249,9 @@ def _go_on(
     where: str,
 ) -> str:
     """After the fault: look, one more operation, unmount; the image must agree."""
-    from daxfs.testing.crash import snapshot
-
-    live: Snapshot | None = None
-    try:
-        if not fs.journal.failed:  # after a journal failure memory may lag the media
-            live = snapshot(fs)
-        fs.mkdir(PROBE)
-    except OSError:
-        pass  # EIO of a read, EROFS after a journal failure: allowed
-    except BaseException as exc:
-        raise FaultCheckFailed(
-            f"{where}: after the fault, {type(exc).__name__}: {exc} (not an OSError)"
-        ) from exc
-    try:
-        for file in fs.open_files():
-            file.close()
-        fs.unmount()
-    except OSError:
+    live, unmounted = look_and_unmount(fs, where)
+    if not unmounted:
         abandon(fs)  # the cache could not write back: give its memory back now
-    except BaseException as exc:
-        raise FaultCheckFailed(
-            f"{where}: unmount after the fault raised {type(exc).__name__}: {exc}"
-        ) from exc
     dev.disarm()
     image = inner.durable_image()  # what a power failure right after unmount leaves
     if not fs.mounted:
@@ -279,10 +260,5 @@ def _go_on(
     seen, plain = _check_image_snap(
         SimulatedBlockDevice(inner.size, image=image), allowed, f"{where}, then unmount"
     )
-    if live is not None and plain != live:
-        diff = sorted(p for p in set(plain) | set(live) if plain.get(p) != live.get(p))
-        raise FaultCheckFailed(
-            f"{where}: after unmount and mount the tree differs from what the live "
-            f"filesystem showed after the fault: {diff[:5]}"
-        )
+    check_live(plain, live, where)
     return seen

@@ -502,6 +502,27 @@ def _go_on(
     With a persistent fault the device stays broken for all of this (each step
     may fail with an OSError); it is disarmed only to read the image back.
     """
+    live, _ = look_and_unmount(fs, where)
+    dev.disarm()
+    image = dev.image()  # what a reboot finds, whether unmount finished or not
+    if not fs.mounted:
+        with contextlib.suppress(BufferError):
+            dev.close()
+    seen, plain = _check_image_snap(
+        SimulatedPmem(dev.size, image=image), allowed, f"{where}, then unmount"
+    )
+    check_live(plain, live, where)
+    return seen
+
+
+def look_and_unmount(fs: FileSystem, where: str) -> tuple[Snapshot | None, bool]:
+    """After a fault: snapshot the live tree (unless the journal failed), one more
+    operation, close the files and unmount.  Returns the snapshot and whether the
+    unmount finished (an OSError there is allowed: the caller disposes of the mount).
+
+    Raises:
+        FaultCheckFailed: anything but an OSError was raised.
+    """
     live: Snapshot | None = None
     try:
         if not fs.journal.failed:  # after a journal failure memory may lag the media
@@ -518,26 +539,26 @@ def _go_on(
             file.close()
         fs.unmount()
     except OSError:
-        pass
+        return live, False
     except BaseException as exc:
         raise FaultCheckFailed(
             f"{where}: unmount after the fault raised {type(exc).__name__}: {exc}"
         ) from exc
-    dev.disarm()
-    image = dev.image()  # what a reboot finds, whether unmount finished or not
-    if not fs.mounted:
-        with contextlib.suppress(BufferError):
-            dev.close()
-    seen, plain = _check_image_snap(
-        SimulatedPmem(dev.size, image=image), allowed, f"{where}, then unmount"
-    )
+    return live, True
+
+
+def check_live(plain: Snapshot, live: Snapshot | None, where: str) -> None:
+    """The tree mounted again (``plain``) is the one the live filesystem showed.
+
+    Raises:
+        FaultCheckFailed: naming the paths that differ.
+    """
     if live is not None and plain != live:
         diff = sorted(p for p in set(plain) | set(live) if plain.get(p) != live.get(p))
         raise FaultCheckFailed(
             f"{where}: after unmount and mount the tree differs from what the live "
             f"filesystem showed after the fault: {diff[:5]}"
         )
-    return seen
 
 
 def _dispose(fs: FileSystem, dev: FaultyPmem) -> None:
