@@ -16,9 +16,12 @@ segments, an operation, flags, a start sector and a completion, with no
               views, so a READ into a pin with holes is EINVAL); READ and
               WRITE only
     size      bytes: the segments' total, or given for DISCARD/WRITE_ZEROES
-    future    a ``concurrent.futures.Future``: the bytes done, or an OSError
+    future    a ``concurrent.futures.Future``: the bytes done, or an OSError;
+              made the first time it is asked for (resolved already if the bio
+              is done): most bios are waited for by ``wait()``, a poller or
+              ``end_io``, and a Future costs a third of a bio's own Python work
     end_io    an optional callback ``end_io(bio)``, run once at completion
-              after ``future`` and ``status`` are set (as ``bi_end_io``)
+              after ``status`` (and the future, if made) are set (as ``bi_end_io``)
 
 A device executes bios within its ``QueueLimits`` (block sizes, maximum
 segments, bytes per segment and per request, discard and write-zeroes
@@ -42,14 +45,15 @@ State diagram (``Bio``)::
     Bio(...) --> NEW --BlockDevice.submit_bio--> SUBMITTED --_complete--> DONE
       NEW:       fields may be inspected; submit_bio takes it once
       SUBMITTED: the device owns the segments (do not touch the buffers)
-      DONE:      future resolved, status set, end_io called; done is True;
+      DONE:      status set (and the future resolved), end_io called; done is True;
                  segments dropped (a view of device memory must not outlive
                  its bio: the device could not close)
 
 Invariants
-  1. A bio completes exactly once: ``_complete`` sets ``status`` and the
-     future, calls ``end_io``, then drops its segments; a second completion
-     is an AssertionError.
+  1. A bio completes exactly once: ``_complete`` sets ``status`` (and the
+     future, if one was made), calls ``end_io``, then drops its segments; a
+     second completion is an AssertionError.  A future made after that is
+     made resolved (``_FUTURE_LOCK`` orders the two).
   2. ``size`` equals the total length of ``segments`` for READ and WRITE,
      and a READ has only writable segments (checked at construction).
   3. ``split_bio`` yields children that lie within the limits, cover the
@@ -232,12 +236,13 @@ class Bio:
         "_children_left",
         "_done",
         "_error",
+        "_future",
         "_lock",
         "_parent",
         "_state",
+        "_value",
         "end_io",
         "flags",
-        "future",
         "op",
         "private",
         "sector",
@@ -293,7 +298,8 @@ class Bio:
         self.size: int = size
         self.end_io = end_io
         self.private = private
-        self.future: Future[int] = Future()
+        self._future: Future[int] | None = None  # made when asked for (``future``)
+        self._value = 0  # the bytes done, once done without an error
         #: None until done; then None (success) or the error
         self.status: BaseException | None = None
         self._state = "new"
@@ -319,6 +325,20 @@ class Bio:
     def done(self) -> bool:
         return self._state == "done"
 
+    @property
+    def future(self) -> Future[int]:
+        """The bio's outcome as a ``concurrent.futures.Future`` (made on first use)."""
+        future = self._future
+        if future is None:
+            with _FUTURE_LOCK:
+                future = self._future
+                if future is None:
+                    future = Future()
+                    if self._state == "done":
+                        _resolve(future, self.status, self._value)
+                    self._future = future
+        return future
+
     def wait(self, timeout: float | None = None) -> int:
         """Wait for completion; return the bytes done.
 
@@ -326,6 +346,10 @@ class Bio:
             OSError: the bio failed (its status), with the errno of the failure.
             TimeoutError: not done within ``timeout`` seconds.
         """
+        if self._state == "done":  # no future needed
+            if self.status is not None:
+                raise self.status
+            return self._value
         return self.future.result(timeout)
 
     # -- completion (the device's side) ----------------------------------------------
@@ -337,13 +361,15 @@ class Bio:
 
     def _complete(self, result: int | BaseException) -> None:
         """End the bio with the bytes done or an error (invariant 1)."""
-        assert self._state != "done", f"{self!r} completed twice"
-        self._state = "done"
-        if isinstance(result, BaseException):
-            self.status = result
-            self.future.set_exception(result)
-        else:
-            self.future.set_result(result)
+        error, value = (result, 0) if isinstance(result, BaseException) else (None, result)
+        with _FUTURE_LOCK:  # against ``future`` making one now
+            assert self._state != "done", f"{self!r} completed twice"
+            self._value = value
+            self.status = error
+            self._state = "done"
+            future = self._future
+        if future is not None:
+            _resolve(future, error, value)
         if self.end_io is not None:
             try:
                 self.end_io(self)
@@ -377,7 +403,8 @@ class Bio:
         child.size = size
         child.end_io = None
         child.private = None
-        child.future = Future()
+        child._future = None
+        child._value = 0
         child.status = None
         child._state = "submitted"
         child._parent = self
@@ -386,6 +413,17 @@ class Bio:
         child._done = 0
         child._error = None
         return child
+
+
+#: orders a bio's completion against the making of its future (held for a few stores)
+_FUTURE_LOCK = threading.Lock()
+
+
+def _resolve(future: Future[int], error: BaseException | None, value: int) -> None:
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
 
 
 def check_bio(

@@ -125,7 +125,7 @@ class FileBlockDevice(BlockDevice):
         engine.poll_begin()
         try:
             self.submit_bio(bio)
-            engine.poll_until(bio.future.done)
+            engine.poll_until(lambda: bio.done)
         finally:
             engine.poll_end()
         return bio.wait()

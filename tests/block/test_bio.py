@@ -257,3 +257,31 @@ def test_merge_keeps_order_and_limits(
                 or prev.size + first.size > limits.max_bytes_for(first.op)
                 or prev.nr_segments + len(first.segments) > limits.max_segments
             )
+
+
+def test_the_future_is_made_when_asked_for_and_agrees_with_wait() -> None:
+    """A bio makes its Future only when ``future`` is asked for: before completion (then
+    resolved by it) or after (made resolved); ``wait`` needs none."""
+    from daxfs.testing.simblock import SimulatedBlockDevice
+
+    dev = SimulatedBlockDevice(1 << 20)
+    try:
+        plain = Bio(BioOp.WRITE, 0, [b"x" * 512])
+        dev.submit_bio(plain)
+        assert plain._future is None
+        assert plain.wait() == 512
+        assert plain._future is None  # waited for without one
+        assert plain.future.result(0) == 512  # made after completion: resolved
+        asked = Bio(BioOp.READ, 0, [bytearray(512)])
+        early = asked.future  # made before submission: completion resolves it
+        dev.submit_bio(asked)
+        assert early is asked.future
+        assert early.result(0) == 512
+        bad = Bio(BioOp.READ, (1 << 20) >> 9, [bytearray(512)])  # past the end
+        dev.submit_bio(bad)
+        with pytest.raises(InvalidArgument) as info:
+            bad.wait()
+        assert info.value is bad.status
+        assert bad.future.exception(0) is bad.status
+    finally:
+        dev.close()
