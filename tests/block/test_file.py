@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from daxfs.block import engine as engine_mod
 from daxfs.block import file as file_mod
 from daxfs.block.engine import run_op
 from daxfs.errors import InvalidArgument, IOFailure
+from tests.block.loop import loop_device, needs_losetup
 
 SIZE = 1 << 20
 
@@ -210,27 +209,16 @@ def test_open_errors_leak_no_descriptor(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) == before
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("losetup") is None, reason="needs root and losetup"
-)
+@needs_losetup
 def test_loop_block_device(tmp_path: Path) -> None:
     image = tmp_path / "loop.img"
     image.write_bytes(bytes(SIZE))
-    try:
-        loop = subprocess.run(
-            ["losetup", "--find", "--show", str(image)], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"losetup failed: {exc.stderr.strip()}")
-    try:
-        with open_block(loop) as dev:
-            assert dev.blockdev
-            assert dev.size == SIZE
-            assert dev.limits.logical_block_size == 512
-            dev.write(4096, b"L" * 4096, fua=True)
-            dev.write_zeroes(0, 1024)
-            dev.flush()
-            assert dev.read(4096, 4096) == b"L" * 4096
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False)
+    with loop_device(image) as loop, open_block(loop) as dev:
+        assert dev.blockdev
+        assert dev.size == SIZE
+        assert dev.limits.logical_block_size == 512
+        dev.write(4096, b"L" * 4096, fua=True)
+        dev.write_zeroes(0, 1024)
+        dev.flush()
+        assert dev.read(4096, 4096) == b"L" * 4096
     assert image.read_bytes()[4096:8192] == b"L" * 4096

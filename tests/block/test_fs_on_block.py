@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from daxfs.testing import SimulatedPmem
 from daxfs.testing.blockfaults import FaultyBlockDevice, check_fs_block_faults
 from daxfs.testing.device_tests import DeviceTests
 from daxfs.testing.simblock import SimulatedBlockDevice
+from tests.block.loop import loop_device, needs_losetup
 from tests.crash.test_fs_ops import OPERATIONS
 
 MIB = 1 << 20
@@ -337,9 +336,7 @@ def test_fsx_on_a_block_backed_mount() -> None:
     assert stats.by_kind.get("mapwrite", 0) >= 1  # stores through a mapping of the cache
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("losetup") is None, reason="needs root and losetup"
-)
+@needs_losetup
 def test_a_block_special_file_goes_through_the_cache(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -349,13 +346,7 @@ def test_a_block_special_file_goes_through_the_cache(
 
     image = tmp_path / "loop.img"
     image.write_bytes(bytes(SIZE))
-    try:
-        loop = subprocess.run(
-            ["losetup", "--find", "--show", str(image)], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"losetup failed: {exc.stderr.strip()}")
-    try:
+    with loop_device(image) as loop:
         mkfs(loop)
         with mount(loop) as fs:
             assert isinstance(fs.device, BlockCache)
@@ -372,8 +363,6 @@ def test_a_block_special_file_goes_through_the_cache(
         with mount(loop):
             assert main(["info", loop]) == 0
             assert "state:             mounted" in capsys.readouterr().out
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False)
     with mount(image) as fs:  # the backing file, through DAX: the same bytes
         assert fs.open("/f", "rb").read() == b"on a loop device"
 
