@@ -23,6 +23,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from daxfs.block import BlockDevice, open_block
+from daxfs.block.file import FileBlockDevice
 from daxfs.cli.common import human
 from daxfs.errors import Busy, Corrupted, NotSupported, ReadOnly
 from daxfs.fs.devices import is_block_special
@@ -120,7 +121,7 @@ def _run_block(args: argparse.Namespace) -> int:
             "backend": "block device",
             "size": bdev.size,
             "dax": False,
-            "block": describe_block(args.path),
+            "block": _describe_open(bdev),
             "filesystem": describe_filesystem(reader),
         }
     if args.json:
@@ -210,14 +211,19 @@ def describe_block(path: str) -> dict[str, Any]:
     """How daxfs.block would reach ``path`` (opened read-only): engine and why."""
     try:
         with open_block(path, readonly=True) as blk:
-            return {
-                "engine": blk.engine,
-                "reason": blk.engine_reason,
-                "direct": blk.direct,
-                "logical_block_size": blk.limits.logical_block_size,
-            }
+            return _describe_open(blk)
     except OSError as exc:
         return {"error": exc.strerror or str(exc)}
+
+
+def _describe_open(blk: FileBlockDevice) -> dict[str, Any]:
+    """``describe_block`` of a block device already open."""
+    return {
+        "engine": blk.engine,
+        "reason": blk.engine_reason,
+        "direct": blk.direct,
+        "logical_block_size": blk.limits.logical_block_size,
+    }
 
 
 def _block_row(block: dict[str, Any]) -> tuple[str, str, str]:
