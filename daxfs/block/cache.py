@@ -168,6 +168,9 @@ class BlockCache(Device):
             native = cpu.make_region(self._map, view, "none", self.readonly)
         except InvalidArgument:  # no C extension: copies in Python
             return view, None
+        except BaseException:
+            view.release()  # else the caller's unmap fails (BufferError) over this error
+            raise
         return view, native if cpu.is_native(native) else None
 
     def _load(self) -> None:

@@ -130,6 +130,24 @@ def test_load_failure_is_eio_and_leaves_nothing_open() -> None:
     assert not disk.closed
 
 
+def test_a_failure_attaching_the_c_engine_is_raised_not_hidden(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cache's mapping is closed after the failure; the view made for the C engine
+    must not keep it open, or close() raises BufferError over the real error."""
+    from daxfs.pmem import cpu
+
+    def failing(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.ENOMEM, "planted: no memory for the region")
+
+    monkeypatch.setattr(cpu, "make_region", failing)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="planted") as info:
+        BlockCache(SimulatedBlockDevice(MIB))
+    assert info.value.errno == errno.ENOMEM
+    assert len(os.listdir("/proc/self/fd")) == before  # the memfd closed too
+
+
 def test_readonly_cache_refuses_writes_and_gives_read_only_views() -> None:
     with BlockCache(SimulatedBlockDevice(MIB), readonly=True) as cache:
         assert cache.direct_access(0, 8).readonly
