@@ -28,20 +28,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import mmap
 import os
 import random
-import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from common import BUILD_DIR, MIB, Goal, Row, Unavailable, fs_type, print_table
+from common import BUILD_DIR, MIB, Goal, Row, Unavailable, fio_job, fs_type, print_table
 
 from daxfs.block import Bio, BioOp, open_block
 from daxfs.block.file import FileBlockDevice
@@ -182,11 +179,7 @@ def seqwrite(dev: FileBlockDevice, seconds: float) -> float:
 
 def run_fio(path: Path, size: int, rw: str, bs: int, depth: int, seconds: float) -> float:
     """One time-based fio run, io_uring engine, direct=1: IOPS (reads) or bytes/s (writes)."""
-    fio = shutil.which("fio")
-    if fio is None:
-        raise Unavailable("fio is not installed")
     args = [
-        fio,
         "--name=block",
         "--ioengine=io_uring",
         "--direct=1",
@@ -202,21 +195,11 @@ def run_fio(path: Path, size: int, rw: str, bs: int, depth: int, seconds: float)
         "--ramp_time=100ms",
         "--output-format=json",
     ]
+    job = fio_job(args, "io_uring", timeout=120)
     try:
-        result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise Unavailable(f"fio did not run: {exc}") from exc
-    start = result.stdout.find("{")
-    if start < 0 or result.returncode != 0:
-        lines = (result.stdout + result.stderr).strip().splitlines()
-        raise Unavailable(f"fio io_uring failed: {lines[0] if lines else result.returncode}")
-    try:
-        job = json.loads(result.stdout[start:])["jobs"][0]
-        if job["error"]:
-            raise Unavailable(f"fio io_uring failed: error {job['error']}")
         side = job["read" if "read" in rw else "write"]
         return float(side["iops"] if "read" in rw else side["bw_bytes"])
-    except (ValueError, KeyError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise Unavailable(f"cannot parse fio's JSON output: {exc}") from exc
 
 
