@@ -417,7 +417,7 @@ class BlockCache(Device):
             pass  # views alive: the empty mapping goes when they do
         self._fd_closer()
         if self._own:
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):
                 self.bdev.close()
 
     def close(self) -> None:
