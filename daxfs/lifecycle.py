@@ -22,6 +22,20 @@ that closes the device while that exception propagates would then fail with
     3. never raise: the caller re-raises ``exc``
 
 Invariant: an error path never replaces the error it is cleaning up after.
+
+Back-references without cycles
+-------------------------------
+A mounted filesystem's layers call back into each other (the inode table into
+the filesystem to free an unlinked inode, the free-extent index into the
+allocator, the path walker into the filesystem).  A bound method or a closure
+kept as such a callback is a strong reference, and the layers would form
+reference cycles: an unmounted filesystem -- or one a crash harness dropped
+without unmounting -- and the device views it holds would live until the
+cyclic garbage collector ran (which counts objects, not bytes: a harness's
+dropped devices reached 1.5 GB).  ``weak_method(obj.method)`` is the callback
+that does not keep ``obj`` alive; whoever owns ``obj`` keeps it.
+tests/fs/test_no_cycles.py checks that mount, use and unmount (or a drop
+without unmount) leave nothing for the collector.
 """
 
 from __future__ import annotations
@@ -29,9 +43,13 @@ from __future__ import annotations
 import abc
 import gc
 import traceback
+import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import ParamSpec, Self, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Closeable(abc.ABC):
@@ -109,3 +127,19 @@ def cleanup_after(exc: BaseException, *steps: Callable[[], object] | None) -> No
                 step()
         except Exception as again:
             exc.add_note(f"(cleanup after this error also failed: {again!r})")
+
+
+def weak_method(method: Callable[P, R]) -> Callable[P, R]:
+    """A callback calling bound ``method`` without keeping its object alive.
+
+    Calling it after the object was freed is a broken invariant (its owner
+    dropped it while a layer it owns still called back): AssertionError.
+    """
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        bound = ref()
+        assert bound is not None, "callback called after its object was freed"
+        return bound(*args, **kwargs)
+
+    return call

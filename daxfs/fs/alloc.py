@@ -124,6 +124,7 @@ from daxfs.fs.layout import (
 )
 from daxfs.fs.store import PmemStore, Reader
 from daxfs.fs.super import SuperState
+from daxfs.lifecycle import weak_method
 
 assert sys.byteorder == "little", "the bitmap is read as little-endian 64-bit words"
 
@@ -199,7 +200,7 @@ class Allocator:
         #: blocks that only transactions allowed by use_reserve may take (invariant 5)
         self.reserved = reserve_blocks(sb.block_count)
         #: the committed bitmap's free runs, built lazily (daxfs.fs.freeindex)
-        self.index = FreeIndex(self._lo, self._hi, self._nbm, self._load_committed)
+        self.index = FreeIndex(self._lo, self._hi, self._nbm, weak_method(self._load_committed))
 
     # -- allocation -----------------------------------------------------------------------
 

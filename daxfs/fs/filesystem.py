@@ -70,7 +70,7 @@ from daxfs.fs.layout import (
 )
 from daxfs.fs.namei import MAX_PATH, Lookup, Path, Resolver, fspath
 from daxfs.fs.super import SuperState
-from daxfs.lifecycle import cleanup_after
+from daxfs.lifecycle import cleanup_after, weak_method
 
 if TYPE_CHECKING:
     from daxfs.fs.alloc import Allocator
@@ -191,12 +191,13 @@ class FileSystem:
             if itable.check_records
             else None
         )
-        itable.reap = self._reap_unused
+        # the layers call back into the filesystem weakly (daxfs.lifecycle: no cycles)
+        itable.reap = weak_method(self._reap_unused)
         self.resolver = Resolver(
-            root=lambda: self.itable.get(INO_ROOT),
-            child=self._child,
-            parent=self._parent,
-            readlink=self._link_target,
+            root=weak_method(self._root),
+            child=weak_method(self._child),
+            parent=weak_method(self._parent),
+            readlink=weak_method(self._link_target),
         )
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -292,6 +293,9 @@ class FileSystem:
             yield tx
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _root(self) -> Inode:
+        return self.itable.get(INO_ROOT)
 
     def _child(self, parent: Inode, name: bytes) -> Inode | None:
         found = self.dirs.lookup(self.journal.current() or self.store, parent, name)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import weakref
 from collections.abc import Callable
 
 from daxfs.block.device import BlockDevice
@@ -279,16 +280,32 @@ class Layers:
 
 
 def build_layers(store: PmemStore, sup: SuperState) -> Layers:
-    """Allocator, inode table (wired to the inode file's map), extent maps, directories."""
+    """Allocator, inode table (wired to the inode file's map), extent maps, directories.
+
+    The inode table reaches the extent maps weakly: keep the returned Layers (or
+    its maps) alive while the table is used.
+    """
     alloc = Allocator(store, sup)
     itable = InodeTable(store, sup)
     maps = BlockMaps(itable, alloc)
+    # the inode table reaches the maps and itself weakly: the maps hold the table
+    # (daxfs.lifecycle: no reference cycles, so a dropped mount is freed at once)
+    maps_ref = weakref.ref(maps)
+    itable_ref = weakref.ref(itable)
+
+    def layers() -> tuple[BlockMaps, InodeTable]:
+        maps, itable = maps_ref(), itable_ref()
+        assert maps is not None, "inode table used after its Layers were dropped"
+        assert itable is not None, "inode table used after its Layers were dropped"
+        return maps, itable
 
     def locate(reader: Reader, fblock: int) -> tuple[int, int, int] | None:
+        maps, itable = layers()
         ext, _ = maps.lookup(reader, itable.get(INO_INODE_FILE), fblock)
         return (ext.lblk, ext.pblk, ext.length) if ext is not None else None
 
     def grow(tx: Transaction, first: int, count: int) -> None:
+        maps, itable = layers()
         inode_file = itable.get(INO_INODE_FILE)
         rec = itable.dirty(tx, inode_file)
         before = maps.lookup(tx, inode_file, first - 1)[0]

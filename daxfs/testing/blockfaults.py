@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -237,7 +236,6 @@ def check_fs_block_faults(
         report.states += 1
         report.before_seen += seen == "before"
         report.after_seen += seen == "after"
-        gc.collect()  # the point's devices, in the mounts' cycles (blockcrash.abandon)
     raise FaultCheckFailed(f"{kind}: faults still firing after {max_points} points")
 
 

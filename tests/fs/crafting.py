@@ -107,7 +107,8 @@ def inode_address(dev: Device, ino: int) -> tuple[int, int]:
     try:
         sup = SuperState(store, superblock(dev))
         sup.sb.inode_hwm = max(sup.sb.inode_hwm, ino + 1)
-        return build_layers(store, sup).itable.address(store, ino)
+        layers = build_layers(store, sup)  # kept while the table is used: it holds the maps
+        return layers.itable.address(store, ino)
     finally:
         store.close()
 
