@@ -80,6 +80,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from daxfs.errors import InvalidArgument, IOFailure, NotSupported, ReadOnly
+from daxfs.lifecycle import drop_frame_locals
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -347,8 +348,13 @@ class Bio:
             TimeoutError: not done within ``timeout`` seconds.
         """
         if self._state == "done":  # no future needed
-            if self.status is not None:
-                raise self.status
+            status = self.status
+            if status is not None:
+                try:
+                    raise status
+                finally:  # the traceback holds this frame: no cycle back to the bio
+                    self = None  # type: ignore[assignment]
+                    status = None
             return self._value
         return self.future.result(timeout)
 
@@ -362,6 +368,10 @@ class Bio:
     def _complete(self, result: int | BaseException) -> None:
         """End the bio with the bytes done or an error (invariant 1)."""
         error, value = (result, 0) if isinstance(result, BaseException) else (None, result)
+        if error is not None:
+            # the frames that raised it are done: their locals (requests, segments:
+            # views of a cache's memory) must not live on with the status
+            drop_frame_locals(error)
         with _FUTURE_LOCK:  # against ``future`` making one now
             assert self._state != "done", f"{self!r} completed twice"
             self._value = value

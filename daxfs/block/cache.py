@@ -202,6 +202,10 @@ class BlockCache(Device):
         return self._map is None or self._discarded
 
     @property
+    def lost(self) -> str | None:
+        return self.bdev.lost
+
+    @property
     def fd(self) -> int:
         """The memfd of the cache: DAX mmap maps the cache (msync writes it back)."""
         self._check_open()
@@ -423,6 +427,10 @@ class BlockCache(Device):
     def close(self) -> None:
         """Write back what is dirty, release the cache, close ``bdev`` if owned.
 
+        On a lost device (``lost``: a server that disconnected) nothing can be
+        written back: the dirty ranges are dropped (the operation that met the
+        loss raised EIO, and the filesystem turned read-only then).
+
         Raises:
             BufferError: views from direct_access are alive (still open).
             OSError: the write-back failed (still open, the ranges dirty).
@@ -435,7 +443,7 @@ class BlockCache(Device):
                 mapping.close()
                 self._map = None
             return
-        if self.pending() and not self.readonly and not self.bdev.closed:
+        if self.pending() and not self.readonly and not self.bdev.closed and self.lost is None:
             self.drain()
         region = self._region
         if region is not None:

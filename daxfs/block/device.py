@@ -141,6 +141,12 @@ class BlockDevice(Closeable):
         return self._state != "open"
 
     @property
+    def lost(self) -> str | None:
+        """Why the device is gone for good (a disconnected server), or None
+        (``daxfs.pmem.Device.lost`` says what the filesystem makes of it)."""
+        return None
+
+    @property
     def engine(self) -> str:
         """How bios are executed, in a few words (for ``daxfs info``)."""
         return "synchronous"

@@ -180,6 +180,11 @@ class NbdBlockDevice(BlockDevice):
     def disconnected(self) -> bool:
         return self._dead is not None
 
+    @property
+    def lost(self) -> str | None:
+        dead = self._dead
+        return f"{self.name}: {dead}" if dead is not None and dead != "closed" else None
+
     # -- requests ------------------------------------------------------------------------
 
     def _dispatch(self, req: Request) -> None:
@@ -222,27 +227,39 @@ class NbdBlockDevice(BlockDevice):
         try:
             while True:
                 _recv_exact(self._sock, memoryview(header))
-                magic, error, cookie = _REPLY.unpack(header)
-                if magic != SIMPLE_REPLY_MAGIC:  # before the pop: the request stays to fail
-                    raise ConnectionError(f"protocol error: reply {magic:#x} for cookie {cookie}")
-                with self._waiting_lock:
-                    req = self._waiting.pop(cookie, None)
-                if req is None:
-                    raise ConnectionError(f"protocol error: reply {magic:#x} for cookie {cookie}")
-                if error:
-                    code = error if error in NBD_ERRORS else errno.EINVAL
-                    self._end(req, OSError(code, os.strerror(code)))
-                    continue
-                if req.op is BioOp.READ:
-                    try:
-                        for view in req.segments:
-                            _recv_exact(self._sock, view)
-                    except (OSError, ValueError) as exc:  # no longer in _waiting: end it here
-                        self._end(req, IOFailure(f"{self.name}: disconnected ({exc})"))
-                        raise
-                self._end(req, req.size)
+                self._reply(*_REPLY.unpack(header))
         except (OSError, ValueError) as exc:
             self._disconnect(f"disconnected ({exc})")
+
+    def _reply(self, magic: int, error: int, cookie: int) -> None:
+        """End the request of one reply (a READ's data is received into its segments).
+
+        A method of its own so that nothing of the request -- its segments are views of
+        the caller's memory, a block cache's among them -- stays referenced by the reader
+        while it waits for the next reply: the cache could not close while they lived.
+
+        Raises:
+            ConnectionError: a protocol error.
+            OSError, ValueError: the connection failed (the request was ended with EIO).
+        """
+        if magic != SIMPLE_REPLY_MAGIC:  # before the pop: the request stays to fail
+            raise ConnectionError(f"protocol error: reply {magic:#x} for cookie {cookie}")
+        with self._waiting_lock:
+            req = self._waiting.pop(cookie, None)
+        if req is None:
+            raise ConnectionError(f"protocol error: reply {magic:#x} for cookie {cookie}")
+        if error:
+            code = error if error in NBD_ERRORS else errno.EINVAL
+            self._end(req, OSError(code, os.strerror(code)))
+            return
+        if req.op is BioOp.READ:
+            try:
+                for view in req.segments:
+                    _recv_exact(self._sock, view)
+            except (OSError, ValueError) as exc:  # no longer in _waiting: end it here
+                self._end(req, IOFailure(f"{self.name}: disconnected ({exc})"))
+                raise
+        self._end(req, req.size)
 
     def _disconnect(self, why: str) -> None:
         """Fail every request in flight, and every later one, with EIO (invariant 1)."""

@@ -83,6 +83,10 @@ Invariants
      makes the filesystem read-only until remount (SQLite's pager ERROR
      state): memory and media may disagree.  Such an error never replaces
      the one that made the transaction abort (it becomes a note on it).
+     An error before the commit point changes nothing and leaves the
+     filesystem writable (the error may be transient), unless the device
+     says it is lost for good (``Device.lost``: an NBD server that
+     disconnected): then too the filesystem turns read-only (``_lost``).
   5. ``applied_seq <= header.seq`` whenever the header is intact, and both
      stay below SEQ_LIMIT.
   6. The C commits (of any transaction's records, and of an overwrite) and
@@ -410,7 +414,9 @@ class Journal:
         stage = committer.stage
         if stage == _commit.STAGE_HEADER and isinstance(exc, OSError):
             self._invalidate_header(exc)
-        elif stage >= _commit.STAGE_COMMITTED:
+        if stage < _commit.STAGE_COMMITTED:
+            self._lost(exc)
+        else:
             self.seq = seq
             if end > rec.size:
                 rec.size = end
@@ -420,6 +426,15 @@ class Journal:
                 raise IOFailure(
                     f"journal apply failed, filesystem is now read-only: {exc}"
                 ) from exc
+
+    def _lost(self, exc: BaseException) -> None:
+        """A device error before the commit point (nothing changed): if the device is
+        lost for good, turn read-only until remount (invariant 4), as every later commit
+        would fail the same way; a transient error leaves the filesystem writable."""
+        if isinstance(exc, OSError) and self.failed is None:
+            lost = self.store.device.lost
+            if lost is not None:
+                self.failed = f"the device is lost ({lost})"
 
     def _invalidate_header(self, exc: OSError) -> None:
         """The commit fence failed after the header was written: unwrite it.
@@ -652,6 +667,7 @@ class Transaction:
         except BaseException as exc:
             if header_written and isinstance(exc, OSError):
                 self.journal._invalidate_header(exc)
+            self.journal._lost(exc)
             self.abort(exc)
             raise
         try:
@@ -689,6 +705,7 @@ class Transaction:
             if stage < _commit.STAGE_COMMITTED:
                 if stage == _commit.STAGE_HEADER and isinstance(exc, OSError):
                     journal._invalidate_header(exc)
+                journal._lost(exc)
                 self.abort(exc)
                 raise
             journal.seq = seq

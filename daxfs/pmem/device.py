@@ -112,6 +112,14 @@ class Device(Closeable):
     native_stores: bool = False
 
     @property
+    def lost(self) -> str | None:
+        """Why the device is gone for good (a block device whose NBD server
+        disconnected), or None.  An operation that fails on a lost device turns
+        the filesystem read-only until remount (daxfs.fs.journal, invariant 4):
+        every later write would fail the same way."""
+        return None
+
+    @property
     @abc.abstractmethod
     def closed(self) -> bool:
         """True once close() has run."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import daxfs
 from daxfs.block import Bio, BioFlags, BioOp, BlockDevice
 from daxfs.block.nbd import NbdBlockDevice, open_nbd
 from daxfs.errors import IOFailure
@@ -148,3 +149,28 @@ def test_disconnect_mid_io_fails_with_eio(nbdkit: Start) -> None:
 def test_connection_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         open_nbd(str(tmp_path / "no.sock"))
+
+
+def test_a_mount_goes_read_only_when_the_server_disconnects(nbdkit: Start) -> None:
+    """Issue 10, section 3: an NBD server that disconnects mid-I/O: the operation fails
+    with EIO, the mount turns read-only until remount (a failed journal commit is never
+    guessed around), what was committed before stays readable, unmount still works."""
+    sock = nbdkit("memory", "64M")
+    dev = open_nbd(sock)
+    daxfs.mkfs(dev)
+    fs = daxfs.mount(dev)
+    with fs.open("/kept", "wb") as f:
+        f.write(b"committed before the disconnect")
+    nbdkit.kill(sock)
+    with pytest.raises(OSError, match="disconnected") as info, fs.open("/lost", "wb") as f:
+        f.write(b"x" * 10_000)
+    assert info.value.errno == errno.EIO
+    with pytest.raises(OSError, match="read-only") as info:
+        fs.mkdir("/later")
+    assert info.value.errno == errno.EROFS
+    with fs.open("/kept", "rb") as f:
+        assert f.read() == b"committed before the disconnect"
+    del info  # its traceback's frames hold views of the cache: unmount would be EBUSY
+    fs.unmount()  # nothing can be written back: the loss was reported above
+    assert not fs.mounted
+    dev.close()

@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import daxfs
+from daxfs.block import Bio, BioOp
 from daxfs.fs.filesystem import FileSystem
 from daxfs.lifecycle import weak_method
-from daxfs.testing import SimulatedPmem
+from daxfs.testing import SimulatedBlockDevice, SimulatedPmem
+from daxfs.testing.blockfaults import FaultyBlockDevice
 
 ROUNDS = 100
 #: objects a round may leave for the collector (none today; a little slack for the
@@ -151,3 +153,33 @@ def test_a_callback_outliving_its_object_is_an_invariant_failure() -> None:
     with pytest.raises(AssertionError, match="freed"):
         call(1)
 
+
+def test_a_failed_bio_leaves_no_cycles() -> None:
+    """A bio whose device failed keeps its error (``status``), and ``wait`` raises it: the
+    error's traceback must not lead back to the bio, whose segments are views of the
+    caller's memory -- a block cache could not close while a cycle held them (an NBD
+    mount whose server disconnected could not unmount)."""
+    faulty = FaultyBlockDevice(SimulatedBlockDevice(1 << 20))
+    faulty.arm("write", 1, persistent=True)
+    buffer = bytearray(4096)
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            bio = Bio(BioOp.WRITE, 8, [memoryview(buffer)])
+            faulty.submit_bio(bio)
+            with pytest.raises(OSError, match="simulated Input/output error"):
+                bio.wait()
+            del bio
+        found = gc.collect()
+        kinds = Counter(type(o).__name__ for o in gc.garbage).most_common(8)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was_enabled:
+            gc.enable()
+    assert found == 0, f"{found} objects left in cycles: {kinds}"
+    buffer.extend(b"x")  # no view of it is alive: a bytearray with exports cannot grow
+    faulty.close()
