@@ -1,0 +1,656 @@
+"""The page cache: folios in bounded DRAM, filled and written back by direct I/O.
+
+Theory of operation
+-------------------
+Linux's buffered I/O has an I/O path of its own (``->readpage``,
+``->writepage``); the 2014 discussion (topic 6 of ../shared/CONTEXT.md) asked
+whether buffered I/O could instead live atop direct I/O, so that a filesystem
+needs one data path, not two.  Here it does: the cache holds pages and
+decides *what* to read or write, and a ``Backing`` -- the direct-I/O path of
+the object cached -- does every transfer:
+
+    PageCache        the pool: an arena of ``limit`` bytes (an anonymous
+                     mapping, cut into 4 KiB slots), one LRU list of every
+                     cached folio of every address space, the statistics
+    AddressSpace     the cached pages of one object (a block device, a file):
+                     folios by page index, the readahead state, and the
+                     object's ``Backing``
+    Backing          ``read_pages(offset, views)`` and ``write_pages(offset,
+                     views)`` move whole pages by direct I/O (bios built over
+                     the slots themselves: no copy, no bounce); ``flush()``
+                     makes written pages durable (FLUSH); ``size`` bounds the
+                     object.  ``BlockBacking`` is the one for a block device:
+                     READ and WRITE bios, plugged, and a FLUSH bio.
+
+A folio here is one page (4 KiB): its slot, its index, and whether it is
+dirty.  Memory is the arena: at most ``limit`` bytes, whatever is read, plus
+a fixed Python overhead per folio (a small object and a dict entry).
+
+Data flow::
+
+    read(off, n)  --hit--> copy from the folio (LRU: move to the tail)
+                  --miss--> a run of missing pages, grown by readahead
+                            -> slots (evicting) -> Backing.read_pages (READ
+                            bios into the slots) -> folios -> copy out
+    write(off, d) --> slots for the missing pages (a page the write covers
+                      only partly is read first) -> copy in -> dirty
+    write_back(r) --> dirty runs of r -> Backing.write_pages (WRITE bios
+                      from the slots, plugged) -> clean
+    sync(r)/fsync --> write_back, then Backing.flush (FLUSH)
+    invalidate(r) --> write_back(r), then drop the folios of r (a direct
+                      write of r follows: nothing stale stays cached)
+    truncate(n)   --> drop the folios past n, zero the tail of the last page
+
+Eviction takes the least recently used clean folio; when every folio is
+dirty, the oldest dirty ones are written back first (WRITE bios, no FLUSH:
+durability is ``sync``'s job, as on Linux).  Readahead: a miss at the page
+after the previous read of the same space is sequential, and the run read
+grows to a window that doubles per sequential miss (``RA_MIN`` pages up to
+``RA_MAX``), never past a cached page, the object's end, or a quarter of
+the cache.
+
+Durability.  The page cache itself is write-back: ``write`` returns with
+the data in DRAM only, and ``sync``/``fsync`` make it durable.  A caller
+that promises durable-on-return (the filesystem's promise, docs/GUARANTEES.md)
+calls ``sync`` of its range before it returns, which makes its buffered
+writes write-through; ``write(..., sync=True)`` does that.
+
+Coherence with direct I/O of the same object: before a direct write of a
+range the caller calls ``invalidate`` of it (dirty pages written back --
+a partly covered page keeps its other bytes -- then dropped); before a
+direct read, ``write_back`` of it.  Truncation calls ``truncate``.
+
+Concurrency: one lock per pool, held across the I/O it issues (an operation
+is atomic with respect to every other cache operation; simple, and the
+re-read of cached data stays a dict lookup and a copy).
+
+Invariants
+  1. Resident folios never exceed ``limit // PAGE_SIZE``: a slot is taken
+     from the free list only, and eviction is the only way one returns.
+  2. A dirty folio is never dropped except by ``truncate`` past it: eviction
+     writes it back first, and a failed write-back leaves it dirty and cached
+     (the error reaches the caller whose operation needed the slot).
+  3. A folio is inserted only after its bytes are valid: a READ that fails
+     (EIO, a short completion) inserts nothing and its error, naming the
+     byte range and the object, reaches the reader.
+  4. Bytes past ``backing.size`` in the last page read as zeros and are
+     never written (the views given to the backing stop at the size).
+  5. Every folio is in exactly one space's ``folios`` and in the pool's LRU,
+     or in neither; the slot of a folio belongs to no other folio.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from daxfs.block.bio import SECTOR_SHIFT, Bio, BioOp
+from daxfs.block.cache import _named, memory_available
+from daxfs.block.device import BlockDevice
+from daxfs.errors import InvalidArgument, ReadOnly
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+#: readahead window: pages read on a sequential miss, doubling from RA_MIN to RA_MAX
+RA_MIN = 4
+RA_MAX = 64
+#: the smallest cache: enough for one readahead window and a write's pieces
+MIN_LIMIT = 4 * RA_MAX * PAGE_SIZE
+
+
+class Backing(Protocol):
+    """The direct-I/O path of a cached object: whole pages, at page-aligned offsets."""
+
+    name: str
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def readonly(self) -> bool: ...
+
+    def read_pages(self, offset: int, views: list[memoryview]) -> None:
+        """Fill ``views`` (consecutive, from ``offset``) from the object; raise OSError."""
+
+    def write_pages(self, runs: list[tuple[int, list[memoryview]]]) -> None:
+        """Write each run ``(offset, views)``; raise the first OSError after all ended."""
+
+    def flush(self) -> None:
+        """Make every completed write durable (FLUSH); raise OSError."""
+
+
+class BlockBacking:
+    """A block device's direct I/O as a page cache's backing: READ/WRITE/FLUSH bios."""
+
+    def __init__(self, bdev: BlockDevice) -> None:
+        if bdev.limits.logical_block_size > PAGE_SIZE:
+            raise InvalidArgument(
+                f"block device {bdev.name}: logical blocks of "
+                f"{bdev.limits.logical_block_size} bytes exceed the page ({PAGE_SIZE})"
+            )
+        self.bdev = bdev
+        self.name = bdev.name
+
+    @property
+    def size(self) -> int:
+        return self.bdev.size
+
+    @property
+    def readonly(self) -> bool:
+        return self.bdev.readonly
+
+    def read_pages(self, offset: int, views: list[memoryview]) -> None:
+        bio = Bio(BioOp.READ, offset >> SECTOR_SHIFT, views)
+        self.bdev.submit_bio(bio)
+        bio.wait()
+
+    def write_pages(self, runs: list[tuple[int, list[memoryview]]]) -> None:
+        bios = []
+        with self.bdev.plug():
+            for offset, views in runs:
+                bio = Bio(BioOp.WRITE, offset >> SECTOR_SHIFT, views)
+                bios.append(bio)
+                self.bdev.submit_bio(bio)
+        error: BaseException | None = None
+        for bio in bios:  # wait for all, even after an error: they hold the slots' views
+            try:
+                bio.wait()
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def flush(self) -> None:
+        self.bdev.flush()
+
+
+@dataclass(eq=False)
+class Folio:
+    """One cached page: ``slot`` in the arena, ``index`` in its space."""
+
+    space: AddressSpace
+    index: int
+    slot: int
+    dirty: bool = False
+
+
+@dataclass
+class Stats:
+    """Counters of a pool (pages unless named otherwise)."""
+
+    hits: int = 0
+    misses: int = 0
+    readahead: int = 0
+    evictions: int = 0
+    writeback: int = 0
+    read_calls: int = 0
+    write_calls: int = 0
+    flushes: int = 0
+    peak: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def parse_size(text: str | int, what: str = "cache_size") -> int:
+    """Bytes from ``text``: an int, or digits with an optional K, M, G or T suffix
+    (powers of 1024; an optional trailing "iB" or "B").
+
+    Raises:
+        InvalidArgument (EINVAL): anything else, or a size of zero, naming ``what``.
+    """
+    if isinstance(text, bool):
+        raise InvalidArgument(f"{what} must be a size, not {text!r}")
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(?:i?B)?\s*", str(text))
+        if m is None:
+            raise InvalidArgument(f"{what}={text!r} is not a size (like 65536, 64M or 1G)")
+        value = int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
+    if value <= 0:
+        raise InvalidArgument(f"{what} must be positive, not {text!r}")
+    return value
+
+
+class PageCache:
+    """A pool of at most ``limit`` bytes of pages shared by address spaces.
+
+    Raises (construction):
+        InvalidArgument (EINVAL): ``limit`` is not a size or is below MIN_LIMIT.
+        OSError(ENOMEM): ``limit`` exceeds MemAvailable (both sizes named).
+    """
+
+    def __init__(self, limit: int | str, *, memory_limit: int | None = None) -> None:
+        size = parse_size(limit)
+        if size < MIN_LIMIT:
+            raise InvalidArgument(f"cache_size of {size} bytes is below the minimum {MIN_LIMIT}")
+        available = memory_available() if memory_limit is None else memory_limit
+        if available is not None and size > available:
+            raise OSError(
+                errno.ENOMEM,
+                f"cache_size of {size} bytes is more than the {available} bytes "
+                "of memory available",
+            )
+        self.limit = size - size % PAGE_SIZE
+        self.nslots = self.limit >> PAGE_SHIFT
+        self._arena: mmap.mmap | None = mmap.mmap(-1, self.limit)
+        self._mem = memoryview(self._arena)
+        self._free = list(range(self.nslots - 1, -1, -1))
+        #: every folio, least recently used first
+        self._lru: OrderedDict[tuple[int, int], Folio] = OrderedDict()
+        self.lock = threading.RLock()
+        self.stats = Stats()
+        self._spaces = 0
+
+    # -- pool --------------------------------------------------------------------------
+
+    @property
+    def resident(self) -> int:
+        """Bytes of cached pages now (the cache's own count, not RSS)."""
+        return len(self._lru) << PAGE_SHIFT
+
+    @property
+    def dirty(self) -> int:
+        """Bytes of dirty pages now."""
+        return sum(PAGE_SIZE for f in self._lru.values() if f.dirty)
+
+    def space(self, backing: Backing) -> AddressSpace:
+        """A new address space of this pool over ``backing``."""
+        self._check_open()
+        self._spaces += 1
+        return AddressSpace(self, backing, self._spaces)
+
+    def slot_view(self, slot: int) -> memoryview:
+        start = slot << PAGE_SHIFT
+        return self._mem[start : start + PAGE_SIZE]
+
+    def _check_open(self) -> None:
+        if self._arena is None:
+            raise ValueError("I/O operation on a closed page cache")
+
+    def _take(self, n: int, keep: frozenset[tuple[int, int]] = frozenset()) -> list[int]:
+        """``n`` free slots, evicting least recently used folios (not those in ``keep``).
+
+        Caller must hold the lock.
+
+        Raises:
+            OSError: writing back dirty folios to make room failed (they stay dirty).
+        """
+        assert n <= self.nslots - len(keep), f"{n} slots asked of {self.nslots}"
+        if len(self._free) < n:
+            self._evict(n - len(self._free), keep)
+        return [self._free.pop() for _ in range(n)]
+
+    def _evict(self, want: int, keep: frozenset[tuple[int, int]]) -> None:
+        clean: list[Folio] = []
+        dirty: list[Folio] = []
+        for key, folio in self._lru.items():
+            if key in keep:
+                continue
+            (dirty if folio.dirty else clean).append(folio)
+            if len(clean) >= want:
+                break
+        if len(clean) < want:  # write back the oldest dirty folios, then evict them too
+            need = dirty[: want - len(clean)]
+            by_space: dict[int, list[Folio]] = {}
+            for folio in need:
+                by_space.setdefault(folio.space.ident, []).append(folio)
+            for folios in by_space.values():
+                folios[0].space._write_folios(folios)
+            clean.extend(need)
+        for folio in clean[:want]:
+            folio.space._drop(folio)
+        self.stats.evictions += min(want, len(clean))
+
+    def close(self) -> None:
+        """Release the arena; dirty pages not written back are lost (call sync first)."""
+        with self.lock:
+            if self._arena is None:
+                return
+            self._lru.clear()
+            self._mem.release()
+            self._arena.close()
+            self._arena = None
+
+
+class AddressSpace:
+    """The cached pages of one object, read and written through its ``Backing``.
+
+    Offsets are bytes of the object; any offset and length (buffered I/O has
+    no alignment rule); reads stop at ``backing.size``.
+    """
+
+    def __init__(self, pool: PageCache, backing: Backing, ident: int) -> None:
+        self.pool = pool
+        self.backing = backing
+        self.ident = ident
+        self.folios: dict[int, Folio] = {}
+        self._ra_next = -1
+        self._ra_window = RA_MIN
+
+    # -- folios (caller holds the pool's lock) --------------------------------------------
+
+    def _insert(self, index: int, slot: int, dirty: bool = False) -> Folio:
+        folio = Folio(self, index, slot, dirty)
+        self.folios[index] = folio
+        pool = self.pool
+        pool._lru[(self.ident, index)] = folio
+        if len(pool._lru) > pool.stats.peak:
+            pool.stats.peak = len(pool._lru)
+        return folio
+
+    def _drop(self, folio: Folio) -> None:
+        del self.folios[folio.index]
+        del self.pool._lru[(self.ident, folio.index)]
+        self.pool._free.append(folio.slot)
+
+    def _touch(self, folio: Folio) -> None:
+        self.pool._lru.move_to_end((self.ident, folio.index))
+
+    def _views(self, first: int, slots: list[int]) -> list[memoryview]:
+        """The slots' views for pages ``first..``, the last cut at the object's size."""
+        size = self.backing.size
+        views = []
+        for i, slot in enumerate(slots):
+            start = (first + i) << PAGE_SHIFT
+            n = min(PAGE_SIZE, size - start)
+            views.append(self.pool.slot_view(slot)[:n])
+        return views
+
+    def _what(self, start: int, end: int) -> str:
+        return f"bytes [{start}, {end}) of {self.backing.name} through the page cache"
+
+    def _fill(self, first: int, count: int, keep: frozenset[tuple[int, int]] = frozenset()) -> None:
+        """Read pages ``first .. first+count`` (none cached) into new folios (evicting
+        none of ``keep``).
+
+        Raises:
+            OSError: the read failed (nothing inserted), naming the range.
+        """
+        pool = self.pool
+        slots = pool._take(count, keep)
+        try:
+            views = self._views(first, slots)
+            pool.stats.read_calls += 1
+            try:
+                self.backing.read_pages(first << PAGE_SHIFT, views)
+            except OSError as exc:
+                start = first << PAGE_SHIFT
+                end = start + sum(len(v) for v in views)
+                raise _named(exc, "reading " + self._what(start, end)) from exc
+            finally:
+                for v in views:
+                    v.release()
+        except BaseException:
+            pool._free.extend(slots)
+            raise
+        for i, slot in enumerate(slots):
+            self._insert(first + i, slot)
+
+    def _write_folios(self, folios: list[Folio]) -> None:
+        """Write dirty ``folios`` back (runs of consecutive pages, one bio each).
+
+        Raises:
+            OSError: a write failed; every folio of the call stays dirty.
+        """
+        folios = sorted(folios, key=lambda f: f.index)
+        runs: list[list[Folio]] = []
+        for folio in folios:
+            if runs and runs[-1][-1].index + 1 == folio.index:
+                runs[-1].append(folio)
+            else:
+                runs.append([folio])
+        pieces = [
+            (run[0].index << PAGE_SHIFT, self._views(run[0].index, [f.slot for f in run]))
+            for run in runs
+        ]
+        pool = self.pool
+        try:
+            pool.stats.write_calls += len(pieces)
+            self.backing.write_pages(pieces)
+        except OSError as exc:
+            start = folios[0].index << PAGE_SHIFT
+            end = (folios[-1].index + 1) << PAGE_SHIFT
+            raise _named(exc, "writing back " + self._what(start, end)) from exc
+        finally:
+            for _, views in pieces:
+                for v in views:
+                    v.release()
+        for folio in folios:
+            folio.dirty = False
+        pool.stats.writeback += len(folios)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer at the object's end).
+
+        Raises:
+            InvalidArgument (EINVAL): a negative offset or length.
+            OSError: a miss failed to read (EIO naming the bytes); nothing cached.
+        """
+        _check(offset, length)
+        buf = bytearray(max(0, min(length, self.backing.size - offset)))
+        n = self.readinto(offset, buf)
+        return bytes(buf[:n])
+
+    def readinto(self, offset: int, buffer: Buffer) -> int:
+        """Fill ``buffer`` from ``offset``; the bytes read (short at the object's end).
+
+        Raises:
+            As ``read``.
+        """
+        with memoryview(buffer) as out, out.cast("B") as dst:
+            _check(offset, len(dst))
+            pool = self.pool
+            with pool.lock:
+                pool._check_open()
+                end = min(offset + len(dst), self.backing.size)
+                pos = offset
+                while pos < end:
+                    index = pos >> PAGE_SHIFT
+                    folio = self.folios.get(index)
+                    if folio is None:
+                        self._miss(index, end)
+                        folio = self.folios[index]
+                    else:
+                        pool.stats.hits += 1
+                        self._touch(folio)
+                    lo = pos - (index << PAGE_SHIFT)
+                    n = min(PAGE_SIZE - lo, end - pos)
+                    src = folio.slot << PAGE_SHIFT
+                    dst[pos - offset : pos - offset + n] = pool._mem[src + lo : src + lo + n]
+                    pos += n
+                if end > offset:
+                    self._ra_next = (end - 1 >> PAGE_SHIFT) + 1
+                return max(0, end - offset)
+
+    def _miss(self, index: int, end: int) -> None:
+        """Read the run of missing pages from ``index`` to the read's ``end``, grown by
+        readahead. Caller must hold the lock."""
+        pool = self.pool
+        last = (self.backing.size - 1) >> PAGE_SHIFT  # the object's last page
+        want = ((end - 1) >> PAGE_SHIFT) - index + 1  # pages the read itself needs
+        if index == self._ra_next:
+            self._ra_window = min(self._ra_window * 2, RA_MAX)
+        else:
+            self._ra_window = RA_MIN
+        count = max(want, self._ra_window)
+        count = min(count, last - index + 1, max(1, pool.nslots // 4))
+        n = 1
+        while n < count and index + n not in self.folios:
+            n += 1
+        pool.stats.misses += min(n, want)
+        pool.stats.readahead += max(0, n - want)
+        self._fill(index, n)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def write(self, offset: int, data: Buffer, *, sync: bool = False) -> int:
+        """Copy ``data`` to ``offset`` in the cache (dirty); with ``sync`` also write it
+        back and FLUSH before returning.  A write past the object's end is cut there.
+
+        A write of more than a quarter of the cache is done in pieces; if a piece
+        fails after others were copied, the bytes copied are returned (a short
+        write); an error before any is raised.
+
+        Raises:
+            InvalidArgument (EINVAL): a negative offset; ReadOnly (EROFS).
+            OSError: reading a partly written page, writing back to make room, or
+                the sync failed (EIO naming the bytes).
+        """
+        if self.backing.readonly:
+            raise ReadOnly(f"{self.backing.name} is read-only", self.backing.name)
+        with memoryview(data) as src, src.cast("B") as flat:
+            _check(offset, len(flat))
+            pool = self.pool
+            with pool.lock:
+                pool._check_open()
+                end = min(offset + len(flat), self.backing.size)
+                piece = max(PAGE_SIZE, (pool.nslots // 4) << PAGE_SHIFT)
+                pos = offset
+                while pos < end:
+                    stop = min(end, (pos // piece + 1) * piece)
+                    try:
+                        self._write_piece(pos, flat[pos - offset : stop - offset])
+                    except OSError:
+                        if pos == offset:
+                            raise
+                        return pos - offset
+                    pos = stop
+                done = max(0, end - offset)
+                if sync and done:
+                    self.sync(offset, done)
+                return done
+
+    def _write_piece(self, offset: int, data: memoryview) -> None:
+        """Caller must hold the lock; nothing changes if this raises."""
+        pool = self.pool
+        end = offset + len(data)
+        first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        cached = frozenset((self.ident, i) for i in range(first, last + 1) if i in self.folios)
+        # the partly covered, uncached edge pages must be read first (with all else kept)
+        partial = []
+        for index in {first, last}:
+            start = index << PAGE_SHIFT
+            whole = offset <= start and end >= min(start + PAGE_SIZE, self.backing.size)
+            if index not in self.folios and not whole:
+                partial.append(index)
+        keep = set(cached)
+        for index in sorted(partial):
+            self._fill(index, 1, frozenset(keep))
+            keep.add((self.ident, index))
+        missing = [i for i in range(first, last + 1) if i not in self.folios]
+        slots = pool._take(len(missing), frozenset(keep))
+        for index, slot in zip(missing, slots, strict=True):
+            self._insert(index, slot)
+        for index in range(first, last + 1):
+            folio = self.folios[index]
+            start = index << PAGE_SHIFT
+            lo, hi = max(offset, start), min(end, start + PAGE_SIZE)
+            base = (folio.slot << PAGE_SHIFT) - start
+            pool._mem[base + lo : base + hi] = data[lo - offset : hi - offset]
+            folio.dirty = True
+            self._touch(folio)
+
+    # -- write-back, coherence -----------------------------------------------------------
+
+    def _dirty_in(self, offset: int, length: int) -> list[Folio]:
+        first, end = offset >> PAGE_SHIFT, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if end - first > len(self.folios):
+            return [f for f in self.folios.values() if f.dirty and first <= f.index < end]
+        return [f for i in range(first, end) if (f := self.folios.get(i)) and f.dirty]
+
+    def write_back(self, offset: int = 0, length: int | None = None) -> int:
+        """Write the dirty pages of the range back (no FLUSH); the pages written.
+
+        Before a direct read of the range.
+
+        Raises:
+            OSError: a write failed (EIO naming the bytes); the pages stay dirty.
+        """
+        with self.pool.lock:
+            self.pool._check_open()
+            length = self.backing.size - offset if length is None else length
+            _check(offset, length)
+            dirty = self._dirty_in(offset, length)
+            if dirty:
+                self._write_folios(dirty)
+            return len(dirty)
+
+    def sync(self, offset: int = 0, length: int | None = None) -> None:
+        """``write_back`` of the range, then FLUSH: durable on return (fsync/fdatasync).
+
+        Raises:
+            OSError: a write or the FLUSH failed (EIO); written pages stay cached.
+        """
+        with self.pool.lock:
+            self.write_back(offset, length)
+            try:
+                self.backing.flush()
+            except OSError as exc:
+                raise _named(exc, f"flushing {self.backing.name}") from exc
+            self.pool.stats.flushes += 1
+
+    def invalidate(self, offset: int = 0, length: int | None = None) -> int:
+        """Write back, then drop, every cached page of the range; the pages dropped.
+
+        Before a direct write of the range: afterwards nothing of it is cached.
+
+        Raises:
+            OSError: the write-back failed; nothing was dropped.
+        """
+        with self.pool.lock:
+            self.pool._check_open()
+            length = self.backing.size - offset if length is None else length
+            self.write_back(offset, length)
+            first, end = offset >> PAGE_SHIFT, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+            victims = [f for f in list(self.folios.values()) if first <= f.index < end]
+            for folio in victims:
+                self._drop(folio)
+            return len(victims)
+
+    def truncate(self, size: int) -> None:
+        """The object is now ``size`` bytes: drop the pages past it (dirty or not) and
+        zero the cached tail of the last page. Never raises for size >= 0."""
+        _check(size, 0)
+        with self.pool.lock:
+            keep = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
+            for folio in [f for f in self.folios.values() if f.index >= keep]:
+                self._drop(folio)
+            tail = self.folios.get(size >> PAGE_SHIFT)
+            if tail is not None and size % PAGE_SIZE:
+                base = tail.slot << PAGE_SHIFT
+                self.pool._mem[base + size % PAGE_SIZE : base + PAGE_SIZE] = bytes(
+                    PAGE_SIZE - size % PAGE_SIZE
+                )
+            if self._ra_next > keep:
+                self._ra_next = -1
+
+    def cached(self, offset: int = 0, length: int | None = None) -> int:
+        """Bytes of the range now cached (whole pages)."""
+        with self.pool.lock:
+            length = self.backing.size - offset if length is None else length
+            first, end = offset >> PAGE_SHIFT, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+            return sum(PAGE_SIZE for i in self.folios if first <= i < end)
+
+    def drop(self) -> None:
+        """Forget every clean page (``invalidate`` of everything, without I/O for clean
+        pages; dirty ones are written back first).
+
+        Raises:
+            OSError: the write-back failed; nothing was dropped.
+        """
+        self.invalidate(0, None)
+
+
+def _check(offset: int, length: int) -> None:
+    if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0:
+        raise InvalidArgument(f"bad range: offset {offset!r}, length {length!r}")
