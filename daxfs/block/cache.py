@@ -113,6 +113,7 @@ class BlockCache(Device):
         own: bool = False,
         readonly: bool | None = None,
         memory_limit: int | None = None,
+        load: bool = True,
     ) -> None:
         if bdev.closed:
             raise InvalidArgument(f"block device {bdev.name} is closed")
@@ -120,7 +121,7 @@ class BlockCache(Device):
         if size < mmap.PAGESIZE:
             raise InvalidArgument(f"block device {bdev.name} of {size} bytes is too small")
         limit = memory_available() if memory_limit is None else memory_limit
-        if limit is not None and size > limit:
+        if load and limit is not None and size > limit:
             raise OSError(
                 errno.ENOMEM,
                 f"the block cache holds the whole device: {bdev.name} is {size} bytes, "
@@ -139,6 +140,8 @@ class BlockCache(Device):
         self._dirty: list[tuple[int, int]] = []
         self._dirty_lock = threading.Lock()
         self._drain_lock = threading.RLock()
+        #: set by drain (under its lock): _drain_more wrote, so end with a FLUSH, not FUA
+        self._must_flush = False
         #: write-backs, WRITE bios, FLUSH bios and FUA writes issued (for tests and info)
         self.stats = {"drains": 0, "writes": 0, "flushes": 0, "fua": 0, "loaded": 0}
         self._fd = os.memfd_create("daxfs-block-cache", os.MFD_CLOEXEC)
@@ -149,7 +152,8 @@ class BlockCache(Device):
             os.ftruncate(self._fd, size)
             self._map: mmap.mmap | None = mmap.mmap(self._fd, size, mmap.MAP_SHARED)
             try:
-                self._load()
+                if load:
+                    self._load()
                 if self.readonly:  # views of a read-only device are read-only
                     self._map.close()
                     self._map = mmap.mmap(self._fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
@@ -307,11 +311,13 @@ class BlockCache(Device):
         """
         self._check_open()
         with self._drain_lock:
+            wrote = self._drain_more()
             with self._dirty_lock:
                 runs = _merged(self._dirty)
                 self._dirty = []
-            if not runs:
+            if not runs and not wrote:
                 return
+            self._must_flush = wrote  # what _drain_more wrote needs the FLUSH
             try:
                 self._write_back(runs)
             except BaseException:
@@ -319,9 +325,15 @@ class BlockCache(Device):
                     self._dirty.extend(runs)
                 raise
 
+    def _drain_more(self) -> bool:
+        """Hook of ``drain`` (under the drain lock, before the cache's own runs): write
+        back what a subclass holds elsewhere; True if it wrote anything (then the
+        drain ends with a FLUSH, never a FUA write).  Nothing here."""
+        return False
+
     def _write_back(self, runs: list[tuple[int, int]]) -> None:
         self.stats["drains"] += 1
-        fua = len(runs) == 1 and not self.bdev.readonly
+        fua = len(runs) == 1 and not self._must_flush and not self.bdev.readonly
         flags = BioFlags.FUA if fua else BioFlags.NONE
         bios = []
         with self.bdev.plug():

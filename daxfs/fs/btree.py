@@ -611,18 +611,22 @@ class BTree:
             self._write_new(tx, blockno, self._encode_leaf(blockno, [(key, bytes(value))]))
             self.root, self.height = blockno, 1
             return
-        if NATIVE_PUT and _create.tree_put(
-            tx.blocks,
-            tx.new_blocks,
-            tx.store.view,
-            tx.verified,
-            seal_node,
-            self.owner,
-            self.kind,
-            self.root,
-            self.height,
-            key,
-            value,
+        if (
+            NATIVE_PUT
+            and not tx.store.lazy
+            and _create.tree_put(
+                tx.blocks,
+                tx.new_blocks,
+                tx.store.view,
+                tx.verified,
+                seal_node,
+                self.owner,
+                self.kind,
+                self.root,
+                self.height,
+                key,
+                value,
+            )
         ):
             return  # the leaf had room: what the code below does then, in C
         path, blockno, view, count = self._descend(tx, key)

@@ -10,7 +10,10 @@ were given and from the ``dax`` option, Linux's ``-o dax=``:
     a block special file   EINVAL (no DAX)    cache(open_block(path))
     a BlockDevice object   EINVAL (no DAX)    cache(the block device)
 
-where cache(b) is ``BlockCache(b)``.
+where cache(b) is ``BlockCache(b)``, or with ``cache_size`` given
+``BoundedBlockCache(b, cache_size)`` (daxfs.pagecache.bounded: loaded lazily,
+file data in a page cache of ``cache_size`` bytes).  ``cache_size`` for a
+mount by DAX is EINVAL.
 
 ``dax="inode"`` is Linux's per-inode choice (FS_XFLAG_DAX); daxfs has no
 per-inode flag yet, so every inode uses DAX where the device can do it and
@@ -38,6 +41,8 @@ from daxfs.block.file import open_block
 from daxfs.block.pmem import PmemBlockDevice
 from daxfs.errors import InvalidArgument
 from daxfs.lifecycle import cleanup_after
+from daxfs.pagecache.bounded import BoundedBlockCache
+from daxfs.pagecache.cache import parse_size
 from daxfs.pmem import open_device
 from daxfs.pmem.device import Device
 
@@ -79,6 +84,7 @@ def open_target(
     persist: str = "auto",
     size: int | None = None,
     create: bool = False,
+    cache_size: int | str | None = None,
 ) -> tuple[Device, bool]:
     """The device to run the filesystem on, and whether the caller must close it.
 
@@ -86,38 +92,63 @@ def open_target(
 
     Raises:
         InvalidArgument (EINVAL): a bad ``dax``; ``dax="always"`` on something
-            that cannot do DAX (a block device), naming why.
+            that cannot do DAX (a block device), naming why; ``cache_size`` for
+            a DAX device or a BlockCache passed in, or not a size.
+        OSError(ENOMEM): ``cache_size`` above MemAvailable.
         The errors of ``open_device``, ``open_block`` (ENOENT, EACCES, ENODEV, ...)
         and of the cache's first read (EIO naming the sector).
     """
     check_dax(dax)
+    if cache_size is not None:
+        parse_size(cache_size)
     if isinstance(target, BlockCache):
         if dax == "always":
             raise _no_dax(target.path, "a block device behind a DRAM cache")
+        if cache_size is not None:
+            raise InvalidArgument(f"cache_size: {target.path} is a cache made already")
         return target, False
     if isinstance(target, BlockDevice):
         if dax == "always":
             raise _no_dax(target.name, f"a block device ({target.engine}) has no direct_access")
-        return BlockCache(target, readonly=readonly or None), True
+        return _cached(target, readonly, cache_size, own=False), True
     if isinstance(target, Device):
         if dax != "never":
+            _no_cache_size(cache_size, str(getattr(target, "path", target)))
             return target, False
         bdev: BlockDevice = PmemBlockDevice(target, readonly=readonly or None)
-        return _cached(bdev, readonly), True
+        return _cached(bdev, readonly, cache_size), True
     name = os.fsdecode(os.fspath(target))
     block_special = is_block_special(name)
     if block_special and dax == "always":
         raise _no_dax(name, "a block-device special file has no direct_access here")
     if block_special or dax == "never":
         bdev = open_block(name, size, create=create, readonly=readonly)
-        return _cached(bdev, readonly), True
-    return open_device(target, size, create=create, persist=persist, readonly=readonly), True
+        return _cached(bdev, readonly, cache_size), True
+    device = open_device(target, size, create=create, persist=persist, readonly=readonly)
+    if cache_size is not None:
+        device.close()
+        _no_cache_size(cache_size, name)
+    return device, True
 
 
-def _cached(bdev: BlockDevice, readonly: bool) -> BlockCache:
-    """A cache owning ``bdev`` (closed if the cache cannot be made)."""
+def _no_cache_size(cache_size: object, name: str) -> None:
+    if cache_size is not None:
+        raise InvalidArgument(
+            f"cache_size is for a block-backed mount; {name} is mounted by DAX "
+            "(no page cache): mount it with dax='never'"
+        )
+
+
+def _cached(
+    bdev: BlockDevice, readonly: bool, cache_size: int | str | None, *, own: bool = True
+) -> BlockCache:
+    """A cache of ``bdev`` (owning it if ``own``: closed if the cache cannot be made);
+    bounded by ``cache_size`` if given."""
     try:
-        return BlockCache(bdev, own=True, readonly=readonly or None)
+        if cache_size is None:
+            return BlockCache(bdev, own=own, readonly=readonly or None)
+        return BoundedBlockCache(bdev, cache_size, own=own, readonly=readonly or None)
     except BaseException as exc:
-        cleanup_after(exc, bdev.close)
+        if own:
+            cleanup_after(exc, bdev.close)
         raise

@@ -162,7 +162,8 @@ class FileSystem:
         #: the inode cache (ino -> Inode), read by stat
         self._icache = itable.cache
         #: stat's C miss path (daxfs/fs/_stat.c); None: fsck-style mounts that load
-        #: records get() would refuse (``check_records`` off), for which the walk answers.
+        #: records get() would refuse (``check_records`` off), for which the walk answers,
+        #: and lazy stores (daxfs.pagecache.bounded: it reads blocks never loaded).
         #: It holds the path caches, the inode cache, the index dict and the location
         #: array themselves: each is changed in place, never replaced, for the mount's life
         self._fast: StatPath | None = (
@@ -188,7 +189,7 @@ class FileSystem:
                 dirs=dirs,
                 limit=PATH_CACHE_LIMIT,
             )
-            if itable.check_records
+            if itable.check_records and not store.lazy
             else None
         )
         # the layers call back into the filesystem weakly (daxfs.lifecycle: no cycles)

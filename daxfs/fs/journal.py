@@ -184,6 +184,7 @@ class Journal:
         self.log_offset = (start + 1) << BLOCK_SHIFT
         self.capacity = (blocks - 1) << BLOCK_SHIFT
         self.region = (start, start + blocks)
+        store.ensure(self.header_offset, blocks << BLOCK_SHIFT)  # read through ``view``
         self.readonly = readonly
         self.failed: str | None = None
         self.lock = threading.RLock()

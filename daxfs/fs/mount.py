@@ -50,9 +50,10 @@ from daxfs.fs.layout import (
     Superblock,
 )
 from daxfs.fs.mkfs import Progress, check_mkfs_args, format_device
-from daxfs.fs.store import PmemStore, Reader
+from daxfs.fs.store import LazyStore, PmemStore, Reader
 from daxfs.fs.super import SuperState
 from daxfs.lifecycle import cleanup_after
+from daxfs.pagecache.bounded import BoundedBlockCache
 from daxfs.pmem.device import Device
 
 
@@ -138,7 +139,11 @@ def recover(device: Device, readonly: bool) -> tuple[PmemStore, Journal, Superbl
     raw = device.read(0, BLOCK_SIZE)
     geometry = Superblock.unpack(raw, "primary superblock", verify=False)
     geometry.check_geometry(device.size, "primary superblock")
-    store = PmemStore(device, geometry.block_count)
+    store = (
+        LazyStore(device, geometry.block_count)
+        if isinstance(device, BoundedBlockCache)
+        else PmemStore(device, geometry.block_count)
+    )
     try:
         journal = Journal(store, geometry.journal_start, geometry.journal_blocks, readonly)
         try:
@@ -180,6 +185,7 @@ def mount(
     persist: str = "auto",
     layout_timeout: float = 10.0,
     dax: str = "inode",
+    cache_size: int | str | None = None,
 ) -> FileSystem:
     """Mount the daxfs on ``target``: a path, a pmem device or a block device.
 
@@ -189,6 +195,12 @@ def mount(
     table.  On a block device every write reaches the media through bios, a
     commit is ordered by FLUSH and FUA, and mmap maps the cache (msync and
     fsync write it back).
+
+    ``cache_size`` (a block-backed mount only: a size such as 65536, "64M" or
+    "1G") bounds the DRAM of file data: the device is then loaded lazily, what
+    metadata the mount touches is kept, and file data goes through a page
+    cache of that many bytes with LRU eviction (daxfs.pagecache.bounded);
+    without it the cache holds the whole device.
 
     ``layout_timeout`` is how long, in seconds, an operation that would change
     or free pinned blocks (truncate, punch-hole, a write) waits for the pins
@@ -202,7 +214,9 @@ def mount(
         NotSupported: the image uses features this version does not know.
         IOFailure (EIO): the device failed.
         InvalidArgument (EINVAL): a bad ``dax``, or "always" on a device that
-            cannot do DAX (the message says why).
+            cannot do DAX (the message says why); a bad ``cache_size``, or one
+            given for a DAX mount.
+        OSError(ENOMEM): ``cache_size`` above MemAvailable (both sizes named).
         Each names the image (``device_name``) as its filename.
     """
     if (
@@ -216,7 +230,9 @@ def mount(
     source = device_name(target)
     with naming(source):
         # a path's errors name it already (ENOENT, EACCES, ENODEV: not I/O errors)
-        device, owned = open_target(target, dax=dax, readonly=readonly, persist=persist)
+        device, owned = open_target(
+            target, dax=dax, readonly=readonly, persist=persist, cache_size=cache_size
+        )
         try:
             device.claim(not readonly, "mount")
         except BaseException as exc:

@@ -31,6 +31,8 @@ from daxfs.pmem.device import Device
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
+    from daxfs.pagecache.bounded import BoundedBlockCache
+
 
 VERIFIED_LIMIT = 1 << 16
 
@@ -56,12 +58,23 @@ class PmemStore:
                 f"filesystem of {self.block_count} blocks does not fit the device "
                 f"of {device.size} bytes"
             )
-        self._view: memoryview | None = device.direct_access(0, self.block_count << BLOCK_SHIFT)
+        self._view: memoryview | None = self._open_view(device, self.block_count << BLOCK_SHIFT)
         #: structures verify a block's checksum the first time they read it in a
         #: mount and record it here (bounded: cleared when it reaches VERIFIED_LIMIT)
         self.verified: set[int] = set()
         #: the device's copy-and-flush without fence (hot: the journal calls it per record)
         self._write = device.writer()
+
+    #: True for a store whose device fills lazily (LazyStore): C code that reads
+    #: ``view`` without asking (stat's miss path, the B+tree put) must not run
+    lazy = False
+
+    def _open_view(self, device: Device, length: int) -> memoryview:
+        return device.direct_access(0, length)
+
+    def ensure(self, offset: int, length: int) -> None:
+        """Make device bytes ``[offset, offset+length)`` readable through ``view``
+        (and by DAX mmap and pins); nothing to do on pmem."""
 
     def mark_verified(self, blockno: int) -> None:
         if len(self.verified) >= VERIFIED_LIMIT:
@@ -107,3 +120,34 @@ class PmemStore:
         if self._view is not None:
             self._view.release()
             self._view = None
+
+
+class LazyStore(PmemStore):
+    """A store over a lazily filled block cache (daxfs.pagecache.bounded): ``block``
+    and ``read`` load the block before they return its view; ``view`` loads nothing
+    (the journal ensures its region when it opens)."""
+
+    lazy = True
+
+    def __init__(self, device: BoundedBlockCache, block_count: int | None = None) -> None:
+        self._cache = device
+        super().__init__(device, block_count)
+
+    def _open_view(self, device: Device, length: int) -> memoryview:
+        return self._cache.raw_view()[:length]
+
+    def ensure(self, offset: int, length: int) -> None:
+        """Load device bytes ``[offset, offset+length)`` into the cache's memory.
+
+        Raises:
+            OSError: the device failed (EIO naming the bytes).
+        """
+        self._cache.ensure(offset, length)
+
+    def block(self, blockno: int) -> memoryview:
+        view = super().block(blockno)
+        self._cache.ensure(blockno << BLOCK_SHIFT, BLOCK_SIZE)
+        return view
+
+    def read(self, blockno: int) -> memoryview:
+        return self.block(blockno)

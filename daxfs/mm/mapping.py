@@ -382,6 +382,7 @@ class Mapping(_vm.MappedBuffer, Closeable):
         kernel = self._space.kernel
         if dev is not None:
             device = self._data.device
+            self._data.store.ensure(dev, length)  # a lazily filled device loads it first
             prot = PROT_READ | (PROT_WRITE if self._writable else 0)
             kernel.mmap(
                 self.address + at, length, prot, MAP_FIXED | device.map_flags, device.fd, dev

@@ -246,6 +246,9 @@ def pin_file(file: File, data: DataPath, offset: int, length: int) -> SGList:
     try:
         if length:
             iomap_iter(data, inode, offset, length, IomapFlags.PIN, actor, short_ok=False)
+        for seg in segments:  # a lazily filled device loads what the pin aliases
+            if seg.dev is not None:
+                data.store.ensure(seg.dev, seg.length)
     except BaseException:
         inode.layouts.unpin(token)
         raise

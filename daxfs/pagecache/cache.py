@@ -102,8 +102,8 @@ PAGE_SHIFT = 12
 #: readahead window: pages read on a sequential miss, doubling from RA_MIN to RA_MAX
 RA_MIN = 4
 RA_MAX = 64
-#: the smallest cache: enough for one readahead window and a write's pieces
-MIN_LIMIT = 4 * RA_MAX * PAGE_SIZE
+#: the smallest cache (a readahead run and a write piece are each at most a quarter)
+MIN_LIMIT = 16 * PAGE_SIZE
 
 
 class Backing(Protocol):
@@ -498,8 +498,8 @@ class AddressSpace:
         back and FLUSH before returning.  A write past the object's end is cut there.
 
         A write of more than a quarter of the cache is done in pieces; if a piece
-        fails after others were copied, the bytes copied are returned (a short
-        write); an error before any is raised.
+        fails, the pieces before it stay written (dirty in the cache) and the
+        error is raised.
 
         Raises:
             InvalidArgument (EINVAL): a negative offset; ReadOnly (EROFS).
@@ -518,12 +518,7 @@ class AddressSpace:
                 pos = offset
                 while pos < end:
                     stop = min(end, (pos // piece + 1) * piece)
-                    try:
-                        self._write_piece(pos, flat[pos - offset : stop - offset])
-                    except OSError:
-                        if pos == offset:
-                            raise
-                        return pos - offset
+                    self._write_piece(pos, flat[pos - offset : stop - offset])
                     pos = stop
                 done = max(0, end - offset)
                 if sync and done:
@@ -633,6 +628,15 @@ class AddressSpace:
                 )
             if self._ra_next > keep:
                 self._ra_next = -1
+
+    def dirty_ranges(self) -> list[tuple[int, int]]:
+        """Byte ranges ``(start, end)`` of the dirty pages, sorted (not merged)."""
+        with self.pool.lock:
+            size = self.backing.size
+            return [
+                (i << PAGE_SHIFT, min((i + 1) << PAGE_SHIFT, size))
+                for i in sorted(i for i, f in self.folios.items() if f.dirty)
+            ]
 
     def cached(self, offset: int = 0, length: int | None = None) -> int:
         """Bytes of the range now cached (whole pages)."""

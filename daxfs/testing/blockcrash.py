@@ -130,8 +130,14 @@ def check_fs_block_operation(
     limits: QueueLimits | None = None,
     times: bool = False,
     max_points: int = 200,
+    cache_size: int | str | None = None,
 ) -> BlockCrashReport:
     """Crash filesystem operation ``op`` at every persist point of a block device.
+
+    With ``cache_size`` every mount of the check (the operation's and the
+    observations after each crash, recovery included) is bounded: a lazily
+    loaded cache whose file data goes through a page cache of that size
+    (daxfs.pagecache.bounded).
 
     Raises:
         BlockCrashCheckFailed: naming the persist point (the seed) and what was
@@ -149,16 +155,16 @@ def check_fs_block_operation(
     with mount(base) as fs:
         setup(fs)
     image = base.durable_image()
-    before = _observe_fs(device(image), times, 0)
+    before = _observe_fs(device(image), times, 0, cache_size)
     done = device(image)
-    fs = mount(done)
+    fs = mount(done, cache_size=cache_size)
     op(fs)
     fs.unmount()
-    after = _observe_fs(done, times, 0)
+    after = _observe_fs(done, times, 0, cache_size)
     report = BlockCrashReport()
     for point in range(1, max_points + 1):
         dev = device(image)
-        fs = mount(dev)
+        fs = mount(dev, cache_size=cache_size)
         dev.schedule_power_failure(point)
         try:
             op(fs)
@@ -170,7 +176,7 @@ def check_fs_block_operation(
         if not returned:
             abandon(fs)
         for state in dev.crash_states(limit=states_per_point, seed=point):
-            seen = _observe_fs(state, times, point)
+            seen = _observe_fs(state, times, point, cache_size)
             report.states += 1
             if seen == after:
                 report.after_seen += 1
@@ -214,7 +220,9 @@ def abandon(fs: FileSystem) -> None:
         device.discard()
 
 
-def _observe_fs(dev: SimulatedBlockDevice, times: bool, point: int) -> Snapshot:
+def _observe_fs(
+    dev: SimulatedBlockDevice, times: bool, point: int, cache_size: int | str | None = None
+) -> Snapshot:
     """Mount ``dev`` (recovery runs), snapshot the tree, unmount, fsck: the tree.
 
     Raises:
@@ -225,7 +233,7 @@ def _observe_fs(dev: SimulatedBlockDevice, times: bool, point: int) -> Snapshot:
     from daxfs.testing.crash import snapshot
 
     try:
-        with mount(dev) as fs:
+        with mount(dev, cache_size=cache_size) as fs:
             seen = snapshot(fs, times=times)
     except Exception as exc:
         raise BlockCrashCheckFailed(

@@ -177,8 +177,12 @@ def check_fs_block_faults(
     size: int = 16 << 20,
     states: int = 2,
     max_points: int = 2000,
+    cache_size: str | None = None,
 ) -> FaultReport:
     """Fail the n-th ``kind`` request of ``op`` on a block device, for every n.
+
+    With ``cache_size`` the operation's mounts are bounded (daxfs.pagecache.bounded):
+    its misses, loads and page write-backs are requests that fail too.
 
     Raises:
         FaultCheckFailed: naming the kind, n, and what was wrong.
@@ -194,7 +198,7 @@ def check_fs_block_faults(
     with mount(SimulatedBlockDevice(size, image=image)) as fs:
         before = snapshot(fs)
     done = SimulatedBlockDevice(size, image=image)
-    with mount(done) as fs:
+    with mount(done, cache_size=cache_size) as fs:
         op(fs)
         after = snapshot(fs)
     report = FaultReport(kind, persistent)
@@ -203,7 +207,7 @@ def check_fs_block_faults(
         where = f"{kind} request #{n} ({'persistent' if persistent else 'transient'}, {how})"
         inner = SimulatedBlockDevice(size, image=image)
         dev = FaultyBlockDevice(inner)
-        fs = mount(dev)
+        fs = mount(dev, cache_size=cache_size)
         fault = dev.arm(kind, n, persistent=persistent, error=error, short=short)
         try:
             op(fs)

@@ -208,6 +208,9 @@ class FsxOptions:
     #: run on a SimulatedBlockDevice (the filesystem through daxfs.block.cache.BlockCache;
     #: a crash fails the power at a FLUSH or FUA write) instead of a SimulatedPmem
     block: bool = False
+    #: with ``block``: every mount bounded by this ``cache_size`` (a lazily loaded cache,
+    #: file data through a page cache of that size: daxfs.pagecache.bounded)
+    cache_size: str | None = None
 
 
 #: the simulated devices fsx can crash
@@ -249,7 +252,7 @@ class Fsx:
         # whole, an aligned overwrite inside one written extent (the copy-on-write fast
         # path, DataPath._cow_blocks), which random ranges almost never are
         self._aligned: tuple[int, int] | None = None
-        self.fs: FileSystem = mount(device)
+        self.fs: FileSystem = self._mount(device)
         if directory and not self.fs.exists(directory):
             self.fs.mkdir(directory)
         with self.fs.open(self.neighbour, "wb", buffering=0) as g:
@@ -555,7 +558,7 @@ class Fsx:
 
     def _reopen(self, dev: Device | BlockDevice | str) -> None:
         self.dev = dev
-        self.fs = mount(dev)
+        self.fs = self._mount(dev)
         self.f = cast("File", self.fs.open(self.path, "rb+", buffering=0))
         self._check_all("after mount")
 
@@ -629,12 +632,16 @@ class Fsx:
 
     def _mount_checked(self, state: Crashable, when: str) -> FileSystem:
         """Mount (recovery), unmount, fsck clean, mount again."""
-        with mount(state):
+        with self._mount(state):
             pass
         report = fsck(state)
         if not report.clean:
             raise _Mismatch(f"fsck {when}:\n{report}")
-        return mount(state)
+        return self._mount(state)
+
+    def _mount(self, dev: Device | BlockDevice | str) -> FileSystem:
+        bounded = self.options.cache_size if isinstance(dev, SimulatedBlockDevice) else None
+        return mount(dev, cache_size=bounded)
 
     def _abandon(self) -> None:
         """Forget the filesystem of a device whose power failed (its objects are moot)."""

@@ -118,12 +118,17 @@ class StressOptions:
     #: the default device is a SimulatedBlockDevice (the filesystem through its block
     #: cache) instead of a SimulatedPmem
     block: bool = False
+    #: mounts of a block device bounded by this ``cache_size`` (daxfs.pagecache.bounded)
+    cache_size: str | None = None
 
     @classmethod
-    def full(cls, threads: int = 4, *, block: bool = False) -> StressOptions:
+    def full(
+        cls, threads: int = 4, *, block: bool = False, cache_size: str | None = None
+    ) -> StressOptions:
         return cls(
             threads=threads,
             block=block,
+            cache_size=cache_size,
             full_disk=True,
             device_size=16 << 20,
             max_write=512 << 10,
@@ -590,7 +595,7 @@ class Stress:
         self._ops = 0
         self.by_kind: dict[str, int] = {}
         self._ops_lock = threading.Lock()
-        self.fs = mount(device)
+        self.fs = self._mount(device)
         # odd seeds probe every directory index through a bucket array (the C stat
         # path's fence, daxfs/fs/_stat.c, which only directories of 4,096 names get
         # otherwise), rebuilt whenever the threads' creates and unlinks merge an index
@@ -609,6 +614,11 @@ class Stress:
         ]
         for w in self.workers:
             self.fs.mkdir(w.root)
+
+    def _mount(self, device: Device | BlockDevice | str) -> FileSystem:
+        """mount, bounded by ``options.cache_size`` on a simulated block device."""
+        bounded = self.options.cache_size if isinstance(device, SimulatedBlockDevice) else None
+        return mount(device, cache_size=bounded)
 
     def _fill(self, path: str, headroom: int) -> None:
         """A file that leaves about ``headroom`` bytes free."""
@@ -661,7 +671,7 @@ class Stress:
             if not report.clean:
                 lines = [f"fsck after the run: {p}" for p in str(report).splitlines()]
             else:
-                self.fs = mount(self.dev)
+                self.fs = self._mount(self.dev)
                 lines = self.check_all("after remount")
                 stats.checks += not lines
                 self.fs.unmount()

@@ -45,6 +45,18 @@ def test_data_path_crash_at_every_flush(name: str) -> None:
     _check(name, states=3)
 
 
+#: a page cache of 16 pages: the data of most operations does not fit, so pages are
+#: evicted (written back early) in the middle of the operation
+BOUNDED = "64K"
+
+
+@pytest.mark.parametrize("name", sorted({**OPERATIONS, **DATAPATH}))
+def test_bounded_cache_crash_at_every_flush(name: str) -> None:
+    """The same on a bounded, lazily loaded cache (mount's ``cache_size``): file data
+    through the page cache, metadata loaded as touched; recovery runs bounded too."""
+    _check(name, states=2, cache_size=BOUNDED)
+
+
 def test_utime_crash_keeps_old_or_new_times() -> None:
     report = _check("utime", states=3, times=True)
     assert report.before_seen >= 1
