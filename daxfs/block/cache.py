@@ -44,8 +44,12 @@ store goes through this class, which tracks what is dirty).
 
 Memory.  The cache holds the whole device: DRAM use is the device's size
 (memfd pages are allocated as the load touches them), checked when the cache
-opens against MemAvailable (ENOMEM naming both sizes).  A bounded cache with
-eviction is the page cache's job (issue 10, not built yet).
+opens against MemAvailable (ENOMEM naming both sizes).  ``load=False`` skips
+the load and the check, for a subclass that fills the memfd itself:
+daxfs.pagecache.bounded.BoundedBlockCache (``mount(..., cache_size=...)``)
+loads pages as they are touched and keeps file data in a page cache of
+``cache_size`` bytes, evicted LRU; its ``_drain_more`` hook writes that
+cache back before ``drain``'s runs and FLUSH.
 
 Invariants
   1. After ``drain()`` returns, every byte of every range flushed before it was
