@@ -271,12 +271,15 @@ class BlockCache(Device):
 
         return write_nodrain
 
-    def fill(self, offset: int, length: int, byte: int = 0, *, drain: bool = True) -> None:
+    def _check_fill(self, offset: int, length: int, byte: int) -> None:
         self._check_open()
         self._check_writable()
         check_range(offset, length, self.size)
         if not isinstance(byte, int) or not 0 <= byte <= 255:
             raise InvalidArgument(f"fill byte must be in [0, 255], not {byte!r}")
+
+    def fill(self, offset: int, length: int, byte: int = 0, *, drain: bool = True) -> None:
+        self._check_fill(offset, length, byte)
         if self._region is not None:
             self._region.memset(offset, length, byte, False)
         else:

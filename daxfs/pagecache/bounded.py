@@ -64,7 +64,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from daxfs.block.bio import SECTOR_SHIFT, Bio, BioOp
@@ -238,19 +238,8 @@ class BoundedBlockCache(BlockCache):
         if drain:
             self.drain()
 
-    def writer(self) -> Callable[[int, Buffer], None]:
-        def write_nodrain(offset: int, data: Buffer) -> None:
-            self.write(offset, data, drain=False)
-
-        return write_nodrain
-
     def fill(self, offset: int, length: int, byte: int = 0, *, drain: bool = True) -> None:
-        self._check_open()
-        self._check_writable()
-        check_range(offset, length, self.size)
-        if not isinstance(byte, int) or not 0 <= byte <= 255:
-            super().fill(offset, length, byte, drain=drain)  # raises its EINVAL
-            return
+        self._check_fill(offset, length, byte)
         if length:
             pattern = bytes([byte]) * min(length, ZERO_CHUNK)
             with self._route_lock:
