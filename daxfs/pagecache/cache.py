@@ -76,7 +76,10 @@ Invariants
   4. Bytes past ``backing.size`` in the last page read as zeros and are
      never written (the views given to the backing stop at the size).
   5. Every folio is in exactly one space's ``folios`` and in the pool's LRU,
-     or in neither; the slot of a folio belongs to no other folio.
+     or in neither (a space that was collected leaves its folios in the LRU
+     only, dropped by eviction); the slot of a folio belongs to no other
+     folio.  The pool refers to its spaces weakly, so no reference cycle
+     keeps the arena alive after the last user let go.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ import errno
 import mmap
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -174,9 +178,10 @@ class BlockBacking:
 
 @dataclass(eq=False)
 class Folio:
-    """One cached page: ``slot`` in the arena, ``index`` in its space."""
+    """One cached page: ``slot`` in the arena, ``index`` in its space (``space_id``: the
+    pool knows its spaces weakly, so folios and spaces make no reference cycle)."""
 
-    space: AddressSpace
+    space_id: int
     index: int
     slot: int
     dirty: bool = False
@@ -247,7 +252,9 @@ class PageCache:
         self._lru: OrderedDict[tuple[int, int], Folio] = OrderedDict()
         self.lock = threading.RLock()
         self.stats = Stats()
-        self._spaces = 0
+        #: the spaces by id, weakly: a space holds the pool, never the other way round
+        self._spaces: weakref.WeakValueDictionary[int, AddressSpace] = weakref.WeakValueDictionary()
+        self._next_space = 0
 
     # -- pool --------------------------------------------------------------------------
 
@@ -264,8 +271,10 @@ class PageCache:
     def space(self, backing: Backing) -> AddressSpace:
         """A new address space of this pool over ``backing``."""
         self._check_open()
-        self._spaces += 1
-        return AddressSpace(self, backing, self._spaces)
+        self._next_space += 1
+        space = AddressSpace(self, backing, self._next_space)
+        self._spaces[space.ident] = space
+        return space
 
     def slot_view(self, slot: int) -> memoryview:
         start = slot << PAGE_SHIFT
@@ -301,12 +310,19 @@ class PageCache:
             need = dirty[: want - len(clean)]
             by_space: dict[int, list[Folio]] = {}
             for folio in need:
-                by_space.setdefault(folio.space.ident, []).append(folio)
-            for folios in by_space.values():
-                folios[0].space._write_folios(folios)
+                by_space.setdefault(folio.space_id, []).append(folio)
+            for ident, folios in by_space.items():
+                space = self._spaces.get(ident)
+                if space is not None:  # else the space is gone: nobody can read them
+                    space._write_folios(folios)
             clean.extend(need)
         for folio in clean[:want]:
-            folio.space._drop(folio)
+            space = self._spaces.get(folio.space_id)
+            if space is not None:
+                space._drop(folio)
+            else:
+                del self._lru[(folio.space_id, folio.index)]
+                self._free.append(folio.slot)
         self.stats.evictions += min(want, len(clean))
 
     def close(self) -> None:
@@ -338,7 +354,7 @@ class AddressSpace:
     # -- folios (caller holds the pool's lock) --------------------------------------------
 
     def _insert(self, index: int, slot: int, dirty: bool = False) -> Folio:
-        folio = Folio(self, index, slot, dirty)
+        folio = Folio(self.ident, index, slot, dirty)
         self.folios[index] = folio
         pool = self.pool
         pool._lru[(self.ident, index)] = folio
