@@ -161,6 +161,25 @@ class NotSupported(DaxfsError):
     errno_code = errno.EOPNOTSUPP
 
 
+class NoData(DaxfsError):
+    """ENODATA: no such extended attribute."""
+
+    errno_code = errno.ENODATA
+
+
+class TooBig(DaxfsError):
+    """E2BIG: an extended attribute's value is longer than a value can be (64 KiB)."""
+
+    errno_code = errno.E2BIG
+
+
+class BadRange(DaxfsError):
+    """ERANGE: an extended attribute's name is empty or longer than 255 bytes, or a
+    value or list does not fit the size the caller gave."""
+
+    errno_code = errno.ERANGE
+
+
 class WouldBlock(DaxfsError, BlockingIOError):
     """EAGAIN: the non-blocking variant of an operation would have to wait."""
 

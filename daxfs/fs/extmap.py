@@ -70,7 +70,6 @@ from daxfs.fs.layout import (
     EXTENT,
     EXTENT_UNWRITTEN,
     EXTENT_VALUE,
-    INLINE_AREA,
     INLINE_EXTENTS,
     INO_INODE_FILE,
     MAP_BTREE,
@@ -78,6 +77,7 @@ from daxfs.fs.layout import (
     MAP_NONE,
     MAX_EXTENT_BLOCKS,
     TREE_EXTENTS,
+    XATTR_PTR,
 )
 from daxfs.fs.store import Reader
 
@@ -203,7 +203,8 @@ class BlockMaps:
         assert len(extents) <= INLINE_EXTENTS, f"{len(extents)} extents inline"
         rec = self.itable.dirty(tx, inode)
         raw = b"".join(EXTENT.pack(e.lblk, e.pblk, e.length, e.flags) for e in extents)
-        rec.inline = raw + bytes(INLINE_AREA - len(raw))
+        # the area's last 8 bytes are the xattr block (layout.XATTR_PTR): kept
+        rec.inline = raw + bytes(XATTR_PTR - len(raw)) + rec.inline[XATTR_PTR:]
         rec.map_count = len(extents)
         rec.map_kind = MAP_INLINE if extents else MAP_NONE
         self._remember(inode.ino, rec.inline, rec.map_count, tuple(extents))
@@ -225,7 +226,7 @@ class BlockMaps:
         rec = self.itable.dirty(tx, inode)
         rec.map_kind = MAP_BTREE
         rec.map_count = 0
-        rec.inline = bytes(INLINE_AREA)
+        rec.inline = bytes(XATTR_PTR) + rec.inline[XATTR_PTR:]  # the xattr block stays
         self._store_tree(tx, inode, tree)
 
     def _store_tree(self, tx: Transaction, inode: Inode, tree: BTree) -> None:

@@ -66,6 +66,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from daxfs.errors import ClosedFile, InvalidArgument, NotSupported, UnsupportedIO, naming
+from daxfs.fs import xattr
 from daxfs.fs.data import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
@@ -105,6 +106,14 @@ class Owner(Protocol):
     def _stat_inode(self, inode: Inode) -> os.stat_result: ...
 
     def _check_writable(self, path: str) -> None: ...
+
+    def _getxattr(self, inode: Inode, shown: str, name: bytes) -> bytes: ...
+
+    def _setxattr(self, inode: Inode, shown: str, name: bytes, data: bytes, flags: int) -> None: ...
+
+    def _listxattr(self, inode: Inode, shown: str) -> list[str]: ...
+
+    def _removexattr(self, inode: Inode, shown: str, name: bytes) -> None: ...
 
 
 class File(io.RawIOBase):
@@ -551,6 +560,48 @@ class File(io.RawIOBase):
     def stat(self) -> os.stat_result:
         self._check_open()
         return self._owner._stat_inode(self.inode)
+
+    # -- extended attributes of the open file (os.getxattr and the others on an fd) -----
+
+    def getxattr(self, attribute: str | bytes) -> bytes:
+        """FileSystem.getxattr on this file (also after its last name is gone).
+
+        Raises:
+            ClosedFile (EBADF), and what FileSystem.getxattr raises.
+        """
+        self._check_open()
+        name = xattr.attribute_name(attribute, self.path)
+        return self._owner._getxattr(self.inode, self.path, name)
+
+    def setxattr(self, attribute: str | bytes, value: Buffer, flags: int = 0) -> None:
+        """FileSystem.setxattr on this file, whatever mode it was opened in (as fsetxattr).
+
+        Raises:
+            ClosedFile (EBADF), and what FileSystem.setxattr raises.
+        """
+        self._check_open()
+        name = xattr.attribute_name(attribute, self.path)
+        data = xattr.check_set(value, flags, self.path)
+        self._owner._setxattr(self.inode, self.path, name, data, flags)
+
+    def listxattr(self) -> list[str]:
+        """FileSystem.listxattr on this file.
+
+        Raises:
+            ClosedFile (EBADF), and what FileSystem.listxattr raises.
+        """
+        self._check_open()
+        return self._owner._listxattr(self.inode, self.path)
+
+    def removexattr(self, attribute: str | bytes) -> None:
+        """FileSystem.removexattr on this file.
+
+        Raises:
+            ClosedFile (EBADF), and what FileSystem.removexattr raises.
+        """
+        self._check_open()
+        name = xattr.attribute_name(attribute, self.path)
+        self._owner._removexattr(self.inode, self.path, name)
 
     def close(self) -> None:
         """Close; the last holder of an unlinked file frees it.

@@ -36,6 +36,7 @@ from daxfs.errors import (
     InvalidArgument,
     IsADirectory,
     NameTooLong,
+    NoData,
     NotADirectory,
     NotEmpty,
     NotFound,
@@ -45,7 +46,7 @@ from daxfs.errors import (
     ReadOnly,
     naming,
 )
-from daxfs.fs import layout, modes
+from daxfs.fs import layout, modes, xattr
 from daxfs.fs._stat import StatPath
 from daxfs.fs.data import DataPath
 from daxfs.fs.dir import Directories, DirIndex
@@ -192,6 +193,8 @@ class FileSystem:
             if itable.check_records and not store.lazy
             else None
         )
+        #: the inodes' extended attributes (daxfs.fs.xattr)
+        self.xattrs = xattr.XattrStore(store, alloc, itable, sup)
         # the layers call back into the filesystem weakly (daxfs.lifecycle: no cycles)
         itable.reap = weak_method(self._reap_unused)
         self.resolver = Resolver(
@@ -559,6 +562,7 @@ class FileSystem:
         elif inode.rec.map_kind != MAP_SYMLINK:
             self.data.free_all(inode)
         with self.journal.begin() as tx:
+            self.xattrs.free_all(tx, inode)
             self.itable.remove_orphan(tx, inode)
             self.itable.free(tx, inode)
 
@@ -573,6 +577,7 @@ class FileSystem:
         else:
             owned = sum(e.length for e in self.maps.extents(self.store, inode))
             owned += sum(1 for _ in self.maps.tree_nodes(self.store, inode))
+        owned += len(self.xattrs.owned(self.store, inode))
         if owned != rec.blocks:
             with self.journal.begin() as tx:
                 self.itable.dirty(tx, inode).blocks = owned
@@ -597,6 +602,7 @@ class FileSystem:
                 for piece in self.maps.punch(tx, inode, 0, 1 << 62):
                     self.alloc.free(tx, piece.pblk, piece.length)
                     rec.blocks -= piece.length
+            self.xattrs.free_all(tx, inode)
             self.itable.free(tx, inode)
             return False
         self.itable.add_orphan(tx, inode)
@@ -908,6 +914,132 @@ class FileSystem:
         from daxfs.fs.scan import walk
 
         return walk(self, top, topdown, onerror, followlinks)
+
+    # -- extended attributes ------------------------------------------------------------
+
+    def getxattr(
+        self, path: Path, attribute: str | bytes, *, follow_symlinks: bool = True
+    ) -> bytes:
+        """The value of the extended attribute ``attribute`` of ``path``, as os.getxattr.
+
+        Namespaces and limits: daxfs.fs.xattr (``user.``, ``trusted.`` and
+        ``security.`` as Linux allows them).
+
+        Raises:
+            NoData (ENODATA): no such attribute.
+            BadRange (ERANGE): an empty name or one of more than 255 bytes.
+            NotSupported (EOPNOTSUPP): a namespace daxfs does not store
+                (``system.``, unknown prefixes); InvalidArgument (EINVAL): a
+                prefix with nothing after it, or a NUL in the name.
+            NotPermitted (EPERM): ``trusted.`` without privilege.
+            FileNotFoundError and the other errors of a path lookup;
+            Corrupted (EUCLEAN): the attributes on media are damaged.
+        """
+        name = xattr.attribute_name(attribute, _shown(path))
+        with self._lock:
+            inode, shown = self._existing(path, follow_symlinks)
+            return self._getxattr(inode, shown, name)
+
+    def setxattr(
+        self,
+        path: Path,
+        attribute: str | bytes,
+        value: Any,
+        flags: int = 0,
+        *,
+        follow_symlinks: bool = True,
+    ) -> None:
+        """Set the extended attribute ``attribute`` of ``path`` to ``value`` (bytes-like),
+        as os.setxattr: one transaction, atomic and durable on return; ctime is set.
+
+        ``flags``: ``os.XATTR_CREATE`` (fail if it exists), ``os.XATTR_REPLACE``
+        (fail if it does not).
+
+        Raises:
+            Exists (EEXIST): XATTR_CREATE and the attribute exists.
+            NoData (ENODATA): XATTR_REPLACE and it does not.
+            InvalidArgument (EINVAL): unknown flags; a prefix with nothing after it.
+            BadRange (ERANGE): an empty name or one of more than 255 bytes.
+            TooBig (E2BIG): a value of more than 64 KiB.
+            NotSupported (EOPNOTSUPP): a namespace daxfs does not store, or a
+                symbolic link itself (``follow_symlinks=False``) for ``trusted.``
+                and ``security.``.
+            NotPermitted (EPERM): ``user.`` on a symbolic link itself;
+                ``trusted.`` or ``security.`` without privilege.
+            NoSpace (ENOSPC): the file's attributes would not fit its 4 KiB
+                xattr block, or no block is free.
+            ReadOnly (EROFS); the errors of a path lookup; Corrupted (EUCLEAN).
+            Nothing is changed when it raises.
+        """
+        shown = _shown(path)
+        name = xattr.attribute_name(attribute, shown)
+        data = xattr.check_set(value, flags, shown)
+        with self._lock:
+            inode, shown = self._existing(path, follow_symlinks)
+            self._setxattr(inode, shown, name, data, flags)
+
+    def listxattr(self, path: Path = "/", *, follow_symlinks: bool = True) -> list[str]:
+        """The names of the extended attributes of ``path``, as os.listxattr (sorted;
+        ``trusted.`` names only with privilege).  daxfs has no working directory:
+        the default is the root.
+
+        Raises:
+            The errors of a path lookup; Corrupted (EUCLEAN).
+        """
+        with self._lock:
+            inode, shown = self._existing(path, follow_symlinks)
+            return self._listxattr(inode, shown)
+
+    def removexattr(
+        self, path: Path, attribute: str | bytes, *, follow_symlinks: bool = True
+    ) -> None:
+        """Remove the extended attribute ``attribute`` of ``path``, as os.removexattr:
+        one transaction; ctime is set.
+
+        Raises:
+            NoData (ENODATA): no such attribute; ReadOnly (EROFS); and the name,
+            namespace and permission errors of ``setxattr``.  Nothing is
+            changed when it raises.
+        """
+        name = xattr.attribute_name(attribute, _shown(path))
+        with self._lock:
+            inode, shown = self._existing(path, follow_symlinks)
+            self._removexattr(inode, shown, name)
+
+    # the four on an inode (File's methods call them too: fgetxattr and the others)
+
+    def _getxattr(self, inode: Inode, shown: str, name: bytes) -> bytes:
+        with self._lock, naming(shown), inode.lock:
+            self._check_mounted()
+            if not xattr.check_access(inode, name, False, shown):
+                raise NoData(f"no xattr {os.fsdecode(name)!r}: {shown}", shown)
+            return self.xattrs.get(self.store, inode, name, shown)
+
+    def _setxattr(self, inode: Inode, shown: str, name: bytes, data: bytes, flags: int) -> None:
+        with self._lock:
+            self._check_mounted()
+            self._check_writable(shown)
+            with naming(shown):
+                xattr.check_access(inode, name, True, shown)
+            with inode.lock, self._begin(shown) as tx:
+                self.xattrs.set(tx, inode, name, data, flags, shown)
+                self.itable.dirty(tx, inode).ctime_ns = now_ns()
+
+    def _listxattr(self, inode: Inode, shown: str) -> list[str]:
+        with self._lock, naming(shown), inode.lock:
+            self._check_mounted()
+            entries = self.xattrs.entries(self.store, inode)
+            return [os.fsdecode(e.name) for e in entries if xattr.visible(e.name)]
+
+    def _removexattr(self, inode: Inode, shown: str, name: bytes) -> None:
+        with self._lock:
+            self._check_mounted()
+            self._check_writable(shown)
+            with naming(shown):
+                xattr.check_access(inode, name, True, shown)
+            with inode.lock, self._begin(shown) as tx:
+                self.xattrs.remove(tx, inode, name, shown)
+                self.itable.dirty(tx, inode).ctime_ns = now_ns()
 
     # -- attributes ---------------------------------------------------------------------
 

@@ -73,7 +73,13 @@ SB_CRC_OFFSET = BLOCK_SIZE - 4
 #: mounts it read-only only with unknown ro_compat bits.
 FEATURE_COMPAT = 0
 FEATURE_INCOMPAT = 0
-FEATURE_RO_COMPAT = 0
+#: some inode may have extended attributes (an xattr block, "Extended attributes"
+#: below): set by the first setxattr of an image (in its transaction), never cleared.
+#: Read-only compatible: a version without xattrs reads such an image correctly, but
+#: writing it would free inodes without their xattr blocks and rewrite block counts.
+RO_COMPAT_XATTR = 0x1
+#: the ro_compat bits this version knows (mkfs sets none of them)
+FEATURE_RO_COMPAT = RO_COMPAT_XATTR
 
 STATE_CLEAN = 0  # unmounted cleanly
 STATE_MOUNTED = 1  # mounted read-write, or crashed while mounted
@@ -186,7 +192,7 @@ class Superblock:
     inode_size: int = INODE_SIZE
     feature_compat: int = FEATURE_COMPAT
     feature_incompat: int = FEATURE_INCOMPAT
-    feature_ro_compat: int = FEATURE_RO_COMPAT
+    feature_ro_compat: int = 0
 
     @property
     def uuid_str(self) -> str:
@@ -471,6 +477,13 @@ MAP_SYMLINK = 3  # inline area holds the symlink target (map_count bytes)
 
 INLINE_AREA = 128
 INLINE_OFFSET = 128
+#: Regular files and directories: the last 8 bytes of the inline area hold the block of
+#: the inode's extended attributes (0: none); the extents of MAP_INLINE use the first
+#: INLINE_EXTENTS * 24 = 120 bytes, MAP_NONE and MAP_BTREE none.  Symbolic links
+#: carry no xattrs: an inline target (MAP_SYMLINK) may fill the whole area.
+XATTR_PTR = INLINE_AREA - 8
+XATTR_TYPES = (0o100000, 0o040000)  # S_IFREG, S_IFDIR
+_U64 = struct.Struct("<Q")
 
 _INODE = struct.Struct(
     "<I"  # 0   magic
@@ -549,6 +562,20 @@ class InodeRecord:
     entries: int = 0
     inline: bytes = bytes(INLINE_AREA)
 
+    @property
+    def xattr(self) -> int:
+        """The block of the inode's extended attributes, 0 if none (or if its type
+        carries none: the bytes then belong to the map, see XATTR_PTR)."""
+        if self.mode & 0o170000 not in XATTR_TYPES:
+            return 0
+        value: int = _U64.unpack_from(self.inline, XATTR_PTR)[0]
+        return value
+
+    @xattr.setter
+    def xattr(self, blockno: int) -> None:
+        assert self.mode & 0o170000 in XATTR_TYPES, f"inode {self.ino}: no xattrs on its type"
+        self.inline = self.inline[:XATTR_PTR] + _U64.pack(blockno)
+
     def pack_into(self, buf: bytearray | memoryview, offset: int) -> None:
         """Write the record and its checksum at ``offset`` of ``buf``.
 
@@ -626,6 +653,7 @@ MAX_EXTENT_BLOCKS = 0xFFFFFFFF
 #: An extent in the inline area: logical block, physical block, length, flags.
 EXTENT = struct.Struct("<QQII")
 INLINE_EXTENTS = INLINE_AREA // EXTENT.size  # 5
+assert INLINE_EXTENTS * EXTENT.size <= XATTR_PTR  # the xattr block pointer fits after them
 #: An extent as a B+tree value (the key is the logical block).
 EXTENT_VALUE = struct.Struct("<QII")
 
@@ -689,3 +717,158 @@ def node_ok(block: bytes | bytearray | memoryview) -> bool:
 #: A value holds every entry whose name hashes to the key (collisions are rare).
 DIRENT = struct.Struct("<QBB")
 DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 4, 6, 8, 10, 12
+
+
+# --------------------------------------------------------------------------- extended attributes
+
+XATTR_MAGIC = 0x52544158  # "XATR"
+XATTR_CRC_OFFSET = 4
+#: Xattr block header; entries start at XATTR_ENTRIES.
+XATTR_HEADER = struct.Struct(
+    "<I"  # 0  magic
+    "I"  # 4  crc32c of the block with this field zero
+    "Q"  # 8  owner: ino of the inode whose attributes these are
+    "Q"  # 16 blockno: where this block lives (catches misdirected writes)
+    "H"  # 24 count: entries
+    "H"  # 26 used: bytes of the entry area in use
+    "I"  # 28 reserved, 0
+)
+XATTR_ENTRIES = 64
+XATTR_AREA = BLOCK_SIZE - XATTR_ENTRIES  # 4032
+#: An entry: name length, kind, reserved, value length; then the full name (with its
+#: namespace prefix), then the value (XV_INLINE) or its blocks (XV_BLOCKS); 8-aligned.
+XATTR_ENTRY = struct.Struct("<BBHI")
+XV_INLINE = 0  # the value follows the name
+XV_BLOCKS = 1  # XATTR_BLOCKS_REF, then the u64 block numbers of the value
+#: a value in blocks: crc32c of the value, number of blocks
+XATTR_BLOCKS_REF = struct.Struct("<II")
+#: values up to this length are stored in the xattr block, longer ones in blocks of their own
+XATTR_INLINE_MAX = 512
+#: Linux's limits (XATTR_NAME_MAX, XATTR_SIZE_MAX): a full name, a value
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+#: the namespaces daxfs stores (a name is one of them and a non-empty rest)
+XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
+
+
+def xattr_name_ok(name: bytes) -> bool:
+    """Whether ``name`` may be stored: a known namespace, a non-empty rest, no NUL, at
+    most XATTR_NAME_MAX bytes."""
+    return (
+        len(name) <= XATTR_NAME_MAX
+        and b"\0" not in name
+        and any(name.startswith(p) and len(name) > len(p) for p in XATTR_PREFIXES)
+    )
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class XattrEntry:
+    """One extended attribute as stored: the value itself, or the blocks that hold it."""
+
+    name: bytes
+    length: int
+    value: bytes | None = None  # XV_INLINE
+    crc: int = 0  # XV_BLOCKS: crc32c of the value
+    blocks: tuple[int, ...] = ()  # XV_BLOCKS: its blocks, in order
+
+    @property
+    def size(self) -> int:
+        """Bytes the entry takes in the block (8-aligned)."""
+        body = (
+            self.length if self.value is not None else XATTR_BLOCKS_REF.size + 8 * len(self.blocks)
+        )
+        return -(-(XATTR_ENTRY.size + len(self.name) + body) // 8) * 8
+
+
+def value_blocks(length: int) -> int:
+    """Blocks a value of ``length`` bytes needs when stored outside the xattr block."""
+    return -(-length // BLOCK_SIZE) if length > XATTR_INLINE_MAX else 0
+
+
+def pack_xattr_block(owner: int, blockno: int, entries: list[XattrEntry]) -> bytes:
+    """The xattr block holding ``entries`` (sorted by name by the caller), sealed.
+
+    Caller has checked that they fit (``sum(e.size) <= XATTR_AREA``).
+    """
+    block = bytearray(BLOCK_SIZE)
+    pos = XATTR_ENTRIES
+    for e in entries:
+        kind = XV_INLINE if e.value is not None else XV_BLOCKS
+        XATTR_ENTRY.pack_into(block, pos, len(e.name), kind, 0, e.length)
+        at = pos + XATTR_ENTRY.size
+        block[at : at + len(e.name)] = e.name
+        at += len(e.name)
+        if e.value is not None:
+            block[at : at + e.length] = e.value
+        else:
+            XATTR_BLOCKS_REF.pack_into(block, at, e.crc, len(e.blocks))
+            at += XATTR_BLOCKS_REF.size
+            struct.pack_into(f"<{len(e.blocks)}Q", block, at, *e.blocks)
+        pos += e.size
+    assert pos <= BLOCK_SIZE, f"xattr entries overflow the block: {pos}"
+    XATTR_HEADER.pack_into(
+        block, 0, XATTR_MAGIC, 0, owner, blockno, len(entries), pos - XATTR_ENTRIES, 0
+    )
+    struct.pack_into("<I", block, XATTR_CRC_OFFSET, crc32c(block))
+    return bytes(block)
+
+
+def unpack_xattr_block(
+    block: bytes | bytearray | memoryview, owner: int, blockno: int
+) -> list[XattrEntry]:
+    """Decode and check the xattr block ``blockno`` of inode ``owner``.
+
+    Checks everything a reader relies on: magic, checksum, owner, place, the
+    entry area's size, every entry's lengths and kind, names (a known-looking,
+    non-empty name of at most XATTR_NAME_MAX bytes without NUL, sorted and
+    unique), the value kind its length calls for, and that a value's block
+    count fits its length.  Block numbers are not checked against the
+    geometry here (the caller knows it: ``XattrStore``, fsck).
+
+    Raises:
+        Corrupted (EUCLEAN): names the inode, the block and what is wrong.
+    """
+    where = f"inode {owner}: xattr block {blockno}"
+    view = memoryview(block)
+    magic, stored, own, place, count, used, reserved = XATTR_HEADER.unpack_from(view, 0)
+    if magic != XATTR_MAGIC:
+        raise Corrupted(f"{where}: bad magic {magic:#x}")
+    if checksum_with_hole(view, XATTR_CRC_OFFSET) != stored:
+        raise Corrupted(f"{where}: checksum mismatch")
+    if own != owner or place != blockno:
+        raise Corrupted(f"{where}: says it is block {place} of inode {own}")
+    if reserved or used > XATTR_AREA or used % 8 or not count <= used // 8:
+        raise Corrupted(f"{where}: header (count {count}, used {used}, reserved {reserved})")
+    out: list[XattrEntry] = []
+    pos, end = XATTR_ENTRIES, XATTR_ENTRIES + used
+    for i in range(count):
+        if pos + XATTR_ENTRY.size > end:
+            raise Corrupted(f"{where}: entry {i} runs past the {used} bytes in use")
+        nlen, kind, res, length = XATTR_ENTRY.unpack_from(view, pos)
+        at = pos + XATTR_ENTRY.size
+        name = bytes(view[at : at + nlen])
+        at += nlen
+        if res or not xattr_name_ok(name):
+            raise Corrupted(f"{where}: entry {i} has a bad name {name[:32]!r} (reserved {res})")
+        if out and name <= out[-1].name:
+            raise Corrupted(f"{where}: entry {name!r} is out of order or repeated")
+        if length > XATTR_SIZE_MAX or kind != (XV_BLOCKS if value_blocks(length) else XV_INLINE):
+            raise Corrupted(f"{where}: entry {name!r}: value of {length} bytes, kind {kind}")
+        if kind == XV_INLINE:
+            entry = XattrEntry(name, length, bytes(view[at : at + length]))
+        else:
+            if at + XATTR_BLOCKS_REF.size > end:
+                raise Corrupted(f"{where}: entry {name!r} runs past the bytes in use")
+            crc, nblocks = XATTR_BLOCKS_REF.unpack_from(view, at)
+            at += XATTR_BLOCKS_REF.size
+            if nblocks != value_blocks(length) or at + 8 * nblocks > end:
+                raise Corrupted(f"{where}: entry {name!r}: {nblocks} blocks for {length} bytes")
+            blocks = struct.unpack_from(f"<{nblocks}Q", view, at)
+            entry = XattrEntry(name, length, None, crc, blocks)
+        pos += entry.size
+        if pos > end:
+            raise Corrupted(f"{where}: entry {name!r} runs past the {used} bytes in use")
+        out.append(entry)
+    if pos != end:
+        raise Corrupted(f"{where}: {count} entries take {pos - XATTR_ENTRIES} bytes, not {used}")
+    return out

@@ -5,6 +5,15 @@ inodes, list heads) change inside transactions.  ``dirty(tx)`` puts block 0 in
 the transaction's write set with a seal that packs ``sb`` into it just before
 commit, and arranges for ``sb`` to be re-read from the device if the
 transaction aborts, so memory never runs ahead of the media.
+
+The geometry (bytes 0..191) is written by mkfs and not journaled, with one
+exception: ``enable(tx, bit)`` sets a ro_compat feature bit (the first
+extended attribute of an image sets ``RO_COMPAT_XATTR``); that transaction
+also journals the line holding the feature fields (bytes 64..127), so the
+checksum it seals covers the bytes the device will hold.  Recovery reads the
+geometry without the checksum and replays before it checks (mount.recover),
+so a crash in that transaction's apply leaves the bit either clear or set
+with a valid block after replay.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ SUPER_BLOCK = 0
 COUNTERS_START = 192
 COUNTERS_END = (SB_SIZE + 63) // 64 * 64
 SB_CRC_LINE = SB_CRC_OFFSET // 64 * 64
+#: the line holding feature_compat, _incompat, _ro_compat (bytes 104..115)
+FEATURES_LINE = 64
 #: ``SuperState._log`` makes its two records in C (``_create.seal_super``); tests turn
 #: it off to run the Python code, the reference
 NATIVE_SEAL = True
@@ -44,6 +55,8 @@ class SuperState:
         #: bytes 0..191 (the geometry, never changed after mkfs) as ``pack_fields``
         #: packs ``sb``: made at the first ``_log``, forgotten when ``reload`` changes sb
         self._head: bytes | None = None
+        #: the transaction that changed a feature bit (its ``_log`` journals that line)
+        self._features_in: Transaction | None = None
 
     def dirty(self, tx: Transaction) -> Superblock:
         """Mark the superblock changed in ``tx``; return it for modification.
@@ -57,6 +70,20 @@ class SuperState:
             tx.on_abort(self.reload)
         return self.sb
 
+    def enable(self, tx: Transaction, ro_compat: int) -> None:
+        """Set the ro_compat feature bits ``ro_compat`` in ``tx`` (nothing if set).
+
+        The bits are never cleared: a version that does not know one may then
+        mount the image read-only only (mount, docs/FORMAT.md).
+        """
+        sb = self.sb
+        if sb.feature_ro_compat & ro_compat == ro_compat:
+            return
+        self.dirty(tx)
+        sb.feature_ro_compat |= ro_compat
+        self._head = None  # the geometry's bytes changed: pack them again
+        self._features_in = tx
+
     def _log(self, tx: Transaction) -> None:
         """Journal the counters and a checksum over the block as it will be on the device.
 
@@ -65,6 +92,11 @@ class SuperState:
         over the device's block with the new counters in place, so that the
         block stays valid whatever those bytes hold.
         """
+        if self._features_in is tx:  # enable(): the feature fields' line too
+            self._features_in = None
+            packed = bytearray(COUNTERS_START + SB_SIZE)
+            self.sb.pack_fields(packed)
+            tx.log_meta(FEATURES_LINE, packed[FEATURES_LINE : FEATURES_LINE + 64])
         if NATIVE_SEAL:  # the code below in C: the geometry packed once, the counters
             head = self._head
             if head is None:
@@ -113,3 +145,4 @@ class SuperState:
             setattr(self.sb, field.name, getattr(fresh, field.name))
         self._dirty_in = None
         self._head = None
+        self._features_in = None

@@ -46,6 +46,8 @@ def offsets(fmt: str) -> list[tuple[int, int]]:
         ("## Superblock", layout._SB.format),
         ("## Inodes", layout._INODE.format),
         ("### Header (block", layout._JH.format),
+        ("### Xattr block", layout.XATTR_HEADER.format),
+        ("### Xattr entry", layout.XATTR_ENTRY.format),
     ],
 )
 def test_struct_fields_match_the_document(heading: str, fmt: str) -> None:

@@ -150,6 +150,8 @@ class State:
     unknown_claims: set[int] = dataclasses.field(default_factory=set)
     #: what each damaged inode claims weakly: (start, length) runs, in the data area
     weak_runs: dict[int, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)
+    #: live inodes with a sound xattr block (daxfs.fs.fsck.xattrs)
+    xattr_inodes: int = 0
     #: orphans with no link whose map is damaged: repair frees them (mount would)
     reaped: set[int] = dataclasses.field(default_factory=set)
     #: written blocks past the size: a truncate to finish (through the orphan list)

@@ -99,6 +99,7 @@ from daxfs.fs.namei import MAX_PATH
 from .context import STATIC, Apply, Context, Fix, Repairing, Stage, State
 from .fixes import replace_record, set_fields, set_super
 from .salvage import claim_record, new_root, salvage_dir, unverified
+from .xattrs import check_feature, check_xattrs
 
 KNOWN_FLAGS = IFLAG_ORPHAN | IFLAG_TRUNCATE
 #: flags each file type may carry (the root and the inode file: none)
@@ -136,6 +137,7 @@ def check_inodes(ctx: Context, s: State) -> bool:
         ctx.report.complete = False
         return False
     _slots(ctx, s)
+    check_feature(ctx, s)
     for ino, p in s.damaged_dirs:
         salvage_dir(ctx, s, ino, p)
     _counters(ctx, s)
@@ -331,6 +333,7 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
     except Corrupted as exc:
         p = ctx.problem(where, _text(exc).removeprefix(f"{where}: "))
         s.bad_map[ino] = p
+        _claim(ctx, s, ino, [(b, 1) for b in check_xattrs(ctx, s, ino, rec)])
         if fmt == st.S_IFDIR:
             s.damaged_dirs.append((ino, p))  # salvaged once every record is known
         else:
@@ -347,6 +350,7 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
         )
     owned = _claim(ctx, s, ino, [(e.pblk, e.length) for e in extents])
     owned += _claim_nodes(ctx, s, ino, nodes)
+    owned += _claim(ctx, s, ino, [(b, 1) for b in check_xattrs(ctx, s, ino, rec)])
     _check_blocks(ctx, s, ino, rec, owned)
     if fmt == st.S_IFDIR:
         if rec.size:  # a directory's size is its blocks (st_size), never stored

@@ -19,10 +19,12 @@ Invariants
 
 from __future__ import annotations
 
+import contextlib
 import stat as st
 import struct
 from collections.abc import Callable, Iterator
 
+from daxfs.errors import Corrupted
 from daxfs.fs.layout import (
     BLOCK_SIZE,
     DT_DIR,
@@ -48,9 +50,11 @@ from daxfs.fs.layout import (
     NODE_MAGIC,
     TREE_DIRECTORY,
     TREE_EXTENTS,
+    XATTR_TYPES,
     InodeRecord,
     checksum_with_hole,
     node_ok,
+    unpack_xattr_block,
 )
 
 from .context import Context, Fix, Salvage, Stage, State
@@ -81,6 +85,13 @@ def claim_record(s: State, ino: int, rec: InodeRecord) -> None:
     elif rec.map_kind == MAP_BTREE:
         for pblk, length in _salvage_tree(s, rec.map_root):
             s.claim_weak(ino, pblk, length)
+    if st.S_IFMT(rec.mode) in XATTR_TYPES and rec.xattr:  # its xattr block, and values
+        s.claim_weak(ino, rec.xattr, 1)
+        if s.sb.data_start <= rec.xattr < s.sb.block_count - 1:
+            with contextlib.suppress(Corrupted):
+                for e in unpack_xattr_block(s.store.block(rec.xattr), ino, rec.xattr):
+                    for b in e.blocks:
+                        s.claim_weak(ino, b, 1)
 
 
 def _salvage_tree(s: State, root: int) -> Iterator[tuple[int, int]]:

@@ -14,7 +14,8 @@ Checks
   2. Each superblock: magic, checksum, geometry (``Superblock.check_geometry``),
      zeros between its fields and its checksum (a journaled update of the
      counters packs zeros there, which would break a checksum over anything
-     else); primary and backup describe the same filesystem.
+     else); primary and backup describe the same filesystem (the primary may
+     have ro_compat bits the backup lacks until the next clean unmount).
   3. Feature bits this version knows (else nothing more can be checked).
   4. What no checksum of the journal covers (``Journal.problems``): sequence
      numbers below ``daxfs.fs.journal.SEQ_LIMIT``, ``applied_seq`` never ahead
@@ -26,6 +27,8 @@ Checks
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from daxfs.errors import Corrupted
 from daxfs.fs.journal import Journal
@@ -146,7 +149,11 @@ def check_superblocks(ctx: Context) -> Superblock | None:
         dev.write(0, backup.to_block())
         bad_primary.repaired = True
         primary = backup
-    elif backup is not None and dev.read(0, FIXED) != dev.read(last, FIXED):
+    elif (
+        backup is not None
+        and dev.read(0, FIXED) != dev.read(last, FIXED)
+        and not _features_added(primary, backup)
+    ):
         what = "geometry" if not same_geometry(primary, backup) else "fields fixed at mkfs"
         p = ctx.problem("backup superblock", f"{what} differ from the primary's")
         if ctx.repair:
@@ -176,6 +183,16 @@ def check_superblocks(ctx: Context) -> Superblock | None:
             "superblock", f"unknown state {primary.state}", Fix(Stage.INODE_TABLE, _clean_state)
         )
     return primary
+
+
+def _features_added(primary: Superblock, backup: Superblock) -> bool:
+    """Whether the primary differs from the backup only by ro_compat bits it added:
+    a transaction set them (``SuperState.enable``), and the backup takes them at the
+    next clean unmount (``SuperState.update_backup``); until then that is no damage."""
+    if backup.feature_ro_compat & ~primary.feature_ro_compat:
+        return False
+    caught_up = dataclasses.replace(backup, feature_ro_compat=primary.feature_ro_compat)
+    return caught_up.to_block()[:FIXED] == primary.to_block()[:FIXED]
 
 
 def _clean_state(r: Repairing) -> None:

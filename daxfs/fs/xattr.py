@@ -1,0 +1,377 @@
+"""Extended attributes: one xattr block per inode, values in blocks of their own.
+
+Theory of operation
+-------------------
+An inode's extended attributes live in its *xattr block*, whose number is the
+last 8 bytes of the inode's inline area (``InodeRecord.xattr``, 0: none;
+docs/FORMAT.md, "Extended attributes").  The block holds every entry, sorted
+by full name (``user.x``): the name, and the value itself when it is short
+(at most ``XATTR_INLINE_MAX`` bytes), else the list of the blocks that hold
+it and its crc32c.  An inode has no room for entries in its record (the 256
+bytes are the map's and the fields'), so "inline" here means *in the xattr
+block*; a value too long for it goes to blocks of its own, at most 16 for
+the 64 KiB Linux allows.  All entries share the block's 4032 bytes: an
+attribute that does not fit is ENOSPC, as on ext4 without ``ea_inode``.
+
+Every change is one transaction of the caller's (``set``, ``remove``,
+``free_all``): the xattr block is changed through ``Transaction.write`` (its
+changed lines are journaled) or, for the inode's first attribute, allocated
+and written in place as a new block; a long value is written into new blocks
+(in place, flushed before the commit point), and the blocks of the value it
+replaces are freed in the same transaction.  So a crash leaves the old set
+of attributes or the new one, never a mix.  The inode counts the xattr block
+and the value blocks in ``blocks`` (st_blocks), as ext4 counts its xattr
+block.  The first attribute of an image also sets ``RO_COMPAT_XATTR`` in the
+superblock, in the same transaction (``SuperState.enable``).
+
+What is read from the media is checked before use: the block
+(``layout.unpack_xattr_block``: magic, checksum, owner, place, every length,
+name and count), every value block number (inside the data area, none
+twice), and a long value's crc32c.  A failure is EUCLEAN naming the inode.
+
+Which names, on which files (as Linux allows them, fs/xattr.c and
+security/commoncap.c):
+
+* ``user.``: regular files and directories only; anything else is EPERM to
+  change and has none to read (ENODATA), as Linux's ``xattr_permission``.
+* ``trusted.``: read and written only with CAP_SYS_ADMIN, which daxfs
+  takes to be an effective uid of 0 (``privileged``); without it a
+  ``trusted.`` name is EPERM and ``listxattr`` leaves such names out.
+* ``security.``: anyone reads, only CAP_SYS_ADMIN writes (commoncap's rule
+  with no security module to decide otherwise).
+* ``system.`` (POSIX ACLs) and every other prefix: EOPNOTSUPP, as Linux for
+  a filesystem without the handler; a known prefix with nothing after it
+  (``user.``) is EINVAL; an empty name or one past 255 bytes is ERANGE; a
+  value past 64 KiB is E2BIG.
+* A symbolic link itself (``follow_symlinks=False``) carries none: its
+  inline area may be its whole target.  Changing one is EPERM for ``user.``
+  (as Linux) and EOPNOTSUPP for the others (Linux would store them).
+
+Invariants
+  1. An inode has an xattr block iff it has at least one attribute; the
+     block's entries are sorted by name, names unique and valid
+     (``xattr_name_ok``), and their sizes fit the block.
+  2. Every block the block or its entries name is allocated in the bitmap
+     and owned by that inode alone; ``blocks`` counts them.
+  3. A value of at most XATTR_INLINE_MAX bytes is in the block, a longer one
+     in exactly ``value_blocks(length)`` blocks whose crc32c the entry holds.
+  4. Only regular files and directories have an xattr block.
+  5. An image any of whose inodes has an xattr block has RO_COMPAT_XATTR.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+
+from daxfs.errors import (
+    BadRange,
+    Corrupted,
+    Exists,
+    InvalidArgument,
+    NoData,
+    NoSpace,
+    NotPermitted,
+    NotSupported,
+    TooBig,
+)
+from daxfs.fs.alloc import Allocator
+from daxfs.fs.inode import Inode, InodeTable
+from daxfs.fs.journal import Transaction
+from daxfs.fs.layout import (
+    BLOCK_SIZE,
+    RO_COMPAT_XATTR,
+    XATTR_AREA,
+    XATTR_NAME_MAX,
+    XATTR_PREFIXES,
+    XATTR_SIZE_MAX,
+    XATTR_TYPES,
+    XattrEntry,
+    crc32c,
+    pack_xattr_block,
+    unpack_xattr_block,
+    value_blocks,
+)
+from daxfs.fs.store import Reader
+from daxfs.fs.super import SuperState
+
+#: os.setxattr's flags: fail if the attribute exists / does not exist
+XATTR_CREATE = getattr(os, "XATTR_CREATE", 1)
+XATTR_REPLACE = getattr(os, "XATTR_REPLACE", 2)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+#: whether the caller has what Linux asks of trusted. and of writes to security.
+#: (CAP_SYS_ADMIN): an effective uid of 0; tests replace it
+privileged: Callable[[], bool] = _is_root
+
+
+def attribute_name(attribute: object, shown: str) -> bytes:
+    """The name ``attribute`` (str or bytes, as os takes it) as bytes.
+
+    Raises:
+        TypeError: not str or bytes.
+        BadRange (ERANGE): empty, or longer than 255 bytes (as Linux).
+        InvalidArgument (EINVAL): it holds a NUL byte.
+    """
+    if isinstance(attribute, str):
+        name = os.fsencode(attribute)
+    elif isinstance(attribute, bytes):
+        name = attribute
+    else:
+        raise TypeError(f"attribute name must be str or bytes, not {type(attribute).__name__}")
+    if not 0 < len(name) <= XATTR_NAME_MAX:
+        raise BadRange(f"xattr name of {len(name)} bytes (1 to {XATTR_NAME_MAX}): {shown}", shown)
+    if b"\0" in name:
+        raise InvalidArgument(f"xattr name holds a NUL byte: {shown}", shown)
+    return name
+
+
+def check_set(value: object, flags: object, shown: str) -> bytes:
+    """The value to store, after os.setxattr's checks of ``value`` and ``flags``.
+
+    Raises:
+        TypeError: ``value`` is not bytes-like, ``flags`` not an int.
+        InvalidArgument (EINVAL): unknown flag bits.
+        TooBig (E2BIG): the value is longer than 64 KiB.
+    """
+    if not isinstance(flags, int) or isinstance(flags, bool):
+        raise TypeError(f"flags must be an int, not {type(flags).__name__}")
+    if flags & ~(XATTR_CREATE | XATTR_REPLACE):
+        raise InvalidArgument(f"unknown setxattr flags {flags:#x}: {shown}", shown)
+    try:
+        data = bytes(memoryview(value))  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"xattr value must be bytes-like, not {type(value).__name__}") from None
+    if len(data) > XATTR_SIZE_MAX:
+        raise TooBig(f"xattr value of {len(data)} bytes (at most {XATTR_SIZE_MAX}): {shown}", shown)
+    return data
+
+
+def _namespace(name: bytes, shown: str) -> bytes:
+    """The prefix of ``name`` (``b"user."``, ...).
+
+    Raises:
+        NotSupported (EOPNOTSUPP): a namespace daxfs does not store.
+        InvalidArgument (EINVAL): the prefix alone.
+    """
+    for prefix in XATTR_PREFIXES:
+        if name.startswith(prefix):
+            if len(name) == len(prefix):
+                raise InvalidArgument(f"xattr name {name!r} has nothing after its prefix", shown)
+            return prefix
+    raise NotSupported(f"xattr namespace of {name[:40]!r} is not supported: {shown}", shown)
+
+
+def check_access(inode: Inode, name: bytes, write: bool, shown: str) -> bool:
+    """Check that ``name`` may be read (or changed: ``write``) on ``inode``.
+
+    Returns False when a read must find nothing (ENODATA) without looking:
+    ``user.`` on a file type that carries none.
+
+    Raises:
+        NotSupported (EOPNOTSUPP), InvalidArgument (EINVAL): the namespace.
+        NotPermitted (EPERM): ``trusted.`` without privilege, a write to
+            ``security.`` without it, a write of ``user.`` on a type other than
+            a regular file or a directory.
+        NotSupported (EOPNOTSUPP): a write to a symbolic link itself.
+    """
+    prefix = _namespace(name, shown)
+    if (prefix == b"trusted." or (write and prefix == b"security.")) and not privileged():
+        raise NotPermitted(f"{prefix.decode()} xattrs need CAP_SYS_ADMIN: {shown}", shown)
+    if inode.fmt in XATTR_TYPES:
+        return True
+    if write and prefix == b"user.":
+        raise NotPermitted(f"user xattrs only on regular files and directories: {shown}", shown)
+    if write:
+        raise NotSupported(f"daxfs stores no xattrs on a symbolic link: {shown}", shown)
+    return False
+
+
+def visible(name: bytes) -> bool:
+    """Whether listxattr shows ``name`` to this caller (``trusted.`` needs privilege)."""
+    return not name.startswith(b"trusted.") or privileged()
+
+
+class XattrStore:
+    """Reads and changes the xattr blocks of inodes (module docstring)."""
+
+    def __init__(
+        self, store: Reader, alloc: Allocator, itable: InodeTable, sup: SuperState
+    ) -> None:
+        self.store = store
+        self.alloc = alloc
+        self.itable = itable
+        self.sup = sup
+
+    # -- reading ----------------------------------------------------------------------
+
+    def entries(self, reader: Reader, inode: Inode) -> list[XattrEntry]:
+        """The attributes of ``inode`` as ``reader`` sees them, checked (none: []).
+
+        Raises:
+            Corrupted (EUCLEAN): the block or a block number it names is bad.
+        """
+        blockno = inode.rec.xattr
+        if blockno == 0:
+            return []
+        self._check_block(inode.ino, blockno, "its xattr block")
+        entries = unpack_xattr_block(reader.read(blockno), inode.ino, blockno)
+        seen = {blockno}
+        for e in entries:
+            for b in e.blocks:
+                self._check_block(inode.ino, b, f"xattr {e.name!r}")
+                if b in seen:
+                    raise Corrupted(f"inode {inode.ino}: xattr block {b} is named twice")
+                seen.add(b)
+        return entries
+
+    def _check_block(self, ino: int, blockno: int, what: str) -> None:
+        sb = self.sup.sb
+        if not sb.data_start <= blockno < sb.block_count - 1:
+            raise Corrupted(f"inode {ino}: {what} is block {blockno}, outside the data area")
+
+    def value(self, reader: Reader, inode: Inode, entry: XattrEntry) -> bytes:
+        """The value of ``entry`` (an entry of ``inode``'s, from ``entries``).
+
+        Raises:
+            Corrupted (EUCLEAN): a value in blocks fails its crc32c.
+        """
+        if entry.value is not None:
+            return entry.value
+        out = bytearray()
+        for b in entry.blocks:
+            out += reader.read(b)
+        data = bytes(out[: entry.length])
+        if crc32c(data) != entry.crc:
+            raise Corrupted(f"inode {inode.ino}: xattr {entry.name!r}: value checksum mismatch")
+        return data
+
+    def get(self, reader: Reader, inode: Inode, name: bytes, shown: str) -> bytes:
+        """The value of attribute ``name``.
+
+        Raises:
+            NoData (ENODATA): no such attribute; Corrupted (EUCLEAN).
+        """
+        for e in self.entries(reader, inode):
+            if e.name == name:
+                return self.value(reader, inode, e)
+        raise NoData(f"no xattr {os.fsdecode(name)!r}: {shown}", shown)
+
+    def owned(self, reader: Reader, inode: Inode) -> list[int]:
+        """Every block the attributes of ``inode`` own: the xattr block, value blocks.
+
+        Raises:
+            Corrupted (EUCLEAN): as ``entries``.
+        """
+        entries = self.entries(reader, inode)
+        if not entries and inode.rec.xattr == 0:
+            return []
+        return [inode.rec.xattr, *(b for e in entries for b in e.blocks)]
+
+    # -- changes (caller holds the transaction, the filesystem and inode locks) ----------
+
+    def set(
+        self, tx: Transaction, inode: Inode, name: bytes, value: bytes, flags: int, shown: str
+    ) -> None:
+        """Set attribute ``name`` of ``inode`` to ``value`` in ``tx``.
+
+        Raises:
+            Exists (EEXIST): XATTR_CREATE and it exists.
+            NoData (ENODATA): XATTR_REPLACE and it does not.
+            NoSpace (ENOSPC): the entries would not fit the xattr block, or no
+                blocks are free.
+            Corrupted (EUCLEAN): the attributes on media are damaged.
+            On an error the caller's transaction aborts: nothing changed.
+        """
+        entries = self.entries(tx, inode)
+        old = next((e for e in entries if e.name == name), None)
+        if old is not None and flags & XATTR_CREATE:
+            raise Exists(f"xattr {os.fsdecode(name)!r} exists: {shown}", shown)
+        if old is None and flags & XATTR_REPLACE:
+            raise NoData(f"no xattr {os.fsdecode(name)!r}: {shown}", shown)
+        n = value_blocks(len(value))
+        new = XattrEntry(name, len(value), value if n == 0 else None, crc32c(value), (0,) * n)
+        rest = [e for e in entries if e.name != name]
+        if sum(e.size for e in rest) + new.size > XATTR_AREA:
+            raise NoSpace(
+                f"xattrs of this file would not fit its {BLOCK_SIZE}-byte xattr block: {shown}",
+                shown,
+            )
+        rec = self.itable.dirty(tx, inode)
+        if n:
+            blocks = [
+                b for start, length in self.alloc.alloc(tx, n) for b in range(start, start + length)
+            ]
+            for i, b in enumerate(blocks):
+                piece = value[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
+                block = tx.new_block(b)
+                block[: len(piece)] = piece
+                block[len(piece) :] = bytes(BLOCK_SIZE - len(piece))
+            rec.blocks += n
+            new = XattrEntry(name, len(value), None, new.crc, tuple(blocks))
+        if old is not None:
+            self._free_value(tx, inode, old)
+        self._store(tx, inode, sorted([*rest, new], key=lambda e: e.name))
+        self.sup.enable(tx, RO_COMPAT_XATTR)
+
+    def remove(self, tx: Transaction, inode: Inode, name: bytes, shown: str) -> None:
+        """Remove attribute ``name`` of ``inode`` in ``tx``.
+
+        Raises:
+            NoData (ENODATA): no such attribute; Corrupted (EUCLEAN).
+        """
+        entries = self.entries(tx, inode)
+        old = next((e for e in entries if e.name == name), None)
+        if old is None:
+            raise NoData(f"no xattr {os.fsdecode(name)!r}: {shown}", shown)
+        self._free_value(tx, inode, old)
+        self._store(tx, inode, [e for e in entries if e.name != name])
+
+    def free_all(self, tx: Transaction, inode: Inode) -> None:
+        """Free every block the attributes of ``inode`` own (it is being freed).
+
+        Raises:
+            Corrupted (EUCLEAN): the attributes on media are damaged (nothing
+                is freed: the blocks stay leaked for fsck rather than guessed).
+        """
+        if inode.rec.xattr == 0:
+            return
+        for e in self.entries(tx, inode):
+            self._free_value(tx, inode, e)
+        self._store(tx, inode, [])
+
+    def _free_value(self, tx: Transaction, inode: Inode, entry: XattrEntry) -> None:
+        for b in entry.blocks:
+            tx.forget(b)
+            self.alloc.free(tx, b, 1)
+        self.itable.dirty(tx, inode).blocks -= len(entry.blocks)
+
+    def _store(self, tx: Transaction, inode: Inode, entries: list[XattrEntry]) -> None:
+        """Write ``entries`` as the xattr block of ``inode`` (none: free the block)."""
+        rec = self.itable.dirty(tx, inode)
+        blockno = rec.xattr
+        if not entries:
+            if blockno:
+                tx.forget(blockno)
+                self.alloc.free(tx, blockno, 1)
+                rec.blocks -= 1
+                rec.xattr = 0
+            return
+        if blockno == 0:
+            blockno = self.alloc.alloc_one(tx)
+            view = tx.new_block(blockno)
+            rec.blocks += 1
+            rec.xattr = blockno
+        else:
+            view = tx.write(blockno)
+        view[:] = pack_xattr_block(inode.ino, blockno, entries)
+
+
+def carries_xattrs(mode: int) -> bool:
+    """Whether an inode of ``mode`` may have an xattr block (invariant 4)."""
+    return stat.S_IFMT(mode) in XATTR_TYPES
