@@ -14,7 +14,8 @@ SQLite's crash tests and CrashMonkey do, but at every persist point:
        be *after* (it reported success, so its effect is durable)
 
 A ``Snapshot`` is what the test compares: by default every path with its
-type, mode, link count, size and contents (or link target); times are left
+type, mode, link count, size and contents (or link target) and extended
+attributes; times are left
 out unless asked for, since a crash may legitimately keep either time.
 
 Everything is reproducible: the crash states are seeded by the fence number.
@@ -43,7 +44,8 @@ DEFAULT_SIZE = 16 << 20
 
 
 def snapshot(fs: FileSystem, *, times: bool = False) -> Snapshot:
-    """Every path under / with what a user can observe of it (st_blocks too)."""
+    """Every path under / with what a user can observe of it (st_blocks and extended
+    attributes too)."""
     out: Snapshot = {}
     stack = ["/"]
     while stack:
@@ -60,10 +62,17 @@ def snapshot(fs: FileSystem, *, times: bool = False) -> Snapshot:
             with fs.open(path, "rb") as f:
                 data = f.read()
             facts += (s.st_size, s.st_blocks, hashlib.sha256(data).hexdigest()[:16])
+        if not st.S_ISLNK(s.st_mode):  # extended attributes: names and values
+            names = sorted(fs.listxattr(path))
+            facts += (tuple((n, _digest(fs.getxattr(path, n))) for n in names),)
         if times:
             facts += (s.st_mtime_ns, s.st_atime_ns)
         out[path] = facts
     return out
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 @dataclasses.dataclass

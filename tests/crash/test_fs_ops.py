@@ -80,6 +80,21 @@ def truncate(size: int) -> object:
     return op
 
 
+def with_xattrs(fs: FileSystem) -> None:
+    """base, and extended attributes: short ones, a value in blocks, on a directory."""
+    base(fs)
+    fs.setxattr("/d/file", "user.short", b"s" * 40)
+    fs.setxattr("/d/file", "user.long", bytes(range(256)) * 40)  # 10 KiB: 3 blocks
+    fs.setxattr("/d/other", "user.only", b"the only one")
+    fs.setxattr("/d", "trusted.dir", b"on a directory")
+
+
+def open_unlinked_with_xattrs(fs: FileSystem) -> None:
+    f = fs.open("/d/file", "rb")
+    fs.unlink("/d/file")
+    f.close()
+
+
 OPERATIONS = {
     "create": (base, lambda fs: fs.open("/d/new", "xb").close()),
     "open with truncate": (base, lambda fs: fs.open("/d/file", "wb").close()),
@@ -111,6 +126,28 @@ OPERATIONS = {
     "long symlink": (base, lambda fs: fs.symlink("t" * 300, "/d/sub/ln")),
     "chmod": (base, lambda fs: fs.chmod("/d/file", 0o600)),
     "writable mmap of a sparse file": (sparse, map_writable),
+    # extended attributes (the first of an image also sets the superblock's feature bit)
+    "setxattr first": (base, lambda fs: fs.setxattr("/d/file", "user.a", b"first")),
+    "setxattr long value first": (base, lambda fs: fs.setxattr("/d/file", "user.a", bytes(9000))),
+    "setxattr add": (with_xattrs, lambda fs: fs.setxattr("/d/file", "user.b", b"added")),
+    "setxattr replace short": (
+        with_xattrs,
+        lambda fs: fs.setxattr("/d/file", "user.short", b"new", os.XATTR_REPLACE),
+    ),
+    "setxattr replace long by long": (
+        with_xattrs,
+        lambda fs: fs.setxattr("/d/file", "user.long", b"L" * 65536),
+    ),
+    "setxattr replace long by short": (
+        with_xattrs,
+        lambda fs: fs.setxattr("/d/file", "user.long", b"now short"),
+    ),
+    "setxattr on a directory": (with_xattrs, lambda fs: fs.setxattr("/d/sub", "user.x", b"x")),
+    "removexattr": (with_xattrs, lambda fs: fs.removexattr("/d/file", "user.long")),
+    "removexattr the last": (with_xattrs, lambda fs: fs.removexattr("/d/other", "user.only")),
+    "unlink with xattrs": (with_xattrs, lambda fs: fs.unlink("/d/file")),
+    "unlink open file with xattrs": (with_xattrs, open_unlinked_with_xattrs),
+    "rename over a file with xattrs": (with_xattrs, lambda fs: fs.rename("/d/other", "/d/file")),
 }
 
 TIMED = {"utime": (base, lambda fs: fs.utime("/d/file", ns=(10**18, 2 * 10**18)))}
@@ -157,3 +194,32 @@ def test_harness_detects_a_non_atomic_operation() -> None:
 
 
 assert os.sep == "/"
+
+
+def test_harness_catches_an_xattr_block_rewritten_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A planted bug: the live xattr block written in place, outside the journal, so a
+    crash before the commit point shows the new attributes with the old block count.
+    The crash check must catch it (it would pass if snapshots ignored xattrs)."""
+    from daxfs.fs import xattr
+    from daxfs.fs.layout import pack_xattr_block
+
+    real = xattr.XattrStore._store
+
+    def in_place(self: xattr.XattrStore, tx: object, inode: object, entries: list) -> None:  # type: ignore[type-arg]
+        blockno = inode.rec.xattr  # type: ignore[attr-defined]
+        if blockno and entries:
+            self.store.block(blockno)[:] = pack_xattr_block(inode.ino, blockno, entries)  # type: ignore[attr-defined]
+            return
+        real(self, tx, inode, entries)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(xattr.XattrStore, "_store", in_place)
+    setup, _ = OPERATIONS["setxattr add"]
+    with pytest.raises(
+        AssertionError,
+        match=r"fence \d+: (mount after the crash failed|.*neither before nor after|.*fsck)",
+    ):
+        check_operation(
+            setup, lambda fs: fs.setxattr("/d/file", "user.b", b"added"), states_per_fence=3
+        )
