@@ -34,11 +34,15 @@ from daxfs.fs.layout import (
     NODE_HEADER,
     SB_CRC_OFFSET,
     TREE_DIRECTORY,
+    XATTR_CRC_OFFSET,
     InodeRecord,
     JournalHeader,
     Superblock,
+    XattrEntry,
     crc32c,
+    pack_xattr_block,
     seal_node,
+    unpack_xattr_block,
 )
 from daxfs.fs.mount import build_layers
 from daxfs.fs.store import PmemStore
@@ -136,6 +140,42 @@ def write_inode_bytes(dev: Device, ino: int, at: int, data: bytes) -> None:
     """Overwrite bytes of inode ``ino``'s record (checksum left as it was)."""
     blockno, offset = inode_address(dev, ino)
     dev.write((blockno << BLOCK_SHIFT) + offset + at, data)
+
+
+# -- extended attributes --------------------------------------------------------------------------
+
+
+def xattr_entries(dev: Device, ino: int) -> tuple[int, list[XattrEntry]]:
+    """(xattr block, its entries) of inode ``ino``."""
+    blockno = read_inode(dev, ino).xattr
+    return blockno, unpack_xattr_block(dev.read(blockno << BLOCK_SHIFT, BLOCK_SIZE), ino, blockno)
+
+
+def write_xattr_block(
+    dev: Device,
+    ino: int,
+    entries: list[XattrEntry],
+    *,
+    owner: int | None = None,
+    blockno: int | None = None,
+) -> None:
+    """Write ``entries`` (in the order given) as the xattr block of ``ino``, sealed;
+    ``owner`` and ``blockno`` lie about whose and where it is."""
+    at = read_inode(dev, ino).xattr
+    raw = pack_xattr_block(
+        ino if owner is None else owner, at if blockno is None else blockno, entries
+    )
+    dev.write(at << BLOCK_SHIFT, raw)
+
+
+def edit_xattr_block(dev: Device, ino: int, change: Callable[[bytearray], None]) -> None:
+    """Apply ``change`` to the xattr block of ``ino`` and reseal it."""
+    at = read_inode(dev, ino).xattr
+    block = bytearray(dev.read(at << BLOCK_SHIFT, BLOCK_SIZE))
+    change(block)
+    struct.pack_into("<I", block, XATTR_CRC_OFFSET, 0)
+    struct.pack_into("<I", block, XATTR_CRC_OFFSET, crc32c(block))
+    dev.write(at << BLOCK_SHIFT, block)
 
 
 # -- B+tree nodes and directories --------------------------------------------------------------
@@ -274,7 +314,8 @@ def sample(size: int = SIZE) -> Device:
     """A filesystem holding every kind of structure (built once, copied per call):
     nested directories, a 200-entry directory (a two-level tree), inline and
     B+tree extent maps, unwritten extents, hard links, inline and block symlinks,
-    a free inode on the free list."""
+    a free inode on the free list, extended attributes (in the block and in blocks
+    of their own, on a file and a directory)."""
     if size not in _TEMPLATE:
         dev = helpers.formatted(size)
         with daxfs.mount(dev) as fs:
@@ -299,6 +340,9 @@ def sample(size: int = SIZE) -> Device:
                     f.write(str(i).encode())
             fs.open("/gone", "wb").close()
             fs.unlink("/gone")  # its inode is on the free list
+            fs.setxattr("/a/file", "user.short", b"short value")
+            fs.setxattr("/a/file", "user.long", bytes(range(256)) * 24)  # 6 KiB: 2 blocks
+            fs.setxattr("/a", "trusted.dir", b"on a directory")
         _TEMPLATE[size] = dev.read(0, size)
     return SimulatedPmem(size, image=_TEMPLATE[size])
 
@@ -342,6 +386,9 @@ def observe(dev: Device, *, write: bool = True, limit: int = 10_000) -> Seen:
                 else:
                     with fs.open(path, "rb") as f:  # the first MiB: sizes may lie
                         seen.data[s.st_ino] = hashlib.sha256(f.read(1 << 20)).hexdigest()
+                if not stat.S_ISLNK(s.st_mode):  # extended attributes: names and values
+                    for name in fs.listxattr(path, follow_symlinks=False):
+                        fs.getxattr(path, name, follow_symlinks=False)
             seen.walked = True
         except Exception as exc:  # not only OSError: an API bug must show as a failed walk
             seen.error = f"walk: {exc!r}"

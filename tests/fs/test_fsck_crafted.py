@@ -694,3 +694,102 @@ def test_a_file_with_no_extent_and_a_size_past_the_maximum_becomes_empty() -> No
     crafting.edit_inode(dev, f, size=2**57)
     repaired(dev)
     assert crafting.read_inode(dev, f).size == 0
+
+
+# -- extended attributes ----------------------------------------------------------------------
+
+
+def _xattr_lie(dev: Device, lie: str) -> str:
+    """Make the xattr block of /a/file lie (checksum valid); the words fsck reports."""
+    f = ino(dev, "/a/file")
+    blockno, entries = crafting.xattr_entries(dev, f)
+    sb = crafting.superblock(dev)
+    long = next(e for e in entries if e.blocks)
+    other = crafting.read_inode(dev, ino(dev, "/frag"))
+    if lie == "owner":
+        crafting.write_xattr_block(dev, f, entries, owner=f + 1)
+        return f"xattr block {blockno}: says it is block {blockno} of inode {f + 1}"
+    if lie == "place":
+        crafting.write_xattr_block(dev, f, entries, blockno=blockno + 1)
+        return "says it is block"
+    if lie == "order":
+        crafting.write_xattr_block(dev, f, entries[::-1])
+        return "out of order or repeated"
+    if lie == "namespace":
+        bad = dataclasses.replace(entries[-1], name=b"bogus.name")
+        crafting.write_xattr_block(dev, f, [*entries[:-1], bad])
+        return "bad name"
+    if lie == "count":
+        crafting.edit_xattr_block(dev, f, lambda b: struct.pack_into("<H", b, 24, 7))
+        return "runs past"
+    if lie == "used":
+        crafting.edit_xattr_block(dev, f, lambda b: struct.pack_into("<H", b, 26, 4040))
+        return "header"
+    if lie == "value block outside":
+        bad = dataclasses.replace(long, blocks=(long.blocks[0], sb.block_count + 5))
+        crafting.write_xattr_block(dev, f, [bad if e is long else e for e in entries])
+        return "outside the data area"
+    if lie == "value block of another file":
+        # /frag's map is a B+tree: its root node, read as a value, fails the crc
+        bad = dataclasses.replace(long, blocks=(long.blocks[0], other.map_root))
+        crafting.write_xattr_block(dev, f, [bad if e is long else e for e in entries])
+        return "value checksum mismatch"
+    if lie == "pointer outside":
+        rec = crafting.read_inode(dev, f)
+        crafting.edit_inode(dev, f, inline=rec.inline[:120] + struct.pack("<Q", 3))
+        return "outside the data area"
+    if lie == "pointer at a data block":
+        rec = crafting.read_inode(dev, f)
+        crafting.edit_inode(dev, f, inline=rec.inline[:120] + struct.pack("<Q", other.map_root))
+        return "bad magic"
+    raise AssertionError(lie)
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        "owner",
+        "place",
+        "order",
+        "namespace",
+        "count",
+        "used",
+        "value block outside",
+        "value block of another file",
+        "pointer outside",
+        "pointer at a data block",
+    ],
+)
+def test_lying_xattr_block_is_found_and_repaired(lie: str) -> None:
+    dev = crafting.sample()
+    words = _xattr_lie(dev, lie)
+    with daxfs.mount(dev) as fs:  # the API refuses it as EUCLEAN, nothing else
+        with pytest.raises(OSError, match="inode") as info:
+            for name in fs.listxattr("/a/file"):
+                fs.getxattr("/a/file", name)
+        assert info.value.errno == 117
+    found(dev, words)
+    repaired(dev)
+    assert read(dev, "/a/file") == b"x" * 10000
+    assert read(dev, "/frag")[:1] == b"A"
+    with daxfs.mount(dev) as fs:  # what survived is readable; the directory's are intact
+        for name in fs.listxattr("/a/file"):
+            fs.getxattr("/a/file", name)
+        assert fs.getxattr("/a", "trusted.dir") == b"on a directory"
+        fs.setxattr("/a/file", "user.after", b"repair")
+
+
+def test_xattr_block_claimed_by_two_inodes() -> None:
+    """Another inode's pointer at /a/file's xattr block (a valid block, but its owner
+    field names /a/file): fsck must not let both keep it."""
+    dev = crafting.sample()
+    f = ino(dev, "/a/file")
+    small = ino(dev, "/a/b/small")
+    block = crafting.read_inode(dev, f).xattr
+    rec = crafting.read_inode(dev, small)
+    crafting.edit_inode(dev, small, inline=rec.inline[:120] + struct.pack("<Q", block))
+    found(dev, f"inode {small}", f"of inode {f}")
+    repaired(dev)
+    with daxfs.mount(dev) as fs:
+        assert fs.getxattr("/a/file", "user.short") == b"short value"
+        assert fs.listxattr("/a/b/small") == []

@@ -4,9 +4,10 @@ Called by the inodes pass for every live regular file and directory whose
 record is sound (daxfs.fs.xattr has the format's invariants).
 
 Checks
-  1. The xattr block lies in the data area and passes
+  1. The xattr block lies in the data area, passes
      ``layout.unpack_xattr_block`` (magic, checksum, owner, place, lengths,
-     names sorted, unique and in a stored namespace, value kinds).
+     names sorted, unique and in a stored namespace, value kinds), and holds
+     at least one entry.
   2. Each value in blocks names blocks in the data area, none twice, and its
      bytes match the entry's crc32c.
   3. Every block of 1 and 2 is claimed for the inode (no block owned twice),
@@ -57,6 +58,9 @@ def check_xattrs(ctx: Context, s: State, ino: int, rec: InodeRecord) -> list[int
             where, f"{why}: its extended attributes are dropped", Fix(Stage.INODES, _drop(ino))
         )
         return []
+    if not entries:  # invariant 1: a block only while there is an attribute
+        ctx.problem(where, f"xattr block {blockno} holds no entry", Fix(Stage.INODES, _drop(ino)))
+        return []
     s.xattr_inodes += 1
     seen = {blockno}
     good: list[XattrEntry] = []
@@ -71,9 +75,9 @@ def check_xattrs(ctx: Context, s: State, ino: int, rec: InodeRecord) -> list[int
                 f"xattr {e.name!r}: {problem}: the attribute is removed",
                 Fix(Stage.INODES, _keep(ino, blockno, [x.name for x in entries if x is not e])),
             )
-    if len(good) < len(entries) and not good:
-        return []  # the repair frees the block too
-    return [blockno, *(b for e in good for b in e.blocks)]
+    owned = [blockno, *(b for e in good for b in e.blocks)] if good else []
+    s.xattr_owned[ino] = len(owned)  # [] when every entry goes: the repair frees the block
+    return owned
 
 
 def _value_problem(s: State, e: XattrEntry, seen: set[int], lo: int, hi: int) -> str | None:
