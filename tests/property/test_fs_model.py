@@ -1,7 +1,7 @@
 """A Hypothesis state machine: daxfs against a dict model, with power failures.
 
-Rules create, write, truncate, link, symlink, rename, unlink, mkdir and rmdir
-over a small name space; an extra rule cuts the power at a random moment
+Rules create, write, truncate, link, symlink, rename, unlink, mkdir, rmdir,
+setxattr and removexattr over a small name space; an extra rule cuts the power at a random moment
 between operations (every completed operation must survive) and another
 crashes *inside* an operation at a random fence (the tree must then equal the
 model before or after it).  After every step the whole tree is compared with
@@ -11,6 +11,7 @@ the model; at the end fsck must be clean.
 from __future__ import annotations
 
 import errno
+import os
 import posixpath
 import re
 from typing import Any
@@ -35,27 +36,37 @@ NAMES = ["a", "b", "c"]
 DIRS = ["/", "/d", "/d/e"]
 
 Model = dict[str, Any]  # path -> ("file", bytes) | ("dir",) | ("link", target)
+#: path -> its extended attributes; hard links share one dict (one inode)
+Xattrs = dict[str, dict[str, bytes]]
 
 names = stx.sampled_from(NAMES)
 payload = stx.binary(min_size=0, max_size=9000)
+xattr_names = stx.sampled_from(["user.a", "user.b", "trusted.c"])
+xattr_values = stx.binary(min_size=0, max_size=6000)  # in the block, and in blocks
+xattr_flags = stx.sampled_from([0, os.XATTR_CREATE, os.XATTR_REPLACE])
 
 
-def model_snapshot(model: Model) -> dict[str, tuple[str, Any]]:
-    return {p: (v[0], v[1] if len(v) > 1 else None) for p, v in model.items()}
+def model_snapshot(model: Model, xattrs: Xattrs) -> dict[str, tuple[str, Any, Any]]:
+    return {
+        p: (v[0], v[1] if len(v) > 1 else None, sorted(xattrs.get(p, {}).items()))
+        for p, v in model.items()
+    }
 
 
-def fs_view(fs: daxfs.FileSystem) -> dict[str, tuple[str, Any]]:
-    out: dict[str, tuple[str, Any]] = {}
+def fs_view(fs: daxfs.FileSystem) -> dict[str, tuple[str, Any, Any]]:
+    out: dict[str, tuple[str, Any, Any]] = {}
     for path in snapshot(fs):
         if path == "/":
             continue
         if fs.islink(path):
-            out[path] = ("link", fs.readlink(path))
-        elif fs.isdir(path):
-            out[path] = ("dir", None)
+            out[path] = ("link", fs.readlink(path), [])
+            continue
+        attrs = sorted((n, fs.getxattr(path, n)) for n in fs.listxattr(path))
+        if fs.isdir(path):
+            out[path] = ("dir", None, attrs)
         else:
             with fs.open(path, "rb") as f:
-                out[path] = ("file", f.read())
+                out[path] = ("file", f.read(), attrs)
     return out
 
 
@@ -66,6 +77,7 @@ class FsMachine(RuleBasedStateMachine):
         daxfs.mkfs(self.dev)
         self.fs = daxfs.mount(self.dev)
         self.model: Model = {}
+        self.xattrs: Xattrs = {}
         self.crashes = 0
 
     # -- helpers --------------------------------------------------------------------
@@ -98,6 +110,7 @@ class FsMachine(RuleBasedStateMachine):
         with self.fs.open(path, "xb", buffering=0) as f:
             f.write(data)
         self.model[path] = ("file", data)
+        self.xattrs[path] = {}
 
     @precondition(lambda self: self.files())
     @rule(data=stx.data(), chunk=payload, offset=stx.integers(0, 20000))
@@ -133,6 +146,7 @@ class FsMachine(RuleBasedStateMachine):
             return
         self.fs.mkdir(path)
         self.model[path] = ("dir",)
+        self.xattrs[path] = {}
 
     @rule(parent=stx.sampled_from(DIRS), name=names, dest=stx.sampled_from(["/d", "x", "/a"]))
     def symlink(self, parent: str, name: str, dest: str) -> None:
@@ -151,6 +165,7 @@ class FsMachine(RuleBasedStateMachine):
             return
         self.fs.link(src, dst)
         self.model[dst] = self.model[src]
+        self.xattrs[dst] = self.xattrs[src]
 
     @precondition(lambda self: self.model)
     @rule(data=stx.data())
@@ -166,6 +181,7 @@ class FsMachine(RuleBasedStateMachine):
         else:
             self.fs.unlink(path)
         del self.model[path]
+        self.xattrs.pop(path, None)
 
     @precondition(lambda self: self.model)
     @rule(data=stx.data(), parent=stx.sampled_from(DIRS), name=names)
@@ -187,8 +203,12 @@ class FsMachine(RuleBasedStateMachine):
             moved[p] = self.model.pop(p)
         for p in self.children(dst):
             del self.model[p]
+        attrs = {p: self.xattrs.pop(p, {}) for p in moved}
+        for p in self.children(dst):
+            self.xattrs.pop(p, None)
         for p, v in moved.items():
             self.model[dst + p[len(src) :]] = v
+            self.xattrs[dst + p[len(src) :]] = attrs[p]
 
     def rename_errno(self, src: str, dst: str) -> int | None:
         if not self.parent_ok(dst):
@@ -208,6 +228,70 @@ class FsMachine(RuleBasedStateMachine):
         if target[0] == "dir":
             return errno.EISDIR
         return None
+
+    def xattr_targets(self) -> list[str]:
+        return sorted(p for p, v in self.model.items() if v[0] in ("file", "dir"))
+
+    @precondition(lambda self: self.xattr_targets())
+    @rule(data=stx.data(), name=xattr_names, value=xattr_values, flags=xattr_flags)
+    def setxattr(self, data: stx.DataObject, name: str, value: bytes, flags: int) -> None:
+        path = data.draw(stx.sampled_from(self.xattr_targets()))
+        attrs = self.xattrs[path]
+        expected = None
+        if flags == os.XATTR_CREATE and name in attrs:
+            expected = errno.EEXIST
+        elif flags == os.XATTR_REPLACE and name not in attrs:
+            expected = errno.ENODATA
+        if expected is not None:
+            with pytest.raises(OSError, match=re.escape(path)) as info:
+                self.fs.setxattr(path, name, value, flags)
+            assert info.value.errno == expected
+            return
+        self.fs.setxattr(path, name, value, flags)
+        attrs[name] = value
+
+    @precondition(lambda self: self.xattr_targets())
+    @rule(data=stx.data(), name=xattr_names)
+    def removexattr(self, data: stx.DataObject, name: str) -> None:
+        path = data.draw(stx.sampled_from(self.xattr_targets()))
+        attrs = self.xattrs[path]
+        if name not in attrs:
+            with pytest.raises(OSError, match=re.escape(path)) as info:
+                self.fs.removexattr(path, name)
+            assert info.value.errno == errno.ENODATA
+            return
+        self.fs.removexattr(path, name)
+        del attrs[name]
+
+    @precondition(lambda self: self.xattr_targets())
+    @rule(
+        data=stx.data(),
+        name=xattr_names,
+        value=xattr_values,
+        fence=stx.integers(1, 6),
+        seed=stx.integers(0, 2**16),
+    )
+    def power_failure_inside_setxattr(
+        self, data: stx.DataObject, name: str, value: bytes, fence: int, seed: int
+    ) -> None:
+        """A setxattr cut by a power failure is there wholly or not at all."""
+        path = data.draw(stx.sampled_from(self.xattr_targets()))
+        old = dict(self.xattrs[path])
+        self.dev.schedule_power_failure(fence)
+        try:
+            self.fs.setxattr(path, name, value)
+            completed = True
+        except PowerFailure:
+            completed = False
+        self.dev.schedule_power_failure(None)
+        new = {**old, name: value}
+        self.dev = self.dev.crash(seed)
+        self.fs = daxfs.mount(self.dev)
+        now = {n: self.fs.getxattr(path, n) for n in self.fs.listxattr(path)}
+        assert now == new if completed else now in (old, new)
+        event(f"setxattr crashed inside: completed={completed}, new={now == new}")
+        self.xattrs[path].clear()
+        self.xattrs[path].update(now)
 
     @rule(seed=stx.integers(0, 2**16))
     def power_failure_between_operations(self, seed: int) -> None:
@@ -245,7 +329,7 @@ class FsMachine(RuleBasedStateMachine):
 
     @invariant()
     def tree_matches_model(self) -> None:
-        assert fs_view(self.fs) == model_snapshot(self.model)
+        assert fs_view(self.fs) == model_snapshot(self.model, self.xattrs)
 
     def teardown(self) -> None:
         self.fs.unmount()
