@@ -48,11 +48,16 @@ from daxfs.fs.layout import (
     LEAF_SLOTS,
     NODE_KEYS,
     SB_CRC_OFFSET,
+    XATTR_CRC_OFFSET,
+    XATTR_ENTRIES,
+    XATTR_ENTRY,
+    XATTR_PTR,
     JournalHeader,
     checksum_with_hole,
     crc32c,
     seal_bitmap_block,
     seal_node,
+    unpack_xattr_block,
 )
 from daxfs.testing.images import Inventory, Range, pattern
 
@@ -82,6 +87,11 @@ NODE_FIELDS = (
     ("magic", 0, 4), ("owner", 8, 8), ("blockno", 16, 8), ("level", 24, 2), ("count", 26, 2),
     ("kind", 28, 2), ("heap", 30, 2), ("reserved", 32, 8),
 )
+XATTR_FIELDS = (
+    ("magic", 0, 4), ("owner", 8, 8), ("blockno", 16, 8), ("count", 24, 2), ("used", 26, 2),
+    ("reserved", 28, 4),
+)
+XATTR_ENTRY_FIELDS = (("name_len", 0, 1), ("kind", 1, 1), ("reserved", 2, 2), ("value_len", 4, 4))
 JOURNAL_FIELDS = (
     ("magic", 0, 8), ("seq", 8, 8), ("nrecords", 16, 4), ("log_bytes", 20, 4),
     ("log_crc", 24, 4), ("header_crc", 28, 4), ("applied_seq", JH_APPLIED_OFFSET, 8),
@@ -105,7 +115,17 @@ class Mutation:
     global_effect: bool = False
 
 
-STRUCTURES = ("superblock", "journal", "bitmap", "inode", "extent", "node", "dirent", "random")
+STRUCTURES = (
+    "superblock",
+    "journal",
+    "bitmap",
+    "inode",
+    "extent",
+    "node",
+    "dirent",
+    "xattr",
+    "random",
+)
 
 
 def interesting(rng: random.Random, old: int, size: int) -> int:
@@ -459,6 +479,79 @@ def mutate_dirent(rng: random.Random, img: bytearray, inv: Inventory, seal: bool
     return Mutation("dirent", what, detail, seal, touched)
 
 
+def _reseal_xattr(image: bytearray, block: int) -> None:
+    view = memoryview(image)[block << BLOCK_SHIFT : (block + 1) << BLOCK_SHIFT]
+    struct.pack_into("<I", view, XATTR_CRC_OFFSET, checksum_with_hole(view, XATTR_CRC_OFFSET))
+
+
+def mutate_xattr(rng: random.Random, img: bytearray, inv: Inventory, seal: bool) -> Mutation:
+    """A field of an xattr block's header or of one of its entries, a byte of a value
+    in blocks (sealed: the entry's crc32c recomputed for the new bytes), or the
+    inode's pointer to its xattr block."""
+    if not inv.xattrs:
+        return mutate_inode(rng, img, inv, seal)
+    block, owner, values = rng.choice(inv.xattrs)
+    base = block << BLOCK_SHIFT
+    entries = unpack_xattr_block(img[base : base + BLOCK_SIZE], owner, block)
+    roll = rng.random()
+    touched: list[Range] = []
+    if roll < 0.3 or not entries:
+        name, offset, size = _field(rng, XATTR_FIELDS)
+        at = base + offset
+    elif roll < 0.65:
+        i = rng.randrange(len(entries))
+        pos = base + XATTR_ENTRIES + sum(e.size for e in entries[:i])
+        e = entries[i]
+        choices = [
+            *XATTR_ENTRY_FIELDS,
+            ("name byte", XATTR_ENTRY.size + rng.randrange(len(e.name)), 1),
+        ]
+        if e.blocks:
+            ref = XATTR_ENTRY.size + len(e.name)
+            choices += [("value crc", ref, 4), ("nblocks", ref + 4, 4)]
+            choices += [("value block", ref + 8 + 8 * rng.randrange(len(e.blocks)), 8)]
+        name, offset, size = rng.choice(choices)
+        name = f"entry {e.name.decode(errors='replace')} {name}"
+        at = pos + offset
+    elif roll < 0.85 and values:
+        vblock = rng.choice(values)
+        at = (vblock << BLOCK_SHIFT) + rng.randrange(BLOCK_SIZE)
+        old = img[at]
+        img[at] = old ^ (1 << rng.randrange(8))
+        touched.append((at, at + 1))
+        if seal:  # a lie: the entry's crc32c made to match the new bytes
+            pos = base + XATTR_ENTRIES
+            for e in entries:
+                if vblock in e.blocks:
+                    data = b"".join(
+                        bytes(img[b << BLOCK_SHIFT : (b + 1) << BLOCK_SHIFT]) for b in e.blocks
+                    )[: e.length]
+                    ref = pos + XATTR_ENTRY.size + len(e.name)
+                    struct.pack_into("<I", img, ref, crc32c(data))
+                    touched.append((ref, ref + 4))
+                pos += e.size
+            _reseal_xattr(img, block)
+        detail = f"xattr value block {vblock} of inode {owner}: byte {at % BLOCK_SIZE} flipped"
+        return Mutation("xattr", "value", detail, seal, touched)
+    else:
+        record = inv.inodes[owner][0]
+        at, size, name = record + INLINE_OFFSET + XATTR_PTR, 8, "pointer"
+        old = int.from_bytes(img[at : at + size], "little")
+        value = interesting(rng, old, size)
+        touched.append(_set(img, at, size, value))
+        if seal:
+            _reseal_inode(img, record)
+        detail = f"inode {owner} xattr pointer: {old:#x} -> {value:#x}"
+        return Mutation("xattr", "pointer", detail, seal, touched)
+    old = int.from_bytes(img[at : at + size], "little")
+    value = interesting(rng, old, size)
+    touched.append(_set(img, at, size, value))
+    if seal:
+        _reseal_xattr(img, block)
+    detail = f"xattr block {block} of inode {owner} {name}: {old:#x} -> {value:#x}"
+    return Mutation("xattr", name.split(" ")[-1] if " " in name else name, detail, seal, touched)
+
+
 def mutate_random(rng: random.Random, img: bytearray, inv: Inventory, seal: bool) -> Mutation:
     """Bits flipped in a random metadata block, resealed as that kind of block."""
     choices: list[tuple[str, int]] = [("superblock", 0), ("journal header", inv.journal[0])]
@@ -497,6 +590,7 @@ MUTATORS: dict[str, Callable[[random.Random, bytearray, Inventory, bool], Mutati
     "extent": mutate_extent,
     "node": mutate_node,
     "dirent": mutate_dirent,
+    "xattr": mutate_xattr,
     "random": mutate_random,
 }
 

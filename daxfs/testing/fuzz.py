@@ -5,12 +5,13 @@ Theory of operation
 Each *case* takes a base image (daxfs.testing.corrupt: the clean one, or the
 one with a transaction to replay), corrupts one structure -- superblock,
 journal, bitmap, inode record, inline extent, B+tree node, directory entry,
-or random bits of a metadata block -- with its checksum left broken or
-recomputed, and runs these steps on it, each in a forked child with a
+xattr block, value or pointer, or random bits of a metadata block -- with
+its checksum left broken or recomputed, and runs these steps on it, each in a forked child with a
 timeout (so that a hang or a crash of the interpreter is seen, not suffered)::
 
     mount   mount a copy read-write (recovery runs) and walk it: every name
-            looked up, every file read, every link read; then fs.walk must
+            looked up, every file read, every link read, every extended
+            attribute listed and read; then fs.walk must
             end; unmount
     cli     on another copy: ``daxfs tree`` and ``daxfs cp -r IMAGE:/ DEST``
             through the CLI's main(); cp must write nothing outside DEST
@@ -124,6 +125,7 @@ def walk(fs: FileSystem) -> tuple[dict[str, Facts], list[dict[str, Any]]]:
             if st.S_ISDIR(s.st_mode):
                 names = sorted(fs.listdir(path))
                 facts[path] = ["dir", kind, st.S_IMODE(s.st_mode), s.st_nlink, names]
+                facts[path].append(_xattrs(fs, path))
                 if s.st_ino not in entered:
                     entered.add(s.st_ino)
                     stack.extend(path.rstrip("/") + "/" + n for n in names)
@@ -132,6 +134,7 @@ def walk(fs: FileSystem) -> tuple[dict[str, Facts], list[dict[str, Any]]]:
             else:
                 digest, got = _read_hash(fs, path, min(s.st_size, READ_LIMIT))
                 facts[path] = ["file", kind, st.S_IMODE(s.st_mode), s.st_nlink, s.st_size, digest]
+                facts[path].append(_xattrs(fs, path))
                 if got != min(s.st_size, READ_LIMIT):
                     errors.append(
                         {"path": path, "errno": None, "message": f"read {got} of {s.st_size}"}
@@ -141,6 +144,15 @@ def walk(fs: FileSystem) -> tuple[dict[str, Facts], list[dict[str, Any]]]:
             errors.append({"path": path, "errno": exc.errno, "message": str(exc)[:200]})
     _check_stat_path(fs, answered, errors)
     return facts, errors
+
+
+def _xattrs(fs: FileSystem, path: str) -> list[list[str]]:
+    """[name, sha256 of the value (16 hex digits)] of each extended attribute of ``path``."""
+    out = []
+    for name in sorted(fs.listxattr(path, follow_symlinks=False)):
+        value = fs.getxattr(path, name, follow_symlinks=False)
+        out.append([name, hashlib.sha256(value).hexdigest()[:16]])
+    return out
 
 
 def _check_stat_path(

@@ -5,7 +5,8 @@ Theory of operation
 ``base_images()`` builds two small filesystems with every kind of structure
 (inline and B+tree extent maps, unwritten extents and holes, a directory of
 hundreds of entries in a B+tree, short and long symbolic links, hard links,
-nested directories, inodes on the free list), deterministically (fixed uuid and
+nested directories, inodes on the free list, extended attributes in the xattr
+block and in value blocks, on a file and a directory), deterministically (fixed uuid and
 hash key): the *clean* image, unmounted, and the *journal* image, the same tree
 with one more transaction committed but not applied (a crash right after the
 commit point), so that recovery has something to replay.
@@ -14,7 +15,8 @@ commit point), so that recovery has something to replay.
 records where each structure lives (byte ranges) and which paths depend on
 which ranges: a path's *footprint* is its inode record, its map or directory
 nodes, its data blocks, and the same for every directory on its path and for
-the inode file.  The footprint decides whether a corruption "touched" a file.
+the inode file, and its extended attributes' blocks.  The footprint decides
+whether a corruption "touched" a file.
 
 Invariants
   1. ``base_images()`` gives the same trees, the same structures in the same
@@ -82,6 +84,9 @@ def populate(fs: FileSystem) -> None:
         with fs.open(name, "wb", buffering=0) as f:
             if i % 7 == 0:
                 f.write(pattern(i, 300 + i))
+    fs.setxattr("/small", "user.short", pattern(40, 100))  # in the xattr block
+    fs.setxattr("/small", "user.long", pattern(41, 6000))  # in two blocks of its own
+    fs.setxattr("/d", "trusted.dir", pattern(42, 50))
     for i in range(6):  # inodes on the free list
         fs.open(f"/gone{i}", "wb").close()
     for i in range(6):
@@ -186,6 +191,7 @@ class Inventory:
     nodes: list[Node]
     inline: list[tuple[int, int]]  # (ino, extent count) of inline maps
     leaves: list[tuple[int, int, int]]  # directory leaves: (block, owner, count)
+    xattrs: list[tuple[int, int, list[int]]]  # (xattr block, owner, its value blocks)
     data: dict[str, list[Range]]  # path -> its data blocks (byte ranges)
     footprint: dict[str, list[Range]]  # path -> every range it depends on
 
@@ -223,6 +229,7 @@ def _inventory(fs: FileSystem) -> Inventory:
         nodes=[],
         inline=[],
         leaves=[],
+        xattrs=[],
         data={},
         footprint={},
     )
@@ -252,6 +259,10 @@ def _inventory(fs: FileSystem) -> Inventory:
                 ranges.append(_block_range(block))
                 level, count = struct.unpack_from("<HH", store.block(block), 24)
                 inv.nodes.append(Node(block, ino, "extents", level, count))
+        owned = fs.xattrs.owned(store, inode)
+        if owned:
+            inv.xattrs.append((owned[0], ino, owned[1:]))
+            ranges.extend(_block_range(b) for b in owned)
         return ranges
 
     def data_of(ino: int) -> list[Range]:

@@ -1,6 +1,6 @@
 """Threaded namespace stress: several threads create, rename, link, unlink, rmdir,
-symlink, write and truncate, in private and shared directories, then everything
-is checked.
+symlink, write, truncate and set or remove extended attributes, in private and
+shared directories, then everything is checked.
 
 Theory of operation
 -------------------
@@ -88,7 +88,13 @@ SHARED_ERRNOS = frozenset(
     }
 )
 #: operations that only free space: ENOSPC from them is a bug
-FREEING = frozenset({"unlink", "rmdir", "shrink", "punch"})
+FREEING = frozenset({"unlink", "rmdir", "shrink", "punch", "removexattr"})
+#: the share of extra operations on extended attributes of private files: drawn from a
+#: random stream of their own (``Worker.xrng``), so that the other operations of a
+#: seed are the same with or without them (``skip`` "xattr" turns them off)
+XATTR_SHARE = 0.1
+XATTR_NAMES = ("user.x", "user.y", "trusted.big")
+XATTR_FLAGS = (0, 0, 1, 2)  # 0, XATTR_CREATE, XATTR_REPLACE
 BLOCK = 4096
 PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
@@ -96,10 +102,12 @@ PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 class File:
     """A regular file of a model: its contents, shared by its hard links."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "xattrs")
 
     def __init__(self, data: bytes = b"") -> None:
         self.data = data
+        #: its extended attributes (name -> value), shared by its hard links too
+        self.xattrs: dict[str, bytes] = {}
 
 
 Entry = tuple[str, Any]  # ("dir", None) | ("link", target) | ("file", File)
@@ -170,6 +178,7 @@ class Worker:
         self.index = index
         self.seed = seed
         self.rng = random.Random(seed)
+        self.xrng = random.Random(seed * 7919 + 1)
         self.root = f"{run.top}/p{index}"
         self.model: dict[str, Entry] = {}
         self.log: list[str] = []
@@ -188,6 +197,16 @@ class Worker:
         while (ops is None or n < ops) and (deadline is None or time.monotonic() < deadline):
             if self.run.stop.is_set():
                 return
+            if "xattr" not in self.run.options.skip and self.xrng.random() < XATTR_SHARE:
+                try:  # not counted in ``ops``: the other operations stay those of the seed
+                    self.p_xattr()
+                except _Mismatch as exc:
+                    self.fail(str(exc))
+                    return
+                except BaseException as exc:
+                    self.fail(f"{type(exc).__name__}: {exc}")
+                    return
+                continue
             n += 1
             shared = self.rng.random() < self.run.options.shared_share
             try:
@@ -388,6 +407,38 @@ class Worker:
             del self.model[a]
         self.verify(a)
 
+    def p_xattr(self, _a: str = "", _b: str = "") -> None:
+        """Set (with a flag) or remove an extended attribute of a private file."""
+        rng = self.xrng
+        files = sorted(p for p, e in self.model.items() if e[0] == "file")
+        if not files:
+            return
+        a = rng.choice(files)
+        node: File = self.model[a][1]
+        name = rng.choice(XATTR_NAMES)
+        path = self.full(a)
+        if rng.random() < 0.3:
+            err = None if name in node.xattrs else errno.ENODATA
+            if self.expect(
+                "removexattr", f"{a} {name}", lambda: self.fs.removexattr(path, name), err
+            ):
+                del node.xattrs[name]
+        else:
+            flags = rng.choice(XATTR_FLAGS)
+            top = 20000 if name == "trusted.big" else 600
+            value = rng.randbytes(rng.randint(0, top))
+            err = None
+            if flags == 1 and name in node.xattrs:
+                err = errno.EEXIST
+            elif flags == 2 and name not in node.xattrs:
+                err = errno.ENODATA
+            detail = f"{a} {name} {len(value)} flags {flags}"
+            if self.expect(
+                "setxattr", detail, lambda: self.fs.setxattr(path, name, value, flags), err
+            ):
+                node.xattrs[name] = value
+        self.verify(a)
+
     def p_mkdir(self, a: str, _b: str) -> None:
         err = self.parent_ok(a) or (errno.EEXIST if a in self.model else None)
         if self.expect("mkdir", a, lambda: self.fs.mkdir(self.full(a)), err):
@@ -495,6 +546,11 @@ class Worker:
                 raise _Mismatch(
                     f"{rel}: {len(data)} bytes, expected {len(value.data)} (contents differ)"
                 )
+            attrs = {n: self.fs.getxattr(path, n) for n in self.fs.listxattr(path)}
+            if attrs != value.xattrs:
+                have = {n: len(v) for n, v in attrs.items()}
+                want = {n: len(v) for n, v in value.xattrs.items()}
+                raise _Mismatch(f"{rel}: xattrs {have} (lengths), expected {want}")
 
     # -- shared directory: races, loose checks ----------------------------------------------
 

@@ -93,6 +93,8 @@ def test_base_images_are_deterministic_and_hold_every_structure(
     assert {n.level for n in inv.nodes} == {0, 1}  # leaves and internal nodes
     assert any(count > 1 for _, count in inv.inline)
     assert len(inv.free_inodes) == 6
+    # extended attributes: a block with a value in two blocks of its own, and a directory's
+    assert sorted(len(values) for _, _, values in inv.xattrs) == [0, 2]
     assert journal.allowed[0] != journal.allowed[1]  # replaying changes something
     again, _ = images.base_images()
     assert images.inventory(again.image) == inv

@@ -273,3 +273,14 @@ def test_long_stress_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert report.ok, "\n".join(report.failures)
     assert report.fsx.crashes > 0
     assert report.namespace_ops > 0
+
+
+def test_makes_xattr_operations_and_catches_a_lost_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The private files get extended attributes, checked after each operation and at
+    the end (after a remount); a setxattr planted to do nothing is caught."""
+    stats = nsstress.run(3, ops=300, options=opts())
+    assert stats.by_kind.get("setxattr", 0) > 0
+    assert stats.by_kind.get("removexattr", 0) > 0
+    monkeypatch.setattr(FileSystem, "setxattr", lambda *args, **kw: None)
+    with pytest.raises(nsstress.StressFailure, match="xattrs"):
+        nsstress.run(3, ops=300, options=opts())
