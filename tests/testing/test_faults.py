@@ -290,3 +290,17 @@ def test_mount_loop_reports_a_non_oserror(
 def test_every_fault_point_of_a_recovering_mount_slow(kind: str, persistent: bool) -> None:
     report = check_mount_faults(kind, persistent=persistent)
     assert report.raised + report.completed == report.points
+
+
+@pytest.mark.parametrize(
+    "name", ["setxattr long value first", "setxattr replace long by long", "unlink with xattrs"]
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_fault_point_of_xattr_operations(name: str, kind: str) -> None:
+    """Extended attributes: a failed device operation or allocation inside setxattr
+    (value blocks, the xattr block, the feature bit) or an unlink that frees them."""
+    setup, op = OPERATIONS[name]
+    report = check_faults(setup, op, kind, states=1)
+    assert report.raised + report.completed == report.points
+    if kind in ("write", "drain") or (kind == "alloc" and name.startswith("setxattr")):
+        assert report.raised >= 1  # each commits; a set allocates (an unlink only frees)
