@@ -1016,14 +1016,9 @@ class FileSystem:
             return self.xattrs.get(self.store, inode, name, shown)
 
     def _setxattr(self, inode: Inode, shown: str, name: bytes, data: bytes, flags: int) -> None:
-        with self._lock:
-            self._check_mounted()
-            self._check_writable(shown)
-            with naming(shown):
-                xattr.check_access(inode, name, True, shown)
-            with inode.lock, self._begin(shown) as tx:
-                self.xattrs.set(tx, inode, name, data, flags, shown)
-                self.itable.dirty(tx, inode).ctime_ns = now_ns()
+        self._change_xattr(
+            inode, shown, name, lambda tx: self.xattrs.set(tx, inode, name, data, flags, shown)
+        )
 
     def _listxattr(self, inode: Inode, shown: str) -> list[str]:
         with self._lock, naming(shown), inode.lock:
@@ -1032,13 +1027,23 @@ class FileSystem:
             return [os.fsdecode(e.name) for e in entries if xattr.visible(e.name)]
 
     def _removexattr(self, inode: Inode, shown: str, name: bytes) -> None:
+        self._change_xattr(
+            inode, shown, name, lambda tx: self.xattrs.remove(tx, inode, name, shown)
+        )
+
+    def _change_xattr(
+        self, inode: Inode, shown: str, name: bytes, change: Callable[[Transaction], None]
+    ) -> None:
+        """``change`` the attribute ``name`` of ``inode`` in one transaction, after the
+        checks of a write (EROFS first, as Linux, then namespace and permission); ctime
+        is set."""
         with self._lock:
             self._check_mounted()
             self._check_writable(shown)
             with naming(shown):
                 xattr.check_access(inode, name, True, shown)
             with inode.lock, self._begin(shown) as tx:
-                self.xattrs.remove(tx, inode, name, shown)
+                change(tx)
                 self.itable.dirty(tx, inode).ctime_ns = now_ns()
 
     # -- attributes ---------------------------------------------------------------------

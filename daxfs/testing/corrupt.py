@@ -533,23 +533,19 @@ def mutate_xattr(rng: random.Random, img: bytearray, inv: Inventory, seal: bool)
             _reseal_xattr(img, block)
         detail = f"xattr value block {vblock} of inode {owner}: byte {at % BLOCK_SIZE} flipped"
         return Mutation("xattr", "value", detail, seal, touched)
-    else:
+    else:  # the inode's pointer to its xattr block
         record = inv.inodes[owner][0]
         at, size, name = record + INLINE_OFFSET + XATTR_PTR, 8, "pointer"
-        old = int.from_bytes(img[at : at + size], "little")
-        value = interesting(rng, old, size)
-        touched.append(_set(img, at, size, value))
-        if seal:
-            _reseal_inode(img, record)
-        detail = f"inode {owner} xattr pointer: {old:#x} -> {value:#x}"
-        return Mutation("xattr", "pointer", detail, seal, touched)
     old = int.from_bytes(img[at : at + size], "little")
     value = interesting(rng, old, size)
     touched.append(_set(img, at, size, value))
-    if seal:
+    if seal and name == "pointer":
+        _reseal_inode(img, record)
+    elif seal:
         _reseal_xattr(img, block)
-    detail = f"xattr block {block} of inode {owner} {name}: {old:#x} -> {value:#x}"
-    return Mutation("xattr", name.split(" ")[-1] if " " in name else name, detail, seal, touched)
+    where = f"inode {owner} xattr" if name == "pointer" else f"xattr block {block} of inode {owner}"
+    detail = f"{where} {name}: {old:#x} -> {value:#x}"
+    return Mutation("xattr", name.split(" ")[-1], detail, seal, touched)
 
 
 def mutate_random(rng: random.Random, img: bytearray, inv: Inventory, seal: bool) -> Mutation:

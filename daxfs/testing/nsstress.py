@@ -198,28 +198,26 @@ class Worker:
             if self.run.stop.is_set():
                 return
             if "xattr" not in self.run.options.skip and self.xrng.random() < XATTR_SHARE:
-                try:  # not counted in ``ops``: the other operations stay those of the seed
-                    self.p_xattr()
-                except _Mismatch as exc:
-                    self.fail(str(exc))
-                    return
-                except BaseException as exc:
-                    self.fail(f"{type(exc).__name__}: {exc}")
+                # not counted in ``ops``: the other operations stay those of the seed
+                if not self._step(self.p_xattr):
                     return
                 continue
             n += 1
             shared = self.rng.random() < self.run.options.shared_share
-            try:
-                if shared:
-                    self.shared_op()
-                else:
-                    self.private_op()
-            except _Mismatch as exc:
-                self.fail(str(exc))
+            if not self._step(self.shared_op if shared else self.private_op):
                 return
-            except BaseException as exc:
-                self.fail(f"{type(exc).__name__}: {exc}")
-                return
+
+    def _step(self, op: Callable[[], None]) -> bool:
+        """Run one operation; False if it failed (the failure is recorded)."""
+        try:
+            op()
+        except _Mismatch as exc:
+            self.fail(str(exc))
+            return False
+        except BaseException as exc:
+            self.fail(f"{type(exc).__name__}: {exc}")
+            return False
+        return True
 
     def fail(self, message: str) -> None:
         last = self.log[-1] if self.log else "?"
