@@ -133,13 +133,21 @@ def test_a_writer_excludes_readers_in_other_processes(image: str) -> None:
     assert out.get(timeout=WAIT) == 0  # the writer is gone
 
 
-def test_mounts_of_one_process_follow_the_same_rules(image: str) -> None:
-    with daxfs.mount(image, readonly=True) as a, daxfs.mount(image, readonly=True) as b:
+@pytest.mark.parametrize("dax", ["inode", "never"])
+def test_mounts_of_one_process_follow_the_same_rules(image: str, dax: str) -> None:
+    """Through pmem, and through the block layer (dax="never": each mount its own
+    BlockCache of the file, flock on its own descriptor)."""
+    with (
+        daxfs.mount(image, readonly=True, dax=dax) as a,
+        daxfs.mount(image, readonly=True, dax=dax) as b,
+    ):
         assert a.getxattr("/data/f1", "user.origin") == b.getxattr("/data/f1", "user.origin")
+        with a.open("/data/f2", "rb") as f, b.open("/data/f2", "rb") as g:
+            assert f.read() == g.read()
         with pytest.raises(Busy):
-            daxfs.mount(image)
-    with daxfs.mount(image), pytest.raises(Busy):
-        daxfs.mount(image, readonly=True)
+            daxfs.mount(image, dax=dax)
+    with daxfs.mount(image, dax=dax), pytest.raises(Busy):
+        daxfs.mount(image, readonly=True, dax=dax)
 
 
 def test_readers_cannot_mount_an_image_that_needs_recovery() -> None:

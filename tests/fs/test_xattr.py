@@ -124,6 +124,24 @@ def test_blocks_are_counted_and_freed(fs: daxfs.FileSystem, dev: SimulatedPmem) 
     clean(dev)
 
 
+def test_rmdir_and_rename_over_free_a_directorys_attributes(
+    fs: daxfs.FileSystem, dev: SimulatedPmem
+) -> None:
+    empty = fs.statvfs("/").f_bfree
+    fs.mkdir("/d")
+    fs.mkdir("/e")
+    fs.setxattr("/d", "user.big", bytes(20000))
+    fs.setxattr("/e", "user.big", bytes(20000))
+    fs.rmdir("/d")
+    fs.mkdir("/f")
+    fs.rename("/f", "/e")  # replaces the empty /e, which had attributes
+    assert fs.listxattr("/e") == []
+    fs.rmdir("/e")
+    assert fs.statvfs("/").f_bfree == empty
+    fs.unmount()
+    clean(dev)
+
+
 def test_unlinked_open_file_keeps_them_until_closed(
     fs: daxfs.FileSystem, dev: SimulatedPmem
 ) -> None:
