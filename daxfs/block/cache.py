@@ -63,6 +63,14 @@ Invariants
      touches memory outside ``[0, size)``.
   5. ``close()`` writes back what is dirty, then refuses (BufferError, device
      still open) while views from ``direct_access`` are alive.
+
+Direct I/O (daxfs.fs.direct) moves file data between a caller's buffer and
+``bdev`` around the cache; two methods keep the two coherent:
+``write_back(offset, length)`` before a direct read (the dirty blocks of the
+range reach the device, durable, the rest stays dirty), and
+``invalidate(offset, length, data)`` after a direct write (the cache's bytes
+of the range become the device's: ``data`` copied in, or read back).  Both
+hold the drain lock, so no write-back of the same blocks runs meanwhile.
 """
 
 from __future__ import annotations
@@ -370,6 +378,77 @@ class BlockCache(Device):
     def persist(self, offset: int, length: int) -> None:
         self.flush(offset, length)
         self.drain()
+
+    # -- coherence with direct I/O (daxfs.fs.direct) -----------------------------------
+
+    def write_back(self, offset: int, length: int) -> None:
+        """Write the dirty blocks inside ``[offset, offset+length)`` back to the device
+        (durable: FUA or a FLUSH, as ``drain``) before a direct read of the range;
+        dirty blocks outside it stay dirty.  Nothing dirty there: no I/O.
+
+        Raises:
+            InvalidArgument (EINVAL): the range is outside the device.
+            OSError: a WRITE or the FLUSH failed (naming the bytes); those blocks
+                stay dirty.
+            ValueError: the cache is closed.
+        """
+        self._check_open()
+        check_range(offset, length, self.size)
+        if not self._dirty:  # the usual case: nothing flushed and not drained
+            return
+        bs = self.block_size
+        lo, hi = offset - offset % bs, min(-(-(offset + length) // bs) * bs, self.size)
+        with self._drain_lock:
+            with self._dirty_lock:
+                inside: list[tuple[int, int]] = []
+                outside: list[tuple[int, int]] = []
+                for start, end in _merged(self._dirty):
+                    if start < hi and lo < end:
+                        inside.append((max(start, lo), min(end, hi)))
+                    pieces = ((start, min(end, lo)), (max(start, hi), end))
+                    outside.extend((a, b) for a, b in pieces if a < b)
+                if not inside:
+                    return
+                self._dirty = outside
+            try:
+                self._write_back(inside)
+            except BaseException:
+                with self._dirty_lock:
+                    self._dirty.extend(inside)
+                raise
+
+    def invalidate(self, offset: int, length: int, data: Buffer | None = None) -> None:
+        """Make the cache's bytes of ``[offset, offset+length)`` the device's, after a
+        direct write went to the device around the cache: ``data`` (what the device
+        now holds there) is copied in, or without it the range is read back from
+        the device (after a failed write: the device may hold any of it).
+
+        Raises:
+            InvalidArgument (EINVAL): the range is outside the device, or ``data``
+                is not ``length`` bytes.
+            OSError: the read back failed (EIO naming the sector); the cache's
+                bytes of the range are then unknown.
+            ValueError: the cache is closed.
+        """
+        self._check_open()
+        check_range(offset, length, self.size)
+        with self._drain_lock:
+            if data is not None:
+                with memoryview(data) as src, src.cast("B") as flat:
+                    if len(flat) != length:
+                        raise InvalidArgument(
+                            f"invalidate of {length} bytes at {offset} given {len(flat)} bytes"
+                        )
+                    self._view[offset : offset + length] = flat
+                return
+            bs = self.block_size
+            lo, hi = offset - offset % bs, min(-(-(offset + length) // bs) * bs, self.size)
+            bio = Bio(BioOp.READ, lo >> SECTOR_SHIFT, [self._view[lo:hi]])
+            self.bdev.submit_bio(bio)
+            try:
+                bio.wait()
+            except OSError as exc:
+                raise _named(exc, f"reading back bytes [{lo}, {hi}) of {self.path}") from exc
 
     # -- claims ------------------------------------------------------------------------
 

@@ -28,7 +28,18 @@ extents, one transaction each; the inode sits on the orphan list with the
 TRUNCATE flag meanwhile, so recovery finishes the job if power fails.
 
 Locking: callers hold ``inode.lock`` (data path and size changes); each
-change takes the journal lock through its transaction.
+change takes the journal lock through its transaction.  On an inode that has
+a range lock (``inode.layouts.ranges``: it has had direct I/O or a pin;
+daxfs.fs.rangelock), truncate, punch-hole, zero-range, mmap preparation and
+writes off the in-place fast path also lock their byte range exclusively,
+first (before waiting for pins), so they wait for direct I/O in flight there
+and new direct I/O waits for them: no I/O reads or writes a block they free.
+
+Direct I/O (daxfs.fs.direct) uses two more entry points: ``iomap_begin`` with
+``IomapFlags.WRITE | IomapFlags.DIRECT`` allocates UNWRITTEN extents for a
+hole in a transaction (as Linux's iomap direct-write path does), and
+``direct_write_end`` is its iomap_end at completion: the extents written are
+converted and the size and times set in one transaction.
 """
 
 from __future__ import annotations
@@ -50,9 +61,18 @@ from daxfs.fs.layout import (
     InodeRecord,
 )
 from daxfs.fs.layout import MAX_FILE_SIZE as _MAX_FILE_SIZE
+from daxfs.fs.layouts import Layouts
+from daxfs.fs.rangelock import TO_END, RangeToken
 from daxfs.fs.store import PmemStore, Reader
 from daxfs.fs.writeback import Writeback
-from daxfs.iomap import Iomap, IomapFlags, IomapType, iomap_read_bytes, iomap_read_into
+from daxfs.iomap import (
+    Iomap,
+    IomapExtentFlags,
+    IomapFlags,
+    IomapType,
+    iomap_read_bytes,
+    iomap_read_into,
+)
 from daxfs.pmem.device import Device
 
 try:
@@ -76,6 +96,8 @@ MAX_IO = 256 << 20
 ASYNC_COPY = True
 #: Extents unmapped per transaction when truncating or deleting.
 BATCH_EXTENTS = 256
+#: Blocks a direct write's iomap_begin allocates (UNWRITTEN) in one transaction at most.
+DIRECT_ALLOC_BLOCKS = 2048
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -130,7 +152,22 @@ class DataPath:
     # -- iomap ------------------------------------------------------------------------
 
     def iomap_begin(self, inode: Inode, pos: int, length: int, flags: IomapFlags) -> Iomap:
-        """The extent under byte ``pos`` (see daxfs.iomap)."""
+        """The extent under byte ``pos`` (see daxfs.iomap).
+
+        With ``WRITE | DIRECT`` (a direct write), a hole under ``pos`` gets
+        UNWRITTEN blocks first, in one transaction, for at most ``length``
+        bytes (and DIRECT_ALLOC_BLOCKS blocks): the extent returned is then
+        UNWRITTEN with the NEW flag.  The direct-I/O engine's completion
+        converts what it wrote (``direct_write_end``).  Caller must hold
+        ``inode.lock`` (and, for a direct write, the range lock of the range).
+
+        Raises:
+            NoSpace (ENOSPC): a direct write into a hole and no free blocks;
+                nothing changed.
+            Corrupted (EUCLEAN): the extent map failed verification.
+        """
+        if flags & IomapFlags.DIRECT and flags & IomapFlags.WRITE:
+            return self._begin_direct_write(inode, pos, length)
         lblk = pos >> BLOCK_SHIFT
         ext = inode.xcache
         if not (isinstance(ext, Extent) and ext.lblk <= lblk < ext.end):
@@ -143,6 +180,107 @@ class DataPath:
         return Iomap(
             ext.lblk << BLOCK_SHIFT, ext.length << BLOCK_SHIFT, kind, ext.pblk << BLOCK_SHIFT
         )
+
+    def _begin_direct_write(self, inode: Inode, pos: int, length: int) -> Iomap:
+        found = self.iomap_begin(inode, pos, length, IomapFlags.NONE)
+        if found.type is not IomapType.HOLE:
+            return found
+        first = pos >> BLOCK_SHIFT
+        stop = min(found.end >> BLOCK_SHIFT, _blocks_up(pos + length), first + DIRECT_ALLOC_BLOCKS)
+        with self.journal.begin() as tx:
+            self._preallocate(tx, inode, first, stop)
+        iomap = self.iomap_begin(inode, pos, length, IomapFlags.NONE)
+        assert iomap.type is IomapType.UNWRITTEN, f"inode {inode.ino}: {iomap} after allocation"
+        iomap.flags |= IomapExtentFlags.NEW
+        return iomap
+
+    def direct_write_end(
+        self, inode: Inode, pos: int, written: int, convert: list[tuple[int, int]]
+    ) -> None:
+        """The iomap_end of a direct write, at its completion: one transaction that
+        marks file blocks ``convert`` (``(first, count)`` pairs, UNWRITTEN when the
+        write began and now holding its data and zeros) written, grows the size
+        to ``pos + written`` and sets mtime and ctime.  Caller must hold
+        ``inode.lock`` and the write's range lock, and the data must be durable.
+
+        Raises:
+            NoSpace (ENOSPC): an extent split needs a map block that is not there.
+            OSError (EIO): the commit failed (the journal turns read-only).
+            Nothing changed in either case: the blocks stay UNWRITTEN (zeros).
+        """
+        with self.journal.begin() as tx:
+            rec = self.itable.dirty(tx, inode)
+            for lblk, count in convert:
+                self.maps.convert(tx, inode, lblk, count)
+            end = pos + written
+            if end > rec.size:
+                rec.size = end
+            rec.mtime_ns = rec.ctime_ns = now_ns()
+
+    def zero_past_eof(self, inode: Inode, pos: int) -> None:
+        """Before a write at ``pos`` beyond the end of file: zero the old last block
+        past the size (journaled, one transaction; nothing when the size is block
+        aligned).  Caller must hold ``inode.lock`` and a range lock covering the
+        old last block.
+
+        Raises:
+            OSError: the commit failed; nothing changed.
+        """
+        size = inode.rec.size
+        if pos > size and size & (BLOCK_SIZE - 1):
+            with self.journal.begin() as tx:
+                self._zero_past_eof(tx, inode, size, pos)
+
+    # -- range locks (daxfs.fs.rangelock) ---------------------------------------------
+
+    @staticmethod
+    def layouts_of(inode: Inode) -> Layouts:
+        """The inode's Layouts (pins and range lock), made if it has none.  Caller must
+        hold ``inode.lock``."""
+        layouts = inode.layouts
+        if layouts is None:
+            layouts = inode.layouts = Layouts(inode.lock)
+        return layouts
+
+    def lock_range(
+        self,
+        inode: Inode,
+        pos: int,
+        end: int,
+        *,
+        exclusive: bool = True,
+        timeout: float | None = None,
+        nowait: bool = False,
+        create: bool = False,
+    ) -> RangeToken | None:
+        """Lock file bytes ``[pos, end)`` in the inode's range lock, widened to whole
+        blocks, and down to the block holding the size when ``pos`` is past it
+        (a write there zeroes that block's tail first).  None (nothing locked)
+        when the inode has no range lock and ``create`` is False: no direct I/O
+        can be in flight then, and none can start while the caller holds
+        ``inode.lock``.  Caller must hold ``inode.lock``; waiting releases it.
+
+        Raises:
+            Busy (EBUSY), WouldBlock (EAGAIN): as RangeLock.lock; nothing locked.
+        """
+        layouts = self.layouts_of(inode) if create else inode.layouts
+        if layouts is None:
+            return None
+        ranges = layouts.ranges
+        while True:
+            lo = min(pos, inode.rec.size) >> BLOCK_SHIFT << BLOCK_SHIFT
+            hi = TO_END if end >= TO_END else max(_blocks_up(end) << BLOCK_SHIFT, lo + 1)
+            token = ranges.lock(lo, hi, exclusive, timeout=timeout, nowait=nowait)
+            if min(pos, inode.rec.size) >= lo:  # the size did not shrink below it meanwhile
+                return token
+            ranges.unlock(token)
+
+    @staticmethod
+    def unlock_range(inode: Inode, token: RangeToken | None) -> None:
+        """Release what ``lock_range`` locked. Caller must hold ``inode.lock``."""
+        if token is not None:
+            assert inode.layouts is not None
+            inode.layouts.ranges.unlock(token)
 
     def _lookup(self, inode: Inode, lblk: int) -> tuple[Extent | None, int]:
         """``BlockMaps.lookup`` of ``lblk`` as the open transaction (else the store) sees
@@ -240,6 +378,13 @@ class DataPath:
         if pos >= MAX_FILE_SIZE:
             raise FileTooLarge(f"offset {pos} is beyond the maximum file size {MAX_FILE_SIZE}")
         n = min(len(src), MAX_IO, MAX_FILE_SIZE - pos)
+        token = self.lock_range(inode, pos, pos + n)  # None unless direct I/O or pins were here
+        try:
+            return self._write_locked(inode, pos, src, n)
+        finally:
+            self.unlock_range(inode, token)
+
+    def _write_locked(self, inode: Inode, pos: int, src: memoryview, n: int) -> int:
         self._break(inode, pos, pos + n, nowait=False)
         if inode.mappings:
             # blocks under a mapping never move (no copy-on-write), so a write is
@@ -510,6 +655,15 @@ class DataPath:
         """
         if size > MAX_FILE_SIZE:
             raise FileTooLarge(f"size {size} is beyond the maximum file size {MAX_FILE_SIZE}")
+        token = self.lock_range(
+            inode, size, TO_END, timeout=self.layout_timeout, nowait=nowait
+        )  # waits for direct I/O past the new size (and past the old, when growing)
+        try:
+            self._truncate_locked(inode, size, nowait)
+        finally:
+            self.unlock_range(inode, token)
+
+    def _truncate_locked(self, inode: Inode, size: int, nowait: bool) -> None:
         if size < inode.rec.size:
             # to the end of the address space: while it waits (inode lock released) the
             # file may grow and be pinned past the size it had
@@ -610,6 +764,15 @@ class DataPath:
             raise FileTooLarge(f"range end {end} is beyond the maximum file size")
         if mode & FALLOC_FL_PUNCH_HOLE and end >= inode.rec.size:
             end = max(end, _blocks_up(inode.rec.size) << BLOCK_SHIFT)  # no byte left in the file
+        token = self.lock_range(inode, offset, end, timeout=self.layout_timeout, nowait=nowait)
+        try:
+            self._fallocate_locked(inode, offset, end, mode, nowait)
+        finally:
+            self.unlock_range(inode, token)
+
+    def _fallocate_locked(
+        self, inode: Inode, offset: int, end: int, mode: int, nowait: bool
+    ) -> None:
         if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
             self._break(inode, offset, end, nowait)
         pieces = self._batches(inode, offset, end)
@@ -710,6 +873,18 @@ class DataPath:
             NoSpace: not enough free blocks; nothing changed.
         """
         first, stop = start >> BLOCK_SHIFT, _blocks_up(end)
+        plan = [
+            p for p in self._plan(self.store, inode, first, stop) if p[2] is None or p[2].unwritten
+        ]
+        if not plan:
+            return
+        token = self.lock_range(inode, start, end)  # a direct write may be filling them
+        try:
+            self._prepare_map_locked(inode, first, stop)
+        finally:
+            self.unlock_range(inode, token)
+
+    def _prepare_map_locked(self, inode: Inode, first: int, stop: int) -> None:
         plan = [
             p for p in self._plan(self.store, inode, first, stop) if p[2] is None or p[2].unwritten
         ]

@@ -17,6 +17,30 @@ State diagram::
 
 Errors from the layers below name this file's path (``daxfs.errors.naming``).
 
+Direct I/O and the asynchronous API
+-----------------------------------
+``FileSystem.open(path, mode, buffering=0, direct=True)`` is O_DIRECT.  On a
+mount over a block device the File then has ``_dio``, the mount's engine
+(daxfs.fs.direct): read, readinto, readall, write, pread, preadinto and
+pwrite move the data in bios between the caller's buffer and the device,
+with Linux's alignment rules (offset, length and buffer address multiples of
+the logical block size, ``direct_alignment``; EINVAL otherwise), and the fast
+paths below are off.  On a DAX mount (persistent memory) ``direct=True`` is
+accepted and changes nothing: DAX has no page cache to bypass, as Linux
+ignores O_DIRECT's bypass on a DAX filesystem; no alignment is required.
+
+``submit_read(offset, buffer)`` / ``submit_write(offset, data)`` return a
+``concurrent.futures.Future`` of the bytes done, so one thread can keep many
+requests in flight; ``await aread(...)`` / ``await awrite(...)`` are the same
+for asyncio.  On a direct File they are the engine's requests; otherwise
+(DAX, or a File through the cache) the operation runs at once and the Future
+is already resolved.  A submit may wait for the range lock (a conflicting
+write in flight, a truncate of the range) before it returns.  Misuse (closed,
+wrong mode, bad offset, unaligned)
+raises from the call; an I/O error (EIO, a short completion, ENOSPC) is the
+Future's exception, an OSError with its errno naming the file.  ``close``
+waits for the File's requests in flight.
+
 The pwrite fast path
 --------------------
 ``pwrite`` first makes one call into C, ``Committer.pwrite``
@@ -58,11 +82,15 @@ with respect to a write of the same bytes, as the slow path does.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import io
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from daxfs.errors import ClosedFile, InvalidArgument, NotSupported, UnsupportedIO, naming
@@ -78,6 +106,8 @@ from daxfs.lifecycle import cleanup_after, run_all
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+
+    from daxfs.fs.direct import DirectIO
 
 SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
@@ -100,6 +130,8 @@ class Owner(Protocol):
 
     data: DataPath
     itable: InodeTable
+    #: the direct-I/O engine on a block device; None on DAX (daxfs.fs.direct)
+    direct: DirectIO | None
 
     def _touch_modified(self, inode: Inode) -> None: ...
 
@@ -133,6 +165,7 @@ class File(io.RawIOBase):
         readable: bool,
         writable: bool,
         append: bool,
+        direct: bool = False,
     ) -> None:
         super().__init__()
         self._owner = owner
@@ -155,6 +188,15 @@ class File(io.RawIOBase):
         #: not in append mode (None: closed, or no C commit); see "The pwrite fast path"
         self._writer = journal.committer if writable and not append else None
         self._journal = journal
+        #: opened with direct=True (O_DIRECT)
+        self.direct = direct
+        #: the direct-I/O engine when direct on a block device (then no fast paths)
+        self._dio = owner.direct if direct else None
+        if self._dio is not None:
+            self._reader = self._writer = None
+        #: this File's asynchronous requests in flight (close waits for them)
+        self._inflight: set[Future[int]] = set()
+        self._inflight_lock = threading.Lock()
 
     def __repr__(self) -> str:
         state = "closed" if not self._open else f"pos={self._pos}"
@@ -232,6 +274,10 @@ class File(io.RawIOBase):
                     return got
         self._check_read()
         view = _writable_bytes(buffer)
+        if self._dio is not None:
+            n = self._direct_read(view, self._pos)
+            self._pos += n
+            return n
         with naming(self.path), inode.lock:
             n = self._data.read_into(inode, self._pos, view)
             self._pos += n
@@ -245,6 +291,11 @@ class File(io.RawIOBase):
             TypeError: ``size`` is not an int or None.
         """
         reader = self._reader
+        if self._dio is not None and type(size) is int and size >= 0:
+            self._check_read()
+            got = self._direct_bytes(size, self._pos)
+            self._pos += len(got)
+            return got
         if reader is not None and type(size) is int and size >= 0:
             inode = self.inode
             with inode.lock:
@@ -259,6 +310,13 @@ class File(io.RawIOBase):
     def readall(self) -> bytes:
         self._check_read()
         inode = self.inode
+        if self._dio is not None:  # up to the end of file, in a length the alignment allows
+            align = self._dio.alignment
+            data = self._direct_bytes(
+                -(-max(0, inode.rec.size - self._pos) // align) * align, self._pos
+            )
+            self._pos += len(data)
+            return data
         with naming(self.path), inode.lock:
             data = self._data.read_bytes(inode, self._pos, inode.rec.size - self._pos)
             self._pos += len(data)
@@ -270,6 +328,12 @@ class File(io.RawIOBase):
         if not (self._open and self._writable and not journal.readonly and not journal.failed):
             self._check_write()  # raises; the conditions are _check_write's, inlined
         inode = self.inode
+        if self._dio is not None:
+            if self._append:
+                self._pos = inode.rec.size
+            n = self._direct_write(data, self._pos)
+            self._pos += n
+            return n
         try:
             with inode.lock:
                 if self._append:
@@ -297,6 +361,8 @@ class File(io.RawIOBase):
         self._check_read()
         self._offset(n, "length")
         self._offset(offset)
+        if self._dio is not None:
+            return self._direct_bytes(n, offset)
         with naming(self.path), self.inode.lock:
             return self._data.read_bytes(self.inode, offset, n)
 
@@ -314,6 +380,8 @@ class File(io.RawIOBase):
         self._check_read()
         self._offset(offset)
         view = _writable_bytes(buffer)
+        if self._dio is not None:
+            return self._direct_read(view, offset)
         with naming(self.path), self.inode.lock:
             return self._data.read_into(self.inode, offset, view)
 
@@ -340,6 +408,8 @@ class File(io.RawIOBase):
         if type(offset) is not int or offset < 0:
             self._offset(offset)  # raises
         inode = self.inode
+        if self._dio is not None:
+            return self._direct_write(data, inode.rec.size if self._append else offset)
         try:
             with inode.lock:
                 if self._append:
@@ -348,6 +418,125 @@ class File(io.RawIOBase):
         except BaseException:
             with naming(self.path):  # errors name the file (no context manager per call)
                 raise
+
+    # -- direct I/O (daxfs.fs.direct) ---------------------------------------------------
+
+    @property
+    def direct_alignment(self) -> int:
+        """What offsets, lengths and buffer addresses of I/O on this File must be
+        multiples of: the device's logical block size for direct I/O on a block
+        device, else 1."""
+        return self._dio.alignment if self._dio is not None else 1
+
+    def _direct_read(self, view: memoryview, offset: int) -> int:
+        assert self._dio is not None
+        with naming(self.path):
+            return self._dio.read(self.inode, offset, view, what=self.path)
+
+    def _direct_bytes(self, n: int, offset: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` by direct I/O into an aligned buffer."""
+        if n == 0:
+            return b""
+        from daxfs.fs.direct import aligned_buffer
+
+        buf = aligned_buffer(n)  # not closed here: an error's traceback may hold a view
+        got = self._direct_read(memoryview(buf), offset)
+        return buf[:got]
+
+    def _direct_write(self, data: Buffer, offset: int) -> int:
+        assert self._dio is not None
+        with naming(self.path):
+            return self._dio.write(self.inode, offset, data, what=self.path)
+
+    # -- the asynchronous API -------------------------------------------------------------
+
+    def submit_read(self, offset: int, buffer: Buffer) -> Future[int]:
+        """Start reading into ``buffer`` at ``offset``; a Future of the bytes read
+        (0 at or past the end of file).  Do not touch ``buffer`` until it is done.
+
+        Raises:
+            ClosedFile, UnsupportedIO (EBADF): closed, or not open for reading.
+            TypeError: ``offset`` not an int, ``buffer`` not a writable buffer.
+            InvalidArgument (EINVAL): negative ``offset``; unaligned direct I/O.
+            I/O errors (EIO, a short completion) are the Future's exception.
+        """
+        self._check_read()
+        self._offset(offset)
+        view = _writable_bytes(buffer)
+        if self._dio is None:
+            return self._now(lambda: self.preadinto(view, offset))
+        with naming(self.path):
+            future = self._dio.submit(self.inode, offset, view, write=False, what=self.path)
+        return self._track(future)
+
+    def submit_write(self, offset: int, data: Buffer) -> Future[int]:
+        """Start writing ``data`` at ``offset`` (at the end of file in append mode);
+        a Future of the bytes written, resolved once they are durable (and, for
+        direct I/O, the size and times committed).  Do not change ``data`` until
+        it is done.
+
+        Raises:
+            ClosedFile, UnsupportedIO (EBADF), ReadOnly (EROFS): closed, not open
+                for writing, read-only filesystem.
+            TypeError: ``offset`` not an int.
+            InvalidArgument (EINVAL): negative ``offset``; unaligned direct I/O.
+            I/O errors (EIO, a short completion, ENOSPC, EFBIG) are the Future's
+            exception.
+        """
+        self._check_write()
+        self._offset(offset)
+        if self._dio is None:
+            return self._now(lambda: self.pwrite(data, offset))
+        if self._append:
+            offset = self.inode.rec.size
+        with naming(self.path):
+            future = self._dio.submit(self.inode, offset, data, write=True, what=self.path)
+        return self._track(future)
+
+    async def aread(self, offset: int, buffer: Buffer) -> int:
+        """``submit_read`` for asyncio: ``n = await f.aread(offset, buffer)``.
+
+        Raises:
+            as ``submit_read``, the Future's errors included.
+        """
+        return await asyncio.wrap_future(self.submit_read(offset, buffer))
+
+    async def awrite(self, offset: int, data: Buffer) -> int:
+        """``submit_write`` for asyncio: ``n = await f.awrite(offset, data)``.
+
+        Raises:
+            as ``submit_write``, the Future's errors included.
+        """
+        return await asyncio.wrap_future(self.submit_write(offset, data))
+
+    @staticmethod
+    def _now(operation: Callable[[], int]) -> Future[int]:
+        """A Future resolved with what ``operation`` returns or raises (an OSError)."""
+        future: Future[int] = Future()
+        try:
+            future.set_result(operation())
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def _track(self, future: Future[int]) -> Future[int]:
+        """Count ``future`` in flight until it is done; errors get this file's path."""
+        path = self.path
+        with self._inflight_lock:
+            self._inflight.add(future)
+
+        def done(f: Future[int]) -> None:
+            with self._inflight_lock:
+                self._inflight.discard(f)
+
+        future.add_done_callback(done)
+        return _Named(future, path)
+
+    def _wait_inflight(self) -> None:
+        with self._inflight_lock:
+            pending = list(self._inflight)
+        if pending:
+            concurrent.futures.wait(pending)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         """Move the position; SEEK_DATA and SEEK_HOLE as on Linux (ENXIO past the end)."""
@@ -612,6 +801,7 @@ class File(io.RawIOBase):
         """
         if not self._open:
             return
+        self._wait_inflight()  # requests in flight use the inode: they end first
         self._reader = self._writer = None  # first: the fast paths check nothing else
         self._open = False
         try:
@@ -630,3 +820,24 @@ class File(io.RawIOBase):
 
     def __getstate__(self) -> Any:
         raise TypeError("daxfs files cannot be pickled")
+
+
+class _Named(Future[int]):
+    """A Future that follows ``inner`` and names ``path`` in its OSError (as the
+    synchronous calls do, through ``daxfs.errors.naming``)."""
+
+    def __init__(self, inner: Future[int], path: str) -> None:
+        super().__init__()
+        self._path = path
+        inner.add_done_callback(self._copy)
+
+    def _copy(self, inner: Future[int]) -> None:
+        exc = inner.exception()
+        if exc is None:
+            self.set_result(inner.result())
+            return
+        try:
+            with naming(self._path):
+                raise exc
+        except BaseException as named:
+            self.set_exception(named)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self
 
+from daxfs.block.cache import BlockCache
 from daxfs.errors import (
     Busy,
     Corrupted,
@@ -50,6 +51,7 @@ from daxfs.fs import layout, modes, xattr
 from daxfs.fs._stat import StatPath
 from daxfs.fs.data import DataPath
 from daxfs.fs.dir import Directories, DirIndex
+from daxfs.fs.direct import DirectIO
 from daxfs.fs.extmap import BlockMaps
 from daxfs.fs.file import File
 from daxfs.fs.inode import Inode, InodeTable, now_ns
@@ -141,6 +143,11 @@ class FileSystem:
         self.maps = maps
         self.dirs = dirs
         self.data = data
+        #: the direct-I/O engine (daxfs.fs.direct) on a block device; None on DAX,
+        #: where direct=True is DAX itself
+        self.direct: DirectIO | None = (
+            DirectIO(data, device) if isinstance(device, BlockCache) else None
+        )
         self.readonly = readonly
         self.umask = 0o022
         self.uid = os.getuid()
@@ -266,6 +273,8 @@ class FileSystem:
                     f"(inodes {', '.join(str(i.ino) for i in users[:5])}); close them first"
                 )
             self.data.sync_all()  # stores of closed writable mappings (daxfs.fs.writeback)
+            if self.direct is not None:
+                self.direct.close()  # its completion worker (every File closed: nothing left)
             try:
                 self._on_unmount(self)
             finally:  # the device is released even when writing the clean state failed
@@ -400,13 +409,28 @@ class FileSystem:
         encoding: str | None = None,
         errors: str | None = None,
         newline: str | None = None,
+        *,
+        direct: bool = False,
     ) -> IO[Any]:
         """Open a file, with the semantics of ``builtins.open``.
 
+        ``direct=True`` is O_DIRECT (daxfs.fs.direct, docs/GUARANTEES.md): on a
+        mount over a block device, I/O moves in bios between the caller's buffer
+        and the device, aligned to the device's logical block size
+        (``File.direct_alignment``; EINVAL otherwise: open without direct=True
+        for unaligned I/O); it needs ``buffering=0``.  On a DAX mount it is
+        accepted and is DAX itself (no page cache to bypass).
+
         Raises:
             FileNotFoundError, FileExistsError ("x"), IsADirectoryError,
-            NotADirectoryError, ReadOnly (EROFS), InvalidArgument (bad mode).
+            NotADirectoryError, ReadOnly (EROFS), InvalidArgument (bad mode;
+            direct=True with buffering other than 0).
         """
+        if direct and (type(buffering) is not int or buffering != 0):
+            shown = _shown(path)
+            raise InvalidArgument(
+                f"direct=True needs buffering=0 (an unbuffered binary File): {shown}", shown
+            )
         spec = None
         plain = encoding is None and errors is None and newline is None
         if plain and type(mode) is str and type(buffering) is int:
@@ -417,7 +441,7 @@ class FileSystem:
             if plain and len(_SPECS) < 64:
                 _SPECS[mode, buffering == 0] = spec
         with self._lock:
-            raw, truncate = self._open_raw(path, spec)
+            raw, truncate = self._open_raw(path, spec, direct)
         if truncate:
             # as O_TRUNC, after the file is open (it holds the inode) and without the
             # filesystem lock: waiting for pins must not stall other operations
@@ -429,7 +453,9 @@ class FileSystem:
                 raise
         return modes.wrap(raw, spec, buffering, encoding, errors, newline)
 
-    def _open_raw(self, path: Path, spec: modes.ModeSpec) -> tuple[File, bool]:
+    def _open_raw(
+        self, path: Path, spec: modes.ModeSpec, direct: bool = False
+    ) -> tuple[File, bool]:
         """The File (holding its inode), and whether O_TRUNC must still truncate it."""
         truncate = False
         if spec.create:
@@ -461,6 +487,7 @@ class FileSystem:
             readable=spec.reading,
             writable=spec.writing,
             append=spec.append,
+            direct=bool(direct),
         )
         self.itable.hold(inode, file=True)
         self._files.add(file)

@@ -18,7 +18,14 @@ range, as Linux's ``dax_break_layout()`` does:
           layout_timeout)
 
 The wait releases the inode lock (the condition is built on it), so the
-holder of a pin can take the lock to unpin.  Pins are volatile: a crash drops
+holder of a pin can take the lock to unpin.
+
+``ranges`` is the inode's range lock (daxfs.fs.rangelock) on the same
+condition: direct I/O holds its range there, and truncate, punch-hole,
+zero-range and block-moving writes take theirs exclusively.  An inode gets a
+Layouts on its first pin or its first direct I/O; while it has one, the C
+pwrite fast path misses (it checks ``inode.layouts is None``) and writes take
+the Python path, which honours the range locks.  Pins are volatile: a crash drops
 them, and recovery frees what a completed truncate or unlink freed.
 
 Invariants
@@ -33,21 +40,25 @@ import threading
 import time
 
 from daxfs.errors import Busy, WouldBlock
+from daxfs.fs.rangelock import RangeLock
 
 Range = tuple[int, int]
 
 
 class Layouts:
-    """The pins of one inode (created on the first pin)."""
+    """The pins and range locks of one inode (created on the first pin or direct I/O)."""
 
     def __init__(self, lock: threading.RLock) -> None:
         self._cond = threading.Condition(lock)
         self._pins: dict[int, Range] = {}
         self._breaking: list[Range] = []
         self._ids = itertools.count(1)
+        #: the inode's range lock (direct I/O against truncate), on the same condition
+        self.ranges = RangeLock(self._cond)
 
     def __bool__(self) -> bool:
-        return bool(self._pins)
+        """True while a pin or a range lock is held or waited for."""
+        return bool(self._pins) or bool(self.ranges)
 
     def pinned(self, start: int, end: int) -> bool:
         return any(lo < end and start < hi for lo, hi in self._pins.values())

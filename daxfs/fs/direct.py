@@ -1,0 +1,511 @@
+"""Direct I/O: file data in bios, straight between the caller's buffer and the block device.
+
+Theory of operation
+-------------------
+The 2014 proposal (../shared/CONTEXT.md, topic 6) was direct I/O rebuilt
+around the bio, with no ``get_block()``; Linux did it with iomap.  daxfs's
+engine is that path, for a filesystem mounted on a block device (through
+``BlockCache``, daxfs.block.cache):
+
+    DirectIO.submit(inode, pos, buffer, write)
+      with inode.lock:
+        range lock [pos, end)   shared for a read, exclusive for a write
+                                (daxfs.fs.rangelock): held until completion
+        write: pins broken (layout_timeout), the old last block's tail zeroed
+               when writing past the end of file
+        iomap_begin per extent  (DataPath.iomap_begin, IomapFlags.DIRECT; with
+                                WRITE a hole gets UNWRITTEN blocks in a
+                                transaction, as Linux's iomap does)
+      without inode.lock:
+        read:  MAPPED     -> the cache writes back dirty blocks of the extent
+                             (BlockCache.write_back), then a READ bio into the
+                             caller's buffer
+               HOLE, UNWRITTEN -> zeros into the buffer, no I/O
+        write: WRITE bios from the caller's buffer (no copy); where an UNWRITTEN
+               extent is written in part of a block, WRITE bios of zeros for
+               the rest of that block (Linux's iomap_dio_zero)
+      completion (when the last bio ends; the caller's thread for a
+      synchronous call, the engine's completion worker for a Future):
+        write: durable -- FUA when the request is one bio, else one FLUSH;
+               the cache takes the written bytes (BlockCache.invalidate);
+               with inode.lock: DataPath.direct_write_end, the iomap_end of the
+               write: UNWRITTEN blocks converted, size and mtime, ONE transaction
+        read:  the count clamped to the end of file (bytes past it zeroed)
+        range lock released; the result (bytes done) or the OSError
+
+There is no get_block and no page cache in this path: the only mapping
+lookups are iomap_begin calls, one per extent, and the only copies are the
+device's DMA (or a backend's bounce buffer).
+
+Alignment is Linux's: the file offset, the length and the buffer's address
+must be multiples of the device's logical block size (``alignment``), else
+InvalidArgument (EINVAL) naming the alignment; open the file without
+``direct=True`` for unaligned I/O (through the cache).  ``aligned_buffer``
+makes a page-aligned buffer.
+
+Why no I/O touches a freed block: the range lock is taken before the first
+iomap_begin and released after completion; every operation that frees or
+moves blocks of a file (truncate, punch-hole, zero-range, copy-on-write
+writes, mmap preparation) first locks its range exclusively
+(``DataPath.lock_range``), so it waits for the I/O, and new I/O waits for
+it.  Why no stale data is exposed: blocks allocated for a direct write stay
+UNWRITTEN (read as zeros) until the transaction at completion, which runs
+only after the data is durable.
+
+Lock order: range lock, then ``inode.lock`` (the range lock's waits release
+it), then the journal lock.  Completions of Futures run on one worker thread
+(as Linux runs unwritten-extent conversion from a workqueue, not the bio's
+completion context): a bio's ``end_io`` may run on the device's completion
+thread, which must never wait for ``inode.lock``, since a thread holding it may
+be waiting for a bio that thread must complete.
+
+Invariants
+  1. A request holds its range lock from before its first iomap_begin until its
+     completion has released everything; no bio of it is in flight after.
+  2. A direct write returns (or resolves its Future) only after its data is
+     durable on the device and its iomap_end transaction committed.
+  3. No block becomes written (MAPPED) before the bios that fill it completed
+     and were made durable; a failed request converts nothing and leaves the
+     size alone (its UNWRITTEN blocks stay allocated, reading as zeros).
+  4. After a write, the cache holds the bytes the device holds for the range;
+     before a read, the cache's dirty blocks of the range are on the device.
+  5. Errors of the I/O (EIO, a short completion, ENOSPC, EROFS) reach the
+     caller (raised, or the Future's exception) as OSError with their errno;
+     misuse of the call (alignment, bad arguments) raises at once.
+"""
+
+from __future__ import annotations
+
+import mmap
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from daxfs.block.bio import SECTOR_SHIFT, Bio, BioFlags, BioOp
+from daxfs.block.cache import BlockCache
+from daxfs.errors import FileTooLarge, InvalidArgument
+from daxfs.fs.data import MAX_FILE_SIZE, MAX_IO, DataPath
+from daxfs.fs.inode import Inode
+from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE
+from daxfs.fs.rangelock import RangeToken
+from daxfs.iomap import IomapFlags, IomapType
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+_ZEROS = memoryview(bytes(BLOCK_SIZE))
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """A writable buffer of ``size`` bytes at a page-aligned address (anonymous
+    memory), good for direct I/O on any device: ``f.preadinto(aligned_buffer(n), off)``.
+
+    Raises:
+        InvalidArgument (EINVAL): ``size`` is not a positive integer.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise InvalidArgument(f"an aligned buffer needs a positive size, not {size!r}")
+    return mmap.mmap(-1, size)
+
+
+def buffer_address(view: memoryview) -> int:
+    """The address of the first byte of a non-empty contiguous byte view."""
+    address: int = np.frombuffer(view, dtype=np.uint8).__array_interface__["data"][0]
+    return address
+
+
+class DirectIO:
+    """The direct-I/O engine of one mount on a block device; see the module docstring.
+
+    Entry points (for ``File`` and for the page cache's misses and writeback):
+
+    ``submit(inode, pos, buffer, write=..., range_held=...) -> Future[int]``
+        starts the I/O and returns once its bios are submitted; the Future
+        resolves to the bytes done, or to an OSError.  It may wait in the
+        caller's thread first, for the range lock: a conflicting request in
+        flight (an overlapping write), or a truncate of the range.
+    ``read(inode, pos, buffer) -> int`` / ``write(inode, pos, data) -> int``
+        the same, synchronous: the completion runs in the caller's thread.
+
+    Arguments: ``pos``, ``len(buffer)`` and the buffer's address aligned to
+    ``alignment`` (``check`` raises EINVAL otherwise; ``submit``, ``read`` and
+    ``write`` call it).  A read fills ``buffer`` (a writable buffer) and
+    returns the bytes before the end of file; a write takes ``data`` (any
+    buffer, which must not change until the I/O completes) and returns the
+    bytes written (fewer only if space ran out after the first extent).
+
+    Locks: the caller must NOT hold ``inode.lock`` for ``submit`` (a
+    completion worker takes it) -- ``read`` and ``write`` allow it (an RLock;
+    their completion runs in the caller).  With ``range_held=True`` the caller
+    already holds a range lock covering the request (exclusive for a write),
+    e.g. the page cache writing back under a truncate's lock: the engine then
+    takes no range lock of its own.
+    """
+
+    def __init__(self, data: DataPath, cache: BlockCache) -> None:
+        self.data = data
+        self.cache = cache
+        self.bdev = cache.bdev
+        #: the alignment of offsets, lengths and buffer addresses (logical block size)
+        self.alignment = self.bdev.limits.logical_block_size
+        self._worker: ThreadPoolExecutor | None = None
+        self._worker_lock = threading.Lock()
+        #: requests started, completed, and bios submitted (tests, info)
+        self.stats = {"reads": 0, "writes": 0, "bios": 0, "zero_bios": 0, "failed": 0}
+
+    # -- checks -------------------------------------------------------------------------
+
+    def check(self, pos: int, view: memoryview, what: str) -> None:
+        """Raise EINVAL unless ``pos``, ``len(view)`` and ``view``'s address are aligned.
+
+        Raises:
+            InvalidArgument (EINVAL): naming ``what`` (the path), the value and
+                the alignment, and the fallback.
+        """
+        align = self.alignment
+        n = len(view)
+        bad = None
+        if pos % align:
+            bad = f"offset {pos}"
+        elif n % align:
+            bad = f"length {n}"
+        elif n and buffer_address(view) % align:
+            bad = f"buffer address {buffer_address(view):#x}"
+        if bad is not None:
+            raise InvalidArgument(
+                f"direct I/O on {what}: {bad} is not a multiple of the device's logical "
+                f"block size ({align} bytes); open it without direct=True for unaligned I/O"
+            )
+
+    # -- entry points -------------------------------------------------------------------
+
+    def submit(
+        self,
+        inode: Inode,
+        pos: int,
+        buffer: Buffer,
+        *,
+        write: bool,
+        range_held: bool = False,
+        what: str = "",
+    ) -> Future[int]:
+        """Start a direct read into (or write from) ``buffer`` at file byte ``pos``.
+
+        Caller must not hold ``inode.lock``.  See the class docstring.
+
+        Raises:
+            InvalidArgument (EINVAL): unaligned (checked first), or a read into a
+                read-only buffer.
+            Everything else (EIO, ENOSPC, EFBIG, EBUSY, ...) is the Future's exception.
+        """
+        req = self._request(inode, pos, buffer, write, range_held, what)
+        future: Future[int] = Future()
+        req.future = future
+        try:
+            req.start()
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise
+            future.set_exception(exc)
+            return future
+        req.arm(self._post)
+        return future
+
+    def read(self, inode: Inode, pos: int, buffer: Buffer, *, what: str = "") -> int:
+        """Direct read, synchronous; see the class docstring.
+
+        Raises:
+            InvalidArgument (EINVAL): unaligned; OSError of the device (EIO naming
+                the sector), IOFailure for a short completion.
+        """
+        return self._run(self._request(inode, pos, buffer, False, False, what))
+
+    def write(self, inode: Inode, pos: int, data: Buffer, *, what: str = "") -> int:
+        """Direct write, synchronous: returns when the data is durable and the
+        iomap_end committed.
+
+        Raises:
+            InvalidArgument (EINVAL): unaligned.  FileTooLarge (EFBIG): ``pos`` at
+            or past the maximum file size.  NoSpace (ENOSPC): no block for the
+            first extent (nothing written).  Busy (EBUSY): pins outlived
+            layout_timeout.  OSError of the device (EIO), IOFailure (short).
+            ReadOnly (EROFS) after a journal failure.
+        """
+        return self._run(self._request(inode, pos, data, True, False, what))
+
+    def close(self) -> None:
+        """Wait for the completion worker's work and stop it (at unmount)."""
+        with self._worker_lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=True)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _request(
+        self, inode: Inode, pos: int, buffer: Buffer, write: bool, held: bool, what: str
+    ) -> _Request:
+        view = memoryview(buffer)
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+        if not write and view.readonly:
+            raise InvalidArgument(f"direct read on {what}: the buffer is read-only")
+        self.check(pos, view, what or f"inode {inode.ino}")
+        return _Request(self, inode, pos, view, write, held)
+
+    def _run(self, req: _Request) -> int:
+        req.start()
+        done = threading.Event()
+        req.arm(lambda _req: done.set())
+        done.wait()
+        return req.complete()
+
+    def _post(self, req: _Request) -> None:
+        """The last bio of ``req`` ended (any thread): complete it on the worker."""
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="daxfs-dio")
+            worker = self._worker
+        worker.submit(req.complete_future)
+
+
+class _Request:
+    """One direct read or write in flight (Linux's struct iomap_dio)."""
+
+    def __init__(
+        self, engine: DirectIO, inode: Inode, pos: int, view: memoryview, write: bool, held: bool
+    ) -> None:
+        self.engine = engine
+        self.inode = inode
+        self.pos = pos
+        self.view = view
+        self.write = write
+        self.held = held
+        self.future: Future[int] | None = None
+        self.token: RangeToken | None = None
+        #: bytes the request covers once mapped (a write may be cut short by ENOSPC)
+        self.length = 0
+        #: a read's result: the bytes before the end of file
+        self.result = 0
+        #: (device offset, view of the data) of every WRITE bio, for the cache
+        self.written: list[tuple[int, memoryview]] = []
+        #: (first block, count) of UNWRITTEN blocks this write fills
+        self.convert: list[tuple[int, int]] = []
+        self.bios: list[Bio] = []
+        self._lock = threading.Lock()
+        self._left = 0
+        self._error: BaseException | None = None
+        self._on_done: object = None
+
+    # -- start: lock, map, build bios ----------------------------------------------------
+
+    def start(self) -> None:
+        """Lock the range, map it (iomap_begin per extent) and submit the bios.
+
+        Raises:
+            what the mapping raises, with nothing locked and nothing in flight.
+        """
+        engine = self.engine
+        data = engine.data
+        inode = self.inode
+        n = len(self.view)
+        with inode.lock:
+            if self.write:
+                if self.pos >= MAX_FILE_SIZE:
+                    raise FileTooLarge(
+                        f"offset {self.pos} is beyond the maximum file size {MAX_FILE_SIZE}"
+                    )
+                n = min(n, MAX_IO, MAX_FILE_SIZE - self.pos)
+            end = self.pos + n
+            if n and not self.held:
+                self.token = data.lock_range(
+                    inode, self.pos, end, exclusive=self.write, create=True
+                )
+            try:
+                pieces = self._map(n)
+            except BaseException:
+                self._unlock()
+                raise
+        try:
+            self._submit(pieces)
+        except BaseException:
+            with inode.lock:
+                self._unlock()
+            raise
+
+    def _map(self, n: int) -> list[tuple[int, int, IomapType, int]]:
+        """The extents of the request, ``(file pos, bytes, type, device offset)``.
+        Caller holds ``inode.lock`` and the range lock."""
+        data = self.engine.data
+        inode = self.inode
+        pos = self.pos
+        flags = IomapFlags.DIRECT
+        if self.write:
+            engine = self.engine
+            engine.stats["writes"] += 1
+            flags |= IomapFlags.WRITE
+            if n:
+                data._break(inode, pos, pos + n, nowait=False)
+                data.zero_past_eof(inode, pos)
+        else:
+            self.engine.stats["reads"] += 1
+            size = inode.rec.size
+            if pos >= size:
+                n = 0
+            else:
+                align = self.engine.alignment
+                self.result = min(n, size - pos)
+                n = min(n, -(-self.result // align) * align)
+        pieces: list[tuple[int, int, IomapType, int]] = []
+        done = 0
+        while done < n:
+            at = pos + done
+            try:
+                iomap = data.iomap_begin(inode, at, n - done, flags)
+            except Exception:
+                if not done:
+                    raise
+                break  # a short write: what is mapped goes
+            length = min(n - done, iomap.end - at)
+            addr = iomap.addr_of(at) if iomap.type is not IomapType.HOLE else -1
+            pieces.append((at, length, iomap.type, addr))
+            done += length
+        self.length = done
+        return pieces
+
+    def _submit(self, pieces: list[tuple[int, int, IomapType, int]]) -> None:
+        cache = self.engine.cache
+        inode = self.inode
+        bios: list[Bio] = []
+        mapped = bool(self.engine.data.mapped_ranges.ranges(inode.ino)) and not self.write
+        for at, length, kind, addr in pieces:
+            buf = self.view[at - self.pos : at - self.pos + length]
+            if not self.write:
+                if kind is IomapType.MAPPED:
+                    if inode.mappings or mapped:  # stores through a mapping: to the disk too
+                        cache.flush(addr, length)
+                    cache.write_back(addr, length)
+                    bios.append(Bio(BioOp.READ, addr >> SECTOR_SHIFT, [buf]))
+                else:
+                    buf[:] = bytes(length)  # a hole or an unwritten extent reads as zeros
+                continue
+            if kind is IomapType.UNWRITTEN:
+                bios.extend(self._zero_edges(at, length, addr))
+                first = at >> BLOCK_SHIFT
+                self.convert.append((first, ((at + length - 1) >> BLOCK_SHIFT) + 1 - first))
+            self.written.append((addr, buf))
+            bios.append(Bio(BioOp.WRITE, addr >> SECTOR_SHIFT, [buf]))
+        self.bios = bios
+        self.engine.stats["bios"] += len(bios)
+
+    def _zero_edges(self, at: int, length: int, addr: int) -> list[Bio]:
+        """WRITE bios of zeros for the parts of the first and last block of
+        ``[at, at+length)`` that the write does not cover (an UNWRITTEN block
+        becomes written whole)."""
+        out = []
+        head = at & (BLOCK_SIZE - 1)
+        if head:
+            out.append((addr - head, head))
+        tail = (at + length) & (BLOCK_SIZE - 1)
+        if tail:
+            out.append((addr + length, BLOCK_SIZE - tail))
+        bios = []
+        for dev, n in out:
+            zeros = _ZEROS[:n]
+            self.written.append((dev, zeros))
+            bios.append(Bio(BioOp.WRITE, dev >> SECTOR_SHIFT, [zeros]))
+            self.engine.stats["zero_bios"] += 1
+        return bios
+
+    def arm(self, on_done: object) -> None:
+        """Submit the bios; ``on_done(self)`` runs once the last has ended."""
+        self._on_done = on_done
+        bios = self.bios
+        if self.write and len(bios) == 1:
+            bios[0].flags = BioFlags.FUA  # durable at completion: no FLUSH needed
+        self._left = len(bios) + 1  # + the submitter's own count, dropped below
+        bdev = self.engine.bdev
+        try:
+            for bio in bios:
+                bio.end_io = self._bio_done
+                bdev.submit_bio(bio)
+        finally:
+            self._drop()
+
+    def _bio_done(self, bio: Bio) -> None:
+        if bio.status is not None:
+            with self._lock:
+                if self._error is None:
+                    self._error = bio.status
+        self._drop()
+
+    def _drop(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            on_done = self._on_done
+            assert callable(on_done)
+            on_done(self)
+
+    # -- completion ---------------------------------------------------------------------
+
+    def complete(self) -> int:
+        """End the request (every bio has ended): durability, the cache, iomap_end,
+        the range lock.  Returns the bytes done.
+
+        Raises:
+            the first bio's error, or the FLUSH's, or the iomap_end commit's.
+        """
+        engine = self.engine
+        inode = self.inode
+        try:
+            error = self._error
+            if error is None and self.write and self.length:
+                if len(self.bios) > 1:
+                    engine.bdev.flush()  # invariant 2: durable before the commit
+                for dev, view in self.written:
+                    engine.cache.invalidate(dev, len(view), view)
+                with inode.lock:
+                    engine.data.direct_write_end(inode, self.pos, self.length, self.convert)
+            elif error is not None and self.write:
+                for dev, view in self.written:  # the disk may hold some of it: re-read
+                    try:
+                        engine.cache.invalidate(dev, len(view))
+                    except OSError:
+                        break
+            if error is not None:
+                raise error
+        except BaseException:
+            engine.stats["failed"] += 1
+            with inode.lock:
+                self._unlock()
+            raise
+        with inode.lock:
+            self._unlock()
+            if not self.write and self.result < self.length:
+                self.view[self.result : self.length] = bytes(self.length - self.result)
+        return self.length if self.write else self.result
+
+    def complete_future(self) -> None:
+        """``complete`` on the worker thread, its outcome into the Future."""
+        future = self.future
+        assert future is not None
+        try:
+            result = self.complete()
+        except BaseException as exc:
+            future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        future.set_result(result)
+
+    def _unlock(self) -> None:
+        """Release the range lock (caller holds ``inode.lock``); drop the buffers."""
+        if self.token is not None:
+            self.engine.data.unlock_range(self.inode, self.token)
+            self.token = None
+        self.written = []
+        self.bios = []
