@@ -410,6 +410,7 @@ class BlockCache(Device):
                 if not inside:
                     return
                 self._dirty = outside
+            self._must_flush = False
             try:
                 self._write_back(inside)
             except BaseException:

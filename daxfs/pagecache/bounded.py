@@ -263,6 +263,45 @@ class BoundedBlockCache(BlockCache):
                 if is_owned:
                     self._mark(start, end - start)
 
+    # -- coherence with direct I/O (BlockCache.write_back / invalidate) --------------------
+
+    def write_back(self, offset: int, length: int) -> None:
+        """Before a direct read: the page cache's dirty pages of the range, and the
+        owned bytes' dirty runs (as BlockCache), reach the device.
+
+        Raises:
+            as BlockCache.write_back.
+        """
+        self._check_open()
+        check_range(offset, length, self.size)
+        if length:
+            with self._route_lock:
+                self.pages.write_back(offset, length)
+        super().write_back(offset, length)
+
+    def invalidate(self, offset: int, length: int, data: Buffer | None = None) -> None:
+        """After a direct write: owned bytes take the device's (as BlockCache); the
+        page cache's pages of paged bytes are dropped, so the next read misses to
+        the device (the range lock of the write keeps buffered writes out, so none
+        is dirty).
+
+        Raises:
+            as BlockCache.invalidate.
+        """
+        self._check_open()
+        check_range(offset, length, self.size)
+        if not length:
+            return
+        with self._route_lock:
+            for start, end, is_owned in list(self._pieces(offset, length)):
+                if not is_owned:
+                    self.pages.invalidate(start, end - start)
+                elif data is None:
+                    super().invalidate(start, end - start)
+                else:
+                    with memoryview(data) as src, src.cast("B") as flat:
+                        super().invalidate(start, end - start, flat[start - offset : end - offset])
+
     # -- persistence ---------------------------------------------------------------------
 
     def _drain_more(self) -> bool:

@@ -542,3 +542,29 @@ def test_image_file_mount_with_dax_never(tmp_path: os.PathLike[str]) -> None:
             assert f.pread(64 * BLOCK_SIZE, 0) == pattern(64 * BLOCK_SIZE)[:]
     with mount(path) as fs, fs.open("/f", "rb") as g:  # the same image by DAX
         assert g.read() == pattern(64 * BLOCK_SIZE)[:]
+
+
+@pytest.mark.parametrize("cache_size", [None, "1M"])
+def test_coherence_on_a_bounded_mount(disk: SimulatedBlockDevice, cache_size: str | None) -> None:
+    """With mount(cache_size=...), file data is in a page cache (paged) or, where a
+    mapping was made, in the memfd (owned): both stay coherent with direct I/O."""
+    with mount(disk, cache_size=cache_size) as fs, fs.open("/f", "wb+", buffering=0) as b:
+        b.write(b"b" * 8 * BLOCK_SIZE)
+        m = b.mmap(0, 2 * BLOCK_SIZE)  # the first two blocks become owned
+        with fs.open("/f", "rb+", buffering=0, direct=True) as d:
+            assert d.pread(BLOCK_SIZE, 0) == b"b" * BLOCK_SIZE  # through the page cache
+            d.pwrite(pattern(4 * BLOCK_SIZE), 0)  # over owned and paged blocks
+            assert b.pread(4 * BLOCK_SIZE, 0) == pattern(4 * BLOCK_SIZE)[:]
+            assert bytes(m[:BLOCK_SIZE]) == pattern(BLOCK_SIZE)[:]
+            b.pwrite(b"c" * 100, 3 * BLOCK_SIZE + 5)
+            assert d.pread(BLOCK_SIZE, 3 * BLOCK_SIZE)[5:105] == b"c" * 100
+            m[10:20] = b"mapped-st!"
+            assert d.pread(512, 0)[10:20] == b"mapped-st!"
+        m.close()
+    with mount(disk) as fs, fs.open("/f", "rb") as g:
+        data = g.read()
+    want = bytearray(b"b" * 8 * BLOCK_SIZE)
+    want[: 4 * BLOCK_SIZE] = pattern(4 * BLOCK_SIZE)[:]
+    want[3 * BLOCK_SIZE + 5 : 3 * BLOCK_SIZE + 105] = b"c" * 100
+    want[10:20] = b"mapped-st!"
+    assert data == bytes(want)
