@@ -22,6 +22,7 @@ RANKS = {
     "testing": 7,
     "cli": 8,
     "fuse": 8,
+    "fsspec": 8,
     "": 9,  # daxfs/__init__.py: the public API
 }
 

@@ -1296,6 +1296,18 @@ class FileSystem:
                 return None
             raise
 
+    def birthtime_ns(self, path: Path, *, follow_symlinks: bool = True) -> int:
+        """When the file was created, in ns since the epoch (statx's ``stx_btime``:
+        os.stat_result has no field for it on Linux).
+
+        Raises:
+            FileNotFoundError, NotADirectoryError, TooManyLinks (ELOOP),
+            NameTooLong, InvalidArgument (NUL in the path, not mounted).
+        """
+        with self._lock:
+            inode, _ = self._existing(path, follow_symlinks)
+            return int(inode.rec.btime_ns)
+
     def exists(self, path: Path) -> bool:
         """Whether ``path`` names something, symbolic links followed (os.path.exists)."""
         return self._probe(path, True) is not None

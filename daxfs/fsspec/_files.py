@@ -1,0 +1,201 @@
+"""The file objects DaxFileSystem.open returns: io's C buffered classes over a daxfs File.
+
+A daxfs ``File`` (``buffering=0``) is a raw file whose ``readinto`` copies
+straight from device memory into the caller's buffer and whose ``write`` is
+one durable transaction.  fsspec wants a binary file object with a few
+attributes more (``fs``, ``path``, ``size``, ``autocommit``, and ``commit``/
+``discard`` for ``fs.transaction``), so each class here is
+``io.BufferedReader``/``BufferedWriter``/``BufferedRandom`` (C code: a read
+of at least the buffer's size goes from the raw file into the caller's
+buffer, no intermediate copy) with those attributes.
+
+State diagram (autocommit=False is fsspec's ``with fs.transaction:``)::
+
+    open(..., autocommit=True)  --> OPEN --close()--> CLOSED
+    open("wb", autocommit=False) --> OPEN (writing a temporary name beside the path)
+        --close()--> CLOSED --commit()--> the temporary renamed over the path
+                            --discard()--> the temporary unlinked
+
+Invariants
+----------
+1. ``close`` flushes the buffer (each flush is durable on return) before the
+   raw file is closed; a file whose flush fails is closed all the same and
+   the error raised.
+2. A committed transaction file replaces its path in one rename (atomic and
+   durable); until commit the path is unchanged, and a discard, or a crash,
+   leaves it unchanged (a crash may leave the temporary name behind: it
+   starts with ``.`` and ends with ``.daxfs-tmp``).
+3. In a forked child an inherited file is inert: ``close`` (also from the
+   garbage collector) neither flushes nor writes to the parent's image.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from daxfs.errors import InvalidArgument, naming
+from daxfs.fs.file import File
+
+if TYPE_CHECKING:
+    from daxfs.fs.filesystem import FileSystem
+
+#: suffix of the temporary name a transaction file writes to
+TMP_SUFFIX = ".daxfs-tmp"
+#: buffer sizes when fsspec's block_size is not given: reads are served from
+#: device memory (a larger buffer only copies more than asked), writes are one
+#: transaction per flush (a larger buffer means fewer commits)
+READ_BUFFER = 64 << 10
+WRITE_BUFFER = 1 << 20
+
+
+class _FsspecFile:
+    """The attributes and methods fsspec expects of a file, over ``raw``."""
+
+    fs: Any  #: the DaxFileSystem that opened the file
+    path: str  #: the path inside the image
+    autocommit: bool
+    _temp: str | None  #: the temporary name a transaction writes (None: autocommit)
+    _forked: bool
+
+    def _setup(self, fs: Any, path: str, temp: str | None) -> None:
+        self.fs = fs
+        self.path = path
+        self._temp = temp
+        self.autocommit = temp is None
+        self._forked = False
+
+    @property
+    def size(self) -> int:
+        """The file's size now (written bytes still in the buffer not counted)."""
+        return self.daxfs_file.stat().st_size
+
+    @property
+    def daxfs_file(self) -> File:
+        """The raw daxfs File: ``mmap()`` (DAX), ``pin()``, ``pread``/``preadinto``."""
+        raw = self.raw  # type: ignore[attr-defined]  # the io class's, beside this mixin
+        assert isinstance(raw, File)
+        return raw
+
+    def commit(self) -> None:
+        """Move the written file into place (fsspec transactions): one atomic rename.
+
+        Raises:
+            ValueError: the file was opened with autocommit (as fsspec's files).
+            and what FileSystem.rename raises, naming the paths.
+        """
+        if self._temp is None:
+            raise ValueError(f"{self.path}: commit of a file opened with autocommit")
+        self.close()  # type: ignore[attr-defined]
+        temp, self._temp = self._temp, None
+        self.fs.filesystem.rename(temp, self.path)
+
+    def discard(self) -> None:
+        """Drop what was written (fsspec transactions): the path is unchanged.
+
+        Raises:
+            ValueError: the file was opened with autocommit.
+        """
+        if self._temp is None:
+            raise ValueError(f"{self.path}: discard of a file opened with autocommit")
+        self.close()  # type: ignore[attr-defined]
+        temp, self._temp = self._temp, None
+        self.fs.filesystem.unlink(temp)
+
+    def _forget(self) -> None:
+        """Make an inherited file inert (a forked child: invariant 3)."""
+        self._forked = True
+
+
+class DaxReader(_FsspecFile, io.BufferedReader):
+    """A daxfs file open for reading ("rb")."""
+
+    def close(self) -> None:
+        if not self._forked:
+            super().close()
+
+
+class DaxWriter(_FsspecFile, io.BufferedWriter):
+    """A daxfs file open for writing ("wb", "ab", "xb")."""
+
+    def close(self) -> None:
+        if not self._forked:
+            super().close()
+
+
+class DaxRandom(_FsspecFile, io.BufferedRandom):
+    """A daxfs file open for reading and writing ("rb+", "wb+", "ab+", "xb+")."""
+
+    def close(self) -> None:
+        if not self._forked:
+            super().close()
+
+
+DaxFile = DaxReader | DaxWriter | DaxRandom
+
+
+def open_file(
+    fs: Any, daxfs: FileSystem, path: str, mode: str, block_size: int | None, autocommit: bool
+) -> DaxFile:
+    """Open ``path`` of the mounted ``daxfs`` for fsspec ``fs``, in binary ``mode``.
+
+    ``autocommit=False`` with a "w" mode writes a temporary name in the same
+    directory, renamed over ``path`` by ``commit``.
+
+    Raises:
+        InvalidArgument (EINVAL): a text mode, or a bad ``block_size``.
+        and what FileSystem.open raises (FileNotFoundError, FileExistsError
+        for "x", IsADirectoryError, ReadOnly, ...), naming ``path``.
+    """
+    if "b" not in mode or "t" in mode:
+        raise InvalidArgument(f"daxfs fsspec files are binary: mode {mode!r} for {path}", path)
+    reading = "r" in mode or "+" in mode
+    writing = mode.strip("b") != "r"
+    if block_size is None:
+        size = WRITE_BUFFER if writing else READ_BUFFER
+    elif isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise InvalidArgument(f"block_size must be a positive int: {block_size!r}", path)
+    else:
+        size = block_size
+    temp = None
+    target = path
+    if not autocommit and "w" in mode:
+        head, tail = posixpath.split(path)
+        temp = posixpath.join(head, f".{tail}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+        target = temp
+    raw = daxfs.open(target, mode, buffering=0)
+    assert isinstance(raw, File)
+    try:
+        wrapped: DaxFile
+        if reading and writing:
+            wrapped = DaxRandom(raw, size)
+        elif writing:
+            wrapped = DaxWriter(raw, size)
+        else:
+            wrapped = DaxReader(raw, size)
+        wrapped._setup(fs, path, temp)
+    except BaseException:
+        raw.close()
+        raise
+    return wrapped
+
+
+def read_range(daxfs: FileSystem, path: str, start: int | None, end: int | None) -> bytes:
+    """Bytes ``[start, end)`` of a file, as a Python slice (negative: from the end).
+
+    One copy: from device memory into the bytes returned (File.pread's C path).
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, ..., naming ``path``.
+        TypeError: ``start`` or ``end`` not an int or None.
+    """
+    with daxfs.open(path, "rb", buffering=0) as raw:
+        assert isinstance(raw, File)
+        size = raw.stat().st_size
+        first, last, _ = slice(start, end).indices(size)
+        if last <= first:
+            return b""
+        with naming(path):
+            return raw.pread(last - first, first)

@@ -1,0 +1,605 @@
+"""DaxFileSystem: fsspec's AbstractFileSystem over one mounted daxfs image.
+
+Each method strips the ``daxfs://`` protocol from its paths (paths inside the
+image: absolute, ``/`` separated), asks the process's mount table for the
+image's FileSystem (daxfs.fsspec._mounts: mounted on first use, shared by
+every instance on that image), and makes one call of the os-like API, so
+each change is atomic and durable on return, as with daxfs's own API.
+Errors are daxfs's OSErrors (FileNotFoundError, FileExistsError, ... with
+the errno and the path inside the image), passed through unchanged.
+
+Copies move bytes once: ``cat_file`` from device memory into the bytes it
+returns; ``get_file`` and ``cp_file`` pin the source range (daxfs.mm.SGList)
+and hand views of device memory to the destination's write, no buffer in
+between; a file object's ``readinto`` (and a ``read`` of at least its buffer
+size) copies from device memory into the caller's buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import posixpath
+import re
+import stat as st
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Self
+
+from fsspec.callbacks import DEFAULT_CALLBACK
+from fsspec.spec import AbstractFileSystem
+from fsspec.utils import isfilelike, stringify_path
+
+from daxfs.errors import InvalidArgument, IsADirectory, NotSupported, naming
+from daxfs.fs.file import File
+from daxfs.fs.filesystem import FileSystem
+from daxfs.fsspec import _mounts
+from daxfs.fsspec._files import DaxFile, open_file, read_range
+
+#: bytes pinned (or buffered) at a time by get_file, put_file and cp_file
+CHUNK = 16 << 20
+_SLASHES = re.compile("/{2,}")
+_MAGIC = re.compile("[*?[]")
+
+
+class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is untyped
+    """The files of one daxfs image, for fsspec (protocol ``daxfs``).
+
+    ``DaxFileSystem(image, readonly=False, persist="auto", dax="inode",
+    layout_timeout=10.0, auto_mkdir=True)``; ``fo`` is the same as ``image``
+    (the name fsspec gives the outer part of a chained URL,
+    ``daxfs:///path/in/image::/path/of/image``).  The keywords are
+    ``daxfs.mount``'s; ``auto_mkdir`` makes writes create missing parent
+    directories, as object stores do.
+
+    Raises (at construction, as daxfs.mount):
+        InvalidArgument (EINVAL): no image, or an image that is not a local path.
+        FileNotFoundError, Busy (EBUSY: mounted read-write elsewhere, or by
+        this process with other options), Corrupted (EUCLEAN), ReadOnly.
+    """
+
+    protocol = "daxfs"
+    root_marker = "/"
+
+    def __init__(
+        self,
+        image: str | os.PathLike[str] | None = None,
+        *,
+        fo: str | os.PathLike[str] | None = None,
+        readonly: bool = False,
+        persist: str = "auto",
+        dax: str = "inode",
+        layout_timeout: float = 10.0,
+        auto_mkdir: bool = True,
+        target_protocol: str | None = None,
+        target_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if image is not None and fo is not None and image != fo:
+            raise InvalidArgument(f"two images given: image={image!r}, fo={fo!r}")
+        given = image if image is not None else fo
+        if given is None or (isinstance(given, str) and not given):
+            raise InvalidArgument(
+                "daxfs: which image? give image=PATH (pandas: storage_options={'image': PATH}) "
+                "or the URL daxfs:///path/in/image::/path/of/image"
+            )
+        if target_protocol not in (None, "file", "local") or target_options:
+            raise InvalidArgument(
+                f"daxfs mounts a local image; {target_protocol}:// {target_options or ''} "
+                "cannot be mapped (copy the image to a local path first)"
+            )
+        if isinstance(given, str):
+            given = given.removeprefix("file://").removeprefix("local://")
+        self.image = _mounts.image_key(given)
+        self.auto_mkdir = auto_mkdir
+        self._options = _mounts.Options(
+            readonly=readonly, persist=persist, dax=dax, layout_timeout=layout_timeout
+        )
+        self._mount = _mounts.acquire(self.image, self._options)
+
+    # -- the mount ----------------------------------------------------------------------
+
+    def _current(self) -> _mounts.Mount:
+        """The image's mount, mounted again if it was unmounted meanwhile."""
+        mount = self._mount
+        if not mount.fs.mounted:
+            mount = self._mount = _mounts.acquire(self.image, self._options)
+        return mount
+
+    @property
+    def filesystem(self) -> FileSystem:
+        """The mounted daxfs.FileSystem (the whole API: DAX mmap, pins, fsck-clean state)."""
+        return self._current().fs
+
+    @property
+    def fsid(self) -> str:
+        return f"daxfs-{self.filesystem.superblock.uuid_str}"
+
+    def unmount(self) -> None:
+        """Unmount the image now (it is mounted again if this or another instance is used).
+
+        Raises:
+            Busy (EBUSY): files are still open on it (close them first); nothing changed.
+            IOFailure (EIO): the device failed; the image is released all the same.
+        """
+        _mounts.release(self.image)
+
+    close = unmount
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.unmount()
+
+    def __repr__(self) -> str:
+        return f"<DaxFileSystem image={self.image!r}>"
+
+    # -- paths --------------------------------------------------------------------------
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        """``daxfs:///a/b``, ``daxfs://a/b``, ``/a/b/``, ``a//b`` -> ``/a/b``.
+
+        The part after ``::`` of a chained URL names the image, not a path: dropped.
+        """
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = stringify_path(path)
+        if path.startswith("daxfs://"):
+            path = path[len("daxfs://") :]
+        path = path.partition("::")[0]
+        path = _SLASHES.sub("/", "/" + path)
+        return path.rstrip("/") or "/"
+
+    def unstrip_protocol(self, name: str) -> str:
+        """The URL of ``name`` that reopens it: ``daxfs:///name::/path/of/image``."""
+        return f"daxfs://{self._strip_protocol(name)}::{self.image}"
+
+    def _make_parent(self, fs: FileSystem, path: str) -> None:
+        if self.auto_mkdir:
+            parent = posixpath.dirname(path)
+            if parent != "/":
+                fs.makedirs(parent, exist_ok=True)
+
+    # -- looking -------------------------------------------------------------------------
+
+    def info(self, path: Any, **kwargs: Any) -> dict[str, Any]:
+        """name, size, type ("file", "directory", "other"), created, mtime, islink,
+        mode, uid, gid, ino, nlink, and destination for a symbolic link.
+
+        Raises:
+            FileNotFoundError, NotADirectoryError, ..., naming the path.
+        """
+        path = self._strip_protocol(path)
+        return _info(self.filesystem, path)
+
+    def ls(self, path: Any, detail: bool = True, **kwargs: Any) -> list[Any]:
+        """A directory's entries sorted by name (a file: itself), as info dicts or names.
+
+        Raises:
+            FileNotFoundError, NotADirectoryError, naming the path.
+        """
+        path = self._strip_protocol(path)
+        fs = self.filesystem
+        if not st.S_ISDIR(fs.stat(path).st_mode):
+            return [_info(fs, path)] if detail else [path]
+        names = [posixpath.join(path, name) for name in sorted(fs.listdir(path))]
+        if not detail:
+            return names
+        out = []
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):  # removed since the listing
+                out.append(_info(fs, name))
+        return out
+
+    def exists(self, path: Any, **kwargs: Any) -> bool:
+        try:
+            self.filesystem.stat(self._strip_protocol(path))
+        except OSError:
+            return False
+        return True
+
+    def lexists(self, path: Any, **kwargs: Any) -> bool:
+        try:
+            self.filesystem.lstat(self._strip_protocol(path))
+        except OSError:
+            return False
+        return True
+
+    def islink(self, path: Any) -> bool:
+        return bool(self.filesystem.islink(self._strip_protocol(path)))
+
+    def created(self, path: Any) -> datetime.datetime:
+        """When the file was created (its birth time), in UTC."""
+        ns = self.filesystem.birthtime_ns(self._strip_protocol(path))
+        return _utc(ns)
+
+    def modified(self, path: Any) -> datetime.datetime:
+        """When the file's data last changed (mtime), in UTC."""
+        return _utc(self.filesystem.stat(self._strip_protocol(path)).st_mtime_ns)
+
+    def sign(self, path: Any, expiration: int = 100, **kwargs: Any) -> str:
+        """Not supported: an image is reached through this process's mount, no server.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError(
+            f"daxfs cannot sign URLs: {self._strip_protocol(path)} lives in the image "
+            f"{self.image}, reached through this process's mount, not a server"
+        )
+
+    def _isfilestore(self) -> bool:
+        return True  # a POSIX-like tree: directories exist on their own
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _open(
+        self,
+        path: Any,
+        mode: str = "rb",
+        block_size: int | None = None,
+        autocommit: bool = True,
+        cache_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> DaxFile:
+        """A binary file object (daxfs.fsspec._files): seekable, random access.
+
+        Raises:
+            FileNotFoundError, FileExistsError ("xb"), IsADirectoryError,
+            ReadOnly (EROFS), InvalidArgument (a bad mode or block_size).
+        """
+        path = self._strip_protocol(path)
+        mount = self._current()
+        if any(c in mode for c in "wax"):
+            self._make_parent(mount.fs, path)
+        f = open_file(self, mount.fs, path, mode, block_size, autocommit)
+        mount.files.add(f)
+        return f
+
+    def cat_file(
+        self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
+        """Bytes ``[start, end)`` (negative: from the end), copied once from device memory.
+
+        Raises:
+            FileNotFoundError, IsADirectoryError, ..., naming the path.
+        """
+        return read_range(self.filesystem, self._strip_protocol(path), start, end)
+
+    def pipe_file(self, path: Any, value: Any, mode: str = "overwrite", **kwargs: Any) -> None:
+        """Write ``value`` as the whole file: an O_TRUNC open, then one durable write.
+
+        ``mode="create"`` fails if the file exists (an O_EXCL open: atomic).
+        Inside ``fs.transaction`` the file appears at commit, in one rename.
+
+        Raises:
+            FileExistsError (mode "create"), IsADirectoryError, NoSpace, ReadOnly.
+            InvalidArgument: another mode.
+        """
+        if mode not in ("overwrite", "create"):
+            raise InvalidArgument(f"pipe_file: mode must be 'overwrite' or 'create': {mode!r}")
+        if self._intrans:
+            super().pipe_file(path, value, mode=mode, **kwargs)
+            return
+        path = self._strip_protocol(path)
+        fs = self.filesystem
+        self._make_parent(fs, path)
+        with fs.open(path, "xb" if mode == "create" else "wb", buffering=0) as f:
+            _write_whole(f.write, memoryview(value).cast("B"))
+
+    def put_file(
+        self,
+        lpath: Any,
+        rpath: Any,
+        callback: Any = DEFAULT_CALLBACK,
+        mode: str = "overwrite",
+        **kwargs: Any,
+    ) -> None:
+        """Copy a host file into the image (a host directory: makedirs).
+
+        Raises:
+            FileExistsError (mode "create"), and the host's and daxfs's OSErrors.
+        """
+        if os.path.isdir(lpath):
+            self.makedirs(rpath, exist_ok=True)
+            return
+        if self._intrans:
+            super().put_file(lpath, rpath, callback=callback, mode=mode, **kwargs)
+            return
+        rpath = self._strip_protocol(rpath)
+        fs = self.filesystem
+        self._make_parent(fs, rpath)
+        with open(lpath, "rb", buffering=0) as src:
+            size = os.fstat(src.fileno()).st_size
+            callback.set_size(size)
+            buf = memoryview(bytearray(max(1, min(size, CHUNK))))
+            with fs.open(rpath, "xb" if mode == "create" else "wb", buffering=0) as dst:
+                while n := src.readinto(buf):
+                    _write_whole(dst.write, buf[:n])
+                    callback.relative_update(n)
+
+    def get_file(
+        self,
+        rpath: Any,
+        lpath: Any,
+        callback: Any = DEFAULT_CALLBACK,
+        outfile: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Copy a file of the image to a host path or file object, straight from
+        device memory (pinned: a truncate of the range waits for the copy).
+
+        Raises:
+            FileNotFoundError, ..., naming the path; the host's OSErrors.
+        """
+        rpath = self._strip_protocol(rpath)
+        fs = self.filesystem
+        if outfile is None and isfilelike(lpath):
+            outfile = lpath
+        if outfile is None and st.S_ISDIR(fs.stat(rpath).st_mode):
+            os.makedirs(lpath, exist_ok=True)
+            return
+        with fs.open(rpath, "rb", buffering=0) as src:
+            assert isinstance(src, File)
+            if outfile is not None:
+                _copy_out(src, outfile.write, callback)
+                return
+            parent = os.path.dirname(os.fspath(lpath))
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            with open(lpath, "wb", buffering=0) as out:
+                _copy_out(src, out.write, callback)
+
+    def cp_file(self, path1: Any, path2: Any, **kwargs: Any) -> None:
+        """Copy a file inside the image (a directory: makedirs); the source's bytes
+        go from its pinned device memory into the copy's writes.
+
+        Raises:
+            FileNotFoundError, IsADirectoryError (onto a directory),
+            InvalidArgument (EINVAL: both name one file), NoSpace, ReadOnly.
+        """
+        p1, p2 = self._strip_protocol(path1), self._strip_protocol(path2)
+        fs = self.filesystem
+        info = fs.stat(p1)
+        if st.S_ISDIR(info.st_mode):
+            fs.makedirs(p2, exist_ok=True)
+            return
+        try:
+            same = fs.stat(p2).st_ino == info.st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            raise InvalidArgument(f"cp_file: {p1} and {p2} are the same file", p2)
+        self._make_parent(fs, p2)
+        with fs.open(p1, "rb", buffering=0) as src, fs.open(p2, "wb", buffering=0) as dst:
+            assert isinstance(src, File)
+            _copy_out(src, dst.write, DEFAULT_CALLBACK)
+
+    def mv(
+        self,
+        path1: Any,
+        path2: Any,
+        recursive: bool = False,
+        maxdepth: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Move a file or a whole directory in one rename (atomic and durable); into
+        ``path2`` if it is a directory (or ends with ``/``), as fsspec's mv.  Lists
+        and globs go through fsspec's copy and rm.
+
+        Raises:
+            FileNotFoundError, FileExistsError, NotEmpty (ENOTEMPTY),
+            InvalidArgument (a directory into itself), ..., naming the paths.
+        """
+        if not (isinstance(path1, str) and isinstance(path2, str)) or _MAGIC.search(path1):
+            super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+            return
+        into = path2.endswith("/")
+        p1, p2 = self._strip_protocol(path1), self._strip_protocol(path2)
+        if p1 == p2:
+            return
+        fs = self.filesystem
+        if into or fs.isdir(p2):
+            p2 = posixpath.join(p2, posixpath.basename(p1))
+        self._make_parent(fs, p2)
+        fs.rename(p1, p2)
+
+    # -- directories and removal ---------------------------------------------------------
+
+    def mkdir(self, path: Any, create_parents: bool = True, **kwargs: Any) -> None:
+        """Create a directory (and its parents, with ``create_parents``).
+
+        Raises:
+            FileExistsError: it exists; FileNotFoundError: a missing parent
+            without ``create_parents``.
+        """
+        path = self._strip_protocol(path)
+        fs = self.filesystem
+        if create_parents:
+            fs.makedirs(path)
+        else:
+            fs.mkdir(path)
+
+    def makedirs(self, path: Any, exist_ok: bool = False) -> None:
+        """Create a directory and its missing parents, as os.makedirs."""
+        self.filesystem.makedirs(self._strip_protocol(path), exist_ok=exist_ok)
+
+    def rmdir(self, path: Any) -> None:
+        """Remove an empty directory (NotEmpty, ENOTEMPTY, otherwise)."""
+        self.filesystem.rmdir(self._strip_protocol(path))
+
+    def rm_file(self, path: Any) -> None:
+        """Remove a file (IsADirectoryError for a directory)."""
+        self.filesystem.unlink(self._strip_protocol(path))
+
+    _rm = rm_file
+
+    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
+        """Remove files, and directories: a whole tree with ``recursive``, else only
+        empty ones.  Each removal is its own transaction (a crash leaves a subtree).
+
+        Raises:
+            FileNotFoundError; IsADirectory (EISDIR): a directory without
+            ``recursive``; NotEmpty: a directory below ``maxdepth``'s reach.
+        """
+        fs = self.filesystem
+        if isinstance(path, str) and maxdepth is None and not _MAGIC.search(path):
+            one = self._strip_protocol(path)
+            if st.S_ISDIR(fs.lstat(one).st_mode):
+                if not recursive:
+                    raise IsADirectory(f"rm: {one} is a directory (use recursive=True)", one)
+                _rmtree(fs, one)
+            else:
+                fs.unlink(one)
+            return
+        for one in reversed(self.expand_path(path, recursive=recursive, maxdepth=maxdepth)):
+            if st.S_ISDIR(fs.lstat(one).st_mode):
+                fs.rmdir(one)
+            else:
+                fs.unlink(one)
+
+    def touch(self, path: Any, truncate: bool = True, **kwargs: Any) -> None:
+        """Create an empty file; an existing one is emptied (``truncate``) or has
+        its times set to now.
+
+        Raises:
+            IsADirectoryError (``truncate`` on a directory), ReadOnly, ...
+        """
+        path = self._strip_protocol(path)
+        fs = self.filesystem
+        self._make_parent(fs, path)
+        if not truncate:
+            try:
+                fs.utime(path)
+                return
+            except FileNotFoundError:
+                pass
+        with fs.open(path, "wb" if truncate else "ab", buffering=0):
+            pass
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _info(fs: FileSystem, path: str) -> dict[str, Any]:
+    """fsspec's info dict of ``path`` (a symbolic link: its target's, with islink)."""
+    found = fs.lstat(path)
+    islink = st.S_ISLNK(found.st_mode)
+    created = fs.birthtime_ns(path, follow_symlinks=False)
+    destination = None
+    if islink:
+        destination = fs.readlink(path)
+        try:
+            found = fs.stat(path)
+            created = fs.birthtime_ns(path)
+        except OSError:
+            pass  # dangling or looping: the link itself, of type "other"
+    mode = found.st_mode
+    kind = "directory" if st.S_ISDIR(mode) else "file" if st.S_ISREG(mode) else "other"
+    out: dict[str, Any] = {
+        "name": path,
+        "size": found.st_size,
+        "type": kind,
+        "created": created / 1e9,
+        "islink": islink,
+        "mode": mode,
+        "uid": found.st_uid,
+        "gid": found.st_gid,
+        "mtime": found.st_mtime,
+        "ino": found.st_ino,
+        "nlink": found.st_nlink,
+    }
+    if islink:
+        out["destination"] = destination
+    return out
+
+
+def _utc(ns: int) -> datetime.datetime:
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC).replace(
+        microsecond=rest // 1000
+    )
+
+
+def _views(src: File, size: int) -> Iterator[memoryview]:
+    """Views of device memory holding ``src``'s first ``size`` bytes, CHUNK pinned at
+    a time (each view released before its chunk is unpinned); where pinning is not
+    supported, a buffer filled by preadinto.
+    """
+    offset = 0
+    while offset < size:
+        n = min(CHUNK, size - offset)
+        try:
+            sg = src.pin(offset, n)
+        except NotSupported:
+            yield from _buffered_views(src, offset, size)
+            return
+        with sg:
+            for view in sg.views():
+                try:
+                    yield view
+                finally:
+                    view.release()
+        offset += n
+
+
+def _buffered_views(src: File, offset: int, size: int) -> Iterator[memoryview]:
+    buf = memoryview(bytearray(min(CHUNK, size - offset)))
+    while offset < size:
+        n = src.preadinto(buf[: size - offset], offset)
+        if not n:
+            return  # truncated meanwhile
+        yield buf[:n]
+        offset += n
+
+
+def _copy_out(src: File, write: Callable[[memoryview], object], callback: Any) -> None:
+    """Hand ``src``'s bytes to ``write``, straight from device memory where possible.
+
+    Raises:
+        what ``write`` raises; FileNotFoundError/..., naming ``src``.
+    """
+    size = src.stat().st_size
+    callback.set_size(size)
+    with naming(src.path):
+        for view in _views(src, size):
+            _write_whole(write, view)
+            callback.relative_update(len(view))
+
+
+def _write_whole(write: Callable[[memoryview], object], view: memoryview) -> None:
+    """``write(view)`` until all of it is written (a host raw file may write less)."""
+    while view:
+        n = write(view)
+        if n is None:  # a file object that does not count: it took all of it
+            return
+        assert isinstance(n, int), f"write returned {n!r}"
+        assert n > 0, f"write of {len(view)} bytes wrote nothing"
+        view = view[n:]
+
+
+def _rmtree(fs: FileSystem, top: str) -> None:
+    """Remove ``top`` and everything below it, bottom up (symbolic links are not followed).
+
+    Raises:
+        what unlink and rmdir raise, naming the path.
+    """
+    for dirpath, dirnames, filenames in fs.walk(top, topdown=False):
+        for name in filenames:
+            fs.unlink(posixpath.join(dirpath, name))
+        for name in dirnames:
+            child = posixpath.join(dirpath, name)
+            if fs.islink(child):
+                fs.unlink(child)
+            else:
+                fs.rmdir(child)
+    fs.rmdir(top)

@@ -1,0 +1,218 @@
+"""The process's table of images mounted for fsspec: one mount per image, shared.
+
+Why a table
+-----------
+fsspec caches filesystem instances by their arguments *and by thread*
+(``fsspec.spec._Cached`` puts ``threading.get_ident()`` in the key), and makes
+new instances after unpickling (dask, pyarrow's dataset layer).  A read-write
+daxfs mount excludes every other mount of its image (EBUSY), so if each
+instance mounted on its own, the second thread to open a ``daxfs://`` URL
+would fail.  Instead every ``DaxFileSystem`` in a process names its image and
+asks this table for the mount: the first ask mounts, the others share it
+(``daxfs.FileSystem`` is thread-safe).
+
+Lifetime::
+
+    acquire(image) --> MOUNTED --release(image)--> (gone) --acquire--> MOUNTED ...
+                          |
+                          +--- interpreter exit (atexit: release_all) --> (gone)
+                          +--- fork, in the child (forget_in_child) --> (gone, not unmounted)
+
+Invariants
+----------
+1. At most one mount per image (by ``os.path.realpath``) in the table; a
+   mounted entry's ``fs.mounted`` is True.
+2. ``acquire`` with options other than the mount's raises Busy (EBUSY): one
+   image is not mounted twice, read-write and read-only, by one process.
+3. ``release`` unmounts only when no fsspec file of the mount is open
+   (Busy otherwise, nothing changed); the entry leaves the table only once
+   the unmount returned, or the FileSystem reports itself unmounted.
+4. At interpreter exit every open fsspec file is closed (its buffer flushed:
+   durable) before its mount is unmounted; a failure there is one line on
+   stderr, never a traceback, and the next mount recovers (the image was
+   never left inconsistent: every operation is atomic and durable).
+5. A forked child never uses or unmounts its parent's mounts: it forgets
+   them (the parent's unmount is the parent's); the child's first acquire
+   mounts for itself (EBUSY while the parent holds it read-write).
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import sys
+import threading
+import weakref
+from typing import Any, Protocol
+
+from daxfs.errors import Busy
+from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.mount import mount
+from daxfs.lifecycle import cleanup_after
+
+
+class OpenFile(Protocol):
+    """What the table needs of an open fsspec file (daxfs.fsspec._files)."""
+
+    path: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def _forget(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How an image is mounted (daxfs.mount's keywords)."""
+
+    readonly: bool = False
+    persist: str = "auto"
+    dax: str = "inode"
+    layout_timeout: float = 10.0
+
+
+@dataclasses.dataclass(eq=False)
+class Mount:
+    """One mounted image and the fsspec files open on it."""
+
+    image: str
+    options: Options
+    fs: FileSystem
+    files: weakref.WeakSet[Any] = dataclasses.field(default_factory=weakref.WeakSet)
+
+    def open_files(self) -> list[OpenFile]:
+        return [f for f in list(self.files) if not f.closed]
+
+
+_TABLE: dict[str, Mount] = {}
+_LOCK = threading.Lock()
+
+
+def image_key(image: str | os.PathLike[str]) -> str:
+    """The table's key for an image path: absolute, symbolic links resolved."""
+    return os.path.realpath(os.fsdecode(os.fspath(image)))
+
+
+def acquire(image: str, options: Options) -> Mount:
+    """The mount of ``image`` (a key from ``image_key``), mounting it if needed.
+
+    Raises:
+        Busy (EBUSY): mounted by this process with other options, or by
+            another process (read-write excludes every other mount).
+        and whatever daxfs.mount raises (FileNotFoundError, Corrupted, ...),
+        each naming the image.
+    """
+    with _LOCK:
+        found = _TABLE.get(image)
+        if found is not None and found.fs.mounted:
+            if found.options != options:
+                raise Busy(
+                    f"{image} is already mounted for fsspec with {_shown(found.options)}; "
+                    f"cannot mount it again with {_shown(options)} "
+                    "(unmount it first: DaxFileSystem.unmount)",
+                    image,
+                )
+            return found
+        fs = mount(
+            image,
+            readonly=options.readonly,
+            persist=options.persist,
+            dax=options.dax,
+            layout_timeout=options.layout_timeout,
+        )
+        entry = Mount(image, options, fs)
+        _TABLE[image] = entry
+        return entry
+
+
+def release(image: str) -> None:
+    """Unmount ``image`` if this table mounted it (nothing if not).
+
+    Raises:
+        Busy (EBUSY): fsspec files (or daxfs files, mappings, pins taken through
+            ``DaxFileSystem.filesystem``) are still open on it; nothing changed.
+        IOFailure (EIO): the device failed writing the clean state; the image
+            is released all the same (the next mount recovers).
+    """
+    with _LOCK:
+        entry = _TABLE.get(image)
+        if entry is None:
+            return
+        busy = entry.open_files()
+        if busy:
+            names = ", ".join(sorted(f.path for f in busy)[:5])
+            raise Busy(f"cannot unmount {image}: {len(busy)} open file(s): {names}", image)
+        try:
+            entry.fs.unmount()
+        finally:
+            if not entry.fs.mounted:
+                del _TABLE[image]
+
+
+def mounted() -> list[str]:
+    """The images this process has mounted for fsspec."""
+    with _LOCK:
+        return sorted(_TABLE)
+
+
+def release_all() -> None:
+    """Close every open fsspec file, then unmount every image (atexit).
+
+    Never raises: a failure is one line on stderr per image.
+    """
+    with _LOCK:
+        entries = list(_TABLE.values())
+        _TABLE.clear()
+    for entry in entries:
+        for file in entry.open_files():
+            try:
+                file.close()  # flushes: what was written is durable
+            except Exception as exc:
+                _warn(f"could not close {file.path} on {entry.image} at exit: {exc}")
+        try:
+            _close_and_unmount(entry.fs)
+        except Exception as exc:
+            _warn(f"could not unmount {entry.image} at exit: {exc}; the next mount recovers")
+
+
+def _close_and_unmount(fs: FileSystem) -> None:
+    """Close the daxfs files still open on ``fs`` (raw ones, opened past fsspec), unmount.
+
+    Raises:
+        what FileSystem.unmount raises.
+    """
+    if not fs.mounted:
+        return
+    try:
+        for file in fs.open_files():
+            file.close()
+    except BaseException as exc:
+        cleanup_after(exc, fs.unmount)
+        raise
+    fs.unmount()
+
+
+def _warn(message: str) -> None:
+    print(f"daxfs.fsspec: {message}", file=sys.stderr)
+
+
+def forget_in_child() -> None:
+    """After fork, in the child: drop the parent's mounts without unmounting them."""
+    global _LOCK
+    _LOCK = threading.Lock()  # the parent may have held it while forking
+    for entry in _TABLE.values():
+        for file in list(entry.files):
+            file._forget()
+    _TABLE.clear()
+
+
+def _shown(options: Options) -> str:
+    return ", ".join(f"{f.name}={getattr(options, f.name)!r}" for f in dataclasses.fields(options))
+
+
+atexit.register(release_all)
+os.register_at_fork(after_in_child=forget_in_child)
