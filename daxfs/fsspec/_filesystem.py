@@ -102,9 +102,9 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
     # -- the mount ----------------------------------------------------------------------
 
     def _current(self) -> _mounts.Mount:
-        """The image's mount, mounted again if it was unmounted meanwhile."""
+        """The image's mount, mounted again if it was unmounted meanwhile (or forked)."""
         mount = self._mount
-        if not mount.fs.mounted:
+        if not (mount.live and mount.fs.mounted):
             mount = self._mount = _mounts.acquire(self.image, self._options)
         return mount
 

@@ -83,6 +83,8 @@ class Mount:
     options: Options
     fs: FileSystem
     files: weakref.WeakSet[Any] = dataclasses.field(default_factory=weakref.WeakSet)
+    #: False once forgotten (in a forked child): instances holding it must acquire again
+    live: bool = True
 
     def open_files(self) -> list[OpenFile]:
         return [f for f in list(self.files) if not f.closed]
@@ -108,7 +110,7 @@ def acquire(image: str, options: Options) -> Mount:
     """
     with _LOCK:
         found = _TABLE.get(image)
-        if found is not None and found.fs.mounted:
+        if found is not None and found.live and found.fs.mounted:
             if found.options != options:
                 raise Busy(
                     f"{image} is already mounted for fsspec with {_shown(found.options)}; "
@@ -126,6 +128,7 @@ def acquire(image: str, options: Options) -> Mount:
         )
         entry = Mount(image, options, fs)
         _TABLE[image] = entry
+        _register_at_exit()
         return entry
 
 
@@ -205,6 +208,7 @@ def forget_in_child() -> None:
     global _LOCK
     _LOCK = threading.Lock()  # the parent may have held it while forking
     for entry in _TABLE.values():
+        entry.live = False
         for file in list(entry.files):
             file._forget()
     _TABLE.clear()
@@ -214,5 +218,21 @@ def _shown(options: Options) -> str:
     return ", ".join(f"{f.name}={getattr(options, f.name)!r}" for f in dataclasses.fields(options))
 
 
-atexit.register(release_all)
+_registered = False
+
+
+def _register_at_exit() -> None:
+    """Register ``release_all`` once, after the first mount (caller holds _LOCK).
+
+    After, not at import: a device closes its descriptor in a
+    ``weakref.finalize``, whose own exit hook weakref registers when the first
+    one is made (in the first mount).  atexit runs hooks last registered
+    first, so registering after that mount unmounts before descriptors close.
+    """
+    global _registered
+    if not _registered:
+        atexit.register(release_all)
+        _registered = True
+
+
 os.register_at_fork(after_in_child=forget_in_child)
