@@ -85,7 +85,7 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
                 "daxfs: which image? give image=PATH (pandas: storage_options={'image': PATH}) "
                 "or the URL daxfs:///path/in/image::/path/of/image"
             )
-        if target_protocol not in (None, "file", "local") or target_options:
+        if target_protocol not in (None, "", "file", "local") or target_options:
             raise InvalidArgument(
                 f"daxfs mounts a local image; {target_protocol}:// {target_options or ''} "
                 "cannot be mapped (copy the image to a local path first)"
