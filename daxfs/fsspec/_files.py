@@ -7,7 +7,8 @@ attributes more (``fs``, ``path``, ``size``, ``autocommit``, and ``commit``/
 ``discard`` for ``fs.transaction``), so each class here is
 ``io.BufferedReader``/``BufferedWriter``/``BufferedRandom`` (C code: a read
 of at least the buffer's size goes from the raw file into the caller's
-buffer, no intermediate copy) with those attributes.
+buffer, no intermediate copy) with those attributes, and pyarrow's
+``read_buffer`` hook (one copy from device memory into pyarrow's memory pool).
 
 State diagram (autocommit=False is fsspec's ``with fs.transaction:``)::
 
@@ -78,6 +79,30 @@ class _FsspecFile:
         raw = self.raw  # type: ignore[attr-defined]  # the io class's, beside this mixin
         assert isinstance(raw, File)
         return raw
+
+    def read_buffer(self, nbytes: int) -> Any:
+        """pyarrow's hook (its PythonFile calls it instead of ``read``): up to ``nbytes``
+        at the position (all to the end if negative) in a buffer of pyarrow's memory pool,
+        copied once from device memory by ``preadinto``; the position moves past them.
+
+        A bytes object of the size would cost more than the copy: large ones come as
+        fresh pages from the kernel at every read, while pyarrow's pool reuses its memory.
+
+        Raises:
+            ImportError: no pyarrow (only pyarrow calls this).
+            ClosedFile (EBADF): the file is closed.
+        """
+        import pyarrow as pa
+
+        if self.writable():  # type: ignore[attr-defined]
+            self.flush()  # type: ignore[attr-defined]
+        pos: int = self.tell()  # type: ignore[attr-defined]
+        left = max(0, self.size - pos)
+        n = left if nbytes < 0 else min(nbytes, left)
+        buf = pa.allocate_buffer(n)
+        got = self.daxfs_file.preadinto(memoryview(buf), pos) if n else 0
+        self.seek(pos + got)  # type: ignore[attr-defined]
+        return buf if got == n else buf.slice(0, got)
 
     def commit(self) -> None:
         """Move the written file into place (fsspec transactions): one atomic rename.

@@ -135,3 +135,35 @@ def test_pandas_through_upath(dfs: DaxFileSystem) -> None:
         df.to_parquet(f)  # type: ignore[attr-defined]
     with path.open("rb") as f:
         pd.testing.assert_frame_equal(pd.read_parquet(f), df)
+
+
+def test_read_buffer_fills_pyarrows_pool_from_device_memory(
+    dfs: DaxFileSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pa = pytest.importorskip("pyarrow")
+    from daxfs.fs.file import File
+
+    data = bytes(range(256)) * 64
+    dfs.pipe_file("/f", data)
+    calls: list[int] = []
+    preadinto = File.preadinto
+
+    def spy(self: File, buffer: object, offset: int) -> int:
+        calls.append(offset)
+        return preadinto(self, buffer, offset)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(File, "preadinto", spy)
+    with dfs.open("/f", "rb") as f:
+        assert f.read(10) == data[:10]
+        first = f.read_buffer(1000)
+        assert isinstance(first, pa.Buffer)
+        assert first.to_pybytes() == data[10:1010]
+        assert f.tell() == 1010
+        assert f.read_buffer(-1).to_pybytes() == data[1010:]
+        assert f.read_buffer(5).to_pybytes() == b""
+    assert calls == [10, 1010]  # one copy each, straight into the pool's buffer
+    with dfs.open("/f", "rb+") as f:  # written bytes still in the buffer are read
+        f.write(b"new")
+        assert f.read_buffer(4).to_pybytes() == data[3:7]
+        f.seek(0)
+        assert f.read_buffer(3).to_pybytes() == b"new"
