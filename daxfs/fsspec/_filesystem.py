@@ -405,9 +405,10 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
             return
         into = path2.endswith("/")
         p1, p2 = self._strip_protocol(path1), self._strip_protocol(path2)
-        if p1 == p2:
-            return
         fs = self.filesystem
+        if p1 == p2:
+            fs.lstat(p1)  # as rename(2): nothing to do, but it must exist
+            return
         if into or fs.isdir(p2):
             p2 = posixpath.join(p2, posixpath.basename(p1))
         self._make_parent(fs, p2)

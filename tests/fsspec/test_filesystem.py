@@ -514,6 +514,8 @@ def test_mv(dfs: DaxFileSystem) -> None:
     assert dfs.ls("/g") == []
     with pytest.raises(FileNotFoundError):
         dfs.mv("/nothing", "/x")
+    with pytest.raises(FileNotFoundError):
+        dfs.mv("/nothing", "/nothing")  # as rename(2): nothing to do, but it must exist
     with pytest.raises(InvalidArgument):
         dfs.mv("/moved", "/moved/inside/")
 
