@@ -36,8 +36,12 @@ fsspec caches instances (per thread) and rebuilds them after pickling, but
 a read-write mount excludes every other mount of its image (EBUSY).  So the
 instances of one process share one mount per image (daxfs.fsspec._mounts):
 the first instance mounts, the others reuse it; ``fs.unmount()`` (or
-``fs.close()``, or leaving ``with DaxFileSystem(image) as fs:``) unmounts it
-and refuses (EBUSY) while files are open; an instance used after an unmount
+``fs.close()``) unmounts it and refuses (EBUSY) while files are open, after
+waiting a moment for closes on other threads (pyarrow closes what it read
+from its own I/O threads, and now and then keeps a file until they run
+again); ``fs.unmount(force=True)``, and leaving ``with DaxFileSystem(image)
+as fs:``, close the files still open (writers flushed) instead, as
+daxfs.FileSystem's own ``with`` does.  An instance used after an unmount
 mounts again.  At interpreter exit, files still open are closed (flushed:
 durable) and every image unmounted.  A forked child does not inherit mounts
 (its first use mounts for itself: EBUSY while the parent holds the image

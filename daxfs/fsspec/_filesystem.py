@@ -117,14 +117,20 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
     def fsid(self) -> str:
         return f"daxfs-{self.filesystem.superblock.uuid_str}"
 
-    def unmount(self) -> None:
+    def unmount(self, timeout: float = 1.0, *, force: bool = False) -> None:
         """Unmount the image now (it is mounted again if this or another instance is used).
 
+        Files still open are waited for, up to ``timeout`` seconds (pyarrow closes
+        what it read from its own threads, just after the read returned, and now
+        and then keeps one until its threads run again); ``force`` then closes the
+        fsspec files still open (writers flushed) instead of failing.
+
         Raises:
-            Busy (EBUSY): files are still open on it (close them first); nothing changed.
+            Busy (EBUSY): files are still open on it (close them first, or
+                ``force``); nothing changed.
             IOFailure (EIO): the device failed; the image is released all the same.
         """
-        _mounts.release(self.image)
+        _mounts.release(self.image, timeout, force=force)
 
     close = unmount
 
@@ -137,7 +143,7 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.unmount()
+        self.unmount(force=True)  # as daxfs.FileSystem's exit: close what is open, unmount
 
     def __repr__(self) -> str:
         return f"<DaxFileSystem image={self.image!r}>"

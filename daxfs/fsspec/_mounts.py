@@ -25,7 +25,8 @@ Invariants
 2. ``acquire`` with options other than the mount's raises Busy (EBUSY): one
    image is not mounted twice, read-write and read-only, by one process.
 3. ``release`` unmounts only when no fsspec file of the mount is open
-   (Busy otherwise, nothing changed); the entry leaves the table only once
+   (after a bounded wait for closes on other threads; Busy otherwise,
+   nothing changed); the entry leaves the table only once
    the unmount returned, or the FileSystem reports itself unmounted.
 4. At interpreter exit every open fsspec file is closed (its buffer flushed:
    durable) before its mount is unmounted; a failure there is one line on
@@ -43,6 +44,7 @@ import dataclasses
 import os
 import sys
 import threading
+import time
 import weakref
 from typing import Any, Protocol
 
@@ -132,20 +134,37 @@ def acquire(image: str, options: Options) -> Mount:
         return entry
 
 
-def release(image: str) -> None:
+def release(image: str, timeout: float = 1.0, *, force: bool = False) -> None:
     """Unmount ``image`` if this table mounted it (nothing if not).
 
+    Files still open are waited for, up to ``timeout`` seconds: pyarrow closes
+    the files it reads from its own I/O threads, just after the read returned
+    (and now and then keeps one until its threads run again).  With ``force``
+    the fsspec files still open then are closed (a writer's buffer flushed:
+    durable) before the unmount, as daxfs.FileSystem's ``with`` exit does.
+
     Raises:
-        Busy (EBUSY): fsspec files (or daxfs files, mappings, pins taken through
-            ``DaxFileSystem.filesystem``) are still open on it; nothing changed.
+        Busy (EBUSY): fsspec files (without ``force``; or daxfs files, mappings,
+            pins taken through ``DaxFileSystem.filesystem``) are still open on
+            it; nothing changed.
+        an OSError of a flush (``force``): that file is closed all the same,
+            the image stays mounted.
         IOFailure (EIO): the device failed writing the clean state; the image
             is released all the same (the next mount recovers).
     """
+    deadline = time.monotonic() + timeout
     with _LOCK:
         entry = _TABLE.get(image)
         if entry is None:
             return
         busy = entry.open_files()
+        while busy and time.monotonic() < deadline:
+            time.sleep(0.001)  # holding _LOCK: no new mount or acquire meanwhile
+            busy = entry.open_files()
+        if busy and force:
+            for file in busy:
+                file.close()
+            busy = []
         if busy:
             names = ", ".join(sorted(f.path for f in busy)[:5])
             raise Busy(f"cannot unmount {image}: {len(busy)} open file(s): {names}", image)

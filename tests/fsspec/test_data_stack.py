@@ -5,13 +5,24 @@ each checked from the daxfs API as well."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from daxfs.fsspec import DaxFileSystem
+from daxfs.fsspec import DaxFileSystem, mounted
 
 SO = {"persist": "cpu"}  # the storage options every URL here is opened with
+
+
+@pytest.fixture
+def dfs(image: str) -> Iterator[DaxFileSystem]:
+    """conftest's, unmounted with force: pyarrow now and then keeps a file it read
+    from open until its I/O threads run again (daxfs.fsspec, "Mount lifetime")."""
+    fs = DaxFileSystem(image, **SO)
+    yield fs
+    fs.unmount(force=True)
+    assert mounted() == []
 
 
 def frame() -> object:

@@ -132,7 +132,9 @@ def test_unmount_refuses_while_a_file_is_open_then_remounts_on_use(
     f = dfs.open("/f", "wb")
     f.write(b"buffered")
     with pytest.raises(Busy, match="/f"):
-        dfs.unmount()
+        dfs.unmount(timeout=0)
+    with pytest.raises(Busy, match="/f"):
+        dfs.unmount(timeout=0.01)  # waited for a close that does not come
     assert dfs.filesystem.mounted  # nothing changed
     f.close()
     before = dfs.filesystem
@@ -143,9 +145,32 @@ def test_unmount_refuses_while_a_file_is_open_then_remounts_on_use(
     assert dfs.filesystem is not before
 
 
+def test_unmount_waits_for_a_close_on_another_thread(dfs: DaxFileSystem) -> None:
+    f = dfs.open("/f", "wb")
+    closer = threading.Timer(0.05, f.close)  # as pyarrow's I/O threads do, after a read
+    closer.start()
+    dfs.unmount(timeout=60)
+    closer.join()
+    assert mounted() == []
+
+
+def test_force_closes_open_files_and_unmounts(dfs: DaxFileSystem) -> None:
+    w = dfs.open("/w", "wb")
+    w.write(b"in the buffer")
+    r = dfs.open("/w", "rb")
+    dfs.unmount(timeout=0, force=True)
+    assert mounted() == []
+    assert w.closed
+    assert r.closed
+    with daxfs.mount(dfs.image) as fs, fs.open("/w", "rb") as f:
+        assert f.read() == b"in the buffer"  # flushed before the unmount
+
+
 def test_context_manager_unmounts(image: str) -> None:
     with DaxFileSystem(image, persist="cpu") as fs:
         fs.touch("/t")
+        left = fs.open("/t", "rb")  # closed by the exit, as daxfs.FileSystem's with does
+    assert left.closed
     assert mounted() == []
     with daxfs.mount(image) as plain:  # nothing holds the image any more
         assert plain.listdir("/") == ["t"]
