@@ -207,15 +207,15 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         return out
 
     def exists(self, path: Any, **kwargs: Any) -> bool:
-        try:
-            self.filesystem.stat(self._strip_protocol(path))
-        except OSError:
-            return False
-        return True
+        return self._answers(self.filesystem.stat, path)
 
     def lexists(self, path: Any, **kwargs: Any) -> bool:
+        return self._answers(self.filesystem.lstat, path)
+
+    def _answers(self, look: Callable[[str], object], path: Any) -> bool:
+        """True if ``look`` (stat or lstat) finds ``path``."""
         try:
-            self.filesystem.lstat(self._strip_protocol(path))
+            look(self._strip_protocol(path))
         except OSError:
             return False
         return True
