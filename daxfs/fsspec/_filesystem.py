@@ -13,6 +13,16 @@ returns; ``get_file`` and ``cp_file`` pin the source range (daxfs.mm.SGList)
 and hand views of device memory to the destination's write, no buffer in
 between; a file object's ``readinto`` (and a ``read`` of at least its buffer
 size) copies from device memory into the caller's buffer.
+
+Invariants
+----------
+1. Paths reach daxfs stripped: absolute, ``/`` separated, no protocol, no
+   trailing slash, no ``::IMAGE`` part (``_strip_protocol``).
+2. A method that fails has changed nothing the daxfs call it failed in did
+   not change; the multi-step ones (pipe_file, put_file, cp_file, rm of a
+   tree, mv of a list) leave what docs/GUARANTEES.md says.
+3. A view of device memory (a pinned copy's) is released before its range
+   is unpinned, and never handed out past the call.
 """
 
 from __future__ import annotations

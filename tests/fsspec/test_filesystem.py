@@ -465,6 +465,19 @@ def test_cp_file_copies_from_pinned_device_memory(
     assert dfs.filesystem.open_files() == []
 
 
+def test_copies_through_the_block_layer(image: str) -> None:
+    fs = DaxFileSystem(image, dax="never", skip_instance_cache=True)
+    data = os.urandom(300_000)
+    fs.pipe_file("/a", data)
+    fs.cp_file("/a", "/b")
+    sink = io.BytesIO()
+    fs.get_file("/b", sink)
+    assert sink.getvalue() == data
+    assert fs.cat_file("/b", 5, 10) == data[5:10]
+    fs.unmount()
+    assert daxfs.fsck(image).clean
+
+
 def test_cp_file_onto_itself_is_einval(dfs: DaxFileSystem) -> None:
     dfs.pipe_file("/a", b"a")
     dfs.filesystem.link("/a", "/hard")
