@@ -655,3 +655,32 @@ def test_image_is_clean_and_checked_after_unmount(dfs: DaxFileSystem) -> None:
         assert stat.S_ISDIR(fs.stat("/d1/d2").st_mode)
         assert fs.stat("/d1/copy").st_size == 3000
         assert posixpath.basename("/d1/copy") == "copy"
+
+
+def test_threads_share_the_mount(dfs: DaxFileSystem) -> None:
+    """As dask's threaded scheduler: each thread gets its own fsspec instance (fsspec's
+    cache is per thread), all on the one mount; every file reads back as written."""
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            fs = fsspec.filesystem("daxfs", image=dfs.image, persist="cpu")
+            assert fs.filesystem is dfs.filesystem
+            for i in range(30):
+                payload = bytes([t, i]) * (100 * i + 1)
+                fs.pipe_file(f"/t{t}/f{i}", payload)
+                with fs.open(f"/t{t}/f{i}", "rb") as f:
+                    assert f.read() == payload
+                fs.mv(f"/t{t}/f{i}", f"/t{t}/g{i}")
+            assert len(fs.ls(f"/t{t}")) == 30
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert dfs.find("/") == sorted(f"/t{t}/g{i}" for t in range(4) for i in range(30))
+    assert dfs.cat_file("/t3/g29") == bytes([3, 29]) * 2901
