@@ -256,6 +256,56 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
     def _isfilestore(self) -> bool:
         return True  # a POSIX-like tree: directories exist on their own
 
+    # -- extended attributes -------------------------------------------------------------
+
+    # fsspec itself has no xattr API; these follow the os module (as daxfs does), and
+    # ``metadata`` returns them all, as s3fs's ``metadata`` does an object's.
+
+    def getxattr(self, path: Any, attribute: str | bytes) -> bytes:
+        """The value of extended attribute ``attribute`` (e.g. ``user.origin``).
+
+        Raises:
+            NoData (ENODATA): no such attribute; BadRange (ERANGE), NotSupported
+            (EOPNOTSUPP): a bad name or namespace; FileNotFoundError, ...
+        """
+        return self.filesystem.getxattr(self._strip_protocol(path), attribute)
+
+    def setxattr(self, path: Any, attribute: str | bytes, value: Any, flags: int = 0) -> None:
+        """Set extended attribute ``attribute`` (one transaction, durable on return);
+        ``flags``: os.XATTR_CREATE or os.XATTR_REPLACE.
+
+        Raises:
+            Exists (EEXIST) / NoData (ENODATA): the flag's condition fails;
+            TooBig (E2BIG), NoSpace (ENOSPC), ReadOnly (EROFS), and getxattr's.
+        """
+        self.filesystem.setxattr(self._strip_protocol(path), attribute, value, flags)
+
+    def listxattr(self, path: Any) -> list[str]:
+        """The names of the extended attributes of ``path``, sorted.
+
+        Raises:
+            FileNotFoundError, ...
+        """
+        return self.filesystem.listxattr(self._strip_protocol(path))
+
+    def removexattr(self, path: Any, attribute: str | bytes) -> None:
+        """Remove extended attribute ``attribute``.
+
+        Raises:
+            NoData (ENODATA): no such attribute; ReadOnly (EROFS), and getxattr's.
+        """
+        self.filesystem.removexattr(self._strip_protocol(path), attribute)
+
+    def metadata(self, path: Any) -> dict[str, bytes]:
+        """Every extended attribute of ``path``: {name: value}.
+
+        Raises:
+            FileNotFoundError, ...
+        """
+        fs = self.filesystem
+        path = self._strip_protocol(path)
+        return {name: fs.getxattr(path, name) for name in fs.listxattr(path)}
+
     # -- files ---------------------------------------------------------------------------
 
     def _open(

@@ -684,3 +684,25 @@ def test_threads_share_the_mount(dfs: DaxFileSystem) -> None:
     assert errors == []
     assert dfs.find("/") == sorted(f"/t{t}/g{i}" for t in range(4) for i in range(30))
     assert dfs.cat_file("/t3/g29") == bytes([3, 29]) * 2901
+
+
+def test_extended_attributes(dfs: DaxFileSystem) -> None:
+    dfs.pipe_file("/x/f", b"data")
+    dfs.setxattr("daxfs:///x/f", "user.origin", b"sensor-7")
+    dfs.setxattr("/x/f", "user.unit", bytearray(b"K"), os.XATTR_CREATE)
+    assert dfs.getxattr("/x/f", "user.origin") == b"sensor-7"
+    assert dfs.listxattr("/x/f") == ["user.origin", "user.unit"]
+    assert dfs.metadata("/x/f") == {"user.origin": b"sensor-7", "user.unit": b"K"}
+    assert dfs.filesystem.getxattr("/x/f", "user.unit") == b"K"  # the daxfs API agrees
+    with pytest.raises(FileExistsError):
+        dfs.setxattr("/x/f", "user.unit", b"C", os.XATTR_CREATE)
+    dfs.removexattr("/x/f", "user.unit")
+    with pytest.raises(OSError, match="/x/f") as caught:
+        dfs.getxattr("/x/f", "user.unit")
+    assert caught.value.errno == errno.ENODATA
+    dfs.mv("/x/f", "/y")  # a rename keeps them
+    assert dfs.metadata("/y") == {"user.origin": b"sensor-7"}
+    dfs.cp_file("/y", "/z")  # a copy of the bytes only, as shutil.copyfile
+    assert dfs.metadata("/z") == {}
+    with pytest.raises(FileNotFoundError):
+        dfs.listxattr("/nothing")
