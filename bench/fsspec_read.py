@@ -143,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"median of {passes} passes, sides alternated; image on {SHM}, persist='cpu'",
         "anchor of the pandas rows: pandas.read_parquet of the same file on /dev/shm "
         "(pyarrow's C++ local filesystem)",
-        f"total {time.perf_counter() - started:.0f} s",
+        f"total {time.perf_counter() - started:.0f} s; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work skews the ratios)",
     ]
     mode = "quick" if args.quick else "full"
     print_table(
