@@ -24,7 +24,10 @@ timeout (so that a hang or a crash of the interpreter is seen, not suffered)::
 A share of the cases (``NEVER_SHARE``, drawn from the seed and the case
 number) runs every step with ``dax="never"``: the image is reached as a block
 device through daxfs.block.cache.BlockCache (the CLI with ``--dax never``),
-where a damaged image must be as safe as on pmem.
+where a damaged image must be as safe as on pmem.  Of those, a share
+(``BOUNDED_SHARE``) mounts it with ``cache_size`` (mount and reuse steps): the
+lazily loaded cache of daxfs.pagecache.bounded, whose loads follow offsets read
+from the damaged media.
 
 Outcomes, worst first (an image counts once, with its worst outcome)::
 
@@ -101,6 +104,8 @@ API_WALK_LIMIT = 100_000  # entries fs.walk may yield before it counts as runnin
 Facts = list[Any]  # what a walk saw of one path (JSON-able)
 REUSE_BIG_AT, REUSE_BIG = 1 << 20, 512 << 10  # reuse's aligned overwrite (copy-on-write)
 NEVER_SHARE = 0.25  # of the cases run through the block layer (dax="never")
+BOUNDED_SHARE = 0.5  # of those, mounted with cache_size=BOUNDED_CACHE (daxfs.pagecache)
+BOUNDED_CACHE = "64K"
 
 
 # --------------------------------------------------------------------------- the steps
@@ -229,9 +234,9 @@ def _read_hash(fs: FileSystem, path: str, limit: int) -> tuple[str, int]:
     return h.hexdigest()[:16], got
 
 
-def step_mount(image: str, dax: str = "inode") -> dict[str, Any]:
+def step_mount(image: str, dax: str = "inode", cache_size: str | None = None) -> dict[str, Any]:
     """Mount, walk everything, then ``fs.walk`` (the API's own walk) must end."""
-    fs = mount(image, dax=dax)
+    fs = mount(image, dax=dax, cache_size=cache_size)
     try:
         facts, errors = walk(fs)
         names = 0
@@ -311,9 +316,9 @@ def step_fsck(image: str, repair: bool = False, dax: str = "inode") -> dict[str,
     }
 
 
-def step_reuse(image: str, dax: str = "inode") -> dict[str, Any]:
+def step_reuse(image: str, dax: str = "inode", cache_size: str | None = None) -> dict[str, Any]:
     """Mount, walk, write; unmount and fsck."""
-    fs = mount(image, dax=dax)
+    fs = mount(image, dax=dax, cache_size=cache_size)
     try:
         facts, errors = walk(fs)
         with cast("File", fs.open("/fuzz-new", "wb+", buffering=0)) as f:
@@ -357,6 +362,8 @@ class Case:
     findings: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (outcome, why)
     #: how every step reached the image: "inode" (DAX) or "never" (BlockCache)
     dax: str = "inode"
+    #: with dax="never": the mount and reuse steps' cache_size (None: the whole device)
+    cache_size: str | None = None
 
     @property
     def outcome(self) -> str:
@@ -379,10 +386,13 @@ class Fuzzer:
         workdir: str | None = None,
         kinds: Iterable[tuple[str, bool]] | None = None,
         never: float = NEVER_SHARE,
+        bounded: float = BOUNDED_SHARE,
     ) -> None:
         self.seed = seed
         #: the share of cases whose steps run with dax="never" (through BlockCache)
         self.never = never
+        #: the share of those mounted with cache_size (daxfs.pagecache.bounded)
+        self.bounded = bounded
         #: (structure, resealed) of each case in turn: all of them, or the ones asked for
         self.kinds = (
             list(kinds)
@@ -409,7 +419,8 @@ class Fuzzer:
         image, mutation = corrupt(
             structure, self.seed * 1_000_003 + number, base.image, self.inventory, sealed
         )
-        return self.run_image(number, image, mutation, base, self.dax(number))
+        dax = self.dax(number)
+        return self.run_image(number, image, mutation, base, dax, self.cache_size(number, dax))
 
     def dax(self, number: int) -> str:
         """How case ``number`` reaches its image: "never" for a share ``never`` of the
@@ -417,22 +428,37 @@ class Fuzzer:
         draw = random.Random(f"{self.seed}:{number}:dax").random()
         return "never" if draw < self.never else "inode"
 
+    def cache_size(self, number: int, dax: str) -> str | None:
+        """The cache_size of case ``number``'s mounts: BOUNDED_CACHE for a share
+        ``bounded`` of the dax="never" cases (its own generator, as ``dax``)."""
+        draw = random.Random(f"{self.seed}:{number}:bounded").random()
+        return BOUNDED_CACHE if dax == "never" and draw < self.bounded else None
+
     def run_image(
-        self, number: int, image: bytes, mutation: Mutation, base: Base, dax: str = "inode"
+        self,
+        number: int,
+        image: bytes,
+        mutation: Mutation,
+        base: Base,
+        dax: str = "inode",
+        cache_size: str | None = None,
     ) -> Case:
         """Run the steps on ``image`` (``base`` corrupted by ``mutation``) and classify;
-        ``dax="never"`` runs them through the block layer."""
-        case = Case(number, mutation, base.name, dax=dax)
+        ``dax="never"`` runs them through the block layer (mounted with ``cache_size``
+        if given)."""
+        case = Case(number, mutation, base.name, dax=dax, cache_size=cache_size)
         work = os.path.join(self.workdir, f"case{number}")
         os.makedirs(work, exist_ok=True)
         try:
-            self._steps(case, image, work, dax)
+            self._steps(case, image, work, dax, cache_size)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         classify(case, base, self.inventory)
         return case
 
-    def _steps(self, case: Case, image: bytes, work: str, dax: str) -> None:
+    def _steps(
+        self, case: Case, image: bytes, work: str, dax: str, cache_size: str | None = None
+    ) -> None:
         paths = {}
         for name in ("mount", "cli", "main"):
             paths[name] = os.path.join(work, f"{name}.img")
@@ -442,12 +468,12 @@ class Fuzzer:
         os.makedirs(sandbox)
         t = self.timeout
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-            ("mount", lambda: step_mount(paths["mount"], dax)),
+            ("mount", lambda: step_mount(paths["mount"], dax, cache_size)),
             ("cli", lambda: step_cli(paths["cli"], sandbox, dax)),
             ("fsck", lambda: step_fsck(paths["main"], dax=dax)),
             ("repair", lambda: step_fsck(paths["main"], repair=True, dax=dax)),
             ("refsck", lambda: step_fsck(paths["main"], dax=dax)),
-            ("reuse", lambda: step_reuse(paths["main"], dax)),
+            ("reuse", lambda: step_reuse(paths["main"], dax, cache_size)),
         ]
 
         def runaway() -> str | None:
@@ -643,14 +669,16 @@ class Table:
     counts: dict[tuple[str, str], dict[str, int]] = dataclasses.field(default_factory=dict)
     bad: list[Case] = dataclasses.field(default_factory=list)
     cases: int = 0
-    #: cases run through the block layer (dax="never")
+    #: cases run through the block layer (dax="never"), and of those with cache_size
     never: int = 0
+    bounded: int = 0
 
     def add(self, case: Case) -> None:
         row = self.counts.setdefault((case.mutation.structure, case.mode), {})
         row[case.outcome] = row.get(case.outcome, 0) + 1
         self.cases += 1
         self.never += case.dax == "never"
+        self.bounded += case.cache_size is not None
         if case.outcome in BAD:
             self.bad.append(case)
 
@@ -670,7 +698,10 @@ class Table:
         tot = self.totals()
         cells = " ".join(f"{tot.get(o, 0):>7}" for o in OUTCOMES)
         lines.append(f"{'all':12} {'':9} {cells} {sum(tot.values()):>7}")
-        lines.append(f"{self.never} of the {self.cases} images through the block layer (dax=never)")
+        lines.append(
+            f"{self.never} of the {self.cases} images through the block layer (dax=never), "
+            f"{self.bounded} of them mounted with cache_size={BOUNDED_CACHE}"
+        )
         return "\n".join(lines)
 
 
@@ -678,11 +709,12 @@ def reproducer(seed: int, case: Case) -> str:
     m = case.mutation
     worst = next((why for o, why in case.findings if o == case.outcome), "")
     label = "BAD" if case.outcome in BAD else "NOTE"
+    bounded = f", cache_size={case.cache_size}" if case.cache_size else ""
     return (
         f"{label} {case.outcome}: case {case.number} [{m.structure}/{m.field}, {case.mode}, "
-        f"{case.base} base, dax={case.dax}] {m.detail} -- {worst[:300]} -- reproduce: "
-        f"python -m daxfs.testing.fuzz --seed {seed} --case {case.number} "
-        f"--never {int(case.dax == 'never')}"
+        f"{case.base} base, dax={case.dax}{bounded}] {m.detail} -- {worst[:300]} -- "
+        f"reproduce: python -m daxfs.testing.fuzz --seed {seed} --case {case.number} "
+        f"--never {int(case.dax == 'never')} --bounded {int(case.cache_size is not None)}"
     )
 
 
@@ -697,16 +729,18 @@ def fuzz(
     kinds: Iterable[tuple[str, bool]] | None = None,
     at_least: int = 0,
     never: float = NEVER_SHARE,
+    bounded: float = BOUNDED_SHARE,
 ) -> Table:
     """Run cases ``first``, ``first + 1``, ... until ``cases`` are done or ``seconds`` pass.
 
     ``kinds``: the (structure, resealed) pairs to take in turn (default: all).
     ``at_least``: cases run whatever the time budget says (a slow machine still
     tries each kind once when ``at_least`` is the number of kinds).
-    ``never``: the share of cases run with dax="never" (through the block layer).
+    ``never``: the share of cases run with dax="never" (through the block layer);
+    ``bounded``: the share of those mounted with cache_size (daxfs.pagecache).
     """
     deadline = None if seconds is None else time.monotonic() + seconds
-    fuzzer = Fuzzer(seed, timeout=timeout, kinds=kinds, never=never)
+    fuzzer = Fuzzer(seed, timeout=timeout, kinds=kinds, never=never, bounded=bounded)
     table = Table()
     try:
         number = first
@@ -751,6 +785,14 @@ def main(argv: list[str] | None = None) -> int:
         f"(default {NEVER_SHARE}; 0: none, 1: all)",
     )
     parser.add_argument(
+        "--bounded",
+        type=float,
+        default=BOUNDED_SHARE,
+        metavar="SHARE",
+        help="share of the dax=never cases mounted with cache_size="
+        f"{BOUNDED_CACHE} (default {BOUNDED_SHARE}; 0: none, 1: all)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         default=None,
@@ -777,7 +819,9 @@ def main(argv: list[str] | None = None) -> int:
         shown += ["--seed", str(seed)]
     print(f"$ python -m daxfs.testing.fuzz {shlex.join(shown)}", flush=True)
     if args.case is not None:
-        fuzzer = Fuzzer(seed, timeout=args.timeout, kinds=kinds, never=args.never)
+        fuzzer = Fuzzer(
+            seed, timeout=args.timeout, kinds=kinds, never=args.never, bounded=args.bounded
+        )
         try:
             case = fuzzer.run_case(args.case)
         finally:
@@ -819,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=show,
         kinds=kinds,
         never=args.never,
+        bounded=args.bounded,
     )
     print(
         f"seed {seed}: {table.cases} corrupted images in {time.monotonic() - start:.0f} s, "

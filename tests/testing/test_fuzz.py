@@ -239,7 +239,7 @@ def test_planted_wrong_exception_hang_and_crash(
             time.sleep(60)  # a hang
         raise KeyError("not an OSError")
 
-    def bad_mount(image: str, dax: str = "inode") -> dict[str, Any]:
+    def bad_mount(image: str, dax: str = "inode", cache_size: str | None = None) -> dict[str, Any]:
         os.kill(os.getpid(), signal.SIGBUS)
         return {}
 
@@ -361,6 +361,36 @@ def test_bounded_fuzz_run_through_the_block_layer_finds_nothing_bad() -> None:
     table = fuzz_mod.fuzz(9, cases=len(FUZZ_KINDS), timeout=30, kinds=FUZZ_KINDS, never=1.0)
     assert table.never == table.cases == len(FUZZ_KINDS)
     assert not table.bad, "\n".join(fuzz_mod.reproducer(9, c) for c in table.bad)
+
+
+def test_bounded_fuzz_run_with_cache_size_finds_nothing_bad() -> None:
+    """Every kind of damage once more, mounted with cache_size (daxfs.pagecache.bounded:
+    the lazily loaded cache, loads following offsets read from the damaged image)."""
+    table = fuzz_mod.fuzz(
+        11, cases=len(FUZZ_KINDS), timeout=30, kinds=FUZZ_KINDS, never=1.0, bounded=1.0
+    )
+    assert table.bounded == table.never == table.cases == len(FUZZ_KINDS)
+    assert not table.bad, "\n".join(fuzz_mod.reproducer(11, c) for c in table.bad)
+
+
+def test_bounded_cases_reach_the_bounded_cache(
+    fuzzer: Fuzzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plant a bug in BoundedBlockCache.ensure (a non-OSError): a case mounted with
+    cache_size is wrong, and says so in its reproducer; without cache_size it is fine."""
+    from daxfs.pagecache.bounded import BoundedBlockCache
+
+    def broken(self: BoundedBlockCache, offset: int, length: int) -> None:
+        raise KeyError("planted in BoundedBlockCache.ensure")
+
+    monkeypatch.setattr(BoundedBlockCache, "ensure", broken)
+    m = corrupt.Mutation("random", "none", "planted: nothing", False, [(0, 0)])
+    case = fuzzer.run_image(1008, fuzzer.clean.image, m, fuzzer.clean, "never")
+    assert case.outcome == "fine", case.findings
+    case = fuzzer.run_image(1009, fuzzer.clean.image, m, fuzzer.clean, "never", "64K")
+    assert case.outcome == "wrong", case.findings
+    assert "planted in BoundedBlockCache" in " ".join(why for _, why in case.findings)
+    assert "--never 1 --bounded 1" in fuzz_mod.reproducer(3, case)
 
 
 @pytest.mark.slow
