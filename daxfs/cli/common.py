@@ -178,7 +178,7 @@ def add_parser(
 
 
 def add_persist_option(parser: argparse.ArgumentParser) -> None:
-    """--persist, and --dax (how the image is reached: daxfs.fs.devices)."""
+    """--persist, --dax (how the image is reached: daxfs.fs.devices) and --cache-size."""
     parser.add_argument(
         "--persist",
         choices=PERSIST_CHOICES,
@@ -186,6 +186,14 @@ def add_persist_option(parser: argparse.ArgumentParser) -> None:
         help="how writes reach persistence: auto (what the device needs), cpu, msync",
     )
     add_dax_option(parser)
+    parser.add_argument(
+        "--cache-size",
+        default=None,
+        metavar="SIZE",
+        help="with --dax never: bound the DRAM of file data to SIZE (65536, 64M, 1G: "
+        "a page cache with LRU eviction; metadata loaded as touched), instead of "
+        "caching the whole image",
+    )
 
 
 def add_dax_option(parser: argparse.ArgumentParser) -> None:
@@ -264,9 +272,12 @@ class Mounts:
     (taken from its descriptor, so a path swapped after the mount cannot lie).
     """
 
-    def __init__(self, persist: str = "auto", dax: str = "inode") -> None:
+    def __init__(
+        self, persist: str = "auto", dax: str = "inode", cache_size: str | None = None
+    ) -> None:
         self.persist = persist
         self.dax = dax
+        self.cache_size = cache_size
         self._mounted: dict[Hashable, FileSystem] = {}
         self._ids: set[tuple[int, int]] = set()
 
@@ -287,7 +298,7 @@ class Mounts:
         fs = self._mounted.get(key)
         if fs is None:
             try:
-                fs = mount(image, persist=self.persist, dax=self.dax)
+                fs = mount(image, persist=self.persist, dax=self.dax, cache_size=self.cache_size)
             except OSError as exc:
                 text = exc.strerror or str(exc)
                 if text.endswith(f": {image}"):  # mount names the image: say it once, in front

@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
 
 def run_mkdir(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "mkdir") for text in args.paths]
-    with Mounts(args.persist, args.dax) as mounts:
+    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
         for op in ops:
             assert op.image is not None
             fs = mounts.get(op.image)
@@ -79,7 +79,7 @@ def run_mkdir(args: argparse.Namespace) -> int:
 
 def run_rm(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "rm") for text in args.paths]
-    with Mounts(args.persist, args.dax) as mounts:
+    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
         for op in ops:
             assert op.image is not None
             fs = mounts.get(op.image)
@@ -143,7 +143,7 @@ def _remove_tree(fs: FileSystem, top: str) -> None:
 def run_mv(args: argparse.Namespace) -> int:
     sources = [image_operand(text, "mv") for text in args.sources]
     dest = image_operand(args.dest, "mv")
-    with Mounts(args.persist, args.dax) as mounts:
+    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
         assert dest.image is not None
         for src in sources:
             assert src.image is not None
