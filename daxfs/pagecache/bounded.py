@@ -200,6 +200,11 @@ class BoundedBlockCache(BlockCache):
     def read(self, offset: int, length: int) -> bytes:
         self._check_open()
         check_range(offset, length, self.size)
+        if length:
+            first, last = offset >> PAGE_SHIFT, (offset + length - 1) >> PAGE_SHIFT
+            with self._route_lock:
+                if self._owned.find(1, first, last + 1) < 0:  # all paged: one call
+                    return self.pages.read(offset, length)
         buf = bytearray(length)
         self.readinto(offset, buf)
         return bytes(buf)

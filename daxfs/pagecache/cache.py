@@ -453,6 +453,19 @@ class AddressSpace:
             OSError: a miss failed to read (EIO naming the bytes); nothing cached.
         """
         _check(offset, length)
+        index = offset >> PAGE_SHIFT
+        end = offset + length
+        pool = self.pool
+        if length and (end - 1) >> PAGE_SHIFT == index and end <= self.backing.size:
+            with pool.lock:  # the common re-read: one cached page, one copy
+                pool._check_open()
+                folio = self.folios.get(index)
+                if folio is not None:
+                    pool.stats.hits += 1
+                    self._touch(folio)
+                    self._ra_next = index + 1
+                    base = (folio.slot << PAGE_SHIFT) - (index << PAGE_SHIFT)
+                    return bytes(pool._mem[base + offset : base + end])
         buf = bytearray(max(0, min(length, self.backing.size - offset)))
         n = self.readinto(offset, buf)
         return bytes(buf[:n])
