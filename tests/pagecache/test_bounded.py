@@ -26,6 +26,7 @@ from daxfs.testing.blockfaults import FaultyBlockDevice
 from daxfs.testing.device_tests import DeviceTests
 from daxfs.testing.simblock import SimulatedBlockDevice
 from daxfs.testing.simulated import SimulatedPmem
+from tests.testing.known_bugs import SLOW_SECONDS
 
 PAGE = 4096
 MIB = 1 << 20
@@ -356,3 +357,32 @@ def test_threads_copies_loads_and_drains_check_every_byte() -> None:
         assert bytes(view) == model
         view.release()
     assert disk.durable_image() == model
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SLOW_SECONDS * 2 + 300)
+def test_long_fsx_and_nsstress_with_a_small_cache() -> None:
+    """fsx, then nsstress, seed after seed on a block device mounted with cache_size=64K,
+    SLOW_SECONDS (DAXFS_SLOW_SECONDS) each half."""
+    import time
+
+    from daxfs.testing import fsx, nsstress
+    from tests.testing.known_bugs import FSX_WITHOUT, NSSTRESS_WITHOUT
+
+    deadline = time.monotonic() + SLOW_SECONDS / 2
+    seed, total = 2000, fsx.FsxStats()
+    while time.monotonic() < deadline:
+        opts = fsx.FsxOptions(block=True, cache_size="64K")
+        for kind in FSX_WITHOUT:
+            opts.weights[kind] = 0
+        total.add(fsx.run(seed, ops=1000, options=opts))
+        seed += 1
+    print(f"fsx bounded: seeds 2000..{seed - 1}: {total.summary()}")
+    assert total.crashes > 0
+    deadline = time.monotonic() + SLOW_SECONDS / 2
+    seed = 3000
+    while time.monotonic() < deadline:
+        o = nsstress.StressOptions(block=True, cache_size="64K")
+        o.skip = frozenset(NSSTRESS_WITHOUT)
+        assert nsstress.run(seed, ops=600, options=o).checks == 2
+        seed += 1
