@@ -88,7 +88,7 @@ class BoundedBlockCache(BlockCache):
 
     Raises (construction):
         InvalidArgument (EINVAL): as BlockCache; ``cache_size`` not a size or
-            below the page cache's minimum.
+            below the page cache's minimum; logical blocks above 4 KiB.
         OSError(ENOMEM): ``cache_size`` above MemAvailable (both sizes named).
     """
 
