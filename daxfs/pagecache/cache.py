@@ -84,6 +84,7 @@ Invariants
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import re
@@ -640,6 +641,67 @@ class AddressSpace:
             for folio in victims:
                 self._drop(folio)
             return len(victims)
+
+    def forget(self, offset: int, length: int, data: Buffer | None = None) -> int:
+        """After a direct write of ``[offset, offset+length)``: nothing cached may show
+        the range's old bytes.  A page wholly inside is dropped (dirty or not: the
+        device has newer bytes); a page partly inside is dropped if clean, and if
+        dirty keeps its bytes outside the range and takes the device's inside --
+        ``data`` (what was written), or read back from the device without it.
+        Returns the pages dropped.  Never writes a stale page back over the range.
+
+        Raises:
+            InvalidArgument (EINVAL): a bad range, or ``data`` not ``length`` bytes.
+            OSError: the read back failed (EIO naming the bytes); that page is
+                dropped (its dirty bytes outside the range are lost, and named).
+        """
+        _check(offset, length)
+        with self.pool.lock, contextlib.ExitStack() as stack:
+            src = None
+            if data is not None:
+                src = stack.enter_context(memoryview(data)).cast("B")
+                stack.callback(src.release)
+                if len(src) != length:
+                    raise InvalidArgument(f"forget of {length} bytes given {len(src)} bytes")
+            end = offset + length
+            first, stop = offset >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT
+            dropped = 0
+            for folio in [f for f in list(self.folios.values()) if first <= f.index < stop]:
+                start = folio.index << PAGE_SHIFT
+                inside = offset <= start and end >= start + PAGE_SIZE
+                if inside or not folio.dirty:
+                    self._drop(folio)
+                    dropped += 1
+                    continue
+                lo, hi = max(offset, start), min(end, start + PAGE_SIZE)
+                base = (folio.slot << PAGE_SHIFT) - start
+                part = self.pool._mem[base + lo : base + hi]
+                if src is not None:
+                    part[:] = src[lo - offset : hi - offset]
+                    continue
+                try:
+                    self._read_part(lo, part)
+                except OSError:
+                    self._drop(folio)
+                    raise
+            return dropped
+
+    def _read_part(self, offset: int, part: memoryview) -> None:
+        """Read device bytes ``[offset, offset+len(part))`` into ``part`` through a
+        bounce page (the backing reads whole pages)."""
+        index = offset >> PAGE_SHIFT
+        bounce = memoryview(mmap.mmap(-1, PAGE_SIZE))
+        try:
+            size = min(PAGE_SIZE, self.backing.size - (index << PAGE_SHIFT))
+            what = self._what(index << PAGE_SHIFT, (index << PAGE_SHIFT) + size)
+            try:
+                self.backing.read_pages(index << PAGE_SHIFT, [bounce[:size]])
+            except OSError as exc:
+                raise _named(exc, "reading back " + what) from exc
+            lo = offset - (index << PAGE_SHIFT)
+            part[:] = bounce[lo : lo + len(part)]
+        finally:
+            bounce.release()
 
     def truncate(self, size: int) -> None:
         """The object is now ``size`` bytes: drop the pages past it (dirty or not) and

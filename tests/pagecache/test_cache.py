@@ -373,3 +373,40 @@ def test_model_random_ops() -> None:
         assert space.pool.resident <= LIMIT
     space.sync()
     assert dev.durable_image() == model
+
+
+def test_forget_after_a_direct_write_keeps_dirty_bytes_outside_it(
+    dev: SimulatedBlockDevice,
+) -> None:
+    """A direct write of [P+100, 3P+50) done around the cache: pages wholly inside are
+    dropped, a clean partial page is dropped, a dirty partial page keeps its own bytes
+    outside the range and takes the written ones inside; nothing stale is written back."""
+    space = space_of(dev)
+    model = bytearray(dev.image())
+    space.read(0, 4 * PAGE_SIZE)  # pages 0..3 cached, clean
+    space.write(PAGE_SIZE + 10, b"D" * 20)  # page 1 dirty, outside the range
+    space.write(2 * PAGE_SIZE, b"S" * 8)  # page 2 dirty, wholly inside: superseded
+    model[PAGE_SIZE + 10 : PAGE_SIZE + 30] = b"D" * 20
+    start, end = PAGE_SIZE + 100, 3 * PAGE_SIZE + 50
+    written = bytes(random.Random(12).randbytes(end - start))
+    dev.write(start - 100, bytes(model[start - 100 : start]) + written[: PAGE_SIZE - 100])
+    dev.write(2 * PAGE_SIZE, written[PAGE_SIZE - 100 : 2 * PAGE_SIZE - 100])
+    dev.write(3 * PAGE_SIZE, written[2 * PAGE_SIZE - 100 :] + bytes(model[end : end + 462]))
+    model[start:end] = written
+    assert space.forget(start, end - start, written) == 2  # page 2 (inside), page 3 (clean)
+    assert space.cached(PAGE_SIZE, PAGE_SIZE) == PAGE_SIZE  # page 1 kept, dirty
+    assert space.read(0, 5 * PAGE_SIZE) == model[: 5 * PAGE_SIZE]
+    space.sync()
+    assert dev.durable_image()[: 5 * PAGE_SIZE] == model[: 5 * PAGE_SIZE]
+
+
+def test_forget_without_data_reads_back(dev: SimulatedBlockDevice) -> None:
+    space = space_of(dev)
+    space.write(10, b"mine")  # page 0 dirty
+    dev.write(512, b"W" * 512)  # the direct write, inside page 0
+    space.forget(512, 512)
+    got = space.read(0, 1024)
+    assert got[10:14] == b"mine"
+    assert got[512:1024] == b"W" * 512
+    with pytest.raises(InvalidArgument):
+        space.forget(0, 10, b"short")
