@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING
 from daxfs.block.bio import SECTOR_SHIFT, Bio, BioOp
 from daxfs.block.cache import BlockCache, _merged, _named
 from daxfs.block.device import BlockDevice
+from daxfs.errors import InvalidArgument
 from daxfs.pagecache.cache import PAGE_SHIFT, PAGE_SIZE, AddressSpace, BlockBacking, PageCache
 from daxfs.pmem.device import check_range
 
@@ -286,9 +287,11 @@ class BoundedBlockCache(BlockCache):
 
     def invalidate(self, offset: int, length: int, data: Buffer | None = None) -> None:
         """After a direct write: owned bytes take the device's (as BlockCache); the
-        page cache's pages of paged bytes are dropped, so the next read misses to
-        the device (the range lock of the write keeps buffered writes out, so none
-        is dirty).
+        page cache forgets paged bytes (``AddressSpace.forget``: its pages of the
+        range are dropped, so the next read misses to the device -- the range lock
+        of the write keeps buffered writes out -- and a dirty page only partly in
+        the range takes the written bytes and keeps its own: nothing stale is ever
+        written back over the direct write).
 
         Raises:
             as BlockCache.invalidate.
@@ -297,15 +300,21 @@ class BoundedBlockCache(BlockCache):
         check_range(offset, length, self.size)
         if not length:
             return
-        with self._route_lock:
+        with self._route_lock, contextlib.ExitStack() as stack:
+            flat = None
+            if data is not None:
+                flat = stack.enter_context(memoryview(data)).cast("B")
+                stack.callback(flat.release)
+                if len(flat) != length:
+                    raise InvalidArgument(
+                        f"invalidate of {length} bytes at {offset} given {len(flat)} bytes"
+                    )
             for start, end, is_owned in list(self._pieces(offset, length)):
+                part = None if flat is None else flat[start - offset : end - offset]
                 if not is_owned:
-                    self.pages.invalidate(start, end - start)
-                elif data is None:
-                    super().invalidate(start, end - start)
+                    self.pages.forget(start, end - start, part)
                 else:
-                    with memoryview(data) as src, src.cast("B") as flat:
-                        super().invalidate(start, end - start, flat[start - offset : end - offset])
+                    super().invalidate(start, end - start, part)
 
     # -- persistence ---------------------------------------------------------------------
 

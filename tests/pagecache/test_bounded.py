@@ -386,3 +386,26 @@ def test_long_fsx_and_nsstress_with_a_small_cache() -> None:
         o.skip = frozenset(NSSTRESS_WITHOUT)
         assert nsstress.run(seed, ops=600, options=o).checks == 2
         seed += 1
+
+
+@pytest.mark.parametrize("with_data", [True, False])
+def test_invalidate_after_a_direct_write_never_writes_a_stale_page_over_it(
+    with_data: bool,
+) -> None:
+    """A paged page dirty in the page cache (bytes 10..20 of page 1), a direct write of
+    512 bytes inside that page done around the cache, then invalidate (as direct I/O
+    calls it, with or without the written bytes): the cache shows both writes, and so
+    does the disk after a drain (a write-back of the whole stale page would undo the
+    direct write)."""
+    disk = SimulatedBlockDevice(MIB, image=image())
+    model = bytearray(disk.image())
+    with BoundedBlockCache(disk, "64K") as cache:
+        cache.write(PAGE + 10, b"x" * 10, drain=False)
+        model[PAGE + 10 : PAGE + 20] = b"x" * 10
+        direct = b"D" * 512
+        disk.write(PAGE + 1024, direct)
+        model[PAGE + 1024 : PAGE + 1536] = direct
+        cache.invalidate(PAGE + 1024, 512, direct if with_data else None)
+        assert cache.read(0, 4 * PAGE) == model[: 4 * PAGE]
+        cache.drain()
+    assert disk.durable_image() == model
