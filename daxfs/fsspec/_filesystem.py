@@ -41,7 +41,7 @@ from fsspec.callbacks import DEFAULT_CALLBACK
 from fsspec.spec import AbstractFileSystem
 from fsspec.utils import isfilelike, stringify_path
 
-from daxfs.errors import InvalidArgument, IsADirectory, NotSupported, naming
+from daxfs.errors import InvalidArgument, IsADirectory, NotFound, NotSupported, naming
 from daxfs.fs.file import File
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fsspec import _mounts
@@ -107,7 +107,14 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         self._options = _mounts.Options(
             readonly=readonly, persist=persist, dax=dax, layout_timeout=layout_timeout
         )
-        self._mount = _mounts.acquire(self.image, self._options)
+        try:
+            self._mount = _mounts.acquire(self.image, self._options)
+        except FileNotFoundError as exc:
+            raise NotFound(
+                f"no daxfs image at {self.image} (a daxfs URL names the image last: "
+                "daxfs:///path/in/image::/path/of/image)",
+                self.image,
+            ) from exc
 
     # -- the mount ----------------------------------------------------------------------
 

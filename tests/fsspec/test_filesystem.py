@@ -85,9 +85,10 @@ def test_strip_protocol(given: str, stripped: str) -> None:
 
 def test_the_reversed_url_names_the_missing_image(image: str) -> None:
     # the first idea, daxfs://IMAGE::PATH: fsspec makes PATH the image
-    with pytest.raises(FileNotFoundError) as caught:
+    with pytest.raises(FileNotFoundError, match="names the image last") as caught:
         fsspec.open(f"daxfs://{image}::/data/x.parquet", "rb").open()
     assert caught.value.filename == "/data/x.parquet"
+    assert caught.value.errno == errno.ENOENT
 
 
 def test_constructor_errors(image: str, tmp_path: Path) -> None:
