@@ -409,3 +409,113 @@ def test_invalidate_after_a_direct_write_never_writes_a_stale_page_over_it(
         assert cache.read(0, 4 * PAGE) == model[: 4 * PAGE]
         cache.drain()
     assert disk.durable_image() == model
+
+
+def test_threads_buffered_direct_truncate_mmap_on_a_bounded_mount() -> None:
+    """Four threads on one mount with cache_size=64K, each on its own file: buffered
+    writes and reads (the page cache, evicting), aligned direct writes and reads (bios
+    around the cache), truncates that shrink and regrow a file, and stores through a
+    mapping with msync. Each checks every byte it reads against its model while the
+    others run; at the end, and after a remount without cache_size, every file equals
+    its model."""
+    import threading
+
+    from daxfs.fs.direct import aligned_buffer
+
+    disk = fresh(64 * MIB)
+    size = 256 * 1024
+    models: dict[str, bytearray] = {}
+    errors: list[BaseException] = []
+
+    def buffered(fs: object, path: str, seed: int) -> None:
+        rng = random.Random(seed)
+        model = models[path]
+        with fs.open(path, "rb+", buffering=0) as f:  # type: ignore[attr-defined]
+            for _ in range(60):
+                off = rng.randrange(size - 9000)
+                data = rng.randbytes(rng.randrange(1, 9000))
+                f.pwrite(data, off)
+                model[off : off + len(data)] = data
+                off = rng.randrange(size - 5000)
+                assert f.pread(5000, off) == model[off : off + 5000], path
+
+    def direct(fs: object, path: str, seed: int) -> None:
+        rng = random.Random(seed)
+        model = models[path]
+        buf = aligned_buffer(8 * PAGE)
+        with (
+            fs.open(path, "rb+", buffering=0, direct=True) as f,  # type: ignore[attr-defined]
+            fs.open(path, "rb", buffering=0) as b,  # type: ignore[attr-defined]
+        ):
+            for _ in range(60):
+                n = rng.randrange(1, 9) * 512
+                off = rng.randrange((size - n) // 512) * 512
+                assert b.pread(n, off) == model[off : off + n]  # cached through the page cache
+                data = rng.randbytes(n)
+                buf[:n] = data
+                f.pwrite(memoryview(buf)[:n], off)
+                model[off : off + n] = data
+                assert b.pread(n, off) == model[off : off + n], path  # not the cached page
+                got = f.preadinto(memoryview(buf)[:n], off)
+                assert got == n
+                assert buf[:n] == model[off : off + n], path
+
+    def truncating(fs: object, path: str, seed: int) -> None:
+        rng = random.Random(seed)
+        model = models[path]
+        with fs.open(path, "rb+", buffering=0) as f:  # type: ignore[attr-defined]
+            for _ in range(40):
+                new = rng.randrange(size)
+                f.truncate(new)
+                del model[new:]
+                f.truncate(size)
+                model.extend(bytes(size - new))
+                off = rng.randrange(size - 3000)
+                data = rng.randbytes(3000)
+                f.pwrite(data, off)
+                model[off : off + 3000] = data
+                assert f.pread(size, 0) == model, path
+
+    def mapped(fs: object, path: str, seed: int) -> None:
+        rng = random.Random(seed)
+        model = models[path]
+        with fs.open(path, "rb+", buffering=0) as f:  # type: ignore[attr-defined]
+            m = f.mmap(0, size)
+            try:
+                for _ in range(60):
+                    off = rng.randrange(size - 600)
+                    data = rng.randbytes(rng.randrange(1, 600))
+                    m[off : off + len(data)] = data
+                    model[off : off + len(data)] = data
+                    m.msync(off, len(data))
+                    off = rng.randrange(size - 2000)
+                    assert f.pread(2000, off) == model[off : off + 2000], path
+            finally:
+                m.close()
+
+    workers = {"/buffered": buffered, "/direct": direct, "/trunc": truncating, "/mapped": mapped}
+    with mount(disk, cache_size="64K") as fs:
+        for i, path in enumerate(workers):
+            models[path] = bytearray(random.Random(i).randbytes(size))
+            with fs.open(path, "wb") as f:
+                f.write(models[path])
+
+        def run(path: str, seed: int) -> None:
+            try:
+                workers[path](fs, path, seed)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(p, i)) for i, p in enumerate(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert fs.device.pages.pool.stats.evictions > 0  # type: ignore[attr-defined]
+        for path, model in models.items():
+            assert fs.open(path, "rb").read() == model, path
+    assert fsck(disk).clean
+    with mount(disk) as fs:
+        for path, model in models.items():
+            assert fs.open(path, "rb").read() == model, path
