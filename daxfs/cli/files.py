@@ -306,6 +306,10 @@ def run_stat(args: argparse.Namespace) -> int:
                 name = printable(op.text)
                 if st.S_ISLNK(s.st_mode):
                     name += f" -> {printable(os.fsdecode(fs.readlink(op.path)))}"
+                xattrs = [
+                    (n, fs.getxattr(op.path, n, follow_symlinks=args.follow))
+                    for n in fs.listxattr(op.path, follow_symlinks=args.follow)
+                ]
             kind = _KINDS.get(st.S_IFMT(s.st_mode), "unknown")
             if st.S_ISREG(s.st_mode) and s.st_size == 0:
                 kind = "regular empty file"
@@ -324,7 +328,21 @@ def run_stat(args: argparse.Namespace) -> int:
             print(f"Access: {_stat_time(s.st_atime_ns)}")
             print(f"Modify: {_stat_time(s.st_mtime_ns)}")
             print(f"Change: {_stat_time(s.st_ctime_ns)}")
+            for attr, value in xattrs:  # as getfattr -d: one per line, the value quoted
+                print(f" Xattr: {printable(attr)}={_xattr_value(value)}")
     return 0
+
+
+def _xattr_value(value: bytes, limit: int = 64) -> str:
+    """A value as getfattr shows it: "text" if it is printable UTF-8, else 0x and hex;
+    past ``limit`` bytes cut, with the length."""
+    shown = value[:limit]
+    try:
+        text = shown.decode()
+    except UnicodeDecodeError:
+        text = None
+    out = f'"{text}"' if text is not None and text.isprintable() else "0x" + shown.hex()
+    return out if len(value) <= limit else f"{out}... ({len(value)} bytes)"
 
 
 def _stat_time(ns: int) -> str:

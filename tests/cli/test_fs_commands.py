@@ -380,6 +380,21 @@ def test_stat(image: Path, run: Run) -> None:
     assert "expected IMAGE:/path" in run.fails("stat", image)
 
 
+def test_stat_shows_extended_attributes(image: Path, run: Run) -> None:
+    with daxfs.mount(image) as fs:
+        fs.setxattr("/a/file", "user.text", b"hello")
+        fs.setxattr("/a/file", "user.bin", b"\x00\xff")
+        fs.setxattr("/a/file", "user.long", b"y" * 100)
+    lines = run.ok("stat", img(image, "/a/file")).splitlines()
+    assert lines[7:] == [
+        " Xattr: user.bin=0x00ff",
+        ' Xattr: user.long="' + "y" * 64 + '"... (100 bytes)',
+        ' Xattr: user.text="hello"',
+    ]
+    assert " Xattr: user.text" in run.ok("stat", "-L", img(image, "/sym"))
+    assert "Xattr" not in run.ok("stat", img(image, "/sym"))  # the link itself has none
+
+
 def test_df(image: Path, run: Run) -> None:
     with daxfs.mount(image) as fs:
         v = fs.statvfs()
@@ -644,3 +659,16 @@ def test_mkfs_of_a_too_small_size_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 16 MiB"):
         daxfs.mkfs(path, 1 << 20)
     assert not path.exists()
+
+
+def test_stat_of_a_damaged_xattr_block_is_one_line(image: Path, run: Run) -> None:
+    with daxfs.mount(image) as fs:
+        fs.setxattr("/a/file", "user.text", b"hello")
+        inode, _ = fs._existing("/a/file")
+        block = inode.rec.xattr
+    with open(image, "r+b") as f:
+        f.seek((block << BLOCK_SHIFT) + 100)
+        f.write(b"\x01")
+    err = run.fails("stat", img(image, "/a/file"))
+    assert "checksum mismatch" in err
+    assert len(err.strip().splitlines()) == 1
