@@ -302,7 +302,10 @@ def test_writable_mmap_maps_the_cache_and_msync_writes_it_back() -> None:
     assert data[5000:5005] == b"later"
 
 
-@pytest.mark.parametrize("name", ["create", "overwrite small", "write extending", "rename file"])
+@pytest.mark.parametrize(
+    "name",
+    ["create", "overwrite small", "write extending", "rename file", "setxattr long value first"],
+)
 @pytest.mark.parametrize("kind", ["write", "flush"])
 def test_faults_reach_the_caller_and_lose_nothing_committed(name: str, kind: str) -> None:
     setup, op = OPERATIONS[name]
