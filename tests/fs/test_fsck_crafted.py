@@ -793,3 +793,27 @@ def test_xattr_block_claimed_by_two_inodes() -> None:
     with daxfs.mount(dev) as fs:
         assert fs.getxattr("/a/file", "user.short") == b"short value"
         assert fs.listxattr("/a/b/small") == []
+
+
+def test_reaped_orphan_frees_its_xattr_blocks() -> None:
+    """An orphan (unlinked while open, then a crash) whose map is damaged is freed by
+    repair, as mount would: its sound attributes' blocks go with it."""
+
+    def populate(fs: daxfs.FileSystem) -> None:
+        with fs.open("/o", "wb", buffering=0) as f:  # 12 extents: a B+tree map
+            for i in range(12):
+                f.pwrite(b"o" * BLOCK_SIZE, 2 * i * BLOCK_SIZE)
+        fs.setxattr("/o", "user.long", bytes(9000))
+
+    dev = crafting.fresh(populate)
+    o = ino(dev, "/o")
+    fs = daxfs.mount(dev)
+    held = fs.open("/o", "rb")
+    fs.unlink("/o")
+    crashed = dev.crash(seed=0)  # the power fails while /o is open: it stays an orphan
+    held.close()
+    fs.unmount()
+    root = crafting.read_inode(crashed, o).map_root
+    crafting.edit_node(crashed, root, lambda b: struct.pack_into("<H", b, 26, 0))
+    found(crashed, f"inode {o}", "an orphan with no link")
+    repaired(crashed)

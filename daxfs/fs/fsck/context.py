@@ -153,8 +153,8 @@ class State:
     #: live inodes with a sound xattr block (daxfs.fs.fsck.xattrs)
     xattr_inodes: int = 0
     #: blocks the attributes of each such inode own once repaired (a rebuilt
-    #: directory counts them with its new tree)
-    xattr_owned: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: directory counts them with its new tree; a reaped orphan frees them)
+    xattr_owned: dict[int, list[int]] = dataclasses.field(default_factory=dict)
     #: orphans with no link whose map is damaged: repair frees them (mount would)
     reaped: set[int] = dataclasses.field(default_factory=set)
     #: written blocks past the size: a truncate to finish (through the orphan list)

@@ -179,6 +179,9 @@ def _reap(s: State, ino: int) -> Apply:
                         only = s.owner[blockno] == 0 and s.weak[blockno] == 1
                         if only and alloc.is_allocated(tx, blockno):
                             alloc.free(tx, blockno, 1)
+            for blockno in s.xattr_owned.get(ino, []):  # its attributes (sound, its own)
+                if alloc.is_allocated(tx, blockno):
+                    alloc.free(tx, blockno, 1)
             rec.blocks = 0
             itable.free(tx, inode)
 

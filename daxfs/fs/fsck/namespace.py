@@ -408,7 +408,7 @@ def _rebuild(s: State, d: _Dir, salvage: Salvage) -> Apply:
         inode = itable.get(d.ino)
         with r.journal.begin() as tx:
             rec = itable.dirty(tx, inode)
-            rec.blocks = s.xattr_owned.get(d.ino, 0)  # the attributes' blocks stay its own
+            rec.blocks = len(s.xattr_owned.get(d.ino, []))  # its attributes' blocks stay
             tree = BTree(d.ino, TREE_DIRECTORY, 0, 0, InodeNodes(alloc, itable, inode))
             for key in sorted(d.values):
                 if d.values[key]:

@@ -76,7 +76,7 @@ def check_xattrs(ctx: Context, s: State, ino: int, rec: InodeRecord) -> list[int
                 Fix(Stage.INODES, _keep(ino, blockno, [x.name for x in entries if x is not e])),
             )
     owned = [blockno, *(b for e in good for b in e.blocks)] if good else []
-    s.xattr_owned[ino] = len(owned)  # [] when every entry goes: the repair frees the block
+    s.xattr_owned[ino] = owned  # [] when every entry goes: the repair frees the block
     return owned
 
 
