@@ -751,13 +751,18 @@ XATTR_SIZE_MAX = 65536
 XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
 
 
+_XATTR_PREFIX_SET = frozenset(XATTR_PREFIXES)
+
+
 def xattr_name_ok(name: bytes) -> bool:
     """Whether ``name`` may be stored: a known namespace, a non-empty rest, no NUL, at
     most XATTR_NAME_MAX bytes."""
+    dot = name.find(b".")  # every prefix ends at its first dot
     return (
-        len(name) <= XATTR_NAME_MAX
+        0 < dot < len(name) - 1
+        and len(name) <= XATTR_NAME_MAX
+        and name[: dot + 1] in _XATTR_PREFIX_SET
         and b"\0" not in name
-        and any(name.startswith(p) and len(name) > len(p) for p in XATTR_PREFIXES)
     )
 
 

@@ -24,6 +24,12 @@ and the value blocks in ``blocks`` (st_blocks), as ext4 counts its xattr
 block.  The first attribute of an image also sets ``RO_COMPAT_XATTR`` in the
 superblock, in the same transaction (``SuperState.enable``).
 
+Reads decode the committed block once: ``XattrStore`` remembers an inode's
+checked entries with the block's stored checksum, and reuses them while that
+field is unchanged (every change rewrites it), as the inode cache remembers
+records it verified; a block damaged after that is seen at the next mount.
+A long value is read and its crc32c checked at every get.
+
 What is read from the media is checked before use: the block
 (``layout.unpack_xattr_block``: magic, checksum, owner, place, every length,
 name and count), every value block number (inside the data area, none
@@ -63,6 +69,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from collections.abc import Callable
 
 from daxfs.errors import (
@@ -83,6 +90,7 @@ from daxfs.fs.layout import (
     BLOCK_SIZE,
     RO_COMPAT_XATTR,
     XATTR_AREA,
+    XATTR_CRC_OFFSET,
     XATTR_NAME_MAX,
     XATTR_PREFIXES,
     XATTR_SIZE_MAX,
@@ -95,6 +103,10 @@ from daxfs.fs.layout import (
 )
 from daxfs.fs.store import Reader
 from daxfs.fs.super import SuperState
+
+#: inodes whose decoded attributes ``XattrStore`` remembers at most (then it starts over)
+DECODED_LIMIT = 4096
+_CRC = struct.Struct("<I")
 
 #: os.setxattr's flags: fail if the attribute exists / does not exist
 XATTR_CREATE = getattr(os, "XATTR_CREATE", 1)
@@ -207,6 +219,10 @@ class XattrStore:
         self.alloc = alloc
         self.itable = itable
         self.sup = sup
+        #: ino -> (xattr block, its stored crc32c, its checked entries): what ``entries``
+        #: decoded from the committed block, reused while the block's checksum field is
+        #: the same (a change rewrites it; the entries were checked when decoded)
+        self._decoded: dict[int, tuple[int, int, list[XattrEntry]]] = {}
 
     # -- reading ----------------------------------------------------------------------
 
@@ -220,7 +236,14 @@ class XattrStore:
         if blockno == 0:
             return []
         self._check_block(inode.ino, blockno, "its xattr block")
-        entries = unpack_xattr_block(reader.read(blockno), inode.ino, blockno)
+        block = reader.read(blockno)
+        committed = reader is self.store
+        if committed:
+            hit = self._decoded.get(inode.ino)
+            crc = _CRC.unpack_from(block, XATTR_CRC_OFFSET)[0]
+            if hit is not None and hit[0] == blockno and hit[1] == crc:
+                return hit[2]
+        entries = unpack_xattr_block(block, inode.ino, blockno)
         seen = {blockno}
         for e in entries:
             for b in e.blocks:
@@ -228,6 +251,10 @@ class XattrStore:
                 if b in seen:
                     raise Corrupted(f"inode {inode.ino}: xattr block {b} is named twice")
                 seen.add(b)
+        if committed:
+            if len(self._decoded) >= DECODED_LIMIT:
+                self._decoded.clear()
+            self._decoded[inode.ino] = (blockno, crc, entries)
         return entries
 
     def _check_block(self, ino: int, blockno: int, what: str) -> None:
@@ -346,9 +373,10 @@ class XattrStore:
         self._store(tx, inode, [])
 
     def _free_value(self, tx: Transaction, inode: Inode, entry: XattrEntry) -> None:
-        for b in entry.blocks:
-            tx.forget(b)
-            self.alloc.free(tx, b, 1)
+        for start, length in _runs(entry.blocks):  # one free per run of blocks, not per block
+            for b in range(start, start + length):
+                tx.forget(b)
+            self.alloc.free(tx, start, length)
         self.itable.dirty(tx, inode).blocks -= len(entry.blocks)
 
     def _store(self, tx: Transaction, inode: Inode, entries: list[XattrEntry]) -> None:
@@ -370,6 +398,17 @@ class XattrStore:
         else:
             view = tx.write(blockno)
         view[:] = pack_xattr_block(inode.ino, blockno, entries)
+
+
+def _runs(blocks: tuple[int, ...]) -> list[tuple[int, int]]:
+    """``blocks`` as (start, length) runs of consecutive numbers, in order."""
+    out: list[tuple[int, int]] = []
+    for b in blocks:
+        if out and out[-1][0] + out[-1][1] == b:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((b, 1))
+    return out
 
 
 def carries_xattrs(mode: int) -> bool:
