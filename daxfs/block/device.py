@@ -194,7 +194,7 @@ class BlockDevice(Closeable):
     def _release(self) -> None:
         with self._lock:
             self._inflight -= 1
-            if self._inflight == 0:
+            if self._inflight == 0 and self._state != "open":  # only close() waits
                 self._idle.notify_all()
 
     def _closed_error(self, bio: Bio) -> ClosedFile:
@@ -369,7 +369,7 @@ class BlockDevice(Closeable):
                 if isinstance(result, BaseException) or result < req.size:
                     self._stats["errors"] += 1
                 self._inflight -= 1
-                if self._inflight == 0:
+                if self._inflight == 0 and self._state != "open":  # only close() waits
                     self._idle.notify_all()
 
     def _end_short(self, req: Request, done: int) -> None:

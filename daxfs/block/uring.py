@@ -173,6 +173,7 @@ class UringEngine(IoEngine):
         # reaped, not yet completed (the leader's; a nested reap completes these first)
         self._backlog: collections.deque[tuple[Any, int]] = collections.deque()
         self._slot_waiters = 0
+        self._sleepers = 0  # threads in self._cv.wait(): notify only when there are some
         self._closing = False
         self._stopped = False
         self._closed = threading.Event()
@@ -199,7 +200,7 @@ class UringEngine(IoEngine):
                 self._wake_background()  # someone must reap while this thread waits
                 try:
                     while self._free <= 0:
-                        self._cv.wait()
+                        self._wait()
                         if self._closing:
                             raise ClosedFile("the io_uring engine is closed")
                 finally:
@@ -252,6 +253,14 @@ class UringEngine(IoEngine):
 
     # -- completion: the leader reaps -------------------------------------------------
 
+    def _wait(self) -> None:
+        """``self._cv.wait()``, counted in ``_sleepers`` (caller holds the lock)."""
+        self._sleepers += 1
+        try:
+            self._cv.wait()
+        finally:
+            self._sleepers -= 1
+
     def poll_begin(self) -> None:
         """Say that this thread will ``poll_until`` its op completes (before submitting
         it, so that the completion thread does not take the leadership first)."""
@@ -281,7 +290,7 @@ class UringEngine(IoEngine):
         while True:
             with cv:
                 while self._leader is not None and not done():
-                    cv.wait()
+                    self._wait()
                 if done():
                     return
                 self._leader = me
@@ -322,7 +331,8 @@ class UringEngine(IoEngine):
         finally:
             with self._cv:
                 self._leader = None
-                self._cv.notify_all()
+                if self._sleepers:
+                    self._cv.notify_all()
                 if self._pending and (not self._intents or self._slot_waiters):
                     self._wake_background()
 
@@ -423,7 +433,8 @@ class UringEngine(IoEngine):
         with self._cv:
             self._free += 1
             self._pending -= 1
-            self._cv.notify_all()
+            if self._sleepers:
+                self._cv.notify_all()
 
     @staticmethod
     def _error(task: _Task, code: int, call: str) -> OSError:
@@ -449,7 +460,7 @@ class UringEngine(IoEngine):
                 self._closing = True
                 self._cv.notify_all()  # submitters waiting for a slot: EBADF
                 while self._pending:
-                    self._cv.wait()
+                    self._wait()
                 self._stopped = True
                 self._bg_cv.notify()
                 thread = self._thread
