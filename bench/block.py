@@ -161,6 +161,39 @@ def randread_qd(dev: FileBlockDevice, seconds: float, depth: int) -> float:
     return state["done"] / elapsed
 
 
+def raw_ring_qd1(dev: FileBlockDevice, seconds: float) -> float:
+    """The floor of the QD1 row: one READV SQE submitted and reaped straight on a ring
+    of the C extension, on the device's file descriptor, with none of daxfs.block's
+    Python layers (Bio, BlockDevice, UringEngine); op/s.  The difference from the
+    row's daxfs figure is what those layers cost per op ("where the time goes")."""
+    from daxfs.block import _uring
+
+    ring = _uring.Ring(1)
+    buf = mmap.mmap(-1, BS)
+    views = [memoryview(buf)]
+    offs = offsets(dev.size)
+    mask = len(offs) - 1
+
+    def step(i: int) -> int:
+        ring.submit(None, _uring.READV, dev.fd, offs[i & mask], views, 0, 0)
+        ring.reap()
+        return 1
+
+    try:
+        return run_for(seconds, step)
+    finally:
+        views[0].release()
+        ring.close()
+
+
+def with_cpu(run: Callable[[], float]) -> tuple[float, float]:
+    """``run()``'s rate and the process CPU seconds it used (all threads: the
+    completion thread runs the end_io callbacks)."""
+    cpu = time.process_time()
+    rate = run()
+    return rate, time.process_time() - cpu
+
+
 def seqwrite(dev: FileBlockDevice, seconds: float) -> float:
     """Bytes per second of 1 MiB writes marching through the file."""
     buf = mmap.mmap(-1, PIECE)
@@ -226,25 +259,67 @@ def measure(
         out: dict[str, dict[str, float]] = {}
         for label, (rw, bs, depth) in rows.items():
             samples: dict[str, list[float]] = {"io_uring": [], "threads": [], "fio": []}
+            cpu_per_op: list[float] = []  # io_uring side: process CPU seconds per op
             for _ in range(passes):
                 for name, dev in devs.items():
-                    if rw == "write":
-                        rate = seqwrite(dev, seconds)
-                    elif depth == 1:
-                        rate = randread_qd1(dev, seconds)
-                    else:
-                        rate = randread_qd(dev, seconds, depth)
+
+                    def run(dev: FileBlockDevice = dev, rw: str = rw, depth: int = depth) -> float:
+                        if rw == "write":
+                            return seqwrite(dev, seconds)
+                        if depth == 1:
+                            return randread_qd1(dev, seconds)
+                        return randread_qd(dev, seconds, depth)
+
+                    rate, cpu = with_cpu(run)
                     samples[name].append(rate)
+                    if name == "io_uring":
+                        ops = rate * seconds / (PIECE if rw == "write" else 1)
+                        cpu_per_op.append(cpu / ops if ops else 0.0)
+                if rw != "write" and depth == 1:
+                    samples.setdefault("raw", []).append(raw_ring_qd1(devs["io_uring"], seconds))
                 try:
                     samples["fio"].append(run_fio(path, size, rw, bs, depth, seconds))
                 except Unavailable as exc:
                     if not any("fio" in note for note in notes):
                         notes.append(f"fio anchor: {exc}")
             out[label] = {side: statistics.median(v) for side, v in samples.items() if v}
+            notes.append(where_time_goes(label, out[label], samples, cpu_per_op, rw))
         return out, notes
     finally:
         for dev in devs.values():
             dev.close()
+
+
+def where_time_goes(
+    label: str,
+    medians: dict[str, float],
+    samples: dict[str, list[float]],
+    cpu_per_op: list[float],
+    rw: str,
+) -> str:
+    """One line per row: the io_uring side's spread, its time and CPU per op against
+    fio's time per op, and (QD1) the raw ring's floor measured in the same run."""
+    ours = samples["io_uring"]
+    spread = f"io_uring passes {min(ours):,.0f}..{max(ours):,.0f}"
+    if rw == "write":
+        spread = f"io_uring passes {min(ours) / MIB:,.0f}..{max(ours) / MIB:,.0f} MiB/s"
+    unit = PIECE if rw == "write" else 1  # rates are bytes/s for writes
+    per_op = 1e6 * unit / medians["io_uring"]
+    cpu = statistics.median(cpu_per_op) * 1e6
+    line = f"{label}: {spread}; {per_op:.1f} us/op, of it {cpu:.1f} us CPU (process)"
+    if "fio" in medians:
+        line += f"; fio {1e6 * unit / medians['fio']:.1f} us/op"
+    if "raw" in medians:
+        raw = 1e6 / medians["raw"]
+        line += (
+            f"; raw ring (C submit+reap, no daxfs.block layers) {raw:.1f} us/op: "
+            f"the Bio/BlockDevice/UringEngine layers add {per_op - raw:.1f} us/op"
+        )
+    elif rw == "write":
+        line += ": the device's transfer time; the Python work per 1 MiB bio is hidden in it"
+    else:
+        line += ": one core's Python work per bio (end_io, submit_bio, engine) bounds the rate"
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
