@@ -25,6 +25,15 @@ of the data path:
     seek        SEEK_DATA and SEEK_HOLE: the bytes they skip are zeros, a
                 hole starts on a block boundary or at EOF, ENXIO only past
                 the data (or EOF)
+    dread       a direct read (``direct=True``: bios straight into an aligned
+                buffer on a block device, daxfs.fs.direct; DAX itself on pmem)
+                of a 512-byte-aligned range, past EOF too
+    dwrite      a direct write of a 512-byte-aligned range: into holes,
+                unwritten extents (zeros for the rest of a partly written
+                block), past EOF; crashes are injected into it as into write
+    aio         two to four direct writes of disjoint aligned pieces in flight
+                at once (``submit_write``), then reads of them in flight
+                (``submit_read``), compared
 
 and those of the device and mount:
 
@@ -36,7 +45,9 @@ and those of the device and mount:
                 crash state is mounted, fsck'ed, and the file must hold the
                 model *before* or *after* that operation (for stores through a
                 mapping, each aligned 8-byte word is old or new: stores are
-                not atomic together); the model becomes what survived
+                not atomic together; for a direct write cut before its
+                completion committed, each 512-byte block is old or new, at
+                the old size); the model becomes what survived
     powercut    the power fails between operations: everything that
                 returned is durable, the file equals the model exactly
 
@@ -58,6 +69,7 @@ import contextlib
 import dataclasses
 import errno
 import gc
+import itertools
 import os
 import random
 import time
@@ -65,6 +77,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, cast
 
 from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
+from daxfs.fs.direct import aligned_buffer
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
 from daxfs.testing.blockcrash import abandon
@@ -90,7 +103,7 @@ FALLOC_MODES = {
     "zerokeep": FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
 }
 #: Operations that change the file (the ones a crash is injected into).
-MUTATING = ("write", "truncate", "fallocate", "mapwrite", "mapfsync")
+MUTATING = ("write", "truncate", "fallocate", "mapwrite", "mapfsync", "dwrite")
 #: Default weights of the operations.
 WEIGHTS = {
     "read": 10,
@@ -102,12 +115,17 @@ WEIGHTS = {
     "mapfsync": 2,
     "pin": 3,
     "seek": 4,
+    "dread": 3,
+    "dwrite": 4,
+    "aio": 2,
     "crash": 3,
     "powercut": 1,
 }
 PATH = "/fsx"
 NEIGHBOUR = "/neighbour"
 NEIGHBOUR_DATA = bytes(range(256)) * 48  # 12 KiB that must never change
+#: alignment of the direct operations (a logical block of the simulated disk)
+DIRECT_ALIGN = 512
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -371,6 +389,15 @@ class Fsx:
         if kind == "seek":
             whence = rng.choice(("data", "hole"))
             return Op(kind, self._offset(size + BLOCK), 0, whence, seed)
+        if kind in ("dread", "dwrite", "aio"):
+            reading = kind == "dread"
+            offset = self._offset(size + (BLOCK if reading else top // 8))
+            offset = min(offset, top - DIRECT_ALIGN) // DIRECT_ALIGN * DIRECT_ALIGN
+            length = self._length(64 << 10 if reading else self.options.big_write)
+            length = -(-length // DIRECT_ALIGN) * DIRECT_ALIGN
+            if not reading:
+                length = min(length, top - offset)
+            return Op(kind, offset, length, seed=seed)
         raise AssertionError(f"unknown operation {kind!r}")
 
     def _offset(self, limit: int) -> int:
@@ -430,6 +457,54 @@ class Fsx:
             raise _Mismatch(f"pwrite wrote {n} of {len(data)} bytes")
         self.stats.bytes_written += n
         return _written(self.model, op.offset, data)
+
+    def _direct(self) -> File:
+        return cast("File", self.fs.open(self.path, "rb+", buffering=0, direct=True))
+
+    def _op_dread(self, op: Op) -> None:
+        buf = memoryview(aligned_buffer(max(op.length, 1)))[: op.length]
+        with self._direct() as d:
+            got = d.preadinto(buf, op.offset)
+        self._expect(bytes(buf[:got]), op.offset, op.length, "direct read")
+
+    def _op_dwrite(self, op: Op) -> bytearray:
+        data = random.Random(op.seed).randbytes(op.length)
+        buf = memoryview(aligned_buffer(op.length))
+        buf[:] = data
+        with self._direct() as d:
+            n = d.pwrite(buf, op.offset)
+        if n != len(data):
+            raise _Mismatch(f"direct pwrite wrote {n} of {len(data)} bytes")
+        self.stats.bytes_written += n
+        return _written(self.model, op.offset, data)
+
+    def _op_aio(self, op: Op) -> bytearray:
+        pieces = _aio_pieces(op)
+        model = self.model
+        with self._direct() as d:
+            futures = []
+            for offset, data in pieces:
+                buf = aligned_buffer(len(data))
+                buf[:] = data
+                futures.append((d.submit_write(offset, buf), len(data)))
+            for future, n in futures:
+                if future.result() != n:
+                    raise _Mismatch(f"submit_write completed {future.result()} of {n} bytes")
+            for offset, data in pieces:
+                model = _written(model, offset, data)
+            reads = []
+            for offset, data in pieces:
+                buf = aligned_buffer(len(data))
+                reads.append((offset, buf, d.submit_read(offset, buf)))
+            for offset, buf, future in reads:
+                got = future.result()
+                want = bytes(model[offset : offset + len(buf)])
+                if buf[:got] != want:
+                    raise _Mismatch(
+                        f"submit_read of [{offset}, +{len(buf)}): {_diff(buf[:got], want, offset)}"
+                    )
+        self.stats.bytes_written += sum(len(data) for _, data in pieces)
+        return model
 
     def _op_truncate(self, op: Op) -> bytearray:
         self.f.truncate(op.offset)
@@ -617,6 +692,8 @@ class Fsx:
             self.stats.crash_after += 1
         elif inner_kind in ("mapwrite", "mapfsync") and _word_mix(got, old, after):
             self.stats.crash_mixed += 1
+        elif inner_kind == "dwrite" and _sector_mix(got, old, after):
+            self.stats.crash_mixed += 1  # a direct overwrite torn between logical blocks
         else:
             raise _Mismatch(
                 f"after a crash at fence {op.fence} the file is neither before nor after: "
@@ -693,10 +770,24 @@ def _fallocated(model: bytearray, offset: int, length: int, mode: int) -> bytear
     return out
 
 
+def _aio_pieces(op: Op) -> list[tuple[int, bytes]]:
+    """Two to four disjoint aligned pieces of ``[op.offset, op.offset+op.length)`` and
+    their data, from the op's seed."""
+    rng = random.Random(op.seed)
+    units = op.length // DIRECT_ALIGN
+    count = min(units, rng.randint(2, 4))
+    cuts = sorted(rng.sample(range(1, units), count - 1)) if count > 1 else []
+    bounds = [0, *cuts, units]
+    return [
+        (op.offset + a * DIRECT_ALIGN, rng.randbytes((b - a) * DIRECT_ALIGN))
+        for a, b in itertools.pairwise(bounds)
+    ]
+
+
 def _expected_after(old: bytes, op: Op, options: FsxOptions) -> bytes:
     """The file after ``op`` completes, from the model (for the crash check)."""
     model = bytearray(old)
-    if op.kind == "write":
+    if op.kind in ("write", "dwrite"):
         return bytes(_written(model, op.offset, random.Random(op.seed).randbytes(op.length)))
     if op.kind == "truncate":
         return bytes(_resized(model, op.offset))
@@ -710,6 +801,20 @@ def _expected_after(old: bytes, op: Op, options: FsxOptions) -> bytes:
         hi = rng.randint(lo + 1, op.length)
         return bytes(_written(model, op.offset + lo, rng.randbytes(hi - lo)))
     raise AssertionError(f"{op.kind} is not a mutating operation")
+
+
+def _sector_mix(got: bytes, old: bytes, new: bytes) -> bool:
+    """A direct write cut by a crash before its completion committed: the size is the
+    old one and every logical block (DIRECT_ALIGN bytes) is old or new -- an overwrite
+    in place is not atomic as a whole (docs/GUARANTEES.md), and blocks it allocated
+    read as zeros, as before."""
+    if len(got) != len(old) or len(new) < len(got):
+        return False
+    step = DIRECT_ALIGN
+    return all(
+        got[i : i + step] in (old[i : i + step], new[i : i + step])
+        for i in range(0, len(got), step)
+    )
 
 
 def _word_mix(got: bytes, old: bytes, new: bytes) -> bool:

@@ -175,6 +175,47 @@ def test_catches_damage_to_another_file(monkeypatch: pytest.MonkeyPatch) -> None
         f.step(Op("remount"))
 
 
+def _block(**weights: int) -> FsxOptions:
+    opts = options(**weights)
+    opts.block = True
+    return opts
+
+
+def test_direct_ops_run_on_a_block_device() -> None:
+    """dread, dwrite and aio go through the direct-I/O engine (bios) on a block device,
+    with crashes injected into dwrite."""
+    stats = fsx.run(3, ops=120, options=_block(dread=4, dwrite=5, aio=3, read=2, crash=3))
+    assert stats.by_kind.get("dwrite", 0) > 0
+    assert stats.by_kind.get("aio", 0) > 0
+    assert stats.by_kind.get("dread", 0) > 0
+    assert stats.crashes > 0
+
+
+def test_catches_a_direct_write_that_converts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A completion that forgets to mark the blocks it filled written: they read as
+    zeros afterwards."""
+    real = DataPath.direct_write_end
+
+    def forgetful(
+        self: DataPath, inode: object, pos: int, written: int, convert: list[tuple[int, int]]
+    ) -> None:
+        real(self, inode, pos, written, [])  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DataPath, "direct_write_end", forgetful)
+    exc = _fails(_block(dwrite=5, dread=3, read=3))
+    assert "read" in exc.message
+
+
+def test_catches_a_cache_left_stale_by_a_direct_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BlockCache.invalidate planted to do nothing: buffered reads after a direct
+    overwrite see the cache's old bytes."""
+    from daxfs.block.cache import BlockCache
+
+    monkeypatch.setattr(BlockCache, "invalidate", lambda self, offset, length, data=None: None)
+    exc = _fails(_block(write=3, dwrite=5, read=4))
+    assert "pread" in exc.message
+
+
 # -- bounded runs -------------------------------------------------------------------------------
 
 
