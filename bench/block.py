@@ -17,6 +17,19 @@ file, measured in the same run: time-based runs of ``seconds`` each,
 interleaved (daxfs io_uring, daxfs threads, fio; again ``passes`` times), the
 median of each.  The goal is >= 0.8x fio (issue 10).
 
+A second table runs the same three rows through the FILESYSTEM (issue 10,
+section 2): a daxfs image file on the same disk, mounted with
+``dax="never"`` (the image as an O_DIRECT block device through io_uring),
+and one file of it opened with ``direct=True`` (daxfs.fs.direct): QD1 is
+``preadinto`` of a page-aligned buffer, QD32 keeps 32 ``submit_read``
+Futures in flight from one thread, the write is ``pwrite`` of 1 MiB (durable
+on return: FUA, and the completion's transaction).  The anchor is fio with
+the same job on the image file itself, in the same run.  A last pair of
+rows reads 4 KiB at random through the pmem block driver (an image on
+/dev/shm mounted ``dax="never"`` from its ``PmemDevice``, direct=True)
+against DAX ``pread`` of the same image (informational: the cost of each
+path).
+
 The file is on the disk (ext4; not /dev/shm, which is RAM and has no
 O_DIRECT path to a device), in ``--dir`` or $DAXFS_BENCH_DIR, else the first
 of /var/tmp, bench/build, /tmp on a disk file system; it is written in full
@@ -42,6 +55,10 @@ from common import BUILD_DIR, MIB, Goal, Row, Unavailable, fio_job, fs_type, pri
 
 from daxfs.block import Bio, BioOp, open_block
 from daxfs.block.file import FileBlockDevice
+from daxfs.fs.direct import aligned_buffer
+from daxfs.fs.file import File
+from daxfs.fs.mount import mkfs, mount
+from daxfs.pmem import open_device
 
 GOAL = Goal(">=", 0.8)
 DISK_TYPES = ("ext4", "ext3", "ext2", "xfs", "btrfs")
@@ -210,9 +227,18 @@ def seqwrite(dev: FileBlockDevice, seconds: float) -> float:
 # -- fio ----------------------------------------------------------------------------------
 
 
-def run_fio(path: Path, size: int, rw: str, bs: int, depth: int, seconds: float) -> float:
+def run_fio(
+    path: Path,
+    size: int,
+    rw: str,
+    bs: int,
+    depth: int,
+    seconds: float,
+    extra: Sequence[str] = (),
+) -> float:
     """One time-based fio run, io_uring engine, direct=1: IOPS (reads) or bytes/s (writes)."""
     args = [
+        *extra,
         "--name=block",
         "--ioengine=io_uring",
         "--direct=1",
@@ -234,6 +260,166 @@ def run_fio(path: Path, size: int, rw: str, bs: int, depth: int, seconds: float)
         return float(side["iops"] if "read" in rw else side["bw_bytes"])
     except (KeyError, TypeError, ValueError) as exc:
         raise Unavailable(f"cannot parse fio's JSON output: {exc}") from exc
+
+
+# -- through the filesystem (direct=True) ---------------------------------------------------
+
+FS_FILE = "/bench"
+
+
+def fs_randread_qd1(f: File, size: int, seconds: float) -> float:
+    buf = aligned_buffer(BS)
+    offs = offsets(size)
+    mask = len(offs) - 1
+
+    def step(i: int) -> int:
+        f.preadinto(buf, offs[i & mask])
+        return 1
+
+    return run_for(seconds, step)
+
+
+def fs_randread_qd(f: File, size: int, seconds: float, depth: int) -> float:
+    """``depth`` ``submit_read`` Futures in flight from this one thread: wait for the
+    oldest, submit the next."""
+    offs = offsets(size)
+    mask = len(offs) - 1
+    bufs = [aligned_buffer(BS) for _ in range(depth)]
+    window = [f.submit_read(offs[i & mask], bufs[i]) for i in range(depth)]
+    done = 0
+    n = depth
+    start = time.perf_counter()
+    stop = start + seconds
+    while True:
+        slot = n % depth
+        window[slot].result()
+        done += 1
+        if time.perf_counter() >= stop:
+            break
+        window[slot] = f.submit_read(offs[n & mask], bufs[slot])
+        n += 1
+    for future in window:
+        future.result()
+    return done / (time.perf_counter() - start)
+
+
+def fs_seqwrite(f: File, size: int, seconds: float) -> float:
+    buf = aligned_buffer(PIECE)
+    buf[:] = random.Random(2).randbytes(PIECE)
+    pieces = size // PIECE
+
+    def step(i: int) -> int:
+        f.pwrite(buf, (i % pieces) * PIECE)
+        return PIECE
+
+    return run_for(seconds, step)
+
+
+@contextlib.contextmanager
+def fs_image(directory: Path, size: int) -> Iterator[tuple[Path, File]]:
+    """A daxfs image on ``directory``'s disk mounted dax="never" (O_DIRECT through
+    io_uring), holding one file of ``size`` bytes written in full by direct I/O; the
+    file opened with direct=True."""
+    image = directory / f"daxfs-bench-fs-{os.getpid()}.img"
+    try:
+        mkfs(str(image), size=size + 64 * MIB, dax="never")
+        # the image as an O_DIRECT block device on io_uring, 32 requests deep (as fio)
+        with (
+            open_block(str(image), engine="io_uring", queue_depth=32) as bdev,
+            mount(bdev) as fs,
+            fs.open(FS_FILE, "wb+", buffering=0, direct=True) as f,
+        ):
+            fs_seqwrite_once(f, size)  # type: ignore[arg-type]
+            yield image, f  # type: ignore[misc]
+    finally:
+        image.unlink(missing_ok=True)
+
+
+def fs_seqwrite_once(f: File, size: int) -> None:
+    buf = aligned_buffer(PIECE)
+    rng = random.Random(3)
+    for off in range(0, size, PIECE):
+        buf[:] = rng.randbytes(PIECE)
+        f.pwrite(buf, off)
+
+
+def measure_fs(
+    directory: Path, size: int, seconds: float, passes: int
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Medians per row of the filesystem rows ("daxfs", "fio"), and notes."""
+    rows = {
+        "4 KiB random direct read, QD1": ("randread", BS, 1),
+        "4 KiB random direct read, QD32": ("randread", BS, 32),
+        "1 MiB sequential direct write": ("write", PIECE, 1),
+    }
+    notes: list[str] = []
+    out: dict[str, dict[str, float]] = {}
+    synced: list[float] = []
+    with fs_image(directory, size) as (image, f):
+        dev = f._owner.device  # type: ignore[attr-defined]
+        bdev = dev.bdev
+        notes.append(f"filesystem rows: {image} as a block device: {bdev.engine}")
+        for label, (rw, bs, depth) in rows.items():
+            samples: dict[str, list[float]] = {"daxfs": [], "fio": []}
+            for _ in range(passes):
+                if rw == "write":
+                    samples["daxfs"].append(fs_seqwrite(f, size, seconds))
+                elif depth == 1:
+                    samples["daxfs"].append(fs_randread_qd1(f, size, seconds))
+                else:
+                    samples["daxfs"].append(fs_randread_qd(f, size, seconds, depth))
+                try:  # the image file itself, while mounted (fio reads and writes its blocks)
+                    samples["fio"].append(
+                        run_fio(image, image.stat().st_size, rw, bs, depth, seconds)
+                    )
+                    if rw == "write":  # durable each write, as ours: an informational anchor
+                        synced.append(
+                            run_fio(
+                                image,
+                                image.stat().st_size,
+                                rw,
+                                bs,
+                                depth,
+                                seconds,
+                                ("--fdatasync=1",),
+                            )
+                        )
+                except Unavailable as exc:
+                    if not any("fio" in note for note in notes):
+                        notes.append(f"fio anchor: {exc}")
+            out[label] = {side: statistics.median(v) for side, v in samples.items() if v}
+    if synced:
+        out["1 MiB sequential direct write"]["fio_fdatasync"] = statistics.median(synced)
+    return out, notes
+
+
+def measure_pmem(size: int, seconds: float, passes: int) -> dict[str, float] | None:
+    """4 KiB random reads of one image on /dev/shm: direct=True through the pmem block
+    driver (dax="never" over its PmemDevice) and DAX pread; op/s medians."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return None
+    image = shm / f"daxfs-bench-pmemblk-{os.getpid()}.img"
+    try:
+        mkfs(str(image), size=size + 64 * MIB)
+        with mount(str(image)) as fs, fs.open(FS_FILE, "wb", buffering=0) as w:
+            w.write(random.Random(4).randbytes(size))
+        samples: dict[str, list[float]] = {"block": [], "dax": []}
+        device = open_device(str(image))
+        try:
+            for _ in range(passes):
+                with (
+                    mount(device, dax="never") as fs,
+                    fs.open(FS_FILE, "rb", buffering=0, direct=True) as f,
+                ):
+                    samples["block"].append(fs_randread_qd1(f, size, seconds))  # type: ignore[arg-type]
+                with mount(device) as fs, fs.open(FS_FILE, "rb", buffering=0) as f:
+                    samples["dax"].append(fs_randread_qd1(f, size, seconds))  # type: ignore[arg-type]
+        finally:
+            device.close()
+        return {side: statistics.median(v) for side, v in samples.items()}
+    finally:
+        image.unlink(missing_ok=True)
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -353,6 +539,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print_table(
         "block devices: daxfs.block file backend vs fio", table, notes=notes, plain=args.plain
+    )
+    fs_size = 64 * MIB if args.quick else 256 * MIB
+    try:
+        fs_results, fs_notes = measure_fs(directory, fs_size, seconds, passes)
+    except Unavailable as exc:
+        print(f"bench/block.py: filesystem rows skipped: {exc}")
+        return 0
+    fs_table: list[Row] = []
+    for label, sides in fs_results.items():
+        write = "write" in label
+        unit = "MiB/s" if write else "op/s"
+        scale = 1 / MIB if write else 1.0
+        fio = sides.get("fio")
+        anchor = fio * scale if fio is not None else None
+        fs_table.append(
+            Row(f"{label} (fs, direct=True)", sides["daxfs"] * scale, anchor, unit, GOAL)
+        )
+        if "fio_fdatasync" in sides:
+            fs_table.append(
+                Row(
+                    f"{label} (fs, direct=True) vs fio --fdatasync=1",
+                    sides["daxfs"] * scale,
+                    sides["fio_fdatasync"] * scale,
+                    unit,
+                )
+            )
+    pmem = measure_pmem(16 * MIB, seconds, passes)
+    if pmem is not None:
+        fs_table.append(
+            Row(
+                "4 KiB random read, pmem block driver (direct=True) vs DAX pread",
+                pmem["block"],
+                pmem["dax"],
+                "op/s",
+            )
+        )
+    fs_notes = [
+        f"a {fs_size // MIB} MiB file of a daxfs image on {directory} ({fs_type(directory)}); "
+        f"anchor: fio --ioengine=io_uring --direct=1 on the image file, same run; "
+        f"{passes} interleaved runs of {seconds:g} s per side, medians; the write is "
+        "durable on return (FUA + the completion's commit), fio's is not (the "
+        "--fdatasync=1 row: fio durable after each write, informational)",
+        "pmem row: a 16 MiB file of an image on /dev/shm, the same image read by DAX",
+        *fs_notes,
+    ]
+    print_table(
+        "direct I/O through the filesystem vs fio", fs_table, notes=fs_notes, plain=args.plain
     )
     return 0
 

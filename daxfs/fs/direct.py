@@ -25,7 +25,8 @@ engine is that path, for a filesystem mounted on a block device (through
                extent is written in part of a block, WRITE bios of zeros for
                the rest of that block (Linux's iomap_dio_zero)
       completion (when the last bio ends; the caller's thread for a
-      synchronous call, the engine's completion worker for a Future):
+      synchronous call, the engine's completion worker for a Future -- or,
+      for a read, the thread that ended the bio if inode.lock is free at once):
         write: durable -- FUA when the request is one bio, else one FLUSH;
                the cache takes the written bytes (BlockCache.invalidate);
                with inode.lock: DataPath.direct_write_end, the iomap_end of the
@@ -264,7 +265,17 @@ class DirectIO:
         return req.complete()
 
     def _post(self, req: _Request) -> None:
-        """The last bio of ``req`` ended (any thread): complete it on the worker."""
+        """The last bio of ``req`` ended (any thread): complete it on the worker -- or
+        here, for a read whose inode lock is free at once (a read's completion only
+        releases its range lock; this thread may be the device's completion thread,
+        which must never wait for ``inode.lock``)."""
+        lock = req.inode.lock
+        if not req.write and lock.acquire(blocking=False):
+            try:
+                req.complete_future()
+            finally:
+                lock.release()
+            return
         with self._worker_lock:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="daxfs-dio")
