@@ -568,3 +568,78 @@ def test_coherence_on_a_bounded_mount(disk: SimulatedBlockDevice, cache_size: st
     want[3 * BLOCK_SIZE + 5 : 3 * BLOCK_SIZE + 105] = b"c" * 100
     want[10:20] = b"mapped-st!"
     assert data == bytes(want)
+
+
+# -- the asynchronous API -------------------------------------------------------------------
+
+
+def test_many_requests_in_flight_from_one_thread_complete_out_of_order() -> None:
+    from tests.fs.direct_devices import HeldBlockDevice, LateBlockDevice
+
+    disk = SimulatedBlockDevice(SIZE)
+    mkfs(disk)
+    late = LateBlockDevice(disk, seed=5, delay=0.003)  # completions in any order
+    dev = HeldBlockDevice(late)
+    with mount(dev) as fs, fs.open("/f", "wb+", buffering=0, direct=True) as f:
+        # inside the size (holes): writes past the end would wait for each other, as each
+        # zeroes from the old end on
+        f.truncate(32 * BLOCK_SIZE)
+        data = [pattern(BLOCK_SIZE, i) for i in range(32)]
+        bufs = [aligned_buffer(BLOCK_SIZE) for _ in range(32)]
+        ours = {id(b) for b in data + bufs}
+        late.late = lambda req: any(id(seg.obj) in ours for seg in req.segments)  # data only
+        for buf in data:
+            dev.hold(buf)
+        writes = [f.submit_write(i * BLOCK_SIZE, data[i]) for i in range(32)]
+        dev.wait_held(32)  # all 32 in flight at once, submitted from this one thread
+        assert not any(w.done() for w in writes)
+        dev.release()
+        assert [w.result(30) for w in writes] == [BLOCK_SIZE] * 32
+        assert f.stat().st_size == 32 * BLOCK_SIZE
+        reads = [f.submit_read(i * BLOCK_SIZE, bufs[i]) for i in range(32)]
+        assert [r.result(30) for r in reads] == [BLOCK_SIZE] * 32
+        for i, buf in enumerate(bufs):
+            assert buf[:] == data[i][:]
+
+
+@pytest.mark.parametrize("block", [True, False])
+def test_aread_and_awrite_for_asyncio(block: bool) -> None:
+    import asyncio
+
+    disk: SimulatedBlockDevice | SimulatedPmem = (
+        SimulatedBlockDevice(SIZE) if block else SimulatedPmem(SIZE)
+    )
+    mkfs(disk)
+    with mount(disk) as fs, fs.open("/f", "wb+", buffering=0, direct=True) as f:
+
+        async def main() -> list[int]:
+            wrote = await asyncio.gather(
+                *(f.awrite(i * BLOCK_SIZE, pattern(BLOCK_SIZE, i)) for i in range(8))
+            )
+            bufs = [aligned_buffer(BLOCK_SIZE) for _ in range(8)]
+            got = await asyncio.gather(*(f.aread(i * BLOCK_SIZE, bufs[i]) for i in range(8)))
+            assert all(bufs[i][:] == pattern(BLOCK_SIZE, i)[:] for i in range(8))
+            return [*wrote, *got]
+
+        assert asyncio.run(main()) == [BLOCK_SIZE] * 16
+
+        async def fails() -> None:
+            await f.aread(0, bytearray(3) if block else memoryview(b"ro"))
+
+        with pytest.raises((InvalidArgument, TypeError)):
+            asyncio.run(fails())
+
+
+def test_submit_checks_its_arguments_at_once(fs: FileSystem) -> None:
+    with fs.open("/r", "wb") as w:
+        w.write(b"x")
+    with fs.open("/r", "rb", buffering=0, direct=True) as f:
+        with pytest.raises(OSError, match="not open for writing") as info:
+            f.submit_write(0, aligned_buffer(512))
+        assert info.value.errno == errno.EBADF
+        with pytest.raises(InvalidArgument, match="negative"):
+            f.submit_read(-512, aligned_buffer(512))
+        with pytest.raises(TypeError):
+            f.submit_read(0, b"read-only")
+    with pytest.raises(ValueError, match="closed"):
+        f.submit_read(0, aligned_buffer(512))
