@@ -508,6 +508,15 @@ def where_time_goes(
     return line
 
 
+def units(label: str, sides: dict[str, float]) -> tuple[str, float, float | None]:
+    """A row's unit, the scale of its rates into that unit, and its fio anchor scaled."""
+    write = "write" in label
+    unit = "MiB/s" if write else "op/s"
+    scale = 1 / MIB if write else 1.0
+    fio = sides.get("fio")
+    return unit, scale, fio * scale if fio is not None else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     seconds, passes, size = (0.4, 3, 64 * MIB) if args.quick else (1.0, 5, 256 * MIB)
@@ -524,11 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     table: list[Row] = []
     for label, sides in results.items():
-        write = "write" in label
-        unit = "MiB/s" if write else "op/s"
-        scale = 1 / MIB if write else 1.0
-        fio = sides.get("fio")
-        anchor = fio * scale if fio is not None else None
+        unit, scale, anchor = units(label, sides)
         table.append(Row(f"{label} (io_uring)", sides["io_uring"] * scale, anchor, unit, GOAL))
         table.append(Row(f"{label} (threads)", sides["threads"] * scale, anchor, unit))
     notes = [
@@ -548,11 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     fs_table: list[Row] = []
     for label, sides in fs_results.items():
-        write = "write" in label
-        unit = "MiB/s" if write else "op/s"
-        scale = 1 / MIB if write else 1.0
-        fio = sides.get("fio")
-        anchor = fio * scale if fio is not None else None
+        unit, scale, anchor = units(label, sides)
         fs_table.append(
             Row(f"{label} (fs, direct=True)", sides["daxfs"] * scale, anchor, unit, GOAL)
         )

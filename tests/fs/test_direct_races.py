@@ -18,10 +18,11 @@ exactly what its last operation left.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -119,8 +120,9 @@ class Race:
 
     # -- workers --------------------------------------------------------------------------
 
-    def direct_writer(self, rng: random.Random) -> None:
-        with self.fs.open("/f", "rb+", buffering=0, direct=True) as f:
+    def direct_writer(self, rng: random.Random, direct: bool = True) -> None:
+        """Versions of random slots: direct (pwrite and submit_write) or buffered."""
+        with self.fs.open("/f", "rb+", buffering=0, direct=direct) as f:
             buf = self.buffer(BLOCK_SIZE)
             for n in range(OPS):
                 if self.stop.is_set():
@@ -129,22 +131,14 @@ class Race:
                 version = rng.randrange(1, 1 << 30)
                 with self.locks[slot]:
                     buf[:] = block(slot, version)
-                    if n % 2:
+                    if n % 2 or not direct:
                         assert f.pwrite(buf, slot * BLOCK_SIZE) == BLOCK_SIZE
                     else:
                         assert f.submit_write(slot * BLOCK_SIZE, buf).result(60) == BLOCK_SIZE
                     self.model[slot] = version
 
     def buffered_writer(self, rng: random.Random) -> None:
-        with self.fs.open("/f", "rb+", buffering=0) as f:
-            for _ in range(OPS):
-                if self.stop.is_set():
-                    return
-                slot = rng.randrange(SLOTS)
-                version = rng.randrange(1, 1 << 30)
-                with self.locks[slot]:
-                    f.pwrite(block(slot, version), slot * BLOCK_SIZE)
-                    self.model[slot] = version
+        self.direct_writer(rng, direct=False)
 
     def puncher(self, rng: random.Random) -> None:
         with self.fs.open("/f", "rb+", buffering=0) as f:
@@ -156,16 +150,8 @@ class Race:
                 mode = rng.choice(
                     [FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE]
                 )
-                for s in range(lo, hi):
-                    self.locks[s].acquire()
-                try:
+                with self._clearing(lo, hi):
                     f.fallocate(lo * BLOCK_SIZE, (hi - lo) * BLOCK_SIZE, mode)
-                    for s in range(lo, hi):
-                        self.model[s] = None
-                finally:
-                    for s in range(lo, hi):
-                        self.locks[s].release()
-                self._reuse(hi - lo)
 
     def truncater(self, rng: random.Random) -> None:
         with self.fs.open("/f", "rb+", buffering=0) as f:
@@ -173,23 +159,26 @@ class Race:
                 if self.stop.is_set():
                     return
                 cut = rng.randrange(TAIL, SLOTS)
-                for s in range(cut, SLOTS):
-                    self.locks[s].acquire()
-                try:
+                with self._clearing(cut, SLOTS):
                     f.truncate(cut * BLOCK_SIZE)
                     f.truncate(SLOTS * BLOCK_SIZE)
-                    for s in range(cut, SLOTS):
-                        self.model[s] = None
-                finally:
-                    for s in range(cut, SLOTS):
-                        self.locks[s].release()
-                self._reuse(SLOTS - cut)
 
-    def _reuse(self, blocks: int) -> None:
-        """Take the blocks just freed for another file at once (the allocator gives
-        the lowest free ones): a read still in flight on them would see its bytes."""
+    @contextlib.contextmanager
+    def _clearing(self, lo: int, hi: int) -> Iterator[None]:
+        """Slots ``[lo, hi)`` locked while the body zeroes them (the model follows);
+        then another file takes the blocks just freed at once: a read still in
+        flight on them would see its bytes."""
+        for s in range(lo, hi):
+            self.locks[s].acquire()
+        try:
+            yield
+            for s in range(lo, hi):
+                self.model[s] = None
+        finally:
+            for s in range(lo, hi):
+                self.locks[s].release()
         with self.fs.open("/reuse", "wb", buffering=0) as g:
-            g.write(b"\xee" * (blocks * BLOCK_SIZE))
+            g.write(b"\xee" * ((hi - lo) * BLOCK_SIZE))
 
     def churner(self, rng: random.Random) -> None:
         """Another file written and removed: freed blocks get other bytes at once."""
