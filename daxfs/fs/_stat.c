@@ -23,7 +23,8 @@
  *            the Inode's record in memory; else from media, below
  *     inode(ino, hwm)
  *         4. place the record through the inode table's location cache
- *            (InodeTable.places), copy its 256 bytes out of device memory,
+ *            (InodeTable.places), prefetch it, make the stat_result and its fields
+ *            of no inode meanwhile (start_stat), copy its 256 bytes out of device memory,
  *            check them as InodeRecord.unpack_from, InodeTable.get and
  *            record_problem do (magic, crc32c, inode number, in use, mode,
  *            flags, size, map kind, inline counts)
@@ -59,7 +60,9 @@
  *   4. The layout constants come from daxfs.fs.layout (the constructor's
  *      `constants`); none is written here.
  *   5. What is written: by stat(), the path caches (emptied at an epoch change,
- *      as FileSystem.stat does), its answer table and counters; by every probe
+ *      as FileSystem.stat does), its answer table and counters; by path(), LastHead
+ *      (the last HEAD found in the path cache, kept while that dict is unchanged);
+ *      by every probe
  *      (stat, path, child), a big index's bucket array (DirIndex.fence) and the
  *      merge of its pending changes (settle: DirIndex.merge, which changes no
  *      answer).  All under the filesystem lock (stat() holds it for the whole
@@ -86,6 +89,14 @@
 #define FENCE_MIN 4096   /* keys from which an index gets a bucket array (fence) */
 #define SETTLE_MIN 1024  /* probes of unchanged pending changes before settle() merges */
 #define FAST_PATH_CHARS 1023 /* 4 bytes a character at most: under MAX_PATH (4095) */
+#define LAST_HEAD 62         /* bytes of a HEAD path() remembers (LastHead) */
+
+/* The version tag of a dict, which CPython moves at every change of it (PEP 509): the
+ * same dict with an equal tag gives the same answer to a lookup.  Deprecated from 3.12:
+ * there, path() looks HEAD up in the dict every time (no LastHead). */
+#if PY_VERSION_HEX < 0x030C0000
+#define DICT_VERSION(d) (((PyDictObject *)(d))->ma_version_tag)
+#endif
 
 /* ------------------------------------------------------------------ BLAKE2b (RFC 7693) */
 
@@ -205,6 +216,12 @@ typedef struct {
     Py_ssize_t o_rec, o_mode, o_rgeneration;
     Py_ssize_t o_f[10]; /* InodeRecord: ino mode nlink uid gid size blocks a/m/ctime_ns */
     PyObject *root;
+    /* path(): the last HEAD it found in heads or bheads (see LastHead) */
+    PyObject *last_parent; /* its ino (a reference), or NULL */
+    uint64_t last_version; /* the dict's version tag then */
+    uint8_t last_kind;     /* 1 + bytes */
+    uint8_t last_len;
+    char last_head[LAST_HEAD];
     /* stat(): the whole of FileSystem.stat for str and bytes paths (see stat_call) */
     PyObject *paths[2][2];   /* [bytes?][follow?]: stat's path caches (ino by path) */
     PyObject *acquire, *release; /* the filesystem lock's bound methods */
@@ -403,22 +420,38 @@ fields_of_inode(StatPath *s, Fields *f, PyObject *inode)
     return 1;
 }
 
-/* os.stat_result of the fields, as FileSystem._stat_inode builds it; None if Python's
- * integers must answer (a directory's size past 64 bits) */
+/* an os.stat_result with the fields that depend on no inode filled in (st_dev,
+ * st_blksize, st_rdev), for finish_stat: made while a record is on its way from memory */
 static PyObject *
-build_stat(StatPath *s, const Fields *f)
+start_stat(StatPath *s)
 {
-    uint64_t blocks = f->blocks;
-    if (blocks > UINT64_MAX / s->block_size)
-        return Py_NewRef(Py_None);
-    uint64_t size = (f->mode & S_FMT) == S_DIR ? (blocks > 1 ? blocks : 1) * s->block_size
-                                                : f->size;
     PyObject *r = PyStructSequence_New((PyTypeObject *)s->stat_type);
     if (r == NULL)
         return NULL;
+    if (set_item(r, 2, Py_NewRef(s->dev)) ||
+        set_item(r, 16, PyLong_FromUnsignedLongLong(s->block_size)) ||
+        set_item(r, 18, PyLong_FromLong(0))) {
+        Py_DECREF(r); /* structseq_dealloc skips the fields still NULL */
+        return NULL;
+    }
+    return r;
+}
+
+/* os.stat_result of the fields, as FileSystem._stat_inode builds it, in `r` (from
+ * start_stat; its reference is taken); None if Python's integers must answer (a
+ * directory's size past 64 bits) */
+static PyObject *
+finish_stat(StatPath *s, PyObject *r, const Fields *f)
+{
+    uint64_t blocks = f->blocks;
+    if (blocks > UINT64_MAX / s->block_size) {
+        Py_DECREF(r);
+        return Py_NewRef(Py_None);
+    }
+    uint64_t size = (f->mode & S_FMT) == S_DIR ? (blocks > 1 ? blocks : 1) * s->block_size
+                                                : f->size;
     int bad = set_item(r, 0, PyLong_FromUnsignedLong(f->mode)) ||
               set_item(r, 1, PyLong_FromUnsignedLongLong(f->ino)) ||
-              set_item(r, 2, Py_NewRef(s->dev)) ||
               set_item(r, 3, PyLong_FromUnsignedLong(f->nlink)) ||
               set_item(r, 4, PyLong_FromUnsignedLong(f->uid)) ||
               set_item(r, 5, PyLong_FromUnsignedLong(f->gid)) ||
@@ -433,14 +466,20 @@ build_stat(StatPath *s, const Fields *f)
               set_item(r, 13 + i, PyLong_FromLongLong(t));
     }
     if (!bad)
-        bad = set_item(r, 16, PyLong_FromUnsignedLongLong(s->block_size)) ||
-              set_item(r, 17, PyLong_FromUnsignedLongLong(blocks * (s->block_size / 512))) ||
-              set_item(r, 18, PyLong_FromLong(0));
+        bad = set_item(r, 17, PyLong_FromUnsignedLongLong(blocks * (s->block_size / 512)));
     if (bad) {
         Py_DECREF(r);
         return NULL;
     }
     return r;
+}
+
+/* os.stat_result of the fields (finish_stat of a new start_stat) */
+static PyObject *
+build_stat(StatPath *s, const Fields *f)
+{
+    PyObject *r = start_stat(s);
+    return r == NULL ? NULL : finish_stat(s, r, f);
 }
 
 /* the device block holding inode `ino` (InodeTable.places) in *blockno, 0: not known;
@@ -506,17 +545,26 @@ stat_from_media(StatPath *s, uint64_t ino, uint64_t hwm, int refuse_link, int ca
         }
         Py_DECREF(pino);
     }
+    if (!placed) {
+        PyBuffer_Release(&mem);
+        Py_RETURN_NONE; /* not placed yet: the reference finds it */
+    }
+    /* the result's allocation and its fields of no inode while the record comes */
+    PyObject *r = start_stat(s);
     unsigned char rec[RECORD];
-    if (placed)
-        memcpy(rec, (const char *)mem.buf + offset, RECORD); /* invariant 2 */
+    memcpy(rec, (const char *)mem.buf + offset, RECORD); /* invariant 2 */
     PyBuffer_Release(&mem);
-    if (!placed || !record_ok(s, rec, ino))
-        Py_RETURN_NONE; /* not placed yet (the reference finds it), or damaged */
-    if (refuse_link && (get_u32(rec + 16) & S_FMT) == S_LNK)
-        Py_RETURN_NONE; /* a symbolic link to follow: the walk does */
+    if (r == NULL)
+        return NULL;
+    if (!record_ok(s, rec, ino) ||
+        (refuse_link && (get_u32(rec + 16) & S_FMT) == S_LNK)) {
+        /* damaged (the reference raises), or a symbolic link to follow (the walk does) */
+        Py_DECREF(r);
+        Py_RETURN_NONE;
+    }
     Fields f;
     fields_of_record(&f, rec);
-    return build_stat(s, &f);
+    return finish_stat(s, r, &f);
 }
 
 /* an entry of DirIndex.added, (value, 16-byte slot), for `name`: as probe() */
@@ -839,6 +887,42 @@ directory_index(StatPath *s, PyObject *ino)
     return index;
 }
 
+/* LastHead: the last HEAD path() found in the path cache of directories (heads, or
+ * bheads for bytes paths), its bytes and what it resolved to, kept while that dict is
+ * unchanged (its version tag: DICT_VERSION).  A stat of many names in one directory
+ * then neither makes HEAD's str (or bytes) nor hashes it nor looks it up: the same
+ * dict, unchanged, would answer the same ino.  Only ASCII str and bytes HEADs of at
+ * most LAST_HEAD bytes; anything else is looked up as before. */
+
+/* the ino `heads` holds for HEAD hb[0:cut] if LastHead knows it (borrowed), else NULL */
+static PyObject *
+last_head(StatPath *s, PyObject *heads, int bytes, const char *hb, Py_ssize_t cut)
+{
+#ifdef DICT_VERSION
+    if (hb != NULL && s->last_parent != NULL && s->last_kind == 1 + bytes &&
+        s->last_len == cut && s->last_version == DICT_VERSION(heads) &&
+        memcmp(s->last_head, hb, (size_t)cut) == 0)
+        return s->last_parent;
+#endif
+    return NULL;
+}
+
+/* remember that `heads` holds `parent` for HEAD hb[0:cut] (if LastHead can keep it) */
+static void
+remember_head(StatPath *s, PyObject *heads, int bytes, const char *hb, Py_ssize_t cut,
+              PyObject *parent)
+{
+#ifdef DICT_VERSION
+    if (hb == NULL || cut > LAST_HEAD)
+        return;
+    Py_XSETREF(s->last_parent, Py_NewRef(parent));
+    s->last_version = DICT_VERSION(heads);
+    s->last_kind = (uint8_t)(1 + bytes);
+    s->last_len = (uint8_t)cut;
+    memcpy(s->last_head, hb, (size_t)cut);
+#endif
+}
+
 /* FileSystem._stat_fast_reference in C: a stat_result, an int (-1: the walk answers;
  * -2: HEAD is not in the path cache, resolve it, remember it, call again; an ino >= 0:
  * cached, build from the Inode), or NULL with an exception */
@@ -846,9 +930,10 @@ static PyObject *
 path_stat(StatPath *s, PyObject *path, int follow, uint64_t hwm)
 {
     PyObject *head = NULL, *encoded = NULL, *result = NULL;
-    const char *name;
+    const char *name, *hb = NULL; /* hb: HEAD's bytes, if LastHead may hold it */
     Py_ssize_t n, cut;
     PyObject *heads;
+    int bytes = 0;
     if (PyUnicode_CheckExact(path)) {
         Py_ssize_t len = PyUnicode_GET_LENGTH(path);
         if (len > FAST_PATH_CHARS)
@@ -859,7 +944,8 @@ path_stat(StatPath *s, PyObject *path, int follow, uint64_t hwm)
         if (cut < 0 || cut == len - 1)
             return PyLong_FromLong(-1); /* no "/", or a trailing one */
         if (PyUnicode_IS_ASCII(path)) {
-            name = (const char *)PyUnicode_DATA(path) + cut + 1;
+            hb = (const char *)PyUnicode_DATA(path);
+            name = hb + cut + 1;
             n = len - cut - 1;
         } else { /* os.fsencode of the name: UTF-8, surrogateescape */
             PyObject *tail = PyUnicode_Substring(path, cut + 1, len);
@@ -875,8 +961,6 @@ path_stat(StatPath *s, PyObject *path, int follow, uint64_t hwm)
             n = PyBytes_GET_SIZE(encoded);
         }
         heads = s->heads;
-        if (cut > 0 && (head = PyUnicode_Substring(path, 0, cut)) == NULL)
-            goto done;
     } else if (PyBytes_CheckExact(path)) {
         Py_ssize_t len = PyBytes_GET_SIZE(path);
         if (len > FAST_PATH_CHARS)
@@ -889,17 +973,24 @@ path_stat(StatPath *s, PyObject *path, int follow, uint64_t hwm)
         name = slash + 1;
         n = len - cut - 1;
         heads = s->bheads;
-        if (cut > 0 && (head = PyBytes_FromStringAndSize(p, cut)) == NULL)
-            goto done;
+        hb = p;
+        bytes = 1;
     } else {
         return PyLong_FromLong(-1);
     }
     PyObject *parent = s->root;
-    if (head != NULL) {
-        parent = PyDict_GetItemWithError(heads, head);
+    if (cut > 0) {
+        parent = last_head(s, heads, bytes, hb, cut);
         if (parent == NULL) {
-            result = PyErr_Occurred() ? NULL : PyLong_FromLong(-2);
-            goto done;
+            head = bytes ? PyBytes_FromStringAndSize(hb, cut) : PyUnicode_Substring(path, 0, cut);
+            if (head == NULL)
+                goto done;
+            parent = PyDict_GetItemWithError(heads, head);
+            if (parent == NULL) {
+                result = PyErr_Occurred() ? NULL : PyLong_FromLong(-2);
+                goto done;
+            }
+            remember_head(s, heads, bytes, hb, cut, parent);
         }
     }
     PyObject *index = directory_index(s, parent);
@@ -1265,6 +1356,7 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
     Py_XSETREF(s->inode_type, (PyTypeObject *)Py_NewRef(inode_type));
     Py_XSETREF(s->record_type, (PyTypeObject *)Py_NewRef(record_type));
     Py_XSETREF(s->root, Py_NewRef(root));
+    Py_CLEAR(s->last_parent); /* LastHead: of the dicts given before, if any */
     Py_XSETREF(s->view, Py_NewRef(view));
     Py_XSETREF(s->places, Py_NewRef(places));
     Py_XSETREF(s->cache, Py_NewRef(cache));
@@ -1289,6 +1381,7 @@ StatPath_traverse(StatPath *s, visitproc visit, void *arg)
     Py_VISIT(s->inode_type);
     Py_VISIT(s->record_type);
     Py_VISIT(s->root);
+    Py_VISIT(s->last_parent);
     for (int b = 0; b < 2; b++)
         for (int f = 0; f < 2; f++)
             Py_VISIT(s->paths[b][f]);
@@ -1314,6 +1407,7 @@ StatPath_clear(StatPath *s)
     Py_CLEAR(s->inode_type);
     Py_CLEAR(s->record_type);
     Py_CLEAR(s->root);
+    Py_CLEAR(s->last_parent);
     for (int b = 0; b < 2; b++)
         for (int f = 0; f < 2; f++)
             Py_CLEAR(s->paths[b][f]);

@@ -201,6 +201,46 @@ def test_a_removal_empties_the_caches_before_the_next_answer(fs: FileSystem) -> 
         fs.stat("/d/y")
 
 
+def test_the_last_head_answers_what_the_path_cache_holds_now(fs: FileSystem) -> None:
+    """path() keeps the last HEAD it found in the path cache (LastHead in _stat.c) only
+    while that dict is unchanged: two directories taken in turns, str and bytes HEADs
+    of the same bytes, a HEAD's entry changed with no removal (the dict is the
+    answer, not what path() saw before) and the dict emptied each answer as the
+    dict says now."""
+    assert fs._fast is not None
+    fs.mkdir("/e")
+    crafting_touch(fs, "/e/f1")
+    want = {p: fs.stat(p).st_ino for p in ("/d/f1", "/d/f2", "/e/f1")}
+    fs.stat("/e/f1")  # /e indexed
+    d, e = fs.stat("/d").st_ino, fs.stat("/e").st_ino
+    remember_head(fs, "/d")
+    remember_head(fs, "/e")
+    assert fs._resolve_parent(b"/d", fs._bpaths[True]) == d
+    hwm = fs.sup.sb.inode_hwm
+
+    def ino(path: Any) -> int:
+        assert fs._fast is not None
+        got = fs._fast.path(path, True, hwm)
+        if isinstance(got, os.stat_result):
+            return got.st_ino
+        assert isinstance(got, int)
+        return got  # -2: HEAD not in the path cache; else the cached inode's number
+
+    for _ in range(2):
+        for path in ("/d/f1", "/e/f1", "/d/f2", "/d/f2", "/e/f1"):
+            assert ino(path) == want[path]
+            assert ino(os.fsencode(path)) == (want[path] if path.startswith("/d") else -2)
+    assert ino("/d/f1") == want["/d/f1"]  # /d is the last HEAD
+    fs._paths[True]["/d"] = e  # changed in the dict, no removal: the dict answers
+    assert ino("/d/f1") == want["/e/f1"]
+    assert ino(b"/d/f1") == want["/d/f1"]  # bytes HEADs: their own dict
+    fs._paths[True].clear()
+    assert ino("/d/f1") == -2
+    assert ino("/e/f1") == -2
+    fs._paths[True]["/e"] = e
+    assert ino("/e/f1") == want["/e/f1"]
+
+
 def crafting_touch(fs: FileSystem, path: str) -> None:
     fs.open(path, "xb").close()
 
