@@ -88,6 +88,8 @@
 #define INTERPOLATIONS 4 /* then a binary search of what is left */
 #define FENCE_MIN 4096   /* keys from which an index gets a bucket array (fence) */
 #define SETTLE_MIN 1024  /* probes of unchanged pending changes before settle() merges */
+#define FENCE_KEYS 64    /* keys a bucket of the bucket array, at least (fence_of) */
+#define GUESS_SPAN 8     /* keys either side of a bucket guess whose lines are fetched */
 #define FAST_PATH_CHARS 1023 /* 4 bytes a character at most: under MAX_PATH (4095) */
 #define LAST_HEAD 62         /* bytes of a HEAD path() remembers (LastHead) */
 
@@ -592,11 +594,16 @@ pending(PyObject *record, const char *name, Py_ssize_t n, uint64_t *value)
 
 /* ------------------------------------------------------------------ the bucket array */
 
-/* DirIndex.fence: where each 2^bits-th of the key space starts in `keys`, so that a
- * probe reads one word of it and then the few keys of one bucket (a line or two),
- * instead of the three or four scattered lines an interpolation search touches.  The
- * keys are keyed hashes, spread evenly: 2^bits is the power of two at or under a
- * quarter of the keys, about 4-8 keys a bucket, 0.5-1 byte a key.  Stored in the
+/* DirIndex.fence: where each 2^bits-th of the key space starts in `keys`.  The keys
+ * are keyed hashes, spread evenly: 2^bits is the power of two at or under the keys /
+ * FENCE_KEYS, about 64-128 keys a bucket, so the array is small enough to stay in the
+ * cache (64 KiB for a million keys: 1/16-1/32 byte a key).  A probe reads the key's
+ * bucket's bounds, guesses its place in the bucket from the key's own bits (the key
+ * is about that far into its bucket, within a few keys: GUESS_SPAN), fetches the
+ * lines of keys, values and names around the guess at once, and gallops from the
+ * guess: where a bucket of 4-8 keys (a 1 MiB array for a million keys) cost one
+ * cache miss for the bucket's bounds and then another for its keys, and the three or
+ * four scattered lines of an interpolation search each one more.  Stored in the
  * index's `fence` slot as (keys, bytes): the bytes hold the count of keys it was
  * built for, bits, then start[2^bits + 1] (uint32 each); it is used only while
  * `keys` is that very array with that count, else rebuilt.  A stale or damaged one
@@ -628,7 +635,7 @@ fence_of(StatPath *s, PyObject *index, PyObject *keys, const unsigned char *k, P
             return fence;
     }
     unsigned bits = 1;
-    while (((Py_ssize_t)1 << (bits + 1)) <= count / 4)
+    while (((Py_ssize_t)1 << (bits + 1)) <= count / FENCE_KEYS)
         bits++;
     size_t buckets = (size_t)1 << bits;
     PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(sizeof(Fence) + 4 * (buckets + 1)));
@@ -760,11 +767,43 @@ probe(StatPath *s, PyObject *index, uint64_t key, const char *name, Py_ssize_t n
             hi = count;
         if (lo > hi)
             lo = hi;
-        /* the key is in keys[lo..hi]: fetch its value's and name's lines meanwhile */
-        if (lo < count) { /* (a prefetch never faults, past the end either) */
-            __builtin_prefetch((const char *)vb.buf + 8 * lo);
-            __builtin_prefetch(PyBytes_AS_STRING(names) + SLOT * lo);
-            __builtin_prefetch(PyBytes_AS_STRING(names) + SLOT * lo + 64);
+        if (hi > lo) {
+            /* the key's place in its bucket: its next 32 bits, scaled to the bucket */
+            uint64_t within = (key << fence->bits) >> 32;
+            Py_ssize_t g = lo + (Py_ssize_t)((within * (uint64_t)(hi - lo)) >> 32);
+            if (g >= hi)
+                g = hi - 1;
+            /* its lines of keys, values and names, fetched at once (a prefetch never
+             * faults; the addresses stay inside the arrays) */
+            Py_ssize_t first = g >= lo + GUESS_SPAN ? g - GUESS_SPAN : lo;
+            Py_ssize_t last = g + GUESS_SPAN < hi ? g + GUESS_SPAN : hi - 1;
+            for (Py_ssize_t i = first; i <= last + 7; i += 8) {
+                Py_ssize_t at = i < last ? i : last;
+                __builtin_prefetch(k + 8 * at);
+                __builtin_prefetch((const char *)vb.buf + 8 * at);
+            }
+            for (Py_ssize_t i = first; i <= last + 3; i += 4)
+                __builtin_prefetch(PyBytes_AS_STRING(names) + SLOT * (i < last ? i : last));
+            /* gallop from the guess to keys[lo-1] < key <= keys[hi] (each step keeps it) */
+            if (get_u64(k + 8 * g) < key) {
+                Py_ssize_t step = 1;
+                lo = g + 1;
+                while (lo + step - 1 < hi && get_u64(k + 8 * (lo + step - 1)) < key) {
+                    lo += step;
+                    step <<= 1;
+                }
+                if (lo + step - 1 < hi)
+                    hi = lo + step - 1;
+            } else {
+                Py_ssize_t step = 1, top = g;
+                while (top - step >= lo && get_u64(k + 8 * (top - step)) >= key) {
+                    top -= step;
+                    step <<= 1;
+                }
+                if (top - step + 1 > lo)
+                    lo = top - step + 1;
+                hi = top;
+            }
         }
     }
     /* keys are keyed hashes, spread evenly: a few interpolation steps get within a
