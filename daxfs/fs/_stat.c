@@ -78,6 +78,33 @@
 #include "../pmem/_pyutil.h"
 #include "_media.h"
 
+/* STEP(i): with -DDAXFS_STAT_STEPS (bench/stat_steps.py builds it so; never the module
+ * daxfs imports), the TSC cycles since the step before, added to step i, behind an
+ * lfence each, so that a step's memory waits are its own; a step over STEP_OUTLIER
+ * cycles (the thread preempted) is counted in STEP_DROPPED instead.  Else nothing. */
+#ifdef DAXFS_STAT_STEPS
+#include <x86intrin.h>
+#define STEPS 16
+#define STEP_DROPPED 15
+#define STEP_OUTLIER 20000
+static unsigned long long step_cycles[STEPS], step_count[STEPS], step_last;
+#define STEP_START() (_mm_lfence(), step_last = __rdtsc())
+#define STEP(i)                                                                              \
+    do {                                                                                     \
+        _mm_lfence();                                                                        \
+        unsigned long long now_ = __rdtsc();                                                 \
+        if (now_ - step_last < STEP_OUTLIER) {                                               \
+            step_cycles[i] += now_ - step_last;                                              \
+            step_count[i]++;                                                                 \
+        } else                                                                               \
+            step_count[STEP_DROPPED]++;                                                      \
+        step_last = now_;                                                                    \
+    } while (0)
+#else
+#define STEP_START() ((void)0)
+#define STEP(i) ((void)0)
+#endif
+
 #define S_FMT 0170000u
 #define S_REG 0100000u
 #define S_DIR 0040000u
@@ -521,6 +548,7 @@ stat_from_media(StatPath *s, uint64_t ino, uint64_t hwm, int refuse_link, int ca
         offset = (blockno << s->block_shift) + (ino & (s->inodes_per_block - 1)) * RECORD;
         placed = offset + RECORD <= (uint64_t)mem.len; /* invariant 3 */
     }
+    STEP(7);
     if (placed) /* fetch the record while the cache is searched */
         for (int i = 0; i < RECORD; i += 64)
             __builtin_prefetch((const char *)mem.buf + offset + i);
@@ -552,9 +580,12 @@ stat_from_media(StatPath *s, uint64_t ino, uint64_t hwm, int refuse_link, int ca
         Py_RETURN_NONE; /* not placed yet: the reference finds it */
     }
     /* the result's allocation and its fields of no inode while the record comes */
+    STEP(8);
     PyObject *r = start_stat(s);
+    STEP(9);
     unsigned char rec[RECORD];
     memcpy(rec, (const char *)mem.buf + offset, RECORD); /* invariant 2 */
+    STEP(10);
     PyBuffer_Release(&mem);
     if (r == NULL)
         return NULL;
@@ -565,8 +596,11 @@ stat_from_media(StatPath *s, uint64_t ino, uint64_t hwm, int refuse_link, int ca
         Py_RETURN_NONE;
     }
     Fields f;
+    STEP(11);
     fields_of_record(&f, rec);
-    return finish_stat(s, r, &f);
+    r = finish_stat(s, r, &f);
+    STEP(12);
+    return r;
 }
 
 /* an entry of DirIndex.added, (value, 16-byte slot), for `name`: as probe() */
@@ -767,6 +801,7 @@ probe(StatPath *s, PyObject *index, uint64_t key, const char *name, Py_ssize_t n
             hi = count;
         if (lo > hi)
             lo = hi;
+        STEP(5);
         if (hi > lo) {
             /* the key's place in its bucket: its next 32 bits, scaled to the bucket */
             uint64_t within = (key << fence->bits) >> 32;
@@ -857,8 +892,10 @@ child_stat(StatPath *s, PyObject *index, const char *p, Py_ssize_t n, uint64_t h
     if (n == 0 || n >= SLOT)
         return PyLong_FromLong(-1); /* the index holds no such name */
     uint64_t value;
-    int found = probe(s, index, blake2b_name(s->h0, (const unsigned char *)p, (size_t)n), p,
-                      n, &value);
+    uint64_t key = blake2b_name(s->h0, (const unsigned char *)p, (size_t)n);
+    STEP(4);
+    int found = probe(s, index, key, p, n, &value);
+    STEP(6);
     if (found == -2)
         return NULL;
     if (found != 1)
@@ -1032,7 +1069,9 @@ path_stat(StatPath *s, PyObject *path, int follow, uint64_t hwm)
             remember_head(s, heads, bytes, hb, cut, parent);
         }
     }
+    STEP(2);
     PyObject *index = directory_index(s, parent);
+    STEP(3);
     if (index == NULL)
         result = PyErr_Occurred() ? NULL : PyLong_FromLong(-1);
     else
@@ -1113,6 +1152,7 @@ stat_locked(StatPath *s, PyObject *path, int follow)
         Py_RETURN_NONE;
     if (s->view == NULL || s->sb == NULL)
         Py_RETURN_NONE; /* unmounted: Python raises */
+    STEP_START();
     /* the answer slot's line, fetched while the epoch and the high-water mark are read
      * (a str caches its hash, unless this is its first; bytes paths do without) */
     Py_hash_t early = bytes ? -1 : ((PyASCIIObject *)path)->hash;
@@ -1141,6 +1181,7 @@ stat_locked(StatPath *s, PyObject *path, int follow)
     uint64_t hwm = PyLong_AsUnsignedLongLong(hwmo);
     if (hwm == (uint64_t)-1 && PyErr_Occurred())
         return NULL;
+    STEP(0);
     /* the answer table first (one line), then the path cache (the walk's answers) */
     Answer *slotp = NULL;
     Py_ssize_t len = 0;
@@ -1162,6 +1203,7 @@ stat_locked(StatPath *s, PyObject *path, int follow)
     PyObject *paths = s->paths[bytes][follow];
     PyObject *ino = hit ? NULL : PyDict_GetItemWithError(paths, path);
     PyObject *r;
+    STEP(1);
     if (ino != NULL) {
         n = PyLong_AsUnsignedLongLong(ino);
         if (n == (uint64_t)-1 && PyErr_Occurred())
@@ -1180,6 +1222,7 @@ stat_locked(StatPath *s, PyObject *path, int follow)
     if (PyErr_Occurred())
         return NULL;
     r = path_stat(s, path, follow, hwm);
+    STEP(13);
     if (r == NULL || Py_TYPE(r) == (PyTypeObject *)s->stat_type) {
         if (r != NULL)
             s->misses++;
@@ -1196,6 +1239,7 @@ stat_locked(StatPath *s, PyObject *path, int follow)
             slotp->len = (uint8_t)len;
             memcpy(slotp->path, key, (size_t)len);
         }
+        STEP(14);
         return r;
     }
     Py_DECREF(r); /* -1, -2 or an ino: Python answers */
@@ -1497,7 +1541,38 @@ StatPath_inode_checked(StatPath *s, PyObject *const *args, Py_ssize_t nargs)
     return StatPath_inode(s, args, nargs);
 }
 
+#ifdef DAXFS_STAT_STEPS
+/* steps() -> [(cycles, count)] * STEPS, then the counters zeroed; tsc() -> the TSC */
+static PyObject *
+StatPath_steps(StatPath *s, PyObject *unused)
+{
+    PyObject *list = PyList_New(STEPS);
+    for (int i = 0; list != NULL && i < STEPS; i++) {
+        PyObject *pair = Py_BuildValue("(KK)", step_cycles[i], step_count[i]);
+        if (pair == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, pair);
+    }
+    memset(step_cycles, 0, sizeof step_cycles);
+    memset(step_count, 0, sizeof step_count);
+    return list;
+}
+
+static PyObject *
+StatPath_tsc(StatPath *s, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(__rdtsc());
+}
+#endif
+
 static PyMethodDef StatPath_methods[] = {
+#ifdef DAXFS_STAT_STEPS
+    {"steps", (PyCFunction)StatPath_steps, METH_NOARGS,
+     "steps() -> [(cycles, count)]: each step's TSC cycles and count since the last call"},
+    {"tsc", (PyCFunction)StatPath_tsc, METH_NOARGS, "tsc() -> the time-stamp counter"},
+#endif
     {"stat", (PyCFunction)(void (*)(void))StatPath_stat, METH_FASTCALL,
      "stat(path, follow) -> os.stat_result | None: FileSystem.stat of a str or bytes\n"
      "path, whole: the filesystem lock taken without waiting, the path caches' epoch,\n"

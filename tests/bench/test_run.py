@@ -52,6 +52,6 @@ def test_every_discovered_benchmark_takes_the_suite_options(
 
 def test_the_focused_tools_are_not_run(run: ModuleType) -> None:
     names = set(run.discover())
-    for tool in ("cow_copy", "create_loop", "stat_scale"):
+    for tool in ("cow_copy", "create_loop", "stat_scale", "stat_steps"):
         assert (BENCH / f"{tool}.py").exists()
         assert tool not in names
