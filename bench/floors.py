@@ -13,9 +13,10 @@ rounds, in ns per operation:
     four fences) against one 4 KiB copy and one fence (data written once);
   - a 2 MiB non-temporal copy into new places (copy-on-write) against in place;
   - a stat miss's memory work among 1,000,000 names against the same among 10:
-    bench/stat_floor.c's lookup as daxfs/fs/_stat.c makes it (the bucket array,
-    the 256-byte record from a random place of 1 GiB of /dev/shm, each lookup
-    waiting for the one before; bench/stat_floor.py has the other layouts).
+    bench/stat_floor.c's lookup as daxfs/fs/_stat.c makes it (the bucket array
+    and the guess in the key's bucket, the 256-byte record from a random place of
+    1 GiB of /dev/shm, each lookup waiting for the one before; bench/stat_floor.py
+    has the other layouts).
 
 The rows carry no goal: they say how far below daxfs's own figures (bench/fs.py,
 same machine) the hardware would let it go.  --quick changes nothing here (the
@@ -34,7 +35,7 @@ from stat_floor import measure as stat_floor
 
 SOURCE = Path(__file__).resolve().parent / "floors.c"
 FILE_SIZE = 512 * MIB  # the device area of the overwrite and the 2 MiB copies
-STAT_FLOOR = "fence_4k_rec_ns"  # as _stat.c: the bucket array, the record on 4 KiB pages
+STAT_FLOOR = "guess_4k_rec_ns"  # as _stat.c: bucket array + guess, the record on 4 KiB pages
 
 
 def measure() -> dict[str, float]:

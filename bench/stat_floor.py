@@ -3,9 +3,10 @@
     python bench/stat_floor.py [--plain]
 
 bench/stat_floor.c searches a directory index of N random 64-bit keys laid out
-as daxfs's DirIndex is (three arrays, searched by interpolation as before, or
-through the bucket array with prefetches as daxfs/fs/_stat.c now does), or as
-one array of 32-byte entries, on 4 KiB or 2 MiB pages, with and without the copy
+as daxfs's DirIndex is (three arrays, searched by interpolation as before,
+through a bucket array of 4-8 keys a bucket as daxfs/fs/_stat.c did next, or
+through one of 64-128 keys a bucket with a guess in it, as _stat.c now does:
+"guess"), or as one array of 32-byte entries, on 4 KiB or 2 MiB pages, with and without the copy
 of a 256-byte record from a random place of a 1 GiB /dev/shm file; each lookup
 waits for the one before.  Rows: each layout among 1,000,000 names against the
 same among 10 (ns a lookup; lower is better).  docs/ARCHITECTURE.md ("The stat
@@ -22,12 +23,12 @@ from common import GIB, Row, Unavailable, build_c, cpu_model, parse_args, print_
 from pmem import shm_file
 
 SOURCE = Path(__file__).resolve().parent / "stat_floor.c"
-LAYOUTS = ("interp", "fence", "packed", "packed_fence")
+LAYOUTS = ("interp", "fence", "packed", "packed_fence", "guess")
 
 
 def measure(counts: Sequence[int], only: str = "") -> dict[int, dict[str, float]]:
     """Run bench/stat_floor.c for each count of names on one 1 GiB /dev/shm file:
-    every measurement, or ``only`` the one of that name (e.g. "fence_4k_rec_ns")."""
+    every measurement, or ``only`` the one of that name (e.g. "guess_4k_rec_ns")."""
     binary = build_c(SOURCE, hint="install gcc")
     path = shm_file(GIB, written=True, spare=256 << 20)  # no first-touch faults
     try:
@@ -65,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
         notes.append(
             "bare C (bench/stat_floor.c); each lookup waits for the one before; records "
-            "on /dev/shm (4 KiB pages); interp = DirIndex searched as before, fence = as "
-            "_stat.c now searches it"
+            "on /dev/shm (4 KiB pages); interp = DirIndex searched as before, fence = "
+            "as _stat.c did next, guess = as _stat.c now searches it"
         )
     except (Unavailable, OSError, KeyError) as exc:
         notes.append(f"stat floor unavailable: {type(exc).__name__}: {exc}")
