@@ -2,7 +2,8 @@
 
 Modules: ``mkfs``, ``fsck``, ``info``; the file tools that read an image
 (``files``: ls, tree, stat, df, cat), that copy (``cp``) and that change
-names (``edit``: mkdir, rm, mv); ``common`` holds what they share (IMAGE:/path
+names (``edit``: mkdir, rm, mv), the FUSE mount (``mounting``: mount,
+umount); ``common`` holds what they share (IMAGE:/path
 operands, sizes, mounts, progress bars).  Each module has ``register(sub)``,
 which adds its subcommands and sets ``run`` on their arguments.
 
@@ -21,14 +22,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from daxfs.cli import cp, edit, files, fsck, info, mkfs, stress
+from daxfs.cli import cp, edit, files, fsck, info, mkfs, mounting, stress
 from daxfs.cli.common import printable
 
 EXIT_ERROR = 1
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
 
-COMMANDS = (mkfs, fsck, info, files, cp, edit, stress)
+COMMANDS = (mkfs, fsck, info, files, cp, edit, stress, mounting)
 
 
 def build_parser() -> argparse.ArgumentParser:

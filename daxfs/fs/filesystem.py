@@ -150,6 +150,8 @@ class FileSystem:
         )
         self.readonly = readonly
         self.umask = 0o022
+        #: the permission bits open() creates a file with, before the umask (builtins.open's)
+        self.file_mode = 0o666
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._lock = threading.RLock()
@@ -281,6 +283,26 @@ class FileSystem:
                 self._mounted = False
                 if self._fast is not None:
                     self._fast.release()
+
+    @contextlib.contextmanager
+    def as_caller(
+        self, uid: int, gid: int, umask: int = 0, file_mode: int = 0o666
+    ) -> Iterator[None]:
+        """Run the block as one caller of a front end (daxfs.fuse): what it creates is
+        owned by ``uid``:``gid`` and made with ``umask`` (files that open() creates with
+        ``file_mode`` before it, as open(2)'s mode argument), and no other operation runs
+        meanwhile (the filesystem lock is held throughout: a check and a change made
+        inside are one step, as RENAME_NOREPLACE needs).
+
+        The block must not wait for pins (truncate, punch-hole): it holds the lock.
+        """
+        with self._lock:
+            saved = self.uid, self.gid, self.umask, self.file_mode
+            self.uid, self.gid, self.umask, self.file_mode = uid, gid, umask, file_mode
+            try:
+                yield
+            finally:
+                self.uid, self.gid, self.umask, self.file_mode = saved
 
     def _check_mounted(self) -> None:
         """Every operation starts here, between operations: a good time to trim caches."""
@@ -504,7 +526,7 @@ class FileSystem:
         self._check_writable(shown)
         try:
             with self.journal.begin() as tx:
-                mode = st.S_IFREG | (0o666 & ~self.umask)
+                mode = st.S_IFREG | (self.file_mode & ~self.umask)
                 inode = self._new_inode(tx, found.parent, name, mode, DT_REG)
                 self._touch_dir(tx, found.parent)
         except BaseException:

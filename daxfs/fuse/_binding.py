@@ -1,0 +1,111 @@
+"""The binding: mfusepy's FUSE class, with what daxfs needs that it does not pass on.
+
+mfusepy (ctypes over libfuse3's high-level API) runs the session; this
+subclass replaces five of its C-callback adapters:
+
+* ``rename`` passes renameat2's flags on (mfusepy drops them);
+* ``lseek`` exists (libfuse 3.8's callback; mfusepy declares it but has no
+  adapter), for SEEK_DATA and SEEK_HOLE;
+* ``utimens`` reads UTIME_NOW and UTIME_OMIT from the timespecs (mfusepy would
+  turn them into nonsense nanosecond counts): now is ``None`` for both, omit
+  is ``None`` for the one omitted;
+* ``read`` copies straight from device memory into libfuse's reply buffer
+  (``preadinto`` over a memoryview of it), and ``write`` passes a memoryview
+  of the request buffer, so data is copied once each way instead of three
+  times through ``bytes``;
+* ``fgetattr`` fills ``struct stat`` from the ``os.stat_result`` without a
+  dict in between.
+
+Errors: each adapter runs inside mfusepy's ``_wrapper`` (an OSError becomes
+``-errno``); the operations raise OSErrors with the API's errno
+(daxfs.fuse._ops).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+from typing import Any
+
+import mfusepy
+
+UTIME_NOW = (1 << 30) - 1  # tv_nsec: set this time to now
+UTIME_OMIT = (1 << 30) - 2  # tv_nsec: leave this time alone
+
+
+def available() -> str | None:
+    """Why a FUSE mount cannot work here (None: it can)."""
+    import os
+
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (no FUSE in this kernel or container)"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is missing (install the fuse3 package)"
+    if mfusepy.fuse_version_major != 3:
+        return f"libfuse {mfusepy.fuse_version_major} found, daxfs.fuse needs libfuse3"
+    return None
+
+
+def _buffer(address: Any, size: int) -> memoryview:
+    """A writable memoryview of ``size`` bytes at a C pointer (no copy)."""
+    addr = ctypes.cast(address, ctypes.c_void_p).value
+    return memoryview((ctypes.c_char * size).from_address(addr or 0)).cast("B")
+
+
+class DaxFUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy.FUSE with renameat2 flags, lseek, UTIME_NOW/OMIT and one-copy I/O."""
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        enc, err = self.encoding, self.errors
+        return int(self.operations.rename(old.decode(enc, err), new.decode(enc, err), flags))
+
+    def lseek(self, path: bytes | None, offset: int, whence: int, fip: Any) -> int:
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        return int(self.operations.lseek(name, offset, whence, fip.contents.fh))
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        if not buf:
+            return int(self.operations.utimens(name, None))
+        times: list[int | None] = []
+        for ts in (buf.contents.actime, buf.contents.modtime):
+            if ts.tv_nsec == UTIME_OMIT:
+                times.append(None)
+            elif ts.tv_nsec == UTIME_NOW:
+                times.append(-1)
+            else:
+                times.append(ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
+        if -1 in times:  # now: both times now (as utime(path, None)), omitted ones kept
+            if None not in times:
+                return int(self.operations.utimens(name, None))
+            import time
+
+            now = time.time_ns()
+            times = [now if t == -1 else t for t in times]
+        return int(self.operations.utimens(name, (times[0], times[1])))
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        return int(self.operations.readinto(_buffer(buf, size), offset, fip.contents.fh))
+
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        data = _buffer(buf, size).toreadonly()
+        return int(self.operations.write(None, data, offset, fip.contents.fh))
+
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        fh = fip.contents.fh if fip else None
+        result = self.operations.stat(name, fh)
+        s = buf.contents
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        s.st_ino = result.st_ino
+        s.st_mode = result.st_mode
+        s.st_nlink = result.st_nlink
+        s.st_uid = result.st_uid
+        s.st_gid = result.st_gid
+        s.st_size = result.st_size
+        s.st_blocks = result.st_blocks
+        s.st_blksize = result.st_blksize
+        s.st_atimespec.tv_sec, s.st_atimespec.tv_nsec = divmod(result.st_atime_ns, 1_000_000_000)
+        s.st_mtimespec.tv_sec, s.st_mtimespec.tv_nsec = divmod(result.st_mtime_ns, 1_000_000_000)
+        s.st_ctimespec.tv_sec, s.st_ctimespec.tv_nsec = divmod(result.st_ctime_ns, 1_000_000_000)
+        return 0
