@@ -1,7 +1,7 @@
 """The binding: mfusepy's FUSE class, with what daxfs needs that it does not pass on.
 
 mfusepy (ctypes over libfuse3's high-level API) runs the session; this
-subclass replaces five of its C-callback adapters:
+subclass replaces some of its C-callback adapters:
 
 * ``rename`` passes renameat2's flags on (mfusepy drops them);
 * ``lseek`` exists (libfuse 3.8's callback; mfusepy declares it but has no
@@ -13,6 +13,8 @@ subclass replaces five of its C-callback adapters:
   (``preadinto`` over a memoryview of it), and ``write`` passes a memoryview
   of the request buffer, so data is copied once each way instead of three
   times through ``bytes``;
+* ``truncate``, ``chmod``, ``chown`` and ``utimens`` pass the file handle on
+  (mfusepy drops it; with ``nullpath_ok`` libfuse then gives no path);
 * ``fgetattr`` fills ``struct stat`` from the ``os.stat_result`` without a
   dict in between.
 
@@ -59,14 +61,34 @@ class DaxFUSE(mfusepy.FUSE):  # type: ignore[misc]
         enc, err = self.encoding, self.errors
         return int(self.operations.rename(old.decode(enc, err), new.decode(enc, err), flags))
 
+    def _name(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    @staticmethod
+    def _fh(fip: Any) -> int | None:
+        return int(fip.contents.fh) if fip else None
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return int(self.operations.truncate(self._name(path), length, self._fh(fip)))
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        return int(self.operations.chmod(self._name(path), mode, self._fh(fip)))
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        if ctypes.c_uint32(uid + 1).value == 0:  # (uid_t)-1: leave it
+            uid = -1
+        if ctypes.c_uint32(gid + 1).value == 0:
+            gid = -1
+        return int(self.operations.chown(self._name(path), uid, gid, self._fh(fip)))
+
     def lseek(self, path: bytes | None, offset: int, whence: int, fip: Any) -> int:
         name = None if path is None else path.decode(self.encoding, self.errors)
         return int(self.operations.lseek(name, offset, whence, fip.contents.fh))
 
     def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
-        name = None if path is None else path.decode(self.encoding, self.errors)
+        name, fh = self._name(path), self._fh(fip)
         if not buf:
-            return int(self.operations.utimens(name, None))
+            return int(self.operations.utimens(name, None, fh))
         times: list[int | None] = []
         for ts in (buf.contents.actime, buf.contents.modtime):
             if ts.tv_nsec == UTIME_OMIT:
@@ -77,12 +99,12 @@ class DaxFUSE(mfusepy.FUSE):  # type: ignore[misc]
                 times.append(ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
         if -1 in times:  # now: both times now (as utime(path, None)), omitted ones kept
             if None not in times:
-                return int(self.operations.utimens(name, None))
+                return int(self.operations.utimens(name, None, fh))
             import time
 
             now = time.time_ns()
             times = [now if t == -1 else t for t in times]
-        return int(self.operations.utimens(name, (times[0], times[1])))
+        return int(self.operations.utimens(name, (times[0], times[1]), fh))
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         return int(self.operations.readinto(_buffer(buf, size), offset, fip.contents.fh))

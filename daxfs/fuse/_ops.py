@@ -30,6 +30,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -161,35 +162,55 @@ class DaxOperations(mfusepy.Operations):  # type: ignore[misc]
             "st_ctime": result.st_ctime_ns,
         }
 
+    def _named(self, path: str | None, fh: int | None, what: str) -> str:
+        """The path to change for ``path`` or, when libfuse gives none, handle ``fh``.
+
+        daxfs changes attributes by name, so for a handle it uses the name the
+        file was opened with, if that name is still this file; else (renamed
+        or unlinked since) ENOENT.
+
+        Raises:
+            NotFound (ENOENT): neither, or the handle's name is another file now.
+        """
+        if path is not None:
+            return path
+        if fh is not None:
+            file = self._file(fh)
+            name = file.path
+            with contextlib.suppress(OSError):
+                if self.fs.lstat(name).st_ino == file.stat().st_ino:
+                    return name
+        raise NotFound(f"{what} of a file whose name is gone (renamed or unlinked)")
+
     @_boundary
-    def chmod(self, path: str | None, mode: int) -> int:
-        if path is None:  # fchmod of an unlinked file: daxfs has no fchmod
-            raise NotFound("chmod of an unlinked file")
-        self.fs.chmod(path, st.S_IMODE(mode), follow_symlinks=False)
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
+        self.fs.chmod(self._named(path, fh, "chmod"), st.S_IMODE(mode), follow_symlinks=False)
         return 0
 
     @_boundary
-    def chown(self, path: str | None, uid: int, gid: int) -> int:
-        if path is None:
-            raise NotFound("chown of an unlinked file")
-        self.fs.chown(path, uid, gid, follow_symlinks=False)
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
+        self.fs.chown(self._named(path, fh, "chown"), uid, gid, follow_symlinks=False)
         return 0
 
     @_boundary
-    def utimens(self, path: str | None, times: tuple[int | None, int | None] | None = None) -> int:
+    def utimens(
+        self,
+        path: str | None,
+        times: tuple[int | None, int | None] | None = None,
+        fh: int | None = None,
+    ) -> int:
         """Set times in ns; None for one of them is UTIME_OMIT (keeps it); no times: now."""
-        if path is None:
-            raise NotFound("utimens of an unlinked file")
+        name = self._named(path, fh, "utimens")
         if times is None:
-            self.fs.utime(path, follow_symlinks=False)
+            self.fs.utime(name, follow_symlinks=False)
             return 0
         atime, mtime = times
         with self.fs.as_caller(*self._caller()):  # the kept time and the change: one step
             if atime is None or mtime is None:
-                now = self.fs.lstat(path)
+                now = self.fs.lstat(name)
                 atime = now.st_atime_ns if atime is None else atime
                 mtime = now.st_mtime_ns if mtime is None else mtime
-            self.fs.utime(path, ns=(atime, mtime), follow_symlinks=False)
+            self.fs.utime(name, ns=(atime, mtime), follow_symlinks=False)
         return 0
 
     @_boundary
