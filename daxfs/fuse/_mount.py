@@ -202,8 +202,12 @@ def serve(
             kwargs["ro"] = True
         try:
             DaxFUSE(ops, mountpoint, **kwargs)
-        except RuntimeError as exc:  # fuse_main_real failed: libfuse said why on stderr
-            raise OSError(errno.EIO, f"libfuse could not mount on {mountpoint}") from exc
+        except RuntimeError as exc:
+            # fuse_main_real returned non-zero: before ready, it could not mount (and said
+            # why on stderr); after, the loop was ended by a signal (libfuse counts that
+            # as an error): a normal end
+            if not pid_path:
+                raise OSError(errno.EIO, f"libfuse could not mount on {mountpoint}") from exc
     finally:
         try:
             ops.close_all()

@@ -56,7 +56,8 @@ def work(mnt: FuseMount, request: pytest.FixtureRequest) -> str:
 def same_trees(a: str, b: str) -> None:
     run("diff", "-r", "--no-dereference", a, b)
     cmp = filecmp.dircmp(a, b, ignore=[])
-    assert not cmp.left_only and not cmp.right_only
+    assert not cmp.left_only
+    assert not cmp.right_only
 
 
 def test_cp_a_and_diff_r(work: str) -> None:
@@ -127,7 +128,8 @@ def test_sqlite3_wal(work: str) -> None:
     db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
     with db:
         db.executemany("INSERT INTO t VALUES (?, ?)", ((i, f"v{i}" * 20) for i in range(5000)))
-    assert os.path.exists(path + "-wal") and os.path.exists(path + "-shm")
+    assert os.path.exists(path + "-wal")
+    assert os.path.exists(path + "-shm")
     # a second connection reads through the WAL and the shared-memory index (mmap)
     other = sqlite3.connect(path)
     assert other.execute("SELECT count(*), sum(k) FROM t").fetchone() == (5000, 4999 * 5000 // 2)
@@ -149,5 +151,9 @@ def test_python_compileall(work: str) -> None:
     cached = os.listdir(os.path.join(dest, "__pycache__"))
     assert any(name.startswith("layout.") and name.endswith(".pyc") for name in cached)
     # the byte code loads: compile again is a no-op, import checks the .pyc against the source
-    run(sys.executable, "-c", "import importlib.util as u, sys; sys.path.insert(0, sys.argv[1]);"
-        "import layouts", dest)
+    run(
+        sys.executable,
+        "-c",
+        "import importlib.util as u, sys; sys.path.insert(0, sys.argv[1]);import layouts",
+        dest,
+    )

@@ -1,0 +1,402 @@
+"""The FUSE mount's own behaviour: flags, errnos, ownership, mmap, signals, the CLI.
+
+Each errno is the one the daxfs API raises for the same mistake (the oracle
+conformance suite, tests/fuse/test_conformance.py, checks the rest against
+the host filesystem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import daxfs
+from daxfs.errors import InvalidArgument
+from daxfs.fuse import is_mounted, parse_options
+from tests.fuse.mounts import DAXFS, FuseMount, daxfs_cli, skip_reason
+
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=f"no FUSE: {skip_reason()}")
+
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD = -100
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 1, 2, 0x10
+
+
+def renameat2(old: str, new: str, flags: int) -> int:
+    r = libc.renameat2(AT_FDCWD, old.encode(), AT_FDCWD, new.encode(), flags)
+    return 0 if r == 0 else ctypes.get_errno()
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    r = libc.fallocate(fd, mode, offset, length)
+    return 0 if r == 0 else ctypes.get_errno()
+
+
+def errno_of(call: object, *args: object) -> int:
+    with pytest.raises(OSError) as caught:  # noqa: PT011 (any errno: returned)
+        call(*args)  # type: ignore[operator]
+    assert caught.value.errno is not None
+    return caught.value.errno
+
+
+@pytest.fixture(scope="module")
+def mnt() -> Iterator[FuseMount]:
+    m = FuseMount(64 << 20)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def d(mnt: FuseMount, request: pytest.FixtureRequest) -> str:
+    path = mnt.path(request.node.name.replace("[", "-").replace("]", ""))
+    os.mkdir(path)
+    return path
+
+
+def test_open_flags(d: str) -> None:
+    p = os.path.join(d, "f")
+    fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+    os.write(fd, b"abc")
+    os.close(fd)
+    assert os.stat(p).st_mode & 0o777 == 0o640
+    assert errno_of(os.open, p, os.O_CREAT | os.O_EXCL | os.O_WRONLY) == errno.EEXIST
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"def")
+    os.pwrite(fd, b"g", 0)  # O_APPEND: to the end, as Linux's pwrite
+    os.close(fd)
+    with open(p, "rb") as f:
+        assert f.read() == b"abcdefg"
+    before = os.stat(p).st_mtime_ns
+    time.sleep(0.01)
+    os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))
+    assert os.stat(p).st_size == 0
+    assert os.stat(p).st_mtime_ns > before
+    assert errno_of(os.open, os.path.join(d, "nope"), os.O_RDONLY) == errno.ENOENT
+    assert errno_of(os.open, d, os.O_WRONLY) == errno.EISDIR
+    # umask applies (the kernel's), the mode asked for is kept exactly
+    fd = os.open(os.path.join(d, "x"), os.O_CREAT | os.O_WRONLY, 0o755)
+    os.close(fd)
+    assert os.stat(os.path.join(d, "x")).st_mode & 0o777 == 0o755 & ~_umask()
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def test_read_write_truncate_and_holes(d: str) -> None:
+    p = os.path.join(d, "f")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        data = os.urandom(3 << 20)
+        assert os.pwrite(fd, data, 0) == len(data)
+        assert os.pread(fd, len(data), 0) == data
+        os.ftruncate(fd, 8 << 20)
+        assert os.fstat(fd).st_size == 8 << 20
+        assert os.pread(fd, 16, 5 << 20) == bytes(16)
+        # SEEK_DATA / SEEK_HOLE through the filesystem's lseek
+        assert os.lseek(fd, 0, os.SEEK_DATA) == 0
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 3 << 20
+        assert errno_of(os.lseek, fd, 9 << 20, os.SEEK_DATA) == errno.ENXIO
+        # fallocate modes: punch a hole, zero a range, keep size
+        assert fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 1 << 20, 1 << 20) == 0
+        assert os.pread(fd, 1 << 20, 1 << 20) == bytes(1 << 20)
+        assert os.lseek(fd, 1 << 20, os.SEEK_HOLE) == 1 << 20
+        assert os.lseek(fd, 1 << 20, os.SEEK_DATA) == 2 << 20
+        assert fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, 4096) == 0
+        assert os.pread(fd, 4096, 0) == bytes(4096)
+        assert fallocate(fd, FALLOC_FL_KEEP_SIZE, 8 << 20, 1 << 20) == 0
+        assert os.fstat(fd).st_size == 8 << 20
+        assert fallocate(fd, 0, 8 << 20, 4096) == 0
+        assert os.fstat(fd).st_size == (8 << 20) + 4096
+        # the API's EOPNOTSUPP for PUNCH_HOLE without KEEP_SIZE reaches the program
+        assert fallocate(fd, FALLOC_FL_PUNCH_HOLE, 0, 4096) == errno.EOPNOTSUPP
+        os.fsync(fd)
+        os.fdatasync(fd)
+        os.truncate(p, 10)
+        assert os.pread(fd, 100, 0) == bytes(10)
+    finally:
+        os.close(fd)
+
+
+def test_rename_flags(d: str) -> None:
+    a, b, c = (os.path.join(d, n) for n in "abc")
+    for p in (a, b):
+        with open(p, "w") as f:
+            f.write(p)
+    assert renameat2(a, b, RENAME_NOREPLACE) == errno.EEXIST
+    assert renameat2(a, c, RENAME_NOREPLACE) == 0
+    assert not os.path.exists(a)
+    with open(c) as f:
+        assert f.read() == a
+    assert renameat2(c, b, RENAME_EXCHANGE) == errno.EINVAL  # not supported by daxfs
+    assert renameat2(c, b, 0) == 0
+    assert os.listdir(d) == ["b"]
+
+
+def test_links_and_attributes(d: str) -> None:
+    f = os.path.join(d, "f")
+    with open(f, "w") as out:
+        out.write("x")
+    os.link(f, os.path.join(d, "h"))
+    assert os.stat(f).st_nlink == 2
+    assert os.stat(f).st_ino == os.stat(os.path.join(d, "h")).st_ino
+    os.symlink("f", os.path.join(d, "s"))
+    assert os.readlink(os.path.join(d, "s")) == "f"
+    assert os.stat(os.path.join(d, "s")).st_ino == os.stat(f).st_ino
+    os.chmod(f, 0o600)
+    assert os.stat(f).st_mode & 0o7777 == 0o600
+    os.chown(f, 1234, 5678)
+    assert (os.stat(f).st_uid, os.stat(f).st_gid) == (1234, 5678)
+    os.utime(f, ns=(1_000_000_001, 2_000_000_002))
+    assert (os.stat(f).st_atime_ns, os.stat(f).st_mtime_ns) == (1_000_000_001, 2_000_000_002)
+    os.utime(f)  # now
+    assert abs(os.stat(f).st_mtime_ns - time.time_ns()) < 60 * 10**9
+    with open(f, "r+") as fh:  # the fd forms: fchmod, futimens, ftruncate
+        os.fchmod(fh.fileno(), 0o640)
+        os.ftruncate(fh.fileno(), 0)
+        os.utime(fh.fileno(), ns=(5, 6))
+    assert os.stat(f).st_mode & 0o7777 == 0o640
+    assert os.stat(f).st_mtime_ns == 6
+    v = os.statvfs(d)
+    assert (v.f_bsize, v.f_namemax) == (4096, 255)
+    assert 0 < v.f_bfree <= v.f_blocks
+    assert errno_of(os.mkdir, f) == errno.EEXIST
+    assert errno_of(os.rmdir, d) == errno.ENOTEMPTY
+    assert errno_of(os.mknod, os.path.join(d, "fifo"), 0o600 | 0o010000) == errno.EPERM
+
+
+def test_unlinked_open_file_keeps_working(d: str) -> None:
+    p = os.path.join(d, "f")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"still here")
+        os.unlink(p)
+        assert os.listdir(d) == []  # no .fuse_hidden file (hard_remove)
+        assert os.pread(fd, 100, 0) == b"still here"
+        os.pwrite(fd, b"S", 0)
+        # libfuse's high-level API knows a file by its name: fstat of an unlinked
+        # file is ESTALE (a documented limit of the mount: docs/ARCHITECTURE.md)
+        assert errno_of(os.fstat, fd) == errno.ESTALE
+        os.ftruncate(fd, 5)
+        assert os.pread(fd, 100, 0) == b"Still"
+    finally:
+        os.close(fd)
+    os.rmdir(d)
+
+
+def test_mmap_through_the_page_cache(d: str) -> None:
+    p = os.path.join(d, "m")
+    with open(p, "wb") as f:
+        f.truncate(1 << 16)
+    with open(p, "r+b") as f, mmap.mmap(f.fileno(), 1 << 16) as m:
+        m[100:105] = b"hello"
+        m.flush()
+    with open(p, "rb") as f:
+        assert f.read()[100:105] == b"hello"
+
+
+def test_ownership_and_default_permissions(d: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    os.chmod(d, 0o777)
+    mine = os.path.join(d, "root-only")
+    with open(mine, "w") as f:
+        f.write("x")
+    os.chmod(mine, 0o644)
+    code = (
+        "import os, sys, errno\n"
+        "os.setgid(4321); os.setuid(1234)\n"
+        "p = sys.argv[1]\n"
+        "fd = os.open(p + '/theirs', os.O_CREAT | os.O_WRONLY, 0o600); os.close(fd)\n"
+        "os.mkdir(p + '/dir', 0o700)\n"
+        "try:\n"
+        "    open(p + '/root-only', 'w')\n"
+        "except PermissionError as e:\n"
+        "    print(e.errno)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, d], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(errno.EACCES)
+    for name in ("theirs", "dir"):
+        info = os.stat(os.path.join(d, name))
+        assert (info.st_uid, info.st_gid) == (1234, 4321), name
+    assert os.stat(os.path.join(d, "theirs")).st_mode & 0o777 == 0o600
+
+
+def test_threads_write_and_read_at_once(d: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i: int) -> bytes:
+        p = os.path.join(d, f"t{i}")
+        data = bytes([i]) * (256 << 10)
+        with open(p, "wb") as f:
+            f.write(data)
+        with open(p, "rb") as f:
+            return f.read()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(16)))
+    assert all(r == bytes([i]) * (256 << 10) for i, r in enumerate(results))
+
+
+def test_options() -> None:
+    o = parse_options("ro,dax=never,layout_timeout=2.5,allow_other,max_read=65536")
+    assert (o.readonly, o.dax, o.layout_timeout) == (True, "never", 2.5)
+    assert o.fuse == {"allow_other": True, "max_read": "65536"}
+    with pytest.raises(InvalidArgument, match="bogus"):
+        parse_options("bogus")
+    with pytest.raises(InvalidArgument, match="dax=sometimes"):
+        parse_options("dax=sometimes")
+
+
+# -- the CLI and the lifecycle ----------------------------------------------------------
+
+
+@pytest.fixture
+def image(shm_path: object) -> str:
+    path = str(shm_path)
+    daxfs.mkfs(path, 32 << 20)
+    return path
+
+
+@pytest.fixture
+def mountpoint() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="daxfs-mnt-")
+    yield path
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", "-z", path], check=False)
+    os.rmdir(path)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("daxfs: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_cli_mount_failures_are_one_line(image: str, mountpoint: str) -> None:
+    one_line_error(daxfs_cli("mount", image + ".missing", mountpoint, check=False), "missing")
+    one_line_error(daxfs_cli("mount", image, mountpoint + "/nope", check=False), "nope")
+    one_line_error(daxfs_cli("mount", image, image, check=False), "not a directory")
+    one_line_error(daxfs_cli("mount", image, mountpoint, "-o", "bogus", check=False), "bogus")
+    one_line_error(daxfs_cli("umount", mountpoint, check=False), "not a daxfs mount point")
+    assert not is_mounted(mountpoint)
+    daxfs_cli("mount", image, mountpoint)
+    try:
+        # the image is busy: the background child's error reaches the caller
+        other = tempfile.mkdtemp(prefix="daxfs-mnt-")
+        try:
+            one_line_error(daxfs_cli("mount", image, other, check=False), "in use")
+        finally:
+            os.rmdir(other)
+        # files open: umount refuses (EBUSY), the mount stays
+        fd = os.open(mountpoint, os.O_RDONLY)
+        try:
+            one_line_error(daxfs_cli("umount", mountpoint, check=False), "busy")
+        finally:
+            os.close(fd)
+        assert is_mounted(mountpoint)
+    finally:
+        daxfs_cli("umount", mountpoint)
+    with daxfs.mount(image) as fs:  # released on return: mountable at once
+        assert fs.listdir("/") == []
+
+
+def test_read_only_mount(image: str, mountpoint: str) -> None:
+    with daxfs.mount(image) as fs, fs.open("/f", "w") as f:
+        f.write("data")
+    daxfs_cli("mount", image, mountpoint, "-o", "ro")
+    try:
+        with open(os.path.join(mountpoint, "f")) as f:
+            assert f.read() == "data"
+        assert errno_of(os.mkdir, os.path.join(mountpoint, "d")) == errno.EROFS
+        assert errno_of(os.open, os.path.join(mountpoint, "f"), os.O_WRONLY) == errno.EROFS
+        assert os.statvfs(mountpoint).f_flag & os.ST_RDONLY
+    finally:
+        daxfs_cli("umount", mountpoint)
+
+
+def wait_mounted(proc: subprocess.Popen[str]) -> None:
+    """Read the foreground mount's stderr up to its "mounted on" line."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "mounted on" in line:
+            return
+    raise AssertionError(f"the mount ended without mounting: {proc.wait()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_unmounts_cleanly(image: str, mountpoint: str, sig: int) -> None:
+    proc = subprocess.Popen(
+        [*DAXFS, "mount", "--foreground", image, mountpoint],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_mounted(proc)
+        with open(os.path.join(mountpoint, "f"), "wb") as f:
+            f.write(b"x" * 100_000)
+        keep = os.open(os.path.join(mountpoint, "f"), os.O_RDONLY)  # open at the signal
+        proc.send_signal(sig)
+        assert proc.wait(60) == 0
+        with contextlib.suppress(OSError):  # ENOTCONN: the mount is gone
+            os.close(keep)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not is_mounted(mountpoint)
+    done = daxfs_cli("fsck", image, "--no-progress", check=False)
+    assert done.returncode == 0, done.stdout
+    with daxfs.mount(image, readonly=True) as fs:
+        assert fs.stat("/f").st_size == 100_000
+
+
+def test_kill_9_leaves_a_recoverable_image(image: str, mountpoint: str) -> None:
+    proc = subprocess.Popen(
+        [*DAXFS, "mount", "-f", image, mountpoint], stderr=subprocess.PIPE, text=True
+    )
+    wait_mounted(proc)
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            "for i in range(100000):\n"
+            "    with open(os.path.join(sys.argv[1], f'f{i % 50}'), 'wb') as f:\n"
+            "        f.write(os.urandom(i % 9000))\n",
+            mountpoint,
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait(60)
+    writer.wait(60)
+    subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False)
+    done = daxfs_cli("fsck", image, "--no-progress", check=False)
+    assert done.returncode == 0, done.stdout  # recovery at the next mount: clean
+    with daxfs.mount(image) as fs:
+        assert len(fs.listdir("/")) > 0
