@@ -196,6 +196,9 @@ def serve(
             "default_permissions": True,
             "fsname": os.path.abspath(image),
             "subtype": "daxfs",
+            # libfuse knows a file by its path: two hard links are two kernel inodes,
+            # and attributes cached for one go stale when the other changes them
+            "attr_timeout": "0",
             **opts.fuse,
         }
         if opts.readonly:

@@ -29,8 +29,8 @@ from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_Z
 from daxfs.fs.file import SEEK_DATA, SEEK_HOLE, File
 from daxfs.fs.fsck import fsck
 from daxfs.testing import SimulatedPmem
+from daxfs.testing.posix import Step, run_steps
 from tests import helpers
-from tests.fs.oracle import Step, run_steps
 
 BLOCK = 4096
 MAX_FILE_SIZE = 1 << 56

@@ -3,7 +3,11 @@
 A *step* is a tuple ``(operation, *arguments)``; ``run_steps`` performs each
 one on a fresh daxfs (``FileSystem`` methods) and on a fresh temporary
 directory of the host (``os`` and ``builtins.open``, every path joined under
-the directory), and compares what each returned or raised:
+the directory), and compares what each returned or raised.  The side under
+test is pluggable (``Oracle(make_side)``): the Python API (``DaxSide`` on a
+fresh SimulatedPmem, the default) or any directory reached through ``os``
+(``HostSide`` rooted on a FUSE mount: daxfs.testing.posix_tests runs the same
+suite on both front ends).  Comparison:
 
 * a return value, normalised: ``listdir`` sorted; ``stat`` reduced to what
   daxfs promises to share with Linux (file type, permission bits, link count,
@@ -49,7 +53,7 @@ import shutil
 import stat as st
 import tempfile
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import daxfs
@@ -369,23 +373,33 @@ def host_umask() -> Iterator[None]:
         os.umask(old)
 
 
-class Oracle:
-    """A fresh daxfs and a fresh host directory, stepped together."""
+#: makes a fresh side under test and the function that disposes of it
+SideFactory = Callable[[], tuple["Side", Callable[[], None]]]
 
-    def __init__(self) -> None:
-        self.dev = SimulatedPmem(SIZE)
-        daxfs.mkfs(self.dev)
-        self.fs = daxfs.mount(self.dev)
+
+def dax_side() -> tuple[Side, Callable[[], None]]:
+    """The Python API on a fresh 16 MiB SimulatedPmem."""
+    dev = SimulatedPmem(SIZE)
+    daxfs.mkfs(dev)
+    fs = daxfs.mount(dev)
+    return DaxSide(fs), lambda: close_device(fs, dev)
+
+
+class Oracle:
+    """A fresh side under test (``make_side``: the API by default) and a fresh host
+    directory, stepped together."""
+
+    def __init__(self, make_side: SideFactory | None = None) -> None:
         self.tmp = tempfile.mkdtemp(prefix="daxfs-oracle-")
         with host_umask():
             os.mkdir(self.tmp + "/root")  # 0o755, as daxfs's root
         self.host = HostSide(self.tmp + "/root")
-        self.dax = DaxSide(self.fs)
+        self.dax, self._close_side = (make_side or dax_side)()
 
     def close(self) -> None:
         self.host.close()
         shutil.rmtree(self.tmp)
-        close_device(self.fs, self.dev)
+        self._close_side()
 
     def __enter__(self) -> Oracle:
         return self
@@ -395,9 +409,9 @@ class Oracle:
 
     def step(self, step: Step, where: str = "") -> Outcome:
         """Run one step on both sides and compare; return daxfs's outcome."""
-        with host_umask():
+        with host_umask():  # a side reached through os creates with the process's umask
             host = self.host.run(step)
-        dax = self.dax.run(step)
+            dax = self.dax.run(step)
         compare(host, dax, step_paths(step), f"{where}{step!r}")
         return dax
 
@@ -412,6 +426,6 @@ class Oracle:
         assert dax == host, f"trees differ:\nhost  {host}\ndaxfs {dax}"
 
 
-def run_steps(steps: Sequence[Step]) -> list[Outcome]:
-    with Oracle() as oracle:
+def run_steps(steps: Sequence[Step], make_side: SideFactory | None = None) -> list[Outcome]:
+    with Oracle(make_side) as oracle:
         return oracle.run(steps)
