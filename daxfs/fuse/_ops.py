@@ -328,6 +328,26 @@ class DaxOperations(mfusepy.Operations):  # type: ignore[misc]
             self.fs.rename(old, new)
         return 0
 
+    # -- extended attributes (the API's, with its errnos: ENODATA, ERANGE, EEXIST, ...) --
+
+    @_boundary
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self.fs.getxattr(path, name, follow_symlinks=False)
+
+    @_boundary
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self.fs.setxattr(path, name, value, options, follow_symlinks=False)
+        return 0
+
+    @_boundary
+    def listxattr(self, path: str) -> list[str]:
+        return self.fs.listxattr(path, follow_symlinks=False)
+
+    @_boundary
+    def removexattr(self, path: str, name: str) -> int:
+        self.fs.removexattr(path, name, follow_symlinks=False)
+        return 0
+
     # -- files --------------------------------------------------------------------------
 
     @staticmethod

@@ -182,6 +182,26 @@ def test_links_and_attributes(d: str) -> None:
     assert errno_of(os.mknod, os.path.join(d, "fifo"), 0o600 | 0o010000) == errno.EPERM
 
 
+def test_extended_attributes(d: str) -> None:
+    f = os.path.join(d, "f")
+    with open(f, "w") as out:
+        out.write("x")
+    os.setxattr(f, "user.color", b"blue")
+    os.setxattr(f, "user.big", bytes(range(256)) * 64)  # past the inline space
+    assert os.getxattr(f, "user.color") == b"blue"
+    assert os.getxattr(f, "user.big") == bytes(range(256)) * 64
+    assert sorted(os.listxattr(f)) == ["user.big", "user.color"]
+    assert errno_of(os.setxattr, f, "user.color", b"x", os.XATTR_CREATE) == errno.EEXIST
+    assert errno_of(os.setxattr, f, "user.nope", b"x", os.XATTR_REPLACE) == errno.ENODATA
+    assert errno_of(os.getxattr, f, "user.nope") == errno.ENODATA
+    os.removexattr(f, "user.color")
+    assert os.listxattr(f) == ["user.big"]
+    assert errno_of(os.removexattr, f, "user.color") == errno.ENODATA
+    os.symlink("f", os.path.join(d, "s"))  # through a link: the file's, unless told not to
+    assert os.getxattr(os.path.join(d, "s"), "user.big") == bytes(range(256)) * 64
+    assert os.listxattr(os.path.join(d, "s"), follow_symlinks=False) == []
+
+
 def test_unlinked_open_file_keeps_working(d: str) -> None:
     p = os.path.join(d, "f")
     fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
