@@ -24,7 +24,7 @@ import pytest
 import daxfs
 from daxfs.errors import InvalidArgument
 from daxfs.fuse import is_mounted, parse_options
-from tests.fuse.mounts import DAXFS, FuseMount, daxfs_cli, skip_reason
+from tests.fuse.mounts import DAXFS, daxfs_cli, skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=f"no FUSE: {skip_reason()}")
 
@@ -52,20 +52,13 @@ def errno_of(call: object, *args: object) -> int:
     return caught.value.errno
 
 
-@pytest.fixture(scope="module")
-def mnt() -> Iterator[FuseMount]:
-    m = FuseMount(64 << 20)
-    try:
-        yield m
-    finally:
-        m.close()
+MOUNT_SIZE = 64 << 20  # the module's mount (tests/fuse/conftest.py)
 
 
 @pytest.fixture
-def d(mnt: FuseMount, request: pytest.FixtureRequest) -> str:
-    path = mnt.path(request.node.name.replace("[", "-").replace("]", ""))
-    os.mkdir(path)
-    return path
+def d(work: str) -> str:
+    """The test's own directory on the mount (conftest's ``work``)."""
+    return work
 
 
 def test_open_flags(d: str) -> None:

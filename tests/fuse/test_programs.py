@@ -13,13 +13,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import daxfs
-from tests.fuse.mounts import FuseMount, skip_reason
+from tests.fuse.mounts import skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=f"no FUSE: {skip_reason()}")
 
@@ -35,22 +34,6 @@ def run(*args: str, cwd: str | None = None, **kwargs: object) -> str:
 def need(program: str) -> None:
     if shutil.which(program) is None:
         pytest.skip(f"{program} is not installed (scripts/bootstrap.sh installs it)")
-
-
-@pytest.fixture(scope="module")
-def mnt() -> Iterator[FuseMount]:
-    m = FuseMount()
-    try:
-        yield m
-    finally:
-        m.close()
-
-
-@pytest.fixture
-def work(mnt: FuseMount, request: pytest.FixtureRequest) -> str:
-    path = mnt.path(request.node.name.replace("[", "-").replace("]", ""))
-    os.mkdir(path)
-    return path
 
 
 def same_trees(a: str, b: str) -> None:
