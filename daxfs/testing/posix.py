@@ -56,7 +56,9 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import daxfs
+from daxfs.errors import DaxfsError
+from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.mount import mkfs, mount
 from daxfs.testing import SimulatedPmem
 
 Step = tuple[Any, ...]
@@ -81,7 +83,7 @@ class _Collector:
             gc.collect()
 
 
-def close_device(fs: daxfs.FileSystem, dev: SimulatedPmem) -> None:
+def close_device(fs: FileSystem, dev: SimulatedPmem) -> None:
     """Close the files left open, unmount, close the device (and collect now and then)."""
     for f in fs.open_files():
         f.close()
@@ -260,7 +262,7 @@ class Side:
 
 
 class DaxSide(Side):
-    def __init__(self, fs: daxfs.FileSystem) -> None:
+    def __init__(self, fs: FileSystem) -> None:
         self.fs = fs
 
     def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
@@ -336,7 +338,7 @@ def check_error(
         # where the host raises a bare ValueError, daxfs's is also OSError:
         # EINVAL for a bad argument (a NUL byte, ...), EBADF for a closed file
         assert dax.errno in (errno.EINVAL, errno.EBADF), f"{where}: {host!r}, daxfs {dax!r}"
-    if isinstance(dax, daxfs.errors.DaxfsError) and paths:
+    if isinstance(dax, DaxfsError) and paths:
         message = str(dax)
         assert any(shown(q) in message for q in paths), (
             f"{where}: message {message!r} names none of {paths!r}"
@@ -380,8 +382,8 @@ SideFactory = Callable[[], tuple["Side", Callable[[], None]]]
 def dax_side() -> tuple[Side, Callable[[], None]]:
     """The Python API on a fresh 16 MiB SimulatedPmem."""
     dev = SimulatedPmem(SIZE)
-    daxfs.mkfs(dev)
-    fs = daxfs.mount(dev)
+    mkfs(dev)
+    fs = mount(dev)
     return DaxSide(fs), lambda: close_device(fs, dev)
 
 
