@@ -7,9 +7,11 @@ Run with the collector off: after a warm-up, a loop of operations leaves what
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,26 @@ ROUNDS = 100
 #: objects a round may leave for the collector (none today; a little slack for the
 #: interpreter's own caches)
 SLACK_PER_ROUND = 0.05
+
+
+@contextlib.contextmanager
+def left_in_cycles() -> Iterator[list[Any]]:
+    """Run the block with the collector off; then ``[found, kinds]``: how many objects the
+    block left in reference cycles (``gc.collect()``) and the commonest types among them."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    result: list[Any] = []
+    try:
+        yield result
+        result.append(gc.collect())
+        result.append(Counter(type(o).__name__ for o in gc.garbage).most_common(8))
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was_enabled:
+            gc.enable()
 
 
 def _file_round(fs: FileSystem, i: int) -> None:
@@ -73,20 +95,10 @@ def test_hot_paths_leave_no_cycles(fs: FileSystem, name: str) -> None:
     op = OPERATIONS[name]
     for i in range(20):  # warm-up: caches, lazily built indexes
         op(fs, i)
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with left_in_cycles() as left:
         for i in range(20, 20 + ROUNDS):
             op(fs, i)
-        found = gc.collect()
-        kinds = Counter(type(o).__name__ for o in gc.garbage).most_common(8)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        if was_enabled:
-            gc.enable()
+    found, kinds = left
     assert found <= SLACK_PER_ROUND * ROUNDS, (
         f"{found / ROUNDS:.1f} objects per round left in cycles: {kinds}"
     )
@@ -115,11 +127,7 @@ def test_a_mount_leaves_no_cycles(dax: str, unmount: bool) -> None:
     leave nothing for the cyclic collector: the layers call back into each other weakly
     (daxfs.lifecycle.weak_method), so the device and its views go with the last
     reference, not at the next collection."""
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with left_in_cycles() as left:
         for _ in range(3):
             device = SimulatedPmem(16 << 20)
             daxfs.mkfs(device)
@@ -129,13 +137,7 @@ def test_a_mount_leaves_no_cycles(dax: str, unmount: bool) -> None:
             if unmount:
                 fs.unmount()
             del fs, device
-        found = gc.collect()
-        kinds = Counter(type(o).__name__ for o in gc.garbage).most_common(8)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        if was_enabled:
-            gc.enable()
+    found, kinds = left
     assert found == 0, f"{found} objects left in cycles: {kinds}"
 
 
@@ -163,24 +165,14 @@ def test_a_failed_bio_leaves_no_cycles() -> None:
     faulty = FaultyBlockDevice(SimulatedBlockDevice(1 << 20))
     faulty.arm("write", 1, persistent=True)
     buffer = bytearray(4096)
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with left_in_cycles() as left:
         for _ in range(3):
             bio = Bio(BioOp.WRITE, 8, [memoryview(buffer)])
             faulty.submit_bio(bio)
             with pytest.raises(OSError, match="simulated Input/output error"):
                 bio.wait()
             del bio
-        found = gc.collect()
-        kinds = Counter(type(o).__name__ for o in gc.garbage).most_common(8)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        if was_enabled:
-            gc.enable()
+    found, kinds = left
     assert found == 0, f"{found} objects left in cycles: {kinds}"
     buffer.extend(b"x")  # no view of it is alive: a bytearray with exports cannot grow
     faulty.close()
