@@ -191,6 +191,7 @@ class DirectIO:
         *,
         write: bool,
         range_held: bool = False,
+        append: bool = False,
         what: str = "",
     ) -> Future[int]:
         """Start a direct read into (or write from) ``buffer`` at file byte ``pos``.
@@ -202,7 +203,7 @@ class DirectIO:
                 read-only buffer.
             Everything else (EIO, ENOSPC, EFBIG, EBUSY, ...) is the Future's exception.
         """
-        req = self._request(inode, pos, buffer, write, range_held, what)
+        req = self._request(inode, pos, buffer, write, range_held, what, append)
         future: Future[int] = Future()
         req.future = future
         try:
@@ -224,9 +225,12 @@ class DirectIO:
         """
         return self._run(self._request(inode, pos, buffer, False, False, what))
 
-    def write(self, inode: Inode, pos: int, data: Buffer, *, what: str = "") -> int:
+    def write(
+        self, inode: Inode, pos: int, data: Buffer, *, append: bool = False, what: str = ""
+    ) -> int:
         """Direct write, synchronous: returns when the data is durable and the
-        iomap_end committed.
+        iomap_end committed.  ``append`` (O_APPEND): at the end of file, taken under
+        the inode lock when the range is locked (``pos`` is ignored).
 
         Raises:
             InvalidArgument (EINVAL): unaligned.  FileTooLarge (EFBIG): ``pos`` at
@@ -235,7 +239,7 @@ class DirectIO:
             layout_timeout.  OSError of the device (EIO), IOFailure (short).
             ReadOnly (EROFS) after a journal failure.
         """
-        return self._run(self._request(inode, pos, data, True, False, what))
+        return self._run(self._request(inode, pos, data, True, False, what, append))
 
     def close(self) -> None:
         """Wait for the completion worker's work and stop it (at unmount)."""
@@ -247,15 +251,25 @@ class DirectIO:
     # -- internals ----------------------------------------------------------------------
 
     def _request(
-        self, inode: Inode, pos: int, buffer: Buffer, write: bool, held: bool, what: str
+        self,
+        inode: Inode,
+        pos: int,
+        buffer: Buffer,
+        write: bool,
+        held: bool,
+        what: str,
+        append: bool = False,
     ) -> _Request:
         view = memoryview(buffer)
         if view.ndim != 1 or view.format != "B":
             view = view.cast("B")
         if not write and view.readonly:
             raise InvalidArgument(f"direct read on {what}: the buffer is read-only")
-        self.check(pos, view, what or f"inode {inode.ino}")
-        return _Request(self, inode, pos, view, write, held)
+        shown = what or f"inode {inode.ino}"
+        self.check(0 if append else pos, view, shown)  # an append's end is checked at start
+        req = _Request(self, inode, pos, view, write, held)
+        req.append, req.what = append, shown
+        return req
 
     def _run(self, req: _Request) -> int:
         req.start()
@@ -296,6 +310,9 @@ class _Request:
         self.write = write
         self.held = held
         self.future: Future[int] | None = None
+        #: O_APPEND: ``pos`` is the end of file, taken in ``start`` under the inode lock
+        self.append = False
+        self.what = ""
         self.token: RangeToken | None = None
         #: bytes the request covers once mapped (a write may be cut short by ENOSPC)
         self.length = 0
@@ -322,19 +339,27 @@ class _Request:
         engine = self.engine
         data = engine.data
         inode = self.inode
-        n = len(self.view)
         with inode.lock:
-            if self.write:
-                if self.pos >= MAX_FILE_SIZE:
-                    raise FileTooLarge(
-                        f"offset {self.pos} is beyond the maximum file size {MAX_FILE_SIZE}"
+            while True:
+                if self.append:  # under the lock: two appenders never share an offset
+                    self.pos = inode.rec.size
+                    engine.check(self.pos, self.view, self.what)
+                n = len(self.view)
+                if self.write:
+                    if self.pos >= MAX_FILE_SIZE:
+                        raise FileTooLarge(
+                            f"offset {self.pos} is beyond the maximum file size {MAX_FILE_SIZE}"
+                        )
+                    n = min(n, MAX_IO, MAX_FILE_SIZE - self.pos)
+                end = self.pos + n
+                if n and not self.held:
+                    self.token = data.lock_range(
+                        inode, self.pos, end, exclusive=self.write, create=True
                     )
-                n = min(n, MAX_IO, MAX_FILE_SIZE - self.pos)
-            end = self.pos + n
-            if n and not self.held:
-                self.token = data.lock_range(
-                    inode, self.pos, end, exclusive=self.write, create=True
-                )
+                    if self.append and inode.rec.size != self.pos:  # it grew while we waited
+                        self._unlock()
+                        continue
+                break
             try:
                 pieces = self._map(n)
             except BaseException:

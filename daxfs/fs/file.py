@@ -329,10 +329,8 @@ class File(io.RawIOBase):
             self._check_write()  # raises; the conditions are _check_write's, inlined
         inode = self.inode
         if self._dio is not None:
-            if self._append:
-                self._pos = inode.rec.size
-            n = self._direct_write(data, self._pos)
-            self._pos += n
+            n = self._direct_write(data, self._pos, self._append)
+            self._pos = inode.rec.size if self._append else self._pos + n  # after it: the end
             return n
         try:
             with inode.lock:
@@ -409,7 +407,7 @@ class File(io.RawIOBase):
             self._offset(offset)  # raises
         inode = self.inode
         if self._dio is not None:
-            return self._direct_write(data, inode.rec.size if self._append else offset)
+            return self._direct_write(data, offset, self._append)
         try:
             with inode.lock:
                 if self._append:
@@ -443,10 +441,12 @@ class File(io.RawIOBase):
         got = self._direct_read(memoryview(buf), offset)
         return buf[:got]
 
-    def _direct_write(self, data: Buffer, offset: int) -> int:
+    def _direct_write(self, data: Buffer, offset: int, append: bool) -> int:
+        """A direct write at ``offset``, or at the end of file (``append``: taken by the
+        engine under the inode lock, so appenders never share an offset)."""
         assert self._dio is not None
         with naming(self.path):
-            return self._dio.write(self.inode, offset, data, what=self.path)
+            return self._dio.write(self.inode, offset, data, append=append, what=self.path)
 
     # -- the asynchronous API -------------------------------------------------------------
 
@@ -487,10 +487,10 @@ class File(io.RawIOBase):
         self._offset(offset)
         if self._dio is None:
             return self._now(lambda: self.pwrite(data, offset))
-        if self._append:
-            offset = self.inode.rec.size
         with naming(self.path):
-            future = self._dio.submit(self.inode, offset, data, write=True, what=self.path)
+            future = self._dio.submit(
+                self.inode, offset, data, write=True, append=self._append, what=self.path
+            )
         return self._track(future)
 
     async def aread(self, offset: int, buffer: Buffer) -> int:

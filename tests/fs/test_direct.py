@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -643,3 +644,34 @@ def test_submit_checks_its_arguments_at_once(fs: FileSystem) -> None:
             f.submit_read(0, b"read-only")
     with pytest.raises(ValueError, match="closed"):
         f.submit_read(0, aligned_buffer(512))
+
+
+def test_appending_threads_never_share_an_offset(fs: FileSystem) -> None:
+    """O_APPEND direct writes take the end of file under the inode lock, as Linux does:
+    threads appending at once (write, pwrite and submit_write in append mode) never write
+    at the same offset, so every record is in the file exactly once."""
+    records = 30
+    barrier = threading.Barrier(3)
+
+    def append(t: int) -> None:
+        with fs.open("/log", "ab", buffering=0, direct=True) as f:
+            barrier.wait()
+            for i in range(records):
+                record = pattern(512, t * records + i)
+                if t == 0:
+                    f.write(record)
+                elif t == 1:
+                    f.pwrite(record, 0)  # the offset is ignored in append mode
+                else:
+                    f.submit_write(0, record).result()
+
+    threads = [threading.Thread(target=append, args=(t,)) for t in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with fs.open("/log", "rb") as f:
+        data = f.read()
+    assert len(data) == 3 * records * 512
+    found = sorted(data[i : i + 512] for i in range(0, len(data), 512))
+    assert found == sorted(bytes(pattern(512, s)) for s in range(3 * records))
