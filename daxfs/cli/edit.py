@@ -24,7 +24,7 @@ from typing import Any
 from daxfs.cli.common import Mounts, Operand, add_parser, add_persist_option, image_operand, naming
 from daxfs.errors import Busy, CrossDevice, IsADirectory, NotADirectory
 from daxfs.fs.filesystem import FileSystem
-from daxfs.fs.scan import enter_once
+from daxfs.fs.scan import remove_tree
 
 
 def register(sub: Any) -> None:
@@ -110,31 +110,7 @@ def remove(fs: FileSystem, path: str, *, recursive: bool, force: bool) -> None:
         raise IsADirectory(f"is a directory (use -r to remove it): {path}", path)
     if info.st_ino == fs.stat("/").st_ino:
         raise Busy(f"refusing to remove the root directory: {path}", path)
-    _remove_tree(fs, path)
-
-
-def _remove_tree(fs: FileSystem, top: str) -> None:
-    """Remove a directory tree, children before parents, without recursion.
-
-    Raises:
-        Corrupted: a directory met twice (a cycle, or a directory with two names).
-    """
-    visited = {fs.lstat(top).st_ino}
-    stack = [(top, False)]
-    while stack:
-        path, emptied = stack.pop()
-        if emptied:
-            fs.rmdir(path)
-            continue
-        stack.append((path, True))
-        entries = list(fs.scandir(path))
-        dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
-        others = [e for e in entries if not e.is_dir(follow_symlinks=False)]
-        for entry in dirs:  # all checked before anything here is removed
-            enter_once(visited, entry.inode_number, entry.path)
-        for entry in others:
-            fs.unlink(entry.path)
-        stack.extend((entry.path, False) for entry in dirs)
+    remove_tree(fs, path)
 
 
 # -- mv ---------------------------------------------------------------------------------

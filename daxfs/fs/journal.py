@@ -86,7 +86,8 @@ Invariants
      An error before the commit point changes nothing and leaves the
      filesystem writable (the error may be transient), unless the device
      says it is lost for good (``Device.lost``: an NBD server that
-     disconnected): then too the filesystem turns read-only (``_lost``).
+     disconnected): then too the filesystem turns read-only
+     (``_failed_before_commit``).
   5. ``applied_seq <= header.seq`` whenever the header is intact, and both
      stay below SEQ_LIMIT.
   6. The C commits (of any transaction's records, and of an overwrite) and
@@ -413,10 +414,8 @@ class Journal:
         ``IOFailure`` from the cause.
         """
         stage = committer.stage
-        if stage == _commit.STAGE_HEADER and isinstance(exc, OSError):
-            self._invalidate_header(exc)
         if stage < _commit.STAGE_COMMITTED:
-            self._lost(exc)
+            self._failed_before_commit(exc, stage == _commit.STAGE_HEADER)
         else:
             self.seq = seq
             if end > rec.size:
@@ -428,14 +427,19 @@ class Journal:
                     f"journal apply failed, filesystem is now read-only: {exc}"
                 ) from exc
 
-    def _lost(self, exc: BaseException) -> None:
-        """A device error before the commit point (nothing changed): if the device is
-        lost for good, turn read-only until remount (invariant 4), as every later commit
-        would fail the same way; a transient error leaves the filesystem writable."""
-        if isinstance(exc, OSError) and self.failed is None:
-            lost = self.store.device.lost
-            if lost is not None:
-                self.failed = f"the device is lost ({lost})"
+    def _failed_before_commit(self, exc: BaseException, header_written: bool) -> None:
+        """A commit failed before its commit point (nothing changed), by a device error:
+        a header already written is unwritten (``_invalidate_header``); and if the device
+        is lost for good, the filesystem turns read-only until remount (invariant 4), as
+        every later commit would fail the same way.  A transient error leaves it writable.
+        """
+        if not isinstance(exc, OSError):
+            return
+        if header_written:
+            self._invalidate_header(exc)
+        lost = self.store.device.lost
+        if lost is not None and self.failed is None:
+            self.failed = f"the device is lost ({lost})"
 
     def _invalidate_header(self, exc: OSError) -> None:
         """The commit fence failed after the header was written: unwrite it.
@@ -666,9 +670,7 @@ class Transaction:
                 store.write(journal.header_offset, header.pack())
             store.drain()  # COMMIT POINT: the transaction is durable
         except BaseException as exc:
-            if header_written and isinstance(exc, OSError):
-                self.journal._invalidate_header(exc)
-            self.journal._lost(exc)
+            self.journal._failed_before_commit(exc, header_written)
             self.abort(exc)
             raise
         try:
@@ -704,9 +706,7 @@ class Transaction:
         except BaseException as exc:
             stage = committer.stage
             if stage < _commit.STAGE_COMMITTED:
-                if stage == _commit.STAGE_HEADER and isinstance(exc, OSError):
-                    journal._invalidate_header(exc)
-                journal._lost(exc)
+                journal._failed_before_commit(exc, stage == _commit.STAGE_HEADER)
                 self.abort(exc)
                 raise
             journal.seq = seq

@@ -182,6 +182,33 @@ class ScandirIterator(Closeable):
         self._batch = []
 
 
+def remove_tree(fs: FileSystem, top: str) -> None:
+    """Remove a directory tree, children before parents, without recursion.
+
+    Symbolic links are removed, never followed (``daxfs rm -r``, fsspec's ``rm``).
+
+    Raises:
+        Corrupted: a directory met twice (a cycle, or a directory with two names).
+        What unlink, rmdir and scandir raise, naming the path.
+    """
+    visited = {fs.lstat(top).st_ino}
+    stack = [(top, False)]
+    while stack:
+        path, emptied = stack.pop()
+        if emptied:
+            fs.rmdir(path)
+            continue
+        stack.append((path, True))
+        entries = list(fs.scandir(path))
+        dirs = [e for e in entries if e.is_dir(follow_symlinks=False)]
+        others = [e for e in entries if not e.is_dir(follow_symlinks=False)]
+        for entry in dirs:  # all checked before anything here is removed
+            enter_once(visited, entry.inode_number, entry.path)
+        for entry in others:
+            fs.unlink(entry.path)
+        stack.extend((entry.path, False) for entry in dirs)
+
+
 def scandir(fs: FileSystem, path: Path) -> ScandirIterator:
     return ScandirIterator(fs, path)
 

@@ -68,7 +68,6 @@ Invariants
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from collections.abc import Callable
 
@@ -363,8 +362,9 @@ class XattrStore:
         """Free every block the attributes of ``inode`` own (it is being freed).
 
         Raises:
-            Corrupted (EUCLEAN): the attributes on media are damaged (nothing
-                is freed: the blocks stay leaked for fsck rather than guessed).
+            Corrupted (EUCLEAN): the attributes on media are damaged: nothing is
+                freed, and the caller's transaction aborts (the unlink, rmdir or
+                rename-over fails with EUCLEAN; fsck repairs the attributes).
         """
         if inode.rec.xattr == 0:
             return
@@ -409,8 +409,3 @@ def _runs(blocks: tuple[int, ...]) -> list[tuple[int, int]]:
         else:
             out.append((b, 1))
     return out
-
-
-def carries_xattrs(mode: int) -> bool:
-    """Whether an inode of ``mode`` may have an xattr block (invariant 4)."""
-    return stat.S_IFMT(mode) in XATTR_TYPES

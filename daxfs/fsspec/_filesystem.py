@@ -44,8 +44,10 @@ from fsspec.utils import isfilelike, stringify_path
 from daxfs.errors import InvalidArgument, IsADirectory, NotFound, NotSupported, naming
 from daxfs.fs.file import File
 from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.scan import remove_tree
 from daxfs.fsspec import _mounts
 from daxfs.fsspec._files import DaxFile, open_file, read_range
+from daxfs.lifecycle import cleanup_after
 
 #: bytes pinned (or buffered) at a time by get_file, put_file and cp_file
 CHUNK = 16 << 20
@@ -160,7 +162,12 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.unmount(force=True)  # as daxfs.FileSystem's exit: close what is open, unmount
+        # as daxfs.FileSystem's exit: close what is open, unmount; on the way out of an
+        # exception a failed unmount becomes a note on it (lifecycle.cleanup_after)
+        if exc is None:
+            self.unmount(force=True)
+        else:
+            cleanup_after(exc, lambda: self.unmount(force=True))
 
     def __repr__(self) -> str:
         return f"<DaxFileSystem image={self.image!r}>"
@@ -531,7 +538,7 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
             if st.S_ISDIR(fs.lstat(one).st_mode):
                 if not recursive:
                     raise IsADirectory(f"rm: {one} is a directory (use recursive=True)", one)
-                _rmtree(fs, one)
+                remove_tree(fs, one)
             else:
                 fs.unlink(one)
             return
@@ -659,21 +666,3 @@ def _write_whole(write: Callable[[memoryview], object], view: memoryview) -> Non
         assert isinstance(n, int), f"write returned {n!r}"
         assert n > 0, f"write of {len(view)} bytes wrote nothing"
         view = view[n:]
-
-
-def _rmtree(fs: FileSystem, top: str) -> None:
-    """Remove ``top`` and everything below it, bottom up (symbolic links are not followed).
-
-    Raises:
-        what unlink and rmdir raise, naming the path.
-    """
-    for dirpath, dirnames, filenames in fs.walk(top, topdown=False):
-        for name in filenames:
-            fs.unlink(posixpath.join(dirpath, name))
-        for name in dirnames:
-            child = posixpath.join(dirpath, name)
-            if fs.islink(child):
-                fs.unlink(child)
-            else:
-                fs.rmdir(child)
-    fs.rmdir(top)

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from daxfs.errors import InvalidArgument, NotADirectory, NotFound
 from daxfs.fs.devices import DAX_MODES
 from daxfs.fs.mount import mount
+from daxfs.lifecycle import cleanup_after, run_all
 
 READY = b"\0daxfs-fuse-ready\n"
 #: FUSE options passed to libfuse as they are (flags, and the ones that take a value)
@@ -189,6 +190,11 @@ def serve(
         if ready is not None:
             ready()
 
+    def forget_pid() -> None:
+        for path in pid_path:  # last: unmount() waits for it (invariant 4)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
     ops = DaxOperations(fs, ready=on_ready)
     try:
         kwargs: dict[str, str | bool] = {
@@ -211,16 +217,10 @@ def serve(
             # as an error): a normal end
             if not pid_path:
                 raise OSError(errno.EIO, f"libfuse could not mount on {mountpoint}") from exc
-    finally:
-        try:
-            ops.close_all()
-        finally:
-            try:
-                fs.unmount()
-            finally:
-                for path in pid_path:  # last: unmount() waits for it (invariant 4)
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
+    except BaseException as exc:  # a failed close or unmount becomes a note on it
+        cleanup_after(exc, ops.close_all, fs.unmount, forget_pid)
+        raise
+    run_all([ops.close_all, fs.unmount, forget_pid])
 
 
 def mount_background(

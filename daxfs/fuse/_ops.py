@@ -46,6 +46,7 @@ import mfusepy
 from daxfs.errors import Exists, InvalidArgument, NotFound, NotPermitted
 from daxfs.fs.file import File
 from daxfs.fs.filesystem import FileSystem
+from daxfs.lifecycle import cleanup_after
 
 log = logging.getLogger("daxfs.fuse")
 
@@ -374,8 +375,8 @@ class DaxOperations(mfusepy.Operations):  # type: ignore[misc]
         if flags & os.O_TRUNC:  # the kernel passes O_TRUNC on (atomic_o_trunc)
             try:
                 file.truncate(0)
-            except BaseException:
-                file.close()
+            except BaseException as exc:
+                cleanup_after(exc, file.close)  # a failed close never hides the truncate's
                 raise
         return self._add(file)
 

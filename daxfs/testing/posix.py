@@ -59,6 +59,7 @@ from typing import Any
 from daxfs.errors import DaxfsError
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.mount import mkfs, mount
+from daxfs.lifecycle import Closeable, run_all
 from daxfs.testing import SimulatedPmem
 
 Step = tuple[Any, ...]
@@ -387,7 +388,7 @@ def dax_side() -> tuple[Side, Callable[[], None]]:
     return DaxSide(fs), lambda: close_device(fs, dev)
 
 
-class Oracle:
+class Oracle(Closeable):
     """A fresh side under test (``make_side``: the API by default) and a fresh host
     directory, stepped together."""
 
@@ -399,15 +400,9 @@ class Oracle:
         self.dax, self._close_side = (make_side or dax_side)()
 
     def close(self) -> None:
-        self.host.close()
-        shutil.rmtree(self.tmp)
-        self._close_side()
-
-    def __enter__(self) -> Oracle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        """Close both sides: every step runs even if one fails (the first error raised,
+        the others notes on it); leaving a ``with`` by an exception never replaces it."""
+        run_all([self.host.close, lambda: shutil.rmtree(self.tmp), self._close_side])
 
     def step(self, step: Step, where: str = "") -> Outcome:
         """Run one step on both sides and compare; return daxfs's outcome."""

@@ -71,3 +71,40 @@ def test_a_crash_at_any_fence_of_a_repair_is_repaired() -> None:
 @pytest.mark.slow
 def test_a_crash_at_every_fence_of_a_repair_is_repaired() -> None:
     assert _repair_with_crashes(states_per_fence=4, every=1) > 20
+
+
+def test_a_crash_in_an_xattr_repair_is_repaired() -> None:
+    """fsck's two xattr fixes write to media: dropping a damaged xattr block (the inode's
+    pointer cleared) and rewriting a block without a damaged value (its entry dropped).
+    The power fails at every fence of that repair; each crash state is repaired clean by
+    a second fsck, and the sound attribute survives."""
+    base = crafting.sample()
+    d, f = crafting.ino_of(base, "/a"), crafting.ino_of(base, "/a/file")
+    d_block = crafting.read_inode(base, d).xattr
+    base.write((d_block << 12) + 0, b"\xee\xee\xee\xee")  # magic broken: the block dropped
+    _, entries = crafting.xattr_entries(base, f)
+    (long,) = [e for e in entries if e.name == b"user.long"]
+    base.write((long.blocks[0] << 12) + 7, b"\xee")  # the value's crc fails: entry dropped
+    image = base.read(0, base.size)
+    assert not fsck(SimulatedPmem(base.size, image=image)).clean
+    states = 0
+    for fence in range(1, 200):
+        dev = SimulatedPmem(base.size, image=image)
+        dev.schedule_power_failure(fence)
+        try:
+            fsck(dev, repair=True)
+        except PowerFailure:
+            pass
+        else:
+            break
+        for state in dev.crash_states(limit=2, seed=fence):
+            states += 1
+            assert fsck(state, repair=True).complete, f"fence {fence}"
+            assert fsck(state).clean, f"fence {fence}"
+            with daxfs.mount(state) as fs:
+                assert fs.getxattr("/a/file", "user.short") == b"short value", f"fence {fence}"
+                assert fs.listxattr("/a/file") == ["user.short"], f"fence {fence}"
+    else:
+        raise AssertionError("the repair never ended")
+    assert fence > 1, "the repair should write"
+    assert states >= 2
