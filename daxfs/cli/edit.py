@@ -1,4 +1,5 @@
-"""The commands that change the names in an image: ``mkdir``, ``rm``, ``mv``.
+"""The commands that change the names in an image: ``mkdir``, ``rm``, ``mv``;
+and ``chattr``, which changes a file's DAX flag.
 
 As their coreutils namesakes: ``mkdir -p`` makes parents and accepts what
 exists; ``rm`` refuses directories without ``-r`` and, with ``-f``, ignores
@@ -12,6 +13,10 @@ durable when done; the first error ends the command.
 ".." would otherwise lead it up to the root), and a directory met a second
 time (a cycle, or a directory with two names) ends it with EUCLEAN before
 anything in the directory listing it is removed.  It keeps its own stack: no recursion.
+
+``chattr +x|-x IMAGE:/PATH...`` sets or clears the per-inode DAX flag, as
+chattr(1)'s ``x`` attribute (FS_XFLAG_DAX; daxfs.fs.daxflag); ``daxfs stat``
+shows it.
 """
 
 from __future__ import annotations
@@ -55,6 +60,24 @@ def register(sub: Any) -> None:
     p.add_argument("dest", metavar="IMAGE:/DST")
     add_persist_option(p)
     p.set_defaults(run=run_mv)
+
+    p = sub.add_parser(  # +x is an option, as chattr(1) writes it: prefix "+" too
+        "chattr",
+        help="set or clear the DAX flag of files of an image",
+        description="+x sets the per-inode DAX flag (FS_XFLAG_DAX), -x clears it; files "
+        "and directories made in a flagged directory inherit it.",
+        prefix_chars="-+",
+    )
+    change = p.add_mutually_exclusive_group(required=True)
+    change.add_argument(
+        "+x", dest="dax_flag", action="store_const", const=True, help="set the DAX flag"
+    )
+    change.add_argument(
+        "-x", dest="dax_flag", action="store_const", const=False, help="clear the DAX flag"
+    )
+    p.add_argument("paths", nargs="+", metavar="IMAGE:/PATH")
+    add_persist_option(p)
+    p.set_defaults(run=run_chattr)
 
 
 # -- mkdir ------------------------------------------------------------------------------
@@ -145,3 +168,17 @@ def _target(src: Operand, dest: Operand, into: bool) -> str:
         return dest.path
     name = posixpath.basename(src.path.rstrip("/"))
     return posixpath.join(dest.path, name) if name else dest.path
+
+
+# -- chattr -----------------------------------------------------------------------------
+
+
+def run_chattr(args: argparse.Namespace) -> int:
+    ops = [image_operand(text, "chattr") for text in args.paths]
+    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
+        for op in ops:
+            assert op.image is not None
+            fs = mounts.get(op.image)
+            with naming(op.image):
+                fs.set_dax(op.path, args.dax_flag)
+    return 0

@@ -46,6 +46,7 @@ from daxfs.cli.common import (
     short,
 )
 from daxfs.errors import InvalidArgument, NotADirectory
+from daxfs.fs.daxflag import DaxState
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.scan import enter_once
 
@@ -310,6 +311,7 @@ def run_stat(args: argparse.Namespace) -> int:
                     (n, fs.getxattr(op.path, n, follow_symlinks=args.follow))
                     for n in fs.listxattr(op.path, follow_symlinks=args.follow)
                 ]
+                dax = fs.get_dax(op.path, follow_symlinks=args.follow)
             kind = _KINDS.get(st.S_IFMT(s.st_mode), "unknown")
             if st.S_ISREG(s.st_mode) and s.st_size == 0:
                 kind = "regular empty file"
@@ -330,7 +332,19 @@ def run_stat(args: argparse.Namespace) -> int:
             print(f"Change: {_stat_time(s.st_ctime_ns)}")
             for attr, value in xattrs:  # as getfattr -d: one per line, the value quoted
                 print(f" Xattr: {printable(attr)}={_xattr_value(value)}")
+            print(_dax_line(s, dax))
     return 0
+
+
+def _dax_line(s: os.stat_result, dax: DaxState) -> str:
+    """The DAX flag (FS_XFLAG_DAX, as lsattr's x) and, for a regular file, whether its
+    data goes by DAX (statx's STATX_ATTR_DAX): daxfs.fs.daxflag."""
+    flag = "on" if dax.flag else "off"
+    if st.S_ISREG(s.st_mode):
+        return f"   DAX: flag {flag}, data path {'DAX' if dax.active else 'not DAX'}"
+    if st.S_ISDIR(s.st_mode):
+        return f"   DAX: flag {flag} (what is made in it inherits it)"
+    return "   DAX: - (a symbolic link carries no flag)"
 
 
 def _xattr_value(value: bytes, limit: int = 64) -> str:

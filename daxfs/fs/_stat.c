@@ -273,7 +273,7 @@ typedef struct {
     /* the layout (daxfs.fs.layout) */
     uint32_t magic;
     uint64_t max_file_size, max_symlink, inline_extents, inline_area;
-    uint32_t flag_orphan, flag_truncate;
+    uint32_t flag_orphan, flag_truncate, flag_dax;
     unsigned map_none, map_inline, map_btree, map_symlink;
     uint64_t block_size, inodes_per_block, ino_limit;
     unsigned block_shift, ipb_shift; /* both are powers of two (checked): no divisions */
@@ -348,7 +348,8 @@ record_ok(StatPath *s, const unsigned char *rec, uint64_t ino)
         return 0;
     if (!kind_ok)
         return 0;
-    if (flags & ~(s->flag_orphan | (fmt == S_REG ? s->flag_truncate : 0)))
+    if (flags & ~(s->flag_orphan | (fmt == S_REG ? s->flag_truncate : 0) |
+                  (fmt != S_LNK ? s->flag_dax : 0)))
         return 0;
     if (size > (fmt == S_LNK ? s->max_symlink : s->max_file_size))
         return 0;
@@ -1332,13 +1333,13 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
     }
     blake2b_keyed_init(s->h0, key.buf, (size_t)key.len);
     PyBuffer_Release(&key);
-    uint64_t c[14];
+    uint64_t c[15];
     static const char *names[] = {"INODE_MAGIC",   "MAX_FILE_SIZE", "MAX_SYMLINK",
                                   "INLINE_EXTENTS", "INLINE_AREA",  "IFLAG_ORPHAN",
                                   "IFLAG_TRUNCATE", "MAP_NONE",     "MAP_INLINE",
                                   "MAP_BTREE",     "MAP_SYMLINK",   "BLOCK_SIZE",
-                                  "INODES_PER_BLOCK", "INODE_SIZE"};
-    for (int i = 0; i < 14; i++)
+                                  "INODES_PER_BLOCK", "INODE_SIZE", "IFLAG_DAX"};
+    for (int i = 0; i < 15; i++)
         if (get_const(constants, names[i], &c[i]) < 0)
             return -1;
     if (c[13] != RECORD || c[11] == 0 || c[12] == 0 || c[11] % 512) {
@@ -1352,6 +1353,7 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
     s->inline_area = c[4];
     s->flag_orphan = (uint32_t)c[5];
     s->flag_truncate = (uint32_t)c[6];
+    s->flag_dax = (uint32_t)c[14];
     s->map_none = (unsigned)c[7];
     s->map_inline = (unsigned)c[8];
     s->map_btree = (unsigned)c[9];

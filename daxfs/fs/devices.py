@@ -15,9 +15,11 @@ where cache(b) is ``BlockCache(b)``, or with ``cache_size`` given
 file data in a page cache of ``cache_size`` bytes).  ``cache_size`` for a
 mount by DAX is EINVAL.
 
-``dax="inode"`` is Linux's per-inode choice (FS_XFLAG_DAX); daxfs has no
-per-inode flag yet, so every inode uses DAX where the device can do it and
-none does where it cannot.  ``BlockCache`` (daxfs.block.cache) caches the
+``dax="inode"`` is Linux's per-inode choice (FS_XFLAG_DAX): daxfs stores,
+inherits and reports the flag (daxfs.fs.daxflag), but a mount has one data
+path, so under "inode" every regular file uses DAX where the device can do
+it, flagged or not, and none does where it cannot; "always" and "never"
+override the flag, as on Linux.  ``BlockCache`` (daxfs.block.cache) caches the
 device in DRAM and maps flush/drain onto WRITE bios and FLUSH/FUA, so the
 journal's fences become FLUSH ordering (docs/ARCHITECTURE.md, "The filesystem
 on a block device").

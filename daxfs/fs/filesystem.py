@@ -47,7 +47,7 @@ from daxfs.errors import (
     ReadOnly,
     naming,
 )
-from daxfs.fs import layout, modes, xattr
+from daxfs.fs import daxflag, layout, modes, xattr
 from daxfs.fs._stat import StatPath
 from daxfs.fs.data import DataPath
 from daxfs.fs.dir import Directories, DirIndex
@@ -107,6 +107,7 @@ _STAT_CONSTANTS = {
         "BLOCK_SIZE",
         "INODES_PER_BLOCK",
         "INODE_SIZE",
+        "IFLAG_DAX",
     )
 }
 #: open()'s parsed mode strings (without encoding, errors or newline), by (mode, unbuffered)
@@ -410,7 +411,9 @@ class FileSystem:
         """Allocate an inode and link it as ``parent``/``name``.
 
         Owner as Linux's inode_init_owner: in a set-group-ID directory the new
-        inode takes the directory's group, and a new directory the bit too.
+        inode takes the directory's group, and a new directory the bit too.  A
+        new regular file or directory takes the directory's DAX flag
+        (daxfs.fs.daxflag).
         """
         gid = self.gid
         if parent.rec.mode & st.S_ISGID:
@@ -418,6 +421,7 @@ class FileSystem:
             if st.S_ISDIR(mode):
                 mode |= st.S_ISGID
         inode = self.itable.allocate(tx, mode, self.uid, gid)
+        daxflag.inherit(parent, inode)
         self.dirs.add(tx, parent, name, inode.ino, dtype)
         return inode
 
@@ -1362,6 +1366,36 @@ class FileSystem:
                 rec = self.itable.dirty(tx, inode)
                 change(inode, rec)
                 rec.ctime_ns = now_ns()
+
+    def set_dax(self, path: Path, enabled: bool) -> None:
+        """Set or clear the file's DAX flag (Linux's FS_XFLAG_DAX, ``chattr +x``), in
+        one transaction with its ctime; symbolic links are followed.  New files and
+        directories made in a flagged directory inherit it.  What the flag does
+        under each ``dax=`` mount option: daxfs.fs.daxflag.
+
+        Raises:
+            TypeError: ``enabled`` is not a bool.
+            FileNotFoundError, NotADirectoryError, TooManyLinks (ELOOP),
+            NameTooLong, ReadOnly (EROFS), InvalidArgument (not mounted).
+        """
+        if not isinstance(enabled, bool):
+            raise TypeError(f"set_dax: enabled must be a bool, not {type(enabled).__name__}")
+        with self._lock:
+            inode, shown = self._existing(path, True)
+            with self._begin(shown) as tx:
+                daxflag.set_flag(tx, self.itable, self.sup, inode, enabled)
+
+    def get_dax(self, path: Path, *, follow_symlinks: bool = True) -> daxflag.DaxState:
+        """The file's DAX flag and whether its data goes by DAX (statx's
+        STATX_ATTR_DAX): daxfs.fs.daxflag.DaxState.
+
+        Raises:
+            FileNotFoundError, NotADirectoryError, TooManyLinks (ELOOP),
+            NameTooLong, InvalidArgument (NUL in the path, not mounted).
+        """
+        with self._lock:
+            inode, _ = self._existing(path, follow_symlinks)
+            return daxflag.state(inode, self.direct is None)
 
     def chmod(self, path: Path, mode: int, *, follow_symlinks: bool = True) -> None:
         """Change permission bits (the low 12 bits of ``mode``).

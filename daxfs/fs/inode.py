@@ -84,6 +84,7 @@ from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
     BLOCK_SHIFT,
     FIRST_FREE_INO,
+    IFLAG_DAX,
     IFLAG_ORPHAN,
     IFLAG_TRUNCATE,
     INLINE_AREA,
@@ -218,6 +219,14 @@ _MAP_KINDS = {
 }
 
 
+#: the flags a record of each type may carry (fsck also keeps IFLAG_ORPHAN off the root)
+_FLAGS_OF = {
+    stat.S_IFREG: IFLAG_ORPHAN | IFLAG_TRUNCATE | IFLAG_DAX,
+    stat.S_IFDIR: IFLAG_ORPHAN | IFLAG_DAX,
+    stat.S_IFLNK: IFLAG_ORPHAN,
+}
+
+
 def record_problem(rec: InodeRecord) -> str | None:
     """What makes an in-use record unusable, checked when it is loaded; or None.
 
@@ -230,7 +239,7 @@ def record_problem(rec: InodeRecord) -> str | None:
     kinds = _MAP_KINDS.get(fmt)
     if kinds is None or rec.mode & ~(stat.S_IFMT(rec.mode) | 0o7777):
         return f"unknown file type or mode bits {rec.mode:o}"
-    if rec.flags & ~(IFLAG_ORPHAN | (IFLAG_TRUNCATE if fmt == stat.S_IFREG else 0)):
+    if rec.flags & ~_FLAGS_OF[fmt]:
         return f"flags {rec.flags:#x} that mode {rec.mode:o} cannot carry"
     if rec.map_kind not in kinds:
         return f"map kind {rec.map_kind} for mode {rec.mode:o}"

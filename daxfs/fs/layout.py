@@ -72,7 +72,12 @@ SB_CRC_OFFSET = BLOCK_SIZE - 4
 #: Feature bits.  A mount refuses an image with unknown incompat bits, and
 #: mounts it read-only only with unknown ro_compat bits.
 FEATURE_COMPAT = 0
-FEATURE_INCOMPAT = 0
+#: some inode may carry IFLAG_DAX (the per-inode DAX flag, daxfs.fs.daxflag): set by
+#: the first ``set_dax(path, True)`` of an image (in its transaction), never cleared.
+#: Incompatible: a version without the flag refuses every inode carrying it.
+INCOMPAT_DAX_FLAG = 0x1
+#: the incompat bits this version knows (mkfs sets none of them)
+FEATURE_INCOMPAT = INCOMPAT_DAX_FLAG
 #: some inode may have extended attributes (an xattr block, "Extended attributes"
 #: below): set by the first setxattr of an image (in its transaction), never cleared.
 #: Read-only compatible: a version without xattrs reads such an image correctly, but
@@ -191,7 +196,7 @@ class Superblock:
     block_size: int = BLOCK_SIZE
     inode_size: int = INODE_SIZE
     feature_compat: int = FEATURE_COMPAT
-    feature_incompat: int = FEATURE_INCOMPAT
+    feature_incompat: int = 0  # mkfs sets no incompat bit
     feature_ro_compat: int = 0
 
     @property
@@ -468,6 +473,9 @@ INODE_CRC_OFFSET = 4
 # inode.flags bits
 IFLAG_ORPHAN = 0x1  # on the orphan list: freed (nlink 0) or truncated at recovery
 IFLAG_TRUNCATE = 0x2  # a truncate to `size` may still have blocks beyond it to free
+#: FS_XFLAG_DAX (regular files and directories, the root too): the file asks for DAX
+#: under dax="inode"; a directory's is copied to the files and directories made in it
+IFLAG_DAX = 0x4
 
 # inode.map_kind: how the inline area (bytes 128..255) is used
 MAP_NONE = 0  # nothing mapped (empty file, empty directory, free inode)

@@ -190,9 +190,9 @@ def mount(
     """Mount the daxfs on ``target``: a path, a pmem device or a block device.
 
     ``dax`` is Linux's ``-o dax=``: "inode" (the default: DAX where the device
-    can), "always" (an error where it cannot), "never" (through the block
-    layer and a DRAM cache of blocks, even on pmem); daxfs.fs.devices has the
-    table.  On a block device every write reaches the media through bios, a
+    can; the per-inode flag is stored and reported, daxfs.fs.daxflag), "always"
+    (an error where it cannot), "never" (through the block layer and a DRAM
+    cache of blocks, even on pmem); daxfs.fs.devices has the table.  On a block device every write reaches the media through bios, a
     commit is ordered by FLUSH and FUA, and mmap maps the cache (msync and
     fsync write it back).
 

@@ -7,8 +7,9 @@ commit, and arranges for ``sb`` to be re-read from the device if the
 transaction aborts, so memory never runs ahead of the media.
 
 The geometry (bytes 0..191) is written by mkfs and not journaled, with one
-exception: ``enable(tx, bit)`` sets a ro_compat feature bit (the first
-extended attribute of an image sets ``RO_COMPAT_XATTR``); that transaction
+exception: ``enable(tx, bits)`` sets feature bits (the first extended
+attribute of an image sets ``RO_COMPAT_XATTR``, the first per-inode DAX flag
+``INCOMPAT_DAX_FLAG``); that transaction
 also journals the line holding the feature fields (bytes 64..127), so the
 checksum it seals covers the bytes the device will hold.  Recovery reads the
 geometry without the checksum and replays before it checks (mount.recover),
@@ -70,17 +71,21 @@ class SuperState:
             tx.on_abort(self.reload)
         return self.sb
 
-    def enable(self, tx: Transaction, ro_compat: int) -> None:
-        """Set the ro_compat feature bits ``ro_compat`` in ``tx`` (nothing if set).
+    def enable(self, tx: Transaction, ro_compat: int = 0, *, incompat: int = 0) -> None:
+        """Set the feature bits ``ro_compat`` and ``incompat`` in ``tx`` (nothing if set).
 
         The bits are never cleared: a version that does not know one may then
-        mount the image read-only only (mount, docs/FORMAT.md).
+        mount the image read-only only (ro_compat), or not at all (incompat:
+        mount, docs/FORMAT.md).
         """
         sb = self.sb
-        if sb.feature_ro_compat & ro_compat == ro_compat:
+        if sb.feature_ro_compat & ro_compat == ro_compat and (
+            sb.feature_incompat & incompat == incompat
+        ):
             return
         self.dirty(tx)
         sb.feature_ro_compat |= ro_compat
+        sb.feature_incompat |= incompat
         self._head = None  # the geometry's bytes changed: pack them again
         self._features_in = tx
 

@@ -14,8 +14,8 @@ SQLite's crash tests and CrashMonkey do, but at every persist point:
        be *after* (it reported success, so its effect is durable)
 
 A ``Snapshot`` is what the test compares: by default every path with its
-type, mode, link count, size and contents (or link target) and extended
-attributes; times are left
+type, mode, link count, size and contents (or link target), extended
+attributes and the DAX flag; times are left
 out unless asked for, since a crash may legitimately keep either time.
 
 Everything is reproducible: the crash states are seeded by the fence number.
@@ -67,9 +67,10 @@ def snapshot(fs: FileSystem, *, times: bool = False, blocks: bool = True) -> Sna
                 s.st_blocks if blocks else None,
                 hashlib.sha256(data).hexdigest()[:16],
             )
-        if not st.S_ISLNK(s.st_mode):  # extended attributes: names and values
+        if not st.S_ISLNK(s.st_mode):  # extended attributes: names and values; DAX flag
             names = sorted(fs.listxattr(path))
             facts += (tuple((n, _digest(fs.getxattr(path, n))) for n in names),)
+            facts += (fs.get_dax(path).flag,)
         if times:
             facts += (s.st_mtime_ns, s.st_atime_ns)
         out[path] = facts

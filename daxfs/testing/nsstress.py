@@ -1,6 +1,6 @@
 """Threaded namespace stress: several threads create, rename, link, unlink, rmdir,
-symlink, write, truncate and set or remove extended attributes, in private and
-shared directories, then everything is checked.
+symlink, write, truncate, set or remove extended attributes and set or clear the
+DAX flag, in private and shared directories, then everything is checked.
 
 Theory of operation
 -------------------
@@ -95,6 +95,10 @@ FREEING = frozenset({"unlink", "rmdir", "shrink", "punch", "removexattr"})
 XATTR_SHARE = 0.1
 XATTR_NAMES = ("user.x", "user.y", "trusted.big")
 XATTR_FLAGS = (0, 0, 1, 2)  # 0, XATTR_CREATE, XATTR_REPLACE
+#: the share of extra set_dax operations (the per-inode DAX flag, inherited by what a
+#: flagged directory gets made in it), from a stream of their own (``Worker.drng``;
+#: ``skip`` "dax" turns them off)
+DAX_SHARE = 0.05
 BLOCK = 4096
 PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
@@ -102,15 +106,26 @@ PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 class File:
     """A regular file of a model: its contents, shared by its hard links."""
 
-    __slots__ = ("data", "xattrs")
+    __slots__ = ("data", "dax", "xattrs")
 
-    def __init__(self, data: bytes = b"") -> None:
+    def __init__(self, data: bytes = b"", dax: bool = False) -> None:
         self.data = data
         #: its extended attributes (name -> value), shared by its hard links too
         self.xattrs: dict[str, bytes] = {}
+        #: its DAX flag (set_dax, or its directory's at create)
+        self.dax = dax
 
 
-Entry = tuple[str, Any]  # ("dir", None) | ("link", target) | ("file", File)
+class Dir:
+    """A directory of a model: its DAX flag (it moves with the directory)."""
+
+    __slots__ = ("dax",)
+
+    def __init__(self, dax: bool = False) -> None:
+        self.dax = dax
+
+
+Entry = tuple[str, Any]  # ("dir", Dir) | ("link", target) | ("file", File)
 
 
 @dataclasses.dataclass
@@ -179,6 +194,7 @@ class Worker:
         self.seed = seed
         self.rng = random.Random(seed)
         self.xrng = random.Random(seed * 7919 + 1)
+        self.drng = random.Random(seed * 7919 + 2)
         self.root = f"{run.top}/p{index}"
         self.model: dict[str, Entry] = {}
         self.log: list[str] = []
@@ -200,6 +216,10 @@ class Worker:
             if "xattr" not in self.run.options.skip and self.xrng.random() < XATTR_SHARE:
                 # not counted in ``ops``: the other operations stay those of the seed
                 if not self._step(self.p_xattr):
+                    return
+                continue
+            if "dax" not in self.run.options.skip and self.drng.random() < DAX_SHARE:
+                if not self._step(self.p_dax):  # not counted either
                     return
                 continue
             n += 1
@@ -325,9 +345,9 @@ class Worker:
                 written[0] = self.wrote(f.write(data), len(data)) if data else 0
 
         if self.expect("create", f"{a} {len(data)}", call, err):
-            self.model[a] = ("file", File(data[: written[0]]))
+            self.model[a] = ("file", File(data[: written[0]], self.inherits(a)))
         elif written[0] == -1:  # ENOSPC from the write: the file exists, empty
-            self.model[a] = ("file", File(b""))
+            self.model[a] = ("file", File(b"", self.inherits(a)))
         self.verify(a)
 
     def p_write(self, a: str, _b: str) -> None:
@@ -437,10 +457,32 @@ class Worker:
                 node.xattrs[name] = value
         self.verify(a)
 
+    def inherits(self, rel: str) -> bool:
+        """The DAX flag something new at ``rel`` gets: its directory's."""
+        parent = posixpath.dirname(rel)
+        return bool(parent) and self.model[parent][1].dax
+
+    def p_dax(self) -> None:
+        """Set or clear the DAX flag of a private file or directory (or of a name that
+        is absent, a dangling link or under a file: the errno)."""
+        rng = self.drng
+        names = sorted(self.model)
+        a = rng.choice(names) if names and rng.random() < 0.9 else rng.choice(NAMES)
+        on = rng.random() < 0.6
+        entry = self.model.get(a)
+        if entry is None:
+            err: int | None = self.parent_ok(a) or errno.ENOENT
+        else:
+            err = errno.ENOENT if entry[0] == "link" else None  # private links dangle
+        if self.expect("set_dax", f"{a} {on}", lambda: self.fs.set_dax(self.full(a), on), err):
+            assert entry is not None
+            entry[1].dax = on
+        self.verify(a)
+
     def p_mkdir(self, a: str, _b: str) -> None:
         err = self.parent_ok(a) or (errno.EEXIST if a in self.model else None)
         if self.expect("mkdir", a, lambda: self.fs.mkdir(self.full(a)), err):
-            self.model[a] = ("dir", None)
+            self.model[a] = ("dir", Dir(self.inherits(a)))
         self.verify(a)
 
     def p_rmdir(self, a: str, _b: str) -> None:
@@ -525,6 +567,8 @@ class Worker:
         kind, value = entry
         if kind == "dir" and not st.S_ISDIR(s.st_mode):
             raise _Mismatch(f"{rel}: not a directory")
+        if kind != "link" and self.fs.get_dax(path).flag != value.dax:
+            raise _Mismatch(f"{rel}: DAX flag {not value.dax}, expected {value.dax}")
         if kind != "link":  # stat follows links: here the same inode as lstat's
             followed = self.fs.stat(path)
             if (followed.st_ino, followed.st_mode, followed.st_size) != (

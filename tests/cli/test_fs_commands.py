@@ -370,7 +370,8 @@ def test_stat(image: Path, run: Run) -> None:
     assert lines[1].endswith("regular file")
     assert "Links: 2" in lines[2]
     assert lines[3].startswith("Access: (0644/-rw-r--r--)  Uid: (")
-    assert [line.split(":")[0] for line in lines[4:]] == ["Access", "Modify", "Change"]
+    assert [line.split(":")[0] for line in lines[4:7]] == ["Access", "Modify", "Change"]
+    assert lines[7:] == ["   DAX: flag off, data path DAX"]
     sym = run.ok("stat", img(image, "/sym")).splitlines()
     assert sym[0] == f"  File: {image}:/sym -> /a/file"
     assert sym[1].endswith("symbolic link")
@@ -386,7 +387,7 @@ def test_stat_shows_extended_attributes(image: Path, run: Run) -> None:
         fs.setxattr("/a/file", "user.bin", b"\x00\xff")
         fs.setxattr("/a/file", "user.long", b"y" * 100)
     lines = run.ok("stat", img(image, "/a/file")).splitlines()
-    assert lines[7:] == [
+    assert lines[7:10] == [
         " Xattr: user.bin=0x00ff",
         ' Xattr: user.long="' + "y" * 64 + '"... (100 bytes)',
         ' Xattr: user.text="hello"',
@@ -552,6 +553,33 @@ def test_mv(tmp_path: Path, image: Path, run: Run) -> None:
         "mv", img(image, "/.hidden"), img(image, "/a/hard"), img(image, "/a/b/small")
     )
     assert_clean(image)
+
+
+def test_chattr_sets_and_clears_the_dax_flag(image: Path, run: Run) -> None:
+    run.ok("chattr", "+x", img(image, "/a"), img(image, "/a/file"))
+    run.ok("cp", img(image, "/.hidden"), img(image, "/a/new"))  # inherits /a's flag
+    assert run.ok("stat", img(image, "/a")).splitlines()[-1] == (
+        "   DAX: flag on (what is made in it inherits it)"
+    )
+    assert run.ok("stat", img(image, "/a/new")).splitlines()[-1] == (
+        "   DAX: flag on, data path DAX"
+    )
+    run.ok("chattr", "-x", img(image, "/a/file"))
+    last = run.ok("stat", "--dax", "never", img(image, "/a/file")).splitlines()[-1]
+    assert last == "   DAX: flag off, data path not DAX"
+    assert run.ok("stat", img(image, "/sym")).splitlines()[-1].startswith("   DAX: -")
+    assert "no such file or directory" in run.fails("chattr", "+x", img(image, "/zzz"))
+    assert "expected IMAGE:/path" in run.fails("chattr", "+x", image)
+    for argv in (("chattr", img(image, "/a")), ("chattr", "+x", "-x", img(image, "/a"))):
+        with pytest.raises(SystemExit) as info:
+            run(*argv)
+        assert info.value.code == 2
+    assert_clean(image)
+    with daxfs.mount(image) as fs:
+        assert fs.get_dax("/a").flag
+        assert fs.get_dax("/a/new").flag
+        assert not fs.get_dax("/a/file").flag
+        assert not fs.get_dax("/empty").flag
 
 
 def test_persist_option(image: Path, run: Run) -> None:

@@ -38,6 +38,13 @@ def write_at(path: str, data: bytes, offset: int) -> object:
     return op
 
 
+def with_dax(fs: FileSystem) -> None:
+    """base, with the DAX flag on /d (inherited by what is made in it) and /d/other."""
+    base(fs)
+    fs.set_dax("/d", True)
+    fs.set_dax("/d/other", True)
+
+
 def fragmented(fs: FileSystem) -> None:
     """A file of 40 extents (every other block written, then holes filled later)."""
     base(fs)
@@ -143,6 +150,12 @@ OPERATIONS = {
         lambda fs: fs.setxattr("/d/file", "user.long", b"now short"),
     ),
     "setxattr on a directory": (with_xattrs, lambda fs: fs.setxattr("/d/sub", "user.x", b"x")),
+    # the per-inode DAX flag (the first set of an image also sets the feature bit)
+    "set_dax first": (base, lambda fs: fs.set_dax("/d/file", True)),
+    "set_dax on a directory": (base, lambda fs: fs.set_dax("/d", True)),
+    "set_dax cleared": (with_dax, lambda fs: fs.set_dax("/d/other", False)),
+    "create in a DAX directory": (with_dax, lambda fs: fs.open("/d/new", "xb").close()),
+    "mkdir in a DAX directory": (with_dax, lambda fs: fs.mkdir("/d/newdir")),
     "removexattr": (with_xattrs, lambda fs: fs.removexattr("/d/file", "user.long")),
     "removexattr the last": (with_xattrs, lambda fs: fs.removexattr("/d/other", "user.only")),
     "unlink with xattrs": (with_xattrs, lambda fs: fs.unlink("/d/file")),

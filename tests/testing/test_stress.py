@@ -12,6 +12,7 @@ import pytest
 import daxfs
 from daxfs.cli import main
 from daxfs.errors import NoSpace
+from daxfs.fs import daxflag
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.fsck import fsck
 from daxfs.testing import nsstress
@@ -284,3 +285,16 @@ def test_makes_xattr_operations_and_catches_a_lost_one(monkeypatch: pytest.Monke
     monkeypatch.setattr(FileSystem, "setxattr", lambda *args, **kw: None)
     with pytest.raises(nsstress.StressFailure, match="xattrs"):
         nsstress.run(3, ops=300, options=opts())
+
+
+def test_makes_dax_flag_operations_and_catches_a_lost_inheritance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """set_dax on private files and directories, checked against the model (flags move
+    with renames; new files take their directory's); an inheritance planted to do
+    nothing is caught."""
+    stats = nsstress.run(3, ops=400, options=opts())
+    assert stats.by_kind.get("set_dax", 0) > 0
+    monkeypatch.setattr(daxflag, "inherit", lambda parent, child: None)
+    with pytest.raises(nsstress.StressFailure, match="DAX flag"):
+        nsstress.run(3, ops=400, options=opts())

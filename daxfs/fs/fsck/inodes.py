@@ -17,7 +17,8 @@ Checks
      is a never-used slot: damage below the high-water mark).  A live
      record has a known file type, no mode bits beyond S_IFMT|07777, only
      the flags its type may carry (IFLAG_TRUNCATE: regular files;
-     IFLAG_ORPHAN: any but the root and the inode file), a size below the
+     IFLAG_ORPHAN: any but the root and the inode file; IFLAG_DAX: regular
+     files and directories, the root too), a size below the
      maximum (0 for a directory), and a map of a kind its type allows;
      whatever ``daxfs.fs.inode.record_problem`` (mount's check of a record
      it loads) finds is a problem too, so that fsck never calls clean a
@@ -38,6 +39,8 @@ Checks
      FIRST_FREE_INO); ``next_generation`` fits 32 bits.  (It is not compared
      with the inodes' generations: it wraps at 2**32 by design, after which a
      lower counter is no lie.)
+  10. If any inode carries IFLAG_DAX, the superblock has INCOMPAT_DAX_FLAG
+      (repair sets it).
 
 Repairs: inode-file size, ``inode_hwm`` and ``next_generation`` set to what
 was found; a regular file's size beyond the maximum set to the end of its
@@ -78,8 +81,10 @@ from daxfs.fs.layout import (
     EXTENT_UNWRITTEN,
     EXTENT_VALUE,
     FIRST_FREE_INO,
+    IFLAG_DAX,
     IFLAG_ORPHAN,
     IFLAG_TRUNCATE,
+    INCOMPAT_DAX_FLAG,
     INLINE_AREA,
     INLINE_EXTENTS,
     INO_INODE_FILE,
@@ -101,9 +106,13 @@ from .fixes import replace_record, set_fields, set_super
 from .salvage import claim_record, new_root, salvage_dir, unverified
 from .xattrs import check_feature, check_xattrs
 
-KNOWN_FLAGS = IFLAG_ORPHAN | IFLAG_TRUNCATE
-#: flags each file type may carry (the root and the inode file: none)
-_ALLOWED_FLAGS = {st.S_IFREG: KNOWN_FLAGS, st.S_IFDIR: IFLAG_ORPHAN, st.S_IFLNK: IFLAG_ORPHAN}
+KNOWN_FLAGS = IFLAG_ORPHAN | IFLAG_TRUNCATE | IFLAG_DAX
+#: flags each file type may carry (the root: IFLAG_DAX only; the inode file: none)
+_ALLOWED_FLAGS = {
+    st.S_IFREG: KNOWN_FLAGS,
+    st.S_IFDIR: IFLAG_ORPHAN | IFLAG_DAX,
+    st.S_IFLNK: IFLAG_ORPHAN,
+}
 MODE_BITS = 0o170000 | 0o7777
 GENERATION_MASK = 0xFFFFFFFF
 MAX_FILE_BLOCKS = MAX_FILE_SIZE >> BLOCK_SHIFT
@@ -126,7 +135,7 @@ NO_NODES = _NoNodes()
 
 
 def check_inodes(ctx: Context, s: State) -> bool:
-    """Checks 1-9.  False if the inode file itself is unusable (the check stops)."""
+    """Checks 1-10.  False if the inode file itself is unusable (the check stops)."""
     sb = s.sb
     s.owner = np.zeros(sb.block_count, dtype=np.uint32)
     s.owner[: sb.data_start] = STATIC
@@ -138,6 +147,7 @@ def check_inodes(ctx: Context, s: State) -> bool:
         return False
     _slots(ctx, s)
     check_feature(ctx, s)
+    _dax_feature(ctx, s)
     for ino, p in s.damaged_dirs:
         salvage_dir(ctx, s, ino, p)
     _counters(ctx, s)
@@ -318,9 +328,10 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
             Fix(Stage.INODES, set_fields(ino, mode=rec.mode & MODE_BITS)),
         )
     flags = _Flags(ctx, s, ino, rec)
-    allowed = _ALLOWED_FLAGS.get(fmt, 0) if ino != INO_ROOT else 0
+    allowed = _ALLOWED_FLAGS.get(fmt, 0) if ino != INO_ROOT else IFLAG_DAX
     if rec.flags & ~allowed:
         flags.set(rec.flags & allowed, f"flag bits {rec.flags & ~allowed:#x} it cannot carry")
+    s.dax_inodes += bool(rec.flags & allowed & IFLAG_DAX)
     if fmt == st.S_IFLNK and rec.map_kind == MAP_SYMLINK:
         _inline_symlink(ctx, s, ino, rec)
         return
@@ -383,6 +394,22 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
             s.records[ino].flags | IFLAG_TRUNCATE,
             f"maps written blocks up to {written[-1].end} past its size {rec.size}",
         )
+
+
+def _dax_feature(ctx: Context, s: State) -> None:
+    """Check 10 (after every slot): an image with a DAX-flagged inode has the feature
+    bit (a primary restored from an older backup may lack it)."""
+    if s.dax_inodes and not s.sb.feature_incompat & INCOMPAT_DAX_FLAG:
+        ctx.problem(
+            "superblock",
+            f"{s.dax_inodes} inodes carry the DAX flag, but the DAX-flag feature is not set",
+            Fix(Stage.INODES, _enable_dax_flag),
+        )
+
+
+def _enable_dax_flag(r: Repairing) -> None:
+    with r.journal.begin() as tx:
+        r.sup.enable(tx, incompat=INCOMPAT_DAX_FLAG)
 
 
 class _Flags:

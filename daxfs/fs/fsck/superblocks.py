@@ -15,7 +15,8 @@ Checks
      zeros between its fields and its checksum (a journaled update of the
      counters packs zeros there, which would break a checksum over anything
      else); primary and backup describe the same filesystem (the primary may
-     have ro_compat bits the backup lacks until the next clean unmount).
+     have ro_compat or incompat bits the backup lacks until the next clean
+     unmount).
   3. Feature bits this version knows (else nothing more can be checked).
   4. What no checksum of the journal covers (``Journal.problems``): sequence
      numbers below ``daxfs.fs.journal.SEQ_LIMIT``, ``applied_seq`` never ahead
@@ -186,12 +187,19 @@ def check_superblocks(ctx: Context) -> Superblock | None:
 
 
 def _features_added(primary: Superblock, backup: Superblock) -> bool:
-    """Whether the primary differs from the backup only by ro_compat bits it added:
-    a transaction set them (``SuperState.enable``), and the backup takes them at the
-    next clean unmount (``SuperState.update_backup``); until then that is no damage."""
+    """Whether the primary differs from the backup only by ro_compat or incompat bits
+    it added: a transaction set them (``SuperState.enable``), and the backup takes them
+    at the next clean unmount (``SuperState.update_backup``); until then that is no
+    damage."""
     if backup.feature_ro_compat & ~primary.feature_ro_compat:
         return False
-    caught_up = dataclasses.replace(backup, feature_ro_compat=primary.feature_ro_compat)
+    if backup.feature_incompat & ~primary.feature_incompat:
+        return False
+    caught_up = dataclasses.replace(
+        backup,
+        feature_ro_compat=primary.feature_ro_compat,
+        feature_incompat=primary.feature_incompat,
+    )
     return caught_up.to_block()[:FIXED] == primary.to_block()[:FIXED]
 
 
