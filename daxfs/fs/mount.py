@@ -192,9 +192,10 @@ def mount(
     ``dax`` is Linux's ``-o dax=``: "inode" (the default: DAX where the device
     can; the per-inode flag is stored and reported, daxfs.fs.daxflag), "always"
     (an error where it cannot), "never" (through the block layer and a DRAM
-    cache of blocks, even on pmem); daxfs.fs.devices has the table.  On a block device every write reaches the media through bios, a
-    commit is ordered by FLUSH and FUA, and mmap maps the cache (msync and
-    fsync write it back).
+    cache of blocks, even on pmem); daxfs.fs.devices has the table.  On a
+    block device every write reaches the media through bios, a commit is
+    ordered by FLUSH and FUA, and mmap maps the cache (msync and fsync write
+    it back).
 
     ``cache_size`` (a block-backed mount only: a size such as 65536, "64M" or
     "1G") bounds the DRAM of file data: the device is then loaded lazily, what
