@@ -16,6 +16,22 @@
  * -errno).  The engine does the rest in Python (continuing short transfers,
  * FUA fallbacks, completions).
  *
+ * Private rings: the synchronous calls
+ * ----------------------------------------
+ * A thread that only waits for its own I/O needs none of the sharing above.
+ * rw(opcode, fd, offset, buffers, flags) does one READV or WRITEV on a
+ * *private* ring taken from the Ring's pool (made on first need, of the same
+ * ``entries``): with the GIL released it fills one SQE and calls
+ * io_uring_submit_and_wait (one system call for submission and completion),
+ * takes the CQE and puts the ring back; it returns the CQE's res.
+ * rw_batch(opcode, fd, [(offset, buffer), ...], flags, depth) does many on one
+ * private ring, keeping up to ``depth`` (at most ``entries``) in flight, each
+ * refill and reap in the same submit_and_wait, all with the GIL released; it
+ * returns the res of each item, in order.  Continuing a short transfer and
+ * naming errors is the caller's (daxfs.block.uring).  A private ring is used
+ * by one thread at a time, so its CQEs are its own: no leader, no locks
+ * around the kernel calls.
+ *
  * Opcodes: NOP (0), READV (1), WRITEV (2; flags are the RWF_* rw_flags),
  * FDATASYNC (3), FALLOCATE (4; flags are the mode, length the bytes).
  *
@@ -33,6 +49,11 @@
  *   4. The GIL is never held across io_uring_submit or io_uring_wait_cqe, and
  *      no lock of this module is taken while holding the GIL and waiting on
  *      the other lock (each lock is taken with the GIL released).
+ *   5. A private ring is in the pool or in the hands of exactly one call;
+ *      rw and rw_batch return only when every SQE they submitted has its
+ *      CQE (the buffers are released after that), or, where an SQE could not
+ *      be submitted, after the ring was discarded (an SQE never submitted is
+ *      never executed).  close() refuses (EBUSY) while a private ring is out.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -70,7 +91,17 @@ typedef struct {
     int reaping;        /* a reap() is waiting (under cq_lock) */
     pthread_mutex_t sq_lock;
     pthread_mutex_t cq_lock;
+    struct Private *pool;   /* idle private rings (invariant 5), under pool_lock */
+    long private_out;       /* private rings in use by rw / rw_batch */
+    long private_made;      /* private rings set up and not yet freed */
+    pthread_mutex_t pool_lock;
 } Ring;
+
+/* A private ring (invariant 5). */
+typedef struct Private {
+    struct io_uring ring;
+    struct Private *next;
+} Private;
 
 static PyObject *
 errno_error(int code, const char *text)
@@ -133,6 +164,7 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     pthread_mutex_init(&self->sq_lock, NULL);
     pthread_mutex_init(&self->cq_lock, NULL);
+    pthread_mutex_init(&self->pool_lock, NULL);
     return (PyObject *)self;
 }
 
@@ -322,6 +354,349 @@ ring_reap(Ring *self, PyObject *Py_UNUSED(ignored))
     return out;
 }
 
+/* -- private rings: the synchronous calls (invariant 5) ------------------------------- */
+
+/* Take a private ring from the pool, or set one up (GIL released).  NULL with
+ * *err set (EBADF: the Ring is closed; else io_uring_setup's errno). */
+static Private *
+private_get(Ring *self, int *err)
+{
+    pthread_mutex_lock(&self->pool_lock);
+    if (!self->ready) {
+        pthread_mutex_unlock(&self->pool_lock);
+        *err = EBADF;
+        return NULL;
+    }
+    Private *p = self->pool;
+    if (p != NULL)
+        self->pool = p->next;
+    else
+        self->private_made++;
+    self->private_out++;
+    pthread_mutex_unlock(&self->pool_lock);
+    if (p != NULL)
+        return p;
+    p = calloc(1, sizeof *p);
+    int ret = -ENOMEM;
+    if (p != NULL) { /* COOP_TASKRUN (5.19): no interrupt to run completion work */
+        ret = io_uring_queue_init(self->entries, &p->ring, IORING_SETUP_COOP_TASKRUN);
+        if (ret == -EINVAL)
+            ret = io_uring_queue_init(self->entries, &p->ring, 0);
+    }
+    if (ret < 0) {
+        free(p);
+        pthread_mutex_lock(&self->pool_lock);
+        self->private_out--;
+        self->private_made--;
+        pthread_mutex_unlock(&self->pool_lock);
+        *err = -ret;
+        return NULL;
+    }
+    return p;
+}
+
+/* Give a private ring back (GIL released).  ``discard``: an SQE may be left
+ * unsubmitted in it, so it is freed instead of pooled (never executed then). */
+static void
+private_put(Ring *self, Private *p, int discard)
+{
+    if (discard) {
+        io_uring_queue_exit(&p->ring);
+        free(p);
+    }
+    pthread_mutex_lock(&self->pool_lock);
+    self->private_out--;
+    if (discard) {
+        self->private_made--;
+    } else {
+        p->next = self->pool;
+        self->pool = p;
+    }
+    pthread_mutex_unlock(&self->pool_lock);
+}
+
+/* Free the idle private rings (caller holds pool_lock, or is the deallocator). */
+static void
+private_free_pool(Ring *self)
+{
+    while (self->pool != NULL) {
+        Private *p = self->pool;
+        self->pool = p->next;
+        io_uring_queue_exit(&p->ring);
+        free(p);
+        self->private_made--;
+    }
+}
+
+/* Submit the SQEs queued on ``p`` and wait for at least one CQE, in one system
+ * call (GIL released).  Returns 0 or -errno; after an error the SQEs still
+ * queued (io_uring_sq_ready) were never submitted. */
+static int
+private_submit(Private *p)
+{
+    for (int tries = 0;; tries++) {
+        int ret = io_uring_submit_and_wait(&p->ring, 1);
+        if (ret >= 0 || io_uring_sq_ready(&p->ring) == 0)
+            return 0; /* submitted (an interrupted wait is waited again by the caller) */
+        if (!(ret == -EINTR || ret == -EAGAIN || ret == -EBUSY) || tries > 1000)
+            return ret;
+        sched_yield();
+    }
+}
+
+/* Wait for a CQE of ``p`` (GIL released); 0 or -errno (never EINTR). */
+static int
+private_wait(Private *p, struct io_uring_cqe **cqe)
+{
+    int ret;
+    do {
+        ret = io_uring_wait_cqe(&p->ring, cqe);
+    } while (ret == -EINTR || ret == -EAGAIN);
+    return ret;
+}
+
+/* One READ or WRITE SQE; a single buffer goes as IORING_OP_READ / WRITE (no iovec
+ * for the kernel to copy in), several as READV / WRITEV. */
+static void
+prep_rw(struct io_uring_sqe *sqe, int opcode, int fd, const struct iovec *iov, unsigned n,
+        long long offset, unsigned flags)
+{
+    if (n == 1) {
+        if (opcode == OP_READV)
+            io_uring_prep_read(sqe, fd, iov->iov_base, (unsigned)iov->iov_len, (__u64)offset);
+        else
+            io_uring_prep_write(sqe, fd, iov->iov_base, (unsigned)iov->iov_len, (__u64)offset);
+        sqe->rw_flags = opcode == OP_READV ? 0 : (int)flags;
+    } else if (opcode == OP_READV) {
+        io_uring_prep_readv(sqe, fd, iov, n, (__u64)offset);
+    } else {
+        io_uring_prep_writev2(sqe, fd, iov, n, (__u64)offset, (int)flags);
+    }
+}
+
+static int
+check_rw(int opcode, int fd, long long offset)
+{
+    if (opcode != OP_READV && opcode != OP_WRITEV) {
+        PyErr_Format(PyExc_ValueError, "rw takes READV or WRITEV, not opcode %d", opcode);
+        return -1;
+    }
+    if (fd < 0) {
+        errno_error(EBADF, "a negative file descriptor");
+        return -1;
+    }
+    if (offset < 0) {
+        PyErr_Format(PyExc_ValueError, "offset must be >= 0, not %lld", offset);
+        return -1;
+    }
+    return 0;
+}
+
+/* The exception of a synchronous call that failed before its I/O (NULL). */
+static PyObject *
+private_error(int err, int no_ring)
+{
+    if (no_ring && err == EBADF)
+        return errno_error(EBADF, "the io_uring is closed");
+    return errno_errorf(err, no_ring ? "io_uring_setup (private ring)" : "io_uring_submit");
+}
+
+static PyObject *
+ring_rw(Ring *self, PyObject *args)
+{
+    PyObject *buffers;
+    int opcode, fd;
+    long long offset;
+    unsigned int flags;
+    if (!PyArg_ParseTuple(args, "iiLOI:rw", &opcode, &fd, &offset, &buffers, &flags))
+        return NULL;
+    if (check_rw(opcode, fd, offset) < 0)
+        return NULL;
+    Req *req = req_build(Py_None, buffers, opcode == OP_READV);
+    if (req == NULL)
+        return NULL;
+    int err = 0, res = 0, lost = 0;
+    Private *p = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    p = private_get(self, &err);
+    if (p != NULL) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring); /* an idle ring has room */
+        prep_rw(sqe, opcode, fd, req->iov, (unsigned)req->nbufs, offset, flags);
+        int ret = private_submit(p);
+        struct io_uring_cqe *cqe = NULL;
+        if (ret == 0)
+            ret = private_wait(p, &cqe);
+        if (ret == 0) {
+            res = cqe->res;
+            io_uring_cqe_seen(&p->ring, cqe);
+            private_put(self, p, 0);
+        } else if (io_uring_sq_ready(&p->ring)) {
+            err = -ret; /* never submitted: the ring goes, with it the SQE */
+            private_put(self, p, 1);
+        } else {
+            err = -ret; /* in flight and cannot be waited for: never free its memory */
+            lost = 1;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (lost)
+        return errno_errorf(err, "io_uring_wait_cqe (the request's buffers are kept)");
+    req_free(req);
+    if (err)
+        return private_error(err, p == NULL);
+    return PyLong_FromLong(res);
+}
+
+typedef struct {
+    long long offset;
+    Py_buffer buf;
+    struct iovec iov;
+    int res;
+} Item;
+
+static void
+items_free(Item *items, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyBuffer_Release(&items[i].buf);
+    PyMem_Free(items);
+}
+
+/* Take the (offset, buffer) pairs of ``seq`` (GIL held); NULL with an exception. */
+static Item *
+items_build(PyObject *seq, int writable, Py_ssize_t *count)
+{
+    PyObject *fast = PySequence_Fast(seq, "items must be a sequence of (offset, buffer)");
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    Item *items = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Item));
+    if (items == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject **objs = PySequence_Fast_ITEMS(fast);
+    Py_ssize_t held = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *buffer;
+        if (!PyTuple_Check(objs[i]) ||
+            !PyArg_ParseTuple(objs[i], "LO:an item of rw_batch", &items[i].offset, &buffer)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "items must be (offset, buffer) tuples");
+            goto fail;
+        }
+        if (items[i].offset < 0) {
+            PyErr_Format(PyExc_ValueError, "offset must be >= 0, not %lld", items[i].offset);
+            goto fail;
+        }
+        int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(buffer, &items[i].buf, flags) < 0)
+            goto fail;
+        held = i + 1;
+        items[i].iov.iov_base = items[i].buf.buf;
+        items[i].iov.iov_len = (size_t)items[i].buf.len;
+    }
+    Py_DECREF(fast);
+    *count = n;
+    return items;
+fail:
+    Py_DECREF(fast);
+    items_free(items, held);
+    return NULL;
+}
+
+static PyObject *
+ring_rw_batch(Ring *self, PyObject *args)
+{
+    PyObject *seq;
+    int opcode, fd, depth;
+    unsigned int flags;
+    if (!PyArg_ParseTuple(args, "iiOIi:rw_batch", &opcode, &fd, &seq, &flags, &depth))
+        return NULL;
+    if (check_rw(opcode, fd, 0) < 0)
+        return NULL;
+    if (depth < 1)
+        return PyErr_Format(PyExc_ValueError, "depth must be >= 1, not %d", depth);
+    if ((unsigned)depth > self->entries)
+        depth = (int)self->entries;
+    Py_ssize_t n = 0;
+    Item *items = items_build(seq, opcode == OP_READV, &n);
+    if (items == NULL)
+        return NULL;
+    int err = 0, lost = 0, discard = 0;
+    Private *p = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    p = n ? private_get(self, &err) : NULL;
+    if (p != NULL) {
+        Py_ssize_t next = 0, done = 0;
+        long inflight = 0;
+        while (done < n) {
+            unsigned queued = 0;
+            while (!err && next < n && inflight + (long)queued < depth) {
+                struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring);
+                if (sqe == NULL)
+                    break;
+                prep_rw(sqe, opcode, fd, &items[next].iov, 1, items[next].offset, flags);
+                io_uring_sqe_set_data64(sqe, (__u64)next);
+                next++;
+                queued++;
+            }
+            if (queued) {
+                int ret = private_submit(p);
+                unsigned left = io_uring_sq_ready(&p->ring);
+                inflight += (long)(queued - left);
+                if (ret < 0) {
+                    /* the SQEs left were never submitted, so never executed (the ring is
+                     * discarded): they and the items not yet queued fail with the error */
+                    err = -ret;
+                    discard = 1;
+                    for (Py_ssize_t i = next - (Py_ssize_t)left; i < n; i++)
+                        items[i].res = -err;
+                    done += n - (next - (Py_ssize_t)left);
+                    next = n;
+                }
+            }
+            if (inflight == 0)
+                continue;
+            struct io_uring_cqe *cqe;
+            int ret = private_wait(p, &cqe);
+            if (ret < 0) {
+                err = -ret;
+                lost = 1;
+                break;
+            }
+            struct io_uring_cqe *cqes[REAP_BATCH];
+            unsigned got = io_uring_peek_batch_cqe(&p->ring, cqes, REAP_BATCH);
+            for (unsigned i = 0; i < got; i++)
+                items[io_uring_cqe_get_data64(cqes[i])].res = cqes[i]->res;
+            io_uring_cq_advance(&p->ring, got);
+            inflight -= (long)got;
+            done += got;
+        }
+        if (!lost)
+            private_put(self, p, discard);
+    }
+    Py_END_ALLOW_THREADS
+    if (lost)
+        return errno_errorf(err, "io_uring_wait_cqe (the requests' buffers are kept)");
+    PyObject *out = NULL;
+    if (n == 0 || p != NULL) {
+        out = PyList_New(n);
+        for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+            PyObject *res = PyLong_FromLong(items[i].res);
+            if (res == NULL)
+                Py_CLEAR(out);
+            else
+                PyList_SET_ITEM(out, i, res);
+        }
+    } else {
+        private_error(err, 1);
+    }
+    items_free(items, n);
+    return out;
+}
+
 /* Wait for every request in flight and free it (GIL held; used by close on dealloc). */
 static void
 ring_drain(Ring *self)
@@ -354,17 +729,21 @@ ring_close(Ring *self, PyObject *Py_UNUSED(ignored))
         busy = 1;
     } else {
         pthread_mutex_lock(&self->sq_lock);
-        busy = self->inflight != 0 || self->reaping;
+        pthread_mutex_lock(&self->pool_lock);
+        busy = self->inflight != 0 || self->reaping || self->private_out != 0;
         if (!busy) {
             io_uring_queue_exit(&self->ring);
             self->ready = 0;
+            private_free_pool(self);
         }
+        pthread_mutex_unlock(&self->pool_lock);
         pthread_mutex_unlock(&self->sq_lock);
         pthread_mutex_unlock(&self->cq_lock);
     }
     Py_END_ALLOW_THREADS
     if (busy)
-        return errno_error(EBUSY, "the io_uring has requests in flight or a waiting reap()");
+        return errno_error(EBUSY, "the io_uring has requests in flight, a waiting reap() or "
+                                  "a synchronous call (rw, rw_batch) running");
     Py_RETURN_NONE;
 }
 
@@ -377,6 +756,8 @@ ring_unsupported(Ring *self, PyObject *Py_UNUSED(ignored))
         {IORING_OP_WRITEV, "WRITEV"},
         {IORING_OP_FSYNC, "FSYNC"},
         {IORING_OP_FALLOCATE, "FALLOCATE"},
+        {IORING_OP_READ, "READ"},
+        {IORING_OP_WRITE, "WRITE"},
     };
     if (!self->ready)
         return errno_error(EBADF, "the io_uring is closed");
@@ -431,8 +812,10 @@ ring_dealloc(Ring *self)
         /* else: never freed while the kernel may write (invariant 2) */
         self->ready = 0;
     }
+    private_free_pool(self); /* none is out: each call holds a reference to the Ring */
     pthread_mutex_destroy(&self->sq_lock);
     pthread_mutex_destroy(&self->cq_lock);
+    pthread_mutex_destroy(&self->pool_lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -441,13 +824,33 @@ static PyMethodDef ring_methods[] = {
      "submit(token, opcode, fd, offset, buffers, length, flags): start one request"},
     {"reap", (PyCFunction)ring_reap, METH_NOARGS,
      "reap() -> [(token, res)]: wait for at least one completion (GIL released)"},
+    {"rw", (PyCFunction)ring_rw, METH_VARARGS,
+     "rw(opcode, fd, offset, buffers, flags) -> res: one READV/WRITEV on a private ring, "
+     "submitted and waited for in one system call (GIL released)"},
+    {"rw_batch", (PyCFunction)ring_rw_batch, METH_VARARGS,
+     "rw_batch(opcode, fd, [(offset, buffer), ...], flags, depth) -> [res]: many on a "
+     "private ring, up to depth in flight (GIL released)"},
     {"close", (PyCFunction)ring_close, METH_NOARGS, "release the ring (EBUSY if in use)"},
     {"unsupported", (PyCFunction)ring_unsupported, METH_NOARGS,
      "the opcodes daxfs needs that this kernel's io_uring lacks"},
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+ring_get_private(Ring *self, void *closure)
+{
+    long made;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->pool_lock);
+    made = self->private_made;
+    pthread_mutex_unlock(&self->pool_lock);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(made);
+}
+
 static PyGetSetDef ring_getset[] = {
+    {"private_rings", (getter)ring_get_private, NULL,
+     "private rings set up (pooled or in use by rw / rw_batch)", NULL},
     {"inflight", (getter)ring_get_inflight, NULL, "requests submitted, not yet reaped", NULL},
     {"entries", (getter)ring_get_entries, NULL, "the submission queue's size", NULL},
     {"closed", (getter)ring_get_closed, NULL, "close() was called", NULL},
