@@ -848,7 +848,21 @@ ring_get_private(Ring *self, void *closure)
     return PyLong_FromLong(made);
 }
 
+static PyObject *
+ring_get_sync_calls(Ring *self, void *closure)
+{
+    long out;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->pool_lock);
+    out = self->private_out;
+    pthread_mutex_unlock(&self->pool_lock);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(out);
+}
+
 static PyGetSetDef ring_getset[] = {
+    {"sync_calls", (getter)ring_get_sync_calls, NULL,
+     "rw / rw_batch calls holding a private ring now", NULL},
     {"private_rings", (getter)ring_get_private, NULL,
      "private rings set up (pooled or in use by rw / rw_batch)", NULL},
     {"inflight", (getter)ring_get_inflight, NULL, "requests submitted, not yet reaped", NULL},

@@ -57,7 +57,7 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from daxfs.block.bio import (
@@ -426,6 +426,25 @@ class BlockDevice(Closeable):
         """
         return self._run(Bio(BioOp.READ, self._sector(offset), [buffer]))
 
+    def readinto_many(self, items: Sequence[tuple[int, Buffer]]) -> list[int]:
+        """Read each ``(offset, buffer)`` of ``items`` as ``readinto`` does, many in
+        flight at once (the device's queue depth), and wait for all: the batch a
+        Python caller keeps at QD32 with one call instead of a bio each.  Returns
+        the bytes read of each item.  This is the reference (a bio per item, all
+        submitted, then waited for); a backend may do it faster.
+
+        Raises:
+            InvalidArgument (EINVAL): a buffer that is not writable memory (before
+                any I/O); an unaligned or out-of-range item (its bio's error).
+            OSError: the first failed item's error, in item order (EIO naming the
+                sector, IOFailure for a short read), raised once every item has
+                finished; the other items' buffers hold what they read.
+        """
+        bios = [Bio(BioOp.READ, self._sector(offset), [buffer]) for offset, buffer in items]
+        for bio in bios:
+            self.submit_bio(bio)
+        return _wait_all(bios)
+
     def read(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes at byte ``offset``; raises as ``readinto``."""
         buf = bytearray(check_integer(length, "length"))
@@ -477,3 +496,19 @@ class BlockDevice(Closeable):
                 return
             self._state = "closed"
         self._close()
+
+
+def _wait_all(bios: Sequence[Bio]) -> list[int]:
+    """Wait for every bio; their sizes, or the first one's error once all ended."""
+    results: list[int] = []
+    first: OSError | None = None
+    for bio in bios:
+        try:
+            results.append(bio.wait())
+        except OSError as exc:
+            if first is None:
+                first = exc
+            results.append(0)
+    if first is not None:
+        raise first
+    return results

@@ -48,10 +48,21 @@ import mmap
 import os
 import stat as stat_mod
 import struct
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from daxfs.block.bio import SECTOR_SHIFT, Bio, BioFlags, BioOp, QueueLimits, Request
+from daxfs.block.bio import (
+    SECTOR_SHIFT,
+    Bio,
+    BioFlags,
+    BioOp,
+    QueueLimits,
+    Request,
+    check_bio,
+    short_error,
+)
 from daxfs.block.device import BlockDevice
 from daxfs.block.engine import (
     FALLOC_FL_KEEP_SIZE,
@@ -64,8 +75,11 @@ from daxfs.block.engine import (
     choose_engine,
 )
 from daxfs.block.uring import UringEngine
-from daxfs.errors import InvalidArgument, IsADirectory, NotFound
+from daxfs.errors import ClosedFile, InvalidArgument, IsADirectory, NotFound
 from daxfs.pmem.device import check_integer
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 try:
     from daxfs.block import _uring
@@ -105,6 +119,7 @@ class FileBlockDevice(BlockDevice):
         self._reason = reason
         self._engine = engine
         self._stats["bounced"] = 0
+        self._stats["inline"] = 0  # bios done by the synchronous fast path
 
     @property
     def engine(self) -> str:
@@ -117,11 +132,21 @@ class FileBlockDevice(BlockDevice):
         return self._reason
 
     def _run(self, bio: Bio) -> int:
-        """Submit ``bio`` and wait; on io_uring the waiting thread reaps the
-        completions itself (no handoff to the completion thread and back)."""
+        """Submit ``bio`` and wait.  On io_uring, a READ or WRITE that needs no
+        split, bounce, PREFLUSH or plug goes inline (``_run_inline``); any other bio
+        is submitted and the waiting thread reaps the completions itself (no handoff
+        to the completion thread and back)."""
         engine = self._engine
         if not isinstance(engine, UringEngine):
             return super()._run(bio)
+        op = bio.op
+        if (
+            (op is BioOp.READ or op is BioOp.WRITE)
+            and not (bio.flags and bio.flags & BioFlags.PREFLUSH)
+            and getattr(self._plugs, "bios", None) is None
+            and self._fits(bio)
+        ):
+            return self._run_inline(engine, bio)
         engine.poll_begin()
         try:
             self.submit_bio(bio)
@@ -129,6 +154,224 @@ class FileBlockDevice(BlockDevice):
         finally:
             engine.poll_end()
         return bio.wait()
+
+    def _fits(self, bio: Bio) -> bool:
+        """Can ``bio`` go to the device as it is: valid, one request within the
+        limits (``split_bio`` would return it alone), no bounce buffer?"""
+        limits = self.limits
+        segments = bio.segments
+        return (
+            check_bio(bio, limits, self.nr_sectors, self.name, self.readonly) is None
+            and bio.size <= limits.max_bytes
+            and len(segments) <= limits.max_segments
+            and all(len(v) <= limits.max_segment_bytes for v in segments)
+            and not (self.direct and _misaligned(segments, limits.dma_alignment))
+        )
+
+    def _run_inline(self, engine: UringEngine, bio: Bio) -> int:
+        """A bio that ``_fits``, done by ``_inline`` in this thread; the bio then
+        completes with its result (end_io runs here).  Its life is the one
+        ``submit_bio`` gives it: submitted once, counted, refused when closed."""
+        bio._submitted()
+        flags = bio.flags
+        result: int | BaseException
+        try:
+            result = self._inline(
+                engine,
+                bio.op is BioOp.WRITE,
+                bio.sector << SECTOR_SHIFT,
+                bio.segments,
+                bio.size,
+                bool(flags and flags & BioFlags.FUA),
+            )
+        except OSError as exc:
+            result = exc
+        bio._complete(result)
+        return bio.wait()
+
+    def _inline(
+        self,
+        engine: UringEngine,
+        write: bool,
+        offset: int,
+        views: list[memoryview],
+        size: int,
+        fua: bool = False,
+    ) -> int:
+        """The synchronous fast path: one valid request (aligned, in range, within
+        the limits, no bounce buffer) executed in this thread on a private ring
+        (``UringEngine.transfer``: one system call submits and waits), with the
+        statistics, the count ``close`` waits for and the errors of a request that
+        went through ``submit_bio`` (named by ``_name_error``; a short transfer is
+        IOFailure naming the sector where it stopped).  Returns ``size``.
+
+        Raises:
+            ClosedFile (EBADF): the device is closed.
+            OSError: the kernel's error, named; IOFailure (EIO) for a short transfer.
+        """
+        lock = self._lock
+        stats = self._stats
+        with lock:
+            stats["bios"] += 1
+            if self._state != "open":
+                stats["errors"] += 1
+                what = "write" if write else "read"
+                raise ClosedFile(
+                    f"{what} at sector {offset >> SECTOR_SHIFT}: {self.name} is closed"
+                )
+            self._inflight += 1
+            stats["requests"] += 1
+            stats["inline"] += 1
+        try:
+            flags = os.RWF_DSYNC if fua else 0
+            done = engine.transfer(write, self.fd, offset, views, size, flags)
+            if done == size:
+                return done
+            error: BaseException = short_error(
+                self._request_of(write, offset, size), done, self.name
+            )
+        except OSError as exc:
+            error = self._name_error(self._request_of(write, offset, size), exc)
+        finally:
+            with lock:
+                self._inflight -= 1
+                if self._inflight == 0 and self._state != "open":  # only close() waits
+                    self._idle.notify_all()
+        with lock:
+            stats["errors"] += 1
+        raise error
+
+    @staticmethod
+    def _request_of(write: bool, offset: int, size: int) -> Request:
+        """A Request describing an inline transfer (for its error's text)."""
+        op = BioOp.WRITE if write else BioOp.READ
+        return Request(op, BioFlags.NONE, offset >> SECTOR_SHIFT, size, [])
+
+    def _plain(self, offset: object, view: memoryview, write: bool) -> bool:
+        """Can ``readinto`` / ``write`` of ``view`` at ``offset`` go ``_inline``?"""
+        limits = self.limits
+        n = len(view)
+        return (
+            type(offset) is int
+            and 0 < n <= limits.max_bytes
+            and n <= limits.max_segment_bytes
+            and offset >= 0
+            and not (offset | n) & (limits.logical_block_size - 1)
+            and offset + n <= self.nr_sectors << SECTOR_SHIFT
+            and view.ndim == 1
+            and view.format == "B"
+            and (not view.readonly if not write else not self.readonly)
+            and getattr(self._plugs, "bios", None) is None
+            and not (self.direct and _misaligned([view], limits.dma_alignment))
+        )
+
+    def readinto(self, offset: int, buffer: Buffer) -> int:
+        """``BlockDevice.readinto``; on io_uring a plain read (see ``_plain``) goes
+        ``_inline``, without a Bio.
+
+        Raises:
+            As ``BlockDevice.readinto``.
+        """
+        engine = self._engine
+        if type(engine) is UringEngine:
+            view = memoryview(buffer)
+            if self._plain(offset, view, False):
+                return self._inline(engine, False, offset, [view], len(view))
+        return super().readinto(offset, buffer)
+
+    def write(self, offset: int, data: Buffer, *, fua: bool = False) -> int:
+        """``BlockDevice.write``; on io_uring a plain write goes ``_inline``.
+
+        Raises:
+            As ``BlockDevice.write``.
+        """
+        engine = self._engine
+        if type(engine) is UringEngine:
+            view = memoryview(data)
+            if self._plain(offset, view, True):
+                return self._inline(engine, True, offset, [view], len(view), fua)
+        return super().write(offset, data, fua=fua)
+
+    def readinto_many(self, items: Sequence[tuple[int, Buffer]]) -> list[int]:
+        """``BlockDevice.readinto_many`` on io_uring in one call: the reads go to a
+        private ring ``queue_depth`` deep, submitted and reaped in C with the GIL
+        released (``UringEngine.run_batch``), no Bio, Request or callback per item.
+        Items the fast path cannot take as they are (unaligned, out of range, past
+        the request limit, a bounce buffer needed, another engine) go the reference
+        way, with its errors.
+
+        Raises:
+            As ``BlockDevice.readinto_many``.
+        """
+        engine = self._engine
+        if not isinstance(engine, UringEngine):
+            return super().readinto_many(items)
+        limits = self.limits
+        lbs = limits.logical_block_size
+        limit = min(limits.max_bytes, limits.max_segment_bytes)
+        size = self.size
+        batch: list[tuple[int, memoryview]] = []
+        for offset, buffer in items:
+            view = memoryview(buffer)
+            n = len(view)
+            if (
+                type(offset) is not int
+                or offset < 0
+                or offset % lbs
+                or n % lbs
+                or n > limit
+                or offset + n > size
+                or view.readonly
+                or view.format != "B"
+                or view.ndim != 1
+            ):
+                return super().readinto_many(items)
+            batch.append((offset, view))
+        if self.direct and _misaligned([v for _, v in batch], limits.dma_alignment):
+            return super().readinto_many(items)
+        n_items = len(batch)
+        with self._lock:
+            stats = self._stats
+            stats["bios"] += n_items
+            is_open = self._state == "open"
+            if is_open:
+                self._inflight += 1
+                stats["requests"] += n_items
+                stats["inline"] += n_items
+            else:
+                stats["errors"] += n_items
+        if not is_open:
+            raise ClosedFile(
+                f"read at sector {batch[0][0] >> SECTOR_SHIFT if batch else 0}: "
+                f"{self.name} is closed"
+            )
+        errors = 0
+        try:
+            results = engine.run_batch(IoKind.READV, self.fd, batch)
+            out: list[int] = []
+            first: BaseException | None = None
+            for (offset, view), res in zip(batch, results, strict=True):
+                if type(res) is int and res == len(view):
+                    out.append(res)
+                    continue
+                errors += 1
+                out.append(0)
+                if first is None:
+                    req = Request(BioOp.READ, BioFlags.NONE, offset >> SECTOR_SHIFT, len(view), [])
+                    first = (
+                        self._name_error(req, res)
+                        if isinstance(res, BaseException)
+                        else short_error(req, res, self.name)
+                    )
+        finally:
+            with self._lock:
+                self._stats["errors"] += errors
+                self._inflight -= 1
+                if self._inflight == 0 and self._state != "open":
+                    self._idle.notify_all()
+        if first is not None:
+            raise first
+        return out
 
     def _dispatch(self, req: Request) -> None:
         op = req.op

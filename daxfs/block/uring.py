@@ -41,6 +41,18 @@ leader steps down only after completing its whole batch, so a follower
 never waits in the kernel for a CQE that another thread already took; a
 ``done`` callback that waits for another op on the same engine reaps nested.
 
+Synchronous calls (``run``, ``run_batch``): a thread that waits only for its
+own I/O -- a synchronous bio (``FileBlockDevice._run``), a batch of reads --
+needs none of that.  ``run(op)`` does a READV or WRITEV on one of the ring's
+*private* rings (``_uring.Ring.rw``: one SQE, submitted and waited for in one
+io_uring_submit_and_wait, GIL released; no slot, no leader, no Python between
+submission and completion) and agrees with ``run_op``: a short transfer is
+continued, RWF_DSYNC refused is a write and an fdatasync, an error is the
+OSError ``_error`` names.  ``run_batch`` does many reads or writes of one
+buffer each, up to ``queue_depth`` in flight, refilled and reaped in C
+(``Ring.rw_batch``), then finishes each item as ``run`` would.  Both count in
+``_sync``, which ``close`` waits for.
+
 ``UringEngine(queue_depth)`` raises the OSError of io_uring_setup where the
 kernel has no io_uring (ENOSYS), forbids it (EPERM: the
 kernel.io_uring_disabled sysctl, a seccomp filter) or lacks an opcode
@@ -59,6 +71,9 @@ Invariants
   4. At most one thread reaps at a time (``_leader``), and while ops are
      pending some thread leads or will: a poller, or the completion thread
      when no thread polls or one waits for a slot.
+  5. ``run`` and ``run_batch`` return the result ``run_op`` would give for
+     the same op (a batch: for each item), or raise its OSError; they never
+     touch the shared ring, so they need no leader and make none wait.
 """
 
 from __future__ import annotations
@@ -164,6 +179,7 @@ class UringEngine(IoEngine):
         self.queue_depth = queue_depth
         self._ring = ring
         lock = threading.Lock()
+        self._mutex = lock  # the lock of both conditions (``with`` it is cheaper)
         self._cv = threading.Condition(lock)  # pollers, slot waiters, close
         self._bg_cv = threading.Condition(lock)  # the completion thread
         self._free = queue_depth  # slots (may go below 0: the leader's ops)
@@ -173,6 +189,7 @@ class UringEngine(IoEngine):
         # reaped, not yet completed (the leader's; a nested reap completes these first)
         self._backlog: collections.deque[tuple[Any, int]] = collections.deque()
         self._slot_waiters = 0
+        self._sync = 0  # run / run_batch calls in progress (close waits for them)
         self._sleepers = 0  # threads in self._cv.wait(): notify only when there are some
         self._closing = False
         self._stopped = False
@@ -250,6 +267,137 @@ class UringEngine(IoEngine):
         n = min(task.op.length - task.moved, _ZERO_CHUNK)
         offset = task.op.offset + task.moved
         self._ring.submit(task, _uring.WRITEV, task.op.fd, offset, [memoryview(_zeros)[:n]], 0, 0)
+
+    # -- synchronous calls on private rings (invariant 5) ------------------------------
+
+    def run(self, op: IoOp) -> int:
+        """Execute a READV or WRITEV ``op`` in this thread and wait, on a private
+        ring: what ``run_op(op)`` returns (see the module docstring).
+
+        Raises:
+            ClosedFile (EBADF): the engine is closed or closing.
+            InvalidArgument (EINVAL): ``op`` is not a READV or WRITEV.
+            OSError: the kernel's error, errno kept, naming the call and offset.
+        """
+        kind = op.kind
+        if kind is not IoKind.READV and kind is not IoKind.WRITEV:
+            raise InvalidArgument(f"UringEngine.run takes a READV or WRITEV, not {kind.value}")
+        self._enter_sync()
+        try:
+            return self._run_rw(op, [v for v in op.buffers if len(v)], 0)
+        finally:
+            self._leave_sync()
+
+    def transfer(
+        self, write: bool, fd: int, offset: int, views: list[memoryview], size: int, flags: int = 0
+    ) -> int:
+        """``run`` of a READV (or WRITEV, with ``flags``) of ``views`` (non-empty,
+        ``size`` bytes in all) at ``offset``, without an IoOp: the lean form the
+        block device's synchronous fast path calls.
+
+        Raises:
+            As ``run``.
+        """
+        with self._mutex:
+            if self._closing:
+                raise ClosedFile("the io_uring engine is closed")
+            self._sync += 1
+        try:
+            res = self._ring.rw(_uring.WRITEV if write else _uring.READV, fd, offset, views, flags)
+            if res == size:
+                return res
+            kind = IoKind.WRITEV if write else IoKind.READV
+            op = IoOp(kind, fd, offset, views, flags=flags)
+            if res > 0:  # short: the rest
+                return self._run_rw(op, advance_views(views, res), res)
+            if res == 0:
+                return 0
+            if write and flags and -res == errno.EOPNOTSUPP:
+                return self._run_rw(op, views, 0)
+            raise _error(offset, -res, _CALL[kind])
+        finally:
+            self._leave_sync()
+
+    def run_batch(
+        self, kind: IoKind, fd: int, items: list[tuple[int, memoryview]], flags: int = 0
+    ) -> list[int | OSError]:
+        """Read into (READV) or write from (WRITEV, ``flags`` the RWF_* flags) each
+        ``(offset, buffer)`` of ``items``, up to ``queue_depth`` in flight, and wait
+        for all: per item, what ``run`` would return, or the OSError it would raise.
+
+        Raises:
+            ClosedFile (EBADF): the engine is closed or closing.
+            InvalidArgument (EINVAL): ``kind`` is not READV or WRITEV.
+            TypeError, ValueError, BufferError: an item the ring cannot use (a
+                negative offset, a buffer read-only for a read or not contiguous).
+        """
+        if kind is not IoKind.READV and kind is not IoKind.WRITEV:
+            raise InvalidArgument(f"run_batch takes READV or WRITEV, not {kind.value}")
+        opcode = _uring.READV if kind is IoKind.READV else _uring.WRITEV
+        self._enter_sync()
+        try:
+            results = self._ring.rw_batch(opcode, fd, items, flags, self.queue_depth)
+            out: list[int | OSError] = []
+            for (offset, view), res in zip(items, results, strict=True):
+                if res == len(view) or res == 0:
+                    out.append(res)
+                    continue
+                # short, failed, or RWF_DSYNC refused: the rest as ``run`` does it
+                op = IoOp(kind, fd, offset, [view], flags=flags)
+                try:
+                    if res > 0:
+                        out.append(res + self._run_rw(op, [view[res:]], res))
+                    elif kind is IoKind.WRITEV and flags and -res == errno.EOPNOTSUPP:
+                        out.append(self._run_rw(op, [view], 0))
+                    else:
+                        out.append(_error(op.offset, -res, _CALL[kind]))
+                except OSError as exc:
+                    out.append(exc)
+            return out
+        finally:
+            self._leave_sync()
+
+    def _enter_sync(self) -> None:
+        with self._mutex:
+            if self._closing:
+                raise ClosedFile("the io_uring engine is closed")
+            self._sync += 1
+
+    def _leave_sync(self) -> None:
+        with self._mutex:
+            self._sync -= 1
+            if self._sleepers:
+                self._cv.notify_all()
+
+    def _run_rw(self, op: IoOp, views: list[memoryview], moved: int) -> int:
+        """``op`` from byte ``moved`` on (``views``: what is left), continued until
+        done or a transfer moves nothing; the bytes moved in all (``run_op``'s)."""
+        kind = op.kind
+        fd = op.fd
+        flags = op.flags if kind is IoKind.WRITEV else 0
+        sync_after = op.datasync_after
+        opcode = _uring.READV if kind is IoKind.READV else _uring.WRITEV
+        total = moved + sum(len(v) for v in views)
+        rw = self._ring.rw
+        while moved < total:
+            res = rw(opcode, fd, op.offset + moved, views, flags)
+            if res < 0:
+                if flags and -res == errno.EOPNOTSUPP:
+                    flags = 0  # no RWF_DSYNC here: write, then fdatasync
+                    sync_after = True
+                    continue
+                raise _error(op.offset, -res, _CALL[kind])
+            if res == 0:
+                break
+            moved += res
+            if moved < total:
+                views = advance_views(views, res)
+        if sync_after:
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                raise _error(op.offset, exc.errno or errno.EIO, "fdatasync") from None
+        return moved
 
     # -- completion: the leader reaps -------------------------------------------------
 
@@ -438,7 +586,7 @@ class UringEngine(IoEngine):
 
     @staticmethod
     def _error(task: _Task, code: int, call: str) -> OSError:
-        return OSError(code, f"{os.strerror(code)} ({call} at offset {task.op.offset})")
+        return _error(task.op.offset, code, call)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -459,7 +607,7 @@ class UringEngine(IoEngine):
                 wait_closed = False
                 self._closing = True
                 self._cv.notify_all()  # submitters waiting for a slot: EBADF
-                while self._pending:
+                while self._pending or self._sync:
                     self._wait()
                 self._stopped = True
                 self._bg_cv.notify()
@@ -484,6 +632,11 @@ class UringEngine(IoEngine):
         """Ops accepted and not yet completed."""
         with self._cv:
             return self._pending
+
+
+def _error(offset: int, code: int, call: str) -> OSError:
+    """The OSError of a failed call: the kernel's errno, naming the call and offset."""
+    return OSError(code, f"{os.strerror(code)} ({call} at offset {offset})")
 
 
 _RW = (IoKind.READV, IoKind.WRITEV)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import errno
 import itertools
+import mmap
 import random
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -304,6 +306,38 @@ class BlockDeviceTests:
         with pytest.raises(ValueError, match="closed") as info:
             late.wait()
         assert info.value.errno == errno.EBADF  # type: ignore[attr-defined]
+
+    def test_readinto_many(self, block_device: BlockDevice) -> None:
+        """Many reads in one call: each item as ``readinto`` would read it, with page-
+        aligned buffers (io_uring's batch) and unaligned ones (the bios' path); a bad
+        item fails the call with its own error once the others are read."""
+        dev = block_device
+        data = pattern(64 * KIB, 11)
+        dev.write(0, data)
+        rng = random.Random(5)
+        for make in (lambda n: mmap.mmap(-1, n), bytearray):
+            items: list[tuple[int, Any]] = []
+            for _ in range(100):
+                block = rng.randrange(120)
+                items.append((block * 512, make(rng.choice((512, 1024, 4096)))))
+            assert dev.readinto_many(items) == [len(b) for _, b in items]
+            for offset, buf in items:
+                assert bytes(buf) == data[offset : offset + len(buf)]
+        assert dev.readinto_many([]) == []
+        good = mmap.mmap(-1, 512)
+        end = dev.size
+        with pytest.raises(OSError, match=rf"sectors \[{end // 512 - 1}, ") as info:
+            dev.readinto_many([(0, good), (end - 512, mmap.mmap(-1, 1024))])
+        assert info.value.errno == errno.EINVAL
+        assert bytes(good) == data[:512]
+        with pytest.raises(ValueError, match="read-only"):
+            dev.readinto_many([(0, bytes(512))])
+        with pytest.raises(ValueError, match="sector size"):
+            dev.readinto_many([(100, bytearray(512))])
+        dev.close()
+        with pytest.raises(OSError, match="closed") as closed:
+            dev.readinto_many([(0, mmap.mmap(-1, 512))])
+        assert closed.value.errno == errno.EBADF
 
     def test_close_while_plugged_fails_the_held_bios(self, block_device: BlockDevice) -> None:
         dev = block_device
