@@ -165,7 +165,7 @@ class FileBlockDevice(BlockDevice):
             and bio.size <= limits.max_bytes
             and len(segments) <= limits.max_segments
             and all(len(v) <= limits.max_segment_bytes for v in segments)
-            and not (self.direct and _misaligned(segments, limits.dma_alignment))
+            and not (self.direct and misaligned(segments, limits.dma_alignment))
         )
 
     def _run_inline(self, engine: UringEngine, bio: Bio) -> int:
@@ -262,7 +262,7 @@ class FileBlockDevice(BlockDevice):
             and view.format == "B"
             and (not view.readonly if not write else not self.readonly)
             and getattr(self._plugs, "bios", None) is None
-            and not (self.direct and _misaligned([view], limits.dma_alignment))
+            and not (self.direct and misaligned([view], limits.dma_alignment))
         )
 
     def readinto(self, offset: int, buffer: Buffer) -> int:
@@ -327,7 +327,7 @@ class FileBlockDevice(BlockDevice):
             ):
                 return super().readinto_many(items)
             batch.append((offset, view))
-        if self.direct and _misaligned([v for _, v in batch], limits.dma_alignment):
+        if self.direct and misaligned([v for _, v in batch], limits.dma_alignment):
             return super().readinto_many(items)
         n_items = len(batch)
         with self._lock:
@@ -398,7 +398,7 @@ class FileBlockDevice(BlockDevice):
             self._engine.submit(io, lambda r: self._end(req, r))
             return
         views = req.segments
-        if self.direct and _misaligned(views, self.limits.dma_alignment):
+        if self.direct and misaligned(views, self.limits.dma_alignment):
             self._bounced(req, views)
             return
         kind = IoKind.READV if op is BioOp.READ else IoKind.WRITEV
@@ -438,7 +438,7 @@ class FileBlockDevice(BlockDevice):
         os.close(self.fd)
 
 
-def _misaligned(views: list[memoryview], align: int) -> bool:
+def misaligned(views: list[memoryview], align: int) -> bool:
     """Is any view's address or length not a multiple of ``align``?"""
     if align <= 1:
         return False
@@ -448,7 +448,7 @@ def _misaligned(views: list[memoryview], align: int) -> bool:
 
 
 def _misaligned_py(views: list[memoryview], align: int) -> bool:
-    """The reference of ``_misaligned`` (without the extension)."""
+    """The reference of ``misaligned`` (without the extension)."""
     mask = align - 1
     for view in views:
         if len(view) & mask:
@@ -633,4 +633,4 @@ def _probe_direct(fd: int, length: int) -> int | None:
         buf.close()
 
 
-__all__ = ["FileBlockDevice", "open_block"]
+__all__ = ["FileBlockDevice", "misaligned", "open_block"]

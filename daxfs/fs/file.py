@@ -428,8 +428,11 @@ class File(io.RawIOBase):
 
     def _direct_read(self, view: memoryview, offset: int) -> int:
         assert self._dio is not None
-        with naming(self.path):
+        try:
             return self._dio.read(self.inode, offset, view, what=self.path)
+        except BaseException:
+            with naming(self.path):  # errors name the file (no context manager per call)
+                raise
 
     def _direct_bytes(self, n: int, offset: int) -> bytes:
         """Up to ``n`` bytes at ``offset`` by direct I/O into an aligned buffer."""

@@ -862,7 +862,7 @@ def test_misaligned_in_c_agrees_with_python() -> None:
             views.append(whole[start : start + length])
         for align in (1, 512, 4096):
             expect = file_mod._misaligned_py(views, align) if align > 1 else False
-            assert file_mod._misaligned(views, align) is expect
+            assert file_mod.misaligned(views, align) is expect
     assert file_mod._uring.misaligned([memoryview(bytearray(1024))[::2]], 512)  # strided
     with pytest.raises(ValueError, match="power of two"):
         file_mod._uring.misaligned([], 3)

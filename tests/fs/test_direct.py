@@ -675,3 +675,170 @@ def test_appending_threads_never_share_an_offset(fs: FileSystem) -> None:
     assert len(data) == 3 * records * 512
     found = sorted(data[i : i + 512] for i in range(0, len(data), 512))
     assert found == sorted(bytes(pattern(512, s)) for s in range(3 * records))
+
+
+# -- the fast path of a synchronous read of one written extent (DirectIO._read_mapped) ----
+
+
+def test_a_read_inside_one_written_extent_takes_the_fast_path(fs: FileSystem) -> None:
+    """Aligned reads inside one MAPPED extent go the fast path (counted); holes,
+    unwritten blocks, reads across extents and mapped files go the request path;
+    both give the bytes a model holds, clamped at the end of file."""
+    data = bytes(pattern(4 * BLOCK_SIZE, 3))
+    with fs.open("/f", "wb+", buffering=0, direct=True) as f:
+        f.pwrite(pattern(4 * BLOCK_SIZE, 3), 0)
+        stats = fs.direct.stats  # type: ignore[union-attr]
+        fast = stats["mapped_reads"]
+        buf = aligned_buffer(2 * BLOCK_SIZE)
+        assert f.preadinto(buf, BLOCK_SIZE) == 2 * BLOCK_SIZE
+        assert bytes(buf) == data[BLOCK_SIZE : 3 * BLOCK_SIZE]
+        assert stats["mapped_reads"] == fast + 1
+        f.truncate(4 * BLOCK_SIZE - 700)  # the end inside a sector: clamped, zeroed past it
+        buf[:] = b"\xee" * len(buf)
+        assert f.preadinto(buf, 3 * BLOCK_SIZE) == BLOCK_SIZE - 700
+        assert bytes(buf[: BLOCK_SIZE - 700]) == data[3 * BLOCK_SIZE : -700]
+        assert bytes(buf[BLOCK_SIZE - 700 : BLOCK_SIZE - 512]) == bytes(188)
+        assert stats["mapped_reads"] == fast + 2
+        assert f.preadinto(buf, 8 * BLOCK_SIZE) == 0  # past the end: the request path
+        f.pwrite(pattern(BLOCK_SIZE, 4), 8 * BLOCK_SIZE)  # blocks 4..7 a hole
+        f.fallocate(10 * BLOCK_SIZE, BLOCK_SIZE, 0)  # UNWRITTEN
+        f.truncate(12 * BLOCK_SIZE)
+        before = stats["mapped_reads"]
+        for pos, n in ((5 * BLOCK_SIZE, BLOCK_SIZE), (10 * BLOCK_SIZE, BLOCK_SIZE)):
+            out = aligned_buffer(n)
+            out[:] = b"\xee" * n
+            assert f.preadinto(out, pos) == n
+            assert bytes(out) == bytes(n)
+        across = aligned_buffer(6 * BLOCK_SIZE)
+        assert f.preadinto(across, 3 * BLOCK_SIZE) == 6 * BLOCK_SIZE
+        assert bytes(across[: BLOCK_SIZE - 700]) == data[3 * BLOCK_SIZE : -700]
+        assert bytes(across[5 * BLOCK_SIZE :]) == bytes(pattern(BLOCK_SIZE, 4))
+        assert stats["mapped_reads"] == before  # none of those was one written extent
+        m = f.mmap(0, BLOCK_SIZE)
+        try:
+            m[:5] = b"store"
+            assert f.pread(BLOCK_SIZE, 0)[:5] == b"store"  # through the request path
+            assert stats["mapped_reads"] == before
+        finally:
+            m.close()
+
+
+def test_random_reads_agree_with_a_model_on_both_paths(fs: FileSystem) -> None:
+    """A file of random direct writes, fallocated ranges, holes and truncates; then
+    random aligned direct reads: each returns what the model holds (zeros in holes
+    and unwritten blocks, clamped at the end), through both paths."""
+    import random
+
+    rng = random.Random(11)
+    model = bytearray()
+    with fs.open("/r", "wb+", buffering=0, direct=True) as f:
+        for i in range(40):
+            choice = rng.random()
+            pos = rng.randrange(0, 48) * 512
+            n = rng.randrange(1, 16) * 512
+            if choice < 0.6:
+                buf = pattern(n, i)
+                f.pwrite(buf, pos)
+                if len(model) < pos + n:
+                    model.extend(bytes(pos + n - len(model)))
+                model[pos : pos + n] = bytes(buf)
+            elif choice < 0.8:
+                f.fallocate(pos, n, 0)
+                if len(model) < pos + n:
+                    model.extend(bytes(pos + n - len(model)))
+            else:
+                size = rng.randrange(0, 40 * 512) + rng.choice((0, 100))
+                f.truncate(size)
+                del model[size:]
+                model.extend(bytes(size - len(model)))
+        stats = fs.direct.stats  # type: ignore[union-attr]
+        fast = stats["mapped_reads"]
+        reads = 300
+        for _ in range(reads):
+            pos = rng.randrange(0, 56) * 512
+            n = rng.randrange(1, 12) * 512
+            out = aligned_buffer(n)
+            got = f.preadinto(out, pos)
+            expect = bytes(model[pos : pos + n])
+            assert got == len(expect)
+            assert bytes(out[:got]) == expect
+        assert 0 < stats["mapped_reads"] - fast < reads  # both paths were taken
+
+
+@pytest.mark.parametrize("short", [False, True])
+def test_a_failed_fast_read_reaches_the_caller_and_releases_its_range(short: bool) -> None:
+    disk = SimulatedBlockDevice(SIZE)
+    mkfs(disk)
+    faulty = FaultyBlockDevice(disk)
+    with (
+        mount(faulty, layout_timeout=0.2) as fs,
+        fs.open("/f", "wb+", buffering=0, direct=True) as f,
+    ):
+        f.pwrite(pattern(3 * BLOCK_SIZE, 5), 0)
+        stats = fs.direct.stats  # type: ignore[union-attr]
+        fast, failed = stats["mapped_reads"], stats["failed"]
+        faulty.arm("read", 1, short=short)
+        with pytest.raises(OSError, match=r"rror|short") as info:
+            f.preadinto(aligned_buffer(3 * BLOCK_SIZE), 0)
+        assert info.value.errno == errno.EIO
+        assert "/f" in str(info.value)
+        assert stats["mapped_reads"] == fast + 1
+        assert stats["failed"] == failed + 1
+        faulty.disarm()
+        f.truncate(BLOCK_SIZE, nowait=True)  # the range lock is free again
+        assert f.pread(BLOCK_SIZE, 0) == bytes(pattern(BLOCK_SIZE, 5))
+
+
+def test_truncate_waits_for_a_fast_read_in_flight() -> None:
+    """A synchronous read held in the device holds its range: a truncate of it fails
+    with EAGAIN (nowait) and EBUSY (layout_timeout); once released, the read has
+    every byte and the truncate goes."""
+    from tests.fs.direct_devices import HeldBlockDevice
+
+    disk = SimulatedBlockDevice(SIZE)
+    mkfs(disk)
+    dev = HeldBlockDevice(disk)
+    with mount(dev, layout_timeout=0.2) as fs, fs.open("/f", "wb+", buffering=0, direct=True) as f:
+        f.pwrite(pattern(4 * BLOCK_SIZE, 6), 0)
+        out = aligned_buffer(2 * BLOCK_SIZE)
+        dev.hold(out)
+        got: list[int] = []
+        reader = threading.Thread(target=lambda: got.append(f.preadinto(out, BLOCK_SIZE)))
+        reader.start()
+        dev.wait_held(1)
+        with pytest.raises(OSError, match="in progress") as again:
+            f.truncate(BLOCK_SIZE, nowait=True)
+        assert again.value.errno == errno.EAGAIN
+        with pytest.raises(OSError, match="in progress") as busy:
+            f.truncate(2 * BLOCK_SIZE)
+        assert busy.value.errno == errno.EBUSY
+        dev.release()
+        reader.join(10)
+        assert got == [2 * BLOCK_SIZE]
+        assert bytes(out) == bytes(pattern(4 * BLOCK_SIZE, 6))[BLOCK_SIZE : 3 * BLOCK_SIZE]
+        assert fs.direct.stats["mapped_reads"] >= 1  # type: ignore[union-attr]
+        f.truncate(BLOCK_SIZE)
+        assert f.stat().st_size == BLOCK_SIZE
+
+
+def test_fast_reads_on_an_io_uring_image_are_inline(tmp_path: os.PathLike[str]) -> None:
+    from daxfs.block import open_block
+    from daxfs.block.uring import availability
+
+    if availability():
+        pytest.skip(f"io_uring unavailable: {availability()}")
+    path = os.path.join(os.fspath(tmp_path), "img")
+    mkfs(path, size=SIZE, dax="never")
+    with (
+        open_block(path, engine="io_uring") as bdev,
+        mount(bdev) as fs,
+        fs.open("/f", "wb+", buffering=0, direct=True) as f,
+    ):
+        f.pwrite(pattern(16 * BLOCK_SIZE, 7), 0)
+        inline = bdev.statistics()["inline"]
+        for k in range(16):
+            assert (
+                f.pread(BLOCK_SIZE, k * BLOCK_SIZE)
+                == bytes(pattern(16 * BLOCK_SIZE, 7))[k * BLOCK_SIZE : (k + 1) * BLOCK_SIZE]
+            )
+        assert bdev.statistics()["inline"] >= inline + 16
