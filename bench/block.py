@@ -29,7 +29,9 @@ section 2): a daxfs image file on the same disk, mounted with
 ``dax="never"`` (the image as an O_DIRECT block device through io_uring),
 and one file of it opened with ``direct=True`` (daxfs.fs.direct): QD1 is
 ``preadinto`` of a page-aligned buffer, QD32 keeps 32 ``submit_read``
-Futures in flight from one thread, the write is ``pwrite`` of 1 MiB (durable
+Futures in flight from one thread, the batched QD32 row is
+``File.preadinto_many`` of BATCH reads per call (the device keeps 32 in flight),
+the write is ``pwrite`` of 1 MiB (durable
 on return: FUA, and the completion's transaction).  The anchor is fio with
 the same job on the image file itself, in the same run.  A last pair of
 rows reads 4 KiB at random through the pmem block driver (an image on
@@ -327,6 +329,20 @@ def fs_randread_qd(f: File, size: int, seconds: float, depth: int) -> float:
     return done / (time.perf_counter() - start)
 
 
+def fs_randread_batched(f: File, size: int, seconds: float) -> float:
+    """``File.preadinto_many`` of BATCH random 4 KiB reads per call; op/s."""
+    offs = offsets(size)
+    mask = len(offs) - 1
+    bufs = [aligned_buffer(BS) for _ in range(BATCH)]
+
+    def step(i: int) -> int:
+        base = i * BATCH
+        f.preadinto_many([(offs[(base + k) & mask], buf) for k, buf in enumerate(bufs)])
+        return BATCH
+
+    return run_for(seconds, step)
+
+
 def fs_seqwrite(f: File, size: int, seconds: float) -> float:
     buf = aligned_buffer(PIECE)
     buf[:] = random.Random(2).randbytes(PIECE)
@@ -374,6 +390,11 @@ def measure_fs(
     rows = {
         "4 KiB random direct read, QD1": ("randread", BS, 1),
         "4 KiB random direct read, QD32": ("randread", BS, 32),
+        f"4 KiB random direct read, QD32 batched ({BATCH} per preadinto_many)": (
+            "batch",
+            BS,
+            32,
+        ),
         "1 MiB sequential direct write": ("write", PIECE, 1),
     }
     notes: list[str] = []
@@ -388,13 +409,16 @@ def measure_fs(
             for _ in range(passes):
                 if rw == "write":
                     samples["daxfs"].append(fs_seqwrite(f, size, seconds))
+                elif rw == "batch":
+                    samples["daxfs"].append(fs_randread_batched(f, size, seconds))
                 elif depth == 1:
                     samples["daxfs"].append(fs_randread_qd1(f, size, seconds))
                 else:
                     samples["daxfs"].append(fs_randread_qd(f, size, seconds, depth))
                 try:  # the image file itself, while mounted (fio reads and writes its blocks)
+                    fio_rw = "randread" if rw == "batch" else rw
                     samples["fio"].append(
-                        run_fio(image, image.stat().st_size, rw, bs, depth, seconds)
+                        run_fio(image, image.stat().st_size, fio_rw, bs, depth, seconds)
                     )
                     if rw == "write":  # durable each write, as ours: an informational anchor
                         synced.append(

@@ -299,6 +299,79 @@ class DirectIO:
             view[result:length] = bytes(length - result)
         return result
 
+    def read_many(
+        self, inode: Inode, items: list[tuple[int, memoryview]], *, what: str = ""
+    ) -> list[int]:
+        """Many synchronous direct reads in one call (``File.preadinto_many``): the
+        bytes read of each ``(pos, view)``.  Those inside one written extent are
+        locked (shared, without waiting: one that would wait goes alone, later) and
+        mapped under one ``inode.lock``, read in ONE ``BlockDevice.readinto_many``
+        (on io_uring: the device's queue depth in flight, submitted and reaped in
+        C), and unlocked together; every other item, after those, as ``read``.
+
+        Raises:
+            InvalidArgument (EINVAL): an unaligned item (before any I/O).
+            OSError of the device (the first failed item's, named), IOFailure
+            (short); items not yet read when it is raised stay unread.
+        """
+        for pos, view in items:
+            self.check(pos, view, what or f"inode {inode.ino}")
+        data = self.data
+        results: list[int] = [0] * len(items)
+        rest: list[int] = []
+        # (index, token, device offset, bytes to read, bytes before the end of file)
+        plan: list[tuple[int, RangeToken | None, int, int, int]] = []
+        align = self.alignment
+        with inode.lock:
+            mapped_file = bool(inode.mappings or data.mapped_ranges.ranges(inode.ino))
+            for i, (pos, view) in enumerate(items):
+                n = len(view)
+                if mapped_file or not n or view.readonly:
+                    rest.append(i)
+                    continue
+                try:
+                    token = data.lock_range(
+                        inode, pos, pos + n, exclusive=False, create=True, nowait=True
+                    )
+                except OSError:  # a write or truncate waits for the range: alone, later
+                    rest.append(i)
+                    continue
+                result = min(n, inode.rec.size - pos)
+                length = min(n, -(-result // align) * align)
+                iomap = (
+                    data.iomap_begin(inode, pos, length, IomapFlags.DIRECT) if result > 0 else None
+                )
+                if iomap is None or iomap.type is not IomapType.MAPPED or iomap.end < pos + length:
+                    data.unlock_range(inode, token)
+                    rest.append(i)
+                    continue
+                plan.append((i, token, iomap.addr_of(pos), length, result))
+            stats = self.stats
+            stats["reads"] += len(plan)
+            stats["bios"] += len(plan)
+            stats["mapped_reads"] += len(plan)
+        try:
+            for _, _, addr, length, _ in plan:
+                self.cache.write_back(addr, length)
+            self.bdev.readinto_many(
+                [(addr, items[i][1][:length]) for i, _, addr, length, _ in plan]
+            )
+        except OSError:
+            self.stats["failed"] += 1
+            raise
+        finally:
+            with inode.lock:
+                for _, token, _, _, _ in plan:
+                    data.unlock_range(inode, token)
+        for i, _, _, length, result in plan:
+            if result < length:
+                items[i][1][result:length] = bytes(length - result)
+            results[i] = result
+        for i in rest:
+            pos, view = items[i]
+            results[i] = self.read(inode, pos, view, what=what)
+        return results
+
     def write(
         self, inode: Inode, pos: int, data: Buffer, *, append: bool = False, what: str = ""
     ) -> int:

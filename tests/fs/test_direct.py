@@ -842,3 +842,80 @@ def test_fast_reads_on_an_io_uring_image_are_inline(tmp_path: os.PathLike[str]) 
                 == bytes(pattern(16 * BLOCK_SIZE, 7))[k * BLOCK_SIZE : (k + 1) * BLOCK_SIZE]
             )
         assert bdev.statistics()["inline"] >= inline + 16
+
+
+# -- many reads in one call (File.preadinto_many, DirectIO.read_many) ----------------------
+
+
+def test_preadinto_many_agrees_with_a_model(fs: FileSystem) -> None:
+    """Items inside written extents go to the device together, the others (holes,
+    unwritten, across extents, past the end) one by one: each gets the model's
+    bytes; unaligned items fail with EINVAL before any I/O."""
+    import random
+
+    rng = random.Random(12)
+    with fs.open("/m", "wb+", buffering=0, direct=True) as f:
+        f.pwrite(pattern(8 * BLOCK_SIZE, 1), 0)
+        f.pwrite(pattern(2 * BLOCK_SIZE, 2), 12 * BLOCK_SIZE)
+        f.fallocate(16 * BLOCK_SIZE, 2 * BLOCK_SIZE, 0)
+        f.truncate(19 * BLOCK_SIZE - 300)
+        model = bytearray(19 * BLOCK_SIZE - 300)
+        model[: 8 * BLOCK_SIZE] = bytes(pattern(8 * BLOCK_SIZE, 1))
+        model[12 * BLOCK_SIZE : 14 * BLOCK_SIZE] = bytes(pattern(2 * BLOCK_SIZE, 2))
+        stats = fs.direct.stats  # type: ignore[union-attr]
+        fast = stats["mapped_reads"]
+        items = []
+        for _ in range(200):
+            pos = rng.randrange(0, 20 * 8) * 512
+            items.append((pos, aligned_buffer(rng.randrange(1, 9) * 512)))
+        got = f.preadinto_many(items)
+        for (pos, buf), n in zip(items, got, strict=True):
+            expect = bytes(model[pos : pos + len(buf)])
+            assert n == len(expect)
+            assert bytes(buf[:n]) == expect
+        assert 0 < stats["mapped_reads"] - fast < len(items)
+        assert f.preadinto_many([]) == []
+        untouched = aligned_buffer(512)
+        with pytest.raises(InvalidArgument, match="multiple of"):
+            f.preadinto_many([(0, untouched), (100, aligned_buffer(512))])
+        assert bytes(untouched) == bytes(512)
+    with fs.open("/m", "rb", buffering=0) as g:  # not direct: one preadinto each
+        buf = bytearray(100)
+        assert g.preadinto_many([(1, buf)]) == [100]
+        assert bytes(buf) == bytes(model[1:101])
+
+
+def test_preadinto_many_errors_and_a_write_in_flight() -> None:
+    """EIO reaches the caller named and releases every range; an item whose range
+    a write holds goes alone after the others and waits for it (no deadlock)."""
+    from tests.fs.direct_devices import HeldBlockDevice
+
+    disk = SimulatedBlockDevice(SIZE)
+    mkfs(disk)
+    dev = HeldBlockDevice(disk)
+    with mount(dev, layout_timeout=0.2) as fs, fs.open("/f", "wb+", buffering=0, direct=True) as f:
+        f.pwrite(pattern(4 * BLOCK_SIZE, 8), 0)
+        dev.arm("read", 1)
+        with pytest.raises(OSError, match="/f") as info:
+            f.preadinto_many([(0, aligned_buffer(BLOCK_SIZE)), (BLOCK_SIZE, aligned_buffer(512))])
+        assert info.value.errno == errno.EIO
+        dev.disarm()
+        f.truncate(4 * BLOCK_SIZE, nowait=True)  # every range released
+        new = pattern(BLOCK_SIZE, 9)
+        dev.hold(new)
+        fut = f.submit_write(2 * BLOCK_SIZE, new)
+        dev.wait_held(1)
+        first, second = aligned_buffer(BLOCK_SIZE), aligned_buffer(BLOCK_SIZE)
+        got: list[list[int]] = []
+        reader = threading.Thread(
+            target=lambda: got.append(f.preadinto_many([(0, first), (2 * BLOCK_SIZE, second)]))
+        )
+        reader.start()
+        reader.join(0.1)
+        assert got == []  # the second item waits for the write
+        dev.release()
+        assert fut.result(10) == BLOCK_SIZE
+        reader.join(10)
+        assert got == [[BLOCK_SIZE, BLOCK_SIZE]]
+        assert bytes(first) == bytes(pattern(4 * BLOCK_SIZE, 8))[:BLOCK_SIZE]
+        assert bytes(second) == bytes(new)
