@@ -20,6 +20,11 @@ request's bios: all with the error, or each with its size, or -- on a short
 transfer -- those wholly done with their size and the rest with
 ``IOFailure`` naming the sector where the transfer stopped.
 
+``readinto_many(items)`` reads many ``(offset, buffer)`` items in one call:
+the reference submits a bio per item and waits for all; a backend may do it
+faster (the file backend on io_uring does them from C, its queue depth in
+flight).
+
 What a caller may rely on, as in Linux: nothing orders two bios that are in
 flight at the same time.  A write is *done* when its bio completes; it is
 *durable* when it carried FUA, or when a FLUSH (or PREFLUSH) submitted after

@@ -30,6 +30,15 @@ The engine is io_uring where it can be set up (daxfs.block.uring), else a
 thread pool of preadv/pwritev (same interface); ``engine`` names it, with
 "O_DIRECT" or "buffered", and ``engine_reason`` says why.
 
+The synchronous fast path (io_uring only): ``readinto``, ``write`` and a
+synchronous bio (``_run``) that need no split, bounce buffer, PREFLUSH or
+plug are executed in the calling thread on one of the engine's private rings
+(``UringEngine.transfer``: one io_uring_submit_and_wait), without a Request
+reaching the engine's shared ring; ``readinto_many`` does its reads in one
+``UringEngine.run_batch`` (queue_depth in flight, refilled and reaped in C).
+They count in ``statistics()['inline']``.  Anything else takes the bio path,
+which stays the reference (the thread-pool engine always takes it).
+
 Invariants
   1. The file descriptor lives from open until ``close()``, which first waits
      for the engine to finish every op.
@@ -38,6 +47,11 @@ Invariants
      flushes the page cache and the device's cache).
   3. The kernel's errors reach the bio with their errno (EIO, ENOSPC, ...),
      naming the operation, the sector and the path.
+  4. The fast path gives what the bio path gives for the same call: the
+     bytes, or the same error (named by ``_name_error``; a short transfer is
+     IOFailure naming the sector where it stopped); it counts as a request in
+     flight, so ``close()`` waits for it, and it is refused (EBADF) once the
+     device is closing.
 """
 
 from __future__ import annotations

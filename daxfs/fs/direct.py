@@ -34,6 +34,17 @@ engine is that path, for a filesystem mounted on a block device (through
         read:  the count clamped to the end of file (bytes past it zeroed)
         range lock released; the result (bytes done) or the OSError
 
+Fast paths: a synchronous read (``read``) whose aligned range lies in ONE
+written (MAPPED) extent of a file without mappings skips the request object:
+range lock and iomap_begin under one ``inode.lock``, the cache's write-back
+of the extent, one ``BlockDevice.readinto`` (on io_uring the device's inline
+read: one system call), the range released (``_read_mapped``).  ``read_many``
+(``File.preadinto_many``) does the same for many items at once: their ranges
+locked (shared, without waiting) and mapped under one ``inode.lock``, one
+``BlockDevice.readinto_many`` for all; an item that is not so simple, or
+whose range lock would wait, goes through ``read`` after the others are
+released.  Everything else is the request path above.
+
 There is no get_block and no page cache in this path: the only mapping
 lookups are iomap_begin calls, one per extent, and the only copies are the
 device's DMA (or a backend's bounce buffer).
@@ -73,6 +84,10 @@ Invariants
   5. Errors of the I/O (EIO, a short completion, ENOSPC, EROFS) reach the
      caller (raised, or the Future's exception) as OSError with their errno;
      misuse of the call (alignment, bad arguments) raises at once.
+  6. The fast paths keep 1, 4 and 5: the range lock is taken before the
+     iomap_begin and released after the read ended (failed or not), the
+     cache's dirty blocks of the extent are written back before it, and a
+     thread never waits for a range lock while it holds another.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ of the data path:
                 block), past EOF; crashes are injected into it as into write
     aio         two to four direct writes of disjoint aligned pieces in flight
                 at once (``submit_write``), then reads of them in flight
-                (``submit_read``), compared
+                (``submit_read``) and in one call (``preadinto_many``), compared
 
 and those of the device and mount:
 
@@ -502,6 +502,15 @@ class Fsx:
                 if buf[:got] != want:
                     raise _Mismatch(
                         f"submit_read of [{offset}, +{len(buf)}): {_diff(buf[:got], want, offset)}"
+                    )
+            # the same pieces in one call (File.preadinto_many: one batch of bios)
+            items = [(offset, aligned_buffer(len(data))) for offset, data in pieces]
+            for (offset, buf), got in zip(items, d.preadinto_many(items), strict=True):
+                want = bytes(model[offset : offset + len(buf)])
+                if buf[:got] != want:
+                    raise _Mismatch(
+                        f"preadinto_many of [{offset}, +{len(buf)}): "
+                        f"{_diff(buf[:got], want, offset)}"
                     )
         self.stats.bytes_written += sum(len(data) for _, data in pieces)
         return model
