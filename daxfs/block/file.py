@@ -286,12 +286,8 @@ class FileBlockDevice(BlockDevice):
         Raises:
             As ``BlockDevice.readinto``.
         """
-        engine = self._engine
-        if type(engine) is UringEngine:
-            view = memoryview(buffer)
-            if self._plain(offset, view, False):
-                return self._inline(engine, False, offset, [view], len(view))
-        return super().readinto(offset, buffer)
+        done = self._try_inline(offset, buffer, False, False)
+        return super().readinto(offset, buffer) if done is None else done
 
     def write(self, offset: int, data: Buffer, *, fua: bool = False) -> int:
         """``BlockDevice.write``; on io_uring a plain write goes ``_inline``.
@@ -299,12 +295,18 @@ class FileBlockDevice(BlockDevice):
         Raises:
             As ``BlockDevice.write``.
         """
+        done = self._try_inline(offset, data, True, fua)
+        return super().write(offset, data, fua=fua) if done is None else done
+
+    def _try_inline(self, offset: int, buffer: Buffer, write: bool, fua: bool) -> int | None:
+        """``_inline`` of a plain request; None for any other (the bio path's)."""
         engine = self._engine
-        if type(engine) is UringEngine:
-            view = memoryview(data)
-            if self._plain(offset, view, True):
-                return self._inline(engine, True, offset, [view], len(view), fua)
-        return super().write(offset, data, fua=fua)
+        if type(engine) is not UringEngine:
+            return None
+        view = memoryview(buffer)
+        if not self._plain(offset, view, write):
+            return None
+        return self._inline(engine, write, offset, [view], len(view), fua)
 
     def readinto_many(self, items: Sequence[tuple[int, Buffer]]) -> list[int]:
         """``BlockDevice.readinto_many`` on io_uring in one call: the reads go to a

@@ -13,7 +13,7 @@ import random
 import sys
 import threading
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -612,21 +612,24 @@ def test_buffers_are_released_no_leak(tmp_path: Path) -> None:
             assert event.wait(60)
 
         batch(200)  # warm up (the pool of tasks, the zeros)
-        gc.collect()
-        tracemalloc.start()
-        try:
-            start = tracemalloc.take_snapshot()
-            batch(3000)
-            gc.collect()
-            grown = sum(
-                s.size_diff for s in tracemalloc.take_snapshot().compare_to(start, "filename")
-            )
-        finally:
-            tracemalloc.stop()
+        grown = memory_grown(lambda: batch(3000))
         assert grown < 64 << 10, f"{grown} bytes left after 3000 ops"
     finally:
         engine.close()
         os.close(fd)
+
+
+def memory_grown(work: Callable[[], object]) -> int:
+    """Bytes of Python memory ``work()`` left behind (tracemalloc, after gc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.take_snapshot()
+        work()
+        gc.collect()
+        return sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(start, "filename"))
+    finally:
+        tracemalloc.stop()
 
 
 # -- the fallback ---------------------------------------------------------------------------

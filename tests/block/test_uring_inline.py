@@ -7,14 +7,12 @@ buffers only while the kernel may use them, and survive threads and close."""
 from __future__ import annotations
 
 import errno
-import gc
 import mmap
 import os
 import random
 import sys
 import threading
 import time
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from daxfs.block.file import FileBlockDevice
 from daxfs.block.uring import UringEngine
 from daxfs.errors import ClosedFile, IOFailure
 from daxfs.testing.block_tests import pattern
+from tests.block.test_uring import memory_grown
 
 WHY_NOT = uring_mod.availability()
 pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=f"io_uring unavailable: {WHY_NOT}")
@@ -189,17 +188,7 @@ def test_private_rings_leave_no_buffer_or_memory_behind(tmp_path: Path) -> None:
             ring.rw_batch(_uring.READV, fd, [(i * 512, bytearray(512)) for i in range(n)], 0, 4)
 
         loop(100)
-        gc.collect()
-        tracemalloc.start()
-        try:
-            start = tracemalloc.take_snapshot()
-            loop(3000)
-            gc.collect()
-            grown = sum(
-                s.size_diff for s in tracemalloc.take_snapshot().compare_to(start, "filename")
-            )
-        finally:
-            tracemalloc.stop()
+        grown = memory_grown(lambda: loop(3000))
         assert grown < 64 << 10, f"{grown} bytes left after 6000 ops"
         assert ring.private_rings == 1
     finally:
