@@ -319,8 +319,10 @@ class DirectIO:
     ) -> list[int]:
         """Many synchronous direct reads in one call (``File.preadinto_many``): the
         bytes read of each ``(pos, view)``.  Those inside one written extent are
-        locked (shared, without waiting: one that would wait goes alone, later) and
-        mapped under one ``inode.lock``, read in ONE ``BlockDevice.readinto_many``
+        locked and mapped under one ``inode.lock`` -- ONE shared range lock over
+        all of them, or, when a write or truncate holds part of that span, one per
+        item (never waiting: an item whose range is held goes alone, later) --
+        read in ONE ``BlockDevice.readinto_many``
         (on io_uring: the device's queue depth in flight, submitted and reaped in
         C), and unlocked together; every other item, after those, as ``read``.
 
@@ -334,51 +336,60 @@ class DirectIO:
         data = self.data
         results: list[int] = [0] * len(items)
         rest: list[int] = []
-        # (index, token, device offset, bytes to read, bytes before the end of file)
-        plan: list[tuple[int, RangeToken | None, int, int, int]] = []
+        # (index, device offset, bytes to read, bytes before the end of file)
+        plan: list[tuple[int, int, int, int]] = []
+        tokens: list[RangeToken | None] = []
         align = self.alignment
         with inode.lock:
+            simple: list[int] = []
             mapped_file = bool(inode.mappings or data.mapped_ranges.ranges(inode.ino))
-            for i, (pos, view) in enumerate(items):
+            for i, (_, view) in enumerate(items):
+                (rest if mapped_file or not len(view) or view.readonly else simple).append(i)
+            span: RangeToken | None = None
+            if simple:  # the cheap form: ONE shared lock over every item
+                lo = min(items[i][0] for i in simple)
+                hi = max(items[i][0] + len(items[i][1]) for i in simple)
+                with contextlib.suppress(OSError):  # a write or truncate inside: per item
+                    span = data.lock_range(inode, lo, hi, exclusive=False, create=True, nowait=True)
+                    tokens.append(span)
+            for i in simple:
+                pos, view = items[i]
                 n = len(view)
-                if mapped_file or not n or view.readonly:
-                    rest.append(i)
-                    continue
-                try:
-                    token = data.lock_range(
-                        inode, pos, pos + n, exclusive=False, create=True, nowait=True
-                    )
-                except OSError:  # a write or truncate waits for the range: alone, later
-                    rest.append(i)
-                    continue
+                if span is None:
+                    try:
+                        token = data.lock_range(
+                            inode, pos, pos + n, exclusive=False, create=True, nowait=True
+                        )
+                    except OSError:  # a write or truncate waits for the range: alone, later
+                        rest.append(i)
+                        continue
+                    tokens.append(token)
                 result = min(n, inode.rec.size - pos)
                 length = min(n, -(-result // align) * align)
                 iomap = (
                     data.iomap_begin(inode, pos, length, IomapFlags.DIRECT) if result > 0 else None
                 )
                 if iomap is None or iomap.type is not IomapType.MAPPED or iomap.end < pos + length:
-                    data.unlock_range(inode, token)
-                    rest.append(i)
+                    rest.append(i)  # (its own lock, if any, goes with the others)
                     continue
-                plan.append((i, token, iomap.addr_of(pos), length, result))
+                plan.append((i, iomap.addr_of(pos), length, result))
             stats = self.stats
             stats["reads"] += len(plan)
             stats["bios"] += len(plan)
             stats["mapped_reads"] += len(plan)
+        rest.sort()
         try:
-            for _, _, addr, length, _ in plan:
+            for _, addr, length, _ in plan:
                 self.cache.write_back(addr, length)
-            self.bdev.readinto_many(
-                [(addr, items[i][1][:length]) for i, _, addr, length, _ in plan]
-            )
+            self.bdev.readinto_many([(addr, items[i][1][:length]) for i, addr, length, _ in plan])
         except OSError:
             self.stats["failed"] += 1
             raise
         finally:
             with inode.lock:
-                for _, token, _, _, _ in plan:
+                for token in tokens:
                     data.unlock_range(inode, token)
-        for i, _, _, length, result in plan:
+        for i, _, length, result in plan:
             if result < length:
                 items[i][1][result:length] = bytes(length - result)
             results[i] = result
