@@ -1,0 +1,139 @@
+"""4 KiB random O_DIRECT reads: daxfs.block's paths against fio, A/B interleaved in one run.
+
+    python bench/block_ab.py [--passes N] [--seconds S] [--dir DIR]
+
+For a loaded machine, where bench/block.py's rows move by 30-50% between
+runs: each pass runs every side once, in turn, on the same 64 MiB file of
+random data on a disk file system, and the medians are compared.
+
+QD1 sides: ``raw`` (the C extension's ``Ring.rw`` in a Python loop: one
+private-ring SQE submitted and waited for in one system call, no daxfs.block
+layer), ``inline`` (``FileBlockDevice.readinto``: the synchronous fast path),
+``bio`` (the path ``readinto`` took before the fast path: a Bio submitted
+to the shared ring and reaped by the waiting thread), ``fio`` (io_uring,
+direct=1, iodepth=1).  QD32 sides: ``raw`` (``Ring.rw_batch`` of 256 reads,
+32 in flight), ``many`` (``FileBlockDevice.readinto_many`` of 256 reads),
+``fio`` (iodepth=32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from block import BS, bench_dir, bench_file, offsets, run_fio
+from common import MIB, Unavailable
+
+from daxfs.block import Bio, BioOp, open_block
+from daxfs.block.file import FileBlockDevice
+from daxfs.block.uring import UringEngine
+
+BATCH = 256
+
+
+def rate(seconds: float, step: Callable[[int], int]) -> float:
+    """Ops per second of ``step(i)`` (returning its ops) called for ``seconds``."""
+    ops = i = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        ops += step(i)
+        i += 1
+    return ops / (time.perf_counter() - start)
+
+
+def qd1_sides(dev: FileBlockDevice, offs: list[int]) -> dict[str, Callable[[int], int]]:
+    from daxfs.block import _uring
+
+    engine = dev._engine
+    assert isinstance(engine, UringEngine)
+    ring = _uring.Ring(1)
+    buf = mmap.mmap(-1, BS)
+    views = [memoryview(buf)]
+    mask = len(offs) - 1
+
+    def raw(i: int) -> int:
+        ring.rw(_uring.READV, dev.fd, offs[i & mask], views, 0)
+        return 1
+
+    def inline(i: int) -> int:
+        dev.readinto(offs[i & mask], buf)
+        return 1
+
+    def bio(i: int) -> int:
+        b = Bio(BioOp.READ, offs[i & mask] >> 9, [buf])
+        engine.poll_begin()
+        try:
+            dev.submit_bio(b)
+            engine.poll_until(lambda: b.done)
+        finally:
+            engine.poll_end()
+        return 1 if b.wait() == BS else 0
+
+    return {"raw": raw, "inline": inline, "bio": bio}
+
+
+def qd32_sides(dev: FileBlockDevice, offs: list[int]) -> dict[str, Callable[[int], int]]:
+    from daxfs.block import _uring
+
+    ring = _uring.Ring(32)
+    bufs = [mmap.mmap(-1, BS) for _ in range(BATCH)]
+    mask = len(offs) - 1
+
+    def items(i: int) -> list[tuple[int, mmap.mmap]]:
+        return [(offs[(i * BATCH + k) & mask], b) for k, b in enumerate(bufs)]
+
+    def raw(i: int) -> int:
+        ring.rw_batch(_uring.READV, dev.fd, items(i), 0, 32)
+        return BATCH
+
+    def many(i: int) -> int:
+        dev.readinto_many(items(i))
+        return BATCH
+
+    return {"raw": raw, "many": many}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--passes", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument("--dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        directory = bench_dir(args.dir)
+    except Unavailable as exc:
+        print(f"bench/block_ab.py: skipped: {exc}")
+        return 0
+    size = 64 * MIB
+    with (
+        bench_file(directory, size) as path,
+        open_block(path, engine="io_uring", queue_depth=32) as dev,
+    ):
+        if not dev.direct or not isinstance(dev._engine, UringEngine):
+            print(f"bench/block_ab.py: skipped: {dev.engine} ({dev.engine_reason})")
+            return 0
+        offs = offsets(size)
+        for depth, sides in ((1, qd1_sides(dev, offs)), (32, qd32_sides(dev, offs))):
+            samples: dict[str, list[float]] = {name: [] for name in (*sides, "fio")}
+            for _ in range(args.passes):
+                for name, step in sides.items():
+                    samples[name].append(rate(args.seconds, step))
+                samples["fio"].append(run_fio(path, size, "randread", BS, depth, args.seconds))
+            fio = statistics.median(samples["fio"])
+            print(f"QD{depth}, {args.passes} interleaved passes of {args.seconds:g} s, medians:")
+            for name, values in samples.items():
+                med = statistics.median(values)
+                print(
+                    f"  {name:7s} {med:9,.0f} op/s {1e6 / med:7.1f} us/op {med / fio:5.2f}x fio"
+                    f"  (passes {min(values):,.0f}..{max(values):,.0f})"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
