@@ -51,7 +51,7 @@
  * The inode record is not packed from the Python InodeRecord: it is the
  * committed record read from the media, checked (magic, inode number,
  * crc32c, and the size and mtime the caller holds in memory), with the
- * reserved field zeroed as InodeRecord.pack_into writes it.  Outside a
+ * reserved u16 (bytes 110..111) zeroed as InodeRecord.pack_into writes it.  Outside a
  * transaction the media record is exactly the packed in-memory record
  * (daxfs.fs.inode, invariant 2), so the result is byte for byte what the
  * reference packs.  If any check fails, nothing is written and overwrite
@@ -97,7 +97,7 @@
 #define I_SIZE 32
 #define I_MTIME 56
 #define I_CTIME 64
-#define I_RESERVED 108
+#define I_RESERVED 110 /* u16; 108 is xattr_bytes, kept as the media has it */
 #define JREC_SIZE 16
 #define JH_SIZE 32
 #define JH_CRC 28
@@ -482,7 +482,7 @@ do_overwrite(Committer *c, int64_t seq, int64_t data_off, Py_buffer *data, int64
     put_u64(rec + I_SIZE, (uint64_t)(end > size ? end : size));
     put_u64(rec + I_MTIME, (uint64_t)now);
     put_u64(rec + I_CTIME, (uint64_t)now);
-    put_u32(rec + I_RESERVED, 0);
+    memset(rec + I_RESERVED, 0, 2);
     put_u32(rec + I_CRC, inode_crc(rec));
     /* the log payload, as journal._serialize lays it out, in pieces */
     static const unsigned char zeros[8];

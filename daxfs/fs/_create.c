@@ -96,7 +96,7 @@
 #define VERIFIED_LIMIT (1 << 16) /* daxfs.fs.store */
 #define MAX_HEIGHT 16            /* deeper than any tree of 2^64 keys: refused */
 
-/* the inode record (InodeRecord._pack: "<IIQIIIIQQQQQQIIQQHBBIQQ", then the inline area) */
+/* the inode record (InodeRecord._pack: "<IIQIIIIQQQQQQIIQQBBHHHQQ", then the inline area) */
 #define INODE_SIZE 256
 #define INODE_MAGIC 0x444F4E49u
 #define I_CRC 4
@@ -380,7 +380,7 @@ tree_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 /* ------------------------------------------------------------------ log_inodes */
 
 /* InodeRecord's fields in _INODE's order after magic and crc (layout._INODE_FIELDS:
- * a test compares), each with its format; `reserved` (offset 108) is written as 0. */
+ * a test compares), each with its format; `reserved` (offset 110) is written as 0. */
 static const struct {
     const char *name;
     char format; /* Q q I H B */
@@ -392,10 +392,10 @@ static const struct {
     {"ctime_ns", 'q', 64},  {"btime_ns", 'q', 72},  {"generation", 'I', 80},
     {"flags", 'I', 84},     {"next", 'Q', 88},      {"parent", 'Q', 96},
     {"map_kind", 'B', 104}, {"map_height", 'B', 105}, {"map_count", 'H', 106},
-    {"map_root", 'Q', 112}, {"entries", 'Q', 120},
+    {"xattr_bytes", 'H', 108}, {"map_root", 'Q', 112}, {"entries", 'Q', 120},
 };
 #define INODE_FIELDS (sizeof inode_fields / sizeof inode_fields[0])
-#define I_RESERVED 108
+#define I_RESERVED 110
 static PyTypeObject *record_type = NULL; /* InodeRecord, set by configure */
 static Py_ssize_t field_slot[INODE_FIELDS], inline_slot;
 

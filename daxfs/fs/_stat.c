@@ -272,7 +272,7 @@ typedef struct {
     uint64_t token;          /* what a current slot holds; moved by an epoch and forget() */
     /* the layout (daxfs.fs.layout) */
     uint32_t magic;
-    uint64_t max_file_size, max_symlink, inline_extents, inline_area;
+    uint64_t max_file_size, max_symlink, inline_xattr_area, extent_size, inline_area;
     uint32_t flag_orphan, flag_truncate, flag_dax;
     unsigned map_none, map_inline, map_btree, map_symlink;
     uint64_t block_size, inodes_per_block, ino_limit;
@@ -333,6 +333,7 @@ record_ok(StatPath *s, const unsigned char *rec, uint64_t ino)
     uint64_t size = get_u64(rec + 32);
     unsigned kind = rec[104];
     unsigned count = get_u16(rec + 106);
+    unsigned xattr_bytes = get_u16(rec + 108); /* inline xattrs, at the end of the extents' room */
     uint32_t fmt = mode & S_FMT;
     if (mode == 0 || (mode & ~(fmt | 07777u)))
         return 0;
@@ -353,7 +354,9 @@ record_ok(StatPath *s, const unsigned char *rec, uint64_t ino)
         return 0;
     if (size > (fmt == S_LNK ? s->max_symlink : s->max_file_size))
         return 0;
-    if (kind == s->map_inline && count > s->inline_extents)
+    if (xattr_bytes && ((fmt != S_REG && fmt != S_DIR) || xattr_bytes > s->inline_xattr_area))
+        return 0;
+    if (kind == s->map_inline && count > (s->inline_xattr_area - xattr_bytes) / s->extent_size)
         return 0;
     if (kind == s->map_symlink && !(0 < size && size == count && count <= s->inline_area))
         return 0;
@@ -1333,23 +1336,26 @@ StatPath_init(StatPath *s, PyObject *args, PyObject *kwds)
     }
     blake2b_keyed_init(s->h0, key.buf, (size_t)key.len);
     PyBuffer_Release(&key);
-    uint64_t c[15];
+    uint64_t c[16];
     static const char *names[] = {"INODE_MAGIC",   "MAX_FILE_SIZE", "MAX_SYMLINK",
-                                  "INLINE_EXTENTS", "INLINE_AREA",  "IFLAG_ORPHAN",
+                                  "INLINE_XATTR_AREA", "INLINE_AREA",  "IFLAG_ORPHAN",
                                   "IFLAG_TRUNCATE", "MAP_NONE",     "MAP_INLINE",
                                   "MAP_BTREE",     "MAP_SYMLINK",   "BLOCK_SIZE",
-                                  "INODES_PER_BLOCK", "INODE_SIZE", "IFLAG_DAX"};
-    for (int i = 0; i < 15; i++)
+                                  "INODES_PER_BLOCK", "INODE_SIZE", "IFLAG_DAX",
+                                  "EXTENT_SIZE"};
+    for (int i = 0; i < 16; i++)
         if (get_const(constants, names[i], &c[i]) < 0)
             return -1;
-    if (c[13] != RECORD || c[11] == 0 || c[12] == 0 || c[11] % 512) {
+    if (c[13] != RECORD || c[11] == 0 || c[12] == 0 || c[11] % 512 || c[15] == 0 ||
+        c[3] > c[4]) {
         PyErr_SetString(PyExc_ValueError, "unexpected layout constants");
         return -1;
     }
     s->magic = (uint32_t)c[0];
     s->max_file_size = c[1];
     s->max_symlink = c[2];
-    s->inline_extents = c[3];
+    s->inline_xattr_area = c[3];
+    s->extent_size = c[15];
     s->inline_area = c[4];
     s->flag_orphan = (uint32_t)c[5];
     s->flag_truncate = (uint32_t)c[6];

@@ -19,7 +19,9 @@ Only three changes exist, all inside a transaction:
 
 *Inline to tree.*  ``insert`` and ``punch`` can each leave one extent more
 than before (a punch inside an extent leaves two parts of it).  When an
-inline map would hold more than INLINE_EXTENTS, both store it as a new
+inline map would hold more than fit the inode (INLINE_EXTENTS, fewer when
+inline extended attributes take the end of the area: ``rec.extent_room``,
+docs/FORMAT.md "Inline extended attributes"), both store it as a new
 B+tree (``_store_list``), which needs one node: NoSpace then leaves the map
 unchanged (the transaction aborts).  A B+tree map never goes back inline,
 however few extents it keeps; it becomes MAP_NONE when its last extent goes
@@ -49,7 +51,9 @@ INLINE_CACHE inodes and is emptied when full.
 Invariants
   1. Extents of a file never overlap, are sorted by lblk, and have length > 0.
   2. ``rec.blocks`` counts data blocks plus B+tree nodes owned by the inode.
-  3. An inline map has at most INLINE_EXTENTS entries; a B+tree map may hold
+  3. An inline map has at most ``rec.extent_room`` entries (INLINE_EXTENTS less
+     the room the inline xattrs take), and storing it never touches the
+     inline xattrs' bytes nor the xattr block pointer; a B+tree map may hold
      any number, even fewer than that (it never goes back inline), but never
      none (an empty map is MAP_NONE).
 """
@@ -70,7 +74,6 @@ from daxfs.fs.layout import (
     EXTENT,
     EXTENT_UNWRITTEN,
     EXTENT_VALUE,
-    INLINE_EXTENTS,
     INO_INODE_FILE,
     MAP_BTREE,
     MAP_INLINE,
@@ -78,6 +81,7 @@ from daxfs.fs.layout import (
     MAX_EXTENT_BLOCKS,
     TREE_EXTENTS,
     XATTR_PTR,
+    InodeRecord,
 )
 from daxfs.fs.store import Reader
 
@@ -158,8 +162,11 @@ class BlockMaps:
         hit = self._decoded.get(inode.ino)
         if hit is not None and hit[0] is rec.inline and hit[1] == rec.map_count:
             return hit[2]
-        if rec.map_count > INLINE_EXTENTS:
-            raise Corrupted(f"inode {inode.ino}: {rec.map_count} inline extents")
+        if rec.map_count > rec.extent_room:
+            raise Corrupted(
+                f"inode {inode.ino}: {rec.map_count} inline extents (room for "
+                f"{rec.extent_room} beside {rec.xattr_bytes} bytes of inline xattrs)"
+            )
         out = tuple(
             self._valid(Extent(*fields), inode.ino)
             for fields in struct.iter_unpack(
@@ -200,11 +207,13 @@ class BlockMaps:
         return ext
 
     def _store_inline(self, tx: Transaction, inode: Inode, extents: list[Extent]) -> None:
-        assert len(extents) <= INLINE_EXTENTS, f"{len(extents)} extents inline"
         rec = self.itable.dirty(tx, inode)
+        assert len(extents) <= rec.extent_room, f"{len(extents)} extents inline"
         raw = b"".join(EXTENT.pack(e.lblk, e.pblk, e.length, e.flags) for e in extents)
-        # the area's last 8 bytes are the xattr block (layout.XATTR_PTR): kept
-        rec.inline = raw + bytes(XATTR_PTR - len(raw)) + rec.inline[XATTR_PTR:]
+        # the inline xattrs (at the end of the extent area) and the xattr block (the
+        # area's last 8 bytes, layout.XATTR_PTR) are kept
+        at = self._xattrs_at(rec)
+        rec.inline = raw + bytes(at - len(raw)) + rec.inline[at:]
         rec.map_count = len(extents)
         rec.map_kind = MAP_INLINE if extents else MAP_NONE
         self._remember(inode.ino, rec.inline, rec.map_count, tuple(extents))
@@ -217,7 +226,7 @@ class BlockMaps:
             NoSpace (ENOSPC): no block for the tree's node (the caller's
                 transaction aborts, which restores the record).
         """
-        if len(extents) <= INLINE_EXTENTS:
+        if len(extents) <= inode.rec.extent_room:
             self._store_inline(tx, inode, extents)
             return
         tree = BTree(inode.ino, TREE_EXTENTS, 0, 0, InodeNodes(self.alloc, self.itable, inode))
@@ -226,8 +235,15 @@ class BlockMaps:
         rec = self.itable.dirty(tx, inode)
         rec.map_kind = MAP_BTREE
         rec.map_count = 0
-        rec.inline = bytes(XATTR_PTR) + rec.inline[XATTR_PTR:]  # the xattr block stays
+        at = self._xattrs_at(rec)  # the inline xattrs and the xattr block stay
+        rec.inline = bytes(at) + rec.inline[at:]
         self._store_tree(tx, inode, tree)
+
+    @staticmethod
+    def _xattrs_at(rec: InodeRecord) -> int:
+        """Where the inline xattrs begin in the inline area (the end of the room the
+        extents may use)."""
+        return XATTR_PTR - rec.xattr_bytes
 
     def _store_tree(self, tx: Transaction, inode: Inode, tree: BTree) -> None:
         rec = self.itable.dirty(tx, inode)

@@ -96,7 +96,7 @@ _STAT_CONSTANTS = {
         "INODE_MAGIC",
         "MAX_FILE_SIZE",
         "MAX_SYMLINK",
-        "INLINE_EXTENTS",
+        "INLINE_XATTR_AREA",
         "INLINE_AREA",
         "IFLAG_ORPHAN",
         "IFLAG_TRUNCATE",
@@ -108,6 +108,7 @@ _STAT_CONSTANTS = {
         "INODES_PER_BLOCK",
         "INODE_SIZE",
         "IFLAG_DAX",
+        "EXTENT_SIZE",
     )
 }
 #: open()'s parsed mode strings (without encoding, errors or newline), by (mode, unbuffered)

@@ -88,7 +88,7 @@ from daxfs.fs.layout import (
     IFLAG_ORPHAN,
     IFLAG_TRUNCATE,
     INLINE_AREA,
-    INLINE_EXTENTS,
+    INLINE_XATTR_AREA,
     INO_INODE_FILE,
     INODE_SIZE,
     INODES_PER_BLOCK,
@@ -98,6 +98,7 @@ from daxfs.fs.layout import (
     MAP_SYMLINK,
     MAX_FILE_SIZE,
     MAX_SYMLINK,
+    XATTR_TYPES,
     InodeRecord,
     Superblock,
 )
@@ -233,7 +234,8 @@ def record_problem(rec: InodeRecord) -> str | None:
     A record whose checksum is right can still lie: a type daxfs does not
     make, unknown mode or flag bits, a size past the maximum (or, for a
     symbolic link, past a path's length), a map kind its type cannot have,
-    more inline extents than fit.  Each would reach code that trusts it.
+    more inline extents than fit beside the inline xattrs, inline xattrs on a
+    type that carries none or past the area.  Each would reach code that trusts it.
     """
     fmt = stat.S_IFMT(rec.mode)
     kinds = _MAP_KINDS.get(fmt)
@@ -245,8 +247,13 @@ def record_problem(rec: InodeRecord) -> str | None:
         return f"map kind {rec.map_kind} for mode {rec.mode:o}"
     if rec.size > (MAX_SYMLINK if fmt == stat.S_IFLNK else MAX_FILE_SIZE):
         return f"size {rec.size} is past the maximum"
-    if rec.map_kind == MAP_INLINE and rec.map_count > INLINE_EXTENTS:
-        return f"{rec.map_count} inline extents (at most {INLINE_EXTENTS})"
+    if rec.xattr_bytes and (fmt not in XATTR_TYPES or rec.xattr_bytes > INLINE_XATTR_AREA):
+        return f"{rec.xattr_bytes} bytes of inline xattrs for mode {rec.mode:o}"
+    if rec.map_kind == MAP_INLINE and rec.map_count > rec.extent_room:
+        return (
+            f"{rec.map_count} inline extents (at most {rec.extent_room} beside "
+            f"{rec.xattr_bytes} bytes of inline xattrs)"
+        )
     if rec.map_kind == MAP_SYMLINK and not 0 < rec.size == rec.map_count <= INLINE_AREA:
         return f"inline symlink target of {rec.map_count} bytes, size {rec.size}"
     return None

@@ -83,8 +83,14 @@ FEATURE_INCOMPAT = INCOMPAT_DAX_FLAG
 #: Read-only compatible: a version without xattrs reads such an image correctly, but
 #: writing it would free inodes without their xattr blocks and rewrite block counts.
 RO_COMPAT_XATTR = 0x1
+#: some inode may keep extended attributes in its record (``xattr_bytes``, "Inline
+#: extended attributes" below): set with RO_COMPAT_XATTR by the first setxattr that
+#: stores a set inline (in its transaction), never cleared.  Read-only compatible: a
+#: version without it reads the files' data correctly (the extents are where they
+#: were), but would not see those attributes, and writing could overwrite them.
+RO_COMPAT_XATTR_INLINE = 0x2
 #: the ro_compat bits this version knows (mkfs sets none of them)
-FEATURE_RO_COMPAT = RO_COMPAT_XATTR
+FEATURE_RO_COMPAT = RO_COMPAT_XATTR | RO_COMPAT_XATTR_INLINE
 
 STATE_CLEAN = 0  # unmounted cleanly
 STATE_MOUNTED = 1  # mounted read-write, or crashed while mounted
@@ -487,8 +493,10 @@ INLINE_AREA = 128
 INLINE_OFFSET = 128
 #: Regular files and directories: the last 8 bytes of the inline area hold the block of
 #: the inode's extended attributes (0: none); the extents of MAP_INLINE use the first
-#: INLINE_EXTENTS * 24 = 120 bytes, MAP_NONE and MAP_BTREE none.  Symbolic links
-#: carry no xattrs: an inline target (MAP_SYMLINK) may fill the whole area.
+#: INLINE_EXTENTS * 24 = 120 bytes at most, MAP_NONE and MAP_BTREE none; inline
+#: xattrs (``xattr_bytes`` of them) end at byte 120, so the extents get what they leave
+#: (``InodeRecord.extent_room``).  Symbolic links carry no xattrs: an inline target
+#: (MAP_SYMLINK) may fill the whole area.
 XATTR_PTR = INLINE_AREA - 8
 XATTR_TYPES = (0o100000, 0o040000)  # S_IFREG, S_IFDIR
 _U64 = struct.Struct("<Q")
@@ -514,7 +522,8 @@ _INODE = struct.Struct(
     "B"  # 104 map_kind
     "B"  # 105 map_height
     "H"  # 106 map_count
-    "I"  # 108 reserved
+    "H"  # 108 xattr_bytes: inline extended attributes, at the end of the extent area
+    "H"  # 110 reserved
     "Q"  # 112 map_root
     "Q"  # 120 entries: directories: number of entries
 )
@@ -538,10 +547,11 @@ _INODE_FIELDS: tuple[tuple[str, str], ...] = (
     ("map_kind", "B"),
     ("map_height", "B"),
     ("map_count", "H"),
+    ("xattr_bytes", "H"),
     ("map_root", "Q"),
     ("entries", "Q"),
 )
-assert _INODE.format.replace("BBHI", "BBH") == "<II" + "".join(f for _, f in _INODE_FIELDS)
+assert _INODE.format.replace("BBHHH", "BBHH") == "<II" + "".join(f for _, f in _INODE_FIELDS)
 
 
 @dataclasses.dataclass(slots=True)
@@ -569,6 +579,13 @@ class InodeRecord:
     map_root: int = 0
     entries: int = 0
     inline: bytes = bytes(INLINE_AREA)
+    #: bytes of inline extended attributes: ``inline[XATTR_PTR - xattr_bytes:XATTR_PTR]``
+    xattr_bytes: int = 0
+
+    @property
+    def extent_room(self) -> int:
+        """How many inline extents fit beside the inline extended attributes."""
+        return max(0, XATTR_PTR - self.xattr_bytes) // EXTENT.size
 
     @property
     def xattr(self) -> int:
@@ -626,6 +643,7 @@ class InodeRecord:
             self.map_kind,
             self.map_height,
             self.map_count,
+            self.xattr_bytes,
             0,
             self.map_root,
             self.entries,
@@ -647,10 +665,11 @@ class InodeRecord:
         if f[2] != ino:
             raise Corrupted(f"inode {ino}: record says it is inode {f[2]}")
         # positional (a third of the cost of keywords), in field order: mode .. map_count
-        # are f[3] .. f[19]; f[20] is reserved; then map_root, entries, inline
+        # are f[3] .. f[19]; f[20] is xattr_bytes, f[21] reserved; then map_root, entries,
+        # inline, xattr_bytes
         return cls(
             ino, f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12], f[13], f[14],
-            f[15], f[16], f[17], f[18], f[19], f[21], f[22], bytes(view[INLINE_OFFSET:]),
+            f[15], f[16], f[17], f[18], f[19], f[22], f[23], bytes(view[INLINE_OFFSET:]), f[20],
         )  # fmt: skip
 
 
@@ -660,6 +679,7 @@ EXTENT_UNWRITTEN = 0x1  # allocated, reads as zeros (fallocate)
 MAX_EXTENT_BLOCKS = 0xFFFFFFFF
 #: An extent in the inline area: logical block, physical block, length, flags.
 EXTENT = struct.Struct("<QQII")
+EXTENT_SIZE = EXTENT.size
 INLINE_EXTENTS = INLINE_AREA // EXTENT.size  # 5
 assert INLINE_EXTENTS * EXTENT.size <= XATTR_PTR  # the xattr block pointer fits after them
 #: An extent as a B+tree value (the key is the logical block).
@@ -824,6 +844,108 @@ def pack_xattr_block(owner: int, blockno: int, entries: list[XattrEntry]) -> byt
     )
     struct.pack_into("<I", block, XATTR_CRC_OFFSET, crc32c(block))
     return bytes(block)
+
+
+def xattr_blocks_problem(entry: XattrEntry, seen: set[int], lo: int, hi: int) -> str | None:
+    """What is wrong with the value blocks ``entry`` names, or None: each must lie in
+    [``lo``, ``hi``) (the data area) and be named once (``seen``: the blocks named so
+    far by the inode's attributes; a sound entry's blocks are added to it).  Shared by
+    ``XattrStore`` and fsck (one rule for both)."""
+    mine: set[int] = set()
+    for b in entry.blocks:
+        if not lo <= b < hi:
+            return f"value block {b} is outside the data area [{lo}, {hi})"
+        if b in seen or b in mine:
+            return f"value block {b} is named twice"
+        mine.add(b)
+    seen |= mine
+    return None
+
+
+def xattr_value(
+    entry: XattrEntry, read: Callable[[int], bytes | bytearray | memoryview]
+) -> bytes | None:
+    """The value of ``entry``, its blocks read through ``read`` (block number -> its
+    bytes); None if a value in blocks fails its crc32c.  Shared by ``XattrStore`` and
+    fsck."""
+    if entry.value is not None:
+        return entry.value
+    data = b"".join(bytes(read(b)) for b in entry.blocks)[: entry.length]
+    return data if crc32c(data) == entry.crc else None
+
+
+# --------------------------------------------------------------------------- inline xattrs
+
+#: An inline entry: name length, value length; then the full name, then the value.
+#: Entries are packed without padding, sorted by name, at the end of the extent area.
+INLINE_XATTR = struct.Struct("<BB")
+#: the bytes inline attributes may take at most: the extent area (inline[0:120])
+INLINE_XATTR_AREA = XATTR_PTR
+
+
+def inline_xattr_size(entries: list[XattrEntry]) -> int:
+    """Bytes ``entries`` take inline, or INLINE_XATTR_AREA + 1 when one cannot be
+    inline at all (a value in blocks, or a length past a byte)."""
+    total = 0
+    for e in entries:
+        if e.value is None or e.length > 0xFF:
+            return INLINE_XATTR_AREA + 1
+        total += INLINE_XATTR.size + len(e.name) + e.length
+    return total
+
+
+def pack_inline_xattrs(entries: list[XattrEntry]) -> bytes:
+    """The inline bytes of ``entries`` (sorted by name by the caller, each of which
+    fits: ``inline_xattr_size`` <= INLINE_XATTR_AREA)."""
+    out = bytearray()
+    for e in entries:
+        assert e.value is not None
+        out += INLINE_XATTR.pack(len(e.name), e.length) + e.name + e.value
+    assert len(out) <= INLINE_XATTR_AREA, f"inline xattrs of {len(out)} bytes"
+    return bytes(out)
+
+
+def unpack_inline_xattrs(rec: InodeRecord) -> list[XattrEntry]:
+    """Decode and check the inline extended attributes of ``rec`` (none: []).
+
+    Checks everything a reader relies on: the type carries attributes, the
+    byte count fits the extent area and leaves room for the inline extents the
+    map holds, every entry's lengths stay inside the count, and names are
+    valid (``xattr_name_ok``), sorted and unique.
+
+    Raises:
+        Corrupted (EUCLEAN): names the inode and what is wrong.
+    """
+    size = rec.xattr_bytes
+    if size == 0:
+        return []
+    where = f"inode {rec.ino}: inline xattrs"
+    if rec.mode & 0o170000 not in XATTR_TYPES:
+        raise Corrupted(f"{where}: {size} bytes on mode {rec.mode:o}, which carries none")
+    used = rec.map_count * EXTENT.size if rec.map_kind == MAP_INLINE else 0
+    if size > INLINE_XATTR_AREA - used:
+        raise Corrupted(
+            f"{where}: {size} bytes do not fit beside {used} bytes of inline extents "
+            f"in the {INLINE_XATTR_AREA}-byte area"
+        )
+    raw = rec.inline[INLINE_XATTR_AREA - size : INLINE_XATTR_AREA]
+    out: list[XattrEntry] = []
+    pos = 0
+    while pos < size:
+        if pos + INLINE_XATTR.size > size:
+            raise Corrupted(f"{where}: entry {len(out)} runs past the {size} bytes")
+        nlen, vlen = INLINE_XATTR.unpack_from(raw, pos)
+        at = pos + INLINE_XATTR.size
+        pos = at + nlen + vlen
+        if pos > size:
+            raise Corrupted(f"{where}: entry {len(out)} runs past the {size} bytes")
+        name = raw[at : at + nlen]
+        if not xattr_name_ok(name):
+            raise Corrupted(f"{where}: entry {len(out)} has a bad name {name[:32]!r}")
+        if out and name <= out[-1].name:
+            raise Corrupted(f"{where}: entry {name!r} is out of order or repeated")
+        out.append(XattrEntry(name, vlen, raw[at + nlen : pos]))
+    return out
 
 
 def unpack_xattr_block(

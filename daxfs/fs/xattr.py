@@ -1,39 +1,64 @@
-"""Extended attributes: one xattr block per inode, values in blocks of their own.
+"""Extended attributes: inline in the inode when small, else in one xattr block.
 
 Theory of operation
 -------------------
-An inode's extended attributes live in its *xattr block*, whose number is the
-last 8 bytes of the inode's inline area (``InodeRecord.xattr``, 0: none;
-docs/FORMAT.md, "Extended attributes").  The block holds every entry, sorted
-by full name (``user.x``): the name, and the value itself when it is short
-(at most ``XATTR_INLINE_MAX`` bytes), else the list of the blocks that hold
-it and its crc32c.  An inode has no room for entries in its record (the 256
-bytes are the map's and the fields'), so "inline" here means *in the xattr
-block*; a value too long for it goes to blocks of its own, at most 16 for
-the 64 KiB Linux allows.  All entries share the block's 4032 bytes: an
-attribute that does not fit is ENOSPC, as on ext4 without ``ea_inode``.
+Where attributes live.  An inode's attributes are in one of two places,
+never both (docs/FORMAT.md, "Inline extended attributes", "Extended
+attributes"):
+
+* *inline*, in its record: packed at the end of the 120-byte extent area of
+  the inline area, ``xattr_bytes`` (inode bytes 108..109) of them, each a
+  name length, a value length, the name and the value; the inline extents
+  of a MAP_INLINE map keep the start of the area, so the map then holds at
+  most ``rec.extent_room`` = (120 - xattr_bytes) // 24 extents;
+* in its *xattr block*, whose number is the last 8 bytes of the inline area
+  (``InodeRecord.xattr``, 0: none).  The block holds every entry, sorted by
+  full name (``user.x``): the name, and the value itself when it is short
+  (at most ``XATTR_INLINE_MAX`` bytes), else the list of the blocks that
+  hold it and its crc32c (at most 16 for the 64 KiB Linux allows).  All
+  entries share the block's 4032 bytes: an attribute that does not fit is
+  ENOSPC, as on ext4 without ``ea_inode``.
+
+The placement rule, applied at every change (``set``, ``remove``): the
+whole set of attributes the change leaves is stored inline if it fits the
+room the map leaves (120 bytes, less 24 per inline extent), else all of it
+in the xattr block.  So a set that outgrows the record moves every inline
+entry into a new block, and a removal that makes the set fit again moves
+the block's entries inline and frees the block, each in the change's own
+transaction.  The map has the first claim on the area: when an inline map
+grows past ``extent_room`` it becomes a B+tree (daxfs.fs.extmap), leaving
+the attributes where they are; an attribute change never moves extents.
 
 Every change is one transaction of the caller's (``set``, ``remove``,
-``free_all``): the xattr block is changed through ``Transaction.write`` (its
-changed lines are journaled) or, for the inode's first attribute, allocated
-and written in place as a new block; a long value is written into new blocks
-(in place, flushed before the commit point), and the blocks of the value it
-replaces are freed in the same transaction.  So a crash leaves the old set
-of attributes or the new one, never a mix.  The inode counts the xattr block
-and the value blocks in ``blocks`` (st_blocks), as ext4 counts its xattr
-block.  The first attribute of an image also sets ``RO_COMPAT_XATTR`` in the
-superblock, in the same transaction (``SuperState.enable``).
+``free_all``): the inode record (inline attributes, ``xattr_bytes``, the
+block pointer, ``blocks``) is journaled whole; the xattr block is changed
+through ``Transaction.write`` (its changed lines are journaled) or, when
+new, allocated and written in place; a long value is written into new
+blocks (in place, flushed before the commit point), and the blocks of the
+value it replaces are freed in the same transaction.  So a crash leaves the
+old set of attributes or the new one, never a mix.  The inode counts the
+xattr block and the value blocks in ``blocks`` (st_blocks), as ext4 counts
+its xattr block; inline attributes take no block.  The first attribute of
+an image also sets ``RO_COMPAT_XATTR`` in the superblock, and the first
+stored inline ``RO_COMPAT_XATTR_INLINE``, in the same transaction
+(``SuperState.enable``).
 
 Reads decode the committed block once: ``XattrStore`` remembers an inode's
 checked entries with the block's stored checksum, and reuses them while that
 field is unchanged (every change rewrites it), as the inode cache remembers
 records it verified; a block damaged after that is seen at the next mount.
-A long value is read and its crc32c checked at every get.
+Inline entries are remembered by the identity of the record's inline bytes
+(as extmap's decoded inline maps).  A long value is read and its crc32c
+checked at every get.
 
-What is read from the media is checked before use: the block
+What is read from the media is checked before use: the inline bytes
+(``layout.unpack_inline_xattrs``: the type, the count against the area and
+the inline extents, every length, names valid, sorted, unique), the block
 (``layout.unpack_xattr_block``: magic, checksum, owner, place, every length,
-name and count), every value block number (inside the data area, none
-twice), and a long value's crc32c.  A failure is EUCLEAN naming the inode.
+name and count), every value block number (``layout.xattr_blocks_problem``:
+inside the data area, none twice), and a long value's crc32c
+(``layout.xattr_value``); fsck checks with the same functions.  A failure is
+EUCLEAN naming the inode.
 
 Which names, on which files (as Linux allows them, fs/xattr.c and
 security/commoncap.c):
@@ -54,15 +79,23 @@ security/commoncap.c):
   (as Linux) and EOPNOTSUPP for the others (Linux would store them).
 
 Invariants
-  1. An inode has an xattr block iff it has at least one attribute; the
-     block's entries are sorted by name, names unique and valid
-     (``xattr_name_ok``), and their sizes fit the block.
-  2. Every block the block or its entries name is allocated in the bitmap
+  1. An inode's attributes are all inline (``xattr_bytes`` > 0, no xattr
+     block) or all in its xattr block (``xattr_bytes`` == 0), and it has
+     either only while it has at least one attribute; entries are sorted by
+     name, names unique and valid (``xattr_name_ok``), and their sizes fit
+     (inline: beside the inline extents, ``xattr_bytes`` <= 120 - 24 *
+     map_count; in the block: its 4032 bytes).
+  2. After a change, the attributes are inline iff they fit there (the
+     placement rule); an extent insert may later shrink the room below them,
+     which turns the map into a B+tree, never the attributes into a block.
+  3. Every block the block or its entries name is allocated in the bitmap
      and owned by that inode alone; ``blocks`` counts them.
-  3. A value of at most XATTR_INLINE_MAX bytes is in the block, a longer one
+  4. A value of at most XATTR_INLINE_MAX bytes is in its entry, a longer one
      in exactly ``value_blocks(length)`` blocks whose crc32c the entry holds.
-  4. Only regular files and directories have an xattr block.
-  5. An image any of whose inodes has an xattr block has RO_COMPAT_XATTR.
+  5. Only regular files and directories have an xattr block or inline
+     attributes.
+  6. An image any of whose inodes has an attribute has RO_COMPAT_XATTR, and
+     one with inline attributes also RO_COMPAT_XATTR_INLINE.
 """
 
 from __future__ import annotations
@@ -87,7 +120,11 @@ from daxfs.fs.inode import Inode, InodeTable
 from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
     BLOCK_SIZE,
+    EXTENT,
+    INLINE_XATTR_AREA,
+    MAP_INLINE,
     RO_COMPAT_XATTR,
+    RO_COMPAT_XATTR_INLINE,
     XATTR_AREA,
     XATTR_CRC_OFFSET,
     XATTR_NAME_MAX,
@@ -96,9 +133,14 @@ from daxfs.fs.layout import (
     XATTR_TYPES,
     XattrEntry,
     crc32c,
+    inline_xattr_size,
+    pack_inline_xattrs,
     pack_xattr_block,
+    unpack_inline_xattrs,
     unpack_xattr_block,
     value_blocks,
+    xattr_blocks_problem,
+    xattr_value,
 )
 from daxfs.fs.store import Reader
 from daxfs.fs.super import SuperState
@@ -222,16 +264,29 @@ class XattrStore:
         #: decoded from the committed block, reused while the block's checksum field is
         #: the same (a change rewrites it; the entries were checked when decoded)
         self._decoded: dict[int, tuple[int, int, list[XattrEntry]]] = {}
+        #: ino -> (inline bytes object, (xattr_bytes, map_kind, map_count), entries):
+        #: what ``_inline`` decoded from a record's inline bytes
+        self._inline_decoded: dict[int, tuple[bytes, tuple[int, int, int], list[XattrEntry]]] = {}
 
     # -- reading ----------------------------------------------------------------------
 
     def entries(self, reader: Reader, inode: Inode) -> list[XattrEntry]:
-        """The attributes of ``inode`` as ``reader`` sees them, checked (none: []).
+        """The attributes of ``inode`` as ``reader`` sees them, checked (none: []):
+        the inline ones, or those of the xattr block (never both: invariant 1).
 
         Raises:
-            Corrupted (EUCLEAN): the block or a block number it names is bad.
+            Corrupted (EUCLEAN): the inline bytes, the block or a block number it
+                names is bad, or the inode has both.
         """
-        blockno = inode.rec.xattr
+        rec = inode.rec
+        blockno = rec.xattr
+        if rec.xattr_bytes:
+            inline = self._inline(inode)
+            if blockno:
+                raise Corrupted(
+                    f"inode {inode.ino}: xattrs both inline and in xattr block {blockno}"
+                )
+            return inline
         if blockno == 0:
             return []
         self._check_block(inode.ino, blockno, "its xattr block")
@@ -243,17 +298,42 @@ class XattrStore:
             if hit is not None and hit[0] == blockno and hit[1] == crc:
                 return hit[2]
         entries = unpack_xattr_block(block, inode.ino, blockno)
+        sb = self.sup.sb
         seen = {blockno}
         for e in entries:
-            for b in e.blocks:
-                self._check_block(inode.ino, b, f"xattr {e.name!r}")
-                if b in seen:
-                    raise Corrupted(f"inode {inode.ino}: xattr block {b} is named twice")
-                seen.add(b)
+            problem = xattr_blocks_problem(e, seen, sb.data_start, sb.block_count - 1)
+            if problem is not None:
+                raise Corrupted(f"inode {inode.ino}: xattr {e.name!r}: {problem}")
         if committed:
             if len(self._decoded) >= DECODED_LIMIT:
                 self._decoded.clear()
             self._decoded[inode.ino] = (blockno, crc, entries)
+        return entries
+
+    def _inline(self, inode: Inode) -> list[XattrEntry]:
+        """The inline attributes of ``inode``, checked; remembered by the identity of
+        the record's inline bytes (immutable: equal identity, equal bytes, as
+        daxfs.fs.extmap's decoded inline maps) and the count.
+
+        Raises:
+            Corrupted (EUCLEAN): as ``layout.unpack_inline_xattrs``.
+        """
+        rec = inode.rec
+        hit = self._inline_decoded.get(inode.ino)
+        if (
+            hit is not None
+            and hit[0] is rec.inline
+            and hit[1] == (rec.xattr_bytes, rec.map_kind, rec.map_count)
+        ):
+            return hit[2]
+        entries = unpack_inline_xattrs(rec)
+        if len(self._inline_decoded) >= DECODED_LIMIT:
+            self._inline_decoded.clear()
+        self._inline_decoded[inode.ino] = (
+            rec.inline,
+            (rec.xattr_bytes, rec.map_kind, rec.map_count),
+            entries,
+        )
         return entries
 
     def _check_block(self, ino: int, blockno: int, what: str) -> None:
@@ -267,13 +347,8 @@ class XattrStore:
         Raises:
             Corrupted (EUCLEAN): a value in blocks fails its crc32c.
         """
-        if entry.value is not None:
-            return entry.value
-        out = bytearray()
-        for b in entry.blocks:
-            out += reader.read(b)
-        data = bytes(out[: entry.length])
-        if crc32c(data) != entry.crc:
+        data = xattr_value(entry, reader.read)
+        if data is None:
             raise Corrupted(f"inode {inode.ino}: xattr {entry.name!r}: value checksum mismatch")
         return data
 
@@ -289,13 +364,14 @@ class XattrStore:
         raise NoData(f"no xattr {os.fsdecode(name)!r}: {shown}", shown)
 
     def owned(self, reader: Reader, inode: Inode) -> list[int]:
-        """Every block the attributes of ``inode`` own: the xattr block, value blocks.
+        """Every block the attributes of ``inode`` own: the xattr block, value blocks
+        (inline attributes own none).
 
         Raises:
             Corrupted (EUCLEAN): as ``entries``.
         """
         entries = self.entries(reader, inode)
-        if not entries and inode.rec.xattr == 0:
+        if inode.rec.xattr == 0:
             return []
         return [inode.rec.xattr, *(b for e in entries for b in e.blocks)]
 
@@ -323,7 +399,14 @@ class XattrStore:
         n = value_blocks(len(value))
         new = XattrEntry(name, len(value), value if n == 0 else None, crc32c(value), (0,) * n)
         rest = [e for e in entries if e.name != name]
-        if sum(e.size for e in rest) + new.size > XATTR_AREA:
+        after = sorted([*rest, new], key=lambda e: e.name)
+        if self._fits_inline(inode, after):
+            if old is not None:
+                self._free_value(tx, inode, old)
+            self._store_inline(tx, inode, after)
+            self.sup.enable(tx, RO_COMPAT_XATTR | RO_COMPAT_XATTR_INLINE)
+            return
+        if sum(e.size for e in after) > XATTR_AREA:
             raise NoSpace(
                 f"xattrs of this file would not fit its {BLOCK_SIZE}-byte xattr block: {shown}",
                 shown,
@@ -356,31 +439,65 @@ class XattrStore:
         if old is None:
             raise NoData(f"no xattr {os.fsdecode(name)!r}: {shown}", shown)
         self._free_value(tx, inode, old)
-        self._store(tx, inode, [e for e in entries if e.name != name])
+        rest = [e for e in entries if e.name != name]
+        if rest and self._fits_inline(inode, rest):
+            self._store_inline(tx, inode, rest)
+            self.sup.enable(tx, RO_COMPAT_XATTR | RO_COMPAT_XATTR_INLINE)
+        else:
+            self._store(tx, inode, rest)
 
     def free_all(self, tx: Transaction, inode: Inode) -> None:
-        """Free every block the attributes of ``inode`` own (it is being freed).
+        """Free every block the attributes of ``inode`` own (it is being freed), and
+        clear its inline attributes.
 
         Raises:
             Corrupted (EUCLEAN): the attributes on media are damaged: nothing is
                 freed, and the caller's transaction aborts (the unlink, rmdir or
                 rename-over fails with EUCLEAN; fsck repairs the attributes).
         """
-        if inode.rec.xattr == 0:
+        if inode.rec.xattr == 0 and inode.rec.xattr_bytes == 0:
             return
         for e in self.entries(tx, inode):
             self._free_value(tx, inode, e)
         self._store(tx, inode, [])
 
+    @staticmethod
+    def _fits_inline(inode: Inode, entries: list[XattrEntry]) -> bool:
+        """Whether ``entries`` fit the inode's record beside its inline extents (the
+        placement rule: the module docstring, "Where attributes live")."""
+        rec = inode.rec
+        used = rec.map_count * EXTENT.size if rec.map_kind == MAP_INLINE else 0
+        return inline_xattr_size(entries) <= INLINE_XATTR_AREA - used
+
     def _free_value(self, tx: Transaction, inode: Inode, entry: XattrEntry) -> None:
+        if not entry.blocks:
+            return
         for start, length in _runs(entry.blocks):  # one free per run of blocks, not per block
             for b in range(start, start + length):
                 tx.forget(b)
             self.alloc.free(tx, start, length)
         self.itable.dirty(tx, inode).blocks -= len(entry.blocks)
 
+    def _set_inline(self, tx: Transaction, inode: Inode, raw: bytes) -> None:
+        """Make ``raw`` the inline attribute bytes of ``inode`` (b"": none); the bytes
+        between the inline extents and them are zero."""
+        rec = self.itable.dirty(tx, inode)
+        if not raw and rec.xattr_bytes == 0:
+            return
+        start = INLINE_XATTR_AREA - max(rec.xattr_bytes, len(raw))
+        gap = INLINE_XATTR_AREA - len(raw) - start
+        rec.inline = rec.inline[:start] + bytes(gap) + raw + rec.inline[INLINE_XATTR_AREA:]
+        rec.xattr_bytes = len(raw)
+
+    def _store_inline(self, tx: Transaction, inode: Inode, entries: list[XattrEntry]) -> None:
+        """Store ``entries`` (which fit) inline, freeing the xattr block if any."""
+        self._store(tx, inode, [])
+        self._set_inline(tx, inode, pack_inline_xattrs(entries))
+
     def _store(self, tx: Transaction, inode: Inode, entries: list[XattrEntry]) -> None:
-        """Write ``entries`` as the xattr block of ``inode`` (none: free the block)."""
+        """Write ``entries`` as the xattr block of ``inode`` (none: free the block);
+        the inline attributes are cleared."""
+        self._set_inline(tx, inode, b"")
         rec = self.itable.dirty(tx, inode)
         blockno = rec.xattr
         if not entries:

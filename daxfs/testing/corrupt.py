@@ -38,6 +38,8 @@ from daxfs.fs.layout import (
     EXTENT,
     EXTENT_VALUE,
     INLINE_OFFSET,
+    INLINE_XATTR,
+    INLINE_XATTR_AREA,
     INO_INODE_FILE,
     INO_ROOT,
     INODE_CRC_OFFSET,
@@ -80,7 +82,7 @@ INODE_FIELDS = (
     ("gid", 28, 4), ("size", 32, 8), ("blocks", 40, 8), ("atime_ns", 48, 8),
     ("mtime_ns", 56, 8), ("generation", 80, 4), ("flags", 84, 4), ("next", 88, 8),
     ("parent", 96, 8), ("map_kind", 104, 1), ("map_height", 105, 1), ("map_count", 106, 2),
-    ("reserved", 108, 4), ("map_root", 112, 8), ("entries", 120, 8),
+    ("xattr_bytes", 108, 2), ("reserved", 110, 2), ("map_root", 112, 8), ("entries", 120, 8),
 )
 EXTENT_FIELDS = (("lblk", 0, 8), ("pblk", 8, 8), ("length", 16, 4), ("flags", 20, 4))
 NODE_FIELDS = (
@@ -92,6 +94,8 @@ XATTR_FIELDS = (
     ("reserved", 28, 4),
 )
 XATTR_ENTRY_FIELDS = (("name_len", 0, 1), ("kind", 1, 1), ("reserved", 2, 2), ("value_len", 4, 4))
+INLINE_XATTR_FIELDS = (("name_len", 0, 1), ("value_len", 1, 1))
+_XATTR_BYTES_AT = next(offset for name, offset, _ in INODE_FIELDS if name == "xattr_bytes")
 JOURNAL_FIELDS = (
     ("magic", 0, 8), ("seq", 8, 8), ("nrecords", 16, 4), ("log_bytes", 20, 4),
     ("log_crc", 24, 4), ("header_crc", 28, 4), ("applied_seq", JH_APPLIED_OFFSET, 8),
@@ -488,6 +492,8 @@ def mutate_xattr(rng: random.Random, img: bytearray, inv: Inventory, seal: bool)
     """A field of an xattr block's header or of one of its entries, a byte of a value
     in blocks (sealed: the entry's crc32c recomputed for the new bytes), or the
     inode's pointer to its xattr block."""
+    if inv.inline_xattrs and (not inv.xattrs or rng.random() < 0.4):
+        return _mutate_inline_xattr(rng, img, inv, seal)
     if not inv.xattrs:
         return mutate_inode(rng, img, inv, seal)
     block, owner, values = rng.choice(inv.xattrs)
@@ -546,6 +552,41 @@ def mutate_xattr(rng: random.Random, img: bytearray, inv: Inventory, seal: bool)
     where = f"inode {owner} xattr" if name == "pointer" else f"xattr block {block} of inode {owner}"
     detail = f"{where} {name}: {old:#x} -> {value:#x}"
     return Mutation("xattr", name.split(" ")[-1], detail, seal, touched)
+
+
+def _mutate_inline_xattr(
+    rng: random.Random, img: bytearray, inv: Inventory, seal: bool
+) -> Mutation:
+    """A field of an inode's inline attributes: their byte count (``xattr_bytes``), an
+    entry's name or value length, a byte of a name or of a value (sealed: the inode's
+    checksum recomputed, a lie the record's checksum cannot catch)."""
+    ino, size = rng.choice(inv.inline_xattrs)
+    record = inv.inodes[ino][0]
+    area = record + INLINE_OFFSET + INLINE_XATTR_AREA - size  # the first entry
+    roll = rng.random()
+    if roll < 0.3:
+        name, at, width = "xattr_bytes", record + _XATTR_BYTES_AT, 2
+    else:
+        pos, starts = 0, []
+        while pos + INLINE_XATTR.size <= size:  # the entries as the clean image has them
+            nlen, vlen = INLINE_XATTR.unpack_from(img, area + pos)
+            starts.append((pos, nlen, vlen))
+            pos += INLINE_XATTR.size + nlen + vlen
+        pos, nlen, vlen = rng.choice(starts)
+        choices = [*INLINE_XATTR_FIELDS, ("name byte", 2 + rng.randrange(nlen), 1)]
+        if vlen:
+            choices.append(("value byte", 2 + nlen + rng.randrange(vlen), 1))
+        name, offset, width = rng.choice(choices)
+        at = area + pos + offset
+    old = int.from_bytes(img[at : at + width], "little")
+    value = interesting(rng, old, width)
+    if name == "name byte" and rng.random() < 0.5:
+        value = rng.choice([0, ord("."), ord("a") if old != ord("a") else ord("b")])
+    touched = [_set(img, at, width, value)]
+    if seal:
+        _reseal_inode(img, record)
+    detail = f"inode {ino} inline xattr {name}: {old:#x} -> {value:#x}"
+    return Mutation("xattr", f"inline {name}", detail, seal, touched)
 
 
 def mutate_random(rng: random.Random, img: bytearray, inv: Inventory, seal: bool) -> Mutation:

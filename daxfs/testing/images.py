@@ -5,7 +5,7 @@ Theory of operation
 ``base_images()`` builds two small filesystems with every kind of structure
 (inline and B+tree extent maps, unwritten extents and holes, a directory of
 hundreds of entries in a B+tree, short and long symbolic links, hard links,
-nested directories, inodes on the free list, extended attributes in the xattr
+nested directories, inodes on the free list, extended attributes inline and in the xattr
 block and in value blocks, on a file and a directory), deterministically (fixed uuid and
 hash key): the *clean* image, unmounted, and the *journal* image, the same tree
 with one more transaction committed but not applied (a crash right after the
@@ -86,7 +86,10 @@ def populate(fs: FileSystem) -> None:
                 f.write(pattern(i, 300 + i))
     fs.setxattr("/small", "user.short", pattern(40, 100))  # in the xattr block
     fs.setxattr("/small", "user.long", pattern(41, 6000))  # in two blocks of its own
-    fs.setxattr("/d", "trusted.dir", pattern(42, 50))
+    fs.setxattr("/d", "trusted.dir", pattern(42, 150))  # too long for the record: a block
+    fs.setxattr("/d/e/f/deep", "user.in", pattern(43, 30))  # inline, beside an extent
+    fs.setxattr("/d/e/f/deep", "user.in2", pattern(44, 20))
+    fs.setxattr("/d/e", "user.dir", pattern(45, 60))  # inline on a directory
     for i in range(6):  # inodes on the free list
         fs.open(f"/gone{i}", "wb").close()
     for i in range(6):
@@ -192,6 +195,7 @@ class Inventory:
     inline: list[tuple[int, int]]  # (ino, extent count) of inline maps
     leaves: list[tuple[int, int, int]]  # directory leaves: (block, owner, count)
     xattrs: list[tuple[int, int, list[int]]]  # (xattr block, owner, its value blocks)
+    inline_xattrs: list[tuple[int, int]]  # (ino, xattr_bytes) of inline attributes
     data: dict[str, list[Range]]  # path -> its data blocks (byte ranges)
     footprint: dict[str, list[Range]]  # path -> every range it depends on
 
@@ -230,6 +234,7 @@ def _inventory(fs: FileSystem) -> Inventory:
         inline=[],
         leaves=[],
         xattrs=[],
+        inline_xattrs=[],
         data={},
         footprint={},
     )
@@ -259,6 +264,8 @@ def _inventory(fs: FileSystem) -> Inventory:
                 ranges.append(_block_range(block))
                 level, count = struct.unpack_from("<HH", store.block(block), 24)
                 inv.nodes.append(Node(block, ino, "extents", level, count))
+        if inode.rec.xattr_bytes:
+            inv.inline_xattrs.append((ino, inode.rec.xattr_bytes))
         owned = fs.xattrs.owned(store, inode)
         if owned:
             inv.xattrs.append((owned[0], ino, owned[1:]))

@@ -444,6 +444,8 @@ class Worker:
         else:
             flags = rng.choice(XATTR_FLAGS)
             top = 20000 if name == "trusted.big" else 600
+            if rng.random() < 0.4:  # small enough for the inode record (inline)
+                top = 40
             value = rng.randbytes(rng.randint(0, top))
             err = None
             if flags == 1 and name in node.xattrs:

@@ -96,6 +96,23 @@ def with_xattrs(fs: FileSystem) -> None:
     fs.setxattr("/d", "trusted.dir", b"on a directory")
 
 
+def inline_beside_extents(fs: FileSystem) -> None:
+    """base, and /two: two inline extents of 3 blocks and two inline attributes of 69
+    bytes, which leave room for two extents only (a third turns the map into a tree)."""
+    base(fs)
+    with fs.open("/two", "wb", buffering=0) as f:
+        f.pwrite(b"a" * 3 * BLOCK, 0)
+        f.pwrite(b"b" * 3 * BLOCK, 4 * BLOCK)
+    fs.setxattr("/two", "user.in", b"i" * 40)
+    fs.setxattr("/two", "user.in2", b"j" * 10)
+
+
+def punch_two(fs: FileSystem) -> None:
+    """A hole inside /two's first extent: three extents, one more than fit."""
+    with fs.open("/two", "rb+", buffering=0) as f:
+        f.fallocate(BLOCK, BLOCK, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+
+
 def open_unlinked_with_xattrs(fs: FileSystem) -> None:
     f = fs.open("/d/file", "rb")
     fs.unlink("/d/file")
@@ -158,6 +175,30 @@ OPERATIONS = {
     "mkdir in a DAX directory": (with_dax, lambda fs: fs.mkdir("/d/newdir")),
     "removexattr": (with_xattrs, lambda fs: fs.removexattr("/d/file", "user.long")),
     "removexattr the last": (with_xattrs, lambda fs: fs.removexattr("/d/other", "user.only")),
+    # inline in the inode (/d/other's and /d's are; /d/file's are in a block, and
+    # "removexattr" above moves what is left inline, freeing the block)
+    "setxattr inline add": (with_xattrs, lambda fs: fs.setxattr("/d/other", "user.b", b"two")),
+    "setxattr inline replace": (
+        with_xattrs,
+        lambda fs: fs.setxattr("/d/other", "user.only", b"replaced", os.XATTR_REPLACE),
+    ),
+    "setxattr inline spills to a block": (
+        with_xattrs,
+        lambda fs: fs.setxattr("/d/other", "user.big", b"B" * 100),
+    ),
+    "removexattr inline, one left": (
+        inline_beside_extents,
+        lambda fs: fs.removexattr("/two", "user.in"),
+    ),
+    "write converts the map beside inline xattrs": (
+        inline_beside_extents,
+        write_at("/two", b"W" * 100, 9 * BLOCK),
+    ),
+    "punch converts the map beside inline xattrs": (
+        inline_beside_extents,
+        punch_two,
+    ),
+    "unlink with inline xattrs": (inline_beside_extents, lambda fs: fs.unlink("/two")),
     "unlink with xattrs": (with_xattrs, lambda fs: fs.unlink("/d/file")),
     "unlink open file with xattrs": (with_xattrs, open_unlinked_with_xattrs),
     "rename over a file with xattrs": (with_xattrs, lambda fs: fs.rename("/d/other", "/d/file")),

@@ -342,9 +342,15 @@ def sample(size: int = SIZE) -> Device:
             fs.unlink("/gone")  # its inode is on the free list
             fs.setxattr("/a/file", "user.short", b"short value")
             fs.setxattr("/a/file", "user.long", bytes(range(256)) * 24)  # 6 KiB: 2 blocks
-            fs.setxattr("/a", "trusted.dir", b"on a directory")
+            fs.setxattr("/a", "trusted.dir", DIR_XATTR)  # too long for the record: a block
+            fs.setxattr("/a/b/small", "user.in", b"inline value")  # inline, beside an extent
+            fs.setxattr("/a/b", "user.d", b"inline on a directory")
         _TEMPLATE[size] = dev.read(0, size)
     return SimulatedPmem(size, image=_TEMPLATE[size])
+
+
+#: the sample's attribute of /a, too long to be inline: it is in an xattr block
+DIR_XATTR = b"on a directory " * 14
 
 
 @dataclasses.dataclass

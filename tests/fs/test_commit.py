@@ -209,12 +209,12 @@ def test_compiled_layout_matches_layout_py() -> None:
     offsets = {}
     for name, code in layout._INODE_FIELDS:
         offsets[name] = struct.calcsize(fmt)
-        fmt += code + ("I" if name == "map_count" else "")  # the reserved u32 after it
+        fmt += code + ("H" if name == "xattr_bytes" else "")  # the reserved u16 after it
     assert got["ino"] == offsets["ino"]
     assert got["size"] == offsets["size"]
     assert got["mtime_ns"] == offsets["mtime_ns"]
     assert got["ctime_ns"] == offsets["ctime_ns"]
-    assert got["reserved"] == offsets["map_count"] + 2
+    assert got["reserved"] == offsets["xattr_bytes"] + 2
     assert got["INODE_SIZE"] == layout.INODE_SIZE
     assert got["INODE_MAGIC"] == layout.INODE_MAGIC
     assert got["INODE_CRC_OFFSET"] == layout.INODE_CRC_OFFSET

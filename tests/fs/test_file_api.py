@@ -17,7 +17,6 @@ import io
 import os
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +29,10 @@ from daxfs.fs.file import SEEK_DATA, SEEK_HOLE, File
 from daxfs.fs.fsck import fsck
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.posix import Step, run_steps
-from tests import helpers
 
 BLOCK = 4096
 MAX_FILE_SIZE = 1 << 56
 PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-
-
-@pytest.fixture
-def dev() -> Iterator[SimulatedPmem]:
-    yield from helpers.fresh_device(16 << 20)
-
-
-@pytest.fixture
-def fs(dev: SimulatedPmem) -> Iterator[daxfs.FileSystem]:
-    with daxfs.mount(dev) as mounted:
-        yield mounted
 
 
 def put(fs: daxfs.FileSystem, path: str, data: bytes) -> None:

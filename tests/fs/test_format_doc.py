@@ -48,6 +48,7 @@ def offsets(fmt: str) -> list[tuple[int, int]]:
         ("### Header (block", layout._JH.format),
         ("### Xattr block", layout.XATTR_HEADER.format),
         ("### Xattr entry", layout.XATTR_ENTRY.format),
+        ("### Inline extended attributes", layout.INLINE_XATTR.format),
     ],
 )
 def test_struct_fields_match_the_document(heading: str, fmt: str) -> None:

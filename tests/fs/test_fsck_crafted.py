@@ -775,7 +775,7 @@ def test_lying_xattr_block_is_found_and_repaired(lie: str) -> None:
     with daxfs.mount(dev) as fs:  # what survived is readable; the directory's are intact
         for name in fs.listxattr("/a/file"):
             fs.getxattr("/a/file", name)
-        assert fs.getxattr("/a", "trusted.dir") == b"on a directory"
+        assert fs.getxattr("/a", "trusted.dir") == crafting.DIR_XATTR
         fs.setxattr("/a/file", "user.after", b"repair")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +36,6 @@ from tests import helpers
 
 XATTR_CREATE = os.XATTR_CREATE
 XATTR_REPLACE = os.XATTR_REPLACE
-
-
-@pytest.fixture
-def dev() -> Iterator[SimulatedPmem]:
-    yield from helpers.fresh_device(16 << 20)
-
-
-@pytest.fixture
-def fs(dev: SimulatedPmem) -> Iterator[daxfs.FileSystem]:
-    with daxfs.mount(dev) as mounted:
-        yield mounted
 
 
 def put(fs: daxfs.FileSystem, path: str, data: bytes = b"") -> None:
@@ -107,15 +96,21 @@ def test_blocks_are_counted_and_freed(fs: daxfs.FileSystem, dev: SimulatedPmem) 
     put(fs, "/f", b"x" * 4096)
     free0 = fs.statvfs("/").f_bfree
     fs.setxattr("/f", "user.small", b"s")
-    assert fs.stat("/f").st_blocks == 2 * 8  # data + xattr block
-    fs.setxattr("/f", "user.big", bytes(65536))
+    assert fs.stat("/f").st_blocks == 8  # inline in the inode: no block
+    fs.setxattr("/f", "user.big", bytes(65536))  # both move to an xattr block
     assert fs.stat("/f").st_blocks == (2 + 16) * 8
     assert fs.statvfs("/").f_bfree == free0 - 17
-    fs.setxattr("/f", "user.big", b"short now")  # its 16 blocks go
+    fs.setxattr("/f", "user.big", b"short now")  # its 16 blocks go, and both fit inline:
+    assert fs.stat("/f").st_blocks == 8  # the xattr block goes too
+    assert fs.statvfs("/").f_bfree == free0
+    fs.setxattr("/f", "user.mid", bytes(200))  # too long for the record: a block again
     assert fs.stat("/f").st_blocks == 2 * 8
-    fs.removexattr("/f", "user.big")
-    fs.removexattr("/f", "user.small")  # the last one: the block goes
+    fs.removexattr("/f", "user.mid")  # the rest fits inline: the block goes
     assert fs.stat("/f").st_blocks == 8
+    fs.removexattr("/f", "user.big")
+    fs.removexattr("/f", "user.small")
+    assert fs.stat("/f").st_blocks == 8
+    assert fs.listxattr("/f") == []
     assert fs.statvfs("/").f_bfree == free0
     fs.setxattr("/f", "user.big", bytes(65536))
     fs.unlink("/f")  # small and unused: freed in the unlink's transaction

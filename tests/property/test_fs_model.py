@@ -42,7 +42,8 @@ Xattrs = dict[str, dict[str, bytes]]
 names = stx.sampled_from(NAMES)
 payload = stx.binary(min_size=0, max_size=9000)
 xattr_names = stx.sampled_from(["user.a", "user.b", "trusted.c"])
-xattr_values = stx.binary(min_size=0, max_size=6000)  # in the block, and in blocks
+#: inline in the inode (small), in the block, and in blocks of their own
+xattr_values = stx.one_of(stx.binary(max_size=48), stx.binary(min_size=0, max_size=6000))
 xattr_flags = stx.sampled_from([0, os.XATTR_CREATE, os.XATTR_REPLACE])
 
 

@@ -95,6 +95,8 @@ def test_base_images_are_deterministic_and_hold_every_structure(
     assert len(inv.free_inodes) == 6
     # extended attributes: a block with a value in two blocks of its own, and a directory's
     assert sorted(len(values) for _, _, values in inv.xattrs) == [0, 2]
+    # and inline ones: a file's two beside its extent, a directory's one
+    assert sorted(size for _, size in inv.inline_xattrs) == [2 * 2 + 7 + 30 + 8 + 20, 2 + 8 + 60]
     assert journal.allowed[0] != journal.allowed[1]  # replaying changes something
     again, _ = images.base_images()
     assert images.inventory(again.image) == inv

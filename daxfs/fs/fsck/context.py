@@ -154,6 +154,8 @@ class State:
     xattr_inodes: int = 0
     #: live inodes keeping IFLAG_DAX (check 10 of daxfs.fs.fsck.inodes)
     dax_inodes: int = 0
+    #: live inodes with sound inline attributes (daxfs.fs.fsck.xattrs)
+    xattr_inline_inodes: int = 0
     #: blocks the attributes of each such inode own once repaired (a rebuilt
     #: directory counts them with its new tree; a reaped orphan frees them)
     xattr_owned: dict[int, list[int]] = dataclasses.field(default_factory=dict)

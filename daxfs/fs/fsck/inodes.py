@@ -333,6 +333,7 @@ def _live(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
         flags.set(rec.flags & allowed, f"flag bits {rec.flags & ~allowed:#x} it cannot carry")
     s.dax_inodes += bool(rec.flags & allowed & IFLAG_DAX)
     if fmt == st.S_IFLNK and rec.map_kind == MAP_SYMLINK:
+        check_xattrs(ctx, s, ino, rec)  # none may be there: owns no block
         _inline_symlink(ctx, s, ino, rec)
         return
     kind = TREE_DIRECTORY if fmt == st.S_IFDIR else TREE_EXTENTS

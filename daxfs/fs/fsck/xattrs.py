@@ -1,24 +1,37 @@
-"""Pass 2, extended attributes: each live inode's xattr block and value blocks.
+"""Pass 2, extended attributes: each live inode's inline attributes, xattr block and
+value blocks.
 
-Called by the inodes pass for every live regular file and directory whose
-record is sound (daxfs.fs.xattr has the format's invariants).
+Called by the inodes pass for every live record whose type it knows (daxfs.fs.xattr
+has the format's invariants; the checks below use the same functions of
+daxfs.fs.layout as the filesystem's reads: ``unpack_inline_xattrs``,
+``unpack_xattr_block``, ``xattr_blocks_problem``, ``xattr_value``).
 
 Checks
-  1. The xattr block lies in the data area, passes
+  1. Inline attributes (``xattr_bytes`` > 0) only on regular files and
+     directories, within the extent area and beside the inline extents the
+     map holds, and passing ``layout.unpack_inline_xattrs`` (every length,
+     names valid, sorted and unique).
+  2. Not both inline attributes and an xattr block.
+  3. The xattr block lies in the data area, passes
      ``layout.unpack_xattr_block`` (magic, checksum, owner, place, lengths,
      names sorted, unique and in a stored namespace, value kinds), and holds
      at least one entry.
-  2. Each value in blocks names blocks in the data area, none twice, and its
+  4. Each value in blocks names blocks in the data area, none twice, and its
      bytes match the entry's crc32c.
-  3. Every block of 1 and 2 is claimed for the inode (no block owned twice),
+  5. Every block of 3 and 4 is claimed for the inode (no block owned twice),
      and counted in its ``blocks`` (the inodes pass compares the sum).
-  4. If any inode has an xattr block, the superblock has RO_COMPAT_XATTR.
+  6. If any inode has attributes, the superblock has RO_COMPAT_XATTR; if any
+     has them inline, also RO_COMPAT_XATTR_INLINE.
 
-Repairs: a damaged xattr block is dropped (the inode's pointer cleared: its
-attributes are lost; the block and whatever it named are left unclaimed, so
-the bitmap pass frees them unless something sound owns them); an entry whose
-value is damaged is removed from a sound block (its blocks likewise); the
-feature bit is set.  Never guessed at: a damaged entry is never rewritten.
+Repairs: damaged inline attributes are dropped (``xattr_bytes`` cleared and
+their bytes zeroed; on a type that carries none only the count is cleared:
+the area is the map's or the symlink target's); with both inline attributes
+and a block, the inline ones are dropped (the block is checked on its own); a
+damaged xattr block is dropped (the inode's pointer cleared: its attributes
+are lost; the block and whatever it named are left unclaimed, so the bitmap
+pass frees them unless something sound owns them); an entry whose value is
+damaged is removed from a sound block (its blocks likewise); the feature bits
+are set.  Never guessed at: a damaged entry is never rewritten.
 """
 
 from __future__ import annotations
@@ -28,21 +41,29 @@ import stat as st
 from daxfs.errors import Corrupted
 from daxfs.fs.layout import (
     BLOCK_SIZE,
+    EXTENT,
+    INLINE_EXTENTS,
+    INLINE_XATTR_AREA,
+    MAP_INLINE,
     RO_COMPAT_XATTR,
+    RO_COMPAT_XATTR_INLINE,
     XATTR_TYPES,
     InodeRecord,
     XattrEntry,
-    crc32c,
     pack_xattr_block,
+    unpack_inline_xattrs,
     unpack_xattr_block,
+    xattr_blocks_problem,
+    xattr_value,
 )
 
 from .context import Apply, Context, Fix, Repairing, Stage, State
 
 
 def check_xattrs(ctx: Context, s: State, ino: int, rec: InodeRecord) -> list[int]:
-    """Checks 1-2 of inode ``ino``; the blocks its attributes own once repaired
+    """Checks 1-4 of inode ``ino``; the blocks its attributes own once repaired
     (the caller claims and counts them)."""
+    _check_inline(ctx, s, ino, rec)
     if st.S_IFMT(rec.mode) not in XATTR_TYPES or rec.xattr == 0:
         return []
     where = f"inode {ino}"
@@ -65,10 +86,11 @@ def check_xattrs(ctx: Context, s: State, ino: int, rec: InodeRecord) -> list[int
     seen = {blockno}
     good: list[XattrEntry] = []
     for e in entries:
-        problem = _value_problem(s, e, seen, lo, hi)
+        problem = xattr_blocks_problem(e, seen, lo, hi)
+        if problem is None and xattr_value(e, s.store.block) is None:
+            problem = "value checksum mismatch"
         if problem is None:
             good.append(e)
-            seen.update(e.blocks)
         else:
             ctx.problem(
                 where,
@@ -80,33 +102,51 @@ def check_xattrs(ctx: Context, s: State, ino: int, rec: InodeRecord) -> list[int
     return owned
 
 
-def _value_problem(s: State, e: XattrEntry, seen: set[int], lo: int, hi: int) -> str | None:
-    if e.value is not None:
-        return None
-    for b in e.blocks:
-        if not lo <= b < hi:
-            return f"value block {b} is outside the data area [{lo}, {hi})"
-        if b in seen:
-            return f"value block {b} is named twice"
-    data = b"".join(bytes(s.store.block(b)) for b in e.blocks)[: e.length]
-    if crc32c(data) != e.crc:
-        return "value checksum mismatch"
-    return None
+def _check_inline(ctx: Context, s: State, ino: int, rec: InodeRecord) -> None:
+    """Checks 1-2."""
+    if rec.xattr_bytes == 0:
+        return
+    where = f"inode {ino}"
+    try:
+        unpack_inline_xattrs(rec)
+    except Corrupted as exc:
+        why = str(exc.strerror or exc).removeprefix(f"{where}: ")
+        ctx.problem(where, f"{why}: they are dropped", Fix(Stage.INODES, _drop_inline(ino)))
+        return
+    if rec.xattr:
+        ctx.problem(
+            where,
+            f"inline xattrs and xattr block {rec.xattr} both: the inline ones are dropped",
+            Fix(Stage.INODES, _drop_inline(ino)),
+        )
+        return
+    s.xattr_inodes += 1
+    s.xattr_inline_inodes += 1
 
 
 def check_feature(ctx: Context, s: State) -> None:
-    """Check 4 (after every slot)."""
-    if s.xattr_inodes and not s.sb.feature_ro_compat & RO_COMPAT_XATTR:
-        ctx.problem(
-            "superblock",
-            f"{s.xattr_inodes} inodes have extended attributes, but the xattr feature is not set",
-            Fix(Stage.INODES, _enable),
-        )
+    """Check 6 (after every slot)."""
+    for count, bit, what in (
+        (s.xattr_inodes, RO_COMPAT_XATTR, "extended attributes"),
+        (s.xattr_inline_inodes, RO_COMPAT_XATTR_INLINE, "inline extended attributes"),
+    ):
+        if count and not s.sb.feature_ro_compat & bit:
+            ctx.problem(
+                "superblock",
+                f"{count} inodes have {what}, but the {_FEATURES[bit]} feature is not set",
+                Fix(Stage.INODES, _enable(bit)),
+            )
 
 
-def _enable(r: Repairing) -> None:
-    with r.journal.begin() as tx:
-        r.sup.enable(tx, RO_COMPAT_XATTR)
+_FEATURES = {RO_COMPAT_XATTR: "xattr", RO_COMPAT_XATTR_INLINE: "inline xattr"}
+
+
+def _enable(bit: int) -> Apply:
+    def apply(r: Repairing) -> None:
+        with r.journal.begin() as tx:
+            r.sup.enable(tx, bit)
+
+    return apply
 
 
 def _drop(ino: int) -> Apply:
@@ -116,6 +156,27 @@ def _drop(ino: int) -> Apply:
         itable = r.layers.itable
         with r.journal.begin() as tx:
             itable.dirty(tx, itable.get(ino)).xattr = 0
+
+    return apply
+
+
+def _drop_inline(ino: int) -> Apply:
+    """Clear the inline attributes of ``ino``: the count, and on a type that carries
+    them their bytes after the inline extents (the map's bytes are left as they are)."""
+
+    def apply(r: Repairing) -> None:
+        itable = r.layers.itable
+        with r.journal.begin() as tx:
+            rec = itable.dirty(tx, itable.get(ino))
+            if st.S_IFMT(rec.mode) in XATTR_TYPES:
+                count = min(rec.map_count, INLINE_EXTENTS) if rec.map_kind == MAP_INLINE else 0
+                start = count * EXTENT.size
+                rec.inline = (
+                    rec.inline[:start]
+                    + bytes(INLINE_XATTR_AREA - start)
+                    + rec.inline[INLINE_XATTR_AREA:]
+                )
+            rec.xattr_bytes = 0
 
     return apply
 
