@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,18 +16,6 @@ from daxfs.fs.daxflag import DaxState
 from daxfs.fs.fsck import fsck
 from daxfs.fs.layout import IFLAG_DAX, INCOMPAT_DAX_FLAG
 from daxfs.testing import SimulatedPmem
-from tests import helpers
-
-
-@pytest.fixture
-def dev() -> Iterator[SimulatedPmem]:
-    yield from helpers.fresh_device(16 << 20)
-
-
-@pytest.fixture
-def fs(dev: SimulatedPmem) -> Iterator[daxfs.FileSystem]:
-    with daxfs.mount(dev) as mounted:
-        yield mounted
 
 
 def put(fs: daxfs.FileSystem, path: str) -> None:
