@@ -57,6 +57,16 @@
  * reference packs.  If any check fails, nothing is written and overwrite
  * returns -1: the caller takes the reference path.
  *
+ * The record cache.  Reading the record back costs a memory round trip (the
+ * last commit wrote it non-temporally, so it is in no cache): each overwrite
+ * instead keeps the record it wrote (REC_CACHE entries, by inode slot), and an
+ * overwrite takes its record from there when every transaction since that
+ * record was written was an overwrite of this committer (invariant 4); the
+ * checks against memory (magic, inode number, size, mtime) run on it as on the
+ * media's.  Every commit takes the next sequence number, so "the transaction
+ * before this one was my overwrite" is seq == last_seq + 1, and the overwrites
+ * in an unbroken run of those are those from chain_start on.
+ *
  * Committer.commit(seq, records) runs the same sequence (steps 2-8, with the
  * records in place of the two above) for any transaction whose records the
  * Python Transaction.commit gathered: see "the commit of any transaction"
@@ -73,6 +83,14 @@
  *   3. On an exception from a device operation, `stage` says how far the
  *      commit got (STAGE_* below); the Python caller handles it as
  *      Transaction.commit does (abort, erase the header, or read-only).
+ *   4. A record cache entry (off, seq, bytes) with seq >= chain_start, while
+ *      the next transaction is last_seq + 1, holds the bytes at `off` on the
+ *      media: an overwrite wrote them there in transaction seq, and every
+ *      transaction since was an overwrite of this committer, each of which
+ *      wrote only its own record (and updated that record's entry) besides
+ *      file data and the journal.  Only journal transactions write committed
+ *      inode records while mounted; a failed commit sets last_seq to -2,
+ *      after which nothing chains until an overwrite commits.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -120,6 +138,14 @@ static long planted_missing_flush = 0;
 static int64_t frozen_clock = 0;
 
 
+/* One record an overwrite of this committer wrote: its device offset, the
+ * transaction that wrote it, its bytes. */
+#define REC_CACHE 8
+typedef struct {
+    int64_t off, seq;
+    unsigned char rec[INODE_SIZE];
+} RecCache;
+
 typedef struct {
     PyObject_HEAD
     PyObject *view;   /* the store's view of the whole filesystem */
@@ -145,6 +171,10 @@ typedef struct {
     /* the journal's class (bound at the first pwrite) and its slot offsets */
     PyTypeObject *journal_type;
     Py_ssize_t o_jlock, o_active, o_failed, o_seq, o_commits;
+    /* the records this committer's own overwrites wrote (see "The record cache") */
+    int64_t last_seq, chain_start;
+    RecCache recs[REC_CACHE];
+    int64_t rec_hits;
 } Committer;
 
 static int
@@ -463,12 +493,23 @@ do_overwrite(Committer *c, int64_t seq, int64_t data_off, Py_buffer *data, int64
                       c->capacity);
         goto done;
     }
-    /* the committed record, checked, patched */
+    /* the committed record (from the record cache, or read from the media and its
+     * crc32c checked), checked against memory, patched */
     unsigned char rec[INODE_SIZE];
-    memcpy(rec, (char *)mem.buf + inode_off, INODE_SIZE);
+    RecCache *cached = &c->recs[(inode_off / INODE_SIZE) & (REC_CACHE - 1)];
+    int chained = seq == c->last_seq + 1;
+    if (chained && cached->off == inode_off && cached->seq >= c->chain_start) {
+        memcpy(rec, cached->rec, INODE_SIZE);
+        c->rec_hits++;
+    } else {
+        memcpy(rec, (char *)mem.buf + inode_off, INODE_SIZE);
+        if (get_u32(rec + I_CRC) != inode_crc(rec)) {
+            rc = 0;
+            goto done;
+        }
+    }
     if (get_u32(rec) != INODE_MAGIC || get_u64(rec + I_INO) != (uint64_t)ino ||
-        get_u32(rec + I_CRC) != inode_crc(rec) || get_u64(rec + I_SIZE) != (uint64_t)size ||
-        get_u64(rec + I_MTIME) != (uint64_t)mtime) {
+        get_u64(rec + I_SIZE) != (uint64_t)size || get_u64(rec + I_MTIME) != (uint64_t)mtime) {
         rc = 0;
         goto done;
     }
@@ -502,6 +543,15 @@ do_overwrite(Committer *c, int64_t seq, int64_t data_off, Py_buffer *data, int64
         c->commits++;
         *stamp = now;
         rc = 1;
+        /* the media's record at inode_off is now `rec` (invariant 4) */
+        if (!chained)
+            c->chain_start = seq;
+        c->last_seq = seq;
+        cached->off = inode_off;
+        cached->seq = seq;
+        memcpy(cached->rec, rec, INODE_SIZE);
+    } else {
+        c->last_seq = -2; /* a failed commit ends the chain: nothing cached is trusted */
     }
     c->base = NULL;
 done:
@@ -835,27 +885,23 @@ pwrite_journal(Committer *c, PyObject *journal, Py_buffer *data, Plan *w)
     return result;
 }
 
-/* pwrite(journal, inode, data, pos) -> int | None */
+/* The pwrite fast path: the bytes written (an int), None (a miss: nothing done, no
+ * exception) or NULL with an exception. */
 static PyObject *
-Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
+committer_pwrite(Committer *c, PyObject *journal, PyObject *inode, PyObject *buf, PyObject *off)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "pwrite(journal, inode, data, pos)");
-        return NULL;
-    }
-    PyObject *journal = args[0], *inode = args[1];
-    if (c->types == NULL || Py_TYPE(inode) != c->inode_type || !PyLong_CheckExact(args[3]))
+    if (c->types == NULL || Py_TYPE(inode) != c->inode_type || !PyLong_CheckExact(off))
         Py_RETURN_NONE;
     if (Py_TYPE(journal) != c->journal_type && bind_journal(c, Py_TYPE(journal)) < 0)
         Py_RETURN_NONE;
     int overflow = 0;
-    long long pos = PyLong_AsLongLongAndOverflow(args[3], &overflow);
+    long long pos = PyLong_AsLongLongAndOverflow(off, &overflow);
     if (overflow || pos < 0) {
         PyErr_Clear();
         Py_RETURN_NONE;
     }
     Py_buffer data;
-    if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0) {
+    if (PyObject_GetBuffer(buf, &data, PyBUF_SIMPLE) < 0) {
         PyErr_Clear(); /* the Python path raises what memoryview(data) raises */
         Py_RETURN_NONE;
     }
@@ -885,6 +931,17 @@ Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(lock);
     PyBuffer_Release(&data);
     return result;
+}
+
+/* pwrite(journal, inode, data, pos) -> int | None */
+static PyObject *
+Committer_pwrite(Committer *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "pwrite(journal, inode, data, pos)");
+        return NULL;
+    }
+    return committer_pwrite(c, args[0], args[1], args[2], args[3]);
 }
 
 static PyObject *
@@ -918,6 +975,9 @@ Committer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->header_offset = header_offset;
     c->log_offset = log_offset;
     c->capacity = capacity;
+    c->last_seq = -2; /* no commit of its own yet: no sequence number follows it */
+    for (int i = 0; i < REC_CACHE; i++)
+        c->recs[i].off = -1;
     return (PyObject *)c;
 }
 
@@ -949,6 +1009,12 @@ static PyObject *
 Committer_get_commits(Committer *c, void *unused)
 {
     return PyLong_FromLongLong(c->commits);
+}
+
+static PyObject *
+Committer_get_record_hits(Committer *c, void *unused)
+{
+    return PyLong_FromLongLong(c->rec_hits);
 }
 
 static PyObject *
@@ -1159,6 +1225,8 @@ static PyGetSetDef Committer_getset[] = {
     {"stage", (getter)Committer_get_stage, NULL, "how far the last commit got (STAGE_*)", NULL},
     {"stamp", (getter)Committer_get_stamp, NULL, "mtime the last overwrite stamped (ns)", NULL},
     {"commits", (getter)Committer_get_commits, NULL, "overwrites committed", NULL},
+    {"record_hits", (getter)Committer_get_record_hits, NULL,
+     "overwrites that took the inode record from the record cache", NULL},
     {"mode", (getter)Committer_get_mode, NULL, "native persist mode, or callback", NULL},
     {NULL}};
 
@@ -1173,6 +1241,96 @@ static PyTypeObject CommitterType = {
     .tp_methods = Committer_methods,
     .tp_getset = Committer_getset,
 };
+
+/* ------------------------------------------------------------ File.pwrite, in C
+ *
+ * file_pwrite(File) -> a method descriptor to install as File.pwrite: the
+ * Python method without its frame.  A call pwrite(data, offset) reads the
+ * File's __slots__ _writer, _journal and inode (offsets found here, once; the
+ * descriptor checks that self is a File) and, if _writer is a Committer, makes
+ * the fast path's call (committer_pwrite, as Committer.pwrite); a miss, any
+ * other call form, or a File without a writer (closed, read-only, appending,
+ * direct) calls the Python method self._pwrite_slow with the arguments as
+ * given, which raises what File.pwrite always raised.  An exception from the
+ * commit is handed to self._pwrite_failed, which names the file.
+ */
+
+static Py_ssize_t f_writer = -1, f_journal = -1, f_inode = -1;
+static PyObject *str_pwrite_slow, *str_pwrite_failed;
+
+/* self._pwrite_failed(exc), which raises exc naming the file; NULL */
+static PyObject *
+file_pwrite_failed(PyObject *self)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(exc, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (exc == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallMethodOneArg(self, str_pwrite_failed, exc);
+    Py_DECREF(exc);
+    Py_XDECREF(r);
+    if (r != NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "File._pwrite_failed returned");
+    return NULL;
+}
+
+static PyObject *
+file_pwrite(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *writer = nargs == 2 && kwnames == NULL ? slot(self, f_writer) : NULL;
+    if (writer != NULL && Py_TYPE(writer) == &CommitterType) {
+        PyObject *journal = slot(self, f_journal), *inode = slot(self, f_inode);
+        if (journal != NULL && inode != NULL) {
+            /* held for the call: the locks may let another thread run */
+            Py_INCREF(writer);
+            Py_INCREF(journal);
+            Py_INCREF(inode);
+            PyObject *r = committer_pwrite((Committer *)writer, journal, inode, args[0], args[1]);
+            Py_DECREF(writer);
+            Py_DECREF(journal);
+            Py_DECREF(inode);
+            if (r == NULL)
+                return file_pwrite_failed(self);
+            if (r != Py_None)
+                return r;
+            Py_DECREF(r);
+        }
+    }
+    PyObject *slow = PyObject_GetAttr(self, str_pwrite_slow);
+    if (slow == NULL)
+        return NULL;
+    PyObject *r = PyObject_Vectorcall(slow, args, nargs, kwnames);
+    Py_DECREF(slow);
+    return r;
+}
+
+static PyMethodDef file_pwrite_def = {
+    "pwrite", (PyCFunction)(void (*)(void))file_pwrite, METH_FASTCALL | METH_KEYWORDS,
+    "pwrite(data, offset) -> int: write data at offset, atomically and durably (File.pwrite; "
+    "the fast path in C, else File._pwrite_slow)"};
+
+static PyObject *
+mod_file_pwrite(PyObject *mod, PyObject *cls)
+{
+    Py_ssize_t w, j, i;
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "file_pwrite(cls): a class");
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)cls;
+    if (slot_offset(type, "_writer", &w) < 0 || slot_offset(type, "_journal", &j) < 0 ||
+        slot_offset(type, "inode", &i) < 0)
+        return NULL;
+    f_writer = w;
+    f_journal = j;
+    f_inode = i;
+    return PyDescr_NewMethod(type, &file_pwrite_def);
+}
 
 /* ------------------------------------------------------------------ module */
 
@@ -1246,6 +1404,9 @@ static PyMethodDef module_methods[] = {
     {"set_error_class", set_error_class, METH_O,
      "set_error_class(cls): raise cls(message) for bad arguments"},
     {"layout", layout, METH_NOARGS, "layout() -> the format constants compiled in"},
+    {"file_pwrite", mod_file_pwrite, METH_O,
+     "file_pwrite(File) -> File.pwrite as a method descriptor in C (its misses call "
+     "File._pwrite_slow)"},
     {NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "daxfs.fs._commit",
@@ -1259,7 +1420,9 @@ PyInit__commit(void)
     crc_init();
     if (PyType_Ready(&CommitterType) < 0 || pyutil_init() < 0)
         return NULL;
-    if ((str_overwrite_failed = PyUnicode_InternFromString("_overwrite_failed")) == NULL)
+    if ((str_overwrite_failed = PyUnicode_InternFromString("_overwrite_failed")) == NULL ||
+        (str_pwrite_slow = PyUnicode_InternFromString("_pwrite_slow")) == NULL ||
+        (str_pwrite_failed = PyUnicode_InternFromString("_pwrite_failed")) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL)

@@ -91,10 +91,10 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol
 
 from daxfs.errors import ClosedFile, InvalidArgument, NotSupported, UnsupportedIO, naming
-from daxfs.fs import xattr
+from daxfs.fs import _commit, xattr
 from daxfs.fs.data import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
@@ -150,6 +150,9 @@ class Owner(Protocol):
 
 class File(io.RawIOBase):
     """An open regular file of a daxfs filesystem (raw, unbuffered)."""
+
+    # slots (beside io's __dict__) that File.pwrite in C reads by offset (_commit.file_pwrite)
+    __slots__ = ("_journal", "_writer", "inode")
 
     #: Mapping and pin factories, installed by daxfs.mm (the layer above; fs cannot import it)
     mapper: ClassVar[Callable[..., Any] | None] = None
@@ -387,7 +390,8 @@ class File(io.RawIOBase):
         """Write ``data`` at ``offset``, atomically and durably; the position does not move.
 
         In append mode the data goes to the end of file, as Linux's pwrite does
-        with O_APPEND.
+        with O_APPEND.  (The reference of File.pwrite in C, ``_commit.file_pwrite``,
+        installed in its place when ``NATIVE_PWRITE``: the same two steps.)
         """
         writer = self._writer
         if writer is not None:
@@ -395,11 +399,29 @@ class File(io.RawIOBase):
             # checks below raise whatever the arguments or the journal call for)
             try:
                 done = writer.pwrite(self._journal, self.inode, data, offset)
-            except BaseException:
-                with naming(self.path):  # errors name the file (no context manager per call)
-                    raise
+            except BaseException as exc:
+                self._pwrite_failed(exc)
             if done is not None:
                 return done
+        return self._pwrite_slow(data, offset)
+
+    def _pwrite_failed(self, exc: BaseException) -> NoReturn:
+        """Raise ``exc``, from the pwrite fast path, naming the file.
+
+        Raises:
+            OSError: ``exc`` named as ``naming`` names it (no context manager per call).
+        """
+        with naming(self.path):
+            raise exc
+
+    def _pwrite_slow(self, data: Buffer, offset: int) -> int:
+        """pwrite past its fast path: the checks, then DataPath.write under inode.lock.
+
+        Raises:
+            ClosedFile (EBADF), UnsupportedIO: closed, or not open for writing.
+            TypeError, InvalidArgument (EINVAL): a bad offset or buffer.
+            OSError: from the write, naming the file (ENOSPC, EIO, EROFS, ...).
+        """
         journal = self._data.journal
         if not (self._open and self._writable and not journal.readonly and not journal.failed):
             self._check_write()  # raises; the conditions are _check_write's, inlined
@@ -846,6 +868,19 @@ class File(io.RawIOBase):
 
     def __getstate__(self) -> Any:
         raise TypeError("daxfs files cannot be pickled")
+
+
+#: the Python File.pwrite (the reference of the C method, which has no frame of its own)
+PYTHON_PWRITE = File.pwrite
+
+
+def native_pwrite(on: bool) -> None:
+    """Make File.pwrite the C method (``_commit.file_pwrite``, the default) or, off, the
+    Python method ``PYTHON_PWRITE``; every File, open or not, takes the change."""
+    File.pwrite = _commit.file_pwrite(File) if on else PYTHON_PWRITE  # type: ignore[method-assign]
+
+
+native_pwrite(True)
 
 
 class _Named(Future[int]):

@@ -115,3 +115,22 @@ def test_the_planted_flush_is_what_fails() -> None:
     """The same check passes with nothing planted (so the failures above are the hook's)."""
     report = check_operation(base, planted_op(0, CASES["across blocks"]), states_per_fence=16)
     assert report.after_seen >= 1
+
+
+def test_crash_at_every_fence_of_overwrites_that_take_the_record_cache() -> None:
+    """Three overwrites of one file in a row: the second and third take the inode record
+    the one before wrote (the record cache), not the media's; crash at each of the nine
+    fences.  The first two write the bytes already there (so every state between is
+    *before*, times aside), the third grows the file inside its last block: a record
+    that was not the media's would show in its size or checksum."""
+    end = len(DATA)
+    writes = ((DATA[:100], 0), (DATA[4000:4100], 4000), (b"3" * 10, end - 5))
+
+    def op(fs: FileSystem) -> None:
+        pwrites(*writes, native=True)(fs)
+        assert fs.journal.committer is not None
+        assert fs.journal.committer.record_hits == 2
+
+    report = check_operation(base, op, states_per_fence=6)
+    assert report.fences == 9
+    assert report.after_seen >= 1
