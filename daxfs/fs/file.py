@@ -89,6 +89,7 @@ import errno
 import io
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol
@@ -130,6 +131,8 @@ class Owner(Protocol):
 
     data: DataPath
     itable: InodeTable
+    #: the open Files by id (a File takes itself out at close)
+    _files: dict[int, weakref.ref[File]]
     #: the direct-I/O engine on a block device; None on DAX (daxfs.fs.direct)
     direct: DirectIO | None
 
@@ -151,8 +154,31 @@ class Owner(Protocol):
 class File(io.RawIOBase):
     """An open regular file of a daxfs filesystem (raw, unbuffered)."""
 
-    # slots (beside io's __dict__) that File.pwrite in C reads by offset (_commit.file_pwrite)
-    __slots__ = ("_journal", "_writer", "inode")
+    # Every field a File sets is a slot (beside io's __dict__, which then stays empty):
+    # File.pwrite in C reads _writer, _journal and inode by offset (_commit.file_pwrite),
+    # and an open+close, which sets them all, is part of every create.
+    __slots__ = (
+        "_append",
+        "_data",
+        "_dio",
+        "_inflight",
+        "_itable",
+        "_journal",
+        "_open",
+        "_owner",
+        "_pos",
+        "_readable",
+        "_reader",
+        "_writable",
+        "_writer",
+        "direct",
+        "inode",
+        "mode",
+        "name",
+    )
+
+    #: guards every File's ``_inflight`` set (held for a set operation only)
+    _inflight_lock: ClassVar[threading.Lock] = threading.Lock()
 
     #: Mapping and pin factories, installed by daxfs.mm (the layer above; fs cannot import it)
     mapper: ClassVar[Callable[..., Any] | None] = None
@@ -170,7 +196,7 @@ class File(io.RawIOBase):
         append: bool,
         direct: bool = False,
     ) -> None:
-        super().__init__()
+        # (io.RawIOBase's __init__ is object's: nothing to call)
         self._owner = owner
         self._data = owner.data
         self._itable = owner.itable
@@ -197,9 +223,9 @@ class File(io.RawIOBase):
         self._dio = owner.direct if direct else None
         if self._dio is not None:
             self._reader = self._writer = None
-        #: this File's asynchronous requests in flight (close waits for them)
-        self._inflight: set[Future[int]] = set()
-        self._inflight_lock = threading.Lock()
+        #: this File's asynchronous requests in flight (close waits for them); None
+        #: until the first (made under _inflight_lock)
+        self._inflight: set[Future[int]] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if not self._open else f"pos={self._pos}"
@@ -571,16 +597,21 @@ class File(io.RawIOBase):
         """Count ``future`` in flight until it is done; errors get this file's path."""
         path = self.path
         with self._inflight_lock:
-            self._inflight.add(future)
+            if self._inflight is None:
+                self._inflight = set()
+            inflight = self._inflight
+            inflight.add(future)
 
         def done(f: Future[int]) -> None:
             with self._inflight_lock:
-                self._inflight.discard(f)
+                inflight.discard(f)
 
         future.add_done_callback(done)
         return _Named(future, path)
 
     def _wait_inflight(self) -> None:
+        if self._inflight is None:  # never had a request (set under the lock, never unset)
+            return
         with self._inflight_lock:
             pending = list(self._inflight)
         if pending:
@@ -852,14 +883,16 @@ class File(io.RawIOBase):
         self._wait_inflight()  # requests in flight use the inode: they end first
         self._reader = self._writer = None  # first: the fast paths check nothing else
         self._open = False
+        # (no io.IOBase.close: it would call flush, a no-op once closed, and set a flag of
+        # its own that nothing reads, since ``closed`` is this class's)
+        files = self._owner._files
+        if (ref := files.get(id(self))) is not None and ref() is self:
+            del files[id(self)]
         try:
-            super().close()
-        finally:
-            try:
-                self._itable.put(self.inode, file=True)
-            except BaseException:
-                with naming(self.path):  # the path decoded only for an error
-                    raise
+            self._itable.put(self.inode, file=True)
+        except BaseException:
+            with naming(self.path):  # the path decoded only for an error
+                raise
 
     def __del__(self) -> None:
         if getattr(self, "_open", False):

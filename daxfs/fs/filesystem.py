@@ -157,7 +157,9 @@ class FileSystem:
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._lock = threading.RLock()
-        self._files: weakref.WeakSet[File] = weakref.WeakSet()
+        #: the open Files, by id, weakly (a File dropped unclosed is closed by its __del__,
+        #: and File.close takes it out: a WeakSet would run Python at each add and death)
+        self._files: dict[int, weakref.ref[File]] = {}
         self._on_unmount = on_unmount
         self._mounted = True
         self._dev = int.from_bytes(sup.sb.uuid[:4], "little") | 0x100000000
@@ -247,12 +249,13 @@ class FileSystem:
             cleanup_after(exc, self._close_and_unmount)
 
     def _close_and_unmount(self) -> None:
-        for file in list(self._files):
+        for file in self.open_files():
             file.close()
         self.unmount()
 
     def open_files(self) -> list[File]:
-        return [f for f in self._files if not f.closed]
+        # list(): a snapshot, as another thread's close may take a File out meanwhile
+        return [f for r in list(self._files.values()) if (f := r()) is not None and not f.closed]
 
     def unmount(self) -> None:
         """Write the clean state and release the device.
@@ -517,7 +520,7 @@ class FileSystem:
             direct=bool(direct),
         )
         self.itable.hold(inode, file=True)
-        self._files.add(file)
+        self._files[id(file)] = weakref.ref(file)
         return file, truncate
 
     def _create(self, found: Lookup, shown: str) -> Inode:
