@@ -1315,6 +1315,12 @@ static PyMethodDef file_pwrite_def = {
     "the fast path in C, else File._pwrite_slow)"};
 
 static PyObject *
+mod_rlock_fast(PyObject *mod, PyObject *unused)
+{
+    return PyBool_FromLong(rlock_fast);
+}
+
+static PyObject *
 mod_file_pwrite(PyObject *mod, PyObject *cls)
 {
     Py_ssize_t w, j, i;
@@ -1404,6 +1410,9 @@ static PyMethodDef module_methods[] = {
     {"set_error_class", set_error_class, METH_O,
      "set_error_class(cls): raise cls(message) for bad arguments"},
     {"layout", layout, METH_NOARGS, "layout() -> the format constants compiled in"},
+    {"rlock_fast", mod_rlock_fast, METH_NOARGS,
+     "rlock_fast() -> bool: whether the C RLock's uncontended acquire and release skip "
+     "the method call (the layout check of daxfs/pmem/_pyutil.h passed)"},
     {"file_pwrite", mod_file_pwrite, METH_O,
      "file_pwrite(File) -> File.pwrite as a method descriptor in C (its misses call "
      "File._pwrite_slow)"},

@@ -481,6 +481,8 @@ class FileSystem:
             except BaseException as exc:
                 cleanup_after(exc, raw.close)
                 raise
+        if buffering == 0:  # what wrap returns for it (the raw File), without the call
+            return raw  # type: ignore[return-value]
         return modes.wrap(raw, spec, buffering, encoding, errors, newline)
 
     def _open_raw(
@@ -508,7 +510,8 @@ class FileSystem:
             if spec.writing:
                 self._check_writable(shown)
             truncate = spec.truncate  # as O_TRUNC: sets mtime even when already empty
-        name_out: str | bytes = path if isinstance(path, str | bytes) else os.fspath(path)
+        # (a tuple, not ``str | bytes``: that union would be made at every call)
+        name_out: str | bytes = path if isinstance(path, (str, bytes)) else os.fspath(path)
         file = File(
             self,
             inode,
