@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -105,11 +106,8 @@ def test_threads_writing_and_reading_one_file_see_whole_writes(shm_path: Path) -
                 if got.count(got[:1]) != BLOCK:
                     torn.append(got)
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(work, range(4)))  # list: a thread's exception raised here
         assert torn == []
         assert f.pread(BLOCK, 0) in patterns
         assert _free(f.inode.lock)
