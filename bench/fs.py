@@ -32,8 +32,9 @@ the goal (issue 9's table) and whether it is met:
               sides of one thread count, not a thread count with that row.
     metadata  in a directory of 100,000 entries (1,000 with --quick), against the
               same operations with os.* on tmpfs: create+close (goal >= 0.25x),
-              stat (goal >= 0.5x), rename, unlink, listdir; stat throughput of
-              random names with 1, 2 and 4 threads (informational)
+              stat (goal >= 0.5x), rename, unlink, listdir, each operation's
+              daxfs and tmpfs batches interleaved; stat throughput of random
+              names with 1, 2 and 4 threads (informational)
     scale     (full run only) a directory of up to 1,000,000 files, created under
               a time budget: stat there within 1.5x of stat in a 10-entry
               directory; mounting the filesystem takes under 1 s and 200 MB
@@ -997,16 +998,12 @@ def create_loop(ns: Namespace) -> Callable[[int], None]:
     return loop
 
 
-def measure_metadata(
-    ns: Namespace, count: int, timing: Timing, report: Report, side: str
-) -> dict[str, float]:
-    """op/s of create+close, stat, rename, unlink; entries/s of listdir (``count`` entries)."""
-    out: dict[str, float] = {}
+def metadata_loops(ns: Namespace, count: int) -> dict[str, Callable[[int], None]]:
+    """The timed loops of ``ns`` (``count`` entries): create+close, and with entries
+    stat (random names), listdir, rename, unlink."""
     existing = names(ns, count)
     rng = random.Random(SEED)
     picks = [rng.choice(existing) for _ in range(RANDOM_NAMES)] if existing else []
-    budget = max(1, count // (timing.batches + 3))  # operations that use up names
-
     pick = cycle(picks)
 
     def stat_loop(n: int) -> None:
@@ -1035,32 +1032,40 @@ def measure_metadata(
         for _ in range(n):
             unlink(pop())
 
-    if picks:
-        ns_stat = attempt(
-            report, f"{side} stat", lambda: median_ns_per_op(stat_loop, timing=timing)
-        )
-        if ns_stat is not None:
-            out["stat"] = per_s(ns_stat)
-    ns_list = attempt(
-        report, f"{side} listdir", lambda: median_ns_per_op(listdir_loop, timing=timing)
-    )
-    if ns_list is not None:
-        out["listdir"] = count * per_s(ns_list)
-    for key, loop, max_ops in (
-        ("create", create_loop(ns), budget),
-        ("rename", rename_loop, 1 << 30),
-        ("unlink", unlink_loop, budget),
+    loops = {"listdir": listdir_loop, "create": create_loop(ns)}
+    if existing:
+        loops |= {"stat": stat_loop, "rename": rename_loop, "unlink": unlink_loop}
+    return loops
+
+
+def measure_metadata(
+    sides: Sequence[Namespace], count: int, timing: Timing, report: Report
+) -> list[dict[str, float]]:
+    """For each namespace (``count`` entries each): op/s of create+close, stat, rename,
+    unlink and entries/s of listdir, every operation's batches interleaved across the
+    sides (``median_ns_per_op_interleaved``: a change of load falls on all alike)."""
+    loops = [metadata_loops(ns, count) for ns in sides]
+    outs: list[dict[str, float]] = [{} for _ in sides]
+    budget = max(1, count // (timing.batches + 3))  # operations that use up names
+    for key, per_op, max_ops in (
+        ("stat", 1, 1 << 30),
+        ("listdir", count, 1 << 30),
+        ("create", 1, budget),
+        ("rename", 1, 1 << 30),
+        ("unlink", 1, budget),
     ):
-        if key != "create" and not pool:
+        if not all(key in side for side in loops):
             continue
-        ns_op = attempt(
-            report,
-            f"{side} {key}",
-            lambda lp=loop, m=max_ops: median_ns_per_op(lp, timing=timing, max_ops=m),
-        )
-        if ns_op is not None:
-            out[key] = per_s(ns_op)
-    return out
+        try:
+            ns = median_ns_per_op_interleaved(
+                [side[key] for side in loops], timing=timing, max_ops=max_ops
+            )
+        except (OSError, Unavailable) as exc:
+            report.note(f"{key}: failed: {type(exc).__name__}: {exc}")
+            continue
+        for out, value in zip(outs, ns, strict=True):
+            out[key] = per_op * per_s(value)
+    return outs
 
 
 def stat_threads(ns: Namespace, count: int, plan: Plan) -> dict[int, float]:
@@ -1089,26 +1094,28 @@ def stat_threads(ns: Namespace, count: int, plan: Plan) -> dict[int, float]:
 
 def metadata_section(plan: Plan, timing: Timing, report: Report) -> None:
     image_size = max(64 * MIB, plan.entries * 4 * KIB)
-    with daxfs_image(SHM, image_size, "cpu") as (fs, _):
-        fs.mkdir("/d")
-        ns = dax_namespace(fs, "/d")
-        count, seconds, why = populate(ns, plan.entries)
-        rate = f"{count / seconds:,.0f}/s" if seconds > 0 else "-"
-        report.note(f"metadata: daxfs created {fmt_count(count)} files in {seconds:.1f} s ({rate})")
-        if why:
-            report.note(
-                f"metadata: daxfs stopped at {fmt_count(count)} of {fmt_count(plan.entries)} "
-                f"files: {why}; both sides measured with {fmt_count(count)} entries"
-            )
-        dax_threads = stat_threads(ns, count, plan)
-        dax = measure_metadata(ns, count, timing, report, "daxfs")
     directory = Path(tempfile.mkdtemp(prefix="daxfs-bench-", dir=SHM))
     try:
-        (directory / "d").mkdir()
-        ns = os_namespace(str(directory / "d"))
-        populate(ns, count)
-        os_threads = stat_threads(ns, count, plan)
-        tmpfs = measure_metadata(ns, count, timing, report, "tmpfs")
+        with daxfs_image(SHM, image_size, "cpu") as (fs, _):
+            fs.mkdir("/d")
+            dax_ns = dax_namespace(fs, "/d")
+            count, seconds, why = populate(dax_ns, plan.entries)
+            rate = f"{count / seconds:,.0f}/s" if seconds > 0 else "-"
+            report.note(
+                f"metadata: daxfs created {fmt_count(count)} files in {seconds:.1f} s ({rate})"
+            )
+            if why:
+                report.note(
+                    f"metadata: daxfs stopped at {fmt_count(count)} of "
+                    f"{fmt_count(plan.entries)} files: {why}; both sides measured with "
+                    f"{fmt_count(count)} entries"
+                )
+            (directory / "d").mkdir()
+            os_ns = os_namespace(str(directory / "d"))
+            populate(os_ns, count)
+            dax_threads = stat_threads(dax_ns, count, plan)
+            os_threads = stat_threads(os_ns, count, plan)
+            dax, tmpfs = measure_metadata([dax_ns, os_ns], count, timing, report)
         (directory / "e").mkdir()
         builtin = builtin_namespace(str(directory / "e"))
         populate(builtin, count)
