@@ -417,7 +417,7 @@ class File(io.RawIOBase):
 
         In append mode the data goes to the end of file, as Linux's pwrite does
         with O_APPEND.  (The reference of File.pwrite in C, ``_commit.file_pwrite``,
-        installed in its place when ``NATIVE_PWRITE``: the same two steps.)
+        installed in its place by ``native_pwrite(True)``: the same two steps.)
         """
         writer = self._writer
         if writer is not None:
