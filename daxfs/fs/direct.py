@@ -352,6 +352,10 @@ class DirectIO:
                 with contextlib.suppress(OSError):  # a write or truncate inside: per item
                     span = data.lock_range(inode, lo, hi, exclusive=False, create=True, nowait=True)
                     tokens.append(span)
+            # the last MAPPED extent looked up: the map cannot change while inode.lock is
+            # held (no lock here waits), so items inside it need no lookup of their own
+            lo_ext = hi_ext = base = 0
+            size = inode.rec.size
             for i in simple:
                 pos, view = items[i]
                 n = len(view)
@@ -364,15 +368,21 @@ class DirectIO:
                         rest.append(i)
                         continue
                     tokens.append(token)
-                result = min(n, inode.rec.size - pos)
-                length = min(n, -(-result // align) * align)
-                iomap = (
-                    data.iomap_begin(inode, pos, length, IomapFlags.DIRECT) if result > 0 else None
-                )
-                if iomap is None or iomap.type is not IomapType.MAPPED or iomap.end < pos + length:
-                    rest.append(i)  # (its own lock, if any, goes with the others)
+                result = min(n, size - pos)
+                if result <= 0:  # at or past the end of file
+                    rest.append(i)
                     continue
-                plan.append((i, iomap.addr_of(pos), length, result))
+                length = min(n, -(-result // align) * align)
+                if not (lo_ext <= pos and pos + length <= hi_ext):  # not the last extent's
+                    iomap = data.iomap_begin(inode, pos, length, IomapFlags.DIRECT)
+                    if iomap.type is not IomapType.MAPPED:
+                        rest.append(i)  # (its own lock, if any, goes with the others)
+                        continue
+                    lo_ext, hi_ext, base = iomap.offset, iomap.end, iomap.addr
+                    if pos + length > hi_ext:
+                        rest.append(i)
+                        continue
+                plan.append((i, base + (pos - lo_ext), length, result))
             stats = self.stats
             stats["reads"] += len(plan)
             stats["bios"] += len(plan)
