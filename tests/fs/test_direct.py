@@ -919,3 +919,36 @@ def test_preadinto_many_errors_and_a_write_in_flight() -> None:
         assert got == [[BLOCK_SIZE, BLOCK_SIZE]]
         assert bytes(first) == bytes(pattern(4 * BLOCK_SIZE, 8))[:BLOCK_SIZE]
         assert bytes(second) == bytes(new)
+
+
+def test_a_short_read_on_io_uring_reaches_the_caller(tmp_path: os.PathLike[str]) -> None:
+    """End to end on the real io_uring inline path: the image file is cut short under
+    the mount, so the device returns a short read: the direct read (one and many)
+    fails with EIO naming the file, and its range is released."""
+    from daxfs.block import open_block
+    from daxfs.block.uring import availability
+
+    if availability():
+        pytest.skip(f"io_uring unavailable: {availability()}")
+    path = os.path.join(os.fspath(tmp_path), "img")
+    mkfs(path, size=SIZE, dax="never")
+    with (
+        open_block(path, engine="io_uring") as bdev,
+        mount(bdev) as fs,
+        fs.open("/f", "wb+", buffering=0, direct=True) as f,
+    ):
+        f.pwrite(pattern(4 * BLOCK_SIZE, 9), 0)
+        ext = next(iter(fs.maps.extents(fs.store, f.inode, 0)))
+        inline = bdev.statistics()["inline"]
+        os.truncate(path, ext.pblk * BLOCK_SIZE + BLOCK_SIZE)  # blocks 1.. of the file gone
+        assert f.pread(BLOCK_SIZE, 0) == bytes(pattern(BLOCK_SIZE, 9))
+        with pytest.raises(OSError, match="/f") as one:
+            f.preadinto(aligned_buffer(2 * BLOCK_SIZE), BLOCK_SIZE)
+        assert one.value.errno == errno.EIO
+        with pytest.raises(OSError, match="/f") as many:
+            f.preadinto_many(
+                [(0, aligned_buffer(BLOCK_SIZE)), (2 * BLOCK_SIZE, aligned_buffer(512))]
+            )
+        assert many.value.errno == errno.EIO
+        assert bdev.statistics()["inline"] >= inline + 4  # the inline paths were taken
+        f.truncate(BLOCK_SIZE, nowait=True)  # no range left locked
