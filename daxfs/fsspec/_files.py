@@ -8,7 +8,22 @@ attributes more (``fs``, ``path``, ``size``, ``autocommit``, and ``commit``/
 ``io.BufferedReader``/``BufferedWriter``/``BufferedRandom`` (C code: a read
 of at least the buffer's size goes from the raw file into the caller's
 buffer, no intermediate copy) with those attributes, and pyarrow's
-``read_buffer`` hook (one copy from device memory into pyarrow's memory pool).
+``read_buffer`` hook: one copy from device memory into pyarrow's memory
+pool, or, where zero copy is on (``DaxFileSystem(zero_copy=...)``: by
+default on read-only mounts) and the read is large, no copy at all.
+
+Zero-copy buffers
+-----------------
+``map_buffer`` maps the file range read-only (``File.mmap``, daxfs.mm) and
+returns ``pyarrow.foreign_buffer`` over the mapping's memory, with a small
+owner object as its base: pyarrow keeps the owner alive as long as the
+buffer, its slices, and the arrays and tables built on them.  When the
+owner dies its mapping is queued on the mount and closed at the next drain
+(daxfs.fsspec._mounts, invariant 6).  The buffer shows the file as it is
+now: on a read-write mount, a later write shows through, and a truncate
+turns the truncated part into zeros (the mapping is detached, never left
+on freed blocks: docs/ARCHITECTURE.md "Mappings and pins").  That is why
+it is on by default only on read-only mounts, where nothing changes.
 
 State diagram (autocommit=False is fsspec's ``with fs.transaction:``)::
 
@@ -28,20 +43,27 @@ Invariants
    starts with ``.`` and ends with ``.daxfs-tmp``).
 3. In a forked child an inherited file is inert: ``close`` (also from the
    garbage collector) neither flushes nor writes to the parent's image.
+4. A zero-copy buffer's memory is a live read-only DAX mapping for as long
+   as any pyarrow object uses it; the image cannot be unmounted meanwhile
+   (Busy), and its mapping is closed only after the buffer died.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import posixpath
 import uuid
+import weakref
 from typing import TYPE_CHECKING, Any
 
-from daxfs.errors import InvalidArgument, naming
+from daxfs.errors import InvalidArgument, NotSupported, naming
 from daxfs.fs.file import File
+from daxfs.mm.vm import PAGE_SIZE
 
 if TYPE_CHECKING:
     from daxfs.fs.filesystem import FileSystem
+    from daxfs.fsspec._mounts import Mount
 
 #: suffix of the temporary name a transaction file writes to
 TMP_SUFFIX = ".daxfs-tmp"
@@ -50,6 +72,9 @@ TMP_SUFFIX = ".daxfs-tmp"
 #: transaction per flush (a larger buffer means fewer commits)
 READ_BUFFER = 64 << 10
 WRITE_BUFFER = 1 << 20
+#: a ``read_buffer`` of at least this many bytes maps its range (zero copy, where it
+#: is on); a smaller one is copied, which costs less than a mapping's mmap and munmap
+ZERO_COPY_MIN = 1 << 20
 
 
 class _FsspecFile:
@@ -82,11 +107,15 @@ class _FsspecFile:
 
     def read_buffer(self, nbytes: int) -> Any:
         """pyarrow's hook (its PythonFile calls it instead of ``read``): up to ``nbytes``
-        at the position (all to the end if negative) in a buffer of pyarrow's memory pool,
-        copied once from device memory by ``preadinto``; the position moves past them.
+        at the position (all to the end if negative) in a pyarrow buffer; the position
+        moves past them.
 
-        A bytes object of the size would cost more than the copy: large ones come as
-        fresh pages from the kernel at every read, while pyarrow's pool reuses its memory.
+        With zero copy on (``fs.zero_copy_reads``) and at least ZERO_COPY_MIN bytes,
+        the buffer is device memory itself (``map_buffer``: read-only, alive as long
+        as pyarrow uses it).  Otherwise they are copied once from device memory by
+        ``preadinto`` into a buffer of pyarrow's memory pool: a bytes object of the
+        size would cost more than the copy (large ones come as fresh pages from the
+        kernel at every read, while pyarrow's pool reuses its memory).
 
         Raises:
             ImportError: no pyarrow (only pyarrow calls this).
@@ -99,6 +128,14 @@ class _FsspecFile:
         pos: int = self.tell()  # type: ignore[attr-defined]
         left = max(0, self.size - pos)
         n = left if nbytes < 0 else min(nbytes, left)
+        mapped = None
+        if n >= ZERO_COPY_MIN and self.fs.zero_copy_reads:
+            # InvalidArgument: truncated since the size was read; the copy reads what is left
+            with contextlib.suppress(InvalidArgument):
+                mapped = map_buffer(self.fs.mount, self.daxfs_file, pos, n)
+        if mapped is not None:
+            self.seek(pos + n)  # type: ignore[attr-defined]
+            return mapped
         buf = pa.allocate_buffer(n)
         got = self.daxfs_file.preadinto(memoryview(buf), pos) if n else 0
         self.seek(pos + got)  # type: ignore[attr-defined]
@@ -205,6 +242,40 @@ def open_file(
         raw.close()
         raise
     return wrapped
+
+
+class _View:
+    """The owner of one zero-copy buffer: pyarrow keeps it alive with the buffer."""
+
+    __slots__ = ("__weakref__", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def map_buffer(mount: Mount, raw: File, pos: int, n: int) -> Any:
+    """A read-only pyarrow buffer over ``raw``'s bytes ``[pos, pos+n)`` in device
+    memory, no copy (n > 0, the range inside the file); None where the file cannot
+    be mapped (EOPNOTSUPP).  Its mapping is closed after the buffer, its slices
+    and what pyarrow built on them died (module docstring, "Zero-copy buffers").
+
+    Raises:
+        ImportError: no pyarrow.
+        what File.mmap raises (InvalidArgument: the range is past the end of file,
+        truncated meanwhile), and Mapping.close (of a mapping drained first).
+    """
+    import pyarrow as pa
+
+    mount.drain()
+    lo = pos - pos % PAGE_SIZE
+    try:
+        mapping = raw.mmap(lo, pos + n - lo, access="read")
+    except NotSupported:
+        return None
+    owner = _View(raw.path)
+    weakref.finalize(owner, mount.unmapped.append, mapping)
+    mount.views.add(owner)
+    return pa.foreign_buffer(mapping.address + pos - lo, n, base=owner)
 
 
 def read_range(daxfs: FileSystem, path: str, start: int | None, end: int | None) -> bytes:

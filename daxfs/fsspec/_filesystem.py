@@ -12,7 +12,10 @@ Copies move bytes once: ``cat_file`` from device memory into the bytes it
 returns; ``get_file`` and ``cp_file`` pin the source range (daxfs.mm.SGList)
 and hand views of device memory to the destination's write, no buffer in
 between; a file object's ``readinto`` (and a ``read`` of at least its buffer
-size) copies from device memory into the caller's buffer.
+size) copies from device memory into the caller's buffer.  No copy at all:
+``cat_buffer`` and, with ``zero_copy``, pyarrow's large reads return pyarrow
+buffers over a read-only DAX mapping that lives as long as they do
+(daxfs.fsspec._files, "Zero-copy buffers").
 
 Invariants
 ----------
@@ -22,7 +25,9 @@ Invariants
    not change; the multi-step ones (pipe_file, put_file, cp_file, rm of a
    tree, mv of a list) leave what docs/GUARANTEES.md says.
 3. A view of device memory (a pinned copy's) is released before its range
-   is unpinned, and never handed out past the call.
+   is unpinned, and never handed out past the call; a zero-copy buffer's
+   mapping is closed only after the buffer died (daxfs.fsspec._mounts,
+   invariant 6).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from daxfs.fs.file import File
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.scan import remove_tree
 from daxfs.fsspec import _mounts
-from daxfs.fsspec._files import DaxFile, open_file, read_range
+from daxfs.fsspec._files import DaxFile, map_buffer, open_file, read_range
 from daxfs.lifecycle import cleanup_after
 
 #: bytes pinned (or buffered) at a time by get_file, put_file and cp_file
@@ -59,11 +64,15 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
     """The files of one daxfs image, for fsspec (protocol ``daxfs``).
 
     ``DaxFileSystem(image, readonly=False, persist="auto", dax="inode",
-    layout_timeout=10.0, auto_mkdir=True)``; ``fo`` is the same as ``image``
-    (the name fsspec gives the outer part of a chained URL,
+    layout_timeout=10.0, auto_mkdir=True, zero_copy=None)``; ``fo`` is the
+    same as ``image`` (the name fsspec gives the outer part of a chained URL,
     ``daxfs:///path/in/image::/path/of/image``).  The keywords are
     ``daxfs.mount``'s; ``auto_mkdir`` makes writes create missing parent
-    directories, as object stores do.
+    directories, as object stores do; ``zero_copy`` makes pyarrow's large
+    reads (``read_buffer``) buffers of device memory instead of copies: None
+    (the default) on read-only mounts only, True also on read-write ones
+    (the buffers then show later writes, and zeros after a truncate:
+    daxfs.fsspec._files, "Zero-copy buffers"), False never.
 
     Raises (at construction, as daxfs.mount):
         InvalidArgument (EINVAL): no image, or an image that is not a local path.
@@ -84,6 +93,7 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         dax: str = "inode",
         layout_timeout: float = 10.0,
         auto_mkdir: bool = True,
+        zero_copy: bool | None = None,
         target_protocol: str | None = None,
         target_options: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -105,7 +115,10 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         if isinstance(given, str):
             given = given.removeprefix("file://").removeprefix("local://")
         self.image = _mounts.image_key(given)
+        if zero_copy not in (None, True, False):
+            raise InvalidArgument(f"zero_copy must be None, True or False: {zero_copy!r}")
         self.auto_mkdir = auto_mkdir
+        self.zero_copy = zero_copy
         self._options = _mounts.Options(
             readonly=readonly, persist=persist, dax=dax, layout_timeout=layout_timeout
         )
@@ -126,6 +139,18 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         if not (mount.live and mount.fs.mounted):
             mount = self._mount = _mounts.acquire(self.image, self._options)
         return mount
+
+    @property
+    def mount(self) -> _mounts.Mount:
+        """The image's entry in the process's mount table (daxfs.fsspec._mounts)."""
+        return self._current()
+
+    @property
+    def zero_copy_reads(self) -> bool:
+        """Whether pyarrow's large reads are buffers of device memory (``zero_copy``)."""
+        if self.zero_copy is None:
+            return self._options.readonly
+        return self.zero_copy
 
     @property
     def filesystem(self) -> FileSystem:
@@ -354,6 +379,33 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
             FileNotFoundError, IsADirectoryError, ..., naming the path.
         """
         return read_range(self.filesystem, self._strip_protocol(path), start, end)
+
+    def cat_buffer(self, path: Any, start: int | None = None, end: int | None = None) -> Any:
+        """Bytes ``[start, end)`` (as ``cat_file``) as a read-only ``pyarrow.Buffer`` of
+        device memory itself, no copy, whatever ``zero_copy`` says; ``memoryview(buf)``
+        and ``numpy.frombuffer(buf)`` see the same memory.  It maps the range (daxfs.mm)
+        as long as the buffer, or anything made from it, is alive: it shows later writes,
+        zeros where the file is truncated, and the image cannot be unmounted meanwhile
+        (Busy).  An empty range is an empty buffer.
+
+        Raises:
+            ImportError: no pyarrow.
+            FileNotFoundError, IsADirectoryError, ..., naming the path.
+            TypeError: ``start`` or ``end`` not an int or None.
+        """
+        import pyarrow as pa
+
+        path = self._strip_protocol(path)
+        mount = self._current()
+        with mount.fs.open(path, "rb", buffering=0) as raw:
+            assert isinstance(raw, File)
+            first, last, _ = slice(start, end).indices(raw.stat().st_size)
+            if last <= first:
+                return pa.py_buffer(b"")
+            buf = map_buffer(mount, raw, first, last - first)
+            if buf is None:  # a device that cannot map: one copy
+                return pa.py_buffer(read_range(mount.fs, path, first, last))
+            return buf
 
     def pipe_file(self, path: Any, value: Any, mode: str = "overwrite", **kwargs: Any) -> None:
         """Write ``value`` as the whole file: an O_TRUNC open, then one durable write.

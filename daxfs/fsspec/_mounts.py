@@ -35,12 +35,22 @@ Invariants
 5. A forked child never uses or unmounts its parent's mounts: it forgets
    them (the parent's unmount is the parent's); the child's first acquire
    mounts for itself (EBUSY while the parent holds it read-write).
+6. A zero-copy buffer (daxfs.fsspec._files.map_buffer) keeps its DAX mapping
+   open while it is alive; when it dies, its mapping is queued on
+   ``unmapped`` and closed at the next ``drain`` (the next zero-copy read,
+   release, release_all), never from the finalizer itself (which may run in
+   any thread, inside any lock).  ``release`` refuses (Busy) while one is
+   alive, force or not: its memory is the image's; at exit a read-only mount
+   held by them is left as it is (nothing to write; the process ends), a
+   read-write one is reported in one line (the next mount recovers).
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import dataclasses
+import gc
 import os
 import sys
 import threading
@@ -87,9 +97,29 @@ class Mount:
     files: weakref.WeakSet[Any] = dataclasses.field(default_factory=weakref.WeakSet)
     #: False once forgotten (in a forked child): instances holding it must acquire again
     live: bool = True
+    #: the owners of the zero-copy buffers alive (invariant 6)
+    views: weakref.WeakSet[Any] = dataclasses.field(default_factory=weakref.WeakSet)
+    #: mappings of zero-copy buffers that died, to close at the next ``drain``
+    unmapped: collections.deque[Any] = dataclasses.field(default_factory=collections.deque)
 
     def open_files(self) -> list[OpenFile]:
         return [f for f in list(self.files) if not f.closed]
+
+    def drain(self) -> None:
+        """Close the mappings of the zero-copy buffers that died (invariant 6).
+
+        Raises:
+            what Mapping.close raises (the last hold of an unlinked file frees
+            it); the other queued mappings stay queued.
+        """
+        while self.unmapped:
+            self.unmapped.popleft().close()
+
+    def live_views(self) -> list[str]:
+        """The paths of the zero-copy buffers alive, after a collection (cycles)."""
+        if self.views:
+            gc.collect()
+        return sorted(view.path for view in list(self.views))
 
 
 _TABLE: dict[str, Mount] = {}
@@ -168,6 +198,15 @@ def release(image: str, timeout: float = 1.0, *, force: bool = False) -> None:
         if busy:
             names = ", ".join(sorted(f.path for f in busy)[:5])
             raise Busy(f"cannot unmount {image}: {len(busy)} open file(s): {names}", image)
+        views = entry.live_views()
+        if views:
+            raise Busy(
+                f"cannot unmount {image}: {len(views)} zero-copy buffer(s) of "
+                f"{', '.join(sorted(set(views))[:5])} still map its memory (pyarrow buffers, "
+                "or the tables and arrays made from them): drop them first",
+                image,
+            )
+        entry.drain()
         try:
             entry.fs.unmount()
         finally:
@@ -195,7 +234,17 @@ def release_all() -> None:
                 file.close()  # flushes: what was written is durable
             except Exception as exc:
                 _warn(f"could not close {file.path} on {entry.image} at exit: {exc}")
+        views = entry.live_views()
+        if views and entry.options.readonly:
+            continue  # invariant 6: nothing to write, and their memory stays valid
+        if views:
+            _warn(
+                f"{len(views)} zero-copy buffer(s) of {entry.image} still alive at exit: "
+                "left mounted; the next mount recovers"
+            )
+            continue
         try:
+            entry.drain()
             _close_and_unmount(entry.fs)
         except Exception as exc:
             _warn(f"could not unmount {entry.image} at exit: {exc}; the next mount recovers")
