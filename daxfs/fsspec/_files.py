@@ -14,16 +14,20 @@ default on read-only mounts) and the read is large, no copy at all.
 
 Zero-copy buffers
 -----------------
-``map_buffer`` maps the file range read-only (``File.mmap``, daxfs.mm) and
-returns ``pyarrow.foreign_buffer`` over the mapping's memory, with a small
-owner object as its base: pyarrow keeps the owner alive as long as the
-buffer, its slices, and the arrays and tables built on them.  When the
-owner dies its mapping is queued on the mount and closed at the next drain
-(daxfs.fsspec._mounts, invariant 6).  The buffer shows the file as it is
-now: on a read-write mount, a later write shows through, and a truncate
-turns the truncated part into zeros (the mapping is detached, never left
-on freed blocks: docs/ARCHITECTURE.md "Mappings and pins").  That is why
-it is on by default only on read-only mounts, where nothing changes.
+``pinned_buffer`` pins the file range (``File.pin``, daxfs.mm: the blocks
+hold this file's data until unpinned) and, when the range is one extent of
+written blocks, returns ``pyarrow.foreign_buffer`` over the device's own
+memory there (the mapping the device keeps of the whole image: no new
+mapping, no page faults), with a small owner object as its base: pyarrow
+keeps the owner alive as long as the buffer, its slices, and the arrays and
+tables built on them.  When the owner dies, its finalizer queues the pin
+for the unpin worker thread, which releases it (daxfs.fsspec._mounts,
+invariant 6).  A range
+of several extents, or with holes, is copied instead.  While pinned, the
+buffer's bytes cannot change: a write, truncate or punch-hole over the
+range waits for the pin to go (``layout_timeout``, then EBUSY, nothing
+changed: docs/ARCHITECTURE.md "Pins and break_layouts").  That is why it
+is on by default only on read-only mounts, where nothing writes.
 
 State diagram (autocommit=False is fsspec's ``with fs.transaction:``)::
 
@@ -43,23 +47,26 @@ Invariants
    starts with ``.`` and ends with ``.daxfs-tmp``).
 3. In a forked child an inherited file is inert: ``close`` (also from the
    garbage collector) neither flushes nor writes to the parent's image.
-4. A zero-copy buffer's memory is a live read-only DAX mapping for as long
-   as any pyarrow object uses it; the image cannot be unmounted meanwhile
-   (Busy), and its mapping is closed only after the buffer died.
+4. A zero-copy buffer's memory is pinned device memory for as long as any
+   pyarrow object uses it: its bytes do not change, the image cannot be
+   unmounted meanwhile (Busy), and the pin is released only after the
+   buffer died.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import posixpath
 import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from daxfs.errors import InvalidArgument, NotSupported, naming
+from daxfs.errors import InvalidArgument, NotSupported, WouldBlock, naming
 from daxfs.fs.file import File
-from daxfs.mm.vm import PAGE_SIZE
+from daxfs.fsspec import _mounts
+from daxfs.lifecycle import cleanup_after
 
 if TYPE_CHECKING:
     from daxfs.fs.filesystem import FileSystem
@@ -72,8 +79,8 @@ TMP_SUFFIX = ".daxfs-tmp"
 #: transaction per flush (a larger buffer means fewer commits)
 READ_BUFFER = 64 << 10
 WRITE_BUFFER = 1 << 20
-#: a ``read_buffer`` of at least this many bytes maps its range (zero copy, where it
-#: is on); a smaller one is copied, which costs less than a mapping's mmap and munmap
+#: a ``read_buffer`` of at least this many bytes pins its range (zero copy, where it
+#: is on); a smaller one is copied, which costs less than the pin and its release
 ZERO_COPY_MIN = 1 << 20
 
 
@@ -110,12 +117,13 @@ class _FsspecFile:
         at the position (all to the end if negative) in a pyarrow buffer; the position
         moves past them.
 
-        With zero copy on (``fs.zero_copy_reads``) and at least ZERO_COPY_MIN bytes,
-        the buffer is device memory itself (``map_buffer``: read-only, alive as long
-        as pyarrow uses it).  Otherwise they are copied once from device memory by
-        ``preadinto`` into a buffer of pyarrow's memory pool: a bytes object of the
-        size would cost more than the copy (large ones come as fresh pages from the
-        kernel at every read, while pyarrow's pool reuses its memory).
+        With zero copy on (``fs.zero_copy_reads``) and at least ZERO_COPY_MIN bytes
+        in one extent, the buffer is device memory itself (``pinned_buffer``:
+        read-only, pinned as long as pyarrow uses it).  Otherwise they are copied
+        once from device memory by ``preadinto`` into a buffer of pyarrow's memory
+        pool: a bytes object of the size would cost more than the copy (large ones
+        come as fresh pages from the kernel at every read, while the pool reuses
+        its memory).
 
         Raises:
             ImportError: no pyarrow (only pyarrow calls this).
@@ -132,7 +140,7 @@ class _FsspecFile:
         if n >= ZERO_COPY_MIN and self.fs.zero_copy_reads:
             # InvalidArgument: truncated since the size was read; the copy reads what is left
             with contextlib.suppress(InvalidArgument):
-                mapped = map_buffer(self.fs.mount, self.daxfs_file, pos, n)
+                mapped = pinned_buffer(self.fs.mount, self.daxfs_file, pos, n)
         if mapped is not None:
             self.seek(pos + n)  # type: ignore[attr-defined]
             return mapped
@@ -253,29 +261,38 @@ class _View:
         self.path = path
 
 
-def map_buffer(mount: Mount, raw: File, pos: int, n: int) -> Any:
+def pinned_buffer(mount: Mount, raw: File, pos: int, n: int) -> Any:
     """A read-only pyarrow buffer over ``raw``'s bytes ``[pos, pos+n)`` in device
-    memory, no copy (n > 0, the range inside the file); None where the file cannot
-    be mapped (EOPNOTSUPP).  Its mapping is closed after the buffer, its slices
-    and what pyarrow built on them died (module docstring, "Zero-copy buffers").
+    memory, no copy (n > 0, the range inside the file), pinned until the buffer,
+    its slices and what pyarrow built on them died (module docstring, "Zero-copy
+    buffers").  None where it cannot be: the range is not one extent of written
+    blocks, a truncate is breaking it (EAGAIN), or the device cannot pin.
 
     Raises:
         ImportError: no pyarrow.
-        what File.mmap raises (InvalidArgument: the range is past the end of file,
-        truncated meanwhile), and Mapping.close (of a mapping drained first).
+        InvalidArgument: the range is past the end of file (truncated meanwhile).
     """
     import pyarrow as pa
 
-    mount.drain()
-    lo = pos - pos % PAGE_SIZE
+    _mounts.start_unpinning()
     try:
-        mapping = raw.mmap(lo, pos + n - lo, access="read")
-    except NotSupported:
+        sg = raw.pin(pos, n)
+    except (NotSupported, WouldBlock):
         return None
+    try:
+        segments = sg.segments
+        if len(segments) != 1 or segments[0].dev is None:
+            sg.unpin()
+            return None
+        with next(sg.views()) as view:  # released at once: the device refuses to close
+            address = pa.py_buffer(view).address  # while a view of it is alive
+    except BaseException as exc:
+        cleanup_after(exc, sg.close)
+        raise
     owner = _View(raw.path)
-    weakref.finalize(owner, mount.unmapped.append, mapping)
+    weakref.finalize(owner, _mounts.unpin_later, sg, os.getpid())
     mount.views.add(owner)
-    return pa.foreign_buffer(mapping.address + pos - lo, n, base=owner)
+    return pa.foreign_buffer(address, n, base=owner)
 
 
 def read_range(daxfs: FileSystem, path: str, start: int | None, end: int | None) -> bytes:

@@ -14,7 +14,7 @@ and hand views of device memory to the destination's write, no buffer in
 between; a file object's ``readinto`` (and a ``read`` of at least its buffer
 size) copies from device memory into the caller's buffer.  No copy at all:
 ``cat_buffer`` and, with ``zero_copy``, pyarrow's large reads return pyarrow
-buffers over a read-only DAX mapping that lives as long as they do
+buffers of pinned device memory, pinned as long as they live
 (daxfs.fsspec._files, "Zero-copy buffers").
 
 Invariants
@@ -26,7 +26,7 @@ Invariants
    tree, mv of a list) leave what docs/GUARANTEES.md says.
 3. A view of device memory (a pinned copy's) is released before its range
    is unpinned, and never handed out past the call; a zero-copy buffer's
-   mapping is closed only after the buffer died (daxfs.fsspec._mounts,
+   pin is released only after the buffer died (daxfs.fsspec._mounts,
    invariant 6).
 """
 
@@ -51,7 +51,7 @@ from daxfs.fs.file import File
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.scan import remove_tree
 from daxfs.fsspec import _mounts
-from daxfs.fsspec._files import DaxFile, map_buffer, open_file, read_range
+from daxfs.fsspec._files import DaxFile, open_file, pinned_buffer, read_range
 from daxfs.lifecycle import cleanup_after
 
 #: bytes pinned (or buffered) at a time by get_file, put_file and cp_file
@@ -69,10 +69,11 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
     ``daxfs:///path/in/image::/path/of/image``).  The keywords are
     ``daxfs.mount``'s; ``auto_mkdir`` makes writes create missing parent
     directories, as object stores do; ``zero_copy`` makes pyarrow's large
-    reads (``read_buffer``) buffers of device memory instead of copies: None
-    (the default) on read-only mounts only, True also on read-write ones
-    (the buffers then show later writes, and zeros after a truncate:
-    daxfs.fsspec._files, "Zero-copy buffers"), False never.
+    reads (``read_buffer``) buffers of pinned device memory instead of
+    copies: None (the default) on read-only mounts only, True also on
+    read-write ones (a write or truncate of a range such a buffer pins then
+    waits for it to die, EBUSY after ``layout_timeout``: daxfs.fsspec._files,
+    "Zero-copy buffers"), False never.
 
     Raises (at construction, as daxfs.mount):
         InvalidArgument (EINVAL): no image, or an image that is not a local path.
@@ -381,12 +382,14 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
         return read_range(self.filesystem, self._strip_protocol(path), start, end)
 
     def cat_buffer(self, path: Any, start: int | None = None, end: int | None = None) -> Any:
-        """Bytes ``[start, end)`` (as ``cat_file``) as a read-only ``pyarrow.Buffer`` of
-        device memory itself, no copy, whatever ``zero_copy`` says; ``memoryview(buf)``
-        and ``numpy.frombuffer(buf)`` see the same memory.  It maps the range (daxfs.mm)
-        as long as the buffer, or anything made from it, is alive: it shows later writes,
-        zeros where the file is truncated, and the image cannot be unmounted meanwhile
-        (Busy).  An empty range is an empty buffer.
+        """Bytes ``[start, end)`` (as ``cat_file``) as a read-only ``pyarrow.Buffer``:
+        device memory itself, no copy, whatever ``zero_copy`` says, when the range is
+        one extent of written blocks (else one copy).  ``memoryview(buf)`` and
+        ``numpy.frombuffer(buf)`` see the same memory.  The range stays pinned as
+        long as the buffer, or anything made from it, is alive: its bytes do not
+        change (a write, truncate or punch-hole over it waits, then fails with EBUSY
+        after ``layout_timeout``), and the image cannot be unmounted (Busy).  An
+        empty range is an empty buffer.
 
         Raises:
             ImportError: no pyarrow.
@@ -402,9 +405,10 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
             first, last, _ = slice(start, end).indices(raw.stat().st_size)
             if last <= first:
                 return pa.py_buffer(b"")
-            buf = map_buffer(mount, raw, first, last - first)
-            if buf is None:  # a device that cannot map: one copy
-                return pa.py_buffer(read_range(mount.fs, path, first, last))
+            buf = pinned_buffer(mount, raw, first, last - first)
+            if buf is None:  # several extents, holes, or a device that cannot pin
+                with naming(path):
+                    return pa.py_buffer(raw.pread(last - first, first))
             return buf
 
     def pipe_file(self, path: Any, value: Any, mode: str = "overwrite", **kwargs: Any) -> None:

@@ -35,23 +35,28 @@ Invariants
 5. A forked child never uses or unmounts its parent's mounts: it forgets
    them (the parent's unmount is the parent's); the child's first acquire
    mounts for itself (EBUSY while the parent holds it read-write).
-6. A zero-copy buffer (daxfs.fsspec._files.map_buffer) keeps its DAX mapping
-   open while it is alive; when it dies, its mapping is queued on
-   ``unmapped`` and closed at the next ``drain`` (the next zero-copy read,
-   release, release_all), never from the finalizer itself (which may run in
-   any thread, inside any lock).  ``release`` refuses (Busy) while one is
-   alive, force or not: its memory is the image's; at exit a read-only mount
-   held by them is left as it is (nothing to write; the process ends), a
-   read-write one is reported in one line (the next mount recovers).
+6. A zero-copy buffer (daxfs.fsspec._files.pinned_buffer) keeps its pin
+   while it is alive; when it dies, its finalizer (which may run in any
+   thread, inside any lock, even the garbage collector's run inside daxfs)
+   only puts the pin on a SimpleQueue (reentrant-safe), and the unpin
+   worker thread releases it, holding no lock but those the unpin takes, as
+   any caller of the API; a finalizer in a forked child drops its inherited
+   pin (the parent's).  ``settle`` waits until every pin queued before it is
+   released; ``release`` settles before it unmounts, and refuses (Busy) while one is alive,
+   force or not: its memory is the device's mapping.  At exit a mount held
+   by them stays mounted, and referenced (``_KEPT``) so that the device's
+   mapping outlives every buffer until the process ends: silently if
+   read-only (nothing to write), in one line on stderr if read-write (the
+   next mount recovers).
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
 import dataclasses
 import gc
 import os
+import queue
 import sys
 import threading
 import time
@@ -99,21 +104,9 @@ class Mount:
     live: bool = True
     #: the owners of the zero-copy buffers alive (invariant 6)
     views: weakref.WeakSet[Any] = dataclasses.field(default_factory=weakref.WeakSet)
-    #: mappings of zero-copy buffers that died, to close at the next ``drain``
-    unmapped: collections.deque[Any] = dataclasses.field(default_factory=collections.deque)
 
     def open_files(self) -> list[OpenFile]:
         return [f for f in list(self.files) if not f.closed]
-
-    def drain(self) -> None:
-        """Close the mappings of the zero-copy buffers that died (invariant 6).
-
-        Raises:
-            what Mapping.close raises (the last hold of an unlinked file frees
-            it); the other queued mappings stay queued.
-        """
-        while self.unmapped:
-            self.unmapped.popleft().close()
 
     def live_views(self) -> list[str]:
         """The paths of the zero-copy buffers alive, after a collection (cycles)."""
@@ -123,6 +116,8 @@ class Mount:
 
 
 _TABLE: dict[str, Mount] = {}
+#: mounts left mounted at exit because zero-copy buffers still use them (invariant 6)
+_KEPT: list[Mount] = []
 _LOCK = threading.Lock()
 
 
@@ -202,11 +197,11 @@ def release(image: str, timeout: float = 1.0, *, force: bool = False) -> None:
         if views:
             raise Busy(
                 f"cannot unmount {image}: {len(views)} zero-copy buffer(s) of "
-                f"{', '.join(sorted(set(views))[:5])} still map its memory (pyarrow buffers, "
+                f"{', '.join(sorted(set(views))[:5])} still pin its memory (pyarrow buffers, "
                 "or the tables and arrays made from them): drop them first",
                 image,
             )
-        entry.drain()
+        settle(max(0.0, deadline - time.monotonic()) + 1.0)
         try:
             entry.fs.unmount()
         finally:
@@ -235,8 +230,10 @@ def release_all() -> None:
             except Exception as exc:
                 _warn(f"could not close {file.path} on {entry.image} at exit: {exc}")
         views = entry.live_views()
+        if views:  # invariant 6: the device's mapping must outlive the buffers
+            _KEPT.append(entry)
         if views and entry.options.readonly:
-            continue  # invariant 6: nothing to write, and their memory stays valid
+            continue
         if views:
             _warn(
                 f"{len(views)} zero-copy buffer(s) of {entry.image} still alive at exit: "
@@ -244,7 +241,7 @@ def release_all() -> None:
             )
             continue
         try:
-            entry.drain()
+            settle(1.0)
             _close_and_unmount(entry.fs)
         except Exception as exc:
             _warn(f"could not unmount {entry.image} at exit: {exc}; the next mount recovers")
@@ -273,13 +270,63 @@ def _warn(message: str) -> None:
 
 def forget_in_child() -> None:
     """After fork, in the child: drop the parent's mounts without unmounting them."""
-    global _LOCK
+    global _LOCK, _UNPIN, _WORKER_LOCK, _worker
     _LOCK = threading.Lock()  # the parent may have held it while forking
+    _UNPIN, _WORKER_LOCK, _worker = queue.SimpleQueue(), threading.Lock(), None
     for entry in _TABLE.values():
         entry.live = False
         for file in list(entry.files):
             file._forget()
     _TABLE.clear()
+
+
+# -- the unpin worker (invariant 6) --------------------------------------------------------
+
+_UNPIN: queue.SimpleQueue[Any] = queue.SimpleQueue()
+_worker: threading.Thread | None = None
+_WORKER_LOCK = threading.Lock()
+
+
+def unpin_later(sg: Any, pid: int) -> None:
+    """A zero-copy buffer's finalizer: queue its pin ``sg`` (made in process ``pid``)
+    for the worker; in another process (a forked child) drop it: it is the parent's.
+
+    Never raises, never blocks (SimpleQueue.put is safe inside finalizers).
+    """
+    if pid == os.getpid():
+        _UNPIN.put(sg)
+
+
+def start_unpinning() -> None:
+    """Start the unpin worker thread, once per process (before the first pin it takes)."""
+    global _worker
+    with _WORKER_LOCK:
+        if _worker is None or not _worker.is_alive():
+            _worker = threading.Thread(target=_unpin_loop, name="daxfs-fsspec-unpin", daemon=True)
+            _worker.start()
+
+
+def _unpin_loop() -> None:
+    while True:
+        item = _UNPIN.get()
+        if isinstance(item, threading.Event):  # settle's marker: all before it are done
+            item.set()
+            continue
+        try:
+            item.close()
+        except Exception as exc:  # the pin is gone all the same (SGList.unpin)
+            _warn(f"releasing the pin of a zero-copy buffer ({item!r}) failed: {exc}")
+
+
+def settle(timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds until every pin queued so far is released;
+    False if the worker did not get there in time (or never ran: nothing queued)."""
+    with _WORKER_LOCK:
+        if _worker is None or not _worker.is_alive():
+            return _UNPIN.empty()
+    done = threading.Event()
+    _UNPIN.put(done)
+    return done.wait(timeout)
 
 
 def _shown(options: Options) -> str:

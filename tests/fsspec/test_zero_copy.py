@@ -1,10 +1,12 @@
-"""Zero-copy reads through fsspec: ``cat_buffer`` and pyarrow's ``read_buffer`` over DAX
-mappings, and their lifetime against writes, truncate, unlink, unmount and exit."""
+"""Zero-copy reads through fsspec: ``cat_buffer`` and pyarrow's ``read_buffer`` as buffers
+of pinned device memory, and their lifetime against writes, truncate, unlink, unmount and
+exit."""
 
 from __future__ import annotations
 
 import errno
 import gc
+import os
 import threading
 from collections.abc import Iterator
 
@@ -13,8 +15,8 @@ import pytest
 
 import daxfs
 from daxfs.errors import Busy, InvalidArgument
-from daxfs.fs.file import File
-from daxfs.fsspec import DaxFileSystem, _files, mounted
+from daxfs.fs.file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, File
+from daxfs.fsspec import DaxFileSystem, _files, _mounts, mounted
 
 from .test_lifetime import run
 
@@ -53,24 +55,50 @@ def ro(image: str) -> Iterator[DaxFileSystem]:
     fs_ro.unmount(force=True)
 
 
-def test_cat_buffer_is_device_memory_that_shows_later_writes(
-    dfs: DaxFileSystem, copies: list[int]
+def test_cat_buffer_is_pinned_device_memory_that_writes_wait_for(
+    image: str, copies: list[int]
 ) -> None:
-    dfs.pipe_file("/f", DATA)
+    fs = DaxFileSystem(image, persist="cpu", layout_timeout=0.2)
+    fs.pipe_file("/f", DATA)
     copies.clear()
-    buf = dfs.cat_buffer("/f", 100, -100)
+    buf = fs.cat_buffer("/f", 100, -100)
     assert isinstance(buf, pa.Buffer)
     assert not buf.is_mutable
     assert buf.to_pybytes() == DATA[100:-100]
     assert copies == []  # nothing copied from the file
     view = np.frombuffer(buf, dtype=np.uint8)
-    with dfs.open("/f", "rb+") as f:  # the same memory: a write shows through
-        f.seek(100)
-        f.write(b"\xff" * 8)
-    assert view[:8].tolist() == [255] * 8
-    assert dfs.cat_buffer("/f", 10, 5).size == 0
-    assert dfs.cat_buffer("/f", -3).to_pybytes() == DATA[-3:]
+    assert view.__array_interface__["data"][0] == buf.address
+    for change in (
+        lambda f: f.pwrite(b"\xff" * 8, 200),
+        lambda f: f.truncate(5000),
+        lambda f: f.fallocate(0, len(DATA), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE),
+    ):
+        with fs.filesystem.open("/f", "rb+", buffering=0) as f, pytest.raises(Busy) as info:
+            change(f)
+        assert info.value.filename == "/f"
+    assert fs.cat_file("/f") == DATA  # nothing changed, in the file or under the buffer
+    assert bytes(view) == DATA[100:-100]
     del buf, view
+    with fs.filesystem.open("/f", "rb+", buffering=0) as f:  # the pin is gone: no wait
+        f.truncate(5000)
+    assert fs.cat_file("/f") == DATA[:5000]
+    assert fs.cat_buffer("/f", 10, 5).size == 0
+    assert fs.cat_buffer("/f", -3).to_pybytes() == DATA[4997:5000]
+    fs.unmount()
+
+
+def test_cat_buffer_copies_a_range_of_several_extents_or_holes(
+    dfs: DaxFileSystem, copies: list[int]
+) -> None:
+    with dfs.open("/sparse", "wb") as f:
+        f.seek(1 << 20)  # a hole, then data
+        f.write(DATA[:5000])
+    copies.clear()
+    buf = dfs.cat_buffer("/sparse", 100)
+    assert buf.to_pybytes() == bytes((1 << 20) - 100) + DATA[:5000]
+    assert copies == [100]
+    assert len(dfs.mount.views) == 0  # nothing pinned
+    del buf
 
 
 def test_a_live_buffer_refuses_the_unmount_until_it_dies(dfs: DaxFileSystem) -> None:
@@ -93,22 +121,6 @@ def test_a_live_buffer_refuses_the_unmount_until_it_dies(dfs: DaxFileSystem) -> 
     assert daxfs.fsck(dfs.image).clean
 
 
-def test_truncate_under_a_buffer_turns_its_tail_to_zeros_and_never_waits(
-    dfs: DaxFileSystem,
-) -> None:
-    dfs.pipe_file("/f", DATA)
-    buf = dfs.cat_buffer("/f")
-    with dfs.filesystem.open("/f", "rb+") as f:
-        f.truncate(5000)  # a mapping is detached, not waited for (a pin would be)
-    dfs.pipe_file("/g", b"\x01" * len(DATA))  # may reuse the freed blocks
-    got = buf.to_pybytes()
-    assert got[:5000] == DATA[:5000]
-    assert got[8192:] == bytes(len(DATA) - 8192)  # past the page holding the new end
-    del buf
-    dfs.unmount()
-    assert daxfs.fsck(dfs.image).clean
-
-
 def test_an_unlinked_file_is_freed_when_its_last_buffer_dies(dfs: DaxFileSystem) -> None:
     dfs.pipe_file("/f", DATA)
     free = dfs.filesystem.statvfs("/").f_bfree
@@ -118,7 +130,7 @@ def test_an_unlinked_file_is_freed_when_its_last_buffer_dies(dfs: DaxFileSystem)
     assert buf.to_pybytes() == DATA  # the blocks are still the file's
     assert dfs.filesystem.statvfs("/").f_bfree < free + len(DATA) // 4096
     del buf
-    dfs.unmount()  # drains: the last hold goes, the blocks are freed
+    dfs.unmount()  # settles: the worker's unpin was the last hold, the blocks are freed
     assert daxfs.fsck(dfs.image).clean
     again = DaxFileSystem(dfs.image, persist="cpu")
     assert again.filesystem.statvfs("/").f_bfree >= free + len(DATA) // 4096 - 1
@@ -170,21 +182,21 @@ def test_parquet_through_a_read_only_mount(ro: DaxFileSystem) -> None:
         df.to_parquet(f, compression=None)
     fs = DaxFileSystem(image, readonly=True)
     calls: list[int] = []
-    real = _files.map_buffer
+    real = _files.pinned_buffer
 
     def spy(mount: object, raw: File, pos: int, n: int) -> object:
         calls.append(n)
         return real(mount, raw, pos, n)  # type: ignore[arg-type]
 
-    _files.map_buffer = spy  # type: ignore[assignment]
+    _files.pinned_buffer = spy  # type: ignore[assignment]
     try:
         table = pq.read_table("/t.parquet", filesystem=fs)
         back = pd.read_parquet(
             "daxfs:///t.parquet", storage_options={"image": image, "readonly": True}
         )
     finally:
-        _files.map_buffer = real
-    assert calls  # the column chunks were mapped
+        _files.pinned_buffer = real
+    assert calls  # the column chunks were pinned
     assert max(calls) >= _files.ZERO_COPY_MIN
     pd.testing.assert_frame_equal(table.to_pandas(), df)
     pd.testing.assert_frame_equal(back, df)
@@ -192,20 +204,24 @@ def test_parquet_through_a_read_only_mount(ro: DaxFileSystem) -> None:
     fs.unmount(force=True)
 
 
-def test_a_buffer_dying_in_another_thread_is_closed_at_the_next_drain(
-    ro: DaxFileSystem,
-) -> None:
+def test_a_pin_is_released_by_the_worker_wherever_its_buffer_dies(ro: DaxFileSystem) -> None:
     buf = ro.cat_buffer("/f")
+    assert ro.filesystem.itable.held()  # the pin holds the inode
     box = [buf]
     del buf
     worker = threading.Thread(target=box.clear)  # the last reference dies there
     worker.start()
     worker.join()
-    gc.collect()
+    assert _mounts.settle(5.0)
     assert len(ro.mount.views) == 0
-    assert len(ro.mount.unmapped) == 1
-    assert ro.filesystem.itable.held()  # the mapping still holds the inode
-    ro.mount.drain()
+    assert not ro.filesystem.itable.held()
+    # in a reference cycle: the collector's finalizer only queues the pin
+    cycle: list[object] = [ro.cat_buffer("/f", 0, BIG)]
+    cycle.append(cycle)
+    del cycle
+    assert ro.filesystem.itable.held()
+    gc.collect()
+    assert _mounts.settle(5.0)
     assert not ro.filesystem.itable.held()
 
 
@@ -247,3 +263,24 @@ def test_buffers_are_device_memory_in_numpy_without_copies(ro: DaxFileSystem) ->
     with pytest.raises(ValueError, match="read-only"):
         array[0] = 1
     del buf, array
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_releases_its_parents_pins(ro: DaxFileSystem) -> None:
+    buf = ro.cat_buffer("/f")
+    pid = os.fork()
+    if pid == 0:  # the child: exits with a code, never returns into pytest
+        code = 1
+        try:
+            del buf  # inherited: its finalizer must drop the parent's pin, not queue it
+            gc.collect()
+            code = 0 if _mounts._UNPIN.empty() and _mounts._worker is None else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ro.filesystem.itable.held()  # the parent's pin is the parent's
+    assert buf.to_pybytes() == DATA
+    del buf
+    assert _mounts.settle(5.0)
+    assert not ro.filesystem.itable.held()
