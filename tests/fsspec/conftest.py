@@ -1,8 +1,10 @@
-"""Fixtures of the fsspec front end's tests: a fresh image on /dev/shm per test."""
+"""Fixtures of the fsspec front end's tests: a fresh image on /dev/shm per test, or a
+DaxFileSystem over a mounted simulated device."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import daxfs
 
 fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed (pip install -e .[dev])")
 
+from daxfs.fs.filesystem import FileSystem  # noqa: E402
 from daxfs.fsspec import DaxFileSystem, _mounts, mounted  # noqa: E402
 
 #: the tests' images: small (mkfs's minimum is 16 MiB), emulated pmem on /dev/shm
@@ -36,3 +39,23 @@ def dfs(image: str) -> Iterator[DaxFileSystem]:
     yield fs
     fs.unmount()
     assert image not in mounted()
+
+
+_serial = itertools.count()
+
+
+@pytest.fixture
+def over(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[FileSystem], DaxFileSystem]]:
+    """A DaxFileSystem over an already mounted FileSystem (a simulated device's: the
+    crash and fault tests), instead of one that mounts an image by its path."""
+    made: list[str] = []
+
+    def make(fs: FileSystem) -> DaxFileSystem:
+        monkeypatch.setattr(_mounts, "mount", lambda *args, **kwargs: fs)
+        image = f"/nonexistent/simulated-{next(_serial)}.img"
+        made.append(_mounts.image_key(image))
+        return DaxFileSystem(image, skip_instance_cache=True)
+
+    yield make
+    for key in made:  # their devices failed: drop the entries, unmount nothing
+        _mounts._TABLE.pop(key, None)

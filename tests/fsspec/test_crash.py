@@ -7,23 +7,25 @@ several of them, and promise only what daxfs.fsspec documents:
   rename of the commit, then the new ones (a temporary name may be left);
 - ``pipe_file`` is an O_TRUNC open and one write: old, empty, or new;
 - ``cp_file`` makes the copy and writes it chunk by chunk: no copy, or a prefix
-  of the source ending at a chunk boundary, or all of it.
+  of the source ending at a chunk boundary, or all of it;
+- ``rm(recursive=True)`` removes one name per transaction: what is left of the
+  tree is intact; ``mv`` of a tree is one rename: here or there, whole.
 
 Each runs on a SimulatedPmem whose power fails at its n-th fence, for every n;
 each crash state (seeded) must mount, pass fsck and hold one of those; once the
-call returned, only the final state will do.
+call returned, only the final state will do.  tests/fsspec/test_faults.py runs
+the same scenarios with device faults and failed allocations instead.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 import daxfs
 from daxfs.fs.filesystem import FileSystem
-from daxfs.fsspec import DaxFileSystem, _filesystem, _mounts
+from daxfs.fsspec import DaxFileSystem, _filesystem
 from daxfs.fsspec._files import TMP_SUFFIX
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.blockcrash import abandon
@@ -33,23 +35,6 @@ SIZE = 16 << 20
 OLD = b"old " * 3000  # 12,000 bytes: three blocks
 NEW = bytes(range(251)) * 80  # 20,080 bytes: five blocks
 STATES = 3
-_serial = itertools.count()
-
-
-@pytest.fixture
-def over(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[FileSystem], DaxFileSystem]]:
-    """A DaxFileSystem over an already mounted FileSystem (a simulated device's)."""
-    made: list[str] = []
-
-    def make(fs: FileSystem) -> DaxFileSystem:
-        monkeypatch.setattr(_mounts, "mount", lambda *args, **kwargs: fs)
-        image = f"/nonexistent/simulated-{next(_serial)}.img"
-        made.append(_mounts.image_key(image))
-        return DaxFileSystem(image, skip_instance_cache=True)
-
-    yield make
-    for key in made:  # their devices failed: drop the entries, unmount nothing
-        _mounts._TABLE.pop(key, None)
 
 
 def build(setup: Callable[[FileSystem], object]) -> bytes:
@@ -98,59 +83,129 @@ def content(fs: FileSystem, path: str) -> bytes | None:
         return None
 
 
+# -- the scenarios: (setup, op, check), shared with tests/fsspec/test_faults.py -----------
+
+
+def transaction_setup(fs: FileSystem) -> None:
+    fs.makedirs("/d")
+    with fs.open("/d/f", "wb") as f:
+        f.write(OLD)
+
+
+def transaction_op(dfs: DaxFileSystem) -> None:
+    with dfs.transaction, dfs.open("/d/f", "wb") as f:
+        f.write(NEW)
+
+
+def transaction_check(fs: FileSystem, returned: bool) -> None:
+    assert content(fs, "/d/f") in ((NEW,) if returned else (OLD, NEW))
+    others = [n for n in fs.listdir("/d") if n != "f"]
+    assert all(n.startswith(".f.") and n.endswith(TMP_SUFFIX) for n in others), others
+    assert not (returned and others)  # committed: the temporary is the file now
+
+
+def pipe_setup(fs: FileSystem) -> None:
+    with fs.open("/f", "wb") as f:
+        f.write(OLD)
+
+
+def pipe_op(dfs: DaxFileSystem) -> None:
+    dfs.pipe_file("/f", NEW)
+
+
+def pipe_check(fs: FileSystem, returned: bool) -> None:
+    assert content(fs, "/f") in ((NEW,) if returned else (OLD, b"", NEW))
+
+
+#: cp_file's chunk in these scenarios (monkeypatched over _filesystem.CHUNK)
+CP_CHUNK = 2 * 4096
+CP_PREFIXES = [NEW[:n] for n in range(0, len(NEW), CP_CHUNK)]
+
+
+def cp_setup(fs: FileSystem) -> None:
+    with fs.open("/src", "wb") as f:
+        f.write(NEW)
+
+
+def cp_op(dfs: DaxFileSystem) -> None:
+    dfs.cp_file("/src", "/dst")
+
+
+def cp_check(seen: set[int]) -> Callable[[FileSystem, bool], None]:
+    """cp_file's check, adding the length of each copy it finds to ``seen`` (-1: none)."""
+
+    def check(fs: FileSystem, returned: bool) -> None:
+        assert content(fs, "/src") == NEW
+        copy = content(fs, "/dst")
+        assert copy in ((NEW,) if returned else (None, NEW, *CP_PREFIXES))
+        seen.add(-1 if copy is None else len(copy))
+
+    return check
+
+
+TREE = {"/t/a": OLD, "/t/b/c": NEW, "/t/b/d": b"d", "/t/e/f": b""}
+
+
+def tree_setup(fs: FileSystem) -> None:
+    for path, data in TREE.items():
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(data)
+
+
+def rm_tree_op(dfs: DaxFileSystem) -> None:
+    dfs.rm("/t", recursive=True)
+
+
+def rm_tree_check(fs: FileSystem, returned: bool) -> None:
+    """Each removal is its own transaction: what is left of the tree is intact."""
+    if returned:
+        assert not fs.exists("/t")
+    for path, data in TREE.items():
+        assert content(fs, path) in (None, data)
+
+
+def mv_tree_op(dfs: DaxFileSystem) -> None:
+    dfs.mv("/t", "/moved/t")  # makes /moved (auto_mkdir), then one rename
+
+
+def mv_tree_check(fs: FileSystem, returned: bool) -> None:
+    here, there = fs.exists("/t"), fs.exists("/moved/t")
+    assert here != there
+    assert not (returned and here)
+    root = "/t" if here else "/moved/t"
+    for path, data in TREE.items():
+        assert content(fs, root + path[2:]) == data
+
+
 def test_a_transaction_replaces_the_file_in_its_commit(
     over: Callable[[FileSystem], DaxFileSystem],
 ) -> None:
-    def setup(fs: FileSystem) -> None:
-        fs.makedirs("/d")
-        with fs.open("/d/f", "wb") as f:
-            f.write(OLD)
-
-    def op(dfs: DaxFileSystem) -> None:
-        with dfs.transaction, dfs.open("/d/f", "wb") as f:
-            f.write(NEW)
-
-    def check(fs: FileSystem, returned: bool) -> None:
-        assert content(fs, "/d/f") in ((NEW,) if returned else (OLD, NEW))
-        others = [n for n in fs.listdir("/d") if n != "f"]
-        assert all(n.startswith(".f.") and n.endswith(TMP_SUFFIX) for n in others), others
-        assert not (returned and others)  # committed: the temporary is the file now
-
-    fences = crash_everywhere(build(setup), over, op, check)
+    fences = crash_everywhere(build(transaction_setup), over, transaction_op, transaction_check)
     assert fences >= 3  # create, write, rename: each at least one commit
 
 
 def test_pipe_file_leaves_old_empty_or_new(
     over: Callable[[FileSystem], DaxFileSystem],
 ) -> None:
-    def setup(fs: FileSystem) -> None:
-        with fs.open("/f", "wb") as f:
-            f.write(OLD)
-
-    def check(fs: FileSystem, returned: bool) -> None:
-        assert content(fs, "/f") in ((NEW,) if returned else (OLD, b"", NEW))
-
-    crash_everywhere(build(setup), over, lambda dfs: dfs.pipe_file("/f", NEW), check)
+    crash_everywhere(build(pipe_setup), over, pipe_op, pipe_check)
 
 
 def test_cp_file_leaves_no_copy_or_a_chunk_prefix(
     over: Callable[[FileSystem], DaxFileSystem], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    chunk = 2 * 4096
-    monkeypatch.setattr(_filesystem, "CHUNK", chunk)
-
-    def setup(fs: FileSystem) -> None:
-        with fs.open("/src", "wb") as f:
-            f.write(NEW)
-
-    prefixes = [NEW[:n] for n in range(0, len(NEW), chunk)]
+    monkeypatch.setattr(_filesystem, "CHUNK", CP_CHUNK)
     seen: set[int] = set()
+    crash_everywhere(build(cp_setup), over, cp_op, cp_check(seen))
+    assert {-1, 0, CP_CHUNK, len(NEW)} <= seen  # the states in between were reached
 
-    def check(fs: FileSystem, returned: bool) -> None:
-        assert content(fs, "/src") == NEW
-        copy = content(fs, "/dst")
-        assert copy in ((NEW,) if returned else (None, NEW, *prefixes))
-        seen.add(-1 if copy is None else len(copy))
 
-    crash_everywhere(build(setup), over, lambda dfs: dfs.cp_file("/src", "/dst"), check)
-    assert {-1, 0, chunk, len(NEW)} <= seen  # the states in between were reached
+def test_rm_of_a_tree_leaves_what_it_has_not_removed_intact(
+    over: Callable[[FileSystem], DaxFileSystem],
+) -> None:
+    fences = crash_everywhere(build(tree_setup), over, rm_tree_op, rm_tree_check)
+    assert fences >= len(TREE)  # one transaction per file at least
+
+
+def test_mv_of_a_tree_is_one_rename(over: Callable[[FileSystem], DaxFileSystem]) -> None:
+    crash_everywhere(build(tree_setup), over, mv_tree_op, mv_tree_check)
