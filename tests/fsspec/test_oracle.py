@@ -2,8 +2,11 @@
 machine): the same random fsspec calls on both, the same answers or the same errno.
 
 The host filesystem is the oracle (STYLE.md): pipe_file, cat_file ranges, open
-and append, mkdir, makedirs, touch, cp_file, mv, rm (recursive or not) over a
-few names two levels deep, compared call by call; after each step both trees
+and append, writes at an offset through "rb+", reads of ranges through a file
+object, a write read back through a second file object opened while the
+first is still open (after its flush, and again after its close), ls and
+info, mkdir, makedirs, touch, cp_file, mv, rm (recursive or not) over a few
+names two levels deep, compared call by call; after each step both trees
 list the same names with the same types and file sizes.  At the end fsck finds
 the image clean.  Where LocalFileSystem answers with something that is not an
 OSError or has no errno (ValueError for rm of a directory, shutil.Error and
@@ -34,6 +37,8 @@ NAMES = ["a", "b", "a/c", "a/d", "b/c", "e"]
 paths = st.sampled_from(NAMES)
 data = st.binary(max_size=9000)
 ends = st.one_of(st.none(), st.integers(-10_000, 10_000))
+offsets = st.integers(0, 12_000)
+sizes = st.integers(-1, 12_000)
 
 
 def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
@@ -107,6 +112,75 @@ class AgainstTheHost(RuleBasedStateMachine):
         dax = outcome(lambda: write(self.dax, f"/{path}"))
         host = outcome(lambda: write(self.host, os.path.join(self.host_dir, path)))
         assert agree(dax, host), f"append {path}: daxfs {dax}, host {host}"
+
+    def on_both(self, path: str, call: Callable[[Any, str], Any]) -> tuple[str, Any]:
+        """``call(fs, path)`` on both (the path mapped); daxfs's outcome, checked to agree."""
+        dax = outcome(lambda: call(self.dax, f"/{path}"))
+        host = outcome(lambda: call(self.host, os.path.join(self.host_dir, path)))
+        assert agree(dax, host), f"{path}: daxfs {dax}, host {host}"
+        return dax
+
+    @rule(path=paths, offset=offsets, value=data)
+    def write_at(self, path: str, offset: int, value: bytes) -> None:
+        def write(fs: Any, p: str) -> int:
+            with fs.open(p, "rb+") as f:
+                f.seek(offset)
+                f.write(value)
+                return int(f.tell())
+
+        self.on_both(path, write)
+
+    @rule(path=paths, offset=offsets, size=sizes)
+    def read_at(self, path: str, offset: int, size: int) -> None:
+        def read(fs: Any, p: str) -> tuple[bytes, int]:
+            with fs.open(p, "rb") as f:
+                f.seek(offset)
+                got = f.read(size)
+                return got, int(f.tell())
+
+        self.on_both(path, read)
+
+    @rule(path=paths, value=data, offset=offsets, size=sizes, mode=st.sampled_from(["ab", "rb+"]))
+    def read_through_a_second_file(
+        self, path: str, value: bytes, offset: int, size: int, mode: str
+    ) -> None:
+        def write_then_read(fs: Any, p: str) -> tuple[bytes, bytes]:
+            with fs.open(p, mode) as writer:
+                writer.write(value)
+                writer.flush()  # flushed: a second file object sees it
+                with fs.open(p, "rb") as reader:
+                    reader.seek(offset)
+                    flushed = reader.read(size)
+                writer.write(value[::-1])  # still in the buffer until the close
+            with fs.open(p, "rb") as reader:
+                reader.seek(offset)
+                closed = reader.read(size)
+            return flushed, closed
+
+        self.on_both(path, write_then_read)
+
+    @rule(path=paths)
+    def ls(self, path: str) -> None:
+        def listing(fs: Any, p: str) -> list[tuple[str, str, int]]:
+            return [
+                (
+                    os.path.basename(info["name"].rstrip("/")),
+                    info["type"],
+                    info["size"] if info["type"] == "file" else 0,
+                )
+                for info in sorted(fs.ls(p, detail=True), key=lambda i: i["name"])
+            ]
+
+        self.on_both(path, listing)
+
+    @rule(path=paths)
+    def info(self, path: str) -> None:
+        def look(fs: Any, p: str) -> tuple[str, int, bool, bool]:
+            info = fs.info(p)
+            size = info["size"] if info["type"] == "file" else 0
+            return info["type"], size, bool(fs.isfile(p)), bool(fs.isdir(p))
+
+        self.on_both(path, look)
 
     @rule(path=paths)
     def mkdir(self, path: str) -> None:
