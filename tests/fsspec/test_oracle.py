@@ -6,7 +6,9 @@ and append, writes at an offset through "rb+", reads of ranges through a file
 object, a write read back through a second file object opened while the
 first is still open (after its flush, and again after its close), ls and
 info, mkdir, makedirs, touch, cp_file, mv, rm (recursive or not) over a few
-names two levels deep, compared call by call; after each step both trees
+names two levels deep, compared call by call, and the zero-copy reads
+(cat_buffer, pyarrow's read_buffer: pinned device memory) against the host's
+cat_file and read; after each step both trees
 list the same names with the same types and file sizes.  At the end fsck finds
 the image clean.  Where LocalFileSystem answers with something that is not an
 OSError or has no errno (ValueError for rm of a directory, shutil.Error and
@@ -28,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import daxfs
-from daxfs.fsspec import DaxFileSystem, _mounts
+from daxfs.fsspec import DaxFileSystem, _files, _mounts
 
 fsspec = pytest.importorskip("fsspec")
 from fsspec.implementations.local import LocalFileSystem  # noqa: E402
@@ -70,8 +72,12 @@ class AgainstTheHost(RuleBasedStateMachine):
         self.host_dir = tempfile.mkdtemp(prefix="daxfs-oracle-")
         self.image = os.path.join("/dev/shm", os.path.basename(self.host_dir) + ".img")
         daxfs.mkfs(self.image, 32 << 20)
-        self.dax = DaxFileSystem(self.image, persist="cpu", skip_instance_cache=True)
+        # zero copy on, from 1 byte up: pyarrow's read_buffer pins what it can
+        self.dax = DaxFileSystem(
+            self.image, persist="cpu", zero_copy=True, skip_instance_cache=True
+        )
         self.host = LocalFileSystem(auto_mkdir=True)
+        self.zero_copy_min, _files.ZERO_COPY_MIN = _files.ZERO_COPY_MIN, 1
 
     def both(self, name: str, *args: Any, **kwargs: Any) -> tuple[str, Any]:
         """Run method ``name`` on both, paths (str args) mapped; return daxfs's outcome."""
@@ -159,6 +165,48 @@ class AgainstTheHost(RuleBasedStateMachine):
 
         self.on_both(path, write_then_read)
 
+    def a_file(self, choice: st.DataObject) -> str:
+        """One of the names that is a file now, on both (the zero-copy rules read
+        files; what they do with other names, cat_file's rule covers); if there is
+        none, ``e`` is made one (when ``e`` is a directory, pipe_file fails alike on both)."""
+        files = [n for n in NAMES if os.path.isfile(os.path.join(self.host_dir, n))]
+        if files:
+            return choice.draw(st.sampled_from(files))
+        self.both("pipe_file", "e", choice.draw(data))
+        return "e"
+
+    @rule(choice=st.data(), start=ends, end=ends)
+    def cat_buffer(self, choice: st.DataObject, start: int | None, end: int | None) -> None:
+        path = self.a_file(choice)
+        # zero copy: a pinned view of device memory (or one copy, for several extents),
+        # dropped at once so that later writes do not wait for its pin
+        dax = outcome(lambda: self.dax.cat_buffer(f"/{path}", start, end).to_pybytes())
+        host = outcome(lambda: self.host.cat_file(os.path.join(self.host_dir, path)))
+        if host[0] == "ok":
+            host = ("ok", host[1][start:end])
+        assert agree(dax, host), f"cat_buffer {path}[{start}:{end}]: daxfs {dax}, host {host}"
+
+    @rule(choice=st.data(), offset=st.integers(0, 10_000), size=sizes)
+    def read_buffer(self, choice: st.DataObject, offset: int, size: int) -> None:
+        path = self.a_file(choice)
+
+        # pyarrow's hook (daxfs: pinned when the range is one extent), against read()
+        def dax_read(p: str) -> tuple[bytes, int]:
+            with self.dax.open(p, "rb") as f:
+                f.seek(offset)
+                got = f.read_buffer(size).to_pybytes()
+                return got, int(f.tell())
+
+        def host_read(p: str) -> tuple[bytes, int]:
+            with self.host.open(p, "rb") as f:
+                f.seek(offset)
+                got = f.read(size)
+                return got, int(f.tell())
+
+        dax = outcome(lambda: dax_read(f"/{path}"))
+        host = outcome(lambda: host_read(os.path.join(self.host_dir, path)))
+        assert agree(dax, host), f"read_buffer {path} {offset}+{size}: daxfs {dax}, host {host}"
+
     @rule(path=paths)
     def ls(self, path: str) -> None:
         def listing(fs: Any, p: str) -> list[tuple[str, str, int]]:
@@ -239,6 +287,7 @@ class AgainstTheHost(RuleBasedStateMachine):
         assert tree(self.dax, "/") == tree(self.host, self.host_dir)
 
     def teardown(self) -> None:
+        _files.ZERO_COPY_MIN = self.zero_copy_min
         try:
             self.dax.unmount()
             report = daxfs.fsck(self.image)
