@@ -284,3 +284,23 @@ def test_a_forked_child_never_releases_its_parents_pins(ro: DaxFileSystem) -> No
     del buf
     assert _mounts.settle(5.0)
     assert not ro.filesystem.itable.held()
+
+
+def test_zero_copy_on_a_mount_through_the_page_cache(image: str) -> None:
+    """dax="never": the image behind daxfs's page cache; a pin makes its range owned
+    (written back, then loaded: daxfs.pagecache.bounded) before the buffer sees it."""
+    fs = DaxFileSystem(image, dax="never", zero_copy=True)
+    fs.pipe_file("/f", DATA)
+    with fs.open("/f", "rb+") as f:  # through the page cache
+        f.seek(5000)
+        f.write(b"Z" * 100)
+    expected = DATA[:5000] + b"Z" * 100 + DATA[5100:]
+    buf = fs.cat_buffer("/f")
+    with fs.open("/f", "rb") as f:
+        read = f.read_buffer(-1)
+    assert len(fs.mount.views) == 2
+    assert buf.to_pybytes() == expected
+    assert read.to_pybytes() == expected
+    del buf, read
+    fs.unmount()
+    assert daxfs.fsck(image).clean
