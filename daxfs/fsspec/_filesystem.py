@@ -172,7 +172,9 @@ class DaxFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is unty
 
         Raises:
             Busy (EBUSY): files are still open on it (close them first, or
-                ``force``); nothing changed.
+                ``force``), or zero-copy buffers (``cat_buffer``, pyarrow's reads
+                with ``zero_copy``) still pin its memory (drop them: ``force``
+                cannot); nothing changed.
             IOFailure (EIO): the device failed; the image is released all the same.
         """
         _mounts.release(self.image, timeout, force=force)
