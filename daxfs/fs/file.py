@@ -150,6 +150,18 @@ class Owner(Protocol):
 
     def _removexattr(self, inode: Inode, shown: str, name: bytes) -> None: ...
 
+    def _fchmod(self, inode: Inode, shown: str, mode: int) -> None: ...
+
+    def _fchown(self, inode: Inode, shown: str, uid: int, gid: int) -> None: ...
+
+    def _futime(
+        self,
+        inode: Inode,
+        shown: str,
+        times: tuple[float, float] | None,
+        ns: tuple[int, int] | None,
+    ) -> None: ...
+
 
 class File(io.RawIOBase):
     """An open regular file of a daxfs filesystem (raw, unbuffered)."""
@@ -828,6 +840,41 @@ class File(io.RawIOBase):
     def stat(self) -> os.stat_result:
         self._check_open()
         return self._owner._stat_inode(self.inode)
+
+    # -- attributes of the open file (os.fchmod, os.fchown, os.utime of an fd) ---------
+
+    def chmod(self, mode: int) -> None:
+        """os.fchmod: FileSystem.chmod on this file, whatever mode it was opened in and
+        also after its last name is gone.
+
+        Raises:
+            ClosedFile (EBADF), ReadOnly (EROFS).
+        """
+        self._check_open()
+        self._owner._fchmod(self.inode, self.path, mode)
+
+    def chown(self, uid: int, gid: int) -> None:
+        """os.fchown: FileSystem.chown on this file (-1 keeps one), also unlinked.
+
+        Raises:
+            ClosedFile (EBADF), and what FileSystem.chown raises for the ids
+            (TypeError, OutOfRange), ReadOnly (EROFS).
+        """
+        self._check_open()
+        self._owner._fchown(self.inode, self.path, uid, gid)
+
+    def utime(
+        self, times: tuple[float, float] | None = None, *, ns: tuple[int, int] | None = None
+    ) -> None:
+        """os.utime of the file's descriptor (futimens): FileSystem.utime on this file,
+        also unlinked; no times: now.
+
+        Raises:
+            ClosedFile (EBADF), and what FileSystem.utime raises for the times
+            (TypeError, ValueError, OutOfRange, InvalidArgument), ReadOnly (EROFS).
+        """
+        self._check_open()
+        self._owner._futime(self.inode, self.path, times, ns)
 
     # -- extended attributes of the open file (os.getxattr and the others on an fd) -----
 

@@ -1357,21 +1357,20 @@ class FileSystem:
         found = self._probe(path, False)
         return found is not None and st.S_ISLNK(found.st_mode)
 
-    def _set_attr(
-        self,
-        path: Path,
-        follow: bool,
-        change: Callable[[Inode, Any], None],
-        check: Callable[[Inode, str], None] | None = None,
-    ) -> None:
-        """Change an inode's record in one transaction; ``check`` may refuse first."""
+    def _set_attr(self, path: Path, follow: bool, change: _Change) -> None:
+        """Change the record of the inode ``path`` names, in one transaction."""
         with self._lock:
             inode, shown = self._existing(path, follow)
-            if check is not None:
-                check(inode, shown)
+            self._set_inode_attr(inode, shown, change)
+
+    def _set_inode_attr(self, inode: Inode, shown: str, change: _Change) -> None:
+        """Change ``inode``'s record in one transaction (a name's inode, or an open
+        File's, named or not); ``change.check`` may refuse first, changing nothing."""
+        with self._lock:
+            change.check(inode, shown)
             with self._begin(shown) as tx:
                 rec = self.itable.dirty(tx, inode)
-                change(inode, rec)
+                change.apply(rec)
                 rec.ctime_ns = now_ns()
 
     def set_dax(self, path: Path, enabled: bool) -> None:
@@ -1411,15 +1410,7 @@ class FileSystem:
             FileNotFoundError, NotSupported (EOPNOTSUPP: a symbolic link itself,
             with ``follow_symlinks=False``, as Linux), ReadOnly.
         """
-
-        def check(inode: Inode, shown: str) -> None:
-            if inode.is_lnk:
-                raise NotSupported(f"cannot change the mode of a symbolic link: {shown}", shown)
-
-        def change(inode: Inode, rec: Any) -> None:
-            rec.mode = st.S_IFMT(rec.mode) | (mode & 0o7777)
-
-        self._set_attr(path, follow_symlinks, change, check)
+        self._set_attr(path, follow_symlinks, _ChangeMode(mode))
 
     def chown(self, path: Path, uid: int, gid: int, *, follow_symlinks: bool = True) -> None:
         """Change owner and group; -1 (or 2**32 - 1, as the kernel's (uid_t)-1) leaves
@@ -1431,16 +1422,7 @@ class FileSystem:
                 below -1 or above 2**32 - 1; nothing changed.
             FileNotFoundError, ReadOnly.
         """
-        new_uid = _owner_id(uid, "uid", path)
-        new_gid = _owner_id(gid, "gid", path)
-
-        def change(inode: Inode, rec: Any) -> None:
-            if new_uid is not None:
-                rec.uid = new_uid
-            if new_gid is not None:
-                rec.gid = new_gid
-
-        self._set_attr(path, follow_symlinks, change)
+        self._set_attr(path, follow_symlinks, _ChangeOwner(uid, gid, _shown(path)))
 
     def utime(
         self,
@@ -1464,38 +1446,29 @@ class FileSystem:
             InvalidArgument: both ``times`` and ``ns``.
             FileNotFoundError, ReadOnly.
         """
-        if times is not None and ns is not None:
-            shown = _shown(path)
-            raise InvalidArgument(f"utime: give times or ns, not both: {shown}", shown)
-        if ns is not None:
-            if not isinstance(ns, tuple) or len(ns) != 2:
-                raise TypeError("utime: 'ns' must be a tuple of two ints")
-            for value in ns:
-                if not isinstance(value, int):
-                    raise TypeError(
-                        f"'{type(value).__name__}' object cannot be interpreted as an integer"
-                    )
-        elif times is None:
-            t = now_ns()
-            ns = (t, t)
-        else:
-            if not isinstance(times, tuple) or len(times) != 2:
-                raise TypeError("utime: 'times' must be either a tuple of two numbers or None")
-            ns = (_seconds_to_ns(times[0], path), _seconds_to_ns(times[1], path))
-        for value in ns:
-            if not -(1 << 63) <= value < 1 << 63:
-                shown = _shown(path)
-                raise OutOfRange(
-                    f"utime: {value} ns is outside what daxfs stores (signed 64-bit "
-                    f"nanoseconds, years 1677 to 2262): {shown}",
-                    shown,
-                )
+        self._set_attr(path, follow_symlinks, _ChangeTimes(times, ns, _shown(path)))
 
-        def change(inode: Inode, rec: Any) -> None:
-            assert ns is not None
-            rec.atime_ns, rec.mtime_ns = ns
+    # -- the same on an open File (os.fchmod, os.fchown, os.utime of an fd) ------------
 
-        self._set_attr(path, follow_symlinks, change)
+    def _fchmod(self, inode: Inode, shown: str, mode: int) -> None:
+        self._set_open_attr(inode, shown, _ChangeMode(mode))
+
+    def _fchown(self, inode: Inode, shown: str, uid: int, gid: int) -> None:
+        self._set_open_attr(inode, shown, _ChangeOwner(uid, gid, shown))
+
+    def _futime(
+        self,
+        inode: Inode,
+        shown: str,
+        times: tuple[float, float] | None,
+        ns: tuple[int, int] | None,
+    ) -> None:
+        self._set_open_attr(inode, shown, _ChangeTimes(times, ns, shown))
+
+    def _set_open_attr(self, inode: Inode, shown: str, change: _Change) -> None:
+        with self._lock:
+            self._check_mounted()
+            self._set_inode_attr(inode, shown, change)
 
     def truncate(self, path: Path, length: int, *, nowait: bool = False) -> None:
         """Set the size of a regular file.
@@ -1573,6 +1546,90 @@ class FileSystem:
 def fspath_type(path: Path) -> str | bytes:
     """``path`` as str or bytes, to decide the type of what is returned."""
     return os.fspath(path)
+
+
+class _Change:
+    """A change of an inode's attributes, checked when it is made (arguments) and
+    again against the inode (``check``) before its transaction."""
+
+    def check(self, inode: Inode, shown: str) -> None:
+        """Refuse (raise) before anything changes; the default accepts."""
+
+    def apply(self, rec: Any) -> None:
+        raise NotImplementedError
+
+
+class _ChangeMode(_Change):
+    """chmod: the low 12 bits of ``mode``; a symbolic link itself refuses (EOPNOTSUPP)."""
+
+    def __init__(self, mode: int) -> None:
+        self.mode = mode & 0o7777
+
+    def check(self, inode: Inode, shown: str) -> None:
+        if inode.is_lnk:
+            raise NotSupported(f"cannot change the mode of a symbolic link: {shown}", shown)
+
+    def apply(self, rec: Any) -> None:
+        rec.mode = st.S_IFMT(rec.mode) | self.mode
+
+
+class _ChangeOwner(_Change):
+    """chown: -1 (or (uid_t)-1) keeps one of the two.
+
+    Raises:
+        TypeError, OutOfRange (EOVERFLOW): a bad id (``_owner_id``).
+    """
+
+    def __init__(self, uid: int, gid: int, shown: str) -> None:
+        self.uid = _owner_id(uid, "uid", shown)
+        self.gid = _owner_id(gid, "gid", shown)
+
+    def apply(self, rec: Any) -> None:
+        if self.uid is not None:
+            rec.uid = self.uid
+        if self.gid is not None:
+            rec.gid = self.gid
+
+
+class _ChangeTimes(_Change):
+    """utime: ``times`` (seconds) or ``ns``, or now for both.
+
+    Raises:
+        TypeError, ValueError (NaN), OutOfRange (EOVERFLOW), InvalidArgument
+        (both given): as FileSystem.utime.
+    """
+
+    def __init__(
+        self, times: tuple[float, float] | None, ns: tuple[int, int] | None, shown: str
+    ) -> None:
+        if times is not None and ns is not None:
+            raise InvalidArgument(f"utime: give times or ns, not both: {shown}", shown)
+        if ns is not None:
+            if not isinstance(ns, tuple) or len(ns) != 2:
+                raise TypeError("utime: 'ns' must be a tuple of two ints")
+            for value in ns:
+                if not isinstance(value, int):
+                    raise TypeError(
+                        f"'{type(value).__name__}' object cannot be interpreted as an integer"
+                    )
+        elif times is None:
+            t = now_ns()
+            ns = (t, t)
+        else:
+            if not isinstance(times, tuple) or len(times) != 2:
+                raise TypeError("utime: 'times' must be either a tuple of two numbers or None")
+            ns = (_seconds_to_ns(times[0], shown), _seconds_to_ns(times[1], shown))
+        for value in ns:
+            if not -(1 << 63) <= value < 1 << 63:
+                raise OutOfRange(
+                    f"utime: {value} ns is outside what daxfs stores (signed 64-bit "
+                    f"nanoseconds, years 1677 to 2262): {shown}",
+                    shown,
+                )
+        self.ns = ns
+
+    def apply(self, rec: Any) -> None:
+        rec.atime_ns, rec.mtime_ns = self.ns
 
 
 def _owner_id(value: int, what: str, path: Path) -> int | None:

@@ -11,7 +11,13 @@ return a number; ``read``/``write``/``truncate``/``fallocate``/``fsync``/
 ``lseek``/``getattr`` with a handle use that File, which holds its inode, so
 they keep working after the name is unlinked (the mount runs with
 ``hard_remove`` and ``nullpath_ok``: libfuse then passes no path for an
-unlinked file instead of renaming it to ``.fuse_hidden*``).
+unlinked file instead of renaming it to ``.fuse_hidden*``); so do ``chmod``,
+``chown`` and ``utimens`` when libfuse gives a handle and no path (File.chmod,
+chown, utime).  The kernel sends a handle only with ftruncate, though:
+fstat, fchmod, fchown and futimens reach libfuse by inode alone, and libfuse's
+high-level API has no path for an inode whose last name it removed, so it
+answers them ESTALE itself, before any callback (docs/ARCHITECTURE.md, "The
+FUSE front end", says why the ``.fuse_hidden`` alternative is worse).
 
 Invariants:
 1. A handle number maps to exactly one open File from ``open``/``create``
@@ -30,7 +36,6 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import itertools
@@ -163,34 +168,36 @@ class DaxOperations(mfusepy.Operations):  # type: ignore[misc]
             "st_ctime": result.st_ctime_ns,
         }
 
-    def _named(self, path: str | None, fh: int | None, what: str) -> str:
-        """The path to change for ``path`` or, when libfuse gives none, handle ``fh``.
-
-        daxfs changes attributes by name, so for a handle it uses the name the
-        file was opened with, if that name is still this file; else (renamed
-        or unlinked since) ENOENT.
+    def _handle(self, path: str | None, fh: int | None, what: str) -> File | None:
+        """The open File to change when libfuse gives a handle and no path (with
+        ``nullpath_ok``: the file's name is gone); None: change ``path``.
 
         Raises:
-            NotFound (ENOENT): neither, or the handle's name is another file now.
+            NotFound (ENOENT): neither a path nor a handle.
+            OSError (EBADF): a handle that is not open.
         """
         if path is not None:
-            return path
-        if fh is not None:
-            file = self._file(fh)
-            name = file.path
-            with contextlib.suppress(OSError):
-                if self.fs.lstat(name).st_ino == file.stat().st_ino:
-                    return name
-        raise NotFound(f"{what} of a file whose name is gone (renamed or unlinked)")
+            return None
+        if fh is None:
+            raise NotFound(f"{what}: no path and no handle")
+        return self._file(fh)
 
     @_boundary
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
-        self.fs.chmod(self._named(path, fh, "chmod"), st.S_IMODE(mode), follow_symlinks=False)
+        file = self._handle(path, fh, "chmod")
+        if file is not None:
+            file.chmod(st.S_IMODE(mode))
+        else:
+            self.fs.chmod(cast(str, path), st.S_IMODE(mode), follow_symlinks=False)
         return 0
 
     @_boundary
     def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
-        self.fs.chown(self._named(path, fh, "chown"), uid, gid, follow_symlinks=False)
+        file = self._handle(path, fh, "chown")
+        if file is not None:
+            file.chown(uid, gid)
+        else:
+            self.fs.chown(cast(str, path), uid, gid, follow_symlinks=False)
         return 0
 
     @_boundary
@@ -201,17 +208,20 @@ class DaxOperations(mfusepy.Operations):  # type: ignore[misc]
         fh: int | None = None,
     ) -> int:
         """Set times in ns; None for one of them is UTIME_OMIT (keeps it); no times: now."""
-        name = self._named(path, fh, "utimens")
-        if times is None:
-            self.fs.utime(name, follow_symlinks=False)
-            return 0
-        atime, mtime = times
+        file = self._handle(path, fh, "utimens")
         with self.fs.as_caller(*self._caller()):  # the kept time and the change: one step
-            if atime is None or mtime is None:
-                now = self.fs.lstat(name)
-                atime = now.st_atime_ns if atime is None else atime
-                mtime = now.st_mtime_ns if mtime is None else mtime
-            self.fs.utime(name, ns=(atime, mtime), follow_symlinks=False)
+            ns: tuple[int, int] | None = None
+            if times is not None:
+                atime, mtime = times
+                if atime is None or mtime is None:
+                    now = file.stat() if file is not None else self.fs.lstat(cast(str, path))
+                    atime = now.st_atime_ns if atime is None else atime
+                    mtime = now.st_mtime_ns if mtime is None else mtime
+                ns = (atime, mtime)
+            if file is not None:
+                file.utime(ns=ns)
+            else:
+                self.fs.utime(cast(str, path), ns=ns, follow_symlinks=False)
         return 0
 
     @_boundary

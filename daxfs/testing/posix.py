@@ -40,6 +40,17 @@ Steps, besides the names of ``FileSystem`` methods (``mkdir``, ``rename``,
     ("stat_times", path[, kwargs])  (st_atime_ns, st_mtime_ns)
     ("stat_owner", path[, kwargs])  (st_uid, st_gid)
     ("mtime_changed", path, ns)     whether mtime differs from ``ns``
+
+Actions of an ``open`` step, besides the file object's methods (so that what
+a program does to an open file whose name has gone can be compared):
+
+    ("fs", step)                    run a whole step on the side meanwhile
+                                    (rename or unlink the open file, ...)
+    ("fstat",)  ("fstat_times",)  ("fstat_owner",)
+    ("fchmod", mode)  ("fchown", uid, gid)  ("futime", ns)  ("ftruncate", n)
+                                    os.fstat/fchmod/fchown/utime/ftruncate of
+                                    the descriptor (daxfs: File.stat, chmod,
+                                    chown, utime, truncate of the raw File)
 """
 
 from __future__ import annotations
@@ -54,7 +65,7 @@ import stat as st
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from daxfs.errors import DaxfsError
 from daxfs.fs.filesystem import FileSystem
@@ -63,6 +74,8 @@ from daxfs.lifecycle import Closeable, run_all
 from daxfs.testing import SimulatedPmem
 
 Step = tuple[Any, ...]
+#: the actions of an ``open`` step that are os calls on the file's descriptor
+FILE_OPS = ("fstat", "fstat_times", "fstat_owner", "fchmod", "fchown", "futime", "ftruncate")
 SIZE = 16 << 20
 
 
@@ -198,6 +211,12 @@ class Side:
         try:
             for name, *args in actions:
                 try:
+                    if name == "fs":
+                        out.append(self.run(args[0]))
+                        continue
+                    if name in FILE_OPS:
+                        out.append(Outcome(self.file_op(f, name, *args)))
+                        continue
                     attr = getattr(f, name)
                     out.append(Outcome(attr if name in ("mode", "closed") else attr(*args)))
                 except (OSError, ValueError) as exc:
@@ -207,6 +226,25 @@ class Side:
             with contextlib.suppress(OSError, ValueError):
                 f.close()
         return out
+
+    def file_op(self, f: Any, name: str, *args: Any) -> Any:
+        """One of ``FILE_OPS`` on the open file ``f``, its result normalised."""
+        if name in ("fstat", "fstat_times", "fstat_owner"):
+            result = self.fstat(f)
+            if name == "fstat_times":
+                return result.st_atime_ns, result.st_mtime_ns
+            if name == "fstat_owner":
+                return result.st_uid, result.st_gid
+            return stat_view(result)
+        self.fchange(f, name, *args)
+        return None
+
+    def fstat(self, f: Any) -> os.stat_result:
+        raise NotImplementedError
+
+    def fchange(self, f: Any, name: str, *args: Any) -> None:
+        """fchmod, fchown, futime or ftruncate of ``f``."""
+        raise NotImplementedError
 
     def normalise(self, op: str, result: Any) -> Any:
         if isinstance(result, os.stat_result):
@@ -272,6 +310,16 @@ class DaxSide(Side):
     def open(self, path: Any, mode: str, **kwargs: Any) -> Any:
         return self.fs.open(path, mode, **kwargs)
 
+    def fstat(self, f: Any) -> os.stat_result:
+        return cast(os.stat_result, getattr(f, "raw", f).stat())
+
+    def fchange(self, f: Any, name: str, *args: Any) -> None:
+        file = getattr(f, "raw", f)
+        if name == "futime":
+            file.utime(ns=args[0])
+        else:
+            getattr(file, name.removeprefix("f"))(*args)  # chmod, chown, truncate
+
 
 class HostSide(Side):
     """os.* on a temporary directory standing for the root."""
@@ -300,6 +348,15 @@ class HostSide(Side):
 
     def open(self, path: Any, mode: str, **kwargs: Any) -> Any:
         return open(self.p(path), mode, **kwargs)
+
+    def fstat(self, f: Any) -> os.stat_result:
+        return os.fstat(f.fileno())
+
+    def fchange(self, f: Any, name: str, *args: Any) -> None:
+        if name == "futime":
+            os.utime(f.fileno(), ns=args[0])
+        else:
+            getattr(os, name)(f.fileno(), *args)
 
     def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
         p = self.p

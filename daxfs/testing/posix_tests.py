@@ -17,8 +17,9 @@ DeviceTests is for devices).  ``random_examples`` bounds the Hypothesis run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import hypothesis.strategies as stx
 import pytest
@@ -702,6 +703,78 @@ SEQUENCES: dict[str, list[Step]] = {
 }
 
 
+# -- an open file whose name has gone: os.f* calls work on the descriptor ---------------
+
+GID = os.getgid()
+_PROBES: list[Step] = [
+    ("fstat",),
+    ("fchmod", 0o640),
+    ("fstat",),
+    ("fchown", -1, GID),
+    ("fstat_owner",),
+    ("futime", T1),
+    ("fstat_times",),
+    ("ftruncate", 3),
+    ("fstat",),
+    ("seek", 0),
+    ("read",),
+    ("write", b"Z"),
+    ("fstat",),
+]
+_RAW = {"buffering": 0}
+OPEN_FILES: dict[str, list[Step]] = {
+    "renamed": [
+        ("open", "/f", "rb+", [("fs", ("rename", "/f", "/moved")), *_PROBES], _RAW),
+        ("stat", "/moved"),
+        ("get", "/moved"),
+    ],
+    "renamed-directory-above": [
+        ("open", "/d/g", "rb+", [("fs", ("rename", "/d", "/d2")), *_PROBES], _RAW),
+        ("get", "/d2/g"),
+    ],
+    "unlinked-other-name-left": [
+        ("open", "/f", "rb+", [("fs", ("unlink", "/f")), *_PROBES], _RAW),
+        ("stat", "/d/hard"),
+        ("get", "/d/hard"),
+    ],
+    "unlinked-last-name": [
+        ("unlink", "/d/hard"),
+        ("open", "/f", "rb+", [("fs", ("unlink", "/f")), *_PROBES], _RAW),
+        ("listdir", "/"),
+    ],
+    "replaced-by-rename": [
+        ("open", "/d/g", "rb+", [("fs", ("rename", "/f", "/d/g")), *_PROBES], _RAW),
+        ("get", "/d/g"),
+    ],
+    "unlinked-read-only": [
+        ("unlink", "/d/hard"),
+        (
+            "open",
+            "/f",
+            "rb",
+            [("fs", ("unlink", "/f")), ("fstat",), ("fchmod", 0o600), ("fstat",), ("read",)],
+            _RAW,
+        ),
+    ],
+    "unlinked-then-directory-removed": [
+        (
+            "open",
+            "/d/g",
+            "rb+",
+            [
+                ("fs", ("unlink", "/d/g")),
+                ("fs", ("unlink", "/d/hard")),
+                ("fs", ("rmdir", "/d/e")),
+                ("fs", ("unlink", "/d/up")),
+                ("fs", ("rmdir", "/d")),
+                *_PROBES,
+            ],
+            _RAW,
+        ),
+    ],
+}
+
+
 # -- random sequences --------------------------------------------------------------------
 
 # Paths over a small name space, mostly shallow, starting from SEED (so that
@@ -752,6 +825,8 @@ class PosixTests:
 
     #: Hypothesis examples of random step sequences
     random_examples = 200
+    #: cases of OPEN_FILES this front end is known to fail, with why (strict xfail)
+    open_file_failures: ClassVar[dict[str, str]] = {}
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -789,6 +864,15 @@ class PosixTests:
     @pytest.mark.parametrize("case", sorted(SEQUENCES))
     def test_sequence(self, posix_side: SideFactory, case: str) -> None:
         run_steps([*BASE, *SEQUENCES[case]], posix_side)
+
+    @pytest.mark.parametrize("case", sorted(OPEN_FILES))
+    def test_open_file(
+        self, posix_side: SideFactory, case: str, request: pytest.FixtureRequest
+    ) -> None:
+        if case in self.open_file_failures:
+            why = self.open_file_failures[case]
+            request.applymarker(pytest.mark.xfail(reason=why, strict=True))
+        run_steps([*BASE, *OPEN_FILES[case]], posix_side)
 
     def test_random_sequences(self, posix_side: SideFactory) -> None:
         @settings(
