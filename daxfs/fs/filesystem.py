@@ -774,36 +774,62 @@ class FileSystem:
 
     remove = unlink
 
-    def rename(self, src: Path, dst: Path) -> None:
-        """Rename atomically, replacing ``dst`` as POSIX rename(2) does.
+    def rename(
+        self, src: Path, dst: Path, *, noreplace: bool = False, exchange: bool = False
+    ) -> None:
+        """Rename atomically, replacing ``dst`` as POSIX rename(2) does; or as
+        renameat2(2) with RENAME_NOREPLACE (``noreplace``: never replace) or
+        RENAME_EXCHANGE (``exchange``: swap the two names, which must both exist
+        and may be of different types).
 
         The checks come in the order of Linux's renameat2, so that the same
         mistake gives the same errno.
 
         Raises:
-            FileNotFoundError, IsADirectoryError (file over directory),
-            NotADirectoryError (directory over file; a trailing slash on
-            either path when the source is not a directory), NotEmpty
-            (ENOTEMPTY: a non-empty target, or the target is an ancestor of the
-            source), InvalidArgument (a directory into itself or its
-            subdirectory), Busy (EBUSY: ".", ".." or the root), ReadOnly.
+            InvalidArgument (EINVAL): both ``noreplace`` and ``exchange``; a
+            directory into itself or its subdirectory; with ``exchange``, also
+            ``dst`` an ancestor of ``src``.
+            FileNotFoundError (also ``dst`` missing with ``exchange``),
+            FileExistsError (``dst`` exists with ``noreplace``; also "." or
+            ".." as ``dst``), IsADirectoryError (file over directory),
+            NotADirectoryError (directory over file; a trailing slash on a
+            path whose file is not a directory), NotEmpty (ENOTEMPTY: a
+            non-empty target, or the target is an ancestor of the source),
+            Busy (EBUSY: ".", ".." or the root), ReadOnly.
         """
+        if noreplace and exchange:
+            shown = _shown(src)
+            raise InvalidArgument(f"rename: RENAME_NOREPLACE with RENAME_EXCHANGE: {shown}", shown)
         with self._lock:
             a, a_shown = self._lookup(src, follow=False, parent=True)
             b, b_shown = self._lookup(dst, follow=False, parent=True)
-            for look, shown in ((a, a_shown), (b, b_shown)):
-                if look.name in (b"", b".", b".."):
-                    raise Busy(f"cannot rename '.', '..' or the root: {shown}", shown)
+            if a.name in (b"", b".", b".."):
+                raise Busy(f"cannot rename '.', '..' or the root: {a_shown}", a_shown)
+            if b.name in (b"", b".", b".."):
+                if noreplace:
+                    raise Exists(f"file exists: {b_shown}", b_shown)
+                raise Busy(f"cannot rename '.', '..' or the root: {b_shown}", b_shown)
             self._check_writable(a_shown)
             moving = a.inode
             if moving is None:
                 raise NotFound(f"no such file or directory: {a_shown}", a_shown)
             victim = b.inode
+            if noreplace and victim is not None:
+                raise Exists(f"file exists: {b_shown}", b_shown)
+            if exchange:
+                if victim is None:
+                    raise NotFound(f"no such file or directory: {b_shown}", b_shown)
+                if b.slash and not victim.is_dir:
+                    raise NotADirectory(f"not a directory: {b_shown}", b_shown)
             with naming(b_shown):  # walks the '..' chain above the destination
-                self._check_rename(moving, a, b, a_shown, b_shown)
+                self._check_rename(moving, a, b, a_shown, b_shown, exchange)
             if victim is moving:
                 return  # two names of one inode: POSIX says do nothing
-            self._rename(a, b, moving, victim, b_shown)
+            if exchange:
+                assert victim is not None
+                self._exchange(a, b, moving, victim, b_shown)
+            else:
+                self._rename(a, b, moving, victim, b_shown)
 
     replace = rename
 
@@ -829,10 +855,10 @@ class FileSystem:
         return True
 
     def _check_rename(
-        self, moving: Inode, a: Lookup, b: Lookup, a_shown: str, b_shown: str
+        self, moving: Inode, a: Lookup, b: Lookup, a_shown: str, b_shown: str, exchange: bool
     ) -> None:
         victim = b.inode
-        if not moving.is_dir and (a.slash or b.slash):
+        if not moving.is_dir and (a.slash or (b.slash and not exchange)):
             shown = a_shown if a.slash else b_shown
             raise NotADirectory(f"not a directory: {shown}", shown)
         if moving.is_dir and self._is_ancestor(b.parent, moving):
@@ -840,9 +866,14 @@ class FileSystem:
                 f"cannot move directory {a_shown} into itself ({b_shown})", a_shown
             )
         if victim is not None and victim.is_dir and self._is_ancestor(a.parent, victim):
+            if exchange:  # renameat2: EINVAL, as the other way round
+                raise InvalidArgument(
+                    f"cannot exchange directory {b_shown} with a path inside it ({a_shown})",
+                    b_shown,
+                )
             raise NotEmpty(f"directory not empty: {b_shown} is an ancestor of {a_shown}", b_shown)
-        if victim is None or victim is moving:
-            return
+        if victim is None or victim is moving or exchange:
+            return  # an exchange keeps both: any types, any contents
         if moving.is_dir:
             if not victim.is_dir:
                 raise NotADirectory(f"not a directory: {b_shown}", b_shown)
@@ -875,6 +906,30 @@ class FileSystem:
         if reap and victim is not None:
             with naming(b_shown):
                 self._reap(victim)
+
+    def _exchange(self, a: Lookup, b: Lookup, one: Inode, other: Inode, b_shown: str) -> None:
+        """Swap the inodes of entries ``a`` and ``b`` in one transaction (as tmpfs's
+        shmem_exchange): a directory that changes parents takes its new parent in
+        ``..``, and when only one of the two is a directory the parents' link
+        counts move with it; both parents' mtime and ctime and both inodes'
+        ctime are set."""
+        with self._begin(b_shown) as tx:
+            self.dirs.retarget(tx, a.parent, a.name, other.ino, self._dtype(other))
+            self.dirs.retarget(tx, b.parent, b.name, one.ino, self._dtype(one))
+            if a.parent.ino != b.parent.ino:
+                if one.is_dir:
+                    self.itable.dirty(tx, one).parent = b.parent.ino
+                if other.is_dir:
+                    self.itable.dirty(tx, other).parent = a.parent.ino
+                if one.is_dir != other.is_dir:
+                    moved = 1 if one.is_dir else -1  # a directory goes from a's parent to b's
+                    self._touch_dir(tx, a.parent, -moved)
+                    self._touch_dir(tx, b.parent, +moved)
+            self._touch_dir(tx, a.parent)
+            self._touch_dir(tx, b.parent)
+            t = now_ns()
+            self.itable.dirty(tx, one).ctime_ns = t
+            self.itable.dirty(tx, other).ctime_ns = t
 
     @staticmethod
     def _dtype(inode: Inode) -> int:

@@ -48,7 +48,7 @@ from typing import Any, TypeVar, cast
 
 import mfusepy
 
-from daxfs.errors import Exists, InvalidArgument, NotFound, NotPermitted
+from daxfs.errors import InvalidArgument, NotFound, NotPermitted
 from daxfs.fs.file import File
 from daxfs.fs.filesystem import FileSystem
 from daxfs.lifecycle import cleanup_after
@@ -56,7 +56,7 @@ from daxfs.lifecycle import cleanup_after
 log = logging.getLogger("daxfs.fuse")
 
 RENAME_NOREPLACE = 1  # fail with EEXIST if the new name exists
-RENAME_EXCHANGE = 2  # swap the two names atomically (not supported by daxfs: EINVAL)
+RENAME_EXCHANGE = 2  # swap the two names atomically
 _O_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -128,13 +128,6 @@ class DaxOperations(mfusepy.Operations):  # type: ignore[misc]
         number = next(self._numbers)
         self._files[number] = file
         return number
-
-    def _exists(self, path: str) -> bool:
-        try:
-            self.fs.lstat(path)
-        except FileNotFoundError:
-            return False
-        return True
 
     @staticmethod
     def _caller() -> tuple[int, int]:
@@ -326,17 +319,16 @@ class DaxOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_boundary
     def rename(self, old: str, new: str, flags: int = 0) -> int:
-        """rename(2) and renameat2's RENAME_NOREPLACE; RENAME_EXCHANGE is EINVAL (as on
-        a Linux filesystem without it)."""
-        if flags & ~RENAME_NOREPLACE:
+        """rename(2) and renameat2's RENAME_NOREPLACE and RENAME_EXCHANGE, each one
+        transaction of FileSystem.rename; any other flag (RENAME_WHITEOUT) is EINVAL."""
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
             raise InvalidArgument(f"rename flags {flags:#x} not supported: {old}", old)
-        if flags & RENAME_NOREPLACE:
-            with self.fs.as_caller(*self._caller()):  # the check and the rename: one step
-                if self._exists(new):
-                    raise Exists(f"file exists: {new}", new)
-                self.fs.rename(old, new)
-        else:
-            self.fs.rename(old, new)
+        self.fs.rename(
+            old,
+            new,
+            noreplace=bool(flags & RENAME_NOREPLACE),
+            exchange=bool(flags & RENAME_EXCHANGE),
+        )
         return 0
 
     # -- extended attributes (the API's, with its errnos: ENODATA, ERANGE, EEXIST, ...) --

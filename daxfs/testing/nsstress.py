@@ -268,6 +268,7 @@ class Worker:
         "mkdir",
         "rmdir",
         *("rename",) * 2,
+        "exchange",
         "symlink",
     )
     ON_FILES = frozenset({"write", "truncate", "punch", "link"})
@@ -529,6 +530,36 @@ class Worker:
         self.verify(a)
         self.verify(b)
 
+    def p_exchange(self, a: str, b: str) -> None:
+        """renameat2 with RENAME_EXCHANGE: the two subtrees swap names."""
+        err = self.exchange_errno(a, b)
+        call = lambda: self.fs.rename(self.full(a), self.full(b), exchange=True)  # noqa: E731
+        if self.expect("exchange", f"{a} {b}", call, err):
+            src, dst = self.model[a], self.model[b]
+            if not (a == b or (src[1] is dst[1] and src[0] == "file")):
+                trees = {}
+                for top in (a, b):
+                    trees[top] = {p: self.model.pop(p) for p in [top, *self.children(top)]}
+                for top, other in ((a, b), (b, a)):
+                    for p, v in trees[top].items():
+                        self.model[other + p[len(top) :]] = v
+        for rel in (a, b):
+            self.verify(rel)
+            for p in self.children(rel):
+                self.verify(p)
+
+    def exchange_errno(self, a: str, b: str) -> int | None:
+        """As Linux's renameat2 with RENAME_EXCHANGE: parents, then both names, then
+        neither may be an ancestor of the other (EINVAL)."""
+        err = self.parent_ok(a) or self.parent_ok(b)
+        if err is not None:
+            return err
+        if a not in self.model or b not in self.model:
+            return errno.ENOENT
+        if a != b and ((b + "/").startswith(a + "/") or (a + "/").startswith(b + "/")):
+            return errno.EINVAL
+        return None
+
     def rename_errno(self, a: str, b: str) -> int | None:
         """As Linux's renameat2: both parents first, then the source, then the target."""
         err = self.parent_ok(a) or self.parent_ok(b)
@@ -622,6 +653,7 @@ class Worker:
                 "mkdir",
                 "rmdir",
                 "rename",
+                "exchange",
                 "symlink",
             )
         )
@@ -651,6 +683,8 @@ class Worker:
                 fs.rmdir(a)
             elif kind == "rename":
                 fs.rename(a, b)
+            elif kind == "exchange":
+                fs.rename(a, b, exchange=True)
             else:
                 fs.symlink(rng.choice(SHARED_TARGETS), a)
         except OSError as exc:

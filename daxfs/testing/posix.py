@@ -368,12 +368,33 @@ class HostSide(Side):
             follow = kwargs.get("follow_symlinks", True)
             return os.link(p(args[0]), p(args[1]), src_dir_fd=self.dirfd, follow_symlinks=follow)
         if op in ("rename", "replace"):
+            if kwargs:  # noreplace / exchange: renameat2(2)
+                return renameat2(p(args[0]), p(args[1]), **kwargs)
             return getattr(os, op)(p(args[0]), p(args[1]))
         if op in ("exists", "isdir", "isfile", "islink"):
             return getattr(os.path, op)(p(args[0]))
         if op == "walk":
             return os.walk(p(args[0]), *args[1:], **kwargs)
         return getattr(os, op)(p(args[0]), *args[1:], **kwargs)
+
+
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+
+
+def renameat2(src: Any, dst: Any, *, noreplace: bool = False, exchange: bool = False) -> None:
+    """renameat2(2) through libc (os has no renameat2).
+
+    Raises:
+        OSError: the kernel's errno (its builtin subclass), naming ``src``.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    flags = (_RENAME_NOREPLACE if noreplace else 0) | (_RENAME_EXCHANGE if exchange else 0)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), src, None, dst)
 
 
 def shown(path: Any) -> str:

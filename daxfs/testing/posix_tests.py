@@ -220,6 +220,22 @@ RENAMES = {
     "name-256": ("/f", "/" + "n" * 256),
     "relative-paths": ("d/g", "empty/g"),
     "bytes-paths": (b"/d/g", b"/d/e/g"),
+    # for RENAME_EXCHANGE above all: both names exist, any types, across parents
+    "file-with-dir-elsewhere": ("/f", "/d/e"),
+    "dir-with-file-elsewhere": ("/d/e", "/f"),
+    "dirs-across-parents": ("/d/e", "/empty"),
+    "link-with-dir": ("/lf", "/d"),
+    "file-with-file-in-subdir": ("/f", "/d/g"),
+    "file-slash-with-dir": ("/f", "/empty/"),
+    "dir-with-file-slash": ("/empty", "/f/"),
+    "dir-slash-with-dir-slash": ("/d/e/", "/empty/"),
+}
+#: renameat2's flags each RENAMES case runs with
+RENAME_FLAGS: dict[str, dict[str, bool]] = {
+    "rename": {},
+    "noreplace": {"noreplace": True},
+    "exchange": {"exchange": True},
+    "both": {"noreplace": True, "exchange": True},
 }
 
 
@@ -807,6 +823,12 @@ random_steps = stx.one_of(
     stx.tuples(stx.just("rmdir"), paths),
     stx.tuples(stx.just("unlink"), paths),
     stx.tuples(stx.just("rename"), paths, paths),
+    stx.tuples(
+        stx.just("rename"),
+        paths,
+        paths,
+        stx.sampled_from([{"exchange": True}, {"noreplace": True}]),
+    ),
     stx.tuples(stx.just("link"), paths, paths),
     stx.tuples(stx.just("symlink"), targets, paths),
     stx.tuples(stx.just("put"), paths, payloads),
@@ -846,17 +868,26 @@ class PosixTests:
         run_pooled(pool, MUTATING[op](target), read_only=False)
 
     @pytest.mark.parametrize("case", sorted(RENAMES))
-    def test_rename(self, posix_side: SideFactory, case: str) -> None:
+    @pytest.mark.parametrize("flags", sorted(RENAME_FLAGS))
+    def test_rename(self, posix_side: SideFactory, flags: str, case: str) -> None:
         src, dst = RENAMES[case]
         run_steps(
             [
                 *BASE,
                 ("utime", "/d", {"ns": T1}),
                 ("utime", "/empty", {"ns": T1}),
-                ("rename", src, dst),
+                ("rename", src, dst, RENAME_FLAGS[flags])
+                if flags != "rename"
+                else ("rename", src, dst),
                 ("mtime_changed", "/d", T1[1]),
                 ("mtime_changed", "/empty", T1[1]),
                 ("stat", "/"),
+                ("stat", "/d"),
+                ("stat", "/d/e"),
+                ("stat", "/empty"),
+                ("listdir", "/d/e"),
+                ("stat", "/d/e/.."),  # a directory that moved: its '..' is its new parent
+                ("stat", "/empty/.."),
             ],
             posix_side,
         )

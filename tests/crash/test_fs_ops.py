@@ -72,6 +72,11 @@ def open_unlinked(fs: FileSystem) -> None:
     f.close()
 
 
+def fchmod_open(fs: FileSystem) -> None:
+    with fs.open("/d/file", "rb", buffering=0) as f:
+        f.chmod(0o600)
+
+
 def fallocate(mode: int, offset: int, length: int) -> object:
     def op(fs: FileSystem) -> None:
         with fs.open("/d/file", "rb+", buffering=0) as f:
@@ -145,10 +150,21 @@ OPERATIONS = {
     "rename over existing": (base, lambda fs: fs.rename("/d/other", "/d/file")),
     "rename directory": (base, lambda fs: fs.rename("/d/sub", "/empty/sub2")),
     "rename dir over empty dir": (base, lambda fs: fs.rename("/d/sub", "/empty")),
+    "rename noreplace": (base, lambda fs: fs.rename("/d/file", "/moved", noreplace=True)),
+    "exchange files": (base, lambda fs: fs.rename("/d/file", "/d/other", exchange=True)),
+    "exchange file with a directory elsewhere": (
+        base,
+        lambda fs: fs.rename("/d/file", "/empty", exchange=True),
+    ),
+    "exchange directories across parents": (
+        base,
+        lambda fs: fs.rename("/d/sub", "/empty", exchange=True),
+    ),
     "link": (base, lambda fs: fs.link("/d/file", "/hard")),
     "symlink": (base, lambda fs: fs.symlink("/d/other", "/d/sub/ln")),
     "long symlink": (base, lambda fs: fs.symlink("t" * 300, "/d/sub/ln")),
     "chmod": (base, lambda fs: fs.chmod("/d/file", 0o600)),
+    "fchmod of an open file": (base, fchmod_open),
     "writable mmap of a sparse file": (sparse, map_writable),
     # extended attributes (the first of an image also sets the superblock's feature bit)
     "setxattr first": (base, lambda fs: fs.setxattr("/d/file", "user.a", b"first")),

@@ -138,9 +138,25 @@ def test_rename_flags(d: str) -> None:
     assert not os.path.exists(a)
     with open(c) as f:
         assert f.read() == a
-    assert renameat2(c, b, RENAME_EXCHANGE) == errno.EINVAL  # not supported by daxfs
-    assert renameat2(c, b, 0) == 0
-    assert os.listdir(d) == ["b"]
+    assert renameat2(c, b, RENAME_EXCHANGE) == 0  # swapped, both still there
+    with open(b) as f:
+        assert f.read() == a
+    with open(c) as f:
+        assert f.read() == b
+    os.mkdir(os.path.join(d, "sub"))
+    assert renameat2(c, os.path.join(d, "sub"), RENAME_EXCHANGE) == 0  # a file with a directory
+    assert os.path.isdir(c)
+    assert os.path.isfile(os.path.join(d, "sub"))
+    assert renameat2(c, os.path.join(d, "nope"), RENAME_EXCHANGE) == errno.ENOENT
+    assert renameat2(c, b, RENAME_EXCHANGE | RENAME_NOREPLACE) == errno.EINVAL
+    assert renameat2(d, os.path.join(c, "x"), RENAME_EXCHANGE) == errno.ENOENT
+    os.mkdir(os.path.join(c, "in"))
+    assert renameat2(c, os.path.join(c, "in"), RENAME_EXCHANGE) == errno.EINVAL  # into itself
+    assert renameat2(os.path.join(c, "in"), c, RENAME_EXCHANGE) == errno.EINVAL
+    os.rmdir(os.path.join(c, "in"))
+    os.rmdir(c)
+    assert renameat2(os.path.join(d, "sub"), c, 0) == 0
+    assert sorted(os.listdir(d)) == ["b", "c"]
 
 
 def test_links_and_attributes(d: str) -> None:

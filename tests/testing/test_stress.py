@@ -298,3 +298,25 @@ def test_makes_dax_flag_operations_and_catches_a_lost_inheritance(
     monkeypatch.setattr(daxflag, "inherit", lambda parent, child: None)
     with pytest.raises(nsstress.StressFailure, match="DAX flag"):
         nsstress.run(3, ops=400, options=opts())
+
+
+def test_makes_exchanges_and_catches_a_half_done_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RENAME_EXCHANGE is drawn, private and shared, and checked against the model (both
+    subtrees verified, link counts at the end); an exchange planted to leave the parents'
+    link counts alone when a directory swaps with a file across parents is caught."""
+    stats = nsstress.run(2, ops=600, options=opts())
+    assert stats.by_kind.get("exchange", 0) > 0
+    assert stats.by_kind.get("shared exchange", 0) > 0
+    real = FileSystem._touch_dir
+
+    def touch(self: FileSystem, tx: object, inode: object, nlink: int = 0) -> None:
+        import inspect
+
+        if nlink and inspect.stack()[1].function == "_exchange":
+            nlink = 0
+        real(self, tx, inode, nlink)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FileSystem, "_touch_dir", touch)
+    with pytest.raises(nsstress.StressFailure, match="link count"):
+        for seed in range(1, 9):
+            nsstress.run(seed, ops=600, options=opts())
