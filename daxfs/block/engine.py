@@ -104,14 +104,21 @@ class IoEngine(abc.ABC):
         """Wait for every op in flight, then release the engine (invariant 3)."""
 
 
+#: the most requests an engine keeps in flight: io_uring's IORING_MAX_ENTRIES
+#: (``_uring.MAX_ENTRIES``), and the thread pool is held to the same bound (a thread each)
+MAX_QUEUE_DEPTH = 4096
+#: what open_block (and so a mount by path through the block layer) keeps in flight
+DEFAULT_QUEUE_DEPTH = 8
+
+
 class ThreadPoolEngine(IoEngine):
     """``run_op`` on a pool of ``queue_depth`` threads."""
 
     name = "threads"
 
     def __init__(self, queue_depth: int = 8) -> None:
-        if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or queue_depth < 1:
-            raise InvalidArgument(f"queue_depth must be a positive integer, not {queue_depth!r}")
+        """Raises: InvalidArgument (EINVAL): as ``check_queue_depth``."""
+        check_queue_depth(queue_depth)
         self.queue_depth = queue_depth
         self._pool = ThreadPoolExecutor(max_workers=queue_depth, thread_name_prefix="daxfs-block")
 
@@ -135,14 +142,32 @@ def _run_then(op: IoOp, done: Done) -> None:
         raise
 
 
-def check_engine(engine: str, queue_depth: int) -> None:
-    """Raise unless ``engine`` and ``queue_depth`` are well formed (``choose_engine``'s checks).
+def check_queue_depth(queue_depth: object) -> int:
+    """``queue_depth`` if it is an integer from 1 to MAX_QUEUE_DEPTH.
 
     Raises:
-        InvalidArgument (EINVAL): an unknown engine name, a queue depth below 1.
+        InvalidArgument (EINVAL): anything else, naming the value and the bounds.
     """
-    if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or queue_depth < 1:
-        raise InvalidArgument(f"queue_depth must be a positive integer, not {queue_depth!r}")
+    if (
+        isinstance(queue_depth, bool)
+        or not isinstance(queue_depth, int)
+        or not 1 <= queue_depth <= MAX_QUEUE_DEPTH
+    ):
+        raise InvalidArgument(
+            f"queue_depth must be an integer from 1 to {MAX_QUEUE_DEPTH}, not {queue_depth!r}"
+        )
+    return queue_depth
+
+
+def check_engine(engine: str, queue_depth: int) -> None:
+    """Raise unless ``engine`` and ``queue_depth`` are well formed (``choose_engine``'s checks,
+    made before any engine is set up: "auto" never falls back over a bad queue depth).
+
+    Raises:
+        InvalidArgument (EINVAL): an unknown engine name; a queue depth outside
+            1..MAX_QUEUE_DEPTH (``check_queue_depth``).
+    """
+    check_queue_depth(queue_depth)
     if engine not in ("auto", "threads", "io_uring"):
         raise InvalidArgument(f"engine must be 'auto', 'threads' or 'io_uring', not {engine!r}")
 

@@ -79,6 +79,7 @@ from daxfs.block.bio import (
 )
 from daxfs.block.device import BlockDevice
 from daxfs.block.engine import (
+    DEFAULT_QUEUE_DEPTH,
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE,
@@ -482,7 +483,7 @@ def open_block(
     direct: bool | None = None,
     readonly: bool = False,
     engine: str = "auto",
-    queue_depth: int = 8,
+    queue_depth: int = DEFAULT_QUEUE_DEPTH,
 ) -> FileBlockDevice:
     """Open a regular file or a block device as a ``FileBlockDevice``.
 

@@ -178,7 +178,8 @@ def add_parser(
 
 
 def add_persist_option(parser: argparse.ArgumentParser) -> None:
-    """--persist, --dax (how the image is reached: daxfs.fs.devices) and --cache-size."""
+    """--persist, --dax (how the image is reached: daxfs.fs.devices), --cache-size and
+    --queue-depth: what ``Mounts.from_args`` reads."""
     parser.add_argument(
         "--persist",
         choices=PERSIST_CHOICES,
@@ -186,6 +187,18 @@ def add_persist_option(parser: argparse.ArgumentParser) -> None:
         help="how writes reach persistence: auto (what the device needs), cpu, msync",
     )
     add_dax_option(parser)
+    add_cache_size_option(parser)
+    parser.add_argument(
+        "--queue-depth",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --dax never on a file or a block device: I/O requests in flight "
+        "(1-4096; default 8)",
+    )
+
+
+def add_cache_size_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-size",
         default=None,
@@ -273,13 +286,29 @@ class Mounts:
     """
 
     def __init__(
-        self, persist: str = "auto", dax: str = "inode", cache_size: str | None = None
+        self,
+        persist: str = "auto",
+        dax: str = "inode",
+        cache_size: str | None = None,
+        queue_depth: int | None = None,
     ) -> None:
         self.persist = persist
         self.dax = dax
         self.cache_size = cache_size
+        self.queue_depth = queue_depth
         self._mounted: dict[Hashable, FileSystem] = {}
         self._ids: set[tuple[int, int]] = set()
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Mounts:
+        """The Mounts of a command's options (add_persist_option: --persist, --dax,
+        --cache-size, --queue-depth; a command without one gets the default)."""
+        return cls(
+            getattr(args, "persist", "auto"),
+            getattr(args, "dax", "inode"),
+            getattr(args, "cache_size", None),
+            getattr(args, "queue_depth", None),
+        )
 
     def key(self, image: str) -> Hashable:
         """What identifies an image: the identity of its file (its real path if none)."""
@@ -298,7 +327,13 @@ class Mounts:
         fs = self._mounted.get(key)
         if fs is None:
             try:
-                fs = mount(image, persist=self.persist, dax=self.dax, cache_size=self.cache_size)
+                fs = mount(
+                    image,
+                    persist=self.persist,
+                    dax=self.dax,
+                    cache_size=self.cache_size,
+                    queue_depth=self.queue_depth,
+                )
             except OSError as exc:
                 text = exc.strerror or str(exc)
                 if text.endswith(f": {image}"):  # mount names the image: say it once, in front

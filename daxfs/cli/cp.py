@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     sources = [parse_operand(text) for text in args.sources]
     dest = parse_operand(args.dest)
     with (
-        Mounts(args.persist, args.dax, args.cache_size) as mounts,
+        Mounts.from_args(args) as mounts,
         ProgressBar(progress_wanted(args), unit="bytes") as bar,
     ):
         copier = Copier(mounts, bar, recursive=args.recursive)

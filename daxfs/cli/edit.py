@@ -85,7 +85,7 @@ def register(sub: Any) -> None:
 
 def run_mkdir(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "mkdir") for text in args.paths]
-    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
+    with Mounts.from_args(args) as mounts:
         for op in ops:
             assert op.image is not None
             fs = mounts.get(op.image)
@@ -102,7 +102,7 @@ def run_mkdir(args: argparse.Namespace) -> int:
 
 def run_rm(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "rm") for text in args.paths]
-    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
+    with Mounts.from_args(args) as mounts:
         for op in ops:
             assert op.image is not None
             fs = mounts.get(op.image)
@@ -142,7 +142,7 @@ def remove(fs: FileSystem, path: str, *, recursive: bool, force: bool) -> None:
 def run_mv(args: argparse.Namespace) -> int:
     sources = [image_operand(text, "mv") for text in args.sources]
     dest = image_operand(args.dest, "mv")
-    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
+    with Mounts.from_args(args) as mounts:
         assert dest.image is not None
         for src in sources:
             assert src.image is not None
@@ -175,7 +175,7 @@ def _target(src: Operand, dest: Operand, into: bool) -> str:
 
 def run_chattr(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "chattr") for text in args.paths]
-    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
+    with Mounts.from_args(args) as mounts:
         for op in ops:
             assert op.image is not None
             fs = mounts.get(op.image)

@@ -128,7 +128,7 @@ Row = tuple[str, os.stat_result, FileSystem, str]  # name shown, lstat, where, p
 
 def run_ls(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "ls", bare_is_root=True) for text in args.paths]
-    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
+    with Mounts.from_args(args) as mounts:
         files: list[Row] = []
         dirs: list[tuple[Operand, FileSystem]] = []
         for op in ops:
@@ -222,7 +222,7 @@ def _ls_time(ns: int) -> str:
 
 def run_tree(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "tree", bare_is_root=True) for text in args.paths]
-    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
+    with Mounts.from_args(args) as mounts:
         ndirs = nfiles = 0
         for op in ops:
             assert op.image is not None
@@ -298,7 +298,7 @@ _KINDS = {
 
 def run_stat(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "stat") for text in args.paths]
-    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
+    with Mounts.from_args(args) as mounts:
         for op in ops:
             assert op.image is not None
             fs = mounts.get(op.image)
@@ -370,7 +370,7 @@ def _stat_time(ns: int) -> str:
 def run_df(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "df", bare_is_root=True) for text in args.paths]
     rows: list[tuple[str, ...]] = []
-    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
+    with Mounts.from_args(args) as mounts:
         for op in ops:
             assert op.image is not None
             fs = mounts.get(op.image)
@@ -413,7 +413,7 @@ def run_cat(args: argparse.Namespace) -> int:
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     output = _output_identity(out)
-    with Mounts(args.persist, args.dax, args.cache_size) as mounts:
+    with Mounts.from_args(args) as mounts:
         for op in ops:
             assert op.image is not None
             fs = mounts.get(op.image)

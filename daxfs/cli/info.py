@@ -6,7 +6,11 @@ engine, O_DIRECT or the buffered fallback, and why);
 when the path holds a daxfs, the facts of its superblock follow (uuid, label,
 size, free blocks, inodes in use, state, mount count, journal, creation time).
 A block special file cannot be mapped: its report is how bios reach it and
-its filesystem, the superblock read by bios.
+its filesystem, the superblock read by bios.  A row says what DRAM a mount
+through the block layer (``--dax never``; a block special file) would take
+against MemAvailable: the whole image, or with ``--cache-size SIZE`` (as the
+other commands take it) a page cache of SIZE, checked as mount checks it
+(EINVAL, ENOMEM: one error line).
 Read-only: the superblock is read without mounting or replaying anything,
 and whether another process has the filesystem mounted is asked with a
 shared lock, taken and dropped.  The counters are those of the last
@@ -23,12 +27,14 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from daxfs.block import BlockDevice, open_block
+from daxfs.block.cache import memory_available
 from daxfs.block.file import FileBlockDevice
-from daxfs.cli.common import human
+from daxfs.cli.common import add_cache_size_option, human
 from daxfs.errors import Busy, Corrupted, NotSupported, ReadOnly
 from daxfs.fs.devices import is_block_special
 from daxfs.fs.layout import BLOCK_SIZE, SB_MAGIC, STATE_CLEAN
 from daxfs.fs.mount import read_superblock
+from daxfs.pagecache.cache import check_cache_size
 from daxfs.pmem import PmemDevice, cpu, open_device
 from daxfs.pmem.device import Device, Granularity, check_range
 
@@ -51,6 +57,7 @@ def register(sub: Any) -> None:
         help="persist method to evaluate (default: auto)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    add_cache_size_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -71,6 +78,32 @@ def describe_device(dev: PmemDevice) -> dict[str, Any]:
     }
 
 
+def describe_cache(size: int, cache_size: str | None) -> dict[str, Any]:
+    """The DRAM a mount through the block layer takes: a page cache of ``cache_size``
+    (checked as mount checks it), else the whole image of ``size`` bytes; against
+    MemAvailable (None where it cannot be read).
+
+    Raises:
+        InvalidArgument (EINVAL), OSError(ENOMEM): a bad ``cache_size``
+            (daxfs.pagecache.cache.check_cache_size).
+    """
+    available = memory_available()
+    if cache_size is not None:
+        n = check_cache_size(cache_size)
+        return {"bytes": n, "bounded": True, "memory_available": available, "fits": True}
+    fits = available is None or size <= available
+    return {"bytes": size, "bounded": False, "memory_available": available, "fits": fits}
+
+
+def _cache_row(cache: dict[str, Any]) -> tuple[str, str, str]:
+    n, available = cache["bytes"], cache["memory_available"]
+    of = "" if available is None else f" of {human(available)} available"
+    if cache["bounded"]:
+        return ("block cache", f"{human(n)} page cache{of}", "--cache-size: file data bounded")
+    verdict = "" if cache["fits"] else " (ENOMEM: a mount fails; give --cache-size)"
+    return ("block cache", f"{human(n)}, the whole image{of}{verdict}", "")
+
+
 def run(args: argparse.Namespace) -> int:
     if is_block_special(args.path):
         return _run_block(args)
@@ -82,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         facts = describe_device(dev)
         facts["filesystem"] = describe_filesystem(dev)
     facts["block"] = describe_block(args.path)
+    facts["cache"] = describe_cache(facts["size"], args.cache_size)
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
@@ -97,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         ("native extension", "loaded" if facts["native_extension"] else "missing", ""),
         ("cpu features", " ".join(facts["cpu"]) or "none", ""),
         _block_row(facts["block"]),
+        _cache_row(facts["cache"]),
     ]
     rows += _filesystem_rows(facts["filesystem"])
     _print_rows(rows)
@@ -123,6 +158,7 @@ def _run_block(args: argparse.Namespace) -> int:
             "dax": False,
             "block": _describe_open(bdev),
             "filesystem": describe_filesystem(reader),
+            "cache": describe_cache(bdev.size, args.cache_size),
         }
     if args.json:
         print(json.dumps(facts, indent=2))
@@ -137,6 +173,7 @@ def _run_block(args: argparse.Namespace) -> int:
         ),
         ("size", f"{facts['size']} bytes ({human(facts['size'])})", ""),
         _block_row(facts["block"]),
+        _cache_row(facts["cache"]),
     ]
     rows += _filesystem_rows(facts["filesystem"])
     _print_rows(rows)

@@ -8,7 +8,9 @@ failure with the seed and the way to reproduce it, and exits 1 if anything
 failed (0 otherwise).  IMAGE must hold a daxfs (``daxfs mkfs`` first); only
 the scratch directory ``/.daxfs-stress-SEED`` is written, and it is removed
 when nothing failed.  ``--dax never`` runs every phase through the block
-layer (the image as a block device, simulated block devices).
+layer (the image as a block device, simulated block devices), and
+``--cache-size SIZE`` with it bounds every mount's page cache (as the other
+commands' ``--cache-size``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from daxfs.cli.common import add_dax_option, add_parser
+from daxfs.cli.common import add_cache_size_option, add_dax_option, add_parser
 from daxfs.errors import InvalidArgument
 from daxfs.fs.mount import mount
 from daxfs.testing.stress import PHASES, run_stress
@@ -53,6 +55,7 @@ def register(sub: Any) -> None:
         help="do not make this operation (e.g. mapfsync, punch), to work around a known bug",
     )
     add_dax_option(parser)
+    add_cache_size_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"--seconds must be positive, got {args.seconds}")
     if args.threads < 1:
         raise InvalidArgument(f"--threads must be at least 1, got {args.threads}")
-    with mount(args.image, dax=args.dax):  # a daxfs that mounts: else one error line first
+    # a daxfs that mounts (with these options): else one error line first
+    with mount(args.image, dax=args.dax, cache_size=args.cache_size):
         pass
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     argv = ["daxfs", "stress", args.image, "--seconds", f"{args.seconds:g}", "--seed", str(seed)]
@@ -71,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         argv += ["--without", op]
     if args.dax != "inode":
         argv += ["--dax", args.dax]
+    if args.cache_size is not None:
+        argv += ["--cache-size", args.cache_size]
     print(f"$ {shlex.join(argv)}", flush=True)
     start = time.monotonic()
     report = run_stress(
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         phases=args.phase or tuple(PHASES),
         say=lambda line: print(line, flush=True),
         dax=args.dax,
+        cache_size=args.cache_size,
     )
     verdict = "ok" if report.ok else f"{len(report.failures)} failure(s)"
     print(f"seed {seed}: {verdict} in {time.monotonic() - start:.0f} s", flush=True)

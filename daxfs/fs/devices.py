@@ -13,7 +13,17 @@ were given and from the ``dax`` option, Linux's ``-o dax=``:
 where cache(b) is ``BlockCache(b)``, or with ``cache_size`` given
 ``BoundedBlockCache(b, cache_size)`` (daxfs.pagecache.bounded: loaded lazily,
 file data in a page cache of ``cache_size`` bytes).  ``cache_size`` for a
-mount by DAX is EINVAL.
+mount by DAX is EINVAL.  ``queue_depth`` is the I/O requests in flight of a
+block device opened here from a path (``open_block``; EINVAL for any other
+target, which has its own queue or none).
+
+Limits, checked at mount (errno-exact, naming the value and the limit):
+
+    cache_size    EINVAL: not a size, or below MIN_LIMIT (64 KiB)      before anything
+                  ENOMEM: above MemAvailable                           is opened
+    queue_depth   EINVAL: not an integer from 1 to MAX_QUEUE_DEPTH (4096)
+    whole-device  ENOMEM: a BlockCache (no cache_size) holds the whole device: a device
+    cache           above MemAvailable (BlockCache, once the device's size is known)
 
 ``dax="inode"`` is Linux's per-inode choice (FS_XFLAG_DAX): daxfs stores,
 inherits and reports the flag (daxfs.fs.daxflag), but a mount has one data
@@ -39,12 +49,13 @@ import stat as stat_mod
 
 from daxfs.block.cache import BlockCache
 from daxfs.block.device import BlockDevice
+from daxfs.block.engine import DEFAULT_QUEUE_DEPTH, check_queue_depth
 from daxfs.block.file import open_block
 from daxfs.block.pmem import PmemBlockDevice
 from daxfs.errors import InvalidArgument
 from daxfs.lifecycle import cleanup_after
 from daxfs.pagecache.bounded import BoundedBlockCache
-from daxfs.pagecache.cache import parse_size
+from daxfs.pagecache.cache import check_cache_size
 from daxfs.pmem import open_device
 from daxfs.pmem.device import Device
 
@@ -87,6 +98,7 @@ def open_target(
     size: int | None = None,
     create: bool = False,
     cache_size: int | str | None = None,
+    queue_depth: int | None = None,
 ) -> tuple[Device, bool]:
     """The device to run the filesystem on, and whether the caller must close it.
 
@@ -95,14 +107,24 @@ def open_target(
     Raises:
         InvalidArgument (EINVAL): a bad ``dax``; ``dax="always"`` on something
             that cannot do DAX (a block device), naming why; ``cache_size`` for
-            a DAX device or a BlockCache passed in, or not a size.
-        OSError(ENOMEM): ``cache_size`` above MemAvailable.
+            a DAX device or a BlockCache passed in, not a size, or below the
+            minimum; ``queue_depth`` outside 1..4096, or for a target not
+            opened here as a block device.
+        OSError(ENOMEM): ``cache_size`` above MemAvailable; without it, a
+            block device larger than MemAvailable (both sizes named).
         The errors of ``open_device``, ``open_block`` (ENOENT, EACCES, ENODEV, ...)
         and of the cache's first read (EIO naming the sector).
     """
     check_dax(dax)
     if cache_size is not None:
-        parse_size(cache_size)
+        check_cache_size(cache_size)
+    if queue_depth is not None:
+        check_queue_depth(queue_depth)
+    if queue_depth is not None and not _opens_block(target, dax):
+        raise InvalidArgument(
+            f"queue_depth is for an image opened as a block device (dax='never', or a "
+            f"block special file): {_name(target)} has no queue of daxfs's"
+        )
     if isinstance(target, BlockCache):
         if dax == "always":
             raise _no_dax(target.path, "a block device behind a DRAM cache")
@@ -124,13 +146,29 @@ def open_target(
     if block_special and dax == "always":
         raise _no_dax(name, "a block-device special file has no direct_access here")
     if block_special or dax == "never":
-        bdev = open_block(name, size, create=create, readonly=readonly)
+        depth = DEFAULT_QUEUE_DEPTH if queue_depth is None else queue_depth
+        bdev = open_block(name, size, create=create, readonly=readonly, queue_depth=depth)
         return _cached(bdev, readonly, cache_size), True
     device = open_device(target, size, create=create, persist=persist, readonly=readonly)
     if cache_size is not None:
         device.close()
         _no_cache_size(cache_size, name)
     return device, True
+
+
+def _opens_block(target: Target, dax: str) -> bool:
+    """Whether ``open_target`` opens ``target`` itself as a block device (open_block)."""
+    if isinstance(target, Device | BlockDevice):
+        return False
+    return dax == "never" or is_block_special(target)
+
+
+def _name(target: Target) -> str:
+    if isinstance(target, BlockDevice):
+        return target.name
+    if isinstance(target, Device):
+        return str(getattr(target, "path", None) or f"a {type(target).__name__}")
+    return os.fsdecode(os.fspath(target))
 
 
 def _no_cache_size(cache_size: object, name: str) -> None:

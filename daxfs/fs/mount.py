@@ -186,6 +186,7 @@ def mount(
     layout_timeout: float = 10.0,
     dax: str = "inode",
     cache_size: int | str | None = None,
+    queue_depth: int | None = None,
 ) -> FileSystem:
     """Mount the daxfs on ``target``: a path, a pmem device or a block device.
 
@@ -203,6 +204,11 @@ def mount(
     cache of that many bytes with LRU eviction (daxfs.pagecache.bounded);
     without it the cache holds the whole device.
 
+    ``queue_depth`` (a path daxfs opens as a block device: ``dax="never"`` or a
+    block special file) is how many I/O requests it keeps in flight, 1 to 4096
+    (default 8; daxfs.block.engine).  The limits are checked before anything is
+    opened (daxfs.fs.devices, "Limits").
+
     ``layout_timeout`` is how long, in seconds, an operation that would change
     or free pinned blocks (truncate, punch-hole, a write) waits for the pins
     before failing with EBUSY.
@@ -215,9 +221,11 @@ def mount(
         NotSupported: the image uses features this version does not know.
         IOFailure (EIO): the device failed.
         InvalidArgument (EINVAL): a bad ``dax``, or "always" on a device that
-            cannot do DAX (the message says why); a bad ``cache_size``, or one
-            given for a DAX mount.
-        OSError(ENOMEM): ``cache_size`` above MemAvailable (both sizes named).
+            cannot do DAX (the message says why); a bad ``cache_size`` (not a
+            size, below 64 KiB), or one given for a DAX mount; ``queue_depth``
+            outside 1..4096, or given for a target not opened as a block device.
+        OSError(ENOMEM): ``cache_size`` above MemAvailable; without it, a
+            block-backed image larger than MemAvailable (both sizes named).
         Each names the image (``device_name``) as its filename.
     """
     if (
@@ -232,7 +240,12 @@ def mount(
     with naming(source):
         # a path's errors name it already (ENOENT, EACCES, ENODEV: not I/O errors)
         device, owned = open_target(
-            target, dax=dax, readonly=readonly, persist=persist, cache_size=cache_size
+            target,
+            dax=dax,
+            readonly=readonly,
+            persist=persist,
+            cache_size=cache_size,
+            queue_depth=queue_depth,
         )
         try:
             device.claim(not readonly, "mount")

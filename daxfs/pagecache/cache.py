@@ -228,6 +228,29 @@ def parse_size(text: str | int, what: str = "cache_size") -> int:
     return value
 
 
+def check_cache_size(
+    limit: int | str, *, memory_limit: int | None = None, what: str = "cache_size"
+) -> int:
+    """``limit`` in bytes, if a pool of that size may be made here: ``PageCache``'s checks,
+    which mount makes before it opens anything (daxfs.fs.devices).  ``memory_limit``
+    stands for MemAvailable (read from /proc/meminfo; no bound where it cannot be).
+
+    Raises:
+        InvalidArgument (EINVAL): not a size, or below MIN_LIMIT (both named).
+        OSError(ENOMEM): above MemAvailable (both sizes named).
+    """
+    size = parse_size(limit, what)
+    if size < MIN_LIMIT:
+        raise InvalidArgument(f"{what} of {size} bytes is below the minimum {MIN_LIMIT}")
+    available = memory_available() if memory_limit is None else memory_limit
+    if available is not None and size > available:
+        raise OSError(
+            errno.ENOMEM,
+            f"{what} of {size} bytes is more than the {available} bytes of memory available",
+        )
+    return size
+
+
 class PageCache:
     """A pool of at most ``limit`` bytes of pages shared by address spaces.
 
@@ -237,16 +260,7 @@ class PageCache:
     """
 
     def __init__(self, limit: int | str, *, memory_limit: int | None = None) -> None:
-        size = parse_size(limit)
-        if size < MIN_LIMIT:
-            raise InvalidArgument(f"cache_size of {size} bytes is below the minimum {MIN_LIMIT}")
-        available = memory_available() if memory_limit is None else memory_limit
-        if available is not None and size > available:
-            raise OSError(
-                errno.ENOMEM,
-                f"cache_size of {size} bytes is more than the {available} bytes "
-                "of memory available",
-            )
+        size = check_cache_size(limit, memory_limit=memory_limit)
         self.limit = size - size % PAGE_SIZE
         self.nslots = self.limit >> PAGE_SHIFT
         self._arena: mmap.mmap | None = mmap.mmap(-1, self.limit)

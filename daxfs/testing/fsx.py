@@ -76,6 +76,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, cast
 
+from daxfs.block.device import BlockDevice
 from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from daxfs.fs.direct import aligned_buffer
 from daxfs.fs.fsck import fsck
@@ -85,7 +86,6 @@ from daxfs.testing.simblock import SimulatedBlockDevice
 from daxfs.testing.simulated import SimulatedPmem
 
 if TYPE_CHECKING:
-    from daxfs.block.device import BlockDevice
     from daxfs.fs.file import File
     from daxfs.fs.filesystem import FileSystem
     from daxfs.pmem.device import Device
@@ -726,7 +726,7 @@ class Fsx:
         return self._mount(state)
 
     def _mount(self, dev: Device | BlockDevice | str) -> FileSystem:
-        bounded = self.options.cache_size if isinstance(dev, SimulatedBlockDevice) else None
+        bounded = self.options.cache_size if isinstance(dev, BlockDevice) else None
         return mount(dev, cache_size=bounded)
 
     def _abandon(self) -> None:

@@ -56,13 +56,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from daxfs.block.device import BlockDevice
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
 from daxfs.testing.simblock import SimulatedBlockDevice
 from daxfs.testing.simulated import SimulatedPmem
 
 if TYPE_CHECKING:
-    from daxfs.block.device import BlockDevice
     from daxfs.fs.file import File as DaxFile
     from daxfs.fs.filesystem import FileSystem
     from daxfs.pmem.device import Device
@@ -750,8 +750,8 @@ class Stress:
             self.fs.mkdir(w.root)
 
     def _mount(self, device: Device | BlockDevice | str) -> FileSystem:
-        """mount, bounded by ``options.cache_size`` on a simulated block device."""
-        bounded = self.options.cache_size if isinstance(device, SimulatedBlockDevice) else None
+        """mount, bounded by ``options.cache_size`` on a block device."""
+        bounded = self.options.cache_size if isinstance(device, BlockDevice) else None
         return mount(device, cache_size=bounded)
 
     def _fill(self, path: str, headroom: int) -> None:

@@ -20,7 +20,9 @@ too.
 ``dax="never"`` runs every phase through the block layer and the buffer cache
 (daxfs.block.cache.BlockCache): the image phases reach the image as a block
 device (daxfs.block.open_block), the simulated ones run on a
-``SimulatedBlockDevice`` (power failures at its FLUSH and FUA writes).
+``SimulatedBlockDevice`` (power failures at its FLUSH and FUA writes);
+``cache_size`` with it bounds every mount of a block device by a page cache of
+that size (daxfs.pagecache.bounded), the image's too.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 from daxfs.block.device import BlockDevice
 from daxfs.block.file import open_block
+from daxfs.errors import InvalidArgument
 from daxfs.fs.devices import check_dax
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
+from daxfs.pagecache.cache import check_cache_size
 from daxfs.testing import fsx, nsstress
 from daxfs.testing.simblock import SimulatedBlockDevice
 from daxfs.testing.simulated import SimulatedPmem
@@ -71,17 +75,27 @@ def run_stress(
     phases: Iterable[str] = tuple(PHASES),
     say: Callable[[str], None] | None = None,
     dax: str = "inode",
+    cache_size: str | None = None,
 ) -> StressReport:
     """Run the phases for ``seconds`` in all; see the module docstring.
 
     ``without`` names operations not to make (fsx kinds such as ``mapfsync``,
     namespace kinds such as ``punch``), to run around a known bug.  ``dax``:
-    "never" runs every phase through the block layer.
+    "never" runs every phase through the block layer, and ``cache_size`` (with
+    it only) bounds each mount's page cache.
 
     Raises:
-        InvalidArgument (EINVAL): a bad ``dax``.
+        InvalidArgument (EINVAL): a bad ``dax``; a bad ``cache_size``, or one
+            without ``dax="never"``.
+        OSError(ENOMEM): ``cache_size`` above MemAvailable.
     """
     block = check_dax(dax) == "never"
+    if cache_size is not None:
+        check_cache_size(cache_size)
+        if not block:
+            raise InvalidArgument(
+                f"cache_size={cache_size!r} bounds a block-backed mount: use dax='never'"
+            )
     report = StressReport(seed)
     skip = frozenset(without)
     rng = random.Random(seed)
@@ -106,7 +120,16 @@ def run_stress(
             with _target(where, block) as target:
                 if phase in ("fsx", "fsx-crash"):
                     _fsx_phase(
-                        report, phase, seeds[phase], budget, target, top, skip, block, line, fail
+                        report,
+                        phase,
+                        seeds[phase],
+                        budget,
+                        target,
+                        top,
+                        skip,
+                        (block, cache_size),
+                        line,
+                        fail,
                     )
                 else:
                     _namespace_phase(
@@ -118,7 +141,7 @@ def run_stress(
                         top,
                         skip,
                         threads,
-                        block,
+                        (block, cache_size),
                         line,
                         fail,
                     )
@@ -127,7 +150,7 @@ def run_stress(
     if image is not None and report.ok:
         with _target(image, block) as target:
             assert target is not None
-            _remove(target, top)
+            _remove(target, top, cache_size)
     return report
 
 
@@ -160,18 +183,19 @@ def _fsx_phase(
     image: Image | None,
     top: str,
     skip: frozenset[str],
-    block: bool,
+    how: tuple[bool, str | None],
     line: Callable[[str], None],
     fail: Callable[[str], None],
 ) -> None:
-    options = fsx.FsxOptions(block=block)
+    block, cache_size = how
+    options = fsx.FsxOptions(block=block, cache_size=cache_size)
     for kind in skip & set(options.weights):
         options.weights[kind] = 0
     device: Image | SimulatedPmem | SimulatedBlockDevice
     if image is not None:
         device = image
         directory = top
-        _prepare(image, top)
+        _prepare(image, top, cache_size)
         where = _name(image)
     else:
         device, where = _simulated(options.device_size, block)
@@ -215,10 +239,11 @@ def _namespace_phase(
     top: str,
     skip: frozenset[str],
     threads: int,
-    block: bool,
+    how: tuple[bool, str | None],
     line: Callable[[str], None],
     fail: Callable[[str], None],
 ) -> None:
+    block, cache_size = how
     full = phase == "full-disk"
     options = (
         nsstress.StressOptions.full(threads, block=block)
@@ -226,9 +251,10 @@ def _namespace_phase(
         else nsstress.StressOptions(threads, block=block)
     )
     options.skip = skip
+    options.cache_size = cache_size
     device: Image | SimulatedPmem | SimulatedBlockDevice
     if image is not None:
-        _prepare(image, top)
+        _prepare(image, top, cache_size)
         device = image
         where = _name(image)
         stress_top = f"{top}/ns"
@@ -253,16 +279,21 @@ def _name(image: Image) -> str:
     return image if isinstance(image, str) else f"{image.name} (block device, {image.engine})"
 
 
-def _prepare(image: Image, top: str) -> None:
+def _prepare(image: Image, top: str, cache_size: str | None) -> None:
     """The scratch directory on the image exists (and the image is a daxfs)."""
-    with mount(image) as fs:
+    with mount(image, cache_size=_bounded(image, cache_size)) as fs:
         if not fs.exists(top):
             fs.mkdir(top)
 
 
-def _remove(image: Image, top: str) -> None:
+def _bounded(image: Image, cache_size: str | None) -> str | None:
+    """``cache_size`` for a mount of ``image`` opened as a block device, else None."""
+    return cache_size if isinstance(image, BlockDevice) else None
+
+
+def _remove(image: Image, top: str, cache_size: str | None) -> None:
     """Remove the scratch directory; fsck the image."""
-    with mount(image) as fs:
+    with mount(image, cache_size=_bounded(image, cache_size)) as fs:
         if fs.exists(top):
             for root, dirs, files in list(fs.walk(top, topdown=False)):
                 for name in files:

@@ -582,6 +582,16 @@ def test_chattr_sets_and_clears_the_dax_flag(image: Path, run: Run) -> None:
         assert not fs.get_dax("/empty").flag
 
 
+def test_queue_depth_option(image: Path, run: Run) -> None:
+    assert run.ok("ls", "--dax", "never", "--queue-depth", "2", image) == "a\nempty\nsym\n"
+    err = run.fails("ls", "--dax", "never", "--queue-depth", "0", image)
+    assert "queue_depth must be an integer from 1 to 4096, not 0" in err
+    assert "queue_depth is for an image opened as a block device" in run.fails(
+        "ls", "--queue-depth", "2", image
+    )
+    assert_clean(image)
+
+
 def test_persist_option(image: Path, run: Run) -> None:
     assert run.ok("ls", "--persist", "msync", image) == "a\nempty\nsym\n"
     with pytest.raises(SystemExit) as info:

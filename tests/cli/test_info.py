@@ -106,3 +106,32 @@ def test_info_says_how_bios_reach_the_image(
     out = capsys.readouterr().out
     assert "block I/O:         not available" in out
     assert "multiple of the logical block size" in out
+
+
+def test_info_says_what_a_block_mount_would_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole image against MemAvailable, or --cache-size checked as mount checks it."""
+    from daxfs.block import cache as block_cache
+    from daxfs.cli import info
+    from daxfs.pagecache import cache as page_cache
+
+    image = tmp_path / "x.img"
+    image.write_bytes(bytes(4 << 20))
+    for module in (info, page_cache):
+        monkeypatch.setattr(module, "memory_available", lambda: 2 << 20)
+    assert block_cache.memory_available() is not None
+    assert main(["info", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "block cache:       4.0 MiB, the whole image of 2.0 MiB available (ENOMEM" in out
+    assert main(["info", str(image), "--cache-size", "1M"]) == 0
+    assert "block cache:       1.0 MiB page cache of 2.0 MiB available" in capsys.readouterr().out
+    assert main(["info", "--json", str(image), "--cache-size", "64K"]) == 0
+    cache = json.loads(capsys.readouterr().out)["cache"]
+    assert cache == {"bytes": 65536, "bounded": True, "memory_available": 2 << 20, "fits": True}
+    for bad, said in (("3M", "more than the 2097152 bytes"), ("4K", "below the minimum")):
+        assert main(["info", str(image), "--cache-size", bad]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("daxfs: ")
+        assert said in err
+        assert err.count("\n") == 1

@@ -224,6 +224,27 @@ def test_daxfs_stress_through_the_block_layer(
     assert fsck(image).clean
 
 
+def test_daxfs_stress_takes_cache_size(
+    tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--cache-size`` bounds every mount of a block device (the image's and the
+    simulated ones'); it needs ``--dax never`` and a good size, else one error line."""
+    image = os.path.join(os.fspath(tmp_path), "img")
+    assert main(["mkfs", image, "--size", "32M"]) == 0
+    capsys.readouterr()
+    argv = _args(image, "--seconds", "2", "--seed", "7", "--dax", "never", "--cache-size", "64K")
+    assert main([*argv, "--phase", "fsx", "--phase", "fsx-crash"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "--dax never --cache-size 64K" in out[0]
+    assert out[-1].startswith("seed 7: ok")
+    for extra in (["--cache-size", "64K"], ["--dax", "never", "--cache-size", "4K"]):
+        assert main([*_args(image, "--seconds", "1"), *extra]) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1, err
+        assert err[0].startswith("daxfs: "), err
+    assert fsck(image).clean
+
+
 def test_daxfs_stress_reports_a_failure_in_one_line(
     tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
