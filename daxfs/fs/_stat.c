@@ -23,11 +23,11 @@
  *            the Inode's record in memory; else from media, below
  *     inode(ino, hwm)
  *         4. place the record through the inode table's location cache
- *            (InodeTable.places), prefetch it, make the stat_result and its fields
- *            of no inode meanwhile (start_stat), copy its 256 bytes out of device memory,
- *            check them as InodeRecord.unpack_from, InodeTable.get and
+ *            (InodeTable.places), prefetch it, copy its 256 bytes out of device
+ *            memory, check them as InodeRecord.unpack_from, InodeTable.get and
  *            record_problem do (magic, crc32c, inode number, in use, mode,
- *            flags, size, map kind, inline counts)
+ *            flags, size, map kind, inline counts); only then make the
+ *            stat_result (a damaged record or a link to follow allocates nothing)
  *         5. build the os.stat_result as FileSystem._stat_inode does
  *
  *     stat(path, follow)
@@ -583,26 +583,20 @@ stat_from_media(StatPath *s, uint64_t ino, uint64_t hwm, int refuse_link, int ca
         PyBuffer_Release(&mem);
         Py_RETURN_NONE; /* not placed yet: the reference finds it */
     }
-    /* the result's allocation and its fields of no inode while the record comes */
     STEP(8);
-    PyObject *r = start_stat(s);
-    STEP(9);
     unsigned char rec[RECORD];
     memcpy(rec, (const char *)mem.buf + offset, RECORD); /* invariant 2 */
-    STEP(10);
+    STEP(9);
     PyBuffer_Release(&mem);
-    if (r == NULL)
-        return NULL;
     if (!record_ok(s, rec, ino) ||
-        (refuse_link && (get_u32(rec + 16) & S_FMT) == S_LNK)) {
+        (refuse_link && (get_u32(rec + 16) & S_FMT) == S_LNK))
         /* damaged (the reference raises), or a symbolic link to follow (the walk does) */
-        Py_DECREF(r);
         Py_RETURN_NONE;
-    }
+    STEP(10);
     Fields f;
-    STEP(11);
     fields_of_record(&f, rec);
-    r = finish_stat(s, r, &f);
+    STEP(11);
+    PyObject *r = build_stat(s, &f); /* after the checks: nothing made for a refusal */
     STEP(12);
     return r;
 }

@@ -48,7 +48,8 @@ import contextlib
 import itertools
 from typing import TYPE_CHECKING
 
-from daxfs.errors import FileTooLarge, InvalidArgument, NoSpace, NotSupported
+from daxfs.block.cache import BlockCache
+from daxfs.errors import FileTooLarge, InvalidArgument, NoSpace, NotSupported, WouldBlock
 from daxfs.fs.alloc import Allocator
 from daxfs.fs.extmap import NO_BLOCK, BlockMaps, Extent
 from daxfs.fs.inode import Inode, InodeTable, now_ns
@@ -131,6 +132,10 @@ class DataPath:
         self.itable = itable
         self.maps = maps
         self.log_data_max = min(256 << 10, journal.capacity // 4)
+        #: direct I/O holds a range lock across its bios only on a block-backed mount
+        #: (daxfs.fs.direct; on DAX direct=True is DAX, under inode.lock): only there
+        #: does a buffered write lock its range (``_write``)
+        self.direct_io = isinstance(device, BlockCache)
         #: seconds an operation waits for pins on the blocks it changes (mount option)
         self.layout_timeout = 10.0
         #: file ranges that writable mappings may have left in CPU caches (fsync, sync)
@@ -378,7 +383,9 @@ class DataPath:
         if pos >= MAX_FILE_SIZE:
             raise FileTooLarge(f"offset {pos} is beyond the maximum file size {MAX_FILE_SIZE}")
         n = min(len(src), MAX_IO, MAX_FILE_SIZE - pos)
-        token = self.lock_range(inode, pos, pos + n)  # None unless direct I/O or pins were here
+        # direct I/O in flight on the range: only on a block-backed mount (and None unless
+        # direct I/O or pins were here)
+        token = self.lock_range(inode, pos, pos + n) if self.direct_io else None
         try:
             return self._write_locked(inode, pos, src, n)
         finally:
@@ -873,23 +880,27 @@ class DataPath:
             NoSpace: not enough free blocks; nothing changed.
         """
         first, stop = start >> BLOCK_SHIFT, _blocks_up(end)
-        plan = [
-            p for p in self._plan(self.store, inode, first, stop) if p[2] is None or p[2].unwritten
-        ]
+        plan = self._unmapped(inode, first, stop)
         if not plan:
             return
-        token = self.lock_range(inode, start, end)  # a direct write may be filling them
+        try:  # a direct write may be filling them: its range lock
+            token = self.lock_range(inode, start, end, nowait=True)
+        except WouldBlock:
+            token = self.lock_range(inode, start, end)
+            plan = self._unmapped(inode, first, stop)  # inode.lock was released: again
         try:
-            self._prepare_map_locked(inode, first, stop)
+            if plan:
+                self._prepare_map_locked(inode, plan)
         finally:
             self.unlock_range(inode, token)
 
-    def _prepare_map_locked(self, inode: Inode, first: int, stop: int) -> None:
-        plan = [
+    def _unmapped(self, inode: Inode, first: int, stop: int) -> Plan:
+        """The holes and unwritten pieces of file blocks ``[first, stop)``."""
+        return [
             p for p in self._plan(self.store, inode, first, stop) if p[2] is None or p[2].unwritten
         ]
-        if not plan:
-            return
+
+    def _prepare_map_locked(self, inode: Inode, plan: Plan) -> None:
         with self.journal.begin() as tx:
             rec = self.itable.dirty(tx, inode)
             for lblk, count, ext in plan:
