@@ -310,6 +310,19 @@ class Mounts:
             getattr(args, "queue_depth", None),
         )
 
+    def each(self, ops: list[Operand], action: Callable[[FileSystem, Operand], object]) -> None:
+        """``action(fs, op)`` for each image operand in order, on its image's mount, its
+        errors naming the image (the first error ends the command).
+
+        Raises:
+            OSError: a mount failed, or what ``action`` raised (named).
+        """
+        for op in ops:
+            assert op.image is not None
+            fs = self.get(op.image)
+            with naming(op.image):
+                action(fs, op)
+
     def key(self, image: str) -> Hashable:
         """What identifies an image: the identity of its file (its real path if none)."""
         try:

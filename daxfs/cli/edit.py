@@ -85,15 +85,15 @@ def register(sub: Any) -> None:
 
 def run_mkdir(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "mkdir") for text in args.paths]
+
+    def make(fs: FileSystem, op: Operand) -> None:
+        if args.parents:
+            fs.makedirs(op.path, exist_ok=True)
+        else:
+            fs.mkdir(op.path)
+
     with Mounts.from_args(args) as mounts:
-        for op in ops:
-            assert op.image is not None
-            fs = mounts.get(op.image)
-            with naming(op.image):
-                if args.parents:
-                    fs.makedirs(op.path, exist_ok=True)
-                else:
-                    fs.mkdir(op.path)
+        mounts.each(ops, make)
     return 0
 
 
@@ -103,11 +103,9 @@ def run_mkdir(args: argparse.Namespace) -> int:
 def run_rm(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "rm") for text in args.paths]
     with Mounts.from_args(args) as mounts:
-        for op in ops:
-            assert op.image is not None
-            fs = mounts.get(op.image)
-            with naming(op.image):
-                remove(fs, op.path, recursive=args.recursive, force=args.force)
+        mounts.each(
+            ops, lambda fs, op: remove(fs, op.path, recursive=args.recursive, force=args.force)
+        )
     return 0
 
 
@@ -176,9 +174,5 @@ def _target(src: Operand, dest: Operand, into: bool) -> str:
 def run_chattr(args: argparse.Namespace) -> int:
     ops = [image_operand(text, "chattr") for text in args.paths]
     with Mounts.from_args(args) as mounts:
-        for op in ops:
-            assert op.image is not None
-            fs = mounts.get(op.image)
-            with naming(op.image):
-                fs.set_dax(op.path, args.dax_flag)
+        mounts.each(ops, lambda fs, op: fs.set_dax(op.path, args.dax_flag))
     return 0

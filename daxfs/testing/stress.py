@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import random
 import shlex
 import time
@@ -118,33 +119,13 @@ def run_stress(
         where = image if image is not None and phase in ("fsx", "namespace") else None
         try:
             with _target(where, block) as target:
-                if phase in ("fsx", "fsx-crash"):
-                    _fsx_phase(
-                        report,
-                        phase,
-                        seeds[phase],
-                        budget,
-                        target,
-                        top,
-                        skip,
-                        (block, cache_size),
-                        line,
-                        fail,
-                    )
-                else:
-                    _namespace_phase(
-                        report,
-                        phase,
-                        seeds[phase],
-                        budget,
-                        target,
-                        top,
-                        skip,
-                        threads,
-                        (block, cache_size),
-                        line,
-                        fail,
-                    )
+                run = (
+                    _fsx_phase
+                    if phase in ("fsx", "fsx-crash")
+                    else functools.partial(_namespace_phase, threads=threads)
+                )
+                how = (block, cache_size)
+                run(report, phase, seeds[phase], budget, target, top, skip, how, line, fail)
         except Exception as exc:  # a failure of the harness itself must be seen too
             fail(f"{phase} seed={seeds[phase]}: {type(exc).__name__}: {exc}")
     if image is not None and report.ok:
@@ -238,10 +219,11 @@ def _namespace_phase(
     image: Image | None,
     top: str,
     skip: frozenset[str],
-    threads: int,
     how: tuple[bool, str | None],
     line: Callable[[str], None],
     fail: Callable[[str], None],
+    *,
+    threads: int,
 ) -> None:
     block, cache_size = how
     full = phase == "full-disk"

@@ -20,6 +20,16 @@ def set_super(field: str, value: int) -> Apply:
     return apply
 
 
+def enable_feature(*, ro_compat: int = 0, incompat: int = 0) -> Apply:
+    """Set superblock feature bits (SuperState.enable: the feature line journaled)."""
+
+    def apply(r: Repairing) -> None:
+        with r.journal.begin() as tx:
+            r.sup.enable(tx, ro_compat, incompat=incompat)
+
+    return apply
+
+
 def set_fields(ino: int, **values: int) -> Apply:
     """Set fields of the (readable) record of inode ``ino``."""
 

@@ -102,7 +102,7 @@ from daxfs.fs.layout import (
 from daxfs.fs.namei import MAX_PATH
 
 from .context import STATIC, Apply, Context, Fix, Repairing, Stage, State
-from .fixes import replace_record, set_fields, set_super
+from .fixes import enable_feature, replace_record, set_fields, set_super
 from .salvage import claim_record, new_root, salvage_dir, unverified
 from .xattrs import check_feature, check_xattrs
 
@@ -404,13 +404,8 @@ def _dax_feature(ctx: Context, s: State) -> None:
         ctx.problem(
             "superblock",
             f"{s.dax_inodes} inodes carry the DAX flag, but the DAX-flag feature is not set",
-            Fix(Stage.INODES, _enable_dax_flag),
+            Fix(Stage.INODES, enable_feature(incompat=INCOMPAT_DAX_FLAG)),
         )
-
-
-def _enable_dax_flag(r: Repairing) -> None:
-    with r.journal.begin() as tx:
-        r.sup.enable(tx, incompat=INCOMPAT_DAX_FLAG)
 
 
 class _Flags:

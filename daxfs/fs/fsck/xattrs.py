@@ -58,6 +58,7 @@ from daxfs.fs.layout import (
 )
 
 from .context import Apply, Context, Fix, Repairing, Stage, State
+from .fixes import enable_feature
 
 
 def check_xattrs(ctx: Context, s: State, ino: int, rec: InodeRecord) -> list[int]:
@@ -134,19 +135,11 @@ def check_feature(ctx: Context, s: State) -> None:
             ctx.problem(
                 "superblock",
                 f"{count} inodes have {what}, but the {_FEATURES[bit]} feature is not set",
-                Fix(Stage.INODES, _enable(bit)),
+                Fix(Stage.INODES, enable_feature(ro_compat=bit)),
             )
 
 
 _FEATURES = {RO_COMPAT_XATTR: "xattr", RO_COMPAT_XATTR_INLINE: "inline xattr"}
-
-
-def _enable(bit: int) -> Apply:
-    def apply(r: Repairing) -> None:
-        with r.journal.begin() as tx:
-            r.sup.enable(tx, bit)
-
-    return apply
 
 
 def _drop(ino: int) -> Apply:
