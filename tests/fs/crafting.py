@@ -142,6 +142,14 @@ def write_inode_bytes(dev: Device, ino: int, at: int, data: bytes) -> None:
     dev.write((blockno << BLOCK_SHIFT) + offset + at, data)
 
 
+def flip_inode_byte(dev: Device, ino: int, at: int) -> None:
+    """Change byte ``at`` of inode ``ino``'s record (its low bit flipped: whatever it held,
+    the checksum is then wrong)."""
+    blockno, offset = inode_address(dev, ino)
+    where = (blockno << BLOCK_SHIFT) + offset + at
+    dev.write(where, bytes([dev.read(where, 1)[0] ^ 1]))
+
+
 # -- extended attributes --------------------------------------------------------------------------
 
 

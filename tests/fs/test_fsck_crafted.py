@@ -618,7 +618,7 @@ def test_a_root_whose_record_cannot_be_read_is_made_anew(damage: str) -> None:
     with daxfs.mount(dev) as fs:
         names = sorted(fs.listdir("/"))
     if damage == "checksum":
-        crafting.write_inode_bytes(dev, INO_ROOT, 48, b"\x01")  # atime: checksum now wrong
+        crafting.flip_inode_byte(dev, INO_ROOT, 48)  # atime: checksum now wrong
     elif damage == "zeroed":
         crafting.write_inode_bytes(dev, INO_ROOT, 0, bytes(INODE_SIZE))
     else:
@@ -640,7 +640,7 @@ def test_inode_file_record_with_a_bad_checksum_whose_map_holds() -> None:
     """Before: 'no inode can be checked', and the image never mounted again."""
     dev = crafting.sample()
     before = crafting.observe(dev, write=False).data
-    crafting.write_inode_bytes(dev, 1, 48, b"\x01")  # atime: the checksum is now wrong
+    crafting.flip_inode_byte(dev, 1, 48)  # atime: the checksum is now wrong
     with pytest.raises(OSError, match="inode 1"):
         daxfs.mount(dev)
     found(dev, "inode 1 (the inode file): checksum mismatch; its map holds")
