@@ -181,6 +181,17 @@ class MemOperations:
     def flush(self, path: str | None, fh: int) -> int:
         return 0
 
+    # the wire tap's calls (daxfs.fuse._wire.Handles): the anchor pays for the tap too
+
+    def opened(self, node: int, fh: int) -> None:
+        pass
+
+    def node_stat(self, node: int) -> os.stat_result:
+        raise OSError(errno.ESTALE, "no path")
+
+    def node_setattr(self, node: int, change: Any) -> os.stat_result:
+        raise OSError(errno.ESTALE, "no path")
+
 
 def serve_memory(mountpoint: str) -> None:
     """Serve MemOperations on ``mountpoint`` in the foreground (the anchor's process)."""

@@ -21,8 +21,10 @@ protocol; virtiofs's DAX window exists only for virtual machines), so real
 DAX mmap -- the program's loads and stores going to device memory, with
 ``msync`` of exactly a range -- is the Python API's ``File.mmap``.
 
-Modules, bottom up: ``_binding`` (mfusepy's FUSE with renameat2 flags, lseek,
-UTIME_NOW/OMIT and one-copy reads and writes), ``_ops`` (the callbacks),
+Modules, bottom up: ``_wire`` (the wire tap: libfuse's reads and writes of
+/dev/fuse, answering fstat/fchmod/fchown/futimens of an open file whose name
+is gone; its C half is ``_tap.c``), ``_binding`` (mfusepy's FUSE with
+renameat2 flags, lseek, UTIME_NOW/OMIT and one-copy reads and writes), ``_ops`` (the callbacks),
 ``_mount`` (options, the serving loop, background mounts, umount).
 
 Invariants (the details are in each module):

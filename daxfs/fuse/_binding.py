@@ -16,7 +16,10 @@ subclass replaces some of its C-callback adapters:
 * ``truncate``, ``chmod``, ``chown`` and ``utimens`` pass the file handle on
   (mfusepy drops it; with ``nullpath_ok`` libfuse then gives no path);
 * ``fgetattr`` fills ``struct stat`` from the ``os.stat_result`` without a
-  dict in between.
+  dict in between;
+* ``init`` turns splice reads off and installs the wire tap (``_wire``): it
+  answers fstat, fchmod, fchown and futimens of an open file whose last name
+  is gone from the open File, where libfuse's high-level API says ESTALE.
 
 Errors: each adapter runs inside mfusepy's ``_wrapper`` (an OSError becomes
 ``-errno``); the operations raise OSErrors with the API's errno
@@ -31,8 +34,11 @@ from typing import Any
 
 import mfusepy
 
+from daxfs.fuse._wire import NOW, Tap, disable_splice_read, times_argument
+
 UTIME_NOW = (1 << 30) - 1  # tv_nsec: set this time to now
 UTIME_OMIT = (1 << 30) - 2  # tv_nsec: leave this time alone
+_libfuse: Any = mfusepy._libfuse
 
 
 def available() -> str | None:
@@ -55,7 +61,17 @@ def _buffer(address: Any, size: int) -> memoryview:
 
 
 class DaxFUSE(mfusepy.FUSE):  # type: ignore[misc]
-    """mfusepy.FUSE with renameat2 flags, lseek, UTIME_NOW/OMIT and one-copy I/O."""
+    """mfusepy.FUSE with renameat2 flags, lseek, UTIME_NOW/OMIT, one-copy I/O and the tap."""
+
+    #: the wire tap's read and writev: C (daxfs.fuse._tap) when built, or Python
+    native_tap: bool | None = None
+
+    def init_fuse_3(self, conn: Any, config: Any) -> None:
+        if conn:
+            disable_splice_read(conn.contents)
+        self.tap = Tap(self.operations, native=self.native_tap)
+        self.tap.install(_libfuse, _libfuse.fuse_get_context().contents.fuse)
+        super().init_fuse_3(conn, config)
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         enc, err = self.encoding, self.errors
@@ -94,17 +110,10 @@ class DaxFUSE(mfusepy.FUSE):  # type: ignore[misc]
             if ts.tv_nsec == UTIME_OMIT:
                 times.append(None)
             elif ts.tv_nsec == UTIME_NOW:
-                times.append(-1)
+                times.append(NOW)
             else:
                 times.append(ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
-        if -1 in times:  # now: both times now (as utime(path, None)), omitted ones kept
-            if None not in times:
-                return int(self.operations.utimens(name, None, fh))
-            import time
-
-            now = time.time_ns()
-            times = [now if t == -1 else t for t in times]
-        return int(self.operations.utimens(name, (times[0], times[1]), fh))
+        return int(self.operations.utimens(name, times_argument(times[0], times[1]), fh))
 
     def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         return int(self.operations.readinto(_buffer(buf, size), offset, fip.contents.fh))

@@ -16,8 +16,10 @@ unlinked file instead of renaming it to ``.fuse_hidden*``); so do ``chmod``,
 chown, utime).  The kernel sends a handle only with ftruncate, though:
 fstat, fchmod, fchown and futimens reach libfuse by inode alone, and libfuse's
 high-level API has no path for an inode whose last name it removed, so it
-answers them ESTALE itself, before any callback (docs/ARCHITECTURE.md, "The
-FUSE front end", says why the ``.fuse_hidden`` alternative is worse).
+answers them ESTALE itself, before any callback.  The wire tap
+(daxfs.fuse._wire) replaces those ESTALE replies: the OPEN and CREATE replies
+tell it which libfuse node each handle is open on (``opened``), and it asks
+``node_stat`` / ``node_setattr``, which use that handle's File.
 
 Invariants:
 1. A handle number maps to exactly one open File from ``open``/``create``
@@ -51,6 +53,7 @@ import mfusepy
 from daxfs.errors import InvalidArgument, NotFound, NotPermitted
 from daxfs.fs.file import File
 from daxfs.fs.filesystem import FileSystem
+from daxfs.fuse._wire import SetAttr
 from daxfs.lifecycle import cleanup_after
 
 log = logging.getLogger("daxfs.fuse")
@@ -91,6 +94,8 @@ class DaxOperations(mfusepy.Operations):  # type: ignore[misc]
         self._ready = ready
         self._files: dict[int, File] = {}
         self._dirs: dict[int, str] = {}  # open directories: handle -> path
+        self._nodes: dict[int, dict[int, None]] = {}  # libfuse node id -> its open handles
+        self._node_of: dict[int, int] = {}  # handle -> node id
         self._numbers = itertools.count(1)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -384,6 +389,12 @@ class DaxOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_boundary
     def release(self, path: str | None, fh: int) -> int:
+        node = self._node_of.pop(fh, None)
+        if node is not None:
+            handles = self._nodes.get(node, {})
+            handles.pop(fh, None)
+            if not handles:
+                self._nodes.pop(node, None)
         file = self._files.pop(fh, None)
         if file is not None:
             file.close()
@@ -420,6 +431,40 @@ class DaxOperations(mfusepy.Operations):  # type: ignore[misc]
     def lseek(self, path: str | None, offset: int, whence: int, fh: int) -> int:
         """SEEK_DATA and SEEK_HOLE (the kernel answers the other whences itself)."""
         return self._file(fh).seek(offset, whence)
+
+    # -- by node id (the wire tap, daxfs.fuse._wire: where libfuse has no path) --------
+
+    def opened(self, node: int, fh: int) -> None:
+        """Handle ``fh`` was opened on libfuse's node ``node`` (OPEN or CREATE reply)."""
+        if fh in self._files:
+            self._node_of[fh] = node
+            self._nodes.setdefault(node, {})[fh] = None
+
+    def _node_handle(self, node: int) -> int:
+        """A handle open on ``node``; OSError(ESTALE) if none is (libfuse's answer stands)."""
+        for fh in self._nodes.get(node, ()):
+            return fh
+        raise OSError(errno.ESTALE, f"node {node}: no path and no open file")
+
+    @_boundary
+    def node_stat(self, node: int) -> os.stat_result:
+        """fstat of a file whose name is gone: the attributes of its open File."""
+        return self._file(self._node_handle(node)).stat()
+
+    @_boundary
+    def node_setattr(self, node: int, change: SetAttr) -> os.stat_result:
+        """fchmod, fchown, futimens (and a truncate) of a file whose name is gone,
+        applied to its open File in libfuse's order; returns its attributes."""
+        fh = self._node_handle(node)
+        if change.mode is not None:
+            self.chmod(None, change.mode, fh)
+        if change.owner is not None:
+            self.chown(None, *change.owner, fh)
+        if change.size is not None:
+            self.truncate(None, change.size, fh)
+        if change.set_times:
+            self.utimens(None, change.times, fh)
+        return self._file(fh).stat()
 
     def files(self) -> Iterator[File]:
         """The Files open through the kernel now (for tests and statistics)."""

@@ -13,7 +13,6 @@ import itertools
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from typing import ClassVar
 
 import pytest
 
@@ -28,20 +27,6 @@ class TestFuseMount(PosixTests):
     """The POSIX suite on a real FUSE mount of a daxfs image."""
 
     random_examples = 100  # each example mounts nothing, but every step is a round trip
-    #: libfuse's high-level API knows an inode by its path; the kernel sends fstat,
-    #: fchmod, fchown and futimens with the inode alone (a handle only with ftruncate),
-    #: so once the file's last name through the mount is gone libfuse answers ESTALE
-    #: before any callback (docs/ARCHITECTURE.md, "The FUSE front end")
-    open_file_failures: ClassVar[dict[str, str]] = dict.fromkeys(
-        [
-            "replaced-by-rename",
-            "unlinked-last-name",
-            "unlinked-other-name-left",
-            "unlinked-read-only",
-            "unlinked-then-directory-removed",
-        ],
-        "libfuse high-level API: fstat/fchmod/fchown/futimens of an unlinked file is ESTALE",
-    )
 
     @pytest.fixture(scope="class")
     @classmethod

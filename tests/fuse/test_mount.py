@@ -13,6 +13,7 @@ import errno
 import mmap
 import os
 import signal
+import stat as st
 import subprocess
 import sys
 import tempfile
@@ -220,13 +221,43 @@ def test_unlinked_open_file_keeps_working(d: str) -> None:
         assert os.listdir(d) == []  # no .fuse_hidden file (hard_remove)
         assert os.pread(fd, 100, 0) == b"still here"
         os.pwrite(fd, b"S", 0)
-        # libfuse's high-level API knows a file by its name: fstat of an unlinked
-        # file is ESTALE (a documented limit of the mount: docs/ARCHITECTURE.md)
-        assert errno_of(os.fstat, fd) == errno.ESTALE
+        # fstat, fchmod and futimens come by node id alone; libfuse has no path for
+        # the node any more (ESTALE), the wire tap answers from the open File
+        assert os.fstat(fd).st_size == 10
+        assert os.fstat(fd).st_nlink == 0
+        os.fchmod(fd, 0o600)
+        os.utime(fd, ns=(5_000_000_007, 6_000_000_008))
+        s = os.fstat(fd)
+        assert (st.S_IMODE(s.st_mode), s.st_atime_ns, s.st_mtime_ns) == (
+            0o600,
+            5_000_000_007,
+            6_000_000_008,
+        )
+        # what the tap does not answer: extended attributes by node id alone
+        assert errno_of(os.getxattr, fd, "user.x") == errno.ESTALE
         os.ftruncate(fd, 5)
         assert os.pread(fd, 100, 0) == b"Still"
     finally:
         os.close(fd)
+    os.rmdir(d)
+
+
+def test_unlinked_file_with_two_handles_answers_through_the_one_left(d: str) -> None:
+    p = os.path.join(d, "f")
+    first = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    second = os.open(p, os.O_RDONLY)
+    try:
+        os.unlink(p)
+        os.close(first)  # its RELEASE drops that handle from the node
+        first = -1
+        os.fchmod(second, 0o604)
+        assert st.S_IMODE(os.fstat(second).st_mode) == 0o604
+    finally:
+        for fd in (first, second):
+            if fd >= 0:
+                os.close(fd)
+    with pytest.raises(FileNotFoundError):
+        os.stat(p)
     os.rmdir(d)
 
 

@@ -1,0 +1,6 @@
+"""Type stub for the C extension daxfs.fuse._tap (see _tap.c)."""
+
+from collections.abc import Callable
+
+def set_hook(look: Callable[[int, bytes], bytes | None] | None, /) -> None: ...
+def functions() -> tuple[int, int]: ...
