@@ -428,16 +428,21 @@ private_free_pool(Ring *self)
     }
 }
 
-/* Submit the SQEs queued on ``p`` and wait for at least one CQE, in one system
- * call (GIL released).  Returns 0 or -errno; after an error the SQEs still
- * queued (io_uring_sq_ready) were never submitted. */
+/* Submit every SQE queued on ``p`` and wait for at least one CQE, in one system
+ * call (GIL released; again while the kernel takes only part of them).  Returns 0
+ * (none left queued) or -errno; after an error the SQEs still queued
+ * (io_uring_sq_ready) were never submitted. */
 static int
 private_submit(Private *p)
 {
     for (int tries = 0;; tries++) {
         int ret = io_uring_submit_and_wait(&p->ring, 1);
-        if (ret >= 0 || io_uring_sq_ready(&p->ring) == 0)
-            return 0; /* submitted (an interrupted wait is waited again by the caller) */
+        if (io_uring_sq_ready(&p->ring) == 0)
+            return 0; /* all submitted (an interrupted wait is waited again by the caller) */
+        if (ret >= 0)
+            ret = -EAGAIN; /* the kernel took only some (short of memory, or an SQE it
+                            * refused ended the submission): the rest again, so that
+                            * the caller's count of requests in flight stays true */
         if (!(ret == -EINTR || ret == -EAGAIN || ret == -EBUSY) || tries > 1000)
             return ret;
         sched_yield();

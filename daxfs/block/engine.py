@@ -104,8 +104,10 @@ class IoEngine(abc.ABC):
         """Wait for every op in flight, then release the engine (invariant 3)."""
 
 
-#: the most requests an engine keeps in flight: io_uring's IORING_MAX_ENTRIES
-#: (``_uring.MAX_ENTRIES``), and the thread pool is held to the same bound (a thread each)
+#: the most requests an engine keeps in flight: daxfs's own bound, the io_uring
+#: extension's ``_uring.MAX_ENTRIES`` (the same number, tests/block/test_uring.py; the
+#: kernel's IORING_MAX_ENTRIES is 32768, and each private ring of that size would pin
+#: its SQ and CQ arrays), and the thread pool is held to it too (a thread each)
 MAX_QUEUE_DEPTH = 4096
 #: what open_block (and so a mount by path through the block layer) keeps in flight
 DEFAULT_QUEUE_DEPTH = 8

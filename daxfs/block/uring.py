@@ -346,7 +346,7 @@ class UringEngine(IoEngine):
                 op = IoOp(kind, fd, offset, [view], flags=flags)
                 try:
                     if res > 0:
-                        out.append(res + self._run_rw(op, [view[res:]], res))
+                        out.append(self._run_rw(op, [view[res:]], res))
                     elif kind is IoKind.WRITEV and flags and -res == errno.EOPNOTSUPP:
                         out.append(self._run_rw(op, [view], 0))
                     else:

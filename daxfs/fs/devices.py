@@ -117,6 +117,8 @@ def open_target(
     """
     check_dax(dax)
     if cache_size is not None:
+        if _mounts_dax(target, dax):  # EINVAL whatever the size: none is of use here
+            _no_cache_size(cache_size, _name(target))
         check_cache_size(cache_size)
     if queue_depth is not None:
         check_queue_depth(queue_depth)
@@ -136,8 +138,7 @@ def open_target(
             raise _no_dax(target.name, f"a block device ({target.engine}) has no direct_access")
         return _cached(target, readonly, cache_size, own=False), True
     if isinstance(target, Device):
-        if dax != "never":
-            _no_cache_size(cache_size, str(getattr(target, "path", target)))
+        if dax != "never":  # (a cache_size refused above)
             return target, False
         bdev: BlockDevice = PmemBlockDevice(target, readonly=readonly or None)
         return _cached(bdev, readonly, cache_size), True
@@ -149,11 +150,7 @@ def open_target(
         depth = DEFAULT_QUEUE_DEPTH if queue_depth is None else queue_depth
         bdev = open_block(name, size, create=create, readonly=readonly, queue_depth=depth)
         return _cached(bdev, readonly, cache_size), True
-    device = open_device(target, size, create=create, persist=persist, readonly=readonly)
-    if cache_size is not None:
-        device.close()
-        _no_cache_size(cache_size, name)
-    return device, True
+    return open_device(target, size, create=create, persist=persist, readonly=readonly), True
 
 
 def _opens_block(target: Target, dax: str) -> bool:
@@ -161,6 +158,15 @@ def _opens_block(target: Target, dax: str) -> bool:
     if isinstance(target, Device | BlockDevice):
         return False
     return dax == "never" or is_block_special(target)
+
+
+def _mounts_dax(target: Target, dax: str) -> bool:
+    """Whether ``open_target`` gives ``target`` to the filesystem as a DAX device."""
+    if isinstance(target, BlockCache | BlockDevice):
+        return False
+    if isinstance(target, Device):
+        return dax != "never"
+    return dax != "never" and not is_block_special(target)
 
 
 def _name(target: Target) -> str:

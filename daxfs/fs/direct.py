@@ -290,7 +290,11 @@ class DirectIO:
             length = min(n, -(-result // align) * align)
             iomap = None
             if result > 0 and not inode.mappings and not data.mapped_ranges.ranges(inode.ino):
-                iomap = data.iomap_begin(inode, pos, length, IomapFlags.DIRECT)
+                try:
+                    iomap = data.iomap_begin(inode, pos, length, IomapFlags.DIRECT)
+                except BaseException:  # a damaged map (EUCLEAN), EIO: the range goes back
+                    data.unlock_range(inode, token)
+                    raise
             if iomap is None or iomap.type is not IomapType.MAPPED or iomap.end < pos + length:
                 data.unlock_range(inode, token)
                 return None
@@ -336,53 +340,19 @@ class DirectIO:
         data = self.data
         results: list[int] = [0] * len(items)
         rest: list[int] = []
-        # (index, device offset, bytes to read, bytes before the end of file)
         plan: list[tuple[int, int, int, int]] = []
         tokens: list[RangeToken | None] = []
-        align = self.alignment
         with inode.lock:
             simple: list[int] = []
             mapped_file = bool(inode.mappings or data.mapped_ranges.ranges(inode.ino))
             for i, (_, view) in enumerate(items):
                 (rest if mapped_file or not len(view) or view.readonly else simple).append(i)
-            span: RangeToken | None = None
-            if simple:  # the cheap form: ONE shared lock over every item
-                lo = min(items[i][0] for i in simple)
-                hi = max(items[i][0] + len(items[i][1]) for i in simple)
-                with contextlib.suppress(OSError):  # a write or truncate inside: per item
-                    span = data.lock_range(inode, lo, hi, exclusive=False, create=True, nowait=True)
-                    tokens.append(span)
-            # the last MAPPED extent looked up: the map cannot change while inode.lock is
-            # held (no lock here waits), so items inside it need no lookup of their own
-            lo_ext = hi_ext = base = 0
-            size = inode.rec.size
-            for i in simple:
-                pos, view = items[i]
-                n = len(view)
-                if span is None:
-                    try:
-                        token = data.lock_range(
-                            inode, pos, pos + n, exclusive=False, create=True, nowait=True
-                        )
-                    except OSError:  # a write or truncate waits for the range: alone, later
-                        rest.append(i)
-                        continue
-                    tokens.append(token)
-                result = min(n, size - pos)
-                if result <= 0:  # at or past the end of file
-                    rest.append(i)
-                    continue
-                length = min(n, -(-result // align) * align)
-                if not (lo_ext <= pos and pos + length <= hi_ext):  # not the last extent's
-                    iomap = data.iomap_begin(inode, pos, length, IomapFlags.DIRECT)
-                    if iomap.type is not IomapType.MAPPED:
-                        rest.append(i)  # (its own lock, if any, goes with the others)
-                        continue
-                    lo_ext, hi_ext, base = iomap.offset, iomap.end, iomap.addr
-                    if pos + length > hi_ext:
-                        rest.append(i)
-                        continue
-                plan.append((i, base + (pos - lo_ext), length, result))
+            try:
+                plan = self._plan_mapped(inode, items, simple, rest, tokens)
+            except BaseException:  # a damaged map (EUCLEAN), EIO: every range goes back
+                for token in tokens:
+                    data.unlock_range(inode, token)
+                raise
             stats = self.stats
             stats["reads"] += len(plan)
             stats["bios"] += len(plan)
@@ -407,6 +377,63 @@ class DirectIO:
             pos, view = items[i]
             results[i] = self.read(inode, pos, view, what=what)
         return results
+
+    def _plan_mapped(
+        self,
+        inode: Inode,
+        items: list[tuple[int, memoryview]],
+        simple: list[int],
+        rest: list[int],
+        tokens: list[RangeToken | None],
+    ) -> list[tuple[int, int, int, int]]:
+        """``read_many``'s plan of the ``simple`` items inside written extents:
+        (index, device offset, bytes to read, bytes before the end of file) each;
+        the range locks it takes are appended to ``tokens``, and items it cannot
+        plan (held range, hole, past the end) to ``rest``.  Caller must hold
+        ``inode.lock``, and releases ``tokens`` also when this raises."""
+        assert inode.lock._is_owned()  # type: ignore[attr-defined]
+        data = self.data
+        align = self.alignment
+        plan: list[tuple[int, int, int, int]] = []
+        span: RangeToken | None = None
+        if simple:  # the cheap form: ONE shared lock over every item
+            lo = min(items[i][0] for i in simple)
+            hi = max(items[i][0] + len(items[i][1]) for i in simple)
+            with contextlib.suppress(OSError):  # a write or truncate inside: per item
+                span = data.lock_range(inode, lo, hi, exclusive=False, create=True, nowait=True)
+                tokens.append(span)
+        # the last MAPPED extent looked up: the map cannot change while inode.lock is
+        # held (no lock here waits), so items inside it need no lookup of their own
+        lo_ext = hi_ext = base = 0
+        size = inode.rec.size
+        for i in simple:
+            pos, view = items[i]
+            n = len(view)
+            if span is None:
+                try:
+                    token = data.lock_range(
+                        inode, pos, pos + n, exclusive=False, create=True, nowait=True
+                    )
+                except OSError:  # a write or truncate waits for the range: alone, later
+                    rest.append(i)
+                    continue
+                tokens.append(token)
+            result = min(n, size - pos)
+            if result <= 0:  # at or past the end of file
+                rest.append(i)
+                continue
+            length = min(n, -(-result // align) * align)
+            if not (lo_ext <= pos and pos + length <= hi_ext):  # not the last extent's
+                iomap = data.iomap_begin(inode, pos, length, IomapFlags.DIRECT)
+                if iomap.type is not IomapType.MAPPED:
+                    rest.append(i)  # (its own lock, if any, goes with the others)
+                    continue
+                lo_ext, hi_ext, base = iomap.offset, iomap.end, iomap.addr
+                if pos + length > hi_ext:
+                    rest.append(i)
+                    continue
+            plan.append((i, base + (pos - lo_ext), length, result))
+        return plan
 
     def write(
         self, inode: Inode, pos: int, data: Buffer, *, append: bool = False, what: str = ""

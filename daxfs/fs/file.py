@@ -933,7 +933,9 @@ class File(io.RawIOBase):
         # (no io.IOBase.close: it would call flush, a no-op once closed, and set a flag of
         # its own that nothing reads, since ``closed`` is this class's)
         files = self._owner._files
-        if (ref := files.get(id(self))) is not None and ref() is self:
+        # ``ref()`` is None when the cyclic collector closes this File: it clears weak
+        # references before it runs ``__del__``; the entry is this File's all the same
+        if (ref := files.get(id(self))) is not None and ref() in (self, None):
             del files[id(self)]
         try:
             self._itable.put(self.inode, file=True)

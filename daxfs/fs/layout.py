@@ -583,6 +583,11 @@ class InodeRecord:
     xattr_bytes: int = 0
 
     @property
+    def inline_map_bytes(self) -> int:
+        """Bytes of the inline area the inline extents take (0 for another map kind)."""
+        return self.map_count * EXTENT.size if self.map_kind == MAP_INLINE else 0
+
+    @property
     def extent_room(self) -> int:
         """How many inline extents fit beside the inline extended attributes."""
         return max(0, XATTR_PTR - self.xattr_bytes) // EXTENT.size
@@ -922,7 +927,7 @@ def unpack_inline_xattrs(rec: InodeRecord) -> list[XattrEntry]:
     where = f"inode {rec.ino}: inline xattrs"
     if rec.mode & 0o170000 not in XATTR_TYPES:
         raise Corrupted(f"{where}: {size} bytes on mode {rec.mode:o}, which carries none")
-    used = rec.map_count * EXTENT.size if rec.map_kind == MAP_INLINE else 0
+    used = rec.inline_map_bytes
     if size > INLINE_XATTR_AREA - used:
         raise Corrupted(
             f"{where}: {size} bytes do not fit beside {used} bytes of inline extents "

@@ -120,9 +120,7 @@ from daxfs.fs.inode import Inode, InodeTable
 from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
     BLOCK_SIZE,
-    EXTENT,
     INLINE_XATTR_AREA,
-    MAP_INLINE,
     RO_COMPAT_XATTR,
     RO_COMPAT_XATTR_INLINE,
     XATTR_AREA,
@@ -465,9 +463,7 @@ class XattrStore:
     def _fits_inline(inode: Inode, entries: list[XattrEntry]) -> bool:
         """Whether ``entries`` fit the inode's record beside its inline extents (the
         placement rule: the module docstring, "Where attributes live")."""
-        rec = inode.rec
-        used = rec.map_count * EXTENT.size if rec.map_kind == MAP_INLINE else 0
-        return inline_xattr_size(entries) <= INLINE_XATTR_AREA - used
+        return inline_xattr_size(entries) <= INLINE_XATTR_AREA - inode.rec.inline_map_bytes
 
     def _free_value(self, tx: Transaction, inode: Inode, entry: XattrEntry) -> None:
         if not entry.blocks:

@@ -79,6 +79,8 @@ def unverified(raw: bytes, ino: int) -> InodeRecord | None:
 def claim_record(s: State, ino: int, rec: InodeRecord) -> None:
     """Claim weakly every block a record that cannot be trusted seems to own."""
     if rec.map_kind == MAP_INLINE:
+        # all the area could hold, inline attributes or not: an untrusted xattr_bytes
+        # must not shrink what is kept from reuse (claiming too much is the safe side)
         raw = rec.inline[: min(rec.map_count, INLINE_EXTENTS) * EXTENT.size]
         for _, pblk, length, _ in struct.iter_unpack(EXTENT.format, raw):
             s.claim_weak(ino, pblk, length)
