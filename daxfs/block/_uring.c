@@ -65,6 +65,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024
@@ -611,6 +612,70 @@ fail:
     return NULL;
 }
 
+/* Run the ``n`` items on a private ring, up to ``depth`` in flight, each refill and
+ * reap in one io_uring_submit_and_wait; each item's res is set (GIL released).
+ * Returns the ring used (already given back, unless *lost), or NULL when none
+ * could be had (*err: private_get's).  *lost: a wait failed with SQEs in flight
+ * (their buffers must stay held; the ring is kept out of the pool). */
+static Private *
+batch_run(Ring *self, int opcode, int fd, Item *items, Py_ssize_t n, unsigned flags, int depth,
+          int *err_out, int *lost_out)
+{
+    int err = 0, discard = 0;
+    Private *p = private_get(self, &err);
+    if (p == NULL) {
+        *err_out = err;
+        return NULL;
+    }
+    Py_ssize_t next = 0, done = 0;
+    long inflight = 0;
+    while (done < n) {
+        unsigned queued = 0;
+        while (!err && next < n && inflight + (long)queued < depth) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring);
+            if (sqe == NULL)
+                break;
+            prep_rw(sqe, opcode, fd, &items[next].iov, 1, items[next].offset, flags);
+            io_uring_sqe_set_data64(sqe, (__u64)next);
+            next++;
+            queued++;
+        }
+        if (queued) {
+            int ret = private_submit(p);
+            unsigned left = io_uring_sq_ready(&p->ring);
+            inflight += (long)(queued - left);
+            if (ret < 0) {
+                /* the SQEs left were never submitted, so never executed (the ring is
+                 * discarded): they and the items not yet queued fail with the error */
+                err = -ret;
+                discard = 1;
+                for (Py_ssize_t i = next - (Py_ssize_t)left; i < n; i++)
+                    items[i].res = -err;
+                done += n - (next - (Py_ssize_t)left);
+                next = n;
+            }
+        }
+        if (inflight == 0)
+            continue;
+        struct io_uring_cqe *cqe;
+        int ret = private_wait(p, &cqe);
+        if (ret < 0) {
+            *err_out = -ret;
+            *lost_out = 1;
+            return p;
+        }
+        struct io_uring_cqe *cqes[REAP_BATCH];
+        unsigned got = io_uring_peek_batch_cqe(&p->ring, cqes, REAP_BATCH);
+        for (unsigned i = 0; i < got; i++)
+            items[io_uring_cqe_get_data64(cqes[i])].res = cqes[i]->res;
+        io_uring_cq_advance(&p->ring, got);
+        inflight -= (long)got;
+        done += got;
+    }
+    private_put(self, p, discard);
+    return p;
+}
+
 static PyObject *
 ring_rw_batch(Ring *self, PyObject *args)
 {
@@ -629,59 +694,10 @@ ring_rw_batch(Ring *self, PyObject *args)
     Item *items = items_build(seq, opcode == OP_READV, &n);
     if (items == NULL)
         return NULL;
-    int err = 0, lost = 0, discard = 0;
+    int err = 0, lost = 0;
     Private *p = NULL;
     Py_BEGIN_ALLOW_THREADS
-    p = n ? private_get(self, &err) : NULL;
-    if (p != NULL) {
-        Py_ssize_t next = 0, done = 0;
-        long inflight = 0;
-        while (done < n) {
-            unsigned queued = 0;
-            while (!err && next < n && inflight + (long)queued < depth) {
-                struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring);
-                if (sqe == NULL)
-                    break;
-                prep_rw(sqe, opcode, fd, &items[next].iov, 1, items[next].offset, flags);
-                io_uring_sqe_set_data64(sqe, (__u64)next);
-                next++;
-                queued++;
-            }
-            if (queued) {
-                int ret = private_submit(p);
-                unsigned left = io_uring_sq_ready(&p->ring);
-                inflight += (long)(queued - left);
-                if (ret < 0) {
-                    /* the SQEs left were never submitted, so never executed (the ring is
-                     * discarded): they and the items not yet queued fail with the error */
-                    err = -ret;
-                    discard = 1;
-                    for (Py_ssize_t i = next - (Py_ssize_t)left; i < n; i++)
-                        items[i].res = -err;
-                    done += n - (next - (Py_ssize_t)left);
-                    next = n;
-                }
-            }
-            if (inflight == 0)
-                continue;
-            struct io_uring_cqe *cqe;
-            int ret = private_wait(p, &cqe);
-            if (ret < 0) {
-                err = -ret;
-                lost = 1;
-                break;
-            }
-            struct io_uring_cqe *cqes[REAP_BATCH];
-            unsigned got = io_uring_peek_batch_cqe(&p->ring, cqes, REAP_BATCH);
-            for (unsigned i = 0; i < got; i++)
-                items[io_uring_cqe_get_data64(cqes[i])].res = cqes[i]->res;
-            io_uring_cq_advance(&p->ring, got);
-            inflight -= (long)got;
-            done += got;
-        }
-        if (!lost)
-            private_put(self, p, discard);
-    }
+    p = n ? batch_run(self, opcode, fd, items, n, flags, depth, &err, &lost) : NULL;
     Py_END_ALLOW_THREADS
     if (lost)
         return errno_errorf(err, "io_uring_wait_cqe (the requests' buffers are kept)");
@@ -889,6 +905,352 @@ static PyTypeObject RingType = {
     .tp_getset = ring_getset,
 };
 
+/* -- Fast: the block device's synchronous fast path, checks and I/O in one call ------ */
+
+/* A FileBlockDevice's plain requests (daxfs.block.file): the checks its Python
+ * ``_plain`` makes (an int offset, a 1-D byte buffer, C-contiguous, writable for
+ * a read; length and offset multiples of the logical block size, 0 < length <=
+ * max_bytes, within the device; address and length multiples of dma_alignment)
+ * and the I/O on one of the Ring's private rings, in one call with the GIL
+ * released while waiting.  Anything else returns None before any I/O: the
+ * caller takes its reference path, which raises the right error.
+ *
+ *   read(fd, offset, buffer) / write(fd, offset, data, rw_flags)
+ *       -> int (all the bytes) | None | (res, size)
+ *   read_many(fd, [(offset, buffer), ...])
+ *       -> [int] (all the bytes of each) | None | (res, res, ...)
+ *
+ * A tuple means the I/O ran and something fell short (res < size: a short
+ * transfer, or -errno): the call still counts as busy until the caller has
+ * finished it (continued, named the error) and called release().  ``count``
+ * is the requests the fast path took; ``busy`` the calls between their checks
+ * and their end; shutdown() refuses new calls (None: the caller's path says
+ * EBADF) and waits for ``busy`` to reach 0.  Both change with the GIL held. */
+typedef struct {
+    PyObject_HEAD
+    Ring *ring;
+    long long lbs_mask;   /* logical block size - 1 */
+    long long max_bytes;
+    long long dma_mask;   /* dma alignment - 1; 0 without O_DIRECT */
+    long long size;       /* the device's bytes */
+    int readonly;
+    int depth;            /* reads in flight for read_many */
+    int closed;
+    long busy;
+    unsigned long long count;
+} Fast;
+
+static int
+fast_init(Fast *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ring", "logical_block_size", "max_bytes", "dma_alignment",
+                             "size", "readonly", "depth", NULL};
+    PyObject *ring;
+    long long lbs, max_bytes, dma, size;
+    int readonly, depth;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!LLLLpi:Fast", kwlist, &RingType, &ring,
+                                     &lbs, &max_bytes, &dma, &size, &readonly, &depth))
+        return -1;
+    if (lbs < 1 || (lbs & (lbs - 1)) || dma < 1 || (dma & (dma - 1)) || max_bytes < lbs ||
+        size < 0 || depth < 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Fast: block size and alignment powers of two, max_bytes >= the "
+                        "block size, size >= 0, depth >= 1");
+        return -1;
+    }
+    Py_XSETREF(self->ring, (Ring *)Py_NewRef(ring));
+    self->lbs_mask = lbs - 1;
+    self->max_bytes = max_bytes > (long long)INT_MAX ? (long long)INT_MAX : max_bytes;
+    self->dma_mask = dma - 1;
+    self->size = size;
+    self->readonly = readonly;
+    self->depth = depth > (int)((Ring *)ring)->entries ? (int)((Ring *)ring)->entries : depth;
+    return 0;
+}
+
+static void
+fast_dealloc(Fast *self)
+{
+    Py_XDECREF(self->ring);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Take ``buffer`` as a plain request at ``offset`` (GIL held): 1 and the view
+ * held, or 0 (not plain: nothing held, no exception). */
+static int
+fast_take(Fast *self, PyObject *offset_obj, PyObject *buffer, int write, long long *offset,
+          Py_buffer *view)
+{
+    if (!PyLong_CheckExact(offset_obj))
+        return 0;
+    int overflow = 0;
+    *offset = PyLong_AsLongLongAndOverflow(offset_obj, &overflow);
+    if (overflow || *offset < 0)
+        return 0;
+    if (PyObject_GetBuffer(buffer, view, write ? PyBUF_RECORDS_RO : PyBUF_RECORDS) < 0) {
+        PyErr_Clear(); /* the reference path raises the right error */
+        return 0;
+    }
+    long long n = (long long)view->len;
+    if (view->ndim != 1 || (view->format != NULL && strcmp(view->format, "B") != 0) ||
+        !PyBuffer_IsContiguous(view, 'C') || n <= 0 || n > self->max_bytes ||
+        ((*offset | n) & self->lbs_mask) || *offset > self->size - n ||
+        (((uintptr_t)view->buf | (uintptr_t)n) & (uintptr_t)self->dma_mask)) {
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
+/* One READ or WRITE of ``view`` on a private ring (GIL released): the CQE's res,
+ * or -errno when no ring could be had or the SQE could not be submitted.  *lost:
+ * in flight and cannot be waited for (the buffer must stay held). */
+static int
+fast_one(Ring *ring, int opcode, int fd, void *buf, size_t len, long long offset,
+         unsigned flags, int *lost)
+{
+    int err = 0;
+    Private *p = private_get(ring, &err);
+    if (p == NULL)
+        return -err;
+    struct iovec iov = {buf, len};
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring); /* an idle ring has room */
+    prep_rw(sqe, opcode, fd, &iov, 1, offset, flags);
+    int ret = private_submit(p);
+    if (ret < 0) {
+        if (io_uring_sq_ready(&p->ring)) {
+            private_put(ring, p, 1); /* never submitted: the ring goes, with it the SQE */
+            return ret;
+        }
+        *lost = 1;
+        return ret;
+    }
+    struct io_uring_cqe *cqe = NULL;
+    ret = private_wait(p, &cqe);
+    if (ret < 0) {
+        *lost = 1; /* in flight and cannot be waited for: never free its memory */
+        return ret;
+    }
+    int res = cqe->res;
+    io_uring_cqe_seen(&p->ring, cqe);
+    private_put(ring, p, 0);
+    return res;
+}
+
+/* A file descriptor argument: an int in int's range (-1 with an exception). */
+static int
+fd_of(PyObject *obj)
+{
+    long fd = PyLong_AsLong(obj);
+    if (fd == -1 && PyErr_Occurred())
+        return -1;
+    if (fd < INT_MIN || fd > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "fd out of range");
+        return -1;
+    }
+    return (int)fd;
+}
+
+static PyObject *
+fast_rw(Fast *self, int write, int fd, PyObject *offset_obj, PyObject *buffer, unsigned flags)
+{
+    long long offset;
+    Py_buffer view;
+    if (self->closed || fd < 0 || (write && self->readonly) ||
+        !fast_take(self, offset_obj, buffer, write, &offset, &view))
+        Py_RETURN_NONE;
+    self->busy++;
+    self->count++;
+    int lost = 0, res;
+    Ring *ring = self->ring;
+    Py_BEGIN_ALLOW_THREADS
+    res = fast_one(ring, write ? OP_WRITEV : OP_READV, fd, view.buf, (size_t)view.len, offset,
+                   flags, &lost);
+    Py_END_ALLOW_THREADS
+    if (lost) {
+        self->busy--;
+        return errno_errorf(-res, "io_uring_wait_cqe (the request's buffer is kept)");
+    }
+    Py_ssize_t size = view.len;
+    PyBuffer_Release(&view);
+    if (res == size) {
+        self->busy--;
+        return PyLong_FromSsize_t(size);
+    }
+    PyObject *out = Py_BuildValue("(in)", res, size);
+    if (out == NULL)
+        self->busy--;
+    return out;
+}
+
+static PyObject *
+fast_read(Fast *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3)
+        return PyErr_Format(PyExc_TypeError, "read(fd, offset, buffer) takes 3 arguments");
+    int fd = fd_of(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    return fast_rw(self, 0, fd, args[1], args[2], 0);
+}
+
+static PyObject *
+fast_write(Fast *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4)
+        return PyErr_Format(PyExc_TypeError,
+                            "write(fd, offset, data, rw_flags) takes 4 arguments");
+    int fd = fd_of(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    unsigned long flags = PyLong_AsUnsignedLong(args[3]);
+    if (flags == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    return fast_rw(self, 1, fd, args[1], args[2], (unsigned)flags);
+}
+
+static PyObject *
+fast_read_many(Fast *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "read_many(fd, items) takes 2 arguments");
+    int fd = fd_of(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (self->closed || fd < 0 || !PyList_CheckExact(args[1]))
+        Py_RETURN_NONE;
+    PyObject *seq = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(seq);
+    if (n == 0)
+        Py_RETURN_NONE;
+    Item *items = PyMem_Calloc((size_t)n, sizeof(Item));
+    if (items == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t held = 0;
+    for (; held < n; held++) {
+        PyObject *pair = PyList_GET_ITEM(seq, held);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !fast_take(self, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1), 0,
+                       &items[held].offset, &items[held].buf))
+            break;
+        items[held].iov.iov_base = items[held].buf.buf;
+        items[held].iov.iov_len = (size_t)items[held].buf.len;
+    }
+    if (held < n) {
+        items_free(items, held);
+        Py_RETURN_NONE;
+    }
+    self->busy++;
+    self->count += (unsigned long long)n;
+    int err = 0, lost = 0;
+    Private *p;
+    Ring *ring = self->ring;
+    int depth = self->depth;
+    Py_BEGIN_ALLOW_THREADS
+    p = batch_run(ring, OP_READV, fd, items, n, 0, depth, &err, &lost);
+    Py_END_ALLOW_THREADS
+    if (lost) {
+        self->busy--;
+        return errno_errorf(err, "io_uring_wait_cqe (the requests' buffers are kept)");
+    }
+    int full = 1;
+    if (p == NULL) { /* no private ring: every item fails with the error */
+        for (Py_ssize_t i = 0; i < n; i++)
+            items[i].res = -err;
+    }
+    for (Py_ssize_t i = 0; i < n && full; i++)
+        full = items[i].res == (int)items[i].buf.len;
+    PyObject *out = full ? PyList_New(n) : PyTuple_New(n);
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *res = PyLong_FromLong(items[i].res);
+        if (res == NULL)
+            Py_CLEAR(out);
+        else if (full)
+            PyList_SET_ITEM(out, i, res);
+        else
+            PyTuple_SET_ITEM(out, i, res);
+    }
+    items_free(items, n);
+    if (full || out == NULL)
+        self->busy--;
+    return out;
+}
+
+static PyObject *
+fast_release(Fast *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->busy <= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "release() without a call to finish");
+        return NULL;
+    }
+    self->busy--;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+fast_shutdown(Fast *self, PyObject *Py_UNUSED(ignored))
+{
+    self->closed = 1;
+    while (self->busy > 0) { /* each ends in microseconds: poll, the GIL released */
+        Py_BEGIN_ALLOW_THREADS
+        usleep(200);
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+fast_get_busy(Fast *self, void *closure)
+{
+    return PyLong_FromLong(self->busy);
+}
+
+static PyObject *
+fast_get_count(Fast *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->count);
+}
+
+static PyObject *
+fast_get_closed(Fast *self, void *closure)
+{
+    return PyBool_FromLong(self->closed);
+}
+
+static PyMethodDef fast_methods[] = {
+    {"read", (PyCFunction)(void (*)(void))fast_read, METH_FASTCALL,
+     "read(fd, offset, buffer) -> int | None | (res, size)"},
+    {"write", (PyCFunction)(void (*)(void))fast_write, METH_FASTCALL,
+     "write(fd, offset, data, rw_flags) -> int | None | (res, size)"},
+    {"read_many", (PyCFunction)(void (*)(void))fast_read_many, METH_FASTCALL,
+     "read_many(fd, [(offset, buffer), ...]) -> [int] | None | (res, ...)"},
+    {"release", (PyCFunction)fast_release, METH_NOARGS,
+     "end a call that returned a tuple, once the caller finished it"},
+    {"shutdown", (PyCFunction)fast_shutdown, METH_NOARGS,
+     "refuse new calls (None) and wait for the busy ones"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef fast_getset[] = {
+    {"busy", (getter)fast_get_busy, NULL, "calls not yet ended", NULL},
+    {"count", (getter)fast_get_count, NULL, "requests the fast path took", NULL},
+    {"closed", (getter)fast_get_closed, NULL, "shutdown() was called", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FastType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "daxfs.block._uring.Fast",
+    .tp_basicsize = sizeof(Fast),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A block device's synchronous fast path (see the comment in _uring.c).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)fast_init,
+    .tp_dealloc = (destructor)fast_dealloc,
+    .tp_methods = fast_methods,
+    .tp_getset = fast_getset,
+};
+
 /* misaligned(buffers, align) -> bool: is any buffer's address or length not a multiple
  * of align (a power of two), or not contiguous?  (O_DIRECT's rule; file.py bounces.) */
 static PyObject *
@@ -943,13 +1305,15 @@ static struct PyModuleDef uring_module = {
 PyMODINIT_FUNC
 PyInit__uring(void)
 {
-    if (PyType_Ready(&RingType) < 0)
+    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&FastType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&uring_module);
     if (m == NULL)
         return NULL;
     Py_INCREF(&RingType);
+    Py_INCREF(&FastType);
     if (PyModule_AddObject(m, "Ring", (PyObject *)&RingType) < 0 ||
+        PyModule_AddObject(m, "Fast", (PyObject *)&FastType) < 0 ||
         PyModule_AddIntConstant(m, "NOP", OP_NOP) < 0 ||
         PyModule_AddIntConstant(m, "READV", OP_READV) < 0 ||
         PyModule_AddIntConstant(m, "WRITEV", OP_WRITEV) < 0 ||

@@ -135,6 +135,18 @@ class FileBlockDevice(BlockDevice):
         self._engine = engine
         self._stats["bounced"] = 0
         self._stats["inline"] = 0  # bios done by the synchronous fast path
+        # the C fast path of readinto / write / readinto_many (io_uring only)
+        self._fast = (
+            engine.fast_path(
+                limits.logical_block_size,
+                min(limits.max_bytes, limits.max_segment_bytes),
+                limits.dma_alignment if direct else 1,
+                nr_sectors << SECTOR_SHIFT,
+                readonly,
+            )
+            if isinstance(engine, UringEngine)
+            else None
+        )
 
     @property
     def engine(self) -> str:
@@ -282,92 +294,102 @@ class FileBlockDevice(BlockDevice):
 
     def readinto(self, offset: int, buffer: Buffer) -> int:
         """``BlockDevice.readinto``; on io_uring a plain read (see ``_plain``) goes
-        ``_inline``, without a Bio.
+        the C fast path (``_uring.Fast.read``: checks and I/O in one call).
 
         Raises:
             As ``BlockDevice.readinto``.
         """
-        done = self._try_inline(offset, buffer, False, False)
-        return super().readinto(offset, buffer) if done is None else done
+        fast = self._fast
+        if fast is not None and getattr(self._plugs, "bios", None) is None:
+            got = fast.read(self.fd, offset, buffer)
+            if isinstance(got, int):
+                return got
+            if got is not None:
+                return self._fast_failed(False, offset, buffer, got, 0)
+        return super().readinto(offset, buffer)
 
     def write(self, offset: int, data: Buffer, *, fua: bool = False) -> int:
-        """``BlockDevice.write``; on io_uring a plain write goes ``_inline``.
+        """``BlockDevice.write``; on io_uring a plain write goes the C fast path.
 
         Raises:
             As ``BlockDevice.write``.
         """
-        done = self._try_inline(offset, data, True, fua)
-        return super().write(offset, data, fua=fua) if done is None else done
+        fast = self._fast
+        if fast is not None and getattr(self._plugs, "bios", None) is None:
+            flags = os.RWF_DSYNC if fua else 0
+            got = fast.write(self.fd, offset, data, flags)
+            if isinstance(got, int):
+                return got
+            if got is not None:
+                return self._fast_failed(True, offset, data, got, flags)
+        return super().write(offset, data, fua=fua)
 
-    def _try_inline(self, offset: int, buffer: Buffer, write: bool, fua: bool) -> int | None:
-        """``_inline`` of a plain request; None for any other (the bio path's)."""
-        engine = self._engine
-        if type(engine) is not UringEngine:
-            return None
-        view = memoryview(buffer)
-        if not self._plain(offset, view, write):
-            return None
-        return self._inline(engine, write, offset, [view], len(view), fua)
+    def _fast_failed(
+        self, write: bool, offset: int, buffer: Buffer, got: tuple[int, int], flags: int
+    ) -> int:
+        """Finish a fast-path call whose transfer fell short (``got``: the kernel's
+        res and the size) as ``_inline`` does: the rest continued, RWF_DSYNC
+        refused turned into a write and an fdatasync, an error named; then the
+        call ends (``Fast.release``)."""
+        res, size = got
+        fast = self._fast
+        assert fast is not None
+        assert isinstance(self._engine, UringEngine)
+        try:
+            try:
+                view = memoryview(buffer).cast("B")
+                done = self._engine.finish(write, self.fd, offset, [view], size, flags, res)
+                if done == size:
+                    return done
+                error: BaseException = short_error(
+                    self._request_of(write, offset, size), done, self.name
+                )
+            except OSError as exc:
+                error = self._name_error(self._request_of(write, offset, size), exc)
+            with self._lock:
+                self._stats["errors"] += 1
+            raise error
+        finally:
+            fast.release()
 
     def readinto_many(self, items: Sequence[tuple[int, Buffer]]) -> list[int]:
-        """``BlockDevice.readinto_many`` on io_uring in one call: the reads go to a
-        private ring ``queue_depth`` deep, submitted and reaped in C with the GIL
-        released (``UringEngine.run_batch``), no Bio, Request or callback per item.
-        Items the fast path cannot take as they are (unaligned, out of range, past
-        the request limit, a bounce buffer needed, another engine) go the reference
-        way, with its errors.
+        """``BlockDevice.readinto_many`` on io_uring in one call of the C fast path
+        (``_uring.Fast.read_many``): each item checked as ``_plain`` does, the reads
+        on a private ring ``queue_depth`` deep, submitted and reaped in C with the
+        GIL released, no Bio, Request or callback per item.  A batch with an item
+        the fast path cannot take as it is (unaligned, out of range, past the
+        request limit, a bounce buffer needed; not a list of tuples) goes the
+        reference way, with its errors.
 
         Raises:
             As ``BlockDevice.readinto_many``.
         """
+        fast = self._fast
+        if fast is not None:
+            got = fast.read_many(self.fd, items if type(items) is list else list(items))
+            if isinstance(got, list):
+                return got
+            if got is not None:
+                return self._fast_many_failed(items, got)
+        return super().readinto_many(items)
+
+    def _fast_many_failed(
+        self, items: Sequence[tuple[int, Buffer]], results: tuple[int, ...]
+    ) -> list[int]:
+        """Finish a ``read_many`` where an item fell short: each such item continued
+        or failed as ``UringEngine.run_batch`` does it, the first failure (in item
+        order) raised named once all are done; then the call ends."""
+        fast = self._fast
         engine = self._engine
-        if not isinstance(engine, UringEngine):
-            return super().readinto_many(items)
-        limits = self.limits
-        lbs = limits.logical_block_size
-        limit = min(limits.max_bytes, limits.max_segment_bytes)
-        size = self.size
-        batch: list[tuple[int, memoryview]] = []
-        for offset, buffer in items:
-            view = memoryview(buffer)
-            n = len(view)
-            if (
-                type(offset) is not int
-                or offset < 0
-                or offset % lbs
-                or n % lbs
-                or n > limit
-                or offset + n > size
-                or view.readonly
-                or view.format != "B"
-                or view.ndim != 1
-            ):
-                return super().readinto_many(items)
-            batch.append((offset, view))
-        if self.direct and misaligned([v for _, v in batch], limits.dma_alignment):
-            return super().readinto_many(items)
-        n_items = len(batch)
-        with self._lock:
-            stats = self._stats
-            stats["bios"] += n_items
-            is_open = self._state == "open"
-            if is_open:
-                self._inflight += 1
-                stats["requests"] += n_items
-                stats["inline"] += n_items
-            else:
-                stats["errors"] += n_items
-        if not is_open:
-            raise ClosedFile(
-                f"read at sector {batch[0][0] >> SECTOR_SHIFT if batch else 0}: "
-                f"{self.name} is closed"
-            )
-        errors = 0
+        assert fast is not None
+        assert isinstance(engine, UringEngine)
         try:
-            results = engine.run_batch(IoKind.READV, self.fd, batch)
+            batch = [(offset, memoryview(buffer).cast("B")) for offset, buffer in items]
+            finished = engine.finish_batch(IoKind.READV, self.fd, batch, list(results))
             out: list[int] = []
             first: BaseException | None = None
-            for (offset, view), res in zip(batch, results, strict=True):
+            errors = 0
+            for (offset, view), res in zip(batch, finished, strict=True):
                 if type(res) is int and res == len(view):
                     out.append(res)
                     continue
@@ -380,15 +402,33 @@ class FileBlockDevice(BlockDevice):
                         if isinstance(res, BaseException)
                         else short_error(req, res, self.name)
                     )
-        finally:
             with self._lock:
                 self._stats["errors"] += errors
-                self._inflight -= 1
-                if self._inflight == 0 and self._state != "open":
-                    self._idle.notify_all()
+        finally:
+            fast.release()
         if first is not None:
             raise first
         return out
+
+    def statistics(self) -> dict[str, int]:
+        """``BlockDevice.statistics``, the C fast path's requests counted in
+        ``bios``, ``requests`` and ``inline`` (and its calls in ``inflight``)."""
+        stats = super().statistics()
+        fast = self._fast
+        if fast is not None:
+            count = fast.count
+            stats["bios"] += count
+            stats["requests"] += count
+            stats["inline"] += count
+            stats["inflight"] += fast.busy
+        return stats
+
+    def close(self) -> None:
+        """``BlockDevice.close``, the C fast path refused first (EBADF through the
+        reference path) and its calls waited for."""
+        if self._fast is not None:
+            self._fast.shutdown()
+        super().close()
 
     def _dispatch(self, req: Request) -> None:
         op = req.op

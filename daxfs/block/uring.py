@@ -306,17 +306,47 @@ class UringEngine(IoEngine):
             res = self._ring.rw(_uring.WRITEV if write else _uring.READV, fd, offset, views, flags)
             if res == size:
                 return res
-            kind = IoKind.WRITEV if write else IoKind.READV
-            op = IoOp(kind, fd, offset, views, flags=flags)
-            if res > 0:  # short: the rest
-                return self._run_rw(op, advance_views(views, res), res)
-            if res == 0:
-                return 0
-            if write and flags and -res == errno.EOPNOTSUPP:
-                return self._run_rw(op, views, 0)
-            raise _error(offset, -res, _CALL[kind])
+            return self.finish(write, fd, offset, views, size, flags, res)
         finally:
             self._leave_sync()
+
+    def finish(
+        self,
+        write: bool,
+        fd: int,
+        offset: int,
+        views: list[memoryview],
+        size: int,
+        flags: int,
+        res: int,
+    ) -> int:
+        """The rest of a ``transfer`` whose first SQE gave ``res`` (not ``size``): a
+        short transfer continued, RWF_DSYNC refused done as a write and an
+        fdatasync, an error raised named (``transfer``'s and the C fast path's end,
+        ``_uring.Fast``).  The caller keeps the engine open meanwhile.
+
+        Raises:
+            As ``run``.
+        """
+        kind = IoKind.WRITEV if write else IoKind.READV
+        op = IoOp(kind, fd, offset, views, flags=flags)
+        if res > 0:  # short: the rest
+            return self._run_rw(op, advance_views(views, res), res)
+        if res == 0:
+            return 0
+        if write and flags and -res == errno.EOPNOTSUPP:
+            return self._run_rw(op, views, 0)
+        raise _error(offset, -res, _CALL[kind])
+
+    def fast_path(
+        self, block_size: int, max_bytes: int, dma_alignment: int, size: int, readonly: bool
+    ) -> _uring.Fast:
+        """A ``_uring.Fast`` on this engine's ring for a block device of ``size``
+        bytes with those limits (``daxfs.block.file``'s fast path), reads in
+        flight up to ``queue_depth``.  Its owner shuts it down before ``close``."""
+        return _uring.Fast(
+            self._ring, block_size, max_bytes, dma_alignment, size, readonly, self.queue_depth
+        )
 
     def run_batch(
         self, kind: IoKind, fd: int, items: list[tuple[int, memoryview]], flags: int = 0
@@ -337,25 +367,39 @@ class UringEngine(IoEngine):
         self._enter_sync()
         try:
             results = self._ring.rw_batch(opcode, fd, items, flags, self.queue_depth)
-            out: list[int | OSError] = []
-            for (offset, view), res in zip(items, results, strict=True):
-                if res == len(view) or res == 0:
-                    out.append(res)
-                    continue
-                # short, failed, or RWF_DSYNC refused: the rest as ``run`` does it
-                op = IoOp(kind, fd, offset, [view], flags=flags)
-                try:
-                    if res > 0:
-                        out.append(self._run_rw(op, [view[res:]], res))
-                    elif kind is IoKind.WRITEV and flags and -res == errno.EOPNOTSUPP:
-                        out.append(self._run_rw(op, [view], 0))
-                    else:
-                        out.append(_error(op.offset, -res, _CALL[kind]))
-                except OSError as exc:
-                    out.append(exc)
-            return out
+            return self.finish_batch(kind, fd, items, results, flags)
         finally:
             self._leave_sync()
+
+    def finish_batch(
+        self,
+        kind: IoKind,
+        fd: int,
+        items: list[tuple[int, memoryview]],
+        results: list[int],
+        flags: int = 0,
+    ) -> list[int | OSError]:
+        """Per item of a batch whose SQEs gave ``results``: what ``run`` would
+        return, or the OSError it would raise (a short transfer continued, RWF_DSYNC
+        refused done again without it): ``run_batch``'s end, and the C fast
+        path's (``_uring.Fast.read_many``).  The caller keeps the engine open."""
+        out: list[int | OSError] = []
+        for (offset, view), res in zip(items, results, strict=True):
+            if res == len(view) or res == 0:
+                out.append(res)
+                continue
+            # short, failed, or RWF_DSYNC refused: the rest as ``run`` does it
+            op = IoOp(kind, fd, offset, [view], flags=flags)
+            try:
+                if res > 0:
+                    out.append(self._run_rw(op, [view[res:]], res))
+                elif kind is IoKind.WRITEV and flags and -res == errno.EOPNOTSUPP:
+                    out.append(self._run_rw(op, [view], 0))
+                else:
+                    out.append(_error(op.offset, -res, _CALL[kind]))
+            except OSError as exc:
+                out.append(exc)
+        return out
 
     def _enter_sync(self) -> None:
         with self._mutex:
