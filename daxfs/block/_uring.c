@@ -95,6 +95,7 @@ typedef struct {
     struct Private *pool;   /* idle private rings (invariant 5), under pool_lock */
     long private_out;       /* private rings in use by rw / rw_batch */
     long private_made;      /* private rings set up and not yet freed */
+    unsigned private_flags; /* the setup flags of the last private ring set up */
     pthread_mutex_t pool_lock;
 } Ring;
 
@@ -133,6 +134,8 @@ req_free(Req *req)
     PyMem_Free(req);
 }
 
+static int setup_ring(unsigned entries, struct io_uring *ring, unsigned flags);
+
 static int
 ring_init(Ring *self, PyObject *args, PyObject *kwds)
 {
@@ -148,7 +151,7 @@ ring_init(Ring *self, PyObject *args, PyObject *kwds)
     }
     int ret;
     Py_BEGIN_ALLOW_THREADS
-    ret = io_uring_queue_init((unsigned)entries, &self->ring, 0);
+    ret = setup_ring((unsigned)entries, &self->ring, 0);
     Py_END_ALLOW_THREADS
     if (ret < 0)
         return errno_errorf(-ret, "io_uring_setup"), -1;
@@ -357,6 +360,27 @@ ring_reap(Ring *self, PyObject *Py_UNUSED(ignored))
 
 /* -- private rings: the synchronous calls (invariant 5) ------------------------------- */
 
+/* The setup flags of a private ring, tried in order until io_uring_setup takes
+ * one (a kernel that does not know a flag says EINVAL).  COOP_TASKRUN (5.19):
+ * the completion work runs when the waiting thread enters the kernel, with no
+ * interrupt to run it.  Not SINGLE_ISSUER / DEFER_TASKRUN (6.1), which fio
+ * uses: a pooled private ring serves whichever thread takes it, and those
+ * flags tie a ring to the thread that set it up (A/B in C, one process, 9
+ * passes at load 5: the same figures within noise at QD1 and QD32). */
+static const unsigned PRIVATE_FLAGS[] = {IORING_SETUP_COOP_TASKRUN, 0};
+
+/* For tests: setup flags io_uring_setup is made to refuse with EINVAL, as a
+ * kernel without them would (``_refuse_setup_flags``). */
+static unsigned refused_flags;
+
+static int
+setup_ring(unsigned entries, struct io_uring *ring, unsigned flags)
+{
+    if (flags & refused_flags)
+        return -EINVAL;
+    return io_uring_queue_init(entries, ring, flags);
+}
+
 /* Take a private ring from the pool, or set one up (GIL released).  NULL with
  * *err set (EBADF: the Ring is closed; else io_uring_setup's errno). */
 static Private *
@@ -379,10 +403,15 @@ private_get(Ring *self, int *err)
         return p;
     p = calloc(1, sizeof *p);
     int ret = -ENOMEM;
-    if (p != NULL) { /* COOP_TASKRUN (5.19): no interrupt to run completion work */
-        ret = io_uring_queue_init(self->entries, &p->ring, IORING_SETUP_COOP_TASKRUN);
-        if (ret == -EINVAL)
-            ret = io_uring_queue_init(self->entries, &p->ring, 0);
+    if (p != NULL) { /* the first set of flags this kernel takes (EINVAL: not known) */
+        for (size_t i = 0; i < sizeof PRIVATE_FLAGS / sizeof PRIVATE_FLAGS[0]; i++) {
+            ret = setup_ring(self->entries, &p->ring, PRIVATE_FLAGS[i]);
+            if (ret != -EINVAL) {
+                if (ret == 0)
+                    self->private_flags = PRIVATE_FLAGS[i]; /* (a word: torn reads are fine) */
+                break;
+            }
+        }
     }
     if (ret < 0) {
         free(p);
@@ -881,7 +910,15 @@ ring_get_sync_calls(Ring *self, void *closure)
     return PyLong_FromLong(out);
 }
 
+static PyObject *
+ring_get_private_flags(Ring *self, void *closure)
+{
+    return PyLong_FromUnsignedLong(self->private_flags);
+}
+
 static PyGetSetDef ring_getset[] = {
+    {"private_flags", (getter)ring_get_private_flags, NULL,
+     "the io_uring_setup flags of the last private ring set up (0 before any)", NULL},
     {"sync_calls", (getter)ring_get_sync_calls, NULL,
      "rw / rw_batch calls holding a private ring now", NULL},
     {"private_rings", (getter)ring_get_private, NULL,
@@ -1288,7 +1325,22 @@ uring_misaligned(PyObject *module, PyObject *args)
     return PyBool_FromLong(bad);
 }
 
+/* _refuse_setup_flags(mask) -> the previous mask (tests only). */
+static PyObject *
+uring_refuse_setup_flags(PyObject *module, PyObject *arg)
+{
+    unsigned long mask = PyLong_AsUnsignedLong(arg);
+    if (mask == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    unsigned old = refused_flags;
+    refused_flags = (unsigned)mask;
+    return PyLong_FromUnsignedLong(old);
+}
+
 static PyMethodDef module_methods[] = {
+    {"_refuse_setup_flags", uring_refuse_setup_flags, METH_O,
+     "_refuse_setup_flags(mask) -> previous: make io_uring_setup refuse (EINVAL) those "
+     "flags, as a kernel without them does (for tests)"},
     {"misaligned", uring_misaligned, METH_VARARGS,
      "misaligned(buffers, align) -> bool: an address or length not a multiple of align"},
     {NULL, NULL, 0, NULL},
@@ -1320,7 +1372,8 @@ PyInit__uring(void)
         PyModule_AddIntConstant(m, "FDATASYNC", OP_FDATASYNC) < 0 ||
         PyModule_AddIntConstant(m, "FALLOCATE", OP_FALLOCATE) < 0 ||
         PyModule_AddIntConstant(m, "IOV_MAX", IOV_MAX) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_ENTRIES", MAX_ENTRIES) < 0) {
+        PyModule_AddIntConstant(m, "MAX_ENTRIES", MAX_ENTRIES) < 0 ||
+        PyModule_AddIntConstant(m, "SETUP_COOP_TASKRUN", IORING_SETUP_COOP_TASKRUN) < 0) {
         Py_DECREF(&RingType);
         Py_DECREF(m);
         return NULL;

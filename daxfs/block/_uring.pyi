@@ -10,6 +10,9 @@ FDATASYNC: int
 FALLOCATE: int
 IOV_MAX: int
 MAX_ENTRIES: int
+SETUP_COOP_TASKRUN: int
+
+def _refuse_setup_flags(mask: int, /) -> int: ...
 
 def misaligned(buffers: Sequence[Any], align: int, /) -> bool: ...
 
@@ -51,6 +54,8 @@ class Ring:
     def private_rings(self) -> int: ...
     @property
     def sync_calls(self) -> int: ...
+    @property
+    def private_flags(self) -> int: ...
 
 class Fast:
     def __init__(

@@ -88,6 +88,15 @@ if TYPE_CHECKING:
 Result = int | BaseException
 
 
+class _Plugs(threading.local):
+    """Each thread's plugged bios (``BlockDevice.plug``), None outside a plug.  The
+    class default makes an unplugged thread's lookup a plain attribute read:
+    ``getattr(threading.local(), "bios", None)`` raises and catches an
+    AttributeError inside, about 2 us per bio here."""
+
+    bios: list[Bio] | None = None
+
+
 class BlockDevice(Closeable):
     """A device of ``nr_sectors`` 512-byte sectors that executes bios.
 
@@ -119,7 +128,7 @@ class BlockDevice(Closeable):
         self._idle = threading.Condition(self._lock)
         self._inflight = 0
         self._state = "open"
-        self._plugs = threading.local()
+        self._plugs = _Plugs()
         self._stats = {
             "bios": 0,
             "requests": 0,
@@ -224,7 +233,7 @@ class BlockDevice(Closeable):
         if len(children) > 1:
             with self._lock:
                 self._stats["splits"] += 1
-        plugged: list[Bio] | None = getattr(self._plugs, "bios", None)
+        plugged: list[Bio] | None = self._plugs.bios
         ordered = bio.op is BioOp.FLUSH or bool(flags and flags & BioFlags.PREFLUSH)
         if plugged is not None and not ordered:
             plugged.extend(children)
@@ -278,7 +287,7 @@ class BlockDevice(Closeable):
         """Hold this thread's bios until the block ends, then merge adjacent ones and
         dispatch them (a FLUSH or PREFLUSH bio dispatches what is held first).
         Nested plugs join the outer one."""
-        if getattr(self._plugs, "bios", None) is not None:
+        if self._plugs.bios is not None:
             yield
             return
         self._plugs.bios = []

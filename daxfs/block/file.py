@@ -170,7 +170,7 @@ class FileBlockDevice(BlockDevice):
         if (
             (op is BioOp.READ or op is BioOp.WRITE)
             and not (bio.flags and bio.flags & BioFlags.PREFLUSH)
-            and getattr(self._plugs, "bios", None) is None
+            and self._plugs.bios is None
             and self._fits(bio)
         ):
             return self._run_inline(engine, bio)
@@ -288,7 +288,7 @@ class FileBlockDevice(BlockDevice):
             and view.ndim == 1
             and view.format == "B"
             and (not view.readonly if not write else not self.readonly)
-            and getattr(self._plugs, "bios", None) is None
+            and self._plugs.bios is None
             and not (self.direct and misaligned([view], limits.dma_alignment))
         )
 
@@ -300,7 +300,7 @@ class FileBlockDevice(BlockDevice):
             As ``BlockDevice.readinto``.
         """
         fast = self._fast
-        if fast is not None and getattr(self._plugs, "bios", None) is None:
+        if fast is not None and self._plugs.bios is None:
             got = fast.read(self.fd, offset, buffer)
             if isinstance(got, int):
                 return got
@@ -315,7 +315,7 @@ class FileBlockDevice(BlockDevice):
             As ``BlockDevice.write``.
         """
         fast = self._fast
-        if fast is not None and getattr(self._plugs, "bios", None) is None:
+        if fast is not None and self._plugs.bios is None:
             flags = os.RWF_DSYNC if fua else 0
             got = fast.write(self.fd, offset, data, flags)
             if isinstance(got, int):

@@ -517,3 +517,179 @@ def test_threads_on_the_fast_paths_every_byte_checked_and_close(tmp_path: Path) 
     engine = dev._engine
     assert isinstance(engine, UringEngine)
     assert engine._ring.closed
+
+
+# -- the C fast path of the device (_uring.Fast) and the private rings' setup flags -------
+
+
+def test_private_ring_setup_flags_fall_back_when_refused(tmp_path: Path) -> None:
+    """A kernel without COOP_TASKRUN refuses it (EINVAL from io_uring_setup, faked
+    here): the private ring is set up without it and the I/O is the same."""
+    from daxfs.block import _uring
+
+    path = tmp_path / "f"
+    data = pattern(2 * BS, 5)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for refused, expected in ((0, _uring.SETUP_COOP_TASKRUN), (_uring.SETUP_COOP_TASKRUN, 0)):
+            old = _uring._refuse_setup_flags(refused)
+            try:
+                ring = _ring(4)
+                buf = bytearray(BS)
+                assert ring.rw(_uring.READV, fd, BS, [buf], 0) == BS
+                assert bytes(buf) == data[BS:]
+                assert ring.private_flags == expected
+                bufs = [bytearray(BS) for _ in range(2)]
+                items = [(0, bufs[0]), (BS, bufs[1])]
+                assert ring.rw_batch(_uring.READV, fd, items, 0, 2) == [BS, BS]
+                assert b"".join(bufs) == data
+                ring.close()
+            finally:
+                _uring._refuse_setup_flags(old)
+        # a refusal of every flag set a private ring tries is never faked for 0: the
+        # shared ring (no flags) is set up whatever is refused
+        old = _uring._refuse_setup_flags(0xFFFFFFFF)
+        try:
+            with open_block(tmp_path / "d.img", SIZE, create=True, engine="io_uring") as dev:
+                dev.write(0, _buffer(BS, True, 3))
+                back = mmap.mmap(-1, BS)
+                assert dev.readinto(0, back) == BS
+                assert bytes(back) == pattern(BS, 3)
+                assert dev._engine._ring.private_flags == 0  # type: ignore[attr-defined]
+        finally:
+            _uring._refuse_setup_flags(old)
+    finally:
+        os.close(fd)
+
+
+CASES = st.tuples(
+    st.one_of(
+        st.integers(-2, SIZE // 512 + 3).map(lambda s: s * 512),
+        st.integers(-10, SIZE + 10),
+        st.sampled_from([True, 0.0, None]),
+    ),
+    st.sampled_from(["mmap", "bytearray", "bytes", "words", "strided", "2d", "offset1"]),
+    st.integers(0, 10).map(lambda b: b * 512),
+    st.booleans(),  # write
+)
+
+
+def _case_buffer(kind: str, n: int) -> Any:
+    if kind == "mmap":
+        return mmap.mmap(-1, n) if n else bytearray()
+    if kind == "bytearray":
+        return bytearray(n)
+    if kind == "bytes":
+        return bytes(n)
+    if kind == "words":
+        return memoryview(mmap.mmap(-1, max(n, 4))).cast("I")
+    if kind == "strided":
+        return memoryview(bytearray(2 * n))[::2]
+    if kind == "2d":
+        return memoryview(mmap.mmap(-1, max(n, 2))).cast("B", (2, max(n, 2) // 2))
+    return memoryview(mmap.mmap(-1, n + BS))[1 : n + 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=CASES)
+def test_fast_path_checks_agree_with_plain(case: tuple[Any, str, int, bool]) -> None:
+    """``_uring.Fast`` takes exactly the requests the Python reference ``_plain``
+    calls plain (None for the others, before any I/O), and gives all their bytes."""
+    import tempfile
+
+    offset, kind, n, write = case
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        open_block(Path(tmp) / "d.img", SIZE, create=True, engine="io_uring") as dev,
+    ):
+        fast = dev._fast
+        assert fast is not None
+        buf = _case_buffer(kind, n)
+        try:
+            plain = dev._plain(offset, memoryview(buf), write)
+        except TypeError:
+            plain = False
+        before = fast.count
+        got = fast.write(dev.fd, offset, buf, 0) if write else fast.read(dev.fd, offset, buf)
+        if plain:
+            assert got == len(memoryview(buf).cast("B"))
+            assert fast.count == before + 1
+        else:
+            assert got is None
+            assert fast.count == before
+        batch = fast.read_many(dev.fd, [(offset, buf)])
+        if plain and not write:
+            assert batch == [got]
+        elif not write:
+            assert batch is None
+        assert fast.busy == 0
+
+
+def test_fast_path_kernel_eio_and_short_reads_reach_the_caller(tmp_path: Path) -> None:
+    """An EIO from the kernel (the descriptor swapped for /proc/self/mem, whose page
+    0 is never mapped) fails readinto and readinto_many with EIO naming the sector
+    and the path, counted once; a short read (the file shrunk) is IOFailure; the
+    fast path's calls all ended (busy 0) and the device still works."""
+    path = tmp_path / "d.img"
+    with open_block(path, SIZE, create=True, engine="io_uring") as dev:
+        fast = dev._fast
+        assert fast is not None
+        dev.write(0, _buffer(BS, True, 9))
+        mem = os.open("/proc/self/mem", os.O_RDONLY)
+        good_fd, dev.fd = dev.fd, mem
+        try:
+            errors = dev.statistics()["errors"]
+            with pytest.raises(OSError, match=r"read of 4096 bytes at sector 0 of .*d\.img") as a:
+                dev.readinto(0, mmap.mmap(-1, BS))
+            assert a.value.errno == errno.EIO
+            assert dev.statistics()["errors"] == errors + 1
+            with pytest.raises(OSError, match=r"at sector 8 of .*d\.img") as b:
+                dev.readinto_many([(8 * 512, mmap.mmap(-1, BS)), (0, mmap.mmap(-1, BS))])
+            assert b.value.errno == errno.EIO
+            assert dev.statistics()["errors"] == errors + 3
+        finally:
+            dev.fd = good_fd
+            os.close(mem)
+        assert fast.busy == 0
+        os.truncate(path, SIZE - BS // 2)
+        with pytest.raises(IOFailure, match=r"short read: 2048 of 4096 bytes"):
+            dev.readinto(SIZE - BS, mmap.mmap(-1, BS))
+        back = mmap.mmap(-1, BS)
+        assert dev.readinto_many([(0, back)]) == [BS]
+        assert bytes(back) == pattern(BS, 9)
+        assert fast.busy == 0
+        assert dev.statistics()["inflight"] == 0
+    assert fast.closed
+    with pytest.raises(RuntimeError):
+        fast.release()  # nothing to end
+    assert fast.read(good_fd, 0, mmap.mmap(-1, BS)) is None  # shut down: the caller's path
+
+
+def test_close_waits_for_a_fast_path_call(tmp_path: Path) -> None:
+    """close() shuts the fast path down and waits for a call blocked in the kernel
+    (a pipe's read); the call returns its bytes, later ones fail EBADF."""
+    r, w = os.pipe()
+    dev = open_block(tmp_path / "d.img", SIZE, create=True, engine="io_uring")
+    fast = dev._fast
+    assert fast is not None
+    got: list[Any] = []
+    buf = mmap.mmap(-1, BS)
+    reader = threading.Thread(target=lambda: got.append(fast.read(r, 0, buf)))
+    reader.start()
+    _wait_for(lambda: fast.busy == 1)
+    closer = threading.Thread(target=dev.close)
+    closer.start()
+    _wait_for(lambda: fast.closed)
+    assert closer.is_alive()  # waiting for the read
+    os.write(w, b"z" * BS)
+    reader.join(30)
+    closer.join(30)
+    assert not closer.is_alive()
+    assert got == [BS]
+    assert bytes(buf) == b"z" * BS
+    assert dev.closed
+    with pytest.raises(ClosedFile):
+        dev.readinto(0, buf)
+    os.close(r)
+    os.close(w)
