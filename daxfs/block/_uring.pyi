@@ -13,7 +13,6 @@ MAX_ENTRIES: int
 SETUP_COOP_TASKRUN: int
 
 def _refuse_setup_flags(mask: int, /) -> int: ...
-
 def misaligned(buffers: Sequence[Any], align: int, /) -> bool: ...
 
 class Ring:
