@@ -3,7 +3,10 @@
 Output: one line per problem (names escaped, so a line is a line), each
 ending "[repaired]" if --repair fixed it, then one summary line starting
 "clean: " or "NOT clean: " (docs/GUARANTEES.md, "What fsck checks, and what
-repair promises").
+repair promises").  An image a crash left with a committed transaction the
+next mount replays is checked as replayed, and says so in a first line
+("journal: holds committed transaction N ..., replayed at the next mount");
+that is not a problem.
 
 Exit status, in e2fsck's spirit: 0 when the filesystem is clean (with
 --repair: when every problem found was repaired and a fresh check of the

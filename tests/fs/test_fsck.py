@@ -155,14 +155,39 @@ def test_journal_pending_is_replayed_by_repair(dev: Device) -> None:
     with pytest.raises(PowerFailure):
         fs.mkdir("/newdir")
     crashed = dev.crash(seed=1)
+    image = crashed.read(0, crashed.size)
     report = fsck(crashed)
-    assert not report.complete
-    assert "not yet applied" in str(report)
+    # a crash's state, not damage: checked as the next mount will see it
+    assert report.clean, str(report)
+    assert report.replay_pending is not None
+    assert "replayed at the next mount" in str(report).splitlines()[0]
+    assert report.directories == 7  # the sample's 6 and the new /newdir
+    assert crashed.read(0, crashed.size) == image  # check-only: nothing written
     repaired = fsck(crashed, repair=True)
     assert repaired.journal_replayed
+    assert repaired.replay_pending is None
     assert repaired.clean, str(repaired)
     with daxfs.mount(crashed) as fs:
         assert fs.isdir("/newdir")
+    assert fsck(crashed).replay_pending is None
+
+
+def test_journal_pending_with_damage_under_it_is_reported(dev: Device) -> None:
+    """The private copy is checked as thoroughly as the device: damage the replay
+    does not touch is found (and the device is still not written)."""
+    ino = ino_of(dev, "/big/n150")  # an inode block the mkdir does not write
+    fs = daxfs.mount(dev)
+    dev.schedule_power_failure(3)
+    with pytest.raises(PowerFailure):
+        fs.mkdir("/newdir")
+    crashed = dev.crash(seed=1)
+    edit_inode(crashed, ino, blocks=5)
+    image = crashed.read(0, crashed.size)
+    report = fsck(crashed)
+    assert not report.clean
+    assert report.replay_pending is not None
+    assert any(f"inode {ino}: counts 5 blocks" in str(p) for p in report.problems), str(report)
+    assert crashed.read(0, crashed.size) == image
 
 
 def test_bitmap_checksum(dev: Device) -> None:

@@ -457,6 +457,9 @@ def test_kill_9_leaves_a_recoverable_image(image: str, mountpoint: str) -> None:
     writer.wait(60)
     subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False)
     done = daxfs_cli("fsck", image, "--no-progress", check=False)
-    assert done.returncode == 0, done.stdout  # recovery at the next mount: clean
+    # clean, also when the kill fell between the journal's commit point and its apply:
+    # fsck checks the image with that transaction replayed, as the next mount replays
+    # it (tests/crash/test_unmount.py reaches that window deterministically)
+    assert done.returncode == 0, done.stdout
     with daxfs.mount(image) as fs:
         assert len(fs.listdir("/")) > 0

@@ -32,9 +32,12 @@ Helpers the passes share: ``context.py`` (the run, the State the passes
 fill, Fix and Stage), ``salvage.py`` (what damaged structures may own, and
 the directories that can be rebuilt from them), ``entries.py`` (directory
 entries decoded as far as they go), ``fixes.py`` (one-record repairs),
-``report.py`` (Problem, Report).
+``report.py`` (Problem, Report), ``overlay.py`` (the private copy a
+check-only run replays a committed transaction onto, then checks).
 
-Pass 1 repairs on the spot (nothing can be read before it).  Passes 2 to 5
+Pass 1 repairs on the spot (nothing can be read before it); checking only,
+it replays a committed transaction onto a private copy, which the later
+passes check: the image as the next mount will see it.  Passes 2 to 5
 only *look*: each problem they find may carry a ``Fix``, and the driver
 (driver.py) applies the fixes after every pass has looked, in ``Stage``
 order: bitmap, inode table, inodes, entries, lists, lost+found.  Then it

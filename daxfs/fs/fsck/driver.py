@@ -15,7 +15,7 @@ from daxfs.fs.layout import Superblock
 from daxfs.fs.mount import build_layers
 from daxfs.fs.store import PmemStore
 from daxfs.fs.super import SuperState
-from daxfs.lifecycle import cleanup_after
+from daxfs.lifecycle import cleanup_after, run_all
 from daxfs.pmem.device import Device
 
 from .allocation import check_allocation
@@ -64,13 +64,18 @@ def fsck(
 
 def _run(device: Device, repair: bool, progress: Progress | None) -> Report:
     device.claim(True, "fsck")
+    ctx = Context(device, repair, progress)
+
+    def close_copy() -> None:  # the private copy of a check-only replay (overlay.py)
+        if ctx.device is not device:
+            ctx.device.close()
+
     try:
-        ctx = Context(device, repair, progress)
         _passes(ctx)
     except BaseException as exc:
-        cleanup_after(exc, device.unclaim)
+        cleanup_after(exc, close_copy, device.unclaim)
         raise
-    device.unclaim()
+    run_all([close_copy, device.unclaim])
     return ctx.report
 
 

@@ -44,6 +44,9 @@ class Report:
     blocks_used: int = 0
     block_count: int = 0
     journal_replayed: bool = False
+    #: a committed transaction the next mount replays (a crash's state, not damage):
+    #: a check-only fsck checked a private copy with it replayed; None: none
+    replay_pending: str | None = None
     complete: bool = True  # False when a pass could not run (e.g. no superblock)
 
     @property
@@ -58,6 +61,8 @@ class Report:
 
     def __str__(self) -> str:
         lines = [str(p) for p in self.problems]
+        if self.replay_pending is not None:
+            lines.insert(0, self.replay_pending)
         summary = (
             f"{self.files} files, {self.directories} directories, {self.symlinks} symlinks, "
             f"{self.blocks_used}/{self.block_count} blocks used"

@@ -8,9 +8,15 @@ replay the journal, restore one superblock from the other, restart sequence
 numbers that have run out.
 
 Checks
-  1. A committed transaction not yet applied is replayed (repair) or
-     reported (check only: the other passes are then skipped, since mount
-     would change what they look at); one that cannot be replayed is reported.
+  1. A committed transaction not yet applied (what a crash leaves between the
+     commit point and the end of the apply) is replayed: onto the device
+     (repair), or, checking only, onto a private copy of it (overlay.py), and
+     the other passes check that copy: the image as the next mount, which
+     replays it first, will see it.  The report says the replay awaits
+     (``Report.replay_pending``); it is not a problem.  Where no private copy
+     can be made (a device larger than overlay.COPY_LIMIT that cannot be
+     mapped privately) it is reported and the other passes are skipped.  One
+     that cannot be replayed is reported.
   2. Each superblock: magic, checksum, geometry (``Superblock.check_geometry``),
      zeros between its fields and its checksum (a journaled update of the
      counters packs zeros there, which would break a checksum over anything
@@ -51,13 +57,14 @@ from daxfs.fs.super import COUNTERS_START
 from daxfs.pmem.device import Device
 
 from .context import Context, Fix, Repairing, Stage
+from .overlay import PrivateCopy
 
 #: the superblock's bytes written only by mkfs (geometry, uuid, label, hash key)
 FIXED = COUNTERS_START
 
 
 def check_journal(ctx: Context, device: Device) -> bool:
-    """Checks 1 and 4.  False if the check cannot go on (a transaction awaits replay).
+    """Checks 1 and 4.  False if the check cannot go on.
 
     Raises:
         OSError: from the device only (the journal's own damage is reported).
@@ -91,15 +98,31 @@ def check_journal(ctx: Context, device: Device) -> bool:
             return True
         what = f"holds committed transaction {pending.seq} ({pending.nrecords} records)"
         if not ctx.repair:
-            ctx.problem("journal", f"{what} not yet applied: mount or fsck --repair replays it")
-            ctx.report.complete = False
-            return False
+            return replay_privately(ctx, device, geometry, what)
         journal.recover()
         ctx.report.journal_replayed = True
         ctx.problem("journal", f"{what}, now replayed").repaired = True
         return True
     finally:
         store.close()
+
+
+def replay_privately(ctx: Context, device: Device, geometry: Superblock, what: str) -> bool:
+    """Check 1 without repair: replay onto a private copy, which the later passes
+    check (``ctx.device`` becomes it); False if no copy can be made."""
+    copy = PrivateCopy.of(device)
+    if copy is None:
+        ctx.problem("journal", f"{what} not yet applied: mount or fsck --repair replays it")
+        ctx.report.complete = False
+        return False
+    ctx.device = copy  # the driver closes it at the end of the run
+    store = PmemStore(copy, geometry.block_count)
+    try:
+        Journal(store, geometry.journal_start, geometry.journal_blocks).recover()
+    finally:
+        store.close()
+    ctx.report.replay_pending = f"journal: {what}, replayed at the next mount (checked as replayed)"
+    return True
 
 
 def reset_journal(store: PmemStore, journal_start: int) -> None:
