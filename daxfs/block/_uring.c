@@ -6,10 +6,13 @@
  * -------------------
  * Ring(entries) sets up a submission and a completion queue of ``entries``
  * (the engine's queue depth).  Any thread may call submit(token, opcode, fd,
- * offset, buffers, length, flags): with the GIL held it takes a Py_buffer of
- * every buffer (writable for a read) and builds the iovecs; then, with the
- * GIL released and under the submission lock, it fills one SQE and calls
- * io_uring_submit.  One thread at a time calls reap(): with the GIL released
+ * offset, buffers, length, flags[, defer]): with the GIL held it takes a
+ * Py_buffer of every buffer (writable for a read) and builds the iovecs;
+ * then, with the GIL released and under the submission lock, it fills one
+ * SQE and calls io_uring_submit -- unless ``defer``: the SQE stays queued
+ * until the next submit, flush() or reap() (which submits what is queued
+ * before it waits), so that the leader's new SQEs of a batch of completions
+ * cost one system call.  One thread at a time calls reap(): with the GIL released
  * and under the completion lock it waits for at least one CQE and takes every
  * CQE ready (a batch); with the GIL back it releases the buffers of each and
  * returns [(token, result)], the result being the CQE's res (bytes moved, or
@@ -31,6 +34,10 @@
  * naming errors is the caller's (daxfs.block.uring).  A private ring is used
  * by one thread at a time, so its CQEs are its own: no leader, no locks
  * around the kernel calls.
+ *
+ * Fast(ring, ...): a block device's plain reads and writes (and batches of
+ * reads) checked and done on the Ring's private rings in one call; see its
+ * comment below.
  *
  * Opcodes: NOP (0), READV (1), WRITEV (2; flags are the RWF_* rw_flags),
  * FDATASYNC (3), FALLOCATE (4; flags are the mode, length the bytes).
@@ -219,6 +226,23 @@ req_build(PyObject *token, PyObject *seq, int writable)
     return req;
 }
 
+/* io_uring_submit of the SQEs queued on the shared ring (caller holds sq_lock, GIL
+ * released); a failure marks the ring broken.  0 or -errno. */
+static int
+shared_flush(Ring *self)
+{
+    int ret = 0;
+    for (int tries = 0;; tries++) {
+        ret = io_uring_submit(&self->ring);
+        if (ret >= 0 || !(ret == -EINTR || ret == -EAGAIN || ret == -EBUSY) || tries > 1000)
+            break;
+        sched_yield(); /* EAGAIN/EBUSY: the kernel is short of resources for a moment */
+    }
+    if (ret < 0)
+        self->broken = 1;
+    return ret < 0 ? ret : 0;
+}
+
 static PyObject *
 ring_submit(Ring *self, PyObject *args)
 {
@@ -226,8 +250,9 @@ ring_submit(Ring *self, PyObject *args)
     int opcode, fd;
     long long offset, length;
     unsigned int flags;
-    if (!PyArg_ParseTuple(args, "OiiLOLI:submit", &token, &opcode, &fd, &offset, &buffers,
-                          &length, &flags))
+    int defer = 0;
+    if (!PyArg_ParseTuple(args, "OiiLOLI|p:submit", &token, &opcode, &fd, &offset, &buffers,
+                          &length, &flags, &defer))
         return NULL;
     if (opcode < OP_NOP || opcode > OP_FALLOCATE)
         return PyErr_Format(PyExc_ValueError, "unknown opcode %d", opcode);
@@ -282,14 +307,8 @@ ring_submit(Ring *self, PyObject *args)
         io_uring_sqe_set_data(sqe, req);
         published = 1;
         self->inflight++;
-        for (int tries = 0;; tries++) {
-            ret = io_uring_submit(&self->ring);
-            if (ret >= 0 || !(ret == -EINTR || ret == -EAGAIN || ret == -EBUSY) || tries > 1000)
-                break;
-            sched_yield(); /* EAGAIN/EBUSY: the kernel is short of resources for a moment */
-        }
-        if (ret < 0)
-            self->broken = 1;
+        if (!defer)
+            ret = shared_flush(self);
     }
     pthread_mutex_unlock(&self->sq_lock);
     Py_END_ALLOW_THREADS
@@ -299,6 +318,21 @@ ring_submit(Ring *self, PyObject *args)
         /* else: the SQE is in the ring and may still be executed; its buffers stay held */
         return errno_errorf(-ret, "io_uring_submit");
     }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ring_flush(Ring *self, PyObject *Py_UNUSED(ignored))
+{
+    int ret = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->sq_lock);
+    if (self->ready && !self->broken && io_uring_sq_ready(&self->ring))
+        ret = shared_flush(self);
+    pthread_mutex_unlock(&self->sq_lock);
+    Py_END_ALLOW_THREADS
+    if (ret < 0)
+        return errno_errorf(-ret, "io_uring_submit");
     Py_RETURN_NONE;
 }
 
@@ -315,7 +349,12 @@ ring_reap(Ring *self, PyObject *Py_UNUSED(ignored))
     } else {
         self->reaping = 1;
         struct io_uring_cqe *cqe;
-        ret = io_uring_wait_cqe(&self->ring, &cqe);
+        pthread_mutex_lock(&self->sq_lock); /* deferred SQEs go before the wait for them */
+        if (io_uring_sq_ready(&self->ring))
+            ret = shared_flush(self);
+        pthread_mutex_unlock(&self->sq_lock);
+        if (ret == 0)
+            ret = io_uring_wait_cqe(&self->ring, &cqe);
         if (ret == 0) {
             struct io_uring_cqe *cqes[REAP_BATCH];
             n = io_uring_peek_batch_cqe(&self->ring, cqes, REAP_BATCH);
@@ -753,9 +792,12 @@ ring_drain(Ring *self)
 {
     while (self->inflight > 0) {
         struct io_uring_cqe *cqe;
-        int ret;
+        int ret = 0;
         Py_BEGIN_ALLOW_THREADS
-        ret = io_uring_wait_cqe(&self->ring, &cqe);
+        if (io_uring_sq_ready(&self->ring))
+            ret = shared_flush(self); /* deferred SQEs: submitted, so that they complete */
+        if (ret == 0)
+            ret = io_uring_wait_cqe(&self->ring, &cqe);
         Py_END_ALLOW_THREADS
         if (ret == -EINTR)
             continue;
@@ -871,7 +913,10 @@ ring_dealloc(Ring *self)
 
 static PyMethodDef ring_methods[] = {
     {"submit", (PyCFunction)ring_submit, METH_VARARGS,
-     "submit(token, opcode, fd, offset, buffers, length, flags): start one request"},
+     "submit(token, opcode, fd, offset, buffers, length, flags, defer=False): start one "
+     "request (deferred: queued, submitted by the next submit or reap)"},
+    {"flush", (PyCFunction)ring_flush, METH_NOARGS,
+     "flush(): submit the deferred requests (GIL released)"},
     {"reap", (PyCFunction)ring_reap, METH_NOARGS,
      "reap() -> [(token, res)]: wait for at least one completion (GIL released)"},
     {"rw", (PyCFunction)ring_rw, METH_VARARGS,

@@ -26,8 +26,10 @@ class Ring:
         buffers: Sequence[Any],
         length: int,
         flags: int,
+        defer: bool = False,
         /,
     ) -> None: ...
+    def flush(self) -> None: ...
     def reap(self) -> list[tuple[Any, int]]: ...
     def rw(
         self, opcode: int, fd: int, offset: int, buffers: Sequence[Any], flags: int, /

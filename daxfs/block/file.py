@@ -30,14 +30,19 @@ The engine is io_uring where it can be set up (daxfs.block.uring), else a
 thread pool of preadv/pwritev (same interface); ``engine`` names it, with
 "O_DIRECT" or "buffered", and ``engine_reason`` says why.
 
-The synchronous fast path (io_uring only): ``readinto``, ``write`` and a
-synchronous bio (``_run``) that need no split, bounce buffer, PREFLUSH or
-plug are executed in the calling thread on one of the engine's private rings
-(``UringEngine.transfer``: one io_uring_submit_and_wait), without a Request
-reaching the engine's shared ring; ``readinto_many`` does its reads in one
-``UringEngine.run_batch`` (queue_depth in flight, refilled and reaped in C).
-They count in ``statistics()['inline']``.  Anything else takes the bio path,
-which stays the reference (the thread-pool engine always takes it).
+The synchronous fast path (io_uring only): ``readinto``, ``write`` and
+``readinto_many`` of plain requests (no split, bounce buffer or plug; see
+``_plain``, the Python reference of the checks) are one call of the C
+extension's ``_uring.Fast`` (``self._fast``): the checks, then the I/O on
+one of the engine's private rings (one io_uring_submit_and_wait; a batch
+queue_depth deep, refilled and reaped in C), the GIL released while
+waiting, no Request reaching the engine's shared ring.  A request it does
+not take returns None before any I/O and goes the bio path; one that falls
+short comes back to Python (``_fast_failed``: continued, or its error
+named).  A synchronous bio (``_run``) that fits goes ``_inline``
+(``UringEngine.transfer``, the same private rings).  They count in
+``statistics()['inline']``.  Anything else takes the bio path, which stays
+the reference (the thread-pool engine always takes it).
 
 Invariants
   1. The file descriptor lives from open until ``close()``, which first waits

@@ -20,7 +20,12 @@ reference:
                      zeros, 1 MiB per SQE.
     datasync_after   an fdatasync SQE once the op succeeded, then completion.
 
-Threading: any thread submits (the C submission lock orders them).
+Threading: any thread submits (the C submission lock orders them); the
+leader's submissions (a continuation, a ``done`` callback's new op -- the
+next read of an ``end_io`` chain) are *deferred*: queued in the ring and
+submitted with one system call when the leader flushes, before it steps
+down, or by the next ``reap`` before it waits (``Ring.submit(..., defer)``,
+``Ring.flush``).
 Completions are reaped by whoever waits, one thread at a time (the
 *leader*, leader/follower): a thread that will wait for its own op says so
 first (``poll_begin``, before submitting), then ``poll_until(done)`` makes it
@@ -239,26 +244,37 @@ class UringEngine(IoEngine):
             if op.kind in _RW and not task.total:
                 # nothing to move (preadv of nothing returns 0): a NOP, so that done
                 # still runs on the completion thread
-                self._ring.submit(task, _uring.NOP, -1, 0, (), 0, 0)
+                self._ring.submit(task, _uring.NOP, -1, 0, (), 0, 0, leading)
             else:
-                self._submit_main(task)
+                self._submit_main(task, leading)
         except BaseException:
             self._release()
             raise
 
-    def _submit_main(self, task: _Task) -> None:
+    def _submit_main(self, task: _Task, defer: bool = True) -> None:
+        """The op's (next) SQE; ``defer`` (the leader: a continuation, or a ``done``
+        callback's new op) queues it for the leader's flush before it steps down or
+        waits, so that one system call submits a batch's new SQEs."""
         op = task.op
         kind = op.kind
+        ring = self._ring
         if kind is IoKind.READV:
-            self._ring.submit(task, _uring.READV, op.fd, op.offset + task.moved, task.views, 0, 0)
+            ring.submit(task, _uring.READV, op.fd, op.offset + task.moved, task.views, 0, 0, defer)
         elif kind is IoKind.WRITEV:
-            self._ring.submit(
-                task, _uring.WRITEV, op.fd, op.offset + task.moved, task.views, 0, task.rw_flags
+            ring.submit(
+                task,
+                _uring.WRITEV,
+                op.fd,
+                op.offset + task.moved,
+                task.views,
+                0,
+                task.rw_flags,
+                defer,
             )
         elif kind is IoKind.FDATASYNC:
-            self._ring.submit(task, _uring.FDATASYNC, op.fd, 0, (), 0, 0)
+            ring.submit(task, _uring.FDATASYNC, op.fd, 0, (), 0, 0, defer)
         else:
-            self._ring.submit(task, _uring.FALLOCATE, op.fd, op.offset, (), op.length, op.flags)
+            ring.submit(task, _uring.FALLOCATE, op.fd, op.offset, (), op.length, op.flags, defer)
 
     def _submit_zeros(self, task: _Task) -> None:
         global _zeros
@@ -266,7 +282,9 @@ class UringEngine(IoEngine):
             _zeros = mmap.mmap(-1, _ZERO_CHUNK, prot=mmap.PROT_READ)
         n = min(task.op.length - task.moved, _ZERO_CHUNK)
         offset = task.op.offset + task.moved
-        self._ring.submit(task, _uring.WRITEV, task.op.fd, offset, [memoryview(_zeros)[:n]], 0, 0)
+        self._ring.submit(
+            task, _uring.WRITEV, task.op.fd, offset, [memoryview(_zeros)[:n]], 0, 0, True
+        )
 
     # -- synchronous calls on private rings (invariant 5) ------------------------------
 
@@ -521,12 +539,15 @@ class UringEngine(IoEngine):
         try:
             self._reap_batch()
         finally:
-            with self._cv:
-                self._leader = None
-                if self._sleepers:
-                    self._cv.notify_all()
-                if self._pending and (not self._intents or self._slot_waiters):
-                    self._wake_background()
+            try:
+                self._ring.flush()  # the batch's deferred SQEs, before stepping down
+            finally:
+                with self._cv:
+                    self._leader = None
+                    if self._sleepers:
+                        self._cv.notify_all()
+                    if self._pending and (not self._intents or self._slot_waiters):
+                        self._wake_background()
 
     def _reap_batch(self) -> None:
         """Complete what was reaped and not yet completed (a nested call finds the
@@ -609,7 +630,7 @@ class UringEngine(IoEngine):
             task.sync_after = False
             task.phase = "sync"
             task.result = result
-            self._ring.submit(task, _uring.FDATASYNC, task.op.fd, 0, (), 0, 0)
+            self._ring.submit(task, _uring.FDATASYNC, task.op.fd, 0, (), 0, 0, True)
             return
         self._end(task, result)
 

@@ -909,3 +909,82 @@ def test_a_completion_waiting_for_an_op_reaped_in_the_same_batch() -> None:
         engine.close()
         os.close(r)
         os.close(w)
+
+
+@needs_uring
+def test_deferred_submissions_go_before_a_wait_a_flush_or_a_drop() -> None:
+    """``submit(..., defer=True)`` only queues the SQE: reap() submits it before it
+    waits (no reaper waits forever for a request the kernel never saw), flush()
+    submits it, and a ring dropped with one queued submits it and waits for it."""
+    from daxfs.block import _uring
+
+    r, w = os.pipe()
+    try:
+        ring = _uring.Ring(4)
+        buf = bytearray(4)
+        os.write(w, b"abcd")
+        ring.submit("a", _uring.READV, r, 0, [buf], 0, 0, True)
+        assert ring.inflight == 1
+        assert ring.reap() == [("a", 4)]
+        assert bytes(buf) == b"abcd"
+        ring.submit("b", _uring.NOP, -1, 0, (), 0, 0, True)
+        ring.submit("c", _uring.NOP, -1, 0, (), 0, 0, True)
+        ring.flush()
+        got: list[tuple[Any, int]] = []
+        while len(got) < 2:
+            got.extend(ring.reap())
+        assert sorted(got) == [("b", 0), ("c", 0)]
+        ring.submit(None, _uring.READV, r, 0, [buf], 0, 0, True)
+        os.write(w, b"wxyz")
+        del ring
+        gc.collect()
+        assert bytes(buf) == b"wxyz"
+        buf.extend(b"!")  # no export left
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@needs_uring
+def test_end_io_chains_keep_their_depth_with_deferred_submission(tmp_path: Path) -> None:
+    """Each read's end_io submits the next (on the leader: deferred, flushed when
+    the batch is done): 400 reads at depth 8 all complete with the right bytes,
+    and a synchronous read between them (a polling leader) still returns."""
+    path = tmp_path / "d.img"
+    size = 1 << 20
+    data = random.Random(7).randbytes(size)
+    path.write_bytes(data)
+    with open_block(path, engine="io_uring", queue_depth=8) as dev:
+        rng = random.Random(3)
+        lock = threading.Lock()
+        left = [400]
+        bad: list[str] = []
+        finished = threading.Event()
+
+        def start() -> None:
+            offset = rng.randrange(size // 4096) * 4096
+            buf = mmap.mmap(-1, 4096)
+            dev.submit_bio(Bio(BioOp.READ, offset >> 9, [buf], end_io=end_io, private=offset))
+
+        def end_io(bio: Bio) -> None:
+            offset = bio.private
+            assert isinstance(offset, int)
+            if bio.status is not None or bytes(bio.segments[0]) != data[offset : offset + 4096]:
+                bad.append(f"offset {offset}: {bio.status}")
+            with lock:
+                left[0] -= 1
+                more = left[0] >= 8 and bio.status is None
+                if left[0] == 0:
+                    finished.set()
+            if more:
+                start()
+
+        for _ in range(8):
+            start()
+        probe = bytearray(4097)
+        bounced = Bio(BioOp.READ, 0, [memoryview(probe)[1:]])  # misaligned: not inline
+        assert dev._run(bounced) == 4096  # polled by this thread while the chain runs
+        assert bytes(probe[1:]) == data[:4096]
+        assert finished.wait(60)
+        assert not bad, bad[:3]
+        assert dev.statistics()["inflight"] == 0
