@@ -37,7 +37,9 @@ next-fit cursor (the end of the previous allocation)::
 *The free-extent index* (daxfs.fs.freeindex) is a cache of the committed
 bitmap's free runs, built lazily one bitmap block at a time.  ``alloc`` and
 ``free`` note T's runs (``_Pending``); T's on-commit callback applies them to
-the index, and an abort drops them (invariant 7).
+the index, and an abort drops them (invariant 7).  A transaction that makes no
+more allocation or free may apply them before it commits (``settle``: the
+copy-on-write path does, while its copy runs); an abort then drops the index.
 
 Search never loops over bits in Python.  The combined (T | committed) words of a
 chunk of bitmap blocks (one block, then twice as many each step, up to
@@ -93,7 +95,8 @@ Invariants
      ``freeindex.MAX_RUNS`` runs, plus 9 bytes per bitmap block.
   7. Between transactions the free-extent index equals the committed bitmap
      (``check_index``); a transaction's allocations and frees reach it only
-     when it commits.
+     when it commits, or (``settle``) once it makes no more, and then an abort
+     drops the whole index.
 
 Caveats
   - The allocator is the only writer of bitmap blocks.
@@ -236,9 +239,7 @@ class Allocator:
         Raises:
             Corrupted (EUCLEAN): as said, or a bitmap block fails its checksum.
         """
-        if start < self._lo or end > self._hi:
-            bad = start if not self._lo <= start < self._hi else self._hi
-            raise Corrupted(f"freeing block {bad}: outside the data area [{self._lo}, {self._hi})")
+        self._check_range(start, end)
         for k, i, j in _segments(start, end):
             self._verify(k, k + 1)
             bit = _mismatch(tx.read(self._bm0 + k), i, j, used=True)
@@ -301,8 +302,12 @@ class Allocator:
         is available (or ``count`` exceeds a group): then ``alloc`` (several runs)
         and ``free`` are the way.  ``found(first)``, if given, is called as soon as
         the new run is chosen and marked in use in ``tx``'s bitmap (checked free
-        there), before the old run is freed: the copy-on-write path starts its copy
-        into the run there.
+        there), before the old run is checked and freed: the copy-on-write path
+        starts its copy into the run there, so that the copy runs on another core
+        while this one does the rest (the old run's check included).  If that
+        check fails, the new run is unmarked again before Corrupted is raised;
+        the caller's transaction then aborts, which joins the copy (a copy into
+        blocks that are free in both views harms nothing).
 
         Raises:
             NoSpace (ENOSPC): fewer than ``count`` blocks are available to ``tx``;
@@ -314,13 +319,14 @@ class Allocator:
         assert tx.state == "open", "caller must hold an open transaction"
         assert count > 0, f"cannot move {count} blocks"
         end = start + count
-        self._check_freeable(tx, start, end)  # invariant 3: check before changing
+        self._check_range(start, end)
         self._check_available(tx, count)
-        if count > BPB:
-            return None
         pending = self._pending(tx)
-        first = self._indexed_run(self._start(goal), count, pending.taken)  # as alloc
+        first = None
+        if count <= BPB:
+            first = self._indexed_run(self._start(goal), count, pending.taken)  # as alloc
         if first is None:
+            self._check_freeable(tx, start, end)  # what it raises, move raises too
             return None
         new_end = first + count
         bm0 = self._bm0
@@ -329,13 +335,43 @@ class Allocator:
             assert hit is None, f"moving to block {k * BPB + hit}, which is in use"
         if found is not None:
             found(first)  # the run is free in the bitmap (checked), and now taken
-        for k, i, j in _segments(start, end):
-            _flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, used=False)  # checked above
+        try:
+            self._clear_in_use(tx, start, end)  # checks each bit as it clears it
+        except Corrupted:
+            for k, i, j in _segments(first, new_end):  # invariant 3: nothing changed
+                _flip(tx.write(bm0 + k), i, j, used=False)
+            raise
         pending.release(start, end)
         pending.taken.append((first, new_end))
         tx.scratch[_FREED] = tx.scratch.get(_FREED, 0) + count
         self._cursor = new_end if new_end < self._hi else self._lo
         return first
+
+    def _check_range(self, start: int, end: int) -> None:
+        """Raise Corrupted unless blocks ``[start, end)`` lie in the data area."""
+        if start < self._lo or end > self._hi:
+            bad = start if not self._lo <= start < self._hi else self._hi
+            raise Corrupted(f"freeing block {bad}: outside the data area [{self._lo}, {self._hi})")
+
+    def _clear_in_use(self, tx: Transaction, start: int, end: int) -> None:
+        """Clear the bits of blocks ``[start, end)`` (in the data area) in ``tx``'s
+        bitmap, checking that each was set: ``_check_freeable`` and ``_mark(used=False)``
+        in one pass.  On a bit already clear, the bits cleared so far are set again.
+
+        Raises:
+            Corrupted (EUCLEAN): a block is already free (named), or a bitmap block
+                fails its checksum; nothing changed.
+        """
+        bm0 = self._bm0
+        done: list[tuple[int, int, int]] = []
+        for k, i, j in _segments(start, end):
+            self._verify(k, k + 1)
+            hit = _flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, used=False)
+            if hit is not None:
+                for dk, di, dj in done:
+                    _flip(tx.write(bm0 + dk), di, dj, used=True)
+                raise Corrupted(f"freeing block {k * BPB + hit}, which is already free")
+            done.append((k, i, j))
 
     def alloc_one(self, tx: Transaction, goal: int | None = None) -> int:
         """Allocate one block in ``tx``, at or after ``goal`` if possible.
@@ -396,7 +432,28 @@ class Allocator:
         if pending is None:
             pending = tx.scratch[_PENDING] = _Pending()
             tx.on_commit(lambda: pending.apply(self.index))
+        assert not pending.settled, "an allocation or free after settle()"
         return pending
+
+    def settle(self, tx: Transaction) -> None:
+        """Apply ``tx``'s runs to the free-extent index now instead of when it commits.
+
+        For a caller whose transaction makes no more allocation or free (asserted)
+        and then commits at once: the copy-on-write path (DataPath._cow_blocks)
+        settles while its copy still runs on another core, so that the index work
+        is not left for after the copy.  Nothing in ``tx`` searches the index
+        after this, so the runs it freed cannot be handed out by it (the "two
+        views" rule).  If ``tx`` aborts instead, the index, which now shows what
+        the commit would have made, is dropped (``FreeIndex.invalidate``: rebuilt
+        from the committed bitmap group by group on the next searches), so that
+        between transactions it still equals the committed bitmap (invariant 7).
+        """
+        pending = self._pending(tx)
+        pending.apply(self.index)
+        pending.taken = []
+        pending.freed = []
+        pending.settled = True
+        tx.on_abort(self.index.invalidate)
 
     def _load_committed(self, k: int) -> Words:
         """The committed words of bitmap block k, crc checked (for the index)."""
@@ -658,11 +715,13 @@ class _Pending:
     a block it freed (module docstring, "Two views").
     """
 
-    __slots__ = ("freed", "taken")
+    __slots__ = ("freed", "settled", "taken")
 
     def __init__(self) -> None:
         self.taken: Runs = []
         self.freed: Runs = []
+        #: applied to the index before the commit (Allocator.settle): no more changes
+        self.settled = False
 
     def release(self, start: int, end: int) -> None:
         """Blocks ``[start, end)`` were freed in the transaction."""

@@ -483,6 +483,9 @@ class DataPath:
         if end > rec.size:
             rec.size = end
         rec.mtime_ns = rec.ctime_ns = now_ns()
+        # no more allocation or free in tx: the index learns its runs now, while the
+        # copy runs, not after the commit (an abort drops the index instead)
+        self.alloc.settle(tx)
         return True
 
     def _write_in_pieces(

@@ -278,3 +278,97 @@ def test_goal_from_the_cached_extent_is_the_goal_from_the_map(dev: SimulatedPmem
                 checked += 1
     assert checked >= 512
     fs.unmount()
+
+
+def test_move_starts_the_copy_before_it_checks_the_old_run(dev: SimulatedPmem) -> None:
+    """``found`` runs once the new run is marked, before the old run is checked: when
+    that check fails, the new run is unmarked again and nothing has changed."""
+    fs = daxfs.mount(dev)
+    alloc = fs.alloc
+    with fs.journal.begin() as tx:
+        ((old, count),) = alloc.alloc(tx, 100)
+    with fs.journal.begin() as tx:
+        alloc.free(tx, old + 40, 10)  # a hole in the middle of the old run
+        free = alloc.count_free(tx)
+        started: list[tuple[int, bool]] = []
+        with pytest.raises(Corrupted, match=f"freeing block {old + 40}, which is already free"):
+            alloc.move(
+                tx, old, count, found=lambda b: started.append((b, alloc.is_allocated(tx, b)))
+            )
+        assert len(started) == 1
+        new, marked = started[0]
+        assert marked  # the run was taken when the copy would start
+        assert not alloc.is_allocated(tx, new)  # and given back
+        assert alloc.count_free(tx) == free
+        assert alloc.is_allocated(tx, old)  # unchanged
+        assert alloc.is_allocated(tx, old + 39)
+        assert alloc.is_allocated(tx, old + 50)
+        tx.abort()
+    alloc.check_index()
+    fs.unmount()
+
+
+def test_the_index_learns_a_copy_on_write_before_the_commit(
+    dev: SimulatedPmem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DataPath._cow_blocks settles the allocator's runs into the free-extent index
+    before the commit (Allocator.settle): after the commit the index holds the old run
+    free and the new one taken, without a rebuild; an abort after the settle drops
+    the index instead, and it is rebuilt right from the committed bitmap."""
+    fs = daxfs.mount(dev)
+    contiguous(512)(fs)
+    inode = fs.itable.get(fs.stat("/f").st_ino)
+    settled: list[bool] = []
+    settle = Allocator.settle
+
+    def watched(alloc: Allocator, tx: object) -> None:
+        settle(alloc, tx)  # type: ignore[arg-type]
+        settled.append(tx is fs.journal.current())
+
+    monkeypatch.setattr(Allocator, "settle", watched)
+    with fs.open("/f", "rb+", buffering=0) as f:
+        f.pwrite(pattern(PIECE, 1), 0)
+    assert settled == [True]
+    index = fs.alloc.index
+    built = index.built
+    assert built  # kept, not dropped
+    (old,) = [e for e in fs.maps.extents(fs.store, inode) if e.lblk == 0]
+    fs.alloc.check_index()
+    assert index.disagreements == 0
+    # an abort after the settle (the commit fails before its commit point)
+    seq = fs.journal.seq
+
+    def failing_commit(*args: object) -> bool:
+        raise OSError(5, "planted failure before the commit point")
+
+    committer = fs.journal.committer
+    assert committer is not None
+    with monkeypatch.context() as m:
+        m.setattr(fs.journal, "committer", None)
+        m.setattr(fs.store, "drain", failing_commit)
+        with fs.open("/f", "rb+", buffering=0) as f, pytest.raises(OSError, match="planted"):
+            f.pwrite(pattern(PIECE, 2), 0)
+    assert fs.journal.seq == seq
+    assert len(settled) == 2
+    assert index.built == []  # dropped by the abort
+    fs.alloc.check_index()
+    with fs.open("/f", "rb+", buffering=0) as f:
+        assert f.read(PIECE) == pattern(PIECE, 1)
+        f.pwrite(pattern(PIECE, 3), 0)  # the index is rebuilt from the bitmap
+    assert [e for e in fs.maps.extents(fs.store, inode) if e.lblk == 0] != [old]
+    fs.alloc.check_index()
+    fs.unmount()
+    assert fsck(dev).clean
+
+
+def test_no_allocation_after_settle(dev: SimulatedPmem) -> None:
+    fs = daxfs.mount(dev)
+    alloc = fs.alloc
+    with fs.journal.begin() as tx:
+        alloc.alloc(tx, 10)
+        alloc.settle(tx)
+        with pytest.raises(AssertionError, match="after settle"):
+            alloc.alloc(tx, 10)
+        tx.abort()
+    alloc.check_index()
+    fs.unmount()
