@@ -755,12 +755,17 @@ class _Pending:
         the next search), never raised over a transaction that is durable already;
         ``Allocator.check_index`` is how tests catch such a disagreement.
         """
-        if not (
-            all(index.remove(start, end) for start, end in self.taken)
-            and all(index.add(start, end) for start, end in self.freed)
-        ):
-            index.disagreements += 1
-            index.invalidate()
+        for start, end in self.taken:
+            if not index.remove(start, end):
+                break
+        else:
+            for start, end in self.freed:
+                if not index.add(start, end):
+                    break
+            else:
+                return
+        index.disagreements += 1
+        index.invalidate()
 
 
 # --------------------------------------------------------------------------- run finding

@@ -209,7 +209,8 @@ class BlockMaps:
     def _store_inline(self, tx: Transaction, inode: Inode, extents: list[Extent]) -> None:
         rec = self.itable.dirty(tx, inode)
         assert len(extents) <= rec.extent_room, f"{len(extents)} extents inline"
-        raw = b"".join(EXTENT.pack(e.lblk, e.pblk, e.length, e.flags) for e in extents)
+        pack = EXTENT.pack
+        raw = b"".join([pack(e.lblk, e.pblk, e.length, e.flags) for e in extents])
         # the inline xattrs (at the end of the extent area) and the xattr block (the
         # area's last 8 bytes, layout.XATTR_PTR) are kept
         at = self._xattrs_at(rec)

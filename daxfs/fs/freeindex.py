@@ -94,10 +94,15 @@ class FreeIndex:
         self.hi = hi
         self._load = load
         self.max_runs = max_runs
+        # ``longest`` and ``edge`` are numpy views of an array and a bytearray: a search
+        # compares all groups at once through numpy, the changes of one group (add,
+        # remove: every commit) go through the plain Python objects, which is faster
+        self._longest = array("q", [-1]) * groups
+        self._edge = bytearray(groups)
         #: upper bound of the longest run of each built group; -1: not built
-        self.longest: npt.NDArray[np.int64] = np.full(groups, -1, dtype=np.int64)
+        self.longest: npt.NDArray[np.int64] = np.frombuffer(self._longest, dtype=np.int64)
         #: whether each built group's last run reaches its top edge
-        self.edge: npt.NDArray[np.bool_] = np.zeros(groups, dtype=np.bool_)
+        self.edge: npt.NDArray[np.bool_] = np.frombuffer(self._edge, dtype=np.bool_)
         self._groups: OrderedDict[int, _Group] = OrderedDict()  # least recently used first
         self.runs = 0
         #: commits whose changes the index did not hold as it should (it was dropped)
@@ -122,18 +127,19 @@ class FreeIndex:
         g = _Group(array("q", starts.tobytes()), array("q", ends.tobytes()))
         self._groups[k] = g
         self.runs += len(g.starts)
-        self.longest[k] = int((ends - starts).max()) if len(starts) else 0
+        self._longest[k] = int((ends - starts).max()) if len(starts) else 0
         self._set_edge(k, g)
         while self.runs > self.max_runs and len(self._groups) > 1:
             old, dropped = self._groups.popitem(last=False)
             self.runs -= len(dropped.starts)
-            self.longest[old] = -1
-            self.edge[old] = False
+            self._longest[old] = -1
+            self._edge[old] = False
         return g
 
     def _set_edge(self, k: int, g: _Group) -> None:
-        top = self._bounds(k)[1]
-        self.edge[k] = bool(g.ends) and g.ends[-1] == top and top < self.hi
+        top = (k + 1) * BPB  # the group's top, unless the data area ends first
+        ends = g.ends
+        self._edge[k] = top < self.hi and bool(ends) and ends[-1] == top
 
     def _scan(self, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """The free runs of group k in the committed bitmap (numpy, one pass)."""
@@ -182,7 +188,7 @@ class FreeIndex:
         i = bisect_right(ends, pos)  # the first run ending after pos
         n = len(starts)
         best = 0
-        top = self._bounds(k)[1]
+        glo, top = self._bounds(k)
         while i < n:
             s, e = starts[i], ends[i]
             if s >= end:
@@ -196,15 +202,14 @@ class FreeIndex:
                 if found is not None:
                     return found
             i += 1
-        glo, ghi = self._bounds(k)
-        if pos <= glo and end >= ghi and not taken and k in self._groups:
+        if pos <= glo and end >= top and not taken and k in self._groups:
             # the whole group was searched: exact (unless _reach's builds dropped it)
-            self.longest[k] = best
+            self._longest[k] = best
         return None
 
     def _reach(self, k: int, e: int, end: int) -> int:
         """Where a free run that reaches group k's top edge at ``e`` ends, up to ``end``."""
-        while e < end and k + 1 < len(self.longest) and e == (k + 1) * BPB:
+        while e < end and k + 1 < len(self._longest) and e == (k + 1) * BPB:
             k += 1
             g = self._group(k)
             if not g.starts or g.starts[0] != e:
@@ -232,24 +237,32 @@ class FreeIndex:
         False, with the index left for ``invalidate``, if the index does not hold
         them as free (it disagrees with the bitmap: a bug, and only a cache's).
         """
-        for g, k, s, e in self._pieces(start, end):
-            i = bisect_right(g.starts, s) - 1
-            if i < 0 or g.ends[i] < e:
-                return False
-            rs, re = g.starts[i], g.ends[i]
-            if rs == s and e == re:  # the whole run
-                del g.starts[i], g.ends[i]
-                self.runs -= 1
-            elif rs == s:  # its head (the common case: allocations go to a run's start)
-                g.starts[i] = e
-            elif e == re:  # its tail
-                g.ends[i] = s
-            else:  # its middle: two runs
-                g.ends[i] = s
-                g.starts.insert(i + 1, e)
-                g.ends.insert(i + 1, re)
-                self.runs += 1
-            self._set_edge(k, g)
+        k = start // BPB
+        if end <= (k + 1) * BPB:  # one group (the common case), without _pieces' list
+            g = self._groups.get(k)
+            return g is None or self._remove_in(g, k, start, end)
+        return all(self._remove_in(g, k, s, e) for g, k, s, e in self._pieces(start, end))
+
+    def _remove_in(self, g: _Group, k: int, s: int, e: int) -> bool:
+        """``remove`` of ``[s, e)``, inside group k."""
+        starts, ends = g.starts, g.ends
+        i = bisect_right(starts, s) - 1
+        if i < 0 or ends[i] < e:
+            return False
+        rs, re = starts[i], ends[i]
+        if rs == s and e == re:  # the whole run
+            del starts[i], ends[i]
+            self.runs -= 1
+        elif rs == s:  # its head (the common case: allocations go to a run's start)
+            starts[i] = e
+        elif e == re:  # its tail
+            ends[i] = s
+        else:  # its middle: two runs
+            ends[i] = s
+            starts.insert(i + 1, e)
+            ends.insert(i + 1, re)
+            self.runs += 1
+        self._set_edge(k, g)
         return True
 
     def add(self, start: int, end: int) -> bool:
@@ -257,31 +270,39 @@ class FreeIndex:
 
         False, as ``remove``, if the index already holds some of them as free.
         """
-        for g, k, s, e in self._pieces(start, end):
-            starts, ends = g.starts, g.ends
-            i = bisect_right(starts, s)
-            if (i > 0 and ends[i - 1] > s) or (i < len(starts) and starts[i] < e):
-                return False
-            join_left = i > 0 and ends[i - 1] == s
-            join_right = i < len(starts) and starts[i] == e
-            if join_left and join_right:
-                ends[i - 1] = ends[i]
-                del starts[i], ends[i]
-                self.runs -= 1
-                s, e = starts[i - 1], ends[i - 1]
-            elif join_left:
-                ends[i - 1] = e
-                s = starts[i - 1]
-            elif join_right:
-                starts[i] = s
-                e = ends[i]
-            else:
-                starts.insert(i, s)
-                ends.insert(i, e)
-                self.runs += 1
-            if e - s > self.longest[k]:
-                self.longest[k] = e - s
-            self._set_edge(k, g)
+        k = start // BPB
+        if end <= (k + 1) * BPB:  # one group (the common case), without _pieces' list
+            g = self._groups.get(k)
+            return g is None or self._add_in(g, k, start, end)
+        return all(self._add_in(g, k, s, e) for g, k, s, e in self._pieces(start, end))
+
+    def _add_in(self, g: _Group, k: int, s: int, e: int) -> bool:
+        """``add`` of ``[s, e)``, inside group k."""
+        starts, ends = g.starts, g.ends
+        i = bisect_right(starts, s)
+        n = len(starts)
+        if (i > 0 and ends[i - 1] > s) or (i < n and starts[i] < e):
+            return False
+        join_left = i > 0 and ends[i - 1] == s
+        join_right = i < n and starts[i] == e
+        if join_left and join_right:
+            ends[i - 1] = ends[i]
+            del starts[i], ends[i]
+            self.runs -= 1
+            s, e = starts[i - 1], ends[i - 1]
+        elif join_left:
+            ends[i - 1] = e
+            s = starts[i - 1]
+        elif join_right:
+            starts[i] = s
+            e = ends[i]
+        else:
+            starts.insert(i, s)
+            ends.insert(i, e)
+            self.runs += 1
+        if e - s > self._longest[k]:
+            self._longest[k] = e - s
+        self._set_edge(k, g)
         return True
 
     # -- checking ----------------------------------------------------------------------
