@@ -356,7 +356,8 @@ class Allocator:
     def _clear_in_use(self, tx: Transaction, start: int, end: int) -> None:
         """Clear the bits of blocks ``[start, end)`` (in the data area) in ``tx``'s
         bitmap, checking that each was set: ``_check_freeable`` and ``_mark(used=False)``
-        in one pass.  On a bit already clear, the bits cleared so far are set again.
+        in one pass.  On a bit already clear (or a bitmap block whose checksum
+        fails), the bits cleared so far are set again.
 
         Raises:
             Corrupted (EUCLEAN): a block is already free (named), or a bitmap block
@@ -364,14 +365,17 @@ class Allocator:
         """
         bm0 = self._bm0
         done: list[tuple[int, int, int]] = []
-        for k, i, j in _segments(start, end):
-            self._verify(k, k + 1)
-            hit = _flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, used=False)
-            if hit is not None:
-                for dk, di, dj in done:
-                    _flip(tx.write(bm0 + dk), di, dj, used=True)
-                raise Corrupted(f"freeing block {k * BPB + hit}, which is already free")
-            done.append((k, i, j))
+        try:
+            for k, i, j in _segments(start, end):
+                self._verify(k, k + 1)
+                hit = _flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, used=False)
+                if hit is not None:
+                    raise Corrupted(f"freeing block {k * BPB + hit}, which is already free")
+                done.append((k, i, j))
+        except Corrupted:
+            for dk, di, dj in done:
+                _flip(tx.write(bm0 + dk), di, dj, used=True)
+            raise
 
     def alloc_one(self, tx: Transaction, goal: int | None = None) -> int:
         """Allocate one block in ``tx``, at or after ``goal`` if possible.

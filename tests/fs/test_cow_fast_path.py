@@ -16,7 +16,7 @@ import pytest
 
 import daxfs
 from daxfs.errors import Corrupted, NoSpace
-from daxfs.fs.alloc import Allocator
+from daxfs.fs.alloc import BPB, Allocator
 from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, DataPath
 from daxfs.fs.extmap import Extent
 from daxfs.fs.fsck import fsck
@@ -372,3 +372,39 @@ def test_no_allocation_after_settle(dev: SimulatedPmem) -> None:
         tx.abort()
     alloc.check_index()
     fs.unmount()
+
+
+def test_a_move_failing_in_its_second_bitmap_block_changes_nothing() -> None:
+    """The old run crosses a bitmap block edge: a bit already free, or a checksum
+    failure, in the second block puts back what move changed in the first (its part of
+    the old run, and the new run) before Corrupted is raised."""
+    gen = helpers.fresh_device(140 << 20)  # two bitmap blocks' worth of data area
+    dev = next(gen)
+    try:
+        fs = daxfs.mount(dev)
+        alloc = fs.alloc
+        edge = BPB  # the first block of the second bitmap block
+        bm0 = fs.sup.sb.bitmap_start
+        with fs.journal.begin() as tx:
+            assert alloc.alloc(tx, 100, goal=edge - 50) == [(edge - 50, 100)]
+        lo = fs.sup.sb.data_start
+        with fs.journal.begin() as tx:
+            alloc.free(tx, edge + 10, 5)
+            before = [bytes(tx.read(bm0 + k)) for k in (0, 1)]
+            with pytest.raises(Corrupted, match=f"freeing block {edge + 10}, which is already"):
+                alloc.move(tx, edge - 50, 100, goal=lo)
+            assert [bytes(tx.read(bm0 + k)) for k in (0, 1)] == before
+            tx.abort()
+        # the second bitmap block's checksum fails (not verified yet in this mount)
+        flipped = fs.store.block(bm0 + 1)[100] ^ 0x80  # a bit far from the run
+        dev.write((bm0 + 1) * BLOCK + 100, bytes([flipped]))
+        alloc._verified.discard(1)
+        with fs.journal.begin() as tx:
+            before = [bytes(tx.read(bm0 + k)) for k in (0, 1)]
+            with pytest.raises(Corrupted, match="checksum"):
+                alloc.move(tx, edge - 50, 100, goal=lo)
+            assert [bytes(tx.read(bm0 + k)) for k in (0, 1)] == before
+            tx.abort()
+        fs.unmount()
+    finally:
+        gen.close()
