@@ -302,12 +302,13 @@ class Allocator:
         is available (or ``count`` exceeds a group): then ``alloc`` (several runs)
         and ``free`` are the way.  ``found(first)``, if given, is called as soon as
         the new run is chosen and marked in use in ``tx``'s bitmap (checked free
-        there), before the old run is checked and freed: the copy-on-write path
-        starts its copy into the run there, so that the copy runs on another core
-        while this one does the rest (the old run's check included).  If that
-        check fails, the new run is unmarked again before Corrupted is raised;
-        the caller's transaction then aborts, which joins the copy (a copy into
-        blocks that are free in both views harms nothing).
+        there), before the old run is checked and freed and before the free
+        space is checked: the copy-on-write path starts its copy into the run
+        there, so that the copy runs on another core while this one does the
+        rest (those checks included).  If a check fails, the new run is unmarked
+        again before Corrupted or NoSpace is raised; the caller's transaction
+        then aborts, which joins the copy (a copy into blocks that are free in
+        both views harms nothing).
 
         Raises:
             NoSpace (ENOSPC): fewer than ``count`` blocks are available to ``tx``;
@@ -319,14 +320,14 @@ class Allocator:
         assert tx.state == "open", "caller must hold an open transaction"
         assert count > 0, f"cannot move {count} blocks"
         end = start + count
-        self._check_range(start, end)
-        self._check_available(tx, count)
         pending = self._pending(tx)
         first = None
         if count <= BPB:
             first = self._indexed_run(self._start(goal), count, pending.taken)  # as alloc
         if first is None:
-            self._check_freeable(tx, start, end)  # what it raises, move raises too
+            self._check_range(start, end)  # what these raise, move raises too
+            self._check_available(tx, count)
+            self._check_freeable(tx, start, end)
             return None
         new_end = first + count
         bm0 = self._bm0
@@ -335,9 +336,13 @@ class Allocator:
             assert hit is None, f"moving to block {k * BPB + hit}, which is in use"
         if found is not None:
             found(first)  # the run is free in the bitmap (checked), and now taken
+        # the checks that the copy need not wait for: the old run, the space (NoSpace
+        # after the copy started leaves it into blocks free in both views, as Corrupted)
         try:
+            self._check_range(start, end)
+            self._check_available(tx, count)
             self._clear_in_use(tx, start, end)  # checks each bit as it clears it
-        except Corrupted:
+        except (Corrupted, NoSpace):
             for k, i, j in _segments(first, new_end):  # invariant 3: nothing changed
                 _flip(tx.write(bm0 + k), i, j, used=False)
             raise

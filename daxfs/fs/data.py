@@ -488,6 +488,10 @@ class DataPath:
         # no more allocation or free in tx: the index learns its runs now, while the
         # copy runs, not after the commit (an abort drops the index instead)
         self.alloc.settle(tx)
+        # the map's extent after these blocks becomes xcache (replace cleared it): a
+        # sequential writer's next piece finds it there instead of looking it up before
+        # its copy can start; an abort's record reload clears it again
+        self._lookup(inode, first + count)
         return True
 
     def _write_in_pieces(

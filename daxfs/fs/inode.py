@@ -475,12 +475,12 @@ class InodeTable:
             tx.log_meta((blockno << BLOCK_SHIFT) + offset, bytes(record))
 
     def _reload(self, inode: Inode) -> None:
+        inode.xcache = None  # first: it may map blocks of the aborted tx, even if this fails
         try:
             rec = self.read_record(self.store, inode.ino)
         except Corrupted:
             rec = InodeRecord(ino=inode.ino)  # never used: was allocated in the aborted tx
         inode.rec = rec
-        inode.xcache = None
         if rec.mode == 0:
             self._cache.pop(inode.ino, None)
 

@@ -408,3 +408,40 @@ def test_a_move_failing_in_its_second_bitmap_block_changes_nothing() -> None:
         fs.unmount()
     finally:
         gen.close()
+
+
+def test_xcache_after_a_copy_on_write_is_the_next_extent_of_the_map(
+    dev: SimulatedPmem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_cow_blocks leaves in inode.xcache the map's extent after the blocks it wrote
+    (a sequential writer's next piece), as a lookup finds it after the commit; after
+    the last piece, or an abort, none."""
+    fs = daxfs.mount(dev)
+    contiguous(512)(fs)
+    inode = fs.itable.get(fs.stat("/f").st_ino)
+    moves = Moves(monkeypatch)
+    with fs.open("/f", "rb+", buffering=0) as f:
+        for i in range(4):
+            f.pwrite(pattern(PIECE, i), i * PIECE)
+            assert moves.results[-1] is not None  # the fast path
+            want, _ = fs.maps.lookup(fs.store, inode, (i + 1) * (PIECE // BLOCK))
+            assert inode.xcache == want
+            assert (want is None) == (i == 3), i  # the file has four pieces
+        f.pwrite(pattern(PIECE, 9), PIECE)  # not at the cached extent: looked up
+        assert inode.xcache == fs.maps.lookup(fs.store, inode, 2 * (PIECE // BLOCK))[0]
+
+        def failing_drain() -> None:
+            raise OSError(5, "planted failure before the commit point")
+
+        with monkeypatch.context() as m:  # the commit fails after _cow_blocks's lookup
+            m.setattr(fs.journal, "committer", None)
+            m.setattr(fs.store, "drain", failing_drain)
+            with pytest.raises(OSError, match="planted"):
+                f.pwrite(pattern(PIECE, 10), 2 * PIECE)
+        assert moves.results[-1] is not None
+        assert inode.xcache is None  # the abort's record reload cleared it
+        assert f.pread(4 * PIECE, 0) == (
+            pattern(PIECE, 0) + pattern(PIECE, 9) + pattern(PIECE, 2) + pattern(PIECE, 3)
+        )
+    fs.unmount()
+    assert fsck(dev).clean
