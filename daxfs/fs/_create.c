@@ -49,6 +49,12 @@
  *         ascending array('Q'), or -1 (a key that is not a 64-bit unsigned
  *         int is in no such array); a binary search over the array's buffer
  *         instead of an int boxed per step.
+ *     flip_bits(block, i, j, used) -> int | None
+ *         daxfs.fs.alloc._flip: set (`used`) or clear bits [i, j) of a
+ *         writable bitmap block (bit n is bit n % 8 of byte n // 8), or, if
+ *         one of them is already so, change nothing and return the first
+ *         such bit; byte by byte instead of an int of up to 32,704 bits
+ *         built, changed and stored back.
  *
  * Invariants
  *   1. Every offset read from media or from a caller's buffer is checked
@@ -770,6 +776,49 @@ u64_position(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(at);
 }
 
+/* ------------------------------------------------------------------ flip_bits */
+
+static PyObject *
+flip_bits(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "flip_bits(block, i, j, used)");
+        return NULL;
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]), j = PyLong_AsSsize_t(args[2]);
+    if ((i == -1 || j == -1) && PyErr_Occurred())
+        return NULL;
+    int used = PyObject_IsTrue(args[3]);
+    if (used < 0)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (i < 0 || j <= i || j > b.len * 8) {
+        Py_ssize_t len = b.len;
+        PyBuffer_Release(&b);
+        return raise_invalid("flip_bits: bits [%zd, %zd) are not a range of a %zd-byte block",
+                             i, j, len);
+    }
+    unsigned char *p = b.buf;
+    Py_ssize_t b0 = i >> 3, b1 = ((j - 1) >> 3) + 1;
+    for (Py_ssize_t k = b0; k < b1; k++) { /* check every bit first: nothing changes */
+        unsigned lo = k == b0 ? (unsigned)(i & 7) : 0, hi = k == b1 - 1 ? (unsigned)(j - 8 * k) : 8;
+        unsigned mask = ((1u << hi) - 1) & ~((1u << lo) - 1);
+        unsigned bad = (used ? p[k] : ~p[k]) & mask;
+        if (bad) {
+            PyBuffer_Release(&b);
+            return PyLong_FromSsize_t(8 * k + __builtin_ctz(bad));
+        }
+    }
+    for (Py_ssize_t k = b0; k < b1; k++) {
+        unsigned lo = k == b0 ? (unsigned)(i & 7) : 0, hi = k == b1 - 1 ? (unsigned)(j - 8 * k) : 8;
+        p[k] ^= (unsigned char)(((1u << hi) - 1) & ~((1u << lo) - 1));
+    }
+    PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------ the module */
 
 static PyMethodDef methods[] = {
@@ -791,6 +840,8 @@ static PyMethodDef methods[] = {
      "or -1: DirIndex._position's bisect in C."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(InodeRecord, Superblock, Inode): the classes the packers read."},
+    {"flip_bits", (PyCFunction)(void (*)(void))flip_bits, METH_FASTCALL,
+     "flip_bits(block, i, j, used) -> first bit already so, or None (all flipped)"},
     {"set_error_class", set_error_class, METH_O,
      "set_error_class(cls): the class raised for bad arguments (InvalidArgument)."},
     {NULL}};

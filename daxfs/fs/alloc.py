@@ -117,6 +117,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daxfs.errors import Corrupted, NoSpace
+from daxfs.fs import _create
 from daxfs.fs.freeindex import FreeIndex, Runs
 from daxfs.fs.journal import Transaction
 from daxfs.fs.layout import (
@@ -153,6 +154,10 @@ _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 
 #: tx.scratch keys of this module: blocks freed in the transaction; may it use the reserve;
 #: its runs allocated and freed, for the free-extent index (_Pending)
+#: ``move`` flips bitmap bits in C (``_create.flip_bits``); tests turn it off to run
+#: ``_flip``, the reference
+NATIVE_FLIP = True
+
 _FREED = "alloc.freed"
 _RESERVE = "alloc.reserve"
 _PENDING = "alloc.pending"
@@ -331,8 +336,9 @@ class Allocator:
             return None
         new_end = first + count
         bm0 = self._bm0
+        flip = _create.flip_bits if NATIVE_FLIP else _flip
         for k, i, j in _segments(first, new_end):
-            hit = _flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, used=True)
+            hit = flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, True)
             assert hit is None, f"moving to block {k * BPB + hit}, which is in use"
         if found is not None:
             found(first)  # the run is free in the bitmap (checked), and now taken
@@ -344,7 +350,7 @@ class Allocator:
             self._clear_in_use(tx, start, end)  # checks each bit as it clears it
         except (Corrupted, NoSpace):
             for k, i, j in _segments(first, new_end):  # invariant 3: nothing changed
-                _flip(tx.write(bm0 + k), i, j, used=False)
+                flip(tx.write(bm0 + k), i, j, False)
             raise
         pending.release(start, end)
         pending.taken.append((first, new_end))
@@ -369,17 +375,18 @@ class Allocator:
                 fails its checksum; nothing changed.
         """
         bm0 = self._bm0
+        flip = _create.flip_bits if NATIVE_FLIP else _flip
         done: list[tuple[int, int, int]] = []
         try:
             for k, i, j in _segments(start, end):
                 self._verify(k, k + 1)
-                hit = _flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, used=False)
+                hit = flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, False)
                 if hit is not None:
                     raise Corrupted(f"freeing block {k * BPB + hit}, which is already free")
                 done.append((k, i, j))
         except Corrupted:
             for dk, di, dj in done:
-                _flip(tx.write(bm0 + dk), di, dj, used=True)
+                flip(tx.write(bm0 + dk), di, dj, True)
             raise
 
     def alloc_one(self, tx: Transaction, goal: int | None = None) -> int:
@@ -952,7 +959,7 @@ def _fill(block: memoryview, i: int, j: int, *, used: bool) -> None:
     block[b0:b1] = bits.to_bytes(b1 - b0, "little")
 
 
-def _flip(block: memoryview, i: int, j: int, *, used: bool) -> int | None:
+def _flip(block: memoryview, i: int, j: int, used: bool, /) -> int | None:
     """``_fill`` after ``_mismatch(..., used=not used)``, in one read: set (``used``) or
     clear bits [i, j); return the first bit that was already so (then nothing changed)."""
     b0, b1, mask = _span(i, j)

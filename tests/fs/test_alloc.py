@@ -911,3 +911,48 @@ def test_a_commit_the_index_disagrees_with_drops_the_index_not_the_commit() -> N
             assert fs.alloc.alloc(tx, 100, goal=BPB + 100) == [(BPB + 100, 100)]
     finally:
         fs.close()
+
+
+# ------------------------------------------------------------------ flip_bits (C) vs _flip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    seed=st.binary(min_size=BITMAP_BYTES // 64, max_size=BITMAP_BYTES // 64),
+    fill=st.sampled_from([0x00, 0xFF, None]),
+    i=st.integers(0, BITMAP_BYTES * 8 - 1),
+    n=st.integers(1, 2048),
+    used=st.booleans(),
+)
+def test_flip_bits_in_c_is_the_reference(
+    seed: bytes, fill: int | None, i: int, n: int, used: bool
+) -> None:
+    """``_create.flip_bits`` (what ``move`` calls) returns what ``alloc._flip`` returns
+    and leaves the block it leaves: every bit flipped, or the first bit already so and
+    nothing changed."""
+    from daxfs.fs import _create, alloc
+
+    j = min(i + n, BITMAP_BYTES * 8)
+    raw = bytes([fill]) * BITMAP_BYTES if fill is not None else (seed * 65)[:BITMAP_BYTES]
+    ref, nat = bytearray(raw), bytearray(raw)
+    want = alloc._flip(memoryview(ref), i, j, used)
+    assert _create.flip_bits(nat, i, j, used) == want
+    assert nat == ref
+    if want is None:
+        assert nat != bytearray(raw)
+    else:
+        assert i <= want < j
+        assert nat == bytearray(raw)
+
+
+def test_flip_bits_refuses_a_range_outside_the_block() -> None:
+    from daxfs.errors import InvalidArgument
+    from daxfs.fs import _create
+
+    block = bytearray(16)
+    for i, j in ((-1, 4), (4, 4), (5, 4), (0, 129)):
+        with pytest.raises(InvalidArgument, match="not a range of a 16-byte block"):
+            _create.flip_bits(block, i, j, True)
+    with pytest.raises(BufferError):
+        _create.flip_bits(bytes(16), 0, 8, True)  # not writable
+    assert block == bytearray(16)
