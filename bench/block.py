@@ -9,14 +9,19 @@ Rows (device level, the filesystem is not involved yet):
     ``end_io`` submitting the next (asynchronous use, as fio's single job
     with iodepth=32 keeps 32 in flight);
   - 4 KiB random direct read, QD32 batched: ``readinto_many`` of BATCH reads
-    per call, up to 32 in flight (the io_uring device submits and reaps them
-    in C on a private ring): what a Python caller at QD32 would call;
+    per call, up to 32 in flight (the io_uring device checks, submits and
+    reaps them in one C call, ``_uring.Fast.read_many``, on a private ring):
+    what a Python caller at QD32 would call;
   - 1 MiB sequential direct write, QD1: ``write`` of a page-aligned 1 MiB
     buffer, offsets marching through the file and wrapping around.
 On io_uring, QD1 ``readinto`` and ``write`` take the synchronous fast path
-(one private-ring SQE, submitted and waited for in one system call); the
-QD32 row with ``end_io`` is the per-bio path, kept as the asynchronous
-interface's figure.
+(one C call, ``_uring.Fast``: the checks, then one private-ring SQE submitted
+and waited for in one system call); the QD32 row with ``end_io`` is the
+per-bio path, kept as the asynchronous interface's figure (the leader
+submits the next bios of a batch of completions in one system call).
+Figures of 2026-11-28 18:22 UTC, load 2.4-3.0, ``--quick``: QD1 0.98x,
+QD32 end_io 0.21x, QD32 batched 0.82x, write 0.92x (docs/ARCHITECTURE.md,
+"Closing the gap to fio", has them with ``bench/block_ab.py``'s A/B).
 Each row runs the io_uring engine (the goal's subject) and the thread pool
 (for comparison, an informational row) of ``open_block(..., engine=...)``
 with O_DIRECT, against fio's io_uring engine with ``direct=1`` on the same
@@ -569,8 +574,9 @@ def where_time_goes(
         )
     elif rw == "batch":
         line += (
-            ": the reads are submitted and reaped in C; the CPU per op is the kernel's "
-            "submission plus the Python that builds and checks each item"
+            ": the items are checked, submitted and reaped in C (_uring.Fast.read_many); "
+            "the CPU per op is the kernel's, plus the Python that builds each item; the "
+            "queue drains at the end of each call"
         )
     elif rw == "write":
         line += ": the device's transfer time; the Python work per 1 MiB bio is hidden in it"

@@ -8,11 +8,12 @@ random data on a disk file system, and the medians are compared.
 
 QD1 sides: ``raw`` (the C extension's ``Ring.rw`` in a Python loop: one
 private-ring SQE submitted and waited for in one system call, no daxfs.block
-layer), ``inline`` (``FileBlockDevice.readinto``: the synchronous fast path),
+layer), ``inline`` (``FileBlockDevice.readinto``: the synchronous fast path,
+one call of ``_uring.Fast.read``),
 ``bio`` (the path ``readinto`` took before the fast path: a Bio submitted
 to the shared ring and reaped by the waiting thread), ``fio`` (io_uring,
 direct=1, iodepth=1).  QD32 sides: ``raw`` (``Ring.rw_batch`` of 256 reads,
-32 in flight), ``many`` (``FileBlockDevice.readinto_many`` of 256 reads),
+32 in flight), ``many`` (``FileBlockDevice.readinto_many`` of 256 reads: ``_uring.Fast.read_many``),
 ``fio`` (iodepth=32).
 """
 
