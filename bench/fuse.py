@@ -192,6 +192,18 @@ class MemOperations:
     def node_setattr(self, node: int, change: Any) -> os.stat_result:
         raise OSError(errno.ESTALE, "no path")
 
+    def node_getxattr(self, node: int, name: str) -> bytes:
+        raise OSError(errno.ESTALE, "no path")
+
+    def node_listxattr(self, node: int) -> list[str]:
+        raise OSError(errno.ESTALE, "no path")
+
+    def node_setxattr(self, node: int, name: str, value: bytes, flags: int) -> None:
+        raise OSError(errno.ESTALE, "no path")
+
+    def node_removexattr(self, node: int, name: str) -> None:
+        raise OSError(errno.ESTALE, "no path")
+
 
 def serve_memory(mountpoint: str) -> None:
     """Serve MemOperations on ``mountpoint`` in the foreground (the anchor's process)."""

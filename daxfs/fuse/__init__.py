@@ -22,10 +22,11 @@ DAX mmap -- the program's loads and stores going to device memory, with
 ``msync`` of exactly a range -- is the Python API's ``File.mmap``.
 
 Modules, bottom up: ``_wire`` (the wire tap: libfuse's reads and writes of
-/dev/fuse, answering fstat/fchmod/fchown/futimens of an open file whose name
-is gone; its C half is ``_tap.c``), ``_binding`` (mfusepy's FUSE with
-renameat2 flags, lseek, UTIME_NOW/OMIT and one-copy reads and writes), ``_ops`` (the callbacks),
-``_mount`` (options, the serving loop, background mounts, umount).
+/dev/fuse, answering fstat, fchmod, fchown, futimens and the xattr calls of
+an open file whose name is gone; its C half is ``_tap.c``), ``_binding``
+(mfusepy's FUSE with renameat2 flags, lseek, UTIME_NOW/OMIT and one-copy
+reads and writes), ``_ops`` (the callbacks), ``_mount`` (options, the
+serving loop, background mounts, umount).
 
 Invariants (the details are in each module):
 1. Every request is one API call: atomic and durable on return.

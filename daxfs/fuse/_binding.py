@@ -18,8 +18,8 @@ subclass replaces some of its C-callback adapters:
 * ``fgetattr`` fills ``struct stat`` from the ``os.stat_result`` without a
   dict in between;
 * ``init`` turns splice reads off and installs the wire tap (``_wire``): it
-  answers fstat, fchmod, fchown and futimens of an open file whose last name
-  is gone from the open File, where libfuse's high-level API says ESTALE.
+  answers fstat, fchmod, fchown, futimens and the xattr calls of an open file
+  whose last name is gone from the open File, where libfuse's high-level API says ESTALE.
 
 Errors: each adapter runs inside mfusepy's ``_wrapper`` (an OSError becomes
 ``-errno``); the operations raise OSErrors with the API's errno

@@ -19,7 +19,8 @@ high-level API has no path for an inode whose last name it removed, so it
 answers them ESTALE itself, before any callback.  The wire tap
 (daxfs.fuse._wire) replaces those ESTALE replies: the OPEN and CREATE replies
 tell it which libfuse node each handle is open on (``opened``), and it asks
-``node_stat`` / ``node_setattr``, which use that handle's File.
+``node_stat`` / ``node_setattr`` / ``node_*xattr``, which use that handle's
+File (fgetxattr and the others come by node alone too).
 
 Invariants:
 1. A handle number maps to exactly one open File from ``open``/``create``
@@ -465,6 +466,22 @@ class DaxOperations(mfusepy.Operations):  # type: ignore[misc]
         if change.set_times:
             self.utimens(None, change.times, fh)
         return self._file(fh).stat()
+
+    @_boundary
+    def node_getxattr(self, node: int, name: str) -> bytes:
+        return self._file(self._node_handle(node)).getxattr(name)
+
+    @_boundary
+    def node_listxattr(self, node: int) -> list[str]:
+        return self._file(self._node_handle(node)).listxattr()
+
+    @_boundary
+    def node_setxattr(self, node: int, name: str, value: bytes, flags: int) -> None:
+        self._file(self._node_handle(node)).setxattr(name, value, flags)
+
+    @_boundary
+    def node_removexattr(self, node: int, name: str) -> None:
+        self._file(self._node_handle(node)).removexattr(name)
 
     def files(self) -> Iterator[File]:
         """The Files open through the kernel now (for tests and statistics)."""

@@ -8,8 +8,8 @@
  * the Python hook (Tap.look) only for the replies it acts on:
  *
  *   - a successful OPEN or CREATE reply (the tap learns the handle's node);
- *   - an ESTALE reply to GETATTR or SETATTR (the tap may answer it from an
- *     open File).
+ *   - an ESTALE reply to GETATTR, SETATTR or one of the four xattr requests
+ *     (the tap may answer it from an open File).
  *
  * Invariants
  *   1. tap_read records, in a thread-local, where the request it returns lies;
@@ -29,7 +29,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-static PyObject *hook;                /* Tap.look(request_address, reply) -> bytes | None */
+static PyObject *hook; /* Tap.look(request_address, reply) -> bytes | None; set under the GIL */
 static __thread const char *current;  /* the request this thread read last */
 
 static ssize_t
@@ -49,13 +49,21 @@ wanted(const struct fuse_in_header *in, const struct fuse_out_header *out)
     if (out->error == 0)
         return in->opcode == FUSE_OPEN || in->opcode == FUSE_CREATE;
     if (out->error == -ESTALE)
-        return in->opcode == FUSE_GETATTR || in->opcode == FUSE_SETATTR;
+        switch (in->opcode) {
+        case FUSE_GETATTR:
+        case FUSE_SETATTR:
+        case FUSE_GETXATTR:
+        case FUSE_LISTXATTR:
+        case FUSE_SETXATTR:
+        case FUSE_REMOVEXATTR:
+            return 1;
+        }
     return 0;
 }
 
 /* The hook's answer for this reply: a new reference to bytes, or NULL (send libfuse's). */
 static PyObject *
-ask(const char *request, const struct iovec *iov, int count)
+ask(PyObject *look, const char *request, const struct iovec *iov, int count)
 {
     Py_ssize_t size = 0;
     for (int i = 0; i < count; i++)
@@ -68,7 +76,7 @@ ask(const char *request, const struct iovec *iov, int count)
         memcpy(p, iov[i].iov_base, iov[i].iov_len);
         p += iov[i].iov_len;
     }
-    PyObject *answer = PyObject_CallFunction(hook, "nO", (Py_ssize_t)(uintptr_t)request, reply);
+    PyObject *answer = PyObject_CallFunction(look, "nO", (Py_ssize_t)(uintptr_t)request, reply);
     Py_DECREF(reply);
     if (answer == NULL)
         goto failed;
@@ -77,7 +85,7 @@ ask(const char *request, const struct iovec *iov, int count)
     Py_DECREF(answer);
     return NULL;
 failed:
-    PyErr_WriteUnraisable(hook);
+    PyErr_WriteUnraisable(look);
     return NULL;
 }
 
@@ -90,7 +98,13 @@ tap_writev(int fd, struct iovec *iov, int count, void *userdata)
         wanted((const struct fuse_in_header *)request,
                (const struct fuse_out_header *)iov[0].iov_base)) {
         PyGILState_STATE gil = PyGILState_Ensure();
-        PyObject *answer = ask(request, iov, count);
+        PyObject *look = hook; /* read again under the GIL: set_hook may have changed it */
+        PyObject *answer = NULL;
+        if (look != NULL) {
+            Py_INCREF(look);
+            answer = ask(look, request, iov, count);
+            Py_DECREF(look);
+        }
         if (answer != NULL) {
             ssize_t n = write(fd, PyBytes_AS_STRING(answer), (size_t)PyBytes_GET_SIZE(answer));
             int saved = errno;

@@ -2,7 +2,8 @@
 
 Why.  libfuse's high-level API knows an inode by its path.  Once the last name
 of an open file is gone (unlinked, or renamed over), its node has no path, and
-the kernel sends fstat, fchmod, fchown and futimens as GETATTR and SETATTR by
+the kernel sends fstat, fchmod, fchown and futimens as GETATTR and SETATTR, and
+fgetxattr, flistxattr, fsetxattr and fremovexattr as the xattr requests, by
 node id alone (a file handle comes only with ftruncate): libfuse answers them
 ESTALE before any callback.  The file is still open, so daxfs still has it: a
 ``File`` behind a handle, which holds its inode.
@@ -19,10 +20,12 @@ look at the bytes:
 * ``writev`` looks at the reply's header.  A successful OPEN or CREATE reply
   names the node id (the request's, or CREATE's entry) and the handle: the
   ``Handles`` learn that the handle is open on that node.  An ESTALE reply to
-  GETATTR or SETATTR of a node that has an open handle is replaced by the
-  answer of that handle's File: its attributes, after the SETATTR's changes
-  (mode, owner, size, times, in libfuse's order).  Any other reply is written
-  as libfuse made it.
+  a request ``BY_NODE`` (GETATTR, SETATTR, the four xattr requests) of a node
+  that has an open handle is replaced by the answer of that handle's File:
+  its attributes, after the SETATTR's changes (mode, owner, size, times, in
+  libfuse's order), or the xattr call's answer (with the protocol's size
+  query: a size of 0 asks for the length).  Any other reply is written as
+  libfuse made it.
 
 Nothing else changes: libfuse answers every request it can answer, and the
 tap answers only what libfuse would have refused with ESTALE for a file the
@@ -34,7 +37,7 @@ Invariants:
    after the mapping exists) until their RELEASE; a node the kernel still holds
    open cannot be forgotten, so its id is not reused meanwhile.
 2. The tap changes a reply only when it is ESTALE, its request (same unique) is
-   GETATTR or SETATTR, and the node has an open handle; anything else it writes
+   one of ``BY_NODE``, and the node has an open handle; anything else it writes
    unchanged, also when looking at it fails (the failure is logged).
 3. An error of the File's change is the reply's errno, as the callbacks' are.
 """
@@ -55,7 +58,14 @@ log = logging.getLogger("daxfs.fuse")
 OP_GETATTR = 3
 OP_SETATTR = 4
 OP_OPEN = 14
+OP_SETXATTR = 21
+OP_GETXATTR = 22
+OP_LISTXATTR = 23
+OP_REMOVEXATTR = 24
 OP_CREATE = 35
+#: the requests whose ESTALE reply the tap may answer from an open File
+BY_NODE = (OP_GETATTR, OP_SETATTR, OP_GETXATTR, OP_LISTXATTR, OP_SETXATTR, OP_REMOVEXATTR)
+XATTR_IN = struct.Struct("<II")  # fuse_getxattr_in (size, padding), fuse_setxattr_in (size, flags)
 IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, ext, pad
 OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique
 SETATTR_IN = struct.Struct("<IIQQQQQQIIIIIIII")
@@ -127,6 +137,18 @@ class Handles(Protocol):
 
     def node_setattr(self, node: int, change: SetAttr) -> os.stat_result:
         """Apply ``change`` to the file open on ``node``, return its attributes."""
+
+    def node_getxattr(self, node: int, name: str) -> bytes:
+        """fgetxattr of the file open on ``node``."""
+
+    def node_listxattr(self, node: int) -> list[str]:
+        """flistxattr of the file open on ``node``."""
+
+    def node_setxattr(self, node: int, name: str, value: bytes, flags: int) -> None:
+        """fsetxattr of the file open on ``node``."""
+
+    def node_removexattr(self, node: int, name: str) -> None:
+        """fremovexattr of the file open on ``node``."""
 
 
 def times_argument(atime: int | None, mtime: int | None) -> tuple[int | None, int | None] | None:
@@ -267,7 +289,7 @@ class Tap:
 
     def _look(self, request: int, reply: bytes) -> bytes | None:
         _, error, unique = OUT_HEADER.unpack_from(reply)
-        _, opcode, _, node, *_ = IN_HEADER.unpack(ctypes.string_at(request, IN_HEADER.size))
+        length, opcode, _, node, *_ = IN_HEADER.unpack(ctypes.string_at(request, IN_HEADER.size))
         body = reply[OUT_HEADER.size :]
         if error == 0:  # OPEN or CREATE: learn the handle's node
             if opcode == OP_OPEN:
@@ -277,24 +299,53 @@ class Tap:
                 (fh,) = struct.unpack_from("<Q", body, ENTRY_OUT_SIZE)
             self.handles.opened(node, fh)
             return None
-        try:  # ESTALE to GETATTR or SETATTR
-            if opcode == OP_GETATTR:
-                s = self.handles.node_stat(node)
-            else:
-                changes = ctypes.string_at(request + IN_HEADER.size, SETATTR_IN.size)
-                s = self.handles.node_setattr(node, SetAttr(changes))
+        arg = ctypes.string_at(request + IN_HEADER.size, length - IN_HEADER.size)
+        try:  # ESTALE to a request by node alone
+            body = self._answer(opcode, node, arg)
         except OSError as exc:
             code = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else errno.EIO
             if code == errno.ESTALE:
                 return None  # no open handle: libfuse's ESTALE stands
             return OUT_HEADER.pack(OUT_HEADER.size, -code, unique)
-        out = attr_out(s)
-        return OUT_HEADER.pack(OUT_HEADER.size + len(out), 0, unique) + out
+        return OUT_HEADER.pack(OUT_HEADER.size + len(body), 0, unique) + body
+
+    def _answer(self, opcode: int, node: int, arg: bytes) -> bytes:
+        """The reply's body for ``opcode`` on ``node`` (``arg``: the request's body)."""
+        h = self.handles
+        if opcode == OP_GETATTR:
+            return attr_out(h.node_stat(node))
+        if opcode == OP_SETATTR:
+            return attr_out(h.node_setattr(node, SetAttr(arg[: SETATTR_IN.size])))
+        if opcode == OP_REMOVEXATTR:  # its body is the name alone
+            h.node_removexattr(node, _name(arg))
+            return b""
+        size, flags = XATTR_IN.unpack_from(arg)
+        if opcode == OP_SETXATTR:
+            name = _name(arg[XATTR_IN.size :])
+            start = XATTR_IN.size + len(name.encode(errors="surrogateescape")) + 1
+            h.node_setxattr(node, name, arg[start : start + size], flags)
+            return b""
+        if opcode == OP_GETXATTR:
+            data = h.node_getxattr(node, _name(arg[XATTR_IN.size :]))
+        else:  # OP_LISTXATTR
+            data = b"".join(
+                n.encode(errors="surrogateescape") + b"\0" for n in h.node_listxattr(node)
+            )
+        if size == 0:  # the caller asks for the size (fuse_getxattr_out)
+            return XATTR_IN.pack(len(data), 0)
+        if len(data) > size:
+            raise OSError(errno.ERANGE, f"node {node}: {len(data)} bytes, buffer of {size}")
+        return data
+
+
+def _name(arg: bytes) -> str:
+    """The NUL-terminated attribute name at the start of ``arg``."""
+    return arg[: arg.index(b"\0")].decode(errors="surrogateescape")
 
 
 def wanted(request: int, reply_header: int) -> bool:
     """Whether the tap looks at this reply (the addresses of the request and of the
-    reply's header): OPEN or CREATE done, or GETATTR or SETATTR refused ESTALE."""
+    reply's header): OPEN or CREATE done, or a request BY_NODE refused ESTALE."""
     _, error, unique = OUT_HEADER.unpack(ctypes.string_at(reply_header, OUT_HEADER.size))
     if error not in (0, -errno.ESTALE):
         return False
@@ -303,7 +354,7 @@ def wanted(request: int, reply_header: int) -> bool:
         return False
     if error == 0:
         return opcode in (OP_OPEN, OP_CREATE)
-    return opcode in (OP_GETATTR, OP_SETATTR)
+    return opcode in BY_NODE
 
 
 def disable_splice_read(conn: Any) -> None:

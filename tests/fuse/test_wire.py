@@ -54,6 +54,7 @@ class FakeHandles:
     def __init__(self) -> None:
         self.opened_on: list[tuple[int, int]] = []
         self.changes: list[tuple[int, SetAttr]] = []
+        self.xattrs: dict[str, bytes] = {"user.a": b"value", "user.bb": b""}
 
     def opened(self, node: int, fh: int) -> None:
         self.opened_on.append((node, fh))
@@ -70,6 +71,31 @@ class FakeHandles:
         if node == 9:
             raise OSError(errno.EPERM, "not the owner")
         return self.node_stat(node)
+
+    def _xattr_node(self, node: int) -> None:
+        if node == 9:
+            raise OSError(errno.EPERM, "not permitted")
+        self.node_stat(node)
+
+    def node_getxattr(self, node: int, name: str) -> bytes:
+        self._xattr_node(node)
+        if name not in self.xattrs:
+            raise OSError(errno.ENODATA, name)
+        return self.xattrs[name]
+
+    def node_listxattr(self, node: int) -> list[str]:
+        self._xattr_node(node)
+        return sorted(self.xattrs)
+
+    def node_setxattr(self, node: int, name: str, value: bytes, flags: int) -> None:
+        self._xattr_node(node)
+        if flags == 1 and name in self.xattrs:
+            raise OSError(errno.EEXIST, name)
+        self.xattrs[name] = value
+
+    def node_removexattr(self, node: int, name: str) -> None:
+        self._xattr_node(node)
+        del self.xattrs[name]
 
 
 IMPLEMENTATIONS = ["python", "native"]
@@ -244,3 +270,40 @@ def test_errors_of_the_device_reach_libfuse_with_their_errno(tap: Tap) -> None:
     iov[0].iov_base, iov[0].iov_len = ctypes.addressof(part), 16
     assert tap._io.writev(w, iov, 1, None) == -1
     assert ctypes.get_errno() == errno.EBADF
+
+
+def xattr_in(size: int, flags: int = 0) -> bytes:
+    return _wire.XATTR_IN.pack(size, flags)
+
+
+def test_xattrs_refused_stale_are_answered_from_the_open_file(tap: Tap) -> None:
+    h: FakeHandles = tap.handles  # type: ignore[assignment]
+
+    def ask(opcode: int, node: int, body: bytes) -> bytes:
+        return through(tap, request(opcode, 40, node, body), reply(STALE, 40))
+
+    def ok(out: bytes) -> bytes:
+        length, error, unique = OUT_HEADER.unpack_from(out)
+        assert (length, error, unique) == (len(out), 0, 40)
+        return out[OUT_HEADER.size :]
+
+    def error(out: bytes) -> int:
+        assert len(out) == OUT_HEADER.size
+        return -int(OUT_HEADER.unpack(out)[1])
+
+    assert ok(ask(_wire.OP_GETXATTR, 7, xattr_in(0) + b"user.a\0")) == xattr_in(5)  # its size
+    assert ok(ask(_wire.OP_GETXATTR, 7, xattr_in(64) + b"user.a\0")) == b"value"
+    assert error(ask(_wire.OP_GETXATTR, 7, xattr_in(2) + b"user.a\0")) == errno.ERANGE
+    assert error(ask(_wire.OP_GETXATTR, 7, xattr_in(64) + b"user.no\0")) == errno.ENODATA
+    listed = b"user.a\0user.bb\0"
+    assert ok(ask(_wire.OP_LISTXATTR, 7, xattr_in(0))) == xattr_in(len(listed))
+    assert ok(ask(_wire.OP_LISTXATTR, 7, xattr_in(64))) == listed
+    assert error(ask(_wire.OP_LISTXATTR, 7, xattr_in(3))) == errno.ERANGE
+    assert ok(ask(_wire.OP_SETXATTR, 7, xattr_in(3, 0) + b"user.c\0new")) == b""
+    assert h.xattrs["user.c"] == b"new"
+    assert error(ask(_wire.OP_SETXATTR, 7, xattr_in(1, 1) + b"user.c\0x")) == errno.EEXIST
+    assert ok(ask(_wire.OP_REMOVEXATTR, 7, b"user.c\0")) == b""
+    assert "user.c" not in h.xattrs
+    assert error(ask(_wire.OP_SETXATTR, 9, xattr_in(1) + b"user.d\0x")) == errno.EPERM
+    stale = reply(STALE, 40)  # no open file on node 8: libfuse's ESTALE stands
+    assert ask(_wire.OP_GETXATTR, 8, xattr_in(64) + b"user.a\0") == b"".join(stale)
