@@ -28,7 +28,16 @@ BENCH_DIR = Path(__file__).resolve().parent
 # helpers, and the focused tools with options of their own (an image path, rounds),
 # run by hand: main(["--quick", ...]) would stop the run there
 NOT_BENCHMARKS = frozenset(
-    {"run", "common", "cow_copy", "create_loop", "stat_scale", "stat_steps", "block_ab"}
+    {
+        "run",
+        "common",
+        "cow_copy",
+        "create_loop",
+        "stat_scale",
+        "stat_steps",
+        "block_ab",
+        "fuse_tap",
+    }
 )
 
 
