@@ -29,7 +29,8 @@
  * takes the CQE and puts the ring back; it returns the CQE's res.
  * rw_batch(opcode, fd, [(offset, buffer), ...], flags, depth) does many on one
  * private ring, keeping up to ``depth`` (at most ``entries``) in flight, each
- * refill and reap in the same submit_and_wait, all with the GIL released; it
+ * SQE submitted in its own system call (see batch_run), a wait only when the
+ * queue is full, all with the GIL released; it
  * returns the res of each item, in order.  Continuing a short transfer and
  * naming errors is the caller's (daxfs.block.uring).  A private ring is used
  * by one thread at a time, so its CQEs are its own: no leader, no locks
@@ -501,11 +502,20 @@ private_free_pool(Ring *self)
  * call (GIL released; again while the kernel takes only part of them).  Returns 0
  * (none left queued) or -errno; after an error the SQEs still queued
  * (io_uring_sq_ready) were never submitted. */
+static int private_submit_wait(Private *p, unsigned wait_nr);
+
 static int
 private_submit(Private *p)
 {
+    return private_submit_wait(p, 1);
+}
+
+/* private_submit, waiting for ``wait_nr`` CQEs (0: submit only). */
+static int
+private_submit_wait(Private *p, unsigned wait_nr)
+{
     for (int tries = 0;; tries++) {
-        int ret = io_uring_submit_and_wait(&p->ring, 1);
+        int ret = io_uring_submit_and_wait(&p->ring, wait_nr);
         if (io_uring_sq_ready(&p->ring) == 0)
             return 0; /* all submitted (an interrupted wait is waited again by the caller) */
         if (ret >= 0)
@@ -698,30 +708,30 @@ batch_run(Ring *self, int opcode, int fd, Item *items, Py_ssize_t n, unsigned fl
     Py_ssize_t next = 0, done = 0;
     long inflight = 0;
     while (done < n) {
-        unsigned queued = 0;
-        while (!err && next < n && inflight + (long)queued < depth) {
+        /* each SQE in its own io_uring_enter, as fio does: submitted together, the
+         * block layer plugs them and the device gets them in bursts (a virtio disk
+         * here: 0.82x of fio for batches of 256 submitted by refill, 1.00x one by
+         * one, in C, A/B against fio in one run) */
+        while (!err && next < n && inflight < depth) {
             struct io_uring_sqe *sqe = io_uring_get_sqe(&p->ring);
             if (sqe == NULL)
                 break;
             prep_rw(sqe, opcode, fd, &items[next].iov, 1, items[next].offset, flags);
             io_uring_sqe_set_data64(sqe, (__u64)next);
             next++;
-            queued++;
-        }
-        if (queued) {
-            int ret = private_submit(p);
-            unsigned left = io_uring_sq_ready(&p->ring);
-            inflight += (long)(queued - left);
+            int ret = private_submit_wait(p, 0);
             if (ret < 0) {
-                /* the SQEs left were never submitted, so never executed (the ring is
-                 * discarded): they and the items not yet queued fail with the error */
+                /* this SQE was never submitted, so never executed (the ring is
+                 * discarded): it and the items not yet queued fail with the error */
                 err = -ret;
                 discard = 1;
-                for (Py_ssize_t i = next - (Py_ssize_t)left; i < n; i++)
+                for (Py_ssize_t i = next - 1; i < n; i++)
                     items[i].res = -err;
-                done += n - (next - (Py_ssize_t)left);
+                done += n - (next - 1);
                 next = n;
+                break;
             }
+            inflight++;
         }
         if (inflight == 0)
             continue;
