@@ -8,7 +8,8 @@ reference) and with no tap (libfuse's own read and writev): os.stat (a GETATTR
 each time, attr_timeout=0) and 4 KiB O_DIRECT reads of one file, batches of
 2,000 interleaved across the three mounts, medians of the rounds, wall time
 (the work is in the daemons).  Ratios against "no tap", measured in the same
-run.  Prints the load; nothing is asserted.
+run.  Prints the load; nothing is asserted.  A focused A/B tool, not part of
+``make bench`` (bench/run.py's NOT_BENCHMARKS).
 """
 
 from __future__ import annotations
@@ -48,11 +49,11 @@ def serve(kind: str, mountpoint: str) -> None:
     binding(Ops(), mountpoint, foreground=True, attr_timeout="0", default_permissions=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.serve:
         serve(*args.serve)
         return

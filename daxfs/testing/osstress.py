@@ -5,8 +5,10 @@ checks every result against its models.  Here the same ``Stress`` drives
 ``OsFileSystem``: the ``FileSystem`` methods nsstress calls, each made with
 os.* on a ``daxfs mount`` of the image (so the threads' operations reach the
 multi-threaded FUSE daemon concurrently, and every errno comes back through
-the kernel).  The end of a run is the same: every check, then ``daxfs
-umount``, fsck of the image, ``daxfs mount`` again and every check again.
+the kernel).  The end of a run is the same: every check, then unmount (``daxfs
+umount``), fsck of the image, mount again and every check again.  Mounting
+and unmounting are the caller's (``mount``, ``unmount``: daxfs.testing sits
+below daxfs.fuse; tests/fuse/test_stress.py passes daxfs.fuse's).
 
 What does not pass through the mount is not drawn: the per-inode DAX flag
 (``skip`` "dax": FUSE has no call for it; ``get_dax`` then answers "not set",
@@ -22,9 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from daxfs.errors import NotSupported
@@ -75,8 +77,9 @@ class OsFileSystem:
 
     _fast = None  # no C stat path to probe
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, unmount: Callable[[str], None]) -> None:
         self.root = root.rstrip("/")
+        self._unmount = unmount
         self._files: set[StressFile] = set()
         self._lock = threading.Lock()
 
@@ -162,46 +165,58 @@ class OsFileSystem:
         raise NotSupported(f"the DAX flag does not pass through a FUSE mount: {path}", path)
 
     def unmount(self) -> None:
-        """``daxfs umount``: the image is released (and clean) on return."""
-        from daxfs.fuse import unmount  # (mfusepy loads libfuse: only where it is used)
+        """Unmount (``daxfs umount``): the image is released (and clean) on return."""
+        self._unmount(self.root)
 
-        unmount(self.root)
+
+#: mount(image) -> the directory it is mounted on; unmount(that directory)
+Mount = Callable[[str], str]
+Unmount = Callable[[str], None]
 
 
 class MountedStress(Stress):
-    """nsstress over ``OsFileSystem`` on FUSE mounts of an image file."""
+    """nsstress over ``OsFileSystem`` on mounts of an image file."""
 
-    def __init__(self, seed: int, image: str, options: StressOptions | None = None) -> None:
-        self.mountpoint = tempfile.mkdtemp(prefix="daxfs-stress-mnt-")
+    def __init__(
+        self,
+        seed: int,
+        image: str,
+        options: StressOptions | None = None,
+        *,
+        mount: Mount,
+        unmount: Unmount,
+    ) -> None:
+        self._mount_image = mount
+        self._unmount_root = unmount
+        self._roots: list[str] = []
         opts = dataclasses.replace(options or StressOptions(), skip=frozenset({"dax"}))
         super().__init__(seed, opts, device=image)
 
     def _mount(self, device: Any) -> Any:
-        from daxfs.fuse import mount_background
-
-        pid, why = mount_background(str(device), self.mountpoint)
-        if not pid:
-            raise OSError(f"daxfs mount {device}: {why}")
-        return OsFileSystem(self.mountpoint)
+        root = self._mount_image(str(device))
+        self._roots.append(root)
+        return OsFileSystem(root, self._unmount_root)
 
     def run(self, ops: int | None = None, seconds: float | None = None) -> StressStats:
         try:
             return super().run(ops, seconds)
         finally:
-            if os.path.ismount(self.mountpoint):
-                OsFileSystem(self.mountpoint).unmount()
-            shutil.rmtree(self.mountpoint, ignore_errors=True)
+            for root in set(self._roots):
+                if os.path.ismount(root):
+                    self._unmount_root(root)
 
 
 def run_mounted(
     seed: int,
     *,
+    mount: Mount,
+    unmount: Unmount,
     ops: int | None = None,
     seconds: float | None = None,
     options: StressOptions | None = None,
     size: int | None = None,
 ) -> StressStats:
-    """One nsstress run through a FUSE mount of a fresh image on /dev/shm.
+    """One nsstress run through mounts of a fresh image on /dev/shm.
 
     Raises:
         StressFailure: one line per failure, with the seeds.
@@ -212,7 +227,7 @@ def run_mounted(
     os.unlink(image)
     try:
         mkfs(image, size or opts.device_size)
-        return MountedStress(seed, image, opts).run(ops, seconds)
+        return MountedStress(seed, image, opts, mount=mount, unmount=unmount).run(ops, seconds)
     finally:
         if os.path.exists(image):
             os.unlink(image)
