@@ -19,9 +19,10 @@ On io_uring, QD1 ``readinto`` and ``write`` take the synchronous fast path
 and waited for in one system call); the QD32 row with ``end_io`` is the
 per-bio path, kept as the asynchronous interface's figure (the leader
 submits the next bios of a batch of completions in one system call).
-Figures of 2026-11-28 18:22 UTC, load 2.4-3.0, ``--quick``: QD1 0.98x,
-QD32 end_io 0.21x, QD32 batched 0.82x, write 0.92x (docs/ARCHITECTURE.md,
-"Closing the gap to fio", has them with ``bench/block_ab.py``'s A/B).
+Figures of 2026-11-28 18:52 UTC, load 2.0-2.6, ``--quick``: QD1 0.86x,
+QD32 end_io 0.24x, QD32 batched 0.95x, write 1.19x (docs/ARCHITECTURE.md,
+"Closing the gap to fio", has these, earlier runs, and
+``bench/block_ab.py``'s A/B).
 Each row runs the io_uring engine (the goal's subject) and the thread pool
 (for comparison, an informational row) of ``open_block(..., engine=...)``
 with O_DIRECT, against fio's io_uring engine with ``direct=1`` on the same
