@@ -340,6 +340,6 @@ def test_makes_exchanges_and_catches_a_half_done_one(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(FileSystem, "_touch_dir", touch)
     # caught by the end's link-count check, or earlier, when a later rmdir takes the
     # wrong count below zero ("nlink -1"): which comes first depends on the draw
-    with pytest.raises(nsstress.StressFailure, match="link count|nlink -1"):
+    with pytest.raises(nsstress.StressFailure, match=r"link count|nlink -1"):
         for seed in range(1, 9):
             nsstress.run(seed, ops=600, options=opts())
