@@ -3,6 +3,8 @@
 The device report (backend, granularity, persist method, ...) comes first,
 then how the path would be reached as a block device (daxfs.block: the I/O
 engine, O_DIRECT or the buffered fallback, and why);
+then whether ``daxfs mount`` can work here and with which FUSE wire tap (C,
+or the Python fallback when daxfs.fuse._tap is not built, and why);
 when the path holds a daxfs, the facts of its superblock follow (uuid, label,
 size, free blocks, inodes in use, state, mount count, journal, creation time).
 A block special file cannot be mapped: its report is how bios reach it and
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         facts["filesystem"] = describe_filesystem(dev)
     facts["block"] = describe_block(args.path)
     facts["cache"] = describe_cache(facts["size"], args.cache_size)
+    facts["fuse"] = describe_fuse()
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
@@ -132,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         ("cpu features", " ".join(facts["cpu"]) or "none", ""),
         _block_row(facts["block"]),
         _cache_row(facts["cache"]),
+        _fuse_row(facts["fuse"]),
     ]
     rows += _filesystem_rows(facts["filesystem"])
     _print_rows(rows)
@@ -159,6 +163,7 @@ def _run_block(args: argparse.Namespace) -> int:
             "block": _describe_open(bdev),
             "filesystem": describe_filesystem(reader),
             "cache": describe_cache(bdev.size, args.cache_size),
+            "fuse": describe_fuse(),
         }
     if args.json:
         print(json.dumps(facts, indent=2))
@@ -174,6 +179,7 @@ def _run_block(args: argparse.Namespace) -> int:
         ("size", f"{facts['size']} bytes ({human(facts['size'])})", ""),
         _block_row(facts["block"]),
         _cache_row(facts["cache"]),
+        _fuse_row(facts["fuse"]),
     ]
     rows += _filesystem_rows(facts["filesystem"])
     _print_rows(rows)
@@ -261,6 +267,27 @@ def _describe_open(blk: FileBlockDevice) -> dict[str, Any]:
         "direct": blk.direct,
         "logical_block_size": blk.limits.logical_block_size,
     }
+
+
+def describe_fuse() -> dict[str, Any]:
+    """Whether ``daxfs mount`` can work here (why not), and its wire tap: "C", or
+    "Python", the fallback when daxfs.fuse._tap is not built (why)."""
+    try:
+        from daxfs.fuse import available, tap_engine
+    except (ImportError, OSError) as exc:  # mfusepy missing, or no libfuse to load
+        return {"available": False, "reason": f"daxfs.fuse: {exc}", "tap": None, "tap_reason": ""}
+    why = available()
+    tap, tap_why = tap_engine()
+    return {"available": why is None, "reason": why or "", "tap": tap, "tap_reason": tap_why}
+
+
+def _fuse_row(fuse: dict[str, Any]) -> tuple[str, str, str]:
+    if fuse["tap"] is None:
+        return ("FUSE mount", "unavailable", fuse["reason"])
+    tap = "wire tap in C" if fuse["tap"] == "C" else "wire tap in Python (fallback)"
+    if not fuse["available"]:
+        return ("FUSE mount", f"unavailable ({tap})", fuse["reason"])
+    return ("FUSE mount", f"daxfs mount works, {tap}", fuse["tap_reason"])
 
 
 def _block_row(block: dict[str, Any]) -> tuple[str, str, str]:

@@ -3,8 +3,10 @@
 mount serves the image through FUSE (daxfs.fuse).  Without --foreground it
 returns once the mount is ready, the serving process detached; a failure
 (no image, image busy, no FUSE, a bad mount point) is one line on stderr and
-exit status 1.  With --foreground it serves until unmounted or interrupted
-(Ctrl-C, SIGTERM: a clean unmount) and exits 0.
+exit status 1.  A mount that works but not as well as it could says so in a
+line "daxfs: note: ..." on stderr and exits 0 (the FUSE wire tap in Python
+when its C extension is not built).  With --foreground it serves until
+unmounted or interrupted (Ctrl-C, SIGTERM: a clean unmount) and exits 0.
 
 umount unmounts (fusermount3 -u) and waits until the serving process has
 released the image, so the image can be mounted or checked right after.
@@ -13,6 +15,7 @@ released the image, so the image can be mounted or checked right after.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from daxfs.cli.common import add_parser
@@ -72,6 +75,8 @@ def run_mount(args: argparse.Namespace) -> int:
     pid, message = fuse.mount_background(args.image, args.mountpoint, options)
     if not pid:
         raise OSError(0, f"cannot mount {args.image} on {args.mountpoint}: {message}")
+    if message:  # mounted, with a note (the wire tap's Python fallback)
+        print(message, file=sys.stderr)
     return 0
 
 

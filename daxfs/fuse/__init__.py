@@ -26,7 +26,9 @@ Modules, bottom up: ``_wire`` (the wire tap: libfuse's reads and writes of
 an open file whose name is gone; its C half is ``_tap.c``), ``_binding``
 (mfusepy's FUSE with renameat2 flags, lseek, UTIME_NOW/OMIT and one-copy
 reads and writes), ``_ops`` (the callbacks), ``_mount`` (options, the
-serving loop, background mounts, umount).
+serving loop, background mounts, umount).  ``tap_engine`` says whether the
+tap's read and writev are the C ones or the Python fallback (``daxfs info``
+shows it; a mount with the fallback prints a note).
 
 Invariants (the details are in each module):
 1. Every request is one API call: atomic and durable on return.
@@ -45,6 +47,7 @@ from daxfs.fuse._mount import (
     unmount,
 )
 from daxfs.fuse._ops import DaxOperations
+from daxfs.fuse._wire import tap_engine
 
 __all__ = [
     "DaxOperations",
@@ -54,5 +57,6 @@ __all__ = [
     "mount_background",
     "parse_options",
     "serve",
+    "tap_engine",
     "unmount",
 ]

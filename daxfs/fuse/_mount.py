@@ -9,7 +9,9 @@ Lifecycle::
     mount_background(): fork --> child: setsid, serve(ready=...) ; parent waits on a pipe
       child's stderr is the pipe until ready: a failure's message reaches the parent,
       which prints it and exits non-zero; READY arrives when libfuse's init ran,
-      that is once the kernel mount answers requests.
+      that is once the kernel mount answers requests.  A note the child wrote
+      before READY (the wire tap's Python fallback: serve()) is returned with
+      the pid, and ``daxfs mount`` prints it.
 
     unmount(): fusermount3 -u MOUNTPOINT, then wait for the serving process (its pid
       file) to exit, so that the image is released (mountable, checkable) on return.
@@ -44,6 +46,7 @@ from daxfs.fs.mount import mount
 from daxfs.lifecycle import cleanup_after, run_all
 
 READY = b"\0daxfs-fuse-ready\n"
+NOTE = "daxfs: note: "  # a line of the mount's stderr that daxfs mount passes on
 #: FUSE options passed to libfuse as they are (flags, and the ones that take a value)
 FUSE_FLAGS = (
     "allow_other",
@@ -153,6 +156,15 @@ def _read_pid(mountpoint: str) -> int | None:
 # -- serving ---------------------------------------------------------------------------
 
 
+def tap_note() -> str:
+    """What a mount says about its wire tap: nothing for the C one; for the Python
+    fallback (daxfs.fuse._tap not built), that it is the fallback and why."""
+    from daxfs.fuse._wire import tap_engine
+
+    kind, why = tap_engine()
+    return "" if kind == "C" else f"the FUSE wire tap runs in {kind}: {why}"
+
+
 def serve(
     image: str,
     mountpoint: str,
@@ -175,6 +187,9 @@ def serve(
 
     opts = options or MountOptions()
     mountpoint = check_mountpoint(mountpoint)
+    note = tap_note()
+    if note:  # before ready: a background mount's parent prints it (mount_background)
+        print(f"{NOTE}{note}", file=sys.stderr, flush=True)
     fs = mount(
         image,
         readonly=opts.readonly,
@@ -229,8 +244,10 @@ def mount_background(
     """Serve the mount from a detached child; return once it is ready or has failed.
 
     Returns:
-        (pid, "") when the mount is ready; (0, message) when it failed, the
-        message being the child's last line on stderr (without "daxfs: ").
+        (pid, notes) when the mount is ready, ``notes`` being what the child
+        wrote on stderr before (lines "daxfs: note: ...", usually none: see
+        ``tap_note``); (0, message) when it failed, the message being the
+        child's last line on stderr (without "daxfs: ").
     """
     image = os.path.abspath(image)
     mountpoint = check_mountpoint(mountpoint)
@@ -248,8 +265,9 @@ def mount_background(
             if not chunk:
                 break
             got += chunk
-    if READY in got:
-        return pid, ""
+    if READY in got:  # the notes before it, not libfuse's own chatter
+        said = got[: got.index(READY)].decode(errors="replace").splitlines()
+        return pid, "\n".join(ln for ln in said if ln.startswith(NOTE))
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
     lines = [ln.strip() for ln in got.decode(errors="replace").splitlines() if ln.strip()]

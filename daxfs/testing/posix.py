@@ -23,8 +23,15 @@ errno but changed something anyway is caught too.
 
 Mapping to the host: an absolute symlink target is stored under the host
 root and readlink strips that prefix again, so links mean the same on both
-sides.  The steps must not climb above the root with ".." (on the host that
-would leave the temporary directory); daxfs's "/.." is tested on its own.
+sides.  Above the root the host has a parent and daxfs has none ("/.." is
+"/"), so a step must not climb above the root with "..", with one exception:
+the names in ``ABOVE_ROOT``.  The host root's parent holds, for each of
+them, a symbolic link to the same name in the root (``mirror_above_root``),
+so that a relative link in the root that climbs to it ("../b", which random
+step sequences make) finds on the host what daxfs's "/.." finds: the root's
+own entry (one more link followed on the way, far below the 40 allowed).
+A side reached through ``os`` on a directory (the FUSE mount's) gets the same
+links above its root.  daxfs's "/.." itself is tested on its own.
 ``link`` on the host is linkat with AT_SYMLINK_FOLLOW when following (what
 ``os.link`` does only when given a directory descriptor: plain ``os.link``
 calls link(2), which on Linux never follows).
@@ -74,6 +81,8 @@ from daxfs.lifecycle import Closeable, run_all
 from daxfs.testing import SimulatedPmem
 
 Step = tuple[Any, ...]
+#: names a relative link in the root may climb to ("../b"): see mirror_above_root
+ABOVE_ROOT = ("b",)
 #: the actions of an ``open`` step that are os calls on the file's descriptor
 FILE_OPS = ("fstat", "fstat_times", "fstat_owner", "fchmod", "fchown", "futime", "ftruncate")
 SIZE = 16 << 20
@@ -454,6 +463,15 @@ def host_umask() -> Iterator[None]:
         os.umask(old)
 
 
+def mirror_above_root(root: str) -> None:
+    """In the parent of the directory ``root``, a link NAME -> ROOT/NAME for each of
+    ``ABOVE_ROOT``: what "../NAME" from ``root`` then finds is ``root``'s own NAME,
+    as daxfs's "/../NAME" is "/NAME"."""
+    parent, base = os.path.split(root.rstrip("/"))
+    for name in ABOVE_ROOT:
+        os.symlink(f"{base}/{name}", os.path.join(parent, name))
+
+
 #: makes a fresh side under test and the function that disposes of it
 SideFactory = Callable[[], tuple["Side", Callable[[], None]]]
 
@@ -474,6 +492,7 @@ class Oracle(Closeable):
         self.tmp = tempfile.mkdtemp(prefix="daxfs-oracle-")
         with host_umask():
             os.mkdir(self.tmp + "/root")  # 0o755, as daxfs's root
+        mirror_above_root(self.tmp + "/root")
         self.host = HostSide(self.tmp + "/root")
         self.dax, self._close_side = (make_side or dax_side)()
 

@@ -25,7 +25,7 @@ import hypothesis.strategies as stx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from daxfs.testing.posix import Oracle, Outcome, SideFactory, Step, run_steps
+from daxfs.testing.posix import ABOVE_ROOT, Oracle, Outcome, SideFactory, Step, run_steps
 
 T1 = (1_000_000_000, 2_000_000_000)  # (atime, mtime) in ns for utime probes
 
@@ -794,9 +794,12 @@ OPEN_FILES: dict[str, list[Step]] = {
 # -- random sequences --------------------------------------------------------------------
 
 # Paths over a small name space, mostly shallow, starting from SEED (so that
-# most steps meet something).  A ".." only ever follows a component that is
-# not the root, and no link target leads to the root, so no path climbs above
-# the host's root directory.
+# most steps meet something).  A ".." in a path only ever follows a component
+# that is not the root.  A link target does climb above the root when its link
+# lies in the root (or is moved there): "../b" (TARGET_TEXTS); on the host,
+# and on a side reached through os, the root's parent holds b -> root/b
+# (daxfs.testing.posix.mirror_above_root), so "../b" from the root finds the
+# root's own b there, as daxfs's "/../b" does.  CLIMBS checks those cases.
 SEED: list[Step] = [
     ("mkdir", "/a"),
     ("mkdir", "/a/b"),
@@ -816,7 +819,9 @@ paths = stx.builds(
     stx.sampled_from([False, False, False, False, True]),
     stx.sampled_from([False, False, False, True]),
 )
-targets = stx.sampled_from(["a", "/a", "a/b", "b", "l", "../b", "c", "/a/b/", "b/"])
+#: link targets of the random steps; "../NAME" only for NAME in ABOVE_ROOT
+TARGET_TEXTS = ["a", "/a", "a/b", "b", "l", "../b", "c", "/a/b/", "b/"]
+targets = stx.sampled_from(TARGET_TEXTS)
 payloads = stx.binary(max_size=64)
 random_steps = stx.one_of(
     stx.tuples(stx.just("mkdir"), paths),
@@ -839,6 +844,64 @@ random_steps = stx.one_of(
     stx.tuples(stx.sampled_from(["stat", "lstat", "listdir", "readlink", "exists"]), paths),
     stx.tuples(stx.just("chmod"), paths, stx.sampled_from([0o600, 0o755, 0o4711])),
 )
+
+
+# -- a link in the root that climbs out of it ("../b"): "/.." is "/" ----------------------
+
+CLIMBS: dict[str, list[Step]] = {
+    "read-through-it": [
+        ("symlink", "../b", "/c"),
+        ("get", "/c"),
+        ("stat", "/c"),
+        ("lstat", "/c"),
+        ("readlink", "/c"),
+        ("exists", "/c"),
+    ],
+    "moved-into-the-root": [
+        ("symlink", "../b", "/a/c"),  # in /a: /b
+        ("get", "/a/c"),
+        ("rename", "/a/c", "/c"),  # in the root: "/../b", that is /b again
+        ("get", "/c"),
+    ],
+    "hard-link-follows-it": [
+        ("symlink", "../b", "/c"),
+        ("link", "/c", "/n"),
+        ("stat", "/n"),
+        ("get", "/n"),
+    ],
+    "create-through-it": [
+        ("unlink", "/b"),
+        ("symlink", "../b", "/c"),
+        ("exists", "/c"),
+        ("put", "/c", b"made"),
+        ("get", "/b"),
+        ("listdir", "/"),
+    ],
+    "directory-through-it": [
+        ("unlink", "/b"),
+        ("mkdir", "/b"),
+        ("symlink", "../b", "/c"),
+        ("put", "/c/x", b"x"),
+        ("listdir", "/b"),
+        ("stat", "/c/.."),
+        ("listdir", "/c/.."),
+        ("rmdir", "/c/"),
+    ],
+    "dangling": [
+        ("unlink", "/b"),
+        ("symlink", "../b", "/c"),
+        ("stat", "/c"),
+        ("open", "/c", "rb", []),
+        ("link", "/c", "/n"),
+    ],
+    "a-loop-through-the-root": [
+        ("unlink", "/b"),
+        ("symlink", "../b", "/b"),
+        ("stat", "/b"),
+        ("symlink", "b", "/c"),
+        ("get", "/c"),
+    ],
+}
 
 
 class PosixTests:
@@ -904,6 +967,16 @@ class PosixTests:
             why = self.open_file_failures[case]
             request.applymarker(pytest.mark.xfail(reason=why, strict=True))
         run_steps([*BASE, *OPEN_FILES[case]], posix_side)
+
+    @pytest.mark.parametrize("case", sorted(CLIMBS))
+    def test_link_climbing_out_of_the_root(self, posix_side: SideFactory, case: str) -> None:
+        run_steps([*SEED, *CLIMBS[case]], posix_side)
+
+    def test_random_links_climb_only_to_mirrored_names(self) -> None:
+        climbs = [t for t in TARGET_TEXTS if t.startswith("..")]
+        assert climbs, "the random steps no longer make a link that climbs"
+        for target in climbs:
+            assert target.split("/")[1] in ABOVE_ROOT, target
 
     def test_random_sequences(self, posix_side: SideFactory) -> None:
         @settings(

@@ -18,7 +18,15 @@ import hypothesis.strategies as stx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from daxfs.testing.posix import HostSide, Side, SideFactory, Step, host_umask, run_steps
+from daxfs.testing.posix import (
+    HostSide,
+    Side,
+    SideFactory,
+    Step,
+    host_umask,
+    mirror_above_root,
+    run_steps,
+)
 from daxfs.testing.posix_tests import SEED, PosixTests, random_steps
 from tests.fuse.mounts import FuseMount, skip_reason
 
@@ -26,15 +34,16 @@ pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=f"no FUSE: {sk
 
 
 def fresh_side(mnt: FuseMount, name: str) -> tuple[Side, Callable[[], None]]:
-    """A side rooted at ``name/root`` on the mount: its parent is fresh and empty, as
-    the host side's is (Oracle), so a relative link climbing out of the root
-    ('../b') finds the same nothing on both sides, and a directory made through
-    one goes away with the case."""
+    """A side rooted at ``name/root`` on the mount: its parent is fresh and holds
+    what the host side's does (Oracle: ``mirror_above_root``), so a relative link
+    climbing out of the root ('../b') finds the root's own entry on both sides,
+    and a directory made through one goes away with the case."""
     top = mnt.path(name)
     root = f"{top}/root"
     with host_umask():
         os.mkdir(top)
         os.mkdir(root)  # 0o755, as daxfs's root
+    mirror_above_root(root)
     side = HostSide(root)
 
     def close() -> None:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 import daxfs
-from daxfs.errors import InvalidArgument
+from daxfs.errors import Busy, InvalidArgument
 from daxfs.fuse import is_mounted, parse_options
 from tests.fuse.mounts import DAXFS, daxfs_cli, skip_reason
 
@@ -250,6 +250,53 @@ def test_unlinked_open_file_keeps_working(d: str) -> None:
     os.rmdir(d)
 
 
+def test_reopening_through_proc(d: str) -> None:
+    """/proc/self/fd/N of an open file whose name is gone does not reopen: ESTALE
+    (an OPEN of a node libfuse has no path for; on ext4 or tmpfs it would
+    reopen).  Its descriptor keeps working; a renamed file, which still has a
+    name, reopens (docs/ARCHITECTURE.md, "The FUSE front end", Limits)."""
+
+    def reopen(fd: int, flags: int) -> bytes:
+        again = os.open(f"/proc/self/fd/{fd}", flags)
+        try:
+            return os.pread(again, 100, 0)
+        finally:
+            os.close(again)
+
+    def gone(case: str, p: str) -> None:
+        if case == "unlinked":
+            os.unlink(p)
+        elif case == "unlinked, another name left":
+            os.link(p, p + ".other")
+            os.unlink(p)
+        else:  # replaced by a rename over it
+            with open(p + ".new", "wb") as f:
+                f.write(b"new")
+            os.rename(p + ".new", p)
+
+    p = os.path.join(d, "f")
+    for case in ("unlinked", "unlinked, another name left", "renamed over"):
+        with open(p, "wb") as f:
+            f.write(b"old")
+        fd = os.open(p, os.O_RDWR)
+        try:
+            gone(case, p)
+            for flags in (os.O_RDONLY, os.O_RDWR):
+                assert errno_of(reopen, fd, flags) == errno.ESTALE, case
+            assert os.pread(fd, 100, 0) == b"old", case
+            assert os.fstat(fd).st_size == 3, case
+        finally:
+            os.close(fd)
+    with open(p, "wb") as f:
+        f.write(b"kept")
+    fd = os.open(p, os.O_RDWR)
+    try:
+        os.rename(p, p + ".moved")
+        assert reopen(fd, os.O_RDONLY) == b"kept"
+    finally:
+        os.close(fd)
+
+
 def test_unlinked_file_with_two_handles_answers_through_the_one_left(d: str) -> None:
     p = os.path.join(d, "f")
     first = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
@@ -405,6 +452,81 @@ def test_read_only_mount(image: str, mountpoint: str) -> None:
         assert os.statvfs(mountpoint).f_flag & os.ST_RDONLY
     finally:
         daxfs_cli("umount", mountpoint)
+
+
+SHARED = {f"f{i}": os.urandom(20_000 * (i + 1) + 17) for i in range(3)}
+
+
+def _read_through(paths: list[str], out: object) -> None:
+    """A reader process: every file through read() and through a shared mmap."""
+    import hashlib
+
+    seen = []
+    for p in paths:
+        with open(p, "rb") as f:
+            data = f.read()
+            with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+                mapped = bytes(m)
+        seen.append((p, hashlib.sha256(data).hexdigest(), hashlib.sha256(mapped).hexdigest()))
+    out.put(seen)  # type: ignore[attr-defined]
+
+
+def test_read_only_mounts_share_the_image(image: str, mountpoint: str) -> None:
+    """Two read-only FUSE mounts and an API reader of one image at once, read by
+    processes through both mounts; a read-write mount (FUSE or API) is EBUSY
+    meanwhile, and mounts once they are gone (docs/GUARANTEES.md)."""
+    import hashlib
+    import multiprocessing
+
+    with daxfs.mount(image) as fs:
+        for name, data in SHARED.items():
+            with fs.open(f"/{name}", "wb") as f:
+                f.write(data)
+    second = tempfile.mkdtemp(prefix="daxfs-mnt-")
+    try:
+        daxfs_cli("mount", image, mountpoint, "-o", "ro")
+        daxfs_cli("mount", image, second, "-o", "ro")
+        try:
+            with daxfs.mount(image, readonly=True) as fs:  # a third reader, in this process
+                assert sorted(fs.listdir("/")) == sorted(SHARED)
+                with pytest.raises(Busy) as busy:
+                    daxfs.mount(image)
+                assert busy.value.errno == errno.EBUSY
+                other = tempfile.mkdtemp(prefix="daxfs-mnt-")
+                try:
+                    done = daxfs_cli("mount", image, other, check=False)
+                    assert done.returncode == 1, done.stderr
+                    assert "in use" in done.stderr, done.stderr
+                finally:
+                    os.rmdir(other)
+                ctx = multiprocessing.get_context("spawn")
+                out = ctx.Queue()
+                procs = [
+                    ctx.Process(
+                        target=_read_through,
+                        args=([os.path.join(root, n) for n in sorted(SHARED)], out),
+                    )
+                    for root in (mountpoint, second, mountpoint, second)
+                ]
+                for p in procs:
+                    p.start()
+                results = [out.get(timeout=120) for _ in procs]
+                for p in procs:
+                    p.join(60)
+                    assert p.exitcode == 0
+        finally:
+            for root in (mountpoint, second):
+                if is_mounted(root):
+                    daxfs_cli("umount", root)
+    finally:
+        os.rmdir(second)
+    expected = {n: hashlib.sha256(d).hexdigest() for n, d in SHARED.items()}
+    for seen in results:
+        assert len(seen) == len(SHARED)
+        for path, read, mapped in seen:
+            assert read == mapped == expected[os.path.basename(path)], path
+    with daxfs.mount(image) as fs:  # the readers gone: a writer mounts
+        fs.unlink("/f0")
 
 
 def wait_mounted(proc: subprocess.Popen[str]) -> None:
