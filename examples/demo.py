@@ -18,7 +18,8 @@
    that range waits, and show the truncate completing after the unpin.
 8. Quick benchmark figures against PMDK's libpmem2.
 9. A FUSE mount (where /dev/fuse exists): the image mounted with ``daxfs mount``,
-   used by ordinary programs (cp, ls, tar, sqlite3), unmounted, fsck clean.
+   used by ordinary programs (cp, ls, tar, sqlite3, pandas), unmounted, fsck
+   clean.  A failure there is printed and makes the demo exit 1.
 """
 
 from __future__ import annotations
@@ -264,14 +265,16 @@ def benchmark() -> None:
     subprocess.run([sys.executable, str(script), "--quick"], check=False, env=os.environ.copy())
 
 
-def fuse_mount() -> None:
+def fuse_mount() -> bool:
+    """Section 9; False if it failed (printed)."""
     step("9. A FUSE mount: the image for every program (daxfs mount / daxfs umount)")
-    from daxfs.fuse import available
+    from daxfs.fuse import available, tap_engine
 
     why = available()
     if why is not None:
         console.print(f"skipped: {why}")
-        return
+        return True
+    console.print(f"wire tap: {tap_engine()[0]} ({tap_engine()[1]})")
     import shutil
     import tempfile
 
@@ -283,8 +286,11 @@ def fuse_mount() -> None:
         done = subprocess.run(args, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise OSError(f"{' '.join(args)}: {done.stderr.strip()}")
+        for note in done.stderr.splitlines():  # daxfs mount's notes, if any
+            console.print(f"  {note}")
         return done.stdout
 
+    ok = True
     try:
         run(*daxfs_cli, "mount", str(IMAGE), mountpoint)
         console.print(f"$ daxfs mount {IMAGE} {mountpoint}")
@@ -306,16 +312,26 @@ def fuse_mount() -> None:
         count = db.execute("SELECT count(*) FROM t").fetchone()[0]
         db.close()
         console.print(f"sqlite3 with a WAL database on the mount: {count} rows")
+        import pandas as pd
+
+        frame = pd.DataFrame({"k": range(1000), "v": [i * 0.5 for i in range(1000)]})
+        frame.to_csv(f"{mountpoint}/frame.csv", index=False)
+        back = pd.read_csv(f"{mountpoint}/frame.csv")
+        console.print(f"pandas to_csv / read_csv on the mount: equal = {back.equals(frame)}")
+        ok = bool(back.equals(frame))
     except OSError as exc:
-        console.print(f"the FUSE section failed: {exc}")
+        console.print(f"the FUSE section failed: {exc}", style="bold red")
+        ok = False
     finally:
         subprocess.run([*daxfs_cli, "umount", mountpoint], capture_output=True, check=False)
         shutil.rmtree(mountpoint, ignore_errors=True)
     console.print("$ daxfs umount: the image is released; through the Python API again:")
     with daxfs.mount(IMAGE) as fs:
         console.print(f"  / holds {sorted(fs.listdir('/'))}")
-    console.print(f"fsck {IMAGE}: {fsck(IMAGE)}")
+    result = fsck(IMAGE)
+    console.print(f"fsck {IMAGE}: {result}")
     console.print("real DAX mmap is File.mmap in Python: a mmap on the mount is page cache")
+    return ok and result.clean
 
 
 def main() -> int:
@@ -327,7 +343,9 @@ def main() -> int:
     mmap_numpy()
     pin_and_truncate()
     benchmark()
-    fuse_mount()
+    if not fuse_mount():
+        console.print("\nthe FUSE section failed (above)", style="bold red")
+        return 1
     console.print(f"\ndone: the image is {IMAGE.resolve()}", style="bold green")
     return 0
 
