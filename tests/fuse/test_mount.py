@@ -12,6 +12,7 @@ import ctypes
 import errno
 import mmap
 import os
+import shutil
 import signal
 import stat as st
 import subprocess
@@ -210,6 +211,62 @@ def test_extended_attributes(d: str) -> None:
     os.symlink("f", os.path.join(d, "s"))  # through a link: the file's, unless told not to
     assert os.getxattr(os.path.join(d, "s"), "user.big") == bytes(range(256)) * 64
     assert os.listxattr(os.path.join(d, "s"), follow_symlinks=False) == []
+
+
+XATTRS_AS_ANOTHER_USER = """
+import os, sys
+os.setgid(4321); os.setuid(1234)
+f = sys.argv[1]
+def probe(call):
+    try:
+        return repr(call())
+    except OSError as e:
+        return f"errno {e.errno}"
+print(sorted(os.listxattr(f)))
+print(probe(lambda: os.getxattr(f, "trusted.t")))
+print(probe(lambda: os.setxattr(f, "trusted.t", b"x")))
+print(probe(lambda: os.setxattr(f, "security.s", b"x")))
+print(probe(lambda: os.removexattr(f, "security.s")))
+print(probe(lambda: os.getxattr(f, "security.s")))
+print(probe(lambda: os.setxattr(f, "user.v", b"v")))
+fd = os.open(f, os.O_RDONLY)
+os.unlink(f)  # by descriptor now: the wire tap answers on the mount
+print(sorted(os.listxattr(fd)))
+print(probe(lambda: os.getxattr(fd, "trusted.t")))
+"""
+
+
+def test_trusted_and_security_names_as_linux_allows_them(d: str, tmp_path: object) -> None:
+    """Root sets user., trusted. and security. names; another user then lists, reads
+    and writes them, by path and by descriptor, through the mount and on the host's
+    /dev/shm (tmpfs): the same results (trusted. hidden and refused, security.
+    readable but not writable)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    seen = []
+    host = tempfile.mkdtemp(prefix="daxfs-xattr-host-", dir="/dev/shm")
+    try:
+        for top in (d, host):
+            os.chmod(top, 0o777)
+            f = os.path.join(top, "f")
+            with open(f, "w") as out:
+                out.write("x")
+            os.chmod(f, 0o666)
+            for name in ("user.u", "trusted.t", "security.s"):
+                os.setxattr(f, name, name.encode())
+            assert sorted(os.listxattr(f)) == ["security.s", "trusted.t", "user.u"]
+            done = subprocess.run(
+                [sys.executable, "-c", XATTRS_AS_ANOTHER_USER, f],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            seen.append(done.stdout)
+    finally:
+        shutil.rmtree(host)
+    assert seen[0] == seen[1], f"mount:\n{seen[0]}\nhost:\n{seen[1]}"
+    assert "trusted" not in seen[0].splitlines()[0]
 
 
 def test_unlinked_open_file_keeps_working(d: str) -> None:
