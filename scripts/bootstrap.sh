@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv
-APT_PACKAGES=(gcc make pkg-config python3-dev python3-venv libpmem2-dev pmdk-tools fio fuse3 libfuse3-dev nbdkit liburing-dev rsync)
+APT_PACKAGES=(gcc make pkg-config python3-dev python3-venv libpmem2-dev pmdk-tools fio fuse3 libfuse3-dev nbdkit liburing-dev rsync sqlite3 git)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,9 @@ def test_readme_fuse_mount_example_runs(shm_path: Path) -> None:
 
     if skip_reason() is not None:
         pytest.skip(f"no FUSE: {skip_reason()}")
+    for program in ("git", "sqlite3", "diff"):
+        if shutil.which(program) is None:
+            pytest.skip(f"{program} is not installed (scripts/bootstrap.sh installs it)")
     (block,) = [b for b in SHELL if "daxfs mount" in b]
     folder = shm_path.parent / f"{shm_path.name}.d"
     folder.mkdir()
