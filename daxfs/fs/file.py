@@ -715,17 +715,22 @@ class File(io.RawIOBase):
         (as Linux writes back dirty DAX pages at fsync, even after munmap);
         everything else is durable already.
 
-        A live writable mapping also sets the modification time here.
+        A live writable mapping also sets the modification time here.  With
+        ``direct=True`` on a block device, the times that direct overwrites left
+        owed are committed (``DirectIO.sync_times``).
 
         Raises:
             ClosedFile (EBADF): the file is closed.
             IOFailure (EIO): the device failed to flush; a later fsync tries again.
+            ReadOnly (EROFS): owed times after a journal failure.
         """
         self._check_open()
         inode = self.inode
         with naming(self.path):
             with inode.lock:
                 mapped = self._data.writeback(inode)
+                if self._dio is not None:
+                    self._dio.sync_times(inode)
             if mapped:
                 self._owner._touch_modified(inode)
 
@@ -921,9 +926,15 @@ class File(io.RawIOBase):
     def close(self) -> None:
         """Close; the last holder of an unlinked file frees it.
 
+        With ``direct=True`` on a block device, the times that direct overwrites
+        left owed are committed (``DirectIO.sync_times``).
+
         Raises:
             IOFailure (EIO): the device failed while freeing the file (it stays
-                on the orphan list: the next mount frees it); closed all the same.
+                on the orphan list: the next mount frees it), or committing the
+                owed times; closed all the same.
+            ReadOnly (EROFS): the owed times could not be committed after a
+                journal failure; closed all the same.
         """
         if not self._open:
             return
@@ -937,11 +948,21 @@ class File(io.RawIOBase):
         # references before it runs ``__del__``; the entry is this File's all the same
         if (ref := files.get(id(self))) is not None and ref() in (self, None):
             del files[id(self)]
+        owed: OSError | None = None
+        if self._dio is not None:  # the times of direct overwrites (DirectIO.touch)
+            try:
+                with self.inode.lock:
+                    self._dio.sync_times(self.inode)
+            except OSError as exc:  # closed all the same; raised after
+                owed = exc
         try:
             self._itable.put(self.inode, file=True)
         except BaseException:
             with naming(self.path):  # the path decoded only for an error
                 raise
+        if owed is not None:
+            with naming(self.path):
+                raise owed
 
     def __del__(self) -> None:
         if getattr(self, "_open", False):

@@ -1595,6 +1595,8 @@ class FileSystem:
         self._check_mounted()
         with naming(self.source), self._lock:
             self.data.sync_all()
+            if self.direct is not None:  # times of direct overwrites (DirectIO.touch)
+                self.direct.sync_all_times()
             self.store.drain()
 
 

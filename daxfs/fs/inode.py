@@ -39,7 +39,9 @@ Invariants
      returns the same object while anyone may hold it, and entries are evicted
      only between operations (``trim``) and never while open.
   2. ``rec`` differs from the device only inside a transaction that has
-     marked the inode dirty.
+     marked the inode dirty -- or in mtime and ctime alone, while direct
+     overwrites owe their commit (daxfs.fs.direct, "Times"; the next
+     transaction of the inode packs them, an abort's re-read drops them).
   3. Free-list inodes have mode 0 and the ORPHAN flag clear; orphan-list
      inodes have the ORPHAN flag set.
   4. ``Inode.refs`` changes only in ``hold`` and ``put``, under the table's

@@ -82,9 +82,10 @@ OPERATIONS: dict[str, tuple[Step, Step]] = {
     "extending_size": (setup_file(5000, written=5000), direct_write(8192, 3 * BLOCK_SIZE)),
     # appending at an aligned end
     "append": (setup_file(BLOCK_SIZE, written=BLOCK_SIZE), direct_write(BLOCK_SIZE, BLOCK_SIZE)),
-    # an overwrite of written blocks in place (only mtime in the transaction): one
-    # logical block, which the disk writes atomically -- a longer direct overwrite may
-    # tear between logical blocks, as on Linux (docs/GUARANTEES.md)
+    # an overwrite of written blocks in place (DirectIO._write_mapped: one FUA write,
+    # no transaction; the times owed, committed at close): one logical block, which
+    # the disk writes atomically -- a longer direct overwrite may tear between logical
+    # blocks, as on Linux (docs/GUARANTEES.md)
     "overwrite": (setup_file(16384, written=16384), direct_write(4096, 512, seed=3)),
     # the asynchronous API, completing on the engine's worker, past the end
     "async_in_flight": (setup_file(BLOCK_SIZE, written=BLOCK_SIZE), async_write),
@@ -100,7 +101,9 @@ def test_direct_write_crash_at_every_flush(name: str) -> None:
     assert report.states >= report.points
 
 
-@pytest.mark.parametrize("name", ["into_hole", "extending_size", "partial_block_into_unwritten"])
+@pytest.mark.parametrize(
+    "name", ["into_hole", "extending_size", "partial_block_into_unwritten", "overwrite"]
+)
 def test_direct_write_crash_with_4k_sectors_and_small_requests(name: str) -> None:
     """4 KiB logical blocks, requests split at 8 KiB: a data bio tears between pieces."""
     setup, op = OPERATIONS[name]
@@ -109,13 +112,15 @@ def test_direct_write_crash_with_4k_sectors_and_small_requests(name: str) -> Non
     )
     if name == "partial_block_into_unwritten":  # 1024 bytes are not aligned to 4 KiB sectors
         op = direct_write(0, BLOCK_SIZE)
+    if name == "overwrite":  # one 4 KiB sector
+        op = direct_write(BLOCK_SIZE, BLOCK_SIZE, seed=3)
     report = check_fs_block_operation(
         setup, op, states_per_point=3, limits=limits, logical_block_size=4096, blocks=False
     )
     assert report.after_seen >= 1
 
 
-@pytest.mark.parametrize("name", ["into_hole", "extending_size", "async_in_flight"])
+@pytest.mark.parametrize("name", ["into_hole", "extending_size", "async_in_flight", "overwrite"])
 def test_direct_write_crash_on_a_bounded_cache(name: str) -> None:
     setup, op = OPERATIONS[name]
     report = check_fs_block_operation(setup, op, states_per_point=2, cache_size="64K", blocks=False)
