@@ -132,12 +132,16 @@ from daxfs.block.bio import SECTOR_SHIFT, Bio, BioFlags, BioOp
 from daxfs.block.cache import BlockCache
 from daxfs.block.file import misaligned
 from daxfs.errors import FileTooLarge, InvalidArgument
-from daxfs.fs import data as _fsdata
 from daxfs.fs.data import MAX_FILE_SIZE, MAX_IO, DataPath
 from daxfs.fs.inode import Inode, now_ns
 from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE
 from daxfs.fs.rangelock import RangeToken
 from daxfs.iomap import IomapFlags, IomapType
+
+try:  # the copier of a fast overwrite's cache copy (optional, as in daxfs.fs.data)
+    from daxfs.fs import _copy
+except ImportError:
+    _copy = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -630,9 +634,9 @@ class DirectIO:
             if not self._copier_tried:
                 self._copier_tried = True
                 view = self.data.store.view
-                if type(self.cache) is BlockCache and _fsdata._copy is not None:
-                    if not view.readonly:
-                        self._copier = _fsdata._copy.Copier(view, "none")
+                plain = type(self.cache) is BlockCache and not view.readonly
+                if plain and _copy is not None:
+                    self._copier = _copy.Copier(view, "none")
             return self._copier
 
     def _cache_copied(self, copier: Copier) -> bool:
