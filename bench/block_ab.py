@@ -14,7 +14,12 @@ one call of ``_uring.Fast.read``),
 to the shared ring and reaped by the waiting thread), ``fio`` (io_uring,
 direct=1, iodepth=1).  QD32 sides: ``raw`` (``Ring.rw_batch`` of 256 reads,
 32 in flight), ``many`` (``FileBlockDevice.readinto_many`` of 256 reads: ``_uring.Fast.read_many``),
-``fio`` (iodepth=32).
+``fio`` (iodepth=32).  QD32 per-bio sides (``--bio``, one bio per read, 32 in
+flight): ``endio`` (each read's ``end_io`` submits the next: bench/block.py's
+row) and ``futures`` (one thread waits for the oldest bio's Future, then
+submits the next), each through the C path of ``submit_bio``
+(``_uring.BioRing``) and through the bio path it replaced (``*_old``: the same
+device with ``_aio`` off), alternating in each pass.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from block import BS, bench_dir, bench_file, offsets, run_fio
+from block import BS, bench_dir, bench_file, offsets, randread_qd, run_fio
 from common import MIB, Unavailable
 
 from daxfs.block import Bio, BioOp, open_block
@@ -99,11 +104,72 @@ def qd32_sides(dev: FileBlockDevice, offs: list[int]) -> dict[str, Callable[[int
     return {"raw": raw, "many": many}
 
 
+def randread_futures(dev: FileBlockDevice, seconds: float, depth: int = 32) -> float:
+    """``depth`` read bios in flight from this one thread: wait for the oldest's
+    Future, submit the next; op/s."""
+    offs = offsets(dev.size)
+    mask = len(offs) - 1
+    bufs = [mmap.mmap(-1, BS) for _ in range(depth)]
+
+    def submit(n: int) -> Bio:
+        bio = Bio(BioOp.READ, offs[n & mask] >> 9, [bufs[n % depth]])
+        dev.submit_bio(bio)
+        return bio
+
+    window = [submit(n) for n in range(depth)]
+    done = 0
+    n = depth
+    start = time.perf_counter()
+    stop = start + seconds
+    while True:
+        slot = n % depth
+        window[slot].future.result()
+        done += 1
+        if time.perf_counter() >= stop:
+            break
+        window[slot] = submit(n)
+        n += 1
+    for bio in window:
+        bio.future.result()
+    return done / (time.perf_counter() - start)
+
+
+def bio_sides(dev: FileBlockDevice) -> dict[str, Callable[[float], float]]:
+    """The per-bio QD32 sides: each runs for the seconds given, the C path of
+    submit_bio on (``endio``, ``futures``) or off (``*_old``)."""
+    aio = dev._aio
+
+    def on(
+        run: Callable[[FileBlockDevice, float], float], c_path: bool
+    ) -> Callable[[float], float]:
+        def side(seconds: float) -> float:
+            dev._aio = aio if c_path else None
+            try:
+                return run(dev, seconds)
+            finally:
+                dev._aio = aio
+
+        return side
+
+    def endio(d: FileBlockDevice, seconds: float) -> float:
+        return randread_qd(d, seconds, 32)
+
+    return {
+        "endio": on(endio, True),
+        "endio_old": on(endio, False),
+        "futures": on(randread_futures, True),
+        "futures_old": on(randread_futures, False),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passes", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--dir", type=Path)
+    parser.add_argument(
+        "--bio", action="store_true", help="only the per-bio QD32 sides (C path against old)"
+    )
     args = parser.parse_args(argv)
     try:
         directory = bench_dir(args.dir)
@@ -119,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bench/block_ab.py: skipped: {dev.engine} ({dev.engine_reason})")
             return 0
         offs = offsets(size)
+        if args.bio:
+            report_bio(dev, path, size, args.passes, args.seconds)
+            return 0
         for depth, sides in ((1, qd1_sides(dev, offs)), (32, qd32_sides(dev, offs))):
             samples: dict[str, list[float]] = {name: [] for name in (*sides, "fio")}
             for _ in range(args.passes):
@@ -134,6 +203,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  (passes {min(values):,.0f}..{max(values):,.0f})"
                 )
     return 0
+
+
+def report_bio(dev: FileBlockDevice, path: Path, size: int, passes: int, seconds: float) -> None:
+    """The per-bio sides and fio, interleaved; medians, process CPU per op, and
+    each C-path side against its old side pass by pass."""
+    sides = bio_sides(dev)
+    samples: dict[str, list[float]] = {name: [] for name in (*sides, "fio")}
+    cpu: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(passes):
+        for name, side in sides.items():
+            before = time.process_time()
+            rate_ = side(seconds)
+            samples[name].append(rate_)
+            cpu[name].append((time.process_time() - before) / (rate_ * seconds) * 1e6)
+        samples["fio"].append(run_fio(path, size, "randread", BS, 32, seconds))
+    fio = statistics.median(samples["fio"])
+    print(f"QD32 per bio, {passes} interleaved passes of {seconds:g} s, medians:")
+    for name, values in samples.items():
+        med = statistics.median(values)
+        note = f" {statistics.median(cpu[name]):5.1f} us CPU/op" if name in cpu else ""
+        print(
+            f"  {name:11s} {med:9,.0f} op/s{note} {med / fio:5.2f}x fio"
+            f"  (passes {min(values):,.0f}..{max(values):,.0f})"
+        )
+    for name in ("endio", "futures"):
+        ratios = [a / b for a, b in zip(samples[name], samples[f"{name}_old"], strict=True)]
+        print(
+            f"  {name}/{name}_old per pass: median {statistics.median(ratios):.2f}"
+            f" ({min(ratios):.2f}..{max(ratios):.2f})"
+        )
 
 
 if __name__ == "__main__":

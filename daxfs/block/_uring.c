@@ -1343,6 +1343,653 @@ static PyTypeObject FastType = {
     .tp_getset = fast_getset,
 };
 
+/* -- BioRing: a block device's asynchronous plain bios, submitted and completed in C -- */
+
+/* The per-bio path of a FileBlockDevice (daxfs.block.file) for the common case:
+ * ``submit_bio(bio)`` of a new READ or WRITE bio with one segment that needs no
+ * split, bounce buffer, PREFLUSH or plug (the checks ``_plain`` makes, as Fast
+ * does), and completion with no Python between the CQE and ``end_io``.
+ *
+ *   submit(fd, bio) -> True (taken: the bio completes later) | None (not plain,
+ *       or closed: nothing done; the caller takes the reference path, which
+ *       raises or fails the bio with the right error)
+ *   serve()          the reaper: run by one thread ("daxfs-bio") until shutdown()
+ *   shutdown()       refuse new bios (None), wait for those in flight
+ *
+ * A BioRing owns its own io_uring (``entries`` SQEs, 4x the CQEs) and its
+ * reaper, apart from the engine's shared ring, so that none of the engine's
+ * Python (slots, leader, tasks) runs per bio.  submit() takes a reference to
+ * the bio and a Py_buffer of its segment, fills one READ or WRITE SQE
+ * (RWF_DSYNC for FUA) and submits it -- with the GIL held: the GIL is the
+ * lock of the submission queue and of every counter here (invariant B1).  The
+ * reaper waits for CQEs with the GIL released, then, the GIL taken, ends each
+ * bio: a whole transfer in C (status None, the bytes, state "done" under
+ * daxfs.block.bio's _FUTURE_LOCK, then ``end_io(bio)`` called directly, then
+ * the segments dropped, as Bio._complete does; a bio that has a Future is
+ * ended by Bio._complete itself), anything else (short, -errno) by the
+ * device's Python ``failed(bio, res)``, which continues or names the error as
+ * the bio path does.  A bio that ``end_io`` submits on the reaper is queued
+ * and submitted with the reaper's next wait when ``defer`` is set, else at
+ * once; the reaper never waits for a slot (it alone frees them: the CQ ring
+ * holds the overflow), any other thread waits (GIL released) while
+ * ``entries`` bios are in flight.
+ *
+ * Invariants
+ *   B1. SQEs are filled and submitted, and ``inflight`` / ``closed`` change,
+ *       only with the GIL held (and ``inflight`` / ``closed`` also under
+ *       ``lock``, which the waits use with the GIL released).
+ *   B2. A taken bio's reference and its segment's Py_buffer are held from
+ *       submit until its CQE is reaped and the bio ended: the kernel never
+ *       writes into memory Python has freed or resized.
+ *   B3. Each taken bio is ended exactly once, by the reaper, before
+ *       ``inflight`` counts it out; shutdown() returns only when ``inflight``
+ *       is 0, so a device closes after every bio of this path has ended.
+ */
+
+/* The bits of daxfs.block.bio.BioFlags this path knows (FUA is taken by writes;
+ * any other flag goes the reference path). */
+#define BIO_FUA 0x1
+
+typedef struct BioReq {
+    PyObject *bio;      /* a reference (invariant B2) */
+    Py_buffer view;     /* its one segment */
+} BioReq;
+
+typedef struct {
+    PyObject_HEAD
+    struct io_uring ring;
+    int ready;              /* io_uring set up, not yet exited */
+    unsigned entries;
+    long long lbs_mask, max_bytes, dma_mask, size;
+    int readonly;
+    int defer;              /* the reaper's own submissions wait for its next wait */
+    unsigned rwf_dsync;     /* the rw_flags of a FUA write */
+    PyObject *bio_type;     /* daxfs.block.bio.Bio */
+    PyObject *op_read, *op_write;
+    PyObject *future_lock;  /* daxfs.block.bio._FUTURE_LOCK */
+    PyObject *failed;       /* failed(bio, res): Python ends a bio whose CQE fell short */
+    PyObject *report;       /* report(bio, exc): end_io (or Bio._complete) raised */
+    PyObject *start;        /* start(): starts the reaper thread (called once) */
+    int started;
+    /* under the GIL and ``lock`` (invariant B1) */
+    long inflight;
+    int closed;
+    int idle_waiters;       /* threads in a wait on ``idle`` (a slot, or shutdown) */
+    int reaper_sleeps;      /* the reaper waits on ``work`` */
+    unsigned long reaper;   /* PyThread ident of the reaper, 0 before serve() */
+    unsigned long long count;
+    pthread_mutex_t lock;
+    pthread_cond_t work;    /* the reaper: a bio in flight, or shutdown */
+    pthread_cond_t idle;    /* a slot freed, or nothing left in flight */
+} BioRing;
+
+static PyObject *str_op, *str_flags, *str_sector, *str_segments, *str_state, *str_future,
+    *str_value, *str_status, *str_end_io, *str_complete, *str_new, *str_submitted, *str_done,
+    *str_acquire, *str_release;
+
+static int
+bioring_init(BioRing *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"entries", "logical_block_size", "max_bytes", "dma_alignment",
+                             "size", "readonly", "bio_type", "op_read", "op_write",
+                             "future_lock", "failed", "report", "start", "rwf_dsync",
+                             "defer", NULL};
+    int entries, readonly, defer;
+    long long lbs, max_bytes, dma, size;
+    PyObject *bio_type, *op_read, *op_write, *future_lock, *failed, *report, *start;
+    unsigned int rwf_dsync;
+    if (self->ready)
+        return errno_error(EBUSY, "the BioRing is already set up"), -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iLLLLpO!OOOOOOIp:BioRing", kwlist, &entries,
+                                     &lbs, &max_bytes, &dma, &size, &readonly, &PyType_Type,
+                                     &bio_type, &op_read, &op_write, &future_lock, &failed,
+                                     &report, &start, &rwf_dsync, &defer))
+        return -1;
+    if (entries < 1 || entries > MAX_ENTRIES || lbs < 1 || (lbs & (lbs - 1)) || dma < 1 ||
+        (dma & (dma - 1)) || max_bytes < lbs || size < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "BioRing: entries in 1..MAX_ENTRIES, block size and alignment powers "
+                        "of two, max_bytes >= the block size, size >= 0");
+        return -1;
+    }
+    if (!PyCallable_Check(failed) || !PyCallable_Check(report) || !PyCallable_Check(start)) {
+        PyErr_SetString(PyExc_TypeError, "BioRing: failed, report and start must be callable");
+        return -1;
+    }
+    struct io_uring_params params;
+    memset(&params, 0, sizeof params);
+    params.flags = IORING_SETUP_CQSIZE; /* room for the reaper's own submissions */
+    params.cq_entries = 4 * (unsigned)entries;
+    int ret;
+    Py_BEGIN_ALLOW_THREADS
+    ret = (params.flags & refused_flags) ? -EINVAL
+                                         : io_uring_queue_init_params((unsigned)entries,
+                                                                      &self->ring, &params);
+    Py_END_ALLOW_THREADS
+    if (ret < 0)
+        return errno_errorf(-ret, "io_uring_setup"), -1;
+    self->ready = 1;
+    self->entries = (unsigned)entries;
+    self->lbs_mask = lbs - 1;
+    self->max_bytes = max_bytes > (long long)INT_MAX ? (long long)INT_MAX : max_bytes;
+    self->dma_mask = dma - 1;
+    self->size = size;
+    self->readonly = readonly;
+    self->defer = defer;
+    self->rwf_dsync = rwf_dsync;
+    self->bio_type = Py_NewRef(bio_type);
+    self->op_read = Py_NewRef(op_read);
+    self->op_write = Py_NewRef(op_write);
+    self->future_lock = Py_NewRef(future_lock);
+    self->failed = Py_NewRef(failed);
+    self->report = Py_NewRef(report);
+    self->start = Py_NewRef(start);
+    return 0;
+}
+
+static PyObject *
+bioring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    BioRing *self = (BioRing *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    pthread_mutex_init(&self->lock, NULL);
+    pthread_cond_init(&self->work, NULL);
+    pthread_cond_init(&self->idle, NULL);
+    return (PyObject *)self;
+}
+
+/* Is the current thread the reaper?  (GIL held) */
+static int
+bioring_on_reaper(BioRing *self)
+{
+    return self->reaper != 0 && self->reaper == PyThread_get_thread_ident();
+}
+
+/* Submit what is queued (GIL held: invariant B1); 0 or -errno.  An SQE the kernel
+ * did not take stays queued: the next submission or the reaper's wait takes it. */
+static int
+bioring_flush(BioRing *self)
+{
+    int ret = 0;
+    for (int tries = 0; io_uring_sq_ready(&self->ring) && tries <= 1000; tries++) {
+        ret = io_uring_submit(&self->ring);
+        if (ret >= 0 && io_uring_sq_ready(&self->ring) == 0)
+            return 0;
+        if (ret < 0 && !(ret == -EINTR || ret == -EAGAIN || ret == -EBUSY))
+            return ret;
+        sched_yield(); /* the kernel is short of resources for a moment */
+    }
+    return ret < 0 ? ret : 0;
+}
+
+/* The plain-request checks of Fast (fast_take) on a bio's fields (GIL held): 1 with
+ * the segment's view held and *offset, *write, *rw_flags set, or 0 (not plain:
+ * nothing held, no exception), or -1 (an exception). */
+static int
+bioring_take(BioRing *self, PyObject *bio, long long *offset, int *write, unsigned *rw_flags,
+             Py_buffer *view)
+{
+    if (!PyObject_TypeCheck(bio, (PyTypeObject *)self->bio_type))
+        return 0;
+    int ok = 0;
+    PyObject *state = NULL, *op = NULL, *flags = NULL, *sector = NULL, *segs = NULL;
+    if ((state = PyObject_GetAttr(bio, str_state)) == NULL)
+        goto error;
+    if (state != str_new && !(PyUnicode_Check(state) && PyUnicode_Compare(state, str_new) == 0))
+        goto done; /* submitted before: the reference path raises */
+    if ((op = PyObject_GetAttr(bio, str_op)) == NULL)
+        goto error;
+    if (op == self->op_read)
+        *write = 0;
+    else if (op == self->op_write)
+        *write = 1;
+    else
+        goto done;
+    if (*write && self->readonly)
+        goto done;
+    if ((flags = PyObject_GetAttr(bio, str_flags)) == NULL)
+        goto error;
+    long f = PyLong_Check(flags) ? PyLong_AsLong(flags) : -1;
+    if (f == -1 && PyErr_Occurred())
+        PyErr_Clear();
+    if (f == 0)
+        *rw_flags = 0;
+    else if (f == BIO_FUA && *write)
+        *rw_flags = self->rwf_dsync;
+    else
+        goto done;
+    if ((sector = PyObject_GetAttr(bio, str_sector)) == NULL)
+        goto error;
+    if (!PyLong_CheckExact(sector))
+        goto done;
+    int overflow = 0;
+    long long s = PyLong_AsLongLongAndOverflow(sector, &overflow);
+    if (overflow || s < 0 || s > (LLONG_MAX >> 9))
+        goto done;
+    *offset = s << 9;
+    if ((segs = PyObject_GetAttr(bio, str_segments)) == NULL)
+        goto error;
+    if (!PyList_CheckExact(segs) || PyList_GET_SIZE(segs) != 1)
+        goto done;
+    if (PyObject_GetBuffer(PyList_GET_ITEM(segs, 0), view,
+                           *write ? PyBUF_RECORDS_RO : PyBUF_RECORDS) < 0) {
+        PyErr_Clear(); /* the reference path raises the right error */
+        goto done;
+    }
+    long long n = (long long)view->len;
+    if (view->ndim != 1 || (view->format != NULL && strcmp(view->format, "B") != 0) ||
+        !PyBuffer_IsContiguous(view, 'C') || n <= 0 || n > self->max_bytes ||
+        ((*offset | n) & self->lbs_mask) || *offset > self->size - n ||
+        (((uintptr_t)view->buf | (uintptr_t)n) & (uintptr_t)self->dma_mask)) {
+        PyBuffer_Release(view);
+        goto done;
+    }
+    ok = 1;
+    goto done;
+error:
+    ok = -1;
+done:
+    Py_XDECREF(state);
+    Py_XDECREF(op);
+    Py_XDECREF(flags);
+    Py_XDECREF(sector);
+    Py_XDECREF(segs);
+    return ok;
+}
+
+static PyObject *
+bioring_submit(BioRing *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "submit(fd, bio) takes 2 arguments");
+    int fd = fd_of(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *bio = args[1];
+    if (self->closed || !self->ready || fd < 0)
+        Py_RETURN_NONE;
+    long long offset;
+    int write;
+    unsigned rw_flags;
+    Py_buffer view;
+    int took = bioring_take(self, bio, &offset, &write, &rw_flags, &view);
+    if (took <= 0) {
+        if (took < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (!self->started) { /* the reaper, the first time a bio needs one */
+        self->started = 1;    /* (first: start() runs Python, another thread may come) */
+        PyObject *r = PyObject_CallNoArgs(self->start);
+        if (r == NULL) { /* no thread (resources): the bio path takes the bio */
+            self->started = 0;
+            PyBuffer_Release(&view);
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        Py_DECREF(r);
+    }
+    /* a slot: every thread but the reaper waits while ``entries`` are in flight */
+    while (self->inflight >= (long)self->entries && !self->closed && !bioring_on_reaper(self)) {
+        self->idle_waiters++;
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->lock);
+        while (self->inflight >= (long)self->entries && !self->closed)
+            pthread_cond_wait(&self->idle, &self->lock);
+        pthread_mutex_unlock(&self->lock);
+        Py_END_ALLOW_THREADS
+        self->idle_waiters--;
+    }
+    if (self->closed) { /* closed while waiting: the reference path says EBADF */
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    /* the bio is ours from here: NEW -> SUBMITTED, as Bio._submitted() */
+    if (PyObject_SetAttr(bio, str_state, str_submitted) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    BioReq *req = PyMem_Malloc(sizeof *req);
+    if (req == NULL) {
+        PyBuffer_Release(&view);
+        (void)PyObject_SetAttr(bio, str_state, str_new);
+        return PyErr_NoMemory();
+    }
+    req->bio = Py_NewRef(bio);
+    req->view = view;
+    /* no Python runs from here to the submission: the GIL keeps the SQ ours (B1) */
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&self->ring);
+    if (sqe == NULL) { /* full of deferred SQEs: submit them first */
+        bioring_flush(self);
+        sqe = io_uring_get_sqe(&self->ring);
+    }
+    if (sqe == NULL) { /* cannot happen while the kernel takes SQEs: the bio fails */
+        PyBuffer_Release(&req->view);
+        Py_DECREF(req->bio);
+        PyMem_Free(req);
+        (void)PyObject_SetAttr(bio, str_state, str_new);
+        Py_RETURN_NONE;
+    }
+    struct iovec iov = {view.buf, (size_t)view.len};
+    prep_rw(sqe, write ? OP_WRITEV : OP_READV, fd, &iov, 1, offset, rw_flags);
+    io_uring_sqe_set_data(sqe, req);
+    pthread_mutex_lock(&self->lock);
+    self->inflight++;
+    self->count++;
+    if (self->reaper_sleeps)
+        pthread_cond_signal(&self->work);
+    pthread_mutex_unlock(&self->lock);
+    if (!(self->defer && bioring_on_reaper(self)))
+        bioring_flush(self); /* a failure leaves it queued for the reaper's wait */
+    Py_RETURN_TRUE;
+}
+
+/* ``report(bio, exc)`` of the exception raised (GIL held; clears it). */
+static void
+bioring_report(BioRing *self, PyObject *bio)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL)
+        PyException_SetTraceback(value, tb);
+    PyObject *r = PyObject_CallFunctionObjArgs(self->report, bio, value ? value : Py_None, NULL);
+    if (r == NULL)
+        PyErr_WriteUnraisable(self->report);
+    Py_XDECREF(r);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+/* End ``bio`` with ``size`` bytes done, as Bio._complete does (GIL held). */
+static void
+bioring_end_whole(BioRing *self, PyObject *bio, Py_ssize_t size)
+{
+    PyObject *value = PyLong_FromSsize_t(size);
+    if (value == NULL) {
+        bioring_report(self, bio);
+        return;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(self->future_lock, str_acquire);
+    if (r == NULL) {
+        Py_DECREF(value);
+        bioring_report(self, bio);
+        return;
+    }
+    Py_DECREF(r);
+    PyObject *future = PyObject_GetAttr(bio, str_future);
+    int plain = future == Py_None;
+    if (plain && (PyObject_SetAttr(bio, str_value, value) < 0 ||
+                  PyObject_SetAttr(bio, str_status, Py_None) < 0 ||
+                  PyObject_SetAttr(bio, str_state, str_done) < 0))
+        plain = -1;
+    Py_XDECREF(future);
+    r = PyObject_CallMethodNoArgs(self->future_lock, str_release);
+    Py_XDECREF(r);
+    if (plain < 0 || future == NULL || r == NULL) {
+        Py_DECREF(value);
+        bioring_report(self, bio);
+        return;
+    }
+    if (!plain) { /* a Future to resolve: Bio._complete does all of it */
+        r = PyObject_CallMethodOneArg(bio, str_complete, value);
+        Py_DECREF(value);
+        if (r == NULL)
+            bioring_report(self, bio);
+        Py_XDECREF(r);
+        return;
+    }
+    Py_DECREF(value);
+    PyObject *end_io = PyObject_GetAttr(bio, str_end_io);
+    if (end_io == NULL) {
+        bioring_report(self, bio);
+    } else {
+        if (end_io != Py_None) {
+            r = PyObject_CallOneArg(end_io, bio);
+            if (r == NULL)
+                bioring_report(self, bio);
+            Py_XDECREF(r);
+        }
+        Py_DECREF(end_io);
+    }
+    PyObject *empty = PyList_New(0); /* the bio no longer holds the caller's memory */
+    if (empty == NULL || PyObject_SetAttr(bio, str_segments, empty) < 0)
+        bioring_report(self, bio);
+    Py_XDECREF(empty);
+}
+
+/* End the request of one CQE and count it out (GIL held; invariant B3). */
+static void
+bioring_end(BioRing *self, BioReq *req, int res)
+{
+    Py_ssize_t size = req->view.len;
+    PyBuffer_Release(&req->view);
+    if (res == size) {
+        bioring_end_whole(self, req->bio, size);
+    } else { /* short or failed: the device's Python continues it or names the error */
+        PyObject *r = PyObject_CallFunction(self->failed, "Oi", req->bio, res);
+        if (r == NULL)
+            bioring_report(self, req->bio);
+        Py_XDECREF(r);
+    }
+    Py_DECREF(req->bio);
+    PyMem_Free(req);
+    pthread_mutex_lock(&self->lock);
+    self->inflight--;
+    if (self->idle_waiters)
+        pthread_cond_broadcast(&self->idle);
+    pthread_mutex_unlock(&self->lock);
+}
+
+static PyObject *
+bioring_serve(BioRing *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->reaper != 0)
+        return PyErr_Format(PyExc_RuntimeError, "BioRing.serve() runs in one thread only");
+    self->reaper = PyThread_get_thread_ident();
+    struct { BioReq *req; int res; } got[REAP_BATCH];
+    for (;;) {
+        if (self->inflight == 0) {
+            if (self->closed)
+                break;
+            self->reaper_sleeps = 1;
+            Py_BEGIN_ALLOW_THREADS
+            pthread_mutex_lock(&self->lock);
+            while (self->inflight == 0 && !self->closed)
+                pthread_cond_wait(&self->work, &self->lock);
+            pthread_mutex_unlock(&self->lock);
+            Py_END_ALLOW_THREADS
+            self->reaper_sleeps = 0;
+            continue;
+        }
+        int ret = bioring_flush(self); /* deferred SQEs: before the wait for them */
+        unsigned n = 0;
+        Py_BEGIN_ALLOW_THREADS
+        struct io_uring_cqe *cqe;
+        if (ret == 0)
+            ret = io_uring_wait_cqe(&self->ring, &cqe);
+        if (ret == 0) {
+            struct io_uring_cqe *cqes[REAP_BATCH];
+            n = io_uring_peek_batch_cqe(&self->ring, cqes, REAP_BATCH);
+            for (unsigned i = 0; i < n; i++) {
+                got[i].req = io_uring_cqe_get_data(cqes[i]);
+                got[i].res = cqes[i]->res;
+            }
+            io_uring_cq_advance(&self->ring, n);
+        } else if (ret != -EINTR && ret != -EAGAIN && ret != -ETIME) {
+            usleep(1000); /* the kernel refused for now: again, never giving up a request */
+        }
+        Py_END_ALLOW_THREADS
+        for (unsigned i = 0; i < n; i++)
+            bioring_end(self, got[i].req, got[i].res);
+    }
+    self->reaper = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bioring_shutdown(BioRing *self, PyObject *Py_UNUSED(ignored))
+{
+    if (bioring_on_reaper(self))
+        return PyErr_Format(PyExc_RuntimeError,
+                            "BioRing.shutdown() called from a completion (end_io)");
+    pthread_mutex_lock(&self->lock);
+    self->closed = 1;
+    pthread_cond_broadcast(&self->work);
+    pthread_cond_broadcast(&self->idle);
+    pthread_mutex_unlock(&self->lock);
+    while (self->inflight > 0) {
+        self->idle_waiters++;
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->lock);
+        while (self->inflight > 0)
+            pthread_cond_wait(&self->idle, &self->lock);
+        pthread_mutex_unlock(&self->lock);
+        Py_END_ALLOW_THREADS
+        self->idle_waiters--;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Free the ring once nothing is in flight and no reaper serves (GIL held). */
+static PyObject *
+bioring_close(BioRing *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->ready)
+        Py_RETURN_NONE;
+    if (!self->closed || self->inflight > 0 || self->reaper != 0)
+        return errno_error(EBUSY, "the BioRing is serving: shutdown() and join its reaper first");
+    io_uring_queue_exit(&self->ring);
+    self->ready = 0;
+    Py_RETURN_NONE;
+}
+
+static int
+bioring_traverse(BioRing *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->failed);
+    Py_VISIT(self->report);
+    Py_VISIT(self->start);
+    return 0;
+}
+
+static int
+bioring_clear(BioRing *self)
+{
+    Py_CLEAR(self->failed);
+    Py_CLEAR(self->report);
+    Py_CLEAR(self->start);
+    return 0;
+}
+
+static void
+bioring_dealloc(BioRing *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->ready && self->inflight == 0) /* else never freed under I/O (B2): leaked */
+        io_uring_queue_exit(&self->ring);
+    bioring_clear(self);
+    Py_XDECREF(self->bio_type);
+    Py_XDECREF(self->op_read);
+    Py_XDECREF(self->op_write);
+    Py_XDECREF(self->future_lock);
+    pthread_mutex_destroy(&self->lock);
+    pthread_cond_destroy(&self->work);
+    pthread_cond_destroy(&self->idle);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+bioring_get_inflight(BioRing *self, void *closure)
+{
+    return PyLong_FromLong(self->inflight);
+}
+
+static PyObject *
+bioring_get_count(BioRing *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->count);
+}
+
+static PyObject *
+bioring_get_closed(BioRing *self, void *closure)
+{
+    return PyBool_FromLong(self->closed);
+}
+
+static PyObject *
+bioring_get_defer(BioRing *self, void *closure)
+{
+    return PyBool_FromLong(self->defer);
+}
+
+static int
+bioring_set_defer(BioRing *self, PyObject *value, void *closure)
+{
+    int v = value == NULL ? -1 : PyObject_IsTrue(value);
+    if (v < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "defer cannot be deleted");
+        return -1;
+    }
+    self->defer = v;
+    return 0;
+}
+
+static PyMethodDef bioring_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))bioring_submit, METH_FASTCALL,
+     "submit(fd, bio) -> True (taken) | None (not plain, or closed: nothing done)"},
+    {"serve", (PyCFunction)bioring_serve, METH_NOARGS,
+     "the reaper: end bios as their CQEs come, until shutdown() and nothing in flight"},
+    {"shutdown", (PyCFunction)bioring_shutdown, METH_NOARGS,
+     "refuse new bios (None) and wait for those in flight to end"},
+    {"close", (PyCFunction)bioring_close, METH_NOARGS,
+     "free the ring (EBUSY before shutdown() and the reaper's end)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef bioring_getset[] = {
+    {"inflight", (getter)bioring_get_inflight, NULL, "bios taken and not yet ended", NULL},
+    {"count", (getter)bioring_get_count, NULL, "bios taken", NULL},
+    {"closed", (getter)bioring_get_closed, NULL, "shutdown() was called", NULL},
+    {"defer", (getter)bioring_get_defer, (setter)bioring_set_defer,
+     "the reaper's own submissions (end_io's) wait for its next wait", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject BioRingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "daxfs.block._uring.BioRing",
+    .tp_basicsize = sizeof(BioRing),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A block device's asynchronous plain bios (see the comment in _uring.c).",
+    .tp_new = bioring_new,
+    .tp_init = (initproc)bioring_init,
+    .tp_dealloc = (destructor)bioring_dealloc,
+    .tp_traverse = (traverseproc)bioring_traverse,
+    .tp_clear = (inquiry)bioring_clear,
+    .tp_methods = bioring_methods,
+    .tp_getset = bioring_getset,
+};
+
+static int
+intern_names(void)
+{
+    static const struct { PyObject **p; const char *s; } names[] = {
+        {&str_op, "op"}, {&str_flags, "flags"}, {&str_sector, "sector"},
+        {&str_segments, "segments"}, {&str_state, "_state"}, {&str_future, "_future"},
+        {&str_value, "_value"}, {&str_status, "status"}, {&str_end_io, "end_io"},
+        {&str_complete, "_complete"}, {&str_new, "new"}, {&str_submitted, "submitted"},
+        {&str_done, "done"}, {&str_acquire, "acquire"}, {&str_release, "release"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if ((*names[i].p = PyUnicode_InternFromString(names[i].s)) == NULL)
+            return -1;
+    return 0;
+}
+
 /* misaligned(buffers, align) -> bool: is any buffer's address or length not a multiple
  * of align (a power of two), or not contiguous?  (O_DIRECT's rule; file.py bounces.) */
 static PyObject *
@@ -1412,15 +2059,18 @@ static struct PyModuleDef uring_module = {
 PyMODINIT_FUNC
 PyInit__uring(void)
 {
-    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&FastType) < 0)
+    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&FastType) < 0 ||
+        PyType_Ready(&BioRingType) < 0 || intern_names() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&uring_module);
     if (m == NULL)
         return NULL;
     Py_INCREF(&RingType);
     Py_INCREF(&FastType);
+    Py_INCREF(&BioRingType);
     if (PyModule_AddObject(m, "Ring", (PyObject *)&RingType) < 0 ||
         PyModule_AddObject(m, "Fast", (PyObject *)&FastType) < 0 ||
+        PyModule_AddObject(m, "BioRing", (PyObject *)&BioRingType) < 0 ||
         PyModule_AddIntConstant(m, "NOP", OP_NOP) < 0 ||
         PyModule_AddIntConstant(m, "READV", OP_READV) < 0 ||
         PyModule_AddIntConstant(m, "WRITEV", OP_WRITEV) < 0 ||

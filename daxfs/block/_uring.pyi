@@ -1,6 +1,6 @@
 """Stub of the io_uring extension (daxfs/block/_uring.c)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 NOP: int
@@ -82,3 +82,34 @@ class Fast:
     def count(self) -> int: ...
     @property
     def closed(self) -> bool: ...
+
+class BioRing:
+    def __init__(
+        self,
+        entries: int,
+        logical_block_size: int,
+        max_bytes: int,
+        dma_alignment: int,
+        size: int,
+        readonly: bool,
+        bio_type: type,
+        op_read: object,
+        op_write: object,
+        future_lock: Any,
+        failed: Callable[[Any, int], object],
+        report: Callable[[Any, BaseException | None], object],
+        start: Callable[[], object],
+        rwf_dsync: int,
+        defer: bool,
+    ) -> None: ...
+    def submit(self, fd: int, bio: object, /) -> bool | None: ...
+    def serve(self) -> None: ...
+    def shutdown(self) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def inflight(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    defer: bool

@@ -195,21 +195,59 @@ class BlockDevice(Closeable):
         finally:
             self._release()
 
-    def _hold(self) -> bool:
-        """Count a submission in progress (close waits for it); False if closed."""
+    # -- the bookkeeping of work in flight: its one home (invariant 4) ---------------------
+
+    def _enter(
+        self,
+        *,
+        bios: int = 0,
+        requests: int = 0,
+        flushes: int = 0,
+        inline: int = 0,
+        refuse_closed: bool = True,
+    ) -> bool:
+        """Count work entering the device -- a submission between its check and its
+        dispatch, a request dispatched, a synchronous call -- which ``close()``
+        waits for to ``_leave``, and its statistics.  With ``refuse_closed`` a
+        closing or closed device takes nothing: False, the refused bios counted
+        as errors.  (A request dispatched by a submission already counted is
+        never refused: ``refuse_closed=False``.)"""
         with self._lock:
-            self._stats["bios"] += 1
-            if self._state != "open":
-                self._stats["errors"] += 1
+            stats = self._stats
+            if bios:
+                stats["bios"] += bios
+            if refuse_closed and self._state != "open":
+                stats["errors"] += bios
                 return False
             self._inflight += 1
+            if requests:
+                stats["requests"] += requests
+            if flushes:
+                stats["flushes"] += flushes
+            if inline:
+                stats["inline"] += inline
             return True
 
-    def _release(self) -> None:
+    def _leave(self, errors: int = 0) -> None:
+        """The end of what ``_enter`` counted, with the errors it ended with."""
         with self._lock:
+            if errors:
+                self._stats["errors"] += errors
             self._inflight -= 1
             if self._inflight == 0 and self._state != "open":  # only close() waits
                 self._idle.notify_all()
+
+    def _add_stat(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the statistic ``name`` (errors, splits, merges, bounced, ...)."""
+        with self._lock:
+            self._stats[name] += n
+
+    def _hold(self) -> bool:
+        """Count a submission in progress (close waits for it); False if closed."""
+        return self._enter(bios=1)
+
+    def _release(self) -> None:
+        self._leave()
 
     def _closed_error(self, bio: Bio) -> ClosedFile:
         return ClosedFile(f"{bio.op.value} at sector {bio.sector}: {self.name} is closed")
@@ -226,13 +264,11 @@ class BlockDevice(Closeable):
             except OSError as exc:
                 error = exc
         if error is not None:
-            with self._lock:
-                self._stats["errors"] += 1
+            self._add_stat("errors")
             bio._complete(error)
             return
         if len(children) > 1:
-            with self._lock:
-                self._stats["splits"] += 1
+            self._add_stat("splits")
         plugged: list[Bio] | None = self._plugs.bios
         ordered = bio.op is BioOp.FLUSH or bool(flags and flags & BioFlags.PREFLUSH)
         if plugged is not None and not ordered:
@@ -302,19 +338,14 @@ class BlockDevice(Closeable):
     def _unplug(self, bios: list[Bio]) -> None:
         held = list(bios)
         bios.clear()
-        with self._lock:
-            is_open = self._state == "open"
-            if is_open:
-                self._inflight += 1
-        if not is_open:  # closed while they were held
+        if not self._enter():  # closed while they were held
             for bio in held:
                 error = self._closed_error(bio)
                 bio._complete(error)  # a child completes its parent
             return
         try:
             requests = merge_bios(held, self.limits)
-            with self._lock:
-                self._stats["merges"] += len(held) - len(requests)
+            self._add_stat("merges", len(held) - len(requests))
             self._dispatch_all(requests)
         finally:
             self._release()
@@ -330,11 +361,7 @@ class BlockDevice(Closeable):
                 raise
 
     def _begin(self, req: Request) -> None:
-        with self._lock:
-            self._inflight += 1
-            self._stats["requests"] += 1
-            if req.op is BioOp.FLUSH:
-                self._stats["flushes"] += 1
+        self._enter(requests=1, flushes=int(req.op is BioOp.FLUSH), refuse_closed=False)
 
     def _dispatch_request(self, req: Request) -> None:
         self._begin(req)
@@ -363,28 +390,30 @@ class BlockDevice(Closeable):
         """Release the backend (called once, with nothing in flight)."""
 
     def _end(self, req: Request, result: Result) -> None:
-        """Complete ``req`` with the bytes done or an error (invariant 2)."""
+        """Complete ``req`` with the bytes done or an error (invariant 2); what
+        ``_begin`` counted leaves."""
+        failed = isinstance(result, BaseException) or result < req.size
+        try:
+            self._complete_request(req, result)
+        finally:
+            self._leave(errors=int(failed))
+
+    def _complete_request(self, req: Request, result: Result) -> None:
+        """Complete each bio of ``req``: all with the error (named), each with its
+        size, or -- short -- as ``_end_short``; then ``req.then``."""
         assert not req.ended, f"request at sector {req.sector} ended twice"
         req.ended = True
-        try:
-            if isinstance(result, BaseException):
-                result = self._name_error(req, result)
-                for bio in req.bios:
-                    bio._complete(result)
-            elif result >= req.size:
-                for bio in req.bios:
-                    bio._complete(bio.size)
-            else:
-                self._end_short(req, result)
-            if req.then is not None:
-                req.then(result)
-        finally:
-            with self._lock:
-                if isinstance(result, BaseException) or result < req.size:
-                    self._stats["errors"] += 1
-                self._inflight -= 1
-                if self._inflight == 0 and self._state != "open":  # only close() waits
-                    self._idle.notify_all()
+        if isinstance(result, BaseException):
+            result = self._name_error(req, result)
+            for bio in req.bios:
+                bio._complete(result)
+        elif result >= req.size:
+            for bio in req.bios:
+                bio._complete(bio.size)
+        else:
+            self._end_short(req, result)
+        if req.then is not None:
+            req.then(result)
 
     def _end_short(self, req: Request, done: int) -> None:
         error = short_error(req, done, self.name)

@@ -63,15 +63,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import mmap
 import os
 import stat as stat_mod
 import struct
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from daxfs.block import bio as bio_module
 from daxfs.block.bio import (
     SECTOR_SHIFT,
     Bio,
@@ -105,6 +108,8 @@ try:
     from daxfs.block import _uring
 except ImportError:  # built without liburing: the reference in Python
     _uring = None  # type: ignore[assignment]
+
+LOG = logging.getLogger("daxfs.block")
 
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
@@ -140,6 +145,7 @@ class FileBlockDevice(BlockDevice):
         self._engine = engine
         self._stats["bounced"] = 0
         self._stats["inline"] = 0  # bios done by the synchronous fast path
+        self._stats["async"] = 0  # bios done by the asynchronous C path (``_aio``)
         # the C fast path of readinto / write / readinto_many (io_uring only)
         self._fast = (
             engine.fast_path(
@@ -152,6 +158,79 @@ class FileBlockDevice(BlockDevice):
             if isinstance(engine, UringEngine)
             else None
         )
+        # the C path of submit_bio for plain bios (io_uring only), its reaper thread
+        # started by the first bio it takes
+        self._aio = self._bio_ring() if isinstance(engine, UringEngine) else None
+        self._reaper: threading.Thread | None = None
+
+    def _bio_ring(self) -> _uring.BioRing | None:
+        """The C path of ``submit_bio`` (``_uring.BioRing``), or None where its ring
+        cannot be set up (the bio path then takes every bio)."""
+        limits = self.limits
+        try:
+            return _uring.BioRing(
+                self._engine.queue_depth,
+                limits.logical_block_size,
+                min(limits.max_bytes, limits.max_segment_bytes),
+                limits.dma_alignment if self.direct else 1,
+                self.nr_sectors << SECTOR_SHIFT,
+                self.readonly,
+                Bio,
+                BioOp.READ,
+                BioOp.WRITE,
+                bio_module._FUTURE_LOCK,
+                self._aio_failed,
+                _report_end_io,
+                self._start_reaper,
+                os.RWF_DSYNC,
+                True,
+            )
+        except OSError as exc:
+            LOG.warning("%s: no C path for bios (%s); the bio path takes them", self.name, exc)
+            return None
+
+    def _start_reaper(self) -> None:
+        """Start the C path's reaper ("daxfs-bio"; ``BioRing.submit`` calls this once)."""
+        aio = self._aio
+        assert aio is not None
+        thread = threading.Thread(target=aio.serve, name="daxfs-bio", daemon=True)
+        thread.start()
+        self._reaper = thread
+
+    def submit_bio(self, bio: Bio) -> None:
+        """``BlockDevice.submit_bio``; on io_uring a plain READ or WRITE bio (one
+        segment that ``_plain`` would take; no PREFLUSH, no plug held; FUA allowed)
+        goes the C path (``_uring.BioRing``): checked, submitted, and at completion
+        ended and its ``end_io`` called, all in C on the reaper thread.  Any other
+        bio takes the bio path, which stays the reference.
+
+        Raises:
+            As ``BlockDevice.submit_bio``.
+        """
+        aio = self._aio
+        if aio is not None and self._plugs.bios is None and aio.submit(self.fd, bio):
+            return
+        super().submit_bio(bio)
+
+    def _aio_failed(self, bio: Bio, res: int) -> None:
+        """End a bio of the C path whose CQE gave ``res`` (a short transfer or
+        -errno), as the bio path ends it: the rest continued (on a private ring, in
+        the reaper), RWF_DSYNC refused done as a write and an fdatasync, an error
+        named by ``_name_error``, a transfer that stopped short IOFailure naming the
+        sector.  The BioRing counts the bio in flight until this returns."""
+        engine = self._engine
+        assert isinstance(engine, UringEngine)
+        write = bio.op is BioOp.WRITE
+        flags = os.RWF_DSYNC if write and bio.flags and bio.flags & BioFlags.FUA else 0
+        req = Request.of(bio)
+        result: int | BaseException
+        try:
+            result = engine.finish(write, self.fd, req.offset, bio.segments, bio.size, flags, res)
+        except OSError as exc:
+            result = exc
+        if isinstance(result, BaseException) or result < req.size:
+            self._add_stat("errors")
+        self._complete_request(req, result)
 
     @property
     def engine(self) -> str:
@@ -181,7 +260,7 @@ class FileBlockDevice(BlockDevice):
             return self._run_inline(engine, bio)
         engine.poll_begin()
         try:
-            self.submit_bio(bio)
+            super().submit_bio(bio)  # the bio path: this thread reaps the engine's ring
             engine.poll_until(lambda: bio.done)
         finally:
             engine.poll_end()
@@ -241,36 +320,21 @@ class FileBlockDevice(BlockDevice):
             ClosedFile (EBADF): the device is closed.
             OSError: the kernel's error, named; IOFailure (EIO) for a short transfer.
         """
-        lock = self._lock
-        stats = self._stats
-        with lock:
-            stats["bios"] += 1
-            if self._state != "open":
-                stats["errors"] += 1
-                what = "write" if write else "read"
-                raise ClosedFile(
-                    f"{what} at sector {offset >> SECTOR_SHIFT}: {self.name} is closed"
-                )
-            self._inflight += 1
-            stats["requests"] += 1
-            stats["inline"] += 1
+        if not self._enter(bios=1, requests=1, inline=1):
+            what = "write" if write else "read"
+            raise ClosedFile(f"{what} at sector {offset >> SECTOR_SHIFT}: {self.name} is closed")
+        error: BaseException | None = None
         try:
             flags = os.RWF_DSYNC if fua else 0
             done = engine.transfer(write, self.fd, offset, views, size, flags)
             if done == size:
                 return done
-            error: BaseException = short_error(
-                self._request_of(write, offset, size), done, self.name
-            )
+            error = short_error(self._request_of(write, offset, size), done, self.name)
         except OSError as exc:
             error = self._name_error(self._request_of(write, offset, size), exc)
         finally:
-            with lock:
-                self._inflight -= 1
-                if self._inflight == 0 and self._state != "open":  # only close() waits
-                    self._idle.notify_all()
-        with lock:
-            stats["errors"] += 1
+            self._leave(errors=int(error is not None))
+        assert error is not None
         raise error
 
     @staticmethod
@@ -351,8 +415,7 @@ class FileBlockDevice(BlockDevice):
                 )
             except OSError as exc:
                 error = self._name_error(self._request_of(write, offset, size), exc)
-            with self._lock:
-                self._stats["errors"] += 1
+            self._add_stat("errors")
             raise error
         finally:
             fast.release()
@@ -407,8 +470,7 @@ class FileBlockDevice(BlockDevice):
                         if isinstance(res, BaseException)
                         else short_error(req, res, self.name)
                     )
-            with self._lock:
-                self._stats["errors"] += errors
+            self._add_stat("errors", errors)
         finally:
             fast.release()
         if first is not None:
@@ -426,13 +488,32 @@ class FileBlockDevice(BlockDevice):
             stats["requests"] += count
             stats["inline"] += count
             stats["inflight"] += fast.busy
+        aio = self._aio
+        if aio is not None:
+            count = aio.count
+            stats["bios"] += count
+            stats["requests"] += count
+            stats["async"] += count
+            stats["inflight"] += aio.inflight
         return stats
 
     def close(self) -> None:
-        """``BlockDevice.close``, the C fast path refused first (EBADF through the
-        reference path) and its calls waited for."""
+        """``BlockDevice.close``, the C paths refused first (EBADF through the
+        reference path), their calls and bios waited for, the reaper joined.
+
+        Raises:
+            RuntimeError: called from an ``end_io`` of the C path (it would wait
+                for itself).
+        """
         if self._fast is not None:
             self._fast.shutdown()
+        aio = self._aio
+        if aio is not None:
+            aio.shutdown()
+            reaper = self._reaper
+            if reaper is not None:
+                reaper.join()
+            aio.close()
         super().close()
 
     def _dispatch(self, req: Request) -> None:
@@ -472,8 +553,7 @@ class FileBlockDevice(BlockDevice):
 
     def _bounced(self, req: Request, views: list[memoryview]) -> None:
         """The request through one page-aligned buffer (a copy each way)."""
-        with self._lock:
-            self._stats["bounced"] += 1
+        self._add_stat("bounced")
         bounce = mmap.mmap(-1, req.size)
         if req.op is BioOp.WRITE:
             pos = 0
@@ -498,6 +578,11 @@ class FileBlockDevice(BlockDevice):
     def _close(self) -> None:
         self._engine.close()
         os.close(self.fd)
+
+
+def _report_end_io(bio: Bio, exc: BaseException | None) -> None:
+    """What ``Bio._complete`` does when ``end_io`` raises, for the C path: log it."""
+    LOG.error("end_io of %r raised", bio, exc_info=exc)
 
 
 def misaligned(views: list[memoryview], align: int) -> bool:

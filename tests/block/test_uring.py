@@ -77,6 +77,22 @@ class TestUringOnDisk(BlockDeviceTests):
 
 
 @needs_uring
+class TestUringBioPathReference(BlockDeviceTests):
+    """The same device with its C path of submit_bio off (``_aio``): every bio takes
+    the bio path, the reference the C path is held to."""
+
+    @pytest.fixture
+    def block_device(self, tmp_path: Path) -> Iterator[BlockDevice]:
+        from tests.block.test_uring_async import reference
+
+        dev = open_block(tmp_path / "disk.img", SIZE, create=True, engine="io_uring")
+        reference(dev)
+        yield dev
+        assert dev.statistics()["async"] == 0
+        _close(dev)
+
+
+@needs_uring
 class TestUringQueueDepthOne(BlockDeviceTests):
     """One slot: submitters wait for it, and a completion's follow-up (a PREFLUSH's
     data, an emulated FUA) is started from the completion thread without waiting."""
@@ -114,6 +130,21 @@ class TestFaultyOverUring(BlockDeviceTests):
     @pytest.fixture
     def block_device(self, tmp_path: Path) -> Iterator[BlockDevice]:
         inner = open_block(tmp_path / "disk.img", SIZE, create=True, engine="io_uring")
+        dev = FaultyBlockDevice(inner)
+        yield dev
+        _close(dev)
+
+
+@needs_uring
+class TestFaultyOverUringBuffered(BlockDeviceTests):
+    """Buffered, any buffer is plain: the bios the fault wrapper forwards take the
+    inner device's C path of submit_bio (11 of these 16 tests send it some)."""
+
+    @pytest.fixture
+    def block_device(self, tmp_path: Path) -> Iterator[BlockDevice]:
+        inner = open_block(
+            tmp_path / "disk.img", SIZE, create=True, engine="io_uring", direct=False
+        )
         dev = FaultyBlockDevice(inner)
         yield dev
         _close(dev)
