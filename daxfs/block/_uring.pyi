@@ -113,3 +113,5 @@ class BioRing:
     @property
     def closed(self) -> bool: ...
     defer: bool
+    defer_others: bool
+    batch: int

@@ -223,6 +223,19 @@ def _as_views(segments: Iterable[Buffer] | SegmentSource) -> list[memoryview]:
     return views
 
 
+class _Chain:
+    """The state of a bio split into children (``split_bio``): it completes when
+    the last child does, with the bytes of all or the first error (``bio_chain``)."""
+
+    __slots__ = ("done", "error", "left", "lock")
+
+    def __init__(self, children: int) -> None:
+        self.lock = threading.Lock()
+        self.left = children
+        self.done = 0
+        self.error: BaseException | None = None
+
+
 class Bio:
     """One block I/O request: see the module docstring.
 
@@ -234,11 +247,8 @@ class Bio:
     """
 
     __slots__ = (
-        "_children_left",
-        "_done",
-        "_error",
+        "_chain",
         "_future",
-        "_lock",
         "_parent",
         "_state",
         "_value",
@@ -270,17 +280,17 @@ class Bio:
         if isinstance(sector, bool) or not isinstance(sector, int) or sector < 0:
             raise InvalidArgument(f"bio sector must be a non-negative integer, not {sector!r}")
         views = _as_views(segments)
-        total = sum(len(v) for v in views)
-        if op.has_data:
+        if op is BioOp.READ or op is BioOp.WRITE:  # (op.has_data, without a property call)
+            total = 0
+            for i, v in enumerate(views):
+                total += len(v)
+                if v.readonly and op is BioOp.READ:
+                    raise InvalidArgument(
+                        f"read bio at sector {sector}: segment {i} is read-only memory"
+                    )
             if size is not None and size != total:
                 raise InvalidArgument(f"bio size {size} is not its segments' total {total}")
             size = total
-            if op is BioOp.READ:
-                for i, v in enumerate(views):
-                    if v.readonly:
-                        raise InvalidArgument(
-                            f"read bio at sector {sector}: segment {i} is read-only memory"
-                        )
         else:
             if views:
                 raise InvalidArgument(f"a {op.value} bio carries no segments")
@@ -305,10 +315,7 @@ class Bio:
         self.status: BaseException | None = None
         self._state = "new"
         self._parent: Bio | None = None
-        self._lock: threading.Lock | None = None
-        self._children_left = 0
-        self._done = 0
-        self._error: BaseException | None = None
+        self._chain: _Chain | None = None  # set by split_bio
 
     def __repr__(self) -> str:
         flags = f" {self.flags!r}" if self.flags else ""
@@ -392,17 +399,18 @@ class Bio:
             parent._child_done(result)
 
     def _child_done(self, result: int | BaseException) -> None:
-        assert self._lock is not None
-        with self._lock:
+        chain = self._chain
+        assert chain is not None
+        with chain.lock:
             if isinstance(result, BaseException):
-                if self._error is None:
-                    self._error = result
+                if chain.error is None:
+                    chain.error = result
             else:
-                self._done += result
-            self._children_left -= 1
-            last = self._children_left == 0
+                chain.done += result
+            chain.left -= 1
+            last = chain.left == 0
         if last:
-            self._complete(self._error if self._error is not None else self._done)
+            self._complete(chain.error if chain.error is not None else chain.done)
 
     def _child(self, sector: int, segments: list[memoryview], size: int, flags: BioFlags) -> Bio:
         child = Bio.__new__(Bio)
@@ -418,10 +426,7 @@ class Bio:
         child.status = None
         child._state = "submitted"
         child._parent = self
-        child._lock = None
-        child._children_left = 0
-        child._done = 0
-        child._error = None
+        child._chain = None
         return child
 
 
@@ -551,8 +556,7 @@ def _cut(bio: Bio, limits: QueueLimits) -> list[tuple[int, list[memoryview], int
 
 
 def _chain(bio: Bio, pieces: list[tuple[int, list[memoryview], int]], flags: BioFlags) -> list[Bio]:
-    bio._lock = threading.Lock()
-    bio._children_left = len(pieces)
+    bio._chain = _Chain(len(pieces))
     return [bio._child(sector, segs, size, flags) for sector, segs, size in pieces]
 
 
