@@ -8,6 +8,8 @@ Rows (device level, the filesystem is not involved yet):
   - 4 KiB random direct read, QD32: 32 read bios in flight, each one's
     ``end_io`` submitting the next (asynchronous use, as fio's single job
     with iodepth=32 keeps 32 in flight);
+  - 4 KiB random direct read, QD32 Futures: 32 read bios in flight from one
+    thread, which waits for the oldest's ``future`` and submits the next;
   - 4 KiB random direct read, QD32 batched: ``readinto_many`` of BATCH reads
     per call, up to 32 in flight (the io_uring device checks, submits and
     reaps them in one C call, ``_uring.Fast.read_many``, on a private ring):
@@ -16,13 +18,18 @@ Rows (device level, the filesystem is not involved yet):
     buffer, offsets marching through the file and wrapping around.
 On io_uring, QD1 ``readinto`` and ``write`` take the synchronous fast path
 (one C call, ``_uring.Fast``: the checks, then one private-ring SQE submitted
-and waited for in one system call); the QD32 row with ``end_io`` is the
-per-bio path, kept as the asynchronous interface's figure (the leader
-submits the next bios of a batch of completions in one system call).
+and waited for in one system call); the QD32 rows with ``end_io`` and with
+Futures are the per-bio interface: a plain bio goes the C path of
+``submit_bio`` (``_uring.BioRing``: checked and submitted in C, ended and its
+``end_io`` called or Future resolved from C on the reaper thread);
+``bench/block_ab.py --bio`` compares it with the bio path it replaced.
 Figures of 2026-11-28 18:52 UTC, load 2.0-2.6, ``--quick``: QD1 0.86x,
 QD32 end_io 0.24x, QD32 batched 0.95x, write 1.19x (docs/ARCHITECTURE.md,
 "Closing the gap to fio", has these, earlier runs, and
-``bench/block_ab.py``'s A/B).
+``bench/block_ab.py``'s A/B).  With the C path of ``submit_bio``
+(2026-11-29 02:35 UTC, load 1.0-2.9, ``--quick``): QD32 end_io 0.83x, QD32
+Futures 0.67x, QD32 batched 0.99x, write 1.14x (docs/ARCHITECTURE.md, "The
+asynchronous per-bio path in C").
 Each row runs the io_uring engine (the goal's subject) and the thread pool
 (for comparison, an informational row) of ``open_block(..., engine=...)``
 with O_DIRECT, against fio's io_uring engine with ``direct=1`` on the same
@@ -221,6 +228,36 @@ def randread_qd(dev: FileBlockDevice, seconds: float, depth: int) -> float:
     if state["errors"]:
         raise RuntimeError(f"{state['errors']} reads failed")
     return state["done"] / elapsed
+
+
+def randread_futures(dev: FileBlockDevice, seconds: float, depth: int = 32) -> float:
+    """``depth`` read bios in flight from this one thread: wait for the oldest's
+    Future, submit the next; op/s."""
+    offs = offsets(dev.size)
+    mask = len(offs) - 1
+    bufs = [mmap.mmap(-1, BS) for _ in range(depth)]
+
+    def submit(n: int) -> Bio:
+        bio = Bio(BioOp.READ, offs[n & mask] >> 9, [bufs[n % depth]])
+        dev.submit_bio(bio)
+        return bio
+
+    window = [submit(n) for n in range(depth)]
+    done = 0
+    n = depth
+    start = time.perf_counter()
+    stop = start + seconds
+    while True:
+        slot = n % depth
+        window[slot].future.result()
+        done += 1
+        if time.perf_counter() >= stop:
+            break
+        window[slot] = submit(n)
+        n += 1
+    for bio in window:
+        bio.future.result()
+    return done / (time.perf_counter() - start)
 
 
 def randread_batched(dev: FileBlockDevice, seconds: float) -> float:
@@ -509,6 +546,7 @@ def measure(
     rows = {
         "4 KiB random direct read, QD1": ("randread", BS, 1),
         "4 KiB random direct read, QD32": ("randread", BS, 32),
+        "4 KiB random direct read, QD32 Futures": ("futures", BS, 32),
         f"4 KiB random direct read, QD32 batched ({BATCH} per readinto_many)": (
             "batch",
             BS,
@@ -535,6 +573,8 @@ def measure(
                             return seqwrite(dev, seconds)
                         if rw == "batch":
                             return randread_batched(dev, seconds)
+                        if rw == "futures":
+                            return randread_futures(dev, seconds, depth)
                         if depth == 1:
                             return randread_qd1(dev, seconds)
                         return randread_qd(dev, seconds, depth)
@@ -547,7 +587,7 @@ def measure(
                 if rw != "write" and depth == 1:
                     samples.setdefault("raw", []).append(raw_ring_qd1(devs["io_uring"], seconds))
                 try:
-                    fio_rw = "randread" if rw == "batch" else rw
+                    fio_rw = "randread" if rw in ("batch", "futures") else rw
                     samples["fio"].append(run_fio(path, size, fio_rw, bs, depth, seconds))
                 except Unavailable as exc:
                     if not any("fio" in note for note in notes):
@@ -593,8 +633,16 @@ def where_time_goes(
         )
     elif rw == "write":
         line += ": the device's transfer time; the Python work per 1 MiB bio is hidden in it"
+    elif rw == "futures":
+        line += (
+            ": a bio each, submitted by this thread (the C path of submit_bio, "
+            "_uring.BioRing), its Future resolved in C by the reaper thread"
+        )
     else:
-        line += ": one core's Python work per bio (end_io, submit_bio, engine) bounds the rate"
+        line += (
+            ": a bio each (Bio(), submit_bio through the C path _uring.BioRing, end_io "
+            "called from C on its reaper thread), all on that one thread"
+        )
     return line
 
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from block import BS, bench_dir, bench_file, offsets, randread_qd, run_fio
+from block import BS, bench_dir, bench_file, offsets, randread_futures, randread_qd, run_fio
 from common import MIB, Unavailable
 
 from daxfs.block import Bio, BioOp, open_block
@@ -102,36 +102,6 @@ def qd32_sides(dev: FileBlockDevice, offs: list[int]) -> dict[str, Callable[[int
         return BATCH
 
     return {"raw": raw, "many": many}
-
-
-def randread_futures(dev: FileBlockDevice, seconds: float, depth: int = 32) -> float:
-    """``depth`` read bios in flight from this one thread: wait for the oldest's
-    Future, submit the next; op/s."""
-    offs = offsets(dev.size)
-    mask = len(offs) - 1
-    bufs = [mmap.mmap(-1, BS) for _ in range(depth)]
-
-    def submit(n: int) -> Bio:
-        bio = Bio(BioOp.READ, offs[n & mask] >> 9, [bufs[n % depth]])
-        dev.submit_bio(bio)
-        return bio
-
-    window = [submit(n) for n in range(depth)]
-    done = 0
-    n = depth
-    start = time.perf_counter()
-    stop = start + seconds
-    while True:
-        slot = n % depth
-        window[slot].future.result()
-        done += 1
-        if time.perf_counter() >= stop:
-            break
-        window[slot] = submit(n)
-        n += 1
-    for bio in window:
-        bio.future.result()
-    return done / (time.perf_counter() - start)
 
 
 def bio_sides(dev: FileBlockDevice) -> dict[str, Callable[[float], float]]:

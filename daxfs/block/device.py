@@ -52,7 +52,8 @@ Invariants
   4. ``close()`` returns only when no request is in flight and no
      ``submit_bio`` or unplug is between its check and its dispatch (each
      holds a count while it runs); backends release their resources then
-     (``_close``), once.
+     (``_close``), once.  That count and the statistics live in one place:
+     ``_enter`` (refused once closing) and ``_leave``.
   5. Errors that name nothing get the operation, the sector and the device
      (``_name_error``): an ``OSError`` from the kernel keeps its errno.
 """

@@ -44,6 +44,16 @@ named).  A synchronous bio (``_run``) that fits goes ``_inline``
 ``statistics()['inline']``.  Anything else takes the bio path, which stays
 the reference (the thread-pool engine always takes it).
 
+The asynchronous C path (io_uring only): ``submit_bio`` of a plain READ or
+WRITE bio (one segment that ``_plain`` would take, FUA allowed; no PREFLUSH,
+no plug) goes to ``_uring.BioRing`` (``self._aio``): checked and submitted in
+C on a ring of its own, and ended in C by its reaper thread ("daxfs-bio",
+started by the first bio it takes): status, Future, ``end_io`` called with no
+Python in between.  A CQE that falls short comes back to ``_aio_failed``
+(continued, or its error named as the bio path names it).  Counted in
+``statistics()['async']``.  With ``_aio`` None every bio takes the bio path
+(the reference the tests hold it to).
+
 Invariants
   1. The file descriptor lives from open until ``close()``, which first waits
      for the engine to finish every op.
@@ -57,6 +67,10 @@ Invariants
      IOFailure naming the sector where it stopped); it counts as a request in
      flight, so ``close()`` waits for it, and it is refused (EBADF) once the
      device is closing.
+  5. So does the asynchronous C path, for the bio's status, Future and
+     ``end_io``: ``close()`` first shuts it down (a later bio takes the bio
+     path, which refuses it) and waits for every bio it took to end, then
+     joins its reaper; ``close()`` from its ``end_io`` raises RuntimeError.
 """
 
 from __future__ import annotations
