@@ -115,3 +115,4 @@ class BioRing:
     defer: bool
     defer_others: bool
     batch: int
+    def wait(self, bio: object, /) -> None: ...

@@ -252,6 +252,7 @@ class Bio:
         "_parent",
         "_state",
         "_value",
+        "_waiter",
         "end_io",
         "flags",
         "op",
@@ -316,6 +317,10 @@ class Bio:
         self._state = "new"
         self._parent: Bio | None = None
         self._chain: _Chain | None = None  # set by split_bio
+        #: set by a device that ends bios on a thread of its own (the file device's C
+        #: path, ``_uring.BioRing``): ``wait()`` calls ``_waiter.wait(bio)`` first, which
+        #: on that thread (an end_io waiting for another bio) reaps nested
+        self._waiter: _Waiter | None = None
 
     def __repr__(self) -> str:
         flags = f" {self.flags!r}" if self.flags else ""
@@ -354,6 +359,9 @@ class Bio:
             OSError: the bio failed (its status), with the errno of the failure.
             TimeoutError: not done within ``timeout`` seconds.
         """
+        waiter = self._waiter
+        if waiter is not None and timeout is None and self._state != "done":
+            waiter.wait(self)  # in an end_io on the device's reaper: reaps nested
         if self._state == "done":  # no future needed
             status = self.status
             if status is not None:
@@ -427,11 +435,19 @@ class Bio:
         child._state = "submitted"
         child._parent = self
         child._chain = None
+        child._waiter = None
         return child
 
 
 #: orders a bio's completion against the making of its future (held for a few stores)
 _FUTURE_LOCK = threading.Lock()
+
+
+class _Waiter(Protocol):
+    """A device's reaper of bios (``_uring.BioRing``): ``wait(bio)`` reaps until
+    ``bio`` is done when called on the reaper itself, else returns."""
+
+    def wait(self, bio: Bio, /) -> None: ...
 
 
 def _resolve(future: Future[int], error: BaseException | None, value: int) -> None:

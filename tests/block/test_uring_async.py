@@ -70,6 +70,7 @@ def _reapers() -> list[threading.Thread]:
 
 
 def test_plain_bios_take_the_c_path_and_end_io_runs_on_its_reaper(tmp_path: Path) -> None:
+    """Nobody waits in the bio's device: its end_io runs on the reaper thread."""
     before = len(_reapers())
     with _device(tmp_path) as dev:
         assert dev._aio is not None
@@ -86,8 +87,8 @@ def test_plain_bios_take_the_c_path_and_end_io_runs_on_its_reaper(tmp_path: Path
 
         w = Bio(BioOp.WRITE, 8, [data], flags=BioFlags.FUA, end_io=end_io)
         dev.submit_bio(w)
+        assert ended.wait(30)  # (not w.wait(): that would reap in this thread)
         assert w.wait() == BS
-        assert ended.wait(30)
         assert seen == [("daxfs-bio", None, True, pattern(BS, 2)[:8])]
         _wait_for(lambda: w.segments == [])  # dropped after end_io: no view outlives its bio
         assert len(_reapers()) == before + 1
@@ -108,6 +109,42 @@ def test_plain_bios_take_the_c_path_and_end_io_runs_on_its_reaper(tmp_path: Path
     assert len(_reapers()) == before  # joined by close
     assert dev._aio is not None
     assert dev._aio.closed
+
+
+def test_an_end_io_may_wait_for_a_bio_of_the_c_path(tmp_path: Path) -> None:
+    """An end_io (on the reaper) that waits (``bio.wait()``) for another bio of the C
+    path reaps nested instead of waiting for itself; another thread's wait sleeps
+    until the reaper ends its bio (end_io on the reaper)."""
+    with _device(tmp_path) as dev:
+        dev.write(BS, _aligned(BS, 6))
+        seen: list[bytes] = []
+        ended = threading.Event()
+
+        def end_io(bio: Bio) -> None:
+            back = mmap.mmap(-1, BS)
+            inner = Bio(BioOp.READ, BS >> 9, [back])
+            dev.submit_bio(inner)
+            inner.wait()
+            seen.append(bytes(back))
+            ended.set()
+
+        outer = Bio(BioOp.READ, 0, [mmap.mmap(-1, BS)], end_io=end_io)
+        dev.submit_bio(outer)
+        assert outer.wait() == BS
+        assert ended.wait(30)
+        assert seen == [pattern(BS, 6)]
+        assert dev.statistics()["async"] == 2
+        ran_on: list[str] = []
+        bio = Bio(
+            BioOp.READ,
+            0,
+            [mmap.mmap(-1, BS)],
+            end_io=lambda b: ran_on.append(threading.current_thread().name),
+        )
+        dev.submit_bio(bio)
+        assert bio.wait() == BS
+        _wait_for(lambda: bool(ran_on))
+        assert ran_on == ["daxfs-bio"]
 
 
 def test_bios_the_c_path_does_not_take_go_the_bio_path(tmp_path: Path) -> None:
