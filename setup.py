@@ -27,8 +27,14 @@ setup(
         ),
         # fixed-address mmap and export-counted buffers (DAX mmap needs it)
         Extension("daxfs.mm._vm", sources=["daxfs/mm/_vm.c"], extra_compile_args=FLAGS),
-        # the FUSE wire tap's read and writev (daxfs.fuse._wire; Python fallback)
-        Extension("daxfs.fuse._tap", sources=["daxfs/fuse/_tap.c"], extra_compile_args=FLAGS),
+        # the FUSE wire tap's read and writev (optional: daxfs.fuse._wire falls back to the
+        # same tap in Python, and daxfs mount and daxfs info say so)
+        Extension(
+            "daxfs.fuse._tap",
+            sources=["daxfs/fuse/_tap.c"],
+            extra_compile_args=FLAGS,
+            optional=True,
+        ),
         # the journal's commit in C (daxfs.fs.journal: Journal.overwrite, Transaction commit)
         Extension(
             "daxfs.fs._commit",

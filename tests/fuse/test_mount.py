@@ -430,6 +430,34 @@ def test_threads_write_and_read_at_once(d: str) -> None:
     assert all(r == bytes([i]) * (256 << 10) for i, r in enumerate(results))
 
 
+def test_the_mount_serves_requests_on_several_threads(image: str, mountpoint: str) -> None:
+    """libfuse's multi-threaded loop: a fresh mount starts one worker thread and
+    starts more while requests wait (8 clients at once here)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from daxfs.fuse._mount import _read_pid
+
+    daxfs_cli("mount", image, mountpoint)
+    try:
+        pid = _read_pid(mountpoint)
+        before = len(os.listdir(f"/proc/{pid}/task"))
+
+        def work(i: int) -> None:
+            p = os.path.join(mountpoint, f"t{i}")
+            with open(p, "wb") as f:
+                f.write(os.urandom(1 << 20))
+            for _ in range(10):
+                with open(p, "rb") as f:
+                    f.read()
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(work, range(8)))
+        after = len(os.listdir(f"/proc/{pid}/task"))
+        assert after > before, (before, after)
+    finally:
+        daxfs_cli("umount", mountpoint)
+
+
 def test_options() -> None:
     o = parse_options("ro,dax=never,layout_timeout=2.5,allow_other,max_read=65536")
     assert (o.readonly, o.dax, o.layout_timeout) == (True, "never", 2.5)
