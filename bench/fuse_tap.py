@@ -4,7 +4,9 @@
 
 Three mounts of bench/fuse.py's in-memory passthrough (MemOperations), served
 by DaxFUSE with the C tap (what daxfs mount uses), with the Python tap (the
-reference) and with no tap (libfuse's own read and writev): os.stat (a GETATTR
+reference and fallback; DaxFUSE serves it on libfuse's single-threaded loop,
+daxfs/fuse/_binding.py says why) and with no tap (libfuse's own read and
+writev; multi-threaded, as the C tap's): os.stat (a GETATTR
 each time, attr_timeout=0) and 4 KiB O_DIRECT reads of one file, batches of
 2,000 interleaved across the three mounts, medians of the rounds, wall time
 (the work is in the daemons).  Ratios against "no tap", measured in the same

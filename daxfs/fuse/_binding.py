@@ -34,7 +34,7 @@ from typing import Any
 
 import mfusepy
 
-from daxfs.fuse._wire import NOW, Tap, disable_splice_read, times_argument
+from daxfs.fuse._wire import NOW, Tap, disable_splice_read, native_available, times_argument
 
 UTIME_NOW = (1 << 30) - 1  # tv_nsec: set this time to now
 UTIME_OMIT = (1 << 30) - 2  # tv_nsec: leave this time alone
@@ -61,10 +61,30 @@ def _buffer(address: Any, size: int) -> memoryview:
 
 
 class DaxFUSE(mfusepy.FUSE):  # type: ignore[misc]
-    """mfusepy.FUSE with renameat2 flags, lseek, UTIME_NOW/OMIT, one-copy I/O and the tap."""
+    """mfusepy.FUSE with renameat2 flags, lseek, UTIME_NOW/OMIT, one-copy I/O and the tap.
+
+    With the Python tap the session runs libfuse's single-threaded loop: the
+    multi-threaded one ends by pthread_cancel of its workers, and a worker
+    cancelled inside the Python read while it waits for the GIL (its
+    condition variable is a cancellation point) dies holding the GIL's mutex,
+    so the process hangs at unmount (seen under gdb: the main thread in
+    pthread_join of a worker stuck in unwind_stop on that mutex; about 2 in 5
+    unmounts).  The C tap's read takes no GIL, and the replies, where it does,
+    are sent with cancellation disabled.
+    """
 
     #: the wire tap's read and writev: C (daxfs.fuse._tap) when built, or Python
     native_tap: bool | None = None
+
+    def __init__(self, operations: Any, mountpoint: str, **kwargs: Any) -> None:
+        if not self.uses_native_tap():
+            kwargs["nothreads"] = True
+        super().__init__(operations, mountpoint, **kwargs)
+
+    @classmethod
+    def uses_native_tap(cls) -> bool:
+        """Whether a session of this class reads and writes through the C tap."""
+        return cls.native_tap if cls.native_tap is not None else native_available()
 
     def init_fuse_3(self, conn: Any, config: Any) -> None:
         if conn:

@@ -123,6 +123,11 @@ except ImportError as _exc:  # not built: the Python read and writev (tap_engine
     _NATIVE_MISSING = str(_exc) or type(_exc).__name__
 
 
+def native_available() -> bool:
+    """Whether daxfs.fuse._tap (the C read and writev) is built."""
+    return _native is not None
+
+
 def tap_engine() -> tuple[str, str]:
     """Which read and writev a mount's tap uses, and why: ``("C", why)`` when
     daxfs.fuse._tap is built, else ``("Python", why)``, the fallback, which
@@ -132,8 +137,8 @@ def tap_engine() -> tuple[str, str]:
         return "C", "daxfs.fuse._tap: Python is entered only for the replies the tap acts on"
     return "Python", (
         f"fallback: daxfs.fuse._tap is not built ({_NATIVE_MISSING}): the same tap in "
-        "Python, about twice the time per request (bench/fuse_tap.py); pip install -e . "
-        "builds it"
+        "Python, about twice the time per request (bench/fuse_tap.py), on libfuse's "
+        "single-threaded loop (daxfs.fuse._binding says why); pip install -e . builds it"
     )
 
 
@@ -386,6 +391,7 @@ __all__ = [
     "Tap",
     "attr_out",
     "disable_splice_read",
+    "native_available",
     "tap_engine",
     "times_argument",
     "wanted",

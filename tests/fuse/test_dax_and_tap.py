@@ -201,6 +201,34 @@ def test_without_the_c_tap_the_mount_says_so_and_the_tap_still_answers(
     assert "daxfs.fuse._tap is not built" in info.stdout
 
 
+def test_without_the_c_tap_the_mount_is_single_threaded_and_unmounts(
+    image: str, mountpoint: str
+) -> None:
+    """The Python tap runs on libfuse's single-threaded loop (daxfs.fuse._binding: the
+    multi-threaded one cancelled a worker waiting for the GIL and hung about 2 in 5
+    unmounts): one thread under 8 clients at once, and each unmount returns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i: int) -> None:
+        p = os.path.join(mountpoint, f"t{i}")
+        with open(p, "wb") as f:
+            f.write(os.urandom(1 << 18))
+        for _ in range(5):
+            with open(p, "rb") as f:
+                f.read()
+
+    for _ in range(4):
+        done = cli_without_c_tap("mount", image, mountpoint)
+        assert done.returncode == 0, done.stderr
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(work, range(8)))
+            pid = _read_pid(mountpoint)
+            assert len(os.listdir(f"/proc/{pid}/task")) == 1
+        finally:
+            daxfs_cli("umount", mountpoint)  # raises if the server does not exit
+
+
 def test_without_the_c_tap_a_foreground_mount_says_so(image: str, mountpoint: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", WITHOUT_C_TAP, "mount", "-f", image, mountpoint],
