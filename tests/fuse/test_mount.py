@@ -213,6 +213,57 @@ def test_extended_attributes(d: str) -> None:
     assert os.listxattr(os.path.join(d, "s"), follow_symlinks=False) == []
 
 
+def xattr_probes(f: str) -> list[object]:
+    """What libc's xattr calls return on ``f`` (a value or an errno), with the
+    buffers a program passes: a size query, a buffer too small, the limits."""
+    libc.getxattr.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
+    libc.listxattr.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
+    libc.getxattr.restype = libc.listxattr.restype = ctypes.c_ssize_t
+    path = f.encode()
+    buf = ctypes.create_string_buffer(1 << 16)
+    out: list[object] = []
+
+    def result(n: int) -> object:
+        return n if n >= 0 else f"errno {errno.errorcode[ctypes.get_errno()]}"
+
+    def probe(call: object) -> object:
+        try:
+            return call()  # type: ignore[operator]
+        except OSError as exc:
+            return f"errno {errno.errorcode[exc.errno or 0]}"
+
+    os.setxattr(f, "user.v", b"0123456789")
+    out.append(result(libc.getxattr(path, b"user.v", None, 0)))  # the size
+    out.append(result(libc.getxattr(path, b"user.v", buf, 4)))  # too small: ERANGE
+    out.append(result(libc.getxattr(path, b"user.v", buf, 10)))
+    out.append(result(libc.listxattr(path, None, 0)))
+    out.append(result(libc.listxattr(path, buf, 3)))
+    out.append(probe(lambda: os.setxattr(f, "user." + "n" * 251, b"x")))  # 256 bytes
+    out.append(probe(lambda: os.setxattr(f, "user." + "n" * 250, b"x")))  # 255 bytes
+    out.append(probe(lambda: os.setxattr(f, "user.big", bytes(65537))))
+    out.append(probe(lambda: os.setxattr(f, "nonamespace", b"x")))
+    out.append(probe(lambda: os.getxattr(f, "user.")))
+    out.append(sorted(os.listxattr(f)))
+    return out
+
+
+def test_xattr_buffers_and_limits_as_linux(d: str) -> None:
+    """Size queries, short buffers (ERANGE), name and value limits (ERANGE, E2BIG),
+    an unknown namespace: the same on the mount as on /dev/shm (tmpfs)."""
+    host = tempfile.mkdtemp(prefix="daxfs-xattr-host-", dir="/dev/shm")
+    try:
+        seen = []
+        for top in (d, host):
+            f = os.path.join(top, "f")
+            with open(f, "w") as out:
+                out.write("x")
+            seen.append(xattr_probes(f))
+    finally:
+        shutil.rmtree(host)
+    assert seen[0] == seen[1], f"mount {seen[0]}\nhost  {seen[1]}"
+    assert seen[0][1] == "errno ERANGE"
+
+
 XATTRS_AS_ANOTHER_USER = """
 import os, sys
 os.setgid(4321); os.setuid(1234)
