@@ -489,7 +489,7 @@ class File(io.RawIOBase):
     def _direct_read(self, view: memoryview, offset: int) -> int:
         assert self._dio is not None
         try:
-            return self._dio.read(self.inode, offset, view, what=self.path)
+            return self._dio.read(self.inode, offset, view, what=self.name)
         except BaseException:
             with naming(self.path):  # errors name the file (no context manager per call)
                 raise
@@ -512,7 +512,7 @@ class File(io.RawIOBase):
         if self._dio is None:
             return [self.preadinto(view, offset) for offset, view in checked]
         try:
-            return self._dio.read_many(self.inode, checked, what=self.path)
+            return self._dio.read_many(self.inode, checked, what=self.name)
         except BaseException:
             with naming(self.path):  # errors name the file (no context manager per call)
                 raise
@@ -532,7 +532,7 @@ class File(io.RawIOBase):
         engine under the inode lock, so appenders never share an offset)."""
         assert self._dio is not None
         with naming(self.path):
-            return self._dio.write(self.inode, offset, data, append=append, what=self.path)
+            return self._dio.write(self.inode, offset, data, append=append, what=self.name)
 
     # -- the asynchronous API -------------------------------------------------------------
 
@@ -552,7 +552,7 @@ class File(io.RawIOBase):
         if self._dio is None:
             return self._now(lambda: self.preadinto(view, offset))
         with naming(self.path):
-            future = self._dio.submit(self.inode, offset, view, write=False, what=self.path)
+            future = self._dio.submit(self.inode, offset, view, write=False, what=self.name)
         return self._track(future)
 
     def submit_write(self, offset: int, data: Buffer) -> Future[int]:
@@ -575,7 +575,7 @@ class File(io.RawIOBase):
             return self._now(lambda: self.pwrite(data, offset))
         with naming(self.path):
             future = self._dio.submit(
-                self.inode, offset, data, write=True, append=self._append, what=self.path
+                self.inode, offset, data, write=True, append=self._append, what=self.name
             )
         return self._track(future)
 

@@ -1,0 +1,235 @@
+"""The lean direct reads (daxfs/fs/direct.py): ``DirectIO._read_mapped``'s common case
+(the extent cache's written extent, the range lock granted at once) and
+``read_many``'s per-batch steps (one alignment check, one write-back of the
+span).  Each is checked against the general path it shortcuts, and each
+fallback is exercised: a cold inode, an extent-cache miss, unwritten blocks,
+a range a write holds, the end of file.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from daxfs.fs.direct import DirectIO, aligned_buffer
+from daxfs.fs.filesystem import FileSystem
+from daxfs.fs.layout import BLOCK_SIZE
+from daxfs.fs.mount import mkfs, mount
+from daxfs.testing.simblock import SimulatedBlockDevice
+
+SIZE = 16 << 20
+
+
+@pytest.fixture
+def fs() -> Iterator[FileSystem]:
+    disk = SimulatedBlockDevice(SIZE)
+    mkfs(disk)
+    with mount(disk) as fs:
+        yield fs
+
+
+def pattern(n: int, seed: int) -> bytes:
+    return bytes((i * 11 + seed) & 0xFF for i in range(n))
+
+
+def write(f: object, data: bytes, pos: int) -> None:
+    buf = aligned_buffer(len(data))
+    buf[:] = data
+    assert f.pwrite(buf, pos) == len(data)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def general_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Positions of the reads that fell back to ``_read_mapped_general``."""
+    calls: list[int] = []
+    real = DirectIO._read_mapped_general
+
+    def counted(self: DirectIO, inode: object, pos: int, buffer: object) -> int | None:
+        calls.append(pos)
+        return real(self, inode, pos, buffer)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DirectIO, "_read_mapped_general", counted)
+    return calls
+
+
+def test_the_lean_read_is_taken_and_agrees_with_a_model(
+    fs: FileSystem, general_calls: list[int]
+) -> None:
+    model = bytearray()
+    with fs.open("/f", "wb+", buffering=0, direct=True) as f:
+        data = pattern(16 * BLOCK_SIZE, 1)
+        write(f, data, 0)
+        model[:] = data
+        first = aligned_buffer(BLOCK_SIZE)
+        f.preadinto(first, 0)  # the extent cache now holds the file's extent
+        general_calls.clear()
+        rng = random.Random(5)
+        for _ in range(200):
+            n = rng.choice([512, BLOCK_SIZE, 3 * BLOCK_SIZE])
+            pos = rng.randrange(0, len(model) - n + 1) // 512 * 512
+            out = aligned_buffer(n)
+            assert f.preadinto(out, pos) == n
+            assert bytes(out) == bytes(model[pos : pos + n])
+        assert general_calls == []  # every one the lean way
+
+
+def test_the_lean_read_at_the_end_of_file_clamps_and_zeroes(
+    fs: FileSystem, general_calls: list[int]
+) -> None:
+    with fs.open("/f", "wb+", buffering=0, direct=True) as f:
+        data = pattern(4 * BLOCK_SIZE, 2)
+        write(f, data, 0)
+        f.truncate(3 * BLOCK_SIZE + 100)
+        f.preadinto(aligned_buffer(BLOCK_SIZE), 0)
+        general_calls.clear()
+        out = aligned_buffer(2 * BLOCK_SIZE)
+        out[:] = b"\xee" * len(out)
+        assert f.preadinto(out, 2 * BLOCK_SIZE) == BLOCK_SIZE + 100
+        assert bytes(out[: BLOCK_SIZE + 100]) == data[2 * BLOCK_SIZE : 3 * BLOCK_SIZE + 100]
+        assert bytes(out[BLOCK_SIZE + 100 : BLOCK_SIZE + 512]) == bytes(412)  # the sector
+        assert general_calls == []
+        assert f.preadinto(out, 4 * BLOCK_SIZE) == 0  # past the end: the general path
+        assert general_calls == [4 * BLOCK_SIZE]
+
+
+def test_every_fallback_of_the_lean_read_gives_the_same_bytes(
+    fs: FileSystem, general_calls: list[int]
+) -> None:
+    """A cold inode (no range lock yet), an extent-cache miss (another extent),
+    unwritten blocks, a hole: each goes ``_read_mapped_general`` (and from there,
+    where it must, the request path) with the right bytes."""
+    with fs.open("/f", "wb+", buffering=0) as b:  # buffered: no range lock made
+        b.write(pattern(2 * BLOCK_SIZE, 3))
+    with fs.open("/f", "rb+", buffering=0, direct=True) as f:
+        out = aligned_buffer(BLOCK_SIZE)
+        assert f.preadinto(out, 0) == BLOCK_SIZE  # cold: the general path
+        assert bytes(out) == pattern(2 * BLOCK_SIZE, 3)[:BLOCK_SIZE]
+        assert general_calls == [0]
+        write(f, pattern(BLOCK_SIZE, 4), 6 * BLOCK_SIZE)  # another extent, a hole between
+        f.fallocate(8 * BLOCK_SIZE, BLOCK_SIZE, 0)
+        f.truncate(10 * BLOCK_SIZE)
+        cases = [
+            (6 * BLOCK_SIZE, pattern(BLOCK_SIZE, 4)),  # a miss (the cache held block 0's)
+            (BLOCK_SIZE, pattern(2 * BLOCK_SIZE, 3)[BLOCK_SIZE:]),  # a miss back
+            (4 * BLOCK_SIZE, bytes(BLOCK_SIZE)),  # a hole
+            (8 * BLOCK_SIZE, bytes(BLOCK_SIZE)),  # unwritten
+        ]
+        for pos, expect in cases:
+            general_calls.clear()
+            out[:] = b"\xee" * BLOCK_SIZE
+            assert f.preadinto(out, pos) == BLOCK_SIZE
+            assert bytes(out) == expect
+            assert general_calls == [pos]
+        general_calls.clear()
+        assert f.preadinto(out, 0) == BLOCK_SIZE  # a miss (the cache held the unwritten)
+        assert f.preadinto(out, 0) == BLOCK_SIZE  # a hit once cached again
+        assert general_calls == [0]
+
+
+def test_read_many_names_the_first_unaligned_item_before_any_io(fs: FileSystem) -> None:
+    with fs.open("/f", "wb+", buffering=0, direct=True) as f:
+        write(f, pattern(4 * BLOCK_SIZE, 5), 0)
+        reads = fs.direct.stats["reads"]  # type: ignore[union-attr]
+        odd = memoryview(aligned_buffer(2 * BLOCK_SIZE))[1 : 1 + BLOCK_SIZE]
+        good = aligned_buffer(BLOCK_SIZE)
+        for items, what in (
+            ([(0, good), (100, aligned_buffer(BLOCK_SIZE))], "offset 100"),
+            ([(0, good), (BLOCK_SIZE, aligned_buffer(100))], "length 100"),
+            ([(0, good), (BLOCK_SIZE, odd)], "buffer address"),
+        ):
+            with pytest.raises(OSError, match=what) as info:
+                f.preadinto_many(items)
+            assert info.value.errno == errno.EINVAL
+            assert "/f" in str(info.value)
+        assert fs.direct.stats["reads"] == reads  # type: ignore[union-attr]
+        got = f.preadinto_many([(BLOCK_SIZE, good), (3 * BLOCK_SIZE, aligned_buffer(512))])
+        assert got == [BLOCK_SIZE, 512]
+        assert bytes(good) == pattern(4 * BLOCK_SIZE, 5)[BLOCK_SIZE : 2 * BLOCK_SIZE]
+
+
+def test_a_lean_read_in_flight_holds_its_range_against_truncate(
+    general_calls: list[int],
+) -> None:
+    import threading
+
+    from tests.fs.direct_devices import HeldBlockDevice
+
+    disk = SimulatedBlockDevice(SIZE)
+    mkfs(disk)
+    dev = HeldBlockDevice(disk)
+    with mount(dev, layout_timeout=0.2) as fs, fs.open("/f", "wb+", buffering=0, direct=True) as f:
+        write(f, pattern(4 * BLOCK_SIZE, 6), 0)
+        f.preadinto(aligned_buffer(BLOCK_SIZE), 0)
+        general_calls.clear()
+        out = aligned_buffer(2 * BLOCK_SIZE)
+        dev.hold(out)
+        got: list[int] = []
+        reader = threading.Thread(target=lambda: got.append(f.preadinto(out, BLOCK_SIZE)))
+        reader.start()
+        dev.wait_held(1)
+        with pytest.raises(OSError, match="in progress") as again:
+            f.truncate(2 * BLOCK_SIZE, nowait=True)
+        assert again.value.errno == errno.EAGAIN
+        with pytest.raises(OSError, match="in progress") as busy:
+            f.truncate(2 * BLOCK_SIZE)
+        assert busy.value.errno == errno.EBUSY
+        f.truncate(4 * BLOCK_SIZE, nowait=True)  # from the old end on: no overlap
+        dev.release()
+        reader.join(10)
+        assert got == [2 * BLOCK_SIZE]
+        assert bytes(out) == pattern(4 * BLOCK_SIZE, 6)[BLOCK_SIZE : 3 * BLOCK_SIZE]
+        assert general_calls == []  # it was the lean read
+        f.truncate(2 * BLOCK_SIZE, nowait=True)
+    assert not dev.problems
+
+
+def test_a_fallback_read_in_flight_does_not_hold_the_inode_lock(
+    general_calls: list[int],
+) -> None:
+    """A read the lean path hands to the general path (here: the extent cache holds
+    another extent) does its I/O without ``inode.lock``: a truncate of its range
+    answers EAGAIN at once instead of waiting for the lock (found by
+    test_direct.py's truncate test when the fallback ran inside the lock)."""
+    import threading
+
+    from tests.fs.direct_devices import HeldBlockDevice
+
+    disk = SimulatedBlockDevice(SIZE)
+    mkfs(disk)
+    dev = HeldBlockDevice(disk)
+    with mount(dev, layout_timeout=0.2) as fs, fs.open("/f", "wb+", buffering=0, direct=True) as f:
+        write(f, pattern(2 * BLOCK_SIZE, 7), 0)
+        write(f, pattern(BLOCK_SIZE, 8), 4 * BLOCK_SIZE)  # a second extent after a hole
+        f.preadinto(aligned_buffer(BLOCK_SIZE), 4 * BLOCK_SIZE)  # the cache: the second
+        general_calls.clear()
+        out = aligned_buffer(BLOCK_SIZE)
+        dev.hold(out)
+        got: list[int] = []
+        reader = threading.Thread(target=lambda: got.append(f.preadinto(out, 0)))
+        reader.start()
+        dev.wait_held(1)
+        errors: list[BaseException] = []
+
+        def truncate() -> None:
+            try:
+                f.truncate(0, nowait=True)
+            except OSError as exc:
+                errors.append(exc)
+
+        truncater = threading.Thread(target=truncate)
+        truncater.start()
+        truncater.join(5)
+        blocked = truncater.is_alive()  # waiting for inode.lock, which the read holds
+        dev.release()
+        reader.join(10)
+        truncater.join(10)
+        assert not blocked, "the read held inode.lock during its I/O"
+        assert len(errors) == 1
+        assert errors[0].errno == errno.EAGAIN  # type: ignore[attr-defined]
+        assert got == [BLOCK_SIZE]
+        assert bytes(out) == pattern(2 * BLOCK_SIZE, 7)[:BLOCK_SIZE]
+        assert general_calls == [0]
+    assert not dev.problems
