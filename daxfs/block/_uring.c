@@ -1650,14 +1650,23 @@ bioring_submit(BioRing *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         Py_RETURN_NONE;
     }
+    /* the bio is ours from here: NEW -> SUBMITTED, as Bio._submitted() (first: the
+     * waits below run other threads, which must see it submitted); given back
+     * (NEW, and None returned) if it cannot go this way after all */
+    if (PyObject_SetAttr(bio, str_state, str_submitted) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    /* bio.wait() from an end_io (on the reaper) reaps nested: BioRing.wait */
+    if (PyObject_SetAttr(bio, str_waiter, (PyObject *)self) < 0)
+        PyErr_Clear(); /* (a Bio without the slot: its waits sleep instead) */
     if (!self->started) { /* the reaper, the first time a bio needs one */
         self->started = 1;    /* (first: start() runs Python, another thread may come) */
         PyObject *r = PyObject_CallNoArgs(self->start);
         if (r == NULL) { /* no thread (resources): the bio path takes the bio */
             self->started = 0;
-            PyBuffer_Release(&view);
             PyErr_Clear();
-            Py_RETURN_NONE;
+            goto give_back;
         }
         Py_DECREF(r);
     }
@@ -1673,21 +1682,11 @@ bioring_submit(BioRing *self, PyObject *const *args, Py_ssize_t nargs)
         Py_END_ALLOW_THREADS
         self->idle_waiters--;
     }
-    if (self->closed) { /* closed while waiting: the reference path says EBADF */
-        PyBuffer_Release(&view);
-        Py_RETURN_NONE;
-    }
-    /* the bio is ours from here: NEW -> SUBMITTED, as Bio._submitted() */
-    if (PyObject_SetAttr(bio, str_state, str_submitted) < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
+    if (self->closed) /* closed while waiting: the reference path says EBADF */
+        goto give_back;
     BioReq *req = PyMem_Malloc(sizeof *req);
-    if (req == NULL) {
-        PyBuffer_Release(&view);
-        (void)PyObject_SetAttr(bio, str_state, str_new);
-        return PyErr_NoMemory();
-    }
+    if (req == NULL)
+        goto give_back; /* the bio path takes it (and may have the memory) */
     req->bio = Py_NewRef(bio);
     req->view = view;
     /* no Python runs from here to the submission: the GIL keeps the SQ ours (B1) */
@@ -1696,19 +1695,14 @@ bioring_submit(BioRing *self, PyObject *const *args, Py_ssize_t nargs)
         bioring_flush(self);
         sqe = io_uring_get_sqe(&self->ring);
     }
-    if (sqe == NULL) { /* cannot happen while the kernel takes SQEs: the bio fails */
-        PyBuffer_Release(&req->view);
+    if (sqe == NULL) { /* cannot happen while the kernel takes SQEs: the bio path */
         Py_DECREF(req->bio);
         PyMem_Free(req);
-        (void)PyObject_SetAttr(bio, str_state, str_new);
-        Py_RETURN_NONE;
+        goto give_back;
     }
     struct iovec iov = {view.buf, (size_t)view.len};
     prep_rw(sqe, write ? OP_WRITEV : OP_READV, fd, &iov, 1, offset, rw_flags);
     io_uring_sqe_set_data(sqe, req);
-    /* bio.wait() from an end_io (on the reaper) reaps nested: BioRing.wait */
-    if (PyObject_SetAttr(bio, str_waiter, (PyObject *)self) < 0)
-        PyErr_Clear(); /* (a Bio without the slot: its waits sleep instead) */
     pthread_mutex_lock(&self->lock);
     if (self->inflight == 0 && self->reaper_sleeps) /* (else it looks again soon) */
         pthread_cond_signal(&self->work);
@@ -1718,6 +1712,12 @@ bioring_submit(BioRing *self, PyObject *const *args, Py_ssize_t nargs)
     if (!bioring_defers(self))
         bioring_flush(self); /* a failure leaves it queued for the reaper's wait */
     Py_RETURN_TRUE;
+give_back:
+    PyBuffer_Release(&view);
+    if (PyObject_SetAttr(bio, str_state, str_new) < 0 ||
+        PyObject_SetAttr(bio, str_waiter, Py_None) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 /* ``report(bio, exc)`` of the exception raised (GIL held; clears it). */
@@ -1914,14 +1914,14 @@ bioring_wait(BioRing *self, PyObject *bio)
 static PyObject *
 bioring_shutdown(BioRing *self, PyObject *Py_UNUSED(ignored))
 {
-    if (bioring_on_reaper(self) || self->reaper == PyThread_get_thread_ident())
-        return PyErr_Format(PyExc_RuntimeError,
-                            "BioRing.shutdown() called from a completion (end_io)");
     pthread_mutex_lock(&self->lock);
     self->closed = 1;
     pthread_cond_broadcast(&self->work);
     pthread_cond_broadcast(&self->idle);
     pthread_mutex_unlock(&self->lock);
+    if (self->reaper != 0 && self->reaper == PyThread_get_thread_ident())
+        Py_RETURN_NONE; /* on the reaper (a device dropped in an end_io): it stops
+                         * once nothing is in flight; it cannot wait for itself */
     while (self->inflight > 0) {
         self->idle_waiters++;
         Py_BEGIN_ALLOW_THREADS
@@ -2066,7 +2066,8 @@ static PyMethodDef bioring_methods[] = {
     {"serve", (PyCFunction)bioring_serve, METH_NOARGS,
      "the reaper: end bios as their CQEs come, until shutdown() and nothing in flight"},
     {"shutdown", (PyCFunction)bioring_shutdown, METH_NOARGS,
-     "refuse new bios (None) and wait for those in flight to end"},
+     "refuse new bios (None) and wait for those in flight to end (on the reaper: "
+     "no wait; it stops once they have)"},
     {"close", (PyCFunction)bioring_close, METH_NOARGS,
      "free the ring (EBUSY before shutdown() and the reaper's end)"},
     {NULL, NULL, 0, NULL},

@@ -83,6 +83,7 @@ import os
 import stat as stat_mod
 import struct
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -113,6 +114,7 @@ from daxfs.block.engine import (
 )
 from daxfs.block.uring import UringEngine
 from daxfs.errors import ClosedFile, InvalidArgument, IsADirectory, NotFound
+from daxfs.lifecycle import weak_method
 from daxfs.pmem.device import check_integer
 
 if TYPE_CHECKING:
@@ -176,6 +178,10 @@ class FileBlockDevice(BlockDevice):
         # started by the first bio it takes
         self._aio = self._bio_ring() if isinstance(engine, UringEngine) else None
         self._reaper: threading.Thread | None = None
+        if self._aio is not None:
+            # the BioRing calls back weakly (no cycle through it); a device dropped
+            # unclosed shuts it down, so that its reaper thread ends
+            weakref.finalize(self, self._aio.shutdown)
 
     def _bio_ring(self) -> _uring.BioRing | None:
         """The C path of ``submit_bio`` (``_uring.BioRing``), or None where its ring
@@ -193,9 +199,9 @@ class FileBlockDevice(BlockDevice):
                 BioOp.READ,
                 BioOp.WRITE,
                 bio_module._FUTURE_LOCK,
-                self._aio_failed,
+                weak_method(self._aio_failed),
                 _report_end_io,
-                self._start_reaper,
+                weak_method(self._start_reaper),
                 os.RWF_DSYNC,
                 True,
             )
@@ -519,6 +525,9 @@ class FileBlockDevice(BlockDevice):
             RuntimeError: called from an ``end_io`` of the C path (it would wait
                 for itself).
         """
+        reaper = self._reaper
+        if reaper is not None and reaper is threading.current_thread():
+            raise RuntimeError(f"{self.name}: close() called from a completion (end_io)")
         if self._fast is not None:
             self._fast.shutdown()
         aio = self._aio

@@ -8,12 +8,14 @@ kernel may use them; threads, slot waits, close, and the fault harness."""
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import mmap
 import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -466,6 +468,56 @@ def test_close_waits_for_bios_in_flight_then_refuses(tmp_path: Path) -> None:
     aio.serve()  # a closed BioRing serves no more: returns at once
     os.close(r)
     os.close(w)
+
+
+def test_a_bio_waiting_for_a_slot_is_already_submitted(tmp_path: Path) -> None:
+    """Queue depth 1, its slot held by a read of a pipe: a bio submitted by another
+    thread waits for the slot, and is submitted already while it waits (the same bio
+    submitted again is refused, not run twice); then both end whole."""
+    r, w = os.pipe()
+    with _device(tmp_path, queue_depth=1) as dev:
+        first = Bio(BioOp.READ, 0, [mmap.mmap(-1, BS)])
+        good_fd, dev.fd = dev.fd, r
+        try:
+            dev.submit_bio(first)
+        finally:
+            dev.fd = good_fd
+        second = Bio(BioOp.READ, 8, [mmap.mmap(-1, BS)])
+        submitter = threading.Thread(target=dev.submit_bio, args=(second,))
+        submitter.start()
+        _wait_for(lambda: second._state == "submitted")
+        time.sleep(0.05)
+        assert submitter.is_alive()  # waiting for the slot
+        with pytest.raises(InvalidArgument, match="submitted already"):
+            dev.submit_bio(second)
+        os.write(w, b"s" * BS)
+        submitter.join(30)
+        assert first.wait(30) == BS
+        assert second.wait(30) == BS
+        assert dev.statistics()["async"] == 2
+    os.close(r)
+    os.close(w)
+
+
+def test_a_device_dropped_unclosed_goes_with_its_last_reference(tmp_path: Path) -> None:
+    """The BioRing calls the device back weakly: a device dropped without close() is
+    freed by reference counting (no cycle through its C path), and its reaper ends."""
+    before = len(_reapers())
+    dev = _device(tmp_path)
+    bio = Bio(BioOp.READ, 0, [mmap.mmap(-1, BS)])
+    dev.submit_bio(bio)
+    assert bio.wait() == BS
+    assert len(_reapers()) == before + 1
+    fd = dev.fd
+    ref = weakref.ref(dev)
+    gc.disable()
+    try:
+        del dev
+        assert ref() is None
+    finally:
+        gc.enable()
+    _wait_for(lambda: len(_reapers()) == before)
+    os.close(fd)  # (a device dropped unclosed keeps its descriptor, as before)
 
 
 def test_close_from_end_io_is_refused(tmp_path: Path) -> None:
