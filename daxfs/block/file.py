@@ -180,8 +180,9 @@ class FileBlockDevice(BlockDevice):
         self._reaper: threading.Thread | None = None
         if self._aio is not None:
             # the BioRing calls back weakly (no cycle through it); a device dropped
-            # unclosed shuts it down, so that its reaper thread ends
-            weakref.finalize(self, self._aio.shutdown)
+            # unclosed shuts it down, so that its reaper thread ends (not at exit: a
+            # bio that never completes would hold the interpreter's exit)
+            weakref.finalize(self, self._aio.shutdown).atexit = False
 
     def _bio_ring(self) -> _uring.BioRing | None:
         """The C path of ``submit_bio`` (``_uring.BioRing``), or None where its ring
