@@ -301,16 +301,20 @@ class DirectIO:
         req.arm(self._post)
         return future
 
-    def read(self, inode: Inode, pos: int, buffer: Buffer, *, what: str | bytes = "") -> int:
-        """Direct read, synchronous; see the class docstring.
+    def read(
+        self, inode: Inode, pos: int, buffer: Buffer, *, what: str | bytes = "", fast: bool = True
+    ) -> int:
+        """Direct read, synchronous; see the class docstring.  ``fast=False``: the
+        caller tried ``read_fast`` already (it returned None).
 
         Raises:
             InvalidArgument (EINVAL): unaligned; OSError of the device (EIO naming
                 the sector), IOFailure for a short completion.
         """
-        got = self._read_mapped(inode, pos, buffer)
-        if got is not None:
-            return got
+        if fast:
+            got = self._read_mapped(inode, pos, buffer)
+            if got is not None:
+                return got
         return self._run(self._request(inode, pos, buffer, False, False, what))
 
     def _read_mapped(self, inode: Inode, pos: int, buffer: Buffer) -> int | None:
@@ -327,13 +331,19 @@ class DirectIO:
         Raises:
             as ``_read_mapped_general``.
         """
-        view = buffer if type(buffer) is memoryview else memoryview(buffer)
+        if type(pos) is not int or pos < 0:
+            return None
+        if type(buffer) is memoryview:
+            view = buffer
+        else:
+            try:
+                view = memoryview(buffer)
+            except TypeError:  # not a buffer: the caller's checks say so
+                return None
         n = len(view)
         align = self.alignment
         if (
-            type(pos) is not int
-            or pos < 0
-            or not n
+            not n
             or (pos | n) & (align - 1)
             or view.readonly
             or view.ndim != 1
@@ -391,6 +401,16 @@ class DirectIO:
         if result < length:
             view[result:length] = bytes(length - result)
         return result
+
+    def read_fast(self, inode: Inode, pos: int, buffer: Buffer) -> int | None:
+        """``read``'s fast path alone (``File.preadinto`` calls it before its own
+        checks): the bytes read, or None when the read is not a fast one -- then
+        call ``read``, which raises what the arguments call for.
+
+        Raises:
+            as ``read``, for a read the fast path does.
+        """
+        return self._read_mapped(inode, pos, buffer)
 
     def _read_mapped_general(self, inode: Inode, pos: int, buffer: Buffer) -> int | None:
         """The fast path of a synchronous read: an aligned range that lies in ONE

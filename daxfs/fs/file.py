@@ -416,11 +416,21 @@ class File(io.RawIOBase):
             got = reader.preadinto(self.inode, buffer, offset)
             if got is not None:
                 return got
+        dio = self._dio
+        if dio is not None and self._readable and self._open:
+            try:  # the direct read's fast path first: it takes only what the checks
+                # below let through (an int offset >= 0, a writable byte buffer)
+                done = dio.read_fast(self.inode, offset, buffer)
+            except BaseException:
+                with naming(self.path):
+                    raise
+            if done is not None:
+                return done
         self._check_read()
         self._offset(offset)
         view = _writable_bytes(buffer)
-        if self._dio is not None:
-            return self._direct_read(view, offset)
+        if dio is not None:  # (the fast path declined above, or the file is closed)
+            return self._direct_read(view, offset, fast=False)
         with naming(self.path), self.inode.lock:
             return self._data.read_into(self.inode, offset, view)
 
@@ -486,10 +496,10 @@ class File(io.RawIOBase):
         device, else 1."""
         return self._dio.alignment if self._dio is not None else 1
 
-    def _direct_read(self, view: memoryview, offset: int) -> int:
+    def _direct_read(self, view: memoryview, offset: int, fast: bool = True) -> int:
         assert self._dio is not None
         try:
-            return self._dio.read(self.inode, offset, view, what=self.name)
+            return self._dio.read(self.inode, offset, view, what=self.name, fast=fast)
         except BaseException:
             with naming(self.path):  # errors name the file (no context manager per call)
                 raise

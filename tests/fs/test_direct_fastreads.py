@@ -233,3 +233,35 @@ def test_a_fallback_read_in_flight_does_not_hold_the_inode_lock(
         assert bytes(out) == pattern(2 * BLOCK_SIZE, 7)[:BLOCK_SIZE]
         assert general_calls == [0]
     assert not dev.problems
+
+
+def test_preadinto_raises_what_its_checks_say_after_the_fast_path_declines(
+    fs: FileSystem,
+) -> None:
+    """File.preadinto tries the direct fast path before its own checks; bad arguments
+    and a closed or write-only file still raise as before (the fast path declines)."""
+    with fs.open("/f", "wb+", buffering=0, direct=True) as f:
+        write(f, pattern(2 * BLOCK_SIZE, 9), 0)
+        buf = aligned_buffer(BLOCK_SIZE)
+        with pytest.raises(TypeError, match="writable"):
+            f.preadinto(b"\0" * BLOCK_SIZE, 0)
+        with pytest.raises(TypeError):
+            f.preadinto(123, 0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="integer"):
+            f.preadinto(buf, "0")  # type: ignore[arg-type]
+        with pytest.raises(OSError, match="negative") as neg:
+            f.preadinto(buf, -BLOCK_SIZE)
+        assert neg.value.errno == errno.EINVAL
+        with pytest.raises(OSError, match="offset 100") as odd:
+            f.preadinto(buf, 100)
+        assert odd.value.errno == errno.EINVAL
+        assert f.preadinto(buf, BLOCK_SIZE) == BLOCK_SIZE
+    with pytest.raises(OSError, match="closed") as closed:
+        f.preadinto(buf, 0)
+    assert closed.value.errno == errno.EBADF
+    with (
+        fs.open("/f", "wb", buffering=0, direct=True) as w,
+        pytest.raises(OSError, match="not open for reading") as wo,
+    ):
+        w.preadinto(buf, 0)
+    assert wo.value.errno == errno.EBADF
