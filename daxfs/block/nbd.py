@@ -220,7 +220,7 @@ class NbdBlockDevice(BlockDevice):
             with self._send_lock:
                 _sendall(self._sock, views)
         except OSError as exc:
-            self._disconnect(f"the connection failed while sending: {exc}")
+            self._disconnect(f"disconnected while sending ({exc})")
 
     def _read_replies(self) -> None:
         header = bytearray(_REPLY.size)
