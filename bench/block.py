@@ -61,7 +61,18 @@ fdatasync SQE: a second round trip, so slower than dsync here) are printed
 beside it, informational.  On this VM plain and dsync measure within the
 noise of each other (the host's FLUSH is cheap), so the two ratios differ
 little; on a disk with an expensive FLUSH the plain anchor would be
-unreachable by any durable write.  A last pair of
+unreachable by any durable write.
+
+Filesystem figures (``--quick``, 2026-11-29; docs/ARCHITECTURE.md, "The
+durable direct overwrite" and "Fast paths of direct reads", has the A/B
+runs): at 03:29 UTC, load 0.7-0.9: QD1 0.76x, QD32 batched 0.82x, the
+durable write 0.78x of fio --sync=dsync (0.71x of plain fio, 0.93x of
+--fdatasync=1); at 03:31 UTC, load 0.6-0.9: QD1 0.72x, batched 0.78x, the
+write 0.44x of dsync (575 against 1,300 MiB/s: the disk's FLUSH time moves
+by 3x between runs on this shared VM; in one-process A/B runs the write is
+within 0.89-1.03x of the device's own FUA write of the same blocks, and
+0.72-1.04x of fio --sync=dsync).  Before this session's changes: QD1 0.53x,
+batched 0.45x, the write 0.24x of plain fio.  A last pair of
 rows reads 4 KiB at random through the pmem block driver (an image on
 /dev/shm mounted ``dax="never"`` from its ``PmemDevice``, direct=True)
 against DAX ``pread`` of the same image (informational: the cost of each
