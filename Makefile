@@ -13,8 +13,9 @@ $(STAMP): $(SRC)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
+# -n auto: the suite on every core (pytest-xdist; 10.8 min against 16.4 on this 2-core VM)
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 # the slow suite: exhaustive crash and fault loops, and the long runs of the tools (fsx,
 # stress, fuzzer), SLOW_SECONDS each; the tools also run by hand:
