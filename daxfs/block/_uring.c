@@ -2007,17 +2007,24 @@ bioring_get_defer(BioRing *self, void *closure)
     return PyBool_FromLong(self->defer);
 }
 
+/* Set a boolean attribute `name` (*flag) from `value`; deleting it is a TypeError. */
 static int
-bioring_set_defer(BioRing *self, PyObject *value, void *closure)
+bioring_set_flag(int *flag, PyObject *value, const char *name)
 {
     int v = value == NULL ? -1 : PyObject_IsTrue(value);
     if (v < 0) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "defer cannot be deleted");
+            PyErr_Format(PyExc_TypeError, "%s cannot be deleted", name);
         return -1;
     }
-    self->defer = v;
+    *flag = v;
     return 0;
+}
+
+static int
+bioring_set_defer(BioRing *self, PyObject *value, void *closure)
+{
+    return bioring_set_flag(&self->defer, value, "defer");
 }
 
 static PyObject *
@@ -2029,14 +2036,7 @@ bioring_get_defer_others(BioRing *self, void *closure)
 static int
 bioring_set_defer_others(BioRing *self, PyObject *value, void *closure)
 {
-    int v = value == NULL ? -1 : PyObject_IsTrue(value);
-    if (v < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "defer_others cannot be deleted");
-        return -1;
-    }
-    self->defer_others = v;
-    return 0;
+    return bioring_set_flag(&self->defer_others, value, "defer_others");
 }
 
 static PyObject *
