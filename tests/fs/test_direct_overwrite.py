@@ -86,6 +86,7 @@ def test_an_overwrite_is_one_fua_write_and_no_transaction(
     dio = engine(fs)
     with fs.open("/f", "rb+", buffering=0, direct=True) as f:
         old = f.stat().st_mtime_ns
+        assert fs.stat("/f").st_mtime_ns == fs.stat("/f").st_mtime_ns == old  # cached
         monkeypatch.setattr(direct, "now_ns", lambda: old + 12345)
         seq, fast = fs.journal.seq, dio.stats["mapped_writes"]
         new = pattern(2 * BLOCK_SIZE, 9)
@@ -94,6 +95,7 @@ def test_an_overwrite_is_one_fua_write_and_no_transaction(
         assert dio.stats["mapped_writes"] == fast + 1
         st = f.stat()
         assert (st.st_mtime_ns, st.st_ctime_ns) == (old + 12345, old + 12345)  # in memory
+        assert fs.stat("/f").st_mtime_ns == old + 12345  # the path's stat (C) too
         expect = bytes(pattern(4 * BLOCK_SIZE))
         expect = expect[:BLOCK_SIZE] + bytes(new) + expect[3 * BLOCK_SIZE :]
         # durable on return; the times are owed: a crash now shows the old ones
