@@ -188,13 +188,13 @@ class BlockDevice(Closeable):
         if not isinstance(bio, Bio):
             raise InvalidArgument(f"submit_bio takes a Bio, not {type(bio).__name__}")
         bio._submitted()
-        if not self._hold():
+        if not self._enter(bios=1):
             bio._complete(self._closed_error(bio))
             return
         try:
             self._submit(bio)
         finally:
-            self._release()
+            self._leave()
 
     # -- the bookkeeping of work in flight: its one home (invariant 4) ---------------------
 
@@ -242,13 +242,6 @@ class BlockDevice(Closeable):
         """Add ``n`` to the statistic ``name`` (errors, splits, merges, bounced, ...)."""
         with self._lock:
             self._stats[name] += n
-
-    def _hold(self) -> bool:
-        """Count a submission in progress (close waits for it); False if closed."""
-        return self._enter(bios=1)
-
-    def _release(self) -> None:
-        self._leave()
 
     def _closed_error(self, bio: Bio) -> ClosedFile:
         return ClosedFile(f"{bio.op.value} at sector {bio.sector}: {self.name} is closed")
@@ -349,7 +342,7 @@ class BlockDevice(Closeable):
             self._add_stat("merges", len(held) - len(requests))
             self._dispatch_all(requests)
         finally:
-            self._release()
+            self._leave()
 
     def _dispatch_all(self, requests: list[Request]) -> None:
         for i, req in enumerate(requests):

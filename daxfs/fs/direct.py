@@ -266,6 +266,34 @@ class DirectIO:
                 f"block size ({align} bytes); open it without direct=True for unaligned I/O"
             )
 
+    def _plain(self, pos: int, buffer: Buffer, *, into: bool) -> memoryview | None:
+        """The fast paths' test of their arguments: ``buffer`` as a memoryview when
+        ``pos`` is a non-negative int and the buffer a non-empty, one-dimensional
+        byte buffer whose address, length and ``pos`` are aligned (and, ``into``: a
+        read's target, writable); else None -- the request path then checks and
+        raises what the arguments call for."""
+        if type(pos) is not int or pos < 0:
+            return None
+        if type(buffer) is memoryview:
+            view = buffer
+        else:
+            try:
+                view = memoryview(buffer)
+            except TypeError:  # not a buffer: the caller's checks say so
+                return None
+        n = len(view)
+        align = self.alignment
+        if (
+            not n
+            or (pos | n) & (align - 1)
+            or (into and view.readonly)
+            or view.ndim != 1
+            or view.format != "B"
+            or misaligned([view], align)
+        ):
+            return None
+        return view
+
     # -- entry points -------------------------------------------------------------------
 
     def submit(
@@ -331,26 +359,11 @@ class DirectIO:
         Raises:
             as ``_read_mapped_general``.
         """
-        if type(pos) is not int or pos < 0:
+        view = self._plain(pos, buffer, into=True)
+        if view is None:
             return None
-        if type(buffer) is memoryview:
-            view = buffer
-        else:
-            try:
-                view = memoryview(buffer)
-            except TypeError:  # not a buffer: the caller's checks say so
-                return None
         n = len(view)
         align = self.alignment
-        if (
-            not n
-            or (pos | n) & (align - 1)
-            or view.readonly
-            or view.ndim != 1
-            or view.format != "B"
-            or misaligned([view], align)
-        ):
-            return None
         end = pos + n
         token = None
         with inode.lock:  # (every fallback after it is released: the general path
@@ -659,20 +672,10 @@ class DirectIO:
             outlived layout_timeout.  OSError of a commit of owed times (EIO,
             EROFS): the data is durable.
         """
-        view = memoryview(data)
-        n = len(view)
-        align = self.alignment
-        if (
-            type(pos) is not int
-            or pos < 0
-            or not n
-            or n > MAX_IO
-            or (pos | n) & (align - 1)
-            or view.ndim != 1
-            or view.format != "B"
-            or misaligned([view], align)
-        ):
+        view = self._plain(pos, data, into=False)
+        if view is None or len(view) > MAX_IO:
             return None
+        n = len(view)
         engine_data = self.data
         end = pos + n
         with inode.lock:
