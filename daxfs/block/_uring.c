@@ -1434,7 +1434,8 @@ typedef struct {
 
 static PyObject *str_op, *str_flags, *str_sector, *str_segments, *str_state, *str_future,
     *str_value, *str_status, *str_end_io, *str_set_result, *str_new, *str_submitted,
-    *str_done, *str_acquire, *str_release, *str_waiter;
+    *str_done, *str_acquire, *str_release, *str_waiter, *str_finished, *str_cancelled,
+    *str_cancelled_notified;
 
 static int
 bioring_init(BioRing *self, PyObject *args, PyObject *kwds)
@@ -1658,8 +1659,15 @@ bioring_submit(BioRing *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     /* bio.wait() from an end_io (on the reaper) reaps nested: BioRing.wait */
-    if (PyObject_SetAttr(bio, str_waiter, (PyObject *)self) < 0)
+    if (PyObject_SetAttr(bio, str_waiter, (PyObject *)self) < 0) {
         PyErr_Clear(); /* (a Bio without the slot: its waits sleep instead) */
+    } else { /* a Future made before the submission reaps nested too (its result()) */
+        PyObject *future = PyObject_GetAttr(bio, str_future);
+        if (future == NULL || (future != Py_None &&
+                               PyObject_SetAttr(future, str_waiter, (PyObject *)self) < 0))
+            PyErr_Clear(); /* (not a LeanFuture: its result() sleeps) */
+        Py_XDECREF(future);
+    }
     if (!self->started) { /* the reaper, the first time a bio needs one */
         self->started = 1;    /* (first: start() runs Python, another thread may come) */
         PyObject *r = PyObject_CallNoArgs(self->start);
@@ -1885,13 +1893,21 @@ bioring_bio_done(PyObject *bio)
     PyObject *state = PyObject_GetAttr(bio, str_state);
     if (state == NULL)
         return -1;
-    int done = state == str_done ||
-               (PyUnicode_Check(state) && PyUnicode_Compare(state, str_done) == 0);
+    int done = 0;
+    if (state == str_done || state == str_finished)
+        done = 1;
+    else if (PyUnicode_Check(state))
+        done = PyUnicode_Compare(state, str_done) == 0 ||
+               PyUnicode_Compare(state, str_finished) == 0 ||
+               PyUnicode_Compare(state, str_cancelled) == 0 ||
+               PyUnicode_Compare(state, str_cancelled_notified) == 0;
     Py_DECREF(state);
     return done;
 }
 
-/* wait(bio): called by Bio.wait() of a bio this ring took.  On the reaper (an
+/* wait(bio): called by Bio.wait() of a bio this ring took, or by the result() of a
+ * LeanFuture (daxfs.block.future) whose waiter this ring is -- ``bio`` is then the
+ * future, done once its _state is FINISHED or cancelled.  On the reaper (an
  * end_io waiting for another bio of the ring) it reaps nested until ``bio`` is
  * done, instead of waiting for itself; on any other thread it returns at once (the
  * caller then sleeps until the reaper ends the bio).  Reaping in the waiting thread
@@ -2111,6 +2127,8 @@ intern_names(void)
         {&str_value, "_value"}, {&str_status, "status"}, {&str_end_io, "end_io"},
         {&str_set_result, "set_result"}, {&str_new, "new"}, {&str_submitted, "submitted"},
         {&str_done, "done"}, {&str_acquire, "acquire"}, {&str_release, "release"}, {&str_waiter, "_waiter"},
+        {&str_finished, "FINISHED"}, {&str_cancelled, "CANCELLED"},
+        {&str_cancelled_notified, "CANCELLED_AND_NOTIFIED"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((*names[i].p = PyUnicode_InternFromString(names[i].s)) == NULL)

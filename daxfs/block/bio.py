@@ -79,6 +79,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from daxfs.block.future import LeanFuture
 from daxfs.errors import InvalidArgument, IOFailure, NotSupported, ReadOnly
 from daxfs.lifecycle import drop_frame_locals
 
@@ -346,7 +347,7 @@ class Bio:
             with _FUTURE_LOCK:
                 future = self._future
                 if future is None:
-                    future = Future()
+                    future = LeanFuture(self._waiter)
                     if self._state == "done":
                         _resolve(future, self.status, self._value)
                     self._future = future

@@ -394,10 +394,10 @@ class BlockCache(Device):
         """
         self._check_open()
         check_range(offset, length, self.size)
-        if not self._dirty:  # the usual case: nothing flushed and not drained
-            return
         bs = self.block_size
         lo, hi = offset - offset % bs, min(-(-(offset + length) // bs) * bs, self.size)
+        if self._nothing_dirty_in(lo, hi):  # the usual case (a direct read's)
+            return
         with self._drain_lock:
             with self._dirty_lock:
                 inside: list[tuple[int, int]] = []
@@ -417,6 +417,28 @@ class BlockCache(Device):
                 with self._dirty_lock:
                     self._dirty.extend(inside)
                 raise
+
+    def _nothing_dirty_in(self, lo: int, hi: int) -> bool:
+        """True when no dirty range meets ``[lo, hi)`` and no drain is writing ranges
+        back (``_drain_lock`` free at once: a drain takes its ranges out of ``_dirty``
+        before they are on the device): ``write_back`` then has nothing to wait for or
+        write, and returns without the drain lock or a merge.  The journal header's
+        sector is dirty between commits, so this walk (not an empty list) is the
+        common case; a long list of repeated flushes is merged here to keep it short."""
+        drain = self._drain_lock
+        if not drain.acquire(False):  # a drain in progress: write_back waits for it
+            return False
+        try:
+            with self._dirty_lock:
+                dirty = self._dirty
+                for start, end in dirty:
+                    if start < hi and lo < end:
+                        return False
+                if len(dirty) > 8:
+                    self._dirty = _merged(dirty)
+                return True
+        finally:
+            drain.release()
 
     def invalidate(self, offset: int, length: int, data: Buffer | None = None) -> None:
         """Make the cache's bytes of ``[offset, offset+length)`` the device's, after a

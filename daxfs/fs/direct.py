@@ -124,6 +124,7 @@ import mmap
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -132,7 +133,8 @@ import numpy as np
 from daxfs.block.bio import SECTOR_SHIFT, Bio, BioFlags, BioOp
 from daxfs.block.cache import BlockCache
 from daxfs.block.file import misaligned
-from daxfs.errors import FileTooLarge, InvalidArgument, WouldBlock
+from daxfs.block.future import FutureWaiter, LeanFuture
+from daxfs.errors import FileTooLarge, InvalidArgument, WouldBlock, naming
 from daxfs.fs.data import MAX_FILE_SIZE, MAX_IO, DataPath
 from daxfs.fs.extmap import Extent
 from daxfs.fs.inode import Inode, now_ns
@@ -216,6 +218,9 @@ class DirectIO:
         self.data = data
         self.cache = cache
         self.bdev = cache.bdev
+        #: the reaper of the device's asynchronous C path, if any (the file device's
+        #: ``_uring.BioRing``): a lean read's Future waited for on it reaps nested
+        self._waiter: FutureWaiter | None = getattr(self.bdev, "_aio", None)
         #: the alignment of offsets, lengths and buffer addresses (logical block size)
         self.alignment = self.bdev.limits.logical_block_size
         self._worker: ThreadPoolExecutor | None = None
@@ -227,10 +232,12 @@ class DirectIO:
             "bios": 0,
             "zero_bios": 0,
             "failed": 0,
-            "mapped_reads": 0,  # synchronous reads done by ``_read_mapped``
+            "mapped_reads": 0,  # reads done by ``_read_mapped`` or ``submit_read_lean``
+            "lean_submits": 0,  # of them, ``submit_read_lean``'s (Futures)
             "mapped_writes": 0,  # synchronous overwrites done by ``_write_mapped``
             "times_owed": 0,  # writes that left mtime/ctime owed, not committed
             "times_commits": 0,  # transactions that committed owed times alone
+            "lean_posted": 0,  # lean reads whose end went to the worker (inode.lock busy)
         }
         #: inodes whose mtime/ctime in memory are newer than on the media (a direct
         #: overwrite set them; ``sync_times`` commits them): ino -> (Inode, since
@@ -347,13 +354,8 @@ class DirectIO:
 
     def _read_mapped(self, inode: Inode, pos: int, buffer: Buffer) -> int | None:
         """``_read_mapped_general``'s common case in fewer Python steps (a QD1 4 KiB
-        read spends more time here than in the device): the inode has had direct
-        I/O (its range lock exists), the range starts before the end of file and
-        lies in the extent cache's written extent (``inode.xcache``: what
-        ``DataPath.iomap_begin`` would return), the range lock is granted at once.
-        Then, under ONE ``inode.lock``, the shared range lock straight from the
-        RangeLock (the range ``DataPath.lock_range`` would lock: whole blocks,
-        ``pos`` below the size), no Iomap object; the same I/O and release as
+        read spends more time here than in the device): ``_lean`` locks and maps it
+        under ONE ``inode.lock``; the same I/O and release as
         ``_read_mapped_general``, which takes every other case.
 
         Raises:
@@ -362,44 +364,11 @@ class DirectIO:
         view = self._plain(pos, buffer, into=True)
         if view is None:
             return None
-        n = len(view)
-        align = self.alignment
-        end = pos + n
-        token = None
-        with inode.lock:  # (every fallback after it is released: the general path
-            # waits, and does its I/O, without holding inode.lock)
-            layouts = inode.layouts
-            size = inode.rec.size
-            ext = inode.xcache
-            if layouts is not None and pos < size and type(ext) is Extent:
-                result = n if end <= size else size - pos
-                length = n if end <= size else -(-result // align) * align
-                if not (
-                    ext.flags & EXTENT_UNWRITTEN
-                    or not ext.lblk <= pos >> BLOCK_SHIFT
-                    or (pos + length - 1) >> BLOCK_SHIFT >= ext.lblk + ext.length
-                    or inode.mappings
-                    or self.data.mapped_ranges.ranges(inode.ino)
-                ):
-                    # DataPath.lock_range's range for pos < size, without waiting: a
-                    # write or truncate that holds or waits for it -> the general path
-                    with contextlib.suppress(WouldBlock):
-                        token = layouts.ranges.lock(
-                            pos & -BLOCK_SIZE,
-                            (end + BLOCK_SIZE - 1) & -BLOCK_SIZE,
-                            False,
-                            nowait=True,
-                        )
-            if token is not None:
-                stats = self.stats
-                stats["reads"] += 1
-                stats["bios"] += 1
-                stats["mapped_reads"] += 1
-        if token is None:
+        lean = self._lean(inode, pos, view)
+        if lean is None:
             return self._read_mapped_general(inode, pos, view)
-        assert layouts is not None
-        assert type(ext) is Extent
-        addr = ((ext.pblk - ext.lblk) << BLOCK_SHIFT) + pos
+        token, addr, length, result = lean
+        n = len(view)
         error: OSError | None = None
         try:
             self.cache.write_back(addr, length)
@@ -407,13 +376,112 @@ class DirectIO:
         except OSError as exc:
             error = exc
         with inode.lock:
-            layouts.ranges.unlock(token)
+            inode.layouts.ranges.unlock(token)  # type: ignore[union-attr]
         if error is not None:
-            stats["failed"] += 1
+            self.stats["failed"] += 1
             raise error
         if result < length:
             view[result:length] = bytes(length - result)
         return result
+
+    def _lean(
+        self, inode: Inode, pos: int, view: memoryview
+    ) -> tuple[RangeToken, int, int, int] | None:
+        """The lean reads' lock and map (``_read_mapped``, ``submit_read``): when the
+        inode has had direct I/O (its range lock exists), the aligned range starts
+        before the end of file and lies in the extent cache's written extent
+        (``inode.xcache``: what ``DataPath.iomap_begin`` would return), no mapping
+        covers the file, and the shared range lock is granted at once -- then,
+        under ONE ``inode.lock``, that lock straight from the RangeLock (the range
+        ``DataPath.lock_range`` would lock: whole blocks, ``pos`` below the size),
+        no Iomap object: (token, device address, bytes to read, bytes before the
+        end of file), the read counted.  Else None, nothing held (the caller takes
+        a general path, which waits for a held range)."""
+        n = len(view)
+        align = self.alignment
+        end = pos + n
+        token = None
+        with inode.lock:  # (every fallback after it is released: the general paths
+            # wait, and do their I/O, without holding inode.lock)
+            layouts = inode.layouts
+            size = inode.rec.size
+            ext = inode.xcache
+            if layouts is None or pos >= size or type(ext) is not Extent:
+                return None
+            result = n if end <= size else size - pos
+            length = n if end <= size else -(-result // align) * align
+            if (
+                ext.flags & EXTENT_UNWRITTEN
+                or not ext.lblk <= pos >> BLOCK_SHIFT
+                or (pos + length - 1) >> BLOCK_SHIFT >= ext.lblk + ext.length
+                or inode.mappings
+                or self.data.mapped_ranges.ranges(inode.ino)
+            ):
+                return None
+            # DataPath.lock_range's range for pos < size, without waiting: a write or
+            # truncate that holds or waits for it -> the general path
+            try:
+                token = layouts.ranges.lock(
+                    pos & -BLOCK_SIZE, (end + BLOCK_SIZE - 1) & -BLOCK_SIZE, False, nowait=True
+                )
+            except WouldBlock:
+                return None
+            stats = self.stats
+            stats["reads"] += 1
+            stats["bios"] += 1
+            stats["mapped_reads"] += 1
+        return token, ((ext.pblk - ext.lblk) << BLOCK_SHIFT) + pos, length, result
+
+    def submit_read_lean(
+        self,
+        inode: Inode,
+        pos: int,
+        buffer: Buffer,
+        path: str,
+        inflight: set[Future[int]],
+        guard: threading.Lock,
+    ) -> Future[int] | None:
+        """``submit``'s common read (``File.submit_read`` calls it before its own
+        checks) without a request object: what ``_lean`` takes (the inode's range
+        lock granted at once, ONE written extent from the extent cache), the
+        cache's dirty blocks of the range written back, then ONE plain READ bio
+        into the caller's buffer -- on io_uring the device's C path
+        (``_uring.BioRing``: submitted and ended in C) -- whose ``end_io``
+        (``_lean_read_end``) releases the range lock and resolves the Future
+        (``LeanFuture``: no Condition of its own); errors named with ``path`` as
+        ``File``'s futures name them.  The Future is in ``inflight`` (the File's,
+        which ``close`` waits for; ``guard`` is its lock) until it is resolved.
+        None when the read is anything else (then call ``submit``: the request
+        path, the reference).
+
+        Raises:
+            nothing: the device's errors, and a write-back's, are the Future's.
+        """
+        view = self._plain(pos, buffer, into=True)
+        if view is None:
+            return None
+        lean = self._lean(inode, pos, view)
+        if lean is None:
+            return None
+        token, addr, length, result = lean
+        self.stats["lean_submits"] += 1
+        future: LeanFuture[int] = LeanFuture(self._waiter)
+        with guard:
+            inflight.add(future)
+        state = (self, inode, token, future, view, result, length, path, inflight, guard)
+        try:
+            self.cache.write_back(addr, length)
+            bio = Bio(
+                BioOp.READ,
+                addr >> SECTOR_SHIFT,
+                [view if length == len(view) else view[:length]],
+                end_io=_lean_read_end,
+                private=state,
+            )
+            self.bdev.submit_bio(bio)
+        except Exception as exc:  # nothing in flight: the range back, the error named
+            _lean_read_done(state, exc)
+        return future
 
     def read_fast(self, inode: Inode, pos: int, buffer: Buffer) -> int | None:
         """``read``'s fast path alone (``File.preadinto`` calls it before its own
@@ -907,11 +975,76 @@ class DirectIO:
             finally:
                 lock.release()
             return
+        self._worker_run(req.complete_future)
+
+    def _worker_run(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the completion worker (made on first need)."""
         with self._worker_lock:
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(1, thread_name_prefix="daxfs-dio")
             worker = self._worker
-        worker.submit(req.complete_future)
+        worker.submit(fn)
+
+
+_LeanState = tuple[
+    DirectIO,
+    Inode,
+    RangeToken,
+    "LeanFuture[int]",
+    memoryview,
+    int,
+    int,
+    str,
+    "set[Future[int]]",
+    threading.Lock,
+]
+
+
+def _lean_read_end(bio: Bio) -> None:
+    """The ``end_io`` of a lean read's bio (any thread; on io_uring the device's
+    reaper, which must never wait for ``inode.lock``): ``_lean_read_done`` here when
+    ``inode.lock`` is free at once, else on the engine's worker."""
+    state: _LeanState = bio.private  # type: ignore[assignment]
+    bio.private = None
+    status = bio.status
+    lock = state[1].lock
+    if lock.acquire(False):
+        try:
+            _lean_read_done(state, status)
+        finally:
+            lock.release()
+        return
+    engine = state[0]
+    engine.stats["lean_posted"] += 1
+    engine._worker_run(lambda: _lean_read_done(state, status))
+
+
+def _lean_read_done(state: _LeanState, status: BaseException | None) -> None:
+    """End a lean read (``inode.lock`` is held, or free to take: an RLock): the range
+    lock released, bytes past the end of file zeroed, then the Future resolved --
+    with ``status`` named with the path -- and taken out of its File's set."""
+    engine, inode, token, future, view, result, length, path, inflight, guard = state
+    with inode.lock:
+        inode.layouts.ranges.unlock(token)  # type: ignore[union-attr]
+    if status is None:
+        if result < length:
+            view[result:length] = bytes(length - result)
+        future.set_result(result)
+    else:
+        engine.stats["failed"] += 1
+        future.set_exception(_named(status, path))
+    with guard:
+        inflight.discard(future)
+
+
+def _named(exc: BaseException, path: str) -> BaseException:
+    """``exc`` as ``daxfs.errors.naming(path)`` raises it (the path in an OSError)."""
+    try:
+        with naming(path):
+            raise exc
+    except BaseException as named:
+        return named
+    raise AssertionError("unreachable")
 
 
 class _Request:

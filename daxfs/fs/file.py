@@ -556,6 +556,15 @@ class File(io.RawIOBase):
             InvalidArgument (EINVAL): negative ``offset``; unaligned direct I/O.
             I/O errors (EIO, a short completion) are the Future's exception.
         """
+        dio = self._dio
+        if dio is not None and self._readable and self._open:
+            # the lean read first (daxfs.fs.direct: one plain bio, no request object);
+            # it takes only what the checks below let through
+            future = dio.submit_read_lean(
+                self.inode, offset, buffer, self.path, self._inflight_set(), self._inflight_lock
+            )
+            if future is not None:
+                return future
         self._check_read()
         self._offset(offset)
         view = _writable_bytes(buffer)
@@ -615,13 +624,21 @@ class File(io.RawIOBase):
             future.set_exception(exc)
         return future
 
+    def _inflight_set(self) -> set[Future[int]]:
+        """The set of this File's requests in flight (made on first use)."""
+        inflight = self._inflight
+        if inflight is None:
+            with self._inflight_lock:
+                if self._inflight is None:
+                    self._inflight = set()
+                inflight = self._inflight
+        return inflight
+
     def _track(self, future: Future[int]) -> Future[int]:
         """Count ``future`` in flight until it is done; errors get this file's path."""
         path = self.path
+        inflight = self._inflight_set()
         with self._inflight_lock:
-            if self._inflight is None:
-                self._inflight = set()
-            inflight = self._inflight
             inflight.add(future)
 
         def done(f: Future[int]) -> None:

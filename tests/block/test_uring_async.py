@@ -149,6 +149,34 @@ def test_an_end_io_may_wait_for_a_bio_of_the_c_path(tmp_path: Path) -> None:
         assert ran_on == ["daxfs-bio"]
 
 
+@pytest.mark.parametrize("made", ["before", "after"])
+def test_an_end_io_may_wait_for_a_future_of_the_c_path(tmp_path: Path, made: str) -> None:
+    """An end_io (on the reaper) that waits on another bio's Future -- made before or
+    after that bio's submission -- reaps nested (the Future's waiter is the BioRing)
+    instead of waiting for itself, the thread that must resolve it (it hung forever
+    with concurrent.futures.Future)."""
+    with _device(tmp_path) as dev:
+        dev.write(BS, _aligned(BS, 7))
+        seen: list[Any] = []
+        ended = threading.Event()
+
+        def end_io(bio: Bio) -> None:
+            back = mmap.mmap(-1, BS)
+            inner = Bio(BioOp.READ, BS >> 9, [back])
+            future = inner.future if made == "before" else None
+            dev.submit_bio(inner)
+            future = future or inner.future
+            seen.append((future.result(), bytes(back), future.done()))
+            ended.set()
+
+        outer = Bio(BioOp.READ, 0, [mmap.mmap(-1, BS)], end_io=end_io)
+        dev.submit_bio(outer)
+        assert ended.wait(30), "the end_io waited for itself"
+        assert outer.future.result(30) == BS
+        assert seen == [(BS, pattern(BS, 7), True)]
+        assert dev.statistics()["async"] == 2
+
+
 def test_bios_the_c_path_does_not_take_go_the_bio_path(tmp_path: Path) -> None:
     """PREFLUSH, a plug, a bounce buffer, two segments, a split, no data, a bio
     past the end or unaligned, a write to a read-only device: the bio path, with
