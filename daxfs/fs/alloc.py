@@ -337,9 +337,14 @@ class Allocator:
         new_end = first + count
         bm0 = self._bm0
         flip = _create.flip_bits if NATIVE_FLIP else _flip
-        for k, i, j in _segments(first, new_end):
-            hit = flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, True)
+        k, i = divmod(first, BPB)
+        if i + count <= BPB:  # one bitmap block (the common case): _segments' one step
+            hit = flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, i + count, True)
             assert hit is None, f"moving to block {k * BPB + hit}, which is in use"
+        else:
+            for k, i, j in _segments(first, new_end):
+                hit = flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, j, True)
+                assert hit is None, f"moving to block {k * BPB + hit}, which is in use"
         if found is not None:
             found(first)  # the run is free in the bitmap (checked), and now taken
         # the checks that the copy need not wait for: the old run, the space (NoSpace
@@ -376,6 +381,14 @@ class Allocator:
         """
         bm0 = self._bm0
         flip = _create.flip_bits if NATIVE_FLIP else _flip
+        k, i = divmod(start, BPB)
+        if i + end - start <= BPB:  # one bitmap block (the common case): nothing to undo
+            if k not in self._verified:
+                self._verify(k, k + 1)
+            hit = flip(tx.write(bm0 + k, seal=seal_bitmap_block), i, i + end - start, False)
+            if hit is not None:
+                raise Corrupted(f"freeing block {k * BPB + hit}, which is already free")
+            return
         done: list[tuple[int, int, int]] = []
         try:
             for k, i, j in _segments(start, end):

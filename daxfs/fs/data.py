@@ -375,6 +375,10 @@ class DataPath:
                     self.itable, inode, (ext.pblk << BLOCK_SHIFT) + pos - start, data, end
                 )
                 return n
+            if n <= MAX_IO and end <= MAX_FILE_SIZE and not self.direct_io:
+                # a larger write from inside the extent (copy-on-write, _cow_blocks, if it
+                # is aligned): _write_locked without _write's checks, which it passes
+                return self._write_locked(inode, pos, memoryview(data).cast("B"), n)
         return self._write(inode, pos, data)
 
     def _write(self, inode: Inode, pos: int, data: Buffer) -> int:

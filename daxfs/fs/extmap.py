@@ -63,7 +63,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from daxfs.errors import Corrupted
 from daxfs.fs.alloc import Allocator
@@ -90,7 +90,7 @@ NO_BLOCK = 1 << 64  # "no next extent": a hole reaches to the end of the address
 INLINE_CACHE = 4096
 
 
-@dataclasses.dataclass(slots=True, frozen=True)
+@dataclasses.dataclass(slots=True, frozen=True, init=False)
 class Extent:
     """File blocks ``[lblk, lblk+length)`` in device blocks ``[pblk, pblk+length)``."""
 
@@ -98,6 +98,15 @@ class Extent:
     pblk: int
     length: int
     flags: int = 0
+
+    def __init__(self, lblk: int, pblk: int, length: int, flags: int = 0) -> None:
+        # what the frozen dataclass's own __init__ does, through the slots' descriptors
+        # instead of four object.__setattr__ calls: half the time (a copy-on-write
+        # overwrite makes two to four extents)
+        _SET_LBLK(self, lblk)
+        _SET_PBLK(self, pblk)
+        _SET_LENGTH(self, length)
+        _SET_FLAGS(self, flags)
 
     @property
     def end(self) -> int:
@@ -111,6 +120,13 @@ class Extent:
         """The part of this extent covering file blocks ``[lblk, end)``."""
         lo, hi = max(lblk, self.lblk), min(end, self.end)
         return Extent(lo, self.pblk + (lo - self.lblk), hi - lo, self.flags)
+
+
+_SlotSet = Callable[[Extent, int], None]
+_SET_LBLK: _SlotSet = Extent.__dict__["lblk"].__set__
+_SET_PBLK: _SlotSet = Extent.__dict__["pblk"].__set__
+_SET_LENGTH: _SlotSet = Extent.__dict__["length"].__set__
+_SET_FLAGS: _SlotSet = Extent.__dict__["flags"].__set__
 
 
 class InodeNodes:
@@ -398,9 +414,17 @@ class BlockMaps:
                 self.insert(tx, inode, ext)
             return unmapped
         inode.xcache = None
+        extents = self._inline(inode)
+        if len(new) == 1:
+            # the copy-on-write overwrite's case (DataPath._cow_blocks): the range lies
+            # inside one extent; the same map as the loop below, built directly
+            for i, e in enumerate(extents):
+                first, stop = e.lblk, e.lblk + e.length
+                if first <= lblk and end <= stop:
+                    return self._replace_inside(tx, inode, extents, i, lblk, end, new[0])
         pieces: list[Extent] = []
         rest: list[Extent] = []
-        for e in self._inline(inode):
+        for e in extents:
             first, stop = e.lblk, e.lblk + e.length
             if stop <= lblk or first >= end:
                 rest.append(e)
@@ -417,6 +441,34 @@ class BlockMaps:
             rest = _merge_into(rest, ext)
         self._store_list(tx, inode, rest)
         return pieces
+
+    def _replace_inside(
+        self,
+        tx: Transaction,
+        inode: Inode,
+        extents: tuple[Extent, ...],
+        i: int,
+        lblk: int,
+        end: int,
+        ext: Extent,
+    ) -> list[Extent]:
+        """``replace`` of ``[lblk, end)`` by ``ext`` in an inline map whose extent
+        ``extents[i]`` holds the whole range: what the general loop makes (the
+        extent's parts outside the range kept, ``ext`` between, contiguous
+        neighbours joined), without its lists of pieces."""
+        e = extents[i]
+        first, stop, pblk, flags = e.lblk, e.lblk + e.length, e.pblk, e.flags
+        whole = first == lblk and stop == end
+        gone = e if whole else Extent(lblk, pblk + lblk - first, end - lblk, flags)
+        rest = list(extents[:i])
+        if first < lblk:
+            rest.append(Extent(first, pblk, lblk - first, flags))
+        rest.append(ext)
+        if stop > end:
+            rest.append(Extent(end, pblk + end - first, stop - end, flags))
+        rest += extents[i + 1 :]
+        self._store_list(tx, inode, _join_contiguous(rest))
+        return [gone]
 
     def convert(self, tx: Transaction, inode: Inode, lblk: int, count: int) -> None:
         """Mark the UNWRITTEN parts of ``[lblk, lblk+count)`` written."""
@@ -452,8 +504,13 @@ def _merge_into(extents: Sequence[Extent], ext: Extent) -> list[Extent]:
         out.append(e)
     if not placed:
         out.append(ext)
+    return _join_contiguous(out)
+
+
+def _join_contiguous(extents: list[Extent]) -> list[Extent]:
+    """A sorted, disjoint list with contiguous neighbours joined (as far as they may)."""
     merged: list[Extent] = []
-    for e in out:
+    for e in extents:
         if merged:
             last = merged[-1]
             assert last.lblk + last.length <= e.lblk, f"extent {e} overlaps {last}"

@@ -1,7 +1,7 @@
 """BlockMaps.replace (the copy-on-write map change) against a model, and the inline cache.
 
-``replace(lblk, count, new)`` must leave the map that ``punch`` then ``insert``
-of each new extent leave (both are checked against the same block-by-block
+``replace(lblk, count, new)`` must leave the map (the same extents) that
+``punch`` then ``insert`` of each new extent leave (both are checked against the same block-by-block
 model) and return the pieces unmapped;
 on inline maps it decodes and stores once.  The maps are made by real writes
 and punches on a filesystem, inline (few extents) or B+tree (many).
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 import daxfs
 from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
-from daxfs.fs.extmap import Extent
+from daxfs.fs.extmap import Extent, _merge_into
 from daxfs.fs.fsck import fsck
 from daxfs.fs.inode import Inode
 from daxfs.fs.journal import Transaction
@@ -69,7 +70,10 @@ def test_replace_equals_punch_then_insert(
         inode = fs.itable.get(fs.stat("/f").st_ino)
         kind = inode.rec.map_kind
         assert kind in (MAP_INLINE, MAP_BTREE) or len(set(holes)) == BLOCKS
+        extents: dict[bool, list[Extent]] = {}
+        cursor = fs.alloc._cursor
         for use_replace in (True, False):
+            fs.alloc._cursor = cursor  # both take the same blocks
             with pytest.raises(Abort), fs.journal.begin() as tx:
                 before = blockmap(fs, tx, inode)
                 runs = fs.alloc.alloc(tx, count)
@@ -87,6 +91,7 @@ def test_replace_equals_punch_then_insert(
                     for ext in new:
                         fs.maps.insert(tx, inode, ext)
                 after = blockmap(fs, tx, inode)
+                extents[use_replace] = list(fs.maps.extents(tx, inode))
                 want = {b: v for b, v in before.items() if not lo <= b < lo + count}
                 for e in new:
                     for i in range(e.length):
@@ -97,6 +102,9 @@ def test_replace_equals_punch_then_insert(
                 }
                 assert unmapped == {b: v for b, v in before.items() if lo <= b < lo + count}
                 raise Abort
+        # the same extents, not only the same blocks: contiguous neighbours joined alike
+        # (replace's one-extent case, _replace_inside, builds the list its own way)
+        assert extents[True] == extents[False]
         fs.unlink("/f")
     finally:
         fs.unmount()
@@ -121,3 +129,58 @@ def test_inline_cache_answers_only_for_the_bytes_it_decoded(dev: SimulatedPmem) 
         fs.unlink("/g")
     finally:
         fs.unmount()
+
+
+def test_replace_inside_one_inline_extent_joins_as_the_general_path(dev: SimulatedPmem) -> None:
+    """The copy-on-write case (one new extent, the range inside one inline extent) takes
+    ``_replace_inside``: its extents equal the general loop's (``_merge_into`` over the
+    pieces kept), for a range at an extent's head, middle, tail and the whole of it,
+    with a new extent that joins its left neighbour and one that joins nothing."""
+    fs = daxfs.mount(dev)
+    try:
+        with fs.open("/h", "wb", buffering=0) as f:
+            f.write(b"y" * 160 * BLOCK)
+            f.pwrite(b"z" * 80 * BLOCK, 80 * BLOCK)  # copy-on-write: [0, 80) and [80, 160)
+        inode = fs.itable.get(fs.stat("/h").st_ino)
+        exts = fs.maps._inline(inode)
+        assert [(e.lblk, e.length) for e in exts] == [(0, 80), (80, 80)]
+        assert exts[0].pblk + 80 != exts[1].pblk
+        joined = 0
+        for lo, count in ((80, 80), (80, 70), (90, 70), (100, 20), (0, 80), (0, 30), (10, 70)):
+            for joins in (True, False):
+                with pytest.raises(Abort), fs.journal.begin() as tx:
+                    holder = next(e for e in exts if e.lblk <= lo and lo + count <= e.end)
+                    left = [e for e in exts if e.end == lo]
+                    # the blocks right after the left neighbour's are free (moved away)
+                    goal = left[0].pblk + left[0].length if joins and left else None
+                    (start, n), *_ = fs.alloc.alloc(tx, count, goal)
+                    assert n == count
+                    new = Extent(lo, start, count)
+                    rest = [e for e in exts if e is not holder]
+                    if holder.lblk < lo:
+                        rest.append(holder.slice(holder.lblk, lo))
+                    if holder.end > lo + count:
+                        rest.append(holder.slice(lo + count, holder.end))
+                    want = _merge_into(sorted(rest, key=lambda e: e.lblk), new)
+                    joined += len(want) < len(rest) + 1
+                    real = fs.maps._replace_inside
+                    seen: list[int] = []
+
+                    def spy(*args: Any, real: Any = real, seen: list[int] = seen) -> Any:
+                        seen.append(1)
+                        return real(*args)
+
+                    fs.maps._replace_inside = spy  # type: ignore[method-assign]
+                    try:
+                        pieces = fs.maps.replace(tx, inode, lo, count, [new])
+                    finally:
+                        del fs.maps._replace_inside
+                    assert seen == [1]
+                    assert pieces == [holder.slice(lo, lo + count)]
+                    assert list(fs.maps.extents(tx, inode)) == want
+                    raise Abort
+        assert joined >= 2  # the new extent joined its left neighbour (80, 80), (80, 70)
+        fs.unlink("/h")
+    finally:
+        fs.unmount()
+    assert fsck(dev).clean
