@@ -62,6 +62,27 @@ The anchors:
 The daxfs image on /dev/shm is written through once before timing
 (warm_image), as fio's ramp time and pmem2_bench's untimed pass do for theirs.
 
+The seq write rows compare like with like in what is done: the same file size
+(``data_size``: 64 MiB quick, 1 GiB full) written in the same 2 MiB pieces from
+one 2 MiB buffer reused, every piece durable when the call returns (fio
+libpmem with direct=1 sync=1 is ``pmem_memcpy`` with PMEM_F_MEM_NONTEMPORAL
+and a drain: non-temporal stores and an sfence per piece; a daxfs pwrite
+copies the piece into new blocks with non-temporal stores and commits its
+transaction, three fences, before it returns), the same flush instruction.
+They differ in what runs it: fio is one thread in its own process; a daxfs
+pwrite runs on the calling thread and, on a native device, hands part of the
+copy to a helper thread (daxfs.fs._copy, the copier) that needs the other
+core.  The two never run at the same time (each fio run follows one daxfs
+pass), and neither is pinned.  On this 2-vCPU machine, shared with other
+work, whether the copier's thread finds a core decides most of the row, so a
+second row repeats the passes with the copier off ("one core": the copy on
+the calling thread, what daxfs does when no core is free), each right after
+the fio run that follows a pass with it.  The daxfs figure is a median of
+short passes (32 writes in --quick, 512 in the full run), fio's a median of
+runs of 300 ms (1 s): a preempted pass falls out of the median, a preempted
+fio run does not.  docs/ARCHITECTURE.md ("The floor of a 2 MiB copy-on-write
+overwrite") says where the time goes.
+
 ``python bench/fs.py --profile`` instead runs cProfile over 4 KiB pread,
 preadinto and pwrite, 2 MiB sequential pwrite and preadinto, stat (in a
 100,000-entry and a 10-entry directory) and create+close, and prints the top
@@ -118,6 +139,7 @@ from common import (
     cpu_model,
     fio_job,
     fs_type,
+    gib_per_s,
     median_gib_per_s,
     median_ns_per_op,
     median_ns_per_op_interleaved,
@@ -490,9 +512,21 @@ def measure_daxfs_file(
     runs after each timed pass of "seq_read" or "seq_write" (an interleaved
     anchor, see FioAnchor)."""
     out: dict[str, float] = {}
+    between = dict(between or {})
+    one_core: list[float] = []
     f = open_raw(fs, "/data")
     try:
         write_whole(f.pwrite, size)
+        if sequential and fs.data.copier is not None:
+            # the same passes on one core (the copy on this thread, no copier), each
+            # after the anchor's run that follows a pass with the copier: interleaved
+            between["seq_write"] = partial(
+                one_core_pass,
+                between.get("seq_write"),
+                fs,
+                seq_write_pass(f.pwrite, size),
+                one_core,
+            )
         loops = (
             ("pread", dax_pread_loop(f, offsets)),
             ("preadinto", dax_preadinto_loop(f, offsets)),
@@ -514,14 +548,37 @@ def measure_daxfs_file(
                     report,
                     f"daxfs {key}",
                     lambda p=one_pass, k=key: median_gib_per_s(
-                        p, timing=timing, between=(between or {}).get(k)
+                        p, timing=timing, between=between.get(k)
                     ),
                 )
                 if rate is not None:
                     out[key] = rate
+            if one_core and "seq_write" in out:
+                out["seq_write_one_core"] = statistics.median(one_core)
     finally:
         f.close()
     return out
+
+
+def one_core_pass(
+    anchor: Callable[[], object] | None,
+    fs: daxfs.FileSystem,
+    one_pass: Callable[[], int],
+    rates: list[float],
+) -> None:
+    """``anchor()`` (the fio run interleaved with the seq write passes), then one timed
+    pass of ``one_pass`` with ``fs``'s copier off (the copy on the writing thread, as
+    when no second core is free); its GiB/s joins ``rates``."""
+    if anchor is not None:
+        anchor()
+    copier = fs.data.copier
+    fs.data.copier = None
+    try:
+        start = time.perf_counter_ns()
+        nbytes = one_pass()
+        rates.append(gib_per_s(nbytes, time.perf_counter_ns() - start))
+    finally:
+        fs.data.copier = copier
 
 
 def run_fio(path: Path, size: int, rw: str, plan: Plan) -> float:
@@ -789,6 +846,12 @@ def data_section(plan: Plan, timing: Timing, report: Report) -> None:
         ceiling.get("seq_write"),
         "GiB/s",
         Goal(">=", 0.8),
+    )
+    report.row(
+        "seq write, one core (no copier), vs fio libpmem",
+        dax.get("seq_write_one_core"),
+        ceiling.get("seq_write"),
+        "GiB/s",
     )
     report.row("seq write vs libpmem2", dax.get("seq_write"), pmem2, "GiB/s", Goal(">=", 0.8))
     report.row("seq read vs os.preadv tmpfs", dax.get("seq_read"), tmpfs["seq_read"], "GiB/s")
