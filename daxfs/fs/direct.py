@@ -131,11 +131,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from daxfs.block.bio import SECTOR_SHIFT, Bio, BioFlags, BioOp
-from daxfs.block.cache import BlockCache
+from daxfs.block.cache import BlockCache, _named
 from daxfs.block.file import misaligned
 from daxfs.block.future import FutureWaiter, LeanFuture
 from daxfs.errors import FileTooLarge, InvalidArgument, WouldBlock, naming
-from daxfs.fs.data import MAX_FILE_SIZE, MAX_IO, DataPath
+from daxfs.fs.data import BATCH_EXTENTS, MAX_FILE_SIZE, MAX_IO, DataPath
 from daxfs.fs.extmap import Extent
 from daxfs.fs.inode import Inode, now_ns
 from daxfs.fs.layout import BLOCK_SHIFT, BLOCK_SIZE, EXTENT_UNWRITTEN
@@ -151,6 +151,7 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
     from daxfs.fs._copy import Copier
+    from daxfs.fs.filecache import FileCache
 
 _ZEROS = memoryview(bytes(BLOCK_SIZE))
 
@@ -160,6 +161,11 @@ _ZEROS = memoryview(bytes(BLOCK_SIZE))
 #: fsync, fdatasync, close, sync and unmount (``DirectIO.sync_times``).  0: every
 #: overwrite commits them (as before 2026-11-29; tests).
 LAZY_TIMES_SECONDS = 1.0
+
+
+class TooFragmented(Exception):
+    """An out-of-place write whose range or free space is in too many pieces for one
+    transaction (``DirectIO.write_out_of_place``); the caller writes another way."""
 
 
 def _shown(what: str | bytes, inode: Inode) -> str:
@@ -238,6 +244,7 @@ class DirectIO:
             "times_owed": 0,  # writes that left mtime/ctime owed, not committed
             "times_commits": 0,  # transactions that committed owed times alone
             "lean_posted": 0,  # lean reads whose end went to the worker (inode.lock busy)
+            "cow_writes": 0,  # out-of-place writes (the page cache's write-back)
         }
         #: inodes whose mtime/ctime in memory are newer than on the media (a direct
         #: overwrite set them; ``sync_times`` commits them): ino -> (Inode, since
@@ -248,6 +255,10 @@ class DirectIO:
         self._copier: Copier | None = None
         self._copier_lock = threading.Lock()
         self._copier_tried = False
+        #: the page cache of this mount's files over this engine (daxfs.fs.filecache),
+        #: made by the first File that needs it; None until then, or on a mount that
+        #: caches whole (a BlockCache)
+        self.files: FileCache | None = None
 
     # -- checks -------------------------------------------------------------------------
 
@@ -914,6 +925,120 @@ class DirectIO:
                 error = error or exc
         if error is not None:
             raise error
+
+    # -- the out-of-place write: the page cache's write-back (daxfs.fs.filecache) --------
+
+    def write_out_of_place(
+        self, inode: Inode, pos: int, views: list[memoryview], size: int, *, what: str = ""
+    ) -> None:
+        """Write ``views`` (consecutive file bytes from ``pos``) to NEW blocks and swing
+        the file's map to them, atomically: the buffered write's write-back (Linux
+        XFS's out-of-place atomic write).  In ONE transaction:
+
+            alloc       ``count`` new blocks (free on the media: nothing committed
+                        points at them, so writing them changes nothing yet)
+            bios        WRITE bios from ``views`` to them -- one bio: FUA; more:
+                        a FLUSH after all ended -- then the cache told the bytes
+                        (``BlockCache.invalidate``: a stale copy of those blocks,
+                        metadata once, never shows)
+            map         ``BlockMaps.replace`` of file blocks ``[pos, pos+n)``:
+                        holes, UNWRITTEN and written extents alike; the old
+                        blocks freed; size = max(size, ``size``); mtime, ctime
+            commit      -- COMMIT POINT: before it a crash leaves the file as it
+                        was (the new blocks free again), after it as written
+
+        ``pos`` and the total length must be multiples of the block size, and the
+        views' addresses and lengths of the logical block size (the page cache's
+        slots are).  Caller must hold ``inode.lock`` and an exclusive range lock
+        covering the blocks (``DataPath.lock_range``); the file must have no
+        mapping and no pin (the page cache routes such a file elsewhere).
+
+        Raises:
+            NoSpace (ENOSPC): fewer than ``count`` free blocks (the write needs them
+                all, even over written blocks); nothing changed.
+            TooFragmented: the range or the free space is in more than
+                BATCH_EXTENTS pieces (one transaction must stay small); nothing
+                changed.
+            OSError: a bio or the FLUSH failed (EIO, short: named), or the commit
+                (EIO; the journal turns read-only); nothing committed.
+            ReadOnly (EROFS): the journal failed before.
+        """
+        data = self.data
+        n = sum(len(v) for v in views)
+        assert n, f"an empty out-of-place write at {pos}"
+        assert not (pos | n) & (BLOCK_SIZE - 1), f"out-of-place write {pos}+{n}: not blocks"
+        assert not inode.mappings, f"inode {inode.ino}: out-of-place write under a mapping"
+        first, count = pos >> BLOCK_SHIFT, n >> BLOCK_SHIFT
+        with data.journal.begin() as tx:
+            if len(data._plan(tx, inode, first, first + count)) > BATCH_EXTENTS:
+                raise TooFragmented(f"{_shown(what, inode)}: {count} blocks at {first}")
+            runs = data.alloc.alloc(tx, count, goal=data._goal(tx, inode, first))
+            if len(runs) > BATCH_EXTENTS:
+                raise TooFragmented(f"{_shown(what, inode)}: free space in {len(runs)} runs")
+            self._write_runs(runs, views, _shown(what, inode))
+            rec = data.itable.dirty(tx, inode)
+            new: list[Extent] = []
+            lblk = first
+            for start, length in runs:
+                new.append(Extent(lblk, start, length))
+                lblk += length
+            for piece in data.maps.replace(tx, inode, first, count, new):
+                data.alloc.free(tx, piece.pblk, piece.length)
+                rec.blocks -= piece.length
+            rec.blocks += count
+            rec.size = max(rec.size, size)
+            rec.mtime_ns = rec.ctime_ns = now_ns()
+            self.stats["cow_writes"] += 1
+        # COMMIT POINT passed (the with block's commit); its record packed the times
+        self._owed.pop(inode.ino, None)
+
+    def _write_runs(self, runs: list[tuple[int, int]], views: list[memoryview], shown: str) -> None:
+        """WRITE bios of ``views`` into block runs ``runs`` (in order), durable when this
+        returns (FUA for one bio, else one FLUSH), and the cache told the bytes.
+
+        Raises:
+            OSError: a bio or the FLUSH failed, naming ``shown`` and the blocks.
+        """
+        bios: list[Bio] = []
+        placed: list[tuple[int, memoryview]] = []
+        it = iter(views)
+        cur = memoryview(b"")
+        for start, length in runs:
+            addr = start << BLOCK_SHIFT
+            want = length << BLOCK_SHIFT
+            segments: list[memoryview] = []
+            while want:
+                if not len(cur):
+                    cur = next(it)
+                take = min(want, len(cur))
+                segments.append(cur[:take])
+                placed.append((addr + (length << BLOCK_SHIFT) - want, cur[:take]))
+                cur = cur[take:]
+                want -= take
+            bios.append(Bio(BioOp.WRITE, addr >> SECTOR_SHIFT, segments))
+        if len(bios) == 1:
+            bios[0].flags = BioFlags.FUA
+        bdev = self.bdev
+        try:
+            with bdev.plug():
+                for bio in bios:
+                    bdev.submit_bio(bio)
+            error: OSError | None = None
+            for bio in bios:  # all of them, even after an error: they hold the views
+                try:
+                    bio.wait()
+                except OSError as exc:
+                    error = error or exc
+            if error is not None:
+                raise error
+            if len(bios) > 1:
+                bdev.flush()
+        except OSError as exc:
+            what = f"writing {sum(n for _, n in runs)} new blocks of {shown}"
+            raise _named(exc, what) from exc
+        self.stats["bios"] += len(bios)
+        for addr, view in placed:
+            self.cache.invalidate(addr, len(view), view)
 
     def close(self) -> None:
         """Wait for the completion worker's work and stop it, then commit the times

@@ -102,6 +102,7 @@ from daxfs.fs.data import (
     FALLOC_FL_ZERO_RANGE,
     DataPath,
 )
+from daxfs.fs.filecache import FileCache, file_cache
 from daxfs.fs.inode import Inode, InodeTable
 from daxfs.lifecycle import cleanup_after, run_all
 
@@ -173,6 +174,7 @@ class File(io.RawIOBase):
         "_append",
         "_data",
         "_dio",
+        "_fcache",
         "_inflight",
         "_itable",
         "_journal",
@@ -234,6 +236,11 @@ class File(io.RawIOBase):
         #: the direct-I/O engine when direct on a block device (then no fast paths)
         self._dio = owner.direct if direct else None
         if self._dio is not None:
+            self._reader = self._writer = None
+        #: the mount's page cache of files (a mount bounded by cache_size): buffered I/O
+        #: of this file goes through the file's address space (daxfs.fs.filecache)
+        self._fcache = None if direct else file_cache(owner.data, owner.direct)
+        if self._fcache is not None:
             self._reader = self._writer = None
         #: this File's asynchronous requests in flight (close waits for them); None
         #: until the first (made under _inflight_lock)
@@ -320,7 +327,11 @@ class File(io.RawIOBase):
             self._pos += n
             return n
         with naming(self.path), inode.lock:
-            n = self._data.read_into(inode, self._pos, view)
+            fc = self._routed()
+            if fc is not None:
+                n = fc.read(inode, self._pos, view)
+            else:
+                n = self._data.read_into(inode, self._pos, view)
             self._pos += n
         return n
 
@@ -359,7 +370,11 @@ class File(io.RawIOBase):
             self._pos += len(data)
             return data
         with naming(self.path), inode.lock:
-            data = self._data.read_bytes(inode, self._pos, inode.rec.size - self._pos)
+            fc = self._routed()
+            if fc is not None:
+                data = fc.read_bytes(inode, self._pos, inode.rec.size - self._pos)
+            else:
+                data = self._data.read_bytes(inode, self._pos, inode.rec.size - self._pos)
             self._pos += len(data)
         return data
 
@@ -377,7 +392,11 @@ class File(io.RawIOBase):
             with inode.lock:
                 if self._append:
                     self._pos = inode.rec.size
-                n = self._data.write(inode, self._pos, data)
+                fc = self._routed()
+                if fc is not None:
+                    n = fc.write(inode, self._pos, data)
+                else:
+                    n = self._data.write(inode, self._pos, data)
                 self._pos += n
         except BaseException:
             with naming(self.path):  # errors name the file (no context manager per call)
@@ -403,6 +422,9 @@ class File(io.RawIOBase):
         if self._dio is not None:
             return self._direct_bytes(n, offset)
         with naming(self.path), self.inode.lock:
+            fc = self._routed()
+            if fc is not None:
+                return fc.read_bytes(self.inode, offset, n)
             return self._data.read_bytes(self.inode, offset, n)
 
     def preadinto(self, buffer: Buffer, offset: int) -> int:
@@ -432,6 +454,9 @@ class File(io.RawIOBase):
         if dio is not None:  # (the fast path declined above, or the file is closed)
             return self._direct_read(view, offset, fast=False)
         with naming(self.path), self.inode.lock:
+            fc = self._routed()
+            if fc is not None:
+                return fc.read(self.inode, offset, view)
             return self._data.read_into(self.inode, offset, view)
 
     def pwrite(self, data: Buffer, offset: int) -> int:
@@ -482,10 +507,26 @@ class File(io.RawIOBase):
             with inode.lock:
                 if self._append:
                     offset = inode.rec.size
+                fc = self._routed()
+                if fc is not None:
+                    return fc.write(inode, offset, data)
                 return self._data.write(inode, offset, data)
         except BaseException:
             with naming(self.path):  # errors name the file (no context manager per call)
                 raise
+
+    def _routed(self) -> FileCache | None:
+        """The page cache of files when this file's buffered I/O goes through its
+        address space now (daxfs.fs.filecache), else None -- and then the space, if
+        any, is emptied: a mapped or pinned file goes the DataPath way.  Caller
+        must hold ``inode.lock``."""
+        fc = self._fcache
+        if fc is None:
+            return None
+        if fc.routed(self.inode):
+            return fc
+        fc.forget(self.inode)
+        return None
 
     # -- direct I/O (daxfs.fs.direct) ---------------------------------------------------
 
@@ -701,7 +742,11 @@ class File(io.RawIOBase):
             size = self._pos
         self._offset(size, "size")
         with naming(self.path), self.inode.lock:
-            self._data.truncate(self.inode, size, nowait)
+            try:
+                self._data.truncate(self.inode, size, nowait)
+            finally:
+                if self._fcache is not None:  # (the changed ctime would empty it too)
+                    self._fcache.changed(self.inode, size)
         return size
 
     def fallocate(self, offset: int, length: int, mode: int = 0, *, nowait: bool = False) -> None:
@@ -735,7 +780,11 @@ class File(io.RawIOBase):
         ):
             raise NotSupported(f"fallocate of {self.path}: mode {mode:#x} not supported", self.path)
         with naming(self.path), self.inode.lock:
-            self._data.fallocate(self.inode, offset, length, mode, nowait)
+            try:
+                self._data.fallocate(self.inode, offset, length, mode, nowait)
+            finally:
+                if self._fcache is not None:  # (the changed ctime would empty it too)
+                    self._fcache.changed(self.inode, offset, length)
 
     def fsync(self) -> None:
         """Persist stores made through writable mappings of the file, live or closed
@@ -802,6 +851,8 @@ class File(io.RawIOBase):
         self._itable.hold(inode)  # first: a racing close must not reap the inode under us
         try:
             with naming(self.path), inode.lock:
+                if self._fcache is not None:  # a mapped file goes the DataPath way
+                    self._fcache.forget(inode)
                 mapping = File.mapper(
                     self, self._data, offset, length, access, address, fixed, after_unlock
                 )
@@ -850,6 +901,8 @@ class File(io.RawIOBase):
         self._itable.hold(inode)  # first: a racing close must not reap the inode under us
         try:
             with naming(self.path), inode.lock:
+                if self._fcache is not None:  # a pinned file goes the DataPath way
+                    self._fcache.forget(inode)
                 sg = File.pinner(self, self._data, offset, length)
         except BaseException as exc:
             cleanup_after(exc, lambda: self._itable.put(inode))

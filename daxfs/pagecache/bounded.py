@@ -71,7 +71,14 @@ from daxfs.block.bio import SECTOR_SHIFT, Bio, BioOp
 from daxfs.block.cache import BlockCache, _merged, _named
 from daxfs.block.device import BlockDevice
 from daxfs.errors import InvalidArgument
-from daxfs.pagecache.cache import PAGE_SHIFT, PAGE_SIZE, AddressSpace, BlockBacking, PageCache
+from daxfs.pagecache.cache import (
+    MIN_LIMIT,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    AddressSpace,
+    BlockBacking,
+    PageCache,
+)
 from daxfs.pmem.device import check_range
 
 if TYPE_CHECKING:
@@ -81,6 +88,9 @@ if TYPE_CHECKING:
 
 #: bytes of zeros ``fill`` writes through the page cache at a time
 ZERO_CHUNK = 1 << 20
+#: the device's own page cache (``BoundedBlockCache.pages``): a fixed size beside the
+#: files' ``cache_size`` (the "fixed overhead" of the memory bound)
+DEVICE_POOL = MIN_LIMIT
 
 
 class BoundedBlockCache(BlockCache):
@@ -104,14 +114,23 @@ class BoundedBlockCache(BlockCache):
         readonly: bool | None = None,
         memory_limit: int | None = None,
     ) -> None:
-        pool = PageCache(cache_size, memory_limit=memory_limit)
+        #: the pool of files' pages (daxfs.fs.filecache: an address space per file, over
+        #: the file's direct I/O): ``cache_size`` bytes
+        self.files = PageCache(cache_size, memory_limit=memory_limit)
+        #: the pool of the block device's own address space (``pages``): device pages
+        #: copied by ``read``/``write``/``fill`` -- file data of the paths that do not go
+        #: through a file's space (a mapped or pinned file, a write too large or too
+        #: fragmented for one out-of-place write, the zeroing of truncate and fallocate,
+        #: a journaled overwrite applied in place) -- a fixed DEVICE_POOL bytes
+        pool = PageCache(min(DEVICE_POOL, self.files.limit), memory_limit=memory_limit)
         try:
             self.pages: AddressSpace = pool.space(BlockBacking(bdev))
             super().__init__(bdev, own=own, readonly=readonly, load=False)
         except BaseException:
             pool.close()
+            self.files.close()
             raise
-        self.cache_size = pool.limit
+        self.cache_size = self.files.limit
         npages = (self.size + PAGE_SIZE - 1) >> PAGE_SHIFT
         #: 1 for an owned page (loaded into the memfd), 0 for a paged one
         self._owned = bytearray(npages)
@@ -330,6 +349,7 @@ class BoundedBlockCache(BlockCache):
     def discard(self) -> None:
         if not self.closed:
             self.pages.pool.close()
+            self.files.close()
             with contextlib.suppress(BufferError):
                 self._loader.close()
         super().discard()
@@ -339,6 +359,7 @@ class BoundedBlockCache(BlockCache):
             return
         super().close()  # drains (the page cache too); raises if views are alive
         self.pages.pool.close()
+        self.files.close()
         self._loader.close()
 
     def __repr__(self) -> str:

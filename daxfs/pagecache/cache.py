@@ -624,6 +624,118 @@ class AddressSpace:
             folio.dirty = True
             self._touch(folio)
 
+    def write_through(self, offset: int, data: Buffer) -> int:
+        """Write ``data`` at ``offset`` and write it back before returning, as ONE run
+        of ``Backing.write_pages``: for a backing whose ``write_pages`` of one run is
+        atomic and durable (a file's: daxfs.fs.filecache), the write is too.  The
+        pages of the range take the bytes (a page covered only in part is read
+        first), go to ``write_pages`` together and stay cached, clean.  A range of
+        more than a quarter of the pool is staged in a bounce buffer instead (its
+        cached pages dropped first): still one run.  A write past the object's
+        end is cut there (the caller sizes the backing first).
+
+        Nothing of the space is dirty when this returns: if anything fails, every
+        page of the range is dropped (dirty or not) and the error raised -- the
+        next read gets what the backing holds.
+
+        Raises:
+            InvalidArgument (EINVAL): a negative offset; ReadOnly (EROFS).
+            OSError: reading a partly covered page, or the write-back, failed
+                (naming the bytes); what the backing raises.
+        """
+        if self.backing.readonly:
+            raise ReadOnly(f"{self.backing.name} is read-only", self.backing.name)
+        with memoryview(data) as src, src.cast("B") as flat:
+            _check(offset, len(flat))
+            pool = self.pool
+            with pool.lock:
+                pool._check_open()
+                end = min(offset + len(flat), self.backing.size)
+                if end <= offset:
+                    return 0
+                first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+                try:
+                    if last - first < max(1, pool.nslots // 4):
+                        self._write_piece(offset, flat[: end - offset])
+                        self._write_folios([self.folios[i] for i in range(first, last + 1)])
+                    else:
+                        self._write_bounced(offset, flat[: end - offset])
+                except BaseException:
+                    self._forget_pages(first, last + 1)
+                    raise
+                pool.stats.extra["write_through"] = pool.stats.extra.get("write_through", 0) + 1
+                return end - offset
+
+    def _write_bounced(self, offset: int, data: memoryview) -> None:
+        """``write_through`` of a range too large for the pool: the edge pages (cached
+        bytes, else read) and ``data`` in an anonymous bounce buffer, written back as
+        one run; the range's cached pages dropped.  Caller must hold the lock."""
+        size = self.backing.size
+        end = offset + len(data)
+        first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        start = first << PAGE_SHIFT
+        stop = min((last + 1) << PAGE_SHIFT, size)
+        bounce = mmap.mmap(-1, stop - start)
+        buf = memoryview(bounce)
+        try:
+            for index in sorted({first, last}):
+                at = index << PAGE_SHIFT
+                n = min(PAGE_SIZE, size - at)
+                if offset <= at and end >= at + n:
+                    continue  # covered whole
+                folio = self.folios.get(index)
+                piece = buf[at - start : at - start + n]
+                if folio is not None:
+                    piece[:] = self.pool.slot_view(folio.slot)[:n]
+                else:
+                    try:
+                        self.backing.read_pages(at, [piece])
+                    except OSError as exc:
+                        raise _named(exc, "reading " + self._what(at, at + n)) from exc
+                piece.release()
+            buf[offset - start : end - start] = data
+            self._forget_pages(first, last + 1)
+            whole = buf[: stop - start]
+            try:
+                self.pool.stats.write_calls += 1
+                self.backing.write_pages([(start, [whole])])
+            except OSError as exc:
+                raise _named(exc, "writing back " + self._what(start, stop)) from exc
+            finally:
+                whole.release()
+        finally:
+            buf.release()
+            with contextlib.suppress(BufferError):  # a view the backing kept: GC closes it
+                bounce.close()
+
+    def _forget_pages(self, first: int, stop: int) -> int:
+        """Drop every folio of pages ``[first, stop)``, dirty or not, with no I/O; the
+        count dropped.  Caller must hold the lock."""
+        if stop - first > len(self.folios):
+            victims = [f for f in self.folios.values() if first <= f.index < stop]
+        else:
+            victims = [f for i in range(first, stop) if (f := self.folios.get(i)) is not None]
+        for folio in victims:
+            self._drop(folio)
+        return len(victims)
+
+    def discard(self, offset: int = 0, length: int | None = None) -> int:
+        """Drop every page of the range (all by default), dirty or not, with no I/O;
+        the pages dropped.  For a space whose object changed behind it (a file
+        written another way) or went away: what it cached must never be read."""
+        with self.pool.lock:
+            if self.pool._arena is None:
+                return 0
+            if length is None:
+                first, stop = offset >> PAGE_SHIFT, 1 << 62
+            else:
+                _check(offset, length)
+                first = offset >> PAGE_SHIFT
+                stop = (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+            if self._ra_next >= first:
+                self._ra_next = -1
+            return self._forget_pages(first, stop)
+
     # -- write-back, coherence -----------------------------------------------------------
 
     def _dirty_in(self, offset: int, length: int) -> list[Folio]:

@@ -20,7 +20,7 @@ from daxfs.errors import InvalidArgument
 from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
-from daxfs.pagecache.bounded import BoundedBlockCache
+from daxfs.pagecache.bounded import DEVICE_POOL, BoundedBlockCache
 from daxfs.pmem.device import Device
 from daxfs.testing.blockfaults import FaultyBlockDevice
 from daxfs.testing.device_tests import DeviceTests
@@ -173,9 +173,12 @@ def test_mount_with_cache_size_is_bounded_and_right() -> None:
         for path, data in files.items():
             with fs.open(path, "rb") as f:
                 assert f.read() == data
-        pool = cache.pages.pool
+        pool = cache.files  # file data: the files' address spaces (daxfs.fs.filecache)
         assert pool.stats.peak * PAGE <= 256 * 1024
         assert pool.stats.evictions > 0
+        assert pool.stats.extra["write_through"] > 0
+        # the device's own page cache: the fixed overhead beside cache_size
+        assert cache.pages.pool.stats.peak * PAGE <= DEVICE_POOL
         # the file data (5 MiB or so) never entered the memfd: what did is metadata
         # and the journal's region (1 MiB here)
         assert cache.owned_bytes < 2 * MIB
@@ -512,7 +515,7 @@ def test_threads_buffered_direct_truncate_mmap_on_a_bounded_mount() -> None:
         for t in threads:
             t.join()
         assert not errors, errors
-        assert fs.device.pages.pool.stats.evictions > 0  # type: ignore[attr-defined]
+        assert fs.device.files.stats.evictions > 0  # type: ignore[attr-defined]
         for path, model in models.items():
             assert fs.open(path, "rb").read() == model, path
     assert fsck(disk).clean

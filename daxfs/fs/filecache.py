@@ -1,0 +1,375 @@
+"""Buffered I/O of regular files atop their direct I/O: an address space per file.
+
+Theory of operation
+-------------------
+On a mount bounded by ``cache_size`` (``BoundedBlockCache``) the buffered
+reads and writes of a regular file go through an ``AddressSpace`` of that
+file (daxfs.pagecache), keyed by FILE offset, in the cache's pool of files'
+pages (``BoundedBlockCache.files``).  The space's ``Backing`` is the file's
+direct I/O (``FileBacking``); the page cache has no I/O path of its own:
+
+    read_pages(off, views)   iomap_begin per extent (DataPath, under
+                             inode.lock) -> READ bios into the page slots for
+                             MAPPED extents; zeros for holes, UNWRITTEN
+                             extents and bytes past the end of file
+    write_pages([(off, v)])  DirectIO.write_out_of_place: NEW blocks, WRITE
+                             bios (FUA, or a FLUSH after), and ONE transaction
+                             that maps them, frees the old ones and sets size
+                             and times -- atomic: a crash before its commit
+                             leaves the old bytes, after it the new
+    flush()                  nothing: every write_pages is durable on return
+
+Data flow::
+
+    File.pread/read  -> FileCache.read  -> space.readinto (hit: copy; miss:
+                        read_pages, readahead)
+    File.pwrite/write-> FileCache.write -> range lock (exclusive), then
+                        space.write_through: the pages take the bytes (a
+                        partly covered page read first), then ONE
+                        write_pages of the whole page range; the pages stay
+                        cached, clean
+
+So a buffered write keeps daxfs's promise (docs/GUARANTEES.md): atomic and
+durable on return, whatever it overwrites -- the direct overwrite in place
+is not atomic, the out-of-place write is.  Nothing in a space is dirty once
+an operation returned, so a direct read has nothing to write back first.
+
+Why out of place (the design, and the alternatives rejected): journaling the
+data (the DAX path's small overwrites) would send it through the buffer cache
+and the log, twice the bytes; a direct overwrite in place tears at block
+boundaries on a crash.  Writing new blocks and swinging the map in one
+transaction is what XFS does for atomic writes; it costs a free run as long
+as the write (ENOSPC falls back, below) and moves the file's blocks (its
+extents stay contiguous when the allocator finds the run at the goal).
+
+Routing: ``FileCache.routed(inode)``: a regular file with no DAX mapping, no
+pin and no range a closed writable mapping left to flush.  Otherwise, and for
+writes the out-of-place path declines (ENOSPC: the old path journals in place
+in pieces; a range or free space in more than BATCH_EXTENTS pieces; more than
+BOUNCE_MAX bytes), the file goes the DataPath way (through the block device's
+own page cache) and its space is emptied.
+
+Coherence: a space remembers the inode's (record, size, mtime, ctime) after its
+last own change (``_stamp``); every other change of the file's data changes
+ctime -- direct writes (iomap_end or ``touch``), truncate, fallocate, writes
+the other way, mmap's msync -- so a space whose stamp differs is emptied
+before use.  Truncate and fallocate through a File also empty the range at
+once (``changed``).  A space belongs to one Inode object: a new file that
+reuses the inode number is another Inode, so another space.
+
+Locks: ``inode.lock``, then the range lock (a write), then the files' pool
+lock, then the journal lock (in ``write_out_of_place``), then the block
+cache's route lock and its own pool's.  No dirty page outlives an operation,
+so eviction never writes back (which would take another file's locks).
+
+Invariants
+  1. A space holds no dirty page outside ``write_through`` (which holds
+     ``inode.lock`` and the range lock): what it caches is what the media
+     holds, or the operation's error dropped it.
+  2. A space is used only while its stamp matches its inode and the inode is
+     routed; otherwise it is emptied first.
+  3. ``write_pages`` of one run is one transaction: all the run or none of it.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+from daxfs.block.bio import SECTOR_SHIFT, Bio, BioOp
+from daxfs.block.cache import _named
+from daxfs.errors import NoSpace
+from daxfs.fs.data import MAX_FILE_SIZE, MAX_IO, DataPath
+from daxfs.fs.direct import DirectIO, TooFragmented
+from daxfs.fs.inode import Inode
+from daxfs.fs.layout import BLOCK_SIZE
+from daxfs.iomap import IomapFlags, IomapType
+from daxfs.pagecache.cache import PAGE_SHIFT, PAGE_SIZE, AddressSpace, PageCache
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+assert BLOCK_SIZE == PAGE_SIZE, "a page is a block"
+
+#: the largest buffered write done out of place (through a bounce buffer when it is more
+#: than a quarter of the pool); a longer one goes the DataPath way
+BOUNCE_MAX = 16 << 20
+
+_Stamp = tuple[object, int, int, int]
+
+
+def _stamp(inode: Inode) -> _Stamp:
+    rec = inode.rec
+    return (rec, rec.size, rec.mtime_ns, rec.ctime_ns)
+
+
+class FileBacking:
+    """A regular file's direct I/O as its address space's ``Backing``."""
+
+    def __init__(self, data: DataPath, engine: weakref.ref[DirectIO], inode: Inode) -> None:
+        self.data = data
+        #: the engine, weakly (it holds the FileCache that holds this backing)
+        self._engine = engine
+        self.inode = inode
+        self.name = f"inode {inode.ino}"
+        #: the end of the write in progress (its new size), 0 between writes
+        self.grow = 0
+
+    @property
+    def size(self) -> int:
+        """The file's size, or the end of the write in progress, rounded up to a page:
+        pages are read and written whole (bytes past the end of file are zeros)."""
+        end = max(self.inode.rec.size, self.grow)
+        return (end + PAGE_SIZE - 1) & -PAGE_SIZE
+
+    @property
+    def readonly(self) -> bool:
+        return self.data.journal.readonly
+
+    @property
+    def engine(self) -> DirectIO:
+        engine = self._engine()
+        if engine is None:
+            raise ValueError("I/O through the page cache of an unmounted filesystem")
+        return engine
+
+    def read_pages(self, offset: int, views: list[memoryview]) -> None:
+        """Fill ``views`` (consecutive pages from ``offset``) from the file: READ bios of
+        the MAPPED extents (iomap_begin per extent), zeros elsewhere and past the end
+        of file.  Caller must hold ``inode.lock`` (no block of the file can be freed
+        meanwhile).
+
+        Raises:
+            OSError: a bio failed (EIO, short), naming the device bytes; Corrupted
+                (EUCLEAN): the extent map failed verification.
+        """
+        inode = self.inode
+        data = self.data
+        engine = self.engine
+        size = inode.rec.size
+        bios: list[Bio] = []
+        pos, i = offset, 0
+        total = sum(len(v) for v in views)
+        while i < len(views):
+            if pos >= size:
+                for v in views[i:]:
+                    v[:] = bytes(len(v))
+                break
+            iomap = data.iomap_begin(inode, pos, offset + total - pos, IomapFlags.NONE)
+            start, group = pos, []
+            while i < len(views) and pos < size and pos + len(views[i]) <= iomap.end:
+                group.append(views[i])
+                pos += len(views[i])
+                i += 1
+            assert group, f"inode {inode.ino}: {iomap} does not cover a page at {pos}"
+            if iomap.type is IomapType.MAPPED:
+                addr = iomap.addr_of(start)
+                engine.cache.write_back(addr, pos - start)
+                bios.append(Bio(BioOp.READ, addr >> SECTOR_SHIFT, group))
+            else:
+                for v in group:
+                    v[:] = bytes(len(v))
+        bdev = engine.bdev
+        with bdev.plug():
+            for bio in bios:
+                bdev.submit_bio(bio)
+        error: OSError | None = None
+        for bio in bios:
+            try:
+                bio.wait()
+            except OSError as exc:
+                error = error or exc
+        if error is not None:
+            raise _named(error, f"reading {self.name}") from error
+        at = offset
+        for v in views:  # the bytes of the last page past the end of file read as zeros
+            if at < size < at + len(v):
+                v[size - at :] = bytes(at + len(v) - size)
+            at += len(v)
+
+    def write_pages(self, runs: list[tuple[int, list[memoryview]]]) -> None:
+        """Each run out of place (``DirectIO.write_out_of_place``), the size growing to
+        the write in progress's end: one transaction a run.  Caller must hold
+        ``inode.lock`` and the range lock of the runs.
+
+        Raises:
+            as ``DirectIO.write_out_of_place``.
+        """
+        inode = self.inode
+        size = max(inode.rec.size, self.grow)
+        for offset, views in runs:
+            self.engine.write_out_of_place(inode, offset, views, size)
+
+    def flush(self) -> None:
+        """Nothing: every ``write_pages`` was durable when it returned."""
+
+
+class FileCache:
+    """The address spaces of one mount's regular files; see the module docstring."""
+
+    def __init__(self, data: DataPath, engine: DirectIO, pool: PageCache) -> None:
+        self.data = data
+        #: weakly: the engine holds this cache (``DirectIO.files``)
+        self._engine = weakref.ref(engine)
+        self.pool = pool
+        #: ino -> (the Inode, its space, the stamp of its last own change)
+        self._spaces: dict[int, tuple[Inode, AddressSpace, _Stamp]] = {}
+        self._lock = threading.Lock()
+        self._prune_at = 64
+        #: writes that went the DataPath way, and why (tests, info)
+        self.stats = {"fallback_nospace": 0, "fallback_fragmented": 0, "fallback_large": 0}
+
+    # -- spaces ----------------------------------------------------------------------------
+
+    def routed(self, inode: Inode) -> bool:
+        """Whether ``inode``'s buffered I/O goes through its space (module docstring).
+        Caller must hold ``inode.lock``."""
+        layouts = inode.layouts
+        return not (
+            inode.mappings
+            or (layouts is not None and layouts.pinned(0, MAX_FILE_SIZE))
+            or self.data.mapped_ranges.ranges(inode.ino)
+        )
+
+    def space(self, inode: Inode) -> AddressSpace:
+        """``inode``'s space, emptied first if the file changed behind it (invariant 2).
+        Caller must hold ``inode.lock``."""
+        with self._lock:
+            entry = self._spaces.get(inode.ino)
+            if entry is not None and entry[0] is inode:
+                if entry[2] == _stamp(inode):
+                    return entry[1]
+                space = entry[1]
+            else:
+                if entry is not None:  # the number was reused: the old file's pages go
+                    entry[1].discard()
+                space = self.pool.space(FileBacking(self.data, self._engine, inode))
+                if len(self._spaces) >= self._prune_at:
+                    self._prune()
+            self._spaces[inode.ino] = (inode, space, _stamp(inode))
+        space.discard()
+        return space
+
+    def _prune(self) -> None:
+        """Forget the spaces whose inode left the inode cache. Caller holds ``_lock``."""
+        itable = self.data.itable
+        for ino, (inode, space, _) in list(self._spaces.items()):
+            if itable.cached(ino) is not inode:
+                space.discard()
+                del self._spaces[ino]
+        self._prune_at = max(64, 2 * len(self._spaces))
+
+    def _restamp(self, inode: Inode, space: AddressSpace) -> None:
+        with self._lock:
+            self._spaces[inode.ino] = (inode, space, _stamp(inode))
+
+    def changed(self, inode: Inode, offset: int = 0, length: int | None = None) -> None:
+        """The file's bytes in the range changed another way: its cached pages there
+        go.  Caller must hold ``inode.lock``."""
+        with self._lock:
+            entry = self._spaces.get(inode.ino)
+        if entry is not None and entry[0] is inode:
+            entry[1].discard(offset, length)
+
+    def forget(self, inode: Inode) -> None:
+        """Empty ``inode``'s space (it is being mapped or pinned, or went away)."""
+        self.changed(inode)
+
+    # -- I/O ---------------------------------------------------------------------------
+
+    def read(self, inode: Inode, pos: int, view: memoryview) -> int:
+        """Buffered read of ``view``'s length at ``pos`` (short at the end of file).
+        Caller must hold ``inode.lock``; the inode is routed.
+
+        Raises:
+            OSError: a miss failed to read (EIO naming the bytes); nothing cached.
+        """
+        n = min(len(view), inode.rec.size - pos)
+        if n <= 0:
+            return 0
+        return self.space(inode).readinto(pos, view[:n] if n < len(view) else view)
+
+    def read_bytes(self, inode: Inode, pos: int, n: int) -> bytes:
+        """``read`` into new bytes (up to ``n``).  Caller must hold ``inode.lock``.
+
+        Raises:
+            as ``read``.
+        """
+        n = min(n, inode.rec.size - pos)
+        if n <= 0:
+            return b""
+        return self.space(inode).read(pos, n)
+
+    def write(self, inode: Inode, pos: int, data: Buffer) -> int:
+        """Buffered write, atomic and durable on return; the bytes written.  Caller must
+        hold ``inode.lock``; the inode is routed.
+
+        Raises:
+            FileTooLarge (EFBIG), NoSpace (ENOSPC), OSError (EIO, EROFS): as
+            DataPath.write; nothing written.
+        """
+        src = memoryview(data).cast("B")
+        n = min(len(src), MAX_IO, max(0, MAX_FILE_SIZE - pos))
+        if n == 0 or n > BOUNCE_MAX:
+            if n:
+                self.stats["fallback_large"] += 1
+            return self._write_other_way(inode, pos, src)
+        data_path = self.data
+        end = pos + n
+        # direct I/O in flight on the range waits (none can be without a range lock, and
+        # none starts while inode.lock is held: DataPath.lock_range)
+        token = data_path.lock_range(inode, pos, end)
+        declined: str | None = None
+        try:
+            space = self.space(inode)
+            if pos > inode.rec.size and (inode.rec.size >> PAGE_SHIFT) < (pos >> PAGE_SHIFT):
+                # the old last block's tail (stores of a mapping once) must read as zeros
+                data_path.zero_past_eof(inode, pos)
+                self._restamp(inode, space)
+            backing = space.backing
+            assert isinstance(backing, FileBacking)
+            backing.grow = end
+            try:
+                done = space.write_through(pos, src[:n])
+            except NoSpace:
+                declined = "fallback_nospace"
+            except TooFragmented:
+                declined = "fallback_fragmented"
+            finally:
+                backing.grow = 0
+            if declined is None:
+                self._restamp(inode, space)
+                return done
+        finally:
+            data_path.unlock_range(inode, token)
+        self.stats[declined] += 1  # nothing was written: the other way, in pieces if need be
+        return self._write_other_way(inode, pos, src)
+
+    def _write_other_way(self, inode: Inode, pos: int, src: memoryview) -> int:
+        """DataPath.write (journaled or copy-on-write through the block device's own
+        cache), the file's cached pages of the range dropped."""
+        try:
+            return self.data.write(inode, pos, src)
+        finally:
+            self.changed(inode, pos, len(src))
+
+
+_MAKE_LOCK = threading.Lock()
+
+
+def file_cache(data: DataPath, engine: DirectIO | None) -> FileCache | None:
+    """The mount's FileCache (made on first use), or None: a DAX mount (no engine) or a
+    block cache that holds the whole device (no pool of files' pages)."""
+    if engine is None:
+        return None
+    cache = engine.files
+    if cache is None:
+        pool = getattr(data.device, "files", None)
+        if not isinstance(pool, PageCache):
+            return None
+        with _MAKE_LOCK:
+            cache = engine.files
+            if cache is None:
+                cache = engine.files = FileCache(data, engine, pool)
+    return cache
