@@ -131,7 +131,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from daxfs.block.bio import SECTOR_SHIFT, Bio, BioFlags, BioOp
-from daxfs.block.cache import BlockCache, _named
+from daxfs.block.cache import BlockCache
+from daxfs.block.cache import _named as _saying
 from daxfs.block.file import misaligned
 from daxfs.block.future import FutureWaiter, LeanFuture
 from daxfs.errors import FileTooLarge, InvalidArgument, WouldBlock, naming
@@ -1035,7 +1036,7 @@ class DirectIO:
                 bdev.flush()
         except OSError as exc:
             what = f"writing {sum(n for _, n in runs)} new blocks of {shown}"
-            raise _named(exc, what) from exc
+            raise _saying(exc, what) from exc
         self.stats["bios"] += len(bios)
         for addr, view in placed:
             self.cache.invalidate(addr, len(view), view)
