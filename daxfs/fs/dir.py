@@ -572,6 +572,14 @@ class Directories:
         watched.add(inode.ino)
         return index
 
+    def added(self, index: DirIndex, parent: int, name: bytes, key: int, ino: int) -> None:
+        """What ``add`` does beyond the tree for a new key (``key not in index``) and a
+        regular file: ``name`` out of the dentry cache, the entry into ``index``.  For
+        the create fast path (daxfs.fs.fastcreate), which made the put itself."""
+        self._dcache.pop((parent, name), None)
+        index.put(key, [(name, ino, DT_REG)], True)
+        self._indexed += 1
+
     def _aborted(self, inos: set[int]) -> None:
         for ino in inos:
             self.drop_index(ino)

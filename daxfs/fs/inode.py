@@ -476,6 +476,18 @@ class InodeTable:
             inode.rec.pack_into(record, 0)
             tx.log_meta((blockno << BLOCK_SHIFT) + offset, bytes(record))
 
+    @property
+    def zero_to(self) -> int:
+        """Slots from ``sb.inode_hwm`` up to this inode number are known to be zero
+        records (``_check_never_used``), so ``allocate`` may take them unchecked."""
+        return self._zero_to
+
+    def reload(self, inode: Inode) -> None:
+        """Forget uncommitted changes to ``inode``: its record re-read from the device
+        (a record never committed, of an inode allocated in the aborted transaction,
+        makes it free: dropped from the cache).  What an abort does for a dirty inode."""
+        self._reload(inode)
+
     def _reload(self, inode: Inode) -> None:
         inode.xcache = None  # first: it may map blocks of the aborted tx, even if this fails
         try:
@@ -514,7 +526,7 @@ class InodeTable:
                 tx.on_commit(self._grown)
                 tx.on_abort(self._grown)
                 self.grow(tx, fblock, self._growth(fblock))
-            self._check_never_used(tx, ino)
+            self.check_never_used(tx, ino)
             sb.inode_hwm = ino + 1
         sb.used_inodes += 1
         sb.next_generation = (sb.next_generation + 1) & 0xFFFFFFFF
@@ -549,7 +561,7 @@ class InodeTable:
             count += step * INODES_PER_BLOCK
         return min(count, sb.free_inodes + max(0, MAX_INO - sb.inode_hwm))
 
-    def _check_never_used(self, tx: Transaction, ino: int) -> None:
+    def check_never_used(self, tx: Transaction, ino: int) -> None:
         """Raise unless the slot of ``ino`` (at the high-water mark) holds a zero record.
 
         Slots at and above ``inode_hwm`` were never used, so they are zero; a
@@ -582,6 +594,10 @@ class InodeTable:
         self._zero_to = 0  # the slots checked may be in blocks an abort took back
 
     def _inode_file_blocks(self, reader: Reader) -> int:
+        return self.get(INO_INODE_FILE).rec.size >> BLOCK_SHIFT
+
+    def inode_file_blocks(self) -> int:
+        """Blocks of the inode file (its size, as this mount holds it)."""
         return self.get(INO_INODE_FILE).rec.size >> BLOCK_SHIFT
 
     @staticmethod

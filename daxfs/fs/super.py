@@ -103,12 +103,7 @@ class SuperState:
             self.sb.pack_fields(packed)
             tx.log_meta(FEATURES_LINE, packed[FEATURES_LINE : FEATURES_LINE + 64])
         if NATIVE_SEAL:  # the code below in C: the geometry packed once, the counters
-            head = self._head
-            if head is None:
-                packed = bytearray(COUNTERS_START + SB_SIZE)
-                self.sb.pack_fields(packed)
-                head = self._head = bytes(packed[:COUNTERS_START])
-            lines = _create.seal_super(self.sb, head, self.store.block(SUPER_BLOCK))
+            lines = self.sealed_lines()
             if lines is not None:  # else a counter does not fit: the code below raises
                 tx.log_meta(COUNTERS_START, lines[0])
                 tx.log_meta(SB_CRC_LINE, lines[1])
@@ -118,6 +113,18 @@ class SuperState:
         struct.pack_into("<I", block, SB_CRC_OFFSET, crc32c(memoryview(block)[:SB_CRC_OFFSET]))
         tx.log_meta(COUNTERS_START, block[COUNTERS_START:COUNTERS_END])
         tx.log_meta(SB_CRC_LINE, block[SB_CRC_LINE:])
+
+    def sealed_lines(self) -> tuple[bytes, bytes] | None:
+        """The two records ``_log`` journals (the counters' lines at COUNTERS_START, the
+        checksum's line at SB_CRC_LINE), made in C (``_create.seal_super``: the
+        geometry packed once); None if a counter does not fit its field (the Python
+        code of ``_log`` then raises Corrupted naming it)."""
+        head = self._head
+        if head is None:
+            packed = bytearray(COUNTERS_START + SB_SIZE)
+            self.sb.pack_fields(packed)
+            head = self._head = bytes(packed[:COUNTERS_START])
+        return _create.seal_super(self.sb, head, self.store.block(SUPER_BLOCK))
 
     def update_backup(self) -> bool:
         """Make the backup superblock (the last block) match this one, if it does not.
