@@ -64,6 +64,13 @@ setup(
             depends=[*PERSIST, "daxfs/fs/_media.h"],
             extra_compile_args=FLAGS,
         ),
+        # the lean synchronous direct read (daxfs.fs.direct; optional: the Python path)
+        Extension(
+            "daxfs.fs._direct",
+            sources=["daxfs/fs/_direct.c"],
+            extra_compile_args=FLAGS,
+            optional=True,
+        ),
         # the io_uring engine of the file block device (daxfs.block.uring); optional: without
         # liburing (Debian liburing-dev) it is not built and the engine reports unavailable
         Extension(

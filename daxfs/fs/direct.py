@@ -148,6 +148,11 @@ try:  # the copier of a fast overwrite's cache copy (optional, as in daxfs.fs.da
 except ImportError:
     _copy = None  # type: ignore[assignment]
 
+try:  # the lean synchronous read in C (optional: ``_lean`` and ``_read_mapped`` in Python)
+    from daxfs.fs import _direct
+except ImportError:
+    _direct = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
@@ -260,6 +265,8 @@ class DirectIO:
         #: made by the first File that needs it; None until then, or on a mount that
         #: caches whole (a BlockCache)
         self.files: FileCache | None = None
+        #: the lean read in C (``_direct.LeanRead``), or None: the Python path
+        self._lean_c = self._make_lean_read()
 
     # -- checks -------------------------------------------------------------------------
 
@@ -364,15 +371,53 @@ class DirectIO:
                 return got
         return self._run(self._request(inode, pos, buffer, False, False, what))
 
+    def _make_lean_read(self) -> _direct.LeanRead | None:
+        """The C lean read for this mount, where it can serve: the extension built,
+        the device's C fast path (``_uring.Fast``: a file device on io_uring), and
+        a cache whose write-back test is ``BlockCache``'s own (the C call does it
+        inline); else None (the Python path, ``_read_mapped``'s reference)."""
+        fast = getattr(self.bdev, "_fast", None)
+        cache_type = type(self.cache)
+        if (
+            _direct is None
+            or fast is None
+            or cache_type.write_back is not BlockCache.write_back
+            or cache_type._nothing_dirty_in is not BlockCache._nothing_dirty_in
+        ):
+            return None
+        return _direct.LeanRead(
+            Extent,
+            RangeToken,
+            self.data.mapped_ranges._entries,
+            self.cache,
+            fast,
+            self.bdev.fd,  # type: ignore[attr-defined]
+            self.stats,
+            self.alignment,
+            BLOCK_SHIFT,
+            EXTENT_UNWRITTEN,
+        )
+
     def _read_mapped(self, inode: Inode, pos: int, buffer: Buffer) -> int | None:
-        """``_read_mapped_general``'s common case in fewer Python steps (a QD1 4 KiB
-        read spends more time here than in the device): ``_lean`` locks and maps it
-        under ONE ``inode.lock``; the same I/O and release as
-        ``_read_mapped_general``, which takes every other case.
+        """``_read_mapped_general``'s common case in fewer steps (a QD1 4 KiB read
+        spent more time here than in the device): ``_lean`` locks and maps it under
+        ONE ``inode.lock``; the same I/O and release as ``_read_mapped_general``,
+        which takes every other case.  With the C lean read (``_lean_c``, on a file
+        device on io_uring) all of it is one call of ``LeanRead.read``, which does
+        these steps on the same objects and declines (None, nothing held) where
+        ``_lean`` might decline; one that fell short comes back with its range held
+        (``_lean_finish``).
 
         Raises:
             as ``_read_mapped_general``.
         """
+        lean_c = self._lean_c
+        if lean_c is not None:
+            got = lean_c.read(inode, pos, buffer)
+            if type(got) is int:
+                return got
+            if got is not None:
+                return self._lean_finish(inode, buffer, *got)
         view = self._plain(pos, buffer, into=True)
         if view is None:
             return None
@@ -385,6 +430,44 @@ class DirectIO:
         try:
             self.cache.write_back(addr, length)
             self.bdev.readinto(addr, view if length == n else view[:length])
+        except OSError as exc:
+            error = exc
+        with inode.lock:
+            inode.layouts.ranges.unlock(token)  # type: ignore[union-attr]
+        if error is not None:
+            self.stats["failed"] += 1
+            raise error
+        if result < length:
+            view[result:length] = bytes(length - result)
+        return result
+
+    def _lean_finish(
+        self,
+        inode: Inode,
+        buffer: Buffer,
+        token: RangeToken,
+        got: tuple[int, int] | None,
+        addr: int,
+        length: int,
+        result: int,
+    ) -> int:
+        """End a C lean read whose I/O fell short or failed (``got``: the device fast
+        path's (res, size)) or was declined by the device (None): finished as the
+        device finishes it (``_fast_failed``: the rest continued, or the error
+        named) or read by ``bdev.readinto``, with the range still held; then the
+        range released.
+
+        Raises:
+            OSError of the device (EIO naming the sector), IOFailure (short).
+        """
+        view = memoryview(buffer).cast("B")
+        target = view if length == len(view) else view[:length]
+        error: OSError | None = None
+        try:
+            if got is None:
+                self.bdev.readinto(addr, target)
+            else:
+                self.bdev._fast_failed(False, addr, target, got, 0)  # type: ignore[attr-defined]
         except OSError as exc:
             error = exc
         with inode.lock:

@@ -265,3 +265,149 @@ def test_preadinto_raises_what_its_checks_say_after_the_fast_path_declines(
     ):
         w.preadinto(buf, 0)
     assert wo.value.errno == errno.EBADF
+
+
+# -- the lean read in C (daxfs/fs/_direct.c, DirectIO._lean_c) ------------------------------
+
+
+@pytest.fixture
+def uring_fs(tmp_path: object) -> Iterator[FileSystem]:
+    """A mount of an image file through io_uring (the device's C fast path: the
+    C lean read serves it)."""
+    import os
+
+    from daxfs.block import open_block
+    from daxfs.block.uring import availability
+
+    if availability():
+        pytest.skip(f"io_uring unavailable: {availability()}")
+    path = os.path.join(os.fspath(tmp_path), "img")  # type: ignore[call-overload]
+    mkfs(path, size=SIZE, dax="never")
+    with open_block(path, engine="io_uring") as bdev, mount(bdev, layout_timeout=0.2) as fs:
+        if fs.direct._lean_c is None:  # type: ignore[union-attr]
+            pytest.skip("daxfs.fs._direct not built")
+        yield fs
+
+
+def _prepared(fs: FileSystem) -> tuple[object, bytes]:
+    """/f: 24 written blocks then the end of file 100 bytes into block 23, with
+    garbage on the disk past it; the extent of block 0 cached."""
+    f = fs.open("/f", "wb+", buffering=0, direct=True)
+    data = pattern(24 * BLOCK_SIZE, 9)
+    write(f, data, 0)
+    f.truncate(23 * BLOCK_SIZE + 100)
+    ext = next(iter(fs.maps.extents(fs.store, f.inode, 0)))  # type: ignore[attr-defined]
+    cache = fs.direct.cache  # type: ignore[union-attr]
+    block = aligned_buffer(BLOCK_SIZE)
+    cache.readinto((ext.pblk + 23) * BLOCK_SIZE, block)
+    block[100:] = b"\xab" * (BLOCK_SIZE - 100)
+    cache.write((ext.pblk + 23) * BLOCK_SIZE, block)  # the cache and the disk
+    f.preadinto(aligned_buffer(BLOCK_SIZE), 0)  # type: ignore[attr-defined]
+    return f, data[: 23 * BLOCK_SIZE + 100]
+
+
+def _reads(fs: FileSystem, f: object, reads: list[tuple[int, int, int]]) -> list[object]:
+    import re
+
+    out: list[object] = []
+    for sector, n, shift in reads:
+        raw = aligned_buffer(n + BLOCK_SIZE)
+        raw[:] = b"\xee" * len(raw)
+        view = memoryview(raw)[shift * 256 : shift * 256 + n]
+        try:
+            out.append(("ok", f.preadinto(view, sector * 512)))  # type: ignore[attr-defined]
+        except (OSError, TypeError) as exc:
+            out.append(("error", type(exc).__name__, re.sub(r"0x[0-9a-f]+", "ADDR", str(exc))))
+        out.append(bytes(raw))
+        view.release()
+    return out
+
+
+def test_the_c_lean_read_and_the_python_path_agree(uring_fs: FileSystem) -> None:
+    """The same reads -- aligned or not, inside the file, across and past its end
+    (garbage on the disk there) -- through the C lean read and with it off (the
+    Python path, the reference): the same results, errors and bytes; the C one was
+    taken for the plain reads and leaves no range locked."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    fs = uring_fs
+    f, _ = _prepared(fs)
+    dio = fs.direct
+    assert dio is not None
+    lean_c = dio._lean_c
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(0, 34 * 8),
+                st.sampled_from([512, 1024, BLOCK_SIZE, 3 * BLOCK_SIZE, 100]),
+                st.integers(0, 2),
+            ),
+            min_size=1,
+            max_size=10,
+        )
+    )
+    def check(reads: list[tuple[int, int, int]]) -> None:
+        f.preadinto(aligned_buffer(BLOCK_SIZE), 0)  # type: ignore[attr-defined]
+        dio._lean_c = lean_c
+        with_c = _reads(fs, f, reads)
+        f.preadinto(aligned_buffer(BLOCK_SIZE), 0)  # type: ignore[attr-defined]
+        dio._lean_c = None
+        try:
+            reference = _reads(fs, f, reads)
+        finally:
+            dio._lean_c = lean_c
+        assert with_c == reference
+        assert not f.inode.layouts.ranges  # type: ignore[attr-defined]
+
+    check()
+    before = dio.stats["mapped_reads"]
+    calls: list[object] = []
+    real = lean_c.read  # type: ignore[union-attr]
+
+    class Counting:
+        def read(self, *args: object) -> object:
+            got = real(*args)
+            calls.append(got)
+            return got
+
+    dio._lean_c = Counting()  # type: ignore[assignment]
+    try:
+        assert _reads(fs, f, [(8, BLOCK_SIZE, 0)])[0] == ("ok", BLOCK_SIZE)
+    finally:
+        dio._lean_c = lean_c
+    assert calls == [BLOCK_SIZE]  # answered by C (an int), counted
+    assert dio.stats["mapped_reads"] == before + 1
+    f.close()  # type: ignore[attr-defined]
+
+
+def test_the_c_lean_read_writes_back_dirty_cache_blocks_first(uring_fs: FileSystem) -> None:
+    """Bytes only in the cache (flushed, not drained) of the read's range reach the
+    disk before the C read: it reads them; a range held by a writer makes it decline
+    (the Python path waits, or fails with the pins' rules)."""
+    fs = uring_fs
+    f, model = _prepared(fs)
+    ext = next(iter(fs.maps.extents(fs.store, f.inode, 0)))  # type: ignore[attr-defined]
+    cache = fs.direct.cache  # type: ignore[union-attr]
+    addr = (ext.pblk + 5) * BLOCK_SIZE
+    cache.write(addr, b"\x5a" * BLOCK_SIZE, drain=False)  # in the cache only, dirty
+    assert any(s <= addr < e for s, e in cache.pending())
+    out = aligned_buffer(2 * BLOCK_SIZE)
+    assert f.preadinto(out, 4 * BLOCK_SIZE) == 2 * BLOCK_SIZE  # type: ignore[attr-defined]
+    assert bytes(out) == model[4 * BLOCK_SIZE : 5 * BLOCK_SIZE] + b"\x5a" * BLOCK_SIZE
+    assert not any(s <= addr < e for s, e in cache.pending())  # written back
+    inode = f.inode  # type: ignore[attr-defined]
+    with inode.lock:
+        token = inode.layouts.ranges.lock(0, 8 * BLOCK_SIZE, True)  # a writer's range
+    try:
+        assert fs.direct._lean_c.read(inode, 0, aligned_buffer(BLOCK_SIZE)) is None  # type: ignore[union-attr]
+        with pytest.raises(OSError, match="in progress"):
+            f.truncate(0, nowait=True)  # type: ignore[attr-defined]
+    finally:
+        with inode.lock:
+            inode.layouts.ranges.unlock(token)
+    assert f.preadinto(out, 0) == 2 * BLOCK_SIZE  # type: ignore[attr-defined]
+    assert bytes(out) == model[: 2 * BLOCK_SIZE]
+    f.close()  # type: ignore[attr-defined]
