@@ -416,6 +416,11 @@ class File(io.RawIOBase):
             data = reader.pread(self.inode, n, offset)
             if data is not None:
                 return data
+        fc = self._fcache
+        if fc is not None and self._open and self._readable:  # a re-read of a cached page
+            data = fc.pread_hit(self.inode, n, offset)
+            if data is not None:
+                return data
         self._check_read()
         self._offset(n, "length")
         self._offset(offset)

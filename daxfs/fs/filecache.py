@@ -96,12 +96,32 @@ assert BLOCK_SIZE == PAGE_SIZE, "a page is a block"
 #: than a quarter of the pool); a longer one goes the DataPath way
 BOUNCE_MAX = 16 << 20
 
-_Stamp = tuple[object, int, int, int]
 
+class _Entry:
+    """A file's space and the stamp of its last own change (invariant 2): the inode's
+    record object, size, mtime and ctime then."""
 
-def _stamp(inode: Inode) -> _Stamp:
-    rec = inode.rec
-    return (rec, rec.size, rec.mtime_ns, rec.ctime_ns)
+    __slots__ = ("ctime", "folios", "inode", "mtime", "rec", "size", "space")
+
+    def __init__(self, inode: Inode, space: AddressSpace) -> None:
+        self.inode = inode
+        self.space = space
+        #: the space's folios (the re-read fast path's one lookup)
+        self.folios = space.folios
+        self.stamp()
+
+    def stamp(self) -> None:
+        rec = self.rec = self.inode.rec
+        self.size, self.mtime, self.ctime = rec.size, rec.mtime_ns, rec.ctime_ns
+
+    def matches(self) -> bool:
+        rec = self.inode.rec
+        return (
+            rec is self.rec
+            and rec.ctime_ns == self.ctime
+            and rec.size == self.size
+            and rec.mtime_ns == self.mtime
+        )
 
 
 class FileBacking:
@@ -213,8 +233,8 @@ class FileCache:
         #: weakly: the engine holds this cache (``DirectIO.files``)
         self._engine = weakref.ref(engine)
         self.pool = pool
-        #: ino -> (the Inode, its space, the stamp of its last own change)
-        self._spaces: dict[int, tuple[Inode, AddressSpace, _Stamp]] = {}
+        #: ino -> the Inode's space and stamp
+        self._spaces: dict[int, _Entry] = {}
         self._lock = threading.Lock()
         self._prune_at = 64
         #: writes that went the DataPath way, and why (tests, info)
@@ -237,40 +257,42 @@ class FileCache:
         Caller must hold ``inode.lock``."""
         with self._lock:
             entry = self._spaces.get(inode.ino)
-            if entry is not None and entry[0] is inode:
-                if entry[2] == _stamp(inode):
-                    return entry[1]
-                space = entry[1]
+            if entry is not None and entry.inode is inode:
+                if entry.matches():
+                    return entry.space
+                entry.stamp()
             else:
                 if entry is not None:  # the number was reused: the old file's pages go
-                    entry[1].discard()
+                    entry.space.discard()
                 space = self.pool.space(FileBacking(self.data, self._engine, inode))
+                entry = self._spaces[inode.ino] = _Entry(inode, space)
                 if len(self._spaces) >= self._prune_at:
                     self._prune()
-            self._spaces[inode.ino] = (inode, space, _stamp(inode))
-        space.discard()
-        return space
+        entry.space.discard()
+        return entry.space
 
     def _prune(self) -> None:
         """Forget the spaces whose inode left the inode cache. Caller holds ``_lock``."""
         itable = self.data.itable
-        for ino, (inode, space, _) in list(self._spaces.items()):
-            if itable.cached(ino) is not inode:
-                space.discard()
+        for ino, entry in list(self._spaces.items()):
+            if itable.cached(ino) is not entry.inode:
+                entry.space.discard()
                 del self._spaces[ino]
         self._prune_at = max(64, 2 * len(self._spaces))
 
-    def _restamp(self, inode: Inode, space: AddressSpace) -> None:
+    def _restamp(self, inode: Inode) -> None:
         with self._lock:
-            self._spaces[inode.ino] = (inode, space, _stamp(inode))
+            entry = self._spaces.get(inode.ino)
+            if entry is not None and entry.inode is inode:
+                entry.stamp()
 
     def changed(self, inode: Inode, offset: int = 0, length: int | None = None) -> None:
         """The file's bytes in the range changed another way: its cached pages there
         go.  Caller must hold ``inode.lock``."""
         with self._lock:
             entry = self._spaces.get(inode.ino)
-        if entry is not None and entry[0] is inode:
-            entry[1].discard(offset, length)
+        if entry is not None and entry.inode is inode:
+            entry.space.discard(offset, length)
 
     def forget(self, inode: Inode) -> None:
         """Empty ``inode``'s space (it is being mapped or pinned, or went away)."""
@@ -289,6 +311,43 @@ class FileCache:
         if n <= 0:
             return 0
         return self.space(inode).readinto(pos, view[:n] if n < len(view) else view)
+
+    def pread_hit(self, inode: Inode, n: int, pos: int) -> bytes | None:
+        """``File.pread``'s fast path: the bytes when ``n`` > 0 bytes at ``pos`` (clamped
+        to the end of file) lie in one cached page of the inode's space and its stamp
+        matches (invariant 2), else None -- then the full path.  No I/O.
+
+        Why the routing need not be checked here: mapping or pinning a file empties
+        its space first, and nothing is cached again until the file is routed (the
+        full path checks), so a page cached now is the file's, whatever the routing.
+        """
+        entry = self._spaces.get(inode.ino)
+        if entry is None or type(n) is not int or type(pos) is not int or n <= 0 or pos < 0:
+            return None
+        index = pos >> PAGE_SHIFT
+        with inode.lock:
+            rec = inode.rec
+            if entry.inode is not inode or entry.rec is not rec or entry.ctime != rec.ctime_ns:
+                return None  # (every change of size or mtime changes ctime too)
+            end = pos + n
+            if end > rec.size:
+                end = rec.size
+                if end <= pos:
+                    return None
+            if (end - 1) >> PAGE_SHIFT != index:
+                return None
+            # AddressSpace.read_hit, inline (a re-read is mostly this method's calls)
+            pool = self.pool
+            with pool.lock:
+                folio = entry.folios.get(index)
+                arena = pool._arena
+                if folio is None or arena is None:
+                    return None
+                pool.stats.hits += 1
+                folio.referenced = True
+                entry.space._ra_next = index + 1
+                base = (folio.slot - index) << PAGE_SHIFT
+                return arena[base + pos : base + end]  # (one copy, straight to bytes)
 
     def read_bytes(self, inode: Inode, pos: int, n: int) -> bytes:
         """``read`` into new bytes (up to ``n``).  Caller must hold ``inode.lock``.
@@ -326,7 +385,7 @@ class FileCache:
             if pos > inode.rec.size and (inode.rec.size >> PAGE_SHIFT) < (pos >> PAGE_SHIFT):
                 # the old last block's tail (stores of a mapping once) must read as zeros
                 data_path.zero_past_eof(inode, pos)
-                self._restamp(inode, space)
+                self._restamp(inode)
             backing = space.backing
             assert isinstance(backing, FileBacking)
             backing.grow = end
@@ -339,7 +398,7 @@ class FileCache:
             finally:
                 backing.grow = 0
             if declined is None:
-                self._restamp(inode, space)
+                self._restamp(inode)
                 return done
         finally:
             data_path.unlock_range(inode, token)

@@ -499,12 +499,13 @@ class AddressSpace:
             if length > 0 and (end - 1) >> PAGE_SHIFT == index and end <= self.backing.size:
                 with pool.lock:
                     folio = self.folios.get(index)
-                    if folio is not None and pool._arena is not None:
+                    arena = pool._arena
+                    if folio is not None and arena is not None:
                         pool.stats.hits += 1
                         folio.referenced = True
                         self._ra_next = index + 1
                         base = (folio.slot - index) << PAGE_SHIFT
-                        return bytes(pool._mem[base + offset : base + end])
+                        return arena[base + offset : base + end]  # one copy, to bytes
         _check(offset, length)
         buf = bytearray(max(0, min(length, self.backing.size - offset)))
         n = self.readinto(offset, buf)
