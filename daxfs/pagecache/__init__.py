@@ -4,7 +4,8 @@
 ``PageCache`` is a pool of at most ``cache_size`` bytes of 4 KiB pages with
 one LRU list; an ``AddressSpace`` caches one object through its ``Backing``,
 the object's direct-I/O path (``BlockBacking``: READ, WRITE and FLUSH bios of
-a block device).  The cache has no I/O path of its own (cache.py).
+a block device; daxfs.fs.filecache's ``FileBacking``: a regular file's direct
+reads and out-of-place direct writes).  The cache has no I/O path of its own (cache.py).
 """
 
 from daxfs.pagecache.cache import (

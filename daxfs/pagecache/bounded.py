@@ -5,9 +5,18 @@ Theory of operation
 ``BlockCache`` (daxfs.block.cache) holds the whole device in a memfd, read
 at open: a 100 GiB disk takes 100 GiB of DRAM and is read whole at mount.
 This subclass keeps the memfd but fills it lazily, and sends file data that
-only the copy methods touch through a page cache of ``cache_size`` bytes
-(daxfs.pagecache.cache) instead.  Each 4 KiB page of the device is in one of
-two modes, and only ever goes from the first to the second:
+only the copy methods touch through a page cache (daxfs.pagecache.cache)
+instead.  Two pools: ``files`` (``cache_size`` bytes), where the
+filesystem keeps an address space per regular file over the file's direct
+I/O (daxfs.fs.filecache: buffered reads and writes of files), and the
+device's own ``pages`` (a fixed DEVICE_POOL), for the file data of the
+paths that still copy through this object (a mapped or pinned file, a
+write the files' path declines, zeroing, a journaled overwrite applied).
+Two pools, because the files' pool lock is taken before the journal lock
+and this object's locks, which a commit's drain takes in the other order.
+
+Each 4 KiB page of the device is in one of two modes, and only ever goes
+from the first to the second:
 
     paged    (the start)   not in the memfd.  ``read``/``readinto``/``write``/
                            ``fill`` of it go through the page cache (READ and

@@ -20,7 +20,10 @@ the object cached -- does every transfer:
                      the slots themselves: no copy, no bounce); ``flush()``
                      makes written pages durable (FLUSH); ``size`` bounds the
                      object.  ``BlockBacking`` is the one for a block device:
-                     READ and WRITE bios, plugged, and a FLUSH bio.
+                     READ and WRITE bios, plugged, and a FLUSH bio;
+                     ``FileBacking`` (daxfs.fs.filecache) a regular file's:
+                     its direct reads, and an out-of-place direct write whose
+                     one run is one transaction
 
 A folio here is one page (4 KiB): its slot, its index, and whether it is
 dirty.  Memory is the arena: at most ``limit`` bytes, whatever is read, plus
@@ -37,6 +40,9 @@ Data flow::
     write_back(r) --> dirty runs of r -> Backing.write_pages (WRITE bios
                       from the slots, plugged) -> clean
     sync(r)/fsync --> write_back, then Backing.flush (FLUSH)
+    write_through --> write, then ONE write_pages run of the whole page
+                      range (a bounce buffer past a quarter of the pool);
+                      on an error the range's pages are dropped
     invalidate(r) --> write_back(r), then drop the folios of r (a direct
                       write of r follows: nothing stale stays cached)
     truncate(n)   --> drop the folios past n, zero the tail of the last page
@@ -70,9 +76,11 @@ re-read of cached data stays a dict lookup and a copy).
 Invariants
   1. Resident folios never exceed ``limit // PAGE_SIZE``: a slot is taken
      from the free list only, and eviction is the only way one returns.
-  2. A dirty folio is never dropped except by ``truncate`` past it: eviction
-     writes it back first, and a failed write-back leaves it dirty and cached
-     (the error reaches the caller whose operation needed the slot).
+  2. A dirty folio is never dropped except by ``truncate`` past it, by
+     ``discard``, or by a failed ``write_through`` (whose backing wrote none
+     of the run: the caller's write failed whole): eviction writes it back
+     first, and a failed write-back leaves it dirty and cached (the error
+     reaches the caller whose operation needed the slot).
   3. A folio is inserted only after its bytes are valid: a READ that fails
      (EIO, a short completion) inserts nothing and its error, naming the
      byte range and the object, reaches the reader.
