@@ -96,8 +96,12 @@ def create(fs: FileSystem, parent: Inode, name: bytes, mode: int) -> Inode | Non
         or committer is None
         or store.lazy
         or parent.ino // INODES_PER_BLOCK not in places
-        or ino // INODES_PER_BLOCK >= itable.inode_file_blocks()  # the file must grow
     ):
+        return None
+    # slots below zero_to were checked in a block the inode file had (it only grows);
+    # above it, the slot's block must be in the file (else the file must grow)
+    fresh = ino >= itable.zero_to
+    if fresh and ino // INODES_PER_BLOCK >= itable.inode_file_blocks():
         return None
     dirs = fs.dirs
     index = dirs.ready_index(parent)
@@ -108,7 +112,7 @@ def create(fs: FileSystem, parent: Inode, name: bytes, mode: int) -> Inode | Non
         return None
     tx = journal.begin()
     try:
-        if ino >= itable.zero_to:  # the slots of its inode-file block: zero, or Corrupted
+        if fresh:  # the slots of its inode-file block: zero, or Corrupted
             itable.check_never_used(tx, ino)  # (and its location cached, unless growing)
         if ino // INODES_PER_BLOCK not in places:
             tx.abort()

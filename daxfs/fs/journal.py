@@ -470,6 +470,26 @@ class Journal:
 class Transaction:
     """A set of block changes that reach the media all together or not at all."""
 
+    # (slots: a create makes one per call, and a __dict__ of fifteen fields cost more
+    # than the rest of __init__)
+    __slots__ = (
+        "_data",
+        "_data_bytes",
+        "_dirty",
+        "_joins",
+        "_new",
+        "_on_abort",
+        "_on_commit",
+        "_on_seal",
+        "blocks",
+        "journal",
+        "new_blocks",
+        "scratch",
+        "state",
+        "store",
+        "verified",
+    )
+
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self.store = journal.store
