@@ -20,6 +20,14 @@ row) and ``futures`` (one thread waits for the oldest bio's Future, then
 submits the next), each through the C path of ``submit_bio``
 (``_uring.BioRing``) and through the bio path it replaced (``*_old``: the same
 device with ``_aio`` off), alternating in each pass.
+
+Filesystem sides (``--fs``: bench/block.py's image, a 64 MiB file of it opened
+direct=True, fio on the image file): QD1 ``c`` (``File.preadinto`` through the
+C lean read, ``_direct.LeanRead``), ``py`` (the same with it off: the Python
+lean read, its reference), ``dev`` (the device's own ``readinto`` of the same
+blocks: the floor); QD32 (32 ``submit_read`` Futures from one thread) ``c``
+(``submit_read_lean`` with ``LeanRead.map``), ``py`` (the lean path in
+Python), ``request`` (the request path it replaced: ``submit_read_lean`` off).
 """
 
 from __future__ import annotations
@@ -32,7 +40,17 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from block import BS, bench_dir, bench_file, offsets, randread_futures, randread_qd, run_fio
+from block import (
+    BS,
+    bench_dir,
+    bench_file,
+    fs_image,
+    fs_randread_qd,
+    offsets,
+    randread_futures,
+    randread_qd,
+    run_fio,
+)
 from common import MIB, Unavailable
 
 from daxfs.block import Bio, BioOp, open_block
@@ -140,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--bio", action="store_true", help="only the per-bio QD32 sides (C path against old)"
     )
+    parser.add_argument(
+        "--fs", action="store_true", help="only the filesystem sides (lean C, Python, old)"
+    )
     args = parser.parse_args(argv)
     try:
         directory = bench_dir(args.dir)
@@ -147,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench/block_ab.py: skipped: {exc}")
         return 0
     size = 64 * MIB
+    if args.fs:
+        report_fs(directory, size, args.passes, args.seconds)
+        return 0
     with (
         bench_file(directory, size) as path,
         open_block(path, engine="io_uring", queue_depth=32) as dev,
@@ -203,6 +227,81 @@ def report_bio(dev: FileBlockDevice, path: Path, size: int, passes: int, seconds
             f"  {name}/{name}_old per pass: median {statistics.median(ratios):.2f}"
             f" ({min(ratios):.2f}..{max(ratios):.2f})"
         )
+
+
+def report_fs(directory: Path, size: int, passes: int, seconds: float) -> None:
+    """The filesystem sides (see the module docstring), interleaved with fio on the
+    image file; medians, process CPU per op, and each side against another pass
+    by pass."""
+    from daxfs.fs import direct
+
+    with fs_image(directory, size) as (image, f):
+        dio = f._dio  # type: ignore[attr-defined]
+        lean_c = dio._lean_c
+        bdev = dio.bdev
+        ext = next(iter(f._owner.maps.extents(f._owner.store, f.inode, 0)))  # type: ignore[attr-defined]
+        base = (ext.pblk - ext.lblk) * BS
+        offs = offsets(size)
+        mask = len(offs) - 1
+        buf = mmap.mmap(-1, BS)
+        submit_lean = direct.DirectIO.submit_read_lean
+
+        def qd1(c_path: bool) -> Callable[[float], float]:
+            def side(secs: float) -> float:
+                dio._lean_c = lean_c if c_path else None
+                try:
+                    return rate(secs, lambda i: f.preadinto(buf, offs[i & mask]) and 1)
+                finally:
+                    dio._lean_c = lean_c
+
+            return side
+
+        def qd32(c_path: bool, lean: bool) -> Callable[[float], float]:
+            def side(secs: float) -> float:
+                dio._lean_c = lean_c if c_path else None
+                if not lean:
+                    direct.DirectIO.submit_read_lean = lambda *a, **k: None  # type: ignore[method-assign]
+                try:
+                    return fs_randread_qd(f, size, secs, 32)  # type: ignore[arg-type]
+                finally:
+                    dio._lean_c = lean_c
+                    direct.DirectIO.submit_read_lean = submit_lean  # type: ignore[method-assign]
+
+            return side
+
+        def dev(secs: float) -> float:
+            return rate(secs, lambda i: bdev.readinto(base + offs[i & mask], buf) and 1)
+
+        groups: dict[int, dict[str, Callable[[float], float]]] = {
+            1: {"c": qd1(True), "py": qd1(False), "dev": dev},
+            32: {"c": qd32(True, True), "py": qd32(False, True), "request": qd32(True, False)},
+        }
+        for depth, sides in groups.items():
+            samples: dict[str, list[float]] = {name: [] for name in (*sides, "fio")}
+            cpu: dict[str, list[float]] = {name: [] for name in sides}
+            for _ in range(passes):
+                for name, side in sides.items():
+                    before = time.process_time()
+                    got = side(seconds)
+                    samples[name].append(got)
+                    cpu[name].append((time.process_time() - before) / (got * seconds) * 1e6)
+                samples["fio"].append(
+                    run_fio(image, image.stat().st_size, "randread", BS, depth, seconds)
+                )
+            fio = statistics.median(samples["fio"])
+            what = "preadinto" if depth == 1 else "submit_read Futures"
+            print(f"fs QD{depth} ({what}), {passes} interleaved passes of {seconds:g} s, medians:")
+            for name, values in samples.items():
+                med = statistics.median(values)
+                note = f" {statistics.median(cpu[name]):5.1f} us CPU/op" if name in cpu else ""
+                print(
+                    f"  {name:8s} {med:9,.0f} op/s{note} {med / fio:5.2f}x fio"
+                    f"  (passes {min(values):,.0f}..{max(values):,.0f})"
+                )
+            other = "dev" if depth == 1 else "request"
+            for a, b in (("c", "py"), ("c", other)):
+                ratios = [x / y for x, y in zip(samples[a], samples[b], strict=True)]
+                print(f"  {a}/{b} per pass: median {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":

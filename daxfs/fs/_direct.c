@@ -28,6 +28,10 @@
  *     Fast's (res, size) of a short or failed transfer, or None (Fast declined);
  *     Python finishes the read (DirectIO._lean_finish) and releases the range
  *
+ * LeanRead.map(inode, pos, buffer) is the same up to the I/O, for the asynchronous
+ * lean read (DirectIO.submit_read_lean, whose bio's end_io releases the range):
+ * (token, addr, length, result) with the range held, or None.
+ *
  * An exception raised by a step after the range was locked releases it first.
  *
  * Invariants (those of daxfs.fs.direct: 1, 4, 5, 6)
@@ -340,59 +344,89 @@ nothing_dirty(LeanRead *self, long long lo, long long hi)
     return out;
 }
 
-static PyObject *
-leanread_read(LeanRead *self, PyObject *const *args, Py_ssize_t nargs)
+/* The steps before the I/O, shared by read() and map(): the checks, the lean lock
+ * and map under inode.lock, the cache's dirty blocks of the range written back.
+ * 1: *token (new reference), *lock (new reference), *view (held) and the numbers
+ * set, the range held; 0: not lean, nothing held; -1: an exception, nothing held. */
+static int
+lean_map(LeanRead *self, PyObject *const *args, Py_ssize_t nargs, const char *what,
+         PyObject **lock_out, PyObject **token_out, Py_buffer *view, long long *addr,
+         long long *length, long long *result)
 {
-    if (nargs != 3)
-        return PyErr_Format(PyExc_TypeError, "read(inode, pos, buffer) takes 3 arguments");
-    if (self->fast == NULL)
-        return PyErr_Format(PyExc_ValueError, "LeanRead is not set up");
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "%s(inode, pos, buffer) takes 3 arguments", what);
+        return -1;
+    }
+    if (self->fast == NULL) {
+        PyErr_SetString(PyExc_ValueError, "LeanRead is not set up");
+        return -1;
+    }
     PyObject *inode = args[0], *pos_obj = args[1], *buffer = args[2];
     if (!PyLong_CheckExact(pos_obj))
-        Py_RETURN_NONE;
+        return 0;
     int overflow = 0;
     long long pos = PyLong_AsLongLongAndOverflow(pos_obj, &overflow);
     if (overflow || pos < 0)
-        Py_RETURN_NONE;
-    Py_buffer view;
-    if (PyObject_GetBuffer(buffer, &view, PyBUF_RECORDS) < 0) { /* writable */
+        return 0;
+    if (PyObject_GetBuffer(buffer, view, PyBUF_RECORDS) < 0) { /* writable */
         PyErr_Clear(); /* the Python path raises what the arguments call for */
-        Py_RETURN_NONE;
+        return 0;
     }
-    long long n = (long long)view.len, mask = self->align - 1;
-    if (view.ndim != 1 || (view.format != NULL && strcmp(view.format, "B") != 0) ||
-        !PyBuffer_IsContiguous(&view, 'C') || n <= 0 || ((pos | n) & mask) ||
-        ((uintptr_t)view.buf & (uintptr_t)mask)) {
-        PyBuffer_Release(&view);
-        Py_RETURN_NONE;
+    long long n = (long long)view->len, mask = self->align - 1;
+    if (view->ndim != 1 || (view->format != NULL && strcmp(view->format, "B") != 0) ||
+        !PyBuffer_IsContiguous(view, 'C') || n <= 0 || ((pos | n) & mask) ||
+        ((uintptr_t)view->buf & (uintptr_t)mask)) {
+        PyBuffer_Release(view);
+        return 0;
     }
-    PyObject *lock = PyObject_GetAttr(inode, s_lock), *token = NULL, *out = NULL;
-    if (lock == NULL)
-        goto release;
-    long long addr = 0, length = 0, result = 0;
-    if (call_noargs(lock, s_acquire) < 0)
-        goto release;
-    int got = lean_lock(self, inode, pos, n, &token, &addr, &length, &result);
+    PyObject *lock = PyObject_GetAttr(inode, s_lock), *token = NULL;
+    if (lock == NULL || call_noargs(lock, s_acquire) < 0)
+        goto fail;
+    int got = lean_lock(self, inode, pos, n, &token, addr, length, result);
     if (call_noargs(lock, s_release) < 0) {
         if (got == 1)
             unlock_range(lock, inode, token);
-        goto release;
+        goto fail;
     }
     if (got <= 0) {
-        if (got == 0)
-            out = Py_NewRef(Py_None);
-        goto release;
+        if (got < 0)
+            goto fail;
+        Py_DECREF(lock);
+        PyBuffer_Release(view);
+        return 0;
     }
-    /* the range is ours (L1): every way out below releases it or hands it to Python */
-    int clean = nothing_dirty(self, addr, addr + length); /* (dirty runs: whole blocks) */
+    /* the range is ours (L1): every way out below releases it or hands it on */
+    int clean = nothing_dirty(self, *addr, *addr + *length); /* (dirty runs: whole blocks) */
     if (clean == 0) {
-        PyObject *r = PyObject_CallMethod(self->cache, "write_back", "LL", addr, length);
+        PyObject *r = PyObject_CallMethod(self->cache, "write_back", "LL", *addr, *length);
         clean = r == NULL ? -1 : 1;
         Py_XDECREF(r);
     }
     if (clean < 0) {
         unlock_range(lock, inode, token);
-        goto release;
+        goto fail;
+    }
+    *lock_out = lock;
+    *token_out = token;
+    return 1;
+fail:
+    Py_XDECREF(token);
+    Py_XDECREF(lock);
+    PyBuffer_Release(view);
+    return -1;
+}
+
+static PyObject *
+leanread_read(LeanRead *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *lock = NULL, *token = NULL, *out = NULL, *inode = nargs == 3 ? args[0] : NULL;
+    Py_buffer view;
+    long long addr = 0, length = 0, result = 0;
+    int got = lean_map(self, args, nargs, "read", &lock, &token, &view, &addr, &length, &result);
+    if (got <= 0) {
+        if (got < 0)
+            return NULL;
+        Py_RETURN_NONE;
     }
     PyObject *target = PyMemoryView_FromMemory(view.buf, (Py_ssize_t)length, PyBUF_WRITE);
     if (target == NULL) {
@@ -435,6 +469,30 @@ release:
     return out;
 }
 
+/* map(inode, pos, buffer): read()'s steps before the I/O, for an asynchronous read
+ * (DirectIO.submit_read_lean): (token, addr, length, result) with the range held
+ * and the cache's dirty blocks of it written back, or None (nothing held). */
+static PyObject *
+leanread_map(LeanRead *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *lock = NULL, *token = NULL;
+    Py_buffer view;
+    long long addr = 0, length = 0, result = 0;
+    int got = lean_map(self, args, nargs, "map", &lock, &token, &view, &addr, &length, &result);
+    if (got <= 0) {
+        if (got < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyBuffer_Release(&view);
+    PyObject *out = Py_BuildValue("(OLLL)", token, addr, length, result);
+    if (out == NULL)
+        unlock_range(lock, args[0], token);
+    Py_DECREF(token);
+    Py_DECREF(lock);
+    return out;
+}
+
 static int
 leanread_traverse(LeanRead *self, visitproc visit, void *arg)
 {
@@ -470,6 +528,9 @@ static PyMethodDef leanread_methods[] = {
     {"read", (PyCFunction)(void (*)(void))leanread_read, METH_FASTCALL,
      "read(inode, pos, buffer) -> bytes read | None (not lean: nothing held) | "
      "(token, got, addr, length, result) (the range held: Python finishes)"},
+    {"map", (PyCFunction)(void (*)(void))leanread_map, METH_FASTCALL,
+     "map(inode, pos, buffer) -> (token, addr, length, result) (the range held, the "
+     "cache written back) | None (not lean: nothing held)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -306,7 +306,11 @@ def _prepared(fs: FileSystem) -> tuple[object, bytes]:
     return f, data[: 23 * BLOCK_SIZE + 100]
 
 
-def _reads(fs: FileSystem, f: object, reads: list[tuple[int, int, int]]) -> list[object]:
+def _reads(
+    fs: FileSystem, f: object, reads: list[tuple[int, int, int]], submit: bool = False
+) -> list[object]:
+    """Each read's outcome (and the whole buffer after it), through ``preadinto`` or
+    (``submit``) ``submit_read``."""
     import re
 
     out: list[object] = []
@@ -315,7 +319,11 @@ def _reads(fs: FileSystem, f: object, reads: list[tuple[int, int, int]]) -> list
         raw[:] = b"\xee" * len(raw)
         view = memoryview(raw)[shift * 256 : shift * 256 + n]
         try:
-            out.append(("ok", f.preadinto(view, sector * 512)))  # type: ignore[attr-defined]
+            if submit:
+                got = f.submit_read(sector * 512, view).result(10)  # type: ignore[attr-defined]
+            else:
+                got = f.preadinto(view, sector * 512)  # type: ignore[attr-defined]
+            out.append(("ok", got))
         except (OSError, TypeError) as exc:
             out.append(("error", type(exc).__name__, re.sub(r"0x[0-9a-f]+", "ADDR", str(exc))))
         out.append(bytes(raw))
@@ -350,17 +358,18 @@ def test_the_c_lean_read_and_the_python_path_agree(uring_fs: FileSystem) -> None
         )
     )
     def check(reads: list[tuple[int, int, int]]) -> None:
-        f.preadinto(aligned_buffer(BLOCK_SIZE), 0)  # type: ignore[attr-defined]
-        dio._lean_c = lean_c
-        with_c = _reads(fs, f, reads)
-        f.preadinto(aligned_buffer(BLOCK_SIZE), 0)  # type: ignore[attr-defined]
-        dio._lean_c = None
-        try:
-            reference = _reads(fs, f, reads)
-        finally:
+        for submit in (False, True):  # preadinto (LeanRead.read), submit_read (.map)
+            f.preadinto(aligned_buffer(BLOCK_SIZE), 0)  # type: ignore[attr-defined]
             dio._lean_c = lean_c
-        assert with_c == reference
-        assert not f.inode.layouts.ranges  # type: ignore[attr-defined]
+            with_c = _reads(fs, f, reads, submit)
+            f.preadinto(aligned_buffer(BLOCK_SIZE), 0)  # type: ignore[attr-defined]
+            dio._lean_c = None
+            try:
+                reference = _reads(fs, f, reads, submit)
+            finally:
+                dio._lean_c = lean_c
+            assert with_c == reference
+            assert not f.inode.layouts.ranges  # type: ignore[attr-defined]
 
     check()
     before = dio.stats["mapped_reads"]
@@ -380,6 +389,9 @@ def test_the_c_lean_read_and_the_python_path_agree(uring_fs: FileSystem) -> None
         dio._lean_c = lean_c
     assert calls == [BLOCK_SIZE]  # answered by C (an int), counted
     assert dio.stats["mapped_reads"] == before + 1
+    submits = dio.stats["lean_submits"]
+    assert _reads(fs, f, [(8, BLOCK_SIZE, 0)], submit=True)[0] == ("ok", BLOCK_SIZE)
+    assert dio.stats["lean_submits"] == submits + 1  # through LeanRead.map
     f.close()  # type: ignore[attr-defined]
 
 
