@@ -4,6 +4,7 @@ batches interleaved in one process (the row of bench/fs.py measures a directory 
 1,000 with --quick, of 100,000 in a full run; this measures any size in seconds).
 
     python bench/create_loop.py [--entries N] [--batches B] [--batch-size S] [--cpu]
+                                [--against CHECKOUT]
 
 Both directories are filled with N files and the creates made as bench/fs.py's
 metadata section makes them (``populate``, ``create_loop``); every batch is S
@@ -12,20 +13,125 @@ after a warm-up of about 2 S creates each).  The machine is shared: run it under
 ``chrt -f 10`` and repeat, or time by thread CPU time (``--cpu``: a batch's system
 calls count, the waits for a core do not); it prints each side's median and their
 ratio (the goal is >= 0.25).
+
+``--against CHECKOUT`` is an A/B against another checkout of daxfs (its own built
+extensions, e.g. /work/main): this tree and that one each run in a worker process of
+their own, set up alike, and the parent interleaves their batches (this tree's daxfs,
+its tmpfs, the other's daxfs, its tmpfs, ...), one batch running at a time, so that
+both trees see the same load; it prints each tree's medians and ratio, and the ratio
+of the two trees' daxfs medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from common import Timing, median_ns_per_op_interleaved
+from common import Timing, gc_paused, median_ns_per_op_interleaved
 from fs import SHM, create_loop, dax_namespace, os_namespace, populate
 
 import daxfs
+
+HERE = Path(__file__).resolve().parent
+
+
+def image_size(n: int, batches: int, size: int) -> int:
+    return max(64 << 20, (n + (batches + 2) * size) * 4096 * 2)
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Set up both sides, then run one batch per line read ("dax" or "tmpfs"), answering
+    with the batch's ns per create; "ready" once set up."""
+    clock = time.thread_time_ns if args.cpu else time.perf_counter_ns
+    n, size = args.entries, args.batch_size
+    work = Path(tempfile.mkdtemp(prefix="daxfs-create-ab-", dir=SHM))
+    try:
+        image = work / "image.daxfs"
+        daxfs.mkfs(image, image_size(n, 2 * args.batches, size))
+        fs = daxfs.mount(image, persist="cpu")
+        try:
+            fs.mkdir("/d")
+            (work / "tmpfs").mkdir()
+            sides = [dax_namespace(fs, "/d"), os_namespace(str(work / "tmpfs"))]
+            for ns in sides:
+                populate(ns, n)
+            loops: dict[str, Callable[[int], None]] = {
+                "dax": create_loop(sides[0]),
+                "tmpfs": create_loop(sides[1]),
+            }
+            with gc_paused():
+                for loop in loops.values():
+                    loop(2 * size)  # the warm-up
+                print("ready", flush=True)
+                for line in sys.stdin:
+                    loop = loops[line.strip()]
+                    start = clock()
+                    loop(size)
+                    print((clock() - start) / size, flush=True)
+        finally:
+            fs.unmount()
+    finally:
+        shutil.rmtree(work)
+    return 0
+
+
+def against(args: argparse.Namespace) -> int:
+    """The A/B of this tree and ``args.against``, batches interleaved across two workers."""
+    trees = {"this": HERE.parent, "other": Path(args.against).resolve()}
+    flags = ["--entries", str(args.entries), "--batches", str(args.batches)]
+    flags += ["--batch-size", str(args.batch_size)] + (["--cpu"] if args.cpu else [])
+    workers = {}
+    for name, root in trees.items():
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(HERE)]))
+        workers[name] = subprocess.Popen(
+            [sys.executable, str(HERE / "create_loop.py"), "--worker", *flags],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    try:
+        for proc in workers.values():
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise SystemExit("a worker failed to set up")
+        samples: dict[tuple[str, str], list[float]] = {}
+        for _ in range(args.batches):
+            for name, proc in workers.items():
+                for side in ("dax", "tmpfs"):
+                    assert proc.stdin is not None
+                    assert proc.stdout is not None
+                    proc.stdin.write(side + "\n")
+                    proc.stdin.flush()
+                    samples.setdefault((name, side), []).append(float(proc.stdout.readline()))
+    finally:
+        for proc in workers.values():
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in workers.values():
+            proc.wait()
+    med = {key: statistics.median(values) for key, values in samples.items()}
+    clock = "thread CPU time" if args.cpu else "wall time"
+    print(
+        f"create+close, dir of {args.entries:,}, medians of {args.batches} batches of "
+        f"{args.batch_size} ({clock}), the two trees' batches interleaved:"
+    )
+    for name, root in trees.items():
+        d, h = med[name, "dax"], med[name, "tmpfs"]
+        print(
+            f"  {name} ({root}): daxfs {d / 1e3:.1f} us, os.open+os.close tmpfs "
+            f"{h / 1e3:.2f} us: {h / d:.3f}x (goal >= 0.25x)"
+        )
+    print(f"  daxfs this / other: {med['this', 'dax'] / med['other', 'dax']:.3f}")
+    return 0
 
 
 def main() -> int:
@@ -38,14 +144,22 @@ def main() -> int:
         action="store_true",
         help="time batches by the thread's CPU time (system calls included): a loaded machine",
     )
+    parser.add_argument(
+        "--against", metavar="CHECKOUT", help="A/B against another daxfs checkout (its root)"
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    if args.against:
+        return against(args)
     n, size = args.entries, args.batch_size
     # every batch ``size`` creates: the warm-up doubles up to max_ops, never reaching batch_ns
     timing = Timing(batch_ns=1 << 62, batches=args.batches, passes=1)
     work = Path(tempfile.mkdtemp(prefix="daxfs-create-", dir=SHM))
     try:
         image = work / "image.daxfs"
-        daxfs.mkfs(image, max(64 << 20, (n + (args.batches + 2) * size) * 4096 * 2))
+        daxfs.mkfs(image, image_size(n, args.batches, size))
         fs = daxfs.mount(image, persist="cpu")
         try:
             fs.mkdir("/d")

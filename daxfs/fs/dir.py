@@ -515,6 +515,19 @@ class Directories:
                 return ino, dtype
         return None
 
+    def absent_key(self, inode: Inode, name: bytes) -> int:
+        """The key of ``name`` if the current index of directory ``inode`` lacks that
+        key (then the name is absent: committed state, no transaction open), else -1
+        (no index built, or the key is held: ``lookup`` must answer)."""
+        index = self._indexes.get(inode.ino)
+        if index is None or index.generation != inode.rec.generation:
+            return -1
+        key = self.hash(name)
+        if key in index:
+            return -1
+        self.index_answers += 1
+        return key
+
     def _remember(self, parent: int, name: bytes, found: tuple[int, int]) -> None:
         """Put a committed entry in the dentry cache (LRU, bounded)."""
         if len(self._dcache) >= DCACHE_LIMIT:
@@ -577,7 +590,16 @@ class Directories:
         regular file: ``name`` out of the dentry cache, the entry into ``index``.  For
         the create fast path (daxfs.fs.fastcreate), which made the put itself."""
         self._dcache.pop((parent, name), None)
-        index.put(key, [(name, ino, DT_REG)], True)
+        # DirIndex.put(key, [(name, ino, DT_REG)], True) and its index_record, inline
+        if len(name) <= INLINE_NAME and ino < _INO_LIMIT:
+            record = (ino | DT_REG << 56, (_LEN[len(name)] + name).ljust(_SLOT, b"\0"))
+        else:
+            record = (_TREE, bytes(_SLOT))
+        index.count += 1
+        index.added[key] = record
+        index.removed.discard(key)
+        if len(index.added) + len(index.removed) >= index.merge_at:
+            index.merge()
         self._indexed += 1
 
     def _aborted(self, inos: set[int]) -> None:

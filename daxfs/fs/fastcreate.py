@@ -63,11 +63,13 @@ if TYPE_CHECKING:
 FAST_CREATE = True
 
 
-def create(fs: FileSystem, parent: Inode, name: bytes, mode: int) -> Inode | None:
+def create(fs: FileSystem, parent: Inode, name: bytes, mode: int, key: int = -1) -> Inode | None:
     """The new regular file ``parent``/``name`` with ``mode``, created and committed;
     None (nothing changed) if the reference must do it.  Caller holds the
     filesystem lock and has checked the name (absent, not too long) and that the
-    filesystem is writable.
+    filesystem is writable.  ``key``: the name's key, if the caller found the
+    parent's current index without it under the same hold of the lock
+    (``Directories.absent_key``), else -1.
 
     Raises:
         ReadOnly (EROFS) from ``Journal.begin``; what ``Committer.commit`` raises
@@ -107,9 +109,10 @@ def create(fs: FileSystem, parent: Inode, name: bytes, mode: int) -> Inode | Non
     index = dirs.ready_index(parent)
     if index is None:
         return None
-    key = dirs.hash(name)
-    if key in index:  # another name on the key: the reference extends its value
-        return None
+    if key < 0:
+        key = dirs.hash(name)
+        if key in index:  # another name on the key: the reference extends its value
+            return None
     tx = journal.begin()
     try:
         if fresh:  # the slots of its inode-file block: zero, or Corrupted
@@ -138,7 +141,7 @@ def create(fs: FileSystem, parent: Inode, name: bytes, mode: int) -> Inode | Non
         sb.used_inodes += 1
         generation = sb.next_generation = (sb.next_generation + 1) & 0xFFFFFFFF
         gid = prec.gid if prec.mode & st.S_ISGID else fs.gid
-        t = inode_mod.now_ns()
+        t = inode_mod.now_ns()  # (one clock read: the parent's mtime and ctime too)
         rec = InodeRecord(ino, mode, 1, fs.uid, gid, 0, 0, t, t, t, t, generation)
         if prec.flags & IFLAG_DAX:  # daxflag.inherit
             rec.flags |= IFLAG_DAX
@@ -147,7 +150,7 @@ def create(fs: FileSystem, parent: Inode, name: bytes, mode: int) -> Inode | Non
         # the rest of Directories.add, and FileSystem._touch_dir
         dirs.added(index, parent.ino, name, key, ino)
         prec.entries += 1
-        prec.mtime_ns = prec.ctime_ns = inode_mod.now_ns()
+        prec.mtime_ns = prec.ctime_ns = t
         # the records in the order Transaction.commit gathers the reference's: the
         # blocks' changed lines, then what the on-seal callbacks log (the superblock's
         # two lines, the records of the inodes in the order they were made dirty)

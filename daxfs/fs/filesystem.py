@@ -537,7 +537,7 @@ class FileSystem:
         self._check_writable(shown)
         mode = st.S_IFREG | (self.file_mode & ~self.umask)
         try:
-            inode = fastcreate.create(self, found.parent, name, mode)
+            inode = fastcreate.create(self, found.parent, name, mode, found.key)
             if inode is None:  # the reference: what fastcreate.create does, in general
                 with self.journal.begin() as tx:
                     inode = self._new_inode(tx, found.parent, name, mode, DT_REG)
@@ -573,9 +573,12 @@ class FileSystem:
             name = tail.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode
         except UnicodeError:
             return None
-        if len(name) > MAX_NAME or self.dirs.lookup(self.store, parent, name) is not None:
+        if len(name) > MAX_NAME:
             return None
-        return Lookup(parent, name, None, False), path  # a str path is shown as given
+        key = self.dirs.absent_key(parent, name)  # absent by the index alone: the key
+        if key < 0 and self.dirs.lookup(self.store, parent, name) is not None:
+            return None
+        return Lookup(parent, name, None, False, key), path  # a str path is shown as given
 
     def _lookup_create(self, path: Path, follow: bool) -> tuple[Lookup, str]:
         """Resolve the path of open(..., O_CREAT), as Linux's open_last_lookups.

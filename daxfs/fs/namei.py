@@ -83,6 +83,9 @@ class Lookup:
     name: bytes  # last component: b"" for "/", may be b"." or b".."
     inode: Inode | None  # what the last component names, None if absent
     slash: bool  # the path ended with "/"
+    #: the name's directory key, when the parent's current index lacks that key (set by
+    #: FileSystem._lookup_new, for the create fast path: no search of its own); else -1
+    key: int = -1
 
 
 class Resolver:

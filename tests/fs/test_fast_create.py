@@ -41,13 +41,17 @@ from tests.helpers import SIZE, formatted
 
 @pytest.fixture
 def taken(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """How many creates the fast path made ("fast") and refused ("refused")."""
-    counts = {"fast": 0, "refused": 0}
+    """How many creates the fast path made ("fast"), of them with the key the create's
+    lookup found absent from the index ("keyed"), and how many it refused ("refused")."""
+    counts = {"fast": 0, "refused": 0, "keyed": 0}
     real = fastcreate.create
 
-    def counting(fs: FileSystem, parent: Inode, name: bytes, mode: int) -> Inode | None:
-        inode = real(fs, parent, name, mode)
+    def counting(
+        fs: FileSystem, parent: Inode, name: bytes, mode: int, key: int = -1
+    ) -> Inode | None:
+        inode = real(fs, parent, name, mode, key)
         counts["fast" if inode is not None else "refused"] += 1
+        counts["keyed"] += inode is not None and key >= 0  # the lookup's key, no search
         return inode
 
     monkeypatch.setattr(fastcreate, "create", counting)
@@ -126,6 +130,7 @@ def test_random_workload_same_operations_and_image(seed: int, taken: dict[str, i
     counts = same_either_way(workload(seed), taken)
     # the fast path made most creates, and refused some (splits, the free list, growth)
     assert counts["fast"] > 350
+    assert counts["keyed"] > 300
     assert counts["refused"] > 20
     image = formatted().read(0, SIZE)
     with daxfs.mount(SimulatedPmem(SIZE, image=run(workload(seed), True, image)[1])) as fs:
@@ -241,7 +246,10 @@ def test_a_device_failure_in_a_fast_create(
     with pytest.raises(OSError, match="/d/new") as info:
         fs.open("/d/new", "xb")
     dev.disarm()
-    assert taken == {"fast": fast, "refused": refused}  # raised in the fast path, no reference
+    assert (taken["fast"], taken["refused"]) == (
+        fast,
+        refused,
+    )  # raised in the fast path, no reference
     assert info.value.errno == errno.EIO
     assert fs.journal.active is None
     if committed:
@@ -251,7 +259,10 @@ def test_a_device_failure_in_a_fast_create(
         assert memory(fs, "/d") == before
         assert not fs.exists("/d/new")
         fs.open("/d/other", "xb").close()
-        assert taken == {"fast": fast + 1, "refused": refused}  # (index dropped, built again)
+        assert (taken["fast"], taken["refused"]) == (
+            fast + 1,
+            refused,
+        )  # (index dropped, built again)
     for file in fs.open_files():
         file.close()
     fs.unmount()
@@ -333,7 +344,7 @@ def test_the_reference_is_the_fallback_when_the_directory_is_empty(
     with daxfs.mount(formatted()) as fs:
         fs.mkdir("/e")
         fs.open("/e/first", "xb").close()
-        assert taken == {"fast": 0, "refused": 1}
+        assert (taken["fast"], taken["refused"]) == (0, 1)
         fs.open("/e/second", "xb").close()
         assert taken["fast"] == 1
         assert stat.S_ISREG(fs.stat("/e/second").st_mode)
