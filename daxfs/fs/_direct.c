@@ -28,10 +28,6 @@
  *     Fast's (res, size) of a short or failed transfer, or None (Fast declined);
  *     Python finishes the read (DirectIO._lean_finish) and releases the range
  *
- * LeanRead.map(inode, pos, buffer) is the same up to the I/O, for the asynchronous
- * lean read (DirectIO.submit_read_lean, whose bio's end_io releases the range):
- * (token, addr, length, result) with the range held, or None.
- *
  * An exception raised by a step after the range was locked releases it first.
  *
  * Invariants (those of daxfs.fs.direct: 1, 4, 5, 6)
@@ -344,7 +340,7 @@ nothing_dirty(LeanRead *self, long long lo, long long hi)
     return out;
 }
 
-/* The steps before the I/O, shared by read() and map(): the checks, the lean lock
+/* The steps before the I/O: the checks, the lean lock
  * and map under inode.lock, the cache's dirty blocks of the range written back.
  * 1: *token (new reference), *lock (new reference), *view (held) and the numbers
  * set, the range held; 0: not lean, nothing held; -1: an exception, nothing held. */
@@ -469,30 +465,6 @@ release:
     return out;
 }
 
-/* map(inode, pos, buffer): read()'s steps before the I/O, for an asynchronous read
- * (DirectIO.submit_read_lean): (token, addr, length, result) with the range held
- * and the cache's dirty blocks of it written back, or None (nothing held). */
-static PyObject *
-leanread_map(LeanRead *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    PyObject *lock = NULL, *token = NULL;
-    Py_buffer view;
-    long long addr = 0, length = 0, result = 0;
-    int got = lean_map(self, args, nargs, "map", &lock, &token, &view, &addr, &length, &result);
-    if (got <= 0) {
-        if (got < 0)
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    PyBuffer_Release(&view);
-    PyObject *out = Py_BuildValue("(OLLL)", token, addr, length, result);
-    if (out == NULL)
-        unlock_range(lock, args[0], token);
-    Py_DECREF(token);
-    Py_DECREF(lock);
-    return out;
-}
-
 static int
 leanread_traverse(LeanRead *self, visitproc visit, void *arg)
 {
@@ -528,9 +500,6 @@ static PyMethodDef leanread_methods[] = {
     {"read", (PyCFunction)(void (*)(void))leanread_read, METH_FASTCALL,
      "read(inode, pos, buffer) -> bytes read | None (not lean: nothing held) | "
      "(token, got, addr, length, result) (the range held: Python finishes)"},
-    {"map", (PyCFunction)(void (*)(void))leanread_map, METH_FASTCALL,
-     "map(inode, pos, buffer) -> (token, addr, length, result) (the range held, the "
-     "cache written back) | None (not lean: nothing held)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -552,29 +552,20 @@ class DirectIO:
         Raises:
             nothing: the device's errors, and a write-back's, are the Future's.
         """
-        lean_c = self._lean_c
-        if lean_c is not None:  # the steps up to the I/O in one C call (the write-back too)
-            mapped = lean_c.map(inode, pos, buffer)
-            if mapped is None:
-                return None
-            token, addr, length, result = mapped
-            view = memoryview(buffer)  # (a one-dimensional byte buffer: map checked it)
-        else:
-            view = self._plain(pos, buffer, into=True)  # type: ignore[assignment]
-            if view is None:
-                return None
-            lean = self._lean(inode, pos, view)
-            if lean is None:
-                return None
-            token, addr, length, result = lean
+        view = self._plain(pos, buffer, into=True)
+        if view is None:
+            return None
+        lean = self._lean(inode, pos, view)
+        if lean is None:
+            return None
+        token, addr, length, result = lean
         self.stats["lean_submits"] += 1
         future: LeanFuture[int] = LeanFuture(self._waiter)
         with guard:
             inflight.add(future)
         state = (self, inode, token, future, view, result, length, path, inflight, guard)
         try:
-            if lean_c is None:
-                self.cache.write_back(addr, length)
+            self.cache.write_back(addr, length)
             bio = Bio(
                 BioOp.READ,
                 addr >> SECTOR_SHIFT,
