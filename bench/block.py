@@ -41,8 +41,10 @@ A second table runs the same three rows through the FILESYSTEM (issue 10,
 section 2): a daxfs image file on the same disk, mounted with
 ``dax="never"`` (the image as an O_DIRECT block device through io_uring),
 and one file of it opened with ``direct=True`` (daxfs.fs.direct): QD1 is
-``preadinto`` of a page-aligned buffer, QD32 keeps 32 ``submit_read``
-Futures in flight from one thread, the batched QD32 row is
+``preadinto`` of a page-aligned buffer (on io_uring the C lean read,
+``daxfs.fs._direct.LeanRead``), QD32 keeps 32 ``submit_read`` Futures in
+flight from one thread (``DirectIO.submit_read_lean``: one plain bio on the
+device's C path, a ``LeanFuture``), the batched QD32 row is
 ``File.preadinto_many`` of BATCH reads per call (the device keeps 32 in flight),
 the write is ``pwrite`` of 1 MiB over the file's written blocks (durable
 on return: on io_uring one RWF_DSYNC write, ``DirectIO._write_mapped``; the
@@ -72,7 +74,12 @@ write 0.44x of dsync (575 against 1,300 MiB/s: the disk's FLUSH time moves
 by 3x between runs on this shared VM; in one-process A/B runs the write is
 within 0.89-1.03x of the device's own FUA write of the same blocks, and
 0.72-1.04x of fio --sync=dsync).  Before this session's changes: QD1 0.53x,
-batched 0.45x, the write 0.24x of plain fio.  A last pair of
+batched 0.45x, the write 0.24x of plain fio.  With the C lean read, the lean
+``submit_read`` and LeanFutures (``--quick``, 2026-11-29 06:01 UTC, load
+6.3-6.8): device QD32 Futures 0.71x, fs QD1 0.89x, fs QD32 ``submit_read``
+0.33x (0.08x at 05:14 before them), fs QD32 batched 0.77x, the durable write
+0.99x of --sync=dsync; ``bench/block_ab.py --fs`` interleaves the fs paths
+(docs/ARCHITECTURE.md, "The lean reads in C, and the lean submit_read").  A last pair of
 rows reads 4 KiB at random through the pmem block driver (an image on
 /dev/shm mounted ``dax="never"`` from its ``PmemDevice``, direct=True)
 against DAX ``pread`` of the same image (informational: the cost of each

@@ -46,7 +46,12 @@ read: one system call), the range released (``_read_mapped``).  ``read_many``
 locked (shared, without waiting) and mapped under one ``inode.lock``, one
 ``BlockDevice.readinto_many`` for all; an item that is not so simple, or
 whose range lock would wait, goes through ``read`` after the others are
-released.  A synchronous write (``write``) that overwrites ONE written extent
+released.  On a file device on io_uring the common synchronous read is one C
+call (``_direct.LeanRead.read``: the same steps on the same objects; the
+Python path stays the reference).  ``submit_read_lean`` (``File.submit_read``)
+is the asynchronous form: the same lock and map, then ONE plain READ bio whose
+``end_io`` releases the range and resolves a ``LeanFuture`` -- no request
+object, no completion worker unless ``inode.lock`` is busy at the bio's end.  A synchronous write (``write``) that overwrites ONE written extent
 below the end of file is ``_write_mapped``: range lock (exclusive), pins broken
 and iomap_begin under one ``inode.lock``, ONE ``BlockDevice.write`` with FUA
 (on io_uring the device's inline RWF_DSYNC write: one system call), the cache
