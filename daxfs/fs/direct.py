@@ -51,7 +51,8 @@ call (``_direct.LeanRead.read``: the same steps on the same objects; the
 Python path stays the reference).  ``submit_read_lean`` (``File.submit_read``)
 is the asynchronous form: the same lock and map, then ONE plain READ bio whose
 ``end_io`` releases the range and resolves a ``LeanFuture`` -- no request
-object, no completion worker unless ``inode.lock`` is busy at the bio's end.  A synchronous write (``write``) that overwrites ONE written extent
+object, no completion worker unless ``inode.lock`` is busy at the bio's end.
+A synchronous write (``write``) that overwrites ONE written extent
 below the end of file is ``_write_mapped``: range lock (exclusive), pins broken
 and iomap_begin under one ``inode.lock``, ONE ``BlockDevice.write`` with FUA
 (on io_uring the device's inline RWF_DSYNC write: one system call), the cache
