@@ -96,10 +96,8 @@ import struct
 import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
-from itertools import accumulate, pairwise
+from itertools import pairwise
 from typing import Protocol
-
-import numpy as np
 
 from daxfs.errors import Corrupted, InvalidArgument
 from daxfs.fs import _create
@@ -176,26 +174,24 @@ def _bounds(path: Path) -> tuple[int, int]:
 
 
 def _split_entries(entries: list[Entry], new: int, rightmost: bool) -> list[list[Entry]]:
-    """Cut an overfull leaf's entries into 2 or 3 leaves that fit; ``new`` = changed entry.
-
-    Two leaves where a cut fits both: the first cut ``p`` (1 <= p < n) with the least
-    ``|left - right|``, each side's fullness the larger of its share of LEAF_CAP keys
-    and of MAX_VALUE bytes (over numpy arrays of the n - 1 cuts: the same float64
-    arithmetic as a loop over them, and ``argmin`` takes the first least).
-    """
+    """Cut an overfull leaf's entries into 2 or 3 leaves that fit; ``new`` = changed entry."""
     n = len(entries)
     if rightmost and new == n - 1 and _fits(entries[:-1]):
         return [entries[:-1], entries[-1:]]
-    sizes = np.fromiter(map(len, [v for _, v in entries]), dtype=np.int64, count=n)
-    total = int(sizes.sum())
-    acc = np.cumsum(sizes[:-1])  # bytes left of cut p = 1 .. n - 1
-    p = np.arange(1, n, dtype=np.int64)
-    ok = (p <= LEAF_CAP) & (n - p <= LEAF_CAP) & (acc <= MAX_VALUE) & (total - acc <= MAX_VALUE)
-    if ok.any():
-        left = np.maximum(p / LEAF_CAP, acc / MAX_VALUE)
-        right = np.maximum((n - p) / LEAF_CAP, (total - acc) / MAX_VALUE)
-        cut = int(np.argmin(np.where(ok, np.abs(left - right), np.inf))) + 1
-        return [entries[:cut], entries[cut:]]
+    sizes = [len(v) for _, v in entries]
+    total = sum(sizes)
+    best: tuple[float, int] | None = None
+    acc = 0
+    for p in range(1, n):
+        acc += sizes[p - 1]
+        if p > LEAF_CAP or n - p > LEAF_CAP or acc > MAX_VALUE or total - acc > MAX_VALUE:
+            continue
+        left = max(p / LEAF_CAP, acc / MAX_VALUE)
+        right = max((n - p) / LEAF_CAP, (total - acc) / MAX_VALUE)
+        if best is None or abs(left - right) < best[0]:
+            best = (abs(left - right), p)
+    if best is not None:
+        return [entries[: best[1]], entries[best[1] :]]
     parts = [entries[:new], entries[new : new + 1], entries[new + 1 :]]
     parts = [part for part in parts if part]
     assert all(_fits(part) for part in parts)
@@ -205,8 +201,9 @@ def _split_entries(entries: list[Entry], new: int, rightmost: bool) -> list[list
 def _leaf_entries(view: memoryview, count: int) -> list[Entry]:
     keys = _keys(view, count).tolist()
     slots = struct.unpack_from(f"<{2 * count}H", view, LEAF_SLOTS)
-    raw = view.tobytes()  # one copy; slices of bytes are cheaper than of a memoryview
-    return [(k, raw[o : o + n]) for k, o, n in zip(keys, slots[::2], slots[1::2], strict=True)]
+    return [
+        (k, bytes(view[o : o + n])) for k, o, n in zip(keys, slots[::2], slots[1::2], strict=True)
+    ]
 
 
 def _leaf_put(view: memoryview, count: int, key: int, value: bytes) -> tuple[list[Entry], int]:
@@ -773,18 +770,15 @@ class BTree:
         )
 
     def _encode_leaf(self, blockno: int, entries: list[Entry]) -> bytearray:
-        """A whole leaf holding ``entries`` (sorted, fitting), values packed from the end
-        (the first entry's value highest: the values joined in reverse order)."""
+        """A whole leaf holding ``entries`` (sorted, fitting), values packed from the end."""
         buf = bytearray(BLOCK_SIZE)
-        values = [v for _, v in entries]
-        blob = b"".join(values[::-1])
-        heap = BLOCK_SIZE - len(blob)
-        buf[heap:] = blob
-        lens = list(map(len, values))
-        slots = [0] * (2 * len(lens))  # (offset, length); an empty value's offset BLOCK_SIZE
-        ends = accumulate(lens)
-        slots[0::2] = [BLOCK_SIZE - e if n else BLOCK_SIZE for n, e in zip(lens, ends, strict=True)]
-        slots[1::2] = lens
+        heap = BLOCK_SIZE
+        slots: list[int] = []
+        for _, value in entries:
+            n = len(value)
+            heap -= n
+            buf[heap : heap + n] = value
+            slots += (heap if n else BLOCK_SIZE, n)
         count = len(entries)
         struct.pack_into(f"<{count}Q", buf, NODE_KEYS, *(k for k, _ in entries))
         struct.pack_into(f"<{2 * count}H", buf, LEAF_SLOTS, *slots)
