@@ -106,6 +106,8 @@ INDEX_LIMIT = 1 << 22
 MERGE_SHARE = 16
 #: DirIndex's key search in C (_create.u64_position); off: the bisect (the reference)
 NATIVE_SEARCH = True
+#: DirIndex.merge's arrays in C (_create.index_merge, one pass); off: numpy (the reference)
+NATIVE_MERGE = True
 
 
 def pack_entries(entries: list[Entry]) -> bytes:
@@ -306,6 +308,17 @@ class DirIndex:
         deleted, the added keys sorted among themselves and inserted at their
         ``searchsorted`` positions.
         """
+        if NATIVE_MERGE:  # the numpy code below in one C pass
+            merged = _create.index_merge(
+                self.keys, self.values, self.names, self.added, self.removed
+            )
+            self.keys = array.array("Q")
+            self.keys.frombytes(merged[0])
+            self.values = array.array("Q")
+            self.values.frombytes(merged[1])
+            self.names = merged[2]
+            self._merged()
+            return
         keys = np.frombuffer(self.keys, dtype=np.uint64) if len(self.keys) else _NO_KEYS
         values = np.frombuffer(self.values, dtype=np.uint64) if len(self.keys) else _NO_KEYS
         names = np.frombuffer(self.names, dtype=np.uint8).reshape(-1, _SLOT)
@@ -334,6 +347,10 @@ class DirIndex:
         self.keys = _u64_array(keys)
         self.values = _u64_array(values)
         self.names = names.tobytes()
+        self._merged()
+
+    def _merged(self) -> None:
+        """After the arrays took the pending changes: forget them (and the bucket array)."""
         self.added, self.removed = {}, set()
         self.fence = None  # of the arrays replaced (C would tell, by identity)
         self.merge_at = max(256, len(self.keys) // MERGE_SHARE)
