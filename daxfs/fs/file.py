@@ -320,6 +320,13 @@ class File(io.RawIOBase):
                 if got is not None:
                     self._pos += got
                     return got
+        fc = self._fcache
+        if fc is not None and self._open and self._readable:  # cached pages: one copy each
+            with inode.lock:
+                got = fc.readinto_hit(inode, buffer, self._pos)
+                if got is not None:
+                    self._pos += got
+                    return got
         self._check_read()
         view = _writable_bytes(buffer)
         if self._dio is not None:
@@ -453,6 +460,11 @@ class File(io.RawIOBase):
                     raise
             if done is not None:
                 return done
+        fc = self._fcache
+        if fc is not None and self._open and self._readable:  # cached pages: one copy each
+            got = fc.readinto_hit(self.inode, buffer, offset)
+            if got is not None:
+                return got
         self._check_read()
         self._offset(offset)
         view = _writable_bytes(buffer)

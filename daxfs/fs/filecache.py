@@ -349,6 +349,67 @@ class FileCache:
                 base = (folio.slot - index) << PAGE_SHIFT
                 return arena[base + pos : base + end]  # (one copy, straight to bytes)
 
+    def readinto_hit(self, inode: Inode, buffer: Buffer, pos: int) -> int | None:
+        """``File.readinto``/``preadinto``'s fast path: the bytes copied into ``buffer``
+        (a writable one-dimensional byte buffer) from ``pos``, clamped to the end of
+        file, when every page of the range is cached and the stamp matches (as
+        ``pread_hit``), else None -- then the full path, which also raises what the
+        arguments call for.  No I/O.  Caller must not hold the pool's lock.
+        """
+        entry = self._spaces.get(inode.ino)
+        if entry is None or type(pos) is not int or pos < 0:
+            return None
+        view = buffer if type(buffer) is memoryview else None
+        if view is None:
+            try:
+                view = memoryview(buffer)
+            except TypeError:
+                return None
+        n = len(view)
+        if view.readonly or view.ndim != 1 or view.format != "B" or not n:
+            return None
+        with inode.lock:
+            rec = inode.rec
+            if entry.inode is not inode or entry.rec is not rec or entry.ctime != rec.ctime_ns:
+                return None
+            end = pos + n
+            if end > rec.size:
+                end = rec.size
+                if end <= pos:
+                    return None
+            first, last = pos >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+            pool = self.pool
+            folios = entry.folios
+            with pool.lock:
+                if pool._arena is None:
+                    return None
+                mem = pool._mem
+                if first == last:  # the common case: one page, one copy
+                    folio = folios.get(first)
+                    if folio is None:
+                        return None
+                    src = (folio.slot - first << PAGE_SHIFT) + pos
+                    view[: end - pos] = mem[src : src + end - pos]
+                    folio.referenced = True
+                    pool.stats.hits += 1
+                    entry.space._ra_next = first + 1
+                    return end - pos
+                found = [folios.get(i) for i in range(first, last + 1)]
+                if None in found:
+                    return None
+                at = pos
+                for folio in found:
+                    assert folio is not None
+                    lo = at - (folio.index << PAGE_SHIFT)
+                    k = min(PAGE_SIZE - lo, end - at)
+                    src = (folio.slot << PAGE_SHIFT) + lo
+                    view[at - pos : at - pos + k] = mem[src : src + k]
+                    folio.referenced = True
+                    at += k
+                pool.stats.hits += len(found)
+                entry.space._ra_next = last + 1
+                return end - pos
+
     def read_bytes(self, inode: Inode, pos: int, n: int) -> bytes:
         """``read`` into new bytes (up to ``n``).  Caller must hold ``inode.lock``.
 

@@ -59,6 +59,14 @@ def test_buffered_io_goes_through_the_files_space() -> None:
         hits = pool.stats.hits
         assert f.pread(100, 5000) == b"a" * 100
         assert pool.stats.hits == hits + 1  # a re-read is a hit: no I/O
+        buf = bytearray(6000)
+        misses = pool.stats.misses
+        assert f.preadinto(buf, 3000) == 6000  # pages 0-2, all cached: the lean copy
+        f.seek(1000)
+        assert f.readinto(buf) == 6000
+        assert buf == b"a" * 6000
+        assert pool.stats.hits == hits + 1 + 3 + 2
+        assert pool.stats.misses == misses
         assert fs.device.pages.pool.resident == 0  # nothing went the device's way
 
 
@@ -86,6 +94,13 @@ def test_random_operations_against_a_model(seed: int) -> None:
                 pos = rng.randrange(0, len(model) + 5000)
                 n = rng.randrange(0, 30_000)
                 assert f.pread(n, pos) == bytes(model[pos : pos + n]), step
+                buf = bytearray(rng.randrange(1, 20_000))
+                got = f.preadinto(buf, pos)
+                assert buf[:got] == model[pos : pos + len(buf)], step
+                f.seek(pos)
+                got = f.readinto(buf)
+                assert buf[:got] == model[pos : pos + len(buf)], step
+                assert f.tell() == pos + got
             elif kind == "truncate":
                 size = rng.randrange(0, 320_000)
                 f.truncate(size)
@@ -128,6 +143,9 @@ def test_direct_write_then_buffered_read_sees_it() -> None:
             buf[:] = b"n" * PAGE
             d.pwrite(buf, PAGE)  # an overwrite: no transaction, times owed
         assert f.pread(3 * PAGE, 0) == b"o" * PAGE + b"n" * PAGE + b"o" * PAGE
+        buf = bytearray(PAGE)
+        assert f.preadinto(buf, PAGE) == PAGE  # cached again by the pread above
+        assert buf == b"n" * PAGE
         f.pwrite(b"b", PAGE + 10)  # a buffered write after it keeps the direct bytes
         with fs.open("/f", "rb", buffering=0, direct=True) as d:
             buf = aligned_buffer(3 * PAGE)
