@@ -34,6 +34,7 @@ from daxfs.cli import main
 from daxfs.errors import ClosedFile, InvalidArgument, NotSupported
 from daxfs.testing.block_tests import BlockDeviceTests
 from daxfs.testing.blockfaults import FaultyBlockDevice
+from tests.block.regions import run_in_regions
 from tests.block.test_faults import attempt
 
 WHY_NOT = uring_mod.availability()
@@ -316,47 +317,38 @@ def test_many_threads_submit_at_once_every_byte_checked(tmp_path: Path) -> None:
     with open_block(
         tmp_path / "d.img", len(model), create=True, engine="io_uring", queue_depth=4
     ) as dev:
-        errors: list[BaseException] = []
 
-        def work(k: int) -> None:
-            try:
-                rng = random.Random(k)
-                base = k * region
-                for _ in range(60):
-                    # writes in flight together on disjoint 8 KiB slots, then reads
-                    slots = rng.sample(range(region // 8192), rng.randrange(1, 5))
-                    writes = []
-                    for slot in slots:
-                        start = slot * 8192 + rng.randrange(0, 8) * 512
-                        n = rng.randrange(1, 9) * 512
-                        n = min(n, (slot + 1) * 8192 - start)
-                        data = rng.randbytes(n)
-                        model[base + start : base + start + n] = data
-                        bio = Bio(BioOp.WRITE, (base + start) // 512, [data])
-                        dev.submit_bio(bio)
-                        writes.append((bio, n))
-                    for bio, n in writes:
-                        assert bio.wait() == n
-                    reads = []
-                    for _ in range(rng.randrange(1, 6)):
-                        start = rng.randrange(0, region // 512) * 512
-                        n = min(rng.randrange(1, 17) * 512, region - start)
-                        buf = mmap.mmap(-1, n)
-                        bio = Bio(BioOp.READ, (base + start) // 512, [buf])
-                        dev.submit_bio(bio)
-                        reads.append((bio, buf, base + start, n))
-                    for bio, buf, off, n in reads:
-                        assert bio.wait() == n
-                        assert buf[:] == model[off : off + n], f"thread {k}: bytes at {off}"
-            except BaseException as exc:
-                errors.append(exc)
+        def work(k: int, base: int, mine: bytearray, stop: threading.Event) -> None:
+            rng = random.Random(k)
+            for _ in range(60):
+                # writes in flight together on disjoint 8 KiB slots, then reads
+                slots = rng.sample(range(region // 8192), rng.randrange(1, 5))
+                writes = []
+                for slot in slots:
+                    start = slot * 8192 + rng.randrange(0, 8) * 512
+                    n = rng.randrange(1, 9) * 512
+                    n = min(n, (slot + 1) * 8192 - start)
+                    data = rng.randbytes(n)
+                    mine[start : start + n] = data
+                    bio = Bio(BioOp.WRITE, (base + start) // 512, [data])
+                    dev.submit_bio(bio)
+                    writes.append((bio, n))
+                for bio, n in writes:
+                    assert bio.wait() == n
+                reads = []
+                for _ in range(rng.randrange(1, 6)):
+                    start = rng.randrange(0, region // 512) * 512
+                    n = min(rng.randrange(1, 17) * 512, region - start)
+                    buf = mmap.mmap(-1, n)
+                    bio = Bio(BioOp.READ, (base + start) // 512, [buf])
+                    dev.submit_bio(bio)
+                    reads.append((bio, buf, start, n))
+                for bio, buf, off, n in reads:
+                    assert bio.wait() == n
+                    assert buf[:] == mine[off : off + n], f"thread {k}: bytes at {base + off}"
+            model[base : base + region] = mine
 
-        workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join()
-        assert not errors, errors[0]
+        run_in_regions(work, threads, region)
         assert dev.read(0, len(model)) == bytes(model)
     assert (tmp_path / "d.img").read_bytes() == bytes(model)
 

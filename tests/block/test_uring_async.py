@@ -16,7 +16,6 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from daxfs.block.file import FileBlockDevice
 from daxfs.errors import ClosedFile, InvalidArgument, IOFailure
 from daxfs.testing.block_tests import pattern
 from daxfs.testing.blockfaults import FaultyBlockDevice
+from tests.block.regions import run_in_regions, wait_for
 from tests.block.test_uring import memory_grown
 
 WHY_NOT = uring_mod.availability()
@@ -52,13 +52,6 @@ def reference(dev: FileBlockDevice) -> None:
     dev._aio = None
     aio.shutdown()
     aio.close()
-
-
-def _wait_for(check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 30
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.001)
 
 
 def _aligned(n: int, seed: int) -> mmap.mmap:
@@ -92,7 +85,7 @@ def test_plain_bios_take_the_c_path_and_end_io_runs_on_its_reaper(tmp_path: Path
         assert ended.wait(30)  # (not w.wait(): that would reap in this thread)
         assert w.wait() == BS
         assert seen == [("daxfs-bio", None, True, pattern(BS, 2)[:8])]
-        _wait_for(lambda: w.segments == [])  # dropped after end_io: no view outlives its bio
+        wait_for(lambda: w.segments == [])  # dropped after end_io: no view outlives its bio
         assert len(_reapers()) == before + 1
         back = mmap.mmap(-1, BS)
         r = Bio(BioOp.READ, 8, [back])
@@ -145,7 +138,7 @@ def test_an_end_io_may_wait_for_a_bio_of_the_c_path(tmp_path: Path) -> None:
         )
         dev.submit_bio(bio)
         assert bio.wait() == BS
-        _wait_for(lambda: bool(ran_on))
+        wait_for(lambda: bool(ran_on))
         assert ran_on == ["daxfs-bio"]
 
 
@@ -366,7 +359,7 @@ def test_an_end_io_that_raises_is_logged_and_the_device_goes_on(
         with caplog.at_level(logging.ERROR, logger="daxfs.block"):
             dev.submit_bio(bio)
             assert bio.future.result(30) == BS
-            _wait_for(lambda: bool(caplog.records))
+            wait_for(lambda: bool(caplog.records))
         assert "end_io of <Bio write sector 0" in caplog.records[0].getMessage()
         assert caplog.records[0].exc_info is not None
         assert caplog.records[0].exc_info[0] is ValueError
@@ -408,7 +401,7 @@ def _chain(path: Path, data: bytes, defer: bool) -> None:
         assert dev.read(BS, BS) == data[BS : 2 * BS]
         assert finished.wait(60)
         assert not bad, bad[:3]
-        _wait_for(lambda: dev.statistics()["inflight"] == 0)  # counted out after end_io
+        wait_for(lambda: dev.statistics()["inflight"] == 0)  # counted out after end_io
         assert dev.statistics()["async"] == 600
 
 
@@ -477,7 +470,7 @@ def test_close_waits_for_bios_in_flight_then_refuses(tmp_path: Path) -> None:
     assert aio.inflight == 1
     closer = threading.Thread(target=dev.close)
     closer.start()
-    _wait_for(lambda: aio.closed)
+    wait_for(lambda: aio.closed)
     time.sleep(0.05)
     assert closer.is_alive()  # waiting for the read
     assert not bio.done
@@ -513,7 +506,7 @@ def test_a_bio_waiting_for_a_slot_is_already_submitted(tmp_path: Path) -> None:
         second = Bio(BioOp.READ, 8, [mmap.mmap(-1, BS)])
         submitter = threading.Thread(target=dev.submit_bio, args=(second,))
         submitter.start()
-        _wait_for(lambda: second._state == "submitted")
+        wait_for(lambda: second._state == "submitted")
         time.sleep(0.05)
         assert submitter.is_alive()  # waiting for the slot
         with pytest.raises(InvalidArgument, match="submitted already"):
@@ -544,7 +537,7 @@ def test_a_device_dropped_unclosed_goes_with_its_last_reference(tmp_path: Path) 
         assert ref() is None
     finally:
         gc.enable()
-    _wait_for(lambda: len(_reapers()) == before)
+    wait_for(lambda: len(_reapers()) == before)
     os.close(fd)  # (a device dropped unclosed keeps its descriptor, as before)
 
 
@@ -570,50 +563,36 @@ def test_threads_with_slot_waits_every_byte_checked_then_close(tmp_path: Path) -
     reading its own region by bios (end_io, futures, wait), every byte checked;
     then the device closes under them: each bio ends whole or with EBADF."""
     dev = _device(tmp_path, queue_depth=2)
-    region = SIZE // 8
-    failures: list[BaseException] = []
-    stop = threading.Event()
 
-    def work(k: int) -> None:
+    def work(k: int, base: int, model: bytearray, stop: threading.Event) -> None:
         rng = random.Random(k)
-        base = k * region
-        model = bytearray(region)
-        try:
-            for i in range(100_000):
-                if stop.is_set() and i > 50:
-                    return
-                block = rng.randrange(region // BS)
-                offset = base + block * BS
-                write = rng.random() < 0.5
-                buf = _aligned(BS, k * 1_000_000 + i) if write else mmap.mmap(-1, BS)
-                flags = BioFlags.FUA if write and i % 5 == 0 else BioFlags.NONE
-                bio = Bio(BioOp.WRITE if write else BioOp.READ, offset >> 9, [buf], flags=flags)
-                dev.submit_bio(bio)
-                try:
-                    if i % 2:
-                        bio.future.result(30)
-                    else:
-                        bio.wait(30)
-                except OSError as exc:
-                    if exc.errno != errno.EBADF or not stop.is_set():
-                        raise
-                    return
-                if write:
-                    model[block * BS : (block + 1) * BS] = buf
+        for i in range(100_000):
+            if stop.is_set() and i > 50:
+                return
+            block = rng.randrange(len(model) // BS)
+            offset = base + block * BS
+            write = rng.random() < 0.5
+            buf = _aligned(BS, k * 1_000_000 + i) if write else mmap.mmap(-1, BS)
+            flags = BioFlags.FUA if write and i % 5 == 0 else BioFlags.NONE
+            bio = Bio(BioOp.WRITE if write else BioOp.READ, offset >> 9, [buf], flags=flags)
+            dev.submit_bio(bio)
+            try:
+                if i % 2:
+                    bio.future.result(30)
                 else:
-                    assert bytes(buf) == model[block * BS : (block + 1) * BS]
-        except BaseException as exc:
-            failures.append(exc)
+                    bio.wait(30)
+            except OSError as exc:
+                if exc.errno != errno.EBADF or not stop.is_set():
+                    raise
+                return
+            if write:
+                model[block * BS : (block + 1) * BS] = buf
+            else:
+                assert bytes(buf) == model[block * BS : (block + 1) * BS]
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    _wait_for(lambda: dev.statistics()["async"] > 1500 or bool(failures))
-    stop.set()
-    dev.close()
-    for t in threads:
-        t.join(60)
-    assert not failures, failures
+    run_in_regions(
+        work, 6, SIZE // 8, until=lambda: dev.statistics()["async"] > 1500, close=dev.close
+    )
     assert dev.statistics()["inflight"] == 0
     assert not _reapers()
 

@@ -13,7 +13,6 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from daxfs.block.file import FileBlockDevice
 from daxfs.block.uring import UringEngine
 from daxfs.errors import ClosedFile, IOFailure
 from daxfs.testing.block_tests import pattern
+from tests.block.regions import run_in_regions, wait_for
 from tests.block.test_uring import memory_grown
 
 WHY_NOT = uring_mod.availability()
@@ -40,13 +40,6 @@ def _ring(entries: int = 4) -> Any:
     from daxfs.block import _uring
 
     return _uring.Ring(entries)
-
-
-def _wait_for(check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 30
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.001)
 
 
 # -- the C private rings --------------------------------------------------------------------
@@ -107,7 +100,7 @@ def test_rw_waits_for_its_completion_and_close_refuses_meanwhile() -> None:
     try:
         reader = threading.Thread(target=lambda: got.append(ring.rw(_uring.READV, r, 0, [buf], 0)))
         reader.start()
-        _wait_for(lambda: ring.sync_calls == 1)
+        wait_for(lambda: ring.sync_calls == 1)
         with pytest.raises(BufferError):
             buf.extend(b"x")
         with pytest.raises(OSError, match="synchronous call") as info:
@@ -461,58 +454,45 @@ def test_threads_on_the_fast_paths_every_byte_checked_and_close(tmp_path: Path) 
     batches and asynchronous bios at once, every byte read back checked; then the
     device closes while they run: each call returns whole or fails with EBADF."""
     dev = _device(tmp_path)
-    region = SIZE // 8
-    failures: list[BaseException] = []
-    stop = threading.Event()
 
-    def work(k: int) -> None:
+    def work(k: int, base: int, model: bytearray, stop: threading.Event) -> None:
         rng = random.Random(k)
-        base = k * region
-        model = bytearray(region)
-        try:
-            for i in range(10_000):
-                if stop.is_set() and i > 200:
-                    return
-                block = rng.randrange(region // BS)
-                offset = base + block * BS
-                choice = rng.random()
-                try:
-                    if choice < 0.35:
-                        data = _buffer(BS, True, k * 100_000 + i)
-                        dev.write(offset, data, fua=rng.random() < 0.2)
-                        model[block * BS : (block + 1) * BS] = data
-                    elif choice < 0.6:
-                        buf = mmap.mmap(-1, BS)
-                        dev.readinto(offset, buf)
-                        assert bytes(buf) == model[block * BS : (block + 1) * BS]
-                    elif choice < 0.8:
-                        blocks = [rng.randrange(region // BS) for _ in range(8)]
-                        items = [(base + b * BS, mmap.mmap(-1, BS)) for b in blocks]
-                        dev.readinto_many(items)
-                        for b, (_, buf) in zip(blocks, items, strict=True):
-                            assert bytes(buf) == model[b * BS : (b + 1) * BS]
-                    else:
-                        buf = mmap.mmap(-1, BS)
-                        bio = Bio(BioOp.READ, offset >> 9, [buf])
-                        dev.submit_bio(bio)
-                        bio.future.result(30)
-                        assert bytes(buf) == model[block * BS : (block + 1) * BS]
-                except OSError as exc:
-                    if exc.errno != errno.EBADF or not stop.is_set():
-                        raise
-                    return
-        except BaseException as exc:
-            failures.append(exc)
+        region = len(model)
+        for i in range(10_000):
+            if stop.is_set() and i > 200:
+                return
+            block = rng.randrange(region // BS)
+            offset = base + block * BS
+            choice = rng.random()
+            try:
+                if choice < 0.35:
+                    data = _buffer(BS, True, k * 100_000 + i)
+                    dev.write(offset, data, fua=rng.random() < 0.2)
+                    model[block * BS : (block + 1) * BS] = data
+                elif choice < 0.6:
+                    buf = mmap.mmap(-1, BS)
+                    dev.readinto(offset, buf)
+                    assert bytes(buf) == model[block * BS : (block + 1) * BS]
+                elif choice < 0.8:
+                    blocks = [rng.randrange(region // BS) for _ in range(8)]
+                    items = [(base + b * BS, mmap.mmap(-1, BS)) for b in blocks]
+                    dev.readinto_many(items)
+                    for b, (_, buf) in zip(blocks, items, strict=True):
+                        assert bytes(buf) == model[b * BS : (b + 1) * BS]
+                else:
+                    buf = mmap.mmap(-1, BS)
+                    bio = Bio(BioOp.READ, offset >> 9, [buf])
+                    dev.submit_bio(bio)
+                    bio.future.result(30)
+                    assert bytes(buf) == model[block * BS : (block + 1) * BS]
+            except OSError as exc:
+                if exc.errno != errno.EBADF or not stop.is_set():
+                    raise
+                return
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    _wait_for(lambda: dev.statistics()["inline"] > 600 or bool(failures))
-    stop.set()
-    dev.close()
-    for t in threads:
-        t.join(60)
-    assert not failures, failures
+    run_in_regions(
+        work, 6, SIZE // 8, until=lambda: dev.statistics()["inline"] > 600, close=dev.close
+    )
     assert dev.statistics()["inflight"] == 0
     engine = dev._engine
     assert isinstance(engine, UringEngine)
@@ -677,10 +657,10 @@ def test_close_waits_for_a_fast_path_call(tmp_path: Path) -> None:
     buf = mmap.mmap(-1, BS)
     reader = threading.Thread(target=lambda: got.append(fast.read(r, 0, buf)))
     reader.start()
-    _wait_for(lambda: fast.busy == 1)
+    wait_for(lambda: fast.busy == 1)
     closer = threading.Thread(target=dev.close)
     closer.start()
-    _wait_for(lambda: fast.closed)
+    wait_for(lambda: fast.closed)
     assert closer.is_alive()  # waiting for the read
     os.write(w, b"z" * BS)
     reader.join(30)
