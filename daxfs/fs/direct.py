@@ -438,14 +438,7 @@ class DirectIO:
             self.bdev.readinto(addr, view if length == n else view[:length])
         except OSError as exc:
             error = exc
-        with inode.lock:
-            inode.layouts.ranges.unlock(token)  # type: ignore[union-attr]
-        if error is not None:
-            self.stats["failed"] += 1
-            raise error
-        if result < length:
-            view[result:length] = bytes(length - result)
-        return result
+        return self._lean_end(inode, token, view, error, length, result)
 
     def _lean_finish(
         self,
@@ -476,6 +469,20 @@ class DirectIO:
                 self.bdev._fast_failed(False, addr, target, got, 0)  # type: ignore[attr-defined]
         except OSError as exc:
             error = exc
+        return self._lean_end(inode, token, view, error, length, result)
+
+    def _lean_end(
+        self,
+        inode: Inode,
+        token: RangeToken,
+        view: memoryview,
+        error: OSError | None,
+        length: int,
+        result: int,
+    ) -> int:
+        """The end of a lean read, after its I/O: the range released, then the I/O's
+        ``error`` raised, or the bytes past the end of file (``result`` up to
+        ``length``) zeroed and ``result`` returned."""
         with inode.lock:
             inode.layouts.ranges.unlock(token)  # type: ignore[union-attr]
         if error is not None:
