@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from daxfs.errors import IOFailure, NoSpace
+from daxfs.fs import fastcreate
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mkfs, mount
 from daxfs.testing.crash import DEFAULT_SIZE, Snapshot, snapshot
@@ -200,11 +201,19 @@ def failing_allocations(
     """Fail the ``nth`` allocation (of blocks or of an inode) made by ``fs`` while inside.
 
     Blocks are counted at ``Allocator.alloc`` and ``alloc_one``, inodes at
-    ``InodeTable.allocate``; a call made by another counted call (an inode
-    allocation that grows the inode file) is part of it.
+    ``InodeTable.allocate`` and at the create fast path (``fastcreate.create``,
+    which takes an inode without ``allocate``; a create it refuses counts again at
+    ``allocate``); a call made by another counted call (an inode allocation that
+    grows the inode file) is part of it.
     """
     fault = Fault("alloc", nth, persistent, error)
-    with _counting(fault, [(fs.alloc, "alloc"), (fs.alloc, "alloc_one"), (fs.itable, "allocate")]):
+    targets: list[tuple[object, str]] = [
+        (fs.alloc, "alloc"),
+        (fs.alloc, "alloc_one"),
+        (fs.itable, "allocate"),
+        (fastcreate, "create"),
+    ]
+    with _counting(fault, targets):
         yield fault
 
 
