@@ -111,6 +111,8 @@ from daxfs.block.device import BlockDevice
 from daxfs.errors import InvalidArgument, ReadOnly
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from typing_extensions import Buffer
 
 PAGE_SIZE = 4096
@@ -584,6 +586,29 @@ class AddressSpace:
             OSError: reading a partly written page, writing back to make room, or
                 the sync failed (EIO naming the bytes).
         """
+        with self._writing(offset, data) as (flat, end):
+            pool = self.pool
+            piece = max(PAGE_SIZE, (pool.nslots // 4) << PAGE_SHIFT)
+            pos = offset
+            while pos < end:
+                stop = min(end, (pos // piece + 1) * piece)
+                self._write_piece(pos, flat[pos - offset : stop - offset])
+                pos = stop
+            done = max(0, end - offset)
+            if sync and done:
+                self.sync(offset, done)
+            return done
+
+    @contextlib.contextmanager
+    def _writing(self, offset: int, data: Buffer) -> Iterator[tuple[memoryview, int]]:
+        """The start of every write (``write``, ``write_through``): EROFS if the backing
+        is read-only, ``data`` as bytes and ``offset`` checked, then -- with the
+        pool's lock held and the pool open -- the bytes and the end the object's
+        size cuts them at.
+
+        Raises:
+            InvalidArgument (EINVAL): a negative offset; ReadOnly (EROFS).
+        """
         if self.backing.readonly:
             raise ReadOnly(f"{self.backing.name} is read-only", self.backing.name)
         with memoryview(data) as src, src.cast("B") as flat:
@@ -591,17 +616,7 @@ class AddressSpace:
             pool = self.pool
             with pool.lock:
                 pool._check_open()
-                end = min(offset + len(flat), self.backing.size)
-                piece = max(PAGE_SIZE, (pool.nslots // 4) << PAGE_SHIFT)
-                pos = offset
-                while pos < end:
-                    stop = min(end, (pos // piece + 1) * piece)
-                    self._write_piece(pos, flat[pos - offset : stop - offset])
-                    pos = stop
-                done = max(0, end - offset)
-                if sync and done:
-                    self.sync(offset, done)
-                return done
+                yield flat, min(offset + len(flat), self.backing.size)
 
     def _write_piece(self, offset: int, data: memoryview) -> None:
         """Caller must hold the lock; nothing changes if this raises."""
@@ -652,28 +667,22 @@ class AddressSpace:
             OSError: reading a partly covered page, or the write-back, failed
                 (naming the bytes); what the backing raises.
         """
-        if self.backing.readonly:
-            raise ReadOnly(f"{self.backing.name} is read-only", self.backing.name)
-        with memoryview(data) as src, src.cast("B") as flat:
-            _check(offset, len(flat))
+        with self._writing(offset, data) as (flat, end):
+            if end <= offset:
+                return 0
             pool = self.pool
-            with pool.lock:
-                pool._check_open()
-                end = min(offset + len(flat), self.backing.size)
-                if end <= offset:
-                    return 0
-                first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
-                try:
-                    if last - first < max(1, pool.nslots // 4):
-                        self._write_piece(offset, flat[: end - offset])
-                        self._write_folios([self.folios[i] for i in range(first, last + 1)])
-                    else:
-                        self._write_bounced(offset, flat[: end - offset])
-                except BaseException:
-                    self._forget_pages(first, last + 1)
-                    raise
-                pool.stats.extra["write_through"] = pool.stats.extra.get("write_through", 0) + 1
-                return end - offset
+            first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+            try:
+                if last - first < max(1, pool.nslots // 4):
+                    self._write_piece(offset, flat[: end - offset])
+                    self._write_folios([self.folios[i] for i in range(first, last + 1)])
+                else:
+                    self._write_bounced(offset, flat[: end - offset])
+            except BaseException:
+                self._forget_pages(first, last + 1)
+                raise
+            pool.stats.extra["write_through"] = pool.stats.extra.get("write_through", 0) + 1
+            return end - offset
 
     def _write_bounced(self, offset: int, data: memoryview) -> None:
         """``write_through`` of a range too large for the pool: the edge pages (cached
