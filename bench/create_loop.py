@@ -25,6 +25,7 @@ of the two trees' daxfs medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -32,11 +33,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from common import Timing, gc_paused, median_ns_per_op_interleaved
-from fs import SHM, create_loop, dax_namespace, os_namespace, populate
+from fs import SHM, Namespace, create_loop, dax_namespace, os_namespace, populate
 
 import daxfs
 
@@ -52,10 +53,32 @@ def worker(args: argparse.Namespace) -> int:
     with the batch's ns per create; "ready" once set up."""
     clock = time.thread_time_ns if args.cpu else time.perf_counter_ns
     n, size = args.entries, args.batch_size
-    work = Path(tempfile.mkdtemp(prefix="daxfs-create-ab-", dir=SHM))
+    with filled_sides("daxfs-create-ab-", n, image_size(n, 2 * args.batches, size)) as sides:
+        loops: dict[str, Callable[[int], None]] = {
+            "dax": create_loop(sides[0]),
+            "tmpfs": create_loop(sides[1]),
+        }
+        with gc_paused():
+            for loop in loops.values():
+                loop(2 * size)  # the warm-up
+            print("ready", flush=True)
+            for line in sys.stdin:
+                loop = loops[line.strip()]
+                start = clock()
+                loop(size)
+                print((clock() - start) / size, flush=True)
+    return 0
+
+
+@contextlib.contextmanager
+def filled_sides(prefix: str, n: int, image_bytes: int) -> Iterator[list[Namespace]]:
+    """A daxfs image of ``image_bytes`` mounted and a tmpfs directory, in a new
+    directory on /dev/shm named from ``prefix``, each with a directory of ``n``
+    files: [daxfs's, tmpfs's]; unmounted and removed after."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=SHM))
     try:
         image = work / "image.daxfs"
-        daxfs.mkfs(image, image_size(n, 2 * args.batches, size))
+        daxfs.mkfs(image, image_bytes)
         fs = daxfs.mount(image, persist="cpu")
         try:
             fs.mkdir("/d")
@@ -63,24 +86,11 @@ def worker(args: argparse.Namespace) -> int:
             sides = [dax_namespace(fs, "/d"), os_namespace(str(work / "tmpfs"))]
             for ns in sides:
                 populate(ns, n)
-            loops: dict[str, Callable[[int], None]] = {
-                "dax": create_loop(sides[0]),
-                "tmpfs": create_loop(sides[1]),
-            }
-            with gc_paused():
-                for loop in loops.values():
-                    loop(2 * size)  # the warm-up
-                print("ready", flush=True)
-                for line in sys.stdin:
-                    loop = loops[line.strip()]
-                    start = clock()
-                    loop(size)
-                    print((clock() - start) / size, flush=True)
+            yield sides
         finally:
             fs.unmount()
     finally:
         shutil.rmtree(work)
-    return 0
 
 
 def against(args: argparse.Namespace) -> int:
@@ -156,27 +166,13 @@ def main() -> int:
     n, size = args.entries, args.batch_size
     # every batch ``size`` creates: the warm-up doubles up to max_ops, never reaching batch_ns
     timing = Timing(batch_ns=1 << 62, batches=args.batches, passes=1)
-    work = Path(tempfile.mkdtemp(prefix="daxfs-create-", dir=SHM))
-    try:
-        image = work / "image.daxfs"
-        daxfs.mkfs(image, image_size(n, args.batches, size))
-        fs = daxfs.mount(image, persist="cpu")
-        try:
-            fs.mkdir("/d")
-            (work / "tmpfs").mkdir()
-            sides = [dax_namespace(fs, "/d"), os_namespace(str(work / "tmpfs"))]
-            for ns in sides:
-                populate(ns, n)
-            d, h = median_ns_per_op_interleaved(
-                [create_loop(ns) for ns in sides],
-                timing=timing,
-                max_ops=size,
-                clock=time.thread_time_ns if args.cpu else time.perf_counter_ns,
-            )
-        finally:
-            fs.unmount()
-    finally:
-        shutil.rmtree(work)
+    with filled_sides("daxfs-create-", n, image_size(n, args.batches, size)) as sides:
+        d, h = median_ns_per_op_interleaved(
+            [create_loop(ns) for ns in sides],
+            timing=timing,
+            max_ops=size,
+            clock=time.thread_time_ns if args.cpu else time.perf_counter_ns,
+        )
     clock = "thread CPU time" if args.cpu else "wall time"
     print(
         f"create+close, dir of {n:,}: daxfs {d / 1e3:.1f} us, os.open+os.close tmpfs "
