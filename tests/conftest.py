@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from daxfs.fs import _commit
+
 SHM = Path("/dev/shm")
 
 
@@ -19,3 +21,11 @@ def shm_path(tmp_path: Path) -> Iterator[Path]:
     path = SHM / f"daxfs-test-{os.getpid()}-{tmp_path.name}.img"
     yield path
     path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def unplant() -> Iterator[None]:
+    """No missing flush stays planted in the C commit after the test
+    (``tests.helpers.missing_flush``)."""
+    yield
+    _commit.plant_missing_flush(0)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import daxfs
 from daxfs.errors import NoSpace
+from daxfs.fs import _commit
 from daxfs.fs.layout import BLOCK_SIZE
 from daxfs.testing import SimulatedPmem
 
@@ -77,3 +78,21 @@ def fill(fs: daxfs.FileSystem, leave: int = 0) -> None:
             f.pwrite(b"p" * BLOCK_SIZE, 2 * k * BLOCK_SIZE)
             k += 1
     assert fs.statvfs().f_bavail == leave
+
+
+def missing_flush(
+    n: int, op: Callable[[daxfs.FileSystem], object]
+) -> Callable[[daxfs.FileSystem], None]:
+    """``op`` run with the n-th device write of the C commit left unflushed
+    (``_commit.plant_missing_flush``; 0 plants nothing), unplanted after, so that a
+    crash test of it shows whether the simulator sees the C commit's stores.  The
+    ``unplant`` fixture (tests/conftest.py) unplants after a test that raised."""
+
+    def planted(fs: daxfs.FileSystem) -> None:
+        _commit.plant_missing_flush(n)
+        try:
+            op(fs)
+        finally:
+            _commit.plant_missing_flush(0)
+
+    return planted

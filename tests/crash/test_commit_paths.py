@@ -8,13 +8,14 @@ path on purpose (``_commit.plant_missing_flush``) makes a crash test fail.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from daxfs.fs import _commit, journal
+from daxfs.fs import journal
 from daxfs.fs.filesystem import FileSystem
 from daxfs.testing.crash import CrashCheckFailed, CrashReport, check_operation
+from tests.helpers import missing_flush
 
 BLOCK = 4096
 DATA = (bytes(range(256)) * 64)[:15000]  # ends inside its fourth block
@@ -70,30 +71,12 @@ def test_crash_at_every_fence_of_an_overwrite(name: str, native: bool) -> None:
     assert report.after_seen >= 1
 
 
-@pytest.fixture
-def planted() -> Iterator[Callable[[int], None]]:
-    def plant(n: int) -> None:
-        _commit.plant_missing_flush(n)
-
-    yield plant
-    _commit.plant_missing_flush(0)
-
-
 def planted_op(n: int, writes: tuple[tuple[bytes, int], ...]) -> Step:
     """The overwrites, with the n-th device write of the C commit left unflushed."""
-    inner = pwrites(*writes, native=True)
-
-    def op(fs: FileSystem) -> None:
-        _commit.plant_missing_flush(n)
-        try:
-            inner(fs)
-        finally:
-            _commit.plant_missing_flush(0)
-
-    return op
+    return missing_flush(n, pwrites(*writes, native=True))
 
 
-@pytest.mark.usefixtures("planted")
+@pytest.mark.usefixtures("unplant")
 def test_a_missing_flush_of_the_log_fails_a_crash_test() -> None:
     """The log (the C commit's first write) left in the CPU cache: at the commit
     fence the header is durable and its log is not; a crash then tears the
@@ -102,7 +85,7 @@ def test_a_missing_flush_of_the_log_fails_a_crash_test() -> None:
         check_operation(base, planted_op(1, CASES["across blocks"]), states_per_fence=16)
 
 
-@pytest.mark.usefixtures("planted")
+@pytest.mark.usefixtures("unplant")
 def test_a_missing_flush_of_applied_data_fails_a_crash_test() -> None:
     """The data applied in place but not flushed (the third write): applied_seq,
     flushed after it, may reach the media without the data; recovery then

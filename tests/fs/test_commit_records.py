@@ -17,21 +17,21 @@ records, superblock counters) and hands steps 2-7 to C.  Proved here:
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import daxfs
 from daxfs.errors import InvalidArgument, IOFailure, ReadOnly
-from daxfs.fs import _commit, journal
+from daxfs.fs import journal
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.journal import TransactionTooLarge
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.crash import CrashCheckFailed, check_operation
 from daxfs.testing.faults import FaultyPmem
 from tests.fs.test_commit import RecordingPmem, run
-from tests.helpers import SIZE, formatted
+from tests.helpers import SIZE, formatted, missing_flush
 
 
 def workload(fs: FileSystem) -> None:
@@ -230,19 +230,9 @@ def planted(n: int) -> Callable[[FileSystem], None]:
 
     def op(fs: FileSystem) -> None:
         assert fs.journal.committer is not None
-        _commit.plant_missing_flush(n)
-        try:
-            fs.open("/d/new", "xb").close()
-        finally:
-            _commit.plant_missing_flush(0)
+        fs.open("/d/new", "xb").close()
 
-    return op
-
-
-@pytest.fixture
-def unplant() -> Iterator[None]:
-    yield
-    _commit.plant_missing_flush(0)
+    return missing_flush(n, op)
 
 
 @pytest.mark.usefixtures("unplant")

@@ -24,19 +24,19 @@ import dataclasses
 import errno
 import random
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 import daxfs
-from daxfs.fs import _commit, fastcreate, journal
+from daxfs.fs import fastcreate, journal
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.inode import Inode
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.crash import CrashCheckFailed, check_operation
 from daxfs.testing.faults import FaultyPmem
 from tests.fs.test_commit import RecordingPmem
-from tests.helpers import SIZE, formatted
+from tests.helpers import SIZE, formatted, missing_flush
 
 
 @pytest.fixture
@@ -307,20 +307,7 @@ def test_crash_at_every_fence_of_a_fast_create(path: str) -> None:
 
 
 def planted(n: int) -> Callable[[FileSystem], None]:
-    def op(fs: FileSystem) -> None:
-        _commit.plant_missing_flush(n)
-        try:
-            fast_op("/d/new")(fs)
-        finally:
-            _commit.plant_missing_flush(0)
-
-    return op
-
-
-@pytest.fixture
-def unplant() -> Iterator[None]:
-    yield
-    _commit.plant_missing_flush(0)
+    return missing_flush(n, fast_op("/d/new"))
 
 
 @pytest.mark.usefixtures("unplant")
