@@ -7,7 +7,10 @@ every result is compared with a model, a ``bytearray`` that holds what the
 file must contain (its length is the file size).  The operations are those
 of the data path:
 
-    read        pread at any offset (past EOF too), compared with the model
+    read        pread at any offset (past EOF too), compared with the model;
+                then the same bytes again through preadinto and, inside one
+                page, pread (on a bounded mount: re-reads of the pages just
+                cached, ``FileCache.readinto_hit`` and ``pread_hit``)
     write       pwrite of random bytes: unaligned, large (copy-on-write past
                 256 KiB), beyond EOF (a hole, then data)
     truncate    grow or shrink
@@ -27,15 +30,22 @@ of the data path:
                 the data (or EOF)
     dread       a direct read (``direct=True``: bios straight into an aligned
                 buffer on a block device, daxfs.fs.direct; DAX itself on pmem)
-                of a 512-byte-aligned range, past EOF too
-    dwrite      a direct write of a 512-byte-aligned range: into holes,
+                of a 512-byte-aligned range, past EOF too; then its last and
+                first logical blocks again (their extents cached: the lean read)
+    dwrite      a direct write of a 512-byte-aligned range (its first page read
+                through the buffered File before and after: cached, on a
+                bounded mount, and the write must be seen there): into holes,
                 unwritten extents (zeros for the rest of a partly written
                 block), past EOF; crashes are injected into it as into write
     aio         two to four direct writes of disjoint aligned pieces in flight
                 at once (``submit_write``), then reads of them in flight
                 (``submit_read``) and in one call (``preadinto_many``), compared
 
-and those of the device and mount:
+and those of the device and mount (``FsxOptions.uring``: the file system on
+an image file opened through io_uring, so that direct reads take the C lean
+read, ``_direct.LeanRead``, and ``submit_read`` the device's C path,
+``_uring.BioRing``; a real file cannot lose power, so no crash or powercut
+there):
 
     remount     close, unmount, fsck (must be clean), mount, reopen: the file
                 and a neighbour file of known contents must be intact (every
@@ -72,11 +82,14 @@ import gc
 import itertools
 import os
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, cast
 
 from daxfs.block.device import BlockDevice
+from daxfs.block.file import open_block
 from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 from daxfs.fs.direct import aligned_buffer
 from daxfs.fs.fsck import fsck
@@ -229,6 +242,11 @@ class FsxOptions:
     #: with ``block``: every mount bounded by this ``cache_size`` (a lazily loaded cache,
     #: file data through a page cache of that size: daxfs.pagecache.bounded)
     cache_size: str | None = None
+    #: run on an image file (in /dev/shm, else the temporary directory) opened as a
+    #: FileBlockDevice on io_uring (the C lean read with a whole-device cache; the
+    #: BioRing; with ``cache_size``, the page cache over the file's direct I/O); no
+    #: crashes or power cuts (a real file cannot lose power)
+    uring: bool = False
 
 
 #: the simulated devices fsx can crash
@@ -255,9 +273,15 @@ class Fsx:
         self.seed = seed
         self.options = options or FsxOptions()
         self.rng = random.Random(seed)
+        #: the scratch directory of an image made for ``FsxOptions.uring`` (removed by
+        #: ``dispose``), and its device
+        self._scratch: str | None = None
         if device is None:
             size = self.options.device_size
-            device = SimulatedBlockDevice(size) if self.options.block else SimulatedPmem(size)
+            if self.options.uring:
+                device = self._uring_device(size)
+            else:
+                device = SimulatedBlockDevice(size) if self.options.block else SimulatedPmem(size)
             mkfs(device)
         self.dev = device
         self.can_crash = isinstance(device, Crashable)
@@ -309,6 +333,37 @@ class Fsx:
         report = fsck(self.dev)
         if not report.clean:
             raise self._failure(f"fsck at the end:\n{report}", len(self.ops) - 1)
+
+    def _uring_device(self, size: int) -> BlockDevice:
+        """An image file of ``size`` bytes in a scratch directory, opened on io_uring.
+
+        Raises:
+            NotSupported (EOPNOTSUPP): io_uring cannot be set up here.
+        """
+        root = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self._scratch = tempfile.mkdtemp(prefix="daxfs-fsx-", dir=root)
+        try:
+            path = os.path.join(self._scratch, "image")
+            return open_block(path, size, create=True, engine="io_uring")
+        except BaseException:
+            self.dispose()
+            raise
+
+    def dispose(self) -> None:
+        """Give back what ``FsxOptions.uring`` made (after ``close``, or after a failure:
+        then the mount is dropped first): the device closed, its directory removed."""
+        if self._scratch is None:
+            return
+        fs = getattr(self, "fs", None)
+        if fs is not None and fs.mounted:
+            with contextlib.suppress(BaseException):
+                for file in fs.open_files():
+                    file.close()
+                fs.unmount()
+        with contextlib.suppress(BaseException):
+            self.dev.close()  # type: ignore[union-attr]
+        shutil.rmtree(self._scratch, ignore_errors=True)
+        self._scratch = None
 
     def step(self, op: Op) -> None:
         """Run one operation and check it."""
@@ -449,6 +504,13 @@ class Fsx:
     def _op_read(self, op: Op) -> None:
         got = self.f.pread(op.length, op.offset)
         self._expect(got, op.offset, op.length, "pread")
+        # again, from the pages the read just cached on a bounded mount (readinto_hit,
+        # and pread_hit inside one page); the same checks on any other mount
+        into = bytearray(op.length)
+        n = self.f.preadinto(into, op.offset)
+        self._expect(bytes(into[:n]), op.offset, op.length, "preadinto")
+        if op.length and op.offset // PAGE == (op.offset + op.length - 1) // PAGE:
+            self._expect(self.f.pread(op.length, op.offset), op.offset, op.length, "pread again")
 
     def _op_write(self, op: Op) -> bytearray:
         data = random.Random(op.seed).randbytes(op.length)
@@ -465,18 +527,37 @@ class Fsx:
         buf = memoryview(aligned_buffer(max(op.length, 1)))[: op.length]
         with self._direct() as d:
             got = d.preadinto(buf, op.offset)
-        self._expect(bytes(buf[:got]), op.offset, op.length, "direct read")
+            self._expect(bytes(buf[:got]), op.offset, op.length, "direct read")
+            # the last and the first logical block again: the extent the read looked up
+            # is cached now, so on io_uring these take the C lean read (_direct.LeanRead)
+            for at in (op.offset + op.length - DIRECT_ALIGN, op.offset):
+                if op.length >= DIRECT_ALIGN and at < len(self.model):
+                    one = memoryview(aligned_buffer(DIRECT_ALIGN))
+                    got = d.preadinto(one, at)
+                    self._expect(bytes(one[:got]), at, DIRECT_ALIGN, "direct re-read")
 
     def _op_dwrite(self, op: Op) -> bytearray:
         data = random.Random(op.seed).randbytes(op.length)
         buf = memoryview(aligned_buffer(op.length))
         buf[:] = data
+        # the range's first page read through the buffered File before and after: on a
+        # bounded mount it is cached, and only its space's stamp can tell the page
+        # cache that the direct write changed it (daxfs.fs.filecache)
+        head = min(op.length, PAGE - op.offset % PAGE)
+        if head and op.offset < len(self.model):
+            self._expect(self.f.pread(head, op.offset), op.offset, head, "pread before dwrite")
         with self._direct() as d:
             n = d.pwrite(buf, op.offset)
         if n != len(data):
             raise _Mismatch(f"direct pwrite wrote {n} of {len(data)} bytes")
         self.stats.bytes_written += n
-        return _written(self.model, op.offset, data)
+        new = _written(self.model, op.offset, data)
+        got, want = self.f.pread(head, op.offset), bytes(new[op.offset : op.offset + head])
+        if got != want:
+            raise _Mismatch(
+                f"pread after dwrite of [{op.offset}, +{head}): {_diff(got, want, op.offset)}"
+            )
+        return new
 
     def _op_aio(self, op: Op) -> bytearray:
         pieces = _aio_pieces(op)
@@ -867,11 +948,14 @@ def run(
     deadline = None if seconds is None else time.monotonic() + seconds
     fsx = Fsx(seed, options, device=device, directory=directory)
     try:
-        stats = fsx.run(ops, deadline)
-        fsx._check_all("at the end")
-    except _Mismatch as exc:
-        raise fsx._failure(str(exc), len(fsx.ops) - 1) from None
-    fsx.close()
+        try:
+            stats = fsx.run(ops, deadline)
+            fsx._check_all("at the end")
+        except _Mismatch as exc:
+            raise fsx._failure(str(exc), len(fsx.ops) - 1) from None
+        fsx.close()
+    finally:
+        fsx.dispose()
     return stats
 
 
@@ -882,8 +966,11 @@ def replay(ops: Sequence[Op], *, seed: int = 0, options: FsxOptions | None = Non
         FsxFailure.
     """
     fsx = Fsx(seed, options)
-    stats = fsx.run_ops(ops)
-    fsx.close()
+    try:
+        stats = fsx.run_ops(ops)
+        fsx.close()
+    finally:
+        fsx.dispose()
     return stats
 
 
@@ -952,8 +1039,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run on a simulated block device (the filesystem through its buffer cache)",
     )
+    parser.add_argument(
+        "--uring",
+        action="store_true",
+        help="run on an image file through io_uring (the C read paths; no crashes)",
+    )
+    parser.add_argument(
+        "--cache-size",
+        default=None,
+        help="with --block or --uring: mount bounded by this cache_size (the page cache)",
+    )
     args = parser.parse_args(argv)
-    options = FsxOptions(block=args.block)
+    options = FsxOptions(block=args.block, uring=args.uring, cache_size=args.cache_size)
     for item in args.weight:
         kind, _, value = item.partition("=")
         if kind not in WEIGHTS or not value.isdigit():
