@@ -2,7 +2,7 @@
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.daxfs-installed
-SRC    := pyproject.toml setup.py daxfs/pmem/_native.c daxfs/pmem/_persist.h daxfs/pmem/_pyutil.h daxfs/mm/_vm.c daxfs/fuse/_tap.c daxfs/fs/_commit.c daxfs/fs/_stat.c daxfs/fs/_create.c daxfs/fs/_copy.c daxfs/fs/_direct.c daxfs/fs/_media.h daxfs/block/_uring.c scripts/bootstrap.sh
+SRC    := pyproject.toml setup.py daxfs/pmem/_native.c daxfs/pmem/_persist.h daxfs/pmem/_pyutil.h daxfs/mm/_vm.c daxfs/fuse/_tap.c daxfs/fs/_commit.c daxfs/fs/_stat.c daxfs/fs/_create.c daxfs/fs/_copy.c daxfs/fs/_direct.c daxfs/pagecache/_hit.c daxfs/fs/_media.h daxfs/block/_uring.c scripts/bootstrap.sh
 
 .PHONY: demo test lint bench test-slow format clean
 

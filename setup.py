@@ -71,6 +71,15 @@ setup(
             extra_compile_args=FLAGS,
             optional=True,
         ),
+        # the re-read of a file's cached pages (daxfs.fs.filecache; optional: the Python
+        # reference, filecache.HitReader)
+        Extension(
+            "daxfs.pagecache._hit",
+            sources=["daxfs/pagecache/_hit.c"],
+            depends=["daxfs/pmem/_pyutil.h", "daxfs/pmem/_persist.h"],
+            extra_compile_args=FLAGS,
+            optional=True,
+        ),
         # the io_uring engine of the file block device (daxfs.block.uring); optional: without
         # liburing (Debian liburing-dev) it is not built and the engine reports unavailable
         Extension(

@@ -127,6 +127,16 @@ def _writable_bytes(buffer: Buffer) -> memoryview:
     return view.cast("B")
 
 
+class FastReader(Protocol):
+    """The read fast path (``File._reader``): ``ExtentReader`` on DAX (daxfs/pmem/_native.c),
+    the page cache's ``HitReader`` on a bounded mount (daxfs.fs.filecache); None is a
+    miss (the full path then)."""
+
+    def pread(self, inode: object, n: object, offset: object, /) -> bytes | None: ...
+
+    def preadinto(self, inode: object, buffer: object, offset: object, /) -> int | None: ...
+
+
 class Owner(Protocol):
     """What a File needs from its filesystem."""
 
@@ -225,7 +235,7 @@ class File(io.RawIOBase):
         self._open = True
         #: the read fast path while the file is open for reading (None: closed, not
         #: readable, or no C reader for the device); see "The read fast path" above
-        self._reader = owner.data.reader if readable else None
+        self._reader: FastReader | None = owner.data.reader if readable else None
         journal = owner.data.journal
         #: the pwrite fast path (Committer.pwrite) while the file is open for writing,
         #: not in append mode (None: closed, or no C commit); see "The pwrite fast path"
@@ -240,8 +250,9 @@ class File(io.RawIOBase):
         #: the mount's page cache of files (a mount bounded by cache_size): buffered I/O
         #: of this file goes through the file's address space (daxfs.fs.filecache)
         self._fcache = None if direct else file_cache(owner.data, owner.direct)
-        if self._fcache is not None:
-            self._reader = self._writer = None
+        if self._fcache is not None:  # the reader: the re-read of the space's cached pages
+            self._reader = self._fcache.reader if readable else None
+            self._writer = None
         #: this File's asynchronous requests in flight (close waits for them); None
         #: until the first (made under _inflight_lock)
         self._inflight: set[Future[int]] | None = None
@@ -320,13 +331,6 @@ class File(io.RawIOBase):
                 if got is not None:
                     self._pos += got
                     return got
-        fc = self._fcache
-        if fc is not None and self._open and self._readable:  # cached pages: one copy each
-            with inode.lock:
-                got = fc.readinto_hit(inode, buffer, self._pos)
-                if got is not None:
-                    self._pos += got
-                    return got
         self._check_read()
         view = _writable_bytes(buffer)
         if self._dio is not None:
@@ -367,8 +371,20 @@ class File(io.RawIOBase):
         return out
 
     def readall(self) -> bytes:
+        """The bytes from the position to the end of file.
+
+        Raises:
+            ClosedFile, UnsupportedIO (EBADF): closed, or not open for reading.
+        """
         self._check_read()
         inode = self.inode
+        reader = self._reader
+        if reader is not None:  # the fast path, as read(n) (the size read under the lock)
+            with inode.lock:
+                data = reader.pread(inode, max(0, inode.rec.size - self._pos), self._pos)
+                if data is not None:
+                    self._pos += len(data)
+                    return data
         if self._dio is not None:  # up to the end of file, in a length the alignment allows
             align = self._dio.alignment
             data = self._direct_bytes(
@@ -423,11 +439,6 @@ class File(io.RawIOBase):
             data = reader.pread(self.inode, n, offset)
             if data is not None:
                 return data
-        fc = self._fcache
-        if fc is not None and self._open and self._readable:  # a re-read of a cached page
-            data = fc.pread_hit(self.inode, n, offset)
-            if data is not None:
-                return data
         self._check_read()
         self._offset(n, "length")
         self._offset(offset)
@@ -460,11 +471,6 @@ class File(io.RawIOBase):
                     raise
             if done is not None:
                 return done
-        fc = self._fcache
-        if fc is not None and self._open and self._readable:  # cached pages: one copy each
-            got = fc.readinto_hit(self.inode, buffer, offset)
-            if got is not None:
-                return got
         self._check_read()
         self._offset(offset)
         view = _writable_bytes(buffer)

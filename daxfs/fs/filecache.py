@@ -83,9 +83,14 @@ from daxfs.errors import NoSpace
 from daxfs.fs.data import MAX_FILE_SIZE, MAX_IO, DataPath
 from daxfs.fs.direct import DirectIO, TooFragmented
 from daxfs.fs.inode import Inode
-from daxfs.fs.layout import BLOCK_SIZE
+from daxfs.fs.layout import BLOCK_SIZE, InodeRecord
 from daxfs.iomap import IomapFlags, IomapType
-from daxfs.pagecache.cache import PAGE_SHIFT, PAGE_SIZE, AddressSpace, PageCache
+from daxfs.pagecache.cache import PAGE_SHIFT, PAGE_SIZE, AddressSpace, Folio, PageCache
+
+try:  # the re-read in C (optional: HitReader below is the reference)
+    from daxfs.pagecache import _hit
+except ImportError:
+    _hit = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -225,6 +230,136 @@ class FileBacking:
         """Nothing: every ``write_pages`` was durable when it returned."""
 
 
+class HitReader:
+    """The re-read of a file's cached pages in one call: ``File``'s reader on a bounded
+    mount (``File._reader``: ``pread``, ``preadinto``, ``read``, ``readinto`` and
+    ``readall`` call it first), the reference of its C form ``_hit.HitReader``
+    (daxfs/pagecache/_hit.c; tests/pagecache/test_hit.py holds the two to the same
+    answer).
+
+    A call answers when the inode's space's stamp matches (invariant 2) and every
+    page of the range, clamped to the end of file, is a settled folio (no
+    readahead in flight, no readahead marker): the bytes (the count), the hits
+    counted, the folios referenced, the space's next sequential page noted -- as
+    ``AddressSpace.readinto`` does; at or past the end of file b"" (0).  Anything
+    else is a miss, None, with no effect: the caller takes the full path
+    (``FileCache.read``), which raises what the arguments call for.  No I/O.
+
+    Why the routing need not be checked here: mapping or pinning a file through a
+    File of the page cache empties its space first (``File._routed``), and every
+    other change of the file's data changes its ctime (the stamp).
+    """
+
+    #: the most pages one call copies (as _hit.c's MAX_PAGES)
+    MAX_PAGES = 256
+
+    def __init__(self, spaces: dict[int, _Entry], pool: PageCache) -> None:
+        self._spaces = spaces
+        self.pool = pool
+
+    def _found(self, inode: Inode, pos: int, n: int) -> tuple[_Entry, int] | None:
+        """With ``inode.lock`` held: the entry whose stamp matches, and the range's end
+        clamped to the size; None on a miss."""
+        rec = inode.rec
+        entry = self._spaces.get(inode.ino)
+        if entry is None or entry.inode is not inode or entry.rec is not rec:
+            return None
+        if entry.ctime != rec.ctime_ns:  # (every change of size or mtime changes ctime too)
+            return None
+        return entry, min(pos + n, rec.size)
+
+    def _copy(self, entry: _Entry, pos: int, end: int, dst: memoryview) -> bool:
+        """Copy ``[pos, end)`` into ``dst`` if every page of it is settled and cached;
+        with ``inode.lock`` held.  False on a miss (nothing copied)."""
+        pool = self.pool
+        first, last = pos >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        if last - first >= self.MAX_PAGES:
+            return False
+        with pool.lock:
+            if pool._arena is None:
+                return False
+            folios = entry.folios
+            found = [folios.get(i) for i in range(first, last + 1)]
+            for folio in found:
+                if folio is None or folio.io is not None or folio.mark:
+                    return False
+            mem = pool._mem
+            at = pos
+            for folio in found:
+                assert folio is not None
+                lo = at - (folio.index << PAGE_SHIFT)
+                k = min(PAGE_SIZE - lo, end - at)
+                src = (folio.slot << PAGE_SHIFT) + lo
+                dst[at - pos : at - pos + k] = mem[src : src + k]
+                folio.referenced = True
+                at += k
+            pool.stats.hits += len(found)
+            entry.space._ra_next = last + 1
+            return True
+
+    def pread(self, inode: object, n: object, pos: object, /) -> bytes | None:
+        """Up to ``n`` bytes at ``pos``, or None on a miss."""
+        if type(inode) is not Inode or type(n) is not int or type(pos) is not int:
+            return None
+        if n < 0 or pos < 0 or not inode.lock_made():
+            return None
+        with inode.lock:
+            found = self._found(inode, pos, n)
+            if found is None:
+                return None
+            entry, end = found
+            if end <= pos:
+                return b""
+            index = pos >> PAGE_SHIFT
+            if (end - 1) >> PAGE_SHIFT == index:  # one page: sliced straight to bytes
+                pool = self.pool
+                with pool.lock:
+                    folio = entry.folios.get(index)
+                    arena = pool._arena
+                    if folio is None or folio.io is not None or folio.mark or arena is None:
+                        return None
+                    pool.stats.hits += 1
+                    folio.referenced = True
+                    entry.space._ra_next = index + 1
+                    base = (folio.slot - index) << PAGE_SHIFT
+                    return arena[base + pos : base + end]
+            out = bytearray(end - pos)
+            return bytes(out) if self._copy(entry, pos, end, memoryview(out)) else None
+
+    def preadinto(self, inode: object, buffer: object, pos: object, /) -> int | None:
+        """Fill ``buffer`` (a writable contiguous buffer) from ``pos``: the bytes copied,
+        or None on a miss."""
+        if type(inode) is not Inode or type(pos) is not int or pos < 0:
+            return None
+        try:
+            view = memoryview(buffer)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+        with view:
+            if view.readonly or not view.c_contiguous or not inode.lock_made():
+                return None
+            with view.cast("B") as dst, inode.lock:
+                found = self._found(inode, pos, len(dst))
+                if found is None:
+                    return None
+                entry, end = found
+                if end <= pos:
+                    return 0
+                return end - pos if self._copy(entry, pos, end, dst) else None
+
+
+def hit_reader(spaces: dict[int, _Entry], pool: PageCache, *, native: bool = True) -> HitReader:
+    """The C ``_hit.HitReader`` over ``spaces`` and ``pool`` when it is built and takes
+    these classes (else TypeError: a field it reads is no longer a ``__slots__``
+    field), otherwise the Python ``HitReader``; ``native=False``: the Python one."""
+    if native and _hit is not None:
+        try:
+            return _hit.HitReader(spaces, pool, Inode, InodeRecord, _Entry, Folio)  # type: ignore[return-value]
+        except TypeError:
+            pass
+    return HitReader(spaces, pool)
+
+
 class FileCache:
     """The address spaces of one mount's regular files; see the module docstring."""
 
@@ -237,6 +372,8 @@ class FileCache:
         self._spaces: dict[int, _Entry] = {}
         self._lock = threading.Lock()
         self._prune_at = 64
+        #: the re-read of cached pages in one call (``File._reader``)
+        self.reader = hit_reader(self._spaces, pool)
         #: writes that went the DataPath way, and why (tests, info)
         self.stats = {"fallback_nospace": 0, "fallback_fragmented": 0, "fallback_large": 0}
 
@@ -311,104 +448,6 @@ class FileCache:
         if n <= 0:
             return 0
         return self.space(inode).readinto(pos, view[:n] if n < len(view) else view)
-
-    def pread_hit(self, inode: Inode, n: int, pos: int) -> bytes | None:
-        """``File.pread``'s fast path: the bytes when ``n`` > 0 bytes at ``pos`` (clamped
-        to the end of file) lie in one cached page of the inode's space and its stamp
-        matches (invariant 2), else None -- then the full path.  No I/O.
-
-        Why the routing need not be checked here: mapping or pinning a file empties
-        its space first, and nothing is cached again until the file is routed (the
-        full path checks), so a page cached now is the file's, whatever the routing.
-        """
-        entry = self._spaces.get(inode.ino)
-        if entry is None or type(n) is not int or type(pos) is not int or n <= 0 or pos < 0:
-            return None
-        index = pos >> PAGE_SHIFT
-        with inode.lock:
-            rec = inode.rec
-            if entry.inode is not inode or entry.rec is not rec or entry.ctime != rec.ctime_ns:
-                return None  # (every change of size or mtime changes ctime too)
-            end = pos + n
-            if end > rec.size:
-                end = rec.size
-                if end <= pos:
-                    return None
-            if (end - 1) >> PAGE_SHIFT != index:
-                return None
-            # AddressSpace.read_hit, inline (a re-read is mostly this method's calls)
-            pool = self.pool
-            with pool.lock:
-                folio = entry.folios.get(index)
-                arena = pool._arena
-                if folio is None or arena is None:
-                    return None
-                pool.stats.hits += 1
-                folio.referenced = True
-                entry.space._ra_next = index + 1
-                base = (folio.slot - index) << PAGE_SHIFT
-                return arena[base + pos : base + end]  # (one copy, straight to bytes)
-
-    def readinto_hit(self, inode: Inode, buffer: Buffer, pos: int) -> int | None:
-        """``File.readinto``/``preadinto``'s fast path: the bytes copied into ``buffer``
-        (a writable one-dimensional byte buffer) from ``pos``, clamped to the end of
-        file, when every page of the range is cached and the stamp matches (as
-        ``pread_hit``), else None -- then the full path, which also raises what the
-        arguments call for.  No I/O.  Caller must not hold the pool's lock.
-        """
-        entry = self._spaces.get(inode.ino)
-        if entry is None or type(pos) is not int or pos < 0:
-            return None
-        view = buffer if type(buffer) is memoryview else None
-        if view is None:
-            try:
-                view = memoryview(buffer)
-            except TypeError:
-                return None
-        n = len(view)
-        if view.readonly or view.ndim != 1 or view.format != "B" or not n:
-            return None
-        with inode.lock:
-            rec = inode.rec
-            if entry.inode is not inode or entry.rec is not rec or entry.ctime != rec.ctime_ns:
-                return None
-            end = pos + n
-            if end > rec.size:
-                end = rec.size
-                if end <= pos:
-                    return None
-            first, last = pos >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
-            pool = self.pool
-            folios = entry.folios
-            with pool.lock:
-                if pool._arena is None:
-                    return None
-                mem = pool._mem
-                if first == last:  # the common case: one page, one copy
-                    folio = folios.get(first)
-                    if folio is None:
-                        return None
-                    src = (folio.slot - first << PAGE_SHIFT) + pos
-                    view[: end - pos] = mem[src : src + end - pos]
-                    folio.referenced = True
-                    pool.stats.hits += 1
-                    entry.space._ra_next = first + 1
-                    return end - pos
-                found = [folios.get(i) for i in range(first, last + 1)]
-                if None in found:
-                    return None
-                at = pos
-                for folio in found:
-                    assert folio is not None
-                    lo = at - (folio.index << PAGE_SHIFT)
-                    k = min(PAGE_SIZE - lo, end - at)
-                    src = (folio.slot << PAGE_SHIFT) + lo
-                    view[at - pos : at - pos + k] = mem[src : src + k]
-                    folio.referenced = True
-                    at += k
-                pool.stats.hits += len(found)
-                entry.space._ra_next = last + 1
-                return end - pos
 
     def read_bytes(self, inode: Inode, pos: int, n: int) -> bytes:
         """``read`` into new bytes (up to ``n``).  Caller must hold ``inode.lock``.

@@ -188,10 +188,11 @@ class BlockBacking:
         self.bdev.flush()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Folio:
     """One cached page: ``slot`` in the arena, ``index`` in its space (``space_id``: the
-    pool knows its spaces weakly, so folios and spaces make no reference cycle)."""
+    pool knows its spaces weakly, so folios and spaces make no reference cycle).
+    (``__slots__``: the C re-read, daxfs.pagecache._hit, reads them.)"""
 
     space_id: int
     index: int
@@ -199,9 +200,16 @@ class Folio:
     dirty: bool = False
     #: hit since it was last considered for eviction (its second chance)
     referenced: bool = False
+    #: the asynchronous readahead that fills the slot (a ``Backing.submit_pages``
+    #: handle), until a reader or a drop settles it (``AddressSpace._settle``): while
+    #: set, the folio's bytes are not valid yet and nothing serves them
+    io: object = None
+    #: Linux's PG_readahead: the first page of an asynchronous readahead window; a
+    #: read that reaches it submits the next window (``AddressSpace._readahead``)
+    mark: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Stats:
     """Counters of a pool (pages unless named otherwise)."""
 

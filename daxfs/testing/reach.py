@@ -14,8 +14,9 @@ unchanged; the counting is Python around it):
                   ``FileBlockDevice.statistics()["async"]`` of the devices that
                   submitted a bio inside the block, read at their close or at the
                   end of the block
-    cache_hits    buffered reads answered by ``FileCache.pread_hit`` or
-                  ``readinto_hit`` (cached pages, no I/O)
+    cache_hits    buffered reads answered by the page cache's hit reader
+                  (``FileCache.reader``, File's ``_reader`` on a bounded mount:
+                  cached pages, no I/O) of a FileCache made inside the block
     cache_reads   buffered reads through the full path (``FileCache.read``,
                   ``read_bytes``: hits and misses)
     cache_misses  runs of pages a buffered read (or a partly covered page of a
@@ -42,7 +43,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from daxfs.block.file import FileBlockDevice
-from daxfs.fs import fastcreate
+from daxfs.fs import fastcreate, filecache
 from daxfs.fs.direct import DirectIO
 from daxfs.fs.filecache import FileBacking, FileCache
 
@@ -80,6 +81,24 @@ class Reached:
         return ", ".join(f"{n} {getattr(self, n)}" for n in COUNTERS)
 
 
+class _CountingHits:
+    """A hit reader (``filecache.hit_reader``) whose answers (not None) are counted."""
+
+    def __init__(self, real: Any, reached: Reached) -> None:
+        self._real = real
+        self._reached = reached
+
+    def pread(self, inode: Any, n: Any, pos: Any) -> Any:
+        got = self._real.pread(inode, n, pos)
+        self._reached.cache_hits += got is not None
+        return got
+
+    def preadinto(self, inode: Any, buffer: Any, pos: Any) -> Any:
+        got = self._real.preadinto(inode, buffer, pos)
+        self._reached.cache_hits += got is not None
+        return got
+
+
 class _CountingLean:
     """A ``_direct.LeanRead`` whose reads that returned the bytes are counted."""
 
@@ -113,8 +132,7 @@ def reaching() -> Iterator[Reached]:
     real_make = DirectIO._make_lean_read
     real_submit = FileBlockDevice.submit_bio
     real_close = FileBlockDevice.close
-    real_pread_hit = FileCache.pread_hit
-    real_readinto_hit = FileCache.readinto_hit
+    real_hit_reader = filecache.hit_reader
     real_read = FileCache.read
     real_read_bytes = FileCache.read_bytes
     real_write = FileCache.write
@@ -135,15 +153,8 @@ def reaching() -> Iterator[Reached]:
             count_device(self)
         real_close(self)
 
-    def pread_hit(self: FileCache, inode: Any, n: int, pos: int) -> bytes | None:
-        got = real_pread_hit(self, inode, n, pos)
-        reached.cache_hits += got is not None
-        return got
-
-    def readinto_hit(self: FileCache, inode: Any, buffer: Any, pos: int) -> int | None:
-        got = real_readinto_hit(self, inode, buffer, pos)
-        reached.cache_hits += got is not None
-        return got
+    def hit_reader(*args: Any, **kwargs: Any) -> Any:
+        return _CountingHits(real_hit_reader(*args, **kwargs), reached)
 
     def read(self: FileCache, inode: Any, pos: int, view: memoryview) -> int:
         reached.cache_reads += 1
@@ -174,8 +185,7 @@ def reaching() -> Iterator[Reached]:
         (DirectIO, "_make_lean_read", real_make, make_lean_read),
         (FileBlockDevice, "submit_bio", real_submit, submit_bio),
         (FileBlockDevice, "close", real_close, close),
-        (FileCache, "pread_hit", real_pread_hit, pread_hit),
-        (FileCache, "readinto_hit", real_readinto_hit, readinto_hit),
+        (filecache, "hit_reader", real_hit_reader, hit_reader),
         (FileCache, "read", real_read, read),
         (FileCache, "read_bytes", real_read_bytes, read_bytes),
         (FileCache, "write", real_write, write),

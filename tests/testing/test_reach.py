@@ -19,7 +19,6 @@ import daxfs.fs.direct as direct_mod
 from daxfs.block.uring import availability
 from daxfs.fs import filecache
 from daxfs.fs.direct import DirectIO
-from daxfs.fs.filecache import FileCache
 from daxfs.testing import fsx
 from daxfs.testing.reach import COUNTERS, reaching
 
@@ -33,10 +32,10 @@ def run_fsx(seed: int, **options: Any) -> None:
 
 
 def test_reaching_restores_what_it_patched() -> None:
-    before = (DirectIO._make_lean_read, FileCache.pread_hit, DirectIO.write_out_of_place)
+    before = (DirectIO._make_lean_read, filecache.hit_reader, DirectIO.write_out_of_place)
     with reaching() as reached:
-        assert FileCache.pread_hit is not before[1]
-    assert (DirectIO._make_lean_read, FileCache.pread_hit, DirectIO.write_out_of_place) == before
+        assert filecache.hit_reader is not before[1]
+    assert (DirectIO._make_lean_read, filecache.hit_reader, DirectIO.write_out_of_place) == before
     assert reached.missing() == list(COUNTERS)
 
 
@@ -134,14 +133,22 @@ def test_fsx_bounded_catches_a_stamp_that_always_matches(planted_stamp: None) ->
 
 @pytest.fixture
 def planted_hit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``pread_hit`` answers one byte wrong."""
-    real = FileCache.pread_hit
+    """The hit reader's ``pread`` answers one byte wrong."""
+    real = filecache.hit_reader
 
-    def hit(self: FileCache, inode: Any, n: int, pos: int) -> bytes | None:
-        got = real(self, inode, n, pos)
-        return None if got is None else bytes([got[0] ^ 0xFF]) + got[1:]
+    class Wrong:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
 
-    monkeypatch.setattr(FileCache, "pread_hit", hit)
+        def pread(self, inode: Any, n: Any, pos: Any) -> bytes | None:
+            got: bytes | None = self.inner.pread(inode, n, pos)
+            return got if not got else bytes([got[0] ^ 0xFF]) + got[1:]
+
+        def preadinto(self, inode: Any, buffer: Any, pos: Any) -> int | None:
+            got: int | None = self.inner.preadinto(inode, buffer, pos)
+            return got
+
+    monkeypatch.setattr(filecache, "hit_reader", lambda *a, **k: Wrong(real(*a, **k)))
 
 
 def test_fsx_bounded_catches_a_wrong_cache_hit(planted_hit: None) -> None:
