@@ -892,7 +892,8 @@ class DirectIO:
             with contextlib.suppress(OSError):  # the disk may hold some of it: re-read
                 cache.invalidate(addr, n)
         with inode.lock:
-            try:
+            inode.data_changed()  # the bytes are on the device (or some): the page cache's
+            try:  # stamp goes (daxfs.fs.filecache, invariant 4), failed or not
                 if error is None:
                     self.touch(inode)
             finally:
@@ -1529,7 +1530,11 @@ class _Request:
         future.set_result(result)
 
     def _unlock(self) -> None:
-        """Release the range lock (caller holds ``inode.lock``); drop the buffers."""
+        """Release the range lock (caller holds ``inode.lock``); drop the buffers.  A
+        write's bios have ended (or none was submitted): the page cache's stamp goes
+        (``Inode.data_changed``; daxfs.fs.filecache, invariant 4), failed or not."""
+        if self.write:
+            self.inode.data_changed()
         if self.token is not None:
             self.engine.data.unlock_range(self.inode, self.token)
             self.token = None

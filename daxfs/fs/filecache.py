@@ -50,12 +50,20 @@ BOUNCE_MAX bytes), the file goes the DataPath way (through the block device's
 own page cache) and its space is emptied.
 
 Coherence: a space remembers the inode's (record, size, mtime, ctime) after its
-last own change (``_stamp``); every other change of the file's data changes
-ctime -- direct writes (iomap_end or ``touch``), truncate, fallocate, writes
-the other way, mmap's msync -- so a space whose stamp differs is emptied
-before use.  Truncate and fallocate through a File also empty the range at
-once (``changed``).  A space belongs to one Inode object: a new file that
-reuses the inode number is another Inode, so another space.
+last own change (``_Entry.stamp``), and the inode points at that stamp, weakly
+(``Inode.space_stamp``).  Every other change of the file -- whoever makes it:
+a File with or without the page cache, ``direct=True``, a path operation --
+calls ONE function, ``Inode.data_changed`` (daxfs/fs/inode.py lists the
+callers: ``InodeTable.dirty`` for every transaction, ``Journal.overwrite``,
+the direct writes' completion, the registration of a mapping or a pin), which
+sets the stamp's ``rec`` to None: the hit reader's ``rec is self.rec`` misses,
+and ``space`` empties the space before its next use.  That does not rest on
+the clock (a frozen or stepped-back ``time_ns`` used to hide a change) nor on
+who changed the file.  The space's own writes dirty the inode too, and restamp
+after (``_restamp``, under the same ``inode.lock`` hold).  Truncate and
+fallocate through a File also empty the range at once (``changed``).  A space
+belongs to one Inode object: a new file that reuses the inode number is
+another Inode, so another space.
 
 Locks: ``inode.lock``, then the range lock (a write), then the files' pool
 lock, then the journal lock (in ``write_out_of_place``), then the block
@@ -69,6 +77,14 @@ Invariants
   2. A space is used only while its stamp matches its inode and the inode is
      routed; otherwise it is emptied first.
   3. ``write_pages`` of one run is one transaction: all the run or none of it.
+  4. Every change of a file's data, size or block map, and every mapping or pin
+     of it, calls ``Inode.data_changed`` with ``inode.lock`` held, in the hold
+     that makes the change visible (a direct write: after its data reached the
+     device): a stamp is restored only by ``space`` (which then empties the
+     space) or by the space's own write (``_restamp``, which holds
+     ``inode.lock`` from the space's check to the restamp, so no other change
+     falls between).  While the file is mapped or pinned nothing restamps
+     (only routed I/O does), so the hit paths miss until then.
 """
 
 from __future__ import annotations
@@ -106,7 +122,10 @@ class _Entry:
     """A file's space and the stamp of its last own change (invariant 2): the inode's
     record object, size, mtime and ctime then."""
 
-    __slots__ = ("ctime", "folios", "inode", "mtime", "rec", "size", "space")
+    #: None once the inode changed another way (``Inode.data_changed``)
+    rec: InodeRecord | None
+
+    __slots__ = ("__weakref__", "ctime", "folios", "inode", "mtime", "rec", "size", "space")
 
     def __init__(self, inode: Inode, space: AddressSpace) -> None:
         self.inode = inode
@@ -114,6 +133,7 @@ class _Entry:
         #: the space's folios (the re-read fast path's one lookup)
         self.folios = space.folios
         self.stamp()
+        inode.space_stamp = weakref.ref(self)  # what Inode.data_changed clears (invariant 4)
 
     def stamp(self) -> None:
         rec = self.rec = self.inode.rec
@@ -245,9 +265,10 @@ class HitReader:
     else is a miss, None, with no effect: the caller takes the full path
     (``FileCache.read``), which raises what the arguments call for.  No I/O.
 
-    Why the routing need not be checked here: mapping or pinning a file through a
-    File of the page cache empties its space first (``File._routed``), and every
-    other change of the file's data changes its ctime (the stamp).
+    Why the routing need not be checked here: mapping or pinning a file, through any
+    File, clears the stamp (``Inode.data_changed``, invariant 4), as every other
+    change of the file does, and nothing restamps until the file is routed again
+    (the full path checks).
     """
 
     #: the most pages one call copies (as _hit.c's MAX_PAGES)

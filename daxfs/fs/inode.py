@@ -21,7 +21,8 @@ job (docs/GUARANTEES.md).
 Changes to an inode are made on the in-memory ``Inode.rec`` inside a
 transaction after ``InodeTable.dirty(tx, inode)``: at commit the record is
 packed (with its checksum) into the transaction's copy of its block; on abort
-it is re-read from the device.
+it is re-read from the device.  ``dirty`` also tells the inode's page cache
+(``Inode.data_changed``: the one owner of "this inode changed").
 
 Lifetime (xv6's iget/iput): ``InodeTable.hold(inode)`` counts a holder that
 must keep the inode alive even if its last name goes -- an open file, a
@@ -76,6 +77,7 @@ import dataclasses
 import stat
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
@@ -122,6 +124,13 @@ Locator = Callable[[Reader, int], tuple[int, int, int] | None]
 Grower = Callable[[Transaction, int, int], None]
 
 
+class SpaceStamp(Protocol):
+    """What an inode's page cache keeps of it (daxfs.fs.filecache's entry): the record
+    object its cached pages were read or written under, None once they may be stale."""
+
+    rec: InodeRecord | None
+
+
 class FileMapping(Protocol):
     """What the filesystem needs from a live mapping of a file (daxfs.mm.Mapping)."""
 
@@ -147,7 +156,17 @@ _LOCK_MAKER = threading.Lock()
 class Inode:
     """An inode in memory: its record plus runtime state (locks, users)."""
 
-    __slots__ = ("files", "ino", "layouts", "lock", "mappings", "rec", "refs", "xcache")
+    __slots__ = (
+        "files",
+        "ino",
+        "layouts",
+        "lock",
+        "mappings",
+        "rec",
+        "refs",
+        "space_stamp",
+        "xcache",
+    )
 
     #: held for the data path and size changes of this inode; a slot left unset until
     #: first read, when ``__getattr__`` makes it (see "The lazily made lock")
@@ -166,6 +185,36 @@ class Inode:
         self.mappings: list[FileMapping] = []
         #: pins of file ranges (daxfs.fs.layouts), created on the first pin
         self.layouts: Layouts | None = None
+        #: the stamp of this inode's page-cache space (daxfs.fs.filecache), weakly,
+        #: while it has one: what ``data_changed`` clears
+        self.space_stamp: weakref.ref[SpaceStamp] | None = None
+
+    def data_changed(self) -> None:
+        """THE one owner of "this inode changed" (Linux's i_version, and the page
+        cache's invalidation in the data path): the stamp of the inode's page-cache
+        space, if it has one, is cleared (its ``rec`` set to None), so the space's hit
+        paths (``rec is self.rec``) miss and its next use empties it first
+        (daxfs.fs.filecache, invariants 2 and 4).  No clock, no counter: it cannot
+        repeat.
+
+        Called by every change of the inode's data, size or block map, and by what
+        lets bytes change behind the space: ``InodeTable.dirty`` (every transaction
+        of the inode: writes, truncate, fallocate, punch, zero, direct writes'
+        iomap_end, mapping preparation), ``Journal.overwrite`` (the C commit of a
+        small overwrite, which dirties nothing), the direct writes' completion
+        (daxfs.fs.direct: the overwrite in place has no transaction), and the
+        registration of a DAX mapping or a pin (daxfs.mm: stores through them).
+        (``Committer.pwrite``, File.pwrite's C fast path, runs only for a File with
+        no page cache and not direct, which a mount that has spaces never opens.)
+        A data change calls it with ``inode.lock`` held, in the same hold as the
+        change (or after the data reached the device), so a reader under the lock
+        sees either the old stamp and the old bytes or no stamp.
+        """
+        ref = self.space_stamp
+        if ref is not None:
+            stamp = ref()
+            if stamp is not None:
+                stamp.rec = None
 
     def __getattr__(self, name: str) -> threading.RLock:
         """Make ``lock`` on its first read (called only while the slot is unset)."""
@@ -454,6 +503,7 @@ class InodeTable:
         At commit the whole 256-byte record is journaled from memory (no copy
         of its block); until then ``read_record`` through ``tx`` returns it.
         """
+        inode.data_changed()  # the page cache's stamp (it may change data, size or map)
         dirty: dict[int, Inode] | None = tx.scratch.get("inodes")
         if dirty is None:
             dirty = tx.scratch["inodes"] = {}

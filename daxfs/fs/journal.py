@@ -365,6 +365,7 @@ class Journal:
         committer = self.committer
         if committer is not None:
             rec = inode.rec
+            inode.data_changed()  # the page cache's stamp (the C commit dirties nothing)
             with self.lock:
                 # else nested, or read-only: the reference raises
                 if self.active is None and self.failed is None:

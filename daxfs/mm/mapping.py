@@ -537,6 +537,9 @@ def map_file(
     finishing the mappings a ``fixed="replace"`` one replaced (daxfs.mm.vm).
     """
     assert file.inode.lock._is_owned(), "caller must hold the inode lock"  # type: ignore[attr-defined]
+    # stores through the mapping change the file behind its page cache, whichever File
+    # maps it (daxfs.fs.filecache, invariant 4): the cached pages' stamp goes first
+    file.inode.data_changed()
     space = space or AddressSpace()
     size = file.inode.rec.size
     offset, length, writable = _check(file, size, offset, length, access, address, fixed)

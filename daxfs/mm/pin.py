@@ -226,6 +226,9 @@ def pin_file(file: File, data: DataPath, offset: int, length: int) -> SGList:
             f"pin of [{offset}, {offset + length}) is beyond the end of {file.path} ({size} bytes)",
             file.path,
         )
+    # the pinned blocks are device memory that stores may change behind the file's page
+    # cache, whichever File pins it (daxfs.fs.filecache, invariant 4): its stamp goes
+    inode.data_changed()
     if inode.layouts is None:
         inode.layouts = Layouts(inode.lock)
     token = inode.layouts.pin(offset, offset + length, file.path)

@@ -10,20 +10,24 @@ and mmap, ``FileSystem.truncate`` -- is seen by the buffered Files only through 
 stamp.  Each test below makes one such change between two buffered reads of the same
 cached page and asks for the new bytes.
 
-Findings (xfail(strict=True) until fixed in daxfs/fs/filecache.py or daxfs/fs/file.py,
-helper HF's; the reason names the finding):
+Findings (held as xfail(strict=True) by the reviewer HG; fixed by helper HH, the
+tests now plain):
 
-- R1: a DAX mapping made through a ``direct=True`` File leaves the space as it was
-  (``File.mmap`` forgets the space only when its own File has the page cache), and
-  ``pread_hit``/``readinto_hit`` do not check routing: stores through the mapping are
+- R1: a DAX mapping made through a ``direct=True`` File left the space as it was
+  (``File.mmap`` forgot the space only when its own File had the page cache), and
+  ``pread_hit``/``readinto_hit`` do not check routing: stores through the mapping were
   never seen by buffered reads of pages cached before, even after ``msync``, until the
-  mapping is closed (its close changes ctime).
-- R2: the stamp rests on ``time.time_ns`` giving a new value to every change.  With a
+  mapping was closed (its close changes ctime).
+- R2: the stamp rested on ``time.time_ns`` giving a new value to every change.  With a
   clock that repeats a value (frozen, as tests/fs/conftest.py's ``frozen`` fixture
   freezes it; a coarse clocksource; a step back) a direct write, a punch through a
   ``direct=True`` File, or a path truncate that shrinks and grows back to the same size
-  is missed: buffered reads return the old bytes.  A change counter of the inode (Linux's
-  i_version), bumped in memory by every change of data, would not depend on the clock.
+  was missed: buffered reads returned the old bytes.
+
+The fix: ONE owner for "this inode changed", ``Inode.data_changed`` (daxfs/fs/inode.py),
+called by every change of a file's data, size or map and by a mapping or pin's
+registration; it clears the space's stamp (daxfs/fs/filecache.py, invariant 4).
+tests/pagecache/test_filecache_changes.py has pins, threads and a planted bug per call.
 
 The tests that pass are the same changes with the clock running: they pin down what the
 stamp does catch (direct writes, punch, zero-range, truncate through another File or a
@@ -79,7 +83,7 @@ def aligned(data: bytes) -> memoryview:
 
 
 def reads(f: daxfs.File, n: int, pos: int) -> tuple[bytes, bytes]:
-    """The bytes through ``pread`` (``pread_hit``) and ``preadinto`` (``readinto_hit``)."""
+    """The bytes through ``pread`` and ``preadinto`` (both first try the hit reader)."""
     into = bytearray(n)
     got = f.preadinto(into, pos)
     return f.pread(n, pos), bytes(into[:got])
@@ -94,11 +98,6 @@ def repeating_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- R1: a mapping through a direct=True File -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R1: File.mmap of a direct=True File does not forget the page cache's space, "
-    "and pread_hit/readinto_hit do not check routing: mapped stores unseen (filecache.py)",
-)
 def test_stores_through_a_mapping_of_a_direct_file_are_seen_by_buffered_reads(
     fs: FileSystem,
 ) -> None:
@@ -244,13 +243,7 @@ def test_a_failed_commit_after_a_direct_overwrite_keeps_the_bytes_right() -> Non
 
 # -- R2: the same changes with a clock that repeats a value ------------------------------
 
-R2 = (
-    "R2: the stamp (record, size, mtime, ctime) misses a change made in the same "
-    "time.time_ns as the space's last own change (filecache.py: a change counter needed)"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=R2)
 def test_a_direct_write_is_seen_with_a_repeating_clock(
     fs: FileSystem, repeating_clock: None
 ) -> None:
@@ -261,7 +254,6 @@ def test_a_direct_write_is_seen_with_a_repeating_clock(
     f.close()
 
 
-@pytest.mark.xfail(strict=True, reason=R2)
 def test_a_punch_through_a_direct_file_is_seen_with_a_repeating_clock(
     fs: FileSystem, repeating_clock: None
 ) -> None:
@@ -272,7 +264,6 @@ def test_a_punch_through_a_direct_file_is_seen_with_a_repeating_clock(
     f.close()
 
 
-@pytest.mark.xfail(strict=True, reason=R2)
 def test_a_path_truncate_and_back_is_seen_with_a_repeating_clock(
     fs: FileSystem, repeating_clock: None
 ) -> None:
