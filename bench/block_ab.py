@@ -19,14 +19,17 @@ flight): ``endio`` (each read's ``end_io`` submits the next: bench/block.py's
 row) and ``futures`` (one thread waits for the oldest bio's Future, then
 submits the next), each through the C path of ``submit_bio``
 (``_uring.BioRing``) and through the bio path it replaced (``*_old``: the same
-device with ``_aio`` off), alternating in each pass.
+device with ``_aio`` off), alternating in each pass; ``futures_wake`` is the C path
+with ``BioRing.lead`` off (the waiting thread sleeps on its Future until the reaper
+ends the bio: two wake-ups per bio, as before the waiting leader).
 
 Filesystem sides (``--fs``: bench/block.py's image, a 64 MiB file of it opened
 direct=True, fio on the image file): QD1 ``c`` (``File.preadinto`` through the
 C lean read, ``_direct.LeanRead``), ``py`` (the same with it off: the Python
 lean read, its reference), ``dev`` (the device's own ``readinto`` of the same
 blocks: the floor); QD32 (32 ``submit_read`` Futures from one thread) ``lean``
-(``DirectIO.submit_read_lean``: one plain bio, a LeanFuture), ``request`` (the
+(``DirectIO.submit_read_lean``: one plain bio, a LeanFuture), ``lean_wake`` (the
+same with ``BioRing.lead`` off), ``request`` (the
 request path it replaced: ``submit_read_lean`` off).  (``submit_read_lean``'s
 steps up to the I/O in C, through a ``LeanRead.map``, measured no faster:
 0.83x and 1.01x of the Python steps per pass, at load 5-7; not kept.)
@@ -128,16 +131,19 @@ def bio_sides(dev: FileBlockDevice) -> dict[str, Callable[[float], float]]:
     """The per-bio QD32 sides: each runs for the seconds given, the C path of
     submit_bio on (``endio``, ``futures``) or off (``*_old``)."""
     aio = dev._aio
+    assert aio is not None
 
     def on(
-        run: Callable[[FileBlockDevice, float], float], c_path: bool
+        run: Callable[[FileBlockDevice, float], float], c_path: bool, lead: bool = True
     ) -> Callable[[float], float]:
         def side(seconds: float) -> float:
             dev._aio = aio if c_path else None
+            aio.lead = lead
             try:
                 return run(dev, seconds)
             finally:
                 dev._aio = aio
+                aio.lead = True
 
         return side
 
@@ -148,6 +154,7 @@ def bio_sides(dev: FileBlockDevice) -> dict[str, Callable[[float], float]]:
         "endio": on(endio, True),
         "endio_old": on(endio, False),
         "futures": on(randread_futures, True),
+        "futures_wake": on(randread_futures, True, lead=False),
         "futures_old": on(randread_futures, False),
     }
 
@@ -223,10 +230,14 @@ def report_bio(dev: FileBlockDevice, path: Path, size: int, passes: int, seconds
             f"  {name:11s} {med:9,.0f} op/s{note} {med / fio:5.2f}x fio"
             f"  (passes {min(values):,.0f}..{max(values):,.0f})"
         )
-    for name in ("endio", "futures"):
-        ratios = [a / b for a, b in zip(samples[name], samples[f"{name}_old"], strict=True)]
+    for name, old in (
+        ("endio", "endio_old"),
+        ("futures", "futures_old"),
+        ("futures", "futures_wake"),
+    ):
+        ratios = [a / b for a, b in zip(samples[name], samples[old], strict=True)]
         print(
-            f"  {name}/{name}_old per pass: median {statistics.median(ratios):.2f}"
+            f"  {name}/{old} per pass: median {statistics.median(ratios):.2f}"
             f" ({min(ratios):.2f}..{max(ratios):.2f})"
         )
 
@@ -258,14 +269,20 @@ def report_fs(directory: Path, size: int, passes: int, seconds: float) -> None:
 
             return side
 
-        def qd32(lean: bool) -> Callable[[float], float]:
+        aio = bdev._aio
+
+        def qd32(lean: bool, lead: bool = True) -> Callable[[float], float]:
             def side(secs: float) -> float:
                 if not lean:
                     direct.DirectIO.submit_read_lean = lambda *a, **k: None  # type: ignore[method-assign]
+                if aio is not None:
+                    aio.lead = lead
                 try:
                     return fs_randread_qd(f, size, secs, 32)  # type: ignore[arg-type]
                 finally:
                     direct.DirectIO.submit_read_lean = submit_lean  # type: ignore[method-assign]
+                    if aio is not None:
+                        aio.lead = True
 
             return side
 
@@ -274,7 +291,7 @@ def report_fs(directory: Path, size: int, passes: int, seconds: float) -> None:
 
         groups: dict[int, dict[str, Callable[[float], float]]] = {
             1: {"c": qd1(True), "py": qd1(False), "dev": dev},
-            32: {"lean": qd32(True), "request": qd32(False)},
+            32: {"lean": qd32(True), "lean_wake": qd32(True, lead=False), "request": qd32(False)},
         }
         for depth, sides in groups.items():
             samples: dict[str, list[float]] = {name: [] for name in (*sides, "fio")}
@@ -298,7 +315,11 @@ def report_fs(directory: Path, size: int, passes: int, seconds: float) -> None:
                     f"  {name:8s} {med:9,.0f} op/s{note} {med / fio:5.2f}x fio"
                     f"  (passes {min(values):,.0f}..{max(values):,.0f})"
                 )
-            pairs = (("c", "py"), ("c", "dev")) if depth == 1 else (("lean", "request"),)
+            pairs = (
+                (("c", "py"), ("c", "dev"))
+                if depth == 1
+                else (("lean", "request"), ("lean", "lean_wake"))
+            )
             for a, b in pairs:
                 ratios = [x / y for x, y in zip(samples[a], samples[b], strict=True)]
                 print(f"  {a}/{b} per pass: median {statistics.median(ratios):.2f}")

@@ -73,6 +73,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef IOV_MAX
@@ -1387,9 +1388,33 @@ static PyTypeObject FastType = {
  *   B2. A taken bio's reference and its segment's Py_buffer are held from
  *       submit until its CQE is reaped and the bio ended: the kernel never
  *       writes into memory Python has freed or resized.
- *   B3. Each taken bio is ended exactly once, by the reaper, before
- *       ``inflight`` counts it out; shutdown() returns only when ``inflight``
- *       is 0, so a device closes after every bio of this path has ended.
+ *   B3. Each taken bio is ended exactly once, by the leader that reaped its
+ *       CQE (or by the reaper, B5), before ``inflight`` counts it out;
+ *       shutdown() returns only when ``inflight`` is 0, so a device closes
+ *       after every bio of this path has ended.
+ *   B4. At most one thread reaps the CQ at a time: the leader (``leader``,
+ *       taken and given up under ``lock``).  The reaper leads unless a thread
+ *       waits for a bio of the ring (wait(): Bio.wait, LeanFuture.result
+ *       without a timeout): that thread leads itself -- it sleeps in the kernel
+ *       for its CQE, one sleep and wake-up per wait as fio's loop, where the
+ *       reaper's wake-up and then the waiter's cost two -- and the reaper steps
+ *       aside: after its batch when a thread waits for it (``want``), and it
+ *       takes the lead again only once no thread has waited for ``lead_us``, or
+ *       at once when work is left to it, a thread waits for a slot, SQEs are
+ *       queued with no leader, or the ring closes.  A waiting leader waits in the
+ *       kernel at most ``lead_us`` at a time (what it waits for may be ended
+ *       elsewhere: by the bio path, by the fs worker) and steps down once what
+ *       it waits for is done; others wait for its batches (``led``).  Needs a
+ *       wait's timeout without an SQE (IORING_FEAT_EXT_ARG: B1); without it,
+ *       ``lead`` is off and the reaper ends every bio.
+ *   B5. A waiting leader ends only what runs none of its callers' code in its
+ *       thread: a whole transfer whose end_io is None or declared with
+ *       end_anywhere() (which must neither wait for a bio nor block on a lock),
+ *       and whose Future has no done callback.  Anything else (an end_io, a
+ *       callback, a CQE that fell short: ``failed``) goes on ``pending`` for the
+ *       reaper, still counted in ``inflight``, and the waiter steps down and
+ *       wakes the reaper; so end_io and done callbacks run on the reaper, as
+ *       before, and a nested wait in them reaps nested there.
  */
 
 /* The bits of daxfs.block.bio.BioFlags this path knows (FUA is taken by writes;
@@ -1399,6 +1424,8 @@ static PyTypeObject FastType = {
 typedef struct BioReq {
     PyObject *bio;      /* a reference (invariant B2) */
     Py_buffer view;     /* its one segment */
+    int res;            /* the CQE's res, once reaped and left to the reaper (B5) */
+    struct BioReq *next; /* the list of those */
 } BioReq;
 
 typedef struct {
@@ -1427,15 +1454,29 @@ typedef struct {
     unsigned long leader;   /* PyThread ident of the reaper while it reaps, else 0 */
     unsigned long reaper;   /* PyThread ident of the reaper, 0 before serve() */
     unsigned long long count;
+    /* the waiters that lead (B4, B5): under the GIL and ``lock`` */
+    int lead;               /* a thread waiting for a bio of this ring may reap for it */
+    int ext_arg;            /* the kernel takes a wait's timeout without an SQE */
+    long lead_us;           /* a leading waiter looks again after this long in the kernel;
+                             * the reaper takes the lead after this long with none */
+    int want;               /* waiting threads that wait for the leader's next batch */
+    unsigned long long batches;       /* batches ended (and leaders stepped down) */
+    unsigned long long caller_leads;  /* leads taken by waiting threads */
+    unsigned long long caller_waits;  /* waits of those threads for a bio not done */
+    unsigned long long caller_ends;   /* bios ended by waiting threads */
+    BioReq *pending, *pending_tail;   /* CQEs a waiting leader left to the reaper (B5) */
+    long npending;
+    PyObject *anywhere;     /* a tuple of the end_io callables any leader may call */
     pthread_mutex_t lock;
-    pthread_cond_t work;    /* the reaper: a bio in flight, or shutdown */
+    pthread_cond_t work;    /* the reaper: a bio in flight, work left to it, or shutdown */
     pthread_cond_t idle;    /* a slot freed, or nothing left in flight */
+    pthread_cond_t led;     /* a leader ended a batch, or stepped down */
 } BioRing;
 
 static PyObject *str_op, *str_flags, *str_sector, *str_segments, *str_state, *str_future,
     *str_value, *str_status, *str_end_io, *str_set_result, *str_new, *str_submitted,
     *str_done, *str_acquire, *str_release, *str_waiter, *str_finished, *str_cancelled,
-    *str_cancelled_notified;
+    *str_cancelled_notified, *str_cbs;
 
 static int
 bioring_init(BioRing *self, PyObject *args, PyObject *kwds)
@@ -1479,6 +1520,12 @@ bioring_init(BioRing *self, PyObject *args, PyObject *kwds)
     if (ret < 0)
         return errno_errorf(-ret, "io_uring_setup"), -1;
     self->ready = 1;
+    self->ext_arg = (self->ring.features & IORING_FEAT_EXT_ARG) != 0;
+    self->lead = self->ext_arg; /* (without it a timed wait would need an SQE: B1) */
+    self->lead_us = 1000;
+    self->anywhere = PyTuple_New(0);
+    if (self->anywhere == NULL)
+        return -1;
     self->entries = (unsigned)entries;
     self->lbs_mask = lbs - 1;
     self->max_bytes = max_bytes > (long long)INT_MAX ? (long long)INT_MAX : max_bytes;
@@ -1509,8 +1556,13 @@ bioring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL)
         return NULL;
     pthread_mutex_init(&self->lock, NULL);
-    pthread_cond_init(&self->work, NULL);
+    pthread_condattr_t attr; /* the reaper's timed waits: on the monotonic clock */
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&self->work, &attr);
+    pthread_condattr_destroy(&attr);
     pthread_cond_init(&self->idle, NULL);
+    pthread_cond_init(&self->led, NULL);
     return (PyObject *)self;
 }
 
@@ -1532,7 +1584,9 @@ bioring_defers(BioRing *self)
 {
     if (bioring_on_reaper(self))
         return self->defer;
-    if (!self->defer_others || self->leader == 0)
+    /* no leader, and the reaper idle: no one would submit it soon (with the reaper
+     * looking again within lead_us, waiting threads leading meanwhile, one will) */
+    if (!self->defer_others || (self->leader == 0 && self->reaper_sleeps != 2))
         return 0;
     long submitted = self->inflight - (long)io_uring_sq_ready(&self->ring);
     return 2 * submitted >= (long)self->entries;
@@ -1680,15 +1734,15 @@ bioring_submit(BioRing *self, PyObject *const *args, Py_ssize_t nargs)
     }
     /* a slot: every thread but the reaper waits while ``entries`` are in flight */
     while (self->inflight >= (long)self->entries && !self->closed && !bioring_on_reaper(self)) {
-        self->idle_waiters++;
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&self->lock);
+        self->idle_waiters++;
         pthread_cond_signal(&self->work); /* someone must reap while this thread waits */
         while (self->inflight >= (long)self->entries && !self->closed)
             pthread_cond_wait(&self->idle, &self->lock);
+        self->idle_waiters--;
         pthread_mutex_unlock(&self->lock);
         Py_END_ALLOW_THREADS
-        self->idle_waiters--;
     }
     if (self->closed) /* closed while waiting: the reference path says EBADF */
         goto give_back;
@@ -1712,7 +1766,7 @@ bioring_submit(BioRing *self, PyObject *const *args, Py_ssize_t nargs)
     prep_rw(sqe, write ? OP_WRITEV : OP_READV, fd, &iov, 1, offset, rw_flags);
     io_uring_sqe_set_data(sqe, req);
     pthread_mutex_lock(&self->lock);
-    if (self->inflight == 0 && self->reaper_sleeps) /* (else it looks again soon) */
+    if (self->reaper_sleeps == 1) /* idle (else it looks again soon, or a waiter leads) */
         pthread_cond_signal(&self->work);
     self->inflight++;
     self->count++;
@@ -1725,6 +1779,15 @@ give_back:
     if (PyObject_SetAttr(bio, str_state, str_new) < 0 ||
         PyObject_SetAttr(bio, str_waiter, Py_None) < 0)
         return NULL;
+    { /* nor is this ring the waiter of a Future made before: the bio path ends it */
+        PyObject *future = PyObject_GetAttr(bio, str_future);
+        if (future == NULL)
+            return NULL;
+        int err = future != Py_None && PyObject_SetAttr(future, str_waiter, Py_None) < 0;
+        Py_DECREF(future);
+        if (err)
+            PyErr_Clear(); /* (not a LeanFuture: it had no waiter) */
+    }
     Py_RETURN_NONE;
 }
 
@@ -1825,18 +1888,61 @@ bioring_end(BioRing *self, BioReq *req, int res)
     pthread_mutex_unlock(&self->lock);
 }
 
+/* May a waiting thread that leads end ``bio`` itself (B5; GIL held)?  Only when none of
+ * its caller's code would run there: no end_io, or one of ``anywhere``; no done
+ * callback on its Future.  Anything else is left to the reaper. */
+static int
+bioring_endable(BioRing *self, PyObject *bio)
+{
+    PyObject *end_io = PyObject_GetAttr(bio, str_end_io);
+    if (end_io == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = end_io == Py_None;
+    for (Py_ssize_t i = 0; !ok && i < PyTuple_GET_SIZE(self->anywhere); i++)
+        ok = PyTuple_GET_ITEM(self->anywhere, i) == end_io;
+    Py_DECREF(end_io);
+    if (!ok)
+        return 0;
+    PyObject *future = PyObject_GetAttr(bio, str_future);
+    if (future == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (future != Py_None) {
+        PyObject *cbs = PyObject_GetAttr(future, str_cbs); /* a LeanFuture's callbacks */
+        if (cbs == NULL)
+            PyErr_Clear(); /* (not a LeanFuture) */
+        ok = cbs != NULL && (cbs == Py_None || (PyList_Check(cbs) && PyList_GET_SIZE(cbs) == 0));
+        Py_XDECREF(cbs);
+    }
+    Py_DECREF(future);
+    return ok;
+}
+
 /* One batch as the leader (GIL held on entry and on return, released while waiting
- * in the kernel): submit what is queued, wait for CQEs, end each bio. */
-static void
-bioring_reap(BioRing *self)
+ * in the kernel): submit what is queued, wait for CQEs, end each bio.  The reaper
+ * (``caller`` 0) waits as long as it takes and ends every bio; a waiting thread
+ * (``caller`` 1) looks again after ``lead_us`` (what it waits for may be ended
+ * elsewhere) and leaves to the reaper what it may not end (bioring_endable, or a
+ * CQE that fell short: B5).  Returns the number it left. */
+static long
+bioring_reap(BioRing *self, int caller)
 {
     struct { BioReq *req; int res; } got[REAP_BATCH];
     int ret = bioring_flush(self); /* deferred SQEs: before the wait for them */
     unsigned n = 0;
+    long left = 0;
+    long lead_us = self->lead_us;
     Py_BEGIN_ALLOW_THREADS
     struct io_uring_cqe *cqe;
-    if (ret == 0)
+    if (ret == 0 && caller) {
+        struct __kernel_timespec ts = {lead_us / 1000000, (lead_us % 1000000) * 1000};
+        ret = io_uring_wait_cqes(&self->ring, &cqe, 1, &ts, NULL); /* (EXT_ARG: no SQE) */
+    } else if (ret == 0) {
         ret = io_uring_wait_cqe(&self->ring, &cqe);
+    }
     if (ret == 0) {
         struct io_uring_cqe *cqes[REAP_BATCH];
         n = io_uring_peek_batch_cqe(&self->ring, cqes, REAP_BATCH);
@@ -1850,37 +1956,127 @@ bioring_reap(BioRing *self)
     }
     Py_END_ALLOW_THREADS
     for (unsigned i = 0; i < n; i++) {
-        bioring_end(self, got[i].req, got[i].res);
+        BioReq *req = got[i].req;
+        if (caller && (got[i].res != req->view.len || !bioring_endable(self, req->bio))) {
+            req->res = got[i].res; /* the reaper's (B5) */
+            req->next = NULL;
+            pthread_mutex_lock(&self->lock);
+            if (self->pending_tail != NULL)
+                self->pending_tail->next = req;
+            else
+                self->pending = req;
+            self->pending_tail = req;
+            self->npending++;
+            pthread_mutex_unlock(&self->lock);
+            left++;
+            continue;
+        }
+        if (caller)
+            self->caller_ends++;
+        bioring_end(self, req, got[i].res);
         if (io_uring_sq_ready(&self->ring) >= self->batch)
             bioring_flush(self); /* keep the device fed while the batch is ended */
     }
+    return left;
 }
 
-/* The reaper: ends bios as their CQEs come, until shutdown() and nothing in flight. */
+/* The reaper ends what waiting leaders left to it (GIL held, on the reaper as leader). */
+static void
+bioring_end_pending(BioRing *self)
+{
+    while (self->pending != NULL) {
+        pthread_mutex_lock(&self->lock);
+        BioReq *req = self->pending;
+        self->pending = req->next;
+        if (self->pending == NULL)
+            self->pending_tail = NULL;
+        pthread_mutex_unlock(&self->lock);
+        int res = req->res;
+        bioring_end(self, req, res); /* (frees req) */
+        pthread_mutex_lock(&self->lock);
+        self->npending--;
+        pthread_mutex_unlock(&self->lock);
+    }
+}
+
+/* The reaper between leads (GIL held on entry and return, released inside): 1 when it
+ * is to lead (``leader`` set to it), 0 when it is to stop (shut down, nothing in
+ * flight).  It leads at once when work is left to it, when closed, when a thread
+ * waits for a slot, or when no waiting thread took the lead since it last looked;
+ * else it looks again every ``lead_us`` (``grace``: it just stepped aside for a
+ * waiting thread, so it looks only after that long). */
+static int
+bioring_reaper_sleep(BioRing *self, int grace)
+{
+    unsigned long me = self->reaper;
+    int lead = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    unsigned long long seen = self->caller_waits;
+    for (;;) {
+        if (self->closed && self->inflight == 0)
+            break;
+        int urgent = self->npending > 0 || self->closed || self->idle_waiters > 0;
+        /* (SQEs queued with no leader: a waiting thread deferred them, the leader it
+         * counted on stepped down; read without the GIL, a hint: looked at again) */
+        if (self->leader == 0 && self->inflight > 0 &&
+            (urgent ||
+             (!grace && (seen == self->caller_waits || io_uring_sq_ready(&self->ring) > 0)))) {
+            self->leader = me;
+            lead = 1;
+            break;
+        }
+        if (!grace && self->inflight == 0 && seen == self->caller_waits) {
+            self->reaper_sleeps = 1; /* idle: the next submission wakes it */
+            pthread_cond_wait(&self->work, &self->lock);
+        } else {
+            seen = self->caller_waits;
+            grace = 0;
+            self->reaper_sleeps = 2;
+            long lead_us = self->lead_us;
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_nsec += (lead_us % 1000000) * 1000;
+            until.tv_sec += lead_us / 1000000 + until.tv_nsec / 1000000000;
+            until.tv_nsec %= 1000000000;
+            pthread_cond_timedwait(&self->work, &self->lock, &until);
+        }
+        self->reaper_sleeps = 0;
+    }
+    pthread_mutex_unlock(&self->lock);
+    Py_END_ALLOW_THREADS
+    return lead;
+}
+
+/* The reaper: ends bios as their CQEs come (and what waiting leaders left to it),
+ * stepping aside while a thread waits for a bio of the ring (B4), until shutdown()
+ * and nothing in flight. */
 static PyObject *
 bioring_serve(BioRing *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->reaper != 0)
         return PyErr_Format(PyExc_RuntimeError, "BioRing.serve() runs in one thread only");
-    unsigned long me = PyThread_get_thread_ident();
-    self->reaper = me;
-    for (;;) {
-        if (self->inflight == 0) {
-            if (self->closed)
-                break;
-            self->reaper_sleeps = 1;
-            Py_BEGIN_ALLOW_THREADS
+    self->reaper = PyThread_get_thread_ident();
+    int grace = 0;
+    while (bioring_reaper_sleep(self, grace)) {
+        for (;;) {
+            bioring_end_pending(self);
+            if (self->inflight > self->npending)
+                bioring_reap(self, 0);
             pthread_mutex_lock(&self->lock);
-            while (self->inflight == 0 && !self->closed)
-                pthread_cond_wait(&self->work, &self->lock);
+            self->batches++;
+            int yield = self->want > 0; /* a waiting thread leads next (B4) */
+            int stop = yield || self->inflight == 0;
+            if (stop)
+                self->leader = 0;
+            if (self->want > 0)
+                pthread_cond_broadcast(&self->led);
             pthread_mutex_unlock(&self->lock);
-            Py_END_ALLOW_THREADS
-            self->reaper_sleeps = 0;
-            continue;
+            if (stop) {
+                grace = yield;
+                break;
+            }
         }
-        self->leader = me;
-        bioring_reap(self);
-        self->leader = 0;
     }
     self->reaper = 0;
     Py_RETURN_NONE;
@@ -1905,22 +2101,86 @@ bioring_bio_done(PyObject *bio)
     return done;
 }
 
-/* wait(bio): called by Bio.wait() of a bio this ring took, or by the result() of a
- * LeanFuture (daxfs.block.future) whose waiter this ring is -- ``bio`` is then the
- * future, done once its _state is FINISHED or cancelled.  On the reaper (an
- * end_io waiting for another bio of the ring) it reaps nested until ``bio`` is
- * done, instead of waiting for itself; on any other thread it returns at once (the
- * caller then sleeps until the reaper ends the bio).  Reaping in the waiting thread
- * (leading, the reaper stepping aside) was tried and measured no faster on this
- * 2-core VM: the reaper ending bios on the other core while the caller runs its
- * Python is the parallelism it would give up (docs/ARCHITECTURE.md). */
-static PyObject *
-bioring_wait(BioRing *self, PyObject *bio)
+/* A waiting thread's lead (B4; GIL held, not the leader): until ``obj`` is done,
+ * reap for it while no one else leads, else wait for the leader's next batch; it
+ * steps down as soon as ``obj`` is done, when nothing is left in the kernel, or
+ * once it left a bio to the reaper (which it then wakes).  0, or -1 with an
+ * exception.  The caller (Bio.wait, LeanFuture.result) sleeps afterwards if ``obj``
+ * is still not done. */
+static int
+bioring_lead_for(BioRing *self, PyObject *obj)
 {
+    unsigned long me = PyThread_get_thread_ident();
+    int done;
+    for (;;) {
+        if ((done = bioring_bio_done(obj)) != 0)
+            return done < 0 ? -1 : 0;
+        pthread_mutex_lock(&self->lock);
+        self->caller_waits++; /* (the reaper keeps aside while this goes on) */
+        if (self->leader == 0) {
+            int take = self->inflight > self->npending;
+            if (take) {
+                self->leader = me;
+                self->caller_leads++;
+            }
+            pthread_mutex_unlock(&self->lock);
+            if (!take)
+                return 0; /* nothing in the kernel: what it waits for is ended elsewhere */
+            break;
+        }
+        unsigned long long batch = self->batches;
+        self->want++;
+        Py_BEGIN_ALLOW_THREADS /* (the GIL is never waited for with ``lock`` held) */
+        while (self->leader != 0 && self->batches == batch)
+            pthread_cond_wait(&self->led, &self->lock);
+        self->want--;
+        pthread_mutex_unlock(&self->lock);
+        Py_END_ALLOW_THREADS
+    }
+    while ((done = bioring_bio_done(obj)) == 0 && self->inflight > self->npending)
+        if (bioring_reap(self, 1) > 0)
+            break; /* left to the reaper: this thread sleeps until it ends it */
+    pthread_mutex_lock(&self->lock);
+    self->leader = 0;
+    self->batches++;
+    if (self->want > 0)
+        pthread_cond_broadcast(&self->led);
+    if (self->npending > 0 || self->closed || self->idle_waiters > 0)
+        pthread_cond_signal(&self->work); /* the reaper's turn */
+    pthread_mutex_unlock(&self->lock);
+    return done < 0 ? -1 : 0;
+}
+
+/* wait(obj): called by Bio.wait() of a bio this ring took, or by the result() of a
+ * LeanFuture (daxfs.block.future) whose waiter this ring is -- ``obj`` is then the
+ * future, done once its _state is FINISHED or cancelled.  On the leader (an end_io
+ * waiting for another bio of the ring) it reaps nested until ``obj`` is done,
+ * instead of waiting for itself.  On any other thread it leads (B4): it reaps for
+ * ``obj`` in the kernel itself, one sleep and wake-up per wait as fio's loop has,
+ * instead of two (the reaper's in the kernel, then its own on the Future's lock);
+ * the reaper steps aside meanwhile.  (A leader in Python, the engine's
+ * leader/follower, was tried before and measured no faster: docs/ARCHITECTURE.md.)
+ * With ``lead`` off it returns at once there (the caller then sleeps until the
+ * reaper ends the bio). */
+static PyObject *
+bioring_wait(BioRing *self, PyObject *obj)
+{
+    unsigned long me = PyThread_get_thread_ident();
     int done = 0;
-    if (self->leader != 0 && self->leader == PyThread_get_thread_ident()) {
-        while ((done = bioring_bio_done(bio)) == 0 && self->inflight > 0)
-            bioring_reap(self);
+    if (self->leader != 0 && self->leader == me) { /* nested, in an end_io */
+        int caller = me != self->reaper;
+        while ((done = bioring_bio_done(obj)) == 0) {
+            if (!caller && self->pending != NULL) {
+                bioring_end_pending(self);
+                continue;
+            }
+            if (self->inflight <= self->npending)
+                break;
+            if (bioring_reap(self, caller) > 0 && caller)
+                break;
+        }
+    } else if (self->lead && me != self->reaper && self->ready) {
+        done = bioring_lead_for(self, obj);
     }
     if (done < 0)
         return NULL;
@@ -1938,15 +2198,18 @@ bioring_shutdown(BioRing *self, PyObject *Py_UNUSED(ignored))
     if (self->reaper != 0 && self->reaper == PyThread_get_thread_ident())
         Py_RETURN_NONE; /* on the reaper (a device dropped in an end_io): it stops
                          * once nothing is in flight; it cannot wait for itself */
+    if (bioring_on_reaper(self))
+        Py_RETURN_NONE; /* a waiting thread leading (in an end_io): the reaper ends the rest */
     while (self->inflight > 0) {
-        self->idle_waiters++;
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&self->lock);
+        self->idle_waiters++;
+        pthread_cond_signal(&self->work); /* the reaper leads at once while closed */
         while (self->inflight > 0)
             pthread_cond_wait(&self->idle, &self->lock);
+        self->idle_waiters--;
         pthread_mutex_unlock(&self->lock);
         Py_END_ALLOW_THREADS
-        self->idle_waiters--;
     }
     Py_RETURN_NONE;
 }
@@ -1970,6 +2233,7 @@ bioring_traverse(BioRing *self, visitproc visit, void *arg)
     Py_VISIT(self->failed);
     Py_VISIT(self->report);
     Py_VISIT(self->start);
+    Py_VISIT(self->anywhere);
     return 0;
 }
 
@@ -1979,6 +2243,7 @@ bioring_clear(BioRing *self)
     Py_CLEAR(self->failed);
     Py_CLEAR(self->report);
     Py_CLEAR(self->start);
+    Py_CLEAR(self->anywhere);
     return 0;
 }
 
@@ -1996,6 +2261,7 @@ bioring_dealloc(BioRing *self)
     pthread_mutex_destroy(&self->lock);
     pthread_cond_destroy(&self->work);
     pthread_cond_destroy(&self->idle);
+    pthread_cond_destroy(&self->led);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -2074,7 +2340,94 @@ bioring_set_batch(BioRing *self, PyObject *value, void *closure)
     return 0;
 }
 
+static PyObject *
+bioring_get_lead(BioRing *self, void *closure)
+{
+    return PyBool_FromLong(self->lead);
+}
+
+static int
+bioring_set_lead(BioRing *self, PyObject *value, void *closure)
+{
+    int v = self->lead;
+    if (bioring_set_flag(&v, value, "lead") < 0)
+        return -1;
+    if (v && !self->ext_arg) {
+        PyErr_SetString(PyExc_ValueError,
+                        "lead needs a kernel that takes a wait's timeout (IORING_FEAT_EXT_ARG)");
+        return -1;
+    }
+    self->lead = v;
+    return 0;
+}
+
+static PyObject *
+bioring_get_lead_us(BioRing *self, void *closure)
+{
+    return PyLong_FromLong(self->lead_us);
+}
+
+static int
+bioring_set_lead_us(BioRing *self, PyObject *value, void *closure)
+{
+    long v = value == NULL ? -1 : PyLong_AsLong(value);
+    if (v < 1 || v > 1000000) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "lead_us must be in 1..1000000");
+        return -1;
+    }
+    self->lead_us = v;
+    return 0;
+}
+
+static PyObject *
+bioring_get_leads(BioRing *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->caller_leads);
+}
+
+static PyObject *
+bioring_get_caller_ends(BioRing *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->caller_ends);
+}
+
+static PyObject *
+bioring_get_ending(BioRing *self, void *closure)
+{
+    return PyBool_FromLong(bioring_on_reaper(self));
+}
+
+static PyObject *
+bioring_get_anywhere(BioRing *self, void *closure)
+{
+    return Py_NewRef(self->anywhere);
+}
+
+/* end_anywhere(fn): a waiting thread that leads may call ``fn`` as an end_io (B5). */
+static PyObject *
+bioring_end_anywhere(BioRing *self, PyObject *fn)
+{
+    if (!PyCallable_Check(fn))
+        return PyErr_Format(PyExc_TypeError, "end_anywhere: %R is not callable", fn);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->anywhere); i++)
+        if (PyTuple_GET_ITEM(self->anywhere, i) == fn)
+            Py_RETURN_NONE;
+    PyObject *one = PyTuple_Pack(1, fn);
+    if (one == NULL)
+        return NULL;
+    PyObject *all = PySequence_Concat(self->anywhere, one);
+    Py_DECREF(one);
+    if (all == NULL)
+        return NULL;
+    Py_SETREF(self->anywhere, all);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef bioring_methods[] = {
+    {"end_anywhere", (PyCFunction)bioring_end_anywhere, METH_O,
+     "end_anywhere(fn): a waiting thread that leads may call fn as an end_io; fn must "
+     "not wait for a bio and must not wait for a lock its caller may hold"},
     {"submit", (PyCFunction)(void (*)(void))bioring_submit, METH_FASTCALL,
      "submit(fd, bio) -> True (taken) | None (not plain, or closed: nothing done)"},
     {"wait", (PyCFunction)bioring_wait, METH_O,
@@ -2100,6 +2453,18 @@ static PyGetSetDef bioring_getset[] = {
     {"defer_others", (getter)bioring_get_defer_others, (setter)bioring_set_defer_others,
      "other threads' submissions wait for the reaper's next wait while half the entries "
      "are in flight", NULL},
+    {"lead", (getter)bioring_get_lead, (setter)bioring_set_lead,
+     "a thread waiting for a bio of the ring (wait) reaps for it itself", NULL},
+    {"lead_us", (getter)bioring_get_lead_us, (setter)bioring_set_lead_us,
+     "a leading waiter looks again after this many microseconds in the kernel; the "
+     "reaper takes the lead after this long without one", NULL},
+    {"leads", (getter)bioring_get_leads, NULL, "leads taken by waiting threads", NULL},
+    {"caller_ends", (getter)bioring_get_caller_ends, NULL, "bios ended by waiting threads",
+     NULL},
+    {"ending", (getter)bioring_get_ending, NULL,
+     "the current thread is the leader (it ends bios: in an end_io)", NULL},
+    {"anywhere", (getter)bioring_get_anywhere, NULL,
+     "the end_io callables a waiting leader may call (end_anywhere)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -2128,7 +2493,7 @@ intern_names(void)
         {&str_set_result, "set_result"}, {&str_new, "new"}, {&str_submitted, "submitted"},
         {&str_done, "done"}, {&str_acquire, "acquire"}, {&str_release, "release"}, {&str_waiter, "_waiter"},
         {&str_finished, "FINISHED"}, {&str_cancelled, "CANCELLED"},
-        {&str_cancelled_notified, "CANCELLED_AND_NOTIFIED"},
+        {&str_cancelled_notified, "CANCELLED_AND_NOTIFIED"}, {&str_cbs, "_cbs"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((*names[i].p = PyUnicode_InternFromString(names[i].s)) == NULL)

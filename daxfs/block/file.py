@@ -49,8 +49,11 @@ WRITE bio (one segment that ``_plain`` would take, FUA allowed; no PREFLUSH,
 no plug) goes to ``_uring.BioRing`` (``self._aio``): checked and submitted in
 C on a ring of its own, and ended in C by its reaper thread ("daxfs-bio",
 started by the first bio it takes): status, Future, ``end_io`` called with no
-Python in between.  A CQE that falls short comes back to ``_aio_failed``
-(continued, or its error named as the bio path names it).  Counted in
+Python in between.  A thread waiting for such a bio (``bio.wait()``,
+``bio.future.result()``) reaps for it itself while the reaper steps aside
+(``BioRing.lead``; ``end_io`` and done callbacks still run on the reaper).  A
+CQE that falls short comes back to ``_aio_failed`` (continued, or its error
+named as the bio path names it).  Counted in
 ``statistics()['async']``.  With ``_aio`` None every bio takes the bio path
 (the reference the tests hold it to).
 
@@ -527,11 +530,13 @@ class FileBlockDevice(BlockDevice):
                 for itself).
         """
         reaper = self._reaper
-        if reaper is not None and reaper is threading.current_thread():
+        aio = self._aio
+        if (reaper is not None and reaper is threading.current_thread()) or (
+            aio is not None and aio.ending
+        ):
             raise RuntimeError(f"{self.name}: close() called from a completion (end_io)")
         if self._fast is not None:
             self._fast.shutdown()
-        aio = self._aio
         if aio is not None:
             aio.shutdown()
             reaper = self._reaper

@@ -20,9 +20,10 @@ Condition was a tenth of a core.  A ``LeanFuture`` IS a
               installed under it is never missed
     waiter    an optional reaper (``daxfs.block.bio._Waiter``, the file device's
               ``_uring.BioRing``): ``result()`` without a timeout calls
-              ``waiter.wait(self)`` first, which reaps nested when it runs on the
-              reaper itself -- a Future waited for in an ``end_io`` does not wait
-              for the thread that must resolve it
+              ``waiter.wait(self)`` first, which reaps for it in the calling thread
+              (the BioRing's waiting leader: one wake-up instead of two), and
+              nested when it runs on the reaper itself -- a Future waited for in an
+              ``end_io`` does not wait for the thread that must resolve it
 
 Invariants
   1. A transition out of PENDING (or RUNNING) happens once, under ``_LOCK`` (and
@@ -145,7 +146,9 @@ class LeanFuture(Future[_T]):
         seconds passed (TimeoutError)."""
         waiter = self._waiter
         if waiter is not None and timeout is None:
-            waiter.wait(self)  # on the reaper: reaps nested until this is done
+            waiter.wait(self)  # reaps for it (nested on the reaper): done, mostly
+            if self._state == FINISHED:
+                return
         with _LOCK:
             state = self._state
             if state == FINISHED:

@@ -238,7 +238,12 @@ class DirectIO:
         self.bdev = cache.bdev
         #: the reaper of the device's asynchronous C path, if any (the file device's
         #: ``_uring.BioRing``): a lean read's Future waited for on it reaps nested
-        self._waiter: FutureWaiter | None = getattr(self.bdev, "_aio", None)
+        aio = getattr(self.bdev, "_aio", None)
+        self._waiter: FutureWaiter | None = aio
+        if aio is not None:
+            # a thread waiting for a bio of the ring may end a lean read itself
+            # (``_lean_read_end`` neither waits nor blocks: BioRing, invariant B5)
+            aio.end_anywhere(_lean_read_end)
         #: the alignment of offsets, lengths and buffer addresses (logical block size)
         self.alignment = self.bdev.limits.logical_block_size
         self._worker: ThreadPoolExecutor | None = None
@@ -573,7 +578,7 @@ class DirectIO:
             return None
         token, addr, length, result = lean
         self.stats["lean_submits"] += 1
-        future: LeanFuture[int] = LeanFuture(self._waiter)
+        future: LeanFuture[int] = LeanFuture()
         with guard:
             inflight.add(future)
         state = (self, inode, token, future, view, result, length, path, inflight, guard)
@@ -589,6 +594,10 @@ class DirectIO:
             self.bdev.submit_bio(bio)
         except Exception as exc:  # nothing in flight: the range back, the error named
             _lean_read_done(state, exc)
+        else:
+            # the ring that took the bio, if one did (BioRing sets the bio's waiter): its
+            # result() reaps for it; a bio that went the bio path has none to ask
+            future._waiter = bio._waiter
         return future
 
     def read_fast(self, inode: Inode, pos: int, buffer: Buffer) -> int | None:
@@ -1225,13 +1234,24 @@ _LeanState = tuple[
 
 def _lean_read_end(bio: Bio) -> None:
     """The ``end_io`` of a lean read's bio (any thread; on io_uring the device's
-    reaper, which must never wait for ``inode.lock``): ``_lean_read_done`` here when
-    ``inode.lock`` is free at once, else on the engine's worker."""
+    reaper, or a thread that waits for a bio of the device and reaps for it: neither
+    may wait for ``inode.lock``): ``_lean_read_done`` here when ``inode.lock`` is free
+    at once, else on the engine's worker.  Also on the worker: on a thread that
+    holds ``inode.lock`` already (a waiting thread, in its own critical section),
+    and a Future with done callbacks anywhere but on the reaper (its caller's code
+    runs where a Future is resolved, never inside another thread's wait)."""
     state: _LeanState = bio.private  # type: ignore[assignment]
     bio.private = None
     status = bio.status
     lock = state[1].lock
-    if lock.acquire(False):
+    if (
+        not lock._is_owned()  # type: ignore[attr-defined]
+        and (
+            not state[3]._cbs
+            or threading.current_thread() is getattr(state[0].bdev, "_reaper", None)
+        )
+        and lock.acquire(False)
+    ):
         try:
             _lean_read_done(state, status)
         finally:

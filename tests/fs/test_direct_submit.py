@@ -293,3 +293,96 @@ def test_lean_reads_on_an_io_uring_image_take_the_c_path(tmp_path: os.PathLike[s
         assert info.value.errno == errno.EIO
         assert not f.inode.layouts.ranges  # type: ignore[attr-defined]
         f.close()  # type: ignore[attr-defined]
+
+
+def _uring_image(tmp_path: os.PathLike[str]) -> str:
+    from daxfs.block.uring import availability
+
+    if availability():
+        pytest.skip(f"io_uring unavailable: {availability()}")
+    path = os.path.join(os.fspath(tmp_path), "img")
+    mkfs(path, size=SIZE, dax="never")
+    return path
+
+
+def test_a_waiting_thread_ends_lean_reads_itself_never_inside_its_inode_lock(
+    tmp_path: os.PathLike[str],
+) -> None:
+    """On a real io_uring device a thread waiting for a lean read's Future reaps for
+    it (the BioRing's waiting leader: the lean read's end is declared
+    ``end_anywhere``), every byte right.  A thread that holds the inode's lock and
+    waits for another bio ends a lean read of that inode without running its end
+    inside the lock: the end goes to the worker, and the Future is resolved only
+    once the lock is free (planted: an end run under the reentered lock is caught)."""
+    import time
+
+    from daxfs.block import Bio, BioOp, open_block
+
+    path = _uring_image(tmp_path)
+    with open_block(path, engine="io_uring", queue_depth=32) as bdev, mount(bdev) as fs:
+        aio = bdev._aio
+        assert aio is not None
+        if not aio.lead:
+            pytest.skip("the kernel takes no wait timeout (IORING_FEAT_EXT_ARG)")
+        f, model = _file_with_data(fs)
+        ends = aio.caller_ends
+        bufs = [aligned_buffer(BLOCK_SIZE) for _ in range(FILE_BLOCKS)]
+        for _ in range(5):
+            futures = [f.submit_read(k * BLOCK_SIZE, bufs[k]) for k in range(FILE_BLOCKS)]  # type: ignore[attr-defined]
+            for k, future in enumerate(futures):
+                assert future._waiter is aio
+                assert future.result() == min(BLOCK_SIZE, FILE_SIZE - k * BLOCK_SIZE)
+                assert (
+                    bytes(bufs[k][: future.result()])
+                    == model[k * BLOCK_SIZE : (k + 1) * BLOCK_SIZE]
+                )
+        assert aio.caller_ends > ends
+        stats = fs.direct.stats  # type: ignore[union-attr]
+        aio.lead_us = 200_000  # the reaper keeps aside for that long once a waiter led
+        leads = aio.leads
+        while aio.leads == leads:
+            first = Bio(BioOp.READ, 0, [aligned_buffer(BLOCK_SIZE)])
+            bdev.submit_bio(first)
+            first.wait()
+        posted, ends = stats["lean_posted"], aio.caller_ends
+        with f.inode.lock:  # type: ignore[attr-defined]
+            lean = f.submit_read(0, bufs[0])  # type: ignore[attr-defined]
+            time.sleep(0.02)  # its CQE is in the ring, unreaped
+            other = Bio(BioOp.READ, 8, [aligned_buffer(BLOCK_SIZE)])
+            bdev.submit_bio(other)
+            other.wait()  # this thread leads: it reaps the lean read's CQE too
+            assert aio.caller_ends >= ends + 2
+            time.sleep(0.02)
+            assert not lean.done()  # its end waits for the lock, on the worker
+        assert lean.result(10) == BLOCK_SIZE
+        assert stats["lean_posted"] == posted + 1
+        f.close()  # type: ignore[attr-defined]
+
+
+def test_a_lean_read_whose_bio_goes_the_bio_path_has_no_ring_waiter(
+    tmp_path: os.PathLike[str],
+) -> None:
+    """A lean read whose bio the device's C path does not take (a plug is held: the
+    bio path) is ended by the bio path; its Future does not name the ring as its
+    waiter (its result() would reap a ring that never had its bio), and resolves
+    with the bytes.  One the C path takes names it."""
+    from daxfs.block import open_block
+
+    path = _uring_image(tmp_path)
+    with open_block(path, engine="io_uring") as bdev, mount(bdev) as fs:
+        f, model = _file_with_data(fs)
+        buf = aligned_buffer(BLOCK_SIZE)
+        before = bdev.statistics()["async"]
+        with bdev.plug():
+            future = f.submit_read(BLOCK_SIZE, buf)  # type: ignore[attr-defined]
+        assert isinstance(future, LeanFuture)
+        assert future._waiter is None
+        assert future.result() == BLOCK_SIZE
+        assert bytes(buf) == model[BLOCK_SIZE : 2 * BLOCK_SIZE]
+        assert bdev.statistics()["async"] == before
+        future = f.submit_read(2 * BLOCK_SIZE, buf)  # type: ignore[attr-defined]
+        assert future._waiter is bdev._aio
+        assert future.result() == BLOCK_SIZE
+        assert bytes(buf) == model[2 * BLOCK_SIZE : 3 * BLOCK_SIZE]
+        assert bdev.statistics()["async"] == before + 1
+        f.close()  # type: ignore[attr-defined]
