@@ -9,6 +9,7 @@ value (so the stamp's times cannot tell a change):
 - threads: a buffered reader checks every byte of every page it reads against the
   writes (direct, synchronous and Futures) and truncates (through a path) that had
   returned before its read began, and that had started before it ended;
+- a direct write that fails half done: buffered reads show what the device holds;
 - a planted bug: each call of ``data_changed`` removed in turn (the call skipped from
   that one function) is caught by a scenario that then reads stale bytes -- and
   reads the new ones with the call in place.
@@ -16,6 +17,7 @@ value (so the stamp's times cannot tell a change):
 
 from __future__ import annotations
 
+import errno
 import sys
 import threading
 import time
@@ -34,6 +36,7 @@ from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.inode import Inode
 from daxfs.fs.layout import InodeRecord
 from daxfs.fs.mount import mkfs, mount
+from daxfs.testing.blockfaults import FaultyBlockDevice
 from daxfs.testing.simblock import SimulatedBlockDevice
 
 PAGE = 4096
@@ -416,3 +419,35 @@ def test_the_c_overwrite_commit_clears_the_stamp(
                 inode.space_stamp = was
             assert journal.commits == commits + 1
         assert stamp.rec is (inode.rec if planted else None)
+
+
+# -- a failed direct write --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["pwrite", "submit_write"])
+def test_a_short_direct_write_leaves_buffered_reads_as_the_device(
+    repeating_clock: None, how: str
+) -> None:
+    """A direct overwrite of two pages that completes short (the first page moved, the
+    second not) raises and commits nothing, touches no time -- and the pages cached
+    before still go: buffered reads show what the device holds, as direct reads do."""
+    base = SimulatedBlockDevice(SIZE)
+    mkfs(base)
+    disk = FaultyBlockDevice(base)
+    with mount(disk, cache_size="256K") as fs:
+        f = cached_file(fs, b"a" * 2 * PAGE)
+        d = fs.open("/f", "rb+", buffering=0, direct=True)
+        disk.arm("write", 1, short=True)
+        with pytest.raises(OSError, match="sector") as info:
+            if how == "pwrite":
+                d.pwrite(aligned(b"d" * 2 * PAGE), 0)
+            else:
+                d.submit_write(0, aligned(b"d" * 2 * PAGE)).result()
+        disk.disarm()
+        assert info.value.errno == errno.EIO
+        device = aligned_buffer(2 * PAGE)
+        assert d.preadinto(device, 0) == 2 * PAGE
+        assert bytes(device) == b"d" * PAGE + b"a" * PAGE, "not the short write planned"
+        assert reads(f, 2 * PAGE, 0) == (bytes(device), bytes(device))
+        d.close()
+        f.close()
