@@ -19,7 +19,10 @@ flight): ``endio`` (each read's ``end_io`` submits the next: bench/block.py's
 row) and ``futures`` (one thread waits for the oldest bio's Future, then
 submits the next), each through the C path of ``submit_bio``
 (``_uring.BioRing``) and through the bio path it replaced (``*_old``: the same
-device with ``_aio`` off), alternating in each pass; ``futures_wake`` is the C path
+device with ``_aio`` off), alternating in each pass; ``c_oldest`` and ``c_any``
+(bench/block_oldest.c: the Futures pattern -- wait for the oldest read, then
+replace it -- and fio's -- replace any completion -- in bare C, no Python: the
+floor the pattern itself allows); ``futures_wake`` is the C path
 with ``BioRing.lead`` off (the waiting thread sleeps on its Future until the reaper
 ends the bio: two wake-ups per bio, as before the waiting leader).
 
@@ -27,12 +30,16 @@ Filesystem sides (``--fs``: bench/block.py's image, a 64 MiB file of it opened
 direct=True, fio on the image file): QD1 ``c`` (``File.preadinto`` through the
 C lean read, ``_direct.LeanRead``), ``py`` (the same with it off: the Python
 lean read, its reference), ``dev`` (the device's own ``readinto`` of the same
-blocks: the floor); QD32 (32 ``submit_read`` Futures from one thread) ``lean``
-(``DirectIO.submit_read_lean``: one plain bio, a LeanFuture), ``lean_wake`` (the
-same with ``BioRing.lead`` off), ``request`` (the
+blocks: the floor); QD32 (32 ``submit_read`` Futures from one thread) ``c_oldest``
+(bench/block_oldest.c on the image file: the pattern's floor in bare C), ``lean``
+(``DirectIO.submit_read_lean``: one plain bio, a LeanFuture; its steps in C,
+``LeanRead.submit``, the bio ended by ``_direct.lean_end``), ``lean_py`` (the same
+steps in Python, the reference), ``lean_wake`` (``lean_py`` with ``BioRing.lead``
+off: the waiting thread sleeps until the reaper ends the read), ``request`` (the
 request path it replaced: ``submit_read_lean`` off).  (``submit_read_lean``'s
-steps up to the I/O in C, through a ``LeanRead.map``, measured no faster:
-0.83x and 1.01x of the Python steps per pass, at load 5-7; not kept.)
+steps up to the I/O in C alone, through a ``LeanRead.map``, measured no faster:
+0.83x and 1.01x of the Python steps per pass, at load 5-7; not kept.  The whole
+submit and its end in C, ``LeanRead.submit``, is ``lean``.)
 """
 
 from __future__ import annotations
@@ -56,13 +63,27 @@ from block import (
     randread_qd,
     run_fio,
 )
-from common import MIB, Unavailable
+from common import MIB, Unavailable, build_c, run_c
 
 from daxfs.block import Bio, BioOp, open_block
 from daxfs.block.file import FileBlockDevice
 from daxfs.block.uring import UringEngine
 
 BATCH = 256
+#: the Futures rows' pattern in bare C (wait for the oldest read; or fio's: any)
+OLDEST_C = Path(__file__).resolve().parent / "block_oldest.c"
+
+
+def c_loop(path: Path, mode: str) -> Callable[[float], float]:
+    """A side running bench/block_oldest.c on ``path`` (``mode`` "oldest": the
+    Futures rows' pattern, "any": fio's) at QD32; op/s."""
+    binary = build_c(OLDEST_C, libs=["uring"], hint="install gcc and liburing-dev")
+
+    def side(seconds: float) -> float:
+        got = run_c(binary, [str(path), str(seconds), "32", mode])
+        return float(got["ops"]) / float(got["seconds"])
+
+    return side
 
 
 def rate(seconds: float, step: Callable[[int], int]) -> float:
@@ -212,7 +233,8 @@ def report_bio(dev: FileBlockDevice, path: Path, size: int, passes: int, seconds
     """The per-bio sides and fio, interleaved; medians, process CPU per op, and
     each C-path side against its old side pass by pass."""
     sides = bio_sides(dev)
-    samples: dict[str, list[float]] = {name: [] for name in (*sides, "fio")}
+    floors = {"c_oldest": c_loop(path, "oldest"), "c_any": c_loop(path, "any")}
+    samples: dict[str, list[float]] = {name: [] for name in (*sides, *floors, "fio")}
     cpu: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(passes):
         for name, side in sides.items():
@@ -220,6 +242,8 @@ def report_bio(dev: FileBlockDevice, path: Path, size: int, passes: int, seconds
             rate_ = side(seconds)
             samples[name].append(rate_)
             cpu[name].append((time.process_time() - before) / (rate_ * seconds) * 1e6)
+        for name, floor in floors.items():
+            samples[name].append(floor(seconds))
         samples["fio"].append(run_fio(path, size, "randread", BS, 32, seconds))
     fio = statistics.median(samples["fio"])
     print(f"QD32 per bio, {passes} interleaved passes of {seconds:g} s, medians:")
@@ -234,6 +258,8 @@ def report_bio(dev: FileBlockDevice, path: Path, size: int, passes: int, seconds
         ("endio", "endio_old"),
         ("futures", "futures_old"),
         ("futures", "futures_wake"),
+        ("futures", "c_oldest"),
+        ("c_oldest", "c_any"),
     ):
         ratios = [a / b for a, b in zip(samples[name], samples[old], strict=True)]
         print(
@@ -270,17 +296,20 @@ def report_fs(directory: Path, size: int, passes: int, seconds: float) -> None:
             return side
 
         aio = bdev._aio
+        lean_submit = dio._lean_submit
 
-        def qd32(lean: bool, lead: bool = True) -> Callable[[float], float]:
+        def qd32(lean: bool, lead: bool = True, c_path: bool = True) -> Callable[[float], float]:
             def side(secs: float) -> float:
                 if not lean:
                     direct.DirectIO.submit_read_lean = lambda *a, **k: None  # type: ignore[method-assign]
                 if aio is not None:
                     aio.lead = lead
+                dio._lean_submit = lean_submit if c_path else None
                 try:
                     return fs_randread_qd(f, size, secs, 32)  # type: ignore[arg-type]
                 finally:
                     direct.DirectIO.submit_read_lean = submit_lean  # type: ignore[method-assign]
+                    dio._lean_submit = lean_submit
                     if aio is not None:
                         aio.lead = True
 
@@ -291,7 +320,13 @@ def report_fs(directory: Path, size: int, passes: int, seconds: float) -> None:
 
         groups: dict[int, dict[str, Callable[[float], float]]] = {
             1: {"c": qd1(True), "py": qd1(False), "dev": dev},
-            32: {"lean": qd32(True), "lean_wake": qd32(True, lead=False), "request": qd32(False)},
+            32: {
+                "c_oldest": c_loop(image, "oldest"),
+                "lean": qd32(True),
+                "lean_py": qd32(True, c_path=False),
+                "lean_wake": qd32(True, lead=False, c_path=False),
+                "request": qd32(False),
+            },
         }
         for depth, sides in groups.items():
             samples: dict[str, list[float]] = {name: [] for name in (*sides, "fio")}
@@ -310,7 +345,9 @@ def report_fs(directory: Path, size: int, passes: int, seconds: float) -> None:
             print(f"fs QD{depth} ({what}), {passes} interleaved passes of {seconds:g} s, medians:")
             for name, values in samples.items():
                 med = statistics.median(values)
-                note = f" {statistics.median(cpu[name]):5.1f} us CPU/op" if name in cpu else ""
+                # (a C side's CPU is its own process's: not counted here)
+                shown = name in cpu and not name.startswith("c_")
+                note = f" {statistics.median(cpu[name]):5.1f} us CPU/op" if shown else ""
                 print(
                     f"  {name:8s} {med:9,.0f} op/s{note} {med / fio:5.2f}x fio"
                     f"  (passes {min(values):,.0f}..{max(values):,.0f})"
@@ -318,7 +355,12 @@ def report_fs(directory: Path, size: int, passes: int, seconds: float) -> None:
             pairs = (
                 (("c", "py"), ("c", "dev"))
                 if depth == 1
-                else (("lean", "request"), ("lean", "lean_wake"))
+                else (
+                    ("lean", "request"),
+                    ("lean", "lean_py"),
+                    ("lean_py", "lean_wake"),
+                    ("lean", "c_oldest"),
+                )
             )
             for a, b in pairs:
                 ratios = [x / y for x, y in zip(samples[a], samples[b], strict=True)]

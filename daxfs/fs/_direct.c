@@ -55,12 +55,32 @@ typedef struct {
     long long align;        /* the logical block size */
     int block_shift;        /* the filesystem block size's log2 */
     long unwritten;         /* EXTENT_UNWRITTEN */
+    /* the lean submit_read (set_submit): None of them until then */
+    PyObject *dio;          /* a weak reference to the DirectIO (no cycle through it) */
+    PyObject *bdev;         /* the FileBlockDevice */
+    PyObject *aio;          /* its _uring.BioRing */
+    PyObject *bio_type;     /* daxfs.block.bio.Bio */
+    PyObject *future_type;  /* daxfs.block.future.LeanFuture */
+    PyObject *op_read;      /* BioOp.READ */
+    PyObject *flags_none;   /* BioFlags.NONE */
 } LeanRead;
+
+/* Module-wide, set once by setup_end() (daxfs.fs.direct at import): what lean_end
+ * and submit's error path call, and LeanFuture's lock and states. */
+static PyObject *g_end;         /* this module's lean_end: the bios' end_io */
+static PyObject *g_future_lock; /* daxfs.block.future._LOCK */
+static PyObject *g_py_end;      /* direct._lean_read_end: the reference end */
+static PyObject *g_py_done;     /* direct._lean_read_done(state, exc) */
+static PyObject *g_pending, *g_running, *g_finished; /* concurrent.futures' states */
 
 static PyObject *s_lock, *s_layouts, *s_rec, *s_size, *s_xcache, *s_mappings, *s_ino, *s_flags,
     *s_lblk, *s_pblk, *s_length, *s_ranges, *s_exclusive, *s_queue, *s_waiters, *s_cond,
     *s_notify_all, *s_start, *s_end, *s_granted, *s_acquire, *s_release, *s_dirty,
-    *s_drain_lock, *s_write_back, *s_read, *s_reads, *s_bios, *s_mapped_reads, *one;
+    *s_drain_lock, *s_write_back, *s_read, *s_reads, *s_bios, *s_mapped_reads, *one,
+    *s_op, *s_sector, *s_segments, *s_end_io, *s_private, *s_future_, *s_value, *s_status,
+    *s_state_, *s_parent, *s_chain, *s_waiter, *s_new, *s_plugs, *s_submit, *s_submit_bio,
+    *s_lean_submits, *s_is_owned, *s_cbs, *s_cond_, *s_w, *s_sleepers, *s_result_,
+    *s_exception_, *s_set_result, *s_add, *s_discard, *s_size_, *s_empty;
 
 static int
 leanread_init(LeanRead *self, PyObject *args, PyObject *kwds)
@@ -347,7 +367,7 @@ nothing_dirty(LeanRead *self, long long lo, long long hi)
 static int
 lean_map(LeanRead *self, PyObject *const *args, Py_ssize_t nargs, const char *what,
          PyObject **lock_out, PyObject **token_out, Py_buffer *view, long long *addr,
-         long long *length, long long *result)
+         long long *length, long long *result, int write_back)
 {
     if (nargs != 3) {
         PyErr_Format(PyExc_TypeError, "%s(inode, pos, buffer) takes 3 arguments", what);
@@ -392,7 +412,7 @@ lean_map(LeanRead *self, PyObject *const *args, Py_ssize_t nargs, const char *wh
         return 0;
     }
     /* the range is ours (L1): every way out below releases it or hands it on */
-    int clean = nothing_dirty(self, *addr, *addr + *length); /* (dirty runs: whole blocks) */
+    int clean = write_back ? nothing_dirty(self, *addr, *addr + *length) : 1; /* (whole blocks) */
     if (clean == 0) {
         PyObject *r = PyObject_CallMethod(self->cache, "write_back", "LL", *addr, *length);
         clean = r == NULL ? -1 : 1;
@@ -418,7 +438,8 @@ leanread_read(LeanRead *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *lock = NULL, *token = NULL, *out = NULL, *inode = nargs == 3 ? args[0] : NULL;
     Py_buffer view;
     long long addr = 0, length = 0, result = 0;
-    int got = lean_map(self, args, nargs, "read", &lock, &token, &view, &addr, &length, &result);
+    int got =
+        lean_map(self, args, nargs, "read", &lock, &token, &view, &addr, &length, &result, 1);
     if (got <= 0) {
         if (got < 0)
             return NULL;
@@ -465,6 +486,382 @@ release:
     return out;
 }
 
+/* -- the lean submit_read (DirectIO.submit_read_lean's steps, in C) ---------------- */
+
+/* The cache's dirty blocks of [addr, addr+length) written back (write_back's test
+ * inline, as lean_map does): 0, or -1 with an exception. */
+static int
+write_back_range(LeanRead *self, long long addr, long long length)
+{
+    int clean = nothing_dirty(self, addr, addr + length);
+    if (clean == 0) {
+        PyObject *r = PyObject_CallMethod(self->cache, "write_back", "LL", addr, length);
+        clean = r == NULL ? -1 : 1;
+        Py_XDECREF(r);
+    }
+    return clean < 0 ? -1 : 0;
+}
+
+/* A READ Bio of ONE segment, as Bio(BioOp.READ, sector, [segment], end_io=,
+ * private=) makes it after its checks (the caller made them: a writable,
+ * one-dimensional, aligned segment); a new reference or NULL. */
+static PyObject *
+make_bio(LeanRead *self, long long sector, PyObject *segment, Py_ssize_t size,
+         PyObject *private)
+{
+    PyTypeObject *type = (PyTypeObject *)self->bio_type;
+    PyObject *bio = type->tp_new(type, s_empty, NULL);
+    if (bio == NULL)
+        return NULL;
+    PyObject *segs = PyList_New(1), *sec = PyLong_FromLongLong(sector),
+             *sz = PyLong_FromSsize_t(size), *zero = PyLong_FromLong(0);
+    int ok = segs != NULL && sec != NULL && sz != NULL && zero != NULL;
+    if (ok) {
+        PyList_SET_ITEM(segs, 0, Py_NewRef(segment));
+        ok = PyObject_SetAttr(bio, s_op, self->op_read) == 0 &&
+             PyObject_SetAttr(bio, s_flags, self->flags_none) == 0 &&
+             PyObject_SetAttr(bio, s_sector, sec) == 0 &&
+             PyObject_SetAttr(bio, s_segments, segs) == 0 &&
+             PyObject_SetAttr(bio, s_size_, sz) == 0 &&
+             PyObject_SetAttr(bio, s_end_io, g_end) == 0 &&
+             PyObject_SetAttr(bio, s_private, private) == 0 &&
+             PyObject_SetAttr(bio, s_future_, Py_None) == 0 &&
+             PyObject_SetAttr(bio, s_value, zero) == 0 &&
+             PyObject_SetAttr(bio, s_status, Py_None) == 0 &&
+             PyObject_SetAttr(bio, s_state_, s_new) == 0 &&
+             PyObject_SetAttr(bio, s_parent, Py_None) == 0 &&
+             PyObject_SetAttr(bio, s_chain, Py_None) == 0 &&
+             PyObject_SetAttr(bio, s_waiter, Py_None) == 0;
+    }
+    Py_XDECREF(segs);
+    Py_XDECREF(sec);
+    Py_XDECREF(sz);
+    Py_XDECREF(zero);
+    if (!ok)
+        Py_CLEAR(bio);
+    return bio;
+}
+
+/* The device's submit_bio(bio) (FileBlockDevice.submit_bio): the BioRing's submit
+ * when no plug is held, else (or when it declines) the method itself, the
+ * reference.  0, or -1 with an exception. */
+static int
+submit_bio(LeanRead *self, PyObject *bio)
+{
+    PyObject *plugs = PyObject_GetAttr(self->bdev, s_plugs);
+    if (plugs == NULL)
+        return -1;
+    PyObject *held = PyObject_GetAttr(plugs, s_bios);
+    Py_DECREF(plugs);
+    if (held == NULL)
+        return -1;
+    int plugged = held != Py_None;
+    Py_DECREF(held);
+    if (!plugged) {
+        PyObject *call[3] = {self->aio, self->fd, bio};
+        PyObject *r =
+            PyObject_VectorcallMethod(s_submit, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r == NULL)
+            return -1;
+        int taken = r == Py_True;
+        Py_DECREF(r);
+        if (taken)
+            return 0;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(self->bdev, s_submit_bio, bio);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* guard held around set.add / set.discard of ``future``: 0 or -1. */
+static int
+guarded(PyObject *guard, PyObject *set, PyObject *future, int add)
+{
+    if (call_noargs(guard, s_acquire) < 0)
+        return -1;
+    int r = add ? PySet_Add(set, future) : PySet_Discard(set, future);
+    if (call_noargs(guard, s_release) < 0)
+        r = -1;
+    return r < 0 ? -1 : 0;
+}
+
+static PyObject *
+leanread_submit(LeanRead *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6)
+        return PyErr_Format(PyExc_TypeError,
+                            "submit(inode, pos, buffer, path, inflight, guard) takes 6 arguments");
+    if (self->aio == NULL || g_end == NULL) {
+        PyErr_SetString(PyExc_ValueError, "LeanRead.submit is not set up (set_submit)");
+        return NULL;
+    }
+    PyObject *dio = PyWeakref_GetObject(self->dio); /* (borrowed) */
+    if (dio == NULL)
+        return NULL;
+    if (dio == Py_None)
+        Py_RETURN_NONE; /* (the mount is going: the Python path) */
+    PyObject *inode = args[0], *buffer = args[2], *path = args[3], *inflight = args[4],
+             *guard = args[5];
+    if (!PySet_Check(inflight))
+        return PyErr_Format(PyExc_TypeError, "submit: inflight must be a set");
+    PyObject *lock = NULL, *token = NULL;
+    Py_buffer view;
+    long long addr = 0, length = 0, result = 0;
+    int got = lean_map(self, args, 3, "submit", &lock, &token, &view, &addr, &length, &result, 0);
+    if (got <= 0) {
+        if (got < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t n = view.len;
+    PyBuffer_Release(&view);
+    /* the range is held (L1): from here every way out releases it or hands it on */
+    PyObject *future = NULL, *mv = NULL, *seg = NULL, *state = NULL, *bio = NULL,
+             *res_obj = NULL, *len_obj = NULL;
+    if ((mv = PyMemoryView_FromObject(buffer)) == NULL ||
+        (seg = length == n ? Py_NewRef(mv) : PySequence_GetSlice(mv, 0, length)) == NULL ||
+        (future = PyObject_CallNoArgs(self->future_type)) == NULL ||
+        (res_obj = PyLong_FromLongLong(result)) == NULL ||
+        (len_obj = PyLong_FromLongLong(length)) == NULL ||
+        stat_add(self->stats, s_lean_submits) < 0)
+        goto unlock;
+    if (guarded(guard, inflight, future, 1) < 0)
+        goto unlock;
+    state = PyTuple_Pack(10, dio, inode, token, future, mv, res_obj, len_obj, path,
+                         inflight, guard);
+    if (state == NULL) {
+        guarded(guard, inflight, future, 0);
+        goto unlock;
+    }
+    /* as the Python path's try: an error of the write-back or the submission is the
+     * Future's (_lean_read_done: the range back, the error named) */
+    int err = write_back_range(self, addr, length);
+    if (err == 0) {
+        bio = make_bio(self, addr >> 9, seg, (Py_ssize_t)length, state);
+        err = bio == NULL ? -1 : submit_bio(self, bio);
+    }
+    if (err < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            goto out; /* (as ``except Exception``: a BaseException propagates) */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(value, tb);
+        PyObject *r = PyObject_CallFunctionObjArgs(g_py_done, state, value, NULL);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (r == NULL)
+            goto out;
+        Py_DECREF(r);
+    } else { /* the ring that took the bio, if one did: result() reaps for it */
+        PyObject *waiter = PyObject_GetAttr(bio, s_waiter);
+        if (waiter == NULL || PyObject_SetAttr(future, s_waiter, waiter) < 0) {
+            Py_XDECREF(waiter);
+            goto out; /* (in flight: its end releases the range) */
+        }
+        Py_DECREF(waiter);
+    }
+    Py_DECREF(lock);
+    Py_DECREF(token);
+    Py_DECREF(mv);
+    Py_DECREF(seg);
+    Py_DECREF(state);
+    Py_XDECREF(bio);
+    Py_DECREF(res_obj);
+    Py_DECREF(len_obj);
+    return future;
+unlock:
+    unlock_range(lock, inode, token);
+out:
+    Py_XDECREF(lock);
+    Py_XDECREF(token);
+    Py_XDECREF(mv);
+    Py_XDECREF(seg);
+    Py_XDECREF(state);
+    Py_XDECREF(bio);
+    Py_XDECREF(res_obj);
+    Py_XDECREF(len_obj);
+    Py_XDECREF(future);
+    return NULL;
+}
+
+/* LeanFuture.set_result(value) of a future nobody watches through wait(),
+ * as_completed or callbacks (no _cond, _w, _cbs): the transition under _LOCK,
+ * the sleepers' locks released (LeanFuture invariants 1, 2).  1 done, 0 not
+ * such a future (nothing changed: call set_result), -1. */
+static int
+resolve_plain(PyObject *future, PyObject *value)
+{
+    if (call_noargs(g_future_lock, s_acquire) < 0)
+        return -1;
+    int out = 0;
+    PyObject *sleepers = NULL;
+    PyObject *cond = PyObject_GetAttr(future, s_cond_), *w = PyObject_GetAttr(future, s_w),
+             *cbs = PyObject_GetAttr(future, s_cbs), *state = PyObject_GetAttr(future, s_state_);
+    if (cond == NULL || w == NULL || cbs == NULL || state == NULL) {
+        out = -1;
+    } else if (cond == Py_None && w == Py_None && cbs == Py_None &&
+               (state == g_pending || state == g_running)) {
+        sleepers = PyObject_GetAttr(future, s_sleepers);
+        if (sleepers == NULL || PyObject_SetAttr(future, s_result_, value) < 0 ||
+            PyObject_SetAttr(future, s_exception_, Py_None) < 0 ||
+            PyObject_SetAttr(future, s_state_, g_finished) < 0 ||
+            PyObject_SetAttr(future, s_sleepers, Py_None) < 0)
+            out = -1;
+        else
+            out = 1;
+    }
+    Py_XDECREF(cond);
+    Py_XDECREF(w);
+    Py_XDECREF(cbs);
+    Py_XDECREF(state);
+    if (call_noargs(g_future_lock, s_release) < 0)
+        out = -1;
+    if (out == 1 && sleepers != NULL && PyList_Check(sleepers)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sleepers); i++)
+            if (call_noargs(PyList_GET_ITEM(sleepers, i), s_release) < 0)
+                out = -1;
+    }
+    Py_XDECREF(sleepers);
+    return out;
+}
+
+/* end(bio): the end_io of a lean read's bio (direct._lean_read_end's common case in
+ * C: a whole read, ``inode.lock`` free at once and not held by this thread, a
+ * Future with no done callback): the range released, the bytes past the end of
+ * file zeroed, the Future resolved, out of the File's set.  Anything else: the
+ * Python end, the reference (the worker, the errors named). */
+static PyObject *
+lean_end(PyObject *module, PyObject *bio)
+{
+    PyObject *state = PyObject_GetAttr(bio, s_private);
+    if (state == NULL)
+        return NULL;
+    PyObject *status = PyObject_GetAttr(bio, s_status), *lock = NULL, *owned = NULL,
+             *cbs = NULL, *got = NULL, *out = NULL;
+    if (status == NULL)
+        goto done;
+    if (status != Py_None || !PyTuple_CheckExact(state) || PyTuple_GET_SIZE(state) != 10)
+        goto python;
+    PyObject *inode = PyTuple_GET_ITEM(state, 1), *token = PyTuple_GET_ITEM(state, 2),
+             *future = PyTuple_GET_ITEM(state, 3), *mv = PyTuple_GET_ITEM(state, 4),
+             *inflight = PyTuple_GET_ITEM(state, 8), *guard = PyTuple_GET_ITEM(state, 9);
+    long long result = PyLong_AsLongLong(PyTuple_GET_ITEM(state, 5));
+    long long length = PyLong_AsLongLong(PyTuple_GET_ITEM(state, 6));
+    if (PyErr_Occurred())
+        goto done;
+    if ((cbs = PyObject_GetAttr(future, s_cbs)) == NULL)
+        goto done;
+    if (cbs != Py_None)
+        goto python;
+    if ((lock = PyObject_GetAttr(inode, s_lock)) == NULL ||
+        (owned = PyObject_CallMethodNoArgs(lock, s_is_owned)) == NULL)
+        goto done;
+    if (owned != Py_False)
+        goto python;
+    if ((got = PyObject_CallMethodOneArg(lock, s_acquire, Py_False)) == NULL)
+        goto done;
+    if (got != Py_True)
+        goto python; /* busy: the worker ends it */
+    if (PyObject_SetAttr(bio, s_private, Py_None) < 0) {
+        call_noargs(lock, s_release);
+        goto done;
+    }
+    int ok = range_unlock(inode, token) == 0;
+    if (ok && result < length) {
+        Py_buffer v;
+        ok = PyObject_GetBuffer(mv, &v, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) == 0;
+        if (ok) {
+            if (length <= v.len)
+                memset((char *)v.buf + result, 0, (size_t)(length - result));
+            PyBuffer_Release(&v);
+        }
+    }
+    int r = 0;
+    if (ok) {
+        PyObject *value = PyTuple_GET_ITEM(state, 5);
+        r = resolve_plain(future, value);
+        if (r == 0) { /* watched: the method, which tells them */
+            PyObject *x = PyObject_CallMethodOneArg(future, s_set_result, value);
+            r = x == NULL ? -1 : 1;
+            Py_XDECREF(x);
+        }
+        ok = r > 0 && guarded(guard, inflight, future, 0) == 0;
+    }
+    if (call_noargs(lock, s_release) < 0)
+        ok = 0;
+    if (ok)
+        out = Py_NewRef(Py_None);
+    goto done;
+python:
+    out = PyObject_CallOneArg(g_py_end, bio);
+done:
+    Py_XDECREF(state);
+    Py_XDECREF(status);
+    Py_XDECREF(lock);
+    Py_XDECREF(owned);
+    Py_XDECREF(cbs);
+    Py_XDECREF(got);
+    return out;
+}
+
+/* set_submit(dio, bdev, aio, bio_type, future_type, op_read, flags_none): what
+ * submit() needs (see the struct's fields). */
+static PyObject *
+leanread_set_submit(LeanRead *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"dio", "bdev", "aio", "bio_type", "future_type", "op_read",
+                             "flags_none", NULL};
+    PyObject *dio, *bdev, *aio, *bio_type, *future_type, *op_read, *flags_none;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO!O!OO:set_submit", kwlist, &dio, &bdev,
+                                     &aio, &PyType_Type, &bio_type, &PyType_Type, &future_type,
+                                     &op_read, &flags_none))
+        return NULL;
+    PyObject *ref = PyWeakref_NewRef(dio, NULL);
+    if (ref == NULL)
+        return NULL;
+    Py_XSETREF(self->dio, ref);
+    Py_XSETREF(self->bdev, Py_NewRef(bdev));
+    Py_XSETREF(self->aio, Py_NewRef(aio));
+    Py_XSETREF(self->bio_type, Py_NewRef(bio_type));
+    Py_XSETREF(self->future_type, Py_NewRef(future_type));
+    Py_XSETREF(self->op_read, Py_NewRef(op_read));
+    Py_XSETREF(self->flags_none, Py_NewRef(flags_none));
+    Py_RETURN_NONE;
+}
+
+/* setup_end(future_lock, py_end, py_done, (PENDING, RUNNING, FINISHED)) -> lean_end:
+ * once, by daxfs.fs.direct. */
+static PyObject *
+direct_setup_end(PyObject *module, PyObject *args)
+{
+    PyObject *future_lock, *py_end, *py_done, *pending, *running, *finished;
+    if (!PyArg_ParseTuple(args, "OOO(OOO):setup_end", &future_lock, &py_end, &py_done,
+                          &pending, &running, &finished))
+        return NULL;
+    PyObject *end = PyObject_GetAttrString(module, "lean_end");
+    if (end == NULL)
+        return NULL;
+    Py_XSETREF(g_end, end);
+    Py_XSETREF(g_future_lock, Py_NewRef(future_lock));
+    Py_XSETREF(g_py_end, Py_NewRef(py_end));
+    Py_XSETREF(g_py_done, Py_NewRef(py_done));
+    Py_XSETREF(g_pending, Py_NewRef(pending));
+    Py_XSETREF(g_running, Py_NewRef(running));
+    Py_XSETREF(g_finished, Py_NewRef(finished));
+    return Py_NewRef(end);
+}
+
+static PyMethodDef direct_functions[] = {
+    {"lean_end", (PyCFunction)lean_end, METH_O,
+     "lean_end(bio): the end_io of LeanRead.submit's bios (_lean_read_end's common case)"},
+    {"setup_end", (PyCFunction)direct_setup_end, METH_VARARGS,
+     "setup_end(future_lock, py_end, py_done, (PENDING, RUNNING, FINISHED)) -> lean_end"},
+    {NULL, NULL, 0, NULL},
+};
+
 static int
 leanread_traverse(LeanRead *self, visitproc visit, void *arg)
 {
@@ -472,6 +869,9 @@ leanread_traverse(LeanRead *self, visitproc visit, void *arg)
     Py_VISIT(self->cache);
     Py_VISIT(self->fast);
     Py_VISIT(self->stats);
+    Py_VISIT(self->dio);
+    Py_VISIT(self->bdev);
+    Py_VISIT(self->aio);
     return 0;
 }
 
@@ -485,6 +885,13 @@ leanread_clear(LeanRead *self)
     Py_CLEAR(self->fast);
     Py_CLEAR(self->fd);
     Py_CLEAR(self->stats);
+    Py_CLEAR(self->dio);
+    Py_CLEAR(self->bdev);
+    Py_CLEAR(self->aio);
+    Py_CLEAR(self->bio_type);
+    Py_CLEAR(self->future_type);
+    Py_CLEAR(self->op_read);
+    Py_CLEAR(self->flags_none);
     return 0;
 }
 
@@ -500,6 +907,12 @@ static PyMethodDef leanread_methods[] = {
     {"read", (PyCFunction)(void (*)(void))leanread_read, METH_FASTCALL,
      "read(inode, pos, buffer) -> bytes read | None (not lean: nothing held) | "
      "(token, got, addr, length, result) (the range held: Python finishes)"},
+    {"submit", (PyCFunction)(void (*)(void))leanread_submit, METH_FASTCALL,
+     "submit(inode, pos, buffer, path, inflight, guard) -> LeanFuture | None (not lean: "
+     "nothing held): DirectIO.submit_read_lean in one call"},
+    {"set_submit", (PyCFunction)(void (*)(void))leanread_set_submit,
+     METH_VARARGS | METH_KEYWORDS,
+     "set_submit(dio, bdev, aio, bio_type, future_type, op_read, flags_none): set up submit()"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -522,6 +935,7 @@ static struct PyModuleDef direct_module = {
     .m_name = "daxfs.fs._direct",
     .m_doc = "The lean direct read of daxfs.fs.direct in C.",
     .m_size = -1,
+    .m_methods = direct_functions,
 };
 
 PyMODINIT_FUNC
@@ -537,11 +951,22 @@ PyInit__direct(void)
         {&s_acquire, "acquire"}, {&s_release, "release"}, {&s_dirty, "_dirty"},
         {&s_drain_lock, "_drain_lock"}, {&s_write_back, "write_back"}, {&s_read, "read"},
         {&s_reads, "reads"}, {&s_bios, "bios"}, {&s_mapped_reads, "mapped_reads"},
+        {&s_op, "op"}, {&s_sector, "sector"}, {&s_segments, "segments"},
+        {&s_end_io, "end_io"}, {&s_private, "private"}, {&s_future_, "_future"},
+        {&s_value, "_value"}, {&s_status, "status"}, {&s_state_, "_state"},
+        {&s_parent, "_parent"}, {&s_chain, "_chain"}, {&s_waiter, "_waiter"},
+        {&s_new, "new"}, {&s_plugs, "_plugs"}, {&s_submit, "submit"},
+        {&s_submit_bio, "submit_bio"}, {&s_lean_submits, "lean_submits"},
+        {&s_is_owned, "_is_owned"}, {&s_cbs, "_cbs"}, {&s_cond_, "_cond"}, {&s_w, "_w"},
+        {&s_sleepers, "_sleepers"}, {&s_result_, "_result"}, {&s_exception_, "_exception"},
+        {&s_set_result, "set_result"}, {&s_add, "add"}, {&s_discard, "discard"},
+        {&s_size_, "size"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((*names[i].p = PyUnicode_InternFromString(names[i].s)) == NULL)
             return NULL;
-    if ((one = PyLong_FromLong(1)) == NULL || PyType_Ready(&LeanReadType) < 0)
+    if ((one = PyLong_FromLong(1)) == NULL || (s_empty = PyTuple_New(0)) == NULL ||
+        PyType_Ready(&LeanReadType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&direct_module);
     if (m == NULL)

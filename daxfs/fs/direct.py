@@ -132,6 +132,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures._base import FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -140,6 +141,7 @@ from daxfs.block.bio import SECTOR_SHIFT, Bio, BioFlags, BioOp
 from daxfs.block.cache import BlockCache
 from daxfs.block.cache import _named as _saying
 from daxfs.block.file import misaligned
+from daxfs.block.future import _LOCK as _FUTURE_LOCK
 from daxfs.block.future import FutureWaiter, LeanFuture
 from daxfs.errors import FileTooLarge, InvalidArgument, WouldBlock, naming
 from daxfs.fs.data import BATCH_EXTENTS, MAX_FILE_SIZE, MAX_IO, DataPath
@@ -153,6 +155,8 @@ try:  # the copier of a fast overwrite's cache copy (optional, as in daxfs.fs.da
     from daxfs.fs import _copy
 except ImportError:
     _copy = None  # type: ignore[assignment]
+
+_FUTURE_STATES = (PENDING, RUNNING, FINISHED)
 
 try:  # the lean synchronous read in C (optional: ``_lean`` and ``_read_mapped`` in Python)
     from daxfs.fs import _direct
@@ -278,6 +282,9 @@ class DirectIO:
         self.files: FileCache | None = None
         #: the lean read in C (``_direct.LeanRead``), or None: the Python path
         self._lean_c = self._make_lean_read()
+        #: the same, set up for the lean ``submit_read`` too (the device's BioRing and
+        #: the C end ``_direct.lean_end``), or None: its steps in Python, the reference
+        self._lean_submit = self._make_lean_submit(aio)
 
     # -- checks -------------------------------------------------------------------------
 
@@ -408,6 +415,17 @@ class DirectIO:
             BLOCK_SHIFT,
             EXTENT_UNWRITTEN,
         )
+
+    def _make_lean_submit(self, aio: object) -> _direct.LeanRead | None:
+        """The C lean read set up for ``submit_read_lean`` (``LeanRead.submit``, its
+        bios ended by ``_direct.lean_end``) where the C lean read serves and the
+        device has a BioRing; else None."""
+        lean = self._lean_c
+        if lean is None or aio is None or _LEAN_END is None:
+            return None
+        lean.set_submit(self, self.bdev, aio, Bio, LeanFuture, BioOp.READ, BioFlags.NONE)
+        aio.end_anywhere(_LEAN_END)  # type: ignore[attr-defined]
+        return lean
 
     def _read_mapped(self, inode: Inode, pos: int, buffer: Buffer) -> int | None:
         """``_read_mapped_general``'s common case in fewer steps (a QD1 4 KiB read
@@ -567,9 +585,17 @@ class DirectIO:
         None when the read is anything else (then call ``submit``: the request
         path, the reference).
 
+        With the C lean read on an io_uring device (``_lean_submit``) all of it is
+        one call of ``LeanRead.submit``: the same steps on the same objects, the
+        bio's end ``_direct.lean_end`` (``_lean_read_end``'s common case in C);
+        these Python steps are its reference.
+
         Raises:
             nothing: the device's errors, and a write-back's, are the Future's.
         """
+        lean_c = self._lean_submit
+        if lean_c is not None:
+            return lean_c.submit(inode, pos, buffer, path, inflight, guard)  # type: ignore[no-any-return]
         view = self._plain(pos, buffer, into=True)
         if view is None:
             return None
@@ -1560,3 +1586,11 @@ class _Request:
             self.token = None
         self.written = []
         self.bios = []
+
+
+#: the C end of the lean ``submit_read``'s bios (``LeanRead.submit``), or None
+_LEAN_END = (
+    None
+    if _direct is None
+    else _direct.setup_end(_FUTURE_LOCK, _lean_read_end, _lean_read_done, _FUTURE_STATES)
+)

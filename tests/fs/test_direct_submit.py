@@ -386,3 +386,76 @@ def test_a_lean_read_whose_bio_goes_the_bio_path_has_no_ring_waiter(
         assert bytes(buf) == model[2 * BLOCK_SIZE : 3 * BLOCK_SIZE]
         assert bdev.statistics()["async"] == before + 1
         f.close()  # type: ignore[attr-defined]
+
+
+def test_lean_reads_in_flight_race_truncate_and_reuse_of_blocks_every_byte_checked(
+    tmp_path: os.PathLike[str],
+) -> None:
+    """On a real io_uring device (the lean submit_read in C, ended by ``lean_end`` or by
+    the waiting thread): two threads keep windows of 16 reads of /f in flight while a
+    third truncates /f to 8 blocks, fills the freed blocks with another file's bytes,
+    removes it and writes /f back.  A read never sees the other file's bytes (no I/O
+    to a freed block: the range lock holds truncate off until the read ended); each
+    gives /f's bytes up to what it returned."""
+    from collections import deque
+
+    from daxfs.block import open_block
+
+    path = _uring_image(tmp_path)
+    blocks = 64
+    data = pattern(blocks * BLOCK_SIZE, 1)
+    with open_block(path, engine="io_uring", queue_depth=32) as bdev, mount(bdev) as fs:
+        f = fs.open("/f", "wb+", buffering=0, direct=True)
+        whole = aligned_buffer(len(data))
+        whole[:] = data
+        f.pwrite(whole, 0)
+        f.preadinto(aligned_buffer(BLOCK_SIZE), 0)
+        other = aligned_buffer((blocks - 8) * BLOCK_SIZE)
+        other[:] = pattern(len(other), 2)
+        stop = threading.Event()
+        failures: list[BaseException] = []
+        counts = [0, 0]
+
+        def reader(k: int) -> None:
+            rng = random.Random(k)
+            window: deque[tuple[Future[int], int, bytearray]] = deque()
+            try:
+                while not stop.is_set() or window:
+                    if len(window) == 16 or (stop.is_set() and window):
+                        future, pos, buf = window.popleft()
+                        got = future.result()
+                        assert bytes(buf[:got]) == data[pos : pos + got]
+                        counts[k] += 1
+                        continue
+                    pos = rng.randrange(blocks) * BLOCK_SIZE
+                    buf = aligned_buffer(BLOCK_SIZE)
+                    buf[:] = b"\xee" * BLOCK_SIZE
+                    window.append((f.submit_read(pos, buf), pos, buf))
+            except BaseException as exc:
+                failures.append(exc)
+                stop.set()
+
+        lean = fs.direct.stats["lean_submits"]  # type: ignore[union-attr]
+        threads = [threading.Thread(target=reader, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(15):
+                if failures:
+                    break
+                f.truncate(8 * BLOCK_SIZE)
+                with fs.open("/g", "wb", buffering=0, direct=True) as g:
+                    g.pwrite(other, 0)
+                fs.remove("/g")
+                f.pwrite(memoryview(whole)[8 * BLOCK_SIZE :], 8 * BLOCK_SIZE)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        if failures:
+            raise failures[0]
+        assert all(t.is_alive() is False for t in threads)
+        assert min(counts) > 0
+        assert fs.direct.stats["lean_submits"] > lean  # type: ignore[union-attr]
+        assert not f.inode.layouts.ranges
+        f.close()
