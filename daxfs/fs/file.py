@@ -1042,6 +1042,8 @@ class File(io.RawIOBase):
         if not self._open:
             return
         self._wait_inflight()  # requests in flight use the inode: they end first
+        if self._fcache is not None:  # and the readahead of its pages in flight
+            self._fcache.settle(self.inode)
         self._reader = self._writer = None  # first: the fast paths check nothing else
         self._open = False
         # (no io.IOBase.close: it would call flush, a no-op once closed, and set a flag of

@@ -12,6 +12,11 @@ direct I/O (``FileBacking``); the page cache has no I/O path of its own:
                              inode.lock) -> READ bios into the page slots for
                              MAPPED extents; zeros for holes, UNWRITTEN
                              extents and bytes past the end of file
+    submit_pages(off, views) the asynchronous readahead: the range locked
+                             shared (without waiting: None if it cannot be),
+                             mapped as read_pages, the READ bios submitted,
+                             and back without waiting (``_Readahead``: the
+                             last bio's end releases the range lock)
     write_pages([(off, v)])  DirectIO.write_out_of_place: NEW blocks, WRITE
                              bios (FUA, or a FLUSH after), and ONE transaction
                              that maps them, frees the old ones and sets size
@@ -21,8 +26,10 @@ direct I/O (``FileBacking``); the page cache has no I/O path of its own:
 
 Data flow::
 
-    File.pread/read  -> FileCache.read  -> space.readinto (hit: copy; miss:
-                        read_pages, readahead)
+    File.pread/read  -> FileCache.reader (HitReader: every page cached and
+                        settled, one C call) else FileCache.read ->
+                        space.readinto (hit: copy; miss: read_pages, then
+                        the next window by submit_pages, not waited for)
     File.pwrite/write-> FileCache.write -> range lock (exclusive), then
                         space.write_through: the pages take the bytes (a
                         partly covered page read first), then ONE
@@ -70,6 +77,14 @@ lock, then the journal lock (in ``write_out_of_place``), then the block
 cache's route lock and its own pool's.  No dirty page outlives an operation,
 so eviction never writes back (which would take another file's locks).
 
+Readahead in flight and the file's changes: a window holds a shared range
+lock from before its iomap_begin until its last bio ended, so truncate,
+punch, zero-range, a buffered or direct write of the range and mmap's
+preparation (exclusive range locks) wait for it: no block is freed while a
+bio reads it.  Their change then empties the range (``changed``, the
+stamp), and dropping a page of a window waits for its bio first.  A File's
+close waits for the space's windows (``settle``).
+
 Invariants
   1. A space holds no dirty page outside ``write_through`` (which holds
      ``inode.lock`` and the range lock): what it caches is what the media
@@ -89,17 +104,20 @@ Invariants
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import threading
 import weakref
 from typing import TYPE_CHECKING
 
 from daxfs.block.bio import SECTOR_SHIFT, Bio, BioOp
 from daxfs.block.cache import _named
-from daxfs.errors import NoSpace
+from daxfs.errors import NoSpace, WouldBlock
 from daxfs.fs.data import MAX_FILE_SIZE, MAX_IO, DataPath
 from daxfs.fs.direct import DirectIO, TooFragmented
 from daxfs.fs.inode import Inode
 from daxfs.fs.layout import BLOCK_SIZE, InodeRecord
+from daxfs.fs.rangelock import RangeToken
 from daxfs.iomap import IomapFlags, IomapType
 from daxfs.pagecache.cache import PAGE_SHIFT, PAGE_SIZE, AddressSpace, Folio, PageCache
 
@@ -147,6 +165,122 @@ class _Entry:
             and rec.size == self.size
             and rec.mtime_ns == self.mtime
         )
+
+
+class _Readahead:
+    """One asynchronous readahead window of a file in flight (``Pending``): its READ
+    bios, the shared range lock that keeps its blocks from being freed, and the
+    slots' views.  The last bio's ``end_io`` (any thread: on io_uring the device's
+    reaper, which must never wait for ``inode.lock``) releases the range lock at
+    once if ``inode.lock`` is free, else on the engine's completion worker (as a
+    lean direct read ends, daxfs.fs.direct), then marks the window ended.
+    ``wait`` (the page cache, under its pool lock) waits for that, and the first
+    time zeroes the bytes past the end of file and lets the views go."""
+
+    def __init__(
+        self,
+        engine: DirectIO,
+        inode: Inode,
+        token: RangeToken | None,
+        views: list[memoryview],
+        offset: int,
+        size: int,
+        name: str,
+    ) -> None:
+        self._engine = engine
+        self._inode = inode
+        self._token = token
+        self._views = views
+        self._offset = offset
+        #: the size when submitted: bytes past it read as zeros (as ``read_pages``)
+        self._size = size
+        self._name = name
+        self._bios: list[Bio] = []
+        self._left = 0
+        self._lock = threading.Lock()
+        self._ended = threading.Event()
+        self._finished = False
+        self.error: OSError | None = None
+
+    def start(self, bios: list[Bio]) -> None:
+        """Submit ``bios`` (none: the window is holes; ended at once). Caller must
+        hold ``inode.lock``."""
+        self._bios = bios
+        if not bios:
+            self._unlock()
+            self._ended.set()
+            return
+        self._left = len(bios)
+        bdev = self._engine.bdev
+        with bdev.plug():
+            for k, bio in enumerate(bios):
+                bio.end_io = self._bio_done
+                try:
+                    bdev.submit_bio(bio)
+                except OSError as exc:  # this one and the rest never start
+                    self._failed(exc)
+                    for _ in bios[k:]:
+                        self._one_ended()
+                    self._bios = bios[:k]
+                    return
+
+    def _failed(self, error: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = error if isinstance(error, OSError) else OSError(errno.EIO, str(error))
+
+    def _bio_done(self, bio: Bio) -> None:
+        if bio.status is not None:
+            self._failed(bio.status)
+        self._one_ended()
+
+    def _one_ended(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if not last:
+            return
+        lock = self._inode.lock
+        if lock.acquire(blocking=False):
+            try:
+                self._unlock()
+            finally:
+                lock.release()
+        else:
+            self._engine._worker_run(self._unlock_locked)
+        self._ended.set()
+
+    def _unlock_locked(self) -> None:
+        with self._inode.lock:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        """Release the range lock. Caller must hold ``inode.lock``."""
+        token, self._token = self._token, None
+        self._engine.data.unlock_range(self._inode, token)
+
+    def done(self) -> bool:
+        return self._ended.is_set()
+
+    def wait(self) -> None:
+        if not self._finished:
+            for bio in self._bios:  # (on io_uring: reaps in this thread, nested)
+                with contextlib.suppress(OSError):
+                    bio.wait()
+            self._ended.wait()
+            self._finished = True
+            if self.error is None:
+                at = self._offset
+                for v in self._views:  # the last page's bytes past the end of file
+                    if at < self._size < at + len(v):
+                        v[self._size - at :] = bytes(at + len(v) - self._size)
+                    at += len(v)
+            for v in self._views:
+                v.release()
+            self._views = []
+            self._bios = []
+        if self.error is not None:
+            raise _named(self.error, f"reading ahead {self._name}") from self.error
 
 
 class FileBacking:
@@ -233,6 +367,60 @@ class FileBacking:
                 v[size - at :] = bytes(at + len(v) - size)
             at += len(v)
 
+    def submit_pages(self, offset: int, views: list[memoryview]) -> _Readahead | None:
+        """Start reading ``views`` (consecutive pages from ``offset``) from the file and
+        return without waiting: the asynchronous readahead (``AddressSpace._readahead``).
+        The range is locked shared first (``DataPath.lock_range``, without waiting:
+        None if it is locked exclusively -- a truncate, punch or write in flight --
+        or past the end of file), then mapped as ``read_pages`` maps it: READ bios
+        of the MAPPED extents, submitted, zeros elsewhere.  The range lock is held
+        until the last bio ended, so no block of the range can be freed (and
+        reused) while a bio reads it.  Caller must hold ``inode.lock``.
+
+        Raises:
+            Corrupted (EUCLEAN): the extent map failed verification (nothing in
+                flight, nothing locked).
+        """
+        inode = self.inode
+        data = self.data
+        engine = self.engine
+        size = inode.rec.size
+        total = sum(len(v) for v in views)
+        if offset >= size or not total:
+            return None
+        try:
+            token = data.lock_range(
+                inode, offset, offset + total, exclusive=False, nowait=True, create=True
+            )
+        except WouldBlock:
+            return None
+        bios: list[Bio] = []
+        try:
+            pos, i = offset, 0
+            while i < len(views) and pos < size:
+                iomap = data.iomap_begin(inode, pos, offset + total - pos, IomapFlags.NONE)
+                start, group = pos, []
+                while i < len(views) and pos < size and pos + len(views[i]) <= iomap.end:
+                    group.append(views[i])
+                    pos += len(views[i])
+                    i += 1
+                assert group, f"inode {inode.ino}: {iomap} does not cover a page at {pos}"
+                if iomap.type is IomapType.MAPPED:
+                    addr = iomap.addr_of(start)
+                    engine.cache.write_back(addr, pos - start)
+                    bios.append(Bio(BioOp.READ, addr >> SECTOR_SHIFT, group))
+                else:
+                    for v in group:
+                        v[:] = bytes(len(v))
+            for v in views[i:]:
+                v[:] = bytes(len(v))
+        except BaseException:
+            data.unlock_range(inode, token)
+            raise
+        io = _Readahead(engine, inode, token, views, offset, size, self.name)
+        io.start(bios)
+        return io
+
     def write_pages(self, runs: list[tuple[int, list[memoryview]]]) -> None:
         """Each run out of place (``DirectIO.write_out_of_place``), the size growing to
         the write in progress's end: one transaction a run.  Caller must hold
@@ -312,7 +500,10 @@ class HitReader:
                 k = min(PAGE_SIZE - lo, end - at)
                 src = (folio.slot << PAGE_SHIFT) + lo
                 dst[at - pos : at - pos + k] = mem[src : src + k]
-                folio.referenced = True
+                if folio.fresh:  # (AddressSpace._touch)
+                    folio.fresh = False
+                else:
+                    folio.referenced = True
                 at += k
             pool.stats.hits += len(found)
             entry.space._ra_next = last + 1
@@ -340,7 +531,10 @@ class HitReader:
                     if folio is None or folio.io is not None or folio.mark or arena is None:
                         return None
                     pool.stats.hits += 1
-                    folio.referenced = True
+                    if folio.fresh:  # (AddressSpace._touch)
+                        folio.fresh = False
+                    else:
+                        folio.referenced = True
                     entry.space._ra_next = index + 1
                     base = (folio.slot - index) << PAGE_SHIFT
                     return arena[base + pos : base + end]
@@ -455,6 +649,13 @@ class FileCache:
     def forget(self, inode: Inode) -> None:
         """Empty ``inode``'s space (it is being mapped or pinned, or went away)."""
         self.changed(inode)
+
+    def settle(self, inode: Inode) -> None:
+        """Wait for the readahead of ``inode``'s space in flight (a File's close)."""
+        with self._lock:
+            entry = self._spaces.get(inode.ino)
+        if entry is not None and entry.inode is inode:
+            entry.space.settle()
 
     # -- I/O ---------------------------------------------------------------------------
 

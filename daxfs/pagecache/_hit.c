@@ -10,8 +10,9 @@
  * record object, the same ctime: invariant 2 of filecache.py), clamps the
  * range to the size, takes the files' pool lock, and copies the range out of
  * the pool's arena when every page of it is a settled folio (no readahead in
- * flight, no readahead marker); then it counts the hits, sets each folio's
- * referenced bit, and notes the page after the range as the space's next
+ * flight, no readahead marker); then it counts the hits, touches each folio
+ * (AddressSpace._touch: the first read clears fresh, later ones set
+ * referenced), and notes the page after the range as the space's next
  * sequential page, as AddressSpace.readinto does.  At or past the end of file
  * the answer is b"" (0), when the stamp matches.
  *
@@ -56,7 +57,7 @@ typedef struct {
     Py_ssize_t inode_ino, inode_rec, inode_lock;
     Py_ssize_t rec_size, rec_ctime;
     Py_ssize_t entry_inode, entry_rec, entry_ctime, entry_folios, entry_space;
-    Py_ssize_t folio_slot, folio_referenced, folio_io, folio_mark;
+    Py_ssize_t folio_slot, folio_referenced, folio_fresh, folio_io, folio_mark;
     Py_ssize_t stats_hits;
 } HitReader;
 
@@ -122,6 +123,7 @@ HitReader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         slot_offset(self->entry_type, "space", &self->entry_space) < 0 ||
         slot_offset(self->folio_type, "slot", &self->folio_slot) < 0 ||
         slot_offset(self->folio_type, "referenced", &self->folio_referenced) < 0 ||
+        slot_offset(self->folio_type, "fresh", &self->folio_fresh) < 0 ||
         slot_offset(self->folio_type, "io", &self->folio_io) < 0 ||
         slot_offset(self->folio_type, "mark", &self->folio_mark) < 0 ||
         slot_offset(self->stats_type, "hits", &self->stats_hits) < 0)
@@ -240,7 +242,10 @@ copy_out(HitReader *self, PyObject *arena, Py_ssize_t pos, Found *f, char *dst)
             return -1;
         }
         memcpy(dst + (at - pos), (char *)src.buf + from, k);
-        if (slot(folio, self->folio_referenced) != Py_True)
+        /* AddressSpace._touch: the first read clears fresh, the next set referenced */
+        if (slot(folio, self->folio_fresh) == Py_True)
+            slot_set(folio, self->folio_fresh, Py_NewRef(Py_False));
+        else if (slot(folio, self->folio_referenced) != Py_True)
             slot_set(folio, self->folio_referenced, Py_NewRef(Py_True));
         at += k;
     }

@@ -52,11 +52,35 @@ Linux does: a hit only sets the folio's ``referenced`` bit, and eviction gives
 a referenced folio a second chance (bit cleared, moved to the tail) instead
 of taking it (CLOCK; moving a folio on every hit cost a third of a re-read).
 When every folio is dirty, the oldest dirty ones are written back first (WRITE bios, no FLUSH:
-durability is ``sync``'s job, as on Linux).  Readahead: a miss at the page
-after the previous read of the same space is sequential, and the run read
-grows to a window that doubles per sequential miss (``RA_MIN`` pages up to
-``RA_MAX``), never past a cached page, the object's end, or a quarter of
-the cache.
+durability is ``sync``'s job, as on Linux).  A folio's first read after it
+was filled only clears its ``fresh`` bit; later reads set ``referenced``
+(use-once: a sequential reader's pages, read once, go before the readahead
+it has not read yet).
+
+Readahead (Linux's ondemand readahead).  A miss at the page after the
+previous read of the space, at the end of the last window, or at page 0 is
+sequential.  With a backing that can only wait (``BlockBacking``) the run
+read grows to a window that doubles per sequential miss (``RA_MIN`` pages up
+to ``RA_MAX``).  With a backing that can submit without waiting
+(``submit_pages``: a file's, daxfs.fs.filecache) it is asynchronous:
+
+    sequential miss  read the pages needed (and waited for), then submit the
+                     next window (``_readahead``: slots taken, folios inserted
+                     with ``io`` set, its first page ``mark``-ed -- Linux's
+                     PG_readahead) and return without waiting for it
+    read of a page   wait for that window only (``_settle``); on its error the
+      with ``io``    window's folios are dropped and the reader -- the one that
+                     needs the page -- gets the error
+    read of a page   the next window is submitted (from the end of the last,
+      with ``mark``  the window doubling up to ``RA_ASYNC_MAX``), not waited for
+
+A window stops at a cached page and the object's end; it is at most an
+eighth of the pool, and the windows in flight at most a quarter
+(``_pending``).  A folio with ``io`` is a cached page (the pool's bound
+counts it) that nothing serves before it is settled, that eviction skips
+while its bio is in flight, and whose drop (discard, truncate, a write over
+it) waits for its bio first, so no slot is reused while a bio fills it.
+``settle`` (a File's close) and ``PageCache.close`` wait for every window.
 
 Durability.  The page cache itself is write-back: ``write`` returns with
 the data in DRAM only, and ``sync``/``fsync`` make it durable.  A caller
@@ -69,9 +93,11 @@ range the caller calls ``invalidate`` of it (dirty pages written back --
 a partly covered page keeps its other bytes -- then dropped); before a
 direct read, ``write_back`` of it.  Truncation calls ``truncate``.
 
-Concurrency: one lock per pool, held across the I/O it issues (an operation
-is atomic with respect to every other cache operation; simple, and the
-re-read of cached data stays a dict lookup and a copy).
+Concurrency: one lock per pool, held across the I/O it issues and waits for
+(an operation is atomic with respect to every other cache operation; simple,
+and the re-read of cached data stays a dict lookup and a copy).  An
+asynchronous window's bios end without it: their end only marks the window
+ended (daxfs.fs.filecache's ``_Readahead``).
 
 Invariants
   1. Resident folios never exceed ``limit // PAGE_SIZE``: a slot is taken
@@ -81,9 +107,12 @@ Invariants
      of the run: the caller's write failed whole): eviction writes it back
      first, and a failed write-back leaves it dirty and cached (the error
      reaches the caller whose operation needed the slot).
-  3. A folio is inserted only after its bytes are valid: a READ that fails
-     (EIO, a short completion) inserts nothing and its error, naming the
-     byte range and the object, reaches the reader.
+  3. A folio is served only after its bytes are valid: a synchronous READ
+     that fails (EIO, a short completion) inserts nothing and its error,
+     naming the byte range and the object, reaches the reader; a folio of an
+     asynchronous window (``io`` set) is served by nobody until ``_settle``
+     found its window ended well, and a failed window's folios are dropped,
+     its error raised to the reader that needed one of them.
   4. Bytes past ``backing.size`` in the last page read as zeros and are
      never written (the views given to the backing stop at the size).
   5. Every folio is in exactly one space's ``folios`` and in the pool's LRU,
@@ -120,12 +149,31 @@ PAGE_SHIFT = 12
 #: readahead window: pages read on a sequential miss, doubling from RA_MIN to RA_MAX
 RA_MIN = 4
 RA_MAX = 64
+#: the largest asynchronous readahead window (pages: 2 MiB), for a backing that can
+#: submit reads without waiting (``Backing.submit_pages``); also at most an eighth of
+#: the pool, and the windows in flight of a pool at most a quarter of it
+RA_ASYNC_MAX = 512
 #: the smallest cache (a readahead run and a write piece are each at most a quarter)
 MIN_LIMIT = 16 * PAGE_SIZE
 
 
+class Pending(Protocol):
+    """An asynchronous read of pages in flight (what ``submit_pages`` returns)."""
+
+    def done(self) -> bool:
+        """Whether every bio of it has ended (``wait`` would not wait)."""
+
+    def wait(self) -> None:
+        """Wait for its end; the first time, also finish it (bytes past the end of
+        file zeroed, the slots' views let go).  Raise its OSError, every time."""
+
+
 class Backing(Protocol):
-    """The direct-I/O path of a cached object: whole pages, at page-aligned offsets."""
+    """The direct-I/O path of a cached object: whole pages, at page-aligned offsets.
+
+    A backing may also have ``submit_pages(offset, views) -> Pending | None``:
+    start reading ``views`` and return without waiting (None: not now, e.g. the
+    range is locked); the page cache then reads ahead asynchronously."""
 
     name: str
 
@@ -200,10 +248,15 @@ class Folio:
     dirty: bool = False
     #: hit since it was last considered for eviction (its second chance)
     referenced: bool = False
+    #: read from the backing and not read by anyone yet: the first read only clears
+    #: this, the next ones set ``referenced`` (use-once, as Linux's two steps from
+    #: PG_referenced to the active list): a page a sequential reader reads once
+    #: stays unreferenced, so eviction takes it before the readahead not read yet
+    fresh: bool = False
     #: the asynchronous readahead that fills the slot (a ``Backing.submit_pages``
     #: handle), until a reader or a drop settles it (``AddressSpace._settle``): while
     #: set, the folio's bytes are not valid yet and nothing serves them
-    io: object = None
+    io: Pending | None = None
     #: Linux's PG_readahead: the first page of an asynchronous readahead window; a
     #: read that reaches it submits the next window (``AddressSpace._readahead``)
     mark: bool = False
@@ -291,6 +344,10 @@ class PageCache:
         #: the spaces by id, weakly: a space holds the pool, never the other way round
         self._spaces: weakref.WeakValueDictionary[int, AddressSpace] = weakref.WeakValueDictionary()
         self._next_space = 0
+        #: asynchronous readahead windows not yet finished (``AddressSpace._finish``):
+        #: their Pending -> (space id, first page, pages); ``_pending`` pages in all
+        self._windows: dict[Pending, tuple[int, int, int]] = {}
+        self._pending = 0
 
     # -- pool --------------------------------------------------------------------------
 
@@ -345,8 +402,8 @@ class PageCache:
         for _ in range(2):  # a second pass when every old folio was referenced
             clean, dirty, second = [], [], []
             for key, folio in self._lru.items():
-                if key in keep:
-                    continue
+                if key in keep or (folio.io is not None and not folio.io.done()):
+                    continue  # (a slot a readahead bio is filling is not free to take)
                 if folio.referenced:
                     second.append(key)
                     continue
@@ -362,6 +419,11 @@ class PageCache:
 
     def _evict(self, want: int, keep: frozenset[tuple[int, int]]) -> None:
         clean, dirty = self._victims(want, keep)
+        if len(clean) + len(dirty) < want and self._windows:
+            for io in list(self._windows):  # the rest is in flight: wait for it, then again
+                with contextlib.suppress(OSError):
+                    io.wait()
+            clean, dirty = self._victims(want, keep)
         if len(clean) < want:  # write back the oldest dirty folios, then evict them too
             need = dirty[: want - len(clean)]
             by_space: dict[int, list[Folio]] = {}
@@ -377,15 +439,29 @@ class PageCache:
             if space is not None:
                 space._drop(folio)
             else:
+                if folio.io is not None:  # (done: _victims takes no folio in flight)
+                    self._forget_window(folio.io)
                 del self._lru[(folio.space_id, folio.index)]
                 self._free.append(folio.slot)
         self.stats.evictions += min(want, len(clean))
+
+    def _forget_window(self, io: Pending) -> tuple[int, int, int] | None:
+        """Take ``io``'s window out of the windows in flight (after its end). Caller
+        must hold the lock."""
+        window = self._windows.pop(io, None)
+        if window is not None:
+            self._pending -= window[2]
+        return window
 
     def close(self) -> None:
         """Release the arena; dirty pages not written back are lost (call sync first)."""
         with self.lock:
             if self._arena is None:
                 return
+            for io in list(self._windows):  # no bio may fill a slot of a closed arena
+                with contextlib.suppress(OSError):
+                    io.wait()
+            self._windows.clear()
             self._lru.clear()
             self._mem.release()
             self._arena.close()
@@ -404,8 +480,12 @@ class AddressSpace:
         self.backing = backing
         self.ident = ident
         self.folios: dict[int, Folio] = {}
+        #: the readahead state (Linux's file_ra_state): the page after the last read
+        #: (a miss there is sequential), the window's size in pages, and the page
+        #: after the last window read or submitted (a miss there is sequential too)
         self._ra_next = -1
         self._ra_window = RA_MIN
+        self._ra_end = -1
 
     # -- folios (caller holds the pool's lock) --------------------------------------------
 
@@ -419,12 +499,122 @@ class AddressSpace:
         return folio
 
     def _drop(self, folio: Folio) -> None:
+        if folio.io is not None:  # its bio ends first: then the slot is free to take
+            self._finish(folio.io)
+        if self.folios.get(folio.index) is not folio:
+            return  # dropped already (a failed readahead's window goes whole)
         del self.folios[folio.index]
         del self.pool._lru[(self.ident, folio.index)]
         self.pool._free.append(folio.slot)
 
+    # -- asynchronous readahead (caller holds the pool's lock) ---------------------------
+
+    def _finish(self, io: Pending) -> OSError | None:
+        """Wait for the readahead ``io`` to end and settle its window: its folios' bytes
+        are valid (``io`` cleared), or -- it failed -- every folio of it is dropped
+        (invariant 3: nothing of a failed read stays cached).  Its error, or None."""
+        try:
+            io.wait()
+            error = None
+        except OSError as exc:
+            error = exc
+        window = self.pool._forget_window(io)
+        if window is not None:
+            _, first, count = window
+            for index in range(first, first + count):
+                folio = self.folios.get(index)
+                if folio is None or folio.io is not io:
+                    continue
+                folio.io = None
+                if error is not None:
+                    folio.mark = False
+                    self._drop(folio)
+        return error
+
+    def _settle(self, folio: Folio) -> None:
+        """A reader needs ``folio``, whose readahead may be in flight: wait for that bio
+        only.
+
+        Raises:
+            OSError: the readahead failed (EIO naming the bytes): the reader that
+                needs the page gets the error; nothing of the window stays cached.
+        """
+        io = folio.io
+        assert io is not None
+        window = self.pool._windows.get(io)
+        error = self._finish(io)
+        if error is not None:
+            first, count = (window[1], window[2]) if window is not None else (folio.index, 1)
+            start = first << PAGE_SHIFT
+            end = min((first + count) << PAGE_SHIFT, max(self.backing.size, start))
+            raise _named(error, "reading ahead " + self._what(start, end)) from error
+
+    def _settle_range(self, first: int, stop: int) -> None:
+        """Finish the readahead of every folio of pages ``[first, stop)`` (a failed
+        one's pages dropped, its error not raised): before a change of their bytes."""
+        if not self.pool._windows:
+            return
+        for index in range(first, stop):
+            folio = self.folios.get(index)
+            if folio is not None and folio.io is not None:
+                self._finish(folio.io)
+
+    def _readahead(self, index: int, keep: frozenset[tuple[int, int]] = frozenset()) -> None:
+        """Submit the asynchronous readahead window from page ``index`` (Linux's
+        page_cache_async_ra), its first page marked (PG_readahead: a read that
+        reaches it submits the next window), and return without waiting.  The
+        window stops at a cached page, the object's end, and the pool's bounds
+        (a window at most an eighth of the pool, the windows in flight at most a
+        quarter), and evicts none of ``keep`` (the pages the caller reads now).
+        Best effort: a backing that declines (the range locked) or fails to
+        submit leaves the pages uncached, for the reader's own miss."""
+        submit = getattr(self.backing, "submit_pages", None)
+        pool = self.pool
+        if submit is None or index < 0:
+            return
+        last = (self.backing.size - 1) >> PAGE_SHIFT
+        room = min(
+            self._ra_window, RA_ASYNC_MAX, pool.nslots // 8, pool.nslots // 4 - pool._pending
+        )
+        count = 0
+        while count < room and index + count <= last and index + count not in self.folios:
+            count += 1
+        if count <= 0:
+            return
+        slots = pool._take(count, keep)
+        views = self._views(index, slots)
+        try:
+            io = submit(index << PAGE_SHIFT, views)
+        except OSError:
+            io = None
+        if io is None:
+            for v in views:
+                v.release()
+            pool._free.extend(slots)
+            return
+        for i, slot in enumerate(slots):
+            folio = self._insert(index + i, slot)
+            folio.io, folio.fresh = io, True
+        self.folios[index].mark = True
+        pool._windows[io] = (self.ident, index, count)
+        pool._pending += count
+        pool.stats.readahead += count
+        self._ra_end = index + count
+
+    def settle(self) -> None:
+        """Wait for every readahead of this space in flight (close, unmount)."""
+        with self.pool.lock:
+            for io, (ident, _, _) in list(self.pool._windows.items()):
+                if ident == self.ident:
+                    self._finish(io)
+
     def _touch(self, folio: Folio) -> None:
-        folio.referenced = True  # its second chance at eviction (PageCache._victims)
+        """A read of ``folio``: its second chance at eviction (``PageCache._victims``),
+        from its second read on (``Folio.fresh``)."""
+        if folio.fresh:
+            folio.fresh = False
+        else:
+            folio.referenced = True
 
     def _views(self, first: int, slots: list[int]) -> list[memoryview]:
         """The slots' views for pages ``first..``, the last cut at the object's size."""
@@ -464,7 +654,7 @@ class AddressSpace:
             pool._free.extend(slots)
             raise
         for i, slot in enumerate(slots):
-            self._insert(first + i, slot)
+            self._insert(first + i, slot).fresh = True
 
     def _write_folios(self, folios: list[Folio]) -> None:
         """Write dirty ``folios`` back (runs of consecutive pages, one bio each).
@@ -518,9 +708,14 @@ class AddressSpace:
                 with pool.lock:
                     folio = self.folios.get(index)
                     arena = pool._arena
-                    if folio is not None and arena is not None:
+                    if (
+                        folio is not None
+                        and arena is not None
+                        and folio.io is None
+                        and not folio.mark
+                    ):
                         pool.stats.hits += 1
-                        folio.referenced = True
+                        self._touch(folio)
                         self._ra_next = index + 1
                         base = (folio.slot - index) << PAGE_SHIFT
                         return arena[base + offset : base + end]  # one copy, to bytes
@@ -545,6 +740,15 @@ class AddressSpace:
                 while pos < end:
                     index = pos >> PAGE_SHIFT
                     folio = self.folios.get(index)
+                    if folio is not None and (folio.io is not None or folio.mark):
+                        if folio.io is not None:
+                            self._settle(folio)  # its bio only; raises its error
+                        if folio.mark:  # PG_readahead: the next window, not waited for
+                            folio.mark = False
+                            self._ra_window = min(self._ra_window * 2, RA_ASYNC_MAX)
+                            self._readahead(
+                                max(self._ra_end, index + 1), frozenset([(self.ident, index)])
+                            )
                     if folio is None:
                         self._miss(index, end)
                         folio = self.folios[index]
@@ -566,11 +770,18 @@ class AddressSpace:
         pool = self.pool
         last = (self.backing.size - 1) >> PAGE_SHIFT  # the object's last page
         want = ((end - 1) >> PAGE_SHIFT) - index + 1  # pages the read itself needs
-        if index == self._ra_next:
-            self._ra_window = min(self._ra_window * 2, RA_MAX)
-        else:
-            self._ra_window = RA_MIN
-        count = max(want, self._ra_window)
+        sequential = index in (self._ra_next, self._ra_end) or index == 0
+        if not hasattr(self.backing, "submit_pages") or not sequential:
+            # synchronous readahead: the run read grows with the window (Linux's
+            # page_cache_sync_ra of a backing that cannot read asynchronously)
+            if sequential and index:
+                self._ra_window = min(self._ra_window * 2, RA_MAX)
+            else:
+                self._ra_window = RA_MIN
+            count = max(want, self._ra_window)
+        else:  # the pages needed now, then the next window asynchronously
+            self._ra_window = min(max(self._ra_window * 2, 2 * want), RA_ASYNC_MAX)
+            count = max(want, RA_MIN)
         count = min(count, last - index + 1, max(1, pool.nslots // 4))
         n = 1
         while n < count and index + n not in self.folios:
@@ -578,6 +789,9 @@ class AddressSpace:
         pool.stats.misses += min(n, want)
         pool.stats.readahead += max(0, n - want)
         self._fill(index, n)
+        self._ra_end = index + n
+        if sequential and index + n <= last and index + n not in self.folios:
+            self._readahead(index + n, frozenset((self.ident, i) for i in range(index, index + n)))
 
     # -- writes --------------------------------------------------------------------------
 
@@ -631,6 +845,7 @@ class AddressSpace:
         pool = self.pool
         end = offset + len(data)
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        self._settle_range(first, last + 1)
         cached = frozenset((self.ident, i) for i in range(first, last + 1) if i in self.folios)
         # the partly covered, uncached edge pages must be read first (with all else kept)
         partial = []
@@ -681,6 +896,7 @@ class AddressSpace:
             pool = self.pool
             first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
             try:
+                self._settle_range(first, last + 1)
                 if last - first < max(1, pool.nslots // 4):
                     self._write_piece(offset, flat[: end - offset])
                     self._write_folios([self.folios[i] for i in range(first, last + 1)])
@@ -760,6 +976,8 @@ class AddressSpace:
                 stop = (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
             if self._ra_next >= first:
                 self._ra_next = -1
+            if self._ra_end >= first:
+                self._ra_end = -1
             return self._forget_pages(first, stop)
 
     # -- write-back, coherence -----------------------------------------------------------
@@ -888,6 +1106,7 @@ class AddressSpace:
             keep = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
             for folio in [f for f in self.folios.values() if f.index >= keep]:
                 self._drop(folio)
+            self._settle_range(size >> PAGE_SHIFT, (size >> PAGE_SHIFT) + 1)
             tail = self.folios.get(size >> PAGE_SHIFT)
             if tail is not None and size % PAGE_SIZE:
                 base = tail.slot << PAGE_SHIFT
@@ -896,6 +1115,8 @@ class AddressSpace:
                 )
             if self._ra_next > keep:
                 self._ra_next = -1
+            if self._ra_end > keep:
+                self._ra_end = -1
 
     def dirty_ranges(self) -> list[tuple[int, int]]:
         """Byte ranges ``(start, end)`` of the dirty pages, sorted (not merged)."""
