@@ -2,8 +2,9 @@
 a file be missed by a space's stamp?
 
 A space is emptied when the inode's (record object, size, mtime, ctime) differ from
-its stamp; ``pread_hit`` and ``readinto_hit`` compare the record and ctime alone and
-do not ask whether the file is still routed through its space.  Only ``File``s that
+its stamp; the hit paths (``pread_hit`` and ``readinto_hit`` at the review, the hit
+reader, ``HitReader``, since) compare the record and ctime alone and do not ask
+whether the file is still routed through its space.  Only ``File``s that
 have the page cache (not ``direct=True``) call ``FileCache.changed``/``forget``.  So
 every change made another way -- a ``direct=True`` File's writes, truncate, fallocate
 and mmap, ``FileSystem.truncate`` -- is seen by the buffered Files only through the
@@ -28,6 +29,13 @@ The fix: ONE owner for "this inode changed", ``Inode.data_changed`` (daxfs/fs/in
 called by every change of a file's data, size or map and by a mapping or pin's
 registration; it clears the space's stamp (daxfs/fs/filecache.py, invariant 4).
 tests/pagecache/test_filecache_changes.py has pins, threads and a planted bug per call.
+
+Open (xfail(strict=True), found by HH): R3, stores through a pin's views on a
+block-backed mount (a READ bio into an SGList, as issue 10 section 1 allows) land in
+the block cache's memory and are never written to the disk: after the unpin a bounded
+mount's page cache re-reads the disk's old bytes, and a remount loses them (bounded or
+not).  Not the page cache's to fix: pins would need what writable mappings have
+(``mapped_ranges``: their ranges flushed at fsync, sync and unmount).
 
 The tests that pass are the same changes with the clock running: they pin down what the
 stamp does catch (direct writes, punch, zero-range, truncate through another File or a
@@ -289,3 +297,31 @@ def test_changes_through_buffered_files_are_seen_with_a_repeating_clock(
         g.truncate(2 * PAGE)
         assert reads(f, 4, 0) == (bytes(4), bytes(4))
     f.close()
+
+
+# -- R3 (found by HH while fixing R1): stores through a pin on a block-backed mount -------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="R3: a pin's views alias the block cache's memory (the memfd); stores through "
+    "them (a READ bio into an SGList, issue 10 section 1) are never written to the disk: "
+    "after unpin the page cache re-reads the disk's old bytes, and a remount loses them",
+)
+@pytest.mark.parametrize("bounded", [True, False])
+def test_stores_through_a_pin_on_a_block_mount_are_kept(bounded: bool) -> None:
+    disk = SimulatedBlockDevice(SIZE)
+    mkfs(disk)
+    opts = {"cache_size": "256K"} if bounded else {}
+    with mount(disk, **opts) as fs, fs.open("/f", "wb+", buffering=0) as f:
+        f.write(b"a" * 2 * PAGE)
+        sg = f.pin(0, 2 * PAGE)
+        view = next(iter(sg.views()))
+        view[0:4] = b"PINS"
+        del view
+        assert f.pread(4, 0) == b"PINS"  # while pinned: the DataPath reads the memfd
+        sg.unpin()
+        assert f.pread(4, 0) == b"PINS"
+        f.fsync()
+    with mount(disk, **opts) as fs, fs.open("/f", "rb", buffering=0) as f:
+        assert f.pread(4, 0) == b"PINS"
