@@ -8,7 +8,8 @@ of the paths below and counts the calls that took them (the wrapped code runs
 unchanged; the counting is Python around it):
 
     lean_c        direct reads done by the C lean read (``_direct.LeanRead.read``
-                  returned the bytes read): a mount made inside the block, on a
+                  returned the bytes read, or ``LeanRead.submit`` took the read
+                  and returned its Future): a mount made inside the block, on a
                   file device on io_uring with a whole-device BlockCache
     bioring       bios of the device's asynchronous C path (``_uring.BioRing``):
                   ``FileBlockDevice.statistics()["async"]`` of the devices that
@@ -111,6 +112,11 @@ class _CountingLean:
         if type(got) is int:
             self._reached.lean_c += 1
         return got
+
+    def submit(self, *args: Any) -> Any:
+        future = self._real.submit(*args)
+        self._reached.lean_c += future is not None
+        return future
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)

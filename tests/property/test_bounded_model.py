@@ -11,13 +11,13 @@ The 64 KiB pool of files' pages (16 pages) is smaller than the files, so evictio
 misses, hits and the out-of-place write-back all happen inside the steps
 (``daxfs.testing.reach`` counts them: tests below assert that they did).
 
-Left out while a finding is open (tests/review/test_filecache_coherence.py): buffered
-reads while a mapping made through the direct handle is still open (R1).
+Buffered reads while a mapping made through the direct handle is still open were left
+out while R1 (tests/review/test_filecache_coherence.py) was open: with them, this
+machine found R1 (fixed by d76185c, Inode.data_changed).
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import hypothesis.strategies as stx
@@ -37,9 +37,6 @@ PAGE = 4096
 ALIGN = 512  # the simulated disk's logical block
 TOP = 40 << 10  # no offset or size past this: two files of up to 10 pages, a pool of 16
 PATHS = ("/a", "/b")
-#: R1 (tests/review/test_filecache_coherence.py): a mapping through a direct=True File
-#: does not empty the space; while it is open buffered reads may show stale pages
-R1_OPEN = True
 
 paths = stx.sampled_from(PATHS)
 kinds = stx.sampled_from(("buffered", "direct"))
@@ -82,15 +79,15 @@ class BoundedMachine(RuleBasedStateMachine):
         want = bytes(self.model[path][offset : offset + length])
         assert got == want, f"{what} of {path} [{offset}, +{length}): {len(got)} bytes differ"
 
-    def _read_all_ways(self, path: str, offset: int, length: int, *, buffered: bool = True) -> None:
-        if buffered:  # the hit paths first (a full-path read may empty the space)
-            f = self.handles[path, "buffered"]
-            into = bytearray(length)
-            n = f.preadinto(into, offset)
-            self._check(bytes(into[:n]), path, offset, length, "preadinto")
-            head = min(length, PAGE - offset % PAGE)
-            self._check(f.pread(head, offset), path, offset, head, "pread of a page")
-            self._check(f.pread(length, offset), path, offset, length, "pread")
+    def _read_all_ways(self, path: str, offset: int, length: int) -> None:
+        # the hit paths first (a full-path read may empty the space)
+        f = self.handles[path, "buffered"]
+        into = bytearray(length)
+        n = f.preadinto(into, offset)
+        self._check(bytes(into[:n]), path, offset, length, "preadinto")
+        head = min(length, PAGE - offset % PAGE)
+        self._check(f.pread(head, offset), path, offset, head, "pread of a page")
+        self._check(f.pread(length, offset), path, offset, length, "pread")
         d = self.handles[path, "direct"]
         lo, hi = down(offset), up(offset + length)
         buf = memoryview(aligned_buffer(max(hi - lo, ALIGN)))[: hi - lo]
@@ -162,7 +159,7 @@ class BoundedMachine(RuleBasedStateMachine):
             m[0:length] = data
             m.msync(0, length)
             self.model[path] = _written(self.model[path], offset, data)
-            self._read_all_ways(path, offset, length, buffered=kind == "buffered" or not R1_OPEN)
+            self._read_all_ways(path, offset, length)
         finally:
             m.close()
         self._read_all_ways(path, offset, length)
@@ -249,18 +246,6 @@ def test_the_machine_catches_a_stamp_that_always_matches(monkeypatch: Any) -> No
     monkeypatch.setattr(filecache._Entry, "matches", lambda self: True)
     with pytest.raises(AssertionError, match="bytes differ"):
         _run(40)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="R1 (tests/review/test_filecache_coherence.py): buffered reads while a mapping "
-    "through the direct handle is open show stale pages; when fixed, set R1_OPEN False",
-)
-def test_the_machine_with_buffered_reads_under_a_direct_mapping(
-    monkeypatch: Any,
-) -> None:
-    monkeypatch.setattr(sys.modules[__name__], "R1_OPEN", False)
-    _run(40)
 
 
 @pytest.mark.slow

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-import daxfs.fs.direct as direct_mod
 from daxfs.block.uring import availability
 from daxfs.fs import filecache
 from daxfs.fs.direct import DirectIO
@@ -76,6 +75,9 @@ class _Corrupting:
             view[0] ^= 0xFF
         return got
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
 
 @pytest.fixture
 def planted_lean_c(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,24 +96,35 @@ def test_fsx_on_io_uring_catches_a_wrong_byte_of_the_c_lean_read(planted_lean_c:
         run_fsx(1, uring=True)
 
 
+class _WrongSector:
+    """A LeanRead whose lean submit_read (``LeanRead.submit``: one bio on the BioRing,
+    ended in C) reads one logical block further than asked (a planted C bug)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def submit(self, inode: Any, pos: int, buffer: Any, *rest: Any) -> Any:
+        return self.real.submit(inode, pos + 512, buffer, *rest)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
 @pytest.fixture
-def planted_lean_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The end of a lean submit_read (on io_uring: called by the BioRing's reaper) flips
-    the first byte it read."""
-    real = direct_mod._lean_read_end
+def planted_lean_submit(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = DirectIO._make_lean_read
 
-    def end(bio: Any) -> None:
-        if bio.status is None and bio.segments:
-            seg = memoryview(bio.segments[0]).cast("B")
-            if len(seg):
-                seg[0] ^= 0xFF
-        real(bio)
+    def make(self: DirectIO) -> Any:
+        lean = real(self)
+        return None if lean is None else _WrongSector(lean)
 
-    monkeypatch.setattr(direct_mod, "_lean_read_end", end)
+    monkeypatch.setattr(DirectIO, "_make_lean_read", make)
 
 
 @needs_uring
-def test_fsx_on_io_uring_catches_a_wrong_byte_of_a_bioring_read(planted_lean_end: None) -> None:
+def test_fsx_on_io_uring_catches_a_wrong_sector_of_a_bioring_read(
+    planted_lean_submit: None,
+) -> None:
     with reaching() as reached, pytest.raises(fsx.FsxFailure, match="submit_read"):
         run_fsx(1, uring=True)
     assert reached.bioring > 0
