@@ -323,33 +323,9 @@ class FileBacking:
             OSError: a bio failed (EIO, short), naming the device bytes; Corrupted
                 (EUCLEAN): the extent map failed verification.
         """
-        inode = self.inode
-        data = self.data
-        engine = self.engine
-        size = inode.rec.size
-        bios: list[Bio] = []
-        pos, i = offset, 0
-        total = sum(len(v) for v in views)
-        while i < len(views):
-            if pos >= size:
-                for v in views[i:]:
-                    v[:] = bytes(len(v))
-                break
-            iomap = data.iomap_begin(inode, pos, offset + total - pos, IomapFlags.NONE)
-            start, group = pos, []
-            while i < len(views) and pos < size and pos + len(views[i]) <= iomap.end:
-                group.append(views[i])
-                pos += len(views[i])
-                i += 1
-            assert group, f"inode {inode.ino}: {iomap} does not cover a page at {pos}"
-            if iomap.type is IomapType.MAPPED:
-                addr = iomap.addr_of(start)
-                engine.cache.write_back(addr, pos - start)
-                bios.append(Bio(BioOp.READ, addr >> SECTOR_SHIFT, group))
-            else:
-                for v in group:
-                    v[:] = bytes(len(v))
-        bdev = engine.bdev
+        size = self.inode.rec.size
+        bios = self._map(offset, views)
+        bdev = self.engine.bdev
         with bdev.plug():
             for bio in bios:
                 bdev.submit_bio(bio)
@@ -366,6 +342,49 @@ class FileBacking:
             if at < size < at + len(v):
                 v[size - at :] = bytes(at + len(v) - size)
             at += len(v)
+
+    def _map(self, offset: int, views: list[memoryview]) -> list[Bio]:
+        """READ bios of ``views`` (consecutive bytes from ``offset``, page-aligned, each
+        view one page or a run of them) for the MAPPED extents, iomap_begin per
+        extent (a view across an extent's end is cut there); zeros written into the
+        views elsewhere and past the end of file.  Caller must hold ``inode.lock``.
+
+        Raises:
+            Corrupted (EUCLEAN): the extent map failed verification.
+        """
+        inode = self.inode
+        data = self.data
+        engine = self.engine
+        size = inode.rec.size
+        views = list(views)
+        bios: list[Bio] = []
+        pos, i = offset, 0
+        total = sum(len(v) for v in views)
+        while i < len(views):
+            if pos >= size:
+                for v in views[i:]:
+                    v[:] = bytes(len(v))
+                break
+            iomap = data.iomap_begin(inode, pos, offset + total - pos, IomapFlags.NONE)
+            start, group = pos, []
+            while i < len(views) and pos < size and pos < iomap.end:
+                v = views[i]
+                if pos + len(v) > iomap.end:  # a run of pages across the extent's end
+                    cut = iomap.end - pos
+                    views[i : i + 1] = [v[:cut], v[cut:]]
+                    v = views[i]
+                group.append(v)
+                pos += len(v)
+                i += 1
+            assert group, f"inode {inode.ino}: {iomap} does not cover a page at {pos}"
+            if iomap.type is IomapType.MAPPED:
+                addr = iomap.addr_of(start)
+                engine.cache.write_back(addr, pos - start)
+                bios.append(Bio(BioOp.READ, addr >> SECTOR_SHIFT, group))
+            else:
+                for v in group:
+                    v[:] = bytes(len(v))
+        return bios
 
     def submit_pages(self, offset: int, views: list[memoryview]) -> _Readahead | None:
         """Start reading ``views`` (consecutive pages from ``offset``) from the file and
@@ -394,26 +413,8 @@ class FileBacking:
             )
         except WouldBlock:
             return None
-        bios: list[Bio] = []
         try:
-            pos, i = offset, 0
-            while i < len(views) and pos < size:
-                iomap = data.iomap_begin(inode, pos, offset + total - pos, IomapFlags.NONE)
-                start, group = pos, []
-                while i < len(views) and pos < size and pos + len(views[i]) <= iomap.end:
-                    group.append(views[i])
-                    pos += len(views[i])
-                    i += 1
-                assert group, f"inode {inode.ino}: {iomap} does not cover a page at {pos}"
-                if iomap.type is IomapType.MAPPED:
-                    addr = iomap.addr_of(start)
-                    engine.cache.write_back(addr, pos - start)
-                    bios.append(Bio(BioOp.READ, addr >> SECTOR_SHIFT, group))
-                else:
-                    for v in group:
-                        v[:] = bytes(len(v))
-            for v in views[i:]:
-                v[:] = bytes(len(v))
+            bios = self._map(offset, views)
         except BaseException:
             data.unlock_range(inode, token)
             raise

@@ -388,7 +388,11 @@ class PageCache:
         assert n <= self.nslots - len(keep), f"{n} slots asked of {self.nslots}"
         if len(self._free) < n:
             self._evict(n - len(self._free), keep)
-        return [self._free.pop() for _ in range(n)]
+        free = self._free
+        slots = free[len(free) - n :]
+        del free[len(free) - n :]
+        slots.sort()  # consecutive slots: a run of pages is one view (``_run_views``)
+        return slots
 
     def _victims(
         self, want: int, keep: frozenset[tuple[int, int]]
@@ -582,7 +586,7 @@ class AddressSpace:
         if count <= 0:
             return
         slots = pool._take(count, keep)
-        views = self._views(index, slots)
+        views = self._run_views(index, slots)
         try:
             io = submit(index << PAGE_SHIFT, views)
         except OSError:
@@ -626,6 +630,24 @@ class AddressSpace:
             views.append(self.pool.slot_view(slot)[:n])
         return views
 
+    def _run_views(self, first: int, slots: list[int]) -> list[memoryview]:
+        """The slots of pages ``first..`` as views for a read: one view per run of
+        consecutive slots (fewer segments for the bios), the last cut at the
+        object's size."""
+        size = self.backing.size
+        mem = self.pool._mem
+        views = []
+        i, count = 0, len(slots)
+        while i < count:
+            j = i + 1
+            while j < count and slots[j] == slots[j - 1] + 1:
+                j += 1
+            start = (first + i) << PAGE_SHIFT
+            base = slots[i] << PAGE_SHIFT
+            views.append(mem[base : base + min((j - i) << PAGE_SHIFT, size - start)])
+            i = j
+        return views
+
     def _what(self, start: int, end: int) -> str:
         return f"bytes [{start}, {end}) of {self.backing.name} through the page cache"
 
@@ -639,7 +661,7 @@ class AddressSpace:
         pool = self.pool
         slots = pool._take(count, keep)
         try:
-            views = self._views(first, slots)
+            views = self._run_views(first, slots)
             pool.stats.read_calls += 1
             try:
                 self.backing.read_pages(first << PAGE_SHIFT, views)
@@ -754,10 +776,22 @@ class AddressSpace:
                         folio = self.folios[index]
                     else:
                         pool.stats.hits += 1
-                        self._touch(folio)
+                    self._touch(folio)
+                    # the run of settled folios in consecutive slots from here: one copy
+                    slot, stop = folio.slot, index + 1
+                    last = (end - 1) >> PAGE_SHIFT
+                    while stop <= last:
+                        nxt = self.folios.get(stop)
+                        if nxt is None or nxt.io is not None or nxt.mark:
+                            break
+                        if nxt.slot != slot + stop - index:
+                            break
+                        self._touch(nxt)
+                        stop += 1
+                    pool.stats.hits += stop - index - 1
                     lo = pos - (index << PAGE_SHIFT)
-                    n = min(PAGE_SIZE - lo, end - pos)
-                    src = folio.slot << PAGE_SHIFT
+                    n = min((stop - index) * PAGE_SIZE - lo, end - pos)
+                    src = slot << PAGE_SHIFT
                     dst[pos - offset : pos - offset + n] = pool._mem[src + lo : src + lo + n]
                     pos += n
                 if end > offset:
