@@ -36,6 +36,7 @@ from daxfs.fs.data import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
 from daxfs.fs.filecache import FileCache, file_cache
 from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.mount import mkfs, mount
+from daxfs.iomap import IomapFlags, IomapType
 from daxfs.pagecache.cache import PageCache
 from daxfs.testing.blockfaults import FaultyBlockDevice
 from daxfs.testing.simblock import SimulatedBlockDevice
@@ -440,3 +441,44 @@ def test_buffered_files_of_daxfs_read_whole(tmp_path: Any) -> None:
         with fs.open("/f", "rb") as f:
             got = b"".join(iter(lambda: f.read(10_000), b""))
         assert got == data
+
+
+def test_a_run_of_pages_across_extents_is_cut_at_each_extent() -> None:
+    """A file in several extents (another file's blocks between them), read cold in
+    one piece: each run of consecutive slots is one view, cut where an extent ends
+    (``FileBacking._map``); every byte right, a hole reads as zeros."""
+    inner = SimulatedBlockDevice(16 * MIB)
+    mkfs(inner)
+    with mount(inner, cache_size="256K") as fs:
+        parts = [pattern(5 * PAGE, 10 + k) for k in range(4)]
+        with fs.open("/f", "wb", buffering=0) as f, fs.open("/g", "wb", buffering=0) as g:
+            for k, part in enumerate(parts):
+                f.write(part)
+                g.write(pattern(3 * PAGE, 20 + k))  # the blocks after f's, taken
+            f.truncate(26 * PAGE)  # and a hole at the end
+            files_of(fs).forget(f.inode)
+        want = b"".join(parts) + bytes(6 * PAGE)
+        cuts: list[int] = []
+        real = filecache.FileBacking._map
+
+        def spy(self: filecache.FileBacking, offset: int, views: list[memoryview]) -> Any:
+            bios = real(self, offset, views)
+            cuts.append(sum(len(bio.segments) for bio in bios) - len(views))
+            return bios
+
+        filecache.FileBacking._map = spy  # type: ignore[method-assign]
+        try:
+            with fs.open("/f", "rb", buffering=0) as f:
+                buf = bytearray(len(want))
+                assert f.readinto(buf) == len(want)
+                assert bytes(buf) == want
+                with f.inode.lock:  # the file is in four extents and a hole
+                    pos, kinds = 0, []
+                    while pos < 26 * PAGE:
+                        iomap = fs.data.iomap_begin(f.inode, pos, 26 * PAGE - pos, IomapFlags.NONE)
+                        kinds.append(iomap.type)
+                        pos = iomap.end
+                assert kinds.count(IomapType.MAPPED) >= 4, kinds
+        finally:
+            filecache.FileBacking._map = real  # type: ignore[method-assign]
+        assert any(c > 0 for c in cuts), f"no run was cut at an extent's end: {cuts}"
