@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -171,12 +171,25 @@ class History:
 
     done: list[int]
     begun: list[int]
-    #: seq of each version of each page: [(page, version) -> seq]
-    seq: dict[tuple[int, int], int]
+    #: the seqs of each version of each page, appended when its change begins: one for
+    #: a write, one per truncate or punch for zeros (version 0)
+    seq: dict[tuple[int, int], list[int]]
+    #: the reader's full passes over the pages, and its end (set when it stops)
+    passes: int = 0
+    stopped: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def new(cls) -> History:
         return cls([0] * PAGES, [0] * PAGES, {})
+
+    def settle(self) -> None:
+        """Wait until the reader has made a whole pass begun after this call (so it
+        saw what is done now), or stopped: every state of the file is read."""
+        until = self.passes + 2
+        deadline = time.monotonic() + 10
+        while self.passes < until and not self.stopped.is_set():
+            assert time.monotonic() < deadline, "the reader made no pass in 10 s"
+            time.sleep(0.0002)
 
 
 def check_reader(f: daxfs.File, history: History, stop: threading.Event) -> int:
@@ -199,13 +212,14 @@ def check_reader(f: daxfs.File, history: History, stop: threading.Event) -> int:
                 version = 0
             else:
                 version = version_of(index, page)
-            seq = history.seq.get((index, version))
-            assert seq is not None, f"page {index}: version {version} never written"
-            assert floor <= seq <= ceiling, (
-                f"page {index}: read version {version} (seq {seq}) "
+            seqs = list(history.seq.get((index, version), ()))
+            assert seqs, f"page {index}: version {version} never written"
+            assert any(floor <= seq <= ceiling for seq in seqs), (
+                f"page {index}: read version {version} (seqs {seqs}) "
                 f"outside [{floor}, {ceiling}]: a stale page"
             )
             checked += 1
+        history.passes += 1
     return checked
 
 
@@ -216,7 +230,8 @@ def run_against_reader(fs: FileSystem, change: Callable[[History, daxfs.File], N
     f = cached_file(fs, b"".join(page_of(i, 1) for i in range(PAGES)))
     d: daxfs.File = fs.open("/f", "rb+", buffering=0, direct=True)  # type: ignore[assignment]
     for i in range(PAGES):
-        history.seq[i, 1] = history.done[i] = history.begun[i] = 1
+        history.seq[i, 1] = [1]
+        history.done[i] = history.begun[i] = 1
     stop = threading.Event()
     outcome: list[Any] = []
 
@@ -226,6 +241,8 @@ def run_against_reader(fs: FileSystem, change: Callable[[History, daxfs.File], N
         except BaseException as exc:
             outcome.append(exc)
             stop.set()
+        finally:
+            history.stopped.set()
 
     thread = threading.Thread(target=reader)
     thread.start()
@@ -252,7 +269,7 @@ def test_a_buffered_reader_sees_every_direct_write(fs: FileSystem) -> None:
         for version in range(2, ROUNDS + 2):
             for index in range(PAGES):
                 seq += 1
-                history.seq[index, version] = seq
+                history.seq[index, version] = [seq]
                 history.begun[index] = seq
                 data = aligned(page_of(index, version))
                 if (version + index) % 2:
@@ -260,6 +277,7 @@ def test_a_buffered_reader_sees_every_direct_write(fs: FileSystem) -> None:
                 else:
                     assert d.submit_write(index * PAGE, data).result() == PAGE
                 history.done[index] = seq
+                history.settle()
 
     assert run_against_reader(fs, change) > 0
 
@@ -273,23 +291,28 @@ def test_a_buffered_reader_sees_every_truncate_and_punch(fs: FileSystem) -> None
         seq = 1
         for version in range(2, ROUNDS + 2):
             seq += 1
-            for index in range(PAGES):  # zeros from now on are this truncate's
-                history.seq[index, 0] = history.begun[index] = seq
+            for index in range(PAGES):  # zeros from now on may be this truncate's
+                history.seq.setdefault((index, 0), []).append(seq)
+                history.begun[index] = seq
             fs.truncate("/f", 0)
             fs.truncate("/f", PAGES * PAGE)
             for index in range(PAGES):
                 history.done[index] = seq
+            history.settle()
             for index in range(PAGES):
                 seq += 1
-                history.seq[index, version] = seq
+                history.seq[index, version] = [seq]
                 history.begun[index] = seq
                 assert d.pwrite(aligned(page_of(index, version)), index * PAGE) == PAGE
                 history.done[index] = seq
+                history.settle()
             index = version % PAGES
             seq += 1
-            history.seq[index, 0] = history.begun[index] = seq
+            history.seq[index, 0].append(seq)
+            history.begun[index] = seq
             d.fallocate(index * PAGE, PAGE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
             history.done[index] = seq
+            history.settle()
 
     assert run_against_reader(fs, change) > 0
 
