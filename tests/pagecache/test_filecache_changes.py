@@ -36,6 +36,7 @@ from daxfs.fs.filesystem import FileSystem
 from daxfs.fs.inode import Inode
 from daxfs.fs.layout import InodeRecord
 from daxfs.fs.mount import mkfs, mount
+from daxfs.testing import SimulatedPmem
 from daxfs.testing.blockfaults import FaultyBlockDevice
 from daxfs.testing.simblock import SimulatedBlockDevice
 
@@ -474,3 +475,19 @@ def test_a_short_direct_write_leaves_buffered_reads_as_the_device(
         assert reads(f, 2 * PAGE, 0) == (bytes(device), bytes(device))
         d.close()
         f.close()
+
+
+def test_no_file_of_a_mount_with_spaces_has_the_c_pwrite(fs: FileSystem) -> None:
+    """``Committer.pwrite`` (File.pwrite's C fast path) calls no ``data_changed``: it
+    must never run where spaces exist.  Every File of a bounded mount -- buffered in
+    each writable mode, or direct -- has no writer, so File.pwrite takes its Python
+    path (the space's write, or DataPath.write, whose commit clears the stamp)."""
+    assert fs.data.journal.committer is not None, "no C commit: the test tests nothing"
+    fs.open("/f", "wb", buffering=0).close()
+    for mode, direct in [("rb+", False), ("wb", False), ("r+b", True), ("wb+", True)]:
+        with fs.open("/f", mode, buffering=0, direct=direct) as f:
+            assert f._writer is None, (mode, direct)  # type: ignore[attr-defined]
+    pmem = SimulatedPmem(SIZE)  # the check can fail: a DAX mount's File has the writer
+    mkfs(pmem)
+    with mount(pmem) as dax, dax.open("/f", "wb", buffering=0) as f:
+        assert f._writer is not None  # type: ignore[attr-defined]
