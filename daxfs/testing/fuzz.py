@@ -27,7 +27,11 @@ device through daxfs.block.cache.BlockCache (the CLI with ``--dax never``),
 where a damaged image must be as safe as on pmem.  Of those, a share
 (``BOUNDED_SHARE``) mounts it with ``cache_size`` (mount and reuse steps): the
 lazily loaded cache of daxfs.pagecache.bounded, whose loads follow offsets read
-from the damaged media.
+from the damaged media.  On those mounts the walk reads the first MiB of every
+file again every other way (``_check_other_reads``): buffered again and page by
+page (the page cache's hit reader, on a bounded mount), and ``direct=True``
+(aligned chunks, a logical block again -- the C lean read on io_uring -- and a
+``submit_read``, the device's C path); a read that differs is ``wrong``.
 
 Outcomes, worst first (an image counts once, with its worst outcome)::
 
@@ -76,6 +80,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
+from daxfs.fs.direct import aligned_buffer
 from daxfs.fs.fsck import fsck
 from daxfs.fs.mount import mount
 from daxfs.testing.child import StepResult, disk_usage, run_in_child
@@ -99,6 +104,8 @@ ALLOWED = {
 }
 WALK_LIMIT = 20_000  # names a walk visits at most (the base image has about 330)
 READ_LIMIT = 32 << 20  # bytes of a file the walk reads (a crafted size may be 2^56)
+OTHER_READ_LIMIT = 1 << 20  # of them, read again every other way on a block mount
+DIRECT_TIMEOUT = 10.0  # seconds a submit_read of the walk may take (else: wrong)
 COPY_LIMIT = 256 << 20  # disk a copy of the image may take (the base image holds ~3 MiB)
 API_WALK_LIMIT = 100_000  # entries fs.walk may yield before it counts as running away
 Facts = list[Any]  # what a walk saw of one path (JSON-able)
@@ -144,11 +151,65 @@ def walk(fs: FileSystem) -> tuple[dict[str, Facts], list[dict[str, Any]]]:
                     errors.append(
                         {"path": path, "errno": None, "message": f"read {got} of {s.st_size}"}
                     )
+                elif fs.direct is not None:  # a block mount: the other read paths agree
+                    _check_other_reads(fs, path, min(s.st_size, OTHER_READ_LIMIT), errors)
         except OSError as exc:
             facts[path] = ["error", exc.errno]
             errors.append({"path": path, "errno": exc.errno, "message": str(exc)[:200]})
     _check_stat_path(fs, answered, errors)
     return facts, errors
+
+
+def _check_other_reads(fs: FileSystem, path: str, limit: int, errors: list[dict[str, Any]]) -> None:
+    """On a block mount (``dax="never"``), the first ``limit`` bytes of a regular file
+    read again every other way, each against the first read: buffered again (on a
+    bounded mount the pages the walk just read: the page cache's hit reader), with
+    ``preadinto`` of one page at a time (hits, one page each), and with
+    ``direct=True``: ``preadinto`` of aligned chunks, each chunk's first logical
+    block read again (its extent cached: on io_uring the C lean read,
+    ``_direct.LeanRead``), and ``submit_read`` of the first chunk (on io_uring the
+    device's C path, ``_uring.BioRing``).  A difference is an error with no errno
+    (wrong); an OSError is recorded with its errno, as the walk's are."""
+    try:
+        with cast("File", fs.open(path, "rb", buffering=0)) as f:
+            first = f.pread(limit, 0)
+            if len(first) != limit:
+                message = f"buffered read of {limit} bytes gave {len(first)}"
+                errors.append({"path": path, "errno": None, "message": message})
+                return
+            page = bytearray(4096)
+            for pos in range(0, limit, 4096):
+                n = f.preadinto(page, pos)
+                if page[:n] != first[pos : pos + 4096]:
+                    _read_differs(errors, path, "buffered preadinto", pos)
+                    return
+        align = 4096
+        with cast("File", fs.open(path, "rb", buffering=0, direct=True)) as d:
+            chunk = 64 << 10
+            buf = aligned_buffer(chunk)
+            one = aligned_buffer(512)
+            for pos in range(0, limit, chunk):
+                n = min(chunk, -(-(limit - pos) // align) * align)
+                got = d.preadinto(memoryview(buf)[:n], pos)
+                if buf[: min(got, limit - pos)] != first[pos : pos + min(n, limit - pos)]:
+                    _read_differs(errors, path, "direct preadinto", pos)
+                    return
+                got = d.preadinto(one, pos)
+                if one[: min(got, limit - pos)] != first[pos : pos + min(512, limit - pos)]:
+                    _read_differs(errors, path, "direct re-read", pos)
+                    return
+            n = min(chunk, -(-limit // align) * align)
+            if n:
+                got = d.submit_read(0, memoryview(buf)[:n]).result(DIRECT_TIMEOUT)
+                if buf[: min(got, limit)] != first[: min(n, limit)]:
+                    _read_differs(errors, path, "direct submit_read", 0)
+    except OSError as exc:
+        errors.append({"path": path, "errno": exc.errno, "message": str(exc)[:200]})
+
+
+def _read_differs(errors: list[dict[str, Any]], path: str, how: str, pos: int) -> None:
+    message = f"{how} at {pos} differs from the buffered read"
+    errors.append({"path": path, "errno": None, "message": message})
 
 
 def _xattrs(fs: FileSystem, path: str) -> list[list[str]]:
