@@ -21,7 +21,9 @@ On io_uring, QD1 ``readinto`` and ``write`` take the synchronous fast path
 and waited for in one system call); the QD32 rows with ``end_io`` and with
 Futures are the per-bio interface: a plain bio goes the C path of
 ``submit_bio`` (``_uring.BioRing``: checked and submitted in C, ended and its
-``end_io`` called or Future resolved from C on the reaper thread);
+``end_io`` called or Future resolved from C on the reaper thread -- or, for a
+Future waited for, by the waiting thread itself, which reaps for it: the
+BioRing's waiting leader);
 ``bench/block_ab.py --bio`` compares it with the bio path it replaced.
 Figures of 2026-11-28 18:52 UTC, load 2.0-2.6, ``--quick``: QD1 0.86x,
 QD32 end_io 0.24x, QD32 batched 0.95x, write 1.19x (docs/ARCHITECTURE.md,
@@ -43,8 +45,9 @@ section 2): a daxfs image file on the same disk, mounted with
 and one file of it opened with ``direct=True`` (daxfs.fs.direct): QD1 is
 ``preadinto`` of a page-aligned buffer (on io_uring the C lean read,
 ``daxfs.fs._direct.LeanRead``), QD32 keeps 32 ``submit_read`` Futures in
-flight from one thread (``DirectIO.submit_read_lean``: one plain bio on the
-device's C path, a ``LeanFuture``), the batched QD32 row is
+flight from one thread (``DirectIO.submit_read_lean``: in C, ``LeanRead.submit``,
+one plain bio on the device's C path and a ``LeanFuture``, the bio ended by
+``_direct.lean_end`` in the waiting thread), the batched QD32 row is
 ``File.preadinto_many`` of BATCH reads per call (the device keeps 32 in flight),
 the write is ``pwrite`` of 1 MiB over the file's written blocks (durable
 on return: on io_uring one RWF_DSYNC write, ``DirectIO._write_mapped``; the
@@ -654,7 +657,8 @@ def where_time_goes(
     elif rw == "futures":
         line += (
             ": a bio each, submitted by this thread (the C path of submit_bio, "
-            "_uring.BioRing), its Future resolved in C by the reaper thread"
+            "_uring.BioRing), its Future resolved in C by this thread as it waits "
+            "(it reaps for it: the BioRing's waiting leader)"
         )
     else:
         line += (

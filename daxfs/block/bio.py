@@ -275,6 +275,42 @@ class Bio:
         end_io: Callable[[Bio], object] | None = None,
         private: object = None,
     ) -> None:
+        if (  # the common bio (one plain byte buffer, READ or WRITE, no flags) at once:
+            # what the checks below would make of it (test_bio.py holds them equal)
+            type(segments) is list
+            and len(segments) == 1
+            and (op is BioOp.READ or op is BioOp.WRITE)
+            and flags is BioFlags.NONE
+            and size is None
+            and type(sector) is int
+            and sector >= 0
+        ):
+            seg = segments[0]
+            try:
+                view = seg if type(seg) is memoryview else memoryview(seg)
+            except TypeError:  # not a buffer: the checks below say so
+                view = None
+            if (
+                view is not None
+                and view.ndim == 1
+                and view.format == "B"
+                and not (op is BioOp.READ and view.readonly)
+            ):
+                self.op: BioOp = op
+                self.flags: BioFlags = flags
+                self.sector = sector
+                self.segments = [view]
+                self.size: int = len(view)
+                self.end_io = end_io
+                self.private = private
+                self._future: Future[int] | None = None
+                self._value = 0
+                self.status: BaseException | None = None
+                self._state = "new"
+                self._parent: Bio | None = None
+                self._chain: _Chain | None = None
+                self._waiter: _Waiter | None = None
+                return
         if not isinstance(op, BioOp):
             raise InvalidArgument(f"bio op must be a BioOp, not {op!r}")
         if not isinstance(flags, BioFlags):
@@ -308,20 +344,21 @@ class Bio:
         self.flags = flags
         self.sector = sector
         self.segments = views
-        self.size: int = size
+        self.size = size
         self.end_io = end_io
         self.private = private
-        self._future: Future[int] | None = None  # made when asked for (``future``)
+        self._future = None  # made when asked for (``future``)
         self._value = 0  # the bytes done, once done without an error
         #: None until done; then None (success) or the error
-        self.status: BaseException | None = None
+        self.status = None
         self._state = "new"
-        self._parent: Bio | None = None
-        self._chain: _Chain | None = None  # set by split_bio
+        self._parent = None
+        self._chain = None  # set by split_bio
         #: set by a device that ends bios on a thread of its own (the file device's C
         #: path, ``_uring.BioRing``): ``wait()`` calls ``_waiter.wait(bio)`` first, which
-        #: on that thread (an end_io waiting for another bio) reaps nested
-        self._waiter: _Waiter | None = None
+        #: on that thread (an end_io waiting for another bio) reaps nested, or that
+        #: thread reaps for it (its waiting leader)
+        self._waiter = None
 
     def __repr__(self) -> str:
         flags = f" {self.flags!r}" if self.flags else ""

@@ -285,3 +285,57 @@ def test_the_future_is_made_when_asked_for_and_agrees_with_wait() -> None:
         assert bad.future.exception(0) is bad.status
     finally:
         dev.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    op=st.sampled_from([BioOp.READ, BioOp.WRITE, BioOp.DISCARD]),
+    sector=st.one_of(st.integers(-2, 1 << 40), st.just(True)),
+    kind=st.sampled_from(["bytearray", "bytes", "view", "ro_view", "array", "2d", "int", "empty"]),
+    n=st.integers(0, 3),
+    flags=st.sampled_from([BioFlags.NONE, BioFlags.FUA]),
+)
+def test_the_common_bio_is_made_as_the_checks_make_it(
+    op: BioOp, sector: int, kind: str, n: int, flags: BioFlags
+) -> None:
+    """``Bio(op, sector, [one buffer])`` takes a short way for the common bio; it gives
+    the fields (or the error) the checks give for the same bio with its segment in a
+    tuple (which always takes them)."""
+    import array
+
+    size = 512 * n
+    seg: object = {
+        "bytearray": bytearray(size),
+        "bytes": bytes(size),
+        "view": memoryview(bytearray(size)),
+        "ro_view": memoryview(bytes(size)),
+        "array": array.array("H", bytes(size)),
+        "2d": memoryview(bytearray(size or 2)).cast("B", (2, (size or 2) // 2)),
+        "int": 42,
+        "empty": bytearray(),
+    }[kind]
+
+    def made(segments: object) -> object:
+        try:
+            bio = Bio(op, sector, segments, flags=flags)  # type: ignore[arg-type]
+        except (InvalidArgument, TypeError) as exc:
+            return (type(exc), str(exc))
+        return (
+            bio.op,
+            bio.flags,
+            bio.sector,
+            [bytes(v) for v in bio.segments],
+            [(v.format, v.ndim, v.readonly) for v in bio.segments],
+            bio.size,
+            bio.end_io,
+            bio.private,
+            bio._future,
+            bio._value,
+            bio.status,
+            bio._state,
+            bio._parent,
+            bio._chain,
+            bio._waiter,
+        )
+
+    assert made([seg]) == made((seg,))
