@@ -118,7 +118,10 @@ Invariants
      take the written bytes after a write, and a thread never waits for a
      range lock while it holds another.
   7. Owed times (``_owed``) only ever belong to an inode whose record in memory
-     differs from the media in mtime and ctime alone; they are committed before
+     differs from the media in mtime and ctime alone -- or in nothing, once
+     another transaction of the inode committed its record: such an entry is
+     stale, dropped by ``sync_times`` without a transaction and owed anew by the
+     next ``touch`` past the interval (``_committed``); they are committed before
      the inode can leave the inode cache (the last File's close) or the mount
      ends.
 """
@@ -1010,10 +1013,12 @@ class DirectIO:
             OSError of the commit (EIO, EROFS), when it commits.
         """
         assert inode.lock._is_owned()  # type: ignore[attr-defined]
-        rec = inode.rec
-        rec.mtime_ns = rec.ctime_ns = now_ns()
         now = time.monotonic()
         owed = self._owed.get(inode.ino)
+        if owed is not None and now - owed[1] >= LAZY_TIMES_SECONDS and self._committed(inode):
+            owed = None  # another transaction committed them: owed anew, from now
+        rec = inode.rec
+        rec.mtime_ns = rec.ctime_ns = now_ns()
         if owed is None:
             owed = self._owed[inode.ino] = (inode, now)
         if now - owed[1] >= LAZY_TIMES_SECONDS:
@@ -1027,6 +1032,9 @@ class DirectIO:
         has no link left (it is freed at its last close).  Caller must hold
         ``inode.lock``.
 
+        Nothing either when another transaction of the inode committed them since
+        (``_committed``): the entry is dropped.
+
         Raises:
             OSError of the commit (EIO; EROFS after a journal failure): the times
             stay owed in memory (an aborted transaction re-reads the record: then
@@ -1034,7 +1042,7 @@ class DirectIO:
         """
         if inode.ino not in self._owed:
             return
-        if inode.rec.nlink == 0:
+        if inode.rec.nlink == 0 or self._committed(inode):
             self._owed.pop(inode.ino, None)
             return
         data = self.data
@@ -1042,6 +1050,22 @@ class DirectIO:
             data.itable.dirty(tx, inode)
         self._owed.pop(inode.ino, None)
         self.stats["times_commits"] += 1
+
+    def _committed(self, inode: Inode) -> bool:
+        """Are ``inode``'s mtime and ctime on the media as in memory?  Every transaction
+        of the inode packs its record from memory, so one that committed since a
+        ``touch`` (chmod, a write through the request path, ...) committed the times
+        it owed: an entry of ``_owed`` is then stale -- committing it again would cost
+        a transaction for nothing, and its ``since`` would make the next overwrite
+        commit at once.  (False when the record cannot be read: the commit then says
+        why.)  Caller holds ``inode.lock``."""
+        itable = self.data.itable
+        try:
+            media = itable.read_record(itable.store, inode.ino)
+        except OSError:
+            return False
+        rec = inode.rec
+        return media.mtime_ns == rec.mtime_ns and media.ctime_ns == rec.ctime_ns
 
     def sync_all_times(self) -> None:
         """``sync_times`` of every inode that owes times (FileSystem.sync, unmount).

@@ -156,9 +156,9 @@ def test_close_sync_and_a_transaction_of_the_inode_commit_the_owed_times(
         fs.chmod("/f", 0o600)
         assert {m for _, m in after_crash(disk)} == {10**18 + 2}
         seq = fs.journal.seq
-    # close then commits the same record again: nothing changed, whatever it costs
+    # close then commits nothing: the chmod committed the times owed
     assert {m for _, m in after_crash(disk)} == {10**18 + 2}
-    assert fs.journal.seq >= seq
+    assert fs.journal.seq == seq
 
 
 def test_owed_times_are_committed_by_the_first_overwrite_after_the_interval(
@@ -381,3 +381,50 @@ def test_a_bounded_cache_takes_the_written_bytes_without_the_copier(
         with fs.open("/f", "rb") as b:
             b.seek(4 * BLOCK_SIZE)
             assert b.read(8 * BLOCK_SIZE) == bytes(new)
+
+
+def test_times_another_transaction_committed_are_owed_no_more(
+    fs: FileSystem, disk: SimulatedBlockDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overwrite owes its times; a chmod of the inode commits them (its record is
+    packed from memory).  The owed entry is then stale: fsync, sync and close commit
+    nothing more (no transaction, the entry dropped), and the first overwrite after
+    the interval owes its times anew instead of committing at once (the interval
+    counts from it, not from the times the chmod committed).  After a crash at each
+    step the media has the times last committed, never older ones."""
+    written_file(fs)
+    dio = engine(fs)
+    clock = [100.0]
+    monkeypatch.setattr(direct.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(direct, "LAZY_TIMES_SECONDS", 1.0)
+    stamps = iter(range(10**18, 10**18 + 100))
+    monkeypatch.setattr(direct, "now_ns", lambda: next(stamps))
+    with fs.open("/f", "rb+", buffering=0, direct=True) as f:
+        ino = f.inode.ino  # type: ignore[attr-defined]
+        f.pwrite(pattern(BLOCK_SIZE, 2), 0)  # owed since 100.0, mtime 10**18
+        assert ino in dio._owed
+        clock[0] = 100.5
+        fs.chmod("/f", 0o600)  # commits the record: the times with it
+        assert {m for _, m in after_crash(disk)} == {10**18}
+        seq, commits = fs.journal.seq, dio.stats["times_commits"]
+        f.fsync()
+        assert (fs.journal.seq, dio.stats["times_commits"]) == (seq, commits)
+        assert ino not in dio._owed
+        clock[0] = 101.2  # past the interval counted from the stale entry's 100.0
+        f.pwrite(pattern(BLOCK_SIZE, 3), 0)  # mtime 10**18 + 1, owed anew from 101.2
+        assert ino in dio._owed
+        assert fs.journal.seq == seq
+        fs.chmod("/f", 0o640)  # commits 10**18 + 1
+        clock[0] = 102.3  # the entry of 101.2 is stale and old: owed anew, no commit
+        f.pwrite(pattern(BLOCK_SIZE, 4), 0)  # mtime 10**18 + 2
+        seq = fs.journal.seq
+        assert dio._owed[ino][1] == 102.3
+        assert {m for _, m in after_crash(disk)} == {10**18 + 1}
+        clock[0] = 103.3  # one second since 102.3: this overwrite commits
+        f.pwrite(pattern(BLOCK_SIZE, 5), 0)  # mtime 10**18 + 3
+        assert fs.journal.seq == seq + 1
+        assert {m for _, m in after_crash(disk)} == {10**18 + 3}
+        fs.sync()  # nothing owed: no transaction
+        assert fs.journal.seq == seq + 1
+    assert fs.journal.seq == seq + 1  # close: nothing owed either
+    assert ino not in dio._owed
