@@ -424,9 +424,15 @@ class DirectIO:
         bios ended by ``_direct.lean_end``) where the C lean read serves and the
         device has a BioRing; else None."""
         lean = self._lean_c
-        if lean is None or aio is None or _LEAN_END is None:
+        set_submit = getattr(lean, "set_submit", None)  # (a stand-in may have none)
+        if (
+            set_submit is None
+            or aio is None
+            or _LEAN_END is None
+            or _lean_read_end is not _LEAN_PY_END  # (replaced: its steps then run)
+        ):
             return None
-        lean.set_submit(self, self.bdev, aio, Bio, LeanFuture, BioOp.READ, BioFlags.NONE)
+        set_submit(self, self.bdev, aio, Bio, LeanFuture, BioOp.READ, BioFlags.NONE)
         aio.end_anywhere(_LEAN_END)  # type: ignore[attr-defined]
         return lean
 
@@ -1612,9 +1618,12 @@ class _Request:
         self.bios = []
 
 
+#: the Python end the C end falls back to (a mount whose ``_lean_read_end`` is not
+#: this one takes the Python steps: whatever replaced it runs)
+_LEAN_PY_END = _lean_read_end
 #: the C end of the lean ``submit_read``'s bios (``LeanRead.submit``), or None
 _LEAN_END = (
     None
     if _direct is None
-    else _direct.setup_end(_FUTURE_LOCK, _lean_read_end, _lean_read_done, _FUTURE_STATES)
+    else _direct.setup_end(_FUTURE_LOCK, _LEAN_PY_END, _lean_read_done, _FUTURE_STATES)
 )
