@@ -82,7 +82,13 @@ batched 0.45x, the write 0.24x of plain fio.  With the C lean read, the lean
 6.3-6.8): device QD32 Futures 0.71x, fs QD1 0.89x, fs QD32 ``submit_read``
 0.33x (0.08x at 05:14 before them), fs QD32 batched 0.77x, the durable write
 0.99x of --sync=dsync; ``bench/block_ab.py --fs`` interleaves the fs paths
-(docs/ARCHITECTURE.md, "The lean reads in C, and the lean submit_read").  A last pair of
+(docs/ARCHITECTURE.md, "The lean reads in C, and the lean submit_read").  With
+the waiting leader (BioRing) and the lean submit_read in C (``--quick``,
+2026-11-29 09:25 UTC, load 2.8-4.1): device QD32 Futures 0.65x, fs QD32
+``submit_read`` 0.66x; in ``bench/block_ab.py --bio`` / ``--fs`` (load 1.7-2.2)
+0.84x and 0.61x, where the rows' pattern in bare C (``bench/block_oldest.c``)
+runs at 1.03x and 1.06x of fio: what is left is the CPU of the Python per read
+(docs/ARCHITECTURE.md, "The waiting thread leads").  A last pair of
 rows reads 4 KiB at random through the pmem block driver (an image on
 /dev/shm mounted ``dax="never"`` from its ``PmemDevice``, direct=True)
 against DAX ``pread`` of the same image (informational: the cost of each
