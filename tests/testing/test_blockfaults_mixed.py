@@ -83,7 +83,7 @@ def test_the_harness_catches_a_stamp_that_always_matches(monkeypatch: pytest.Mon
     monkeypatch.setattr(filecache._Entry, "matches", lambda self: True)
     # (the operation's own "after", looked at through the stale pages, is wrong: the
     # first state checked against it is "neither before nor after")
-    with pytest.raises(FaultCheckFailed, match="neither before nor after|live"):
+    with pytest.raises(FaultCheckFailed, match=r"neither before nor after|live"):
         check_fs_block_faults(setup, direct_write_over_cached_pages, "write", cache_size="64K")
 
 
