@@ -73,8 +73,9 @@ belongs to one Inode object: a new file that reuses the inode number is
 another Inode, so another space.
 
 Locks: ``inode.lock``, then the range lock (a write), then the files' pool
-lock, then the journal lock (in ``write_out_of_place``), then the block
-cache's route lock and its own pool's.  No dirty page outlives an operation,
+lock -- let go for the write-back's ``write_pages`` (``write_through``: the
+pages busy meanwhile) -- then the journal lock (in ``write_out_of_place``),
+then the block cache's route lock and its own pool's.  No dirty page outlives an operation,
 so eviction never writes back (which would take another file's locks).
 
 Readahead in flight and the file's changes: a window holds a shared range

@@ -168,6 +168,21 @@ class Pending(Protocol):
         file zeroed, the slots' views let go).  Raise its OSError, every time."""
 
 
+class _Busy:
+    """The ``io`` of a folio under ``write_through``'s write-back, done without the
+    pool's lock (``AddressSpace._write_folios``): never done, never waited for --
+    eviction skips it, and its space's users wait for the file's lock instead."""
+
+    def done(self) -> bool:
+        return False
+
+    def wait(self) -> None:
+        raise AssertionError("a folio under write-back was waited for as a readahead")
+
+
+_BUSY = _Busy()
+
+
 class Backing(Protocol):
     """The direct-I/O path of a cached object: whole pages, at page-aligned offsets.
 
@@ -678,8 +693,15 @@ class AddressSpace:
         for i, slot in enumerate(slots):
             self._insert(first + i, slot).fresh = True
 
-    def _write_folios(self, folios: list[Folio]) -> None:
+    def _write_folios(self, folios: list[Folio], *, unlocked: bool = False) -> None:
         """Write dirty ``folios`` back (runs of consecutive pages, one bio each).
+
+        ``unlocked`` (``write_through``): the pool's lock is let go for the
+        backing's write (a file's: a transaction and its FLUSH or FUA), so that
+        readers and writers of other objects do not wait for it; meanwhile the
+        folios are busy (``io`` is ``_BUSY``: eviction skips them, no hit serves
+        them), and the caller must keep this space's own users out (a file's
+        ``inode.lock``).
 
         Raises:
             OSError: a write failed; every folio of the call stays dirty.
@@ -698,7 +720,18 @@ class AddressSpace:
         pool = self.pool
         try:
             pool.stats.write_calls += len(pieces)
-            self.backing.write_pages(pieces)
+            if unlocked:
+                for folio in folios:
+                    assert folio.io is None, f"{folio} is busy already"
+                    folio.io = _BUSY
+                try:
+                    with self._unlocked():
+                        self.backing.write_pages(pieces)
+                finally:
+                    for folio in folios:
+                        folio.io = None
+            else:
+                self.backing.write_pages(pieces)
         except OSError as exc:
             start = folios[0].index << PAGE_SHIFT
             end = (folios[-1].index + 1) << PAGE_SHIFT
@@ -710,6 +743,17 @@ class AddressSpace:
         for folio in folios:
             folio.dirty = False
         pool.stats.writeback += len(folios)
+
+    @contextlib.contextmanager
+    def _unlocked(self) -> Iterator[None]:
+        """The pool's lock let go inside the block (every level this thread holds), and
+        taken back after it, as ``threading.Condition.wait`` does."""
+        lock = self.pool.lock
+        state = lock._release_save()  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            lock._acquire_restore(state)  # type: ignore[attr-defined]
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -933,7 +977,9 @@ class AddressSpace:
                 self._settle_range(first, last + 1)
                 if last - first < max(1, pool.nslots // 4):
                     self._write_piece(offset, flat[: end - offset])
-                    self._write_folios([self.folios[i] for i in range(first, last + 1)])
+                    self._write_folios(
+                        [self.folios[i] for i in range(first, last + 1)], unlocked=True
+                    )
                 else:
                     self._write_bounced(offset, flat[: end - offset])
             except BaseException:
@@ -974,7 +1020,8 @@ class AddressSpace:
             whole = buf[: stop - start]
             try:
                 self.pool.stats.write_calls += 1
-                self.backing.write_pages([(start, [whole])])
+                with self._unlocked():  # (nothing of the range is cached now)
+                    self.backing.write_pages([(start, [whole])])
             except OSError as exc:
                 raise _named(exc, "writing back " + self._what(start, stop)) from exc
             finally:
