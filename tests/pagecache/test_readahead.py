@@ -54,11 +54,13 @@ class Gated(FaultyBlockDevice):
         #: whether ``hold_windows`` holds the next windows
         self.gating = True
         self.held: list[Request] = []
+        #: the operations held
+        self.ops = {BioOp.READ}
         self._gate = threading.Lock()
 
     def _dispatch(self, req: Request) -> None:
         with self._gate:
-            if self.holding and req.op is BioOp.READ:
+            if self.holding and req.op in self.ops:
                 self.held.append(req)
                 return
         super()._dispatch(req)
@@ -482,3 +484,46 @@ def test_a_run_of_pages_across_extents_is_cut_at_each_extent() -> None:
         finally:
             filecache.FileBacking._map = real  # type: ignore[method-assign]
         assert any(c > 0 for c in cuts), f"no run was cut at an extent's end: {cuts}"
+
+
+def test_a_reader_of_another_file_does_not_wait_for_a_write_back(
+    gated: tuple[Gated, SimulatedBlockDevice],
+) -> None:
+    """The write-back of a buffered write of file A (its WRITE bios held) does not hold
+    the files' pool lock: a re-read of file B's cached pages, and a read of A's pages
+    outside the write, from another thread, finish meanwhile; A's pages under the
+    write-back are not served by anyone."""
+    dev, _ = gated
+    with mount(dev, cache_size="128K") as fs, released(dev):
+        a = fs.open("/a", "wb+", buffering=0)
+        b = fs.open("/b", "wb+", buffering=0)
+        a.write(b"a" * 4 * PAGE)
+        b.write(b"b" * 4 * PAGE)
+        dev.ops = {BioOp.WRITE}
+        dev.holding = True
+        wrote = threading.Event()
+
+        def write() -> None:
+            a.pwrite(b"A" * PAGE, PAGE)
+            wrote.set()
+
+        w = threading.Thread(target=write)
+        w.start()
+        while not dev.held and w.is_alive():  # the write-back's bio is held
+            w.join(0.01)
+        assert dev.held, "the write's bios were not held: the test tests nothing"
+        got: list[bytes] = []
+        r = threading.Thread(target=lambda: got.append(b.pread(PAGE, 2 * PAGE)))
+        r.start()
+        r.join(10)
+        assert got == [b"b" * PAGE], "a reader of another file waited for the write-back"
+        space = files_of(fs)._spaces[a.inode.ino].space
+        assert space.folios[1].io is not None  # busy: no hit serves it
+        assert not wrote.is_set()
+        dev.holding = False
+        dev.release()
+        w.join()
+        assert a.pread(3 * PAGE, 0) == b"a" * PAGE + b"A" * PAGE + b"a" * PAGE
+        assert space.folios[1].io is None
+        a.close()
+        b.close()
