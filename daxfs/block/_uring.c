@@ -1809,6 +1809,76 @@ bioring_report(BioRing *self, PyObject *bio)
     Py_XDECREF(tb);
 }
 
+/* LeanFuture (daxfs.block.future) resolved in C: set once by set_lean(). */
+static PyObject *g_lean_lock, *g_lean_pending, *g_lean_running, *g_lean_finished;
+static PyObject *str_cond_, *str_w_, *str_sleepers_, *str_result_, *str_exception_;
+
+/* LeanFuture.set_result(value) of a future nobody watches through wait(),
+ * as_completed or callbacks (no _cond, _w, _cbs): the transition under its _LOCK, the
+ * sleepers' locks released (LeanFuture invariants 1 and 2), as _move/_set do.  1 done,
+ * 0 not such a future or set_lean() not called (nothing changed: call set_result), -1. */
+static int
+lean_resolve(PyObject *future, PyObject *value)
+{
+    if (g_lean_lock == NULL)
+        return 0;
+    PyObject *r = PyObject_CallMethodNoArgs(g_lean_lock, str_acquire);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    int out = 0;
+    PyObject *sleepers = NULL;
+    PyObject *cond = PyObject_GetAttr(future, str_cond_), *w = PyObject_GetAttr(future, str_w_),
+             *cbs = PyObject_GetAttr(future, str_cbs),
+             *state = PyObject_GetAttr(future, str_state);
+    if (cond == NULL || w == NULL || cbs == NULL || state == NULL) {
+        PyErr_Clear(); /* (not a LeanFuture: the method) */
+    } else if (cond == Py_None && w == Py_None && cbs == Py_None &&
+               (state == g_lean_pending || state == g_lean_running)) {
+        sleepers = PyObject_GetAttr(future, str_sleepers_);
+        if (sleepers == NULL || PyObject_SetAttr(future, str_result_, value) < 0 ||
+            PyObject_SetAttr(future, str_exception_, Py_None) < 0 ||
+            PyObject_SetAttr(future, str_state, g_lean_finished) < 0 ||
+            PyObject_SetAttr(future, str_sleepers_, Py_None) < 0)
+            out = -1;
+        else
+            out = 1;
+    }
+    Py_XDECREF(cond);
+    Py_XDECREF(w);
+    Py_XDECREF(cbs);
+    Py_XDECREF(state);
+    r = PyObject_CallMethodNoArgs(g_lean_lock, str_release);
+    if (r == NULL)
+        out = -1;
+    Py_XDECREF(r);
+    if (out == 1 && sleepers != NULL && PyList_Check(sleepers)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sleepers); i++) {
+            r = PyObject_CallMethodNoArgs(PyList_GET_ITEM(sleepers, i), str_release);
+            if (r == NULL)
+                out = -1;
+            Py_XDECREF(r);
+        }
+    }
+    Py_XDECREF(sleepers);
+    return out;
+}
+
+/* set_lean(lock, (PENDING, RUNNING, FINISHED)): LeanFuture's _LOCK and the states, so
+ * that the BioRing resolves a bio's LeanFuture in C (daxfs.block.file, at import). */
+static PyObject *
+uring_set_lean(PyObject *module, PyObject *args)
+{
+    PyObject *lock, *pending, *running, *finished;
+    if (!PyArg_ParseTuple(args, "O(OOO):set_lean", &lock, &pending, &running, &finished))
+        return NULL;
+    Py_XSETREF(g_lean_pending, Py_NewRef(pending));
+    Py_XSETREF(g_lean_running, Py_NewRef(running));
+    Py_XSETREF(g_lean_finished, Py_NewRef(finished));
+    Py_XSETREF(g_lean_lock, Py_NewRef(lock)); /* (last: lean_resolve tests it) */
+    Py_RETURN_NONE;
+}
+
 /* End ``bio`` with ``size`` bytes done, as Bio._complete does (GIL held): status,
  * value and state under _FUTURE_LOCK (against ``Bio.future`` making one now), the
  * Future resolved if one was made, end_io called, the segments dropped. */
@@ -1840,10 +1910,14 @@ bioring_end_whole(BioRing *self, PyObject *bio, Py_ssize_t size)
         return;
     }
     if (future != Py_None) {
-        r = PyObject_CallMethodOneArg(future, str_set_result, value);
-        if (r == NULL)
+        int done = lean_resolve(future, value);
+        if (done == 0) { /* watched, cancelled, or not a LeanFuture: the method */
+            r = PyObject_CallMethodOneArg(future, str_set_result, value);
+            done = r == NULL ? -1 : 1;
+            Py_XDECREF(r);
+        }
+        if (done < 0)
             bioring_report(self, bio); /* (a Future cancelled by its caller) */
-        Py_XDECREF(r);
     }
     Py_DECREF(future);
     Py_DECREF(value);
@@ -2494,6 +2568,8 @@ intern_names(void)
         {&str_done, "done"}, {&str_acquire, "acquire"}, {&str_release, "release"}, {&str_waiter, "_waiter"},
         {&str_finished, "FINISHED"}, {&str_cancelled, "CANCELLED"},
         {&str_cancelled_notified, "CANCELLED_AND_NOTIFIED"}, {&str_cbs, "_cbs"},
+        {&str_cond_, "_cond"}, {&str_w_, "_w"}, {&str_sleepers_, "_sleepers"},
+        {&str_result_, "_result"}, {&str_exception_, "_exception"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((*names[i].p = PyUnicode_InternFromString(names[i].s)) == NULL)
@@ -2556,6 +2632,9 @@ static PyMethodDef module_methods[] = {
      "flags, as a kernel without them does (for tests)"},
     {"misaligned", uring_misaligned, METH_VARARGS,
      "misaligned(buffers, align) -> bool: an address or length not a multiple of align"},
+    {"set_lean", uring_set_lean, METH_VARARGS,
+     "set_lean(lock, (PENDING, RUNNING, FINISHED)): LeanFuture's lock and states, so that "
+     "a BioRing resolves an unwatched LeanFuture in C"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -88,11 +88,13 @@ import struct
 import threading
 import weakref
 from collections.abc import Sequence
+from concurrent.futures._base import FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from daxfs.block import bio as bio_module
+from daxfs.block import future as future_module
 from daxfs.block.bio import (
     SECTOR_SHIFT,
     Bio,
@@ -127,6 +129,8 @@ try:
     from daxfs.block import _uring
 except ImportError:  # built without liburing: the reference in Python
     _uring = None  # type: ignore[assignment]
+else:  # the BioRing resolves a bio's unwatched LeanFuture in C (its _move's steps)
+    _uring.set_lean(future_module._LOCK, (PENDING, RUNNING, FINISHED))
 
 LOG = logging.getLogger("daxfs.block")
 

@@ -262,3 +262,52 @@ def test_a_future_given_back_to_the_bio_path_has_no_ring_waiter(
         assert future._waiter is dev._aio
         assert future.result() == BS
         assert dev.statistics()["async"] == 1
+
+
+@pytest.mark.parametrize("how", ["parked", "wait", "callback"])
+def test_a_bio_future_resolved_in_c_wakes_whoever_waits(tmp_path: Path, how: str) -> None:
+    """A read of a pipe holds the bio in flight; a thread parks in ``result(timeout)``
+    (no lead: it sleeps on the Future's lock), or waits in ``concurrent.futures.wait``
+    (the Future's Condition), or a done callback is added; the pipe is written: the
+    BioRing resolves the LeanFuture (in C when nobody watches it, else through
+    ``set_result``), and each is told, once, with the bytes."""
+    import concurrent.futures
+
+    r, w = os.pipe()
+    with _device(tmp_path) as dev:
+        buf = mmap.mmap(-1, BS)
+        bio = Bio(BioOp.READ, 0, [buf])
+        good_fd, dev.fd = dev.fd, r
+        try:
+            dev.submit_bio(bio)
+        finally:
+            dev.fd = good_fd
+        future = bio.future
+        got: list[object] = []
+        if how == "callback":
+            future.add_done_callback(lambda f: got.append(f.result()))
+            waiter = None
+        else:
+
+            def wait() -> None:
+                if how == "parked":  # (a timeout: no lead, it parks on its lock)
+                    got.append(future.result(3600))
+                else:
+                    done, _ = concurrent.futures.wait([future], timeout=30)
+                    got.append(future.result() if done else None)
+
+            waiter = threading.Thread(target=wait, daemon=True)
+            waiter.start()
+            wait_for(
+                lambda: bool(future._sleepers) if how == "parked" else future._cond is not None
+            )
+        os.write(w, b"p" * BS)
+        if waiter is not None:
+            waiter.join(30)
+            assert not waiter.is_alive(), "the waiting thread was never woken"
+        wait_for(lambda: bool(got))
+        assert got == [BS]
+        assert bytes(buf) == b"p" * BS
+        assert future._sleepers is None
+    os.close(r)
+    os.close(w)
