@@ -323,8 +323,9 @@ class Bio:
             for i, v in enumerate(views):
                 total += len(v)
                 if v.readonly and op is BioOp.READ:
+                    of = f" of {segments!r}" if hasattr(segments, "views") else ""
                     raise InvalidArgument(
-                        f"read bio at sector {sector}: segment {i} is read-only memory"
+                        f"read bio at sector {sector}: segment {i}{of} is read-only memory"
                     )
             if size is not None and size != total:
                 raise InvalidArgument(f"bio size {size} is not its segments' total {total}")

@@ -25,10 +25,38 @@ An SGList hands its bytes to consumers without copying them:
 Holes and unwritten extents in the range have no blocks to pin: they appear as
 zero segments (device offset None) and read as zeros.
 
+Stores through a pin.  The views of a pin made through a File open for
+writing are writable: a READ bio from another device may fill them (issue 10
+section 1), numpy may store into them.  Such stores land in device memory --
+a CPU cache on pmem, the block cache's DRAM on a block mount -- and, as Linux
+does for pinned pages (``unpin_user_pages_dirty_lock``: the pages are then
+written back like any dirty page), they are written back by the one owner of
+"file ranges stored to behind the filesystem", ``DataPath.mapped_ranges``
+(daxfs.fs.writeback): a writable pin registers its file range there as a
+writable mapping does, so
+
+    fsync, fdatasync, FileSystem.sync, unmount while pinned   flush it (live)
+    unpin (close, with-exit)                                  flushes it and
+                     drains (pmem: the store's persist of the range; a block
+                     mount: the cache's write-back of the range + FLUSH),
+                     *before* the layout is released
+
+The guarantee: stores through a pin are durable once ``unpin`` returned, or
+once an ``fsync``/``fdatasync``/``sync`` that began after them returned; not
+before (a crash may keep or lose each, an aligned 8-byte word or a written-back
+logical block whole).  A failed write-back at unpin (EIO) releases the pin all
+the same and keeps the range remembered: the next fsync, sync or unmount tries
+again.  The pin does not set the file's modification time.
+
+The views of a pin made through a File *not* open for writing are read-only
+(``memoryview.toreadonly``): a store raises TypeError, a READ bio into the
+SGList is EINVAL naming it (daxfs.block.bio), and nothing is registered.
+
 State diagram::
 
     pin_file() --> PINNED --unpin() / close() / with-exit--> UNPINNED
       PINNED: segments, consumers; UNPINNED: every use raises ValueError
+      unpin of a writable pin: write back + drain, then the layout goes
 
 An unlinked file's blocks are freed at its last unpin (the pin counts as a
 user of the inode, as an open file does).
@@ -44,11 +72,11 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from daxfs.block.engine import advance_views
-from daxfs.errors import InvalidArgument
+from daxfs.errors import InvalidArgument, naming
 from daxfs.fs.data import DataPath
 from daxfs.fs.layouts import Layouts
 from daxfs.iomap import Iomap, IomapFlags, IomapType, iomap_iter
-from daxfs.lifecycle import Closeable
+from daxfs.lifecycle import Closeable, cleanup_after
 
 if TYPE_CHECKING:
     from daxfs.fs.file import File
@@ -73,7 +101,15 @@ class SGList(Closeable):
     """A pinned file range as device extents.  Create with File.pin or Mapping.pin."""
 
     def __init__(
-        self, file: File, data: DataPath, offset: int, segments: list[Segment], token: int
+        self,
+        file: File,
+        data: DataPath,
+        offset: int,
+        segments: list[Segment],
+        token: int,
+        writeback: int | None = None,
+        *,
+        writable: bool = False,
     ) -> None:
         self._file = file
         self._data = data
@@ -81,10 +117,18 @@ class SGList(Closeable):
         self.length = sum(s.length for s in segments)
         self._segments: list[Segment] | None = segments
         self._token = token
+        #: the token of the range registered in ``data.mapped_ranges`` (a writable
+        #: pin), None for a read-only pin or once written back at unpin
+        self._writeback = writeback
+        #: views are writable (the pin was made through a File open for writing)
+        self.writable = writable
 
     def __repr__(self) -> str:
         state = "unpinned" if self._segments is None else f"{len(self._segments)} segments"
-        return f"<SGList {self._file.path}[{self.offset}:{self.offset + self.length}] {state}>"
+        mode = "" if self.writable else ", read-only"
+        return (
+            f"<SGList {self._file.path}[{self.offset}:{self.offset + self.length}] {state}{mode}>"
+        )
 
     @property
     def pinned(self) -> bool:
@@ -98,13 +142,21 @@ class SGList(Closeable):
         return self._segments
 
     def views(self) -> Iterator[memoryview]:
-        """A memoryview of each segment, aliasing device memory (zeros for holes)."""
+        """A memoryview of each segment, aliasing device memory (zeros for holes).
+
+        Read-only unless the pin was made through a File open for writing;
+        stores through writable views are written back at unpin or fsync
+        (module docstring).
+        """
         store = self._data.store
+        writable = self.writable
         for seg in self.segments:
             if seg.dev is None:
                 yield from _zero_views(seg.length)
-            else:
+            elif writable:
                 yield store.view[seg.dev : seg.dev + seg.length]
+            else:
+                yield store.view[seg.dev : seg.dev + seg.length].toreadonly()
 
     def bio_segments(self) -> list[tuple[int | None, int]]:
         """(device offset, length) pairs, for a bio (device offset None: zeros)."""
@@ -193,15 +245,37 @@ class SGList(Closeable):
     # -- lifecycle ----------------------------------------------------------------------
 
     def unpin(self) -> None:
-        """Release the pin; waiting truncates proceed.
+        """Release the pin; waiting truncates proceed.  A writable pin first writes
+        back and persists its range (stores through its views are durable when
+        this returns), then releases the layout.
 
         Raises:
             ValueError: already unpinned.
+            IOFailure (EIO): the write-back failed, naming the path; the pin is
+                released all the same and the range stays remembered for the
+                next fsync, sync or unmount.
         """
         if self._segments is None:
             raise ValueError(f"SGList of {self._file.path} is already unpinned")
         self._segments = None
+        try:
+            self._write_back()
+        except BaseException as exc:  # the pin goes all the same, without hiding the error
+            cleanup_after(exc, lambda: self._file._unpin(self._token))
+            raise
         self._file._unpin(self._token)
+
+    def _write_back(self) -> None:
+        """A writable pin's range leaves ``mapped_ranges``'s live ranges and is flushed
+        with the file's other remembered ranges, then drained (DataPath.writeback)."""
+        token = self._writeback
+        if token is None:
+            return
+        self._writeback = None
+        inode = self._file.inode
+        with naming(self._file.path), inode.lock:
+            self._data.mapped_ranges.unmap(inode.ino, token)
+            self._data.writeback(inode)
 
     def close(self) -> None:
         """unpin() if still pinned (idempotent, for with-blocks)."""
@@ -255,7 +329,11 @@ def pin_file(file: File, data: DataPath, offset: int, length: int) -> SGList:
     except BaseException:
         inode.layouts.unpin(token)
         raise
-    return SGList(file, data, offset, segments, token)
+    writable = file.writable()
+    writeback = None
+    if writable and length:  # stores through its views: written back at fsync and unpin
+        writeback = data.mapped_ranges.map(inode.ino, inode.rec.generation, offset, offset + length)
+    return SGList(file, data, offset, segments, token, writeback, writable=writable)
 
 
 def _zero_views(length: int) -> Iterator[memoryview]:

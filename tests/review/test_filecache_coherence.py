@@ -30,12 +30,13 @@ called by every change of a file's data, size or map and by a mapping or pin's
 registration; it clears the space's stamp (daxfs/fs/filecache.py, invariant 4).
 tests/pagecache/test_filecache_changes.py has pins, threads and a planted bug per call.
 
-Open (xfail(strict=True), found by HH): R3, stores through a pin's views on a
-block-backed mount (a READ bio into an SGList, as issue 10 section 1 allows) land in
-the block cache's memory and are never written to the disk: after the unpin a bounded
-mount's page cache re-reads the disk's old bytes, and a remount loses them (bounded or
-not).  Not the page cache's to fix: pins would need what writable mappings have
-(``mapped_ranges``: their ranges flushed at fsync, sync and unmount).
+R3 (found by HH, fixed by helper HI): stores through a pin's views on a block-backed
+mount (a READ bio into an SGList, as issue 10 section 1 allows) landed in the block
+cache's memory and were never written to the disk: after the unpin a bounded mount's
+page cache re-read the disk's old bytes, and a remount lost them (bounded or not); on
+pmem nothing persisted them.  Now a writable pin registers its range where writable
+mappings do (``mapped_ranges``: flushed at fsync, sync and unmount) and unpin writes
+it back and persists it (daxfs/mm/pin.py); tests/crash/test_pin_stores.py crashes it.
 
 The tests that pass are the same changes with the clock running: they pin down what the
 stamp does catch (direct writes, punch, zero-range, truncate through another File or a
@@ -302,14 +303,10 @@ def test_changes_through_buffered_files_are_seen_with_a_repeating_clock(
 # -- R3 (found by HH while fixing R1): stores through a pin on a block-backed mount -------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R3: a pin's views alias the block cache's memory (the memfd); stores through "
-    "them (a READ bio into an SGList, issue 10 section 1) are never written to the disk: "
-    "after unpin the page cache re-reads the disk's old bytes, and a remount loses them",
-)
 @pytest.mark.parametrize("bounded", [True, False])
 def test_stores_through_a_pin_on_a_block_mount_are_kept(bounded: bool) -> None:
+    """R3, fixed by helper HI: a writable pin registers its range with the data path's
+    ``mapped_ranges`` (as a writable mapping does) and unpin writes it back and FLUSHes."""
     disk = SimulatedBlockDevice(SIZE)
     mkfs(disk)
     opts = {"cache_size": "256K"} if bounded else {}
@@ -321,7 +318,25 @@ def test_stores_through_a_pin_on_a_block_mount_are_kept(bounded: bool) -> None:
         del view
         assert f.pread(4, 0) == b"PINS"  # while pinned: the DataPath reads the memfd
         sg.unpin()
+        assert b"PINS" in disk.durable_image()  # durable on the disk, not just cached
         assert f.pread(4, 0) == b"PINS"
-        f.fsync()
+        assert reads(f, 4, 0) == (b"PINS", b"PINS")
     with mount(disk, **opts) as fs, fs.open("/f", "rb", buffering=0) as f:
         assert f.pread(4, 0) == b"PINS"
+
+
+def test_stores_through_a_pin_on_pmem_are_persisted_at_unpin() -> None:
+    """The same on pmem: unpin persists the range (no crash state loses the store)."""
+    from daxfs.testing import SimulatedPmem
+
+    dev = SimulatedPmem(SIZE)
+    mkfs(dev)
+    with mount(dev) as fs, fs.open("/f", "wb+", buffering=0) as f:
+        f.write(b"a" * 2 * PAGE)
+        with f.pin(0, 2 * PAGE) as sg:
+            next(iter(sg.views()))[0:4] = b"PINS"
+        states = list(dev.crash_states(limit=8))
+        assert states
+        for state in states:
+            with mount(state) as after, after.open("/f", "rb", buffering=0) as g:
+                assert g.pread(4, 0) == b"PINS"
