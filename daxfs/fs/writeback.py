@@ -1,4 +1,4 @@
-"""Writeback of stores made through DAX mappings: fsync after munmap, as on Linux.
+"""Writeback of stores made through DAX mappings and pins: fsync after munmap, as on Linux.
 
 Theory of operation
 -------------------
@@ -12,6 +12,11 @@ mappings cover, and flushes all of them.
 
     File.mmap (writable)       -> map(ino, generation, start, end): a live range
     Mapping.close, replaced    -> unmap(ino, token): the range is left behind
+    File.pin (File writable)   -> map: stores through the SGList's views (a READ
+                                  bio into it) are the same as a mapping's
+    SGList.unpin               -> unmap, then DataPath.writeback(inode) at once
+                                  (daxfs.mm.pin: durable when unpin returns);
+                                  unpin(dirty=False): unmap(keep=False), no I/O
     File.fsync, fdatasync      -> DataPath.writeback(inode): flush the live and
                                   left ranges of the file, fence; the left
                                   ones are forgotten
@@ -70,12 +75,17 @@ class Writeback:
             entry.live[token] = (start, end)
             return token
 
-    def unmap(self, ino: int, token: int) -> None:
-        """The mapping of ``token`` is gone; its range stays until the next writeback."""
+    def unmap(self, ino: int, token: int, *, keep: bool = True) -> None:
+        """The mapping of ``token`` is gone; its range stays until the next writeback
+        (``keep=False``: it is forgotten, nothing was stored through it)."""
         with self._lock:
             entry = self._entries.get(ino)
             if entry is not None and token in entry.live:
-                entry.left = _union([*entry.left, entry.live.pop(token)])
+                rng = entry.live.pop(token)
+                if keep:
+                    entry.left = _union([*entry.left, rng])
+                elif not entry.live and not entry.left:
+                    del self._entries[ino]
 
     def take(self, ino: int, generation: int) -> tuple[list[Range], bool]:
         """The ranges to flush for a writeback of ``ino``, and whether a mapping is live.

@@ -46,7 +46,9 @@ once an ``fsync``/``fdatasync``/``sync`` that began after them returned; not
 before (a crash may keep or lose each, an aligned 8-byte word or a written-back
 logical block whole).  A failed write-back at unpin (EIO) releases the pin all
 the same and keeps the range remembered: the next fsync, sync or unmount tries
-again.  The pin does not set the file's modification time.
+again.  ``unpin(dirty=False)`` says nothing was stored: no write-back.  Unpin
+does not set the file's modification time (an fsync while a writable pin
+lives does, as for a live writable mapping).
 
 The views of a pin made through a File *not* open for writing are read-only
 (``memoryview.toreadonly``): a store raises TypeError, a READ bio into the
@@ -244,10 +246,15 @@ class SGList(Closeable):
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def unpin(self) -> None:
+    def unpin(self, *, dirty: bool = True) -> None:
         """Release the pin; waiting truncates proceed.  A writable pin first writes
         back and persists its range (stores through its views are durable when
         this returns), then releases the layout.
+
+        ``dirty=False`` says nothing was stored through the views (Linux's
+        ``unpin_user_pages_dirty_lock`` with ``make_dirty`` false): the range is
+        forgotten, with no write-back.  Stores made all the same may then be
+        lost in a crash (those an fsync while pinned flushed excepted).
 
         Raises:
             ValueError: already unpinned.
@@ -259,20 +266,24 @@ class SGList(Closeable):
             raise ValueError(f"SGList of {self._file.path} is already unpinned")
         self._segments = None
         try:
-            self._write_back()
+            self._write_back(dirty)
         except BaseException as exc:  # the pin goes all the same, without hiding the error
             cleanup_after(exc, lambda: self._file._unpin(self._token))
             raise
         self._file._unpin(self._token)
 
-    def _write_back(self) -> None:
+    def _write_back(self, dirty: bool) -> None:
         """A writable pin's range leaves ``mapped_ranges``'s live ranges and is flushed
-        with the file's other remembered ranges, then drained (DataPath.writeback)."""
+        with the file's other remembered ranges, then drained (DataPath.writeback);
+        not ``dirty``: it is forgotten."""
         token = self._writeback
         if token is None:
             return
         self._writeback = None
         inode = self._file.inode
+        if not dirty:
+            self._data.mapped_ranges.unmap(inode.ino, token, keep=False)
+            return
         with naming(self._file.path), inode.lock:
             self._data.mapped_ranges.unmap(inode.ino, token)
             self._data.writeback(inode)

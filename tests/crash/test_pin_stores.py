@@ -81,7 +81,7 @@ def test_block_crash_at_every_flush(name: str, cache_size: str | None) -> None:
 @pytest.fixture
 def no_write_back_at_unpin(monkeypatch: pytest.MonkeyPatch) -> None:
     """The planted bug: unpin releases the layout without writing the range back."""
-    monkeypatch.setattr(SGList, "_write_back", lambda self: None)
+    monkeypatch.setattr(SGList, "_write_back", lambda self, dirty: None)
 
 
 @pytest.mark.usefixtures("no_write_back_at_unpin")

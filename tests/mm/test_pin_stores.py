@@ -222,3 +222,44 @@ def test_a_failed_write_back_at_unpin_releases_the_pin_and_keeps_the_range(
     f.fsync()
     assert fs.data.mapped_ranges.ranges(f.inode.ino) == []
     f.close()
+
+
+def test_unpin_not_dirty_forgets_the_range_without_a_write_back(
+    fs: daxfs.FileSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put(fs, "/f", b"n" * 2 * BLOCK)
+    f = fs.open("/f", "rb+", buffering=0)
+    calls: list[object] = []
+    writeback = fs.data.writeback
+    monkeypatch.setattr(fs.data, "writeback", lambda inode: calls.append(inode) or writeback(inode))
+    with f.mmap(0, BLOCK):  # a writable mapping's range is not the pin's to forget
+        sg = f.pin(0, 2 * BLOCK)
+        assert fs.data.mapped_ranges.ranges(f.inode.ino) == [(0, 2 * BLOCK)]
+        sg.unpin(dirty=False)
+        assert calls == []
+        assert fs.data.mapped_ranges.ranges(f.inode.ino) == [(0, BLOCK)]
+    f.fsync()
+    assert len(calls) == 1
+    assert fs.data.mapped_ranges.ranges(f.inode.ino) == []
+    f.close()
+
+
+def test_fsync_while_a_writable_pin_lives_sets_the_modification_time(
+    fs: daxfs.FileSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for a live writable mapping; unpin itself does not."""
+    put(fs, "/f", b"m" * BLOCK)
+    touched: list[object] = []
+    touch = fs._touch_modified
+    monkeypatch.setattr(fs, "_touch_modified", lambda inode: touched.append(inode) or touch(inode))
+    with fs.open("/f", "rb+", buffering=0) as f:
+        sg = f.pin(0, BLOCK)
+        sg.unpin()
+        assert touched == []
+        sg = f.pin(0, BLOCK)
+        f.fsync()
+        assert touched == [f.inode]
+        sg.unpin()
+        with fs.open("/f", "rb", buffering=0) as r, r.pin(0, BLOCK):
+            f.fsync()  # a read-only pin is not a writer
+        assert touched == [f.inode]
