@@ -112,7 +112,8 @@ def make_file(fs: daxfs.FileSystem, name: str, size: int) -> daxfs.File:
         held[0][:] = np.arange(256, dtype=np.uint8)
         held.clear()
         mapping.msync()
-    return f
+    f.close()  # the consumers only read: read-only pins (a writable one writes back at unpin)
+    return open_raw(fs, name, "rb")
 
 
 def extents(f: daxfs.File, size: int) -> int:
