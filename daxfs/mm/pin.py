@@ -35,7 +35,8 @@ written back like any dirty page), they are written back by the one owner of
 (daxfs.fs.writeback): a writable pin registers its file range there as a
 writable mapping does, so
 
-    fsync, fdatasync, FileSystem.sync, unmount while pinned   flush it (live)
+    fsync, fdatasync, FileSystem.sync while pinned   flush it (a live range;
+                     unmount is refused, EBUSY, while a pin lives)
     unpin (close, with-exit)                                  flushes it and
                      drains (pmem: the store's persist of the range; a block
                      mount: the cache's write-back of the range + FLUSH),

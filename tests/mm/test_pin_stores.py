@@ -154,18 +154,24 @@ def test_fsync_while_pinned_persists_the_stores(dev: SimulatedPmem, persist: obj
     fs.unmount()
 
 
-def test_unmount_while_pinned_writes_back_on_a_block_mount() -> None:
+def test_sync_while_pinned_writes_back_on_a_block_mount() -> None:
+    """FileSystem.sync with the File closed (the pin keeps the inode); unmount is
+    refused while the pin lives."""
     disk = SimulatedBlockDevice(SIZE)
     daxfs.mkfs(disk)
     fs = daxfs.mount(disk)
     put(fs, "/f", b"o" * BLOCK)
     f = fs.open("/f", "rb+", buffering=0)
     sg = f.pin(0, BLOCK)
-    next(sg.views())[0:4] = b"UMNT"
-    f.fsync()
-    assert b"UMNT" in disk.durable_image()
-    sg.unpin()
+    next(sg.views())[0:4] = b"SYNC"
     f.close()
+    with pytest.raises(OSError, match="pins") as info:
+        fs.unmount()
+    assert info.value.errno == errno.EBUSY
+    assert b"SYNC" not in disk.durable_image()  # (the check below can fail)
+    fs.sync()
+    assert b"SYNC" in disk.durable_image()
+    sg.unpin()
     fs.unmount()
 
 
