@@ -88,7 +88,9 @@ the waiting leader (BioRing) and the lean submit_read in C (``--quick``,
 ``submit_read`` 0.66x; in ``bench/block_ab.py --bio`` / ``--fs`` (load 1.7-2.2)
 0.84x and 0.61x, where the rows' pattern in bare C (``bench/block_oldest.c``)
 runs at 1.03x and 1.06x of fio: what is left is the CPU of the Python per read
-(docs/ARCHITECTURE.md, "The waiting thread leads").  A last pair of
+(docs/ARCHITECTURE.md, "The waiting thread leads").  Under ``chrt -f 10`` (09:47
+UTC, load 5.2-6.0, with the Future resolved in C): device QD32 Futures 0.84x,
+fs QD32 ``submit_read`` 0.77x.  A last pair of
 rows reads 4 KiB at random through the pmem block driver (an image on
 /dev/shm mounted ``dax="never"`` from its ``PmemDevice``, direct=True)
 against DAX ``pread`` of the same image (informational: the cost of each
