@@ -208,3 +208,67 @@ def reaching() -> Iterator[Reached]:
             setattr(owner, name, real)
         for dev in list(devices):
             count_device(dev)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m daxfs.testing.reach``: each tool run briefly inside ``reaching()``,
+    one line of counters per tool (the audit of docs/ARCHITECTURE.md, "Tools that keep
+    bugs found")."""
+    import argparse
+    import os
+    import shutil
+    import tempfile
+    from collections.abc import Callable
+
+    from daxfs.fs.mount import mount
+    from daxfs.testing import fsx, fuzz, nsstress
+
+    parser = argparse.ArgumentParser(prog="python -m daxfs.testing.reach")
+    parser.add_argument("--ops", type=int, default=300, help="operations of each fsx/nsstress run")
+    args = parser.parse_args(argv)
+
+    def fsx_run(**options: Any) -> Callable[[], object]:
+        return lambda: fsx.run(1, ops=args.ops, options=fsx.FsxOptions(**options))
+
+    def ns_run(**options: Any) -> Callable[[], object]:
+        return lambda: nsstress.run(1, ops=args.ops, options=nsstress.StressOptions(**options))
+
+    def walk(cache_size: str | None) -> Callable[[], object]:
+        def go() -> None:
+            fz = fuzz.Fuzzer(1)
+            scratch = tempfile.mkdtemp(prefix="daxfs-reach-")
+            try:
+                path = os.path.join(scratch, "image")
+                with open(path, "wb") as f:
+                    f.write(fz.clean.image)
+                fs = mount(path, dax="never", cache_size=cache_size)
+                try:
+                    fuzz.walk(fs)
+                finally:
+                    fs.unmount()
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+                fz.close()
+
+        return go
+
+    tools: list[tuple[str, Callable[[], object]]] = [
+        ("fsx pmem", fsx_run()),
+        ("fsx --block", fsx_run(block=True)),
+        ("fsx --block --cache-size 64K", fsx_run(block=True, cache_size="64K")),
+        ("fsx --uring", fsx_run(uring=True)),
+        ("fsx --uring --cache-size 64K", fsx_run(uring=True, cache_size="64K")),
+        ("nsstress pmem", ns_run()),
+        ("nsstress block 64K", ns_run(block=True, cache_size="64K")),
+        ("fuzz walk, clean image, dax=never", walk(None)),
+        ("fuzz walk, clean image, dax=never 64K", walk("64K")),
+    ]
+    for name, run in tools:
+        with reaching() as reached:
+            run()
+        print(f"{name:40s} {reached.summary()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
