@@ -294,12 +294,16 @@ class Fsx:
         # whole, an aligned overwrite inside one written extent (the copy-on-write fast
         # path, DataPath._cow_blocks), which random ranges almost never are
         self._aligned: tuple[int, int] | None = None
-        self.fs: FileSystem = self._mount(device)
-        if directory and not self.fs.exists(directory):
-            self.fs.mkdir(directory)
-        with self.fs.open(self.neighbour, "wb", buffering=0) as g:
-            g.write(NEIGHBOUR_DATA)
-        self.f: File = cast("File", self.fs.open(self.path, "wb+", buffering=0))
+        try:
+            self.fs: FileSystem = self._mount(device)
+            if directory and not self.fs.exists(directory):
+                self.fs.mkdir(directory)
+            with self.fs.open(self.neighbour, "wb", buffering=0) as g:
+                g.write(NEIGHBOUR_DATA)
+            self.f: File = cast("File", self.fs.open(self.path, "wb+", buffering=0))
+        except BaseException:
+            self.dispose()  # the scratch image of ``uring`` goes too
+            raise
 
     # -- running --------------------------------------------------------------------------
 
