@@ -11,7 +11,6 @@ import threading
 import time
 import tracemalloc
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import daxfs
 from daxfs.fs.fsck import fsck
 from daxfs.mm import SGList
 from daxfs.testing import SimulatedPmem
+from tests.mm.conftest import PATIENCE, put
 
 BLOCK = 4096
 
@@ -29,22 +29,6 @@ def dev() -> SimulatedPmem:
     device = SimulatedPmem(32 << 20)
     daxfs.mkfs(device)
     return device
-
-
-#: how long operations wait for pins in tests that do not test the timeout: far longer than
-#: any wait here takes even on a loaded machine (a shorter one made them fail under load)
-PATIENCE = 60.0
-
-
-@pytest.fixture
-def fs(dev: SimulatedPmem) -> Iterator[daxfs.FileSystem]:
-    with daxfs.mount(dev, layout_timeout=PATIENCE) as filesystem:
-        yield filesystem
-
-
-def put(fs: daxfs.FileSystem, path: str, data: bytes) -> None:
-    with fs.open(path, "wb", buffering=0) as f:
-        f.write(data)
 
 
 def fragmented(fs: daxfs.FileSystem, path: str, blocks: int) -> bytes:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,10 +15,10 @@ from daxfs.block.pmem import PmemBlockDevice
 from daxfs.fs.fsck import fsck
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.simblock import SimulatedBlockDevice
+from tests.mm.conftest import put
 
 BLOCK = 4096
 SIZE = 16 << 20
-PATIENCE = 60.0
 
 
 @pytest.fixture
@@ -27,17 +26,6 @@ def dev() -> SimulatedPmem:
     device = SimulatedPmem(SIZE)
     daxfs.mkfs(device)
     return device
-
-
-@pytest.fixture
-def fs(dev: SimulatedPmem) -> Iterator[daxfs.FileSystem]:
-    with daxfs.mount(dev, layout_timeout=PATIENCE) as filesystem:
-        yield filesystem
-
-
-def put(fs: daxfs.FileSystem, path: str, data: bytes) -> None:
-    with fs.open(path, "wb", buffering=0) as f:
-        f.write(data)
 
 
 def survives_every_crash(dev: SimulatedPmem, want: bytes, at: int, limit: int = 8) -> bool:

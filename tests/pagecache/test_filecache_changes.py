@@ -39,6 +39,7 @@ from daxfs.fs.mount import mkfs, mount
 from daxfs.testing import SimulatedPmem
 from daxfs.testing.blockfaults import FaultyBlockDevice
 from daxfs.testing.simblock import SimulatedBlockDevice
+from tests.review.test_filecache_coherence import aligned, reads
 
 PAGE = 4096
 SIZE = 16 << 20
@@ -76,19 +77,6 @@ def cached_file(fs: FileSystem, data: bytes, path: str = "/f") -> daxfs.File:
     assert f.pread(4, 0) == data[:4]
     assert hits(fs) == before + 1, "not a hit: the test tests nothing"
     return f
-
-
-def aligned(data: bytes) -> memoryview:
-    buf = aligned_buffer(len(data))
-    buf[:] = data
-    return memoryview(buf)
-
-
-def reads(f: daxfs.File, n: int, pos: int) -> tuple[bytes, bytes]:
-    """The bytes through ``pread`` and ``preadinto`` (both first try the hit reader)."""
-    into = bytearray(n)
-    got = f.preadinto(into, pos)
-    return f.pread(n, pos), bytes(into[:got])
 
 
 # -- pins -------------------------------------------------------------------------------
