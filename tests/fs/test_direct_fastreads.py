@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import errno
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,6 +30,17 @@ def fs() -> Iterator[FileSystem]:
     mkfs(disk)
     with mount(disk) as fs:
         yield fs
+
+
+def recording(name: str, real: Callable[..., object], calls: list[object]) -> SimpleNamespace:
+    """A stand-in whose method ``name`` calls ``real`` and records what it returned."""
+
+    def call(*args: object) -> object:
+        got = real(*args)
+        calls.append(got)
+        return got
+
+    return SimpleNamespace(**{name: call})
 
 
 def pattern(n: int, seed: int) -> bytes:
@@ -375,13 +387,7 @@ def test_the_c_lean_read_and_the_python_path_agree(uring_fs: FileSystem) -> None
     calls: list[object] = []
     real = lean_c.read  # type: ignore[union-attr]
 
-    class Counting:
-        def read(self, *args: object) -> object:
-            got = real(*args)
-            calls.append(got)
-            return got
-
-    dio._lean_c = Counting()  # type: ignore[assignment]
+    dio._lean_c = recording("read", real, calls)  # type: ignore[assignment]
     try:
         assert _reads(fs, f, [(8, BLOCK_SIZE, 0)])[0] == ("ok", BLOCK_SIZE)
     finally:
@@ -511,13 +517,7 @@ def test_the_c_lean_submit_read_and_the_python_steps_agree(uring_fs: FileSystem)
     calls: list[object] = []
     real = lean.submit
 
-    class Counting:
-        def submit(self, *args: object) -> object:
-            got = real(*args)
-            calls.append(got)
-            return got
-
-    dio._lean_submit = Counting()  # type: ignore[assignment]
+    dio._lean_submit = recording("submit", real, calls)  # type: ignore[assignment]
     try:
         assert _submitted(fs, f, [(8, BLOCK_SIZE, 0)])[0] == ("ok", BLOCK_SIZE)
     finally:
