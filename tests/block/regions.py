@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 #: ``work(k, base, model, stop)``: thread ``k`` owns device bytes
 #: ``[base, base + len(model))``; ``model`` holds what they should read back;
@@ -57,3 +58,14 @@ def run_in_regions(
         assert not t.is_alive(), "a thread did not end"
     if failures:
         raise failures[0]
+
+
+def submit_from(dev: Any, fd: int, bio: Any) -> None:
+    """``dev.submit_bio(bio)`` with the device's descriptor swapped for ``fd`` for the
+    submission alone: with a pipe's read end, the bio blocks in the kernel until the
+    pipe is written (a bio held in flight)."""
+    good_fd, dev.fd = dev.fd, fd
+    try:
+        dev.submit_bio(bio)
+    finally:
+        dev.fd = good_fd

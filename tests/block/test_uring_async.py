@@ -29,7 +29,7 @@ from daxfs.block.file import FileBlockDevice
 from daxfs.errors import ClosedFile, InvalidArgument, IOFailure
 from daxfs.testing.block_tests import pattern
 from daxfs.testing.blockfaults import FaultyBlockDevice
-from tests.block.regions import run_in_regions, wait_for
+from tests.block.regions import run_in_regions, submit_from, wait_for
 from tests.block.test_uring import memory_grown
 
 WHY_NOT = uring_mod.availability()
@@ -423,11 +423,7 @@ def test_buffers_are_held_while_in_flight_and_released_after(tmp_path: Path) -> 
     with _device(tmp_path, direct=False) as dev:  # buffered: a bytearray is plain
         buf = bytearray(BS)
         bio = Bio(BioOp.READ, 0, [buf])
-        good_fd, dev.fd = dev.fd, r
-        try:
-            dev.submit_bio(bio)
-        finally:
-            dev.fd = good_fd
+        submit_from(dev, r, bio)
         assert dev.statistics()["async"] == 1
         del bio.segments  # the caller drops its own reference: the ring still holds it
         bio.segments = []
@@ -460,11 +456,7 @@ def test_close_waits_for_bios_in_flight_then_refuses(tmp_path: Path) -> None:
     dev = _device(tmp_path)
     buf = mmap.mmap(-1, BS)
     bio = Bio(BioOp.READ, 0, [buf])
-    good_fd, dev.fd = dev.fd, r
-    try:
-        dev.submit_bio(bio)
-    finally:
-        dev.fd = good_fd
+    submit_from(dev, r, bio)
     aio = dev._aio
     assert aio is not None
     assert aio.inflight == 1
@@ -498,11 +490,7 @@ def test_a_bio_waiting_for_a_slot_is_already_submitted(tmp_path: Path) -> None:
     r, w = os.pipe()
     with _device(tmp_path, queue_depth=1) as dev:
         first = Bio(BioOp.READ, 0, [mmap.mmap(-1, BS)])
-        good_fd, dev.fd = dev.fd, r
-        try:
-            dev.submit_bio(first)
-        finally:
-            dev.fd = good_fd
+        submit_from(dev, r, first)
         second = Bio(BioOp.READ, 8, [mmap.mmap(-1, BS)])
         submitter = threading.Thread(target=dev.submit_bio, args=(second,))
         submitter.start()

@@ -26,7 +26,7 @@ from daxfs.block.future import LeanFuture
 from daxfs.errors import IOFailure
 from daxfs.testing.block_tests import pattern
 from daxfs.testing.blockfaults import FaultyBlockDevice
-from tests.block.regions import run_in_regions, wait_for
+from tests.block.regions import run_in_regions, submit_from, wait_for
 
 WHY_NOT = uring_mod.availability()
 pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=f"io_uring unavailable: {WHY_NOT}")
@@ -218,7 +218,13 @@ def test_threads_with_windows_of_futures_some_failing_every_byte_checked(
 
     aio = dev._aio
     assert aio is not None
-    run_in_regions(work, 5, region, until=lambda: dev.statistics()["async"] > 4000, close=dev.close)
+
+    def reached() -> bool:  # (whether a waiting thread finds the ring leaderless is up to
+        # the scheduler: run until every path below was taken, within wait_for's bound)
+        counts = (aio.leads, aio.caller_ends, failed[0], shorts[0])
+        return dev.statistics()["async"] > 4000 and min(counts) > 0
+
+    run_in_regions(work, 5, region, until=reached, close=dev.close)
     assert aio.leads > 0
     assert aio.caller_ends > 0
     assert failed[0] > 0
@@ -277,11 +283,7 @@ def test_a_bio_future_resolved_in_c_wakes_whoever_waits(tmp_path: Path, how: str
     with _device(tmp_path) as dev:
         buf = mmap.mmap(-1, BS)
         bio = Bio(BioOp.READ, 0, [buf])
-        good_fd, dev.fd = dev.fd, r
-        try:
-            dev.submit_bio(bio)
-        finally:
-            dev.fd = good_fd
+        submit_from(dev, r, bio)
         future = bio.future
         got: list[object] = []
         if how == "callback":
